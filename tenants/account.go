@@ -1,0 +1,56 @@
+package tenants
+
+import (
+	"net/mail"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Account is a person who signs in to the console or the API. Accounts belong
+// to tenants through memberships.
+type Account struct {
+	ID        string    `json:"id"`
+	Email     string    `json:"email"`
+	CreatedAt time.Time `json:"created_at"`
+
+	passwordHash string
+}
+
+// Signup is what a new account is created from.
+type Signup struct {
+	Email    string `json:"email"`
+	Password string `json:"password"`
+}
+
+// Validate checks the signup and normalises the email to lower case.
+func (s *Signup) Validate() error {
+	email, err := normaliseEmail(s.Email)
+	if err != nil {
+		return err
+	}
+	s.Email = email
+	n := utf8.RuneCountInString(s.Password)
+	if n < minPasswordLen {
+		return invalid("password", "must be at least %d characters", minPasswordLen)
+	}
+	if len(s.Password) > maxPasswordLen {
+		return invalid("password", "must be at most %d bytes", maxPasswordLen)
+	}
+	return nil
+}
+
+func normaliseEmail(email string) (string, error) {
+	email = strings.ToLower(strings.TrimSpace(email))
+	if email == "" {
+		return "", invalid("email", "is required")
+	}
+	if len(email) > 254 {
+		return "", invalid("email", "must be at most 254 bytes")
+	}
+	addr, err := mail.ParseAddress(email)
+	if err != nil || addr.Address != email || addr.Name != "" {
+		return "", invalid("email", "is not an email address")
+	}
+	return email, nil
+}

@@ -1,0 +1,45 @@
+package tenants
+
+import (
+	"errors"
+	"fmt"
+)
+
+// The kinds of error the directory returns. Callers test for them with
+// errors.Is; the API maps each to one HTTP status.
+var (
+	ErrNotFound      = errors.New("not found")
+	ErrConflict      = errors.New("conflict")
+	ErrInvalid       = errors.New("invalid")
+	ErrForbidden     = errors.New("forbidden")
+	ErrUnauthorized  = errors.New("unauthorized")
+	ErrQuotaExceeded = errors.New("quota exceeded")
+)
+
+// FieldError is an ErrInvalid that names the offending input field.
+type FieldError struct {
+	Field   string
+	Message string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Message }
+
+// Unwrap makes errors.Is(err, ErrInvalid) true.
+func (e *FieldError) Unwrap() error { return ErrInvalid }
+
+func invalid(field, format string, args ...any) error {
+	return &FieldError{Field: field, Message: fmt.Sprintf(format, args...)}
+}
+
+// QuotaError is an ErrQuotaExceeded that names the quota and its limit.
+type QuotaError struct {
+	Quota string
+	Limit int64
+}
+
+func (e *QuotaError) Error() string {
+	return fmt.Sprintf("quota %s exceeded (limit %d)", e.Quota, e.Limit)
+}
+
+// Unwrap makes errors.Is(err, ErrQuotaExceeded) true.
+func (e *QuotaError) Unwrap() error { return ErrQuotaExceeded }

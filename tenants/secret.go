@@ -1,0 +1,56 @@
+package tenants
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base32"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"strings"
+	"time"
+)
+
+// crockford is the lower-case Crockford base32 alphabet: no padding, no
+// letters that read like digits, and its order is the byte order, so ids that
+// start with a timestamp sort by creation time.
+var crockford = base32.NewEncoding("0123456789abcdefghjkmnpqrstvwxyz").WithPadding(base32.NoPadding)
+
+// newID returns prefix followed by 26 characters: a 48-bit millisecond
+// timestamp and 80 random bits. Ids of one kind sort in creation order, which
+// keeps cursor pagination stable without a separate sequence.
+func newID(prefix string) string {
+	var b [16]byte
+	ms := uint64(time.Now().UnixMilli())
+	binary.BigEndian.PutUint16(b[0:2], uint16(ms>>32))
+	binary.BigEndian.PutUint32(b[2:6], uint32(ms))
+	rand.Read(b[6:]) // crypto/rand.Read never fails (Go 1.24+).
+	return prefix + crockford.EncodeToString(b[:])
+}
+
+// newSecret returns a random token of n bytes (8n bits), URL-safe.
+func newSecret(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// hashSecret hashes a generated secret. Generated secrets carry at least 128
+// random bits, so a fast hash is as good as a slow one and keeps device logins
+// cheap; human passwords use Argon2id instead (see password.go).
+func hashSecret(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return hex.EncodeToString(sum[:])
+}
+
+// secretMatches compares a presented secret with a stored hash in constant
+// time.
+func secretMatches(secret, hash string) bool {
+	got := hashSecret(secret)
+	return subtle.ConstantTimeCompare([]byte(got), []byte(strings.ToLower(hash))) == 1
+}
+
+// CheckSecret reports whether secret matches hash, in constant time. The data
+// plane uses it to verify a device's MQTT password.
+func CheckSecret(secret, hash string) bool { return secretMatches(secret, hash) }

@@ -1,0 +1,219 @@
+package tenants
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
+	"modernc.org/sqlite"
+	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/roosthub/roost/migrations"
+)
+
+// Store keeps the directory in SQL: embedded SQLite by default, Postgres in
+// production. Both run the same queries; where the dialects differ, the
+// difference is spelled out next to the query.
+type Store struct {
+	db      *sql.DB
+	dialect migrations.Dialect
+	// now is the clock; tests may replace it.
+	now func() time.Time
+}
+
+// Open connects to the store that databaseURL names: empty for an SQLite file
+// in dataDir, or a postgres:// URL. It does not migrate; call Migrate.
+func Open(ctx context.Context, databaseURL, dataDir string) (*Store, error) {
+	var (
+		db  *sql.DB
+		d   migrations.Dialect
+		err error
+	)
+	switch {
+	case databaseURL == "":
+		if err := os.MkdirAll(dataDir, 0o700); err != nil {
+			return nil, fmt.Errorf("create data dir: %w", err)
+		}
+		db, err = openSQLite(filepath.Join(dataDir, "roost.db"))
+		d = migrations.SQLite
+	case strings.HasPrefix(databaseURL, "postgres://") || strings.HasPrefix(databaseURL, "postgresql://"):
+		db, err = sql.Open("pgx", databaseURL)
+		d = migrations.Postgres
+	default:
+		return nil, errors.New("database URL must be empty (embedded SQLite) or start with postgres://")
+	}
+	if err != nil {
+		return nil, err
+	}
+	pingCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := db.PingContext(pingCtx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("connect to %s: %w", d, err)
+	}
+	return &Store{db: db, dialect: d, now: func() time.Time { return time.Now() }}, nil
+}
+
+// openSQLite opens the file in WAL mode with foreign keys on. Transactions
+// take the write lock when they begin (_txlock=immediate), so two writers
+// queue on busy_timeout instead of one failing when it upgrades its lock.
+func openSQLite(path string) (*sql.DB, error) {
+	q := url.Values{}
+	q.Add("_pragma", "foreign_keys(1)")
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "busy_timeout(10000)")
+	q.Add("_pragma", "synchronous(NORMAL)")
+	q.Set("_txlock", "immediate")
+	return sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+}
+
+// Dialect tells which database the store runs on.
+func (s *Store) Dialect() migrations.Dialect { return s.dialect }
+
+// Migrate brings the schema up to date and returns the migrations it ran.
+func (s *Store) Migrate(ctx context.Context) ([]string, error) {
+	return migrations.Apply(ctx, s.db, s.dialect)
+}
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// SetClock replaces the store's clock; for tests.
+func (s *Store) SetClock(now func() time.Time) { s.now = now }
+
+// timestamp is the store's clock at the precision both databases keep.
+func (s *Store) timestamp() time.Time { return s.now().UTC().Truncate(time.Microsecond) }
+
+// inTx runs fn in a transaction and commits it if fn returns nil.
+func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if err := fn(tx); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// lockTenant locks the tenant's row until the transaction ends, so that
+// checks on a tenant's objects (a quota count, rule positions) and the write
+// that follows cannot interleave with another transaction's. SQLite needs no
+// row lock: its transactions begin with the database's write lock.
+func (s *Store) lockTenant(ctx context.Context, tx *sql.Tx, tenant string) error {
+	q := `SELECT slug FROM tenants WHERE slug = $1`
+	if s.dialect == migrations.Postgres {
+		q += ` FOR UPDATE`
+	}
+	var slug string
+	if err := tx.QueryRowContext(ctx, q, tenant).Scan(&slug); err != nil {
+		return notFound(err, "tenant %s", tenant)
+	}
+	return nil
+}
+
+// notFound turns sql.ErrNoRows into ErrNotFound naming the object.
+func notFound(err error, format string, args ...any) error {
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf(format+": %w", append(args, ErrNotFound)...)
+	}
+	return err
+}
+
+// isUniqueViolation recognises a unique or primary-key violation by its
+// code: SQLSTATE 23505 on Postgres, the extended result code on SQLite.
+func isUniqueViolation(err error) bool {
+	var pg *pgconn.PgError
+	if errors.As(err, &pg) {
+		return pg.Code == "23505"
+	}
+	var lite *sqlite.Error
+	if errors.As(err, &lite) {
+		return lite.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE || lite.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY
+	}
+	return false
+}
+
+// audit records a change in the same transaction as the change itself.
+func (s *Store) audit(ctx context.Context, tx *sql.Tx, tenant, action, object string) error {
+	var t sql.NullString
+	if tenant != "" {
+		t = sql.NullString{String: tenant, Valid: true}
+	}
+	_, err := tx.ExecContext(ctx,
+		`INSERT INTO audit_log (id, tenant, actor, action, object, at) VALUES ($1, $2, $3, $4, $5, $6)`,
+		newID("aud_"), t, actorFrom(ctx), action, object, s.timestamp())
+	return err
+}
+
+// Page selects one page of a list: at most Limit items after the cursor.
+type Page struct {
+	Limit  int
+	Cursor string
+}
+
+// Page size limits.
+const (
+	DefaultPageSize = 50
+	MaxPageSize     = 200
+)
+
+func (p Page) limit() int {
+	if p.Limit <= 0 {
+		return DefaultPageSize
+	}
+	return min(p.Limit, MaxPageSize)
+}
+
+// trimPage cuts a result fetched with limit+1 rows to limit and returns the
+// cursor of the next page: the key of the last item kept, or "" at the end.
+func trimPage[T any](items []T, p Page, key func(T) string) ([]T, string) {
+	if len(items) <= p.limit() {
+		return items, ""
+	}
+	items = items[:p.limit()]
+	return items, key(items[len(items)-1])
+}
+
+func marshalJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // only maps of strings and numbers are stored
+	}
+	return string(b)
+}
+
+func nullTime(t sql.NullTime) *time.Time {
+	if !t.Valid {
+		return nil
+	}
+	u := t.Time.UTC()
+	return &u
+}
+
+// Setting returns the server setting key, first storing init() as its value
+// if it has none. Concurrent first calls agree on one value.
+func (s *Store) Setting(ctx context.Context, key string, init func() string) (string, error) {
+	if _, err := s.db.ExecContext(ctx,
+		`INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING`, key, init()); err != nil {
+		return "", fmt.Errorf("store setting %s: %w", key, err)
+	}
+	var v string
+	if err := s.db.QueryRowContext(ctx, `SELECT value FROM settings WHERE key = $1`, key).Scan(&v); err != nil {
+		return "", fmt.Errorf("read setting %s: %w", key, err)
+	}
+	return v, nil
+}

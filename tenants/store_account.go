@@ -1,0 +1,72 @@
+package tenants
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+)
+
+// CreateAccount signs up a new account.
+func (s *Store) CreateAccount(ctx context.Context, in Signup) (Account, error) {
+	if err := in.Validate(); err != nil {
+		return Account{}, err
+	}
+	a := Account{ID: newID("acc_"), Email: in.Email, CreatedAt: s.timestamp(), passwordHash: hashPassword(in.Password)}
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx,
+			`INSERT INTO accounts (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)`,
+			a.ID, a.Email, a.passwordHash, a.CreatedAt); err != nil {
+			if isUniqueViolation(err) {
+				return fmt.Errorf("an account with this email exists: %w", ErrConflict)
+			}
+			return err
+		}
+		return s.audit(WithActor(ctx, "account:"+a.ID), tx, "", "account.create", "account:"+a.ID)
+	})
+	return a, err
+}
+
+// Authenticate returns the account with this email and password, or
+// ErrUnauthorized. An unknown email costs as much time as a wrong password, so
+// timing does not reveal which emails have accounts.
+func (s *Store) Authenticate(ctx context.Context, email, password string) (Account, error) {
+	a, err := s.accountBy(ctx, `email = $1`, normaliseEmailLoose(email))
+	if errors.Is(err, ErrNotFound) {
+		checkPassword(password, dummyPasswordHash)
+		return Account{}, ErrUnauthorized
+	}
+	if err != nil {
+		return Account{}, err
+	}
+	if len(password) > maxPasswordLen || !checkPassword(password, a.passwordHash) {
+		return Account{}, ErrUnauthorized
+	}
+	return a, nil
+}
+
+// Account returns the account with this id.
+func (s *Store) Account(ctx context.Context, id string) (Account, error) {
+	return s.accountBy(ctx, `id = $1`, id)
+}
+
+func (s *Store) accountBy(ctx context.Context, where string, arg any) (Account, error) {
+	var a Account
+	err := s.db.QueryRowContext(ctx,
+		`SELECT id, email, password_hash, created_at FROM accounts WHERE `+where, arg).
+		Scan(&a.ID, &a.Email, &a.passwordHash, &a.CreatedAt)
+	if err != nil {
+		return Account{}, notFound(err, "account")
+	}
+	a.CreatedAt = a.CreatedAt.UTC()
+	return a, nil
+}
+
+// normaliseEmailLoose lower-cases an email for lookup without rejecting it:
+// a malformed email at login is just one that has no account.
+func normaliseEmailLoose(email string) string {
+	if e, err := normaliseEmail(email); err == nil {
+		return e
+	}
+	return email
+}

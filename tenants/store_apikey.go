@@ -1,0 +1,116 @@
+package tenants
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+)
+
+// CreateAPIKey creates a key and returns it with its token, which is not
+// stored and cannot be read again.
+func (s *Store) CreateAPIKey(ctx context.Context, tenant string, in APIKeyInput) (APIKey, string, error) {
+	if err := in.Validate(); err != nil {
+		return APIKey{}, "", err
+	}
+	id := newID("key_")
+	token := newAPIKeyToken(id)
+	k := APIKey{ID: id, Tenant: tenant, Name: in.Name, Role: in.Role, Prefix: visiblePrefix(token), CreatedAt: s.timestamp(), hash: hashSecret(token)}
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if err := s.lockTenant(ctx, tx, tenant); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx,
+			`INSERT INTO api_keys (id, tenant, name, role, prefix, key_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+			k.ID, k.Tenant, k.Name, k.Role, k.Prefix, k.hash, k.CreatedAt); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, tenant, "api_key.create", "api_key:"+k.ID)
+	})
+	if err != nil {
+		return APIKey{}, "", err
+	}
+	return k, token, nil
+}
+
+const apiKeyColumns = `id, tenant, name, role, prefix, key_hash, created_at, last_used_at`
+
+func scanAPIKey(r rowScanner) (APIKey, error) {
+	var k APIKey
+	var lastUsed sql.NullTime
+	if err := r.Scan(&k.ID, &k.Tenant, &k.Name, &k.Role, &k.Prefix, &k.hash, &k.CreatedAt, &lastUsed); err != nil {
+		return APIKey{}, err
+	}
+	k.CreatedAt, k.LastUsedAt = k.CreatedAt.UTC(), nullTime(lastUsed)
+	return k, nil
+}
+
+// APIKeys lists a tenant's keys, oldest first.
+func (s *Store) APIKeys(ctx context.Context, tenant string, p Page) ([]APIKey, string, error) {
+	rows, err := s.db.QueryContext(ctx,
+		`SELECT `+apiKeyColumns+` FROM api_keys WHERE tenant = $1 AND id > $2 ORDER BY id LIMIT $3`,
+		tenant, p.Cursor, p.limit()+1)
+	if err != nil {
+		return nil, "", err
+	}
+	defer rows.Close()
+	var ks []APIKey
+	for rows.Next() {
+		k, err := scanAPIKey(rows)
+		if err != nil {
+			return nil, "", err
+		}
+		ks = append(ks, k)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", err
+	}
+	ks, next := trimPage(ks, p, func(k APIKey) string { return k.ID })
+	return ks, next, nil
+}
+
+// DeleteAPIKey revokes a key: it stops working at once.
+func (s *Store) DeleteAPIKey(ctx context.Context, tenant, id string) error {
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM api_keys WHERE tenant = $1 AND id = $2`, tenant, id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("api key %s: %w", id, ErrNotFound)
+		}
+		return s.audit(ctx, tx, tenant, "api_key.delete", "api_key:"+id)
+	})
+}
+
+// apiKeyTouchInterval bounds how often a key's last-used time is written:
+// a busy key costs one write a minute, not one a request.
+const apiKeyTouchInterval = time.Minute
+
+// AuthenticateAPIKey returns the key a bearer token is, or ErrUnauthorized,
+// and records its use.
+func (s *Store) AuthenticateAPIKey(ctx context.Context, token string) (APIKey, error) {
+	id, ok := apiKeyIDFromToken(token)
+	if !ok {
+		return APIKey{}, ErrUnauthorized
+	}
+	k, err := scanAPIKey(s.db.QueryRowContext(ctx, `SELECT `+apiKeyColumns+` FROM api_keys WHERE id = $1`, id))
+	if err == sql.ErrNoRows {
+		hashSecret(token) // the same work as a wrong secret
+		return APIKey{}, ErrUnauthorized
+	}
+	if err != nil {
+		return APIKey{}, err
+	}
+	if !secretMatches(token, k.hash) {
+		return APIKey{}, ErrUnauthorized
+	}
+	now := s.timestamp()
+	if k.LastUsedAt == nil || now.Sub(*k.LastUsedAt) >= apiKeyTouchInterval {
+		if _, err := s.db.ExecContext(ctx, `UPDATE api_keys SET last_used_at = $2 WHERE id = $1`, k.ID, now); err != nil {
+			return APIKey{}, err
+		}
+		k.LastUsedAt = &now
+	}
+	return k, nil
+}

@@ -1,0 +1,180 @@
+package tenants
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+const deviceColumns = `tenant, name, enabled, client_ids, metadata, secret_hash, created_at, updated_at, last_seen_at`
+
+func scanDevice(r rowScanner) (Device, error) {
+	var d Device
+	var metadata string
+	var lastSeen sql.NullTime
+	if err := r.Scan(&d.Tenant, &d.Name, &d.Enabled, &d.ClientIDs, &metadata, &d.SecretHash, &d.CreatedAt, &d.UpdatedAt, &lastSeen); err != nil {
+		return Device{}, err
+	}
+	if err := json.Unmarshal([]byte(metadata), &d.Metadata); err != nil {
+		return Device{}, fmt.Errorf("device %s/%s: metadata: %w", d.Tenant, d.Name, err)
+	}
+	d.Username = Username(d.Tenant, d.Name)
+	d.CreatedAt, d.UpdatedAt, d.LastSeenAt = d.CreatedAt.UTC(), d.UpdatedAt.UTC(), nullTime(lastSeen)
+	return d, nil
+}
+
+// CreateDevice registers a device and returns it with its secret, which is
+// not stored and cannot be read again. The tenant's max_devices quota applies.
+func (s *Store) CreateDevice(ctx context.Context, tenant string, in DeviceInput) (Device, string, error) {
+	if err := in.Validate(); err != nil {
+		return Device{}, "", err
+	}
+	secret := newSecret(24)
+	now := s.timestamp()
+	d := Device{
+		Tenant: tenant, Name: in.Name, Username: Username(tenant, in.Name), Enabled: *in.Enabled,
+		ClientIDs: in.ClientIDs, Metadata: in.Metadata, CreatedAt: now, UpdatedAt: now, SecretHash: hashSecret(secret),
+	}
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if err := s.lockTenant(ctx, tx, tenant); err != nil {
+			return err
+		}
+		t, err := scanTenant(tx.QueryRowContext(ctx, `SELECT `+tenantColumns+` FROM tenants t WHERE t.slug = $1`, tenant))
+		if err != nil {
+			return err
+		}
+		var n int64
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM devices WHERE tenant = $1`, tenant).Scan(&n); err != nil {
+			return err
+		}
+		if limit := t.Quotas().MaxDevices; n >= limit {
+			return &QuotaError{Quota: "max_devices", Limit: limit}
+		}
+		if _, err := tx.ExecContext(ctx,
+			`INSERT INTO devices (`+deviceColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL)`,
+			tenant, d.Name, d.Enabled, d.ClientIDs, marshalJSON(d.Metadata), d.SecretHash, now, now); err != nil {
+			if isUniqueViolation(err) {
+				return fmt.Errorf("device %s exists: %w", d.Name, ErrConflict)
+			}
+			return err
+		}
+		return s.audit(ctx, tx, tenant, "device.create", "device:"+d.Name)
+	})
+	if err != nil {
+		return Device{}, "", err
+	}
+	return d, secret, nil
+}
+
+// Device returns one device of tenant.
+func (s *Store) Device(ctx context.Context, tenant, name string) (Device, error) {
+	d, err := scanDevice(s.db.QueryRowContext(ctx,
+		`SELECT `+deviceColumns+` FROM devices WHERE tenant = $1 AND name = $2`, tenant, name))
+	if err != nil {
+		return Device{}, notFound(err, "device %s", name)
+	}
+	return d, nil
+}
+
+// Devices lists a tenant's devices by name.
+func (s *Store) Devices(ctx context.Context, tenant string, p Page) ([]Device, string, error) {
+	rows, err := s.db.QueryContext(ctx,
+		`SELECT `+deviceColumns+` FROM devices WHERE tenant = $1 AND name > $2 ORDER BY name LIMIT $3`,
+		tenant, p.Cursor, p.limit()+1)
+	if err != nil {
+		return nil, "", err
+	}
+	defer rows.Close()
+	var ds []Device
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, "", err
+		}
+		ds = append(ds, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", err
+	}
+	ds, next := trimPage(ds, p, func(d Device) string { return d.Name })
+	return ds, next, nil
+}
+
+// UpdateDevice changes a device's settings.
+func (s *Store) UpdateDevice(ctx context.Context, tenant, name string, u DeviceUpdate) (Device, error) {
+	if err := u.Validate(); err != nil {
+		return Device{}, err
+	}
+	return s.modifyDevice(ctx, tenant, name, "device.update", func(d *Device) {
+		if u.Enabled != nil {
+			d.Enabled = *u.Enabled
+		}
+		if u.ClientIDs != nil {
+			d.ClientIDs = *u.ClientIDs
+		}
+		if u.Metadata != nil {
+			d.Metadata = *u.Metadata
+		}
+	})
+}
+
+// RotateDeviceSecret gives a device a new secret and returns it; the old one
+// stops working at once.
+func (s *Store) RotateDeviceSecret(ctx context.Context, tenant, name string) (Device, string, error) {
+	secret := newSecret(24)
+	d, err := s.modifyDevice(ctx, tenant, name, "device.rotate_secret", func(d *Device) {
+		d.SecretHash = hashSecret(secret)
+	})
+	if err != nil {
+		return Device{}, "", err
+	}
+	return d, secret, nil
+}
+
+func (s *Store) modifyDevice(ctx context.Context, tenant, name, action string, change func(*Device)) (Device, error) {
+	var d Device
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		q := `SELECT ` + deviceColumns + ` FROM devices WHERE tenant = $1 AND name = $2`
+		if s.dialect == "postgres" {
+			q += ` FOR UPDATE`
+		}
+		var err error
+		if d, err = scanDevice(tx.QueryRowContext(ctx, q, tenant, name)); err != nil {
+			return notFound(err, "device %s", name)
+		}
+		change(&d)
+		d.UpdatedAt = s.timestamp()
+		if _, err := tx.ExecContext(ctx,
+			`UPDATE devices SET enabled = $3, client_ids = $4, metadata = $5, secret_hash = $6, updated_at = $7
+			 WHERE tenant = $1 AND name = $2`,
+			tenant, name, d.Enabled, d.ClientIDs, marshalJSON(d.Metadata), d.SecretHash, d.UpdatedAt); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, tenant, action, "device:"+name)
+	})
+	return d, err
+}
+
+// DeleteDevice removes a device.
+func (s *Store) DeleteDevice(ctx context.Context, tenant, name string) error {
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM devices WHERE tenant = $1 AND name = $2`, tenant, name)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("device %s: %w", name, ErrNotFound)
+		}
+		return s.audit(ctx, tx, tenant, "device.delete", "device:"+name)
+	})
+}
+
+// TouchDevice records that a device was seen at t. It is not audited: it is
+// the data plane reporting, not a change.
+func (s *Store) TouchDevice(ctx context.Context, tenant, name string, t time.Time) error {
+	_, err := s.db.ExecContext(ctx,
+		`UPDATE devices SET last_seen_at = $3 WHERE tenant = $1 AND name = $2`, tenant, name, t.UTC().Truncate(time.Microsecond))
+	return err
+}

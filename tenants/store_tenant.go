@@ -1,0 +1,320 @@
+package tenants
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+)
+
+const tenantColumns = `t.slug, t.name, t.plan, t.suspended, t.quota_overrides, t.created_at, t.updated_at`
+
+type rowScanner interface{ Scan(dest ...any) error }
+
+func scanTenant(r rowScanner, extra ...any) (Tenant, error) {
+	var t Tenant
+	var overrides string
+	if err := r.Scan(append([]any{&t.Slug, &t.Name, &t.Plan, &t.Suspended, &overrides, &t.CreatedAt, &t.UpdatedAt}, extra...)...); err != nil {
+		return Tenant{}, err
+	}
+	t.CreatedAt, t.UpdatedAt = t.CreatedAt.UTC(), t.UpdatedAt.UTC()
+	if err := json.Unmarshal([]byte(overrides), &t.Overrides); err != nil {
+		return Tenant{}, fmt.Errorf("tenant %s: quota overrides: %w", t.Slug, err)
+	}
+	if t.Overrides == nil {
+		t.Overrides = map[string]int64{}
+	}
+	return t, nil
+}
+
+// CreateTenant creates a tenant on the free plan with owner as its owner and
+// the default ACL rule.
+func (s *Store) CreateTenant(ctx context.Context, owner string, in TenantInput) (Tenant, error) {
+	if err := in.Validate(); err != nil {
+		return Tenant{}, err
+	}
+	now := s.timestamp()
+	t := Tenant{Slug: in.Slug, Name: in.Name, Plan: PlanFree, Overrides: map[string]int64{}, CreatedAt: now, UpdatedAt: now}
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx,
+			`INSERT INTO tenants (slug, name, plan, suspended, quota_overrides, created_at, updated_at)
+			 VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+			t.Slug, t.Name, t.Plan, false, "{}", now, now); err != nil {
+			if isUniqueViolation(err) {
+				return fmt.Errorf("tenant %s is taken: %w", t.Slug, ErrConflict)
+			}
+			return err
+		}
+		if _, err := tx.ExecContext(ctx,
+			`INSERT INTO members (tenant, account_id, role, created_at) VALUES ($1, $2, $3, $4)`,
+			t.Slug, owner, RoleOwner, now); err != nil {
+			return err
+		}
+		if _, err := s.insertACLRule(ctx, tx, t.Slug, DefaultACLRule(), 0); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, t.Slug, "tenant.create", "tenant:"+t.Slug)
+	})
+	if err != nil {
+		return Tenant{}, err
+	}
+	t.Role = RoleOwner
+	return t, nil
+}
+
+// Tenant returns the tenant with this slug.
+func (s *Store) Tenant(ctx context.Context, slug string) (Tenant, error) {
+	t, err := scanTenant(s.db.QueryRowContext(ctx, `SELECT `+tenantColumns+` FROM tenants t WHERE t.slug = $1`, slug))
+	if err != nil {
+		return Tenant{}, notFound(err, "tenant %s", slug)
+	}
+	return t, nil
+}
+
+// TenantsOf lists the tenants account is a member of, by slug, each with the
+// account's role in it.
+func (s *Store) TenantsOf(ctx context.Context, account string, p Page) ([]Tenant, string, error) {
+	rows, err := s.db.QueryContext(ctx,
+		`SELECT `+tenantColumns+`, m.role FROM tenants t JOIN members m ON m.tenant = t.slug
+		 WHERE m.account_id = $1 AND t.slug > $2 ORDER BY t.slug LIMIT $3`,
+		account, p.Cursor, p.limit()+1)
+	if err != nil {
+		return nil, "", err
+	}
+	return collectTenants(rows, p, true)
+}
+
+// Tenants lists every tenant, by slug; for the operator.
+func (s *Store) Tenants(ctx context.Context, p Page) ([]Tenant, string, error) {
+	rows, err := s.db.QueryContext(ctx,
+		`SELECT `+tenantColumns+` FROM tenants t WHERE t.slug > $1 ORDER BY t.slug LIMIT $2`,
+		p.Cursor, p.limit()+1)
+	if err != nil {
+		return nil, "", err
+	}
+	return collectTenants(rows, p, false)
+}
+
+func collectTenants(rows *sql.Rows, p Page, withRole bool) ([]Tenant, string, error) {
+	defer rows.Close()
+	var ts []Tenant
+	for rows.Next() {
+		var role Role
+		var extra []any
+		if withRole {
+			extra = append(extra, &role)
+		}
+		t, err := scanTenant(rows, extra...)
+		if err != nil {
+			return nil, "", err
+		}
+		t.Role = role
+		ts = append(ts, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", err
+	}
+	ts, next := trimPage(ts, p, func(t Tenant) string { return t.Slug })
+	return ts, next, nil
+}
+
+// UpdateTenant applies an owner's update.
+func (s *Store) UpdateTenant(ctx context.Context, slug string, u TenantUpdate) (Tenant, error) {
+	if err := u.Validate(); err != nil {
+		return Tenant{}, err
+	}
+	return s.modifyTenant(ctx, slug, "tenant.update", func(t *Tenant) {
+		if u.Name != nil {
+			t.Name = *u.Name
+		}
+	})
+}
+
+// AdminUpdateTenant applies the operator's update: plan, suspension and quota
+// overrides.
+func (s *Store) AdminUpdateTenant(ctx context.Context, slug string, u AdminTenantUpdate) (Tenant, error) {
+	if err := u.Validate(); err != nil {
+		return Tenant{}, err
+	}
+	return s.modifyTenant(ctx, slug, "tenant.admin_update", func(t *Tenant) {
+		if u.Plan != nil {
+			t.Plan = *u.Plan
+		}
+		if u.Suspended != nil {
+			t.Suspended = *u.Suspended
+		}
+		for name, v := range u.Quotas {
+			if v == nil {
+				delete(t.Overrides, name)
+			} else {
+				t.Overrides[name] = *v
+			}
+		}
+	})
+}
+
+// modifyTenant reads the tenant under its row lock, applies change and writes
+// it back, so concurrent updates of different fields do not undo each other.
+func (s *Store) modifyTenant(ctx context.Context, slug, action string, change func(*Tenant)) (Tenant, error) {
+	var t Tenant
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if err := s.lockTenant(ctx, tx, slug); err != nil {
+			return err
+		}
+		var err error
+		t, err = scanTenant(tx.QueryRowContext(ctx, `SELECT `+tenantColumns+` FROM tenants t WHERE t.slug = $1`, slug))
+		if err != nil {
+			return notFound(err, "tenant %s", slug)
+		}
+		change(&t)
+		t.UpdatedAt = s.timestamp()
+		if _, err := tx.ExecContext(ctx,
+			`UPDATE tenants SET name = $2, plan = $3, suspended = $4, quota_overrides = $5, updated_at = $6 WHERE slug = $1`,
+			slug, t.Name, t.Plan, t.Suspended, marshalJSON(t.Overrides), t.UpdatedAt); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, slug, action, "tenant:"+slug)
+	})
+	return t, err
+}
+
+// DeleteTenant deletes a tenant and everything it owns. The audit log keeps
+// its entries.
+func (s *Store) DeleteTenant(ctx context.Context, slug string) error {
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM tenants WHERE slug = $1`, slug)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("tenant %s: %w", slug, ErrNotFound)
+		}
+		return s.audit(ctx, tx, slug, "tenant.delete", "tenant:"+slug)
+	})
+}
+
+// Membership returns account's membership of tenant, or ErrNotFound when it
+// has none (or the tenant does not exist: the two are not told apart).
+func (s *Store) Membership(ctx context.Context, tenant, account string) (Member, error) {
+	var m Member
+	err := s.db.QueryRowContext(ctx,
+		`SELECT m.account_id, a.email, m.role, m.created_at FROM members m JOIN accounts a ON a.id = m.account_id
+		 WHERE m.tenant = $1 AND m.account_id = $2`, tenant, account).
+		Scan(&m.AccountID, &m.Email, &m.Role, &m.CreatedAt)
+	if err != nil {
+		return Member{}, notFound(err, "tenant %s", tenant)
+	}
+	m.CreatedAt = m.CreatedAt.UTC()
+	return m, nil
+}
+
+// Members lists a tenant's members by account id.
+func (s *Store) Members(ctx context.Context, tenant string, p Page) ([]Member, string, error) {
+	rows, err := s.db.QueryContext(ctx,
+		`SELECT m.account_id, a.email, m.role, m.created_at FROM members m JOIN accounts a ON a.id = m.account_id
+		 WHERE m.tenant = $1 AND m.account_id > $2 ORDER BY m.account_id LIMIT $3`, tenant, p.Cursor, p.limit()+1)
+	if err != nil {
+		return nil, "", err
+	}
+	defer rows.Close()
+	var ms []Member
+	for rows.Next() {
+		var m Member
+		if err := rows.Scan(&m.AccountID, &m.Email, &m.Role, &m.CreatedAt); err != nil {
+			return nil, "", err
+		}
+		m.CreatedAt = m.CreatedAt.UTC()
+		ms = append(ms, m)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", err
+	}
+	ms, next := trimPage(ms, p, func(m Member) string { return m.AccountID })
+	return ms, next, nil
+}
+
+// AddMember gives the account with in.Email a role in tenant. The account
+// must exist; an existing member is a conflict.
+func (s *Store) AddMember(ctx context.Context, tenant string, in MemberInput) (Member, error) {
+	if err := in.Validate(); err != nil {
+		return Member{}, err
+	}
+	m := Member{Email: in.Email, Role: in.Role, CreatedAt: s.timestamp()}
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if err := s.lockTenant(ctx, tx, tenant); err != nil {
+			return err
+		}
+		if err := tx.QueryRowContext(ctx, `SELECT id FROM accounts WHERE email = $1`, in.Email).Scan(&m.AccountID); err != nil {
+			if err == sql.ErrNoRows {
+				return invalid("email", "no account has this email; ask them to sign up first")
+			}
+			return err
+		}
+		if _, err := tx.ExecContext(ctx,
+			`INSERT INTO members (tenant, account_id, role, created_at) VALUES ($1, $2, $3, $4)`,
+			tenant, m.AccountID, m.Role, m.CreatedAt); err != nil {
+			if isUniqueViolation(err) {
+				return fmt.Errorf("%s is already a member: %w", in.Email, ErrConflict)
+			}
+			return err
+		}
+		return s.audit(ctx, tx, tenant, "member.add", "account:"+m.AccountID)
+	})
+	return m, err
+}
+
+// RemoveMember removes account from tenant. The last owner cannot be removed.
+func (s *Store) RemoveMember(ctx context.Context, tenant, account string) error {
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		if err := s.lockTenant(ctx, tx, tenant); err != nil {
+			return err
+		}
+		var role Role
+		if err := tx.QueryRowContext(ctx, `SELECT role FROM members WHERE tenant = $1 AND account_id = $2`, tenant, account).Scan(&role); err != nil {
+			return notFound(err, "member %s", account)
+		}
+		if role == RoleOwner {
+			var owners int
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM members WHERE tenant = $1 AND role = $2`, tenant, RoleOwner).Scan(&owners); err != nil {
+				return err
+			}
+			if owners <= 1 {
+				return fmt.Errorf("a tenant keeps at least one owner: %w", ErrConflict)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `DELETE FROM members WHERE tenant = $1 AND account_id = $2`, tenant, account); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, tenant, "member.remove", "account:"+account)
+	})
+}
+
+// Audit lists a tenant's audit log, newest first.
+func (s *Store) Audit(ctx context.Context, tenant string, p Page) ([]AuditEntry, string, error) {
+	cursor := p.Cursor
+	if cursor == "" {
+		cursor = "~" // sorts after every id
+	}
+	rows, err := s.db.QueryContext(ctx,
+		`SELECT id, tenant, actor, action, object, at FROM audit_log
+		 WHERE tenant = $1 AND id < $2 ORDER BY id DESC LIMIT $3`, tenant, cursor, p.limit()+1)
+	if err != nil {
+		return nil, "", err
+	}
+	defer rows.Close()
+	var es []AuditEntry
+	for rows.Next() {
+		var e AuditEntry
+		var t sql.NullString
+		if err := rows.Scan(&e.ID, &t, &e.Actor, &e.Action, &e.Object, &e.At); err != nil {
+			return nil, "", err
+		}
+		e.Tenant, e.At = t.String, e.At.UTC()
+		es = append(es, e)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", err
+	}
+	es, next := trimPage(es, p, func(e AuditEntry) string { return e.ID })
+	return es, next, nil
+}

@@ -1,0 +1,120 @@
+package tenants
+
+import (
+	"regexp"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Tenant is a customer of the hub: it owns devices, rules and API keys, and
+// its slug is the first half of every device's MQTT username.
+type Tenant struct {
+	Slug      string    `json:"slug"`
+	Name      string    `json:"name"`
+	Plan      string    `json:"plan"`
+	Suspended bool      `json:"suspended"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+
+	// Role is the caller's role in the tenant, when it was listed for an
+	// account.
+	Role Role `json:"role,omitempty"`
+
+	// Overrides are the operator's per-tenant changes to the plan's quotas.
+	Overrides map[string]int64 `json:"quota_overrides"`
+}
+
+// Quotas returns the tenant's effective quotas: its plan's, with the
+// operator's overrides applied.
+func (t Tenant) Quotas() Quotas {
+	q := PlanQuotas(t.Plan)
+	for name, v := range t.Overrides {
+		q.set(name, v)
+	}
+	return q
+}
+
+var slugRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{1,30}[a-z0-9]$`)
+
+// ValidSlug reports whether s is a well-formed tenant slug.
+func ValidSlug(s string) bool { return slugRE.MatchString(s) }
+
+// TenantInput creates a tenant.
+type TenantInput struct {
+	Slug string `json:"slug"`
+	Name string `json:"name"`
+}
+
+// Validate checks the input; an empty name defaults to the slug.
+func (in *TenantInput) Validate() error {
+	if in.Slug == "" {
+		return invalid("slug", "is required")
+	}
+	if !ValidSlug(in.Slug) {
+		return invalid("slug", "must be 3 to 32 lower-case letters, digits or hyphens, not starting or ending with a hyphen")
+	}
+	if in.Name == "" {
+		in.Name = in.Slug
+	}
+	return validateDisplayName("name", in.Name)
+}
+
+// TenantUpdate changes the fields a tenant's owner may change. Nil fields are
+// left as they are.
+type TenantUpdate struct {
+	Name *string `json:"name,omitempty"`
+}
+
+// Validate checks the update.
+func (u *TenantUpdate) Validate() error {
+	if u.Name != nil {
+		return validateDisplayName("name", *u.Name)
+	}
+	return nil
+}
+
+// AdminTenantUpdate is what the operator may change about a tenant.
+type AdminTenantUpdate struct {
+	Plan      *string `json:"plan,omitempty"`
+	Suspended *bool   `json:"suspended,omitempty"`
+	// Quotas sets overrides by quota name; a null value removes an override.
+	Quotas map[string]*int64 `json:"quotas,omitempty"`
+}
+
+// Validate checks the update.
+func (u *AdminTenantUpdate) Validate() error {
+	if u.Plan != nil {
+		if _, ok := plans[*u.Plan]; !ok {
+			return invalid("plan", "unknown plan %q", *u.Plan)
+		}
+	}
+	for name, v := range u.Quotas {
+		if !isQuotaName(name) {
+			return invalid("quotas."+name, "unknown quota")
+		}
+		if v != nil && *v < 0 {
+			return invalid("quotas."+name, "must not be negative")
+		}
+	}
+	return nil
+}
+
+func validateDisplayName(field, name string) error {
+	if strings.TrimSpace(name) == "" {
+		return invalid(field, "must not be blank")
+	}
+	if !utf8.ValidString(name) {
+		return invalid(field, "must be valid UTF-8")
+	}
+	if utf8.RuneCountInString(name) > 100 {
+		return invalid(field, "must be at most 100 characters")
+	}
+	for _, r := range name {
+		if unicode.IsControl(r) {
+			return invalid(field, "must not contain control characters")
+		}
+	}
+	return nil
+}
