@@ -1,0 +1,72 @@
+// Package testenv gives tests the external servers they need: each helper
+// returns the address of a real server, or skips the test with the reason
+// when none is configured. With ROOST_TEST_STRICT=1 (as .ci/run sets) a
+// missing server fails the test instead, so CI cannot pass by skipping.
+package testenv
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"net/url"
+	"os"
+	"testing"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
+)
+
+// Strict reports whether missing servers fail tests instead of skipping them.
+func Strict() bool { return os.Getenv("ROOST_TEST_STRICT") == "1" }
+
+// Require skips t, or fails it in strict mode, with the reason a server is
+// missing.
+func Require(t testing.TB, reason string) {
+	t.Helper()
+	if Strict() {
+		t.Fatalf("%s (ROOST_TEST_STRICT=1 turns this skip into a failure)", reason)
+	}
+	t.Skip(reason)
+}
+
+// PostgresURL returns the URL of a new, empty database on the Postgres server
+// that ROOST_TEST_POSTGRES_URL names, dropped when the test ends.
+func PostgresURL(t testing.TB) string {
+	t.Helper()
+	admin := os.Getenv("ROOST_TEST_POSTGRES_URL")
+	if admin == "" {
+		Require(t, "ROOST_TEST_POSTGRES_URL is not set; `make services` starts a local Postgres and prints it")
+	}
+	db, err := sql.Open("pgx", admin)
+	if err != nil {
+		t.Fatalf("open postgres: %v", err)
+	}
+	defer db.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b := make([]byte, 6)
+	rand.Read(b)
+	name := "roost_test_" + hex.EncodeToString(b)
+	if _, err := db.ExecContext(ctx, "CREATE DATABASE "+name); err != nil {
+		t.Fatalf("create test database: %v", err)
+	}
+	t.Cleanup(func() {
+		db, err := sql.Open("pgx", admin)
+		if err != nil {
+			return
+		}
+		defer db.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := db.ExecContext(ctx, "DROP DATABASE IF EXISTS "+name+" WITH (FORCE)"); err != nil {
+			t.Logf("drop test database %s: %v", name, err)
+		}
+	})
+	u, err := url.Parse(admin)
+	if err != nil {
+		t.Fatalf("parse ROOST_TEST_POSTGRES_URL: %v", err)
+	}
+	u.Path = "/" + name
+	return u.String()
+}

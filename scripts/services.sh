@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Starts the servers Roost's tests use, each on a free loopback port with its
+# data in a throw-away directory, and prints the `export` lines that point the
+# tests at them:
+#
+#   eval "$(scripts/services.sh start)"    # then: make test
+#   scripts/services.sh stop
+#
+# Needs Debian's postgresql package. Runs Postgres as the `postgres` user when
+# started as root, as initdb refuses to run as root.
+set -euo pipefail
+
+state=${ROOST_SERVICES_DIR:-/tmp/roost-services}
+
+free_port() {
+  python3 - <<'PY' 2>/dev/null || echo $((20000 + RANDOM % 20000))
+import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()
+PY
+}
+
+pg_bin() {
+  local d
+  for d in /usr/lib/postgresql/*/bin; do
+    [ -x "$d/initdb" ] && { echo "$d"; return; }
+  done
+  echo "postgres not found: apt-get install -y postgresql" >&2
+  exit 1
+}
+
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+start_postgres() {
+  local bin port dir
+  bin=$(pg_bin)
+  port=$(free_port)
+  dir="$state/postgres"
+  rm -rf "$dir"; mkdir -p "$dir"
+  [ "$(id -u)" = 0 ] && chown -R postgres:postgres "$state"
+  as_pg "$bin/initdb" -D "$dir/data" -U postgres -A trust --no-sync >"$dir/initdb.log" 2>&1
+  as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=300" \
+    start >/dev/null
+  echo "export ROOST_TEST_POSTGRES_URL='postgres://postgres@127.0.0.1:$port/postgres?sslmode=disable'"
+}
+
+stop_postgres() {
+  local dir="$state/postgres"
+  [ -d "$dir/data" ] || return 0
+  as_pg "$(pg_bin)/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
+}
+
+case "${1:-start}" in
+  start) mkdir -p "$state"; chmod 755 "$state"; start_postgres ;;
+  stop) stop_postgres ;;
+  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+esac

@@ -1,0 +1,600 @@
+// Package storetest is the contract every directory store must meet. Run it
+// against each database the store supports: the same behaviour, to the
+// error kind, on SQLite and on Postgres.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+// Run runs the whole suite. open returns a new, migrated, empty store; reopen
+// (may be nil) returns a second store over the same data, to prove that
+// nothing lives only in memory.
+func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen func() *tenants.Store)) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, s *tenants.Store, reopen func() *tenants.Store)
+	}{
+		{"Accounts", testAccounts},
+		{"Tenants", testTenants},
+		{"ConcurrentSlug", testConcurrentSlug},
+		{"Members", testMembers},
+		{"Devices", testDevices},
+		{"DeviceQuota", testDeviceQuota},
+		{"ACLRules", testACLRules},
+		{"APIKeys", testAPIKeys},
+		{"Audit", testAudit},
+		{"Settings", testSettings},
+		{"CrossTenant", testCrossTenant},
+		{"Pagination", testPagination},
+		{"Survives", testSurvives},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s, reopen := open(t)
+			tc.fn(t, s, reopen)
+		})
+	}
+}
+
+var ctx = tenants.WithActor(context.Background(), "test")
+
+func mustAccount(t *testing.T, s *tenants.Store, email string) tenants.Account {
+	t.Helper()
+	a, err := s.CreateAccount(ctx, tenants.Signup{Email: email, Password: "correct horse battery"})
+	if err != nil {
+		t.Fatalf("CreateAccount(%s): %v", email, err)
+	}
+	return a
+}
+
+func mustTenant(t *testing.T, s *tenants.Store, owner tenants.Account, slug string) tenants.Tenant {
+	t.Helper()
+	tn, err := s.CreateTenant(ctx, owner.ID, tenants.TenantInput{Slug: slug})
+	if err != nil {
+		t.Fatalf("CreateTenant(%s): %v", slug, err)
+	}
+	return tn
+}
+
+func mustDevice(t *testing.T, s *tenants.Store, tenant, name string) (tenants.Device, string) {
+	t.Helper()
+	d, secret, err := s.CreateDevice(ctx, tenant, tenants.DeviceInput{Name: name})
+	if err != nil {
+		t.Fatalf("CreateDevice(%s/%s): %v", tenant, name, err)
+	}
+	return d, secret
+}
+
+func wantErr(t *testing.T, what string, err, want error) {
+	t.Helper()
+	if !errors.Is(err, want) {
+		t.Fatalf("%s: got error %v, want %v", what, err, want)
+	}
+}
+
+func wantField(t *testing.T, what string, err error, field string) {
+	t.Helper()
+	var fe *tenants.FieldError
+	if !errors.As(err, &fe) || fe.Field != field {
+		t.Fatalf("%s: got error %v, want a FieldError on %q", what, err, field)
+	}
+}
+
+func testAccounts(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	a := mustAccount(t, s, "Ada@Example.com")
+	if a.Email != "ada@example.com" {
+		t.Errorf("email: got %q, want it lower-cased", a.Email)
+	}
+	_, err := s.CreateAccount(ctx, tenants.Signup{Email: "ADA@example.com", Password: "another long one"})
+	wantErr(t, "second signup with the same email", err, tenants.ErrConflict)
+	_, err = s.CreateAccount(ctx, tenants.Signup{Email: "not-an-email", Password: "correct horse battery"})
+	wantField(t, "bad email", err, "email")
+	_, err = s.CreateAccount(ctx, tenants.Signup{Email: "short@example.com", Password: "short"})
+	wantField(t, "short password", err, "password")
+
+	got, err := s.Authenticate(ctx, "ada@EXAMPLE.com", "correct horse battery")
+	if err != nil || got.ID != a.ID {
+		t.Fatalf("Authenticate: got %v, %v, want account %s", got.ID, err, a.ID)
+	}
+	_, err = s.Authenticate(ctx, "ada@example.com", "wrong password!")
+	wantErr(t, "wrong password", err, tenants.ErrUnauthorized)
+	_, err = s.Authenticate(ctx, "nobody@example.com", "correct horse battery")
+	wantErr(t, "unknown email", err, tenants.ErrUnauthorized)
+	byID, err := s.Account(ctx, a.ID)
+	if err != nil || byID.Email != a.Email {
+		t.Fatalf("Account(id): got %+v, %v", byID, err)
+	}
+	_, err = s.Account(ctx, "acc_nope")
+	wantErr(t, "unknown account id", err, tenants.ErrNotFound)
+}
+
+func testTenants(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	tn := mustTenant(t, s, owner, "acme")
+	if tn.Plan != tenants.PlanFree || tn.Name != "acme" || tn.Suspended || tn.Role != tenants.RoleOwner {
+		t.Errorf("new tenant: got %+v, want plan free, name acme, not suspended, role owner", tn)
+	}
+	_, err := s.CreateTenant(ctx, owner.ID, tenants.TenantInput{Slug: "acme"})
+	wantErr(t, "duplicate slug", err, tenants.ErrConflict)
+	for _, bad := range []string{"", "ab", "-acme", "acme-", "Acme", "ac_me", "a/b", "аcme", "abcdefghijklmnopqrstuvwxyz0123456"} {
+		_, err := s.CreateTenant(ctx, owner.ID, tenants.TenantInput{Slug: bad})
+		wantField(t, fmt.Sprintf("slug %q", bad), err, "slug")
+	}
+
+	m, err := s.Membership(ctx, "acme", owner.ID)
+	if err != nil || m.Role != tenants.RoleOwner {
+		t.Fatalf("creator's membership: got %+v, %v, want owner", m, err)
+	}
+	rules, err := s.ACLRules(ctx, "acme")
+	if err != nil || len(rules) != 1 || rules[0].Effect != tenants.Allow || rules[0].Topic != "#" || rules[0].Device != "*" || rules[0].Action != tenants.ActionAll {
+		t.Fatalf("new tenant's rules: got %+v, %v, want one allow-all rule", rules, err)
+	}
+
+	name := "Acme Corp"
+	up, err := s.UpdateTenant(ctx, "acme", tenants.TenantUpdate{Name: &name})
+	if err != nil || up.Name != name {
+		t.Fatalf("UpdateTenant: got %+v, %v", up, err)
+	}
+	blank := "  "
+	_, err = s.UpdateTenant(ctx, "acme", tenants.TenantUpdate{Name: &blank})
+	wantField(t, "blank name", err, "name")
+
+	plan, suspended := tenants.PlanPro, true
+	limit := int64(7)
+	up, err = s.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Plan: &plan, Suspended: &suspended, Quotas: map[string]*int64{"max_devices": &limit}})
+	if err != nil {
+		t.Fatalf("AdminUpdateTenant: %v", err)
+	}
+	got, _ := s.Tenant(ctx, "acme")
+	if got.Plan != plan || !got.Suspended || got.Name != name || got.Quotas().MaxDevices != 7 || got.Quotas().MaxConnections != tenants.PlanQuotas(plan).MaxConnections {
+		t.Errorf("after admin update: got %+v (quotas %+v), want pro, suspended, max_devices 7, name kept", got, got.Quotas())
+	}
+	_, err = s.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Quotas: map[string]*int64{"max_devices": nil}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.Tenant(ctx, "acme")
+	if got.Quotas().MaxDevices != tenants.PlanQuotas(plan).MaxDevices || len(got.Overrides) != 0 {
+		t.Errorf("removing an override: got %+v, want the plan's quota back", got.Overrides)
+	}
+	bogus := "platinum"
+	_, err = s.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Plan: &bogus})
+	wantField(t, "unknown plan", err, "plan")
+	_, err = s.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Quotas: map[string]*int64{"max_wings": &limit}})
+	wantField(t, "unknown quota", err, "quotas.max_wings")
+	_, err = s.AdminUpdateTenant(ctx, "nope", tenants.AdminTenantUpdate{Suspended: &suspended})
+	wantErr(t, "admin update of unknown tenant", err, tenants.ErrNotFound)
+
+	mustDevice(t, s, "acme", "d1")
+	if err := s.DeleteTenant(ctx, "acme"); err != nil {
+		t.Fatalf("DeleteTenant: %v", err)
+	}
+	_, err = s.Tenant(ctx, "acme")
+	wantErr(t, "deleted tenant", err, tenants.ErrNotFound)
+	_, err = s.Device(ctx, "acme", "d1")
+	wantErr(t, "device of deleted tenant", err, tenants.ErrNotFound)
+	wantErr(t, "second delete", s.DeleteTenant(ctx, "acme"), tenants.ErrNotFound)
+	// The slug is free again, with nothing of the old tenant left in it.
+	mustTenant(t, s, owner, "acme")
+	if ds, _, _ := s.Devices(ctx, "acme", tenants.Page{}); len(ds) != 0 {
+		t.Errorf("recreated tenant has %d devices of the deleted one", len(ds))
+	}
+}
+
+func testConcurrentSlug(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	a := mustAccount(t, s, "a@example.com")
+	b := mustAccount(t, s, "b@example.com")
+	const rounds = 5
+	for i := range rounds {
+		slug := fmt.Sprintf("race-%d", i)
+		var wg sync.WaitGroup
+		errs := make([]error, 2)
+		for j, acc := range []tenants.Account{a, b} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, errs[j] = s.CreateTenant(ctx, acc.ID, tenants.TenantInput{Slug: slug})
+			}()
+		}
+		wg.Wait()
+		ok, conflict := 0, 0
+		for _, err := range errs {
+			switch {
+			case err == nil:
+				ok++
+			case errors.Is(err, tenants.ErrConflict):
+				conflict++
+			default:
+				t.Fatalf("concurrent create of %s: unexpected error %v", slug, err)
+			}
+		}
+		if ok != 1 || conflict != 1 {
+			t.Fatalf("concurrent create of %s: got %d created and %d conflicts, want 1 and 1", slug, ok, conflict)
+		}
+	}
+}
+
+func testMembers(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	viewer := mustAccount(t, s, "viewer@example.com")
+	mustTenant(t, s, owner, "acme")
+
+	m, err := s.AddMember(ctx, "acme", tenants.MemberInput{Email: "VIEWER@example.com", Role: tenants.RoleViewer})
+	if err != nil || m.AccountID != viewer.ID || m.Role != tenants.RoleViewer {
+		t.Fatalf("AddMember: got %+v, %v", m, err)
+	}
+	_, err = s.AddMember(ctx, "acme", tenants.MemberInput{Email: "viewer@example.com", Role: tenants.RoleAdmin})
+	wantErr(t, "adding a member twice", err, tenants.ErrConflict)
+	_, err = s.AddMember(ctx, "acme", tenants.MemberInput{Email: "ghost@example.com", Role: tenants.RoleAdmin})
+	wantField(t, "adding an unknown email", err, "email")
+	_, err = s.AddMember(ctx, "acme", tenants.MemberInput{Email: "viewer@example.com", Role: "god"})
+	wantField(t, "unknown role", err, "role")
+
+	ts, _, err := s.TenantsOf(ctx, viewer.ID, tenants.Page{})
+	if err != nil || len(ts) != 1 || ts[0].Slug != "acme" || ts[0].Role != tenants.RoleViewer {
+		t.Fatalf("TenantsOf(viewer): got %+v, %v", ts, err)
+	}
+	ms, _, err := s.Members(ctx, "acme", tenants.Page{})
+	if err != nil || len(ms) != 2 {
+		t.Fatalf("Members: got %d, %v, want 2", len(ms), err)
+	}
+	wantErr(t, "removing the last owner", s.RemoveMember(ctx, "acme", owner.ID), tenants.ErrConflict)
+	if err := s.RemoveMember(ctx, "acme", viewer.ID); err != nil {
+		t.Fatalf("RemoveMember: %v", err)
+	}
+	_, err = s.Membership(ctx, "acme", viewer.ID)
+	wantErr(t, "removed member's membership", err, tenants.ErrNotFound)
+	wantErr(t, "removing a non-member", s.RemoveMember(ctx, "acme", viewer.ID), tenants.ErrNotFound)
+}
+
+func testDevices(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	mustTenant(t, s, owner, "acme")
+	on := false
+	d, secret, err := s.CreateDevice(ctx, "acme", tenants.DeviceInput{Name: "sensor-1", Enabled: &on, ClientIDs: tenants.ClientIDsAny, Metadata: map[string]string{"room": "kitchen"}})
+	if err != nil {
+		t.Fatalf("CreateDevice: %v", err)
+	}
+	if d.Username != "acme/sensor-1" || d.Enabled || d.ClientIDs != tenants.ClientIDsAny || d.Metadata["room"] != "kitchen" {
+		t.Errorf("created device: got %+v", d)
+	}
+	if len(secret) < 22 {
+		t.Errorf("secret %q is shorter than 128 bits of base64", secret)
+	}
+	got, err := s.Device(ctx, "acme", "sensor-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.SecretHash == secret || !tenants.CheckSecret(secret, got.SecretHash) || tenants.CheckSecret(secret+"x", got.SecretHash) {
+		t.Errorf("stored secret hash does not verify the secret, or is the secret itself")
+	}
+	if !got.CreatedAt.Equal(d.CreatedAt) || got.LastSeenAt != nil {
+		t.Errorf("read back: created %v (want %v), last seen %v (want nil)", got.CreatedAt, d.CreatedAt, got.LastSeenAt)
+	}
+	_, _, err = s.CreateDevice(ctx, "acme", tenants.DeviceInput{Name: "sensor-1"})
+	wantErr(t, "duplicate device", err, tenants.ErrConflict)
+	for _, bad := range []string{"", "a/b", "a+b", "a#", "$sys", "a:b", "a b", "-lead", "x\x00", string(make([]byte, 129))} {
+		_, _, err := s.CreateDevice(ctx, "acme", tenants.DeviceInput{Name: bad})
+		wantField(t, fmt.Sprintf("device name %q", bad), err, "name")
+	}
+	_, _, err = s.CreateDevice(ctx, "acme", tenants.DeviceInput{Name: "ok", ClientIDs: "some"})
+	wantField(t, "bad client_ids", err, "client_ids")
+	_, _, err = s.CreateDevice(ctx, "nope", tenants.DeviceInput{Name: "d1"})
+	wantErr(t, "device in unknown tenant", err, tenants.ErrNotFound)
+
+	yes := true
+	exact := tenants.ClientIDsExact
+	md := map[string]string{"room": "hall", "floor": "2"}
+	up, err := s.UpdateDevice(ctx, "acme", "sensor-1", tenants.DeviceUpdate{Enabled: &yes, ClientIDs: &exact, Metadata: &md})
+	if err != nil || !up.Enabled || up.ClientIDs != exact || up.Metadata["room"] != "hall" || len(up.Metadata) != 2 {
+		t.Fatalf("UpdateDevice: got %+v, %v", up, err)
+	}
+	if up.SecretHash != got.SecretHash {
+		t.Errorf("UpdateDevice changed the secret")
+	}
+	_, err = s.UpdateDevice(ctx, "acme", "nope", tenants.DeviceUpdate{Enabled: &yes})
+	wantErr(t, "update unknown device", err, tenants.ErrNotFound)
+
+	_, newSecret, err := s.RotateDeviceSecret(ctx, "acme", "sensor-1")
+	if err != nil || newSecret == secret {
+		t.Fatalf("RotateDeviceSecret: %v (same secret: %v)", err, newSecret == secret)
+	}
+	got, _ = s.Device(ctx, "acme", "sensor-1")
+	if tenants.CheckSecret(secret, got.SecretHash) || !tenants.CheckSecret(newSecret, got.SecretHash) {
+		t.Errorf("after rotation the old secret must fail and the new one pass")
+	}
+
+	seen := time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC)
+	if err := s.TouchDevice(ctx, "acme", "sensor-1", seen); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.Device(ctx, "acme", "sensor-1")
+	if got.LastSeenAt == nil || !got.LastSeenAt.Equal(seen) {
+		t.Errorf("last seen: got %v, want %v", got.LastSeenAt, seen)
+	}
+
+	if err := s.DeleteDevice(ctx, "acme", "sensor-1"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Device(ctx, "acme", "sensor-1")
+	wantErr(t, "deleted device", err, tenants.ErrNotFound)
+	wantErr(t, "second delete", s.DeleteDevice(ctx, "acme", "sensor-1"), tenants.ErrNotFound)
+}
+
+func testDeviceQuota(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	mustTenant(t, s, owner, "acme")
+	limit := int64(2)
+	if _, err := s.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Quotas: map[string]*int64{"max_devices": &limit}}); err != nil {
+		t.Fatal(err)
+	}
+	mustDevice(t, s, "acme", "d1")
+	mustDevice(t, s, "acme", "d2")
+	_, _, err := s.CreateDevice(ctx, "acme", tenants.DeviceInput{Name: "d3"})
+	var qe *tenants.QuotaError
+	if !errors.As(err, &qe) || qe.Quota != "max_devices" || qe.Limit != 2 {
+		t.Fatalf("third device over max_devices=2: got %v, want a QuotaError naming max_devices", err)
+	}
+	if err := s.DeleteDevice(ctx, "acme", "d1"); err != nil {
+		t.Fatal(err)
+	}
+	mustDevice(t, s, "acme", "d3")
+}
+
+func testACLRules(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	mustTenant(t, s, owner, "acme")
+	pos := func(i int) *int { return &i }
+	// The default allow-all is at 0; put a deny first and a device rule last.
+	deny, err := s.CreateACLRule(ctx, "acme", tenants.ACLRuleInput{Effect: tenants.Deny, Action: tenants.ActionPublish, Topic: "secret/#", Position: pos(0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	last, err := s.CreateACLRule(ctx, "acme", tenants.ACLRuleInput{Effect: tenants.Allow, Action: tenants.ActionSubscribe, Topic: "devices/${device}/in", Device: "d1", Position: pos(99)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rules, _ := s.ACLRules(ctx, "acme")
+	if len(rules) != 3 || rules[0].ID != deny.ID || rules[2].ID != last.ID || last.Position != 2 {
+		t.Fatalf("rule order: got %+v, want deny, default, device rule", rules)
+	}
+	for i, r := range rules {
+		if r.Position != i {
+			t.Errorf("rule %d has position %d", i, r.Position)
+		}
+	}
+	for _, tc := range []struct {
+		check   tenants.ACLCheck
+		allowed bool
+		rule    string
+	}{
+		{tenants.ACLCheck{Device: "d1", Action: tenants.ActionPublish, Topic: "secret/x"}, false, deny.ID},
+		{tenants.ACLCheck{Device: "d1", Action: tenants.ActionSubscribe, Topic: "secret/x"}, true, rules[1].ID},
+		{tenants.ACLCheck{Device: "d1", Action: tenants.ActionPublish, Topic: "public"}, true, rules[1].ID},
+	} {
+		allowed, rule, err := s.CheckACL(ctx, "acme", tc.check)
+		if err != nil || allowed != tc.allowed || rule == nil || rule.ID != tc.rule {
+			t.Errorf("CheckACL(%+v): got %v by %+v (%v), want %v by %s", tc.check, allowed, rule, err, tc.allowed, tc.rule)
+		}
+	}
+	// Delete the default rule: the device rule moves up and everything else is denied.
+	if err := s.DeleteACLRule(ctx, "acme", rules[1].ID); err != nil {
+		t.Fatal(err)
+	}
+	rules, _ = s.ACLRules(ctx, "acme")
+	if len(rules) != 2 || rules[1].ID != last.ID || rules[1].Position != 1 {
+		t.Fatalf("after delete: got %+v", rules)
+	}
+	allowed, rule, err := s.CheckACL(ctx, "acme", tenants.ACLCheck{Device: "d1", Action: tenants.ActionSubscribe, Topic: "devices/d1/in"})
+	if err != nil || !allowed || rule.ID != last.ID {
+		t.Errorf("${device} rule for d1: got %v by %+v (%v)", allowed, rule, err)
+	}
+	allowed, rule, err = s.CheckACL(ctx, "acme", tenants.ACLCheck{Device: "d2", Action: tenants.ActionSubscribe, Topic: "devices/d1/in"})
+	if err != nil || allowed || rule != nil {
+		t.Errorf("d2 on d1's topic: got %v by %+v (%v), want default deny", allowed, rule, err)
+	}
+	wantErr(t, "delete unknown rule", s.DeleteACLRule(ctx, "acme", "acl_nope"), tenants.ErrNotFound)
+	for _, bad := range []tenants.ACLRuleInput{
+		{Effect: "maybe", Action: tenants.ActionAll, Topic: "#"},
+		{Effect: tenants.Allow, Action: "read", Topic: "#"},
+		{Effect: tenants.Allow, Action: tenants.ActionAll, Topic: "a/#/b"},
+		{Effect: tenants.Allow, Action: tenants.ActionAll, Topic: "a+"},
+		{Effect: tenants.Allow, Action: tenants.ActionAll, Topic: ""},
+		{Effect: tenants.Allow, Action: tenants.ActionAll, Topic: "$SYS/#"},
+		{Effect: tenants.Allow, Action: tenants.ActionAll, Topic: "x/${tenant}"},
+		{Effect: tenants.Allow, Action: tenants.ActionAll, Topic: "#", Device: "a/b"},
+		{Effect: tenants.Allow, Action: tenants.ActionAll, Topic: "#", Position: pos(-1)},
+	} {
+		if _, err := s.CreateACLRule(ctx, "acme", bad); !errors.Is(err, tenants.ErrInvalid) {
+			t.Errorf("CreateACLRule(%+v): got %v, want ErrInvalid", bad, err)
+		}
+	}
+	_, _, err = s.CheckACL(ctx, "acme", tenants.ACLCheck{Device: "d1", Action: tenants.ActionPublish, Topic: "a/+"})
+	wantField(t, "publish check with a wildcard", err, "topic")
+}
+
+func testAPIKeys(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	mustTenant(t, s, owner, "acme")
+	k, token, err := s.CreateAPIKey(ctx, "acme", tenants.APIKeyInput{Name: "ci", Role: tenants.RoleAdmin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !tenants.IsAPIKey(token) || k.Prefix == "" || len(token) < len(k.Prefix)+22 || token[:len(k.Prefix)] != k.Prefix {
+		t.Fatalf("token %q / prefix %q: want rk_ form with the prefix visible", token, k.Prefix)
+	}
+	got, err := s.AuthenticateAPIKey(ctx, token)
+	if err != nil || got.ID != k.ID || got.Tenant != "acme" || got.Role != tenants.RoleAdmin || got.LastUsedAt == nil {
+		t.Fatalf("AuthenticateAPIKey: got %+v, %v", got, err)
+	}
+	ks, _, _ := s.APIKeys(ctx, "acme", tenants.Page{})
+	if len(ks) != 1 || ks[0].LastUsedAt == nil {
+		t.Fatalf("APIKeys: got %+v, want one key with last use recorded", ks)
+	}
+	for _, bad := range []string{token + "x", token[:len(token)-1] + "A", "rk_", "rk_nope_nope", "nope"} {
+		if _, err := s.AuthenticateAPIKey(ctx, bad); !errors.Is(err, tenants.ErrUnauthorized) {
+			t.Errorf("AuthenticateAPIKey(%q): got %v, want ErrUnauthorized", bad, err)
+		}
+	}
+	k2, _, err := s.CreateAPIKey(ctx, "acme", tenants.APIKeyInput{Name: "reader"})
+	if err != nil || k2.Role != tenants.RoleViewer {
+		t.Fatalf("default role: got %+v, %v, want viewer", k2, err)
+	}
+	_, _, err = s.CreateAPIKey(ctx, "acme", tenants.APIKeyInput{Name: ""})
+	wantField(t, "nameless key", err, "name")
+	if err := s.DeleteAPIKey(ctx, "acme", k.ID); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.AuthenticateAPIKey(ctx, token)
+	wantErr(t, "revoked key", err, tenants.ErrUnauthorized)
+	wantErr(t, "revoke twice", s.DeleteAPIKey(ctx, "acme", k.ID), tenants.ErrNotFound)
+}
+
+func testAudit(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	actx := tenants.WithActor(context.Background(), "account:"+owner.ID)
+	if _, err := s.CreateTenant(actx, owner.ID, tenants.TenantInput{Slug: "acme"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.CreateDevice(actx, "acme", tenants.DeviceInput{Name: "d1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteDevice(actx, "acme", "d1"); err != nil {
+		t.Fatal(err)
+	}
+	es, _, err := s.Audit(ctx, "acme", tenants.Page{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range es {
+		got = append(got, e.Action+" "+e.Object)
+		if e.Actor != "account:"+owner.ID || e.Tenant != "acme" || e.At.IsZero() {
+			t.Errorf("entry %+v: want actor account:%s, tenant acme, a time", e, owner.ID)
+		}
+	}
+	want := []string{"device.delete device:d1", "device.create device:d1", "tenant.create tenant:acme"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("audit, newest first: got %q, want %q", got, want)
+	}
+	// A failed change leaves no entry.
+	_, _, _ = s.CreateDevice(actx, "acme", tenants.DeviceInput{Name: "bad/name"})
+	if es2, _, _ := s.Audit(ctx, "acme", tenants.Page{}); len(es2) != len(es) {
+		t.Errorf("a rejected change was audited: %d entries, want %d", len(es2), len(es))
+	}
+}
+
+func testSettings(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	v1, err := s.Setting(ctx, "k", func() string { return "first" })
+	if err != nil || v1 != "first" {
+		t.Fatalf("Setting: got %q, %v", v1, err)
+	}
+	v2, err := s.Setting(ctx, "k", func() string { return "second" })
+	if err != nil || v2 != "first" {
+		t.Fatalf("Setting again: got %q, %v, want the first value kept", v2, err)
+	}
+}
+
+func testCrossTenant(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	a := mustAccount(t, s, "a@example.com")
+	b := mustAccount(t, s, "b@example.com")
+	mustTenant(t, s, a, "tenant-a")
+	mustTenant(t, s, b, "tenant-b")
+	_, secretA := mustDevice(t, s, "tenant-a", "d1")
+	_, secretB := mustDevice(t, s, "tenant-b", "d1")
+	da, _ := s.Device(ctx, "tenant-a", "d1")
+	db, _ := s.Device(ctx, "tenant-b", "d1")
+	if tenants.CheckSecret(secretB, da.SecretHash) || tenants.CheckSecret(secretA, db.SecretHash) {
+		t.Fatal("one tenant's device secret opens the other tenant's same-named device")
+	}
+	ruleA, _ := s.ACLRules(ctx, "tenant-a")
+	wantErr(t, "B deletes A's rule", s.DeleteACLRule(ctx, "tenant-b", ruleA[0].ID), tenants.ErrNotFound)
+	keyA, _, _ := s.CreateAPIKey(ctx, "tenant-a", tenants.APIKeyInput{Name: "k"})
+	wantErr(t, "B deletes A's key", s.DeleteAPIKey(ctx, "tenant-b", keyA.ID), tenants.ErrNotFound)
+	_, err := s.Membership(ctx, "tenant-a", b.ID)
+	wantErr(t, "B's membership of A", err, tenants.ErrNotFound)
+	if ks, _, _ := s.APIKeys(ctx, "tenant-b", tenants.Page{}); len(ks) != 0 {
+		t.Errorf("B lists %d keys, want 0", len(ks))
+	}
+	if es, _, _ := s.Audit(ctx, "tenant-b", tenants.Page{}); len(es) == 0 {
+		t.Error("B's audit is empty")
+	} else {
+		for _, e := range es {
+			if e.Tenant != "tenant-b" {
+				t.Errorf("B's audit shows %+v", e)
+			}
+		}
+	}
+	ts, _, _ := s.TenantsOf(ctx, b.ID, tenants.Page{})
+	if len(ts) != 1 || ts[0].Slug != "tenant-b" {
+		t.Errorf("B's tenants: got %+v", ts)
+	}
+	if err := s.DeleteTenant(ctx, "tenant-b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Device(ctx, "tenant-a", "d1"); err != nil {
+		t.Errorf("deleting B removed A's device: %v", err)
+	}
+}
+
+func testPagination(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	mustTenant(t, s, owner, "acme")
+	for i := range 7 {
+		mustDevice(t, s, "acme", fmt.Sprintf("d%02d", i))
+	}
+	var all []string
+	p := tenants.Page{Limit: 3}
+	for pages := 0; ; pages++ {
+		if pages > 5 {
+			t.Fatal("pagination does not end")
+		}
+		ds, next, err := s.Devices(ctx, "acme", p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range ds {
+			all = append(all, d.Name)
+		}
+		if next == "" {
+			break
+		}
+		p.Cursor = next
+	}
+	if want := "[d00 d01 d02 d03 d04 d05 d06]"; fmt.Sprint(all) != want {
+		t.Errorf("paged devices: got %v, want %s", all, want)
+	}
+	for i := range 4 {
+		mustTenant(t, s, owner, fmt.Sprintf("page-%d", i))
+	}
+	ts, next, _ := s.Tenants(ctx, tenants.Page{Limit: 2})
+	ts2, next2, _ := s.Tenants(ctx, tenants.Page{Limit: 10, Cursor: next})
+	if len(ts) != 2 || next == "" || len(ts2) != 3 || next2 != "" {
+		t.Errorf("tenant pages: got %d (next %q) then %d (next %q), want 2 then 3", len(ts), next, len(ts2), next2)
+	}
+}
+
+func testSurvives(t *testing.T, s *tenants.Store, reopen func() *tenants.Store) {
+	if reopen == nil {
+		t.Skip("this store cannot be reopened")
+	}
+	owner := mustAccount(t, s, "owner@example.com")
+	mustTenant(t, s, owner, "acme")
+	_, secret := mustDevice(t, s, "acme", "d1")
+	s2 := reopen()
+	d, err := s2.Device(ctx, "acme", "d1")
+	if err != nil || !tenants.CheckSecret(secret, d.SecretHash) {
+		t.Fatalf("device after reopen: %v", err)
+	}
+	if _, err := s2.Authenticate(ctx, "owner@example.com", "correct horse battery"); err != nil {
+		t.Fatalf("login after reopen: %v", err)
+	}
+}
