@@ -1,0 +1,153 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/roosthub/roost"
+	"github.com/roosthub/roost/tenants"
+)
+
+func handleHealth() handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		return nil
+	}
+}
+
+func handleReady(ready func(context.Context) error) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := ready(ctx); err != nil {
+			return errorf(http.StatusServiceUnavailable, "not_ready", "not ready: the store does not answer")
+		}
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		return nil
+	}
+}
+
+func handleSpec() http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/yaml")
+		w.Write(roost.OpenAPI)
+	}
+}
+
+type accountStore interface {
+	CreateAccount(ctx context.Context, in tenants.Signup) (tenants.Account, error)
+	Authenticate(ctx context.Context, email, password string) (tenants.Account, error)
+}
+
+type session struct {
+	Token     string          `json:"token"`
+	ExpiresAt time.Time       `json:"expires_at"`
+	Account   tenants.Account `json:"account"`
+}
+
+// clientIP is the address the request came from. Roost does not trust
+// X-Forwarded-For: behind a proxy, the proxy must be the one to throttle.
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+func tooManyAttempts(wait time.Duration) error {
+	secs := int(math.Ceil(wait.Seconds()))
+	return &httpError{status: http.StatusTooManyRequests, code: "too_many_attempts", retryAfter: fmt.Sprint(secs),
+		msg: fmt.Sprintf("too many failed attempts; try again in %d seconds", secs)}
+}
+
+func handleSignup(accounts accountStore, tok tokens, ipGuard *loginGuard) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		var in tenants.Signup
+		if err := decode(r, &in); err != nil {
+			return err
+		}
+		// Each signup hashes a password; the per-address guard bounds how
+		// many a single source can make the server compute.
+		ip := "ip:" + clientIP(r)
+		if wait := ipGuard.wait(ip); wait > 0 {
+			return tooManyAttempts(wait)
+		}
+		a, err := accounts.CreateAccount(r.Context(), in)
+		if err != nil {
+			if errors.Is(err, tenants.ErrConflict) {
+				ipGuard.failed(ip)
+			}
+			return err
+		}
+		token, exp, err := tok.issue(a.ID)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusCreated, session{Token: token, ExpiresAt: exp, Account: a})
+		return nil
+	}
+}
+
+type login struct {
+	Email    string `json:"email"`
+	Password string `json:"password"`
+}
+
+func handleLogin(accounts accountStore, tok tokens, accountGuard, ipGuard *loginGuard) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		var in login
+		if err := decode(r, &in); err != nil {
+			return err
+		}
+		acct := "account:" + strings.ToLower(strings.TrimSpace(in.Email))
+		ip := "ip:" + clientIP(r)
+		if wait := max(accountGuard.wait(acct), ipGuard.wait(ip)); wait > 0 {
+			return tooManyAttempts(wait)
+		}
+		a, err := accounts.Authenticate(r.Context(), in.Email, in.Password)
+		if errors.Is(err, tenants.ErrUnauthorized) {
+			accountGuard.failed(acct)
+			ipGuard.failed(ip)
+			return errorf(http.StatusUnauthorized, "unauthorized", "wrong email or password")
+		}
+		if err != nil {
+			return err
+		}
+		accountGuard.succeeded(acct)
+		ipGuard.succeeded(ip)
+		token, exp, err := tok.issue(a.ID)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, session{Token: token, ExpiresAt: exp, Account: a})
+		return nil
+	}
+}
+
+type me struct {
+	Kind    string           `json:"kind"`
+	Account *tenants.Account `json:"account,omitempty"`
+	APIKey  *tenants.APIKey  `json:"api_key,omitempty"`
+}
+
+func handleMe() handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		p := principalFrom(r.Context())
+		switch {
+		case p.account != nil:
+			writeJSON(w, http.StatusOK, me{Kind: "account", Account: p.account})
+		case p.key != nil:
+			writeJSON(w, http.StatusOK, me{Kind: "api_key", APIKey: p.key})
+		default:
+			writeJSON(w, http.StatusOK, me{Kind: "operator"})
+		}
+		return nil
+	}
+}

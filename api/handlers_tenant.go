@@ -1,0 +1,248 @@
+package api
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+type tenantStore interface {
+	CreateTenant(ctx context.Context, owner string, in tenants.TenantInput) (tenants.Tenant, error)
+	Tenant(ctx context.Context, slug string) (tenants.Tenant, error)
+	TenantsOf(ctx context.Context, account string, p tenants.Page) ([]tenants.Tenant, string, error)
+	UpdateTenant(ctx context.Context, slug string, u tenants.TenantUpdate) (tenants.Tenant, error)
+	DeleteTenant(ctx context.Context, slug string) error
+}
+
+func handleTenantList(ts tenantStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		p, err := page(r)
+		if err != nil {
+			return err
+		}
+		caller := principalFrom(r.Context())
+		switch {
+		case caller.account != nil:
+			items, next, err := ts.TenantsOf(r.Context(), caller.account.ID, p)
+			if err != nil {
+				return err
+			}
+			writeJSON(w, http.StatusOK, newList(items, next))
+		case caller.key != nil:
+			// A key sees the one tenant it belongs to.
+			t, err := ts.Tenant(r.Context(), caller.key.Tenant)
+			if err != nil {
+				return err
+			}
+			t.Role = caller.key.Role
+			writeJSON(w, http.StatusOK, newList([]tenants.Tenant{t}, ""))
+		default:
+			return errorf(http.StatusForbidden, "forbidden", "the operator lists tenants at /v1/admin/tenants")
+		}
+		return nil
+	}
+}
+
+func handleTenantCreate(ts tenantStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		caller := principalFrom(r.Context())
+		if caller.account == nil {
+			return errorf(http.StatusForbidden, "forbidden", "only an account (a console session) can create tenants")
+		}
+		var in tenants.TenantInput
+		if err := decode(r, &in); err != nil {
+			return err
+		}
+		t, err := ts.CreateTenant(r.Context(), caller.account.ID, in)
+		if err != nil {
+			return err
+		}
+		w.Header().Set("Location", "/v1/tenants/"+t.Slug)
+		writeJSON(w, http.StatusCreated, t)
+		return nil
+	}
+}
+
+func handleTenantGet(ts tenantStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		t, err := ts.Tenant(r.Context(), chi.URLParam(r, "tenant"))
+		if err != nil {
+			return err
+		}
+		t.Role = roleFrom(r.Context())
+		writeJSON(w, http.StatusOK, t)
+		return nil
+	}
+}
+
+func handleTenantUpdate(ts tenantStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		var u tenants.TenantUpdate
+		if err := decode(r, &u); err != nil {
+			return err
+		}
+		t, err := ts.UpdateTenant(r.Context(), chi.URLParam(r, "tenant"), u)
+		if err != nil {
+			return err
+		}
+		t.Role = roleFrom(r.Context())
+		writeJSON(w, http.StatusOK, t)
+		return nil
+	}
+}
+
+func handleTenantDelete(ts tenantStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if err := ts.DeleteTenant(r.Context(), chi.URLParam(r, "tenant")); err != nil {
+			return err
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+}
+
+type quotaView struct {
+	Plan      string           `json:"plan"`
+	Quotas    tenants.Quotas   `json:"quotas"`
+	Overrides map[string]int64 `json:"overrides"`
+}
+
+func handleQuotas(ts tenantStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		t, err := ts.Tenant(r.Context(), chi.URLParam(r, "tenant"))
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, quotaView{Plan: t.Plan, Quotas: t.Quotas(), Overrides: t.Overrides})
+		return nil
+	}
+}
+
+type memberStore interface {
+	Members(ctx context.Context, tenant string, p tenants.Page) ([]tenants.Member, string, error)
+	Membership(ctx context.Context, tenant, account string) (tenants.Member, error)
+	AddMember(ctx context.Context, tenant string, in tenants.MemberInput) (tenants.Member, error)
+	RemoveMember(ctx context.Context, tenant, account string) error
+}
+
+func handleMemberList(ms memberStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		p, err := page(r)
+		if err != nil {
+			return err
+		}
+		items, next, err := ms.Members(r.Context(), chi.URLParam(r, "tenant"), p)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, newList(items, next))
+		return nil
+	}
+}
+
+// Admins manage members, but only owners make or remove owners: otherwise an
+// admin could promote themselves.
+func handleMemberAdd(ms memberStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		var in tenants.MemberInput
+		if err := decode(r, &in); err != nil {
+			return err
+		}
+		if in.Role == tenants.RoleOwner && !roleFrom(r.Context()).AtLeast(tenants.RoleOwner) {
+			return errorf(http.StatusForbidden, "forbidden", "only an owner can add an owner")
+		}
+		m, err := ms.AddMember(r.Context(), chi.URLParam(r, "tenant"), in)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusCreated, m)
+		return nil
+	}
+}
+
+func handleMemberRemove(ms memberStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		tenant, account := chi.URLParam(r, "tenant"), chi.URLParam(r, "account")
+		m, err := ms.Membership(r.Context(), tenant, account)
+		if err != nil {
+			return err
+		}
+		if m.Role == tenants.RoleOwner && !roleFrom(r.Context()).AtLeast(tenants.RoleOwner) {
+			return errorf(http.StatusForbidden, "forbidden", "only an owner can remove an owner")
+		}
+		if err := ms.RemoveMember(r.Context(), tenant, account); err != nil {
+			return err
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+}
+
+type auditStore interface {
+	Audit(ctx context.Context, tenant string, p tenants.Page) ([]tenants.AuditEntry, string, error)
+}
+
+func handleAudit(as auditStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		p, err := page(r)
+		if err != nil {
+			return err
+		}
+		items, next, err := as.Audit(r.Context(), chi.URLParam(r, "tenant"), p)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, newList(items, next))
+		return nil
+	}
+}
+
+type adminStore interface {
+	Tenants(ctx context.Context, p tenants.Page) ([]tenants.Tenant, string, error)
+	Tenant(ctx context.Context, slug string) (tenants.Tenant, error)
+	AdminUpdateTenant(ctx context.Context, slug string, u tenants.AdminTenantUpdate) (tenants.Tenant, error)
+}
+
+func handleAdminTenantList(as adminStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		p, err := page(r)
+		if err != nil {
+			return err
+		}
+		items, next, err := as.Tenants(r.Context(), p)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, newList(items, next))
+		return nil
+	}
+}
+
+func handleAdminTenantGet(as adminStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		t, err := as.Tenant(r.Context(), chi.URLParam(r, "tenant"))
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, t)
+		return nil
+	}
+}
+
+func handleAdminTenantUpdate(as adminStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		var u tenants.AdminTenantUpdate
+		if err := decode(r, &u); err != nil {
+			return err
+		}
+		t, err := as.AdminUpdateTenant(r.Context(), chi.URLParam(r, "tenant"), u)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, t)
+		return nil
+	}
+}

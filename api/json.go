@@ -1,0 +1,151 @@
+package api
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+// maxBodyBytes bounds every request body the API reads.
+const maxBodyBytes = 64 << 10
+
+// decode reads one JSON object from the request into v. Unknown fields,
+// trailing data, a wrong content type and an oversized body are all errors
+// that say what was wrong, so a typo in a field name never silently does
+// nothing.
+func decode(r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+			return errorf(http.StatusUnsupportedMediaType, "unsupported_media_type", "the request body must be application/json")
+		}
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBodyBytes))
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		return errorf(http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("the request body exceeds %d bytes", maxBodyBytes))
+	}
+	if err != nil {
+		return errorf(http.StatusBadRequest, "bad_body", "could not read the request body")
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return errorf(http.StatusBadRequest, "bad_json", "a JSON request body is required")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return jsonError(err)
+	}
+	if dec.More() {
+		return errorf(http.StatusBadRequest, "bad_json", "the request body must hold one JSON object")
+	}
+	return nil
+}
+
+// jsonError turns a decoding error into a problem that names the field.
+func jsonError(err error) error {
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syntax):
+		return errorf(http.StatusBadRequest, "bad_json", fmt.Sprintf("malformed JSON at byte %d", syntax.Offset))
+	case errors.As(err, &typ):
+		e := &httpError{status: http.StatusBadRequest, code: "invalid", field: typ.Field,
+			msg: fmt.Sprintf("%s must be %s", fieldName(typ.Field), jsonType(typ.Type.Kind().String()))}
+		return e
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		field, _ := strconv.Unquote(strings.TrimPrefix(err.Error(), "json: unknown field "))
+		return &httpError{status: http.StatusBadRequest, code: "unknown_field", field: field, msg: fmt.Sprintf("unknown field %q", field)}
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return errorf(http.StatusBadRequest, "bad_json", "the JSON body ends too early")
+	}
+	return errorf(http.StatusBadRequest, "bad_json", "the body is not valid JSON")
+}
+
+func fieldName(f string) string {
+	if f == "" {
+		return "the body"
+	}
+	return f
+}
+
+func jsonType(kind string) string {
+	switch kind {
+	case "string":
+		return "a string"
+	case "bool":
+		return "true or false"
+	case "int", "int64", "int32", "uint32", "float64":
+		return "a number"
+	case "map", "struct":
+		return "an object"
+	case "slice":
+		return "an array"
+	}
+	return "of another type"
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	writeJSONType(w, "application/json", status, v)
+}
+
+func writeJSONType(w http.ResponseWriter, contentType string, status int, v any) {
+	w.Header().Set("Content-Type", contentType)
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v) // the status is sent; a failed write is the client's loss
+}
+
+// list is the shape of every paginated response.
+type list[T any] struct {
+	Items      []T    `json:"items"`
+	NextCursor string `json:"next_cursor,omitempty"`
+}
+
+func newList[T any](items []T, next string) list[T] {
+	if items == nil {
+		items = []T{}
+	}
+	return list[T]{Items: items, NextCursor: encodeCursor(next)}
+}
+
+// Cursors are opaque to clients: the key of the last item, base64url.
+func encodeCursor(key string) string {
+	if key == "" {
+		return ""
+	}
+	return base64.RawURLEncoding.EncodeToString([]byte(key))
+}
+
+// page reads the limit and cursor query parameters.
+func page(r *http.Request) (tenants.Page, error) {
+	var p tenants.Page
+	q := r.URL.Query()
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > tenants.MaxPageSize {
+			return p, &httpError{status: http.StatusBadRequest, code: "invalid", field: "limit",
+				msg: fmt.Sprintf("limit must be a whole number from 1 to %d", tenants.MaxPageSize)}
+		}
+		p.Limit = n
+	}
+	if s := q.Get("cursor"); s != "" {
+		key, err := base64.RawURLEncoding.DecodeString(s)
+		if err != nil || len(key) > 200 {
+			return p, &httpError{status: http.StatusBadRequest, code: "invalid", field: "cursor", msg: "cursor is not one this API returned"}
+		}
+		p.Cursor = string(key)
+	}
+	return p, nil
+}

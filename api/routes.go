@@ -1,0 +1,79 @@
+package api
+
+import (
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+// routes is the whole API surface. openapi.yaml describes exactly these
+// routes; TestRoutesMatchSpec checks both directions.
+func (s *Server) routes() chi.Router {
+	st := s.store
+	r := chi.NewRouter()
+	r.Use(s.observe)
+	r.NotFound(s.serve(func(w http.ResponseWriter, r *http.Request) error {
+		return errorf(http.StatusNotFound, "not_found", "no such route")
+	}))
+	r.MethodNotAllowed(s.serve(func(w http.ResponseWriter, r *http.Request) error {
+		return errorf(http.StatusMethodNotAllowed, "method_not_allowed", r.Method+" is not allowed here")
+	}))
+
+	r.Get("/healthz", s.serve(handleHealth()))
+	r.Get("/readyz", s.serve(handleReady(s.ready)))
+	r.Get("/openapi.yaml", handleSpec())
+
+	r.Route("/v1", func(r chi.Router) {
+		r.Post("/signup", s.serve(handleSignup(st, s.tokens, s.ipGuard)))
+		r.Post("/login", s.serve(handleLogin(st, s.tokens, s.accountGuard, s.ipGuard)))
+
+		r.Group(func(r chi.Router) {
+			r.Use(s.authenticate)
+			r.Get("/me", s.serve(handleMe()))
+			r.Get("/tenants", s.serve(handleTenantList(st)))
+			r.Post("/tenants", s.serve(handleTenantCreate(st)))
+
+			r.Route("/tenants/{tenant}", func(r chi.Router) {
+				r.Use(s.tenantAccess)
+				viewer, admin, owner := s.need(tenants.RoleViewer), s.need(tenants.RoleAdmin), s.need(tenants.RoleOwner)
+
+				r.With(viewer).Get("/", s.serve(handleTenantGet(st)))
+				r.With(owner).Patch("/", s.serve(handleTenantUpdate(st)))
+				r.With(owner).Delete("/", s.serve(handleTenantDelete(st)))
+
+				r.With(viewer).Get("/devices", s.serve(handleDeviceList(st)))
+				r.With(admin).Post("/devices", s.serve(handleDeviceCreate(st)))
+				r.With(viewer).Get("/devices/{device}", s.serve(handleDeviceGet(st)))
+				r.With(admin).Patch("/devices/{device}", s.serve(handleDeviceUpdate(st)))
+				r.With(admin).Delete("/devices/{device}", s.serve(handleDeviceDelete(st)))
+				r.With(admin).Post("/devices/{device}/secret", s.serve(handleDeviceRotate(st)))
+
+				r.With(viewer).Get("/acl/rules", s.serve(handleACLList(st)))
+				r.With(admin).Post("/acl/rules", s.serve(handleACLCreate(st)))
+				r.With(admin).Delete("/acl/rules/{id}", s.serve(handleACLDelete(st)))
+				r.With(viewer).Post("/acl/check", s.serve(handleACLCheck(st)))
+
+				r.With(viewer).Get("/api-keys", s.serve(handleAPIKeyList(st)))
+				r.With(admin).Post("/api-keys", s.serve(handleAPIKeyCreate(st)))
+				r.With(admin).Delete("/api-keys/{id}", s.serve(handleAPIKeyDelete(st)))
+
+				r.With(viewer).Get("/members", s.serve(handleMemberList(st)))
+				r.With(admin).Post("/members", s.serve(handleMemberAdd(st)))
+				r.With(admin).Delete("/members/{account}", s.serve(handleMemberRemove(st)))
+
+				r.With(viewer).Get("/quotas", s.serve(handleQuotas(st)))
+				r.With(viewer).Get("/audit", s.serve(handleAudit(st)))
+			})
+
+			r.Route("/admin", func(r chi.Router) {
+				r.Use(s.onlyOperator)
+				r.Get("/tenants", s.serve(handleAdminTenantList(st)))
+				r.Get("/tenants/{tenant}", s.serve(handleAdminTenantGet(st)))
+				r.Patch("/tenants/{tenant}", s.serve(handleAdminTenantUpdate(st)))
+			})
+		})
+	})
+	return r
+}

@@ -1,0 +1,169 @@
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+// Config is what the API needs to run.
+type Config struct {
+	Store *tenants.Store
+	Log   *slog.Logger
+	// AdminToken unlocks /v1/admin/*.
+	AdminToken string
+	// SigningKey signs console session tokens; at least 32 bytes.
+	SigningKey []byte
+	// TokenTTL is how long a console session lasts; 12 hours if zero.
+	TokenTTL time.Duration
+	// Ready reports whether the server can serve; nil means the store's ping.
+	Ready func(ctx context.Context) error
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Server is the REST API. It is an http.Handler.
+type Server struct {
+	router     chi.Router
+	store      *tenants.Store
+	log        *slog.Logger
+	adminToken string
+	tokens     tokens
+	// Login attempts are throttled per account and per source address.
+	accountGuard *loginGuard
+	ipGuard      *loginGuard
+	ready      func(ctx context.Context) error
+}
+
+// Login throttling: five failures in a row per account before delays start,
+// twenty per source address (many people can share one), and at most 100
+// evaluated failures an hour for either.
+const (
+	loginFreePerAccount = 5
+	loginFreePerIP      = 20
+	loginMaxPerHour     = 100
+)
+
+// New builds the API.
+func New(cfg Config) (*Server, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("api: no store")
+	}
+	if len(cfg.SigningKey) < 32 {
+		return nil, errors.New("api: signing key shorter than 32 bytes")
+	}
+	if len(cfg.AdminToken) < 16 {
+		return nil, errors.New("api: admin token shorter than 16 characters")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.TokenTTL == 0 {
+		cfg.TokenTTL = 12 * time.Hour
+	}
+	if cfg.Ready == nil {
+		cfg.Ready = cfg.Store.Ping
+	}
+	s := &Server{
+		store:      cfg.Store,
+		log:        cfg.Log,
+		adminToken: cfg.AdminToken,
+		tokens:     tokens{key: cfg.SigningKey, ttl: cfg.TokenTTL, now: cfg.Now},
+		accountGuard: newLoginGuard(loginFreePerAccount, loginMaxPerHour, cfg.Now),
+		ipGuard:      newLoginGuard(loginFreePerIP, loginMaxPerHour, cfg.Now),
+		ready:      cfg.Ready,
+	}
+	s.router = s.routes()
+	return s, nil
+}
+
+// ServeHTTP serves the API.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+// Router exposes the route table, for tests that walk it.
+func (s *Server) Router() chi.Routes { return s.router }
+
+// handler is an HTTP handler that returns its error; serve turns the error
+// into a problem response.
+type handler func(w http.ResponseWriter, r *http.Request) error
+
+func (s *Server) serve(h handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if err := h(w, r); err != nil {
+			s.fail(w, r, err)
+		}
+	}
+}
+
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	writeProblem(w, toProblem(err, requestID(r.Context()), s.log))
+}
+
+type requestIDKey struct{}
+
+func requestID(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey{}).(string)
+	return id
+}
+
+// observe gives each request an id (echoed in X-Request-Id and in problems),
+// recovers a panic into a 500 for that request alone, and logs one line per
+// request: never a body, header or query, so no secret reaches the log.
+func (s *Server) observe(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b := make([]byte, 8)
+		rand.Read(b)
+		id := hex.EncodeToString(b)
+		w.Header().Set("X-Request-Id", id)
+		r = r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id))
+		rec := &statusRecorder{ResponseWriter: w}
+		start := time.Now()
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.log.Error("panic serving request", "request_id", id, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+				if rec.status == 0 {
+					s.fail(rec, r, errors.New("panic"))
+				}
+			}
+			route := chi.RouteContext(r.Context()).RoutePattern()
+			s.log.Info("request", "request_id", id, "method", r.Method, "route", route,
+				"status", rec.status, "duration_ms", time.Since(start).Milliseconds())
+		}()
+		next.ServeHTTP(rec, r)
+	})
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(status int) {
+	if r.status == 0 {
+		r.status = status
+	}
+	r.ResponseWriter.WriteHeader(status)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.ResponseWriter.Write(b)
+}

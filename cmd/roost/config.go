@@ -1,0 +1,140 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// config is every setting of `roost serve`. Each has a flag and a ROOST_*
+// environment twin; a flag wins over its variable, and defaults serve a
+// laptop.
+type config struct {
+	DataDir     string
+	DatabaseURL string
+	HTTPAddr    string
+	AdminToken  string
+	PublicURL   string
+	LogFormat   string
+	TokenTTL    time.Duration
+}
+
+// setting describes one configuration value.
+type setting struct {
+	name  string // flag name; the variable is ROOST_ + upper-case name with _
+	usage string
+	def   string
+	dest  any // *string or *time.Duration
+}
+
+func (c *config) settings() []setting {
+	return []setting{
+		{"data-dir", "directory for the embedded database and generated secrets", "./roost-data", &c.DataDir},
+		{"database-url", "empty for embedded SQLite in the data dir, or a postgres:// URL", "", &c.DatabaseURL},
+		{"http-addr", "address of the REST API", ":8080", &c.HTTPAddr},
+		{"admin-token", "operator token for /v1/admin; empty: generated on first start and kept in the data dir", "", &c.AdminToken},
+		{"public-url", "URL users reach the API at, for links and messages", "", &c.PublicURL},
+		{"log-format", "text or json", "text", &c.LogFormat},
+		{"token-ttl", "lifetime of a console session token", "12h", &c.TokenTTL},
+	}
+}
+
+func envName(flagName string) string {
+	return "ROOST_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseConfig reads flags over environment over defaults. A bad value is an
+// error that names the setting and what was wrong with it.
+func parseConfig(name string, args []string, getenv func(string) string) (*config, error) {
+	c := &config{}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(new(strings.Builder))
+	for _, s := range c.settings() {
+		v := s.def
+		if e := getenv(envName(s.name)); e != "" {
+			v = e
+		}
+		usage := fmt.Sprintf("%s (env %s)", s.usage, envName(s.name))
+		switch d := s.dest.(type) {
+		case *string:
+			fs.StringVar(d, s.name, v, usage)
+		case *time.Duration:
+			dur, err := time.ParseDuration(v)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %q is not a duration like 12h or 30m", envName(s.name), v)
+			}
+			fs.DurationVar(d, s.name, dur, usage)
+		}
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, usageError(fs)
+		}
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return c, c.Validate()
+}
+
+func usageError(fs *flag.FlagSet) error {
+	var b strings.Builder
+	fs.SetOutput(&b)
+	fs.PrintDefaults()
+	return &helpError{text: b.String()}
+}
+
+type helpError struct{ text string }
+
+func (e *helpError) Error() string { return e.text }
+
+// Validate checks every setting.
+func (c *config) Validate() error {
+	if c.DataDir == "" {
+		return errors.New("ROOST_DATA_DIR: must not be empty")
+	}
+	if c.DatabaseURL != "" {
+		u, err := url.Parse(c.DatabaseURL)
+		if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" {
+			return errors.New("ROOST_DATABASE_URL: must be empty (embedded SQLite) or postgres://user:password@host:port/db")
+		}
+	}
+	if err := validAddr(c.HTTPAddr); err != nil {
+		return fmt.Errorf("ROOST_HTTP_ADDR: %w", err)
+	}
+	if c.AdminToken != "" && len(c.AdminToken) < 16 {
+		return errors.New("ROOST_ADMIN_TOKEN: must be at least 16 characters, or empty to generate one")
+	}
+	if c.PublicURL != "" {
+		u, err := url.Parse(c.PublicURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return errors.New("ROOST_PUBLIC_URL: must be an http:// or https:// URL")
+		}
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		return errors.New("ROOST_LOG_FORMAT: must be text or json")
+	}
+	if c.TokenTTL < time.Minute || c.TokenTTL > 30*24*time.Hour {
+		return errors.New("ROOST_TOKEN_TTL: must be between 1m and 720h")
+	}
+	return nil
+}
+
+func validAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q is not host:port", addr)
+	}
+	if host != "" && net.ParseIP(host) == nil && strings.ContainsAny(host, " /") {
+		return fmt.Errorf("%q has a bad host", addr)
+	}
+	if _, err := net.LookupPort("tcp", port); err != nil {
+		return fmt.Errorf("%q has a bad port", addr)
+	}
+	return nil
+}

@@ -1,0 +1,59 @@
+// Command roost is the Roost IoT hub: `roost serve` runs all of it.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		var help *helpError
+		if errors.As(err, &help) {
+			fmt.Fprint(os.Stdout, help.text)
+			return
+		}
+		fmt.Fprintln(os.Stderr, "roost:", err)
+		os.Exit(1)
+	}
+}
+
+const usage = `usage: roost <command> [flags]
+
+commands:
+  serve     run the hub (API on ROOST_HTTP_ADDR) with embedded defaults
+  migrate   apply database migrations and exit
+  version   print the version
+
+Run 'roost <command> -h' for the command's flags.
+`
+
+// run is the whole program; tests call it directly.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return errors.New("no command given")
+	}
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "serve":
+		return serve(ctx, rest, getenv, stdout, stderr)
+	case "migrate":
+		return migrate(ctx, rest, getenv, stdout)
+	case "version":
+		return version(stdout)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	default:
+		fmt.Fprint(stderr, usage)
+		return fmt.Errorf("unknown command %q", cmd)
+	}
+}

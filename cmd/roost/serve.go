@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/roosthub/roost"
+	"github.com/roosthub/roost/api"
+	"github.com/roosthub/roost/tenants"
+)
+
+func newLogger(format string, w io.Writer) *slog.Logger {
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, nil))
+	}
+	return slog.New(slog.NewTextHandler(w, nil))
+}
+
+// openStore opens and migrates the directory.
+func openStore(ctx context.Context, c *config, log *slog.Logger) (*tenants.Store, error) {
+	store, err := tenants.Open(ctx, c.DatabaseURL, c.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	applied, err := store.Migrate(ctx)
+	if err != nil {
+		store.Close()
+		return nil, fmt.Errorf("migrate: %w", err)
+	}
+	for _, m := range applied {
+		log.Info("applied migration", "migration", m)
+	}
+	return store, nil
+}
+
+func serve(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	c, err := parseConfig("serve", args, getenv)
+	if err != nil {
+		return err
+	}
+	log := newLogger(c.LogFormat, stderr)
+	store, err := openStore(ctx, c, log)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	log.Info("store ready", "database", store.Dialect())
+
+	adminToken, generated, err := adminToken(c)
+	if err != nil {
+		return err
+	}
+	if generated {
+		fmt.Fprintf(stdout, "Generated the operator token (kept in %s; shown only now):\n  %s\n",
+			filepath.Join(c.DataDir, adminTokenFile), adminToken)
+	}
+	key, err := store.Setting(ctx, "session_signing_key", func() string { return randomToken(32) })
+	if err != nil {
+		return err
+	}
+	signingKey, err := base64.RawURLEncoding.DecodeString(key)
+	if err != nil {
+		return fmt.Errorf("session signing key in the store is damaged: %w", err)
+	}
+	srv, err := api.New(api.Config{Store: store, Log: log, AdminToken: adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL})
+	if err != nil {
+		return err
+	}
+
+	ln, err := net.Listen("tcp", c.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("ROOST_HTTP_ADDR: %w", err)
+	}
+	httpServer := &http.Server{
+		Handler:           srv,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- httpServer.Serve(ln) }()
+	fmt.Fprintf(stdout, "Roost %s: API on http://%s\n", roost.Version, displayAddr(ln.Addr()))
+	log.Info("serving", "http", ln.Addr().String(), "version", roost.Version)
+
+	select {
+	case err := <-errc:
+		return fmt.Errorf("http server: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info("shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := httpServer.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// displayAddr turns a wildcard listen address into one a user can open.
+func displayAddr(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok || !tcp.IP.IsUnspecified() {
+		return a.String()
+	}
+	return net.JoinHostPort("localhost", fmt.Sprint(tcp.Port))
+}
+
+const adminTokenFile = "admin-token"
+
+// adminToken returns the configured operator token, or the one kept in the
+// data dir, generating and keeping one on first start.
+func adminToken(c *config) (token string, generated bool, err error) {
+	if c.AdminToken != "" {
+		return c.AdminToken, false, nil
+	}
+	path := filepath.Join(c.DataDir, adminTokenFile)
+	b, err := os.ReadFile(path)
+	if err == nil {
+		t := strings.TrimSpace(string(b))
+		if len(t) < 16 {
+			return "", false, fmt.Errorf("%s: the kept operator token is too short; delete the file to generate a new one", path)
+		}
+		return t, false, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", false, fmt.Errorf("read operator token: %w", err)
+	}
+	if err := os.MkdirAll(c.DataDir, 0o700); err != nil {
+		return "", false, fmt.Errorf("ROOST_DATA_DIR: %w", err)
+	}
+	t := "rop_" + randomToken(32)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", false, fmt.Errorf("keep operator token: %w", err)
+	}
+	if _, err := f.WriteString(t + "\n"); err != nil {
+		f.Close()
+		return "", false, fmt.Errorf("keep operator token: %w", err)
+	}
+	return t, true, f.Close()
+}
+
+func randomToken(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func migrate(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	c, err := parseConfig("migrate", args, getenv)
+	if err != nil {
+		return err
+	}
+	store, err := tenants.Open(ctx, c.DatabaseURL, c.DataDir)
+	if err != nil {
+		return fmt.Errorf("open store: %w", err)
+	}
+	defer store.Close()
+	applied, err := store.Migrate(ctx)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	if len(applied) == 0 {
+		fmt.Fprintln(stdout, "The schema is up to date.")
+	}
+	for _, m := range applied {
+		fmt.Fprintln(stdout, "applied", m)
+	}
+	return nil
+}
+
+func version(stdout io.Writer) error {
+	fmt.Fprintln(stdout, "roost", roost.Version)
+	return nil
+}
