@@ -37,7 +37,9 @@ type httpError struct {
 
 func (e *httpError) Error() string { return e.msg }
 
-func errorf(status int, code, msg string) error { return &httpError{status: status, code: code, msg: msg} }
+func errorf(status int, code, msg string) error {
+	return &httpError{status: status, code: code, msg: msg}
+}
 
 // statusOf is the one table from the directory's error kinds to HTTP.
 var statusOf = []struct {

@@ -60,7 +60,7 @@ func jsonError(err error) error {
 		return errorf(http.StatusBadRequest, "bad_json", fmt.Sprintf("malformed JSON at byte %d", syntax.Offset))
 	case errors.As(err, &typ):
 		e := &httpError{status: http.StatusBadRequest, code: "invalid", field: typ.Field,
-			msg: fmt.Sprintf("%s must be %s", fieldName(typ.Field), jsonType(typ.Type.Kind().String()))}
+			msg: fmt.Sprintf("%s: expected %s, got %s", fieldName(typ.Field), jsonType(typ.Type.Kind().String()), typ.Value)}
 		return e
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		field, _ := strconv.Unquote(strings.TrimPrefix(err.Error(), "json: unknown field "))

@@ -42,7 +42,7 @@ type Server struct {
 	// Login attempts are throttled per account and per source address.
 	accountGuard *loginGuard
 	ipGuard      *loginGuard
-	ready      func(ctx context.Context) error
+	ready        func(ctx context.Context) error
 }
 
 // Login throttling: five failures in a row per account before delays start,
@@ -78,13 +78,13 @@ func New(cfg Config) (*Server, error) {
 		cfg.Ready = cfg.Store.Ping
 	}
 	s := &Server{
-		store:      cfg.Store,
-		log:        cfg.Log,
-		adminToken: cfg.AdminToken,
-		tokens:     tokens{key: cfg.SigningKey, ttl: cfg.TokenTTL, now: cfg.Now},
+		store:        cfg.Store,
+		log:          cfg.Log,
+		adminToken:   cfg.AdminToken,
+		tokens:       tokens{key: cfg.SigningKey, ttl: cfg.TokenTTL, now: cfg.Now},
 		accountGuard: newLoginGuard(loginFreePerAccount, loginMaxPerHour, cfg.Now),
 		ipGuard:      newLoginGuard(loginFreePerIP, loginMaxPerHour, cfg.Now),
-		ready:      cfg.Ready,
+		ready:        cfg.Ready,
 	}
 	s.router = s.routes()
 	return s, nil

@@ -1,0 +1,295 @@
+package api_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/getkin/kin-openapi/openapi3"
+	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
+	"github.com/getkin/kin-openapi/routers/legacy"
+
+	"github.com/roosthub/roost"
+	"github.com/roosthub/roost/api"
+	"github.com/roosthub/roost/tenants"
+)
+
+const adminToken = "rop_test-operator-token-0123456789"
+
+// syncBuffer collects the server's log lines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// clock is a settable clock shared by the API and the store.
+type clock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+}
+
+// env is a running API on a real HTTP server over a fresh SQLite store. Every
+// response it receives is validated against openapi.yaml.
+type env struct {
+	t      *testing.T
+	url    string
+	api    *api.Server
+	store  *tenants.Store
+	logs   *syncBuffer
+	clock  *clock
+	router routers.Router
+	// bodies holds every response body, for tests that look for leaks.
+	bodies *syncBuffer
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx := context.Background()
+	store, err := tenants.Open(ctx, "", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	if _, err := store.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	clk := &clock{now: time.Now()}
+	logs := &syncBuffer{}
+	srv, err := api.New(api.Config{
+		Store:      store,
+		Log:        slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		AdminToken: adminToken,
+		SigningKey: bytes.Repeat([]byte("k"), 32),
+		Now:        clk.Now,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(srv)
+	t.Cleanup(hs.Close)
+	return &env{t: t, url: hs.URL, api: srv, store: store, logs: logs, clock: clk, router: specRouter(t), bodies: &syncBuffer{}}
+}
+
+var (
+	specOnce sync.Once
+	specDoc  *openapi3.T
+	specErr  error
+)
+
+func loadSpec(t *testing.T) *openapi3.T {
+	t.Helper()
+	specOnce.Do(func() {
+		loader := openapi3.NewLoader()
+		specDoc, specErr = loader.LoadFromData(roost.OpenAPI)
+		if specErr == nil {
+			specErr = specDoc.Validate(context.Background())
+			// Match requests to any host: tests serve on a random port.
+			specDoc.Servers = nil
+		}
+	})
+	if specErr != nil {
+		t.Fatalf("openapi.yaml: %v", specErr)
+	}
+	return specDoc
+}
+
+func specRouter(t *testing.T) routers.Router {
+	t.Helper()
+	r, err := legacy.NewRouter(loadSpec(t))
+	if err != nil {
+		t.Fatalf("openapi router: %v", err)
+	}
+	return r
+}
+
+// response is what a request got back.
+type response struct {
+	status int
+	header http.Header
+	body   []byte
+}
+
+// json decodes the body into a generic map.
+func (r response) json() map[string]any {
+	var m map[string]any
+	json.Unmarshal(r.body, &m)
+	return m
+}
+
+func (r response) str(key string) string {
+	s, _ := r.json()[key].(string)
+	return s
+}
+
+// do sends a request with an optional bearer token and JSON body (a string is
+// sent as is) and checks the response against the spec.
+func (e *env) do(method, path, token string, body any) response {
+	e.t.Helper()
+	var rd io.Reader
+	switch b := body.(type) {
+	case nil:
+	case string:
+		rd = strings.NewReader(b)
+	case []byte:
+		rd = bytes.NewReader(b)
+	default:
+		j, err := json.Marshal(b)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		rd = bytes.NewReader(j)
+	}
+	req, err := http.NewRequest(method, e.url+path, rd)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.bodies.Write(b)
+	r := response{status: resp.StatusCode, header: resp.Header, body: b}
+	e.validate(req, r)
+	return r
+}
+
+// validate checks a response against openapi.yaml: the route and status must
+// be documented and the body must match the schema.
+func (e *env) validate(req *http.Request, r response) {
+	e.t.Helper()
+	if r.status == http.StatusMethodNotAllowed || (r.status == http.StatusNotFound && strings.Contains(string(r.body), `"no such route"`)) {
+		return // not a route of the API, so not in the spec
+	}
+	route, params, err := e.router.FindRoute(req)
+	if err != nil {
+		e.t.Errorf("%s %s: not in openapi.yaml: %v", req.Method, req.URL.Path, err)
+		return
+	}
+	in := &openapi3filter.ResponseValidationInput{
+		RequestValidationInput: &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route},
+		Status:                 r.status,
+		Header:                 r.header,
+		Body:                   io.NopCloser(bytes.NewReader(r.body)),
+		Options: &openapi3filter.Options{
+			IncludeResponseStatus: true,
+			MultiError:            true,
+			// Only JSON bodies have schemas to check; the YAML spec is text.
+			ExcludeResponseBody: !strings.Contains(r.header.Get("Content-Type"), "json"),
+		},
+	}
+	if err := openapi3filter.ValidateResponse(context.Background(), in); err != nil {
+		e.t.Errorf("%s %s -> %d %s\ndoes not match openapi.yaml: %v", req.Method, req.URL.Path, r.status, r.body, err)
+	}
+}
+
+// want fails the test unless the response has the status.
+func want(t *testing.T, r response, status int, what string) {
+	t.Helper()
+	if r.status != status {
+		t.Fatalf("%s: got %d %s, want %d", what, r.status, r.body, status)
+	}
+}
+
+// wantProblem checks a problem response's status, code and field.
+func wantProblem(t *testing.T, r response, status int, code, field string, what string) {
+	t.Helper()
+	want(t, r, status, what)
+	if ct := r.header.Get("Content-Type"); ct != "application/problem+json" {
+		t.Errorf("%s: content type %q, want application/problem+json", what, ct)
+	}
+	m := r.json()
+	if m["code"] != code {
+		t.Errorf("%s: code %v, want %s (%s)", what, m["code"], code, r.body)
+	}
+	if field != "" && m["field"] != field {
+		t.Errorf("%s: field %v, want %s (%s)", what, m["field"], field, r.body)
+	}
+}
+
+// user is an account with a session token.
+type user struct {
+	id, email, token string
+}
+
+var userSeq struct {
+	sync.Mutex
+	n int
+}
+
+func (e *env) signup(name string) user {
+	e.t.Helper()
+	userSeq.Lock()
+	userSeq.n++
+	email := fmt.Sprintf("%s-%d@example.com", name, userSeq.n)
+	userSeq.Unlock()
+	r := e.do("POST", "/v1/signup", "", map[string]string{"email": email, "password": "correct horse battery"})
+	want(e.t, r, http.StatusCreated, "signup")
+	acc := r.json()["account"].(map[string]any)
+	return user{id: acc["id"].(string), email: email, token: r.str("token")}
+}
+
+func (e *env) mustTenant(u user, slug string) {
+	e.t.Helper()
+	want(e.t, e.do("POST", "/v1/tenants", u.token, map[string]string{"slug": slug}), http.StatusCreated, "create tenant "+slug)
+}
+
+// mustDevice creates a device and returns its secret.
+func (e *env) mustDevice(token, tenant, name string) string {
+	e.t.Helper()
+	r := e.do("POST", "/v1/tenants/"+tenant+"/devices", token, map[string]string{"name": name})
+	want(e.t, r, http.StatusCreated, "create device "+name)
+	return r.str("secret")
+}
+
+// mustKey creates an API key and returns its id and token.
+func (e *env) mustKey(token, tenant string, role tenants.Role) (string, string) {
+	e.t.Helper()
+	r := e.do("POST", "/v1/tenants/"+tenant+"/api-keys", token, map[string]string{"name": "key", "role": string(role)})
+	want(e.t, r, http.StatusCreated, "create api key")
+	return r.str("id"), r.str("key")
+}
