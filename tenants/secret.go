@@ -9,6 +9,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -18,15 +19,43 @@ import (
 var crockford = base32.NewEncoding("0123456789abcdefghjkmnpqrstvwxyz").WithPadding(base32.NoPadding)
 
 // newID returns prefix followed by 26 characters: a 48-bit millisecond
-// timestamp and 80 random bits. Ids of one kind sort in creation order, which
-// keeps cursor pagination stable without a separate sequence.
+// timestamp and 80 random bits. Within one process ids are strictly
+// increasing, even within a millisecond (the random part is incremented, as
+// in monotonic ULIDs), so ids of one kind sort in creation order and cursor
+// pagination needs no separate sequence.
 func newID(prefix string) string {
-	var b [16]byte
+	idMu.Lock()
 	ms := uint64(time.Now().UnixMilli())
+	if ms <= idLastMS {
+		ms = idLastMS
+		incr(idLastRand[:])
+	} else {
+		idLastMS = ms
+		rand.Read(idLastRand[:]) // crypto/rand.Read never fails (Go 1.24+).
+	}
+	var b [16]byte
 	binary.BigEndian.PutUint16(b[0:2], uint16(ms>>32))
 	binary.BigEndian.PutUint32(b[2:6], uint32(ms))
-	rand.Read(b[6:]) // crypto/rand.Read never fails (Go 1.24+).
+	copy(b[6:], idLastRand[:])
+	idMu.Unlock()
 	return prefix + crockford.EncodeToString(b[:])
+}
+
+var (
+	idMu       sync.Mutex
+	idLastMS   uint64
+	idLastRand [10]byte
+)
+
+// incr adds one to a big-endian number. Overflowing 80 bits within one
+// millisecond is not a case that happens.
+func incr(b []byte) {
+	for i := len(b) - 1; i >= 0; i-- {
+		b[i]++
+		if b[i] != 0 {
+			return
+		}
+	}
 }
 
 // newSecret returns a random token of n bytes (8n bits), URL-safe.

@@ -3,6 +3,7 @@ package tenants_test
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
@@ -34,4 +35,29 @@ func TestStorePostgres(t *testing.T) {
 		url := testenv.PostgresURL(t)
 		return openMigrated(t, url, ""), func() *tenants.Store { return openMigrated(t, url, "") }
 	})
+}
+
+// TestUnknownEmailCostsAPasswordHash: a login for an email with no account
+// does the same Argon2id work as a wrong password, so response time does not
+// reveal which emails have accounts. A hash takes tens of milliseconds and a
+// lookup well under one, so a quarter of the time is a wide margin.
+func TestUnknownEmailCostsAPasswordHash(t *testing.T) {
+	s := openMigrated(t, "", t.TempDir())
+	ctx := context.Background()
+	if _, err := s.CreateAccount(ctx, tenants.Signup{Email: "known@example.com", Password: "correct horse battery"}); err != nil {
+		t.Fatal(err)
+	}
+	fastest := func(email string) time.Duration {
+		best := time.Hour
+		for range 5 {
+			start := time.Now()
+			s.Authenticate(ctx, email, "wrong password here")
+			best = min(best, time.Since(start))
+		}
+		return best
+	}
+	wrong, unknown := fastest("known@example.com"), fastest("unknown@example.com")
+	if unknown < wrong/4 {
+		t.Errorf("unknown email took %v, wrong password %v: the unknown email skips the hash", unknown, wrong)
+	}
 }

@@ -1,0 +1,251 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/roosthub/roost/internal/testenv"
+)
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func env(vars map[string]string) func(string) string {
+	return func(k string) string { return vars[k] }
+}
+
+// hub is a `roost serve` running in this process.
+type hub struct {
+	url    string
+	stdout *syncBuffer
+	stderr *syncBuffer
+	stop   func() error
+}
+
+var apiLine = regexp.MustCompile(`API on (http://\S+)`)
+
+// startServe runs `roost serve` with args and env until the test ends.
+func startServe(t *testing.T, vars map[string]string, args ...string) *hub {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &hub{stdout: &syncBuffer{}, stderr: &syncBuffer{}}
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, append([]string{"serve", "--http-addr", "127.0.0.1:0"}, args...), env(vars), h.stdout, h.stderr)
+	}()
+	var once sync.Once
+	var stopErr error
+	h.stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case stopErr = <-done:
+			case <-time.After(15 * time.Second):
+				stopErr = errors.New("serve did not stop within 15s")
+			}
+		})
+		return stopErr
+	}
+	t.Cleanup(func() { h.stop() })
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if m := apiLine.FindStringSubmatch(h.stdout.String()); m != nil {
+			h.url = m[1]
+			return h
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("serve exited: %v\nstdout: %s\nstderr: %s", err, h.stdout, h.stderr)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatalf("serve did not start\nstdout: %s\nstderr: %s", h.stdout, h.stderr)
+	return nil
+}
+
+func post(t *testing.T, url, token string, body any) (int, map[string]any) {
+	t.Helper()
+	b, _ := json.Marshal(body)
+	req, _ := http.NewRequest("POST", url, bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	return doJSON(t, req)
+}
+
+func get(t *testing.T, url, token string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", url, nil)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	return doJSON(t, req)
+}
+
+func doJSON(t *testing.T, req *http.Request) (int, map[string]any) {
+	t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m map[string]any
+	b, _ := io.ReadAll(resp.Body)
+	json.Unmarshal(b, &m)
+	return resp.StatusCode, m
+}
+
+func TestVersionAndUsage(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"version"}, env(nil), &out, &errOut); err != nil || !strings.HasPrefix(out.String(), "roost ") {
+		t.Errorf("version: got %q, %v", out.String(), err)
+	}
+	if err := run(context.Background(), nil, env(nil), &out, &errOut); err == nil {
+		t.Error("no command: want an error")
+	}
+	if err := run(context.Background(), []string{"fly"}, env(nil), &out, &errOut); err == nil || !strings.Contains(err.Error(), `"fly"`) {
+		t.Errorf("unknown command: got %v", err)
+	}
+	err := run(context.Background(), []string{"serve", "-h"}, env(nil), &out, &errOut)
+	var help *helpError
+	if !errors.As(err, &help) || !strings.Contains(help.text, "ROOST_DATABASE_URL") {
+		t.Errorf("serve -h: got %v, want the flags with their variables", err)
+	}
+}
+
+// TestBadConfig: each bad setting stops start-up with one line naming it.
+func TestBadConfig(t *testing.T) {
+	tests := []struct {
+		vars map[string]string
+		args []string
+		want string
+	}{
+		{map[string]string{"ROOST_HTTP_ADDR": "8080"}, nil, "ROOST_HTTP_ADDR"},
+		{map[string]string{"ROOST_HTTP_ADDR": "localhost:http2x"}, nil, "ROOST_HTTP_ADDR"},
+		{map[string]string{"ROOST_DATABASE_URL": "mysql://x"}, nil, "ROOST_DATABASE_URL"},
+		{map[string]string{"ROOST_ADMIN_TOKEN": "short"}, nil, "ROOST_ADMIN_TOKEN"},
+		{map[string]string{"ROOST_PUBLIC_URL": "ftp://x"}, nil, "ROOST_PUBLIC_URL"},
+		{map[string]string{"ROOST_LOG_FORMAT": "xml"}, nil, "ROOST_LOG_FORMAT"},
+		{map[string]string{"ROOST_TOKEN_TTL": "forever"}, nil, "ROOST_TOKEN_TTL"},
+		{map[string]string{"ROOST_TOKEN_TTL": "1s"}, nil, "ROOST_TOKEN_TTL"},
+		{nil, []string{"--http-addr", "nope"}, "ROOST_HTTP_ADDR"},
+		{nil, []string{"--no-such-flag"}, "no-such-flag"},
+		{nil, []string{"extra"}, "extra"},
+	}
+	for _, tc := range tests {
+		vars := map[string]string{"ROOST_DATA_DIR": t.TempDir()}
+		for k, v := range tc.vars {
+			vars[k] = v
+		}
+		var out, errOut bytes.Buffer
+		err := run(context.Background(), append([]string{"serve"}, tc.args...), env(vars), &out, &errOut)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("serve with %v %v: got %v, want one line naming %s", tc.vars, tc.args, err, tc.want)
+		}
+	}
+	// A flag wins over its variable.
+	c, err := parseConfig("serve", []string{"--http-addr", "127.0.0.1:9"}, env(map[string]string{"ROOST_HTTP_ADDR": "nope"}))
+	if err != nil || c.HTTPAddr != "127.0.0.1:9" {
+		t.Errorf("flag over env: got %+v, %v", c, err)
+	}
+}
+
+// TestServeKeepsDataAcrossRestarts: an account, a tenant, a device and the
+// session-signing key survive a restart; the operator token is generated and
+// printed once, then read back.
+func TestServeKeepsDataAcrossRestarts(t *testing.T) {
+	dir := t.TempDir()
+	vars := map[string]string{"ROOST_DATA_DIR": dir}
+	h := startServe(t, vars)
+	if !strings.Contains(h.stdout.String(), "Generated the operator token") {
+		t.Errorf("first start did not print the operator token:\n%s", h.stdout)
+	}
+	adminToken, err := os.ReadFile(filepath.Join(dir, "admin-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, "admin-token")); fi.Mode().Perm() != 0o600 {
+		t.Errorf("admin-token mode %v, want 0600", fi.Mode().Perm())
+	}
+	status, m := post(t, h.url+"/v1/signup", "", map[string]string{"email": "a@example.com", "password": "correct horse battery"})
+	if status != 201 {
+		t.Fatalf("signup: %d %v", status, m)
+	}
+	token := m["token"].(string)
+	if status, _ := post(t, h.url+"/v1/tenants", token, map[string]string{"slug": "acme"}); status != 201 {
+		t.Fatalf("create tenant: %d", status)
+	}
+	if status, _ := post(t, h.url+"/v1/tenants/acme/devices", token, map[string]string{"name": "d1"}); status != 201 {
+		t.Fatalf("create device: %d", status)
+	}
+	if err := h.stop(); err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+
+	h2 := startServe(t, vars)
+	if strings.Contains(h2.stdout.String(), "Generated") {
+		t.Error("the second start generated a new operator token")
+	}
+	if status, m := get(t, h2.url+"/v1/tenants/acme/devices/d1", token); status != 200 || m["username"] != "acme/d1" {
+		t.Errorf("device after restart with the old session: %d %v", status, m)
+	}
+	if status, _ := get(t, h2.url+"/v1/admin/tenants", strings.TrimSpace(string(adminToken))); status != 200 {
+		t.Errorf("kept operator token after restart: %d", status)
+	}
+	if strings.Contains(h2.stderr.String(), "level=ERROR") {
+		t.Errorf("errors logged:\n%s", h2.stderr)
+	}
+}
+
+func TestServeOnPostgres(t *testing.T) {
+	url := testenv.PostgresURL(t)
+	h := startServe(t, map[string]string{"ROOST_DATA_DIR": t.TempDir(), "ROOST_DATABASE_URL": url, "ROOST_ADMIN_TOKEN": "rop_0123456789abcdef"})
+	if status, _ := get(t, h.url+"/readyz", ""); status != 200 {
+		t.Fatalf("readyz on postgres: %d", status)
+	}
+	if !strings.Contains(h.stderr.String(), "database=postgres") {
+		t.Errorf("serve did not use postgres:\n%s", h.stderr)
+	}
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"migrate", "--database-url", url}, env(nil), &out, &out); err != nil || !strings.Contains(out.String(), "up to date") {
+		t.Errorf("migrate after serve: %v %q", err, out.String())
+	}
+}
+
+func TestMigrateCommand(t *testing.T) {
+	dir := t.TempDir()
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"migrate", "--data-dir", dir}, env(nil), &out, &out); err != nil || !strings.Contains(out.String(), "applied 0001_directory") {
+		t.Fatalf("first migrate: %v %q", err, out.String())
+	}
+	out.Reset()
+	if err := run(context.Background(), []string{"migrate", "--data-dir", dir}, env(nil), &out, &out); err != nil || !strings.Contains(out.String(), "up to date") {
+		t.Fatalf("second migrate: %v %q", err, out.String())
+	}
+}
