@@ -53,7 +53,7 @@ stop_postgres() {
 }
 
 case "${1:-start}" in
-  start) mkdir -p "$state"; chmod 755 "$state"; start_postgres ;;
+  start) stop_postgres; mkdir -p "$state"; chmod 755 "$state"; start_postgres ;;
   stop) stop_postgres ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;
 esac

@@ -1,0 +1,45 @@
+# Roost. `make` lists the targets.
+
+GO      ?= go
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/roosthub/roost.Version=$(VERSION)
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  %-14s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+.PHONY: build
+build: ## build bin/roost
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/roost ./cmd/roost
+
+.PHONY: run
+run: build ## serve the whole hub with embedded defaults (data in ./roost-data)
+	./bin/roost serve
+
+.PHONY: test
+test: lint ## vet, gofmt check and every test with the race detector
+	$(GO) test -race -count=1 ./...
+
+.PHONY: lint
+lint: ## go vet and the gofmt check
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+.PHONY: readme-test
+readme-test: ## run the README's walk-through against a real roost serve
+	$(GO) test -count=1 -run TestReadmeWalkthrough ./cmd/roost
+
+.PHONY: services
+services: ## start throw-away test servers (Postgres) and print the exports for them
+	@scripts/services.sh start
+
+.PHONY: services-stop
+services-stop: ## stop the servers `make services` started
+	@scripts/services.sh stop
+
+.PHONY: clean
+clean: ## remove build output (not ./roost-data)
+	rm -rf bin
