@@ -661,3 +661,31 @@ func TestPagination(t *testing.T) {
 		t.Errorf("rule pages: got %s then %s", r.body, r2.body)
 	}
 }
+
+// TestLoginPerAddress: guessing across many accounts from one address is
+// slowed too, after twenty failures in a row.
+func TestLoginPerAddress(t *testing.T) {
+	e := newEnv(t)
+	for i := range 20 {
+		r := e.do("POST", "/v1/login", "", map[string]string{"email": fmt.Sprintf("user%d@example.com", i), "password": "guess guess guess"})
+		wantProblem(t, r, 401, "unauthorized", "", fmt.Sprintf("guess %d", i))
+	}
+	r := e.do("POST", "/v1/login", "", map[string]string{"email": "fresh@example.com", "password": "guess guess guess"})
+	wantProblem(t, r, 429, "too_many_attempts", "", "21st guess from one address")
+}
+
+// TestSignupLimit: one address creates at most 30 accounts an hour.
+func TestSignupLimit(t *testing.T) {
+	e := newEnv(t)
+	for i := range 30 {
+		r := e.do("POST", "/v1/signup", "", map[string]string{"email": fmt.Sprintf("s%d@example.com", i), "password": "correct horse battery"})
+		want(t, r, 201, fmt.Sprintf("signup %d", i))
+	}
+	r := e.do("POST", "/v1/signup", "", map[string]string{"email": "s30@example.com", "password": "correct horse battery"})
+	wantProblem(t, r, 429, "too_many_attempts", "", "31st signup")
+	e.clock.Advance(61 * time.Minute)
+	for i := 30; i < 35; i++ {
+		r := e.do("POST", "/v1/signup", "", map[string]string{"email": fmt.Sprintf("s%d@example.com", i), "password": "correct horse battery"})
+		want(t, r, 201, fmt.Sprintf("signup %d an hour later", i))
+	}
+}

@@ -67,23 +67,21 @@ func tooManyAttempts(wait time.Duration) error {
 		msg: fmt.Sprintf("too many failed attempts; try again in %d seconds", secs)}
 }
 
-func handleSignup(accounts accountStore, tok tokens, ipGuard *loginGuard) handler {
+func handleSignup(accounts accountStore, tok tokens, perIP *attemptLimiter) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		var in tenants.Signup
 		if err := decode(r, &in); err != nil {
 			return err
 		}
-		// Each signup hashes a password; the per-address guard bounds how
-		// many a single source can make the server compute.
-		ip := "ip:" + clientIP(r)
-		if wait := ipGuard.wait(ip); wait > 0 {
+		// Each signup hashes a password and may probe whether an email has
+		// an account; the per-address limit bounds both.
+		ip := clientIP(r)
+		if wait := perIP.wait(ip); wait > 0 {
 			return tooManyAttempts(wait)
 		}
+		perIP.count(ip)
 		a, err := accounts.CreateAccount(r.Context(), in)
 		if err != nil {
-			if errors.Is(err, tenants.ErrConflict) {
-				ipGuard.failed(ip)
-			}
 			return err
 		}
 		token, exp, err := tok.issue(a.ID)
@@ -100,28 +98,28 @@ type login struct {
 	Password string `json:"password"`
 }
 
-func handleLogin(accounts accountStore, tok tokens, accountGuard, ipGuard *loginGuard) handler {
+func handleLogin(accounts accountStore, tok tokens, perAccount, perIP *attemptLimiter) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		var in login
 		if err := decode(r, &in); err != nil {
 			return err
 		}
-		acct := "account:" + strings.ToLower(strings.TrimSpace(in.Email))
-		ip := "ip:" + clientIP(r)
-		if wait := max(accountGuard.wait(acct), ipGuard.wait(ip)); wait > 0 {
+		acct := strings.ToLower(strings.TrimSpace(in.Email))
+		ip := clientIP(r)
+		if wait := max(perAccount.wait(acct), perIP.wait(ip)); wait > 0 {
 			return tooManyAttempts(wait)
 		}
 		a, err := accounts.Authenticate(r.Context(), in.Email, in.Password)
 		if errors.Is(err, tenants.ErrUnauthorized) {
-			accountGuard.failed(acct)
-			ipGuard.failed(ip)
+			perAccount.count(acct)
+			perIP.count(ip)
 			return errorf(http.StatusUnauthorized, "unauthorized", "wrong email or password")
 		}
 		if err != nil {
 			return err
 		}
-		accountGuard.succeeded(acct)
-		ipGuard.succeeded(ip)
+		perAccount.reset(acct)
+		perIP.reset(ip)
 		token, exp, err := tok.issue(a.ID)
 		if err != nil {
 			return err

@@ -6,13 +6,15 @@ import (
 	"time"
 )
 
-// loginGuard throttles password guessing. For each key (an account's email, a
-// source IP) it counts failed attempts: after `free` failures in a row each
+// attemptLimiter bounds costly attempts per key (an account's email, a source
+// address). It counts the attempts it is told of: after `free` in a row each
 // further attempt must wait twice as long as the one before (up to maxDelay),
-// and no more than maxPerHour failures an hour are evaluated at all. A
-// refused attempt does not reach the password hash, so it costs the server
-// nothing and tells the guesser nothing.
-type loginGuard struct {
+// and no more than maxPerHour an hour are let through at all. Logins count
+// their failures, so password guessing is slowed and then locked; signups
+// count every attempt, since each one hashes a password. A refused attempt
+// never reaches the password hash, so it costs the server nothing and tells
+// the guesser nothing.
+type attemptLimiter struct {
 	free       int
 	maxPerHour int
 	maxDelay   time.Duration
@@ -24,18 +26,18 @@ type loginGuard struct {
 }
 
 type attempts struct {
-	failures []time.Time // within the last hour, oldest first
-	streak   int         // failures since the last success
-	last     time.Time
+	times  []time.Time // counted attempts within the last hour, oldest first
+	streak int         // counted attempts since the last reset
+	last   time.Time
 }
 
-func newLoginGuard(free, maxPerHour int, now func() time.Time) *loginGuard {
-	return &loginGuard{free: free, maxPerHour: maxPerHour, maxDelay: 15 * time.Minute, now: now, keys: map[string]*attempts{}}
+func newAttemptLimiter(free, maxPerHour int, now func() time.Time) *attemptLimiter {
+	return &attemptLimiter{free: free, maxPerHour: maxPerHour, maxDelay: 15 * time.Minute, now: now, keys: map[string]*attempts{}}
 }
 
 // wait returns how long key must wait before its next attempt is evaluated,
 // or 0 if it may go ahead now.
-func (g *loginGuard) wait(key string) time.Duration {
+func (g *attemptLimiter) wait(key string) time.Duration {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.now()
@@ -45,8 +47,8 @@ func (g *loginGuard) wait(key string) time.Duration {
 	}
 	a.trim(now)
 	var wait time.Duration
-	if len(a.failures) >= g.maxPerHour {
-		wait = a.failures[0].Add(time.Hour).Sub(now)
+	if len(a.times) >= g.maxPerHour {
+		wait = a.times[0].Add(time.Hour).Sub(now)
 	}
 	if a.streak >= g.free {
 		delay := time.Duration(math.Min(float64(time.Second)*math.Pow(2, float64(a.streak-g.free)), float64(g.maxDelay)))
@@ -55,7 +57,8 @@ func (g *loginGuard) wait(key string) time.Duration {
 	return max(wait, 0)
 }
 
-func (g *loginGuard) failed(key string) {
+// count records an attempt by key.
+func (g *attemptLimiter) count(key string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.now()
@@ -66,12 +69,13 @@ func (g *loginGuard) failed(key string) {
 		g.keys[key] = a
 	}
 	a.trim(now)
-	a.failures = append(a.failures, now)
+	a.times = append(a.times, now)
 	a.streak++
 	a.last = now
 }
 
-func (g *loginGuard) succeeded(key string) {
+// reset ends key's streak (a login succeeded); the hourly count stays.
+func (g *attemptLimiter) reset(key string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if a := g.keys[key]; a != nil {
@@ -81,15 +85,18 @@ func (g *loginGuard) succeeded(key string) {
 
 func (a *attempts) trim(now time.Time) {
 	i := 0
-	for i < len(a.failures) && now.Sub(a.failures[i]) >= time.Hour {
+	for i < len(a.times) && now.Sub(a.times[i]) >= time.Hour {
 		i++
 	}
-	a.failures = a.failures[i:]
+	a.times = a.times[i:]
+	if len(a.times) == 0 {
+		a.streak = 0 // a quiet hour forgives the streak
+	}
 }
 
-// prune forgets keys with no failure in the last hour, once a minute, so the
+// prune forgets keys with no attempt in the last hour, once a minute, so the
 // map stays as small as the set of recent guessers.
-func (g *loginGuard) prune(now time.Time) {
+func (g *attemptLimiter) prune(now time.Time) {
 	if now.Sub(g.lastPrune) < time.Minute {
 		return
 	}

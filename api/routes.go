@@ -26,8 +26,8 @@ func (s *Server) routes() chi.Router {
 	r.Get("/openapi.yaml", handleSpec())
 
 	r.Route("/v1", func(r chi.Router) {
-		r.Post("/signup", s.serve(handleSignup(st, s.tokens, s.ipGuard)))
-		r.Post("/login", s.serve(handleLogin(st, s.tokens, s.accountGuard, s.ipGuard)))
+		r.Post("/signup", s.serve(handleSignup(st, s.tokens, s.signupsPerIP)))
+		r.Post("/login", s.serve(handleLogin(st, s.tokens, s.loginsPerAccount, s.loginsPerIP)))
 
 		r.Group(func(r chi.Router) {
 			r.Use(s.authenticate)

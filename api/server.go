@@ -39,10 +39,12 @@ type Server struct {
 	log        *slog.Logger
 	adminToken string
 	tokens     tokens
-	// Login attempts are throttled per account and per source address.
-	accountGuard *loginGuard
-	ipGuard      *loginGuard
-	ready        func(ctx context.Context) error
+	// Failed logins are throttled per account and per source address;
+	// signups per source address.
+	loginsPerAccount *attemptLimiter
+	loginsPerIP      *attemptLimiter
+	signupsPerIP     *attemptLimiter
+	ready            func(ctx context.Context) error
 }
 
 // Login throttling: five failures in a row per account before delays start,
@@ -52,6 +54,8 @@ const (
 	loginFreePerAccount = 5
 	loginFreePerIP      = 20
 	loginMaxPerHour     = 100
+	// signupsPerHour bounds the accounts one address can create an hour.
+	signupsPerHour = 30
 )
 
 // New builds the API.
@@ -78,13 +82,14 @@ func New(cfg Config) (*Server, error) {
 		cfg.Ready = cfg.Store.Ping
 	}
 	s := &Server{
-		store:        cfg.Store,
-		log:          cfg.Log,
-		adminToken:   cfg.AdminToken,
-		tokens:       tokens{key: cfg.SigningKey, ttl: cfg.TokenTTL, now: cfg.Now},
-		accountGuard: newLoginGuard(loginFreePerAccount, loginMaxPerHour, cfg.Now),
-		ipGuard:      newLoginGuard(loginFreePerIP, loginMaxPerHour, cfg.Now),
-		ready:        cfg.Ready,
+		store:            cfg.Store,
+		log:              cfg.Log,
+		adminToken:       cfg.AdminToken,
+		tokens:           tokens{key: cfg.SigningKey, ttl: cfg.TokenTTL, now: cfg.Now},
+		loginsPerAccount: newAttemptLimiter(loginFreePerAccount, loginMaxPerHour, cfg.Now),
+		loginsPerIP:      newAttemptLimiter(loginFreePerIP, loginMaxPerHour, cfg.Now),
+		signupsPerIP:     newAttemptLimiter(signupsPerHour, signupsPerHour, cfg.Now),
+		ready:            cfg.Ready,
 	}
 	s.router = s.routes()
 	return s, nil

@@ -31,6 +31,11 @@ func (s *Store) CreateAccount(ctx context.Context, in Signup) (Account, error) {
 // ErrUnauthorized. An unknown email costs as much time as a wrong password, so
 // timing does not reveal which emails have accounts.
 func (s *Store) Authenticate(ctx context.Context, email, password string) (Account, error) {
+	if len(password) > maxPasswordLen {
+		// No account has such a password; refuse after the same work.
+		checkPassword(password[:maxPasswordLen], dummyPasswordHash)
+		return Account{}, ErrUnauthorized
+	}
 	a, err := s.accountBy(ctx, `email = $1`, normaliseEmailLoose(email))
 	if errors.Is(err, ErrNotFound) {
 		checkPassword(password, dummyPasswordHash)
@@ -39,7 +44,7 @@ func (s *Store) Authenticate(ctx context.Context, email, password string) (Accou
 	if err != nil {
 		return Account{}, err
 	}
-	if len(password) > maxPasswordLen || !checkPassword(password, a.passwordHash) {
+	if !checkPassword(password, a.passwordHash) {
 		return Account{}, ErrUnauthorized
 	}
 	return a, nil
