@@ -13,6 +13,7 @@ import (
 	"github.com/go-chi/chi/v5"
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -187,7 +188,7 @@ func TestCrossTenantMatrix(t *testing.T) {
 	aRuleID := rules[0].(map[string]any)["id"].(string)
 	_, bobKey := e.mustKey(bob.token, "tenant-b", tenants.RoleOwner)
 	before := snapshot(e, alice.token, "tenant-a")
-	e.bodies = &syncBuffer{} // from here on, A's secret must not show
+	e.bodies = &testenv.Buffer{} // from here on, A's secret must not show
 
 	bodies := attackBodies(bob.email)
 	calls := 0
@@ -383,7 +384,7 @@ func TestSecretsShownOnce(t *testing.T) {
 	r = e.do("POST", "/v1/tenants/acme/devices/d1/secret", u.token, nil)
 	rotated := r.str("secret")
 	_, key := e.mustKey(u.token, "acme", tenants.RoleAdmin)
-	e.bodies = &syncBuffer{} // from here on, nothing may show them
+	e.bodies = &testenv.Buffer{} // from here on, nothing may show them
 
 	for _, p := range []string{"/v1/tenants/acme/devices", "/v1/tenants/acme/devices/d1", "/v1/tenants/acme/api-keys",
 		"/v1/tenants/acme/audit", "/v1/tenants/acme", "/v1/me"} {

@@ -107,18 +107,9 @@ type apiKeyWithToken struct {
 }
 
 func handleAPIKeyList(ks apiKeyStore) handler {
-	return func(w http.ResponseWriter, r *http.Request) error {
-		p, err := page(r)
-		if err != nil {
-			return err
-		}
-		items, next, err := ks.APIKeys(r.Context(), chi.URLParam(r, "tenant"), p)
-		if err != nil {
-			return err
-		}
-		writeJSON(w, http.StatusOK, newList(items, next))
-		return nil
-	}
+	return handleList(func(r *http.Request, p tenants.Page) ([]tenants.APIKey, string, error) {
+		return ks.APIKeys(r.Context(), chi.URLParam(r, "tenant"), p)
+	})
 }
 
 func handleAPIKeyCreate(ks apiKeyStore) handler {

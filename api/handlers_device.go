@@ -26,18 +26,9 @@ type deviceWithSecret struct {
 }
 
 func handleDeviceList(ds deviceStore) handler {
-	return func(w http.ResponseWriter, r *http.Request) error {
-		p, err := page(r)
-		if err != nil {
-			return err
-		}
-		items, next, err := ds.Devices(r.Context(), chi.URLParam(r, "tenant"), p)
-		if err != nil {
-			return err
-		}
-		writeJSON(w, http.StatusOK, newList(items, next))
-		return nil
-	}
+	return handleList(func(r *http.Request, p tenants.Page) ([]tenants.Device, string, error) {
+		return ds.Devices(r.Context(), chi.URLParam(r, "tenant"), p)
+	})
 }
 
 func handleDeviceCreate(ds deviceStore) handler {

@@ -129,18 +129,9 @@ type memberStore interface {
 }
 
 func handleMemberList(ms memberStore) handler {
-	return func(w http.ResponseWriter, r *http.Request) error {
-		p, err := page(r)
-		if err != nil {
-			return err
-		}
-		items, next, err := ms.Members(r.Context(), chi.URLParam(r, "tenant"), p)
-		if err != nil {
-			return err
-		}
-		writeJSON(w, http.StatusOK, newList(items, next))
-		return nil
-	}
+	return handleList(func(r *http.Request, p tenants.Page) ([]tenants.Member, string, error) {
+		return ms.Members(r.Context(), chi.URLParam(r, "tenant"), p)
+	})
 }
 
 // Admins manage members, but only owners make or remove owners: otherwise an
@@ -186,18 +177,9 @@ type auditStore interface {
 }
 
 func handleAudit(as auditStore) handler {
-	return func(w http.ResponseWriter, r *http.Request) error {
-		p, err := page(r)
-		if err != nil {
-			return err
-		}
-		items, next, err := as.Audit(r.Context(), chi.URLParam(r, "tenant"), p)
-		if err != nil {
-			return err
-		}
-		writeJSON(w, http.StatusOK, newList(items, next))
-		return nil
-	}
+	return handleList(func(r *http.Request, p tenants.Page) ([]tenants.AuditEntry, string, error) {
+		return as.Audit(r.Context(), chi.URLParam(r, "tenant"), p)
+	})
 }
 
 type adminStore interface {
@@ -207,18 +189,9 @@ type adminStore interface {
 }
 
 func handleAdminTenantList(as adminStore) handler {
-	return func(w http.ResponseWriter, r *http.Request) error {
-		p, err := page(r)
-		if err != nil {
-			return err
-		}
-		items, next, err := as.Tenants(r.Context(), p)
-		if err != nil {
-			return err
-		}
-		writeJSON(w, http.StatusOK, newList(items, next))
-		return nil
-	}
+	return handleList(func(r *http.Request, p tenants.Page) ([]tenants.Tenant, string, error) {
+		return as.Tenants(r.Context(), p)
+	})
 }
 
 func handleAdminTenantGet(as adminStore) handler {

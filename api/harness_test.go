@@ -21,28 +21,11 @@ import (
 
 	"github.com/roosthub/roost"
 	"github.com/roosthub/roost/api"
+	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
 )
 
 const adminToken = "rop_test-operator-token-0123456789"
-
-// syncBuffer collects the server's log lines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // clock is a settable clock shared by the API and the store.
 type clock struct {
@@ -69,11 +52,11 @@ type env struct {
 	url    string
 	api    *api.Server
 	store  *tenants.Store
-	logs   *syncBuffer
+	logs   *testenv.Buffer
 	clock  *clock
 	router routers.Router
 	// bodies holds every response body, for tests that look for leaks.
-	bodies *syncBuffer
+	bodies *testenv.Buffer
 }
 
 func newEnv(t *testing.T) *env {
@@ -88,7 +71,7 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	clk := &clock{now: time.Now()}
-	logs := &syncBuffer{}
+	logs := &testenv.Buffer{}
 	srv, err := api.New(api.Config{
 		Store:      store,
 		Log:        slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
@@ -101,7 +84,7 @@ func newEnv(t *testing.T) *env {
 	}
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)
-	return &env{t: t, url: hs.URL, api: srv, store: store, logs: logs, clock: clk, router: specRouter(t), bodies: &syncBuffer{}}
+	return &env{t: t, url: hs.URL, api: srv, store: store, logs: logs, clock: clk, router: specRouter(t), bodies: &testenv.Buffer{}}
 }
 
 var (

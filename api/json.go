@@ -120,6 +120,22 @@ func newList[T any](items []T, next string) list[T] {
 	return list[T]{Items: items, NextCursor: encodeCursor(next)}
 }
 
+// handleList serves one page of a list that fetch reads.
+func handleList[T any](fetch func(r *http.Request, p tenants.Page) ([]T, string, error)) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		p, err := page(r)
+		if err != nil {
+			return err
+		}
+		items, next, err := fetch(r, p)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, newList(items, next))
+		return nil
+	}
+}
+
 // Cursors are opaque to clients: the key of the last item, base64url.
 func encodeCursor(key string) string {
 	if key == "" {

@@ -18,23 +18,6 @@ import (
 	"github.com/roosthub/roost/internal/testenv"
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func env(vars map[string]string) func(string) string {
 	return func(k string) string { return vars[k] }
 }
@@ -42,8 +25,8 @@ func env(vars map[string]string) func(string) string {
 // hub is a `roost serve` running in this process.
 type hub struct {
 	url    string
-	stdout *syncBuffer
-	stderr *syncBuffer
+	stdout *testenv.Buffer
+	stderr *testenv.Buffer
 	stop   func() error
 }
 
@@ -53,7 +36,7 @@ var apiLine = regexp.MustCompile(`API on (http://\S+)`)
 func startServe(t *testing.T, vars map[string]string, args ...string) *hub {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &hub{stdout: &syncBuffer{}, stderr: &syncBuffer{}}
+	h := &hub{stdout: &testenv.Buffer{}, stderr: &testenv.Buffer{}}
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, append([]string{"serve", "--http-addr", "127.0.0.1:0"}, args...), env(vars), h.stdout, h.stderr)
