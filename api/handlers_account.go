@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/roosthub/roost"
+	"github.com/roosthub/roost/internal/throttle"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -67,7 +68,7 @@ func tooManyAttempts(wait time.Duration) error {
 		msg: fmt.Sprintf("too many failed attempts; try again in %d seconds", secs)}
 }
 
-func handleSignup(accounts accountStore, tok tokens, perIP *attemptLimiter) handler {
+func handleSignup(accounts accountStore, tok tokens, perIP *throttle.Limiter) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		var in tenants.Signup
 		if err := decode(r, &in); err != nil {
@@ -76,10 +77,10 @@ func handleSignup(accounts accountStore, tok tokens, perIP *attemptLimiter) hand
 		// Each signup hashes a password and may probe whether an email has
 		// an account; the per-address limit bounds both.
 		ip := clientIP(r)
-		if wait := perIP.wait(ip); wait > 0 {
+		if wait := perIP.Wait(ip); wait > 0 {
 			return tooManyAttempts(wait)
 		}
-		perIP.count(ip)
+		perIP.Count(ip)
 		a, err := accounts.CreateAccount(r.Context(), in)
 		if err != nil {
 			return err
@@ -98,7 +99,7 @@ type login struct {
 	Password string `json:"password"`
 }
 
-func handleLogin(accounts accountStore, tok tokens, perAccount, perIP *attemptLimiter) handler {
+func handleLogin(accounts accountStore, tok tokens, perAccount, perIP *throttle.Limiter) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		var in login
 		if err := decode(r, &in); err != nil {
@@ -106,20 +107,20 @@ func handleLogin(accounts accountStore, tok tokens, perAccount, perIP *attemptLi
 		}
 		acct := strings.ToLower(strings.TrimSpace(in.Email))
 		ip := clientIP(r)
-		if wait := max(perAccount.wait(acct), perIP.wait(ip)); wait > 0 {
+		if wait := max(perAccount.Wait(acct), perIP.Wait(ip)); wait > 0 {
 			return tooManyAttempts(wait)
 		}
 		a, err := accounts.Authenticate(r.Context(), in.Email, in.Password)
 		if errors.Is(err, tenants.ErrUnauthorized) {
-			perAccount.count(acct)
-			perIP.count(ip)
+			perAccount.Count(acct)
+			perIP.Count(ip)
 			return errorf(http.StatusUnauthorized, "unauthorized", "wrong email or password")
 		}
 		if err != nil {
 			return err
 		}
-		perAccount.reset(acct)
-		perIP.reset(ip)
+		perAccount.Reset(acct)
+		perIP.Reset(ip)
 		token, exp, err := tok.issue(a.ID)
 		if err != nil {
 			return err

@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/roosthub/roost/internal/throttle"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -41,9 +42,9 @@ type Server struct {
 	tokens     tokens
 	// Failed logins are throttled per account and per source address;
 	// signups per source address.
-	loginsPerAccount *attemptLimiter
-	loginsPerIP      *attemptLimiter
-	signupsPerIP     *attemptLimiter
+	loginsPerAccount *throttle.Limiter
+	loginsPerIP      *throttle.Limiter
+	signupsPerIP     *throttle.Limiter
 	ready            func(ctx context.Context) error
 }
 
@@ -86,9 +87,9 @@ func New(cfg Config) (*Server, error) {
 		log:              cfg.Log,
 		adminToken:       cfg.AdminToken,
 		tokens:           tokens{key: cfg.SigningKey, ttl: cfg.TokenTTL, now: cfg.Now},
-		loginsPerAccount: newAttemptLimiter(loginFreePerAccount, loginMaxPerHour, cfg.Now),
-		loginsPerIP:      newAttemptLimiter(loginFreePerIP, loginMaxPerHour, cfg.Now),
-		signupsPerIP:     newAttemptLimiter(signupsPerHour, signupsPerHour, cfg.Now),
+		loginsPerAccount: throttle.New(loginFreePerAccount, loginMaxPerHour, cfg.Now),
+		loginsPerIP:      throttle.New(loginFreePerIP, loginMaxPerHour, cfg.Now),
+		signupsPerIP:     throttle.New(signupsPerHour, signupsPerHour, cfg.Now),
 		ready:            cfg.Ready,
 	}
 	s.router = s.routes()

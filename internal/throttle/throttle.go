@@ -1,4 +1,7 @@
-package api
+// Package throttle bounds costly attempts per key: password guesses per
+// account and per address, signups per address, MQTT authentication failures
+// per address and per username.
+package throttle
 
 import (
 	"math"
@@ -6,7 +9,7 @@ import (
 	"time"
 )
 
-// attemptLimiter bounds costly attempts per key (an account's email, a source
+// Limiter bounds costly attempts per key (an account's email, a source
 // address). It counts the attempts it is told of: after `free` in a row each
 // further attempt must wait twice as long as the one before (up to maxDelay),
 // and no more than maxPerHour an hour are let through at all. Logins count
@@ -14,7 +17,7 @@ import (
 // count every attempt, since each one hashes a password. A refused attempt
 // never reaches the password hash, so it costs the server nothing and tells
 // the guesser nothing.
-type attemptLimiter struct {
+type Limiter struct {
 	free       int
 	maxPerHour int
 	maxDelay   time.Duration
@@ -31,13 +34,15 @@ type attempts struct {
 	last   time.Time
 }
 
-func newAttemptLimiter(free, maxPerHour int, now func() time.Time) *attemptLimiter {
-	return &attemptLimiter{free: free, maxPerHour: maxPerHour, maxDelay: 15 * time.Minute, now: now, keys: map[string]*attempts{}}
+// New returns a limiter that starts doubling delays after free attempts in a
+// row and lets at most maxPerHour through an hour. now is its clock.
+func New(free, maxPerHour int, now func() time.Time) *Limiter {
+	return &Limiter{free: free, maxPerHour: maxPerHour, maxDelay: 15 * time.Minute, now: now, keys: map[string]*attempts{}}
 }
 
-// wait returns how long key must wait before its next attempt is evaluated,
+// Wait returns how long key must wait before its next attempt is evaluated,
 // or 0 if it may go ahead now.
-func (g *attemptLimiter) wait(key string) time.Duration {
+func (g *Limiter) Wait(key string) time.Duration {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.now()
@@ -57,8 +62,8 @@ func (g *attemptLimiter) wait(key string) time.Duration {
 	return max(wait, 0)
 }
 
-// count records an attempt by key.
-func (g *attemptLimiter) count(key string) {
+// Count records an attempt by key.
+func (g *Limiter) Count(key string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	now := g.now()
@@ -74,8 +79,8 @@ func (g *attemptLimiter) count(key string) {
 	a.last = now
 }
 
-// reset ends key's streak (a login succeeded); the hourly count stays.
-func (g *attemptLimiter) reset(key string) {
+// Reset ends key's streak (a login succeeded); the hourly count stays.
+func (g *Limiter) Reset(key string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if a := g.keys[key]; a != nil {
@@ -96,7 +101,7 @@ func (a *attempts) trim(now time.Time) {
 
 // prune forgets keys with no attempt in the last hour, once a minute, so the
 // map stays as small as the set of recent guessers.
-func (g *attemptLimiter) prune(now time.Time) {
+func (g *Limiter) prune(now time.Time) {
 	if now.Sub(g.lastPrune) < time.Minute {
 		return
 	}
