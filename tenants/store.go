@@ -28,6 +28,8 @@ type Store struct {
 	dialect migrations.Dialect
 	// now is the clock; tests may replace it.
 	now func() time.Time
+	// changes carries committed changes to the data plane.
+	changes *Bus
 }
 
 // Open connects to the store that databaseURL names: empty for an SQLite file
@@ -60,7 +62,7 @@ func Open(ctx context.Context, databaseURL, dataDir string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("connect to %s: %w", d, err)
 	}
-	return &Store{db: db, dialect: d, now: func() time.Time { return time.Now() }}, nil
+	return &Store{db: db, dialect: d, now: func() time.Time { return time.Now() }, changes: &Bus{}}, nil
 }
 
 // openSQLite opens the file in WAL mode with foreign keys on. Transactions
@@ -96,8 +98,12 @@ func (s *Store) SetClock(now func() time.Time) { s.now = now }
 // timestamp is the store's clock at the precision both databases keep.
 func (s *Store) timestamp() time.Time { return s.now().UTC().Truncate(time.Microsecond) }
 
-// inTx runs fn in a transaction and commits it if fn returns nil.
-func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+// Changes is the bus on which the store announces committed changes.
+func (s *Store) Changes() *Bus { return s.changes }
+
+// inTx runs fn in a transaction, commits it if fn returns nil, and then
+// announces the changes.
+func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error, changes ...Change) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -106,7 +112,13 @@ func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	if err := fn(tx); err != nil {
 		return err
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	for _, c := range changes {
+		s.changes.Publish(c)
+	}
+	return nil
 }
 
 // lockTenant locks the tenant's row until the transaction ends, so that

@@ -58,7 +58,7 @@ func (s *Store) CreateACLRule(ctx context.Context, tenant string, in ACLRuleInpu
 			return err
 		}
 		return s.audit(ctx, tx, tenant, "acl_rule.create", "acl_rule:"+r.ID)
-	})
+	}, Change{Kind: ACLChanged, Tenant: tenant})
 	return r, err
 }
 
@@ -93,7 +93,7 @@ func (s *Store) DeleteACLRule(ctx context.Context, tenant, id string) error {
 			return err
 		}
 		return s.audit(ctx, tx, tenant, "acl_rule.delete", "acl_rule:"+id)
-	})
+	}, Change{Kind: ACLChanged, Tenant: tenant})
 }
 
 // CheckACL answers whether device may do the checked action in tenant, with

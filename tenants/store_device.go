@@ -61,7 +61,7 @@ func (s *Store) CreateDevice(ctx context.Context, tenant string, in DeviceInput)
 			return err
 		}
 		return s.audit(ctx, tx, tenant, "device.create", "device:"+d.Name)
-	})
+	}, Change{Kind: DeviceChanged, Tenant: tenant, Device: d.Name})
 	if err != nil {
 		return Device{}, "", err
 	}
@@ -153,7 +153,7 @@ func (s *Store) modifyDevice(ctx context.Context, tenant, name, action string, c
 			return err
 		}
 		return s.audit(ctx, tx, tenant, action, "device:"+name)
-	})
+	}, Change{Kind: DeviceChanged, Tenant: tenant, Device: name})
 	return d, err
 }
 
@@ -168,7 +168,7 @@ func (s *Store) DeleteDevice(ctx context.Context, tenant, name string) error {
 			return fmt.Errorf("device %s: %w", name, ErrNotFound)
 		}
 		return s.audit(ctx, tx, tenant, "device.delete", "device:"+name)
-	})
+	}, Change{Kind: DeviceChanged, Tenant: tenant, Device: name})
 }
 
 // TouchDevice records that a device was seen at t. It is not audited: it is

@@ -54,7 +54,7 @@ func (s *Store) CreateTenant(ctx context.Context, owner string, in TenantInput) 
 			return err
 		}
 		return s.audit(ctx, tx, t.Slug, "tenant.create", "tenant:"+t.Slug)
-	})
+	}, Change{Kind: TenantChanged, Tenant: t.Slug})
 	if err != nil {
 		return Tenant{}, err
 	}
@@ -174,7 +174,7 @@ func (s *Store) modifyTenant(ctx context.Context, slug, action string, change fu
 			return err
 		}
 		return s.audit(ctx, tx, slug, action, "tenant:"+slug)
-	})
+	}, Change{Kind: TenantChanged, Tenant: slug})
 	return t, err
 }
 
@@ -190,7 +190,7 @@ func (s *Store) DeleteTenant(ctx context.Context, slug string) error {
 			return fmt.Errorf("tenant %s: %w", slug, ErrNotFound)
 		}
 		return s.audit(ctx, tx, slug, "tenant.delete", "tenant:"+slug)
-	})
+	}, Change{Kind: TenantDeleted, Tenant: slug})
 }
 
 // Membership returns account's membership of tenant, or ErrNotFound when it

@@ -35,6 +35,7 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"CrossTenant", testCrossTenant},
 		{"Pagination", testPagination},
 		{"Survives", testSurvives},
+		{"Changes", testChanges},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -596,5 +597,39 @@ func testSurvives(t *testing.T, s *tenants.Store, reopen func() *tenants.Store) 
 	}
 	if _, err := s2.Authenticate(ctx, "owner@example.com", "correct horse battery"); err != nil {
 		t.Fatalf("login after reopen: %v", err)
+	}
+}
+
+func testChanges(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	var mu sync.Mutex
+	var got []string
+	cancel := s.Changes().Subscribe(func(c tenants.Change) {
+		mu.Lock()
+		defer mu.Unlock()
+		got = append(got, fmt.Sprintf("%s %s %s", c.Kind, c.Tenant, c.Device))
+	})
+	owner := mustAccount(t, s, "owner@example.com")
+	mustTenant(t, s, owner, "acme")
+	mustDevice(t, s, "acme", "d1")
+	_, _, _ = s.CreateDevice(ctx, "acme", tenants.DeviceInput{Name: "d1"}) // conflict: no change
+	off := false
+	s.UpdateDevice(ctx, "acme", "d1", tenants.DeviceUpdate{Enabled: &off})
+	s.RotateDeviceSecret(ctx, "acme", "d1")
+	r, _ := s.CreateACLRule(ctx, "acme", tenants.ACLRuleInput{Effect: tenants.Deny, Action: tenants.ActionAll, Topic: "x"})
+	s.DeleteACLRule(ctx, "acme", r.ID)
+	yes := true
+	s.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Suspended: &yes})
+	s.DeleteDevice(ctx, "acme", "d1")
+	s.DeleteTenant(ctx, "acme")
+	cancel()
+	mustTenant(t, s, owner, "after-cancel")
+	want := []string{
+		"tenant acme ", "device acme d1", "device acme d1", "device acme d1", "acl acme ", "acl acme ",
+		"tenant acme ", "device acme d1", "tenant_deleted acme ",
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("changes:\n got %q\nwant %q", got, want)
 	}
 }

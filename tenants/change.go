@@ -1,0 +1,62 @@
+package tenants
+
+import "sync"
+
+// ChangeKind says what part of the directory changed.
+type ChangeKind string
+
+// The kinds of change.
+const (
+	// TenantChanged: created, renamed, plan, suspension or quotas changed.
+	TenantChanged ChangeKind = "tenant"
+	// TenantDeleted: the tenant and everything in it is gone.
+	TenantDeleted ChangeKind = "tenant_deleted"
+	// DeviceChanged: a device was created, changed, rotated or deleted.
+	DeviceChanged ChangeKind = "device"
+	// ACLChanged: the tenant's rule list changed.
+	ACLChanged ChangeKind = "acl"
+)
+
+// Change tells that something in a tenant changed, after the change is
+// committed. It carries no data: whoever caches the directory drops what it
+// holds and reads it again.
+type Change struct {
+	Kind   ChangeKind
+	Tenant string
+	Device string // for DeviceChanged
+}
+
+// Bus delivers changes to subscribers in this process. Subscribers are called
+// synchronously, in the order changes are committed by one goroutine, and
+// must not block.
+type Bus struct {
+	mu   sync.RWMutex
+	next int
+	subs map[int]func(Change)
+}
+
+// Subscribe calls fn for every change from now on, until cancel is called.
+func (b *Bus) Subscribe(fn func(Change)) (cancel func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.subs == nil {
+		b.subs = map[int]func(Change){}
+	}
+	id := b.next
+	b.next++
+	b.subs[id] = fn
+	return func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		delete(b.subs, id)
+	}
+}
+
+// Publish delivers c to every subscriber.
+func (b *Bus) Publish(c Change) {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	for _, fn := range b.subs {
+		fn(c)
+	}
+}
