@@ -170,6 +170,7 @@ func attackBodies(memberEmail string) map[string]any {
 		"POST /v1/tenants/{tenant}/api-keys":                map[string]string{"name": "evil", "role": "viewer"},
 		"POST /v1/tenants/{tenant}/members":                 map[string]string{"email": memberEmail, "role": "owner"},
 		"POST /v1/tenants/{tenant}/devices/{device}/secret": nil,
+		"POST /v1/tenants/{tenant}/messages":                map[string]any{"topic": "x", "payload": "hi"},
 	}
 }
 

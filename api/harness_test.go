@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/roosthub/roost"
 	"github.com/roosthub/roost/api"
+	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
 )
@@ -48,13 +50,14 @@ func (c *clock) Advance(d time.Duration) {
 // env is a running API on a real HTTP server over a fresh SQLite store. Every
 // response it receives is validated against openapi.yaml.
 type env struct {
-	t      *testing.T
-	url    string
-	api    *api.Server
-	store  *tenants.Store
-	logs   *testenv.Buffer
-	clock  *clock
-	router routers.Router
+	t        *testing.T
+	url      string
+	mqttAddr string
+	api      *api.Server
+	store    *tenants.Store
+	logs     *testenv.Buffer
+	clock    *clock
+	router   routers.Router
 	// bodies holds every response body, for tests that look for leaks.
 	bodies *testenv.Buffer
 }
@@ -72,9 +75,21 @@ func newEnv(t *testing.T) *env {
 	}
 	clk := &clock{now: time.Now()}
 	logs := &testenv.Buffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	hub, err := broker.New(broker.Config{Directory: store, Changes: store.Changes(), Log: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go hub.Serve(ln)
+	t.Cleanup(func() { hub.Close() })
 	srv, err := api.New(api.Config{
+		DataPlane:  hub,
 		Store:      store,
-		Log:        slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Log:        log,
 		AdminToken: adminToken,
 		SigningKey: bytes.Repeat([]byte("k"), 32),
 		Now:        clk.Now,
@@ -84,7 +99,7 @@ func newEnv(t *testing.T) *env {
 	}
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)
-	return &env{t: t, url: hs.URL, api: srv, store: store, logs: logs, clock: clk, router: specRouter(t), bodies: &testenv.Buffer{}}
+	return &env{t: t, url: hs.URL, mqttAddr: ln.Addr().String(), api: srv, store: store, logs: logs, clock: clk, router: specRouter(t), bodies: &testenv.Buffer{}}
 }
 
 var (

@@ -22,17 +22,20 @@ const maxBodyBytes = 64 << 10
 // trailing data, a wrong content type and an oversized body are all errors
 // that say what was wrong, so a typo in a field name never silently does
 // nothing.
-func decode(r *http.Request, v any) error {
+func decode(r *http.Request, v any) error { return decodeLimit(r, v, maxBodyBytes) }
+
+// decodeLimit is decode with another body limit.
+func decodeLimit(r *http.Request, v any, limit int64) error {
 	if ct := r.Header.Get("Content-Type"); ct != "" {
 		mt, _, err := mime.ParseMediaType(ct)
 		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
 			return errorf(http.StatusUnsupportedMediaType, "unsupported_media_type", "the request body must be application/json")
 		}
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, maxBodyBytes))
+	body, err := io.ReadAll(http.MaxBytesReader(nil, r.Body, limit))
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
-		return errorf(http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("the request body exceeds %d bytes", maxBodyBytes))
+		return errorf(http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("the request body exceeds %d bytes", limit))
 	}
 	if err != nil {
 		return errorf(http.StatusBadRequest, "bad_body", "could not read the request body")

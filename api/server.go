@@ -31,6 +31,9 @@ type Config struct {
 	Ready func(ctx context.Context) error
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// DataPlane serves device status, disconnects and publishes; nil makes
+	// those routes answer 503.
+	DataPlane DataPlane
 }
 
 // Server is the REST API. It is an http.Handler.
@@ -46,6 +49,7 @@ type Server struct {
 	loginsPerIP      *throttle.Limiter
 	signupsPerIP     *throttle.Limiter
 	ready            func(ctx context.Context) error
+	dataPlane        DataPlane
 }
 
 // Login throttling: five failures in a row per account before delays start,
@@ -91,6 +95,7 @@ func New(cfg Config) (*Server, error) {
 		loginsPerIP:      throttle.New(loginFreePerIP, loginMaxPerHour, cfg.Now),
 		signupsPerIP:     throttle.New(signupsPerHour, signupsPerHour, cfg.Now),
 		ready:            cfg.Ready,
+		dataPlane:        cfg.DataPlane,
 	}
 	s.router = s.routes()
 	return s, nil

@@ -17,10 +17,15 @@ type config struct {
 	DataDir     string
 	DatabaseURL string
 	HTTPAddr    string
+	MQTTAddr    string
 	AdminToken  string
 	PublicURL   string
 	LogFormat   string
 	TokenTTL    time.Duration
+	// ConnectTimeout bounds the wait for a device's CONNECT.
+	ConnectTimeout time.Duration
+	// InstanceIdle is how long a tenant broker with nothing in it stays up.
+	InstanceIdle time.Duration
 }
 
 // setting describes one configuration value.
@@ -36,10 +41,13 @@ func (c *config) settings() []setting {
 		{"data-dir", "directory for the embedded database and generated secrets", "./roost-data", &c.DataDir},
 		{"database-url", "empty for embedded SQLite in the data dir, or a postgres:// URL", "", &c.DatabaseURL},
 		{"http-addr", "address of the REST API", ":8080", &c.HTTPAddr},
+		{"mqtt-addr", "address of the MQTT listener (TCP)", ":1883", &c.MQTTAddr},
 		{"admin-token", "operator token for /v1/admin; empty: generated on first start and kept in the data dir", "", &c.AdminToken},
 		{"public-url", "URL users reach the API at, for links and messages", "", &c.PublicURL},
 		{"log-format", "text or json", "text", &c.LogFormat},
 		{"token-ttl", "lifetime of a console session token", "12h", &c.TokenTTL},
+		{"connect-timeout", "how long a new MQTT connection may take to send CONNECT", "10s", &c.ConnectTimeout},
+		{"instance-idle", "how long a tenant's broker with no connections, sessions or retained messages stays up", "5m", &c.InstanceIdle},
 	}
 }
 
@@ -106,6 +114,18 @@ func (c *config) Validate() error {
 	}
 	if err := validAddr(c.HTTPAddr); err != nil {
 		return fmt.Errorf("ROOST_HTTP_ADDR: %w", err)
+	}
+	if err := validAddr(c.MQTTAddr); err != nil {
+		return fmt.Errorf("ROOST_MQTT_ADDR: %w", err)
+	}
+	if c.HTTPAddr == c.MQTTAddr && !strings.HasSuffix(c.HTTPAddr, ":0") {
+		return errors.New("ROOST_MQTT_ADDR: must differ from ROOST_HTTP_ADDR")
+	}
+	if c.ConnectTimeout < 100*time.Millisecond || c.ConnectTimeout > 5*time.Minute {
+		return errors.New("ROOST_CONNECT_TIMEOUT: must be between 100ms and 5m")
+	}
+	if c.InstanceIdle < time.Second {
+		return errors.New("ROOST_INSTANCE_IDLE: must be at least 1s")
 	}
 	if c.AdminToken != "" && len(c.AdminToken) < 16 {
 		return errors.New("ROOST_ADMIN_TOKEN: must be at least 16 characters, or empty to generate one")

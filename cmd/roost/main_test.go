@@ -25,12 +25,13 @@ func env(vars map[string]string) func(string) string {
 // hub is a `roost serve` running in this process.
 type hub struct {
 	url    string
+	mqtt   string // host:port of the MQTT listener
 	stdout *testenv.Buffer
 	stderr *testenv.Buffer
 	stop   func() error
 }
 
-var apiLine = regexp.MustCompile(`API on (http://\S+)`)
+var apiLine = regexp.MustCompile(`API on (http://\S+), MQTT on mqtt://(\S+)`)
 
 // startServe runs `roost serve` with args and env until the test ends.
 func startServe(t *testing.T, vars map[string]string, args ...string) *hub {
@@ -39,7 +40,7 @@ func startServe(t *testing.T, vars map[string]string, args ...string) *hub {
 	h := &hub{stdout: &testenv.Buffer{}, stderr: &testenv.Buffer{}}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, append([]string{"serve", "--http-addr", "127.0.0.1:0"}, args...), env(vars), h.stdout, h.stderr)
+		done <- run(ctx, append([]string{"serve", "--http-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"}, args...), env(vars), h.stdout, h.stderr)
 	}()
 	var once sync.Once
 	var stopErr error
@@ -58,7 +59,7 @@ func startServe(t *testing.T, vars map[string]string, args ...string) *hub {
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
 		if m := apiLine.FindStringSubmatch(h.stdout.String()); m != nil {
-			h.url = m[1]
+			h.url, h.mqtt = m[1], m[2]
 			return h
 		}
 		select {

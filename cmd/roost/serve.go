@@ -17,6 +17,7 @@ import (
 
 	"github.com/roosthub/roost"
 	"github.com/roosthub/roost/api"
+	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -73,7 +74,18 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return fmt.Errorf("session signing key in the store is damaged: %w", err)
 	}
-	srv, err := api.New(api.Config{Store: store, Log: log, AdminToken: adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL})
+	hub, err := broker.New(broker.Config{
+		Directory:      store,
+		Changes:        store.Changes(),
+		Log:            log,
+		ConnectTimeout: c.ConnectTimeout,
+		IdleTimeout:    c.InstanceIdle,
+	})
+	if err != nil {
+		return err
+	}
+	defer hub.Close()
+	srv, err := api.New(api.Config{Store: store, Log: log, AdminToken: adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL, DataPlane: hub})
 	if err != nil {
 		return err
 	}
@@ -81,6 +93,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	ln, err := net.Listen("tcp", c.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("ROOST_HTTP_ADDR: %w", err)
+	}
+	mqttLn, err := net.Listen("tcp", c.MQTTAddr)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("ROOST_MQTT_ADDR: %w", err)
 	}
 	httpServer := &http.Server{
 		Handler:           srv,
@@ -93,15 +110,21 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- httpServer.Serve(ln) }()
-	fmt.Fprintf(stdout, "Roost %s: API on http://%s\n", roost.Version, displayAddr(ln.Addr()))
-	log.Info("serving", "http", ln.Addr().String(), "version", roost.Version)
+	mqttErr := make(chan error, 1)
+	go func() { mqttErr <- hub.Serve(mqttLn) }()
+	fmt.Fprintf(stdout, "Roost %s: API on http://%s, MQTT on mqtt://%s\n", roost.Version, displayAddr(ln.Addr()), displayAddr(mqttLn.Addr()))
+	log.Info("serving", "http", ln.Addr().String(), "mqtt", mqttLn.Addr().String(), "version", roost.Version)
 
 	select {
 	case err := <-errc:
 		return fmt.Errorf("http server: %w", err)
+	case err := <-mqttErr:
+		httpServer.Close()
+		return fmt.Errorf("mqtt listener: %w", err)
 	case <-ctx.Done():
 	}
 	log.Info("shutting down")
+	hub.Close()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := httpServer.Shutdown(shutdownCtx); err != nil {

@@ -1,0 +1,123 @@
+package api
+
+import (
+	"context"
+	"encoding/base64"
+	"net/http"
+	"time"
+	"unicode/utf8"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/tenants"
+)
+
+// DataPlane is what the API asks of the MQTT data plane. *broker.Hub
+// satisfies it.
+type DataPlane interface {
+	Connections(tenant, device string) []broker.Connection
+	Disconnect(tenant, device string) int
+	Publish(ctx context.Context, tenant string, m broker.Message) error
+}
+
+var _ DataPlane = (*broker.Hub)(nil)
+
+var errNoDataPlane = errorf(http.StatusServiceUnavailable, "no_data_plane", "this process does not run the MQTT data plane")
+
+type deviceStatus struct {
+	Device      string              `json:"device"`
+	Online      bool                `json:"online"`
+	Connections []broker.Connection `json:"connections"`
+	LastSeenAt  *time.Time          `json:"last_seen_at"`
+}
+
+func handleDeviceStatus(ds deviceStore, dp DataPlane) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if dp == nil {
+			return errNoDataPlane
+		}
+		tenant := chi.URLParam(r, "tenant")
+		d, err := ds.Device(r.Context(), tenant, chi.URLParam(r, "device"))
+		if err != nil {
+			return err
+		}
+		conns := dp.Connections(tenant, d.Name)
+		if conns == nil {
+			conns = []broker.Connection{}
+		}
+		writeJSON(w, http.StatusOK, deviceStatus{Device: d.Name, Online: len(conns) > 0, Connections: conns, LastSeenAt: d.LastSeenAt})
+		return nil
+	}
+}
+
+type disconnected struct {
+	Disconnected int `json:"disconnected"`
+}
+
+func handleDeviceDisconnect(ds deviceStore, dp DataPlane) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if dp == nil {
+			return errNoDataPlane
+		}
+		tenant := chi.URLParam(r, "tenant")
+		d, err := ds.Device(r.Context(), tenant, chi.URLParam(r, "device"))
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, disconnected{Disconnected: dp.Disconnect(tenant, d.Name)})
+		return nil
+	}
+}
+
+type messageInput struct {
+	Topic    string `json:"topic"`
+	Payload  string `json:"payload"`
+	Encoding string `json:"encoding,omitempty"`
+	QoS      byte   `json:"qos"`
+	Retain   bool   `json:"retain"`
+}
+
+type published struct {
+	Topic  string `json:"topic"`
+	QoS    byte   `json:"qos"`
+	Retain bool   `json:"retain"`
+	Bytes  int    `json:"bytes"`
+}
+
+// maxMessageBody leaves room for the largest plan's packets in base64.
+const maxMessageBody = 12 << 20
+
+func handleMessagePublish(dp DataPlane) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if dp == nil {
+			return errNoDataPlane
+		}
+		var in messageInput
+		if err := decodeLimit(r, &in, maxMessageBody); err != nil {
+			return err
+		}
+		var payload []byte
+		switch in.Encoding {
+		case "", "utf-8":
+			if !utf8.ValidString(in.Payload) {
+				return &tenants.FieldError{Field: "payload", Message: "must be UTF-8 text; send binary as base64"}
+			}
+			payload = []byte(in.Payload)
+		case "base64":
+			b, err := base64.StdEncoding.DecodeString(in.Payload)
+			if err != nil {
+				return &tenants.FieldError{Field: "payload", Message: "is not valid base64"}
+			}
+			payload = b
+		default:
+			return &tenants.FieldError{Field: "encoding", Message: "must be utf-8 or base64"}
+		}
+		m := broker.Message{Topic: in.Topic, Payload: payload, QoS: in.QoS, Retain: in.Retain}
+		if err := dp.Publish(r.Context(), chi.URLParam(r, "tenant"), m); err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusAccepted, published{Topic: m.Topic, QoS: m.QoS, Retain: m.Retain, Bytes: len(payload)})
+		return nil
+	}
+}

@@ -1,0 +1,136 @@
+package broker
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// identity is who the ingress authenticated a connection as.
+type identity struct {
+	tenant   string
+	device   string
+	clientID string // the bound client id; "" lets mochi assign one
+	assign   bool   // the client sent an empty id and is given clientID
+	secret   string // hash of the secret it presented, to notice rotation
+	version  byte
+}
+
+// deviceConn is the connection a tenant's broker reads and writes. It
+// replays the CONNECT the ingress already read, then passes the stream
+// through while tracking packet boundaries, so that it can check the few
+// packets mochi cannot be trusted to decode; and it bounds every write, so
+// a client that stops reading cannot hold a publisher hostage.
+type deviceConn struct {
+	net.Conn
+	id identity
+
+	r            *bufio.Reader
+	pending      []byte // bytes to hand out before reading on: the CONNECT, then each frame header
+	remaining    int    // body bytes of the current frame still to pass through
+	maxPacket    int
+	writeTimeout time.Duration
+}
+
+var errMalformedSubscribe = errors.New("malformed SUBSCRIBE")
+
+func newDeviceConn(c net.Conn, r *bufio.Reader, connect []byte, id identity, maxPacket int, writeTimeout time.Duration) *deviceConn {
+	return &deviceConn{Conn: c, id: id, r: r, pending: connect, maxPacket: maxPacket, writeTimeout: writeTimeout}
+}
+
+// Read hands out the replayed CONNECT, then the stream frame by frame.
+func (c *deviceConn) Read(p []byte) (int, error) {
+	if len(c.pending) == 0 && c.remaining == 0 {
+		if err := c.nextFrame(); err != nil {
+			return 0, err
+		}
+	}
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		return n, nil
+	}
+	if len(p) > c.remaining {
+		p = p[:c.remaining]
+	}
+	n, err := c.r.Read(p)
+	c.remaining -= n
+	return n, err
+}
+
+// nextFrame reads the next packet's fixed header. A v5 SUBSCRIBE is read
+// whole and checked: mochi v2.7.9 panics on a truncated one (upstream #501),
+// so a malformed one ends the connection here, through mochi's ordinary
+// read-error path (the Will is sent, the session is kept).
+func (c *deviceConn) nextFrame() error {
+	b0, err := c.r.ReadByte()
+	if err != nil {
+		return err
+	}
+	header := make([]byte, 1, 5)
+	header[0] = b0
+	length, mult := 0, 1
+	for {
+		if len(header) == 5 {
+			return errMalformedFrame
+		}
+		b, err := c.r.ReadByte()
+		if err != nil {
+			return err
+		}
+		header = append(header, b)
+		length += int(b&0x7f) * mult
+		if b&0x80 == 0 {
+			break
+		}
+		mult *= 128
+	}
+	if c.id.version == 5 && b0>>4 == packets.Subscribe {
+		if c.maxPacket > 0 && length+1 > c.maxPacket {
+			return packets.ErrPacketTooLarge
+		}
+		frame := make([]byte, len(header)+length)
+		copy(frame, header)
+		if _, err := io.ReadFull(c.r, frame[len(header):]); err != nil {
+			return err
+		}
+		if !validSubscribeV5(b0, frame[len(header):]) {
+			return errMalformedSubscribe
+		}
+		c.pending = frame
+		return nil
+	}
+	c.pending = header
+	c.remaining = length
+	return nil
+}
+
+// validSubscribeV5 decodes a v5 SUBSCRIBE body the way mochi will, and
+// reports whether it decodes without panicking. The decoder's own errors are
+// left for mochi to answer.
+func validSubscribeV5(b0 byte, body []byte) (ok bool) {
+	defer func() {
+		if recover() != nil {
+			ok = false
+		}
+	}()
+	var pk packets.Packet
+	if err := pk.FixedHeader.Decode(b0); err != nil {
+		return true // mochi rejects the header itself
+	}
+	pk.ProtocolVersion = 5
+	pk.SubscribeDecode(body)
+	return true
+}
+
+// Write bounds each write by the write timeout.
+func (c *deviceConn) Write(p []byte) (int, error) {
+	if c.writeTimeout > 0 {
+		c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+	}
+	return c.Conn.Write(p)
+}

@@ -1,0 +1,154 @@
+package broker
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+// Errors reading the first packet. None of them gets a CONNACK: the peer has
+// not shown it speaks MQTT.
+var (
+	errNotConnect     = errors.New("first packet is not CONNECT")
+	errConnectTooBig  = errors.New("CONNECT larger than the ingress accepts")
+	errMalformedFrame = errors.New("malformed packet length")
+)
+
+// readConnect reads the first packet from r, which must be a CONNECT of at
+// most maxSize bytes. The length is compared with maxSize before anything is
+// allocated for the body, so a header announcing 200 MB costs nothing. It
+// returns the packet's raw bytes (to replay to the broker) and the decoded
+// packet. A CONNECT that is framed well but does not decode returns the
+// packet with its protocol version and a packets.Code error, so the caller
+// can answer with a CONNACK.
+func readConnect(r *bufio.Reader, maxSize int) ([]byte, packets.Packet, error) {
+	var pk packets.Packet
+	b0, err := r.ReadByte()
+	if err != nil {
+		return nil, pk, err
+	}
+	if b0 != packets.Connect<<4 {
+		return nil, pk, errNotConnect
+	}
+	header := []byte{b0}
+	length, mult := 0, 1
+	for i := 0; ; i++ {
+		if i == 4 {
+			return nil, pk, errMalformedFrame
+		}
+		b, err := r.ReadByte()
+		if err != nil {
+			return nil, pk, err
+		}
+		header = append(header, b)
+		length += int(b&0x7f) * mult
+		if b&0x80 == 0 {
+			break
+		}
+		mult *= 128
+	}
+	if length > maxSize {
+		return nil, pk, errConnectTooBig
+	}
+	raw := make([]byte, len(header)+length)
+	copy(raw, header)
+	if _, err := io.ReadFull(r, raw[len(header):]); err != nil {
+		return nil, pk, err
+	}
+	pk.FixedHeader = packets.FixedHeader{Type: packets.Connect, Remaining: length}
+	if err := decodeConnect(&pk, raw[len(header):]); err != nil {
+		return raw, pk, err
+	}
+	if code := pk.ConnectValidate(); code != packets.CodeSuccess {
+		return raw, pk, code
+	}
+	return raw, pk, nil
+}
+
+// decodeConnect decodes a CONNECT body with mochi's decoder, turning a panic
+// on hostile input into a malformed-packet error.
+func decodeConnect(pk *packets.Packet, body []byte) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			err = packets.ErrMalformedPacket
+		}
+	}()
+	if err := pk.ConnectDecode(body); err != nil {
+		var code packets.Code
+		if errors.As(err, &code) {
+			return code
+		}
+		return packets.ErrMalformedPacket
+	}
+	return nil
+}
+
+// splitUsername parses "<tenant>/<device>". It accepts exactly one slash,
+// a valid tenant slug and a valid device name: nothing else can name a
+// device, so anything else is refused like a wrong password.
+func splitUsername(u string) (tenant, device string, ok bool) {
+	tenant, device, ok = strings.Cut(u, "/")
+	if !ok || !tenants.ValidSlug(tenant) || !tenants.ValidDeviceName(device) {
+		return "", "", false
+	}
+	return tenant, device, true
+}
+
+// refusal is a CONNACK refusal: its MQTT 5 reason code and its 3.1.1 return
+// code (0 means a 3.1.1 client is just disconnected: 3.1.1 has no code for
+// it).
+type refusal struct {
+	v5, v3 byte
+	reason string
+}
+
+func (r refusal) Error() string { return r.reason }
+
+// The refusals the ingress gives. Unknown tenant, unknown device, wrong
+// secret and disabled device all get badCredentials, so that nothing can be
+// learnt about which tenants and devices exist.
+var (
+	badCredentials    = refusal{0x86, 0x04, "bad username or password"}
+	tenantSuspended   = refusal{0x8A, 0x05, "tenant suspended"}
+	clientIDRefused   = refusal{0x85, 0x02, "client identifier not valid"}
+	willNotAllowed    = refusal{0x87, 0x05, "will topic not allowed"}
+	authThrottled     = refusal{0x9F, 0x03, "too many failed attempts"}
+	packetTooLarge    = refusal{0x95, 0x00, "packet too large"}
+	serverBusy        = refusal{0x89, 0x03, "server busy"}
+	serverUnavailable = refusal{0x88, 0x03, "server unavailable"}
+)
+
+// refusalFor maps a CONNECT that failed mochi's validation to a refusal.
+func refusalFor(code packets.Code) refusal {
+	switch code.Code {
+	case packets.ErrProtocolViolationProtocolVersion.Code, packets.ErrUnsupportedProtocolVersion.Code:
+		return refusal{0x84, 0x01, code.Reason}
+	case packets.ErrClientIdentifierNotValid.Code:
+		return refusal{0x85, 0x02, code.Reason}
+	}
+	return refusal{code.Code, 0x00, code.Reason}
+}
+
+// writeConnack sends a refusing CONNACK in the client's protocol version.
+// A 3.1.1 refusal without a code sends nothing.
+func writeConnack(w net.Conn, version byte, r refusal) error {
+	if version == 5 {
+		_, err := w.Write([]byte{packets.Connack << 4, 3, 0, r.v5, 0})
+		return err
+	}
+	if r.v3 == 0 {
+		return nil
+	}
+	_, err := w.Write([]byte{packets.Connack << 4, 2, 0, r.v3})
+	return err
+}
+
+// String is for logs.
+func (r refusal) String() string { return fmt.Sprintf("%s (0x%02x)", r.reason, r.v5) }

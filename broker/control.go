@@ -1,0 +1,172 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+// onChange is called by the directory after each committed change. It drops
+// what the cache holds at once, so the next connect reads the change, and
+// queues the work on live connections.
+func (h *Hub) onChange(c tenants.Change) {
+	h.dir.invalidate(c)
+	if c.Kind == tenants.ACLChanged {
+		if inst := h.running(c.Tenant); inst != nil {
+			inst.forgetRules()
+		}
+		return
+	}
+	select {
+	case h.changes <- c:
+	default:
+		// The worker is behind; do not hold up the control plane.
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			h.apply(c)
+		}()
+	}
+}
+
+func (h *Hub) applyChanges() {
+	defer h.wg.Done()
+	for {
+		select {
+		case <-h.done:
+			return
+		case c := <-h.changes:
+			h.apply(c)
+		}
+	}
+}
+
+// apply brings live connections in line with a change: a deleted tenant's
+// broker stops; a suspended tenant's devices are disconnected; a device that
+// was deleted, disabled, given a new secret or bound to another client id
+// loses the connections that no longer qualify.
+func (h *Hub) apply(c tenants.Change) {
+	inst := h.running(c.Tenant)
+	if inst == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.ConnectTimeout)
+	defer cancel()
+	switch c.Kind {
+	case tenants.TenantDeleted:
+		h.stop(inst, "tenant deleted")
+	case tenants.TenantChanged:
+		t, found, err := h.dir.tenant(ctx, c.Tenant)
+		switch {
+		case err != nil:
+			h.log.Error("apply change", "tenant", c.Tenant, "err", err)
+		case !found:
+			h.stop(inst, "tenant deleted")
+		case t.Suspended:
+			for _, cl := range inst.server.Clients.GetAll() {
+				if _, ok := cl.Net.Conn.(*deviceConn); ok && !cl.Closed() {
+					inst.kick(cl, packets.ErrAdministrativeAction)
+				}
+			}
+			inst.log.Info("tenant suspended: devices disconnected")
+		}
+	case tenants.DeviceChanged:
+		clients := inst.clientsOf(c.Device)
+		if len(clients) == 0 {
+			return
+		}
+		d, found, err := h.dir.device(ctx, c.Tenant, c.Device)
+		if err != nil {
+			h.log.Error("apply change", "tenant", c.Tenant, "device", c.Device, "err", err)
+			return
+		}
+		for _, cl := range clients {
+			dc := cl.Net.Conn.(*deviceConn)
+			if !found || !d.Enabled || d.SecretHash != dc.id.secret || (d.ClientIDs == tenants.ClientIDsExact && cl.ID != d.Name) {
+				inst.kick(cl, packets.ErrAdministrativeAction)
+				inst.log.Info("device disconnected after a change", "device", c.Device, "client_id", cl.ID)
+			}
+		}
+	}
+}
+
+// stop takes an instance out of service and closes it.
+func (h *Hub) stop(inst *instance, why string) {
+	h.mu.Lock()
+	if h.instances[inst.tenant] == inst {
+		delete(h.instances, inst.tenant)
+	}
+	h.mu.Unlock()
+	inst.close()
+	inst.log.Info("tenant broker stopped: " + why)
+}
+
+// Connections lists a device's live connections; none if its tenant's
+// broker is not running.
+func (h *Hub) Connections(tenant, device string) []Connection {
+	inst := h.running(tenant)
+	if inst == nil {
+		return nil
+	}
+	return inst.connections(device)
+}
+
+// Disconnect ends every live connection of a device and returns how many
+// there were. MQTT 5 clients are told 0x98 (administrative action).
+func (h *Hub) Disconnect(tenant, device string) int {
+	inst := h.running(tenant)
+	if inst == nil {
+		return 0
+	}
+	clients := inst.clientsOf(device)
+	for _, cl := range clients {
+		inst.kick(cl, packets.ErrAdministrativeAction)
+	}
+	return len(clients)
+}
+
+// Message is a publish made through the API.
+type Message struct {
+	Topic   string
+	Payload []byte
+	QoS     byte
+	Retain  bool
+}
+
+// Publish publishes a message into a tenant's broker, starting it if needed.
+// It is delivered to every subscriber whose rules allow it; access rules for
+// the sender are the caller's business (the API checks roles).
+func (h *Hub) Publish(ctx context.Context, tenant string, m Message) error {
+	if err := tenants.ValidateTopic(m.Topic); err != nil {
+		return &tenants.FieldError{Field: "topic", Message: err.Error()}
+	}
+	if strings.HasPrefix(m.Topic, "$") {
+		return &tenants.FieldError{Field: "topic", Message: "topics starting with $ are reserved"}
+	}
+	if m.QoS > 2 {
+		return &tenants.FieldError{Field: "qos", Message: "must be 0, 1 or 2"}
+	}
+	t, found, err := h.dir.tenant(ctx, tenant)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fmt.Errorf("tenant %s: %w", tenant, tenants.ErrNotFound)
+	}
+	if t.Suspended {
+		return fmt.Errorf("tenant %s is suspended: %w", tenant, tenants.ErrForbidden)
+	}
+	if int64(len(m.Payload)+len(m.Topic)+7) > t.Quotas().MaxPacketSize {
+		return &tenants.QuotaError{Quota: "max_packet_size", Limit: t.Quotas().MaxPacketSize}
+	}
+	inst, err := h.acquire(t)
+	if err != nil {
+		return err
+	}
+	defer h.release(inst)
+	return inst.server.Publish(m.Topic, m.Payload, m.Retain, m.QoS)
+}

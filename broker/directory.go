@@ -1,0 +1,102 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/roosthub/roost/internal/lru"
+	"github.com/roosthub/roost/tenants"
+)
+
+// Directory is what the data plane reads of the control plane's directory.
+// *tenants.Store satisfies it.
+type Directory interface {
+	Tenant(ctx context.Context, slug string) (tenants.Tenant, error)
+	Device(ctx context.Context, tenant, name string) (tenants.Device, error)
+	ACLRules(ctx context.Context, tenant string) ([]tenants.ACLRule, error)
+	TouchDevice(ctx context.Context, tenant, name string, t time.Time) error
+}
+
+var _ Directory = (*tenants.Store)(nil)
+
+// cached is a directory answer: a value, or the fact that there is none.
+type cached[T any] struct {
+	val   T
+	found bool
+	at    time.Time
+}
+
+type deviceKey struct{ tenant, name string }
+
+// directoryCache keeps recent tenant and device answers, including "no such
+// tenant/device", so that a flood of connects with made-up names does not
+// reach the database. Change events drop entries as soon as the control
+// plane commits; the TTL bounds staleness should an event ever be missed.
+type directoryCache struct {
+	dir Directory
+	ttl time.Duration
+	now func() time.Time
+
+	mu      sync.Mutex
+	gen     uint64 // bumped by every invalidation; a read that raced one is not cached
+	tenants *lru.Cache[string, cached[tenants.Tenant]]
+	devices *lru.Cache[deviceKey, cached[tenants.Device]]
+}
+
+func newDirectoryCache(dir Directory, size int, ttl time.Duration, now func() time.Time) *directoryCache {
+	return &directoryCache{
+		dir: dir, ttl: ttl, now: now,
+		tenants: lru.New[string, cached[tenants.Tenant]](max(size/10, 100)),
+		devices: lru.New[deviceKey, cached[tenants.Device]](size),
+	}
+}
+
+// lookup returns a cached answer or fetches, caches and returns a fresh one.
+// found is false when the directory has no such object; err is for failures.
+func lookup[K comparable, T any](c *directoryCache, cache *lru.Cache[K, cached[T]], key K, fetch func() (T, error)) (T, bool, error) {
+	c.mu.Lock()
+	e, ok := cache.Get(key)
+	gen := c.gen
+	c.mu.Unlock()
+	if ok && c.now().Sub(e.at) < c.ttl {
+		return e.val, e.found, nil
+	}
+	v, err := fetch()
+	found := err == nil
+	if err != nil && !errors.Is(err, tenants.ErrNotFound) {
+		var zero T
+		return zero, false, err
+	}
+	c.mu.Lock()
+	if c.gen == gen {
+		cache.Add(key, cached[T]{val: v, found: found, at: c.now()})
+	}
+	c.mu.Unlock()
+	return v, found, nil
+}
+
+func (c *directoryCache) tenant(ctx context.Context, slug string) (tenants.Tenant, bool, error) {
+	return lookup(c, c.tenants, slug, func() (tenants.Tenant, error) { return c.dir.Tenant(ctx, slug) })
+}
+
+func (c *directoryCache) device(ctx context.Context, tenant, name string) (tenants.Device, bool, error) {
+	return lookup(c, c.devices, deviceKey{tenant, name}, func() (tenants.Device, error) { return c.dir.Device(ctx, tenant, name) })
+}
+
+// invalidate drops what a change makes stale.
+func (c *directoryCache) invalidate(ch tenants.Change) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.gen++
+	switch ch.Kind {
+	case tenants.TenantChanged:
+		c.tenants.Remove(ch.Tenant)
+	case tenants.TenantDeleted:
+		c.tenants.Remove(ch.Tenant)
+		c.devices.RemoveIf(func(k deviceKey) bool { return k.tenant == ch.Tenant })
+	case tenants.DeviceChanged:
+		c.devices.Remove(deviceKey{ch.Tenant, ch.Device})
+	}
+}

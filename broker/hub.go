@@ -1,0 +1,414 @@
+package broker
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/internal/throttle"
+	"github.com/roosthub/roost/tenants"
+)
+
+// Config is what the data plane needs.
+type Config struct {
+	Directory Directory
+	// Changes delivers the directory's committed changes; nil means none
+	// (entries then live for CacheTTL).
+	Changes interface {
+		Subscribe(func(tenants.Change)) (cancel func())
+	}
+	Log *slog.Logger
+
+	// ConnectTimeout bounds the wait for the first packet: 10s if zero.
+	ConnectTimeout time.Duration
+	// MaxConnectSize caps the first packet before it is read: 512 KiB if
+	// zero (room for 64 KiB usernames and passwords and a Will).
+	MaxConnectSize int
+	// WriteTimeout bounds each write to a client: 5s if zero.
+	WriteTimeout time.Duration
+	// IdleTimeout is how long an instance with nothing in it stays up: 5m
+	// if zero.
+	IdleTimeout time.Duration
+	// MaxHandshakes bounds connections not yet past CONNECT: 10,000 if zero.
+	MaxHandshakes int
+	// CacheSize and CacheTTL shape the directory cache: 100,000 devices and
+	// 5 minutes if zero.
+	CacheSize int
+	CacheTTL  time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Hub is the data plane: the ingress and every tenant's broker instance.
+type Hub struct {
+	cfg Config
+	log *slog.Logger
+	dir *directoryCache
+	now func() time.Time
+
+	// Authentication failures are throttled per source address and per
+	// username.
+	authPerIP   *throttle.Limiter
+	authPerUser *throttle.Limiter
+
+	handshakes chan struct{}
+	changes    chan tenants.Change
+	cancelSub  func()
+	done       chan struct{}
+	wg         sync.WaitGroup
+
+	mu        sync.Mutex
+	instances map[string]*instance
+	listeners []net.Listener
+	closed    bool
+}
+
+// Authentication failures allowed before delays start, and per hour.
+const (
+	authFreePerIP   = 50
+	authFreePerUser = 10
+	authMaxPerHour  = 1000
+)
+
+// New starts the data plane; Serve gives it listeners.
+func New(cfg Config) (*Hub, error) {
+	if cfg.Directory == nil {
+		return nil, errors.New("broker: no directory")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&cfg.ConnectTimeout, 10*time.Second)
+	def(&cfg.WriteTimeout, 5*time.Second)
+	def(&cfg.IdleTimeout, 5*time.Minute)
+	def(&cfg.CacheTTL, 5*time.Minute)
+	if cfg.MaxConnectSize == 0 {
+		cfg.MaxConnectSize = 512 << 10
+	}
+	if cfg.MaxHandshakes == 0 {
+		cfg.MaxHandshakes = 10_000
+	}
+	if cfg.CacheSize == 0 {
+		cfg.CacheSize = 100_000
+	}
+	h := &Hub{
+		cfg:         cfg,
+		log:         cfg.Log,
+		dir:         newDirectoryCache(cfg.Directory, cfg.CacheSize, cfg.CacheTTL, cfg.Now),
+		now:         cfg.Now,
+		authPerIP:   throttle.New(authFreePerIP, authMaxPerHour, cfg.Now),
+		authPerUser: throttle.New(authFreePerUser, authMaxPerHour, cfg.Now),
+		handshakes:  make(chan struct{}, cfg.MaxHandshakes),
+		changes:     make(chan tenants.Change, 1024),
+		done:        make(chan struct{}),
+		instances:   map[string]*instance{},
+	}
+	if cfg.Changes != nil {
+		h.cancelSub = cfg.Changes.Subscribe(h.onChange)
+	}
+	h.wg.Add(2)
+	go h.applyChanges()
+	go h.reap()
+	return h, nil
+}
+
+// Serve accepts MQTT connections on ln until Close. It returns nil once the
+// hub is closed.
+func (h *Hub) Serve(ln net.Listener) error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	h.listeners = append(h.listeners, ln)
+	h.wg.Add(1)
+	h.mu.Unlock()
+	defer h.wg.Done()
+
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			select {
+			case <-h.done:
+				return nil
+			default:
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() || errors.Is(err, errTooManyFiles) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				h.log.Warn("accept", "err", err, "retry_in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		backoff = 0
+		h.wg.Add(1)
+		go h.handle(conn)
+	}
+}
+
+// Close stops accepting, disconnects every client and stops every instance.
+// A second Close does nothing.
+func (h *Hub) Close() error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil
+	}
+	h.closed = true
+	close(h.done)
+	for _, ln := range h.listeners {
+		ln.Close()
+	}
+	insts := make([]*instance, 0, len(h.instances))
+	for _, inst := range h.instances {
+		insts = append(insts, inst)
+	}
+	h.instances = map[string]*instance{}
+	h.mu.Unlock()
+	if h.cancelSub != nil {
+		h.cancelSub()
+	}
+	for _, inst := range insts {
+		inst.close()
+	}
+	h.wg.Wait()
+	return nil
+}
+
+// handle takes a connection from accept to its tenant's broker.
+func (h *Hub) handle(conn net.Conn) {
+	defer h.wg.Done()
+	select {
+	case h.handshakes <- struct{}{}:
+	default:
+		h.log.Warn("too many connections in handshake; closing one", "remote", conn.RemoteAddr().String())
+		conn.Close()
+		return
+	}
+	inHandshake := true
+	endHandshake := func() {
+		if inHandshake {
+			<-h.handshakes
+			inHandshake = false
+		}
+	}
+	defer endHandshake()
+
+	conn.SetReadDeadline(h.now().Add(h.cfg.ConnectTimeout))
+	r := bufio.NewReaderSize(conn, 4096)
+	raw, pk, err := readConnect(r, h.cfg.MaxConnectSize)
+	var code packets.Code
+	switch {
+	case errors.As(err, &code):
+		ref := refusalFor(code)
+		h.log.Info("malformed CONNECT", "remote", conn.RemoteAddr().String(), "reason", ref.String())
+		writeConnack(conn, pk.ProtocolVersion, ref)
+		conn.Close()
+		return
+	case err != nil:
+		h.log.Info("no CONNECT", "remote", conn.RemoteAddr().String(), "err", err)
+		conn.Close()
+		return
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.ConnectTimeout)
+	inst, id, err := h.admit(ctx, conn, raw, pk)
+	cancel()
+	if err != nil {
+		var ref refusal
+		if !errors.As(err, &ref) {
+			h.log.Error("admit connection", "remote", conn.RemoteAddr().String(), "err", err)
+			ref = serverUnavailable
+		}
+		writeConnack(conn, pk.ProtocolVersion, ref)
+		conn.Close()
+		return
+	}
+	defer h.release(inst)
+	conn.SetReadDeadline(time.Time{})
+	endHandshake()
+	inst.serve(newDeviceConn(conn, r, raw, id, int(inst.server.Options.Capabilities.MaximumPacketSize), h.cfg.WriteTimeout))
+}
+
+// admit authenticates a CONNECT and finds its tenant's broker, or returns
+// the refusal to send.
+func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.Packet) (*instance, identity, error) {
+	remote := conn.RemoteAddr().String()
+	ip, _, _ := net.SplitHostPort(remote)
+	username := string(pk.Connect.Username)
+	tenant, device, ok := splitUsername(username)
+	if !ok {
+		h.log.Info("connect refused: malformed username", "remote", remote)
+		return nil, identity{}, badCredentials
+	}
+	log := h.log.With("tenant", tenant, "device", device, "remote", remote)
+	if wait := max(h.authPerIP.Wait(ip), h.authPerUser.Wait(username)); wait > 0 {
+		log.Info("connect refused: too many failed attempts", "retry_in", wait)
+		return nil, identity{}, authThrottled
+	}
+	t, d, ok, err := h.credentials(ctx, tenant, device, pk.Connect.Password)
+	if err != nil {
+		return nil, identity{}, err
+	}
+	if !ok {
+		h.authPerIP.Count(ip)
+		h.authPerUser.Count(username)
+		log.Info("connect refused: bad credentials")
+		return nil, identity{}, badCredentials
+	}
+	h.authPerUser.Reset(username)
+	if t.Suspended {
+		log.Info("connect refused: tenant suspended")
+		return nil, identity{}, tenantSuspended
+	}
+
+	id := identity{tenant: tenant, device: device, secret: d.SecretHash, version: pk.ProtocolVersion}
+	cid := pk.Connect.ClientIdentifier
+	switch {
+	case cid == "" && pk.ProtocolVersion < 5 && !pk.Connect.Clean:
+		// 3.1.1 §3.1.3-8: a persistent session needs an id of its own.
+		log.Info("connect refused: empty client id with a persistent session")
+		return nil, identity{}, clientIDRefused
+	case d.ClientIDs == tenants.ClientIDsExact && cid == "":
+		id.clientID, id.assign = device, true
+	case d.ClientIDs == tenants.ClientIDsExact && cid != device:
+		log.Info("connect refused: client id not bound to the device", "client_id", cid)
+		return nil, identity{}, clientIDRefused
+	case d.ClientIDs == tenants.ClientIDsExact:
+		id.clientID = device
+	}
+	if limit := t.Quotas().MaxPacketSize; int64(len(raw)) > limit {
+		log.Info("connect refused: CONNECT larger than max_packet_size", "size", len(raw), "limit", limit)
+		return nil, identity{}, packetTooLarge
+	}
+
+	inst, err := h.acquire(t)
+	if err != nil {
+		return nil, identity{}, err
+	}
+	if pk.Connect.WillFlag {
+		if tenants.ValidateTopic(pk.Connect.WillTopic) != nil || !inst.allowed(device, tenants.ActionPublish, pk.Connect.WillTopic) {
+			h.release(inst)
+			log.Info("connect refused: will topic not allowed", "topic", pk.Connect.WillTopic)
+			return nil, identity{}, willNotAllowed
+		}
+	}
+	return inst, id, nil
+}
+
+// credentials checks a device's secret. ok is false, with no error, for an
+// unknown tenant, an unknown or disabled device and a wrong secret alike.
+func (h *Hub) credentials(ctx context.Context, tenant, device string, password []byte) (tenants.Tenant, tenants.Device, bool, error) {
+	t, found, err := h.dir.tenant(ctx, tenant)
+	if err != nil || !found {
+		return t, tenants.Device{}, false, err
+	}
+	d, found, err := h.dir.device(ctx, tenant, device)
+	if err != nil {
+		return t, d, false, err
+	}
+	// The secret is checked even for an unknown or disabled device, so all
+	// refusals cost the same.
+	hash := d.SecretHash
+	if !found {
+		hash = unknownDeviceHash
+	}
+	match := tenants.CheckSecret(string(password), hash)
+	return t, d, found && d.Enabled && match, nil
+}
+
+// unknownDeviceHash is compared against when no device exists: a hash of no
+// secret anyone has.
+const unknownDeviceHash = "0000000000000000000000000000000000000000000000000000000000000000"
+
+// acquire returns the tenant's running instance, starting it if needed, and
+// counts a connection on it until release.
+func (h *Hub) acquire(t tenants.Tenant) (*instance, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil, serverUnavailable
+	}
+	inst := h.instances[t.Slug]
+	if inst == nil {
+		var err error
+		if inst, err = newInstance(h, t); err != nil {
+			return nil, err
+		}
+		h.instances[t.Slug] = inst
+		h.log.Info("tenant broker started", "tenant", t.Slug)
+	}
+	inst.conns++
+	return inst, nil
+}
+
+func (h *Hub) release(inst *instance) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	inst.conns--
+	inst.lastActive = h.now()
+}
+
+// running returns the tenant's instance if one is running.
+func (h *Hub) running(tenant string) *instance {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.instances[tenant]
+}
+
+// reap stops instances that have held nothing for IdleTimeout.
+func (h *Hub) reap() {
+	defer h.wg.Done()
+	tick := time.NewTicker(min(h.cfg.IdleTimeout/2, 30*time.Second))
+	defer tick.Stop()
+	for {
+		select {
+		case <-h.done:
+			return
+		case <-tick.C:
+		}
+		h.reapIdle()
+	}
+}
+
+func (h *Hub) reapIdle() {
+	var idle []*instance
+	h.mu.Lock()
+	now := h.now()
+	for slug, inst := range h.instances {
+		if inst.idle() && now.Sub(inst.lastActive) >= h.cfg.IdleTimeout {
+			delete(h.instances, slug)
+			idle = append(idle, inst)
+		}
+	}
+	h.mu.Unlock()
+	for _, inst := range idle {
+		inst.close()
+		h.log.Info("tenant broker stopped: idle", "tenant", inst.tenant)
+	}
+}
+
+// Instances is the number of running tenant brokers.
+func (h *Hub) Instances() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.instances)
+}

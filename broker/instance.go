@@ -1,0 +1,261 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+// listenerID names the one listener of every instance: the ingress.
+const listenerID = "ingress"
+
+// instance is one tenant's broker.
+type instance struct {
+	tenant string
+	server *mqtt.Server
+	log    *slog.Logger
+	hub    *Hub
+
+	// conns counts connections handed to the instance and not yet ended;
+	// the hub changes it under its lock, so the reaper and a new connection
+	// never disagree about whether the instance is in use.
+	conns      int
+	lastActive time.Time
+
+	rulesMu sync.Mutex
+	rules   atomic.Pointer[[]tenants.ACLRule]
+
+	presenceMu sync.Mutex
+	byDevice   map[string]map[*mqtt.Client]Connection
+
+	closeOnce sync.Once
+}
+
+// Connection is one live MQTT connection of a device.
+type Connection struct {
+	ClientID        string    `json:"client_id"`
+	ConnectedAt     time.Time `json:"connected_at"`
+	RemoteAddr      string    `json:"remote_addr"`
+	ProtocolVersion int       `json:"protocol_version"`
+}
+
+// Session expiry and the $SYS interval: $SYS is per tenant and nobody may
+// read it, so it is refreshed about once a year instead of every second,
+// which makes idle instances nearly free.
+const sysInterval = 365 * 24 * 3600
+
+func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
+	q := t.Quotas()
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = uint32(clamp(q.MaxPacketSize, 1, math.MaxUint32))
+	caps.MaximumSessionExpiryInterval = uint32(clamp(q.MaxSessionExpiry, 0, math.MaxUint32))
+	caps.MaximumInflight = uint16(clamp(q.MaxQueued, 1, math.MaxUint16))
+	caps.MaximumClientWritesPending = 1024 // 8 KiB of queue per client instead of 64
+	caps.TopicAliasMaximum = 64
+	log := h.log.With("tenant", t.Slug)
+	srv := mqtt.New(&mqtt.Options{
+		Capabilities:           caps,
+		InlineClient:           true,
+		SysTopicResendInterval: sysInterval,
+		Logger:                 mochiLogger(log),
+	})
+	inst := &instance{tenant: t.Slug, server: srv, log: log, hub: h, lastActive: h.now(), byDevice: map[string]map[*mqtt.Client]Connection{}}
+	if err := srv.AddHook(&hook{inst: inst}, nil); err != nil {
+		return nil, err
+	}
+	if err := srv.AddListener(handoff{}); err != nil {
+		return nil, err
+	}
+	if err := srv.Serve(); err != nil {
+		return nil, fmt.Errorf("start broker for %s: %w", t.Slug, err)
+	}
+	return inst, nil
+}
+
+func clamp(v, lo, hi int64) int64 { return min(max(v, lo), hi) }
+
+// mochiLogger passes on mochi's warnings and errors, tagged with the tenant;
+// its informational lines (one per start and stop) are not worth a line
+// per tenant.
+func mochiLogger(log *slog.Logger) *slog.Logger {
+	return slog.New(levelFilter{log.Handler(), slog.LevelWarn})
+}
+
+type levelFilter struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (f levelFilter) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= f.min && f.Handler.Enabled(ctx, l)
+}
+
+func (f levelFilter) WithAttrs(a []slog.Attr) slog.Handler {
+	return levelFilter{f.Handler.WithAttrs(a), f.min}
+}
+
+func (f levelFilter) WithGroup(n string) slog.Handler {
+	return levelFilter{f.Handler.WithGroup(n), f.min}
+}
+
+// handoff is the listener every instance registers for the connections the
+// ingress hands it. It listens on nothing, but being registered makes
+// mochi's Close disconnect those clients (see DESIGN §5).
+type handoff struct{}
+
+func (handoff) Init(*slog.Logger) error              { return nil }
+func (handoff) Serve(listeners.EstablishFn)          {}
+func (handoff) ID() string                           { return listenerID }
+func (handoff) Address() string                      { return "" }
+func (handoff) Protocol() string                     { return "mqtt" }
+func (handoff) Close(closeClients listeners.CloseFn) { closeClients(listenerID) }
+
+// serve runs one connection until it ends. A panic in mochi while serving it
+// is recovered and logged, and only this connection is closed; any state
+// mochi left behind for it is removed.
+func (inst *instance) serve(dc *deviceConn) {
+	defer func() {
+		if v := recover(); v != nil {
+			inst.log.Error("panic serving connection", "device", dc.id.device, "remote", dc.RemoteAddr().String(),
+				"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			inst.removeGhost(dc)
+		}
+		dc.Close()
+	}()
+	if err := inst.server.EstablishConnection(listenerID, dc); err != nil {
+		inst.log.Debug("connection ended", "device", dc.id.device, "err", err)
+	}
+}
+
+// removeGhost removes a client whose connection panicked: mochi would keep
+// it subscribed, collecting messages, with no Will and no disconnect hook.
+func (inst *instance) removeGhost(dc *deviceConn) {
+	for _, cl := range inst.server.Clients.GetAll() {
+		if cl.Net.Conn == net.Conn(dc) {
+			inst.server.UnsubscribeClient(cl)
+			inst.server.Clients.Delete(cl.ID)
+			cl.Stop(packets.ErrUnspecifiedError)
+			inst.dropPresence(cl)
+		}
+	}
+}
+
+// aclRules returns the tenant's rules, read once and kept until a change.
+func (inst *instance) aclRules() ([]tenants.ACLRule, error) {
+	if p := inst.rules.Load(); p != nil {
+		return *p, nil
+	}
+	inst.rulesMu.Lock()
+	defer inst.rulesMu.Unlock()
+	if p := inst.rules.Load(); p != nil {
+		return *p, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rules, err := inst.hub.dir.dir.ACLRules(ctx, inst.tenant)
+	if err != nil {
+		return nil, err
+	}
+	inst.rules.Store(&rules)
+	return rules, nil
+}
+
+// forgetRules drops the cached rules after a change; the next check reads
+// them again. Holding rulesMu orders this after any read in progress.
+func (inst *instance) forgetRules() {
+	inst.rulesMu.Lock()
+	inst.rules.Store(nil)
+	inst.rulesMu.Unlock()
+}
+
+// allowed decides an ACL question for a device, denying if the rules cannot
+// be read.
+func (inst *instance) allowed(device string, action tenants.Action, topic string) bool {
+	rules, err := inst.aclRules()
+	if err != nil {
+		inst.log.Error("read acl rules", "err", err)
+		return false
+	}
+	ok, _ := tenants.CheckACL(rules, device, action, topic)
+	return ok
+}
+
+func (inst *instance) addPresence(cl *mqtt.Client, device string, c Connection) {
+	inst.presenceMu.Lock()
+	defer inst.presenceMu.Unlock()
+	m := inst.byDevice[device]
+	if m == nil {
+		m = map[*mqtt.Client]Connection{}
+		inst.byDevice[device] = m
+	}
+	m[cl] = c
+}
+
+func (inst *instance) dropPresence(cl *mqtt.Client) {
+	dc, ok := cl.Net.Conn.(*deviceConn)
+	if !ok {
+		return
+	}
+	inst.presenceMu.Lock()
+	defer inst.presenceMu.Unlock()
+	if m := inst.byDevice[dc.id.device]; m != nil {
+		delete(m, cl)
+		if len(m) == 0 {
+			delete(inst.byDevice, dc.id.device)
+		}
+	}
+}
+
+// connections lists a device's live connections.
+func (inst *instance) connections(device string) []Connection {
+	inst.presenceMu.Lock()
+	defer inst.presenceMu.Unlock()
+	var out []Connection
+	for _, c := range inst.byDevice[device] {
+		out = append(out, c)
+	}
+	return out
+}
+
+// clientsOf returns the clients of a device's live connections.
+func (inst *instance) clientsOf(device string) []*mqtt.Client {
+	inst.presenceMu.Lock()
+	defer inst.presenceMu.Unlock()
+	var out []*mqtt.Client
+	for cl := range inst.byDevice[device] {
+		out = append(out, cl)
+	}
+	return out
+}
+
+// kick disconnects a client, telling a v5 client why.
+func (inst *instance) kick(cl *mqtt.Client, why packets.Code) {
+	inst.server.DisconnectClient(cl, why)
+}
+
+// close stops the instance once, disconnecting every client.
+func (inst *instance) close() {
+	inst.closeOnce.Do(func() { inst.server.Close() })
+}
+
+// idle reports whether the instance holds nothing worth keeping: no
+// connection, no session waiting for its client, no retained message.
+func (inst *instance) idle() bool {
+	sessions := inst.server.Clients.Len()
+	if _, ok := inst.server.Clients.Get(mqtt.InlineClientId); ok {
+		sessions-- // the inline client, used for HTTP publishes, is always there
+	}
+	return inst.conns == 0 && sessions == 0 && inst.server.Topics.Retained.Len() == 0
+}
