@@ -28,8 +28,20 @@ func (h *hook) ID() string { return "roost" }
 func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
-		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnClientExpired,
+		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnPacketEncode,
 	}, []byte{b})
+}
+
+// OnPacketEncode completes a successful v5 CONNACK with the limits mochi
+// enforces but does not announce, so clients keep to them instead of being
+// disconnected for breaking them.
+func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Connack && pk.ProtocolVersion == 5 && pk.ReasonCode < 0x80 {
+		caps := h.inst.server.Options.Capabilities
+		pk.Properties.MaximumPacketSize = caps.MaximumPacketSize
+		pk.Properties.TopicAliasMaximum = caps.TopicAliasMaximum
+	}
+	return pk
 }
 
 var errNotFromIngress = errors.New("connection did not come through the ingress")
