@@ -6,11 +6,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
-	paho3 "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.golang/paho"
+	paho3 "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/internal/testenv"
@@ -138,7 +139,7 @@ func dialV5(t *testing.T, addr, username, password, clientID string, cp ...func(
 		t.Fatal(err)
 	}
 	c := &v5{conn: conn, msgs: make(chan *paho.Publish, 1000), discs: make(chan *paho.Disconnect, 1), closed: make(chan struct{})}
-	var closedOnce bool
+	var closedOnce sync.Once
 	c.Client = paho.NewClient(paho.ClientConfig{
 		Conn: conn,
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
@@ -146,12 +147,7 @@ func dialV5(t *testing.T, addr, username, password, clientID string, cp ...func(
 			return true, nil
 		}},
 		OnServerDisconnect: func(d *paho.Disconnect) { c.discs <- d },
-		OnClientError: func(error) {
-			if !closedOnce {
-				closedOnce = true
-				close(c.closed)
-			}
-		},
+		OnClientError: func(error) { closedOnce.Do(func() { close(c.closed) }) },
 	})
 	connect := &paho.Connect{ClientID: clientID, KeepAlive: 30, CleanStart: true, Username: username, Password: []byte(password),
 		UsernameFlag: username != "", PasswordFlag: password != ""}

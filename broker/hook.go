@@ -28,7 +28,7 @@ func (h *hook) ID() string { return "roost" }
 func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
-		mqtt.OnSessionEstablished, mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnPacketEncode,
+		mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnPacketEncode,
 	}, []byte{b})
 }
 
@@ -46,9 +46,15 @@ func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet
 
 var errNotFromIngress = errors.New("connection did not come through the ingress")
 
-// OnConnect binds the client id the ingress chose. mochi passes the packet by
-// value, so the id is set on the client; a v5 client that sent no id learns
-// it from the CONNACK's Assigned Client Identifier.
+// OnConnect binds the client id the ingress chose and registers the
+// connection's presence. mochi passes the packet by value, so the id is set
+// on the client; a v5 client that sent no id learns it from the CONNACK's
+// Assigned Client Identifier.
+//
+// Then it checks the device once more. A change committed while this
+// connection was being admitted may have been applied to live connections
+// before this one was registered; the directory cache was invalidated before
+// that, so this check sees the change.
 func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	dc, ok := cl.Net.Conn.(*deviceConn)
 	if !ok {
@@ -61,6 +67,16 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			cl.Properties.Props.AssignedClientID = dc.id.clientID
 		}
 	}
+	now := h.inst.hub.now()
+	h.inst.addPresence(dc, cl, Connection{
+		ClientID: cl.ID, ConnectedAt: now.UTC(), RemoteAddr: dc.RemoteAddr().String(), ProtocolVersion: int(dc.id.version),
+	})
+	if ref := h.inst.hub.stillValid(dc.id); ref != nil {
+		h.inst.dropPresence(dc)
+		writeConnack(dc, dc.id.version, *ref)
+		return ref
+	}
+	h.inst.hub.touch(h.inst.tenant, dc.id.device, now)
 	return nil
 }
 
@@ -86,21 +102,9 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	return h.inst.allowed(dc.id.device, action, topic)
 }
 
-func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
-	dc, ok := cl.Net.Conn.(*deviceConn)
-	if !ok {
-		return
-	}
-	now := h.inst.hub.now()
-	h.inst.addPresence(cl, dc.id.device, Connection{
-		ClientID: cl.ID, ConnectedAt: now.UTC(), RemoteAddr: dc.RemoteAddr().String(), ProtocolVersion: int(dc.id.version),
-	})
-	h.inst.hub.touch(h.inst.tenant, dc.id.device, now)
-}
-
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
-	h.inst.dropPresence(cl)
 	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		h.inst.dropPresence(dc)
 		h.inst.hub.touch(h.inst.tenant, dc.id.device, h.inst.hub.now())
 	}
 }

@@ -335,6 +335,33 @@ func (h *Hub) credentials(ctx context.Context, tenant, device string, password [
 	return t, d, found && d.Enabled && match, nil
 }
 
+// stillValid checks an admitted identity against the directory as it is
+// now, returning the refusal if the device or its tenant changed under it.
+func (h *Hub) stillValid(id identity) *refusal {
+	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.ConnectTimeout)
+	defer cancel()
+	t, found, err := h.dir.tenant(ctx, id.tenant)
+	if err != nil {
+		return &serverUnavailable
+	}
+	if !found {
+		return &badCredentials
+	}
+	if t.Suspended {
+		return &tenantSuspended
+	}
+	d, found, err := h.dir.device(ctx, id.tenant, id.device)
+	switch {
+	case err != nil:
+		return &serverUnavailable
+	case !found || !d.Enabled || d.SecretHash != id.secret:
+		return &badCredentials
+	case d.ClientIDs == tenants.ClientIDsExact && id.clientID != d.Name:
+		return &clientIDRefused
+	}
+	return nil
+}
+
 // unknownDeviceHash is compared against when no device exists: a hash of no
 // secret anyone has.
 const unknownDeviceHash = "0000000000000000000000000000000000000000000000000000000000000000"

@@ -33,12 +33,15 @@ type instance struct {
 	// never disagree about whether the instance is in use.
 	conns      int
 	lastActive time.Time
+	// sysRetained is the number of retained $SYS messages, which do not
+	// count as something worth keeping the instance for.
+	sysRetained int
 
 	rulesMu sync.Mutex
 	rules   atomic.Pointer[[]tenants.ACLRule]
 
 	presenceMu sync.Mutex
-	byDevice   map[string]map[*mqtt.Client]Connection
+	byDevice   map[string]map[*deviceConn]presence
 
 	closeOnce sync.Once
 }
@@ -71,7 +74,7 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 		SysTopicResendInterval: sysInterval,
 		Logger:                 mochiLogger(log),
 	})
-	inst := &instance{tenant: t.Slug, server: srv, log: log, hub: h, lastActive: h.now(), byDevice: map[string]map[*mqtt.Client]Connection{}}
+	inst := &instance{tenant: t.Slug, server: srv, log: log, hub: h, lastActive: h.now(), byDevice: map[string]map[*deviceConn]presence{}}
 	if err := srv.AddHook(&hook{inst: inst}, nil); err != nil {
 		return nil, err
 	}
@@ -81,6 +84,9 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 	if err := srv.Serve(); err != nil {
 		return nil, fmt.Errorf("start broker for %s: %w", t.Slug, err)
 	}
+	// mochi keeps its $SYS values as retained messages; nobody else can
+	// publish under $SYS, so their number stays what it is now.
+	inst.sysRetained = srv.Topics.Retained.Len()
 	return inst, nil
 }
 
@@ -137,6 +143,9 @@ func (inst *instance) serve(dc *deviceConn) {
 	if err := inst.server.EstablishConnection(listenerID, dc); err != nil {
 		inst.log.Debug("connection ended", "device", dc.id.device, "err", err)
 	}
+	// mochi skips the disconnect hook when a connection fails between
+	// OnConnect and its CONNACK; presence must not outlive it.
+	inst.dropPresence(dc)
 }
 
 // removeGhost removes a client whose connection panicked: mochi would keep
@@ -147,7 +156,7 @@ func (inst *instance) removeGhost(dc *deviceConn) {
 			inst.server.UnsubscribeClient(cl)
 			inst.server.Clients.Delete(cl.ID)
 			cl.Stop(packets.ErrUnspecifiedError)
-			inst.dropPresence(cl)
+			inst.dropPresence(dc)
 		}
 	}
 }
@@ -192,26 +201,29 @@ func (inst *instance) allowed(device string, action tenants.Action, topic string
 	return ok
 }
 
-func (inst *instance) addPresence(cl *mqtt.Client, device string, c Connection) {
-	inst.presenceMu.Lock()
-	defer inst.presenceMu.Unlock()
-	m := inst.byDevice[device]
-	if m == nil {
-		m = map[*mqtt.Client]Connection{}
-		inst.byDevice[device] = m
-	}
-	m[cl] = c
+// presence is one live connection as the instance tracks it.
+type presence struct {
+	client *mqtt.Client
+	info   Connection
 }
 
-func (inst *instance) dropPresence(cl *mqtt.Client) {
-	dc, ok := cl.Net.Conn.(*deviceConn)
-	if !ok {
-		return
+func (inst *instance) addPresence(dc *deviceConn, cl *mqtt.Client, c Connection) {
+	inst.presenceMu.Lock()
+	defer inst.presenceMu.Unlock()
+	m := inst.byDevice[dc.id.device]
+	if m == nil {
+		m = map[*deviceConn]presence{}
+		inst.byDevice[dc.id.device] = m
 	}
+	m[dc] = presence{client: cl, info: c}
+}
+
+// dropPresence forgets a connection; dropping it twice is harmless.
+func (inst *instance) dropPresence(dc *deviceConn) {
 	inst.presenceMu.Lock()
 	defer inst.presenceMu.Unlock()
 	if m := inst.byDevice[dc.id.device]; m != nil {
-		delete(m, cl)
+		delete(m, dc)
 		if len(m) == 0 {
 			delete(inst.byDevice, dc.id.device)
 		}
@@ -223,8 +235,8 @@ func (inst *instance) connections(device string) []Connection {
 	inst.presenceMu.Lock()
 	defer inst.presenceMu.Unlock()
 	var out []Connection
-	for _, c := range inst.byDevice[device] {
-		out = append(out, c)
+	for _, p := range inst.byDevice[device] {
+		out = append(out, p.info)
 	}
 	return out
 }
@@ -234,8 +246,8 @@ func (inst *instance) clientsOf(device string) []*mqtt.Client {
 	inst.presenceMu.Lock()
 	defer inst.presenceMu.Unlock()
 	var out []*mqtt.Client
-	for cl := range inst.byDevice[device] {
-		out = append(out, cl)
+	for _, p := range inst.byDevice[device] {
+		out = append(out, p.client)
 	}
 	return out
 }
@@ -257,5 +269,5 @@ func (inst *instance) idle() bool {
 	if _, ok := inst.server.Clients.Get(mqtt.InlineClientId); ok {
 		sessions-- // the inline client, used for HTTP publishes, is always there
 	}
-	return inst.conns == 0 && sessions == 0 && inst.server.Topics.Retained.Len() == 0
+	return inst.conns == 0 && sessions == 0 && inst.server.Topics.Retained.Len() <= inst.sysRetained
 }
