@@ -15,7 +15,7 @@ build: ## build bin/roost
 	$(GO) build -ldflags "$(LDFLAGS)" -o bin/roost ./cmd/roost
 
 .PHONY: run
-run: build ## serve the whole hub with embedded defaults (data in ./roost-data)
+run: build ## serve the whole hub with embedded defaults: API :8080, MQTT :1883, data in ./roost-data
 	./bin/roost serve
 
 .PHONY: test
@@ -27,6 +27,15 @@ lint: ## go vet and the gofmt check
 	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+FUZZTIME ?= 10s
+
+.PHONY: fuzz
+fuzz: ## run every fuzz target for FUZZTIME each (default 10s)
+	@for target in $$($(GO) test -list 'Fuzz.*' ./broker | grep ^Fuzz); do \
+		echo "fuzz $$target for $(FUZZTIME)"; \
+		$(GO) test ./broker -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) || exit 1; \
+	done
 
 .PHONY: readme-test
 readme-test: ## run the README's walk-through against a real roost serve

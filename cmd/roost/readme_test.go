@@ -42,7 +42,7 @@ func walkthrough(t *testing.T) string {
 // TestReadmeWalkthrough runs the README's curl walk-through, as written,
 // against a real `roost serve` started the way `make run` starts it.
 func TestReadmeWalkthrough(t *testing.T) {
-	for _, tool := range []string{"bash", "curl", "jq"} {
+	for _, tool := range []string{"bash", "curl", "jq", "mosquitto_sub"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			testenv.Require(t, tool+" is not installed; the README walk-through needs it")
 		}
@@ -51,6 +51,8 @@ func TestReadmeWalkthrough(t *testing.T) {
 	dir := t.TempDir()
 	h := startServe(t, map[string]string{"ROOST_DATA_DIR": filepath.Join(dir, "roost-data")})
 	script = strings.ReplaceAll(script, "http://localhost:8080", h.url)
+	_, mqttPort, _ := strings.Cut(h.mqtt, ":")
+	script = strings.ReplaceAll(script, "-p 1883", "-p "+mqttPort)
 
 	cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
 	cmd.Dir = dir
@@ -58,7 +60,7 @@ func TestReadmeWalkthrough(t *testing.T) {
 	if err != nil {
 		t.Fatalf("the README walk-through failed: %v\n--- output ---\n%s\n--- server log ---\n%s", err, out, h.stderr)
 	}
-	for _, want := range []string{`"username": "acme/sensor-1"`, "tenant.create", "device.create", "acl_rule.create", "api_key.create"} {
+	for _, want := range []string{`"username": "acme/sensor-1"`, "commands/sensor-1 reboot", "tenant.create", "device.create", "acl_rule.create", "api_key.create"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("walk-through output lacks %q:\n%s", want, out)
 		}
