@@ -439,3 +439,5 @@ func (h *Hub) Instances() int {
 	defer h.mu.Unlock()
 	return len(h.instances)
 }
+
+func discardLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
