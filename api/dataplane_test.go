@@ -1,0 +1,112 @@
+package api_test
+
+import (
+	"context"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+)
+
+// TestDataPlaneRoutes: device status, disconnect and publish over HTTP
+// against a real device connected over MQTT.
+func TestDataPlaneRoutes(t *testing.T) {
+	e := newEnv(t)
+	u := e.signup("owner")
+	e.mustTenant(u, "acme")
+	secret := e.mustDevice(u.token, "acme", "d1")
+	status := "/v1/tenants/acme/devices/d1/status"
+
+	r := e.do("GET", status, u.token, nil)
+	want(t, r, 200, "status offline")
+	if r.json()["online"] != false || len(asSlice(r.json()["connections"])) != 0 {
+		t.Errorf("offline status: got %s", r.body)
+	}
+
+	conn, err := net.Dial("tcp", e.mqttAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := make(chan *paho.Publish, 10)
+	discs := make(chan *paho.Disconnect, 1)
+	c := paho.NewClient(paho.ClientConfig{
+		Conn: conn,
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			msgs <- pr.Packet
+			return true, nil
+		}},
+		OnServerDisconnect: func(d *paho.Disconnect) { discs <- d },
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Connect(ctx, &paho.Connect{ClientID: "d1", KeepAlive: 30, CleanStart: true, Username: "acme/d1", UsernameFlag: true, Password: []byte(secret), PasswordFlag: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "cmd/#", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+
+	r = e.do("GET", status, u.token, nil)
+	want(t, r, 200, "status online")
+	conns := asSlice(r.json()["connections"])
+	if r.json()["online"] != true || len(conns) != 1 || conns[0].(map[string]any)["client_id"] != "d1" || r.json()["last_seen_at"] == nil {
+		t.Errorf("online status: got %s", r.body)
+	}
+
+	r = e.do("POST", "/v1/tenants/acme/messages", u.token, map[string]any{"topic": "cmd/reboot", "payload": "now", "qos": 1})
+	want(t, r, 202, "publish")
+	if r.json()["bytes"] != float64(3) {
+		t.Errorf("publish answer: %s", r.body)
+	}
+	expectMsg := func(topic, payload string) {
+		t.Helper()
+		select {
+		case m := <-msgs:
+			if m.Topic != topic || string(m.Payload) != payload {
+				t.Errorf("got %s %q, want %s %q", m.Topic, m.Payload, topic, payload)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no message on %s", topic)
+		}
+	}
+	expectMsg("cmd/reboot", "now")
+	want(t, e.do("POST", "/v1/tenants/acme/messages", u.token, map[string]any{"topic": "cmd/bin", "payload": "AAEC/w==", "encoding": "base64"}), 202, "base64 publish")
+	expectMsg("cmd/bin", "\x00\x01\x02\xff")
+
+	for _, bad := range []struct {
+		body  map[string]any
+		field string
+	}{
+		{map[string]any{"topic": "cmd/+", "payload": "x"}, "topic"},
+		{map[string]any{"topic": "$SYS/x", "payload": "x"}, "topic"},
+		{map[string]any{"topic": "cmd/x", "payload": "x", "qos": 3}, "qos"},
+		{map[string]any{"topic": "cmd/x", "payload": "%%%", "encoding": "base64"}, "payload"},
+		{map[string]any{"topic": "cmd/x", "payload": "x", "encoding": "hex"}, "encoding"},
+	} {
+		wantProblem(t, e.do("POST", "/v1/tenants/acme/messages", u.token, bad.body), 400, "invalid", bad.field, "publish "+bad.field)
+	}
+	big := strings.Repeat("x", 129*1024)
+	r = e.do("POST", "/v1/tenants/acme/messages", u.token, map[string]any{"topic": "cmd/x", "payload": big})
+	wantProblem(t, r, 403, "quota_exceeded", "", "publish over max_packet_size")
+	if r.json()["quota"] != "max_packet_size" {
+		t.Errorf("quota problem: %s", r.body)
+	}
+
+	r = e.do("POST", "/v1/tenants/acme/devices/d1/disconnect", u.token, nil)
+	want(t, r, 200, "disconnect")
+	if r.json()["disconnected"] != float64(1) {
+		t.Errorf("disconnect: got %s", r.body)
+	}
+	select {
+	case d := <-discs:
+		if d.ReasonCode != 0x98 {
+			t.Errorf("DISCONNECT reason 0x%02x, want 0x98", d.ReasonCode)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("the device was not disconnected")
+	}
+	wantProblem(t, e.do("GET", "/v1/tenants/acme/devices/ghost/status", u.token, nil), 404, "not_found", "", "status of an unknown device")
+	wantProblem(t, e.do("POST", "/v1/tenants/acme/devices/ghost/disconnect", u.token, nil), 404, "not_found", "", "disconnect of an unknown device")
+}
