@@ -147,7 +147,7 @@ func dialV5(t *testing.T, addr, username, password, clientID string, cp ...func(
 			return true, nil
 		}},
 		OnServerDisconnect: func(d *paho.Disconnect) { c.discs <- d },
-		OnClientError: func(error) { closedOnce.Do(func() { close(c.closed) }) },
+		OnClientError:      func(error) { closedOnce.Do(func() { close(c.closed) }) },
 	})
 	connect := &paho.Connect{ClientID: clientID, KeepAlive: 30, CleanStart: true, Username: username, Password: []byte(password),
 		UsernameFlag: username != "", PasswordFlag: password != ""}
