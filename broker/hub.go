@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -193,9 +194,16 @@ func (h *Hub) Close() error {
 	return nil
 }
 
-// handle takes a connection from accept to its tenant's broker.
+// handle takes a connection from accept to its tenant's broker. A panic
+// while admitting it closes that connection alone.
 func (h *Hub) handle(conn net.Conn) {
 	defer h.wg.Done()
+	defer func() {
+		if v := recover(); v != nil {
+			h.log.Error("panic admitting connection", "remote", conn.RemoteAddr().String(), "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			conn.Close()
+		}
+	}()
 	select {
 	case h.handshakes <- struct{}{}:
 	default:

@@ -1,12 +1,15 @@
 package broker_test
 
 import (
+	"bytes"
 	"fmt"
+	"net"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 	paho3 "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/tenants"
 )
@@ -285,5 +288,77 @@ func TestV5Features(t *testing.T) {
 	// comes back after it expired.
 	if pub.connack.Properties == nil || pub.connack.Properties.MaximumPacketSize == nil || *pub.connack.Properties.MaximumPacketSize != 128*1024 {
 		t.Errorf("CONNACK maximum packet size: got %+v, want the plan's 131072", pub.connack.Properties)
+	}
+}
+
+// TestRetainedDeliveryChecked: a subscription the rules allow does not
+// deliver retained messages on topics inside it that the rules deny.
+func TestRetainedDeliveryChecked(t *testing.T) {
+	s := newStack(t)
+	s.tenant("acme")
+	s.rules("acme", deny(tenants.ActionSubscribe, "status/secret"), allow(tenants.ActionAll, "#"))
+	pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
+	pub.pub(t, "status/secret", "hidden", 1, true)
+	pub.pub(t, "status/open", "visible", 1, true)
+	sub := mustV3(t, s.addr, "acme/sub", s.device("acme", "sub"), "sub", true)
+	sub.sub(t, "status/#", 1)
+	sub.expect(t, "status/open", "visible")
+	sub.quiet(t, 300*time.Millisecond, "a retained message on a denied topic")
+}
+
+// TestSessionExpiryCapped: a session lives no longer than the tenant's
+// max_session_expiry, whatever the client asks for.
+func TestSessionExpiryCapped(t *testing.T) {
+	s := newStack(t)
+	s.tenant("acme")
+	one := int64(1)
+	if _, err := s.store.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Quotas: map[string]*int64{"max_session_expiry": &one}}); err != nil {
+		t.Fatal(err)
+	}
+	secret := s.device("acme", "d1")
+	keep := func(c *paho.Connect) {
+		c.CleanStart = false
+		c.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600)}
+	}
+	c := mustV5(t, s.addr, "acme/d1", secret, "d1", keep)
+	if p := c.connack.Properties; p == nil || p.SessionExpiryInterval == nil || *p.SessionExpiryInterval != 1 {
+		t.Errorf("CONNACK session expiry: got %+v, want the quota's 1s", p)
+	}
+	c.sub(t, "x/#", 1)
+	c.Disconnect(&paho.Disconnect{})
+	time.Sleep(3 * time.Second) // mochi expires sessions on a one-second tick
+	again := mustV5(t, s.addr, "acme/d1", secret, "d1", keep)
+	if again.connack.SessionPresent {
+		t.Error("the session outlived max_session_expiry")
+	}
+}
+
+// TestKeepalive: a client that goes quiet past 1.5 times its keepalive is
+// dropped, and its Will is published.
+func TestKeepalive(t *testing.T) {
+	s := newStack(t)
+	s.tenant("acme")
+	watcher := mustV5(t, s.addr, "acme/watcher", s.device("acme", "watcher"), "watcher")
+	watcher.sub(t, "wills/#", 1)
+	conn, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	secret := s.device("acme", "quiet")
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4, Connect: packets.ConnectParams{
+		ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 1, ClientIdentifier: "quiet",
+		UsernameFlag: true, Username: []byte("acme/quiet"), PasswordFlag: true, Password: []byte(secret),
+		WillFlag: true, WillTopic: "wills/quiet", WillPayload: []byte("timed out"),
+	}}
+	var b bytes.Buffer
+	if err := pk.ConnectEncode(&b); err != nil {
+		t.Fatal(err)
+	}
+	conn.Write(b.Bytes())
+	start := time.Now()
+	watcher.expect(t, "wills/quiet", "timed out")
+	if d := time.Since(start); d < time.Second {
+		t.Errorf("dropped after %v, before the keepalive ran out", d)
 	}
 }
