@@ -46,7 +46,14 @@ func handleDeviceStatus(ds deviceStore, dp DataPlane) handler {
 		if conns == nil {
 			conns = []broker.Connection{}
 		}
-		writeJSON(w, http.StatusOK, deviceStatus{Device: d.Name, Online: len(conns) > 0, Connections: conns, LastSeenAt: d.LastSeenAt})
+		// The stored time is written about once a second; a device that is
+		// online is being seen now.
+		seen := d.LastSeenAt
+		if len(conns) > 0 {
+			now := time.Now().UTC()
+			seen = &now
+		}
+		writeJSON(w, http.StatusOK, deviceStatus{Device: d.Name, Online: len(conns) > 0, Connections: conns, LastSeenAt: seen})
 		return nil
 	}
 }

@@ -2,9 +2,7 @@ package broker
 
 import (
 	"bytes"
-	"context"
 	"errors"
-	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -114,17 +112,4 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 // would receive messages it never subscribed to.
 func (h *hook) OnClientExpired(cl *mqtt.Client) {
 	h.inst.server.UnsubscribeClient(cl)
-}
-
-// touch records that a device was seen, without holding up the connection.
-func (h *Hub) touch(tenant, device string, at time.Time) {
-	h.wg.Add(1)
-	go func() {
-		defer h.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := h.dir.dir.TouchDevice(ctx, tenant, device, at); err != nil {
-			h.log.Warn("record last seen", "tenant", tenant, "device", device, "err", err)
-		}
-	}()
 }

@@ -65,6 +65,9 @@ type Hub struct {
 	done       chan struct{}
 	wg         sync.WaitGroup
 
+	seenMu sync.Mutex
+	seen   map[deviceKey]time.Time // last-seen times not yet written
+
 	mu        sync.Mutex
 	instances map[string]*instance
 	listeners []net.Listener
@@ -118,13 +121,15 @@ func New(cfg Config) (*Hub, error) {
 		changes:     make(chan tenants.Change, 1024),
 		done:        make(chan struct{}),
 		instances:   map[string]*instance{},
+		seen:        map[deviceKey]time.Time{},
 	}
 	if cfg.Changes != nil {
 		h.cancelSub = cfg.Changes.Subscribe(h.onChange)
 	}
-	h.wg.Add(2)
+	h.wg.Add(3)
 	go h.applyChanges()
 	go h.reap()
+	go h.flushSeenLoop()
 	return h, nil
 }
 
