@@ -71,6 +71,7 @@ type Hub struct {
 	mu        sync.Mutex
 	instances map[string]*instance
 	listeners []net.Listener
+	pending   map[net.Conn]struct{} // connections in handshake, closed by Close
 	closed    bool
 }
 
@@ -122,6 +123,7 @@ func New(cfg Config) (*Hub, error) {
 		done:        make(chan struct{}),
 		instances:   map[string]*instance{},
 		seen:        map[deviceKey]time.Time{},
+		pending:     map[net.Conn]struct{}{},
 	}
 	if cfg.Changes != nil {
 		h.cancelSub = cfg.Changes.Subscribe(h.onChange)
@@ -183,6 +185,9 @@ func (h *Hub) Close() error {
 	for _, ln := range h.listeners {
 		ln.Close()
 	}
+	for c := range h.pending {
+		c.Close()
+	}
 	insts := make([]*instance, 0, len(h.instances))
 	for _, inst := range h.instances {
 		insts = append(insts, inst)
@@ -216,9 +221,21 @@ func (h *Hub) handle(conn net.Conn) {
 		conn.Close()
 		return
 	}
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		<-h.handshakes
+		conn.Close()
+		return
+	}
+	h.pending[conn] = struct{}{}
+	h.mu.Unlock()
 	inHandshake := true
 	endHandshake := func() {
 		if inHandshake {
+			h.mu.Lock()
+			delete(h.pending, conn)
+			h.mu.Unlock()
 			<-h.handshakes
 			inHandshake = false
 		}

@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"errors"
+	"net"
 	"testing"
 	"time"
 
@@ -271,4 +272,32 @@ func TestIdleInstancesStop(t *testing.T) {
 	}
 	// The stopped tenant starts again on the next connection.
 	mustV5(t, s.addr, "brief/d2", s.device("brief", "d2"), "d2")
+}
+
+// TestCloseIsPrompt: closing the hub ends connections still in handshake at
+// once, without waiting for their CONNECT deadline, and a second Close is
+// harmless.
+func TestCloseIsPrompt(t *testing.T) {
+	s := newStack(t, func(c *broker.Config) { c.ConnectTimeout = time.Minute })
+	s.tenant("acme")
+	c := mustV5(t, s.addr, "acme/d1", s.device("acme", "d1"), "d1")
+	var silent []net.Conn
+	for range 20 {
+		conn, err := net.Dial("tcp", s.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		silent = append(silent, conn)
+	}
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	s.hub.Close()
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Close took %v", d)
+	}
+	if code := waitKicked(t, c, time.Second, "hub close"); code != 0x8B {
+		t.Errorf("reason 0x%02x, want 0x8B (server shutting down)", code)
+	}
+	s.hub.Close()
 }
