@@ -32,17 +32,21 @@ type deviceStatus struct {
 	LastSeenAt  *time.Time          `json:"last_seen_at"`
 }
 
+// liveDevice finds the device of the path for a data-plane route.
+func liveDevice(r *http.Request, ds deviceStore, dp DataPlane) (tenants.Device, error) {
+	if dp == nil {
+		return tenants.Device{}, errNoDataPlane
+	}
+	return ds.Device(r.Context(), chi.URLParam(r, "tenant"), chi.URLParam(r, "device"))
+}
+
 func handleDeviceStatus(ds deviceStore, dp DataPlane) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		if dp == nil {
-			return errNoDataPlane
-		}
-		tenant := chi.URLParam(r, "tenant")
-		d, err := ds.Device(r.Context(), tenant, chi.URLParam(r, "device"))
+		d, err := liveDevice(r, ds, dp)
 		if err != nil {
 			return err
 		}
-		conns := dp.Connections(tenant, d.Name)
+		conns := dp.Connections(d.Tenant, d.Name)
 		if conns == nil {
 			conns = []broker.Connection{}
 		}
@@ -64,15 +68,11 @@ type disconnected struct {
 
 func handleDeviceDisconnect(ds deviceStore, dp DataPlane) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		if dp == nil {
-			return errNoDataPlane
-		}
-		tenant := chi.URLParam(r, "tenant")
-		d, err := ds.Device(r.Context(), tenant, chi.URLParam(r, "device"))
+		d, err := liveDevice(r, ds, dp)
 		if err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusOK, disconnected{Disconnected: dp.Disconnect(tenant, d.Name)})
+		writeJSON(w, http.StatusOK, disconnected{Disconnected: dp.Disconnect(d.Tenant, d.Name)})
 		return nil
 	}
 }

@@ -71,23 +71,9 @@ func (c *deviceConn) nextFrame() error {
 	if err != nil {
 		return err
 	}
-	header := make([]byte, 1, 5)
-	header[0] = b0
-	length, mult := 0, 1
-	for {
-		if len(header) == 5 {
-			return errMalformedFrame
-		}
-		b, err := c.r.ReadByte()
-		if err != nil {
-			return err
-		}
-		header = append(header, b)
-		length += int(b&0x7f) * mult
-		if b&0x80 == 0 {
-			break
-		}
-		mult *= 128
+	header, length, err := readLength(c.r, b0)
+	if err != nil {
+		return err
 	}
 	if c.id.version == 5 && b0>>4 == packets.Subscribe {
 		if c.maxPacket > 0 && length+1 > c.maxPacket {

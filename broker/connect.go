@@ -37,22 +37,9 @@ func readConnect(r *bufio.Reader, maxSize int) ([]byte, packets.Packet, error) {
 	if b0 != packets.Connect<<4 {
 		return nil, pk, errNotConnect
 	}
-	header := []byte{b0}
-	length, mult := 0, 1
-	for i := 0; ; i++ {
-		if i == 4 {
-			return nil, pk, errMalformedFrame
-		}
-		b, err := r.ReadByte()
-		if err != nil {
-			return nil, pk, err
-		}
-		header = append(header, b)
-		length += int(b&0x7f) * mult
-		if b&0x80 == 0 {
-			break
-		}
-		mult *= 128
+	header, length, err := readLength(r, b0)
+	if err != nil {
+		return nil, pk, err
 	}
 	if length > maxSize {
 		return nil, pk, errConnectTooBig
@@ -70,6 +57,30 @@ func readConnect(r *bufio.Reader, maxSize int) ([]byte, packets.Packet, error) {
 		return raw, pk, code
 	}
 	return raw, pk, nil
+}
+
+// readLength reads a fixed header's remaining length (a variable byte
+// integer of at most four bytes) after its first byte b0, and returns the
+// whole header with the length.
+func readLength(r *bufio.Reader, b0 byte) (header []byte, length int, err error) {
+	header = make([]byte, 1, 5)
+	header[0] = b0
+	mult := 1
+	for {
+		if len(header) == 5 {
+			return nil, 0, errMalformedFrame
+		}
+		b, err := r.ReadByte()
+		if err != nil {
+			return nil, 0, err
+		}
+		header = append(header, b)
+		length += int(b&0x7f) * mult
+		if b&0x80 == 0 {
+			return header, length, nil
+		}
+		mult *= 128
+	}
 }
 
 // decodeConnect decodes a CONNECT body with mochi's decoder, turning a panic
