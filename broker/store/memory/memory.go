@@ -1,0 +1,152 @@
+// Package memory is a session store that keeps everything in this process:
+// for tests and throwaway runs. Nothing survives a restart.
+package memory
+
+import (
+	"context"
+	"slices"
+	"sort"
+	"sync"
+
+	"github.com/roosthub/roost/broker/store"
+)
+
+// Store keeps sessions, queues and retained messages in maps.
+type Store struct {
+	mu       sync.Mutex
+	sessions map[key]store.Session
+	queues   map[key]*queue
+	retained map[string]map[string]store.Message // tenant → topic → message
+}
+
+type key struct{ tenant, clientID string }
+
+type queue struct {
+	items []store.Queued
+	max   uint64
+}
+
+// New returns an empty store.
+func New() *Store {
+	return &Store{sessions: map[key]store.Session{}, queues: map[key]*queue{}, retained: map[string]map[string]store.Message{}}
+}
+
+func (s *Store) SaveSession(_ context.Context, tenant string, sess store.Session) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess.Subscriptions = slices.Clone(sess.Subscriptions)
+	sess.PendingRelease = slices.Clone(sess.PendingRelease)
+	s.sessions[key{tenant, sess.ClientID}] = sess
+	return nil
+}
+
+func (s *Store) Sessions(_ context.Context, tenant string) ([]store.Session, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []store.Session
+	for k, v := range s.sessions {
+		if k.tenant == tenant {
+			out = append(out, v)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ClientID < out[j].ClientID })
+	return out, nil
+}
+
+func (s *Store) DeleteSession(_ context.Context, tenant, clientID string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.sessions, key{tenant, clientID})
+	if q := s.queues[key{tenant, clientID}]; q != nil {
+		q.items = nil // keep max: numbers are never reused
+	}
+	return nil
+}
+
+func (s *Store) Append(_ context.Context, tenant string, items []store.Item) ([]uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	seqs := make([]uint64, len(items))
+	for i, it := range items {
+		k := key{tenant, it.ClientID}
+		q := s.queues[k]
+		if q == nil {
+			q = &queue{}
+			s.queues[k] = q
+		}
+		q.max++
+		m := it.Message
+		m.Payload = slices.Clone(m.Payload)
+		q.items = append(q.items, store.Queued{Seq: q.max, Message: m})
+		seqs[i] = q.max
+	}
+	return seqs, nil
+}
+
+func (s *Store) Read(_ context.Context, tenant, clientID string, after uint64, limit int) ([]store.Queued, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := s.queues[key{tenant, clientID}]
+	if q == nil {
+		return nil, nil
+	}
+	i := sort.Search(len(q.items), func(i int) bool { return q.items[i].Seq > after })
+	end := min(i+limit, len(q.items))
+	return slices.Clone(q.items[i:end]), nil
+}
+
+func (s *Store) Trim(_ context.Context, tenant, clientID string, upTo uint64) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := s.queues[key{tenant, clientID}]
+	if q == nil {
+		return nil
+	}
+	i := sort.Search(len(q.items), func(i int) bool { return q.items[i].Seq > upTo })
+	q.items = slices.Clone(q.items[i:])
+	return nil
+}
+
+func (s *Store) QueueInfo(_ context.Context, tenant, clientID string) (store.QueueInfo, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := s.queues[key{tenant, clientID}]
+	if q == nil {
+		return store.QueueInfo{}, nil
+	}
+	info := store.QueueInfo{Len: len(q.items), MaxSeq: q.max}
+	if len(q.items) > 0 {
+		info.MinSeq, info.Oldest = q.items[0].Seq, q.items[0].Created
+	}
+	return info, nil
+}
+
+func (s *Store) SetRetained(_ context.Context, tenant string, m store.Message) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := s.retained[tenant]
+	if t == nil {
+		t = map[string]store.Message{}
+		s.retained[tenant] = t
+	}
+	if len(m.Payload) == 0 {
+		delete(t, m.Topic)
+		return nil
+	}
+	m.Payload = slices.Clone(m.Payload)
+	t[m.Topic] = m
+	return nil
+}
+
+func (s *Store) Retained(_ context.Context, tenant string) ([]store.Message, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []store.Message
+	for _, m := range s.retained[tenant] {
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// Close does nothing: there is nothing to release.
+func (s *Store) Close() error { return nil }

@@ -1,0 +1,356 @@
+// Package pebble is the embedded session store: one Pebble database in the
+// data dir for every tenant, each key prefixed by its tenant. It is the
+// default for `roost serve`.
+package pebble
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/cockroachdb/pebble"
+
+	"github.com/roosthub/roost/broker/store"
+)
+
+// Store is a session store on Pebble.
+//
+// Keys (tenant slugs never contain 0x00; client ids and topics are
+// length-prefixed, so no id can reach into another's range):
+//
+//	's' tenant 0x00 len(cid) cid            → session, JSON
+//	'q' tenant 0x00 len(cid) cid seq(8, BE) → message
+//	'm' tenant 0x00 len(cid) cid            → last sequence number given (8, BE)
+//	'r' tenant 0x00 topic                    → retained message
+type Store struct {
+	db *pebble.DB
+
+	// seqMu guards seqs, the last committed sequence number per queue,
+	// read from the 'm' key on first use.
+	seqMu sync.Mutex
+	seqs  map[string]uint64
+
+	appends    chan *appendReq
+	closed     chan struct{}
+	writerDone chan struct{}
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Config says where the database lives.
+type Config struct {
+	Dir string
+}
+
+// New opens (or creates) the database in cfg.Dir.
+func New(cfg Config) (*Store, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("pebble session store: no directory")
+	}
+	db, err := pebble.Open(cfg.Dir, &pebble.Options{Logger: quietLogger{}})
+	if err != nil {
+		return nil, fmt.Errorf("open session store in %s: %w", cfg.Dir, err)
+	}
+	s := &Store{db: db, seqs: map[string]uint64{}, appends: make(chan *appendReq), closed: make(chan struct{}), writerDone: make(chan struct{})}
+	go s.writer()
+	return s, nil
+}
+
+type quietLogger struct{}
+
+func (quietLogger) Infof(string, ...any)  {}
+func (quietLogger) Errorf(string, ...any) {}
+func (quietLogger) Fatalf(format string, args ...any) {
+	panic(fmt.Sprintf(format, args...))
+}
+
+func tenantPrefix(kind byte, tenant string) []byte {
+	b := make([]byte, 0, 2+len(tenant))
+	b = append(b, kind)
+	b = append(b, tenant...)
+	return append(b, 0)
+}
+
+func clientKey(kind byte, tenant, clientID string) []byte {
+	b := tenantPrefix(kind, tenant)
+	b = binary.AppendUvarint(b, uint64(len(clientID)))
+	return append(b, clientID...)
+}
+
+func queueKey(tenant, clientID string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(clientKey('q', tenant, clientID), seq)
+}
+
+// upperBound is the smallest key above every key with prefix p.
+func upperBound(p []byte) []byte {
+	b := append([]byte(nil), p...)
+	for i := len(b) - 1; i >= 0; i-- {
+		if b[i] < 0xff {
+			b[i]++
+			return b[:i+1]
+		}
+	}
+	return nil
+}
+
+func (s *Store) SaveSession(_ context.Context, tenant string, sess store.Session) error {
+	v, err := json.Marshal(sess)
+	if err != nil {
+		return err
+	}
+	return s.db.Set(clientKey('s', tenant, sess.ClientID), v, pebble.Sync)
+}
+
+func (s *Store) Sessions(_ context.Context, tenant string) ([]store.Session, error) {
+	p := tenantPrefix('s', tenant)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: upperBound(p)})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var out []store.Session
+	for it.First(); it.Valid(); it.Next() {
+		var sess store.Session
+		if err := json.Unmarshal(it.Value(), &sess); err != nil {
+			return nil, fmt.Errorf("session %q: %w", it.Key(), err)
+		}
+		out = append(out, sess)
+	}
+	return out, it.Error()
+}
+
+// DeleteSession removes the session and its queue. The queue's last
+// sequence number stays, so numbers are never reused.
+func (s *Store) DeleteSession(_ context.Context, tenant, clientID string) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	b.Delete(clientKey('s', tenant, clientID), nil)
+	qp := clientKey('q', tenant, clientID)
+	b.DeleteRange(qp, upperBound(qp), nil)
+	return b.Commit(pebble.Sync)
+}
+
+// Append stores the items and returns their sequence numbers once they are
+// synced to disk. Appends are group-committed: one writer takes every append
+// waiting, numbers them in order and writes them in one synced batch, so a
+// reader never sees a later number before an earlier one, and one fsync
+// covers many publishers. All items of one call are in the same batch: a
+// message is stored for every session it was meant for, or for none.
+func (s *Store) Append(ctx context.Context, tenant string, items []store.Item) ([]uint64, error) {
+	req := &appendReq{tenant: tenant, items: items, done: make(chan struct{})}
+	select {
+	case s.appends <- req:
+	case <-s.closed:
+		return nil, store.ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	<-req.done // once queued, the outcome is known: wait for it
+	return req.seqs, req.err
+}
+
+type appendReq struct {
+	tenant string
+	items  []store.Item
+	seqs   []uint64
+	err    error
+	done   chan struct{}
+}
+
+// maxGroup bounds how many appends one commit takes.
+const maxGroup = 512
+
+func (s *Store) writer() {
+	defer close(s.writerDone)
+	for {
+		var reqs []*appendReq
+		select {
+		case r := <-s.appends:
+			reqs = append(reqs, r)
+		case <-s.closed:
+			return
+		}
+	gather:
+		for len(reqs) < maxGroup {
+			select {
+			case r := <-s.appends:
+				reqs = append(reqs, r)
+			default:
+				break gather
+			}
+		}
+		err := s.commit(reqs)
+		for _, r := range reqs {
+			if err != nil {
+				r.seqs, r.err = nil, err
+			}
+			close(r.done)
+		}
+	}
+}
+
+// commit numbers and writes a group of appends in one synced batch. The
+// writer is the only goroutine that numbers, so seqs needs no lock here;
+// seqMu orders it with QueueInfo's reads.
+func (s *Store) commit(reqs []*appendReq) error {
+	b := s.db.NewBatch()
+	defer b.Close()
+	s.seqMu.Lock()
+	next := map[string]uint64{}
+	for _, r := range reqs {
+		r.seqs = make([]uint64, len(r.items))
+		for i, it := range r.items {
+			mk := string(clientKey('m', r.tenant, it.ClientID))
+			last, ok := next[mk]
+			if !ok {
+				if last, ok = s.seqs[mk]; !ok {
+					var err error
+					if last, err = s.lastSeq([]byte(mk)); err != nil {
+						s.seqMu.Unlock()
+						return err
+					}
+				}
+			}
+			last++
+			next[mk] = last
+			r.seqs[i] = last
+			v, err := it.Message.MarshalBinary()
+			if err != nil {
+				s.seqMu.Unlock()
+				return err
+			}
+			b.Set(queueKey(r.tenant, it.ClientID, last), v, nil)
+		}
+	}
+	s.seqMu.Unlock()
+	for mk, seq := range next {
+		b.Set([]byte(mk), binary.BigEndian.AppendUint64(nil, seq), nil)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return err
+	}
+	s.seqMu.Lock()
+	for mk, seq := range next {
+		s.seqs[mk] = seq
+	}
+	s.seqMu.Unlock()
+	return nil
+}
+
+func (s *Store) lastSeq(metaKey []byte) (uint64, error) {
+	v, closer, err := s.db.Get(metaKey)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer closer.Close()
+	if len(v) != 8 {
+		return 0, fmt.Errorf("damaged sequence record %q", metaKey)
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+func (s *Store) Read(_ context.Context, tenant, clientID string, after uint64, limit int) ([]store.Queued, error) {
+	qp := clientKey('q', tenant, clientID)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: queueKey(tenant, clientID, after+1), UpperBound: upperBound(qp)})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var out []store.Queued
+	for it.First(); it.Valid() && len(out) < limit; it.Next() {
+		k := it.Key()
+		q := store.Queued{Seq: binary.BigEndian.Uint64(k[len(k)-8:])}
+		if err := q.Message.UnmarshalBinary(it.Value()); err != nil {
+			return nil, fmt.Errorf("queued message %d of %s: %w", q.Seq, clientID, err)
+		}
+		out = append(out, q)
+	}
+	return out, it.Error()
+}
+
+// Trim deletes the queue's messages up to and including upTo, as one range.
+func (s *Store) Trim(_ context.Context, tenant, clientID string, upTo uint64) error {
+	return s.db.DeleteRange(queueKey(tenant, clientID, 0), queueKey(tenant, clientID, upTo+1), pebble.Sync)
+}
+
+func (s *Store) QueueInfo(ctx context.Context, tenant, clientID string) (store.QueueInfo, error) {
+	var info store.QueueInfo
+	qp := clientKey('q', tenant, clientID)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: qp, UpperBound: upperBound(qp)})
+	if err != nil {
+		return info, err
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		if info.Len == 0 {
+			k := it.Key()
+			info.MinSeq = binary.BigEndian.Uint64(k[len(k)-8:])
+			var m store.Message
+			if err := m.UnmarshalBinary(it.Value()); err != nil {
+				return info, err
+			}
+			info.Oldest = m.Created
+		}
+		info.Len++
+	}
+	if err := it.Error(); err != nil {
+		return info, err
+	}
+	s.seqMu.Lock()
+	defer s.seqMu.Unlock()
+	k := clientKey('m', tenant, clientID)
+	if last, ok := s.seqs[string(k)]; ok {
+		info.MaxSeq = last
+		return info, nil
+	}
+	info.MaxSeq, err = s.lastSeq(k)
+	return info, err
+}
+
+func (s *Store) SetRetained(_ context.Context, tenant string, m store.Message) error {
+	k := append(tenantPrefix('r', tenant), m.Topic...)
+	if len(m.Payload) == 0 {
+		return s.db.Delete(k, pebble.Sync)
+	}
+	v, err := m.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	return s.db.Set(k, v, pebble.Sync)
+}
+
+func (s *Store) Retained(_ context.Context, tenant string) ([]store.Message, error) {
+	p := tenantPrefix('r', tenant)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: upperBound(p)})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var out []store.Message
+	for it.First(); it.Valid(); it.Next() {
+		var m store.Message
+		if err := m.UnmarshalBinary(it.Value()); err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, it.Error()
+}
+
+// Close flushes and closes the database; closing again does nothing. The
+// store must not be used after Close.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.closed)
+		<-s.writerDone
+		s.closeErr = s.db.Close()
+	})
+	return s.closeErr
+}

@@ -1,0 +1,150 @@
+// Package store defines what the data plane keeps for persistent sessions
+// (session records, per-session message queues, retained messages) and how
+// it is encoded; its subpackages are the back-ends that keep it: memory,
+// pebble (embedded), redis and hbase. Every key a back-end writes carries the
+// tenant, so two tenants' sessions with the same client id never meet.
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Message is a publish kept for later: in a session's queue, or retained.
+type Message struct {
+	Topic   string
+	Payload []byte
+	QoS     byte
+	Retain  bool
+	Created time.Time
+	// Expires is when the message stops being worth delivering; zero is
+	// never.
+	Expires time.Time
+	// Properties are the MQTT 5 publish properties as the broker encodes
+	// them; opaque to the store.
+	Properties []byte
+}
+
+// Queued is a message in a session's queue with its sequence number.
+// Sequence numbers of one queue increase strictly and are never reused.
+type Queued struct {
+	Seq uint64
+	Message
+}
+
+// Item is one message for one session's queue.
+type Item struct {
+	ClientID string
+	Message  Message
+}
+
+// QueueInfo describes a session's queue.
+type QueueInfo struct {
+	Len    int
+	MinSeq uint64 // 0 when empty
+	MaxSeq uint64 // the last sequence number ever given, even if trimmed
+	Oldest time.Time
+}
+
+// Subscription is one of a session's subscriptions with its options.
+type Subscription struct {
+	Filter            string `json:"filter"`
+	QoS               byte   `json:"qos"`
+	NoLocal           bool   `json:"no_local,omitempty"`
+	RetainAsPublished bool   `json:"retain_as_published,omitempty"`
+	RetainHandling    byte   `json:"retain_handling,omitempty"`
+	Identifier        int    `json:"identifier,omitempty"`
+}
+
+// Session is what a persistent session needs to be restored.
+type Session struct {
+	ClientID        string `json:"client_id"`
+	Device          string `json:"device"`
+	ProtocolVersion byte   `json:"protocol_version"`
+	// Expiry is how long the session outlives its connection, in seconds.
+	Expiry uint32 `json:"expiry"`
+	// DisconnectedAt is zero while the client is connected.
+	DisconnectedAt time.Time      `json:"disconnected_at,omitzero"`
+	Subscriptions  []Subscription `json:"subscriptions"`
+	// PendingRelease holds the packet ids of QoS 2 publishes received and
+	// answered with PUBREC but not yet released by PUBREL, so that a
+	// resent PUBLISH after a restart is not delivered twice.
+	PendingRelease []uint16 `json:"pending_release,omitempty"`
+}
+
+// ErrClosed is returned by a back-end after Close.
+var ErrClosed = errors.New("session store closed")
+
+// messageVersion tags the binary encoding of a Message.
+const messageVersion = 1
+
+// MarshalBinary encodes a message compactly: the payload is stored as is.
+func (m Message) MarshalBinary() ([]byte, error) {
+	if len(m.Topic) > 0xffff {
+		return nil, fmt.Errorf("topic of %d bytes", len(m.Topic))
+	}
+	b := make([]byte, 0, 1+1+1+8+8+2+len(m.Topic)+4+len(m.Properties)+len(m.Payload))
+	b = append(b, messageVersion, m.QoS, boolByte(m.Retain))
+	b = binary.BigEndian.AppendUint64(b, uint64(unixNano(m.Created)))
+	b = binary.BigEndian.AppendUint64(b, uint64(unixNano(m.Expires)))
+	b = binary.BigEndian.AppendUint16(b, uint16(len(m.Topic)))
+	b = append(b, m.Topic...)
+	b = binary.BigEndian.AppendUint32(b, uint32(len(m.Properties)))
+	b = append(b, m.Properties...)
+	return append(b, m.Payload...), nil
+}
+
+// UnmarshalBinary decodes what MarshalBinary encoded.
+func (m *Message) UnmarshalBinary(b []byte) error {
+	const fixed = 1 + 1 + 1 + 8 + 8 + 2
+	if len(b) < fixed || b[0] != messageVersion {
+		return errors.New("not an encoded message")
+	}
+	m.QoS, m.Retain = b[1], b[2] == 1
+	m.Created = fromUnixNano(int64(binary.BigEndian.Uint64(b[3:])))
+	m.Expires = fromUnixNano(int64(binary.BigEndian.Uint64(b[11:])))
+	n := int(binary.BigEndian.Uint16(b[19:]))
+	b = b[fixed:]
+	if len(b) < n+4 {
+		return errors.New("truncated message")
+	}
+	m.Topic, b = string(b[:n]), b[n:]
+	p := int(binary.BigEndian.Uint32(b))
+	b = b[4:]
+	if len(b) < p {
+		return errors.New("truncated message")
+	}
+	m.Properties = clone(b[:p])
+	m.Payload = clone(b[p:])
+	return nil
+}
+
+func clone(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	return append([]byte(nil), b...)
+}
+
+func boolByte(v bool) byte {
+	if v {
+		return 1
+	}
+	return 0
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromUnixNano(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}

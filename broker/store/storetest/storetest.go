@@ -1,0 +1,372 @@
+// Package storetest is the contract every session store back-end meets:
+// memory, pebble, redis and hbase run the same suite.
+package storetest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/roosthub/roost/broker/store"
+)
+
+// Store is the back-end interface under test.
+type Store interface {
+	SaveSession(ctx context.Context, tenant string, s store.Session) error
+	Sessions(ctx context.Context, tenant string) ([]store.Session, error)
+	DeleteSession(ctx context.Context, tenant, clientID string) error
+	Append(ctx context.Context, tenant string, items []store.Item) ([]uint64, error)
+	Read(ctx context.Context, tenant, clientID string, after uint64, limit int) ([]store.Queued, error)
+	Trim(ctx context.Context, tenant, clientID string, upTo uint64) error
+	QueueInfo(ctx context.Context, tenant, clientID string) (store.QueueInfo, error)
+	SetRetained(ctx context.Context, tenant string, m store.Message) error
+	Retained(ctx context.Context, tenant string) ([]store.Message, error)
+	Close() error
+}
+
+// Run runs the suite. open returns an empty store; reopen, if not nil,
+// returns a new store over the same data (after the first is closed), to
+// prove that nothing lives only in memory.
+func Run(t *testing.T, open func(t *testing.T) (s Store, reopen func() Store)) {
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, s Store, reopen func() Store)
+	}{
+		{"Sessions", testSessions},
+		{"QueueOrder", testQueueOrder},
+		{"Trim", testTrim},
+		{"BatchAcrossClients", testBatch},
+		{"ConcurrentAppends", testConcurrentAppends},
+		{"Retained", testRetained},
+		{"TenantsApart", testTenantsApart},
+		{"AwkwardClientIDs", testAwkwardIDs},
+		{"DeleteSessionDropsQueue", testDeleteSession},
+		{"Survives", testSurvives},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s, reopen := open(t)
+			tc.fn(t, s, reopen)
+		})
+	}
+}
+
+var ctx = context.Background()
+
+func msg(topic, payload string) store.Message {
+	return store.Message{Topic: topic, Payload: []byte(payload), QoS: 1, Created: time.Unix(1700000000, 123).UTC()}
+}
+
+func mustAppend(t *testing.T, s Store, tenant, clientID string, payloads ...string) []uint64 {
+	t.Helper()
+	var items []store.Item
+	for _, p := range payloads {
+		items = append(items, store.Item{ClientID: clientID, Message: msg("t/"+clientID, p)})
+	}
+	seqs, err := s.Append(ctx, tenant, items)
+	if err != nil {
+		t.Fatalf("Append: %v", err)
+	}
+	if len(seqs) != len(items) {
+		t.Fatalf("Append returned %d sequence numbers for %d items", len(seqs), len(items))
+	}
+	return seqs
+}
+
+func payloads(qs []store.Queued) string {
+	var b bytes.Buffer
+	for i, q := range qs {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.Write(q.Payload)
+	}
+	return b.String()
+}
+
+func testSessions(t *testing.T, s Store, _ func() Store) {
+	sess := store.Session{
+		ClientID: "c1", Device: "d1", ProtocolVersion: 5, Expiry: 3600,
+		DisconnectedAt: time.Unix(1700000000, 0).UTC(),
+		Subscriptions:  []store.Subscription{{Filter: "a/#", QoS: 1, NoLocal: true, Identifier: 7}, {Filter: "$share/g/b", QoS: 2}},
+		PendingRelease: []uint16{3, 9},
+	}
+	if err := s.SaveSession(ctx, "acme", sess); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Sessions(ctx, "acme")
+	if err != nil || len(got) != 1 {
+		t.Fatalf("Sessions: got %d, %v; want 1", len(got), err)
+	}
+	if fmt.Sprintf("%+v", got[0]) != fmt.Sprintf("%+v", sess) {
+		t.Errorf("session read back:\n got %+v\nwant %+v", got[0], sess)
+	}
+	sess.Subscriptions = sess.Subscriptions[:1]
+	sess.DisconnectedAt = time.Time{}
+	if err := s.SaveSession(ctx, "acme", sess); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.Sessions(ctx, "acme")
+	if len(got) != 1 || len(got[0].Subscriptions) != 1 || !got[0].DisconnectedAt.IsZero() {
+		t.Errorf("overwritten session: got %+v", got)
+	}
+	if err := s.DeleteSession(ctx, "acme", "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Sessions(ctx, "acme"); len(got) != 0 {
+		t.Errorf("deleted session still listed: %+v", got)
+	}
+	if err := s.DeleteSession(ctx, "acme", "never"); err != nil {
+		t.Errorf("deleting an unknown session: %v", err)
+	}
+}
+
+func testQueueOrder(t *testing.T, s Store, _ func() Store) {
+	seqs := mustAppend(t, s, "acme", "c1", "a", "b", "c")
+	more := mustAppend(t, s, "acme", "c1", "d")
+	all := append(seqs, more...)
+	for i := 1; i < len(all); i++ {
+		if all[i] <= all[i-1] {
+			t.Fatalf("sequence numbers %v do not increase", all)
+		}
+	}
+	qs, err := s.Read(ctx, "acme", "c1", 0, 10)
+	if err != nil || payloads(qs) != "a,b,c,d" {
+		t.Fatalf("Read: got %q, %v; want a,b,c,d", payloads(qs), err)
+	}
+	if qs[0].Seq != all[0] || qs[3].Seq != all[3] || qs[0].Topic != "t/c1" || qs[0].QoS != 1 || !qs[0].Created.Equal(msg("", "").Created) {
+		t.Errorf("read back %+v", qs[0])
+	}
+	qs, _ = s.Read(ctx, "acme", "c1", all[1], 1)
+	if payloads(qs) != "c" {
+		t.Errorf("Read after the second, limit 1: got %q, want c", payloads(qs))
+	}
+	info, err := s.QueueInfo(ctx, "acme", "c1")
+	if err != nil || info.Len != 4 || info.MinSeq != all[0] || info.MaxSeq != all[3] || !info.Oldest.Equal(msg("", "").Created) {
+		t.Errorf("QueueInfo: got %+v, %v", info, err)
+	}
+	empty, err := s.QueueInfo(ctx, "acme", "nobody")
+	if err != nil || empty.Len != 0 {
+		t.Errorf("QueueInfo of an empty queue: %+v, %v", empty, err)
+	}
+	// A large payload and an expiry survive the trip.
+	big := msg("big", "")
+	big.Payload = bytes.Repeat([]byte{0, 1, 2, 255}, 64<<10)
+	big.Expires = time.Unix(1800000000, 0).UTC()
+	big.Properties = []byte{1, 2, 3}
+	if _, err := s.Append(ctx, "acme", []store.Item{{ClientID: "c2", Message: big}}); err != nil {
+		t.Fatal(err)
+	}
+	qs, _ = s.Read(ctx, "acme", "c2", 0, 1)
+	if len(qs) != 1 || !bytes.Equal(qs[0].Payload, big.Payload) || !qs[0].Expires.Equal(big.Expires) || !bytes.Equal(qs[0].Properties, big.Properties) {
+		t.Errorf("a 256 KiB message did not survive")
+	}
+}
+
+func testTrim(t *testing.T, s Store, _ func() Store) {
+	seqs := mustAppend(t, s, "acme", "c1", "a", "b", "c", "d")
+	if err := s.Trim(ctx, "acme", "c1", seqs[1]); err != nil {
+		t.Fatal(err)
+	}
+	qs, _ := s.Read(ctx, "acme", "c1", 0, 10)
+	if payloads(qs) != "c,d" {
+		t.Errorf("after trimming to the second: got %q, want c,d", payloads(qs))
+	}
+	if err := s.Trim(ctx, "acme", "c1", seqs[3]); err != nil {
+		t.Fatal(err)
+	}
+	info, _ := s.QueueInfo(ctx, "acme", "c1")
+	if info.Len != 0 || info.MaxSeq != seqs[3] {
+		t.Errorf("after trimming all: %+v; want empty, max seq kept at %d", info, seqs[3])
+	}
+	// Numbers are never reused after a trim.
+	next := mustAppend(t, s, "acme", "c1", "e")
+	if next[0] <= seqs[3] {
+		t.Errorf("sequence %d reused after trim (last was %d)", next[0], seqs[3])
+	}
+}
+
+func testBatch(t *testing.T, s Store, _ func() Store) {
+	items := []store.Item{
+		{ClientID: "a", Message: msg("x", "a1")}, {ClientID: "b", Message: msg("x", "b1")},
+		{ClientID: "a", Message: msg("x", "a2")}, {ClientID: "c", Message: msg("x", "c1")},
+	}
+	seqs, err := s.Append(ctx, "acme", items)
+	if err != nil || len(seqs) != 4 || seqs[2] <= seqs[0] {
+		t.Fatalf("Append: %v, %v", seqs, err)
+	}
+	for cid, want := range map[string]string{"a": "a1,a2", "b": "b1", "c": "c1"} {
+		qs, _ := s.Read(ctx, "acme", cid, 0, 10)
+		if payloads(qs) != want {
+			t.Errorf("queue %s: got %q, want %q", cid, payloads(qs), want)
+		}
+	}
+}
+
+func testConcurrentAppends(t *testing.T, s Store, _ func() Store) {
+	const writers, each = 8, 50
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				if _, err := s.Append(ctx, "acme", []store.Item{{ClientID: "hot", Message: msg("x", fmt.Sprintf("%d-%d", w, i))}}); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	qs, err := s.Read(ctx, "acme", "hot", 0, writers*each+10)
+	if err != nil || len(qs) != writers*each {
+		t.Fatalf("read %d of %d (%v)", len(qs), writers*each, err)
+	}
+	seen := map[uint64]bool{}
+	last := map[byte]int{}
+	for i, q := range qs {
+		if seen[q.Seq] || (i > 0 && q.Seq <= qs[i-1].Seq) {
+			t.Fatalf("sequence %d repeated or out of order", q.Seq)
+		}
+		seen[q.Seq] = true
+		var w, n int
+		fmt.Sscanf(string(q.Payload), "%d-%d", &w, &n)
+		if prev, ok := last[byte(w)]; ok && n <= prev {
+			t.Fatalf("writer %d's messages out of order", w)
+		}
+		last[byte(w)] = n
+	}
+}
+
+func testRetained(t *testing.T, s Store, _ func() Store) {
+	for _, m := range []store.Message{msg("a/1", "one"), msg("a/2", "two"), msg("a/1", "uno")} {
+		m.Retain = true
+		if err := s.SetRetained(ctx, "acme", m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := s.Retained(ctx, "acme")
+	if err != nil || len(got) != 2 {
+		t.Fatalf("Retained: %d, %v; want 2", len(got), err)
+	}
+	byTopic := map[string]string{}
+	for _, m := range got {
+		byTopic[m.Topic] = string(m.Payload)
+	}
+	if byTopic["a/1"] != "uno" || byTopic["a/2"] != "two" {
+		t.Errorf("retained: got %v", byTopic)
+	}
+	if err := s.SetRetained(ctx, "acme", store.Message{Topic: "a/1", Retain: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.Retained(ctx, "acme"); len(got) != 1 || got[0].Topic != "a/2" {
+		t.Errorf("after clearing a/1: got %+v", got)
+	}
+}
+
+func testTenantsApart(t *testing.T, s Store, _ func() Store) {
+	for _, tn := range []string{"alpha", "bravo"} {
+		if err := s.SaveSession(ctx, tn, store.Session{ClientID: "same", Device: tn + "-dev"}); err != nil {
+			t.Fatal(err)
+		}
+		mustAppend(t, s, tn, "same", tn+"-msg")
+		m := msg("status", tn+"-retained")
+		if err := s.SetRetained(ctx, tn, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tn := range []string{"alpha", "bravo"} {
+		ss, _ := s.Sessions(ctx, tn)
+		qs, _ := s.Read(ctx, tn, "same", 0, 10)
+		rs, _ := s.Retained(ctx, tn)
+		if len(ss) != 1 || ss[0].Device != tn+"-dev" || payloads(qs) != tn+"-msg" || len(rs) != 1 || string(rs[0].Payload) != tn+"-retained" {
+			t.Errorf("tenant %s sees sessions %+v, queue %q, retained %d", tn, ss, payloads(qs), len(rs))
+		}
+	}
+	if err := s.DeleteSession(ctx, "alpha", "same"); err != nil {
+		t.Fatal(err)
+	}
+	if qs, _ := s.Read(ctx, "bravo", "same", 0, 10); payloads(qs) != "bravo-msg" {
+		t.Errorf("deleting alpha's session touched bravo's queue: %q", payloads(qs))
+	}
+	// A tenant whose slug is a prefix of another's shares nothing with it.
+	mustAppend(t, s, "ab", "c", "short")
+	mustAppend(t, s, "abc", "c", "long")
+	if qs, _ := s.Read(ctx, "ab", "c", 0, 10); payloads(qs) != "short" {
+		t.Errorf("tenant ab reads %q", payloads(qs))
+	}
+}
+
+func testAwkwardIDs(t *testing.T, s Store, _ func() Store) {
+	ids := []string{"a:b", "a", "a:b:c", "{x}", "}{", "a/b", "ünï", "a\x00b", "", "x y", "a_acme", "b"}
+	for _, id := range ids {
+		mustAppend(t, s, "acme", id, "for "+id)
+		if err := s.SaveSession(ctx, "acme", store.Session{ClientID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range ids {
+		qs, err := s.Read(ctx, "acme", id, 0, 10)
+		if err != nil || payloads(qs) != "for "+id {
+			t.Errorf("client id %q reads %q (%v)", id, payloads(qs), err)
+		}
+	}
+	ss, _ := s.Sessions(ctx, "acme")
+	if len(ss) != len(ids) {
+		t.Errorf("%d sessions listed, want %d", len(ss), len(ids))
+	}
+}
+
+func testDeleteSession(t *testing.T, s Store, _ func() Store) {
+	if err := s.SaveSession(ctx, "acme", store.Session{ClientID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, s, "acme", "c1", "a", "b")
+	mustAppend(t, s, "acme", "c10", "other")
+	if err := s.DeleteSession(ctx, "acme", "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if qs, _ := s.Read(ctx, "acme", "c1", 0, 10); len(qs) != 0 {
+		t.Errorf("queue of a deleted session: %q", payloads(qs))
+	}
+	if qs, _ := s.Read(ctx, "acme", "c10", 0, 10); payloads(qs) != "other" {
+		t.Errorf("deleting c1 touched c10: %q", payloads(qs))
+	}
+}
+
+func testSurvives(t *testing.T, s Store, reopen func() Store) {
+	if reopen == nil {
+		t.Skip("this back-end keeps nothing across a restart, by design")
+	}
+	if err := s.SaveSession(ctx, "acme", store.Session{ClientID: "c1", Expiry: 60}); err != nil {
+		t.Fatal(err)
+	}
+	seqs := mustAppend(t, s, "acme", "c1", "a", "b")
+	if err := s.SetRetained(ctx, "acme", msg("r", "kept")); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2 := reopen()
+	defer s2.Close()
+	ss, _ := s2.Sessions(ctx, "acme")
+	qs, _ := s2.Read(ctx, "acme", "c1", 0, 10)
+	rs, _ := s2.Retained(ctx, "acme")
+	if len(ss) != 1 || payloads(qs) != "a,b" || len(rs) != 1 {
+		t.Fatalf("after reopening: sessions %d, queue %q, retained %d", len(ss), payloads(qs), len(rs))
+	}
+	next := mustAppend(t, s2, "acme", "c1", "c")
+	if next[0] <= seqs[1] {
+		t.Errorf("after reopening, sequence %d reuses one at or below %d", next[0], seqs[1])
+	}
+}
