@@ -42,7 +42,7 @@ readme-test: ## run the README's walk-through against a real roost serve
 	$(GO) test -count=1 -run TestReadmeWalkthrough ./cmd/roost
 
 .PHONY: services
-services: ## start throw-away test servers (Postgres) and print the exports for them
+services: ## start throw-away test servers (Postgres, Redis) and print the exports for them
 	@scripts/services.sh start
 
 .PHONY: services-stop

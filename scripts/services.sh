@@ -6,8 +6,8 @@
 #   eval "$(scripts/services.sh start)"    # then: make test
 #   scripts/services.sh stop
 #
-# Needs Debian's postgresql package. Runs Postgres as the `postgres` user when
-# started as root, as initdb refuses to run as root.
+# Needs Debian's postgresql and redis-server packages. Runs Postgres as the
+# `postgres` user when started as root, as initdb refuses to run as root.
 set -euo pipefail
 
 state=${ROOST_SERVICES_DIR:-/tmp/roost-services}
@@ -52,8 +52,28 @@ stop_postgres() {
   as_pg "$(pg_bin)/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1 || true
 }
 
+start_redis() {
+  local port dir
+  command -v redis-server >/dev/null || { echo "redis-server not found: apt-get install -y redis-server" >&2; exit 1; }
+  port=$(free_port)
+  dir="$state/redis"
+  rm -rf "$dir"; mkdir -p "$dir"
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --save '' --appendonly no \
+    --daemonize yes --pidfile "$dir/redis.pid" --logfile "$dir/redis.log" >/dev/null
+  for _ in $(seq 50); do
+    redis-cli -p "$port" ping >/dev/null 2>&1 && break
+    sleep 0.1
+  done
+  echo "export ROOST_TEST_REDIS_URL='redis://127.0.0.1:$port/0'"
+}
+
+stop_redis() {
+  local pidfile="$state/redis/redis.pid"
+  [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+}
+
 case "${1:-start}" in
-  start) stop_postgres; mkdir -p "$state"; chmod 755 "$state"; start_postgres ;;
-  stop) stop_postgres ;;
+  start) stop_postgres; stop_redis; mkdir -p "$state"; chmod 755 "$state"; start_postgres; start_redis ;;
+  stop) stop_postgres; stop_redis ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;
 esac
