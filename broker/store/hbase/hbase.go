@@ -1,0 +1,494 @@
+// Package hbase is a session store on HBase, through HBase's own REST
+// gateway, laid out as the seed design describes: one queue per session,
+// row key = queue id + an 8-byte big-endian sequence number, queue id =
+// reverse(client id) + "_" + tenant + "/", so that consecutive client ids
+// spread over regions pre-split on the first byte of the reversed id.
+//
+// Tables (families in brackets), created by the operator; see the README:
+//
+//	<prefix>queues   [m]  queue id + seq        → m:v message
+//	<prefix>meta     [m]  queue id              → m:seq last sequence number given
+//	<prefix>sessions [s]  tenant "/" client id  → s:v session JSON
+//	<prefix>retained [r]  tenant "/" topic      → r:v message
+package hbase
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/roosthub/roost/broker/store"
+)
+
+// Config names the gateway.
+type Config struct {
+	// URL is the REST gateway's base URL, e.g. http://hbase-rest:8080.
+	URL string
+	// TablePrefix starts every table name; "roost_" if empty.
+	TablePrefix string
+	// Client is the HTTP client; a client with a 30s timeout if nil.
+	Client *http.Client
+}
+
+// Store is a session store on HBase.
+type Store struct {
+	base   string
+	prefix string
+	http   *http.Client
+
+	// Each queue's number allocation and write happen under that queue's
+	// lock, so its rows appear in order and a reader that trims up to what
+	// it has read cannot delete a row it never saw. Queues lock
+	// independently; a fan-out locks its queues in a fixed order.
+	mu    sync.Mutex
+	locks map[string]*queueLock
+}
+
+type queueLock struct {
+	sync.Mutex
+	loaded bool
+	last   uint64
+}
+
+// New checks that the gateway answers and the tables exist.
+func New(ctx context.Context, cfg Config) (*Store, error) {
+	u, err := url.Parse(cfg.URL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, errors.New("hbase URL must be http(s)://host:port of the REST gateway")
+	}
+	s := &Store{base: strings.TrimRight(cfg.URL, "/"), prefix: cfg.TablePrefix, http: cfg.Client, locks: map[string]*queueLock{}}
+	if s.prefix == "" {
+		s.prefix = "roost_"
+	}
+	if s.http == nil {
+		s.http = &http.Client{Timeout: 30 * time.Second}
+	}
+	for _, t := range []string{"queues", "meta", "sessions", "retained"} {
+		resp, err := s.do(ctx, http.MethodGet, "/"+s.prefix+t+"/schema", nil, "")
+		if err != nil {
+			return nil, fmt.Errorf("hbase table %s%s: %w", s.prefix, t, err)
+		}
+		resp.Body.Close()
+	}
+	return s, nil
+}
+
+// errNotFound is a 404 from the gateway.
+var errNotFound = errors.New("not found")
+
+func (s *Store) do(ctx context.Context, method, path string, body any, accept string) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, s.base+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := s.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode == http.StatusNotFound {
+		resp.Body.Close()
+		return nil, errNotFound
+	}
+	if resp.StatusCode >= 300 {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		resp.Body.Close()
+		return nil, fmt.Errorf("hbase %s %s: %s: %s", method, path, resp.Status, bytes.TrimSpace(msg))
+	}
+	return resp, nil
+}
+
+type cell struct {
+	Column string `json:"column"`
+	Value  string `json:"$"`
+}
+
+type row struct {
+	Key  string `json:"key"`
+	Cell []cell `json:"Cell"`
+}
+
+type cellSet struct {
+	Row []row `json:"Row"`
+}
+
+func enc(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+func newRow(key []byte, column string, value []byte) row {
+	return row{Key: enc(key), Cell: []cell{{Column: enc([]byte(column)), Value: enc(value)}}}
+}
+
+// put writes rows to a table in one request.
+func (s *Store) put(ctx context.Context, table string, rows []row) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	resp, err := s.do(ctx, http.MethodPut, "/"+s.prefix+table+"/batch", cellSet{Row: rows}, "")
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+func (s *Store) deleteRow(ctx context.Context, table string, key []byte) error {
+	resp, err := s.do(ctx, http.MethodDelete, "/"+s.prefix+table+"/"+pathKey(key), nil, "")
+	if errors.Is(err, errNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+// pathKey escapes every byte of a binary row key for the URL path.
+func pathKey(key []byte) string {
+	var b strings.Builder
+	for _, c := range key {
+		fmt.Fprintf(&b, "%%%02X", c)
+	}
+	return b.String()
+}
+
+// scan returns the rows with start <= key < end, each key with its first
+// cell's value.
+func (s *Store) scan(ctx context.Context, table string, start, end []byte, limit int) ([][2][]byte, error) {
+	spec := map[string]any{"startRow": enc(start), "endRow": enc(end), "batch": min(max(limit, 1), 1000)}
+	resp, err := s.do(ctx, http.MethodPost, "/"+s.prefix+table+"/scanner", spec, "")
+	if err != nil {
+		return nil, err
+	}
+	resp.Body.Close()
+	loc := resp.Header.Get("Location")
+	u, err := url.Parse(loc)
+	if err != nil || loc == "" {
+		return nil, fmt.Errorf("hbase scanner: no location")
+	}
+	path := u.EscapedPath()
+	defer func() {
+		if r, err := s.do(context.Background(), http.MethodDelete, path, nil, ""); err == nil {
+			r.Body.Close()
+		}
+	}()
+	var out [][2][]byte
+	for len(out) < limit {
+		resp, err := s.do(ctx, http.MethodGet, path, nil, "")
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode == http.StatusNoContent {
+			resp.Body.Close()
+			break
+		}
+		var cs cellSet
+		err = json.NewDecoder(resp.Body).Decode(&cs)
+		resp.Body.Close()
+		if err != nil {
+			return nil, fmt.Errorf("hbase scanner: %w", err)
+		}
+		if len(cs.Row) == 0 {
+			break
+		}
+		for _, r := range cs.Row {
+			k, err := base64.StdEncoding.DecodeString(r.Key)
+			if err != nil || len(r.Cell) == 0 {
+				return nil, fmt.Errorf("hbase scanner: bad row")
+			}
+			v, err := base64.StdEncoding.DecodeString(r.Cell[0].Value)
+			if err != nil {
+				return nil, fmt.Errorf("hbase scanner: bad value")
+			}
+			out = append(out, [2][]byte{k, v})
+		}
+	}
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out, nil
+}
+
+// queueID is reverse(client id) + "_" + tenant + "/". The slash cannot occur
+// in a tenant slug, so no queue id is a prefix of another's rows.
+func queueID(tenant, clientID string) []byte {
+	r := []byte(clientID)
+	slices.Reverse(r)
+	return append(append(append(r, '_'), tenant...), '/')
+}
+
+func queueRow(qid []byte, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(append([]byte(nil), qid...), seq)
+}
+
+func tenantKey(tenant, name string) []byte { return []byte(tenant + "/" + name) }
+
+// afterPrefix is the smallest key above every key starting with p.
+func afterPrefix(p []byte) []byte {
+	return append(append([]byte(nil), p...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
+}
+
+func (s *Store) SaveSession(ctx context.Context, tenant string, sess store.Session) error {
+	v, err := json.Marshal(sess)
+	if err != nil {
+		return err
+	}
+	return s.put(ctx, "sessions", []row{newRow(tenantKey(tenant, sess.ClientID), "s:v", v)})
+}
+
+func (s *Store) Sessions(ctx context.Context, tenant string) ([]store.Session, error) {
+	p := []byte(tenant + "/")
+	rows, err := s.scan(ctx, "sessions", p, afterPrefix(p), 1<<30)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]store.Session, 0, len(rows))
+	for _, r := range rows {
+		var sess store.Session
+		if err := json.Unmarshal(r[1], &sess); err != nil {
+			return nil, err
+		}
+		out = append(out, sess)
+	}
+	return out, nil
+}
+
+func (s *Store) DeleteSession(ctx context.Context, tenant, clientID string) error {
+	if err := s.deleteRow(ctx, "sessions", tenantKey(tenant, clientID)); err != nil {
+		return err
+	}
+	q := s.lock(tenant, clientID)
+	defer q.Unlock()
+	return s.trimLocked(ctx, queueID(tenant, clientID), ^uint64(0))
+}
+
+func (s *Store) lock(tenant, clientID string) *queueLock {
+	k := string(queueID(tenant, clientID))
+	s.mu.Lock()
+	q := s.locks[k]
+	if q == nil {
+		q = &queueLock{}
+		s.locks[k] = q
+	}
+	s.mu.Unlock()
+	q.Lock()
+	return q
+}
+
+// Append writes the items in one multi-row PUT (then each queue's last
+// number in one more), holding the locks of the queues involved.
+func (s *Store) Append(ctx context.Context, tenant string, items []store.Item) ([]uint64, error) {
+	var cids []string
+	for _, it := range items {
+		cids = append(cids, it.ClientID)
+	}
+	slices.Sort(cids)
+	cids = slices.Compact(cids)
+	locks := map[string]*queueLock{}
+	for _, cid := range cids {
+		locks[cid] = s.lock(tenant, cid)
+	}
+	defer func() {
+		for _, q := range locks {
+			q.Unlock()
+		}
+	}()
+	next := map[string]uint64{}
+	for _, cid := range cids {
+		q := locks[cid]
+		if !q.loaded {
+			last, err := s.loadLast(ctx, queueID(tenant, cid))
+			if err != nil {
+				return nil, err
+			}
+			q.last, q.loaded = last, true
+		}
+		next[cid] = q.last
+	}
+	seqs := make([]uint64, len(items))
+	rows := make([]row, 0, len(items))
+	for i, it := range items {
+		next[it.ClientID]++
+		seqs[i] = next[it.ClientID]
+		v, err := it.Message.MarshalBinary()
+		if err != nil {
+			return nil, err
+		}
+		rows = append(rows, newRow(queueRow(queueID(tenant, it.ClientID), seqs[i]), "m:v", v))
+	}
+	if err := s.put(ctx, "queues", rows); err != nil {
+		return nil, err
+	}
+	meta := make([]row, 0, len(cids))
+	for _, cid := range cids {
+		meta = append(meta, newRow(queueID(tenant, cid), "m:seq", binary.BigEndian.AppendUint64(nil, next[cid])))
+	}
+	if err := s.put(ctx, "meta", meta); err != nil {
+		return nil, err
+	}
+	for _, cid := range cids {
+		locks[cid].last = next[cid]
+	}
+	return seqs, nil
+}
+
+// loadLast finds a queue's last number: the larger of the recorded one and
+// the last row present (the record is written after the rows, so after a
+// crash between the two the rows are ahead).
+func (s *Store) loadLast(ctx context.Context, qid []byte) (uint64, error) {
+	var last uint64
+	resp, err := s.do(ctx, http.MethodGet, "/"+s.prefix+"meta/"+pathKey(qid), nil, "")
+	switch {
+	case errors.Is(err, errNotFound):
+	case err != nil:
+		return 0, err
+	default:
+		var cs cellSet
+		err := json.NewDecoder(resp.Body).Decode(&cs)
+		resp.Body.Close()
+		if err != nil || len(cs.Row) == 0 || len(cs.Row[0].Cell) == 0 {
+			return 0, fmt.Errorf("hbase meta row: damaged")
+		}
+		v, err := base64.StdEncoding.DecodeString(cs.Row[0].Cell[0].Value)
+		if err != nil || len(v) != 8 {
+			return 0, fmt.Errorf("hbase meta row: damaged")
+		}
+		last = binary.BigEndian.Uint64(v)
+	}
+	rows, err := s.scan(ctx, "queues", queueRow(qid, last+1), afterPrefix(qid), 1<<30)
+	if err != nil {
+		return 0, err
+	}
+	if n := len(rows); n > 0 {
+		k := rows[n-1][0]
+		last = max(last, binary.BigEndian.Uint64(k[len(k)-8:]))
+	}
+	return last, nil
+}
+
+func (s *Store) Read(ctx context.Context, tenant, clientID string, after uint64, limit int) ([]store.Queued, error) {
+	qid := queueID(tenant, clientID)
+	rows, err := s.scan(ctx, "queues", queueRow(qid, after+1), afterPrefix(qid), limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]store.Queued, 0, len(rows))
+	for _, r := range rows {
+		q := store.Queued{Seq: binary.BigEndian.Uint64(r[0][len(r[0])-8:])}
+		if err := q.Message.UnmarshalBinary(r[1]); err != nil {
+			return nil, err
+		}
+		out = append(out, q)
+	}
+	return out, nil
+}
+
+// Trim deletes the queue's rows up to and including upTo. The gateway has
+// no range delete: the rows are found by a scan and deleted one by one.
+func (s *Store) Trim(ctx context.Context, tenant, clientID string, upTo uint64) error {
+	q := s.lock(tenant, clientID)
+	defer q.Unlock()
+	return s.trimLocked(ctx, queueID(tenant, clientID), upTo)
+}
+
+func (s *Store) trimLocked(ctx context.Context, qid []byte, upTo uint64) error {
+	end := afterPrefix(qid)
+	if upTo < ^uint64(0) {
+		end = queueRow(qid, upTo+1)
+	}
+	rows, err := s.scan(ctx, "queues", queueRow(qid, 0), end, 1<<30)
+	if err != nil {
+		return err
+	}
+	for _, r := range rows {
+		if err := s.deleteRow(ctx, "queues", r[0]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Store) QueueInfo(ctx context.Context, tenant, clientID string) (store.QueueInfo, error) {
+	qid := queueID(tenant, clientID)
+	rows, err := s.scan(ctx, "queues", queueRow(qid, 0), afterPrefix(qid), 1<<30)
+	if err != nil {
+		return store.QueueInfo{}, err
+	}
+	info := store.QueueInfo{Len: len(rows)}
+	if len(rows) > 0 {
+		k := rows[0][0]
+		info.MinSeq = binary.BigEndian.Uint64(k[len(k)-8:])
+		var m store.Message
+		if err := m.UnmarshalBinary(rows[0][1]); err != nil {
+			return info, err
+		}
+		info.Oldest = m.Created
+	}
+	q := s.lock(tenant, clientID)
+	defer q.Unlock()
+	if !q.loaded {
+		if q.last, err = s.loadLast(ctx, qid); err != nil {
+			return info, err
+		}
+		q.loaded = true
+	}
+	info.MaxSeq = q.last
+	return info, nil
+}
+
+func (s *Store) SetRetained(ctx context.Context, tenant string, m store.Message) error {
+	k := tenantKey(tenant, m.Topic)
+	if len(m.Payload) == 0 {
+		return s.deleteRow(ctx, "retained", k)
+	}
+	v, err := m.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	return s.put(ctx, "retained", []row{newRow(k, "r:v", v)})
+}
+
+func (s *Store) Retained(ctx context.Context, tenant string) ([]store.Message, error) {
+	p := []byte(tenant + "/")
+	rows, err := s.scan(ctx, "retained", p, afterPrefix(p), 1<<30)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]store.Message, 0, len(rows))
+	for _, r := range rows {
+		var m store.Message
+		if err := m.UnmarshalBinary(r[1]); err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// Close releases idle connections.
+func (s *Store) Close() error {
+	s.http.CloseIdleConnections()
+	return nil
+}
