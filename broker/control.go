@@ -168,5 +168,14 @@ func (h *Hub) Publish(ctx context.Context, tenant string, m Message) error {
 		return err
 	}
 	defer h.release(inst)
-	return inst.server.Publish(m.Topic, m.Payload, m.Retain, m.QoS)
+	inst.inlineMu.Lock()
+	defer inst.inlineMu.Unlock()
+	inst.inlineErr = nil
+	if err := inst.server.Publish(m.Topic, m.Payload, m.Retain, m.QoS); err != nil {
+		return err
+	}
+	if inst.inlineErr != nil {
+		return fmt.Errorf("store the message: %w", inst.inlineErr)
+	}
+	return nil
 }

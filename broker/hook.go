@@ -3,8 +3,10 @@ package broker
 import (
 	"bytes"
 	"errors"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/tenants"
@@ -27,13 +29,20 @@ func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
 		mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnPacketEncode,
-	}, []byte{b})
+	}, []byte{b}) || (h.inst.persist != nil && bytes.Contains([]byte{
+		mqtt.OnPublish, mqtt.OnQosPublish, mqtt.OnPublished, mqtt.OnPacketRead, mqtt.OnSessionEstablished,
+		mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.StoredClients, mqtt.StoredSubscriptions,
+		mqtt.StoredInflightMessages, mqtt.StoredRetainedMessages,
+	}, []byte{b}))
 }
 
 // OnPacketEncode completes a successful v5 CONNACK with the limits mochi
 // enforces but does not announce, so clients keep to them instead of being
 // disconnected for breaking them.
 func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Publish {
+		return withoutTag(pk)
+	}
 	if pk.FixedHeader.Type == packets.Connack && pk.ProtocolVersion == 5 && pk.ReasonCode < 0x80 {
 		caps := h.inst.server.Options.Capabilities
 		pk.Properties.MaximumPacketSize = caps.MaximumPacketSize
@@ -89,27 +98,147 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 // tenant's rules. mochi asks it for every publish, every subscription filter
 // and every delivery, retained messages included.
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
-	dc, ok := cl.Net.Conn.(*deviceConn)
-	if !ok {
+	return h.inst.hookACL(cl, topic, write)
+}
+
+// hookACL decides for a client: one connected through the ingress, or a
+// session restored from the store that has not reconnected yet.
+func (inst *instance) hookACL(cl *mqtt.Client, topic string, write bool) bool {
+	device := ""
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		device = dc.id.device
+	} else if inst.persist != nil && cl.Net.Conn == nil && !cl.Net.Inline {
+		device = inst.persist.deviceOf(cl.ID)
+	}
+	if device == "" {
 		return false
 	}
 	action := tenants.ActionSubscribe
 	if write {
 		action = tenants.ActionPublish
 	}
-	return h.inst.allowed(dc.id.device, action, topic)
+	return inst.allowed(device, action, topic)
 }
 
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
-	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
-		h.inst.dropPresence(dc)
-		h.inst.hub.touch(h.inst.tenant, dc.id.device, h.inst.hub.now())
+	dc, ok := cl.Net.Conn.(*deviceConn)
+	if !ok {
+		return // a session being restored, not a connection ending
 	}
+	h.inst.dropPresence(dc)
+	h.inst.hub.touch(h.inst.tenant, dc.id.device, h.inst.hub.now())
+	if p := h.inst.persist; p != nil && !cl.IsTakenOver() {
+		if expire {
+			ctx, cancel := storeCtx()
+			defer cancel()
+			if err := p.drop(ctx, cl.ID); err != nil {
+				h.inst.log.Error("drop session", "client_id", cl.ID, "err", err)
+			}
+		} else {
+			p.save(cl, h.inst.hub.now().UTC())
+		}
+	}
+}
+
+// OnPublish stores the message for every persistent session it is for (and
+// as retained) before mochi acknowledges it. If the store fails the
+// publisher is not acknowledged: an MQTT 5 QoS 1 publisher gets PUBACK 0x80;
+// any other is disconnected, so that it resends.
+func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	p := h.inst.persist
+	if p == nil || (pk.FixedHeader.Qos == 0 && !pk.FixedHeader.Retain) {
+		return pk, nil
+	}
+	out, err := p.beforeAck(cl, pk)
+	if err == nil {
+		return out, nil
+	}
+	if cl.Net.Inline {
+		h.inst.inlineErr = err
+		return pk, packets.ErrRejectPacket
+	}
+	if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos == 1 {
+		return pk, packets.ErrUnspecifiedError
+	}
+	cl.Stop(packets.ErrUnspecifiedError)
+	return pk, packets.ErrRejectPacket
+}
+
+func (h *hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
+	if pk.FixedHeader.Type == packets.Publish {
+		h.inst.persist.handedOver(cl, pk)
+	}
+}
+
+func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) { h.inst.persist.routed(pk) }
+
+// OnPacketRead notices a client acknowledging a message it was sent: PUBACK
+// for QoS 1, PUBREC for QoS 2 (from then on the client holds it).
+func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if t := pk.FixedHeader.Type; t == packets.Puback || t == packets.Pubrec {
+		h.inst.persist.acknowledged(cl, pk.PacketID)
+	}
+	return pk, nil
+}
+
+func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	p := h.inst.persist
+	if pk.Connect.Clean {
+		// A clean start discards the previous session, in the store too.
+		ctx, cancel := storeCtx()
+		defer cancel()
+		if err := p.drop(ctx, cl.ID); err != nil {
+			h.inst.log.Error("drop session", "client_id", cl.ID, "err", err)
+		}
+	}
+	if persistent(cl) {
+		p.save(cl, time.Time{})
+	}
+}
+
+func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	if persistent(cl) {
+		h.inst.persist.save(cl, time.Time{})
+	}
+}
+
+func (h *hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
+	if persistent(cl) {
+		h.inst.persist.save(cl, time.Time{})
+	}
+}
+
+// The Stored* methods hand mochi the tenant's sessions when its broker
+// starts. mochi asks for each part in turn; restore reads them once.
+func (h *hook) StoredClients() ([]storage.Client, error) {
+	if err := h.inst.loadRestore(); err != nil {
+		return nil, err
+	}
+	return h.inst.restored.clients, nil
+}
+
+func (h *hook) StoredSubscriptions() ([]storage.Subscription, error) {
+	return h.inst.restored.subs, nil
+}
+
+func (h *hook) StoredInflightMessages() ([]storage.Message, error) {
+	return h.inst.restored.inflight, nil
+}
+
+func (h *hook) StoredRetainedMessages() ([]storage.Message, error) {
+	return h.inst.restored.retained, nil
 }
 
 // OnClientExpired unsubscribes an expired session: mochi v2.7.9 leaves its
 // subscriptions in the topic index, where a later client with the same id
-// would receive messages it never subscribed to.
+// would receive messages it never subscribed to. Its stored state goes too.
 func (h *hook) OnClientExpired(cl *mqtt.Client) {
 	h.inst.server.UnsubscribeClient(cl)
+	if p := h.inst.persist; p != nil {
+		ctx, cancel := storeCtx()
+		defer cancel()
+		if err := p.drop(ctx, cl.ID); err != nil {
+			h.inst.log.Error("drop expired session", "client_id", cl.ID, "err", err)
+		}
+	}
 }

@@ -45,6 +45,9 @@ type Config struct {
 	CacheTTL  time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Sessions keeps persistent sessions, their queues and retained
+	// messages across restarts; nil keeps them in memory only.
+	Sessions SessionStore
 }
 
 // Hub is the data plane: the ingress and every tenant's broker instance.

@@ -7,11 +7,13 @@ import (
 	"math"
 	"net"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
@@ -44,6 +46,29 @@ type instance struct {
 	byDevice   map[string]map[*deviceConn]presence
 
 	closeOnce sync.Once
+
+	// persist writes sessions through to the hub's store; nil without one.
+	persist  *persistence
+	restored struct {
+		clients  []storage.Client
+		subs     []storage.Subscription
+		inflight []storage.Message
+		retained []storage.Message
+	}
+	// inlineMu serialises API publishes, so that inlineErr tells the one in
+	// progress whether the store took it.
+	inlineMu  sync.Mutex
+	inlineErr error
+}
+
+// loadRestore reads the tenant's stored sessions for mochi's Stored* calls.
+func (inst *instance) loadRestore() error {
+	c, s, i, r, err := inst.persist.restore()
+	if err != nil {
+		return fmt.Errorf("restore sessions of %s: %w", inst.tenant, err)
+	}
+	inst.restored.clients, inst.restored.subs, inst.restored.inflight, inst.restored.retained = c, s, i, r
+	return nil
 }
 
 // Connection is one live MQTT connection of a device.
@@ -75,6 +100,9 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 		Logger:                 mochiLogger(log),
 	})
 	inst := &instance{tenant: t.Slug, server: srv, log: log, hub: h, lastActive: h.now(), byDevice: map[string]map[*deviceConn]presence{}}
+	if h.cfg.Sessions != nil {
+		inst.persist = newPersistence(h.cfg.Sessions, inst)
+	}
 	if err := srv.AddHook(&hook{inst: inst}, nil); err != nil {
 		return nil, err
 	}
@@ -86,7 +114,12 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 	}
 	// mochi keeps its $SYS values as retained messages; nobody else can
 	// publish under $SYS, so their number stays what it is now.
-	inst.sysRetained = srv.Topics.Retained.Len()
+	for topic := range srv.Topics.Retained.GetAll() {
+		if strings.HasPrefix(topic, "$SYS") {
+			inst.sysRetained++
+		}
+	}
+	inst.restored.clients, inst.restored.subs, inst.restored.inflight, inst.restored.retained = nil, nil, nil, nil
 	return inst, nil
 }
 
@@ -269,5 +302,8 @@ func (inst *instance) idle() bool {
 	if _, ok := inst.server.Clients.Get(mqtt.InlineClientId); ok {
 		sessions-- // the inline client, used for HTTP publishes, is always there
 	}
-	return inst.conns == 0 && sessions == 0 && inst.server.Topics.Retained.Len() <= inst.sysRetained
+	// Retained messages hold an instance only if they are nowhere else;
+	// with a session store they are restored when it starts again.
+	retained := inst.persist == nil && inst.server.Topics.Retained.Len() > inst.sysRetained
+	return inst.conns == 0 && sessions == 0 && !retained
 }

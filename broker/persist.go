@@ -1,0 +1,396 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/broker/store"
+	"github.com/roosthub/roost/tenants"
+)
+
+// SessionStore keeps persistent sessions, their queues and retained
+// messages. The back-ends in broker/store satisfy it.
+type SessionStore interface {
+	SaveSession(ctx context.Context, tenant string, s store.Session) error
+	Sessions(ctx context.Context, tenant string) ([]store.Session, error)
+	DeleteSession(ctx context.Context, tenant, clientID string) error
+	Append(ctx context.Context, tenant string, items []store.Item) ([]uint64, error)
+	Read(ctx context.Context, tenant, clientID string, after uint64, limit int) ([]store.Queued, error)
+	Trim(ctx context.Context, tenant, clientID string, upTo uint64) error
+	QueueInfo(ctx context.Context, tenant, clientID string) (store.QueueInfo, error)
+	SetRetained(ctx context.Context, tenant string, m store.Message) error
+	Retained(ctx context.Context, tenant string) ([]store.Message, error)
+	Close() error
+}
+
+// seqProperty tags a publish, between OnPublish and its deliveries, with the
+// id under which the store numbers of its copies are kept. It is removed
+// before any packet is encoded, so no client ever sees it.
+const seqProperty = "\x00roost-publish"
+
+// persistence writes a tenant's persistent sessions through to the store.
+// What it guarantees: a QoS 1 or 2 message is in the queue of every
+// persistent session it is for, and a retained message is stored, before
+// the publisher gets its PUBACK or PUBREC. A queued message leaves the
+// queue once the subscriber acknowledged it (PUBACK, or PUBREC for QoS 2).
+// After a restart, sessions, their subscriptions, their unacknowledged
+// messages (in order) and retained messages are restored.
+type persistence struct {
+	st     SessionStore
+	tenant string
+	inst   *instance
+
+	mu      sync.Mutex
+	nextPub uint64
+	// pubs maps a publish id to the store number of each session's copy,
+	// until mochi has handed every copy to its client.
+	pubs map[string]map[string]uint64
+	// inflight maps a client's outbound packet id to the store number of
+	// the message it carries.
+	inflight map[string]map[uint16]uint64
+	// acked holds, per client, numbers acknowledged out of order; floor is
+	// the highest number below which everything is acknowledged.
+	outstanding map[string][]uint64
+	// devices maps restored sessions' client ids to their devices, for ACL
+	// checks before the client reconnects.
+	devices map[string]string
+}
+
+func newPersistence(st SessionStore, inst *instance) *persistence {
+	return &persistence{
+		st: st, tenant: inst.tenant, inst: inst,
+		pubs: map[string]map[string]uint64{}, inflight: map[string]map[uint16]uint64{},
+		outstanding: map[string][]uint64{}, devices: map[string]string{},
+	}
+}
+
+func persistent(cl *mqtt.Client) bool {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval > 0
+	}
+	return !cl.Properties.Clean
+}
+
+func storeCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 10*time.Second)
+}
+
+// errNotStored refuses a publish the store could not take.
+var errNotStored = errors.New("message not stored")
+
+// beforeAck stores a publish for every persistent session it is for, and as
+// retained, before mochi acknowledges it. It returns the packet to route,
+// tagged so that deliveries can be matched to their store numbers.
+func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	ctx, cancel := storeCtx()
+	defer cancel()
+	if pk.FixedHeader.Retain {
+		m := toStore(pk)
+		m.Retain = true
+		if err := p.st.SetRetained(ctx, p.tenant, m); err != nil {
+			p.inst.log.Error("store retained message", "topic", pk.TopicName, "err", err)
+			return pk, errNotStored
+		}
+	}
+	if pk.FixedHeader.Qos == 0 {
+		return pk, nil
+	}
+	var items []store.Item
+	subs := p.inst.server.Topics.Subscribers(pk.TopicName)
+	for id, sub := range subs.Subscriptions {
+		target, ok := p.inst.server.Clients.Get(id)
+		if !ok || !persistent(target) || min(pk.FixedHeader.Qos, sub.Qos) == 0 || (sub.NoLocal && id == cl.ID) {
+			continue
+		}
+		if !p.inst.hookACL(target, pk.TopicName, false) {
+			continue
+		}
+		m := toStore(pk)
+		m.QoS = min(pk.FixedHeader.Qos, sub.Qos)
+		items = append(items, store.Item{ClientID: id, Message: m})
+	}
+	if len(items) == 0 {
+		return pk, nil
+	}
+	seqs, err := p.st.Append(ctx, p.tenant, items)
+	if err != nil {
+		p.inst.log.Error("queue message for persistent sessions", "topic", pk.TopicName, "sessions", len(items), "err", err)
+		return pk, errNotStored
+	}
+	p.mu.Lock()
+	p.nextPub++
+	pubID := strconv.FormatUint(p.nextPub, 36)
+	copies := make(map[string]uint64, len(items))
+	for i, it := range items {
+		copies[it.ClientID] = seqs[i]
+		p.outstanding[it.ClientID] = append(p.outstanding[it.ClientID], seqs[i])
+	}
+	p.pubs[pubID] = copies
+	p.mu.Unlock()
+	pk.Properties.User = append(slices.Clone(pk.Properties.User), packets.UserProperty{Key: seqProperty, Val: pubID})
+	return pk, nil
+}
+
+func pubIDOf(pk packets.Packet) (string, bool) {
+	for _, u := range pk.Properties.User {
+		if u.Key == seqProperty {
+			return u.Val, true
+		}
+	}
+	return "", false
+}
+
+// handedOver notes which packet id carries a stored message to a client.
+func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
+	pubID, ok := pubIDOf(out)
+	if !ok {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	seq, ok := p.pubs[pubID][cl.ID]
+	if !ok {
+		return
+	}
+	m := p.inflight[cl.ID]
+	if m == nil {
+		m = map[uint16]uint64{}
+		p.inflight[cl.ID] = m
+	}
+	m[out.PacketID] = seq
+}
+
+// routed forgets a publish's tag once mochi has routed it.
+func (p *persistence) routed(pk packets.Packet) {
+	if pubID, ok := pubIDOf(pk); ok {
+		p.mu.Lock()
+		delete(p.pubs, pubID)
+		p.mu.Unlock()
+	}
+}
+
+// acknowledged removes a message from its session's queue once the client
+// has it: PUBACK for QoS 1, PUBREC for QoS 2. Numbers are trimmed up to the
+// highest one below which all are acknowledged.
+func (p *persistence) acknowledged(cl *mqtt.Client, packetID uint16) {
+	p.mu.Lock()
+	seq, ok := p.inflight[cl.ID][packetID]
+	if !ok {
+		p.mu.Unlock()
+		return
+	}
+	delete(p.inflight[cl.ID], packetID)
+	out := p.outstanding[cl.ID]
+	i := slices.Index(out, seq)
+	if i < 0 {
+		p.mu.Unlock()
+		return
+	}
+	out = slices.Delete(out, i, i+1)
+	p.outstanding[cl.ID] = out
+	upTo := seq
+	if len(out) > 0 && out[0] < seq {
+		upTo = out[0] - 1 // an older message is still out
+	}
+	p.mu.Unlock()
+	if upTo == 0 || (len(out) > 0 && out[0] <= upTo) {
+		return
+	}
+	ctx, cancel := storeCtx()
+	defer cancel()
+	if err := p.st.Trim(ctx, p.tenant, cl.ID, upTo); err != nil {
+		p.inst.log.Warn("trim delivered messages", "client_id", cl.ID, "err", err)
+	}
+}
+
+func (p *persistence) sessionRecord(cl *mqtt.Client, disconnected time.Time) store.Session {
+	s := store.Session{ClientID: cl.ID, ProtocolVersion: cl.Properties.ProtocolVersion, DisconnectedAt: disconnected}
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		s.Device = dc.id.device
+	} else {
+		s.Device = p.deviceOf(cl.ID)
+	}
+	if cl.Properties.ProtocolVersion == 5 {
+		s.Expiry = cl.Properties.Props.SessionExpiryInterval
+	} else {
+		s.Expiry = p.inst.server.Options.Capabilities.MaximumSessionExpiryInterval
+	}
+	for _, sub := range cl.State.Subscriptions.GetAll() {
+		s.Subscriptions = append(s.Subscriptions, store.Subscription{
+			Filter: sub.Filter, QoS: sub.Qos, NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished,
+			RetainHandling: sub.RetainHandling, Identifier: sub.Identifier,
+		})
+	}
+	slices.SortFunc(s.Subscriptions, func(a, b store.Subscription) int {
+		return compareStrings(a.Filter, b.Filter)
+	})
+	return s
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func (p *persistence) deviceOf(clientID string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.devices[clientID]
+}
+
+// save writes a persistent client's session record; a clean one's is
+// deleted with its queue.
+func (p *persistence) save(cl *mqtt.Client, disconnected time.Time) {
+	ctx, cancel := storeCtx()
+	defer cancel()
+	var err error
+	if persistent(cl) {
+		err = p.st.SaveSession(ctx, p.tenant, p.sessionRecord(cl, disconnected))
+	} else {
+		err = p.drop(ctx, cl.ID)
+	}
+	if err != nil {
+		p.inst.log.Error("save session", "client_id", cl.ID, "err", err)
+	}
+}
+
+// drop forgets a session: its record, its queue and what is tracked for it.
+func (p *persistence) drop(ctx context.Context, clientID string) error {
+	p.mu.Lock()
+	delete(p.inflight, clientID)
+	delete(p.outstanding, clientID)
+	delete(p.devices, clientID)
+	p.mu.Unlock()
+	return p.st.DeleteSession(ctx, p.tenant, clientID)
+}
+
+// restore returns what mochi needs to bring back the tenant's sessions,
+// their unacknowledged messages and the retained messages.
+func (p *persistence) restore() ([]storage.Client, []storage.Subscription, []storage.Message, []storage.Message, error) {
+	ctx, cancel := storeCtx()
+	defer cancel()
+	sessions, err := p.st.Sessions(ctx, p.tenant)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	maxQueued := int(p.inst.server.Options.Capabilities.MaximumInflight)
+	var clients []storage.Client
+	var subs []storage.Subscription
+	var inflight []storage.Message
+	// Numbers for Created such that mochi, which resends a session's
+	// inflight messages sorted by uint16(Created), resends them in queue
+	// order.
+	base := time.Now().Unix() &^ 0xffff
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, s := range sessions {
+		c := storage.Client{ID: s.ClientID, T: storage.ClientKey, Listener: listenerID, ProtocolVersion: s.ProtocolVersion,
+			Username: []byte(tenants.Username(p.tenant, s.Device))}
+		if s.ProtocolVersion == 5 {
+			c.Properties.SessionExpiryInterval, c.Properties.SessionExpiryIntervalFlag = s.Expiry, true
+		}
+		clients = append(clients, c)
+		p.devices[s.ClientID] = s.Device
+		for _, sub := range s.Subscriptions {
+			subs = append(subs, storage.Subscription{T: storage.SubscriptionKey, Client: s.ClientID, Filter: sub.Filter, Qos: sub.QoS,
+				NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, RetainHandling: sub.RetainHandling, Identifier: sub.Identifier})
+		}
+		queued, err := p.st.Read(ctx, p.tenant, s.ClientID, 0, maxQueued)
+		if err != nil {
+			return nil, nil, nil, nil, err
+		}
+		ids := map[uint16]uint64{}
+		for i, q := range queued {
+			id := uint16(i + 1)
+			ids[id] = q.Seq
+			p.outstanding[s.ClientID] = append(p.outstanding[s.ClientID], q.Seq)
+			inflight = append(inflight, fromStore(q.Message, s.ClientID, id, base+int64(i)))
+		}
+		p.inflight[s.ClientID] = ids
+	}
+	retained, err := p.st.Retained(ctx, p.tenant)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	var kept []storage.Message
+	for _, m := range retained {
+		sm := fromStore(m, "", 0, m.Created.Unix())
+		sm.FixedHeader.Retain = true
+		sm.T = storage.RetainedKey
+		kept = append(kept, sm)
+	}
+	return clients, subs, inflight, kept, nil
+}
+
+func toStore(pk packets.Packet) store.Message {
+	m := store.Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Created: time.Unix(pk.Created, 0).UTC()}
+	if pk.Expiry > 0 {
+		m.Expires = time.Unix(pk.Expiry, 0).UTC()
+	}
+	m.Properties = encodeProps(pk.Properties)
+	return m
+}
+
+func fromStore(m store.Message, clientID string, packetID uint16, created int64) storage.Message {
+	sm := storage.Message{
+		T: storage.InflightKey, Client: clientID, PacketID: packetID, TopicName: m.Topic, Payload: m.Payload, Created: created,
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.QoS},
+	}
+	decodeProps(m.Properties, &sm.Properties)
+	return sm
+}
+
+// encodeProps keeps the publish properties a subscriber should get, without
+// the internal tag.
+func encodeProps(p packets.Properties) []byte {
+	mp := storage.MessageProperties{
+		CorrelationData: p.CorrelationData, ContentType: p.ContentType, ResponseTopic: p.ResponseTopic,
+		PayloadFormat: p.PayloadFormat, PayloadFormatFlag: p.PayloadFormatFlag, MessageExpiryInterval: p.MessageExpiryInterval,
+	}
+	for _, u := range p.User {
+		if u.Key != seqProperty {
+			mp.User = append(mp.User, u)
+		}
+	}
+	if mp.CorrelationData == nil && mp.ContentType == "" && mp.ResponseTopic == "" && !mp.PayloadFormatFlag &&
+		mp.MessageExpiryInterval == 0 && len(mp.User) == 0 {
+		return nil
+	}
+	b, _ := json.Marshal(mp)
+	return b
+}
+
+func decodeProps(b []byte, mp *storage.MessageProperties) {
+	if len(b) > 0 {
+		json.Unmarshal(b, mp)
+	}
+}
+
+// withoutTag returns a packet without the internal tag.
+func withoutTag(pk packets.Packet) packets.Packet {
+	if _, ok := pubIDOf(pk); !ok {
+		return pk
+	}
+	var user []packets.UserProperty
+	for _, u := range pk.Properties.User {
+		if u.Key != seqProperty {
+			user = append(user, u)
+		}
+	}
+	pk.Properties.User = user
+	return pk
+}

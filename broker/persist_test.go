@@ -1,0 +1,212 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/broker/store"
+	"github.com/roosthub/roost/broker/store/memory"
+	"github.com/roosthub/roost/broker/store/pebble"
+)
+
+// durable is a stack whose hub keeps sessions in a Pebble store, and can be
+// restarted over the same store.
+type durable struct {
+	*stack
+	dir   string
+	store *pebble.Store
+}
+
+func newDurable(t *testing.T) *durable {
+	t.Helper()
+	dir := t.TempDir()
+	st, err := pebble.New(pebble.Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &durable{dir: dir, store: st}
+	d.stack = newStack(t, func(c *broker.Config) { c.Sessions = st })
+	t.Cleanup(func() { d.store.Close() })
+	return d
+}
+
+// restart stops the hub and its store and starts new ones over the same
+// data, on a new port.
+func (d *durable) restart(t *testing.T) {
+	t.Helper()
+	d.hub.Close()
+	if err := d.store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := pebble.New(pebble.Config{Dir: d.dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.store = st
+	hub, err := broker.New(broker.Config{Directory: d.stack.store, Changes: d.stack.store.Changes(), Sessions: st,
+		Log: slog.New(slog.NewTextHandler(d.logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go hub.Serve(ln)
+	t.Cleanup(func() { hub.Close() })
+	d.hub, d.addr = hub, ln.Addr().String()
+}
+
+func keepSession(c *paho.Connect) {
+	c.CleanStart = false
+	c.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600)}
+}
+
+// TestSessionSurvivesRestart: a persistent session's subscriptions and the
+// messages queued for it while offline come back after the hub restarts,
+// in order; then it continues live.
+func TestSessionSurvivesRestart(t *testing.T) {
+	d := newDurable(t)
+	d.tenant("acme")
+	subSecret, pubSecret := d.device("acme", "sub"), d.device("acme", "pub")
+	sub := mustV5(t, d.addr, "acme/sub", subSecret, "sub", keepSession)
+	sub.sub(t, "q/#", 1)
+	sub.Disconnect(&paho.Disconnect{})
+	pub := mustV3(t, d.addr, "acme/pub", pubSecret, "pub", true)
+	for i := range 5 {
+		pub.pub(t, "q/x", fmt.Sprint(i), 1, false)
+	}
+	pub.Disconnect(100)
+
+	d.restart(t)
+	back := mustV5(t, d.addr, "acme/sub", subSecret, "sub", keepSession)
+	if !back.connack.SessionPresent {
+		t.Fatal("the session did not survive the restart")
+	}
+	for i := range 5 {
+		back.expect(t, "q/x", fmt.Sprint(i))
+	}
+	pub2 := mustV5(t, d.addr, "acme/pub", pubSecret, "pub")
+	pub2.pub(t, "q/live", "after", 1, false)
+	back.expect(t, "q/live", "after")
+
+	// Everything was acknowledged: another restart brings nothing back twice.
+	back.Disconnect(&paho.Disconnect{})
+	time.Sleep(100 * time.Millisecond)
+	d.restart(t)
+	again := mustV5(t, d.addr, "acme/sub", subSecret, "sub", keepSession)
+	if !again.connack.SessionPresent {
+		t.Error("the session did not survive the second restart")
+	}
+	again.quiet(t, 300*time.Millisecond, "messages already acknowledged")
+}
+
+// TestRetainedSurvivesRestart: retained messages are stored, and cleared
+// ones stay cleared.
+func TestRetainedSurvivesRestart(t *testing.T) {
+	d := newDurable(t)
+	d.tenant("acme")
+	pub := mustV5(t, d.addr, "acme/pub", d.device("acme", "pub"), "pub")
+	pub.pub(t, "cfg/a", "kept", 0, true)
+	pub.pub(t, "cfg/b", "gone", 1, true)
+	pub.pub(t, "cfg/b", "", 1, true)
+	d.restart(t)
+	sub := mustV5(t, d.addr, "acme/sub", d.device("acme", "sub"), "sub")
+	sub.sub(t, "cfg/#", 1)
+	sub.expect(t, "cfg/a", "kept")
+	sub.quiet(t, 300*time.Millisecond, "a cleared retained message")
+}
+
+// TestCleanStartDropsStoredSession: connecting with a clean start discards
+// what was stored.
+func TestCleanStartDropsStoredSession(t *testing.T) {
+	d := newDurable(t)
+	d.tenant("acme")
+	secret := d.device("acme", "sub")
+	sub := mustV5(t, d.addr, "acme/sub", secret, "sub", keepSession)
+	sub.sub(t, "q/#", 1)
+	sub.Disconnect(&paho.Disconnect{})
+	mustV5(t, d.addr, "acme/pub", d.device("acme", "pub"), "pub").pub(t, "q/x", "old", 1, false)
+	clean := mustV5(t, d.addr, "acme/sub", secret, "sub") // clean start
+	clean.Disconnect(&paho.Disconnect{})
+	time.Sleep(100 * time.Millisecond)
+	d.restart(t)
+	back := mustV5(t, d.addr, "acme/sub", secret, "sub", keepSession)
+	if back.connack.SessionPresent {
+		t.Error("a session discarded by a clean start came back")
+	}
+	back.quiet(t, 300*time.Millisecond, "a message for a discarded session")
+}
+
+// failing wraps a store and fails appends and retained writes on demand.
+type failing struct {
+	*memory.Store
+	fail atomic.Bool
+}
+
+var errDown = errors.New("store down")
+
+func (f *failing) Append(ctx context.Context, tenant string, items []store.Item) ([]uint64, error) {
+	if f.fail.Load() {
+		return nil, errDown
+	}
+	return f.Store.Append(ctx, tenant, items)
+}
+
+func (f *failing) SetRetained(ctx context.Context, tenant string, m store.Message) error {
+	if f.fail.Load() {
+		return errDown
+	}
+	return f.Store.SetRetained(ctx, tenant, m)
+}
+
+// TestNoAckWithoutStore: when the store cannot take a message, no publisher
+// is acknowledged and nothing is delivered; QoS 0 without persistence is not
+// affected.
+func TestNoAckWithoutStore(t *testing.T) {
+	st := &failing{Store: memory.New()}
+	s := newStack(t, func(c *broker.Config) { c.Sessions = st })
+	s.tenant("acme")
+	sub := mustV5(t, s.addr, "acme/sub", s.device("acme", "sub"), "sub", keepSession)
+	sub.sub(t, "q/#", 1)
+	pub5 := mustV5(t, s.addr, "acme/pub5", s.device("acme", "pub5"), "pub5")
+	pub3 := mustV3(t, s.addr, "acme/pub3", s.device("acme", "pub3"), "pub3", true)
+	st.fail.Store(true)
+
+	if r := pub5.pub(t, "q/x", "lost?", 1, false); r.ReasonCode < 0x80 {
+		t.Errorf("MQTT 5 QoS 1 with the store down: PUBACK 0x%02x, want an error code", r.ReasonCode)
+	}
+	tok := pub3.Publish("q/x", 1, false, "lost?")
+	if tok.WaitTimeout(2*time.Second) && tok.Error() == nil {
+		t.Error("a 3.1.1 QoS 1 publish was acknowledged with the store down")
+	}
+	select {
+	case <-pub3.lost:
+	case <-time.After(2 * time.Second):
+		t.Error("the 3.1.1 publisher was not disconnected")
+	}
+	if r := pub5.pub(t, "cfg/r", "retained", 1, true); r.ReasonCode < 0x80 {
+		t.Errorf("retained publish with the store down: 0x%02x", r.ReasonCode)
+	}
+	sub.quiet(t, 300*time.Millisecond, "a message that was not stored")
+	if err := s.hub.Publish(context.Background(), "acme", broker.Message{Topic: "q/api", Payload: []byte("x"), QoS: 1}); err == nil {
+		t.Error("an API publish reported success with the store down")
+	}
+
+	// QoS 0 is not persisted, so it still flows.
+	pub5.pub(t, "q/zero", "fine", 0, false)
+	sub.expect(t, "q/zero", "fine")
+
+	st.fail.Store(false)
+	pub5.pub(t, "q/x", "stored", 1, false)
+	sub.expect(t, "q/x", "stored")
+}
