@@ -315,7 +315,10 @@ func (p *persistence) restore() ([]storage.Client, []storage.Subscription, []sto
 		}
 		ids := map[uint16]uint64{}
 		for i, q := range queued {
-			id := uint16(i + 1)
+			// Packet ids from the top of the range: mochi refuses a
+			// client's SUBSCRIBE whose id equals an outbound inflight id,
+			// and clients number their packets from 1.
+			id := uint16(0xffff - i)
 			ids[id] = q.Seq
 			p.outstanding[s.ClientID] = append(p.outstanding[s.ClientID], q.Seq)
 			inflight = append(inflight, fromStore(q.Message, s.ClientID, id, base+int64(i)))

@@ -26,6 +26,10 @@ type config struct {
 	ConnectTimeout time.Duration
 	// InstanceIdle is how long a tenant broker with nothing in it stays up.
 	InstanceIdle time.Duration
+	// SessionStore keeps persistent sessions: embedded, memory, redis or hbase.
+	SessionStore string
+	RedisURL     string
+	HBaseURL     string
 }
 
 // setting describes one configuration value.
@@ -48,6 +52,9 @@ func (c *config) settings() []setting {
 		{"token-ttl", "lifetime of a console session token", "12h", &c.TokenTTL},
 		{"connect-timeout", "how long a new MQTT connection may take to send CONNECT", "10s", &c.ConnectTimeout},
 		{"instance-idle", "how long a tenant's broker with no connections, sessions or retained messages stays up", "5m", &c.InstanceIdle},
+		{"session-store", "where persistent sessions live: embedded (Pebble in the data dir), memory, redis or hbase", "embedded", &c.SessionStore},
+		{"redis-url", "redis://host:port/db for the redis session store", "", &c.RedisURL},
+		{"hbase-url", "http://host:port of HBase's REST gateway for the hbase session store", "", &c.HBaseURL},
 	}
 }
 
@@ -126,6 +133,19 @@ func (c *config) Validate() error {
 	}
 	if c.InstanceIdle < time.Second {
 		return errors.New("ROOST_INSTANCE_IDLE: must be at least 1s")
+	}
+	switch c.SessionStore {
+	case "embedded", "memory":
+	case "redis":
+		if u, err := url.Parse(c.RedisURL); err != nil || (u.Scheme != "redis" && u.Scheme != "rediss") || u.Host == "" {
+			return errors.New("ROOST_REDIS_URL: the redis session store needs redis://host:port[/db]")
+		}
+	case "hbase":
+		if u, err := url.Parse(c.HBaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return errors.New("ROOST_HBASE_URL: the hbase session store needs http://host:port of the REST gateway")
+		}
+	default:
+		return fmt.Errorf("ROOST_SESSION_STORE: %q is not embedded, memory, redis or hbase", c.SessionStore)
 	}
 	if c.AdminToken != "" && len(c.AdminToken) < 16 {
 		return errors.New("ROOST_ADMIN_TOKEN: must be at least 16 characters, or empty to generate one")

@@ -18,6 +18,10 @@ import (
 	"github.com/roosthub/roost"
 	"github.com/roosthub/roost/api"
 	"github.com/roosthub/roost/broker"
+	hbasestore "github.com/roosthub/roost/broker/store/hbase"
+	memstore "github.com/roosthub/roost/broker/store/memory"
+	pebblestore "github.com/roosthub/roost/broker/store/pebble"
+	redisstore "github.com/roosthub/roost/broker/store/redis"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -56,7 +60,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	defer store.Close()
-	log.Info("store ready", "database", store.Dialect())
+	log.Info("store ready", "database", store.Dialect(), "sessions", c.SessionStore)
 
 	adminToken, generated, err := adminToken(c)
 	if err != nil {
@@ -74,7 +78,13 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return fmt.Errorf("session signing key in the store is damaged: %w", err)
 	}
+	sessions, err := openSessions(ctx, c, log)
+	if err != nil {
+		return err
+	}
+	defer sessions.Close()
 	hub, err := broker.New(broker.Config{
+		Sessions:       sessions,
 		Directory:      store,
 		Changes:        store.Changes(),
 		Log:            log,
@@ -143,6 +153,32 @@ func displayAddr(a net.Addr) string {
 		return a.String()
 	}
 	return net.JoinHostPort("localhost", fmt.Sprint(tcp.Port))
+}
+
+// openSessions opens the session store the configuration names.
+func openSessions(ctx context.Context, c *config, log *slog.Logger) (broker.SessionStore, error) {
+	switch c.SessionStore {
+	case "memory":
+		log.Warn("sessions are kept in memory only: a restart loses persistent sessions and retained messages")
+		return memstore.New(), nil
+	case "redis":
+		s, err := redisstore.New(ctx, redisstore.Config{URL: c.RedisURL})
+		if err != nil {
+			return nil, fmt.Errorf("ROOST_REDIS_URL: %w", err)
+		}
+		return s, nil
+	case "hbase":
+		s, err := hbasestore.New(ctx, hbasestore.Config{URL: c.HBaseURL})
+		if err != nil {
+			return nil, fmt.Errorf("ROOST_HBASE_URL: %w", err)
+		}
+		return s, nil
+	}
+	s, err := pebblestore.New(pebblestore.Config{Dir: filepath.Join(c.DataDir, "sessions")})
+	if err != nil {
+		return nil, fmt.Errorf("ROOST_DATA_DIR: %w", err)
+	}
+	return s, nil
 }
 
 const adminTokenFile = "admin-token"

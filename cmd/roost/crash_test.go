@@ -1,0 +1,300 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/roosthub/roost/internal/testenv"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// roostBinary builds the roost binary once for the tests that run it as a
+// separate process.
+func roostBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "roost-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "roost")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("%v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatalf("build roost: %v", buildErr)
+	}
+	return binPath
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// process is a `roost serve` subprocess that can be killed and started
+// again on the same addresses and data.
+type process struct {
+	t        *testing.T
+	env      []string
+	httpAddr string
+	mqttAddr string
+	cmd      *exec.Cmd
+	log      *bytes.Buffer
+}
+
+func (p *process) start() {
+	p.t.Helper()
+	p.cmd = exec.Command(roostBinary(p.t), "serve")
+	p.cmd.Env = append(os.Environ(), p.env...)
+	p.log = &bytes.Buffer{}
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if err := p.cmd.Start(); err != nil {
+		p.t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get("http://" + p.httpAddr + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.cmd.Process.Kill()
+	p.cmd.Wait()
+	p.t.Fatalf("roost serve did not become ready:\n%s", p.log)
+}
+
+func (p *process) kill() {
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	p.cmd.Wait()
+}
+
+func (p *process) api(method, path, token string, body any, out any) {
+	p.t.Helper()
+	b, _ := json.Marshal(body)
+	req, _ := http.NewRequest(method, "http://"+p.httpAddr+path, bytes.NewReader(b))
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		p.t.Fatalf("%s %s: %s", method, path, resp.Status)
+	}
+	if out != nil {
+		json.NewDecoder(resp.Body).Decode(out)
+	}
+}
+
+// mqttClient connects a paho v5 client; onMsg gets every message.
+func mqttClient(addr, user, secret, id string, persistent bool, onMsg func(*paho.Publish)) (*paho.Client, error) {
+	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	c := paho.NewClient(paho.ClientConfig{Conn: conn, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+		func(pr paho.PublishReceived) (bool, error) {
+			if onMsg != nil {
+				onMsg(pr.Packet)
+			}
+			return true, nil
+		}}})
+	cp := &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: !persistent, Username: user, UsernameFlag: true, Password: []byte(secret), PasswordFlag: true}
+	if persistent {
+		cp.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600)}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := c.Connect(ctx, cp); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// TestCrashLosesNoAcknowledgedMessage kills `roost serve` with SIGKILL at
+// random moments while a publisher sends numbered QoS 1 messages to a
+// persistent subscriber. Every number the publisher got a PUBACK for must
+// reach the subscriber at least once.
+func TestCrashLosesNoAcknowledgedMessage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("kills and restarts a server twenty times")
+	}
+	stores := map[string][]string{"embedded": {"ROOST_SESSION_STORE=embedded"}}
+	if url := os.Getenv("ROOST_TEST_REDIS_URL"); url != "" {
+		stores["redis"] = []string{"ROOST_SESSION_STORE=redis", "ROOST_REDIS_URL=" + url}
+	} else if testenv.Strict() {
+		t.Fatal("ROOST_TEST_REDIS_URL is not set (ROOST_TEST_STRICT=1 turns this skip into a failure)")
+	} else {
+		t.Log("ROOST_TEST_REDIS_URL is not set: crash-testing the embedded store only")
+	}
+	for name, env := range stores {
+		t.Run(name, func(t *testing.T) { crashTest(t, env) })
+	}
+}
+
+func crashTest(t *testing.T, storeEnv []string) {
+	b := make([]byte, 4)
+	rand.Read(b)
+	tenant := "crash-" + hex.EncodeToString(b)
+	p := &process{t: t, httpAddr: freeAddr(t), mqttAddr: freeAddr(t)}
+	p.env = append([]string{
+		"ROOST_DATA_DIR=" + t.TempDir(), "ROOST_HTTP_ADDR=" + p.httpAddr, "ROOST_MQTT_ADDR=" + p.mqttAddr,
+		"ROOST_ADMIN_TOKEN=rop_crash-test-token-0123456789",
+	}, storeEnv...)
+	p.start()
+	var session struct{ Token string }
+	p.api("POST", "/v1/signup", "", map[string]string{"email": tenant + "@example.com", "password": "correct horse battery"}, &session)
+	p.api("POST", "/v1/tenants", session.Token, map[string]string{"slug": tenant}, nil)
+	var sub, pub struct{ Secret string }
+	p.api("POST", "/v1/tenants/"+tenant+"/devices", session.Token, map[string]string{"name": "sub"}, &sub)
+	p.api("POST", "/v1/tenants/"+tenant+"/devices", session.Token, map[string]string{"name": "pub"}, &pub)
+
+	var mu sync.Mutex
+	received := map[int]int{}
+	acked := map[int]bool{}
+	onMsg := func(m *paho.Publish) {
+		n, err := strconv.Atoi(string(m.Payload))
+		if err == nil {
+			mu.Lock()
+			received[n]++
+			mu.Unlock()
+		}
+	}
+	subscribe := func() *paho.Client {
+		c, err := mqttClient(p.mqttAddr, tenant+"/sub", sub.Secret, "sub", true, onMsg)
+		if err != nil {
+			t.Fatalf("subscriber: %v\n%s", err, p.log)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		if sa, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "seq", QoS: 1}}}); err != nil {
+			t.Fatalf("subscribe: %v (%+v)\n%s", err, sa, p.log)
+		}
+		return c
+	}
+	subscribe().Disconnect(&paho.Disconnect{}) // the session and its subscription exist before the first kill
+
+	const kills = 20
+	next := 0
+	for round := range kills {
+		if round > 0 {
+			p.start()
+		}
+		sc := subscribe()
+		pc, err := mqttClient(p.mqttAddr, tenant+"/pub", pub.Secret, "pub", false, nil)
+		if err != nil {
+			t.Fatalf("publisher: %v", err)
+		}
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				n := next
+				next++
+				ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+				r, err := pc.Publish(ctx, &paho.Publish{Topic: "seq", QoS: 1, Payload: []byte(strconv.Itoa(n))})
+				cancel()
+				if err != nil {
+					return // the server died under us: not acknowledged
+				}
+				if r != nil && r.ReasonCode < 0x80 {
+					mu.Lock()
+					acked[n] = true
+					mu.Unlock()
+				}
+			}
+		}()
+		wait := make([]byte, 1)
+		rand.Read(wait)
+		time.Sleep(time.Duration(50+int(wait[0])) * time.Millisecond)
+		p.kill()
+		close(stop)
+		<-done
+		sc.Disconnect(&paho.Disconnect{})
+	}
+
+	// A last start: the subscriber drains what was queued for it.
+	p.start()
+	defer p.kill()
+	sc := subscribe()
+	defer sc.Disconnect(&paho.Disconnect{})
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		mu.Lock()
+		missing := 0
+		for n := range acked {
+			if received[n] == 0 {
+				missing++
+			}
+		}
+		mu.Unlock()
+		if missing == 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	var lost []int
+	dups := 0
+	for n := range acked {
+		if received[n] == 0 {
+			lost = append(lost, n)
+		}
+	}
+	for _, c := range received {
+		if c > 1 {
+			dups += c - 1
+		}
+	}
+	t.Logf("%d kills; %d messages acknowledged, %d received, %d duplicates", kills, len(acked), len(received), dups)
+	if len(acked) < kills {
+		t.Errorf("only %d messages were acknowledged: the test did not exercise the store", len(acked))
+	}
+	if len(lost) > 0 {
+		t.Errorf("%d acknowledged messages were never received, e.g. %v", len(lost), lost[:min(len(lost), 10)])
+	}
+}
