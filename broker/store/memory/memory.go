@@ -103,7 +103,10 @@ func (s *Store) Trim(_ context.Context, tenant, clientID string, upTo uint64) er
 		return nil
 	}
 	i := sort.Search(len(q.items), func(i int) bool { return q.items[i].Seq > upTo })
-	q.items = slices.Clone(q.items[i:])
+	q.items = q.items[i:]
+	if cap(q.items) > 2*len(q.items)+64 {
+		q.items = slices.Clone(q.items) // let the trimmed head go
+	}
 	return nil
 }
 

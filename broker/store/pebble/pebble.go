@@ -32,6 +32,9 @@ type Store struct {
 	// read from the 'm' key on first use.
 	seqMu sync.Mutex
 	seqs  map[string]uint64
+	// trimmed is, per queue, the number up to which it has been trimmed
+	// since the store was opened.
+	trimmed map[string]uint64
 
 	appends    chan *appendReq
 	closed     chan struct{}
@@ -55,7 +58,7 @@ func New(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open session store in %s: %w", cfg.Dir, err)
 	}
-	s := &Store{db: db, seqs: map[string]uint64{}, appends: make(chan *appendReq), closed: make(chan struct{}), writerDone: make(chan struct{})}
+	s := &Store{db: db, seqs: map[string]uint64{}, trimmed: map[string]uint64{}, appends: make(chan *appendReq), closed: make(chan struct{}), writerDone: make(chan struct{})}
 	go s.writer()
 	return s, nil
 }
@@ -131,7 +134,13 @@ func (s *Store) DeleteSession(_ context.Context, tenant, clientID string) error 
 	b.Delete(clientKey('s', tenant, clientID), nil)
 	qp := clientKey('q', tenant, clientID)
 	b.DeleteRange(qp, upperBound(qp), nil)
-	return b.Commit(pebble.Sync)
+	if err := b.Commit(pebble.Sync); err != nil {
+		return err
+	}
+	s.seqMu.Lock()
+	delete(s.trimmed, string(clientKey('m', tenant, clientID)))
+	s.seqMu.Unlock()
+	return nil
 }
 
 // Append stores the items and returns their sequence numbers once they are
@@ -275,9 +284,40 @@ func (s *Store) Read(_ context.Context, tenant, clientID string, after uint64, l
 	return out, it.Error()
 }
 
-// Trim deletes the queue's messages up to and including upTo, as one range.
+// Trim deletes the queue's messages up to and including upTo. It deletes
+// them key by key: range tombstones, one per delivered batch, would pile up
+// in front of every later read. Trims are not synced: a trim lost in a crash
+// only means those messages are delivered again, which at-least-once allows.
+//
+// Deleted keys stay as tombstones until compaction, so each trim starts
+// where the last one of the queue ended instead of at the queue's head.
 func (s *Store) Trim(_ context.Context, tenant, clientID string, upTo uint64) error {
-	return s.db.DeleteRange(queueKey(tenant, clientID, 0), queueKey(tenant, clientID, upTo+1), pebble.Sync)
+	mk := string(clientKey('m', tenant, clientID))
+	s.seqMu.Lock()
+	from := s.trimmed[mk]
+	s.seqMu.Unlock()
+	if upTo <= from {
+		return nil
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: queueKey(tenant, clientID, from+1), UpperBound: queueKey(tenant, clientID, upTo+1)})
+	if err != nil {
+		return err
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	for it.First(); it.Valid(); it.Next() {
+		b.Delete(it.Key(), nil)
+	}
+	if err := it.Close(); err != nil {
+		return err
+	}
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return err
+	}
+	s.seqMu.Lock()
+	s.trimmed[mk] = max(s.trimmed[mk], upTo)
+	s.seqMu.Unlock()
+	return nil
 }
 
 func (s *Store) QueueInfo(ctx context.Context, tenant, clientID string) (store.QueueInfo, error) {
