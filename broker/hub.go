@@ -454,6 +454,9 @@ func (h *Hub) reapIdle() {
 	h.mu.Lock()
 	now := h.now()
 	for slug, inst := range h.instances {
+		if inst.persist != nil {
+			inst.persist.sweep(time.Now().Add(-time.Minute))
+		}
 		if inst.idle() && now.Sub(inst.lastActive) >= h.cfg.IdleTimeout {
 			delete(h.instances, slug)
 			idle = append(idle, inst)

@@ -52,8 +52,8 @@ type persistence struct {
 	mu      sync.Mutex
 	nextPub uint64
 	// pubs maps a publish id to the store number of each session's copy,
-	// until mochi has handed every copy to its client.
-	pubs map[string]map[string]uint64
+	// until mochi has routed it.
+	pubs map[string]pubCopies
 	// inflight maps a client's outbound packet id to the store number of
 	// the message it carries.
 	inflight map[string]map[uint16]uint64
@@ -68,8 +68,26 @@ type persistence struct {
 func newPersistence(st SessionStore, inst *instance) *persistence {
 	return &persistence{
 		st: st, tenant: inst.tenant, inst: inst,
-		pubs: map[string]map[string]uint64{}, inflight: map[string]map[uint16]uint64{},
+		pubs: map[string]pubCopies{}, inflight: map[string]map[uint16]uint64{},
 		outstanding: map[string][]uint64{}, devices: map[string]string{},
+	}
+}
+
+type pubCopies struct {
+	seqs map[string]uint64 // client id → store number
+	at   time.Time
+}
+
+// sweep forgets tags of publishes mochi never finished routing (it skips
+// OnPublished when it cannot write the publisher's ack). Their copies stay
+// in the store and are delivered after a restart.
+func (p *persistence) sweep(olderThan time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, c := range p.pubs {
+		if c.at.Before(olderThan) {
+			delete(p.pubs, id)
+		}
 	}
 }
 
@@ -134,7 +152,7 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		copies[it.ClientID] = seqs[i]
 		p.outstanding[it.ClientID] = append(p.outstanding[it.ClientID], seqs[i])
 	}
-	p.pubs[pubID] = copies
+	p.pubs[pubID] = pubCopies{seqs: copies, at: time.Now()}
 	p.mu.Unlock()
 	pk.Properties.User = append(slices.Clone(pk.Properties.User), packets.UserProperty{Key: seqProperty, Val: pubID})
 	return pk, nil
@@ -157,7 +175,7 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	seq, ok := p.pubs[pubID][cl.ID]
+	seq, ok := p.pubs[pubID].seqs[cl.ID]
 	if !ok {
 		return
 	}
