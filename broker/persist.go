@@ -63,13 +63,16 @@ type persistence struct {
 	// devices maps restored sessions' client ids to their devices, for ACL
 	// checks before the client reconnects.
 	devices map[string]string
+	// stored holds the client ids that have a session record in the store,
+	// so that the many clean connections cost no store write.
+	stored map[string]bool
 }
 
 func newPersistence(st SessionStore, inst *instance) *persistence {
 	return &persistence{
 		st: st, tenant: inst.tenant, inst: inst,
 		pubs: map[string]pubCopies{}, inflight: map[string]map[uint16]uint64{},
-		outstanding: map[string][]uint64{}, devices: map[string]string{},
+		outstanding: map[string][]uint64{}, devices: map[string]string{}, stored: map[string]bool{},
 	}
 }
 
@@ -277,7 +280,11 @@ func (p *persistence) save(cl *mqtt.Client, disconnected time.Time) {
 	defer cancel()
 	var err error
 	if persistent(cl) {
-		err = p.st.SaveSession(ctx, p.tenant, p.sessionRecord(cl, disconnected))
+		if err = p.st.SaveSession(ctx, p.tenant, p.sessionRecord(cl, disconnected)); err == nil {
+			p.mu.Lock()
+			p.stored[cl.ID] = true
+			p.mu.Unlock()
+		}
 	} else {
 		err = p.drop(ctx, cl.ID)
 	}
@@ -287,12 +294,18 @@ func (p *persistence) save(cl *mqtt.Client, disconnected time.Time) {
 }
 
 // drop forgets a session: its record, its queue and what is tracked for it.
+// A client id with nothing stored costs no store write.
 func (p *persistence) drop(ctx context.Context, clientID string) error {
 	p.mu.Lock()
 	delete(p.inflight, clientID)
 	delete(p.outstanding, clientID)
 	delete(p.devices, clientID)
+	stored := p.stored[clientID]
+	delete(p.stored, clientID)
 	p.mu.Unlock()
+	if !stored {
+		return nil
+	}
 	return p.st.DeleteSession(ctx, p.tenant, clientID)
 }
 
@@ -323,6 +336,7 @@ func (p *persistence) restore() ([]storage.Client, []storage.Subscription, []sto
 		}
 		clients = append(clients, c)
 		p.devices[s.ClientID] = s.Device
+		p.stored[s.ClientID] = true
 		for _, sub := range s.Subscriptions {
 			subs = append(subs, storage.Subscription{T: storage.SubscriptionKey, Client: s.ClientID, Filter: sub.Filter, Qos: sub.QoS,
 				NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, RetainHandling: sub.RetainHandling, Identifier: sub.Identifier})
