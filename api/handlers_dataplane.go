@@ -17,6 +17,7 @@ import (
 // satisfies it.
 type DataPlane interface {
 	Connections(tenant, device string) []broker.Connection
+	Queue(tenant, device string) broker.QueueStats
 	Disconnect(tenant, device string) int
 	Publish(ctx context.Context, tenant string, m broker.Message) error
 }
@@ -30,6 +31,7 @@ type deviceStatus struct {
 	Online      bool                `json:"online"`
 	Connections []broker.Connection `json:"connections"`
 	LastSeenAt  *time.Time          `json:"last_seen_at"`
+	broker.QueueStats
 }
 
 // liveDevice finds the device of the path for a data-plane route.
@@ -57,7 +59,8 @@ func handleDeviceStatus(ds deviceStore, dp DataPlane) handler {
 			now := time.Now().UTC()
 			seen = &now
 		}
-		writeJSON(w, http.StatusOK, deviceStatus{Device: d.Name, Online: len(conns) > 0, Connections: conns, LastSeenAt: seen})
+		writeJSON(w, http.StatusOK, deviceStatus{Device: d.Name, Online: len(conns) > 0, Connections: conns, LastSeenAt: seen,
+			QueueStats: dp.Queue(d.Tenant, d.Name)})
 		return nil
 	}
 }

@@ -129,6 +129,16 @@ func (h *Hub) Disconnect(tenant, device string) int {
 	return len(clients)
 }
 
+// Queue reports what a device's persistent sessions hold: zero values when
+// its tenant's broker is not running or keeps no sessions.
+func (h *Hub) Queue(tenant, device string) QueueStats {
+	inst := h.running(tenant)
+	if inst == nil || inst.persist == nil {
+		return QueueStats{}
+	}
+	return inst.persist.queueStats(device)
+}
+
 // Message is a publish made through the API.
 type Message struct {
 	Topic   string

@@ -43,6 +43,9 @@ func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet
 	if pk.FixedHeader.Type == packets.Publish {
 		return withoutTag(pk)
 	}
+	if pk.FixedHeader.Type == packets.Connack && pk.SessionPresent && h.inst.persist != nil {
+		h.inst.persist.orderResend(cl)
+	}
 	if pk.FixedHeader.Type == packets.Connack && pk.ProtocolVersion == 5 && pk.ReasonCode < 0x80 {
 		caps := h.inst.server.Options.Capabilities
 		pk.Properties.MaximumPacketSize = caps.MaximumPacketSize

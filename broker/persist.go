@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -66,13 +67,16 @@ type persistence struct {
 	// stored holds the client ids that have a session record in the store,
 	// so that the many clean connections cost no store write.
 	stored map[string]bool
+	// dropped counts, per client id, messages dropped from a full queue
+	// since the tenant's broker started.
+	dropped map[string]int64
 }
 
 func newPersistence(st SessionStore, inst *instance) *persistence {
 	return &persistence{
 		st: st, tenant: inst.tenant, inst: inst,
 		pubs: map[string]pubCopies{}, inflight: map[string]map[uint16]uint64{},
-		outstanding: map[string][]uint64{}, devices: map[string]string{}, stored: map[string]bool{},
+		outstanding: map[string][]uint64{}, devices: map[string]string{}, stored: map[string]bool{}, dropped: map[string]int64{},
 	}
 }
 
@@ -142,6 +146,7 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	if len(items) == 0 {
 		return pk, nil
 	}
+	p.makeRoom(ctx, items)
 	seqs, err := p.st.Append(ctx, p.tenant, items)
 	if err != nil {
 		p.inst.log.Error("queue message for persistent sessions", "topic", pk.TopicName, "sessions", len(items), "err", err)
@@ -159,6 +164,101 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	p.mu.Unlock()
 	pk.Properties.User = append(slices.Clone(pk.Properties.User), packets.UserProperty{Key: seqProperty, Val: pubID})
 	return pk, nil
+}
+
+// makeRoom keeps each queue within the tenant's max_queued: a full queue
+// drops its oldest message, in the store and in mochi's inflight state, and
+// counts it.
+func (p *persistence) makeRoom(ctx context.Context, items []store.Item) {
+	limit := int(p.inst.server.Options.Capabilities.MaximumInflight)
+	for _, it := range items {
+		p.mu.Lock()
+		out := p.outstanding[it.ClientID]
+		if len(out) < limit {
+			p.mu.Unlock()
+			continue
+		}
+		oldest := out[0]
+		p.outstanding[it.ClientID] = out[1:]
+		p.dropped[it.ClientID]++
+		var packetID uint16
+		for id, seq := range p.inflight[it.ClientID] {
+			if seq == oldest {
+				packetID = id
+				delete(p.inflight[it.ClientID], id)
+				break
+			}
+		}
+		p.mu.Unlock()
+		if cl, ok := p.inst.server.Clients.Get(it.ClientID); ok && packetID != 0 {
+			cl.State.Inflight.Delete(packetID)
+		}
+		if err := p.st.Trim(ctx, p.tenant, it.ClientID, oldest); err != nil {
+			p.inst.log.Warn("drop the oldest queued message", "client_id", it.ClientID, "err", err)
+		}
+		p.inst.log.Info("queue full: oldest message dropped", "client_id", it.ClientID, "limit", limit)
+	}
+}
+
+// orderResend runs as a resumed session's CONNACK is encoded, just before
+// mochi resends its inflight messages. mochi sorts them by uint16(Created),
+// a time in seconds, so messages queued within one second would go out in
+// any order; this gives them increasing Created values in queue order.
+func (p *persistence) orderResend(cl *mqtt.Client) {
+	p.mu.Lock()
+	bySeq := p.inflight[cl.ID]
+	type entry struct {
+		seq uint64
+		pk  packets.Packet
+	}
+	var entries []entry
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		if seq, ok := bySeq[pk.PacketID]; ok && pk.FixedHeader.Type == packets.Publish {
+			entries = append(entries, entry{seq, pk})
+		}
+	}
+	p.mu.Unlock()
+	slices.SortFunc(entries, func(a, b entry) int { return cmp.Compare(a.seq, b.seq) })
+	base := time.Now().Unix() &^ 0xffff
+	for i, e := range entries {
+		e.pk.Created = base + int64(i)
+		cl.State.Inflight.Set(e.pk)
+	}
+}
+
+// QueueStats describes what a device's persistent sessions hold.
+type QueueStats struct {
+	Queued  int        `json:"queued"`
+	Oldest  *time.Time `json:"oldest_queued_at"`
+	Dropped int64      `json:"dropped"`
+}
+
+// queueStats sums a device's sessions' queues.
+func (p *persistence) queueStats(device string) QueueStats {
+	p.mu.Lock()
+	var cids []string
+	var qs QueueStats
+	for cid, d := range p.devices {
+		if d == device {
+			cids = append(cids, cid)
+			qs.Queued += len(p.outstanding[cid])
+			qs.Dropped += p.dropped[cid]
+		}
+	}
+	p.mu.Unlock()
+	ctx, cancel := storeCtx()
+	defer cancel()
+	for _, cid := range cids {
+		info, err := p.st.QueueInfo(ctx, p.tenant, cid)
+		if err != nil || info.Len == 0 {
+			continue
+		}
+		if qs.Oldest == nil || info.Oldest.Before(*qs.Oldest) {
+			o := info.Oldest
+			qs.Oldest = &o
+		}
+	}
+	return qs
 }
 
 func pubIDOf(pk packets.Packet) (string, bool) {
@@ -280,9 +380,11 @@ func (p *persistence) save(cl *mqtt.Client, disconnected time.Time) {
 	defer cancel()
 	var err error
 	if persistent(cl) {
-		if err = p.st.SaveSession(ctx, p.tenant, p.sessionRecord(cl, disconnected)); err == nil {
+		rec := p.sessionRecord(cl, disconnected)
+		if err = p.st.SaveSession(ctx, p.tenant, rec); err == nil {
 			p.mu.Lock()
 			p.stored[cl.ID] = true
+			p.devices[cl.ID] = rec.Device
 			p.mu.Unlock()
 		}
 	} else {
@@ -300,6 +402,7 @@ func (p *persistence) drop(ctx context.Context, clientID string) error {
 	delete(p.inflight, clientID)
 	delete(p.outstanding, clientID)
 	delete(p.devices, clientID)
+	delete(p.dropped, clientID)
 	stored := p.stored[clientID]
 	delete(p.stored, clientID)
 	p.mu.Unlock()

@@ -16,6 +16,7 @@ import (
 	"github.com/roosthub/roost/broker/store"
 	"github.com/roosthub/roost/broker/store/memory"
 	"github.com/roosthub/roost/broker/store/pebble"
+	"github.com/roosthub/roost/tenants"
 )
 
 // durable is a stack whose hub keeps sessions in a Pebble store, and can be
@@ -209,4 +210,33 @@ func TestNoAckWithoutStore(t *testing.T) {
 	st.fail.Store(false)
 	pub5.pub(t, "q/x", "stored", 1, false)
 	sub.expect(t, "q/x", "stored")
+}
+
+// TestQueueOverflowDropsOldest: an offline session's queue holds at most
+// max_queued messages; beyond that the oldest go, and are counted.
+func TestQueueOverflowDropsOldest(t *testing.T) {
+	d := newDurable(t)
+	d.tenant("acme")
+	five := int64(5)
+	if _, err := d.stack.store.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Quotas: map[string]*int64{"max_queued": &five}}); err != nil {
+		t.Fatal(err)
+	}
+	secret := d.device("acme", "sub")
+	sub := mustV5(t, d.addr, "acme/sub", secret, "sub", keepSession)
+	sub.sub(t, "q/#", 1)
+	sub.Disconnect(&paho.Disconnect{})
+	pub := mustV5(t, d.addr, "acme/pub", d.device("acme", "pub"), "pub")
+	for i := range 12 {
+		pub.pub(t, "q/x", fmt.Sprint(i), 1, false)
+	}
+	qs := d.hub.Queue("acme", "sub")
+	if qs.Queued != 5 || qs.Dropped != 7 || qs.Oldest == nil {
+		t.Errorf("queue stats: got %+v, want 5 queued, 7 dropped, an oldest time", qs)
+	}
+	back := mustV5(t, d.addr, "acme/sub", secret, "sub", keepSession)
+	for i := 7; i < 12; i++ {
+		back.expect(t, "q/x", fmt.Sprint(i))
+	}
+	back.quiet(t, 300*time.Millisecond, "a dropped message")
+	eventually(t, 2*time.Second, "queue drained", func() bool { return d.hub.Queue("acme", "sub").Queued == 0 })
 }
