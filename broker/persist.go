@@ -428,10 +428,19 @@ func (p *persistence) restore() ([]storage.Client, []storage.Subscription, []sto
 	// Numbers for Created such that mochi, which resends a session's
 	// inflight messages sorted by uint16(Created), resends them in queue
 	// order.
-	base := time.Now().Unix() &^ 0xffff
+	now := time.Now()
+	base := now.Unix() &^ 0xffff
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, s := range sessions {
+		// A session whose client stayed away past its expiry is gone,
+		// with its queue.
+		if !s.DisconnectedAt.IsZero() && now.After(s.DisconnectedAt.Add(time.Duration(s.Expiry)*time.Second)) {
+			if err := p.st.DeleteSession(ctx, p.tenant, s.ClientID); err != nil {
+				return nil, nil, nil, nil, err
+			}
+			continue
+		}
 		c := storage.Client{ID: s.ClientID, T: storage.ClientKey, Listener: listenerID, ProtocolVersion: s.ProtocolVersion,
 			Username: []byte(tenants.Username(p.tenant, s.Device))}
 		if s.ProtocolVersion == 5 {
@@ -448,6 +457,19 @@ func (p *persistence) restore() ([]storage.Client, []storage.Subscription, []sto
 		if err != nil {
 			return nil, nil, nil, nil, err
 		}
+		// Messages past their expiry are not delivered.
+		live := queued[:0]
+		for _, q := range queued {
+			if q.Expires.IsZero() || now.Before(q.Expires) {
+				live = append(live, q)
+			}
+		}
+		if n := len(queued) - len(live); n > 0 && len(live) == 0 {
+			if err := p.st.Trim(ctx, p.tenant, s.ClientID, queued[len(queued)-1].Seq); err != nil {
+				return nil, nil, nil, nil, err
+			}
+		}
+		queued = live
 		ids := map[uint16]uint64{}
 		for i, q := range queued {
 			// Packet ids from the top of the range: mochi refuses a

@@ -240,3 +240,53 @@ func TestQueueOverflowDropsOldest(t *testing.T) {
 	back.quiet(t, 300*time.Millisecond, "a dropped message")
 	eventually(t, 2*time.Second, "queue drained", func() bool { return d.hub.Queue("acme", "sub").Queued == 0 })
 }
+
+// TestExpiryHonouredAfterRestart: a session that expired while the hub was
+// down is not restored, and its data is deleted; an expired message in a
+// live session's queue is not delivered.
+func TestExpiryHonouredAfterRestart(t *testing.T) {
+	d := newDurable(t)
+	d.tenant("acme")
+	shortSecret, longSecret := d.device("acme", "short"), d.device("acme", "long")
+	short := mustV5(t, d.addr, "acme/short", shortSecret, "short", func(c *paho.Connect) {
+		c.CleanStart = false
+		c.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(1)}
+	})
+	short.sub(t, "q/#", 1)
+	long := mustV5(t, d.addr, "acme/long", longSecret, "long", keepSession)
+	long.sub(t, "q/#", 1)
+	short.Disconnect(&paho.Disconnect{})
+	long.Disconnect(&paho.Disconnect{})
+	pub := mustV5(t, d.addr, "acme/pub", d.device("acme", "pub"), "pub")
+	pctx, cancel := contextWithTimeout()
+	defer cancel()
+	if _, err := pub.Publish(pctx, &paho.Publish{Topic: "q/brief", QoS: 1, Payload: []byte("brief"),
+		Properties: &paho.PublishProperties{MessageExpiry: paho.Uint32(1)}}); err != nil {
+		t.Fatal(err)
+	}
+	pub.pub(t, "q/lasting", "lasting", 1, false)
+	d.hub.Close()
+	time.Sleep(2100 * time.Millisecond)
+	d.restart(t)
+
+	mustV5(t, d.addr, "acme/trigger", d.device("acme", "trigger"), "trigger") // starts the tenant's broker
+	sessions, err := d.store.Sessions(context.Background(), "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range sessions {
+		if s.ClientID == "short" {
+			t.Error("an expired session is still stored")
+		}
+	}
+	back := mustV5(t, d.addr, "acme/long", longSecret, "long", keepSession)
+	back.expect(t, "q/lasting", "lasting")
+	back.quiet(t, 300*time.Millisecond, "an expired message")
+	again := mustV5(t, d.addr, "acme/short", shortSecret, "short", func(c *paho.Connect) {
+		c.CleanStart = false
+		c.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(1)}
+	})
+	if again.connack.SessionPresent {
+		t.Error("an expired session came back")
+	}
+}
