@@ -10,22 +10,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/broker/store"
 )
 
-// Store is the back-end interface under test.
-type Store interface {
-	SaveSession(ctx context.Context, tenant string, s store.Session) error
-	Sessions(ctx context.Context, tenant string) ([]store.Session, error)
-	DeleteSession(ctx context.Context, tenant, clientID string) error
-	Append(ctx context.Context, tenant string, items []store.Item) ([]uint64, error)
-	Read(ctx context.Context, tenant, clientID string, after uint64, limit int) ([]store.Queued, error)
-	Trim(ctx context.Context, tenant, clientID string, upTo uint64) error
-	QueueInfo(ctx context.Context, tenant, clientID string) (store.QueueInfo, error)
-	SetRetained(ctx context.Context, tenant string, m store.Message) error
-	Retained(ctx context.Context, tenant string) ([]store.Message, error)
-	Close() error
-}
+// Store is the back-end interface under test: the one the broker uses.
+type Store = broker.SessionStore
 
 // Run runs the suite. open returns an empty store; reopen, if not nil,
 // returns a new store over the same data (after the first is closed), to
