@@ -1,0 +1,88 @@
+// Package events carries the data plane's lifecycle events — connects,
+// disconnects, subscriptions, authentication failures, dropped messages —
+// to whoever watches them: an in-memory log per tenant by default, or a
+// Kafka topic when Kafka is configured. One Sink interface, two
+// implementations.
+package events
+
+import (
+	"sync"
+	"time"
+)
+
+// Event is one thing that happened to a device or session.
+type Event struct {
+	Time     time.Time `json:"time"`
+	Tenant   string    `json:"tenant"`
+	Type     string    `json:"type"`
+	Device   string    `json:"device,omitempty"`
+	ClientID string    `json:"client_id,omitempty"`
+	Remote   string    `json:"remote,omitempty"`
+	Reason   string    `json:"reason,omitempty"`
+	Filters  []string  `json:"filters,omitempty"`
+	Quota    string    `json:"quota,omitempty"`
+	Limit    int64     `json:"limit,omitempty"`
+}
+
+// The event types.
+const (
+	Connected    = "connected"
+	Disconnected = "disconnected"
+	Subscribed   = "subscribed"
+	Unsubscribed = "unsubscribed"
+	AuthFailed   = "auth_failed"
+	QueueDropped = "queue_dropped"
+)
+
+// Sink receives events. Emit must not block the connection that caused the
+// event: a sink that cannot keep up counts what it drops.
+type Sink interface {
+	Emit(Event)
+}
+
+// Memory keeps each tenant's most recent events.
+type Memory struct {
+	size int
+
+	mu      sync.Mutex
+	tenants map[string]*ring
+}
+
+type ring struct {
+	buf  []Event
+	next int
+	full bool
+}
+
+// NewMemory keeps the last size events of each tenant.
+func NewMemory(size int) *Memory {
+	return &Memory{size: max(size, 1), tenants: map[string]*ring{}}
+}
+
+// Emit records an event.
+func (m *Memory) Emit(e Event) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.tenants[e.Tenant]
+	if r == nil {
+		r = &ring{buf: make([]Event, m.size)}
+		m.tenants[e.Tenant] = r
+	}
+	r.buf[r.next] = e
+	r.next = (r.next + 1) % m.size
+	r.full = r.full || r.next == 0
+}
+
+// Recent returns a tenant's events, oldest first; only that tenant's.
+func (m *Memory) Recent(tenant string) []Event {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r := m.tenants[tenant]
+	if r == nil {
+		return nil
+	}
+	if !r.full {
+		return append([]Event(nil), r.buf[:r.next]...)
+	}
+	return append(append([]Event(nil), r.buf[r.next:]...), r.buf[:r.next]...)
+}

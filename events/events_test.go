@@ -1,0 +1,93 @@
+package events_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+
+	"github.com/roosthub/roost/events"
+)
+
+func TestMemoryKeepsEachTenantsRecent(t *testing.T) {
+	m := events.NewMemory(3)
+	for i := range 5 {
+		m.Emit(events.Event{Tenant: "a", Type: events.Connected, Device: fmt.Sprint(i)})
+	}
+	m.Emit(events.Event{Tenant: "b", Type: events.AuthFailed})
+	got := m.Recent("a")
+	if len(got) != 3 || got[0].Device != "2" || got[2].Device != "4" {
+		t.Errorf("tenant a: got %+v, want devices 2, 3, 4", got)
+	}
+	if b := m.Recent("b"); len(b) != 1 || b[0].Type != events.AuthFailed {
+		t.Errorf("tenant b: got %+v", b)
+	}
+	if c := m.Recent("c"); len(c) != 0 {
+		t.Errorf("tenant c: got %+v", c)
+	}
+}
+
+// TestKafkaSink sends events through kfake, an in-process cluster speaking
+// the real protocol, and reads them back with a consumer.
+func TestKafkaSink(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(3, "roost.events"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	sink, err := events.NewKafka(events.KafkaConfig{Brokers: cluster.ListenAddrs()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 300
+	for i := range n {
+		sink.Emit(events.Event{Time: time.Now(), Tenant: fmt.Sprintf("t%d", i%3), Type: events.Connected, Device: fmt.Sprint(i)})
+	}
+	if err := sink.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if sink.Dropped() != 0 || sink.Failed() != 0 {
+		t.Fatalf("dropped %d, failed %d", sink.Dropped(), sink.Failed())
+	}
+	// Every event arrives, keyed by its tenant, each tenant's in order.
+	seen := map[string][]string{}
+	count := 0
+	for p := range 3 {
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: cluster.ListenAddrs(), Topic: "roost.events", Partition: p, MaxWait: 100 * time.Millisecond})
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			m, err := r.ReadMessage(ctx)
+			cancel()
+			if err != nil {
+				break
+			}
+			var e events.Event
+			if err := json.Unmarshal(m.Value, &e); err != nil {
+				t.Fatal(err)
+			}
+			if string(m.Key) != e.Tenant {
+				t.Errorf("event of %s keyed %q", e.Tenant, m.Key)
+			}
+			seen[e.Tenant] = append(seen[e.Tenant], e.Device)
+			count++
+		}
+		r.Close()
+	}
+	if count != n {
+		t.Fatalf("read %d events, want %d", count, n)
+	}
+	for tenant, devices := range seen {
+		for i := 1; i < len(devices); i++ {
+			var a, b int
+			fmt.Sscan(devices[i-1], &a)
+			fmt.Sscan(devices[i], &b)
+			if b <= a {
+				t.Fatalf("tenant %s's events out of order: %v", tenant, devices)
+			}
+		}
+	}
+}
