@@ -9,6 +9,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -28,10 +29,10 @@ func (h *hook) ID() string { return "roost" }
 func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
-		mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnPacketEncode,
+		mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnPacketEncode, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
 	}, []byte{b}) || (h.inst.persist != nil && bytes.Contains([]byte{
 		mqtt.OnPublish, mqtt.OnQosPublish, mqtt.OnPublished, mqtt.OnPacketRead, mqtt.OnSessionEstablished,
-		mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.StoredClients, mqtt.StoredSubscriptions,
+		mqtt.StoredClients, mqtt.StoredSubscriptions,
 		mqtt.StoredInflightMessages, mqtt.StoredRetainedMessages,
 	}, []byte{b}))
 }
@@ -87,6 +88,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		return ref
 	}
 	h.inst.hub.touch(h.inst.tenant, dc.id.device, now)
+	h.inst.emit(cl, events.Event{Type: events.Connected})
 	return nil
 }
 
@@ -130,6 +132,11 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	}
 	h.inst.dropPresence(dc)
 	h.inst.hub.touch(h.inst.tenant, dc.id.device, h.inst.hub.now())
+	reason := ""
+	if err != nil {
+		reason = err.Error()
+	}
+	h.inst.emit(cl, events.Event{Type: events.Disconnected, Reason: reason})
 	if p := h.inst.persist; p != nil && !cl.IsTakenOver() {
 		if expire {
 			ctx, cancel := storeCtx()
@@ -200,15 +207,40 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 }
 
 func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
-	if persistent(cl) {
+	var granted []string
+	for i, f := range pk.Filters {
+		if i < len(reasonCodes) && reasonCodes[i] < 0x80 {
+			granted = append(granted, f.Filter)
+		}
+	}
+	h.inst.emit(cl, events.Event{Type: events.Subscribed, Filters: granted})
+	if h.inst.persist != nil && persistent(cl) {
 		h.inst.persist.save(cl, time.Time{})
 	}
 }
 
 func (h *hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
-	if persistent(cl) {
+	// mochi also calls this when it clears an ended session's
+	// subscriptions; only a client's own UNSUBSCRIBE is an event.
+	if !cl.Closed() {
+		var filters []string
+		for _, f := range pk.Filters {
+			filters = append(filters, f.Filter)
+		}
+		h.inst.emit(cl, events.Event{Type: events.Unsubscribed, Filters: filters})
+	}
+	if h.inst.persist != nil && persistent(cl) {
 		h.inst.persist.save(cl, time.Time{})
 	}
+}
+
+// emit sends an event about a client of this tenant.
+func (inst *instance) emit(cl *mqtt.Client, e events.Event) {
+	e.Tenant, e.ClientID = inst.tenant, cl.ID
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		e.Device, e.Remote = dc.id.device, dc.RemoteAddr().String()
+	}
+	inst.hub.emit(e)
 }
 
 // The Stored* methods hand mochi the tenant's sessions when its broker

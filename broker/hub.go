@@ -13,6 +13,7 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/throttle"
 	"github.com/roosthub/roost/tenants"
 )
@@ -48,6 +49,8 @@ type Config struct {
 	// Sessions keeps persistent sessions, their queues and retained
 	// messages across restarts; nil keeps them in memory only.
 	Sessions SessionStore
+	// Events receives lifecycle events; nil discards them.
+	Events events.Sink
 }
 
 // Hub is the data plane: the ingress and every tenant's broker instance.
@@ -95,6 +98,9 @@ func New(cfg Config) (*Hub, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Events == nil {
+		cfg.Events = discard{}
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
@@ -301,16 +307,24 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 	if err != nil {
 		return nil, identity{}, err
 	}
+	// Events go only to tenants that exist: a made-up tenant name must not
+	// create anything.
+	refuse := func(r refusal) (*instance, identity, error) {
+		if t.Slug != "" {
+			h.emit(events.Event{Tenant: tenant, Type: events.AuthFailed, Device: device, Remote: remote, Reason: r.reason})
+		}
+		return nil, identity{}, r
+	}
 	if !ok {
 		h.authPerIP.Count(ip)
 		h.authPerUser.Count(username)
 		log.Info("connect refused: bad credentials")
-		return nil, identity{}, badCredentials
+		return refuse(badCredentials)
 	}
 	h.authPerUser.Reset(username)
 	if t.Suspended {
 		log.Info("connect refused: tenant suspended")
-		return nil, identity{}, tenantSuspended
+		return refuse(tenantSuspended)
 	}
 
 	id := identity{tenant: tenant, device: device, secret: d.SecretHash, version: pk.ProtocolVersion}
@@ -319,12 +333,12 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 	case cid == "" && pk.ProtocolVersion < 5 && !pk.Connect.Clean:
 		// 3.1.1 §3.1.3-8: a persistent session needs an id of its own.
 		log.Info("connect refused: empty client id with a persistent session")
-		return nil, identity{}, clientIDRefused
+		return refuse(clientIDRefused)
 	case d.ClientIDs == tenants.ClientIDsExact && cid == "":
 		id.clientID, id.assign = device, true
 	case d.ClientIDs == tenants.ClientIDsExact && cid != device:
 		log.Info("connect refused: client id not bound to the device", "client_id", cid)
-		return nil, identity{}, clientIDRefused
+		return refuse(clientIDRefused)
 	case d.ClientIDs == tenants.ClientIDsExact:
 		id.clientID = device
 	}
@@ -341,7 +355,7 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 		if tenants.ValidateTopic(pk.Connect.WillTopic) != nil || !inst.allowed(device, tenants.ActionPublish, pk.Connect.WillTopic) {
 			h.release(inst)
 			log.Info("connect refused: will topic not allowed", "topic", pk.Connect.WillTopic)
-			return nil, identity{}, willNotAllowed
+			return refuse(willNotAllowed)
 		}
 	}
 	return inst, id, nil
@@ -477,3 +491,13 @@ func (h *Hub) Instances() int {
 }
 
 func discardLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+type discard struct{}
+
+func (discard) Emit(events.Event) {}
+
+// emit sends an event stamped with the hub's clock.
+func (h *Hub) emit(e events.Event) {
+	e.Time = h.now().UTC()
+	h.cfg.Events.Emit(e)
+}

@@ -15,6 +15,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/broker/store"
+	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -197,6 +198,8 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) {
 			p.inst.log.Warn("drop the oldest queued message", "client_id", it.ClientID, "err", err)
 		}
 		p.inst.log.Info("queue full: oldest message dropped", "client_id", it.ClientID, "limit", limit)
+		p.inst.hub.emit(events.Event{Tenant: p.tenant, Type: events.QueueDropped, ClientID: it.ClientID,
+			Device: p.deviceOf(it.ClientID), Quota: "max_queued", Limit: int64(limit)})
 	}
 }
 

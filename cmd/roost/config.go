@@ -30,6 +30,8 @@ type config struct {
 	SessionStore string
 	RedisURL     string
 	HBaseURL     string
+	// KafkaBrokers, comma-separated, sends lifecycle events to Kafka.
+	KafkaBrokers string
 }
 
 // setting describes one configuration value.
@@ -55,6 +57,7 @@ func (c *config) settings() []setting {
 		{"session-store", "where persistent sessions live: embedded (Pebble in the data dir), memory, redis or hbase", "embedded", &c.SessionStore},
 		{"redis-url", "redis://host:port/db for the redis session store", "", &c.RedisURL},
 		{"hbase-url", "http://host:port of HBase's REST gateway for the hbase session store", "", &c.HBaseURL},
+		{"kafka-brokers", "host:port[,host:port] of Kafka for lifecycle events (topic roost.events); empty keeps them in memory", "", &c.KafkaBrokers},
 	}
 }
 
@@ -147,6 +150,11 @@ func (c *config) Validate() error {
 	default:
 		return fmt.Errorf("ROOST_SESSION_STORE: %q is not embedded, memory, redis or hbase", c.SessionStore)
 	}
+	for _, b := range c.kafkaBrokers() {
+		if _, _, err := net.SplitHostPort(b); err != nil {
+			return fmt.Errorf("ROOST_KAFKA_BROKERS: %q is not host:port", b)
+		}
+	}
 	if c.AdminToken != "" && len(c.AdminToken) < 16 {
 		return errors.New("ROOST_ADMIN_TOKEN: must be at least 16 characters, or empty to generate one")
 	}
@@ -163,6 +171,16 @@ func (c *config) Validate() error {
 		return errors.New("ROOST_TOKEN_TTL: must be between 1m and 720h")
 	}
 	return nil
+}
+
+func (c *config) kafkaBrokers() []string {
+	var out []string
+	for _, b := range strings.Split(c.KafkaBrokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			out = append(out, b)
+		}
+	}
+	return out
 }
 
 func validAddr(addr string) error {

@@ -139,6 +139,7 @@ func TestBadConfig(t *testing.T) {
 		{map[string]string{"ROOST_TOKEN_TTL": "forever"}, nil, "ROOST_TOKEN_TTL"},
 		{map[string]string{"ROOST_TOKEN_TTL": "1s"}, nil, "ROOST_TOKEN_TTL"},
 		{map[string]string{"ROOST_SESSION_STORE": "floppy"}, nil, "ROOST_SESSION_STORE"},
+		{map[string]string{"ROOST_KAFKA_BROKERS": "kafka"}, nil, "ROOST_KAFKA_BROKERS"},
 		{map[string]string{"ROOST_SESSION_STORE": "redis"}, nil, "ROOST_REDIS_URL"},
 		{map[string]string{"ROOST_SESSION_STORE": "hbase", "ROOST_HBASE_URL": "hbase:8080"}, nil, "ROOST_HBASE_URL"},
 		{map[string]string{"ROOST_SESSION_STORE": "redis", "ROOST_REDIS_URL": "redis://127.0.0.1:1"}, nil, "ROOST_REDIS_URL"},

@@ -22,6 +22,7 @@ import (
 	memstore "github.com/roosthub/roost/broker/store/memory"
 	pebblestore "github.com/roosthub/roost/broker/store/pebble"
 	redisstore "github.com/roosthub/roost/broker/store/redis"
+	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -83,7 +84,17 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	defer sessions.Close()
+	var sink events.Sink = events.NewMemory(1000)
+	if brokers := c.kafkaBrokers(); len(brokers) > 0 {
+		k, err := events.NewKafka(events.KafkaConfig{Brokers: brokers, Log: log})
+		if err != nil {
+			return fmt.Errorf("ROOST_KAFKA_BROKERS: %w", err)
+		}
+		defer k.Close()
+		sink = k
+	}
 	hub, err := broker.New(broker.Config{
+		Events:         sink,
 		Sessions:       sessions,
 		Directory:      store,
 		Changes:        store.Changes(),
