@@ -290,3 +290,31 @@ func TestExpiryHonouredAfterRestart(t *testing.T) {
 		t.Error("an expired session came back")
 	}
 }
+
+// TestTenantsApartAfterRestart: two tenants' persistent sessions with the
+// same client id and topics keep their own subscriptions and queues through
+// a restart.
+func TestTenantsApartAfterRestart(t *testing.T) {
+	d := newDurable(t)
+	secrets := map[string]string{}
+	for _, tn := range []string{"alpha", "bravo"} {
+		d.tenant(tn)
+		secrets[tn] = d.device(tn, "d1")
+		c := mustV5(t, d.addr, tn+"/d1", secrets[tn], "d1", keepSession)
+		c.sub(t, "q/"+tn, 1) // different filters, same client id
+		c.Disconnect(&paho.Disconnect{})
+		pub := mustV5(t, d.addr, tn+"/pub", d.device(tn, "pub"), "pub")
+		pub.pub(t, "q/alpha", tn+" on q/alpha", 1, false)
+		pub.pub(t, "q/bravo", tn+" on q/bravo", 1, false)
+		pub.Disconnect(&paho.Disconnect{})
+	}
+	d.restart(t)
+	for _, tn := range []string{"alpha", "bravo"} {
+		c := mustV5(t, d.addr, tn+"/d1", secrets[tn], "d1", keepSession)
+		if !c.connack.SessionPresent {
+			t.Errorf("%s/d1 lost its session", tn)
+		}
+		c.expect(t, "q/"+tn, tn+" on q/"+tn)
+		c.quiet(t, 300*time.Millisecond, tn+"/d1 after its own message")
+	}
+}
