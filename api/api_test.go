@@ -120,6 +120,21 @@ func TestEveryRoute(t *testing.T) {
 	want(t, e.do("DELETE", "/v1/tenants/acme/members/"+bob.id, tok, nil), 204, "remove member")
 	want(t, e.do("GET", "/v1/tenants/acme", bob.token, nil), 404, "removed member")
 
+	r = e.do("POST", "/v1/tenants/acme/rules", tok, map[string]string{"filter": "sensors/#", "topic": "telemetry"})
+	want(t, r, 201, "create export rule")
+	if r.str("kafka_topic") != "roost.acme.telemetry" {
+		t.Errorf("export rule: got %s", r.body)
+	}
+	expID := r.str("id")
+	r = e.do("GET", "/v1/tenants/acme/rules", tok, nil)
+	want(t, r, 200, "list export rules")
+	if items := asSlice(r.json()["items"]); len(items) != 1 || items[0].(map[string]any)["errors"] != float64(0) {
+		t.Errorf("export rules: got %s", r.body)
+	}
+	wantProblem(t, e.do("POST", "/v1/tenants/acme/rules", tok, map[string]string{"filter": "a/#/b", "topic": "t"}), 400, "invalid", "filter", "bad export filter")
+	wantProblem(t, e.do("POST", "/v1/tenants/acme/rules", tok, map[string]string{"filter": "#", "topic": "../x"}), 400, "invalid", "topic", "bad export topic")
+	want(t, e.do("DELETE", "/v1/tenants/acme/rules/"+expID, tok, nil), 204, "delete export rule")
+
 	r = e.do("GET", "/v1/tenants/acme/quotas", tok, nil)
 	want(t, r, 200, "quotas")
 	if q := r.json()["quotas"].(map[string]any); q["max_devices"] != float64(100) || q["max_packet_size"] != float64(128*1024) {
@@ -171,6 +186,7 @@ func attackBodies(memberEmail string) map[string]any {
 		"POST /v1/tenants/{tenant}/members":                 map[string]string{"email": memberEmail, "role": "owner"},
 		"POST /v1/tenants/{tenant}/devices/{device}/secret": nil,
 		"POST /v1/tenants/{tenant}/messages":                map[string]any{"topic": "x", "payload": "hi"},
+		"POST /v1/tenants/{tenant}/rules":                   map[string]string{"filter": "#", "topic": "evil"},
 	}
 }
 
@@ -187,6 +203,9 @@ func TestCrossTenantMatrix(t *testing.T) {
 	aKeyID, _ := e.mustKey(alice.token, "tenant-a", tenants.RoleViewer)
 	rules := e.do("GET", "/v1/tenants/tenant-a/acl/rules", alice.token, nil).json()["items"].([]any)
 	aRuleID := rules[0].(map[string]any)["id"].(string)
+	exp := e.do("POST", "/v1/tenants/tenant-a/rules", alice.token, map[string]string{"filter": "#", "topic": "all"})
+	want(t, exp, 201, "create export rule")
+	aExportID := exp.str("id")
 	_, bobKey := e.mustKey(bob.token, "tenant-b", tenants.RoleOwner)
 	before := snapshot(e, alice.token, "tenant-a")
 	e.bodies = &testenv.Buffer{} // from here on, A's secret must not show
@@ -200,6 +219,9 @@ func TestCrossTenantMatrix(t *testing.T) {
 		id := aRuleID
 		if strings.Contains(route, "/api-keys/") {
 			id = aKeyID
+		}
+		if strings.HasPrefix(route, "/v1/tenants/{tenant}/rules/") {
+			id = aExportID
 		}
 		aIDs := map[string]string{"tenant": "tenant-a", "device": "a-dev", "id": id, "account": alice.id}
 		paths := []string{fill(route, aIDs)}
@@ -245,7 +267,7 @@ func TestCrossTenantMatrix(t *testing.T) {
 // snapshot renders everything a tenant holds, to compare before and after.
 func snapshot(e *env, tok, tenant string) string {
 	var b strings.Builder
-	for _, p := range []string{"", "/devices", "/acl/rules", "/api-keys", "/members"} {
+	for _, p := range []string{"", "/devices", "/acl/rules", "/api-keys", "/members", "/rules"} {
 		r := e.do("GET", "/v1/tenants/"+tenant+p, tok, nil)
 		var v any
 		json.Unmarshal(r.body, &v)

@@ -18,6 +18,7 @@ import (
 type DataPlane interface {
 	Connections(tenant, device string) []broker.Connection
 	Queue(tenant, device string) broker.QueueStats
+	ExportErrors(tenant string) map[string]int64
 	Disconnect(tenant, device string) int
 	Publish(ctx context.Context, tenant string, m broker.Message) error
 }

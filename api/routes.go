@@ -66,6 +66,10 @@ func (s *Server) routes() chi.Router {
 				r.With(admin).Post("/members", s.serve(handleMemberAdd(st)))
 				r.With(admin).Delete("/members/{account}", s.serve(handleMemberRemove(st)))
 
+				r.With(viewer).Get("/rules", s.serve(handleExportList(st, s.dataPlane)))
+				r.With(admin).Post("/rules", s.serve(handleExportCreate(st)))
+				r.With(admin).Delete("/rules/{id}", s.serve(handleExportDelete(st)))
+
 				r.With(viewer).Get("/quotas", s.serve(handleQuotas(st)))
 				r.With(viewer).Get("/audit", s.serve(handleAudit(st)))
 			})

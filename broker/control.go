@@ -15,9 +15,13 @@ import (
 // queues the work on live connections.
 func (h *Hub) onChange(c tenants.Change) {
 	h.dir.invalidate(c)
-	if c.Kind == tenants.ACLChanged {
+	if c.Kind == tenants.ACLChanged || c.Kind == tenants.ExportChanged {
 		if inst := h.running(c.Tenant); inst != nil {
-			inst.forgetRules()
+			if c.Kind == tenants.ACLChanged {
+				inst.forgetRules()
+			} else {
+				inst.exports.forget()
+			}
 		}
 		return
 	}
@@ -185,7 +189,17 @@ func (h *Hub) Publish(ctx context.Context, tenant string, m Message) error {
 		return err
 	}
 	if inst.inlineErr != nil {
-		return fmt.Errorf("store the message: %w", inst.inlineErr)
+		return fmt.Errorf("the message could not be stored or exported: %w", inst.inlineErr)
 	}
 	return nil
+}
+
+// ExportErrors returns, per export rule of a tenant, how many messages
+// Kafka refused since the data plane started.
+func (h *Hub) ExportErrors(tenant string) map[string]int64 {
+	inst := h.running(tenant)
+	if inst == nil {
+		return nil
+	}
+	return inst.exportErrors()
 }

@@ -16,6 +16,7 @@ type Directory interface {
 	Tenant(ctx context.Context, slug string) (tenants.Tenant, error)
 	Device(ctx context.Context, tenant, name string) (tenants.Device, error)
 	ACLRules(ctx context.Context, tenant string) ([]tenants.ACLRule, error)
+	ExportRules(ctx context.Context, tenant string) ([]tenants.ExportRule, error)
 	TouchDevice(ctx context.Context, tenant, name string, t time.Time) error
 }
 

@@ -30,7 +30,7 @@ func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
 		mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnPacketEncode, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
-	}, []byte{b}) || (h.inst.persist != nil && bytes.Contains([]byte{
+	}, []byte{b}) || (b == mqtt.OnPublish && h.inst.hub.cfg.Exporter != nil) || (h.inst.persist != nil && bytes.Contains([]byte{
 		mqtt.OnPublish, mqtt.OnQosPublish, mqtt.OnPublished, mqtt.OnPacketRead, mqtt.OnSessionEstablished,
 		mqtt.StoredClients, mqtt.StoredSubscriptions,
 		mqtt.StoredInflightMessages, mqtt.StoredRetainedMessages,
@@ -154,15 +154,26 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 // as retained) before mochi acknowledges it. If the store fails the
 // publisher is not acknowledged: an MQTT 5 QoS 1 publisher gets PUBACK 0x80;
 // any other is disconnected, so that it resends.
+//
+// Messages matching export rules are written to Kafka first, the same way.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if err := h.inst.export(cl, pk); err != nil {
+		return h.refuse(cl, pk, err)
+	}
 	p := h.inst.persist
 	if p == nil || (pk.FixedHeader.Qos == 0 && !pk.FixedHeader.Retain) {
 		return pk, nil
 	}
 	out, err := p.beforeAck(cl, pk)
-	if err == nil {
-		return out, nil
+	if err != nil {
+		return h.refuse(cl, pk, err)
 	}
+	return out, nil
+}
+
+// refuse answers a publish that could not be made durable: never with an
+// acknowledgement.
+func (h *hook) refuse(cl *mqtt.Client, pk packets.Packet, err error) (packets.Packet, error) {
 	if cl.Net.Inline {
 		h.inst.inlineErr = err
 		return pk, packets.ErrRejectPacket

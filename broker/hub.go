@@ -51,6 +51,9 @@ type Config struct {
 	Sessions SessionStore
 	// Events receives lifecycle events; nil discards them.
 	Events events.Sink
+	// Exporter writes messages matching export rules to Kafka; nil leaves
+	// export rules without effect.
+	Exporter Exporter
 }
 
 // Hub is the data plane: the ingress and every tenant's broker instance.

@@ -9,7 +9,6 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -39,8 +38,11 @@ type instance struct {
 	// count as something worth keeping the instance for.
 	sysRetained int
 
-	rulesMu sync.Mutex
-	rules   atomic.Pointer[[]tenants.ACLRule]
+	rules   listCache[tenants.ACLRule]
+	exports listCache[tenants.ExportRule]
+	// exportErrs counts, per export rule, messages Kafka refused.
+	errMu      sync.Mutex
+	exportErrs map[string]int64
 
 	presenceMu sync.Mutex
 	byDevice   map[string]map[*deviceConn]presence
@@ -99,7 +101,7 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 		SysTopicResendInterval: sysInterval,
 		Logger:                 mochiLogger(log),
 	})
-	inst := &instance{tenant: t.Slug, server: srv, log: log, hub: h, lastActive: h.now(), byDevice: map[string]map[*deviceConn]presence{}}
+	inst := &instance{tenant: t.Slug, server: srv, log: log, hub: h, lastActive: h.now(), byDevice: map[string]map[*deviceConn]presence{}, exportErrs: map[string]int64{}}
 	if h.cfg.Sessions != nil {
 		inst.persist = newPersistence(h.cfg.Sessions, inst)
 	}
@@ -196,31 +198,16 @@ func (inst *instance) removeGhost(dc *deviceConn) {
 
 // aclRules returns the tenant's rules, read once and kept until a change.
 func (inst *instance) aclRules() ([]tenants.ACLRule, error) {
-	if p := inst.rules.Load(); p != nil {
-		return *p, nil
-	}
-	inst.rulesMu.Lock()
-	defer inst.rulesMu.Unlock()
-	if p := inst.rules.Load(); p != nil {
-		return *p, nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	rules, err := inst.hub.dir.dir.ACLRules(ctx, inst.tenant)
-	if err != nil {
-		return nil, err
-	}
-	inst.rules.Store(&rules)
-	return rules, nil
+	return inst.rules.get(func() ([]tenants.ACLRule, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return inst.hub.dir.dir.ACLRules(ctx, inst.tenant)
+	})
 }
 
 // forgetRules drops the cached rules after a change; the next check reads
-// them again. Holding rulesMu orders this after any read in progress.
-func (inst *instance) forgetRules() {
-	inst.rulesMu.Lock()
-	inst.rules.Store(nil)
-	inst.rulesMu.Unlock()
-}
+// them again.
+func (inst *instance) forgetRules() { inst.rules.forget() }
 
 // allowed decides an ACL question for a device, denying if the rules cannot
 // be read.

@@ -15,6 +15,8 @@ const (
 	DeviceChanged ChangeKind = "device"
 	// ACLChanged: the tenant's rule list changed.
 	ACLChanged ChangeKind = "acl"
+	// ExportChanged: the tenant's export rules changed.
+	ExportChanged ChangeKind = "export"
 )
 
 // Change tells that something in a tenant changed, after the change is

@@ -23,6 +23,7 @@ import (
 	pebblestore "github.com/roosthub/roost/broker/store/pebble"
 	redisstore "github.com/roosthub/roost/broker/store/redis"
 	"github.com/roosthub/roost/events"
+	"github.com/roosthub/roost/kafkaexport"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -85,6 +86,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	defer sessions.Close()
 	var sink events.Sink = events.NewMemory(1000)
+	var exporter broker.Exporter
 	if brokers := c.kafkaBrokers(); len(brokers) > 0 {
 		k, err := events.NewKafka(events.KafkaConfig{Brokers: brokers, Log: log})
 		if err != nil {
@@ -92,8 +94,15 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 		defer k.Close()
 		sink = k
+		x, err := kafkaexport.New(brokers)
+		if err != nil {
+			return fmt.Errorf("ROOST_KAFKA_BROKERS: %w", err)
+		}
+		defer x.Close()
+		exporter = x
 	}
 	hub, err := broker.New(broker.Config{
+		Exporter:       exporter,
 		Events:         sink,
 		Sessions:       sessions,
 		Directory:      store,

@@ -36,6 +36,7 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"Pagination", testPagination},
 		{"Survives", testSurvives},
 		{"Changes", testChanges},
+		{"ExportRules", testExportRules},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -631,5 +632,40 @@ func testChanges(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 	defer mu.Unlock()
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("changes:\n got %q\nwant %q", got, want)
+	}
+}
+
+func testExportRules(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	mustTenant(t, s, owner, "acme")
+	mustTenant(t, s, owner, "other")
+	r, err := s.CreateExportRule(ctx, "acme", tenants.ExportRuleInput{Filter: "sensors/#", Topic: "telemetry"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.KafkaTopic != "roost.acme.telemetry" {
+		t.Errorf("kafka topic: got %q, want roost.acme.telemetry", r.KafkaTopic)
+	}
+	rs, err := s.ExportRules(ctx, "acme")
+	if err != nil || len(rs) != 1 || rs[0].ID != r.ID || rs[0].KafkaTopic != r.KafkaTopic {
+		t.Fatalf("ExportRules: got %+v, %v", rs, err)
+	}
+	if rs, _ := s.ExportRules(ctx, "other"); len(rs) != 0 {
+		t.Errorf("another tenant sees %d rules", len(rs))
+	}
+	wantErr(t, "delete through another tenant", s.DeleteExportRule(ctx, "other", r.ID), tenants.ErrNotFound)
+	for _, bad := range []tenants.ExportRuleInput{
+		{Filter: "a/#/b", Topic: "t"}, {Filter: "$SYS/#", Topic: "t"}, {Filter: "#", Topic: ""},
+		{Filter: "#", Topic: ".hidden"}, {Filter: "#", Topic: "a/b"}, {Filter: "#", Topic: "a b"},
+	} {
+		if _, err := s.CreateExportRule(ctx, "acme", bad); !errors.Is(err, tenants.ErrInvalid) {
+			t.Errorf("CreateExportRule(%+v): got %v, want ErrInvalid", bad, err)
+		}
+	}
+	if err := s.DeleteExportRule(ctx, "acme", r.ID); err != nil {
+		t.Fatal(err)
+	}
+	if rs, _ := s.ExportRules(ctx, "acme"); len(rs) != 0 {
+		t.Errorf("deleted rule still listed")
 	}
 }

@@ -1,0 +1,119 @@
+package broker
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+// Exporter writes messages to Kafka and returns once Kafka has them.
+type Exporter interface {
+	Export(ctx context.Context, msgs []ExportMessage) error
+}
+
+// ExportMessage is one message for one Kafka topic.
+type ExportMessage struct {
+	Topic   string
+	Key     []byte
+	Value   []byte
+	Headers map[string]string
+}
+
+// listCache keeps a tenant's list read from the directory until a change
+// drops it. Reads are one atomic load; forget orders itself after a read in
+// progress, so a stale list is never kept.
+type listCache[T any] struct {
+	mu sync.Mutex
+	v  atomic.Pointer[[]T]
+}
+
+func (c *listCache[T]) get(load func() ([]T, error)) ([]T, error) {
+	if p := c.v.Load(); p != nil {
+		return *p, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.v.Load(); p != nil {
+		return *p, nil
+	}
+	list, err := load()
+	if err != nil {
+		return nil, err
+	}
+	c.v.Store(&list)
+	return list, nil
+}
+
+func (c *listCache[T]) forget() {
+	c.mu.Lock()
+	c.v.Store(nil)
+	c.mu.Unlock()
+}
+
+// export writes a publish to Kafka for every export rule it matches, before
+// it is acknowledged. Only QoS 1 and 2 publishers are refused when Kafka
+// does not take it; QoS 0 exports are best effort.
+func (inst *instance) export(cl *mqtt.Client, pk packets.Packet) error {
+	exp := inst.hub.cfg.Exporter
+	if exp == nil {
+		return nil
+	}
+	rules, err := inst.exports.get(func() ([]tenants.ExportRule, error) {
+		ctx, cancel := storeCtx()
+		defer cancel()
+		return inst.hub.dir.dir.ExportRules(ctx, inst.tenant)
+	})
+	if err != nil {
+		inst.log.Error("read export rules", "err", err)
+		return err
+	}
+	var msgs []ExportMessage
+	var matched []string
+	device := "api"
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		device = dc.id.device
+	}
+	for _, r := range rules {
+		if !tenants.MatchTopic(r.Filter, pk.TopicName) {
+			continue
+		}
+		msgs = append(msgs, ExportMessage{
+			Topic: r.KafkaTopic, Key: []byte(device), Value: pk.Payload,
+			Headers: map[string]string{"mqtt_topic": pk.TopicName, "device": device, "client_id": cl.ID, "qos": strconv.Itoa(int(pk.FixedHeader.Qos))},
+		})
+		matched = append(matched, r.ID)
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	ctx, cancel := storeCtx()
+	defer cancel()
+	if err := exp.Export(ctx, msgs); err != nil {
+		inst.errMu.Lock()
+		for _, id := range matched {
+			inst.exportErrs[id]++
+		}
+		inst.errMu.Unlock()
+		inst.log.Warn("export to kafka", "topic", pk.TopicName, "rules", len(matched), "err", err)
+		if pk.FixedHeader.Qos > 0 {
+			return err
+		}
+	}
+	return nil
+}
+
+func (inst *instance) exportErrors() map[string]int64 {
+	inst.errMu.Lock()
+	defer inst.errMu.Unlock()
+	out := make(map[string]int64, len(inst.exportErrs))
+	for k, v := range inst.exportErrs {
+		out[k] = v
+	}
+	return out
+}
