@@ -10,9 +10,12 @@ import (
 	"crypto/rand"
 	"database/sql"
 	"encoding/hex"
+	"net"
 	"net/url"
 	"os"
+	"os/exec"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -91,3 +94,66 @@ func (s *Buffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// Redis is a redis-server process of the test's own, for tests that stop,
+// pause and restart it. It keeps its data in an append-only file synced on
+// every write, so a restart keeps what it acknowledged.
+type Redis struct {
+	t    testing.TB
+	Addr string
+	dir  string
+	cmd  *exec.Cmd
+}
+
+// StartRedis starts a private redis-server, or skips (fails in strict mode)
+// when Debian's redis-server is not installed.
+func StartRedis(t testing.TB) *Redis {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		Require(t, "redis-server is not installed (apt-get install redis-server)")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	r := &Redis{t: t, Addr: addr, dir: t.TempDir()}
+	r.Start()
+	t.Cleanup(func() { r.Stop() })
+	return r
+}
+
+// Start runs the server (again) on the same port and data.
+func (r *Redis) Start() {
+	r.t.Helper()
+	_, port, _ := net.SplitHostPort(r.Addr)
+	r.cmd = exec.Command("redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", r.dir,
+		"--appendonly", "yes", "--appendfsync", "always", "--save", "")
+	if err := r.cmd.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", r.Addr, 100*time.Millisecond); err == nil {
+			c.Close()
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	r.t.Fatal("redis-server did not start")
+}
+
+// Stop ends the server; stopping a stopped server does nothing.
+func (r *Redis) Stop() {
+	if r.cmd != nil && r.cmd.Process != nil {
+		r.cmd.Process.Signal(syscall.SIGCONT)
+		r.cmd.Process.Kill()
+		r.cmd.Wait()
+		r.cmd = nil
+	}
+}
+
+// Pause freezes the server with SIGSTOP; Resume thaws it.
+func (r *Redis) Pause()  { r.cmd.Process.Signal(syscall.SIGSTOP) }
+func (r *Redis) Resume() { r.cmd.Process.Signal(syscall.SIGCONT) }
