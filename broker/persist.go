@@ -147,7 +147,10 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	if len(items) == 0 {
 		return pk, nil
 	}
-	p.makeRoom(ctx, items)
+	items = p.makeRoom(ctx, items)
+	if len(items) == 0 {
+		return pk, nil
+	}
 	seqs, err := p.st.Append(ctx, p.tenant, items)
 	if err != nil {
 		p.inst.log.Error("queue message for persistent sessions", "topic", pk.TopicName, "sessions", len(items), "err", err)
@@ -167,18 +170,34 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	return pk, nil
 }
 
-// makeRoom keeps each queue within the tenant's max_queued: a full queue
-// drops its oldest message, in the store and in mochi's inflight state, and
-// counts it.
-func (p *persistence) makeRoom(ctx context.Context, items []store.Item) {
+// makeRoom keeps each queue within the tenant's max_queued. Under
+// drop_oldest a full queue drops its oldest message, in the store and in
+// mochi's inflight state; under drop_newest the new message is not queued
+// (mochi, whose inflight is as full, does not deliver it either). Either way
+// the drop is counted and raised as an event. It returns the items to append.
+func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.Item {
 	limit := int(p.inst.server.Options.Capabilities.MaximumInflight)
+	policy := tenants.DropOldest
+	if t, found, err := p.inst.hub.dir.tenant(ctx, p.tenant); err == nil && found && t.QueuePolicy != "" {
+		policy = t.QueuePolicy
+	}
+	kept := items[:0:0]
 	for _, it := range items {
 		p.mu.Lock()
 		out := p.outstanding[it.ClientID]
 		if len(out) < limit {
 			p.mu.Unlock()
+			kept = append(kept, it)
 			continue
 		}
+		if policy == tenants.DropNewest {
+			p.dropped[it.ClientID]++
+			p.mu.Unlock()
+			p.inst.hub.emit(events.Event{Tenant: p.tenant, Type: events.QueueDropped, ClientID: it.ClientID,
+				Device: p.deviceOf(it.ClientID), Quota: "max_queued", Limit: int64(limit), Reason: string(policy)})
+			continue
+		}
+		kept = append(kept, it)
 		oldest := out[0]
 		p.outstanding[it.ClientID] = out[1:]
 		p.dropped[it.ClientID]++
@@ -199,8 +218,9 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) {
 		}
 		p.inst.log.Info("queue full: oldest message dropped", "client_id", it.ClientID, "limit", limit)
 		p.inst.hub.emit(events.Event{Tenant: p.tenant, Type: events.QueueDropped, ClientID: it.ClientID,
-			Device: p.deviceOf(it.ClientID), Quota: "max_queued", Limit: int64(limit)})
+			Device: p.deviceOf(it.ClientID), Quota: "max_queued", Limit: int64(limit), Reason: string(policy)})
 	}
+	return kept
 }
 
 // orderResend runs as a resumed session's CONNACK is encoded, just before

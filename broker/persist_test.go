@@ -318,3 +318,35 @@ func TestTenantsApartAfterRestart(t *testing.T) {
 		c.quiet(t, 300*time.Millisecond, tn+"/d1 after its own message")
 	}
 }
+
+// TestQueueOverflowDropsNewest: under the drop_newest policy a full queue
+// keeps its oldest messages and refuses new ones, counting them.
+func TestQueueOverflowDropsNewest(t *testing.T) {
+	d := newDurable(t)
+	d.tenant("acme")
+	three := int64(3)
+	newest := tenants.DropNewest
+	if _, err := d.stack.store.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Quotas: map[string]*int64{"max_queued": &three}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.stack.store.UpdateTenant(ctx, "acme", tenants.TenantUpdate{QueuePolicy: &newest}); err != nil {
+		t.Fatal(err)
+	}
+	secret := d.device("acme", "sub")
+	sub := mustV5(t, d.addr, "acme/sub", secret, "sub", keepSession)
+	sub.sub(t, "q/#", 1)
+	sub.Disconnect(&paho.Disconnect{})
+	pub := mustV5(t, d.addr, "acme/pub", d.device("acme", "pub"), "pub")
+	for i := range 8 {
+		pub.pub(t, "q/x", fmt.Sprint(i), 1, false)
+	}
+	if qs := d.hub.Queue("acme", "sub"); qs.Queued != 3 || qs.Dropped != 5 {
+		t.Errorf("queue stats: got %+v, want 3 queued, 5 dropped", qs)
+	}
+	d.restart(t) // what was kept is what the store holds
+	back := mustV5(t, d.addr, "acme/sub", secret, "sub", keepSession)
+	for i := range 3 {
+		back.expect(t, "q/x", fmt.Sprint(i))
+	}
+	back.quiet(t, 300*time.Millisecond, "a message dropped as newest")
+}

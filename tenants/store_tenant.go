@@ -7,14 +7,14 @@ import (
 	"fmt"
 )
 
-const tenantColumns = `t.slug, t.name, t.plan, t.suspended, t.quota_overrides, t.created_at, t.updated_at`
+const tenantColumns = `t.slug, t.name, t.plan, t.suspended, t.quota_overrides, t.created_at, t.updated_at, t.queue_policy`
 
 type rowScanner interface{ Scan(dest ...any) error }
 
 func scanTenant(r rowScanner, extra ...any) (Tenant, error) {
 	var t Tenant
 	var overrides string
-	if err := r.Scan(append([]any{&t.Slug, &t.Name, &t.Plan, &t.Suspended, &overrides, &t.CreatedAt, &t.UpdatedAt}, extra...)...); err != nil {
+	if err := r.Scan(append([]any{&t.Slug, &t.Name, &t.Plan, &t.Suspended, &overrides, &t.CreatedAt, &t.UpdatedAt, &t.QueuePolicy}, extra...)...); err != nil {
 		return Tenant{}, err
 	}
 	t.CreatedAt, t.UpdatedAt = t.CreatedAt.UTC(), t.UpdatedAt.UTC()
@@ -34,7 +34,7 @@ func (s *Store) CreateTenant(ctx context.Context, owner string, in TenantInput) 
 		return Tenant{}, err
 	}
 	now := s.timestamp()
-	t := Tenant{Slug: in.Slug, Name: in.Name, Plan: PlanFree, Overrides: map[string]int64{}, CreatedAt: now, UpdatedAt: now}
+	t := Tenant{Slug: in.Slug, Name: in.Name, Plan: PlanFree, QueuePolicy: DropOldest, Overrides: map[string]int64{}, CreatedAt: now, UpdatedAt: now}
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx,
 			`INSERT INTO tenants (slug, name, plan, suspended, quota_overrides, created_at, updated_at)
@@ -127,6 +127,9 @@ func (s *Store) UpdateTenant(ctx context.Context, slug string, u TenantUpdate) (
 		if u.Name != nil {
 			t.Name = *u.Name
 		}
+		if u.QueuePolicy != nil {
+			t.QueuePolicy = *u.QueuePolicy
+		}
 	})
 }
 
@@ -169,8 +172,8 @@ func (s *Store) modifyTenant(ctx context.Context, slug, action string, change fu
 		change(&t)
 		t.UpdatedAt = s.timestamp()
 		if _, err := tx.ExecContext(ctx,
-			`UPDATE tenants SET name = $2, plan = $3, suspended = $4, quota_overrides = $5, updated_at = $6 WHERE slug = $1`,
-			slug, t.Name, t.Plan, t.Suspended, marshalJSON(t.Overrides), t.UpdatedAt); err != nil {
+			`UPDATE tenants SET name = $2, plan = $3, suspended = $4, quota_overrides = $5, updated_at = $6, queue_policy = $7 WHERE slug = $1`,
+			slug, t.Name, t.Plan, t.Suspended, marshalJSON(t.Overrides), t.UpdatedAt, t.QueuePolicy); err != nil {
 			return err
 		}
 		return s.audit(ctx, tx, slug, action, "tenant:"+slug)

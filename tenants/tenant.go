@@ -11,12 +11,15 @@ import (
 // Tenant is a customer of the hub: it owns devices, rules and API keys, and
 // its slug is the first half of every device's MQTT username.
 type Tenant struct {
-	Slug      string    `json:"slug"`
-	Name      string    `json:"name"`
-	Plan      string    `json:"plan"`
-	Suspended bool      `json:"suspended"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Slug      string `json:"slug"`
+	Name      string `json:"name"`
+	Plan      string `json:"plan"`
+	Suspended bool   `json:"suspended"`
+	// QueuePolicy says what a full persistent-session queue does with a new
+	// message: drop_oldest (the default) or drop_newest.
+	QueuePolicy QueuePolicy `json:"queue_policy"`
+	CreatedAt   time.Time   `json:"created_at"`
+	UpdatedAt   time.Time   `json:"updated_at"`
 
 	// Role is the caller's role in the tenant, when it was listed for an
 	// account.
@@ -61,14 +64,27 @@ func (in *TenantInput) Validate() error {
 	return validateDisplayName("name", in.Name)
 }
 
+// QueuePolicy is what a full queue does with a new message.
+type QueuePolicy string
+
+// The queue policies.
+const (
+	DropOldest QueuePolicy = "drop_oldest"
+	DropNewest QueuePolicy = "drop_newest"
+)
+
 // TenantUpdate changes the fields a tenant's owner may change. Nil fields are
 // left as they are.
 type TenantUpdate struct {
-	Name *string `json:"name,omitempty"`
+	Name        *string      `json:"name,omitempty"`
+	QueuePolicy *QueuePolicy `json:"queue_policy,omitempty"`
 }
 
 // Validate checks the update.
 func (u *TenantUpdate) Validate() error {
+	if u.QueuePolicy != nil && *u.QueuePolicy != DropOldest && *u.QueuePolicy != DropNewest {
+		return invalid("queue_policy", "must be drop_oldest or drop_newest")
+	}
 	if u.Name != nil {
 		return validateDisplayName("name", *u.Name)
 	}

@@ -121,7 +121,7 @@ func testAccounts(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 func testTenants(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 	owner := mustAccount(t, s, "owner@example.com")
 	tn := mustTenant(t, s, owner, "acme")
-	if tn.Plan != tenants.PlanFree || tn.Name != "acme" || tn.Suspended || tn.Role != tenants.RoleOwner {
+	if tn.Plan != tenants.PlanFree || tn.Name != "acme" || tn.Suspended || tn.Role != tenants.RoleOwner || tn.QueuePolicy != tenants.DropOldest {
 		t.Errorf("new tenant: got %+v, want plan free, name acme, not suspended, role owner", tn)
 	}
 	_, err := s.CreateTenant(ctx, owner.ID, tenants.TenantInput{Slug: "acme"})
@@ -148,6 +148,12 @@ func testTenants(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 	blank := "  "
 	_, err = s.UpdateTenant(ctx, "acme", tenants.TenantUpdate{Name: &blank})
 	wantField(t, "blank name", err, "name")
+	newest, bogusPolicy := tenants.DropNewest, tenants.QueuePolicy("drop_all")
+	if up, err := s.UpdateTenant(ctx, "acme", tenants.TenantUpdate{QueuePolicy: &newest}); err != nil || up.QueuePolicy != newest || up.Name != name {
+		t.Errorf("queue policy update: got %+v, %v", up, err)
+	}
+	_, err = s.UpdateTenant(ctx, "acme", tenants.TenantUpdate{QueuePolicy: &bogusPolicy})
+	wantField(t, "unknown queue policy", err, "queue_policy")
 
 	plan, suspended := tenants.PlanPro, true
 	limit := int64(7)
