@@ -234,8 +234,19 @@ func TestQueueOverflowDropsOldest(t *testing.T) {
 		t.Errorf("queue stats: got %+v, want 5 queued, 7 dropped, an oldest time", qs)
 	}
 	back := mustV5(t, d.addr, "acme/sub", secret, "sub", keepSession)
+	got := map[string]bool{}
+	for range 5 {
+		select {
+		case m := <-back.msgs:
+			got[string(m.Payload)] = true
+		case <-time.After(5 * time.Second):
+			t.Fatalf("got %v, want the five newest", got)
+		}
+	}
 	for i := 7; i < 12; i++ {
-		back.expect(t, "q/x", fmt.Sprint(i))
+		if !got[fmt.Sprint(i)] {
+			t.Errorf("message %d, one of the five newest, did not arrive (got %v)", i, got)
+		}
 	}
 	back.quiet(t, 300*time.Millisecond, "a dropped message")
 	eventually(t, 2*time.Second, "queue drained", func() bool { return d.hub.Queue("acme", "sub").Queued == 0 })
