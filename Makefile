@@ -31,7 +31,7 @@ lint: ## go vet and the gofmt check
 FUZZTIME ?= 10s
 
 .PHONY: fuzz
-fuzz: ## run every fuzz target for FUZZTIME each (default 10s)
+fuzz: ## run every fuzz target for FUZZTIME each (default 10s; a count like 5000x works too)
 	@for target in $$($(GO) test -list 'Fuzz.*' ./broker | grep ^Fuzz); do \
 		echo "fuzz $$target for $(FUZZTIME)"; \
 		$(GO) test ./broker -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) || exit 1; \
