@@ -345,3 +345,12 @@ func contextWithTimeout() (context.Context, context.CancelFunc) {
 }
 
 func intp(i int) *int { return &i }
+
+// barrier returns once the broker has finished routing everything this
+// client published before: mochi acknowledges a publish before it routes
+// it, but handles one connection's packets in order, so the PUBACK of a
+// later publish means the earlier ones are routed.
+func (c *v5) barrier(t *testing.T) {
+	t.Helper()
+	c.pub(t, "barrier", "", 1, false)
+}

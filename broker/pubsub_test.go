@@ -62,6 +62,7 @@ func TestRetained(t *testing.T) {
 	s.tenant("acme")
 	pub := mustV5(t, s.addr, user("acme", "pub"), s.device("acme", "pub"), "pub")
 	pub.pub(t, "status/door", "open", 1, true)
+	pub.barrier(t)
 	sub := mustV3(t, s.addr, user("acme", "sub"), s.device("acme", "sub"), "sub", true)
 	sub.sub(t, "status/#", 1)
 	if m := sub.expect(t, "status/door", "open"); !m.Retained() {
@@ -69,6 +70,7 @@ func TestRetained(t *testing.T) {
 	}
 	// Clearing it: an empty retained publish.
 	pub.pub(t, "status/door", "", 1, true)
+	pub.barrier(t)
 	sub.expect(t, "status/door", "")
 	late := mustV5(t, s.addr, user("acme", "late"), s.device("acme", "late"), "late")
 	late.sub(t, "status/#", 1)
@@ -317,6 +319,7 @@ func TestRetainedDeliveryChecked(t *testing.T) {
 	pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
 	pub.pub(t, "status/secret", "hidden", 1, true)
 	pub.pub(t, "status/open", "visible", 1, true)
+	pub.barrier(t)
 	sub := mustV3(t, s.addr, "acme/sub", s.device("acme", "sub"), "sub", true)
 	sub.sub(t, "status/#", 1)
 	sub.expect(t, "status/open", "visible")
