@@ -44,6 +44,12 @@ func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet
 	if pk.FixedHeader.Type == packets.Publish {
 		return withoutTag(pk)
 	}
+	if pk.FixedHeader.Type == packets.Pubrec && pk.ReasonCode == packets.ErrPacketIdentifierInUse.Code {
+		// mochi answers a resent QoS 2 PUBLISH it already holds with
+		// 0x91, which tells a v5 publisher its message was refused; it was
+		// accepted, and the answer is a plain PUBREC [MQTT-4.3.3-10].
+		pk.ReasonCode = packets.CodeSuccess.Code
+	}
 	if pk.FixedHeader.Type == packets.Connack && pk.SessionPresent && h.inst.persist != nil {
 		h.inst.persist.orderResend(cl)
 	}
@@ -157,6 +163,9 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 //
 // Messages matching export rules are written to Kafka first, the same way.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if p := h.inst.persist; p != nil && p.duplicate(cl, pk) {
+		return pk, packets.CodeSuccessIgnore // acknowledged, not delivered again
+	}
 	if err := h.inst.export(cl, pk); err != nil {
 		return h.refuse(cl, pk, err)
 	}
@@ -193,11 +202,27 @@ func (h *hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, rese
 
 func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) { h.inst.persist.routed(pk) }
 
-// OnPacketRead notices a client acknowledging a message it was sent: PUBACK
-// for QoS 1, PUBREC for QoS 2 (from then on the client holds it).
+// errNotRecorded ends a connection whose acknowledgement could not be
+// recorded; the client repeats it when it reconnects.
+var errNotRecorded = errors.New("acknowledgement not recorded")
+
+// OnPacketRead follows the QoS exchanges, before mochi answers them:
+// PUBACK and PUBCOMP complete a message the client was sent, PUBREC makes
+// it one waiting for its PUBREL, and a publisher's PUBREL frees its packet
+// id. What the store could not record is not answered.
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if t := pk.FixedHeader.Type; t == packets.Puback || t == packets.Pubrec {
-		h.inst.persist.acknowledged(cl, pk.PacketID)
+	p := h.inst.persist
+	switch pk.FixedHeader.Type {
+	case packets.Puback, packets.Pubcomp:
+		p.acknowledged(cl, pk.PacketID)
+	case packets.Pubrec:
+		if !p.receivedBy(cl, pk) {
+			return pk, errNotRecorded
+		}
+	case packets.Pubrel:
+		if p.release(cl, pk.PacketID) != nil {
+			return pk, errNotRecorded
+		}
 	}
 	return pk, nil
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -25,7 +26,16 @@ type SessionStore interface {
 	SaveSession(ctx context.Context, tenant string, s store.Session) error
 	Sessions(ctx context.Context, tenant string) ([]store.Session, error)
 	DeleteSession(ctx context.Context, tenant, clientID string) error
-	Append(ctx context.Context, tenant string, items []store.Item) ([]uint64, error)
+	// Append queues the items and returns their sequence numbers. A
+	// receipt with a client id is recorded in the same write: the items
+	// and the receipt are stored together or not at all.
+	Append(ctx context.Context, tenant string, items []store.Item, r store.Receipt) ([]uint64, error)
+	// Release forgets a receipt once its PUBREL arrived.
+	Release(ctx context.Context, tenant, clientID string, packetID uint16) error
+	// Mark records the packet id a queued QoS 2 message is sent with, and
+	// whether the client acknowledged it with PUBREC. A mark on a message
+	// no longer queued is ignored.
+	Mark(ctx context.Context, tenant, clientID string, seq uint64, packetID uint16, released bool) error
 	Read(ctx context.Context, tenant, clientID string, after uint64, limit int) ([]store.Queued, error)
 	Trim(ctx context.Context, tenant, clientID string, upTo uint64) error
 	QueueInfo(ctx context.Context, tenant, clientID string) (store.QueueInfo, error)
@@ -43,9 +53,17 @@ const seqProperty = "\x00roost-publish"
 // What it guarantees: a QoS 1 or 2 message is in the queue of every
 // persistent session it is for, and a retained message is stored, before
 // the publisher gets its PUBACK or PUBREC. A queued message leaves the
-// queue once the subscriber acknowledged it (PUBACK, or PUBREC for QoS 2).
+// queue once the subscriber acknowledged it (PUBACK, or PUBCOMP for QoS 2).
 // After a restart, sessions, their subscriptions, their unacknowledged
 // messages (in order) and retained messages are restored.
+//
+// QoS 2 is exactly once across restarts too. Inbound: a persistent
+// publisher's QoS 2 publish is stored with a receipt for its packet id, in
+// the same write; until its PUBREL, a resent PUBLISH with that id is
+// acknowledged and not delivered again. Outbound: a QoS 2 message is marked
+// in the store with its packet id before it is sent, and marked released
+// when the client's PUBREC arrives, so that after a restart it is resent
+// with the same id (the client recognises it) or only its PUBREL is.
 type persistence struct {
 	st     SessionStore
 	tenant string
@@ -71,6 +89,19 @@ type persistence struct {
 	// dropped counts, per client id, messages dropped from a full queue
 	// since the tenant's broker started.
 	dropped map[string]int64
+	// marks holds, per client, the store marks of the QoS 2 messages sent
+	// to it, by store number.
+	marks map[string]map[uint64]mark
+	// received holds, per publisher, the packet ids of its QoS 2 publishes
+	// stored with a receipt and not yet released by PUBREL.
+	received map[string]map[uint16]bool
+}
+
+// mark is how a QoS 2 message is marked in the store: the packet id it was
+// sent with, and whether the client has acknowledged it with PUBREC.
+type mark struct {
+	packetID uint16
+	released bool
 }
 
 func newPersistence(st SessionStore, inst *instance) *persistence {
@@ -78,6 +109,7 @@ func newPersistence(st SessionStore, inst *instance) *persistence {
 		st: st, tenant: inst.tenant, inst: inst,
 		pubs: map[string]pubCopies{}, inflight: map[string]map[uint16]uint64{},
 		outstanding: map[string][]uint64{}, devices: map[string]string{}, stored: map[string]bool{}, dropped: map[string]int64{},
+		marks: map[string]map[uint64]mark{}, received: map[string]map[uint16]bool{},
 	}
 }
 
@@ -151,7 +183,11 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	if len(items) == 0 {
 		return pk, nil
 	}
-	seqs, err := p.st.Append(ctx, p.tenant, items)
+	var receipt store.Receipt
+	if pk.FixedHeader.Qos == 2 && !cl.Net.Inline && persistent(cl) {
+		receipt = store.Receipt{ClientID: cl.ID, PacketID: pk.PacketID}
+	}
+	seqs, err := p.st.Append(ctx, p.tenant, items, receipt)
 	if err != nil {
 		p.inst.log.Error("queue message for persistent sessions", "topic", pk.TopicName, "sessions", len(items), "err", err)
 		return pk, errNotStored
@@ -165,6 +201,12 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		p.outstanding[it.ClientID] = append(p.outstanding[it.ClientID], seqs[i])
 	}
 	p.pubs[pubID] = pubCopies{seqs: copies, at: time.Now()}
+	if receipt.ClientID != "" {
+		if p.received[cl.ID] == nil {
+			p.received[cl.ID] = map[uint16]bool{}
+		}
+		p.received[cl.ID][receipt.PacketID] = true
+	}
 	p.mu.Unlock()
 	pk.Properties.User = append(slices.Clone(pk.Properties.User), packets.UserProperty{Key: seqProperty, Val: pubID})
 	return pk, nil
@@ -190,7 +232,11 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.
 			kept = append(kept, it)
 			continue
 		}
-		if policy == tenants.DropNewest {
+		// Under drop_oldest, the oldest message the client has not
+		// acknowledged goes: one it acknowledged with PUBREC only waits
+		// for its PUBREL.
+		i := slices.IndexFunc(out, func(seq uint64) bool { return !p.marks[it.ClientID][seq].released })
+		if policy == tenants.DropNewest || i < 0 {
 			p.dropped[it.ClientID]++
 			p.mu.Unlock()
 			p.inst.hub.emit(events.Event{Tenant: p.tenant, Type: events.QueueDropped, ClientID: it.ClientID,
@@ -198,8 +244,9 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.
 			continue
 		}
 		kept = append(kept, it)
-		oldest := out[0]
-		p.outstanding[it.ClientID] = out[1:]
+		oldest := out[i]
+		p.outstanding[it.ClientID] = slices.Delete(slices.Clone(out), i, i+1)
+		delete(p.marks[it.ClientID], oldest)
 		p.dropped[it.ClientID]++
 		var packetID uint16
 		for id, seq := range p.inflight[it.ClientID] {
@@ -213,8 +260,13 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.
 		if cl, ok := p.inst.server.Clients.Get(it.ClientID); ok && packetID != 0 {
 			cl.State.Inflight.Delete(packetID)
 		}
-		if err := p.st.Trim(ctx, p.tenant, it.ClientID, oldest); err != nil {
-			p.inst.log.Warn("drop the oldest queued message", "client_id", it.ClientID, "err", err)
+		// Trimming is up to a number: behind messages waiting for their
+		// PUBREL the dropped one stays in the store until they complete
+		// (the next trim takes it).
+		if i == 0 {
+			if err := p.st.Trim(ctx, p.tenant, it.ClientID, oldest); err != nil {
+				p.inst.log.Warn("drop the oldest queued message", "client_id", it.ClientID, "err", err)
+			}
 		}
 		p.inst.log.Info("queue full: oldest message dropped", "client_id", it.ClientID, "limit", limit)
 		p.inst.hub.emit(events.Event{Tenant: p.tenant, Type: events.QueueDropped, ClientID: it.ClientID,
@@ -293,24 +345,107 @@ func pubIDOf(pk packets.Packet) (string, bool) {
 	return "", false
 }
 
-// handedOver notes which packet id carries a stored message to a client.
+// handedOver runs as mochi hands a QoS 1 or 2 message to a client, first
+// or again, before it is written. It notes which packet id carries which
+// stored message, and marks a QoS 2 message in the store with its packet
+// id: the client may hold it by that id from the moment it is written.
+// A mark that cannot be written disconnects the client, before the
+// message is written, so that it is sent again later.
 func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
-	pubID, ok := pubIDOf(out)
-	if !ok {
+	p.mu.Lock()
+	seq, ok := p.inflight[cl.ID][out.PacketID]
+	if pubID, tagged := pubIDOf(out); tagged {
+		seq, ok = p.pubs[pubID].seqs[cl.ID]
+		if ok {
+			if p.inflight[cl.ID] == nil {
+				p.inflight[cl.ID] = map[uint16]uint64{}
+			}
+			p.inflight[cl.ID][out.PacketID] = seq
+		}
+	}
+	want := mark{packetID: out.PacketID}
+	if !ok || out.FixedHeader.Qos != 2 || p.marks[cl.ID][seq] == want {
+		p.mu.Unlock()
 		return
+	}
+	p.mu.Unlock()
+	if !p.mark(cl, seq, want) {
+		cl.Stop(packets.ErrUnspecifiedError)
+	}
+}
+
+// mark writes a QoS 2 message's mark; false if the store failed.
+func (p *persistence) mark(cl *mqtt.Client, seq uint64, m mark) bool {
+	ctx, cancel := storeCtx()
+	defer cancel()
+	if err := p.st.Mark(ctx, p.tenant, cl.ID, seq, m.packetID, m.released); err != nil {
+		p.inst.log.Error("mark a QoS 2 message", "client_id", cl.ID, "err", err)
+		return false
+	}
+	p.mu.Lock()
+	if p.marks[cl.ID] == nil {
+		p.marks[cl.ID] = map[uint64]mark{}
+	}
+	p.marks[cl.ID][seq] = m
+	p.mu.Unlock()
+	return true
+}
+
+// received is a client's PUBREC for a message it was sent. For a stored
+// QoS 2 message the store notes that only the PUBREL is left; it returns
+// false if it could not, and the PUBREC must not be answered.
+func (p *persistence) receivedBy(cl *mqtt.Client, pk packets.Packet) bool {
+	if pk.ReasonCode >= 0x80 {
+		// The client refused the message: mochi drops it.
+		p.acknowledged(cl, pk.PacketID)
+		return true
+	}
+	p.mu.Lock()
+	seq, ok := p.inflight[cl.ID][pk.PacketID]
+	p.mu.Unlock()
+	if !ok {
+		return true
+	}
+	return p.mark(cl, seq, mark{packetID: pk.PacketID, released: true})
+}
+
+// duplicate reports a QoS 2 PUBLISH that was stored before a restart and
+// not yet released: it is acknowledged again, not delivered again.
+func (p *persistence) duplicate(cl *mqtt.Client, pk packets.Packet) bool {
+	if pk.FixedHeader.Qos != 2 || cl.Net.Inline {
+		return false
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	seq, ok := p.pubs[pubID].seqs[cl.ID]
-	if !ok {
-		return
+	return p.received[cl.ID][pk.PacketID]
+}
+
+// release forgets a publisher's receipt when its PUBREL arrives, before the
+// PUBCOMP is sent: from then on the packet id is free for a new message.
+// After a restart mochi no longer holds the PUBREC, so it is put back for
+// mochi to complete the exchange with a successful PUBCOMP.
+func (p *persistence) release(cl *mqtt.Client, packetID uint16) error {
+	p.mu.Lock()
+	held := p.received[cl.ID][packetID]
+	p.mu.Unlock()
+	if !held {
+		return nil
 	}
-	m := p.inflight[cl.ID]
-	if m == nil {
-		m = map[uint16]uint64{}
-		p.inflight[cl.ID] = m
+	ctx, cancel := storeCtx()
+	defer cancel()
+	if err := p.st.Release(ctx, p.tenant, cl.ID, packetID); err != nil {
+		p.inst.log.Error("release a QoS 2 receipt", "client_id", cl.ID, "err", err)
+		return err
 	}
-	m[out.PacketID] = seq
+	p.mu.Lock()
+	delete(p.received[cl.ID], packetID)
+	p.mu.Unlock()
+	if _, ok := cl.State.Inflight.Get(packetID); !ok {
+		if cl.State.Inflight.Set(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: packetID}) {
+			atomic.AddInt64(&p.inst.server.Info.Inflight, 1)
+		}
+	}
+	return nil
 }
 
 // routed forgets a publish's tag once mochi has routed it.
@@ -323,7 +458,7 @@ func (p *persistence) routed(pk packets.Packet) {
 }
 
 // acknowledged removes a message from its session's queue once the client
-// has it: PUBACK for QoS 1, PUBREC for QoS 2. Numbers are trimmed up to the
+// has it: PUBACK for QoS 1, PUBCOMP for QoS 2. Numbers are trimmed up to the
 // highest one below which all are acknowledged.
 func (p *persistence) acknowledged(cl *mqtt.Client, packetID uint16) {
 	p.mu.Lock()
@@ -333,6 +468,7 @@ func (p *persistence) acknowledged(cl *mqtt.Client, packetID uint16) {
 		return
 	}
 	delete(p.inflight[cl.ID], packetID)
+	delete(p.marks[cl.ID], seq)
 	out := p.outstanding[cl.ID]
 	i := slices.Index(out, seq)
 	if i < 0 {
@@ -426,6 +562,8 @@ func (p *persistence) drop(ctx context.Context, clientID string) error {
 	delete(p.outstanding, clientID)
 	delete(p.devices, clientID)
 	delete(p.dropped, clientID)
+	delete(p.marks, clientID)
+	delete(p.received, clientID)
 	stored := p.stored[clientID]
 	delete(p.stored, clientID)
 	p.mu.Unlock()
@@ -480,10 +618,11 @@ func (p *persistence) restore() ([]storage.Client, []storage.Subscription, []sto
 		if err != nil {
 			return nil, nil, nil, nil, err
 		}
-		// Messages past their expiry are not delivered.
+		// Messages past their expiry are not delivered, unless they were
+		// sent already: the client may hold them by their packet id.
 		live := queued[:0]
 		for _, q := range queued {
-			if q.Expires.IsZero() || now.Before(q.Expires) {
+			if q.PacketID != 0 || q.Expires.IsZero() || now.Before(q.Expires) {
 				live = append(live, q)
 			}
 		}
@@ -493,16 +632,43 @@ func (p *persistence) restore() ([]storage.Client, []storage.Subscription, []sto
 			}
 		}
 		queued = live
-		ids := map[uint16]uint64{}
-		for i, q := range queued {
-			// Packet ids from the top of the range: mochi refuses a
-			// client's SUBSCRIBE whose id equals an outbound inflight id,
-			// and clients number their packets from 1.
-			id := uint16(0xffff - i)
-			ids[id] = q.Seq
-			p.outstanding[s.ClientID] = append(p.outstanding[s.ClientID], q.Seq)
-			inflight = append(inflight, fromStore(q.Message, s.ClientID, id, base+int64(i)))
+		if len(s.PendingRelease) > 0 {
+			p.received[s.ClientID] = map[uint16]bool{}
+			for _, id := range s.PendingRelease {
+				p.received[s.ClientID][id] = true
+			}
 		}
+		ids := map[uint16]uint64{}
+		marks := map[uint64]mark{}
+		for _, q := range queued {
+			if q.PacketID != 0 {
+				ids[q.PacketID] = q.Seq
+				marks[q.Seq] = mark{packetID: q.PacketID, released: q.Released}
+			}
+		}
+		// Messages never sent get packet ids from the top of the range:
+		// mochi refuses a client's SUBSCRIBE whose id equals an outbound
+		// inflight id, and clients number their packets from 1.
+		free := uint16(0xffff)
+		for i, q := range queued {
+			p.outstanding[s.ClientID] = append(p.outstanding[s.ClientID], q.Seq)
+			id := q.PacketID
+			if id == 0 {
+				for ids[free] != 0 {
+					free--
+				}
+				id = free
+				ids[id] = q.Seq
+			}
+			m := fromStore(q.Message, s.ClientID, id, base+int64(i))
+			if q.Released {
+				// Only the PUBREL is left to send.
+				m = storage.Message{T: storage.InflightKey, Client: s.ClientID, PacketID: id, Created: base + int64(i),
+					FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}}
+			}
+			inflight = append(inflight, m)
+		}
+		p.marks[s.ClientID] = marks
 		p.inflight[s.ClientID] = ids
 	}
 	retained, err := p.st.Retained(ctx, p.tenant)

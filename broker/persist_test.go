@@ -159,11 +159,11 @@ type failing struct {
 
 var errDown = errors.New("store down")
 
-func (f *failing) Append(ctx context.Context, tenant string, items []store.Item) ([]uint64, error) {
+func (f *failing) Append(ctx context.Context, tenant string, items []store.Item, r store.Receipt) ([]uint64, error) {
 	if f.fail.Load() {
 		return nil, errDown
 	}
-	return f.Store.Append(ctx, tenant, items)
+	return f.Store.Append(ctx, tenant, items, r)
 }
 
 func (f *failing) SetRetained(ctx context.Context, tenant string, m store.Message) error {

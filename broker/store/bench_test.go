@@ -16,7 +16,7 @@ import (
 
 // backend is a session store under benchmark.
 type backend interface {
-	Append(ctx context.Context, tenant string, items []store.Item) ([]uint64, error)
+	Append(ctx context.Context, tenant string, items []store.Item, r store.Receipt) ([]uint64, error)
 	Read(ctx context.Context, tenant, clientID string, after uint64, limit int) ([]store.Queued, error)
 	Trim(ctx context.Context, tenant, clientID string, upTo uint64) error
 	Close() error
@@ -63,7 +63,7 @@ func BenchmarkQueueIn(b *testing.B) {
 				for pb.Next() {
 					i := n.Add(1)
 					item := store.Item{ClientID: fmt.Sprintf("c%d", i%100), Message: store.Message{Topic: "t", Payload: payload, QoS: 1, Created: time.Now()}}
-					if _, err := s.Append(context.Background(), "bench", []store.Item{item}); err != nil {
+					if _, err := s.Append(context.Background(), "bench", []store.Item{item}, store.Receipt{}); err != nil {
 						b.Error(err)
 						return
 					}
@@ -87,7 +87,7 @@ func BenchmarkQueueDrain(b *testing.B) {
 				batch[i] = store.Item{ClientID: "c", Message: store.Message{Topic: "t", Payload: payload, QoS: 1, Created: time.Now()}}
 			}
 			for filled := 0; filled < b.N; filled += len(batch) {
-				if _, err := s.Append(context.Background(), "bench", batch); err != nil {
+				if _, err := s.Append(context.Background(), "bench", batch, store.Receipt{}); err != nil {
 					b.Fatal(err)
 				}
 			}

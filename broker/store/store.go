@@ -32,6 +32,21 @@ type Message struct {
 type Queued struct {
 	Seq uint64
 	Message
+	// PacketID is the packet id a QoS 2 message was sent with, recorded by
+	// Mark before it was sent; 0 if it never was. A resend after a restart
+	// must use the same id, so that the client recognises it.
+	PacketID uint16
+	// Released is true once the client acknowledged the message with
+	// PUBREC: what is left is to release its packet id with PUBREL.
+	Released bool
+}
+
+// Receipt names a QoS 2 PUBLISH taken from a persistent publisher. Until
+// its PUBREL, a PUBLISH with the same packet id from that client is the same
+// message, also after a restart, and is not delivered again.
+type Receipt struct {
+	ClientID string
+	PacketID uint16
 }
 
 // Item is one message for one session's queue.
@@ -68,10 +83,11 @@ type Session struct {
 	// DisconnectedAt is zero while the client is connected.
 	DisconnectedAt time.Time      `json:"disconnected_at,omitzero"`
 	Subscriptions  []Subscription `json:"subscriptions"`
-	// PendingRelease holds the packet ids of QoS 2 publishes received and
-	// answered with PUBREC but not yet released by PUBREL, so that a
-	// resent PUBLISH after a restart is not delivered twice.
-	PendingRelease []uint16 `json:"pending_release,omitempty"`
+	// PendingRelease holds the packet ids of the client's QoS 2 publishes
+	// that were stored (with their Receipt) but not yet released by PUBREL,
+	// so that a PUBLISH resent after a restart is not delivered twice.
+	// Sessions fills it in; SaveSession ignores it.
+	PendingRelease []uint16 `json:"-"`
 }
 
 // ErrClosed is returned by a back-end after Close.

@@ -6,7 +6,8 @@
 //
 // Tables (families in brackets), created by the operator; see the README:
 //
-//	<prefix>queues   [m]  queue id + seq        → m:v message
+//	<prefix>queues   [m]  queue id + seq        → m:v message, m:d QoS 2 mark (packet id, released)
+//	                      queue id + 8 zero bytes → m:r<packet id> receipts of the client's QoS 2 publishes
 //	<prefix>meta     [m]  queue id              → m:seq last sequence number given
 //	<prefix>sessions [s]  tenant "/" client id  → s:v session JSON
 //	<prefix>retained [r]  tenant "/" topic      → r:v message
@@ -24,6 +25,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -174,9 +176,17 @@ func pathKey(key []byte) string {
 	return b.String()
 }
 
-// scan returns the rows with start <= key < end, each key with its first
-// cell's value.
-func (s *Store) scan(ctx context.Context, table string, start, end []byte, limit int) ([][2][]byte, error) {
+// scanned is a row a scanner returned: its key and its cells by column.
+type scanned struct {
+	key   []byte
+	cells map[string][]byte
+}
+
+// seq is the sequence number at the end of a queue row's key.
+func (r scanned) seq() uint64 { return binary.BigEndian.Uint64(r.key[len(r.key)-8:]) }
+
+// scan returns the rows with start <= key < end.
+func (s *Store) scan(ctx context.Context, table string, start, end []byte, limit int) ([]scanned, error) {
 	spec := map[string]any{"startRow": enc(start), "endRow": enc(end), "batch": min(max(limit, 1), 1000)}
 	resp, err := s.do(ctx, http.MethodPost, "/"+s.prefix+table+"/scanner", spec, "")
 	if err != nil {
@@ -194,7 +204,7 @@ func (s *Store) scan(ctx context.Context, table string, start, end []byte, limit
 			r.Body.Close()
 		}
 	}()
-	var out [][2][]byte
+	var out []scanned
 	for len(out) < limit {
 		resp, err := s.do(ctx, http.MethodGet, path, nil, "")
 		if err != nil {
@@ -214,21 +224,53 @@ func (s *Store) scan(ctx context.Context, table string, start, end []byte, limit
 			break
 		}
 		for _, r := range cs.Row {
-			k, err := base64.StdEncoding.DecodeString(r.Key)
-			if err != nil || len(r.Cell) == 0 {
-				return nil, fmt.Errorf("hbase scanner: bad row")
-			}
-			v, err := base64.StdEncoding.DecodeString(r.Cell[0].Value)
+			row, err := decodeRow(r)
 			if err != nil {
-				return nil, fmt.Errorf("hbase scanner: bad value")
+				return nil, fmt.Errorf("hbase scanner: %w", err)
 			}
-			out = append(out, [2][]byte{k, v})
+			out = append(out, row)
 		}
 	}
 	if len(out) > limit {
 		out = out[:limit]
 	}
 	return out, nil
+}
+
+func decodeRow(r row) (scanned, error) {
+	k, err := base64.StdEncoding.DecodeString(r.Key)
+	if err != nil || len(r.Cell) == 0 {
+		return scanned{}, errors.New("bad row")
+	}
+	out := scanned{key: k, cells: make(map[string][]byte, len(r.Cell))}
+	for _, c := range r.Cell {
+		col, err1 := base64.StdEncoding.DecodeString(c.Column)
+		v, err2 := base64.StdEncoding.DecodeString(c.Value)
+		if err1 != nil || err2 != nil {
+			return scanned{}, errors.New("bad cell")
+		}
+		out.cells[string(col)] = v
+	}
+	return out, nil
+}
+
+// getRow reads one row; a missing row is not an error.
+func (s *Store) getRow(ctx context.Context, table string, key []byte) (scanned, bool, error) {
+	resp, err := s.do(ctx, http.MethodGet, "/"+s.prefix+table+"/"+pathKey(key), nil, "")
+	if errors.Is(err, errNotFound) {
+		return scanned{}, false, nil
+	}
+	if err != nil {
+		return scanned{}, false, err
+	}
+	var cs cellSet
+	err = json.NewDecoder(resp.Body).Decode(&cs)
+	resp.Body.Close()
+	if err != nil || len(cs.Row) == 0 {
+		return scanned{}, false, fmt.Errorf("hbase %s row: damaged", table)
+	}
+	r, err := decodeRow(cs.Row[0])
+	return r, err == nil, err
 }
 
 // queueID is reverse(client id) + "_" + tenant + "/". The slash cannot occur
@@ -267,12 +309,58 @@ func (s *Store) Sessions(ctx context.Context, tenant string) ([]store.Session, e
 	out := make([]store.Session, 0, len(rows))
 	for _, r := range rows {
 		var sess store.Session
-		if err := json.Unmarshal(r[1], &sess); err != nil {
+		if err := json.Unmarshal(r.cells["s:v"], &sess); err != nil {
 			return nil, err
 		}
+		rr, found, err := s.getRow(ctx, "queues", receiptRow(tenant, sess.ClientID))
+		if err != nil {
+			return nil, err
+		}
+		for col := range rr.cells {
+			if id, ok := strings.CutPrefix(col, "m:r"); ok && found {
+				n, err := strconv.ParseUint(id, 10, 16)
+				if err != nil {
+					return nil, fmt.Errorf("hbase receipt %q: damaged", col)
+				}
+				sess.PendingRelease = append(sess.PendingRelease, uint16(n))
+			}
+		}
+		slices.Sort(sess.PendingRelease)
 		out = append(out, sess)
 	}
 	return out, nil
+}
+
+// receiptRow holds a client's receipts: the queue id with sequence number
+// 0, which no message has.
+func receiptRow(tenant, clientID string) []byte { return queueRow(queueID(tenant, clientID), 0) }
+
+func receiptColumn(packetID uint16) string { return "m:r" + strconv.Itoa(int(packetID)) }
+
+func (s *Store) Release(ctx context.Context, tenant, clientID string, packetID uint16) error {
+	path := "/" + s.prefix + "queues/" + pathKey(receiptRow(tenant, clientID)) + "/" + pathKey([]byte(receiptColumn(packetID)))
+	resp, err := s.do(ctx, http.MethodDelete, path, nil, "")
+	if errors.Is(err, errNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+// Mark writes the mark into the message's row. A mark that outlives its
+// message (a trim in between) is a row without m:v: reads skip it, the
+// next trim deletes it.
+func (s *Store) Mark(ctx context.Context, tenant, clientID string, seq uint64, packetID uint16, released bool) error {
+	v := binary.BigEndian.AppendUint16(nil, packetID)
+	if released {
+		v = append(v, 1)
+	} else {
+		v = append(v, 0)
+	}
+	return s.put(ctx, "queues", []row{newRow(queueRow(queueID(tenant, clientID), seq), "m:d", v)})
 }
 
 func (s *Store) DeleteSession(ctx context.Context, tenant, clientID string) error {
@@ -281,7 +369,7 @@ func (s *Store) DeleteSession(ctx context.Context, tenant, clientID string) erro
 	}
 	q := s.lock(tenant, clientID)
 	defer q.Unlock()
-	return s.trimLocked(ctx, queueID(tenant, clientID), ^uint64(0))
+	return s.trimLocked(ctx, queueID(tenant, clientID), 0, ^uint64(0))
 }
 
 func (s *Store) lock(tenant, clientID string) *queueLock {
@@ -297,9 +385,12 @@ func (s *Store) lock(tenant, clientID string) *queueLock {
 	return q
 }
 
-// Append writes the items in one multi-row PUT (then each queue's last
-// number in one more), holding the locks of the queues involved.
-func (s *Store) Append(ctx context.Context, tenant string, items []store.Item) ([]uint64, error) {
+// Append writes the items, and the receipt, in one multi-row PUT (then each
+// queue's last number in one more), holding the locks of the queues
+// involved. The gateway applies a multi-row PUT as one batch; HBase makes
+// each row atomic, not the batch, so only a failure inside HBase between
+// rows could store part of it.
+func (s *Store) Append(ctx context.Context, tenant string, items []store.Item, r store.Receipt) ([]uint64, error) {
 	var cids []string
 	for _, it := range items {
 		cids = append(cids, it.ClientID)
@@ -337,6 +428,9 @@ func (s *Store) Append(ctx context.Context, tenant string, items []store.Item) (
 			return nil, err
 		}
 		rows = append(rows, newRow(queueRow(queueID(tenant, it.ClientID), seqs[i]), "m:v", v))
+	}
+	if r.ClientID != "" {
+		rows = append(rows, newRow(receiptRow(tenant, r.ClientID), receiptColumn(r.PacketID), []byte{1}))
 	}
 	if err := s.put(ctx, "queues", rows); err != nil {
 		return nil, err
@@ -382,8 +476,7 @@ func (s *Store) loadLast(ctx context.Context, qid []byte) (uint64, error) {
 		return 0, err
 	}
 	if n := len(rows); n > 0 {
-		k := rows[n-1][0]
-		last = max(last, binary.BigEndian.Uint64(k[len(k)-8:]))
+		last = max(last, rows[n-1].seq())
 	}
 	return last, nil
 }
@@ -396,9 +489,16 @@ func (s *Store) Read(ctx context.Context, tenant, clientID string, after uint64,
 	}
 	out := make([]store.Queued, 0, len(rows))
 	for _, r := range rows {
-		q := store.Queued{Seq: binary.BigEndian.Uint64(r[0][len(r[0])-8:])}
-		if err := q.Message.UnmarshalBinary(r[1]); err != nil {
+		v, ok := r.cells["m:v"]
+		if !ok {
+			continue // a mark that outlived its message
+		}
+		q := store.Queued{Seq: r.seq()}
+		if err := q.Message.UnmarshalBinary(v); err != nil {
 			return nil, err
+		}
+		if d := r.cells["m:d"]; len(d) == 3 {
+			q.PacketID, q.Released = binary.BigEndian.Uint16(d), d[2] == 1
 		}
 		out = append(out, q)
 	}
@@ -410,20 +510,22 @@ func (s *Store) Read(ctx context.Context, tenant, clientID string, after uint64,
 func (s *Store) Trim(ctx context.Context, tenant, clientID string, upTo uint64) error {
 	q := s.lock(tenant, clientID)
 	defer q.Unlock()
-	return s.trimLocked(ctx, queueID(tenant, clientID), upTo)
+	return s.trimLocked(ctx, queueID(tenant, clientID), 1, upTo)
 }
 
-func (s *Store) trimLocked(ctx context.Context, qid []byte, upTo uint64) error {
+// trimLocked deletes the queue's rows from one number up to another; from
+// 0 takes the receipts too.
+func (s *Store) trimLocked(ctx context.Context, qid []byte, from, upTo uint64) error {
 	end := afterPrefix(qid)
 	if upTo < ^uint64(0) {
 		end = queueRow(qid, upTo+1)
 	}
-	rows, err := s.scan(ctx, "queues", queueRow(qid, 0), end, 1<<30)
+	rows, err := s.scan(ctx, "queues", queueRow(qid, from), end, 1<<30)
 	if err != nil {
 		return err
 	}
 	for _, r := range rows {
-		if err := s.deleteRow(ctx, "queues", r[0]); err != nil {
+		if err := s.deleteRow(ctx, "queues", r.key); err != nil {
 			return err
 		}
 	}
@@ -432,19 +534,25 @@ func (s *Store) trimLocked(ctx context.Context, qid []byte, upTo uint64) error {
 
 func (s *Store) QueueInfo(ctx context.Context, tenant, clientID string) (store.QueueInfo, error) {
 	qid := queueID(tenant, clientID)
-	rows, err := s.scan(ctx, "queues", queueRow(qid, 0), afterPrefix(qid), 1<<30)
+	rows, err := s.scan(ctx, "queues", queueRow(qid, 1), afterPrefix(qid), 1<<30)
 	if err != nil {
 		return store.QueueInfo{}, err
 	}
-	info := store.QueueInfo{Len: len(rows)}
-	if len(rows) > 0 {
-		k := rows[0][0]
-		info.MinSeq = binary.BigEndian.Uint64(k[len(k)-8:])
-		var m store.Message
-		if err := m.UnmarshalBinary(rows[0][1]); err != nil {
-			return info, err
+	var info store.QueueInfo
+	for _, r := range rows {
+		v, ok := r.cells["m:v"]
+		if !ok {
+			continue
 		}
-		info.Oldest = m.Created
+		if info.Len == 0 {
+			info.MinSeq = r.seq()
+			var m store.Message
+			if err := m.UnmarshalBinary(v); err != nil {
+				return info, err
+			}
+			info.Oldest = m.Created
+		}
+		info.Len++
 	}
 	q := s.lock(tenant, clientID)
 	defer q.Unlock()
@@ -479,7 +587,7 @@ func (s *Store) Retained(ctx context.Context, tenant string) ([]store.Message, e
 	out := make([]store.Message, 0, len(rows))
 	for _, r := range rows {
 		var m store.Message
-		if err := m.UnmarshalBinary(r[1]); err != nil {
+		if err := m.UnmarshalBinary(r.cells["r:v"]); err != nil {
 			return nil, err
 		}
 		out = append(out, m)

@@ -48,11 +48,11 @@ func TestHBaseBatches(t *testing.T) {
 	for i := range 50 {
 		items = append(items, storeItem{ClientID: string(rune('a'+i%26)) + string(rune('a'+i/26))})
 	}
-	if _, err := s.Append(context.Background(), "acme", toItems(items)); err != nil {
+	if _, err := s.Append(context.Background(), "acme", toItems(items), store.Receipt{}); err != nil {
 		t.Fatal(err)
 	}
 	before := fake.Requests["PUT row"]
-	if _, err := s.Append(context.Background(), "acme", toItems(items)); err != nil {
+	if _, err := s.Append(context.Background(), "acme", toItems(items), store.Receipt{}); err != nil {
 		t.Fatal(err)
 	}
 	if got := fake.Requests["PUT row"] - before; got != 2 {

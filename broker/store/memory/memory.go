@@ -3,6 +3,7 @@
 package memory
 
 import (
+	"cmp"
 	"context"
 	"slices"
 	"sort"
@@ -17,6 +18,7 @@ type Store struct {
 	sessions map[key]store.Session
 	queues   map[key]*queue
 	retained map[string]map[string]store.Message // tenant → topic → message
+	receipts map[key]map[uint16]bool
 }
 
 type key struct{ tenant, clientID string }
@@ -28,14 +30,14 @@ type queue struct {
 
 // New returns an empty store.
 func New() *Store {
-	return &Store{sessions: map[key]store.Session{}, queues: map[key]*queue{}, retained: map[string]map[string]store.Message{}}
+	return &Store{sessions: map[key]store.Session{}, queues: map[key]*queue{}, retained: map[string]map[string]store.Message{}, receipts: map[key]map[uint16]bool{}}
 }
 
 func (s *Store) SaveSession(_ context.Context, tenant string, sess store.Session) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sess.Subscriptions = slices.Clone(sess.Subscriptions)
-	sess.PendingRelease = slices.Clone(sess.PendingRelease)
+	sess.PendingRelease = nil
 	s.sessions[key{tenant, sess.ClientID}] = sess
 	return nil
 }
@@ -46,6 +48,10 @@ func (s *Store) Sessions(_ context.Context, tenant string) ([]store.Session, err
 	var out []store.Session
 	for k, v := range s.sessions {
 		if k.tenant == tenant {
+			for id := range s.receipts[k] {
+				v.PendingRelease = append(v.PendingRelease, id)
+			}
+			slices.Sort(v.PendingRelease)
 			out = append(out, v)
 		}
 	}
@@ -57,15 +63,23 @@ func (s *Store) DeleteSession(_ context.Context, tenant, clientID string) error 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.sessions, key{tenant, clientID})
+	delete(s.receipts, key{tenant, clientID})
 	if q := s.queues[key{tenant, clientID}]; q != nil {
 		q.items = nil // keep max: numbers are never reused
 	}
 	return nil
 }
 
-func (s *Store) Append(_ context.Context, tenant string, items []store.Item) ([]uint64, error) {
+func (s *Store) Append(_ context.Context, tenant string, items []store.Item, r store.Receipt) ([]uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if r.ClientID != "" {
+		k := key{tenant, r.ClientID}
+		if s.receipts[k] == nil {
+			s.receipts[k] = map[uint16]bool{}
+		}
+		s.receipts[k][r.PacketID] = true
+	}
 	seqs := make([]uint64, len(items))
 	for i, it := range items {
 		k := key{tenant, it.ClientID}
@@ -81,6 +95,27 @@ func (s *Store) Append(_ context.Context, tenant string, items []store.Item) ([]
 		seqs[i] = q.max
 	}
 	return seqs, nil
+}
+
+func (s *Store) Release(_ context.Context, tenant, clientID string, packetID uint16) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.receipts[key{tenant, clientID}], packetID)
+	return nil
+}
+
+func (s *Store) Mark(_ context.Context, tenant, clientID string, seq uint64, packetID uint16, released bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	q := s.queues[key{tenant, clientID}]
+	if q == nil {
+		return nil
+	}
+	i, found := sort.Find(len(q.items), func(i int) int { return cmp.Compare(seq, q.items[i].Seq) })
+	if found {
+		q.items[i].PacketID, q.items[i].Released = packetID, released
+	}
+	return nil
 }
 
 func (s *Store) Read(_ context.Context, tenant, clientID string, after uint64, limit int) ([]store.Queued, error) {

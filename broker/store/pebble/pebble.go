@@ -24,6 +24,8 @@ import (
 //	's' tenant 0x00 len(cid) cid            → session, JSON
 //	'q' tenant 0x00 len(cid) cid seq(8, BE) → message
 //	'm' tenant 0x00 len(cid) cid            → last sequence number given (8, BE)
+//	'd' tenant 0x00 len(cid) cid seq(8, BE) → QoS 2 mark: packet id (2, BE), released (1)
+//	'p' tenant 0x00 len(cid) cid id(2, BE)  → receipt of a publisher's QoS 2 packet id
 //	'r' tenant 0x00 topic                    → retained message
 type Store struct {
 	db *pebble.DB
@@ -88,6 +90,14 @@ func queueKey(tenant, clientID string, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(clientKey('q', tenant, clientID), seq)
 }
 
+func markKey(tenant, clientID string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64(clientKey('d', tenant, clientID), seq)
+}
+
+func receiptKey(tenant, clientID string, packetID uint16) []byte {
+	return binary.BigEndian.AppendUint16(clientKey('p', tenant, clientID), packetID)
+}
+
 // upperBound is the smallest key above every key with prefix p.
 func upperBound(p []byte) []byte {
 	b := append([]byte(nil), p...)
@@ -121,19 +131,56 @@ func (s *Store) Sessions(_ context.Context, tenant string) ([]store.Session, err
 		if err := json.Unmarshal(it.Value(), &sess); err != nil {
 			return nil, fmt.Errorf("session %q: %w", it.Key(), err)
 		}
+		if sess.PendingRelease, err = s.receipts(tenant, sess.ClientID); err != nil {
+			return nil, err
+		}
 		out = append(out, sess)
 	}
 	return out, it.Error()
 }
 
-// DeleteSession removes the session and its queue. The queue's last
-// sequence number stays, so numbers are never reused.
+func (s *Store) receipts(tenant, clientID string) ([]uint16, error) {
+	p := clientKey('p', tenant, clientID)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: upperBound(p)})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	var ids []uint16
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()
+		ids = append(ids, binary.BigEndian.Uint16(k[len(k)-2:]))
+	}
+	return ids, it.Error()
+}
+
+func (s *Store) Release(_ context.Context, tenant, clientID string, packetID uint16) error {
+	return s.db.Delete(receiptKey(tenant, clientID, packetID), pebble.Sync)
+}
+
+// Mark is synced: the client may hold the message by that id as soon as it
+// is sent.
+func (s *Store) Mark(_ context.Context, tenant, clientID string, seq uint64, packetID uint16, released bool) error {
+	v := binary.BigEndian.AppendUint16(nil, packetID)
+	if released {
+		v = append(v, 1)
+	} else {
+		v = append(v, 0)
+	}
+	return s.db.Set(markKey(tenant, clientID, seq), v, pebble.Sync)
+}
+
+// DeleteSession removes the session, its queue, its marks and its
+// receipts. The queue's last sequence number stays, so numbers are never
+// reused.
 func (s *Store) DeleteSession(_ context.Context, tenant, clientID string) error {
 	b := s.db.NewBatch()
 	defer b.Close()
 	b.Delete(clientKey('s', tenant, clientID), nil)
-	qp := clientKey('q', tenant, clientID)
-	b.DeleteRange(qp, upperBound(qp), nil)
+	for _, kind := range []byte{'q', 'd', 'p'} {
+		p := clientKey(kind, tenant, clientID)
+		b.DeleteRange(p, upperBound(p), nil)
+	}
 	if err := b.Commit(pebble.Sync); err != nil {
 		return err
 	}
@@ -149,8 +196,8 @@ func (s *Store) DeleteSession(_ context.Context, tenant, clientID string) error 
 // reader never sees a later number before an earlier one, and one fsync
 // covers many publishers. All items of one call are in the same batch: a
 // message is stored for every session it was meant for, or for none.
-func (s *Store) Append(ctx context.Context, tenant string, items []store.Item) ([]uint64, error) {
-	req := &appendReq{tenant: tenant, items: items, done: make(chan struct{})}
+func (s *Store) Append(ctx context.Context, tenant string, items []store.Item, r store.Receipt) ([]uint64, error) {
+	req := &appendReq{tenant: tenant, items: items, receipt: r, done: make(chan struct{})}
 	select {
 	case s.appends <- req:
 	case <-s.closed:
@@ -163,11 +210,12 @@ func (s *Store) Append(ctx context.Context, tenant string, items []store.Item) (
 }
 
 type appendReq struct {
-	tenant string
-	items  []store.Item
-	seqs   []uint64
-	err    error
-	done   chan struct{}
+	tenant  string
+	items   []store.Item
+	receipt store.Receipt
+	seqs    []uint64
+	err     error
+	done    chan struct{}
 }
 
 // maxGroup bounds how many appends one commit takes.
@@ -211,6 +259,9 @@ func (s *Store) commit(reqs []*appendReq) error {
 	s.seqMu.Lock()
 	next := map[string]uint64{}
 	for _, r := range reqs {
+		if r.receipt.ClientID != "" {
+			b.Set(receiptKey(r.tenant, r.receipt.ClientID, r.receipt.PacketID), nil, nil)
+		}
 		r.seqs = make([]uint64, len(r.items))
 		for i, it := range r.items {
 			mk := string(clientKey('m', r.tenant, it.ClientID))
@@ -281,7 +332,33 @@ func (s *Store) Read(_ context.Context, tenant, clientID string, after uint64, l
 		}
 		out = append(out, q)
 	}
-	return out, it.Error()
+	if err := it.Error(); err != nil || len(out) == 0 {
+		return out, err
+	}
+	return out, s.applyMarks(tenant, clientID, out)
+}
+
+// applyMarks adds the QoS 2 marks of the messages read.
+func (s *Store) applyMarks(tenant, clientID string, qs []store.Queued) error {
+	it, err := s.db.NewIter(&pebble.IterOptions{
+		LowerBound: markKey(tenant, clientID, qs[0].Seq), UpperBound: markKey(tenant, clientID, qs[len(qs)-1].Seq+1),
+	})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	i := 0
+	for it.First(); it.Valid(); it.Next() {
+		k, v := it.Key(), it.Value()
+		seq := binary.BigEndian.Uint64(k[len(k)-8:])
+		for i < len(qs) && qs[i].Seq < seq {
+			i++
+		}
+		if i < len(qs) && qs[i].Seq == seq && len(v) == 3 {
+			qs[i].PacketID, qs[i].Released = binary.BigEndian.Uint16(v), v[2] == 1
+		}
+	}
+	return it.Error()
 }
 
 // Trim deletes the queue's messages up to and including upTo. It deletes
@@ -309,6 +386,16 @@ func (s *Store) Trim(_ context.Context, tenant, clientID string, upTo uint64) er
 		b.Delete(it.Key(), nil)
 	}
 	if err := it.Close(); err != nil {
+		return err
+	}
+	marks, err := s.db.NewIter(&pebble.IterOptions{LowerBound: markKey(tenant, clientID, from+1), UpperBound: markKey(tenant, clientID, upTo+1)})
+	if err != nil {
+		return err
+	}
+	for marks.First(); marks.Valid(); marks.Next() {
+		b.Delete(marks.Key(), nil)
+	}
+	if err := marks.Close(); err != nil {
 		return err
 	}
 	if err := b.Commit(pebble.NoSync); err != nil {

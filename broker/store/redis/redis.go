@@ -1,12 +1,18 @@
 // Package redis is a session store on Redis (standalone or Cluster).
 //
-// Keys put each session's data in one hash slot, and never let two tenants'
-// or two client ids' keys meet: the client id is base64url-encoded, so ':'
-// and braces in it cannot change a key's shape or its hash tag.
+// Every key of a tenant carries the tenant as its hash tag, so a Redis
+// Cluster keeps the tenant in one slot: a publish is queued for all its
+// sessions, together with the publisher's QoS 2 receipt, by one atomic
+// script. Cluster spreads tenants over its shards, not one tenant's
+// sessions. Client ids are base64url-encoded, so ':' and braces in them
+// cannot change a key's shape or its hash tag, and no two tenants' or two
+// client ids' keys meet.
 //
-//	<prefix>:{<tenant>:<b64 cid>}:s      session, JSON
-//	<prefix>:{<tenant>:<b64 cid>}:q      queue: sorted set, score = seq, member = "<seq>:<message>"
-//	<prefix>:{<tenant>:<b64 cid>}:seq    last sequence number given
+//	<prefix>:{<tenant>}:<b64 cid>:s      session, JSON
+//	<prefix>:{<tenant>}:<b64 cid>:q      queue: sorted set, score = seq, member = "<seq>:<message>"
+//	<prefix>:{<tenant>}:<b64 cid>:seq    last sequence number given
+//	<prefix>:{<tenant>}:<b64 cid>:d      QoS 2 marks: hash, seq → "<packet id>:<released 0|1>"
+//	<prefix>:{<tenant>}:<b64 cid>:r      receipts: set of the publisher's QoS 2 packet ids
 //	<prefix>:{<tenant>}:sessions          set of the tenant's session ids (b64)
 //	<prefix>:{<tenant>}:retained          hash: topic → message
 package redis
@@ -17,6 +23,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -60,7 +67,7 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 func b64(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
 
 func (s *Store) sessionKey(tenant, cid, kind string) string {
-	return s.prefix + ":{" + tenant + ":" + b64(cid) + "}:" + kind
+	return s.prefix + ":{" + tenant + "}:" + b64(cid) + ":" + kind
 }
 
 func (s *Store) tenantKey(tenant, kind string) string {
@@ -87,14 +94,17 @@ func (s *Store) Sessions(ctx context.Context, tenant string) ([]store.Session, e
 	}
 	pipe := s.rdb.Pipeline()
 	gets := make([]*goredis.StringCmd, len(ids))
+	receipts := make([]*goredis.StringSliceCmd, len(ids))
 	for i, id := range ids {
-		gets[i] = pipe.Get(ctx, s.prefix+":{"+tenant+":"+id+"}:s")
+		k := s.prefix + ":{" + tenant + "}:" + id + ":"
+		gets[i] = pipe.Get(ctx, k+"s")
+		receipts[i] = pipe.SMembers(ctx, k+"r")
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
 		return nil, err
 	}
 	var out []store.Session
-	for _, g := range gets {
+	for i, g := range gets {
 		v, err := g.Bytes()
 		if errors.Is(err, goredis.Nil) {
 			continue
@@ -106,76 +116,122 @@ func (s *Store) Sessions(ctx context.Context, tenant string) ([]store.Session, e
 		if err := json.Unmarshal(v, &sess); err != nil {
 			return nil, err
 		}
+		for _, m := range receipts[i].Val() {
+			id, err := strconv.ParseUint(m, 10, 16)
+			if err != nil {
+				return nil, fmt.Errorf("damaged receipt %q", m)
+			}
+			sess.PendingRelease = append(sess.PendingRelease, uint16(id))
+		}
+		slices.Sort(sess.PendingRelease)
 		out = append(out, sess)
 	}
 	return out, nil
 }
 
-// DeleteSession removes the session and its queue; the sequence counter
-// stays, so numbers are never reused.
+// DeleteSession removes the session, its queue, marks and receipts; the
+// sequence counter stays, so numbers are never reused.
 func (s *Store) DeleteSession(ctx context.Context, tenant, clientID string) error {
 	if err := s.rdb.SRem(ctx, s.tenantKey(tenant, "sessions"), b64(clientID)).Err(); err != nil {
 		return err
 	}
-	return s.rdb.Del(ctx, s.sessionKey(tenant, clientID, "s"), s.sessionKey(tenant, clientID, "q")).Err()
+	k := func(kind string) string { return s.sessionKey(tenant, clientID, kind) }
+	return s.rdb.Del(ctx, k("s"), k("q"), k("d"), k("r")).Err()
 }
 
-// appendScript numbers and adds a session's messages in one atomic step,
-// so no reader sees a number before the ones below it.
+// appendScript numbers and adds the messages of every session of one
+// publish, and records the publisher's receipt, in one atomic step: no
+// reader sees a number before the ones below it, and a crash stores all of
+// it or none.
+//
+// KEYS: per session its queue and counter, then the receipt set.
+// ARGV: the number of sessions, the receipt's packet id ("" for none), per
+// session its message count, then the messages in session order.
 var appendScript = goredis.NewScript(`
-local n = #ARGV
-local last = redis.call('INCRBY', KEYS[2], n)
-local first = last - n + 1
-for i = 1, n do
-  local seq = first + i - 1
-  redis.call('ZADD', KEYS[1], seq, seq .. ':' .. ARGV[i])
+local g = tonumber(ARGV[1])
+local pos = 3 + g
+local firsts = {}
+for i = 1, g do
+  local n = tonumber(ARGV[2 + i])
+  local last = redis.call('INCRBY', KEYS[2*i], n)
+  local first = last - n + 1
+  for j = 0, n - 1 do
+    redis.call('ZADD', KEYS[2*i-1], first + j, (first + j) .. ':' .. ARGV[pos])
+    pos = pos + 1
+  end
+  firsts[i] = first
 end
-return first`)
+if ARGV[2] ~= '' then
+  redis.call('SADD', KEYS[2*g+1], ARGV[2])
+end
+return firsts`)
 
-// Append stores each session's messages with one script call, all sessions
-// in one pipelined round trip. Each session's part is atomic; a failure
-// returns an error, so the publisher is not acknowledged.
-func (s *Store) Append(ctx context.Context, tenant string, items []store.Item) ([]uint64, error) {
-	type group struct {
-		idx  []int
-		args []any
-	}
-	groups := map[string]*group{}
+// Append stores a publish for all its sessions, and the receipt, with one
+// script call. A failure returns an error, so the publisher is not
+// acknowledged.
+func (s *Store) Append(ctx context.Context, tenant string, items []store.Item, r store.Receipt) ([]uint64, error) {
+	groups := map[string][]int{}
 	var order []string
 	for i, it := range items {
-		v, err := it.Message.MarshalBinary()
-		if err != nil {
-			return nil, err
-		}
-		g := groups[it.ClientID]
-		if g == nil {
-			g = &group{}
-			groups[it.ClientID] = g
+		if groups[it.ClientID] == nil {
 			order = append(order, it.ClientID)
 		}
-		g.idx = append(g.idx, i)
-		g.args = append(g.args, v)
+		groups[it.ClientID] = append(groups[it.ClientID], i)
 	}
-	pipe := s.rdb.Pipeline()
-	cmds := make([]*goredis.Cmd, len(order))
-	for i, cid := range order {
-		keys := []string{s.sessionKey(tenant, cid, "q"), s.sessionKey(tenant, cid, "seq")}
-		cmds[i] = appendScript.Eval(ctx, pipe, keys, groups[cid].args...)
+	keys := make([]string, 0, 2*len(order)+1)
+	args := make([]any, 0, 2+len(order)+len(items))
+	args = append(args, len(order), "")
+	if r.ClientID != "" {
+		args[1] = strconv.Itoa(int(r.PacketID))
 	}
-	if _, err := pipe.Exec(ctx); err != nil {
+	for _, cid := range order {
+		keys = append(keys, s.sessionKey(tenant, cid, "q"), s.sessionKey(tenant, cid, "seq"))
+		args = append(args, len(groups[cid]))
+	}
+	keys = append(keys, s.sessionKey(tenant, r.ClientID, "r"))
+	for _, cid := range order {
+		for _, i := range groups[cid] {
+			v, err := items[i].Message.MarshalBinary()
+			if err != nil {
+				return nil, err
+			}
+			args = append(args, v)
+		}
+	}
+	firsts, err := appendScript.Run(ctx, s.rdb, keys, args...).Int64Slice()
+	if err != nil {
 		return nil, fmt.Errorf("append to redis: %w", err)
 	}
+	if len(firsts) != len(order) {
+		return nil, fmt.Errorf("append to redis: %d numbers for %d queues", len(firsts), len(order))
+	}
 	seqs := make([]uint64, len(items))
-	for i, cid := range order {
-		first, err := cmds[i].Int64()
-		if err != nil {
-			return nil, err
-		}
-		for j, idx := range groups[cid].idx {
-			seqs[idx] = uint64(first) + uint64(j)
+	for g, cid := range order {
+		for j, i := range groups[cid] {
+			seqs[i] = uint64(firsts[g]) + uint64(j)
 		}
 	}
 	return seqs, nil
+}
+
+func (s *Store) Release(ctx context.Context, tenant, clientID string, packetID uint16) error {
+	return s.rdb.SRem(ctx, s.sessionKey(tenant, clientID, "r"), strconv.Itoa(int(packetID))).Err()
+}
+
+// markScript sets a mark only while its message is queued.
+var markScript = goredis.NewScript(`
+if redis.call('ZCOUNT', KEYS[1], ARGV[1], ARGV[1]) > 0 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
+return 0`)
+
+func (s *Store) Mark(ctx context.Context, tenant, clientID string, seq uint64, packetID uint16, released bool) error {
+	v := strconv.Itoa(int(packetID)) + ":0"
+	if released {
+		v = strconv.Itoa(int(packetID)) + ":1"
+	}
+	keys := []string{s.sessionKey(tenant, clientID, "q"), s.sessionKey(tenant, clientID, "d")}
+	return markScript.Run(ctx, s.rdb, keys, strconv.FormatUint(seq, 10), v).Err()
 }
 
 func decodeMember(member string) (store.Queued, error) {
@@ -189,25 +245,49 @@ func decodeMember(member string) (store.Queued, error) {
 }
 
 func (s *Store) Read(ctx context.Context, tenant, clientID string, after uint64, limit int) ([]store.Queued, error) {
-	members, err := s.rdb.ZRangeByScore(ctx, s.sessionKey(tenant, clientID, "q"), &goredis.ZRangeBy{
+	pipe := s.rdb.Pipeline()
+	read := pipe.ZRangeByScore(ctx, s.sessionKey(tenant, clientID, "q"), &goredis.ZRangeBy{
 		Min: "(" + strconv.FormatUint(after, 10), Max: "+inf", Count: int64(limit),
-	}).Result()
-	if err != nil {
+	})
+	marks := pipe.HGetAll(ctx, s.sessionKey(tenant, clientID, "d"))
+	if _, err := pipe.Exec(ctx); err != nil {
 		return nil, err
 	}
-	out := make([]store.Queued, 0, len(members))
-	for _, m := range members {
+	out := make([]store.Queued, 0, len(read.Val()))
+	for _, m := range read.Val() {
 		q, err := decodeMember(m)
 		if err != nil {
 			return nil, err
+		}
+		if mark, ok := marks.Val()[strconv.FormatUint(q.Seq, 10)]; ok {
+			id, rel, _ := strings.Cut(mark, ":")
+			n, err := strconv.ParseUint(id, 10, 16)
+			if err != nil {
+				return nil, fmt.Errorf("damaged mark %q", mark)
+			}
+			q.PacketID, q.Released = uint16(n), rel == "1"
 		}
 		out = append(out, q)
 	}
 	return out, nil
 }
 
+// trimScript deletes a queue's messages up to a number, and their marks.
+var trimScript = goredis.NewScript(`
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('HLEN', KEYS[2]) > 0 then
+  local up = tonumber(ARGV[1])
+  for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
+    if tonumber(f) <= up then
+      redis.call('HDEL', KEYS[2], f)
+    end
+  end
+end
+return 0`)
+
 func (s *Store) Trim(ctx context.Context, tenant, clientID string, upTo uint64) error {
-	return s.rdb.ZRemRangeByScore(ctx, s.sessionKey(tenant, clientID, "q"), "-inf", strconv.FormatUint(upTo, 10)).Err()
+	keys := []string{s.sessionKey(tenant, clientID, "q"), s.sessionKey(tenant, clientID, "d")}
+	return trimScript.Run(ctx, s.rdb, keys, strconv.FormatUint(upTo, 10)).Err()
 }
 
 func (s *Store) QueueInfo(ctx context.Context, tenant, clientID string) (store.QueueInfo, error) {

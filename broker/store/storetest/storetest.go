@@ -35,6 +35,8 @@ func Run(t *testing.T, open func(t *testing.T) (s Store, reopen func() Store)) {
 		{"AwkwardClientIDs", testAwkwardIDs},
 		{"DeleteSessionDropsQueue", testDeleteSession},
 		{"Survives", testSurvives},
+		{"Receipts", testReceipts},
+		{"Marks", testMarks},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -56,7 +58,7 @@ func mustAppend(t *testing.T, s Store, tenant, clientID string, payloads ...stri
 	for _, p := range payloads {
 		items = append(items, store.Item{ClientID: clientID, Message: msg("t/"+clientID, p)})
 	}
-	seqs, err := s.Append(ctx, tenant, items)
+	seqs, err := s.Append(ctx, tenant, items, store.Receipt{})
 	if err != nil {
 		t.Fatalf("Append: %v", err)
 	}
@@ -82,7 +84,6 @@ func testSessions(t *testing.T, s Store, _ func() Store) {
 		ClientID: "c1", Device: "d1", ProtocolVersion: 5, Expiry: 3600,
 		DisconnectedAt: time.Unix(1700000000, 0).UTC(),
 		Subscriptions:  []store.Subscription{{Filter: "a/#", QoS: 1, NoLocal: true, Identifier: 7}, {Filter: "$share/g/b", QoS: 2}},
-		PendingRelease: []uint16{3, 9},
 	}
 	if err := s.SaveSession(ctx, "acme", sess); err != nil {
 		t.Fatal(err)
@@ -147,7 +148,7 @@ func testQueueOrder(t *testing.T, s Store, _ func() Store) {
 	big.Payload = bytes.Repeat([]byte{0, 1, 2, 255}, 64<<10)
 	big.Expires = time.Unix(1800000000, 0).UTC()
 	big.Properties = []byte{1, 2, 3}
-	if _, err := s.Append(ctx, "acme", []store.Item{{ClientID: "c2", Message: big}}); err != nil {
+	if _, err := s.Append(ctx, "acme", []store.Item{{ClientID: "c2", Message: big}}, store.Receipt{}); err != nil {
 		t.Fatal(err)
 	}
 	qs, _ = s.Read(ctx, "acme", "c2", 0, 1)
@@ -184,7 +185,7 @@ func testBatch(t *testing.T, s Store, _ func() Store) {
 		{ClientID: "a", Message: msg("x", "a1")}, {ClientID: "b", Message: msg("x", "b1")},
 		{ClientID: "a", Message: msg("x", "a2")}, {ClientID: "c", Message: msg("x", "c1")},
 	}
-	seqs, err := s.Append(ctx, "acme", items)
+	seqs, err := s.Append(ctx, "acme", items, store.Receipt{})
 	if err != nil || len(seqs) != 4 || seqs[2] <= seqs[0] {
 		t.Fatalf("Append: %v, %v", seqs, err)
 	}
@@ -205,7 +206,7 @@ func testConcurrentAppends(t *testing.T, s Store, _ func() Store) {
 		go func() {
 			defer wg.Done()
 			for i := range each {
-				if _, err := s.Append(ctx, "acme", []store.Item{{ClientID: "hot", Message: msg("x", fmt.Sprintf("%d-%d", w, i))}}); err != nil {
+				if _, err := s.Append(ctx, "acme", []store.Item{{ClientID: "hot", Message: msg("x", fmt.Sprintf("%d-%d", w, i))}}, store.Receipt{}); err != nil {
 					errs <- err
 					return
 				}
@@ -358,5 +359,151 @@ func testSurvives(t *testing.T, s Store, reopen func() Store) {
 	next := mustAppend(t, s2, "acme", "c1", "c")
 	if next[0] <= seqs[1] {
 		t.Errorf("after reopening, sequence %d reuses one at or below %d", next[0], seqs[1])
+	}
+}
+
+// testReceipts: a QoS 2 publisher's receipt is stored with the messages of
+// its publish, listed with its session until released, kept apart by
+// tenant and client, and gone with the session.
+func testReceipts(t *testing.T, s Store, reopen func() Store) {
+	for _, tn := range []string{"acme", "other"} {
+		if err := s.SaveSession(ctx, tn, store.Session{ClientID: "pub"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.SaveSession(ctx, "acme", store.Session{ClientID: "pub2"}); err != nil {
+		t.Fatal(err)
+	}
+	appendFrom := func(tenant, pub string, id uint16) {
+		t.Helper()
+		items := []store.Item{{ClientID: "s1", Message: msg("t", "m")}, {ClientID: "s2", Message: msg("t", "m")}}
+		if _, err := s.Append(ctx, tenant, items, store.Receipt{ClientID: pub, PacketID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendFrom("acme", "pub", 9)
+	appendFrom("acme", "pub", 3)
+	appendFrom("acme", "pub", 65535)
+	appendFrom("acme", "pub2", 4)
+	if _, err := s.Append(ctx, "acme", []store.Item{{ClientID: "s1", Message: msg("t", "no receipt")}}, store.Receipt{}); err != nil {
+		t.Fatal(err)
+	}
+	pending := func(st Store, tenant string) string {
+		t.Helper()
+		ss, err := st.Sessions(ctx, tenant)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		for _, sess := range ss {
+			fmt.Fprintf(&b, "%s%v ", sess.ClientID, sess.PendingRelease)
+		}
+		return b.String()
+	}
+	if got, want := pending(s, "acme"), "pub[3 9 65535] pub2[4] "; got != want {
+		t.Errorf("pending releases: got %q, want %q", got, want)
+	}
+	if got, want := pending(s, "other"), "pub[] "; got != want {
+		t.Errorf("another tenant's pending releases: got %q, want %q", got, want)
+	}
+	if qs, _ := s.Read(ctx, "acme", "s2", 0, 10); len(qs) != 4 {
+		t.Errorf("the publishes with receipts queued %d messages for s2, want 4", len(qs))
+	}
+	if err := s.Release(ctx, "acme", "pub", 9); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Release(ctx, "acme", "pub", 1234); err != nil {
+		t.Errorf("releasing an unknown receipt: %v", err)
+	}
+	if got, want := pending(s, "acme"), "pub[3 65535] pub2[4] "; got != want {
+		t.Errorf("after releasing 9: got %q, want %q", got, want)
+	}
+	if reopen != nil {
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		s = reopen()
+		defer s.Close()
+		if got, want := pending(s, "acme"), "pub[3 65535] pub2[4] "; got != want {
+			t.Errorf("after reopening: got %q, want %q", got, want)
+		}
+	}
+	if err := s.DeleteSession(ctx, "acme", "pub"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SaveSession(ctx, "acme", store.Session{ClientID: "pub"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := pending(s, "acme"), "pub[] pub2[4] "; got != want {
+		t.Errorf("a new session kept the old one's receipts: got %q, want %q", got, want)
+	}
+}
+
+// testMarks: a QoS 2 message's packet id and release are read back with it,
+// survive a reopen, go with the message when trimmed, and a mark on a
+// message no longer queued is ignored.
+func testMarks(t *testing.T, s Store, reopen func() Store) {
+	seqs := mustAppend(t, s, "acme", "c1", "a", "b", "c", "d")
+	mustAppend(t, s, "other", "c1", "x", "y")
+	mark := func(st Store, tenant string, seq uint64, id uint16, released bool) {
+		t.Helper()
+		if err := st.Mark(ctx, tenant, "c1", seq, id, released); err != nil {
+			t.Fatal(err)
+		}
+	}
+	marks := func(st Store, tenant string) string {
+		t.Helper()
+		qs, err := st.Read(ctx, tenant, "c1", 0, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var b bytes.Buffer
+		for _, q := range qs {
+			fmt.Fprintf(&b, "%s:%d:%t ", q.Payload, q.PacketID, q.Released)
+		}
+		return b.String()
+	}
+	mark(s, "acme", seqs[0], 7, false)
+	mark(s, "acme", seqs[0], 7, true)
+	mark(s, "acme", seqs[1], 65535, false)
+	mark(s, "acme", seqs[3], 1, false)
+	if got, want := marks(s, "acme"), "a:7:true b:65535:false c:0:false d:1:false "; got != want {
+		t.Errorf("marks: got %q, want %q", got, want)
+	}
+	if got, want := marks(s, "other"), "x:0:false y:0:false "; got != want {
+		t.Errorf("another tenant's queue: got %q, want %q", got, want)
+	}
+	if qs, _ := s.Read(ctx, "acme", "c1", seqs[2], 10); len(qs) != 1 || qs[0].PacketID != 1 {
+		t.Errorf("reading from the middle: %+v", qs)
+	}
+	if reopen != nil {
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		s = reopen()
+		defer s.Close()
+		if got, want := marks(s, "acme"), "a:7:true b:65535:false c:0:false d:1:false "; got != want {
+			t.Errorf("after reopening: got %q, want %q", got, want)
+		}
+	}
+	if err := s.Trim(ctx, "acme", "c1", seqs[1]); err != nil {
+		t.Fatal(err)
+	}
+	mark(s, "acme", seqs[0], 9, true) // trimmed: ignored
+	if got, want := marks(s, "acme"), "c:0:false d:1:false "; got != want {
+		t.Errorf("after trimming a and b: got %q, want %q", got, want)
+	}
+	if info, err := s.QueueInfo(ctx, "acme", "c1"); err != nil || info.Len != 2 || info.MinSeq != seqs[2] {
+		t.Errorf("queue info after a mark on a trimmed message: %+v, %v", info, err)
+	}
+	next := mustAppend(t, s, "acme", "c1", "e")
+	if got, want := marks(s, "acme"), "c:0:false d:1:false e:0:false "; got != want {
+		t.Errorf("a new message has a mark: got %q, want %q", got, want)
+	}
+	if err := s.Trim(ctx, "acme", "c1", next[0]); err != nil {
+		t.Fatal(err)
+	}
+	if got := marks(s, "acme"); got != "" {
+		t.Errorf("after trimming everything: %q", got)
 	}
 }

@@ -1,6 +1,6 @@
 // Package hbasetest is a fake of HBase's REST gateway (Stargate), enough of
-// it for the session store: single and multi-row PUT, row GET and DELETE,
-// and scanners. No live HBase can run where Roost's tests run, so the hbase
+// it for the session store: single and multi-row PUT, row GET, row and
+// column DELETE, and scanners. No live HBase can run where Roost's tests run, so the hbase
 // back-end is tested against this; it follows the gateway's documented JSON
 // shapes (base64 keys, columns and values) and status codes.
 package hbasetest
@@ -134,11 +134,24 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		json.NewEncoder(w).Encode(CellSet{Row: []Row{encodeRow(row, cols)}})
 	case http.MethodDelete:
-		if _, ok := rows[row]; !ok {
+		cols, ok := rows[row]
+		if !ok {
 			http.Error(w, "not found", http.StatusNotFound)
 			return
 		}
-		delete(rows, row)
+		if len(parts) == 3 { // one column: /table/row/family:qualifier
+			col, err := url.PathUnescape(parts[2])
+			if err != nil || !strings.Contains(col, ":") {
+				http.Error(w, "bad column", http.StatusBadRequest)
+				return
+			}
+			delete(cols, col)
+			if len(cols) == 0 {
+				delete(rows, row)
+			}
+		} else {
+			delete(rows, row)
+		}
 		w.WriteHeader(http.StatusOK)
 	default:
 		http.Error(w, "method", http.StatusMethodNotAllowed)
