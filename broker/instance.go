@@ -94,6 +94,9 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 	caps.MaximumInflight = uint16(clamp(q.MaxQueued, 1, math.MaxUint16))
 	caps.MaximumClientWritesPending = 1024 // 8 KiB of queue per client instead of 64
 	caps.TopicAliasMaximum = 64
+	// mochi would otherwise copy a PUBLISH's properties (its user
+	// properties, the internal tag among them) into the PUBACK or PUBREC.
+	caps.Compatibilities.NoInheritedPropertiesOnAck = true
 	log := h.log.With("tenant", t.Slug)
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities:           caps,

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/eclipse/paho.golang/paho/session/state"
 
 	"github.com/roosthub/roost/internal/testenv"
 )
@@ -122,19 +123,25 @@ func (p *process) api(method, path, token string, body any, out any) {
 	}
 }
 
-// mqttClient connects a paho v5 client; onMsg gets every message.
-func mqttClient(addr, user, secret, id string, persistent bool, onMsg func(*paho.Publish)) (*paho.Client, error) {
+// mqttClient connects a paho v5 client; onMsg gets every message. A
+// client that passes its session state keeps it across connections, as an
+// MQTT client with a persistent session must for QoS 2; nil starts afresh.
+func mqttClient(addr, user, secret, id string, persistent bool, sess *state.State, onMsg func(*paho.Publish)) (*paho.Client, error) {
 	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	c := paho.NewClient(paho.ClientConfig{Conn: conn, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+	cfg := paho.ClientConfig{Conn: conn, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 		func(pr paho.PublishReceived) (bool, error) {
 			if onMsg != nil {
 				onMsg(pr.Packet)
 			}
 			return true, nil
-		}}})
+		}}}
+	if sess != nil {
+		cfg.Session = sess
+	}
+	c := paho.NewClient(cfg)
 	cp := &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: !persistent, Username: user, UsernameFlag: true, Password: []byte(secret), PasswordFlag: true}
 	if persistent {
 		cp.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600)}
@@ -149,9 +156,12 @@ func mqttClient(addr, user, secret, id string, persistent bool, onMsg func(*paho
 }
 
 // TestCrashLosesNoAcknowledgedMessage kills `roost serve` with SIGKILL at
-// random moments while a publisher sends numbered QoS 1 messages to a
-// persistent subscriber. Every number the publisher got a PUBACK for must
-// reach the subscriber at least once.
+// random moments while a publisher sends numbered messages to a persistent
+// subscriber. With QoS 1, every number the publisher got a PUBACK for must
+// reach the subscriber at least once. With QoS 2 (both clients keep their
+// session state across connections, as the protocol requires), every
+// number the publisher got a PUBCOMP for must reach it exactly once, and
+// no number may reach it twice.
 func TestCrashLosesNoAcknowledgedMessage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kills and restarts a server twenty times")
@@ -165,11 +175,13 @@ func TestCrashLosesNoAcknowledgedMessage(t *testing.T) {
 		t.Log("ROOST_TEST_REDIS_URL is not set: crash-testing the embedded store only")
 	}
 	for name, env := range stores {
-		t.Run(name, func(t *testing.T) { crashTest(t, env) })
+		for _, qos := range []byte{1, 2} {
+			t.Run(fmt.Sprintf("%s/qos%d", name, qos), func(t *testing.T) { crashTest(t, env, qos) })
+		}
 	}
 }
 
-func crashTest(t *testing.T, storeEnv []string) {
+func crashTest(t *testing.T, storeEnv []string, qos byte) {
 	b := make([]byte, 4)
 	rand.Read(b)
 	tenant := "crash-" + hex.EncodeToString(b)
@@ -197,14 +209,22 @@ func crashTest(t *testing.T, storeEnv []string) {
 			mu.Unlock()
 		}
 	}
+	// QoS 2 needs both ends to keep their session state; QoS 1 shows
+	// that even a client that keeps nothing loses nothing.
+	var subState, pubState *state.State
+	if qos == 2 {
+		subState, pubState = state.NewInMemory(), state.NewInMemory()
+		defer subState.Close()
+		defer pubState.Close()
+	}
 	subscribe := func() *paho.Client {
-		c, err := mqttClient(p.mqttAddr, tenant+"/sub", sub.Secret, "sub", true, onMsg)
+		c, err := mqttClient(p.mqttAddr, tenant+"/sub", sub.Secret, "sub", true, subState, onMsg)
 		if err != nil {
 			t.Fatalf("subscriber: %v\n%s", err, p.log)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
-		if sa, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "seq", QoS: 1}}}); err != nil {
+		if sa, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "seq", QoS: qos}}}); err != nil {
 			t.Fatalf("subscribe: %v (%+v)\n%s", err, sa, p.log)
 		}
 		return c
@@ -218,7 +238,7 @@ func crashTest(t *testing.T, storeEnv []string) {
 			p.start()
 		}
 		sc := subscribe()
-		pc, err := mqttClient(p.mqttAddr, tenant+"/pub", pub.Secret, "pub", false, nil)
+		pc, err := mqttClient(p.mqttAddr, tenant+"/pub", pub.Secret, "pub", qos == 2, pubState, nil)
 		if err != nil {
 			t.Fatalf("publisher: %v", err)
 		}
@@ -235,7 +255,7 @@ func crashTest(t *testing.T, storeEnv []string) {
 				n := next
 				next++
 				ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-				r, err := pc.Publish(ctx, &paho.Publish{Topic: "seq", QoS: 1, Payload: []byte(strconv.Itoa(n))})
+				r, err := pc.Publish(ctx, &paho.Publish{Topic: "seq", QoS: qos, Payload: []byte(strconv.Itoa(n))})
 				cancel()
 				if err != nil {
 					return // the server died under us: not acknowledged
@@ -256,11 +276,19 @@ func crashTest(t *testing.T, storeEnv []string) {
 		sc.Disconnect(&paho.Disconnect{})
 	}
 
-	// A last start: the subscriber drains what was queued for it.
+	// A last start: the subscriber drains what was queued for it, and a
+	// QoS 2 publisher completes what it had in flight.
 	p.start()
 	defer p.kill()
 	sc := subscribe()
 	defer sc.Disconnect(&paho.Disconnect{})
+	if qos == 2 {
+		pc, err := mqttClient(p.mqttAddr, tenant+"/pub", pub.Secret, "pub", true, pubState, nil)
+		if err != nil {
+			t.Fatalf("publisher: %v", err)
+		}
+		defer pc.Disconnect(&paho.Disconnect{})
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		mu.Lock()
@@ -296,5 +324,14 @@ func crashTest(t *testing.T, storeEnv []string) {
 	}
 	if len(lost) > 0 {
 		t.Errorf("%d acknowledged messages were never received, e.g. %v", len(lost), lost[:min(len(lost), 10)])
+	}
+	if qos == 2 && dups > 0 {
+		var twice []int
+		for n, c := range received {
+			if c > 1 && len(twice) < 10 {
+				twice = append(twice, n)
+			}
+		}
+		t.Errorf("QoS 2: %d duplicates delivered, e.g. %v", dups, twice)
 	}
 }
