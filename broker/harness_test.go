@@ -21,7 +21,7 @@ import (
 // stack is a data plane on a real loopback listener over a real SQLite
 // directory.
 type stack struct {
-	t     *testing.T
+	t     testing.TB
 	store *tenants.Store
 	hub   *broker.Hub
 	addr  string
@@ -31,7 +31,7 @@ type stack struct {
 
 var ctx = tenants.WithActor(context.Background(), "test")
 
-func newStack(t *testing.T, mod ...func(*broker.Config)) *stack {
+func newStack(t testing.TB, mod ...func(*broker.Config)) *stack {
 	t.Helper()
 	store, err := tenants.Open(context.Background(), "", t.TempDir())
 	if err != nil {
@@ -132,7 +132,7 @@ type v5 struct {
 }
 
 // dialV5 connects an MQTT 5 client; cp may adjust the CONNECT.
-func dialV5(t *testing.T, addr, username, password, clientID string, cp ...func(*paho.Connect)) (*v5, error) {
+func dialV5(t testing.TB, addr, username, password, clientID string, cp ...func(*paho.Connect)) (*v5, error) {
 	t.Helper()
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
@@ -167,7 +167,7 @@ func dialV5(t *testing.T, addr, username, password, clientID string, cp ...func(
 }
 
 // mustV5 connects and fails the test if the broker refuses.
-func mustV5(t *testing.T, addr, username, password, clientID string, cp ...func(*paho.Connect)) *v5 {
+func mustV5(t testing.TB, addr, username, password, clientID string, cp ...func(*paho.Connect)) *v5 {
 	t.Helper()
 	c, err := dialV5(t, addr, username, password, clientID, cp...)
 	if err != nil {
@@ -177,7 +177,7 @@ func mustV5(t *testing.T, addr, username, password, clientID string, cp ...func(
 }
 
 // refusedV5 connects and returns the CONNACK reason code of a refusal.
-func refusedV5(t *testing.T, addr, username, password, clientID string, cp ...func(*paho.Connect)) byte {
+func refusedV5(t testing.TB, addr, username, password, clientID string, cp ...func(*paho.Connect)) byte {
 	t.Helper()
 	c, err := dialV5(t, addr, username, password, clientID, cp...)
 	if err == nil {
@@ -189,7 +189,7 @@ func refusedV5(t *testing.T, addr, username, password, clientID string, cp ...fu
 	return c.connack.ReasonCode
 }
 
-func (c *v5) sub(t *testing.T, filter string, qos byte) byte {
+func (c *v5) sub(t testing.TB, filter string, qos byte) byte {
 	t.Helper()
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -200,7 +200,7 @@ func (c *v5) sub(t *testing.T, filter string, qos byte) byte {
 	return sa.Reasons[0]
 }
 
-func (c *v5) pub(t *testing.T, topic, payload string, qos byte, retain bool) *paho.PublishResponse {
+func (c *v5) pub(t testing.TB, topic, payload string, qos byte, retain bool) *paho.PublishResponse {
 	t.Helper()
 	pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -212,7 +212,7 @@ func (c *v5) pub(t *testing.T, topic, payload string, qos byte, retain bool) *pa
 }
 
 // expect waits for a message on topic with payload.
-func (c *v5) expect(t *testing.T, topic, payload string) *paho.Publish {
+func (c *v5) expect(t testing.TB, topic, payload string) *paho.Publish {
 	t.Helper()
 	select {
 	case m := <-c.msgs:
@@ -227,7 +227,7 @@ func (c *v5) expect(t *testing.T, topic, payload string) *paho.Publish {
 }
 
 // quiet fails if a message arrives within d.
-func (c *v5) quiet(t *testing.T, d time.Duration, what string) {
+func (c *v5) quiet(t testing.TB, d time.Duration, what string) {
 	t.Helper()
 	select {
 	case m := <-c.msgs:
@@ -243,7 +243,7 @@ type v3 struct {
 	lost chan error
 }
 
-func dialV3(t *testing.T, addr, username, password, clientID string, clean bool, opts ...func(*paho3.ClientOptions)) (*v3, byte, error) {
+func dialV3(t testing.TB, addr, username, password, clientID string, clean bool, opts ...func(*paho3.ClientOptions)) (*v3, byte, error) {
 	t.Helper()
 	c := &v3{msgs: make(chan paho3.Message, 1000), lost: make(chan error, 1)}
 	o := paho3.NewClientOptions().AddBroker("tcp://" + addr).SetUsername(username).SetPassword(password).
@@ -267,7 +267,7 @@ func dialV3(t *testing.T, addr, username, password, clientID string, clean bool,
 	return c, code, nil
 }
 
-func mustV3(t *testing.T, addr, username, password, clientID string, clean bool, opts ...func(*paho3.ClientOptions)) *v3 {
+func mustV3(t testing.TB, addr, username, password, clientID string, clean bool, opts ...func(*paho3.ClientOptions)) *v3 {
 	t.Helper()
 	c, _, err := dialV3(t, addr, username, password, clientID, clean, opts...)
 	if err != nil {
@@ -276,7 +276,7 @@ func mustV3(t *testing.T, addr, username, password, clientID string, clean bool,
 	return c
 }
 
-func (c *v3) sub(t *testing.T, filter string, qos byte) {
+func (c *v3) sub(t testing.TB, filter string, qos byte) {
 	t.Helper()
 	tok := c.Subscribe(filter, qos, nil)
 	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
@@ -285,7 +285,7 @@ func (c *v3) sub(t *testing.T, filter string, qos byte) {
 }
 
 // subCode subscribes and returns the SUBACK return code.
-func (c *v3) subCode(t *testing.T, filter string, qos byte) byte {
+func (c *v3) subCode(t testing.TB, filter string, qos byte) byte {
 	t.Helper()
 	tok := c.Subscribe(filter, qos, nil)
 	if !tok.WaitTimeout(5 * time.Second) {
@@ -294,7 +294,7 @@ func (c *v3) subCode(t *testing.T, filter string, qos byte) byte {
 	return tok.(*paho3.SubscribeToken).Result()[filter]
 }
 
-func (c *v3) pub(t *testing.T, topic, payload string, qos byte, retain bool) {
+func (c *v3) pub(t testing.TB, topic, payload string, qos byte, retain bool) {
 	t.Helper()
 	tok := c.Publish(topic, qos, retain, payload)
 	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
@@ -302,7 +302,7 @@ func (c *v3) pub(t *testing.T, topic, payload string, qos byte, retain bool) {
 	}
 }
 
-func (c *v3) expect(t *testing.T, topic, payload string) paho3.Message {
+func (c *v3) expect(t testing.TB, topic, payload string) paho3.Message {
 	t.Helper()
 	select {
 	case m := <-c.msgs:
@@ -316,7 +316,7 @@ func (c *v3) expect(t *testing.T, topic, payload string) paho3.Message {
 	return nil
 }
 
-func (c *v3) quiet(t *testing.T, d time.Duration, what string) {
+func (c *v3) quiet(t testing.TB, d time.Duration, what string) {
 	t.Helper()
 	select {
 	case m := <-c.msgs:
@@ -326,7 +326,7 @@ func (c *v3) quiet(t *testing.T, d time.Duration, what string) {
 }
 
 // eventually polls cond until it holds or the time is up.
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {
@@ -350,7 +350,7 @@ func intp(i int) *int { return &i }
 // client published before: mochi acknowledges a publish before it routes
 // it, but handles one connection's packets in order, so the PUBACK of a
 // later publish means the earlier ones are routed.
-func (c *v5) barrier(t *testing.T) {
+func (c *v5) barrier(t testing.TB) {
 	t.Helper()
 	c.pub(t, "barrier", "", 1, false)
 }

@@ -27,7 +27,7 @@ type durable struct {
 	store *pebble.Store
 }
 
-func newDurable(t *testing.T) *durable {
+func newDurable(t testing.TB) *durable {
 	t.Helper()
 	dir := t.TempDir()
 	st, err := pebble.New(pebble.Config{Dir: dir})
@@ -42,7 +42,7 @@ func newDurable(t *testing.T) *durable {
 
 // restart stops the hub and its store and starts new ones over the same
 // data, on a new port.
-func (d *durable) restart(t *testing.T) {
+func (d *durable) restart(t testing.TB) {
 	t.Helper()
 	d.hub.Close()
 	if err := d.store.Close(); err != nil {
