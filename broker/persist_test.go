@@ -2,40 +2,54 @@ package broker_test
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/broker/store"
 	"github.com/roosthub/roost/broker/store/memory"
 	"github.com/roosthub/roost/broker/store/pebble"
+	"github.com/roosthub/roost/broker/store/redis"
+	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
 )
 
-// durable is a stack whose hub keeps sessions in a Pebble store, and can be
-// restarted over the same store.
+// durable is a stack whose hub keeps sessions in a store that can be
+// closed and opened again over the same data: Pebble unless said otherwise.
 type durable struct {
 	*stack
-	dir   string
-	store *pebble.Store
+	open  func() broker.SessionStore
+	store broker.SessionStore
 }
 
-func newDurable(t testing.TB) *durable {
+func newDurable(t testing.TB, open ...func() broker.SessionStore) *durable {
 	t.Helper()
-	dir := t.TempDir()
-	st, err := pebble.New(pebble.Config{Dir: dir})
-	if err != nil {
-		t.Fatal(err)
+	d := &durable{}
+	if len(open) > 0 {
+		d.open = open[0]
+	} else {
+		dir := t.TempDir()
+		d.open = func() broker.SessionStore {
+			st, err := pebble.New(pebble.Config{Dir: dir})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return st
+		}
 	}
-	d := &durable{dir: dir, store: st}
-	d.stack = newStack(t, func(c *broker.Config) { c.Sessions = st })
+	d.store = d.open()
+	d.stack = newStack(t, func(c *broker.Config) { c.Sessions = d.store })
 	t.Cleanup(func() { d.store.Close() })
 	return d
 }
@@ -48,12 +62,8 @@ func (d *durable) restart(t testing.TB) {
 	if err := d.store.Close(); err != nil {
 		t.Fatal(err)
 	}
-	st, err := pebble.New(pebble.Config{Dir: d.dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.store = st
-	hub, err := broker.New(broker.Config{Directory: d.stack.store, Changes: d.stack.store.Changes(), Sessions: st,
+	d.store = d.open()
+	hub, err := broker.New(broker.Config{Directory: d.stack.store, Changes: d.stack.store.Changes(), Sessions: d.store,
 		Log: slog.New(slog.NewTextHandler(d.logs, nil))})
 	if err != nil {
 		t.Fatal(err)
@@ -306,20 +316,61 @@ func TestExpiryHonouredAfterRestart(t *testing.T) {
 }
 
 // TestTenantsApartAfterRestart: two tenants' persistent sessions with the
-// same client id and topics keep their own subscriptions and queues through
-// a restart.
+// same client id and the same topics keep their own subscriptions and queues
+// through a restart, in Pebble and in one Redis; in Redis every key of a
+// tenant carries that tenant's hash tag.
 func TestTenantsApartAfterRestart(t *testing.T) {
-	d := newDurable(t)
+	t.Run("embedded", func(t *testing.T) { tenantsApart(t, newDurable(t)) })
+	t.Run("redis", func(t *testing.T) {
+		url := testenv.RedisURL(t)
+		b := make([]byte, 6)
+		rand.Read(b)
+		prefix := "roost-test-" + hex.EncodeToString(b)
+		d := newDurable(t, func() broker.SessionStore {
+			st, err := redis.New(context.Background(), redis.Config{URL: url, Prefix: prefix})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return st
+		})
+		tenantsApart(t, d)
+		opts, err := goredis.ParseURL(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rdb := goredis.NewClient(opts)
+		defer rdb.Close()
+		keys, err := rdb.Keys(context.Background(), prefix+":*").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]int{}
+		for _, k := range keys {
+			switch {
+			case strings.HasPrefix(k, prefix+":{alpha}:"):
+				seen["alpha"]++
+			case strings.HasPrefix(k, prefix+":{bravo}:"):
+				seen["bravo"]++
+			default:
+				t.Errorf("key %q is in neither tenant's hash slot", k)
+			}
+		}
+		if seen["alpha"] == 0 || seen["alpha"] != seen["bravo"] {
+			t.Errorf("keys per tenant: %v (want the same non-zero number for both)", seen)
+		}
+	})
+}
+
+func tenantsApart(t *testing.T, d *durable) {
 	secrets := map[string]string{}
 	for _, tn := range []string{"alpha", "bravo"} {
 		d.tenant(tn)
 		secrets[tn] = d.device(tn, "d1")
 		c := mustV5(t, d.addr, tn+"/d1", secrets[tn], "d1", keepSession)
-		c.sub(t, "q/"+tn, 1) // different filters, same client id
+		c.sub(t, "q/#", 1) // same client id, same filter
 		c.Disconnect(&paho.Disconnect{})
 		pub := mustV5(t, d.addr, tn+"/pub", d.device(tn, "pub"), "pub")
-		pub.pub(t, "q/alpha", tn+" on q/alpha", 1, false)
-		pub.pub(t, "q/bravo", tn+" on q/bravo", 1, false)
+		pub.pub(t, "q/shared", tn+" on q/shared", 1, true)
 		pub.Disconnect(&paho.Disconnect{})
 	}
 	d.restart(t)
@@ -328,8 +379,12 @@ func TestTenantsApartAfterRestart(t *testing.T) {
 		if !c.connack.SessionPresent {
 			t.Errorf("%s/d1 lost its session", tn)
 		}
-		c.expect(t, "q/"+tn, tn+" on q/"+tn)
+		c.expect(t, "q/shared", tn+" on q/shared")
 		c.quiet(t, 300*time.Millisecond, tn+"/d1 after its own message")
+		fresh := mustV5(t, d.addr, tn+"/fresh", d.device(tn, "fresh"), "fresh")
+		fresh.sub(t, "q/#", 1)
+		fresh.expect(t, "q/shared", tn+" on q/shared") // its own tenant's retained message only
+		fresh.quiet(t, 300*time.Millisecond, tn+" retained messages")
 	}
 }
 

@@ -35,6 +35,17 @@ func Require(t testing.TB, reason string) {
 	t.Skip(reason)
 }
 
+// RedisURL returns the URL of the Redis server that ROOST_TEST_REDIS_URL
+// names. Tests share it: each keeps to its own key prefix.
+func RedisURL(t testing.TB) string {
+	t.Helper()
+	url := os.Getenv("ROOST_TEST_REDIS_URL")
+	if url == "" {
+		Require(t, "ROOST_TEST_REDIS_URL is not set; `make services` starts a local Redis and prints it")
+	}
+	return url
+}
+
 // PostgresURL returns the URL of a new, empty database on the Postgres server
 // that ROOST_TEST_POSTGRES_URL names, dropped when the test ends.
 func PostgresURL(t testing.TB) string {
