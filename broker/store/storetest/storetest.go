@@ -6,6 +6,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -394,6 +396,7 @@ func testReceipts(t *testing.T, s Store, reopen func() Store) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		slices.SortFunc(ss, func(a, b store.Session) int { return strings.Compare(a.ClientID, b.ClientID) })
 		var b bytes.Buffer
 		for _, sess := range ss {
 			fmt.Fprintf(&b, "%s%v ", sess.ClientID, sess.PendingRelease)
