@@ -32,14 +32,19 @@ type deviceConn struct {
 	r            *bufio.Reader
 	pending      []byte // bytes to hand out before reading on: the CONNECT, then each frame header
 	remaining    int    // body bytes of the current frame still to pass through
-	maxPacket    int
 	writeTimeout time.Duration
+
+	// inst is the tenant's broker, whose quotas apply; fixedMax is the
+	// packet size limit when there is none (tests of the framing alone).
+	inst     *instance
+	fixedMax int
+	limits   connLimits
 }
 
 var errMalformedSubscribe = errors.New("malformed SUBSCRIBE")
 
-func newDeviceConn(c net.Conn, r *bufio.Reader, connect []byte, id identity, maxPacket int, writeTimeout time.Duration) *deviceConn {
-	return &deviceConn{Conn: c, id: id, r: r, pending: connect, maxPacket: maxPacket, writeTimeout: writeTimeout}
+func newDeviceConn(c net.Conn, r *bufio.Reader, connect []byte, id identity, inst *instance, writeTimeout time.Duration) *deviceConn {
+	return &deviceConn{Conn: c, id: id, r: r, pending: connect, inst: inst, writeTimeout: writeTimeout}
 }
 
 // Read hands out the replayed CONNECT, then the stream frame by frame.
@@ -59,6 +64,7 @@ func (c *deviceConn) Read(p []byte) (int, error) {
 	}
 	n, err := c.r.Read(p)
 	c.remaining -= n
+	c.throttleRead(n)
 	return n, err
 }
 
@@ -75,10 +81,14 @@ func (c *deviceConn) nextFrame() error {
 	if err != nil {
 		return err
 	}
-	if c.id.version == 5 && b0>>4 == packets.Subscribe {
-		if c.maxPacket > 0 && length+1 > c.maxPacket {
-			return packets.ErrPacketTooLarge
+	if limit := c.maxPacket(); limit > 0 && length+len(header) > limit {
+		if c.inst != nil {
+			c.inst.tooLarge(c)
 		}
+		return packets.ErrPacketTooLarge
+	}
+	c.throttleRead(len(header))
+	if c.id.version == 5 && b0>>4 == packets.Subscribe {
 		frame := make([]byte, len(header)+length)
 		copy(frame, header)
 		if _, err := io.ReadFull(c.r, frame[len(header):]); err != nil {
@@ -113,8 +123,10 @@ func validSubscribeV5(b0 byte, body []byte) (ok bool) {
 	return true
 }
 
-// Write bounds each write by the write timeout.
+// Write waits for the connection's bandwidth_out, then bounds the write by
+// the write timeout.
 func (c *deviceConn) Write(p []byte) (int, error) {
+	c.throttleWrite(len(p))
 	if c.writeTimeout > 0 {
 		c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
 	}

@@ -71,12 +71,17 @@ func (h *Hub) apply(c tenants.Change) {
 		case !found:
 			h.stop(inst, "tenant deleted")
 		case t.Suspended:
+			inst.setQuotas(t.Quotas())
 			for _, cl := range inst.server.Clients.GetAll() {
 				if _, ok := cl.Net.Conn.(*deviceConn); ok && !cl.Closed() {
 					inst.kick(cl, packets.ErrAdministrativeAction)
 				}
 			}
 			inst.log.Info("tenant suspended: devices disconnected")
+		default:
+			// Plan or quota changes: live connections follow at their next
+			// packet.
+			inst.setQuotas(t.Quotas())
 		}
 	case tenants.DeviceChanged:
 		clients := inst.clientsOf(c.Device)

@@ -70,7 +70,8 @@ func FuzzDeviceConn(f *testing.F) {
 	}
 	f.Add([]byte{0x82, 0x06, 0x00, 0x01, 0x00, 0x00, 0x01, 0x61}, byte(5))
 	f.Fuzz(func(t *testing.T, data []byte, version byte) {
-		dc := newDeviceConn(nil, bufio.NewReader(bytes.NewReader(data)), nil, identity{version: version}, 1<<16, 0)
+		dc := newDeviceConn(nil, bufio.NewReader(bytes.NewReader(data)), nil, identity{version: version}, nil, 0)
+		dc.fixedMax = 1 << 16
 		var out bytes.Buffer
 		buf := make([]byte, 37)
 		for {

@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"errors"
+	"math"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -29,9 +30,10 @@ func (h *hook) ID() string { return "roost" }
 func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
-		mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnPacketEncode, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
-	}, []byte{b}) || (b == mqtt.OnPublish && h.inst.hub.cfg.Exporter != nil) || (h.inst.persist != nil && bytes.Contains([]byte{
-		mqtt.OnPublish, mqtt.OnQosPublish, mqtt.OnPublished, mqtt.OnPacketRead, mqtt.OnSessionEstablished,
+		mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnPacketEncode, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
+		mqtt.OnPublish,
+	}, []byte{b}) || (h.inst.persist != nil && bytes.Contains([]byte{
+		mqtt.OnQosPublish, mqtt.OnPublished, mqtt.OnPacketRead, mqtt.OnSessionEstablished,
 		mqtt.StoredClients, mqtt.StoredSubscriptions,
 		mqtt.StoredInflightMessages, mqtt.StoredRetainedMessages,
 	}, []byte{b}))
@@ -54,9 +56,14 @@ func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet
 		h.inst.persist.orderResend(cl)
 	}
 	if pk.FixedHeader.Type == packets.Connack && pk.ProtocolVersion == 5 && pk.ReasonCode < 0x80 {
-		caps := h.inst.server.Options.Capabilities
-		pk.Properties.MaximumPacketSize = caps.MaximumPacketSize
-		pk.Properties.TopicAliasMaximum = caps.TopicAliasMaximum
+		q := h.inst.quotas()
+		pk.Properties.MaximumPacketSize = uint32(clamp(q.MaxPacketSize, 1, math.MaxUint32))
+		pk.Properties.TopicAliasMaximum = h.inst.server.Options.Capabilities.TopicAliasMaximum
+		if cl.Properties.Props.SessionExpiryIntervalFlag {
+			// The expiry in force, max_session_expiry applied.
+			pk.Properties.SessionExpiryInterval = cl.Properties.Props.SessionExpiryInterval
+			pk.Properties.SessionExpiryIntervalFlag = true
+		}
 	}
 	return pk
 }
@@ -76,6 +83,9 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	dc, ok := cl.Net.Conn.(*deviceConn)
 	if !ok {
 		return errNotFromIngress
+	}
+	if limit := uint32(clamp(h.inst.quotas().MaxSessionExpiry, 0, math.MaxUint32)); cl.Properties.Props.SessionExpiryInterval > limit {
+		cl.Properties.Props.SessionExpiryInterval = limit
 	}
 	if dc.id.clientID != "" {
 		cl.ID = dc.id.clientID
@@ -109,7 +119,18 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 // tenant's rules. mochi asks it for every publish, every subscription filter
 // and every delivery, retained messages included.
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok && !write && dc.refusedFilter(topic) {
+		return false // over max_subscriptions: see overSubscriptions
+	}
 	return h.inst.hookACL(cl, topic, write)
+}
+
+// OnSubscribe notes the filters of a SUBSCRIBE over max_subscriptions.
+func (h *hook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		h.inst.overSubscriptions(cl, dc, pk)
+	}
+	return pk
 }
 
 // hookACL decides for a client: one connected through the ingress, or a
@@ -163,13 +184,22 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 //
 // Messages matching export rules are written to Kafka first, the same way.
 func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if p := h.inst.persist; p != nil && p.duplicate(cl, pk) {
+	p := h.inst.persist
+	if p != nil && p.duplicate(cl, pk) {
 		return pk, packets.CodeSuccessIgnore // acknowledged, not delivered again
+	}
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		if err := h.inst.checkPublish(cl, dc); err != nil {
+			return pk, err
+		}
+		if limit, ok := h.inst.checkRetained(pk); !ok {
+			h.inst.quotaHit(dc.id.device, cl.ID, "max_retained", limit)
+			return h.refuse(cl, pk, packets.ErrQuotaExceeded)
+		}
 	}
 	if err := h.inst.export(cl, pk); err != nil {
 		return h.refuse(cl, pk, err)
 	}
-	p := h.inst.persist
 	if p == nil || (pk.FixedHeader.Qos == 0 && !pk.FixedHeader.Retain) {
 		return pk, nil
 	}
@@ -187,10 +217,16 @@ func (h *hook) refuse(cl *mqtt.Client, pk packets.Packet, err error) (packets.Pa
 		h.inst.inlineErr = err
 		return pk, packets.ErrRejectPacket
 	}
-	if cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos == 1 {
-		return pk, packets.ErrUnspecifiedError
+	code := packets.ErrUnspecifiedError
+	errors.As(err, &code)
+	switch {
+	case cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos == 1:
+		return pk, code // mochi answers with PUBACK and this code
+	case cl.Properties.ProtocolVersion == 5:
+		h.inst.kick(cl, code)
+	default:
+		cl.Stop(code)
 	}
-	cl.Stop(packets.ErrUnspecifiedError)
 	return pk, packets.ErrRejectPacket
 }
 
@@ -243,6 +279,9 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 }
 
 func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		h.inst.capSubscriptions(cl, dc, pk, reasonCodes)
+	}
 	var granted []string
 	for i, f := range pk.Filters {
 		if i < len(reasonCodes) && reasonCodes[i] < 0x80 {

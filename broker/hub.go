@@ -287,7 +287,7 @@ func (h *Hub) handle(conn net.Conn) {
 	defer h.release(inst)
 	conn.SetReadDeadline(time.Time{})
 	endHandshake()
-	inst.serve(newDeviceConn(conn, r, raw, id, int(inst.server.Options.Capabilities.MaximumPacketSize), h.cfg.WriteTimeout))
+	inst.serve(newDeviceConn(conn, r, raw, id, inst, h.cfg.WriteTimeout))
 }
 
 // admit authenticates a CONNECT and finds its tenant's broker, or returns
@@ -350,8 +350,19 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 		return nil, identity{}, packetTooLarge
 	}
 
-	inst, err := h.acquire(t)
+	inst, err := h.acquireConn(t)
 	if err != nil {
+		var ref refusal
+		if errors.As(err, &ref) && (ref == quotaConnections || ref == connectRateExceeded) {
+			quota, limit := "max_connections", t.Quotas().MaxConnections
+			if ref == connectRateExceeded {
+				quota, limit = "connect_rate", t.Quotas().ConnectRate
+			}
+			log.Info("connect refused: quota", "quota", quota, "limit", limit)
+			if running := h.running(t.Slug); running != nil {
+				running.quotaHit(device, cid, quota, limit)
+			}
+		}
 		return nil, identity{}, err
 	}
 	if pk.Connect.WillFlag {
@@ -434,6 +445,27 @@ func (h *Hub) acquire(t tenants.Tenant) (*instance, error) {
 		h.log.Info("tenant broker started", "tenant", t.Slug)
 	}
 	inst.conns++
+	return inst, nil
+}
+
+// acquireConn is acquire for a device connection: the tenant's
+// max_connections and connect_rate, as they are now, apply.
+func (h *Hub) acquireConn(t tenants.Tenant) (*instance, error) {
+	inst, err := h.acquire(t)
+	if err != nil {
+		return nil, err
+	}
+	h.mu.Lock()
+	over := int64(inst.conns) > inst.quotas().MaxConnections
+	h.mu.Unlock()
+	switch {
+	case over:
+		h.release(inst)
+		return nil, quotaConnections
+	case !inst.connectAllowed(h.now()):
+		h.release(inst)
+		return nil, connectRateExceeded
+	}
 	return inst, nil
 }
 

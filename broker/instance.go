@@ -9,6 +9,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -16,6 +17,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/roosthub/roost/internal/rate"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -61,6 +63,15 @@ type instance struct {
 	// progress whether the store took it.
 	inlineMu  sync.Mutex
 	inlineErr error
+
+	// q is the tenant's quotas as they are now; see quota.go.
+	q           atomic.Pointer[tenants.Quotas]
+	connectRate rate.Bucket
+	publishRate rate.Bucket
+	hitMu       sync.Mutex
+	lastHit     map[string]time.Time
+	// throttled counts publishes refused for a rate quota.
+	throttled atomic.Int64
 }
 
 // loadRestore reads the tenant's stored sessions for mochi's Stored* calls.
@@ -89,9 +100,16 @@ const sysInterval = 365 * 24 * 3600
 func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 	q := t.Quotas()
 	caps := mqtt.NewDefaultServerCapabilities()
-	caps.MaximumPacketSize = uint32(clamp(q.MaxPacketSize, 1, math.MaxUint32))
+	// max_packet_size is enforced by deviceConn, which reads the quota as
+	// it is now; mochi's own limit would stay what it was at start.
+	caps.MaximumPacketSize = 0
 	caps.MaximumSessionExpiryInterval = uint32(clamp(q.MaxSessionExpiry, 0, math.MaxUint32))
 	caps.MaximumInflight = uint16(clamp(q.MaxQueued, 1, math.MaxUint16))
+	if h.cfg.Sessions != nil {
+		// persistence keeps queues to max_queued as it is now; mochi's
+		// limit only has to be above it.
+		caps.MaximumInflight = math.MaxUint16
+	}
 	caps.MaximumClientWritesPending = 1024 // 8 KiB of queue per client instead of 64
 	caps.TopicAliasMaximum = 64
 	// mochi would otherwise copy a PUBLISH's properties (its user
@@ -104,7 +122,8 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 		SysTopicResendInterval: sysInterval,
 		Logger:                 mochiLogger(log),
 	})
-	inst := &instance{tenant: t.Slug, server: srv, log: log, hub: h, lastActive: h.now(), byDevice: map[string]map[*deviceConn]presence{}, exportErrs: map[string]int64{}}
+	inst := &instance{tenant: t.Slug, server: srv, log: log, hub: h, lastActive: h.now(), byDevice: map[string]map[*deviceConn]presence{}, exportErrs: map[string]int64{}, lastHit: map[string]time.Time{}}
+	inst.setQuotas(q)
 	if h.cfg.Sessions != nil {
 		inst.persist = newPersistence(h.cfg.Sessions, inst)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"math"
 	"slices"
 	"strconv"
 	"sync"
@@ -131,6 +132,12 @@ func (p *persistence) sweep(olderThan time.Time) {
 	}
 }
 
+// maxQueued is the tenant's max_queued as it is now, within what one
+// session can hold (a packet id each).
+func (p *persistence) maxQueued() int {
+	return int(clamp(p.inst.quotas().MaxQueued, 1, math.MaxUint16))
+}
+
 func persistent(cl *mqtt.Client) bool {
 	if cl.Properties.ProtocolVersion == 5 {
 		return cl.Properties.Props.SessionExpiryInterval > 0
@@ -181,7 +188,9 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	}
 	items = p.makeRoom(ctx, items)
 	if len(items) == 0 {
-		return pk, nil
+		// Every copy was dropped: tagged all the same, so that mochi's own
+		// offline queue does not keep it either (see handedOver).
+		return p.tag(pk, map[string]uint64{}), nil
 	}
 	var receipt store.Receipt
 	if pk.FixedHeader.Qos == 2 && !cl.Net.Inline && persistent(cl) {
@@ -192,15 +201,12 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		p.inst.log.Error("queue message for persistent sessions", "topic", pk.TopicName, "sessions", len(items), "err", err)
 		return pk, errNotStored
 	}
-	p.mu.Lock()
-	p.nextPub++
-	pubID := strconv.FormatUint(p.nextPub, 36)
 	copies := make(map[string]uint64, len(items))
+	p.mu.Lock()
 	for i, it := range items {
 		copies[it.ClientID] = seqs[i]
 		p.outstanding[it.ClientID] = append(p.outstanding[it.ClientID], seqs[i])
 	}
-	p.pubs[pubID] = pubCopies{seqs: copies, at: time.Now()}
 	if receipt.ClientID != "" {
 		if p.received[cl.ID] == nil {
 			p.received[cl.ID] = map[uint16]bool{}
@@ -208,8 +214,19 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		p.received[cl.ID][receipt.PacketID] = true
 	}
 	p.mu.Unlock()
+	return p.tag(pk, copies), nil
+}
+
+// tag registers a publish's stored copies and marks the packet with their
+// id, for handedOver to find as mochi delivers it.
+func (p *persistence) tag(pk packets.Packet, copies map[string]uint64) packets.Packet {
+	p.mu.Lock()
+	p.nextPub++
+	pubID := strconv.FormatUint(p.nextPub, 36)
+	p.pubs[pubID] = pubCopies{seqs: copies, at: time.Now()}
+	p.mu.Unlock()
 	pk.Properties.User = append(slices.Clone(pk.Properties.User), packets.UserProperty{Key: seqProperty, Val: pubID})
-	return pk, nil
+	return pk
 }
 
 // makeRoom keeps each queue within the tenant's max_queued. Under
@@ -218,7 +235,7 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 // (mochi, whose inflight is as full, does not deliver it either). Either way
 // the drop is counted and raised as an event. It returns the items to append.
 func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.Item {
-	limit := int(p.inst.server.Options.Capabilities.MaximumInflight)
+	limit := p.maxQueued()
 	policy := tenants.DropOldest
 	if t, found, err := p.inst.hub.dir.tenant(ctx, p.tenant); err == nil && found && t.QueuePolicy != "" {
 		policy = t.QueuePolicy
@@ -361,6 +378,14 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 				p.inflight[cl.ID] = map[uint16]uint64{}
 			}
 			p.inflight[cl.ID][out.PacketID] = seq
+		} else if persistent(cl) && (cl.Net.Conn == nil || cl.Closed()) {
+			// Not stored for this offline session (its queue was full):
+			// mochi must not keep it either.
+			p.mu.Unlock()
+			if cl.State.Inflight.Delete(out.PacketID) {
+				atomic.AddInt64(&p.inst.server.Info.Inflight, -1)
+			}
+			return
 		}
 	}
 	want := mark{packetID: out.PacketID}
@@ -502,7 +527,7 @@ func (p *persistence) sessionRecord(cl *mqtt.Client, disconnected time.Time) sto
 	if cl.Properties.ProtocolVersion == 5 {
 		s.Expiry = cl.Properties.Props.SessionExpiryInterval
 	} else {
-		s.Expiry = p.inst.server.Options.Capabilities.MaximumSessionExpiryInterval
+		s.Expiry = uint32(clamp(p.inst.quotas().MaxSessionExpiry, 0, math.MaxUint32))
 	}
 	for _, sub := range cl.State.Subscriptions.GetAll() {
 		s.Subscriptions = append(s.Subscriptions, store.Subscription{
@@ -582,7 +607,7 @@ func (p *persistence) restore() ([]storage.Client, []storage.Subscription, []sto
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
-	maxQueued := int(p.inst.server.Options.Capabilities.MaximumInflight)
+	maxQueued := p.maxQueued()
 	var clients []storage.Client
 	var subs []storage.Subscription
 	var inflight []storage.Message

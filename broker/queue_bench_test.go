@@ -47,7 +47,10 @@ func benchStores(b *testing.B) map[string]func() broker.SessionStore {
 func benchTenant(b *testing.B, s *stack) {
 	s.tenant("bench")
 	plan := tenants.PlanEnterprise
-	if _, err := s.store.AdminUpdateTenant(ctx, "bench", tenants.AdminTenantUpdate{Plan: &plan}); err != nil {
+	unlimited := int64(1 << 40)
+	lift := map[string]*int64{"publish_rate": &unlimited, "tenant_publish_rate": &unlimited,
+		"bandwidth_in": &unlimited, "bandwidth_out": &unlimited}
+	if _, err := s.store.AdminUpdateTenant(ctx, "bench", tenants.AdminTenantUpdate{Plan: &plan, Quotas: lift}); err != nil {
 		b.Fatal(err)
 	}
 }

@@ -32,6 +32,8 @@ const (
 	Unsubscribed = "unsubscribed"
 	AuthFailed   = "auth_failed"
 	QueueDropped = "queue_dropped"
+	// QuotaExceeded names the quota and its limit.
+	QuotaExceeded = "quota_exceeded"
 )
 
 // Sink receives events. Emit must not block the connection that caused the

@@ -194,6 +194,10 @@ func crashTest(t *testing.T, storeEnv []string, qos byte) {
 	var session struct{ Token string }
 	p.api("POST", "/v1/signup", "", map[string]string{"email": tenant + "@example.com", "password": "correct horse battery"}, &session)
 	p.api("POST", "/v1/tenants", session.Token, map[string]string{"slug": tenant}, nil)
+	// The free plan's publish rates would throttle the publisher; this
+	// test is about the store, so the operator lifts them.
+	p.api("PATCH", "/v1/admin/tenants/"+tenant, "rop_crash-test-token-0123456789",
+		map[string]any{"quotas": map[string]int64{"publish_rate": 1_000_000, "tenant_publish_rate": 1_000_000}}, nil)
 	var sub, pub struct{ Secret string }
 	p.api("POST", "/v1/tenants/"+tenant+"/devices", session.Token, map[string]string{"name": "sub"}, &sub)
 	p.api("POST", "/v1/tenants/"+tenant+"/devices", session.Token, map[string]string{"name": "pub"}, &pub)

@@ -1,0 +1,222 @@
+package broker
+
+import (
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/events"
+	"github.com/roosthub/roost/internal/rate"
+	"github.com/roosthub/roost/tenants"
+)
+
+// The data plane enforces each quota of DESIGN §3 where it applies, reading
+// the tenant's quotas as they are now: a change made by the operator reaches
+// existing connections at their next packet.
+//
+//	max_connections      CONNACK 0x97 (3.1.1: 0x03)
+//	connect_rate         CONNACK 0x9F (3.1.1: 0x03), per tenant
+//	publish_rate         per connection; v5 DISCONNECT 0x96, 3.1.1 acknowledged and dropped
+//	tenant_publish_rate  the same, across the tenant's connections
+//	bandwidth_in/out     per connection; reads and writes are slowed, nothing is dropped
+//	max_packet_size      CONNACK 0x95 / DISCONNECT 0x95 (3.1.1: the connection closes)
+//	max_subscriptions    per connection; SUBACK 0x97 (3.1.1: 0x80) for filters over it
+//	max_retained         per tenant; v5 QoS 1 PUBACK 0x97, otherwise DISCONNECT 0x97 (3.1.1: closes)
+//	max_queued           per offline session; see persistence.makeRoom
+//	max_session_expiry   a longer requested expiry is cut to it
+//
+// Every limit hit raises a quota_exceeded event naming the quota and limit,
+// at most once a second per device and quota.
+
+// Rate quotas allow a burst of one second's worth before they refuse.
+const burstSeconds = 1
+
+var (
+	quotaConnections    = refusal{0x97, 0x03, "quota exceeded: max_connections"}
+	connectRateExceeded = refusal{0x9F, 0x03, "connection rate exceeded"}
+)
+
+// quotas returns the tenant's quotas as they are now.
+func (inst *instance) quotas() tenants.Quotas { return *inst.q.Load() }
+
+func (inst *instance) setQuotas(q tenants.Quotas) { inst.q.Store(&q) }
+
+// connectAllowed takes a connection from the tenant's connect rate.
+func (inst *instance) connectAllowed(now time.Time) bool {
+	r := float64(inst.quotas().ConnectRate)
+	return inst.connectRate.Allow(now, 1, r, r*burstSeconds)
+}
+
+// quotaHit raises the event for a limit hit, at most once a second per
+// device and quota.
+func (inst *instance) quotaHit(device, clientID, quota string, limit int64) {
+	now := inst.hub.now()
+	k := device + "\x00" + quota
+	inst.hitMu.Lock()
+	last, seen := inst.lastHit[k]
+	if seen && now.Sub(last) < time.Second {
+		inst.hitMu.Unlock()
+		return
+	}
+	if len(inst.lastHit) > 10_000 {
+		clear(inst.lastHit)
+	}
+	inst.lastHit[k] = now
+	inst.hitMu.Unlock()
+	inst.log.Info("quota exceeded", "device", device, "quota", quota, "limit", limit)
+	inst.hub.emit(events.Event{Tenant: inst.tenant, Type: events.QuotaExceeded, Device: device, ClientID: clientID, Quota: quota, Limit: limit})
+}
+
+// connLimits is what a connection keeps to enforce its own quotas.
+type connLimits struct {
+	publish rate.Bucket
+	in, out rate.Bucket
+
+	mu sync.Mutex
+	// refuse holds the filters of the SUBSCRIBE being processed that are
+	// over max_subscriptions; read by the ACL check of that SUBSCRIBE.
+	refuse map[string]bool
+}
+
+// checkPublish applies the publish rates to a device's publish. It returns
+// nil to go on, or the error for mochi: a v5 client is disconnected with
+// 0x96, a 3.1.1 client's message is acknowledged and dropped (3.1.1 has no
+// way to say why).
+func (inst *instance) checkPublish(cl *mqtt.Client, dc *deviceConn) error {
+	q, now := inst.quotas(), inst.hub.now()
+	quota, limit := "", int64(0)
+	if r := float64(q.PublishRate); !dc.limits.publish.Allow(now, 1, r, r*burstSeconds) {
+		quota, limit = "publish_rate", q.PublishRate
+	} else if r := float64(q.TenantPublishRate); !inst.publishRate.Allow(now, 1, r, r*burstSeconds) {
+		quota, limit = "tenant_publish_rate", q.TenantPublishRate
+	}
+	if quota == "" {
+		return nil
+	}
+	inst.quotaHit(dc.id.device, cl.ID, quota, limit)
+	inst.throttled.Add(1)
+	if cl.Properties.ProtocolVersion == 5 {
+		inst.kick(cl, packets.ErrMessageRateTooHigh)
+		return packets.ErrRejectPacket
+	}
+	return packets.CodeSuccessIgnore
+}
+
+// checkRetained refuses a retained message that would take the tenant past
+// max_retained; replacing or clearing one is always allowed.
+func (inst *instance) checkRetained(pk packets.Packet) (int64, bool) {
+	if !pk.FixedHeader.Retain || len(pk.Payload) == 0 {
+		return 0, true
+	}
+	limit := inst.quotas().MaxRetained
+	if _, ok := inst.server.Topics.Retained.Get(pk.TopicName); ok {
+		return limit, true
+	}
+	return limit, int64(inst.server.Topics.Retained.Len()-inst.sysRetained) < limit
+}
+
+// overSubscriptions marks the new filters of a SUBSCRIBE that would take
+// the connection past max_subscriptions; mochi's ACL check of each filter
+// then refuses them, and capSubscriptions gives them 0x97.
+func (inst *instance) overSubscriptions(cl *mqtt.Client, dc *deviceConn, pk packets.Packet) {
+	limit := inst.quotas().MaxSubscriptions
+	have := int64(cl.State.Subscriptions.Len())
+	var refuse map[string]bool
+	for _, f := range pk.Filters {
+		if _, exists := cl.State.Subscriptions.Get(f.Filter); exists {
+			continue
+		}
+		if have < limit {
+			have++
+			continue
+		}
+		if refuse == nil {
+			refuse = map[string]bool{}
+		}
+		refuse[f.Filter] = true
+	}
+	dc.limits.mu.Lock()
+	dc.limits.refuse = refuse
+	dc.limits.mu.Unlock()
+}
+
+// refusedFilter reports whether the SUBSCRIBE being processed is over the
+// quota for this filter.
+func (dc *deviceConn) refusedFilter(filter string) bool {
+	dc.limits.mu.Lock()
+	defer dc.limits.mu.Unlock()
+	return dc.limits.refuse[filter]
+}
+
+// capSubscriptions gives the refused filters their reason code and raises
+// the event.
+func (inst *instance) capSubscriptions(cl *mqtt.Client, dc *deviceConn, pk packets.Packet, codes []byte) {
+	dc.limits.mu.Lock()
+	refuse := dc.limits.refuse
+	dc.limits.refuse = nil
+	dc.limits.mu.Unlock()
+	if len(refuse) == 0 {
+		return
+	}
+	code := packets.ErrQuotaExceeded.Code
+	if cl.Properties.ProtocolVersion < 5 {
+		code = packets.ErrUnspecifiedError.Code
+	}
+	for i, f := range pk.Filters {
+		if i < len(codes) && refuse[f.Filter] {
+			codes[i] = code
+		}
+	}
+	inst.quotaHit(dc.id.device, cl.ID, "max_subscriptions", inst.quotas().MaxSubscriptions)
+}
+
+// throttleRead and throttleWrite slow a connection to its bandwidth quota.
+func (dc *deviceConn) throttleRead(n int) {
+	if dc.inst == nil || n <= 0 {
+		return
+	}
+	r := float64(dc.inst.quotas().BandwidthIn)
+	if wait := dc.limits.in.Reserve(time.Now(), float64(n), r, r*burstSeconds); wait > 0 {
+		time.Sleep(wait)
+	}
+}
+
+func (dc *deviceConn) throttleWrite(n int) {
+	if dc.inst == nil || n <= 0 {
+		return
+	}
+	r := float64(dc.inst.quotas().BandwidthOut)
+	if wait := dc.limits.out.Reserve(time.Now(), float64(n), r, r*burstSeconds); wait > 0 {
+		time.Sleep(wait)
+	}
+}
+
+// maxPacket is the tenant's max_packet_size as it is now; 0 for none.
+func (dc *deviceConn) maxPacket() int {
+	if dc.inst == nil {
+		return dc.fixedMax
+	}
+	return int(min(dc.inst.quotas().MaxPacketSize, 1<<31-1))
+}
+
+// tooLarge disconnects the client whose packet is over max_packet_size,
+// telling a v5 client why.
+func (inst *instance) tooLarge(dc *deviceConn) {
+	inst.quotaHit(dc.id.device, dc.id.clientID, "max_packet_size", inst.quotas().MaxPacketSize)
+	for _, cl := range inst.clientsOfConn(dc) {
+		inst.kick(cl, packets.ErrPacketTooLarge)
+	}
+}
+
+// clientsOfConn returns the client a connection carries, once mochi has
+// one for it.
+func (inst *instance) clientsOfConn(dc *deviceConn) []*mqtt.Client {
+	inst.presenceMu.Lock()
+	defer inst.presenceMu.Unlock()
+	if p, ok := inst.byDevice[dc.id.device][dc]; ok {
+		return []*mqtt.Client{p.client}
+	}
+	return nil
+}
