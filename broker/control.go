@@ -208,3 +208,12 @@ func (h *Hub) ExportErrors(tenant string) map[string]int64 {
 	}
 	return inst.exportErrors()
 }
+
+// Throttled is the number of the tenant's publishes refused for a rate
+// quota since its broker started.
+func (h *Hub) Throttled(tenant string) int64 {
+	if inst := h.running(tenant); inst != nil {
+		return inst.throttled.Load()
+	}
+	return 0
+}
