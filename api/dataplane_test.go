@@ -110,3 +110,61 @@ func TestDataPlaneRoutes(t *testing.T) {
 	wantProblem(t, e.do("GET", "/v1/tenants/acme/devices/ghost/status", u.token, nil), 404, "not_found", "", "status of an unknown device")
 	wantProblem(t, e.do("POST", "/v1/tenants/acme/devices/ghost/disconnect", u.token, nil), 404, "not_found", "", "disconnect of an unknown device")
 }
+
+// TestEventsRoute: a tenant reads its own recent events, newest first,
+// filtered by type; another tenant sees none of them.
+func TestEventsRoute(t *testing.T) {
+	e := newEnv(t)
+	u := e.signup("owner")
+	e.mustTenant(u, "acme")
+	e.mustTenant(u, "other")
+	secret := e.mustDevice(u.token, "acme", "d1")
+	dial := func(password string) error {
+		conn, err := net.Dial("tcp", e.mqttAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := paho.NewClient(paho.ClientConfig{Conn: conn})
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err = c.Connect(ctx, &paho.Connect{ClientID: "d1", KeepAlive: 30, CleanStart: true, Username: "acme/d1", UsernameFlag: true, Password: []byte(password), PasswordFlag: true})
+		if err == nil {
+			c.Disconnect(&paho.Disconnect{})
+		}
+		return err
+	}
+	if dial("wrong") == nil {
+		t.Fatal("a wrong secret was accepted")
+	}
+	if err := dial(secret); err != nil {
+		t.Fatal(err)
+	}
+	var types []string
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		r := e.do("GET", "/v1/tenants/acme/events", u.token, nil)
+		want(t, r, 200, "events")
+		types = nil
+		for _, it := range asSlice(r.json()["items"]) {
+			types = append(types, it.(map[string]any)["type"].(string))
+		}
+		if len(types) >= 3 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if strings.Join(types, ",") != "disconnected,connected,auth_failed" {
+		t.Errorf("events newest first: %v", types)
+	}
+	r := e.do("GET", "/v1/tenants/acme/events?type=auth_failed&limit=5", u.token, nil)
+	want(t, r, 200, "events by type")
+	if items := asSlice(r.json()["items"]); len(items) != 1 || items[0].(map[string]any)["device"] != "d1" {
+		t.Errorf("auth_failed events: %s", r.body)
+	}
+	want(t, e.do("GET", "/v1/tenants/acme/events?type=nonsense", u.token, nil), 400, "unknown type")
+	r = e.do("GET", "/v1/tenants/other/events", u.token, nil)
+	want(t, r, 200, "another tenant's events")
+	if items := asSlice(r.json()["items"]); len(items) != 0 {
+		t.Errorf("another tenant sees events: %s", r.body)
+	}
+}

@@ -1,11 +1,13 @@
 package api
 
 import (
+	"cmp"
 	"context"
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -216,6 +218,35 @@ func handleAdminTenantUpdate(as adminStore) handler {
 			return err
 		}
 		writeJSON(w, http.StatusOK, t)
+		return nil
+	}
+}
+
+// handleEvents lists a tenant's recent events, newest first.
+func handleEvents(log EventLog) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		p, err := page(r)
+		if err != nil {
+			return err
+		}
+		limit := cmp.Or(p.Limit, 50)
+		typ := r.URL.Query().Get("type")
+		switch typ {
+		case "", events.Connected, events.Disconnected, events.Subscribed, events.Unsubscribed,
+			events.AuthFailed, events.QuotaExceeded, events.QueueDropped:
+		default:
+			return &httpError{status: http.StatusBadRequest, code: "invalid", field: "type", msg: "type is not an event type"}
+		}
+		items := []events.Event{}
+		if log != nil {
+			all := log.Recent(chi.URLParam(r, "tenant"))
+			for i := len(all) - 1; i >= 0 && len(items) < limit; i-- {
+				if typ == "" || all[i].Type == typ {
+					items = append(items, all[i])
+				}
+			}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"items": items})
 		return nil
 	}
 }

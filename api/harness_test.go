@@ -23,6 +23,7 @@ import (
 	"github.com/roosthub/roost"
 	"github.com/roosthub/roost/api"
 	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
 )
@@ -76,7 +77,8 @@ func newEnv(t *testing.T) *env {
 	clk := &clock{now: time.Now()}
 	logs := &testenv.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	hub, err := broker.New(broker.Config{Directory: store, Changes: store.Changes(), Log: log})
+	ev := events.NewMemory(1000)
+	hub, err := broker.New(broker.Config{Directory: store, Changes: store.Changes(), Log: log, Events: ev})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,6 +90,7 @@ func newEnv(t *testing.T) *env {
 	t.Cleanup(func() { hub.Close() })
 	srv, err := api.New(api.Config{
 		DataPlane:  hub,
+		Events:     ev,
 		Store:      store,
 		Log:        log,
 		AdminToken: adminToken,

@@ -72,6 +72,7 @@ func (s *Server) routes() chi.Router {
 
 				r.With(viewer).Get("/quotas", s.serve(handleQuotas(st)))
 				r.With(viewer).Get("/audit", s.serve(handleAudit(st)))
+				r.With(viewer).Get("/events", s.serve(handleEvents(s.events)))
 			})
 
 			r.Route("/admin", func(r chi.Router) {

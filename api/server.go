@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/throttle"
 	"github.com/roosthub/roost/tenants"
 )
@@ -34,6 +35,13 @@ type Config struct {
 	// DataPlane serves device status, disconnects and publishes; nil makes
 	// those routes answer 503.
 	DataPlane DataPlane
+	// Events holds each tenant's recent lifecycle events; nil lists none.
+	Events EventLog
+}
+
+// EventLog is where the API reads a tenant's recent events.
+type EventLog interface {
+	Recent(tenant string) []events.Event
 }
 
 // Server is the REST API. It is an http.Handler.
@@ -50,6 +58,7 @@ type Server struct {
 	signupsPerIP     *throttle.Limiter
 	ready            func(ctx context.Context) error
 	dataPlane        DataPlane
+	events           EventLog
 }
 
 // Login throttling: five failures in a row per account before delays start,
@@ -96,6 +105,7 @@ func New(cfg Config) (*Server, error) {
 		signupsPerIP:     throttle.New(signupsPerHour, signupsPerHour, cfg.Now),
 		ready:            cfg.Ready,
 		dataPlane:        cfg.DataPlane,
+		events:           cfg.Events,
 	}
 	s.router = s.routes()
 	return s, nil

@@ -217,3 +217,12 @@ func (h *Hub) Throttled(tenant string) int64 {
 	}
 	return 0
 }
+
+// Quotas returns the quotas the tenant's running broker enforces; false
+// if none is running (the next one starts with the tenant's current ones).
+func (h *Hub) Quotas(tenant string) (tenants.Quotas, bool) {
+	if inst := h.running(tenant); inst != nil {
+		return inst.quotas(), true
+	}
+	return tenants.Quotas{}, false
+}

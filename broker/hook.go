@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"math"
+	"strings"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -144,6 +145,9 @@ func (inst *instance) hookACL(cl *mqtt.Client, topic string, write bool) bool {
 	}
 	if device == "" {
 		return false
+	}
+	if write && strings.HasPrefix(topic, "$events/") {
+		return false // only the hub publishes events
 	}
 	action := tenants.ActionSubscribe
 	if write {
@@ -288,7 +292,9 @@ func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []by
 			granted = append(granted, f.Filter)
 		}
 	}
-	h.inst.emit(cl, events.Event{Type: events.Subscribed, Filters: granted})
+	if len(granted) > 0 {
+		h.inst.emit(cl, events.Event{Type: events.Subscribed, Filters: granted})
+	}
 	if h.inst.persist != nil && persistent(cl) {
 		h.inst.persist.save(cl, time.Time{})
 	}

@@ -3,12 +3,14 @@ package broker
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -74,6 +76,9 @@ type Hub struct {
 	done       chan struct{}
 	wg         sync.WaitGroup
 
+	eventPubs     chan events.Event
+	eventsDropped atomic.Int64
+
 	seenMu sync.Mutex
 	seen   map[deviceKey]time.Time // last-seen times not yet written
 
@@ -132,6 +137,7 @@ func New(cfg Config) (*Hub, error) {
 		authPerUser: throttle.New(authFreePerUser, authMaxPerHour, cfg.Now),
 		handshakes:  make(chan struct{}, cfg.MaxHandshakes),
 		changes:     make(chan tenants.Change, 1024),
+		eventPubs:   make(chan events.Event, 4096),
 		done:        make(chan struct{}),
 		instances:   map[string]*instance{},
 		seen:        map[deviceKey]time.Time{},
@@ -140,7 +146,8 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.Changes != nil {
 		h.cancelSub = cfg.Changes.Subscribe(h.onChange)
 	}
-	h.wg.Add(3)
+	h.wg.Add(4)
+	go h.publishEvents()
 	go h.applyChanges()
 	go h.reap()
 	go h.flushSeenLoop()
@@ -531,8 +538,42 @@ type discard struct{}
 
 func (discard) Emit(events.Event) {}
 
-// emit sends an event stamped with the hub's clock.
+// emit sends an event stamped with the hub's clock, and queues it for the
+// tenant's own $events topics.
 func (h *Hub) emit(e events.Event) {
 	e.Time = h.now().UTC()
 	h.cfg.Events.Emit(e)
+	if e.Topic() == "" {
+		return
+	}
+	select {
+	case h.eventPubs <- e:
+	default:
+		h.eventsDropped.Add(1) // the publisher is behind: the sink still has it
+	}
+}
+
+// publishEvents publishes events on their tenant's $events topics, away
+// from the hooks that raised them. A tenant whose broker is not running has
+// no subscriber to tell.
+func (h *Hub) publishEvents() {
+	defer h.wg.Done()
+	for {
+		select {
+		case <-h.done:
+			return
+		case e := <-h.eventPubs:
+			inst := h.running(e.Tenant)
+			if inst == nil {
+				continue
+			}
+			b, err := json.Marshal(e)
+			if err != nil {
+				continue
+			}
+			if err := inst.server.Publish(e.Topic(), b, false, 0); err != nil {
+				h.log.Debug("publish event", "tenant", e.Tenant, "topic", e.Topic(), "err", err)
+			}
+		}
+	}
 }

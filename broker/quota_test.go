@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -36,9 +37,14 @@ func (s *quotaStack) setQuotas(t *testing.T, q map[string]int64) {
 	for k, v := range q {
 		u.Quotas[k] = &v
 	}
-	if _, err := s.store.AdminUpdateTenant(ctx, "acme", u); err != nil {
+	updated, err := s.store.AdminUpdateTenant(ctx, "acme", u)
+	if err != nil {
 		t.Fatal(err)
 	}
+	eventually(t, 5*time.Second, "the running broker has the new quotas", func() bool {
+		q, running := s.hub.Quotas("acme")
+		return !running || q == updated.Quotas()
+	})
 }
 
 // expectQuotaEvent waits for a quota_exceeded event of acme's device.
@@ -226,7 +232,6 @@ func TestQuotaPacketSizeLive(t *testing.T) {
 	}
 	pub.pub(t, "x", strings.Repeat("a", 2000), 1, false)
 	s.setQuotas(t, map[string]int64{"max_packet_size": 1000})
-	time.Sleep(200 * time.Millisecond) // the change reaches the broker
 	pub.Publish(context.Background(), &paho.Publish{Topic: "x", Payload: []byte(strings.Repeat("a", 2000))})
 	if code := waitDisconnect(t, pub); code != 0x95 {
 		t.Errorf("DISCONNECT %#x, want 0x95", code)
@@ -317,7 +322,6 @@ func TestQuotaLiveChangeReachesConnection(t *testing.T) {
 		pub.pub(t, "x", "fine", 1, false) // within the free plan's 100/s
 	}
 	s.setQuotas(t, map[string]int64{"publish_rate": 2})
-	time.Sleep(200 * time.Millisecond)
 	for range 10 {
 		if _, err := pub.Publish(context.Background(), &paho.Publish{Topic: "x", Payload: []byte("too fast")}); err != nil {
 			break
@@ -326,4 +330,55 @@ func TestQuotaLiveChangeReachesConnection(t *testing.T) {
 	if code := waitDisconnect(t, pub); code != 0x96 {
 		t.Errorf("DISCONNECT %#x, want 0x96", code)
 	}
+}
+
+// TestLifecycleEventTopics: a tenant's own devices can subscribe to its
+// $events topics (when its ACL allows); another tenant's never see them,
+// and no device can publish there.
+func TestLifecycleEventTopics(t *testing.T) {
+	s := newQuotaStack(t)
+	s.tenant("other")
+	for _, tn := range []string{"acme", "other"} {
+		s.rules(tn, tenants.DefaultACLRule(), allow(tenants.ActionSubscribe, "$events/#"))
+	}
+	watch := s.connectV5(t, "watch")
+	watch.sub(t, "$events/#", 0)
+	watch.expectTopic(t, "$events/subscriptions/subscribed/watch") // its own
+	foreign := mustV5(t, s.addr, "other/watch", s.device("other", "watch"), "watch")
+	foreign.sub(t, "$events/#", 0)
+	foreign.expectTopic(t, "$events/subscriptions/subscribed/watch")
+
+	d := s.connectV5(t, "d1")
+	m := watch.expectTopic(t, "$events/presence/connected/d1")
+	var ev events.Event
+	if err := json.Unmarshal(m.Payload, &ev); err != nil || ev.Tenant != "acme" || ev.Device != "d1" || ev.Type != events.Connected {
+		t.Errorf("event payload %s (%v)", m.Payload, err)
+	}
+	d.Disconnect(&paho.Disconnect{})
+	watch.expectTopic(t, "$events/presence/disconnected/d1")
+	s.setQuotas(t, map[string]int64{"max_subscriptions": 0})
+	d2 := s.connectV5(t, "d2")
+	watch.expectTopic(t, "$events/presence/connected/d2")
+	d2.sub(t, "x", 0)
+	watch.expectTopic(t, "$events/quota/max_subscriptions/d2")
+	foreign.quiet(t, 300*time.Millisecond, "another tenant's events")
+
+	if r := d2.pub(t, "$events/presence/connected/fake", "{}", 1, false); r.ReasonCode != 0x87 {
+		t.Errorf("a device published an event: PUBACK %#x, want 0x87", r.ReasonCode)
+	}
+}
+
+// expectTopic waits for a message on topic, whatever its payload.
+func (c *v5) expectTopic(t testing.TB, topic string) *paho.Publish {
+	t.Helper()
+	select {
+	case m := <-c.msgs:
+		if m.Topic != topic {
+			t.Fatalf("got a message on %s, want one on %s", m.Topic, topic)
+		}
+		return m
+	case <-time.After(5 * time.Second):
+		t.Fatalf("no message on %s within 5s", topic)
+	}
+	return nil
 }

@@ -88,3 +88,42 @@ func (m *Memory) Recent(tenant string) []Event {
 	}
 	return append(append([]Event(nil), r.buf[r.next:]...), r.buf[:r.next]...)
 }
+
+// Tee sends every event to each of its sinks, in order.
+type Tee []Sink
+
+// Emit passes the event on.
+func (t Tee) Emit(e Event) {
+	for _, s := range t {
+		s.Emit(e)
+	}
+}
+
+// Topic is the MQTT topic an event is published on inside its tenant, or ""
+// for an event without one:
+//
+//	$events/presence/connected/<device>
+//	$events/presence/disconnected/<device>
+//	$events/subscriptions/subscribed/<device>
+//	$events/subscriptions/unsubscribed/<device>
+//	$events/auth/failed/<device>
+//	$events/quota/<quota>/<device>
+//	$events/queue/dropped/<device>
+func (e Event) Topic() string {
+	if e.Device == "" {
+		return ""
+	}
+	switch e.Type {
+	case Connected, Disconnected:
+		return "$events/presence/" + e.Type + "/" + e.Device
+	case Subscribed, Unsubscribed:
+		return "$events/subscriptions/" + e.Type + "/" + e.Device
+	case AuthFailed:
+		return "$events/auth/failed/" + e.Device
+	case QuotaExceeded:
+		return "$events/quota/" + e.Quota + "/" + e.Device
+	case QueueDropped:
+		return "$events/queue/dropped/" + e.Device
+	}
+	return ""
+}

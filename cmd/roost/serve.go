@@ -85,7 +85,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	defer sessions.Close()
-	var sink events.Sink = events.NewMemory(1000)
+	recent := events.NewMemory(1000)
+	var sink events.Sink = recent
 	var exporter broker.Exporter
 	if brokers := c.kafkaBrokers(); len(brokers) > 0 {
 		k, err := events.NewKafka(events.KafkaConfig{Brokers: brokers, Log: log})
@@ -93,7 +94,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			return fmt.Errorf("ROOST_KAFKA_BROKERS: %w", err)
 		}
 		defer k.Close()
-		sink = k
+		sink = events.Tee{recent, k}
 		x, err := kafkaexport.New(brokers)
 		if err != nil {
 			return fmt.Errorf("ROOST_KAFKA_BROKERS: %w", err)
@@ -115,7 +116,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	defer hub.Close()
-	srv, err := api.New(api.Config{Store: store, Log: log, AdminToken: adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL, DataPlane: hub})
+	srv, err := api.New(api.Config{Store: store, Log: log, AdminToken: adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL, DataPlane: hub, Events: recent})
 	if err != nil {
 		return err
 	}
