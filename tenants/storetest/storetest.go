@@ -38,6 +38,7 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"Survives", testSurvives},
 		{"Changes", testChanges},
 		{"ExportRules", testExportRules},
+		{"Usage", testUsage},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -678,5 +679,70 @@ func testExportRules(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 	}
 	if rs, _ := s.ExportRules(ctx, "acme"); len(rs) != 0 {
 		t.Errorf("deleted rule still listed")
+	}
+}
+
+// testUsage: deltas add up per tenant and hour, the peak keeps the highest,
+// daily buckets sum their hours, a month's messages are summed, tenants stay
+// apart, and a delta for a deleted tenant fails alone.
+func testUsage(t *testing.T, s *tenants.Store, reopen func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	mustTenant(t, s, owner, "acme")
+	mustTenant(t, s, owner, "other")
+	mustTenant(t, s, owner, "doomed")
+	h := time.Date(2026, 11, 25, 21, 0, 0, 0, time.UTC)
+	add := func(deltas ...tenants.UsageDelta) {
+		t.Helper()
+		if failed, err := s.AddUsage(ctx, deltas); err != nil || len(failed) != 0 {
+			t.Fatalf("AddUsage: %v (%d failed)", err, len(failed))
+		}
+	}
+	add(tenants.UsageDelta{Tenant: "acme", Hour: h.Add(17 * time.Minute), Usage: tenants.Usage{MessagesIn: 3, BytesIn: 30, ConnectionSeconds: 60, PeakConnections: 2}},
+		tenants.UsageDelta{Tenant: "other", Hour: h, Usage: tenants.Usage{MessagesIn: 1000}})
+	add(tenants.UsageDelta{Tenant: "acme", Hour: h, Usage: tenants.Usage{MessagesIn: 2, MessagesOut: 5, BytesIn: 20, BytesOut: 50, ConnectionSeconds: 30, PeakConnections: 1}})
+	add(tenants.UsageDelta{Tenant: "acme", Hour: h.Add(time.Hour), Usage: tenants.Usage{MessagesOut: 1, BytesOut: 7, PeakConnections: 4}})
+	add(tenants.UsageDelta{Tenant: "acme", Hour: h.Add(-48 * time.Hour), Usage: tenants.Usage{MessagesIn: 1}})
+	add(tenants.UsageDelta{Tenant: "acme", Hour: time.Date(2026, 10, 31, 23, 0, 0, 0, time.UTC), Usage: tenants.Usage{MessagesIn: 100}})
+
+	got, err := s.Usage(ctx, "acme", h.Add(-time.Hour), h.Add(2*time.Hour), tenants.Hourly)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []tenants.UsageBucket{
+		{Start: h, Usage: tenants.Usage{MessagesIn: 5, MessagesOut: 5, BytesIn: 50, BytesOut: 50, ConnectionSeconds: 90, PeakConnections: 2}, ConnectionMinutes: 1.5},
+		{Start: h.Add(time.Hour), Usage: tenants.Usage{MessagesOut: 1, BytesOut: 7, PeakConnections: 4}},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("hourly usage:\n got %+v\nwant %+v", got, want)
+	}
+	got, err = s.Usage(ctx, "acme", h.AddDate(0, 0, -3), h.AddDate(0, 0, 1), tenants.Daily)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[1].Start != time.Date(2026, 11, 25, 0, 0, 0, 0, time.UTC) || got[1].MessagesIn != 5 || got[1].MessagesOut != 6 || got[1].PeakConnections != 4 || got[0].MessagesIn != 1 {
+		t.Errorf("daily usage: %+v", got)
+	}
+	if n, err := s.MonthMessages(ctx, "acme", h); err != nil || n != 5+5+1+1 {
+		t.Errorf("November's messages: %d, %v; want 12", n, err)
+	}
+	if n, err := s.MonthMessages(ctx, "acme", time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)); err != nil || n != 0 {
+		t.Errorf("December's messages: %d, %v; want 0", n, err)
+	}
+	if got, _ := s.Usage(ctx, "other", h, h.Add(time.Hour), tenants.Hourly); len(got) != 1 || got[0].MessagesIn != 1000 || got[0].MessagesOut != 0 {
+		t.Errorf("other's usage: %+v", got)
+	}
+
+	if err := s.DeleteTenant(ctx, "doomed"); err != nil {
+		t.Fatal(err)
+	}
+	failed, err := s.AddUsage(ctx, []tenants.UsageDelta{
+		{Tenant: "doomed", Hour: h, Usage: tenants.Usage{MessagesIn: 1}},
+		{Tenant: "acme", Hour: h, Usage: tenants.Usage{MessagesIn: 1}},
+	})
+	if err == nil || len(failed) != 1 || failed[0].Tenant != "doomed" {
+		t.Errorf("a deleted tenant's delta: failed %+v, err %v", failed, err)
+	}
+	if got, _ := s.Usage(ctx, "acme", h, h.Add(time.Hour), tenants.Hourly); len(got) != 1 || got[0].MessagesIn != 6 {
+		t.Errorf("acme's delta beside a failing one was not recorded: %+v", got)
 	}
 }
