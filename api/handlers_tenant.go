@@ -3,7 +3,9 @@ package api
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -247,6 +249,70 @@ func handleEvents(log EventLog) handler {
 			}
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"items": items})
+		return nil
+	}
+}
+
+type usageStore interface {
+	Usage(ctx context.Context, tenant string, from, to time.Time, granularity string) ([]tenants.UsageBucket, error)
+}
+
+// Longest spans one usage request may cover.
+const (
+	maxHourlySpan = 31 * 24 * time.Hour
+	maxDailySpan  = 400 * 24 * time.Hour
+)
+
+// handleUsage returns a tenant's metered usage in hourly or daily buckets.
+// Without from and to it covers the last 24 hours (hourly) or 30 days
+// (daily), up to now.
+func handleUsage(us usageStore, now func() time.Time) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		q := r.URL.Query()
+		granularity := cmp.Or(q.Get("granularity"), tenants.Hourly)
+		span := maxHourlySpan
+		switch granularity {
+		case tenants.Hourly:
+		case tenants.Daily:
+			span = maxDailySpan
+		default:
+			return &httpError{status: http.StatusBadRequest, code: "invalid", field: "granularity", msg: "granularity must be hour or day"}
+		}
+		parse := func(name string, def time.Time) (time.Time, error) {
+			v := q.Get(name)
+			if v == "" {
+				return def, nil
+			}
+			t, err := time.Parse(time.RFC3339, v)
+			if err != nil {
+				return t, &httpError{status: http.StatusBadRequest, code: "invalid", field: name, msg: name + " must be an RFC 3339 time, like 2026-11-25T00:00:00Z"}
+			}
+			return t, nil
+		}
+		to, err := parse("to", now())
+		if err != nil {
+			return err
+		}
+		def := to.Add(-24 * time.Hour)
+		if granularity == tenants.Daily {
+			def = to.AddDate(0, 0, -30)
+		}
+		from, err := parse("from", def)
+		if err != nil {
+			return err
+		}
+		if !from.Before(to) || to.Sub(from) > span {
+			return &httpError{status: http.StatusBadRequest, code: "invalid", field: "from",
+				msg: fmt.Sprintf("from must be before to, at most %d days earlier for %s buckets", int(span.Hours()/24), granularity)}
+		}
+		items, err := us.Usage(r.Context(), chi.URLParam(r, "tenant"), from, to, granularity)
+		if err != nil {
+			return err
+		}
+		if items == nil {
+			items = []tenants.UsageBucket{}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"granularity": granularity, "from": from.UTC(), "to": to.UTC(), "items": items})
 		return nil
 	}
 }

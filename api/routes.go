@@ -71,6 +71,7 @@ func (s *Server) routes() chi.Router {
 				r.With(admin).Delete("/rules/{id}", s.serve(handleExportDelete(st)))
 
 				r.With(viewer).Get("/quotas", s.serve(handleQuotas(st)))
+				r.With(viewer).Get("/usage", s.serve(handleUsage(st, s.now)))
 				r.With(viewer).Get("/audit", s.serve(handleAudit(st)))
 				r.With(viewer).Get("/events", s.serve(handleEvents(s.events)))
 			})

@@ -59,6 +59,7 @@ type Server struct {
 	ready            func(ctx context.Context) error
 	dataPlane        DataPlane
 	events           EventLog
+	now              func() time.Time
 }
 
 // Login throttling: five failures in a row per account before delays start,
@@ -106,6 +107,7 @@ func New(cfg Config) (*Server, error) {
 		ready:            cfg.Ready,
 		dataPlane:        cfg.DataPlane,
 		events:           cfg.Events,
+		now:              cfg.Now,
 	}
 	s.router = s.routes()
 	return s, nil

@@ -45,6 +45,7 @@ func newStack(t testing.TB, mod ...func(*broker.Config)) *stack {
 	cfg := broker.Config{
 		Directory: store,
 		Changes:   store.Changes(),
+		Usage:     store,
 		Log:       slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
 	for _, m := range mod {
@@ -73,9 +74,16 @@ func newStack(t testing.TB, mod ...func(*broker.Config)) *stack {
 	return &stack{t: t, store: store, hub: hub, addr: ln.Addr().String(), logs: logs, owner: owner}
 }
 
+// tenant creates a tenant. Its connect_rate is lifted: tests open
+// connections as fast as the machine allows, and only the quota tests are
+// about the rate (they set their own).
 func (s *stack) tenant(slug string) {
 	s.t.Helper()
 	if _, err := s.store.CreateTenant(ctx, s.owner.ID, tenants.TenantInput{Slug: slug}); err != nil {
+		s.t.Fatal(err)
+	}
+	lifted := int64(1_000_000)
+	if _, err := s.store.AdminUpdateTenant(ctx, slug, tenants.AdminTenantUpdate{Quotas: map[string]*int64{"connect_rate": &lifted}}); err != nil {
 		s.t.Fatal(err)
 	}
 }

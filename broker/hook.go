@@ -32,9 +32,9 @@ func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
 		mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnPacketEncode, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
-		mqtt.OnPublish,
+		mqtt.OnPublish, mqtt.OnPublished,
 	}, []byte{b}) || (h.inst.persist != nil && bytes.Contains([]byte{
-		mqtt.OnQosPublish, mqtt.OnPublished, mqtt.OnPacketRead, mqtt.OnSessionEstablished,
+		mqtt.OnQosPublish, mqtt.OnPacketRead, mqtt.OnSessionEstablished,
 		mqtt.StoredClients, mqtt.StoredSubscriptions,
 		mqtt.StoredInflightMessages, mqtt.StoredRetainedMessages,
 	}, []byte{b}))
@@ -45,6 +45,9 @@ func (h *hook) Provides(b byte) bool {
 // disconnected for breaking them.
 func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	if pk.FixedHeader.Type == packets.Publish {
+		if _, ok := cl.Net.Conn.(*deviceConn); ok {
+			h.inst.meter.out(len(pk.Payload))
+		}
 		return withoutTag(pk)
 	}
 	if pk.FixedHeader.Type == packets.Pubrec && pk.ReasonCode == packets.ErrPacketIdentifierInUse.Code {
@@ -240,7 +243,16 @@ func (h *hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, rese
 	}
 }
 
-func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) { h.inst.persist.routed(pk) }
+// OnPublished meters a message the tenant accepted (not the hub's own
+// $events) and forgets its routing tag.
+func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
+	if !pk.Ignore && !(cl.Net.Inline && strings.HasPrefix(pk.TopicName, "$events/")) {
+		h.inst.meter.in(len(pk.Payload))
+	}
+	if h.inst.persist != nil {
+		h.inst.persist.routed(pk)
+	}
+}
 
 // errNotRecorded ends a connection whose acknowledgement could not be
 // recorded; the client repeats it when it reconnects.

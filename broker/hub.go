@@ -56,6 +56,10 @@ type Config struct {
 	// Exporter writes messages matching export rules to Kafka; nil leaves
 	// export rules without effect.
 	Exporter Exporter
+	// Usage records metered usage; nil counts it in memory only.
+	Usage UsageStore
+	// UsageInterval is how often usage is recorded: 1s if zero.
+	UsageInterval time.Duration
 }
 
 // Hub is the data plane: the ingress and every tenant's broker instance.
@@ -78,6 +82,8 @@ type Hub struct {
 
 	eventPubs     chan events.Event
 	eventsDropped atomic.Int64
+
+	meters sync.Map // tenant → *meter
 
 	seenMu sync.Mutex
 	seen   map[deviceKey]time.Time // last-seen times not yet written
@@ -119,6 +125,7 @@ func New(cfg Config) (*Hub, error) {
 	def(&cfg.WriteTimeout, 5*time.Second)
 	def(&cfg.IdleTimeout, 5*time.Minute)
 	def(&cfg.CacheTTL, 5*time.Minute)
+	def(&cfg.UsageInterval, time.Second)
 	if cfg.MaxConnectSize == 0 {
 		cfg.MaxConnectSize = 512 << 10
 	}
@@ -146,7 +153,8 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.Changes != nil {
 		h.cancelSub = cfg.Changes.Subscribe(h.onChange)
 	}
-	h.wg.Add(4)
+	h.wg.Add(5)
+	go h.flushUsage()
 	go h.publishEvents()
 	go h.applyChanges()
 	go h.reap()
@@ -220,6 +228,7 @@ func (h *Hub) Close() error {
 		inst.close()
 	}
 	h.wg.Wait()
+	h.recordUsage() // what was counted since the last flush
 	return nil
 }
 

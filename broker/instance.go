@@ -72,6 +72,8 @@ type instance struct {
 	lastHit     map[string]time.Time
 	// throttled counts publishes refused for a rate quota.
 	throttled atomic.Int64
+	// meter counts the tenant's usage; it outlives the instance.
+	meter *meter
 }
 
 // loadRestore reads the tenant's stored sessions for mochi's Stored* calls.
@@ -124,6 +126,7 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 	})
 	inst := &instance{tenant: t.Slug, server: srv, log: log, hub: h, lastActive: h.now(), byDevice: map[string]map[*deviceConn]presence{}, exportErrs: map[string]int64{}, lastHit: map[string]time.Time{}}
 	inst.setQuotas(q)
+	inst.meter = h.meterOf(t.Slug)
 	if h.cfg.Sessions != nil {
 		inst.persist = newPersistence(h.cfg.Sessions, inst)
 	}
@@ -257,6 +260,9 @@ func (inst *instance) addPresence(dc *deviceConn, cl *mqtt.Client, c Connection)
 		m = map[*deviceConn]presence{}
 		inst.byDevice[dc.id.device] = m
 	}
+	if _, again := m[dc]; !again {
+		inst.meter.connected()
+	}
 	m[dc] = presence{client: cl, info: c}
 }
 
@@ -265,6 +271,9 @@ func (inst *instance) dropPresence(dc *deviceConn) {
 	inst.presenceMu.Lock()
 	defer inst.presenceMu.Unlock()
 	if m := inst.byDevice[dc.id.device]; m != nil {
+		if _, ok := m[dc]; ok {
+			inst.meter.disconnected()
+		}
 		delete(m, dc)
 		if len(m) == 0 {
 			delete(inst.byDevice, dc.id.device)

@@ -106,6 +106,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		Exporter:       exporter,
 		Events:         sink,
 		Sessions:       sessions,
+		Usage:          store,
 		Directory:      store,
 		Changes:        store.Changes(),
 		Log:            log,

@@ -1,0 +1,223 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+// UsageStore records metered usage; tenants.Store is one.
+type UsageStore interface {
+	AddUsage(ctx context.Context, deltas []tenants.UsageDelta) ([]tenants.UsageDelta, error)
+	MonthMessages(ctx context.Context, tenant string, t time.Time) (int64, error)
+}
+
+var _ UsageStore = (*tenants.Store)(nil)
+
+// meter counts one tenant's usage. The hot path only adds to atomics of the
+// current hour's bucket; a flusher swaps them out about once a second and
+// adds them to the store, so that a crash loses at most the last second and
+// nothing is counted twice.
+type meter struct {
+	tenant string
+	cur    atomic.Pointer[usageBucket]
+	// live is the number of the tenant's device connections.
+	live atomic.Int64
+	// month counts messages in and out in the current month, recorded and
+	// not yet recorded; loaded from the store when the meter starts.
+	month      atomic.Int64
+	monthStart time.Time // guarded by the flusher, the only writer
+
+	mu      sync.Mutex
+	retired []*usageBucket       // earlier hours' buckets, drained once more
+	retry   []tenants.UsageDelta // what the store did not take last time
+	last    time.Time            // the last flush, for connection-seconds
+	// connFrac carries connection-seconds below one from flush to flush.
+	connFrac float64
+}
+
+// usageBucket is one hour's counts not yet flushed.
+type usageBucket struct {
+	hour              time.Time
+	msgsIn, msgsOut   atomic.Int64
+	bytesIn, bytesOut atomic.Int64
+	peak              atomic.Int64
+}
+
+func newBucket(hour time.Time, live int64) *usageBucket {
+	b := &usageBucket{hour: hour}
+	b.peak.Store(live)
+	return b
+}
+
+func monthOf(t time.Time) time.Time {
+	return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
+}
+
+// in counts a message accepted from a device or the API.
+func (m *meter) in(payload int) {
+	b := m.cur.Load()
+	b.msgsIn.Add(1)
+	b.bytesIn.Add(int64(payload))
+	m.month.Add(1)
+}
+
+// out counts a PUBLISH written to a device.
+func (m *meter) out(payload int) {
+	b := m.cur.Load()
+	b.msgsOut.Add(1)
+	b.bytesOut.Add(int64(payload))
+	m.month.Add(1)
+}
+
+// connected and disconnected follow the tenant's live connections and the
+// hour's peak.
+func (m *meter) connected() {
+	n := m.live.Add(1)
+	b := m.cur.Load()
+	for {
+		p := b.peak.Load()
+		if n <= p || b.peak.CompareAndSwap(p, n) {
+			return
+		}
+	}
+}
+
+func (m *meter) disconnected() { m.live.Add(-1) }
+
+// drain takes a bucket's counts, leaving zeros (the peak stays: it is a
+// maximum, not a sum).
+func (b *usageBucket) drain() tenants.Usage {
+	return tenants.Usage{
+		MessagesIn: b.msgsIn.Swap(0), MessagesOut: b.msgsOut.Swap(0),
+		BytesIn: b.bytesIn.Swap(0), BytesOut: b.bytesOut.Swap(0),
+		PeakConnections: b.peak.Load(),
+	}
+}
+
+// take returns what the meter has to record at now: the current hour's
+// counts and connection-seconds, and what arrived late in earlier hours'.
+// A new hour starts a new bucket; the old one is drained once more at the
+// next flush, for adds that loaded it just before the switch.
+func (m *meter) take(now time.Time) []tenants.UsageDelta {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	hour := now.UTC().Truncate(time.Hour)
+	out := m.retry
+	m.retry = nil
+	for _, b := range m.retired {
+		if u := b.drain(); u.MessagesIn+u.MessagesOut > 0 {
+			u.PeakConnections = 0
+			out = append(out, tenants.UsageDelta{Tenant: m.tenant, Hour: b.hour, Usage: u})
+		}
+	}
+	m.retired = nil
+	cur := m.cur.Load()
+	if !cur.hour.Equal(hour) {
+		m.cur.Store(newBucket(hour, m.live.Load()))
+		m.retired = append(m.retired, cur)
+	}
+	u := cur.drain()
+	if !m.last.IsZero() && now.After(m.last) {
+		m.connFrac += now.Sub(m.last).Seconds() * float64(m.live.Load())
+		whole := math.Floor(m.connFrac)
+		u.ConnectionSeconds, m.connFrac = int64(whole), m.connFrac-whole
+	}
+	m.last = now
+	if m.monthStart != monthOf(now) {
+		m.monthStart = monthOf(now)
+		m.month.Store(0) // a new month: this flush's counts belong to the old one
+	}
+	if !u.IsZero() {
+		out = append(out, tenants.UsageDelta{Tenant: m.tenant, Hour: cur.hour, Usage: u})
+	}
+	return out
+}
+
+// giveBack keeps a delta the store did not take, to be tried again.
+func (m *meter) giveBack(d tenants.UsageDelta) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.retry = append(m.retry, d)
+}
+
+// meterOf returns the tenant's meter, starting it if needed. A new meter
+// reads the month's messages so far, for messages_per_month.
+func (h *Hub) meterOf(tenant string) *meter {
+	if m, ok := h.meters.Load(tenant); ok {
+		return m.(*meter)
+	}
+	now := h.now()
+	m := &meter{tenant: tenant, monthStart: monthOf(now)}
+	m.cur.Store(newBucket(now.UTC().Truncate(time.Hour), 0))
+	if h.cfg.Usage != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		n, err := h.cfg.Usage.MonthMessages(ctx, tenant, now)
+		cancel()
+		if err != nil {
+			h.log.Error("read the month's usage", "tenant", tenant, "err", err)
+		}
+		m.month.Store(n)
+	}
+	actual, _ := h.meters.LoadOrStore(tenant, m)
+	return actual.(*meter)
+}
+
+// flushUsage records every meter's counts about once a second; Close
+// records the rest.
+func (h *Hub) flushUsage() {
+	defer h.wg.Done()
+	tick := time.NewTicker(h.cfg.UsageInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-h.done:
+			return
+		case <-tick.C:
+			h.recordUsage()
+		}
+	}
+}
+
+func (h *Hub) recordUsage() {
+	now := h.now()
+	var deltas []tenants.UsageDelta
+	h.meters.Range(func(_, v any) bool {
+		deltas = append(deltas, v.(*meter).take(now)...)
+		return true
+	})
+	if h.cfg.Usage == nil || len(deltas) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	failed, err := h.cfg.Usage.AddUsage(ctx, deltas)
+	if err != nil {
+		h.log.Error("record usage", "deltas", len(deltas), "failed", len(failed), "err", err)
+	}
+	for _, d := range failed {
+		if _, err := h.cfg.Directory.Tenant(ctx, d.Tenant); errors.Is(err, tenants.ErrNotFound) {
+			h.meters.Delete(d.Tenant) // the tenant is gone, and its usage with it
+			continue
+		}
+		h.meterOf(d.Tenant).giveBack(d)
+	}
+}
+
+// liveUsage returns what the tenant's meter counted and has not recorded
+// yet, its live connections and the month's messages; for metrics.
+func (h *Hub) liveUsage(tenant string) (pending tenants.Usage, live int64, month int64, ok bool) {
+	v, ok := h.meters.Load(tenant)
+	if !ok {
+		return pending, 0, 0, false
+	}
+	m := v.(*meter)
+	b := m.cur.Load()
+	pending = tenants.Usage{MessagesIn: b.msgsIn.Load(), MessagesOut: b.msgsOut.Load(), BytesIn: b.bytesIn.Load(), BytesOut: b.bytesOut.Load(), PeakConnections: b.peak.Load()}
+	return pending, m.live.Load(), m.month.Load(), true
+}

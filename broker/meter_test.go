@@ -1,0 +1,98 @@
+package broker_test
+
+import (
+	"log/slog"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/tenants"
+)
+
+// TestMeteringExact: N messages of known sizes in, delivered to one
+// subscriber, show in the usage store as exactly N in and N out with their
+// bytes, within a few seconds; across a restart of the hub the counts go on
+// adding up, none lost and none twice.
+func TestMeteringExact(t *testing.T) {
+	s := newStack(t, func(c *broker.Config) { c.UsageInterval = 100 * time.Millisecond })
+	s.tenant("acme")
+	s.tenant("other")
+	hour := time.Now().UTC().Truncate(time.Hour)
+	usage := func(tenant string) tenants.Usage {
+		t.Helper()
+		var u tenants.Usage
+		got, err := s.store.Usage(ctx, tenant, hour.Add(-time.Hour), time.Now().Add(time.Hour), tenants.Daily)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range got {
+			u.Add(b.Usage)
+		}
+		return u
+	}
+	subSecret, pubSecret := s.device("acme", "sub"), s.device("acme", "pub")
+	// Another tenant's traffic must not show in acme's usage.
+	op := mustV5(t, s.addr, "other/pub", s.device("other", "pub"), "pub")
+	op.pub(t, "x", "not acme's", 1, false)
+
+	send := func(addr string, n int) (bytes int64) {
+		sub := mustV5(t, addr, "acme/sub", subSecret, "sub")
+		sub.sub(t, "m/#", 1)
+		pub := mustV5(t, addr, "acme/pub", pubSecret, "pub")
+		for i := range n {
+			p := strings.Repeat("x", 10+i)
+			pub.pub(t, "m/a", p, 1, false)
+			sub.expect(t, "m/a", p)
+			bytes += int64(len(p))
+		}
+		sub.Disconnect(&paho.Disconnect{})
+		pub.Disconnect(&paho.Disconnect{})
+		return bytes
+	}
+	const n1, n2 = 37, 13
+	b1 := send(s.addr, n1)
+	want := tenants.Usage{MessagesIn: n1, MessagesOut: n1, BytesIn: b1, BytesOut: b1}
+	eventually(t, 5*time.Second, "usage recorded", func() bool {
+		u := usage("acme")
+		return u.MessagesIn == want.MessagesIn && u.MessagesOut == want.MessagesOut && u.BytesIn == want.BytesIn && u.BytesOut == want.BytesOut
+	})
+	if u := usage("acme"); u.PeakConnections != 2 {
+		t.Errorf("peak connections %d, want 2", u.PeakConnections)
+	}
+
+	// The hub restarts: what it counted is recorded once, then it counts on.
+	s.hub.Close()
+	hub, err := broker.New(broker.Config{Directory: s.store, Changes: s.store.Changes(), Usage: s.store,
+		UsageInterval: 100 * time.Millisecond, Log: slog.New(slog.NewTextHandler(s.logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go hub.Serve(ln)
+	t.Cleanup(func() { hub.Close() })
+	b2 := send(ln.Addr().String(), n2)
+	want = tenants.Usage{MessagesIn: n1 + n2, MessagesOut: n1 + n2, BytesIn: b1 + b2, BytesOut: b1 + b2}
+	eventually(t, 5*time.Second, "usage recorded after the restart", func() bool {
+		u := usage("acme")
+		return u.MessagesIn == want.MessagesIn && u.MessagesOut == want.MessagesOut && u.BytesIn == want.BytesIn && u.BytesOut == want.BytesOut
+	})
+	// A connection held for 1.5s: connection time adds up (and no
+	// message count moves while it idles).
+	idle := mustV5(t, ln.Addr().String(), "acme/sub", subSecret, "sub")
+	time.Sleep(1500 * time.Millisecond)
+	idle.Disconnect(&paho.Disconnect{})
+	eventually(t, 5*time.Second, "connection time recorded", func() bool { return usage("acme").ConnectionSeconds >= 1 })
+	if u := usage("acme"); u.MessagesIn != want.MessagesIn || u.BytesOut != want.BytesOut || u.ConnectionSeconds > 3 {
+		t.Errorf("usage after idling: %+v, want %+v and about 1.5 connection-seconds", u, want)
+	}
+	if u := usage("other"); u.MessagesIn != 1 || u.BytesIn != int64(len("not acme's")) {
+		t.Errorf("other's usage %+v, want its one message", u)
+	}
+}
