@@ -168,3 +168,61 @@ func TestEventsRoute(t *testing.T) {
 		t.Errorf("another tenant sees events: %s", r.body)
 	}
 }
+
+// TestUsageRoute: messages published over MQTT and the API show in the
+// tenant's usage within 5 seconds, exactly, in hourly and daily buckets;
+// another tenant's usage is its own.
+func TestUsageRoute(t *testing.T) {
+	e := newEnv(t)
+	u := e.signup("owner")
+	e.mustTenant(u, "acme")
+	e.mustTenant(u, "other")
+	secret := e.mustDevice(u.token, "acme", "d1")
+	conn, err := net.Dial("tcp", e.mqttAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := paho.NewClient(paho.ClientConfig{Conn: conn})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Connect(ctx, &paho.Connect{ClientID: "d1", KeepAlive: 30, CleanStart: true, Username: "acme/d1", UsernameFlag: true, Password: []byte(secret), PasswordFlag: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Disconnect(&paho.Disconnect{})
+	for _, p := range []string{"a", "bb", "ccc"} {
+		if _, err := c.Publish(ctx, &paho.Publish{Topic: "t", QoS: 1, Payload: []byte(p)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want(t, e.do("POST", "/v1/tenants/acme/messages", u.token, map[string]any{"topic": "t", "payload": "dddd", "qos": 0}), 202, "publish")
+
+	var item map[string]any
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		r := e.do("GET", "/v1/tenants/acme/usage", u.token, nil)
+		want(t, r, 200, "usage")
+		if items := asSlice(r.json()["items"]); len(items) == 1 {
+			item = items[0].(map[string]any)
+			if item["messages_in"] == float64(4) {
+				break
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if item == nil || item["messages_in"] != float64(4) || item["bytes_in"] != float64(10) || item["peak_connections"] != float64(1) {
+		t.Fatalf("usage within 5s: %v", item)
+	}
+	r := e.do("GET", "/v1/tenants/acme/usage?granularity=day&from="+time.Now().UTC().Add(-72*time.Hour).Format(time.RFC3339), u.token, nil)
+	want(t, r, 200, "daily usage")
+	if items := asSlice(r.json()["items"]); len(items) != 1 || items[0].(map[string]any)["messages_in"] != float64(4) {
+		t.Errorf("daily usage: %s", r.body)
+	}
+	r = e.do("GET", "/v1/tenants/other/usage", u.token, nil)
+	want(t, r, 200, "other's usage")
+	if items := asSlice(r.json()["items"]); len(items) != 0 {
+		t.Errorf("another tenant's usage shows acme's messages: %s", r.body)
+	}
+	for _, q := range []string{"granularity=week", "from=yesterday", "from=2020-01-01T00:00:00Z", "from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z"} {
+		want(t, e.do("GET", "/v1/tenants/acme/usage?"+q, u.token, nil), 400, q)
+	}
+}

@@ -78,7 +78,7 @@ func newEnv(t *testing.T) *env {
 	logs := &testenv.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ev := events.NewMemory(1000)
-	hub, err := broker.New(broker.Config{Directory: store, Changes: store.Changes(), Log: log, Events: ev})
+	hub, err := broker.New(broker.Config{Directory: store, Changes: store.Changes(), Log: log, Events: ev, Usage: store})
 	if err != nil {
 		t.Fatal(err)
 	}
