@@ -71,7 +71,7 @@ func (h *Hub) apply(c tenants.Change) {
 		case !found:
 			h.stop(inst, "tenant deleted")
 		case t.Suspended:
-			inst.setQuotas(t.Quotas())
+			inst.setQuotas(t)
 			for _, cl := range inst.server.Clients.GetAll() {
 				if _, ok := cl.Net.Conn.(*deviceConn); ok && !cl.Closed() {
 					inst.kick(cl, packets.ErrAdministrativeAction)
@@ -81,7 +81,7 @@ func (h *Hub) apply(c tenants.Change) {
 		default:
 			// Plan or quota changes: live connections follow at their next
 			// packet.
-			inst.setQuotas(t.Quotas())
+			inst.setQuotas(t)
 		}
 	case tenants.DeviceChanged:
 		clients := inst.clientsOf(c.Device)
@@ -187,6 +187,9 @@ func (h *Hub) Publish(ctx context.Context, tenant string, m Message) error {
 		return err
 	}
 	defer h.release(inst)
+	if limit, over := inst.monthExhausted(); over {
+		return &tenants.QuotaError{Quota: "messages_per_month", Limit: limit}
+	}
 	inst.inlineMu.Lock()
 	defer inst.inlineMu.Unlock()
 	inst.inlineErr = nil

@@ -203,6 +203,10 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 			h.inst.quotaHit(dc.id.device, cl.ID, "max_retained", limit)
 			return h.refuse(cl, pk, packets.ErrQuotaExceeded)
 		}
+		if limit, over := h.inst.monthExhausted(); over {
+			h.inst.quotaHit(dc.id.device, cl.ID, "messages_per_month", limit)
+			return h.refuse(cl, pk, packets.ErrQuotaExceeded)
+		}
 	}
 	if err := h.inst.export(cl, pk); err != nil {
 		return h.refuse(cl, pk, err)

@@ -65,7 +65,8 @@ type instance struct {
 	inlineErr error
 
 	// q is the tenant's quotas as they are now; see quota.go.
-	q           atomic.Pointer[tenants.Quotas]
+	q            atomic.Pointer[tenants.Quotas]
+	billsOverage atomic.Bool
 	connectRate rate.Bucket
 	publishRate rate.Bucket
 	hitMu       sync.Mutex
@@ -125,7 +126,7 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 		Logger:                 mochiLogger(log),
 	})
 	inst := &instance{tenant: t.Slug, server: srv, log: log, hub: h, lastActive: h.now(), byDevice: map[string]map[*deviceConn]presence{}, exportErrs: map[string]int64{}, lastHit: map[string]time.Time{}}
-	inst.setQuotas(q)
+	inst.setQuotas(t)
 	inst.meter = h.meterOf(t.Slug)
 	if h.cfg.Sessions != nil {
 		inst.persist = newPersistence(h.cfg.Sessions, inst)

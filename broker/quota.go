@@ -26,6 +26,8 @@ import (
 //	max_retained         per tenant; v5 QoS 1 PUBACK 0x97, otherwise DISCONNECT 0x97 (3.1.1: closes)
 //	max_queued           per offline session; see persistence.makeRoom
 //	max_session_expiry   a longer requested expiry is cut to it
+//	messages_per_month   in and out; the free plan refuses publishes past it like max_retained
+//	                     (API: 403), paid plans go on and bill the excess
 //
 // Every limit hit raises a quota_exceeded event naming the quota and limit,
 // at most once a second per device and quota.
@@ -41,7 +43,11 @@ var (
 // quotas returns the tenant's quotas as they are now.
 func (inst *instance) quotas() tenants.Quotas { return *inst.q.Load() }
 
-func (inst *instance) setQuotas(q tenants.Quotas) { inst.q.Store(&q) }
+func (inst *instance) setQuotas(t tenants.Tenant) {
+	q := t.Quotas()
+	inst.q.Store(&q)
+	inst.billsOverage.Store(tenants.BillsOverage(t.Plan))
+}
 
 // connectAllowed takes a connection from the tenant's connect rate.
 func (inst *instance) connectAllowed(now time.Time) bool {
@@ -102,6 +108,16 @@ func (inst *instance) checkPublish(cl *mqtt.Client, dc *deviceConn) error {
 		return packets.ErrRejectPacket
 	}
 	return packets.CodeSuccessIgnore
+}
+
+// monthExhausted reports whether the tenant has used its messages_per_month
+// on a plan that blocks rather than bills the excess.
+func (inst *instance) monthExhausted() (int64, bool) {
+	limit := inst.quotas().MessagesPerMonth
+	if inst.billsOverage.Load() {
+		return limit, false
+	}
+	return limit, inst.meter.month.Load() >= limit
 }
 
 // checkRetained refuses a retained message that would take the tenant past

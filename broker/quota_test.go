@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -381,4 +382,34 @@ func (c *v5) expectTopic(t testing.TB, topic string) *paho.Publish {
 		t.Fatalf("no message on %s within 5s", topic)
 	}
 	return nil
+}
+
+// TestQuotaMessagesPerMonth: on the free plan publishes past the month's
+// allowance are refused (0x97; the API gets a quota error); a paid plan
+// goes on and bills the excess.
+func TestQuotaMessagesPerMonth(t *testing.T) {
+	s := newQuotaStack(t)
+	s.setQuotas(t, map[string]int64{"messages_per_month": 5})
+	pub := s.connectV5(t, "pub")
+	for i := range 5 {
+		if r := pub.pub(t, "x", fmt.Sprint(i), 1, false); r.ReasonCode != 0 {
+			t.Fatalf("message %d within the allowance: PUBACK %#x", i, r.ReasonCode)
+		}
+	}
+	if r := pub.pub(t, "x", "sixth", 1, false); r.ReasonCode != 0x97 {
+		t.Errorf("past the allowance: PUBACK %#x, want 0x97", r.ReasonCode)
+	}
+	s.expectQuotaEvent(t, "pub", "messages_per_month", 5)
+	var qe *tenants.QuotaError
+	if err := s.hub.Publish(context.Background(), "acme", broker.Message{Topic: "x", Payload: []byte("api")}); !errors.As(err, &qe) || qe.Quota != "messages_per_month" {
+		t.Errorf("API publish past the allowance: %v", err)
+	}
+
+	plan := tenants.PlanPro
+	if _, err := s.store.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Plan: &plan}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 5*time.Second, "the paid plan applies", func() bool {
+		return pub.pub(t, "x", "billed", 1, false).ReasonCode == 0
+	})
 }

@@ -111,5 +111,10 @@ func PlanQuotas(plan string) Quotas {
 	return plans[PlanFree]
 }
 
+// BillsOverage reports whether the plan lets a tenant go past
+// messages_per_month and bills the excess (every paid plan); the free plan
+// blocks publishes instead.
+func BillsOverage(plan string) bool { return ValidPlan(plan) && plan != PlanFree }
+
 // ValidPlan reports whether name is a known plan.
 func ValidPlan(name string) bool { _, ok := plans[name]; return ok }
