@@ -132,3 +132,14 @@ func handleMessagePublish(dp DataPlane) handler {
 		return nil
 	}
 }
+
+// handleMetrics serves the Prometheus metrics.
+func handleMetrics(h http.Handler) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if h == nil {
+			return errorf(http.StatusServiceUnavailable, "unavailable", "metrics are not served by this process")
+		}
+		h.ServeHTTP(w, r)
+		return nil
+	}
+}

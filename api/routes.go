@@ -24,6 +24,7 @@ func (s *Server) routes() chi.Router {
 	r.Get("/healthz", s.serve(handleHealth()))
 	r.Get("/readyz", s.serve(handleReady(s.ready)))
 	r.Get("/openapi.yaml", handleSpec())
+	r.With(s.authenticate, s.onlyOperator).Get("/metrics", s.serve(handleMetrics(s.metrics)))
 
 	r.Route("/v1", func(r chi.Router) {
 		r.Post("/signup", s.serve(handleSignup(st, s.tokens, s.signupsPerIP)))

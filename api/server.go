@@ -37,6 +37,9 @@ type Config struct {
 	DataPlane DataPlane
 	// Events holds each tenant's recent lifecycle events; nil lists none.
 	Events EventLog
+	// Metrics serves Prometheus metrics at /metrics, to the operator; nil
+	// answers 503.
+	Metrics http.Handler
 }
 
 // EventLog is where the API reads a tenant's recent events.
@@ -60,6 +63,7 @@ type Server struct {
 	dataPlane        DataPlane
 	events           EventLog
 	now              func() time.Time
+	metrics          http.Handler
 }
 
 // Login throttling: five failures in a row per account before delays start,
@@ -108,6 +112,7 @@ func New(cfg Config) (*Server, error) {
 		dataPlane:        cfg.DataPlane,
 		events:           cfg.Events,
 		now:              cfg.Now,
+		metrics:          cfg.Metrics,
 	}
 	s.router = s.routes()
 	return s, nil

@@ -213,10 +213,10 @@ func (h *Hub) ExportErrors(tenant string) map[string]int64 {
 }
 
 // Throttled is the number of the tenant's publishes refused for a rate
-// quota since its broker started.
+// quota since the hub started.
 func (h *Hub) Throttled(tenant string) int64 {
-	if inst := h.running(tenant); inst != nil {
-		return inst.throttled.Load()
+	if m, ok := h.meters.Load(tenant); ok {
+		return m.(*meter).throttled.Load()
 	}
 	return 0
 }

@@ -331,6 +331,7 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 	refuse := func(r refusal) (*instance, identity, error) {
 		if t.Slug != "" {
 			h.emit(events.Event{Tenant: tenant, Type: events.AuthFailed, Device: device, Remote: remote, Reason: r.reason})
+			h.meterOf(tenant).authFailures.Add(1)
 		}
 		return nil, identity{}, r
 	}

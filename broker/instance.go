@@ -71,8 +71,6 @@ type instance struct {
 	publishRate rate.Bucket
 	hitMu       sync.Mutex
 	lastHit     map[string]time.Time
-	// throttled counts publishes refused for a rate quota.
-	throttled atomic.Int64
 	// meter counts the tenant's usage; it outlives the instance.
 	meter *meter
 }

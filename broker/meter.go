@@ -39,6 +39,11 @@ type meter struct {
 	last    time.Time            // the last flush, for connection-seconds
 	// connFrac carries connection-seconds below one from flush to flush.
 	connFrac float64
+
+	// Totals since the hub started, for metrics.
+	totalIn, totalOut           atomic.Int64
+	totalBytesIn, totalBytesOut atomic.Int64
+	throttled, authFailures     atomic.Int64
 }
 
 // usageBucket is one hour's counts not yet flushed.
@@ -65,6 +70,8 @@ func (m *meter) in(payload int) {
 	b.msgsIn.Add(1)
 	b.bytesIn.Add(int64(payload))
 	m.month.Add(1)
+	m.totalIn.Add(1)
+	m.totalBytesIn.Add(int64(payload))
 }
 
 // out counts a PUBLISH written to a device.
@@ -73,6 +80,8 @@ func (m *meter) out(payload int) {
 	b.msgsOut.Add(1)
 	b.bytesOut.Add(int64(payload))
 	m.month.Add(1)
+	m.totalOut.Add(1)
+	m.totalBytesOut.Add(int64(payload))
 }
 
 // connected and disconnected follow the tenant's live connections and the
@@ -207,17 +216,4 @@ func (h *Hub) recordUsage() {
 		}
 		h.meterOf(d.Tenant).giveBack(d)
 	}
-}
-
-// liveUsage returns what the tenant's meter counted and has not recorded
-// yet, its live connections and the month's messages; for metrics.
-func (h *Hub) liveUsage(tenant string) (pending tenants.Usage, live int64, month int64, ok bool) {
-	v, ok := h.meters.Load(tenant)
-	if !ok {
-		return pending, 0, 0, false
-	}
-	m := v.(*meter)
-	b := m.cur.Load()
-	pending = tenants.Usage{MessagesIn: b.msgsIn.Load(), MessagesOut: b.msgsOut.Load(), BytesIn: b.bytesIn.Load(), BytesOut: b.bytesOut.Load(), PeakConnections: b.peak.Load()}
-	return pending, m.live.Load(), m.month.Load(), true
 }

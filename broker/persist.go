@@ -325,6 +325,18 @@ type QueueStats struct {
 	Dropped int64      `json:"dropped"`
 }
 
+// queued is the number of messages waiting in the tenant's sessions'
+// queues.
+func (p *persistence) queued() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var n int64
+	for _, out := range p.outstanding {
+		n += int64(len(out))
+	}
+	return n
+}
+
 // queueStats sums a device's sessions' queues.
 func (p *persistence) queueStats(device string) QueueStats {
 	p.mu.Lock()

@@ -102,7 +102,7 @@ func (inst *instance) checkPublish(cl *mqtt.Client, dc *deviceConn) error {
 		return nil
 	}
 	inst.quotaHit(dc.id.device, cl.ID, quota, limit)
-	inst.throttled.Add(1)
+	inst.meter.throttled.Add(1)
 	if cl.Properties.ProtocolVersion == 5 {
 		inst.kick(cl, packets.ErrMessageRateTooHigh)
 		return packets.ErrRejectPacket

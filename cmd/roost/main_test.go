@@ -207,6 +207,21 @@ func TestServeKeepsDataAcrossRestarts(t *testing.T) {
 	if status, _ := get(t, h2.url+"/v1/admin/tenants", strings.TrimSpace(string(adminToken))); status != 200 {
 		t.Errorf("kept operator token after restart: %d", status)
 	}
+	// Prometheus metrics, for the operator only.
+	req, _ := http.NewRequest("GET", h2.url+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(adminToken)))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "process_cpu_seconds_total") || !strings.Contains(string(body), "roost_tenant_brokers") {
+		t.Errorf("/metrics: %d\n%.500s", resp.StatusCode, body)
+	}
+	if status, _ := get(t, h2.url+"/metrics", token); status != 403 {
+		t.Errorf("/metrics with a console session: %d, want 403", status)
+	}
 	if strings.Contains(h2.stderr.String(), "level=ERROR") {
 		t.Errorf("errors logged:\n%s", h2.stderr)
 	}

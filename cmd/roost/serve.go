@@ -15,7 +15,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/roosthub/roost"
+
 	"github.com/roosthub/roost/api"
 	"github.com/roosthub/roost/broker"
 	hbasestore "github.com/roosthub/roost/broker/store/hbase"
@@ -117,7 +121,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	defer hub.Close()
-	srv, err := api.New(api.Config{Store: store, Log: log, AdminToken: adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL, DataPlane: hub, Events: recent})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), hub.Collector(broker.DefaultTopTenants))
+	srv, err := api.New(api.Config{Store: store, Log: log, AdminToken: adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL, DataPlane: hub, Events: recent,
+		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)})})
 	if err != nil {
 		return err
 	}

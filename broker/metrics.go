@@ -1,0 +1,110 @@
+package broker
+
+import (
+	"cmp"
+	"slices"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// OtherTenants is the tenant label under which the tenants outside the
+// busiest are summed.
+const OtherTenants = "_other"
+
+// DefaultTopTenants is how many of the busiest tenants get their own label.
+const DefaultTopTenants = 20
+
+// Collector returns the data plane's Prometheus metrics. Only the top
+// busiest tenants (by messages in and out since the hub started) get their
+// own tenant label; the rest are summed under tenant="_other", so that the
+// number of series stays bounded however many tenants there are. A tenant
+// moving in or out of the top moves its counts between series: rate()
+// over "_other" can jump then.
+func (h *Hub) Collector(top int) prometheus.Collector {
+	return &collector{h: h, top: cmp.Or(top, DefaultTopTenants)}
+}
+
+type collector struct {
+	h   *Hub
+	top int
+}
+
+var (
+	descConnections = prometheus.NewDesc("roost_connections", "Live device connections.", []string{"tenant"}, nil)
+	descMessages    = prometheus.NewDesc("roost_messages_total", "PUBLISH packets: in from devices and the API, out to devices.", []string{"tenant", "direction"}, nil)
+	descBytes       = prometheus.NewDesc("roost_payload_bytes_total", "Payload bytes of those PUBLISH packets.", []string{"tenant", "direction"}, nil)
+	descThrottled   = prometheus.NewDesc("roost_throttled_total", "Publishes refused for publish_rate or tenant_publish_rate.", []string{"tenant"}, nil)
+	descAuthFailed  = prometheus.NewDesc("roost_auth_failures_total", "Refused connection attempts for existing tenants.", []string{"tenant"}, nil)
+	descQueued      = prometheus.NewDesc("roost_queued_messages", "Messages waiting in persistent sessions' queues.", []string{"tenant"}, nil)
+	descTenants     = prometheus.NewDesc("roost_tenants_metered", "Tenants with a meter since the hub started.", nil, nil)
+	descBrokers     = prometheus.NewDesc("roost_tenant_brokers", "Running tenant brokers.", nil, nil)
+)
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descTenants, descBrokers} {
+		ch <- d
+	}
+}
+
+// tenantSample is one tenant's figures at a scrape.
+type tenantSample struct {
+	tenant                              string
+	conns, in, out, bytesIn, bytesOut   int64
+	throttled, authFailed, queued, busy int64
+}
+
+func (s *tenantSample) add(o tenantSample) {
+	s.conns += o.conns
+	s.in += o.in
+	s.out += o.out
+	s.bytesIn += o.bytesIn
+	s.bytesOut += o.bytesOut
+	s.throttled += o.throttled
+	s.authFailed += o.authFailed
+	s.queued += o.queued
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	var samples []tenantSample
+	c.h.meters.Range(func(k, v any) bool {
+		m := v.(*meter)
+		s := tenantSample{
+			tenant: k.(string), conns: m.live.Load(), in: m.totalIn.Load(), out: m.totalOut.Load(),
+			bytesIn: m.totalBytesIn.Load(), bytesOut: m.totalBytesOut.Load(),
+			throttled: m.throttled.Load(), authFailed: m.authFailures.Load(),
+		}
+		s.busy = s.in + s.out
+		if inst := c.h.running(s.tenant); inst != nil && inst.persist != nil {
+			s.queued = inst.persist.queued()
+		}
+		samples = append(samples, s)
+		return true
+	})
+	slices.SortFunc(samples, func(a, b tenantSample) int {
+		return cmp.Or(cmp.Compare(b.busy, a.busy), cmp.Compare(a.tenant, b.tenant))
+	})
+	other := tenantSample{tenant: OtherTenants}
+	for i, s := range samples {
+		if i < c.top {
+			emit(ch, s)
+		} else {
+			other.add(s)
+		}
+	}
+	if len(samples) > c.top {
+		emit(ch, other)
+	}
+	ch <- prometheus.MustNewConstMetric(descTenants, prometheus.GaugeValue, float64(len(samples)))
+	ch <- prometheus.MustNewConstMetric(descBrokers, prometheus.GaugeValue, float64(c.h.Instances()))
+}
+
+func emit(ch chan<- prometheus.Metric, s tenantSample) {
+	ch <- prometheus.MustNewConstMetric(descConnections, prometheus.GaugeValue, float64(s.conns), s.tenant)
+	ch <- prometheus.MustNewConstMetric(descMessages, prometheus.CounterValue, float64(s.in), s.tenant, "in")
+	ch <- prometheus.MustNewConstMetric(descMessages, prometheus.CounterValue, float64(s.out), s.tenant, "out")
+	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(s.bytesIn), s.tenant, "in")
+	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(s.bytesOut), s.tenant, "out")
+	ch <- prometheus.MustNewConstMetric(descThrottled, prometheus.CounterValue, float64(s.throttled), s.tenant)
+	ch <- prometheus.MustNewConstMetric(descAuthFailed, prometheus.CounterValue, float64(s.authFailed), s.tenant)
+	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(s.queued), s.tenant)
+}
