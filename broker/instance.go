@@ -67,10 +67,10 @@ type instance struct {
 	// q is the tenant's quotas as they are now; see quota.go.
 	q            atomic.Pointer[tenants.Quotas]
 	billsOverage atomic.Bool
-	connectRate rate.Bucket
-	publishRate rate.Bucket
-	hitMu       sync.Mutex
-	lastHit     map[string]time.Time
+	connectRate  rate.Bucket
+	publishRate  rate.Bucket
+	hitMu        sync.Mutex
+	lastHit      map[string]time.Time
 	// meter counts the tenant's usage; it outlives the instance.
 	meter *meter
 }
