@@ -45,7 +45,7 @@ func (h *hook) Provides(b byte) bool {
 // disconnected for breaking them.
 func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	if pk.FixedHeader.Type == packets.Publish {
-		if _, ok := cl.Net.Conn.(*deviceConn); ok {
+		if _, ok := cl.Net.Conn.(*deviceConn); ok && !h.inst.hub.limitsOff {
 			h.inst.meter.out(len(pk.Payload))
 		}
 		return withoutTag(pk)
@@ -195,7 +195,7 @@ func (h *hook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, er
 	if p != nil && p.duplicate(cl, pk) {
 		return pk, packets.CodeSuccessIgnore // acknowledged, not delivered again
 	}
-	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok && !h.inst.hub.limitsOff {
 		if err := h.inst.checkPublish(cl, dc); err != nil {
 			return pk, err
 		}
@@ -250,7 +250,7 @@ func (h *hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, rese
 // OnPublished meters a message the tenant accepted (not the hub's own
 // $events) and forgets its routing tag.
 func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
-	if !pk.Ignore && !(cl.Net.Inline && strings.HasPrefix(pk.TopicName, "$events/")) {
+	if !pk.Ignore && !h.inst.hub.limitsOff && !(cl.Net.Inline && strings.HasPrefix(pk.TopicName, "$events/")) {
 		h.inst.meter.in(len(pk.Payload))
 	}
 	if h.inst.persist != nil {

@@ -84,6 +84,9 @@ type Hub struct {
 	eventsDropped atomic.Int64
 
 	meters sync.Map // tenant → *meter
+	// limitsOff skips the publish quotas and metering: only for the
+	// benchmark that measures what they cost.
+	limitsOff bool
 
 	seenMu sync.Mutex
 	seen   map[deviceKey]time.Time // last-seen times not yet written

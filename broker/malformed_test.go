@@ -16,7 +16,7 @@ import (
 
 // connectBytes is a CONNECT for username/password with the client id and
 // protocol version given.
-func connectBytes(t *testing.T, version byte, username, password, clientID string) []byte {
+func connectBytes(t testing.TB, version byte, username, password, clientID string) []byte {
 	t.Helper()
 	pk := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Connect},

@@ -80,6 +80,13 @@ type connLimits struct {
 	publish rate.Bucket
 	in, out rate.Bucket
 
+	// A 3.1.1 connection whose publishes are dropped for a rate stops
+	// being read for a while, doubling with each drop in a row (1ms to
+	// 1s): TCP pushes back on the client, and a flood costs the hub
+	// little. Both are touched only by the connection's reader.
+	penalty     time.Duration
+	pausedUntil time.Time
+
 	mu sync.Mutex
 	// refuse holds the filters of the SUBSCRIBE being processed that are
 	// over max_subscriptions; read by the ACL check of that SUBSCRIBE.
@@ -99,6 +106,7 @@ func (inst *instance) checkPublish(cl *mqtt.Client, dc *deviceConn) error {
 		quota, limit = "tenant_publish_rate", q.TenantPublishRate
 	}
 	if quota == "" {
+		dc.limits.penalty = 0
 		return nil
 	}
 	inst.quotaHit(dc.id.device, cl.ID, quota, limit)
@@ -107,6 +115,8 @@ func (inst *instance) checkPublish(cl *mqtt.Client, dc *deviceConn) error {
 		inst.kick(cl, packets.ErrMessageRateTooHigh)
 		return packets.ErrRejectPacket
 	}
+	dc.limits.penalty = min(max(2*dc.limits.penalty, time.Millisecond), time.Second)
+	dc.limits.pausedUntil = now.Add(dc.limits.penalty)
 	return packets.CodeSuccessIgnore
 }
 
@@ -188,10 +198,14 @@ func (inst *instance) capSubscriptions(cl *mqtt.Client, dc *deviceConn, pk packe
 	inst.quotaHit(dc.id.device, cl.ID, "max_subscriptions", inst.quotas().MaxSubscriptions)
 }
 
-// throttleRead and throttleWrite slow a connection to its bandwidth quota.
+// throttleRead and throttleWrite slow a connection to its bandwidth quota;
+// throttleRead also waits out a rate penalty.
 func (dc *deviceConn) throttleRead(n int) {
 	if dc.inst == nil || n <= 0 {
 		return
+	}
+	if wait := time.Until(dc.limits.pausedUntil); wait > 0 {
+		time.Sleep(wait)
 	}
 	r := float64(dc.inst.quotas().BandwidthIn)
 	if wait := dc.limits.in.Reserve(time.Now(), float64(n), r, r*burstSeconds); wait > 0 {

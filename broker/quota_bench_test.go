@@ -1,0 +1,217 @@
+package broker_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/tenants"
+)
+
+// liftRates raises a tenant's rate quotas out of a benchmark's way.
+func liftRates(b *testing.B, s *stack, tenant string) {
+	unlimited := int64(1 << 40)
+	lift := map[string]*int64{"publish_rate": &unlimited, "tenant_publish_rate": &unlimited, "connect_rate": &unlimited,
+		"bandwidth_in": &unlimited, "bandwidth_out": &unlimited, "messages_per_month": &unlimited}
+	if _, err := s.store.AdminUpdateTenant(ctx, tenant, tenants.AdminTenantUpdate{Quotas: lift}); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkQuotaHooks: what the quota checks and metering cost. 32 MQTT 5
+// publishers, each waiting for every PUBACK, send QoS 1 messages that one
+// subscriber receives, with the hooks on and off in the same run (rates
+// lifted, so nothing is refused). Compare msgs/s.
+//
+//	go test -run '^$' -bench QuotaHooks -benchtime 20000x -count 3 ./broker
+func BenchmarkQuotaHooks(b *testing.B) {
+	for _, mode := range []string{"off", "on"} {
+		b.Run(mode, func(b *testing.B) {
+			s := newStack(b, func(c *broker.Config) { c.Log = slog.New(slog.DiscardHandler) })
+			broker.SetLimitsOff(s.hub, mode == "off")
+			s.tenant("bench")
+			liftRates(b, s, "bench")
+			sub := mustV5(b, s.addr, "bench/sub", s.device("bench", "sub"), "sub")
+			sub.sub(b, "m/#", 0)
+			var got atomic.Int64
+			go func() {
+				for range sub.msgs {
+					got.Add(1)
+				}
+			}()
+			var pubs []*v5
+			for i := range 32 {
+				id := fmt.Sprintf("pub%d", i)
+				pubs = append(pubs, mustV5(b, s.addr, "bench/"+id, s.device("bench", id), id))
+			}
+			payload := make([]byte, 100)
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			b.ResetTimer()
+			for _, p := range pubs {
+				wg.Go(func() {
+					for next.Add(1) <= int64(b.N) {
+						if _, err := p.Publish(context.Background(), &paho.Publish{Topic: "m/x", QoS: 1, Payload: payload}); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			for got.Load() < int64(b.N) {
+				time.Sleep(time.Millisecond)
+			}
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+		})
+	}
+}
+
+// BenchmarkNoisyNeighbour: tenant B's publish-to-deliver latency alone and
+// while tenant A floods: QoS 0 publishes at 10× its tenant_publish_rate over
+// 3.1.1 (dropped and counted past the limit) and 1,000 connection attempts
+// a second. Reports B's p99 in both phases and their ratio.
+//
+//	go test -run '^$' -bench NoisyNeighbour -benchtime 1x ./broker
+func BenchmarkNoisyNeighbour(b *testing.B) {
+	s := newStack(b, func(c *broker.Config) { c.Log = slog.New(slog.DiscardHandler) })
+	s.tenant("noisy")
+	s.tenant("quiet")
+	// A keeps the free plan's limits: 1,000 msgs/s for the tenant, 100 per
+	// connection, 20 connections a second.
+	flood := int64(100_000)
+	conns := int64(1000)
+	if _, err := s.store.AdminUpdateTenant(ctx, "noisy", tenants.AdminTenantUpdate{Quotas: map[string]*int64{"connect_rate": nil, "max_connections": &conns, "publish_rate": &flood}}); err != nil {
+		b.Fatal(err)
+	}
+	aLimit := tenants.PlanQuotas(tenants.PlanFree).TenantPublishRate
+	liftRates(b, s, "quiet") // B sends 200/s from one connection
+	bSub := mustV5(b, s.addr, "quiet/sub", s.device("quiet", "sub"), "sub")
+	bSub.sub(b, "lat", 0)
+	bPub := mustV5(b, s.addr, "quiet/pub", s.device("quiet", "pub"), "pub")
+
+	// measure publishes 2,000 messages at 200/s and returns the p99 latency.
+	measure := func() time.Duration {
+		var lat []time.Duration
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for i := range 2000 {
+			<-tick.C
+			sent := time.Now()
+			if _, err := bPub.Publish(context.Background(), &paho.Publish{Topic: "lat", Payload: []byte(strconv.Itoa(i))}); err != nil {
+				b.Fatal(err)
+			}
+			for waiting := true; waiting; {
+				select {
+				case m := <-bSub.msgs:
+					waiting = string(m.Payload) != strconv.Itoa(i)
+				case <-time.After(10 * time.Second):
+					b.Fatalf("message %d of the quiet tenant never arrived", i)
+				}
+			}
+			lat = append(lat, time.Since(sent))
+		}
+		slices.Sort(lat)
+		return lat[len(lat)*99/100]
+	}
+	aSecret := s.device("noisy", "noisy", tenants.ClientIDsAny)
+	for _, attack := range []string{"flood", "storm", "both"} {
+		b.Run(attack, func(b *testing.B) {
+			for range b.N {
+				solo := measure()
+				stop := make(chan struct{})
+				var wg sync.WaitGroup
+				if attack != "storm" {
+					// Ten 3.1.1 publishers, each at a tenth of 10× the
+					// tenant's limit.
+					for i := range 10 {
+						connect := connectBytes(b, 4, "noisy/noisy", aSecret, fmt.Sprintf("n%d", i))
+						wg.Go(func() { rawFlood(b, s.addr, connect, aLimit, stop) })
+					}
+				}
+				if attack != "flood" {
+					storm := connectBytes(b, 4, "noisy/noisy", aSecret, "storm")
+					wg.Go(func() { connectStorm(s.addr, storm, 1000, stop) })
+				}
+				time.Sleep(500 * time.Millisecond)
+				noisy := measure()
+				close(stop)
+				wg.Wait()
+				b.ReportMetric(float64(solo.Microseconds()), "solo-p99-µs")
+				b.ReportMetric(float64(noisy.Microseconds()), "noisy-p99-µs")
+				b.ReportMetric(float64(noisy)/float64(solo), "ratio")
+			}
+		})
+	}
+}
+
+// rawFlood keeps a 3.1.1 connection sending QoS 0 PUBLISH packets at rate
+// a second until stop, reconnecting if the broker closes it.
+func rawFlood(b *testing.B, addr string, connect []byte, rate int64, stop chan struct{}) {
+	var pub bytes.Buffer
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: 4, TopicName: "flood", Payload: make([]byte, 64)}
+	if err := pk.PublishEncode(&pub); err != nil {
+		b.Error(err)
+		return
+	}
+	batch := bytes.Repeat(pub.Bytes(), int(max(rate/100, 1))) // every 10ms
+	for {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			return
+		}
+		c.Write(connect)
+		tick := time.NewTicker(10 * time.Millisecond)
+		for {
+			select {
+			case <-stop:
+				tick.Stop()
+				c.Close()
+				return
+			case <-tick.C:
+			}
+			c.SetWriteDeadline(time.Now().Add(time.Second))
+			if _, err := c.Write(batch); err != nil {
+				break
+			}
+		}
+		tick.Stop()
+		c.Close()
+	}
+}
+
+// connectStorm attempts perSecond connections a second until stop.
+func connectStorm(addr string, connect []byte, perSecond int, stop chan struct{}) {
+	tick := time.NewTicker(time.Second / time.Duration(perSecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+		go func() {
+			c, err := net.DialTimeout("tcp", addr, time.Second)
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			c.Write(connect)
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			buf := make([]byte, 4)
+			c.Read(buf)
+		}()
+	}
+}
