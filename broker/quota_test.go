@@ -1,15 +1,18 @@
 package broker_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/events"
@@ -412,4 +415,37 @@ func TestQuotaMessagesPerMonth(t *testing.T) {
 	eventually(t, 5*time.Second, "the paid plan applies", func() bool {
 		return pub.pub(t, "x", "billed", 1, false).ReasonCode == 0
 	})
+}
+
+// TestQuotaRatePenaltyPushesBack: a 3.1.1 client flooding past its rate is
+// read ever more slowly (TCP pushes back on it), so the hub decodes and
+// drops only a few of its messages instead of all of them.
+func TestQuotaRatePenaltyPushesBack(t *testing.T) {
+	s := newQuotaStack(t)
+	s.setQuotas(t, map[string]int64{"publish_rate": 10})
+	secret := s.device("acme", "flood")
+	c, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var pub bytes.Buffer
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: 4, TopicName: "f", Payload: []byte("x")}
+	if err := pk.PublishEncode(&pub); err != nil {
+		t.Fatal(err)
+	}
+	c.Write(connectBytes(t, 4, "acme/flood", secret, "flood"))
+	batch := bytes.Repeat(pub.Bytes(), 1000)
+	sent := 0
+	deadline := time.Now().Add(1500 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		n, _ := c.Write(batch)
+		sent += n / pub.Len()
+	}
+	throttled := s.hub.Throttled("acme")
+	t.Logf("%d messages written in 1.5s, %d decoded and dropped", sent, throttled)
+	if throttled == 0 || throttled > 500 {
+		t.Errorf("%d messages dropped for the rate: want some, and far fewer than the flood", throttled)
+	}
 }
