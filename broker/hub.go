@@ -367,6 +367,7 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 	}
 	if limit := t.Quotas().MaxPacketSize; int64(len(raw)) > limit {
 		log.Info("connect refused: CONNECT larger than max_packet_size", "size", len(raw), "limit", limit)
+		h.quotaHit(tenant, device, cid, "max_packet_size", limit)
 		return nil, identity{}, packetTooLarge
 	}
 
@@ -378,10 +379,7 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 			if ref == connectRateExceeded {
 				quota, limit = "connect_rate", t.Quotas().ConnectRate
 			}
-			log.Info("connect refused: quota", "quota", quota, "limit", limit)
-			if running := h.running(t.Slug); running != nil {
-				running.quotaHit(device, cid, quota, limit)
-			}
+			h.quotaHit(tenant, device, cid, quota, limit)
 		}
 		return nil, identity{}, err
 	}

@@ -69,8 +69,6 @@ type instance struct {
 	billsOverage atomic.Bool
 	connectRate  rate.Bucket
 	publishRate  rate.Bucket
-	hitMu        sync.Mutex
-	lastHit      map[string]time.Time
 	// meter counts the tenant's usage; it outlives the instance.
 	meter *meter
 }
@@ -123,7 +121,7 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 		SysTopicResendInterval: sysInterval,
 		Logger:                 mochiLogger(log),
 	})
-	inst := &instance{tenant: t.Slug, server: srv, log: log, hub: h, lastActive: h.now(), byDevice: map[string]map[*deviceConn]presence{}, exportErrs: map[string]int64{}, lastHit: map[string]time.Time{}}
+	inst := &instance{tenant: t.Slug, server: srv, log: log, hub: h, lastActive: h.now(), byDevice: map[string]map[*deviceConn]presence{}, exportErrs: map[string]int64{}}
 	inst.setQuotas(t)
 	inst.meter = h.meterOf(t.Slug)
 	if h.cfg.Sessions != nil {

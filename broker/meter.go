@@ -44,6 +44,10 @@ type meter struct {
 	totalIn, totalOut           atomic.Int64
 	totalBytesIn, totalBytesOut atomic.Int64
 	throttled, authFailures     atomic.Int64
+
+	hitMu   sync.Mutex
+	hits    map[string]int64     // quota → limit hits since the hub started
+	lastHit map[string]time.Time // device and quota → last event raised
 }
 
 // usageBucket is one hour's counts not yet flushed.
@@ -162,7 +166,7 @@ func (h *Hub) meterOf(tenant string) *meter {
 		return m.(*meter)
 	}
 	now := h.now()
-	m := &meter{tenant: tenant, monthStart: monthOf(now)}
+	m := &meter{tenant: tenant, monthStart: monthOf(now), hits: map[string]int64{}, lastHit: map[string]time.Time{}}
 	m.cur.Store(newBucket(now.UTC().Truncate(time.Hour), 0))
 	if h.cfg.Usage != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"cmp"
+	"maps"
 	"slices"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -36,12 +37,13 @@ var (
 	descThrottled   = prometheus.NewDesc("roost_throttled_total", "Publishes refused for publish_rate or tenant_publish_rate.", []string{"tenant"}, nil)
 	descAuthFailed  = prometheus.NewDesc("roost_auth_failures_total", "Refused connection attempts for existing tenants.", []string{"tenant"}, nil)
 	descQueued      = prometheus.NewDesc("roost_queued_messages", "Messages waiting in persistent sessions' queues.", []string{"tenant"}, nil)
+	descQuotaHits   = prometheus.NewDesc("roost_quota_exceeded_total", "Limit hits by quota (only quotas hit at least once).", []string{"tenant", "quota"}, nil)
 	descTenants     = prometheus.NewDesc("roost_tenants_metered", "Tenants with a meter since the hub started.", nil, nil)
 	descBrokers     = prometheus.NewDesc("roost_tenant_brokers", "Running tenant brokers.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descTenants, descBrokers} {
+	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descQuotaHits, descTenants, descBrokers} {
 		ch <- d
 	}
 }
@@ -51,6 +53,7 @@ type tenantSample struct {
 	tenant                              string
 	conns, in, out, bytesIn, bytesOut   int64
 	throttled, authFailed, queued, busy int64
+	hits                                map[string]int64
 }
 
 func (s *tenantSample) add(o tenantSample) {
@@ -62,6 +65,9 @@ func (s *tenantSample) add(o tenantSample) {
 	s.throttled += o.throttled
 	s.authFailed += o.authFailed
 	s.queued += o.queued
+	for q, n := range o.hits {
+		s.hits[q] += n
+	}
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
@@ -74,6 +80,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			throttled: m.throttled.Load(), authFailed: m.authFailures.Load(),
 		}
 		s.busy = s.in + s.out
+		m.hitMu.Lock()
+		s.hits = maps.Clone(m.hits)
+		m.hitMu.Unlock()
 		if inst := c.h.running(s.tenant); inst != nil && inst.persist != nil {
 			s.queued = inst.persist.queued()
 		}
@@ -83,7 +92,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	slices.SortFunc(samples, func(a, b tenantSample) int {
 		return cmp.Or(cmp.Compare(b.busy, a.busy), cmp.Compare(a.tenant, b.tenant))
 	})
-	other := tenantSample{tenant: OtherTenants}
+	other := tenantSample{tenant: OtherTenants, hits: map[string]int64{}}
 	for i, s := range samples {
 		if i < c.top {
 			emit(ch, s)
@@ -107,4 +116,7 @@ func emit(ch chan<- prometheus.Metric, s tenantSample) {
 	ch <- prometheus.MustNewConstMetric(descThrottled, prometheus.CounterValue, float64(s.throttled), s.tenant)
 	ch <- prometheus.MustNewConstMetric(descAuthFailed, prometheus.CounterValue, float64(s.authFailed), s.tenant)
 	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(s.queued), s.tenant)
+	for q, n := range s.hits {
+		ch <- prometheus.MustNewConstMetric(descQuotaHits, prometheus.CounterValue, float64(n), s.tenant, q)
+	}
 }

@@ -13,7 +13,7 @@ import (
 // the busiest 20 by name and sums the rest under "_other": the series count
 // does not grow with the number of tenants, and nothing is lost in the sum.
 func TestMetricsSeriesBounded(t *testing.T) {
-	h := &Hub{log: discardLog(), now: time.Now}
+	h := &Hub{log: discardLog(), now: time.Now, cfg: Config{Events: discard{}}}
 	var total int64
 	for i := range 1000 {
 		m := h.meterOf(fmt.Sprintf("t%04d", i))
@@ -28,8 +28,11 @@ func TestMetricsSeriesBounded(t *testing.T) {
 		busiest.in(1)
 	}
 	total += 100
+	h.quotaHit("t0999", "d", "c", "publish_rate", 5) // the busiest: a series of its own
+	h.quotaHit("t0001", "d", "c", "publish_rate", 5) // summed into _other
+	h.quotaHit("t0002", "d", "c", "publish_rate", 5)
 	c := h.Collector(20)
-	n := testutil.CollectAndCount(c)
+	n := testutil.CollectAndCount(c) - 2 // the two roost_quota_exceeded_total series
 	const perTenant = 8 // connections, 2 messages, 2 bytes, throttled, auth failures, queued
 	if want := 21*perTenant + 2; n != want {
 		t.Errorf("%d series for 1,000 tenants, want %d (20 tenants + _other, 8 each, and 2 totals)", n, want)
@@ -42,7 +45,13 @@ func TestMetricsSeriesBounded(t *testing.T) {
 	}
 	var sum float64
 	own := false
+	hits := map[string]float64{}
 	for _, f := range families {
+		if f.GetName() == "roost_quota_exceeded_total" {
+			for _, m := range f.GetMetric() {
+				hits[m.GetLabel()[1].GetValue()] = m.GetCounter().GetValue()
+			}
+		}
 		if f.GetName() != "roost_messages_total" {
 			continue
 		}
@@ -59,6 +68,9 @@ func TestMetricsSeriesBounded(t *testing.T) {
 	}
 	if !own {
 		t.Error("the busiest tenant has no series of its own")
+	}
+	if fmt.Sprint(hits) != "map[_other:2 t0999:1]" {
+		t.Errorf("quota hits by tenant: %v", hits)
 	}
 	if int64(sum) != total {
 		t.Errorf("messages over all series %v, want %d", sum, total)

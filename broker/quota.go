@@ -55,24 +55,42 @@ func (inst *instance) connectAllowed(now time.Time) bool {
 	return inst.connectRate.Allow(now, 1, r, r*burstSeconds)
 }
 
-// quotaHit raises the event for a limit hit, at most once a second per
-// device and quota.
+// quotaHit counts a limit hit and raises its event.
 func (inst *instance) quotaHit(device, clientID, quota string, limit int64) {
-	now := inst.hub.now()
+	inst.hub.quotaHit(inst.tenant, device, clientID, quota, limit)
+}
+
+// quotaHit counts a limit hit on the tenant's meter and raises the event,
+// at most once a second per device and quota.
+func (h *Hub) quotaHit(tenant, device, clientID, quota string, limit int64) {
+	m, now := h.meterOf(tenant), h.now()
 	k := device + "\x00" + quota
-	inst.hitMu.Lock()
-	last, seen := inst.lastHit[k]
+	m.hitMu.Lock()
+	m.hits[quota]++
+	last, seen := m.lastHit[k]
 	if seen && now.Sub(last) < time.Second {
-		inst.hitMu.Unlock()
+		m.hitMu.Unlock()
 		return
 	}
-	if len(inst.lastHit) > 10_000 {
-		clear(inst.lastHit)
+	if len(m.lastHit) > 10_000 {
+		clear(m.lastHit)
 	}
-	inst.lastHit[k] = now
-	inst.hitMu.Unlock()
-	inst.log.Info("quota exceeded", "device", device, "quota", quota, "limit", limit)
-	inst.hub.emit(events.Event{Tenant: inst.tenant, Type: events.QuotaExceeded, Device: device, ClientID: clientID, Quota: quota, Limit: limit})
+	m.lastHit[k] = now
+	m.hitMu.Unlock()
+	h.log.Info("quota exceeded", "tenant", tenant, "device", device, "quota", quota, "limit", limit)
+	h.emit(events.Event{Tenant: tenant, Type: events.QuotaExceeded, Device: device, ClientID: clientID, Quota: quota, Limit: limit})
+}
+
+// QuotaHits is how often the tenant hit a quota since the hub started.
+func (h *Hub) QuotaHits(tenant, quota string) int64 {
+	v, ok := h.meters.Load(tenant)
+	if !ok {
+		return 0
+	}
+	m := v.(*meter)
+	m.hitMu.Lock()
+	defer m.hitMu.Unlock()
+	return m.hits[quota]
 }
 
 // connLimits is what a connection keeps to enforce its own quotas.

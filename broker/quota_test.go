@@ -62,6 +62,9 @@ func (s *quotaStack) expectQuotaEvent(t *testing.T, device, quota string, limit 
 		}
 		return false
 	})
+	if n := s.hub.QuotaHits("acme", quota); n < 1 {
+		t.Errorf("%s hits counted: %d", quota, n)
+	}
 }
 
 func (s *quotaStack) connectV5(t *testing.T, device string) *v5 {
