@@ -1,0 +1,218 @@
+package bench
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/roosthub/roost/bench/mqttc"
+)
+
+// Target is a broker under test.
+type Target struct {
+	Name string `json:"name"`
+	Addr string `json:"addr"`
+	// Username and Password are used by every client; ClientPrefix starts
+	// every client id (Roost: a device whose client id policy is "any").
+	Username     string `json:"-"`
+	Password     string `json:"-"`
+	ClientPrefix string `json:"-"`
+}
+
+func (t Target) options(id string) mqttc.Options {
+	return mqttc.Options{ClientID: t.ClientPrefix + id, Username: t.Username, Password: t.Password, KeepAlive: 60}
+}
+
+// ConnResult is one run of the conn scenario.
+type ConnResult struct {
+	Clients     int     `json:"clients"`
+	Failures    int     `json:"failures"`
+	PerSecond   float64 `json:"connects_per_second"`
+	ConnackP50  float64 `json:"connack_p50_ms"`
+	ConnackP99  float64 `json:"connack_p99_ms"`
+	FirstFailed string  `json:"first_failure,omitempty"`
+}
+
+// Conn connects n clients, at most rate a second (0: as fast as they go,
+// with 64 dialing at once), holds them for hold, and disconnects them.
+func Conn(ctx context.Context, t Target, n, rate int, hold time.Duration) (ConnResult, error) {
+	var lat Latencies
+	var failures atomic.Int64
+	var firstErr atomic.Value
+	clients := make([]*mqttc.Client, n)
+	sem := make(chan struct{}, 64)
+	var tick <-chan time.Time
+	if rate > 0 {
+		tk := time.NewTicker(time.Second / time.Duration(rate))
+		defer tk.Stop()
+		tick = tk.C
+	}
+	var wg sync.WaitGroup
+	start := time.Now()
+	for i := range n {
+		if tick != nil {
+			select {
+			case <-tick:
+			case <-ctx.Done():
+				return ConnResult{}, ctx.Err()
+			}
+		}
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			began := time.Now()
+			c, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("conn-%d", i)))
+			if err != nil {
+				failures.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+				return
+			}
+			lat.Add(time.Since(began))
+			clients[i] = c
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	select {
+	case <-time.After(hold):
+	case <-ctx.Done():
+	}
+	for _, c := range clients {
+		if c != nil {
+			c.Close()
+		}
+	}
+	r := ConnResult{Clients: n, Failures: int(failures.Load()), PerSecond: float64(n-int(failures.Load())) / took.Seconds(),
+		ConnackP50: ms(lat.Percentile(50)), ConnackP99: ms(lat.Percentile(99))}
+	if v, ok := firstErr.Load().(string); ok {
+		r.FirstFailed = v
+	}
+	return r, nil
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// P2PResult is one run of the p2p scenario.
+type P2PResult struct {
+	Pairs      int     `json:"pairs"`
+	QoS        byte    `json:"qos"`
+	Size       int     `json:"size"`
+	Sent       uint64  `json:"sent"`
+	PerSecond  float64 `json:"delivered_per_second"`
+	P50        float64 `json:"p50_ms"`
+	P99        float64 `json:"p99_ms"`
+	P999       float64 `json:"p999_ms"`
+	Tally      Tally   `json:"tally"`
+	FirstError string  `json:"first_error,omitempty"`
+}
+
+// header is what each payload starts with: the message number and when it
+// was sent.
+const header = 16
+
+// P2P runs pairs of a publisher and a subscriber on a topic of their own
+// for d. rate is messages a second over all pairs; 0 sends as fast as each
+// publisher can (at QoS 1, one PUBACK at a time). Every message carries its
+// number and send time: loss, duplicates, order and latency are counted at
+// the subscriber.
+func P2P(ctx context.Context, t Target, pairs int, qos byte, size int, rate int, d time.Duration) (P2PResult, error) {
+	size = max(size, header)
+	var streams Streams
+	var lat Latencies
+	var delivered atomic.Int64
+	subs := make([]*mqttc.Client, pairs)
+	pubs := make([]*mqttc.Client, pairs)
+	defer func() {
+		for _, c := range append(subs, pubs...) {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	for i := range pairs {
+		topic := fmt.Sprintf("p2p/%d", i)
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		sub, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("sub-%d", i)))
+		if err != nil {
+			cancel()
+			return P2PResult{}, fmt.Errorf("subscriber %d: %w", i, err)
+		}
+		subs[i] = sub
+		sub.OnMessage = func(_ string, p []byte) {
+			if len(p) < header {
+				return
+			}
+			streams.Seen(topic, binary.BigEndian.Uint64(p))
+			lat.Add(time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(p[8:])))))
+			delivered.Add(1)
+		}
+		if code, err := sub.Subscribe(cctx, topic, qos); err != nil || code > 2 {
+			cancel()
+			return P2PResult{}, fmt.Errorf("subscribe %s: %v (code %#x)", topic, err, code)
+		}
+		pub, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("pub-%d", i)))
+		cancel()
+		if err != nil {
+			return P2PResult{}, fmt.Errorf("publisher %d: %w", i, err)
+		}
+		pubs[i] = pub
+	}
+	sent := make([]uint64, pairs)
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	start := time.Now()
+	deadline := start.Add(d)
+	for i, pub := range pubs {
+		wg.Go(func() {
+			payload := make([]byte, size)
+			var tick <-chan time.Time
+			if rate > 0 {
+				tk := time.NewTicker(time.Duration(float64(time.Second) * float64(pairs) / float64(rate)))
+				defer tk.Stop()
+				tick = tk.C
+			}
+			for n := uint64(0); time.Now().Before(deadline); n++ {
+				if tick != nil {
+					<-tick
+				}
+				binary.BigEndian.PutUint64(payload, n)
+				binary.BigEndian.PutUint64(payload[8:], uint64(time.Now().UnixNano()))
+				if err := pub.Publish(ctx, fmt.Sprintf("p2p/%d", i), payload, qos); err != nil {
+					firstErr.CompareAndSwap(nil, err.Error())
+					return
+				}
+				sent[i] = n + 1
+			}
+		})
+	}
+	wg.Wait()
+	// Let what is in flight arrive, up to a second after the last send.
+	var total uint64
+	for _, n := range sent {
+		total += n
+	}
+	settle := time.Now().Add(time.Second)
+	for uint64(delivered.Load()) < total && time.Now().Before(settle) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	took := time.Since(start)
+	bySteam := map[string]uint64{}
+	for i, n := range sent {
+		bySteam[fmt.Sprintf("p2p/%d", i)] = n
+	}
+	r := P2PResult{Pairs: pairs, QoS: qos, Size: size, Sent: total, PerSecond: float64(delivered.Load()) / took.Seconds(),
+		P50: ms(lat.Percentile(50)), P99: ms(lat.Percentile(99)), P999: ms(lat.Percentile(99.9)), Tally: streams.Tally(bySteam)}
+	if v, ok := firstErr.Load().(string); ok {
+		r.FirstError = v
+	}
+	if total == 0 {
+		return r, errors.New("nothing was sent")
+	}
+	return r, nil
+}
