@@ -1,0 +1,168 @@
+// Command roost-bench drives an MQTT broker with one scenario, several
+// times, and reports each run and the median and spread of the headline
+// figure, as a table and optionally as JSON.
+//
+//	roost-bench -addr 127.0.0.1:1883 -scenario p2p -qos 1 -pairs 16 -duration 5s
+//	roost-bench -addr 127.0.0.1:1883 -username acme/bench -password ... -scenario conn -n 2000
+//
+// Every scenario counts loss, duplicates and order violations; a loopback
+// calibration (ping-pong round trip) is reported with the results so that
+// figures from different machines can be compared.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"slices"
+	"time"
+
+	"github.com/roosthub/roost/bench"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "roost-bench:", err)
+		os.Exit(1)
+	}
+}
+
+// report is what one invocation produces.
+type report struct {
+	Scenario    string         `json:"scenario"`
+	Target      bench.Target   `json:"target"`
+	Calibration calibration    `json:"calibration"`
+	Runs        []any          `json:"runs"`
+	Headline    string         `json:"headline"`
+	Summary     bench.Summary  `json:"summary"`
+	Params      map[string]any `json:"params"`
+	Totals      bench.Tally    `json:"tally"`
+}
+
+type calibration struct {
+	LoopbackRTTMicros float64 `json:"loopback_rtt_us"`
+}
+
+func run(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("roost-bench", flag.ContinueOnError)
+	var (
+		t        bench.Target
+		scenario = fs.String("scenario", "p2p", "conn or p2p")
+		runs     = fs.Int("runs", 3, "how many times to run the scenario")
+		n        = fs.Int("n", 1000, "conn: clients")
+		rate     = fs.Int("rate", 0, "conn: connects a second; p2p: messages a second over all pairs (0: as fast as they go)")
+		hold     = fs.Duration("hold", time.Second, "conn: how long the clients stay connected")
+		pairs    = fs.Int("pairs", 8, "p2p: publisher/subscriber pairs")
+		qos      = fs.Int("qos", 1, "p2p: QoS 0 or 1")
+		size     = fs.Int("size", 16, "p2p: payload bytes (at least 16)")
+		duration = fs.Duration("duration", 5*time.Second, "p2p: how long each run sends")
+		jsonOut  = fs.String("json", "", "also write the report as JSON to this file")
+	)
+	fs.StringVar(&t.Name, "name", "target", "the target's name in the report")
+	fs.StringVar(&t.Addr, "addr", "127.0.0.1:1883", "broker address")
+	fs.StringVar(&t.Username, "username", "", "username for every client")
+	fs.StringVar(&t.Password, "password", "", "password for every client")
+	fs.StringVar(&t.ClientPrefix, "client-prefix", "bench-", "prefix of every client id")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *runs < 1 || *qos < 0 || *qos > 1 {
+		return errors.New("-runs must be at least 1 and -qos 0 or 1")
+	}
+	rtt, err := loopbackRTT()
+	if err != nil {
+		return fmt.Errorf("calibration: %w", err)
+	}
+	rep := report{Scenario: *scenario, Target: t, Calibration: calibration{LoopbackRTTMicros: float64(rtt.Nanoseconds()) / 1000}}
+	var figures []float64
+	for i := range *runs {
+		switch *scenario {
+		case "conn":
+			rep.Headline = "connects_per_second"
+			rep.Params = map[string]any{"clients": *n, "rate": *rate, "hold": hold.String()}
+			r, err := bench.Conn(ctx, t, *n, *rate, *hold)
+			if err != nil {
+				return err
+			}
+			rep.Runs = append(rep.Runs, r)
+			figures = append(figures, r.PerSecond)
+			fmt.Fprintf(out, "run %d: %d clients, %d failed, %.0f connects/s, CONNACK p50 %.2f ms p99 %.2f ms\n",
+				i+1, r.Clients, r.Failures, r.PerSecond, r.ConnackP50, r.ConnackP99)
+		case "p2p":
+			rep.Headline = "delivered_per_second"
+			rep.Params = map[string]any{"pairs": *pairs, "qos": *qos, "size": *size, "rate": *rate, "duration": duration.String()}
+			r, err := bench.P2P(ctx, t, *pairs, byte(*qos), *size, *rate, *duration)
+			if err != nil {
+				return err
+			}
+			rep.Runs = append(rep.Runs, r)
+			figures = append(figures, r.PerSecond)
+			rep.Totals.Received += r.Tally.Received
+			rep.Totals.Lost += r.Tally.Lost
+			rep.Totals.Duplicates += r.Tally.Duplicates
+			rep.Totals.OutOfOrder += r.Tally.OutOfOrder
+			fmt.Fprintf(out, "run %d: %d sent, %.0f msgs/s, p50 %.2f ms p99 %.2f ms p99.9 %.2f ms, lost %d dup %d out of order %d\n",
+				i+1, r.Sent, r.PerSecond, r.P50, r.P99, r.P999, r.Tally.Lost, r.Tally.Duplicates, r.Tally.OutOfOrder)
+		default:
+			return fmt.Errorf("unknown scenario %q (conn or p2p)", *scenario)
+		}
+	}
+	rep.Summary = bench.Summarise(figures)
+	fmt.Fprintf(out, "%s %s: median %.0f (min %.0f, max %.0f) over %d runs; loopback RTT %.1f µs\n",
+		t.Name, rep.Headline, rep.Summary.Median, rep.Summary.Min, rep.Summary.Max, len(figures), rep.Calibration.LoopbackRTTMicros)
+	if *jsonOut != "" {
+		b, err := json.MarshalIndent(rep, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(*jsonOut, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// loopbackRTT is the median round trip of one byte over a loopback TCP
+// connection.
+func loopbackRTT() (time.Duration, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(c, c)
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	var samples []time.Duration
+	b := []byte{1}
+	for range 1000 {
+		start := time.Now()
+		if _, err := c.Write(b); err != nil {
+			return 0, err
+		}
+		if _, err := io.ReadFull(c, b); err != nil {
+			return 0, err
+		}
+		samples = append(samples, time.Since(start))
+	}
+	slices.Sort(samples)
+	return samples[len(samples)/2], nil
+}
