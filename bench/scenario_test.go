@@ -2,6 +2,7 @@ package bench_test
 
 import (
 	"context"
+	"os"
 	"testing"
 	"time"
 
@@ -30,6 +31,17 @@ func TestScenariosSmoke(t *testing.T) {
 		if r.P50 <= 0 || r.P99 < r.P50 || r.P999 < r.P99 {
 			t.Errorf("p2p qos %d percentiles: %+v", qos, r)
 		}
+	}
+	f, err := bench.Fanout(ctx, target, 20, 1, 200, 250*time.Millisecond)
+	if err != nil || f.Tally.Lost != 0 || f.Tally.Duplicates != 0 || f.Sent < 25 || uint64(f.Tally.Received) != f.Sent*20 {
+		t.Errorf("fanout to 20 at QoS 1: %+v, %v", f, err)
+	}
+	// The broker runs in this process: its memory is ours, and what the
+	// runtime already holds may be reused, so only the reading is checked.
+	if per, err := bench.IdleConnections(ctx, target, os.Getpid(), 100, 10*time.Millisecond); err != nil {
+		t.Errorf("idle connections: %v", err)
+	} else {
+		t.Logf("%.0f bytes per idle connection (broker and clients together)", per)
 	}
 	r, err := bench.P2P(ctx, target, 2, 1, 16, 400, 250*time.Millisecond) // fixed rate
 	if err != nil || r.Tally.Lost != 0 || r.Sent < 50 || r.Sent > 150 {

@@ -1,0 +1,168 @@
+package bench
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/roosthub/roost/bench/mqttc"
+)
+
+// FanoutResult is one run of the fanout scenario.
+type FanoutResult struct {
+	Subscribers int     `json:"subscribers"`
+	QoS         byte    `json:"qos"`
+	Sent        uint64  `json:"sent"`
+	PerSecond   float64 `json:"delivered_per_second"`
+	P99         float64 `json:"p99_ms"`
+	Tally       Tally   `json:"tally"`
+}
+
+// Fanout has one publisher send to subs subscribers of one topic for d, at
+// rate messages a second (0: as fast as it goes). Delivered messages a
+// second counts every copy.
+func Fanout(ctx context.Context, t Target, subs int, qos byte, rate int, d time.Duration) (FanoutResult, error) {
+	var lat Latencies
+	var delivered atomic.Int64
+	streams := make([]Streams, subs)
+	clients := make([]*mqttc.Client, 0, subs+1)
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	for i := range subs {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		c, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("fan-%d", i)))
+		if err != nil {
+			cancel()
+			return FanoutResult{}, fmt.Errorf("subscriber %d: %w", i, err)
+		}
+		clients = append(clients, c)
+		sample := i == 0 // one subscriber's latencies stand for all
+		c.OnMessage = func(_ string, p []byte) {
+			if len(p) < header {
+				return
+			}
+			streams[i].Seen("fan", binary.BigEndian.Uint64(p))
+			if sample {
+				lat.Add(time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(p[8:])))))
+			}
+			delivered.Add(1)
+		}
+		code, err := c.Subscribe(cctx, "fan", qos)
+		cancel()
+		if err != nil || code > 2 {
+			return FanoutResult{}, fmt.Errorf("subscribe: %v (code %#x)", err, code)
+		}
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	pub, err := mqttc.Dial(cctx, t.Addr, t.options("fan-pub"))
+	cancel()
+	if err != nil {
+		return FanoutResult{}, fmt.Errorf("publisher: %w", err)
+	}
+	clients = append(clients, pub)
+	payload := make([]byte, header)
+	var tick <-chan time.Time
+	if rate > 0 {
+		tk := time.NewTicker(time.Second / time.Duration(rate))
+		defer tk.Stop()
+		tick = tk.C
+	}
+	start := time.Now()
+	var sent uint64
+	for time.Since(start) < d {
+		if tick != nil {
+			<-tick
+		}
+		binary.BigEndian.PutUint64(payload, sent)
+		binary.BigEndian.PutUint64(payload[8:], uint64(time.Now().UnixNano()))
+		if err := pub.Publish(ctx, "fan", payload, qos); err != nil {
+			return FanoutResult{}, err
+		}
+		sent++
+	}
+	want := int64(sent) * int64(subs)
+	settle := time.Now().Add(2 * time.Second)
+	for delivered.Load() < want && time.Now().Before(settle) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	took := time.Since(start)
+	r := FanoutResult{Subscribers: subs, QoS: qos, Sent: sent, PerSecond: float64(delivered.Load()) / took.Seconds(), P99: ms(lat.Percentile(99))}
+	for i := range streams {
+		t := streams[i].Tally(map[string]uint64{"fan": sent})
+		r.Tally.Received += t.Received
+		r.Tally.Lost += t.Lost
+		r.Tally.Duplicates += t.Duplicates
+		r.Tally.OutOfOrder += t.OutOfOrder
+	}
+	return r, nil
+}
+
+// IdleConnections opens n connections that then do nothing, and returns the
+// growth of the broker process's resident memory per connection, read from
+// /proc after settle. The connections are closed before it returns.
+func IdleConnections(ctx context.Context, t Target, pid, n int, settle time.Duration) (float64, error) {
+	before, err := rss(pid)
+	if err != nil {
+		return 0, err
+	}
+	clients := make([]*mqttc.Client, 0, n)
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	var failed atomic.Int64
+	for i := range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			c, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("idle-%d", i)))
+			if err != nil {
+				failed.Add(1)
+				return
+			}
+			mu.Lock()
+			clients = append(clients, c)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if f := failed.Load(); f > 0 {
+		return 0, fmt.Errorf("%d of %d idle connections failed", f, n)
+	}
+	time.Sleep(settle)
+	after, err := rss(pid)
+	if err != nil {
+		return 0, err
+	}
+	return float64(after-before) / float64(n), nil
+}
+
+// rss is a process's resident set in bytes.
+func rss(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, fmt.Errorf("no VmRSS for process %d", pid)
+}
