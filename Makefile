@@ -37,6 +37,18 @@ fuzz: ## run every fuzz target for FUZZTIME each (default 10s; a count like 5000
 		$(GO) test ./broker -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) || exit 1; \
 	done
 
+.PHONY: bench-tools
+bench-tools: build
+	$(GO) build -o bin/roost-bench ./cmd/roost-bench
+
+.PHONY: bench-quick
+bench-quick: bench-tools ## Roost, bare mochi-mqtt and mosquitto side by side, small sizes (minutes): bench/results/quick.json
+	./bin/roost-bench -suite quick -roost bin/roost -out bench/results
+
+.PHONY: bench
+bench: bench-tools ## the same at full sizes (up to 30 minutes): bench/results/full.json
+	./bin/roost-bench -suite full -roost bin/roost -out bench/results
+
 .PHONY: readme-test
 readme-test: ## run the README's walk-through against a real roost serve
 	$(GO) test -count=1 -run TestReadmeWalkthrough ./cmd/roost

@@ -27,12 +27,16 @@ import (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	ctx, stop := signalContext()
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "roost-bench:", err)
 		os.Exit(1)
 	}
+}
+
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt)
 }
 
 // report is what one invocation produces.
@@ -65,6 +69,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		size     = fs.Int("size", 16, "p2p: payload bytes (at least 16)")
 		duration = fs.Duration("duration", 5*time.Second, "p2p: how long each run sends")
 		jsonOut  = fs.String("json", "", "also write the report as JSON to this file")
+		suite    = fs.String("suite", "", "quick, full or smoke: start Roost, bare mochi-mqtt and mosquitto and run every scenario on each")
+		roostBin = fs.String("roost", "roost", "for -suite: the roost binary")
+		outDir   = fs.String("out", "bench/results", "for -suite: where <suite>.json goes")
+		mochi    = fs.String("serve-mochi", "", "internal: serve bare mochi-mqtt on this address")
+		tuned    = fs.Bool("mochi-tuned", false, "internal: with Roost's tuning")
 	)
 	fs.StringVar(&t.Name, "name", "target", "the target's name in the report")
 	fs.StringVar(&t.Addr, "addr", "127.0.0.1:1883", "broker address")
@@ -73,6 +82,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	fs.StringVar(&t.ClientPrefix, "client-prefix", "bench-", "prefix of every client id")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	switch {
+	case *mochi != "":
+		return serveMochi(*mochi, *tuned)
+	case *suite != "":
+		return runSuite(ctx, *suite, *roostBin, *outDir, out)
 	}
 	if *runs < 1 || *qos < 0 || *qos > 1 {
 		return errors.New("-runs must be at least 1 and -qos 0 or 1")

@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/roosthub/roost/bench/benchtest"
+	"github.com/roosthub/roost/internal/testenv"
 )
 
 // TestRunReports runs each scenario briefly against bare mochi: a line per
@@ -45,4 +47,64 @@ func TestRunReports(t *testing.T) {
 	if err := run(context.Background(), []string{"-addr", target.Addr, "-scenario", "nonsense", "-runs", "1"}, &bytes.Buffer{}); err == nil {
 		t.Error("an unknown scenario was accepted")
 	}
+}
+
+// TestSuiteSmoke runs the side-by-side suite at its smoke size: Roost
+// (built from this tree), bare mochi-mqtt and mosquitto start, every
+// scenario runs on each, and the results hold the ratios.
+func TestSuiteSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds roost and starts three brokers")
+	}
+	if _, err := exec.LookPath("mosquitto"); err != nil {
+		if _, err := os.Stat("/usr/sbin/mosquitto"); err != nil {
+			testenv.Require(t, "mosquitto is not installed (apt-get install mosquitto)")
+		}
+	}
+	dir := t.TempDir()
+	roost := filepath.Join(dir, "roost")
+	if out, err := exec.Command("go", "build", "-o", roost, "../roost").CombinedOutput(); err != nil {
+		t.Fatalf("build roost: %v\n%s", err, out)
+	}
+	// The suite runs mochi in a child process of this binary: the test
+	// binary stands in for roost-bench.
+	var stdout bytes.Buffer
+	if err := runSuite(context.Background(), "smoke", roost, dir, &stdout); err != nil {
+		t.Fatalf("suite: %v\n%s", err, stdout.String())
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "smoke.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res struct {
+		Targets []string
+		Ratios  map[string]*float64
+		Missing map[string]string
+	}
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(res.Targets, ",") != "roost,mochi,mochi-default,mosquitto" || len(res.Missing) != 0 {
+		t.Errorf("targets %v, missing %v", res.Targets, res.Missing)
+	}
+	for _, k := range []string{"p2p_qos1_throughput_roost_vs_mochi", "p2p_qos1_throughput_roost_vs_mosquitto", "fanout_qos0_throughput_roost_vs_mosquitto", "connect_rate_roost_vs_mosquitto"} {
+		if v := res.Ratios[k]; v == nil || *v <= 0 {
+			t.Errorf("ratio %s: %v", k, v)
+		}
+	}
+	if !strings.Contains(stdout.String(), "p2p_qos1_throughput_roost_vs_mosquitto") {
+		t.Errorf("no table printed:\n%s", stdout.String())
+	}
+}
+
+// TestMain lets the test binary stand in for roost-bench when the suite
+// starts it as the bare mochi-mqtt broker.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 2 && os.Args[1] == "-serve-mochi" {
+		if err := run(context.Background(), os.Args[1:], os.Stdout); err != nil {
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
 }

@@ -1,0 +1,475 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/bench"
+)
+
+// sizes are a suite's scenario sizes.
+type sizes struct {
+	runs           int
+	connClients    int
+	p2pPairs       int
+	p2pDuration    time.Duration
+	fanoutSubs     int
+	fanoutDuration time.Duration
+	idleConns      int
+	idleSettle     time.Duration
+}
+
+var suites = map[string]sizes{
+	"quick": {runs: 3, connClients: 500, p2pPairs: 8, p2pDuration: 2 * time.Second, fanoutSubs: 200, fanoutDuration: 2 * time.Second, idleConns: 1000, idleSettle: time.Second},
+	"full":  {runs: 3, connClients: 5000, p2pPairs: 32, p2pDuration: 10 * time.Second, fanoutSubs: 1000, fanoutDuration: 10 * time.Second, idleConns: 10000, idleSettle: 3 * time.Second},
+	// smoke checks that every piece runs, in seconds; its figures mean
+	// nothing.
+	"smoke": {runs: 1, connClients: 20, p2pPairs: 2, p2pDuration: 200 * time.Millisecond, fanoutSubs: 5, fanoutDuration: 200 * time.Millisecond, idleConns: 20, idleSettle: 50 * time.Millisecond},
+}
+
+// process is a broker the suite started.
+type process struct {
+	target bench.Target
+	cmd    *exec.Cmd
+}
+
+func (p *process) pid() int { return p.cmd.Process.Pid }
+
+func (p *process) stop() {
+	p.cmd.Process.Signal(os.Interrupt)
+	done := make(chan struct{})
+	go func() { p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+func freePort() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// pinned runs a broker on CPU 0 when the machine has more than one and
+// taskset is there; the load generator keeps to the others.
+func pinned(name string, args ...string) *exec.Cmd {
+	if runtime.NumCPU() > 1 {
+		if ts, err := exec.LookPath("taskset"); err == nil {
+			return exec.Command(ts, append([]string{"-c", "0", name}, args...)...)
+		}
+	}
+	return exec.Command(name, args...)
+}
+
+func waitPort(addr string, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	for time.Now().Before(deadline) {
+		if c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("nothing listens on %s after %v", addr, within)
+}
+
+// startMochi runs bare mochi-mqtt in a child process of this binary:
+// tuned as Roost tunes its instances, or with mochi's defaults.
+func startMochi(name string, tuned bool, logs io.Writer) (*process, error) {
+	addr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"-serve-mochi", addr}
+	if tuned {
+		args = append(args, "-mochi-tuned")
+	}
+	cmd := pinned(self, args...)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &process{target: bench.Target{Name: name, Addr: addr, ClientPrefix: "b-"}, cmd: cmd}
+	if err := waitPort(addr, 10*time.Second); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// serveMochi is the child process of startMochi.
+func serveMochi(addr string, tuned bool) error {
+	opts := &mqtt.Options{}
+	if tuned {
+		caps := mqtt.NewDefaultServerCapabilities()
+		caps.MaximumClientWritesPending = 1024 // as broker.newInstance
+		caps.TopicAliasMaximum = 64
+		opts.Capabilities = caps
+	}
+	srv := mqtt.New(opts)
+	if err := srv.AddHook(new(allowAll), nil); err != nil {
+		return err
+	}
+	if err := srv.AddListener(listeners.NewTCP(listeners.Config{ID: "bench", Address: addr})); err != nil {
+		return err
+	}
+	if err := srv.Serve(); err != nil {
+		return err
+	}
+	ctx, stop := signalContext()
+	defer stop()
+	<-ctx.Done()
+	return srv.Close()
+}
+
+type allowAll struct{ mqtt.HookBase }
+
+func (*allowAll) ID() string { return "allow-all" }
+func (*allowAll) Provides(b byte) bool {
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
+}
+func (*allowAll) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
+func (*allowAll) OnACLCheck(*mqtt.Client, string, bool) bool              { return true }
+
+// startMosquitto runs Debian's mosquitto with defaults, or returns nil if
+// it is not installed.
+func startMosquitto(dir string, logs io.Writer) (*process, error) {
+	bin, err := exec.LookPath("mosquitto")
+	if err != nil {
+		for _, p := range []string{"/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"} {
+			if _, err := os.Stat(p); err == nil {
+				bin = p
+			}
+		}
+		if bin == "" {
+			return nil, nil
+		}
+	}
+	addr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	conf := filepath.Join(dir, "mosquitto.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("listener %s %s\nallow_anonymous true\n", port, host)), 0o644); err != nil {
+		return nil, err
+	}
+	cmd := pinned(bin, "-c", conf)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &process{target: bench.Target{Name: "mosquitto", Addr: addr, ClientPrefix: "b-"}, cmd: cmd}
+	if err := waitPort(addr, 10*time.Second); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
+// startRoost runs `roost serve` with embedded defaults, makes a tenant on
+// the enterprise plan with its rates lifted and a device any client id may
+// use, and returns it as a target: auth, ACL, quota and metering hooks all
+// run, through the ingress.
+func startRoost(ctx context.Context, bin, dir string, logs io.Writer) (*process, error) {
+	mqttAddr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	httpAddr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	const admin = "rop_roost-bench-operator-token"
+	cmd := pinned(bin, "serve")
+	cmd.Env = append(os.Environ(), "ROOST_DATA_DIR="+filepath.Join(dir, "roost"), "ROOST_MQTT_ADDR="+mqttAddr,
+		"ROOST_HTTP_ADDR="+httpAddr, "ROOST_ADMIN_TOKEN="+admin)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &process{cmd: cmd}
+	fail := func(err error) (*process, error) { p.stop(); return nil, err }
+	base := "http://" + httpAddr
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(base + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			return fail(errors.New("roost serve did not become ready"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	call := func(method, path, token string, body any, out any) error {
+		b, _ := json.Marshal(body)
+		req, _ := http.NewRequestWithContext(ctx, method, base+path, bytes.NewReader(b))
+		req.Header.Set("Content-Type", "application/json")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode >= 300 {
+			msg, _ := io.ReadAll(resp.Body)
+			return fmt.Errorf("%s %s: %s %s", method, path, resp.Status, msg)
+		}
+		if out != nil {
+			return json.NewDecoder(resp.Body).Decode(out)
+		}
+		return nil
+	}
+	var session struct{ Token string }
+	var device struct{ Secret string }
+	unlimited := int64(1) << 40
+	steps := []error{
+		call("POST", "/v1/signup", "", map[string]string{"email": "bench@example.com", "password": "correct horse battery"}, &session),
+	}
+	if steps[0] == nil {
+		steps = append(steps,
+			call("POST", "/v1/tenants", session.Token, map[string]string{"slug": "bench"}, nil),
+			call("POST", "/v1/tenants/bench/devices", session.Token, map[string]string{"name": "bench", "client_ids": "any"}, &device),
+			call("PATCH", "/v1/admin/tenants/bench", admin, map[string]any{"plan": "enterprise", "quotas": map[string]int64{
+				"publish_rate": unlimited, "tenant_publish_rate": unlimited, "connect_rate": unlimited, "max_connections": unlimited,
+				"bandwidth_in": unlimited, "bandwidth_out": unlimited, "messages_per_month": unlimited, "max_subscriptions": unlimited}}, nil))
+	}
+	if err := errors.Join(steps...); err != nil {
+		return fail(err)
+	}
+	p.target = bench.Target{Name: "roost", Addr: mqttAddr, Username: "bench/bench", Password: device.Secret, ClientPrefix: "b-"}
+	time.Sleep(200 * time.Millisecond) // the quota change reaches the data plane
+	return p, nil
+}
+
+// suiteResult is written to bench/results/<name>.json.
+type suiteResult struct {
+	Suite       string                        `json:"suite"`
+	Time        time.Time                     `json:"time"`
+	CPUs        int                           `json:"cpus"`
+	Calibration calibration                   `json:"calibration"`
+	Targets     []string                      `json:"targets"`
+	Missing     map[string]string             `json:"missing,omitempty"`
+	Figures     map[string]map[string]float64 `json:"figures"` // figure → target → median
+	Runs        map[string]map[string][]any   `json:"runs"`
+	Ratios      map[string]*float64           `json:"ratios"`
+	Absolute    map[string]*float64           `json:"absolute"`
+}
+
+// runSuite starts every target and runs every scenario on each, then
+// writes the results and prints a table.
+func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer) error {
+	sz, ok := suites[name]
+	if !ok {
+		return fmt.Errorf("unknown suite %q (quick, full or smoke)", name)
+	}
+	dir, err := os.MkdirTemp("", "roost-bench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	logs, err := os.Create(filepath.Join(dir, "brokers.log"))
+	if err != nil {
+		return err
+	}
+	defer logs.Close()
+	rtt, err := loopbackRTT()
+	if err != nil {
+		return err
+	}
+	res := suiteResult{Suite: name, Time: time.Now().UTC(), CPUs: runtime.NumCPU(), Calibration: calibration{LoopbackRTTMicros: float64(rtt.Nanoseconds()) / 1000},
+		Missing: map[string]string{}, Figures: map[string]map[string]float64{}, Runs: map[string]map[string][]any{},
+		Ratios: map[string]*float64{}, Absolute: map[string]*float64{}}
+
+	var procs []*process
+	defer func() {
+		for _, p := range procs {
+			p.stop()
+		}
+	}()
+	starters := []struct {
+		name  string
+		start func() (*process, error)
+	}{
+		{"roost", func() (*process, error) { return startRoost(ctx, roostBin, dir, logs) }},
+		{"mochi", func() (*process, error) { return startMochi("mochi", true, logs) }},
+		{"mochi-default", func() (*process, error) { return startMochi("mochi-default", false, logs) }},
+		{"mosquitto", func() (*process, error) { return startMosquitto(dir, logs) }},
+	}
+	for _, s := range starters {
+		p, err := s.start()
+		switch {
+		case err != nil:
+			return fmt.Errorf("start %s: %w", s.name, err)
+		case p == nil:
+			res.Missing[s.name] = "not installed"
+			continue
+		}
+		procs = append(procs, p)
+		res.Targets = append(res.Targets, s.name)
+	}
+	record := func(figure, target string, runs []any, values []float64) {
+		if res.Figures[figure] == nil {
+			res.Figures[figure] = map[string]float64{}
+			res.Runs[figure] = map[string][]any{}
+		}
+		res.Figures[figure][target] = bench.Summarise(values).Median
+		res.Runs[figure][target] = runs
+	}
+	for _, p := range procs {
+		t := p.target
+		fmt.Fprintf(out, "%s ...\n", t.Name)
+		if t.Name != "mochi-default" {
+			for _, qos := range []byte{0, 1} {
+				var runs []any
+				var v []float64
+				for range sz.runs {
+					r, err := bench.P2P(ctx, t, sz.p2pPairs, qos, 16, 0, sz.p2pDuration)
+					if err != nil {
+						return fmt.Errorf("%s p2p: %w", t.Name, err)
+					}
+					runs, v = append(runs, r), append(v, r.PerSecond)
+				}
+				record(fmt.Sprintf("p2p_qos%d_throughput", qos), t.Name, runs, v)
+			}
+			var runs []any
+			var v []float64
+			for range sz.runs {
+				r, err := bench.Fanout(ctx, t, sz.fanoutSubs, 0, 0, sz.fanoutDuration)
+				if err != nil {
+					return fmt.Errorf("%s fanout: %w", t.Name, err)
+				}
+				runs, v = append(runs, r), append(v, r.PerSecond)
+			}
+			record("fanout_qos0_throughput", t.Name, runs, v)
+			runs, v = nil, nil
+			for range sz.runs {
+				r, err := bench.Conn(ctx, t, sz.connClients, 0, 100*time.Millisecond)
+				if err != nil {
+					return fmt.Errorf("%s conn: %w", t.Name, err)
+				}
+				runs, v = append(runs, r), append(v, r.PerSecond)
+			}
+			record("connect_rate", t.Name, runs, v)
+		}
+		var runs []any
+		var v []float64
+		for range sz.runs {
+			per, err := bench.IdleConnections(ctx, t, p.pid(), sz.idleConns, sz.idleSettle)
+			if err != nil {
+				return fmt.Errorf("%s idle connections: %w", t.Name, err)
+			}
+			runs, v = append(runs, per), append(v, per)
+		}
+		record("idle_conn_memory", t.Name, runs, v)
+	}
+	ratio := func(figure, a, b string) *float64 {
+		x, okA := res.Figures[figure][a]
+		y, okB := res.Figures[figure][b]
+		if !okA || !okB || y == 0 {
+			return nil
+		}
+		r := x / y
+		return &r
+	}
+	res.Ratios["p2p_qos1_throughput_roost_vs_mochi"] = ratio("p2p_qos1_throughput", "roost", "mochi")
+	res.Ratios["p2p_qos1_throughput_roost_vs_mosquitto"] = ratio("p2p_qos1_throughput", "roost", "mosquitto")
+	res.Ratios["p2p_qos0_throughput_roost_vs_mosquitto"] = ratio("p2p_qos0_throughput", "roost", "mosquitto")
+	res.Ratios["fanout_qos0_throughput_roost_vs_mosquitto"] = ratio("fanout_qos0_throughput", "roost", "mosquitto")
+	res.Ratios["connect_rate_roost_vs_mosquitto"] = ratio("connect_rate", "roost", "mosquitto")
+	res.Ratios["idle_conn_memory_roost_vs_mochi_default"] = ratio("idle_conn_memory", "roost", "mochi-default")
+	if m, ok := res.Figures["idle_conn_memory"]["roost"]; ok {
+		res.Absolute["idle_conn_memory_bytes"] = &m
+	}
+	// Not measured by this suite yet: see docs/benchmarks.md.
+	res.Absolute["idle_tenant_memory_bytes"] = nil
+	res.Absolute["idle_tenant_cpu_ms_per_s"] = nil
+
+	printTable(out, res)
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(res, "", "  ")
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(outDir, name+".json")
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "results: %s\n", path)
+	return nil
+}
+
+func printTable(out io.Writer, res suiteResult) {
+	var figures []string
+	for f := range res.Figures {
+		figures = append(figures, f)
+	}
+	sort.Strings(figures)
+	fmt.Fprintf(out, "\n%-24s", "median of runs")
+	for _, t := range res.Targets {
+		fmt.Fprintf(out, "%16s", t)
+	}
+	fmt.Fprintln(out)
+	for _, f := range figures {
+		fmt.Fprintf(out, "%-24s", f)
+		for _, t := range res.Targets {
+			if v, ok := res.Figures[f][t]; ok {
+				fmt.Fprintf(out, "%16.0f", v)
+			} else {
+				fmt.Fprintf(out, "%16s", "-")
+			}
+		}
+		fmt.Fprintln(out)
+	}
+	var names []string
+	for k := range res.Ratios {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	fmt.Fprintln(out)
+	for _, k := range names {
+		if v := res.Ratios[k]; v != nil {
+			fmt.Fprintf(out, "%-45s %6.2f\n", k, *v)
+		} else {
+			fmt.Fprintf(out, "%-45s %6s\n", k, "n/a")
+		}
+	}
+	for k, why := range res.Missing {
+		fmt.Fprintf(out, "%s: %s\n", k, why)
+	}
+	fmt.Fprintf(out, "loopback RTT %.1f µs, %d CPUs\n", res.Calibration.LoopbackRTTMicros, res.CPUs)
+}
