@@ -125,11 +125,16 @@ func (c *Client) write(pk packets.Packet) error {
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	// A broker that stops reading fails the write instead of hanging
+	// the load generator.
+	c.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
 	if _, err := c.w.Write(b.Bytes()); err != nil {
 		return err
 	}
 	return c.w.Flush()
 }
+
+const writeTimeout = 10 * time.Second
 
 func (c *Client) packetID() uint16 {
 	for {

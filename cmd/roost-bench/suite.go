@@ -30,17 +30,18 @@ type sizes struct {
 	p2pPairs       int
 	p2pDuration    time.Duration
 	fanoutSubs     int
+	fanoutRate     int
 	fanoutDuration time.Duration
 	idleConns      int
 	idleSettle     time.Duration
 }
 
 var suites = map[string]sizes{
-	"quick": {runs: 3, connClients: 500, p2pPairs: 8, p2pDuration: 2 * time.Second, fanoutSubs: 200, fanoutDuration: 2 * time.Second, idleConns: 1000, idleSettle: time.Second},
-	"full":  {runs: 3, connClients: 5000, p2pPairs: 32, p2pDuration: 10 * time.Second, fanoutSubs: 1000, fanoutDuration: 10 * time.Second, idleConns: 10000, idleSettle: 3 * time.Second},
+	"quick": {runs: 3, connClients: 500, p2pPairs: 8, p2pDuration: 2 * time.Second, fanoutSubs: 200, fanoutRate: 500, fanoutDuration: 2 * time.Second, idleConns: 1000, idleSettle: time.Second},
+	"full":  {runs: 3, connClients: 5000, p2pPairs: 32, p2pDuration: 10 * time.Second, fanoutSubs: 1000, fanoutRate: 200, fanoutDuration: 10 * time.Second, idleConns: 10000, idleSettle: 3 * time.Second},
 	// smoke checks that every piece runs, in seconds; its figures mean
 	// nothing.
-	"smoke": {runs: 1, connClients: 20, p2pPairs: 2, p2pDuration: 200 * time.Millisecond, fanoutSubs: 5, fanoutDuration: 200 * time.Millisecond, idleConns: 20, idleSettle: 50 * time.Millisecond},
+	"smoke": {runs: 1, connClients: 20, p2pPairs: 2, p2pDuration: 200 * time.Millisecond, fanoutSubs: 5, fanoutRate: 200, fanoutDuration: 200 * time.Millisecond, idleConns: 20, idleSettle: 50 * time.Millisecond},
 }
 
 // process is a broker the suite started.
@@ -367,7 +368,7 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 			var runs []any
 			var v []float64
 			for range sz.runs {
-				r, err := bench.Fanout(ctx, t, sz.fanoutSubs, 0, 0, sz.fanoutDuration)
+				r, err := bench.Fanout(ctx, t, sz.fanoutSubs, 0, sz.fanoutRate, sz.fanoutDuration)
 				if err != nil {
 					return fmt.Errorf("%s fanout: %w", t.Name, err)
 				}
