@@ -578,6 +578,9 @@ func (h *Hub) publishEvents() {
 			if inst == nil {
 				continue
 			}
+			if subs := inst.server.Topics.Subscribers(e.Topic()); len(subs.Subscriptions) == 0 && len(subs.Shared) == 0 {
+				continue // nobody listens: skip encoding and routing it
+			}
 			b, err := json.Marshal(e)
 			if err != nil {
 				continue
