@@ -20,6 +20,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/roosthub/roost/bench/mqttc"
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/tenants"
 )
@@ -247,4 +248,36 @@ func connectStorm(addr string, connect []byte, perSecond int, stop chan struct{}
 			c.Read(buf)
 		}()
 	}
+}
+
+// BenchmarkConnect: connections through the ingress, 64 dialing at once,
+// each closed once its CONNACK arrives; msgs/s is connects a second.
+//
+//	go test -run '^$' -bench 'Connect$' -benchtime 5000x ./broker
+func BenchmarkConnect(b *testing.B) {
+	s := newStack(b, func(c *broker.Config) { c.Log = slog.New(slog.DiscardHandler) })
+	s.tenant("bench")
+	liftRates(b, s, "bench")
+	secret := s.device("bench", "d", tenants.ClientIDsAny)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	for range 64 {
+		wg.Go(func() {
+			for {
+				i := next.Add(1)
+				if i > int64(b.N) {
+					return
+				}
+				c, err := mqttc.Dial(context.Background(), s.addr, mqttc.Options{ClientID: fmt.Sprintf("c%d", i), Username: "bench/d", Password: secret})
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				c.Close()
+			}
+		})
+	}
+	wg.Wait()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "connects/s")
 }
