@@ -110,7 +110,7 @@ func Fanout(ctx context.Context, t Target, subs int, qos byte, rate int, d time.
 // growth of the broker process's resident memory per connection, read from
 // /proc after settle. The connections are closed before it returns.
 func IdleConnections(ctx context.Context, t Target, pid, n int, settle time.Duration) (float64, error) {
-	before, err := rss(pid)
+	before, err := RSS(pid)
 	if err != nil {
 		return 0, err
 	}
@@ -145,15 +145,15 @@ func IdleConnections(ctx context.Context, t Target, pid, n int, settle time.Dura
 		return 0, fmt.Errorf("%d of %d idle connections failed", f, n)
 	}
 	time.Sleep(settle)
-	after, err := rss(pid)
+	after, err := RSS(pid)
 	if err != nil {
 		return 0, err
 	}
 	return float64(after-before) / float64(n), nil
 }
 
-// rss is a process's resident set in bytes.
-func rss(pid int) (int64, error) {
+// RSS is a process's resident set in bytes, from /proc.
+func RSS(pid int) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, err
@@ -165,4 +165,30 @@ func rss(pid int) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no VmRSS for process %d", pid)
+}
+
+// CPUTime is the CPU time a process has used, user and system, from /proc.
+// Clock ticks are taken to be 100 a second, as on every Linux Roost runs on.
+func CPUTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name, which is in parentheses and may
+	// hold spaces: state is the 3rd field, utime the 14th, stime the 15th.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("bad /proc/%d/stat", pid)
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0, fmt.Errorf("bad /proc/%d/stat", pid)
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("bad /proc/%d/stat", pid)
+	}
+	return time.Duration(ut+st) * 10 * time.Millisecond, nil
 }

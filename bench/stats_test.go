@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"os"
 	"testing"
 	"time"
 )
@@ -57,5 +58,22 @@ func TestSummarise(t *testing.T) {
 	}
 	if s := Summarise(nil); s.Median != 0 || s.Runs != nil {
 		t.Errorf("no runs: %+v", s)
+	}
+}
+
+func TestCPUTimeAndRSSOfThisProcess(t *testing.T) {
+	start, err := CPUTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(100 * time.Millisecond)
+	for x := 0; time.Now().Before(deadline); x++ { // burn some CPU
+	}
+	end, err := CPUTime(os.Getpid())
+	if err != nil || end <= start {
+		t.Errorf("CPU time %v then %v (%v): want it to grow while busy", start, end, err)
+	}
+	if n, err := RSS(os.Getpid()); err != nil || n < 1<<20 {
+		t.Errorf("RSS %d, %v: want at least a MiB", n, err)
 	}
 }

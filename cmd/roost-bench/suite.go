@@ -21,6 +21,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/bench"
+	"github.com/roosthub/roost/bench/mqttc"
 )
 
 // sizes are a suite's scenario sizes.
@@ -34,20 +35,24 @@ type sizes struct {
 	fanoutDuration time.Duration
 	idleConns      int
 	idleSettle     time.Duration
+	tenants        int
+	tenantIdle     time.Duration // long enough for CPU time's 10 ms ticks
 }
 
 var suites = map[string]sizes{
-	"quick": {runs: 3, connClients: 500, p2pPairs: 8, p2pDuration: 2 * time.Second, fanoutSubs: 200, fanoutRate: 500, fanoutDuration: 2 * time.Second, idleConns: 1000, idleSettle: time.Second},
-	"full":  {runs: 3, connClients: 5000, p2pPairs: 32, p2pDuration: 10 * time.Second, fanoutSubs: 1000, fanoutRate: 200, fanoutDuration: 10 * time.Second, idleConns: 10000, idleSettle: 3 * time.Second},
+	"quick": {runs: 3, connClients: 500, p2pPairs: 8, p2pDuration: 2 * time.Second, fanoutSubs: 200, fanoutRate: 500, fanoutDuration: 2 * time.Second, idleConns: 1000, idleSettle: time.Second, tenants: 100, tenantIdle: 10 * time.Second},
+	"full":  {runs: 3, connClients: 5000, p2pPairs: 32, p2pDuration: 10 * time.Second, fanoutSubs: 1000, fanoutRate: 200, fanoutDuration: 10 * time.Second, idleConns: 10000, idleSettle: 3 * time.Second, tenants: 1000, tenantIdle: 30 * time.Second},
 	// smoke checks that every piece runs, in seconds; its figures mean
 	// nothing.
-	"smoke": {runs: 1, connClients: 20, p2pPairs: 2, p2pDuration: 200 * time.Millisecond, fanoutSubs: 5, fanoutRate: 200, fanoutDuration: 200 * time.Millisecond, idleConns: 20, idleSettle: 50 * time.Millisecond},
+	"smoke": {runs: 1, connClients: 20, p2pPairs: 2, p2pDuration: 200 * time.Millisecond, fanoutSubs: 5, fanoutRate: 200, fanoutDuration: 200 * time.Millisecond, idleConns: 20, idleSettle: 50 * time.Millisecond, tenants: 5, tenantIdle: time.Second},
 }
 
 // process is a broker the suite started.
 type process struct {
 	target bench.Target
 	cmd    *exec.Cmd
+	// call makes a REST call as the benchmark's account (Roost only).
+	call func(method, path string, body, out any) error
 }
 
 func (p *process) pid() int { return p.cmd.Process.Pid }
@@ -271,6 +276,7 @@ func startRoost(ctx context.Context, bin, dir string, logs io.Writer) (*process,
 		return fail(err)
 	}
 	p.target = bench.Target{Name: "roost", Addr: mqttAddr, Username: "bench/bench", Password: device.Secret, ClientPrefix: "b-"}
+	p.call = func(method, path string, body, out any) error { return call(method, path, session.Token, body, out) }
 	time.Sleep(200 * time.Millisecond) // the quota change reaches the data plane
 	return p, nil
 }
@@ -414,9 +420,19 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 	if m, ok := res.Figures["idle_conn_memory"]["roost"]; ok {
 		res.Absolute["idle_conn_memory_bytes"] = &m
 	}
-	// Not measured by this suite yet: see docs/benchmarks.md.
 	res.Absolute["idle_tenant_memory_bytes"] = nil
 	res.Absolute["idle_tenant_cpu_ms_per_s"] = nil
+	for _, p := range procs {
+		if p.call == nil {
+			continue
+		}
+		mem, cpu, err := idleTenants(ctx, p, sz.tenants, sz.tenantIdle)
+		if err != nil {
+			return fmt.Errorf("roost tenants: %w", err)
+		}
+		res.Absolute["idle_tenant_memory_bytes"], res.Absolute["idle_tenant_cpu_ms_per_s"] = &mem, &cpu
+		fmt.Fprintf(out, "%d idle tenants, one idle device connection each: %.0f bytes and %.4f ms CPU/s per tenant\n", sz.tenants, mem, cpu)
+	}
 
 	printTable(out, res)
 	if err := os.MkdirAll(outDir, 0o755); err != nil {
@@ -473,4 +489,62 @@ func printTable(out io.Writer, res suiteResult) {
 		fmt.Fprintf(out, "%s: %s\n", k, why)
 	}
 	fmt.Fprintf(out, "loopback RTT %.1f µs, %d CPUs\n", res.Calibration.LoopbackRTTMicros, res.CPUs)
+}
+
+// idleTenants makes n tenants with one device each, connects that device
+// and leaves it idle, and returns what each tenant adds to the broker
+// process: resident memory (its broker instance and one idle connection)
+// and CPU time per second of idling, less what the process used idling
+// before.
+func idleTenants(ctx context.Context, p *process, n int, idle time.Duration) (memPerTenant, cpuMsPerSec float64, err error) {
+	cpuIdle := func() (time.Duration, error) {
+		t0, err := bench.CPUTime(p.pid())
+		if err != nil {
+			return 0, err
+		}
+		time.Sleep(idle)
+		t1, err := bench.CPUTime(p.pid())
+		return t1 - t0, err
+	}
+	baseline, err := cpuIdle()
+	if err != nil {
+		return 0, 0, err
+	}
+	before, err := bench.RSS(p.pid())
+	if err != nil {
+		return 0, 0, err
+	}
+	var clients []*mqttc.Client
+	defer func() {
+		for _, c := range clients {
+			c.Close()
+		}
+	}()
+	for i := range n {
+		slug := fmt.Sprintf("idle-%04d", i)
+		var device struct{ Secret string }
+		if err := p.call("POST", "/v1/tenants", map[string]string{"slug": slug}, nil); err != nil {
+			return 0, 0, err
+		}
+		if err := p.call("POST", "/v1/tenants/"+slug+"/devices", map[string]string{"name": "d"}, &device); err != nil {
+			return 0, 0, err
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		c, err := mqttc.Dial(cctx, p.target.Addr, mqttc.Options{ClientID: "d", Username: slug + "/d", Password: device.Secret, KeepAlive: 600})
+		cancel()
+		if err != nil {
+			return 0, 0, fmt.Errorf("connect %s/d: %w", slug, err)
+		}
+		clients = append(clients, c)
+	}
+	time.Sleep(time.Second)
+	after, err := bench.RSS(p.pid())
+	if err != nil {
+		return 0, 0, err
+	}
+	used, err := cpuIdle()
+	if err != nil {
+		return 0, 0, err
+	}
+	return float64(after-before) / float64(n), float64((used - baseline).Microseconds()) / 1000 / idle.Seconds() / float64(n), nil
 }
