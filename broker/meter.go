@@ -37,8 +37,11 @@ type meter struct {
 	retired []*usageBucket       // earlier hours' buckets, drained once more
 	retry   []tenants.UsageDelta // what the store did not take last time
 	last    time.Time            // the last flush, for connection-seconds
-	// connFrac carries connection-seconds below one from flush to flush.
-	connFrac float64
+	// connFrac carries connection-seconds from flush to flush until a
+	// whole one is due, every connEvery.
+	connFrac    float64
+	connEvery   time.Duration
+	connFlushed time.Time
 
 	// Totals since the hub started, for metrics.
 	totalIn, totalOut           atomic.Int64
@@ -56,6 +59,7 @@ type usageBucket struct {
 	msgsIn, msgsOut   atomic.Int64
 	bytesIn, bytesOut atomic.Int64
 	peak              atomic.Int64
+	peakRecorded      int64 // guarded by the meter's mu
 }
 
 func newBucket(hour time.Time, live int64) *usageBucket {
@@ -136,12 +140,22 @@ func (m *meter) take(now time.Time) []tenants.UsageDelta {
 		m.retired = append(m.retired, cur)
 	}
 	u := cur.drain()
+	// The peak goes out when it rose; connection time every connEvery:
+	// an idle tenant with connections costs the store a row now and then,
+	// not every second.
+	peak := u.PeakConnections
+	u.PeakConnections = 0
+	if peak > cur.peakRecorded {
+		u.PeakConnections, cur.peakRecorded = peak, peak
+	}
 	if !m.last.IsZero() && now.After(m.last) {
 		m.connFrac += now.Sub(m.last).Seconds() * float64(m.live.Load())
-		whole := math.Floor(m.connFrac)
-		u.ConnectionSeconds, m.connFrac = int64(whole), m.connFrac-whole
 	}
 	m.last = now
+	if m.connFrac >= 1 && now.Sub(m.connFlushed) >= m.connEvery {
+		whole := math.Floor(m.connFrac)
+		u.ConnectionSeconds, m.connFrac, m.connFlushed = int64(whole), m.connFrac-whole, now
+	}
 	if m.monthStart != monthOf(now) {
 		m.monthStart = monthOf(now)
 		m.month.Store(0) // a new month: this flush's counts belong to the old one
@@ -166,7 +180,8 @@ func (h *Hub) meterOf(tenant string) *meter {
 		return m.(*meter)
 	}
 	now := h.now()
-	m := &meter{tenant: tenant, monthStart: monthOf(now), hits: map[string]int64{}, lastHit: map[string]time.Time{}}
+	m := &meter{tenant: tenant, monthStart: monthOf(now), hits: map[string]int64{}, lastHit: map[string]time.Time{},
+		connEvery: 5 * h.cfg.UsageInterval}
 	m.cur.Store(newBucket(now.UTC().Truncate(time.Hour), 0))
 	if h.cfg.Usage != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
