@@ -355,6 +355,20 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 		res.Figures[figure][target] = bench.Summarise(values).Median
 		res.Runs[figure][target] = runs
 	}
+	// Idle tenants first, while the process holds nothing else.
+	res.Absolute["idle_tenant_memory_bytes"] = nil
+	res.Absolute["idle_tenant_cpu_ms_per_s"] = nil
+	for _, p := range procs {
+		if p.call == nil {
+			continue
+		}
+		mem, cpu, err := idleTenants(ctx, p, sz.tenants, sz.tenantIdle)
+		if err != nil {
+			return fmt.Errorf("roost tenants: %w", err)
+		}
+		res.Absolute["idle_tenant_memory_bytes"], res.Absolute["idle_tenant_cpu_ms_per_s"] = &mem, &cpu
+		fmt.Fprintf(out, "%d idle tenants, one idle device connection each: %.0f bytes and %.4f ms CPU/s per tenant\n", sz.tenants, mem, cpu)
+	}
 	for _, p := range procs {
 		t := p.target
 		fmt.Fprintf(out, "%s ...\n", t.Name)
@@ -419,19 +433,6 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 	res.Ratios["idle_conn_memory_roost_vs_mochi_default"] = ratio("idle_conn_memory", "roost", "mochi-default")
 	if m, ok := res.Figures["idle_conn_memory"]["roost"]; ok {
 		res.Absolute["idle_conn_memory_bytes"] = &m
-	}
-	res.Absolute["idle_tenant_memory_bytes"] = nil
-	res.Absolute["idle_tenant_cpu_ms_per_s"] = nil
-	for _, p := range procs {
-		if p.call == nil {
-			continue
-		}
-		mem, cpu, err := idleTenants(ctx, p, sz.tenants, sz.tenantIdle)
-		if err != nil {
-			return fmt.Errorf("roost tenants: %w", err)
-		}
-		res.Absolute["idle_tenant_memory_bytes"], res.Absolute["idle_tenant_cpu_ms_per_s"] = &mem, &cpu
-		fmt.Fprintf(out, "%d idle tenants, one idle device connection each: %.0f bytes and %.4f ms CPU/s per tenant\n", sz.tenants, mem, cpu)
 	}
 
 	printTable(out, res)
