@@ -25,25 +25,20 @@ func TestDataPlaneRoutes(t *testing.T) {
 		t.Errorf("offline status: got %s", r.body)
 	}
 
-	conn, err := net.Dial("tcp", e.mqttAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
 	msgs := make(chan *paho.Publish, 10)
 	discs := make(chan *paho.Disconnect, 1)
-	c := paho.NewClient(paho.ClientConfig{
-		Conn: conn,
+	c, err := e.dialMQTT(t, "acme/d1", secret, "d1", paho.ClientConfig{
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 			msgs <- pr.Packet
 			return true, nil
 		}},
 		OnServerDisconnect: func(d *paho.Disconnect) { discs <- d },
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := c.Connect(ctx, &paho.Connect{ClientID: "d1", KeepAlive: 30, CleanStart: true, Username: "acme/d1", UsernameFlag: true, Password: []byte(secret), PasswordFlag: true}); err != nil {
+	if err != nil {
 		t.Fatal(err)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
 	if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "cmd/#", QoS: 1}}}); err != nil {
 		t.Fatal(err)
 	}
@@ -120,14 +115,7 @@ func TestEventsRoute(t *testing.T) {
 	e.mustTenant(u, "other")
 	secret := e.mustDevice(u.token, "acme", "d1")
 	dial := func(password string) error {
-		conn, err := net.Dial("tcp", e.mqttAddr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := paho.NewClient(paho.ClientConfig{Conn: conn})
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_, err = c.Connect(ctx, &paho.Connect{ClientID: "d1", KeepAlive: 30, CleanStart: true, Username: "acme/d1", UsernameFlag: true, Password: []byte(password), PasswordFlag: true})
+		c, err := e.dialMQTT(t, "acme/d1", password, "d1", paho.ClientConfig{})
 		if err == nil {
 			c.Disconnect(&paho.Disconnect{})
 		}
@@ -178,17 +166,13 @@ func TestUsageRoute(t *testing.T) {
 	e.mustTenant(u, "acme")
 	e.mustTenant(u, "other")
 	secret := e.mustDevice(u.token, "acme", "d1")
-	conn, err := net.Dial("tcp", e.mqttAddr)
+	c, err := e.dialMQTT(t, "acme/d1", secret, "d1", paho.ClientConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := paho.NewClient(paho.ClientConfig{Conn: conn})
+	defer c.Disconnect(&paho.Disconnect{})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := c.Connect(ctx, &paho.Connect{ClientID: "d1", KeepAlive: 30, CleanStart: true, Username: "acme/d1", UsernameFlag: true, Password: []byte(secret), PasswordFlag: true}); err != nil {
-		t.Fatal(err)
-	}
-	defer c.Disconnect(&paho.Disconnect{})
 	for _, p := range []string{"a", "bb", "ccc"} {
 		if _, err := c.Publish(ctx, &paho.Publish{Topic: "t", QoS: 1, Payload: []byte(p)}); err != nil {
 			t.Fatal(err)
@@ -225,4 +209,21 @@ func TestUsageRoute(t *testing.T) {
 	for _, q := range []string{"granularity=week", "from=yesterday", "from=2020-01-01T00:00:00Z", "from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z"} {
 		want(t, e.do("GET", "/v1/tenants/acme/usage?"+q, u.token, nil), 400, q)
 	}
+}
+
+// dialMQTT connects an MQTT 5 client to the env's data plane with a clean
+// session; cfg may set handlers.
+func (e *env) dialMQTT(t *testing.T, username, password, clientID string, cfg paho.ClientConfig) (*paho.Client, error) {
+	t.Helper()
+	conn, err := net.Dial("tcp", e.mqttAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Conn = conn
+	c := paho.NewClient(cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err = c.Connect(ctx, &paho.Connect{ClientID: clientID, KeepAlive: 30, CleanStart: true, Username: username, UsernameFlag: true,
+		Password: []byte(password), PasswordFlag: true})
+	return c, err
 }

@@ -156,12 +156,12 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.Changes != nil {
 		h.cancelSub = cfg.Changes.Subscribe(h.onChange)
 	}
-	h.wg.Add(5)
-	go h.flushUsage()
+	h.wg.Add(2)
 	go h.publishEvents()
 	go h.applyChanges()
-	go h.reap()
-	go h.flushSeenLoop()
+	h.every(min(h.cfg.IdleTimeout/2, 30*time.Second), h.reapIdle)
+	h.every(time.Second, h.flushSeen)
+	h.every(h.cfg.UsageInterval, h.recordUsage)
 	return h, nil
 }
 
@@ -231,7 +231,9 @@ func (h *Hub) Close() error {
 		inst.close()
 	}
 	h.wg.Wait()
-	h.recordUsage() // what was counted since the last flush
+	// What was noted since the last flushes.
+	h.flushSeen()
+	h.recordUsage()
 	return nil
 }
 
@@ -501,21 +503,25 @@ func (h *Hub) running(tenant string) *instance {
 	return h.instances[tenant]
 }
 
-// reap stops instances that have held nothing for IdleTimeout.
-func (h *Hub) reap() {
-	defer h.wg.Done()
-	tick := time.NewTicker(min(h.cfg.IdleTimeout/2, 30*time.Second))
-	defer tick.Stop()
-	for {
-		select {
-		case <-h.done:
-			return
-		case <-tick.C:
+// every runs fn every d until the hub closes.
+func (h *Hub) every(d time.Duration, fn func()) {
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		tick := time.NewTicker(d)
+		defer tick.Stop()
+		for {
+			select {
+			case <-h.done:
+				return
+			case <-tick.C:
+				fn()
+			}
 		}
-		h.reapIdle()
-	}
+	}()
 }
 
+// reapIdle stops instances that have held nothing for IdleTimeout.
 func (h *Hub) reapIdle() {
 	var idle []*instance
 	h.mu.Lock()

@@ -196,22 +196,8 @@ func (h *Hub) meterOf(tenant string) *meter {
 	return actual.(*meter)
 }
 
-// flushUsage records every meter's counts about once a second; Close
-// records the rest.
-func (h *Hub) flushUsage() {
-	defer h.wg.Done()
-	tick := time.NewTicker(h.cfg.UsageInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-h.done:
-			return
-		case <-tick.C:
-			h.recordUsage()
-		}
-	}
-}
-
+// recordUsage records every meter's counts; the hub runs it every
+// UsageInterval, and Close once more.
 func (h *Hub) recordUsage() {
 	now := h.now()
 	var deltas []tenants.UsageDelta

@@ -79,31 +79,9 @@ func BenchmarkPersistentQueueIn(b *testing.B) {
 				c.sub(b, "q/"+id, 1)
 				c.Disconnect(&paho.Disconnect{})
 			}
-			var pubs []*v5
-			for i := range publishers {
-				id := fmt.Sprintf("pub%d", i)
-				pubs = append(pubs, mustV5(b, s.addr, "bench/"+id, s.device("bench", id), id))
-			}
-			payload := make([]byte, 100)
-			var next atomic.Int64
-			var wg sync.WaitGroup
+			pubs := benchPublishers(b, s, "bench", publishers)
 			b.ResetTimer()
-			for _, p := range pubs {
-				wg.Go(func() {
-					for {
-						i := next.Add(1)
-						if i > int64(b.N) {
-							return
-						}
-						r, err := p.Publish(context.Background(), &paho.Publish{Topic: fmt.Sprintf("q/sub%d", i%subscribers), QoS: 1, Payload: payload})
-						if err != nil || r.ReasonCode >= 0x80 {
-							b.Errorf("publish: %v %+v", err, r)
-							return
-						}
-					}
-				})
-			}
-			wg.Wait()
+			publishEach(b, pubs, b.N, func(i int) string { return fmt.Sprintf("q/sub%d", i%subscribers) })
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 		})
 	}
@@ -128,28 +106,11 @@ func BenchmarkPersistentQueueDrain(b *testing.B) {
 			c := mustV5(b, s.addr, "bench/sub", secret, "sub", keepSession)
 			c.sub(b, "q", 1)
 			c.Disconnect(&paho.Disconnect{})
-			var pubs []*v5
-			for i := range 16 {
-				id := fmt.Sprintf("pub%d", i)
-				pubs = append(pubs, mustV5(b, s.addr, "bench/"+id, s.device("bench", id), id))
-			}
-			payload := make([]byte, 100)
+			pubs := benchPublishers(b, s, "bench", 16)
 			var elapsed time.Duration
 			for done := 0; done < b.N; {
 				n := min(round, b.N-done)
-				var next atomic.Int64
-				var wg sync.WaitGroup
-				for _, p := range pubs {
-					wg.Go(func() {
-						for next.Add(1) <= int64(n) {
-							if _, err := p.Publish(context.Background(), &paho.Publish{Topic: "q", QoS: 1, Payload: payload}); err != nil {
-								b.Error(err)
-								return
-							}
-						}
-					})
-				}
-				wg.Wait()
+				publishEach(b, pubs, n, func(int) string { return "q" })
 				start := time.Now()
 				sub := mustV5(b, s.addr, "bench/sub", secret, "sub", keepSession)
 				for range n {
@@ -166,4 +127,38 @@ func BenchmarkPersistentQueueDrain(b *testing.B) {
 			b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
 		})
 	}
+}
+
+// benchPublishers connects n MQTT 5 publishers, each a device of its own.
+func benchPublishers(b *testing.B, s *stack, tenant string, n int) []*v5 {
+	pubs := make([]*v5, 0, n)
+	for i := range n {
+		id := fmt.Sprintf("pub%d", i)
+		pubs = append(pubs, mustV5(b, s.addr, tenant+"/"+id, s.device(tenant, id), id))
+	}
+	return pubs
+}
+
+// publishEach sends n 100-byte QoS 1 messages, the publishers taking them
+// in turn as each gets its PUBACK; topic names the i-th message's topic.
+func publishEach(b *testing.B, pubs []*v5, n int, topic func(i int) string) {
+	payload := make([]byte, 100)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for _, p := range pubs {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1))
+				if i > n {
+					return
+				}
+				r, err := p.Publish(context.Background(), &paho.Publish{Topic: topic(i), QoS: 1, Payload: payload})
+				if err != nil || r.ReasonCode >= 0x80 {
+					b.Errorf("publish: %v %+v", err, r)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }

@@ -253,18 +253,10 @@ func (dc *deviceConn) maxPacket() int {
 // telling a v5 client why.
 func (inst *instance) tooLarge(dc *deviceConn) {
 	inst.quotaHit(dc.id.device, dc.id.clientID, "max_packet_size", inst.quotas().MaxPacketSize)
-	for _, cl := range inst.clientsOfConn(dc) {
-		inst.kick(cl, packets.ErrPacketTooLarge)
-	}
-}
-
-// clientsOfConn returns the client a connection carries, once mochi has
-// one for it.
-func (inst *instance) clientsOfConn(dc *deviceConn) []*mqtt.Client {
 	inst.presenceMu.Lock()
-	defer inst.presenceMu.Unlock()
-	if p, ok := inst.byDevice[dc.id.device][dc]; ok {
-		return []*mqtt.Client{p.client}
+	p, ok := inst.byDevice[dc.id.device][dc] // the client, once mochi has one
+	inst.presenceMu.Unlock()
+	if ok {
+		inst.kick(p.client, packets.ErrPacketTooLarge)
 	}
-	return nil
 }

@@ -56,26 +56,9 @@ func BenchmarkQuotaHooks(b *testing.B) {
 					got.Add(1)
 				}
 			}()
-			var pubs []*v5
-			for i := range 32 {
-				id := fmt.Sprintf("pub%d", i)
-				pubs = append(pubs, mustV5(b, s.addr, "bench/"+id, s.device("bench", id), id))
-			}
-			payload := make([]byte, 100)
-			var next atomic.Int64
-			var wg sync.WaitGroup
+			pubs := benchPublishers(b, s, "bench", 32)
 			b.ResetTimer()
-			for _, p := range pubs {
-				wg.Go(func() {
-					for next.Add(1) <= int64(b.N) {
-						if _, err := p.Publish(context.Background(), &paho.Publish{Topic: "m/x", QoS: 1, Payload: payload}); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				})
-			}
-			wg.Wait()
+			publishEach(b, pubs, b.N, func(int) string { return "m/x" })
 			for got.Load() < int64(b.N) {
 				time.Sleep(time.Millisecond)
 			}

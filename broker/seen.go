@@ -14,21 +14,6 @@ func (h *Hub) touch(tenant, device string, at time.Time) {
 	h.seenMu.Unlock()
 }
 
-func (h *Hub) flushSeenLoop() {
-	defer h.wg.Done()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-h.done:
-			h.flushSeen()
-			return
-		case <-tick.C:
-			h.flushSeen()
-		}
-	}
-}
-
 func (h *Hub) flushSeen() {
 	h.seenMu.Lock()
 	batch := h.seen
