@@ -28,6 +28,7 @@ type FanoutResult struct {
 // rate messages a second (0: as fast as it goes). Delivered messages a
 // second counts every copy.
 func Fanout(ctx context.Context, t Target, subs int, qos byte, rate int, d time.Duration) (FanoutResult, error) {
+	topic := runTopic("fan", runs.Add(1), -1)
 	var lat Latencies
 	var delivered atomic.Int64
 	streams := make([]Streams, subs)
@@ -50,13 +51,13 @@ func Fanout(ctx context.Context, t Target, subs int, qos byte, rate int, d time.
 			if len(p) < header {
 				return
 			}
-			streams[i].Seen("fan", binary.BigEndian.Uint64(p))
+			streams[i].Seen(topic, binary.BigEndian.Uint64(p))
 			if sample {
 				lat.Add(time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(p[8:])))))
 			}
 			delivered.Add(1)
 		}
-		code, err := c.Subscribe(cctx, "fan", qos)
+		code, err := c.Subscribe(cctx, topic, qos)
 		cancel()
 		if err != nil || code > 2 {
 			return FanoutResult{}, fmt.Errorf("subscribe: %v (code %#x)", err, code)
@@ -84,7 +85,7 @@ func Fanout(ctx context.Context, t Target, subs int, qos byte, rate int, d time.
 		}
 		binary.BigEndian.PutUint64(payload, sent)
 		binary.BigEndian.PutUint64(payload[8:], uint64(time.Now().UnixNano()))
-		if err := pub.Publish(ctx, "fan", payload, qos); err != nil {
+		if err := pub.Publish(ctx, topic, payload, qos); err != nil {
 			return FanoutResult{}, err
 		}
 		sent++
@@ -97,7 +98,7 @@ func Fanout(ctx context.Context, t Target, subs int, qos byte, rate int, d time.
 	took := time.Since(start)
 	r := FanoutResult{Subscribers: subs, QoS: qos, Sent: sent, PerSecond: float64(delivered.Load()) / took.Seconds(), P99: ms(lat.Percentile(99))}
 	for i := range streams {
-		t := streams[i].Tally(map[string]uint64{"fan": sent})
+		t := streams[i].Tally(map[string]uint64{topic: sent})
 		r.Tally.Received += t.Received
 		r.Tally.Lost += t.Lost
 		r.Tally.Duplicates += t.Duplicates

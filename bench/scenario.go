@@ -96,6 +96,19 @@ func Conn(ctx context.Context, t Target, n, rate int, hold time.Duration) (ConnR
 	return r, nil
 }
 
+// runs numbers scenario runs, so that each uses topics of its own: a
+// message still in a broker from an earlier run (a QoS 0 flood it had not
+// finished reading) must not land in a later run's counts.
+var runs atomic.Int64
+
+// runTopic is a topic of this run: base/<run>/<i>, or base/<run> for i < 0.
+func runTopic(base string, run int64, i int) string {
+	if i < 0 {
+		return fmt.Sprintf("%s/%d", base, run)
+	}
+	return fmt.Sprintf("%s/%d/%d", base, run, i)
+}
+
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // P2PResult is one run of the p2p scenario.
@@ -123,6 +136,7 @@ const header = 16
 // the subscriber.
 func P2P(ctx context.Context, t Target, pairs int, qos byte, size int, rate int, d time.Duration) (P2PResult, error) {
 	size = max(size, header)
+	run := runs.Add(1)
 	var streams Streams
 	var lat Latencies
 	var delivered atomic.Int64
@@ -136,7 +150,7 @@ func P2P(ctx context.Context, t Target, pairs int, qos byte, size int, rate int,
 		}
 	}()
 	for i := range pairs {
-		topic := fmt.Sprintf("p2p/%d", i)
+		topic := runTopic("p2p", run, i)
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		sub, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("sub-%d", i)))
 		if err != nil {
@@ -183,7 +197,7 @@ func P2P(ctx context.Context, t Target, pairs int, qos byte, size int, rate int,
 				}
 				binary.BigEndian.PutUint64(payload, n)
 				binary.BigEndian.PutUint64(payload[8:], uint64(time.Now().UnixNano()))
-				if err := pub.Publish(ctx, fmt.Sprintf("p2p/%d", i), payload, qos); err != nil {
+				if err := pub.Publish(ctx, runTopic("p2p", run, i), payload, qos); err != nil {
 					firstErr.CompareAndSwap(nil, err.Error())
 					return
 				}
@@ -204,7 +218,7 @@ func P2P(ctx context.Context, t Target, pairs int, qos byte, size int, rate int,
 	took := time.Since(start)
 	bySteam := map[string]uint64{}
 	for i, n := range sent {
-		bySteam[fmt.Sprintf("p2p/%d", i)] = n
+		bySteam[runTopic("p2p", run, i)] = n
 	}
 	r := P2PResult{Pairs: pairs, QoS: qos, Size: size, Sent: total, PerSecond: float64(delivered.Load()) / took.Seconds(),
 		P50: ms(lat.Percentile(50)), P99: ms(lat.Percentile(99)), P999: ms(lat.Percentile(99.9)), Tally: streams.Tally(bySteam)}

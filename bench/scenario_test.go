@@ -47,4 +47,36 @@ func TestScenariosSmoke(t *testing.T) {
 	if err != nil || r.Tally.Lost != 0 || r.Sent < 50 || r.Sent > 150 {
 		t.Errorf("p2p at 400/s for 250ms: %+v, %v", r, err)
 	}
+	for _, group := range []int{0, 3} {
+		in, err := bench.Fanin(ctx, target, 40, group, 1, 800, 250*time.Millisecond)
+		if err != nil || in.Tally.Lost != 0 || in.Tally.Duplicates != 0 || in.Tally.OutOfOrder != 0 || in.Sent < 100 || uint64(in.Tally.Received) != in.Sent {
+			t.Errorf("fanin from 40 to a group of %d: %+v, %v", group, in, err)
+		}
+		if group > 0 && (in.Spread[0] == 0 || in.Spread[0]+in.Spread[1] > in.Tally.Received) {
+			t.Errorf("fanin to a group of %d: every member should get a share: %+v", group, in)
+		}
+	}
+	s, err := bench.MaxSustained(ctx, target, 2, 1, 16, 200, 150*time.Millisecond, 3)
+	if err != nil || s.PerSecond < 200 || len(s.Steps) != 3 || s.Offered[1] != 2*s.Offered[0] {
+		t.Errorf("sustained-rate search: %+v, %v", s, err)
+	}
+}
+
+func TestSustainableJudgesEveryCondition(t *testing.T) {
+	ok := bench.P2PResult{Sent: 1000, P99: 2}
+	if !bench.Sustainable(ok, 1000, time.Second, 10*time.Millisecond) {
+		t.Fatalf("a clean run at the offered rate is sustainable")
+	}
+	for name, r := range map[string]bench.P2PResult{
+		"lost":        {Sent: 1000, P99: 2, Tally: bench.Tally{Lost: 1}},
+		"duplicate":   {Sent: 1000, P99: 2, Tally: bench.Tally{Duplicates: 1}},
+		"reordered":   {Sent: 1000, P99: 2, Tally: bench.Tally{OutOfOrder: 1}},
+		"slow":        {Sent: 1000, P99: 10},
+		"fell behind": {Sent: 900, P99: 2},
+		"failed":      {Sent: 1000, P99: 2, FirstError: "EOF"},
+	} {
+		if bench.Sustainable(r, 1000, time.Second, 10*time.Millisecond) {
+			t.Errorf("%s: judged sustainable", name)
+		}
+	}
 }

@@ -119,6 +119,18 @@ func (s *Streams) Tally(sent map[string]uint64) Tally {
 	return t
 }
 
+// OutOfOrder counts messages that arrived after a later one of their
+// stream, over every stream seen.
+func (s *Streams) OutOfOrder() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, st := range s.streams {
+		n += st.ooo
+	}
+	return n
+}
+
 // Summary is the median and spread of one figure over repeated runs.
 type Summary struct {
 	Median float64   `json:"median"`

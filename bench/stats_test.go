@@ -77,3 +77,16 @@ func TestCPUTimeAndRSSOfThisProcess(t *testing.T) {
 		t.Errorf("RSS %d, %v: want at least a MiB", n, err)
 	}
 }
+
+func TestStreamsOutOfOrderOverEveryStream(t *testing.T) {
+	var s Streams
+	for _, n := range []uint64{0, 2, 1, 3} {
+		s.Seen("a", n)
+	}
+	for _, n := range []uint64{5, 4, 3} {
+		s.Seen("b", n)
+	}
+	if got := s.OutOfOrder(); got != 3 {
+		t.Errorf("OutOfOrder() = %d, want 3 (one in a, two in b)", got)
+	}
+}

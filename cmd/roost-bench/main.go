@@ -51,8 +51,13 @@ type report struct {
 	Totals      bench.Tally    `json:"tally"`
 }
 
+// calibration describes the machine, so that figures from different
+// machines can be compared.
 type calibration struct {
 	LoopbackRTTMicros float64 `json:"loopback_rtt_us"`
+	// SmallWritesPerSecond is how many 16-byte writes a second one loopback
+	// TCP connection takes, read on the other end.
+	SmallWritesPerSecond float64 `json:"small_writes_per_second"`
 }
 
 func run(ctx context.Context, args []string, out io.Writer) error {
@@ -92,11 +97,11 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if *runs < 1 || *qos < 0 || *qos > 1 {
 		return errors.New("-runs must be at least 1 and -qos 0 or 1")
 	}
-	rtt, err := loopbackRTT()
+	cal, err := calibrate()
 	if err != nil {
 		return fmt.Errorf("calibration: %w", err)
 	}
-	rep := report{Scenario: *scenario, Target: t, Calibration: calibration{LoopbackRTTMicros: float64(rtt.Nanoseconds()) / 1000}}
+	rep := report{Scenario: *scenario, Target: t, Calibration: cal}
 	var figures []float64
 	for i := range *runs {
 		switch *scenario {
@@ -145,25 +150,29 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	return nil
 }
 
-// loopbackRTT is the median round trip of one byte over a loopback TCP
-// connection.
-func loopbackRTT() (time.Duration, error) {
+// calibrate measures the loopback: the median round trip of one byte over
+// a TCP connection, and the rate of 16-byte writes one connection takes.
+func calibrate() (calibration, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return 0, err
+		return calibration{}, err
 	}
 	defer ln.Close()
 	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
 		}
-		defer c.Close()
-		io.Copy(c, c)
 	}()
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
-		return 0, err
+		return calibration{}, err
 	}
 	defer c.Close()
 	var samples []time.Duration
@@ -171,13 +180,34 @@ func loopbackRTT() (time.Duration, error) {
 	for range 1000 {
 		start := time.Now()
 		if _, err := c.Write(b); err != nil {
-			return 0, err
+			return calibration{}, err
 		}
 		if _, err := io.ReadFull(c, b); err != nil {
-			return 0, err
+			return calibration{}, err
 		}
 		samples = append(samples, time.Since(start))
 	}
 	slices.Sort(samples)
-	return samples[len(samples)/2], nil
+	cal := calibration{LoopbackRTTMicros: float64(samples[len(samples)/2].Nanoseconds()) / 1000}
+
+	// Small writes: the echo comes back and is drained alongside.
+	w, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		return calibration{}, err
+	}
+	defer w.Close()
+	go io.Copy(io.Discard, w)
+	small := make([]byte, 16)
+	writes := 0
+	start := time.Now()
+	for time.Since(start) < 300*time.Millisecond {
+		for range 100 {
+			if _, err := w.Write(small); err != nil {
+				return calibration{}, err
+			}
+		}
+		writes += 100
+	}
+	cal.SmallWritesPerSecond = float64(writes) / time.Since(start).Seconds()
+	return cal, nil
 }

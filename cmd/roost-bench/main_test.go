@@ -78,8 +78,9 @@ func TestSuiteSmoke(t *testing.T) {
 	}
 	var res struct {
 		Targets []string
-		Ratios  map[string]*float64
-		Missing map[string]string
+		Ratios   map[string]*float64
+		Absolute map[string]*float64
+		Missing  map[string]string
 	}
 	if err := json.Unmarshal(b, &res); err != nil {
 		t.Fatal(err)
@@ -87,9 +88,21 @@ func TestSuiteSmoke(t *testing.T) {
 	if strings.Join(res.Targets, ",") != "roost,mochi,mochi-default,mosquitto" || len(res.Missing) != 0 {
 		t.Errorf("targets %v, missing %v", res.Targets, res.Missing)
 	}
-	for _, k := range []string{"p2p_qos1_throughput_roost_vs_mochi", "p2p_qos1_throughput_roost_vs_mosquitto", "fanout_qos0_throughput_roost_vs_mosquitto", "connect_rate_roost_vs_mosquitto"} {
+	for _, k := range []string{"p2p_qos1_throughput_roost_vs_mochi", "p2p_qos1_throughput_roost_vs_mosquitto", "fanout_qos0_throughput_roost_vs_mosquitto",
+		"connect_rate_roost_vs_mosquitto", "p2p_qos1_sustained_roost_vs_mochi", "p2p_qos1_p99_latency_roost_vs_mochi",
+		"fanin_qos1_throughput_roost_vs_mosquitto", "fanin_shared_qos1_throughput_roost_vs_mosquitto", "p2p_qos1_p99_latency_among_idle_tenants_vs_alone"} {
 		if v := res.Ratios[k]; v == nil || *v <= 0 {
 			t.Errorf("ratio %s: %v", k, v)
+		}
+	}
+	// Memory at this size is below what resident memory resolves: only
+	// that the figures are there is checked.
+	if _, ok := res.Ratios["idle_conn_memory_roost_vs_mochi_default"]; !ok {
+		t.Error("no ratio idle_conn_memory_roost_vs_mochi_default")
+	}
+	for _, k := range []string{"idle_conn_memory_bytes", "idle_tenant_memory_bytes", "idle_tenant_cpu_ms_per_s", "idle_tenant_instance_bytes"} {
+		if _, ok := res.Absolute[k]; !ok {
+			t.Errorf("no absolute figure %s", k)
 		}
 	}
 	if !strings.Contains(stdout.String(), "p2p_qos1_throughput_roost_vs_mosquitto") {

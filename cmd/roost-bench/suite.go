@@ -36,15 +36,35 @@ type sizes struct {
 	idleConns      int
 	idleSettle     time.Duration
 	tenants        int
+	tenantDevices  int
 	tenantIdle     time.Duration // long enough for CPU time's 10 ms ticks
+	latencyRate    int           // p2p messages a second over all pairs, for latency
+	latencySizes   []int
+	sustainedQoS   []byte
+	sustainedStart int
+	sustainedStep  time.Duration
+	sustainedSteps int
+	faninPubs      int
+	faninGroup     int
+	faninRate      int
+	faninDuration  time.Duration
 }
 
 var suites = map[string]sizes{
-	"quick": {runs: 3, connClients: 500, p2pPairs: 8, p2pDuration: 2 * time.Second, fanoutSubs: 200, fanoutRate: 500, fanoutDuration: 2 * time.Second, idleConns: 1000, idleSettle: time.Second, tenants: 100, tenantIdle: 10 * time.Second},
-	"full":  {runs: 3, connClients: 5000, p2pPairs: 32, p2pDuration: 10 * time.Second, fanoutSubs: 1000, fanoutRate: 200, fanoutDuration: 10 * time.Second, idleConns: 10000, idleSettle: 3 * time.Second, tenants: 1000, tenantIdle: 30 * time.Second},
+	"quick": {runs: 3, connClients: 500, p2pPairs: 8, p2pDuration: 2 * time.Second, fanoutSubs: 200, fanoutRate: 500, fanoutDuration: 2 * time.Second, idleConns: 1000, idleSettle: time.Second,
+		tenants: 100, tenantDevices: 10, tenantIdle: 10 * time.Second, latencyRate: 2000, latencySizes: []int{16},
+		sustainedQoS: []byte{1}, sustainedStart: 2000, sustainedStep: time.Second, sustainedSteps: 6,
+		faninPubs: 500, faninGroup: 4, faninRate: 5000, faninDuration: time.Second},
+	"full": {runs: 3, connClients: 5000, p2pPairs: 32, p2pDuration: 10 * time.Second, fanoutSubs: 1000, fanoutRate: 200, fanoutDuration: 10 * time.Second, idleConns: 10000, idleSettle: 3 * time.Second,
+		tenants: 1000, tenantDevices: 10, tenantIdle: 30 * time.Second, latencyRate: 5000, latencySizes: []int{16, 256},
+		sustainedQoS: []byte{0, 1}, sustainedStart: 2000, sustainedStep: 3 * time.Second, sustainedSteps: 10,
+		faninPubs: 5000, faninGroup: 8, faninRate: 10000, faninDuration: 5 * time.Second},
 	// smoke checks that every piece runs, in seconds; its figures mean
 	// nothing.
-	"smoke": {runs: 1, connClients: 20, p2pPairs: 2, p2pDuration: 200 * time.Millisecond, fanoutSubs: 5, fanoutRate: 200, fanoutDuration: 200 * time.Millisecond, idleConns: 20, idleSettle: 50 * time.Millisecond, tenants: 5, tenantIdle: time.Second},
+	"smoke": {runs: 1, connClients: 20, p2pPairs: 2, p2pDuration: 200 * time.Millisecond, fanoutSubs: 5, fanoutRate: 200, fanoutDuration: 200 * time.Millisecond, idleConns: 20, idleSettle: 50 * time.Millisecond,
+		tenants: 3, tenantDevices: 2, tenantIdle: time.Second, latencyRate: 200, latencySizes: []int{16, 256},
+		sustainedQoS: []byte{1}, sustainedStart: 200, sustainedStep: 200 * time.Millisecond, sustainedSteps: 2,
+		faninPubs: 20, faninGroup: 2, faninRate: 400, faninDuration: 200 * time.Millisecond},
 }
 
 // process is a broker the suite started.
@@ -312,11 +332,11 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 		return err
 	}
 	defer logs.Close()
-	rtt, err := loopbackRTT()
+	cal, err := calibrate()
 	if err != nil {
 		return err
 	}
-	res := suiteResult{Suite: name, Time: time.Now().UTC(), CPUs: runtime.NumCPU(), Calibration: calibration{LoopbackRTTMicros: float64(rtt.Nanoseconds()) / 1000},
+	res := suiteResult{Suite: name, Time: time.Now().UTC(), CPUs: runtime.NumCPU(), Calibration: cal,
 		Missing: map[string]string{}, Figures: map[string]map[string]float64{}, Runs: map[string]map[string][]any{},
 		Ratios: map[string]*float64{}, Absolute: map[string]*float64{}}
 
@@ -355,66 +375,119 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 		res.Figures[figure][target] = bench.Summarise(values).Median
 		res.Runs[figure][target] = runs
 	}
-	// Idle tenants first, while the process holds nothing else.
+	repeat := func(figure, target string, run func() (any, float64, error)) error {
+		var runs []any
+		var v []float64
+		for range sz.runs {
+			r, x, err := run()
+			if err != nil {
+				return fmt.Errorf("%s %s: %w", target, figure, err)
+			}
+			runs, v = append(runs, r), append(v, x)
+		}
+		record(figure, target, runs, v)
+		return nil
+	}
+	// latency is a p2p run at a fixed rate, judged by its p99 in µs.
+	latency := func(t bench.Target, qos byte, size int) (any, float64, error) {
+		r, err := bench.P2P(ctx, t, sz.p2pPairs, qos, size, sz.latencyRate, sz.p2pDuration)
+		if err == nil && !bench.Sustainable(r, sz.latencyRate, sz.p2pDuration, time.Second) {
+			err = fmt.Errorf("at %d msgs/s: %+v", sz.latencyRate, r)
+		}
+		return r, r.P99 * 1000, err
+	}
+
+	// Idle tenants first, while the process holds nothing else; then, with
+	// them still connected, latency in another tenant.
 	res.Absolute["idle_tenant_memory_bytes"] = nil
 	res.Absolute["idle_tenant_cpu_ms_per_s"] = nil
 	for _, p := range procs {
 		if p.call == nil {
 			continue
 		}
-		mem, cpu, err := idleTenants(ctx, p, sz.tenants, sz.tenantIdle)
+		idle, err := idleTenants(ctx, p, sz.tenants, sz.tenantDevices, sz.tenantIdle)
 		if err != nil {
 			return fmt.Errorf("roost tenants: %w", err)
 		}
-		res.Absolute["idle_tenant_memory_bytes"], res.Absolute["idle_tenant_cpu_ms_per_s"] = &mem, &cpu
-		fmt.Fprintf(out, "%d idle tenants, one idle device connection each: %.0f bytes and %.4f ms CPU/s per tenant\n", sz.tenants, mem, cpu)
+		res.Absolute["idle_tenant_memory_bytes"], res.Absolute["idle_tenant_cpu_ms_per_s"] = &idle.memPerTenant, &idle.cpuMsPerSec
+		fmt.Fprintf(out, "%d idle tenants with %d idle device connections each: %.0f bytes and %.4f ms CPU/s per tenant\n",
+			sz.tenants, sz.tenantDevices, idle.memPerTenant, idle.cpuMsPerSec)
+		err = repeat("p2p_qos1_p99_us_among_idle_tenants", p.target.Name, func() (any, float64, error) { return latency(p.target, 1, 16) })
+		idle.close()
+		if err != nil {
+			return err
+		}
 	}
 	for _, p := range procs {
 		t := p.target
 		fmt.Fprintf(out, "%s ...\n", t.Name)
-		if t.Name != "mochi-default" {
-			for _, qos := range []byte{0, 1} {
-				var runs []any
-				var v []float64
-				for range sz.runs {
+		if t.Name == "mochi-default" { // for memory only
+			if err := repeat("idle_conn_memory", t.Name, func() (any, float64, error) {
+				per, err := bench.IdleConnections(ctx, t, p.pid(), sz.idleConns, sz.idleSettle)
+				return per, per, err
+			}); err != nil {
+				return err
+			}
+			continue
+		}
+		var steps []func() error
+		for _, qos := range []byte{0, 1} {
+			steps = append(steps, func() error {
+				return repeat(fmt.Sprintf("p2p_qos%d_throughput", qos), t.Name, func() (any, float64, error) {
 					r, err := bench.P2P(ctx, t, sz.p2pPairs, qos, 16, 0, sz.p2pDuration)
-					if err != nil {
-						return fmt.Errorf("%s p2p: %w", t.Name, err)
-					}
-					runs, v = append(runs, r), append(v, r.PerSecond)
-				}
-				record(fmt.Sprintf("p2p_qos%d_throughput", qos), t.Name, runs, v)
+					return r, r.PerSecond, err
+				})
+			})
+			for _, size := range sz.latencySizes {
+				steps = append(steps, func() error {
+					return repeat(fmt.Sprintf("p2p_qos%d_%db_p99_us", qos, size), t.Name, func() (any, float64, error) { return latency(t, qos, size) })
+				})
 			}
-			var runs []any
-			var v []float64
-			for range sz.runs {
-				r, err := bench.Fanout(ctx, t, sz.fanoutSubs, 0, sz.fanoutRate, sz.fanoutDuration)
-				if err != nil {
-					return fmt.Errorf("%s fanout: %w", t.Name, err)
-				}
-				runs, v = append(runs, r), append(v, r.PerSecond)
-			}
-			record("fanout_qos0_throughput", t.Name, runs, v)
-			runs, v = nil, nil
-			for range sz.runs {
-				r, err := bench.Conn(ctx, t, sz.connClients, 0, 100*time.Millisecond)
-				if err != nil {
-					return fmt.Errorf("%s conn: %w", t.Name, err)
-				}
-				runs, v = append(runs, r), append(v, r.PerSecond)
-			}
-			record("connect_rate", t.Name, runs, v)
 		}
-		var runs []any
-		var v []float64
-		for range sz.runs {
-			per, err := bench.IdleConnections(ctx, t, p.pid(), sz.idleConns, sz.idleSettle)
-			if err != nil {
-				return fmt.Errorf("%s idle connections: %w", t.Name, err)
-			}
-			runs, v = append(runs, per), append(v, per)
+		for _, qos := range sz.sustainedQoS {
+			steps = append(steps, func() error {
+				return repeat(fmt.Sprintf("p2p_qos%d_sustained", qos), t.Name, func() (any, float64, error) {
+					r, err := bench.MaxSustained(ctx, t, sz.p2pPairs, qos, 16, sz.sustainedStart, sz.sustainedStep, sz.sustainedSteps)
+					return r, r.PerSecond, err
+				})
+			})
 		}
-		record("idle_conn_memory", t.Name, runs, v)
+		steps = append(steps,
+			func() error {
+				return repeat("fanout_qos0_throughput", t.Name, func() (any, float64, error) {
+					r, err := bench.Fanout(ctx, t, sz.fanoutSubs, 0, sz.fanoutRate, sz.fanoutDuration)
+					return r, r.PerSecond, err
+				})
+			},
+			func() error {
+				return repeat("fanin_qos1_throughput", t.Name, func() (any, float64, error) {
+					r, err := bench.Fanin(ctx, t, sz.faninPubs, 0, 1, sz.faninRate, sz.faninDuration)
+					return r, r.PerSecond, err
+				})
+			},
+			func() error {
+				return repeat("fanin_shared_qos1_throughput", t.Name, func() (any, float64, error) {
+					r, err := bench.Fanin(ctx, t, sz.faninPubs, sz.faninGroup, 1, sz.faninRate, sz.faninDuration)
+					return r, r.PerSecond, err
+				})
+			},
+			func() error {
+				return repeat("connect_rate", t.Name, func() (any, float64, error) {
+					r, err := bench.Conn(ctx, t, sz.connClients, 0, 100*time.Millisecond)
+					return r, r.PerSecond, err
+				})
+			},
+			func() error {
+				return repeat("idle_conn_memory", t.Name, func() (any, float64, error) {
+					per, err := bench.IdleConnections(ctx, t, p.pid(), sz.idleConns, sz.idleSettle)
+					return per, per, err
+				})
+			})
+		for _, step := range steps {
+			if err := step(); err != nil {
+				return err
+			}
+		}
 	}
 	ratio := func(figure, a, b string) *float64 {
 		x, okA := res.Figures[figure][a]
@@ -431,8 +504,25 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 	res.Ratios["fanout_qos0_throughput_roost_vs_mosquitto"] = ratio("fanout_qos0_throughput", "roost", "mosquitto")
 	res.Ratios["connect_rate_roost_vs_mosquitto"] = ratio("connect_rate", "roost", "mosquitto")
 	res.Ratios["idle_conn_memory_roost_vs_mochi_default"] = ratio("idle_conn_memory", "roost", "mochi-default")
+	res.Ratios["p2p_qos1_sustained_roost_vs_mochi"] = ratio("p2p_qos1_sustained", "roost", "mochi")
+	res.Ratios["p2p_qos1_sustained_roost_vs_mosquitto"] = ratio("p2p_qos1_sustained", "roost", "mosquitto")
+	res.Ratios["p2p_qos1_p99_latency_roost_vs_mochi"] = ratio("p2p_qos1_16b_p99_us", "roost", "mochi")
+	res.Ratios["p2p_qos1_p99_latency_roost_vs_mosquitto"] = ratio("p2p_qos1_16b_p99_us", "roost", "mosquitto")
+	res.Ratios["fanin_qos1_throughput_roost_vs_mosquitto"] = ratio("fanin_qos1_throughput", "roost", "mosquitto")
+	res.Ratios["fanin_shared_qos1_throughput_roost_vs_mosquitto"] = ratio("fanin_shared_qos1_throughput", "roost", "mosquitto")
+	if among, ok := res.Figures["p2p_qos1_p99_us_among_idle_tenants"]["roost"]; ok {
+		if alone, ok := res.Figures["p2p_qos1_16b_p99_us"]["roost"]; ok && alone > 0 {
+			r := among / alone
+			res.Ratios["p2p_qos1_p99_latency_among_idle_tenants_vs_alone"] = &r
+		}
+	}
 	if m, ok := res.Figures["idle_conn_memory"]["roost"]; ok {
 		res.Absolute["idle_conn_memory_bytes"] = &m
+		// The instance alone: the tenant's share less its idle connections.
+		if t := res.Absolute["idle_tenant_memory_bytes"]; t != nil {
+			inst := *t - float64(sz.tenantDevices)*m
+			res.Absolute["idle_tenant_instance_bytes"] = &inst
+		}
 	}
 
 	printTable(out, res)
@@ -489,15 +579,21 @@ func printTable(out io.Writer, res suiteResult) {
 	for k, why := range res.Missing {
 		fmt.Fprintf(out, "%s: %s\n", k, why)
 	}
-	fmt.Fprintf(out, "loopback RTT %.1f µs, %d CPUs\n", res.Calibration.LoopbackRTTMicros, res.CPUs)
+	fmt.Fprintf(out, "loopback RTT %.1f µs, %.0f small writes/s, %d CPUs\n", res.Calibration.LoopbackRTTMicros, res.Calibration.SmallWritesPerSecond, res.CPUs)
 }
 
-// idleTenants makes n tenants with one device each, connects that device
-// and leaves it idle, and returns what each tenant adds to the broker
-// process: resident memory (its broker instance and one idle connection)
+// idleResult is what idleTenants measured; close disconnects its devices.
+type idleResult struct {
+	memPerTenant, cpuMsPerSec float64
+	close                     func()
+}
+
+// idleTenants makes n tenants with devices devices each, connects them and
+// leaves them idle, and returns what each tenant adds to the broker
+// process: resident memory (its broker instance and its idle connections)
 // and CPU time per second of idling, less what the process used idling
-// before.
-func idleTenants(ctx context.Context, p *process, n int, idle time.Duration) (memPerTenant, cpuMsPerSec float64, err error) {
+// before. The devices stay connected until close.
+func idleTenants(ctx context.Context, p *process, n, devices int, idle time.Duration) (idleResult, error) {
 	cpuIdle := func() (time.Duration, error) {
 		t0, err := bench.CPUTime(p.pid())
 		if err != nil {
@@ -507,45 +603,51 @@ func idleTenants(ctx context.Context, p *process, n int, idle time.Duration) (me
 		t1, err := bench.CPUTime(p.pid())
 		return t1 - t0, err
 	}
-	baseline, err := cpuIdle()
-	if err != nil {
-		return 0, 0, err
-	}
-	before, err := bench.RSS(p.pid())
-	if err != nil {
-		return 0, 0, err
-	}
 	var clients []*mqttc.Client
-	defer func() {
+	res := idleResult{close: func() {
 		for _, c := range clients {
 			c.Close()
 		}
-	}()
+	}}
+	fail := func(err error) (idleResult, error) { res.close(); return idleResult{}, err }
+	baseline, err := cpuIdle()
+	if err != nil {
+		return fail(err)
+	}
+	before, err := bench.RSS(p.pid())
+	if err != nil {
+		return fail(err)
+	}
 	for i := range n {
 		slug := fmt.Sprintf("idle-%04d", i)
-		var device struct{ Secret string }
 		if err := p.call("POST", "/v1/tenants", map[string]string{"slug": slug}, nil); err != nil {
-			return 0, 0, err
+			return fail(err)
 		}
-		if err := p.call("POST", "/v1/tenants/"+slug+"/devices", map[string]string{"name": "d"}, &device); err != nil {
-			return 0, 0, err
+		for d := range devices {
+			var device struct{ Secret string }
+			name := fmt.Sprintf("d%d", d)
+			if err := p.call("POST", "/v1/tenants/"+slug+"/devices", map[string]string{"name": name}, &device); err != nil {
+				return fail(err)
+			}
+			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			c, err := mqttc.Dial(cctx, p.target.Addr, mqttc.Options{ClientID: name, Username: slug + "/" + name, Password: device.Secret, KeepAlive: 600})
+			cancel()
+			if err != nil {
+				return fail(fmt.Errorf("connect %s/%s: %w", slug, name, err))
+			}
+			clients = append(clients, c)
 		}
-		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		c, err := mqttc.Dial(cctx, p.target.Addr, mqttc.Options{ClientID: "d", Username: slug + "/d", Password: device.Secret, KeepAlive: 600})
-		cancel()
-		if err != nil {
-			return 0, 0, fmt.Errorf("connect %s/d: %w", slug, err)
-		}
-		clients = append(clients, c)
 	}
 	time.Sleep(time.Second)
 	after, err := bench.RSS(p.pid())
 	if err != nil {
-		return 0, 0, err
+		return fail(err)
 	}
 	used, err := cpuIdle()
 	if err != nil {
-		return 0, 0, err
+		return fail(err)
 	}
-	return float64(after-before) / float64(n), float64((used - baseline).Microseconds()) / 1000 / idle.Seconds() / float64(n), nil
+	res.memPerTenant = float64(after-before) / float64(n)
+	res.cpuMsPerSec = float64((used - baseline).Microseconds()) / 1000 / idle.Seconds() / float64(n)
+	return res, nil
 }
