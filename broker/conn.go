@@ -33,6 +33,11 @@ type deviceConn struct {
 	pending      []byte // bytes to hand out before reading on: the CONNECT, then each frame header
 	remaining    int    // body bytes of the current frame still to pass through
 	writeTimeout time.Duration
+	// writeDeadline is the deadline last set for writes. It is moved on
+	// only once a quarter of the timeout has passed, so that a busy
+	// connection does not reset a timer with every packet: each write
+	// has at least three quarters of the timeout.
+	writeDeadline time.Time
 
 	// inst is the tenant's broker, whose quotas apply; fixedMax is the
 	// packet size limit when there is none (tests of the framing alone).
@@ -126,9 +131,12 @@ func validSubscribeV5(b0 byte, body []byte) (ok bool) {
 // Write waits for the connection's bandwidth_out, then bounds the write by
 // the write timeout.
 func (c *deviceConn) Write(p []byte) (int, error) {
-	c.throttleWrite(len(p))
+	now := c.throttleWrite(time.Now(), len(p))
 	if c.writeTimeout > 0 {
-		c.Conn.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+		if d := now.Add(c.writeTimeout); d.Sub(c.writeDeadline) > c.writeTimeout/4 {
+			c.writeDeadline = d
+			c.Conn.SetWriteDeadline(d)
+		}
 	}
 	return c.Conn.Write(p)
 }

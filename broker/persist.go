@@ -85,8 +85,11 @@ type persistence struct {
 	// checks before the client reconnects.
 	devices map[string]string
 	// stored holds the client ids that have a session record in the store,
-	// so that the many clean connections cost no store write.
-	stored map[string]bool
+	// so that the many clean connections cost no store write; storedN is
+	// its size, read without the lock by every publish: with no persistent
+	// session in the tenant there is nothing to queue.
+	stored  map[string]bool
+	storedN atomic.Int64
 	// dropped counts, per client id, messages dropped from a full queue
 	// since the tenant's broker started.
 	dropped map[string]int64
@@ -156,6 +159,9 @@ var errNotStored = errors.New("message not stored")
 // retained, before mochi acknowledges it. It returns the packet to route,
 // tagged so that deliveries can be matched to their store numbers.
 func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if !pk.FixedHeader.Retain && (pk.FixedHeader.Qos == 0 || p.storedN.Load() == 0) {
+		return pk, nil
+	}
 	ctx, cancel := storeCtx()
 	defer cancel()
 	if pk.FixedHeader.Retain {
@@ -580,6 +586,7 @@ func (p *persistence) save(cl *mqtt.Client, disconnected time.Time) {
 		if err = p.st.SaveSession(ctx, p.tenant, rec); err == nil {
 			p.mu.Lock()
 			p.stored[cl.ID] = true
+			p.storedN.Store(int64(len(p.stored)))
 			p.devices[cl.ID] = rec.Device
 			p.mu.Unlock()
 		}
@@ -603,6 +610,7 @@ func (p *persistence) drop(ctx context.Context, clientID string) error {
 	delete(p.received, clientID)
 	stored := p.stored[clientID]
 	delete(p.stored, clientID)
+	p.storedN.Store(int64(len(p.stored)))
 	p.mu.Unlock()
 	if !stored {
 		return nil
@@ -647,6 +655,7 @@ func (p *persistence) restore() ([]storage.Client, []storage.Subscription, []sto
 		clients = append(clients, c)
 		p.devices[s.ClientID] = s.Device
 		p.stored[s.ClientID] = true
+		p.storedN.Store(int64(len(p.stored)))
 		for _, sub := range s.Subscriptions {
 			subs = append(subs, storage.Subscription{T: storage.SubscriptionKey, Client: s.ClientID, Filter: sub.Filter, Qos: sub.QoS,
 				NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, RetainHandling: sub.RetainHandling, Identifier: sub.Identifier})

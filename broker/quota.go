@@ -222,23 +222,27 @@ func (dc *deviceConn) throttleRead(n int) {
 	if dc.inst == nil || n <= 0 {
 		return
 	}
-	if wait := time.Until(dc.limits.pausedUntil); wait > 0 {
+	now := time.Now()
+	if wait := dc.limits.pausedUntil.Sub(now); wait > 0 {
 		time.Sleep(wait)
 	}
 	r := float64(dc.inst.quotas().BandwidthIn)
-	if wait := dc.limits.in.Reserve(time.Now(), float64(n), r, r*burstSeconds); wait > 0 {
+	if wait := dc.limits.in.Reserve(now, float64(n), r, r*burstSeconds); wait > 0 {
 		time.Sleep(wait)
 	}
 }
 
-func (dc *deviceConn) throttleWrite(n int) {
+// throttleWrite returns the time after any wait.
+func (dc *deviceConn) throttleWrite(now time.Time, n int) time.Time {
 	if dc.inst == nil || n <= 0 {
-		return
+		return now
 	}
 	r := float64(dc.inst.quotas().BandwidthOut)
-	if wait := dc.limits.out.Reserve(time.Now(), float64(n), r, r*burstSeconds); wait > 0 {
+	if wait := dc.limits.out.Reserve(now, float64(n), r, r*burstSeconds); wait > 0 {
 		time.Sleep(wait)
+		return time.Now()
 	}
+	return now
 }
 
 // maxPacket is the tenant's max_packet_size as it is now; 0 for none.

@@ -77,7 +77,7 @@ func TestSuiteSmoke(t *testing.T) {
 		t.Fatal(err)
 	}
 	var res struct {
-		Targets []string
+		Targets  []string
 		Ratios   map[string]*float64
 		Absolute map[string]*float64
 		Missing  map[string]string

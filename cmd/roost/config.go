@@ -32,6 +32,8 @@ type config struct {
 	HBaseURL     string
 	// KafkaBrokers, comma-separated, sends lifecycle events to Kafka.
 	KafkaBrokers string
+	// DebugAddr serves Go's profiler (net/http/pprof); empty: off.
+	DebugAddr string
 }
 
 // setting describes one configuration value.
@@ -58,6 +60,7 @@ func (c *config) settings() []setting {
 		{"redis-url", "redis://host:port/db for the redis session store", "", &c.RedisURL},
 		{"hbase-url", "http://host:port of HBase's REST gateway for the hbase session store", "", &c.HBaseURL},
 		{"kafka-brokers", "host:port[,host:port] of Kafka for lifecycle events (topic roost.events); empty keeps them in memory", "", &c.KafkaBrokers},
+		{"debug-addr", "address for Go's profiler at /debug/pprof/ (keep it on loopback: it has no authentication); empty: off", "", &c.DebugAddr},
 	}
 }
 
@@ -127,6 +130,11 @@ func (c *config) Validate() error {
 	}
 	if err := validAddr(c.MQTTAddr); err != nil {
 		return fmt.Errorf("ROOST_MQTT_ADDR: %w", err)
+	}
+	if c.DebugAddr != "" {
+		if err := validAddr(c.DebugAddr); err != nil {
+			return fmt.Errorf("ROOST_DEBUG_ADDR: %w", err)
+		}
 	}
 	if c.HTTPAddr == c.MQTTAddr && !strings.HasSuffix(c.HTTPAddr, ":0") {
 		return errors.New("ROOST_MQTT_ADDR: must differ from ROOST_HTTP_ADDR")

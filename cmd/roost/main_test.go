@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -136,6 +137,7 @@ func TestBadConfig(t *testing.T) {
 		{map[string]string{"ROOST_ADMIN_TOKEN": "short"}, nil, "ROOST_ADMIN_TOKEN"},
 		{map[string]string{"ROOST_PUBLIC_URL": "ftp://x"}, nil, "ROOST_PUBLIC_URL"},
 		{map[string]string{"ROOST_LOG_FORMAT": "xml"}, nil, "ROOST_LOG_FORMAT"},
+		{map[string]string{"ROOST_DEBUG_ADDR": "localhost"}, nil, "ROOST_DEBUG_ADDR"},
 		{map[string]string{"ROOST_TOKEN_TTL": "forever"}, nil, "ROOST_TOKEN_TTL"},
 		{map[string]string{"ROOST_TOKEN_TTL": "1s"}, nil, "ROOST_TOKEN_TTL"},
 		{map[string]string{"ROOST_SESSION_STORE": "floppy"}, nil, "ROOST_SESSION_STORE"},
@@ -251,5 +253,29 @@ func TestMigrateCommand(t *testing.T) {
 	out.Reset()
 	if err := run(context.Background(), []string{"migrate", "--data-dir", dir}, env(nil), &out, &out); err != nil || !strings.Contains(out.String(), "up to date") {
 		t.Fatalf("second migrate: %v %q", err, out.String())
+	}
+}
+
+// TestServeProfilerOnlyWhenAsked: --debug-addr serves Go's profiler on its
+// own listener; the API never does.
+func TestServeProfilerOnlyWhenAsked(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	debug := ln.Addr().String()
+	ln.Close()
+	h := startServe(t, map[string]string{"ROOST_DATA_DIR": t.TempDir()}, "--debug-addr", debug)
+	resp, err := http.Get("http://" + debug + "/debug/pprof/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || len(b) == 0 {
+		t.Errorf("profiler: %d %q", resp.StatusCode, b)
+	}
+	if code, _ := get(t, h.url+"/debug/pprof/", ""); code != 404 {
+		t.Errorf("the API serves /debug/pprof/: %d", code)
 	}
 }

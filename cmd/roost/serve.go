@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"strings"
@@ -138,6 +139,18 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		ln.Close()
 		return fmt.Errorf("ROOST_MQTT_ADDR: %w", err)
 	}
+	if c.DebugAddr != "" {
+		debugLn, err := net.Listen("tcp", c.DebugAddr)
+		if err != nil {
+			ln.Close()
+			mqttLn.Close()
+			return fmt.Errorf("ROOST_DEBUG_ADDR: %w", err)
+		}
+		debug := &http.Server{Handler: debugMux(), ReadHeaderTimeout: 10 * time.Second}
+		go debug.Serve(debugLn)
+		defer debug.Close()
+		log.Warn("profiler on; keep this address private", "debug", debugLn.Addr().String())
+	}
 	httpServer := &http.Server{
 		Handler:           srv,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -173,6 +186,17 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	return nil
+}
+
+// debugMux serves Go's profiler, and nothing else.
+func debugMux() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return mux
 }
 
 // displayAddr turns a wildcard listen address into one a user can open.
