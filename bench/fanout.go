@@ -109,29 +109,35 @@ func Fanout(ctx context.Context, t Target, subs int, qos byte, rate int, d time.
 
 // IdleConnections opens n connections that then do nothing, and returns the
 // growth of the broker process's resident memory per connection, read from
-// /proc after settle. The connections are closed before it returns.
-func IdleConnections(ctx context.Context, t Target, pid, n int, settle time.Duration) (float64, error) {
-	before, err := RSS(pid)
-	if err != nil {
-		return 0, err
-	}
+// /proc after settle. The connections stay open until close is called, so
+// that a later run measures fresh growth rather than memory this run's
+// connections left behind for reuse.
+func IdleConnections(ctx context.Context, t Target, pid, n int, settle time.Duration) (per float64, close func(), err error) {
+	var mu sync.Mutex
 	clients := make([]*mqttc.Client, 0, n)
-	defer func() {
+	close = func() {
+		mu.Lock()
+		defer mu.Unlock()
 		for _, c := range clients {
 			c.Close()
 		}
-	}()
-	var mu sync.Mutex
+		clients = nil
+	}
+	before, err := RSS(pid)
+	if err != nil {
+		return 0, close, err
+	}
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 32)
 	var failed atomic.Int64
+	prefix := fmt.Sprintf("idle-%d-", runs.Add(1))
 	for i := range n {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
-			c, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("idle-%d", i)))
+			c, err := mqttc.Dial(cctx, t.Addr, t.options(prefix+strconv.Itoa(i)))
 			if err != nil {
 				failed.Add(1)
 				return
@@ -143,14 +149,14 @@ func IdleConnections(ctx context.Context, t Target, pid, n int, settle time.Dura
 	}
 	wg.Wait()
 	if f := failed.Load(); f > 0 {
-		return 0, fmt.Errorf("%d of %d idle connections failed", f, n)
+		return 0, close, fmt.Errorf("%d of %d idle connections failed", f, n)
 	}
 	time.Sleep(settle)
 	after, err := RSS(pid)
 	if err != nil {
-		return 0, err
+		return 0, close, err
 	}
-	return float64(after-before) / float64(n), nil
+	return float64(after-before) / float64(n), close, nil
 }
 
 // RSS is a process's resident set in bytes, from /proc.

@@ -38,11 +38,13 @@ func TestScenariosSmoke(t *testing.T) {
 	}
 	// The broker runs in this process: its memory is ours, and what the
 	// runtime already holds may be reused, so only the reading is checked.
-	if per, err := bench.IdleConnections(ctx, target, os.Getpid(), 100, 10*time.Millisecond); err != nil {
+	per, closeIdle, err := bench.IdleConnections(ctx, target, os.Getpid(), 100, 10*time.Millisecond)
+	if err != nil {
 		t.Errorf("idle connections: %v", err)
 	} else {
 		t.Logf("%.0f bytes per idle connection (broker and clients together)", per)
 	}
+	closeIdle()
 	r, err := bench.P2P(ctx, target, 2, 1, 16, 400, 250*time.Millisecond) // fixed rate
 	if err != nil || r.Tally.Lost != 0 || r.Sent < 50 || r.Sent > 150 {
 		t.Errorf("p2p at 400/s for 250ms: %+v, %v", r, err)
