@@ -28,7 +28,8 @@ type FanoutResult struct {
 // rate messages a second (0: as fast as it goes). Delivered messages a
 // second counts every copy.
 func Fanout(ctx context.Context, t Target, subs int, qos byte, rate int, d time.Duration) (FanoutResult, error) {
-	topic := runTopic("fan", runs.Add(1), -1)
+	run := runs.Add(1)
+	topic := runTopic("fan", run, -1)
 	var lat Latencies
 	var delivered atomic.Int64
 	streams := make([]Streams, subs)
@@ -40,7 +41,7 @@ func Fanout(ctx context.Context, t Target, subs int, qos byte, rate int, d time.
 	}()
 	for i := range subs {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		c, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("fan-%d", i)))
+		c, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("fan-%d-%d", run, i)))
 		if err != nil {
 			cancel()
 			return FanoutResult{}, fmt.Errorf("subscriber %d: %w", i, err)
@@ -64,7 +65,7 @@ func Fanout(ctx context.Context, t Target, subs int, qos byte, rate int, d time.
 		}
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	pub, err := mqttc.Dial(cctx, t.Addr, t.options("fan-pub"))
+	pub, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("fan-pub-%d", run)))
 	cancel()
 	if err != nil {
 		return FanoutResult{}, fmt.Errorf("publisher: %w", err)
@@ -109,7 +110,8 @@ func Fanout(ctx context.Context, t Target, subs int, qos byte, rate int, d time.
 
 // IdleConnections opens n connections that then do nothing, and returns the
 // growth of the broker process's resident memory per connection, read from
-// /proc after settle. The connections stay open until close is called, so
+// /proc after settle (and after GC, for a target that can be asked to). The
+// connections stay open until close is called, so
 // that a later run measures fresh growth rather than memory this run's
 // connections left behind for reuse.
 func IdleConnections(ctx context.Context, t Target, pid, n int, settle time.Duration) (per float64, close func(), err error) {
@@ -123,7 +125,15 @@ func IdleConnections(ctx context.Context, t Target, pid, n int, settle time.Dura
 		}
 		clients = nil
 	}
-	before, err := RSS(pid)
+	rss := func() (int64, error) {
+		if t.GC != nil {
+			if err := t.GC(); err != nil {
+				return 0, fmt.Errorf("GC: %w", err)
+			}
+		}
+		return RSS(pid)
+	}
+	before, err := rss()
 	if err != nil {
 		return 0, close, err
 	}
@@ -152,7 +162,7 @@ func IdleConnections(ctx context.Context, t Target, pid, n int, settle time.Dura
 		return 0, close, fmt.Errorf("%d of %d idle connections failed", f, n)
 	}
 	time.Sleep(settle)
-	after, err := RSS(pid)
+	after, err := rss()
 	if err != nil {
 		return 0, close, err
 	}

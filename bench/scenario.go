@@ -21,6 +21,9 @@ type Target struct {
 	Username     string `json:"-"`
 	Password     string `json:"-"`
 	ClientPrefix string `json:"-"`
+	// GC, when set, has a Go broker collect garbage and return freed
+	// memory to the system, so that resident memory is read after GC.
+	GC func() error `json:"-"`
 }
 
 func (t Target) options(id string) mqttc.Options {
@@ -40,6 +43,7 @@ type ConnResult struct {
 // Conn connects n clients, at most rate a second (0: as fast as they go,
 // with 64 dialing at once), holds them for hold, and disconnects them.
 func Conn(ctx context.Context, t Target, n, rate int, hold time.Duration) (ConnResult, error) {
+	run := runs.Add(1)
 	var lat Latencies
 	var failures atomic.Int64
 	var firstErr atomic.Value
@@ -67,7 +71,7 @@ func Conn(ctx context.Context, t Target, n, rate int, hold time.Duration) (ConnR
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
 			began := time.Now()
-			c, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("conn-%d", i)))
+			c, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("conn-%d-%d", run, i)))
 			if err != nil {
 				failures.Add(1)
 				firstErr.CompareAndSwap(nil, err.Error())
@@ -96,10 +100,17 @@ func Conn(ctx context.Context, t Target, n, rate int, hold time.Duration) (ConnR
 	return r, nil
 }
 
-// runs numbers scenario runs, so that each uses topics of its own: a
-// message still in a broker from an earlier run (a QoS 0 flood it had not
-// finished reading) must not land in a later run's counts.
+// runs numbers scenario runs, so that each uses topics and client ids of
+// its own: a message still in a broker from an earlier run (a QoS 0 flood
+// it had not finished reading) must not land in a later run's counts, and
+// a run must not depend on how a broker hands a client id over from a
+// connection it is still tearing down (with reused ids, one subscriber of
+// a run right after a QoS 0 flood received nothing on bare mochi).
 var runs atomic.Int64
+
+// Runs of separate load-generator processes against one broker differ
+// too: numbering starts at a point taken from the clock.
+func init() { runs.Store(time.Now().UnixNano() / 1000 % 1_000_000_000 * 100) }
 
 // runTopic is a topic of this run: base/<run>/<i>, or base/<run> for i < 0.
 func runTopic(base string, run int64, i int) string {
@@ -152,7 +163,7 @@ func P2P(ctx context.Context, t Target, pairs int, qos byte, size int, rate int,
 	for i := range pairs {
 		topic := runTopic("p2p", run, i)
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		sub, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("sub-%d", i)))
+		sub, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("sub-%d-%d", run, i)))
 		if err != nil {
 			cancel()
 			return P2PResult{}, fmt.Errorf("subscriber %d: %w", i, err)
@@ -170,7 +181,7 @@ func P2P(ctx context.Context, t Target, pairs int, qos byte, size int, rate int,
 			cancel()
 			return P2PResult{}, fmt.Errorf("subscribe %s: %v (code %#x)", topic, err, code)
 		}
-		pub, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("pub-%d", i)))
+		pub, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("pub-%d-%d", run, i)))
 		cancel()
 		if err != nil {
 			return P2PResult{}, fmt.Errorf("publisher %d: %w", i, err)

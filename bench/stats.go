@@ -4,6 +4,7 @@
 package bench
 
 import (
+	"fmt"
 	"math"
 	"slices"
 	"sync"
@@ -54,6 +55,8 @@ func percentile(s []time.Duration, p float64) time.Duration {
 type Streams struct {
 	mu      sync.Mutex
 	streams map[string]*stream
+	// first describes the first message out of order, for the report.
+	first string
 }
 
 type stream struct {
@@ -83,6 +86,9 @@ func (s *Streams) Seen(name string, n uint64) {
 	st.seen[n] = true
 	if st.any && n < st.last {
 		st.ooo++
+		if s.first == "" {
+			s.first = fmt.Sprintf("%s: %d after %d", name, n, st.last)
+		}
 	}
 	st.any, st.last = true, max(st.last, n)
 }
@@ -93,6 +99,8 @@ type Tally struct {
 	Lost       int `json:"lost"`
 	Duplicates int `json:"duplicates"`
 	OutOfOrder int `json:"out_of_order"`
+	// FirstOutOfOrder names the first message that arrived out of order.
+	FirstOutOfOrder string `json:"first_out_of_order,omitempty"`
 }
 
 // Tally counts, given how many messages (numbered 0 to sent-1) each stream
@@ -100,7 +108,7 @@ type Tally struct {
 func (s *Streams) Tally(sent map[string]uint64) Tally {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	var t Tally
+	t := Tally{FirstOutOfOrder: s.first}
 	for name, n := range sent {
 		st := s.streams[name]
 		got := 0

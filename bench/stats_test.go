@@ -36,7 +36,7 @@ func TestStreamsCountLossDuplicatesOrder(t *testing.T) {
 		s.Seen("b", n)
 	}
 	got := s.Tally(map[string]uint64{"a": 6, "b": 4, "c": 2}) // c got nothing
-	want := Tally{Received: 5 + 4, Lost: 1 + 2, Duplicates: 1, OutOfOrder: 1}
+	want := Tally{Received: 5 + 4, Lost: 1 + 2, Duplicates: 1, OutOfOrder: 1, FirstOutOfOrder: "a: 2 after 3"}
 	if got != want {
 		t.Errorf("tally %+v, want %+v", got, want)
 	}

@@ -79,6 +79,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		outDir   = fs.String("out", "bench/results", "for -suite: where <suite>.json goes")
 		mochi    = fs.String("serve-mochi", "", "internal: serve bare mochi-mqtt on this address")
 		tuned    = fs.Bool("mochi-tuned", false, "internal: with Roost's tuning")
+		mochiDbg = fs.String("mochi-debug", "", "internal: debug listener of the bare mochi-mqtt broker")
 	)
 	fs.StringVar(&t.Name, "name", "target", "the target's name in the report")
 	fs.StringVar(&t.Addr, "addr", "127.0.0.1:1883", "broker address")
@@ -90,7 +91,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	}
 	switch {
 	case *mochi != "":
-		return serveMochi(*mochi, *tuned)
+		return serveMochi(*mochi, *mochiDbg, *tuned)
 	case *suite != "":
 		return runSuite(ctx, *suite, *roostBin, *outDir, out)
 	}

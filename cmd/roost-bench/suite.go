@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"sort"
 	"time"
 
@@ -132,7 +133,11 @@ func startMochi(name string, tuned bool, logs io.Writer) (*process, error) {
 	if err != nil {
 		return nil, err
 	}
-	args := []string{"-serve-mochi", addr}
+	debugAddr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"-serve-mochi", addr, "-mochi-debug", debugAddr}
 	if tuned {
 		args = append(args, "-mochi-tuned")
 	}
@@ -141,7 +146,7 @@ func startMochi(name string, tuned bool, logs io.Writer) (*process, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	p := &process{target: bench.Target{Name: name, Addr: addr, ClientPrefix: "b-"}, cmd: cmd}
+	p := &process{target: bench.Target{Name: name, Addr: addr, ClientPrefix: "b-", GC: gcAt(debugAddr)}, cmd: cmd}
 	if err := waitPort(addr, 10*time.Second); err != nil {
 		p.stop()
 		return nil, err
@@ -149,8 +154,37 @@ func startMochi(name string, tuned bool, logs io.Writer) (*process, error) {
 	return p, nil
 }
 
-// serveMochi is the child process of startMochi.
-func serveMochi(addr string, tuned bool) error {
+// gcAt asks the broker whose debug listener is at addr to collect garbage
+// and return freed memory to the system.
+func gcAt(addr string) func() error {
+	return func() error {
+		resp, err := http.Post("http://"+addr+"/debug/gc", "", nil)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNoContent {
+			return fmt.Errorf("POST /debug/gc: %s", resp.Status)
+		}
+		return nil
+	}
+}
+
+// serveMochi is the child process of startMochi. Its debug listener
+// answers POST /debug/gc as roost serve's does.
+func serveMochi(addr, debugAddr string, tuned bool) error {
+	if debugAddr != "" {
+		mux := http.NewServeMux()
+		mux.HandleFunc("POST /debug/gc", func(w http.ResponseWriter, _ *http.Request) {
+			debug.FreeOSMemory()
+			w.WriteHeader(http.StatusNoContent)
+		})
+		ln, err := net.Listen("tcp", debugAddr)
+		if err != nil {
+			return err
+		}
+		go http.Serve(ln, mux)
+	}
 	opts := &mqtt.Options{}
 	if tuned {
 		caps := mqtt.NewDefaultServerCapabilities()
@@ -235,10 +269,14 @@ func startRoost(ctx context.Context, bin, dir string, logs io.Writer) (*process,
 	if err != nil {
 		return nil, err
 	}
+	debugAddr, err := freePort()
+	if err != nil {
+		return nil, err
+	}
 	const admin = "rop_roost-bench-operator-token"
 	cmd := pinned(bin, "serve")
 	cmd.Env = append(os.Environ(), "ROOST_DATA_DIR="+filepath.Join(dir, "roost"), "ROOST_MQTT_ADDR="+mqttAddr,
-		"ROOST_HTTP_ADDR="+httpAddr, "ROOST_ADMIN_TOKEN="+admin)
+		"ROOST_HTTP_ADDR="+httpAddr, "ROOST_ADMIN_TOKEN="+admin, "ROOST_DEBUG_ADDR="+debugAddr)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -298,7 +336,7 @@ func startRoost(ctx context.Context, bin, dir string, logs io.Writer) (*process,
 	if err := errors.Join(steps...); err != nil {
 		return fail(err)
 	}
-	p.target = bench.Target{Name: "roost", Addr: mqttAddr, Username: "bench/bench", Password: device.Secret, ClientPrefix: "b-"}
+	p.target = bench.Target{Name: "roost", Addr: mqttAddr, Username: "bench/bench", Password: device.Secret, ClientPrefix: "b-", GC: gcAt(debugAddr)}
 	p.call = func(method, path string, body, out any) error { return call(method, path, session.Token, body, out) }
 	time.Sleep(200 * time.Millisecond) // the quota change reaches the data plane
 	return p, nil
@@ -600,7 +638,7 @@ type idleResult struct {
 
 // idleTenants makes n tenants with devices devices each, connects them and
 // leaves them idle, and returns what each tenant adds to the broker
-// process: resident memory (its broker instance and its idle connections)
+// process: resident memory after GC (its broker instance and its idle connections)
 // and CPU time per second of idling, less what the process used idling
 // before. The devices stay connected until close.
 func idleTenants(ctx context.Context, p *process, n, devices int, idle time.Duration) (idleResult, error) {
@@ -624,7 +662,13 @@ func idleTenants(ctx context.Context, p *process, n, devices int, idle time.Dura
 	if err != nil {
 		return fail(err)
 	}
-	before, err := bench.RSS(p.pid())
+	rss := func() (int64, error) {
+		if err := p.target.GC(); err != nil {
+			return 0, err
+		}
+		return bench.RSS(p.pid())
+	}
+	before, err := rss()
 	if err != nil {
 		return fail(err)
 	}
@@ -649,7 +693,7 @@ func idleTenants(ctx context.Context, p *process, n, devices int, idle time.Dura
 		}
 	}
 	time.Sleep(time.Second)
-	after, err := bench.RSS(p.pid())
+	after, err := rss()
 	if err != nil {
 		return fail(err)
 	}

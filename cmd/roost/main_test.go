@@ -275,6 +275,9 @@ func TestServeProfilerOnlyWhenAsked(t *testing.T) {
 	if resp.StatusCode != 200 || len(b) == 0 {
 		t.Errorf("profiler: %d %q", resp.StatusCode, b)
 	}
+	if code, _ := post(t, "http://"+debug+"/debug/gc", "", nil); code != 204 {
+		t.Errorf("POST /debug/gc: %d", code)
+	}
 	if code, _ := get(t, h.url+"/debug/pprof/", ""); code != 404 {
 		t.Errorf("the API serves /debug/pprof/: %d", code)
 	}

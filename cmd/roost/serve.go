@@ -13,6 +13,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -188,9 +189,15 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	return nil
 }
 
-// debugMux serves Go's profiler, and nothing else.
+// debugMux serves Go's profiler, and POST /debug/gc, which collects garbage
+// and returns freed memory to the system (benchmarks read resident memory
+// after it).
 func debugMux() *http.ServeMux {
 	mux := http.NewServeMux()
+	mux.HandleFunc("POST /debug/gc", func(w http.ResponseWriter, _ *http.Request) {
+		debug.FreeOSMemory()
+		w.WriteHeader(http.StatusNoContent)
+	})
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
