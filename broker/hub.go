@@ -202,6 +202,20 @@ func (h *Hub) Serve(ln net.Listener) error {
 	}
 }
 
+// ServeConn serves one device connection that arrived some other way than
+// a listener given to Serve (MQTT over WebSocket), and returns when it ends.
+func (h *Hub) ServeConn(conn net.Conn) {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		conn.Close()
+		return
+	}
+	h.wg.Add(1)
+	h.mu.Unlock()
+	h.handle(conn)
+}
+
 // Close stops accepting, disconnects every client and stops every instance.
 // A second Close does nothing.
 func (h *Hub) Close() error {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -34,14 +35,24 @@ type config struct {
 	KafkaBrokers string
 	// DebugAddr serves Go's profiler (net/http/pprof); empty: off.
 	DebugAddr string
+	// Device transports besides plain TCP; empty addresses are off.
+	MQTTTLSAddr string
+	WSAddr      string
+	WSSAddr     string
+	TLSCert     string
+	TLSKey      string
+	DevTLS      bool // makes a local CA and certificate in the data dir
 }
+
+// tlsListeners reports whether any listener needs a certificate.
+func (c *config) tlsListeners() bool { return c.MQTTTLSAddr != "" || c.WSSAddr != "" }
 
 // setting describes one configuration value.
 type setting struct {
 	name  string // flag name; the variable is ROOST_ + upper-case name with _
 	usage string
 	def   string
-	dest  any // *string or *time.Duration
+	dest  any // *string, *time.Duration or *bool
 }
 
 func (c *config) settings() []setting {
@@ -60,6 +71,12 @@ func (c *config) settings() []setting {
 		{"redis-url", "redis://host:port/db for the redis session store", "", &c.RedisURL},
 		{"hbase-url", "http://host:port of HBase's REST gateway for the hbase session store", "", &c.HBaseURL},
 		{"kafka-brokers", "host:port[,host:port] of Kafka for lifecycle events (topic roost.events); empty keeps them in memory", "", &c.KafkaBrokers},
+		{"mqtt-tls-addr", "address of the MQTT over TLS listener (ALPN mqtt; with --wss-addr the same, one port serves both); empty: off, or :8883 with --dev-tls", "", &c.MQTTTLSAddr},
+		{"ws-addr", "address of the MQTT over WebSocket listener (path /mqtt, subprotocol mqtt); empty: off", "", &c.WSAddr},
+		{"wss-addr", "address of the MQTT over WebSocket over TLS listener; empty: off", "", &c.WSSAddr},
+		{"tls-cert", "PEM certificate (chain) file of the TLS listeners; reloaded when it changes", "", &c.TLSCert},
+		{"tls-key", "PEM private key file of --tls-cert", "", &c.TLSKey},
+		{"dev-tls", "make a local CA and a certificate for localhost in <data dir>/tls (clients trust ca.pem) for the TLS listeners", "false", &c.DevTLS},
 		{"debug-addr", "address for Go's profiler at /debug/pprof/ (keep it on loopback: it has no authentication); empty: off", "", &c.DebugAddr},
 	}
 }
@@ -89,6 +106,12 @@ func parseConfig(name string, args []string, getenv func(string) string) (*confi
 				return nil, fmt.Errorf("%s: %q is not a duration like 12h or 30m", envName(s.name), v)
 			}
 			fs.DurationVar(d, s.name, dur, usage)
+		case *bool:
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %q is not true or false", envName(s.name), v)
+			}
+			fs.BoolVar(d, s.name, b, usage)
 		}
 	}
 	if err := fs.Parse(args); err != nil {
@@ -131,10 +154,23 @@ func (c *config) Validate() error {
 	if err := validAddr(c.MQTTAddr); err != nil {
 		return fmt.Errorf("ROOST_MQTT_ADDR: %w", err)
 	}
-	if c.DebugAddr != "" {
-		if err := validAddr(c.DebugAddr); err != nil {
-			return fmt.Errorf("ROOST_DEBUG_ADDR: %w", err)
+	if c.DevTLS && c.MQTTTLSAddr == "" {
+		c.MQTTTLSAddr = ":8883"
+	}
+	for name, addr := range map[string]string{"ROOST_DEBUG_ADDR": c.DebugAddr, "ROOST_MQTT_TLS_ADDR": c.MQTTTLSAddr, "ROOST_WS_ADDR": c.WSAddr, "ROOST_WSS_ADDR": c.WSSAddr} {
+		if addr != "" {
+			if err := validAddr(addr); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
 		}
+	}
+	switch {
+	case (c.TLSCert == "") != (c.TLSKey == ""):
+		return errors.New("ROOST_TLS_CERT and ROOST_TLS_KEY: set both or neither")
+	case c.TLSCert != "" && c.DevTLS:
+		return errors.New("ROOST_DEV_TLS: the development certificate and ROOST_TLS_CERT exclude each other")
+	case c.tlsListeners() && c.TLSCert == "" && !c.DevTLS:
+		return errors.New("ROOST_TLS_CERT: the TLS listeners need a certificate and key (or ROOST_DEV_TLS=true on a laptop)")
 	}
 	if c.HTTPAddr == c.MQTTAddr && !strings.HasSuffix(c.HTTPAddr, ":0") {
 		return errors.New("ROOST_MQTT_ADDR: must differ from ROOST_HTTP_ADDR")

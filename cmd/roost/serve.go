@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -31,6 +32,7 @@ import (
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/kafkaexport"
 	"github.com/roosthub/roost/tenants"
+	"github.com/roosthub/roost/transport"
 )
 
 func newLogger(format string, w io.Writer) *slog.Logger {
@@ -165,6 +167,13 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	go func() { errc <- httpServer.Serve(ln) }()
 	mqttErr := make(chan error, 1)
 	go func() { mqttErr <- hub.Serve(mqttLn) }()
+	stopTransports, err := startTransports(c, log, hub, stdout)
+	if err != nil {
+		hub.Close()
+		ln.Close()
+		return err
+	}
+	defer stopTransports()
 	fmt.Fprintf(stdout, "Roost %s: API on http://%s, MQTT on mqtt://%s\n", roost.Version, displayAddr(ln.Addr()), displayAddr(mqttLn.Addr()))
 	log.Info("serving", "http", ln.Addr().String(), "mqtt", mqttLn.Addr().String(), "version", roost.Version)
 
@@ -187,6 +196,87 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	return nil
+}
+
+// startTransports opens the device listeners besides plain TCP that the
+// configuration asks for: MQTT over TLS, WebSocket and WebSocket over TLS
+// (one TLS port serves MQTT and WebSocket when both are given the same
+// address), and prints where they are.
+func startTransports(c *config, log *slog.Logger, hub *broker.Hub, stdout io.Writer) (stop func(), err error) {
+	var closers []func()
+	stop = func() {
+		for _, f := range closers {
+			f()
+		}
+	}
+	fail := func(setting string, err error) (func(), error) {
+		stop()
+		return nil, fmt.Errorf("%s: %w", setting, err)
+	}
+	var tlsConf *tls.Config
+	trust := ""
+	if c.tlsListeners() {
+		certFile, keyFile := c.TLSCert, c.TLSKey
+		if c.DevTLS {
+			files, err := transport.DevCertificates(filepath.Join(c.DataDir, "tls"))
+			if err != nil {
+				return fail("ROOST_DEV_TLS", err)
+			}
+			certFile, keyFile, trust = files.Cert, files.Key, " (clients trust "+files.CA+")"
+		}
+		cert, err := transport.LoadCertificate(certFile, keyFile, log)
+		if err != nil {
+			return fail("ROOST_TLS_CERT", err)
+		}
+		tlsConf = transport.ServerConfig(cert)
+	}
+	serveWeb := func(ln net.Listener) {
+		srv := &http.Server{Handler: transport.WebSocket(hub.ServeConn, log), ReadHeaderTimeout: c.ConnectTimeout,
+			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+		go srv.Serve(ln)
+		closers = append(closers, func() { srv.Close() })
+	}
+	serveMQTT := func(ln net.Listener, name string) {
+		go func() {
+			if err := hub.Serve(ln); err != nil {
+				log.Error("listener stopped", "listener", name, "err", err)
+			}
+		}()
+		closers = append(closers, func() { ln.Close() })
+	}
+	if c.MQTTTLSAddr != "" {
+		l, err := net.Listen("tcp", c.MQTTTLSAddr)
+		if err != nil {
+			return fail("ROOST_MQTT_TLS_ADDR", err)
+		}
+		tl := tls.NewListener(l, tlsConf)
+		if c.WSSAddr == c.MQTTTLSAddr {
+			m, w := transport.Split(tl, c.ConnectTimeout)
+			serveMQTT(m, "mqtts")
+			serveWeb(w)
+			fmt.Fprintf(stdout, "MQTT over TLS on mqtts://%[1]s and over WebSocket on wss://%[1]s%[2]s%[3]s\n", displayAddr(l.Addr()), transport.WebSocketPath, trust)
+		} else {
+			serveMQTT(tl, "mqtts")
+			fmt.Fprintf(stdout, "MQTT over TLS on mqtts://%s%s\n", displayAddr(l.Addr()), trust)
+		}
+	}
+	if c.WSSAddr != "" && c.WSSAddr != c.MQTTTLSAddr {
+		l, err := net.Listen("tcp", c.WSSAddr)
+		if err != nil {
+			return fail("ROOST_WSS_ADDR", err)
+		}
+		serveWeb(tls.NewListener(l, tlsConf))
+		fmt.Fprintf(stdout, "MQTT over WebSocket on wss://%s%s%s\n", displayAddr(l.Addr()), transport.WebSocketPath, trust)
+	}
+	if c.WSAddr != "" {
+		l, err := net.Listen("tcp", c.WSAddr)
+		if err != nil {
+			return fail("ROOST_WS_ADDR", err)
+		}
+		serveWeb(l)
+		fmt.Fprintf(stdout, "MQTT over WebSocket on ws://%s%s\n", displayAddr(l.Addr()), transport.WebSocketPath)
+	}
+	return stop, nil
 }
 
 // debugMux serves Go's profiler, and POST /debug/gc, which collects garbage

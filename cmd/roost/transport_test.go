@@ -1,0 +1,141 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	pahov3 "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/roosthub/roost/internal/testenv"
+)
+
+// TestServeTransports: with --dev-tls, MQTT over TLS, WebSocket and
+// WebSocket over TLS on their own ports, and MQTT over TLS and WebSocket
+// over TLS sharing one port; real clients on each (paho v5 over TLS, paho
+// 3.1.1 over ws:// and wss://, mosquitto_pub --cafile over TLS) reach a
+// subscriber on another transport.
+func TestServeTransports(t *testing.T) {
+	for _, shared := range []bool{false, true} {
+		t.Run(fmt.Sprintf("shared-port=%v", shared), func(t *testing.T) {
+			dir := t.TempDir()
+			tlsAddr, wssAddr := freeAddr(t), freeAddr(t)
+			if shared {
+				wssAddr = tlsAddr
+			}
+			h := startServe(t, map[string]string{"ROOST_DATA_DIR": dir}, "--dev-tls", "--mqtt-tls-addr", tlsAddr, "--ws-addr", freeAddr(t), "--wss-addr", wssAddr)
+			out := h.stdout.String()
+			mqtts := regexp.MustCompile(`mqtts://(\S+)`).FindStringSubmatch(out)
+			ws := regexp.MustCompile(`ws://(\S+)`).FindStringSubmatch(out)
+			wss := regexp.MustCompile(`wss://(\S+)`).FindStringSubmatch(out)
+			caFile := filepath.Join(dir, "tls", "ca.pem")
+			if mqtts == nil || ws == nil || wss == nil || !strings.Contains(out, "clients trust "+caFile) {
+				t.Fatalf("listeners not announced:\n%s", out)
+			}
+			pool := x509.NewCertPool()
+			pem, err := os.ReadFile(caFile)
+			if err != nil || !pool.AppendCertsFromPEM(pem) {
+				t.Fatalf("ca.pem: %v", err)
+			}
+
+			_, m := post(t, h.url+"/v1/signup", "", map[string]string{"email": "a@example.com", "password": "correct horse battery"})
+			token := m["token"].(string)
+			post(t, h.url+"/v1/tenants", token, map[string]string{"slug": "acme"})
+			secret := func(name string) string {
+				status, m := post(t, h.url+"/v1/tenants/acme/devices", token, map[string]string{"name": name})
+				if status != 201 {
+					t.Fatalf("create device %s: %d %v", name, status, m)
+				}
+				return m["secret"].(string)
+			}
+
+			// The subscriber: paho v5 over TLS, offering ALPN mqtt.
+			got := make(chan string, 10)
+			conn, err := tls.Dial("tcp", strings.Replace(mqtts[1], "localhost", "127.0.0.1", 1), &tls.Config{RootCAs: pool, ServerName: "localhost", NextProtos: []string{"mqtt"}})
+			if err != nil {
+				t.Fatalf("TLS dial: %v", err)
+			}
+			if p := conn.ConnectionState().NegotiatedProtocol; p != "mqtt" {
+				t.Errorf("ALPN: negotiated %q", p)
+			}
+			sub := paho.NewClient(paho.ClientConfig{Conn: conn, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+				func(pr paho.PublishReceived) (bool, error) { got <- string(pr.Packet.Payload); return true, nil }}})
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if ca, err := sub.Connect(ctx, &paho.Connect{ClientID: "sub", KeepAlive: 30, CleanStart: true, Username: "acme/sub", UsernameFlag: true, Password: []byte(secret("sub")), PasswordFlag: true}); err != nil || ca.ReasonCode != 0 {
+				t.Fatalf("connect over TLS: %v %v", ca, err)
+			}
+			defer sub.Disconnect(&paho.Disconnect{})
+			if _, err := sub.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "t/#", QoS: 1}}}); err != nil {
+				t.Fatal(err)
+			}
+			expect := func(want string) {
+				t.Helper()
+				select {
+				case m := <-got:
+					if m != want {
+						t.Errorf("got %q, want %q", m, want)
+					}
+				case <-time.After(5 * time.Second):
+					t.Errorf("%q never arrived", want)
+				}
+			}
+
+			// Publishers: paho 3.1.1 over ws:// and wss://.
+			for _, url := range []string{"ws://" + ws[1], "wss://" + wss[1]} {
+				name := "pub" + strings.SplitN(url, ":", 2)[0]
+				o := pahov3.NewClientOptions().AddBroker(strings.Replace(url, "localhost", "127.0.0.1", 1)).SetClientID(name).
+					SetUsername("acme/" + name).SetPassword(secret(name)).SetTLSConfig(&tls.Config{RootCAs: pool, ServerName: "localhost"}).
+					SetConnectTimeout(5 * time.Second).SetAutoReconnect(false)
+				c := pahov3.NewClient(o)
+				if tok := c.Connect(); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+					t.Fatalf("connect over %s: %v", url, tok.Error())
+				}
+				if tok := c.Publish("t/"+name, 1, false, "via "+url); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+					t.Fatalf("publish over %s: %v", url, tok.Error())
+				}
+				expect("via " + url)
+				c.Disconnect(100)
+			}
+
+			// mosquitto_pub over TLS, trusting ca.pem; without ALPN on the
+			// shared port it is told apart by its CONNECT.
+			pub, err := exec.LookPath("mosquitto_pub")
+			if err != nil {
+				testenv.Require(t, "mosquitto_pub is not installed (apt-get install mosquitto-clients)")
+				return
+			}
+			host, port, _ := net.SplitHostPort(mqtts[1])
+			cmd := exec.Command(pub, "-h", host, "-p", port, "--cafile", caFile, "-u", "acme/cli", "-P", secret("cli"), "-i", "cli", "-q", "1", "-t", "t/cli", "-m", "via mosquitto_pub")
+			if b, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("mosquitto_pub: %v\n%s", err, b)
+			}
+			expect("via mosquitto_pub")
+
+			// Plain MQTT on the TLS port, and a certificate the client does
+			// not trust, are refused.
+			if c, err := net.Dial("tcp", mqtts[1]); err == nil {
+				c.Write([]byte{0x10, 0x00})
+				c.SetReadDeadline(time.Now().Add(3 * time.Second))
+				b := make([]byte, 16)
+				if n, _ := c.Read(b); n > 0 && b[0] == 0x20 {
+					t.Error("plain MQTT on the TLS port got a CONNACK")
+				}
+				c.Close()
+			}
+			if _, err := tls.Dial("tcp", mqtts[1], &tls.Config{ServerName: "localhost"}); err == nil {
+				t.Error("a client that does not trust the development CA completed a handshake")
+			}
+		})
+	}
+}

@@ -1,0 +1,104 @@
+// Package transport is how devices reach the data plane besides plain TCP:
+// TLS with certificates reloaded from disk, WebSocket (and WebSocket over
+// TLS), one TLS port shared by MQTT and WebSocket, and a development
+// certificate authority for laptops.
+package transport
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"time"
+)
+
+// ALPN is the protocol name MQTT clients offer in TLS (as AWS IoT and
+// EMQX accept it); a connection that negotiates it is MQTT.
+const ALPN = "mqtt"
+
+// Certificate serves a certificate and key kept in files, reloading them
+// when either file changes: it looks at most once a second, on a
+// handshake. A pair that fails to load leaves the previous one in use and
+// is logged once per change.
+type Certificate struct {
+	certFile, keyFile string
+	log               *slog.Logger
+
+	mu       sync.Mutex
+	cert     *tls.Certificate
+	modTimes [2]time.Time
+	checked  time.Time
+	failed   [2]time.Time // the mod times of the last pair that failed
+	now      func() time.Time
+}
+
+// LoadCertificate loads the pair; it fails if they do not load now.
+func LoadCertificate(certFile, keyFile string, log *slog.Logger) (*Certificate, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &Certificate{certFile: certFile, keyFile: keyFile, log: log, now: time.Now}
+	if err := c.load(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Certificate) stat() ([2]time.Time, error) {
+	var m [2]time.Time
+	for i, f := range []string{c.certFile, c.keyFile} {
+		fi, err := os.Stat(f)
+		if err != nil {
+			return m, err
+		}
+		m[i] = fi.ModTime()
+	}
+	return m, nil
+}
+
+func (c *Certificate) load() error {
+	m, err := c.stat()
+	if err != nil {
+		return err
+	}
+	cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
+	if err != nil {
+		return fmt.Errorf("load %s and %s: %w", c.certFile, c.keyFile, err)
+	}
+	c.cert, c.modTimes = &cert, m
+	return nil
+}
+
+// Get is a tls.Config GetCertificate.
+func (c *Certificate) Get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now := c.now(); now.Sub(c.checked) >= time.Second {
+		c.checked = now
+		if m, err := c.stat(); err == nil && m != c.modTimes && m != c.failed {
+			if err := c.load(); err != nil {
+				c.failed = m
+				c.log.Error("TLS certificate not reloaded; the previous one stays in use", "err", err)
+			} else {
+				c.log.Info("TLS certificate reloaded", "cert", c.certFile)
+			}
+		}
+	}
+	if c.cert == nil {
+		return nil, errors.New("no certificate")
+	}
+	return c.cert, nil
+}
+
+// ServerConfig is the TLS configuration of a device listener: TLS 1.2 or
+// later, the certificate from c, and ALPN offering MQTT and HTTP/1.1 (for
+// WebSocket), so that one port can serve both.
+func ServerConfig(c *Certificate) *tls.Config {
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS12,
+		GetCertificate: c.Get,
+		NextProtos:     []string{ALPN, "http/1.1"},
+	}
+}
