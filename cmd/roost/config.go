@@ -42,6 +42,19 @@ type config struct {
 	TLSCert     string
 	TLSKey      string
 	DevTLS      bool // makes a local CA and certificate in the data dir
+	// ProxyProtocol names the listeners that expect a PROXY protocol
+	// header: mqtt, mqtts, ws, wss, comma-separated.
+	ProxyProtocol string
+}
+
+// proxied reports whether the named listener expects a PROXY header.
+func (c *config) proxied(listener string) bool {
+	for _, l := range strings.Split(c.ProxyProtocol, ",") {
+		if strings.TrimSpace(l) == listener {
+			return true
+		}
+	}
+	return false
 }
 
 // tlsListeners reports whether any listener needs a certificate.
@@ -77,6 +90,7 @@ func (c *config) settings() []setting {
 		{"tls-cert", "PEM certificate (chain) file of the TLS listeners; reloaded when it changes", "", &c.TLSCert},
 		{"tls-key", "PEM private key file of --tls-cert", "", &c.TLSKey},
 		{"dev-tls", "make a local CA and a certificate for localhost in <data dir>/tls (clients trust ca.pem) for the TLS listeners", "false", &c.DevTLS},
+		{"proxy-protocol", "listeners behind a load balancer that sends a PROXY protocol header (v1 or v2), comma-separated: mqtt, mqtts, ws, wss; the others refuse one", "", &c.ProxyProtocol},
 		{"debug-addr", "address for Go's profiler at /debug/pprof/ (keep it on loopback: it has no authentication); empty: off", "", &c.DebugAddr},
 	}
 }
@@ -163,6 +177,16 @@ func (c *config) Validate() error {
 				return fmt.Errorf("%s: %w", name, err)
 			}
 		}
+	}
+	for _, l := range strings.Split(c.ProxyProtocol, ",") {
+		switch l = strings.TrimSpace(l); l {
+		case "", "mqtt", "mqtts", "ws", "wss":
+		default:
+			return fmt.Errorf("ROOST_PROXY_PROTOCOL: %q is not a listener (mqtt, mqtts, ws or wss)", l)
+		}
+	}
+	if c.MQTTTLSAddr != "" && c.MQTTTLSAddr == c.WSSAddr && c.proxied("mqtts") != c.proxied("wss") {
+		return errors.New("ROOST_PROXY_PROTOCOL: mqtts and wss share a port, so both or neither expect the header")
 	}
 	switch {
 	case (c.TLSCert == "") != (c.TLSKey == ""):

@@ -137,7 +137,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return fmt.Errorf("ROOST_HTTP_ADDR: %w", err)
 	}
-	mqttLn, err := net.Listen("tcp", c.MQTTAddr)
+	var mqttLn net.Listener
+	mqttLn, err = net.Listen("tcp", c.MQTTAddr)
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("ROOST_MQTT_ADDR: %w", err)
@@ -166,6 +167,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	errc := make(chan error, 1)
 	go func() { errc <- httpServer.Serve(ln) }()
 	mqttErr := make(chan error, 1)
+	if c.proxied("mqtt") {
+		mqttLn = transport.ProxyListener(mqttLn, c.ConnectTimeout)
+	}
 	go func() { mqttErr <- hub.Serve(mqttLn) }()
 	stopTransports, err := startTransports(c, log, hub, stdout)
 	if err != nil {
@@ -244,10 +248,21 @@ func startTransports(c *config, log *slog.Logger, hub *broker.Hub, stdout io.Wri
 		}()
 		closers = append(closers, func() { ln.Close() })
 	}
-	if c.MQTTTLSAddr != "" {
-		l, err := net.Listen("tcp", c.MQTTTLSAddr)
+	listen := func(setting, addr, name string) (net.Listener, error) {
+		l, err := net.Listen("tcp", addr)
 		if err != nil {
-			return fail("ROOST_MQTT_TLS_ADDR", err)
+			return nil, fmt.Errorf("%s: %w", setting, err)
+		}
+		if c.proxied(name) {
+			return transport.ProxyListener(l, c.ConnectTimeout), nil
+		}
+		return l, nil
+	}
+	if c.MQTTTLSAddr != "" {
+		l, err := listen("ROOST_MQTT_TLS_ADDR", c.MQTTTLSAddr, "mqtts")
+		if err != nil {
+			stop()
+			return nil, err
 		}
 		tl := tls.NewListener(l, tlsConf)
 		if c.WSSAddr == c.MQTTTLSAddr {
@@ -261,17 +276,19 @@ func startTransports(c *config, log *slog.Logger, hub *broker.Hub, stdout io.Wri
 		}
 	}
 	if c.WSSAddr != "" && c.WSSAddr != c.MQTTTLSAddr {
-		l, err := net.Listen("tcp", c.WSSAddr)
+		l, err := listen("ROOST_WSS_ADDR", c.WSSAddr, "wss")
 		if err != nil {
-			return fail("ROOST_WSS_ADDR", err)
+			stop()
+			return nil, err
 		}
 		serveWeb(tls.NewListener(l, tlsConf))
 		fmt.Fprintf(stdout, "MQTT over WebSocket on wss://%s%s%s\n", displayAddr(l.Addr()), transport.WebSocketPath, trust)
 	}
 	if c.WSAddr != "" {
-		l, err := net.Listen("tcp", c.WSAddr)
+		l, err := listen("ROOST_WS_ADDR", c.WSAddr, "ws")
 		if err != nil {
-			return fail("ROOST_WS_ADDR", err)
+			stop()
+			return nil, err
 		}
 		serveWeb(l)
 		fmt.Fprintf(stdout, "MQTT over WebSocket on ws://%s%s\n", displayAddr(l.Addr()), transport.WebSocketPath)

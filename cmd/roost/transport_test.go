@@ -16,8 +16,10 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
+	"github.com/gorilla/websocket"
 
 	"github.com/roosthub/roost/internal/testenv"
+	"github.com/roosthub/roost/transport"
 )
 
 // TestServeTransports: with --dev-tls, MQTT over TLS, WebSocket and
@@ -137,5 +139,99 @@ func TestServeTransports(t *testing.T) {
 				t.Error("a client that does not trust the development CA completed a handshake")
 			}
 		})
+	}
+}
+
+// TestServeProxyProtocol: on a listener that expects it, the address in a
+// PROXY header is the device's address in its status; a connection
+// without one, or with a second header behind the first, is refused; on a
+// listener that does not expect it, a header is refused.
+func TestServeProxyProtocol(t *testing.T) {
+	h := startServe(t, map[string]string{"ROOST_DATA_DIR": t.TempDir()}, "--proxy-protocol", "mqtt,ws", "--ws-addr", freeAddr(t))
+	wsURL := regexp.MustCompile(`ws://(\S+)`).FindStringSubmatch(h.stdout.String())
+	if wsURL == nil {
+		t.Fatalf("no WebSocket listener announced:\n%s", h.stdout)
+	}
+	_, m := post(t, h.url+"/v1/signup", "", map[string]string{"email": "a@example.com", "password": "correct horse battery"})
+	token := m["token"].(string)
+	post(t, h.url+"/v1/tenants", token, map[string]string{"slug": "acme"})
+	_, d := post(t, h.url+"/v1/tenants/acme/devices", token, map[string]string{"name": "d1"})
+	secret := d["secret"].(string)
+
+	connect := func(addr, header string) (*paho.Client, error) {
+		conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			return nil, err
+		}
+		conn.Write([]byte(header))
+		c := paho.NewClient(paho.ClientConfig{Conn: conn})
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		if _, err := c.Connect(ctx, &paho.Connect{ClientID: "d1", KeepAlive: 30, CleanStart: true, Username: "acme/d1", UsernameFlag: true, Password: []byte(secret), PasswordFlag: true}); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		return c, nil
+	}
+	remote := func() string {
+		_, st := get(t, h.url+"/v1/tenants/acme/devices/d1/status", token)
+		if conns, _ := st["connections"].([]any); len(conns) == 1 {
+			return fmt.Sprint(conns[0].(map[string]any)["remote_addr"])
+		}
+		return fmt.Sprint(st)
+	}
+	c, err := connect(h.mqtt, "PROXY TCP4 203.0.113.7 10.0.0.1 40000 1883\r\n")
+	if err != nil {
+		t.Fatalf("connect behind a PROXY header: %v", err)
+	}
+	if r := remote(); r != "203.0.113.7:40000" {
+		t.Errorf("remote address over TCP: %s", r)
+	}
+	c.Disconnect(&paho.Disconnect{})
+
+	// A version 2 header in front of a WebSocket.
+	v2 := append([]byte("\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c"), 198, 51, 100, 9, 10, 0, 0, 1, 0x9c, 0x41, 0x07, 0x5b)
+	dialer := websocket.Dialer{Subprotocols: []string{"mqtt"}, NetDial: func(network, addr string) (net.Conn, error) {
+		c, err := net.Dial(network, addr)
+		if err == nil {
+			_, err = c.Write(v2)
+		}
+		return c, err
+	}}
+	ws, _, err := dialer.Dial("ws://"+wsURL[1], nil)
+	if err != nil {
+		t.Fatalf("WebSocket behind a PROXY header: %v", err)
+	}
+	wc := paho.NewClient(paho.ClientConfig{Conn: transport.NewWebSocketConn(ws)})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if _, err := wc.Connect(ctx, &paho.Connect{ClientID: "d1", KeepAlive: 30, CleanStart: true, Username: "acme/d1", UsernameFlag: true, Password: []byte(secret), PasswordFlag: true}); err != nil {
+		t.Fatalf("connect over WebSocket: %v", err)
+	}
+	if r := remote(); r != "198.51.100.9:40001" {
+		t.Errorf("remote address over WebSocket: %s", r)
+	}
+	wc.Disconnect(&paho.Disconnect{})
+
+	for name, header := range map[string]string{
+		"no header":     "",
+		"second header": "PROXY TCP4 203.0.113.7 10.0.0.1 40000 1883\r\nPROXY TCP4 198.51.100.1 10.0.0.1 1 1883\r\n",
+	} {
+		if c, err := connect(h.mqtt, header); err == nil {
+			c.Disconnect(&paho.Disconnect{})
+			t.Errorf("%s: connected", name)
+		}
+	}
+
+	plain := startServe(t, map[string]string{"ROOST_DATA_DIR": t.TempDir()})
+	conn, err := net.Dial("tcp", plain.mqtt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.Write([]byte("PROXY TCP4 203.0.113.7 10.0.0.1 40000 1883\r\n\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00"))
+	conn.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if n, _ := conn.Read(make([]byte, 4)); n > 0 {
+		t.Error("a listener that does not expect a PROXY header answered one")
 	}
 }
