@@ -23,7 +23,7 @@ func TestProxyHeaders(t *testing.T) {
 	binary.BigEndian.PutUint16(v6[32:], 40000)
 	for _, tc := range []struct {
 		name, header, remote string // remote "" means the connection's own
-		bad                        bool
+		bad                  bool
 	}{
 		{"v1 tcp4", "PROXY TCP4 203.0.113.7 10.0.0.1 40000 1883\r\n", "203.0.113.7:40000", false},
 		{"v1 tcp6", "PROXY TCP6 2001:db8::7 2001:db8::1 40000 1883\r\n", "[2001:db8::7]:40000", false},
