@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/throttle"
 	"github.com/roosthub/roost/tenants"
+	"github.com/roosthub/roost/transport"
 )
 
 // Config is what the data plane needs.
@@ -60,6 +62,11 @@ type Config struct {
 	Usage UsageStore
 	// UsageInterval is how often usage is recorded: 1s if zero.
 	UsageInterval time.Duration
+	// Domain gives each tenant an endpoint of its own: a TLS connection
+	// whose SNI is <tenant>.<Domain> belongs to that tenant before its
+	// CONNECT, its username may be just the device's name, and a username
+	// naming another tenant is refused. Empty: off.
+	Domain string
 }
 
 // Hub is the data plane: the ingress and every tenant's broker instance.
@@ -332,6 +339,16 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 	ip, _, _ := net.SplitHostPort(remote)
 	username := string(pk.Connect.Username)
 	tenant, device, ok := splitUsername(username)
+	if endpoint := transport.TenantFromServerName(transport.ServerName(conn), h.cfg.Domain); endpoint != "" {
+		switch {
+		case !strings.Contains(username, "/") && tenants.ValidDeviceName(username):
+			tenant, device, ok = endpoint, username, true
+			username = tenants.Username(tenant, device)
+		case ok && tenant != endpoint:
+			h.log.Info("connect refused: username names another tenant than the endpoint", "remote", remote, "endpoint", endpoint, "tenant", tenant)
+			return nil, identity{}, badCredentials
+		}
+	}
 	if !ok {
 		h.log.Info("connect refused: malformed username", "remote", remote)
 		return nil, identity{}, badCredentials

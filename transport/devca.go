@@ -22,7 +22,7 @@ type DevFiles struct {
 }
 
 // DevCertificates makes, once, a local certificate authority and a server
-// certificate it signed for localhost, 127.0.0.1 and ::1 in dir (ca.pem is
+// certificate it signed for localhost, *.localhost, 127.0.0.1 and ::1 in dir (ca.pem is
 // what clients trust; the CA's key stays in ca-key.pem), and returns their
 // paths. Files already there are kept, unless the server certificate
 // expires within a week, when a new one is signed.
@@ -53,7 +53,7 @@ func DevCertificates(dir string) (DevFiles, error) {
 		NotAfter:     time.Now().Add(397 * 24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost"},
+		DNSNames:     []string{"localhost", "*.localhost"}, // *.localhost: per-tenant endpoints with ROOST_MQTT_DOMAIN=localhost
 		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)

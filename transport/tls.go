@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -101,4 +103,37 @@ func ServerConfig(c *Certificate) *tls.Config {
 		GetCertificate: c.Get,
 		NextProtos:     []string{ALPN, "http/1.1"},
 	}
+}
+
+// ServerName is the name a device asked for in TLS (SNI), looking through
+// the wrappers this package puts around connections; "" for a connection
+// without TLS or without SNI.
+func ServerName(c net.Conn) string {
+	for {
+		switch v := c.(type) {
+		case *tls.Conn:
+			return v.ConnectionState().ServerName
+		case *peekedConn:
+			c = v.Conn
+		case *wsConn:
+			c = v.ws.NetConn()
+		case *proxyConn:
+			c = v.Conn
+		default:
+			return ""
+		}
+	}
+}
+
+// TenantFromServerName is the tenant a device reached through its own
+// endpoint, <tenant>.<domain>; "" when the name is not under domain.
+func TenantFromServerName(name, domain string) string {
+	if domain == "" {
+		return ""
+	}
+	tenant, ok := strings.CutSuffix(strings.ToLower(strings.TrimSuffix(name, ".")), "."+strings.ToLower(domain))
+	if !ok || tenant == "" || strings.Contains(tenant, ".") {
+		return ""
+	}
+	return tenant
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -42,6 +43,9 @@ type config struct {
 	TLSCert     string
 	TLSKey      string
 	DevTLS      bool // makes a local CA and certificate in the data dir
+	// MQTTDomain gives each tenant an endpoint of its own over TLS:
+	// <tenant>.<MQTTDomain>.
+	MQTTDomain string
 	// ProxyProtocol names the listeners that expect a PROXY protocol
 	// header: mqtt, mqtts, ws, wss, comma-separated.
 	ProxyProtocol string
@@ -90,6 +94,7 @@ func (c *config) settings() []setting {
 		{"tls-cert", "PEM certificate (chain) file of the TLS listeners; reloaded when it changes", "", &c.TLSCert},
 		{"tls-key", "PEM private key file of --tls-cert", "", &c.TLSKey},
 		{"dev-tls", "make a local CA and a certificate for localhost in <data dir>/tls (clients trust ca.pem) for the TLS listeners", "false", &c.DevTLS},
+		{"mqtt-domain", "with it, a TLS connection to <tenant>.<domain> (SNI) belongs to that tenant and may use just the device name as username; the certificate must cover *.<domain>", "", &c.MQTTDomain},
 		{"proxy-protocol", "listeners behind a load balancer that sends a PROXY protocol header (v1 or v2), comma-separated: mqtt, mqtts, ws, wss; the others refuse one", "", &c.ProxyProtocol},
 		{"debug-addr", "address for Go's profiler at /debug/pprof/ (keep it on loopback: it has no authentication); empty: off", "", &c.DebugAddr},
 	}
@@ -178,6 +183,12 @@ func (c *config) Validate() error {
 			}
 		}
 	}
+	if c.MQTTDomain != "" && !validDomain(c.MQTTDomain) {
+		return fmt.Errorf("ROOST_MQTT_DOMAIN: %q is not a domain name like mqtt.example.com", c.MQTTDomain)
+	}
+	if c.MQTTDomain != "" && !validDomain(c.MQTTDomain) {
+		return fmt.Errorf("ROOST_MQTT_DOMAIN: %q is not a domain name like mqtt.example.com", c.MQTTDomain)
+	}
 	for _, l := range strings.Split(c.ProxyProtocol, ",") {
 		switch l = strings.TrimSpace(l); l {
 		case "", "mqtt", "mqtts", "ws", "wss":
@@ -250,6 +261,10 @@ func (c *config) kafkaBrokers() []string {
 	}
 	return out
 }
+
+var domainRE = regexp.MustCompile(`^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+func validDomain(d string) bool { return len(d) <= 200 && domainRE.MatchString(d) }
 
 func validAddr(addr string) error {
 	host, port, err := net.SplitHostPort(addr)

@@ -143,6 +143,7 @@ func TestBadConfig(t *testing.T) {
 		{map[string]string{"ROOST_TLS_CERT": "/x.pem"}, nil, "ROOST_TLS_CERT"},
 		{map[string]string{"ROOST_DEV_TLS": "maybe"}, nil, "ROOST_DEV_TLS"},
 		{map[string]string{"ROOST_WS_ADDR": "nowhere"}, nil, "ROOST_WS_ADDR"},
+		{map[string]string{"ROOST_MQTT_DOMAIN": "Not A Domain"}, nil, "ROOST_MQTT_DOMAIN"},
 		{map[string]string{"ROOST_TOKEN_TTL": "forever"}, nil, "ROOST_TOKEN_TTL"},
 		{map[string]string{"ROOST_TOKEN_TTL": "1s"}, nil, "ROOST_TOKEN_TTL"},
 		{map[string]string{"ROOST_SESSION_STORE": "floppy"}, nil, "ROOST_SESSION_STORE"},

@@ -120,6 +120,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		Log:            log,
 		ConnectTimeout: c.ConnectTimeout,
 		IdleTimeout:    c.InstanceIdle,
+		Domain:         c.MQTTDomain,
 	})
 	if err != nil {
 		return err

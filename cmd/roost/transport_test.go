@@ -235,3 +235,64 @@ func TestServeProxyProtocol(t *testing.T) {
 		t.Error("a listener that does not expect a PROXY header answered one")
 	}
 }
+
+// TestServeTenantEndpoints: with --mqtt-domain localhost, a TLS connection
+// to acme.localhost belongs to acme: the device name alone is a username,
+// acme/<device> is too, a username naming another tenant is refused (and
+// that tenant's own device cannot log in through acme's endpoint), and
+// without SNI the bare device name is refused.
+func TestServeTenantEndpoints(t *testing.T) {
+	dir := t.TempDir()
+	h := startServe(t, map[string]string{"ROOST_DATA_DIR": dir}, "--dev-tls", "--mqtt-tls-addr", "127.0.0.1:0", "--mqtt-domain", "localhost")
+	mqtts := regexp.MustCompile(`mqtts://(\S+)`).FindStringSubmatch(h.stdout.String())
+	if mqtts == nil {
+		t.Fatalf("no TLS listener:\n%s", h.stdout)
+	}
+	pem, _ := os.ReadFile(filepath.Join(dir, "tls", "ca.pem"))
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	_, m := post(t, h.url+"/v1/signup", "", map[string]string{"email": "a@example.com", "password": "correct horse battery"})
+	token := m["token"].(string)
+	secrets := map[string]string{}
+	for _, slug := range []string{"acme", "other"} {
+		post(t, h.url+"/v1/tenants", token, map[string]string{"slug": slug})
+		_, d := post(t, h.url+"/v1/tenants/"+slug+"/devices", token, map[string]string{"name": "d1"})
+		secrets[slug] = d["secret"].(string)
+	}
+	addr := strings.Replace(mqtts[1], "localhost", "127.0.0.1", 1)
+	try := func(sni, username, secret string) byte {
+		t.Helper()
+		conn, err := tls.Dial("tcp", addr, &tls.Config{RootCAs: pool, ServerName: sni})
+		if err != nil {
+			t.Fatalf("TLS to %s: %v", sni, err)
+		}
+		c := paho.NewClient(paho.ClientConfig{Conn: conn})
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		ca, err := c.Connect(ctx, &paho.Connect{ClientID: "d1", KeepAlive: 30, CleanStart: true, Username: username, UsernameFlag: true, Password: []byte(secret), PasswordFlag: true})
+		if ca == nil {
+			t.Fatalf("%s as %q: no CONNACK: %v", sni, username, err)
+		}
+		if ca.ReasonCode == 0 {
+			c.Disconnect(&paho.Disconnect{})
+		}
+		return ca.ReasonCode
+	}
+	for _, tc := range []struct {
+		sni, username, tenant string
+		want                  byte
+	}{
+		{"acme.localhost", "d1", "acme", 0},
+		{"ACME.localhost", "d1", "acme", 0},
+		{"acme.localhost", "acme/d1", "acme", 0},
+		{"acme.localhost", "other/d1", "other", 0x86},
+		{"acme.localhost", "d1", "other", 0x86},
+		{"other.localhost", "d1", "other", 0},
+		{"localhost", "d1", "acme", 0x86},
+		{"localhost", "acme/d1", "acme", 0},
+	} {
+		if got := try(tc.sni, tc.username, secrets[tc.tenant]); got != tc.want {
+			t.Errorf("SNI %s, username %q with %s's secret: reason %#x, want %#x", tc.sni, tc.username, tc.tenant, got, tc.want)
+		}
+	}
+}
