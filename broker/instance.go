@@ -130,7 +130,7 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 	if err := srv.AddHook(&hook{inst: inst}, nil); err != nil {
 		return nil, err
 	}
-	if err := srv.AddListener(handoff{}); err != nil {
+	if err := srv.AddListener(&handoff{srv: srv}); err != nil {
 		return nil, err
 	}
 	if err := srv.Serve(); err != nil {
@@ -176,14 +176,25 @@ func (f levelFilter) WithGroup(n string) slog.Handler {
 // handoff is the listener every instance registers for the connections the
 // ingress hands it. It listens on nothing, but being registered makes
 // mochi's Close disconnect those clients (see DESIGN §5).
-type handoff struct{}
+//
+// It disconnects them itself rather than through the function mochi hands
+// it: mochi v2.7.9's Clients.GetByListener takes the clients' read lock
+// twice (through Len), so a client leaving at that moment (its Delete
+// waiting for the write lock in between) deadlocks the instance's Close.
+type handoff struct{ srv *mqtt.Server }
 
-func (handoff) Init(*slog.Logger) error              { return nil }
-func (handoff) Serve(listeners.EstablishFn)          {}
-func (handoff) ID() string                           { return listenerID }
-func (handoff) Address() string                      { return "" }
-func (handoff) Protocol() string                     { return "mqtt" }
-func (handoff) Close(closeClients listeners.CloseFn) { closeClients(listenerID) }
+func (*handoff) Init(*slog.Logger) error     { return nil }
+func (*handoff) Serve(listeners.EstablishFn) {}
+func (*handoff) ID() string                  { return listenerID }
+func (*handoff) Address() string             { return "" }
+func (*handoff) Protocol() string            { return "mqtt" }
+func (h *handoff) Close(listeners.CloseFn) {
+	for _, cl := range h.srv.Clients.GetAll() {
+		if cl.Net.Listener == listenerID && !cl.Closed() {
+			h.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
+}
 
 // serve runs one connection until it ends. A panic in mochi while serving it
 // is recovered and logged, and only this connection is closed; any state

@@ -47,7 +47,7 @@ func measureIdle(b *testing.B, kind string, n int, idle time.Duration) (heapPerI
 			closers = append(closers, inst.close)
 		default:
 			srv := mqtt.New(&mqtt.Options{Logger: discardLog()})
-			srv.AddListener(handoff{})
+			srv.AddListener(&handoff{srv: srv})
 			if err := srv.Serve(); err != nil {
 				b.Fatal(err)
 			}
