@@ -80,6 +80,7 @@ func TestSuiteSmoke(t *testing.T) {
 		Targets  []string
 		Ratios   map[string]*float64
 		Absolute map[string]*float64
+		Spread   map[string]map[string]struct{ Median, Min, Max float64 }
 		Missing  map[string]string
 	}
 	if err := json.Unmarshal(b, &res); err != nil {
@@ -94,6 +95,9 @@ func TestSuiteSmoke(t *testing.T) {
 		if v := res.Ratios[k]; v == nil || *v <= 0 {
 			t.Errorf("ratio %s: %v", k, v)
 		}
+	}
+	if s := res.Spread["p2p_qos1_throughput"]["roost"]; s.Min <= 0 || s.Min > s.Median || s.Median > s.Max {
+		t.Errorf("spread of p2p_qos1_throughput for roost: %+v", s)
 	}
 	// Memory at this size is below what resident memory resolves: only
 	// that the figures are there is checked.

@@ -58,7 +58,7 @@ var suites = map[string]sizes{
 		faninPubs: 500, faninGroup: 4, faninRate: 5000, faninDuration: time.Second},
 	"full": {runs: 3, connClients: 5000, p2pPairs: 32, p2pDuration: 10 * time.Second, fanoutSubs: 1000, fanoutRate: 200, fanoutDuration: 10 * time.Second, idleConns: 5000, idleSettle: 3 * time.Second,
 		tenants: 1000, tenantDevices: 10, tenantIdle: 30 * time.Second, latencyRate: 5000, latencySizes: []int{16, 256},
-		sustainedQoS: []byte{0, 1}, sustainedStart: 2000, sustainedStep: 3 * time.Second, sustainedSteps: 10,
+		sustainedQoS: []byte{0, 1}, sustainedStart: 2000, sustainedStep: 3 * time.Second, sustainedSteps: 8,
 		faninPubs: 5000, faninGroup: 8, faninRate: 10000, faninDuration: 5 * time.Second},
 	// smoke checks that every piece runs, in seconds; its figures mean
 	// nothing.
@@ -351,9 +351,11 @@ type suiteResult struct {
 	Targets     []string                      `json:"targets"`
 	Missing     map[string]string             `json:"missing,omitempty"`
 	Figures     map[string]map[string]float64 `json:"figures"` // figure → target → median
-	Runs        map[string]map[string][]any   `json:"runs"`
-	Ratios      map[string]*float64           `json:"ratios"`
-	Absolute    map[string]*float64           `json:"absolute"`
+	// Spread is each figure's median, lowest and highest over the runs.
+	Spread   map[string]map[string]bench.Summary `json:"spread"`
+	Runs     map[string]map[string][]any         `json:"runs"`
+	Ratios   map[string]*float64                 `json:"ratios"`
+	Absolute map[string]*float64                 `json:"absolute"`
 }
 
 // runSuite starts every target and runs every scenario on each, then
@@ -378,7 +380,7 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 		return err
 	}
 	res := suiteResult{Suite: name, Time: time.Now().UTC(), CPUs: runtime.NumCPU(), Calibration: cal,
-		Missing: map[string]string{}, Figures: map[string]map[string]float64{}, Runs: map[string]map[string][]any{},
+		Missing: map[string]string{}, Figures: map[string]map[string]float64{}, Spread: map[string]map[string]bench.Summary{}, Runs: map[string]map[string][]any{},
 		Ratios: map[string]*float64{}, Absolute: map[string]*float64{}}
 
 	var procs []*process
@@ -411,9 +413,12 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 	record := func(figure, target string, runs []any, values []float64) {
 		if res.Figures[figure] == nil {
 			res.Figures[figure] = map[string]float64{}
+			res.Spread[figure] = map[string]bench.Summary{}
 			res.Runs[figure] = map[string][]any{}
 		}
-		res.Figures[figure][target] = bench.Summarise(values).Median
+		sum := bench.Summarise(values)
+		res.Figures[figure][target] = sum.Median
+		res.Spread[figure][target] = sum
 		res.Runs[figure][target] = runs
 	}
 	repeat := func(figure, target string, run func() (any, float64, error)) error {
