@@ -249,21 +249,17 @@ func startTransports(c *config, log *slog.Logger, hub *broker.Hub, stdout io.Wri
 		}()
 		closers = append(closers, func() { ln.Close() })
 	}
-	listen := func(setting, addr, name string) (net.Listener, error) {
+	listen := func(addr, name string) (net.Listener, error) {
 		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", setting, err)
+		if err == nil && c.proxied(name) {
+			l = transport.ProxyListener(l, c.ConnectTimeout)
 		}
-		if c.proxied(name) {
-			return transport.ProxyListener(l, c.ConnectTimeout), nil
-		}
-		return l, nil
+		return l, err
 	}
 	if c.MQTTTLSAddr != "" {
-		l, err := listen("ROOST_MQTT_TLS_ADDR", c.MQTTTLSAddr, "mqtts")
+		l, err := listen(c.MQTTTLSAddr, "mqtts")
 		if err != nil {
-			stop()
-			return nil, err
+			return fail("ROOST_MQTT_TLS_ADDR", err)
 		}
 		tl := tls.NewListener(l, tlsConf)
 		if c.WSSAddr == c.MQTTTLSAddr {
@@ -277,19 +273,17 @@ func startTransports(c *config, log *slog.Logger, hub *broker.Hub, stdout io.Wri
 		}
 	}
 	if c.WSSAddr != "" && c.WSSAddr != c.MQTTTLSAddr {
-		l, err := listen("ROOST_WSS_ADDR", c.WSSAddr, "wss")
+		l, err := listen(c.WSSAddr, "wss")
 		if err != nil {
-			stop()
-			return nil, err
+			return fail("ROOST_WSS_ADDR", err)
 		}
 		serveWeb(tls.NewListener(l, tlsConf))
 		fmt.Fprintf(stdout, "MQTT over WebSocket on wss://%s%s%s\n", displayAddr(l.Addr()), transport.WebSocketPath, trust)
 	}
 	if c.WSAddr != "" {
-		l, err := listen("ROOST_WS_ADDR", c.WSAddr, "ws")
+		l, err := listen(c.WSAddr, "ws")
 		if err != nil {
-			stop()
-			return nil, err
+			return fail("ROOST_WS_ADDR", err)
 		}
 		serveWeb(l)
 		fmt.Fprintf(stdout, "MQTT over WebSocket on ws://%s%s\n", displayAddr(l.Addr()), transport.WebSocketPath)
