@@ -435,10 +435,13 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 		return nil
 	}
 	// latency is a p2p run at a fixed rate, judged by its p99 in µs.
+	// A broker that cannot keep the rate up, or loses messages, is a
+	// result, not a failure of the suite: the run is kept (its tally and
+	// what was sent are in the JSON) and a warning printed.
 	latency := func(t bench.Target, qos byte, size int) (any, float64, error) {
 		r, err := bench.P2P(ctx, t, sz.p2pPairs, qos, size, sz.latencyRate, sz.p2pDuration)
 		if err == nil && !bench.Sustainable(r, sz.latencyRate, sz.p2pDuration, time.Second) {
-			err = fmt.Errorf("at %d msgs/s: %+v", sz.latencyRate, r)
+			fmt.Fprintf(out, "warning: %s did not sustain %d msgs/s cleanly: sent %d, p99 %.1f ms, %+v\n", t.Name, sz.latencyRate, r.Sent, r.P99, r.Tally)
 		}
 		return r, r.P99 * 1000, err
 	}
