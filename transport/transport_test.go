@@ -259,3 +259,24 @@ func TestWebSocketStream(t *testing.T) {
 		t.Errorf("GET /mqtt without an upgrade: %v %v", resp, err)
 	}
 }
+
+func TestTenantFromServerName(t *testing.T) {
+	for name, want := range map[string]string{
+		"acme.mqtt.example.com":      "acme",
+		"ACME.Mqtt.Example.com":      "acme",
+		"acme.mqtt.example.com.":     "acme",
+		"a.b.mqtt.example.com":       "",
+		"mqtt.example.com":           "",
+		".mqtt.example.com":          "",
+		"acme.mqtt.example.com.evil": "",
+		"acmemqtt.example.com":       "",
+		"":                           "",
+	} {
+		if got := TenantFromServerName(name, "mqtt.example.com"); got != want {
+			t.Errorf("%q: %q, want %q", name, got, want)
+		}
+	}
+	if got := TenantFromServerName("acme.localhost", ""); got != "" {
+		t.Errorf("without a domain: %q", got)
+	}
+}
