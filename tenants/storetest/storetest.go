@@ -31,6 +31,7 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"DeviceQuota", testDeviceQuota},
 		{"ACLRules", testACLRules},
 		{"APIKeys", testAPIKeys},
+		{"DeviceKeys", testDeviceKeys},
 		{"Audit", testAudit},
 		{"Settings", testSettings},
 		{"CrossTenant", testCrossTenant},
