@@ -58,9 +58,30 @@ func TestEveryRoute(t *testing.T) {
 
 	r = e.do("POST", "/v1/tenants/acme/devices", tok, map[string]any{"name": "sensor-1", "metadata": map[string]string{"room": "lab"}})
 	want(t, r, 201, "create device")
+
 	if r.str("username") != "acme/sensor-1" || len(r.str("secret")) < 22 {
 		t.Errorf("create device: got %s", r.body)
 	}
+	// Device keys for token authentication.
+	r = e.do("POST", "/v1/tenants/acme/devices/sensor-1/keys", tok, map[string]string{"public_key": testPublicKey})
+	want(t, r, 201, "register device key")
+	if r.str("algorithm") != "ES256" || len(r.str("fingerprint")) != 64 {
+		t.Errorf("device key: got %s", r.body)
+	}
+	dkID := r.str("id")
+	r = e.do("POST", "/v1/tenants/acme/devices/sensor-1/keys", tok, map[string]string{"public_key": testPublicKey2})
+	if want(t, r, 201, "register an Ed25519 key"); r.str("algorithm") != "EdDSA" {
+		t.Errorf("Ed25519 key: got %s", r.body)
+	}
+	wantProblem(t, e.do("POST", "/v1/tenants/acme/devices/sensor-1/keys", tok, map[string]string{"public_key": testPublicKey}), 409, "conflict", "", "the same key twice")
+	wantProblem(t, e.do("POST", "/v1/tenants/acme/devices/sensor-1/keys", tok, map[string]string{"public_key": "not a key"}), 400, "invalid", "public_key", "not a key")
+	wantProblem(t, e.do("GET", "/v1/tenants/acme/devices/nobody/keys", tok, nil), 404, "not_found", "", "keys of an unknown device")
+	r = e.do("GET", "/v1/tenants/acme/devices/sensor-1/keys", tok, nil)
+	if want(t, r, 200, "list device keys"); len(r.json()["items"].([]any)) != 2 {
+		t.Errorf("device keys: got %s", r.body)
+	}
+	want(t, e.do("DELETE", "/v1/tenants/acme/devices/sensor-1/keys/"+dkID, tok, nil), 204, "delete device key")
+	wantProblem(t, e.do("DELETE", "/v1/tenants/acme/devices/sensor-1/keys/"+dkID, tok, nil), 404, "not_found", "", "delete it twice")
 	want(t, e.do("GET", "/v1/tenants/acme/devices", tok, nil), 200, "list devices")
 	r = e.do("GET", "/v1/tenants/acme/devices/sensor-1", tok, nil)
 	want(t, r, 200, "get device")
@@ -164,6 +185,20 @@ func TestEveryRoute(t *testing.T) {
 	want(t, e.do("GET", "/v1/tenants/acme", tok, nil), 404, "deleted tenant")
 }
 
+// testPublicKey and testPublicKey2 are public keys to register for devices
+// (ECDSA P-256 and Ed25519).
+const (
+	testPublicKey = `-----BEGIN PUBLIC KEY-----
+MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE7A7zkp0yWXN0ExeQnVhN8Qs+/4sO
+V6HZQGf2Ayj8U5Vscz+JS9gdrCNgdxvKjJ9JM3O4W2UKglmQee6IJzdMVQ==
+-----END PUBLIC KEY-----
+`
+	testPublicKey2 = `-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAGoCB9ttoh1qH4g2qu/JbRMFpCEq6XbPNZizekTpJZFA=
+-----END PUBLIC KEY-----
+`
+)
+
 // fill puts ids into a route pattern.
 func fill(route string, ids map[string]string) string {
 	for k, v := range ids {
@@ -187,6 +222,7 @@ func attackBodies(memberEmail string) map[string]any {
 		"POST /v1/tenants/{tenant}/devices/{device}/secret": nil,
 		"POST /v1/tenants/{tenant}/messages":                map[string]any{"topic": "x", "payload": "hi"},
 		"POST /v1/tenants/{tenant}/rules":                   map[string]string{"filter": "#", "topic": "evil"},
+		"POST /v1/tenants/{tenant}/devices/{device}/keys":   map[string]string{"public_key": testPublicKey},
 	}
 }
 
@@ -206,6 +242,9 @@ func TestCrossTenantMatrix(t *testing.T) {
 	exp := e.do("POST", "/v1/tenants/tenant-a/rules", alice.token, map[string]string{"filter": "#", "topic": "all"})
 	want(t, exp, 201, "create export rule")
 	aExportID := exp.str("id")
+	dk := e.do("POST", "/v1/tenants/tenant-a/devices/a-dev/keys", alice.token, map[string]string{"public_key": testPublicKey})
+	want(t, dk, 201, "register device key")
+	aDeviceKeyID := dk.str("id")
 	_, bobKey := e.mustKey(bob.token, "tenant-b", tenants.RoleOwner)
 	before := snapshot(e, alice.token, "tenant-a")
 	e.bodies = &testenv.Buffer{} // from here on, A's secret must not show
@@ -222,6 +261,9 @@ func TestCrossTenantMatrix(t *testing.T) {
 		}
 		if strings.HasPrefix(route, "/v1/tenants/{tenant}/rules/") {
 			id = aExportID
+		}
+		if strings.Contains(route, "/keys/") {
+			id = aDeviceKeyID
 		}
 		aIDs := map[string]string{"tenant": "tenant-a", "device": "a-dev", "id": id, "account": alice.id}
 		paths := []string{fill(route, aIDs)}
@@ -267,8 +309,12 @@ func TestCrossTenantMatrix(t *testing.T) {
 // snapshot renders everything a tenant holds, to compare before and after.
 func snapshot(e *env, tok, tenant string) string {
 	var b strings.Builder
-	for _, p := range []string{"", "/devices", "/acl/rules", "/api-keys", "/members", "/rules"} {
+	for _, p := range []string{"", "/devices", "/acl/rules", "/api-keys", "/members", "/rules", "/devices/a-dev/keys"} {
 		r := e.do("GET", "/v1/tenants/"+tenant+p, tok, nil)
+		if r.status != http.StatusOK { // a problem carries a request id
+			fmt.Fprintf(&b, "%s=%d\n", p, r.status)
+			continue
+		}
 		var v any
 		json.Unmarshal(r.body, &v)
 		if m, ok := v.(map[string]any); ok {

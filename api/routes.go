@@ -52,6 +52,9 @@ func (s *Server) routes() chi.Router {
 				r.With(admin).Post("/devices/{device}/secret", s.serve(handleDeviceRotate(st)))
 				r.With(viewer).Get("/devices/{device}/status", s.serve(handleDeviceStatus(st, s.dataPlane)))
 				r.With(admin).Post("/devices/{device}/disconnect", s.serve(handleDeviceDisconnect(st, s.dataPlane)))
+				r.With(viewer).Get("/devices/{device}/keys", s.serve(handleDeviceKeyList(st)))
+				r.With(admin).Post("/devices/{device}/keys", s.serve(handleDeviceKeyCreate(st)))
+				r.With(admin).Delete("/devices/{device}/keys/{id}", s.serve(handleDeviceKeyDelete(st)))
 				r.With(admin).Post("/messages", s.serve(handleMessagePublish(s.dataPlane)))
 
 				r.With(viewer).Get("/acl/rules", s.serve(handleACLList(st)))
