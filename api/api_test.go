@@ -58,7 +58,6 @@ func TestEveryRoute(t *testing.T) {
 
 	r = e.do("POST", "/v1/tenants/acme/devices", tok, map[string]any{"name": "sensor-1", "metadata": map[string]string{"room": "lab"}})
 	want(t, r, 201, "create device")
-
 	if r.str("username") != "acme/sensor-1" || len(r.str("secret")) < 22 {
 		t.Errorf("create device: got %s", r.body)
 	}

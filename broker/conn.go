@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync/atomic"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -18,6 +19,11 @@ type identity struct {
 	assign   bool   // the client sent an empty id and is given clientID
 	secret   string // hash of the secret it presented, to notice rotation
 	version  byte
+	// key is the fingerprint of the public key whose token the device
+	// presented instead of its secret, and expires when that token does;
+	// both are empty for a secret.
+	key     string
+	expires time.Time
 }
 
 // deviceConn is the connection a tenant's broker reads and writes. It
@@ -44,6 +50,9 @@ type deviceConn struct {
 	inst     *instance
 	fixedMax int
 	limits   connLimits
+	// expiry ends a connection admitted with a token when the token
+	// expires.
+	expiry atomic.Pointer[time.Timer]
 }
 
 var errMalformedSubscribe = errors.New("malformed SUBSCRIBE")

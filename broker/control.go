@@ -95,7 +95,12 @@ func (h *Hub) apply(c tenants.Change) {
 		}
 		for _, cl := range clients {
 			dc := cl.Net.Conn.(*deviceConn)
-			if !found || !d.Enabled || d.SecretHash != dc.id.secret || (d.ClientIDs == tenants.ClientIDsExact && cl.ID != d.Name) {
+			stands, err := h.credentialStands(ctx, dc.id, d)
+			if err != nil {
+				h.log.Error("apply change", "tenant", c.Tenant, "device", c.Device, "err", err)
+				return
+			}
+			if !found || !d.Enabled || !stands || (d.ClientIDs == tenants.ClientIDsExact && cl.ID != d.Name) {
 				inst.kick(cl, packets.ErrAdministrativeAction)
 				inst.log.Info("device disconnected after a change", "device", c.Device, "client_id", cl.ID)
 			}

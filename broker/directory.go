@@ -17,6 +17,7 @@ type Directory interface {
 	Device(ctx context.Context, tenant, name string) (tenants.Device, error)
 	ACLRules(ctx context.Context, tenant string) ([]tenants.ACLRule, error)
 	ExportRules(ctx context.Context, tenant string) ([]tenants.ExportRule, error)
+	DeviceKeys(ctx context.Context, tenant, device string) ([]tenants.DeviceKey, error)
 	TouchDevice(ctx context.Context, tenant, name string, t time.Time) error
 }
 
@@ -44,6 +45,7 @@ type directoryCache struct {
 	gen     uint64 // bumped by every invalidation; a read that raced one is not cached
 	tenants *lru.Cache[string, cached[tenants.Tenant]]
 	devices *lru.Cache[deviceKey, cached[tenants.Device]]
+	keys    *lru.Cache[deviceKey, cached[[]tenants.DeviceKey]]
 }
 
 func newDirectoryCache(dir Directory, size int, ttl time.Duration, now func() time.Time) *directoryCache {
@@ -51,6 +53,7 @@ func newDirectoryCache(dir Directory, size int, ttl time.Duration, now func() ti
 		dir: dir, ttl: ttl, now: now,
 		tenants: lru.New[string, cached[tenants.Tenant]](max(size/10, 100)),
 		devices: lru.New[deviceKey, cached[tenants.Device]](size),
+		keys:    lru.New[deviceKey, cached[[]tenants.DeviceKey]](max(size/10, 100)),
 	}
 }
 
@@ -86,6 +89,12 @@ func (c *directoryCache) device(ctx context.Context, tenant, name string) (tenan
 	return lookup(c, c.devices, deviceKey{tenant, name}, func() (tenants.Device, error) { return c.dir.Device(ctx, tenant, name) })
 }
 
+// deviceKeys are the public keys a device signs its tokens with.
+func (c *directoryCache) deviceKeys(ctx context.Context, tenant, name string) ([]tenants.DeviceKey, error) {
+	keys, _, err := lookup(c, c.keys, deviceKey{tenant, name}, func() ([]tenants.DeviceKey, error) { return c.dir.DeviceKeys(ctx, tenant, name) })
+	return keys, err
+}
+
 // invalidate drops what a change makes stale.
 func (c *directoryCache) invalidate(ch tenants.Change) {
 	c.mu.Lock()
@@ -97,7 +106,9 @@ func (c *directoryCache) invalidate(ch tenants.Change) {
 	case tenants.TenantDeleted:
 		c.tenants.Remove(ch.Tenant)
 		c.devices.RemoveIf(func(k deviceKey) bool { return k.tenant == ch.Tenant })
+		c.keys.RemoveIf(func(k deviceKey) bool { return k.tenant == ch.Tenant })
 	case tenants.DeviceChanged:
 		c.devices.Remove(deviceKey{ch.Tenant, ch.Device})
+		c.keys.Remove(deviceKey{ch.Tenant, ch.Device})
 	}
 }

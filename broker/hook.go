@@ -109,6 +109,16 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	h.inst.hub.touch(h.inst.tenant, dc.id.device, now)
 	h.inst.emit(cl, events.Event{Type: events.Connected})
+	if !dc.id.expires.IsZero() {
+		// A token admits a connection until it expires; then MQTT 5
+		// clients are told 0x87 (not authorized) and may come back with a
+		// new token.
+		inst := h.inst
+		dc.expiry.Store(time.AfterFunc(dc.id.expires.Sub(now), func() {
+			inst.log.Info("device token expired: disconnected", "device", dc.id.device, "client_id", cl.ID)
+			inst.kick(cl, packets.ErrNotAuthorized)
+		}))
+	}
 	return nil
 }
 
@@ -165,6 +175,9 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		return // a session being restored, not a connection ending
 	}
 	h.inst.dropPresence(dc)
+	if t := dc.expiry.Load(); t != nil {
+		t.Stop()
+	}
 	h.inst.hub.touch(h.inst.tenant, dc.id.device, h.inst.hub.now())
 	reason := ""
 	if err != nil {

@@ -358,7 +358,7 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 		log.Info("connect refused: too many failed attempts", "retry_in", wait)
 		return nil, identity{}, authThrottled
 	}
-	t, d, ok, err := h.credentials(ctx, tenant, device, pk.Connect.Password)
+	t, d, cred, ok, err := h.credentials(ctx, tenant, device, pk.Connect.Password)
 	if err != nil {
 		return nil, identity{}, err
 	}
@@ -383,7 +383,7 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 		return refuse(tenantSuspended)
 	}
 
-	id := identity{tenant: tenant, device: device, secret: d.SecretHash, version: pk.ProtocolVersion}
+	id := identity{tenant: tenant, device: device, secret: d.SecretHash, version: pk.ProtocolVersion, key: cred.key, expires: cred.expires}
 	cid := pk.Connect.ClientIdentifier
 	switch {
 	case cid == "" && pk.ProtocolVersion < 5 && !pk.Connect.Clean:
@@ -426,16 +426,19 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 	return inst, id, nil
 }
 
-// credentials checks a device's secret. ok is false, with no error, for an
-// unknown tenant, an unknown or disabled device and a wrong secret alike.
-func (h *Hub) credentials(ctx context.Context, tenant, device string, password []byte) (tenants.Tenant, tenants.Device, bool, error) {
+// credentials checks a device's secret, or the token it sent instead,
+// signed by one of its registered keys. ok is false, with no error, for an
+// unknown tenant, an unknown or disabled device, a wrong secret and a token
+// that does not verify alike; cred says which key verified a token and
+// when it expires.
+func (h *Hub) credentials(ctx context.Context, tenant, device string, password []byte) (t tenants.Tenant, d tenants.Device, cred tokenCredential, ok bool, err error) {
 	t, found, err := h.dir.tenant(ctx, tenant)
 	if err != nil || !found {
-		return t, tenants.Device{}, false, err
+		return t, d, cred, false, err
 	}
-	d, found, err := h.dir.device(ctx, tenant, device)
+	d, found, err = h.dir.device(ctx, tenant, device)
 	if err != nil {
-		return t, d, false, err
+		return t, d, cred, false, err
 	}
 	// The secret is checked even for an unknown or disabled device, so all
 	// refusals cost the same.
@@ -444,7 +447,44 @@ func (h *Hub) credentials(ctx context.Context, tenant, device string, password [
 		hash = unknownDeviceHash
 	}
 	match := tenants.CheckSecret(string(password), hash)
-	return t, d, found && d.Enabled && match, nil
+	if !match && found && d.Enabled && tenants.LooksLikeJWT(string(password)) {
+		keys, err := h.dir.deviceKeys(ctx, tenant, device)
+		if err != nil {
+			return t, d, cred, false, err
+		}
+		k, exp, verr := tenants.VerifyDeviceToken(string(password), tenant, keys, h.now())
+		if verr != nil {
+			h.log.Info("device token refused", "tenant", tenant, "device", device, "err", verr)
+		}
+		match, cred = verr == nil, tokenCredential{key: k.Fingerprint, expires: exp}
+	}
+	return t, d, cred, found && d.Enabled && match, nil
+}
+
+// tokenCredential is what a verified device token leaves: the fingerprint
+// of the key that signed it and when it expires.
+type tokenCredential struct {
+	key     string
+	expires time.Time
+}
+
+// credentialStands reports whether what a connection was admitted with
+// still holds: its secret is still the device's, or the key its token was
+// signed with is still registered.
+func (h *Hub) credentialStands(ctx context.Context, id identity, d tenants.Device) (bool, error) {
+	if id.key == "" {
+		return d.SecretHash == id.secret, nil
+	}
+	keys, err := h.dir.deviceKeys(ctx, id.tenant, id.device)
+	if err != nil {
+		return false, err
+	}
+	for _, k := range keys {
+		if k.Fingerprint == id.key {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // stillValid checks an admitted identity against the directory as it is
@@ -463,10 +503,14 @@ func (h *Hub) stillValid(id identity) *refusal {
 		return &tenantSuspended
 	}
 	d, found, err := h.dir.device(ctx, id.tenant, id.device)
+	if err != nil {
+		return &serverUnavailable
+	}
+	stands, err := h.credentialStands(ctx, id, d)
 	switch {
 	case err != nil:
 		return &serverUnavailable
-	case !found || !d.Enabled || d.SecretHash != id.secret:
+	case !found || !d.Enabled || !stands:
 		return &badCredentials
 	case d.ClientIDs == tenants.ClientIDsExact && id.clientID != d.Name:
 		return &clientIDRefused

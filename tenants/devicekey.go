@@ -93,8 +93,9 @@ var ErrBadToken = errors.New("device token not valid")
 // "signed" with a public key, never passes), exp present, in the future and
 // at most MaxTokenLifetime ahead, aud the tenant's slug, iat not more than
 // TokenSkew ahead. A kid, if the token has one, must name the key (its ID
-// or fingerprint). It returns when the token expires.
-func VerifyDeviceToken(token, tenant string, keys []DeviceKey, now time.Time) (time.Time, error) {
+// or fingerprint). It returns the key that verified it and when it
+// expires.
+func VerifyDeviceToken(token, tenant string, keys []DeviceKey, now time.Time) (DeviceKey, time.Time, error) {
 	var errs []error
 	for _, k := range keys {
 		alg, pub, fp, err := ParsePublicKey(k.PublicKey)
@@ -120,15 +121,15 @@ func VerifyDeviceToken(token, tenant string, keys []DeviceKey, now time.Time) (t
 		}
 		exp := claims.ExpiresAt.Time
 		if exp.After(now.Add(MaxTokenLifetime)) {
-			return time.Time{}, fmt.Errorf("%w: expires more than %v ahead", ErrBadToken, MaxTokenLifetime)
+			return DeviceKey{}, time.Time{}, fmt.Errorf("%w: expires more than %v ahead", ErrBadToken, MaxTokenLifetime)
 		}
 		if claims.IssuedAt != nil && claims.IssuedAt.After(now.Add(TokenSkew)) {
-			return time.Time{}, fmt.Errorf("%w: issued in the future", ErrBadToken)
+			return DeviceKey{}, time.Time{}, fmt.Errorf("%w: issued in the future", ErrBadToken)
 		}
-		return exp, nil
+		return k, exp, nil
 	}
 	if len(keys) == 0 {
-		return time.Time{}, fmt.Errorf("%w: the device has no keys", ErrBadToken)
+		return DeviceKey{}, time.Time{}, fmt.Errorf("%w: the device has no keys", ErrBadToken)
 	}
-	return time.Time{}, fmt.Errorf("%w: %w", ErrBadToken, errors.Join(errs...))
+	return DeviceKey{}, time.Time{}, fmt.Errorf("%w: %w", ErrBadToken, errors.Join(errs...))
 }

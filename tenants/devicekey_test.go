@@ -116,9 +116,9 @@ func TestVerifyDeviceTokenMatrix(t *testing.T) {
 		{"not yet valid (nbf)", sign(jwt.SigningMethodES256, ec, claims(func(c *jwt.RegisteredClaims) { c.NotBefore = jwt.NewNumericDate(now.Add(time.Hour)) }), ""), false},
 		{"garbage", "eyJ.not.atoken", false},
 	} {
-		exp, err := tenants.VerifyDeviceToken(tc.token, "acme", keys, now)
+		k, exp, err := tenants.VerifyDeviceToken(tc.token, "acme", keys, now)
 		switch {
-		case tc.ok && (err != nil || exp.IsZero()):
+		case tc.ok && (err != nil || exp.IsZero() || k.ID == ""):
 			t.Errorf("%s: refused: %v", tc.name, err)
 		case !tc.ok && err == nil:
 			t.Errorf("%s: accepted", tc.name)
@@ -126,7 +126,10 @@ func TestVerifyDeviceTokenMatrix(t *testing.T) {
 			t.Errorf("%s: %v is not ErrBadToken", tc.name, err)
 		}
 	}
-	if _, err := tenants.VerifyDeviceToken(sign(jwt.SigningMethodES256, ec, claims(nil), ""), "acme", nil, now); err == nil {
+	if k, _, err := tenants.VerifyDeviceToken(sign(jwt.SigningMethodEdDSA, edPriv, claims(nil), ""), "acme", keys, now); err != nil || k.ID != "k-ed" {
+		t.Errorf("the key that verified: %+v %v", k, err)
+	}
+	if _, _, err := tenants.VerifyDeviceToken(sign(jwt.SigningMethodES256, ec, claims(nil), ""), "acme", nil, now); err == nil {
 		t.Error("a device without keys accepted a token")
 	}
 	if !tenants.LooksLikeJWT(sign(jwt.SigningMethodES256, ec, claims(nil), "")) || tenants.LooksLikeJWT("Zm9vYmFy-secret") {
