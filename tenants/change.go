@@ -17,6 +17,8 @@ const (
 	ACLChanged ChangeKind = "acl"
 	// ExportChanged: the tenant's export rules changed.
 	ExportChanged ChangeKind = "export"
+	// CAChanged: the tenant's certificate authorities changed.
+	CAChanged ChangeKind = "ca"
 )
 
 // Change tells that something in a tenant changed, after the change is

@@ -32,6 +32,7 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"ACLRules", testACLRules},
 		{"APIKeys", testAPIKeys},
 		{"DeviceKeys", testDeviceKeys},
+		{"Certificates", testCertificates},
 		{"Audit", testAudit},
 		{"Settings", testSettings},
 		{"CrossTenant", testCrossTenant},

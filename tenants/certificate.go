@@ -1,0 +1,119 @@
+package tenants
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
+	"regexp"
+	"strings"
+	"time"
+)
+
+// A device may prove who it is with a TLS client certificate instead of a
+// secret: one that chains to a certificate authority its tenant registered
+// and names the device (its subject common name is the device's name, or
+// it carries the URI SAN roost://<tenant>/<device>), or one pinned to the
+// device itself by certificate or SHA-256 fingerprint.
+
+// MaxCAs and MaxDeviceCertificates bound what a tenant and a device hold.
+const (
+	MaxCAs                = 20
+	MaxDeviceCertificates = 10
+)
+
+// CA is a certificate authority a tenant trusts for its devices.
+type CA struct {
+	ID          string    `json:"id"`
+	Subject     string    `json:"subject"`
+	Fingerprint string    `json:"fingerprint"` // hex SHA-256 of the DER certificate
+	Certificate string    `json:"certificate"` // PEM
+	NotAfter    time.Time `json:"not_after"`
+	CreatedAt   time.Time `json:"created_at"`
+}
+
+// CAInput registers a CA certificate.
+type CAInput struct {
+	Certificate string `json:"certificate"`
+}
+
+// DeviceCertificate is a certificate pinned to a device: by the certificate
+// itself (subject and expiry known) or by its fingerprint alone.
+type DeviceCertificate struct {
+	ID          string     `json:"id"`
+	Device      string     `json:"device"`
+	Fingerprint string     `json:"fingerprint"`
+	Subject     string     `json:"subject"`
+	NotAfter    *time.Time `json:"not_after"`
+	CreatedAt   time.Time  `json:"created_at"`
+}
+
+// DeviceCertificateInput pins a certificate (PEM) or a fingerprint (hex
+// SHA-256 of the DER certificate, colons allowed) to a device: one of the
+// two.
+type DeviceCertificateInput struct {
+	Certificate string `json:"certificate,omitempty"`
+	Fingerprint string `json:"fingerprint,omitempty"`
+}
+
+// Fingerprint is the hex SHA-256 of a DER certificate.
+func Fingerprint(der []byte) string {
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])
+}
+
+// ParseCertificatePEM reads exactly one PEM CERTIFICATE block.
+func ParseCertificatePEM(field, text string) (*x509.Certificate, error) {
+	block, rest := pem.Decode([]byte(strings.TrimSpace(text)))
+	if block == nil || block.Type != "CERTIFICATE" || len(strings.TrimSpace(string(rest))) > 0 {
+		return nil, invalid(field, "must be one PEM block of type CERTIFICATE")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, invalid(field, "is not a certificate: %v", err)
+	}
+	return cert, nil
+}
+
+// ParseCA checks a CA certificate: a CA (basic constraints) allowed to sign
+// certificates, not expired.
+func ParseCA(in CAInput, now time.Time) (CA, error) {
+	cert, err := ParseCertificatePEM("certificate", in.Certificate)
+	if err != nil {
+		return CA{}, err
+	}
+	if !cert.BasicConstraintsValid || !cert.IsCA {
+		return CA{}, invalid("certificate", "is not a CA certificate (basic constraints)")
+	}
+	if cert.KeyUsage != 0 && cert.KeyUsage&x509.KeyUsageCertSign == 0 {
+		return CA{}, invalid("certificate", "may not sign certificates (key usage)")
+	}
+	if now.After(cert.NotAfter) {
+		return CA{}, invalid("certificate", "expired on %s", cert.NotAfter.UTC().Format(time.RFC3339))
+	}
+	return CA{Subject: cert.Subject.String(), Fingerprint: Fingerprint(cert.Raw), Certificate: in.Certificate, NotAfter: cert.NotAfter.UTC()}, nil
+}
+
+var fingerprintRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// ParseDeviceCertificate checks what pins a certificate to a device.
+func ParseDeviceCertificate(in DeviceCertificateInput) (DeviceCertificate, error) {
+	switch {
+	case in.Certificate != "" && in.Fingerprint != "":
+		return DeviceCertificate{}, invalid("fingerprint", "give the certificate or its fingerprint, not both")
+	case in.Certificate != "":
+		cert, err := ParseCertificatePEM("certificate", in.Certificate)
+		if err != nil {
+			return DeviceCertificate{}, err
+		}
+		na := cert.NotAfter.UTC()
+		return DeviceCertificate{Fingerprint: Fingerprint(cert.Raw), Subject: cert.Subject.String(), NotAfter: &na}, nil
+	case in.Fingerprint != "":
+		fp := strings.ToLower(strings.ReplaceAll(in.Fingerprint, ":", ""))
+		if !fingerprintRE.MatchString(fp) {
+			return DeviceCertificate{}, invalid("fingerprint", "must be the 64 hex digits of a SHA-256")
+		}
+		return DeviceCertificate{Fingerprint: fp}, nil
+	}
+	return DeviceCertificate{}, invalid("certificate", "give the certificate or its fingerprint")
+}

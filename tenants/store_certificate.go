@@ -1,0 +1,153 @@
+package tenants
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+// CreateCA registers a certificate authority for a tenant's devices.
+func (s *Store) CreateCA(ctx context.Context, tenant string, in CAInput) (CA, error) {
+	ca, err := ParseCA(in, s.timestamp())
+	if err != nil {
+		return CA{}, err
+	}
+	ca.ID, ca.CreatedAt = newID("ca_"), s.timestamp()
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		if err := s.lockTenant(ctx, tx, tenant); err != nil {
+			return err
+		}
+		var n int64
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM tenant_cas WHERE tenant = $1`, tenant).Scan(&n); err != nil {
+			return err
+		}
+		if n >= MaxCAs {
+			return invalid("certificate", "a tenant holds at most %d certificate authorities; delete one first", MaxCAs)
+		}
+		if _, err := tx.ExecContext(ctx,
+			`INSERT INTO tenant_cas (id, tenant, subject, fingerprint, certificate, not_after, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+			ca.ID, tenant, ca.Subject, ca.Fingerprint, ca.Certificate, ca.NotAfter, ca.CreatedAt); err != nil {
+			if isUniqueViolation(err) {
+				return fmt.Errorf("the tenant already trusts this certificate: %w", ErrConflict)
+			}
+			return err
+		}
+		return s.audit(ctx, tx, tenant, "ca.create", "ca:"+ca.ID)
+	}, Change{Kind: CAChanged, Tenant: tenant})
+	if err != nil {
+		return CA{}, err
+	}
+	return ca, nil
+}
+
+// CAs lists a tenant's certificate authorities, oldest first.
+func (s *Store) CAs(ctx context.Context, tenant string) ([]CA, error) {
+	rows, err := s.db.QueryContext(ctx,
+		`SELECT id, subject, fingerprint, certificate, not_after, created_at FROM tenant_cas WHERE tenant = $1 ORDER BY created_at, id`, tenant)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var cas []CA
+	for rows.Next() {
+		var c CA
+		if err := rows.Scan(&c.ID, &c.Subject, &c.Fingerprint, &c.Certificate, &c.NotAfter, &c.CreatedAt); err != nil {
+			return nil, err
+		}
+		c.NotAfter, c.CreatedAt = c.NotAfter.UTC(), c.CreatedAt.UTC()
+		cas = append(cas, c)
+	}
+	return cas, rows.Err()
+}
+
+// DeleteCA stops trusting a certificate authority; the data plane ends the
+// connections it admitted on the change it raises.
+func (s *Store) DeleteCA(ctx context.Context, tenant, id string) error {
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM tenant_cas WHERE tenant = $1 AND id = $2`, tenant, id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("certificate authority %s: %w", id, ErrNotFound)
+		}
+		return s.audit(ctx, tx, tenant, "ca.delete", "ca:"+id)
+	}, Change{Kind: CAChanged, Tenant: tenant})
+}
+
+// CreateDeviceCertificate pins a certificate, or its fingerprint, to a
+// device.
+func (s *Store) CreateDeviceCertificate(ctx context.Context, tenant, device string, in DeviceCertificateInput) (DeviceCertificate, error) {
+	c, err := ParseDeviceCertificate(in)
+	if err != nil {
+		return DeviceCertificate{}, err
+	}
+	c.ID, c.Device, c.CreatedAt = newID("dc_"), device, s.timestamp()
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		if err := s.lockTenant(ctx, tx, tenant); err != nil {
+			return err
+		}
+		var n int64
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM devices WHERE tenant = $1 AND name = $2`, tenant, device).Scan(&n); err != nil {
+			return err
+		}
+		if n == 0 {
+			return fmt.Errorf("device %s: %w", device, ErrNotFound)
+		}
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM device_certificates WHERE tenant = $1 AND device = $2`, tenant, device).Scan(&n); err != nil {
+			return err
+		}
+		if n >= MaxDeviceCertificates {
+			return invalid("certificate", "a device holds at most %d certificates; delete one first", MaxDeviceCertificates)
+		}
+		if _, err := tx.ExecContext(ctx,
+			`INSERT INTO device_certificates (id, tenant, device, fingerprint, subject, not_after, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+			c.ID, tenant, device, c.Fingerprint, c.Subject, c.NotAfter, c.CreatedAt); err != nil {
+			if isUniqueViolation(err) {
+				return fmt.Errorf("the device already has this certificate: %w", ErrConflict)
+			}
+			return err
+		}
+		return s.audit(ctx, tx, tenant, "device_certificate.create", "device:"+device+"/certificate:"+c.ID)
+	}, Change{Kind: DeviceChanged, Tenant: tenant, Device: device})
+	if err != nil {
+		return DeviceCertificate{}, err
+	}
+	return c, nil
+}
+
+// DeviceCertificates lists the certificates pinned to a device, oldest first.
+func (s *Store) DeviceCertificates(ctx context.Context, tenant, device string) ([]DeviceCertificate, error) {
+	rows, err := s.db.QueryContext(ctx,
+		`SELECT id, device, fingerprint, subject, not_after, created_at FROM device_certificates WHERE tenant = $1 AND device = $2 ORDER BY created_at, id`, tenant, device)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var cs []DeviceCertificate
+	for rows.Next() {
+		var c DeviceCertificate
+		var na sql.NullTime
+		if err := rows.Scan(&c.ID, &c.Device, &c.Fingerprint, &c.Subject, &na, &c.CreatedAt); err != nil {
+			return nil, err
+		}
+		c.NotAfter, c.CreatedAt = nullTime(na), c.CreatedAt.UTC()
+		cs = append(cs, c)
+	}
+	return cs, rows.Err()
+}
+
+// DeleteDeviceCertificate unpins a certificate; connections it admitted
+// end on the change it raises.
+func (s *Store) DeleteDeviceCertificate(ctx context.Context, tenant, device, id string) error {
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM device_certificates WHERE tenant = $1 AND device = $2 AND id = $3`, tenant, device, id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return fmt.Errorf("device certificate %s: %w", id, ErrNotFound)
+		}
+		return s.audit(ctx, tx, tenant, "device_certificate.delete", "device:"+device+"/certificate:"+id)
+	}, Change{Kind: DeviceChanged, Tenant: tenant, Device: device})
+}
