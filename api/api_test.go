@@ -80,6 +80,28 @@ func TestEveryRoute(t *testing.T) {
 		t.Errorf("device keys: got %s", r.body)
 	}
 	want(t, e.do("DELETE", "/v1/tenants/acme/devices/sensor-1/keys/"+dkID, tok, nil), 204, "delete device key")
+
+	// X.509: the tenant's CAs and certificates pinned to a device.
+	r = e.do("POST", "/v1/tenants/acme/cas", tok, map[string]string{"certificate": testCA})
+	want(t, r, 201, "register a CA")
+	if !strings.Contains(r.str("subject"), "Test devices CA") {
+		t.Errorf("CA: got %s", r.body)
+	}
+	caID := r.str("id")
+	wantProblem(t, e.do("POST", "/v1/tenants/acme/cas", tok, map[string]string{"certificate": testCA}), 409, "conflict", "", "the same CA twice")
+	wantProblem(t, e.do("POST", "/v1/tenants/acme/cas", tok, map[string]string{"certificate": "nope"}), 400, "invalid", "certificate", "not a certificate")
+	want(t, e.do("GET", "/v1/tenants/acme/cas", tok, nil), 200, "list CAs")
+	r = e.do("POST", "/v1/tenants/acme/devices/sensor-1/certificates", tok, map[string]string{"fingerprint": strings.ToUpper(testFingerprint)})
+	want(t, r, 201, "pin a fingerprint")
+	if r.str("fingerprint") != testFingerprint {
+		t.Errorf("pinned fingerprint: got %s", r.body)
+	}
+	certID := r.str("id")
+	wantProblem(t, e.do("POST", "/v1/tenants/acme/devices/sensor-1/certificates", tok, map[string]string{}), 400, "invalid", "certificate", "neither certificate nor fingerprint")
+	want(t, e.do("GET", "/v1/tenants/acme/devices/sensor-1/certificates", tok, nil), 200, "list device certificates")
+	want(t, e.do("DELETE", "/v1/tenants/acme/devices/sensor-1/certificates/"+certID, tok, nil), 204, "unpin")
+	want(t, e.do("DELETE", "/v1/tenants/acme/cas/"+caID, tok, nil), 204, "delete CA")
+	wantProblem(t, e.do("DELETE", "/v1/tenants/acme/cas/"+caID, tok, nil), 404, "not_found", "", "delete the CA twice")
 	wantProblem(t, e.do("DELETE", "/v1/tenants/acme/devices/sensor-1/keys/"+dkID, tok, nil), 404, "not_found", "", "delete it twice")
 	want(t, e.do("GET", "/v1/tenants/acme/devices", tok, nil), 200, "list devices")
 	r = e.do("GET", "/v1/tenants/acme/devices/sensor-1", tok, nil)
@@ -198,6 +220,23 @@ MCowBQYDK2VwAyEAGoCB9ttoh1qH4g2qu/JbRMFpCEq6XbPNZizekTpJZFA=
 `
 )
 
+// testCA is a CA certificate (ECDSA P-256, valid until 2036).
+const testCA = `-----BEGIN CERTIFICATE-----
+MIIBmjCCAT+gAwIBAgIUK/fK2ZFtzNNqAmcMQekUJo+k3tswCgYIKoZIzj0EAwIw
+GjEYMBYGA1UEAwwPVGVzdCBkZXZpY2VzIENBMB4XDTI2MTEyNjAxMzEwNVoXDTM2
+MTEyMzAxMzEwNVowGjEYMBYGA1UEAwwPVGVzdCBkZXZpY2VzIENBMFkwEwYHKoZI
+zj0CAQYIKoZIzj0DAQcDQgAEPyfs+ZQQFzmmE+0WxDuz9EPdL8kj40Fkog4RCVuT
+9dANQ/I2A/cMQ9ajc6fZydGC5oe+iNxEbBgSD/caFumWfKNjMGEwHQYDVR0OBBYE
+FOX+ujeRBy/xa5STbqgQa2HNMH2QMB8GA1UdIwQYMBaAFOX+ujeRBy/xa5STbqgQ
+a2HNMH2QMA8GA1UdEwEB/wQFMAMBAf8wDgYDVR0PAQH/BAQDAgIEMAoGCCqGSM49
+BAMCA0kAMEYCIQD3SfeaA81i9nSHV6uXWGgRW37aoyDB/SHriG2cPCOhEQIhAPvb
+ouuS2cpg2SoCLVAZ5eX7gArXbs5cFJ4S9OIyY5zC
+-----END CERTIFICATE-----
+`
+
+// testFingerprint is a SHA-256 fingerprint to pin to a device.
+const testFingerprint = "ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12ab12"
+
 // fill puts ids into a route pattern.
 func fill(route string, ids map[string]string) string {
 	for k, v := range ids {
@@ -211,17 +250,19 @@ func fill(route string, ids map[string]string) string {
 // bad body.
 func attackBodies(memberEmail string) map[string]any {
 	return map[string]any{
-		"PATCH /v1/tenants/{tenant}/":                       map[string]string{"name": "pwned"},
-		"POST /v1/tenants/{tenant}/devices":                 map[string]string{"name": "evil"},
-		"PATCH /v1/tenants/{tenant}/devices/{device}":       map[string]any{"enabled": false},
-		"POST /v1/tenants/{tenant}/acl/rules":               map[string]any{"effect": "deny", "action": "all", "topic": "#", "position": 0},
-		"POST /v1/tenants/{tenant}/acl/check":               map[string]string{"device": "a-dev", "action": "publish", "topic": "x"},
-		"POST /v1/tenants/{tenant}/api-keys":                map[string]string{"name": "evil", "role": "viewer"},
-		"POST /v1/tenants/{tenant}/members":                 map[string]string{"email": memberEmail, "role": "owner"},
-		"POST /v1/tenants/{tenant}/devices/{device}/secret": nil,
-		"POST /v1/tenants/{tenant}/messages":                map[string]any{"topic": "x", "payload": "hi"},
-		"POST /v1/tenants/{tenant}/rules":                   map[string]string{"filter": "#", "topic": "evil"},
-		"POST /v1/tenants/{tenant}/devices/{device}/keys":   map[string]string{"public_key": testPublicKey},
+		"PATCH /v1/tenants/{tenant}/":                             map[string]string{"name": "pwned"},
+		"POST /v1/tenants/{tenant}/devices":                       map[string]string{"name": "evil"},
+		"PATCH /v1/tenants/{tenant}/devices/{device}":             map[string]any{"enabled": false},
+		"POST /v1/tenants/{tenant}/acl/rules":                     map[string]any{"effect": "deny", "action": "all", "topic": "#", "position": 0},
+		"POST /v1/tenants/{tenant}/acl/check":                     map[string]string{"device": "a-dev", "action": "publish", "topic": "x"},
+		"POST /v1/tenants/{tenant}/api-keys":                      map[string]string{"name": "evil", "role": "viewer"},
+		"POST /v1/tenants/{tenant}/members":                       map[string]string{"email": memberEmail, "role": "owner"},
+		"POST /v1/tenants/{tenant}/devices/{device}/secret":       nil,
+		"POST /v1/tenants/{tenant}/messages":                      map[string]any{"topic": "x", "payload": "hi"},
+		"POST /v1/tenants/{tenant}/rules":                         map[string]string{"filter": "#", "topic": "evil"},
+		"POST /v1/tenants/{tenant}/devices/{device}/keys":         map[string]string{"public_key": testPublicKey},
+		"POST /v1/tenants/{tenant}/devices/{device}/certificates": map[string]string{"fingerprint": testFingerprint},
+		"POST /v1/tenants/{tenant}/cas":                           map[string]string{"certificate": testCA},
 	}
 }
 
@@ -244,6 +285,12 @@ func TestCrossTenantMatrix(t *testing.T) {
 	dk := e.do("POST", "/v1/tenants/tenant-a/devices/a-dev/keys", alice.token, map[string]string{"public_key": testPublicKey})
 	want(t, dk, 201, "register device key")
 	aDeviceKeyID := dk.str("id")
+	dc := e.do("POST", "/v1/tenants/tenant-a/devices/a-dev/certificates", alice.token, map[string]string{"fingerprint": testFingerprint})
+	want(t, dc, 201, "pin a device certificate")
+	aCertID := dc.str("id")
+	ca := e.do("POST", "/v1/tenants/tenant-a/cas", alice.token, map[string]string{"certificate": testCA})
+	want(t, ca, 201, "register a CA")
+	aCAID := ca.str("id")
 	_, bobKey := e.mustKey(bob.token, "tenant-b", tenants.RoleOwner)
 	before := snapshot(e, alice.token, "tenant-a")
 	e.bodies = &testenv.Buffer{} // from here on, A's secret must not show
@@ -263,6 +310,12 @@ func TestCrossTenantMatrix(t *testing.T) {
 		}
 		if strings.Contains(route, "/keys/") {
 			id = aDeviceKeyID
+		}
+		if strings.Contains(route, "/certificates/") {
+			id = aCertID
+		}
+		if strings.Contains(route, "/cas/") {
+			id = aCAID
 		}
 		aIDs := map[string]string{"tenant": "tenant-a", "device": "a-dev", "id": id, "account": alice.id}
 		paths := []string{fill(route, aIDs)}
@@ -308,7 +361,7 @@ func TestCrossTenantMatrix(t *testing.T) {
 // snapshot renders everything a tenant holds, to compare before and after.
 func snapshot(e *env, tok, tenant string) string {
 	var b strings.Builder
-	for _, p := range []string{"", "/devices", "/acl/rules", "/api-keys", "/members", "/rules", "/devices/a-dev/keys"} {
+	for _, p := range []string{"", "/devices", "/acl/rules", "/api-keys", "/members", "/rules", "/devices/a-dev/keys", "/devices/a-dev/certificates", "/cas"} {
 		r := e.do("GET", "/v1/tenants/"+tenant+p, tok, nil)
 		if r.status != http.StatusOK { // a problem carries a request id
 			fmt.Fprintf(&b, "%s=%d\n", p, r.status)

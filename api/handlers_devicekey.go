@@ -26,10 +26,7 @@ func handleDeviceKeyList(ks deviceKeyStore) handler {
 		if err != nil {
 			return err
 		}
-		if keys == nil {
-			keys = []tenants.DeviceKey{}
-		}
-		writeJSON(w, http.StatusOK, map[string]any{"items": keys})
+		items(w, keys)
 		return nil
 	}
 }

@@ -55,6 +55,12 @@ func (s *Server) routes() chi.Router {
 				r.With(viewer).Get("/devices/{device}/keys", s.serve(handleDeviceKeyList(st)))
 				r.With(admin).Post("/devices/{device}/keys", s.serve(handleDeviceKeyCreate(st)))
 				r.With(admin).Delete("/devices/{device}/keys/{id}", s.serve(handleDeviceKeyDelete(st)))
+				r.With(viewer).Get("/devices/{device}/certificates", s.serve(handleDeviceCertificateList(st)))
+				r.With(admin).Post("/devices/{device}/certificates", s.serve(handleDeviceCertificateCreate(st)))
+				r.With(admin).Delete("/devices/{device}/certificates/{id}", s.serve(handleDeviceCertificateDelete(st)))
+				r.With(viewer).Get("/cas", s.serve(handleCAList(st)))
+				r.With(admin).Post("/cas", s.serve(handleCACreate(st)))
+				r.With(admin).Delete("/cas/{id}", s.serve(handleCADelete(st)))
 				r.With(admin).Post("/messages", s.serve(handleMessagePublish(s.dataPlane)))
 
 				r.With(viewer).Get("/acl/rules", s.serve(handleACLList(st)))

@@ -1,0 +1,104 @@
+package api
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+type certificateStore interface {
+	Device(ctx context.Context, tenant, name string) (tenants.Device, error)
+	CreateCA(ctx context.Context, tenant string, in tenants.CAInput) (tenants.CA, error)
+	CAs(ctx context.Context, tenant string) ([]tenants.CA, error)
+	DeleteCA(ctx context.Context, tenant, id string) error
+	CreateDeviceCertificate(ctx context.Context, tenant, device string, in tenants.DeviceCertificateInput) (tenants.DeviceCertificate, error)
+	DeviceCertificates(ctx context.Context, tenant, device string) ([]tenants.DeviceCertificate, error)
+	DeleteDeviceCertificate(ctx context.Context, tenant, device, id string) error
+}
+
+// items answers a short, unpaged list.
+func items[T any](w http.ResponseWriter, list []T) {
+	if list == nil {
+		list = []T{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"items": list})
+}
+
+func handleCAList(cs certificateStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		cas, err := cs.CAs(r.Context(), chi.URLParam(r, "tenant"))
+		if err != nil {
+			return err
+		}
+		items(w, cas)
+		return nil
+	}
+}
+
+func handleCACreate(cs certificateStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		var in tenants.CAInput
+		if err := decode(r, &in); err != nil {
+			return err
+		}
+		ca, err := cs.CreateCA(r.Context(), chi.URLParam(r, "tenant"), in)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusCreated, ca)
+		return nil
+	}
+}
+
+func handleCADelete(cs certificateStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if err := cs.DeleteCA(r.Context(), chi.URLParam(r, "tenant"), chi.URLParam(r, "id")); err != nil {
+			return err
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+}
+
+func handleDeviceCertificateList(cs certificateStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		tenant, device := chi.URLParam(r, "tenant"), chi.URLParam(r, "device")
+		if _, err := cs.Device(r.Context(), tenant, device); err != nil {
+			return err
+		}
+		list, err := cs.DeviceCertificates(r.Context(), tenant, device)
+		if err != nil {
+			return err
+		}
+		items(w, list)
+		return nil
+	}
+}
+
+func handleDeviceCertificateCreate(cs certificateStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		var in tenants.DeviceCertificateInput
+		if err := decode(r, &in); err != nil {
+			return err
+		}
+		c, err := cs.CreateDeviceCertificate(r.Context(), chi.URLParam(r, "tenant"), chi.URLParam(r, "device"), in)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusCreated, c)
+		return nil
+	}
+}
+
+func handleDeviceCertificateDelete(cs certificateStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if err := cs.DeleteDeviceCertificate(r.Context(), chi.URLParam(r, "tenant"), chi.URLParam(r, "device"), chi.URLParam(r, "id")); err != nil {
+			return err
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+}
