@@ -24,6 +24,10 @@ type identity struct {
 	// both are empty for a secret.
 	key     string
 	expires time.Time
+	// leaf and ca are the fingerprints of the client certificate the
+	// device was admitted with and of the tenant CA it chains to ("" for
+	// a certificate pinned to the device); both empty otherwise.
+	leaf, ca string
 }
 
 // deviceConn is the connection a tenant's broker reads and writes. It

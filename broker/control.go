@@ -83,6 +83,18 @@ func (h *Hub) apply(c tenants.Change) {
 			// packet.
 			inst.setQuotas(t)
 		}
+	case tenants.CAChanged:
+		// Connections admitted by a CA the tenant no longer trusts end.
+		for _, cl := range inst.server.Clients.GetAll() {
+			dc, ok := cl.Net.Conn.(*deviceConn)
+			if !ok || cl.Closed() || dc.id.ca == "" {
+				continue
+			}
+			if stands, err := h.credentialStands(ctx, dc.id, tenants.Device{}); err == nil && !stands {
+				inst.kick(cl, packets.ErrAdministrativeAction)
+				inst.log.Info("device disconnected: its CA was removed", "device", dc.id.device, "client_id", cl.ID)
+			}
+		}
 	case tenants.DeviceChanged:
 		clients := inst.clientsOf(c.Device)
 		if len(clients) == 0 {

@@ -18,6 +18,8 @@ type Directory interface {
 	ACLRules(ctx context.Context, tenant string) ([]tenants.ACLRule, error)
 	ExportRules(ctx context.Context, tenant string) ([]tenants.ExportRule, error)
 	DeviceKeys(ctx context.Context, tenant, device string) ([]tenants.DeviceKey, error)
+	CAs(ctx context.Context, tenant string) ([]tenants.CA, error)
+	DeviceCertificates(ctx context.Context, tenant, device string) ([]tenants.DeviceCertificate, error)
 	TouchDevice(ctx context.Context, tenant, name string, t time.Time) error
 }
 
@@ -46,6 +48,8 @@ type directoryCache struct {
 	tenants *lru.Cache[string, cached[tenants.Tenant]]
 	devices *lru.Cache[deviceKey, cached[tenants.Device]]
 	keys    *lru.Cache[deviceKey, cached[[]tenants.DeviceKey]]
+	certs   *lru.Cache[deviceKey, cached[[]tenants.DeviceCertificate]]
+	cas     *lru.Cache[string, cached[[]tenants.CA]]
 }
 
 func newDirectoryCache(dir Directory, size int, ttl time.Duration, now func() time.Time) *directoryCache {
@@ -54,6 +58,8 @@ func newDirectoryCache(dir Directory, size int, ttl time.Duration, now func() ti
 		tenants: lru.New[string, cached[tenants.Tenant]](max(size/10, 100)),
 		devices: lru.New[deviceKey, cached[tenants.Device]](size),
 		keys:    lru.New[deviceKey, cached[[]tenants.DeviceKey]](max(size/10, 100)),
+		certs:   lru.New[deviceKey, cached[[]tenants.DeviceCertificate]](max(size/10, 100)),
+		cas:     lru.New[string, cached[[]tenants.CA]](max(size/10, 100)),
 	}
 }
 
@@ -95,6 +101,18 @@ func (c *directoryCache) deviceKeys(ctx context.Context, tenant, name string) ([
 	return keys, err
 }
 
+// certificates are the client certificates pinned to a device.
+func (c *directoryCache) certificates(ctx context.Context, tenant, name string) ([]tenants.DeviceCertificate, error) {
+	certs, _, err := lookup(c, c.certs, deviceKey{tenant, name}, func() ([]tenants.DeviceCertificate, error) { return c.dir.DeviceCertificates(ctx, tenant, name) })
+	return certs, err
+}
+
+// authorities are the CAs a tenant trusts for its devices.
+func (c *directoryCache) authorities(ctx context.Context, tenant string) ([]tenants.CA, error) {
+	cas, _, err := lookup(c, c.cas, tenant, func() ([]tenants.CA, error) { return c.dir.CAs(ctx, tenant) })
+	return cas, err
+}
+
 // invalidate drops what a change makes stale.
 func (c *directoryCache) invalidate(ch tenants.Change) {
 	c.mu.Lock()
@@ -107,8 +125,13 @@ func (c *directoryCache) invalidate(ch tenants.Change) {
 		c.tenants.Remove(ch.Tenant)
 		c.devices.RemoveIf(func(k deviceKey) bool { return k.tenant == ch.Tenant })
 		c.keys.RemoveIf(func(k deviceKey) bool { return k.tenant == ch.Tenant })
+		c.certs.RemoveIf(func(k deviceKey) bool { return k.tenant == ch.Tenant })
+		c.cas.Remove(ch.Tenant)
 	case tenants.DeviceChanged:
 		c.devices.Remove(deviceKey{ch.Tenant, ch.Device})
 		c.keys.Remove(deviceKey{ch.Tenant, ch.Device})
+		c.certs.Remove(deviceKey{ch.Tenant, ch.Device})
+	case tenants.CAChanged:
+		c.cas.Remove(ch.Tenant)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -358,7 +359,7 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 		log.Info("connect refused: too many failed attempts", "retry_in", wait)
 		return nil, identity{}, authThrottled
 	}
-	t, d, cred, ok, err := h.credentials(ctx, tenant, device, pk.Connect.Password)
+	t, d, cred, ok, err := h.credentials(ctx, conn, tenant, device, pk.Connect.Password)
 	if err != nil {
 		return nil, identity{}, err
 	}
@@ -383,7 +384,7 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 		return refuse(tenantSuspended)
 	}
 
-	id := identity{tenant: tenant, device: device, secret: d.SecretHash, version: pk.ProtocolVersion, key: cred.key, expires: cred.expires}
+	id := identity{tenant: tenant, device: device, secret: d.SecretHash, version: pk.ProtocolVersion, key: cred.key, expires: cred.expires, leaf: cred.leaf, ca: cred.ca}
 	cid := pk.Connect.ClientIdentifier
 	switch {
 	case cid == "" && pk.ProtocolVersion < 5 && !pk.Connect.Clean:
@@ -431,7 +432,7 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 // unknown tenant, an unknown or disabled device, a wrong secret and a token
 // that does not verify alike; cred says which key verified a token and
 // when it expires.
-func (h *Hub) credentials(ctx context.Context, tenant, device string, password []byte) (t tenants.Tenant, d tenants.Device, cred tokenCredential, ok bool, err error) {
+func (h *Hub) credentials(ctx context.Context, conn net.Conn, tenant, device string, password []byte) (t tenants.Tenant, d tenants.Device, cred credential, ok bool, err error) {
 	t, found, err := h.dir.tenant(ctx, tenant)
 	if err != nil || !found {
 		return t, d, cred, false, err
@@ -456,35 +457,51 @@ func (h *Hub) credentials(ctx context.Context, tenant, device string, password [
 		if verr != nil {
 			h.log.Info("device token refused", "tenant", tenant, "device", device, "err", verr)
 		}
-		match, cred = verr == nil, tokenCredential{key: k.Fingerprint, expires: exp}
+		match, cred = verr == nil, credential{key: k.Fingerprint, expires: exp}
+	}
+	if chain := transport.PeerCertificates(conn); !match && found && d.Enabled && len(chain) > 0 {
+		cas, err := h.dir.authorities(ctx, tenant)
+		if err != nil {
+			return t, d, cred, false, err
+		}
+		pinned, err := h.dir.certificates(ctx, tenant, device)
+		if err != nil {
+			return t, d, cred, false, err
+		}
+		c, verr := tenants.VerifyDeviceCertificate(chain, tenant, device, cas, pinned, h.now())
+		if verr != nil {
+			h.log.Info("client certificate refused", "tenant", tenant, "device", device, "err", verr)
+		}
+		match, cred = verr == nil, credential{leaf: c.Leaf, ca: c.CA}
 	}
 	return t, d, cred, found && d.Enabled && match, nil
 }
 
-// tokenCredential is what a verified device token leaves: the fingerprint
-// of the key that signed it and when it expires.
-type tokenCredential struct {
-	key     string
-	expires time.Time
+// credential is what a device proved itself with, when not its secret: a
+// token (the fingerprint of the key that signed it, and its expiry) or a
+// client certificate (its fingerprint, and its CA's).
+type credential struct {
+	key      string
+	expires  time.Time
+	leaf, ca string
 }
 
 // credentialStands reports whether what a connection was admitted with
 // still holds: its secret is still the device's, or the key its token was
 // signed with is still registered.
 func (h *Hub) credentialStands(ctx context.Context, id identity, d tenants.Device) (bool, error) {
-	if id.key == "" {
-		return d.SecretHash == id.secret, nil
+	switch {
+	case id.ca != "":
+		cas, err := h.dir.authorities(ctx, id.tenant)
+		return slices.ContainsFunc(cas, func(ca tenants.CA) bool { return ca.Fingerprint == id.ca }), err
+	case id.leaf != "":
+		pinned, err := h.dir.certificates(ctx, id.tenant, id.device)
+		return slices.ContainsFunc(pinned, func(c tenants.DeviceCertificate) bool { return c.Fingerprint == id.leaf }), err
+	case id.key != "":
+		keys, err := h.dir.deviceKeys(ctx, id.tenant, id.device)
+		return slices.ContainsFunc(keys, func(k tenants.DeviceKey) bool { return k.Fingerprint == id.key }), err
 	}
-	keys, err := h.dir.deviceKeys(ctx, id.tenant, id.device)
-	if err != nil {
-		return false, err
-	}
-	for _, k := range keys {
-		if k.Fingerprint == id.key {
-			return true, nil
-		}
-	}
-	return false, nil
+	return d.SecretHash == id.secret, nil
 }
 
 // stillValid checks an admitted identity against the directory as it is

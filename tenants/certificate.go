@@ -5,6 +5,8 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
+	"fmt"
 	"regexp"
 	"strings"
 	"time"
@@ -116,4 +118,74 @@ func ParseDeviceCertificate(in DeviceCertificateInput) (DeviceCertificate, error
 		return DeviceCertificate{Fingerprint: fp}, nil
 	}
 	return DeviceCertificate{}, invalid("certificate", "give the certificate or its fingerprint")
+}
+
+// DeviceURI is the URI SAN that names a device in a client certificate, as
+// an alternative to its subject common name.
+func DeviceURI(tenant, device string) string { return "roost://" + tenant + "/" + device }
+
+// CertificateCredential is what a verified client certificate leaves: the
+// fingerprint of the leaf, and of the tenant CA it chains to ("" for a
+// certificate pinned to the device).
+type CertificateCredential struct {
+	Leaf, CA string
+}
+
+// ErrBadCertificate is the error of a client certificate that does not
+// admit the device.
+var ErrBadCertificate = errors.New("client certificate not valid for the device")
+
+// VerifyDeviceCertificate decides whether a client certificate chain (leaf
+// first, as presented) admits a device: a leaf pinned to the device and
+// within its validity, or one that chains to one of the tenant's CAs at
+// now, is meant for client authentication, and names the device.
+func VerifyDeviceCertificate(chain []*x509.Certificate, tenant, device string, cas []CA, pinned []DeviceCertificate, now time.Time) (CertificateCredential, error) {
+	if len(chain) == 0 {
+		return CertificateCredential{}, fmt.Errorf("%w: none presented", ErrBadCertificate)
+	}
+	leaf := chain[0]
+	fp := Fingerprint(leaf.Raw)
+	if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
+		return CertificateCredential{}, fmt.Errorf("%w: outside its validity (%s to %s)", ErrBadCertificate,
+			leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+	for _, p := range pinned {
+		if p.Fingerprint == fp {
+			return CertificateCredential{Leaf: fp}, nil
+		}
+	}
+	if len(cas) == 0 {
+		return CertificateCredential{}, fmt.Errorf("%w: not pinned to the device and the tenant trusts no CA", ErrBadCertificate)
+	}
+	roots := x509.NewCertPool()
+	for _, ca := range cas {
+		if c, err := ParseCertificatePEM("certificate", ca.Certificate); err == nil {
+			roots.AddCert(c)
+		}
+	}
+	intermediates := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		intermediates.AddCert(c)
+	}
+	chains, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: intermediates, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}})
+	if err != nil {
+		return CertificateCredential{}, fmt.Errorf("%w: %v", ErrBadCertificate, err)
+	}
+	if !namesDevice(leaf, tenant, device) {
+		return CertificateCredential{}, fmt.Errorf("%w: it names %q, not the device", ErrBadCertificate, leaf.Subject.CommonName)
+	}
+	root := chains[0][len(chains[0])-1]
+	return CertificateCredential{Leaf: fp, CA: Fingerprint(root.Raw)}, nil
+}
+
+func namesDevice(leaf *x509.Certificate, tenant, device string) bool {
+	if leaf.Subject.CommonName == device {
+		return true
+	}
+	for _, u := range leaf.URIs {
+		if u.String() == DeviceURI(tenant, device) {
+			return true
+		}
+	}
+	return false
 }

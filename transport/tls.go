@@ -6,6 +6,7 @@ package transport
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -96,23 +97,27 @@ func (c *Certificate) Get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 
 // ServerConfig is the TLS configuration of a device listener: TLS 1.2 or
 // later, the certificate from c, and ALPN offering MQTT and HTTP/1.1 (for
-// WebSocket), so that one port can serve both.
+// WebSocket), so that one port can serve both. A client certificate is
+// asked for but not required, and not verified here: which authorities a
+// device's certificate may chain to depends on its tenant, known only from
+// its CONNECT (or SNI), so the ingress verifies it at admission.
 func ServerConfig(c *Certificate) *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS12,
 		GetCertificate: c.Get,
 		NextProtos:     []string{ALPN, "http/1.1"},
+		ClientAuth:     tls.RequestClientCert,
 	}
 }
 
-// ServerName is the name a device asked for in TLS (SNI), looking through
-// the wrappers this package puts around connections; "" for a connection
-// without TLS or without SNI.
-func ServerName(c net.Conn) string {
+// TLSState is the TLS state of a connection, looking through the wrappers
+// this package puts around connections; nil for a connection without TLS.
+func TLSState(c net.Conn) *tls.ConnectionState {
 	for {
 		switch v := c.(type) {
 		case *tls.Conn:
-			return v.ConnectionState().ServerName
+			st := v.ConnectionState()
+			return &st
 		case *peekedConn:
 			c = v.Conn
 		case *wsConn:
@@ -120,9 +125,27 @@ func ServerName(c net.Conn) string {
 		case *proxyConn:
 			c = v.Conn
 		default:
-			return ""
+			return nil
 		}
 	}
+}
+
+// ServerName is the name a device asked for in TLS (SNI); "" for a
+// connection without TLS or without SNI.
+func ServerName(c net.Conn) string {
+	if st := TLSState(c); st != nil {
+		return st.ServerName
+	}
+	return ""
+}
+
+// PeerCertificates is the certificate chain a device presented in TLS,
+// leaf first, unverified; nil without one.
+func PeerCertificates(c net.Conn) []*x509.Certificate {
+	if st := TLSState(c); st != nil {
+		return st.PeerCertificates
+	}
+	return nil
 }
 
 // TenantFromServerName is the tenant a device reached through its own
