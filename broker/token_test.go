@@ -56,6 +56,11 @@ func TestDeviceTokens(t *testing.T) {
 	ecKey := registerKey(t, s, "acme", "d1", &ec.PublicKey)
 	registerKey(t, s, "acme", "d1", ed.Public())
 	registerKey(t, s, "other", "d1", &ec.PublicKey) // the same key, another tenant's device
+	s.device("acme", "d2")
+	d2Key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	registerKey(t, s, "acme", "d2", &d2Key.PublicKey)
+	futureIat, _ := jwt.NewWithClaims(jwt.SigningMethodES256, jwt.RegisteredClaims{Audience: jwt.ClaimStrings{"acme"},
+		IssuedAt: jwt.NewNumericDate(time.Now().Add(2 * time.Minute)), ExpiresAt: jwt.NewNumericDate(time.Now().Add(time.Hour))}).SignedString(ec)
 
 	c := mustV5(t, s.addr, "acme/d1", token(t, jwt.SigningMethodES256, ec, "acme", time.Hour), "d1")
 	c.Disconnect(&paho.Disconnect{})
