@@ -71,12 +71,14 @@ func TestDeviceTokens(t *testing.T) {
 
 	none, _ := jwt.NewWithClaims(jwt.SigningMethodNone, jwt.RegisteredClaims{Audience: jwt.ClaimStrings{"acme"}, ExpiresAt: jwt.NewNumericDate(time.Now().Add(time.Hour))}).SignedString(jwt.UnsafeAllowNoneSignatureType)
 	for name, pw := range map[string]string{
-		"alg none":                 none,
-		"HS256 keyed with the PEM": token(t, jwt.SigningMethodHS256, []byte(ecKey.PublicKey), "acme", time.Hour),
-		"expired":                  token(t, jwt.SigningMethodES256, ec, "acme", -time.Minute),
-		"25 hours ahead":           token(t, jwt.SigningMethodES256, ec, "acme", 25*time.Hour),
-		"for another tenant":       token(t, jwt.SigningMethodES256, ec, "other", time.Hour),
-		"signed by an unknown key": token(t, jwt.SigningMethodES256, stranger, "acme", time.Hour),
+		"alg none":                       none,
+		"HS256 keyed with the PEM":       token(t, jwt.SigningMethodHS256, []byte(ecKey.PublicKey), "acme", time.Hour),
+		"expired":                        token(t, jwt.SigningMethodES256, ec, "acme", -time.Minute),
+		"25 hours ahead":                 token(t, jwt.SigningMethodES256, ec, "acme", 25*time.Hour),
+		"for another tenant":             token(t, jwt.SigningMethodES256, ec, "other", time.Hour),
+		"signed by an unknown key":       token(t, jwt.SigningMethodES256, stranger, "acme", time.Hour),
+		"signed by another device's key": token(t, jwt.SigningMethodES256, d2Key, "acme", time.Hour),
+		"issued 2 minutes ahead":         futureIat,
 	} {
 		if code := refusedV5(t, s.addr, "acme/d1", pw, "d1"); code != 0x86 {
 			t.Errorf("%s: CONNACK %#x, want 0x86", name, code)
