@@ -375,6 +375,9 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 	if !ok {
 		h.authPerIP.Count(ip)
 		h.authPerUser.Count(username)
+		if cred.why != "" {
+			log = log.With("detail", cred.why)
+		}
 		log.Info("connect refused: bad credentials")
 		return refuse(badCredentials)
 	}
@@ -454,10 +457,7 @@ func (h *Hub) credentials(ctx context.Context, conn net.Conn, tenant, device str
 			return t, d, cred, false, err
 		}
 		k, exp, verr := tenants.VerifyDeviceToken(string(password), tenant, keys, h.now())
-		if verr != nil {
-			h.log.Info("device token refused", "tenant", tenant, "device", device, "err", verr)
-		}
-		match, cred = verr == nil, credential{key: k.Fingerprint, expires: exp}
+		match, cred = verr == nil, credential{key: k.Fingerprint, expires: exp, why: errText(verr)}
 	}
 	if chain := transport.PeerCertificates(conn); !match && found && d.Enabled && len(chain) > 0 {
 		cas, err := h.dir.authorities(ctx, tenant)
@@ -469,10 +469,7 @@ func (h *Hub) credentials(ctx context.Context, conn net.Conn, tenant, device str
 			return t, d, cred, false, err
 		}
 		c, verr := tenants.VerifyDeviceCertificate(chain, tenant, device, cas, pinned, h.now())
-		if verr != nil {
-			h.log.Info("client certificate refused", "tenant", tenant, "device", device, "err", verr)
-		}
-		match, cred = verr == nil, credential{leaf: c.Leaf, ca: c.CA}
+		match, cred = verr == nil, credential{leaf: c.Leaf, ca: c.CA, why: errText(verr)}
 	}
 	return t, d, cred, found && d.Enabled && match, nil
 }
@@ -484,6 +481,14 @@ type credential struct {
 	key      string
 	expires  time.Time
 	leaf, ca string
+	why      string // why a token or certificate was refused, for the log
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }
 
 // credentialStands reports whether what a connection was admitted with
