@@ -6,7 +6,7 @@
 #   eval "$(scripts/services.sh start)"    # then: make test
 #   scripts/services.sh stop
 #
-# Needs Debian's postgresql and redis-server packages. Runs Postgres as the
+# Needs Debian's postgresql and redis-server packages, and stripe-mock (Go). Runs Postgres as the
 # `postgres` user when started as root, as initdb refuses to run as root.
 set -euo pipefail
 
@@ -67,13 +67,36 @@ start_redis() {
   echo "export ROOST_TEST_REDIS_URL='redis://127.0.0.1:$port/0'"
 }
 
+# stripe-mock (go install github.com/stripe/stripe-mock@v0.203.0) answers
+# Stripe's API from its OpenAPI spec, for the billing tests.
+start_stripe() {
+  local port dir bin
+  bin=$(command -v stripe-mock || echo "$(go env GOPATH 2>/dev/null)/bin/stripe-mock")
+  [ -x "$bin" ] || { echo "stripe-mock not found: go install github.com/stripe/stripe-mock@v0.203.0" >&2; return 0; }
+  port=$(free_port)
+  dir="$state/stripe"
+  rm -rf "$dir"; mkdir -p "$dir"
+  "$bin" -http-addr "127.0.0.1:$port" >"$dir/stripe-mock.log" 2>&1 &
+  echo $! >"$dir/stripe-mock.pid"
+  for _ in $(seq 1 100); do
+    curl -fs -o /dev/null -H 'Authorization: Bearer sk_test_123' "http://127.0.0.1:$port/v1/customers" && break
+    sleep 0.1
+  done
+  echo "export ROOST_TEST_STRIPE_URL='http://127.0.0.1:$port'"
+}
+
+stop_stripe() {
+  local pidfile="$state/stripe/stripe-mock.pid"
+  [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
+}
+
 stop_redis() {
   local pidfile="$state/redis/redis.pid"
   [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
 }
 
 case "${1:-start}" in
-  start) stop_postgres; stop_redis; mkdir -p "$state"; chmod 755 "$state"; start_postgres; start_redis ;;
-  stop) stop_postgres; stop_redis ;;
+  start) stop_postgres; stop_redis; stop_stripe; mkdir -p "$state"; chmod 755 "$state"; start_postgres; start_redis; start_stripe ;;
+  stop) stop_postgres; stop_redis; stop_stripe ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;
 esac

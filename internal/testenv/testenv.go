@@ -46,6 +46,17 @@ func RedisURL(t testing.TB) string {
 	return url
 }
 
+// StripeURL returns the URL of the stripe-mock server that
+// ROOST_TEST_STRIPE_URL names.
+func StripeURL(t testing.TB) string {
+	t.Helper()
+	url := os.Getenv("ROOST_TEST_STRIPE_URL")
+	if url == "" {
+		Require(t, "ROOST_TEST_STRIPE_URL is not set; `make services` starts stripe-mock (go install github.com/stripe/stripe-mock@v0.203.0) and prints it")
+	}
+	return url
+}
+
 // PostgresURL returns the URL of a new, empty database on the Postgres server
 // that ROOST_TEST_POSTGRES_URL names, dropped when the test ends.
 func PostgresURL(t testing.TB) string {
