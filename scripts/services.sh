@@ -76,12 +76,15 @@ start_stripe() {
   port=$(free_port)
   dir="$state/stripe"
   rm -rf "$dir"; mkdir -p "$dir"
-  "$bin" -http-addr "127.0.0.1:$port" >"$dir/stripe-mock.log" 2>&1 &
+  # It serves HTTPS too, on :12112 unless told otherwise: a port of its own.
+  "$bin" -http-addr "127.0.0.1:$port" -https-addr "127.0.0.1:" >"$dir/stripe-mock.log" 2>&1 &
   echo $! >"$dir/stripe-mock.pid"
+  local up=
   for _ in $(seq 1 100); do
-    curl -fs -o /dev/null -H 'Authorization: Bearer sk_test_123' "http://127.0.0.1:$port/v1/customers" && break
+    curl -fs -o /dev/null -H 'Authorization: Bearer sk_test_123' "http://127.0.0.1:$port/v1/customers" && { up=1; break; }
     sleep 0.1
   done
+  [ -n "$up" ] || { echo "stripe-mock did not start:" >&2; cat "$dir/stripe-mock.log" >&2; exit 1; }
   echo "export ROOST_TEST_STRIPE_URL='http://127.0.0.1:$port'"
 }
 
