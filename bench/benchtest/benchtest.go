@@ -7,7 +7,6 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
-	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/bench"
 )
@@ -21,7 +20,7 @@ func Mochi(t testing.TB) bench.Target {
 		t.Fatal(err)
 	}
 	srv := mqtt.New(&mqtt.Options{})
-	if err := srv.AddHook(new(allowAll), nil); err != nil {
+	if err := srv.AddHook(new(bench.AllowAll), nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := srv.AddListener(listeners.NewNet("bench", ln)); err != nil {
@@ -33,13 +32,3 @@ func Mochi(t testing.TB) bench.Target {
 	t.Cleanup(func() { srv.Close() })
 	return bench.Target{Name: "mochi", Addr: ln.Addr().String(), ClientPrefix: "bench-"}
 }
-
-// allowAll lets every client connect, publish and subscribe.
-type allowAll struct{ mqtt.HookBase }
-
-func (*allowAll) ID() string { return "allow-all" }
-func (*allowAll) Provides(b byte) bool {
-	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
-}
-func (*allowAll) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
-func (*allowAll) OnACLCheck(*mqtt.Client, string, bool) bool              { return true }

@@ -19,7 +19,6 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
-	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/bench"
 	"github.com/roosthub/roost/bench/mqttc"
@@ -193,7 +192,7 @@ func serveMochi(addr, debugAddr string, tuned bool) error {
 		opts.Capabilities = caps
 	}
 	srv := mqtt.New(opts)
-	if err := srv.AddHook(new(allowAll), nil); err != nil {
+	if err := srv.AddHook(new(bench.AllowAll), nil); err != nil {
 		return err
 	}
 	if err := srv.AddListener(listeners.NewTCP(listeners.Config{ID: "bench", Address: addr})); err != nil {
@@ -207,15 +206,6 @@ func serveMochi(addr, debugAddr string, tuned bool) error {
 	<-ctx.Done()
 	return srv.Close()
 }
-
-type allowAll struct{ mqtt.HookBase }
-
-func (*allowAll) ID() string { return "allow-all" }
-func (*allowAll) Provides(b byte) bool {
-	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
-}
-func (*allowAll) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
-func (*allowAll) OnACLCheck(*mqtt.Client, string, bool) bool              { return true }
 
 // startMosquitto runs Debian's mosquitto with defaults and TCP_NODELAY, or returns nil if
 // it is not installed.
