@@ -64,18 +64,7 @@ func handleCADelete(cs certificateStore) handler {
 }
 
 func handleDeviceCertificateList(cs certificateStore) handler {
-	return func(w http.ResponseWriter, r *http.Request) error {
-		tenant, device := chi.URLParam(r, "tenant"), chi.URLParam(r, "device")
-		if _, err := cs.Device(r.Context(), tenant, device); err != nil {
-			return err
-		}
-		list, err := cs.DeviceCertificates(r.Context(), tenant, device)
-		if err != nil {
-			return err
-		}
-		items(w, list)
-		return nil
-	}
+	return handleDeviceItems(cs, cs.DeviceCertificates)
 }
 
 func handleDeviceCertificateCreate(cs certificateStore) handler {

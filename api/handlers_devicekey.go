@@ -17,16 +17,24 @@ type deviceKeyStore interface {
 }
 
 func handleDeviceKeyList(ks deviceKeyStore) handler {
+	return handleDeviceItems(ks, ks.DeviceKeys)
+}
+
+// handleDeviceItems answers a device's short, unpaged list of credentials;
+// an unknown device is a 404, not an empty list.
+func handleDeviceItems[T any](ds interface {
+	Device(ctx context.Context, tenant, name string) (tenants.Device, error)
+}, list func(ctx context.Context, tenant, device string) ([]T, error)) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		tenant, device := chi.URLParam(r, "tenant"), chi.URLParam(r, "device")
-		if _, err := ks.Device(r.Context(), tenant, device); err != nil {
+		if _, err := ds.Device(r.Context(), tenant, device); err != nil {
 			return err
 		}
-		keys, err := ks.DeviceKeys(r.Context(), tenant, device)
+		l, err := list(r.Context(), tenant, device)
 		if err != nil {
 			return err
 		}
-		items(w, keys)
+		items(w, l)
 		return nil
 	}
 }

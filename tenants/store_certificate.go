@@ -84,21 +84,8 @@ func (s *Store) CreateDeviceCertificate(ctx context.Context, tenant, device stri
 	}
 	c.ID, c.Device, c.CreatedAt = newID("dc_"), device, s.timestamp()
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
-		if err := s.lockTenant(ctx, tx, tenant); err != nil {
+		if err := s.deviceHasRoom(ctx, tx, tenant, device, "device_certificates", MaxDeviceCertificates, "certificate", "certificates"); err != nil {
 			return err
-		}
-		var n int64
-		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM devices WHERE tenant = $1 AND name = $2`, tenant, device).Scan(&n); err != nil {
-			return err
-		}
-		if n == 0 {
-			return fmt.Errorf("device %s: %w", device, ErrNotFound)
-		}
-		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM device_certificates WHERE tenant = $1 AND device = $2`, tenant, device).Scan(&n); err != nil {
-			return err
-		}
-		if n >= MaxDeviceCertificates {
-			return invalid("certificate", "a device holds at most %d certificates; delete one first", MaxDeviceCertificates)
 		}
 		if _, err := tx.ExecContext(ctx,
 			`INSERT INTO device_certificates (id, tenant, device, fingerprint, subject, not_after, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)`,

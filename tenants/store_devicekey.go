@@ -23,21 +23,8 @@ func (s *Store) CreateDeviceKey(ctx context.Context, tenant, device string, in D
 	}
 	k := DeviceKey{ID: newID("dk_"), Device: device, Algorithm: alg, PublicKey: in.PublicKey, Fingerprint: fp, CreatedAt: s.timestamp()}
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
-		if err := s.lockTenant(ctx, tx, tenant); err != nil {
+		if err := s.deviceHasRoom(ctx, tx, tenant, device, "device_keys", MaxDeviceKeys, "public_key", "keys"); err != nil {
 			return err
-		}
-		var n int64
-		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM devices WHERE tenant = $1 AND name = $2`, tenant, device).Scan(&n); err != nil {
-			return err
-		}
-		if n == 0 {
-			return fmt.Errorf("device %s: %w", device, ErrNotFound)
-		}
-		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM device_keys WHERE tenant = $1 AND device = $2`, tenant, device).Scan(&n); err != nil {
-			return err
-		}
-		if n >= MaxDeviceKeys {
-			return invalid("public_key", "a device holds at most %d keys; delete one first", MaxDeviceKeys)
 		}
 		if _, err := tx.ExecContext(ctx,
 			`INSERT INTO device_keys (`+deviceKeyColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
@@ -53,6 +40,29 @@ func (s *Store) CreateDeviceKey(ctx context.Context, tenant, device string, in D
 		return DeviceKey{}, err
 	}
 	return k, nil
+}
+
+// deviceHasRoom locks the tenant, checks that the device exists and that
+// it holds fewer than limit rows of table (a per-device credential table);
+// field and what name the input and the rows in the error.
+func (s *Store) deviceHasRoom(ctx context.Context, tx *sql.Tx, tenant, device, table string, limit int64, field, what string) error {
+	if err := s.lockTenant(ctx, tx, tenant); err != nil {
+		return err
+	}
+	var n int64
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM devices WHERE tenant = $1 AND name = $2`, tenant, device).Scan(&n); err != nil {
+		return err
+	}
+	if n == 0 {
+		return fmt.Errorf("device %s: %w", device, ErrNotFound)
+	}
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM `+table+` WHERE tenant = $1 AND device = $2`, tenant, device).Scan(&n); err != nil {
+		return err
+	}
+	if n >= limit {
+		return invalid(field, "a device holds at most %d %s; delete one first", limit, what)
+	}
+	return nil
 }
 
 const deviceKeyColumns = `id, tenant, device, algorithm, public_key, fingerprint, created_at`
