@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"time"
 
 	"github.com/stripe/stripe-go/v76"
 	"github.com/stripe/stripe-go/v76/client"
@@ -104,4 +106,38 @@ func (s *Stripe) PortalURL(ctx context.Context, customer, returnURL string) (str
 		return "", errors.New("stripe: the portal session has no URL")
 	}
 	return sess.URL, nil
+}
+
+// MeterEvent is an amount of usage for a Stripe Billing Meter.
+type MeterEvent struct {
+	// EventName is the meter's event_name.
+	EventName string
+	Customer  string
+	// Identifier makes the event unique: Stripe counts one event per
+	// identifier, so a retry after a lost answer does not count twice.
+	Identifier string
+	Value      int64
+	Time       time.Time
+}
+
+// Meter receives usage.
+type Meter interface {
+	Report(ctx context.Context, e MeterEvent) error
+}
+
+// Report sends a meter event. The identifier is also the request's
+// idempotency key.
+func (s *Stripe) Report(ctx context.Context, e MeterEvent) error {
+	p := &stripe.BillingMeterEventParams{
+		EventName:  stripe.String(e.EventName),
+		Identifier: stripe.String(e.Identifier),
+		Payload:    map[string]string{"stripe_customer_id": e.Customer, "value": strconv.FormatInt(e.Value, 10)},
+		Timestamp:  stripe.Int64(e.Time.Unix()),
+	}
+	p.Context = ctx
+	p.SetIdempotencyKey(e.Identifier)
+	if _, err := s.api.BillingMeterEvents.New(p); err != nil {
+		return fmt.Errorf("stripe: meter event %s: %w", e.Identifier, err)
+	}
+	return nil
 }

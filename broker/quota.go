@@ -46,7 +46,7 @@ func (inst *instance) quotas() tenants.Quotas { return *inst.q.Load() }
 func (inst *instance) setQuotas(t tenants.Tenant) {
 	q := t.Quotas()
 	inst.q.Store(&q)
-	inst.billsOverage.Store(tenants.BillsOverage(t.Plan))
+	inst.billsOverage.Store(t.BillsOverage())
 }
 
 // connectAllowed takes a connection from the tenant's connect rate.

@@ -30,6 +30,8 @@ type Store struct {
 	now func() time.Time
 	// changes carries committed changes to the data plane.
 	changes *Bus
+	// plans is the catalogue tenants' plans are resolved in.
+	plans Plans
 }
 
 // Open connects to the store that databaseURL names: empty for an SQLite file
@@ -62,7 +64,7 @@ func Open(ctx context.Context, databaseURL, dataDir string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("connect to %s: %w", d, err)
 	}
-	return &Store{db: db, dialect: d, now: func() time.Time { return time.Now() }, changes: &Bus{}}, nil
+	return &Store{db: db, dialect: d, now: func() time.Time { return time.Now() }, changes: &Bus{}, plans: DefaultPlans()}, nil
 }
 
 // openSQLite opens the file in WAL mode with foreign keys on. Transactions
@@ -91,6 +93,12 @@ func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
 
 // Close closes the database.
 func (s *Store) Close() error { return s.db.Close() }
+
+// SetPlans replaces the built-in catalogue of plans; call it before serving.
+func (s *Store) SetPlans(p Plans) { s.plans = p }
+
+// Plans returns the catalogue of plans.
+func (s *Store) Plans() Plans { return s.plans }
 
 // SetClock replaces the store's clock; for tests.
 func (s *Store) SetClock(now func() time.Time) { s.now = now }

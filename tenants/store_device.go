@@ -41,7 +41,7 @@ func (s *Store) CreateDevice(ctx context.Context, tenant string, in DeviceInput)
 		if err := s.lockTenant(ctx, tx, tenant); err != nil {
 			return err
 		}
-		t, err := scanTenant(tx.QueryRowContext(ctx, `SELECT `+tenantColumns+` FROM tenants t WHERE t.slug = $1`, tenant))
+		t, err := s.scanTenant(tx.QueryRowContext(ctx, `SELECT `+tenantColumns+` FROM tenants t WHERE t.slug = $1`, tenant))
 		if err != nil {
 			return err
 		}

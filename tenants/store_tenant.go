@@ -7,16 +7,25 @@ import (
 	"fmt"
 )
 
-const tenantColumns = `t.slug, t.name, t.plan, t.suspended, t.quota_overrides, t.created_at, t.updated_at, t.queue_policy`
+const tenantColumns = `t.slug, t.name, t.plan, t.suspended, t.quota_overrides, t.created_at, t.updated_at, t.queue_policy, t.spend_cap_cents, t.spend_cap_block`
 
 type rowScanner interface{ Scan(dest ...any) error }
 
-func scanTenant(r rowScanner, extra ...any) (Tenant, error) {
+// scanTenant reads a row of tenantColumns (and extra) and resolves the
+// tenant's plan in the store's catalogue.
+func (s *Store) scanTenant(r rowScanner, extra ...any) (Tenant, error) {
 	var t Tenant
 	var overrides string
-	if err := r.Scan(append([]any{&t.Slug, &t.Name, &t.Plan, &t.Suspended, &overrides, &t.CreatedAt, &t.UpdatedAt, &t.QueuePolicy}, extra...)...); err != nil {
+	var capCents sql.NullInt64
+	var capBlock bool
+	if err := r.Scan(append([]any{&t.Slug, &t.Name, &t.Plan, &t.Suspended, &overrides, &t.CreatedAt, &t.UpdatedAt, &t.QueuePolicy, &capCents, &capBlock}, extra...)...); err != nil {
 		return Tenant{}, err
 	}
+	if capCents.Valid {
+		t.SpendCap = &SpendCap{Cents: capCents.Int64, Block: capBlock}
+	}
+	p := s.plans.Plan(t.Plan)
+	t.plan = &p
 	t.CreatedAt, t.UpdatedAt = t.CreatedAt.UTC(), t.UpdatedAt.UTC()
 	if err := json.Unmarshal([]byte(overrides), &t.Overrides); err != nil {
 		return Tenant{}, fmt.Errorf("tenant %s: quota overrides: %w", t.Slug, err)
@@ -64,7 +73,7 @@ func (s *Store) CreateTenant(ctx context.Context, owner string, in TenantInput) 
 
 // Tenant returns the tenant with this slug.
 func (s *Store) Tenant(ctx context.Context, slug string) (Tenant, error) {
-	t, err := scanTenant(s.db.QueryRowContext(ctx, `SELECT `+tenantColumns+` FROM tenants t WHERE t.slug = $1`, slug))
+	t, err := s.scanTenant(s.db.QueryRowContext(ctx, `SELECT `+tenantColumns+` FROM tenants t WHERE t.slug = $1`, slug))
 	if err != nil {
 		return Tenant{}, notFound(err, "tenant %s", slug)
 	}
@@ -81,7 +90,7 @@ func (s *Store) TenantsOf(ctx context.Context, account string, p Page) ([]Tenant
 	if err != nil {
 		return nil, "", err
 	}
-	return collectTenants(rows, p, true)
+	return s.collectTenants(rows, p, true)
 }
 
 // Tenants lists every tenant, by slug; for the operator.
@@ -92,10 +101,10 @@ func (s *Store) Tenants(ctx context.Context, p Page) ([]Tenant, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	return collectTenants(rows, p, false)
+	return s.collectTenants(rows, p, false)
 }
 
-func collectTenants(rows *sql.Rows, p Page, withRole bool) ([]Tenant, string, error) {
+func (s *Store) collectTenants(rows *sql.Rows, p Page, withRole bool) ([]Tenant, string, error) {
 	defer rows.Close()
 	var ts []Tenant
 	for rows.Next() {
@@ -104,7 +113,7 @@ func collectTenants(rows *sql.Rows, p Page, withRole bool) ([]Tenant, string, er
 		if withRole {
 			extra = append(extra, &role)
 		}
-		t, err := scanTenant(rows, extra...)
+		t, err := s.scanTenant(rows, extra...)
 		if err != nil {
 			return nil, "", err
 		}
@@ -136,8 +145,17 @@ func (s *Store) UpdateTenant(ctx context.Context, slug string, u TenantUpdate) (
 // AdminUpdateTenant applies the operator's update: plan, suspension and quota
 // overrides.
 func (s *Store) AdminUpdateTenant(ctx context.Context, slug string, u AdminTenantUpdate) (Tenant, error) {
-	if err := u.Validate(); err != nil {
+	if err := u.Validate(s.plans); err != nil {
 		return Tenant{}, err
+	}
+	// An operator who resumes a tenant waives its unpaid invoices' dunning:
+	// the billing worker would otherwise suspend it again.
+	var waive []func(*sql.Tx) error
+	if u.Suspended != nil && !*u.Suspended {
+		waive = append(waive, func(tx *sql.Tx) error {
+			_, err := tx.ExecContext(ctx, `UPDATE billing_accounts SET suspended_by_billing = $2, payment_failed_at = NULL WHERE tenant = $1`, slug, false)
+			return err
+		})
 	}
 	return s.modifyTenant(ctx, slug, "tenant.admin_update", func(t *Tenant) {
 		if u.Plan != nil {
@@ -153,32 +171,52 @@ func (s *Store) AdminUpdateTenant(ctx context.Context, slug string, u AdminTenan
 				t.Overrides[name] = *v
 			}
 		}
-	})
+	}, waive...)
 }
 
 // modifyTenant reads the tenant under its row lock, applies change and writes
 // it back, so concurrent updates of different fields do not undo each other.
-func (s *Store) modifyTenant(ctx context.Context, slug, action string, change func(*Tenant)) (Tenant, error) {
+// Each of also runs in the same transaction.
+func (s *Store) modifyTenant(ctx context.Context, slug, action string, change func(*Tenant), also ...func(*sql.Tx) error) (Tenant, error) {
 	var t Tenant
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		if err := s.lockTenant(ctx, tx, slug); err != nil {
 			return err
 		}
 		var err error
-		t, err = scanTenant(tx.QueryRowContext(ctx, `SELECT `+tenantColumns+` FROM tenants t WHERE t.slug = $1`, slug))
+		t, err = s.scanTenant(tx.QueryRowContext(ctx, `SELECT `+tenantColumns+` FROM tenants t WHERE t.slug = $1`, slug))
 		if err != nil {
 			return notFound(err, "tenant %s", slug)
 		}
 		change(&t)
-		t.UpdatedAt = s.timestamp()
-		if _, err := tx.ExecContext(ctx,
-			`UPDATE tenants SET name = $2, plan = $3, suspended = $4, quota_overrides = $5, updated_at = $6, queue_policy = $7 WHERE slug = $1`,
-			slug, t.Name, t.Plan, t.Suspended, marshalJSON(t.Overrides), t.UpdatedAt, t.QueuePolicy); err != nil {
-			return err
+		for _, f := range also {
+			if err := f(tx); err != nil {
+				return err
+			}
 		}
-		return s.audit(ctx, tx, slug, action, "tenant:"+slug)
+		return s.writeTenant(ctx, tx, &t, action)
 	}, Change{Kind: TenantChanged, Tenant: slug})
 	return t, err
+}
+
+// writeTenant writes back a tenant read under its row lock, and audits the
+// change.
+func (s *Store) writeTenant(ctx context.Context, tx *sql.Tx, t *Tenant, action string) error {
+	t.UpdatedAt = s.timestamp()
+	p := s.plans.Plan(t.Plan)
+	t.plan = &p
+	var capCents sql.NullInt64
+	var capBlock bool
+	if t.SpendCap != nil {
+		capCents, capBlock = sql.NullInt64{Int64: t.SpendCap.Cents, Valid: true}, t.SpendCap.Block
+	}
+	if _, err := tx.ExecContext(ctx,
+		`UPDATE tenants SET name = $2, plan = $3, suspended = $4, quota_overrides = $5, updated_at = $6, queue_policy = $7,
+		 spend_cap_cents = $8, spend_cap_block = $9 WHERE slug = $1`,
+		t.Slug, t.Name, t.Plan, t.Suspended, marshalJSON(t.Overrides), t.UpdatedAt, t.QueuePolicy, capCents, capBlock); err != nil {
+		return err
+	}
+	return s.audit(ctx, tx, t.Slug, action, "tenant:"+t.Slug)
 }
 
 // DeleteTenant deletes a tenant and everything it owns. The audit log keeps

@@ -27,16 +27,65 @@ type Tenant struct {
 
 	// Overrides are the operator's per-tenant changes to the plan's quotas.
 	Overrides map[string]int64 `json:"quota_overrides"`
+
+	// SpendCap bounds what the tenant's usage past its allowance may cost a
+	// month; nil: no cap. Shown on the billing page, not here.
+	SpendCap *SpendCap `json:"-"`
+
+	// plan is the tenant's plan as the store's catalogue defines it; nil
+	// for a tenant that did not come from a store (the built-in catalogue).
+	plan *Plan
+}
+
+// SpendCap is a monthly limit on what usage past the allowance may cost.
+type SpendCap struct {
+	Cents int64 `json:"cents"`
+	// Block refuses messages once the cap is reached (as the free plan does
+	// at its allowance); otherwise the tenant is warned and carries on.
+	Block bool `json:"block"`
+}
+
+// PlanDetails returns the tenant's plan.
+func (t Tenant) PlanDetails() Plan {
+	if t.plan != nil {
+		return *t.plan
+	}
+	return defaultPlans.Plan(t.Plan)
 }
 
 // Quotas returns the tenant's effective quotas: its plan's, with the
-// operator's overrides applied.
+// operator's overrides applied; a blocking spend cap raises the monthly
+// allowance by what the cap buys and no further.
 func (t Tenant) Quotas() Quotas {
-	q := PlanQuotas(t.Plan)
+	p := t.PlanDetails()
+	q := t.planQuotas(p)
+	if t.capBlocks(p) {
+		q.MessagesPerMonth += t.SpendCap.Cents * 1_000_000 / p.OverageCentsPerMillion
+	}
+	return q
+}
+
+// Allowance is the tenant's monthly messages before any overage: its
+// messages_per_month without what a spend cap adds.
+func (t Tenant) Allowance() int64 { return t.planQuotas(t.PlanDetails()).MessagesPerMonth }
+
+func (t Tenant) planQuotas(p Plan) Quotas {
+	q := p.Quotas
 	for name, v := range t.Overrides {
 		q.set(name, v)
 	}
 	return q
+}
+
+// BillsOverage reports whether the tenant may go past messages_per_month
+// and be billed for it: on a paid plan, unless a blocking spend cap ends it.
+func (t Tenant) BillsOverage() bool {
+	p := t.PlanDetails()
+	return p.BillsOverage() && !t.capBlocks(p)
+}
+
+func (t Tenant) capBlocks(p Plan) bool {
+	return t.SpendCap != nil && t.SpendCap.Block && p.BillsOverage() && p.OverageCentsPerMillion > 0
 }
 
 var slugRE = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{1,30}[a-z0-9]$`)
@@ -99,8 +148,8 @@ type AdminTenantUpdate struct {
 	Quotas map[string]*int64 `json:"quotas,omitempty"`
 }
 
-// Validate checks the update.
-func (u *AdminTenantUpdate) Validate() error {
+// Validate checks the update against the plans there are.
+func (u *AdminTenantUpdate) Validate(plans Plans) error {
 	if u.Plan != nil {
 		if _, ok := plans[*u.Plan]; !ok {
 			return invalid("plan", "unknown plan %q", *u.Plan)

@@ -140,10 +140,23 @@ func (s *Store) Usage(ctx context.Context, tenant string, from, to time.Time, gr
 // MonthMessages is the tenant's messages, in and out, in the calendar month
 // (UTC) of t, as recorded.
 func (s *Store) MonthMessages(ctx context.Context, tenant string, t time.Time) (int64, error) {
-	start := time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
+	start := MonthStart(t)
+	return s.Messages(ctx, tenant, start, start.AddDate(0, 1, 0))
+}
+
+// Messages is the tenant's messages, in and out, recorded in the hours from
+// from (inclusive) to to (exclusive).
+func (s *Store) Messages(ctx context.Context, tenant string, from, to time.Time) (int64, error) {
 	var n sql.NullInt64
 	err := s.db.QueryRowContext(ctx,
 		`SELECT SUM(messages_in + messages_out) FROM usage WHERE tenant = $1 AND hour >= $2 AND hour < $3`,
-		tenant, start, start.AddDate(0, 1, 0)).Scan(&n)
+		tenant, from.UTC(), to.UTC()).Scan(&n)
 	return n.Int64, err
+}
+
+// MonthStart is the first instant of t's calendar month in UTC: allowances
+// run by calendar month.
+func MonthStart(t time.Time) time.Time {
+	t = t.UTC()
+	return time.Date(t.Year(), t.Month(), 1, 0, 0, 0, 0, time.UTC)
 }
