@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -233,10 +234,7 @@ func handleEvents(log EventLog) handler {
 		}
 		limit := cmp.Or(p.Limit, 50)
 		typ := r.URL.Query().Get("type")
-		switch typ {
-		case "", events.Connected, events.Disconnected, events.Subscribed, events.Unsubscribed,
-			events.AuthFailed, events.QuotaExceeded, events.QueueDropped:
-		default:
+		if typ != "" && !slices.Contains(events.Types, typ) {
 			return &httpError{status: http.StatusBadRequest, code: "invalid", field: "type", msg: "type is not an event type"}
 		}
 		items := []events.Event{}

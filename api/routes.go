@@ -29,6 +29,8 @@ func (s *Server) routes() chi.Router {
 	r.Route("/v1", func(r chi.Router) {
 		r.Post("/signup", s.serve(handleSignup(st, s.tokens, s.signupsPerIP)))
 		r.Post("/login", s.serve(handleLogin(st, s.tokens, s.loginsPerAccount, s.loginsPerIP)))
+		// Stripe signs its events; no bearer token.
+		r.Post("/billing/webhook", s.serve(handleBillingWebhook(s.billing)))
 
 		r.Group(func(r chi.Router) {
 			r.Use(s.authenticate)
@@ -84,6 +86,11 @@ func (s *Server) routes() chi.Router {
 				r.With(viewer).Get("/usage", s.serve(handleUsage(st, s.now)))
 				r.With(viewer).Get("/audit", s.serve(handleAudit(st)))
 				r.With(viewer).Get("/events", s.serve(handleEvents(s.events)))
+
+				r.With(viewer).Get("/billing", s.serve(handleBillingGet(s.billing)))
+				r.With(admin).Patch("/billing", s.serve(handleBillingUpdate(s.billing)))
+				r.With(admin).Post("/billing/checkout", s.serve(handleBillingCheckout(s.billing)))
+				r.With(admin).Post("/billing/portal", s.serve(handleBillingPortal(s.billing)))
 			})
 
 			r.Route("/admin", func(r chi.Router) {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/roosthub/roost/billing"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/throttle"
 	"github.com/roosthub/roost/tenants"
@@ -40,6 +41,8 @@ type Config struct {
 	// Metrics serves Prometheus metrics at /metrics, to the operator; nil
 	// answers 503.
 	Metrics http.Handler
+	// Billing runs the billing routes; nil is billing off.
+	Billing *billing.Service
 }
 
 // EventLog is where the API reads a tenant's recent events.
@@ -64,6 +67,7 @@ type Server struct {
 	events           EventLog
 	now              func() time.Time
 	metrics          http.Handler
+	billing          *billing.Service
 }
 
 // Login throttling: five failures in a row per account before delays start,
@@ -100,6 +104,13 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Ready == nil {
 		cfg.Ready = cfg.Store.Ping
 	}
+	if cfg.Billing == nil {
+		b, err := billing.New(billing.Config{Store: cfg.Store, Log: cfg.Log, Now: cfg.Now})
+		if err != nil {
+			return nil, err
+		}
+		cfg.Billing = b
+	}
 	s := &Server{
 		store:            cfg.Store,
 		log:              cfg.Log,
@@ -113,6 +124,7 @@ func New(cfg Config) (*Server, error) {
 		events:           cfg.Events,
 		now:              cfg.Now,
 		metrics:          cfg.Metrics,
+		billing:          cfg.Billing,
 	}
 	s.router = s.routes()
 	return s, nil

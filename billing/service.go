@@ -16,16 +16,6 @@ import (
 // ErrOff is returned by everything that needs Stripe when billing is off.
 var ErrOff = errors.New("billing is off on this hub (no ROOST_STRIPE_KEY): every tenant is on the free plan or on the plan the operator sets")
 
-// Event types the billing service adds to a tenant's events.
-const (
-	EventPlanChanged   = "plan_changed"
-	EventPaymentFailed = "payment_failed"
-	EventPaymentPaid   = "payment_succeeded"
-	EventSuspended     = "billing_suspended"
-	EventResumed       = "billing_resumed"
-	EventSpendWarning  = "spend_warning"
-)
-
 // Defaults.
 const (
 	DefaultGrace      = 7 * 24 * time.Hour
@@ -354,7 +344,7 @@ func (s *Service) dunning(ctx context.Context, a tenants.BillingAccount) error {
 	})
 	if err == nil && suspended {
 		s.cfg.Log.Info("tenant suspended for an unpaid invoice", "tenant", a.Tenant, "payment_failed_at", a.PaymentFailedAt)
-		s.emit(a.Tenant, EventSuspended, fmt.Sprintf("payment failed on %s and the %s grace period is over", a.PaymentFailedAt.Format(time.RFC3339), s.cfg.Grace), 0)
+		s.emit(a.Tenant, events.BillingSuspended, fmt.Sprintf("payment failed on %s and the %s grace period is over", a.PaymentFailedAt.Format(time.RFC3339), s.cfg.Grace), 0)
 	}
 	return err
 }
@@ -397,7 +387,7 @@ func (s *Service) warnSpend(ctx context.Context, tenant string) error {
 		if level < 100 {
 			then = "at 100% " + then
 		}
-		s.emit(tenant, EventSpendWarning, fmt.Sprintf("%d%% of the spend cap reached (%d of %d cents this month); %s", level, spent, t.SpendCap.Cents, then), t.SpendCap.Cents)
+		s.emit(tenant, events.SpendWarning, fmt.Sprintf("%d%% of the spend cap reached (%d of %d cents this month); %s", level, spent, t.SpendCap.Cents, then), t.SpendCap.Cents)
 	}
 	return err
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/stripe/stripe-go/v76"
 	"github.com/stripe/stripe-go/v76/webhook"
 
+	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -135,12 +136,12 @@ func (s *Service) HandleWebhook(ctx context.Context, payload []byte, signature s
 		after = func(b, a tenants.BillingUpdate) {
 			switch {
 			case !paid && b.Account.PaymentFailedAt.IsZero() && !a.Account.PaymentFailedAt.IsZero():
-				s.emit(tenant, EventPaymentFailed, fmt.Sprintf("invoice %s was not paid; the tenant is suspended on %s unless it is paid",
+				s.emit(tenant, events.PaymentFailed, fmt.Sprintf("invoice %s was not paid; the tenant is suspended on %s unless it is paid",
 					in.ID, a.Account.PaymentFailedAt.Add(s.cfg.Grace).Format(time.RFC3339)), 0)
 			case paid && b.Account.SuspendedByBilling && !a.Account.SuspendedByBilling:
-				s.emit(tenant, EventResumed, "invoice "+in.ID+" was paid", 0)
+				s.emit(tenant, events.BillingResumed, "invoice "+in.ID+" was paid", 0)
 			case paid && !b.Account.PaymentFailedAt.IsZero():
-				s.emit(tenant, EventPaymentPaid, "invoice "+in.ID+" was paid", 0)
+				s.emit(tenant, events.PaymentSucceeded, "invoice "+in.ID+" was paid", 0)
 			}
 		}
 	default:
@@ -176,7 +177,7 @@ func (s *Service) HandleWebhook(ctx context.Context, payload []byte, signature s
 		return nil
 	}
 	if before.Tenant.Plan != t.Plan {
-		s.emit(tenant, EventPlanChanged, fmt.Sprintf("plan %s → %s (subscription %s)", before.Tenant.Plan, t.Plan, acct.Status), 0)
+		s.emit(tenant, events.PlanChanged, fmt.Sprintf("plan %s → %s (subscription %s)", before.Tenant.Plan, t.Plan, acct.Status), 0)
 	}
 	if after != nil {
 		after(before, tenants.BillingUpdate{Tenant: t, Account: acct})

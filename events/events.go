@@ -34,7 +34,20 @@ const (
 	QueueDropped = "queue_dropped"
 	// QuotaExceeded names the quota and its limit.
 	QuotaExceeded = "quota_exceeded"
+
+	// Billing's events, about the tenant rather than a device.
+	PlanChanged      = "plan_changed"
+	PaymentFailed    = "payment_failed"
+	PaymentSucceeded = "payment_succeeded"
+	BillingSuspended = "billing_suspended"
+	BillingResumed   = "billing_resumed"
+	// SpendWarning's limit is the spend cap in cents.
+	SpendWarning = "spend_warning"
 )
+
+// Types lists every event type.
+var Types = []string{Connected, Disconnected, Subscribed, Unsubscribed, AuthFailed, QueueDropped, QuotaExceeded,
+	PlanChanged, PaymentFailed, PaymentSucceeded, BillingSuspended, BillingResumed, SpendWarning}
 
 // Sink receives events. Emit must not block the connection that caused the
 // event: a sink that cannot keep up counts what it drops.

@@ -55,4 +55,3 @@ func (q *Quotas) set(name string, v int64) {
 		*f(q) = v
 	}
 }
-

@@ -49,6 +49,13 @@ type config struct {
 	// ProxyProtocol names the listeners that expect a PROXY protocol
 	// header: mqtt, mqtts, ws, wss, comma-separated.
 	ProxyProtocol string
+	// Billing: off without StripeKey.
+	StripeKey           string
+	StripeWebhookSecret string
+	StripeAPIURL        string
+	StripeMeterEvent    string
+	PlansFile           string
+	BillingGrace        time.Duration
 }
 
 // proxied reports whether the named listener expects a PROXY header.
@@ -96,6 +103,12 @@ func (c *config) settings() []setting {
 		{"dev-tls", "make a local CA and a certificate for localhost in <data dir>/tls (clients trust ca.pem) for the TLS listeners", "false", &c.DevTLS},
 		{"mqtt-domain", "with it, a TLS connection to <tenant>.<domain> (SNI) belongs to that tenant and may use just the device name as username; the certificate must cover *.<domain>", "", &c.MQTTDomain},
 		{"proxy-protocol", "listeners behind a load balancer that sends a PROXY protocol header (v1 or v2), comma-separated: mqtt, mqtts, ws, wss; the others refuse one", "", &c.ProxyProtocol},
+		{"stripe-key", "Stripe secret key (sk_… or rk_…); empty: billing off, every tenant on free or the plan the operator sets", "", &c.StripeKey},
+		{"stripe-webhook-secret", "signing secret (whsec_…) of the Stripe webhook endpoint pointed at /v1/billing/webhook; required with --stripe-key", "", &c.StripeWebhookSecret},
+		{"stripe-api-url", "Stripe's API base URL; empty: Stripe itself (tests point it at stripe-mock)", "", &c.StripeAPIURL},
+		{"stripe-meter-event", "event_name of the Stripe billing meter the plans' metered prices use", "roost_messages", &c.StripeMeterEvent},
+		{"plans-file", "YAML file of plan prices and quotas over the built-in plans (see docs/billing.md); empty: the built-in plans", "", &c.PlansFile},
+		{"billing-grace", "how long a tenant whose payment failed keeps running before it is suspended", "168h", &c.BillingGrace},
 		{"debug-addr", "address for Go's profiler at /debug/pprof/ (keep it on loopback: it has no authentication); empty: off", "", &c.DebugAddr},
 	}
 }
@@ -186,9 +199,6 @@ func (c *config) Validate() error {
 	if c.MQTTDomain != "" && !validDomain(c.MQTTDomain) {
 		return fmt.Errorf("ROOST_MQTT_DOMAIN: %q is not a domain name like mqtt.example.com", c.MQTTDomain)
 	}
-	if c.MQTTDomain != "" && !validDomain(c.MQTTDomain) {
-		return fmt.Errorf("ROOST_MQTT_DOMAIN: %q is not a domain name like mqtt.example.com", c.MQTTDomain)
-	}
 	for _, l := range strings.Split(c.ProxyProtocol, ",") {
 		switch l = strings.TrimSpace(l); l {
 		case "", "mqtt", "mqtts", "ws", "wss":
@@ -246,8 +256,38 @@ func (c *config) Validate() error {
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return errors.New("ROOST_LOG_FORMAT: must be text or json")
 	}
+	if err := c.validateBilling(); err != nil {
+		return err
+	}
 	if c.TokenTTL < time.Minute || c.TokenTTL > 30*24*time.Hour {
 		return errors.New("ROOST_TOKEN_TTL: must be between 1m and 720h")
+	}
+	return nil
+}
+
+func (c *config) validateBilling() error {
+	switch {
+	case c.StripeKey == "" && (c.StripeWebhookSecret != "" || c.StripeAPIURL != ""):
+		return errors.New("ROOST_STRIPE_KEY: billing is off without it, so the other ROOST_STRIPE_* settings mean nothing; set it or unset them")
+	case c.StripeKey == "":
+	case !strings.HasPrefix(c.StripeKey, "sk_") && !strings.HasPrefix(c.StripeKey, "rk_"):
+		return errors.New("ROOST_STRIPE_KEY: must be a Stripe secret or restricted key (sk_… or rk_…), never a publishable one")
+	case c.StripeWebhookSecret == "":
+		return errors.New("ROOST_STRIPE_WEBHOOK_SECRET: billing needs the webhook endpoint's signing secret (whsec_…) to learn of payments")
+	case !strings.HasPrefix(c.StripeWebhookSecret, "whsec_"):
+		return errors.New("ROOST_STRIPE_WEBHOOK_SECRET: must be a webhook signing secret (whsec_…)")
+	}
+	if c.StripeAPIURL != "" {
+		u, err := url.Parse(c.StripeAPIURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return errors.New("ROOST_STRIPE_API_URL: must be an http:// or https:// URL")
+		}
+	}
+	if c.StripeMeterEvent == "" {
+		return errors.New("ROOST_STRIPE_METER_EVENT: must not be empty")
+	}
+	if c.BillingGrace < time.Minute || c.BillingGrace > 90*24*time.Hour {
+		return errors.New("ROOST_BILLING_GRACE: must be between 1m and 2160h (90 days)")
 	}
 	return nil
 }

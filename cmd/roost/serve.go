@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -24,6 +25,7 @@ import (
 	"github.com/roosthub/roost"
 
 	"github.com/roosthub/roost/api"
+	"github.com/roosthub/roost/billing"
 	"github.com/roosthub/roost/broker"
 	hbasestore "github.com/roosthub/roost/broker/store/hbase"
 	memstore "github.com/roosthub/roost/broker/store/memory"
@@ -71,6 +73,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	defer store.Close()
 	log.Info("store ready", "database", store.Dialect(), "sessions", c.SessionStore)
+	if err := loadPlans(c, store); err != nil {
+		return err
+	}
 
 	adminToken, generated, err := adminToken(c)
 	if err != nil {
@@ -128,16 +133,28 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	defer hub.Close()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), hub.Collector(broker.DefaultTopTenants))
-	srv, err := api.New(api.Config{Store: store, Log: log, AdminToken: adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL, DataPlane: hub, Events: recent,
-		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)})})
-	if err != nil {
-		return err
-	}
-
 	ln, err := net.Listen("tcp", c.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("ROOST_HTTP_ADDR: %w", err)
 	}
+	bill, err := newBilling(c, store, sink, log, "http://"+displayAddr(ln.Addr()))
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	if bill.Enabled() {
+		billCtx, stopBilling := context.WithCancel(ctx)
+		defer stopBilling()
+		go bill.Run(billCtx, 30*time.Second)
+	}
+	srv, err := api.New(api.Config{Store: store, Log: log, AdminToken: adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL, DataPlane: hub, Events: recent,
+		Billing: bill,
+		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)})})
+	if err != nil {
+		ln.Close()
+		return err
+	}
+
 	var mqttLn net.Listener
 	mqttLn, err = net.Listen("tcp", c.MQTTAddr)
 	if err != nil {
@@ -201,6 +218,46 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	return nil
+}
+
+// loadPlans replaces the built-in plans with the plans file's, if any.
+func loadPlans(c *config, store *tenants.Store) error {
+	if c.PlansFile == "" {
+		return nil
+	}
+	f, err := os.Open(c.PlansFile)
+	if err != nil {
+		return fmt.Errorf("ROOST_PLANS_FILE: %w", err)
+	}
+	defer f.Close()
+	plans, err := tenants.LoadPlans(f)
+	if err != nil {
+		return fmt.Errorf("ROOST_PLANS_FILE: %s: %w", c.PlansFile, err)
+	}
+	store.SetPlans(plans)
+	return nil
+}
+
+// newBilling returns the billing service: off without a Stripe key.
+func newBilling(c *config, store *tenants.Store, sink events.Sink, log *slog.Logger, localURL string) (*billing.Service, error) {
+	cfg := billing.Config{Store: store, Events: sink, Log: log, WebhookSecret: c.StripeWebhookSecret,
+		MeterEvent: c.StripeMeterEvent, Grace: c.BillingGrace, ConsoleURL: strings.TrimSuffix(cmp.Or(c.PublicURL, localURL), "/")}
+	if c.StripeKey == "" {
+		log.Info("billing off (no ROOST_STRIPE_KEY): tenants stay on free or on the plan the operator sets")
+		return billing.New(cfg)
+	}
+	priced := 0
+	for _, p := range store.Plans() {
+		if p.StripePrice != "" {
+			priced++
+		}
+	}
+	if priced == 0 {
+		log.Warn("billing on, but no plan has a Stripe price: set them in ROOST_PLANS_FILE (docs/billing.md)")
+	}
+	cfg.Stripe = billing.NewStripe(c.StripeKey, c.StripeAPIURL)
+	log.Info("billing on", "plans_with_prices", priced, "meter_event", c.StripeMeterEvent, "grace", c.BillingGrace)
+	return billing.New(cfg)
 }
 
 // startTransports opens the device listeners besides plain TCP that the
