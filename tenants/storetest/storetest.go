@@ -41,6 +41,8 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"Changes", testChanges},
 		{"ExportRules", testExportRules},
 		{"Usage", testUsage},
+		{"Billing", testBilling},
+		{"StripeEventsOnce", testStripeEventsOnce},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
