@@ -63,7 +63,11 @@ type env struct {
 	bodies *testenv.Buffer
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t *testing.T) *env { t.Helper(); return newEnvWith(t, nil) }
+
+// newEnvWith is newEnv with a hook that may change the API's configuration
+// (its store and clock are set) before the API is built.
+func newEnvWith(t *testing.T, configure func(*api.Config)) *env {
 	t.Helper()
 	ctx := context.Background()
 	store, err := tenants.Open(ctx, "", t.TempDir())
@@ -88,7 +92,7 @@ func newEnv(t *testing.T) *env {
 	}
 	go hub.Serve(ln)
 	t.Cleanup(func() { hub.Close() })
-	srv, err := api.New(api.Config{
+	cfg := api.Config{
 		DataPlane:  hub,
 		Events:     ev,
 		Store:      store,
@@ -96,7 +100,11 @@ func newEnv(t *testing.T) *env {
 		AdminToken: adminToken,
 		SigningKey: bytes.Repeat([]byte("k"), 32),
 		Now:        clk.Now,
-	})
+	}
+	if configure != nil {
+		configure(&cfg)
+	}
+	srv, err := api.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,9 +192,15 @@ func (e *env) do(method, path, token string, body any) response {
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
+	return e.send(req)
+}
+
+// send sends a prepared request and checks the response against the spec.
+func (e *env) send(req *http.Request) response {
+	e.t.Helper()
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		e.t.Fatalf("%s %s: %v", method, path, err)
+		e.t.Fatalf("%s %s: %v", req.Method, req.URL.Path, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
