@@ -314,7 +314,7 @@ func (s *Service) Tick(ctx context.Context) error {
 		if err := s.dunning(ctx, a); err != nil {
 			errs = append(errs, fmt.Errorf("dunning %s: %w", a.Tenant, err))
 		}
-		if err := s.warnSpend(ctx, a.Tenant); err != nil {
+		if err := s.warnSpend(ctx, a); err != nil {
 			errs = append(errs, fmt.Errorf("spend cap %s: %w", a.Tenant, err))
 		}
 		if s.cfg.Meter != nil {
@@ -350,7 +350,8 @@ func (s *Service) dunning(ctx context.Context, a tenants.BillingAccount) error {
 }
 
 // warnSpend warns a tenant once a month at 80% and at 100% of its spend cap.
-func (s *Service) warnSpend(ctx context.Context, tenant string) error {
+func (s *Service) warnSpend(ctx context.Context, a tenants.BillingAccount) error {
+	tenant := a.Tenant
 	t, err := s.cfg.Store.Tenant(ctx, tenant)
 	if err != nil || t.SpendCap == nil || !t.PlanDetails().BillsOverage() {
 		return err
@@ -369,8 +370,11 @@ func (s *Service) warnSpend(ctx context.Context, tenant string) error {
 		level = 80
 	}
 	month := now.UTC().Format("2006-01")
+	if level == 0 || (a.SpendWarnedMonth == month && level <= a.SpendWarnedLevel) {
+		return nil // nothing new to say
+	}
 	warn := false
-	_, err = s.cfg.Store.UpdateBilling(ctx, tenant, "billing.spend_warning", func(u *tenants.BillingUpdate) error {
+	_, err = s.cfg.Store.UpdateBilling(ctx, tenant, "", func(u *tenants.BillingUpdate) error {
 		if u.Account.SpendWarnedMonth != month {
 			u.Account.SpendWarnedMonth, u.Account.SpendWarnedLevel = month, 0
 		}
@@ -432,7 +436,7 @@ func (s *Service) report(ctx context.Context, a tenants.BillingAccount) error {
 			return err
 		}
 		next := h.Add(time.Hour)
-		if _, err := s.cfg.Store.UpdateBilling(ctx, a.Tenant, "billing.usage_reported", func(u *tenants.BillingUpdate) error {
+		if _, err := s.cfg.Store.UpdateBilling(ctx, a.Tenant, "", func(u *tenants.BillingUpdate) error {
 			if u.Account.MeteredThrough.Before(next) {
 				u.Account.MeteredThrough = next
 			}

@@ -1,6 +1,7 @@
 package tenants
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"fmt"
@@ -151,7 +152,9 @@ func (s *Store) Invoices(ctx context.Context, tenant string, limit int) ([]Invoi
 // UpdateBilling reads the tenant and its billing account under the tenant's
 // row lock, lets change modify them, and writes back what changed in one
 // transaction. A change of plan, suspension or spend cap is announced to
-// the data plane as an operator's change is.
+// the data plane as an operator's change is. The change is audited as
+// action, unless action is empty (bookkeeping: how far usage was reported)
+// and the tenant did not change.
 func (s *Store) UpdateBilling(ctx context.Context, tenant, action string, change func(*BillingUpdate) error) (BillingUpdate, error) {
 	var u BillingUpdate
 	changed := false
@@ -248,11 +251,13 @@ func (s *Store) updateBilling(ctx context.Context, tx *sql.Tx, tenant, action st
 		if _, ok := s.plans[u.Tenant.Plan]; !ok {
 			return BillingUpdate{}, false, fmt.Errorf("billing: unknown plan %q", u.Tenant.Plan)
 		}
-		if err := s.writeTenant(ctx, tx, &u.Tenant, action); err != nil {
+		if err := s.writeTenant(ctx, tx, &u.Tenant, cmp.Or(action, "billing.update")); err != nil {
 			return BillingUpdate{}, false, err
 		}
-	} else if err := s.audit(ctx, tx, tenant, action, "tenant:"+tenant); err != nil {
-		return BillingUpdate{}, false, err
+	} else if action != "" {
+		if err := s.audit(ctx, tx, tenant, action, "tenant:"+tenant); err != nil {
+			return BillingUpdate{}, false, err
+		}
 	}
 	return u, changed, nil
 }

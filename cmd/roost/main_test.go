@@ -151,6 +151,14 @@ func TestBadConfig(t *testing.T) {
 		{map[string]string{"ROOST_SESSION_STORE": "redis"}, nil, "ROOST_REDIS_URL"},
 		{map[string]string{"ROOST_SESSION_STORE": "hbase", "ROOST_HBASE_URL": "hbase:8080"}, nil, "ROOST_HBASE_URL"},
 		{map[string]string{"ROOST_SESSION_STORE": "redis", "ROOST_REDIS_URL": "redis://127.0.0.1:1"}, nil, "ROOST_REDIS_URL"},
+		{map[string]string{"ROOST_STRIPE_KEY": "pk_test_123", "ROOST_STRIPE_WEBHOOK_SECRET": "whsec_x"}, nil, "ROOST_STRIPE_KEY"},
+		{map[string]string{"ROOST_STRIPE_KEY": "sk_test_123"}, nil, "ROOST_STRIPE_WEBHOOK_SECRET"},
+		{map[string]string{"ROOST_STRIPE_KEY": "sk_test_123", "ROOST_STRIPE_WEBHOOK_SECRET": "secret"}, nil, "ROOST_STRIPE_WEBHOOK_SECRET"},
+		{map[string]string{"ROOST_STRIPE_WEBHOOK_SECRET": "whsec_x"}, nil, "ROOST_STRIPE_KEY"},
+		{map[string]string{"ROOST_STRIPE_KEY": "sk_test_123", "ROOST_STRIPE_WEBHOOK_SECRET": "whsec_x", "ROOST_STRIPE_API_URL": "stripe-mock:12111"}, nil, "ROOST_STRIPE_API_URL"},
+		{map[string]string{"ROOST_BILLING_GRACE": "1s"}, nil, "ROOST_BILLING_GRACE"},
+		{map[string]string{"ROOST_PLANS_FILE": "/no/such/plans.yaml"}, nil, "ROOST_PLANS_FILE"},
+		{map[string]string{"ROOST_PLANS_FILE": "testdata/bad-plans.yaml"}, nil, "ROOST_PLANS_FILE"},
 		{nil, []string{"--http-addr", "nope"}, "ROOST_HTTP_ADDR"},
 		{nil, []string{"--no-such-flag"}, "no-such-flag"},
 		{nil, []string{"extra"}, "extra"},
@@ -286,5 +294,37 @@ func TestServeProfilerOnlyWhenAsked(t *testing.T) {
 	}
 	if code, _ := get(t, h.url+"/debug/pprof/", ""); code != 404 {
 		t.Errorf("the API serves /debug/pprof/: %d", code)
+	}
+}
+
+// TestServeBilling: with a Stripe key (stripe-mock), a webhook secret and
+// the example plans file, `roost serve` bills: the billing page says so and
+// Checkout answers a URL for a plan the file priced.
+func TestServeBilling(t *testing.T) {
+	h := startServe(t, map[string]string{
+		"ROOST_DATA_DIR":              t.TempDir(),
+		"ROOST_STRIPE_KEY":            "sk_test_123",
+		"ROOST_STRIPE_WEBHOOK_SECRET": "whsec_test",
+		"ROOST_STRIPE_API_URL":        testenv.StripeURL(t),
+		"ROOST_PLANS_FILE":            "../../docs/plans.example.yaml",
+	})
+	status, m := post(t, h.url+"/v1/signup", "", map[string]string{"email": "b@example.com", "password": "correct horse battery"})
+	if status != 201 {
+		t.Fatalf("signup: %d %v", status, m)
+	}
+	token := m["token"].(string)
+	if status, _ := post(t, h.url+"/v1/tenants", token, map[string]string{"slug": "acme"}); status != 201 {
+		t.Fatalf("create tenant: %d", status)
+	}
+	status, m = post(t, h.url+"/v1/tenants/acme/billing/checkout", token, map[string]string{"plan": "business"})
+	if u, _ := m["url"].(string); status != 200 || !strings.HasPrefix(u, "https://") {
+		t.Fatalf("checkout: %d %v", status, m)
+	}
+	status, m = post(t, h.url+"/v1/tenants/acme/billing/checkout", token, map[string]string{"plan": "enterprise"})
+	if status != 400 || m["field"] != "plan" {
+		t.Errorf("checkout to the unpriced enterprise plan: %d %v", status, m)
+	}
+	if !strings.Contains(h.stderr.String(), "billing on") {
+		t.Errorf("the log does not say billing is on:\n%s", h.stderr)
 	}
 }
