@@ -291,6 +291,21 @@ func TestWebhookOrder(t *testing.T) {
 		t.Fatalf("after updated, created, paid: plan %s, status %s", tn.Plan, a.Status)
 	}
 
+	// Two states of one second, the newer delivered first: Stripe's current
+	// state (stripe-mock's subscription is active) settles it.
+	h.tenant("tie", "cus_tie")
+	h.deliver(event("evt_t_updated", "customer.subscription.updated", t0, subscription("sub_t", "cus_tie", "active", "price_pro")))
+	h.deliver(event("evt_t_created", "customer.subscription.created", t0, subscription("sub_t", "cus_tie", "incomplete", "price_pro")))
+	if tn, a := h.state("tie"); tn.Plan != tenants.PlanPro || a.Status != "active" {
+		t.Fatalf("after updated and created in one second: plan %s, status %s", tn.Plan, a.Status)
+	}
+	// A payment and a failure in one second: the payment wins.
+	h.deliver(event("evt_t_paid", "invoice.paid", t0, invoice("in_t", "cus_tie", "paid")))
+	h.deliver(event("evt_t_failed", "invoice.payment_failed", t0, invoice("in_t", "cus_tie", "open")))
+	if _, a := h.state("tie"); !a.PaymentFailedAt.IsZero() {
+		t.Error("a failure in the same second as a payment started dunning")
+	}
+
 	// A failure older than the payment already applied changes nothing.
 	h.deliver(event("evt_old_fail", "invoice.payment_failed", t0.Add(time.Second), invoice("in_0", "cus_acme", "open")))
 	if _, a := h.state("acme"); !a.PaymentFailedAt.IsZero() {

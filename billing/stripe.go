@@ -141,3 +141,14 @@ func (s *Stripe) Report(ctx context.Context, e MeterEvent) error {
 	}
 	return nil
 }
+
+// Subscription reads a subscription as Stripe has it now.
+func (s *Stripe) Subscription(ctx context.Context, id string) (*stripe.Subscription, error) {
+	p := &stripe.SubscriptionParams{}
+	p.Context = ctx
+	sub, err := s.api.Subscriptions.Get(id, p)
+	if err != nil {
+		return nil, fmt.Errorf("stripe: read subscription %s: %w", id, err)
+	}
+	return sub, nil
+}

@@ -79,6 +79,9 @@ func (s *Service) HandleWebhook(ctx context.Context, payload []byte, signature s
 			return fmt.Errorf("subscription in %s: %w", ev.ID, err)
 		}
 		tenant, err = s.tenantOf(ctx, idOf(sub.Customer), sub.Metadata["tenant"])
+		if err == nil {
+			err = s.breakTie(ctx, tenant, at, &sub)
+		}
 		apply = func(u *tenants.BillingUpdate) error {
 			if err := s.claimCustomer(u, idOf(sub.Customer)); err != nil {
 				return err
@@ -120,13 +123,19 @@ func (s *Service) HandleWebhook(ctx context.Context, payload []byte, signature s
 			if at.Before(u.Account.InvoiceAt) {
 				return nil // a newer payment outcome is already applied
 			}
-			u.Account.InvoiceAt = at
 			if !paid {
+				// A payment in the same second wins: Stripe's times are
+				// seconds, and a failure is only news after the last payment.
+				if !at.After(u.Account.InvoiceAt) && !u.Account.InvoiceAt.IsZero() {
+					return nil
+				}
+				u.Account.InvoiceAt = at
 				if u.Account.PaymentFailedAt.IsZero() {
 					u.Account.PaymentFailedAt = at
 				}
 				return nil
 			}
+			u.Account.InvoiceAt = at
 			u.Account.PaymentFailedAt = time.Time{}
 			if u.Account.SuspendedByBilling {
 				u.Tenant.Suspended, u.Account.SuspendedByBilling = false, false
@@ -181,6 +190,28 @@ func (s *Service) HandleWebhook(ctx context.Context, payload []byte, signature s
 	}
 	if after != nil {
 		after(before, tenants.BillingUpdate{Tenant: t, Account: acct})
+	}
+	return nil
+}
+
+// breakTie re-reads a subscription from Stripe when an event about it bears
+// the same second as the state already applied: Stripe's event times are
+// seconds and its deliveries unordered, so which of the two is newer is
+// unknown, and Stripe's current state settles it.
+func (s *Service) breakTie(ctx context.Context, tenant string, at time.Time, sub *stripe.Subscription) error {
+	a, err := s.cfg.Store.BillingAccount(ctx, tenant)
+	if err != nil || !at.Equal(a.SubscriptionAt) || a.Subscription != sub.ID {
+		return err
+	}
+	fresh, err := s.cfg.Stripe.Subscription(ctx, sub.ID)
+	if err != nil {
+		return err // answered 500: Stripe delivers the event again later
+	}
+	customer, items := sub.Customer, sub.Items
+	*sub = *fresh
+	sub.Customer = customer // the same subscription, the same customer
+	if s.planOfItems(fresh.Items) == "" {
+		sub.Items = items
 	}
 	return nil
 }
@@ -243,14 +274,8 @@ func (s *Service) planExists(name string) bool {
 // planOf is the plan a subscription pays for: the plan one of its prices
 // belongs to, else the plan Roost wrote into its metadata at Checkout.
 func (s *Service) planOf(sub *stripe.Subscription) string {
-	if sub.Items != nil {
-		for _, it := range sub.Items.Data {
-			if it != nil && it.Price != nil {
-				if p, ok := s.cfg.Store.Plans().ByPrice(it.Price.ID); ok {
-					return p.Name
-				}
-			}
-		}
+	if p := s.planOfItems(sub.Items); p != "" {
+		return p
 	}
 	if p := sub.Metadata["plan"]; s.planExists(p) {
 		return p
@@ -270,4 +295,18 @@ func unixOrZero(sec int64) time.Time {
 		return time.Time{}
 	}
 	return time.Unix(sec, 0).UTC()
+}
+
+func (s *Service) planOfItems(items *stripe.SubscriptionItemList) string {
+	if items == nil {
+		return ""
+	}
+	for _, it := range items.Data {
+		if it != nil && it.Price != nil {
+			if p, ok := s.cfg.Store.Plans().ByPrice(it.Price.ID); ok {
+				return p.Name
+			}
+		}
+	}
+	return ""
 }
