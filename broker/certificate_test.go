@@ -188,7 +188,7 @@ func TestClientCertificates(t *testing.T) {
 			if d.ReasonCode != 0x98 {
 				t.Errorf("%s: DISCONNECT %#x, want 0x98", what, d.ReasonCode)
 			}
-		case <-time.After(3 * time.Second):
+		case <-time.After(10 * time.Second):
 			t.Errorf("%s: still connected", what)
 		}
 	}

@@ -96,6 +96,53 @@ func (s *Store) DeleteACLRule(ctx context.Context, tenant, id string) error {
 	}, Change{Kind: ACLChanged, Tenant: tenant})
 }
 
+// MoveACLRule moves a rule to position to (the last position when to is past
+// the end), shifting the rules between.
+func (s *Store) MoveACLRule(ctx context.Context, tenant, id string, to int) (ACLRule, error) {
+	if to < 0 {
+		return ACLRule{}, invalid("position", "must not be negative")
+	}
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if err := s.lockTenant(ctx, tx, tenant); err != nil {
+			return err
+		}
+		var pos, n int
+		if err := tx.QueryRowContext(ctx, `SELECT position FROM acl_rules WHERE tenant = $1 AND id = $2`, tenant, id).Scan(&pos); err != nil {
+			return notFound(err, "acl rule %s", id)
+		}
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM acl_rules WHERE tenant = $1`, tenant).Scan(&n); err != nil {
+			return err
+		}
+		to = min(to, n-1)
+		var shift string
+		switch {
+		case to < pos:
+			shift = `UPDATE acl_rules SET position = position + 1 WHERE tenant = $1 AND position >= $2 AND position < $3`
+		case to > pos:
+			shift = `UPDATE acl_rules SET position = position - 1 WHERE tenant = $1 AND position <= $2 AND position > $3`
+		default:
+			return nil
+		}
+		if _, err := tx.ExecContext(ctx, shift, tenant, to, pos); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE acl_rules SET position = $3 WHERE tenant = $1 AND id = $2`, tenant, id, to); err != nil {
+			return err
+		}
+		return s.audit(ctx, tx, tenant, "acl_rule.move", "acl_rule:"+id)
+	}, Change{Kind: ACLChanged, Tenant: tenant})
+	if err != nil {
+		return ACLRule{}, err
+	}
+	rules, err := s.ACLRules(ctx, tenant)
+	for _, r := range rules {
+		if r.ID == id {
+			return r, err
+		}
+	}
+	return ACLRule{}, fmt.Errorf("acl rule %s: %w", id, ErrNotFound)
+}
+
 // CheckACL answers whether device may do the checked action in tenant, with
 // the deciding rule (nil when none matched and the default deny applied).
 func (s *Store) CheckACL(ctx context.Context, tenant string, c ACLCheck) (bool, *ACLRule, error) {

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -80,9 +81,15 @@ func (s *Store) Device(ctx context.Context, tenant, name string) (Device, error)
 
 // Devices lists a tenant's devices by name.
 func (s *Store) Devices(ctx context.Context, tenant string, p Page) ([]Device, string, error) {
+	return s.SearchDevices(ctx, tenant, "", p)
+}
+
+// SearchDevices lists a tenant's devices whose name contains search, by name.
+func (s *Store) SearchDevices(ctx context.Context, tenant, search string, p Page) ([]Device, string, error) {
+	like := "%" + strings.NewReplacer(`\`, `\\`, "%", `\%`, "_", `\_`).Replace(search) + "%"
 	rows, err := s.db.QueryContext(ctx,
-		`SELECT `+deviceColumns+` FROM devices WHERE tenant = $1 AND name > $2 ORDER BY name LIMIT $3`,
-		tenant, p.Cursor, p.limit()+1)
+		`SELECT `+deviceColumns+` FROM devices WHERE tenant = $1 AND name > $2 AND name LIKE $3 ESCAPE '\' ORDER BY name LIMIT $4`,
+		tenant, p.Cursor, like, p.limit()+1)
 	if err != nil {
 		return nil, "", err
 	}

@@ -43,6 +43,8 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"Usage", testUsage},
 		{"Billing", testBilling},
 		{"StripeEventsOnce", testStripeEventsOnce},
+		{"MoveACLRule", testMoveACLRule},
+		{"SearchDevices", testSearchDevices},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
