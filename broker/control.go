@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync/atomic"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/tenants"
@@ -245,4 +247,50 @@ func (h *Hub) Quotas(tenant string) (tenants.Quotas, bool) {
 		return inst.quotas(), true
 	}
 	return tenants.Quotas{}, false
+}
+
+// watchIDs numbers watchers: mochi keys inline subscriptions by filter and
+// identifier.
+var watchIDs atomic.Int64
+
+// Watch hands fn each message published in the tenant on a topic matching
+// filter (retained ones first) until ctx ends, for the console's live view.
+// fn runs on the publisher's goroutine and must not block. The watcher
+// keeps the tenant's broker running; ACLs are the caller's business (the
+// console lets any member of the tenant watch).
+func (h *Hub) Watch(ctx context.Context, tenant, filter string, fn func(Message)) error {
+	if err := tenants.ValidateFilter(filter); err != nil {
+		return &tenants.FieldError{Field: "filter", Message: err.Error()}
+	}
+	if strings.HasPrefix(filter, "$") {
+		return &tenants.FieldError{Field: "filter", Message: "filters starting with $ are reserved"}
+	}
+	t, found, err := h.dir.tenant(ctx, tenant)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return fmt.Errorf("tenant %s: %w", tenant, tenants.ErrNotFound)
+	}
+	if t.Suspended {
+		return fmt.Errorf("tenant %s is suspended: %w", tenant, tenants.ErrForbidden)
+	}
+	inst, err := h.acquire(t)
+	if err != nil {
+		return err
+	}
+	id := int(watchIDs.Add(1) % (1 << 28)) // mochi's subscription identifiers are < 2^28
+	err = inst.server.Subscribe(filter, id, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+		fn(Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain})
+	})
+	if err != nil {
+		h.release(inst)
+		return err
+	}
+	go func() {
+		<-ctx.Done()
+		inst.server.Unsubscribe(filter, id)
+		h.release(inst)
+	}()
+	return nil
 }

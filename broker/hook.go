@@ -346,6 +346,9 @@ func (h *hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 
 // emit sends an event about a client of this tenant.
 func (inst *instance) emit(cl *mqtt.Client, e events.Event) {
+	if cl.Net.Inline {
+		return // the hub's own client (API publishes, console watchers) is not a device
+	}
 	e.Tenant, e.ClientID = inst.tenant, cl.ID
 	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
 		e.Device, e.Remote = dc.id.device, dc.RemoteAddr().String()

@@ -1,0 +1,67 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/tenants"
+)
+
+// TestWatch: a watcher sees its own tenant's messages on its filter,
+// retained ones first, and never another tenant's; it stops when its
+// context ends.
+func TestWatch(t *testing.T) {
+	s := newStack(t)
+	s.tenant("acme")
+	s.tenant("other")
+	pub := mustV5(t, s.addr, user("acme", "d1"), s.device("acme", "d1"), "d1")
+	stranger := mustV5(t, s.addr, user("other", "d1"), s.device("other", "d1"), "d1")
+	pub.pub(t, "state/d1", "retained", 1, true)
+
+	got := make(chan broker.Message, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := s.hub.Watch(ctx, "acme", "state/#", func(m broker.Message) { got <- m }); err != nil {
+		t.Fatal(err)
+	}
+	next := func() broker.Message {
+		t.Helper()
+		select {
+		case m := <-got:
+			return m
+		case <-time.After(5 * time.Second):
+			t.Fatal("the watcher got nothing")
+		}
+		return broker.Message{}
+	}
+	if m := next(); m.Topic != "state/d1" || string(m.Payload) != "retained" || !m.Retain {
+		t.Errorf("retained: %+v", m)
+	}
+	stranger.pub(t, "state/d1", "other tenant", 1, false)
+	pub.pub(t, "other/x", "not matching", 1, false)
+	pub.pub(t, "state/d1", "live", 1, false)
+	if m := next(); string(m.Payload) != "live" || m.QoS != 1 || m.Retain {
+		t.Errorf("live: %+v", m)
+	}
+	cancel()
+	eventually(t, 5*time.Second, "the watch to end", func() bool {
+		pub.pub(t, "state/d1", "after", 0, false)
+		select {
+		case <-got:
+			return false // still delivering
+		case <-time.After(50 * time.Millisecond):
+			return true
+		}
+	})
+	for _, bad := range []string{"a/#/b", "$SYS/#", ""} {
+		var fe *tenants.FieldError
+		if err := s.hub.Watch(context.Background(), "acme", bad, func(broker.Message) {}); !errors.As(err, &fe) {
+			t.Errorf("filter %q: %v", bad, err)
+		}
+	}
+	if err := s.hub.Watch(context.Background(), "nobody", "#", func(broker.Message) {}); !errors.Is(err, tenants.ErrNotFound) {
+		t.Errorf("unknown tenant: %v", err)
+	}
+}
