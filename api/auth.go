@@ -70,7 +70,7 @@ func (s *Server) principal(r *http.Request) (principal, error) {
 		}
 		return principal{key: &k}, nil
 	}
-	id, err := s.tokens.parse(token)
+	id, err := s.tokens.Parse(token)
 	if err != nil {
 		return principal{}, errorf(http.StatusUnauthorized, "unauthorized", "the session token is not valid or has expired; log in again")
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/roosthub/roost"
+	"github.com/roosthub/roost/internal/session"
 	"github.com/roosthub/roost/internal/throttle"
 	"github.com/roosthub/roost/tenants"
 )
@@ -46,7 +47,7 @@ type accountStore interface {
 	Authenticate(ctx context.Context, email, password string) (tenants.Account, error)
 }
 
-type session struct {
+type sessionView struct {
 	Token     string          `json:"token"`
 	ExpiresAt time.Time       `json:"expires_at"`
 	Account   tenants.Account `json:"account"`
@@ -68,7 +69,7 @@ func tooManyAttempts(wait time.Duration) error {
 		msg: fmt.Sprintf("too many failed attempts; try again in %d seconds", secs)}
 }
 
-func handleSignup(accounts accountStore, tok tokens, perIP *throttle.Limiter) handler {
+func handleSignup(accounts accountStore, tok session.Tokens, perIP *throttle.Limiter) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		var in tenants.Signup
 		if err := decode(r, &in); err != nil {
@@ -85,11 +86,11 @@ func handleSignup(accounts accountStore, tok tokens, perIP *throttle.Limiter) ha
 		if err != nil {
 			return err
 		}
-		token, exp, err := tok.issue(a.ID)
+		token, exp, err := tok.Issue(a.ID)
 		if err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusCreated, session{Token: token, ExpiresAt: exp, Account: a})
+		writeJSON(w, http.StatusCreated, sessionView{Token: token, ExpiresAt: exp, Account: a})
 		return nil
 	}
 }
@@ -99,7 +100,7 @@ type login struct {
 	Password string `json:"password"`
 }
 
-func handleLogin(accounts accountStore, tok tokens, perAccount, perIP *throttle.Limiter) handler {
+func handleLogin(accounts accountStore, tok session.Tokens, perAccount, perIP *throttle.Limiter) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		var in login
 		if err := decode(r, &in); err != nil {
@@ -121,11 +122,11 @@ func handleLogin(accounts accountStore, tok tokens, perAccount, perIP *throttle.
 		}
 		perAccount.Reset(acct)
 		perIP.Reset(ip)
-		token, exp, err := tok.issue(a.ID)
+		token, exp, err := tok.Issue(a.ID)
 		if err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusOK, session{Token: token, ExpiresAt: exp, Account: a})
+		writeJSON(w, http.StatusOK, sessionView{Token: token, ExpiresAt: exp, Account: a})
 		return nil
 	}
 }

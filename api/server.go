@@ -15,6 +15,7 @@ import (
 
 	"github.com/roosthub/roost/billing"
 	"github.com/roosthub/roost/events"
+	"github.com/roosthub/roost/internal/session"
 	"github.com/roosthub/roost/internal/throttle"
 	"github.com/roosthub/roost/tenants"
 )
@@ -56,7 +57,7 @@ type Server struct {
 	store      *tenants.Store
 	log        *slog.Logger
 	adminToken string
-	tokens     tokens
+	tokens     session.Tokens
 	// Failed logins are throttled per account and per source address;
 	// signups per source address.
 	loginsPerAccount *throttle.Limiter
@@ -115,7 +116,7 @@ func New(cfg Config) (*Server, error) {
 		store:            cfg.Store,
 		log:              cfg.Log,
 		adminToken:       cfg.AdminToken,
-		tokens:           tokens{key: cfg.SigningKey, ttl: cfg.TokenTTL, now: cfg.Now},
+		tokens:           session.Tokens{Key: cfg.SigningKey, TTL: cfg.TokenTTL, Now: cfg.Now},
 		loginsPerAccount: throttle.New(loginFreePerAccount, loginMaxPerHour, cfg.Now),
 		loginsPerIP:      throttle.New(loginFreePerIP, loginMaxPerHour, cfg.Now),
 		signupsPerIP:     throttle.New(signupsPerHour, signupsPerHour, cfg.Now),
