@@ -294,3 +294,18 @@ func (h *Hub) Watch(ctx context.Context, tenant, filter string, fn func(Message)
 	}()
 	return nil
 }
+
+// ConnectionCount is the number of the tenant's live device connections.
+func (h *Hub) ConnectionCount(tenant string) int {
+	inst := h.running(tenant)
+	if inst == nil {
+		return 0
+	}
+	inst.presenceMu.Lock()
+	defer inst.presenceMu.Unlock()
+	n := 0
+	for _, ps := range inst.byDevice {
+		n += len(ps)
+	}
+	return n
+}

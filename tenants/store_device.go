@@ -185,3 +185,10 @@ func (s *Store) TouchDevice(ctx context.Context, tenant, name string, t time.Tim
 		`UPDATE devices SET last_seen_at = $3 WHERE tenant = $1 AND name = $2`, tenant, name, t.UTC().Truncate(time.Microsecond))
 	return err
 }
+
+// DeviceCount is the number of the tenant's devices, for its max_devices.
+func (s *Store) DeviceCount(ctx context.Context, tenant string) (int64, error) {
+	var n int64
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM devices WHERE tenant = $1`, tenant).Scan(&n)
+	return n, err
+}

@@ -35,6 +35,7 @@ import (
 	"github.com/roosthub/roost/kafkaexport"
 	"github.com/roosthub/roost/tenants"
 	"github.com/roosthub/roost/transport"
+	"github.com/roosthub/roost/web"
 )
 
 func newLogger(format string, w io.Writer) *slog.Logger {
@@ -173,8 +174,28 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		defer debug.Close()
 		log.Warn("profiler on; keep this address private", "debug", debugLn.Addr().String())
 	}
+	mqttErr := make(chan error, 1)
+	if c.proxied("mqtt") {
+		mqttLn = transport.ProxyListener(mqttLn, c.ConnectTimeout)
+	}
+	go func() { mqttErr <- hub.Serve(mqttLn) }()
+	endpoints := []web.Endpoint{{Name: "MQTT", URL: "mqtt://" + displayAddr(mqttLn.Addr())}}
+	stopTransports, more, err := startTransports(c, log, hub, stdout)
+	if err != nil {
+		hub.Close()
+		ln.Close()
+		return err
+	}
+	defer stopTransports()
+	console, err := web.New(web.Config{Store: store, DataPlane: hub, Billing: bill, Events: recent, Log: log,
+		SigningKey: signingKey, TokenTTL: c.TokenTTL, AdminToken: adminToken, Endpoints: append(endpoints, more...),
+		SecureCookies: strings.HasPrefix(c.PublicURL, "https://")})
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	httpServer := &http.Server{
-		Handler:           srv,
+		Handler:           frontDoor(srv, console),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
@@ -184,19 +205,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- httpServer.Serve(ln) }()
-	mqttErr := make(chan error, 1)
-	if c.proxied("mqtt") {
-		mqttLn = transport.ProxyListener(mqttLn, c.ConnectTimeout)
-	}
-	go func() { mqttErr <- hub.Serve(mqttLn) }()
-	stopTransports, err := startTransports(c, log, hub, stdout)
-	if err != nil {
-		hub.Close()
-		ln.Close()
-		return err
-	}
-	defer stopTransports()
 	fmt.Fprintf(stdout, "Roost %s: API on http://%s, MQTT on mqtt://%s\n", roost.Version, displayAddr(ln.Addr()), displayAddr(mqttLn.Addr()))
+	fmt.Fprintf(stdout, "Console on http://%s/ (operator pages at /admin)\n", displayAddr(ln.Addr()))
 	log.Info("serving", "http", ln.Addr().String(), "mqtt", mqttLn.Addr().String(), "version", roost.Version)
 
 	select {
@@ -218,6 +228,19 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return err
 	}
 	return nil
+}
+
+// frontDoor sends the REST API's paths to the API and everything else to
+// the console.
+func frontDoor(apiHandler, console http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch p := r.URL.Path; {
+		case strings.HasPrefix(p, "/v1/"), p == "/healthz", p == "/readyz", p == "/openapi.yaml", p == "/metrics":
+			apiHandler.ServeHTTP(w, r)
+		default:
+			console.ServeHTTP(w, r)
+		}
+	})
 }
 
 // loadPlans replaces the built-in plans with the plans file's, if any.
@@ -264,16 +287,16 @@ func newBilling(c *config, store *tenants.Store, sink events.Sink, log *slog.Log
 // configuration asks for: MQTT over TLS, WebSocket and WebSocket over TLS
 // (one TLS port serves MQTT and WebSocket when both are given the same
 // address), and prints where they are.
-func startTransports(c *config, log *slog.Logger, hub *broker.Hub, stdout io.Writer) (stop func(), err error) {
+func startTransports(c *config, log *slog.Logger, hub *broker.Hub, stdout io.Writer) (stop func(), endpoints []web.Endpoint, err error) {
 	var closers []func()
 	stop = func() {
 		for _, f := range closers {
 			f()
 		}
 	}
-	fail := func(setting string, err error) (func(), error) {
+	fail := func(setting string, err error) (func(), []web.Endpoint, error) {
 		stop()
-		return nil, fmt.Errorf("%s: %w", setting, err)
+		return nil, nil, fmt.Errorf("%s: %w", setting, err)
 	}
 	var tlsConf *tls.Config
 	trust := ""
@@ -324,9 +347,12 @@ func startTransports(c *config, log *slog.Logger, hub *broker.Hub, stdout io.Wri
 			serveMQTT(m, "mqtts")
 			serveWeb(w)
 			fmt.Fprintf(stdout, "MQTT over TLS on mqtts://%[1]s and over WebSocket on wss://%[1]s%[2]s%[3]s\n", displayAddr(l.Addr()), transport.WebSocketPath, trust)
+			endpoints = append(endpoints, web.Endpoint{Name: "MQTT over TLS", URL: "mqtts://" + displayAddr(l.Addr())},
+				web.Endpoint{Name: "WebSocket over TLS", URL: "wss://" + displayAddr(l.Addr()) + transport.WebSocketPath})
 		} else {
 			serveMQTT(tl, "mqtts")
 			fmt.Fprintf(stdout, "MQTT over TLS on mqtts://%s%s\n", displayAddr(l.Addr()), trust)
+			endpoints = append(endpoints, web.Endpoint{Name: "MQTT over TLS", URL: "mqtts://" + displayAddr(l.Addr())})
 		}
 	}
 	if c.WSSAddr != "" && c.WSSAddr != c.MQTTTLSAddr {
@@ -336,6 +362,7 @@ func startTransports(c *config, log *slog.Logger, hub *broker.Hub, stdout io.Wri
 		}
 		serveWeb(tls.NewListener(l, tlsConf))
 		fmt.Fprintf(stdout, "MQTT over WebSocket on wss://%s%s%s\n", displayAddr(l.Addr()), transport.WebSocketPath, trust)
+		endpoints = append(endpoints, web.Endpoint{Name: "WebSocket over TLS", URL: "wss://" + displayAddr(l.Addr()) + transport.WebSocketPath})
 	}
 	if c.WSAddr != "" {
 		l, err := listen(c.WSAddr, "ws")
@@ -344,8 +371,9 @@ func startTransports(c *config, log *slog.Logger, hub *broker.Hub, stdout io.Wri
 		}
 		serveWeb(l)
 		fmt.Fprintf(stdout, "MQTT over WebSocket on ws://%s%s\n", displayAddr(l.Addr()), transport.WebSocketPath)
+		endpoints = append(endpoints, web.Endpoint{Name: "WebSocket", URL: "ws://" + displayAddr(l.Addr()) + transport.WebSocketPath})
 	}
-	return stop, nil
+	return stop, endpoints, nil
 }
 
 // debugMux serves Go's profiler, and POST /debug/gc, which collects garbage

@@ -1,0 +1,399 @@
+// Package web is Roost's console: server-rendered pages (html/template, a
+// little vanilla JavaScript, every asset embedded in the binary) for the
+// people behind tenants — sign-up, devices, rules, a live message viewer,
+// usage, events, API keys, members, billing — and for the operator.
+//
+// Every page works from the same store the REST API uses, with the same
+// rules: a tenant's pages answer 404 to anyone who is not its member,
+// writes need the admin role, and every form carries a CSRF token bound to
+// a cookie by an HMAC.
+package web
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"embed"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/roosthub/roost/billing"
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/events"
+	"github.com/roosthub/roost/internal/session"
+	"github.com/roosthub/roost/internal/throttle"
+	"github.com/roosthub/roost/tenants"
+)
+
+//go:embed templates/*.html
+var templateFS embed.FS
+
+//go:embed static
+var staticFS embed.FS
+
+// DataPlane is what the console asks of the MQTT data plane; *broker.Hub
+// satisfies it.
+type DataPlane interface {
+	Connections(tenant, device string) []broker.Connection
+	ConnectionCount(tenant string) int
+	Queue(tenant, device string) broker.QueueStats
+	Disconnect(tenant, device string) int
+	Publish(ctx context.Context, tenant string, m broker.Message) error
+	Watch(ctx context.Context, tenant, filter string, fn func(broker.Message)) error
+}
+
+var _ DataPlane = (*broker.Hub)(nil)
+
+// EventLog holds each tenant's recent events.
+type EventLog interface {
+	Recent(tenant string) []events.Event
+}
+
+// Endpoint is an address devices connect to, shown in connection snippets.
+type Endpoint struct {
+	Name string // MQTT, MQTT over TLS, WebSocket, WebSocket over TLS
+	URL  string // mqtt://localhost:1883, mqtts://…, ws://…/mqtt, wss://…/mqtt
+}
+
+// Config is what the console needs.
+type Config struct {
+	Store     *tenants.Store
+	DataPlane DataPlane
+	Billing   *billing.Service
+	Events    EventLog
+	Log       *slog.Logger
+	// SigningKey signs session cookies and CSRF tokens; at least 32 bytes.
+	SigningKey []byte
+	TokenTTL   time.Duration
+	// AdminToken unlocks the operator pages.
+	AdminToken string
+	// Endpoints are where devices connect; the first is the plain MQTT one.
+	Endpoints []Endpoint
+	// SecureCookies marks cookies Secure (the console is served over HTTPS).
+	SecureCookies bool
+	Now           func() time.Time
+}
+
+// Console is the web console. It is an http.Handler.
+type Console struct {
+	cfg      Config
+	store    *tenants.Store
+	tokens   session.Tokens
+	pages    map[string]*template.Template
+	router   chi.Router
+	logins   *throttle.Limiter
+	signups  *throttle.Limiter
+	operator *throttle.Limiter
+}
+
+// New builds the console.
+func New(cfg Config) (*Console, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("web: no store")
+	}
+	if len(cfg.SigningKey) < 32 {
+		return nil, errors.New("web: signing key shorter than 32 bytes")
+	}
+	if len(cfg.AdminToken) < 16 {
+		return nil, errors.New("web: admin token shorter than 16 characters")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.TokenTTL == 0 {
+		cfg.TokenTTL = 12 * time.Hour
+	}
+	if cfg.Billing == nil {
+		b, err := billing.New(billing.Config{Store: cfg.Store, Log: cfg.Log, Now: cfg.Now})
+		if err != nil {
+			return nil, err
+		}
+		cfg.Billing = b
+	}
+	if len(cfg.Endpoints) == 0 {
+		cfg.Endpoints = []Endpoint{{Name: "MQTT", URL: "mqtt://localhost:1883"}}
+	}
+	pages, err := parsePages()
+	if err != nil {
+		return nil, err
+	}
+	c := &Console{
+		cfg:      cfg,
+		store:    cfg.Store,
+		tokens:   session.Tokens{Key: cfg.SigningKey, TTL: cfg.TokenTTL, Now: cfg.Now},
+		pages:    pages,
+		logins:   throttle.New(5, 100, cfg.Now),
+		signups:  throttle.New(30, 30, cfg.Now),
+		operator: throttle.New(5, 100, cfg.Now),
+	}
+	c.router = c.routes()
+	return c, nil
+}
+
+// ServeHTTP serves the console.
+func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) { c.router.ServeHTTP(w, r) }
+
+// csp allows only the console's own scripts, styles and connections;
+// forms may post to Stripe (Checkout and the portal answer a redirect).
+const csp = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; " +
+	"form-action 'self' https:; base-uri 'none'; frame-ancestors 'none'"
+
+// secure sets the security headers of every response.
+func secure(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Content-Security-Policy", csp)
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("Referrer-Policy", "same-origin")
+		h.Set("Cross-Origin-Opener-Policy", "same-origin")
+		h.Set("Permissions-Policy", "camera=(), microphone=(), geolocation=()")
+		if !strings.HasPrefix(r.URL.Path, "/static/") {
+			h.Set("Cache-Control", "no-store")
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// Cookies.
+const (
+	sessionCookie  = "roost_session"
+	csrfCookie     = "roost_csrf"
+	operatorCookie = "roost_operator"
+)
+
+func (c *Console) setCookie(w http.ResponseWriter, name, value string, maxAge time.Duration, site http.SameSite) {
+	http.SetCookie(w, &http.Cookie{Name: name, Value: value, Path: "/", HttpOnly: true, Secure: c.cfg.SecureCookies,
+		SameSite: site, MaxAge: int(maxAge / time.Second)})
+}
+
+func (c *Console) clearCookie(w http.ResponseWriter, name string) {
+	http.SetCookie(w, &http.Cookie{Name: name, Value: "", Path: "/", HttpOnly: true, Secure: c.cfg.SecureCookies, MaxAge: -1})
+}
+
+// mac is the HMAC-SHA256 of the parts under the signing key.
+func (c *Console) mac(parts ...string) string {
+	m := hmac.New(sha256.New, c.cfg.SigningKey)
+	m.Write([]byte(strings.Join(parts, "|")))
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+type ctxKey int
+
+const (
+	keyCSRF ctxKey = iota
+	keyAccount
+	keyOperator
+	keyTenant
+	keyRole
+)
+
+// csrf gives every visitor a random cookie and every page the token bound
+// to it (its HMAC); a POST without the matching token is refused 403.
+// Signed double-submit: a cookie planted by a neighbour has no valid token.
+func (c *Console) csrf(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		nonce := ""
+		if ck, err := r.Cookie(csrfCookie); err == nil && len(ck.Value) >= 22 {
+			nonce = ck.Value
+		}
+		if r.Method == http.MethodPost {
+			want := c.mac("csrf", nonce)
+			got := r.Header.Get("X-CSRF-Token")
+			if got == "" {
+				r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+				got = r.PostFormValue("csrf")
+			}
+			if nonce == "" || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
+				c.log(r).Info("console: form refused, no valid CSRF token", "path", r.URL.Path)
+				c.errorPage(w, r, http.StatusForbidden, "This form has expired or did not come from this console. Go back, reload the page and try again.")
+				return
+			}
+		}
+		if nonce == "" {
+			b := make([]byte, 24)
+			rand.Read(b)
+			nonce = base64.RawURLEncoding.EncodeToString(b)
+			c.setCookie(w, csrfCookie, nonce, 30*24*time.Hour, http.SameSiteStrictMode)
+		}
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), keyCSRF, c.mac("csrf", nonce))))
+	})
+}
+
+// maxForm bounds a form's body.
+const maxForm = 64 << 10
+
+func (c *Console) log(r *http.Request) *slog.Logger { return c.cfg.Log.With("path", r.URL.Path) }
+
+// account resolves the session cookie.
+func (c *Console) account(r *http.Request) (*tenants.Account, bool) {
+	ck, err := r.Cookie(sessionCookie)
+	if err != nil {
+		return nil, false
+	}
+	id, err := c.tokens.Parse(ck.Value)
+	if err != nil {
+		return nil, false
+	}
+	a, err := c.store.Account(r.Context(), id)
+	if err != nil {
+		return nil, false
+	}
+	return &a, true
+}
+
+// signedIn lets only signed-in visitors through; others go to the login
+// page and come back.
+func (c *Console) signedIn(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		a, ok := c.account(r)
+		if !ok {
+			http.Redirect(w, r, "/login?next="+urlQueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
+			return
+		}
+		ctx := tenants.WithActor(context.WithValue(r.Context(), keyAccount, a), "account:"+a.ID)
+		next.ServeHTTP(w, r.WithContext(ctx))
+	})
+}
+
+func accountOf(r *http.Request) *tenants.Account {
+	a, _ := r.Context().Value(keyAccount).(*tenants.Account)
+	return a
+}
+
+// member finds the visitor's role in the {tenant} of the path: 404 for
+// anyone without one, exactly as for a tenant that does not exist.
+func (c *Console) member(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		slug := chi.URLParam(r, "tenant")
+		m, err := c.store.Membership(r.Context(), slug, accountOf(r).ID)
+		if errors.Is(err, tenants.ErrNotFound) {
+			c.notFound(w, r)
+			return
+		}
+		if err != nil {
+			c.internal(w, r, err)
+			return
+		}
+		t, err := c.store.Tenant(r.Context(), slug)
+		if err != nil {
+			c.fail(w, r, err)
+			return
+		}
+		ctx := context.WithValue(r.Context(), keyTenant, &t)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(ctx, keyRole, m.Role)))
+	})
+}
+
+func tenantOf(r *http.Request) *tenants.Tenant {
+	t, _ := r.Context().Value(keyTenant).(*tenants.Tenant)
+	return t
+}
+
+func roleOf(r *http.Request) tenants.Role {
+	role, _ := r.Context().Value(keyRole).(tenants.Role)
+	return role
+}
+
+// admin lets through only members with at least the admin role.
+func (c *Console) admin(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !roleOf(r).AtLeast(tenants.RoleAdmin) {
+			c.errorPage(w, r, http.StatusForbidden, "This needs the admin role in the tenant; ask one of its owners.")
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// operator lets through only a visitor signed in with the operator token.
+func (c *Console) operatorOnly(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !c.isOperator(r) {
+			http.Redirect(w, r, "/admin/login", http.StatusSeeOther)
+			return
+		}
+		next.ServeHTTP(w, r.WithContext(tenants.WithActor(context.WithValue(r.Context(), keyOperator, true), "operator")))
+	})
+}
+
+// isOperator checks the operator cookie: an expiry and its HMAC, so the
+// operator token itself never sits in a browser.
+func (c *Console) isOperator(r *http.Request) bool {
+	ck, err := r.Cookie(operatorCookie)
+	if err != nil {
+		return false
+	}
+	exp, sig, ok := strings.Cut(ck.Value, ".")
+	if !ok || subtle.ConstantTimeCompare([]byte(sig), []byte(c.mac("operator", exp))) != 1 {
+		return false
+	}
+	n, err := strconv.ParseInt(exp, 10, 64)
+	return err == nil && c.cfg.Now().Unix() < n
+}
+
+func (c *Console) operatorValue() string {
+	exp := strconv.FormatInt(c.cfg.Now().Add(c.cfg.TokenTTL).Unix(), 10)
+	return exp + "." + c.mac("operator", exp)
+}
+
+// fail shows the page for an error of the store's kinds.
+func (c *Console) fail(w http.ResponseWriter, r *http.Request, err error) {
+	switch {
+	case errors.Is(err, tenants.ErrNotFound):
+		c.notFound(w, r)
+	case errors.Is(err, tenants.ErrForbidden), errors.Is(err, tenants.ErrQuotaExceeded):
+		c.errorPage(w, r, http.StatusForbidden, err.Error())
+	case errors.Is(err, tenants.ErrConflict), errors.Is(err, billing.ErrOff):
+		c.errorPage(w, r, http.StatusConflict, err.Error())
+	case errors.Is(err, tenants.ErrInvalid):
+		c.errorPage(w, r, http.StatusBadRequest, err.Error())
+	default:
+		c.internal(w, r, err)
+	}
+}
+
+func (c *Console) internal(w http.ResponseWriter, r *http.Request, err error) {
+	b := make([]byte, 6)
+	rand.Read(b)
+	id := fmt.Sprintf("%x", b)
+	c.log(r).Error("console: internal error", "err", err, "error_id", id)
+	c.errorPage(w, r, http.StatusInternalServerError, "Something went wrong on our side (error "+id+"). Try again; if it keeps happening, quote the error id.")
+}
+
+func (c *Console) notFound(w http.ResponseWriter, r *http.Request) {
+	c.errorPage(w, r, http.StatusNotFound, "There is nothing here, or it is not yours to see.")
+}
+
+func (c *Console) errorPage(w http.ResponseWriter, r *http.Request, status int, msg string) {
+	c.render(w, r, status, "error.html", page{Title: http.StatusText(status), Data: msg})
+}
+
+func urlQueryEscape(s string) string { return strings.ReplaceAll(templateURLEscape(s), "%2F", "/") }
+
+func templateURLEscape(s string) string { return template.URLQueryEscaper(s) }
+
+// static serves the embedded assets.
+func static() http.Handler {
+	sub, _ := fs.Sub(staticFS, "static")
+	files := http.FileServer(http.FS(sub))
+	return http.StripPrefix("/static/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "public, max-age=3600")
+		files.ServeHTTP(w, r)
+	}))
+}

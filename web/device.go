@@ -1,0 +1,243 @@
+package web
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/tenants"
+)
+
+type deviceRow struct {
+	tenants.Device
+	Online bool
+}
+
+type devicesData struct {
+	Search  string
+	Devices []deviceRow
+	Next    string
+}
+
+const devicesPerPage = 25
+
+func (c *Console) deviceList(w http.ResponseWriter, r *http.Request) {
+	c.renderDevices(w, r, http.StatusOK, page{})
+}
+
+func (c *Console) renderDevices(w http.ResponseWriter, r *http.Request, status int, p page) {
+	t := tenantOf(r)
+	q := r.URL.Query()
+	search := strings.TrimSpace(q.Get("q"))
+	ds, next, err := c.store.SearchDevices(r.Context(), t.Slug, search, tenants.Page{Limit: devicesPerPage, Cursor: q.Get("after")})
+	if err != nil {
+		c.internal(w, r, err)
+		return
+	}
+	d := devicesData{Search: search, Next: next}
+	for _, dev := range ds {
+		row := deviceRow{Device: dev}
+		if c.cfg.DataPlane != nil {
+			row.Online = len(c.cfg.DataPlane.Connections(t.Slug, dev.Name)) > 0
+		}
+		d.Devices = append(d.Devices, row)
+	}
+	p.Title, p.Nav, p.Data = "Devices", "devices", d
+	c.render(w, r, status, "devices.html", p)
+}
+
+// parseMetadata reads key=value lines.
+func parseMetadata(s string) (map[string]string, error) {
+	md := map[string]string{}
+	for _, line := range strings.Split(s, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			return nil, &tenants.FieldError{Field: "metadata", Message: fmt.Sprintf("%q is not key=value", line)}
+		}
+		md[strings.TrimSpace(k)] = strings.TrimSpace(v)
+	}
+	return md, nil
+}
+
+// credentials is what a device needs to connect, shown once with its
+// secret.
+type credentials struct {
+	Device    tenants.Device
+	Secret    string
+	Endpoints []Endpoint
+	Snippets  []snippet
+}
+
+type snippet struct {
+	ID, Title, Text string
+}
+
+func (c *Console) credentials(t *tenants.Tenant, d tenants.Device, secret string) credentials {
+	host, port := "localhost", "1883"
+	if u, err := url.Parse(c.cfg.Endpoints[0].URL); err == nil && u.Hostname() != "" {
+		host, port = u.Hostname(), u.Port()
+	}
+	user, topic := t.Slug+"/"+d.Name, "telemetry/"+d.Name
+	q := func(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+	return credentials{Device: d, Secret: secret, Endpoints: c.cfg.Endpoints, Snippets: []snippet{
+		{"pub", "Publish (mosquitto_pub)", fmt.Sprintf("mosquitto_pub -h %s -p %s -V mqttv5 -i %s -u %s -P %s -t %s -m 'hello from %s'",
+			host, port, q(d.Name), q(user), q(secret), q(topic), d.Name)},
+		{"sub", "Subscribe (mosquitto_sub)", fmt.Sprintf("mosquitto_sub -h %s -p %s -V mqttv5 -i %s -u %s -P %s -t %s -v",
+			host, port, q(d.Name+"-sub"), q(user), q(secret), q("commands/"+d.Name))},
+		{"go", "Go (paho.mqtt.golang)", fmt.Sprintf(`opts := mqtt.NewClientOptions().AddBroker("tcp://%s:%s").
+	SetClientID(%q).SetUsername(%q).SetPassword(%q)
+c := mqtt.NewClient(opts)
+if t := c.Connect(); t.Wait() && t.Error() != nil {
+	log.Fatal(t.Error())
+}
+c.Publish(%q, 1, false, "hello").Wait()`, host, port, d.Name, user, secret, topic)},
+		{"python", "Python (paho-mqtt 2)", fmt.Sprintf(`import paho.mqtt.client as mqtt
+
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=%q, protocol=mqtt.MQTTv5)
+c.username_pw_set(%q, %q)
+c.connect(%q, %s)
+c.loop_start()
+c.publish(%q, "hello", qos=1).wait_for_publish()`, d.Name, user, secret, host, port, topic)},
+	}}
+}
+
+func (c *Console) deviceCreate(w http.ResponseWriter, r *http.Request) {
+	t := tenantOf(r)
+	name := strings.TrimSpace(r.PostFormValue("name"))
+	form := map[string]string{"name": name, "metadata": r.PostFormValue("metadata")}
+	md, err := parseMetadata(r.PostFormValue("metadata"))
+	var d tenants.Device
+	var secret string
+	if err == nil {
+		d, secret, err = c.store.CreateDevice(r.Context(), t.Slug, tenants.DeviceInput{Name: name, Metadata: md})
+	}
+	if err != nil {
+		if errors.Is(err, tenants.ErrConflict) {
+			err = &tenants.FieldError{Field: "name", Message: "a device with this name exists"}
+		}
+		var qe *tenants.QuotaError
+		if errors.As(err, &qe) {
+			err = &tenants.FieldError{Field: "name", Message: fmt.Sprintf("the tenant has its %d devices (max_devices); delete one or move to a bigger plan", qe.Limit)}
+		}
+		if !errors.Is(err, tenants.ErrInvalid) {
+			c.fail(w, r, err)
+			return
+		}
+		c.renderDevices(w, r, http.StatusBadRequest, page{Form: form, Errors: formErrors(err)})
+		return
+	}
+	// The secret is in this answer to the POST and nowhere else, ever.
+	c.render(w, r, http.StatusCreated, "credentials.html", page{Title: "Device " + d.Name + " created", Nav: "devices", Data: c.credentials(t, d, secret)})
+}
+
+type deviceData struct {
+	Device       tenants.Device
+	Connections  []broker.Connection
+	Queue        broker.QueueStats
+	Keys         []tenants.DeviceKey
+	Certificates []tenants.DeviceCertificate
+	Metadata     [][2]string
+}
+
+func (c *Console) deviceDetail(w http.ResponseWriter, r *http.Request) {
+	t := tenantOf(r)
+	ctx := r.Context()
+	d, err := c.store.Device(ctx, t.Slug, chi.URLParam(r, "device"))
+	if err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	data := deviceData{Device: d}
+	if c.cfg.DataPlane != nil {
+		data.Connections = c.cfg.DataPlane.Connections(t.Slug, d.Name)
+		data.Queue = c.cfg.DataPlane.Queue(t.Slug, d.Name)
+	}
+	if data.Keys, err = c.store.DeviceKeys(ctx, t.Slug, d.Name); err != nil {
+		c.internal(w, r, err)
+		return
+	}
+	if data.Certificates, err = c.store.DeviceCertificates(ctx, t.Slug, d.Name); err != nil {
+		c.internal(w, r, err)
+		return
+	}
+	for k, v := range d.Metadata {
+		data.Metadata = append(data.Metadata, [2]string{k, v})
+	}
+	sort.Slice(data.Metadata, func(i, j int) bool { return data.Metadata[i][0] < data.Metadata[j][0] })
+	c.render(w, r, http.StatusOK, "device.html", page{Title: "Device " + d.Name, Nav: "devices", Data: data})
+}
+
+func devicePath(r *http.Request) string {
+	return "/tenants/" + tenantOf(r).Slug + "/devices/" + url.PathEscape(chi.URLParam(r, "device"))
+}
+
+func (c *Console) deviceDisconnect(w http.ResponseWriter, r *http.Request) {
+	t := tenantOf(r)
+	d, err := c.store.Device(r.Context(), t.Slug, chi.URLParam(r, "device"))
+	if err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	if c.cfg.DataPlane != nil {
+		c.cfg.DataPlane.Disconnect(t.Slug, d.Name)
+	}
+	redirect(w, r, devicePath(r), "disconnected")
+}
+
+func (c *Console) deviceRotate(w http.ResponseWriter, r *http.Request) {
+	t := tenantOf(r)
+	d, secret, err := c.store.RotateDeviceSecret(r.Context(), t.Slug, chi.URLParam(r, "device"))
+	if err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	c.render(w, r, http.StatusOK, "credentials.html", page{Title: "New secret for " + d.Name, Nav: "devices", Data: c.credentials(t, d, secret)})
+}
+
+func (c *Console) deviceEnable(w http.ResponseWriter, r *http.Request) {
+	enabled := r.PostFormValue("enabled") == "true"
+	if _, err := c.store.UpdateDevice(r.Context(), tenantOf(r).Slug, chi.URLParam(r, "device"), tenants.DeviceUpdate{Enabled: &enabled}); err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	done := "disabled"
+	if enabled {
+		done = "enabled"
+	}
+	redirect(w, r, devicePath(r), done)
+}
+
+func (c *Console) deviceDelete(w http.ResponseWriter, r *http.Request) {
+	t := tenantOf(r)
+	if err := c.store.DeleteDevice(r.Context(), t.Slug, chi.URLParam(r, "device")); err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	redirect(w, r, "/tenants/"+t.Slug+"/devices", "deleted")
+}
+
+func (c *Console) deviceKeyDelete(w http.ResponseWriter, r *http.Request) {
+	if err := c.store.DeleteDeviceKey(r.Context(), tenantOf(r).Slug, chi.URLParam(r, "device"), chi.URLParam(r, "id")); err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	redirect(w, r, devicePath(r), "deleted")
+}
+
+func (c *Console) deviceCertDelete(w http.ResponseWriter, r *http.Request) {
+	if err := c.store.DeleteDeviceCertificate(r.Context(), tenantOf(r).Slug, chi.URLParam(r, "device"), chi.URLParam(r, "id")); err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	redirect(w, r, devicePath(r), "deleted")
+}

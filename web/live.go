@@ -1,0 +1,145 @@
+package web
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/tenants"
+)
+
+func (c *Console) livePage(w http.ResponseWriter, r *http.Request) {
+	filter := r.URL.Query().Get("filter")
+	if filter == "" {
+		filter = "#"
+	}
+	c.render(w, r, http.StatusOK, "live.html", page{Title: "Live messages", Nav: "live", Form: map[string]string{"filter": filter}})
+}
+
+// liveMessage is one message as the live view's script receives it.
+type liveMessage struct {
+	Time     time.Time `json:"time"`
+	Topic    string    `json:"topic"`
+	Payload  string    `json:"payload"`
+	Encoding string    `json:"encoding"` // utf-8 or base64
+	QoS      byte      `json:"qos"`
+	Retain   bool      `json:"retain"`
+}
+
+// liveBuffer is how many messages may wait for a slow browser before the
+// newest are dropped (and counted).
+const liveBuffer = 256
+
+// liveStream sends the tenant's messages matching a filter as server-sent
+// events until the browser goes away. The watch runs in the tenant's own
+// broker, so it cannot see another tenant's messages.
+func (c *Console) liveStream(w http.ResponseWriter, r *http.Request) {
+	if c.cfg.DataPlane == nil {
+		c.errorPage(w, r, http.StatusServiceUnavailable, "This process does not run the MQTT data plane.")
+		return
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	msgs := make(chan liveMessage, liveBuffer)
+	var dropped atomic.Int64
+	err := c.cfg.DataPlane.Watch(ctx, tenantOf(r).Slug, r.URL.Query().Get("filter"), func(m broker.Message) {
+		lm := liveMessage{Time: c.cfg.Now().UTC(), Topic: m.Topic, QoS: m.QoS, Retain: m.Retain, Payload: string(m.Payload), Encoding: "utf-8"}
+		if !utf8.Valid(m.Payload) {
+			lm.Payload, lm.Encoding = base64.StdEncoding.EncodeToString(m.Payload), "base64"
+		}
+		select {
+		case msgs <- lm:
+		default:
+			dropped.Add(1)
+		}
+	})
+	if err != nil {
+		if errors.Is(err, tenants.ErrInvalid) {
+			c.errorPage(w, r, http.StatusBadRequest, err.Error())
+			return
+		}
+		c.fail(w, r, err)
+		return
+	}
+	rc := http.NewResponseController(w)
+	h := w.Header()
+	h.Set("Content-Type", "text/event-stream")
+	h.Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	send := func(event string, v any) bool {
+		b, _ := json.Marshal(v)
+		rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
+		if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", event, b); err != nil {
+			return false
+		}
+		return rc.Flush() == nil
+	}
+	if !send("ready", map[string]string{"filter": r.URL.Query().Get("filter")}) {
+		return
+	}
+	heartbeat := time.NewTicker(15 * time.Second)
+	defer heartbeat.Stop()
+	reported := int64(0)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m := <-msgs:
+			if !send("message", m) {
+				return
+			}
+		case <-heartbeat.C:
+			if n := dropped.Load(); n != reported {
+				reported = n
+				if !send("dropped", map[string]int64{"dropped": n}) {
+					return
+				}
+			} else if !send("ping", map[string]any{}) {
+				return
+			}
+		}
+	}
+}
+
+// livePublish publishes a test message into the tenant (admins), from a
+// form or from the live view's script.
+func (c *Console) livePublish(w http.ResponseWriter, r *http.Request) {
+	t := tenantOf(r)
+	qos, _ := strconv.Atoi(r.PostFormValue("qos"))
+	m := broker.Message{Topic: strings.TrimSpace(r.PostFormValue("topic")), Payload: []byte(r.PostFormValue("payload")), QoS: byte(qos), Retain: r.PostFormValue("retain") == "on"}
+	var err error
+	if c.cfg.DataPlane == nil {
+		err = errors.New("this process does not run the MQTT data plane")
+	} else {
+		err = c.cfg.DataPlane.Publish(r.Context(), t.Slug, m)
+	}
+	if r.Header.Get("X-CSRF-Token") != "" { // the script: a short answer
+		if err != nil {
+			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+			w.WriteHeader(http.StatusBadRequest)
+			fmt.Fprint(w, err.Error())
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	if err != nil {
+		status := http.StatusBadRequest
+		if !errors.Is(err, tenants.ErrInvalid) && !errors.Is(err, tenants.ErrQuotaExceeded) && !errors.Is(err, tenants.ErrForbidden) {
+			status = http.StatusServiceUnavailable
+		}
+		c.render(w, r, status, "live.html", page{Title: "Live messages", Nav: "live", Errors: map[string]string{"topic": err.Error()},
+			Form: map[string]string{"filter": "#", "topic": m.Topic, "payload": string(m.Payload)}})
+		return
+	}
+	redirect(w, r, "/tenants/"+t.Slug+"/live", "published")
+}

@@ -1,0 +1,326 @@
+package web
+
+import (
+	"cmp"
+	"errors"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/roosthub/roost/events"
+	"github.com/roosthub/roost/tenants"
+)
+
+func (c *Console) tenantList(w http.ResponseWriter, r *http.Request) {
+	c.render(w, r, http.StatusOK, "tenants.html", page{Title: "Tenants", Nav: "tenants"})
+}
+
+func (c *Console) tenantCreate(w http.ResponseWriter, r *http.Request) {
+	in := tenants.TenantInput{Slug: strings.TrimSpace(r.PostFormValue("slug")), Name: strings.TrimSpace(r.PostFormValue("name"))}
+	t, err := c.store.CreateTenant(r.Context(), accountOf(r).ID, in)
+	if err != nil {
+		if errors.Is(err, tenants.ErrConflict) {
+			err = &tenants.FieldError{Field: "slug", Message: "this name is taken; pick another"}
+		}
+		if !errors.Is(err, tenants.ErrInvalid) {
+			c.fail(w, r, err)
+			return
+		}
+		c.render(w, r, http.StatusBadRequest, "tenants.html", page{Title: "Tenants", Nav: "tenants",
+			Errors: formErrors(err), Form: map[string]string{"slug": in.Slug, "name": in.Name}})
+		return
+	}
+	redirect(w, r, "/tenants/"+t.Slug+"/devices", "tenant")
+}
+
+// quotaUse is a quota with its current use, where Roost knows it.
+type quotaUse struct {
+	Name    string
+	Limit   int64
+	Used    int64
+	Known   bool
+	Percent int
+}
+
+func (q quotaUse) Near() bool { return q.Known && q.Percent >= 80 }
+
+type overviewData struct {
+	Devices     int64
+	Connections int
+	Messages    int64
+	Quotas      []quotaUse
+	Events      []events.Event
+	Endpoints   []Endpoint
+}
+
+func (c *Console) quotaUses(r *http.Request, t *tenants.Tenant) ([]quotaUse, overviewData, error) {
+	ctx := r.Context()
+	var d overviewData
+	var err error
+	if d.Devices, err = c.store.DeviceCount(ctx, t.Slug); err != nil {
+		return nil, d, err
+	}
+	if d.Messages, err = c.store.MonthMessages(ctx, t.Slug, c.cfg.Now()); err != nil {
+		return nil, d, err
+	}
+	if c.cfg.DataPlane != nil {
+		d.Connections = c.cfg.DataPlane.ConnectionCount(t.Slug)
+	}
+	q := t.Quotas()
+	used := map[string]int64{"max_devices": d.Devices, "max_connections": int64(d.Connections), "messages_per_month": d.Messages}
+	var out []quotaUse
+	for _, name := range tenants.QuotaNames() {
+		u := quotaUse{Name: name, Limit: quotaValue(q, name)}
+		if n, ok := used[name]; ok {
+			u.Used, u.Known = n, true
+			if u.Limit > 0 {
+				u.Percent = int(min(100, n*100/u.Limit))
+			}
+		}
+		out = append(out, u)
+	}
+	// The nearest to their limits first.
+	slices.SortStableFunc(out, func(a, b quotaUse) int { return cmp.Compare(b.Percent, a.Percent) })
+	return out, d, nil
+}
+
+func quotaValue(q tenants.Quotas, name string) int64 {
+	return map[string]int64{
+		"max_devices": q.MaxDevices, "max_connections": q.MaxConnections, "connect_rate": q.ConnectRate,
+		"publish_rate": q.PublishRate, "tenant_publish_rate": q.TenantPublishRate, "bandwidth_in": q.BandwidthIn,
+		"bandwidth_out": q.BandwidthOut, "max_packet_size": q.MaxPacketSize, "max_subscriptions": q.MaxSubscriptions,
+		"max_retained": q.MaxRetained, "max_queued": q.MaxQueued, "max_session_expiry": q.MaxSessionExpiry,
+		"messages_per_month": q.MessagesPerMonth,
+	}[name]
+}
+
+func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
+	t := tenantOf(r)
+	qs, d, err := c.quotaUses(r, t)
+	if err != nil {
+		c.internal(w, r, err)
+		return
+	}
+	d.Quotas = qs[:3]
+	d.Events = c.recent(t.Slug, "", 10)
+	d.Endpoints = c.cfg.Endpoints
+	c.render(w, r, http.StatusOK, "overview.html", page{Title: t.Name, Nav: "overview", Data: d})
+}
+
+// recent returns a tenant's newest events, newest first.
+func (c *Console) recent(tenant, typ string, limit int) []events.Event {
+	if c.cfg.Events == nil {
+		return nil
+	}
+	all := c.cfg.Events.Recent(tenant)
+	var out []events.Event
+	for i := len(all) - 1; i >= 0 && len(out) < limit; i-- {
+		if typ == "" || all[i].Type == typ {
+			out = append(out, all[i])
+		}
+	}
+	return out
+}
+
+type eventsData struct {
+	Type   string
+	Types  []string
+	Events []events.Event
+}
+
+func (c *Console) eventsPage(w http.ResponseWriter, r *http.Request) {
+	typ := r.URL.Query().Get("type")
+	if typ != "" && !slices.Contains(events.Types, typ) {
+		typ = ""
+	}
+	d := eventsData{Type: typ, Types: events.Types, Events: c.recent(tenantOf(r).Slug, typ, 200)}
+	c.render(w, r, http.StatusOK, "events.html", page{Title: "Events", Nav: "events", Data: d})
+}
+
+type keysData struct {
+	Keys    []tenants.APIKey
+	Created *createdKey
+}
+
+type createdKey struct {
+	Key   tenants.APIKey
+	Token string
+}
+
+func (c *Console) keyList(w http.ResponseWriter, r *http.Request) {
+	c.renderKeys(w, r, http.StatusOK, nil, page{})
+}
+
+func (c *Console) renderKeys(w http.ResponseWriter, r *http.Request, status int, created *createdKey, p page) {
+	keys, _, err := c.store.APIKeys(r.Context(), tenantOf(r).Slug, tenants.Page{Limit: tenants.MaxPageSize})
+	if err != nil {
+		c.internal(w, r, err)
+		return
+	}
+	p.Title, p.Nav, p.Data = "API keys", "keys", keysData{Keys: keys, Created: created}
+	c.render(w, r, status, "keys.html", p)
+}
+
+func (c *Console) keyCreate(w http.ResponseWriter, r *http.Request) {
+	in := tenants.APIKeyInput{Name: strings.TrimSpace(r.PostFormValue("name")), Role: tenants.Role(r.PostFormValue("role"))}
+	form := map[string]string{"name": in.Name, "role": string(in.Role)}
+	if in.Role != "" && in.Role.Valid() && !roleOf(r).AtLeast(in.Role) {
+		c.renderKeys(w, r, http.StatusForbidden, nil, page{Form: form, Errors: map[string]string{"role": "A key cannot have a higher role than yours."}})
+		return
+	}
+	k, token, err := c.store.CreateAPIKey(r.Context(), tenantOf(r).Slug, in)
+	if err != nil {
+		if !errors.Is(err, tenants.ErrInvalid) && !errors.Is(err, tenants.ErrQuotaExceeded) {
+			c.fail(w, r, err)
+			return
+		}
+		c.renderKeys(w, r, http.StatusBadRequest, nil, page{Form: form, Errors: formErrors(err)})
+		return
+	}
+	// The key is shown on this answer to the POST and never again.
+	c.renderKeys(w, r, http.StatusCreated, &createdKey{Key: k, Token: token}, page{})
+}
+
+func (c *Console) keyDelete(w http.ResponseWriter, r *http.Request) {
+	t := tenantOf(r)
+	if err := c.store.DeleteAPIKey(r.Context(), t.Slug, chi.URLParam(r, "id")); err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	redirect(w, r, "/tenants/"+t.Slug+"/api-keys", "key-deleted")
+}
+
+func (c *Console) memberList(w http.ResponseWriter, r *http.Request) {
+	c.renderMembers(w, r, http.StatusOK, page{})
+}
+
+func (c *Console) renderMembers(w http.ResponseWriter, r *http.Request, status int, p page) {
+	ms, _, err := c.store.Members(r.Context(), tenantOf(r).Slug, tenants.Page{Limit: tenants.MaxPageSize})
+	if err != nil {
+		c.internal(w, r, err)
+		return
+	}
+	p.Title, p.Nav, p.Data = "Members", "members", ms
+	c.render(w, r, status, "members.html", p)
+}
+
+func (c *Console) memberAdd(w http.ResponseWriter, r *http.Request) {
+	in := tenants.MemberInput{Email: strings.TrimSpace(r.PostFormValue("email")), Role: tenants.Role(r.PostFormValue("role"))}
+	form := map[string]string{"email": in.Email, "role": string(in.Role)}
+	if in.Role.Valid() && !roleOf(r).AtLeast(in.Role) {
+		c.renderMembers(w, r, http.StatusForbidden, page{Form: form, Errors: map[string]string{"role": "You cannot give a higher role than yours."}})
+		return
+	}
+	if _, err := c.store.AddMember(r.Context(), tenantOf(r).Slug, in); err != nil {
+		if errors.Is(err, tenants.ErrConflict) {
+			err = &tenants.FieldError{Field: "email", Message: err.Error()}
+		}
+		if !errors.Is(err, tenants.ErrInvalid) {
+			c.fail(w, r, err)
+			return
+		}
+		c.renderMembers(w, r, http.StatusBadRequest, page{Form: form, Errors: formErrors(err)})
+		return
+	}
+	redirect(w, r, "/tenants/"+tenantOf(r).Slug+"/members", "member")
+}
+
+func (c *Console) memberRemove(w http.ResponseWriter, r *http.Request) {
+	t := tenantOf(r)
+	if err := c.store.RemoveMember(r.Context(), t.Slug, chi.URLParam(r, "account")); err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	if chi.URLParam(r, "account") == accountOf(r).ID {
+		http.Redirect(w, r, "/tenants", http.StatusSeeOther)
+		return
+	}
+	redirect(w, r, "/tenants/"+t.Slug+"/members", "member-gone")
+}
+
+// chart is a bar chart drawn as SVG on the server.
+type chart struct {
+	Title  string
+	Max    int64
+	Bars   []bar
+	Width  int
+	Height int
+}
+
+type bar struct {
+	X, Y, W, H int
+	Label      string
+	Value      int64
+}
+
+const chartHeight = 120
+
+func newChart(title string, labels []string, values []int64) chart {
+	c := chart{Title: title, Height: chartHeight}
+	for _, v := range values {
+		c.Max = max(c.Max, v)
+	}
+	w := 12
+	c.Width = max(len(values)*w, w)
+	for i, v := range values {
+		h := 0
+		if c.Max > 0 {
+			h = int(v * (chartHeight - 4) / c.Max)
+		}
+		c.Bars = append(c.Bars, bar{X: i * w, Y: chartHeight - h, W: w - 2, H: h, Label: labels[i], Value: v})
+	}
+	return c
+}
+
+type usageData struct {
+	Granularity string
+	Charts      []chart
+	Totals      tenants.Usage
+	Quotas      []quotaUse
+}
+
+func (c *Console) usagePage(w http.ResponseWriter, r *http.Request) {
+	t := tenantOf(r)
+	gran := r.URL.Query().Get("granularity")
+	now := c.cfg.Now().UTC()
+	from, step, n, layout := now.Truncate(time.Hour).Add(-23*time.Hour), time.Hour, 24, "15:04"
+	if gran == tenants.Daily {
+		day := time.Date(now.Year(), now.Month(), now.Day(), 0, 0, 0, 0, time.UTC)
+		from, step, n, layout = day.AddDate(0, 0, -29), 24*time.Hour, 30, "Jan 2"
+	} else {
+		gran = tenants.Hourly
+	}
+	buckets, err := c.store.Usage(r.Context(), t.Slug, from, now.Add(time.Hour), gran)
+	if err != nil {
+		c.internal(w, r, err)
+		return
+	}
+	labels := make([]string, n)
+	in, out, bytesIn, bytesOut, conns := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
+	for i := range n {
+		labels[i] = from.Add(time.Duration(i) * step).Format(layout)
+	}
+	var d usageData
+	for _, b := range buckets {
+		i := int(b.Start.Sub(from) / step)
+		if i < 0 || i >= n {
+			continue
+		}
+		in[i], out[i], bytesIn[i], bytesOut[i], conns[i] = b.MessagesIn, b.MessagesOut, b.BytesIn, b.BytesOut, b.PeakConnections
+		d.Totals.Add(b.Usage)
+	}
+	d.Granularity = gran
+	d.Charts = []chart{
+		newChart("Messages in", labels, in), newChart("Messages out", labels, out),
+		newChart("Bytes in", labels, bytesIn), newChart("Bytes out", labels, bytesOut),
+		newChart("Peak connections", labels, conns),
+	}
+	if d.Quotas, _, err = c.quotaUses(r, t); err != nil {
+		c.internal(w, r, err)
+		return
+	}
+	c.render(w, r, http.StatusOK, "usage.html", page{Title: "Usage and quotas", Nav: "usage", Data: d})
+}
