@@ -1,0 +1,262 @@
+package web_test
+
+import (
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/go-chi/chi/v5"
+)
+
+// routes lists the console's routes with their methods.
+func routes(t *testing.T, s *stack) [][2]string {
+	t.Helper()
+	var out [][2]string
+	err := chi.Walk(s.console.Router(), func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
+		out = append(out, [2]string{method, route})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+var param = regexp.MustCompile(`\{(\w+)\}`)
+
+func fill(route string, ids map[string]string) string {
+	route = strings.TrimSuffix(strings.ReplaceAll(route, "/*", "/"), "/")
+	if route == "" {
+		route = "/"
+	}
+	return param.ReplaceAllStringFunc(route, func(m string) string { return url.PathEscape(ids[m[1:len(m)-1]]) })
+}
+
+// TestEveryFormNeedsCSRF: every POST of the console, sent by a signed-in
+// member without a token or with a wrong one, is refused 403 and changes
+// nothing.
+func TestEveryFormNeedsCSRF(t *testing.T) {
+	s := newStack(t)
+	b := s.browser()
+	b.signup("owner")
+	b.tenant("acme")
+	b.device("acme", "d1", "")
+	ids := map[string]string{"tenant": "acme", "device": "d1", "id": "x", "account": "y"}
+	posts := 0
+	for _, r := range routes(t, s) {
+		if r[0] != http.MethodPost {
+			continue
+		}
+		posts++
+		path := fill(r[1], ids)
+		for _, token := range []string{"", "forged", b.csrf + "x"} {
+			form := url.Values{"csrf": {token}, "name": {"d2"}, "slug": {"other"}, "topic": {"#"}, "effect": {"allow"}, "action": {"all"}}
+			if a := b.post(path, form); a.status != http.StatusForbidden {
+				t.Errorf("POST %s with token %q: %d, want 403", path, token, a.status)
+			}
+		}
+	}
+	if posts < 25 {
+		t.Errorf("walked only %d POST routes", posts)
+	}
+	// Nothing happened: no second device, no second tenant.
+	if ds, _, _ := s.store.Devices(t.Context(), "acme", tenantsPage()); len(ds) != 1 {
+		t.Errorf("devices after refused forms: %d", len(ds))
+	}
+	// And a valid token does work, from another page's form too.
+	b.get("/tenants/acme/devices")
+	if a := b.post("/tenants/acme/devices", url.Values{"name": {"d2"}}); a.status != http.StatusCreated {
+		t.Errorf("create with a valid token: %d", a.status)
+	}
+	// A token is bound to its cookie: another visitor's token does not fit.
+	other := s.browser()
+	other.get("/login")
+	b.csrf = other.csrf
+	if a := b.post("/tenants/acme/devices", url.Values{"name": {"d3"}}); a.status != http.StatusForbidden {
+		t.Errorf("another visitor's token: %d, want 403", a.status)
+	}
+}
+
+// TestMarkupIsInert: names and metadata holding markup render as text.
+func TestMarkupIsInert(t *testing.T) {
+	s := newStack(t)
+	b := s.browser()
+	b.signup("owner")
+	b.get("/tenants")
+	if a := b.post("/tenants", url.Values{"slug": {"acme"}, "name": {`<script>alert("t")</script>`}}); a.status != http.StatusSeeOther {
+		t.Fatalf("tenant: %d %s", a.status, a.body)
+	}
+	b.device("acme", "d1", `note=<script>alert("m")</script>`+"\n"+`<img src=x onerror=alert(1)>=y`)
+	if a := b.post("/tenants/acme/devices", url.Values{"name": {`<script>x</script>`}}); a.status != http.StatusBadRequest || strings.Contains(a.body, "<script>x") {
+		t.Errorf("a device named with markup: %d, body has it raw: %v", a.status, strings.Contains(a.body, "<script>x"))
+	}
+	b.post("/tenants/acme/acl", url.Values{"effect": {"allow"}, "action": {"all"}, "topic": {`a/<script>/#`}, "device": {"*"}})
+	for _, p := range []string{"/tenants/acme", "/tenants/acme/devices", "/tenants/acme/devices/d1", "/tenants/acme/acl", "/tenants"} {
+		a := b.get(p)
+		if a.status != http.StatusOK {
+			t.Fatalf("%s: %d", p, a.status)
+		}
+		for _, raw := range []string{`<script>alert`, `<img src=x`, `<script>/#`} {
+			if strings.Contains(a.body, raw) {
+				t.Errorf("%s renders %q as markup", p, raw)
+			}
+		}
+	}
+	if a := b.get("/tenants/acme/devices/d1"); !strings.Contains(a.body, "&lt;script&gt;alert(&#34;m&#34;)&lt;/script&gt;") {
+		t.Errorf("the metadata is not shown escaped:\n%s", a.body)
+	}
+}
+
+// TestTenantsApart: a member of tenant B reaches none of tenant A's pages
+// or forms (404, as for a tenant that does not exist), and A's data does
+// not appear on B's pages.
+func TestTenantsApart(t *testing.T) {
+	s := newStack(t)
+	alice, bob := s.browser(), s.browser()
+	alice.signup("alice")
+	alice.tenant("tenant-a")
+	alice.device("tenant-a", "a-dev", "secret=alpha-metadata")
+	bob.signup("bob")
+	bob.tenant("tenant-b")
+	bob.device("tenant-b", "b-dev", "")
+	rules, _ := s.store.ACLRules(t.Context(), "tenant-a")
+	keys := alice.post("/tenants/tenant-a/api-keys", url.Values{"name": {"k"}, "role": {"viewer"}})
+	if keys.status != http.StatusCreated {
+		t.Fatalf("key: %d", keys.status)
+	}
+	for _, r := range routes(t, s) {
+		if !strings.Contains(r[1], "{tenant}") || strings.HasPrefix(r[1], "/admin/") {
+			continue // the operator's pages: TestOperatorPages
+		}
+		for _, ids := range []map[string]string{
+			{"tenant": "tenant-a", "device": "a-dev", "id": rules[0].ID, "account": "x"},
+			{"tenant": "tenant-b", "device": "a-dev", "id": rules[0].ID, "account": "x"},
+		} {
+			path := fill(r[1], ids)
+			var a answer
+			if r[0] == http.MethodGet {
+				a = bob.get(path)
+			} else {
+				a = bob.post(path, url.Values{"name": {"x"}, "topic": {"#"}, "position": {"0"}, "enabled": {"false"}, "plan": {"pro"}})
+			}
+			if ids["tenant"] == "tenant-a" && a.status != http.StatusNotFound {
+				t.Errorf("bob %s %s: %d, want 404", r[0], path, a.status)
+			}
+			if strings.Contains(a.body, "alpha-metadata") || strings.Contains(a.body, "a-dev\"") {
+				t.Errorf("bob %s %s shows tenant A's data", r[0], path)
+			}
+		}
+	}
+	// Still there, untouched.
+	if d, err := s.store.Device(t.Context(), "tenant-a", "a-dev"); err != nil || !d.Enabled {
+		t.Errorf("A's device after bob's attempts: %+v %v", d, err)
+	}
+	if rs, _ := s.store.ACLRules(t.Context(), "tenant-a"); len(rs) != 1 {
+		t.Errorf("A's rules after bob's attempts: %d", len(rs))
+	}
+	// Bob's switcher lists only his tenant.
+	if a := bob.get("/tenants"); strings.Contains(a.body, "tenant-a") {
+		t.Error("bob's tenant list shows tenant-a")
+	}
+}
+
+// TestSignInOut: pages need a session; login goes back where it was asked;
+// a wrong password is said next to the field; logout ends the session;
+// cookies are HttpOnly and SameSite; every page carries the CSP.
+func TestSignInOut(t *testing.T) {
+	s := newStack(t)
+	b := s.browser()
+	if a := b.get("/tenants"); a.status != http.StatusSeeOther || !strings.HasPrefix(a.location, "/login?next=") {
+		t.Fatalf("signed out: %d %s", a.status, a.location)
+	}
+	email := b.signup("ada")
+	if a := b.get("/tenants"); a.status != http.StatusOK || !strings.Contains(a.body, "You have no tenant yet") {
+		t.Errorf("tenants after sign-up: %d", a.status)
+	}
+	if a := b.get("/tenants"); !strings.Contains(a.header.Get("Content-Security-Policy"), "script-src 'self'") || a.header.Get("X-Frame-Options") != "DENY" {
+		t.Errorf("security headers: %v", a.header)
+	}
+	b.post("/logout", nil)
+	if a := b.get("/tenants"); a.status != http.StatusSeeOther {
+		t.Errorf("after logout: %d", a.status)
+	}
+	b.get("/login")
+	a := b.post("/login", url.Values{"email": {email}, "password": {"wrong password!"}})
+	if a.status != http.StatusUnauthorized || !strings.Contains(a.body, `class="field-error"`) || !strings.Contains(a.body, "Wrong email or password") {
+		t.Errorf("wrong password: %d", a.status)
+	}
+	a = b.post("/login", url.Values{"email": {email}, "password": {"correct horse battery"}, "next": {"/tenants?x=1"}})
+	if a.status != http.StatusSeeOther || a.location != "/tenants?x=1" {
+		t.Errorf("login: %d %q", a.status, a.location)
+	}
+	a = b.post("/login", url.Values{"email": {email}, "password": {"correct horse battery"}, "next": {"//evil.example/"}})
+	if a.location != "/" {
+		t.Errorf("login to another site: %q", a.location)
+	}
+	resp, err := b.http.PostForm(s.url+"/login", url.Values{"csrf": {b.csrf}, "email": {email}, "password": {"correct horse battery"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for _, c := range resp.Cookies() {
+		if c.Name == "roost_session" && (!c.HttpOnly || c.SameSite != http.SameSiteLaxMode) {
+			t.Errorf("session cookie: %+v", c)
+		}
+	}
+}
+
+// TestPagesAreSmall: every page of a tenant with a device is under 100 KB.
+func TestPagesAreSmall(t *testing.T) {
+	s := newStack(t)
+	b := s.browser()
+	b.signup("owner")
+	b.tenant("acme")
+	b.device("acme", "d1", "")
+	for _, p := range []string{"/tenants", "/tenants/acme", "/tenants/acme/devices", "/tenants/acme/devices/d1", "/tenants/acme/acl",
+		"/tenants/acme/live", "/tenants/acme/usage", "/tenants/acme/usage?granularity=day", "/tenants/acme/events",
+		"/tenants/acme/api-keys", "/tenants/acme/members", "/tenants/acme/billing", "/static/app.css", "/static/app.js"} {
+		a := b.get(p)
+		if a.status != http.StatusOK || len(a.body) > 100_000 {
+			t.Errorf("%s: %d, %d bytes", p, a.status, len(a.body))
+		}
+	}
+}
+
+// TestOperatorPages: the operator token opens /admin; the operator
+// suspends a tenant and sets overrides; a wrong token is refused.
+func TestOperatorPages(t *testing.T) {
+	s := newStack(t)
+	owner := s.browser()
+	owner.signup("owner")
+	owner.tenant("acme")
+	op := s.browser()
+	if a := op.get("/admin"); a.status != http.StatusSeeOther || a.location != "/admin/login" {
+		t.Fatalf("admin signed out: %d %s", a.status, a.location)
+	}
+	op.get("/admin/login")
+	if a := op.post("/admin/login", url.Values{"token": {"rop_wrong-token-000000"}}); a.status != http.StatusUnauthorized {
+		t.Errorf("wrong operator token: %d", a.status)
+	}
+	if a := op.post("/admin/login", url.Values{"token": {operatorToken}}); a.status != http.StatusSeeOther {
+		t.Fatalf("operator login: %d", a.status)
+	}
+	if a := op.get("/admin"); a.status != http.StatusOK || !strings.Contains(a.body, "acme") {
+		t.Fatalf("admin page: %d", a.status)
+	}
+	a := op.post("/admin/tenants/acme", url.Values{"plan": {"pro"}, "suspended": {"on"}, "overrides": {"max_devices=7\nconnect_rate=50"}})
+	if a.status != http.StatusSeeOther {
+		t.Fatalf("operator update: %d %s", a.status, a.body)
+	}
+	tn, _ := s.store.Tenant(t.Context(), "acme")
+	if tn.Plan != "pro" || !tn.Suspended || tn.Overrides["max_devices"] != 7 || tn.Overrides["connect_rate"] != 50 {
+		t.Errorf("after the operator's update: %+v", tn)
+	}
+	if a := op.post("/admin/tenants/acme", url.Values{"plan": {"pro"}, "overrides": {"max_widgets=1"}}); a.status != http.StatusBadRequest || !strings.Contains(a.body, "unknown quota") {
+		t.Errorf("unknown quota: %d", a.status)
+	}
+	if a := owner.get("/admin"); a.status != http.StatusSeeOther {
+		t.Errorf("a tenant owner on /admin: %d", a.status)
+	}
+}

@@ -1,0 +1,166 @@
+package web_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"regexp"
+	"testing"
+
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/events"
+	"github.com/roosthub/roost/internal/testenv"
+	"github.com/roosthub/roost/tenants"
+	"github.com/roosthub/roost/web"
+)
+
+const operatorToken = "rop_console-test-operator-token"
+
+// stack is a console over a fresh store and a real data plane.
+type stack struct {
+	t        *testing.T
+	url      string
+	mqttAddr string
+	store    *tenants.Store
+	hub      *broker.Hub
+	console  *web.Console
+	logs     *testenv.Buffer
+}
+
+func newStack(t *testing.T) *stack {
+	t.Helper()
+	ctx := context.Background()
+	store, err := tenants.Open(ctx, "", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	if _, err := store.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	logs := &testenv.Buffer{}
+	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ev := events.NewMemory(100)
+	hub, err := broker.New(broker.Config{Directory: store, Changes: store.Changes(), Log: log, Events: ev, Usage: store})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go hub.Serve(ln)
+	t.Cleanup(func() { hub.Close() })
+	c, err := web.New(web.Config{Store: store, DataPlane: hub, Events: ev, Log: log, SigningKey: bytes.Repeat([]byte("s"), 32),
+		AdminToken: operatorToken, Endpoints: []web.Endpoint{{Name: "MQTT", URL: "mqtt://" + ln.Addr().String()}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(c)
+	t.Cleanup(hs.Close)
+	return &stack{t: t, url: hs.URL, mqttAddr: ln.Addr().String(), store: store, hub: hub, console: c, logs: logs}
+}
+
+// browser is a cookie-keeping client that does not follow redirects.
+type browser struct {
+	s    *stack
+	http *http.Client
+	csrf string
+}
+
+func (s *stack) browser() *browser {
+	jar, _ := cookiejar.New(nil)
+	return &browser{s: s, http: &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+}
+
+type answer struct {
+	status   int
+	location string
+	body     string
+	header   http.Header
+}
+
+var csrfField = regexp.MustCompile(`name="csrf" value="([^"]+)"`)
+
+func (b *browser) get(path string) answer {
+	b.s.t.Helper()
+	resp, err := b.http.Get(b.s.url + path)
+	if err != nil {
+		b.s.t.Fatal(err)
+	}
+	return b.read(resp)
+}
+
+func (b *browser) read(resp *http.Response) answer {
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if m := csrfField.FindSubmatch(body); m != nil {
+		b.csrf = string(m[1])
+	}
+	return answer{status: resp.StatusCode, location: resp.Header.Get("Location"), body: string(body), header: resp.Header}
+}
+
+// post sends a form with the page's CSRF token (unless the form sets one).
+func (b *browser) post(path string, form url.Values) answer {
+	b.s.t.Helper()
+	if form == nil {
+		form = url.Values{}
+	}
+	if _, ok := form["csrf"]; !ok {
+		if b.csrf == "" {
+			b.get("/login")
+		}
+		form.Set("csrf", b.csrf)
+	}
+	resp, err := b.http.PostForm(b.s.url+path, form)
+	if err != nil {
+		b.s.t.Fatal(err)
+	}
+	return b.read(resp)
+}
+
+var userSeq int
+
+// signup makes an account and leaves the browser signed in.
+func (b *browser) signup(name string) string {
+	b.s.t.Helper()
+	userSeq++
+	email := fmt.Sprintf("%s-%d@example.com", name, userSeq)
+	b.get("/signup")
+	a := b.post("/signup", url.Values{"email": {email}, "password": {"correct horse battery"}, "password2": {"correct horse battery"}})
+	if a.status != http.StatusSeeOther {
+		b.s.t.Fatalf("signup %s: %d %s", email, a.status, a.body)
+	}
+	return email
+}
+
+func (b *browser) tenant(slug string) {
+	b.s.t.Helper()
+	b.get("/tenants")
+	if a := b.post("/tenants", url.Values{"slug": {slug}, "name": {slug}}); a.status != http.StatusSeeOther {
+		b.s.t.Fatalf("create tenant %s: %d %s", slug, a.status, a.body)
+	}
+}
+
+// device creates a device and returns its secret, read from the page.
+func (b *browser) device(tenant, name string, metadata string) string {
+	b.s.t.Helper()
+	a := b.post("/tenants/"+tenant+"/devices", url.Values{"name": {name}, "metadata": {metadata}})
+	if a.status != http.StatusCreated {
+		b.s.t.Fatalf("create device %s: %d %s", name, a.status, a.body)
+	}
+	m := regexp.MustCompile(`id="cred-secret">([^<]+)<`).FindStringSubmatch(a.body)
+	if m == nil {
+		b.s.t.Fatalf("no secret on the created page:\n%s", a.body)
+	}
+	return m[1]
+}
+
+func tenantsPage() tenants.Page { return tenants.Page{Limit: 100} }
