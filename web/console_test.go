@@ -1,13 +1,19 @@
 package web_test
 
 import (
+	"context"
+	"html"
 	"net/http"
 	"net/url"
+	"os/exec"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/internal/testenv"
 )
 
 // routes lists the console's routes with their methods.
@@ -259,4 +265,67 @@ func TestOperatorPages(t *testing.T) {
 	if a := owner.get("/admin"); a.status != http.StatusSeeOther {
 		t.Errorf("a tenant owner on /admin: %d", a.status)
 	}
+}
+
+// TestSnippetsWork: the mosquitto_pub and mosquitto_sub commands on a new
+// device's page, run as written, publish into the tenant and receive from
+// it.
+func TestSnippetsWork(t *testing.T) {
+	for _, tool := range []string{"bash", "mosquitto_pub", "mosquitto_sub"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			testenv.Require(t, tool+" is not installed (apt-get install mosquitto-clients)")
+		}
+	}
+	s := newStack(t)
+	b := s.browser()
+	b.signup("owner")
+	b.tenant("acme")
+	a := b.post("/tenants/acme/devices", url.Values{"name": {"d1"}})
+	snippet := func(id string) string {
+		m := regexp.MustCompile(`id="snip-` + id + `">([^<]+)<`).FindStringSubmatch(a.body)
+		if m == nil {
+			t.Fatalf("no %s snippet", id)
+		}
+		return html.UnescapeString(m[1])
+	}
+	got := make(chan broker.Message, 4)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := s.hub.Watch(ctx, "acme", "#", func(m broker.Message) { got <- m }); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("bash", "-c", snippet("pub")).CombinedOutput(); err != nil {
+		t.Fatalf("the mosquitto_pub snippet failed: %v\n%s", err, out)
+	}
+	select {
+	case m := <-got:
+		if m.Topic != "telemetry/d1" || string(m.Payload) != "hello from d1" {
+			t.Errorf("published %s %q", m.Topic, m.Payload)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the snippet's message did not arrive")
+	}
+	sub := exec.Command("bash", "-c", snippet("sub")+" -C 1 -W 15")
+	var out strings.Builder
+	sub.Stdout, sub.Stderr = &out, &out
+	if err := sub.Start(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, func() bool { return len(s.hub.Connections("acme", "d1")) == 1 })
+	if err := s.hub.Publish(context.Background(), "acme", broker.Message{Topic: "commands/d1", Payload: []byte("reboot"), QoS: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.Wait(); err != nil || strings.TrimSpace(out.String()) != "commands/d1 reboot" {
+		t.Errorf("the mosquitto_sub snippet: %v %q", err, out.String())
+	}
+}
+
+func eventually(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatal("timed out")
 }

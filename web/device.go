@@ -92,8 +92,8 @@ func (c *Console) credentials(t *tenants.Tenant, d tenants.Device, secret string
 	return credentials{Device: d, Secret: secret, Endpoints: c.cfg.Endpoints, Snippets: []snippet{
 		{"pub", "Publish (mosquitto_pub)", fmt.Sprintf("mosquitto_pub -h %s -p %s -V mqttv5 -i %s -u %s -P %s -t %s -m 'hello from %s'",
 			host, port, q(d.Name), q(user), q(secret), q(topic), d.Name)},
-		{"sub", "Subscribe (mosquitto_sub)", fmt.Sprintf("mosquitto_sub -h %s -p %s -V mqttv5 -i %s -u %s -P %s -t %s -v",
-			host, port, q(d.Name+"-sub"), q(user), q(secret), q("commands/"+d.Name))},
+		{"sub", "Receive commands (mosquitto_sub; one connection per client id: a second one replaces the first)", fmt.Sprintf("mosquitto_sub -h %s -p %s -V mqttv5 -i %s -u %s -P %s -t %s -v",
+			host, port, q(d.Name), q(user), q(secret), q("commands/"+d.Name))},
 		{"go", "Go (paho.mqtt.golang)", fmt.Sprintf(`opts := mqtt.NewClientOptions().AddBroker("tcp://%s:%s").
 	SetClientID(%q).SetUsername(%q).SetPassword(%q)
 c := mqtt.NewClient(opts)
