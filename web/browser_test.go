@@ -244,4 +244,13 @@ func TestBrowserFirstMessage(t *testing.T) {
 		run("open "+p, chromedp.Navigate(s.url+"/tenants/acme"+p), chromedp.WaitVisible(css(`main h1`)))
 		screenshot(t, ctx, "08-page"+strings.ReplaceAll(p, "/", "-"))
 	}
+
+	// At phone width the pages fit: no sideways scrolling of the page itself
+	// (wide tables scroll inside their own box).
+	run("phone width", chromedp.EmulateViewport(390, 844, chromedp.EmulateMobile))
+	for _, p := range []string{"/devices", "/acl", "/live", "/usage", "/api-keys"} {
+		run("open "+p+" on a phone", chromedp.Navigate(s.url+"/tenants/acme"+p), chromedp.WaitVisible(css(`main h1`)))
+		wait(p+" fits a phone's width", `document.documentElement.scrollWidth <= window.innerWidth + 1`)
+		screenshot(t, ctx, "09-phone"+strings.ReplaceAll(p, "/", "-"))
+	}
 }

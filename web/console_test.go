@@ -329,3 +329,80 @@ func eventually(t *testing.T, cond func() bool) {
 	}
 	t.Fatal("timed out")
 }
+
+// TestDeviceKeysAndCertificates: a bad key is refused next to its field; a
+// pinned fingerprint is listed and can be unpinned.
+func TestDeviceKeysAndCertificates(t *testing.T) {
+	s := newStack(t)
+	b := s.browser()
+	b.signup("owner")
+	b.tenant("acme")
+	b.device("acme", "d1", "")
+	b.get("/tenants/acme/devices/d1")
+	a := b.post("/tenants/acme/devices/d1/keys", url.Values{"public_key": {"not a key"}})
+	if a.status != http.StatusBadRequest || !strings.Contains(a.body, `class="field-error"`) || !strings.Contains(a.body, "not a key") {
+		t.Errorf("a bad key: %d", a.status)
+	}
+	fp := strings.Repeat("ab", 32)
+	if a := b.post("/tenants/acme/devices/d1/certificates", url.Values{"certificate": {fp}}); a.status != http.StatusSeeOther {
+		t.Fatalf("pin a fingerprint: %d %s", a.status, a.body)
+	}
+	certs, _ := s.store.DeviceCertificates(t.Context(), "acme", "d1")
+	if len(certs) != 1 || certs[0].Fingerprint != fp {
+		t.Fatalf("pinned: %+v", certs)
+	}
+	if a := b.get("/tenants/acme/devices/d1"); !strings.Contains(a.body, fp) {
+		t.Error("the device page does not list the pinned fingerprint")
+	}
+	if a := b.post("/tenants/acme/devices/d1/certificates/"+certs[0].ID+"/delete", nil); a.status != http.StatusSeeOther {
+		t.Errorf("unpin: %d", a.status)
+	}
+	if certs, _ := s.store.DeviceCertificates(t.Context(), "acme", "d1"); len(certs) != 0 {
+		t.Errorf("after unpinning: %+v", certs)
+	}
+}
+
+var (
+	controlRE = regexp.MustCompile(`<(input|select|textarea)\b[^>]*>`)
+	idRE      = regexp.MustCompile(`\bid="([^"]+)"`)
+)
+
+// TestControlsAreLabelled: every visible form control of every page has a
+// label (for its id, around it, or aria-label).
+func TestControlsAreLabelled(t *testing.T) {
+	s := newStack(t)
+	b := s.browser()
+	b.signup("owner")
+	b.tenant("acme")
+	b.device("acme", "d1", "")
+	op := s.browser()
+	op.get("/admin/login")
+	op.post("/admin/login", url.Values{"token": {operatorToken}})
+	pages := map[*browser][]string{
+		b: {"/tenants", "/tenants/acme", "/tenants/acme/devices", "/tenants/acme/devices/d1", "/tenants/acme/acl",
+			"/tenants/acme/live", "/tenants/acme/usage", "/tenants/acme/events", "/tenants/acme/api-keys",
+			"/tenants/acme/members", "/tenants/acme/billing"},
+		s.browser(): {"/login", "/signup", "/admin/login"},
+		op:          {"/admin"},
+	}
+	checked := 0
+	for br, paths := range pages {
+		for _, p := range paths {
+			body := br.get(p).body
+			for _, ctl := range controlRE.FindAllString(body, -1) {
+				if strings.Contains(ctl, `type="hidden"`) || strings.Contains(ctl, "aria-label=") {
+					continue
+				}
+				checked++
+				id := idRE.FindStringSubmatch(ctl)
+				wrapped := regexp.MustCompile(`<label[^>]*>[^<]*` + regexp.QuoteMeta(ctl)).MatchString(body)
+				if !wrapped && (id == nil || !strings.Contains(body, `for="`+id[1]+`"`)) {
+					t.Errorf("%s: unlabelled control %s", p, ctl)
+				}
+			}
+		}
+	}
+	if checked < 30 {
+		t.Errorf("checked only %d controls", checked)
+	}
+}

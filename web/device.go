@@ -150,6 +150,10 @@ type deviceData struct {
 }
 
 func (c *Console) deviceDetail(w http.ResponseWriter, r *http.Request) {
+	c.renderDevice(w, r, http.StatusOK, page{})
+}
+
+func (c *Console) renderDevice(w http.ResponseWriter, r *http.Request, status int, p page) {
 	t := tenantOf(r)
 	ctx := r.Context()
 	d, err := c.store.Device(ctx, t.Slug, chi.URLParam(r, "device"))
@@ -174,7 +178,8 @@ func (c *Console) deviceDetail(w http.ResponseWriter, r *http.Request) {
 		data.Metadata = append(data.Metadata, [2]string{k, v})
 	}
 	sort.Slice(data.Metadata, func(i, j int) bool { return data.Metadata[i][0] < data.Metadata[j][0] })
-	c.render(w, r, http.StatusOK, "device.html", page{Title: "Device " + d.Name, Nav: "devices", Data: data})
+	p.Title, p.Nav, p.Data = "Device "+d.Name, "devices", data
+	c.render(w, r, status, "device.html", p)
 }
 
 func devicePath(r *http.Request) string {
@@ -224,6 +229,41 @@ func (c *Console) deviceDelete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	redirect(w, r, "/tenants/"+t.Slug+"/devices", "deleted")
+}
+
+// deviceKeyAdd registers a public key (PEM) the device signs its tokens with.
+func (c *Console) deviceKeyAdd(w http.ResponseWriter, r *http.Request) {
+	_, err := c.store.CreateDeviceKey(r.Context(), tenantOf(r).Slug, chi.URLParam(r, "device"), tenants.DeviceKeyInput{PublicKey: r.PostFormValue("public_key")})
+	c.afterCredentialForm(w, r, err, "public_key")
+}
+
+// deviceCertAdd pins a certificate (PEM) or its fingerprint to the device.
+func (c *Console) deviceCertAdd(w http.ResponseWriter, r *http.Request) {
+	in := tenants.DeviceCertificateInput{Certificate: strings.TrimSpace(r.PostFormValue("certificate"))}
+	if !strings.HasPrefix(in.Certificate, "-----BEGIN") {
+		in.Certificate, in.Fingerprint = "", in.Certificate
+	}
+	_, err := c.store.CreateDeviceCertificate(r.Context(), tenantOf(r).Slug, chi.URLParam(r, "device"), in)
+	c.afterCredentialForm(w, r, err, "certificate")
+}
+
+// afterCredentialForm answers a key or certificate form: back to the device,
+// or its page again with the error next to the field.
+func (c *Console) afterCredentialForm(w http.ResponseWriter, r *http.Request, err error, field string) {
+	if err == nil {
+		redirect(w, r, devicePath(r), "saved")
+		return
+	}
+	if !errors.Is(err, tenants.ErrInvalid) && !errors.Is(err, tenants.ErrConflict) && !errors.Is(err, tenants.ErrQuotaExceeded) {
+		c.fail(w, r, err)
+		return
+	}
+	var fe *tenants.FieldError
+	msg := err.Error()
+	if errors.As(err, &fe) {
+		msg = fe.Message
+	}
+	c.renderDevice(w, r, http.StatusBadRequest, page{Errors: map[string]string{field: msg}, Form: map[string]string{field: r.PostFormValue(field)}})
 }
 
 func (c *Console) deviceKeyDelete(w http.ResponseWriter, r *http.Request) {
