@@ -188,15 +188,9 @@ func (h *Hub) Publish(ctx context.Context, tenant string, m Message) error {
 	if m.QoS > 2 {
 		return &tenants.FieldError{Field: "qos", Message: "must be 0, 1 or 2"}
 	}
-	t, found, err := h.dir.tenant(ctx, tenant)
+	t, err := h.activeTenant(ctx, tenant)
 	if err != nil {
 		return err
-	}
-	if !found {
-		return fmt.Errorf("tenant %s: %w", tenant, tenants.ErrNotFound)
-	}
-	if t.Suspended {
-		return fmt.Errorf("tenant %s is suspended: %w", tenant, tenants.ErrForbidden)
 	}
 	if int64(len(m.Payload)+len(m.Topic)+7) > t.Quotas().MaxPacketSize {
 		return &tenants.QuotaError{Quota: "max_packet_size", Limit: t.Quotas().MaxPacketSize}
@@ -249,6 +243,20 @@ func (h *Hub) Quotas(tenant string) (tenants.Quotas, bool) {
 	return tenants.Quotas{}, false
 }
 
+// activeTenant returns a tenant that exists and is not suspended.
+func (h *Hub) activeTenant(ctx context.Context, tenant string) (tenants.Tenant, error) {
+	t, found, err := h.dir.tenant(ctx, tenant)
+	switch {
+	case err != nil:
+		return tenants.Tenant{}, err
+	case !found:
+		return tenants.Tenant{}, fmt.Errorf("tenant %s: %w", tenant, tenants.ErrNotFound)
+	case t.Suspended:
+		return tenants.Tenant{}, fmt.Errorf("tenant %s is suspended: %w", tenant, tenants.ErrForbidden)
+	}
+	return t, nil
+}
+
 // watchIDs numbers watchers: mochi keys inline subscriptions by filter and
 // identifier.
 var watchIDs atomic.Int64
@@ -265,15 +273,9 @@ func (h *Hub) Watch(ctx context.Context, tenant, filter string, fn func(Message)
 	if strings.HasPrefix(filter, "$") {
 		return &tenants.FieldError{Field: "filter", Message: "filters starting with $ are reserved"}
 	}
-	t, found, err := h.dir.tenant(ctx, tenant)
+	t, err := h.activeTenant(ctx, tenant)
 	if err != nil {
 		return err
-	}
-	if !found {
-		return fmt.Errorf("tenant %s: %w", tenant, tenants.ErrNotFound)
-	}
-	if t.Suspended {
-		return fmt.Errorf("tenant %s is suspended: %w", tenant, tenants.ErrForbidden)
 	}
 	inst, err := h.acquire(t)
 	if err != nil {

@@ -50,6 +50,14 @@ func QuotaNames() []string {
 	return names
 }
 
+// Value returns the quota of that name; 0 for a name that is none.
+func (q Quotas) Value(name string) int64 {
+	if f, ok := quotaFields[name]; ok {
+		return *f(&q)
+	}
+	return 0
+}
+
 func (q *Quotas) set(name string, v int64) {
 	if f, ok := quotaFields[name]; ok {
 		*f(q) = v

@@ -71,6 +71,9 @@ func (c *Console) liveStream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	rc := http.NewResponseController(w)
+	// A stream outlives the server's read and write timeouts: no read
+	// deadline, and each write gets its own.
+	rc.SetReadDeadline(time.Time{})
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("X-Accel-Buffering", "no")

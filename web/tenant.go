@@ -73,7 +73,7 @@ func (c *Console) quotaUses(r *http.Request, t *tenants.Tenant) ([]quotaUse, ove
 	used := map[string]int64{"max_devices": d.Devices, "max_connections": int64(d.Connections), "messages_per_month": d.Messages}
 	var out []quotaUse
 	for _, name := range tenants.QuotaNames() {
-		u := quotaUse{Name: name, Limit: quotaValue(q, name)}
+		u := quotaUse{Name: name, Limit: q.Value(name)}
 		if n, ok := used[name]; ok {
 			u.Used, u.Known = n, true
 			if u.Limit > 0 {
@@ -85,16 +85,6 @@ func (c *Console) quotaUses(r *http.Request, t *tenants.Tenant) ([]quotaUse, ove
 	// The nearest to their limits first.
 	slices.SortStableFunc(out, func(a, b quotaUse) int { return cmp.Compare(b.Percent, a.Percent) })
 	return out, d, nil
-}
-
-func quotaValue(q tenants.Quotas, name string) int64 {
-	return map[string]int64{
-		"max_devices": q.MaxDevices, "max_connections": q.MaxConnections, "connect_rate": q.ConnectRate,
-		"publish_rate": q.PublishRate, "tenant_publish_rate": q.TenantPublishRate, "bandwidth_in": q.BandwidthIn,
-		"bandwidth_out": q.BandwidthOut, "max_packet_size": q.MaxPacketSize, "max_subscriptions": q.MaxSubscriptions,
-		"max_retained": q.MaxRetained, "max_queued": q.MaxQueued, "max_session_expiry": q.MaxSessionExpiry,
-		"messages_per_month": q.MessagesPerMonth,
-	}[name]
 }
 
 func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
