@@ -68,6 +68,10 @@ type Config struct {
 	// CONNECT, its username may be just the device's name, and a username
 	// naming another tenant is refused. Empty: off.
 	Domain string
+	// WillsOnShutdown sends the Wills of the clients a closing hub
+	// disconnects. Off by default: a server going away is not the device
+	// going away, and its session resumes on another node.
+	WillsOnShutdown bool
 }
 
 // Hub is the data plane: the ingress and every tenant's broker instance.

@@ -130,7 +130,7 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 	if err := srv.AddHook(&hook{inst: inst}, nil); err != nil {
 		return nil, err
 	}
-	if err := srv.AddListener(&handoff{srv: srv}); err != nil {
+	if err := srv.AddListener(&handoff{srv: srv, wills: h.cfg.WillsOnShutdown}); err != nil {
 		return nil, err
 	}
 	if err := srv.Serve(); err != nil {
@@ -181,7 +181,13 @@ func (f levelFilter) WithGroup(n string) slog.Handler {
 // it: mochi v2.7.9's Clients.GetByListener takes the clients' read lock
 // twice (through Len), so a client leaving at that moment (its Delete
 // waiting for the write lock in between) deadlocks the instance's Close.
-type handoff struct{ srv *mqtt.Server }
+//
+// Unless wills is set, the clients' Wills are withdrawn first: a broker
+// shutting down is not its devices going away.
+type handoff struct {
+	srv   *mqtt.Server
+	wills bool
+}
 
 func (*handoff) Init(*slog.Logger) error     { return nil }
 func (*handoff) Serve(listeners.EstablishFn) {}
@@ -189,7 +195,13 @@ func (*handoff) ID() string                  { return listenerID }
 func (*handoff) Address() string             { return "" }
 func (*handoff) Protocol() string            { return "mqtt" }
 func (h *handoff) Close(listeners.CloseFn) {
-	for _, cl := range h.srv.Clients.GetAll() {
+	clients := h.srv.Clients.GetAll()
+	if !h.wills {
+		for _, cl := range clients {
+			atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
+		}
+	}
+	for _, cl := range clients {
 		if cl.Net.Listener == listenerID && !cl.Closed() {
 			h.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
 		}

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/paho"
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/tenants"
 )
@@ -63,5 +64,42 @@ func TestWatch(t *testing.T) {
 	}
 	if err := s.hub.Watch(context.Background(), "nobody", "#", func(broker.Message) {}); !errors.Is(err, tenants.ErrNotFound) {
 		t.Errorf("unknown tenant: %v", err)
+	}
+}
+
+// TestShutdownWills: a closing hub tells v5 clients 0x8B and withdraws
+// their Wills, unless WillsOnShutdown asks for them.
+func TestShutdownWills(t *testing.T) {
+	for _, send := range []bool{false, true} {
+		t.Run(map[bool]string{false: "withdrawn", true: "sent"}[send], func(t *testing.T) {
+			s := newStack(t, func(c *broker.Config) { c.WillsOnShutdown = send })
+			s.tenant("acme")
+			wills := make(chan broker.Message, 4)
+			if err := s.hub.Watch(context.Background(), "acme", "wills/#", func(m broker.Message) { wills <- m }); err != nil {
+				t.Fatal(err)
+			}
+			c := mustV5(t, s.addr, user("acme", "d1"), s.device("acme", "d1"), "d1", func(cp *paho.Connect) {
+				cp.WillMessage = &paho.WillMessage{Topic: "wills/d1", QoS: 1, Payload: []byte("gone")}
+			})
+			s.hub.Close()
+			select {
+			case d := <-c.discs:
+				if d.ReasonCode != 0x8B {
+					t.Errorf("DISCONNECT %#x, want 0x8B", d.ReasonCode)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("no DISCONNECT")
+			}
+			select {
+			case m := <-wills:
+				if !send {
+					t.Errorf("the shutdown sent the Will %s", m.Topic)
+				}
+			case <-time.After(300 * time.Millisecond):
+				if send {
+					t.Error("WillsOnShutdown: no Will sent")
+				}
+			}
+		})
 	}
 }

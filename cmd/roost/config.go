@@ -56,6 +56,10 @@ type config struct {
 	StripeMeterEvent    string
 	PlansFile           string
 	BillingGrace        time.Duration
+	// DrainTimeout bounds the drain after SIGTERM; ShutdownWills sends the
+	// Wills of the clients the drain disconnects.
+	DrainTimeout  time.Duration
+	ShutdownWills bool
 }
 
 // proxied reports whether the named listener expects a PROXY header.
@@ -109,6 +113,8 @@ func (c *config) settings() []setting {
 		{"stripe-meter-event", "event_name of the Stripe billing meter the plans' metered prices use", "roost_messages", &c.StripeMeterEvent},
 		{"plans-file", "YAML file of plan prices and quotas over the built-in plans (see docs/billing.md); empty: the built-in plans", "", &c.PlansFile},
 		{"billing-grace", "how long a tenant whose payment failed keeps running before it is suspended", "168h", &c.BillingGrace},
+		{"drain-timeout", "how long the drain after SIGTERM or Ctrl-C may take (stop accepting, DISCONNECT 0x8B, flush meters and stores) before the process exits anyway", "30s", &c.DrainTimeout},
+		{"shutdown-wills", "send the Wills of the devices a shutdown disconnects (off: a server going away is not the device going away)", "false", &c.ShutdownWills},
 		{"debug-addr", "address for Go's profiler at /debug/pprof/ (keep it on loopback: it has no authentication); empty: off", "", &c.DebugAddr},
 	}
 }
@@ -255,6 +261,9 @@ func (c *config) Validate() error {
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return errors.New("ROOST_LOG_FORMAT: must be text or json")
+	}
+	if c.DrainTimeout < time.Second || c.DrainTimeout > time.Hour {
+		return errors.New("ROOST_DRAIN_TIMEOUT: must be between 1s and 1h")
 	}
 	if err := c.validateBilling(); err != nil {
 		return err

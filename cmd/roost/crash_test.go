@@ -127,6 +127,13 @@ func (p *process) api(method, path, token string, body any, out any) {
 // client that passes its session state keeps it across connections, as an
 // MQTT client with a persistent session must for QoS 2; nil starts afresh.
 func mqttClient(addr, user, secret, id string, persistent bool, sess *state.State, onMsg func(*paho.Publish)) (*paho.Client, error) {
+	return mqttClientConfig(addr, user, secret, id, persistent, sess, onMsg, nil)
+}
+
+// mqttClientConfig is mqttClient with a hook that may change the client's
+// configuration and its CONNECT.
+func mqttClientConfig(addr, user, secret, id string, persistent bool, sess *state.State, onMsg func(*paho.Publish),
+	modify func(*paho.ClientConfig, *paho.Connect)) (*paho.Client, error) {
 	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
 	if err != nil {
 		return nil, err
@@ -141,11 +148,14 @@ func mqttClient(addr, user, secret, id string, persistent bool, sess *state.Stat
 	if sess != nil {
 		cfg.Session = sess
 	}
-	c := paho.NewClient(cfg)
 	cp := &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: !persistent, Username: user, UsernameFlag: true, Password: []byte(secret), PasswordFlag: true}
 	if persistent {
 		cp.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600)}
 	}
+	if modify != nil {
+		modify(&cfg, cp)
+	}
+	c := paho.NewClient(cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	if _, err := c.Connect(ctx, cp); err != nil {

@@ -127,6 +127,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		ConnectTimeout: c.ConnectTimeout,
 		IdleTimeout:    c.InstanceIdle,
 		Domain:         c.MQTTDomain,
+		// The drain must not fire every device's Will unless asked to.
+		WillsOnShutdown: c.ShutdownWills,
 	})
 	if err != nil {
 		return err
@@ -194,7 +196,12 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		ln.Close()
 		return err
 	}
+	// Requests' contexts end when the drain starts, so that the console's
+	// live streams do not hold the shutdown up.
+	streams, stopStreams := context.WithCancel(context.Background())
+	defer stopStreams()
 	httpServer := &http.Server{
+		BaseContext:       func(net.Listener) context.Context { return streams },
 		Handler:           frontDoor(srv, console),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
@@ -217,17 +224,35 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		return fmt.Errorf("mqtt listener: %w", err)
 	case <-ctx.Done():
 	}
-	log.Info("shutting down")
-	hub.Close()
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := httpServer.Shutdown(shutdownCtx); err != nil {
-		return fmt.Errorf("shutdown: %w", err)
+	// Drain: stop accepting, tell v5 clients 0x8B (server shutting down)
+	// and close v3 ones, end the console's streams, let API requests
+	// finish, flush the meters; the stores flush as serve returns.
+	start := time.Now()
+	log.Info("draining", "deadline", c.DrainTimeout)
+	drained := make(chan error, 1)
+	go func() {
+		hub.Close()
+		stopStreams()
+		sctx, cancel := context.WithTimeout(context.Background(), c.DrainTimeout)
+		defer cancel()
+		err := httpServer.Shutdown(sctx)
+		if err == nil {
+			if serr := <-errc; !errors.Is(serr, http.ErrServerClosed) {
+				err = serr
+			}
+		}
+		drained <- err
+	}()
+	select {
+	case err := <-drained:
+		if err != nil {
+			return fmt.Errorf("drain: %w", err)
+		}
+		log.Info("drained", "took", time.Since(start).Round(time.Millisecond))
+		return nil
+	case <-time.After(c.DrainTimeout):
+		return fmt.Errorf("drain: not done within ROOST_DRAIN_TIMEOUT (%s)", c.DrainTimeout)
 	}
-	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
 }
 
 // frontDoor sends the REST API's paths to the API and everything else to
