@@ -17,6 +17,10 @@ import (
 // queues the work on live connections.
 func (h *Hub) onChange(c tenants.Change) {
 	h.dir.invalidate(c)
+	if c.Kind == tenants.Resync {
+		h.resync()
+		return
+	}
 	if c.Kind == tenants.ACLChanged || c.Kind == tenants.ExportChanged {
 		if inst := h.running(c.Tenant); inst != nil {
 			if c.Kind == tenants.ACLChanged {
@@ -118,6 +122,34 @@ func (h *Hub) apply(c tenants.Change) {
 				inst.kick(cl, packets.ErrAdministrativeAction)
 				inst.log.Info("device disconnected after a change", "device", c.Device, "client_id", cl.ID)
 			}
+		}
+	}
+}
+
+// resync checks everything live against the directory after changes may
+// have been missed: each running tenant's rules, exports and quotas, its
+// CAs, and each connected device.
+func (h *Hub) resync() {
+	h.mu.Lock()
+	insts := make([]*instance, 0, len(h.instances))
+	for _, inst := range h.instances {
+		insts = append(insts, inst)
+	}
+	h.mu.Unlock()
+	for _, inst := range insts {
+		inst.forgetRules()
+		inst.exports.forget()
+		for _, c := range []tenants.Change{{Kind: tenants.TenantChanged, Tenant: inst.tenant}, {Kind: tenants.CAChanged, Tenant: inst.tenant}} {
+			h.onChange(c)
+		}
+		inst.presenceMu.Lock()
+		devices := make([]string, 0, len(inst.byDevice))
+		for d := range inst.byDevice {
+			devices = append(devices, d)
+		}
+		inst.presenceMu.Unlock()
+		for _, d := range devices {
+			h.onChange(tenants.Change{Kind: tenants.DeviceChanged, Tenant: inst.tenant, Device: d})
 		}
 	}
 }

@@ -76,6 +76,12 @@ func lookup[K comparable, T any](c *directoryCache, cache *lru.Cache[K, cached[T
 	v, err := fetch()
 	found := err == nil
 	if err != nil && !errors.Is(err, tenants.ErrNotFound) {
+		if ok {
+			// The directory is unreachable: an answer past its TTL beats
+			// refusing a device that connected a minute ago. Changes
+			// still drop entries, so nothing revoked is served.
+			return e.val, e.found, nil
+		}
 		var zero T
 		return zero, false, err
 	}
@@ -133,5 +139,12 @@ func (c *directoryCache) invalidate(ch tenants.Change) {
 		c.certs.Remove(deviceKey{ch.Tenant, ch.Device})
 	case tenants.CAChanged:
 		c.cas.Remove(ch.Tenant)
+	case tenants.Resync:
+		all := func(deviceKey) bool { return true }
+		c.tenants.RemoveIf(func(string) bool { return true })
+		c.devices.RemoveIf(all)
+		c.keys.RemoveIf(all)
+		c.certs.RemoveIf(all)
+		c.cas.RemoveIf(func(string) bool { return true })
 	}
 }

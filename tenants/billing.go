@@ -160,8 +160,10 @@ func (s *Store) UpdateBilling(ctx context.Context, tenant, action string, change
 	changed := false
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		var err error
-		u, changed, err = s.updateBilling(ctx, tx, tenant, action, change)
-		return err
+		if u, changed, err = s.updateBilling(ctx, tx, tenant, action, change); err != nil || !changed {
+			return err
+		}
+		return s.notify(ctx, tx, Change{Kind: TenantChanged, Tenant: tenant})
 	})
 	if err == nil && changed {
 		s.changes.Publish(Change{Kind: TenantChanged, Tenant: tenant})
@@ -183,8 +185,10 @@ func (s *Store) ApplyStripeEvent(ctx context.Context, id, typ, tenant string, ch
 			return err
 		}
 		var err error
-		_, changed, err = s.updateBilling(ctx, tx, tenant, "billing."+typ, change)
-		return err
+		if _, changed, err = s.updateBilling(ctx, tx, tenant, "billing."+typ, change); err != nil || !changed {
+			return err
+		}
+		return s.notify(ctx, tx, Change{Kind: TenantChanged, Tenant: tenant})
 	})
 	if err == errAlreadyApplied {
 		return false, nil

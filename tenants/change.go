@@ -19,15 +19,19 @@ const (
 	ExportChanged ChangeKind = "export"
 	// CAChanged: the tenant's certificate authorities changed.
 	CAChanged ChangeKind = "ca"
+	// Resync: changes may have been missed (the connection that carries
+	// them from another process was lost); whoever caches the directory
+	// drops all of it and checks what it holds again.
+	Resync ChangeKind = "resync"
 )
 
 // Change tells that something in a tenant changed, after the change is
 // committed. It carries no data: whoever caches the directory drops what it
 // holds and reads it again.
 type Change struct {
-	Kind   ChangeKind
-	Tenant string
-	Device string // for DeviceChanged
+	Kind   ChangeKind `json:"kind"`
+	Tenant string     `json:"tenant,omitempty"`
+	Device string     `json:"device,omitempty"` // for DeviceChanged
 }
 
 // Bus delivers changes to subscribers in this process. Subscribers are called

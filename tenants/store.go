@@ -12,8 +12,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
+	"github.com/jackc/pgx/v5/stdlib"
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
 
@@ -50,7 +51,7 @@ func Open(ctx context.Context, databaseURL, dataDir string) (*Store, error) {
 		db, err = openSQLite(filepath.Join(dataDir, "roost.db"))
 		d = migrations.SQLite
 	case strings.HasPrefix(databaseURL, "postgres://") || strings.HasPrefix(databaseURL, "postgresql://"):
-		db, err = sql.Open("pgx", databaseURL)
+		db, err = openPostgres(databaseURL)
 		d = migrations.Postgres
 	default:
 		return nil, errors.New("database URL must be empty (embedded SQLite) or start with postgres://")
@@ -65,6 +66,21 @@ func Open(ctx context.Context, databaseURL, dataDir string) (*Store, error) {
 		return nil, fmt.Errorf("connect to %s: %w", d, err)
 	}
 	return &Store{db: db, dialect: d, now: func() time.Time { return time.Now() }, changes: &Bus{}, plans: DefaultPlans()}, nil
+}
+
+// openPostgres opens a pool that checks a connection idle for more than
+// 100 ms before reusing it: after Postgres restarts, every pooled
+// connection is dead, and the first query on each would otherwise fail
+// (pgx's default waits for a second of idleness). A busy pool reuses its
+// connections faster than that and pays nothing.
+func openPostgres(databaseURL string) (*sql.DB, error) {
+	cfg, err := pgx.ParseConfig(databaseURL)
+	if err != nil {
+		return nil, err
+	}
+	return stdlib.OpenDB(*cfg, stdlib.OptionShouldPing(func(_ context.Context, p stdlib.ShouldPingParams) bool {
+		return p.IdleDuration > 100*time.Millisecond
+	})), nil
 }
 
 // openSQLite opens the file in WAL mode with foreign keys on. Transactions
@@ -118,6 +134,9 @@ func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error, changes ...
 	}
 	defer tx.Rollback()
 	if err := fn(tx); err != nil {
+		return err
+	}
+	if err := s.notify(ctx, tx, changes...); err != nil {
 		return err
 	}
 	if err := tx.Commit(); err != nil {

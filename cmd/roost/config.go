@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/roosthub/roost/web"
 )
 
 // config is every setting of `roost serve`. Each has a flag and a ROOST_*
@@ -60,6 +62,9 @@ type config struct {
 	// Wills of the clients the drain disconnects.
 	DrainTimeout  time.Duration
 	ShutdownWills bool
+	// DeviceEndpoints are the URLs devices connect to, for the console;
+	// empty: this process's own listeners.
+	DeviceEndpoints string
 }
 
 // proxied reports whether the named listener expects a PROXY header.
@@ -115,6 +120,7 @@ func (c *config) settings() []setting {
 		{"billing-grace", "how long a tenant whose payment failed keeps running before it is suspended", "168h", &c.BillingGrace},
 		{"drain-timeout", "how long the drain after SIGTERM or Ctrl-C may take (stop accepting, DISCONNECT 0x8B, flush meters and stores) before the process exits anyway", "30s", &c.DrainTimeout},
 		{"shutdown-wills", "send the Wills of the devices a shutdown disconnects (off: a server going away is not the device going away)", "false", &c.ShutdownWills},
+		{"device-endpoints", "URLs devices connect to, comma-separated (mqtt://, mqtts://, ws://, wss://), shown in the console's snippets; empty: this process's own listeners (set it for a control plane, or behind a load balancer)", "", &c.DeviceEndpoints},
 		{"debug-addr", "address for Go's profiler at /debug/pprof/ (keep it on loopback: it has no authentication); empty: off", "", &c.DebugAddr},
 	}
 }
@@ -297,6 +303,41 @@ func (c *config) validateBilling() error {
 	}
 	if c.BillingGrace < time.Minute || c.BillingGrace > 90*24*time.Hour {
 		return errors.New("ROOST_BILLING_GRACE: must be between 1m and 2160h (90 days)")
+	}
+	return nil
+}
+
+// endpointNames names device endpoints by scheme.
+var endpointNames = map[string]string{"mqtt": "MQTT", "mqtts": "MQTT over TLS", "ws": "WebSocket", "wss": "WebSocket over TLS"}
+
+// deviceEndpoints parses ROOST_DEVICE_ENDPOINTS.
+func (c *config) deviceEndpoints() ([]web.Endpoint, error) {
+	var out []web.Endpoint
+	for _, s := range strings.Split(c.DeviceEndpoints, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		u, err := url.Parse(s)
+		if err != nil || endpointNames[u.Scheme] == "" || u.Host == "" {
+			return nil, fmt.Errorf("ROOST_DEVICE_ENDPOINTS: %q is not an mqtt://, mqtts://, ws:// or wss:// URL with a host", s)
+		}
+		out = append(out, web.Endpoint{Name: endpointNames[u.Scheme], URL: s})
+	}
+	return out, nil
+}
+
+// validateRole checks what running apart needs: a shared Postgres, and an
+// operator token that every process is given rather than one generated
+// into a data dir only one of them reads.
+func (c *config) validateRole(role string) error {
+	if role == roleAll {
+		return nil
+	}
+	if c.DatabaseURL == "" {
+		return fmt.Errorf("ROOST_DATABASE_URL: roost %s shares Postgres with the other plane; set a postgres:// URL", role)
+	}
+	if c.AdminToken == "" {
+		return fmt.Errorf("ROOST_ADMIN_TOKEN: roost %s needs the operator token given, the same to every process", role)
 	}
 	return nil
 }

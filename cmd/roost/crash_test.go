@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -66,6 +67,7 @@ func freeAddr(t *testing.T) string {
 // again on the same addresses and data.
 type process struct {
 	t        *testing.T
+	role     string // serve (the default), controlplane or dataplane
 	env      []string
 	httpAddr string
 	mqttAddr string
@@ -75,7 +77,7 @@ type process struct {
 
 func (p *process) start() {
 	p.t.Helper()
-	p.cmd = exec.Command(roostBinary(p.t), "serve")
+	p.cmd = exec.Command(roostBinary(p.t), cmp.Or(p.role, "serve"))
 	p.cmd.Env = append(os.Environ(), p.env...)
 	p.log = &testenv.Buffer{}
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
@@ -116,7 +118,7 @@ func (p *process) api(method, path, token string, body any, out any) {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
-		p.t.Fatalf("%s %s: %s", method, path, resp.Status)
+		p.t.Fatalf("%s %s: %s\n%s", method, path, resp.Status, p.log)
 	}
 	if out != nil {
 		json.NewDecoder(resp.Body).Decode(out)

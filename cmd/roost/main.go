@@ -29,7 +29,9 @@ func main() {
 const usage = `usage: roost <command> [flags]
 
 commands:
-  serve     run the hub (API on ROOST_HTTP_ADDR) with embedded defaults
+  serve          run the whole hub in one process (API, console and MQTT) with embedded defaults
+  controlplane   run the API, console and billing only (Postgres; data-plane nodes run apart)
+  dataplane      run the MQTT listeners and tenant brokers only (Postgres, a shared session store)
   migrate   apply database migrations and exit
   version   print the version
 
@@ -43,8 +45,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return errors.New("no command given")
 	}
 	switch cmd, rest := args[0], args[1:]; cmd {
-	case "serve":
-		return serve(ctx, rest, getenv, stdout, stderr)
+	case roleAll, roleControl, roleData:
+		return serve(ctx, cmd, rest, getenv, stdout, stderr)
 	case "migrate":
 		return migrate(ctx, rest, getenv, stdout)
 	case "version":

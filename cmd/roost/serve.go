@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -62,12 +64,28 @@ func openStore(ctx context.Context, c *config, log *slog.Logger) (*tenants.Store
 	return store, nil
 }
 
-func serve(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	c, err := parseConfig("serve", args, getenv)
+// Roles of the one binary: serve runs everything in one process; the
+// control plane (API, console, billing) and the data plane (MQTT listeners,
+// tenant brokers) can also run apart, sharing Postgres.
+const (
+	roleAll     = "serve"
+	roleControl = "controlplane"
+	roleData    = "dataplane"
+)
+
+func serve(ctx context.Context, role string, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	c, err := parseConfig(role, args, getenv)
 	if err != nil {
 		return err
 	}
-	log := newLogger(c.LogFormat, stderr)
+	if err := c.validateRole(role); err != nil {
+		return err
+	}
+	runsData, runsControl := role != roleControl, role != roleData
+	log := newLogger(c.LogFormat, stderr).With("role", role)
+	if role == roleData && c.SessionStore == "embedded" {
+		log.Warn("persistent sessions are on this node's disk: another data-plane node cannot take them over; use ROOST_SESSION_STORE=redis or hbase with more than one node")
+	}
 	store, err := openStore(ctx, c, log)
 	if err != nil {
 		return err
@@ -94,11 +112,6 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	if err != nil {
 		return fmt.Errorf("session signing key in the store is damaged: %w", err)
 	}
-	sessions, err := openSessions(ctx, c, log)
-	if err != nil {
-		return err
-	}
-	defer sessions.Close()
 	recent := events.NewMemory(1000)
 	var sink events.Sink = recent
 	var exporter broker.Exporter
@@ -109,66 +122,75 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 		defer k.Close()
 		sink = events.Tee{recent, k}
-		x, err := kafkaexport.New(brokers)
-		if err != nil {
-			return fmt.Errorf("ROOST_KAFKA_BROKERS: %w", err)
+		if runsData {
+			x, err := kafkaexport.New(brokers)
+			if err != nil {
+				return fmt.Errorf("ROOST_KAFKA_BROKERS: %w", err)
+			}
+			defer x.Close()
+			exporter = x
 		}
-		defer x.Close()
-		exporter = x
 	}
-	hub, err := broker.New(broker.Config{
-		Exporter:       exporter,
-		Events:         sink,
-		Sessions:       sessions,
-		Usage:          store,
-		Directory:      store,
-		Changes:        store.Changes(),
-		Log:            log,
-		ConnectTimeout: c.ConnectTimeout,
-		IdleTimeout:    c.InstanceIdle,
-		Domain:         c.MQTTDomain,
-		// The drain must not fire every device's Will unless asked to.
-		WillsOnShutdown: c.ShutdownWills,
-	})
-	if err != nil {
-		return err
-	}
-	defer hub.Close()
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), hub.Collector(broker.DefaultTopTenants))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)})
+
+	var hub *broker.Hub
+	if runsData {
+		sessions, err := openSessions(ctx, c, log)
+		if err != nil {
+			return err
+		}
+		defer sessions.Close()
+		hub, err = broker.New(broker.Config{
+			Exporter:       exporter,
+			Events:         sink,
+			Sessions:       sessions,
+			Usage:          store,
+			Directory:      store,
+			Changes:        store.Changes(),
+			Log:            log,
+			ConnectTimeout: c.ConnectTimeout,
+			IdleTimeout:    c.InstanceIdle,
+			Domain:         c.MQTTDomain,
+			// The drain must not fire every device's Will unless asked to.
+			WillsOnShutdown: c.ShutdownWills,
+		})
+		if err != nil {
+			return err
+		}
+		defer hub.Close()
+		reg.MustRegister(hub.Collector(broker.DefaultTopTenants))
+	}
+	listening := &atomic.Bool{}
+	listening.Store(true)
+	if role == roleData {
+		// Another process commits the changes: they come over Postgres.
+		listening.Store(false)
+		lctx, stopListening := context.WithCancel(ctx)
+		defer stopListening()
+		go tenants.ListenChanges(lctx, c.DatabaseURL, store.Changes(), log, listening.Store)
+	}
+
 	ln, err := net.Listen("tcp", c.HTTPAddr)
 	if err != nil {
 		return fmt.Errorf("ROOST_HTTP_ADDR: %w", err)
 	}
-	bill, err := newBilling(c, store, sink, log, "http://"+displayAddr(ln.Addr()))
-	if err != nil {
-		ln.Close()
-		return err
-	}
-	if bill.Enabled() {
-		billCtx, stopBilling := context.WithCancel(ctx)
-		defer stopBilling()
-		go bill.Run(billCtx, 30*time.Second)
-	}
-	srv, err := api.New(api.Config{Store: store, Log: log, AdminToken: adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL, DataPlane: hub, Events: recent,
-		Billing: bill,
-		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)})})
-	if err != nil {
-		ln.Close()
-		return err
-	}
-
 	var mqttLn net.Listener
-	mqttLn, err = net.Listen("tcp", c.MQTTAddr)
-	if err != nil {
-		ln.Close()
-		return fmt.Errorf("ROOST_MQTT_ADDR: %w", err)
+	if runsData {
+		mqttLn, err = net.Listen("tcp", c.MQTTAddr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("ROOST_MQTT_ADDR: %w", err)
+		}
 	}
 	if c.DebugAddr != "" {
 		debugLn, err := net.Listen("tcp", c.DebugAddr)
 		if err != nil {
 			ln.Close()
-			mqttLn.Close()
+			if mqttLn != nil {
+				mqttLn.Close()
+			}
 			return fmt.Errorf("ROOST_DEBUG_ADDR: %w", err)
 		}
 		debug := &http.Server{Handler: debugMux(), ReadHeaderTimeout: 10 * time.Second}
@@ -177,32 +199,74 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		log.Warn("profiler on; keep this address private", "debug", debugLn.Addr().String())
 	}
 	mqttErr := make(chan error, 1)
-	if c.proxied("mqtt") {
-		mqttLn = transport.ProxyListener(mqttLn, c.ConnectTimeout)
-	}
-	go func() { mqttErr <- hub.Serve(mqttLn) }()
-	endpoints := []web.Endpoint{{Name: "MQTT", URL: "mqtt://" + displayAddr(mqttLn.Addr())}}
-	stopTransports, more, err := startTransports(c, log, hub, stdout)
-	if err != nil {
-		hub.Close()
-		ln.Close()
-		return err
-	}
-	defer stopTransports()
-	console, err := web.New(web.Config{Store: store, DataPlane: hub, Billing: bill, Events: recent, Log: log,
-		SigningKey: signingKey, TokenTTL: c.TokenTTL, AdminToken: adminToken, Endpoints: append(endpoints, more...),
-		SecureCookies: strings.HasPrefix(c.PublicURL, "https://")})
+	// Where devices connect, for the console: the configured endpoints, or
+	// this process's own listeners.
+	endpoints, err := c.deviceEndpoints()
 	if err != nil {
 		ln.Close()
 		return err
 	}
+	if runsData {
+		if c.proxied("mqtt") {
+			mqttLn = transport.ProxyListener(mqttLn, c.ConnectTimeout)
+		}
+		go func() { mqttErr <- hub.Serve(mqttLn) }()
+		stopTransports, more, err := startTransports(c, log, hub, stdout)
+		if err != nil {
+			hub.Close()
+			ln.Close()
+			return err
+		}
+		defer stopTransports()
+		if len(endpoints) == 0 {
+			endpoints = append([]web.Endpoint{{Name: "MQTT", URL: "mqtt://" + displayAddr(mqttLn.Addr())}}, more...)
+		}
+	}
+	var handler http.Handler
+	if runsControl {
+		bill, err := newBilling(c, store, sink, log, "http://"+displayAddr(ln.Addr()))
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		if bill.Enabled() {
+			billCtx, stopBilling := context.WithCancel(ctx)
+			defer stopBilling()
+			go bill.Run(billCtx, 30*time.Second)
+		}
+		cfg := api.Config{Store: store, Log: log, AdminToken: adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL,
+			Events: recent, Billing: bill, Metrics: metrics}
+		if hub != nil {
+			cfg.DataPlane = hub
+		}
+		srv, err := api.New(cfg)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		handler = srv
+		consoleCfg := web.Config{Store: store, Billing: bill, Events: recent, Log: log, SigningKey: signingKey, TokenTTL: c.TokenTTL,
+			AdminToken: adminToken, SecureCookies: strings.HasPrefix(c.PublicURL, "https://"), Endpoints: endpoints}
+		if hub != nil {
+			consoleCfg.DataPlane = hub
+		}
+		con, err := web.New(consoleCfg)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		handler = frontDoor(srv, con)
+	} else {
+		handler = dataPlaneMux(store, listening, adminToken, metrics)
+	}
+
 	// Requests' contexts end when the drain starts, so that the console's
 	// live streams do not hold the shutdown up.
 	streams, stopStreams := context.WithCancel(context.Background())
 	defer stopStreams()
 	httpServer := &http.Server{
 		BaseContext:       func(net.Listener) context.Context { return streams },
-		Handler:           frontDoor(srv, console),
+		Handler:           handler,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
@@ -212,9 +276,16 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- httpServer.Serve(ln) }()
-	fmt.Fprintf(stdout, "Roost %s: API on http://%s, MQTT on mqtt://%s\n", roost.Version, displayAddr(ln.Addr()), displayAddr(mqttLn.Addr()))
-	fmt.Fprintf(stdout, "Console on http://%s/ (operator pages at /admin)\n", displayAddr(ln.Addr()))
-	log.Info("serving", "http", ln.Addr().String(), "mqtt", mqttLn.Addr().String(), "version", roost.Version)
+	switch role {
+	case roleAll:
+		fmt.Fprintf(stdout, "Roost %s: API on http://%s, MQTT on mqtt://%s\n", roost.Version, displayAddr(ln.Addr()), displayAddr(mqttLn.Addr()))
+		fmt.Fprintf(stdout, "Console on http://%s/ (operator pages at /admin)\n", displayAddr(ln.Addr()))
+	case roleControl:
+		fmt.Fprintf(stdout, "Roost %s control plane: API on http://%s, console on http://%s/\n", roost.Version, displayAddr(ln.Addr()), displayAddr(ln.Addr()))
+	case roleData:
+		fmt.Fprintf(stdout, "Roost %s data plane: MQTT on mqtt://%s, health and metrics on http://%s\n", roost.Version, displayAddr(mqttLn.Addr()), displayAddr(ln.Addr()))
+	}
+	log.Info("serving", "http", ln.Addr().String(), "version", roost.Version)
 
 	select {
 	case err := <-errc:
@@ -231,7 +302,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	log.Info("draining", "deadline", c.DrainTimeout)
 	drained := make(chan error, 1)
 	go func() {
-		hub.Close()
+		if hub != nil {
+			hub.Close()
+		}
 		stopStreams()
 		sctx, cancel := context.WithTimeout(context.Background(), c.DrainTimeout)
 		defer cancel()
@@ -253,6 +326,33 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	case <-time.After(c.DrainTimeout):
 		return fmt.Errorf("drain: not done within ROOST_DRAIN_TIMEOUT (%s)", c.DrainTimeout)
 	}
+}
+
+// dataPlaneMux is a data-plane node's HTTP side: health, readiness (the
+// store answers and changes are coming in) and metrics for the operator.
+func dataPlaneMux(store *tenants.Store, listening *atomic.Bool, adminToken string, metrics http.Handler) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		switch {
+		case store.Ping(ctx) != nil:
+			http.Error(w, "the database does not answer", http.StatusServiceUnavailable)
+		case !listening.Load():
+			http.Error(w, "not listening for directory changes", http.StatusServiceUnavailable)
+		default:
+			fmt.Fprintln(w, "ready")
+		}
+	})
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte("Bearer "+adminToken)) != 1 {
+			http.Error(w, "the operator token is needed", http.StatusUnauthorized)
+			return
+		}
+		metrics.ServeHTTP(w, r)
+	})
+	return mux
 }
 
 // frontDoor sends the REST API's paths to the API and everything else to

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
@@ -179,3 +180,73 @@ func (r *Redis) Stop() {
 // Pause freezes the server with SIGSTOP; Resume thaws it.
 func (r *Redis) Pause()  { r.cmd.Process.Signal(syscall.SIGSTOP) }
 func (r *Redis) Resume() { r.cmd.Process.Signal(syscall.SIGCONT) }
+
+// Postgres is a Postgres server of the test's own, for tests that stop and
+// restart it (the shared one of ROOST_TEST_POSTGRES_URL serves other
+// packages' tests at the same time).
+type Postgres struct {
+	t    testing.TB
+	URL  string
+	bin  string
+	dir  string
+	port string
+}
+
+// StartPostgres initialises and starts a private Postgres on a free port,
+// or skips (fails in strict mode) when Debian's postgresql is not
+// installed. As root it runs the server as the postgres user, since initdb
+// refuses to run as root.
+func StartPostgres(t testing.TB) *Postgres {
+	t.Helper()
+	bins, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
+	if len(bins) == 0 {
+		Require(t, "postgresql is not installed (apt-get install postgresql)")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	ln.Close()
+	dir, err := os.MkdirTemp("", "roost-pg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	p := &Postgres{t: t, bin: filepath.Dir(bins[len(bins)-1]), dir: dir, port: port,
+		URL: "postgres://postgres@127.0.0.1:" + port + "/postgres?sslmode=disable"}
+	if os.Getuid() == 0 {
+		os.Chmod(dir, 0o755)
+		if out, err := exec.Command("chown", "-R", "postgres:postgres", dir).CombinedOutput(); err != nil {
+			t.Fatalf("chown %s: %v %s", dir, err, out)
+		}
+	}
+	if out, err := p.asPostgres("initdb", "-D", filepath.Join(dir, "data"), "-U", "postgres", "-A", "trust", "--no-sync").CombinedOutput(); err != nil {
+		t.Fatalf("initdb: %v\n%s", err, out)
+	}
+	p.Start()
+	t.Cleanup(p.Stop)
+	return p
+}
+
+func (p *Postgres) asPostgres(tool string, args ...string) *exec.Cmd {
+	path := filepath.Join(p.bin, tool)
+	if os.Getuid() == 0 {
+		return exec.Command("runuser", append([]string{"-u", "postgres", "--", path}, args...)...)
+	}
+	return exec.Command(path, args...)
+}
+
+// Start runs the server (again) on the same port and data.
+func (p *Postgres) Start() {
+	p.t.Helper()
+	opts := "-c listen_addresses=127.0.0.1 -p " + p.port + " -k " + p.dir + " -c fsync=off -c max_connections=100"
+	if out, err := p.asPostgres("pg_ctl", "-D", filepath.Join(p.dir, "data"), "-l", filepath.Join(p.dir, "server.log"), "-w", "-t", "60", "-o", opts, "start").CombinedOutput(); err != nil {
+		p.t.Fatalf("start postgres: %v\n%s", err, out)
+	}
+}
+
+// Stop stops the server at once, dropping its connections.
+func (p *Postgres) Stop() {
+	p.asPostgres("pg_ctl", "-D", filepath.Join(p.dir, "data"), "-m", "immediate", "stop").Run()
+}
