@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/roosthub/roost/broker/store"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -61,14 +63,19 @@ func (h *Hub) applyChanges() {
 // loses the connections that no longer qualify.
 func (h *Hub) apply(c tenants.Change) {
 	inst := h.running(c.Tenant)
+	if c.Kind == tenants.TenantDeleted {
+		if inst != nil {
+			h.stop(inst, "tenant deleted")
+		}
+		h.purge(c.Tenant)
+		return
+	}
 	if inst == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.ConnectTimeout)
 	defer cancel()
 	switch c.Kind {
-	case tenants.TenantDeleted:
-		h.stop(inst, "tenant deleted")
 	case tenants.TenantChanged:
 		t, found, err := h.dir.tenant(ctx, c.Tenant)
 		switch {
@@ -124,6 +131,22 @@ func (h *Hub) apply(c tenants.Change) {
 			}
 		}
 	}
+}
+
+// purge deletes what the session store keeps for a deleted tenant: its
+// sessions, their queues and its retained messages.
+func (h *Hub) purge(tenant string) {
+	if h.cfg.Sessions == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	sessions, retained, err := store.PurgeTenant(ctx, h.cfg.Sessions, tenant)
+	if err != nil {
+		h.log.Error("purge a deleted tenant's sessions", "tenant", tenant, "err", err)
+		return
+	}
+	h.log.Info("deleted tenant purged", "tenant", tenant, "sessions", sessions, "retained", retained)
 }
 
 // resync checks everything live against the directory after changes may

@@ -6,6 +6,7 @@
 package store
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -163,4 +164,40 @@ func fromUnixNano(n int64) time.Time {
 		return time.Time{}
 	}
 	return time.Unix(0, n).UTC()
+}
+
+// Purgeable is the part of a back-end a tenant's purge uses.
+type Purgeable interface {
+	Sessions(ctx context.Context, tenant string) ([]Session, error)
+	DeleteSession(ctx context.Context, tenant, clientID string) error
+	Retained(ctx context.Context, tenant string) ([]Message, error)
+	SetRetained(ctx context.Context, tenant string, m Message) error
+}
+
+// PurgeTenant deletes everything a back-end keeps for a tenant: its
+// sessions with their queues and receipts, and its retained messages. It
+// works through the operations every back-end has, so it needs nothing
+// new from them; running it twice (two data-plane nodes) does no harm.
+func PurgeTenant(ctx context.Context, s Purgeable, tenant string) (sessions, retained int, err error) {
+	ss, err := s.Sessions(ctx, tenant)
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, sess := range ss {
+		if err := s.DeleteSession(ctx, tenant, sess.ClientID); err != nil {
+			return sessions, 0, err
+		}
+		sessions++
+	}
+	rs, err := s.Retained(ctx, tenant)
+	if err != nil {
+		return sessions, 0, err
+	}
+	for _, m := range rs {
+		if err := s.SetRetained(ctx, tenant, Message{Topic: m.Topic}); err != nil {
+			return sessions, retained, err
+		}
+		retained++
+	}
+	return sessions, retained, nil
 }

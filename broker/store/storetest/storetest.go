@@ -36,6 +36,7 @@ func Run(t *testing.T, open func(t *testing.T) (s Store, reopen func() Store)) {
 		{"TenantsApart", testTenantsApart},
 		{"AwkwardClientIDs", testAwkwardIDs},
 		{"DeleteSessionDropsQueue", testDeleteSession},
+		{"PurgeTenant", testPurgeTenant},
 		{"Survives", testSurvives},
 		{"Receipts", testReceipts},
 		{"Marks", testMarks},
@@ -333,6 +334,41 @@ func testDeleteSession(t *testing.T, s Store, _ func() Store) {
 	}
 	if qs, _ := s.Read(ctx, "acme", "c10", 0, 10); payloads(qs) != "other" {
 		t.Errorf("deleting c1 touched c10: %q", payloads(qs))
+	}
+}
+
+// testPurgeTenant: a purged tenant has no session, queue or retained
+// message left; another tenant with the same client ids keeps its own.
+func testPurgeTenant(t *testing.T, s Store, _ func() Store) {
+	for _, tn := range []string{"gone", "stays"} {
+		for _, cid := range []string{"c1", "c2"} {
+			if err := s.SaveSession(ctx, tn, store.Session{ClientID: cid, Expiry: 60}); err != nil {
+				t.Fatal(err)
+			}
+			mustAppend(t, s, tn, cid, tn+"-"+cid)
+		}
+		if err := s.SetRetained(ctx, tn, msg("state", tn)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sessions, retained, err := store.PurgeTenant(ctx, s, "gone")
+	if err != nil || sessions != 2 || retained != 1 {
+		t.Fatalf("PurgeTenant: %d sessions, %d retained, %v", sessions, retained, err)
+	}
+	ss, _ := s.Sessions(ctx, "gone")
+	rs, _ := s.Retained(ctx, "gone")
+	q, _ := s.Read(ctx, "gone", "c1", 0, 10)
+	if len(ss) != 0 || len(rs) != 0 || len(q) != 0 {
+		t.Errorf("after the purge: %d sessions, %d retained, queue %q", len(ss), len(rs), payloads(q))
+	}
+	ss, _ = s.Sessions(ctx, "stays")
+	rs, _ = s.Retained(ctx, "stays")
+	q, _ = s.Read(ctx, "stays", "c1", 0, 10)
+	if len(ss) != 2 || len(rs) != 1 || payloads(q) != "stays-c1" {
+		t.Errorf("the other tenant after the purge: %d sessions, %d retained, queue %q", len(ss), len(rs), payloads(q))
+	}
+	if _, _, err := store.PurgeTenant(ctx, s, "gone"); err != nil {
+		t.Errorf("a second purge: %v", err)
 	}
 }
 
