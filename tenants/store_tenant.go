@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"time"
 )
 
 const tenantColumns = `t.slug, t.name, t.plan, t.suspended, t.quota_overrides, t.created_at, t.updated_at, t.queue_policy, t.spend_cap_cents, t.spend_cap_block`
@@ -45,6 +46,13 @@ func (s *Store) CreateTenant(ctx context.Context, owner string, in TenantInput) 
 	now := s.timestamp()
 	t := Tenant{Slug: in.Slug, Name: in.Name, Plan: PlanFree, QueuePolicy: DropOldest, Overrides: map[string]int64{}, CreatedAt: now, UpdatedAt: now}
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		var deleted int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM deleted_tenants WHERE slug = $1`, t.Slug).Scan(&deleted); err != nil {
+			return err
+		}
+		if deleted > 0 {
+			return fmt.Errorf("tenant %s is taken (by a deleted tenant whose records are kept): %w", t.Slug, ErrConflict)
+		}
 		if _, err := tx.ExecContext(ctx,
 			`INSERT INTO tenants (slug, name, plan, suspended, quota_overrides, created_at, updated_at)
 			 VALUES ($1, $2, $3, $4, $5, $6, $7)`,
@@ -219,8 +227,9 @@ func (s *Store) writeTenant(ctx context.Context, tx *sql.Tx, t *Tenant, action s
 	return s.audit(ctx, tx, t.Slug, action, "tenant:"+t.Slug)
 }
 
-// DeleteTenant deletes a tenant and everything it owns. The audit log keeps
-// its entries.
+// DeleteTenant deletes a tenant and everything it owns. The audit log and
+// the usage records stay (see PruneUsage), and the slug stays reserved as
+// long as they do.
 func (s *Store) DeleteTenant(ctx context.Context, slug string) error {
 	return s.inTx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `DELETE FROM tenants WHERE slug = $1`, slug)
@@ -230,8 +239,28 @@ func (s *Store) DeleteTenant(ctx context.Context, slug string) error {
 		if n, _ := res.RowsAffected(); n == 0 {
 			return fmt.Errorf("tenant %s: %w", slug, ErrNotFound)
 		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO deleted_tenants (slug, deleted_at) VALUES ($1, $2)
+			ON CONFLICT (slug) DO UPDATE SET deleted_at = excluded.deleted_at`, slug, s.timestamp()); err != nil {
+			return err
+		}
 		return s.audit(ctx, tx, slug, "tenant.delete", "tenant:"+slug)
 	}, Change{Kind: TenantDeleted, Tenant: slug})
+}
+
+// PruneUsage deletes usage recorded before the cutoff, and frees the slugs
+// of tenants deleted before it; it returns how many usage rows went.
+func (s *Store) PruneUsage(ctx context.Context, before time.Time) (int64, error) {
+	var n int64
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM usage WHERE hour < $1`, before.UTC())
+		if err != nil {
+			return err
+		}
+		n, _ = res.RowsAffected()
+		_, err = tx.ExecContext(ctx, `DELETE FROM deleted_tenants WHERE deleted_at < $1`, before.UTC())
+		return err
+	})
+	return n, err
 }
 
 // Membership returns account's membership of tenant, or ErrNotFound when it

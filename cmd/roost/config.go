@@ -62,6 +62,9 @@ type config struct {
 	// Wills of the clients the drain disconnects.
 	DrainTimeout  time.Duration
 	ShutdownWills bool
+	// UsageRetention is how long usage records (also of deleted tenants)
+	// are kept.
+	UsageRetention time.Duration
 	// DeviceEndpoints are the URLs devices connect to, for the console;
 	// empty: this process's own listeners.
 	DeviceEndpoints string
@@ -120,6 +123,7 @@ func (c *config) settings() []setting {
 		{"billing-grace", "how long a tenant whose payment failed keeps running before it is suspended", "168h", &c.BillingGrace},
 		{"drain-timeout", "how long the drain after SIGTERM or Ctrl-C may take (stop accepting, DISCONNECT 0x8B, flush meters and stores) before the process exits anyway", "30s", &c.DrainTimeout},
 		{"shutdown-wills", "send the Wills of the devices a shutdown disconnects (off: a server going away is not the device going away)", "false", &c.ShutdownWills},
+		{"usage-retention", "how long hourly usage records are kept, deleted tenants' too (whose slugs stay reserved as long)", "9600h", &c.UsageRetention},
 		{"device-endpoints", "URLs devices connect to, comma-separated (mqtt://, mqtts://, ws://, wss://), shown in the console's snippets; empty: this process's own listeners (set it for a control plane, or behind a load balancer)", "", &c.DeviceEndpoints},
 		{"debug-addr", "address for Go's profiler at /debug/pprof/ (keep it on loopback: it has no authentication); empty: off", "", &c.DebugAddr},
 	}
@@ -267,6 +271,9 @@ func (c *config) Validate() error {
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return errors.New("ROOST_LOG_FORMAT: must be text or json")
+	}
+	if c.UsageRetention < 31*24*time.Hour {
+		return errors.New("ROOST_USAGE_RETENTION: must be at least 744h (a month, for the monthly allowance and invoices)")
 	}
 	if c.DrainTimeout < time.Second || c.DrainTimeout > time.Hour {
 		return errors.New("ROOST_DRAIN_TIMEOUT: must be between 1s and 1h")

@@ -234,6 +234,9 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 			defer stopBilling()
 			go bill.Run(billCtx, 30*time.Second)
 		}
+		pruneCtx, stopPruning := context.WithCancel(ctx)
+		defer stopPruning()
+		go pruneUsage(pruneCtx, store, c.UsageRetention, log)
 		cfg := api.Config{Store: store, Log: log, AdminToken: adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL,
 			Events: recent, Billing: bill, Metrics: metrics}
 		if hub != nil {
@@ -325,6 +328,24 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 		return nil
 	case <-time.After(c.DrainTimeout):
 		return fmt.Errorf("drain: not done within ROOST_DRAIN_TIMEOUT (%s)", c.DrainTimeout)
+	}
+}
+
+// pruneUsage deletes usage older than the retention period, hourly.
+func pruneUsage(ctx context.Context, store *tenants.Store, retention time.Duration, log *slog.Logger) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		if n, err := store.PruneUsage(ctx, time.Now().Add(-retention)); err != nil && ctx.Err() == nil {
+			log.Warn("prune usage", "err", err)
+		} else if n > 0 {
+			log.Info("pruned usage past its retention", "rows", n, "retention", retention)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
 }
 

@@ -198,7 +198,13 @@ func testTenants(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 	_, err = s.Device(ctx, "acme", "d1")
 	wantErr(t, "device of deleted tenant", err, tenants.ErrNotFound)
 	wantErr(t, "second delete", s.DeleteTenant(ctx, "acme"), tenants.ErrNotFound)
-	// The slug is free again, with nothing of the old tenant left in it.
+	// The slug stays reserved while the deleted tenant's records are kept;
+	// once they are pruned it is free, with nothing of the old tenant in it.
+	_, err = s.CreateTenant(ctx, owner.ID, tenants.TenantInput{Slug: "acme"})
+	wantErr(t, "recreating a deleted tenant's slug at once", err, tenants.ErrConflict)
+	if _, err := s.PruneUsage(ctx, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
 	mustTenant(t, s, owner, "acme")
 	if ds, _, _ := s.Devices(ctx, "acme", tenants.Page{}); len(ds) != 0 {
 		t.Errorf("recreated tenant has %d devices of the deleted one", len(ds))
@@ -738,6 +744,9 @@ func testUsage(t *testing.T, s *tenants.Store, reopen func() *tenants.Store) {
 		t.Errorf("other's usage: %+v", got)
 	}
 
+	// A deleted tenant's usage is kept, its last deltas still count, and
+	// its slug stays reserved until the usage is pruned.
+	before, _ := s.Usage(ctx, "doomed", h, h.Add(time.Hour), tenants.Hourly)
 	if err := s.DeleteTenant(ctx, "doomed"); err != nil {
 		t.Fatal(err)
 	}
@@ -745,10 +754,32 @@ func testUsage(t *testing.T, s *tenants.Store, reopen func() *tenants.Store) {
 		{Tenant: "doomed", Hour: h, Usage: tenants.Usage{MessagesIn: 1}},
 		{Tenant: "acme", Hour: h, Usage: tenants.Usage{MessagesIn: 1}},
 	})
-	if err == nil || len(failed) != 1 || failed[0].Tenant != "doomed" {
-		t.Errorf("a deleted tenant's delta: failed %+v, err %v", failed, err)
+	if err != nil || len(failed) != 0 {
+		t.Errorf("deltas after a deletion: failed %+v, err %v", failed, err)
+	}
+	was := int64(0)
+	for _, b := range before {
+		was += b.MessagesIn
+	}
+	if got, _ := s.Usage(ctx, "doomed", h, h.Add(time.Hour), tenants.Hourly); len(got) != 1 || got[0].MessagesIn != was+1 {
+		t.Errorf("a deleted tenant's usage: %+v (before %+v)", got, before)
 	}
 	if got, _ := s.Usage(ctx, "acme", h, h.Add(time.Hour), tenants.Hourly); len(got) != 1 || got[0].MessagesIn != 6 {
-		t.Errorf("acme's delta beside a failing one was not recorded: %+v", got)
+		t.Errorf("acme's delta beside the deleted tenant's: %+v", got)
+	}
+	reuser := mustAccount(t, s, "reuser@example.com")
+	_, err = s.CreateTenant(ctx, reuser.ID, tenants.TenantInput{Slug: "doomed"})
+	wantErr(t, "registering a deleted tenant's slug while its usage is kept", err, tenants.ErrConflict)
+	if n, err := s.PruneUsage(ctx, time.Now().Add(time.Hour)); err != nil || n == 0 {
+		t.Errorf("PruneUsage: %d rows, %v", n, err)
+	}
+	if got, _ := s.Usage(ctx, "doomed", h, h.Add(time.Hour), tenants.Hourly); len(got) != 0 {
+		t.Errorf("usage after pruning: %+v", got)
+	}
+	if _, err := s.CreateTenant(ctx, reuser.ID, tenants.TenantInput{Slug: "doomed"}); err != nil {
+		t.Errorf("the slug after pruning: %v", err)
+	}
+	if got, _ := s.Usage(ctx, "doomed", h, h.Add(time.Hour), tenants.Hourly); len(got) != 0 {
+		t.Errorf("the new tenant sees the old one's usage: %+v", got)
 	}
 }
