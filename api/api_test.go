@@ -1,6 +1,7 @@
 package api_test
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -472,10 +473,14 @@ func TestAdminRoutes(t *testing.T) {
 	_, key := e.mustKey(u.token, "acme", tenants.RoleOwner)
 	for _, tc := range []struct{ method, path string }{
 		{"GET", "/v1/admin/tenants"}, {"GET", "/v1/admin/tenants/acme"}, {"PATCH", "/v1/admin/tenants/acme"},
+		{"DELETE", "/v1/admin/tenants/acme"}, {"POST", "/v1/admin/tenants/acme/impersonate"}, {"GET", "/v1/admin/stats"},
 	} {
 		var body any
-		if tc.method == "PATCH" {
+		switch tc.method {
+		case "PATCH":
 			body = map[string]any{"suspended": true}
+		case "POST":
+			body = map[string]any{"reason": "x"}
 		}
 		wantProblem(t, e.do(tc.method, tc.path, u.token, body), 403, "forbidden", "", tc.path+" as a tenant owner")
 		wantProblem(t, e.do(tc.method, tc.path, key, body), 403, "forbidden", "", tc.path+" with an owner key")
@@ -491,6 +496,70 @@ func TestAdminRoutes(t *testing.T) {
 	// The operator token is for the admin API only.
 	wantProblem(t, e.do("POST", "/v1/tenants", adminToken, map[string]string{"slug": "ops"}), 403, "forbidden", "", "operator creates a tenant")
 	want(t, e.do("GET", "/v1/tenants/acme", adminToken, nil), 404, "operator on a tenant route")
+}
+
+// TestAdminAPI: search with usage, stats, audited impersonation that
+// reaches one tenant for 15 minutes, deletion.
+func TestAdminAPI(t *testing.T) {
+	e := newEnv(t)
+	u := e.signup("owner")
+	e.mustTenant(u, "acme")
+	e.mustTenant(u, "globex")
+	e.mustDevice(u.token, "acme", "d1")
+	e.mustDevice(u.token, "acme", "d2")
+	if _, err := e.store.AddUsage(context.Background(), []tenants.UsageDelta{{Tenant: "acme", Hour: e.clock.Now(), Usage: tenants.Usage{MessagesIn: 40, MessagesOut: 2}}}); err != nil {
+		t.Fatal(err)
+	}
+	r := e.do("GET", "/v1/admin/tenants?q=ACM", adminToken, nil)
+	want(t, r, 200, "search tenants")
+	items := r.json()["items"].([]any)
+	if len(items) != 1 {
+		t.Fatalf("search acm: %s", r.body)
+	}
+	if a := items[0].(map[string]any); a["slug"] != "acme" || a["devices"] != float64(2) || a["messages_this_month"] != float64(42) {
+		t.Errorf("acme as listed: %v", a)
+	}
+	if r := e.do("GET", "/v1/admin/tenants", adminToken, nil); len(r.json()["items"].([]any)) != 2 {
+		t.Errorf("all tenants: %s", r.body)
+	}
+	r = e.do("GET", "/v1/admin/stats", adminToken, nil)
+	want(t, r, 200, "stats")
+	if m := r.json(); m["tenants"] != float64(2) || m["devices"] != float64(2) || m["messages_this_month"] != float64(42) ||
+		m["tenants_by_plan"].(map[string]any)["free"] != float64(2) || m["connections"] != float64(0) {
+		t.Errorf("stats: %s", r.body)
+	}
+
+	// Impersonation: a reason is required; the token is an owner of acme
+	// only; what it does is audited as the operator's.
+	wantProblem(t, e.do("POST", "/v1/admin/tenants/acme/impersonate", adminToken, map[string]string{"reason": " "}), 400, "invalid", "reason", "no reason")
+	wantProblem(t, e.do("POST", "/v1/admin/tenants/nope/impersonate", adminToken, map[string]string{"reason": "ticket 42"}), 404, "not_found", "", "unknown tenant")
+	r = e.do("POST", "/v1/admin/tenants/acme/impersonate", adminToken, map[string]string{"reason": "ticket 42: devices refused"})
+	want(t, r, 201, "impersonate")
+	imp := r.str("token")
+	want(t, e.do("GET", "/v1/tenants/acme/devices", imp, nil), 200, "impersonating: list devices")
+	want(t, e.do("PATCH", "/v1/tenants/acme/devices/d1", imp, map[string]any{"enabled": false}), 200, "impersonating: disable a device")
+	want(t, e.do("GET", "/v1/tenants/globex", imp, nil), 404, "impersonating: another tenant")
+	wantProblem(t, e.do("GET", "/v1/admin/stats", imp, nil), 403, "forbidden", "", "impersonating: the admin API")
+	audit := e.do("GET", "/v1/tenants/acme/audit", u.token, nil).json()["items"].([]any)
+	var seen []string
+	for _, a := range audit {
+		m := a.(map[string]any)
+		seen = append(seen, fmt.Sprint(m["action"], " by ", m["actor"], " on ", m["object"]))
+	}
+	joined := strings.Join(seen, "\n")
+	if !strings.Contains(joined, "tenant.impersonate by operator on reason:ticket 42: devices refused") ||
+		!strings.Contains(joined, "device.update by operator(impersonating)") {
+		t.Errorf("audit log:\n%s", joined)
+	}
+	e.clock.Advance(16 * time.Minute)
+	wantProblem(t, e.do("GET", "/v1/tenants/acme/devices", imp, nil), 401, "unauthorized", "", "an expired impersonation token")
+
+	// Deletion.
+	want(t, e.do("DELETE", "/v1/admin/tenants/globex", adminToken, nil), 204, "delete a tenant")
+	wantProblem(t, e.do("GET", "/v1/admin/tenants/globex", adminToken, nil), 404, "not_found", "", "the deleted tenant")
+	wantProblem(t, e.do("DELETE", "/v1/admin/tenants/globex", adminToken, nil), 404, "not_found", "", "delete it twice")
+	u2 := e.signup("newcomer")
+	wantProblem(t, e.do("POST", "/v1/tenants", u2.token, map[string]string{"slug": "globex"}), 409, "conflict", "", "reuse a deleted tenant's slug")
 }
 
 // TestSecretsShownOnce: a device secret, an API key and a password appear in

@@ -18,11 +18,19 @@ type principal struct {
 	account  *tenants.Account
 	key      *tenants.APIKey
 	operator bool
+	// impersonating: the operator, acting as an owner of key.Tenant.
+	impersonating bool
 }
+
+// impersonationSubject starts the subject of an impersonation token; the
+// tenant follows. Account ids never contain a colon.
+const impersonationSubject = "impersonate:"
 
 // actor names the principal in the audit log.
 func (p principal) actor() string {
 	switch {
+	case p.impersonating:
+		return "operator(impersonating)"
 	case p.account != nil:
 		return "account:" + p.account.ID
 	case p.key != nil:
@@ -73,6 +81,9 @@ func (s *Server) principal(r *http.Request) (principal, error) {
 	id, err := s.tokens.Parse(token)
 	if err != nil {
 		return principal{}, errorf(http.StatusUnauthorized, "unauthorized", "the session token is not valid or has expired; log in again")
+	}
+	if tenant, ok := strings.CutPrefix(id, impersonationSubject); ok {
+		return principal{key: &tenants.APIKey{ID: "impersonation", Tenant: tenant, Role: tenants.RoleOwner, Name: "operator impersonation"}, impersonating: true}, nil
 	}
 	a, err := s.store.Account(r.Context(), id)
 	if err != nil {

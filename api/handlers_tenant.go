@@ -11,6 +11,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/roosthub/roost/events"
+	"github.com/roosthub/roost/internal/session"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -188,15 +189,95 @@ func handleAudit(as auditStore) handler {
 }
 
 type adminStore interface {
-	Tenants(ctx context.Context, p tenants.Page) ([]tenants.Tenant, string, error)
+	AdminTenants(ctx context.Context, search string, now time.Time, p tenants.Page) ([]tenants.AdminTenant, string, error)
 	Tenant(ctx context.Context, slug string) (tenants.Tenant, error)
 	AdminUpdateTenant(ctx context.Context, slug string, u tenants.AdminTenantUpdate) (tenants.Tenant, error)
+	DeleteTenant(ctx context.Context, slug string) error
+	Stats(ctx context.Context, now time.Time) (tenants.Stats, error)
+	AuditImpersonation(ctx context.Context, tenant, reason string) error
 }
 
-func handleAdminTenantList(as adminStore) handler {
-	return handleList(func(r *http.Request, p tenants.Page) ([]tenants.Tenant, string, error) {
-		return as.Tenants(r.Context(), p)
+// handleAdminTenantList lists tenants for the operator, with their device
+// counts and this month's messages; ?q= searches slugs and names.
+func handleAdminTenantList(as adminStore, now func() time.Time) handler {
+	return handleList(func(r *http.Request, p tenants.Page) ([]tenants.AdminTenant, string, error) {
+		q := r.URL.Query().Get("q")
+		if len(q) > 100 {
+			return nil, "", &tenants.FieldError{Field: "q", Message: "must be at most 100 characters"}
+		}
+		return as.AdminTenants(r.Context(), q, now(), p)
 	})
+}
+
+// handleAdminTenantDelete deletes a tenant: its devices, rules, keys and
+// members here, its sessions, queues and retained messages in the session
+// store (the data plane purges them on the change); its usage and audit log
+// stay for the retention period.
+func handleAdminTenantDelete(as adminStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if err := as.DeleteTenant(r.Context(), chi.URLParam(r, "tenant")); err != nil {
+			return err
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+}
+
+// statsView is the hub's totals; connections only where this process runs
+// the data plane.
+type statsView struct {
+	tenants.Stats
+	Connections *int `json:"connections"`
+}
+
+func handleAdminStats(as adminStore, dp DataPlane, now func() time.Time) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		st, err := as.Stats(r.Context(), now())
+		if err != nil {
+			return err
+		}
+		v := statsView{Stats: st}
+		if c, ok := dp.(interface{ TotalConnections() int }); ok {
+			n := c.TotalConnections()
+			v.Connections = &n
+		}
+		writeJSON(w, http.StatusOK, v)
+		return nil
+	}
+}
+
+// impersonationTTL bounds an operator's impersonation token.
+const impersonationTTL = 15 * time.Minute
+
+type impersonation struct {
+	Token     string       `json:"token"`
+	ExpiresAt time.Time    `json:"expires_at"`
+	Tenant    string       `json:"tenant"`
+	Role      tenants.Role `json:"role"`
+}
+
+// handleAdminImpersonate gives the operator a short-lived token that acts
+// as an owner of one tenant, for support. The reason goes into the
+// tenant's audit log, and so does every change made with the token.
+func handleAdminImpersonate(as adminStore, tok session.Tokens) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		var in struct {
+			Reason string `json:"reason"`
+		}
+		if err := decode(r, &in); err != nil {
+			return err
+		}
+		slug := chi.URLParam(r, "tenant")
+		if err := as.AuditImpersonation(r.Context(), slug, in.Reason); err != nil {
+			return err
+		}
+		token, exp, err := tok.IssueFor(impersonationSubject+slug, impersonationTTL)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusCreated, impersonation{Token: token, ExpiresAt: exp, Tenant: slug, Role: tenants.RoleOwner})
+		return nil
+	}
 }
 
 func handleAdminTenantGet(as adminStore) handler {

@@ -95,9 +95,12 @@ func (s *Server) routes() chi.Router {
 
 			r.Route("/admin", func(r chi.Router) {
 				r.Use(s.onlyOperator)
-				r.Get("/tenants", s.serve(handleAdminTenantList(st)))
+				r.Get("/tenants", s.serve(handleAdminTenantList(st, s.now)))
 				r.Get("/tenants/{tenant}", s.serve(handleAdminTenantGet(st)))
 				r.Patch("/tenants/{tenant}", s.serve(handleAdminTenantUpdate(st)))
+				r.Delete("/tenants/{tenant}", s.serve(handleAdminTenantDelete(st)))
+				r.Post("/tenants/{tenant}/impersonate", s.serve(handleAdminImpersonate(st, s.tokens)))
+				r.Get("/stats", s.serve(handleAdminStats(st, s.dataPlane, s.now)))
 			})
 		})
 	})

@@ -366,3 +366,19 @@ func (h *Hub) ConnectionCount(tenant string) int {
 	}
 	return n
 }
+
+// TotalConnections is the number of live device connections in every
+// tenant.
+func (h *Hub) TotalConnections() int {
+	h.mu.Lock()
+	slugs := make([]string, 0, len(h.instances))
+	for slug := range h.instances {
+		slugs = append(slugs, slug)
+	}
+	h.mu.Unlock()
+	n := 0
+	for _, slug := range slugs {
+		n += h.ConnectionCount(slug)
+	}
+	return n
+}

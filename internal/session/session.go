@@ -25,8 +25,14 @@ type Tokens struct {
 
 // Issue returns a session token for the account and when it expires.
 func (t Tokens) Issue(accountID string) (string, time.Time, error) {
+	return t.IssueFor(accountID, t.TTL)
+}
+
+// IssueFor returns a token for any subject, valid for ttl.
+func (t Tokens) IssueFor(subject string, ttl time.Duration) (string, time.Time, error) {
+	accountID := subject
 	now := t.Now()
-	exp := now.Add(t.TTL)
+	exp := now.Add(ttl)
 	claims := jwt.RegisteredClaims{
 		Issuer:    tokenIssuer,
 		Audience:  jwt.ClaimStrings{tokenAudience},
