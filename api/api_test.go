@@ -551,6 +551,16 @@ func TestAdminAPI(t *testing.T) {
 		!strings.Contains(joined, "device.update by operator(impersonating)") {
 		t.Errorf("audit log:\n%s", joined)
 	}
+	// The access log names who acted, by route, never by token.
+	logs := e.logs.String()
+	for _, want := range []string{`route=/v1/tenants/{tenant}/devices/{device} status=200`, `actor=operator(impersonating)`, `actor=operator`} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the access log lacks %s:\n%s", want, logs[max(0, len(logs)-600):])
+		}
+	}
+	if strings.Contains(logs, imp) {
+		t.Error("the impersonation token is in the log")
+	}
 	e.clock.Advance(16 * time.Minute)
 	wantProblem(t, e.do("GET", "/v1/tenants/acme/devices", imp, nil), 401, "unauthorized", "", "an expired impersonation token")
 

@@ -59,6 +59,9 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			return
 		}
 		ctx := context.WithValue(r.Context(), principalKey{}, p)
+		if info, ok := ctx.Value(requestInfoKey{}).(*requestInfo); ok {
+			info.actor = p.actor()
+		}
 		next.ServeHTTP(w, r.WithContext(tenants.WithActor(ctx, p.actor())))
 	})
 }

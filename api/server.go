@@ -155,6 +155,12 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 
 type requestIDKey struct{}
 
+// requestInfo is what the handlers learn about a request that its access
+// log line reports: who made it.
+type requestInfo struct{ actor string }
+
+type requestInfoKey struct{}
+
 func requestID(ctx context.Context) string {
 	id, _ := ctx.Value(requestIDKey{}).(string)
 	return id
@@ -169,7 +175,9 @@ func (s *Server) observe(next http.Handler) http.Handler {
 		rand.Read(b)
 		id := hex.EncodeToString(b)
 		w.Header().Set("X-Request-Id", id)
-		r = r.WithContext(context.WithValue(r.Context(), requestIDKey{}, id))
+		info := &requestInfo{actor: "anonymous"}
+		ctx := context.WithValue(context.WithValue(r.Context(), requestIDKey{}, id), requestInfoKey{}, info)
+		r = r.WithContext(ctx)
 		rec := &statusRecorder{ResponseWriter: w}
 		start := time.Now()
 		defer func() {
@@ -184,7 +192,8 @@ func (s *Server) observe(next http.Handler) http.Handler {
 			}
 			route := chi.RouteContext(r.Context()).RoutePattern()
 			s.log.Info("request", "request_id", id, "method", r.Method, "route", route,
-				"status", rec.status, "duration_ms", time.Since(start).Milliseconds())
+				"status", rec.status, "duration_ms", time.Since(start).Milliseconds(), "bytes", rec.bytes,
+				"actor", info.actor, "remote", r.RemoteAddr)
 		}()
 		next.ServeHTTP(rec, r)
 	})
@@ -193,6 +202,7 @@ func (s *Server) observe(next http.Handler) http.Handler {
 type statusRecorder struct {
 	http.ResponseWriter
 	status int
+	bytes  int
 }
 
 func (r *statusRecorder) WriteHeader(status int) {
@@ -206,5 +216,7 @@ func (r *statusRecorder) Write(b []byte) (int, error) {
 	if r.status == 0 {
 		r.status = http.StatusOK
 	}
-	return r.ResponseWriter.Write(b)
+	n, err := r.ResponseWriter.Write(b)
+	r.bytes += n
+	return n, err
 }

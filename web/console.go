@@ -196,7 +196,8 @@ func (c *Console) mac(parts ...string) string {
 type ctxKey int
 
 const (
-	keyCSRF ctxKey = iota
+	keyVisitor ctxKey = iota
+	keyCSRF
 	keyAccount
 	keyOperator
 	keyTenant
@@ -267,8 +268,22 @@ func (c *Console) signedIn(next http.Handler) http.Handler {
 			return
 		}
 		ctx := tenants.WithActor(context.WithValue(r.Context(), keyAccount, a), "account:"+a.ID)
+		setVisitor(ctx, "account:"+a.ID)
 		next.ServeHTTP(w, r.WithContext(ctx))
 	})
+}
+
+// visitor names who made a request, for the access log.
+type visitor struct{ name string }
+
+func withVisitor(ctx context.Context, v *visitor) context.Context {
+	return context.WithValue(ctx, keyVisitor, v)
+}
+
+func setVisitor(ctx context.Context, name string) {
+	if v, ok := ctx.Value(keyVisitor).(*visitor); ok {
+		v.name = name
+	}
 }
 
 func accountOf(r *http.Request) *tenants.Account {
@@ -328,6 +343,7 @@ func (c *Console) operatorOnly(next http.Handler) http.Handler {
 			http.Redirect(w, r, "/admin/login", http.StatusSeeOther)
 			return
 		}
+		setVisitor(r.Context(), "operator")
 		next.ServeHTTP(w, r.WithContext(tenants.WithActor(context.WithValue(r.Context(), keyOperator, true), "operator")))
 	})
 }
