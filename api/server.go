@@ -15,6 +15,7 @@ import (
 
 	"github.com/roosthub/roost/billing"
 	"github.com/roosthub/roost/events"
+	"github.com/roosthub/roost/internal/accesslog"
 	"github.com/roosthub/roost/internal/session"
 	"github.com/roosthub/roost/internal/throttle"
 	"github.com/roosthub/roost/tenants"
@@ -178,7 +179,7 @@ func (s *Server) observe(next http.Handler) http.Handler {
 		info := &requestInfo{actor: "anonymous"}
 		ctx := context.WithValue(context.WithValue(r.Context(), requestIDKey{}, id), requestInfoKey{}, info)
 		r = r.WithContext(ctx)
-		rec := &statusRecorder{ResponseWriter: w}
+		rec := &accesslog.Recorder{ResponseWriter: w}
 		start := time.Now()
 		defer func() {
 			if v := recover(); v != nil {
@@ -186,37 +187,15 @@ func (s *Server) observe(next http.Handler) http.Handler {
 					panic(v)
 				}
 				s.log.Error("panic serving request", "request_id", id, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
-				if rec.status == 0 {
+				if rec.Status == 0 {
 					s.fail(rec, r, errors.New("panic"))
 				}
 			}
 			route := chi.RouteContext(r.Context()).RoutePattern()
 			s.log.Info("request", "request_id", id, "method", r.Method, "route", route,
-				"status", rec.status, "duration_ms", time.Since(start).Milliseconds(), "bytes", rec.bytes,
+				"status", rec.Status, "duration_ms", time.Since(start).Milliseconds(), "bytes", rec.Bytes,
 				"actor", info.actor, "remote", r.RemoteAddr)
 		}()
 		next.ServeHTTP(rec, r)
 	})
-}
-
-type statusRecorder struct {
-	http.ResponseWriter
-	status int
-	bytes  int
-}
-
-func (r *statusRecorder) WriteHeader(status int) {
-	if r.status == 0 {
-		r.status = status
-	}
-	r.ResponseWriter.WriteHeader(status)
-}
-
-func (r *statusRecorder) Write(b []byte) (int, error) {
-	if r.status == 0 {
-		r.status = http.StatusOK
-	}
-	n, err := r.ResponseWriter.Write(b)
-	r.bytes += n
-	return n, err
 }
