@@ -103,7 +103,12 @@ func (h *Hub) apply(c tenants.Change) {
 			if !ok || cl.Closed() || dc.id.ca == "" {
 				continue
 			}
-			if stands, err := h.credentialStands(ctx, dc.id, tenants.Device{}); err == nil && !stands {
+			stands, err := h.credentialStands(ctx, dc.id, tenants.Device{})
+			if err != nil {
+				h.retryLater(c, err)
+				return
+			}
+			if !stands {
 				inst.kick(cl, packets.ErrAdministrativeAction)
 				inst.log.Info("device disconnected: its CA was removed", "device", dc.id.device, "client_id", cl.ID)
 			}
@@ -115,14 +120,14 @@ func (h *Hub) apply(c tenants.Change) {
 		}
 		d, found, err := h.dir.device(ctx, c.Tenant, c.Device)
 		if err != nil {
-			h.log.Error("apply change", "tenant", c.Tenant, "device", c.Device, "err", err)
+			h.retryLater(c, err)
 			return
 		}
 		for _, cl := range clients {
 			dc := cl.Net.Conn.(*deviceConn)
 			stands, err := h.credentialStands(ctx, dc.id, d)
 			if err != nil {
-				h.log.Error("apply change", "tenant", c.Tenant, "device", c.Device, "err", err)
+				h.retryLater(c, err)
 				return
 			}
 			if !found || !d.Enabled || !stands || (d.ClientIDs == tenants.ClientIDsExact && cl.ID != d.Name) {
@@ -131,6 +136,22 @@ func (h *Hub) apply(c tenants.Change) {
 			}
 		}
 	}
+}
+
+// retryLater applies a change again in a second: checking live connections
+// against it failed (the directory did not answer), and a revoked
+// credential must not stay connected for want of a retry.
+func (h *Hub) retryLater(c tenants.Change, err error) {
+	h.log.Warn("apply change: retrying in 1s", "kind", c.Kind, "tenant", c.Tenant, "device", c.Device, "err", err)
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		select {
+		case <-h.done:
+		case <-time.After(time.Second):
+			h.apply(c)
+		}
+	}()
 }
 
 // purge deletes what the session store keeps for a deleted tenant: its

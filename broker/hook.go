@@ -32,7 +32,7 @@ func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
 		mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnPacketEncode, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
-		mqtt.OnPublish, mqtt.OnPublished,
+		mqtt.OnPublish, mqtt.OnPublished, mqtt.OnWill,
 	}, []byte{b}) || (h.inst.persist != nil && bytes.Contains([]byte{
 		mqtt.OnQosPublish, mqtt.OnPacketRead, mqtt.OnSessionEstablished,
 		mqtt.StoredClients, mqtt.StoredSubscriptions,
@@ -133,10 +133,27 @@ func (h *hook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 // tenant's rules. mochi asks it for every publish, every subscription filter
 // and every delivery, retained messages included.
 func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if topic == withdrawnWill {
+		return false
+	}
 	if dc, ok := cl.Net.Conn.(*deviceConn); ok && !write && dc.refusedFilter(topic) {
 		return false // over max_subscriptions: see overSubscriptions
 	}
 	return h.inst.hookACL(cl, topic, write)
+}
+
+// withdrawnWill is where a Will withdrawn at shutdown goes: a topic no
+// filter of a device or watcher can match ($-topics are reserved, and `#`
+// does not match them) and that the ACL denies to everyone besides.
+const withdrawnWill = "$roost/withdrawn-will"
+
+// OnWill withdraws a Will while the instance shuts down (see handoff):
+// mochi cannot be told not to send one, so it is sent where nobody is.
+func (h *hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	if h.inst.withdrawWills.Load() {
+		return mqtt.Will{TopicName: withdrawnWill}, nil
+	}
+	return will, nil
 }
 
 // OnSubscribe notes the filters of a SUBSCRIBE over max_subscriptions.

@@ -31,6 +31,11 @@ type instance struct {
 	log    *slog.Logger
 	hub    *Hub
 
+	// withdrawWills is set as the instance shuts down (unless the hub sends
+	// Wills on shutdown): the Wills of the clients it disconnects go
+	// nowhere.
+	withdrawWills atomic.Bool
+
 	// conns counts connections handed to the instance and not yet ended;
 	// the hub changes it under its lock, so the reaper and a new connection
 	// never disagree about whether the instance is in use.
@@ -130,7 +135,7 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 	if err := srv.AddHook(&hook{inst: inst}, nil); err != nil {
 		return nil, err
 	}
-	if err := srv.AddListener(&handoff{srv: srv, wills: h.cfg.WillsOnShutdown}); err != nil {
+	if err := srv.AddListener(&handoff{srv: srv, wills: h.cfg.WillsOnShutdown, withdraw: &inst.withdrawWills}); err != nil {
 		return nil, err
 	}
 	if err := srv.Serve(); err != nil {
@@ -183,10 +188,13 @@ func (f levelFilter) WithGroup(n string) slog.Handler {
 // waiting for the write lock in between) deadlocks the instance's Close.
 //
 // Unless wills is set, the clients' Wills are withdrawn first: a broker
-// shutting down is not its devices going away.
+// shutting down is not its devices going away. (They are withdrawn through
+// the hook's OnWill rather than by clearing each client's Will flag: mochi
+// writes that field without synchronisation as a client leaves.)
 type handoff struct {
-	srv   *mqtt.Server
-	wills bool
+	srv      *mqtt.Server
+	wills    bool
+	withdraw *atomic.Bool
 }
 
 func (*handoff) Init(*slog.Logger) error     { return nil }
@@ -195,13 +203,10 @@ func (*handoff) ID() string                  { return listenerID }
 func (*handoff) Address() string             { return "" }
 func (*handoff) Protocol() string            { return "mqtt" }
 func (h *handoff) Close(listeners.CloseFn) {
-	clients := h.srv.Clients.GetAll()
-	if !h.wills {
-		for _, cl := range clients {
-			atomic.StoreUint32(&cl.Properties.Will.Flag, 0)
-		}
+	if !h.wills && h.withdraw != nil {
+		h.withdraw.Store(true)
 	}
-	for _, cl := range clients {
+	for _, cl := range h.srv.Clients.GetAll() {
 		if cl.Net.Listener == listenerID && !cl.Closed() {
 			h.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
 		}
