@@ -189,7 +189,8 @@ func TestClientCertificates(t *testing.T) {
 				t.Errorf("%s: DISCONNECT %#x, want 0x98", what, d.ReasonCode)
 			}
 		case <-time.After(10 * time.Second):
-			t.Errorf("%s: still connected", what)
+			logs := s.logs.String()
+			t.Errorf("%s: still connected; the hub's log ends:\n%s", what, logs[max(0, len(logs)-3000):])
 		}
 	}
 	expectKick(byCA, "CA removed")
