@@ -53,6 +53,7 @@ var statusOf = []struct {
 	{tenants.ErrUnauthorized, http.StatusUnauthorized, "unauthorized"},
 	{tenants.ErrForbidden, http.StatusForbidden, "forbidden"},
 	{tenants.ErrQuotaExceeded, http.StatusForbidden, "quota_exceeded"},
+	{tenants.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
 }
 
 // toProblem maps err to the problem the client sees. Errors of no known kind

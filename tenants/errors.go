@@ -14,6 +14,9 @@ var (
 	ErrForbidden     = errors.New("forbidden")
 	ErrUnauthorized  = errors.New("unauthorized")
 	ErrQuotaExceeded = errors.New("quota exceeded")
+	// ErrUnavailable: a part the request needs (a data-plane node) does
+	// not answer now; trying again later may work.
+	ErrUnavailable = errors.New("unavailable")
 )
 
 // FieldError is an ErrInvalid that names the offending input field.

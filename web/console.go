@@ -379,6 +379,8 @@ func (c *Console) fail(w http.ResponseWriter, r *http.Request, err error) {
 		c.errorPage(w, r, http.StatusConflict, err.Error())
 	case errors.Is(err, tenants.ErrInvalid):
 		c.errorPage(w, r, http.StatusBadRequest, err.Error())
+	case errors.Is(err, tenants.ErrUnavailable):
+		c.errorPage(w, r, http.StatusServiceUnavailable, err.Error()+" Try again in a moment.")
 	default:
 		c.internal(w, r, err)
 	}

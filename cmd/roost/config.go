@@ -65,6 +65,9 @@ type config struct {
 	// UsageRetention is how long usage records (also of deleted tenants)
 	// are kept.
 	UsageRetention time.Duration
+	// NodeURL is where a control plane reaches this data-plane node's
+	// internal API; empty: this host's name and the HTTP port.
+	NodeURL string
 	// DeviceEndpoints are the URLs devices connect to, for the console;
 	// empty: this process's own listeners.
 	DeviceEndpoints string
@@ -124,6 +127,7 @@ func (c *config) settings() []setting {
 		{"drain-timeout", "how long the drain after SIGTERM or Ctrl-C may take (stop accepting, DISCONNECT 0x8B, flush meters and stores) before the process exits anyway", "30s", &c.DrainTimeout},
 		{"shutdown-wills", "send the Wills of the devices a shutdown disconnects (off: a server going away is not the device going away)", "false", &c.ShutdownWills},
 		{"usage-retention", "how long hourly usage records are kept, deleted tenants' too (whose slugs stay reserved as long)", "9600h", &c.UsageRetention},
+		{"node-url", "where control planes reach this data-plane node's internal API (http://host:port of ROOST_HTTP_ADDR); empty: this host's name and port", "", &c.NodeURL},
 		{"device-endpoints", "URLs devices connect to, comma-separated (mqtt://, mqtts://, ws://, wss://), shown in the console's snippets; empty: this process's own listeners (set it for a control plane, or behind a load balancer)", "", &c.DeviceEndpoints},
 		{"debug-addr", "address for Go's profiler at /debug/pprof/ (keep it on loopback: it has no authentication); empty: off", "", &c.DebugAddr},
 	}
@@ -271,6 +275,12 @@ func (c *config) Validate() error {
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		return errors.New("ROOST_LOG_FORMAT: must be text or json")
+	}
+	if c.NodeURL != "" {
+		u, err := url.Parse(c.NodeURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return errors.New("ROOST_NODE_URL: must be an http:// or https:// URL")
+		}
 	}
 	if c.UsageRetention < 31*24*time.Hour {
 		return errors.New("ROOST_USAGE_RETENTION: must be at least 744h (a month, for the monthly allowance and invoices)")

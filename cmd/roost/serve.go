@@ -33,6 +33,7 @@ import (
 	memstore "github.com/roosthub/roost/broker/store/memory"
 	pebblestore "github.com/roosthub/roost/broker/store/pebble"
 	redisstore "github.com/roosthub/roost/broker/store/redis"
+	"github.com/roosthub/roost/cluster"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/kafkaexport"
 	"github.com/roosthub/roost/tenants"
@@ -223,6 +224,7 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 		}
 	}
 	var handler http.Handler
+	retire := func() {} // a data-plane node leaves the node list as it drains
 	if runsControl {
 		bill, err := newBilling(c, store, sink, log, "http://"+displayAddr(ln.Addr()))
 		if err != nil {
@@ -239,8 +241,13 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 		go pruneUsage(pruneCtx, store, c.UsageRetention, log)
 		cfg := api.Config{Store: store, Log: log, AdminToken: adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL,
 			Events: recent, Billing: bill, Metrics: metrics}
+		var remote *cluster.Remote
 		if hub != nil {
 			cfg.DataPlane = hub
+		} else {
+			// Running apart: the data-plane nodes answer for themselves.
+			remote = cluster.NewRemote(store, adminToken, log)
+			cfg.DataPlane = remote
 		}
 		srv, err := api.New(cfg)
 		if err != nil {
@@ -252,6 +259,8 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 			AdminToken: adminToken, SecureCookies: strings.HasPrefix(c.PublicURL, "https://"), Endpoints: endpoints}
 		if hub != nil {
 			consoleCfg.DataPlane = hub
+		} else {
+			consoleCfg.DataPlane = remote
 		}
 		con, err := web.New(consoleCfg)
 		if err != nil {
@@ -260,7 +269,26 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 		}
 		handler = frontDoor(srv, con)
 	} else {
-		handler = dataPlaneMux(store, listening, adminToken, metrics)
+		mux := http.NewServeMux()
+		mux.Handle(cluster.Prefix+"/", cluster.Serve(hub, adminToken, log))
+		mux.Handle("/", dataPlaneMux(store, listening, adminToken, metrics))
+		handler = mux
+		nodeURL := c.NodeURL
+		if nodeURL == "" {
+			nodeURL = "http://" + advertised(ln.Addr())
+		}
+		host, _ := os.Hostname()
+		nodeID := host + "-" + randomToken(6)
+		actx, stopAnnouncing := context.WithCancel(context.Background())
+		defer stopAnnouncing()
+		go cluster.Announce(actx, store, nodeID, nodeURL, log)
+		retire = func() {
+			stopAnnouncing()
+			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			store.RetireNode(rctx, nodeID)
+		}
+		log.Info("data-plane node", "id", nodeID, "internal_url", nodeURL)
 	}
 
 	// Requests' contexts end when the drain starts, so that the console's
@@ -305,6 +333,7 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 	log.Info("draining", "deadline", c.DrainTimeout)
 	drained := make(chan error, 1)
 	go func() {
+		retire()
 		if hub != nil {
 			hub.Close()
 		}
@@ -329,6 +358,20 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 	case <-time.After(c.DrainTimeout):
 		return fmt.Errorf("drain: not done within ROOST_DRAIN_TIMEOUT (%s)", c.DrainTimeout)
 	}
+}
+
+// advertised is an address other hosts can reach this one at: the
+// listener's, with a wildcard host replaced by the host name.
+func advertised(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok || !tcp.IP.IsUnspecified() {
+		return a.String()
+	}
+	host, err := os.Hostname()
+	if err != nil {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, fmt.Sprint(tcp.Port))
 }
 
 // pruneUsage deletes usage older than the retention period, hourly.

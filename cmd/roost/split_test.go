@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -37,13 +38,18 @@ func TestSplitPlanes(t *testing.T) {
 	cp.api("POST", "/v1/signup", "", map[string]string{"email": "split@example.com", "password": "correct horse battery"}, &session)
 	cp.api("POST", "/v1/tenants", session.Token, map[string]string{"slug": "acme"}, nil)
 
+	msgs := make(chan *paho.Publish, 4)
 	connack := func(device, secret string, onDisc func(*paho.Disconnect)) (byte, *paho.Client) {
 		t.Helper()
 		conn, err := net.DialTimeout("tcp", dp.mqttAddr, 2*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		c := paho.NewClient(paho.ClientConfig{Conn: conn, OnServerDisconnect: onDisc})
+		c := paho.NewClient(paho.ClientConfig{Conn: conn, OnServerDisconnect: onDisc,
+			OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+				msgs <- pr.Packet
+				return true, nil
+			}}})
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		ca, err := c.Connect(ctx, &paho.Connect{ClientID: device, KeepAlive: 30, CleanStart: true, Username: "acme/" + device,
@@ -103,11 +109,42 @@ func TestSplitPlanes(t *testing.T) {
 	var d2 struct{ Secret string }
 	cp.api("POST", "/v1/tenants/acme/devices", session.Token, map[string]string{"name": "d2"}, &d2)
 	lost := make(chan struct{})
-	code, live := connack("d2", d2.Secret, func(*paho.Disconnect) { close(lost) })
+	kicked := make(chan byte, 1)
+	var lostOnce sync.Once
+	code, live := connack("d2", d2.Secret, func(d *paho.Disconnect) {
+		kicked <- d.ReasonCode
+		lostOnce.Do(func() { close(lost) })
+	})
 	if code != 0 {
 		t.Fatalf("d2: %#x", code)
 	}
 	defer live.Disconnect(&paho.Disconnect{})
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if _, err := live.Subscribe(sctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "cmd/#", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	scancel()
+
+	// The control plane asks the data-plane node what only it knows.
+	var status struct {
+		Online      bool
+		Connections []struct {
+			ClientID string `json:"client_id"`
+		}
+	}
+	cp.api("GET", "/v1/tenants/acme/devices/d2/status", session.Token, nil, &status)
+	if !status.Online || len(status.Connections) != 1 || status.Connections[0].ClientID != "d2" {
+		t.Errorf("d2's status through the control plane: %+v", status)
+	}
+	cp.api("POST", "/v1/tenants/acme/messages", session.Token, map[string]any{"topic": "cmd/d2", "payload": "reboot", "qos": 1}, nil)
+	select {
+	case m := <-msgs:
+		if m.Topic != "cmd/d2" || string(m.Payload) != "reboot" {
+			t.Errorf("d2 got %s %q", m.Topic, m.Payload)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("a message published through the control plane did not reach the device")
+	}
 
 	// Postgres goes away.
 	pg.Stop()
@@ -152,5 +189,17 @@ func TestSplitPlanes(t *testing.T) {
 	case <-lost:
 		t.Error("the connected device was dropped over the outage")
 	default:
+	}
+
+	// And the control plane can end a connection on the node.
+	var closed struct{ Closed int }
+	cp.api("POST", "/v1/tenants/acme/devices/d2/disconnect", session.Token, nil, &closed)
+	select {
+	case code := <-kicked:
+		if code != 0x98 {
+			t.Errorf("disconnect through the control plane: %#x, want 0x98", code)
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("disconnect through the control plane: still connected (closed %d)", closed.Closed)
 	}
 }

@@ -1,0 +1,194 @@
+// Package cluster connects a control plane running apart to its data-plane
+// nodes: each node serves a small internal API (live connections, queues,
+// disconnects, publishes, watches) behind the operator token and announces
+// itself in the database; the control plane's Remote fans its questions out
+// to the nodes seen lately. A single `roost serve` needs none of it.
+package cluster
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/tenants"
+)
+
+// Prefix starts every internal route.
+const Prefix = "/internal/v1"
+
+// Hub is what a node serves from; *broker.Hub satisfies it.
+type Hub interface {
+	Connections(tenant, device string) []broker.Connection
+	ConnectionCount(tenant string) int
+	Queue(tenant, device string) broker.QueueStats
+	ExportErrors(tenant string) map[string]int64
+	Disconnect(tenant, device string) int
+	Publish(ctx context.Context, tenant string, m broker.Message) error
+	Watch(ctx context.Context, tenant, filter string, fn func(broker.Message)) error
+}
+
+var _ Hub = (*broker.Hub)(nil)
+
+// deviceView is a device as one node sees it.
+type deviceView struct {
+	Connections []broker.Connection `json:"connections"`
+	Queue       broker.QueueStats   `json:"queue"`
+}
+
+// tenantView is a tenant as one node sees it.
+type tenantView struct {
+	Connections  int              `json:"connections"`
+	ExportErrors map[string]int64 `json:"export_errors"`
+}
+
+// failure carries a store error kind across the wire, so the control plane
+// answers as if the hub were in process.
+type failure struct {
+	Kind    string `json:"kind"` // invalid, quota, forbidden, not_found, unavailable
+	Field   string `json:"field,omitempty"`
+	Message string `json:"message"`
+	Quota   string `json:"quota,omitempty"`
+	Limit   int64  `json:"limit,omitempty"`
+}
+
+func toFailure(err error) (int, failure) {
+	var fe *tenants.FieldError
+	var qe *tenants.QuotaError
+	switch {
+	case errors.As(err, &fe):
+		return http.StatusBadRequest, failure{Kind: "invalid", Field: fe.Field, Message: fe.Message}
+	case errors.As(err, &qe):
+		return http.StatusForbidden, failure{Kind: "quota", Quota: qe.Quota, Limit: qe.Limit, Message: qe.Error()}
+	case errors.Is(err, tenants.ErrForbidden):
+		return http.StatusForbidden, failure{Kind: "forbidden", Message: err.Error()}
+	case errors.Is(err, tenants.ErrNotFound):
+		return http.StatusNotFound, failure{Kind: "not_found", Message: err.Error()}
+	}
+	return http.StatusServiceUnavailable, failure{Kind: "unavailable", Message: err.Error()}
+}
+
+func (f failure) err() error {
+	switch f.Kind {
+	case "invalid":
+		return &tenants.FieldError{Field: f.Field, Message: f.Message}
+	case "quota":
+		return &tenants.QuotaError{Quota: f.Quota, Limit: f.Limit}
+	case "forbidden":
+		return fmt.Errorf("%s: %w", f.Message, tenants.ErrForbidden)
+	case "not_found":
+		return fmt.Errorf("%s: %w", f.Message, tenants.ErrNotFound)
+	}
+	return fmt.Errorf("data-plane node: %s: %w", f.Message, tenants.ErrUnavailable)
+}
+
+// Serve returns a node's internal API, for callers with the operator token.
+func Serve(hub Hub, token string, log *slog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	writeJSON := func(w http.ResponseWriter, status int, v any) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		json.NewEncoder(w).Encode(v)
+	}
+	mux.HandleFunc("GET "+Prefix+"/tenants/{tenant}", func(w http.ResponseWriter, r *http.Request) {
+		t := r.PathValue("tenant")
+		writeJSON(w, http.StatusOK, tenantView{Connections: hub.ConnectionCount(t), ExportErrors: hub.ExportErrors(t)})
+	})
+	mux.HandleFunc("GET "+Prefix+"/tenants/{tenant}/devices/{device}", func(w http.ResponseWriter, r *http.Request) {
+		t, d := r.PathValue("tenant"), r.PathValue("device")
+		writeJSON(w, http.StatusOK, deviceView{Connections: hub.Connections(t, d), Queue: hub.Queue(t, d)})
+	})
+	mux.HandleFunc("POST "+Prefix+"/tenants/{tenant}/devices/{device}/disconnect", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]int{"closed": hub.Disconnect(r.PathValue("tenant"), r.PathValue("device"))})
+	})
+	mux.HandleFunc("POST "+Prefix+"/tenants/{tenant}/messages", func(w http.ResponseWriter, r *http.Request) {
+		var m broker.Message
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<20)).Decode(&m); err != nil {
+			writeJSON(w, http.StatusBadRequest, failure{Kind: "invalid", Field: "body", Message: err.Error()})
+			return
+		}
+		if err := hub.Publish(r.Context(), r.PathValue("tenant"), m); err != nil {
+			status, f := toFailure(err)
+			writeJSON(w, status, f)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	})
+	mux.HandleFunc("GET "+Prefix+"/tenants/{tenant}/watch", func(w http.ResponseWriter, r *http.Request) {
+		msgs := make(chan broker.Message, 256)
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		if err := hub.Watch(ctx, r.PathValue("tenant"), r.URL.Query().Get("filter"), func(m broker.Message) {
+			select {
+			case msgs <- m:
+			default: // a slow control plane loses messages, not the publisher's time
+			}
+		}); err != nil {
+			status, f := toFailure(err)
+			writeJSON(w, status, f)
+			return
+		}
+		rc := http.NewResponseController(w)
+		rc.SetReadDeadline(time.Time{})
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(http.StatusOK)
+		rc.Flush()
+		enc := json.NewEncoder(w)
+		ping := time.NewTicker(15 * time.Second)
+		defer ping.Stop()
+		for {
+			var v any
+			select {
+			case <-ctx.Done():
+				return
+			case m := <-msgs:
+				v = m
+			case <-ping.C:
+				v = broker.Message{} // keeps the stream (and its proxies) awake
+			}
+			rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
+			if enc.Encode(v) != nil || rc.Flush() != nil {
+				return
+			}
+		}
+	})
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte("Bearer "+token)) != 1 {
+			http.Error(w, "the operator token is needed", http.StatusUnauthorized)
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+// Announce records the node in the store every few seconds until ctx ends.
+// A draining node stops announcing and retires itself (RetireNode), so
+// that control planes stop calling it.
+func Announce(ctx context.Context, store *tenants.Store, id, url string, log *slog.Logger) {
+	t := time.NewTicker(announceEvery)
+	defer t.Stop()
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := store.AnnounceNode(actx, id, url); err != nil && ctx.Err() == nil {
+			log.Warn("announce this data-plane node", "err", err)
+		}
+		cancel()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// A node announces itself every announceEvery and counts as up for
+// liveFor after it last did.
+const (
+	announceEvery = 3 * time.Second
+	liveFor       = 10 * time.Second
+)

@@ -1,0 +1,246 @@
+package cluster
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/tenants"
+)
+
+// ErrNoNodes is what a control plane answers while no data-plane node is up.
+var ErrNoNodes = errors.New("no data-plane node is up")
+
+// Remote is the data plane as a control plane running apart sees it: every
+// question goes to the nodes announced in the last few seconds, in
+// parallel, and their answers are added up. It satisfies the API's and the
+// console's DataPlane.
+type Remote struct {
+	store  *tenants.Store
+	token  string
+	client *http.Client
+	log    *slog.Logger
+	now    func() time.Time
+}
+
+// NewRemote returns a Remote that finds nodes in store and calls them with
+// the operator token.
+func NewRemote(store *tenants.Store, token string, log *slog.Logger) *Remote {
+	return &Remote{store: store, token: token, log: log, now: time.Now,
+		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8, IdleConnTimeout: time.Minute}}}
+}
+
+// callTimeout bounds one call to one node.
+const callTimeout = 3 * time.Second
+
+func (r *Remote) nodes(ctx context.Context) []tenants.Node {
+	ns, err := r.store.Nodes(ctx, r.now().Add(-liveFor))
+	if err != nil {
+		r.log.Warn("list data-plane nodes", "err", err)
+	}
+	return ns
+}
+
+func (r *Remote) request(ctx context.Context, method string, n tenants.Node, path string, body any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, n.URL+Prefix+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+r.token)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	return r.client.Do(req)
+}
+
+// each asks every live node and hands each answer that decoded to add.
+func each[T any](r *Remote, method, path string, add func(T)) {
+	ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+	defer cancel()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, n := range r.nodes(ctx) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := r.request(ctx, method, n, path, nil)
+			if err != nil {
+				r.log.Warn("data-plane node did not answer", "node", n.ID, "err", err)
+				return
+			}
+			defer resp.Body.Close()
+			var v T
+			if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&v) != nil {
+				r.log.Warn("data-plane node answered badly", "node", n.ID, "status", resp.Status)
+				return
+			}
+			mu.Lock()
+			add(v)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+}
+
+func tenantPath(tenant string) string { return "/tenants/" + url.PathEscape(tenant) }
+
+func devicePath(tenant, device string) string {
+	return tenantPath(tenant) + "/devices/" + url.PathEscape(device)
+}
+
+// Connections lists the device's connections on every node.
+func (r *Remote) Connections(tenant, device string) []broker.Connection {
+	var out []broker.Connection
+	each(r, http.MethodGet, devicePath(tenant, device), func(v deviceView) { out = append(out, v.Connections...) })
+	return out
+}
+
+// Queue adds up the device's queues as the nodes see them.
+func (r *Remote) Queue(tenant, device string) broker.QueueStats {
+	var q broker.QueueStats
+	each(r, http.MethodGet, devicePath(tenant, device), func(v deviceView) {
+		q.Queued = max(q.Queued, v.Queue.Queued) // one stored queue, seen from each node
+		q.Dropped += v.Queue.Dropped
+		if v.Queue.Oldest != nil && (q.Oldest == nil || v.Queue.Oldest.Before(*q.Oldest)) {
+			q.Oldest = v.Queue.Oldest
+		}
+	})
+	return q
+}
+
+// ConnectionCount adds up the tenant's connections on every node.
+func (r *Remote) ConnectionCount(tenant string) int {
+	n := 0
+	each(r, http.MethodGet, tenantPath(tenant), func(v tenantView) { n += v.Connections })
+	return n
+}
+
+// ExportErrors adds up each export rule's errors on every node.
+func (r *Remote) ExportErrors(tenant string) map[string]int64 {
+	out := map[string]int64{}
+	each(r, http.MethodGet, tenantPath(tenant), func(v tenantView) {
+		for k, n := range v.ExportErrors {
+			out[k] += n
+		}
+	})
+	return out
+}
+
+// Disconnect ends the device's connections on every node.
+func (r *Remote) Disconnect(tenant, device string) int {
+	n := 0
+	each(r, http.MethodPost, devicePath(tenant, device)+"/disconnect", func(v map[string]int) { n += v["closed"] })
+	return n
+}
+
+// homes are the nodes where a tenant has devices connected, or one node
+// when it has none: messages do not cross nodes, so a publish or a watch
+// goes where the tenant's devices are.
+func (r *Remote) homes(ctx context.Context, tenant string) ([]tenants.Node, error) {
+	nodes := r.nodes(ctx)
+	if len(nodes) == 0 {
+		return nil, fmt.Errorf("%w: %w", ErrNoNodes, tenants.ErrUnavailable)
+	}
+	var out []tenants.Node
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := r.request(ctx, http.MethodGet, n, tenantPath(tenant), nil)
+			if err != nil {
+				return
+			}
+			defer resp.Body.Close()
+			var v tenantView
+			if resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&v) == nil && v.Connections > 0 {
+				mu.Lock()
+				out = append(out, n)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(out) == 0 {
+		out = nodes[:1]
+	}
+	return out, nil
+}
+
+// Publish publishes on the node(s) where the tenant's devices are.
+func (r *Remote) Publish(ctx context.Context, tenant string, m broker.Message) error {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	homes, err := r.homes(ctx, tenant)
+	if err != nil {
+		return err
+	}
+	for _, n := range homes {
+		resp, err := r.request(ctx, http.MethodPost, n, tenantPath(tenant)+"/messages", m)
+		if err != nil {
+			return fmt.Errorf("data-plane node %s: %w", n.ID, err)
+		}
+		if resp.StatusCode != http.StatusNoContent {
+			var f failure
+			json.NewDecoder(resp.Body).Decode(&f)
+			resp.Body.Close()
+			return f.err()
+		}
+		resp.Body.Close()
+	}
+	return nil
+}
+
+// Watch streams the tenant's messages from the node(s) where its devices
+// are, until ctx ends.
+func (r *Remote) Watch(ctx context.Context, tenant, filter string, fn func(broker.Message)) error {
+	hctx, cancel := context.WithTimeout(ctx, callTimeout)
+	homes, err := r.homes(hctx, tenant)
+	cancel()
+	if err != nil {
+		return err
+	}
+	for _, n := range homes {
+		resp, err := r.request(ctx, http.MethodGet, n, tenantPath(tenant)+"/watch?filter="+url.QueryEscape(filter), nil)
+		if err != nil {
+			return fmt.Errorf("data-plane node %s: %w", n.ID, err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			var f failure
+			json.NewDecoder(resp.Body).Decode(&f)
+			resp.Body.Close()
+			return f.err()
+		}
+		go func() {
+			defer resp.Body.Close()
+			sc := bufio.NewScanner(resp.Body)
+			sc.Buffer(make([]byte, 64<<10), 32<<20)
+			for sc.Scan() {
+				var m broker.Message
+				if json.Unmarshal(sc.Bytes(), &m) == nil && m.Topic != "" {
+					fn(m)
+				}
+			}
+		}()
+	}
+	return nil
+}
