@@ -11,6 +11,7 @@ import (
 
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/cluster"
+	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -37,7 +38,8 @@ func TestRemote(t *testing.T) {
 		t.Fatal(err)
 	}
 	log := slog.New(slog.DiscardHandler)
-	hub, err := broker.New(broker.Config{Directory: store, Changes: store.Changes(), Log: log})
+	ev := events.NewMemory(10)
+	hub, err := broker.New(broker.Config{Directory: store, Changes: store.Changes(), Log: log, Events: ev})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +51,7 @@ func TestRemote(t *testing.T) {
 	if err := remote.Publish(ctx, "acme", broker.Message{Topic: "a", Payload: []byte("x")}); !errors.Is(err, tenants.ErrUnavailable) {
 		t.Fatalf("publish with no node: %v", err)
 	}
-	node := httptest.NewServer(cluster.Serve(hub, token, log))
+	node := httptest.NewServer(cluster.Serve(hub, ev, token, log))
 	defer node.Close()
 	if err := store.AnnounceNode(ctx, "n1", node.URL); err != nil {
 		t.Fatal(err)
@@ -81,6 +83,15 @@ func TestRemote(t *testing.T) {
 	}
 	if n := remote.ConnectionCount("acme"); n != 0 {
 		t.Errorf("connections: %d", n)
+	}
+	// Events: the node's and the control plane's own, merged by time.
+	local := events.NewMemory(10)
+	local.Emit(events.Event{Time: time.Now().Add(-time.Hour), Tenant: "acme", Type: events.PlanChanged})
+	ev.Emit(events.Event{Time: time.Now(), Tenant: "acme", Type: events.Connected, Device: "d1"})
+	ev.Emit(events.Event{Time: time.Now(), Tenant: "other", Type: events.Connected, Device: "x"})
+	merged := cluster.Events{Remote: remote, Local: local}.Recent("acme")
+	if len(merged) != 2 || merged[0].Type != events.PlanChanged || merged[1].Device != "d1" {
+		t.Errorf("merged events: %+v", merged)
 	}
 
 	// A caller without the token gets nothing from a node.

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -87,8 +88,13 @@ func (f failure) err() error {
 	return fmt.Errorf("data-plane node: %s: %w", f.Message, tenants.ErrUnavailable)
 }
 
+// EventLog holds a node's recent events per tenant; *events.Memory is one.
+type EventLog interface {
+	Recent(tenant string) []events.Event
+}
+
 // Serve returns a node's internal API, for callers with the operator token.
-func Serve(hub Hub, token string, log *slog.Logger) http.Handler {
+func Serve(hub Hub, recent EventLog, token string, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	writeJSON := func(w http.ResponseWriter, status int, v any) {
 		w.Header().Set("Content-Type", "application/json")
@@ -102,6 +108,13 @@ func Serve(hub Hub, token string, log *slog.Logger) http.Handler {
 	mux.HandleFunc("GET "+Prefix+"/tenants/{tenant}/devices/{device}", func(w http.ResponseWriter, r *http.Request) {
 		t, d := r.PathValue("tenant"), r.PathValue("device")
 		writeJSON(w, http.StatusOK, deviceView{Connections: hub.Connections(t, d), Queue: hub.Queue(t, d)})
+	})
+	mux.HandleFunc("GET "+Prefix+"/tenants/{tenant}/events", func(w http.ResponseWriter, r *http.Request) {
+		evs := []events.Event{}
+		if recent != nil {
+			evs = append(evs, recent.Recent(r.PathValue("tenant"))...)
+		}
+		writeJSON(w, http.StatusOK, evs)
 	})
 	mux.HandleFunc("POST "+Prefix+"/tenants/{tenant}/devices/{device}/disconnect", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]int{"closed": hub.Disconnect(r.PathValue("tenant"), r.PathValue("device"))})

@@ -11,10 +11,12 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -149,6 +151,24 @@ func (r *Remote) Disconnect(tenant, device string) int {
 	n := 0
 	each(r, http.MethodPost, devicePath(tenant, device)+"/disconnect", func(v map[string]int) { n += v["closed"] })
 	return n
+}
+
+// Events is a tenant's recent events: the nodes' (connects, quota hits…)
+// and local's (billing), oldest first, as one log.
+type Events struct {
+	Remote *Remote
+	Local  EventLog
+}
+
+// Recent merges the nodes' recent events of a tenant with the local ones.
+func (e Events) Recent(tenant string) []events.Event {
+	var out []events.Event
+	if e.Local != nil {
+		out = append(out, e.Local.Recent(tenant)...)
+	}
+	each(e.Remote, http.MethodGet, tenantPath(tenant)+"/events", func(v []events.Event) { out = append(out, v...) })
+	slices.SortStableFunc(out, func(a, b events.Event) int { return a.Time.Compare(b.Time) })
+	return out
 }
 
 // homes are the nodes where a tenant has devices connected, or one node

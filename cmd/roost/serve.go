@@ -245,9 +245,11 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 		if hub != nil {
 			cfg.DataPlane = hub
 		} else {
-			// Running apart: the data-plane nodes answer for themselves.
+			// Running apart: the data-plane nodes answer for themselves,
+			// and hold the devices' events.
 			remote = cluster.NewRemote(store, adminToken, log)
 			cfg.DataPlane = remote
+			cfg.Events = cluster.Events{Remote: remote, Local: recent}
 		}
 		srv, err := api.New(cfg)
 		if err != nil {
@@ -261,6 +263,7 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 			consoleCfg.DataPlane = hub
 		} else {
 			consoleCfg.DataPlane = remote
+			consoleCfg.Events = cfg.Events
 		}
 		con, err := web.New(consoleCfg)
 		if err != nil {
@@ -270,7 +273,7 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 		handler = frontDoor(srv, con)
 	} else {
 		mux := http.NewServeMux()
-		mux.Handle(cluster.Prefix+"/", cluster.Serve(hub, adminToken, log))
+		mux.Handle(cluster.Prefix+"/", cluster.Serve(hub, recent, adminToken, log))
 		mux.Handle("/", dataPlaneMux(store, listening, adminToken, metrics))
 		handler = mux
 		nodeURL := c.NodeURL

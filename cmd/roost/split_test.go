@@ -136,6 +136,13 @@ func TestSplitPlanes(t *testing.T) {
 	if !status.Online || len(status.Connections) != 1 || status.Connections[0].ClientID != "d2" {
 		t.Errorf("d2's status through the control plane: %+v", status)
 	}
+	var evs struct {
+		Items []struct{ Type, Device string }
+	}
+	cp.api("GET", "/v1/tenants/acme/events?type=connected", session.Token, nil, &evs)
+	if len(evs.Items) == 0 || evs.Items[0].Device != "d2" {
+		t.Errorf("the data plane's connect events through the control plane: %+v", evs.Items)
+	}
 	cp.api("POST", "/v1/tenants/acme/messages", session.Token, map[string]any{"topic": "cmd/d2", "payload": "reboot", "qos": 1}, nil)
 	select {
 	case m := <-msgs:
