@@ -121,6 +121,9 @@ func TestHelmChart(t *testing.T) {
 		if dig(c, "envFrom", 1, "secretRef", "name") != "roost" {
 			t.Errorf("%s does not read the Secret: %v", m.Metadata.Name, dig(c, "envFrom"))
 		}
+		if role == "dataplane" && (dig(c, "env", 1, "name") != "ROOST_NODE_URL" || dig(c, "env", 1, "value") != "http://$(POD_IP):8080") {
+			t.Errorf("the data plane does not announce a reachable URL: %v", dig(c, "env"))
+		}
 	}
 	want := map[string]int{"Deployment": 2, "Service": 2, "ConfigMap": 1, "PodDisruptionBudget": 2, "HorizontalPodAutoscaler": 1}
 	for k, n := range want {
@@ -268,6 +271,9 @@ func TestComposeStack(t *testing.T) {
 		}
 		if s.Environment["ROOST_DATABASE_URL"] != db || s.Environment["ROOST_ADMIN_TOKEN"] != token || s.Environment["ROOST_SESSION_STORE"] != "redis" {
 			t.Errorf("%s does not share the database, token and session store: %v", name, s.Environment)
+		}
+		if s.Command[0] == "dataplane" && s.Environment["ROOST_NODE_URL"] != "http://"+name+":8080" {
+			t.Errorf("%s announces %q, not its own service name", name, s.Environment["ROOST_NODE_URL"])
 		}
 		if s.DependsOn["postgres"].Condition != "service_healthy" {
 			t.Errorf("%s does not wait for Postgres", name)
