@@ -12,8 +12,11 @@ import (
 	"time"
 
 	"github.com/go-chi/chi/v5"
+	"github.com/roosthub/roost/billing"
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/internal/testenv"
+	"github.com/roosthub/roost/tenants"
+	"github.com/roosthub/roost/web"
 )
 
 // routes lists the console's routes with their methods.
@@ -404,5 +407,68 @@ func TestControlsAreLabelled(t *testing.T) {
 	}
 	if checked < 30 {
 		t.Errorf("checked only %d controls", checked)
+	}
+}
+
+// TestBillingPages: with billing off the page says so and offers nothing;
+// with it on (stripe-mock) an admin's upgrade button leads to Checkout, the
+// portal button to the portal, a viewer sees no buttons and cannot post
+// them, and the spend cap form saves.
+func TestBillingPages(t *testing.T) {
+	off := newStack(t)
+	b := off.browser()
+	b.signup("owner")
+	b.tenant("acme")
+	if a := b.get("/tenants/acme/billing"); !strings.Contains(a.body, "Billing is off") || strings.Contains(a.body, "Upgrade to") {
+		t.Errorf("billing off: %d", a.status)
+	}
+	if a := b.post("/tenants/acme/billing/checkout", url.Values{"plan": {"pro"}}); a.status != http.StatusConflict {
+		t.Errorf("checkout with billing off: %d", a.status)
+	}
+
+	stripeURL := testenv.StripeURL(t)
+	s := newStackWith(t, func(c *web.Config) {
+		plans, err := tenants.LoadPlans(strings.NewReader("plans:\n  pro: {stripe_price: price_pro, stripe_metered_price: price_pro_m}\n"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Store.SetPlans(plans)
+		c.Billing, err = billing.New(billing.Config{Store: c.Store, Stripe: billing.NewStripe("sk_test_123", stripeURL), WebhookSecret: "whsec_x"})
+		if err != nil {
+			t.Fatal(err)
+		}
+	})
+	owner := s.browser()
+	owner.signup("payer")
+	owner.tenant("acme")
+	if a := owner.get("/tenants/acme/billing"); !strings.Contains(a.body, "Upgrade to pro") {
+		t.Fatalf("billing on: no upgrade button:\n%s", a.body)
+	}
+	a := owner.post("/tenants/acme/billing/checkout", url.Values{"plan": {"pro"}})
+	if a.status != http.StatusSeeOther || !strings.HasPrefix(a.location, "https://") {
+		t.Errorf("checkout: %d %q", a.status, a.location)
+	}
+	if a := owner.post("/tenants/acme/billing/portal", nil); a.status != http.StatusSeeOther || !strings.HasPrefix(a.location, "https://") {
+		t.Errorf("portal: %d %q", a.status, a.location)
+	}
+	if a := owner.post("/tenants/acme/billing/cap", url.Values{"cap": {"12.50"}, "block": {"on"}}); a.status != http.StatusSeeOther {
+		t.Errorf("spend cap: %d", a.status)
+	}
+	if tn, _ := s.store.Tenant(t.Context(), "acme"); tn.SpendCap == nil || tn.SpendCap.Cents != 1250 || !tn.SpendCap.Block {
+		t.Errorf("spend cap saved: %+v", tn.SpendCap)
+	}
+	if a := owner.post("/tenants/acme/billing/cap", url.Values{"cap": {"lots"}}); a.status != http.StatusBadRequest {
+		t.Errorf("a bad cap: %d", a.status)
+	}
+
+	viewer := s.browser()
+	email := viewer.signup("viewer")
+	owner.get("/tenants/acme/members")
+	owner.post("/tenants/acme/members", url.Values{"email": {email}, "role": {"viewer"}})
+	if a := viewer.get("/tenants/acme/billing"); a.status != http.StatusOK || strings.Contains(a.body, "Upgrade to") {
+		t.Errorf("a viewer's billing page: %d, offers an upgrade: %v", a.status, strings.Contains(a.body, "Upgrade to"))
+	}
+	if a := viewer.post("/tenants/acme/billing/checkout", url.Values{"plan": {"pro"}}); a.status != http.StatusForbidden {
+		t.Errorf("a viewer's checkout: %d", a.status)
 	}
 }

@@ -34,7 +34,11 @@ type stack struct {
 	logs     *testenv.Buffer
 }
 
-func newStack(t *testing.T) *stack {
+func newStack(t *testing.T) *stack { t.Helper(); return newStackWith(t, nil) }
+
+// newStackWith is newStack with a hook that may change the console's
+// configuration (its store is set) before it is built.
+func newStackWith(t *testing.T, configure func(*web.Config)) *stack {
 	t.Helper()
 	ctx := context.Background()
 	store, err := tenants.Open(ctx, "", t.TempDir())
@@ -58,8 +62,12 @@ func newStack(t *testing.T) *stack {
 	}
 	go hub.Serve(ln)
 	t.Cleanup(func() { hub.Close() })
-	c, err := web.New(web.Config{Store: store, DataPlane: hub, Events: ev, Log: log, SigningKey: bytes.Repeat([]byte("s"), 32),
-		AdminToken: operatorToken, Endpoints: []web.Endpoint{{Name: "MQTT", URL: "mqtt://" + ln.Addr().String()}}})
+	cfg := web.Config{Store: store, DataPlane: hub, Events: ev, Log: log, SigningKey: bytes.Repeat([]byte("s"), 32),
+		AdminToken: operatorToken, Endpoints: []web.Endpoint{{Name: "MQTT", URL: "mqtt://" + ln.Addr().String()}}}
+	if configure != nil {
+		configure(&cfg)
+	}
+	c, err := web.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
