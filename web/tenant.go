@@ -3,6 +3,7 @@ package web
 import (
 	"cmp"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -43,6 +44,31 @@ type quotaUse struct {
 	Used    int64
 	Known   bool
 	Percent int
+}
+
+// LimitText is the limit in the quota's unit.
+func (q quotaUse) LimitText() string {
+	v := q.Limit
+	switch q.Name {
+	case "bandwidth_in", "bandwidth_out":
+		return funcs["bytes"].(func(int64) string)(v) + "/s per connection"
+	case "max_packet_size":
+		return funcs["bytes"].(func(int64) string)(v)
+	case "max_session_expiry":
+		if v%86400 == 0 {
+			return fmt.Sprintf("%d days", v/86400)
+		}
+		return (time.Duration(v) * time.Second).String()
+	case "connect_rate", "tenant_publish_rate":
+		return funcs["num"].(func(any) string)(v) + "/s"
+	case "publish_rate":
+		return funcs["num"].(func(any) string)(v) + "/s per connection"
+	case "max_subscriptions":
+		return funcs["num"].(func(any) string)(v) + " per connection"
+	case "max_queued":
+		return funcs["num"].(func(any) string)(v) + " per session"
+	}
+	return funcs["num"].(func(any) string)(v)
 }
 
 func (q quotaUse) Near() bool { return q.Known && q.Percent >= 80 }
@@ -94,7 +120,11 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 		c.internal(w, r, err)
 		return
 	}
-	d.Quotas = qs[:3]
+	for _, q := range qs {
+		if q.Known { // the ones whose use Roost counts, nearest first
+			d.Quotas = append(d.Quotas, q)
+		}
+	}
 	d.Events = c.recent(t.Slug, "", 10)
 	d.Endpoints = c.cfg.Endpoints
 	c.render(w, r, http.StatusOK, "overview.html", page{Title: t.Name, Nav: "overview", Data: d})
@@ -233,11 +263,12 @@ func (c *Console) memberRemove(w http.ResponseWriter, r *http.Request) {
 
 // chart is a bar chart drawn as SVG on the server.
 type chart struct {
-	Title  string
-	Max    int64
-	Bars   []bar
-	Width  int
-	Height int
+	Title    string
+	Max      int64
+	Bars     []bar
+	Width    int
+	Height   int
+	From, To string // the first and last bars' labels
 }
 
 type bar struct {
@@ -250,6 +281,9 @@ const chartHeight = 120
 
 func newChart(title string, labels []string, values []int64) chart {
 	c := chart{Title: title, Height: chartHeight}
+	if len(labels) > 0 {
+		c.From, c.To = labels[0], labels[len(labels)-1]
+	}
 	for _, v := range values {
 		c.Max = max(c.Max, v)
 	}
