@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -223,75 +224,19 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 			endpoints = append([]web.Endpoint{{Name: "MQTT", URL: "mqtt://" + displayAddr(mqttLn.Addr())}}, more...)
 		}
 	}
+	// What the HTTP port serves: the API and the console, or a data-plane
+	// node's health, metrics and internal API.
 	var handler http.Handler
 	retire := func() {} // a data-plane node leaves the node list as it drains
+	deps := planeDeps{c: c, log: log, store: store, hub: hub, recent: recent, sink: sink, adminToken: adminToken, metrics: metrics}
 	if runsControl {
-		bill, err := newBilling(c, store, sink, log, "http://"+displayAddr(ln.Addr()))
-		if err != nil {
+		if handler, err = deps.controlHandler(ctx, signingKey, displayAddr(ln.Addr()), endpoints); err != nil {
 			ln.Close()
 			return err
 		}
-		if bill.Enabled() {
-			billCtx, stopBilling := context.WithCancel(ctx)
-			defer stopBilling()
-			go bill.Run(billCtx, 30*time.Second)
-		}
-		pruneCtx, stopPruning := context.WithCancel(ctx)
-		defer stopPruning()
-		go pruneUsage(pruneCtx, store, c.UsageRetention, log)
-		cfg := api.Config{Store: store, Log: log, AdminToken: adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL,
-			Events: recent, Billing: bill, Metrics: metrics}
-		var remote *cluster.Remote
-		if hub != nil {
-			cfg.DataPlane = hub
-		} else {
-			// Running apart: the data-plane nodes answer for themselves,
-			// and hold the devices' events.
-			remote = cluster.NewRemote(store, adminToken, log)
-			cfg.DataPlane = remote
-			cfg.Events = cluster.Events{Remote: remote, Local: recent}
-		}
-		srv, err := api.New(cfg)
-		if err != nil {
-			ln.Close()
-			return err
-		}
-		handler = srv
-		consoleCfg := web.Config{Store: store, Billing: bill, Events: recent, Log: log, SigningKey: signingKey, TokenTTL: c.TokenTTL,
-			AdminToken: adminToken, SecureCookies: strings.HasPrefix(c.PublicURL, "https://"), Endpoints: endpoints}
-		if hub != nil {
-			consoleCfg.DataPlane = hub
-		} else {
-			consoleCfg.DataPlane = remote
-			consoleCfg.Events = cfg.Events
-		}
-		con, err := web.New(consoleCfg)
-		if err != nil {
-			ln.Close()
-			return err
-		}
-		handler = frontDoor(srv, con)
 	} else {
-		mux := http.NewServeMux()
-		mux.Handle(cluster.Prefix+"/", cluster.Serve(hub, recent, adminToken, log))
-		mux.Handle("/", dataPlaneMux(store, listening, adminToken, metrics))
-		handler = mux
-		nodeURL := c.NodeURL
-		if nodeURL == "" {
-			nodeURL = "http://" + advertised(ln.Addr())
-		}
-		host, _ := os.Hostname()
-		nodeID := host + "-" + randomToken(6)
-		actx, stopAnnouncing := context.WithCancel(context.Background())
-		defer stopAnnouncing()
-		go cluster.Announce(actx, store, nodeID, nodeURL, log)
-		retire = func() {
-			stopAnnouncing()
-			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			store.RetireNode(rctx, nodeID)
-		}
-		log.Info("data-plane node", "id", nodeID, "internal_url", nodeURL)
+		handler, retire = deps.dataHandler(listening, ln.Addr())
+		defer retire()
 	}
 
 	// Requests' contexts end when the drain starts, so that the console's
@@ -329,19 +274,26 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 		return fmt.Errorf("mqtt listener: %w", err)
 	case <-ctx.Done():
 	}
-	// Drain: stop accepting, tell v5 clients 0x8B (server shutting down)
-	// and close v3 ones, end the console's streams, let API requests
-	// finish, flush the meters; the stores flush as serve returns.
-	start := time.Now()
-	log.Info("draining", "deadline", c.DrainTimeout)
-	drained := make(chan error, 1)
-	go func() {
+	return drain(c.DrainTimeout, log, func() {
 		retire()
 		if hub != nil {
 			hub.Close()
 		}
 		stopStreams()
-		sctx, cancel := context.WithTimeout(context.Background(), c.DrainTimeout)
+	}, httpServer, errc)
+}
+
+// drain ends a serving process: stop (the MQTT side: no new connections,
+// DISCONNECT 0x8B, meters flushed; the console's streams ended), then let
+// the HTTP server finish its requests, all within the deadline. The stores
+// flush as serve returns.
+func drain(deadline time.Duration, log *slog.Logger, stop func(), httpServer *http.Server, errc <-chan error) error {
+	start := time.Now()
+	log.Info("draining", "deadline", deadline)
+	drained := make(chan error, 1)
+	go func() {
+		stop()
+		sctx, cancel := context.WithTimeout(context.Background(), deadline)
 		defer cancel()
 		err := httpServer.Shutdown(sctx)
 		if err == nil {
@@ -358,8 +310,8 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 		}
 		log.Info("drained", "took", time.Since(start).Round(time.Millisecond))
 		return nil
-	case <-time.After(c.DrainTimeout):
-		return fmt.Errorf("drain: not done within ROOST_DRAIN_TIMEOUT (%s)", c.DrainTimeout)
+	case <-time.After(deadline):
+		return fmt.Errorf("drain: not done within ROOST_DRAIN_TIMEOUT (%s)", deadline)
 	}
 }
 
@@ -392,6 +344,82 @@ func pruneUsage(ctx context.Context, store *tenants.Store, retention time.Durati
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// planeDeps is what the two planes' HTTP sides are built from.
+type planeDeps struct {
+	c          *config
+	log        *slog.Logger
+	store      *tenants.Store
+	hub        *broker.Hub // nil on a control plane running apart
+	recent     *events.Memory
+	sink       events.Sink
+	adminToken string
+	metrics    http.Handler
+}
+
+// controlHandler is the control plane's HTTP side: the API and the
+// console, with billing and usage pruning running until ctx ends. Without
+// a hub in process it reaches the data-plane nodes.
+func (d planeDeps) controlHandler(ctx context.Context, signingKey []byte, localAddr string, endpoints []web.Endpoint) (http.Handler, error) {
+	c, log := d.c, d.log
+	bill, err := newBilling(c, d.store, d.sink, log, "http://"+localAddr)
+	if err != nil {
+		return nil, err
+	}
+	if bill.Enabled() {
+		go bill.Run(ctx, 30*time.Second)
+	}
+	go pruneUsage(ctx, d.store, c.UsageRetention, log)
+	var dp interface {
+		api.DataPlane
+		web.DataPlane
+	} = d.hub
+	var evs api.EventLog = d.recent
+	if d.hub == nil {
+		// Running apart: the data-plane nodes answer for themselves, and
+		// hold the devices' events.
+		remote := cluster.NewRemote(d.store, d.adminToken, log)
+		dp, evs = remote, cluster.Events{Remote: remote, Local: d.recent}
+	}
+	srv, err := api.New(api.Config{Store: d.store, Log: log, AdminToken: d.adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL,
+		Events: evs, Billing: bill, Metrics: d.metrics, DataPlane: dp})
+	if err != nil {
+		return nil, err
+	}
+	con, err := web.New(web.Config{Store: d.store, DataPlane: dp, Billing: bill, Events: evs, Log: log, SigningKey: signingKey,
+		TokenTTL: c.TokenTTL, AdminToken: d.adminToken, SecureCookies: strings.HasPrefix(c.PublicURL, "https://"), Endpoints: endpoints})
+	if err != nil {
+		return nil, err
+	}
+	return frontDoor(srv, con), nil
+}
+
+// dataHandler is a data-plane node's HTTP side — health, readiness,
+// metrics and the internal API control planes call — and starts announcing
+// the node; retire takes it off the node list.
+func (d planeDeps) dataHandler(listening *atomic.Bool, addr net.Addr) (http.Handler, func()) {
+	mux := http.NewServeMux()
+	mux.Handle(cluster.Prefix+"/", cluster.Serve(d.hub, d.recent, d.adminToken, d.log))
+	mux.Handle("/", dataPlaneMux(d.store, listening, d.adminToken, d.metrics))
+	nodeURL := d.c.NodeURL
+	if nodeURL == "" {
+		nodeURL = "http://" + advertised(addr)
+	}
+	host, _ := os.Hostname()
+	nodeID := host + "-" + randomToken(6)
+	actx, stopAnnouncing := context.WithCancel(context.Background())
+	go cluster.Announce(actx, d.store, nodeID, nodeURL, d.log)
+	d.log.Info("data-plane node", "id", nodeID, "internal_url", nodeURL)
+	var once sync.Once
+	return mux, func() {
+		once.Do(func() {
+			stopAnnouncing()
+			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			d.store.RetireNode(rctx, nodeID)
+		})
 	}
 }
 
