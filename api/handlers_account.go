@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"net"
 	"net/http"
 	"strings"
 	"time"
 
 	"github.com/roosthub/roost"
+	"github.com/roosthub/roost/internal/accesslog"
 	"github.com/roosthub/roost/internal/session"
 	"github.com/roosthub/roost/internal/throttle"
 	"github.com/roosthub/roost/tenants"
@@ -53,15 +53,7 @@ type sessionView struct {
 	Account   tenants.Account `json:"account"`
 }
 
-// clientIP is the address the request came from. Roost does not trust
-// X-Forwarded-For: behind a proxy, the proxy must be the one to throttle.
-func clientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
-}
+var clientIP = accesslog.ClientIP
 
 func tooManyAttempts(wait time.Duration) error {
 	secs := int(math.Ceil(wait.Seconds()))

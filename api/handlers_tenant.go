@@ -320,12 +320,7 @@ func handleEvents(log EventLog) handler {
 		}
 		items := []events.Event{}
 		if log != nil {
-			all := log.Recent(chi.URLParam(r, "tenant"))
-			for i := len(all) - 1; i >= 0 && len(items) < limit; i-- {
-				if typ == "" || all[i].Type == typ {
-					items = append(items, all[i])
-				}
-			}
+			items = events.Newest(log.Recent(chi.URLParam(r, "tenant")), typ, limit)
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"items": items})
 		return nil

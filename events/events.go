@@ -49,6 +49,18 @@ const (
 var Types = []string{Connected, Disconnected, Subscribed, Unsubscribed, AuthFailed, QueueDropped, QuotaExceeded,
 	PlanChanged, PaymentFailed, PaymentSucceeded, BillingSuspended, BillingResumed, SpendWarning}
 
+// Newest returns up to limit of the events, newest first, of type typ (all
+// types when empty); all is oldest first, as Recent returns it.
+func Newest(all []Event, typ string, limit int) []Event {
+	out := []Event{}
+	for i := len(all) - 1; i >= 0 && len(out) < limit; i-- {
+		if typ == "" || all[i].Type == typ {
+			out = append(out, all[i])
+		}
+	}
+	return out
+}
+
 // Sink receives events. Emit must not block the connection that caused the
 // event: a sink that cannot keep up counts what it drops.
 type Sink interface {

@@ -18,7 +18,7 @@ type AdminTenant struct {
 // AdminTenants lists tenants whose slug or name contains search (any case),
 // by slug, with their device counts and messages in now's month.
 func (s *Store) AdminTenants(ctx context.Context, search string, now time.Time, p Page) ([]AdminTenant, string, error) {
-	like := "%" + strings.NewReplacer(`\`, `\\`, "%", `\%`, "_", `\_`).Replace(strings.ToLower(search)) + "%"
+	like := containing(strings.ToLower(search))
 	month := MonthStart(now)
 	rows, err := s.db.QueryContext(ctx,
 		`SELECT `+tenantColumns+`,

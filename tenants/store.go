@@ -164,6 +164,12 @@ func (s *Store) lockTenant(ctx context.Context, tx *sql.Tx, tenant string) error
 	return nil
 }
 
+// containing is a LIKE pattern (with ESCAPE '\') matching text that
+// contains s, LIKE's own wildcards in s taken literally.
+func containing(s string) string {
+	return "%" + strings.NewReplacer(`\`, `\\`, "%", `\%`, "_", `\_`).Replace(s) + "%"
+}
+
 // notFound turns sql.ErrNoRows into ErrNotFound naming the object.
 func notFound(err error, format string, args ...any) error {
 	if errors.Is(err, sql.ErrNoRows) {

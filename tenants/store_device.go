@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 )
 
@@ -86,7 +85,7 @@ func (s *Store) Devices(ctx context.Context, tenant string, p Page) ([]Device, s
 
 // SearchDevices lists a tenant's devices whose name contains search, by name.
 func (s *Store) SearchDevices(ctx context.Context, tenant, search string, p Page) ([]Device, string, error) {
-	like := "%" + strings.NewReplacer(`\`, `\\`, "%", `\%`, "_", `\_`).Replace(search) + "%"
+	like := containing(search)
 	rows, err := s.db.QueryContext(ctx,
 		`SELECT `+deviceColumns+` FROM devices WHERE tenant = $1 AND name > $2 AND name LIKE $3 ESCAPE '\' ORDER BY name LIMIT $4`,
 		tenant, p.Cursor, like, p.limit()+1)

@@ -3,11 +3,11 @@ package web
 import (
 	"crypto/subtle"
 	"errors"
-	"net"
 	"net/http"
 	"strings"
 	"time"
 
+	"github.com/roosthub/roost/internal/accesslog"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -39,13 +39,7 @@ func safeNext(next string) string {
 	return next
 }
 
-func clientIP(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
-}
+var clientIP = accesslog.ClientIP
 
 func (c *Console) signupPage(w http.ResponseWriter, r *http.Request) {
 	c.render(w, r, http.StatusOK, "signup.html", page{Title: "Sign up"})

@@ -308,29 +308,19 @@ func TestSnippetsWork(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the snippet's message did not arrive")
 	}
+	// Retained, so that it waits for the subscription, however late.
+	if err := s.hub.Publish(context.Background(), "acme", broker.Message{Topic: "commands/d1", Payload: []byte("reboot"), QoS: 1, Retain: true}); err != nil {
+		t.Fatal(err)
+	}
 	sub := exec.Command("bash", "-c", snippet("sub")+" -C 1 -W 15")
 	var out strings.Builder
 	sub.Stdout, sub.Stderr = &out, &out
 	if err := sub.Start(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, func() bool { return len(s.hub.Connections("acme", "d1")) == 1 })
-	if err := s.hub.Publish(context.Background(), "acme", broker.Message{Topic: "commands/d1", Payload: []byte("reboot"), QoS: 1}); err != nil {
-		t.Fatal(err)
-	}
 	if err := sub.Wait(); err != nil || strings.TrimSpace(out.String()) != "commands/d1 reboot" {
 		t.Errorf("the mosquitto_sub snippet: %v %q", err, out.String())
 	}
-}
-
-func eventually(t *testing.T, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if cond() {
-			return
-		}
-	}
-	t.Fatal("timed out")
 }
 
 // TestDeviceKeysAndCertificates: a bad key is refused next to its field; a
@@ -470,5 +460,24 @@ func TestBillingPages(t *testing.T) {
 	}
 	if a := viewer.post("/tenants/acme/billing/checkout", url.Values{"plan": {"pro"}}); a.status != http.StatusForbidden {
 		t.Errorf("a viewer's checkout: %d", a.status)
+	}
+}
+
+// TestLivePublishInput: the test publisher refuses a bad QoS or topic next
+// to its field and publishes nothing.
+func TestLivePublishInput(t *testing.T) {
+	s := newStack(t)
+	b := s.browser()
+	b.signup("owner")
+	b.tenant("acme")
+	b.get("/tenants/acme/live")
+	for _, c := range []struct{ qos, topic, field string }{{"7", "a", "qos"}, {"one", "a", "qos"}, {"1", "a/+", "topic"}} {
+		a := b.post("/tenants/acme/live/publish", url.Values{"topic": {c.topic}, "payload": {"x"}, "qos": {c.qos}})
+		if a.status != http.StatusBadRequest || !strings.Contains(a.body, `class="field-error"`) {
+			t.Errorf("qos %q topic %q: %d", c.qos, c.topic, a.status)
+		}
+	}
+	if a := b.post("/tenants/acme/live/publish", url.Values{"topic": {"a"}, "payload": {"x"}}); a.status != http.StatusSeeOther {
+		t.Errorf("a publish without a QoS (0): %d", a.status)
 	}
 }

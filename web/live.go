@@ -1,6 +1,7 @@
 package web
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -117,12 +118,15 @@ func (c *Console) liveStream(w http.ResponseWriter, r *http.Request) {
 // form or from the live view's script.
 func (c *Console) livePublish(w http.ResponseWriter, r *http.Request) {
 	t := tenantOf(r)
-	qos, _ := strconv.Atoi(r.PostFormValue("qos"))
-	m := broker.Message{Topic: strings.TrimSpace(r.PostFormValue("topic")), Payload: []byte(r.PostFormValue("payload")), QoS: byte(qos), Retain: r.PostFormValue("retain") == "on"}
-	var err error
-	if c.cfg.DataPlane == nil {
+	m := broker.Message{Topic: strings.TrimSpace(r.PostFormValue("topic")), Payload: []byte(r.PostFormValue("payload")), Retain: r.PostFormValue("retain") == "on"}
+	qos, err := strconv.Atoi(cmp.Or(r.PostFormValue("qos"), "0"))
+	switch {
+	case err != nil || qos < 0 || qos > 2:
+		err = &tenants.FieldError{Field: "qos", Message: "must be 0, 1 or 2"}
+	case c.cfg.DataPlane == nil:
 		err = errors.New("this process does not run the MQTT data plane")
-	} else {
+	default:
+		m.QoS = byte(qos)
 		err = c.cfg.DataPlane.Publish(r.Context(), t.Slug, m)
 	}
 	if r.Header.Get("X-CSRF-Token") != "" { // the script: a short answer
@@ -140,7 +144,7 @@ func (c *Console) livePublish(w http.ResponseWriter, r *http.Request) {
 		if !errors.Is(err, tenants.ErrInvalid) && !errors.Is(err, tenants.ErrQuotaExceeded) && !errors.Is(err, tenants.ErrForbidden) {
 			status = http.StatusServiceUnavailable
 		}
-		c.render(w, r, status, "live.html", page{Title: "Live messages", Nav: "live", Errors: map[string]string{"topic": err.Error()},
+		c.render(w, r, status, "live.html", page{Title: "Live messages", Nav: "live", Errors: formErrors(err),
 			Form: map[string]string{"filter": "#", "topic": m.Topic, "payload": string(m.Payload)}})
 		return
 	}

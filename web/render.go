@@ -63,29 +63,8 @@ var funcs = template.FuncMap{
 		}
 		return p
 	},
-	"num": func(n any) string {
-		s := fmt.Sprint(n)
-		neg := strings.HasPrefix(s, "-")
-		s = strings.TrimPrefix(s, "-")
-		for i := len(s) - 3; i > 0; i -= 3 {
-			s = s[:i] + "," + s[i:]
-		}
-		if neg {
-			s = "-" + s
-		}
-		return s
-	},
-	"bytes": func(n int64) string {
-		switch {
-		case n >= 1<<30:
-			return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-		case n >= 1<<20:
-			return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-		case n >= 1<<10:
-			return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-		}
-		return fmt.Sprintf("%d B", n)
-	},
+	"num":   formatNum,
+	"bytes": formatBytes,
 	"cents": func(n int64) string { return fmt.Sprintf("%d.%02d", n/100, n%100) },
 	"roles": func() []tenants.Role { return []tenants.Role{tenants.RoleViewer, tenants.RoleAdmin, tenants.RoleOwner} },
 	"err":   func(p page, field string) string { return p.Errors[field] },
@@ -98,6 +77,33 @@ var funcs = template.FuncMap{
 			{"keys", "/api-keys", "API keys"}, {"members", "/members", "Members"}, {"billing", "/billing", "Billing"}}
 	},
 	"sub": func(a, b int) int { return a - b },
+}
+
+// formatNum writes a number with thousands separators: 1,000,000.
+func formatNum(n any) string {
+	s := fmt.Sprint(n)
+	neg := strings.HasPrefix(s, "-")
+	s = strings.TrimPrefix(s, "-")
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	if neg {
+		s = "-" + s
+	}
+	return s
+}
+
+// formatBytes writes a size in B, KiB, MiB or GiB.
+func formatBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
 }
 
 // parsePages parses each page template with the layout.

@@ -51,24 +51,24 @@ func (q quotaUse) LimitText() string {
 	v := q.Limit
 	switch q.Name {
 	case "bandwidth_in", "bandwidth_out":
-		return funcs["bytes"].(func(int64) string)(v) + "/s per connection"
+		return formatBytes(v) + "/s per connection"
 	case "max_packet_size":
-		return funcs["bytes"].(func(int64) string)(v)
+		return formatBytes(v)
 	case "max_session_expiry":
 		if v%86400 == 0 {
 			return fmt.Sprintf("%d days", v/86400)
 		}
 		return (time.Duration(v) * time.Second).String()
 	case "connect_rate", "tenant_publish_rate":
-		return funcs["num"].(func(any) string)(v) + "/s"
+		return formatNum(v) + "/s"
 	case "publish_rate":
-		return funcs["num"].(func(any) string)(v) + "/s per connection"
+		return formatNum(v) + "/s per connection"
 	case "max_subscriptions":
-		return funcs["num"].(func(any) string)(v) + " per connection"
+		return formatNum(v) + " per connection"
 	case "max_queued":
-		return funcs["num"].(func(any) string)(v) + " per session"
+		return formatNum(v) + " per session"
 	}
-	return funcs["num"].(func(any) string)(v)
+	return formatNum(v)
 }
 
 func (q quotaUse) Near() bool { return q.Known && q.Percent >= 80 }
@@ -135,14 +135,7 @@ func (c *Console) recent(tenant, typ string, limit int) []events.Event {
 	if c.cfg.Events == nil {
 		return nil
 	}
-	all := c.cfg.Events.Recent(tenant)
-	var out []events.Event
-	for i := len(all) - 1; i >= 0 && len(out) < limit; i-- {
-		if typ == "" || all[i].Type == typ {
-			out = append(out, all[i])
-		}
-	}
-	return out
+	return events.Newest(c.cfg.Events.Recent(tenant), typ, limit)
 }
 
 type eventsData struct {

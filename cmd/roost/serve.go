@@ -318,15 +318,11 @@ func drain(deadline time.Duration, log *slog.Logger, stop func(), httpServer *ht
 // advertised is an address other hosts can reach this one at: the
 // listener's, with a wildcard host replaced by the host name.
 func advertised(a net.Addr) string {
-	tcp, ok := a.(*net.TCPAddr)
-	if !ok || !tcp.IP.IsUnspecified() {
-		return a.String()
-	}
 	host, err := os.Hostname()
 	if err != nil {
 		host = "localhost"
 	}
-	return net.JoinHostPort(host, fmt.Sprint(tcp.Port))
+	return withHost(a, host)
 }
 
 // pruneUsage deletes usage older than the retention period, hourly.
@@ -614,12 +610,16 @@ func debugMux() *http.ServeMux {
 }
 
 // displayAddr turns a wildcard listen address into one a user can open.
-func displayAddr(a net.Addr) string {
+func displayAddr(a net.Addr) string { return withHost(a, "localhost") }
+
+// withHost is a listener's address with a wildcard host (":8080")
+// replaced by host.
+func withHost(a net.Addr, host string) string {
 	tcp, ok := a.(*net.TCPAddr)
 	if !ok || !tcp.IP.IsUnspecified() {
 		return a.String()
 	}
-	return net.JoinHostPort("localhost", fmt.Sprint(tcp.Port))
+	return net.JoinHostPort(host, fmt.Sprint(tcp.Port))
 }
 
 // openSessions opens the session store the configuration names.

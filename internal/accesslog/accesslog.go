@@ -2,7 +2,10 @@
 // API and the console write per request.
 package accesslog
 
-import "net/http"
+import (
+	"net"
+	"net/http"
+)
 
 // Recorder wraps a ResponseWriter and notes the status and the body's size.
 // Unwrap lets http.ResponseController reach the connection beneath (to
@@ -33,3 +36,13 @@ func (r *Recorder) Write(b []byte) (int, error) {
 
 // Unwrap returns the wrapped ResponseWriter.
 func (r *Recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// ClientIP is the address a request came from. Roost does not trust
+// X-Forwarded-For: behind a proxy, the proxy must be the one to throttle.
+func ClientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
