@@ -57,6 +57,10 @@ type deviceConn struct {
 	// expiry ends a connection admitted with a token when the token
 	// expires.
 	expiry atomic.Pointer[time.Timer]
+	// withdrawWill is set when the connection is ended as for a server
+	// shutdown while its broker stays up (the node that forwarded it is
+	// draining): its Will goes nowhere, as at the broker's own shutdown.
+	withdrawWill atomic.Bool
 }
 
 var errMalformedSubscribe = errors.New("malformed SUBSCRIBE")

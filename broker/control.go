@@ -207,6 +207,7 @@ func (h *Hub) stop(inst *instance, why string) {
 	h.mu.Unlock()
 	inst.close()
 	inst.log.Info("tenant broker stopped: " + why)
+	h.giveUp(inst.tenant)
 }
 
 // Connections lists a device's live connections; none if its tenant's
@@ -330,7 +331,7 @@ func (h *Hub) activeTenant(ctx context.Context, tenant string) (tenants.Tenant, 
 	case t.Suspended:
 		return tenants.Tenant{}, fmt.Errorf("tenant %s is suspended: %w", tenant, tenants.ErrForbidden)
 	}
-	return t, nil
+	return t, h.placeHere(ctx, tenant)
 }
 
 // watchIDs numbers watchers: mochi keys inline subscriptions by filter and

@@ -150,7 +150,7 @@ const withdrawnWill = "$roost/withdrawn-will"
 // OnWill withdraws a Will while the instance shuts down (see handoff):
 // mochi cannot be told not to send one, so it is sent where nobody is.
 func (h *hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
-	if h.inst.withdrawWills.Load() {
+	if dc, ok := cl.Net.Conn.(*deviceConn); h.inst.withdrawWills.Load() || ok && dc.withdrawWill.Load() {
 		return mqtt.Will{TopicName: withdrawnWill}, nil
 	}
 	return will, nil

@@ -72,6 +72,9 @@ type Config struct {
 	// disconnects. Off by default: a server going away is not the device
 	// going away, and its session resumes on another node.
 	WillsOnShutdown bool
+	// Cluster places tenants on the nodes of a fleet; nil runs every
+	// tenant here.
+	Cluster Cluster
 }
 
 // Hub is the data plane: the ingress and every tenant's broker instance.
@@ -108,6 +111,13 @@ type Hub struct {
 	listeners []net.Listener
 	pending   map[net.Conn]struct{} // connections in handshake, closed by Close
 	closed    bool
+	// forwards are the connections forwarded to other nodes; forwardsGone
+	// is closed when the last one ends while the hub closes.
+	forwards     map[net.Conn]struct{}
+	forwardsGone chan struct{}
+	// releasing are the tenants whose claim is being given up; no broker
+	// of theirs starts meanwhile.
+	releasing map[string]bool
 }
 
 // Authentication failures allowed before delays start, and per hour.
@@ -164,6 +174,8 @@ func New(cfg Config) (*Hub, error) {
 		instances:   map[string]*instance{},
 		seen:        map[deviceKey]time.Time{},
 		pending:     map[net.Conn]struct{}{},
+		forwards:    map[net.Conn]struct{}{},
+		releasing:   map[string]bool{},
 	}
 	if cfg.Changes != nil {
 		h.cancelSub = cfg.Changes.Subscribe(h.onChange)
@@ -244,6 +256,11 @@ func (h *Hub) Close() error {
 	for c := range h.pending {
 		c.Close()
 	}
+	h.mu.Unlock()
+	if h.cfg.Cluster != nil {
+		h.endForwards()
+	}
+	h.mu.Lock()
 	insts := make([]*instance, 0, len(h.instances))
 	for _, inst := range h.instances {
 		insts = append(insts, inst)
@@ -318,6 +335,9 @@ func (h *Hub) handle(conn net.Conn) {
 		return
 	}
 
+	if h.cfg.Cluster != nil && h.route(conn, r, raw, pk, endHandshake) {
+		return
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.ConnectTimeout)
 	inst, id, err := h.admit(ctx, conn, raw, pk)
 	cancel()
@@ -342,20 +362,10 @@ func (h *Hub) handle(conn net.Conn) {
 func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.Packet) (*instance, identity, error) {
 	remote := conn.RemoteAddr().String()
 	ip, _, _ := net.SplitHostPort(remote)
-	username := string(pk.Connect.Username)
-	tenant, device, ok := splitUsername(username)
-	if endpoint := transport.TenantFromServerName(transport.ServerName(conn), h.cfg.Domain); endpoint != "" {
-		switch {
-		case !strings.Contains(username, "/") && tenants.ValidDeviceName(username):
-			tenant, device, ok = endpoint, username, true
-			username = tenants.Username(tenant, device)
-		case ok && tenant != endpoint:
-			h.log.Info("connect refused: username names another tenant than the endpoint", "remote", remote, "endpoint", endpoint, "tenant", tenant)
-			return nil, identity{}, badCredentials
-		}
-	}
+	tenant, device, username, ok := h.deviceOf(conn, string(pk.Connect.Username))
 	if !ok {
-		h.log.Info("connect refused: malformed username", "remote", remote)
+		h.log.Info("connect refused: malformed username, or one naming another tenant than the endpoint",
+			"remote", remote, "endpoint", transport.ServerName(conn))
 		return nil, identity{}, badCredentials
 	}
 	log := h.log.With("tenant", tenant, "device", device, "remote", remote)
@@ -432,6 +442,23 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 		}
 	}
 	return inst, id, nil
+}
+
+// deviceOf is the tenant and device a CONNECT's username names, with the
+// full username: "<tenant>/<device>", or the device's name alone on the
+// tenant's own endpoint (SNI <tenant>.<Domain>), where a username naming
+// another tenant is refused.
+func (h *Hub) deviceOf(conn net.Conn, username string) (tenant, device, full string, ok bool) {
+	tenant, device, ok = splitUsername(username)
+	if endpoint := transport.TenantFromServerName(transport.ServerName(conn), h.cfg.Domain); endpoint != "" {
+		switch {
+		case !strings.Contains(username, "/") && tenants.ValidDeviceName(username):
+			return endpoint, username, tenants.Username(endpoint, username), true
+		case ok && tenant != endpoint:
+			return "", "", "", false
+		}
+	}
+	return tenant, device, username, ok
 }
 
 // credentials checks a device's secret, or the token it sent instead,
@@ -558,6 +585,9 @@ func (h *Hub) acquire(t tenants.Tenant) (*instance, error) {
 	}
 	inst := h.instances[t.Slug]
 	if inst == nil {
+		if !h.mayStart(t.Slug) {
+			return nil, serverUnavailable
+		}
 		var err error
 		if inst, err = newInstance(h, t); err != nil {
 			return nil, err
@@ -640,6 +670,7 @@ func (h *Hub) reapIdle() {
 	for _, inst := range idle {
 		inst.close()
 		h.log.Info("tenant broker stopped: idle", "tenant", inst.tenant)
+		h.giveUp(inst.tenant)
 	}
 }
 

@@ -53,7 +53,7 @@ func TestRemote(t *testing.T) {
 	}
 	node := httptest.NewServer(cluster.Serve(hub, ev, token, log))
 	defer node.Close()
-	if err := store.AnnounceNode(ctx, "n1", node.URL); err != nil {
+	if err := store.AnnounceNode(ctx, tenants.Node{ID: "n1", URL: node.URL, ForwardAddr: ln.Addr().String()}); err != nil {
 		t.Fatal(err)
 	}
 

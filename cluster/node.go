@@ -32,6 +32,7 @@ type Hub interface {
 	Disconnect(tenant, device string) int
 	Publish(ctx context.Context, tenant string, m broker.Message) error
 	Watch(ctx context.Context, tenant, filter string, fn func(broker.Message)) error
+	CloseForwarded(origin string) int
 }
 
 var _ Hub = (*broker.Hub)(nil)
@@ -132,6 +133,12 @@ func Serve(hub Hub, recent EventLog, token string, log *slog.Logger) http.Handle
 		}
 		w.WriteHeader(http.StatusNoContent)
 	})
+	mux.HandleFunc("POST "+Prefix+"/forwarded/{origin}/close", func(w http.ResponseWriter, r *http.Request) {
+		origin := r.PathValue("origin")
+		n := hub.CloseForwarded(origin)
+		log.Info("ended the connections a draining node forwarded here", "origin", origin, "closed", n)
+		writeJSON(w, http.StatusOK, map[string]int{"closed": n})
+	})
 	mux.HandleFunc("GET "+Prefix+"/tenants/{tenant}/watch", func(w http.ResponseWriter, r *http.Request) {
 		msgs := make(chan broker.Message, 256)
 		ctx, cancel := context.WithCancel(r.Context())
@@ -178,30 +185,3 @@ func Serve(hub Hub, recent EventLog, token string, log *slog.Logger) http.Handle
 		mux.ServeHTTP(w, r)
 	})
 }
-
-// Announce records the node in the store every few seconds until ctx ends.
-// A draining node stops announcing and retires itself (RetireNode), so
-// that control planes stop calling it.
-func Announce(ctx context.Context, store *tenants.Store, id, url string, log *slog.Logger) {
-	t := time.NewTicker(announceEvery)
-	defer t.Stop()
-	for {
-		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if err := store.AnnounceNode(actx, id, url); err != nil && ctx.Err() == nil {
-			log.Warn("announce this data-plane node", "err", err)
-		}
-		cancel()
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// A node announces itself every announceEvery and counts as up for
-// liveFor after it last did.
-const (
-	announceEvery = 3 * time.Second
-	liveFor       = 10 * time.Second
-)

@@ -171,96 +171,75 @@ func (e Events) Recent(tenant string) []events.Event {
 	return out
 }
 
-// homes are the nodes where a tenant has devices connected, or one node
-// when it has none: messages do not cross nodes, so a publish or a watch
-// goes where the tenant's devices are.
-func (r *Remote) homes(ctx context.Context, tenant string) ([]tenants.Node, error) {
+// home is the node a tenant's publishes and watches go to: the node
+// holding it, or the one that will take it (Pick).
+func (r *Remote) home(ctx context.Context, tenant string) (tenants.Node, error) {
 	nodes := r.nodes(ctx)
 	if len(nodes) == 0 {
-		return nil, fmt.Errorf("%w: %w", ErrNoNodes, tenants.ErrUnavailable)
+		return tenants.Node{}, fmt.Errorf("%w: %w", ErrNoNodes, tenants.ErrUnavailable)
 	}
-	var out []tenants.Node
-	var mu sync.Mutex
-	var wg sync.WaitGroup
-	for _, n := range nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			resp, err := r.request(ctx, http.MethodGet, n, tenantPath(tenant), nil)
-			if err != nil {
-				return
-			}
-			defer resp.Body.Close()
-			var v tenantView
-			if resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&v) == nil && v.Connections > 0 {
-				mu.Lock()
-				out = append(out, n)
-				mu.Unlock()
-			}
-		}()
+	id, err := r.store.TenantHome(ctx, tenant)
+	if err != nil {
+		return tenants.Node{}, err
 	}
-	wg.Wait()
-	if len(out) == 0 {
-		out = nodes[:1]
+	if n, ok := find(nodes, id); ok && !n.Draining {
+		return n, nil
 	}
-	return out, nil
+	if n, ok := Pick(tenant, forwarders(nodes)); ok {
+		return n, nil
+	}
+	return tenants.Node{}, fmt.Errorf("%w: %w", ErrNoNodes, tenants.ErrUnavailable)
 }
 
-// Publish publishes on the node(s) where the tenant's devices are.
+// Publish publishes on the tenant's home node.
 func (r *Remote) Publish(ctx context.Context, tenant string, m broker.Message) error {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	homes, err := r.homes(ctx, tenant)
+	n, err := r.home(ctx, tenant)
 	if err != nil {
 		return err
 	}
-	for _, n := range homes {
-		resp, err := r.request(ctx, http.MethodPost, n, tenantPath(tenant)+"/messages", m)
-		if err != nil {
-			return fmt.Errorf("data-plane node %s: %w", n.ID, err)
-		}
-		if resp.StatusCode != http.StatusNoContent {
-			var f failure
-			json.NewDecoder(resp.Body).Decode(&f)
-			resp.Body.Close()
-			return f.err()
-		}
-		resp.Body.Close()
+	resp, err := r.request(ctx, http.MethodPost, n, tenantPath(tenant)+"/messages", m)
+	if err != nil {
+		return fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		var f failure
+		json.NewDecoder(resp.Body).Decode(&f)
+		return f.err()
 	}
 	return nil
 }
 
-// Watch streams the tenant's messages from the node(s) where its devices
-// are, until ctx ends.
+// Watch streams the tenant's messages from its home node until ctx ends.
 func (r *Remote) Watch(ctx context.Context, tenant, filter string, fn func(broker.Message)) error {
 	hctx, cancel := context.WithTimeout(ctx, callTimeout)
-	homes, err := r.homes(hctx, tenant)
+	n, err := r.home(hctx, tenant)
 	cancel()
 	if err != nil {
 		return err
 	}
-	for _, n := range homes {
-		resp, err := r.request(ctx, http.MethodGet, n, tenantPath(tenant)+"/watch?filter="+url.QueryEscape(filter), nil)
-		if err != nil {
-			return fmt.Errorf("data-plane node %s: %w", n.ID, err)
-		}
-		if resp.StatusCode != http.StatusOK {
-			var f failure
-			json.NewDecoder(resp.Body).Decode(&f)
-			resp.Body.Close()
-			return f.err()
-		}
-		go func() {
-			defer resp.Body.Close()
-			sc := bufio.NewScanner(resp.Body)
-			sc.Buffer(make([]byte, 64<<10), 32<<20)
-			for sc.Scan() {
-				var m broker.Message
-				if json.Unmarshal(sc.Bytes(), &m) == nil && m.Topic != "" {
-					fn(m)
-				}
-			}
-		}()
+	resp, err := r.request(ctx, http.MethodGet, n, tenantPath(tenant)+"/watch?filter="+url.QueryEscape(filter), nil)
+	if err != nil {
+		return fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
 	}
+	if resp.StatusCode != http.StatusOK {
+		var f failure
+		json.NewDecoder(resp.Body).Decode(&f)
+		resp.Body.Close()
+		return f.err()
+	}
+	go func() {
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), 32<<20)
+		for sc.Scan() {
+			var m broker.Message
+			if json.Unmarshal(sc.Bytes(), &m) == nil && m.Topic != "" {
+				fn(m)
+			}
+		}
+	}()
 	return nil
 }

@@ -2,27 +2,49 @@ package tenants
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"time"
 )
 
 // Node is a data-plane node as it announced itself.
 type Node struct {
-	ID     string
-	URL    string
-	SeenAt time.Time
+	ID  string
+	URL string // its internal API
+	// ForwardAddr is where it takes the device connections other nodes
+	// forward to it ("" for a node that takes none).
+	ForwardAddr string
+	// Draining is set from the moment a node starts draining until it
+	// retires: it keeps its tenants meanwhile but takes no new ones.
+	Draining bool
+	SeenAt   time.Time
 }
 
-// AnnounceNode records that a data-plane node is up at url.
-func (s *Store) AnnounceNode(ctx context.Context, id, url string) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO data_plane_nodes (id, url, seen_at) VALUES ($1, $2, $3)
-		ON CONFLICT (id) DO UPDATE SET url = excluded.url, seen_at = excluded.seen_at`, id, url, s.timestamp())
+// AnnounceNode records that a data-plane node is up. Announcing does not
+// undo draining.
+func (s *Store) AnnounceNode(ctx context.Context, n Node) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO data_plane_nodes (id, url, forward_addr, draining, seen_at) VALUES ($1, $2, $3, $4, $5)
+		ON CONFLICT (id) DO UPDATE SET url = excluded.url, forward_addr = excluded.forward_addr,
+			draining = data_plane_nodes.draining OR excluded.draining, seen_at = excluded.seen_at`,
+		n.ID, n.URL, n.ForwardAddr, n.Draining, s.timestamp())
 	return err
 }
 
-// RetireNode removes a node that is going away.
+// DrainNode marks a node as draining.
+func (s *Store) DrainNode(ctx context.Context, id string) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE data_plane_nodes SET draining = TRUE WHERE id = $1`, id)
+	return err
+}
+
+// RetireNode removes a node that is going away, with the tenants it held.
 func (s *Store) RetireNode(ctx context.Context, id string) error {
-	_, err := s.db.ExecContext(ctx, `DELETE FROM data_plane_nodes WHERE id = $1`, id)
-	return err
+	return s.inTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM tenant_placements WHERE node = $1`, id); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, `DELETE FROM data_plane_nodes WHERE id = $1`, id)
+		return err
+	})
 }
 
 // Nodes lists the nodes seen since the cutoff, by id; older rows are
@@ -31,7 +53,8 @@ func (s *Store) Nodes(ctx context.Context, seenSince time.Time) ([]Node, error) 
 	if _, err := s.db.ExecContext(ctx, `DELETE FROM data_plane_nodes WHERE seen_at < $1`, seenSince.UTC().Add(-time.Hour)); err != nil {
 		return nil, err
 	}
-	rows, err := s.db.QueryContext(ctx, `SELECT id, url, seen_at FROM data_plane_nodes WHERE seen_at >= $1 ORDER BY id`, seenSince.UTC())
+	rows, err := s.db.QueryContext(ctx, `SELECT id, url, forward_addr, draining, seen_at FROM data_plane_nodes
+		WHERE seen_at >= $1 ORDER BY id`, seenSince.UTC())
 	if err != nil {
 		return nil, err
 	}
@@ -39,11 +62,60 @@ func (s *Store) Nodes(ctx context.Context, seenSince time.Time) ([]Node, error) 
 	var out []Node
 	for rows.Next() {
 		var n Node
-		if err := rows.Scan(&n.ID, &n.URL, &n.SeenAt); err != nil {
+		if err := rows.Scan(&n.ID, &n.URL, &n.ForwardAddr, &n.Draining, &n.SeenAt); err != nil {
 			return nil, err
 		}
 		n.SeenAt = n.SeenAt.UTC()
 		out = append(out, n)
+	}
+	return out, rows.Err()
+}
+
+// TenantHome is the node holding a tenant, "" if none does.
+func (s *Store) TenantHome(ctx context.Context, tenant string) (string, error) {
+	var node string
+	err := s.db.QueryRowContext(ctx, `SELECT node FROM tenant_placements WHERE tenant = $1`, tenant).Scan(&node)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", nil
+	}
+	return node, err
+}
+
+// ClaimTenant makes node the tenant's home unless a node seen since the
+// cutoff holds it, and returns the home as it is then. The claim is one
+// statement, so two nodes claiming at once cannot both win.
+func (s *Store) ClaimTenant(ctx context.Context, tenant, node string, liveSince time.Time) (string, error) {
+	if _, err := s.db.ExecContext(ctx, `INSERT INTO tenant_placements (tenant, node, since) VALUES ($1, $2, $3)
+		ON CONFLICT (tenant) DO UPDATE SET node = excluded.node, since = excluded.since
+		WHERE tenant_placements.node = excluded.node
+			OR NOT EXISTS (SELECT 1 FROM data_plane_nodes n WHERE n.id = tenant_placements.node AND n.seen_at >= $4)`,
+		tenant, node, s.timestamp(), liveSince.UTC()); err != nil {
+		return "", err
+	}
+	return s.TenantHome(ctx, tenant)
+}
+
+// ReleaseTenant gives up node's claim on a tenant; another node's claim
+// is left alone.
+func (s *Store) ReleaseTenant(ctx context.Context, tenant, node string) error {
+	_, err := s.db.ExecContext(ctx, `DELETE FROM tenant_placements WHERE tenant = $1 AND node = $2`, tenant, node)
+	return err
+}
+
+// TenantsHeldBy lists the tenants a node holds.
+func (s *Store) TenantsHeldBy(ctx context.Context, node string) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT tenant FROM tenant_placements WHERE node = $1 ORDER BY tenant`, node)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var t string
+		if err := rows.Scan(&t); err != nil {
+			return nil, err
+		}
+		out = append(out, t)
 	}
 	return out, rows.Err()
 }

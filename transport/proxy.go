@@ -2,6 +2,7 @@ package transport
 
 import (
 	"bufio"
+	"cmp"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -29,6 +30,7 @@ func ProxyListener(ln net.Listener, timeout time.Duration) net.Listener {
 type proxyListener struct {
 	net.Listener
 	timeout time.Duration
+	key     []byte // the nodes' key: a forwarded connection's header (see ForwardListener)
 }
 
 func (l *proxyListener) Accept() (net.Conn, error) {
@@ -36,7 +38,7 @@ func (l *proxyListener) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &proxyConn{Conn: c, timeout: l.timeout}, nil
+	return &proxyConn{Conn: c, timeout: l.timeout, key: l.key}, nil
 }
 
 // ErrProxyHeader is the error of a connection whose PROXY header is
@@ -46,6 +48,8 @@ var ErrProxyHeader = errors.New("PROXY protocol header missing or malformed")
 type proxyConn struct {
 	net.Conn
 	timeout time.Duration
+	key     []byte    // set for a forwarded connection
+	fwd     Forwarded // what its header said
 
 	once   sync.Once
 	r      *bufio.Reader
@@ -67,7 +71,12 @@ func (c *proxyConn) header() {
 		}
 		c.Conn.SetReadDeadline(d)
 		c.r = bufio.NewReaderSize(c.Conn, 256)
-		c.remote, c.err = readProxyHeader(c.r, c.Conn.RemoteAddr())
+		if c.key != nil {
+			c.fwd, c.err = readForwardHeader(c.r, c.key, time.Now())
+			c.remote = cmp.Or[net.Addr](c.fwd.Remote, c.Conn.RemoteAddr())
+		} else {
+			c.remote, c.err = readProxyHeader(c.r, c.Conn.RemoteAddr())
+		}
 		c.mu.Lock()
 		c.Conn.SetReadDeadline(c.deadline)
 		c.mu.Unlock()

@@ -123,6 +123,9 @@ func TLSState(c net.Conn) *tls.ConnectionState {
 		case *wsConn:
 			c = v.ws.NetConn()
 		case *proxyConn:
+			if v.key != nil {
+				return v.forwardedState()
+			}
 			c = v.Conn
 		default:
 			return nil

@@ -68,6 +68,9 @@ type config struct {
 	// NodeURL is where a control plane reaches this data-plane node's
 	// internal API; empty: this host's name and the HTTP port.
 	NodeURL string
+	// ForwardAddr is where a data-plane node takes the device connections
+	// other nodes forward to it (their tenant's home is here).
+	ForwardAddr string
 	// DeviceEndpoints are the URLs devices connect to, for the console;
 	// empty: this process's own listeners.
 	DeviceEndpoints string
@@ -128,6 +131,7 @@ func (c *config) settings() []setting {
 		{"shutdown-wills", "send the Wills of the devices a shutdown disconnects (off: a server going away is not the device going away)", "false", &c.ShutdownWills},
 		{"usage-retention", "how long hourly usage records are kept, deleted tenants' too (whose slugs stay reserved as long)", "9600h", &c.UsageRetention},
 		{"node-url", "where control planes reach this data-plane node's internal API (http://host:port of ROOST_HTTP_ADDR); empty: this host's name and port", "", &c.NodeURL},
+		{"forward-addr", "where a data-plane node takes the device connections other nodes forward to it (reachable by the other nodes only; announced with ROOST_NODE_URL's host)", ":1884", &c.ForwardAddr},
 		{"device-endpoints", "URLs devices connect to, comma-separated (mqtt://, mqtts://, ws://, wss://), shown in the console's snippets; empty: this process's own listeners (set it for a control plane, or behind a load balancer)", "", &c.DeviceEndpoints},
 		{"debug-addr", "address for Go's profiler at /debug/pprof/ (keep it on loopback: it has no authentication); empty: off", "", &c.DebugAddr},
 	}
@@ -281,6 +285,9 @@ func (c *config) Validate() error {
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return errors.New("ROOST_NODE_URL: must be an http:// or https:// URL")
 		}
+	}
+	if err := validAddr(c.ForwardAddr); err != nil {
+		return fmt.Errorf("ROOST_FORWARD_ADDR: %w", err)
 	}
 	if c.UsageRetention < 31*24*time.Hour {
 		return errors.New("ROOST_USAGE_RETENTION: must be at least 744h (a month, for the monthly allowance and invoices)")

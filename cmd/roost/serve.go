@@ -14,11 +14,11 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"os"
 	"path/filepath"
 	"runtime/debug"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -137,6 +137,24 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)})
 
+	ln, err := net.Listen("tcp", c.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("ROOST_HTTP_ADDR: %w", err)
+	}
+	defer ln.Close()
+	// A data-plane node of a fleet: tenants are placed on nodes, and
+	// connections reaching another node than their tenant's are forwarded.
+	var member *cluster.Member
+	var forwardLn net.Listener
+	if role == roleData {
+		if forwardLn, err = net.Listen("tcp", c.ForwardAddr); err != nil {
+			return fmt.Errorf("ROOST_FORWARD_ADDR: %w", err)
+		}
+		defer forwardLn.Close()
+		if member, err = newMember(ctx, c, store, adminToken, ln.Addr(), forwardLn.Addr(), log); err != nil {
+			return err
+		}
+	}
 	var hub *broker.Hub
 	if runsData {
 		sessions, err := openSessions(ctx, c, log)
@@ -144,7 +162,7 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 			return err
 		}
 		defer sessions.Close()
-		hub, err = broker.New(broker.Config{
+		cfg := broker.Config{
 			Exporter:       exporter,
 			Events:         sink,
 			Sessions:       sessions,
@@ -157,7 +175,11 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 			Domain:         c.MQTTDomain,
 			// The drain must not fire every device's Will unless asked to.
 			WillsOnShutdown: c.ShutdownWills,
-		})
+		}
+		if member != nil {
+			cfg.Cluster = member
+		}
+		hub, err = broker.New(cfg)
 		if err != nil {
 			return err
 		}
@@ -172,24 +194,20 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 		lctx, stopListening := context.WithCancel(ctx)
 		defer stopListening()
 		go tenants.ListenChanges(lctx, c.DatabaseURL, store.Changes(), log, listening.Store)
+		member.OnLost(hub.Evict)
+		go hub.Serve(transport.ForwardListener(forwardLn, member.Key(), c.ConnectTimeout))
 	}
 
-	ln, err := net.Listen("tcp", c.HTTPAddr)
-	if err != nil {
-		return fmt.Errorf("ROOST_HTTP_ADDR: %w", err)
-	}
 	var mqttLn net.Listener
 	if runsData {
 		mqttLn, err = net.Listen("tcp", c.MQTTAddr)
 		if err != nil {
-			ln.Close()
 			return fmt.Errorf("ROOST_MQTT_ADDR: %w", err)
 		}
 	}
 	if c.DebugAddr != "" {
 		debugLn, err := net.Listen("tcp", c.DebugAddr)
 		if err != nil {
-			ln.Close()
 			if mqttLn != nil {
 				mqttLn.Close()
 			}
@@ -205,7 +223,6 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 	// this process's own listeners.
 	endpoints, err := c.deviceEndpoints()
 	if err != nil {
-		ln.Close()
 		return err
 	}
 	if runsData {
@@ -216,7 +233,6 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 		stopTransports, more, err := startTransports(c, log, hub, stdout)
 		if err != nil {
 			hub.Close()
-			ln.Close()
 			return err
 		}
 		defer stopTransports()
@@ -227,16 +243,13 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 	// What the HTTP port serves: the API and the console, or a data-plane
 	// node's health, metrics and internal API.
 	var handler http.Handler
-	retire := func() {} // a data-plane node leaves the node list as it drains
 	deps := planeDeps{c: c, log: log, store: store, hub: hub, recent: recent, sink: sink, adminToken: adminToken, metrics: metrics}
 	if runsControl {
 		if handler, err = deps.controlHandler(ctx, signingKey, displayAddr(ln.Addr()), endpoints); err != nil {
-			ln.Close()
 			return err
 		}
 	} else {
-		handler, retire = deps.dataHandler(listening, ln.Addr())
-		defer retire()
+		handler = deps.dataHandler(listening)
 	}
 
 	// Requests' contexts end when the drain starts, so that the console's
@@ -275,9 +288,20 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 	case <-ctx.Done():
 	}
 	return drain(c.DrainTimeout, log, func() {
-		retire()
+		if member != nil {
+			// Other nodes wait for this node's tenants until it retires,
+			// so that none starts before its sessions are stored.
+			member.Drain(context.Background())
+		}
 		if hub != nil {
 			hub.Close()
+		}
+		if member != nil {
+			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := member.Retire(rctx); err != nil {
+				log.Warn("retire this data-plane node: other nodes take its tenants over once it is taken for dead", "err", err)
+			}
+			cancel()
 		}
 		stopStreams()
 	}, httpServer, errc)
@@ -392,31 +416,39 @@ func (d planeDeps) controlHandler(ctx context.Context, signingKey []byte, localA
 	return frontDoor(srv, con), nil
 }
 
-// dataHandler is a data-plane node's HTTP side — health, readiness,
-// metrics and the internal API control planes call — and starts announcing
-// the node; retire takes it off the node list.
-func (d planeDeps) dataHandler(listening *atomic.Bool, addr net.Addr) (http.Handler, func()) {
+// dataHandler is a data-plane node's HTTP side: health, readiness,
+// metrics and the internal API control planes and other nodes call.
+func (d planeDeps) dataHandler(listening *atomic.Bool) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle(cluster.Prefix+"/", cluster.Serve(d.hub, d.recent, d.adminToken, d.log))
 	mux.Handle("/", dataPlaneMux(d.store, listening, d.adminToken, d.metrics))
-	nodeURL := d.c.NodeURL
+	return mux
+}
+
+// newMember announces this data-plane node to the fleet: its internal API
+// at ROOST_NODE_URL (or this host's name and the HTTP port), and its
+// forwarding address on the same host.
+func newMember(ctx context.Context, c *config, store *tenants.Store, token string, httpAddr, forwardAddr net.Addr, log *slog.Logger) (*cluster.Member, error) {
+	nodeURL := c.NodeURL
 	if nodeURL == "" {
-		nodeURL = "http://" + advertised(addr)
+		nodeURL = "http://" + advertised(httpAddr)
+	}
+	u, err := url.Parse(nodeURL)
+	if err != nil {
+		return nil, fmt.Errorf("ROOST_NODE_URL: %w", err)
 	}
 	host, _ := os.Hostname()
-	nodeID := host + "-" + randomToken(6)
-	actx, stopAnnouncing := context.WithCancel(context.Background())
-	go cluster.Announce(actx, d.store, nodeID, nodeURL, d.log)
-	d.log.Info("data-plane node", "id", nodeID, "internal_url", nodeURL)
-	var once sync.Once
-	return mux, func() {
-		once.Do(func() {
-			stopAnnouncing()
-			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			d.store.RetireNode(rctx, nodeID)
-		})
+	id := host + "-" + randomToken(6)
+	fwd := withHost(forwardAddr, u.Hostname())
+	if tcp, ok := forwardAddr.(*net.TCPAddr); ok && !tcp.IP.IsUnspecified() {
+		fwd = forwardAddr.String() // bound to one address: that one
 	}
+	m := cluster.NewMember(cluster.MemberConfig{Store: store, ID: id, URL: nodeURL, ForwardAddr: fwd, Token: token, Log: log})
+	if err := m.Start(ctx); err != nil {
+		return nil, err
+	}
+	log.Info("data-plane node", "id", id, "internal_url", nodeURL, "forward_addr", fwd)
+	return m, nil
 }
 
 // dataPlaneMux is a data-plane node's HTTP side: health, readiness (the

@@ -1,0 +1,443 @@
+package cluster
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/tenants"
+)
+
+// A node announces itself every announceEvery and counts as up for
+// liveFor after it last did; it reads the node list every refreshEvery.
+const (
+	announceEvery = 3 * time.Second
+	liveFor       = 10 * time.Second
+	refreshEvery  = time.Second
+)
+
+// Member is a data-plane node's part in the fleet: it announces the node,
+// and places tenants (broker.Cluster). A tenant's home is the node holding
+// its row in the store; a tenant without a live home goes to the node that
+// ranks first for it by rendezvous hashing over the nodes up and not
+// draining, so that every node agrees without talking, and a node joining
+// or leaving moves only its own share. A home keeps its tenants while it
+// lives (no rebalancing: a tenant moves when its broker stops for being
+// idle, or when its home drains or dies).
+type Member struct {
+	cfg    MemberConfig
+	key    []byte
+	client *http.Client
+
+	stripes [64]sync.Mutex // one per tenant hash: a tenant's claim and release do not interleave
+
+	mu          sync.Mutex
+	held        map[string]bool
+	nodes       []tenants.Node // up, as last read
+	nodesRead   time.Time
+	forwardedTo map[string]bool // nodes this one forwarded connections to
+	draining    bool
+	onLost      func(tenant string)
+	stop        context.CancelFunc
+	stopped     chan struct{}
+}
+
+// MemberConfig is what a Member needs.
+type MemberConfig struct {
+	Store *tenants.Store
+	ID    string
+	// URL is where control planes and other nodes reach the node's
+	// internal API; ForwardAddr is where other nodes forward device
+	// connections to it.
+	URL, ForwardAddr string
+	// Token is the operator token: it authorises calls to the internal
+	// API, and the key signing forwarded connections derives from it.
+	Token string
+	Log   *slog.Logger
+	Now   func() time.Time
+}
+
+// NewMember returns the node's Member; Start announces it.
+func NewMember(cfg MemberConfig) *Member {
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Member{cfg: cfg, key: ForwardKey(cfg.Token), held: map[string]bool{}, forwardedTo: map[string]bool{},
+		client: &http.Client{Timeout: callTimeout}}
+}
+
+var _ broker.Cluster = (*Member)(nil)
+
+// ForwardKey is the key forwarded connections are signed with, derived
+// from the operator token every node of a fleet has.
+func ForwardKey(token string) []byte {
+	m := hmac.New(sha256.New, []byte(token))
+	m.Write([]byte("roost: forwarded device connections"))
+	return m.Sum(nil)
+}
+
+// OnLost sets what to do with a tenant this node finds another node holds
+// (it was taken for dead meanwhile): stop its broker here.
+func (m *Member) OnLost(fn func(tenant string)) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.onLost = fn
+}
+
+// Start announces the node now, then keeps announcing it, reading the
+// node list and checking its claims until Retire.
+func (m *Member) Start(ctx context.Context) error {
+	actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err := m.announce(actx)
+	if err == nil {
+		err = m.refresh(actx)
+	}
+	cancel()
+	if err != nil {
+		return fmt.Errorf("announce this data-plane node: %w", err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	m.mu.Lock()
+	m.stop, m.stopped = stop, make(chan struct{})
+	m.mu.Unlock()
+	go m.run(ctx)
+	return nil
+}
+
+func (m *Member) run(ctx context.Context) {
+	defer close(m.stopped)
+	refresh := time.NewTicker(refreshEvery)
+	defer refresh.Stop()
+	lastAnnounce := m.cfg.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-refresh.C:
+		}
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if m.cfg.Now().Sub(lastAnnounce) >= announceEvery {
+			if err := m.announce(actx); err != nil {
+				m.cfg.Log.Warn("announce this data-plane node", "err", err)
+			} else {
+				lastAnnounce = m.cfg.Now()
+				m.checkClaims(actx)
+			}
+		}
+		if err := m.refresh(actx); err != nil && ctx.Err() == nil {
+			m.cfg.Log.Warn("read the data-plane nodes", "err", err)
+		}
+		cancel()
+	}
+}
+
+func (m *Member) announce(ctx context.Context) error {
+	m.mu.Lock()
+	draining := m.draining
+	m.mu.Unlock()
+	return m.cfg.Store.AnnounceNode(ctx, tenants.Node{ID: m.cfg.ID, URL: m.cfg.URL, ForwardAddr: m.cfg.ForwardAddr, Draining: draining})
+}
+
+func (m *Member) refresh(ctx context.Context) error {
+	nodes, err := m.cfg.Store.Nodes(ctx, m.cfg.Now().Add(-liveFor))
+	if err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.nodes, m.nodesRead = nodes, m.cfg.Now()
+	m.mu.Unlock()
+	return nil
+}
+
+// checkClaims looks for tenants this node holds whose claim another node
+// took (this node was not announcing for liveFor: a pause, a partition),
+// and stops their brokers here.
+func (m *Member) checkClaims(ctx context.Context) {
+	stored, err := m.cfg.Store.TenantsHeldBy(ctx, m.cfg.ID)
+	if err != nil {
+		return
+	}
+	m.mu.Lock()
+	var gone []string
+	for t := range m.held {
+		if _, ok := slices.BinarySearch(stored, t); !ok {
+			gone = append(gone, t)
+		}
+	}
+	m.mu.Unlock()
+	for _, t := range gone {
+		// Read again under the tenant's lock: a claim made since the list
+		// was read is not a loss.
+		s := m.stripe(t)
+		s.Lock()
+		home, err := m.cfg.Store.TenantHome(ctx, t)
+		lost := err == nil && home != m.cfg.ID && m.Holds(t)
+		if lost {
+			m.forget(t)
+		}
+		s.Unlock()
+		if lost {
+			m.cfg.Log.Warn("another node holds a tenant this node was running; stopping it here", "tenant", t, "home", home)
+			m.mu.Lock()
+			fn := m.onLost
+			m.mu.Unlock()
+			if fn != nil {
+				fn(t)
+			}
+		}
+	}
+}
+
+func (m *Member) stripe(tenant string) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write([]byte(tenant))
+	return &m.stripes[h.Sum32()%uint32(len(m.stripes))]
+}
+
+// ID is the node's id.
+func (m *Member) ID() string { return m.cfg.ID }
+
+// Key signs forwarded connections.
+func (m *Member) Key() []byte { return m.key }
+
+// Holds reports whether this node holds the tenant.
+func (m *Member) Holds(tenant string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.held[tenant]
+}
+
+func (m *Member) forget(tenant string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	delete(m.held, tenant)
+}
+
+// upNodes is the node list, read again if the last read is stale.
+func (m *Member) upNodes(ctx context.Context) ([]tenants.Node, error) {
+	m.mu.Lock()
+	nodes, read := m.nodes, m.nodesRead
+	m.mu.Unlock()
+	if m.cfg.Now().Sub(read) <= 2*refreshEvery {
+		return nodes, nil
+	}
+	if err := m.refresh(ctx); err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.nodes, nil
+}
+
+// errDraining refuses tenants a draining node does not hold.
+var errDraining = errors.New("this node is draining")
+
+// Place says where the tenant runs (see broker.Cluster).
+func (m *Member) Place(ctx context.Context, tenant string, chosen bool) (string, error) {
+	if m.Holds(tenant) {
+		return "", nil
+	}
+	s := m.stripe(tenant)
+	s.Lock()
+	defer s.Unlock()
+	if m.Holds(tenant) {
+		return "", nil
+	}
+	m.mu.Lock()
+	draining := m.draining
+	m.mu.Unlock()
+	nodes, err := m.upNodes(ctx)
+	if err != nil {
+		return "", err
+	}
+	home, err := m.cfg.Store.TenantHome(ctx, tenant)
+	if err != nil {
+		return "", err
+	}
+	if home == m.cfg.ID {
+		m.hold(tenant)
+		return "", nil
+	}
+	if n, ok := find(nodes, home); ok {
+		if n.Draining {
+			return "", broker.ErrMoving
+		}
+		return m.forwardTo(n), nil
+	}
+	// No live node holds the tenant.
+	if draining {
+		return "", errDraining
+	}
+	if !chosen {
+		if n, ok := Pick(tenant, forwarders(nodes)); ok && n.ID != m.cfg.ID {
+			return m.forwardTo(n), nil
+		}
+	}
+	home, err = m.cfg.Store.ClaimTenant(ctx, tenant, m.cfg.ID, m.cfg.Now().Add(-liveFor))
+	if err != nil {
+		return "", err
+	}
+	if home == m.cfg.ID {
+		m.hold(tenant)
+		m.cfg.Log.Info("tenant placed on this node", "tenant", tenant)
+		return "", nil
+	}
+	// Another node claimed it first.
+	if n, ok := find(nodes, home); ok && !n.Draining {
+		return m.forwardTo(n), nil
+	}
+	return "", broker.ErrMoving
+}
+
+func (m *Member) hold(tenant string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.held[tenant] = true
+}
+
+func (m *Member) forwardTo(n tenants.Node) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.forwardedTo[n.ID] = true
+	return n.ForwardAddr
+}
+
+// Release gives the tenant up.
+func (m *Member) Release(tenant string) {
+	s := m.stripe(tenant)
+	s.Lock()
+	defer s.Unlock()
+	m.forget(tenant)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := m.cfg.Store.ReleaseTenant(ctx, tenant, m.cfg.ID); err != nil {
+		// The claim stays until the node retires or is taken for dead;
+		// meanwhile other nodes forward the tenant here, and it starts
+		// here again.
+		m.cfg.Log.Warn("release a tenant", "tenant", tenant, "err", err)
+		return
+	}
+	m.cfg.Log.Info("tenant released by this node", "tenant", tenant)
+}
+
+// Drain marks the node as draining: it keeps its tenants until Retire,
+// other nodes wait for them meanwhile, and it takes no new ones.
+func (m *Member) Drain(ctx context.Context) error {
+	m.mu.Lock()
+	m.draining = true
+	m.mu.Unlock()
+	return m.cfg.Store.DrainNode(ctx, m.cfg.ID)
+}
+
+// Leaving asks every node this one forwarded connections to to end them.
+func (m *Member) Leaving(ctx context.Context) {
+	m.mu.Lock()
+	ids := make([]string, 0, len(m.forwardedTo))
+	for id := range m.forwardedTo {
+		ids = append(ids, id)
+	}
+	nodes := m.nodes
+	m.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		n, ok := find(nodes, id)
+		if !ok {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, n.URL+Prefix+"/forwarded/"+url.PathEscape(m.cfg.ID)+"/close", nil)
+			req.Header.Set("Authorization", "Bearer "+m.cfg.Token)
+			resp, err := m.client.Do(req)
+			if err != nil {
+				m.cfg.Log.Warn("ask a node to end the connections forwarded to it", "node", id, "err", err)
+				return
+			}
+			resp.Body.Close()
+		}()
+	}
+	wg.Wait()
+}
+
+// Retire takes the node out of the fleet: its claims and its row go (its
+// brokers must have stopped and stored their sessions), and it stops
+// announcing.
+func (m *Member) Retire(ctx context.Context) error {
+	m.mu.Lock()
+	stop, stopped := m.stop, m.stopped
+	m.held = map[string]bool{}
+	m.mu.Unlock()
+	if stop != nil {
+		stop()
+		<-stopped
+	}
+	return m.cfg.Store.RetireNode(ctx, m.cfg.ID)
+}
+
+func find(nodes []tenants.Node, id string) (tenants.Node, bool) {
+	if id == "" {
+		return tenants.Node{}, false
+	}
+	i := slices.IndexFunc(nodes, func(n tenants.Node) bool { return n.ID == id })
+	if i < 0 {
+		return tenants.Node{}, false
+	}
+	return nodes[i], true
+}
+
+// forwarders are the nodes that take tenants: up, not draining, and
+// reachable for forwarded connections.
+func forwarders(nodes []tenants.Node) []tenants.Node {
+	var out []tenants.Node
+	for _, n := range nodes {
+		if !n.Draining && n.ForwardAddr != "" {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
+// Pick is the node a tenant without a home goes to: the one scoring
+// highest for it (rendezvous hashing), so that every node and control
+// plane picks the same one from the same list.
+func Pick(tenant string, nodes []tenants.Node) (tenants.Node, bool) {
+	var best tenants.Node
+	var bestScore uint64
+	found := false
+	for _, n := range nodes {
+		h := fnv.New64a()
+		h.Write([]byte(tenant))
+		h.Write([]byte{0})
+		h.Write([]byte(n.ID))
+		score := mix(h.Sum64())
+		if !found || score > bestScore || score == bestScore && n.ID < best.ID {
+			best, bestScore, found = n, score, true
+		}
+	}
+	return best, found
+}
+
+// mix spreads FNV's output (a finaliser from MurmurHash3): similar inputs
+// differ in their low bits only.
+func mix(x uint64) uint64 {
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	x *= 0xc4ceb9fe1a85ec53
+	x ^= x >> 33
+	return x
+}
