@@ -2,8 +2,8 @@ package transport
 
 import (
 	"bufio"
-	"cmp"
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -73,6 +73,9 @@ func (c *proxyConn) header() {
 		c.r = bufio.NewReaderSize(c.Conn, 256)
 		if c.key != nil {
 			c.fwd, c.err = readForwardHeader(c.r, c.key, time.Now())
+			if c.err != nil {
+				c.fwd = Forwarded{} // nothing in it is to be believed
+			}
 			c.remote = cmp.Or[net.Addr](c.fwd.Remote, c.Conn.RemoteAddr())
 		} else {
 			c.remote, c.err = readProxyHeader(c.r, c.Conn.RemoteAddr())

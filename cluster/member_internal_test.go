@@ -1,0 +1,256 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/internal/testenv"
+	"github.com/roosthub/roost/tenants"
+)
+
+func node(id string) tenants.Node {
+	return tenants.Node{ID: id, ForwardAddr: id + ":1884"}
+}
+
+// TestPick: every tenant goes to one node, the same whatever the order of
+// the list; three nodes share 3,000 tenants about evenly; a node leaving
+// moves only its own tenants.
+func TestPick(t *testing.T) {
+	three := []tenants.Node{node("a"), node("b"), node("c")}
+	count := map[string]int{}
+	before := map[string]string{}
+	for i := range 3000 {
+		tenant := fmt.Sprintf("tenant-%d", i)
+		n, ok := Pick(tenant, three)
+		if !ok {
+			t.Fatal("no pick among three nodes")
+		}
+		shuffled := append([]tenants.Node{}, three...)
+		rand.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+		if again, _ := Pick(tenant, shuffled); again.ID != n.ID {
+			t.Fatalf("%s: %s, then %s from the same nodes in another order", tenant, n.ID, again.ID)
+		}
+		count[n.ID]++
+		before[tenant] = n.ID
+	}
+	for id, n := range count {
+		if n < 850 || n > 1150 {
+			t.Errorf("node %s got %d of 3000 tenants", id, n)
+		}
+	}
+	moved := 0
+	for tenant, was := range before {
+		now, _ := Pick(tenant, three[:2])
+		switch {
+		case was != "c" && now.ID != was:
+			t.Fatalf("%s moved from %s to %s when c left", tenant, was, now.ID)
+		case was == "c":
+			moved++
+		}
+	}
+	t.Logf("shares %v; %d tenants moved when c left", count, moved)
+	if _, ok := Pick("x", nil); ok {
+		t.Error("a pick among no nodes")
+	}
+}
+
+// fleet is members on one directory with one clock.
+type fleet struct {
+	t     *testing.T
+	store *tenants.Store
+	mu    sync.Mutex
+	now   time.Time
+}
+
+func newFleet(t *testing.T, databaseURL string) *fleet {
+	ctx := context.Background()
+	store, err := tenants.Open(ctx, databaseURL, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	if _, err := store.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f := &fleet{t: t, store: store, now: time.Now()}
+	store.SetClock(f.clock)
+	return f
+}
+
+func (f *fleet) clock() time.Time {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.now
+}
+
+func (f *fleet) advance(d time.Duration) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.now = f.now.Add(d)
+}
+
+func (f *fleet) member(id string) *Member {
+	m := NewMember(MemberConfig{Store: f.store, ID: id, URL: "http://" + id, ForwardAddr: id + ":1884", Token: "t", Now: f.clock})
+	if err := m.announce(context.Background()); err != nil {
+		f.t.Fatal(err)
+	}
+	return m
+}
+
+// see has each member read the node list.
+func see(t *testing.T, ms ...*Member) {
+	for _, m := range ms {
+		if err := m.refresh(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// tenantFor finds a tenant name Pick gives to the node.
+func tenantFor(t *testing.T, id string, nodes []tenants.Node) string {
+	for i := 0; ; i++ {
+		tenant := fmt.Sprintf("t%d", i)
+		if n, _ := Pick(tenant, nodes); n.ID == id {
+			return tenant
+		}
+	}
+}
+
+// TestPlacement runs placement on both directories: SQLite (one process)
+// and Postgres (a fleet).
+func TestPlacement(t *testing.T) {
+	t.Run("sqlite", func(t *testing.T) { testPlacement(t, "") })
+	t.Run("postgres", func(t *testing.T) { testPlacement(t, testenv.PostgresURL(t)) })
+}
+
+// testPlacement: a tenant without a home is forwarded to the node Pick
+// gives, which claims it; claims made at once by two nodes have one
+// winner; a draining home makes others wait (ErrMoving) and takes no new
+// tenants, and once it retires its tenants go elsewhere; a node taken for
+// dead loses its tenants to a live node, and finds out (OnLost); a release
+// frees only the node's own claim.
+func testPlacement(t *testing.T, databaseURL string) {
+	ctx := context.Background()
+	f := newFleet(t, databaseURL)
+	a, b := f.member("a"), f.member("b")
+	see(t, a, b)
+	home := func(tenant string) string {
+		id, err := f.store.TenantHome(ctx, tenant)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	place := func(m *Member, tenant string, chosen bool) string {
+		t.Helper()
+		addr, err := m.Place(ctx, tenant, chosen)
+		if err != nil {
+			t.Fatalf("%s places %s: %v", m.ID(), tenant, err)
+		}
+		return addr
+	}
+
+	ta := tenantFor(t, "a", []tenants.Node{node("a"), node("b")})
+	if addr := place(b, ta, false); addr != "a:1884" || home(ta) != "" {
+		t.Fatalf("b forwards %s to %q (home %q), want a:1884 and no claim yet", ta, addr, home(ta))
+	}
+	if addr := place(a, ta, false); addr != "" || !a.Holds(ta) || home(ta) != "a" {
+		t.Fatalf("a places %s at %q, holds %v, home %q", ta, addr, a.Holds(ta), home(ta))
+	}
+	if addr := place(b, ta, true); addr != "a:1884" || b.Holds(ta) {
+		t.Fatalf("b, chosen for %s that a holds: %q", ta, addr)
+	}
+
+	// Two nodes claiming at once: one wins, the other forwards to it.
+	var wg sync.WaitGroup
+	got := make([][2]string, 40)
+	for i := range got {
+		tenant := fmt.Sprintf("race-%d", i)
+		for j, m := range []*Member{a, b} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				addr, err := m.Place(ctx, tenant, true)
+				if err != nil {
+					t.Errorf("%s: %v", tenant, err)
+				}
+				got[i][j] = addr
+			}()
+		}
+	}
+	wg.Wait()
+	for i, g := range got {
+		tenant := fmt.Sprintf("race-%d", i)
+		switch h := home(tenant); {
+		case h == "a" && g == [2]string{"", "a:1884"}, h == "b" && g == [2]string{"b:1884", ""}:
+		default:
+			t.Errorf("%s: a got %q, b got %q, home %q", tenant, g[0], g[1], h)
+		}
+		if a.Holds(tenant) == b.Holds(tenant) {
+			t.Errorf("%s: both or neither hold it", tenant)
+		}
+	}
+
+	// a drains: its tenants wait for it; it takes no new one.
+	if err := a.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	see(t, a, b)
+	if _, err := b.Place(ctx, ta, false); !errors.Is(err, broker.ErrMoving) {
+		t.Errorf("a tenant of a draining node: %v, want ErrMoving", err)
+	}
+	fresh := tenantFor(t, "a", []tenants.Node{node("a"), node("b")}) + "-fresh"
+	if _, err := a.Place(ctx, fresh, true); err == nil {
+		t.Error("a draining node took a new tenant")
+	}
+	for range 5 {
+		tenant := fmt.Sprintf("new-%d", rand.Int())
+		if addr := place(b, tenant, false); addr != "" {
+			t.Errorf("b forwards a new tenant to %q while a drains", addr)
+		}
+	}
+	if err := a.Retire(ctx); err != nil {
+		t.Fatal(err)
+	}
+	see(t, b)
+	if addr := place(b, ta, false); addr != "" || home(ta) != "b" {
+		t.Errorf("after a retired, %s: %q, home %q", ta, addr, home(ta))
+	}
+
+	// c stops announcing (paused, cut off): after liveFor, b takes its
+	// tenant, and c, back, finds out.
+	c := f.member("c")
+	see(t, b, c)
+	if addr := place(c, "paused", true); addr != "" {
+		t.Fatalf("c claims: %q", addr)
+	}
+	var lost []string
+	c.OnLost(func(tenant string) { lost = append(lost, tenant) })
+	f.advance(liveFor + time.Second)
+	if err := b.announce(ctx); err != nil {
+		t.Fatal(err)
+	}
+	see(t, b)
+	if addr := place(b, "paused", false); addr != "" || home("paused") != "b" {
+		t.Fatalf("b, with c taken for dead: %q, home %q", addr, home("paused"))
+	}
+	c.checkClaims(ctx)
+	if len(lost) != 1 || lost[0] != "paused" || c.Holds("paused") {
+		t.Errorf("c lost %v, still holds: %v", lost, c.Holds("paused"))
+	}
+	// A node's release frees only its own claim.
+	c.Release("paused")
+	if home("paused") != "b" {
+		t.Errorf("c's release freed b's claim: home %q", home("paused"))
+	}
+	b.Release("paused")
+	if home("paused") != "" || b.Holds("paused") {
+		t.Errorf("b's release: home %q", home("paused"))
+	}
+}
