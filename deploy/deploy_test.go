@@ -6,10 +6,12 @@ import (
 	"debug/buildinfo"
 	"debug/elf"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -103,6 +105,9 @@ func TestHelmChart(t *testing.T) {
 	kinds := map[string]int{}
 	for _, m := range ms {
 		kinds[m.Kind]++
+		if m.Kind == "Service" && strings.Contains(fmt.Sprint(dig(m.Spec, "ports")), "forward") {
+			t.Errorf("%s exposes the forwarding port, which only the data-plane pods may reach: %v", m.Metadata.Name, dig(m.Spec, "ports"))
+		}
 		if m.Kind != "Deployment" {
 			continue
 		}
@@ -124,6 +129,10 @@ func TestHelmChart(t *testing.T) {
 		if role == "dataplane" && (dig(c, "env", 1, "name") != "ROOST_NODE_URL" || dig(c, "env", 1, "value") != "http://$(POD_IP):8080") {
 			t.Errorf("the data plane does not announce a reachable URL: %v", dig(c, "env"))
 		}
+		if role == "dataplane" && (dig(c, "env", 2, "name") != "ROOST_FORWARD_ADDR" || dig(c, "env", 2, "value") != ":1884" ||
+			!slices.ContainsFunc(dig(c, "ports").([]any), func(p any) bool { return dig(p, "containerPort") == 1884 })) {
+			t.Errorf("the data plane does not open its forwarding port to the other pods: %v %v", dig(c, "env"), dig(c, "ports"))
+		}
 	}
 	want := map[string]int{"Deployment": 2, "Service": 2, "ConfigMap": 1, "PodDisruptionBudget": 2, "HorizontalPodAutoscaler": 1}
 	for k, n := range want {
@@ -143,7 +152,7 @@ func TestHelmChart(t *testing.T) {
 		}
 		if m.Kind == "Deployment" && strings.HasSuffix(m.Metadata.Name, "-dataplane") {
 			found = true
-			if dig(m.Spec, "replicas") != 4 || dig(m.Spec, "template", "spec", "containers", 0, "ports", 2, "name") != "mqtts" {
+			if dig(m.Spec, "replicas") != 4 || dig(m.Spec, "template", "spec", "containers", 0, "ports", 3, "name") != "mqtts" {
 				t.Errorf("the data plane with TLS and 4 replicas: %v", m.Spec)
 			}
 		}
