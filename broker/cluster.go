@@ -174,6 +174,7 @@ func (h *Hub) addForward(conn net.Conn) bool {
 		return false
 	}
 	h.forwards[conn] = struct{}{}
+	h.forwarded.Add(1)
 	return true
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/cluster"
@@ -130,8 +131,10 @@ func TestFleetForwarding(t *testing.T) {
 	if other.member.Holds("acme") || other.hub.Instances() != 0 {
 		t.Fatalf("the node %s started acme's broker too", other.id)
 	}
-	if other.hub.Forwards() != 1 {
-		t.Errorf("%s forwards %d connections, want 1", other.id, other.hub.Forwards())
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(other.hub.Collector(0))
+	if n, total := metricValue(t, reg, "roost_forwarded_connections"), metricValue(t, reg, "roost_forwards_total"); n != 1 || total != 1 {
+		t.Errorf("%s forwards %v connections (%v in all), want 1", other.id, n, total)
 	}
 	// Both ways, across the nodes.
 	c2.pub(t, "acme-topic/x", "from d2", 1, false)
@@ -280,6 +283,23 @@ func TestFleetClientCertificates(t *testing.T) {
 	}
 }
 
+// metricValue is the value of an unlabelled gauge or counter.
+func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			m := mf.GetMetric()[0]
+			return m.GetGauge().GetValue() + m.GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
 // mqttConnect is a v5 CONNECT with a username and password.
 func mqttConnect(username, password string) []byte {
 	var body bytes.Buffer
@@ -297,4 +317,25 @@ func forwardHeader(t *testing.T, key []byte) []byte {
 		t.Fatal(err)
 	}
 	return b.Bytes()
+}
+
+// TestFleetIdleRelease: a tenant whose broker stops for being idle is
+// released, so that its next device places it afresh (on the node Pick
+// gives, which may be another).
+func TestFleetIdleRelease(t *testing.T) {
+	s := newStack(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d1")
+	idle := func(c *broker.Config) { c.IdleTimeout = 200 * time.Millisecond }
+	a, b := newFleetNode(t, s, "a", idle), newFleetNode(t, s, "b", idle)
+	c := mustV5(t, b.addr, user("acme", "d1"), secret, "d1")
+	home, _ := homeOf(t, "acme", a, b)
+	c.Disconnect(&paho.Disconnect{})
+	eventually(t, 5*time.Second, "the idle tenant released", func() bool {
+		h, err := s.store.TenantHome(ctx, "acme")
+		return err == nil && h == "" && !home.member.Holds("acme") && home.hub.Instances() == 0
+	})
+	c = mustV5(t, a.addr, user("acme", "d1"), secret, "d1")
+	homeOf(t, "acme", a, b)
+	c.pub(t, "t", "back", 1, false)
 }

@@ -115,6 +115,7 @@ type Hub struct {
 	// is closed when the last one ends while the hub closes.
 	forwards     map[net.Conn]struct{}
 	forwardsGone chan struct{}
+	forwarded    atomic.Int64 // connections forwarded since the start
 	// releasing are the tenants whose claim is being given up; no broker
 	// of theirs starts meanwhile.
 	releasing map[string]bool

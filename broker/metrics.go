@@ -40,10 +40,12 @@ var (
 	descQuotaHits   = prometheus.NewDesc("roost_quota_exceeded_total", "Limit hits by quota (only quotas hit at least once).", []string{"tenant", "quota"}, nil)
 	descTenants     = prometheus.NewDesc("roost_tenants_metered", "Tenants with a meter since the hub started.", nil, nil)
 	descBrokers     = prometheus.NewDesc("roost_tenant_brokers", "Running tenant brokers.", nil, nil)
+	descForwarding  = prometheus.NewDesc("roost_forwarded_connections", "Device connections this node forwards to their tenant's home node.", nil, nil)
+	descForwarded   = prometheus.NewDesc("roost_forwards_total", "Device connections forwarded to their tenant's home node since the hub started.", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descQuotaHits, descTenants, descBrokers} {
+	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded} {
 		ch <- d
 	}
 }
@@ -105,6 +107,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descTenants, prometheus.GaugeValue, float64(len(samples)))
 	ch <- prometheus.MustNewConstMetric(descBrokers, prometheus.GaugeValue, float64(c.h.Instances()))
+	ch <- prometheus.MustNewConstMetric(descForwarding, prometheus.GaugeValue, float64(c.h.Forwards()))
+	ch <- prometheus.MustNewConstMetric(descForwarded, prometheus.CounterValue, float64(c.h.forwarded.Load()))
 }
 
 func emit(ch chan<- prometheus.Metric, s tenantSample) {
