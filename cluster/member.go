@@ -22,7 +22,7 @@ import (
 // liveFor after it last did; it reads the node list every refreshEvery.
 const (
 	announceEvery = 3 * time.Second
-	liveFor       = 10 * time.Second
+	liveFor       = tenants.NodeLiveFor
 	refreshEvery  = time.Second
 )
 

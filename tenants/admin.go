@@ -56,6 +56,18 @@ type Stats struct {
 	Devices           int64            `json:"devices"`
 	MessagesThisMonth int64            `json:"messages_this_month"`
 	TenantsByPlan     map[string]int64 `json:"tenants_by_plan"`
+	// Nodes are the data-plane nodes up, each with the tenants whose home
+	// it is.
+	Nodes []NodeStats `json:"nodes"`
+}
+
+// NodeStats is a data-plane node as the operator sees it.
+type NodeStats struct {
+	ID       string    `json:"id"`
+	URL      string    `json:"url"`
+	Draining bool      `json:"draining"`
+	SeenAt   time.Time `json:"seen_at"`
+	Tenants  int64     `json:"tenants"`
 }
 
 // Stats counts tenants (by plan), devices and now's month's messages.
@@ -88,7 +100,33 @@ func (s *Store) Stats(ctx context.Context, now time.Time) (Stats, error) {
 	month := MonthStart(now)
 	err = s.db.QueryRowContext(ctx, `SELECT COALESCE(SUM(messages_in + messages_out), 0) FROM usage WHERE hour >= $1 AND hour < $2`,
 		month, month.AddDate(0, 1, 0)).Scan(&st.MessagesThisMonth)
+	if err != nil {
+		return Stats{}, err
+	}
+	st.Nodes, err = s.nodeStats(ctx, now.Add(-NodeLiveFor))
 	return st, err
+}
+
+// nodeStats lists the nodes seen since the cutoff with the tenants each
+// holds.
+func (s *Store) nodeStats(ctx context.Context, seenSince time.Time) ([]NodeStats, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT n.id, n.url, n.draining, n.seen_at, COUNT(p.tenant)
+		FROM data_plane_nodes n LEFT JOIN tenant_placements p ON p.node = n.id
+		WHERE n.seen_at >= $1 GROUP BY n.id, n.url, n.draining, n.seen_at ORDER BY n.id`, seenSince.UTC())
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []NodeStats{}
+	for rows.Next() {
+		var n NodeStats
+		if err := rows.Scan(&n.ID, &n.URL, &n.Draining, &n.SeenAt, &n.Tenants); err != nil {
+			return nil, err
+		}
+		n.SeenAt = n.SeenAt.UTC()
+		out = append(out, n)
+	}
+	return out, rows.Err()
 }
 
 // AuditImpersonation records that the operator took a tenant's owner role,

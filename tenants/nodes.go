@@ -7,6 +7,11 @@ import (
 	"time"
 )
 
+// NodeLiveFor is how long a data-plane node counts as up after it last
+// announced itself (it does every 3 s); a node silent longer is taken for
+// dead and its tenants can be claimed by others.
+const NodeLiveFor = 10 * time.Second
+
 // Node is a data-plane node as it announced itself.
 type Node struct {
 	ID  string

@@ -217,6 +217,22 @@ func TestRollingRestart(t *testing.T) {
 		}
 	}
 	cp.api("POST", "/v1/tenants/"+tenant+"/messages", session.Token, map[string]any{"topic": "note", "payload": "hi", "qos": 1}, nil)
+	// The operator sees the fleet: two nodes, the tenant on one.
+	var stats struct {
+		Nodes []struct {
+			URL     string
+			Tenants int
+		}
+	}
+	cp.api("GET", "/v1/admin/stats", admin, nil, &stats)
+	if len(stats.Nodes) != 2 {
+		t.Errorf("the operator sees %d data-plane nodes, want 2: %+v", len(stats.Nodes), stats.Nodes)
+	}
+	for _, n := range stats.Nodes {
+		if want := map[bool]int{true: 1, false: 0}[n.URL == "http://"+home.httpAddr]; n.Tenants != want {
+			t.Errorf("node %s holds %d tenants, want %d", n.URL, n.Tenants, want)
+		}
+	}
 
 	// 2. The home drains under load.
 	done := load(pc)
