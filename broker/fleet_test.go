@@ -38,7 +38,7 @@ type fleetNode struct {
 }
 
 // newFleetNode starts a node on s's directory; mod adjusts its hub.
-func newFleetNode(t *testing.T, s *stack, id string, mod ...func(*broker.Config)) *fleetNode {
+func newFleetNode(t testing.TB, s *stack, id string, mod ...func(*broker.Config)) *fleetNode {
 	t.Helper()
 	n := &fleetNode{id: id, logs: &testenv.Buffer{}}
 	log := slog.New(slog.NewTextHandler(n.logs, nil)).With("node", id)
@@ -75,7 +75,7 @@ func newFleetNode(t *testing.T, s *stack, id string, mod ...func(*broker.Config)
 }
 
 // stop drains the node as `roost dataplane` does.
-func (n *fleetNode) stop(t *testing.T) {
+func (n *fleetNode) stop(t testing.TB) {
 	n.member.Drain(context.Background())
 	n.hub.Close()
 	n.member.Retire(context.Background())
@@ -83,7 +83,7 @@ func (n *fleetNode) stop(t *testing.T) {
 
 // homeOf is the node running the tenant's broker, failing unless exactly
 // one does.
-func homeOf(t *testing.T, tenant string, nodes ...*fleetNode) (home, other *fleetNode) {
+func homeOf(t testing.TB, tenant string, nodes ...*fleetNode) (home, other *fleetNode) {
 	t.Helper()
 	for _, n := range nodes {
 		if n.member.Holds(tenant) {
@@ -338,4 +338,59 @@ func TestFleetIdleRelease(t *testing.T) {
 	c = mustV5(t, a.addr, user("acme", "d1"), secret, "d1")
 	homeOf(t, "acme", a, b)
 	c.pub(t, "t", "back", 1, false)
+}
+
+// BenchmarkFleetRoundTrip measures what forwarding costs: a QoS 1 publish
+// to its subscriber's receipt, with both devices on the tenant's home
+// (direct) and with both on another node (forwarded: two extra hops), in
+// the same run, alternating, over loopback.
+//
+//	go test -run '^$' -bench FleetRoundTrip -benchtime 2000x ./broker
+func BenchmarkFleetRoundTrip(b *testing.B) {
+	s := newStack(b)
+	s.tenant("acme")
+	lifted := int64(1_000_000)
+	if _, err := s.store.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Quotas: map[string]*int64{
+		"publish_rate": &lifted, "tenant_publish_rate": &lifted}}); err != nil {
+		b.Fatal(err)
+	}
+	secrets := map[string]string{}
+	for _, d := range []string{"p1", "s1", "p2", "s2"} {
+		secrets[d] = s.device("acme", d)
+	}
+	a, c := newFleetNode(b, s, "a"), newFleetNode(b, s, "b")
+	first := mustV5(b, a.addr, user("acme", "p1"), secrets["p1"], "p1")
+	home, other := homeOf(b, "acme", a, c)
+	first.Disconnect(&paho.Disconnect{})
+	type pair struct{ pub, sub *v5 }
+	pairs := map[string]pair{}
+	for name, n := range map[string]*fleetNode{"direct": home, "forwarded": other} {
+		p, sb := "p1", "s1"
+		if name == "forwarded" {
+			p, sb = "p2", "s2"
+		}
+		pr := pair{mustV5(b, n.addr, user("acme", p), secrets[p], p), mustV5(b, n.addr, user("acme", sb), secrets[sb], sb)}
+		pr.sub.sub(b, name, 1)
+		pairs[name] = pr
+	}
+	took := map[string]time.Duration{}
+	b.ResetTimer()
+	for range b.N {
+		for _, name := range []string{"direct", "forwarded"} {
+			pr := pairs[name]
+			start := time.Now()
+			pr.pub.pub(b, name, "x", 1, false)
+			select {
+			case <-pr.sub.msgs:
+			case <-time.After(5 * time.Second):
+				b.Fatalf("%s: nothing received", name)
+			}
+			took[name] += time.Since(start)
+		}
+	}
+	b.StopTimer()
+	d, f := took["direct"].Seconds()/float64(b.N), took["forwarded"].Seconds()/float64(b.N)
+	b.ReportMetric(d*1e6, "µs-direct")
+	b.ReportMetric(f*1e6, "µs-forwarded")
+	b.ReportMetric(f/d, "forwarded/direct")
 }
