@@ -18,6 +18,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/tenants"
 	"github.com/roosthub/roost/transport"
 )
@@ -68,17 +69,10 @@ func (i issuer) leaf(t *testing.T, cn string, uri string, notBefore, notAfter ti
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
-// TestClientCertificates: over TLS, a device connects without a password
-// with a client certificate that chains to its tenant's CA and names it
-// (CN or URI SAN), or that is pinned to it; every other certificate is
-// refused with the bad-credentials code; removing the CA or unpinning the
-// certificate ends the connections they admitted.
-func TestClientCertificates(t *testing.T) {
-	s := newStack(t)
-	s.tenant("acme")
-	s.tenant("other")
-	s.device("acme", "d1", tenants.ClientIDsAny) // two connections at once below
-	s.device("other", "d1")
+// serveTLS gives the hub a TLS listener with a development certificate for
+// localhost, and returns its address and the roots that trust it.
+func serveTLS(t testing.TB, hub *broker.Hub) (addr string, roots *x509.CertPool) {
+	t.Helper()
 	files, err := transport.DevCertificates(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -91,10 +85,28 @@ func TestClientCertificates(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go s.hub.Serve(tls.NewListener(raw, transport.ServerConfig(server)))
-	roots := x509.NewCertPool()
-	caPEM, _ := os.ReadFile(files.CA)
+	go hub.Serve(tls.NewListener(raw, transport.ServerConfig(server)))
+	roots = x509.NewCertPool()
+	caPEM, err := os.ReadFile(files.CA)
+	if err != nil {
+		t.Fatal(err)
+	}
 	roots.AppendCertsFromPEM(caPEM)
+	return raw.Addr().String(), roots
+}
+
+// TestClientCertificates: over TLS, a device connects without a password
+// with a client certificate that chains to its tenant's CA and names it
+// (CN or URI SAN), or that is pinned to it; every other certificate is
+// refused with the bad-credentials code; removing the CA or unpinning the
+// certificate ends the connections they admitted.
+func TestClientCertificates(t *testing.T) {
+	s := newStack(t)
+	s.tenant("acme")
+	s.tenant("other")
+	s.device("acme", "d1", tenants.ClientIDsAny) // two connections at once below
+	s.device("other", "d1")
+	tlsAddr, roots := serveTLS(t, s.hub)
 
 	acmeCA, otherCA, strangerCA := newIssuer(t, "acme CA"), newIssuer(t, "other CA"), newIssuer(t, "stranger CA")
 	ca, err := s.store.CreateCA(ctx, "acme", tenants.CAInput{Certificate: acmeCA.pem()})
@@ -119,7 +131,7 @@ func TestClientCertificates(t *testing.T) {
 		if len(clientID) > 0 {
 			id = clientID[0]
 		}
-		conn, err := tls.Dial("tcp", raw.Addr().String(), &tls.Config{RootCAs: roots, ServerName: "localhost",
+		conn, err := tls.Dial("tcp", tlsAddr, &tls.Config{RootCAs: roots, ServerName: "localhost",
 			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 				if cert == nil {
 					return &tls.Certificate{}, nil

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -34,20 +36,8 @@ func TestDrainLosesNothing(t *testing.T) {
 	p.api("POST", "/v1/tenants/"+tenant+"/devices", session.Token, map[string]string{"name": "pub"}, &pub)
 	p.api("POST", "/v1/tenants/"+tenant+"/devices", session.Token, map[string]string{"name": "will"}, &will)
 
-	var mu sync.Mutex
-	received, acked := map[int]int{}, map[int]bool{}
-	wills := 0
-	onMsg := func(m *paho.Publish) {
-		mu.Lock()
-		defer mu.Unlock()
-		if m.Topic == "wills/will" {
-			wills++
-			return
-		}
-		if n, err := strconv.Atoi(string(m.Payload)); err == nil {
-			received[n]++
-		}
-	}
+	msgs := newLedger()
+	onMsg := msgs.receive
 	disconnects := make(chan byte, 4)
 	connect := func(user, secret, id string, persistent bool, onMsg func(*paho.Publish), willMsg bool) *paho.Client {
 		t.Helper()
@@ -66,24 +56,146 @@ func TestDrainLosesNothing(t *testing.T) {
 	connect(tenant+"/will", will.Secret, "will", false, nil, true)
 	pc := connect(tenant+"/pub", pub.Secret, "pub", false, nil, false)
 
-	done := make(chan struct{})
+	done := msgs.publish(pc)
+	time.Sleep(300 * time.Millisecond)
+	p.terminate()
+	<-done
+	for range 3 {
+		toldShutdown(t, "a v5 client", disconnects)
+	}
+
+	p.start()
+	defer p.kill()
+	sc = connect(tenant+"/sub", sub.Secret, "sub", true, onMsg, false)
+	defer sc.Disconnect(&paho.Disconnect{})
+	msgs.allReceived(t, "after the drain")
+	time.Sleep(200 * time.Millisecond) // room for a Will that should not come
+	msgs.check(t, 10)
+}
+
+// ledger keeps the books of numbered QoS 1 messages sent through a drain:
+// which ones a publisher got a PUBACK for, which ones a subscriber
+// received, and the Wills (topics wills/…) and other messages it got.
+type ledger struct {
+	mu       sync.Mutex
+	next     int
+	acked    map[int]bool
+	received map[int]int
+	wills    int
+	other    map[string]int // by topic
+}
+
+func newLedger() *ledger {
+	return &ledger{acked: map[int]bool{}, received: map[int]int{}, other: map[string]int{}}
+}
+
+// receive is a subscriber's message handler.
+func (l *ledger) receive(m *paho.Publish) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if strings.HasPrefix(m.Topic, "wills/") {
+		l.wills++
+		return
+	}
+	if n, err := strconv.Atoi(string(m.Payload)); err == nil && m.Topic == "seq" {
+		l.received[n]++
+		return
+	}
+	l.other[m.Topic]++
+}
+
+// publish sends numbered QoS 1 messages on seq from where the last run
+// stopped until a publish fails, and closes done then.
+func (l *ledger) publish(c *paho.Client) (done chan struct{}) {
+	done = make(chan struct{})
 	go func() {
 		defer close(done)
-		for n := 0; ; n++ {
+		for {
+			l.mu.Lock()
+			n := l.next
+			l.next++
+			l.mu.Unlock()
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-			r, err := pc.Publish(ctx, &paho.Publish{Topic: "seq", QoS: 1, Payload: []byte(strconv.Itoa(n))})
+			r, err := c.Publish(ctx, &paho.Publish{Topic: "seq", QoS: 1, Payload: []byte(strconv.Itoa(n))})
 			cancel()
 			if err != nil {
 				return
 			}
 			if r != nil && r.ReasonCode < 0x80 {
-				mu.Lock()
-				acked[n] = true
-				mu.Unlock()
+				l.mu.Lock()
+				l.acked[n] = true
+				l.mu.Unlock()
 			}
 		}
 	}()
-	time.Sleep(300 * time.Millisecond)
+	return done
+}
+
+// allReceived waits up to 10 s for every acknowledged message to arrive.
+func (l *ledger) allReceived(t *testing.T, phase string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l.mu.Lock()
+		var lost []int
+		for n := range l.acked {
+			if l.received[n] == 0 {
+				lost = append(lost, n)
+			}
+		}
+		total := len(l.acked)
+		l.mu.Unlock()
+		if len(lost) == 0 {
+			t.Logf("%s: %d messages acknowledged so far, all received", phase, total)
+			return
+		}
+		if time.Now().After(deadline) {
+			slices.Sort(lost)
+			t.Fatalf("%s: %d acknowledged messages lost, e.g. %v", phase, len(lost), lost[:min(10, len(lost))])
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// check fails the test if fewer than least messages were acknowledged (it
+// did not load the server) or if a Will arrived.
+func (l *ledger) check(t *testing.T, least int) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.acked) < least {
+		t.Errorf("only %d messages were acknowledged: the test did not load the server", len(l.acked))
+	}
+	if l.wills != 0 {
+		t.Errorf("the drain sent %d Wills", l.wills)
+	}
+}
+
+// count is how many messages arrived on a topic besides seq and wills/….
+func (l *ledger) count(topic string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.other[topic]
+}
+
+// toldShutdown waits for a DISCONNECT reason code on ch and fails unless it
+// is 0x8B (server shutting down).
+func toldShutdown(t *testing.T, who string, ch <-chan byte) {
+	t.Helper()
+	select {
+	case code := <-ch:
+		if code != 0x8B {
+			t.Errorf("%s: DISCONNECT %#x, want 0x8B (server shutting down)", who, code)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s was not told the server is shutting down", who)
+	}
+}
+
+// terminate sends the process SIGTERM and waits for it to exit 0 within
+// its 10 s drain deadline.
+func (p *process) terminate() {
+	p.t.Helper()
 	start := time.Now()
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	exited := make(chan error, 1)
@@ -91,57 +203,13 @@ func TestDrainLosesNothing(t *testing.T) {
 	select {
 	case err := <-exited:
 		if err != nil {
-			t.Fatalf("roost serve after SIGTERM: %v\n%s", err, p.log)
+			p.t.Fatalf("roost %s after SIGTERM: %v\n%s", p.role, err, p.log)
 		}
 	case <-time.After(15 * time.Second):
 		p.cmd.Process.Kill()
-		t.Fatalf("roost serve did not exit within its 10 s drain deadline\n%s", p.log)
+		p.t.Fatalf("roost %s did not exit within its 10 s drain deadline\n%s", p.role, p.log)
 	}
-	t.Logf("drained and exited in %s", time.Since(start).Round(time.Millisecond))
-	<-done
-	for range 3 {
-		select {
-		case code := <-disconnects:
-			if code != 0x8B {
-				t.Errorf("DISCONNECT %#x, want 0x8B (server shutting down)", code)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatal("a v5 client was not told the server is shutting down")
-		}
-	}
-
-	p.start()
-	defer p.kill()
-	sc = connect(tenant+"/sub", sub.Secret, "sub", true, onMsg, false)
-	defer sc.Disconnect(&paho.Disconnect{})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		mu.Lock()
-		var lost []int
-		for n := range acked {
-			if received[n] == 0 {
-				lost = append(lost, n)
-			}
-		}
-		mu.Unlock()
-		if len(lost) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d acknowledged messages lost over the drain, e.g. %v", len(lost), lost[:min(10, len(lost))])
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	time.Sleep(200 * time.Millisecond) // room for a Will that should not come
-	mu.Lock()
-	defer mu.Unlock()
-	if len(acked) < 10 {
-		t.Errorf("only %d messages were acknowledged: the test did not load the server", len(acked))
-	}
-	if wills != 0 {
-		t.Errorf("the drain sent %d Wills", wills)
-	}
-	t.Logf("%d messages acknowledged before the drain, all received", len(acked))
+	p.t.Logf("drained and exited in %s", time.Since(start).Round(time.Millisecond))
 }
 
 // mqttClientWith is mqttClient with a DISCONNECT callback and, optionally,

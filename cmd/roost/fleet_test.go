@@ -4,9 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"strconv"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -84,23 +81,8 @@ func TestRollingRestart(t *testing.T) {
 	cp.api("POST", "/v1/tenants/"+tenant+"/devices", session.Token, map[string]string{"name": "sub"}, &sub)
 	cp.api("POST", "/v1/tenants/"+tenant+"/devices", session.Token, map[string]string{"name": "pub"}, &pub)
 
-	var mu sync.Mutex
-	received, acked := map[int]int{}, map[int]bool{}
-	wills, notes := 0, 0
-	onMsg := func(m *paho.Publish) {
-		mu.Lock()
-		defer mu.Unlock()
-		switch m.Topic {
-		case "wills/pub":
-			wills++
-		case "note":
-			notes++
-		default:
-			if n, err := strconv.Atoi(string(m.Payload)); err == nil {
-				received[n]++
-			}
-		}
-	}
+	msgs := newLedger()
+	onMsg := msgs.receive
 	subDiscs, pubDiscs := make(chan byte, 4), make(chan byte, 4)
 	connectSub := func(p *process) *paho.Client {
 		t.Helper()
@@ -118,81 +100,6 @@ func TestRollingRestart(t *testing.T) {
 		}
 		return c
 	}
-	// load publishes numbered QoS 1 messages from n on until a publish
-	// fails, and closes done then.
-	next := 0
-	load := func(c *paho.Client) (done chan struct{}) {
-		done = make(chan struct{})
-		go func() {
-			defer close(done)
-			for ; ; next++ {
-				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-				r, err := c.Publish(ctx, &paho.Publish{Topic: "seq", QoS: 1, Payload: []byte(strconv.Itoa(next))})
-				cancel()
-				if err != nil {
-					return
-				}
-				if r != nil && r.ReasonCode < 0x80 {
-					mu.Lock()
-					acked[next] = true
-					mu.Unlock()
-				}
-			}
-		}()
-		return done
-	}
-	stop := func(p *process) {
-		t.Helper()
-		start := time.Now()
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		exited := make(chan error, 1)
-		go func() { exited <- p.cmd.Wait() }()
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Fatalf("a data-plane node after SIGTERM: %v\n%s", err, p.log)
-			}
-		case <-time.After(15 * time.Second):
-			p.cmd.Process.Kill()
-			t.Fatalf("a data-plane node did not exit within its 10 s drain deadline\n%s", p.log)
-		}
-		t.Logf("node drained and exited in %s", time.Since(start).Round(time.Millisecond))
-	}
-	told := func(who string, ch chan byte) {
-		t.Helper()
-		select {
-		case code := <-ch:
-			if code != 0x8B {
-				t.Errorf("%s: DISCONNECT %#x, want 0x8B (server shutting down)", who, code)
-			}
-		case <-time.After(5 * time.Second):
-			t.Fatalf("%s was not told the server is shutting down", who)
-		}
-	}
-	allReceived := func(phase string) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			mu.Lock()
-			var lost []int
-			for n := range acked {
-				if received[n] == 0 {
-					lost = append(lost, n)
-				}
-			}
-			total := len(acked)
-			mu.Unlock()
-			if len(lost) == 0 {
-				t.Logf("%s: %d messages acknowledged so far, all received", phase, total)
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: %d acknowledged messages lost, e.g. %v", phase, len(lost), lost[:min(10, len(lost))])
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-
 	// 1. Devices on both nodes meet on the tenant's home.
 	sc := connectSub(n1)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -235,14 +142,14 @@ func TestRollingRestart(t *testing.T) {
 	}
 
 	// 2. The home drains under load.
-	done := load(pc)
+	done := msgs.publish(pc)
 	time.Sleep(300 * time.Millisecond)
-	stop(home)
+	home.terminate()
 	<-done
-	told("a device of the draining home", subDiscs)
-	told("a device forwarded to the draining home", pubDiscs)
+	toldShutdown(t, "a device of the draining home", subDiscs)
+	toldShutdown(t, "a device forwarded to the draining home", pubDiscs)
 	sc = connectSub(other)
-	allReceived("after the home drained")
+	msgs.allReceived(t, "after the home drained")
 	if h := homeOf(); h != other {
 		t.Fatal("the tenant did not move to the remaining node")
 	}
@@ -251,27 +158,20 @@ func TestRollingRestart(t *testing.T) {
 	// drains in turn.
 	home.start()
 	pc = connectPub(home)
-	done = load(pc)
+	done = msgs.publish(pc)
 	time.Sleep(300 * time.Millisecond)
-	stop(home)
+	home.terminate()
 	<-done
-	told("a device forwarded by the draining node", pubDiscs)
+	toldShutdown(t, "a device forwarded by the draining node", pubDiscs)
 	select {
 	case code := <-subDiscs:
 		t.Errorf("the subscriber, on the node that stayed, was disconnected (%#x)", code)
 	case <-time.After(300 * time.Millisecond):
 	}
-	allReceived("after the forwarding node drained")
-	mu.Lock()
-	defer mu.Unlock()
-	if len(acked) < 20 {
-		t.Errorf("only %d messages were acknowledged: the test did not load the nodes", len(acked))
-	}
-	if wills != 0 {
-		t.Errorf("the drains sent %d Wills", wills)
-	}
-	if notes != 1 {
-		t.Errorf("the control plane's publish reached the subscriber %d times, want 1", notes)
+	msgs.allReceived(t, "after the forwarding node drained")
+	msgs.check(t, 20)
+	if n := msgs.count("note"); n != 1 {
+		t.Errorf("the control plane's publish reached the subscriber %d times, want 1", n)
 	}
 	sc.Disconnect(&paho.Disconnect{})
 }
