@@ -34,8 +34,9 @@ func TestMetricsSeriesBounded(t *testing.T) {
 	c := h.Collector(20)
 	n := testutil.CollectAndCount(c) - 2 // the two roost_quota_exceeded_total series
 	const perTenant = 8                  // connections, 2 messages, 2 bytes, throttled, auth failures, queued
-	if want := 21*perTenant + 2; n != want {
-		t.Errorf("%d series for 1,000 tenants, want %d (20 tenants + _other, 8 each, and 2 totals)", n, want)
+	const totals = 4                     // tenants metered, brokers, forwarded connections, forwards
+	if want := 21*perTenant + totals; n != want {
+		t.Errorf("%d series for 1,000 tenants, want %d (20 tenants + _other, 8 each, and %d totals)", n, want, totals)
 	}
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(c)

@@ -158,6 +158,11 @@ func (m *Member) refresh(ctx context.Context) error {
 	}
 	m.mu.Lock()
 	m.nodes, m.nodesRead = nodes, m.cfg.Now()
+	for id := range m.forwardedTo {
+		if _, up := find(nodes, id); !up {
+			delete(m.forwardedTo, id) // gone: nothing forwarded to it lives on
+		}
+	}
 	m.mu.Unlock()
 	return nil
 }
