@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/internal/lru"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -46,6 +47,9 @@ type Member struct {
 	nodes       []tenants.Node // up, as last read
 	nodesRead   time.Time
 	forwardedTo map[string]bool // nodes this one forwarded connections to
+	// homes are the tenants' homes as last read, for while Postgres does
+	// not answer: a tenant living on a node still up is still forwarded.
+	homes *lru.Cache[string, string]
 	draining    bool
 	onLost      func(tenant string)
 	stop        context.CancelFunc
@@ -76,7 +80,7 @@ func NewMember(cfg MemberConfig) *Member {
 		cfg.Now = time.Now
 	}
 	return &Member{cfg: cfg, key: ForwardKey(cfg.Token), held: map[string]bool{}, forwardedTo: map[string]bool{},
-		client: &http.Client{Timeout: callTimeout}}
+		homes: lru.New[string, string](100_000), client: &http.Client{Timeout: callTimeout}}
 }
 
 var _ broker.Cluster = (*Member)(nil)
@@ -240,7 +244,10 @@ func (m *Member) upNodes(ctx context.Context) ([]tenants.Node, error) {
 		return nodes, nil
 	}
 	if err := m.refresh(ctx); err != nil {
-		return nil, err
+		if read.IsZero() {
+			return nil, err
+		}
+		return nodes, nil // the last list is the best guess while Postgres does not answer
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -270,8 +277,14 @@ func (m *Member) Place(ctx context.Context, tenant string, chosen bool) (string,
 	}
 	home, err := m.cfg.Store.TenantHome(ctx, tenant)
 	if err != nil {
+		// Postgres does not answer: a tenant whose home was known and is
+		// still up (as far as the last node list says) is forwarded there.
+		if n, ok := find(nodes, m.lastHome(tenant)); ok && n.ID != m.cfg.ID && !n.Draining {
+			return m.forwardTo(n), nil
+		}
 		return "", err
 	}
+	m.noteHome(tenant, home)
 	if home == m.cfg.ID {
 		m.hold(tenant)
 		return "", nil
@@ -295,6 +308,7 @@ func (m *Member) Place(ctx context.Context, tenant string, chosen bool) (string,
 	if err != nil {
 		return "", err
 	}
+	m.noteHome(tenant, home)
 	if home == m.cfg.ID {
 		m.hold(tenant)
 		m.cfg.Log.Info("tenant placed on this node", "tenant", tenant)
@@ -305,6 +319,23 @@ func (m *Member) Place(ctx context.Context, tenant string, chosen bool) (string,
 		return m.forwardTo(n), nil
 	}
 	return "", broker.ErrMoving
+}
+
+func (m *Member) noteHome(tenant, node string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if node == "" {
+		m.homes.Remove(tenant)
+	} else {
+		m.homes.Add(tenant, node)
+	}
+}
+
+func (m *Member) lastHome(tenant string) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	home, _ := m.homes.Get(tenant)
+	return home
 }
 
 func (m *Member) hold(tenant string) {

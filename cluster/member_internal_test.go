@@ -254,3 +254,30 @@ func testPlacement(t *testing.T, databaseURL string) {
 		t.Errorf("b's release: home %q", home("paused"))
 	}
 }
+
+// TestPlacementWithoutPostgres: while the directory does not answer, a
+// tenant whose home was seen is still forwarded there; one never seen is
+// refused (nothing can be claimed).
+func TestPlacementWithoutPostgres(t *testing.T) {
+	ctx := context.Background()
+	f := newFleet(t, "")
+	x, y := f.member("x"), f.member("y")
+	see(t, x, y)
+	if addr, err := y.Place(ctx, "kept", true); err != nil || addr != "" {
+		t.Fatalf("y claims: %q, %v", addr, err)
+	}
+	if addr, err := x.Place(ctx, "kept", false); err != nil || addr != "y:1884" {
+		t.Fatalf("x forwards: %q, %v", addr, err)
+	}
+	f.store.Close()
+	f.advance(3 * refreshEvery) // the node list is stale and cannot be read again
+	if addr, err := x.Place(ctx, "kept", false); err != nil || addr != "y:1884" {
+		t.Errorf("without the directory, a tenant whose home was seen: %q, %v", addr, err)
+	}
+	if addr, err := x.Place(ctx, "unseen", false); err == nil {
+		t.Errorf("without the directory, a tenant never seen was placed at %q", addr)
+	}
+	if addr, err := y.Place(ctx, "kept", false); err != nil || addr != "" {
+		t.Errorf("its home still runs it: %q, %v", addr, err)
+	}
+}
