@@ -49,11 +49,11 @@ type Member struct {
 	forwardedTo map[string]bool // nodes this one forwarded connections to
 	// homes are the tenants' homes as last read, for while Postgres does
 	// not answer: a tenant living on a node still up is still forwarded.
-	homes *lru.Cache[string, string]
-	draining    bool
-	onLost      func(tenant string)
-	stop        context.CancelFunc
-	stopped     chan struct{}
+	homes    *lru.Cache[string, string]
+	draining bool
+	onLost   func(tenant string)
+	stop     context.CancelFunc
+	stopped  chan struct{}
 }
 
 // MemberConfig is what a Member needs.
