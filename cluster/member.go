@@ -268,57 +268,66 @@ func (m *Member) Place(ctx context.Context, tenant string, chosen bool) (string,
 	if m.Holds(tenant) {
 		return "", nil
 	}
-	m.mu.Lock()
-	draining := m.draining
-	m.mu.Unlock()
-	nodes, err := m.upNodes(ctx)
-	if err != nil {
-		return "", err
-	}
-	home, err := m.cfg.Store.TenantHome(ctx, tenant)
+	home, held, err := m.cfg.Store.TenantHomeNode(ctx, tenant)
 	if err != nil {
 		// Postgres does not answer: a tenant whose home was known and is
 		// still up (as far as the last node list says) is forwarded there.
+		nodes, _ := m.upNodes(ctx)
 		if n, ok := find(nodes, m.lastHome(tenant)); ok && n.ID != m.cfg.ID && !n.Draining {
 			return m.forwardTo(n), nil
 		}
 		return "", err
 	}
-	m.noteHome(tenant, home)
-	if home == m.cfg.ID {
+	switch {
+	case held && home.ID == m.cfg.ID:
 		m.hold(tenant)
 		return "", nil
-	}
-	if n, ok := find(nodes, home); ok {
-		if n.Draining {
+	case held && m.up(home):
+		m.noteHome(tenant, home.ID)
+		if home.Draining {
 			return "", broker.ErrMoving
 		}
-		return m.forwardTo(n), nil
+		return m.forwardTo(home), nil
 	}
-	// No live node holds the tenant.
+	// No live node holds the tenant. The node list is read afresh: the
+	// one kept may still have a node that has just retired.
+	m.mu.Lock()
+	draining := m.draining
+	m.mu.Unlock()
 	if draining {
 		return "", errDraining
 	}
+	if err := m.refresh(ctx); err != nil {
+		return "", err
+	}
+	m.mu.Lock()
+	nodes := m.nodes
+	m.mu.Unlock()
 	if !chosen {
 		if n, ok := Pick(tenant, forwarders(nodes)); ok && n.ID != m.cfg.ID {
 			return m.forwardTo(n), nil
 		}
 	}
-	home, err = m.cfg.Store.ClaimTenant(ctx, tenant, m.cfg.ID, m.cfg.Now().Add(-liveFor))
+	id, err := m.cfg.Store.ClaimTenant(ctx, tenant, m.cfg.ID, m.cfg.Now().Add(-liveFor))
 	if err != nil {
 		return "", err
 	}
-	m.noteHome(tenant, home)
-	if home == m.cfg.ID {
+	m.noteHome(tenant, id)
+	if id == m.cfg.ID {
 		m.hold(tenant)
 		m.cfg.Log.Info("tenant placed on this node", "tenant", tenant)
 		return "", nil
 	}
 	// Another node claimed it first.
-	if n, ok := find(nodes, home); ok && !n.Draining {
+	if n, ok := find(nodes, id); ok && !n.Draining {
 		return m.forwardTo(n), nil
 	}
 	return "", broker.ErrMoving
+}
+
+// up reports whether a node announced itself recently enough to count.
+func (m *Member) up(n tenants.Node) bool {
+	return !n.SeenAt.Before(m.cfg.Now().Add(-liveFor))
 }
 
 func (m *Member) noteHome(tenant, node string) {

@@ -86,6 +86,26 @@ func (s *Store) TenantHome(ctx context.Context, tenant string) (string, error) {
 	return node, err
 }
 
+// TenantHomeNode is the node holding a tenant, as that node last announced
+// itself; ok is false if none holds it. A holder whose row is gone (it was
+// silent for over an hour) comes back with only its ID.
+func (s *Store) TenantHomeNode(ctx context.Context, tenant string) (n Node, ok bool, err error) {
+	var url, fwd sql.NullString
+	var draining sql.NullBool
+	var seen sql.NullTime
+	err = s.db.QueryRowContext(ctx, `SELECT p.node, n.url, n.forward_addr, n.draining, n.seen_at
+		FROM tenant_placements p LEFT JOIN data_plane_nodes n ON n.id = p.node WHERE p.tenant = $1`, tenant).
+		Scan(&n.ID, &url, &fwd, &draining, &seen)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Node{}, false, nil
+	}
+	if err != nil {
+		return Node{}, false, err
+	}
+	n.URL, n.ForwardAddr, n.Draining, n.SeenAt = url.String, fwd.String, draining.Bool, seen.Time.UTC()
+	return n, true, nil
+}
+
 // ClaimTenant makes node the tenant's home unless a node seen since the
 // cutoff holds it, and returns the home as it is then. The claim is one
 // statement, so two nodes claiming at once cannot both win.
