@@ -103,13 +103,14 @@ func (s *Store) Stats(ctx context.Context, now time.Time) (Stats, error) {
 	if err != nil {
 		return Stats{}, err
 	}
-	st.Nodes, err = s.nodeStats(ctx, now.Add(-NodeLiveFor))
+	st.Nodes, err = s.NodeStats(ctx, now)
 	return st, err
 }
 
-// nodeStats lists the nodes seen since the cutoff with the tenants each
-// holds.
-func (s *Store) nodeStats(ctx context.Context, seenSince time.Time) ([]NodeStats, error) {
+// NodeStats lists the data-plane nodes up at now (seen in the last
+// NodeLiveFor) with the tenants each holds.
+func (s *Store) NodeStats(ctx context.Context, now time.Time) ([]NodeStats, error) {
+	seenSince := now.Add(-NodeLiveFor)
 	rows, err := s.db.QueryContext(ctx, `SELECT n.id, n.url, n.draining, n.seen_at, COUNT(p.tenant)
 		FROM data_plane_nodes n LEFT JOIN tenant_placements p ON p.node = n.id
 		WHERE n.seen_at >= $1 GROUP BY n.id, n.url, n.draining, n.seen_at ORDER BY n.id`, seenSince.UTC())

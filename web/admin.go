@@ -20,6 +20,7 @@ type adminRow struct {
 }
 
 type adminData struct {
+	Nodes  []tenants.NodeStats // the data-plane nodes of a fleet
 	Rows   []adminRow
 	Plans  []string
 	Next   string
@@ -40,6 +41,10 @@ func (c *Console) renderAdmin(w http.ResponseWriter, r *http.Request, status int
 		return
 	}
 	d := adminData{Plans: c.store.Plans().Names(), Next: next}
+	if d.Nodes, err = c.store.NodeStats(ctx, c.cfg.Now()); err != nil {
+		c.internal(w, r, err)
+		return
+	}
 	for _, t := range ts {
 		row := adminRow{Tenant: t}
 		if row.Messages, err = c.store.MonthMessages(ctx, t.Slug, c.cfg.Now()); err != nil {

@@ -251,10 +251,26 @@ func TestOperatorPages(t *testing.T) {
 	if a := op.post("/admin/login", url.Values{"token": {operatorToken}}); a.status != http.StatusSeeOther {
 		t.Fatalf("operator login: %d", a.status)
 	}
-	if a := op.get("/admin"); a.status != http.StatusOK || !strings.Contains(a.body, "acme") {
-		t.Fatalf("admin page: %d", a.status)
+	if a := op.get("/admin"); a.status != http.StatusOK || !strings.Contains(a.body, "acme") || strings.Contains(a.body, "Data-plane nodes") {
+		t.Fatalf("admin page (one process, no fleet): %d", a.status)
 	}
-	a := op.post("/admin/tenants/acme", url.Values{"plan": {"pro"}, "suspended": {"on"}, "overrides": {"max_devices=7\nconnect_rate=50"}})
+	// A fleet: its nodes, with the tenants at home on each.
+	for _, n := range []string{"node-a", "node-b"} {
+		if err := s.store.AnnounceNode(t.Context(), tenants.Node{ID: n, URL: "http://" + n + ":8080", ForwardAddr: n + ":1884"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.store.ClaimTenant(t.Context(), "acme", "node-b", time.Now().Add(-time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	s.store.DrainNode(t.Context(), "node-a")
+	a := op.get("/admin")
+	for _, want := range []string{"Data-plane nodes", "<td>node-a</td><td>http://node-a:8080</td><td>0</td><td><span class=\"off\">draining</span>", "<td>node-b</td><td>http://node-b:8080</td><td>1</td><td>up"} {
+		if !strings.Contains(a.body, want) {
+			t.Errorf("the operator page lacks %q", want)
+		}
+	}
+	a = op.post("/admin/tenants/acme", url.Values{"plan": {"pro"}, "suspended": {"on"}, "overrides": {"max_devices=7\nconnect_rate=50"}})
 	if a.status != http.StatusSeeOther {
 		t.Fatalf("operator update: %d %s", a.status, a.body)
 	}
