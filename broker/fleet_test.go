@@ -119,9 +119,16 @@ func TestFleetForwarding(t *testing.T) {
 	spy := s.device("other", "spy")
 	a, b := newFleetNode(t, s, "a"), newFleetNode(t, s, "b")
 
-	c1 := mustV5(t, a.addr, user("acme", "d1"), secrets["d1"], "d1")
-	home, other := homeOf(t, "acme", a, b)
-	t.Logf("acme's home is %s", home.id)
+	// d1 connects to the node acme will live on.
+	first, _ := cluster.Pick("acme", []tenants.Node{{ID: a.id, ForwardAddr: a.fwd}, {ID: b.id, ForwardAddr: b.fwd}})
+	home, other := a, b
+	if first.ID == b.id {
+		home, other = b, a
+	}
+	c1 := mustV5(t, home.addr, user("acme", "d1"), secrets["d1"], "d1")
+	if h, _ := homeOf(t, "acme", a, b); h != home {
+		t.Fatalf("acme went to %s, not to %s as Pick said", h.id, home.id)
+	}
 	c1.sub(t, "acme-topic/#", 1)
 	// d2 connects to the node that is not acme's home, with a Will.
 	c2 := mustV5(t, other.addr, user("acme", "d2"), secrets["d2"], "d2", func(c *paho.Connect) {
