@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net"
 	"time"
 
@@ -78,8 +77,12 @@ func (h *Hub) route(conn net.Conn, r *bufio.Reader, raw []byte, pk packets.Packe
 		// hop could loop.
 		log.Warn("connect refused: forwarded here, but the tenant lives on another node", "origin", origin, "home", addr)
 	default:
-		h.forward(conn, r, raw, pk.ProtocolVersion, addr, log, endHandshake)
-		return true
+		up, err := h.dialHome(conn, raw, addr)
+		if err == nil {
+			h.splice(conn, r, up, endHandshake)
+			return true
+		}
+		log.Warn("connect refused: the tenant's home node does not take the connection", "home", addr, "err", err)
 	}
 	writeConnack(conn, pk.ProtocolVersion, serverUnavailable)
 	conn.Close()
@@ -119,33 +122,31 @@ func (h *Hub) placeHere(ctx context.Context, tenant string) error {
 	return nil
 }
 
-// forward hands a device connection to the tenant's home node: the signed
-// header describing the device, the CONNECT and whatever followed it, then
-// bytes both ways until either side ends.
-func (h *Hub) forward(conn net.Conn, r *bufio.Reader, raw []byte, version byte, addr string, log *slog.Logger, endHandshake func()) {
-	up, err := net.DialTimeout("tcp", addr, 3*time.Second)
-	if err != nil {
-		log.Warn("connect refused: the tenant's home node does not answer", "home", addr, "err", err)
-		writeConnack(conn, version, serverUnavailable)
-		conn.Close()
-		return
-	}
+// dialHome opens a forwarded connection to the tenant's home node and
+// sends it the signed header describing the device, then the CONNECT.
+func (h *Hub) dialHome(conn net.Conn, raw []byte, addr string) (net.Conn, error) {
 	var head bytes.Buffer
 	if err := transport.WriteForwardHeader(&head, transport.DescribeForward(conn, h.cfg.Cluster.ID()), h.cfg.Cluster.Key(), time.Now()); err != nil {
-		log.Warn("connect refused: cannot forward", "err", err)
-		up.Close()
-		conn.Close()
-		return
+		return nil, err
 	}
 	head.Write(raw)
+	up, err := net.DialTimeout("tcp", addr, 3*time.Second)
+	if err != nil {
+		return nil, err
+	}
 	up.SetWriteDeadline(time.Now().Add(h.cfg.ConnectTimeout))
 	if _, err := up.Write(head.Bytes()); err != nil {
-		log.Warn("connect refused: the tenant's home node does not take the connection", "home", addr, "err", err)
 		up.Close()
-		conn.Close()
-		return
+		return nil, err
 	}
 	up.SetWriteDeadline(time.Time{})
+	return up, nil
+}
+
+// splice passes bytes both ways between a device and its home node until
+// either side ends: what the device sends from what is buffered on, what
+// the home sends as it comes (the home bounds its own writes).
+func (h *Hub) splice(conn net.Conn, r *bufio.Reader, up net.Conn, endHandshake func()) {
 	conn.SetReadDeadline(time.Time{})
 	if !h.addForward(conn) {
 		up.Close()
@@ -157,10 +158,10 @@ func (h *Hub) forward(conn net.Conn, r *bufio.Reader, raw []byte, version byte, 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		io.Copy(conn, up) // the home's side; it bounds its own writes
+		io.Copy(conn, up)
 		conn.Close()
 	}()
-	io.Copy(up, r) // what the device sends, from what is buffered on
+	io.Copy(up, r)
 	up.Close()
 	<-done
 }
