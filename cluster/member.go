@@ -126,6 +126,7 @@ func (m *Member) run(ctx context.Context) {
 	refresh := time.NewTicker(refreshEvery)
 	defer refresh.Stop()
 	lastAnnounce := m.cfg.Now()
+	failing := false // logged once per outage, not once a second
 	for {
 		select {
 		case <-ctx.Done():
@@ -133,18 +134,25 @@ func (m *Member) run(ctx context.Context) {
 		case <-refresh.C:
 		}
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		var err error
 		if m.cfg.Now().Sub(lastAnnounce) >= announceEvery {
-			if err := m.announce(actx); err != nil {
-				m.cfg.Log.Warn("announce this data-plane node", "err", err)
-			} else {
+			if err = m.announce(actx); err == nil {
 				lastAnnounce = m.cfg.Now()
 				m.checkClaims(actx)
 			}
 		}
-		if err := m.refresh(actx); err != nil && ctx.Err() == nil {
-			m.cfg.Log.Warn("read the data-plane nodes", "err", err)
+		if err == nil {
+			err = m.refresh(actx)
 		}
 		cancel()
+		switch {
+		case err != nil && ctx.Err() == nil && !failing:
+			m.cfg.Log.Warn("this data-plane node cannot announce itself or read the others; it keeps its tenants and forwards to the homes it knows", "err", err)
+			failing = true
+		case err == nil && failing:
+			m.cfg.Log.Info("this data-plane node announces itself again")
+			failing = false
+		}
 	}
 }
 
