@@ -106,7 +106,10 @@ func apply(ctx context.Context, db *sql.DB, d Dialect, ms []Migration) ([]string
 	if d == SQLite {
 		create = sqliteDDL(create)
 	}
-	if _, err := db.ExecContext(ctx, create); err != nil {
+	if err := inLockedTx(ctx, db, d, func(tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, create)
+		return err
+	}); err != nil {
 		return nil, fmt.Errorf("create schema_migrations: %w", err)
 	}
 	var applied []string
@@ -122,19 +125,38 @@ func apply(ctx context.Context, db *sql.DB, d Dialect, ms []Migration) ([]string
 	return applied, nil
 }
 
-func applyOne(ctx context.Context, db *sql.DB, d Dialect, m Migration) (bool, error) {
+// inLockedTx runs fn in a transaction that, on Postgres, holds the
+// migration lock: even CREATE TABLE IF NOT EXISTS fails when two processes
+// run it at once on a new database.
+func inLockedTx(ctx context.Context, db *sql.DB, d Dialect, fn func(*sql.Tx) error) error {
 	tx, err := db.BeginTx(ctx, nil)
 	if err != nil {
-		return false, err
+		return err
 	}
 	defer tx.Rollback()
 	if d == Postgres {
 		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, lockID); err != nil {
-			return false, err
+			return err
 		}
 	}
+	if err := fn(tx); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func applyOne(ctx context.Context, db *sql.DB, d Dialect, m Migration) (ran bool, err error) {
+	err = inLockedTx(ctx, db, d, func(tx *sql.Tx) error {
+		ran, err = applyIn(ctx, tx, d, m)
+		return err
+	})
+	return ran && err == nil, err
+}
+
+// applyIn runs a migration in tx unless it is recorded.
+func applyIn(ctx context.Context, tx *sql.Tx, d Dialect, m Migration) (bool, error) {
 	var checksum string
-	err = tx.QueryRowContext(ctx, `SELECT checksum FROM schema_migrations WHERE version = $1`, m.Version).Scan(&checksum)
+	err := tx.QueryRowContext(ctx, `SELECT checksum FROM schema_migrations WHERE version = $1`, m.Version).Scan(&checksum)
 	switch {
 	case err == nil:
 		if checksum != m.Checksum() {
@@ -156,5 +178,5 @@ func applyOne(ctx context.Context, db *sql.DB, d Dialect, m Migration) (bool, er
 		m.Version, m.Name, m.Checksum(), time.Now().UTC()); err != nil {
 		return false, err
 	}
-	return true, tx.Commit()
+	return true, nil
 }

@@ -5,10 +5,14 @@ import (
 	"database/sql"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"testing/fstest"
 
+	_ "github.com/jackc/pgx/v5/stdlib"
 	_ "modernc.org/sqlite"
+
+	"github.com/roosthub/roost/internal/testenv"
 )
 
 func openSQLite(t *testing.T) *sql.DB {
@@ -88,5 +92,38 @@ func TestBadNames(t *testing.T) {
 		if _, err := load(fs); err == nil {
 			t.Errorf("load(%v) accepted bad names", fs)
 		}
+	}
+}
+
+// TestConcurrentFirstStart: processes starting at once on a new Postgres
+// database (a control plane and its data-plane nodes) all migrate it
+// without error, and each migration runs once.
+func TestConcurrentFirstStart(t *testing.T) {
+	url := testenv.PostgresURL(t)
+	all, _ := All()
+	var wg sync.WaitGroup
+	ran := make([][]string, 4)
+	for i := range ran {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			db, err := sql.Open("pgx", url)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer db.Close()
+			if ran[i], err = Apply(context.Background(), db, Postgres); err != nil {
+				t.Errorf("process %d: %v", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	total := 0
+	for _, r := range ran {
+		total += len(r)
+	}
+	if total != len(all) {
+		t.Errorf("%d migrations ran in all, want each of the %d once: %v", total, len(all), ran)
 	}
 }
