@@ -154,6 +154,13 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 		if member, err = newMember(ctx, c, store, adminToken, ln.Addr(), forwardLn.Addr(), log); err != nil {
 			return err
 		}
+		// A start that fails from here on leaves no node behind (the
+		// drain retires it first on the way out; twice is harmless).
+		defer func() {
+			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			member.Retire(rctx)
+		}()
 	}
 	var hub *broker.Hub
 	if runsData {
