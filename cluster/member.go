@@ -201,6 +201,10 @@ func (m *Member) checkClaims(ctx context.Context) {
 		s := m.stripe(t)
 		s.Lock()
 		home, err := m.cfg.Store.TenantHome(ctx, t)
+		if err == nil && home == "" && m.Holds(t) {
+			// Nobody holds it: this node still runs it, and claims it again.
+			home, err = m.cfg.Store.ClaimTenant(ctx, t, m.cfg.ID, m.cfg.Now().Add(-liveFor))
+		}
 		lost := err == nil && home != m.cfg.ID && m.Holds(t)
 		if lost {
 			m.forget(t)

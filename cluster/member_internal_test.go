@@ -246,6 +246,18 @@ func testPlacement(t *testing.T, databaseURL string) {
 	if len(lost) != 1 || lost[0] != "paused" || c.Holds("paused") {
 		t.Errorf("c lost %v, still holds: %v", lost, c.Holds("paused"))
 	}
+	// A claim that vanished (nobody holds the tenant) is made again by the
+	// node still running it, not given up.
+	if addr := place(b, "orphan", true); addr != "" {
+		t.Fatalf("b claims: %q", addr)
+	}
+	if err := f.store.ReleaseTenant(ctx, "orphan", "b"); err != nil {
+		t.Fatal(err)
+	}
+	b.checkClaims(ctx)
+	if !b.Holds("orphan") || home("orphan") != "b" {
+		t.Errorf("a vanished claim: b holds %v, home %q", b.Holds("orphan"), home("orphan"))
+	}
 	// A node's release frees only its own claim.
 	c.Release("paused")
 	if home("paused") != "b" {
