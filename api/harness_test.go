@@ -30,24 +30,6 @@ import (
 
 const adminToken = "rop_test-operator-token-0123456789"
 
-// clock is a settable clock shared by the API and the store.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 // env is a running API on a real HTTP server over a fresh SQLite store. Every
 // response it receives is validated against openapi.yaml.
 type env struct {
@@ -57,7 +39,7 @@ type env struct {
 	api      *api.Server
 	store    *tenants.Store
 	logs     *testenv.Buffer
-	clock    *clock
+	clock    *testenv.Clock
 	router   routers.Router
 	// bodies holds every response body, for tests that look for leaks.
 	bodies *testenv.Buffer
@@ -78,7 +60,7 @@ func newEnvWith(t *testing.T, configure func(*api.Config)) *env {
 	if _, err := store.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	clk := &clock{now: time.Now()}
+	clk := testenv.NewClock(time.Now())
 	logs := &testenv.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ev := events.NewMemory(1000)

@@ -31,24 +31,6 @@ plans:
     stripe_metered_price: price_business_messages
 `
 
-// clock is a settable clock.
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) Set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = t
-}
-
 // meter records what it is sent; fail makes the next n reports fail after
 // they reached it (an answer lost on the way back).
 type meter struct {
@@ -72,7 +54,7 @@ type harness struct {
 	t      *testing.T
 	store  *tenants.Store
 	svc    *billing.Service
-	clock  *clock
+	clock  *testenv.Clock
 	events *events.Memory
 	meter  *meter
 }
@@ -96,7 +78,7 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	store.SetPlans(plans)
-	h := &harness{t: t, store: store, clock: &clock{now: time.Date(2026, 11, 10, 12, 0, 0, 0, time.UTC)}, events: events.NewMemory(100), meter: &meter{}}
+	h := &harness{t: t, store: store, clock: testenv.NewClock(time.Date(2026, 11, 10, 12, 0, 0, 0, time.UTC)), events: events.NewMemory(100), meter: &meter{}}
 	h.svc, err = billing.New(billing.Config{
 		Store: store, Stripe: billing.NewStripe("sk_test_123", testenv.StripeURL(t)), Meter: h.meter,
 		WebhookSecret: secret, Grace: 7 * 24 * time.Hour, Events: h.events, Now: h.clock.Now,

@@ -64,8 +64,7 @@ func TestPick(t *testing.T) {
 type fleet struct {
 	t     *testing.T
 	store *tenants.Store
-	mu    sync.Mutex
-	now   time.Time
+	clock *testenv.Clock
 }
 
 func newFleet(t *testing.T, databaseURL string) *fleet {
@@ -78,25 +77,13 @@ func newFleet(t *testing.T, databaseURL string) *fleet {
 	if _, err := store.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	f := &fleet{t: t, store: store, now: time.Now()}
-	store.SetClock(f.clock)
+	f := &fleet{t: t, store: store, clock: testenv.NewClock(time.Now())}
+	store.SetClock(f.clock.Now)
 	return f
 }
 
-func (f *fleet) clock() time.Time {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.now
-}
-
-func (f *fleet) advance(d time.Duration) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.now = f.now.Add(d)
-}
-
 func (f *fleet) member(id string) *Member {
-	m := NewMember(MemberConfig{Store: f.store, ID: id, URL: "http://" + id, ForwardAddr: id + ":1884", Token: "t", Now: f.clock})
+	m := NewMember(MemberConfig{Store: f.store, ID: id, URL: "http://" + id, ForwardAddr: id + ":1884", Token: "t", Now: f.clock.Now})
 	if err := m.announce(context.Background()); err != nil {
 		f.t.Fatal(err)
 	}
@@ -234,7 +221,7 @@ func testPlacement(t *testing.T, databaseURL string) {
 	}
 	var lost []string
 	c.OnLost(func(tenant string) { lost = append(lost, tenant) })
-	f.advance(liveFor + time.Second)
+	f.clock.Advance(liveFor + time.Second)
 	if err := b.announce(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -284,7 +271,7 @@ func TestPlacementWithoutPostgres(t *testing.T) {
 		t.Fatalf("x forwards: %q, %v", addr, err)
 	}
 	f.store.Close()
-	f.advance(3 * refreshEvery) // the node list is stale and cannot be read again
+	f.clock.Advance(3 * refreshEvery) // the node list is stale and cannot be read again
 	if addr, err := x.Place(ctx, "kept", false); err != nil || addr != "y:1884" {
 		t.Errorf("without the directory, a tenant whose home was seen: %q, %v", addr, err)
 	}

@@ -1,8 +1,11 @@
-// Package cluster connects a control plane running apart to its data-plane
-// nodes: each node serves a small internal API (live connections, queues,
-// disconnects, publishes, watches) behind the operator token and announces
-// itself in the database; the control plane's Remote fans its questions out
-// to the nodes seen lately. A single `roost serve` needs none of it.
+// Package cluster makes data-plane nodes a fleet: each node announces
+// itself in the database and serves a small internal API (live
+// connections, queues, disconnects, publishes, watches, ending forwarded
+// connections) behind the operator token; its Member places tenants, one
+// home node each, so that every node forwards a tenant's devices to its
+// home; a control plane's Remote sends its questions to the nodes seen
+// lately, and publishes and watches to the tenant's home. A single `roost
+// serve` needs none of it.
 package cluster
 
 import (

@@ -84,22 +84,17 @@ func TestRollingRestart(t *testing.T) {
 	msgs := newLedger()
 	onMsg := msgs.receive
 	subDiscs, pubDiscs := make(chan byte, 4), make(chan byte, 4)
-	connectSub := func(p *process) *paho.Client {
+	// sub is persistent and subscribed; pub has a Will.
+	connect := func(p *process, device, secret string, persistent, will bool, discs chan byte) *paho.Client {
 		t.Helper()
-		c, err := mqttClientWith(p.mqttAddr, tenant+"/sub", sub.Secret, "sub", true, onMsg, func(d *paho.Disconnect) { subDiscs <- d.ReasonCode }, false)
+		c, err := mqttClientWith(p.mqttAddr, tenant+"/"+device, secret, device, persistent, onMsg, func(d *paho.Disconnect) { discs <- d.ReasonCode }, will)
 		if err != nil {
-			t.Fatalf("sub: %v\n%s", err, p.log)
+			t.Fatalf("%s: %v\n%s", device, err, p.log)
 		}
 		return c
 	}
-	connectPub := func(p *process) *paho.Client {
-		t.Helper()
-		c, err := mqttClientWith(p.mqttAddr, tenant+"/pub", pub.Secret, "pub", false, nil, func(d *paho.Disconnect) { pubDiscs <- d.ReasonCode }, true)
-		if err != nil {
-			t.Fatalf("pub: %v\n%s", err, p.log)
-		}
-		return c
-	}
+	connectSub := func(p *process) *paho.Client { return connect(p, "sub", sub.Secret, true, false, subDiscs) }
+	connectPub := func(p *process) *paho.Client { return connect(p, "pub", pub.Secret, false, true, pubDiscs) }
 	// 1. Devices on both nodes meet on the tenant's home.
 	sc := connectSub(n1)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
