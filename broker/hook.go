@@ -32,9 +32,9 @@ func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
 		mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnPacketEncode, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
-		mqtt.OnPublish, mqtt.OnPublished, mqtt.OnWill,
+		mqtt.OnPublish, mqtt.OnPublished, mqtt.OnWill, mqtt.OnPacketRead,
 	}, []byte{b}) || (h.inst.persist != nil && bytes.Contains([]byte{
-		mqtt.OnQosPublish, mqtt.OnPacketRead, mqtt.OnSessionEstablished,
+		mqtt.OnQosPublish, mqtt.OnSessionEstablished,
 		mqtt.StoredClients, mqtt.StoredSubscriptions,
 		mqtt.StoredInflightMessages, mqtt.StoredRetainedMessages,
 	}, []byte{b}))
@@ -263,10 +263,8 @@ func (h *hook) refuse(cl *mqtt.Client, pk packets.Packet, err error) (packets.Pa
 	switch {
 	case cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos == 1:
 		return pk, code // mochi answers with PUBACK and this code
-	case cl.Properties.ProtocolVersion == 5:
-		h.inst.kick(cl, code)
 	default:
-		cl.Stop(code)
+		h.inst.end(cl, code)
 	}
 	return pk, packets.ErrRejectPacket
 }
@@ -292,12 +290,56 @@ func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 // recorded; the client repeats it when it reconnects.
 var errNotRecorded = errors.New("acknowledgement not recorded")
 
-// OnPacketRead follows the QoS exchanges, before mochi answers them:
-// PUBACK and PUBCOMP complete a message the client was sent, PUBREC makes
-// it one waiting for its PUBREL, and a publisher's PUBREL frees its packet
-// id. What the store could not record is not answered.
+// OnPacketRead sees every packet a client sends, decoded, before mochi
+// validates or processes it. It resolves a PUBLISH's topic alias, refuses a
+// PINGREQ with a body, and follows the QoS exchanges for the session store.
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	p := h.inst.persist
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		return h.inst.resolveAlias(cl, pk)
+	case packets.Pingreq:
+		if pk.FixedHeader.Remaining != 0 {
+			// [MQTT-3.12.1] a PINGREQ has no variable header and no payload.
+			h.inst.log.Info("malformed PINGREQ: closed", "client_id", cl.ID, "length", pk.FixedHeader.Remaining)
+			h.inst.end(cl, packets.ErrMalformedPacket)
+			return pk, packets.ErrMalformedPacket
+		}
+	}
+	if h.inst.persist != nil {
+		return h.inst.persist.packetRead(cl, pk)
+	}
+	return pk, nil
+}
+
+// resolveAlias gives a PUBLISH that uses a topic alias its topic before
+// anything looks at it. mochi checks the ACL on the packet's topic as it
+// arrived and resolves the alias only afterwards (DESIGN §5), so a PUBLISH
+// with an empty topic and a known alias would be checked as "" and then
+// published to the alias's topic: resolved here, the ACL, the quotas,
+// metering, export, persistence and the $-topic reservation all see the
+// topic the message goes to. mochi's own resolution later finds the same
+// topic. An alias above the maximum is left for mochi to refuse (0x94); an
+// empty topic with an alias never set is a protocol error [MQTT-3.3.2-7].
+func (inst *instance) resolveAlias(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	alias := pk.Properties.TopicAlias
+	if !pk.Properties.TopicAliasFlag || alias == 0 || alias > inst.server.Options.Capabilities.TopicAliasMaximum {
+		return pk, nil
+	}
+	topic := cl.State.TopicAliases.Inbound.Set(alias, pk.TopicName)
+	if topic == "" {
+		inst.log.Info("PUBLISH with an unknown topic alias: closed", "client_id", cl.ID, "alias", alias)
+		inst.end(cl, packets.ErrProtocolViolationNoTopic)
+		return pk, packets.ErrProtocolViolationNoTopic
+	}
+	pk.TopicName = topic
+	return pk, nil
+}
+
+// packetRead follows the QoS exchanges, before mochi answers them: PUBACK
+// and PUBCOMP complete a message the client was sent, PUBREC makes it one
+// waiting for its PUBREL, and a publisher's PUBREL frees its packet id. What
+// the store could not record is not answered.
+func (p *persistence) packetRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	switch pk.FixedHeader.Type {
 	case packets.Puback, packets.Pubcomp:
 		p.acknowledged(cl, pk.PacketID)

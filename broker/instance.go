@@ -333,6 +333,17 @@ func (inst *instance) kick(cl *mqtt.Client, why packets.Code) {
 	inst.server.DisconnectClient(cl, why)
 }
 
+// end closes a client's connection for a protocol or quota error: an MQTT 5
+// client is told why with a DISCONNECT, a 3.1.1 one (which has no server
+// DISCONNECT) is just closed.
+func (inst *instance) end(cl *mqtt.Client, why packets.Code) {
+	if cl.Properties.ProtocolVersion == 5 {
+		inst.kick(cl, why)
+		return
+	}
+	cl.Stop(why)
+}
+
 // close stops the instance once, disconnecting every client.
 func (inst *instance) close() {
 	inst.closeOnce.Do(func() { inst.server.Close() })

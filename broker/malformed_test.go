@@ -290,3 +290,33 @@ func TestSilentSockets(t *testing.T) {
 	stillAlive()
 	eventually(t, 5*time.Second, "handshake goroutines gone", func() bool { return runtime.NumGoroutine() <= goroutines+20 })
 }
+
+// TestPingreqWithBody: a PINGREQ has no body [MQTT-3.12.1]; one with a
+// body is malformed, and ends the connection (MQTT 5: DISCONNECT 0x81)
+// instead of being answered.
+func TestPingreqWithBody(t *testing.T) {
+	s := newStack(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d")
+	for _, version := range []byte{4, 5} {
+		got, closed := exchange(t, s.addr, 2*time.Second, connectBytes(t, version, "acme/d", secret, "d"), []byte{0xC0, 0x01, 0x00})
+		if !closed {
+			t.Fatalf("v%d: a PINGREQ with a body left the connection open", version)
+		}
+		if len(got) < 4 || got[0] != packets.Connack<<4 || got[3] != 0 {
+			t.Fatalf("v%d: got % x, want a successful CONNACK first", version, got)
+		}
+		rest := got[2+int(got[1]):]
+		switch {
+		case bytes.Contains(rest, []byte{packets.Pingresp << 4, 0}):
+			t.Fatalf("v%d: a PINGREQ with a body was answered: % x", version, rest)
+		case version == 5 && (len(rest) < 3 || rest[0] != packets.Disconnect<<4 || rest[2] != packets.ErrMalformedPacket.Code):
+			t.Fatalf("v5: got % x after the CONNACK, want DISCONNECT 0x81", rest)
+		}
+	}
+	// A well-formed one is answered.
+	got, _ := exchange(t, s.addr, 500*time.Millisecond, connectBytes(t, 4, "acme/d", secret, "d"), []byte{0xC0, 0x00})
+	if !bytes.HasSuffix(got, []byte{packets.Pingresp << 4, 0}) {
+		t.Fatalf("PINGREQ: got % x, want a PINGRESP", got)
+	}
+}
