@@ -227,3 +227,56 @@ func (e *env) dialMQTT(t *testing.T, username, password, clientID string, cfg pa
 		Password: []byte(password), PasswordFlag: true})
 	return c, err
 }
+
+// TestPublishQuotas: a message published through the API takes from the
+// same quotas as one from a device: a retained one from max_retained (403),
+// each from tenant_publish_rate (429 with Retry-After), and either hit is a
+// quota_exceeded event. Another tenant's allowance is untouched.
+func TestPublishQuotas(t *testing.T) {
+	e := newEnv(t)
+	u := e.signup("owner")
+	e.mustTenant(u, "acme")
+	e.mustTenant(u, "other")
+	want(t, e.do("PATCH", "/v1/admin/tenants/acme", adminToken, map[string]any{
+		"quotas": map[string]any{"max_retained": 1, "tenant_publish_rate": 5},
+	}), 200, "set acme's quotas")
+
+	publish := func(tenant, topic string, retain bool) response {
+		return e.do("POST", "/v1/tenants/"+tenant+"/messages", u.token, map[string]any{"topic": topic, "payload": "x", "retain": retain})
+	}
+	want(t, publish("acme", "cfg/a", true), 202, "first retained message")
+	r := publish("acme", "cfg/b", true)
+	wantProblem(t, r, 403, "quota_exceeded", "", "a second retained topic over max_retained=1")
+	if r.json()["quota"] != "max_retained" {
+		t.Errorf("quota problem: %s", r.body)
+	}
+	want(t, publish("acme", "cfg/a", true), 202, "replacing the retained message")
+
+	var limited response
+	for range 20 {
+		if r := publish("acme", "t", false); r.status != 202 {
+			limited = r
+			break
+		}
+	}
+	if limited.status == 0 {
+		t.Fatal("20 publishes at once with tenant_publish_rate=5: none refused")
+	}
+	wantProblem(t, limited, 429, "quota_exceeded", "", "over tenant_publish_rate")
+	if limited.json()["quota"] != "tenant_publish_rate" || limited.header.Get("Retry-After") == "" {
+		t.Errorf("rate problem: %s (Retry-After %q)", limited.body, limited.header.Get("Retry-After"))
+	}
+	for range 6 {
+		want(t, publish("other", "t", true), 202, "another tenant's publish")
+	}
+
+	r = e.do("GET", "/v1/tenants/acme/events?type=quota_exceeded", u.token, nil)
+	want(t, r, 200, "events")
+	seen := map[any]bool{}
+	for _, ev := range asSlice(r.json()["items"]) {
+		seen[ev.(map[string]any)["quota"]] = true
+	}
+	if !seen["max_retained"] || !seen["tenant_publish_rate"] {
+		t.Errorf("quota_exceeded events: got %s, want max_retained and tenant_publish_rate", r.body)
+	}
+}

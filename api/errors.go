@@ -71,6 +71,9 @@ func toProblem(err error, requestID string, log *slog.Logger) problem {
 		p.Status, p.Code, p.Field, p.Detail = http.StatusBadRequest, "invalid", fe.Field, fe.Error()
 	case errors.As(err, &qe):
 		p.Status, p.Code, p.Quota, p.Limit, p.Detail = http.StatusForbidden, "quota_exceeded", qe.Quota, &qe.Limit, qe.Error()
+		if qe.IsRate() {
+			p.Status, p.retryAfter = http.StatusTooManyRequests, "1"
+		}
 	default:
 		for _, s := range statusOf {
 			if errors.Is(err, s.kind) {

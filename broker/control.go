@@ -252,15 +252,13 @@ type Message struct {
 	Retain  bool
 }
 
-// Publish publishes a message into a tenant's broker, starting it if needed.
-// It is delivered to every subscriber whose rules allow it; access rules for
+// Publish publishes a message into a tenant's broker, starting it if needed,
+// through the checks and quotas a device's publish passes (see inject). It
+// is delivered to every subscriber whose rules allow it; access rules for
 // the sender are the caller's business (the API checks roles).
 func (h *Hub) Publish(ctx context.Context, tenant string, m Message) error {
-	if err := tenants.ValidateTopic(m.Topic); err != nil {
-		return &tenants.FieldError{Field: "topic", Message: err.Error()}
-	}
-	if strings.HasPrefix(m.Topic, "$") {
-		return &tenants.FieldError{Field: "topic", Message: "topics starting with $ are reserved"}
+	if err := publishTopic(m.Topic); err != nil {
+		return err
 	}
 	if m.QoS > 2 {
 		return &tenants.FieldError{Field: "qos", Message: "must be 0, 1 or 2"}
@@ -269,27 +267,16 @@ func (h *Hub) Publish(ctx context.Context, tenant string, m Message) error {
 	if err != nil {
 		return err
 	}
-	if int64(len(m.Payload)+len(m.Topic)+7) > t.Quotas().MaxPacketSize {
-		return &tenants.QuotaError{Quota: "max_packet_size", Limit: t.Quotas().MaxPacketSize}
-	}
 	inst, err := h.acquire(t)
 	if err != nil {
 		return err
 	}
 	defer h.release(inst)
-	if limit, over := inst.monthExhausted(); over {
-		return &tenants.QuotaError{Quota: "messages_per_month", Limit: limit}
-	}
-	inst.inlineMu.Lock()
-	defer inst.inlineMu.Unlock()
-	inst.inlineErr = nil
-	if err := inst.server.Publish(m.Topic, m.Payload, m.Retain, m.QoS); err != nil {
-		return err
-	}
-	if inst.inlineErr != nil {
-		return fmt.Errorf("the message could not be stored or exported: %w", inst.inlineErr)
-	}
-	return nil
+	return inst.inject(publisher{}, packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.QoS, Retain: m.Retain},
+		TopicName:   m.Topic,
+		Payload:     m.Payload,
+	})
 }
 
 // ExportErrors returns, per export rule of a tenant, how many messages
@@ -340,10 +327,12 @@ var watchIDs atomic.Int64
 
 // Watch hands fn each message published in the tenant on a topic matching
 // filter (retained ones first) until ctx ends, for the console's live view.
-// fn runs on the publisher's goroutine and must not block. The watcher
-// keeps the tenant's broker running; ACLs are the caller's business (the
+// fn runs on the publisher's goroutine and must not block. The watcher (the
+// person watching) and the tenant each have a bound on open views (see
+// acquireWatch); a view keeps the tenant's broker running but takes nothing
+// from its devices' max_connections. ACLs are the caller's business (the
 // console lets any member of the tenant watch).
-func (h *Hub) Watch(ctx context.Context, tenant, filter string, fn func(Message)) error {
+func (h *Hub) Watch(ctx context.Context, tenant, watcher, filter string, fn func(Message)) error {
 	if err := tenants.ValidateFilter(filter); err != nil {
 		return &tenants.FieldError{Field: "filter", Message: err.Error()}
 	}
@@ -354,7 +343,7 @@ func (h *Hub) Watch(ctx context.Context, tenant, filter string, fn func(Message)
 	if err != nil {
 		return err
 	}
-	inst, err := h.acquire(t)
+	inst, err := h.acquireWatch(t, watcher)
 	if err != nil {
 		return err
 	}
@@ -363,13 +352,13 @@ func (h *Hub) Watch(ctx context.Context, tenant, filter string, fn func(Message)
 		fn(Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain})
 	})
 	if err != nil {
-		h.release(inst)
+		h.releaseWatch(inst, watcher)
 		return err
 	}
 	go func() {
 		<-ctx.Done()
 		inst.server.Unsubscribe(filter, id)
-		h.release(inst)
+		h.releaseWatch(inst, watcher)
 	}()
 	return nil
 }

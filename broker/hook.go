@@ -32,7 +32,7 @@ func (h *hook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck,
 		mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnPacketEncode, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
-		mqtt.OnPublish, mqtt.OnPublished, mqtt.OnWill, mqtt.OnPacketRead,
+		mqtt.OnPublish, mqtt.OnPublished, mqtt.OnWill, mqtt.OnPacketRead, mqtt.OnSessionEstablish,
 	}, []byte{b}) || (h.inst.persist != nil && bytes.Contains([]byte{
 		mqtt.OnQosPublish, mqtt.OnSessionEstablished,
 		mqtt.StoredClients, mqtt.StoredSubscriptions,
@@ -147,13 +147,25 @@ func (h *hook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 // does not match them) and that the ACL denies to everyone besides.
 const withdrawnWill = "$roost/withdrawn-will"
 
-// OnWill withdraws a Will while the instance shuts down (see handoff):
-// mochi cannot be told not to send one, so it is sent where nobody is.
+// reservedTopic stands for any $-topic a device publishes to: refused.
+const reservedTopic = "$roost/reserved"
+
+// OnWill takes a client's Will from mochi, which would publish it past
+// every check, and publishes it through the hub's own path (see will.go) —
+// unless the connection ends as for a shutdown (see handoff), when it goes
+// nowhere. mochi cannot be told not to send one, so it is given a Will to
+// where nobody is.
 func (h *hook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
-	if dc, ok := cl.Net.Conn.(*deviceConn); h.inst.withdrawWills.Load() || ok && dc.withdrawWill.Load() {
-		return mqtt.Will{TopicName: withdrawnWill}, nil
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok && !h.inst.withdrawWills.Load() && !dc.withdrawWill.Load() {
+		h.inst.willGone(cl, dc.id.device, will)
 	}
-	return will, nil
+	return mqtt.Will{TopicName: withdrawnWill}, nil
+}
+
+// OnSessionEstablish drops a Will the session holds back: a connection
+// for it arrived before the Will's delay passed [MQTT-3.1.3-9].
+func (h *hook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	h.inst.cancelWill(cl.ID)
 }
 
 // OnSubscribe notes the filters of a SUBSCRIBE over max_subscriptions.
@@ -176,14 +188,10 @@ func (inst *instance) hookACL(cl *mqtt.Client, topic string, write bool) bool {
 	if device == "" {
 		return false
 	}
-	if write && strings.HasPrefix(topic, "$events/") {
-		return false // only the hub publishes events
-	}
-	action := tenants.ActionSubscribe
 	if write {
-		action = tenants.ActionPublish
+		return inst.mayPublish(device, topic)
 	}
-	return inst.allowed(device, action, topic)
+	return inst.allowed(device, tenants.ActionSubscribe, topic)
 }
 
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
@@ -296,7 +304,16 @@ var errNotRecorded = errors.New("acknowledgement not recorded")
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	switch pk.FixedHeader.Type {
 	case packets.Publish:
-		return h.inst.resolveAlias(cl, pk)
+		pk, err := h.inst.resolveAlias(cl, pk)
+		if err == nil && strings.HasPrefix(pk.TopicName, "$") {
+			// mochi ignores a PUBLISH to $SYS or $share without answering
+			// it, so a QoS 1 or 2 publisher would wait for an ack forever.
+			// Devices never publish to $-topics (see mayPublish): under a
+			// name mochi takes, it is refused like any denied topic (MQTT
+			// 5: 0x87).
+			pk.TopicName = reservedTopic
+		}
+		return pk, err
 	case packets.Pingreq:
 		if pk.FixedHeader.Remaining != 0 {
 			// [MQTT-3.12.1] a PINGREQ has no variable header and no payload.

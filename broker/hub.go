@@ -45,6 +45,9 @@ type Config struct {
 	IdleTimeout time.Duration
 	// MaxHandshakes bounds connections not yet past CONNECT: 10,000 if zero.
 	MaxHandshakes int
+	// MaxWatches bounds a tenant's open live views (the console's), and
+	// MaxWatchesEach one person's: 20 and 3 if zero.
+	MaxWatches, MaxWatchesEach int
 	// CacheSize and CacheTTL shape the directory cache: 100,000 devices and
 	// 5 minutes if zero.
 	CacheSize int
@@ -157,6 +160,12 @@ func New(cfg Config) (*Hub, error) {
 	}
 	if cfg.MaxHandshakes == 0 {
 		cfg.MaxHandshakes = 10_000
+	}
+	if cfg.MaxWatches == 0 {
+		cfg.MaxWatches = 20
+	}
+	if cfg.MaxWatchesEach == 0 {
+		cfg.MaxWatchesEach = 3
 	}
 	if cfg.CacheSize == 0 {
 		cfg.CacheSize = 100_000
@@ -352,7 +361,7 @@ func (h *Hub) handle(conn net.Conn) {
 		conn.Close()
 		return
 	}
-	defer h.release(inst)
+	defer h.releaseConn(inst)
 	conn.SetReadDeadline(time.Time{})
 	endHandshake()
 	inst.serve(newDeviceConn(conn, r, raw, id, inst, h.cfg.WriteTimeout))
@@ -436,8 +445,8 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 		return nil, identity{}, err
 	}
 	if pk.Connect.WillFlag {
-		if tenants.ValidateTopic(pk.Connect.WillTopic) != nil || !inst.allowed(device, tenants.ActionPublish, pk.Connect.WillTopic) {
-			h.release(inst)
+		if tenants.ValidateTopic(pk.Connect.WillTopic) != nil || !inst.mayPublish(device, pk.Connect.WillTopic) {
+			h.releaseConn(inst)
 			log.Info("connect refused: will topic not allowed", "topic", pk.Connect.WillTopic)
 			return refuse(willNotAllowed)
 		}
@@ -577,10 +586,16 @@ func (h *Hub) stillValid(id identity) *refusal {
 const unknownDeviceHash = "0000000000000000000000000000000000000000000000000000000000000000"
 
 // acquire returns the tenant's running instance, starting it if needed, and
-// counts a connection on it until release.
+// holds it (the reaper leaves it running) until release. A hold is not a
+// device connection: API publishes and live views hold an instance without
+// taking from max_connections.
 func (h *Hub) acquire(t tenants.Tenant) (*instance, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	return h.acquireLocked(t)
+}
+
+func (h *Hub) acquireLocked(t tenants.Tenant) (*instance, error) {
 	if h.closed {
 		return nil, serverUnavailable
 	}
@@ -596,36 +611,80 @@ func (h *Hub) acquire(t tenants.Tenant) (*instance, error) {
 		h.instances[t.Slug] = inst
 		h.log.Info("tenant broker started", "tenant", t.Slug)
 	}
-	inst.conns++
-	return inst, nil
-}
-
-// acquireConn is acquire for a device connection: the tenant's
-// max_connections and connect_rate, as they are now, apply.
-func (h *Hub) acquireConn(t tenants.Tenant) (*instance, error) {
-	inst, err := h.acquire(t)
-	if err != nil {
-		return nil, err
-	}
-	h.mu.Lock()
-	over := int64(inst.conns) > inst.quotas().MaxConnections
-	h.mu.Unlock()
-	switch {
-	case over:
-		h.release(inst)
-		return nil, quotaConnections
-	case !inst.connectAllowed(h.now()):
-		h.release(inst)
-		return nil, connectRateExceeded
-	}
+	inst.holds++
 	return inst, nil
 }
 
 func (h *Hub) release(inst *instance) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	inst.conns--
+	inst.holds--
 	inst.lastActive = h.now()
+}
+
+// acquireConn is acquire for a device connection, counted until
+// releaseConn: the tenant's max_connections and connect_rate, as they are
+// now, apply.
+func (h *Hub) acquireConn(t tenants.Tenant) (*instance, error) {
+	h.mu.Lock()
+	inst, err := h.acquireLocked(t)
+	if err != nil {
+		h.mu.Unlock()
+		return nil, err
+	}
+	inst.conns++
+	over := int64(inst.conns) > inst.quotas().MaxConnections
+	h.mu.Unlock()
+	switch {
+	case over:
+		h.releaseConn(inst)
+		return nil, quotaConnections
+	case !inst.connectAllowed(h.now()):
+		h.releaseConn(inst)
+		return nil, connectRateExceeded
+	}
+	return inst, nil
+}
+
+func (h *Hub) releaseConn(inst *instance) {
+	h.mu.Lock()
+	inst.conns--
+	h.mu.Unlock()
+	h.release(inst)
+}
+
+// acquireWatch is acquire for a live view: a tenant has at most
+// MaxWatches open, and one watcher (a person) at most MaxWatchesEach of
+// them, so that watching can take neither the devices' connections nor
+// every other member's views.
+func (h *Hub) acquireWatch(t tenants.Tenant, watcher string) (*instance, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if inst := h.instances[t.Slug]; inst != nil {
+		switch {
+		case inst.watches >= h.cfg.MaxWatches:
+			return nil, &tenants.QuotaError{Quota: "live_views", Limit: int64(h.cfg.MaxWatches)}
+		case inst.watchers[watcher] >= h.cfg.MaxWatchesEach:
+			return nil, &tenants.QuotaError{Quota: "live_views_each", Limit: int64(h.cfg.MaxWatchesEach)}
+		}
+	}
+	inst, err := h.acquireLocked(t)
+	if err != nil {
+		return nil, err
+	}
+	inst.watches++
+	inst.watchers[watcher]++
+	return inst, nil
+}
+
+func (h *Hub) releaseWatch(inst *instance, watcher string) {
+	h.mu.Lock()
+	inst.watches--
+	if inst.watchers[watcher]--; inst.watchers[watcher] <= 0 {
+		delete(inst.watchers, watcher)
+	}
+	h.mu.Unlock()
+	h.release(inst)
 }
 
 // running returns the tenant's instance if one is running.

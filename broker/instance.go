@@ -31,16 +31,23 @@ type instance struct {
 	log    *slog.Logger
 	hub    *Hub
 
+	// wills holds the Wills waiting out their delay; see will.go.
+	wills wills
+
 	// withdrawWills is set as the instance shuts down (unless the hub sends
 	// Wills on shutdown): the Wills of the clients it disconnects go
 	// nowhere.
 	withdrawWills atomic.Bool
 
-	// conns counts connections handed to the instance and not yet ended;
-	// the hub changes it under its lock, so the reaper and a new connection
-	// never disagree about whether the instance is in use.
-	conns      int
-	lastActive time.Time
+	// conns counts device connections handed to the instance and not yet
+	// ended, holds everything that keeps it running (those connections, API
+	// publishes in progress, live views), watches the live views and
+	// watchers them per person. The hub changes them under its lock, so
+	// the reaper and a newcomer never disagree about whether the instance
+	// is in use.
+	conns, holds, watches int
+	watchers              map[string]int
+	lastActive            time.Time
 	// sysRetained is the number of retained $SYS messages, which do not
 	// count as something worth keeping the instance for.
 	sysRetained int
@@ -126,7 +133,8 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 		SysTopicResendInterval: sysInterval,
 		Logger:                 mochiLogger(log),
 	})
-	inst := &instance{tenant: t.Slug, server: srv, log: log, hub: h, lastActive: h.now(), byDevice: map[string]map[*deviceConn]presence{}, exportErrs: map[string]int64{}}
+	inst := &instance{tenant: t.Slug, server: srv, log: log, hub: h, lastActive: h.now(), byDevice: map[string]map[*deviceConn]presence{}, exportErrs: map[string]int64{},
+		watchers: map[string]int{}}
 	inst.setQuotas(t)
 	inst.meter = h.meterOf(t.Slug)
 	if h.cfg.Sessions != nil {
@@ -149,6 +157,12 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 		}
 	}
 	inst.restored.clients, inst.restored.subs, inst.restored.inflight, inst.restored.retained = nil, nil, nil, nil
+	if inst.persist != nil {
+		for _, w := range inst.persist.wills {
+			inst.holdRestoredWill(w)
+		}
+		inst.persist.wills = nil
+	}
 	return inst, nil
 }
 
@@ -346,7 +360,10 @@ func (inst *instance) end(cl *mqtt.Client, why packets.Code) {
 
 // close stops the instance once, disconnecting every client.
 func (inst *instance) close() {
-	inst.closeOnce.Do(func() { inst.server.Close() })
+	inst.closeOnce.Do(func() {
+		inst.stopWills()
+		inst.server.Close()
+	})
 }
 
 // idle reports whether the instance holds nothing worth keeping: no
@@ -359,5 +376,5 @@ func (inst *instance) idle() bool {
 	// Retained messages hold an instance only if they are nowhere else;
 	// with a session store they are restored when it starts again.
 	retained := inst.persist == nil && inst.server.Topics.Retained.Len() > inst.sysRetained
-	return inst.conns == 0 && sessions == 0 && !retained
+	return inst.holds == 0 && sessions == 0 && !retained && inst.heldWills() == 0
 }

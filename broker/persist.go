@@ -8,6 +8,7 @@ import (
 	"math"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -99,6 +100,16 @@ type persistence struct {
 	// received holds, per publisher, the packet ids of its QoS 2 publishes
 	// stored with a receipt and not yet released by PUBREL.
 	received map[string]map[uint16]bool
+	// wills are the Wills restored sessions held back when the tenant's
+	// broker last stopped, until the instance takes them over.
+	wills []restoredWill
+}
+
+// restoredWill is a Will a session's record kept through a restart.
+type restoredWill struct {
+	device, clientID string
+	will             *store.Will
+	left             time.Time
 }
 
 // mark is how a QoS 2 message is marked in the store: the packet id it was
@@ -554,19 +565,10 @@ func (p *persistence) sessionRecord(cl *mqtt.Client, disconnected time.Time) sto
 		})
 	}
 	slices.SortFunc(s.Subscriptions, func(a, b store.Subscription) int {
-		return compareStrings(a.Filter, b.Filter)
+		return strings.Compare(a.Filter, b.Filter)
 	})
+	s.Will = p.inst.heldWill(cl.ID)
 	return s
-}
-
-func compareStrings(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func (p *persistence) deviceOf(clientID string) string {
@@ -639,6 +641,9 @@ func (p *persistence) restore() ([]storage.Client, []storage.Subscription, []sto
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, s := range sessions {
+		if s.Will != nil {
+			p.wills = append(p.wills, restoredWill{device: s.Device, clientID: s.ClientID, will: s.Will, left: s.DisconnectedAt})
+		}
 		// A session whose client stayed away past its expiry is gone,
 		// with its queue.
 		if !s.DisconnectedAt.IsZero() && now.After(s.DisconnectedAt.Add(time.Duration(s.Expiry)*time.Second)) {

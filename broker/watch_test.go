@@ -25,7 +25,7 @@ func TestWatch(t *testing.T) {
 
 	got := make(chan broker.Message, 10)
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := s.hub.Watch(ctx, "acme", "state/#", func(m broker.Message) { got <- m }); err != nil {
+	if err := s.hub.Watch(ctx, "acme", "alice", "state/#", func(m broker.Message) { got <- m }); err != nil {
 		t.Fatal(err)
 	}
 	next := func() broker.Message {
@@ -59,11 +59,11 @@ func TestWatch(t *testing.T) {
 	})
 	for _, bad := range []string{"a/#/b", "$SYS/#", ""} {
 		var fe *tenants.FieldError
-		if err := s.hub.Watch(context.Background(), "acme", bad, func(broker.Message) {}); !errors.As(err, &fe) {
+		if err := s.hub.Watch(context.Background(), "acme", "alice", bad, func(broker.Message) {}); !errors.As(err, &fe) {
 			t.Errorf("filter %q: %v", bad, err)
 		}
 	}
-	if err := s.hub.Watch(context.Background(), "nobody", "#", func(broker.Message) {}); !errors.Is(err, tenants.ErrNotFound) {
+	if err := s.hub.Watch(context.Background(), "nobody", "alice", "#", func(broker.Message) {}); !errors.Is(err, tenants.ErrNotFound) {
 		t.Errorf("unknown tenant: %v", err)
 	}
 }
@@ -78,7 +78,7 @@ func TestShutdownWills(t *testing.T) {
 		s := newStack(t, func(c *broker.Config) { c.WillsOnShutdown = send })
 		s.tenant("acme")
 		wills := make(chan broker.Message, 4)
-		if err := s.hub.Watch(context.Background(), "acme", "wills/#", func(m broker.Message) { wills <- m }); err != nil {
+		if err := s.hub.Watch(context.Background(), "acme", "alice", "wills/#", func(m broker.Message) { wills <- m }); err != nil {
 			t.Fatal(err)
 		}
 		c := mustV5(t, s.addr, user("acme", "d1"), s.device("acme", "d1"), "d1", func(cp *paho.Connect) {
@@ -114,5 +114,65 @@ func TestShutdownWills(t *testing.T) {
 			}
 		}
 		t.Error("WillsOnShutdown: no Will sent in three shutdowns")
+	})
+}
+
+// TestWatchBounds: live views take nothing from the devices' connections,
+// and are bounded per person and per tenant; another tenant's bound is its
+// own.
+func TestWatchBounds(t *testing.T) {
+	s := newStack(t, func(c *broker.Config) { c.MaxWatches, c.MaxWatchesEach = 5, 2 })
+	s.tenant("acme")
+	s.tenant("other")
+	two := int64(2)
+	if _, err := s.store.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Quotas: map[string]*int64{"max_connections": &two}}); err != nil {
+		t.Fatal(err)
+	}
+	watch := func(tenant, who string) (context.CancelFunc, error) {
+		wctx, cancel := context.WithCancel(context.Background())
+		t.Cleanup(cancel)
+		return cancel, s.hub.Watch(wctx, tenant, who, "#", func(broker.Message) {})
+	}
+	over := func(err error, quota string) bool {
+		var qe *tenants.QuotaError
+		return errors.As(err, &qe) && qe.Quota == quota
+	}
+	var alices []context.CancelFunc
+	for range 2 {
+		cancel, err := watch("acme", "alice")
+		if err != nil {
+			t.Fatal(err)
+		}
+		alices = append(alices, cancel)
+	}
+	if _, err := watch("acme", "alice"); !over(err, "live_views_each") {
+		t.Fatalf("alice's third view: got %v, want live_views_each", err)
+	}
+	for _, who := range []string{"bob", "bob", "carol"} {
+		if _, err := watch("acme", who); err != nil {
+			t.Fatalf("%s's view: %v", who, err)
+		}
+	}
+	if _, err := watch("acme", "carol"); !over(err, "live_views") {
+		t.Fatalf("the tenant's sixth view: got %v, want live_views", err)
+	}
+	if _, err := watch("other", "alice"); err != nil {
+		t.Fatalf("alice's view of another tenant: %v", err)
+	}
+	// Five views open, and both of the devices max_connections allows
+	// still connect.
+	mustV5(t, s.addr, user("acme", "d1"), s.device("acme", "d1"), "d1")
+	mustV5(t, s.addr, user("acme", "d2"), s.device("acme", "d2"), "d2")
+	if code := refusedV5(t, s.addr, user("acme", "d3"), s.device("acme", "d3"), "d3"); code != 0x97 {
+		t.Errorf("a third device over max_connections=2: 0x%02x, want 0x97", code)
+	}
+	// A view closed makes room for another.
+	alices[0]()
+	eventually(t, 5*time.Second, "alice's view released", func() bool {
+		cancel, err := watch("acme", "alice")
+		if err == nil {
+			cancel()
+		}
+		return err == nil
 	})
 }

@@ -60,7 +60,7 @@ func TestRemote(t *testing.T) {
 	got := make(chan broker.Message, 4)
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if err := remote.Watch(wctx, "acme", "s/#", func(m broker.Message) { got <- m }); err != nil {
+	if err := remote.Watch(wctx, "acme", "alice", "s/#", func(m broker.Message) { got <- m }); err != nil {
 		t.Fatal(err)
 	}
 	if err := remote.Publish(ctx, "acme", broker.Message{Topic: "s/1", Payload: []byte{0, 1, 2}, QoS: 1}); err != nil {
@@ -78,7 +78,7 @@ func TestRemote(t *testing.T) {
 	if err := remote.Publish(ctx, "acme", broker.Message{Topic: "s/+"}); !errors.As(err, &fe) || fe.Field != "topic" {
 		t.Errorf("a bad topic through the remote: %v", err)
 	}
-	if err := remote.Watch(ctx, "acme", "$SYS/#", func(broker.Message) {}); !errors.As(err, &fe) || fe.Field != "filter" {
+	if err := remote.Watch(ctx, "acme", "alice", "$SYS/#", func(broker.Message) {}); !errors.As(err, &fe) || fe.Field != "filter" {
 		t.Errorf("a bad filter through the remote: %v", err)
 	}
 	if n := remote.ConnectionCount("acme"); n != 0 {

@@ -34,7 +34,7 @@ type Hub interface {
 	ExportErrors(tenant string) map[string]int64
 	Disconnect(tenant, device string) int
 	Publish(ctx context.Context, tenant string, m broker.Message) error
-	Watch(ctx context.Context, tenant, filter string, fn func(broker.Message)) error
+	Watch(ctx context.Context, tenant, watcher, filter string, fn func(broker.Message)) error
 	CloseForwarded(origin string) int
 }
 
@@ -146,7 +146,7 @@ func Serve(hub Hub, recent EventLog, token string, log *slog.Logger) http.Handle
 		msgs := make(chan broker.Message, 256)
 		ctx, cancel := context.WithCancel(r.Context())
 		defer cancel()
-		if err := hub.Watch(ctx, r.PathValue("tenant"), r.URL.Query().Get("filter"), func(m broker.Message) {
+		if err := hub.Watch(ctx, r.PathValue("tenant"), r.URL.Query().Get("watcher"), r.URL.Query().Get("filter"), func(m broker.Message) {
 			select {
 			case msgs <- m:
 			default: // a slow control plane loses messages, not the publisher's time

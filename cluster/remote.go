@@ -212,15 +212,16 @@ func (r *Remote) Publish(ctx context.Context, tenant string, m broker.Message) e
 	return nil
 }
 
-// Watch streams the tenant's messages from its home node until ctx ends.
-func (r *Remote) Watch(ctx context.Context, tenant, filter string, fn func(broker.Message)) error {
+// Watch streams the tenant's messages from its home node until ctx ends;
+// the home bounds the views of the tenant and of the watcher.
+func (r *Remote) Watch(ctx context.Context, tenant, watcher, filter string, fn func(broker.Message)) error {
 	hctx, cancel := context.WithTimeout(ctx, callTimeout)
 	n, err := r.home(hctx, tenant)
 	cancel()
 	if err != nil {
 		return err
 	}
-	resp, err := r.request(ctx, http.MethodGet, n, tenantPath(tenant)+"/watch?filter="+url.QueryEscape(filter), nil)
+	resp, err := r.request(ctx, http.MethodGet, n, tenantPath(tenant)+"/watch?"+url.Values{"filter": {filter}, "watcher": {watcher}}.Encode(), nil)
 	if err != nil {
 		return fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
 	}

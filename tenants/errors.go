@@ -46,3 +46,14 @@ func (e *QuotaError) Error() string {
 
 // Unwrap makes errors.Is(err, ErrQuotaExceeded) true.
 func (e *QuotaError) Unwrap() error { return ErrQuotaExceeded }
+
+// IsRate reports whether the quota is a rate, which lifts again within a
+// second (rates allow a second's burst), rather than a limit waiting does
+// not lift.
+func (e *QuotaError) IsRate() bool {
+	switch e.Quota {
+	case "connect_rate", "publish_rate", "tenant_publish_rate":
+		return true
+	}
+	return false
+}

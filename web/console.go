@@ -51,7 +51,7 @@ type DataPlane interface {
 	Queue(tenant, device string) broker.QueueStats
 	Disconnect(tenant, device string) int
 	Publish(ctx context.Context, tenant string, m broker.Message) error
-	Watch(ctx context.Context, tenant, filter string, fn func(broker.Message)) error
+	Watch(ctx context.Context, tenant, watcher, filter string, fn func(broker.Message)) error
 }
 
 var _ DataPlane = (*broker.Hub)(nil)

@@ -310,7 +310,7 @@ func TestSnippetsWork(t *testing.T) {
 	got := make(chan broker.Message, 4)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := s.hub.Watch(ctx, "acme", "#", func(m broker.Message) { got <- m }); err != nil {
+	if err := s.hub.Watch(ctx, "acme", "alice", "#", func(m broker.Message) { got <- m }); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command("bash", "-c", snippet("pub")).CombinedOutput(); err != nil {

@@ -52,7 +52,7 @@ func (c *Console) liveStream(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	msgs := make(chan liveMessage, liveBuffer)
 	var dropped atomic.Int64
-	err := c.cfg.DataPlane.Watch(ctx, tenantOf(r).Slug, r.URL.Query().Get("filter"), func(m broker.Message) {
+	err := c.cfg.DataPlane.Watch(ctx, tenantOf(r).Slug, accountOf(r).ID, r.URL.Query().Get("filter"), func(m broker.Message) {
 		lm := liveMessage{Time: c.cfg.Now().UTC(), Topic: m.Topic, QoS: m.QoS, Retain: m.Retain, Payload: string(m.Payload), Encoding: "utf-8"}
 		if !utf8.Valid(m.Payload) {
 			lm.Payload, lm.Encoding = base64.StdEncoding.EncodeToString(m.Payload), "base64"

@@ -89,6 +89,22 @@ type Session struct {
 	// so that a PUBLISH resent after a restart is not delivered twice.
 	// Sessions fills it in; SaveSession ignores it.
 	PendingRelease []uint16 `json:"-"`
+	// Will is the session's Will while it waits out its delay after the
+	// client went away; nil if there is none.
+	Will *Will `json:"will,omitempty"`
+}
+
+// Will is a Will message waiting to be published at Due, unless the
+// session's client connects again first.
+type Will struct {
+	Topic   string `json:"topic"`
+	Payload []byte `json:"payload"`
+	QoS     byte   `json:"qos"`
+	Retain  bool   `json:"retain,omitempty"`
+	// Properties are its user properties as the broker encodes them;
+	// opaque to the store.
+	Properties []byte    `json:"properties,omitempty"`
+	Due        time.Time `json:"due"`
 }
 
 // ErrClosed is returned by a back-end after Close.

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -98,13 +99,25 @@ func testSessions(t *testing.T, s Store, _ func() Store) {
 	if fmt.Sprintf("%+v", got[0]) != fmt.Sprintf("%+v", sess) {
 		t.Errorf("session read back:\n got %+v\nwant %+v", got[0], sess)
 	}
+	// A session keeps the Will that waits out its delay.
+	will := store.Will{Topic: "status/d1", Payload: []byte("gone\x00"), QoS: 1, Retain: true, Properties: []byte(`{"user":[]}`),
+		Due: time.Unix(1700000060, 0).UTC()}
+	sess.Will = &will
+	if err := s.SaveSession(ctx, "acme", sess); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = s.Sessions(ctx, "acme")
+	if len(got) != 1 || got[0].Will == nil || !reflect.DeepEqual(*got[0].Will, will) {
+		t.Fatalf("session with a Will read back: got %+v, want its Will %+v", got, will)
+	}
+	sess.Will = nil
 	sess.Subscriptions = sess.Subscriptions[:1]
 	sess.DisconnectedAt = time.Time{}
 	if err := s.SaveSession(ctx, "acme", sess); err != nil {
 		t.Fatal(err)
 	}
 	got, _ = s.Sessions(ctx, "acme")
-	if len(got) != 1 || len(got[0].Subscriptions) != 1 || !got[0].DisconnectedAt.IsZero() {
+	if len(got) != 1 || len(got[0].Subscriptions) != 1 || !got[0].DisconnectedAt.IsZero() || got[0].Will != nil {
 		t.Errorf("overwritten session: got %+v", got)
 	}
 	if err := s.DeleteSession(ctx, "acme", "c1"); err != nil {
