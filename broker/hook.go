@@ -40,9 +40,10 @@ func (h *hook) Provides(b byte) bool {
 	}, []byte{b}))
 }
 
-// OnPacketEncode completes a successful v5 CONNACK with the limits mochi
-// enforces but does not announce, so clients keep to them instead of being
-// disconnected for breaking them.
+// OnPacketEncode meters what is sent, and completes a successful CONNACK:
+// a resumed session's waiting messages are checked once more, and a v5
+// CONNACK announces the limits mochi enforces but does not announce, so
+// clients keep to them instead of being disconnected for breaking them.
 func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	if pk.FixedHeader.Type == packets.Publish {
 		if _, ok := cl.Net.Conn.(*deviceConn); ok && !h.inst.hub.limitsOff {
@@ -56,8 +57,11 @@ func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet
 		// accepted, and the answer is a plain PUBREC [MQTT-4.3.3-10].
 		pk.ReasonCode = packets.CodeSuccess.Code
 	}
-	if pk.FixedHeader.Type == packets.Connack && pk.SessionPresent && h.inst.persist != nil {
-		h.inst.persist.orderResend(cl)
+	if pk.FixedHeader.Type == packets.Connack && pk.SessionPresent {
+		h.inst.dropUnreadable(cl)
+		if h.inst.persist != nil {
+			h.inst.persist.orderResend(cl)
+		}
 	}
 	if pk.FixedHeader.Type == packets.Connack && pk.ProtocolVersion == 5 && pk.ReasonCode < 0x80 {
 		q := h.inst.quotas()

@@ -285,6 +285,27 @@ func (inst *instance) allowed(device string, action tenants.Action, topic string
 	return ok
 }
 
+// dropUnreadable runs as a resumed session's CONNACK is encoded, just
+// before mochi resends the messages waiting for it, which mochi does
+// without asking the ACL: a message queued while the device could read its
+// topic is dropped if it no longer may (restored from the store or not),
+// as a delivery would be. One the client already acknowledged with PUBREC
+// only waits for its PUBREL, and stays.
+func (inst *instance) dropUnreadable(cl *mqtt.Client) {
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		if pk.FixedHeader.Type != packets.Publish || inst.hookACL(cl, pk.TopicName, false) {
+			continue
+		}
+		if cl.State.Inflight.Delete(pk.PacketID) {
+			atomic.AddInt64(&inst.server.Info.Inflight, -1)
+		}
+		if inst.persist != nil {
+			inst.persist.acknowledged(cl, pk.PacketID)
+		}
+		inst.log.Info("queued message dropped: its topic is no longer readable", "client_id", cl.ID, "topic", pk.TopicName)
+	}
+}
+
 // presence is one live connection as the instance tracks it.
 type presence struct {
 	client *mqtt.Client

@@ -419,3 +419,38 @@ func TestQueueOverflowDropsNewest(t *testing.T) {
 	}
 	back.quiet(t, 300*time.Millisecond, "a message dropped as newest")
 }
+
+// TestResumeChecksACL: messages queued for a persistent session while its
+// device could read their topic are not delivered when it resumes after a
+// rule took that away: neither from the broker's memory nor restored from
+// the store after a restart. Those it may still read are.
+func TestResumeChecksACL(t *testing.T) {
+	d := newDurable(t)
+	d.tenant("acme")
+	subSecret, pubSecret := d.device("acme", "sub"), d.device("acme", "pub")
+	queue := func(round string) {
+		t.Helper()
+		d.rules("acme", allow(tenants.ActionAll, "#"))
+		sub := mustV5(t, d.addr, user("acme", "sub"), subSecret, "sub", keepSession)
+		sub.sub(t, "alarms/#", 1)
+		sub.sub(t, "status/#", 1)
+		sub.Disconnect(&paho.Disconnect{})
+		pub := mustV5(t, d.addr, user("acme", "pub"), pubSecret, "pub")
+		pub.pub(t, "alarms/fire", round, 1, false)
+		pub.pub(t, "status/ok", round, 1, false)
+		pub.barrier(t)
+		pub.Disconnect(&paho.Disconnect{})
+		d.rules("acme", deny(tenants.ActionSubscribe, "alarms/#"), allow(tenants.ActionAll, "#"))
+	}
+	for _, restart := range []bool{false, true} {
+		round := fmt.Sprintf("restart=%t", restart)
+		queue(round)
+		if restart {
+			d.restart(t)
+		}
+		sub := mustV5(t, d.addr, user("acme", "sub"), subSecret, "sub", keepSession)
+		sub.expect(t, "status/ok", round)
+		sub.quiet(t, 300*time.Millisecond, round+": a queued message whose topic the device may no longer read")
+		sub.Disconnect(&paho.Disconnect{})
+	}
+}
