@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -61,6 +62,12 @@ type deviceConn struct {
 	// shutdown while its broker stays up (the node that forwarded it is
 	// draining): its Will goes nowhere, as at the broker's own shutdown.
 	withdrawWill atomic.Bool
+
+	// acked is set once the CONNACK is written; until then held keeps
+	// whatever mochi writes before it (see Write).
+	acked  atomic.Bool
+	heldMu sync.Mutex
+	held   []byte
 }
 
 var errMalformedSubscribe = errors.New("malformed SUBSCRIBE")
@@ -147,7 +154,67 @@ func validSubscribeV5(b0 byte, body []byte) (ok bool) {
 
 // Write waits for the connection's bandwidth_out, then bounds the write by
 // the write timeout.
+//
+// Nothing goes out before the CONNACK [MQTT-3.2.0-1]. mochi adds a
+// resuming client to the tenant's clients before it writes the CONNACK, so
+// a message routed to it in between would be written first (and a strict
+// client would drop the connection). Until the CONNACK passes, what is
+// written is held, and then written after it, in order.
 func (c *deviceConn) Write(p []byte) (int, error) {
+	if !c.acked.Load() {
+		c.heldMu.Lock()
+		if !c.acked.Load() {
+			c.held = append(c.held, p...)
+			out, ok := connackFirst(c.held)
+			if !ok {
+				c.heldMu.Unlock()
+				return len(p), nil
+			}
+			c.held = nil
+			c.acked.Store(true)
+			c.heldMu.Unlock()
+			if _, err := c.write(out); err != nil {
+				return 0, err
+			}
+			return len(p), nil
+		}
+		c.heldMu.Unlock()
+	}
+	return c.write(p)
+}
+
+// connackFirst finds the CONNACK among the whole packets in b and returns
+// them with it first; false until b holds one. Bytes that do not frame as
+// packets are passed on as they are.
+func connackFirst(b []byte) ([]byte, bool) {
+	for i := 0; i < len(b); {
+		length, n := 0, 1
+		for mult := 1; ; mult *= 128 {
+			if i+n >= len(b) || n > 4 {
+				return b, n > 4
+			}
+			length += int(b[i+n]&0x7f) * mult
+			n++
+			if b[i+n-1]&0x80 == 0 {
+				break
+			}
+		}
+		end := i + n + length
+		if end > len(b) {
+			return b, false
+		}
+		if b[i]>>4 == packets.Connack {
+			out := make([]byte, 0, len(b))
+			out = append(out, b[i:end]...)
+			out = append(out, b[:i]...)
+			return append(out, b[end:]...), true
+		}
+		i = end
+	}
+	return b, false
+}
+
+func (c *deviceConn) write(p []byte) (int, error) {
 	now := c.throttleWrite(time.Now(), len(p))
 	if c.writeTimeout > 0 {
 		if d := now.Add(c.writeTimeout); d.Sub(c.writeDeadline) > c.writeTimeout/4 {

@@ -3,3 +3,24 @@ package broker
 // SetLimitsOff turns the publish quotas and metering off or on, for the
 // benchmark that compares the data plane with and without them.
 func SetLimitsOff(h *Hub, off bool) { h.limitsOff = off }
+
+// LoseInflight drops the QoS 1 and 2 messages a connected client is being
+// sent from mochi's state, as mochi itself does with a full write queue,
+// leaving them in the session's store queue; it returns how many.
+func LoseInflight(h *Hub, tenant, clientID string) int {
+	inst := h.running(tenant)
+	cl, ok := inst.server.Clients.Get(clientID)
+	if !ok {
+		return 0
+	}
+	n := 0
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		if cl.State.Inflight.Delete(pk.PacketID) {
+			n++
+		}
+	}
+	return n
+}
+
+// Sweep runs the hub's periodic housekeeping now.
+func Sweep(h *Hub) { h.reapIdle() }

@@ -34,7 +34,7 @@ func (h *hook) Provides(b byte) bool {
 		mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.OnPacketEncode, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnUnsubscribed,
 		mqtt.OnPublish, mqtt.OnPublished, mqtt.OnWill, mqtt.OnPacketRead, mqtt.OnSessionEstablish,
 	}, []byte{b}) || (h.inst.persist != nil && bytes.Contains([]byte{
-		mqtt.OnQosPublish, mqtt.OnSessionEstablished,
+		mqtt.OnQosPublish, mqtt.OnQosDropped, mqtt.OnSessionEstablished,
 		mqtt.StoredClients, mqtt.StoredSubscriptions,
 		mqtt.StoredInflightMessages, mqtt.StoredRetainedMessages,
 	}, []byte{b}))
@@ -213,6 +213,9 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		reason = err.Error()
 	}
 	h.inst.emit(cl, events.Event{Type: events.Disconnected, Reason: reason})
+	if p := h.inst.persist; p != nil {
+		p.gone(cl)
+	}
 	if p := h.inst.persist; p != nil && !cl.IsTakenOver() {
 		if expire {
 			ctx, cancel := storeCtx()
@@ -284,6 +287,16 @@ func (h *hook) refuse(cl *mqtt.Client, pk packets.Packet, err error) (packets.Pa
 func (h *hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
 	if pk.FixedHeader.Type == packets.Publish {
 		h.inst.persist.handedOver(cl, pk)
+	}
+}
+
+// OnQosDropped: mochi drops a waiting message that expired (its message
+// expiry interval passed); it leaves the session's queue as if
+// acknowledged. The messages mochi clears from a client object a new
+// connection took over are not dropped: they went with the connection.
+func (h *hook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	if pk.FixedHeader.Type == packets.Publish && !cl.IsTakenOver() {
+		h.inst.persist.acknowledged(cl, pk.PacketID)
 	}
 }
 
@@ -388,6 +401,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	}
 	if persistent(cl) {
 		p.save(cl, time.Time{})
+		p.established(cl)
 	}
 }
 

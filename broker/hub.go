@@ -712,21 +712,24 @@ func (h *Hub) every(d time.Duration, fn func()) {
 	}()
 }
 
-// reapIdle stops instances that have held nothing for IdleTimeout.
+// reapIdle stops instances that have held nothing for IdleTimeout, and
+// has the others check their connected sessions (see reconcile).
 func (h *Hub) reapIdle() {
-	var idle []*instance
+	var idle, running []*instance
 	h.mu.Lock()
 	now := h.now()
 	for slug, inst := range h.instances {
-		if inst.persist != nil {
-			inst.persist.sweep(time.Now().Add(-time.Minute))
-		}
 		if inst.idle() && now.Sub(inst.lastActive) >= h.cfg.IdleTimeout {
 			delete(h.instances, slug)
 			idle = append(idle, inst)
+		} else if inst.persist != nil {
+			running = append(running, inst)
 		}
 	}
 	h.mu.Unlock()
+	for _, inst := range running {
+		inst.persist.sweep(time.Now().Add(-time.Minute))
+	}
 	for _, inst := range idle {
 		inst.close()
 		h.log.Info("tenant broker stopped: idle", "tenant", inst.tenant)

@@ -103,6 +103,12 @@ type persistence struct {
 	// wills are the Wills restored sessions held back when the tenant's
 	// broker last stopped, until the instance takes them over.
 	wills []restoredWill
+	// live holds the client of each persistent session with a connection
+	// established (past its CONNACK and resends); recheck the sessions
+	// that may have lost a message to a client object a connection took
+	// over (see handedOver and reconcile).
+	live    map[string]*mqtt.Client
+	recheck map[string]bool
 }
 
 // restoredWill is a Will a session's record kept through a restart.
@@ -125,6 +131,7 @@ func newPersistence(st SessionStore, inst *instance) *persistence {
 		pubs: map[string]pubCopies{}, inflight: map[string]map[uint16]uint64{},
 		outstanding: map[string][]uint64{}, devices: map[string]string{}, stored: map[string]bool{}, dropped: map[string]int64{},
 		marks: map[string]map[uint64]mark{}, received: map[string]map[uint16]bool{},
+		live: map[string]*mqtt.Client{}, recheck: map[string]bool{},
 	}
 }
 
@@ -134,15 +141,23 @@ type pubCopies struct {
 }
 
 // sweep forgets tags of publishes mochi never finished routing (it skips
-// OnPublished when it cannot write the publisher's ack). Their copies stay
-// in the store and are delivered after a restart.
+// OnPublished when it cannot write the publisher's ack), and checks every
+// connected session for queued messages it is not sending (see
+// reconcile): whatever left one behind, it does not stay stuck.
 func (p *persistence) sweep(olderThan time.Time) {
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	for id, c := range p.pubs {
 		if c.at.Before(olderThan) {
 			delete(p.pubs, id)
 		}
+	}
+	live := make([]*mqtt.Client, 0, len(p.live))
+	for _, cl := range p.live {
+		live = append(live, cl)
+	}
+	p.mu.Unlock()
+	for _, cl := range live {
+		p.reconcile(cl)
 	}
 }
 
@@ -222,7 +237,7 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	p.mu.Lock()
 	for i, it := range items {
 		copies[it.ClientID] = seqs[i]
-		p.outstanding[it.ClientID] = append(p.outstanding[it.ClientID], seqs[i])
+		p.outstanding[it.ClientID] = insertSeq(p.outstanding[it.ClientID], seqs[i])
 	}
 	if receipt.ClientID != "" {
 		if p.received[cl.ID] == nil {
@@ -232,6 +247,17 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	}
 	p.mu.Unlock()
 	return p.tag(pk, copies), nil
+}
+
+// insertSeq adds a store number to a session's outstanding ones, keeping
+// them in order: publishes stored together may come back from the store in
+// any order, and trimming goes up to the oldest outstanding one.
+func insertSeq(out []uint64, seq uint64) []uint64 {
+	if n := len(out); n == 0 || out[n-1] < seq {
+		return append(out, seq)
+	}
+	i, _ := slices.BinarySearch(out, seq)
+	return slices.Insert(out, i, seq)
 }
 
 // tag registers a publish's stored copies and marks the packet with their
@@ -406,7 +432,21 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 			if p.inflight[cl.ID] == nil {
 				p.inflight[cl.ID] = map[uint16]uint64{}
 			}
-			p.inflight[cl.ID][out.PacketID] = seq
+			_, mapped := p.inflight[cl.ID][out.PacketID]
+			switch {
+			case !cl.IsTakenOver():
+				p.inflight[cl.ID][out.PacketID] = seq
+			case !mapped:
+				// Routed to the client object a new connection is taking
+				// over: whether mochi copied it to the new one depends on
+				// timing. Once routed, the session is checked (see
+				// reconcile). A packet id the new connection already uses
+				// for another message keeps that message.
+				p.inflight[cl.ID][out.PacketID] = seq
+				p.recheck[cl.ID] = true
+			default:
+				p.recheck[cl.ID] = true
+			}
 		} else if persistent(cl) && (cl.Net.Conn == nil || cl.Closed()) {
 			// Not stored for this offline session (its queue was full):
 			// mochi must not keep it either.
@@ -502,13 +542,134 @@ func (p *persistence) release(cl *mqtt.Client, packetID uint16) error {
 	return nil
 }
 
-// routed forgets a publish's tag once mochi has routed it.
+// routed forgets a publish's tag once mochi has routed it, and checks the
+// established sessions it may have been lost for (see handedOver).
 func (p *persistence) routed(pk packets.Packet) {
-	if pubID, ok := pubIDOf(pk); ok {
-		p.mu.Lock()
-		delete(p.pubs, pubID)
-		p.mu.Unlock()
+	pubID, ok := pubIDOf(pk)
+	if !ok {
+		return
 	}
+	p.mu.Lock()
+	delete(p.pubs, pubID)
+	var check []*mqtt.Client
+	for id := range p.recheck {
+		if cl := p.live[id]; cl != nil {
+			check = append(check, cl)
+			delete(p.recheck, id)
+		}
+	}
+	p.mu.Unlock()
+	for _, cl := range check {
+		p.reconcile(cl)
+	}
+}
+
+// established notes a persistent session's connection ready (its CONNACK
+// and resends written) and checks that it has every message its queue
+// holds.
+func (p *persistence) established(cl *mqtt.Client) {
+	p.mu.Lock()
+	p.live[cl.ID] = cl
+	delete(p.recheck, cl.ID)
+	p.mu.Unlock()
+	p.reconcile(cl)
+}
+
+// gone forgets a connection that ended.
+func (p *persistence) gone(cl *mqtt.Client) {
+	p.mu.Lock()
+	if p.live[cl.ID] == cl {
+		delete(p.live, cl.ID)
+	}
+	p.mu.Unlock()
+}
+
+// reconcile makes sure a connected persistent session is sending every
+// message its queue holds. mochi hands a session's waiting messages to a
+// new connection by copying them from the client object it takes over; a
+// message routed to the old object after the copy was made stays there and
+// is never sent, though it is stored (mochi v2.7.9's inheritClientSession).
+// Left alone it would never be acknowledged, and as the oldest message it
+// would hold every later one in the store (trimming goes up to the oldest
+// unacknowledged), to come back at the next restart.
+//
+// So every queued message not waiting in the client's inflight messages
+// and not still being routed (its tag in pubs) is read from the store and
+// sent again with a new packet id. It runs when a session's connection is
+// ready, when a message was routed to a taken-over object, and from the
+// hub's sweep, which also catches a message mochi dropped from a full
+// write queue.
+func (p *persistence) reconcile(cl *mqtt.Client) {
+	if cl.Closed() {
+		return
+	}
+	p.mu.Lock()
+	routing := map[uint64]bool{}
+	for _, c := range p.pubs {
+		if seq, ok := c.seqs[cl.ID]; ok {
+			routing[seq] = true
+		}
+	}
+	sending := map[uint64]bool{}
+	for id, seq := range p.inflight[cl.ID] {
+		if _, ok := cl.State.Inflight.Get(id); ok {
+			sending[seq] = true
+		} else {
+			delete(p.inflight[cl.ID], id) // the id went with an object taken over
+		}
+	}
+	var missing []uint64
+	for _, seq := range p.outstanding[cl.ID] {
+		if !sending[seq] && !routing[seq] {
+			missing = append(missing, seq)
+		}
+	}
+	p.mu.Unlock()
+	if len(missing) == 0 {
+		return
+	}
+	ctx, cancel := storeCtx()
+	defer cancel()
+	queued, err := p.st.Read(ctx, p.tenant, cl.ID, slices.Min(missing)-1, p.maxQueued())
+	if err != nil {
+		p.inst.log.Error("read queued messages to resend", "client_id", cl.ID, "err", err)
+		return
+	}
+	want := map[uint64]bool{}
+	for _, seq := range missing {
+		want[seq] = true
+	}
+	resent := 0
+	for _, q := range queued {
+		if !want[q.Seq] {
+			continue
+		}
+		id, err := cl.NextPacketID()
+		if err != nil {
+			break // no packet id free: the next reconcile tries again
+		}
+		sm := fromStore(q.Message, cl.ID, uint16(id), time.Now().Unix())
+		pk := sm.ToPacket() // a new packet id: not a DUP of one the client has seen
+		p.mu.Lock()
+		if !slices.Contains(p.outstanding[cl.ID], q.Seq) { // acknowledged or dropped meanwhile
+			p.mu.Unlock()
+			continue
+		}
+		if p.inflight[cl.ID] == nil {
+			p.inflight[cl.ID] = map[uint16]uint64{}
+		}
+		p.inflight[cl.ID][pk.PacketID] = q.Seq
+		p.mu.Unlock()
+		if cl.State.Inflight.Set(pk) {
+			atomic.AddInt64(&p.inst.server.Info.Inflight, 1)
+		}
+		p.handedOver(cl, pk)
+		if err := cl.WritePacket(pk); err != nil {
+			break // gone: the rest is sent when the session resumes
+		}
+		resent++
+	}
+	p.inst.log.Info("queued messages the connection lacked sent again", "client_id", cl.ID, "missing", len(missing), "resent", resent)
 }
 
 // acknowledged removes a message from its session's queue once the client
@@ -536,7 +697,7 @@ func (p *persistence) acknowledged(cl *mqtt.Client, packetID uint16) {
 		upTo = out[0] - 1 // an older message is still out
 	}
 	p.mu.Unlock()
-	if upTo == 0 || (len(out) > 0 && out[0] <= upTo) {
+	if upTo == 0 {
 		return
 	}
 	ctx, cancel := storeCtx()
@@ -604,6 +765,8 @@ func (p *persistence) save(cl *mqtt.Client, disconnected time.Time) {
 // A client id with nothing stored costs no store write.
 func (p *persistence) drop(ctx context.Context, clientID string) error {
 	p.mu.Lock()
+	delete(p.live, clientID)
+	delete(p.recheck, clientID)
 	delete(p.inflight, clientID)
 	delete(p.outstanding, clientID)
 	delete(p.devices, clientID)

@@ -105,6 +105,8 @@ func (r *raw) send(pk packets.Packet) {
 		err = pk.ConnectEncode(&b)
 	case packets.Publish:
 		err = pk.PublishEncode(&b)
+	case packets.Puback:
+		err = pk.PubackEncode(&b)
 	case packets.Pubrec:
 		err = pk.PubrecEncode(&b)
 	case packets.Pubrel:
