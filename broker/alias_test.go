@@ -89,10 +89,7 @@ func TestTopicAliasChecked(t *testing.T) {
 func TestTopicAliasRetainedQuota(t *testing.T) {
 	s := newStack(t)
 	s.tenant("acme")
-	one := int64(1)
-	if _, err := s.store.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Quotas: map[string]*int64{"max_retained": &one}}); err != nil {
-		t.Fatal(err)
-	}
+	s.setQuota("acme", "max_retained", 1)
 	pub, _ := dialRaw(t, s.addr, user("acme", "pub"), s.device("acme", "pub"), "pub")
 	pub.publishAliased(1, 1, true, "status/a", "first")
 	if ack := pub.next(packets.Puback); ack.ReasonCode >= 0x80 {

@@ -88,6 +88,14 @@ func (s *stack) tenant(slug string) {
 	}
 }
 
+// setQuota overrides one of a tenant's quotas, as the operator does.
+func (s *stack) setQuota(tenant, quota string, v int64) {
+	s.t.Helper()
+	if _, err := s.store.AdminUpdateTenant(ctx, tenant, tenants.AdminTenantUpdate{Quotas: map[string]*int64{quota: &v}}); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
 // device registers a device and returns its secret.
 func (s *stack) device(tenant, name string, policy ...tenants.ClientIDPolicy) string {
 	s.t.Helper()

@@ -22,29 +22,12 @@ type raw struct {
 }
 
 // dialRaw connects with a session that outlives the connection and returns
-// the client and its CONNACK.
+// the client and its CONNACK, which must be the first packet.
 func dialRaw(t *testing.T, addr, username, password, clientID string) (*raw, packets.Packet) {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &raw{t: t, c: c, in: make(chan packets.Packet, 64)}
-	t.Cleanup(func() { c.Close() })
-	go r.read()
-	r.send(packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
-		Connect: packets.ConnectParams{
-			ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: clientID,
-			UsernameFlag: true, Username: []byte(username), PasswordFlag: true, Password: []byte(password),
-		},
-		Properties: packets.Properties{SessionExpiryInterval: 3600, SessionExpiryIntervalFlag: true},
+	return dialRawStrict(t, addr, username, password, clientID, func(typ byte) {
+		t.Fatalf("packet type %d before the CONNACK", typ)
 	})
-	connack := r.next(packets.Connack)
-	if connack.ReasonCode != 0 {
-		t.Fatalf("CONNECT refused: %#x", connack.ReasonCode)
-	}
-	return r, connack
 }
 
 func (r *raw) read() {

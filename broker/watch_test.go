@@ -124,10 +124,7 @@ func TestWatchBounds(t *testing.T) {
 	s := newStack(t, func(c *broker.Config) { c.MaxWatches, c.MaxWatchesEach = 5, 2 })
 	s.tenant("acme")
 	s.tenant("other")
-	two := int64(2)
-	if _, err := s.store.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Quotas: map[string]*int64{"max_connections": &two}}); err != nil {
-		t.Fatal(err)
-	}
+	s.setQuota("acme", "max_connections", 2)
 	watch := func(tenant, who string) (context.CancelFunc, error) {
 		wctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)

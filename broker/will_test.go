@@ -86,10 +86,7 @@ func TestWillQuotas(t *testing.T) {
 	ev := events.NewMemory(1000)
 	s := newStack(t, func(c *broker.Config) { c.Events = ev; c.UsageInterval = 50 * time.Millisecond })
 	s.tenant("acme")
-	one := int64(1)
-	if _, err := s.store.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Quotas: map[string]*int64{"max_retained": &one}}); err != nil {
-		t.Fatal(err)
-	}
+	s.setQuota("acme", "max_retained", 1)
 	pub := mustV5(t, s.addr, user("acme", "pub"), s.device("acme", "pub"), "pub")
 	pub.pub(t, "status/first", "kept", 1, true)
 	pub.barrier(t)
@@ -191,10 +188,7 @@ func TestDelayedWillCancelled(t *testing.T) {
 func TestHeldWillsBounded(t *testing.T) {
 	s := newStack(t)
 	s.tenant("acme")
-	two := int64(2)
-	if _, err := s.store.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Quotas: map[string]*int64{"max_connections": &two}}); err != nil {
-		t.Fatal(err)
-	}
+	s.setQuota("acme", "max_connections", 2)
 	watcher := mustV5(t, s.addr, user("acme", "watcher"), s.device("acme", "watcher"), "watcher")
 	watcher.sub(t, "status/#", 1)
 	for _, name := range []string{"a", "b"} {
