@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/argon2"
@@ -85,6 +86,9 @@ type hashSlots struct {
 	// maxWait bounds the wait for a slot; past it the request is answered
 	// "busy, try again" rather than queued without end.
 	maxWait time.Duration
+	// running, peak and done count the hashes at work, the most at once,
+	// and all so far: what the bound is seen by.
+	running, peak, done atomic.Int64
 }
 
 func newHashSlots(n int) *hashSlots {
@@ -103,7 +107,12 @@ func (h *hashSlots) do(ctx context.Context, fn func()) error {
 		return &RetryError{Kind: ErrUnavailable, After: time.Second, Msg: "the server is busy checking passwords; try again in a moment"}
 	}
 	defer func() { <-h.ch }()
+	n := h.running.Add(1)
+	for p := h.peak.Load(); n > p && !h.peak.CompareAndSwap(p, n); p = h.peak.Load() {
+	}
 	fn()
+	h.running.Add(-1)
+	h.done.Add(1)
 	return nil
 }
 
@@ -153,6 +162,12 @@ func readInt(path string) (int64, error) {
 		return 0, err
 	}
 	return strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+}
+
+// PasswordHashStats reports how many password hashes (and checks) the
+// store has computed, and the most it computed at once.
+func (s *Store) PasswordHashStats() (done, peak int64) {
+	return s.hashes.done.Load(), s.hashes.peak.Load()
 }
 
 // SetPasswordHashes bounds how many password hashes the store computes at

@@ -45,6 +45,11 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"StripeEventsOnce", testStripeEventsOnce},
 		{"MoveACLRule", testMoveACLRule},
 		{"SearchDevices", testSearchDevices},
+		{"Sessions", testSessions},
+		{"SignUp", testSignUp},
+		{"MembershipRules", testMembershipRules},
+		{"KeysEndWithMember", testKeysEndWithMember},
+		{"TenantLimits", testTenantLimits},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
