@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/cluster"
 	"github.com/roosthub/roost/events"
@@ -52,7 +51,7 @@ func TestRemote(t *testing.T) {
 	if err := remote.Publish(ctx, "acme", broker.Message{Topic: "a", Payload: []byte("x")}); !errors.Is(err, tenants.ErrUnavailable) {
 		t.Fatalf("publish with no node: %v", err)
 	}
-	node := httptest.NewServer(cluster.Serve(hub, ev, auth.NewOperator(token, nil, log), log))
+	node := httptest.NewServer(cluster.Serve(hub, ev, token, log))
 	defer node.Close()
 	if err := store.AnnounceNode(ctx, tenants.Node{ID: "n1", URL: node.URL, ForwardAddr: ln.Addr().String()}); err != nil {
 		t.Fatal(err)

@@ -97,10 +97,16 @@ type EventLog interface {
 	Recent(tenant string) []events.Event
 }
 
-// Serve returns a node's internal API, for callers with the operator token;
-// op checks it (wrong tokens are throttled per address, the right one
-// always passes).
-func Serve(hub Hub, recent EventLog, op *auth.Operator, log *slog.Logger) http.Handler {
+// Serve returns a node's internal API, for callers with the operator token,
+// with an operator check of its own (see ServeWith).
+func Serve(hub Hub, recent EventLog, token string, log *slog.Logger) http.Handler {
+	return ServeWith(hub, recent, auth.NewOperator(token, nil, log), log)
+}
+
+// ServeWith returns a node's internal API, for callers with the operator
+// token; op checks it, so a process shares one count of wrong tokens per
+// address with its /metrics (the right token always passes).
+func ServeWith(hub Hub, recent EventLog, op *auth.Operator, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
 	writeJSON := func(w http.ResponseWriter, status int, v any) {
 		w.Header().Set("Content-Type", "application/json")

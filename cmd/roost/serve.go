@@ -441,7 +441,7 @@ func (d planeDeps) dataHandler(listening *atomic.Bool) http.Handler {
 	// One check of the operator token (wrong ones throttled per address)
 	// for the internal API and /metrics.
 	op := auth.NewOperator(d.adminToken, nil, d.log)
-	mux.Handle(cluster.Prefix+"/", cluster.Serve(d.hub, d.recent, op, d.log))
+	mux.Handle(cluster.Prefix+"/", cluster.ServeWith(d.hub, d.recent, op, d.log))
 	mux.Handle("/", dataPlaneMux(d.store, listening, op, d.metrics))
 	return mux
 }
