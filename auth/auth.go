@@ -36,6 +36,10 @@ type Config struct {
 	// MaxFreeTenants is how many tenants on the free plan an account may
 	// own; DefaultMaxFreeTenants if zero, no limit if negative.
 	MaxFreeTenants int
+	// TenantsPerDay is how many tenants one account may create in 24
+	// hours, deleted ones included (a deleted tenant's slug stays
+	// reserved); DefaultTenantsPerDay if zero, no limit if negative.
+	TenantsPerDay int
 	// SignupsPerHour bounds the sign-ups the process takes an hour from
 	// everyone together; DefaultSignupsPerHour if zero, none if negative.
 	SignupsPerHour int
@@ -44,6 +48,7 @@ type Config struct {
 // Defaults of the settings.
 const (
 	DefaultMaxFreeTenants = 3
+	DefaultTenantsPerDay  = 10
 	DefaultSignupsPerHour = 600
 )
 
@@ -62,10 +67,6 @@ var (
 	memberPerTenant = budget{name: "member-tenant", perHour: 60}
 	operatorAddress = budget{name: "operator-address", free: 10, perHour: 100}
 )
-
-// TenantsPerDay is how many tenants one account may create in 24 hours,
-// deleted ones included: a deleted tenant's slug stays reserved.
-const TenantsPerDay = 10
 
 // ImpersonationTTL bounds an operator's impersonation session.
 const ImpersonationTTL = 15 * time.Minute
@@ -106,6 +107,9 @@ func New(cfg Config) (*Service, error) {
 	if cfg.MaxFreeTenants == 0 {
 		cfg.MaxFreeTenants = DefaultMaxFreeTenants
 	}
+	if cfg.TenantsPerDay == 0 {
+		cfg.TenantsPerDay = DefaultTenantsPerDay
+	}
 	if cfg.SignupsPerHour == 0 {
 		cfg.SignupsPerHour = DefaultSignupsPerHour
 	}
@@ -118,7 +122,7 @@ func New(cfg Config) (*Service, error) {
 		log:       cfg.Log,
 		lim:       lim,
 		signupAll: budget{name: "signup", perHour: max(cfg.SignupsPerHour, 0)},
-		tenants:   tenants.TenantLimits{MaxFree: max(cfg.MaxFreeTenants, 0), PerDay: TenantsPerDay},
+		tenants:   tenants.TenantLimits{MaxFree: max(cfg.MaxFreeTenants, 0), PerDay: max(cfg.TenantsPerDay, 0)},
 		operator:  &Operator{token: cfg.AdminToken, lim: lim, log: cfg.Log},
 	}
 	return s, nil

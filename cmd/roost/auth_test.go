@@ -18,14 +18,14 @@ import (
 // with ROOST_* twins, defaulted, and a bad value stops start-up naming it.
 func TestAccountLimitSettings(t *testing.T) {
 	c, err := parseConfig("serve", nil, env(map[string]string{"ROOST_DATA_DIR": t.TempDir()}))
-	if err != nil || c.MaxFreeTenants != 3 || c.SignupsPerHour != 600 || c.PasswordHashes != 0 {
+	if err != nil || c.MaxFreeTenants != 3 || c.TenantsPerDay != 10 || c.SignupsPerHour != 600 || c.PasswordHashes != 0 {
 		t.Fatalf("defaults: %+v, %v", c, err)
 	}
 	c, err = parseConfig("serve", []string{"--max-free-tenants", "0"}, env(map[string]string{"ROOST_DATA_DIR": t.TempDir(), "ROOST_MAX_FREE_TENANTS": "5", "ROOST_PASSWORD_HASHES": "4", "ROOST_SIGNUPS_PER_HOUR": "0"}))
 	if err != nil || c.MaxFreeTenants != 0 || c.PasswordHashes != 4 || c.authConfig().MaxFreeTenants != -1 || c.authConfig().SignupsPerHour != -1 {
 		t.Fatalf("flag over env, zero as no limit: %+v, %+v, %v", c, c.authConfig(), err)
 	}
-	for name, v := range map[string]string{"ROOST_MAX_FREE_TENANTS": "-1", "ROOST_SIGNUPS_PER_HOUR": "lots", "ROOST_PASSWORD_HASHES": "5000"} {
+	for name, v := range map[string]string{"ROOST_MAX_FREE_TENANTS": "-1", "ROOST_TENANTS_PER_DAY": "-5", "ROOST_SIGNUPS_PER_HOUR": "lots", "ROOST_PASSWORD_HASHES": "5000"} {
 		var out, errOut bytes.Buffer
 		err := run(context.Background(), []string{"serve"}, env(map[string]string{"ROOST_DATA_DIR": t.TempDir(), name: v}), &out, &errOut)
 		if err == nil || !strings.Contains(err.Error(), name) || strings.Contains(err.Error(), "\n") {

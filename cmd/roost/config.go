@@ -78,6 +78,9 @@ type config struct {
 	// MaxFreeTenants is how many free-plan tenants one account may own
 	// (0: no limit).
 	MaxFreeTenants int
+	// TenantsPerDay is how many tenants one account may create in 24
+	// hours, deleted ones included (0: no limit).
+	TenantsPerDay int
 	// SignupsPerHour bounds the sign-ups a control-plane process takes an
 	// hour from everyone together (0: no limit).
 	SignupsPerHour int
@@ -144,6 +147,7 @@ func (c *config) settings() []setting {
 		{"forward-addr", "where a data-plane node takes the device connections other nodes forward to it (reachable by the other nodes only; announced with ROOST_NODE_URL's host)", ":1884", &c.ForwardAddr},
 		{"device-endpoints", "URLs devices connect to, comma-separated (mqtt://, mqtts://, ws://, wss://), shown in the console's snippets; empty: this process's own listeners (set it for a control plane, or behind a load balancer)", "", &c.DeviceEndpoints},
 		{"max-free-tenants", "how many tenants on the free plan one account may own (0: no limit)", "3", &c.MaxFreeTenants},
+		{"tenants-per-day", "how many tenants one account may create in 24 hours, deleted ones included (their slugs stay reserved); 0: no limit", "10", &c.TenantsPerDay},
 		{"signups-per-hour", "sign-ups a control-plane process takes an hour from all addresses together (each address: 30); 0: no limit", "600", &c.SignupsPerHour},
 		{"password-hashes", "password hashes (Argon2id, 19 MiB each) computed at once; 0: two per CPU, at most one per 64 MiB of available memory, at least two", "0", &c.PasswordHashes},
 		{"debug-addr", "address for Go's profiler at /debug/pprof/ (keep it on loopback: it has no authentication); empty: off", "", &c.DebugAddr},
@@ -328,6 +332,9 @@ func (c *config) validateAccountLimits() error {
 	if c.MaxFreeTenants < 0 || c.MaxFreeTenants > 10_000 {
 		return errors.New("ROOST_MAX_FREE_TENANTS: must be between 0 (no limit) and 10000")
 	}
+	if c.TenantsPerDay < 0 || c.TenantsPerDay > 100_000 {
+		return errors.New("ROOST_TENANTS_PER_DAY: must be between 0 (no limit) and 100000")
+	}
 	if c.SignupsPerHour < 0 || c.SignupsPerHour > 1_000_000 {
 		return errors.New("ROOST_SIGNUPS_PER_HOUR: must be between 0 (no limit) and 1000000")
 	}
@@ -339,9 +346,12 @@ func (c *config) validateAccountLimits() error {
 
 // authConfig is the auth front's share of the settings.
 func (c *config) authConfig() auth.Config {
-	cfg := auth.Config{TokenTTL: c.TokenTTL, MaxFreeTenants: c.MaxFreeTenants, SignupsPerHour: c.SignupsPerHour}
+	cfg := auth.Config{TokenTTL: c.TokenTTL, MaxFreeTenants: c.MaxFreeTenants, TenantsPerDay: c.TenantsPerDay, SignupsPerHour: c.SignupsPerHour}
 	if c.MaxFreeTenants == 0 {
 		cfg.MaxFreeTenants = -1 // no limit
+	}
+	if c.TenantsPerDay == 0 {
+		cfg.TenantsPerDay = -1
 	}
 	if c.SignupsPerHour == 0 {
 		cfg.SignupsPerHour = -1
