@@ -97,12 +97,3 @@ func (s *Store) EndSession(ctx context.Context, id string) error {
 	_, err := s.db.ExecContext(ctx, `UPDATE sessions SET ended_at = $2 WHERE id = $1 AND ended_at IS NULL`, id, s.timestamp())
 	return err
 }
-
-// EndSessionsOf ends every open session of an account; it returns how many.
-func (s *Store) EndSessionsOf(ctx context.Context, account string) (int64, error) {
-	res, err := s.db.ExecContext(ctx, `UPDATE sessions SET ended_at = $2 WHERE account_id = $1 AND ended_at IS NULL`, account, s.timestamp())
-	if err != nil {
-		return 0, err
-	}
-	return res.RowsAffected()
-}
