@@ -118,8 +118,7 @@ func handleAPIKeyCreate(ks apiKeyStore) handler {
 		if err := decode(r, &in); err != nil {
 			return err
 		}
-		// A key never holds more power than whoever made it.
-		if in.Role != "" && in.Role.Valid() && !roleFrom(r.Context()).AtLeast(in.Role) {
+		if err := (tenants.By{Role: roleFrom(r.Context())}).MayMakeKey(in.Role); err != nil {
 			return &httpError{status: http.StatusForbidden, code: "forbidden", field: "role", msg: "a key cannot have a higher role than its creator"}
 		}
 		// The key is made on behalf of the caller's account (or, made by a

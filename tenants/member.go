@@ -96,6 +96,16 @@ func (by By) MayRemove(account string, target Role, keepKeys bool) error {
 	return nil
 }
 
+// MayMakeKey returns nil if by may make an API key with role (empty: the
+// default, viewer), or an ErrForbidden: a key never holds more power than
+// whoever made it.
+func (by By) MayMakeKey(role Role) error {
+	if role != "" && role.Valid() && !by.Role.AtLeast(role) {
+		return fmt.Errorf("a key cannot have a higher role than its creator: %w", ErrForbidden)
+	}
+	return nil
+}
+
 // Notice tells an account of something done to it by others: it was added
 // to a tenant (NoticeAdded) or removed from one (NoticeRemoved). Roost
 // sends no email; notices are shown in the console and in GET /v1/me.

@@ -204,7 +204,7 @@ func (c *Console) renderKeys(w http.ResponseWriter, r *http.Request, status int,
 func (c *Console) keyCreate(w http.ResponseWriter, r *http.Request) {
 	in := tenants.APIKeyInput{Name: strings.TrimSpace(r.PostFormValue("name")), Role: tenants.Role(r.PostFormValue("role"))}
 	form := map[string]string{"name": in.Name, "role": string(in.Role)}
-	if in.Role != "" && in.Role.Valid() && !roleOf(r).AtLeast(in.Role) {
+	if by(r).MayMakeKey(in.Role) != nil {
 		c.renderKeys(w, r, http.StatusForbidden, nil, page{Form: form, Errors: map[string]string{"role": "A key cannot have a higher role than yours."}})
 		return
 	}
