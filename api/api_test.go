@@ -157,7 +157,7 @@ func TestEveryRoute(t *testing.T) {
 
 	bob := e.signup("bob")
 	r = e.do("POST", "/v1/tenants/acme/members", tok, map[string]string{"email": bob.email, "role": "admin"})
-	want(t, r, 201, "add member")
+	want(t, r, 202, "add member")
 	want(t, e.do("GET", "/v1/tenants/acme/members", tok, nil), 200, "list members")
 	want(t, e.do("GET", "/v1/tenants/acme", bob.token, nil), 200, "member sees the tenant")
 	want(t, e.do("DELETE", "/v1/tenants/acme/members/"+bob.id, tok, nil), 204, "remove member")
@@ -418,7 +418,7 @@ func TestViewerCannotWrite(t *testing.T) {
 	owner, viewer := e.signup("owner"), e.signup("viewer")
 	e.mustTenant(owner, "acme")
 	e.mustDevice(owner.token, "acme", "a-dev")
-	want(t, e.do("POST", "/v1/tenants/acme/members", owner.token, map[string]string{"email": viewer.email, "role": "viewer"}), 201, "add viewer")
+	want(t, e.do("POST", "/v1/tenants/acme/members", owner.token, map[string]string{"email": viewer.email, "role": "viewer"}), 202, "add viewer")
 	keyID, viewerKey := e.mustKey(owner.token, "acme", tenants.RoleViewer)
 	rules := e.do("GET", "/v1/tenants/acme/acl/rules", owner.token, nil).json()["items"].([]any)
 	ids := map[string]string{"tenant": "acme", "device": "a-dev", "account": owner.id}
@@ -457,7 +457,7 @@ func TestViewerCannotWrite(t *testing.T) {
 	}
 	// An admin cannot mint an owner key or make an owner.
 	admin := e.signup("admin")
-	want(t, e.do("POST", "/v1/tenants/acme/members", owner.token, map[string]string{"email": admin.email, "role": "admin"}), 201, "add admin")
+	want(t, e.do("POST", "/v1/tenants/acme/members", owner.token, map[string]string{"email": admin.email, "role": "admin"}), 202, "add admin")
 	wantProblem(t, e.do("POST", "/v1/tenants/acme/api-keys", admin.token, map[string]string{"name": "k", "role": "owner"}), 403, "forbidden", "role", "admin mints an owner key")
 	wantProblem(t, e.do("POST", "/v1/tenants/acme/members", admin.token, map[string]string{"email": viewer.email, "role": "owner"}), 403, "forbidden", "", "admin adds an owner")
 	wantProblem(t, e.do("DELETE", "/v1/tenants/acme/members/"+owner.id, admin.token, nil), 403, "forbidden", "", "admin removes the owner")
@@ -713,8 +713,8 @@ func TestDeviceQuota(t *testing.T) {
 // TestConcurrentSlug: two accounts race for one slug over HTTP.
 func TestConcurrentSlug(t *testing.T) {
 	e := newEnv(t)
-	a, b := e.signup("a"), e.signup("b")
 	for i := range 5 {
+		a, b := e.signup("a"), e.signup("b") // fresh ones: each owns few free tenants
 		slug := fmt.Sprintf("race-%d", i)
 		var wg sync.WaitGroup
 		statuses := make([]int, 2)
@@ -823,7 +823,10 @@ func TestSessionTokens(t *testing.T) {
 	} {
 		wantProblem(t, e.do("GET", "/v1/me", tok, nil), 401, "unauthorized", "", name)
 	}
-	want(t, e.do("GET", "/v1/me", sign(jwt.SigningMethodHS256, good, claims(future)), nil), 200, "a well-made token")
+	// Signed with the right key, but naming no session the server keeps:
+	// a session exists only as its record.
+	wantProblem(t, e.do("GET", "/v1/me", sign(jwt.SigningMethodHS256, good, claims(future)), nil), 401, "unauthorized", "", "a well-made token of no session")
+	want(t, e.do("GET", "/v1/me", u.token, nil), 200, "the session's own token")
 	e.clock.Advance(13 * time.Hour)
 	wantProblem(t, e.do("GET", "/v1/me", u.token, nil), 401, "unauthorized", "", "a session past its 12h")
 }

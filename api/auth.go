@@ -2,29 +2,27 @@ package api
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"net/http"
-	"strings"
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/tenants"
 )
 
-// principal is who is calling: an account (console session token), an API
-// key (scoped to one tenant) or the operator.
+// principal is who is calling: an account (a session token), an API key
+// (scoped to one tenant) or the operator.
 type principal struct {
 	account  *tenants.Account
 	key      *tenants.APIKey
 	operator bool
 	// impersonating: the operator, acting as an owner of key.Tenant.
 	impersonating bool
+	// session is the session the token carries, for logout; empty for API
+	// keys and the operator token.
+	session string
 }
-
-// impersonationSubject starts the subject of an impersonation token; the
-// tenant follows. Account ids never contain a colon.
-const impersonationSubject = "impersonate:"
 
 // actor names the principal in the audit log.
 func (p principal) actor() string {
@@ -38,6 +36,32 @@ func (p principal) actor() string {
 	default:
 		return "operator"
 	}
+}
+
+// by is the principal as the membership rules see it, with role its role
+// in the tenant at hand.
+func (p principal) by(role tenants.Role) tenants.By {
+	switch {
+	case p.impersonating:
+		return tenants.By{Role: role, Name: "the operator"}
+	case p.account != nil:
+		return tenants.By{Role: role, Account: p.account.ID, Name: p.account.Email}
+	case p.key != nil:
+		return tenants.By{Role: role, Name: "API key " + p.key.Prefix}
+	}
+	return tenants.By{Role: role, Name: "the operator"}
+}
+
+// creator is the account on whose behalf the principal makes an API key:
+// its own, or the one behind the key that makes it.
+func (p principal) creator() string {
+	switch {
+	case p.account != nil:
+		return p.account.ID
+	case p.key != nil && p.key.CreatedBy != nil:
+		return *p.key.CreatedBy
+	}
+	return ""
 }
 
 type principalKey struct{}
@@ -58,21 +82,27 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			s.fail(w, r, err)
 			return
 		}
-		ctx := context.WithValue(r.Context(), principalKey{}, p)
-		if info, ok := ctx.Value(requestInfoKey{}).(*requestInfo); ok {
-			info.actor = p.actor()
-		}
-		next.ServeHTTP(w, r.WithContext(tenants.WithActor(ctx, p.actor())))
+		s.serveAs(w, r, p, next)
 	})
 }
 
-func (s *Server) principal(r *http.Request) (principal, error) {
-	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
-		return principal{}, errNoToken
+func (s *Server) serveAs(w http.ResponseWriter, r *http.Request, p principal, next http.Handler) {
+	ctx := context.WithValue(r.Context(), principalKey{}, p)
+	if info, ok := ctx.Value(requestInfoKey{}).(*requestInfo); ok {
+		info.actor = p.actor()
 	}
+	next.ServeHTTP(w, r.WithContext(tenants.WithActor(ctx, p.actor())))
+}
+
+// principal resolves a request's bearer token: the operator token, an API
+// key, or a token of an open session (an account's or an impersonation;
+// the console's operator sessions are not for the API).
+func (s *Server) principal(r *http.Request) (principal, error) {
+	token := auth.Bearer(r)
 	switch {
-	case subtle.ConstantTimeCompare([]byte(token), []byte(s.adminToken)) == 1:
+	case token == "":
+		return principal{}, errNoToken
+	case s.auth.Operator().Is(token):
 		return principal{operator: true}, nil
 	case tenants.IsAPIKey(token):
 		k, err := s.store.AuthenticateAPIKey(r.Context(), token)
@@ -81,18 +111,18 @@ func (s *Server) principal(r *http.Request) (principal, error) {
 		}
 		return principal{key: &k}, nil
 	}
-	id, err := s.tokens.Parse(token)
+	se, err := s.auth.Session(r.Context(), token)
 	if err != nil {
-		return principal{}, errorf(http.StatusUnauthorized, "unauthorized", "the session token is not valid or has expired; log in again")
+		return principal{}, err
 	}
-	if tenant, ok := strings.CutPrefix(id, impersonationSubject); ok {
-		return principal{key: &tenants.APIKey{ID: "impersonation", Tenant: tenant, Role: tenants.RoleOwner, Name: "operator impersonation"}, impersonating: true}, nil
+	switch se.Kind {
+	case tenants.SessionAccount:
+		return principal{account: &se.Account, session: se.ID}, nil
+	case tenants.SessionImpersonation:
+		return principal{key: &tenants.APIKey{ID: "impersonation", Tenant: se.Tenant, Role: tenants.RoleOwner, Name: "operator impersonation"},
+			impersonating: true, session: se.ID}, nil
 	}
-	a, err := s.store.Account(r.Context(), id)
-	if err != nil {
-		return principal{}, unauthorized(err, "the session's account no longer exists")
-	}
-	return principal{account: &a}, nil
+	return principal{}, errorf(http.StatusUnauthorized, "unauthorized", "the session token is not valid, has expired or was ended; log in again")
 }
 
 // unauthorized maps a lookup failure to 401, keeping real failures internal.
@@ -103,15 +133,40 @@ func unauthorized(err error, msg string) error {
 	return err
 }
 
-// onlyOperator guards /v1/admin/*.
+// onlyOperator guards /v1/admin/* and /metrics. The operator token is
+// compared first and always passes. A valid session or API key is 403: it
+// is no guess at the operator token. Anything else is a wrong operator
+// token, counted per address: past the budget it is answered 429.
 func (s *Server) onlyOperator(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !principalFrom(r.Context()).operator {
-			s.fail(w, r, errorf(http.StatusForbidden, "forbidden", "this route needs the operator token"))
+		op := s.auth.Operator()
+		token := auth.Bearer(r)
+		if op.Is(token) {
+			s.serveAs(w, r, principal{operator: true}, next)
 			return
 		}
-		next.ServeHTTP(w, r)
+		if token == "" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="roost"`)
+			s.fail(w, r, errNoToken)
+			return
+		}
+		_, err := s.principal(r)
+		switch {
+		case err == nil:
+			s.fail(w, r, errorf(http.StatusForbidden, "forbidden", "this route needs the operator token"))
+			return
+		case !errors.Is(err, tenants.ErrUnauthorized) && !isHTTPStatus(err, http.StatusUnauthorized):
+			s.fail(w, r, err)
+			return
+		}
+		w.Header().Set("WWW-Authenticate", `Bearer realm="roost"`)
+		s.fail(w, r, op.Fail(clientIP(r)))
 	})
+}
+
+func isHTTPStatus(err error, status int) bool {
+	var he *httpError
+	return errors.As(err, &he) && he.status == status
 }
 
 type roleKey struct{}

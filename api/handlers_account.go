@@ -2,17 +2,12 @@ package api
 
 import (
 	"context"
-	"errors"
-	"fmt"
-	"math"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/roosthub/roost"
+	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/internal/accesslog"
-	"github.com/roosthub/roost/internal/session"
-	"github.com/roosthub/roost/internal/throttle"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -42,11 +37,6 @@ func handleSpec() http.HandlerFunc {
 	}
 }
 
-type accountStore interface {
-	CreateAccount(ctx context.Context, in tenants.Signup) (tenants.Account, error)
-	Authenticate(ctx context.Context, email, password string) (tenants.Account, error)
-}
-
 type sessionView struct {
 	Token     string          `json:"token"`
 	ExpiresAt time.Time       `json:"expires_at"`
@@ -55,34 +45,20 @@ type sessionView struct {
 
 var clientIP = accesslog.ClientIP
 
-func tooManyAttempts(wait time.Duration) error {
-	secs := int(math.Ceil(wait.Seconds()))
-	return &httpError{status: http.StatusTooManyRequests, code: "too_many_attempts", retryAfter: fmt.Sprint(secs),
-		msg: fmt.Sprintf("too many failed attempts; try again in %d seconds", secs)}
-}
-
-func handleSignup(accounts accountStore, tok session.Tokens, perIP *throttle.Limiter) handler {
+// handleSignup creates an account and starts a session. An email that has
+// an account already answers as a login would (auth.Service.SignUp): the
+// same 201 and shape with the right password, the login's 401 without.
+func handleSignup(front *auth.Service) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		var in tenants.Signup
 		if err := decode(r, &in); err != nil {
 			return err
 		}
-		// Each signup hashes a password and may probe whether an email has
-		// an account; the per-address limit bounds both.
-		ip := clientIP(r)
-		if wait := perIP.Wait(ip); wait > 0 {
-			return tooManyAttempts(wait)
-		}
-		perIP.Count(ip)
-		a, err := accounts.CreateAccount(r.Context(), in)
+		is, err := front.SignUp(r.Context(), in, clientIP(r))
 		if err != nil {
 			return err
 		}
-		token, exp, err := tok.Issue(a.ID)
-		if err != nil {
-			return err
-		}
-		writeJSON(w, http.StatusCreated, sessionView{Token: token, ExpiresAt: exp, Account: a})
+		writeJSON(w, http.StatusCreated, sessionView{Token: is.Token, ExpiresAt: is.ExpiresAt, Account: is.Account})
 		return nil
 	}
 }
@@ -92,33 +68,33 @@ type login struct {
 	Password string `json:"password"`
 }
 
-func handleLogin(accounts accountStore, tok session.Tokens, perAccount, perIP *throttle.Limiter) handler {
+func handleLogin(front *auth.Service) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		var in login
 		if err := decode(r, &in); err != nil {
 			return err
 		}
-		acct := strings.ToLower(strings.TrimSpace(in.Email))
-		ip := clientIP(r)
-		if wait := max(perAccount.Wait(acct), perIP.Wait(ip)); wait > 0 {
-			return tooManyAttempts(wait)
-		}
-		a, err := accounts.Authenticate(r.Context(), in.Email, in.Password)
-		if errors.Is(err, tenants.ErrUnauthorized) {
-			perAccount.Count(acct)
-			perIP.Count(ip)
-			return errorf(http.StatusUnauthorized, "unauthorized", "wrong email or password")
-		}
+		is, err := front.LogIn(r.Context(), in.Email, in.Password, clientIP(r))
 		if err != nil {
 			return err
 		}
-		perAccount.Reset(acct)
-		perIP.Reset(ip)
-		token, exp, err := tok.Issue(a.ID)
-		if err != nil {
+		writeJSON(w, http.StatusOK, sessionView{Token: is.Token, ExpiresAt: is.ExpiresAt, Account: is.Account})
+		return nil
+	}
+}
+
+// handleLogout ends the session the bearer token carries, everywhere: the
+// token stops working in the API and as a console cookie.
+func handleLogout(front *auth.Service) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		p := principalFrom(r.Context())
+		if p.session == "" {
+			return errorf(http.StatusBadRequest, "not_a_session", "only a session token logs out; revoke an API key with DELETE /v1/tenants/{tenant}/api-keys/{id}")
+		}
+		if err := front.LogOut(r.Context(), auth.Bearer(r)); err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusOK, sessionView{Token: token, ExpiresAt: exp, Account: a})
+		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
 }
@@ -127,14 +103,21 @@ type me struct {
 	Kind    string           `json:"kind"`
 	Account *tenants.Account `json:"account,omitempty"`
 	APIKey  *tenants.APIKey  `json:"api_key,omitempty"`
+	// Notices tell an account what others did to it lately (added it to a
+	// tenant, removed it from one).
+	Notices []tenants.Notice `json:"notices,omitempty"`
 }
 
-func handleMe() handler {
+func handleMe(front *auth.Service) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		p := principalFrom(r.Context())
 		switch {
 		case p.account != nil:
-			writeJSON(w, http.StatusOK, me{Kind: "account", Account: p.account})
+			ns, err := front.Notices(r.Context(), p.account.ID)
+			if err != nil {
+				return err
+			}
+			writeJSON(w, http.StatusOK, me{Kind: "account", Account: p.account, Notices: ns})
 		case p.key != nil:
 			writeJSON(w, http.StatusOK, me{Kind: "api_key", APIKey: p.key})
 		default:

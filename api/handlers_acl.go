@@ -96,7 +96,7 @@ func handleACLCheck(as aclStore) handler {
 }
 
 type apiKeyStore interface {
-	CreateAPIKey(ctx context.Context, tenant string, in tenants.APIKeyInput) (tenants.APIKey, string, error)
+	CreateAPIKey(ctx context.Context, tenant string, in tenants.APIKeyInput, createdBy string) (tenants.APIKey, string, error)
 	APIKeys(ctx context.Context, tenant string, p tenants.Page) ([]tenants.APIKey, string, error)
 	DeleteAPIKey(ctx context.Context, tenant, id string) error
 }
@@ -118,11 +118,12 @@ func handleAPIKeyCreate(ks apiKeyStore) handler {
 		if err := decode(r, &in); err != nil {
 			return err
 		}
-		// A key never holds more power than whoever made it.
-		if in.Role != "" && in.Role.Valid() && !roleFrom(r.Context()).AtLeast(in.Role) {
+		if err := (tenants.By{Role: roleFrom(r.Context())}).MayMakeKey(in.Role); err != nil {
 			return &httpError{status: http.StatusForbidden, code: "forbidden", field: "role", msg: "a key cannot have a higher role than its creator"}
 		}
-		k, token, err := ks.CreateAPIKey(r.Context(), chi.URLParam(r, "tenant"), in)
+		// The key is made on behalf of the caller's account (or, made by a
+		// key, of that key's): it ends when that account leaves.
+		k, token, err := ks.CreateAPIKey(r.Context(), chi.URLParam(r, "tenant"), in, principalFrom(r.Context()).creator())
 		if err != nil {
 			return err
 		}

@@ -6,17 +6,17 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/events"
-	"github.com/roosthub/roost/internal/session"
 	"github.com/roosthub/roost/tenants"
 )
 
 type tenantStore interface {
-	CreateTenant(ctx context.Context, owner string, in tenants.TenantInput) (tenants.Tenant, error)
 	Tenant(ctx context.Context, slug string) (tenants.Tenant, error)
 	TenantsOf(ctx context.Context, account string, p tenants.Page) ([]tenants.Tenant, string, error)
 	UpdateTenant(ctx context.Context, slug string, u tenants.TenantUpdate) (tenants.Tenant, error)
@@ -52,7 +52,9 @@ func handleTenantList(ts tenantStore) handler {
 	}
 }
 
-func handleTenantCreate(ts tenantStore) handler {
+// handleTenantCreate creates a tenant, held to the account's limits
+// (auth.Service.CreateTenant).
+func handleTenantCreate(front *auth.Service) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		caller := principalFrom(r.Context())
 		if caller.account == nil {
@@ -62,7 +64,7 @@ func handleTenantCreate(ts tenantStore) handler {
 		if err := decode(r, &in); err != nil {
 			return err
 		}
-		t, err := ts.CreateTenant(r.Context(), caller.account.ID, in)
+		t, err := front.CreateTenant(r.Context(), caller.account.ID, in)
 		if err != nil {
 			return err
 		}
@@ -129,9 +131,6 @@ func handleQuotas(ts tenantStore) handler {
 
 type memberStore interface {
 	Members(ctx context.Context, tenant string, p tenants.Page) ([]tenants.Member, string, error)
-	Membership(ctx context.Context, tenant, account string) (tenants.Member, error)
-	AddMember(ctx context.Context, tenant string, in tenants.MemberInput) (tenants.Member, error)
-	RemoveMember(ctx context.Context, tenant, account string) error
 }
 
 func handleMemberList(ms memberStore) handler {
@@ -140,37 +139,48 @@ func handleMemberList(ms memberStore) handler {
 	})
 }
 
-// Admins manage members, but only owners make or remove owners: otherwise an
-// admin could promote themselves.
-func handleMemberAdd(ms memberStore) handler {
+// memberRequest is the answer to adding a member: the same whether or not
+// an account has the email, so that it tells nobody who has one.
+type memberRequest struct {
+	Email string       `json:"email"`
+	Role  tenants.Role `json:"role"`
+}
+
+// handleMemberAdd adds the account with an email, if there is one, under
+// the membership rules of tenants.By (auth.Service.AddMember): 202 either
+// way.
+func handleMemberAdd(front *auth.Service) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		var in tenants.MemberInput
 		if err := decode(r, &in); err != nil {
 			return err
 		}
-		if in.Role == tenants.RoleOwner && !roleFrom(r.Context()).AtLeast(tenants.RoleOwner) {
-			return errorf(http.StatusForbidden, "forbidden", "only an owner can add an owner")
-		}
-		m, err := ms.AddMember(r.Context(), chi.URLParam(r, "tenant"), in)
-		if err != nil {
+		p := principalFrom(r.Context())
+		tenant := chi.URLParam(r, "tenant")
+		if err := front.AddMember(r.Context(), tenant, p.actor(), p.by(roleFrom(r.Context())), in); err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusCreated, m)
+		writeJSON(w, http.StatusAccepted, memberRequest{Email: in.Email, Role: in.Role})
 		return nil
 	}
 }
 
-func handleMemberRemove(ms memberStore) handler {
+// handleMemberRemove removes a member under the membership rules of
+// tenants.By: anyone may leave; ?keep_api_keys=true (owners only) keeps the
+// keys made on the member's behalf, which otherwise end with it.
+func handleMemberRemove(front *auth.Service) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
+		keep := false
+		if v := r.URL.Query().Get("keep_api_keys"); v != "" {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return &httpError{status: http.StatusBadRequest, code: "invalid", field: "keep_api_keys", msg: "keep_api_keys must be true or false"}
+			}
+			keep = b
+		}
 		tenant, account := chi.URLParam(r, "tenant"), chi.URLParam(r, "account")
-		m, err := ms.Membership(r.Context(), tenant, account)
-		if err != nil {
-			return err
-		}
-		if m.Role == tenants.RoleOwner && !roleFrom(r.Context()).AtLeast(tenants.RoleOwner) {
-			return errorf(http.StatusForbidden, "forbidden", "only an owner can remove an owner")
-		}
-		if err := ms.RemoveMember(r.Context(), tenant, account); err != nil {
+		p := principalFrom(r.Context())
+		if err := front.RemoveMember(r.Context(), tenant, account, p.by(roleFrom(r.Context())), keep); err != nil {
 			return err
 		}
 		w.WriteHeader(http.StatusNoContent)
@@ -194,7 +204,6 @@ type adminStore interface {
 	AdminUpdateTenant(ctx context.Context, slug string, u tenants.AdminTenantUpdate) (tenants.Tenant, error)
 	DeleteTenant(ctx context.Context, slug string) error
 	Stats(ctx context.Context, now time.Time) (tenants.Stats, error)
-	AuditImpersonation(ctx context.Context, tenant, reason string) error
 }
 
 // handleAdminTenantList lists tenants for the operator, with their device
@@ -246,9 +255,6 @@ func handleAdminStats(as adminStore, dp DataPlane, now func() time.Time) handler
 	}
 }
 
-// impersonationTTL bounds an operator's impersonation token.
-const impersonationTTL = 15 * time.Minute
-
 type impersonation struct {
 	Token     string       `json:"token"`
 	ExpiresAt time.Time    `json:"expires_at"`
@@ -258,8 +264,9 @@ type impersonation struct {
 
 // handleAdminImpersonate gives the operator a short-lived token that acts
 // as an owner of one tenant, for support. The reason goes into the
-// tenant's audit log, and so does every change made with the token.
-func handleAdminImpersonate(as adminStore, tok session.Tokens) handler {
+// tenant's audit log, and so does every change made with the token; its
+// session ends after 15 minutes, or when the token logs out.
+func handleAdminImpersonate(front *auth.Service) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		var in struct {
 			Reason string `json:"reason"`
@@ -268,14 +275,11 @@ func handleAdminImpersonate(as adminStore, tok session.Tokens) handler {
 			return err
 		}
 		slug := chi.URLParam(r, "tenant")
-		if err := as.AuditImpersonation(r.Context(), slug, in.Reason); err != nil {
-			return err
-		}
-		token, exp, err := tok.IssueFor(impersonationSubject+slug, impersonationTTL)
+		is, err := front.Impersonate(r.Context(), slug, in.Reason)
 		if err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusCreated, impersonation{Token: token, ExpiresAt: exp, Tenant: slug, Role: tenants.RoleOwner})
+		writeJSON(w, http.StatusCreated, impersonation{Token: is.Token, ExpiresAt: is.ExpiresAt, Tenant: slug, Role: tenants.RoleOwner})
 		return nil
 	}
 }

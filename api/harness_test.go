@@ -43,6 +43,17 @@ type env struct {
 	router   routers.Router
 	// bodies holds every response body, for tests that look for leaks.
 	bodies *testenv.Buffer
+	// client sends the requests; nil is http.DefaultClient (from 127.0.0.1).
+	client *http.Client
+}
+
+// from returns the env with requests sent from another loopback address,
+// such as 127.0.0.2: the API sees them come from there.
+func (e *env) from(addr string) *env {
+	e.t.Helper()
+	c := *e
+	c.client = testenv.ClientFrom(addr)
+	return &c
 }
 
 func newEnv(t *testing.T) *env { t.Helper(); return newEnvWith(t, nil) }
@@ -180,7 +191,11 @@ func (e *env) do(method, path, token string, body any) response {
 // send sends a prepared request and checks the response against the spec.
 func (e *env) send(req *http.Request) response {
 	e.t.Helper()
-	resp, err := http.DefaultClient.Do(req)
+	client := e.client
+	if client == nil {
+		client = http.DefaultClient
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		e.t.Fatalf("%s %s: %v", req.Method, req.URL.Path, err)
 	}

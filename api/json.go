@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/roosthub/roost/tenants"
 )
@@ -43,6 +44,11 @@ func decodeLimit(r *http.Request, v any, limit int64) error {
 	if len(bytes.TrimSpace(body)) == 0 {
 		return errorf(http.StatusBadRequest, "bad_json", "a JSON request body is required")
 	}
+	// encoding/json would turn each invalid byte into U+FFFD and carry on:
+	// text that is not what was sent must not be stored as if it were.
+	if !utf8.Valid(body) {
+		return invalidUTF8(body)
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -72,6 +78,103 @@ func jsonError(err error) error {
 		return errorf(http.StatusBadRequest, "bad_json", "the JSON body ends too early")
 	}
 	return errorf(http.StatusBadRequest, "bad_json", "the body is not valid JSON")
+}
+
+// invalidUTF8 is the problem for a body that is not UTF-8: bad_json, with
+// the field whose text holds the first invalid byte when it is in a string
+// value.
+func invalidUTF8(body []byte) error {
+	off := firstInvalidUTF8(body)
+	e := &httpError{status: http.StatusBadRequest, code: "bad_json", field: fieldAt(body, off),
+		msg: fmt.Sprintf("the body is not valid UTF-8 (byte %d)", off)}
+	if e.field != "" {
+		e.msg = fmt.Sprintf("%s: the text is not valid UTF-8 (byte %d of the body)", e.field, off)
+	}
+	return e
+}
+
+func firstInvalidUTF8(b []byte) int {
+	for i := 0; i < len(b); {
+		r, n := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && n <= 1 {
+			return i
+		}
+		i += n
+	}
+	return len(b)
+}
+
+// fieldAt names the field (dotted, as encoding/json names fields) whose
+// string value holds the byte at off, or "" if none does: a key, or
+// something outside any string. Invalid bytes are read as '?' meanwhile,
+// which keeps every offset where it was.
+func fieldAt(body []byte, off int) string {
+	clean := make([]byte, 0, len(body))
+	for i := 0; i < len(body); {
+		r, n := utf8.DecodeRune(body[i:])
+		if r == utf8.RuneError && n <= 1 {
+			clean = append(clean, '?')
+			i++
+			continue
+		}
+		clean = append(clean, body[i:i+n]...)
+		i += n
+	}
+	type frame struct {
+		object  bool
+		key     string
+		wantKey bool
+	}
+	var stack []frame
+	path := func() string {
+		var parts []string
+		for _, f := range stack {
+			if f.object && f.key != "" {
+				parts = append(parts, f.key)
+			}
+		}
+		return strings.Join(parts, ".")
+	}
+	dec := json.NewDecoder(bytes.NewReader(clean))
+	for {
+		tok, err := dec.Token()
+		if err != nil {
+			return ""
+		}
+		end := int(dec.InputOffset())
+		top := len(stack) - 1
+		switch v := tok.(type) {
+		case json.Delim:
+			switch v {
+			case '{':
+				stack = append(stack, frame{object: true, wantKey: true})
+				continue
+			case '[':
+				stack = append(stack, frame{})
+				continue
+			default:
+				stack = stack[:top]
+			}
+		case string:
+			if top >= 0 && stack[top].object && stack[top].wantKey {
+				if end > off {
+					return "" // the key itself
+				}
+				stack[top].key, stack[top].wantKey = v, false
+				continue
+			}
+			if end > off {
+				return path()
+			}
+		}
+		if end > off {
+			return ""
+		}
+		// A value ended: its object wants the next key.
+		if top = len(stack) - 1; top >= 0 && stack[top].object {
+			stack[top].wantKey = true
+		}
+	}
 }
 
 func fieldName(f string) string {

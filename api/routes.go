@@ -24,19 +24,20 @@ func (s *Server) routes() chi.Router {
 	r.Get("/healthz", s.serve(handleHealth()))
 	r.Get("/readyz", s.serve(handleReady(s.ready)))
 	r.Get("/openapi.yaml", handleSpec())
-	r.With(s.authenticate, s.onlyOperator).Get("/metrics", s.serve(handleMetrics(s.metrics)))
+	r.With(s.onlyOperator).Get("/metrics", s.serve(handleMetrics(s.metrics)))
 
 	r.Route("/v1", func(r chi.Router) {
-		r.Post("/signup", s.serve(handleSignup(st, s.tokens, s.signupsPerIP)))
-		r.Post("/login", s.serve(handleLogin(st, s.tokens, s.loginsPerAccount, s.loginsPerIP)))
+		r.Post("/signup", s.serve(handleSignup(s.auth)))
+		r.Post("/login", s.serve(handleLogin(s.auth)))
 		// Stripe signs its events; no bearer token.
 		r.Post("/billing/webhook", s.serve(handleBillingWebhook(s.billing)))
 
 		r.Group(func(r chi.Router) {
 			r.Use(s.authenticate)
-			r.Get("/me", s.serve(handleMe()))
+			r.Post("/logout", s.serve(handleLogout(s.auth)))
+			r.Get("/me", s.serve(handleMe(s.auth)))
 			r.Get("/tenants", s.serve(handleTenantList(st)))
-			r.Post("/tenants", s.serve(handleTenantCreate(st)))
+			r.Post("/tenants", s.serve(handleTenantCreate(s.auth)))
 
 			r.Route("/tenants/{tenant}", func(r chi.Router) {
 				r.Use(s.tenantAccess)
@@ -75,8 +76,9 @@ func (s *Server) routes() chi.Router {
 				r.With(admin).Delete("/api-keys/{id}", s.serve(handleAPIKeyDelete(st)))
 
 				r.With(viewer).Get("/members", s.serve(handleMemberList(st)))
-				r.With(admin).Post("/members", s.serve(handleMemberAdd(st)))
-				r.With(admin).Delete("/members/{account}", s.serve(handleMemberRemove(st)))
+				r.With(admin).Post("/members", s.serve(handleMemberAdd(s.auth)))
+				// Anyone may leave; tenants.By decides the rest.
+				r.With(viewer).Delete("/members/{account}", s.serve(handleMemberRemove(s.auth)))
 
 				r.With(viewer).Get("/rules", s.serve(handleExportList(st, s.dataPlane)))
 				r.With(admin).Post("/rules", s.serve(handleExportCreate(st)))
@@ -92,16 +94,16 @@ func (s *Server) routes() chi.Router {
 				r.With(admin).Post("/billing/checkout", s.serve(handleBillingCheckout(s.billing)))
 				r.With(admin).Post("/billing/portal", s.serve(handleBillingPortal(s.billing)))
 			})
+		})
 
-			r.Route("/admin", func(r chi.Router) {
-				r.Use(s.onlyOperator)
-				r.Get("/tenants", s.serve(handleAdminTenantList(st, s.now)))
-				r.Get("/tenants/{tenant}", s.serve(handleAdminTenantGet(st)))
-				r.Patch("/tenants/{tenant}", s.serve(handleAdminTenantUpdate(st)))
-				r.Delete("/tenants/{tenant}", s.serve(handleAdminTenantDelete(st)))
-				r.Post("/tenants/{tenant}/impersonate", s.serve(handleAdminImpersonate(st, s.tokens)))
-				r.Get("/stats", s.serve(handleAdminStats(st, s.dataPlane, s.now)))
-			})
+		r.Route("/admin", func(r chi.Router) {
+			r.Use(s.onlyOperator)
+			r.Get("/tenants", s.serve(handleAdminTenantList(st, s.now)))
+			r.Get("/tenants/{tenant}", s.serve(handleAdminTenantGet(st)))
+			r.Patch("/tenants/{tenant}", s.serve(handleAdminTenantUpdate(st)))
+			r.Delete("/tenants/{tenant}", s.serve(handleAdminTenantDelete(st)))
+			r.Post("/tenants/{tenant}/impersonate", s.serve(handleAdminImpersonate(s.auth)))
+			r.Get("/stats", s.serve(handleAdminStats(st, s.dataPlane, s.now)))
 		})
 	})
 	return r

@@ -13,11 +13,10 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/billing"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/accesslog"
-	"github.com/roosthub/roost/internal/session"
-	"github.com/roosthub/roost/internal/throttle"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -45,6 +44,9 @@ type Config struct {
 	Metrics http.Handler
 	// Billing runs the billing routes; nil is billing off.
 	Billing *billing.Service
+	// Auth is the sign-in, session and throttle front the API shares with
+	// the console; nil builds one of the API's own from the settings above.
+	Auth *auth.Service
 }
 
 // EventLog is where the API reads a tenant's recent events.
@@ -54,34 +56,18 @@ type EventLog interface {
 
 // Server is the REST API. It is an http.Handler.
 type Server struct {
-	router     chi.Router
-	store      *tenants.Store
-	log        *slog.Logger
-	adminToken string
-	tokens     session.Tokens
-	// Failed logins are throttled per account and per source address;
-	// signups per source address.
-	loginsPerAccount *throttle.Limiter
-	loginsPerIP      *throttle.Limiter
-	signupsPerIP     *throttle.Limiter
-	ready            func(ctx context.Context) error
-	dataPlane        DataPlane
-	events           EventLog
-	now              func() time.Time
-	metrics          http.Handler
-	billing          *billing.Service
+	router chi.Router
+	store  *tenants.Store
+	log    *slog.Logger
+	// auth signs people in, keeps their sessions and throttles attempts.
+	auth      *auth.Service
+	ready     func(ctx context.Context) error
+	dataPlane DataPlane
+	events    EventLog
+	now       func() time.Time
+	metrics   http.Handler
+	billing   *billing.Service
 }
-
-// Login throttling: five failures in a row per account before delays start,
-// twenty per source address (many people can share one), and at most 100
-// evaluated failures an hour for either.
-const (
-	loginFreePerAccount = 5
-	loginFreePerIP      = 20
-	loginMaxPerHour     = 100
-	// signupsPerHour bounds the accounts one address can create an hour.
-	signupsPerHour = 30
-)
 
 // New builds the API.
 func New(cfg Config) (*Server, error) {
@@ -113,20 +99,24 @@ func New(cfg Config) (*Server, error) {
 		}
 		cfg.Billing = b
 	}
+	if cfg.Auth == nil {
+		a, err := auth.New(auth.Config{Store: cfg.Store, SigningKey: cfg.SigningKey, TokenTTL: cfg.TokenTTL,
+			AdminToken: cfg.AdminToken, Log: cfg.Log, Now: cfg.Now})
+		if err != nil {
+			return nil, err
+		}
+		cfg.Auth = a
+	}
 	s := &Server{
-		store:            cfg.Store,
-		log:              cfg.Log,
-		adminToken:       cfg.AdminToken,
-		tokens:           session.Tokens{Key: cfg.SigningKey, TTL: cfg.TokenTTL, Now: cfg.Now},
-		loginsPerAccount: throttle.New(loginFreePerAccount, loginMaxPerHour, cfg.Now),
-		loginsPerIP:      throttle.New(loginFreePerIP, loginMaxPerHour, cfg.Now),
-		signupsPerIP:     throttle.New(signupsPerHour, signupsPerHour, cfg.Now),
-		ready:            cfg.Ready,
-		dataPlane:        cfg.DataPlane,
-		events:           cfg.Events,
-		now:              cfg.Now,
-		metrics:          cfg.Metrics,
-		billing:          cfg.Billing,
+		store:     cfg.Store,
+		log:       cfg.Log,
+		auth:      cfg.Auth,
+		ready:     cfg.Ready,
+		dataPlane: cfg.DataPlane,
+		events:    cfg.Events,
+		now:       cfg.Now,
+		metrics:   cfg.Metrics,
+		billing:   cfg.Billing,
 	}
 	s.router = s.routes()
 	return s, nil

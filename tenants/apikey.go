@@ -15,6 +15,10 @@ type APIKey struct {
 	Prefix     string     `json:"prefix"`
 	CreatedAt  time.Time  `json:"created_at"`
 	LastUsedAt *time.Time `json:"last_used_at"`
+	// CreatedBy is the account the key was made on behalf of; it ends when
+	// that account leaves the tenant. Nil: made by the operator, or before
+	// Roost recorded it (such keys are kept until revoked by hand).
+	CreatedBy *string `json:"created_by"`
 
 	hash string
 }

@@ -3,6 +3,7 @@ package tenants
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // The kinds of error the directory returns. Callers test for them with
@@ -17,6 +18,9 @@ var (
 	// ErrUnavailable: a part the request needs (a data-plane node) does
 	// not answer now; trying again later may work.
 	ErrUnavailable = errors.New("unavailable")
+	// ErrThrottled: too many attempts of this kind from this caller; the
+	// same request later may work.
+	ErrThrottled = errors.New("too many attempts")
 )
 
 // FieldError is an ErrInvalid that names the offending input field.
@@ -56,4 +60,22 @@ func (e *QuotaError) IsRate() bool {
 		return true
 	}
 	return false
+}
+
+// RetryError is an error of one kind (ErrThrottled, ErrUnavailable) that
+// says when trying again makes sense.
+type RetryError struct {
+	Kind  error
+	After time.Duration
+	Msg   string
+}
+
+func (e *RetryError) Error() string { return e.Msg }
+
+// Unwrap makes errors.Is(err, e.Kind) true.
+func (e *RetryError) Unwrap() error { return e.Kind }
+
+// Throttled returns an ErrThrottled that asks to wait d.
+func Throttled(d time.Duration, msg string) error {
+	return &RetryError{Kind: ErrThrottled, After: d, Msg: msg}
 }

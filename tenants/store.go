@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -33,6 +34,11 @@ type Store struct {
 	changes *Bus
 	// plans is the catalogue tenants' plans are resolved in.
 	plans Plans
+	// hashes bounds the password hashes computed at once.
+	hashes *hashSlots
+	// sessionsPruned is when expired sessions were last deleted (Unix
+	// seconds).
+	sessionsPruned atomic.Int64
 }
 
 // Open connects to the store that databaseURL names: empty for an SQLite file
@@ -65,7 +71,8 @@ func Open(ctx context.Context, databaseURL, dataDir string) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("connect to %s: %w", d, err)
 	}
-	return &Store{db: db, dialect: d, now: func() time.Time { return time.Now() }, changes: &Bus{}, plans: DefaultPlans()}, nil
+	return &Store{db: db, dialect: d, now: func() time.Time { return time.Now() }, changes: &Bus{}, plans: DefaultPlans(),
+		hashes: newHashSlots(DefaultPasswordHashes())}, nil
 }
 
 // openPostgres opens a pool that checks a connection idle for more than

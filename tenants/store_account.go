@@ -12,8 +12,12 @@ func (s *Store) CreateAccount(ctx context.Context, in Signup) (Account, error) {
 	if err := in.Validate(); err != nil {
 		return Account{}, err
 	}
-	a := Account{ID: newID("acc_"), Email: in.Email, CreatedAt: s.timestamp(), passwordHash: hashPassword(in.Password)}
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	h, err := s.hash(ctx, in.Password)
+	if err != nil {
+		return Account{}, err
+	}
+	a := Account{ID: newID("acc_"), Email: in.Email, CreatedAt: s.timestamp(), passwordHash: h}
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx,
 			`INSERT INTO accounts (id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)`,
 			a.ID, a.Email, a.passwordHash, a.CreatedAt); err != nil {
@@ -27,27 +31,64 @@ func (s *Store) CreateAccount(ctx context.Context, in Signup) (Account, error) {
 	return a, err
 }
 
+// SignUp creates an account, or, when one already has the email, checks the
+// password against it, so that a sign-up with an email that is taken
+// answers like a login: the account if the password is its own,
+// ErrUnauthorized otherwise. Either way one Argon2id hash is computed, so
+// the two take as long. created tells which happened.
+func (s *Store) SignUp(ctx context.Context, in Signup) (a Account, created bool, err error) {
+	if err := in.Validate(); err != nil {
+		return Account{}, false, err
+	}
+	a, err = s.accountBy(ctx, `email = $1`, in.Email)
+	switch {
+	case err == nil:
+		a, err = s.verify(ctx, a, in.Password)
+		return a, false, err
+	case !errors.Is(err, ErrNotFound):
+		return Account{}, false, err
+	}
+	a, err = s.CreateAccount(ctx, in)
+	if errors.Is(err, ErrConflict) { // a concurrent sign-up took the email first
+		a, err = s.Authenticate(ctx, in.Email, in.Password)
+		return a, false, err
+	}
+	return a, err == nil, err
+}
+
+func (s *Store) verify(ctx context.Context, a Account, password string) (Account, error) {
+	ok, err := s.check(ctx, password, a.passwordHash)
+	if err != nil {
+		return Account{}, err
+	}
+	if !ok {
+		return Account{}, ErrUnauthorized
+	}
+	return a, nil
+}
+
 // Authenticate returns the account with this email and password, or
 // ErrUnauthorized. An unknown email costs as much time as a wrong password, so
 // timing does not reveal which emails have accounts.
 func (s *Store) Authenticate(ctx context.Context, email, password string) (Account, error) {
 	if len(password) > maxPasswordLen {
 		// No account has such a password; refuse after the same work.
-		checkPassword(password[:maxPasswordLen], dummyPasswordHash)
+		if _, err := s.check(ctx, password[:maxPasswordLen], dummyPasswordHash); err != nil {
+			return Account{}, err
+		}
 		return Account{}, ErrUnauthorized
 	}
 	a, err := s.accountBy(ctx, `email = $1`, normaliseEmailLoose(email))
 	if errors.Is(err, ErrNotFound) {
-		checkPassword(password, dummyPasswordHash)
+		if _, err := s.check(ctx, password, dummyPasswordHash); err != nil {
+			return Account{}, err
+		}
 		return Account{}, ErrUnauthorized
 	}
 	if err != nil {
 		return Account{}, err
 	}
-	if !checkPassword(password, a.passwordHash) {
-		return Account{}, ErrUnauthorized
-	}
-	return a, nil
+	return s.verify(ctx, a, password)
 }
 
 // Account returns the account with this id.
@@ -75,3 +116,8 @@ func normaliseEmailLoose(email string) string {
 	}
 	return email
 }
+
+// NormaliseEmail is the form of an email the directory keys accounts by;
+// throttles key attempts by it too, so that Ada@Example.com and
+// ada@example.com share a budget.
+func NormaliseEmail(email string) string { return normaliseEmailLoose(email) }

@@ -8,21 +8,27 @@ import (
 )
 
 // CreateAPIKey creates a key and returns it with its token, which is not
-// stored and cannot be read again.
-func (s *Store) CreateAPIKey(ctx context.Context, tenant string, in APIKeyInput) (APIKey, string, error) {
+// stored and cannot be read again. createdBy is the account on whose behalf
+// it is made (empty: the operator's, or unknown): the key ends when that
+// account leaves the tenant.
+func (s *Store) CreateAPIKey(ctx context.Context, tenant string, in APIKeyInput, createdBy string) (APIKey, string, error) {
 	if err := in.Validate(); err != nil {
 		return APIKey{}, "", err
 	}
 	id := newID("key_")
 	token := newAPIKeyToken(id)
 	k := APIKey{ID: id, Tenant: tenant, Name: in.Name, Role: in.Role, Prefix: visiblePrefix(token), CreatedAt: s.timestamp(), hash: hashSecret(token)}
+	var creator sql.NullString
+	if createdBy != "" {
+		k.CreatedBy, creator = &createdBy, sql.NullString{String: createdBy, Valid: true}
+	}
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		if err := s.lockTenant(ctx, tx, tenant); err != nil {
 			return err
 		}
 		if _, err := tx.ExecContext(ctx,
-			`INSERT INTO api_keys (id, tenant, name, role, prefix, key_hash, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-			k.ID, k.Tenant, k.Name, k.Role, k.Prefix, k.hash, k.CreatedAt); err != nil {
+			`INSERT INTO api_keys (id, tenant, name, role, prefix, key_hash, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+			k.ID, k.Tenant, k.Name, k.Role, k.Prefix, k.hash, k.CreatedAt, creator); err != nil {
 			return err
 		}
 		return s.audit(ctx, tx, tenant, "api_key.create", "api_key:"+k.ID)
@@ -33,13 +39,17 @@ func (s *Store) CreateAPIKey(ctx context.Context, tenant string, in APIKeyInput)
 	return k, token, nil
 }
 
-const apiKeyColumns = `id, tenant, name, role, prefix, key_hash, created_at, last_used_at`
+const apiKeyColumns = `id, tenant, name, role, prefix, key_hash, created_at, last_used_at, created_by`
 
 func scanAPIKey(r rowScanner) (APIKey, error) {
 	var k APIKey
 	var lastUsed sql.NullTime
-	if err := r.Scan(&k.ID, &k.Tenant, &k.Name, &k.Role, &k.Prefix, &k.hash, &k.CreatedAt, &lastUsed); err != nil {
+	var creator sql.NullString
+	if err := r.Scan(&k.ID, &k.Tenant, &k.Name, &k.Role, &k.Prefix, &k.hash, &k.CreatedAt, &lastUsed, &creator); err != nil {
 		return APIKey{}, err
+	}
+	if creator.Valid {
+		k.CreatedBy = &creator.String
 	}
 	k.CreatedAt, k.LastUsedAt = k.CreatedAt.UTC(), nullTime(lastUsed)
 	return k, nil
@@ -81,6 +91,36 @@ func (s *Store) DeleteAPIKey(ctx context.Context, tenant, id string) error {
 		}
 		return s.audit(ctx, tx, tenant, "api_key.delete", "api_key:"+id)
 	})
+}
+
+// deleteKeysOf ends, in tx, the keys made on account's behalf in tenant.
+func (s *Store) deleteKeysOf(ctx context.Context, tx *sql.Tx, tenant, account string) error {
+	rows, err := tx.QueryContext(ctx, `SELECT id FROM api_keys WHERE tenant = $1 AND created_by = $2`, tenant, account)
+	if err != nil {
+		return err
+	}
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return err
+		}
+		ids = append(ids, id)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	for _, id := range ids {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM api_keys WHERE id = $1`, id); err != nil {
+			return err
+		}
+		if err := s.audit(ctx, tx, tenant, "api_key.delete", "api_key:"+id); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // apiKeyTouchInterval bounds how often a key's last-used time is written:

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"time"
+
+	"github.com/roosthub/roost/migrations"
 )
 
 const tenantColumns = `t.slug, t.name, t.plan, t.suspended, t.quota_overrides, t.created_at, t.updated_at, t.queue_policy, t.spend_cap_cents, t.spend_cap_block`
@@ -38,14 +40,39 @@ func (s *Store) scanTenant(r rowScanner, extra ...any) (Tenant, error) {
 }
 
 // CreateTenant creates a tenant on the free plan with owner as its owner and
-// the default ACL rule.
+// the default ACL rule, with no limit on how many owner makes (see
+// CreateTenantWithin).
 func (s *Store) CreateTenant(ctx context.Context, owner string, in TenantInput) (Tenant, error) {
+	return s.CreateTenantWithin(ctx, owner, in, TenantLimits{})
+}
+
+// TenantLimits bounds the tenants one account makes. Zero is no limit.
+type TenantLimits struct {
+	// MaxFree is how many tenants on the free plan an account may own.
+	MaxFree int
+	// PerDay is how many tenants an account may create in 24 hours,
+	// deleted ones included (a deleted tenant's slug stays reserved).
+	PerDay int
+}
+
+// CreateTenantWithin is CreateTenant for an account held to lim: owning
+// lim.MaxFree free tenants is a QuotaError (max_free_tenants), having
+// created lim.PerDay in the last 24 hours an ErrThrottled saying when the
+// next may be. The checks and the insert are one transaction under a lock
+// on the account, so parallel requests cannot pass a limit together.
+func (s *Store) CreateTenantWithin(ctx context.Context, owner string, in TenantInput, lim TenantLimits) (Tenant, error) {
 	if err := in.Validate(); err != nil {
 		return Tenant{}, err
 	}
 	now := s.timestamp()
 	t := Tenant{Slug: in.Slug, Name: in.Name, Plan: PlanFree, QueuePolicy: DropOldest, Overrides: map[string]int64{}, CreatedAt: now, UpdatedAt: now}
+	actor := "account:" + owner
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if lim != (TenantLimits{}) {
+			if err := s.checkTenantLimits(ctx, tx, owner, actor, now, lim); err != nil {
+				return err
+			}
+		}
 		var deleted int
 		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM deleted_tenants WHERE slug = $1`, t.Slug).Scan(&deleted); err != nil {
 			return err
@@ -70,6 +97,10 @@ func (s *Store) CreateTenant(ctx context.Context, owner string, in TenantInput) 
 		if _, err := s.insertACLRule(ctx, tx, t.Slug, DefaultACLRule(), 0); err != nil {
 			return err
 		}
+		if lim != (TenantLimits{}) {
+			// Counted by the account, whoever the context names.
+			ctx = WithActor(ctx, actor)
+		}
 		return s.audit(ctx, tx, t.Slug, "tenant.create", "tenant:"+t.Slug)
 	}, Change{Kind: TenantChanged, Tenant: t.Slug})
 	if err != nil {
@@ -77,6 +108,51 @@ func (s *Store) CreateTenant(ctx context.Context, owner string, in TenantInput) 
 	}
 	t.Role = RoleOwner
 	return t, nil
+}
+
+// checkTenantLimits holds owner to lim in tx, with the account's row
+// locked until tx ends (SQLite's transactions hold the write lock anyway).
+func (s *Store) checkTenantLimits(ctx context.Context, tx *sql.Tx, owner, actor string, now time.Time, lim TenantLimits) error {
+	q := `SELECT id FROM accounts WHERE id = $1`
+	if s.dialect == migrations.Postgres {
+		q += ` FOR UPDATE`
+	}
+	var id string
+	if err := tx.QueryRowContext(ctx, q, owner).Scan(&id); err != nil {
+		return notFound(err, "account %s", owner)
+	}
+	if lim.PerDay > 0 {
+		since := now.Add(-24 * time.Hour)
+		var n int
+		if err := tx.QueryRowContext(ctx,
+			`SELECT COUNT(*) FROM audit_log WHERE actor = $1 AND action = $2 AND at > $3`,
+			actor, "tenant.create", since).Scan(&n); err != nil {
+			return err
+		}
+		if n >= lim.PerDay {
+			// MIN(at) would lose its type on SQLite; the first row keeps it.
+			var oldest time.Time
+			if err := tx.QueryRowContext(ctx,
+				`SELECT at FROM audit_log WHERE actor = $1 AND action = $2 AND at > $3 ORDER BY at LIMIT 1`,
+				actor, "tenant.create", since).Scan(&oldest); err != nil {
+				return err
+			}
+			wait := max(oldest.Add(24*time.Hour).Sub(now), time.Second)
+			return Throttled(wait, fmt.Sprintf("an account creates at most %d tenants in 24 hours; the next may be created in %s", lim.PerDay, wait.Round(time.Minute)))
+		}
+	}
+	if lim.MaxFree > 0 {
+		var n int
+		if err := tx.QueryRowContext(ctx,
+			`SELECT COUNT(*) FROM members m JOIN tenants t ON t.slug = m.tenant WHERE m.account_id = $1 AND m.role = $2 AND t.plan = $3`,
+			owner, RoleOwner, PlanFree).Scan(&n); err != nil {
+			return err
+		}
+		if n >= lim.MaxFree {
+			return &QuotaError{Quota: "max_free_tenants", Limit: int64(lim.MaxFree)}
+		}
+	}
+	return nil
 }
 
 // Tenant returns the tenant with this slug.
@@ -303,10 +379,17 @@ func (s *Store) Members(ctx context.Context, tenant string, p Page) ([]Member, s
 	return ms, next, nil
 }
 
-// AddMember gives the account with in.Email a role in tenant. The account
-// must exist; an existing member is a conflict.
-func (s *Store) AddMember(ctx context.Context, tenant string, in MemberInput) (Member, error) {
+// ErrNoAccount is AddMember's answer for an email no account has.
+var ErrNoAccount = fmt.Errorf("no account has this email: %w", ErrNotFound)
+
+// AddMember gives the account with in.Email a role in tenant, if by may
+// (By.MayAdd), and leaves the account a notice saying who did. An email
+// with no account is ErrNoAccount; an existing member is a conflict.
+func (s *Store) AddMember(ctx context.Context, tenant string, by By, in MemberInput) (Member, error) {
 	if err := in.Validate(); err != nil {
+		return Member{}, err
+	}
+	if err := by.MayAdd(in.Role); err != nil {
 		return Member{}, err
 	}
 	m := Member{Email: in.Email, Role: in.Role, CreatedAt: s.timestamp()}
@@ -316,7 +399,7 @@ func (s *Store) AddMember(ctx context.Context, tenant string, in MemberInput) (M
 		}
 		if err := tx.QueryRowContext(ctx, `SELECT id FROM accounts WHERE email = $1`, in.Email).Scan(&m.AccountID); err != nil {
 			if err == sql.ErrNoRows {
-				return invalid("email", "no account has this email; ask them to sign up first")
+				return ErrNoAccount
 			}
 			return err
 		}
@@ -328,13 +411,19 @@ func (s *Store) AddMember(ctx context.Context, tenant string, in MemberInput) (M
 			}
 			return err
 		}
+		if err := s.leaveNotice(ctx, tx, m.AccountID, NoticeAdded, tenant, m.Role, by.Name); err != nil {
+			return err
+		}
 		return s.audit(ctx, tx, tenant, "member.add", "account:"+m.AccountID)
 	})
 	return m, err
 }
 
-// RemoveMember removes account from tenant. The last owner cannot be removed.
-func (s *Store) RemoveMember(ctx context.Context, tenant, account string) error {
+// RemoveMember removes account from tenant, if by may (By.MayRemove). The
+// last owner cannot be removed. Unless keepKeys, the API keys made on the
+// account's behalf in the tenant end with the membership. Someone removed
+// by another is left a notice.
+func (s *Store) RemoveMember(ctx context.Context, tenant, account string, by By, keepKeys bool) error {
 	return s.inTx(ctx, func(tx *sql.Tx) error {
 		if err := s.lockTenant(ctx, tx, tenant); err != nil {
 			return err
@@ -342,6 +431,9 @@ func (s *Store) RemoveMember(ctx context.Context, tenant, account string) error 
 		var role Role
 		if err := tx.QueryRowContext(ctx, `SELECT role FROM members WHERE tenant = $1 AND account_id = $2`, tenant, account).Scan(&role); err != nil {
 			return notFound(err, "member %s", account)
+		}
+		if err := by.MayRemove(account, role, keepKeys); err != nil {
+			return err
 		}
 		if role == RoleOwner {
 			var owners int
@@ -354,6 +446,16 @@ func (s *Store) RemoveMember(ctx context.Context, tenant, account string) error 
 		}
 		if _, err := tx.ExecContext(ctx, `DELETE FROM members WHERE tenant = $1 AND account_id = $2`, tenant, account); err != nil {
 			return err
+		}
+		if !keepKeys {
+			if err := s.deleteKeysOf(ctx, tx, tenant, account); err != nil {
+				return err
+			}
+		}
+		if by.Account != account {
+			if err := s.leaveNotice(ctx, tx, account, NoticeRemoved, tenant, role, by.Name); err != nil {
+				return err
+			}
 		}
 		return s.audit(ctx, tx, tenant, "member.remove", "account:"+account)
 	})

@@ -2,6 +2,8 @@ package tenants_test
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -59,5 +61,40 @@ func TestUnknownEmailCostsAPasswordHash(t *testing.T) {
 	wrong, unknown := fastest("known@example.com"), fastest("unknown@example.com")
 	if unknown < wrong/4 {
 		t.Errorf("unknown email took %v, wrong password %v: the unknown email skips the hash", unknown, wrong)
+	}
+}
+
+// TestPasswordHashesBounded: however many logins and sign-ups arrive at
+// once, the store computes at most its bound of Argon2id hashes at a time
+// (each holds 19 MiB); the rest wait their turn and all complete.
+func TestPasswordHashesBounded(t *testing.T) {
+	s := openMigrated(t, "", t.TempDir())
+	s.SetPasswordHashes(2)
+	ctx := context.Background()
+	if _, err := s.CreateAccount(ctx, tenants.Signup{Email: "known@example.com", Password: "correct horse battery"}); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for i := range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i%2 == 0 {
+				s.Authenticate(ctx, "known@example.com", "wrong password here")
+			} else {
+				s.SignUp(ctx, tenants.Signup{Email: fmt.Sprintf("new%d@example.com", i), Password: "correct horse battery"})
+			}
+		}()
+	}
+	wg.Wait()
+	done, peak := s.PasswordHashStats()
+	if peak != 2 {
+		t.Errorf("at most %d password hashes ran at once, want 2 (the bound, reached)", peak)
+	}
+	if done != 13 {
+		t.Errorf("%d password hashes computed, want 13 (one each, and the first account's)", done)
+	}
+	if n := tenants.DefaultPasswordHashes(); n < 2 {
+		t.Errorf("DefaultPasswordHashes() = %d, want at least 2", n)
 	}
 }

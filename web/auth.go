@@ -1,13 +1,16 @@
 package web
 
 import (
-	"crypto/subtle"
 	"errors"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
-	"time"
+	"unicode"
 
+	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/internal/accesslog"
+	"github.com/roosthub/roost/internal/problem"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -31,12 +34,45 @@ func (c *Console) home(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, "/tenants/"+ts[0].Slug, http.StatusSeeOther)
 }
 
-// safeNext keeps a post-login destination inside the console.
+// safeNext keeps a post-login destination inside the console: it must be
+// a plain local path. It starts with one "/" (not "//" or "/\"); it holds
+// no backslash and no control or space character, neither as sent nor
+// once its percent-escapes are decoded (browsers drop a tab or newline
+// and would read "/\t/evil.example" as "//evil.example"); and it names no
+// scheme, host or user. Anything else goes to "/".
 func safeNext(next string) string {
-	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") {
-		return "/"
+	const home = "/"
+	if !localPath(next) {
+		return home
+	}
+	for s := next; strings.Contains(s, "%"); {
+		d, err := url.PathUnescape(s)
+		if err != nil || !localPath(d) {
+			return home
+		}
+		if d == s {
+			break
+		}
+		s = d
+	}
+	u, err := url.Parse(next)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.User != nil || u.Opaque != "" || !strings.HasPrefix(u.Path, "/") {
+		return home
 	}
 	return next
+}
+
+// localPath checks the shape of one decoding of a next path.
+func localPath(s string) bool {
+	if !strings.HasPrefix(s, "/") || strings.HasPrefix(s, "//") || strings.ContainsRune(s, '\\') {
+		return false
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) || unicode.IsSpace(r) || r == unicode.ReplacementChar {
+			return false
+		}
+	}
+	return true
 }
 
 var clientIP = accesslog.ClientIP
@@ -45,77 +81,91 @@ func (c *Console) signupPage(w http.ResponseWriter, r *http.Request) {
 	c.render(w, r, http.StatusOK, "signup.html", page{Title: "Sign up"})
 }
 
+// signup creates an account through the auth front the API uses too: the
+// same throttles, and the same answer for an email that has an account (a
+// session if the password is its own; otherwise one neutral refusal).
 func (c *Console) signup(w http.ResponseWriter, r *http.Request) {
 	email, password := strings.TrimSpace(r.PostFormValue("email")), r.PostFormValue("password")
 	p := page{Title: "Sign up", Form: map[string]string{"email": email}}
-	if wait := c.signups.Wait(clientIP(r)); wait > 0 {
-		p.Errors = map[string]string{"_": "Too many sign-ups from this address; try again in " + wait.Round(time.Second).String() + "."}
-		c.render(w, r, http.StatusTooManyRequests, "signup.html", p)
-		return
-	}
 	if password != r.PostFormValue("password2") {
 		p.Errors = map[string]string{"password2": "The two passwords differ."}
 		c.render(w, r, http.StatusBadRequest, "signup.html", p)
 		return
 	}
-	a, err := c.store.CreateAccount(r.Context(), tenants.Signup{Email: email, Password: password})
-	if err != nil {
-		if errors.Is(err, tenants.ErrConflict) {
-			err = &tenants.FieldError{Field: "email", Message: "an account with this email exists; log in instead"}
-		}
-		if !errors.Is(err, tenants.ErrInvalid) {
-			c.fail(w, r, err)
-			return
-		}
+	is, err := c.auth.SignUp(r.Context(), tenants.Signup{Email: email, Password: password}, clientIP(r))
+	switch {
+	case err == nil:
+		c.startSession(w, r, is, "/tenants")
+	case errors.Is(err, tenants.ErrThrottled):
+		p.Errors = map[string]string{"_": capital(err.Error()) + "."}
+		c.renderRetry(w, r, err, "signup.html", p)
+	case errors.Is(err, tenants.ErrUnauthorized):
+		p.Errors = map[string]string{"_": "Could not sign up with this email and password. If you already have an account, log in."}
+		c.render(w, r, http.StatusUnauthorized, "signup.html", p)
+	case errors.Is(err, tenants.ErrInvalid):
 		p.Errors = formErrors(err)
 		c.render(w, r, http.StatusBadRequest, "signup.html", p)
-		return
+	default:
+		c.fail(w, r, err)
 	}
-	c.signups.Count(clientIP(r))
-	c.startSession(w, r, a.ID, "/tenants")
 }
 
-func (c *Console) startSession(w http.ResponseWriter, r *http.Request, account, next string) {
-	token, _, err := c.tokens.Issue(account)
-	if err != nil {
-		c.internal(w, r, err)
-		return
-	}
-	c.setCookie(w, sessionCookie, token, c.cfg.TokenTTL, http.SameSiteLaxMode)
+func (c *Console) startSession(w http.ResponseWriter, r *http.Request, is auth.Issued, next string) {
+	c.setCookie(w, sessionCookie, is.Token, c.auth.TokenTTL(), http.SameSiteLaxMode)
 	http.Redirect(w, r, safeNext(next), http.StatusSeeOther)
+}
+
+// renderRetry renders a page refusing a throttled attempt: 429 with
+// Retry-After.
+func (c *Console) renderRetry(w http.ResponseWriter, r *http.Request, err error, name string, p page) {
+	var re *tenants.RetryError
+	if errors.As(err, &re) {
+		w.Header().Set("Retry-After", strconv.Itoa(problem.Seconds(re.After)))
+	}
+	c.render(w, r, http.StatusTooManyRequests, name, p)
+}
+
+func capital(s string) string {
+	if s == "" {
+		return s
+	}
+	return strings.ToUpper(s[:1]) + s[1:]
 }
 
 func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
 	c.render(w, r, http.StatusOK, "login.html", page{Title: "Log in", Form: map[string]string{"next": safeNext(r.URL.Query().Get("next"))}})
 }
 
+// login signs in through the auth front: the API's logins and the
+// console's spend one budget.
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	email := strings.ToLower(strings.TrimSpace(r.PostFormValue("email")))
 	next := safeNext(r.PostFormValue("next"))
 	p := page{Title: "Log in", Form: map[string]string{"email": email, "next": next}}
-	ip := clientIP(r)
-	if wait := max(c.logins.Wait(email), c.logins.Wait("ip:"+ip)); wait > 0 {
-		p.Errors = map[string]string{"_": "Too many failed attempts; try again in " + wait.Round(time.Second).String() + "."}
-		c.render(w, r, http.StatusTooManyRequests, "login.html", p)
-		return
-	}
-	a, err := c.store.Authenticate(r.Context(), email, r.PostFormValue("password"))
-	if errors.Is(err, tenants.ErrUnauthorized) {
-		c.logins.Count(email)
-		c.logins.Count("ip:" + ip)
+	is, err := c.auth.LogIn(r.Context(), email, r.PostFormValue("password"), clientIP(r))
+	switch {
+	case err == nil:
+		c.startSession(w, r, is, next)
+	case errors.Is(err, tenants.ErrThrottled):
+		p.Errors = map[string]string{"_": capital(err.Error()) + "."}
+		c.renderRetry(w, r, err, "login.html", p)
+	case errors.Is(err, tenants.ErrUnauthorized):
 		p.Errors = map[string]string{"password": "Wrong email or password."}
 		c.render(w, r, http.StatusUnauthorized, "login.html", p)
-		return
+	default:
+		c.fail(w, r, err)
 	}
-	if err != nil {
-		c.internal(w, r, err)
-		return
-	}
-	c.logins.Reset(email)
-	c.startSession(w, r, a.ID, next)
 }
 
+// logout ends the session everywhere (its token no longer works as a
+// cookie or an API bearer token) and drops the cookie.
 func (c *Console) logout(w http.ResponseWriter, r *http.Request) {
+	if ck, err := r.Cookie(sessionCookie); err == nil {
+		if err := c.auth.LogOut(r.Context(), ck.Value); err != nil {
+			c.fail(w, r, err)
+			return
+		}
+	}
 	c.clearCookie(w, sessionCookie)
 	http.Redirect(w, r, "/login", http.StatusSeeOther)
 }
@@ -124,25 +174,35 @@ func (c *Console) operatorLoginPage(w http.ResponseWriter, r *http.Request) {
 	c.render(w, r, http.StatusOK, "admin_login.html", page{Title: "Operator"})
 }
 
+// operatorLogin starts an operator session. The token is checked by the
+// auth front's operator check: the right one always passes, wrong ones are
+// throttled per address, shared with the API's admin routes.
 func (c *Console) operatorLogin(w http.ResponseWriter, r *http.Request) {
-	ip := clientIP(r)
-	if wait := c.operator.Wait(ip); wait > 0 {
-		c.render(w, r, http.StatusTooManyRequests, "admin_login.html", page{Title: "Operator",
-			Errors: map[string]string{"token": "Too many failed attempts; try again in " + wait.Round(time.Second).String() + "."}})
-		return
+	is, err := c.auth.OperatorLogIn(r.Context(), r.PostFormValue("token"), clientIP(r))
+	p := page{Title: "Operator"}
+	switch {
+	case err == nil:
+		c.setCookie(w, operatorCookie, is.Token, c.auth.TokenTTL(), http.SameSiteStrictMode)
+		http.Redirect(w, r, "/admin", http.StatusSeeOther)
+	case errors.Is(err, tenants.ErrThrottled):
+		p.Errors = map[string]string{"token": capital(err.Error()) + "."}
+		c.renderRetry(w, r, err, "admin_login.html", p)
+	case errors.Is(err, tenants.ErrUnauthorized):
+		p.Errors = map[string]string{"token": "That is not the operator token."}
+		c.render(w, r, http.StatusUnauthorized, "admin_login.html", p)
+	default:
+		c.fail(w, r, err)
 	}
-	if subtle.ConstantTimeCompare([]byte(r.PostFormValue("token")), []byte(c.cfg.AdminToken)) != 1 {
-		c.operator.Count(ip)
-		c.log(r).Warn("console: wrong operator token", "remote", ip)
-		c.render(w, r, http.StatusUnauthorized, "admin_login.html", page{Title: "Operator", Errors: map[string]string{"token": "That is not the operator token."}})
-		return
-	}
-	c.operator.Reset(ip)
-	c.setCookie(w, operatorCookie, c.operatorValue(), c.cfg.TokenTTL, http.SameSiteStrictMode)
-	http.Redirect(w, r, "/admin", http.StatusSeeOther)
 }
 
+// operatorLogout ends the operator's session and drops its cookie.
 func (c *Console) operatorLogout(w http.ResponseWriter, r *http.Request) {
+	if ck, err := r.Cookie(operatorCookie); err == nil {
+		if err := c.auth.LogOut(r.Context(), ck.Value); err != nil {
+			c.fail(w, r, err)
+			return
+		}
+	}
 	c.clearCookie(w, operatorCookie)
 	http.Redirect(w, r, "/admin/login", http.StatusSeeOther)
 }

@@ -23,17 +23,18 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
-	"strconv"
+	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/billing"
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/events"
-	"github.com/roosthub/roost/internal/session"
-	"github.com/roosthub/roost/internal/throttle"
+	"github.com/roosthub/roost/internal/problem"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -84,18 +85,18 @@ type Config struct {
 	// SecureCookies marks cookies Secure (the console is served over HTTPS).
 	SecureCookies bool
 	Now           func() time.Time
+	// Auth is the sign-in, session and throttle front the console shares
+	// with the API; nil builds one of the console's own.
+	Auth *auth.Service
 }
 
 // Console is the web console. It is an http.Handler.
 type Console struct {
-	cfg      Config
-	store    *tenants.Store
-	tokens   session.Tokens
-	pages    map[string]*template.Template
-	router   chi.Router
-	logins   *throttle.Limiter
-	signups  *throttle.Limiter
-	operator *throttle.Limiter
+	cfg    Config
+	store  *tenants.Store
+	auth   *auth.Service
+	pages  map[string]*template.Template
+	router chi.Router
 }
 
 // New builds the console.
@@ -128,19 +129,19 @@ func New(cfg Config) (*Console, error) {
 	if len(cfg.Endpoints) == 0 {
 		cfg.Endpoints = []Endpoint{{Name: "MQTT", URL: "mqtt://localhost:1883"}}
 	}
+	if cfg.Auth == nil {
+		a, err := auth.New(auth.Config{Store: cfg.Store, SigningKey: cfg.SigningKey, TokenTTL: cfg.TokenTTL,
+			AdminToken: cfg.AdminToken, Log: cfg.Log, Now: cfg.Now})
+		if err != nil {
+			return nil, err
+		}
+		cfg.Auth = a
+	}
 	pages, err := parsePages()
 	if err != nil {
 		return nil, err
 	}
-	c := &Console{
-		cfg:      cfg,
-		store:    cfg.Store,
-		tokens:   session.Tokens{Key: cfg.SigningKey, TTL: cfg.TokenTTL, Now: cfg.Now},
-		pages:    pages,
-		logins:   throttle.New(5, 100, cfg.Now),
-		signups:  throttle.New(30, 30, cfg.Now),
-		operator: throttle.New(5, 100, cfg.Now),
-	}
+	c := &Console{cfg: cfg, store: cfg.Store, auth: cfg.Auth, pages: pages}
 	c.router = c.routes()
 	return c, nil
 }
@@ -236,26 +237,48 @@ func (c *Console) csrf(next http.Handler) http.Handler {
 	})
 }
 
+// validText refuses a form or query holding text that is not UTF-8:
+// Go's form parser passes the bytes on as they are, and they would reach
+// the store (Postgres refuses them; SQLite keeps them) and the pages.
+func (c *Console) validText(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost {
+			r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+		}
+		if err := r.ParseForm(); err != nil {
+			c.errorPage(w, r, http.StatusBadRequest, "The form could not be read.")
+			return
+		}
+		for k, vs := range r.Form {
+			if !utf8.ValidString(k) || slices.ContainsFunc(vs, func(v string) bool { return !utf8.ValidString(v) }) {
+				c.errorPage(w, r, http.StatusBadRequest, "The form holds text that is not valid UTF-8; nothing was changed.")
+				return
+			}
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
 // maxForm bounds a form's body.
 const maxForm = 64 << 10
 
 func (c *Console) log(r *http.Request) *slog.Logger { return c.cfg.Log.With("path", r.URL.Path) }
 
-// account resolves the session cookie.
+// account resolves the session cookie: an open account session (one that
+// was logged out, in the console or with POST /v1/logout, is no longer).
 func (c *Console) account(r *http.Request) (*tenants.Account, bool) {
 	ck, err := r.Cookie(sessionCookie)
 	if err != nil {
 		return nil, false
 	}
-	id, err := c.tokens.Parse(ck.Value)
+	se, err := c.auth.AccountSession(r.Context(), ck.Value)
 	if err != nil {
+		if !errors.Is(err, tenants.ErrUnauthorized) {
+			c.log(r).Error("console: session lookup", "err", err)
+		}
 		return nil, false
 	}
-	a, err := c.store.Account(r.Context(), id)
-	if err != nil {
-		return nil, false
-	}
-	return &a, true
+	return &se.Account, true
 }
 
 // signedIn lets only signed-in visitors through; others go to the login
@@ -348,41 +371,40 @@ func (c *Console) operatorOnly(next http.Handler) http.Handler {
 	})
 }
 
-// isOperator checks the operator cookie: an expiry and its HMAC, so the
-// operator token itself never sits in a browser.
+// isOperator checks the operator cookie: a token of an open operator
+// session, so the operator token itself never sits in a browser and a
+// logout ends the session.
 func (c *Console) isOperator(r *http.Request) bool {
 	ck, err := r.Cookie(operatorCookie)
 	if err != nil {
 		return false
 	}
-	exp, sig, ok := strings.Cut(ck.Value, ".")
-	if !ok || subtle.ConstantTimeCompare([]byte(sig), []byte(c.mac("operator", exp))) != 1 {
-		return false
-	}
-	n, err := strconv.ParseInt(exp, 10, 64)
-	return err == nil && c.cfg.Now().Unix() < n
+	_, err = c.auth.OperatorSession(r.Context(), ck.Value)
+	return err == nil
 }
 
-func (c *Console) operatorValue() string {
-	exp := strconv.FormatInt(c.cfg.Now().Add(c.cfg.TokenTTL).Unix(), 10)
-	return exp + "." + c.mac("operator", exp)
-}
-
-// fail shows the page for an error of the store's kinds.
+// fail shows the page for an error, with the status the one table of
+// error kinds (internal/problem) gives it, as the API would answer.
 func (c *Console) fail(w http.ResponseWriter, r *http.Request, err error) {
-	switch {
-	case errors.Is(err, tenants.ErrNotFound):
-		c.notFound(w, r)
-	case errors.Is(err, tenants.ErrForbidden), errors.Is(err, tenants.ErrQuotaExceeded):
-		c.errorPage(w, r, http.StatusForbidden, err.Error())
-	case errors.Is(err, tenants.ErrConflict), errors.Is(err, billing.ErrOff):
+	if errors.Is(err, billing.ErrOff) {
 		c.errorPage(w, r, http.StatusConflict, err.Error())
-	case errors.Is(err, tenants.ErrInvalid):
-		c.errorPage(w, r, http.StatusBadRequest, err.Error())
-	case errors.Is(err, tenants.ErrUnavailable):
-		c.errorPage(w, r, http.StatusServiceUnavailable, err.Error()+" Try again in a moment.")
-	default:
+		return
+	}
+	p := problem.Of(err)
+	switch {
+	case p.Internal():
 		c.internal(w, r, err)
+	case p.Status == http.StatusNotFound:
+		c.notFound(w, r)
+	default:
+		if p.RetryAfter != "" {
+			w.Header().Set("Retry-After", p.RetryAfter)
+		}
+		msg := err.Error()
+		if p.Status == http.StatusServiceUnavailable {
+			msg += " Try again in a moment."
+		}
+		c.errorPage(w, r, p.Status, msg)
 	}
 }
 

@@ -181,7 +181,7 @@ var flashes = map[string]string{
 	"rule-moved":   "Rule moved.",
 	"rule-deleted": "Rule deleted.",
 	"key-deleted":  "API key revoked.",
-	"member":       "Member added.",
+	"member":       "If an account has that email, it is now a member and has been told; if not, nothing changed (ask them to sign up, then add them again).",
 	"member-gone":  "Member removed.",
 	"disconnected": "The device's connections were closed.",
 	"enabled":      "Device enabled.",

@@ -14,7 +14,7 @@ func (c *Console) routes() chi.Router {
 	r.Use(c.accessLog, secure)
 	r.Handle("/static/*", static())
 	r.Group(func(r chi.Router) {
-		r.Use(c.csrf)
+		r.Use(c.csrf, c.validText)
 		r.NotFound(c.notFound)
 		r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 			c.errorPage(w, r, http.StatusMethodNotAllowed, "This page does not take a "+r.Method+".")
@@ -44,6 +44,8 @@ func (c *Console) routes() chi.Router {
 				r.Get("/api-keys", c.keyList)
 				r.Get("/members", c.memberList)
 				r.Get("/billing", c.billingPage)
+				// Anyone may leave; tenants.By decides who may remove whom.
+				r.Post("/members/{account}/delete", c.memberRemove)
 				r.Group(func(r chi.Router) {
 					r.Use(c.admin)
 					r.Post("/devices", c.deviceCreate)
@@ -62,7 +64,6 @@ func (c *Console) routes() chi.Router {
 					r.Post("/api-keys", c.keyCreate)
 					r.Post("/api-keys/{id}/delete", c.keyDelete)
 					r.Post("/members", c.memberAdd)
-					r.Post("/members/{account}/delete", c.memberRemove)
 					r.Post("/billing/checkout", c.billingCheckout)
 					r.Post("/billing/portal", c.billingPortal)
 					r.Post("/billing/cap", c.billingCap)

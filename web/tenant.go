@@ -12,26 +12,50 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/roosthub/roost/events"
+	"github.com/roosthub/roost/internal/problem"
 	"github.com/roosthub/roost/tenants"
 )
 
 func (c *Console) tenantList(w http.ResponseWriter, r *http.Request) {
-	c.render(w, r, http.StatusOK, "tenants.html", page{Title: "Tenants", Nav: "tenants"})
+	c.renderTenants(w, r, http.StatusOK, page{Title: "Tenants", Nav: "tenants"})
+}
+
+// renderTenants renders the tenants page, with the account's notices: who
+// added it to a tenant or removed it from one lately.
+func (c *Console) renderTenants(w http.ResponseWriter, r *http.Request, status int, p page) {
+	c.render(w, r, status, "tenants.html", c.withNotices(r, p))
+}
+
+func (c *Console) withNotices(r *http.Request, p page) page {
+	ns, err := c.auth.Notices(r.Context(), accountOf(r).ID)
+	if err != nil {
+		c.log(r).Error("console: notices", "err", err)
+	}
+	p.Data = ns
+	return p
 }
 
 func (c *Console) tenantCreate(w http.ResponseWriter, r *http.Request) {
 	in := tenants.TenantInput{Slug: strings.TrimSpace(r.PostFormValue("slug")), Name: strings.TrimSpace(r.PostFormValue("name"))}
-	t, err := c.store.CreateTenant(r.Context(), accountOf(r).ID, in)
+	t, err := c.auth.CreateTenant(r.Context(), accountOf(r).ID, in)
 	if err != nil {
 		if errors.Is(err, tenants.ErrConflict) {
 			err = &tenants.FieldError{Field: "slug", Message: "this name is taken; pick another"}
 		}
-		if !errors.Is(err, tenants.ErrInvalid) {
+		p := page{Title: "Tenants", Nav: "tenants", Form: map[string]string{"slug": in.Slug, "name": in.Name}}
+		switch {
+		case errors.Is(err, tenants.ErrInvalid):
+			p.Errors = formErrors(err)
+			c.renderTenants(w, r, http.StatusBadRequest, p)
+		case errors.Is(err, tenants.ErrQuotaExceeded):
+			p.Errors = map[string]string{"_": "You own as many tenants on the free plan as an account may (" + err.Error() + "). Move one to a paid plan, or delete one, to create another."}
+			c.renderTenants(w, r, http.StatusForbidden, p)
+		case errors.Is(err, tenants.ErrThrottled):
+			p.Errors = map[string]string{"_": capital(err.Error()) + "."}
+			c.renderRetry(w, r, err, "tenants.html", c.withNotices(r, p))
+		default:
 			c.fail(w, r, err)
-			return
 		}
-		c.render(w, r, http.StatusBadRequest, "tenants.html", page{Title: "Tenants", Nav: "tenants",
-			Errors: formErrors(err), Form: map[string]string{"slug": in.Slug, "name": in.Name}})
 		return
 	}
 	redirect(w, r, "/tenants/"+t.Slug+"/devices", "tenant")
@@ -180,11 +204,12 @@ func (c *Console) renderKeys(w http.ResponseWriter, r *http.Request, status int,
 func (c *Console) keyCreate(w http.ResponseWriter, r *http.Request) {
 	in := tenants.APIKeyInput{Name: strings.TrimSpace(r.PostFormValue("name")), Role: tenants.Role(r.PostFormValue("role"))}
 	form := map[string]string{"name": in.Name, "role": string(in.Role)}
-	if in.Role != "" && in.Role.Valid() && !roleOf(r).AtLeast(in.Role) {
+	if by(r).MayMakeKey(in.Role) != nil {
 		c.renderKeys(w, r, http.StatusForbidden, nil, page{Form: form, Errors: map[string]string{"role": "A key cannot have a higher role than yours."}})
 		return
 	}
-	k, token, err := c.store.CreateAPIKey(r.Context(), tenantOf(r).Slug, in)
+	// Made on the visitor's behalf: it ends when they leave the tenant.
+	k, token, err := c.store.CreateAPIKey(r.Context(), tenantOf(r).Slug, in, accountOf(r).ID)
 	if err != nil {
 		if !errors.Is(err, tenants.ErrInvalid) && !errors.Is(err, tenants.ErrQuotaExceeded) {
 			c.fail(w, r, err)
@@ -206,6 +231,12 @@ func (c *Console) keyDelete(w http.ResponseWriter, r *http.Request) {
 	redirect(w, r, "/tenants/"+t.Slug+"/api-keys", "key-deleted")
 }
 
+type membersData struct {
+	Members []tenants.Member
+	// Owner: the visitor may keep a removed member's API keys.
+	Owner bool
+}
+
 func (c *Console) memberList(w http.ResponseWriter, r *http.Request) {
 	c.renderMembers(w, r, http.StatusOK, page{})
 }
@@ -216,38 +247,51 @@ func (c *Console) renderMembers(w http.ResponseWriter, r *http.Request, status i
 		c.internal(w, r, err)
 		return
 	}
-	p.Title, p.Nav, p.Data = "Members", "members", ms
+	p.Title, p.Nav, p.Data = "Members", "members", membersData{Members: ms, Owner: roleOf(r).AtLeast(tenants.RoleOwner)}
 	c.render(w, r, status, "members.html", p)
 }
 
+// by is the visitor as the membership rules see them.
+func by(r *http.Request) tenants.By {
+	a := accountOf(r)
+	return tenants.By{Role: roleOf(r), Account: a.ID, Name: a.Email}
+}
+
+// memberAdd adds a member through the auth front, as the API does: the
+// same rules, throttles and answer whether or not the email has an
+// account.
 func (c *Console) memberAdd(w http.ResponseWriter, r *http.Request) {
 	in := tenants.MemberInput{Email: strings.TrimSpace(r.PostFormValue("email")), Role: tenants.Role(r.PostFormValue("role"))}
 	form := map[string]string{"email": in.Email, "role": string(in.Role)}
-	if in.Role.Valid() && !roleOf(r).AtLeast(in.Role) {
-		c.renderMembers(w, r, http.StatusForbidden, page{Form: form, Errors: map[string]string{"role": "You cannot give a higher role than yours."}})
-		return
-	}
-	if _, err := c.store.AddMember(r.Context(), tenantOf(r).Slug, in); err != nil {
-		if errors.Is(err, tenants.ErrConflict) {
-			err = &tenants.FieldError{Field: "email", Message: err.Error()}
-		}
-		if !errors.Is(err, tenants.ErrInvalid) {
-			c.fail(w, r, err)
-			return
-		}
+	err := c.auth.AddMember(r.Context(), tenantOf(r).Slug, "account:"+accountOf(r).ID, by(r), in)
+	switch {
+	case err == nil:
+		redirect(w, r, "/tenants/"+tenantOf(r).Slug+"/members", "member")
+	case errors.Is(err, tenants.ErrForbidden):
+		c.renderMembers(w, r, http.StatusForbidden, page{Form: form, Errors: map[string]string{"role": capital(err.Error()) + "."}})
+	case errors.Is(err, tenants.ErrConflict):
+		c.renderMembers(w, r, http.StatusBadRequest, page{Form: form, Errors: map[string]string{"email": err.Error()}})
+	case errors.Is(err, tenants.ErrInvalid):
 		c.renderMembers(w, r, http.StatusBadRequest, page{Form: form, Errors: formErrors(err)})
-		return
+	case errors.Is(err, tenants.ErrThrottled):
+		w.Header().Set("Retry-After", problem.Of(err).RetryAfter)
+		c.renderMembers(w, r, http.StatusTooManyRequests, page{Form: form, Errors: map[string]string{"_": capital(err.Error()) + "."}})
+	default:
+		c.fail(w, r, err)
 	}
-	redirect(w, r, "/tenants/"+tenantOf(r).Slug+"/members", "member")
 }
 
+// memberRemove removes a member, or lets the visitor leave, by the same
+// rules as the API (tenants.By.MayRemove): an admin cannot remove an owner.
 func (c *Console) memberRemove(w http.ResponseWriter, r *http.Request) {
 	t := tenantOf(r)
-	if err := c.store.RemoveMember(r.Context(), t.Slug, chi.URLParam(r, "account")); err != nil {
+	account := chi.URLParam(r, "account")
+	keep := r.PostFormValue("keep_api_keys") == "on"
+	if err := c.auth.RemoveMember(r.Context(), t.Slug, account, by(r), keep); err != nil {
 		c.fail(w, r, err)
 		return
 	}
-	if chi.URLParam(r, "account") == accountOf(r).ID {
+	if account == accountOf(r).ID {
 		http.Redirect(w, r, "/tenants", http.StatusSeeOther)
 		return
 	}

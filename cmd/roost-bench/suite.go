@@ -266,7 +266,9 @@ func startRoost(ctx context.Context, bin, dir string, logs io.Writer) (*process,
 	const admin = "rop_roost-bench-operator-token"
 	cmd := pinned(bin, "serve")
 	cmd.Env = append(os.Environ(), "ROOST_DATA_DIR="+filepath.Join(dir, "roost"), "ROOST_MQTT_ADDR="+mqttAddr,
-		"ROOST_HTTP_ADDR="+httpAddr, "ROOST_ADMIN_TOKEN="+admin, "ROOST_DEBUG_ADDR="+debugAddr)
+		"ROOST_HTTP_ADDR="+httpAddr, "ROOST_ADMIN_TOKEN="+admin, "ROOST_DEBUG_ADDR="+debugAddr,
+		// The idle-tenant scenario makes hundreds of tenants from one account.
+		"ROOST_MAX_FREE_TENANTS=0", "ROOST_TENANTS_PER_DAY=0")
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		return nil, err

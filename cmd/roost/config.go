@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/web"
 )
 
@@ -74,6 +75,18 @@ type config struct {
 	// DeviceEndpoints are the URLs devices connect to, for the console;
 	// empty: this process's own listeners.
 	DeviceEndpoints string
+	// MaxFreeTenants is how many free-plan tenants one account may own
+	// (0: no limit).
+	MaxFreeTenants int
+	// TenantsPerDay is how many tenants one account may create in 24
+	// hours, deleted ones included (0: no limit).
+	TenantsPerDay int
+	// SignupsPerHour bounds the sign-ups a control-plane process takes an
+	// hour from everyone together (0: no limit).
+	SignupsPerHour int
+	// PasswordHashes bounds the Argon2id password hashes computed at once
+	// (0: sized to the CPUs and memory).
+	PasswordHashes int
 }
 
 // proxied reports whether the named listener expects a PROXY header.
@@ -94,7 +107,7 @@ type setting struct {
 	name  string // flag name; the variable is ROOST_ + upper-case name with _
 	usage string
 	def   string
-	dest  any // *string, *time.Duration or *bool
+	dest  any // *string, *time.Duration, *bool or *int
 }
 
 func (c *config) settings() []setting {
@@ -133,6 +146,10 @@ func (c *config) settings() []setting {
 		{"node-url", "where control planes reach this data-plane node's internal API (http://host:port of ROOST_HTTP_ADDR); empty: this host's name and port", "", &c.NodeURL},
 		{"forward-addr", "where a data-plane node takes the device connections other nodes forward to it (reachable by the other nodes only; announced with ROOST_NODE_URL's host)", ":1884", &c.ForwardAddr},
 		{"device-endpoints", "URLs devices connect to, comma-separated (mqtt://, mqtts://, ws://, wss://), shown in the console's snippets; empty: this process's own listeners (set it for a control plane, or behind a load balancer)", "", &c.DeviceEndpoints},
+		{"max-free-tenants", "how many tenants on the free plan one account may own (0: no limit)", "3", &c.MaxFreeTenants},
+		{"tenants-per-day", "how many tenants one account may create in 24 hours, deleted ones included (their slugs stay reserved); 0: no limit", "10", &c.TenantsPerDay},
+		{"signups-per-hour", "sign-ups a control-plane process takes an hour from all addresses together (each address: 30); 0: no limit", "600", &c.SignupsPerHour},
+		{"password-hashes", "password hashes (Argon2id, 19 MiB each) computed at once; 0: two per CPU, at most one per 64 MiB of available memory, at least two", "0", &c.PasswordHashes},
 		{"debug-addr", "address for Go's profiler at /debug/pprof/ (keep it on loopback: it has no authentication); empty: off", "", &c.DebugAddr},
 	}
 }
@@ -168,6 +185,12 @@ func parseConfig(name string, args []string, getenv func(string) string) (*confi
 				return nil, fmt.Errorf("%s: %q is not true or false", envName(s.name), v)
 			}
 			fs.BoolVar(d, s.name, b, usage)
+		case *int:
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %q is not a whole number", envName(s.name), v)
+			}
+			fs.IntVar(d, s.name, n, usage)
 		}
 	}
 	if err := fs.Parse(args); err != nil {
@@ -301,7 +324,39 @@ func (c *config) Validate() error {
 	if c.TokenTTL < time.Minute || c.TokenTTL > 30*24*time.Hour {
 		return errors.New("ROOST_TOKEN_TTL: must be between 1m and 720h")
 	}
+	return c.validateAccountLimits()
+}
+
+// validateAccountLimits checks the limits on accounts and sign-ups.
+func (c *config) validateAccountLimits() error {
+	if c.MaxFreeTenants < 0 || c.MaxFreeTenants > 10_000 {
+		return errors.New("ROOST_MAX_FREE_TENANTS: must be between 0 (no limit) and 10000")
+	}
+	if c.TenantsPerDay < 0 || c.TenantsPerDay > 100_000 {
+		return errors.New("ROOST_TENANTS_PER_DAY: must be between 0 (no limit) and 100000")
+	}
+	if c.SignupsPerHour < 0 || c.SignupsPerHour > 1_000_000 {
+		return errors.New("ROOST_SIGNUPS_PER_HOUR: must be between 0 (no limit) and 1000000")
+	}
+	if c.PasswordHashes < 0 || c.PasswordHashes > 1024 {
+		return errors.New("ROOST_PASSWORD_HASHES: must be between 0 (sized to the machine) and 1024")
+	}
 	return nil
+}
+
+// authConfig is the auth front's share of the settings.
+func (c *config) authConfig() auth.Config {
+	cfg := auth.Config{TokenTTL: c.TokenTTL, MaxFreeTenants: c.MaxFreeTenants, TenantsPerDay: c.TenantsPerDay, SignupsPerHour: c.SignupsPerHour}
+	if c.MaxFreeTenants == 0 {
+		cfg.MaxFreeTenants = -1 // no limit
+	}
+	if c.TenantsPerDay == 0 {
+		cfg.TenantsPerDay = -1
+	}
+	if c.SignupsPerHour == 0 {
+		cfg.SignupsPerHour = -1
+	}
+	return cfg
 }
 
 func (c *config) validateBilling() error {

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
-	"crypto/subtle"
 	"crypto/tls"
 	"encoding/base64"
 	"errors"
@@ -28,6 +27,7 @@ import (
 	"github.com/roosthub/roost"
 
 	"github.com/roosthub/roost/api"
+	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/billing"
 	"github.com/roosthub/roost/broker"
 	hbasestore "github.com/roosthub/roost/broker/store/hbase"
@@ -410,13 +410,24 @@ func (d planeDeps) controlHandler(ctx context.Context, signingKey []byte, localA
 		remote := cluster.NewRemote(d.store, d.adminToken, log)
 		dp, evs = remote, cluster.Events{Remote: remote, Local: d.recent}
 	}
+	// One auth front for the API and the console: one set of sessions and
+	// throttles, whichever a person signs in through.
+	if c.PasswordHashes > 0 {
+		d.store.SetPasswordHashes(c.PasswordHashes)
+	}
+	ac := c.authConfig()
+	ac.Store, ac.SigningKey, ac.AdminToken, ac.Log = d.store, signingKey, d.adminToken, log
+	front, err := auth.New(ac)
+	if err != nil {
+		return nil, err
+	}
 	srv, err := api.New(api.Config{Store: d.store, Log: log, AdminToken: d.adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL,
-		Events: evs, Billing: bill, Metrics: d.metrics, DataPlane: dp})
+		Events: evs, Billing: bill, Metrics: d.metrics, DataPlane: dp, Auth: front})
 	if err != nil {
 		return nil, err
 	}
 	con, err := web.New(web.Config{Store: d.store, DataPlane: dp, Billing: bill, Events: evs, Log: log, SigningKey: signingKey,
-		TokenTTL: c.TokenTTL, AdminToken: d.adminToken, SecureCookies: strings.HasPrefix(c.PublicURL, "https://"), Endpoints: endpoints})
+		TokenTTL: c.TokenTTL, AdminToken: d.adminToken, SecureCookies: strings.HasPrefix(c.PublicURL, "https://"), Endpoints: endpoints, Auth: front})
 	if err != nil {
 		return nil, err
 	}
@@ -427,8 +438,11 @@ func (d planeDeps) controlHandler(ctx context.Context, signingKey []byte, localA
 // metrics and the internal API control planes and other nodes call.
 func (d planeDeps) dataHandler(listening *atomic.Bool) http.Handler {
 	mux := http.NewServeMux()
-	mux.Handle(cluster.Prefix+"/", cluster.Serve(d.hub, d.recent, d.adminToken, d.log))
-	mux.Handle("/", dataPlaneMux(d.store, listening, d.adminToken, d.metrics))
+	// One check of the operator token (wrong ones throttled per address)
+	// for the internal API and /metrics.
+	op := auth.NewOperator(d.adminToken, nil, d.log)
+	mux.Handle(cluster.Prefix+"/", cluster.ServeWith(d.hub, d.recent, op, d.log))
+	mux.Handle("/", dataPlaneMux(d.store, listening, op, d.metrics))
 	return mux
 }
 
@@ -460,7 +474,7 @@ func newMember(ctx context.Context, c *config, store *tenants.Store, token strin
 
 // dataPlaneMux is a data-plane node's HTTP side: health, readiness (the
 // store answers and changes are coming in) and metrics for the operator.
-func dataPlaneMux(store *tenants.Store, listening *atomic.Bool, adminToken string, metrics http.Handler) http.Handler {
+func dataPlaneMux(store *tenants.Store, listening *atomic.Bool, op *auth.Operator, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
@@ -475,13 +489,7 @@ func dataPlaneMux(store *tenants.Store, listening *atomic.Bool, adminToken strin
 			fmt.Fprintln(w, "ready")
 		}
 	})
-	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
-		if subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte("Bearer "+adminToken)) != 1 {
-			http.Error(w, "the operator token is needed", http.StatusUnauthorized)
-			return
-		}
-		metrics.ServeHTTP(w, r)
-	})
+	mux.Handle("GET /metrics", op.Require(metrics))
 	return mux
 }
 

@@ -1,7 +1,9 @@
-// Package session issues and checks console session tokens: JWTs signed
-// with HS256 by a key the store keeps, so every control-plane process
-// accepts them and restarts keep sessions. The REST API takes them as bearer
-// tokens and the web console as a cookie.
+// Package session signs and checks session tokens: JWTs signed with HS256
+// by a key the store keeps, so every control-plane process accepts them
+// and restarts keep sessions. A token names its session record (the JWT
+// id), which the server checks on every request, so that a session can be
+// ended before the token expires. The REST API takes them as bearer tokens
+// and the web console as a cookie.
 package session
 
 import (
@@ -19,35 +21,35 @@ const (
 // Tokens issues and parses session tokens.
 type Tokens struct {
 	Key []byte
-	TTL time.Duration
 	Now func() time.Time
 }
 
-// Issue returns a session token for the account and when it expires.
-func (t Tokens) Issue(accountID string) (string, time.Time, error) {
-	return t.IssueFor(accountID, t.TTL)
+// Claims are what a token says: whose it is and which session record it
+// names.
+type Claims struct {
+	Subject   string
+	SessionID string
+	ExpiresAt time.Time
 }
 
-// IssueFor returns a token for any subject, valid for ttl.
-func (t Tokens) IssueFor(subject string, ttl time.Duration) (string, time.Time, error) {
-	accountID := subject
+// Issue returns a token for subject and session id, valid until exp.
+func (t Tokens) Issue(subject, sessionID string, exp time.Time) (string, error) {
 	now := t.Now()
-	exp := now.Add(ttl)
 	claims := jwt.RegisteredClaims{
 		Issuer:    tokenIssuer,
 		Audience:  jwt.ClaimStrings{tokenAudience},
-		Subject:   accountID,
+		Subject:   subject,
+		ID:        sessionID,
 		IssuedAt:  jwt.NewNumericDate(now),
 		ExpiresAt: jwt.NewNumericDate(exp),
 	}
-	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(t.Key)
-	return s, exp, err
+	return jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(t.Key)
 }
 
-// Parse returns the account a token was issued to. The algorithm is pinned to
-// HS256, so a token that names "none" or an asymmetric algorithm is refused
-// before its signature is looked at.
-func (t Tokens) Parse(token string) (string, error) {
+// Parse returns what a token says, if it is well signed and unexpired. The
+// algorithm is pinned to HS256, so a token that names "none" or an
+// asymmetric algorithm is refused before its signature is looked at.
+func (t Tokens) Parse(token string) (Claims, error) {
 	var claims jwt.RegisteredClaims
 	_, err := jwt.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return t.Key, nil },
 		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
@@ -57,10 +59,10 @@ func (t Tokens) Parse(token string) (string, error) {
 		jwt.WithTimeFunc(t.Now),
 	)
 	if err != nil {
-		return "", err
+		return Claims{}, err
 	}
-	if claims.Subject == "" {
-		return "", errors.New("token has no subject")
+	if claims.Subject == "" || claims.ID == "" {
+		return Claims{}, errors.New("token names no subject or session")
 	}
-	return claims.Subject, nil
+	return Claims{Subject: claims.Subject, SessionID: claims.ID, ExpiresAt: claims.ExpiresAt.Time}, nil
 }

@@ -45,6 +45,11 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"StripeEventsOnce", testStripeEventsOnce},
 		{"MoveACLRule", testMoveACLRule},
 		{"SearchDevices", testSearchDevices},
+		{"Sessions", testSessions},
+		{"SignUp", testSignUp},
+		{"MembershipRules", testMembershipRules},
+		{"KeysEndWithMember", testKeysEndWithMember},
+		{"TenantLimits", testTenantLimits},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -244,20 +249,24 @@ func testConcurrentSlug(t *testing.T, s *tenants.Store, _ func() *tenants.Store)
 	}
 }
 
+// ownerBy is an owner acting through no account of the test's (as an API
+// key would).
+var ownerBy = tenants.By{Role: tenants.RoleOwner, Name: "an owner"}
+
 func testMembers(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 	owner := mustAccount(t, s, "owner@example.com")
 	viewer := mustAccount(t, s, "viewer@example.com")
 	mustTenant(t, s, owner, "acme")
 
-	m, err := s.AddMember(ctx, "acme", tenants.MemberInput{Email: "VIEWER@example.com", Role: tenants.RoleViewer})
+	m, err := s.AddMember(ctx, "acme", ownerBy, tenants.MemberInput{Email: "VIEWER@example.com", Role: tenants.RoleViewer})
 	if err != nil || m.AccountID != viewer.ID || m.Role != tenants.RoleViewer {
 		t.Fatalf("AddMember: got %+v, %v", m, err)
 	}
-	_, err = s.AddMember(ctx, "acme", tenants.MemberInput{Email: "viewer@example.com", Role: tenants.RoleAdmin})
+	_, err = s.AddMember(ctx, "acme", ownerBy, tenants.MemberInput{Email: "viewer@example.com", Role: tenants.RoleAdmin})
 	wantErr(t, "adding a member twice", err, tenants.ErrConflict)
-	_, err = s.AddMember(ctx, "acme", tenants.MemberInput{Email: "ghost@example.com", Role: tenants.RoleAdmin})
-	wantField(t, "adding an unknown email", err, "email")
-	_, err = s.AddMember(ctx, "acme", tenants.MemberInput{Email: "viewer@example.com", Role: "god"})
+	_, err = s.AddMember(ctx, "acme", ownerBy, tenants.MemberInput{Email: "ghost@example.com", Role: tenants.RoleAdmin})
+	wantErr(t, "adding an unknown email", err, tenants.ErrNoAccount)
+	_, err = s.AddMember(ctx, "acme", ownerBy, tenants.MemberInput{Email: "viewer@example.com", Role: "god"})
 	wantField(t, "unknown role", err, "role")
 
 	ts, _, err := s.TenantsOf(ctx, viewer.ID, tenants.Page{})
@@ -268,13 +277,13 @@ func testMembers(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 	if err != nil || len(ms) != 2 {
 		t.Fatalf("Members: got %d, %v, want 2", len(ms), err)
 	}
-	wantErr(t, "removing the last owner", s.RemoveMember(ctx, "acme", owner.ID), tenants.ErrConflict)
-	if err := s.RemoveMember(ctx, "acme", viewer.ID); err != nil {
+	wantErr(t, "removing the last owner", s.RemoveMember(ctx, "acme", owner.ID, ownerBy, false), tenants.ErrConflict)
+	if err := s.RemoveMember(ctx, "acme", viewer.ID, ownerBy, false); err != nil {
 		t.Fatalf("RemoveMember: %v", err)
 	}
 	_, err = s.Membership(ctx, "acme", viewer.ID)
 	wantErr(t, "removed member's membership", err, tenants.ErrNotFound)
-	wantErr(t, "removing a non-member", s.RemoveMember(ctx, "acme", viewer.ID), tenants.ErrNotFound)
+	wantErr(t, "removing a non-member", s.RemoveMember(ctx, "acme", viewer.ID, ownerBy, false), tenants.ErrNotFound)
 }
 
 func testDevices(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
@@ -446,7 +455,7 @@ func testACLRules(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 func testAPIKeys(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 	owner := mustAccount(t, s, "owner@example.com")
 	mustTenant(t, s, owner, "acme")
-	k, token, err := s.CreateAPIKey(ctx, "acme", tenants.APIKeyInput{Name: "ci", Role: tenants.RoleAdmin})
+	k, token, err := s.CreateAPIKey(ctx, "acme", tenants.APIKeyInput{Name: "ci", Role: tenants.RoleAdmin}, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -470,11 +479,11 @@ func testAPIKeys(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 			t.Errorf("AuthenticateAPIKey(%q): got %v, want ErrUnauthorized", bad, err)
 		}
 	}
-	k2, _, err := s.CreateAPIKey(ctx, "acme", tenants.APIKeyInput{Name: "reader"})
+	k2, _, err := s.CreateAPIKey(ctx, "acme", tenants.APIKeyInput{Name: "reader"}, "")
 	if err != nil || k2.Role != tenants.RoleViewer {
 		t.Fatalf("default role: got %+v, %v, want viewer", k2, err)
 	}
-	_, _, err = s.CreateAPIKey(ctx, "acme", tenants.APIKeyInput{Name: ""})
+	_, _, err = s.CreateAPIKey(ctx, "acme", tenants.APIKeyInput{Name: ""}, "")
 	wantField(t, "nameless key", err, "name")
 	if err := s.DeleteAPIKey(ctx, "acme", k.ID); err != nil {
 		t.Fatal(err)
@@ -543,7 +552,7 @@ func testCrossTenant(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 	}
 	ruleA, _ := s.ACLRules(ctx, "tenant-a")
 	wantErr(t, "B deletes A's rule", s.DeleteACLRule(ctx, "tenant-b", ruleA[0].ID), tenants.ErrNotFound)
-	keyA, _, _ := s.CreateAPIKey(ctx, "tenant-a", tenants.APIKeyInput{Name: "k"})
+	keyA, _, _ := s.CreateAPIKey(ctx, "tenant-a", tenants.APIKeyInput{Name: "k"}, "")
 	wantErr(t, "B deletes A's key", s.DeleteAPIKey(ctx, "tenant-b", keyA.ID), tenants.ErrNotFound)
 	_, err := s.Membership(ctx, "tenant-a", b.ID)
 	wantErr(t, "B's membership of A", err, tenants.ErrNotFound)

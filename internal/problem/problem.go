@@ -1,0 +1,86 @@
+// Package problem is the one table from the directory's error kinds to
+// HTTP: the API's problem documents and the console's error pages are both
+// drawn from it, so the two cannot answer one error differently.
+package problem
+
+import (
+	"errors"
+	"math"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+// Problem is how one error is answered over HTTP. Code is a stable
+// machine-readable name for its kind; Field names the input a validation
+// error is about; Quota and Limit name the quota a request would exceed;
+// RetryAfter, when set, is the Retry-After header in seconds.
+type Problem struct {
+	Status     int
+	Code       string
+	Field      string
+	Detail     string
+	Quota      string
+	Limit      *int64
+	RetryAfter string
+}
+
+// Internal reports whether the error was of no known kind: the client sees
+// a plain message, and the error belongs in the log.
+func (p Problem) Internal() bool { return p.Status == http.StatusInternalServerError }
+
+// kinds maps each error kind to a status and code.
+var kinds = []struct {
+	kind   error
+	status int
+	code   string
+}{
+	{tenants.ErrNotFound, http.StatusNotFound, "not_found"},
+	{tenants.ErrConflict, http.StatusConflict, "conflict"},
+	{tenants.ErrInvalid, http.StatusBadRequest, "invalid"},
+	{tenants.ErrUnauthorized, http.StatusUnauthorized, "unauthorized"},
+	{tenants.ErrForbidden, http.StatusForbidden, "forbidden"},
+	{tenants.ErrQuotaExceeded, http.StatusForbidden, "quota_exceeded"},
+	{tenants.ErrThrottled, http.StatusTooManyRequests, "too_many_attempts"},
+	{tenants.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
+}
+
+// InternalDetail is what a client is told of an error of no known kind.
+const InternalDetail = "internal error; quote the request id when reporting it"
+
+// Of maps err to its problem.
+func Of(err error) Problem {
+	var p Problem
+	for _, k := range kinds {
+		if errors.Is(err, k.kind) {
+			p.Status, p.Code, p.Detail = k.status, k.code, err.Error()
+			break
+		}
+	}
+	if p.Status == 0 {
+		return Problem{Status: http.StatusInternalServerError, Code: "internal", Detail: InternalDetail}
+	}
+	var fe *tenants.FieldError
+	var qe *tenants.QuotaError
+	var re *tenants.RetryError
+	switch {
+	case errors.As(err, &fe):
+		p.Field = fe.Field
+	case errors.As(err, &qe):
+		limit := qe.Limit
+		p.Quota, p.Limit = qe.Quota, &limit
+		if qe.IsRate() {
+			// A rate lifts within a second: try again then.
+			p.Status, p.RetryAfter = http.StatusTooManyRequests, "1"
+		}
+	}
+	if errors.As(err, &re) && re.After > 0 {
+		p.RetryAfter = strconv.Itoa(Seconds(re.After))
+	}
+	return p
+}
+
+// Seconds rounds a wait up to whole seconds, at least one.
+func Seconds(d time.Duration) int { return max(1, int(math.Ceil(d.Seconds()))) }
