@@ -3,6 +3,7 @@ package broker
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,8 +44,20 @@ type Config struct {
 	// IdleTimeout is how long an instance with nothing in it stays up: 5m
 	// if zero.
 	IdleTimeout time.Duration
-	// MaxHandshakes bounds connections not yet past CONNECT: 10,000 if zero.
+	// MaxHandshakes bounds connections not yet past CONNECT (a TLS
+	// handshake, a PROXY header, the CONNECT, its authentication): 10,000
+	// if zero. When they are all taken, the oldest handshake of the
+	// address holding the most is closed to make room (see handshakes).
 	MaxHandshakes int
+	// HandshakesPerAddress bounds those from one source address (an IPv6
+	// address's /64): 256 if zero. A fleet behind one NAT connects that
+	// many devices at once, and more as each handshake ends.
+	HandshakesPerAddress int
+	// HandshakesPerEndpoint bounds those that reached one tenant's own
+	// endpoint (SNI <tenant>.<Domain>): 2,500 if zero, a quarter of the
+	// default MaxHandshakes, so that a flood aimed at one tenant leaves
+	// the rest to the others.
+	HandshakesPerEndpoint int
 	// CacheSize and CacheTTL shape the directory cache: 100,000 devices and
 	// 5 minutes if zero.
 	CacheSize int
@@ -89,11 +102,11 @@ type Hub struct {
 	authPerIP   *throttle.Limiter
 	authPerUser *throttle.Limiter
 
-	handshakes chan struct{}
-	changes    chan tenants.Change
-	cancelSub  func()
-	done       chan struct{}
-	wg         sync.WaitGroup
+	hs        *handshakes
+	changes   chan tenants.Change
+	cancelSub func()
+	done      chan struct{}
+	wg        sync.WaitGroup
 
 	eventPubs     chan events.Event
 	eventsDropped atomic.Int64
@@ -109,7 +122,6 @@ type Hub struct {
 	mu        sync.Mutex
 	instances map[string]*instance
 	listeners []net.Listener
-	pending   map[net.Conn]struct{} // connections in handshake, closed by Close
 	closed    bool
 	// forwards are the connections forwarded to other nodes; forwardsGone
 	// is closed when the last one ends while the hub closes.
@@ -158,6 +170,12 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.MaxHandshakes == 0 {
 		cfg.MaxHandshakes = 10_000
 	}
+	if cfg.HandshakesPerAddress == 0 {
+		cfg.HandshakesPerAddress = 256
+	}
+	if cfg.HandshakesPerEndpoint == 0 {
+		cfg.HandshakesPerEndpoint = 2_500
+	}
 	if cfg.CacheSize == 0 {
 		cfg.CacheSize = 100_000
 	}
@@ -168,13 +186,12 @@ func New(cfg Config) (*Hub, error) {
 		now:         cfg.Now,
 		authPerIP:   throttle.New(authFreePerIP, authMaxPerHour, cfg.Now),
 		authPerUser: throttle.New(authFreePerUser, authMaxPerHour, cfg.Now),
-		handshakes:  make(chan struct{}, cfg.MaxHandshakes),
+		hs:          newHandshakes(cfg.MaxHandshakes, cfg.HandshakesPerAddress, cfg.HandshakesPerEndpoint, cfg.ConnectTimeout/2, cfg.Log),
 		changes:     make(chan tenants.Change, 1024),
 		eventPubs:   make(chan events.Event, 4096),
 		done:        make(chan struct{}),
 		instances:   map[string]*instance{},
 		seen:        map[deviceKey]time.Time{},
-		pending:     map[net.Conn]struct{}{},
 		forwards:    map[net.Conn]struct{}{},
 		releasing:   map[string]bool{},
 	}
@@ -222,9 +239,28 @@ func (h *Hub) Serve(ln net.Listener) error {
 			return fmt.Errorf("accept: %w", err)
 		}
 		backoff = 0
+		p := h.ticket(conn)
+		if p == nil {
+			conn.Close()
+			continue
+		}
 		h.wg.Add(1)
-		go h.handle(conn)
+		go h.handle(conn, p)
 	}
+}
+
+// ticket counts a connection as in handshake, or returns nil if it is
+// refused: the count a gate below it started, or a new one.
+func (h *Hub) ticket(conn net.Conn) *pending {
+	if g := gatedBelow(conn); g != nil {
+		return g.p
+	}
+	phys := physical(conn)
+	p, ok := h.hs.enter(phys, phys.RemoteAddr())
+	if !ok {
+		return nil
+	}
+	return p
 }
 
 // ServeConn serves one device connection that arrived some other way than
@@ -238,7 +274,13 @@ func (h *Hub) ServeConn(conn net.Conn) {
 	}
 	h.wg.Add(1)
 	h.mu.Unlock()
-	h.handle(conn)
+	p := h.ticket(conn)
+	if p == nil {
+		h.wg.Done()
+		conn.Close()
+		return
+	}
+	h.handle(conn, p)
 }
 
 // Close stops accepting, disconnects every client and stops every instance.
@@ -254,10 +296,8 @@ func (h *Hub) Close() error {
 	for _, ln := range h.listeners {
 		ln.Close()
 	}
-	for c := range h.pending {
-		c.Close()
-	}
 	h.mu.Unlock()
+	h.hs.close()
 	if h.cfg.Cluster != nil {
 		h.endForwards()
 	}
@@ -281,9 +321,10 @@ func (h *Hub) Close() error {
 	return nil
 }
 
-// handle takes a connection from accept to its tenant's broker. A panic
-// while admitting it closes that connection alone.
-func (h *Hub) handle(conn net.Conn) {
+// handle takes a connection from accept to its tenant's broker; p counts
+// it as in handshake until then. A panic while admitting it closes that
+// connection alone.
+func (h *Hub) handle(conn net.Conn, p *pending) {
 	defer h.wg.Done()
 	defer func() {
 		if v := recover(); v != nil {
@@ -291,47 +332,43 @@ func (h *Hub) handle(conn net.Conn) {
 			conn.Close()
 		}
 	}()
-	select {
-	case h.handshakes <- struct{}{}:
-	default:
-		h.log.Warn("too many connections in handshake; closing one", "remote", conn.RemoteAddr().String())
-		conn.Close()
-		return
-	}
-	h.mu.Lock()
-	if h.closed {
-		h.mu.Unlock()
-		<-h.handshakes
-		conn.Close()
-		return
-	}
-	h.pending[conn] = struct{}{}
-	h.mu.Unlock()
-	inHandshake := true
-	endHandshake := func() {
-		if inHandshake {
-			h.mu.Lock()
-			delete(h.pending, conn)
-			h.mu.Unlock()
-			<-h.handshakes
-			inHandshake = false
-		}
-	}
+	endHandshake := func() { h.hs.leave(p) }
 	defer endHandshake()
 
-	conn.SetReadDeadline(h.now().Add(h.cfg.ConnectTimeout))
+	// One deadline, reads and writes, covers what comes before the
+	// CONNECT: a PROXY or forwarding header, the TLS handshake (a TLS
+	// listener's connection does it on its first read; it is done here
+	// to learn its endpoint), the CONNECT.
+	conn.SetDeadline(h.now().Add(h.cfg.ConnectTimeout))
+	if !h.hs.rekey(p, conn.RemoteAddr()) {
+		conn.Close()
+		return
+	}
+	if tc, ok := conn.(*tls.Conn); ok {
+		if err := tc.HandshakeContext(p.ctx); err != nil {
+			h.log.Debug("TLS handshake failed", "remote", conn.RemoteAddr().String(), "err", err)
+			conn.Close()
+			return
+		}
+	}
+	if ep := transport.TenantFromServerName(transport.ServerName(conn), h.cfg.Domain); ep != "" && !h.hs.enterEndpoint(p, ep) {
+		conn.Close()
+		return
+	}
 	r := bufio.NewReaderSize(conn, 4096)
 	raw, pk, err := readConnect(r, h.cfg.MaxConnectSize)
 	var code packets.Code
 	switch {
 	case errors.As(err, &code):
 		ref := refusalFor(code)
-		h.log.Info("malformed CONNECT", "remote", conn.RemoteAddr().String(), "reason", ref.String())
+		h.log.Debug("malformed CONNECT", "remote", conn.RemoteAddr().String(), "reason", ref.String())
 		writeConnack(conn, pk.ProtocolVersion, ref)
 		conn.Close()
 		return
 	case err != nil:
-		h.log.Info("no CONNECT", "remote", conn.RemoteAddr().String(), "err", err)
+		// Debug: a flood of silent sockets must not flood the log (the
+		// handshake bounds log a summary).
+		h.log.Debug("no CONNECT", "remote", conn.RemoteAddr().String(), "err", err)
 		conn.Close()
 		return
 	}
@@ -339,7 +376,7 @@ func (h *Hub) handle(conn net.Conn) {
 	if h.cfg.Cluster != nil && h.route(conn, r, raw, pk, endHandshake) {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.ConnectTimeout)
+	ctx, cancel := context.WithTimeout(p.ctx, h.cfg.ConnectTimeout)
 	inst, id, err := h.admit(ctx, conn, raw, pk)
 	cancel()
 	if err != nil {
@@ -348,12 +385,13 @@ func (h *Hub) handle(conn net.Conn) {
 			h.log.Error("admit connection", "remote", conn.RemoteAddr().String(), "err", err)
 			ref = serverUnavailable
 		}
+		conn.SetWriteDeadline(time.Now().Add(h.cfg.WriteTimeout))
 		writeConnack(conn, pk.ProtocolVersion, ref)
 		conn.Close()
 		return
 	}
 	defer h.release(inst)
-	conn.SetReadDeadline(time.Time{})
+	conn.SetDeadline(time.Time{})
 	endHandshake()
 	inst.serve(newDeviceConn(conn, r, raw, id, inst, h.cfg.WriteTimeout))
 }
@@ -674,6 +712,9 @@ func (h *Hub) reapIdle() {
 		h.giveUp(inst.tenant)
 	}
 }
+
+// Handshakes is the number of connections not yet past their CONNECT.
+func (h *Hub) Handshakes() int { return h.hs.count() }
 
 // Instances is the number of running tenant brokers.
 func (h *Hub) Instances() int {
