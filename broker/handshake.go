@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/roosthub/roost/transport"
@@ -29,9 +30,13 @@ import (
 //     else as above;
 //   - in all — likewise: the heaviest address pays, not the newcomer.
 //
-// An address's count starts with the address the connection comes from
-// and moves to the one a PROXY or forwarding header names once it is
-// read.
+// Behind a balancer speaking the PROXY protocol (and on the forwarding
+// port) the address a connection comes from is the balancer's (the
+// forwarding node's) until its header is read: until then it waits in a
+// pool of its own, as large as the main one, where at the bound the
+// newcomer is refused unless the oldest is stale; once the header is read
+// it enters the main pool as a newcomer from the address the header
+// names.
 type handshakes struct {
 	max, perAddress, perEndpoint int
 	staleAfter                   time.Duration
@@ -40,7 +45,8 @@ type handshakes struct {
 
 	mu        sync.Mutex
 	closed    bool
-	all       pool             // every connection in handshake
+	all       pool             // connections in handshake whose address is known
+	waiting   pool             // those whose PROXY or forwarding header is not read yet, by the balancer's address
 	endpoints map[string]*pool // those that reached a tenant's endpoint, by tenant
 	dropped   [nDropReasons]int64
 	unlogged  [nDropReasons]int64
@@ -57,10 +63,13 @@ const (
 	shedPerEndpoint
 	refusedTotal
 	shedTotal
+	refusedAwaitingHeader
+	shedAwaitingHeader
 	nDropReasons
 )
 
-var dropReasonNames = [nDropReasons]string{"refused_per_address", "shed_per_address", "refused_per_endpoint", "shed_per_endpoint", "refused_total", "shed_total"}
+var dropReasonNames = [nDropReasons]string{"refused_per_address", "shed_per_address", "refused_per_endpoint", "shed_per_endpoint",
+	"refused_total", "shed_total", "refused_awaiting_header", "shed_awaiting_header"}
 
 func (r dropReason) String() string { return dropReasonNames[r] }
 
@@ -68,6 +77,7 @@ func newHandshakes(max, perAddress, perEndpoint int, staleAfter time.Duration, l
 	return &handshakes{
 		max: max, perAddress: perAddress, perEndpoint: perEndpoint, staleAfter: staleAfter, log: log, now: time.Now,
 		all:       newPool(),
+		waiting:   newPool(),
 		endpoints: map[string]*pool{},
 	}
 }
@@ -82,11 +92,12 @@ type pending struct {
 	conn net.Conn
 	// ctx ends when the handshake is over or shed: what the connection
 	// waits on (its directory lookups, a delayed answer) ends with it.
-	ctx    context.Context
-	cancel context.CancelFunc
-	inAll  *list.Element // its place in all's queue of its source
-	inEp   *list.Element // and in its endpoint's
-	gone   bool          // no longer counted
+	ctx     context.Context
+	cancel  context.CancelFunc
+	inAll   *list.Element // its place in its source's queue in all (or waiting)
+	inEp    *list.Element // and in its endpoint's
+	waiting bool          // for its PROXY or forwarding header: in waiting, not all
+	gone    bool          // no longer counted
 }
 
 // sourceOf is the key under which an address's handshakes are counted:
@@ -116,8 +127,9 @@ func sourceOf(a net.Addr) string {
 }
 
 // enter counts a new connection from addr, or refuses it (false: the
-// caller closes it). conn is the connection as accepted.
-func (hs *handshakes) enter(conn net.Conn, addr net.Addr) (*pending, bool) {
+// caller closes it). conn is the connection as accepted. provisional says
+// addr is a balancer's, until a PROXY header names the device's.
+func (hs *handshakes) enter(conn net.Conn, addr net.Addr, provisional bool) (*pending, bool) {
 	source := sourceOf(addr)
 	now := hs.now()
 	hs.mu.Lock()
@@ -126,35 +138,54 @@ func (hs *handshakes) enter(conn net.Conn, addr net.Addr) (*pending, bool) {
 		return nil, false
 	}
 	var shed []*pending
-	var why []dropReason
-	refuse := func(r dropReason) (*pending, bool) {
-		hs.noteLocked(r, source, now)
-		hs.mu.Unlock()
-		hs.shed(shed, why, source)
-		return nil, false
+	var ok bool
+	if provisional {
+		shed, ok = hs.makeRoomLocked(&hs.waiting, source, now, -1, refusedAwaitingHeader, shedAwaitingHeader)
+	} else {
+		shed, ok = hs.makeRoomLocked(&hs.all, source, now, hs.perAddress, refusedTotal, shedTotal)
 	}
-	if hs.all.count(source) >= hs.perAddress {
-		old := hs.all.oldest(source)
+	var p *pending
+	if ok {
+		ctx, cancel := context.WithCancel(context.Background())
+		p = &pending{source: source, start: now, conn: conn, ctx: ctx, cancel: cancel, waiting: provisional}
+		if provisional {
+			p.inAll = hs.waiting.add(p)
+		} else {
+			p.inAll = hs.all.add(p)
+		}
+	}
+	hs.mu.Unlock()
+	closeAll(shed)
+	return p, ok
+}
+
+// makeRoomLocked makes room in pl (all, or waiting) for a connection from
+// source, or says it is refused: at perAddress (-1: none) the source's
+// oldest is closed if stale; when pl is full, the victim victimLocked
+// picks. It returns what it dropped, to be closed outside the lock.
+func (hs *handshakes) makeRoomLocked(pl *pool, source string, now time.Time, perAddress int, refused, shedFull dropReason) ([]*pending, bool) {
+	var shed []*pending
+	if perAddress >= 0 && pl.count(source) >= perAddress {
+		old := pl.oldest(source)
 		if !hs.stale(old, now) {
-			return refuse(refusedPerAddress)
+			hs.noteLocked(refusedPerAddress, source, now)
+			return shed, false
 		}
 		hs.dropLocked(old)
-		shed, why = append(shed, old), append(why, shedPerAddress)
+		hs.noteLocked(shedPerAddress, source, now)
+		shed = append(shed, old)
 	}
-	if hs.all.n >= hs.max {
-		victim := hs.victimLocked(&hs.all, source, now)
+	if pl.n >= hs.max {
+		victim := hs.victimLocked(pl, source, now)
 		if victim == nil {
-			return refuse(refusedTotal)
+			hs.noteLocked(refused, source, now)
+			return shed, false
 		}
 		hs.dropLocked(victim)
-		shed, why = append(shed, victim), append(why, shedTotal)
+		hs.noteLocked(shedFull, victim.source, now)
+		shed = append(shed, victim)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &pending{source: source, start: now, conn: conn, ctx: ctx, cancel: cancel}
-	p.inAll = hs.all.add(p)
-	hs.mu.Unlock()
-	hs.shed(shed, why, source)
-	return p, true
+	return shed, true
 }
 
 // victimLocked picks the connection to close so that one from source may
@@ -175,84 +206,75 @@ func (hs *handshakes) stale(p *pending, now time.Time) bool {
 	return p != nil && now.Sub(p.start) >= hs.staleAfter
 }
 
-// rekey moves p to the address a PROXY or forwarding header named; false
-// if it is gone, or refused there (the caller closes it).
+// rekey counts p under the address a PROXY or forwarding header named,
+// as a newcomer there; false if it is refused (the caller closes it).
 func (hs *handshakes) rekey(p *pending, addr net.Addr) bool {
 	source := sourceOf(addr)
 	now := hs.now()
 	hs.mu.Lock()
-	if p.gone {
-		hs.mu.Unlock()
-		return false
-	}
-	if source == p.source {
+	if p.gone || !p.waiting && source == p.source {
 		hs.mu.Unlock()
 		return true
 	}
-	var shed []*pending
-	var why []dropReason
-	if hs.all.count(source) >= hs.perAddress {
-		old := hs.all.oldest(source)
-		if !hs.stale(old, now) {
-			hs.dropLocked(p)
-			hs.noteLocked(refusedPerAddress, source, now)
-			hs.mu.Unlock()
-			return false
+	endpoint := p.endpoint
+	hs.unlinkLocked(p)
+	shed, ok := hs.makeRoomLocked(&hs.all, source, now, hs.perAddress, refusedTotal, shedTotal)
+	if ok {
+		p.source, p.waiting = source, false
+		p.inAll = hs.all.add(p)
+		if endpoint != "" {
+			p.endpoint = endpoint
+			p.inEp = hs.endpoint(endpoint).add(p)
 		}
-		hs.dropLocked(old)
-		shed, why = append(shed, old), append(why, shedPerAddress)
-	}
-	hs.all.remove(p, p.inAll)
-	ep := hs.endpoints[p.endpoint]
-	if p.inEp != nil {
-		ep.remove(p, p.inEp)
-	}
-	p.source = source
-	p.inAll = hs.all.add(p)
-	if p.inEp != nil {
-		p.inEp = ep.add(p)
+	} else {
+		p.gone = true
 	}
 	hs.mu.Unlock()
-	hs.shed(shed, why, source)
-	return true
+	closeAll(shed)
+	return ok
 }
 
-// enterEndpoint counts p against the tenant endpoint it reached; false if
-// it is gone, or refused there (the caller closes it).
-func (hs *handshakes) enterEndpoint(p *pending, tenant string) bool {
-	now := hs.now()
-	hs.mu.Lock()
-	if p.gone {
-		hs.mu.Unlock()
-		return false
-	}
-	if p.inEp != nil {
-		hs.mu.Unlock()
-		return true
-	}
+// endpoint is the pool of a tenant's endpoint, made if need be.
+func (hs *handshakes) endpoint(tenant string) *pool {
 	ep := hs.endpoints[tenant]
 	if ep == nil {
 		np := newPool()
 		ep = &np
 		hs.endpoints[tenant] = ep
 	}
+	return ep
+}
+
+// enterEndpoint counts p against the tenant endpoint it reached; false if
+// it is refused there (the caller closes it).
+func (hs *handshakes) enterEndpoint(p *pending, tenant string) bool {
+	now := hs.now()
+	hs.mu.Lock()
+	if p.gone || p.inEp != nil {
+		hs.mu.Unlock()
+		return true
+	}
+	ep := hs.endpoint(tenant)
 	var shed []*pending
-	var why []dropReason
 	if ep.n >= hs.perEndpoint {
 		victim := hs.victimLocked(ep, p.source, now)
 		if victim == nil {
 			hs.dropLocked(p)
 			hs.noteLocked(refusedPerEndpoint, p.source, now)
+			if ep.n == 0 {
+				delete(hs.endpoints, tenant)
+			}
 			hs.mu.Unlock()
 			return false
 		}
 		hs.dropLocked(victim)
-		shed, why = append(shed, victim), append(why, shedPerEndpoint)
+		hs.noteLocked(shedPerEndpoint, victim.source, now)
+		shed = append(shed, victim)
 	}
 	p.endpoint = tenant
-	p.inEp = ep.add(p)
+	p.inEp = hs.endpoint(tenant).add(p)
 	hs.mu.Unlock()
-	hs.shed(shed, why, p.source)
+	closeAll(shed)
 	return true
 }
 
@@ -269,29 +291,30 @@ func (hs *handshakes) leave(p *pending) {
 
 // dropLocked stops counting p.
 func (hs *handshakes) dropLocked(p *pending) {
+	hs.unlinkLocked(p)
 	p.gone = true
-	hs.all.remove(p, p.inAll)
+}
+
+// unlinkLocked takes p out of every pool it is in.
+func (hs *handshakes) unlinkLocked(p *pending) {
+	if p.waiting {
+		hs.waiting.remove(p, p.inAll)
+	} else {
+		hs.all.remove(p, p.inAll)
+	}
+	p.inAll = nil
 	if p.inEp != nil {
 		ep := hs.endpoints[p.endpoint]
 		ep.remove(p, p.inEp)
 		if ep.n == 0 {
 			delete(hs.endpoints, p.endpoint)
 		}
-		p.inEp = nil
+		p.inEp, p.endpoint = nil, ""
 	}
 }
 
-// shed closes the connections dropped to make room, outside the lock.
-func (hs *handshakes) shed(ps []*pending, why []dropReason, newcomer string) {
-	if len(ps) == 0 {
-		return
-	}
-	now := hs.now()
-	hs.mu.Lock()
-	for i, p := range ps {
-		hs.noteLocked(why[i], p.source, now)
-	}
-	hs.mu.Unlock()
+// closeAll closes connections dropped to make room, outside the lock.
+func closeAll(ps []*pending) {
 	for _, p := range ps {
 		p.cancel()
 		p.conn.Close()
@@ -326,26 +349,25 @@ func (hs *handshakes) close() {
 	hs.mu.Lock()
 	hs.closed = true
 	var ps []*pending
-	for _, sq := range hs.all.sources {
-		for e := sq.q.Front(); e != nil; e = e.Next() {
-			ps = append(ps, e.Value.(*pending))
+	for _, pl := range []*pool{&hs.all, &hs.waiting} {
+		for _, sq := range pl.sources {
+			for e := sq.q.Front(); e != nil; e = e.Next() {
+				ps = append(ps, e.Value.(*pending))
+			}
 		}
 	}
 	for _, p := range ps {
 		hs.dropLocked(p)
 	}
 	hs.mu.Unlock()
-	for _, p := range ps {
-		p.cancel()
-		p.conn.Close()
-	}
+	closeAll(ps)
 }
 
 // count is the number of connections in handshake.
 func (hs *handshakes) count() int {
 	hs.mu.Lock()
 	defer hs.mu.Unlock()
-	return hs.all.n
+	return hs.all.n + hs.waiting.n
 }
 
 // drops returns how many connections were refused or shed, by reason,
@@ -477,12 +499,15 @@ func (g *gate) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		p, ok := g.hs.enter(c, physical(c).RemoteAddr())
+		provisional := transport.HeaderPending(c)
+		p, ok := g.hs.enter(c, physical(c).RemoteAddr(), provisional)
 		if !ok {
 			c.Close()
 			continue
 		}
-		return &gatedConn{Conn: c, p: p, hs: g.hs}, nil
+		gc := &gatedConn{Conn: c, p: p, hs: g.hs}
+		gc.rekeyed.Store(!provisional)
+		return gc, nil
 	}
 }
 
@@ -490,8 +515,23 @@ func (g *gate) Accept() (net.Conn, error) {
 // handshake or it closes.
 type gatedConn struct {
 	net.Conn
-	p  *pending
-	hs *handshakes
+	p       *pending
+	hs      *handshakes
+	rekeyed atomic.Bool // counted under its own address, not its balancer's
+}
+
+// Read moves the count to the device's address once the first read has
+// read its PROXY header.
+func (c *gatedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if !c.rekeyed.Load() && !transport.HeaderPending(c.Conn) {
+		c.rekeyed.Store(true)
+		if !c.hs.rekey(c.p, c.Conn.RemoteAddr()) {
+			c.Conn.Close()
+			return 0, net.ErrClosed
+		}
+	}
+	return n, err
 }
 
 func (c *gatedConn) Close() error {

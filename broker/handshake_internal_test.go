@@ -42,7 +42,8 @@ func newHandshakeTable(t *testing.T, max, perAddress, perEndpoint int) *handshak
 func (tb *handshakeTable) enter(name, ip string) bool {
 	tb.clock = tb.clock.Add(time.Millisecond)
 	c := &fakeConn{name: name}
-	p, ok := tb.hs.enter(c, tcpAddr(ip))
+	provisional := strings.HasPrefix(ip, "via ")
+	p, ok := tb.hs.enter(c, tcpAddr(strings.TrimPrefix(ip, "via ")), provisional)
 	tb.conns[name] = c
 	if ok {
 		tb.ps[name] = p
@@ -202,11 +203,21 @@ func TestHandshakesRekey(t *testing.T) {
 	if tb.hs.rekey(tb.ps["lb1"], tcpAddr("192.0.2.9")) {
 		t.Error("rekey onto a full address accepted")
 	}
-	if tb.hs.rekey(tb.ps["lb1"], tcpAddr("198.51.100.2")) {
-		t.Error("rekey of a refused connection accepted")
-	}
 	if n := tb.hs.count(); n != 4 {
 		t.Errorf("count %d, want 4 (x0, x1, lb0, lb2)", n)
+	}
+	// Before its PROXY header is read a connection counts only in all,
+	// under its balancer's address: many may wait at once.
+	for i := range 5 {
+		if !tb.enter(fmt.Sprintf("via%d", i), "via 10.0.0.2") {
+			t.Errorf("via%d refused: no per-address bound applies before the header", i)
+		}
+	}
+	if !tb.hs.rekey(tb.ps["via0"], tcpAddr("10.0.0.2")) || !tb.hs.rekey(tb.ps["via1"], tcpAddr("10.0.0.2")) {
+		t.Error("a balancer's own health checks (no address in the header) refused under the bound")
+	}
+	if tb.hs.rekey(tb.ps["via2"], tcpAddr("10.0.0.2")) {
+		t.Error("a third under the balancer's own address accepted over the bound of 2")
 	}
 }
 

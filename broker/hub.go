@@ -256,7 +256,7 @@ func (h *Hub) ticket(conn net.Conn) *pending {
 		return g.p
 	}
 	phys := physical(conn)
-	p, ok := h.hs.enter(phys, phys.RemoteAddr())
+	p, ok := h.hs.enter(phys, phys.RemoteAddr(), transport.HeaderPending(conn))
 	if !ok {
 		return nil
 	}
