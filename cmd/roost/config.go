@@ -28,6 +28,12 @@ type config struct {
 	TokenTTL    time.Duration
 	// ConnectTimeout bounds the wait for a device's CONNECT.
 	ConnectTimeout time.Duration
+	// MaxHandshakes bounds the device connections not yet past their
+	// CONNECT; HandshakesPerAddress and HandshakesPerEndpoint bound those
+	// from one source address and to one tenant's endpoint.
+	MaxHandshakes         int
+	HandshakesPerAddress  int
+	HandshakesPerEndpoint int
 	// InstanceIdle is how long a tenant broker with nothing in it stays up.
 	InstanceIdle time.Duration
 	// SessionStore keeps persistent sessions: embedded, memory, redis or hbase.
@@ -94,7 +100,7 @@ type setting struct {
 	name  string // flag name; the variable is ROOST_ + upper-case name with _
 	usage string
 	def   string
-	dest  any // *string, *time.Duration or *bool
+	dest  any // *string, *time.Duration, *bool or *int
 }
 
 func (c *config) settings() []setting {
@@ -108,6 +114,9 @@ func (c *config) settings() []setting {
 		{"log-format", "text or json", "text", &c.LogFormat},
 		{"token-ttl", "lifetime of a console session token", "12h", &c.TokenTTL},
 		{"connect-timeout", "how long a new MQTT connection may take to send CONNECT", "10s", &c.ConnectTimeout},
+		{"max-handshakes", "device connections not yet past their CONNECT, in all; when all are taken the oldest of the address holding the most is closed for a newcomer", "10000", &c.MaxHandshakes},
+		{"max-handshakes-per-address", "device connections not yet past their CONNECT from one source address (IPv6: one /64); raise it for large fleets behind one NAT or a balancer without PROXY protocol", "256", &c.HandshakesPerAddress},
+		{"max-handshakes-per-endpoint", "device connections not yet past their CONNECT to one tenant's own endpoint (SNI <tenant>.<mqtt-domain>)", "2500", &c.HandshakesPerEndpoint},
 		{"instance-idle", "how long a tenant's broker with no connections, sessions or retained messages stays up", "5m", &c.InstanceIdle},
 		{"session-store", "where persistent sessions live: embedded (Pebble in the data dir), memory, redis or hbase", "embedded", &c.SessionStore},
 		{"redis-url", "redis://host:port/db for the redis session store", "", &c.RedisURL},
@@ -168,6 +177,12 @@ func parseConfig(name string, args []string, getenv func(string) string) (*confi
 				return nil, fmt.Errorf("%s: %q is not true or false", envName(s.name), v)
 			}
 			fs.BoolVar(d, s.name, b, usage)
+		case *int:
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %q is not a whole number", envName(s.name), v)
+			}
+			fs.IntVar(d, s.name, n, usage)
 		}
 	}
 	if err := fs.Parse(args); err != nil {
@@ -246,6 +261,14 @@ func (c *config) Validate() error {
 	}
 	if c.ConnectTimeout < 100*time.Millisecond || c.ConnectTimeout > 5*time.Minute {
 		return errors.New("ROOST_CONNECT_TIMEOUT: must be between 100ms and 5m")
+	}
+	for _, b := range []struct {
+		name string
+		n    int
+	}{{"ROOST_MAX_HANDSHAKES", c.MaxHandshakes}, {"ROOST_MAX_HANDSHAKES_PER_ADDRESS", c.HandshakesPerAddress}, {"ROOST_MAX_HANDSHAKES_PER_ENDPOINT", c.HandshakesPerEndpoint}} {
+		if b.n < 1 || b.n > 1_000_000 {
+			return fmt.Errorf("%s: must be between 1 and 1000000", b.name)
+		}
 	}
 	if c.InstanceIdle < time.Second {
 		return errors.New("ROOST_INSTANCE_IDLE: must be at least 1s")
