@@ -178,12 +178,7 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 			Changes:        store.Changes(),
 			Log:            log,
 			ConnectTimeout: c.ConnectTimeout,
-			MaxHandshakes:  c.MaxHandshakes,
-			// The per-address and per-endpoint bounds of connections in
-			// handshake (README: Security limits).
-			HandshakesPerAddress:  c.HandshakesPerAddress,
-			HandshakesPerEndpoint: c.HandshakesPerEndpoint,
-			IdleTimeout:           c.InstanceIdle,
+			IdleTimeout:    c.InstanceIdle,
 			Domain:         c.MQTTDomain,
 			// The drain must not fire every device's Will unless asked to.
 			WillsOnShutdown: c.ShutdownWills,
@@ -191,6 +186,9 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 		if member != nil {
 			cfg.Cluster = member
 		}
+		// The bounds of connections not yet past CONNECT (README: Security
+		// limits).
+		cfg.MaxHandshakes, cfg.HandshakesPerAddress, cfg.HandshakesPerEndpoint = c.MaxHandshakes, c.HandshakesPerAddress, c.HandshakesPerEndpoint
 		hub, err = broker.New(cfg)
 		if err != nil {
 			return err
