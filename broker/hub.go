@@ -19,7 +19,6 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/events"
-	"github.com/roosthub/roost/internal/throttle"
 	"github.com/roosthub/roost/tenants"
 	"github.com/roosthub/roost/transport"
 )
@@ -97,10 +96,8 @@ type Hub struct {
 	dir *directoryCache
 	now func() time.Time
 
-	// Authentication failures are throttled per source address and per
-	// username.
-	authPerIP   *throttle.Limiter
-	authPerUser *throttle.Limiter
+	// auth slows down failed authentications.
+	auth *authLimit
 
 	hs        *handshakes
 	changes   chan tenants.Change
@@ -132,13 +129,6 @@ type Hub struct {
 	// of theirs starts meanwhile.
 	releasing map[string]bool
 }
-
-// Authentication failures allowed before delays start, and per hour.
-const (
-	authFreePerIP   = 50
-	authFreePerUser = 10
-	authMaxPerHour  = 1000
-)
 
 // New starts the data plane; Serve gives it listeners.
 func New(cfg Config) (*Hub, error) {
@@ -180,20 +170,19 @@ func New(cfg Config) (*Hub, error) {
 		cfg.CacheSize = 100_000
 	}
 	h := &Hub{
-		cfg:         cfg,
-		log:         cfg.Log,
-		dir:         newDirectoryCache(cfg.Directory, cfg.CacheSize, cfg.CacheTTL, cfg.Now),
-		now:         cfg.Now,
-		authPerIP:   throttle.New(authFreePerIP, authMaxPerHour, cfg.Now),
-		authPerUser: throttle.New(authFreePerUser, authMaxPerHour, cfg.Now),
-		hs:          newHandshakes(cfg.MaxHandshakes, cfg.HandshakesPerAddress, cfg.HandshakesPerEndpoint, cfg.ConnectTimeout/2, cfg.Log),
-		changes:     make(chan tenants.Change, 1024),
-		eventPubs:   make(chan events.Event, 4096),
-		done:        make(chan struct{}),
-		instances:   map[string]*instance{},
-		seen:        map[deviceKey]time.Time{},
-		forwards:    map[net.Conn]struct{}{},
-		releasing:   map[string]bool{},
+		cfg:       cfg,
+		log:       cfg.Log,
+		dir:       newDirectoryCache(cfg.Directory, cfg.CacheSize, cfg.CacheTTL, cfg.Now),
+		now:       cfg.Now,
+		auth:      newAuthLimit(cfg.Now),
+		hs:        newHandshakes(cfg.MaxHandshakes, cfg.HandshakesPerAddress, cfg.HandshakesPerEndpoint, cfg.ConnectTimeout/2, cfg.Log),
+		changes:   make(chan tenants.Change, 1024),
+		eventPubs: make(chan events.Event, 4096),
+		done:      make(chan struct{}),
+		instances: map[string]*instance{},
+		seen:      map[deviceKey]time.Time{},
+		forwards:  map[net.Conn]struct{}{},
+		releasing: map[string]bool{},
 	}
 	if cfg.Changes != nil {
 		h.cancelSub = cfg.Changes.Subscribe(h.onChange)
@@ -338,8 +327,10 @@ func (h *Hub) handle(conn net.Conn, p *pending) {
 	// One deadline, reads and writes, covers what comes before the
 	// CONNECT: a PROXY or forwarding header, the TLS handshake (a TLS
 	// listener's connection does it on its first read; it is done here
-	// to learn its endpoint), the CONNECT.
+	// to learn its endpoint), the CONNECT. A throttled failure is answered
+	// by then too.
 	conn.SetDeadline(h.now().Add(h.cfg.ConnectTimeout))
+	answerBy := time.Now().Add(h.cfg.ConnectTimeout)
 	if !h.hs.rekey(p, conn.RemoteAddr()) {
 		conn.Close()
 		return
@@ -377,7 +368,7 @@ func (h *Hub) handle(conn net.Conn, p *pending) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(p.ctx, h.cfg.ConnectTimeout)
-	inst, id, err := h.admit(ctx, conn, raw, pk)
+	inst, id, err := h.admit(ctx, conn, raw, pk, answerBy)
 	cancel()
 	if err != nil {
 		var ref refusal
@@ -398,20 +389,21 @@ func (h *Hub) handle(conn net.Conn, p *pending) {
 
 // admit authenticates a CONNECT and finds its tenant's broker, or returns
 // the refusal to send.
-func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.Packet) (*instance, identity, error) {
+//
+// Every credential is evaluated, whatever failed before it: a valid one is
+// never refused for others' failures. A failure past its streak's free
+// ones (see authLimit) is answered 0x9F, late — by answerBy at the latest,
+// when a silent connection would have been closed — and raises no event.
+func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.Packet, answerBy time.Time) (*instance, identity, error) {
 	remote := conn.RemoteAddr().String()
-	ip, _, _ := net.SplitHostPort(remote)
+	source := sourceOf(conn.RemoteAddr())
 	tenant, device, username, ok := h.deviceOf(conn, string(pk.Connect.Username))
 	if !ok {
-		h.log.Info("connect refused: malformed username, or one naming another tenant than the endpoint",
-			"remote", remote, "endpoint", transport.ServerName(conn))
-		return nil, identity{}, badCredentials
+		log := h.log.With("remote", remote, "endpoint", transport.ServerName(conn))
+		return nil, identity{}, h.authFailed(ctx, log, string(pk.Connect.Username), source, answerBy,
+			"connect refused: malformed username, or one naming another tenant than the endpoint")
 	}
 	log := h.log.With("tenant", tenant, "device", device, "remote", remote)
-	if wait := max(h.authPerIP.Wait(ip), h.authPerUser.Wait(username)); wait > 0 {
-		log.Info("connect refused: too many failed attempts", "retry_in", wait)
-		return nil, identity{}, authThrottled
-	}
 	t, d, cred, ok, err := h.credentials(ctx, conn, tenant, device, pk.Connect.Password)
 	if err != nil {
 		return nil, identity{}, err
@@ -426,15 +418,19 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 		return nil, identity{}, r
 	}
 	if !ok {
-		h.authPerIP.Count(ip)
-		h.authPerUser.Count(username)
 		if cred.why != "" {
 			log = log.With("detail", cred.why)
 		}
-		log.Info("connect refused: bad credentials")
+		err := h.authFailed(ctx, log, username, source, answerBy, "connect refused: bad credentials")
+		if errors.Is(err, authThrottled) {
+			if t.Slug != "" {
+				h.meterOf(tenant).authFailures.Add(1)
+			}
+			return nil, identity{}, err
+		}
 		return refuse(badCredentials)
 	}
-	h.authPerUser.Reset(username)
+	h.auth.succeeded(username, source)
 	if t.Suspended {
 		log.Info("connect refused: tenant suspended")
 		return refuse(tenantSuspended)
@@ -481,6 +477,35 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 		}
 	}
 	return inst, id, nil
+}
+
+// authFailed counts a failed authentication of username from source and
+// returns its refusal: badCredentials while its streaks are within their
+// free failures; else authThrottled, once the delay is over (or answerBy,
+// or the connection was shed). Only a streak's first throttled failure is
+// logged above debug.
+func (h *Hub) authFailed(ctx context.Context, log *slog.Logger, username, source string, answerBy time.Time, msg string) error {
+	delay, first := h.auth.fail(username, source)
+	if delay == 0 {
+		log.Info(msg)
+		return badCredentials
+	}
+	delay = min(delay, time.Until(answerBy))
+	if first {
+		log.Info(msg+"; too many failed attempts: this one and the next are answered late with 0x9F", "delay", delay)
+	} else {
+		log.Debug(msg+"; too many failed attempts", "delay", delay)
+	}
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		case <-h.done:
+		}
+		t.Stop()
+	}
+	return authThrottled
 }
 
 // deviceOf is the tenant and device a CONNECT's username names, with the
