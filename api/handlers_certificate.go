@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"net/http"
 
 	"github.com/go-chi/chi/v5"
@@ -45,6 +46,11 @@ func handleCACreate(cs certificateStore) handler {
 			return err
 		}
 		ca, err := cs.CreateCA(r.Context(), chi.URLParam(r, "tenant"), in)
+		if errors.Is(err, tenants.ErrCAInUse) {
+			return errorf(http.StatusConflict, "ca_in_use", "this certificate authority belongs to another tenant: a CA is bound to the one tenant "+
+				"that registered it, since devices are named by their certificate's CN and one tenant's sensor-1 would pass as another's; "+
+				"use a CA of your own, or pin the devices' certificates (POST .../devices/{device}/certificates)")
+		}
 		if err != nil {
 			return err
 		}

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -53,8 +54,22 @@ func readConnect(r *bufio.Reader, maxSize int) ([]byte, packets.Packet, error) {
 	if err := decodeConnect(&pk, raw[len(header):]); err != nil {
 		return raw, pk, err
 	}
+	// MQTT allows a password of 0 bytes (3.1.1 §3.1.3.5, 5 §3.1.3.6), and
+	// a device proving itself with a certificate may send one; mochi calls
+	// it a protocol violation. It is validated, and replayed to mochi,
+	// without the flag: the broker has no use for a password the ingress
+	// already checked.
+	emptyPassword := pk.Connect.PasswordFlag && len(pk.Connect.Password) == 0
+	pk.Connect.PasswordFlag = pk.Connect.PasswordFlag && !emptyPassword
 	if code := pk.ConnectValidate(); code != packets.CodeSuccess {
 		return raw, pk, code
+	}
+	if emptyPassword {
+		var b bytes.Buffer
+		if err := pk.ConnectEncode(&b); err != nil {
+			return raw, pk, packets.ErrMalformedPassword
+		}
+		raw = b.Bytes()
 	}
 	return raw, pk, nil
 }
@@ -136,13 +151,22 @@ var (
 	serverUnavailable = refusal{0x88, 0x03, "server unavailable"}
 )
 
-// refusalFor maps a CONNECT that failed mochi's validation to a refusal.
+// refusalFor maps a CONNECT that failed mochi's decoding or validation to
+// a refusal. It matches mochi's codes whole: they share their bytes (every
+// protocol violation is 0x82), so matching the byte alone would give a
+// missing username the code of an unsupported protocol version.
 func refusalFor(code packets.Code) refusal {
-	switch code.Code {
-	case packets.ErrProtocolViolationProtocolVersion.Code, packets.ErrUnsupportedProtocolVersion.Code:
+	switch code {
+	case packets.ErrProtocolViolationProtocolName, packets.ErrProtocolViolationProtocolVersion, packets.ErrUnsupportedProtocolVersion:
 		return refusal{0x84, 0x01, code.Reason}
-	case packets.ErrClientIdentifierNotValid.Code:
+	case packets.ErrClientIdentifierNotValid, packets.ErrClientIdentifierTooLong:
 		return refusal{0x85, 0x02, code.Reason}
+	case packets.ErrProtocolViolationFlagNoUsername, packets.ErrMalformedUsername, packets.ErrMalformedPassword:
+		// A username or password announced by its flag but missing or cut
+		// short: MQTT 5 calls that a malformed packet; 3.1.1 has a code
+		// for it, "bad user name or password: the data in the user name
+		// or password is malformed".
+		return refusal{packets.ErrMalformedPacket.Code, 0x04, code.Reason}
 	}
 	return refusal{code.Code, 0x00, code.Reason}
 }

@@ -3,6 +3,7 @@ package broker
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -18,7 +19,6 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/events"
-	"github.com/roosthub/roost/internal/throttle"
 	"github.com/roosthub/roost/tenants"
 	"github.com/roosthub/roost/transport"
 )
@@ -43,8 +43,20 @@ type Config struct {
 	// IdleTimeout is how long an instance with nothing in it stays up: 5m
 	// if zero.
 	IdleTimeout time.Duration
-	// MaxHandshakes bounds connections not yet past CONNECT: 10,000 if zero.
+	// MaxHandshakes bounds connections not yet past CONNECT (a TLS
+	// handshake, a PROXY header, the CONNECT, its authentication): 10,000
+	// if zero. When they are all taken, the oldest handshake of the
+	// address holding the most is closed to make room (see handshakes).
 	MaxHandshakes int
+	// HandshakesPerAddress bounds those from one source address (an IPv6
+	// address's /64): 256 if zero. A fleet behind one NAT connects that
+	// many devices at once, and more as each handshake ends.
+	HandshakesPerAddress int
+	// HandshakesPerEndpoint bounds those that reached one tenant's own
+	// endpoint (SNI <tenant>.<Domain>): 2,500 if zero, a quarter of the
+	// default MaxHandshakes, so that a flood aimed at one tenant leaves
+	// the rest to the others.
+	HandshakesPerEndpoint int
 	// MaxWatches bounds a tenant's open live views (the console's), and
 	// MaxWatchesEach one person's: 20 and 3 if zero.
 	MaxWatches, MaxWatchesEach int
@@ -87,16 +99,14 @@ type Hub struct {
 	dir *directoryCache
 	now func() time.Time
 
-	// Authentication failures are throttled per source address and per
-	// username.
-	authPerIP   *throttle.Limiter
-	authPerUser *throttle.Limiter
+	// auth slows down failed authentications.
+	auth *authLimit
 
-	handshakes chan struct{}
-	changes    chan tenants.Change
-	cancelSub  func()
-	done       chan struct{}
-	wg         sync.WaitGroup
+	hs        *handshakes
+	changes   chan tenants.Change
+	cancelSub func()
+	done      chan struct{}
+	wg        sync.WaitGroup
 
 	eventPubs     chan events.Event
 	eventsDropped atomic.Int64
@@ -112,7 +122,6 @@ type Hub struct {
 	mu        sync.Mutex
 	instances map[string]*instance
 	listeners []net.Listener
-	pending   map[net.Conn]struct{} // connections in handshake, closed by Close
 	closed    bool
 	// forwards are the connections forwarded to other nodes; forwardsGone
 	// is closed when the last one ends while the hub closes.
@@ -123,13 +132,6 @@ type Hub struct {
 	// of theirs starts meanwhile.
 	releasing map[string]bool
 }
-
-// Authentication failures allowed before delays start, and per hour.
-const (
-	authFreePerIP   = 50
-	authFreePerUser = 10
-	authMaxPerHour  = 1000
-)
 
 // New starts the data plane; Serve gives it listeners.
 func New(cfg Config) (*Hub, error) {
@@ -161,6 +163,12 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.MaxHandshakes == 0 {
 		cfg.MaxHandshakes = 10_000
 	}
+	if cfg.HandshakesPerAddress == 0 {
+		cfg.HandshakesPerAddress = 256
+	}
+	if cfg.HandshakesPerEndpoint == 0 {
+		cfg.HandshakesPerEndpoint = 2_500
+	}
 	if cfg.MaxWatches == 0 {
 		cfg.MaxWatches = 20
 	}
@@ -171,21 +179,19 @@ func New(cfg Config) (*Hub, error) {
 		cfg.CacheSize = 100_000
 	}
 	h := &Hub{
-		cfg:         cfg,
-		log:         cfg.Log,
-		dir:         newDirectoryCache(cfg.Directory, cfg.CacheSize, cfg.CacheTTL, cfg.Now),
-		now:         cfg.Now,
-		authPerIP:   throttle.New(authFreePerIP, authMaxPerHour, cfg.Now),
-		authPerUser: throttle.New(authFreePerUser, authMaxPerHour, cfg.Now),
-		handshakes:  make(chan struct{}, cfg.MaxHandshakes),
-		changes:     make(chan tenants.Change, 1024),
-		eventPubs:   make(chan events.Event, 4096),
-		done:        make(chan struct{}),
-		instances:   map[string]*instance{},
-		seen:        map[deviceKey]time.Time{},
-		pending:     map[net.Conn]struct{}{},
-		forwards:    map[net.Conn]struct{}{},
-		releasing:   map[string]bool{},
+		cfg:       cfg,
+		log:       cfg.Log,
+		dir:       newDirectoryCache(cfg.Directory, cfg.CacheSize, cfg.CacheTTL, cfg.Now),
+		now:       cfg.Now,
+		auth:      newAuthLimit(cfg.Now),
+		hs:        newHandshakes(cfg.MaxHandshakes, cfg.HandshakesPerAddress, cfg.HandshakesPerEndpoint, cfg.ConnectTimeout/2, cfg.Log),
+		changes:   make(chan tenants.Change, 1024),
+		eventPubs: make(chan events.Event, 4096),
+		done:      make(chan struct{}),
+		instances: map[string]*instance{},
+		seen:      map[deviceKey]time.Time{},
+		forwards:  map[net.Conn]struct{}{},
+		releasing: map[string]bool{},
 	}
 	if cfg.Changes != nil {
 		h.cancelSub = cfg.Changes.Subscribe(h.onChange)
@@ -231,9 +237,28 @@ func (h *Hub) Serve(ln net.Listener) error {
 			return fmt.Errorf("accept: %w", err)
 		}
 		backoff = 0
+		p := h.ticket(conn)
+		if p == nil {
+			conn.Close()
+			continue
+		}
 		h.wg.Add(1)
-		go h.handle(conn)
+		go h.handle(conn, p)
 	}
+}
+
+// ticket counts a connection as in handshake, or returns nil if it is
+// refused: the count a gate below it started, or a new one.
+func (h *Hub) ticket(conn net.Conn) *pending {
+	if g := gatedBelow(conn); g != nil {
+		return g.p
+	}
+	phys := physical(conn)
+	p, ok := h.hs.enter(phys, phys.RemoteAddr(), transport.HeaderPending(conn))
+	if !ok {
+		return nil
+	}
+	return p
 }
 
 // ServeConn serves one device connection that arrived some other way than
@@ -247,7 +272,13 @@ func (h *Hub) ServeConn(conn net.Conn) {
 	}
 	h.wg.Add(1)
 	h.mu.Unlock()
-	h.handle(conn)
+	p := h.ticket(conn)
+	if p == nil {
+		h.wg.Done()
+		conn.Close()
+		return
+	}
+	h.handle(conn, p)
 }
 
 // Close stops accepting, disconnects every client and stops every instance.
@@ -263,10 +294,8 @@ func (h *Hub) Close() error {
 	for _, ln := range h.listeners {
 		ln.Close()
 	}
-	for c := range h.pending {
-		c.Close()
-	}
 	h.mu.Unlock()
+	h.hs.close()
 	if h.cfg.Cluster != nil {
 		h.endForwards()
 	}
@@ -290,9 +319,10 @@ func (h *Hub) Close() error {
 	return nil
 }
 
-// handle takes a connection from accept to its tenant's broker. A panic
-// while admitting it closes that connection alone.
-func (h *Hub) handle(conn net.Conn) {
+// handle takes a connection from accept to its tenant's broker; p counts
+// it as in handshake until then. A panic while admitting it closes that
+// connection alone.
+func (h *Hub) handle(conn net.Conn, p *pending) {
 	defer h.wg.Done()
 	defer func() {
 		if v := recover(); v != nil {
@@ -300,47 +330,45 @@ func (h *Hub) handle(conn net.Conn) {
 			conn.Close()
 		}
 	}()
-	select {
-	case h.handshakes <- struct{}{}:
-	default:
-		h.log.Warn("too many connections in handshake; closing one", "remote", conn.RemoteAddr().String())
-		conn.Close()
-		return
-	}
-	h.mu.Lock()
-	if h.closed {
-		h.mu.Unlock()
-		<-h.handshakes
-		conn.Close()
-		return
-	}
-	h.pending[conn] = struct{}{}
-	h.mu.Unlock()
-	inHandshake := true
-	endHandshake := func() {
-		if inHandshake {
-			h.mu.Lock()
-			delete(h.pending, conn)
-			h.mu.Unlock()
-			<-h.handshakes
-			inHandshake = false
-		}
-	}
+	endHandshake := func() { h.hs.leave(p) }
 	defer endHandshake()
 
-	conn.SetReadDeadline(h.now().Add(h.cfg.ConnectTimeout))
+	// One deadline, reads and writes, covers what comes before the
+	// CONNECT: a PROXY or forwarding header, the TLS handshake (a TLS
+	// listener's connection does it on its first read; it is done here
+	// to learn its endpoint), the CONNECT. A throttled failure is answered
+	// by then too.
+	conn.SetDeadline(h.now().Add(h.cfg.ConnectTimeout))
+	answerBy := time.Now().Add(h.cfg.ConnectTimeout)
+	if !h.hs.rekey(p, conn.RemoteAddr()) {
+		conn.Close()
+		return
+	}
+	if tc, ok := conn.(*tls.Conn); ok {
+		if err := tc.HandshakeContext(p.ctx); err != nil {
+			h.log.Debug("TLS handshake failed", "remote", conn.RemoteAddr().String(), "err", err)
+			conn.Close()
+			return
+		}
+	}
+	if ep := transport.TenantFromServerName(transport.ServerName(conn), h.cfg.Domain); ep != "" && !h.hs.enterEndpoint(p, ep) {
+		conn.Close()
+		return
+	}
 	r := bufio.NewReaderSize(conn, 4096)
 	raw, pk, err := readConnect(r, h.cfg.MaxConnectSize)
 	var code packets.Code
 	switch {
 	case errors.As(err, &code):
 		ref := refusalFor(code)
-		h.log.Info("malformed CONNECT", "remote", conn.RemoteAddr().String(), "reason", ref.String())
+		h.log.Debug("malformed CONNECT", "remote", conn.RemoteAddr().String(), "reason", ref.String())
 		writeConnack(conn, pk.ProtocolVersion, ref)
 		conn.Close()
 		return
 	case err != nil:
-		h.log.Info("no CONNECT", "remote", conn.RemoteAddr().String(), "err", err)
+		// Debug: a flood of silent sockets must not flood the log (the
+		// handshake bounds log a summary).
+		h.log.Debug("no CONNECT", "remote", conn.RemoteAddr().String(), "err", err)
 		conn.Close()
 		return
 	}
@@ -348,8 +376,8 @@ func (h *Hub) handle(conn net.Conn) {
 	if h.cfg.Cluster != nil && h.route(conn, r, raw, pk, endHandshake) {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.ConnectTimeout)
-	inst, id, err := h.admit(ctx, conn, raw, pk)
+	ctx, cancel := context.WithTimeout(p.ctx, h.cfg.ConnectTimeout)
+	inst, id, err := h.admit(ctx, conn, raw, pk, answerBy)
 	cancel()
 	if err != nil {
 		var ref refusal
@@ -357,32 +385,34 @@ func (h *Hub) handle(conn net.Conn) {
 			h.log.Error("admit connection", "remote", conn.RemoteAddr().String(), "err", err)
 			ref = serverUnavailable
 		}
+		conn.SetWriteDeadline(time.Now().Add(h.cfg.WriteTimeout))
 		writeConnack(conn, pk.ProtocolVersion, ref)
 		conn.Close()
 		return
 	}
 	defer h.releaseConn(inst)
-	conn.SetReadDeadline(time.Time{})
+	conn.SetDeadline(time.Time{})
 	endHandshake()
 	inst.serve(newDeviceConn(conn, r, raw, id, inst, h.cfg.WriteTimeout))
 }
 
 // admit authenticates a CONNECT and finds its tenant's broker, or returns
 // the refusal to send.
-func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.Packet) (*instance, identity, error) {
+//
+// Every credential is evaluated, whatever failed before it: a valid one is
+// never refused for others' failures. A failure past its streak's free
+// ones (see authLimit) is answered 0x9F, late — by answerBy at the latest,
+// when a silent connection would have been closed — and raises no event.
+func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.Packet, answerBy time.Time) (*instance, identity, error) {
 	remote := conn.RemoteAddr().String()
-	ip, _, _ := net.SplitHostPort(remote)
+	source := sourceOf(conn.RemoteAddr())
 	tenant, device, username, ok := h.deviceOf(conn, string(pk.Connect.Username))
 	if !ok {
-		h.log.Info("connect refused: malformed username, or one naming another tenant than the endpoint",
-			"remote", remote, "endpoint", transport.ServerName(conn))
-		return nil, identity{}, badCredentials
+		log := h.log.With("remote", remote, "endpoint", transport.ServerName(conn))
+		return nil, identity{}, h.authFailed(ctx, log, string(pk.Connect.Username), source, answerBy,
+			"connect refused: malformed username, or one naming another tenant than the endpoint")
 	}
 	log := h.log.With("tenant", tenant, "device", device, "remote", remote)
-	if wait := max(h.authPerIP.Wait(ip), h.authPerUser.Wait(username)); wait > 0 {
-		log.Info("connect refused: too many failed attempts", "retry_in", wait)
-		return nil, identity{}, authThrottled
-	}
 	t, d, cred, ok, err := h.credentials(ctx, conn, tenant, device, pk.Connect.Password)
 	if err != nil {
 		return nil, identity{}, err
@@ -397,15 +427,19 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 		return nil, identity{}, r
 	}
 	if !ok {
-		h.authPerIP.Count(ip)
-		h.authPerUser.Count(username)
 		if cred.why != "" {
 			log = log.With("detail", cred.why)
 		}
-		log.Info("connect refused: bad credentials")
+		err := h.authFailed(ctx, log, username, source, answerBy, "connect refused: bad credentials")
+		if errors.Is(err, authThrottled) {
+			if t.Slug != "" {
+				h.meterOf(tenant).authFailures.Add(1)
+			}
+			return nil, identity{}, err
+		}
 		return refuse(badCredentials)
 	}
-	h.authPerUser.Reset(username)
+	h.auth.succeeded(username, source)
 	if t.Suspended {
 		log.Info("connect refused: tenant suspended")
 		return refuse(tenantSuspended)
@@ -452,6 +486,35 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 		}
 	}
 	return inst, id, nil
+}
+
+// authFailed counts a failed authentication of username from source and
+// returns its refusal: badCredentials while its streaks are within their
+// free failures; else authThrottled, once the delay is over (or answerBy,
+// or the connection was shed). Only a streak's first throttled failure is
+// logged above debug.
+func (h *Hub) authFailed(ctx context.Context, log *slog.Logger, username, source string, answerBy time.Time, msg string) error {
+	delay, first := h.auth.fail(username, source)
+	if delay == 0 {
+		log.Info(msg)
+		return badCredentials
+	}
+	delay = min(delay, time.Until(answerBy))
+	if first {
+		log.Info(msg+"; too many failed attempts: this one and the next are answered late with 0x9F", "delay", delay)
+	} else {
+		log.Debug(msg+"; too many failed attempts", "delay", delay)
+	}
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		case <-h.done:
+		}
+		t.Stop()
+	}
+	return authThrottled
 }
 
 // deviceOf is the tenant and device a CONNECT's username names, with the
@@ -736,6 +799,9 @@ func (h *Hub) reapIdle() {
 		h.giveUp(inst.tenant)
 	}
 }
+
+// Handshakes is the number of connections not yet past their CONNECT.
+func (h *Hub) Handshakes() int { return h.hs.count() }
 
 // Instances is the number of running tenant brokers.
 func (h *Hub) Instances() int {

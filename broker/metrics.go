@@ -42,10 +42,12 @@ var (
 	descBrokers     = prometheus.NewDesc("roost_tenant_brokers", "Running tenant brokers.", nil, nil)
 	descForwarding  = prometheus.NewDesc("roost_forwarded_connections", "Device connections this node forwards to their tenant's home node.", nil, nil)
 	descForwarded   = prometheus.NewDesc("roost_forwards_total", "Device connections forwarded to their tenant's home node since the hub started.", nil, nil)
+	descHandshakes  = prometheus.NewDesc("roost_handshakes", "Device connections not yet past their CONNECT.", nil, nil)
+	descHSDropped   = prometheus.NewDesc("roost_handshakes_dropped_total", "Connections in handshake refused at a bound, or closed to make room, by reason.", []string{"reason"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded} {
+	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped} {
 		ch <- d
 	}
 }
@@ -109,6 +111,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descBrokers, prometheus.GaugeValue, float64(c.h.Instances()))
 	ch <- prometheus.MustNewConstMetric(descForwarding, prometheus.GaugeValue, float64(c.h.Forwards()))
 	ch <- prometheus.MustNewConstMetric(descForwarded, prometheus.CounterValue, float64(c.h.forwarded.Load()))
+	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.GaugeValue, float64(c.h.hs.count()))
+	for r, n := range c.h.hs.drops() {
+		ch <- prometheus.MustNewConstMetric(descHSDropped, prometheus.CounterValue, float64(n), dropReason(r).String())
+	}
 }
 
 func emit(ch chan<- prometheus.Metric, s tenantSample) {

@@ -108,24 +108,3 @@ func TestClientIDBinding(t *testing.T) {
 	eventually(t, 2*time.Second, "three gateway connections", func() bool { return len(s.hub.Connections("acme", "gateway")) == 3 })
 	_, _ = g1, g2
 }
-
-// TestAuthFailuresThrottled: after ten failures in a row for one username,
-// attempts are refused with 0x9F before the secret is looked at.
-func TestAuthFailuresThrottled(t *testing.T) {
-	s := newStack(t)
-	s.tenant("acme")
-	secret := s.device("acme", "d1")
-	for i := range 10 {
-		if got := refusedV5(t, s.addr, "acme/d1", "guess", "d1"); got != 0x86 {
-			t.Fatalf("guess %d: got 0x%02x, want 0x86", i, got)
-		}
-	}
-	if got := refusedV5(t, s.addr, "acme/d1", secret, "d1"); got != 0x9F {
-		t.Errorf("right secret after ten guesses: got 0x%02x, want 0x9F (throttled)", got)
-	}
-	if _, code, _ := dialV3(t, s.addr, "acme/d1", secret, "d1", true); code != 0x03 {
-		t.Errorf("3.1.1 while throttled: got 0x%02x, want 0x03", code)
-	}
-	// Another device of the same tenant is not affected.
-	mustV5(t, s.addr, "acme/d2", s.device("acme", "d2"), "d2")
-}

@@ -17,6 +17,12 @@ import (
 // and names the device (its subject common name is the device's name, or
 // it carries the URI SAN roost://<tenant>/<device>), or one pinned to the
 // device itself by certificate or SHA-256 fingerprint.
+//
+// A CA belongs to the one tenant that registered it (CreateCA refuses one
+// another tenant registered): a CN names a device, not its tenant, so two
+// tenants trusting one CA could each pass the other's certificates as
+// their own. A CA registered by several tenants before that rule is
+// Shared, and a certificate under it must carry the URI SAN.
 
 // MaxCAs and MaxDeviceCertificates bound what a tenant and a device hold.
 const (
@@ -32,6 +38,10 @@ type CA struct {
 	Certificate string    `json:"certificate"` // PEM
 	NotAfter    time.Time `json:"not_after"`
 	CreatedAt   time.Time `json:"created_at"`
+	// Shared says another tenant registered the same certificate too
+	// (before a CA was bound to one tenant): a certificate under it
+	// admits a device only by the URI SAN naming its tenant.
+	Shared bool `json:"-"`
 }
 
 // CAInput registers a CA certificate.
@@ -171,17 +181,25 @@ func VerifyDeviceCertificate(chain []*x509.Certificate, tenant, device string, c
 	if err != nil {
 		return CertificateCredential{}, fmt.Errorf("%w: %v", ErrBadCertificate, err)
 	}
-	if !namesDevice(leaf, tenant, device) {
+	byURI, byCN := namesDeviceByURI(leaf, tenant, device), leaf.Subject.CommonName == device
+	if !byURI && !byCN {
 		return CertificateCredential{}, fmt.Errorf("%w: it names %q, not the device", ErrBadCertificate, leaf.Subject.CommonName)
 	}
-	root := chains[0][len(chains[0])-1]
-	return CertificateCredential{Leaf: fp, CA: Fingerprint(root.Raw)}, nil
+	shared := map[string]bool{}
+	for _, ca := range cas {
+		shared[ca.Fingerprint] = ca.Shared
+	}
+	for _, chain := range chains {
+		root := Fingerprint(chain[len(chain)-1].Raw)
+		if byURI || !shared[root] {
+			return CertificateCredential{Leaf: fp, CA: root}, nil
+		}
+	}
+	return CertificateCredential{}, fmt.Errorf("%w: it names the device by CN alone, and its CA is registered by another tenant too: "+
+		"it must carry the URI SAN %s", ErrBadCertificate, DeviceURI(tenant, device))
 }
 
-func namesDevice(leaf *x509.Certificate, tenant, device string) bool {
-	if leaf.Subject.CommonName == device {
-		return true
-	}
+func namesDeviceByURI(leaf *x509.Certificate, tenant, device string) bool {
 	for _, u := range leaf.URIs {
 		if u.String() == DeviceURI(tenant, device) {
 			return true

@@ -4,9 +4,15 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+
+	"github.com/roosthub/roost/migrations"
 )
 
-// CreateCA registers a certificate authority for a tenant's devices.
+// CreateCA registers a certificate authority for a tenant's devices. A CA
+// belongs to the one tenant that registered it: one registered by another
+// tenant is refused with ErrCAInUse, since devices are named by their
+// certificate's CN and a certificate made for one tenant's sensor-1 would
+// pass as another's.
 func (s *Store) CreateCA(ctx context.Context, tenant string, in CAInput) (CA, error) {
 	ca, err := ParseCA(in, s.timestamp())
 	if err != nil {
@@ -16,6 +22,21 @@ func (s *Store) CreateCA(ctx context.Context, tenant string, in CAInput) (CA, er
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
 		if err := s.lockTenant(ctx, tx, tenant); err != nil {
 			return err
+		}
+		// Two tenants registering the same CA at once: the second waits
+		// here for the first to commit, then sees its row. (SQLite's
+		// transactions already run one at a time.)
+		if s.dialect == migrations.Postgres {
+			if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(hashtextextended($1, 0))`, "roost/tenant_cas/"+ca.Fingerprint); err != nil {
+				return err
+			}
+		}
+		var other int64
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM tenant_cas WHERE fingerprint = $1 AND tenant <> $2`, ca.Fingerprint, tenant).Scan(&other); err != nil {
+			return err
+		}
+		if other > 0 {
+			return ErrCAInUse
 		}
 		var n int64
 		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM tenant_cas WHERE tenant = $1`, tenant).Scan(&n); err != nil {
@@ -40,10 +61,18 @@ func (s *Store) CreateCA(ctx context.Context, tenant string, in CAInput) (CA, er
 	return ca, nil
 }
 
-// CAs lists a tenant's certificate authorities, oldest first.
+// ErrCAInUse is CreateCA's error for a CA another tenant registered.
+var ErrCAInUse = fmt.Errorf("this certificate authority is registered by another tenant, and a CA belongs to one tenant "+
+	"(devices are named by their certificate's CN): use a CA of your own, or pin the devices' certificates: %w", ErrConflict)
+
+// CAs lists a tenant's certificate authorities, oldest first, each marked
+// Shared if another tenant registered it too (before a CA was bound to one
+// tenant).
 func (s *Store) CAs(ctx context.Context, tenant string) ([]CA, error) {
 	rows, err := s.db.QueryContext(ctx,
-		`SELECT id, subject, fingerprint, certificate, not_after, created_at FROM tenant_cas WHERE tenant = $1 ORDER BY created_at, id`, tenant)
+		`SELECT c.id, c.subject, c.fingerprint, c.certificate, c.not_after, c.created_at,
+		        EXISTS (SELECT 1 FROM tenant_cas o WHERE o.fingerprint = c.fingerprint AND o.tenant <> c.tenant)
+		   FROM tenant_cas c WHERE c.tenant = $1 ORDER BY c.created_at, c.id`, tenant)
 	if err != nil {
 		return nil, err
 	}
@@ -51,7 +80,7 @@ func (s *Store) CAs(ctx context.Context, tenant string) ([]CA, error) {
 	var cas []CA
 	for rows.Next() {
 		var c CA
-		if err := rows.Scan(&c.ID, &c.Subject, &c.Fingerprint, &c.Certificate, &c.NotAfter, &c.CreatedAt); err != nil {
+		if err := rows.Scan(&c.ID, &c.Subject, &c.Fingerprint, &c.Certificate, &c.NotAfter, &c.CreatedAt, &c.Shared); err != nil {
 			return nil, err
 		}
 		c.NotAfter, c.CreatedAt = c.NotAfter.UTC(), c.CreatedAt.UTC()

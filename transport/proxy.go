@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -52,6 +53,7 @@ type proxyConn struct {
 	fwd     Forwarded // what its header said
 
 	once   sync.Once
+	read   atomic.Bool // the header is read (or failed)
 	r      *bufio.Reader
 	remote net.Addr
 	err    error
@@ -83,7 +85,22 @@ func (c *proxyConn) header() {
 		c.mu.Lock()
 		c.Conn.SetReadDeadline(c.deadline)
 		c.mu.Unlock()
+		c.read.Store(true)
 	})
+}
+
+// HeaderPending reports whether c (or a connection it wraps) still has to
+// read a PROXY or forwarding header: until then its RemoteAddr waits for
+// the header, and the address its listener saw is the balancer's or the
+// forwarding node's, not the device's.
+func HeaderPending(c net.Conn) bool {
+	for c != nil {
+		if pc, ok := c.(*proxyConn); ok {
+			return !pc.read.Load()
+		}
+		c = Unwrap(c)
+	}
+	return false
 }
 
 func (c *proxyConn) SetReadDeadline(t time.Time) error {

@@ -163,3 +163,23 @@ func TenantFromServerName(name, domain string) string {
 	}
 	return tenant
 }
+
+// Unwrap returns the connection c is built on: a TLS connection's, a
+// WebSocket's, or that of one of this package's wrappers (or of any
+// connection with a NetConn method); nil when c wraps nothing known. The
+// ingress walks down with it to the connection a listener accepted.
+func Unwrap(c net.Conn) net.Conn {
+	switch v := c.(type) {
+	case *tls.Conn:
+		return v.NetConn()
+	case *peekedConn:
+		return v.Conn
+	case *wsConn:
+		return v.ws.NetConn()
+	case *proxyConn:
+		return v.Conn
+	case interface{ NetConn() net.Conn }:
+		return v.NetConn()
+	}
+	return nil
+}

@@ -29,6 +29,12 @@ type config struct {
 	TokenTTL    time.Duration
 	// ConnectTimeout bounds the wait for a device's CONNECT.
 	ConnectTimeout time.Duration
+	// MaxHandshakes bounds the device connections not yet past their
+	// CONNECT; HandshakesPerAddress and HandshakesPerEndpoint bound those
+	// from one source address and to one tenant's endpoint.
+	MaxHandshakes         int
+	HandshakesPerAddress  int
+	HandshakesPerEndpoint int
 	// InstanceIdle is how long a tenant broker with nothing in it stays up.
 	InstanceIdle time.Duration
 	// SessionStore keeps persistent sessions: embedded, memory, redis or hbase.
@@ -121,6 +127,9 @@ func (c *config) settings() []setting {
 		{"log-format", "text or json", "text", &c.LogFormat},
 		{"token-ttl", "lifetime of a console session token", "12h", &c.TokenTTL},
 		{"connect-timeout", "how long a new MQTT connection may take to send CONNECT", "10s", &c.ConnectTimeout},
+		{"max-handshakes", "device connections not yet past their CONNECT, in all; when all are taken the oldest of the address holding the most is closed for a newcomer", "10000", &c.MaxHandshakes},
+		{"max-handshakes-per-address", "device connections not yet past their CONNECT from one source address (IPv6: one /64); raise it for large fleets behind one NAT or a balancer without PROXY protocol", "256", &c.HandshakesPerAddress},
+		{"max-handshakes-per-endpoint", "device connections not yet past their CONNECT to one tenant's own endpoint (SNI <tenant>.<mqtt-domain>)", "2500", &c.HandshakesPerEndpoint},
 		{"instance-idle", "how long a tenant's broker with no connections, sessions or retained messages stays up", "5m", &c.InstanceIdle},
 		{"session-store", "where persistent sessions live: embedded (Pebble in the data dir), memory, redis or hbase", "embedded", &c.SessionStore},
 		{"redis-url", "redis://host:port/db for the redis session store", "", &c.RedisURL},
@@ -269,6 +278,14 @@ func (c *config) Validate() error {
 	}
 	if c.ConnectTimeout < 100*time.Millisecond || c.ConnectTimeout > 5*time.Minute {
 		return errors.New("ROOST_CONNECT_TIMEOUT: must be between 100ms and 5m")
+	}
+	for _, b := range []struct {
+		name string
+		n    int
+	}{{"ROOST_MAX_HANDSHAKES", c.MaxHandshakes}, {"ROOST_MAX_HANDSHAKES_PER_ADDRESS", c.HandshakesPerAddress}, {"ROOST_MAX_HANDSHAKES_PER_ENDPOINT", c.HandshakesPerEndpoint}} {
+		if b.n < 1 || b.n > 1_000_000 {
+			return fmt.Errorf("%s: must be between 1 and 1000000", b.name)
+		}
 	}
 	if c.InstanceIdle < time.Second {
 		return errors.New("ROOST_INSTANCE_IDLE: must be at least 1s")

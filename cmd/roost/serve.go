@@ -186,6 +186,9 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 		if member != nil {
 			cfg.Cluster = member
 		}
+		// The bounds of connections not yet past CONNECT (README: Security
+		// limits).
+		cfg.MaxHandshakes, cfg.HandshakesPerAddress, cfg.HandshakesPerEndpoint = c.MaxHandshakes, c.HandshakesPerAddress, c.HandshakesPerEndpoint
 		hub, err = broker.New(cfg)
 		if err != nil {
 			return err
@@ -578,8 +581,13 @@ func startTransports(c *config, log *slog.Logger, hub *broker.Hub, stdout io.Wri
 		}
 		tlsConf = transport.ServerConfig(cert)
 	}
+	// The WebSocket listeners' connections, and those of a TLS port shared
+	// with them, do work (TLS, HTTP) before the hub sees them: they pass a
+	// gate below TLS that counts them as in handshake from accept. A
+	// connection kept alive without an upgrade stays counted, for at most
+	// the CONNECT timeout.
 	serveWeb := func(ln net.Listener) {
-		srv := &http.Server{Handler: transport.WebSocket(hub.ServeConn, log), ReadHeaderTimeout: c.ConnectTimeout,
+		srv := &http.Server{Handler: transport.WebSocket(hub.ServeConn, log), ReadHeaderTimeout: c.ConnectTimeout, IdleTimeout: c.ConnectTimeout,
 			ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 		go srv.Serve(ln)
 		closers = append(closers, func() { srv.Close() })
@@ -604,16 +612,15 @@ func startTransports(c *config, log *slog.Logger, hub *broker.Hub, stdout io.Wri
 		if err != nil {
 			return fail("ROOST_MQTT_TLS_ADDR", err)
 		}
-		tl := tls.NewListener(l, tlsConf)
 		if c.WSSAddr == c.MQTTTLSAddr {
-			m, w := transport.Split(tl, c.ConnectTimeout)
+			m, w := transport.Split(tls.NewListener(hub.Gate(l), tlsConf), c.ConnectTimeout)
 			serveMQTT(m, "mqtts")
 			serveWeb(w)
 			fmt.Fprintf(stdout, "MQTT over TLS on mqtts://%[1]s and over WebSocket on wss://%[1]s%[2]s%[3]s\n", displayAddr(l.Addr()), transport.WebSocketPath, trust)
 			endpoints = append(endpoints, web.Endpoint{Name: "MQTT over TLS", URL: "mqtts://" + displayAddr(l.Addr())},
 				web.Endpoint{Name: "WebSocket over TLS", URL: "wss://" + displayAddr(l.Addr()) + transport.WebSocketPath})
 		} else {
-			serveMQTT(tl, "mqtts")
+			serveMQTT(tls.NewListener(l, tlsConf), "mqtts")
 			fmt.Fprintf(stdout, "MQTT over TLS on mqtts://%s%s\n", displayAddr(l.Addr()), trust)
 			endpoints = append(endpoints, web.Endpoint{Name: "MQTT over TLS", URL: "mqtts://" + displayAddr(l.Addr())})
 		}
@@ -623,7 +630,7 @@ func startTransports(c *config, log *slog.Logger, hub *broker.Hub, stdout io.Wri
 		if err != nil {
 			return fail("ROOST_WSS_ADDR", err)
 		}
-		serveWeb(tls.NewListener(l, tlsConf))
+		serveWeb(tls.NewListener(hub.Gate(l), tlsConf))
 		fmt.Fprintf(stdout, "MQTT over WebSocket on wss://%s%s%s\n", displayAddr(l.Addr()), transport.WebSocketPath, trust)
 		endpoints = append(endpoints, web.Endpoint{Name: "WebSocket over TLS", URL: "wss://" + displayAddr(l.Addr()) + transport.WebSocketPath})
 	}
@@ -632,7 +639,7 @@ func startTransports(c *config, log *slog.Logger, hub *broker.Hub, stdout io.Wri
 		if err != nil {
 			return fail("ROOST_WS_ADDR", err)
 		}
-		serveWeb(l)
+		serveWeb(hub.Gate(l))
 		fmt.Fprintf(stdout, "MQTT over WebSocket on ws://%s%s\n", displayAddr(l.Addr()), transport.WebSocketPath)
 		endpoints = append(endpoints, web.Endpoint{Name: "WebSocket", URL: "ws://" + displayAddr(l.Addr()) + transport.WebSocketPath})
 	}

@@ -51,6 +51,13 @@ func testCertificates(t *testing.T, s *tenants.Store, reopen func() *tenants.Sto
 	if _, err := s.CreateCA(ctx, "acme", tenants.CAInput{Certificate: caPEM}); !errors.Is(err, tenants.ErrConflict) {
 		t.Errorf("the same CA twice: %v", err)
 	}
+	// A CA belongs to one tenant: another may not register it too.
+	if _, err := s.CreateCA(ctx, "other", tenants.CAInput{Certificate: caPEM}); !errors.Is(err, tenants.ErrCAInUse) || !errors.Is(err, tenants.ErrConflict) {
+		t.Errorf("another tenant registers acme's CA: got %v, want ErrCAInUse (a conflict)", err)
+	}
+	if cas, _ := s.CAs(ctx, "acme"); len(cas) != 1 || cas[0].Shared {
+		t.Errorf("acme's CAs after other's attempt: %+v, want the one, not shared", cas)
+	}
 	for name, pemText := range map[string]string{
 		"not a CA": newCertificate(t, "leaf", false, year),
 		"expired":  newCertificate(t, "old CA", true, time.Now().Add(-time.Minute)),
@@ -119,5 +126,36 @@ func testCertificates(t *testing.T, s *tenants.Store, reopen func() *tenants.Sto
 	}
 	if cas, _ := s.CAs(ctx, "acme"); len(cas) != 0 {
 		t.Errorf("CAs after delete: %+v", cas)
+	}
+	// Once acme no longer trusts it, the CA is free for another tenant.
+	if _, err := s.CreateCA(ctx, "other", tenants.CAInput{Certificate: caPEM}); err != nil {
+		t.Errorf("other registers the CA acme deleted: %v", err)
+	}
+
+	// Two tenants registering one CA at the same moment: exactly one
+	// gets it, however the transactions interleave.
+	for round := range 5 {
+		racePEM := newCertificate(t, "Race CA", true, year)
+		results := make(chan error, 2)
+		for _, tenant := range []string{"acme", "other"} {
+			go func() {
+				_, err := s.CreateCA(ctx, tenant, tenants.CAInput{Certificate: racePEM})
+				results <- err
+			}()
+		}
+		var won, lost int
+		for range 2 {
+			switch err := <-results; {
+			case err == nil:
+				won++
+			case errors.Is(err, tenants.ErrCAInUse):
+				lost++
+			default:
+				t.Errorf("round %d: %v", round, err)
+			}
+		}
+		if won != 1 || lost != 1 {
+			t.Errorf("round %d: %d tenants registered one CA at once, %d refused; want 1 and 1", round, won, lost)
+		}
 	}
 }

@@ -1,0 +1,20 @@
+package broker
+
+// EndpointHandshakes is the number of connections in handshake counted
+// against a tenant's endpoint.
+func EndpointHandshakes(h *Hub, tenant string) int {
+	h.hs.mu.Lock()
+	defer h.hs.mu.Unlock()
+	if ep := h.hs.endpoints[tenant]; ep != nil {
+		return ep.n
+	}
+	return 0
+}
+
+// SourceHandshakes is the number of connections in handshake counted
+// against a source address (once any PROXY header is read).
+func SourceHandshakes(h *Hub, addr string) int {
+	h.hs.mu.Lock()
+	defer h.hs.mu.Unlock()
+	return h.hs.all.count(addr)
+}

@@ -1,0 +1,566 @@
+package broker
+
+import (
+	"container/heap"
+	"container/list"
+	"context"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/roosthub/roost/transport"
+)
+
+// Connections in handshake — accepted, not yet past their CONNECT (a TLS
+// handshake, a PROXY header, a WebSocket upgrade, the CONNECT itself, its
+// authentication) — cost a socket, a goroutine and buffers while they may
+// be nobody's device at all. They are bounded three ways, so that one
+// address or one tenant's endpoint cannot take the slots everybody else
+// needs:
+//
+//   - per source address (an IPv6 address's /64: one host's share) — at
+//     the bound the newcomer is refused, unless the address's oldest
+//     handshake is stale (older than half the CONNECT timeout: no honest
+//     device takes that long), which is closed to make room;
+//   - per tenant endpoint (SNI <tenant>.<domain>, known once TLS is done)
+//     — at the bound the oldest handshake of the endpoint's heaviest
+//     address is closed if that address holds more than the newcomer's,
+//     else as above;
+//   - in all — likewise: the heaviest address pays, not the newcomer.
+//
+// Behind a balancer speaking the PROXY protocol (and on the forwarding
+// port) the address a connection comes from is the balancer's (the
+// forwarding node's) until its header is read: until then it waits in a
+// pool of its own, as large as the main one, where at the bound the
+// newcomer is refused unless the oldest is stale; once the header is read
+// it enters the main pool as a newcomer from the address the header
+// names.
+type handshakes struct {
+	max, perAddress, perEndpoint int
+	staleAfter                   time.Duration
+	log                          *slog.Logger
+	now                          func() time.Time // time.Now; tests set it
+
+	mu        sync.Mutex
+	closed    bool
+	all       pool             // connections in handshake whose address is known
+	waiting   pool             // those whose PROXY or forwarding header is not read yet, by the balancer's address
+	endpoints map[string]*pool // those that reached a tenant's endpoint, by tenant
+	dropped   [nDropReasons]int64
+	unlogged  [nDropReasons]int64
+	lastLog   time.Time
+}
+
+// dropReason is why a connection in handshake was refused or closed.
+type dropReason int
+
+const (
+	refusedPerAddress dropReason = iota
+	shedPerAddress
+	refusedPerEndpoint
+	shedPerEndpoint
+	refusedTotal
+	shedTotal
+	refusedAwaitingHeader
+	shedAwaitingHeader
+	nDropReasons
+)
+
+var dropReasonNames = [nDropReasons]string{"refused_per_address", "shed_per_address", "refused_per_endpoint", "shed_per_endpoint",
+	"refused_total", "shed_total", "refused_awaiting_header", "shed_awaiting_header"}
+
+func (r dropReason) String() string { return dropReasonNames[r] }
+
+func newHandshakes(max, perAddress, perEndpoint int, staleAfter time.Duration, log *slog.Logger) *handshakes {
+	return &handshakes{
+		max: max, perAddress: perAddress, perEndpoint: perEndpoint, staleAfter: staleAfter, log: log, now: time.Now,
+		all:       newPool(),
+		waiting:   newPool(),
+		endpoints: map[string]*pool{},
+	}
+}
+
+// pending is one connection in handshake.
+type pending struct {
+	source   string // the key of the address it comes from
+	endpoint string // the tenant endpoint it reached; "" if none
+	start    time.Time
+	// conn is what closing sheds it: the connection as accepted, below
+	// TLS, so that closing never waits on a TLS alert.
+	conn net.Conn
+	// ctx ends when the handshake is over or shed: what the connection
+	// waits on (its directory lookups, a delayed answer) ends with it.
+	ctx     context.Context
+	cancel  context.CancelFunc
+	inAll   *list.Element // its place in its source's queue in all (or waiting)
+	inEp    *list.Element // and in its endpoint's
+	waiting bool          // for its PROXY or forwarding header: in waiting, not all
+	gone    bool          // no longer counted
+}
+
+// sourceOf is the key under which an address's handshakes are counted:
+// the IPv4 address, or the /64 an IPv6 address is in (one host, or one
+// subscriber's network, holds a whole /64).
+func sourceOf(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	var ip net.IP
+	switch v := a.(type) {
+	case *net.TCPAddr:
+		ip = v.IP
+	default:
+		host, _, err := net.SplitHostPort(a.String())
+		if err != nil {
+			return a.String()
+		}
+		if ip = net.ParseIP(host); ip == nil {
+			return host
+		}
+	}
+	if ip4 := ip.To4(); ip4 != nil {
+		return ip4.String()
+	}
+	return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
+}
+
+// enter counts a new connection from addr, or refuses it (false: the
+// caller closes it). conn is the connection as accepted. provisional says
+// addr is a balancer's, until a PROXY header names the device's.
+func (hs *handshakes) enter(conn net.Conn, addr net.Addr, provisional bool) (*pending, bool) {
+	source := sourceOf(addr)
+	now := hs.now()
+	hs.mu.Lock()
+	if hs.closed {
+		hs.mu.Unlock()
+		return nil, false
+	}
+	var shed []*pending
+	var ok bool
+	if provisional {
+		shed, ok = hs.makeRoomLocked(&hs.waiting, source, now, -1, refusedAwaitingHeader, shedAwaitingHeader)
+	} else {
+		shed, ok = hs.makeRoomLocked(&hs.all, source, now, hs.perAddress, refusedTotal, shedTotal)
+	}
+	var p *pending
+	if ok {
+		ctx, cancel := context.WithCancel(context.Background())
+		p = &pending{source: source, start: now, conn: conn, ctx: ctx, cancel: cancel, waiting: provisional}
+		if provisional {
+			p.inAll = hs.waiting.add(p)
+		} else {
+			p.inAll = hs.all.add(p)
+		}
+	}
+	hs.mu.Unlock()
+	closeAll(shed)
+	return p, ok
+}
+
+// makeRoomLocked makes room in pl (all, or waiting) for a connection from
+// source, or says it is refused: at perAddress (-1: none) the source's
+// oldest is closed if stale; when pl is full, the victim victimLocked
+// picks. It returns what it dropped, to be closed outside the lock.
+func (hs *handshakes) makeRoomLocked(pl *pool, source string, now time.Time, perAddress int, refused, shedFull dropReason) ([]*pending, bool) {
+	var shed []*pending
+	if perAddress >= 0 && pl.count(source) >= perAddress {
+		old := pl.oldest(source)
+		if !hs.stale(old, now) {
+			hs.noteLocked(refusedPerAddress, source, now)
+			return shed, false
+		}
+		hs.dropLocked(old)
+		hs.noteLocked(shedPerAddress, source, now)
+		shed = append(shed, old)
+	}
+	if pl.n >= hs.max {
+		victim := hs.victimLocked(pl, source, now)
+		if victim == nil {
+			hs.noteLocked(refused, source, now)
+			return shed, false
+		}
+		hs.dropLocked(victim)
+		hs.noteLocked(shedFull, victim.source, now)
+		shed = append(shed, victim)
+	}
+	return shed, true
+}
+
+// victimLocked picks the connection to close so that one from source may
+// enter a full pool: the oldest of the heaviest address, if it holds
+// more than source does; else source's own oldest, if it is stale; else
+// none, and the newcomer is refused.
+func (hs *handshakes) victimLocked(pl *pool, source string, now time.Time) *pending {
+	if top := pl.heaviest(); top != nil && top.q.Len() > pl.count(source) {
+		return top.q.Front().Value.(*pending)
+	}
+	if old := pl.oldest(source); hs.stale(old, now) {
+		return old
+	}
+	return nil
+}
+
+func (hs *handshakes) stale(p *pending, now time.Time) bool {
+	return p != nil && now.Sub(p.start) >= hs.staleAfter
+}
+
+// rekey counts p under the address a PROXY or forwarding header named,
+// as a newcomer there; false if it is refused (the caller closes it).
+func (hs *handshakes) rekey(p *pending, addr net.Addr) bool {
+	source := sourceOf(addr)
+	now := hs.now()
+	hs.mu.Lock()
+	if p.gone || !p.waiting && source == p.source {
+		hs.mu.Unlock()
+		return true
+	}
+	endpoint := p.endpoint
+	hs.unlinkLocked(p)
+	shed, ok := hs.makeRoomLocked(&hs.all, source, now, hs.perAddress, refusedTotal, shedTotal)
+	if ok {
+		p.source, p.waiting = source, false
+		p.inAll = hs.all.add(p)
+		if endpoint != "" {
+			p.endpoint = endpoint
+			p.inEp = hs.endpoint(endpoint).add(p)
+		}
+	} else {
+		p.gone = true
+	}
+	hs.mu.Unlock()
+	closeAll(shed)
+	return ok
+}
+
+// endpoint is the pool of a tenant's endpoint, made if need be.
+func (hs *handshakes) endpoint(tenant string) *pool {
+	ep := hs.endpoints[tenant]
+	if ep == nil {
+		np := newPool()
+		ep = &np
+		hs.endpoints[tenant] = ep
+	}
+	return ep
+}
+
+// enterEndpoint counts p against the tenant endpoint it reached; false if
+// it is refused there (the caller closes it).
+func (hs *handshakes) enterEndpoint(p *pending, tenant string) bool {
+	now := hs.now()
+	hs.mu.Lock()
+	if p.gone || p.inEp != nil {
+		hs.mu.Unlock()
+		return true
+	}
+	ep := hs.endpoint(tenant)
+	var shed []*pending
+	if ep.n >= hs.perEndpoint {
+		victim := hs.victimLocked(ep, p.source, now)
+		if victim == nil {
+			hs.dropLocked(p)
+			hs.noteLocked(refusedPerEndpoint, p.source, now)
+			if ep.n == 0 {
+				delete(hs.endpoints, tenant)
+			}
+			hs.mu.Unlock()
+			return false
+		}
+		hs.dropLocked(victim)
+		hs.noteLocked(shedPerEndpoint, victim.source, now)
+		shed = append(shed, victim)
+	}
+	p.endpoint = tenant
+	p.inEp = hs.endpoint(tenant).add(p)
+	hs.mu.Unlock()
+	closeAll(shed)
+	return true
+}
+
+// leave stops counting p: its handshake is over, whatever the outcome. A
+// second leave does nothing.
+func (hs *handshakes) leave(p *pending) {
+	hs.mu.Lock()
+	if !p.gone {
+		hs.dropLocked(p)
+	}
+	hs.mu.Unlock()
+	p.cancel()
+}
+
+// dropLocked stops counting p.
+func (hs *handshakes) dropLocked(p *pending) {
+	hs.unlinkLocked(p)
+	p.gone = true
+}
+
+// unlinkLocked takes p out of every pool it is in.
+func (hs *handshakes) unlinkLocked(p *pending) {
+	if p.waiting {
+		hs.waiting.remove(p, p.inAll)
+	} else {
+		hs.all.remove(p, p.inAll)
+	}
+	p.inAll = nil
+	if p.inEp != nil {
+		ep := hs.endpoints[p.endpoint]
+		ep.remove(p, p.inEp)
+		if ep.n == 0 {
+			delete(hs.endpoints, p.endpoint)
+		}
+		p.inEp, p.endpoint = nil, ""
+	}
+}
+
+// closeAll closes connections dropped to make room, outside the lock.
+func closeAll(ps []*pending) {
+	for _, p := range ps {
+		p.cancel()
+		p.conn.Close()
+	}
+}
+
+// noteLocked counts a refusal or a shed connection, and logs the first
+// and then a summary at most once a minute: a flood is logged, one line
+// a minute, not one per connection.
+func (hs *handshakes) noteLocked(r dropReason, source string, now time.Time) {
+	hs.dropped[r]++
+	hs.unlogged[r]++
+	if now.Sub(hs.lastLog) < time.Minute {
+		return
+	}
+	hs.lastLog = now
+	attrs := []any{"last_source", source, "in_handshake", hs.all.n}
+	if top := hs.all.heaviest(); top != nil {
+		attrs = append(attrs, "heaviest_source", top.key, "heaviest_count", top.q.Len())
+	}
+	for i, n := range hs.unlogged {
+		if n > 0 {
+			attrs = append(attrs, dropReason(i).String(), n)
+		}
+	}
+	hs.unlogged = [nDropReasons]int64{}
+	hs.log.Warn("connections in handshake refused or closed to make room (a flood, or a bound too low; counts since the last such line)", attrs...)
+}
+
+// close sheds every connection in handshake and refuses new ones.
+func (hs *handshakes) close() {
+	hs.mu.Lock()
+	hs.closed = true
+	var ps []*pending
+	for _, pl := range []*pool{&hs.all, &hs.waiting} {
+		for _, sq := range pl.sources {
+			for e := sq.q.Front(); e != nil; e = e.Next() {
+				ps = append(ps, e.Value.(*pending))
+			}
+		}
+	}
+	for _, p := range ps {
+		hs.dropLocked(p)
+	}
+	hs.mu.Unlock()
+	closeAll(ps)
+}
+
+// count is the number of connections in handshake.
+func (hs *handshakes) count() int {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	return hs.all.n + hs.waiting.n
+}
+
+// drops returns how many connections were refused or shed, by reason,
+// since the start.
+func (hs *handshakes) drops() [nDropReasons]int64 {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	return hs.dropped
+}
+
+// pool is a set of connections in handshake grouped by source address,
+// which can name the address holding the most.
+type pool struct {
+	n       int
+	sources map[string]*sourceQueue
+	heap    sourceHeap
+}
+
+// sourceQueue is one address's connections in a pool, oldest first.
+type sourceQueue struct {
+	key   string
+	q     list.List // of *pending
+	index int       // in the pool's heap
+}
+
+func newPool() pool { return pool{sources: map[string]*sourceQueue{}} }
+
+func (pl *pool) count(source string) int {
+	if sq := pl.sources[source]; sq != nil {
+		return sq.q.Len()
+	}
+	return 0
+}
+
+func (pl *pool) oldest(source string) *pending {
+	if sq := pl.sources[source]; sq != nil {
+		return sq.q.Front().Value.(*pending)
+	}
+	return nil
+}
+
+// heaviest is the address holding the most connections (of those that
+// hold as many, the one with the oldest); nil if the pool is empty.
+func (pl *pool) heaviest() *sourceQueue {
+	if len(pl.heap) == 0 {
+		return nil
+	}
+	return pl.heap[0]
+}
+
+func (pl *pool) add(p *pending) *list.Element {
+	sq := pl.sources[p.source]
+	if sq == nil {
+		sq = &sourceQueue{key: p.source}
+		pl.sources[p.source] = sq
+		e := sq.q.PushBack(p)
+		heap.Push(&pl.heap, sq)
+		pl.n++
+		return e
+	}
+	e := sq.q.PushBack(p)
+	heap.Fix(&pl.heap, sq.index)
+	pl.n++
+	return e
+}
+
+func (pl *pool) remove(p *pending, e *list.Element) {
+	sq := pl.sources[p.source]
+	if sq == nil || e == nil {
+		return
+	}
+	sq.q.Remove(e)
+	pl.n--
+	if sq.q.Len() == 0 {
+		heap.Remove(&pl.heap, sq.index)
+		delete(pl.sources, p.source)
+		return
+	}
+	heap.Fix(&pl.heap, sq.index)
+}
+
+// sourceHeap orders addresses by how many connections they hold, most
+// first, then by their oldest connection, oldest first.
+type sourceHeap []*sourceQueue
+
+func (h sourceHeap) Len() int { return len(h) }
+func (h sourceHeap) Less(i, j int) bool {
+	a, b := h[i], h[j]
+	if a.q.Len() != b.q.Len() {
+		return a.q.Len() > b.q.Len()
+	}
+	return a.q.Front().Value.(*pending).start.Before(b.q.Front().Value.(*pending).start)
+}
+func (h sourceHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *sourceHeap) Push(x any) {
+	sq := x.(*sourceQueue)
+	sq.index = len(*h)
+	*h = append(*h, sq)
+}
+func (h *sourceHeap) Pop() any {
+	old := *h
+	sq := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return sq
+}
+
+// gate counts the connections a listener accepts as in handshake from the
+// moment they are accepted: see Hub.Gate.
+type gate struct {
+	net.Listener
+	hs *handshakes
+}
+
+// Gate returns ln counting each connection it accepts as in handshake at
+// once, bounded like the connections Serve accepts. Give it the listeners
+// whose connections do work before the hub sees them: below TLS on a port
+// shared with WebSocket (transport.Split does the TLS handshake itself),
+// and below the WebSocket servers (whose connections reach ServeConn only
+// after TLS and the HTTP upgrade). The count ends when the hub is done
+// with the handshake, or the connection is closed before.
+func (h *Hub) Gate(ln net.Listener) net.Listener { return &gate{Listener: ln, hs: h.hs} }
+
+func (g *gate) Accept() (net.Conn, error) {
+	for {
+		c, err := g.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		provisional := transport.HeaderPending(c)
+		p, ok := g.hs.enter(c, physical(c).RemoteAddr(), provisional)
+		if !ok {
+			c.Close()
+			continue
+		}
+		gc := &gatedConn{Conn: c, p: p, hs: g.hs}
+		gc.rekeyed.Store(!provisional)
+		return gc, nil
+	}
+}
+
+// gatedConn is a connection a gate counts until the hub is done with its
+// handshake or it closes.
+type gatedConn struct {
+	net.Conn
+	p       *pending
+	hs      *handshakes
+	rekeyed atomic.Bool // counted under its own address, not its balancer's
+}
+
+// Read moves the count to the device's address once the first read has
+// read its PROXY header.
+func (c *gatedConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if !c.rekeyed.Load() && !transport.HeaderPending(c.Conn) {
+		c.rekeyed.Store(true)
+		if !c.hs.rekey(c.p, c.Conn.RemoteAddr()) {
+			c.Conn.Close()
+			return 0, net.ErrClosed
+		}
+	}
+	return n, err
+}
+
+func (c *gatedConn) Close() error {
+	c.hs.leave(c.p)
+	return c.Conn.Close()
+}
+
+// NetConn is the connection the listener accepted.
+func (c *gatedConn) NetConn() net.Conn { return c.Conn }
+
+// gatedBelow finds the gate's count under a connection's wrappers.
+func gatedBelow(c net.Conn) *gatedConn {
+	for c != nil {
+		if g, ok := c.(*gatedConn); ok {
+			return g
+		}
+		c = transport.Unwrap(c)
+	}
+	return nil
+}
+
+// physical is the connection under every wrapper: the one to close to end
+// a connection at once, and whose address is known without reading.
+func physical(c net.Conn) net.Conn {
+	for {
+		next := transport.Unwrap(c)
+		if next == nil {
+			return c
+		}
+		c = next
+	}
+}

@@ -1,0 +1,266 @@
+package broker
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fakeConn is a connection that only knows whether it was closed.
+type fakeConn struct {
+	net.Conn
+	name   string
+	closed bool
+}
+
+func (c *fakeConn) Close() error { c.closed = true; return nil }
+
+func tcpAddr(ip string) net.Addr { return &net.TCPAddr{IP: net.ParseIP(ip), Port: 40000} }
+
+// handshakeTable drives a handshakes table with a settable clock.
+type handshakeTable struct {
+	t     *testing.T
+	hs    *handshakes
+	clock time.Time
+	conns map[string]*fakeConn
+	ps    map[string]*pending
+}
+
+func newHandshakeTable(t *testing.T, max, perAddress, perEndpoint int) *handshakeTable {
+	tb := &handshakeTable{t: t, clock: time.Unix(1_700_000_000, 0), conns: map[string]*fakeConn{}, ps: map[string]*pending{}}
+	tb.hs = newHandshakes(max, perAddress, perEndpoint, 5*time.Second, discardLog())
+	tb.hs.now = func() time.Time { return tb.clock }
+	return tb
+}
+
+// enter opens connection name from ip, one millisecond after the last.
+func (tb *handshakeTable) enter(name, ip string) bool {
+	tb.clock = tb.clock.Add(time.Millisecond)
+	c := &fakeConn{name: name}
+	provisional := strings.HasPrefix(ip, "via ")
+	p, ok := tb.hs.enter(c, tcpAddr(strings.TrimPrefix(ip, "via ")), provisional)
+	tb.conns[name] = c
+	if ok {
+		tb.ps[name] = p
+	}
+	return ok
+}
+
+// closed lists the connections the table closed so far (shed), by name;
+// those it refuses are the caller's to close.
+func (tb *handshakeTable) closed() []string {
+	var out []string
+	for n, c := range tb.conns {
+		if c.closed {
+			out = append(out, n)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func TestSourceOf(t *testing.T) {
+	for _, tc := range []struct {
+		addr net.Addr
+		want string
+	}{
+		{tcpAddr("192.0.2.7"), "192.0.2.7"},
+		{tcpAddr("::ffff:192.0.2.7"), "192.0.2.7"},
+		{tcpAddr("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::/64"},
+		{tcpAddr("2001:db8:1:2:ffff::1"), "2001:db8:1:2::/64"},
+		{&net.UnixAddr{Name: "@x", Net: "unix"}, "@x"},
+		{nil, ""},
+	} {
+		if got := sourceOf(tc.addr); got != tc.want {
+			t.Errorf("sourceOf(%v) = %q, want %q", tc.addr, got, tc.want)
+		}
+	}
+}
+
+// TestHandshakesPerAddress: an address at its bound has newcomers refused
+// while its handshakes are fresh, and its oldest closed once stale; other
+// addresses are not touched.
+func TestHandshakesPerAddress(t *testing.T) {
+	tb := newHandshakeTable(t, 100, 3, 100)
+	for i := range 3 {
+		if !tb.enter(fmt.Sprintf("a%d", i), "192.0.2.1") {
+			t.Fatalf("a%d refused under the bound", i)
+		}
+	}
+	if tb.enter("a3", "192.0.2.1") {
+		t.Error("a fourth from one address entered, want it refused (the others are fresh)")
+	}
+	if !tb.enter("b0", "192.0.2.2") {
+		t.Error("another address refused")
+	}
+	tb.clock = tb.clock.Add(6 * time.Second)
+	if !tb.enter("a4", "192.0.2.1") {
+		t.Error("a newcomer refused while the address's oldest is stale")
+	}
+	if got, want := tb.closed(), []string{"a0"}; !slices.Equal(got, want) {
+		t.Errorf("closed %v, want %v (shed as stale; the refused a3 is the caller's to close)", got, want)
+	}
+	if n := tb.hs.count(); n != 4 {
+		t.Errorf("count %d, want 4", n)
+	}
+	// Leaving frees a slot; a second leave changes nothing.
+	tb.hs.leave(tb.ps["a1"])
+	tb.hs.leave(tb.ps["a1"])
+	if !tb.enter("a5", "192.0.2.1") || tb.hs.count() != 4 {
+		t.Errorf("after a leave: count %d, want 4 with a5 in", tb.hs.count())
+	}
+}
+
+// TestHandshakesTotal: when every slot is taken, the oldest handshake of
+// the address holding the most is closed for a newcomer from a lighter
+// one, and a newcomer from the heaviest is refused.
+func TestHandshakesTotal(t *testing.T) {
+	tb := newHandshakeTable(t, 6, 4, 100)
+	for i := range 4 {
+		tb.enter(fmt.Sprintf("heavy%d", i), "192.0.2.1")
+	}
+	tb.enter("mid0", "192.0.2.2")
+	tb.enter("mid1", "192.0.2.2")
+	if !tb.enter("light0", "192.0.2.3") {
+		t.Fatal("a newcomer from a new address refused, want the heaviest to pay")
+	}
+	if !tb.enter("light1", "192.0.2.3") {
+		t.Fatal("second newcomer from a light address refused")
+	}
+	if got, want := tb.closed(), []string{"heavy0", "heavy1"}; !slices.Equal(got, want) {
+		t.Errorf("closed %v, want %v", got, want)
+	}
+	// Now 2, 2, 2: the newcomer's address is as heavy as any; its own
+	// handshakes are fresh, so it is refused.
+	if tb.enter("light2", "192.0.2.3") {
+		t.Error("a newcomer from an address as heavy as the heaviest entered a full table")
+	}
+	// Ties go to the address whose oldest handshake is oldest.
+	if !tb.enter("new0", "192.0.2.4") {
+		t.Fatal("a newcomer from a new address refused")
+	}
+	if got := tb.closed(); !slices.Contains(got, "heavy2") {
+		t.Errorf("closed %v, want heavy2 (oldest of the tied heaviest)", got)
+	}
+	if n := tb.hs.count(); n != 6 {
+		t.Errorf("count %d, want 6", n)
+	}
+}
+
+// TestHandshakesPerEndpoint: a tenant endpoint holds at most its bound;
+// its heaviest address pays for a lighter newcomer; other endpoints and
+// connections without one are not touched.
+func TestHandshakesPerEndpoint(t *testing.T) {
+	tb := newHandshakeTable(t, 100, 10, 3)
+	for i, ip := range []string{"192.0.2.1", "192.0.2.1", "192.0.2.2"} {
+		name := fmt.Sprintf("v%d", i)
+		tb.enter(name, ip)
+		if !tb.hs.enterEndpoint(tb.ps[name], "victim") {
+			t.Fatalf("%s refused at the endpoint under its bound", name)
+		}
+	}
+	tb.enter("flood", "192.0.2.1")
+	if tb.hs.enterEndpoint(tb.ps["flood"], "victim") {
+		t.Error("a newcomer from an address as heavy as any entered the full endpoint")
+	}
+	tb.enter("device", "192.0.2.3")
+	if !tb.hs.enterEndpoint(tb.ps["device"], "victim") {
+		t.Error("a newcomer from a new address refused at the full endpoint")
+	}
+	tb.enter("other", "192.0.2.1")
+	if !tb.hs.enterEndpoint(tb.ps["other"], "other") {
+		t.Error("another tenant's endpoint refused")
+	}
+	if got, want := tb.closed(), []string{"v0"}; !slices.Equal(got, want) {
+		t.Errorf("closed %v, want %v", got, want)
+	}
+	// A connection refused at its endpoint is no longer counted anywhere.
+	if n := tb.hs.count(); n != 4 {
+		t.Errorf("count %d, want 4", n)
+	}
+}
+
+// TestHandshakesRekey: a connection counted under the balancer's address
+// moves to the address its PROXY header names, and is refused there if
+// that address is full.
+func TestHandshakesRekey(t *testing.T) {
+	tb := newHandshakeTable(t, 100, 2, 100)
+	tb.enter("x0", "192.0.2.9")
+	tb.enter("x1", "192.0.2.9")
+	tb.enter("lb0", "10.0.0.1")
+	tb.enter("lb1", "10.0.0.1")
+	if !tb.hs.rekey(tb.ps["lb0"], tcpAddr("198.51.100.1")) {
+		t.Fatal("rekey to a fresh address refused")
+	}
+	if !tb.enter("lb2", "10.0.0.1") {
+		t.Error("the balancer's address is still full after a rekey")
+	}
+	if tb.hs.rekey(tb.ps["lb1"], tcpAddr("192.0.2.9")) {
+		t.Error("rekey onto a full address accepted")
+	}
+	if n := tb.hs.count(); n != 4 {
+		t.Errorf("count %d, want 4 (x0, x1, lb0, lb2)", n)
+	}
+	// Before its PROXY header is read a connection counts only in all,
+	// under its balancer's address: many may wait at once.
+	for i := range 5 {
+		if !tb.enter(fmt.Sprintf("via%d", i), "via 10.0.0.2") {
+			t.Errorf("via%d refused: no per-address bound applies before the header", i)
+		}
+	}
+	if !tb.hs.rekey(tb.ps["via0"], tcpAddr("10.0.0.2")) || !tb.hs.rekey(tb.ps["via1"], tcpAddr("10.0.0.2")) {
+		t.Error("a balancer's own health checks (no address in the header) refused under the bound")
+	}
+	if tb.hs.rekey(tb.ps["via2"], tcpAddr("10.0.0.2")) {
+		t.Error("a third under the balancer's own address accepted over the bound of 2")
+	}
+}
+
+// TestHandshakesClose: closing closes everything in handshake and refuses
+// what comes after.
+func TestHandshakesClose(t *testing.T) {
+	tb := newHandshakeTable(t, 100, 10, 10)
+	tb.enter("a", "192.0.2.1")
+	tb.enter("b", "192.0.2.2")
+	tb.hs.enterEndpoint(tb.ps["b"], "acme")
+	tb.hs.close()
+	if got := tb.closed(); len(got) != 2 {
+		t.Errorf("closed %v, want a and b", got)
+	}
+	if tb.enter("c", "192.0.2.3") {
+		t.Error("entered after close")
+	}
+	if tb.hs.count() != 0 || len(tb.hs.endpoints) != 0 {
+		t.Errorf("count %d, endpoints %v after close", tb.hs.count(), tb.hs.endpoints)
+	}
+}
+
+// TestHandshakesLogOnce: a flood is logged once, then summed at most once
+// a minute.
+func TestHandshakesLogOnce(t *testing.T) {
+	tb := newHandshakeTable(t, 100, 1, 100)
+	var logs strings.Builder
+	tb.hs.log = newTextLogger(&logs)
+	tb.enter("first", "192.0.2.1")
+	for i := range 1000 {
+		tb.enter(fmt.Sprintf("f%d", i), "192.0.2.1")
+	}
+	if n := strings.Count(logs.String(), "refused or closed"); n != 1 {
+		t.Errorf("%d log lines for a flood within a minute, want 1:\n%s", n, logs.String())
+	}
+	tb.clock = tb.clock.Add(time.Minute)
+	tb.enter("later", "192.0.2.1")
+	if n := strings.Count(logs.String(), "refused or closed"); n != 2 || !strings.Contains(logs.String(), "refused_per_address=999 shed_per_address=1") {
+		t.Errorf("after a minute: want a second line summing the 999 refused meanwhile and the stale one shed now:\n%s", logs.String())
+	}
+	if d := tb.hs.drops(); d[refusedPerAddress] != 1000 || d[shedPerAddress] != 1 {
+		t.Errorf("drops %v, want 1000 refused and 1 shed per address", d)
+	}
+}
+
+func newTextLogger(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
