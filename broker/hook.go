@@ -11,6 +11,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
@@ -103,7 +104,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	now := h.inst.hub.now()
-	h.inst.addPresence(dc, cl, Connection{
+	h.inst.addPresence(dc, cl, dataplane.Connection{
 		ClientID: cl.ID, ConnectedAt: now.UTC(), RemoteAddr: dc.RemoteAddr().String(), ProtocolVersion: int(dc.id.version),
 	})
 	if ref := h.inst.hub.stillValid(dc.id); ref != nil {

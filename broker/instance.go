@@ -17,6 +17,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/internal/rate"
 	"github.com/roosthub/roost/tenants"
 )
@@ -93,14 +94,6 @@ func (inst *instance) loadRestore() error {
 	}
 	inst.restored.clients, inst.restored.subs, inst.restored.inflight, inst.restored.retained = c, s, i, r
 	return nil
-}
-
-// Connection is one live MQTT connection of a device.
-type Connection struct {
-	ClientID        string    `json:"client_id"`
-	ConnectedAt     time.Time `json:"connected_at"`
-	RemoteAddr      string    `json:"remote_addr"`
-	ProtocolVersion int       `json:"protocol_version"`
 }
 
 // Session expiry and the $SYS interval: $SYS is per tenant and nobody may
@@ -309,10 +302,10 @@ func (inst *instance) dropUnreadable(cl *mqtt.Client) {
 // presence is one live connection as the instance tracks it.
 type presence struct {
 	client *mqtt.Client
-	info   Connection
+	info   dataplane.Connection
 }
 
-func (inst *instance) addPresence(dc *deviceConn, cl *mqtt.Client, c Connection) {
+func (inst *instance) addPresence(dc *deviceConn, cl *mqtt.Client, c dataplane.Connection) {
 	inst.presenceMu.Lock()
 	defer inst.presenceMu.Unlock()
 	m := inst.byDevice[dc.id.device]
@@ -342,10 +335,10 @@ func (inst *instance) dropPresence(dc *deviceConn) {
 }
 
 // connections lists a device's live connections.
-func (inst *instance) connections(device string) []Connection {
+func (inst *instance) connections(device string) []dataplane.Connection {
 	inst.presenceMu.Lock()
 	defer inst.presenceMu.Unlock()
-	var out []Connection
+	var out []dataplane.Connection
 	for _, p := range inst.byDevice[device] {
 		out = append(out, p.info)
 	}

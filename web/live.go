@@ -14,7 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -52,7 +52,7 @@ func (c *Console) liveStream(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	msgs := make(chan liveMessage, liveBuffer)
 	var dropped atomic.Int64
-	err := c.cfg.DataPlane.Watch(ctx, tenantOf(r).Slug, accountOf(r).ID, r.URL.Query().Get("filter"), func(m broker.Message) {
+	err := c.cfg.DataPlane.Watch(ctx, tenantOf(r).Slug, accountOf(r).ID, r.URL.Query().Get("filter"), func(m dataplane.Message) {
 		lm := liveMessage{Time: c.cfg.Now().UTC(), Topic: m.Topic, QoS: m.QoS, Retain: m.Retain, Payload: string(m.Payload), Encoding: "utf-8"}
 		if !utf8.Valid(m.Payload) {
 			lm.Payload, lm.Encoding = base64.StdEncoding.EncodeToString(m.Payload), "base64"
@@ -118,7 +118,7 @@ func (c *Console) liveStream(w http.ResponseWriter, r *http.Request) {
 // form or from the live view's script.
 func (c *Console) livePublish(w http.ResponseWriter, r *http.Request) {
 	t := tenantOf(r)
-	m := broker.Message{Topic: strings.TrimSpace(r.PostFormValue("topic")), Payload: []byte(r.PostFormValue("payload")), Retain: r.PostFormValue("retain") == "on"}
+	m := dataplane.Message{Topic: strings.TrimSpace(r.PostFormValue("topic")), Payload: []byte(r.PostFormValue("payload")), Retain: r.PostFormValue("retain") == "on"}
 	qos, err := strconv.Atoi(cmp.Or(r.PostFormValue("qos"), "0"))
 	switch {
 	case err != nil || qos < 0 || qos > 2:

@@ -35,6 +35,7 @@ import (
 	pebblestore "github.com/roosthub/roost/broker/store/pebble"
 	redisstore "github.com/roosthub/roost/broker/store/redis"
 	"github.com/roosthub/roost/cluster"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/kafkaexport"
 	"github.com/roosthub/roost/tenants"
@@ -402,10 +403,7 @@ func (d planeDeps) controlHandler(ctx context.Context, signingKey []byte, localA
 		go bill.Run(ctx, 30*time.Second)
 	}
 	go pruneUsage(ctx, d.store, c.UsageRetention, log)
-	var dp interface {
-		api.DataPlane
-		web.DataPlane
-	} = d.hub
+	var dp dataplane.DataPlane = d.hub
 	var evs api.EventLog = d.recent
 	if d.hub == nil {
 		// Running apart: the data-plane nodes answer for themselves, and
