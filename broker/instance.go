@@ -61,6 +61,8 @@ type instance struct {
 
 	presenceMu sync.Mutex
 	byDevice   map[string]map[*deviceConn]presence
+	// byClientID is the newest live connection of each client id.
+	byClientID map[string]*mqtt.Client
 
 	closeOnce sync.Once
 
@@ -317,6 +319,10 @@ func (inst *instance) addPresence(dc *deviceConn, cl *mqtt.Client, c dataplane.C
 		inst.meter.connected()
 	}
 	m[dc] = presence{client: cl, info: c}
+	if inst.byClientID == nil {
+		inst.byClientID = map[string]*mqtt.Client{}
+	}
+	inst.byClientID[c.ClientID] = cl
 }
 
 // dropPresence forgets a connection; dropping it twice is harmless.
@@ -324,14 +330,26 @@ func (inst *instance) dropPresence(dc *deviceConn) {
 	inst.presenceMu.Lock()
 	defer inst.presenceMu.Unlock()
 	if m := inst.byDevice[dc.id.device]; m != nil {
-		if _, ok := m[dc]; ok {
+		if p, ok := m[dc]; ok {
 			inst.meter.disconnected()
+			if inst.byClientID[p.info.ClientID] == p.client {
+				delete(inst.byClientID, p.info.ClientID)
+			}
 		}
 		delete(m, dc)
 		if len(m) == 0 {
 			delete(inst.byDevice, dc.id.device)
 		}
 	}
+}
+
+// takenOver reports whether another live connection has cl's client id:
+// one that took its session over.
+func (inst *instance) takenOver(cl *mqtt.Client) bool {
+	inst.presenceMu.Lock()
+	defer inst.presenceMu.Unlock()
+	other := inst.byClientID[cl.ID]
+	return other != nil && other != cl
 }
 
 // connections lists a device's live connections.

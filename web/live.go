@@ -93,15 +93,26 @@ func (c *Console) liveStream(w http.ResponseWriter, r *http.Request) {
 	heartbeat := time.NewTicker(15 * time.Second)
 	defer heartbeat.Stop()
 	reported := int64(0)
+	checked := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case m := <-msgs:
+			if time.Since(checked) >= liveRecheck {
+				if !c.mayStillWatch(r) {
+					return
+				}
+				checked = time.Now()
+			}
 			if !send("message", m) {
 				return
 			}
 		case <-heartbeat.C:
+			if !c.mayStillWatch(r) {
+				return
+			}
+			checked = time.Now()
 			if n := dropped.Load(); n != reported {
 				reported = n
 				if !send("dropped", map[string]int64{"dropped": n}) {
@@ -112,6 +123,22 @@ func (c *Console) liveStream(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+}
+
+// liveRecheck is how long a live stream trusts the session and membership
+// it was opened with before it checks them again, at its next message.
+const liveRecheck = time.Second
+
+// mayStillWatch reports whether the session that opened a live stream is
+// still open and its account still a member of the tenant: logging out or
+// being removed ends an open stream too.
+func (c *Console) mayStillWatch(r *http.Request) bool {
+	a, ok := c.account(r)
+	if !ok || a.ID != accountOf(r).ID {
+		return false
+	}
+	_, err := c.store.Membership(r.Context(), tenantOf(r).Slug, a.ID)
+	return err == nil
 }
 
 // livePublish publishes a test message into the tenant (admins), from a
