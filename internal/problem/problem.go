@@ -80,7 +80,7 @@ func Of(err error) Problem {
 		}
 	}
 	if errors.As(err, &re) && re.After > 0 {
-		p.RetryAfter = strconv.Itoa(Seconds(re.After))
+		p.RetryAfter = strconv.Itoa(seconds(re.After))
 	}
 	return p
 }
@@ -134,5 +134,5 @@ type detailed struct {
 func (e *detailed) Error() string { return e.msg }
 func (e *detailed) Unwrap() error { return e.kind }
 
-// Seconds rounds a wait up to whole seconds, at least one.
-func Seconds(d time.Duration) int { return max(1, int(math.Ceil(d.Seconds()))) }
+// seconds rounds a wait up to whole seconds, at least one.
+func seconds(d time.Duration) int { return max(1, int(math.Ceil(d.Seconds()))) }
