@@ -10,7 +10,6 @@ import (
 	"net"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/tenants"
@@ -227,33 +226,15 @@ func (h *Hub) Forwards() int {
 // for a server shutdown: that node is draining. MQTT 5 clients are told
 // 0x8B; their Wills are not sent unless the hub sends Wills on shutdown.
 func (h *Hub) CloseForwarded(origin string) int {
-	h.mu.Lock()
-	insts := make([]*instance, 0, len(h.instances))
-	for _, inst := range h.instances {
-		insts = append(insts, inst)
-	}
-	h.mu.Unlock()
-	type forwarded struct {
-		dc *deviceConn
-		cl *mqtt.Client
-	}
+	insts := h.reg.all()
 	n := 0
 	for _, inst := range insts {
-		var fs []forwarded
-		inst.presenceMu.Lock()
-		for _, conns := range inst.byDevice {
-			for dc, p := range conns {
-				if transport.ForwardOrigin(dc.Conn) == origin {
-					fs = append(fs, forwarded{dc, p.client})
-				}
-			}
-		}
-		inst.presenceMu.Unlock()
-		for _, f := range fs {
+		fs := inst.live.conns(func(dc *deviceConn) bool { return transport.ForwardOrigin(dc.Conn) == origin })
+		for dc, cl := range fs {
 			if !h.cfg.WillsOnShutdown {
-				f.dc.withdrawWill.Store(true)
+				dc.withdrawWill.Store(true)
 			}
-			inst.kick(f.cl, packets.ErrServerShuttingDown)
+			inst.kick(cl, packets.ErrServerShuttingDown)
 		}
 		n += len(fs)
 	}
@@ -264,34 +245,7 @@ func (h *Hub) CloseForwarded(origin string) int {
 // (this node was taken for dead): its devices reconnect and are forwarded
 // to the new home.
 func (h *Hub) Evict(tenant string) {
-	if inst := h.running(tenant); inst != nil {
-		h.stop(inst, "another node holds the tenant now")
+	if inst := h.reg.running(tenant); inst != nil {
+		h.reg.stop(inst, "another node holds the tenant now")
 	}
-}
-
-// giveUp releases a tenant whose broker stopped here, unless it started
-// again meanwhile. Until the release is done no broker of the tenant
-// starts here (acquire refuses), so that the claim and the broker agree.
-func (h *Hub) giveUp(tenant string) {
-	if h.cfg.Cluster == nil {
-		return
-	}
-	h.mu.Lock()
-	if h.instances[tenant] != nil || h.releasing[tenant] || h.closed {
-		h.mu.Unlock()
-		return
-	}
-	h.releasing[tenant] = true
-	h.mu.Unlock()
-	h.cfg.Cluster.Release(tenant)
-	h.mu.Lock()
-	delete(h.releasing, tenant)
-	h.mu.Unlock()
-}
-
-// mayStart reports whether a broker of the tenant may start here now;
-// called with h.mu held.
-func (h *Hub) mayStart(tenant string) bool {
-	c := h.cfg.Cluster
-	return c == nil || (c.Holds(tenant) && !h.releasing[tenant])
 }

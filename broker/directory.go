@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -147,4 +148,67 @@ func (c *directoryCache) invalidate(ch tenants.Change) {
 		c.certs.RemoveIf(all)
 		c.cas.RemoveIf(func(string) bool { return true })
 	}
+}
+
+// qualifies is the one rule for whether an admitted connection may go on:
+// its tenant exists and is not suspended, its device exists and is
+// enabled, what it was admitted with still stands (see credentialStands),
+// and its client id is still the one the device is bound to. It returns
+// nil or the refusal, and an error when the directory did not answer.
+func (c *directoryCache) qualifies(ctx context.Context, id identity, clientID string) (*refusal, error) {
+	t, found, err := c.tenant(ctx, id.tenant)
+	if err != nil {
+		return nil, err
+	}
+	if ref := tenantQualifies(t, found); ref != nil {
+		return ref, nil
+	}
+	d, found, err := c.device(ctx, id.tenant, id.device)
+	if err != nil {
+		return nil, err
+	}
+	if !found || !d.Enabled {
+		return &badCredentials, nil
+	}
+	stands, err := c.credentialStands(ctx, id, d)
+	switch {
+	case err != nil:
+		return nil, err
+	case !stands:
+		return &badCredentials, nil
+	case d.ClientIDs == tenants.ClientIDsExact && clientID != d.Name:
+		return &clientIDRefused, nil
+	}
+	return nil, nil
+}
+
+// tenantQualifies is qualifies' rule for the tenant: it exists and is not
+// suspended.
+func tenantQualifies(t tenants.Tenant, found bool) *refusal {
+	switch {
+	case !found:
+		return &badCredentials
+	case t.Suspended:
+		return &tenantSuspended
+	}
+	return nil
+}
+
+// credentialStands reports whether what a connection was admitted with
+// still holds: its secret is still the device's, the key its token was
+// signed with is still registered, or the certificate it presented is
+// still pinned to it or its CA still the tenant's.
+func (c *directoryCache) credentialStands(ctx context.Context, id identity, d tenants.Device) (bool, error) {
+	switch {
+	case id.ca != "":
+		cas, err := c.authorities(ctx, id.tenant)
+		return slices.ContainsFunc(cas, func(ca tenants.CA) bool { return ca.Fingerprint == id.ca }), err
+	case id.leaf != "":
+		pinned, err := c.certificates(ctx, id.tenant, id.device)
+		return slices.ContainsFunc(pinned, func(dc tenants.DeviceCertificate) bool { return dc.Fingerprint == id.leaf }), err
+	case id.key != "":
+		keys, err := c.deviceKeys(ctx, id.tenant, id.device)
+		return slices.ContainsFunc(keys, func(k tenants.DeviceKey) bool { return k.Fingerprint == id.key }), err
+	}
+	return d.SecretHash == id.secret, nil
 }

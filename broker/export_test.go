@@ -8,7 +8,7 @@ func SetLimitsOff(h *Hub, off bool) { h.limitsOff = off }
 // sent from mochi's state, as mochi itself does with a full write queue,
 // leaving them in the session's store queue; it returns how many.
 func LoseInflight(h *Hub, tenant, clientID string) int {
-	inst := h.running(tenant)
+	inst := h.reg.running(tenant)
 	cl, ok := inst.server.Clients.Get(clientID)
 	if !ok {
 		return 0

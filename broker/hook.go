@@ -104,11 +104,11 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	now := h.inst.hub.now()
-	h.inst.addPresence(dc, cl, dataplane.Connection{
+	h.inst.live.add(dc, cl, dataplane.Connection{
 		ClientID: cl.ID, ConnectedAt: now.UTC(), RemoteAddr: dc.RemoteAddr().String(), ProtocolVersion: int(dc.id.version),
 	})
-	if ref := h.inst.hub.stillValid(dc.id); ref != nil {
-		h.inst.dropPresence(dc)
+	if ref := h.inst.hub.qualifies(dc.id, cl.ID); ref != nil {
+		h.inst.live.drop(dc)
 		writeConnack(dc, dc.id.version, *ref)
 		return ref
 	}
@@ -204,7 +204,7 @@ func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	if !ok {
 		return // a session being restored, not a connection ending
 	}
-	h.inst.dropPresence(dc)
+	h.inst.live.drop(dc)
 	if t := dc.expiry.Load(); t != nil {
 		t.Stop()
 	}

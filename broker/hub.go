@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -103,7 +102,7 @@ type Hub struct {
 	auth *authLimit
 
 	hs        *handshakes
-	changes   chan tenants.Change
+	changes   *changeApplier
 	cancelSub func()
 	done      chan struct{}
 	wg        sync.WaitGroup
@@ -119,8 +118,9 @@ type Hub struct {
 	seenMu sync.Mutex
 	seen   map[deviceKey]time.Time // last-seen times not yet written
 
+	reg *registry
+
 	mu        sync.Mutex
-	instances map[string]*instance
 	listeners []net.Listener
 	closed    bool
 	// forwards are the connections forwarded to other nodes; forwardsGone
@@ -128,9 +128,6 @@ type Hub struct {
 	forwards     map[net.Conn]struct{}
 	forwardsGone chan struct{}
 	forwarded    atomic.Int64 // connections forwarded since the start
-	// releasing are the tenants whose claim is being given up; no broker
-	// of theirs starts meanwhile.
-	releasing map[string]bool
 }
 
 // New starts the data plane; Serve gives it listeners.
@@ -185,20 +182,22 @@ func New(cfg Config) (*Hub, error) {
 		now:       cfg.Now,
 		auth:      newAuthLimit(cfg.Now),
 		hs:        newHandshakes(cfg.MaxHandshakes, cfg.HandshakesPerAddress, cfg.HandshakesPerEndpoint, cfg.ConnectTimeout/2, cfg.Log),
-		changes:   make(chan tenants.Change, 1024),
 		eventPubs: make(chan events.Event, 4096),
 		done:      make(chan struct{}),
-		instances: map[string]*instance{},
 		seen:      map[deviceKey]time.Time{},
 		forwards:  map[net.Conn]struct{}{},
-		releasing: map[string]bool{},
 	}
+	h.reg = newRegistry(cfg, func(t tenants.Tenant) (*instance, error) { return newInstance(h, t) })
+	h.changes = newChangeApplier(cfg, h.dir, h.reg)
 	if cfg.Changes != nil {
-		h.cancelSub = cfg.Changes.Subscribe(h.onChange)
+		h.cancelSub = cfg.Changes.Subscribe(h.changes.onChange)
 	}
 	h.wg.Add(2)
 	go h.publishEvents()
-	go h.applyChanges()
+	go func() {
+		defer h.wg.Done()
+		h.changes.run(h.done)
+	}()
 	h.every(min(h.cfg.IdleTimeout/2, 30*time.Second), h.reapIdle)
 	h.every(time.Second, h.flushSeen)
 	h.every(h.cfg.UsageInterval, h.recordUsage)
@@ -299,19 +298,10 @@ func (h *Hub) Close() error {
 	if h.cfg.Cluster != nil {
 		h.endForwards()
 	}
-	h.mu.Lock()
-	insts := make([]*instance, 0, len(h.instances))
-	for _, inst := range h.instances {
-		insts = append(insts, inst)
-	}
-	h.instances = map[string]*instance{}
-	h.mu.Unlock()
 	if h.cancelSub != nil {
 		h.cancelSub()
 	}
-	for _, inst := range insts {
-		inst.close()
-	}
+	h.reg.close()
 	h.wg.Wait()
 	// What was noted since the last flushes.
 	h.flushSeen()
@@ -390,7 +380,7 @@ func (h *Hub) handle(conn net.Conn, p *pending) {
 		conn.Close()
 		return
 	}
-	defer h.releaseConn(inst)
+	defer h.reg.releaseConn(inst)
 	conn.SetDeadline(time.Time{})
 	endHandshake()
 	inst.serve(newDeviceConn(conn, r, raw, id, inst, h.cfg.WriteTimeout))
@@ -466,7 +456,7 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 		return nil, identity{}, packetTooLarge
 	}
 
-	inst, err := h.acquireConn(t)
+	inst, err := h.reg.acquireConn(t)
 	if err != nil {
 		var ref refusal
 		if errors.As(err, &ref) && (ref == quotaConnections || ref == connectRateExceeded) {
@@ -480,7 +470,7 @@ func (h *Hub) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.P
 	}
 	if pk.Connect.WillFlag {
 		if tenants.ValidateTopic(pk.Connect.WillTopic) != nil || !inst.mayPublish(device, pk.Connect.WillTopic) {
-			h.releaseConn(inst)
+			h.reg.releaseConn(inst)
 			log.Info("connect refused: will topic not allowed", "topic", pk.Connect.WillTopic)
 			return refuse(willNotAllowed)
 		}
@@ -595,167 +585,9 @@ func errText(err error) string {
 	return err.Error()
 }
 
-// credentialStands reports whether what a connection was admitted with
-// still holds: its secret is still the device's, or the key its token was
-// signed with is still registered.
-func (h *Hub) credentialStands(ctx context.Context, id identity, d tenants.Device) (bool, error) {
-	switch {
-	case id.ca != "":
-		cas, err := h.dir.authorities(ctx, id.tenant)
-		return slices.ContainsFunc(cas, func(ca tenants.CA) bool { return ca.Fingerprint == id.ca }), err
-	case id.leaf != "":
-		pinned, err := h.dir.certificates(ctx, id.tenant, id.device)
-		return slices.ContainsFunc(pinned, func(c tenants.DeviceCertificate) bool { return c.Fingerprint == id.leaf }), err
-	case id.key != "":
-		keys, err := h.dir.deviceKeys(ctx, id.tenant, id.device)
-		return slices.ContainsFunc(keys, func(k tenants.DeviceKey) bool { return k.Fingerprint == id.key }), err
-	}
-	return d.SecretHash == id.secret, nil
-}
-
-// stillValid checks an admitted identity against the directory as it is
-// now, returning the refusal if the device or its tenant changed under it.
-func (h *Hub) stillValid(id identity) *refusal {
-	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.ConnectTimeout)
-	defer cancel()
-	t, found, err := h.dir.tenant(ctx, id.tenant)
-	if err != nil {
-		return &serverUnavailable
-	}
-	if !found {
-		return &badCredentials
-	}
-	if t.Suspended {
-		return &tenantSuspended
-	}
-	d, found, err := h.dir.device(ctx, id.tenant, id.device)
-	if err != nil {
-		return &serverUnavailable
-	}
-	stands, err := h.credentialStands(ctx, id, d)
-	switch {
-	case err != nil:
-		return &serverUnavailable
-	case !found || !d.Enabled || !stands:
-		return &badCredentials
-	case d.ClientIDs == tenants.ClientIDsExact && id.clientID != d.Name:
-		return &clientIDRefused
-	}
-	return nil
-}
-
 // unknownDeviceHash is compared against when no device exists: a hash of no
 // secret anyone has.
 const unknownDeviceHash = "0000000000000000000000000000000000000000000000000000000000000000"
-
-// acquire returns the tenant's running instance, starting it if needed, and
-// holds it (the reaper leaves it running) until release. A hold is not a
-// device connection: API publishes and live views hold an instance without
-// taking from max_connections.
-func (h *Hub) acquire(t tenants.Tenant) (*instance, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.acquireLocked(t)
-}
-
-func (h *Hub) acquireLocked(t tenants.Tenant) (*instance, error) {
-	if h.closed {
-		return nil, serverUnavailable
-	}
-	inst := h.instances[t.Slug]
-	if inst == nil {
-		if !h.mayStart(t.Slug) {
-			return nil, serverUnavailable
-		}
-		var err error
-		if inst, err = newInstance(h, t); err != nil {
-			return nil, err
-		}
-		h.instances[t.Slug] = inst
-		h.log.Info("tenant broker started", "tenant", t.Slug)
-	}
-	inst.holds++
-	return inst, nil
-}
-
-func (h *Hub) release(inst *instance) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	inst.holds--
-	inst.lastActive = h.now()
-}
-
-// acquireConn is acquire for a device connection, counted until
-// releaseConn: the tenant's max_connections and connect_rate, as they are
-// now, apply.
-func (h *Hub) acquireConn(t tenants.Tenant) (*instance, error) {
-	h.mu.Lock()
-	inst, err := h.acquireLocked(t)
-	if err != nil {
-		h.mu.Unlock()
-		return nil, err
-	}
-	inst.conns++
-	over := int64(inst.conns) > inst.quotas().MaxConnections
-	h.mu.Unlock()
-	switch {
-	case over:
-		h.releaseConn(inst)
-		return nil, quotaConnections
-	case !inst.connectAllowed(h.now()):
-		h.releaseConn(inst)
-		return nil, connectRateExceeded
-	}
-	return inst, nil
-}
-
-func (h *Hub) releaseConn(inst *instance) {
-	h.mu.Lock()
-	inst.conns--
-	h.mu.Unlock()
-	h.release(inst)
-}
-
-// acquireWatch is acquire for a live view: a tenant has at most
-// MaxWatches open, and one watcher (a person) at most MaxWatchesEach of
-// them, so that watching can take neither the devices' connections nor
-// every other member's views.
-func (h *Hub) acquireWatch(t tenants.Tenant, watcher string) (*instance, error) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if inst := h.instances[t.Slug]; inst != nil {
-		switch {
-		case inst.watches >= h.cfg.MaxWatches:
-			return nil, &tenants.QuotaError{Quota: "live_views", Limit: int64(h.cfg.MaxWatches)}
-		case inst.watchers[watcher] >= h.cfg.MaxWatchesEach:
-			return nil, &tenants.QuotaError{Quota: "live_views_each", Limit: int64(h.cfg.MaxWatchesEach)}
-		}
-	}
-	inst, err := h.acquireLocked(t)
-	if err != nil {
-		return nil, err
-	}
-	inst.watches++
-	inst.watchers[watcher]++
-	return inst, nil
-}
-
-func (h *Hub) releaseWatch(inst *instance, watcher string) {
-	h.mu.Lock()
-	inst.watches--
-	if inst.watchers[watcher]--; inst.watchers[watcher] <= 0 {
-		delete(inst.watchers, watcher)
-	}
-	h.mu.Unlock()
-	h.release(inst)
-}
-
-// running returns the tenant's instance if one is running.
-func (h *Hub) running(tenant string) *instance {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.instances[tenant]
-}
 
 // every runs fn every d until the hub closes.
 func (h *Hub) every(d time.Duration, fn func()) {
@@ -775,28 +607,15 @@ func (h *Hub) every(d time.Duration, fn func()) {
 	}()
 }
 
-// reapIdle stops instances that have held nothing for IdleTimeout, and
-// has the others check their connected sessions (see reconcile).
+// reapIdle stops the instances that have held nothing for the idle
+// timeout, and has the others check their connected sessions (see
+// reconcile).
 func (h *Hub) reapIdle() {
-	var idle, running []*instance
-	h.mu.Lock()
-	now := h.now()
-	for slug, inst := range h.instances {
-		if inst.idle() && now.Sub(inst.lastActive) >= h.cfg.IdleTimeout {
-			delete(h.instances, slug)
-			idle = append(idle, inst)
-		} else if inst.persist != nil {
-			running = append(running, inst)
+	h.reg.reapIdle()
+	for _, inst := range h.reg.all() {
+		if inst.persist != nil {
+			inst.persist.sweep(h.now().Add(-time.Minute))
 		}
-	}
-	h.mu.Unlock()
-	for _, inst := range running {
-		inst.persist.sweep(time.Now().Add(-time.Minute))
-	}
-	for _, inst := range idle {
-		inst.close()
-		h.log.Info("tenant broker stopped: idle", "tenant", inst.tenant)
-		h.giveUp(inst.tenant)
 	}
 }
 
@@ -804,11 +623,7 @@ func (h *Hub) reapIdle() {
 func (h *Hub) Handshakes() int { return h.hs.count() }
 
 // Instances is the number of running tenant brokers.
-func (h *Hub) Instances() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.instances)
-}
+func (h *Hub) Instances() int { return h.reg.count() }
 
 func discardLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
@@ -841,7 +656,7 @@ func (h *Hub) publishEvents() {
 		case <-h.done:
 			return
 		case e := <-h.eventPubs:
-			inst := h.running(e.Tenant)
+			inst := h.reg.running(e.Tenant)
 			if inst == nil {
 				continue
 			}
@@ -857,4 +672,17 @@ func (h *Hub) publishEvents() {
 			}
 		}
 	}
+}
+
+// qualifies checks an admitted connection against the directory as it is
+// now (see directoryCache.qualifies), returning the refusal if it no longer
+// qualifies; a directory that does not answer refuses it as unavailable.
+func (h *Hub) qualifies(id identity, clientID string) *refusal {
+	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.ConnectTimeout)
+	defer cancel()
+	ref, err := h.dir.qualifies(ctx, id, clientID)
+	if err != nil {
+		return &serverUnavailable
+	}
+	return ref
 }

@@ -17,7 +17,6 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/internal/rate"
 	"github.com/roosthub/roost/tenants"
 )
@@ -59,10 +58,8 @@ type instance struct {
 	errMu      sync.Mutex
 	exportErrs map[string]int64
 
-	presenceMu sync.Mutex
-	byDevice   map[string]map[*deviceConn]presence
-	// byClientID is the newest live connection of each client id.
-	byClientID map[string]*mqtt.Client
+	// live is the tenant's live device connections.
+	live presence
 
 	closeOnce sync.Once
 
@@ -128,10 +125,11 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 		SysTopicResendInterval: sysInterval,
 		Logger:                 mochiLogger(log),
 	})
-	inst := &instance{tenant: t.Slug, server: srv, log: log, hub: h, lastActive: h.now(), byDevice: map[string]map[*deviceConn]presence{}, exportErrs: map[string]int64{},
+	inst := &instance{tenant: t.Slug, server: srv, log: log, hub: h, lastActive: h.now(), exportErrs: map[string]int64{},
 		watchers: map[string]int{}}
 	inst.setQuotas(t)
 	inst.meter = h.meterOf(t.Slug)
+	inst.live.meter = inst.meter
 	if h.cfg.Sessions != nil {
 		inst.persist = newPersistence(h.cfg.Sessions, inst)
 	}
@@ -239,7 +237,7 @@ func (inst *instance) serve(dc *deviceConn) {
 	}
 	// mochi skips the disconnect hook when a connection fails between
 	// OnConnect and its CONNACK; presence must not outlive it.
-	inst.dropPresence(dc)
+	inst.live.drop(dc)
 }
 
 // removeGhost removes a client whose connection panicked: mochi would keep
@@ -250,7 +248,7 @@ func (inst *instance) removeGhost(dc *deviceConn) {
 			inst.server.UnsubscribeClient(cl)
 			inst.server.Clients.Delete(cl.ID)
 			cl.Stop(packets.ErrUnspecifiedError)
-			inst.dropPresence(dc)
+			inst.live.drop(dc)
 		}
 	}
 }
@@ -299,79 +297,6 @@ func (inst *instance) dropUnreadable(cl *mqtt.Client) {
 		}
 		inst.log.Info("queued message dropped: its topic is no longer readable", "client_id", cl.ID, "topic", pk.TopicName)
 	}
-}
-
-// presence is one live connection as the instance tracks it.
-type presence struct {
-	client *mqtt.Client
-	info   dataplane.Connection
-}
-
-func (inst *instance) addPresence(dc *deviceConn, cl *mqtt.Client, c dataplane.Connection) {
-	inst.presenceMu.Lock()
-	defer inst.presenceMu.Unlock()
-	m := inst.byDevice[dc.id.device]
-	if m == nil {
-		m = map[*deviceConn]presence{}
-		inst.byDevice[dc.id.device] = m
-	}
-	if _, again := m[dc]; !again {
-		inst.meter.connected()
-	}
-	m[dc] = presence{client: cl, info: c}
-	if inst.byClientID == nil {
-		inst.byClientID = map[string]*mqtt.Client{}
-	}
-	inst.byClientID[c.ClientID] = cl
-}
-
-// dropPresence forgets a connection; dropping it twice is harmless.
-func (inst *instance) dropPresence(dc *deviceConn) {
-	inst.presenceMu.Lock()
-	defer inst.presenceMu.Unlock()
-	if m := inst.byDevice[dc.id.device]; m != nil {
-		if p, ok := m[dc]; ok {
-			inst.meter.disconnected()
-			if inst.byClientID[p.info.ClientID] == p.client {
-				delete(inst.byClientID, p.info.ClientID)
-			}
-		}
-		delete(m, dc)
-		if len(m) == 0 {
-			delete(inst.byDevice, dc.id.device)
-		}
-	}
-}
-
-// takenOver reports whether another live connection has cl's client id:
-// one that took its session over.
-func (inst *instance) takenOver(cl *mqtt.Client) bool {
-	inst.presenceMu.Lock()
-	defer inst.presenceMu.Unlock()
-	other := inst.byClientID[cl.ID]
-	return other != nil && other != cl
-}
-
-// connections lists a device's live connections.
-func (inst *instance) connections(device string) []dataplane.Connection {
-	inst.presenceMu.Lock()
-	defer inst.presenceMu.Unlock()
-	var out []dataplane.Connection
-	for _, p := range inst.byDevice[device] {
-		out = append(out, p.info)
-	}
-	return out
-}
-
-// clientsOf returns the clients of a device's live connections.
-func (inst *instance) clientsOf(device string) []*mqtt.Client {
-	inst.presenceMu.Lock()
-	defer inst.presenceMu.Unlock()
-	var out []*mqtt.Client
-	for _, p := range inst.byDevice[device] {
-		out = append(out, p.client)
-	}
-	return out
 }
 
 // kick disconnects a client, telling a v5 client why.

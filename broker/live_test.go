@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -301,4 +303,49 @@ func TestCloseIsPrompt(t *testing.T) {
 		t.Errorf("reason 0x%02x, want 0x8B (server shutting down)", code)
 	}
 	s.hub.Close()
+}
+
+// flakyDirectory is the tenant store, unable to answer for devices while
+// down is set.
+type flakyDirectory struct {
+	broker.Directory
+	down atomic.Bool
+}
+
+func (f *flakyDirectory) Device(ctx context.Context, tenant, name string) (tenants.Device, error) {
+	if f.down.Load() {
+		return tenants.Device{}, errors.New("directory down")
+	}
+	return f.Directory.Device(ctx, tenant, name)
+}
+
+// TestChangeRetriedWhileDirectoryDown: a secret rotated while the directory
+// cannot be asked about the device does not leave the old credential
+// connected: the change waits in the retry queue and ends the connection
+// once the directory answers again.
+func TestChangeRetriedWhileDirectoryDown(t *testing.T) {
+	var dir *flakyDirectory
+	s := newStack(t, func(c *broker.Config) {
+		dir = &flakyDirectory{Directory: c.Directory}
+		c.Directory = dir
+	})
+	s.tenant("acme")
+	secret := s.device("acme", "d1")
+	c := mustV5(t, s.addr, user("acme", "d1"), secret, "d1")
+	dir.down.Store(true)
+	if _, _, err := s.store.RotateDeviceSecret(ctx, "acme", "d1"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-c.discs:
+		t.Fatalf("disconnected (0x%02x) while the directory could not say why", d.ReasonCode)
+	case <-time.After(500 * time.Millisecond):
+	}
+	eventually(t, 2*time.Second, "the failed change logged for a retry", func() bool {
+		return strings.Contains(s.logs.String(), "apply change: will retry")
+	})
+	dir.down.Store(false)
+	if code := waitKicked(t, c, 5*time.Second, "after the directory is back"); code != 0x98 {
+		t.Errorf("DISCONNECT reason 0x%02x, want 0x98 (administrative action)", code)
+	}
 }

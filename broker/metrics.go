@@ -43,11 +43,12 @@ var (
 	descForwarding  = prometheus.NewDesc("roost_forwarded_connections", "Device connections this node forwards to their tenant's home node.", nil, nil)
 	descForwarded   = prometheus.NewDesc("roost_forwards_total", "Device connections forwarded to their tenant's home node since the hub started.", nil, nil)
 	descHandshakes  = prometheus.NewDesc("roost_handshakes", "Device connections not yet past their CONNECT.", nil, nil)
+	descRetries     = prometheus.NewDesc("roost_change_retries", "Directory changes waiting to be applied again to live connections (the directory did not answer).", nil, nil)
 	descHSDropped   = prometheus.NewDesc("roost_handshakes_dropped_total", "Connections in handshake refused at a bound, or closed to make room, by reason.", []string{"reason"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped} {
+	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRetries} {
 		ch <- d
 	}
 }
@@ -87,7 +88,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		m.hitMu.Lock()
 		s.hits = maps.Clone(m.hits)
 		m.hitMu.Unlock()
-		if inst := c.h.running(s.tenant); inst != nil && inst.persist != nil {
+		if inst := c.h.reg.running(s.tenant); inst != nil && inst.persist != nil {
 			s.queued = inst.persist.queued()
 		}
 		samples = append(samples, s)
@@ -112,6 +113,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descForwarding, prometheus.GaugeValue, float64(c.h.Forwards()))
 	ch <- prometheus.MustNewConstMetric(descForwarded, prometheus.CounterValue, float64(c.h.forwarded.Load()))
 	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.GaugeValue, float64(c.h.hs.count()))
+	ch <- prometheus.MustNewConstMetric(descRetries, prometheus.GaugeValue, float64(c.h.changes.backlog()))
 	for r, n := range c.h.hs.drops() {
 		ch <- prometheus.MustNewConstMetric(descHSDropped, prometheus.CounterValue, float64(n), dropReason(r).String())
 	}

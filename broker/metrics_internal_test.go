@@ -13,7 +13,8 @@ import (
 // the busiest 20 by name and sums the rest under "_other": the series count
 // does not grow with the number of tenants, and nothing is lost in the sum.
 func TestMetricsSeriesBounded(t *testing.T) {
-	h := &Hub{log: discardLog(), now: time.Now, cfg: Config{Events: discard{}}, hs: newHandshakes(1, 1, 1, time.Second, discardLog())}
+	h := &Hub{log: discardLog(), now: time.Now, cfg: Config{Events: discard{}}, hs: newHandshakes(1, 1, 1, time.Second, discardLog()),
+		reg: newRegistry(Config{Now: time.Now, Log: discardLog()}, nil), changes: newChangeApplier(Config{Now: time.Now, Log: discardLog()}, nil, nil)}
 	var total int64
 	for i := range 1000 {
 		m := h.meterOf(fmt.Sprintf("t%04d", i))
@@ -34,7 +35,7 @@ func TestMetricsSeriesBounded(t *testing.T) {
 	c := h.Collector(20)
 	n := testutil.CollectAndCount(c) - 2 // the two roost_quota_exceeded_total series
 	const perTenant = 8                  // connections, 2 messages, 2 bytes, throttled, auth failures, queued
-	const totals = 4                     // tenants metered, brokers, forwarded connections, forwards
+	const totals = 5                     // tenants metered, brokers, forwarded connections, forwards, change retries
 
 	handshakes := 1 + int(nDropReasons) // in handshake, and dropped by reason
 	if want := 21*perTenant + totals + handshakes; n != want {

@@ -257,10 +257,7 @@ func (dc *deviceConn) maxPacket() int {
 // telling a v5 client why.
 func (inst *instance) tooLarge(dc *deviceConn) {
 	inst.quotaHit(dc.id.device, dc.id.clientID, "max_packet_size", inst.quotas().MaxPacketSize)
-	inst.presenceMu.Lock()
-	p, ok := inst.byDevice[dc.id.device][dc] // the client, once mochi has one
-	inst.presenceMu.Unlock()
-	if ok {
-		inst.kick(p.client, packets.ErrPacketTooLarge)
+	if cl, ok := inst.live.clientOf(dc); ok {
+		inst.kick(cl, packets.ErrPacketTooLarge)
 	}
 }

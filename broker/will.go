@@ -62,7 +62,7 @@ func (inst *instance) willGone(cl *mqtt.Client, device string, w mqtt.Will) {
 		inst.sendWill(device, cl.ID, pk)
 		return
 	}
-	if inst.takenOver(cl) {
+	if inst.live.takenOver(cl) {
 		// The connection that took the session over is one for it
 		// within the delay; its OnSessionEstablish came before this.
 		return

@@ -1,0 +1,240 @@
+package broker
+
+import (
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+// registry keeps the tenants' brokers running here: it starts one when
+// something needs it (acquire), keeps it while anything holds it, stops it
+// once it has held nothing for the idle timeout or its tenant goes away,
+// and looks them up. In a fleet a broker starts only for a tenant this node
+// holds, and the tenant is given up once its broker stopped.
+type registry struct {
+	start func(tenants.Tenant) (*instance, error)
+	// fleet is nil outside a fleet.
+	fleet interface {
+		Holds(tenant string) bool
+		Release(tenant string)
+	}
+	idleTimeout                time.Duration
+	maxWatches, maxWatchesEach int
+	now                        func() time.Time
+	log                        *slog.Logger
+
+	mu        sync.Mutex
+	instances map[string]*instance
+	closed    bool
+	// releasing are the tenants whose claim is being given up; no broker
+	// of theirs starts meanwhile.
+	releasing map[string]bool
+}
+
+func newRegistry(cfg Config, start func(tenants.Tenant) (*instance, error)) *registry {
+	r := &registry{
+		start: start, idleTimeout: cfg.IdleTimeout, maxWatches: cfg.MaxWatches, maxWatchesEach: cfg.MaxWatchesEach,
+		now: cfg.Now, log: cfg.Log, instances: map[string]*instance{}, releasing: map[string]bool{},
+	}
+	if cfg.Cluster != nil {
+		r.fleet = cfg.Cluster
+	}
+	return r
+}
+
+// acquire returns the tenant's running instance, starting it if needed, and
+// holds it (the reaper leaves it running) until release. A hold is not a
+// device connection: API publishes and live views hold an instance without
+// taking from max_connections.
+func (r *registry) acquire(t tenants.Tenant) (*instance, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.acquireLocked(t)
+}
+
+func (r *registry) acquireLocked(t tenants.Tenant) (*instance, error) {
+	if r.closed {
+		return nil, serverUnavailable
+	}
+	inst := r.instances[t.Slug]
+	if inst == nil {
+		if r.fleet != nil && (!r.fleet.Holds(t.Slug) || r.releasing[t.Slug]) {
+			return nil, serverUnavailable
+		}
+		var err error
+		if inst, err = r.start(t); err != nil {
+			return nil, err
+		}
+		r.instances[t.Slug] = inst
+		r.log.Info("tenant broker started", "tenant", t.Slug)
+	}
+	inst.holds++
+	return inst, nil
+}
+
+func (r *registry) release(inst *instance) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	inst.holds--
+	inst.lastActive = r.now()
+}
+
+// acquireConn is acquire for a device connection, counted until
+// releaseConn: the tenant's max_connections and connect_rate, as they are
+// now, apply.
+func (r *registry) acquireConn(t tenants.Tenant) (*instance, error) {
+	r.mu.Lock()
+	inst, err := r.acquireLocked(t)
+	if err != nil {
+		r.mu.Unlock()
+		return nil, err
+	}
+	inst.conns++
+	over := int64(inst.conns) > inst.quotas().MaxConnections
+	r.mu.Unlock()
+	switch {
+	case over:
+		r.releaseConn(inst)
+		return nil, quotaConnections
+	case !inst.connectAllowed(r.now()):
+		r.releaseConn(inst)
+		return nil, connectRateExceeded
+	}
+	return inst, nil
+}
+
+func (r *registry) releaseConn(inst *instance) {
+	r.mu.Lock()
+	inst.conns--
+	r.mu.Unlock()
+	r.release(inst)
+}
+
+// acquireWatch is acquire for a live view: a tenant has at most
+// maxWatches open, and one watcher (a person) at most maxWatchesEach of
+// them, so that watching can take neither the devices' connections nor
+// every other member's views.
+func (r *registry) acquireWatch(t tenants.Tenant, watcher string) (*instance, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if inst := r.instances[t.Slug]; inst != nil {
+		switch {
+		case inst.watches >= r.maxWatches:
+			return nil, &tenants.QuotaError{Quota: "live_views", Limit: int64(r.maxWatches)}
+		case inst.watchers[watcher] >= r.maxWatchesEach:
+			return nil, &tenants.QuotaError{Quota: "live_views_each", Limit: int64(r.maxWatchesEach)}
+		}
+	}
+	inst, err := r.acquireLocked(t)
+	if err != nil {
+		return nil, err
+	}
+	inst.watches++
+	inst.watchers[watcher]++
+	return inst, nil
+}
+
+func (r *registry) releaseWatch(inst *instance, watcher string) {
+	r.mu.Lock()
+	inst.watches--
+	if inst.watchers[watcher]--; inst.watchers[watcher] <= 0 {
+		delete(inst.watchers, watcher)
+	}
+	r.mu.Unlock()
+	r.release(inst)
+}
+
+// running returns the tenant's instance if one is running.
+func (r *registry) running(tenant string) *instance {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.instances[tenant]
+}
+
+// all returns the running instances as they are now.
+func (r *registry) all() []*instance {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*instance, 0, len(r.instances))
+	for _, inst := range r.instances {
+		out = append(out, inst)
+	}
+	return out
+}
+
+// count is the number of running instances.
+func (r *registry) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.instances)
+}
+
+// reapIdle stops the instances that have held nothing for the idle timeout.
+func (r *registry) reapIdle() {
+	var idle []*instance
+	r.mu.Lock()
+	now := r.now()
+	for slug, inst := range r.instances {
+		if inst.idle() && now.Sub(inst.lastActive) >= r.idleTimeout {
+			delete(r.instances, slug)
+			idle = append(idle, inst)
+		}
+	}
+	r.mu.Unlock()
+	for _, inst := range idle {
+		r.closeAndGiveUp(inst, "idle")
+	}
+}
+
+// stop takes an instance out of service and closes it.
+func (r *registry) stop(inst *instance, why string) {
+	r.mu.Lock()
+	if r.instances[inst.tenant] == inst {
+		delete(r.instances, inst.tenant)
+	}
+	r.mu.Unlock()
+	r.closeAndGiveUp(inst, why)
+}
+
+func (r *registry) closeAndGiveUp(inst *instance, why string) {
+	inst.close()
+	inst.log.Info("tenant broker stopped: " + why)
+	r.giveUp(inst.tenant)
+}
+
+// giveUp releases a tenant whose broker stopped here, unless it started
+// again meanwhile. Until the release is done no broker of the tenant
+// starts here (acquire refuses), so that the claim and the broker agree.
+func (r *registry) giveUp(tenant string) {
+	if r.fleet == nil {
+		return
+	}
+	r.mu.Lock()
+	if r.instances[tenant] != nil || r.releasing[tenant] || r.closed {
+		r.mu.Unlock()
+		return
+	}
+	r.releasing[tenant] = true
+	r.mu.Unlock()
+	r.fleet.Release(tenant)
+	r.mu.Lock()
+	delete(r.releasing, tenant)
+	r.mu.Unlock()
+}
+
+// close stops every instance; nothing starts afterwards.
+func (r *registry) close() {
+	r.mu.Lock()
+	r.closed = true
+	insts := make([]*instance, 0, len(r.instances))
+	for _, inst := range r.instances {
+		insts = append(insts, inst)
+	}
+	r.instances = map[string]*instance{}
+	r.mu.Unlock()
+	for _, inst := range insts {
+		inst.close()
+	}
+}
