@@ -496,16 +496,15 @@ func dataPlaneMux(store *tenants.Store, listening *atomic.Bool, op *auth.Operato
 	return mux
 }
 
-// frontDoor sends the REST API's paths to the API and everything else to
-// the console.
+// frontDoor sends the REST API's paths (api.Owns) to the API and
+// everything else to the console.
 func frontDoor(apiHandler, console http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		switch p := r.URL.Path; {
-		case strings.HasPrefix(p, "/v1/"), p == "/healthz", p == "/readyz", p == "/openapi.yaml", p == "/metrics":
+		if api.Owns(r.URL.Path) {
 			apiHandler.ServeHTTP(w, r)
-		default:
-			console.ServeHTTP(w, r)
+			return
 		}
+		console.ServeHTTP(w, r)
 	})
 }
 
@@ -607,12 +606,12 @@ func startTransports(c *config, log *slog.Logger, hub *broker.Hub, stdout io.Wri
 		}
 		return l, err
 	}
-	if c.MQTTTLSAddr != "" {
-		l, err := listen(c.MQTTTLSAddr, "mqtts")
+	if tlsAddr := c.mqttTLSAddr(); tlsAddr != "" {
+		l, err := listen(tlsAddr, "mqtts")
 		if err != nil {
 			return fail("ROOST_MQTT_TLS_ADDR", err)
 		}
-		if c.WSSAddr == c.MQTTTLSAddr {
+		if c.WSSAddr == tlsAddr {
 			m, w := transport.Split(tls.NewListener(hub.Gate(l), tlsConf), c.ConnectTimeout)
 			serveMQTT(m, "mqtts")
 			serveWeb(w)
@@ -625,7 +624,7 @@ func startTransports(c *config, log *slog.Logger, hub *broker.Hub, stdout io.Wri
 			endpoints = append(endpoints, web.Endpoint{Name: "MQTT over TLS", URL: "mqtts://" + displayAddr(l.Addr())})
 		}
 	}
-	if c.WSSAddr != "" && c.WSSAddr != c.MQTTTLSAddr {
+	if c.WSSAddr != "" && c.WSSAddr != c.mqttTLSAddr() {
 		l, err := listen(c.WSSAddr, "wss")
 		if err != nil {
 			return fail("ROOST_WSS_ADDR", err)
