@@ -1,7 +1,6 @@
 package api
 
 import (
-	"context"
 	"encoding/base64"
 	"net/http"
 	"time"
@@ -9,41 +8,29 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/tenants"
 )
-
-// DataPlane is what the API asks of the MQTT data plane. *broker.Hub
-// satisfies it.
-type DataPlane interface {
-	Connections(tenant, device string) []broker.Connection
-	Queue(tenant, device string) broker.QueueStats
-	ExportErrors(tenant string) map[string]int64
-	Disconnect(tenant, device string) int
-	Publish(ctx context.Context, tenant string, m broker.Message) error
-}
-
-var _ DataPlane = (*broker.Hub)(nil)
 
 var errNoDataPlane = errorf(http.StatusServiceUnavailable, "no_data_plane", "this process does not run the MQTT data plane")
 
 type deviceStatus struct {
-	Device      string              `json:"device"`
-	Online      bool                `json:"online"`
-	Connections []broker.Connection `json:"connections"`
-	LastSeenAt  *time.Time          `json:"last_seen_at"`
-	broker.QueueStats
+	Device      string                 `json:"device"`
+	Online      bool                   `json:"online"`
+	Connections []dataplane.Connection `json:"connections"`
+	LastSeenAt  *time.Time             `json:"last_seen_at"`
+	dataplane.QueueStats
 }
 
 // liveDevice finds the device of the path for a data-plane route.
-func liveDevice(r *http.Request, ds deviceStore, dp DataPlane) (tenants.Device, error) {
+func liveDevice(r *http.Request, ds deviceStore, dp dataplane.DataPlane) (tenants.Device, error) {
 	if dp == nil {
 		return tenants.Device{}, errNoDataPlane
 	}
 	return ds.Device(r.Context(), chi.URLParam(r, "tenant"), chi.URLParam(r, "device"))
 }
 
-func handleDeviceStatus(ds deviceStore, dp DataPlane) handler {
+func handleDeviceStatus(ds deviceStore, dp dataplane.DataPlane) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		d, err := liveDevice(r, ds, dp)
 		if err != nil {
@@ -51,7 +38,7 @@ func handleDeviceStatus(ds deviceStore, dp DataPlane) handler {
 		}
 		conns := dp.Connections(d.Tenant, d.Name)
 		if conns == nil {
-			conns = []broker.Connection{}
+			conns = []dataplane.Connection{}
 		}
 		// The stored time is written about once a second; a device that is
 		// online is being seen now.
@@ -70,7 +57,7 @@ type disconnected struct {
 	Disconnected int `json:"disconnected"`
 }
 
-func handleDeviceDisconnect(ds deviceStore, dp DataPlane) handler {
+func handleDeviceDisconnect(ds deviceStore, dp dataplane.DataPlane) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		d, err := liveDevice(r, ds, dp)
 		if err != nil {
@@ -99,7 +86,7 @@ type published struct {
 // maxMessageBody leaves room for the largest plan's packets in base64.
 const maxMessageBody = 12 << 20
 
-func handleMessagePublish(dp DataPlane) handler {
+func handleMessagePublish(dp dataplane.DataPlane) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		if dp == nil {
 			return errNoDataPlane
@@ -124,7 +111,7 @@ func handleMessagePublish(dp DataPlane) handler {
 		default:
 			return &tenants.FieldError{Field: "encoding", Message: "must be utf-8 or base64"}
 		}
-		m := broker.Message{Topic: in.Topic, Payload: payload, QoS: in.QoS, Retain: in.Retain}
+		m := dataplane.Message{Topic: in.Topic, Payload: payload, QoS: in.QoS, Retain: in.Retain}
 		if err := dp.Publish(r.Context(), chi.URLParam(r, "tenant"), m); err != nil {
 			return err
 		}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -22,7 +23,7 @@ type exportRule struct {
 	Errors int64 `json:"errors"`
 }
 
-func handleExportList(es exportStore, dp DataPlane) handler {
+func handleExportList(es exportStore, dp dataplane.DataPlane) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		tenant := chi.URLParam(r, "tenant")
 		rules, err := es.ExportRules(r.Context(), tenant)

@@ -12,6 +12,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/roosthub/roost/auth"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
@@ -239,15 +240,15 @@ type statsView struct {
 	Connections *int `json:"connections"`
 }
 
-func handleAdminStats(as adminStore, dp DataPlane, now func() time.Time) handler {
+func handleAdminStats(as adminStore, dp dataplane.DataPlane, now func() time.Time) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		st, err := as.Stats(r.Context(), now())
 		if err != nil {
 			return err
 		}
 		v := statsView{Stats: st}
-		if c, ok := dp.(interface{ TotalConnections() int }); ok {
-			n := c.TotalConnections()
+		if dp != nil {
+			n := dp.Stats().Connections
 			v.Connections = &n
 		}
 		writeJSON(w, http.StatusOK, v)

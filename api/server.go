@@ -15,6 +15,7 @@ import (
 
 	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/billing"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/accesslog"
 	"github.com/roosthub/roost/tenants"
@@ -36,7 +37,7 @@ type Config struct {
 	Now func() time.Time
 	// DataPlane serves device status, disconnects and publishes; nil makes
 	// those routes answer 503.
-	DataPlane DataPlane
+	DataPlane dataplane.DataPlane
 	// Events holds each tenant's recent lifecycle events; nil lists none.
 	Events EventLog
 	// Metrics serves Prometheus metrics at /metrics, to the operator; nil
@@ -62,7 +63,7 @@ type Server struct {
 	// auth signs people in, keeps their sessions and throttles attempts.
 	auth      *auth.Service
 	ready     func(ctx context.Context) error
-	dataPlane DataPlane
+	dataPlane dataplane.DataPlane
 	events    EventLog
 	now       func() time.Time
 	metrics   http.Handler

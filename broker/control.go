@@ -11,6 +11,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/broker/store"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -212,7 +213,7 @@ func (h *Hub) stop(inst *instance, why string) {
 
 // Connections lists a device's live connections; none if its tenant's
 // broker is not running.
-func (h *Hub) Connections(tenant, device string) []Connection {
+func (h *Hub) Connections(tenant, device string) []dataplane.Connection {
 	inst := h.running(tenant)
 	if inst == nil {
 		return nil
@@ -236,27 +237,19 @@ func (h *Hub) Disconnect(tenant, device string) int {
 
 // Queue reports what a device's persistent sessions hold: zero values when
 // its tenant's broker is not running or keeps no sessions.
-func (h *Hub) Queue(tenant, device string) QueueStats {
+func (h *Hub) Queue(tenant, device string) dataplane.QueueStats {
 	inst := h.running(tenant)
 	if inst == nil || inst.persist == nil {
-		return QueueStats{}
+		return dataplane.QueueStats{}
 	}
 	return inst.persist.queueStats(device)
-}
-
-// Message is a publish made through the API.
-type Message struct {
-	Topic   string
-	Payload []byte
-	QoS     byte
-	Retain  bool
 }
 
 // Publish publishes a message into a tenant's broker, starting it if needed,
 // through the checks and quotas a device's publish passes (see inject). It
 // is delivered to every subscriber whose rules allow it; access rules for
 // the sender are the caller's business (the API checks roles).
-func (h *Hub) Publish(ctx context.Context, tenant string, m Message) error {
+func (h *Hub) Publish(ctx context.Context, tenant string, m dataplane.Message) error {
 	if err := publishTopic(m.Topic); err != nil {
 		return err
 	}
@@ -332,7 +325,7 @@ var watchIDs atomic.Int64
 // acquireWatch); a view keeps the tenant's broker running but takes nothing
 // from its devices' max_connections. ACLs are the caller's business (the
 // console lets any member of the tenant watch).
-func (h *Hub) Watch(ctx context.Context, tenant, watcher, filter string, fn func(Message)) error {
+func (h *Hub) Watch(ctx context.Context, tenant, watcher, filter string, fn func(dataplane.Message)) error {
 	if err := tenants.ValidateFilter(filter); err != nil {
 		return &tenants.FieldError{Field: "filter", Message: err.Error()}
 	}
@@ -349,7 +342,7 @@ func (h *Hub) Watch(ctx context.Context, tenant, watcher, filter string, fn func
 	}
 	id := int(watchIDs.Add(1) % (1 << 28)) // mochi's subscription identifiers are < 2^28
 	err = inst.server.Subscribe(filter, id, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
-		fn(Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain})
+		fn(dataplane.Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain})
 	})
 	if err != nil {
 		h.releaseWatch(inst, watcher)
@@ -378,18 +371,19 @@ func (h *Hub) ConnectionCount(tenant string) int {
 	return n
 }
 
-// TotalConnections is the number of live device connections in every
-// tenant.
-func (h *Hub) TotalConnections() int {
+// Stats is the hub's totals over every tenant.
+func (h *Hub) Stats() dataplane.Stats {
 	h.mu.Lock()
 	slugs := make([]string, 0, len(h.instances))
 	for slug := range h.instances {
 		slugs = append(slugs, slug)
 	}
 	h.mu.Unlock()
-	n := 0
+	var st dataplane.Stats
 	for _, slug := range slugs {
-		n += h.ConnectionCount(slug)
+		st.Connections += h.ConnectionCount(slug)
 	}
-	return n
+	return st
 }
+
+var _ dataplane.DataPlane = (*Hub)(nil)

@@ -11,6 +11,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
@@ -103,7 +104,7 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	now := h.inst.hub.now()
-	h.inst.addPresence(dc, cl, Connection{
+	h.inst.addPresence(dc, cl, dataplane.Connection{
 		ClientID: cl.ID, ConnectedAt: now.UTC(), RemoteAddr: dc.RemoteAddr().String(), ProtocolVersion: int(dc.id.version),
 	})
 	if ref := h.inst.hub.stillValid(dc.id); ref != nil {
@@ -316,8 +317,9 @@ func (h *hook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 var errNotRecorded = errors.New("acknowledgement not recorded")
 
 // OnPacketRead sees every packet a client sends, decoded, before mochi
-// validates or processes it. It resolves a PUBLISH's topic alias, refuses a
-// PINGREQ with a body, and follows the QoS exchanges for the session store.
+// validates or processes it. It resolves a PUBLISH's topic alias, cuts a
+// DISCONNECT's session expiry to the quota, refuses a PINGREQ with a body,
+// and follows the QoS exchanges for the session store.
 func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	switch pk.FixedHeader.Type {
 	case packets.Publish:
@@ -331,6 +333,12 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 			pk.TopicName = reservedTopic
 		}
 		return pk, err
+	case packets.Disconnect:
+		// mochi takes a DISCONNECT's session expiry as it comes; it is cut
+		// to max_session_expiry, as the CONNECT's was (see OnConnect).
+		if limit := uint32(clamp(h.inst.quotas().MaxSessionExpiry, 0, math.MaxUint32)); pk.Properties.SessionExpiryInterval > limit {
+			pk.Properties.SessionExpiryInterval = limit
+		}
 	case packets.Pingreq:
 		if pk.FixedHeader.Remaining != 0 {
 			// [MQTT-3.12.1] a PINGREQ has no variable header and no payload.

@@ -17,6 +17,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/internal/rate"
 	"github.com/roosthub/roost/tenants"
 )
@@ -60,6 +61,8 @@ type instance struct {
 
 	presenceMu sync.Mutex
 	byDevice   map[string]map[*deviceConn]presence
+	// byClientID is the newest live connection of each client id.
+	byClientID map[string]*mqtt.Client
 
 	closeOnce sync.Once
 
@@ -93,14 +96,6 @@ func (inst *instance) loadRestore() error {
 	}
 	inst.restored.clients, inst.restored.subs, inst.restored.inflight, inst.restored.retained = c, s, i, r
 	return nil
-}
-
-// Connection is one live MQTT connection of a device.
-type Connection struct {
-	ClientID        string    `json:"client_id"`
-	ConnectedAt     time.Time `json:"connected_at"`
-	RemoteAddr      string    `json:"remote_addr"`
-	ProtocolVersion int       `json:"protocol_version"`
 }
 
 // Session expiry and the $SYS interval: $SYS is per tenant and nobody may
@@ -309,10 +304,10 @@ func (inst *instance) dropUnreadable(cl *mqtt.Client) {
 // presence is one live connection as the instance tracks it.
 type presence struct {
 	client *mqtt.Client
-	info   Connection
+	info   dataplane.Connection
 }
 
-func (inst *instance) addPresence(dc *deviceConn, cl *mqtt.Client, c Connection) {
+func (inst *instance) addPresence(dc *deviceConn, cl *mqtt.Client, c dataplane.Connection) {
 	inst.presenceMu.Lock()
 	defer inst.presenceMu.Unlock()
 	m := inst.byDevice[dc.id.device]
@@ -324,6 +319,10 @@ func (inst *instance) addPresence(dc *deviceConn, cl *mqtt.Client, c Connection)
 		inst.meter.connected()
 	}
 	m[dc] = presence{client: cl, info: c}
+	if inst.byClientID == nil {
+		inst.byClientID = map[string]*mqtt.Client{}
+	}
+	inst.byClientID[c.ClientID] = cl
 }
 
 // dropPresence forgets a connection; dropping it twice is harmless.
@@ -331,8 +330,11 @@ func (inst *instance) dropPresence(dc *deviceConn) {
 	inst.presenceMu.Lock()
 	defer inst.presenceMu.Unlock()
 	if m := inst.byDevice[dc.id.device]; m != nil {
-		if _, ok := m[dc]; ok {
+		if p, ok := m[dc]; ok {
 			inst.meter.disconnected()
+			if inst.byClientID[p.info.ClientID] == p.client {
+				delete(inst.byClientID, p.info.ClientID)
+			}
 		}
 		delete(m, dc)
 		if len(m) == 0 {
@@ -341,11 +343,20 @@ func (inst *instance) dropPresence(dc *deviceConn) {
 	}
 }
 
-// connections lists a device's live connections.
-func (inst *instance) connections(device string) []Connection {
+// takenOver reports whether another live connection has cl's client id:
+// one that took its session over.
+func (inst *instance) takenOver(cl *mqtt.Client) bool {
 	inst.presenceMu.Lock()
 	defer inst.presenceMu.Unlock()
-	var out []Connection
+	other := inst.byClientID[cl.ID]
+	return other != nil && other != cl
+}
+
+// connections lists a device's live connections.
+func (inst *instance) connections(device string) []dataplane.Connection {
+	inst.presenceMu.Lock()
+	defer inst.presenceMu.Unlock()
+	var out []dataplane.Connection
 	for _, p := range inst.byDevice[device] {
 		out = append(out, p.info)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -215,31 +216,31 @@ func TestHTTPPublish(t *testing.T) {
 	sub.sub(t, "cmd/#", 1)
 	spy := mustV5(t, s.addr, "other/spy", s.device("other", "spy"), "spy")
 	spy.sub(t, "#", 1)
-	if err := s.hub.Publish(context.Background(), "acme", broker.Message{Topic: "cmd/reboot", Payload: []byte("now"), QoS: 1}); err != nil {
+	if err := s.hub.Publish(context.Background(), "acme", dataplane.Message{Topic: "cmd/reboot", Payload: []byte("now"), QoS: 1}); err != nil {
 		t.Fatal(err)
 	}
 	sub.expect(t, "cmd/reboot", "now")
 	spy.quiet(t, 200*time.Millisecond, "another tenant's publish")
 	// Retained through the API, then read by a newcomer.
-	if err := s.hub.Publish(context.Background(), "acme", broker.Message{Topic: "cfg/interval", Payload: []byte("60"), Retain: true}); err != nil {
+	if err := s.hub.Publish(context.Background(), "acme", dataplane.Message{Topic: "cfg/interval", Payload: []byte("60"), Retain: true}); err != nil {
 		t.Fatal(err)
 	}
 	late := mustV5(t, s.addr, "acme/late", s.device("acme", "late"), "late")
 	late.sub(t, "cfg/#", 0)
 	late.expect(t, "cfg/interval", "60")
 
-	for _, bad := range []broker.Message{{Topic: "a/+"}, {Topic: "$SYS/x"}, {Topic: ""}, {Topic: "x", QoS: 3}} {
+	for _, bad := range []dataplane.Message{{Topic: "a/+"}, {Topic: "$SYS/x"}, {Topic: ""}, {Topic: "x", QoS: 3}} {
 		var fe *tenants.FieldError
 		if err := s.hub.Publish(context.Background(), "acme", bad); !errors.As(err, &fe) {
 			t.Errorf("Publish(%+v): got %v, want a field error", bad, err)
 		}
 	}
-	if err := s.hub.Publish(context.Background(), "nope", broker.Message{Topic: "x"}); !errors.Is(err, tenants.ErrNotFound) {
+	if err := s.hub.Publish(context.Background(), "nope", dataplane.Message{Topic: "x"}); !errors.Is(err, tenants.ErrNotFound) {
 		t.Errorf("publish to an unknown tenant: got %v", err)
 	}
 	big := make([]byte, 129*1024)
 	var qe *tenants.QuotaError
-	if err := s.hub.Publish(context.Background(), "acme", broker.Message{Topic: "x", Payload: big}); !errors.As(err, &qe) || qe.Quota != "max_packet_size" {
+	if err := s.hub.Publish(context.Background(), "acme", dataplane.Message{Topic: "x", Payload: big}); !errors.As(err, &qe) || qe.Quota != "max_packet_size" {
 		t.Errorf("publish over max_packet_size: got %v", err)
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/broker/store"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
@@ -361,13 +362,6 @@ func (p *persistence) orderResend(cl *mqtt.Client) {
 	}
 }
 
-// QueueStats describes what a device's persistent sessions hold.
-type QueueStats struct {
-	Queued  int        `json:"queued"`
-	Oldest  *time.Time `json:"oldest_queued_at"`
-	Dropped int64      `json:"dropped"`
-}
-
 // queued is the number of messages waiting in the tenant's sessions'
 // queues.
 func (p *persistence) queued() int64 {
@@ -381,10 +375,10 @@ func (p *persistence) queued() int64 {
 }
 
 // queueStats sums a device's sessions' queues.
-func (p *persistence) queueStats(device string) QueueStats {
+func (p *persistence) queueStats(device string) dataplane.QueueStats {
 	p.mu.Lock()
 	var cids []string
-	var qs QueueStats
+	var qs dataplane.QueueStats
 	for cid, d := range p.devices {
 		if d == device {
 			cids = append(cids, cid)

@@ -21,6 +21,7 @@ import (
 	"github.com/roosthub/roost/broker/store/memory"
 	"github.com/roosthub/roost/broker/store/pebble"
 	"github.com/roosthub/roost/broker/store/redis"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
 )
@@ -212,7 +213,7 @@ func TestNoAckWithoutStore(t *testing.T) {
 		t.Errorf("retained publish with the store down: 0x%02x", r.ReasonCode)
 	}
 	sub.quiet(t, 300*time.Millisecond, "a message that was not stored")
-	if err := s.hub.Publish(context.Background(), "acme", broker.Message{Topic: "q/api", Payload: []byte("x"), QoS: 1}); err == nil {
+	if err := s.hub.Publish(context.Background(), "acme", dataplane.Message{Topic: "q/api", Payload: []byte("x"), QoS: 1}); err == nil {
 		t.Error("an API publish reported success with the store down")
 	}
 

@@ -353,6 +353,27 @@ func TestSessionExpiryCapped(t *testing.T) {
 	}
 }
 
+// TestSessionExpiryCappedAtDisconnect: a client cannot take its session
+// past max_session_expiry by raising its expiry in its DISCONNECT.
+func TestSessionExpiryCappedAtDisconnect(t *testing.T) {
+	s := newStack(t)
+	s.tenant("acme")
+	s.setQuota("acme", "max_session_expiry", 1)
+	secret := s.device("acme", "d1")
+	keep := func(c *paho.Connect) {
+		c.CleanStart = false
+		c.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600)}
+	}
+	c := mustV5(t, s.addr, "acme/d1", secret, "d1", keep)
+	c.sub(t, "x/#", 1)
+	c.Disconnect(&paho.Disconnect{Properties: &paho.DisconnectProperties{SessionExpiryInterval: paho.Uint32(3600)}})
+	time.Sleep(3 * time.Second) // mochi expires sessions on a one-second tick
+	again := mustV5(t, s.addr, "acme/d1", secret, "d1", keep)
+	if again.connack.SessionPresent {
+		t.Error("the session outlived max_session_expiry: its DISCONNECT raised the expiry")
+	}
+}
+
 // TestKeepalive: a client that goes quiet past 1.5 times its keepalive is
 // dropped, and its Will is published.
 func TestKeepalive(t *testing.T) {

@@ -16,6 +16,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
@@ -410,7 +411,7 @@ func TestQuotaMessagesPerMonth(t *testing.T) {
 	}
 	s.expectQuotaEvent(t, "pub", "messages_per_month", 5)
 	var qe *tenants.QuotaError
-	if err := s.hub.Publish(context.Background(), "acme", broker.Message{Topic: "x", Payload: []byte("api")}); !errors.As(err, &qe) || qe.Quota != "messages_per_month" {
+	if err := s.hub.Publish(context.Background(), "acme", dataplane.Message{Topic: "x", Payload: []byte("api")}); !errors.As(err, &qe) || qe.Quota != "messages_per_month" {
 		t.Errorf("API publish past the allowance: %v", err)
 	}
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -23,12 +24,12 @@ func TestWatch(t *testing.T) {
 	pub.pub(t, "state/d1", "retained", 1, true)
 	pub.barrier(t) // routed (and retained) before the watch starts, not delivered to it live as well
 
-	got := make(chan broker.Message, 10)
+	got := make(chan dataplane.Message, 10)
 	ctx, cancel := context.WithCancel(context.Background())
-	if err := s.hub.Watch(ctx, "acme", "alice", "state/#", func(m broker.Message) { got <- m }); err != nil {
+	if err := s.hub.Watch(ctx, "acme", "alice", "state/#", func(m dataplane.Message) { got <- m }); err != nil {
 		t.Fatal(err)
 	}
-	next := func() broker.Message {
+	next := func() dataplane.Message {
 		t.Helper()
 		select {
 		case m := <-got:
@@ -36,7 +37,7 @@ func TestWatch(t *testing.T) {
 		case <-time.After(5 * time.Second):
 			t.Fatal("the watcher got nothing")
 		}
-		return broker.Message{}
+		return dataplane.Message{}
 	}
 	if m := next(); m.Topic != "state/d1" || string(m.Payload) != "retained" || !m.Retain {
 		t.Errorf("retained: %+v", m)
@@ -59,11 +60,11 @@ func TestWatch(t *testing.T) {
 	})
 	for _, bad := range []string{"a/#/b", "$SYS/#", ""} {
 		var fe *tenants.FieldError
-		if err := s.hub.Watch(context.Background(), "acme", "alice", bad, func(broker.Message) {}); !errors.As(err, &fe) {
+		if err := s.hub.Watch(context.Background(), "acme", "alice", bad, func(dataplane.Message) {}); !errors.As(err, &fe) {
 			t.Errorf("filter %q: %v", bad, err)
 		}
 	}
-	if err := s.hub.Watch(context.Background(), "nobody", "alice", "#", func(broker.Message) {}); !errors.Is(err, tenants.ErrNotFound) {
+	if err := s.hub.Watch(context.Background(), "nobody", "alice", "#", func(dataplane.Message) {}); !errors.Is(err, tenants.ErrNotFound) {
 		t.Errorf("unknown tenant: %v", err)
 	}
 }
@@ -77,8 +78,8 @@ func TestShutdownWills(t *testing.T) {
 	shutdown := func(t *testing.T, send bool) (willSent bool) {
 		s := newStack(t, func(c *broker.Config) { c.WillsOnShutdown = send })
 		s.tenant("acme")
-		wills := make(chan broker.Message, 4)
-		if err := s.hub.Watch(context.Background(), "acme", "alice", "wills/#", func(m broker.Message) { wills <- m }); err != nil {
+		wills := make(chan dataplane.Message, 4)
+		if err := s.hub.Watch(context.Background(), "acme", "alice", "wills/#", func(m dataplane.Message) { wills <- m }); err != nil {
 			t.Fatal(err)
 		}
 		c := mustV5(t, s.addr, user("acme", "d1"), s.device("acme", "d1"), "d1", func(cp *paho.Connect) {
@@ -128,7 +129,7 @@ func TestWatchBounds(t *testing.T) {
 	watch := func(tenant, who string) (context.CancelFunc, error) {
 		wctx, cancel := context.WithCancel(context.Background())
 		t.Cleanup(cancel)
-		return cancel, s.hub.Watch(wctx, tenant, who, "#", func(broker.Message) {})
+		return cancel, s.hub.Watch(wctx, tenant, who, "#", func(dataplane.Message) {})
 	}
 	over := func(err error, quota string) bool {
 		var qe *tenants.QuotaError

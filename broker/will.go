@@ -62,6 +62,11 @@ func (inst *instance) willGone(cl *mqtt.Client, device string, w mqtt.Will) {
 		inst.sendWill(device, cl.ID, pk)
 		return
 	}
+	if inst.takenOver(cl) {
+		// The connection that took the session over is one for it
+		// within the delay; its OnSessionEstablish came before this.
+		return
+	}
 	now := inst.hub.now()
 	pw := &pendingWill{device: device, clientID: cl.ID, pk: pk, due: now.Add(delay), client: cl, left: now}
 	if !inst.holdWill(pw) {

@@ -201,3 +201,17 @@ func TestHeldWillsBounded(t *testing.T) {
 	c.conn.Close()
 	watcher.expect(t, "status/c", "gone")
 }
+
+// TestDelayedWillTakeover: a connection that takes the session over is a
+// connection for it within the delay: the old connection's Will is not
+// sent [MQTT-3.1.3-9].
+func TestDelayedWillTakeover(t *testing.T) {
+	s := newStack(t)
+	s.tenant("acme")
+	watcher := mustV5(t, s.addr, user("acme", "watcher"), s.device("acme", "watcher"), "watcher")
+	watcher.sub(t, "status/#", 1)
+	secret := s.device("acme", "d")
+	mustV5(t, s.addr, user("acme", "d"), secret, "d", withWill("status/d", "gone", false, 1))
+	mustV5(t, s.addr, user("acme", "d"), secret, "d", keepSession)
+	watcher.quiet(t, 2500*time.Millisecond, "the Will of a session taken over within its delay")
+}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/cluster"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
@@ -48,7 +49,7 @@ func TestRemote(t *testing.T) {
 	go hub.Serve(ln)
 
 	remote := cluster.NewRemote(store, token, log)
-	if err := remote.Publish(ctx, "acme", broker.Message{Topic: "a", Payload: []byte("x")}); !errors.Is(err, tenants.ErrUnavailable) {
+	if err := remote.Publish(ctx, "acme", dataplane.Message{Topic: "a", Payload: []byte("x")}); !errors.Is(err, tenants.ErrUnavailable) {
 		t.Fatalf("publish with no node: %v", err)
 	}
 	node := httptest.NewServer(cluster.Serve(hub, ev, token, log))
@@ -57,13 +58,13 @@ func TestRemote(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	got := make(chan broker.Message, 4)
+	got := make(chan dataplane.Message, 4)
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	if err := remote.Watch(wctx, "acme", "alice", "s/#", func(m broker.Message) { got <- m }); err != nil {
+	if err := remote.Watch(wctx, "acme", "alice", "s/#", func(m dataplane.Message) { got <- m }); err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Publish(ctx, "acme", broker.Message{Topic: "s/1", Payload: []byte{0, 1, 2}, QoS: 1}); err != nil {
+	if err := remote.Publish(ctx, "acme", dataplane.Message{Topic: "s/1", Payload: []byte{0, 1, 2}, QoS: 1}); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -75,10 +76,10 @@ func TestRemote(t *testing.T) {
 		t.Fatal("the remote watch got nothing")
 	}
 	var fe *tenants.FieldError
-	if err := remote.Publish(ctx, "acme", broker.Message{Topic: "s/+"}); !errors.As(err, &fe) || fe.Field != "topic" {
+	if err := remote.Publish(ctx, "acme", dataplane.Message{Topic: "s/+"}); !errors.As(err, &fe) || fe.Field != "topic" {
 		t.Errorf("a bad topic through the remote: %v", err)
 	}
-	if err := remote.Watch(ctx, "acme", "alice", "$SYS/#", func(broker.Message) {}); !errors.As(err, &fe) || fe.Field != "filter" {
+	if err := remote.Watch(ctx, "acme", "alice", "$SYS/#", func(dataplane.Message) {}); !errors.As(err, &fe) || fe.Field != "filter" {
 		t.Errorf("a bad filter through the remote: %v", err)
 	}
 	if n := remote.ConnectionCount("acme"); n != 0 {
@@ -96,14 +97,14 @@ func TestRemote(t *testing.T) {
 
 	// A caller without the token gets nothing from a node.
 	wrong := cluster.NewRemote(store, token+"x", log)
-	if err := wrong.Publish(ctx, "acme", broker.Message{Topic: "s/2"}); err == nil {
+	if err := wrong.Publish(ctx, "acme", dataplane.Message{Topic: "s/2"}); err == nil {
 		t.Error("a wrong token published")
 	}
 	// A node that stopped announcing drops out.
 	if err := store.RetireNode(ctx, "n1"); err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Publish(ctx, "acme", broker.Message{Topic: "s/3"}); !errors.Is(err, tenants.ErrUnavailable) {
+	if err := remote.Publish(ctx, "acme", dataplane.Message{Topic: "s/3"}); !errors.Is(err, tenants.ErrUnavailable) {
 		t.Errorf("publish after the node retired: %v", err)
 	}
 }

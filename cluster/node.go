@@ -19,6 +19,7 @@ import (
 
 	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
@@ -28,13 +29,7 @@ const Prefix = "/internal/v1"
 
 // Hub is what a node serves from; *broker.Hub satisfies it.
 type Hub interface {
-	Connections(tenant, device string) []broker.Connection
-	ConnectionCount(tenant string) int
-	Queue(tenant, device string) broker.QueueStats
-	ExportErrors(tenant string) map[string]int64
-	Disconnect(tenant, device string) int
-	Publish(ctx context.Context, tenant string, m broker.Message) error
-	Watch(ctx context.Context, tenant, watcher, filter string, fn func(broker.Message)) error
+	dataplane.DataPlane
 	CloseForwarded(origin string) int
 }
 
@@ -42,8 +37,8 @@ var _ Hub = (*broker.Hub)(nil)
 
 // deviceView is a device as one node sees it.
 type deviceView struct {
-	Connections []broker.Connection `json:"connections"`
-	Queue       broker.QueueStats   `json:"queue"`
+	Connections []dataplane.Connection `json:"connections"`
+	Queue       dataplane.QueueStats   `json:"queue"`
 }
 
 // tenantView is a tenant as one node sees it.
@@ -117,6 +112,9 @@ func ServeWith(hub Hub, recent EventLog, op *auth.Operator, log *slog.Logger) ht
 		t := r.PathValue("tenant")
 		writeJSON(w, http.StatusOK, tenantView{Connections: hub.ConnectionCount(t), ExportErrors: hub.ExportErrors(t)})
 	})
+	mux.HandleFunc("GET "+Prefix+"/stats", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, hub.Stats())
+	})
 	mux.HandleFunc("GET "+Prefix+"/tenants/{tenant}/devices/{device}", func(w http.ResponseWriter, r *http.Request) {
 		t, d := r.PathValue("tenant"), r.PathValue("device")
 		writeJSON(w, http.StatusOK, deviceView{Connections: hub.Connections(t, d), Queue: hub.Queue(t, d)})
@@ -132,7 +130,7 @@ func ServeWith(hub Hub, recent EventLog, op *auth.Operator, log *slog.Logger) ht
 		writeJSON(w, http.StatusOK, map[string]int{"closed": hub.Disconnect(r.PathValue("tenant"), r.PathValue("device"))})
 	})
 	mux.HandleFunc("POST "+Prefix+"/tenants/{tenant}/messages", func(w http.ResponseWriter, r *http.Request) {
-		var m broker.Message
+		var m dataplane.Message
 		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<20)).Decode(&m); err != nil {
 			writeJSON(w, http.StatusBadRequest, failure{Kind: "invalid", Field: "body", Message: err.Error()})
 			return
@@ -151,10 +149,10 @@ func ServeWith(hub Hub, recent EventLog, op *auth.Operator, log *slog.Logger) ht
 		writeJSON(w, http.StatusOK, map[string]int{"closed": n})
 	})
 	mux.HandleFunc("GET "+Prefix+"/tenants/{tenant}/watch", func(w http.ResponseWriter, r *http.Request) {
-		msgs := make(chan broker.Message, 256)
+		msgs := make(chan dataplane.Message, 256)
 		ctx, cancel := context.WithCancel(r.Context())
 		defer cancel()
-		if err := hub.Watch(ctx, r.PathValue("tenant"), r.URL.Query().Get("watcher"), r.URL.Query().Get("filter"), func(m broker.Message) {
+		if err := hub.Watch(ctx, r.PathValue("tenant"), r.URL.Query().Get("watcher"), r.URL.Query().Get("filter"), func(m dataplane.Message) {
 			select {
 			case msgs <- m:
 			default: // a slow control plane loses messages, not the publisher's time
@@ -180,7 +178,7 @@ func ServeWith(hub Hub, recent EventLog, op *auth.Operator, log *slog.Logger) ht
 			case m := <-msgs:
 				v = m
 			case <-ping.C:
-				v = broker.Message{} // keeps the stream (and its proxies) awake
+				v = dataplane.Message{} // keeps the stream (and its proxies) awake
 			}
 			rc.SetWriteDeadline(time.Now().Add(30 * time.Second))
 			if enc.Encode(v) != nil || rc.Flush() != nil {

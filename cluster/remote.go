@@ -15,10 +15,12 @@ import (
 	"sync"
 	"time"
 
-	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
+
+var _ dataplane.DataPlane = (*Remote)(nil)
 
 // ErrNoNodes is what a control plane answers while no data-plane node is up.
 var ErrNoNodes = errors.New("no data-plane node is up")
@@ -109,15 +111,15 @@ func devicePath(tenant, device string) string {
 }
 
 // Connections lists the device's connections on every node.
-func (r *Remote) Connections(tenant, device string) []broker.Connection {
-	var out []broker.Connection
+func (r *Remote) Connections(tenant, device string) []dataplane.Connection {
+	var out []dataplane.Connection
 	each(r, http.MethodGet, devicePath(tenant, device), func(v deviceView) { out = append(out, v.Connections...) })
 	return out
 }
 
 // Queue adds up the device's queues as the nodes see them.
-func (r *Remote) Queue(tenant, device string) broker.QueueStats {
-	var q broker.QueueStats
+func (r *Remote) Queue(tenant, device string) dataplane.QueueStats {
+	var q dataplane.QueueStats
 	each(r, http.MethodGet, devicePath(tenant, device), func(v deviceView) {
 		q.Queued = max(q.Queued, v.Queue.Queued) // one stored queue, seen from each node
 		q.Dropped += v.Queue.Dropped
@@ -144,6 +146,13 @@ func (r *Remote) ExportErrors(tenant string) map[string]int64 {
 		}
 	})
 	return out
+}
+
+// Stats adds up the totals of every node.
+func (r *Remote) Stats() dataplane.Stats {
+	var st dataplane.Stats
+	each(r, http.MethodGet, "/stats", func(v dataplane.Stats) { st.Connections += v.Connections })
+	return st
 }
 
 // Disconnect ends the device's connections on every node.
@@ -192,7 +201,7 @@ func (r *Remote) home(ctx context.Context, tenant string) (tenants.Node, error) 
 }
 
 // Publish publishes on the tenant's home node.
-func (r *Remote) Publish(ctx context.Context, tenant string, m broker.Message) error {
+func (r *Remote) Publish(ctx context.Context, tenant string, m dataplane.Message) error {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	n, err := r.home(ctx, tenant)
@@ -214,7 +223,7 @@ func (r *Remote) Publish(ctx context.Context, tenant string, m broker.Message) e
 
 // Watch streams the tenant's messages from its home node until ctx ends;
 // the home bounds the views of the tenant and of the watcher.
-func (r *Remote) Watch(ctx context.Context, tenant, watcher, filter string, fn func(broker.Message)) error {
+func (r *Remote) Watch(ctx context.Context, tenant, watcher, filter string, fn func(dataplane.Message)) error {
 	hctx, cancel := context.WithTimeout(ctx, callTimeout)
 	n, err := r.home(hctx, tenant)
 	cancel()
@@ -236,7 +245,7 @@ func (r *Remote) Watch(ctx context.Context, tenant, watcher, filter string, fn f
 		sc := bufio.NewScanner(resp.Body)
 		sc.Buffer(make([]byte, 64<<10), 32<<20)
 		for sc.Scan() {
-			var m broker.Message
+			var m dataplane.Message
 			if json.Unmarshal(sc.Bytes(), &m) == nil && m.Topic != "" {
 				fn(m)
 			}

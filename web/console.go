@@ -32,7 +32,7 @@ import (
 
 	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/billing"
-	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/problem"
 	"github.com/roosthub/roost/tenants"
@@ -43,19 +43,6 @@ var templateFS embed.FS
 
 //go:embed static
 var staticFS embed.FS
-
-// DataPlane is what the console asks of the MQTT data plane; *broker.Hub
-// satisfies it.
-type DataPlane interface {
-	Connections(tenant, device string) []broker.Connection
-	ConnectionCount(tenant string) int
-	Queue(tenant, device string) broker.QueueStats
-	Disconnect(tenant, device string) int
-	Publish(ctx context.Context, tenant string, m broker.Message) error
-	Watch(ctx context.Context, tenant, watcher, filter string, fn func(broker.Message)) error
-}
-
-var _ DataPlane = (*broker.Hub)(nil)
 
 // EventLog holds each tenant's recent events.
 type EventLog interface {
@@ -71,7 +58,7 @@ type Endpoint struct {
 // Config is what the console needs.
 type Config struct {
 	Store     *tenants.Store
-	DataPlane DataPlane
+	DataPlane dataplane.DataPlane
 	Billing   *billing.Service
 	Events    EventLog
 	Log       *slog.Logger

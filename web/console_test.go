@@ -13,7 +13,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 	"github.com/roosthub/roost/billing"
-	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
 	"github.com/roosthub/roost/web"
@@ -307,10 +307,10 @@ func TestSnippetsWork(t *testing.T) {
 		}
 		return html.UnescapeString(m[1])
 	}
-	got := make(chan broker.Message, 4)
+	got := make(chan dataplane.Message, 4)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if err := s.hub.Watch(ctx, "acme", "alice", "#", func(m broker.Message) { got <- m }); err != nil {
+	if err := s.hub.Watch(ctx, "acme", "alice", "#", func(m dataplane.Message) { got <- m }); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command("bash", "-c", snippet("pub")).CombinedOutput(); err != nil {
@@ -325,7 +325,7 @@ func TestSnippetsWork(t *testing.T) {
 		t.Fatal("the snippet's message did not arrive")
 	}
 	// Retained, so that it waits for the subscription, however late.
-	if err := s.hub.Publish(context.Background(), "acme", broker.Message{Topic: "commands/d1", Payload: []byte("reboot"), QoS: 1, Retain: true}); err != nil {
+	if err := s.hub.Publish(context.Background(), "acme", dataplane.Message{Topic: "commands/d1", Payload: []byte("reboot"), QoS: 1, Retain: true}); err != nil {
 		t.Fatal(err)
 	}
 	sub := exec.Command("bash", "-c", snippet("sub")+" -C 1 -W 15")

@@ -10,7 +10,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
-	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -142,8 +142,8 @@ func (c *Console) deviceCreate(w http.ResponseWriter, r *http.Request) {
 
 type deviceData struct {
 	Device       tenants.Device
-	Connections  []broker.Connection
-	Queue        broker.QueueStats
+	Connections  []dataplane.Connection
+	Queue        dataplane.QueueStats
 	Keys         []tenants.DeviceKey
 	Certificates []tenants.DeviceCertificate
 	Metadata     [][2]string

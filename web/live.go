@@ -14,7 +14,7 @@ import (
 	"time"
 	"unicode/utf8"
 
-	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -52,7 +52,7 @@ func (c *Console) liveStream(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	msgs := make(chan liveMessage, liveBuffer)
 	var dropped atomic.Int64
-	err := c.cfg.DataPlane.Watch(ctx, tenantOf(r).Slug, accountOf(r).ID, r.URL.Query().Get("filter"), func(m broker.Message) {
+	err := c.cfg.DataPlane.Watch(ctx, tenantOf(r).Slug, accountOf(r).ID, r.URL.Query().Get("filter"), func(m dataplane.Message) {
 		lm := liveMessage{Time: c.cfg.Now().UTC(), Topic: m.Topic, QoS: m.QoS, Retain: m.Retain, Payload: string(m.Payload), Encoding: "utf-8"}
 		if !utf8.Valid(m.Payload) {
 			lm.Payload, lm.Encoding = base64.StdEncoding.EncodeToString(m.Payload), "base64"
@@ -93,15 +93,26 @@ func (c *Console) liveStream(w http.ResponseWriter, r *http.Request) {
 	heartbeat := time.NewTicker(15 * time.Second)
 	defer heartbeat.Stop()
 	reported := int64(0)
+	checked := time.Now()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case m := <-msgs:
+			if time.Since(checked) >= liveRecheck {
+				if !c.mayStillWatch(r) {
+					return
+				}
+				checked = time.Now()
+			}
 			if !send("message", m) {
 				return
 			}
 		case <-heartbeat.C:
+			if !c.mayStillWatch(r) {
+				return
+			}
+			checked = time.Now()
 			if n := dropped.Load(); n != reported {
 				reported = n
 				if !send("dropped", map[string]int64{"dropped": n}) {
@@ -114,11 +125,27 @@ func (c *Console) liveStream(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// liveRecheck is how long a live stream trusts the session and membership
+// it was opened with before it checks them again, at its next message.
+const liveRecheck = time.Second
+
+// mayStillWatch reports whether the session that opened a live stream is
+// still open and its account still a member of the tenant: logging out or
+// being removed ends an open stream too.
+func (c *Console) mayStillWatch(r *http.Request) bool {
+	a, ok := c.account(r)
+	if !ok || a.ID != accountOf(r).ID {
+		return false
+	}
+	_, err := c.store.Membership(r.Context(), tenantOf(r).Slug, a.ID)
+	return err == nil
+}
+
 // livePublish publishes a test message into the tenant (admins), from a
 // form or from the live view's script.
 func (c *Console) livePublish(w http.ResponseWriter, r *http.Request) {
 	t := tenantOf(r)
-	m := broker.Message{Topic: strings.TrimSpace(r.PostFormValue("topic")), Payload: []byte(r.PostFormValue("payload")), Retain: r.PostFormValue("retain") == "on"}
+	m := dataplane.Message{Topic: strings.TrimSpace(r.PostFormValue("topic")), Payload: []byte(r.PostFormValue("payload")), Retain: r.PostFormValue("retain") == "on"}
 	qos, err := strconv.Atoi(cmp.Or(r.PostFormValue("qos"), "0"))
 	switch {
 	case err != nil || qos < 0 || qos > 2:

@@ -30,6 +30,7 @@ import (
 	pebblestore "github.com/roosthub/roost/broker/store/pebble"
 	redisstore "github.com/roosthub/roost/broker/store/redis"
 	"github.com/roosthub/roost/cluster"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 	"github.com/roosthub/roost/web"
@@ -146,10 +147,7 @@ func (d planeDeps) controlHandler(signingKey []byte, localAddr string, endpoints
 	if bill.Enabled() {
 		tasks = append(tasks, func(ctx context.Context) error { bill.Run(ctx, 30*time.Second); return nil })
 	}
-	var dp interface {
-		api.DataPlane
-		web.DataPlane
-	} = d.hub
+	var dp dataplane.DataPlane = d.hub
 	var evs api.EventLog = d.recent
 	if d.hub == nil {
 		// Running apart: the data-plane nodes answer for themselves, and

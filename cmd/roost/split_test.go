@@ -143,6 +143,12 @@ func TestSplitPlanes(t *testing.T) {
 	if len(evs.Items) == 0 || evs.Items[0].Device != "d2" {
 		t.Errorf("the data plane's connect events through the control plane: %+v", evs.Items)
 	}
+	// The operator's totals count the nodes' connections (d2's).
+	var stats struct{ Connections *int }
+	cp.api("GET", "/v1/admin/stats", admin, nil, &stats)
+	if stats.Connections == nil || *stats.Connections != 1 {
+		t.Errorf("connections in the admin stats through the control plane: %v, want 1", stats.Connections)
+	}
 	cp.api("POST", "/v1/tenants/acme/messages", session.Token, map[string]any{"topic": "cmd/d2", "payload": "reboot", "qos": 1}, nil)
 	select {
 	case m := <-msgs:
