@@ -49,6 +49,12 @@ func TestDataPlaneRoutes(t *testing.T) {
 	if r.json()["online"] != true || len(conns) != 1 || conns[0].(map[string]any)["client_id"] != "d1" || r.json()["last_seen_at"] == nil {
 		t.Errorf("online status: got %s", r.body)
 	}
+	// An online device is seen now, by the API's clock.
+	e.clock.Advance(time.Hour)
+	r = e.do("GET", status, u.token, nil)
+	if seen, err := time.Parse(time.RFC3339Nano, r.str("last_seen_at")); err != nil || !seen.Equal(e.clock.Now()) {
+		t.Errorf("an online device's last_seen_at: got %s, want %s", r.str("last_seen_at"), e.clock.Now().UTC().Format(time.RFC3339Nano))
+	}
 
 	r = e.do("POST", "/v1/tenants/acme/messages", u.token, map[string]any{"topic": "cmd/reboot", "payload": "now", "qos": 1})
 	want(t, r, 202, "publish")

@@ -30,7 +30,7 @@ func liveDevice(r *http.Request, ds deviceStore, dp dataplane.DataPlane) (tenant
 	return ds.Device(r.Context(), chi.URLParam(r, "tenant"), chi.URLParam(r, "device"))
 }
 
-func handleDeviceStatus(ds deviceStore, dp dataplane.DataPlane) handler {
+func handleDeviceStatus(ds deviceStore, dp dataplane.DataPlane, now func() time.Time) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		d, err := liveDevice(r, ds, dp)
 		if err != nil {
@@ -44,8 +44,8 @@ func handleDeviceStatus(ds deviceStore, dp dataplane.DataPlane) handler {
 		// online is being seen now.
 		seen := d.LastSeenAt
 		if len(conns) > 0 {
-			now := time.Now().UTC()
-			seen = &now
+			t := now().UTC()
+			seen = &t
 		}
 		writeJSON(w, http.StatusOK, deviceStatus{Device: d.Name, Online: len(conns) > 0, Connections: conns, LastSeenAt: seen,
 			QueueStats: dp.Queue(d.Tenant, d.Name)})

@@ -53,7 +53,7 @@ func (s *Server) routes() chi.Router {
 				r.With(admin).Patch("/devices/{device}", s.serve(handleDeviceUpdate(st)))
 				r.With(admin).Delete("/devices/{device}", s.serve(handleDeviceDelete(st)))
 				r.With(admin).Post("/devices/{device}/secret", s.serve(handleDeviceRotate(st)))
-				r.With(viewer).Get("/devices/{device}/status", s.serve(handleDeviceStatus(st, s.dataPlane)))
+				r.With(viewer).Get("/devices/{device}/status", s.serve(handleDeviceStatus(st, s.dataPlane, s.now)))
 				r.With(admin).Post("/devices/{device}/disconnect", s.serve(handleDeviceDisconnect(st, s.dataPlane)))
 				r.With(viewer).Get("/devices/{device}/keys", s.serve(handleDeviceKeyList(st)))
 				r.With(admin).Post("/devices/{device}/keys", s.serve(handleDeviceKeyCreate(st)))

@@ -29,7 +29,8 @@ type Config struct {
 	AdminToken string
 	// SigningKey signs console session tokens; at least 32 bytes.
 	SigningKey []byte
-	// TokenTTL is how long a console session lasts; 12 hours if zero.
+	// TokenTTL is how long a session lasts, for the auth front New builds
+	// when Auth is nil; the front's default if zero.
 	TokenTTL time.Duration
 	// Ready reports whether the server can serve; nil means the store's ping.
 	Ready func(ctx context.Context) error
@@ -86,9 +87,6 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
-	}
-	if cfg.TokenTTL == 0 {
-		cfg.TokenTTL = 12 * time.Hour
 	}
 	if cfg.Ready == nil {
 		cfg.Ready = cfg.Store.Ping

@@ -2,7 +2,6 @@ package auth
 
 import (
 	"crypto/subtle"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/roosthub/roost/internal/accesslog"
+	"github.com/roosthub/roost/internal/problem"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -85,12 +85,10 @@ func (o *Operator) Require(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		status := http.StatusUnauthorized
-		var re *tenants.RetryError
-		if errors.As(err, &re) {
-			status = http.StatusTooManyRequests
-			w.Header().Set("Retry-After", fmt.Sprint(int(roundUp(re.After)/time.Second)))
+		p := problem.Of(err)
+		if p.RetryAfter != "" {
+			w.Header().Set("Retry-After", p.RetryAfter)
 		}
-		http.Error(w, err.Error(), status)
+		http.Error(w, err.Error(), p.Status)
 	})
 }

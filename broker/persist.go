@@ -80,9 +80,16 @@ type persistence struct {
 	// inflight maps a client's outbound packet id to the store number of
 	// the message it carries.
 	inflight map[string]map[uint16]uint64
-	// acked holds, per client, numbers acknowledged out of order; floor is
-	// the highest number below which everything is acknowledged.
+	// outstanding holds, per client, the store numbers of its queued
+	// messages not yet acknowledged (nor dropped), in order.
 	outstanding map[string][]uint64
+	// highest is, per client, the highest store number it was given.
+	// appending holds, per client, one entry for each append in progress:
+	// the highest number known as it began, which its own numbers follow.
+	// The store is trimmed up to what is neither outstanding nor possibly
+	// being appended (see trimBound).
+	highest   map[string]uint64
+	appending map[string][]uint64
 	// devices maps restored sessions' client ids to their devices, for ACL
 	// checks before the client reconnects.
 	devices map[string]string
@@ -130,7 +137,7 @@ func newPersistence(st SessionStore, inst *instance) *persistence {
 	return &persistence{
 		st: st, tenant: inst.tenant, inst: inst,
 		pubs: map[string]pubCopies{}, inflight: map[string]map[uint16]uint64{},
-		outstanding: map[string][]uint64{}, devices: map[string]string{}, stored: map[string]bool{}, dropped: map[string]int64{},
+		outstanding: map[string][]uint64{}, highest: map[string]uint64{}, appending: map[string][]uint64{}, devices: map[string]string{}, stored: map[string]bool{}, dropped: map[string]int64{},
 		marks: map[string]map[uint64]mark{}, received: map[string]map[uint16]bool{},
 		live: map[string]*mqtt.Client{}, recheck: map[string]bool{},
 	}
@@ -229,16 +236,34 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	if pk.FixedHeader.Qos == 2 && !cl.Net.Inline && persistent(cl) {
 		receipt = store.Receipt{ClientID: cl.ID, PacketID: pk.PacketID}
 	}
+	began := make([]uint64, len(items))
+	p.mu.Lock()
+	for i, it := range items {
+		began[i] = p.highest[it.ClientID]
+		p.appending[it.ClientID] = append(p.appending[it.ClientID], began[i])
+	}
+	p.mu.Unlock()
 	seqs, err := p.st.Append(ctx, p.tenant, items, receipt)
+	p.mu.Lock()
+	for i, it := range items {
+		a := p.appending[it.ClientID]
+		j := slices.Index(a, began[i])
+		if a = slices.Delete(a, j, j+1); len(a) == 0 {
+			delete(p.appending, it.ClientID)
+		} else {
+			p.appending[it.ClientID] = a
+		}
+	}
 	if err != nil {
+		p.mu.Unlock()
 		p.inst.log.Error("queue message for persistent sessions", "topic", pk.TopicName, "sessions", len(items), "err", err)
 		return pk, errNotStored
 	}
 	copies := make(map[string]uint64, len(items))
-	p.mu.Lock()
 	for i, it := range items {
 		copies[it.ClientID] = seqs[i]
 		p.outstanding[it.ClientID] = insertSeq(p.outstanding[it.ClientID], seqs[i])
+		p.highest[it.ClientID] = max(p.highest[it.ClientID], seqs[i])
 	}
 	if receipt.ClientID != "" {
 		if p.received[cl.ID] == nil {
@@ -684,12 +709,8 @@ func (p *persistence) acknowledged(cl *mqtt.Client, packetID uint16) {
 		p.mu.Unlock()
 		return
 	}
-	out = slices.Delete(out, i, i+1)
-	p.outstanding[cl.ID] = out
-	upTo := seq
-	if len(out) > 0 && out[0] < seq {
-		upTo = out[0] - 1 // an older message is still out
-	}
+	p.outstanding[cl.ID] = slices.Delete(out, i, i+1)
+	upTo := p.trimBound(cl.ID)
 	p.mu.Unlock()
 	if upTo == 0 {
 		return
@@ -699,6 +720,21 @@ func (p *persistence) acknowledged(cl *mqtt.Client, packetID uint16) {
 	if err := p.st.Trim(ctx, p.tenant, cl.ID, upTo); err != nil {
 		p.inst.log.Warn("trim delivered messages", "client_id", cl.ID, "err", err)
 	}
+}
+
+// trimBound is the highest store number up to which a client's queue can
+// be trimmed: every message up to it was acknowledged or dropped, and none
+// being appended can get a number up to it. Messages acknowledged out of
+// order are trimmed once the older ones are. Called with p.mu held.
+func (p *persistence) trimBound(clientID string) uint64 {
+	upTo := p.highest[clientID]
+	if out := p.outstanding[clientID]; len(out) > 0 {
+		upTo = min(upTo, out[0]-1)
+	}
+	for _, began := range p.appending[clientID] {
+		upTo = min(upTo, began)
+	}
+	return upTo
 }
 
 func (p *persistence) sessionRecord(cl *mqtt.Client, disconnected time.Time) store.Session {
@@ -763,6 +799,7 @@ func (p *persistence) drop(ctx context.Context, clientID string) error {
 	delete(p.recheck, clientID)
 	delete(p.inflight, clientID)
 	delete(p.outstanding, clientID)
+	delete(p.highest, clientID)
 	delete(p.devices, clientID)
 	delete(p.dropped, clientID)
 	delete(p.marks, clientID)
@@ -860,6 +897,7 @@ func (p *persistence) restore() ([]storage.Client, []storage.Subscription, []sto
 		free := uint16(0xffff)
 		for i, q := range queued {
 			p.outstanding[s.ClientID] = append(p.outstanding[s.ClientID], q.Seq)
+			p.highest[s.ClientID] = max(p.highest[s.ClientID], q.Seq)
 			id := q.PacketID
 			if id == 0 {
 				for ids[free] != 0 {

@@ -11,7 +11,6 @@ package cluster
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -21,6 +20,7 @@ import (
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/events"
+	"github.com/roosthub/roost/internal/problem"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -47,44 +47,55 @@ type tenantView struct {
 	ExportErrors map[string]int64 `json:"export_errors"`
 }
 
-// failure carries a store error kind across the wire, so the control plane
-// answers as if the hub were in process.
+// failure is an error on the wire from a node to a control plane: the
+// problem the one table of error kinds (internal/problem) makes of it, which
+// the control plane turns back into an error of the same kind, so it answers
+// as if the hub were in process. Kind is the problem's code; the names are
+// those older nodes send, so a fleet can roll.
 type failure struct {
-	Kind    string `json:"kind"` // invalid, quota, forbidden, not_found, unavailable
-	Field   string `json:"field,omitempty"`
-	Message string `json:"message"`
-	Quota   string `json:"quota,omitempty"`
-	Limit   int64  `json:"limit,omitempty"`
+	Kind       string `json:"kind"`
+	Field      string `json:"field,omitempty"`
+	Message    string `json:"message"`
+	Quota      string `json:"quota,omitempty"`
+	Limit      *int64 `json:"limit,omitempty"`
+	RetryAfter string `json:"retry_after,omitempty"`
 }
 
+// toFailure is the status and the failure a node answers err with. An
+// error of no known kind keeps its message: the caller is the operator's
+// own control plane, which logs it.
 func toFailure(err error) (int, failure) {
-	var fe *tenants.FieldError
-	var qe *tenants.QuotaError
-	switch {
-	case errors.As(err, &fe):
-		return http.StatusBadRequest, failure{Kind: "invalid", Field: fe.Field, Message: fe.Message}
-	case errors.As(err, &qe):
-		return http.StatusForbidden, failure{Kind: "quota", Quota: qe.Quota, Limit: qe.Limit, Message: qe.Error()}
-	case errors.Is(err, tenants.ErrForbidden):
-		return http.StatusForbidden, failure{Kind: "forbidden", Message: err.Error()}
-	case errors.Is(err, tenants.ErrNotFound):
-		return http.StatusNotFound, failure{Kind: "not_found", Message: err.Error()}
+	p := problem.Of(err)
+	if p.Internal() {
+		p.Detail = err.Error()
 	}
-	return http.StatusServiceUnavailable, failure{Kind: "unavailable", Message: err.Error()}
+	return p.Status, failure{Kind: p.Code, Field: p.Field, Message: p.Detail, Quota: p.Quota, Limit: p.Limit, RetryAfter: p.RetryAfter}
 }
 
-func (f failure) err() error {
+// err rebuilds the node's error. A failure of no kind (a body that was no
+// failure: a proxy's page, a refused token) means the node could not be
+// used; one of a kind the table does not hold is the node's internal error.
+func (f failure) err(node string) error {
 	switch f.Kind {
-	case "invalid":
-		return &tenants.FieldError{Field: f.Field, Message: f.Message}
-	case "quota":
-		return &tenants.QuotaError{Quota: f.Quota, Limit: f.Limit}
-	case "forbidden":
-		return fmt.Errorf("%s: %w", f.Message, tenants.ErrForbidden)
-	case "not_found":
-		return fmt.Errorf("%s: %w", f.Message, tenants.ErrNotFound)
+	case "":
+		return fmt.Errorf("data-plane node %s: %s: %w", node, f.Message, tenants.ErrUnavailable)
+	case "quota": // what older nodes call quota_exceeded
+		f.Kind = "quota_exceeded"
 	}
-	return fmt.Errorf("data-plane node: %s: %w", f.Message, tenants.ErrUnavailable)
+	if problem.Kind(f.Kind) == nil {
+		return fmt.Errorf("data-plane node %s: %s", node, f.Message)
+	}
+	p := problem.Problem{Code: f.Kind, Field: f.Field, Detail: f.Message, Quota: f.Quota, Limit: f.Limit, RetryAfter: f.RetryAfter}
+	return p.Err()
+}
+
+// readFailure decodes a node's answer that was not a success.
+func readFailure(resp *http.Response, node string) error {
+	var f failure
+	if err := json.NewDecoder(resp.Body).Decode(&f); err != nil {
+		f = failure{Message: resp.Status}
+	}
+	return f.err(node)
 }
 
 // EventLog holds a node's recent events per tenant; *events.Memory is one.
@@ -132,7 +143,8 @@ func ServeWith(hub Hub, recent EventLog, op *auth.Operator, log *slog.Logger) ht
 	mux.HandleFunc("POST "+Prefix+"/tenants/{tenant}/messages", func(w http.ResponseWriter, r *http.Request) {
 		var m dataplane.Message
 		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<20)).Decode(&m); err != nil {
-			writeJSON(w, http.StatusBadRequest, failure{Kind: "invalid", Field: "body", Message: err.Error()})
+			status, f := toFailure(&tenants.FieldError{Field: "body", Message: err.Error()})
+			writeJSON(w, status, f)
 			return
 		}
 		if err := hub.Publish(r.Context(), r.PathValue("tenant"), m); err != nil {

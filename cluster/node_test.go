@@ -1,13 +1,22 @@
 package cluster_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/roosthub/roost/cluster"
+	"github.com/roosthub/roost/dataplane"
+	"github.com/roosthub/roost/internal/problem"
 	"github.com/roosthub/roost/internal/testenv"
+	"github.com/roosthub/roost/tenants"
 )
 
 // TestInternalAPIThrottlesWrongTokens: wrong operator tokens on a node's
@@ -41,5 +50,125 @@ func TestInternalAPIThrottlesWrongTokens(t *testing.T) {
 	}
 	if r := get("127.0.0.3", "rop_guess-y-0123456789"); r.StatusCode != http.StatusUnauthorized {
 		t.Errorf("a wrong token from another address: %d, want 401", r.StatusCode)
+	}
+}
+
+// failingHub is a node's hub whose publishes and watches in a tenant fail
+// with that tenant's error.
+type failingHub struct {
+	dataplane.DataPlane // the rest is not asked
+	errs                map[string]error
+}
+
+func (h failingHub) Publish(_ context.Context, tenant string, _ dataplane.Message) error {
+	return h.errs[tenant]
+}
+
+func (h failingHub) Watch(_ context.Context, tenant, _, _ string, _ func(dataplane.Message)) error {
+	return h.errs[tenant]
+}
+
+func (failingHub) CloseForwarded(string) int { return 0 }
+
+// remoteTo returns a Remote whose only node is served by h.
+func remoteTo(t *testing.T, h http.Handler) *cluster.Remote {
+	t.Helper()
+	ctx := tenants.WithActor(context.Background(), "test")
+	store, err := tenants.Open(ctx, "", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	if _, err := store.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	node := httptest.NewServer(h)
+	t.Cleanup(node.Close)
+	if err := store.AnnounceNode(ctx, tenants.Node{ID: "n1", URL: node.URL, ForwardAddr: "127.0.0.1:1"}); err != nil {
+		t.Fatal(err)
+	}
+	return cluster.NewRemote(store, token, slog.New(slog.DiscardHandler))
+}
+
+// TestRemoteErrorKinds: an error of every kind a node's hub returns comes
+// out of the control plane's Remote as an error the one table of kinds
+// answers alike (status, code, field, quota and limit, Retry-After,
+// message), and of the type its kind carries.
+func TestRemoteErrorKinds(t *testing.T) {
+	cases := []struct {
+		name string
+		err  error
+	}{
+		{"field", &tenants.FieldError{Field: "topic", Message: "must not hold wildcards"}},
+		{"wrapped field", fmt.Errorf("watch: %w", &tenants.FieldError{Field: "filter", Message: "$SYS is closed"})},
+		{"invalid", fmt.Errorf("bad payload: %w", tenants.ErrInvalid)},
+		{"rate quota", &tenants.QuotaError{Quota: "publish_rate", Limit: 100}},
+		{"limit quota", &tenants.QuotaError{Quota: "max_retained", Limit: 1000}},
+		{"quota", tenants.ErrQuotaExceeded},
+		{"throttled with a wait", tenants.Throttled(2500*time.Millisecond, "too many live views; try again in 3s")},
+		{"throttled", fmt.Errorf("views: %w", tenants.ErrThrottled)},
+		{"unavailable with a wait", &tenants.RetryError{Kind: tenants.ErrUnavailable, After: time.Minute, Msg: "draining"}},
+		{"unavailable", fmt.Errorf("session store: %w", tenants.ErrUnavailable)},
+		{"conflict", fmt.Errorf("watcher: %w", tenants.ErrConflict)},
+		{"unauthorized", tenants.ErrUnauthorized},
+		{"not found", fmt.Errorf("tenant acme: %w", tenants.ErrNotFound)},
+		{"forbidden", fmt.Errorf("a $ topic: %w", tenants.ErrForbidden)},
+		{"internal", errors.New("disk full")},
+	}
+	hub := failingHub{errs: map[string]error{}}
+	for i, c := range cases {
+		hub.errs[fmt.Sprintf("t%d", i)] = c.err
+	}
+	remote := remoteTo(t, cluster.Serve(hub, nil, token, nil))
+	ctx := context.Background()
+	for i, c := range cases {
+		tenant := fmt.Sprintf("t%d", i)
+		want := problem.Of(c.err)
+		for call, err := range map[string]error{
+			"publish": remote.Publish(ctx, tenant, dataplane.Message{Topic: "a"}),
+			"watch":   remote.Watch(ctx, tenant, "alice", "#", func(dataplane.Message) {}),
+		} {
+			if got := problem.Of(err); !reflect.DeepEqual(got, want) {
+				t.Errorf("%s, %s through a node: %+v, want %+v", c.name, call, got, want)
+			}
+			var fe *tenants.FieldError
+			if errors.As(c.err, &fe) && (!errors.As(err, &fe) || fe.Field == "") {
+				t.Errorf("%s, %s through a node: %v is no field error", c.name, call, err)
+			}
+			var qe *tenants.QuotaError
+			if errors.As(c.err, &qe) && (!errors.As(err, &qe) || qe.Quota == "") {
+				t.Errorf("%s, %s through a node: %v is no quota error", c.name, call, err)
+			}
+			var re *tenants.RetryError
+			if errors.As(c.err, &re) && (!errors.As(err, &re) || re.After < time.Second) {
+				t.Errorf("%s, %s through a node: %v is no retry error", c.name, call, err)
+			}
+			if c.name == "internal" && !strings.Contains(err.Error(), "disk full") {
+				t.Errorf("%s, %s through a node: %q, want the node's message", c.name, call, err)
+			}
+		}
+	}
+}
+
+// TestRemoteOtherAnswers: a node of the version before the kinds were
+// problem codes still has its quota errors understood, and an answer that
+// is no failure at all (a proxy's page, a refused token) is ErrUnavailable.
+func TestRemoteOtherAnswers(t *testing.T) {
+	remote := remoteTo(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.Contains(r.URL.Path, "/tenants/old/"):
+			w.WriteHeader(http.StatusForbidden)
+			fmt.Fprint(w, `{"kind":"quota","message":"quota publish_rate exceeded (limit 5)","quota":"publish_rate","limit":5}`)
+		default:
+			http.Error(w, "bad gateway", http.StatusBadGateway)
+		}
+	}))
+	ctx := context.Background()
+	err := remote.Publish(ctx, "old", dataplane.Message{Topic: "a"})
+	if p := problem.Of(err); p.Status != http.StatusTooManyRequests || p.Quota != "publish_rate" || p.Limit == nil || *p.Limit != 5 {
+		t.Errorf("an older node's rate quota: %+v, want 429 publish_rate limit 5", p)
+	}
+	if err := remote.Publish(ctx, "acme", dataplane.Message{Topic: "a"}); !errors.Is(err, tenants.ErrUnavailable) {
+		t.Errorf("a proxy's 502 page: %v, want ErrUnavailable", err)
 	}
 }

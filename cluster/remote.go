@@ -214,9 +214,7 @@ func (r *Remote) Publish(ctx context.Context, tenant string, m dataplane.Message
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusNoContent {
-		var f failure
-		json.NewDecoder(resp.Body).Decode(&f)
-		return f.err()
+		return readFailure(resp, n.ID)
 	}
 	return nil
 }
@@ -235,10 +233,8 @@ func (r *Remote) Watch(ctx context.Context, tenant, watcher, filter string, fn f
 		return fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
 	}
 	if resp.StatusCode != http.StatusOK {
-		var f failure
-		json.NewDecoder(resp.Body).Decode(&f)
-		resp.Body.Close()
-		return f.err()
+		defer resp.Body.Close()
+		return readFailure(resp, n.ID)
 	}
 	go func() {
 		defer resp.Body.Close()

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"unicode"
 
@@ -118,9 +117,8 @@ func (c *Console) startSession(w http.ResponseWriter, r *http.Request, is auth.I
 // renderRetry renders a page refusing a throttled attempt: 429 with
 // Retry-After.
 func (c *Console) renderRetry(w http.ResponseWriter, r *http.Request, err error, name string, p page) {
-	var re *tenants.RetryError
-	if errors.As(err, &re) {
-		w.Header().Set("Retry-After", strconv.Itoa(problem.Seconds(re.After)))
+	if ra := problem.Of(err).RetryAfter; ra != "" {
+		w.Header().Set("Retry-After", ra)
 	}
 	c.render(w, r, http.StatusTooManyRequests, name, p)
 }

@@ -103,9 +103,6 @@ func New(cfg Config) (*Console, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	if cfg.TokenTTL == 0 {
-		cfg.TokenTTL = 12 * time.Hour
-	}
 	if cfg.Billing == nil {
 		b, err := billing.New(billing.Config{Store: cfg.Store, Log: cfg.Log, Now: cfg.Now})
 		if err != nil {
@@ -396,11 +393,17 @@ func (c *Console) fail(w http.ResponseWriter, r *http.Request, err error) {
 }
 
 func (c *Console) internal(w http.ResponseWriter, r *http.Request, err error) {
+	c.errorPage(w, r, http.StatusInternalServerError, c.logInternal(r, err))
+}
+
+// logInternal logs an error of no known kind under a new id and returns
+// what the visitor is told of it.
+func (c *Console) logInternal(r *http.Request, err error) string {
 	b := make([]byte, 6)
 	rand.Read(b)
 	id := fmt.Sprintf("%x", b)
 	c.log(r).Error("console: internal error", "err", err, "error_id", id)
-	c.errorPage(w, r, http.StatusInternalServerError, "Something went wrong on our side (error "+id+"). Try again; if it keeps happening, quote the error id.")
+	return "Something went wrong on our side (error " + id + "). Try again; if it keeps happening, quote the error id."
 }
 
 func (c *Console) notFound(w http.ResponseWriter, r *http.Request) {

@@ -2,6 +2,8 @@ package web_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"html"
 	"net/http"
 	"net/url"
@@ -476,6 +478,67 @@ func TestBillingPages(t *testing.T) {
 	}
 	if a := viewer.post("/tenants/acme/billing/checkout", url.Values{"plan": {"pro"}}); a.status != http.StatusForbidden {
 		t.Errorf("a viewer's checkout: %d", a.status)
+	}
+}
+
+// refusingPlane is the hub with publishes refused, each with the error
+// of the topic published to.
+type refusingPlane struct {
+	dataplane.DataPlane
+	errs map[string]error
+}
+
+func (p refusingPlane) Publish(_ context.Context, _ string, m dataplane.Message) error {
+	return p.errs[m.Topic]
+}
+
+// TestLivePublishRefused: a refused test publish is answered with the
+// status the API's publish gives the same error (the one table of kinds),
+// from the form and from the script, with Retry-After where the kind has
+// one; an error of no kind is logged under an id and not shown.
+func TestLivePublishRefused(t *testing.T) {
+	cases := []struct {
+		topic      string
+		err        error
+		status     int
+		retryAfter string
+	}{
+		{"rate", &tenants.QuotaError{Quota: "publish_rate", Limit: 100}, http.StatusTooManyRequests, "1"},
+		{"month", &tenants.QuotaError{Quota: "messages_per_month", Limit: 1_000_000}, http.StatusForbidden, ""},
+		{"dollar", fmt.Errorf("a $ topic: %w", tenants.ErrForbidden), http.StatusForbidden, ""},
+		{"draining", &tenants.RetryError{Kind: tenants.ErrUnavailable, After: 5 * time.Second, Msg: "the home drains"}, http.StatusServiceUnavailable, "5"},
+		{"secret", errors.New("redis: secret-internal-detail"), http.StatusInternalServerError, ""},
+	}
+	errs := map[string]error{}
+	for _, c := range cases {
+		errs[c.topic] = c.err
+	}
+	s := newStackWith(t, func(cfg *web.Config) { cfg.DataPlane = refusingPlane{DataPlane: cfg.DataPlane, errs: errs} })
+	b := s.browser()
+	b.signup("owner")
+	b.tenant("acme")
+	b.get("/tenants/acme/live")
+	for _, c := range cases {
+		form := b.post("/tenants/acme/live/publish", url.Values{"topic": {c.topic}, "payload": {"x"}})
+		req, _ := http.NewRequest("POST", s.url+"/tenants/acme/live/publish", strings.NewReader(url.Values{"topic": {c.topic}, "csrf": {b.csrf}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("X-CSRF-Token", b.csrf)
+		resp, err := b.http.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		script := b.read(resp)
+		for from, a := range map[string]answer{"form": form, "script": script} {
+			if a.status != c.status || a.header.Get("Retry-After") != c.retryAfter {
+				t.Errorf("%s from the %s: %d, Retry-After %q; want %d, %q", c.err, from, a.status, a.header.Get("Retry-After"), c.status, c.retryAfter)
+			}
+			if strings.Contains(a.body, "secret-internal-detail") {
+				t.Errorf("the %s shows an internal error: %s", from, a.body)
+			}
+		}
+	}
+	if !strings.Contains(s.logs.String(), "secret-internal-detail") {
+		t.Error("the internal error is not in the log")
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/roosthub/roost/dataplane"
+	"github.com/roosthub/roost/internal/problem"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -151,28 +152,36 @@ func (c *Console) livePublish(w http.ResponseWriter, r *http.Request) {
 	case err != nil || qos < 0 || qos > 2:
 		err = &tenants.FieldError{Field: "qos", Message: "must be 0, 1 or 2"}
 	case c.cfg.DataPlane == nil:
-		err = errors.New("this process does not run the MQTT data plane")
+		err = fmt.Errorf("this process does not run the MQTT data plane: %w", tenants.ErrUnavailable)
 	default:
 		m.QoS = byte(qos)
 		err = c.cfg.DataPlane.Publish(r.Context(), t.Slug, m)
 	}
-	if r.Header.Get("X-CSRF-Token") != "" { // the script: a short answer
-		if err != nil {
+	script := r.Header.Get("X-CSRF-Token") != ""
+	if err != nil {
+		// The status is the one the API's publish answers, from the one
+		// table of error kinds; an error of no kind is logged, not shown.
+		p := problem.Of(err)
+		msg, errs := err.Error(), formErrors(err)
+		if p.Internal() {
+			msg = c.logInternal(r, err)
+			errs = map[string]string{"_": msg}
+		}
+		if p.RetryAfter != "" {
+			w.Header().Set("Retry-After", p.RetryAfter)
+		}
+		if script { // a short answer
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-			w.WriteHeader(http.StatusBadRequest)
-			fmt.Fprint(w, err.Error())
+			w.WriteHeader(p.Status)
+			fmt.Fprint(w, msg)
 			return
 		}
-		w.WriteHeader(http.StatusNoContent)
+		c.render(w, r, p.Status, "live.html", page{Title: "Live messages", Nav: "live", Errors: errs,
+			Form: map[string]string{"filter": "#", "topic": m.Topic, "payload": string(m.Payload)}})
 		return
 	}
-	if err != nil {
-		status := http.StatusBadRequest
-		if !errors.Is(err, tenants.ErrInvalid) && !errors.Is(err, tenants.ErrQuotaExceeded) && !errors.Is(err, tenants.ErrForbidden) {
-			status = http.StatusServiceUnavailable
-		}
-		c.render(w, r, status, "live.html", page{Title: "Live messages", Nav: "live", Errors: formErrors(err),
-			Form: map[string]string{"filter": "#", "topic": m.Topic, "payload": string(m.Payload)}})
+	if script {
+		w.WriteHeader(http.StatusNoContent)
 		return
 	}
 	redirect(w, r, "/tenants/"+t.Slug+"/live", "published")

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/dataplane"
 )
 
 // liveStream opens a browser's live stream of tenant and returns its lines,
@@ -87,7 +87,7 @@ func TestConsoleLiveStreamEndsWithAccess(t *testing.T) {
 	}
 	publish := func(payload string) {
 		t.Helper()
-		if err := s.hub.Publish(t.Context(), "acme", broker.Message{Topic: "t", Payload: []byte(payload)}); err != nil {
+		if err := s.hub.Publish(t.Context(), "acme", dataplane.Message{Topic: "t", Payload: []byte(payload)}); err != nil {
 			t.Fatal(err)
 		}
 	}

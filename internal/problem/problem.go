@@ -1,6 +1,8 @@
 // Package problem is the one table from the directory's error kinds to
 // HTTP: the API's problem documents and the console's error pages are both
-// drawn from it, so the two cannot answer one error differently.
+// drawn from it, so the two cannot answer one error differently, and a
+// node's internal API sends its errors to a control plane as its problems,
+// which Err turns back into errors of the same kinds.
 package problem
 
 import (
@@ -8,6 +10,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/roosthub/roost/tenants"
@@ -77,10 +80,59 @@ func Of(err error) Problem {
 		}
 	}
 	if errors.As(err, &re) && re.After > 0 {
-		p.RetryAfter = strconv.Itoa(Seconds(re.After))
+		p.RetryAfter = strconv.Itoa(seconds(re.After))
 	}
 	return p
 }
 
-// Seconds rounds a wait up to whole seconds, at least one.
-func Seconds(d time.Duration) int { return max(1, int(math.Ceil(d.Seconds()))) }
+// Kind returns the error kind a code names, or nil for a code the table
+// does not hold ("internal" among them).
+func Kind(code string) error {
+	for _, k := range kinds {
+		if k.code == code {
+			return k.kind
+		}
+	}
+	return nil
+}
+
+// Err rebuilds an error from a problem that crossed a wire (a node's
+// internal API): of the kind its code names, with its field, quota and
+// limit, and wait, its message the detail, so that Of answers it as the
+// sender's Of answered the original. A code the table does not hold gives
+// an error of no kind.
+func (p Problem) Err() error {
+	kind := Kind(p.Code)
+	if kind == nil {
+		return errors.New(p.Detail)
+	}
+	switch {
+	case p.Field != "" && errors.Is(kind, tenants.ErrInvalid):
+		kind = &tenants.FieldError{Field: p.Field, Message: strings.TrimPrefix(p.Detail, p.Field+": ")}
+	case p.Quota != "" && errors.Is(kind, tenants.ErrQuotaExceeded):
+		qe := &tenants.QuotaError{Quota: p.Quota}
+		if p.Limit != nil {
+			qe.Limit = *p.Limit
+		}
+		kind = qe
+	}
+	if s, err := strconv.Atoi(p.RetryAfter); err == nil && s > 0 && Of(kind).RetryAfter != p.RetryAfter {
+		return &tenants.RetryError{Kind: kind, After: time.Duration(s) * time.Second, Msg: p.Detail}
+	}
+	if kind.Error() == p.Detail {
+		return kind
+	}
+	return &detailed{kind: kind, msg: p.Detail}
+}
+
+// detailed is an error of a kind whose message says more than the kind's.
+type detailed struct {
+	kind error
+	msg  string
+}
+
+func (e *detailed) Error() string { return e.msg }
+func (e *detailed) Unwrap() error { return e.kind }
+
+// seconds rounds a wait up to whole seconds, at least one.
+func seconds(d time.Duration) int { return max(1, int(math.Ceil(d.Seconds()))) }

@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"sync"
 
 	"github.com/cockroachdb/pebble"
@@ -46,9 +48,12 @@ type Store struct {
 	closeErr  error
 }
 
-// Config says where the database lives.
+// Config says where the database lives and where it logs.
 type Config struct {
 	Dir string
+	// Log receives Pebble's messages and its background errors (a failed
+	// flush or compaction); nil discards them.
+	Log *slog.Logger
 }
 
 // New opens (or creates) the database in cfg.Dir.
@@ -56,7 +61,7 @@ func New(cfg Config) (*Store, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("pebble session store: no directory")
 	}
-	db, err := pebble.Open(cfg.Dir, &pebble.Options{Logger: quietLogger{}})
+	db, err := pebble.Open(cfg.Dir, options(cfg.Log))
 	if err != nil {
 		return nil, fmt.Errorf("open session store in %s: %w", cfg.Dir, err)
 	}
@@ -65,12 +70,36 @@ func New(cfg Config) (*Store, error) {
 	return s, nil
 }
 
-type quietLogger struct{}
+// options are the database's options: its messages and background errors
+// go to log. Pebble reports a background error through its event listener,
+// which by default hands it to Infof, so it gets a handler of its own.
+func options(log *slog.Logger) *pebble.Options {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &pebble.Options{Logger: logger{log}, EventListener: &pebble.EventListener{
+		BackgroundError: func(err error) { log.Error("session store background error", "err", err) },
+	}}
+}
 
-func (quietLogger) Infof(string, ...any)  {}
-func (quietLogger) Errorf(string, ...any) {}
-func (quietLogger) Fatalf(format string, args ...any) {
-	panic(fmt.Sprintf(format, args...))
+// logger is Pebble's logger on slog. Fatalf, which Pebble calls on a
+// broken invariant, logs and panics rather than exiting the process as
+// Pebble's own logger would.
+type logger struct{ log *slog.Logger }
+
+func (l logger) Infof(format string, args ...any) { l.log.Info(sprintf(format, args...)) }
+
+// Errorf is for the Pebble versions whose Logger has it.
+func (l logger) Errorf(format string, args ...any) { l.log.Error(sprintf(format, args...)) }
+
+func (l logger) Fatalf(format string, args ...any) {
+	msg := sprintf(format, args...)
+	l.log.Error(msg)
+	panic(msg)
+}
+
+func sprintf(format string, args ...any) string {
+	return strings.TrimSuffix(fmt.Sprintf(format, args...), "\n")
 }
 
 func tenantPrefix(kind byte, tenant string) []byte {
