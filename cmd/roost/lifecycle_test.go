@@ -88,7 +88,8 @@ func TestBadSettingOpensNothing(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "data")
-			httpAddr, mqttAddr, forwardAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+			addrs := freeAddrs(t, 3)
+			httpAddr, mqttAddr, forwardAddr := addrs[0], addrs[1], addrs[2]
 			vars := map[string]string{"ROOST_DATA_DIR": dir, "ROOST_HTTP_ADDR": httpAddr, "ROOST_MQTT_ADDR": mqttAddr, "ROOST_FORWARD_ADDR": forwardAddr,
 				// Nothing answers here: reaching for it would fail with
 				// another error than the setting's.
@@ -135,7 +136,8 @@ func TestFailedStartReleasesPorts(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			httpAddr, mqttAddr := freeAddr(t), freeAddr(t)
+			addrs := freeAddrs(t, 2)
+			httpAddr, mqttAddr := addrs[0], addrs[1]
 			var out, errOut bytes.Buffer
 			args := append([]string{"serve", "--http-addr", httpAddr, "--mqtt-addr", mqttAddr}, tc.args...)
 			err := run(context.Background(), args, env(map[string]string{"ROOST_DATA_DIR": t.TempDir()}), &out, &errOut)
@@ -160,7 +162,8 @@ func TestFailedDataPlaneStartAnnouncesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer taken.Close()
-	httpAddr, mqttAddr, forwardAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	addrs := freeAddrs(t, 3)
+	httpAddr, mqttAddr, forwardAddr := addrs[0], addrs[1], addrs[2]
 	vars := map[string]string{"ROOST_DATA_DIR": t.TempDir(), "ROOST_DATABASE_URL": url, "ROOST_ADMIN_TOKEN": "rop_lifecycle-test-0123456789",
 		"ROOST_SESSION_STORE": "memory", "ROOST_HTTP_ADDR": httpAddr, "ROOST_MQTT_ADDR": mqttAddr, "ROOST_FORWARD_ADDR": forwardAddr,
 		"ROOST_WS_ADDR": taken.Addr().String()}
@@ -274,6 +277,22 @@ func TestRunWaitsForTasksBeforeClosing(t *testing.T) {
 	if err := n.store.Ping(context.Background()); err == nil {
 		t.Error("the store still answers after run returned: want it closed")
 	}
+}
+
+// freeAddrs returns n distinct loopback addresses free a moment ago (held
+// together while chosen, so that none is handed out twice).
+func freeAddrs(t *testing.T, n int) []string {
+	t.Helper()
+	var out []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		out = append(out, ln.Addr().String())
+	}
+	return out
 }
 
 // mustBeFree fails the test unless each address can be listened on.
