@@ -106,7 +106,17 @@ func (c *config) proxied(listener string) bool {
 }
 
 // tlsListeners reports whether any listener needs a certificate.
-func (c *config) tlsListeners() bool { return c.MQTTTLSAddr != "" || c.WSSAddr != "" }
+func (c *config) tlsListeners() bool { return c.mqttTLSAddr() != "" || c.WSSAddr != "" }
+
+// mqttTLSAddr is the MQTT over TLS listener's address: the one set, or
+// :8883 with the development certificate. It is worked out on each use
+// rather than written back, so that checking a config never changes it.
+func (c *config) mqttTLSAddr() string {
+	if c.MQTTTLSAddr == "" && c.DevTLS {
+		return ":8883"
+	}
+	return c.MQTTTLSAddr
+}
 
 // setting describes one configuration value.
 type setting struct {
@@ -225,7 +235,8 @@ type helpError struct{ text string }
 
 func (e *helpError) Error() string { return e.text }
 
-// Validate checks every setting.
+// Validate checks every setting, and changes none: defaults that depend
+// on other settings are worked out where they are used (mqttTLSAddr).
 func (c *config) Validate() error {
 	if c.DataDir == "" {
 		return errors.New("ROOST_DATA_DIR: must not be empty")
@@ -242,10 +253,7 @@ func (c *config) Validate() error {
 	if err := validAddr(c.MQTTAddr); err != nil {
 		return fmt.Errorf("ROOST_MQTT_ADDR: %w", err)
 	}
-	if c.DevTLS && c.MQTTTLSAddr == "" {
-		c.MQTTTLSAddr = ":8883"
-	}
-	for name, addr := range map[string]string{"ROOST_DEBUG_ADDR": c.DebugAddr, "ROOST_MQTT_TLS_ADDR": c.MQTTTLSAddr, "ROOST_WS_ADDR": c.WSAddr, "ROOST_WSS_ADDR": c.WSSAddr} {
+	for name, addr := range map[string]string{"ROOST_DEBUG_ADDR": c.DebugAddr, "ROOST_MQTT_TLS_ADDR": c.mqttTLSAddr(), "ROOST_WS_ADDR": c.WSAddr, "ROOST_WSS_ADDR": c.WSSAddr} {
 		if addr != "" {
 			if err := validAddr(addr); err != nil {
 				return fmt.Errorf("%s: %w", name, err)
@@ -262,7 +270,7 @@ func (c *config) Validate() error {
 			return fmt.Errorf("ROOST_PROXY_PROTOCOL: %q is not a listener (mqtt, mqtts, ws or wss)", l)
 		}
 	}
-	if c.MQTTTLSAddr != "" && c.MQTTTLSAddr == c.WSSAddr && c.proxied("mqtts") != c.proxied("wss") {
+	if tlsAddr := c.mqttTLSAddr(); tlsAddr != "" && tlsAddr == c.WSSAddr && c.proxied("mqtts") != c.proxied("wss") {
 		return errors.New("ROOST_PROXY_PROTOCOL: mqtts and wss share a port, so both or neither expect the header")
 	}
 	switch {
@@ -328,6 +336,9 @@ func (c *config) Validate() error {
 	}
 	if err := validAddr(c.ForwardAddr); err != nil {
 		return fmt.Errorf("ROOST_FORWARD_ADDR: %w", err)
+	}
+	if _, err := c.deviceEndpoints(); err != nil {
+		return err
 	}
 	if c.UsageRetention < 31*24*time.Hour {
 		return errors.New("ROOST_USAGE_RETENTION: must be at least 744h (a month, for the monthly allowance and invoices)")
