@@ -2,6 +2,7 @@ package broker
 
 import (
 	"fmt"
+	"log/slog"
 	"testing"
 	"time"
 
@@ -48,3 +49,5 @@ func TestRetryQueueBounded(t *testing.T) {
 		t.Errorf("past the bound: %v, want one resync after a second", got)
 	}
 }
+
+func discardLog() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -56,18 +56,38 @@ func (c *listCache[T]) forget() {
 	c.mu.Unlock()
 }
 
+// exportHook writes the messages matching a tenant's export rules to Kafka
+// before they are acknowledged.
+type exportHook struct {
+	mqtt.HookBase
+	inst *instance
+}
+
+func (h *exportHook) ID() string { return "roost-export" }
+
+func (h *exportHook) Provides(b byte) bool { return b == mqtt.OnPublish }
+
+// OnPublish exports a publish the quotas let through; one Kafka did not
+// take is not acknowledged (see export).
+func (h *exportHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if err := h.inst.export(cl, pk); err != nil {
+		return h.inst.refusePublish(cl, pk, err)
+	}
+	return pk, nil
+}
+
 // export writes a publish to Kafka for every export rule it matches, before
 // it is acknowledged. Only QoS 1 and 2 publishers are refused when Kafka
 // does not take it; QoS 0 exports are best effort.
 func (inst *instance) export(cl *mqtt.Client, pk packets.Packet) error {
-	exp := inst.hub.cfg.Exporter
+	exp := inst.exporter
 	if exp == nil {
 		return nil
 	}
 	rules, err := inst.exports.get(func() ([]tenants.ExportRule, error) {
 		ctx, cancel := storeCtx()
 		defer cancel()
-		return inst.hub.dir.dir.ExportRules(ctx, inst.tenant)
+		return inst.dir.dir.ExportRules(ctx, inst.tenant)
 	})
 	if err != nil {
 		inst.log.Error("read export rules", "err", err)

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -625,54 +624,9 @@ func (h *Hub) Handshakes() int { return h.hs.count() }
 // Instances is the number of running tenant brokers.
 func (h *Hub) Instances() int { return h.reg.count() }
 
-func discardLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
-
 type discard struct{}
 
 func (discard) Emit(events.Event) {}
-
-// emit sends an event stamped with the hub's clock, and queues it for the
-// tenant's own $events topics.
-func (h *Hub) emit(e events.Event) {
-	e.Time = h.now().UTC()
-	h.cfg.Events.Emit(e)
-	if e.Topic() == "" {
-		return
-	}
-	select {
-	case h.eventPubs <- e:
-	default:
-		h.eventsDropped.Add(1) // the publisher is behind: the sink still has it
-	}
-}
-
-// publishEvents publishes events on their tenant's $events topics, away
-// from the hooks that raised them. A tenant whose broker is not running has
-// no subscriber to tell.
-func (h *Hub) publishEvents() {
-	defer h.wg.Done()
-	for {
-		select {
-		case <-h.done:
-			return
-		case e := <-h.eventPubs:
-			inst := h.reg.running(e.Tenant)
-			if inst == nil {
-				continue
-			}
-			if subs := inst.server.Topics.Subscribers(e.Topic()); len(subs.Subscriptions) == 0 && len(subs.Shared) == 0 {
-				continue // nobody listens: skip encoding and routing it
-			}
-			b, err := json.Marshal(e)
-			if err != nil {
-				continue
-			}
-			if err := inst.server.Publish(e.Topic(), b, false, 0); err != nil {
-				h.log.Debug("publish event", "tenant", e.Tenant, "topic", e.Topic(), "err", err)
-			}
-		}
-	}
-}
 
 // qualifies checks an admitted connection against the directory as it is
 // now (see directoryCache.qualifies), returning the refusal if it no longer

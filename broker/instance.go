@@ -17,6 +17,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/rate"
 	"github.com/roosthub/roost/tenants"
 )
@@ -29,7 +30,14 @@ type instance struct {
 	tenant string
 	server *mqtt.Server
 	log    *slog.Logger
-	hub    *Hub
+	// env is the hub around the instance, as far as it sees it; dir is
+	// the directory, exporter writes to Kafka (nil: no export).
+	env      env
+	dir      *directoryCache
+	exporter Exporter
+	// limitsOff skips the publish quotas and metering: only for the
+	// benchmark that measures what they cost.
+	limitsOff bool
 
 	// wills holds the Wills waiting out their delay; see will.go.
 	wills wills
@@ -125,7 +133,8 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 		SysTopicResendInterval: sysInterval,
 		Logger:                 mochiLogger(log),
 	})
-	inst := &instance{tenant: t.Slug, server: srv, log: log, hub: h, lastActive: h.now(), exportErrs: map[string]int64{},
+	inst := &instance{tenant: t.Slug, server: srv, log: log, env: hubEnv{h, t.Slug}, dir: h.dir, exporter: h.cfg.Exporter, limitsOff: h.limitsOff,
+		lastActive: h.now(), exportErrs: map[string]int64{},
 		watchers: map[string]int{}}
 	inst.setQuotas(t)
 	inst.meter = h.meterOf(t.Slug)
@@ -133,7 +142,7 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 	if h.cfg.Sessions != nil {
 		inst.persist = newPersistence(h.cfg.Sessions, inst)
 	}
-	if err := srv.AddHook(&hook{inst: inst}, nil); err != nil {
+	if err := addHooks(inst); err != nil {
 		return nil, err
 	}
 	if err := srv.AddListener(&handoff{srv: srv, wills: h.cfg.WillsOnShutdown, withdraw: &inst.withdrawWills}); err != nil {
@@ -258,7 +267,7 @@ func (inst *instance) aclRules() ([]tenants.ACLRule, error) {
 	return inst.rules.get(func() ([]tenants.ACLRule, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		return inst.hub.dir.dir.ACLRules(ctx, inst.tenant)
+		return inst.dir.dir.ACLRules(ctx, inst.tenant)
 	})
 }
 
@@ -276,27 +285,6 @@ func (inst *instance) allowed(device string, action tenants.Action, topic string
 	}
 	ok, _ := tenants.CheckACL(rules, device, action, topic)
 	return ok
-}
-
-// dropUnreadable runs as a resumed session's CONNACK is encoded, just
-// before mochi resends the messages waiting for it, which mochi does
-// without asking the ACL: a message queued while the device could read its
-// topic is dropped if it no longer may (restored from the store or not),
-// as a delivery would be. One the client already acknowledged with PUBREC
-// only waits for its PUBREL, and stays.
-func (inst *instance) dropUnreadable(cl *mqtt.Client) {
-	for _, pk := range cl.State.Inflight.GetAll(false) {
-		if pk.FixedHeader.Type != packets.Publish || inst.hookACL(cl, pk.TopicName, false) {
-			continue
-		}
-		if cl.State.Inflight.Delete(pk.PacketID) {
-			atomic.AddInt64(&inst.server.Info.Inflight, -1)
-		}
-		if inst.persist != nil {
-			inst.persist.acknowledged(cl, pk.PacketID)
-		}
-		inst.log.Info("queued message dropped: its topic is no longer readable", "client_id", cl.ID, "topic", pk.TopicName)
-	}
 }
 
 // kick disconnects a client, telling a v5 client why.
@@ -334,4 +322,35 @@ func (inst *instance) idle() bool {
 	// with a session store they are restored when it starts again.
 	retained := inst.persist == nil && inst.server.Topics.Retained.Len() > inst.sysRetained
 	return inst.holds == 0 && sessions == 0 && !retained && inst.heldWills() == 0
+}
+
+// env is what a tenant's broker sees of the hub around it.
+type env interface {
+	// now is the hub's clock.
+	now() time.Time
+	// emit raises an event (stamped with the clock).
+	emit(events.Event)
+	// quotaHit counts a device's hit of a quota and raises its event.
+	quotaHit(device, clientID, quota string, limit int64)
+	// touch notes that a device was seen.
+	touch(device string, at time.Time)
+	// qualifies checks an admitted connection against the directory as it
+	// is now: nil, or the refusal it gets now.
+	qualifies(id identity, clientID string) *refusal
+}
+
+// hubEnv is a hub as one tenant's broker sees it.
+type hubEnv struct {
+	h      *Hub
+	tenant string
+}
+
+func (e hubEnv) now() time.Time       { return e.h.now() }
+func (e hubEnv) emit(ev events.Event) { e.h.emit(ev) }
+func (e hubEnv) quotaHit(device, clientID, quota string, limit int64) {
+	e.h.quotaHit(e.tenant, device, clientID, quota, limit)
+}
+func (e hubEnv) touch(device string, at time.Time) { e.h.touch(e.tenant, device, at) }
+func (e hubEnv) qualifies(id identity, clientID string) *refusal {
+	return e.h.qualifies(id, clientID)
 }

@@ -306,7 +306,7 @@ func (p *persistence) tag(pk packets.Packet, copies map[string]uint64) packets.P
 func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.Item {
 	limit := p.maxQueued()
 	policy := tenants.DropOldest
-	if t, found, err := p.inst.hub.dir.tenant(ctx, p.tenant); err == nil && found && t.QueuePolicy != "" {
+	if t, found, err := p.inst.dir.tenant(ctx, p.tenant); err == nil && found && t.QueuePolicy != "" {
 		policy = t.QueuePolicy
 	}
 	kept := items[:0:0]
@@ -325,7 +325,7 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.
 		if policy == tenants.DropNewest || i < 0 {
 			p.dropped[it.ClientID]++
 			p.mu.Unlock()
-			p.inst.hub.emit(events.Event{Tenant: p.tenant, Type: events.QueueDropped, ClientID: it.ClientID,
+			p.inst.env.emit(events.Event{Tenant: p.tenant, Type: events.QueueDropped, ClientID: it.ClientID,
 				Device: p.deviceOf(it.ClientID), Quota: "max_queued", Limit: int64(limit), Reason: string(policy)})
 			continue
 		}
@@ -355,7 +355,7 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.
 			}
 		}
 		p.inst.log.Info("queue full: oldest message dropped", "client_id", it.ClientID, "limit", limit)
-		p.inst.hub.emit(events.Event{Tenant: p.tenant, Type: events.QueueDropped, ClientID: it.ClientID,
+		p.inst.env.emit(events.Event{Tenant: p.tenant, Type: events.QueueDropped, ClientID: it.ClientID,
 			Device: p.deviceOf(it.ClientID), Quota: "max_queued", Limit: int64(limit), Reason: string(policy)})
 	}
 	return kept

@@ -69,7 +69,7 @@ func (inst *instance) inject(from publisher, pk packets.Packet) error {
 	if size := int64(len(pk.Payload) + len(pk.TopicName) + 7); size > q.MaxPacketSize {
 		return over("max_packet_size", q.MaxPacketSize)
 	}
-	if r := float64(q.TenantPublishRate); !inst.publishRate.Allow(inst.hub.now(), 1, r, r*burstSeconds) {
+	if r := float64(q.TenantPublishRate); !inst.publishRate.Allow(inst.env.now(), 1, r, r*burstSeconds) {
 		inst.meter.throttled.Add(1)
 		return over("tenant_publish_rate", q.TenantPublishRate)
 	}

@@ -1,6 +1,9 @@
 package broker
 
 import (
+	"bytes"
+	"math"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,6 +43,113 @@ var (
 	connectRateExceeded = refusal{0x9F, 0x03, "connection rate exceeded"}
 )
 
+// quotaHook applies the quotas a tenant's devices meet inside its broker
+// and meters what they send and receive (the ingress applies the others
+// before a connection gets here; see Hub.admit).
+type quotaHook struct {
+	mqtt.HookBase
+	inst *instance
+}
+
+func (h *quotaHook) ID() string { return "roost-quotas" }
+
+func (h *quotaHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnPublish, mqtt.OnPublished, mqtt.OnPacketEncode,
+	}, []byte{b})
+}
+
+// OnConnect cuts a requested session expiry to max_session_expiry.
+func (h *quotaHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if limit := h.inst.maxSessionExpiry(); cl.Properties.Props.SessionExpiryInterval > limit {
+		cl.Properties.Props.SessionExpiryInterval = limit
+	}
+	return nil
+}
+
+// OnPacketRead cuts a DISCONNECT's session expiry to max_session_expiry:
+// mochi takes it as it comes, so a client could keep its session forever
+// by raising it as it leaves.
+func (h *quotaHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Type == packets.Disconnect {
+		if limit := h.inst.maxSessionExpiry(); pk.Properties.SessionExpiryInterval > limit {
+			pk.Properties.SessionExpiryInterval = limit
+		}
+	}
+	return pk, nil
+}
+
+// OnSubscribe notes the filters of a SUBSCRIBE over max_subscriptions.
+func (h *quotaHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		h.inst.overSubscriptions(cl, dc, pk)
+	}
+	return pk
+}
+
+// OnSubscribed gives the filters over max_subscriptions their code.
+func (h *quotaHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		h.inst.capSubscriptions(cl, dc, pk, reasonCodes)
+	}
+}
+
+// OnPublish applies the publish rates, max_retained and messages_per_month
+// to a device's publish (inject applies them to the hub's own).
+func (h *quotaHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	dc, ok := cl.Net.Conn.(*deviceConn)
+	if !ok || h.inst.limitsOff {
+		return pk, nil
+	}
+	if err := h.inst.checkPublish(cl, dc); err != nil {
+		return pk, err
+	}
+	if limit, ok := h.inst.checkRetained(pk); !ok {
+		h.inst.quotaHit(dc.id.device, cl.ID, "max_retained", limit)
+		return h.inst.refusePublish(cl, pk, packets.ErrQuotaExceeded)
+	}
+	if limit, over := h.inst.monthExhausted(); over {
+		h.inst.quotaHit(dc.id.device, cl.ID, "messages_per_month", limit)
+		return h.inst.refusePublish(cl, pk, packets.ErrQuotaExceeded)
+	}
+	return pk, nil
+}
+
+// OnPublished meters a message the tenant accepted (not the hub's own
+// $events).
+func (h *quotaHook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
+	if !pk.Ignore && !h.inst.limitsOff && !(cl.Net.Inline && strings.HasPrefix(pk.TopicName, "$events/")) {
+		h.inst.meter.in(len(pk.Payload))
+	}
+}
+
+// OnPacketEncode meters what is sent to devices, and has a v5 CONNACK
+// announce the limits mochi enforces but does not announce, so that
+// clients keep to them instead of being disconnected for breaking them.
+func (h *quotaHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	switch {
+	case pk.FixedHeader.Type == packets.Publish:
+		if _, ok := cl.Net.Conn.(*deviceConn); ok && !h.inst.limitsOff {
+			h.inst.meter.out(len(pk.Payload))
+		}
+	case pk.FixedHeader.Type == packets.Connack && pk.ProtocolVersion == 5 && pk.ReasonCode < 0x80:
+		q := h.inst.quotas()
+		pk.Properties.MaximumPacketSize = uint32(clamp(q.MaxPacketSize, 1, math.MaxUint32))
+		pk.Properties.TopicAliasMaximum = h.inst.server.Options.Capabilities.TopicAliasMaximum
+		if cl.Properties.Props.SessionExpiryIntervalFlag {
+			// The expiry in force, max_session_expiry applied.
+			pk.Properties.SessionExpiryInterval = cl.Properties.Props.SessionExpiryInterval
+			pk.Properties.SessionExpiryIntervalFlag = true
+		}
+	}
+	return pk
+}
+
+// maxSessionExpiry is max_session_expiry as MQTT carries it.
+func (inst *instance) maxSessionExpiry() uint32 {
+	return uint32(clamp(inst.quotas().MaxSessionExpiry, 0, math.MaxUint32))
+}
+
 // quotas returns the tenant's quotas as they are now.
 func (inst *instance) quotas() tenants.Quotas { return *inst.q.Load() }
 
@@ -57,7 +167,7 @@ func (inst *instance) connectAllowed(now time.Time) bool {
 
 // quotaHit counts a limit hit and raises its event.
 func (inst *instance) quotaHit(device, clientID, quota string, limit int64) {
-	inst.hub.quotaHit(inst.tenant, device, clientID, quota, limit)
+	inst.env.quotaHit(device, clientID, quota, limit)
 }
 
 // quotaHit counts a limit hit on the tenant's meter and raises the event,
@@ -116,7 +226,7 @@ type connLimits struct {
 // 0x96, a 3.1.1 client's message is acknowledged and dropped (3.1.1 has no
 // way to say why).
 func (inst *instance) checkPublish(cl *mqtt.Client, dc *deviceConn) error {
-	q, now := inst.quotas(), inst.hub.now()
+	q, now := inst.quotas(), inst.env.now()
 	quota, limit := "", int64(0)
 	if r := float64(q.PublishRate); !dc.limits.publish.Allow(now, 1, r, r*burstSeconds) {
 		quota, limit = "publish_rate", q.PublishRate

@@ -21,6 +21,40 @@ import (
 // it survives a restart, and is dropped when a connection for the session
 // arrives first [MQTT-3.1.3-9].
 
+// willHook takes each device's Will from mochi (see willGone) and drops a
+// held one when a connection for its session arrives.
+type willHook struct {
+	mqtt.HookBase
+	inst *instance
+}
+
+func (h *willHook) ID() string { return "roost-wills" }
+
+func (h *willHook) Provides(b byte) bool { return b == mqtt.OnWill || b == mqtt.OnSessionEstablish }
+
+// withdrawnWill is where a Will withdrawn at shutdown goes: a topic no
+// filter of a device or watcher can match ($-topics are reserved, and `#`
+// does not match them) and that the ACL denies to everyone besides.
+const withdrawnWill = "$roost/withdrawn-will"
+
+// OnWill takes a client's Will from mochi, which would publish it past
+// every check, and publishes it through the hub's own path — unless the
+// connection ends as for a shutdown (see handoff), when it goes nowhere.
+// mochi cannot be told not to send one, so it is given a Will to where
+// nobody is.
+func (h *willHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok && !h.inst.withdrawWills.Load() && !dc.withdrawWill.Load() {
+		h.inst.willGone(cl, dc.id.device, will)
+	}
+	return mqtt.Will{TopicName: withdrawnWill}, nil
+}
+
+// OnSessionEstablish drops a Will the session holds back: a connection
+// for it arrived before the Will's delay passed [MQTT-3.1.3-9].
+func (h *willHook) OnSessionEstablish(cl *mqtt.Client, pk packets.Packet) {
+	h.inst.cancelWill(cl.ID)
+}
+
 // pendingWill is a Will waiting out its delay.
 type pendingWill struct {
 	device   string
@@ -67,7 +101,7 @@ func (inst *instance) willGone(cl *mqtt.Client, device string, w mqtt.Will) {
 		// within the delay; its OnSessionEstablish came before this.
 		return
 	}
-	now := inst.hub.now()
+	now := inst.env.now()
 	pw := &pendingWill{device: device, clientID: cl.ID, pk: pk, due: now.Add(delay), client: cl, left: now}
 	if !inst.holdWill(pw) {
 		inst.log.Info("too many Wills waiting out their delay: sent at once", "device", device, "client_id", cl.ID)
@@ -93,7 +127,7 @@ func (inst *instance) holdWill(pw *pendingWill) bool {
 	}
 	inst.wills.pending[pw.clientID] = pw
 	if !inst.wills.closed {
-		pw.timer = time.AfterFunc(max(pw.due.Sub(inst.hub.now()), 0), func() { inst.willDueNow(pw) })
+		pw.timer = time.AfterFunc(max(pw.due.Sub(inst.env.now()), 0), func() { inst.willDueNow(pw) })
 	}
 	return true
 }
@@ -186,8 +220,8 @@ func (inst *instance) sendWill(device, clientID string, pk packets.Packet) {
 	log := inst.log.With("device", device, "client_id", clientID, "topic", pk.TopicName)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	t, tfound, terr := inst.hub.dir.tenant(ctx, inst.tenant)
-	d, dfound, derr := inst.hub.dir.device(ctx, inst.tenant, device)
+	t, tfound, terr := inst.dir.tenant(ctx, inst.tenant)
+	d, dfound, derr := inst.dir.device(ctx, inst.tenant, device)
 	switch {
 	case terr == nil && (!tfound || t.Suspended):
 		log.Info("will not sent: tenant deleted or suspended")

@@ -1,0 +1,159 @@
+package broker
+
+import (
+	"bytes"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/dataplane"
+	"github.com/roosthub/roost/tenants"
+)
+
+// accessHook binds a tenant's broker to the directory: who is connected
+// (identity, client ids, presence) and what each may publish and read. It
+// is the only hook that authenticates or authorises: mochi ORs those
+// answers across hooks, so an allow-all hook beside it would open
+// everything.
+type accessHook struct {
+	mqtt.HookBase
+	inst *instance
+}
+
+func (h *accessHook) ID() string { return "roost-access" }
+
+func (h *accessHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnConnect, mqtt.OnDisconnect, mqtt.OnPacketEncode,
+	}, []byte{b})
+}
+
+var errNotFromIngress = errors.New("connection did not come through the ingress")
+
+// OnConnectAuthenticate admits exactly the connections the ingress
+// authenticated.
+func (h *accessHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	_, ok := cl.Net.Conn.(*deviceConn)
+	return ok
+}
+
+// OnConnect binds the client id the ingress chose and registers the
+// connection's presence. mochi passes the packet by value, so the id is set
+// on the client; a v5 client that sent no id learns it from the CONNACK's
+// Assigned Client Identifier.
+//
+// Then it checks the device once more. A change committed while this
+// connection was being admitted may have been applied to live connections
+// before this one was registered; the directory cache was invalidated before
+// that, so this check sees the change.
+func (h *accessHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	dc, ok := cl.Net.Conn.(*deviceConn)
+	if !ok {
+		return errNotFromIngress
+	}
+	if dc.id.clientID != "" {
+		cl.ID = dc.id.clientID
+		cl.Properties.Props.AssignedClientID = ""
+		if dc.id.assign && dc.id.version == 5 {
+			cl.Properties.Props.AssignedClientID = dc.id.clientID
+		}
+	}
+	inst := h.inst
+	now := inst.env.now()
+	inst.live.add(dc, cl, dataplane.Connection{
+		ClientID: cl.ID, ConnectedAt: now.UTC(), RemoteAddr: dc.RemoteAddr().String(), ProtocolVersion: int(dc.id.version),
+	})
+	if ref := inst.env.qualifies(dc.id, cl.ID); ref != nil {
+		inst.live.drop(dc)
+		writeConnack(dc, dc.id.version, *ref)
+		return ref
+	}
+	inst.env.touch(dc.id.device, now)
+	if !dc.id.expires.IsZero() {
+		// A token admits a connection until it expires; then MQTT 5
+		// clients are told 0x87 (not authorized) and may come back with a
+		// new token.
+		dc.expiry.Store(time.AfterFunc(dc.id.expires.Sub(now), func() {
+			inst.log.Info("device token expired: disconnected", "device", dc.id.device, "client_id", cl.ID)
+			inst.kick(cl, packets.ErrNotAuthorized)
+		}))
+	}
+	return nil
+}
+
+// OnDisconnect forgets a connection that ended.
+func (h *accessHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	dc, ok := cl.Net.Conn.(*deviceConn)
+	if !ok {
+		return // a session being restored, not a connection ending
+	}
+	h.inst.live.drop(dc)
+	if t := dc.expiry.Load(); t != nil {
+		t.Stop()
+	}
+	h.inst.env.touch(dc.id.device, h.inst.env.now())
+}
+
+// OnACLCheck decides publish (write) and subscribe or delivery (read) by the
+// tenant's rules. mochi asks it for every publish, every subscription filter
+// and every delivery, retained messages included.
+func (h *accessHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	if topic == withdrawnWill {
+		return false
+	}
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok && !write && dc.refusedFilter(topic) {
+		return false // over max_subscriptions: see overSubscriptions
+	}
+	return h.inst.hookACL(cl, topic, write)
+}
+
+// OnPacketEncode checks a resumed session's waiting messages once more as
+// its CONNACK goes out (see dropUnreadable).
+func (h *accessHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Connack && pk.SessionPresent {
+		h.inst.dropUnreadable(cl)
+	}
+	return pk
+}
+
+// hookACL decides for a client: one connected through the ingress, or a
+// session restored from the store that has not reconnected yet.
+func (inst *instance) hookACL(cl *mqtt.Client, topic string, write bool) bool {
+	device := ""
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		device = dc.id.device
+	} else if inst.persist != nil && cl.Net.Conn == nil && !cl.Net.Inline {
+		device = inst.persist.deviceOf(cl.ID)
+	}
+	if device == "" {
+		return false
+	}
+	if write {
+		return inst.mayPublish(device, topic)
+	}
+	return inst.allowed(device, tenants.ActionSubscribe, topic)
+}
+
+// dropUnreadable runs as a resumed session's CONNACK is encoded, just
+// before mochi resends the messages waiting for it, which mochi does
+// without asking the ACL: a message queued while the device could read its
+// topic is dropped if it no longer may (restored from the store or not),
+// as a delivery would be. One the client already acknowledged with PUBREC
+// only waits for its PUBREL, and stays.
+func (inst *instance) dropUnreadable(cl *mqtt.Client) {
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		if pk.FixedHeader.Type != packets.Publish || inst.hookACL(cl, pk.TopicName, false) {
+			continue
+		}
+		if cl.State.Inflight.Delete(pk.PacketID) {
+			atomic.AddInt64(&inst.server.Info.Inflight, -1)
+		}
+		if inst.persist != nil {
+			inst.persist.acknowledged(cl, pk.PacketID)
+		}
+		inst.log.Info("queued message dropped: its topic is no longer readable", "client_id", cl.ID, "topic", pk.TopicName)
+	}
+}

@@ -1,0 +1,122 @@
+package broker
+
+import (
+	"bytes"
+	"encoding/json"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/events"
+)
+
+// eventsHook raises the lifecycle events of a tenant's devices: connected
+// (once the connection is accepted), disconnected (with the reason), and
+// the filters granted or removed by each SUBSCRIBE and UNSUBSCRIBE. It comes
+// after the hooks that may refuse or change them.
+type eventsHook struct {
+	mqtt.HookBase
+	inst *instance
+}
+
+func (h *eventsHook) ID() string { return "roost-events" }
+
+func (h *eventsHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnUnsubscribed}, []byte{b})
+}
+
+func (h *eventsHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	h.inst.emit(cl, events.Event{Type: events.Connected})
+	return nil
+}
+
+func (h *eventsHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	if _, ok := cl.Net.Conn.(*deviceConn); !ok {
+		return // a session being restored, not a connection ending
+	}
+	reason := ""
+	if err != nil {
+		reason = err.Error()
+	}
+	h.inst.emit(cl, events.Event{Type: events.Disconnected, Reason: reason})
+}
+
+func (h *eventsHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	var granted []string
+	for i, f := range pk.Filters {
+		if i < len(reasonCodes) && reasonCodes[i] < 0x80 {
+			granted = append(granted, f.Filter)
+		}
+	}
+	if len(granted) > 0 {
+		h.inst.emit(cl, events.Event{Type: events.Subscribed, Filters: granted})
+	}
+}
+
+// OnUnsubscribed: mochi also calls it when it clears an ended session's
+// subscriptions; only a client's own UNSUBSCRIBE is an event.
+func (h *eventsHook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
+	if cl.Closed() {
+		return
+	}
+	var filters []string
+	for _, f := range pk.Filters {
+		filters = append(filters, f.Filter)
+	}
+	h.inst.emit(cl, events.Event{Type: events.Unsubscribed, Filters: filters})
+}
+
+// emit sends an event about a client of this tenant.
+func (inst *instance) emit(cl *mqtt.Client, e events.Event) {
+	if cl.Net.Inline {
+		return // the hub's own client (API publishes, console watchers) is not a device
+	}
+	e.Tenant, e.ClientID = inst.tenant, cl.ID
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		e.Device, e.Remote = dc.id.device, dc.RemoteAddr().String()
+	}
+	inst.env.emit(e)
+}
+
+// emit sends an event stamped with the hub's clock, and queues it for the
+// tenant's own $events topics.
+func (h *Hub) emit(e events.Event) {
+	e.Time = h.now().UTC()
+	h.cfg.Events.Emit(e)
+	if e.Topic() == "" {
+		return
+	}
+	select {
+	case h.eventPubs <- e:
+	default:
+		h.eventsDropped.Add(1) // the publisher is behind: the sink still has it
+	}
+}
+
+// publishEvents publishes events on their tenant's $events topics, away
+// from the hooks that raised them. A tenant whose broker is not running has
+// no subscriber to tell.
+func (h *Hub) publishEvents() {
+	defer h.wg.Done()
+	for {
+		select {
+		case <-h.done:
+			return
+		case e := <-h.eventPubs:
+			inst := h.reg.running(e.Tenant)
+			if inst == nil {
+				continue
+			}
+			if subs := inst.server.Topics.Subscribers(e.Topic()); len(subs.Subscriptions) == 0 && len(subs.Shared) == 0 {
+				continue // nobody listens: skip encoding and routing it
+			}
+			b, err := json.Marshal(e)
+			if err != nil {
+				continue
+			}
+			if err := inst.server.Publish(e.Topic(), b, false, 0); err != nil {
+				h.log.Debug("publish event", "tenant", e.Tenant, "topic", e.Topic(), "err", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,200 @@
+package broker
+
+import (
+	"bytes"
+	"errors"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// The session store is mirrored by two hooks on one persistence: the
+// session hook follows the sessions (their lifecycle, their subscriptions,
+// the QoS exchanges, the restore at start) and recognises a QoS 2 publish
+// already received; the store hook, the last of a publish's hooks, stores
+// a publish the others let through before mochi acknowledges it. Only a
+// tenant broker with a session store has them.
+
+// sessionHook mirrors a tenant's persistent sessions in the store.
+type sessionHook struct {
+	mqtt.HookBase
+	inst *instance
+	p    *persistence
+}
+
+func (h *sessionHook) ID() string { return "roost-sessions" }
+
+func (h *sessionHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{
+		mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnPublish, mqtt.OnPublished, mqtt.OnQosPublish, mqtt.OnQosDropped,
+		mqtt.OnSessionEstablished, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnDisconnect, mqtt.OnClientExpired,
+		mqtt.StoredClients, mqtt.StoredSubscriptions, mqtt.StoredInflightMessages, mqtt.StoredRetainedMessages,
+	}, []byte{b})
+}
+
+// errNotRecorded ends a connection whose acknowledgement could not be
+// recorded; the client repeats it when it reconnects.
+var errNotRecorded = errors.New("acknowledgement not recorded")
+
+// OnPacketRead follows the QoS exchanges, before mochi answers them: PUBACK
+// and PUBCOMP complete a message the client was sent, PUBREC makes it one
+// waiting for its PUBREL, and a publisher's PUBREL frees its packet id.
+// What the store could not record is not answered.
+func (h *sessionHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	p := h.p
+	switch pk.FixedHeader.Type {
+	case packets.Puback, packets.Pubcomp:
+		p.acknowledged(cl, pk.PacketID)
+	case packets.Pubrec:
+		if !p.receivedBy(cl, pk) {
+			return pk, errNotRecorded
+		}
+	case packets.Pubrel:
+		if p.release(cl, pk.PacketID) != nil {
+			return pk, errNotRecorded
+		}
+	}
+	return pk, nil
+}
+
+// OnPacketEncode takes the internal tag off a PUBLISH (see tag), and puts
+// a resumed session's waiting messages in order as its CONNACK goes out
+// (see orderResend).
+func (h *sessionHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	switch {
+	case pk.FixedHeader.Type == packets.Publish:
+		return withoutTag(pk)
+	case pk.FixedHeader.Type == packets.Connack && pk.SessionPresent:
+		h.p.orderResend(cl)
+	}
+	return pk
+}
+
+// OnPublish acknowledges, without delivering it again, a QoS 2 publish the
+// store holds a receipt for: the publisher resent it.
+func (h *sessionHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if h.p.duplicate(cl, pk) {
+		return pk, packets.CodeSuccessIgnore
+	}
+	return pk, nil
+}
+
+// OnPublished forgets a routed publish's tag.
+func (h *sessionHook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
+	h.p.routed(pk)
+}
+
+func (h *sessionHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
+	if pk.FixedHeader.Type == packets.Publish {
+		h.p.handedOver(cl, pk)
+	}
+}
+
+// OnQosDropped: mochi drops a waiting message that expired (its message
+// expiry interval passed); it leaves the session's queue as if
+// acknowledged. The messages mochi clears from a client object a new
+// connection took over are not dropped: they went with the connection.
+func (h *sessionHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	if pk.FixedHeader.Type == packets.Publish && !cl.IsTakenOver() {
+		h.p.acknowledged(cl, pk.PacketID)
+	}
+}
+
+func (h *sessionHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	if pk.Connect.Clean {
+		// A clean start discards the previous session, in the store too.
+		h.drop(cl, "drop session")
+	}
+	if persistent(cl) {
+		h.p.save(cl, time.Time{})
+		h.p.established(cl)
+	}
+}
+
+func (h *sessionHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	if persistent(cl) {
+		h.p.save(cl, time.Time{})
+	}
+}
+
+func (h *sessionHook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
+	if persistent(cl) {
+		h.p.save(cl, time.Time{})
+	}
+}
+
+// OnDisconnect keeps a session that outlives its connection, or drops one
+// that ends with it.
+func (h *sessionHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	if _, ok := cl.Net.Conn.(*deviceConn); !ok {
+		return // a session being restored, not a connection ending
+	}
+	h.p.gone(cl)
+	switch {
+	case cl.IsTakenOver():
+	case expire:
+		h.drop(cl, "drop session")
+	default:
+		h.p.save(cl, h.inst.env.now().UTC())
+	}
+}
+
+// OnClientExpired drops an expired session's stored state.
+func (h *sessionHook) OnClientExpired(cl *mqtt.Client) {
+	h.drop(cl, "drop expired session")
+}
+
+func (h *sessionHook) drop(cl *mqtt.Client, what string) {
+	ctx, cancel := storeCtx()
+	defer cancel()
+	if err := h.p.drop(ctx, cl.ID); err != nil {
+		h.inst.log.Error(what, "client_id", cl.ID, "err", err)
+	}
+}
+
+// The Stored* methods hand mochi the tenant's sessions when its broker
+// starts. mochi asks for each part in turn; restore reads them once.
+func (h *sessionHook) StoredClients() ([]storage.Client, error) {
+	if err := h.inst.loadRestore(); err != nil {
+		return nil, err
+	}
+	return h.inst.restored.clients, nil
+}
+
+func (h *sessionHook) StoredSubscriptions() ([]storage.Subscription, error) {
+	return h.inst.restored.subs, nil
+}
+
+func (h *sessionHook) StoredInflightMessages() ([]storage.Message, error) {
+	return h.inst.restored.inflight, nil
+}
+
+func (h *sessionHook) StoredRetainedMessages() ([]storage.Message, error) {
+	return h.inst.restored.retained, nil
+}
+
+// storeHook stores a publish for every persistent session it is for (and
+// as retained) before mochi acknowledges it. If the store fails the
+// publisher is not acknowledged (see refusePublish).
+type storeHook struct {
+	mqtt.HookBase
+	inst *instance
+	p    *persistence
+}
+
+func (h *storeHook) ID() string { return "roost-store" }
+
+func (h *storeHook) Provides(b byte) bool { return b == mqtt.OnPublish }
+
+func (h *storeHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Qos == 0 && !pk.FixedHeader.Retain {
+		return pk, nil
+	}
+	out, err := h.p.beforeAck(cl, pk)
+	if err != nil {
+		return h.inst.refusePublish(cl, pk, err)
+	}
+	return out, nil
+}

@@ -1,0 +1,96 @@
+package broker
+
+import (
+	"bytes"
+	"strings"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// protocolHook is where a tenant's broker keeps to MQTT where mochi v2.7.9
+// does not (DESIGN §5). It comes first, so that every other hook sees a
+// packet as the protocol means it: a PUBLISH with its topic alias
+// resolved, and a device's PUBLISH to a $-topic under a name every check
+// refuses.
+type protocolHook struct {
+	mqtt.HookBase
+	inst *instance
+}
+
+func (h *protocolHook) ID() string { return "roost-protocol" }
+
+func (h *protocolHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnClientExpired}, []byte{b})
+}
+
+// reservedTopic stands for any $-topic a device publishes to: refused.
+const reservedTopic = "$roost/reserved"
+
+// OnPacketRead sees every packet a client sends, decoded, before mochi
+// validates or processes it. It resolves a PUBLISH's topic alias and
+// refuses a PINGREQ with a body.
+func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		pk, err := h.inst.resolveAlias(cl, pk)
+		if err == nil && strings.HasPrefix(pk.TopicName, "$") {
+			// mochi ignores a PUBLISH to $SYS or $share without answering
+			// it, so a QoS 1 or 2 publisher would wait for an ack forever.
+			// Devices never publish to $-topics (see mayPublish): under a
+			// name mochi takes, it is refused like any denied topic (MQTT
+			// 5: 0x87).
+			pk.TopicName = reservedTopic
+		}
+		return pk, err
+	case packets.Pingreq:
+		if pk.FixedHeader.Remaining != 0 {
+			// [MQTT-3.12.1] a PINGREQ has no variable header and no payload.
+			h.inst.log.Info("malformed PINGREQ: closed", "client_id", cl.ID, "length", pk.FixedHeader.Remaining)
+			h.inst.end(cl, packets.ErrMalformedPacket)
+			return pk, packets.ErrMalformedPacket
+		}
+	}
+	return pk, nil
+}
+
+// OnPacketEncode: mochi answers a resent QoS 2 PUBLISH it already holds
+// with 0x91, which tells a v5 publisher its message was refused; it was
+// accepted, and the answer is a plain PUBREC [MQTT-4.3.3-10].
+func (h *protocolHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Pubrec && pk.ReasonCode == packets.ErrPacketIdentifierInUse.Code {
+		pk.ReasonCode = packets.CodeSuccess.Code
+	}
+	return pk
+}
+
+// OnClientExpired unsubscribes an expired session: mochi v2.7.9 leaves its
+// subscriptions in the topic index, where a later client with the same id
+// would receive messages it never subscribed to.
+func (h *protocolHook) OnClientExpired(cl *mqtt.Client) {
+	h.inst.server.UnsubscribeClient(cl)
+}
+
+// resolveAlias gives a PUBLISH that uses a topic alias its topic before
+// anything looks at it. mochi checks the ACL on the packet's topic as it
+// arrived and resolves the alias only afterwards (DESIGN §5), so a PUBLISH
+// with an empty topic and a known alias would be checked as "" and then
+// published to the alias's topic: resolved here, the ACL, the quotas,
+// metering, export, persistence and the $-topic reservation all see the
+// topic the message goes to. mochi's own resolution later finds the same
+// topic. An alias above the maximum is left for mochi to refuse (0x94); an
+// empty topic with an alias never set is a protocol error [MQTT-3.3.2-7].
+func (inst *instance) resolveAlias(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	alias := pk.Properties.TopicAlias
+	if !pk.Properties.TopicAliasFlag || alias == 0 || alias > inst.server.Options.Capabilities.TopicAliasMaximum {
+		return pk, nil
+	}
+	topic := cl.State.TopicAliases.Inbound.Set(alias, pk.TopicName)
+	if topic == "" {
+		inst.log.Info("PUBLISH with an unknown topic alias: closed", "client_id", cl.ID, "alias", alias)
+		inst.end(cl, packets.ErrProtocolViolationNoTopic)
+		return pk, packets.ErrProtocolViolationNoTopic
+	}
+	pk.TopicName = topic
+	return pk, nil
+}
