@@ -11,6 +11,7 @@ import (
 
 	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/tenants"
+	"github.com/roosthub/roost/transport"
 )
 
 // Connections lists a device's live connections; none if its tenant's
@@ -113,7 +114,7 @@ func (h *Hub) activeTenant(ctx context.Context, tenant string) (tenants.Tenant, 
 	case t.Suspended:
 		return tenants.Tenant{}, fmt.Errorf("tenant %s is suspended: %w", tenant, tenants.ErrForbidden)
 	}
-	return t, h.placeHere(ctx, tenant)
+	return t, h.fwd.placeHere(ctx, tenant)
 }
 
 // watchIDs numbers watchers: mochi keys inline subscriptions by filter and
@@ -177,3 +178,47 @@ func (h *Hub) Stats() dataplane.Stats {
 }
 
 var _ dataplane.DataPlane = (*Hub)(nil)
+
+// CloseForwarded disconnects the devices another node forwarded here, as
+// for a server shutdown: that node is draining. MQTT 5 clients are told
+// 0x8B; their Wills are not sent unless the hub sends Wills on shutdown.
+func (h *Hub) CloseForwarded(origin string) int {
+	insts := h.reg.all()
+	n := 0
+	for _, inst := range insts {
+		fs := inst.live.conns(func(dc *deviceConn) bool { return transport.ForwardOrigin(dc.Conn) == origin })
+		for dc, cl := range fs {
+			if !h.cfg.WillsOnShutdown {
+				dc.withdrawWill.Store(true)
+			}
+			inst.kick(cl, packets.ErrServerShuttingDown)
+		}
+		n += len(fs)
+	}
+	return n
+}
+
+// Evict stops a tenant's broker here because another node holds it now
+// (this node was taken for dead): its devices reconnect and are forwarded
+// to the new home.
+func (h *Hub) Evict(tenant string) {
+	if inst := h.reg.running(tenant); inst != nil {
+		h.reg.stop(inst, "another node holds the tenant now")
+	}
+}
+
+// Forwards is the number of device connections this node is forwarding to
+// other nodes.
+func (h *Hub) Forwards() int {
+	if h.fwd == nil {
+		return 0
+	}
+	return h.fwd.count()
+}
+
+func (h *Hub) forwardedTotal() int64 {
+	if h.fwd == nil {
+		return 0
+	}
+	return h.fwd.total.Load()
+}

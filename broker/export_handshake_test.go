@@ -3,9 +3,9 @@ package broker
 // EndpointHandshakes is the number of connections in handshake counted
 // against a tenant's endpoint.
 func EndpointHandshakes(h *Hub, tenant string) int {
-	h.hs.mu.Lock()
-	defer h.hs.mu.Unlock()
-	if ep := h.hs.endpoints[tenant]; ep != nil {
+	h.in.hs.mu.Lock()
+	defer h.in.hs.mu.Unlock()
+	if ep := h.in.hs.endpoints[tenant]; ep != nil {
 		return ep.n
 	}
 	return 0
@@ -14,7 +14,7 @@ func EndpointHandshakes(h *Hub, tenant string) int {
 // SourceHandshakes is the number of connections in handshake counted
 // against a source address (once any PROXY header is read).
 func SourceHandshakes(h *Hub, addr string) int {
-	h.hs.mu.Lock()
-	defer h.hs.mu.Unlock()
-	return h.hs.all.count(addr)
+	h.in.hs.mu.Lock()
+	defer h.in.hs.mu.Unlock()
+	return h.in.hs.all.count(addr)
 }

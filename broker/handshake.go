@@ -491,7 +491,7 @@ type gate struct {
 // and below the WebSocket servers (whose connections reach ServeConn only
 // after TLS and the HTTP upgrade). The count ends when the hub is done
 // with the handshake, or the connection is closed before.
-func (h *Hub) Gate(ln net.Listener) net.Listener { return &gate{Listener: ln, hs: h.hs} }
+func (h *Hub) Gate(ln net.Listener) net.Listener { return &gate{Listener: ln, hs: h.in.hs} }
 
 func (g *gate) Accept() (net.Conn, error) {
 	for {

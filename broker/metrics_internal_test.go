@@ -13,7 +13,7 @@ import (
 // the busiest 20 by name and sums the rest under "_other": the series count
 // does not grow with the number of tenants, and nothing is lost in the sum.
 func TestMetricsSeriesBounded(t *testing.T) {
-	h := &Hub{log: discardLog(), now: time.Now, cfg: Config{Events: discard{}}, hs: newHandshakes(1, 1, 1, time.Second, discardLog()),
+	h := &Hub{log: discardLog(), now: time.Now, cfg: Config{Events: discard{}}, in: &ingress{hs: newHandshakes(1, 1, 1, time.Second, discardLog())},
 		reg: newRegistry(Config{Now: time.Now, Log: discardLog()}, nil), changes: newChangeApplier(Config{Now: time.Now, Log: discardLog()}, nil, nil)}
 	var total int64
 	for i := range 1000 {

@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -49,23 +52,42 @@ var ErrMoving = errors.New("the tenant is moving to another node")
 // connections it forwarded to end them.
 const leaveWait = 5 * time.Second
 
+// forwarder sends the device connections of tenants that live on other
+// nodes of a fleet to their home node, and keeps track of them.
+type forwarder struct {
+	cluster        Cluster
+	dir            *directoryCache
+	connectTimeout time.Duration
+	log            *slog.Logger
+	// done is closed as the hub closes: no more waiting for a move.
+	done <-chan struct{}
+
+	mu sync.Mutex
+	// forwards are the connections forwarded to other nodes; gone is
+	// closed when the last one ends while the hub closes.
+	forwards map[net.Conn]struct{}
+	gone     chan struct{}
+	closed   bool
+	total    atomic.Int64 // connections forwarded since the start
+}
+
+func newForwarder(cfg Config, dir *directoryCache, done <-chan struct{}) *forwarder {
+	return &forwarder{cluster: cfg.Cluster, dir: dir, connectTimeout: cfg.ConnectTimeout, log: cfg.Log, done: done, forwards: map[net.Conn]struct{}{}}
+}
+
 // route sends a connection whose tenant lives on another node there, and
 // reports whether it took care of the connection (forwarded or refused);
 // false leaves it to admit. Its tenant must exist before anything is
 // claimed or forwarded: a made-up name must cost nothing.
-func (h *Hub) route(conn net.Conn, r *bufio.Reader, raw []byte, pk packets.Packet, endHandshake func()) bool {
-	tenant, _, _, ok := h.deviceOf(conn, string(pk.Connect.Username))
-	if !ok {
-		return false
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.ConnectTimeout)
+func (f *forwarder) route(conn net.Conn, r *bufio.Reader, raw []byte, pk packets.Packet, tenant string, endHandshake func()) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), f.connectTimeout)
 	defer cancel()
-	if _, found, err := h.dir.tenant(ctx, tenant); err != nil || !found {
+	if _, found, err := f.dir.tenant(ctx, tenant); err != nil || !found {
 		return false // admit refuses it, as it would anywhere
 	}
 	origin := transport.ForwardOrigin(conn)
-	addr, err := h.place(ctx, tenant, origin != "")
-	log := h.log.With("tenant", tenant, "remote", conn.RemoteAddr().String())
+	addr, err := f.place(ctx, tenant, origin != "")
+	log := f.log.With("tenant", tenant, "remote", conn.RemoteAddr().String())
 	switch {
 	case err != nil:
 		log.Warn("connect refused: the tenant has no home node now", "err", err)
@@ -76,9 +98,9 @@ func (h *Hub) route(conn net.Conn, r *bufio.Reader, raw []byte, pk packets.Packe
 		// hop could loop.
 		log.Warn("connect refused: forwarded here, but the tenant lives on another node", "origin", origin, "home", addr)
 	default:
-		up, err := h.dialHome(conn, raw, addr)
+		up, err := f.dialHome(conn, raw, addr)
 		if err == nil {
-			h.splice(conn, r, up, endHandshake)
+			f.splice(conn, r, up, endHandshake)
 			return true
 		}
 		log.Warn("connect refused: the tenant's home node does not take the connection", "home", addr, "err", err)
@@ -89,16 +111,16 @@ func (h *Hub) route(conn net.Conn, r *bufio.Reader, raw []byte, pk packets.Packe
 }
 
 // place asks the cluster where a tenant runs, waiting while it moves.
-func (h *Hub) place(ctx context.Context, tenant string, chosen bool) (string, error) {
+func (f *forwarder) place(ctx context.Context, tenant string, chosen bool) (string, error) {
 	for {
-		addr, err := h.cfg.Cluster.Place(ctx, tenant, chosen)
+		addr, err := f.cluster.Place(ctx, tenant, chosen)
 		if !errors.Is(err, ErrMoving) {
 			return addr, err
 		}
 		select {
 		case <-ctx.Done():
 			return "", fmt.Errorf("%w: %w", err, ctx.Err())
-		case <-h.done:
+		case <-f.done:
 			return "", err
 		case <-time.After(50 * time.Millisecond):
 		}
@@ -107,11 +129,11 @@ func (h *Hub) place(ctx context.Context, tenant string, chosen bool) (string, er
 
 // placeHere is the check of an API publish or watch on a node of a fleet:
 // the control plane sends them to the tenant's home.
-func (h *Hub) placeHere(ctx context.Context, tenant string) error {
-	if h.cfg.Cluster == nil {
-		return nil
+func (f *forwarder) placeHere(ctx context.Context, tenant string) error {
+	if f == nil {
+		return nil // not in a fleet: every tenant runs here
 	}
-	addr, err := h.place(ctx, tenant, true)
+	addr, err := f.place(ctx, tenant, true)
 	switch {
 	case err != nil:
 		return fmt.Errorf("place tenant %s: %w: %w", tenant, err, tenants.ErrUnavailable)
@@ -123,9 +145,9 @@ func (h *Hub) placeHere(ctx context.Context, tenant string) error {
 
 // dialHome opens a forwarded connection to the tenant's home node and
 // sends it the signed header describing the device, then the CONNECT.
-func (h *Hub) dialHome(conn net.Conn, raw []byte, addr string) (net.Conn, error) {
+func (f *forwarder) dialHome(conn net.Conn, raw []byte, addr string) (net.Conn, error) {
 	var head bytes.Buffer
-	if err := transport.WriteForwardHeader(&head, transport.DescribeForward(conn, h.cfg.Cluster.ID()), h.cfg.Cluster.Key(), time.Now()); err != nil {
+	if err := transport.WriteForwardHeader(&head, transport.DescribeForward(conn, f.cluster.ID()), f.cluster.Key(), time.Now()); err != nil {
 		return nil, err
 	}
 	head.Write(raw)
@@ -133,7 +155,7 @@ func (h *Hub) dialHome(conn net.Conn, raw []byte, addr string) (net.Conn, error)
 	if err != nil {
 		return nil, err
 	}
-	up.SetWriteDeadline(time.Now().Add(h.cfg.ConnectTimeout))
+	up.SetWriteDeadline(time.Now().Add(f.connectTimeout))
 	if _, err := up.Write(head.Bytes()); err != nil {
 		up.Close()
 		return nil, err
@@ -145,15 +167,15 @@ func (h *Hub) dialHome(conn net.Conn, raw []byte, addr string) (net.Conn, error)
 // splice passes bytes both ways between a device and its home node until
 // either side ends: what the device sends from what is buffered on, what
 // the home sends as it comes (the home bounds its own writes).
-func (h *Hub) splice(conn net.Conn, r *bufio.Reader, up net.Conn, endHandshake func()) {
+func (f *forwarder) splice(conn net.Conn, r *bufio.Reader, up net.Conn, endHandshake func()) {
 	conn.SetReadDeadline(time.Time{})
-	if !h.addForward(conn) {
+	if !f.addForward(conn) {
 		up.Close()
 		conn.Close()
 		return
 	}
 	endHandshake()
-	defer h.dropForward(conn)
+	defer f.dropForward(conn)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -167,85 +189,58 @@ func (h *Hub) splice(conn net.Conn, r *bufio.Reader, up net.Conn, endHandshake f
 
 // addForward tracks a forwarded connection, so that Close can end it;
 // false once the hub is closing.
-func (h *Hub) addForward(conn net.Conn) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.closed {
+func (f *forwarder) addForward(conn net.Conn) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
 		return false
 	}
-	h.forwards[conn] = struct{}{}
-	h.forwarded.Add(1)
+	f.forwards[conn] = struct{}{}
+	f.total.Add(1)
 	return true
 }
 
-func (h *Hub) dropForward(conn net.Conn) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	delete(h.forwards, conn)
-	if len(h.forwards) == 0 && h.forwardsGone != nil {
-		close(h.forwardsGone)
-		h.forwardsGone = nil
+func (f *forwarder) dropForward(conn net.Conn) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.forwards, conn)
+	if len(f.forwards) == 0 && f.gone != nil {
+		close(f.gone)
+		f.gone = nil
 	}
 }
 
-// endForwards ends the connections this node forwarded, as it closes: their
+// close ends the connections this node forwarded, as it closes: their
 // homes disconnect them as for a server shutdown (0x8B, no Will), and what
-// is left after leaveWait is closed.
-func (h *Hub) endForwards() {
-	h.mu.Lock()
-	if len(h.forwards) == 0 {
-		h.mu.Unlock()
+// is left after leaveWait is closed. Nothing is forwarded afterwards.
+func (f *forwarder) close() {
+	f.mu.Lock()
+	f.closed = true
+	if len(f.forwards) == 0 {
+		f.mu.Unlock()
 		return
 	}
 	gone := make(chan struct{})
-	h.forwardsGone = gone
-	h.mu.Unlock()
+	f.gone = gone
+	f.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), leaveWait)
 	defer cancel()
-	h.cfg.Cluster.Leaving(ctx)
+	f.cluster.Leaving(ctx)
 	select {
 	case <-gone:
 	case <-ctx.Done():
 	}
-	h.mu.Lock()
-	for c := range h.forwards {
+	f.mu.Lock()
+	for c := range f.forwards {
 		c.Close()
 	}
-	h.mu.Unlock()
+	f.mu.Unlock()
 }
 
-// Forwards is the number of device connections this node is forwarding to
+// count is the number of device connections this node is forwarding to
 // other nodes.
-func (h *Hub) Forwards() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.forwards)
-}
-
-// CloseForwarded disconnects the devices another node forwarded here, as
-// for a server shutdown: that node is draining. MQTT 5 clients are told
-// 0x8B; their Wills are not sent unless the hub sends Wills on shutdown.
-func (h *Hub) CloseForwarded(origin string) int {
-	insts := h.reg.all()
-	n := 0
-	for _, inst := range insts {
-		fs := inst.live.conns(func(dc *deviceConn) bool { return transport.ForwardOrigin(dc.Conn) == origin })
-		for dc, cl := range fs {
-			if !h.cfg.WillsOnShutdown {
-				dc.withdrawWill.Store(true)
-			}
-			inst.kick(cl, packets.ErrServerShuttingDown)
-		}
-		n += len(fs)
-	}
-	return n
-}
-
-// Evict stops a tenant's broker here because another node holds it now
-// (this node was taken for dead): its devices reconnect and are forwarded
-// to the new home.
-func (h *Hub) Evict(tenant string) {
-	if inst := h.reg.running(tenant); inst != nil {
-		h.reg.stop(inst, "another node holds the tenant now")
-	}
+func (f *forwarder) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.forwards)
 }

@@ -1,0 +1,427 @@
+package broker
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/events"
+	"github.com/roosthub/roost/tenants"
+	"github.com/roosthub/roost/transport"
+)
+
+// ingress takes a device connection from accept to its tenant's broker: it
+// counts it in the handshake bounds, does its TLS handshake, reads its
+// CONNECT, authenticates it, and hands it to the tenant's broker here (see
+// registry) or, in a fleet, to the tenant's home node (see forwarder).
+type ingress struct {
+	cfg  Config
+	log  *slog.Logger
+	now  func() time.Time
+	dir  *directoryCache
+	hs   *handshakes
+	auth *authLimit // slows down failed authentications
+	reg  *registry
+	fwd  *forwarder // nil outside a fleet
+	// emit raises an event, meterOf is a tenant's meter, quotaHit counts
+	// a quota hit: the hub's.
+	emit     func(events.Event)
+	meterOf  func(tenant string) *meter
+	quotaHit func(tenant, device, clientID, quota string, limit int64)
+
+	// done is closed as the hub closes; wg counts the accept loops and
+	// the connections being handled.
+	done <-chan struct{}
+	wg   sync.WaitGroup
+
+	mu        sync.Mutex
+	listeners []net.Listener
+	closed    bool
+}
+
+// close stops accepting and ends the connections in handshake; the
+// connections handed to tenant brokers end with them (see wait).
+func (in *ingress) close() {
+	in.mu.Lock()
+	if in.closed {
+		in.mu.Unlock()
+		return
+	}
+	in.closed = true
+	for _, ln := range in.listeners {
+		ln.Close()
+	}
+	in.mu.Unlock()
+	in.hs.close()
+}
+
+// wait returns once every accept loop and connection has ended.
+func (in *ingress) wait() { in.wg.Wait() }
+
+// serve accepts MQTT connections on ln until the ingress closes, then
+// returns nil.
+func (in *ingress) serve(ln net.Listener) error {
+	in.mu.Lock()
+	if in.closed {
+		in.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	in.listeners = append(in.listeners, ln)
+	in.wg.Add(1)
+	in.mu.Unlock()
+	defer in.wg.Done()
+
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			select {
+			case <-in.done:
+				return nil
+			default:
+			}
+			if ne, ok := err.(net.Error); ok && ne.Timeout() || errors.Is(err, errTooManyFiles) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				in.log.Warn("accept", "err", err, "retry_in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		backoff = 0
+		p := in.ticket(conn)
+		if p == nil {
+			conn.Close()
+			continue
+		}
+		in.wg.Add(1)
+		go in.handle(conn, p)
+	}
+}
+
+// ticket counts a connection as in handshake, or returns nil if it is
+// refused: the count a gate below it started, or a new one.
+func (in *ingress) ticket(conn net.Conn) *pending {
+	if g := gatedBelow(conn); g != nil {
+		return g.p
+	}
+	phys := physical(conn)
+	p, ok := in.hs.enter(phys, phys.RemoteAddr(), transport.HeaderPending(conn))
+	if !ok {
+		return nil
+	}
+	return p
+}
+
+// serveConn serves one device connection that arrived some other way than
+// a listener (MQTT over WebSocket), and returns when it ends.
+func (in *ingress) serveConn(conn net.Conn) {
+	in.mu.Lock()
+	if in.closed {
+		in.mu.Unlock()
+		conn.Close()
+		return
+	}
+	in.wg.Add(1)
+	in.mu.Unlock()
+	p := in.ticket(conn)
+	if p == nil {
+		in.wg.Done()
+		conn.Close()
+		return
+	}
+	in.handle(conn, p)
+}
+
+// handle takes a connection from accept to its tenant's broker; p counts
+// it as in handshake until then. A panic while admitting it closes that
+// connection alone.
+func (in *ingress) handle(conn net.Conn, p *pending) {
+	defer in.wg.Done()
+	defer func() {
+		if v := recover(); v != nil {
+			in.log.Error("panic admitting connection", "remote", conn.RemoteAddr().String(), "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			conn.Close()
+		}
+	}()
+	endHandshake := func() { in.hs.leave(p) }
+	defer endHandshake()
+
+	// One deadline, reads and writes, covers what comes before the
+	// CONNECT: a PROXY or forwarding header, the TLS handshake (a TLS
+	// listener's connection does it on its first read; it is done here
+	// to learn its endpoint), the CONNECT. A throttled failure is answered
+	// by then too.
+	conn.SetDeadline(in.now().Add(in.cfg.ConnectTimeout))
+	answerBy := time.Now().Add(in.cfg.ConnectTimeout)
+	if !in.hs.rekey(p, conn.RemoteAddr()) {
+		conn.Close()
+		return
+	}
+	if tc, ok := conn.(*tls.Conn); ok {
+		if err := tc.HandshakeContext(p.ctx); err != nil {
+			in.log.Debug("TLS handshake failed", "remote", conn.RemoteAddr().String(), "err", err)
+			conn.Close()
+			return
+		}
+	}
+	if ep := transport.TenantFromServerName(transport.ServerName(conn), in.cfg.Domain); ep != "" && !in.hs.enterEndpoint(p, ep) {
+		conn.Close()
+		return
+	}
+	r := bufio.NewReaderSize(conn, 4096)
+	raw, pk, err := readConnect(r, in.cfg.MaxConnectSize)
+	var code packets.Code
+	switch {
+	case errors.As(err, &code):
+		ref := refusalFor(code)
+		in.log.Debug("malformed CONNECT", "remote", conn.RemoteAddr().String(), "reason", ref.String())
+		writeConnack(conn, pk.ProtocolVersion, ref)
+		conn.Close()
+		return
+	case err != nil:
+		// Debug: a flood of silent sockets must not flood the log (the
+		// handshake bounds log a summary).
+		in.log.Debug("no CONNECT", "remote", conn.RemoteAddr().String(), "err", err)
+		conn.Close()
+		return
+	}
+
+	if in.fwd != nil {
+		if tenant, _, _, ok := in.deviceOf(conn, string(pk.Connect.Username)); ok && in.fwd.route(conn, r, raw, pk, tenant, endHandshake) {
+			return
+		}
+	}
+	ctx, cancel := context.WithTimeout(p.ctx, in.cfg.ConnectTimeout)
+	inst, id, err := in.admit(ctx, conn, raw, pk, answerBy)
+	cancel()
+	if err != nil {
+		var ref refusal
+		if !errors.As(err, &ref) {
+			in.log.Error("admit connection", "remote", conn.RemoteAddr().String(), "err", err)
+			ref = serverUnavailable
+		}
+		conn.SetWriteDeadline(time.Now().Add(in.cfg.WriteTimeout))
+		writeConnack(conn, pk.ProtocolVersion, ref)
+		conn.Close()
+		return
+	}
+	defer in.reg.releaseConn(inst)
+	conn.SetDeadline(time.Time{})
+	endHandshake()
+	inst.serve(newDeviceConn(conn, r, raw, id, inst, in.cfg.WriteTimeout))
+}
+
+// admit authenticates a CONNECT and finds its tenant's broker, or returns
+// the refusal to send.
+//
+// Every credential is evaluated, whatever failed before it: a valid one is
+// never refused for others' failures. A failure past its streak's free
+// ones (see authLimit) is answered 0x9F, late — by answerBy at the latest,
+// when a silent connection would have been closed — and raises no event.
+func (in *ingress) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.Packet, answerBy time.Time) (*instance, identity, error) {
+	remote := conn.RemoteAddr().String()
+	source := sourceOf(conn.RemoteAddr())
+	tenant, device, username, ok := in.deviceOf(conn, string(pk.Connect.Username))
+	if !ok {
+		log := in.log.With("remote", remote, "endpoint", transport.ServerName(conn))
+		return nil, identity{}, in.authFailed(ctx, log, string(pk.Connect.Username), source, answerBy,
+			"connect refused: malformed username, or one naming another tenant than the endpoint")
+	}
+	log := in.log.With("tenant", tenant, "device", device, "remote", remote)
+	t, d, cred, ok, err := in.credentials(ctx, conn, tenant, device, pk.Connect.Password)
+	if err != nil {
+		return nil, identity{}, err
+	}
+	// Events go only to tenants that exist: a made-up tenant name must not
+	// create anything.
+	refuse := func(r refusal) (*instance, identity, error) {
+		if t.Slug != "" {
+			in.emit(events.Event{Tenant: tenant, Type: events.AuthFailed, Device: device, Remote: remote, Reason: r.reason})
+			in.meterOf(tenant).authFailures.Add(1)
+		}
+		return nil, identity{}, r
+	}
+	if !ok {
+		if cred.why != "" {
+			log = log.With("detail", cred.why)
+		}
+		err := in.authFailed(ctx, log, username, source, answerBy, "connect refused: bad credentials")
+		if errors.Is(err, authThrottled) {
+			if t.Slug != "" {
+				in.meterOf(tenant).authFailures.Add(1)
+			}
+			return nil, identity{}, err
+		}
+		return refuse(badCredentials)
+	}
+	in.auth.succeeded(username, source)
+	if t.Suspended {
+		log.Info("connect refused: tenant suspended")
+		return refuse(tenantSuspended)
+	}
+
+	id := identity{tenant: tenant, device: device, secret: d.SecretHash, version: pk.ProtocolVersion, key: cred.key, expires: cred.expires, leaf: cred.leaf, ca: cred.ca}
+	cid := pk.Connect.ClientIdentifier
+	switch {
+	case cid == "" && pk.ProtocolVersion < 5 && !pk.Connect.Clean:
+		// 3.1.1 §3.1.3-8: a persistent session needs an id of its own.
+		log.Info("connect refused: empty client id with a persistent session")
+		return refuse(clientIDRefused)
+	case d.ClientIDs == tenants.ClientIDsExact && cid == "":
+		id.clientID, id.assign = device, true
+	case d.ClientIDs == tenants.ClientIDsExact && cid != device:
+		log.Info("connect refused: client id not bound to the device", "client_id", cid)
+		return refuse(clientIDRefused)
+	case d.ClientIDs == tenants.ClientIDsExact:
+		id.clientID = device
+	}
+	if limit := t.Quotas().MaxPacketSize; int64(len(raw)) > limit {
+		log.Info("connect refused: CONNECT larger than max_packet_size", "size", len(raw), "limit", limit)
+		in.quotaHit(tenant, device, cid, "max_packet_size", limit)
+		return nil, identity{}, packetTooLarge
+	}
+
+	inst, err := in.reg.acquireConn(t)
+	if err != nil {
+		var ref refusal
+		if errors.As(err, &ref) && (ref == quotaConnections || ref == connectRateExceeded) {
+			quota, limit := "max_connections", t.Quotas().MaxConnections
+			if ref == connectRateExceeded {
+				quota, limit = "connect_rate", t.Quotas().ConnectRate
+			}
+			in.quotaHit(tenant, device, cid, quota, limit)
+		}
+		return nil, identity{}, err
+	}
+	if pk.Connect.WillFlag {
+		if tenants.ValidateTopic(pk.Connect.WillTopic) != nil || !inst.mayPublish(device, pk.Connect.WillTopic) {
+			in.reg.releaseConn(inst)
+			log.Info("connect refused: will topic not allowed", "topic", pk.Connect.WillTopic)
+			return refuse(willNotAllowed)
+		}
+	}
+	return inst, id, nil
+}
+
+// authFailed counts a failed authentication of username from source and
+// returns its refusal: badCredentials while its streaks are within their
+// free failures; else authThrottled, once the delay is over (or answerBy,
+// or the connection was shed). Only a streak's first throttled failure is
+// logged above debug.
+func (in *ingress) authFailed(ctx context.Context, log *slog.Logger, username, source string, answerBy time.Time, msg string) error {
+	delay, first := in.auth.fail(username, source)
+	if delay == 0 {
+		log.Info(msg)
+		return badCredentials
+	}
+	delay = min(delay, time.Until(answerBy))
+	if first {
+		log.Info(msg+"; too many failed attempts: this one and the next are answered late with 0x9F", "delay", delay)
+	} else {
+		log.Debug(msg+"; too many failed attempts", "delay", delay)
+	}
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		case <-in.done:
+		}
+		t.Stop()
+	}
+	return authThrottled
+}
+
+// deviceOf is the tenant and device a CONNECT's username names, with the
+// full username: "<tenant>/<device>", or the device's name alone on the
+// tenant's own endpoint (SNI <tenant>.<Domain>), where a username naming
+// another tenant is refused.
+func (in *ingress) deviceOf(conn net.Conn, username string) (tenant, device, full string, ok bool) {
+	tenant, device, ok = splitUsername(username)
+	if endpoint := transport.TenantFromServerName(transport.ServerName(conn), in.cfg.Domain); endpoint != "" {
+		switch {
+		case !strings.Contains(username, "/") && tenants.ValidDeviceName(username):
+			return endpoint, username, tenants.Username(endpoint, username), true
+		case ok && tenant != endpoint:
+			return "", "", "", false
+		}
+	}
+	return tenant, device, username, ok
+}
+
+// credentials checks a device's secret, or the token it sent instead,
+// signed by one of its registered keys. ok is false, with no error, for an
+// unknown tenant, an unknown or disabled device, a wrong secret and a token
+// that does not verify alike; cred says which key verified a token and
+// when it expires.
+func (in *ingress) credentials(ctx context.Context, conn net.Conn, tenant, device string, password []byte) (t tenants.Tenant, d tenants.Device, cred credential, ok bool, err error) {
+	t, found, err := in.dir.tenant(ctx, tenant)
+	if err != nil || !found {
+		return t, d, cred, false, err
+	}
+	d, found, err = in.dir.device(ctx, tenant, device)
+	if err != nil {
+		return t, d, cred, false, err
+	}
+	// The secret is checked even for an unknown or disabled device, so all
+	// refusals cost the same.
+	hash := d.SecretHash
+	if !found {
+		hash = unknownDeviceHash
+	}
+	match := tenants.CheckSecret(string(password), hash)
+	if !match && found && d.Enabled && tenants.LooksLikeJWT(string(password)) {
+		keys, err := in.dir.deviceKeys(ctx, tenant, device)
+		if err != nil {
+			return t, d, cred, false, err
+		}
+		k, exp, verr := tenants.VerifyDeviceToken(string(password), tenant, keys, in.now())
+		match, cred = verr == nil, credential{key: k.Fingerprint, expires: exp, why: errText(verr)}
+	}
+	if chain := transport.PeerCertificates(conn); !match && found && d.Enabled && len(chain) > 0 {
+		cas, err := in.dir.authorities(ctx, tenant)
+		if err != nil {
+			return t, d, cred, false, err
+		}
+		pinned, err := in.dir.certificates(ctx, tenant, device)
+		if err != nil {
+			return t, d, cred, false, err
+		}
+		c, verr := tenants.VerifyDeviceCertificate(chain, tenant, device, cas, pinned, in.now())
+		match, cred = verr == nil, credential{leaf: c.Leaf, ca: c.CA, why: errText(verr)}
+	}
+	return t, d, cred, found && d.Enabled && match, nil
+}
+
+// credential is what a device proved itself with, when not its secret: a
+// token (the fingerprint of the key that signed it, and its expiry) or a
+// client certificate (its fingerprint, and its CA's).
+type credential struct {
+	key      string
+	expires  time.Time
+	leaf, ca string
+	why      string // why a token or certificate was refused, for the log
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// unknownDeviceHash is compared against when no device exists: a hash of no
+// secret anyone has.
+const unknownDeviceHash = "0000000000000000000000000000000000000000000000000000000000000000"
