@@ -254,7 +254,7 @@ func (h *Hub) reapIdle() {
 	h.reg.reapIdle()
 	for _, inst := range h.reg.all() {
 		if inst.persist != nil {
-			inst.persist.sweep(h.now().Add(-time.Minute))
+			inst.persist.sweep(time.Now().Add(-time.Minute)) // mochi's clock: the wall clock
 		}
 	}
 }

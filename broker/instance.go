@@ -140,7 +140,7 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 	inst.meter = h.meterOf(t.Slug)
 	inst.live.meter = inst.meter
 	if h.cfg.Sessions != nil {
-		inst.persist = newPersistence(h.cfg.Sessions, inst)
+		inst.persist = newPersistence(h.cfg.Sessions, t.Slug, srv, inst, log)
 	}
 	if err := addHooks(inst); err != nil {
 		return nil, err
@@ -354,3 +354,19 @@ func (e hubEnv) touch(device string, at time.Time) { e.h.touch(e.tenant, device,
 func (e hubEnv) qualifies(id identity, clientID string) *refusal {
 	return e.h.qualifies(id, clientID)
 }
+
+// The instance is its persistence's sessionHost.
+
+func (inst *instance) mayRead(cl *mqtt.Client, topic string) bool {
+	return inst.hookACL(cl, topic, false)
+}
+
+func (inst *instance) queuePolicy(ctx context.Context) tenants.QueuePolicy {
+	if t, found, err := inst.dir.tenant(ctx, inst.tenant); err == nil && found && t.QueuePolicy != "" {
+		return t.QueuePolicy
+	}
+	return tenants.DropOldest
+}
+
+// raise raises an event not about one client.
+func (inst *instance) raise(e events.Event) { inst.env.emit(e) }

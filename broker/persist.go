@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"math"
 	"slices"
 	"strconv"
@@ -70,7 +71,11 @@ const seqProperty = "\x00roost-publish"
 type persistence struct {
 	st     SessionStore
 	tenant string
-	inst   *instance
+	// server is the tenant's mochi server the store mirrors; host answers
+	// the questions about the tenant that are not the store's.
+	server *mqtt.Server
+	host   sessionHost
+	log    *slog.Logger
 
 	mu      sync.Mutex
 	nextPub uint64
@@ -119,6 +124,20 @@ type persistence struct {
 	recheck map[string]bool
 }
 
+// sessionHost is what persistence asks of its tenant's broker.
+type sessionHost interface {
+	// mayRead reports whether a session's client may read a topic now.
+	mayRead(cl *mqtt.Client, topic string) bool
+	// quotas are the tenant's quotas now (max_queued, max_session_expiry).
+	quotas() tenants.Quotas
+	// queuePolicy is what a full queue drops.
+	queuePolicy(ctx context.Context) tenants.QueuePolicy
+	// heldWill is a session's Will waiting out its delay; nil if none.
+	heldWill(clientID string) *store.Will
+	// raise raises an event.
+	raise(events.Event)
+}
+
 // restoredWill is a Will a session's record kept through a restart.
 type restoredWill struct {
 	device, clientID string
@@ -133,9 +152,9 @@ type mark struct {
 	released bool
 }
 
-func newPersistence(st SessionStore, inst *instance) *persistence {
+func newPersistence(st SessionStore, tenant string, server *mqtt.Server, host sessionHost, log *slog.Logger) *persistence {
 	return &persistence{
-		st: st, tenant: inst.tenant, inst: inst,
+		st: st, tenant: tenant, server: server, host: host, log: log,
 		pubs: map[string]pubCopies{}, inflight: map[string]map[uint16]uint64{},
 		outstanding: map[string][]uint64{}, highest: map[string]uint64{}, appending: map[string][]uint64{}, devices: map[string]string{}, stored: map[string]bool{}, dropped: map[string]int64{},
 		marks: map[string]map[uint64]mark{}, received: map[string]map[uint16]bool{},
@@ -172,7 +191,7 @@ func (p *persistence) sweep(olderThan time.Time) {
 // maxQueued is the tenant's max_queued as it is now, within what one
 // session can hold (a packet id each).
 func (p *persistence) maxQueued() int {
-	return int(clamp(p.inst.quotas().MaxQueued, 1, math.MaxUint16))
+	return int(clamp(p.host.quotas().MaxQueued, 1, math.MaxUint16))
 }
 
 func persistent(cl *mqtt.Client) bool {
@@ -202,7 +221,7 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		m := toStore(pk)
 		m.Retain = true
 		if err := p.st.SetRetained(ctx, p.tenant, m); err != nil {
-			p.inst.log.Error("store retained message", "topic", pk.TopicName, "err", err)
+			p.log.Error("store retained message", "topic", pk.TopicName, "err", err)
 			return pk, errNotStored
 		}
 	}
@@ -210,13 +229,13 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		return pk, nil
 	}
 	var items []store.Item
-	subs := p.inst.server.Topics.Subscribers(pk.TopicName)
+	subs := p.server.Topics.Subscribers(pk.TopicName)
 	for id, sub := range subs.Subscriptions {
-		target, ok := p.inst.server.Clients.Get(id)
+		target, ok := p.server.Clients.Get(id)
 		if !ok || !persistent(target) || min(pk.FixedHeader.Qos, sub.Qos) == 0 || (sub.NoLocal && id == cl.ID) {
 			continue
 		}
-		if !p.inst.hookACL(target, pk.TopicName, false) {
+		if !p.host.mayRead(target, pk.TopicName) {
 			continue
 		}
 		m := toStore(pk)
@@ -256,7 +275,7 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	}
 	if err != nil {
 		p.mu.Unlock()
-		p.inst.log.Error("queue message for persistent sessions", "topic", pk.TopicName, "sessions", len(items), "err", err)
+		p.log.Error("queue message for persistent sessions", "topic", pk.TopicName, "sessions", len(items), "err", err)
 		return pk, errNotStored
 	}
 	copies := make(map[string]uint64, len(items))
@@ -305,10 +324,7 @@ func (p *persistence) tag(pk packets.Packet, copies map[string]uint64) packets.P
 // the drop is counted and raised as an event. It returns the items to append.
 func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.Item {
 	limit := p.maxQueued()
-	policy := tenants.DropOldest
-	if t, found, err := p.inst.dir.tenant(ctx, p.tenant); err == nil && found && t.QueuePolicy != "" {
-		policy = t.QueuePolicy
-	}
+	policy := p.host.queuePolicy(ctx)
 	kept := items[:0:0]
 	for _, it := range items {
 		p.mu.Lock()
@@ -325,7 +341,7 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.
 		if policy == tenants.DropNewest || i < 0 {
 			p.dropped[it.ClientID]++
 			p.mu.Unlock()
-			p.inst.env.emit(events.Event{Tenant: p.tenant, Type: events.QueueDropped, ClientID: it.ClientID,
+			p.host.raise(events.Event{Tenant: p.tenant, Type: events.QueueDropped, ClientID: it.ClientID,
 				Device: p.deviceOf(it.ClientID), Quota: "max_queued", Limit: int64(limit), Reason: string(policy)})
 			continue
 		}
@@ -343,7 +359,7 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.
 			}
 		}
 		p.mu.Unlock()
-		if cl, ok := p.inst.server.Clients.Get(it.ClientID); ok && packetID != 0 {
+		if cl, ok := p.server.Clients.Get(it.ClientID); ok && packetID != 0 {
 			cl.State.Inflight.Delete(packetID)
 		}
 		// Trimming is up to a number: behind messages waiting for their
@@ -351,11 +367,11 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.
 		// (the next trim takes it).
 		if i == 0 {
 			if err := p.st.Trim(ctx, p.tenant, it.ClientID, oldest); err != nil {
-				p.inst.log.Warn("drop the oldest queued message", "client_id", it.ClientID, "err", err)
+				p.log.Warn("drop the oldest queued message", "client_id", it.ClientID, "err", err)
 			}
 		}
-		p.inst.log.Info("queue full: oldest message dropped", "client_id", it.ClientID, "limit", limit)
-		p.inst.env.emit(events.Event{Tenant: p.tenant, Type: events.QueueDropped, ClientID: it.ClientID,
+		p.log.Info("queue full: oldest message dropped", "client_id", it.ClientID, "limit", limit)
+		p.host.raise(events.Event{Tenant: p.tenant, Type: events.QueueDropped, ClientID: it.ClientID,
 			Device: p.deviceOf(it.ClientID), Quota: "max_queued", Limit: int64(limit), Reason: string(policy)})
 	}
 	return kept
@@ -471,7 +487,7 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 			// mochi must not keep it either.
 			p.mu.Unlock()
 			if cl.State.Inflight.Delete(out.PacketID) {
-				atomic.AddInt64(&p.inst.server.Info.Inflight, -1)
+				atomic.AddInt64(&p.server.Info.Inflight, -1)
 			}
 			return
 		}
@@ -492,7 +508,7 @@ func (p *persistence) mark(cl *mqtt.Client, seq uint64, m mark) bool {
 	ctx, cancel := storeCtx()
 	defer cancel()
 	if err := p.st.Mark(ctx, p.tenant, cl.ID, seq, m.packetID, m.released); err != nil {
-		p.inst.log.Error("mark a QoS 2 message", "client_id", cl.ID, "err", err)
+		p.log.Error("mark a QoS 2 message", "client_id", cl.ID, "err", err)
 		return false
 	}
 	p.mu.Lock()
@@ -547,7 +563,7 @@ func (p *persistence) release(cl *mqtt.Client, packetID uint16) error {
 	ctx, cancel := storeCtx()
 	defer cancel()
 	if err := p.st.Release(ctx, p.tenant, cl.ID, packetID); err != nil {
-		p.inst.log.Error("release a QoS 2 receipt", "client_id", cl.ID, "err", err)
+		p.log.Error("release a QoS 2 receipt", "client_id", cl.ID, "err", err)
 		return err
 	}
 	p.mu.Lock()
@@ -555,7 +571,7 @@ func (p *persistence) release(cl *mqtt.Client, packetID uint16) error {
 	p.mu.Unlock()
 	if _, ok := cl.State.Inflight.Get(packetID); !ok {
 		if cl.State.Inflight.Set(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: packetID}) {
-			atomic.AddInt64(&p.inst.server.Info.Inflight, 1)
+			atomic.AddInt64(&p.server.Info.Inflight, 1)
 		}
 	}
 	return nil
@@ -651,7 +667,7 @@ func (p *persistence) reconcile(cl *mqtt.Client) {
 	defer cancel()
 	queued, err := p.st.Read(ctx, p.tenant, cl.ID, slices.Min(missing)-1, p.maxQueued())
 	if err != nil {
-		p.inst.log.Error("read queued messages to resend", "client_id", cl.ID, "err", err)
+		p.log.Error("read queued messages to resend", "client_id", cl.ID, "err", err)
 		return
 	}
 	want := map[uint64]bool{}
@@ -680,7 +696,7 @@ func (p *persistence) reconcile(cl *mqtt.Client) {
 		p.inflight[cl.ID][pk.PacketID] = q.Seq
 		p.mu.Unlock()
 		if cl.State.Inflight.Set(pk) {
-			atomic.AddInt64(&p.inst.server.Info.Inflight, 1)
+			atomic.AddInt64(&p.server.Info.Inflight, 1)
 		}
 		p.handedOver(cl, pk)
 		if err := cl.WritePacket(pk); err != nil {
@@ -688,7 +704,7 @@ func (p *persistence) reconcile(cl *mqtt.Client) {
 		}
 		resent++
 	}
-	p.inst.log.Info("queued messages the connection lacked sent again", "client_id", cl.ID, "missing", len(missing), "resent", resent)
+	p.log.Info("queued messages the connection lacked sent again", "client_id", cl.ID, "missing", len(missing), "resent", resent)
 }
 
 // acknowledged removes a message from its session's queue once the client
@@ -718,7 +734,7 @@ func (p *persistence) acknowledged(cl *mqtt.Client, packetID uint16) {
 	ctx, cancel := storeCtx()
 	defer cancel()
 	if err := p.st.Trim(ctx, p.tenant, cl.ID, upTo); err != nil {
-		p.inst.log.Warn("trim delivered messages", "client_id", cl.ID, "err", err)
+		p.log.Warn("trim delivered messages", "client_id", cl.ID, "err", err)
 	}
 }
 
@@ -747,7 +763,7 @@ func (p *persistence) sessionRecord(cl *mqtt.Client, disconnected time.Time) sto
 	if cl.Properties.ProtocolVersion == 5 {
 		s.Expiry = cl.Properties.Props.SessionExpiryInterval
 	} else {
-		s.Expiry = uint32(clamp(p.inst.quotas().MaxSessionExpiry, 0, math.MaxUint32))
+		s.Expiry = uint32(clamp(p.host.quotas().MaxSessionExpiry, 0, math.MaxUint32))
 	}
 	for _, sub := range cl.State.Subscriptions.GetAll() {
 		s.Subscriptions = append(s.Subscriptions, store.Subscription{
@@ -758,7 +774,7 @@ func (p *persistence) sessionRecord(cl *mqtt.Client, disconnected time.Time) sto
 	slices.SortFunc(s.Subscriptions, func(a, b store.Subscription) int {
 		return strings.Compare(a.Filter, b.Filter)
 	})
-	s.Will = p.inst.heldWill(cl.ID)
+	s.Will = p.host.heldWill(cl.ID)
 	return s
 }
 
@@ -787,7 +803,7 @@ func (p *persistence) save(cl *mqtt.Client, disconnected time.Time) {
 		err = p.drop(ctx, cl.ID)
 	}
 	if err != nil {
-		p.inst.log.Error("save session", "client_id", cl.ID, "err", err)
+		p.log.Error("save session", "client_id", cl.ID, "err", err)
 	}
 }
 
