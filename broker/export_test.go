@@ -24,3 +24,12 @@ func LoseInflight(h *Hub, tenant, clientID string) int {
 
 // Sweep runs the hub's periodic housekeeping now.
 func Sweep(h *Hub) { h.reapIdle() }
+
+// Routing is the number of a tenant's publishes mochi has not finished
+// routing (their tags are still kept).
+func Routing(h *Hub, tenant string) int {
+	p := h.reg.running(tenant).persist
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.pubs)
+}

@@ -228,6 +228,12 @@ func TestServeEndsItsGoroutines(t *testing.T) {
 		t.Fatal("serve did not return within 15s of its context ending")
 	}
 	for id, stack := range roostGoroutines() {
+		// The test's own goroutine that called run may still be on its
+		// way out after sending run's result; what run started is created
+		// by roost's code, not by the test.
+		if strings.Contains(stack, "created by github.com/roosthub/roost/cmd/roost.TestServeEndsItsGoroutines") {
+			continue
+		}
 		if _, ok := before[id]; !ok {
 			t.Errorf("goroutine %s still runs after serve returned:\n%s", id, stack)
 		}
