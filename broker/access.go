@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"errors"
 	"sync/atomic"
 	"time"
@@ -25,11 +24,9 @@ type accessHook struct {
 
 func (h *accessHook) ID() string { return "roost-access" }
 
-func (h *accessHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{
-		mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnConnect, mqtt.OnDisconnect, mqtt.OnPacketEncode,
-	}, []byte{b})
-}
+var accessHookEvents = provides(mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnConnect, mqtt.OnDisconnect, mqtt.OnPacketEncode)
+
+func (h *accessHook) Provides(b byte) bool { return accessHookEvents.has(b) }
 
 var errNotFromIngress = errors.New("connection did not come through the ingress")
 

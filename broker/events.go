@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"encoding/json"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -21,9 +20,9 @@ type eventsHook struct {
 
 func (h *eventsHook) ID() string { return "roost-events" }
 
-func (h *eventsHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnConnect, mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnUnsubscribed}, []byte{b})
-}
+var eventsHookEvents = provides(mqtt.OnConnect, mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnUnsubscribed)
+
+func (h *eventsHook) Provides(b byte) bool { return eventsHookEvents.has(b) }
 
 func (h *eventsHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	h.inst.emit(cl, events.Event{Type: events.Connected})

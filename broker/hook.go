@@ -66,3 +66,21 @@ func (inst *instance) refusePublish(cl *mqtt.Client, pk packets.Packet, err erro
 	}
 	return pk, packets.ErrRejectPacket
 }
+
+// hookSet is the set of mochi events a hook provides. mochi asks every
+// hook whether it provides an event before each call, several times per
+// packet, so the answer is one bit test.
+type hookSet uint64
+
+func provides(events ...byte) hookSet {
+	var s hookSet
+	for _, e := range events {
+		if e >= 64 {
+			panic("broker: mochi hook event out of range")
+		}
+		s |= 1 << e
+	}
+	return s
+}
+
+func (s hookSet) has(e byte) bool { return e < 64 && s&(1<<e) != 0 }

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"errors"
 	"time"
 
@@ -26,13 +25,9 @@ type sessionHook struct {
 
 func (h *sessionHook) ID() string { return "roost-sessions" }
 
-func (h *sessionHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{
-		mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnPublish, mqtt.OnPublished, mqtt.OnQosPublish, mqtt.OnQosDropped,
-		mqtt.OnSessionEstablished, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnDisconnect, mqtt.OnClientExpired,
-		mqtt.StoredClients, mqtt.StoredSubscriptions, mqtt.StoredInflightMessages, mqtt.StoredRetainedMessages,
-	}, []byte{b})
-}
+var sessionHookEvents = provides(mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnPublish, mqtt.OnPublished, mqtt.OnQosPublish, mqtt.OnQosDropped, mqtt.OnSessionEstablished, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.StoredClients, mqtt.StoredSubscriptions, mqtt.StoredInflightMessages, mqtt.StoredRetainedMessages)
+
+func (h *sessionHook) Provides(b byte) bool { return sessionHookEvents.has(b) }
 
 // errNotRecorded ends a connection whose acknowledgement could not be
 // recorded; the client repeats it when it reconnects.

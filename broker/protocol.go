@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -20,9 +19,9 @@ type protocolHook struct {
 
 func (h *protocolHook) ID() string { return "roost-protocol" }
 
-func (h *protocolHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnClientExpired}, []byte{b})
-}
+var protocolHookEvents = provides(mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnClientExpired)
+
+func (h *protocolHook) Provides(b byte) bool { return protocolHookEvents.has(b) }
 
 // reservedTopic stands for any $-topic a device publishes to: refused.
 const reservedTopic = "$roost/reserved"

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bytes"
 	"math"
 	"strings"
 	"sync"
@@ -53,11 +52,9 @@ type quotaHook struct {
 
 func (h *quotaHook) ID() string { return "roost-quotas" }
 
-func (h *quotaHook) Provides(b byte) bool {
-	return bytes.Contains([]byte{
-		mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnPublish, mqtt.OnPublished, mqtt.OnPacketEncode,
-	}, []byte{b})
-}
+var quotaHookEvents = provides(mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnPublish, mqtt.OnPublished, mqtt.OnPacketEncode)
+
+func (h *quotaHook) Provides(b byte) bool { return quotaHookEvents.has(b) }
 
 // OnConnect cuts a requested session expiry to max_session_expiry.
 func (h *quotaHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
