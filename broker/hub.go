@@ -204,6 +204,7 @@ func New(cfg Config) (*Hub, error) {
 func (h *Hub) Close() error {
 	h.closeOnce.Do(func() {
 		close(h.done)
+		h.reg.refuse()
 		h.in.close()
 		if h.fwd != nil {
 			h.fwd.close()

@@ -224,6 +224,14 @@ func (r *registry) giveUp(tenant string) {
 	r.mu.Unlock()
 }
 
+// refuse makes the registry start nothing and give up no tenant from
+// now on: the hub is closing.
+func (r *registry) refuse() {
+	r.mu.Lock()
+	r.closed = true
+	r.mu.Unlock()
+}
+
 // close stops every instance; nothing starts afterwards.
 func (r *registry) close() {
 	r.mu.Lock()
