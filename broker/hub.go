@@ -109,6 +109,9 @@ type Hub struct {
 
 	eventPubs     chan events.Event
 	eventsDropped atomic.Int64
+	// fencedWrites counts session-store writes refused because another
+	// owner had claimed the session.
+	fencedWrites atomic.Int64
 
 	meters sync.Map // tenant → *meter
 	// limitsOff skips the publish quotas and metering: only for the

@@ -337,6 +337,8 @@ type env interface {
 	// qualifies checks an admitted connection against the directory as it
 	// is now: nil, or the refusal it gets now.
 	qualifies(id identity, clientID string) *refusal
+	// fenced counts a session-store write refused as fenced.
+	fenced()
 }
 
 // hubEnv is a hub as one tenant's broker sees it.
@@ -354,6 +356,7 @@ func (e hubEnv) touch(device string, at time.Time) { e.h.touch(e.tenant, device,
 func (e hubEnv) qualifies(id identity, clientID string) *refusal {
 	return e.h.qualifies(id, clientID)
 }
+func (e hubEnv) fenced() { e.h.fencedWrites.Add(1) }
 
 // The instance is its persistence's sessionHost.
 
@@ -370,3 +373,5 @@ func (inst *instance) queuePolicy(ctx context.Context) tenants.QueuePolicy {
 
 // raise raises an event not about one client.
 func (inst *instance) raise(e events.Event) { inst.env.emit(e) }
+
+func (inst *instance) fenced() { inst.env.fenced() }

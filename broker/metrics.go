@@ -44,11 +44,12 @@ var (
 	descForwarded   = prometheus.NewDesc("roost_forwards_total", "Device connections forwarded to their tenant's home node since the hub started.", nil, nil)
 	descHandshakes  = prometheus.NewDesc("roost_handshakes", "Device connections not yet past their CONNECT.", nil, nil)
 	descRetries     = prometheus.NewDesc("roost_change_retries", "Directory changes waiting to be applied again to live connections (the directory did not answer).", nil, nil)
+	descFenced      = prometheus.NewDesc("roost_session_writes_fenced_total", "Session-store writes refused because another broker had claimed the session since (fencing).", nil, nil)
 	descHSDropped   = prometheus.NewDesc("roost_handshakes_dropped_total", "Connections in handshake refused at a bound, or closed to make room, by reason.", []string{"reason"}, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRetries} {
+	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRetries, descFenced} {
 		ch <- d
 	}
 }
@@ -114,6 +115,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descForwarded, prometheus.CounterValue, float64(c.h.forwardedTotal()))
 	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.GaugeValue, float64(c.h.in.hs.count()))
 	ch <- prometheus.MustNewConstMetric(descRetries, prometheus.GaugeValue, float64(c.h.changes.backlog()))
+	ch <- prometheus.MustNewConstMetric(descFenced, prometheus.CounterValue, float64(c.h.fencedWrites.Load()))
 	for r, n := range c.h.in.hs.drops() {
 		ch <- prometheus.MustNewConstMetric(descHSDropped, prometheus.CounterValue, float64(n), dropReason(r).String())
 	}

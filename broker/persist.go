@@ -26,22 +26,36 @@ import (
 
 // SessionStore keeps persistent sessions, their queues and retained
 // messages. The back-ends in broker/store satisfy it.
+//
+// A session has one owner at a time: the broker that claimed it last
+// (Claim). The owner's writes carry the epoch its claim returned and are
+// refused with store.ErrFenced once another claim followed, so that a
+// broker that lost a session (to a connection elsewhere, or because its
+// node was taken for dead) cannot overwrite or delete what the new owner
+// keeps. Appends are not fenced: any broker queues messages for any session.
 type SessionStore interface {
+	// Claim makes the caller the session's owner and returns its new
+	// epoch, which the owner's writes carry.
+	Claim(ctx context.Context, tenant, clientID string) (uint64, error)
+	// SaveSession writes the record, fenced by s.Epoch.
 	SaveSession(ctx context.Context, tenant string, s store.Session) error
 	Sessions(ctx context.Context, tenant string) ([]store.Session, error)
-	DeleteSession(ctx context.Context, tenant, clientID string) error
+	DeleteSession(ctx context.Context, tenant, clientID string, epoch uint64) error
 	// Append queues the items and returns their sequence numbers. A
 	// receipt with a client id is recorded in the same write: the items
 	// and the receipt are stored together or not at all.
 	Append(ctx context.Context, tenant string, items []store.Item, r store.Receipt) ([]uint64, error)
 	// Release forgets a receipt once its PUBREL arrived.
-	Release(ctx context.Context, tenant, clientID string, packetID uint16) error
+	Release(ctx context.Context, tenant, clientID string, epoch uint64, packetID uint16) error
 	// Mark records the packet id a queued QoS 2 message is sent with, and
 	// whether the client acknowledged it with PUBREC. A mark on a message
 	// no longer queued is ignored.
-	Mark(ctx context.Context, tenant, clientID string, seq uint64, packetID uint16, released bool) error
+	Mark(ctx context.Context, tenant, clientID string, epoch, seq uint64, packetID uint16, released bool) error
 	Read(ctx context.Context, tenant, clientID string, after uint64, limit int) ([]store.Queued, error)
-	Trim(ctx context.Context, tenant, clientID string, upTo uint64) error
+	// Ack deletes exactly the queued messages named, with their marks:
+	// never a range, which could cover messages another broker queued
+	// and this one has not seen.
+	Ack(ctx context.Context, tenant, clientID string, epoch uint64, seqs []uint64) error
 	QueueInfo(ctx context.Context, tenant, clientID string) (store.QueueInfo, error)
 	SetRetained(ctx context.Context, tenant string, m store.Message) error
 	Retained(ctx context.Context, tenant string) ([]store.Message, error)
@@ -88,13 +102,9 @@ type persistence struct {
 	// outstanding holds, per client, the store numbers of its queued
 	// messages not yet acknowledged (nor dropped), in order.
 	outstanding map[string][]uint64
-	// highest is, per client, the highest store number it was given.
-	// appending holds, per client, one entry for each append in progress:
-	// the highest number known as it began, which its own numbers follow.
-	// The store is trimmed up to what is neither outstanding nor possibly
-	// being appended (see trimBound).
-	highest   map[string]uint64
-	appending map[string][]uint64
+	// epochs holds, per client, the session's epoch as this broker claimed
+	// or read it: its writes for the session carry it (see SessionStore).
+	epochs map[string]uint64
 	// devices maps restored sessions' client ids to their devices, for ACL
 	// checks before the client reconnects.
 	devices map[string]string
@@ -134,6 +144,8 @@ type sessionHost interface {
 	queuePolicy(ctx context.Context) tenants.QueuePolicy
 	// heldWill is a session's Will waiting out its delay; nil if none.
 	heldWill(clientID string) *store.Will
+	// fenced counts a write refused because the session has a new owner.
+	fenced()
 	// raise raises an event.
 	raise(events.Event)
 }
@@ -156,7 +168,7 @@ func newPersistence(st SessionStore, tenant string, server *mqtt.Server, host se
 	return &persistence{
 		st: st, tenant: tenant, server: server, host: host, log: log,
 		pubs: map[string]pubCopies{}, inflight: map[string]map[uint16]uint64{},
-		outstanding: map[string][]uint64{}, highest: map[string]uint64{}, appending: map[string][]uint64{}, devices: map[string]string{}, stored: map[string]bool{}, dropped: map[string]int64{},
+		outstanding: map[string][]uint64{}, epochs: map[string]uint64{}, devices: map[string]string{}, stored: map[string]bool{}, dropped: map[string]int64{},
 		marks: map[string]map[uint64]mark{}, received: map[string]map[uint16]bool{},
 		live: map[string]*mqtt.Client{}, recheck: map[string]bool{},
 	}
@@ -255,34 +267,16 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	if pk.FixedHeader.Qos == 2 && !cl.Net.Inline && persistent(cl) {
 		receipt = store.Receipt{ClientID: cl.ID, PacketID: pk.PacketID}
 	}
-	began := make([]uint64, len(items))
-	p.mu.Lock()
-	for i, it := range items {
-		began[i] = p.highest[it.ClientID]
-		p.appending[it.ClientID] = append(p.appending[it.ClientID], began[i])
-	}
-	p.mu.Unlock()
 	seqs, err := p.st.Append(ctx, p.tenant, items, receipt)
-	p.mu.Lock()
-	for i, it := range items {
-		a := p.appending[it.ClientID]
-		j := slices.Index(a, began[i])
-		if a = slices.Delete(a, j, j+1); len(a) == 0 {
-			delete(p.appending, it.ClientID)
-		} else {
-			p.appending[it.ClientID] = a
-		}
-	}
 	if err != nil {
-		p.mu.Unlock()
 		p.log.Error("queue message for persistent sessions", "topic", pk.TopicName, "sessions", len(items), "err", err)
 		return pk, errNotStored
 	}
 	copies := make(map[string]uint64, len(items))
+	p.mu.Lock()
 	for i, it := range items {
 		copies[it.ClientID] = seqs[i]
 		p.outstanding[it.ClientID] = insertSeq(p.outstanding[it.ClientID], seqs[i])
-		p.highest[it.ClientID] = max(p.highest[it.ClientID], seqs[i])
 	}
 	if receipt.ClientID != "" {
 		if p.received[cl.ID] == nil {
@@ -296,7 +290,7 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 
 // insertSeq adds a store number to a session's outstanding ones, keeping
 // them in order: publishes stored together may come back from the store in
-// any order, and trimming goes up to the oldest outstanding one.
+// any order, and the oldest outstanding is the one a full queue drops.
 func insertSeq(out []uint64, seq uint64) []uint64 {
 	if n := len(out); n == 0 || out[n-1] < seq {
 		return append(out, seq)
@@ -362,13 +356,9 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.
 		if cl, ok := p.server.Clients.Get(it.ClientID); ok && packetID != 0 {
 			cl.State.Inflight.Delete(packetID)
 		}
-		// Trimming is up to a number: behind messages waiting for their
-		// PUBREL the dropped one stays in the store until they complete
-		// (the next trim takes it).
-		if i == 0 {
-			if err := p.st.Trim(ctx, p.tenant, it.ClientID, oldest); err != nil {
-				p.log.Warn("drop the oldest queued message", "client_id", it.ClientID, "err", err)
-			}
+		e := p.epoch(it.ClientID)
+		if err := p.st.Ack(ctx, p.tenant, it.ClientID, e, []uint64{oldest}); err != nil {
+			p.failed(it.ClientID, e, "drop the oldest queued message", err)
 		}
 		p.log.Info("queue full: oldest message dropped", "client_id", it.ClientID, "limit", limit)
 		p.host.raise(events.Event{Tenant: p.tenant, Type: events.QueueDropped, ClientID: it.ClientID,
@@ -507,8 +497,9 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 func (p *persistence) mark(cl *mqtt.Client, seq uint64, m mark) bool {
 	ctx, cancel := storeCtx()
 	defer cancel()
-	if err := p.st.Mark(ctx, p.tenant, cl.ID, seq, m.packetID, m.released); err != nil {
-		p.log.Error("mark a QoS 2 message", "client_id", cl.ID, "err", err)
+	e := p.epoch(cl.ID)
+	if err := p.st.Mark(ctx, p.tenant, cl.ID, e, seq, m.packetID, m.released); err != nil {
+		p.failed(cl.ID, e, "mark a QoS 2 message", err)
 		return false
 	}
 	p.mu.Lock()
@@ -562,8 +553,9 @@ func (p *persistence) release(cl *mqtt.Client, packetID uint16) error {
 	}
 	ctx, cancel := storeCtx()
 	defer cancel()
-	if err := p.st.Release(ctx, p.tenant, cl.ID, packetID); err != nil {
-		p.log.Error("release a QoS 2 receipt", "client_id", cl.ID, "err", err)
+	e := p.epoch(cl.ID)
+	if err := p.st.Release(ctx, p.tenant, cl.ID, e, packetID); err != nil {
+		p.failed(cl.ID, e, "release a QoS 2 receipt", err)
 		return err
 	}
 	p.mu.Lock()
@@ -708,8 +700,7 @@ func (p *persistence) reconcile(cl *mqtt.Client) {
 }
 
 // acknowledged removes a message from its session's queue once the client
-// has it: PUBACK for QoS 1, PUBCOMP for QoS 2. Numbers are trimmed up to the
-// highest one below which all are acknowledged.
+// has it: PUBACK for QoS 1, PUBCOMP for QoS 2.
 func (p *persistence) acknowledged(cl *mqtt.Client, packetID uint16) {
 	p.mu.Lock()
 	seq, ok := p.inflight[cl.ID][packetID]
@@ -726,31 +717,68 @@ func (p *persistence) acknowledged(cl *mqtt.Client, packetID uint16) {
 		return
 	}
 	p.outstanding[cl.ID] = slices.Delete(out, i, i+1)
-	upTo := p.trimBound(cl.ID)
 	p.mu.Unlock()
-	if upTo == 0 {
-		return
-	}
 	ctx, cancel := storeCtx()
 	defer cancel()
-	if err := p.st.Trim(ctx, p.tenant, cl.ID, upTo); err != nil {
-		p.log.Warn("trim delivered messages", "client_id", cl.ID, "err", err)
+	e := p.epoch(cl.ID)
+	if err := p.st.Ack(ctx, p.tenant, cl.ID, e, []uint64{seq}); err != nil {
+		p.failed(cl.ID, e, "delete a delivered message", err)
 	}
 }
 
-// trimBound is the highest store number up to which a client's queue can
-// be trimmed: every message up to it was acknowledged or dropped, and none
-// being appended can get a number up to it. Messages acknowledged out of
-// order are trimmed once the older ones are. Called with p.mu held.
-func (p *persistence) trimBound(clientID string) uint64 {
-	upTo := p.highest[clientID]
-	if out := p.outstanding[clientID]; len(out) > 0 {
-		upTo = min(upTo, out[0]-1)
+// epoch is the session's epoch as this broker knows it.
+func (p *persistence) epoch(clientID string) uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.epochs[clientID]
+}
+
+// claim makes this broker the session's owner, before its connection is
+// accepted: from then on a broker that held it before writes nothing for
+// it (see SessionStore).
+func (p *persistence) claim(ctx context.Context, clientID string) error {
+	e, err := p.st.Claim(ctx, p.tenant, clientID)
+	if err != nil {
+		return err
 	}
-	for _, began := range p.appending[clientID] {
-		upTo = min(upTo, began)
+	p.mu.Lock()
+	p.epochs[clientID] = e
+	p.mu.Unlock()
+	return nil
+}
+
+// needsClaim reports whether a connection with this client id must claim
+// its session: it will keep one, or there is one stored to discard.
+func (p *persistence) needsClaim(clientID string, keeps bool) bool {
+	if keeps {
+		return true
 	}
-	return upTo
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stored[clientID]
+}
+
+// failed logs a store write for a session that failed. Refused as fenced,
+// the session has a new owner: this broker forgets it and ends its
+// connection here, if any, with 0x8E (session taken over); what is queued
+// stays in the store for the new owner. A write made under an epoch this
+// broker has since replaced by a claim of its own (a reconnection here)
+// was only late: the session is still this broker's.
+func (p *persistence) failed(clientID string, epoch uint64, what string, err error) {
+	if !errors.Is(err, store.ErrFenced) {
+		p.log.Error(what, "client_id", clientID, "err", err)
+		return
+	}
+	p.host.fenced()
+	if p.epoch(clientID) != epoch {
+		p.log.Debug(what+": refused for a claim this broker made since", "client_id", clientID)
+		return
+	}
+	p.log.Warn(what+": the session has a new owner; let go of it here", "client_id", clientID)
+	p.forget(clientID)
+	if cl, ok := p.server.Clients.Get(clientID); ok && cl.Net.Conn != nil && !cl.Closed() {
+		cl.Stop(packets.ErrSessionTakenOver)
+	}
 }
 
 func (p *persistence) sessionRecord(cl *mqtt.Client, disconnected time.Time) store.Session {
@@ -790,8 +818,10 @@ func (p *persistence) save(cl *mqtt.Client, disconnected time.Time) {
 	ctx, cancel := storeCtx()
 	defer cancel()
 	var err error
+	epoch := p.epoch(cl.ID)
 	if persistent(cl) {
 		rec := p.sessionRecord(cl, disconnected)
+		rec.Epoch = epoch
 		if err = p.st.SaveSession(ctx, p.tenant, rec); err == nil {
 			p.mu.Lock()
 			p.stored[cl.ID] = true
@@ -803,19 +833,30 @@ func (p *persistence) save(cl *mqtt.Client, disconnected time.Time) {
 		err = p.drop(ctx, cl.ID)
 	}
 	if err != nil {
-		p.log.Error("save session", "client_id", cl.ID, "err", err)
+		p.failed(cl.ID, epoch, "save session", err)
 	}
 }
 
 // drop forgets a session: its record, its queue and what is tracked for it.
 // A client id with nothing stored costs no store write.
 func (p *persistence) drop(ctx context.Context, clientID string) error {
+	epoch := p.epoch(clientID)
+	if !p.forget(clientID) {
+		return nil
+	}
+	return p.st.DeleteSession(ctx, p.tenant, clientID, epoch)
+}
+
+// forget forgets what is tracked for a session here, and reports whether
+// it had a record in the store.
+func (p *persistence) forget(clientID string) bool {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	delete(p.live, clientID)
 	delete(p.recheck, clientID)
 	delete(p.inflight, clientID)
 	delete(p.outstanding, clientID)
-	delete(p.highest, clientID)
+	delete(p.epochs, clientID)
 	delete(p.devices, clientID)
 	delete(p.dropped, clientID)
 	delete(p.marks, clientID)
@@ -823,11 +864,7 @@ func (p *persistence) drop(ctx context.Context, clientID string) error {
 	stored := p.stored[clientID]
 	delete(p.stored, clientID)
 	p.storedN.Store(int64(len(p.stored)))
-	p.mu.Unlock()
-	if !stored {
-		return nil
-	}
-	return p.st.DeleteSession(ctx, p.tenant, clientID)
+	return stored
 }
 
 // restore returns what mochi needs to bring back the tenant's sessions,
@@ -857,11 +894,15 @@ func (p *persistence) restore() ([]storage.Client, []storage.Subscription, []sto
 		// A session whose client stayed away past its expiry is gone,
 		// with its queue.
 		if !s.DisconnectedAt.IsZero() && now.After(s.DisconnectedAt.Add(time.Duration(s.Expiry)*time.Second)) {
-			if err := p.st.DeleteSession(ctx, p.tenant, s.ClientID); err != nil {
+			switch err := p.st.DeleteSession(ctx, p.tenant, s.ClientID, s.Epoch); {
+			case errors.Is(err, store.ErrFenced):
+				// Claimed meanwhile: the session lives elsewhere.
+			case err != nil:
 				return nil, nil, nil, nil, err
 			}
 			continue
 		}
+		p.epochs[s.ClientID] = s.Epoch
 		c := storage.Client{ID: s.ClientID, T: storage.ClientKey, Listener: listenerID, ProtocolVersion: s.ProtocolVersion,
 			Username: []byte(tenants.Username(p.tenant, s.Device))}
 		if s.ProtocolVersion == 5 {
@@ -881,14 +922,17 @@ func (p *persistence) restore() ([]storage.Client, []storage.Subscription, []sto
 		}
 		// Messages past their expiry are not delivered, unless they were
 		// sent already: the client may hold them by their packet id.
-		live := queued[:0]
+		live := queued[:0:0]
+		var expired []uint64
 		for _, q := range queued {
 			if q.PacketID != 0 || q.Expires.IsZero() || now.Before(q.Expires) {
 				live = append(live, q)
+			} else {
+				expired = append(expired, q.Seq)
 			}
 		}
-		if n := len(queued) - len(live); n > 0 && len(live) == 0 {
-			if err := p.st.Trim(ctx, p.tenant, s.ClientID, queued[len(queued)-1].Seq); err != nil {
+		if len(expired) > 0 {
+			if err := p.st.Ack(ctx, p.tenant, s.ClientID, s.Epoch, expired); err != nil && !errors.Is(err, store.ErrFenced) {
 				return nil, nil, nil, nil, err
 			}
 		}
@@ -913,7 +957,6 @@ func (p *persistence) restore() ([]storage.Client, []storage.Subscription, []sto
 		free := uint16(0xffff)
 		for i, q := range queued {
 			p.outstanding[s.ClientID] = append(p.outstanding[s.ClientID], q.Seq)
-			p.highest[s.ClientID] = max(p.highest[s.ClientID], q.Seq)
 			id := q.PacketID
 			if id == 0 {
 				for ids[free] != 0 {

@@ -1,12 +1,15 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/broker/store"
 )
 
 // The session store is mirrored by two hooks on one persistence: the
@@ -25,9 +28,41 @@ type sessionHook struct {
 
 func (h *sessionHook) ID() string { return "roost-sessions" }
 
-var sessionHookEvents = provides(mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnPublish, mqtt.OnPublished, mqtt.OnQosPublish, mqtt.OnQosDropped, mqtt.OnSessionEstablished, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.StoredClients, mqtt.StoredSubscriptions, mqtt.StoredInflightMessages, mqtt.StoredRetainedMessages)
+var sessionHookEvents = provides(mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnPublish, mqtt.OnPublished, mqtt.OnQosPublish, mqtt.OnQosDropped, mqtt.OnSessionEstablished, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.StoredClients, mqtt.StoredSubscriptions, mqtt.StoredInflightMessages, mqtt.StoredRetainedMessages)
 
 func (h *sessionHook) Provides(b byte) bool { return sessionHookEvents.has(b) }
+
+// OnConnect claims the connection's session for this broker before the
+// connection is accepted, when there is one to keep or one stored to
+// discard (see SessionStore): from then on a broker that held the session
+// before, here or on another node, writes nothing for it. A store that
+// cannot take the claim refuses the connection as unavailable (0x88; 3.1.1:
+// 0x03), and the client tries again. The session expiry it judges by is
+// already cut to max_session_expiry, as the quota hook cuts it next.
+func (h *sessionHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	dc, ok := cl.Net.Conn.(*deviceConn)
+	if !ok {
+		return nil
+	}
+	keeps := !cl.Properties.Clean
+	if cl.Properties.ProtocolVersion == 5 {
+		keeps = min(cl.Properties.Props.SessionExpiryInterval, h.inst.maxSessionExpiry()) > 0
+	}
+	if !h.p.needsClaim(cl.ID, keeps) {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), claimTimeout)
+	defer cancel()
+	if err := h.p.claim(ctx, cl.ID); err != nil {
+		h.inst.log.Error("claim a session", "client_id", cl.ID, "err", err)
+		writeConnack(dc, dc.id.version, serverUnavailable)
+		return serverUnavailable
+	}
+	return nil
+}
+
+// claimTimeout bounds a session's claim at connect.
+const claimTimeout = 5 * time.Second
 
 // errNotRecorded ends a connection whose acknowledgement could not be
 // recorded; the client repeats it when it reconnects.
@@ -144,7 +179,11 @@ func (h *sessionHook) OnClientExpired(cl *mqtt.Client) {
 func (h *sessionHook) drop(cl *mqtt.Client, what string) {
 	ctx, cancel := storeCtx()
 	defer cancel()
-	if err := h.p.drop(ctx, cl.ID); err != nil {
+	switch err := h.p.drop(ctx, cl.ID); {
+	case errors.Is(err, store.ErrFenced):
+		h.inst.env.fenced()
+		h.inst.log.Info(what+": the session has a new owner, who keeps it", "client_id", cl.ID)
+	case err != nil:
 		h.inst.log.Error(what, "client_id", cl.ID, "err", err)
 	}
 }

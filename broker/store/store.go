@@ -92,6 +92,9 @@ type Session struct {
 	// Will is the session's Will while it waits out its delay after the
 	// client went away; nil if there is none.
 	Will *Will `json:"will,omitempty"`
+	// Epoch is the session's epoch as Sessions read it (see Claim):
+	// SaveSession writes the record only while it is still the session's.
+	Epoch uint64 `json:"-"`
 }
 
 // Will is a Will message waiting to be published at Due, unless the
@@ -109,6 +112,21 @@ type Will struct {
 
 // ErrClosed is returned by a back-end after Close.
 var ErrClosed = errors.New("session store closed")
+
+// ErrFenced refuses a write to a session made under an epoch that is no
+// longer the session's: another owner claimed it since (a connection on
+// another node took it over, or this node was taken for dead). The writer
+// has lost the session and must not touch it again.
+//
+// Every session has an epoch, 0 until its first claim. Claim raises it and
+// returns the new value; the writes that belong to the session's owner
+// (its record, its deletion, acknowledging and marking its queued
+// messages, releasing its receipts) carry the epoch their writer claimed
+// and are refused, atomically with the check where the back-end allows it,
+// once it is stale. Appending to a session's queue is not fenced: any node
+// may queue a message for any session, and a message queued twice is
+// delivered twice (at least once), never lost.
+var ErrFenced = errors.New("session claimed by another owner")
 
 // messageVersion tags the binary encoding of a Message.
 const messageVersion = 1
@@ -185,7 +203,8 @@ func fromUnixNano(n int64) time.Time {
 // Purgeable is the part of a back-end a tenant's purge uses.
 type Purgeable interface {
 	Sessions(ctx context.Context, tenant string) ([]Session, error)
-	DeleteSession(ctx context.Context, tenant, clientID string) error
+	Claim(ctx context.Context, tenant, clientID string) (uint64, error)
+	DeleteSession(ctx context.Context, tenant, clientID string, epoch uint64) error
 	Retained(ctx context.Context, tenant string) ([]Message, error)
 	SetRetained(ctx context.Context, tenant string, m Message) error
 }
@@ -193,14 +212,20 @@ type Purgeable interface {
 // PurgeTenant deletes everything a back-end keeps for a tenant: its
 // sessions with their queues and receipts, and its retained messages. It
 // works through the operations every back-end has, so it needs nothing
-// new from them; running it twice (two data-plane nodes) does no harm.
+// new from them; running it twice (two data-plane nodes) does no harm. Each
+// session is claimed before it is deleted: the purge wins over whoever
+// owned it, whose later writes are fenced.
 func PurgeTenant(ctx context.Context, s Purgeable, tenant string) (sessions, retained int, err error) {
 	ss, err := s.Sessions(ctx, tenant)
 	if err != nil {
 		return 0, 0, err
 	}
 	for _, sess := range ss {
-		if err := s.DeleteSession(ctx, tenant, sess.ClientID); err != nil {
+		epoch, err := s.Claim(ctx, tenant, sess.ClientID)
+		if err != nil {
+			return sessions, 0, err
+		}
+		if err := s.DeleteSession(ctx, tenant, sess.ClientID, epoch); err != nil {
 			return sessions, 0, err
 		}
 		sessions++

@@ -8,9 +8,16 @@
 //
 //	<prefix>queues   [m]  queue id + seq        → m:v message, m:d QoS 2 mark (packet id, released)
 //	                      queue id + 8 zero bytes → m:r<packet id> receipts of the client's QoS 2 publishes
-//	<prefix>meta     [m]  queue id              → m:seq last sequence number given
+//	<prefix>meta     [m]  queue id              → m:seq last sequence number given, m:e the session's epoch
 //	<prefix>sessions [s]  tenant "/" client id  → s:v session JSON
 //	<prefix>retained [r]  tenant "/" topic      → r:v message
+//
+// Fencing (store.ErrFenced): a claim raises the epoch with the gateway's
+// check-and-put, so two claims never get the same epoch. The gateway has
+// no check that covers another row, so an owner's write reads the epoch
+// first and writes only if it is still the writer's: a claim that lands
+// between the two lets that one write through. Redis checks and writes in
+// one step; on HBase, fencing narrows the window without closing it.
 package hbase
 
 import (
@@ -50,9 +57,10 @@ type Store struct {
 	http   *http.Client
 
 	// Each queue's number allocation and write happen under that queue's
-	// lock, so its rows appear in order and a reader that trims up to what
-	// it has read cannot delete a row it never saw. Queues lock
-	// independently; a fan-out locks its queues in a fixed order.
+	// lock, so its rows appear in order. Queues lock independently; a
+	// fan-out locks its queues in a fixed order. The numbers are this
+	// process's: two processes appending to one queue need the numbers
+	// from HBase itself (see docs/operations.md).
 	mu    sync.Mutex
 	locks map[string]*queueLock
 }
@@ -114,7 +122,7 @@ func (s *Store) do(ctx context.Context, method, path string, body any, accept st
 		resp.Body.Close()
 		return nil, errNotFound
 	}
-	if resp.StatusCode >= 300 {
+	if resp.StatusCode >= 300 && resp.StatusCode != http.StatusNotModified { // 304: a check-and-put's check failed
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()
 		return nil, fmt.Errorf("hbase %s %s: %s: %s", method, path, resp.Status, bytes.TrimSpace(msg))
@@ -297,6 +305,9 @@ func (s *Store) SaveSession(ctx context.Context, tenant string, sess store.Sessi
 	if err != nil {
 		return err
 	}
+	if err := s.fence(ctx, tenant, sess.ClientID, sess.Epoch); err != nil {
+		return err
+	}
 	return s.put(ctx, "sessions", []row{newRow(tenantKey(tenant, sess.ClientID), "s:v", v)})
 }
 
@@ -326,9 +337,89 @@ func (s *Store) Sessions(ctx context.Context, tenant string) ([]store.Session, e
 			}
 		}
 		slices.Sort(sess.PendingRelease)
+		if sess.Epoch, err = s.epoch(ctx, tenant, sess.ClientID); err != nil {
+			return nil, err
+		}
 		out = append(out, sess)
 	}
 	return out, nil
+}
+
+const epochColumn = "m:e"
+
+// epoch reads a session's epoch; 0 if it was never claimed.
+func (s *Store) epoch(ctx context.Context, tenant, clientID string) (uint64, error) {
+	r, found, err := s.getRow(ctx, "meta", queueID(tenant, clientID))
+	if err != nil || !found {
+		return 0, err
+	}
+	v, ok := r.cells[epochColumn]
+	if !ok {
+		return 0, nil
+	}
+	if len(v) != 8 {
+		return 0, errors.New("hbase epoch: damaged")
+	}
+	return binary.BigEndian.Uint64(v), nil
+}
+
+// fence refuses a write under a stale epoch (see the package comment).
+func (s *Store) fence(ctx context.Context, tenant, clientID string, epoch uint64) error {
+	current, err := s.epoch(ctx, tenant, clientID)
+	if err != nil {
+		return err
+	}
+	if current != epoch {
+		return store.ErrFenced
+	}
+	return nil
+}
+
+// errChanged is a check-and-put whose check failed.
+var errChanged = errors.New("hbase: cell changed")
+
+// Claim raises the epoch by check-and-put, again if another claim came
+// first.
+func (s *Store) Claim(ctx context.Context, tenant, clientID string) (uint64, error) {
+	qid := queueID(tenant, clientID)
+	for range 20 {
+		current, err := s.epoch(ctx, tenant, clientID)
+		if err != nil {
+			return 0, err
+		}
+		var expected []byte // empty: the cell must be absent
+		if current > 0 {
+			expected = binary.BigEndian.AppendUint64(nil, current)
+		}
+		next := current + 1
+		err = s.checkAndPut(ctx, "meta", qid, epochColumn, binary.BigEndian.AppendUint64(nil, next), expected)
+		if err == nil {
+			return next, nil
+		}
+		if !errors.Is(err, errChanged) {
+			return 0, err
+		}
+	}
+	return 0, errors.New("hbase: claim a session: too many concurrent claims")
+}
+
+// checkAndPut writes a cell if the check cell (here the same column)
+// holds the expected value; an empty one expects no cell. The gateway
+// answers 304 when the check fails.
+func (s *Store) checkAndPut(ctx context.Context, table string, key []byte, column string, value, expected []byte) error {
+	r := row{Key: enc(key), Cell: []cell{
+		{Column: enc([]byte(column)), Value: enc(value)},
+		{Column: enc([]byte(column)), Value: enc(expected)},
+	}}
+	resp, err := s.do(ctx, http.MethodPut, "/"+s.prefix+table+"/"+pathKey(key)+"?check=put", cellSet{Row: []row{r}}, "")
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode == http.StatusNotModified {
+		return errChanged
+	}
+	return nil
 }
 
 // receiptRow holds a client's receipts: the queue id with sequence number
@@ -337,7 +428,10 @@ func receiptRow(tenant, clientID string) []byte { return queueRow(queueID(tenant
 
 func receiptColumn(packetID uint16) string { return "m:r" + strconv.Itoa(int(packetID)) }
 
-func (s *Store) Release(ctx context.Context, tenant, clientID string, packetID uint16) error {
+func (s *Store) Release(ctx context.Context, tenant, clientID string, epoch uint64, packetID uint16) error {
+	if err := s.fence(ctx, tenant, clientID, epoch); err != nil {
+		return err
+	}
 	path := "/" + s.prefix + "queues/" + pathKey(receiptRow(tenant, clientID)) + "/" + pathKey([]byte(receiptColumn(packetID)))
 	resp, err := s.do(ctx, http.MethodDelete, path, nil, "")
 	if errors.Is(err, errNotFound) {
@@ -351,19 +445,25 @@ func (s *Store) Release(ctx context.Context, tenant, clientID string, packetID u
 }
 
 // Mark writes the mark into the message's row. A mark that outlives its
-// message (a trim in between) is a row without m:v: reads skip it, the
-// next trim deletes it.
-func (s *Store) Mark(ctx context.Context, tenant, clientID string, seq uint64, packetID uint16, released bool) error {
+// message (an ack in between) is a row without m:v: reads skip it, and
+// the session's deletion takes it.
+func (s *Store) Mark(ctx context.Context, tenant, clientID string, epoch, seq uint64, packetID uint16, released bool) error {
 	v := binary.BigEndian.AppendUint16(nil, packetID)
 	if released {
 		v = append(v, 1)
 	} else {
 		v = append(v, 0)
 	}
+	if err := s.fence(ctx, tenant, clientID, epoch); err != nil {
+		return err
+	}
 	return s.put(ctx, "queues", []row{newRow(queueRow(queueID(tenant, clientID), seq), "m:d", v)})
 }
 
-func (s *Store) DeleteSession(ctx context.Context, tenant, clientID string) error {
+func (s *Store) DeleteSession(ctx context.Context, tenant, clientID string, epoch uint64) error {
+	if err := s.fence(ctx, tenant, clientID, epoch); err != nil {
+		return err
+	}
 	if err := s.deleteRow(ctx, "sessions", tenantKey(tenant, clientID)); err != nil {
 		return err
 	}
@@ -505,12 +605,22 @@ func (s *Store) Read(ctx context.Context, tenant, clientID string, after uint64,
 	return out, nil
 }
 
-// Trim deletes the queue's rows up to and including upTo. The gateway has
-// no range delete: the rows are found by a scan and deleted one by one.
-func (s *Store) Trim(ctx context.Context, tenant, clientID string, upTo uint64) error {
-	q := s.lock(tenant, clientID)
-	defer q.Unlock()
-	return s.trimLocked(ctx, queueID(tenant, clientID), 1, upTo)
+// Ack deletes the named messages' rows, marks with them. The gateway has
+// no multi-row delete: one request per row.
+func (s *Store) Ack(ctx context.Context, tenant, clientID string, epoch uint64, seqs []uint64) error {
+	if len(seqs) == 0 {
+		return nil
+	}
+	if err := s.fence(ctx, tenant, clientID, epoch); err != nil {
+		return err
+	}
+	qid := queueID(tenant, clientID)
+	for _, seq := range seqs {
+		if err := s.deleteRow(ctx, "queues", queueRow(qid, seq)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // trimLocked deletes the queue's rows from one number up to another; from

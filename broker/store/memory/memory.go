@@ -19,6 +19,7 @@ type Store struct {
 	queues   map[key]*queue
 	retained map[string]map[string]store.Message // tenant → topic → message
 	receipts map[key]map[uint16]bool
+	epochs   map[key]uint64
 }
 
 type key struct{ tenant, clientID string }
@@ -30,12 +31,31 @@ type queue struct {
 
 // New returns an empty store.
 func New() *Store {
-	return &Store{sessions: map[key]store.Session{}, queues: map[key]*queue{}, retained: map[string]map[string]store.Message{}, receipts: map[key]map[uint16]bool{}}
+	return &Store{sessions: map[key]store.Session{}, queues: map[key]*queue{}, retained: map[string]map[string]store.Message{}, receipts: map[key]map[uint16]bool{}, epochs: map[key]uint64{}}
+}
+
+func (s *Store) Claim(_ context.Context, tenant, clientID string) (uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := key{tenant, clientID}
+	s.epochs[k]++
+	return s.epochs[k], nil
+}
+
+// fenced refuses a write under a stale epoch. Called with s.mu held.
+func (s *Store) fenced(k key, epoch uint64) error {
+	if s.epochs[k] != epoch {
+		return store.ErrFenced
+	}
+	return nil
 }
 
 func (s *Store) SaveSession(_ context.Context, tenant string, sess store.Session) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.fenced(key{tenant, sess.ClientID}, sess.Epoch); err != nil {
+		return err
+	}
 	sess.Subscriptions = slices.Clone(sess.Subscriptions)
 	sess.PendingRelease = nil
 	s.sessions[key{tenant, sess.ClientID}] = sess
@@ -52,6 +72,7 @@ func (s *Store) Sessions(_ context.Context, tenant string) ([]store.Session, err
 				v.PendingRelease = append(v.PendingRelease, id)
 			}
 			slices.Sort(v.PendingRelease)
+			v.Epoch = s.epochs[k]
 			out = append(out, v)
 		}
 	}
@@ -59,9 +80,12 @@ func (s *Store) Sessions(_ context.Context, tenant string) ([]store.Session, err
 	return out, nil
 }
 
-func (s *Store) DeleteSession(_ context.Context, tenant, clientID string) error {
+func (s *Store) DeleteSession(_ context.Context, tenant, clientID string, epoch uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.fenced(key{tenant, clientID}, epoch); err != nil {
+		return err
+	}
 	delete(s.sessions, key{tenant, clientID})
 	delete(s.receipts, key{tenant, clientID})
 	if q := s.queues[key{tenant, clientID}]; q != nil {
@@ -97,16 +121,22 @@ func (s *Store) Append(_ context.Context, tenant string, items []store.Item, r s
 	return seqs, nil
 }
 
-func (s *Store) Release(_ context.Context, tenant, clientID string, packetID uint16) error {
+func (s *Store) Release(_ context.Context, tenant, clientID string, epoch uint64, packetID uint16) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.fenced(key{tenant, clientID}, epoch); err != nil {
+		return err
+	}
 	delete(s.receipts[key{tenant, clientID}], packetID)
 	return nil
 }
 
-func (s *Store) Mark(_ context.Context, tenant, clientID string, seq uint64, packetID uint16, released bool) error {
+func (s *Store) Mark(_ context.Context, tenant, clientID string, epoch, seq uint64, packetID uint16, released bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.fenced(key{tenant, clientID}, epoch); err != nil {
+		return err
+	}
 	q := s.queues[key{tenant, clientID}]
 	if q == nil {
 		return nil
@@ -130,17 +160,28 @@ func (s *Store) Read(_ context.Context, tenant, clientID string, after uint64, l
 	return slices.Clone(q.items[i:end]), nil
 }
 
-func (s *Store) Trim(_ context.Context, tenant, clientID string, upTo uint64) error {
+func (s *Store) Ack(_ context.Context, tenant, clientID string, epoch uint64, seqs []uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := s.fenced(key{tenant, clientID}, epoch); err != nil {
+		return err
+	}
 	q := s.queues[key{tenant, clientID}]
-	if q == nil {
+	if q == nil || len(seqs) == 0 {
 		return nil
 	}
-	i := sort.Search(len(q.items), func(i int) bool { return q.items[i].Seq > upTo })
-	q.items = q.items[i:]
+	for _, seq := range seqs {
+		i, found := sort.Find(len(q.items), func(i int) int { return cmp.Compare(seq, q.items[i].Seq) })
+		switch {
+		case !found:
+		case i == 0:
+			q.items = q.items[1:] // the usual case: the oldest was delivered
+		default:
+			q.items = slices.Delete(q.items, i, i+1)
+		}
+	}
 	if cap(q.items) > 2*len(q.items)+64 {
-		q.items = slices.Clone(q.items) // let the trimmed head go
+		q.items = slices.Clone(q.items) // let the deleted head go
 	}
 	return nil
 }

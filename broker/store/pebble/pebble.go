@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"strings"
 	"sync"
@@ -28,7 +29,12 @@ import (
 //	'm' tenant 0x00 len(cid) cid            → last sequence number given (8, BE)
 //	'd' tenant 0x00 len(cid) cid seq(8, BE) → QoS 2 mark: packet id (2, BE), released (1)
 //	'p' tenant 0x00 len(cid) cid id(2, BE)  → receipt of a publisher's QoS 2 packet id
+//	'e' tenant 0x00 len(cid) cid            → the session's epoch (8, BE; see store.ErrFenced)
 //	'r' tenant 0x00 topic                    → retained message
+//
+// One process holds the database, so the epochs are checked in memory: an
+// owner's write holds its session's stripe from the check to the commit,
+// and a claim holds it too.
 type Store struct {
 	db *pebble.DB
 
@@ -36,9 +42,12 @@ type Store struct {
 	// read from the 'm' key on first use.
 	seqMu sync.Mutex
 	seqs  map[string]uint64
-	// trimmed is, per queue, the number up to which it has been trimmed
-	// since the store was opened.
-	trimmed map[string]uint64
+
+	// fences serialise, per session (by hash), a claim with the owner's
+	// writes; epochs caches the epochs read or written, under epochMu.
+	fences  [64]sync.Mutex
+	epochMu sync.Mutex
+	epochs  map[string]uint64
 
 	appends    chan *appendReq
 	closed     chan struct{}
@@ -65,7 +74,7 @@ func New(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open session store in %s: %w", cfg.Dir, err)
 	}
-	s := &Store{db: db, seqs: map[string]uint64{}, trimmed: map[string]uint64{}, appends: make(chan *appendReq), closed: make(chan struct{}), writerDone: make(chan struct{})}
+	s := &Store{db: db, seqs: map[string]uint64{}, epochs: map[string]uint64{}, appends: make(chan *appendReq), closed: make(chan struct{}), writerDone: make(chan struct{})}
 	go s.writer()
 	return s, nil
 }
@@ -139,11 +148,76 @@ func upperBound(p []byte) []byte {
 	return nil
 }
 
+// fence locks the session's stripe and checks the writer's epoch; the
+// caller writes, then calls the returned unlock.
+func (s *Store) fence(tenant, clientID string, epoch uint64) (unlock func(), err error) {
+	ek := clientKey('e', tenant, clientID)
+	mu := s.stripe(ek)
+	mu.Lock()
+	current, err := s.epoch(ek)
+	if err == nil && current != epoch {
+		err = store.ErrFenced
+	}
+	if err != nil {
+		mu.Unlock()
+		return nil, err
+	}
+	return mu.Unlock, nil
+}
+
+func (s *Store) stripe(ek []byte) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write(ek)
+	return &s.fences[h.Sum32()%uint32(len(s.fences))]
+}
+
+// epoch is a session's epoch, from the cache or the database.
+func (s *Store) epoch(ek []byte) (uint64, error) {
+	s.epochMu.Lock()
+	e, ok := s.epochs[string(ek)]
+	s.epochMu.Unlock()
+	if ok {
+		return e, nil
+	}
+	e, err := s.lastSeq(ek)
+	if err != nil {
+		return 0, err
+	}
+	s.epochMu.Lock()
+	s.epochs[string(ek)] = e
+	s.epochMu.Unlock()
+	return e, nil
+}
+
+func (s *Store) Claim(_ context.Context, tenant, clientID string) (uint64, error) {
+	ek := clientKey('e', tenant, clientID)
+	mu := s.stripe(ek)
+	mu.Lock()
+	defer mu.Unlock()
+	e, err := s.epoch(ek)
+	if err != nil {
+		return 0, err
+	}
+	e++
+	if err := s.db.Set(ek, binary.BigEndian.AppendUint64(nil, e), pebble.Sync); err != nil {
+		return 0, err
+	}
+	s.epochMu.Lock()
+	s.epochs[string(ek)] = e
+	s.epochMu.Unlock()
+	return e, nil
+}
+
 func (s *Store) SaveSession(_ context.Context, tenant string, sess store.Session) error {
 	v, err := json.Marshal(sess)
 	if err != nil {
 		return err
 	}
+	unlock, err := s.fence(tenant, sess.ClientID, sess.Epoch)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	return s.db.Set(clientKey('s', tenant, sess.ClientID), v, pebble.Sync)
 }
 
@@ -161,6 +235,9 @@ func (s *Store) Sessions(_ context.Context, tenant string) ([]store.Session, err
 			return nil, fmt.Errorf("session %q: %w", it.Key(), err)
 		}
 		if sess.PendingRelease, err = s.receipts(tenant, sess.ClientID); err != nil {
+			return nil, err
+		}
+		if sess.Epoch, err = s.epoch(clientKey('e', tenant, sess.ClientID)); err != nil {
 			return nil, err
 		}
 		out = append(out, sess)
@@ -183,26 +260,41 @@ func (s *Store) receipts(tenant, clientID string) ([]uint16, error) {
 	return ids, it.Error()
 }
 
-func (s *Store) Release(_ context.Context, tenant, clientID string, packetID uint16) error {
+func (s *Store) Release(_ context.Context, tenant, clientID string, epoch uint64, packetID uint16) error {
+	unlock, err := s.fence(tenant, clientID, epoch)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	return s.db.Delete(receiptKey(tenant, clientID, packetID), pebble.Sync)
 }
 
 // Mark is synced: the client may hold the message by that id as soon as it
 // is sent.
-func (s *Store) Mark(_ context.Context, tenant, clientID string, seq uint64, packetID uint16, released bool) error {
+func (s *Store) Mark(_ context.Context, tenant, clientID string, epoch, seq uint64, packetID uint16, released bool) error {
 	v := binary.BigEndian.AppendUint16(nil, packetID)
 	if released {
 		v = append(v, 1)
 	} else {
 		v = append(v, 0)
 	}
+	unlock, err := s.fence(tenant, clientID, epoch)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	return s.db.Set(markKey(tenant, clientID, seq), v, pebble.Sync)
 }
 
 // DeleteSession removes the session, its queue, its marks and its
-// receipts. The queue's last sequence number stays, so numbers are never
-// reused.
-func (s *Store) DeleteSession(_ context.Context, tenant, clientID string) error {
+// receipts. The queue's last sequence number and the epoch stay, so neither
+// is ever reused.
+func (s *Store) DeleteSession(_ context.Context, tenant, clientID string, epoch uint64) error {
+	unlock, err := s.fence(tenant, clientID, epoch)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	b := s.db.NewBatch()
 	defer b.Close()
 	b.Delete(clientKey('s', tenant, clientID), nil)
@@ -210,13 +302,7 @@ func (s *Store) DeleteSession(_ context.Context, tenant, clientID string) error 
 		p := clientKey(kind, tenant, clientID)
 		b.DeleteRange(p, upperBound(p), nil)
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
-		return err
-	}
-	s.seqMu.Lock()
-	delete(s.trimmed, string(clientKey('m', tenant, clientID)))
-	s.seqMu.Unlock()
-	return nil
+	return b.Commit(pebble.Sync)
 }
 
 // Append stores the items and returns their sequence numbers once they are
@@ -390,50 +476,25 @@ func (s *Store) applyMarks(tenant, clientID string, qs []store.Queued) error {
 	return it.Error()
 }
 
-// Trim deletes the queue's messages up to and including upTo. It deletes
-// them key by key: range tombstones, one per delivered batch, would pile up
-// in front of every later read. Trims are not synced: a trim lost in a crash
-// only means those messages are delivered again, which at-least-once allows.
-//
-// Deleted keys stay as tombstones until compaction, so each trim starts
-// where the last one of the queue ended instead of at the queue's head.
-func (s *Store) Trim(_ context.Context, tenant, clientID string, upTo uint64) error {
-	mk := string(clientKey('m', tenant, clientID))
-	s.seqMu.Lock()
-	from := s.trimmed[mk]
-	s.seqMu.Unlock()
-	if upTo <= from {
+// Ack deletes the named messages and their marks. Acks are not synced: one
+// lost in a crash only means those messages are delivered again, which at
+// least once allows.
+func (s *Store) Ack(_ context.Context, tenant, clientID string, epoch uint64, seqs []uint64) error {
+	if len(seqs) == 0 {
 		return nil
 	}
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: queueKey(tenant, clientID, from+1), UpperBound: queueKey(tenant, clientID, upTo+1)})
+	unlock, err := s.fence(tenant, clientID, epoch)
 	if err != nil {
 		return err
 	}
+	defer unlock()
 	b := s.db.NewBatch()
 	defer b.Close()
-	for it.First(); it.Valid(); it.Next() {
-		b.Delete(it.Key(), nil)
+	for _, seq := range seqs {
+		b.Delete(queueKey(tenant, clientID, seq), nil)
+		b.Delete(markKey(tenant, clientID, seq), nil)
 	}
-	if err := it.Close(); err != nil {
-		return err
-	}
-	marks, err := s.db.NewIter(&pebble.IterOptions{LowerBound: markKey(tenant, clientID, from+1), UpperBound: markKey(tenant, clientID, upTo+1)})
-	if err != nil {
-		return err
-	}
-	for marks.First(); marks.Valid(); marks.Next() {
-		b.Delete(marks.Key(), nil)
-	}
-	if err := marks.Close(); err != nil {
-		return err
-	}
-	if err := b.Commit(pebble.NoSync); err != nil {
-		return err
-	}
-	s.seqMu.Lock()
-	s.trimmed[mk] = max(s.trimmed[mk], upTo)
-	s.seqMu.Unlock()
-	return nil
+	return b.Commit(pebble.NoSync)
 }
 
 func (s *Store) QueueInfo(ctx context.Context, tenant, clientID string) (store.QueueInfo, error) {

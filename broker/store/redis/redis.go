@@ -13,8 +13,12 @@
 //	<prefix>:{<tenant>}:<b64 cid>:seq    last sequence number given
 //	<prefix>:{<tenant>}:<b64 cid>:d      QoS 2 marks: hash, seq → "<packet id>:<released 0|1>"
 //	<prefix>:{<tenant>}:<b64 cid>:r      receipts: set of the publisher's QoS 2 packet ids
+//	<prefix>:{<tenant>}:<b64 cid>:e      the session's epoch (see store.ErrFenced)
 //	<prefix>:{<tenant>}:sessions          set of the tenant's session ids (b64)
 //	<prefix>:{<tenant>}:retained          hash: topic → message
+//
+// The owner's writes are scripts that check the session's epoch first, so
+// that the check and the write are one atomic step.
 package redis
 
 import (
@@ -74,17 +78,46 @@ func (s *Store) tenantKey(tenant, kind string) string {
 	return s.prefix + ":{" + tenant + "}:" + kind
 }
 
+// fenceLua starts every script that writes for a session's owner: KEYS[1]
+// is the session's epoch and ARGV[1] the writer's.
+const fenceLua = `
+if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then
+  return redis.error_reply('ROOST_FENCED stale session epoch')
+end
+`
+
+// fenced turns a script's refusal into store.ErrFenced.
+func fenced(err error) error {
+	if err != nil && strings.Contains(err.Error(), "ROOST_FENCED") {
+		return store.ErrFenced
+	}
+	return err
+}
+
+func epochArg(epoch uint64) string { return strconv.FormatUint(epoch, 10) }
+
+func (s *Store) Claim(ctx context.Context, tenant, clientID string) (uint64, error) {
+	e, err := s.rdb.Incr(ctx, s.sessionKey(tenant, clientID, "e")).Uint64()
+	if err != nil {
+		return 0, fmt.Errorf("claim a session in redis: %w", err)
+	}
+	return e, nil
+}
+
+// saveScript writes the record, then the index: nobody lists a session
+// without a record.
+var saveScript = goredis.NewScript(fenceLua + `
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[3])
+return 0`)
+
 func (s *Store) SaveSession(ctx context.Context, tenant string, sess store.Session) error {
 	v, err := json.Marshal(sess)
 	if err != nil {
 		return err
 	}
-	// The record first, then the index: a crash between them leaves a
-	// record nobody lists, never a listed session without a record.
-	if err := s.rdb.Set(ctx, s.sessionKey(tenant, sess.ClientID, "s"), v, 0).Err(); err != nil {
-		return err
-	}
-	return s.rdb.SAdd(ctx, s.tenantKey(tenant, "sessions"), b64(sess.ClientID)).Err()
+	keys := []string{s.sessionKey(tenant, sess.ClientID, "e"), s.sessionKey(tenant, sess.ClientID, "s"), s.tenantKey(tenant, "sessions")}
+	return fenced(saveScript.Run(ctx, s.rdb, keys, epochArg(sess.Epoch), v, b64(sess.ClientID)).Err())
 }
 
 func (s *Store) Sessions(ctx context.Context, tenant string) ([]store.Session, error) {
@@ -94,10 +127,12 @@ func (s *Store) Sessions(ctx context.Context, tenant string) ([]store.Session, e
 	}
 	pipe := s.rdb.Pipeline()
 	gets := make([]*goredis.StringCmd, len(ids))
+	epochs := make([]*goredis.StringCmd, len(ids))
 	receipts := make([]*goredis.StringSliceCmd, len(ids))
 	for i, id := range ids {
 		k := s.prefix + ":{" + tenant + "}:" + id + ":"
 		gets[i] = pipe.Get(ctx, k+"s")
+		epochs[i] = pipe.Get(ctx, k+"e")
 		receipts[i] = pipe.SMembers(ctx, k+"r")
 	}
 	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
@@ -124,19 +159,27 @@ func (s *Store) Sessions(ctx context.Context, tenant string) ([]store.Session, e
 			sess.PendingRelease = append(sess.PendingRelease, uint16(id))
 		}
 		slices.Sort(sess.PendingRelease)
+		if e, err := epochs[i].Uint64(); err == nil {
+			sess.Epoch = e
+		}
 		out = append(out, sess)
 	}
 	return out, nil
 }
 
-// DeleteSession removes the session, its queue, marks and receipts; the
-// sequence counter stays, so numbers are never reused.
-func (s *Store) DeleteSession(ctx context.Context, tenant, clientID string) error {
-	if err := s.rdb.SRem(ctx, s.tenantKey(tenant, "sessions"), b64(clientID)).Err(); err != nil {
-		return err
-	}
+// deleteScript drops a session from the index, then its record, queue,
+// marks and receipts; the sequence counter and the epoch stay, so neither
+// is ever reused.
+var deleteScript = goredis.NewScript(fenceLua + `
+redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('DEL', KEYS[3], KEYS[4], KEYS[5], KEYS[6])
+return 0`)
+
+// DeleteSession removes the session, its queue, marks and receipts.
+func (s *Store) DeleteSession(ctx context.Context, tenant, clientID string, epoch uint64) error {
 	k := func(kind string) string { return s.sessionKey(tenant, clientID, kind) }
-	return s.rdb.Del(ctx, k("s"), k("q"), k("d"), k("r")).Err()
+	keys := []string{k("e"), s.tenantKey(tenant, "sessions"), k("s"), k("q"), k("d"), k("r")}
+	return fenced(deleteScript.Run(ctx, s.rdb, keys, epochArg(epoch), b64(clientID)).Err())
 }
 
 // appendScript numbers and adds the messages of every session of one
@@ -214,24 +257,29 @@ func (s *Store) Append(ctx context.Context, tenant string, items []store.Item, r
 	return seqs, nil
 }
 
-func (s *Store) Release(ctx context.Context, tenant, clientID string, packetID uint16) error {
-	return s.rdb.SRem(ctx, s.sessionKey(tenant, clientID, "r"), strconv.Itoa(int(packetID))).Err()
+var releaseScript = goredis.NewScript(fenceLua + `
+redis.call('SREM', KEYS[2], ARGV[2])
+return 0`)
+
+func (s *Store) Release(ctx context.Context, tenant, clientID string, epoch uint64, packetID uint16) error {
+	keys := []string{s.sessionKey(tenant, clientID, "e"), s.sessionKey(tenant, clientID, "r")}
+	return fenced(releaseScript.Run(ctx, s.rdb, keys, epochArg(epoch), strconv.Itoa(int(packetID))).Err())
 }
 
 // markScript sets a mark only while its message is queued.
-var markScript = goredis.NewScript(`
-if redis.call('ZCOUNT', KEYS[1], ARGV[1], ARGV[1]) > 0 then
-  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+var markScript = goredis.NewScript(fenceLua + `
+if redis.call('ZCOUNT', KEYS[2], ARGV[2], ARGV[2]) > 0 then
+  redis.call('HSET', KEYS[3], ARGV[2], ARGV[3])
 end
 return 0`)
 
-func (s *Store) Mark(ctx context.Context, tenant, clientID string, seq uint64, packetID uint16, released bool) error {
+func (s *Store) Mark(ctx context.Context, tenant, clientID string, epoch, seq uint64, packetID uint16, released bool) error {
 	v := strconv.Itoa(int(packetID)) + ":0"
 	if released {
 		v = strconv.Itoa(int(packetID)) + ":1"
 	}
-	keys := []string{s.sessionKey(tenant, clientID, "q"), s.sessionKey(tenant, clientID, "d")}
-	return markScript.Run(ctx, s.rdb, keys, strconv.FormatUint(seq, 10), v).Err()
+	keys := []string{s.sessionKey(tenant, clientID, "e"), s.sessionKey(tenant, clientID, "q"), s.sessionKey(tenant, clientID, "d")}
+	return fenced(markScript.Run(ctx, s.rdb, keys, epochArg(epoch), strconv.FormatUint(seq, 10), v).Err())
 }
 
 func decodeMember(member string) (store.Queued, error) {
@@ -272,22 +320,28 @@ func (s *Store) Read(ctx context.Context, tenant, clientID string, after uint64,
 	return out, nil
 }
 
-// trimScript deletes a queue's messages up to a number, and their marks.
-var trimScript = goredis.NewScript(`
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('HLEN', KEYS[2]) > 0 then
-  local up = tonumber(ARGV[1])
-  for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
-    if tonumber(f) <= up then
-      redis.call('HDEL', KEYS[2], f)
-    end
-  end
+// ackScript deletes the named messages and their marks, each by its own
+// number.
+var ackScript = goredis.NewScript(fenceLua + `
+for i = 2, #ARGV do
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], ARGV[i], ARGV[i])
+end
+if redis.call('HLEN', KEYS[3]) > 0 then
+  redis.call('HDEL', KEYS[3], unpack(ARGV, 2))
 end
 return 0`)
 
-func (s *Store) Trim(ctx context.Context, tenant, clientID string, upTo uint64) error {
-	keys := []string{s.sessionKey(tenant, clientID, "q"), s.sessionKey(tenant, clientID, "d")}
-	return trimScript.Run(ctx, s.rdb, keys, strconv.FormatUint(upTo, 10)).Err()
+func (s *Store) Ack(ctx context.Context, tenant, clientID string, epoch uint64, seqs []uint64) error {
+	if len(seqs) == 0 {
+		return nil
+	}
+	keys := []string{s.sessionKey(tenant, clientID, "e"), s.sessionKey(tenant, clientID, "q"), s.sessionKey(tenant, clientID, "d")}
+	args := make([]any, 0, 1+len(seqs))
+	args = append(args, epochArg(epoch))
+	for _, seq := range seqs {
+		args = append(args, strconv.FormatUint(seq, 10))
+	}
+	return fenced(ackScript.Run(ctx, s.rdb, keys, args...).Err())
 }
 
 func (s *Store) QueueInfo(ctx context.Context, tenant, clientID string) (store.QueueInfo, error) {

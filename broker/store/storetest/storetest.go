@@ -3,6 +3,7 @@
 package storetest
 
 import (
+	"errors"
 	"bytes"
 	"context"
 	"fmt"
@@ -30,7 +31,10 @@ func Run(t *testing.T, open func(t *testing.T) (s Store, reopen func() Store)) {
 	}{
 		{"Sessions", testSessions},
 		{"QueueOrder", testQueueOrder},
-		{"Trim", testTrim},
+		{"Ack", testAck},
+		{"AckLeavesOthers", testAckLeavesOthers},
+		{"Fencing", testFencing},
+		{"ConcurrentClaims", testConcurrentClaims},
 		{"BatchAcrossClients", testBatch},
 		{"ConcurrentAppends", testConcurrentAppends},
 		{"Retained", testRetained},
@@ -120,13 +124,13 @@ func testSessions(t *testing.T, s Store, _ func() Store) {
 	if len(got) != 1 || len(got[0].Subscriptions) != 1 || !got[0].DisconnectedAt.IsZero() || got[0].Will != nil {
 		t.Errorf("overwritten session: got %+v", got)
 	}
-	if err := s.DeleteSession(ctx, "acme", "c1"); err != nil {
+	if err := s.DeleteSession(ctx, "acme", "c1", 0); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := s.Sessions(ctx, "acme"); len(got) != 0 {
 		t.Errorf("deleted session still listed: %+v", got)
 	}
-	if err := s.DeleteSession(ctx, "acme", "never"); err != nil {
+	if err := s.DeleteSession(ctx, "acme", "never", 0); err != nil {
 		t.Errorf("deleting an unknown session: %v", err)
 	}
 }
@@ -173,26 +177,151 @@ func testQueueOrder(t *testing.T, s Store, _ func() Store) {
 	}
 }
 
-func testTrim(t *testing.T, s Store, _ func() Store) {
+func testAck(t *testing.T, s Store, _ func() Store) {
 	seqs := mustAppend(t, s, "acme", "c1", "a", "b", "c", "d")
-	if err := s.Trim(ctx, "acme", "c1", seqs[1]); err != nil {
+	if err := s.Ack(ctx, "acme", "c1", 0, seqs[:2]); err != nil {
 		t.Fatal(err)
 	}
 	qs, _ := s.Read(ctx, "acme", "c1", 0, 10)
 	if payloads(qs) != "c,d" {
-		t.Errorf("after trimming to the second: got %q, want c,d", payloads(qs))
+		t.Errorf("after acknowledging the first two: got %q, want c,d", payloads(qs))
 	}
-	if err := s.Trim(ctx, "acme", "c1", seqs[3]); err != nil {
+	// Out of order: the last one first.
+	if err := s.Ack(ctx, "acme", "c1", 0, seqs[3:]); err != nil {
 		t.Fatal(err)
+	}
+	qs, _ = s.Read(ctx, "acme", "c1", 0, 10)
+	if payloads(qs) != "c" {
+		t.Errorf("after acknowledging the last: got %q, want c", payloads(qs))
+	}
+	if err := s.Ack(ctx, "acme", "c1", 0, []uint64{seqs[2], seqs[2], 999999}); err != nil {
+		t.Errorf("acknowledging one twice and one never queued: %v", err)
 	}
 	info, _ := s.QueueInfo(ctx, "acme", "c1")
 	if info.Len != 0 || info.MaxSeq != seqs[3] {
-		t.Errorf("after trimming all: %+v; want empty, max seq kept at %d", info, seqs[3])
+		t.Errorf("after acknowledging all: %+v; want empty, max seq kept at %d", info, seqs[3])
 	}
-	// Numbers are never reused after a trim.
+	// Numbers are never reused.
 	next := mustAppend(t, s, "acme", "c1", "e")
 	if next[0] <= seqs[3] {
-		t.Errorf("sequence %d reused after trim (last was %d)", next[0], seqs[3])
+		t.Errorf("sequence %d reused after acks (last was %d)", next[0], seqs[3])
+	}
+}
+
+// testAckLeavesOthers is the loss two brokers writing one queue caused
+// when delivered messages were deleted as a range "up to N": the queue's
+// owner deletes what it delivered, and what the other queued, above and
+// below those numbers, stays.
+func testAckLeavesOthers(t *testing.T, s Store, _ func() Store) {
+	mine := mustAppend(t, s, "acme", "sub", "m1")
+	theirs := mustAppend(t, s, "acme", "sub", "t1", "t2")
+	mine = append(mine, mustAppend(t, s, "acme", "sub", "m2")...)
+	theirs = append(theirs, mustAppend(t, s, "acme", "sub", "t3")...)
+	if err := s.Ack(ctx, "acme", "sub", 0, mine); err != nil {
+		t.Fatal(err)
+	}
+	qs, _ := s.Read(ctx, "acme", "sub", 0, 10)
+	if payloads(qs) != "t1,t2,t3" {
+		t.Errorf("after the owner acknowledged its own: got %q, want t1,t2,t3 (the other writer's)", payloads(qs))
+	}
+}
+
+func testFencing(t *testing.T, s Store, reopen func() Store) {
+	// A session never claimed has epoch 0.
+	if err := s.SaveSession(ctx, "acme", store.Session{ClientID: "c1"}); err != nil {
+		t.Fatalf("saving a session never claimed, epoch 0: %v", err)
+	}
+	e1, err := s.Claim(ctx, "acme", "c1")
+	if err != nil || e1 == 0 {
+		t.Fatalf("Claim: %d, %v", e1, err)
+	}
+	e2, err := s.Claim(ctx, "acme", "c1")
+	if err != nil || e2 <= e1 {
+		t.Fatalf("second Claim: %d, %v; want above %d", e2, err, e1)
+	}
+	if other, _ := s.Claim(ctx, "beta", "c1"); other != 1 {
+		t.Errorf("another tenant's session with the same id: epoch %d, want 1 (its own)", other)
+	}
+	seqs := mustAppend(t, s, "acme", "c1", "a", "b")
+	if _, err := s.Append(ctx, "acme", []store.Item{{ClientID: "c1", Message: msg("t", "c")}}, store.Receipt{ClientID: "c1", PacketID: 7}); err != nil {
+		t.Fatal(err)
+	}
+	// The owner before the last claim is refused everywhere it writes.
+	stale := map[string]error{
+		"SaveSession":   s.SaveSession(ctx, "acme", store.Session{ClientID: "c1", Device: "stale", Epoch: e1}),
+		"Mark":          s.Mark(ctx, "acme", "c1", e1, seqs[0], 3, false),
+		"Ack":           s.Ack(ctx, "acme", "c1", e1, seqs),
+		"Release":       s.Release(ctx, "acme", "c1", e1, 7),
+		"DeleteSession": s.DeleteSession(ctx, "acme", "c1", e1),
+	}
+	for op, err := range stale {
+		if !errors.Is(err, store.ErrFenced) {
+			t.Errorf("%s under a stale epoch: %v, want store.ErrFenced", op, err)
+		}
+	}
+	ss, _ := s.Sessions(ctx, "acme")
+	if len(ss) != 1 || ss[0].Device != "" || ss[0].Epoch != e2 || !slices.Equal(ss[0].PendingRelease, []uint16{7}) {
+		t.Fatalf("after refused stale writes: %+v; want the record untouched, epoch %d, receipt 7 kept", ss, e2)
+	}
+	if qs, _ := s.Read(ctx, "acme", "c1", 0, 10); payloads(qs) != "a,b,c" || qs[0].PacketID != 0 {
+		t.Errorf("after refused stale writes the queue is %q (first mark %d); want a,b,c unmarked", payloads(qs), qs[0].PacketID)
+	}
+	// The current owner writes.
+	if err := s.SaveSession(ctx, "acme", store.Session{ClientID: "c1", Device: "d", Epoch: e2}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Mark(ctx, "acme", "c1", e2, seqs[1], 4, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ack(ctx, "acme", "c1", e2, seqs[:1]); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Release(ctx, "acme", "c1", e2, 7); err != nil {
+		t.Fatal(err)
+	}
+	qs, _ := s.Read(ctx, "acme", "c1", 0, 10)
+	if payloads(qs) != "b,c" || qs[0].PacketID != 4 || !qs[0].Released {
+		t.Errorf("the owner's writes: queue %q, mark %d/%v; want b,c with b marked 4, released", payloads(qs), qs[0].PacketID, qs[0].Released)
+	}
+	// The epoch survives a restart and the session's deletion: a deleted
+	// session's id does not start again at an epoch a stale owner holds.
+	if reopen != nil {
+		s.Close()
+		s = reopen()
+		defer s.Close()
+	}
+	if err := s.DeleteSession(ctx, "acme", "c1", e2); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SaveSession(ctx, "acme", store.Session{ClientID: "c1", Epoch: e1}); !errors.Is(err, store.ErrFenced) {
+		t.Errorf("saving under a stale epoch after the session was deleted: %v, want store.ErrFenced", err)
+	}
+	if e3, err := s.Claim(ctx, "acme", "c1"); err != nil || e3 <= e2 {
+		t.Errorf("Claim after deletion: %d, %v; want above %d", e3, err, e2)
+	}
+}
+
+// testConcurrentClaims: claims racing for one session each get their own
+// epoch.
+func testConcurrentClaims(t *testing.T, s Store, _ func() Store) {
+	const n = 16
+	epochs := make([]uint64, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			e, err := s.Claim(ctx, "acme", "c1")
+			if err != nil {
+				t.Error(err)
+			}
+			epochs[i] = e
+		}()
+	}
+	wg.Wait()
+	slices.Sort(epochs)
+	if len(slices.Compact(slices.Clone(epochs))) != n {
+		t.Errorf("concurrent claims got epochs %v: two claims shared one", epochs)
 	}
 }
 
@@ -299,7 +428,7 @@ func testTenantsApart(t *testing.T, s Store, _ func() Store) {
 			t.Errorf("tenant %s sees sessions %+v, queue %q, retained %d", tn, ss, payloads(qs), len(rs))
 		}
 	}
-	if err := s.DeleteSession(ctx, "alpha", "same"); err != nil {
+	if err := s.DeleteSession(ctx, "alpha", "same", 0); err != nil {
 		t.Fatal(err)
 	}
 	if qs, _ := s.Read(ctx, "bravo", "same", 0, 10); payloads(qs) != "bravo-msg" {
@@ -339,7 +468,7 @@ func testDeleteSession(t *testing.T, s Store, _ func() Store) {
 	}
 	mustAppend(t, s, "acme", "c1", "a", "b")
 	mustAppend(t, s, "acme", "c10", "other")
-	if err := s.DeleteSession(ctx, "acme", "c1"); err != nil {
+	if err := s.DeleteSession(ctx, "acme", "c1", 0); err != nil {
 		t.Fatal(err)
 	}
 	if qs, _ := s.Read(ctx, "acme", "c1", 0, 10); len(qs) != 0 {
@@ -461,10 +590,10 @@ func testReceipts(t *testing.T, s Store, reopen func() Store) {
 	if qs, _ := s.Read(ctx, "acme", "s2", 0, 10); len(qs) != 4 {
 		t.Errorf("the publishes with receipts queued %d messages for s2, want 4", len(qs))
 	}
-	if err := s.Release(ctx, "acme", "pub", 9); err != nil {
+	if err := s.Release(ctx, "acme", "pub", 0, 9); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Release(ctx, "acme", "pub", 1234); err != nil {
+	if err := s.Release(ctx, "acme", "pub", 0, 1234); err != nil {
 		t.Errorf("releasing an unknown receipt: %v", err)
 	}
 	if got, want := pending(s, "acme"), "pub[3 65535] pub2[4] "; got != want {
@@ -480,7 +609,7 @@ func testReceipts(t *testing.T, s Store, reopen func() Store) {
 			t.Errorf("after reopening: got %q, want %q", got, want)
 		}
 	}
-	if err := s.DeleteSession(ctx, "acme", "pub"); err != nil {
+	if err := s.DeleteSession(ctx, "acme", "pub", 0); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.SaveSession(ctx, "acme", store.Session{ClientID: "pub"}); err != nil {
@@ -492,14 +621,14 @@ func testReceipts(t *testing.T, s Store, reopen func() Store) {
 }
 
 // testMarks: a QoS 2 message's packet id and release are read back with it,
-// survive a reopen, go with the message when trimmed, and a mark on a
+// survive a reopen, go with the message when acknowledged, and a mark on a
 // message no longer queued is ignored.
 func testMarks(t *testing.T, s Store, reopen func() Store) {
 	seqs := mustAppend(t, s, "acme", "c1", "a", "b", "c", "d")
 	mustAppend(t, s, "other", "c1", "x", "y")
 	mark := func(st Store, tenant string, seq uint64, id uint16, released bool) {
 		t.Helper()
-		if err := st.Mark(ctx, tenant, "c1", seq, id, released); err != nil {
+		if err := st.Mark(ctx, tenant, "c1", 0, seq, id, released); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -538,24 +667,24 @@ func testMarks(t *testing.T, s Store, reopen func() Store) {
 			t.Errorf("after reopening: got %q, want %q", got, want)
 		}
 	}
-	if err := s.Trim(ctx, "acme", "c1", seqs[1]); err != nil {
+	if err := s.Ack(ctx, "acme", "c1", 0, seqs[:2]); err != nil {
 		t.Fatal(err)
 	}
-	mark(s, "acme", seqs[0], 9, true) // trimmed: ignored
+	mark(s, "acme", seqs[0], 9, true) // acknowledged: ignored
 	if got, want := marks(s, "acme"), "c:0:false d:1:false "; got != want {
-		t.Errorf("after trimming a and b: got %q, want %q", got, want)
+		t.Errorf("after acknowledging a and b: got %q, want %q", got, want)
 	}
 	if info, err := s.QueueInfo(ctx, "acme", "c1"); err != nil || info.Len != 2 || info.MinSeq != seqs[2] {
-		t.Errorf("queue info after a mark on a trimmed message: %+v, %v", info, err)
+		t.Errorf("queue info after a mark on an acknowledged message: %+v, %v", info, err)
 	}
 	next := mustAppend(t, s, "acme", "c1", "e")
 	if got, want := marks(s, "acme"), "c:0:false d:1:false e:0:false "; got != want {
 		t.Errorf("a new message has a mark: got %q, want %q", got, want)
 	}
-	if err := s.Trim(ctx, "acme", "c1", next[0]); err != nil {
+	if err := s.Ack(ctx, "acme", "c1", 0, append(seqs[2:], next...)); err != nil {
 		t.Fatal(err)
 	}
 	if got := marks(s, "acme"); got != "" {
-		t.Errorf("after trimming everything: %q", got)
+		t.Errorf("after acknowledging everything: %q", got)
 	}
 }

@@ -104,6 +104,10 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "bad cell set", http.StatusBadRequest)
 			return
 		}
+		if r.URL.Query().Get("check") == "put" {
+			f.checkAndPut(w, rows, row, cs)
+			return
+		}
 		for _, rw := range cs.Row {
 			key, err1 := base64.StdEncoding.DecodeString(rw.Key)
 			if err1 != nil {
@@ -156,6 +160,43 @@ func (f *Fake) serve(w http.ResponseWriter, r *http.Request) {
 	default:
 		http.Error(w, "method", http.StatusMethodNotAllowed)
 	}
+}
+
+// checkAndPut is the gateway's conditional put (PUT /table/row?check=put):
+// one row whose last cell is the check, the cells before it the put. An
+// empty expected value matches a missing cell, as in HBase. A failed check
+// answers 304 Not Modified.
+func (f *Fake) checkAndPut(w http.ResponseWriter, rows map[string]map[string][]byte, row string, cs CellSet) {
+	if len(cs.Row) != 1 || len(cs.Row[0].Cell) < 2 {
+		http.Error(w, "check-and-put takes one row with a put and a check cell", http.StatusBadRequest)
+		return
+	}
+	cells := cs.Row[0].Cell
+	decoded := make([][2][]byte, len(cells))
+	for i, c := range cells {
+		col, err1 := base64.StdEncoding.DecodeString(c.Column)
+		val, err2 := base64.StdEncoding.DecodeString(c.Value)
+		if err1 != nil || err2 != nil || !bytes.Contains(col, []byte(":")) {
+			http.Error(w, "bad cell", http.StatusBadRequest)
+			return
+		}
+		decoded[i] = [2][]byte{col, val}
+	}
+	check := decoded[len(decoded)-1]
+	current, present := rows[row][string(check[0])]
+	if !bytes.Equal(current, check[1]) || len(check[1]) > 0 && !present {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	cols := rows[row]
+	if cols == nil {
+		cols = map[string][]byte{}
+		rows[row] = cols
+	}
+	for _, c := range decoded[:len(decoded)-1] {
+		cols[string(c[0])] = c[1]
+	}
+	w.WriteHeader(http.StatusOK)
 }
 
 func encodeRow(key string, cols map[string][]byte) Row {
