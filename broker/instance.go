@@ -295,9 +295,11 @@ func (inst *instance) kick(cl *mqtt.Client, why packets.Code) {
 // end closes a client's connection for a protocol or quota error: an MQTT 5
 // client is told why with a DISCONNECT, a 3.1.1 one (which has no server
 // DISCONNECT) is just closed.
-func (inst *instance) end(cl *mqtt.Client, why packets.Code) {
+func (inst *instance) end(cl *mqtt.Client, why packets.Code) { endConn(inst.server, cl, why) }
+
+func endConn(server *mqtt.Server, cl *mqtt.Client, why packets.Code) {
 	if cl.Properties.ProtocolVersion == 5 {
-		inst.kick(cl, why)
+		server.DisconnectClient(cl, why)
 		return
 	}
 	cl.Stop(why)

@@ -759,9 +759,10 @@ func (p *persistence) needsClaim(clientID string, keeps bool) bool {
 }
 
 // failed logs a store write for a session that failed. Refused as fenced,
-// the session has a new owner: this broker forgets it and ends its
+// the session has a new owner: this broker lets go of it and ends its
 // connection here, if any, with 0x8E (session taken over); what is queued
-// stays in the store for the new owner. A write made under an epoch this
+// stays in the store for the new owner, and messages published here are
+// still queued for it. A write made under an epoch this
 // broker has since replaced by a claim of its own (a reconnection here)
 // was only late: the session is still this broker's.
 func (p *persistence) failed(clientID string, epoch uint64, what string, err error) {
@@ -775,9 +776,17 @@ func (p *persistence) failed(clientID string, epoch uint64, what string, err err
 		return
 	}
 	p.log.Warn(what+": the session has a new owner; let go of it here", "client_id", clientID)
-	p.forget(clientID)
+	p.mu.Lock()
+	delete(p.live, clientID)
+	delete(p.recheck, clientID)
+	delete(p.inflight, clientID)
+	delete(p.outstanding, clientID)
+	delete(p.epochs, clientID)
+	delete(p.marks, clientID)
+	delete(p.received, clientID)
+	p.mu.Unlock()
 	if cl, ok := p.server.Clients.Get(clientID); ok && cl.Net.Conn != nil && !cl.Closed() {
-		cl.Stop(packets.ErrSessionTakenOver)
+		endConn(p.server, cl, packets.ErrSessionTakenOver)
 	}
 }
 
@@ -819,6 +828,11 @@ func (p *persistence) save(cl *mqtt.Client, disconnected time.Time) {
 	defer cancel()
 	var err error
 	epoch := p.epoch(cl.ID)
+	if epoch == 0 && persistent(cl) {
+		// Every connection that keeps a session claimed it: this broker
+		// has let go of it since (see failed).
+		return
+	}
 	if persistent(cl) {
 		rec := p.sessionRecord(cl, disconnected)
 		rec.Epoch = epoch
