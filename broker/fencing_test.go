@@ -42,13 +42,20 @@ func sharedRedis(t *testing.T) func() broker.SessionStore {
 type peer struct {
 	hub  *broker.Hub
 	addr string
-	reg  *prometheus.Registry
 }
 
 func (s *stack) peer(t *testing.T, st broker.SessionStore) *peer {
 	t.Helper()
-	hub, err := broker.New(broker.Config{Directory: s.store, Changes: s.store.Changes(), Sessions: st,
+	hub, addr := serveHub(t, broker.Config{Directory: s.store, Changes: s.store.Changes(), Sessions: st,
 		Log: slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	return &peer{hub: hub, addr: addr}
+}
+
+// serveHub starts a hub on a loopback listener; it closes as the test
+// ends.
+func serveHub(t testing.TB, cfg broker.Config) (*broker.Hub, string) {
+	t.Helper()
+	hub, err := broker.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -58,9 +65,7 @@ func (s *stack) peer(t *testing.T, st broker.SessionStore) *peer {
 	}
 	go hub.Serve(ln)
 	t.Cleanup(func() { hub.Close() })
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(hub.Collector(0))
-	return &peer{hub: hub, addr: ln.Addr().String(), reg: reg}
+	return hub, ln.Addr().String()
 }
 
 // TestTwoBrokersOneQueue is the loss the fault injection found: the same
@@ -167,4 +172,38 @@ func TestTakenOverElsewhere(t *testing.T) {
 	if len(ss[0].Subscriptions) != 1 || ss[0].Subscriptions[0].Filter != "t/#" {
 		t.Errorf("the session's subscriptions: %+v", ss[0].Subscriptions)
 	}
+}
+
+// TestCleanStartKeepsNewSession: a v5 client that starts clean and asks
+// for a session expiry discards its old session and keeps the new one,
+// under the claim it made at connect: the new session is stored, and a
+// message queued for it while it is away survives a restart.
+func TestCleanStartKeepsNewSession(t *testing.T) {
+	d := newDurable(t)
+	d.tenant("acme")
+	secret := d.device("acme", "sub")
+	pubSecret := d.device("acme", "pub")
+	old := mustV5(t, d.addr, user("acme", "sub"), secret, "sub", keepSession)
+	old.sub(t, "old/#", 1)
+	old.Disconnect(&paho.Disconnect{})
+	sub := mustV5(t, d.addr, user("acme", "sub"), secret, "sub", func(c *paho.Connect) {
+		c.CleanStart = true
+		c.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(600)}
+	})
+	sub.sub(t, "t/#", 1)
+	pub := mustV5(t, d.addr, user("acme", "pub"), pubSecret, "pub")
+	pub.pub(t, "t/1", "live", 1, false)
+	sub.expect(t, "t/1", "live") // acknowledged by the new session's owner, not refused as fenced
+	sub.Disconnect(&paho.Disconnect{})
+	pub.pub(t, "t/1", "while away", 1, false)
+	pub.Disconnect(&paho.Disconnect{})
+	d.restart(t)
+	again := mustV5(t, d.addr, user("acme", "sub"), secret, "sub", keepSession)
+	if !again.connack.SessionPresent {
+		t.Fatal("the session started clean with an expiry was not kept")
+	}
+	again.expect(t, "t/1", "while away")
+	pub2 := mustV5(t, d.addr, user("acme", "pub"), pubSecret, "pub")
+	pub2.pub(t, "old/x", "to the discarded session", 1, false)
+	again.quiet(t, 300*time.Millisecond, "a message for the discarded session's subscription")
 }

@@ -616,9 +616,8 @@ func (p *persistence) gone(cl *mqtt.Client) {
 // new connection by copying them from the client object it takes over; a
 // message routed to the old object after the copy was made stays there and
 // is never sent, though it is stored (mochi v2.7.9's inheritClientSession).
-// Left alone it would never be acknowledged, and as the oldest message it
-// would hold every later one in the store (trimming goes up to the oldest
-// unacknowledged), to come back at the next restart.
+// Left alone it would never be acknowledged: it would stay in the store, to
+// come back at the next restart, and fill the queue toward max_queued.
 //
 // So every queued message not waiting in the client's inflight messages
 // and not still being routed (its tag in pubs) is read from the store and
@@ -721,7 +720,15 @@ func (p *persistence) acknowledged(cl *mqtt.Client, packetID uint16) {
 	ctx, cancel := storeCtx()
 	defer cancel()
 	e := p.epoch(cl.ID)
-	if err := p.st.Ack(ctx, p.tenant, cl.ID, e, []uint64{seq}); err != nil {
+	err := p.st.Ack(ctx, p.tenant, cl.ID, e, []uint64{seq})
+	if now := p.epoch(cl.ID); errors.Is(err, store.ErrFenced) && now != 0 && now != e {
+		// Acknowledged on the connection a reconnection here has just
+		// replaced: the session is still this broker's, under its new
+		// claim.
+		err = p.st.Ack(ctx, p.tenant, cl.ID, now, []uint64{seq})
+		e = now
+	}
+	if err != nil {
 		p.failed(cl.ID, e, "delete a delivered message", err)
 	}
 }
@@ -742,9 +749,18 @@ func (p *persistence) claim(ctx context.Context, clientID string) error {
 		return err
 	}
 	p.mu.Lock()
-	p.epochs[clientID] = e
+	// Two connects with one client id may store their claims in either
+	// order: the later claim is the higher epoch.
+	p.epochs[clientID] = max(p.epochs[clientID], e)
 	p.mu.Unlock()
 	return nil
+}
+
+// keepEpoch sets a session's epoch again after its old state was dropped.
+func (p *persistence) keepEpoch(clientID string, epoch uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.epochs[clientID] = epoch
 }
 
 // needsClaim reports whether a connection with this client id must claim
@@ -771,20 +787,15 @@ func (p *persistence) failed(clientID string, epoch uint64, what string, err err
 		return
 	}
 	p.host.fenced()
-	if p.epoch(clientID) != epoch {
+	p.mu.Lock()
+	if p.epochs[clientID] != epoch {
+		p.mu.Unlock()
 		p.log.Debug(what+": refused for a claim this broker made since", "client_id", clientID)
 		return
 	}
-	p.log.Warn(what+": the session has a new owner; let go of it here", "client_id", clientID)
-	p.mu.Lock()
-	delete(p.live, clientID)
-	delete(p.recheck, clientID)
-	delete(p.inflight, clientID)
-	delete(p.outstanding, clientID)
-	delete(p.epochs, clientID)
-	delete(p.marks, clientID)
-	delete(p.received, clientID)
+	p.letGo(clientID)
 	p.mu.Unlock()
+	p.log.Warn(what+": the session has a new owner; let go of it here", "client_id", clientID)
 	if cl, ok := p.server.Clients.Get(clientID); ok && cl.Net.Conn != nil && !cl.Closed() {
 		endConn(p.server, cl, packets.ErrSessionTakenOver)
 	}
@@ -861,20 +872,26 @@ func (p *persistence) drop(ctx context.Context, clientID string) error {
 	return p.st.DeleteSession(ctx, p.tenant, clientID, epoch)
 }
 
-// forget forgets what is tracked for a session here, and reports whether
-// it had a record in the store.
-func (p *persistence) forget(clientID string) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+// letGo forgets what this broker tracks as a session's owner: its
+// connection, what it sends and its epoch. Called with p.mu held.
+func (p *persistence) letGo(clientID string) {
 	delete(p.live, clientID)
 	delete(p.recheck, clientID)
 	delete(p.inflight, clientID)
 	delete(p.outstanding, clientID)
 	delete(p.epochs, clientID)
-	delete(p.devices, clientID)
-	delete(p.dropped, clientID)
 	delete(p.marks, clientID)
 	delete(p.received, clientID)
+}
+
+// forget forgets everything tracked for a session here, and reports
+// whether it had a record in the store.
+func (p *persistence) forget(clientID string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.letGo(clientID)
+	delete(p.devices, clientID)
+	delete(p.dropped, clientID)
 	stored := p.stored[clientID]
 	delete(p.stored, clientID)
 	p.storedN.Store(int64(len(p.stored)))

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -64,18 +63,8 @@ func (d *durable) restart(t testing.TB) {
 		t.Fatal(err)
 	}
 	d.store = d.open()
-	hub, err := broker.New(broker.Config{Directory: d.stack.store, Changes: d.stack.store.Changes(), Sessions: d.store,
+	d.hub, d.addr = serveHub(t, broker.Config{Directory: d.stack.store, Changes: d.stack.store.Changes(), Sessions: d.store,
 		Log: slog.New(slog.NewTextHandler(d.logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go hub.Serve(ln)
-	t.Cleanup(func() { hub.Close() })
-	d.hub, d.addr = hub, ln.Addr().String()
 }
 
 func keepSession(c *paho.Connect) {

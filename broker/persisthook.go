@@ -134,8 +134,13 @@ func (h *sessionHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 
 func (h *sessionHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if pk.Connect.Clean {
-		// A clean start discards the previous session, in the store too.
+		// A clean start discards the previous session, in the store too;
+		// a new one it keeps stays under the claim made at connect.
+		epoch := h.p.epoch(cl.ID)
 		h.drop(cl, "drop session")
+		if persistent(cl) {
+			h.p.keepEpoch(cl.ID, epoch)
+		}
 	}
 	if persistent(cl) {
 		h.p.save(cl, time.Time{})

@@ -296,9 +296,9 @@ func TestQoS2FromPublisherExactlyOnceAcrossRestart(t *testing.T) {
 
 // TestOutOfOrderAcksTrimmed: a subscriber acknowledges its QoS 1 messages
 // out of order (the newest first). Once all are acknowledged none is left
-// in the store: a restart redelivers nothing. (The queue was trimmed only
-// up to the message acknowledged last, so the newer ones came again.)
-func TestOutOfOrderAcksTrimmed(t *testing.T) {
+// in the store: a restart redelivers nothing. (When the queue was trimmed
+// "up to" a number, the newer ones came again.)
+func TestOutOfOrderAcksDeleted(t *testing.T) {
 	d := newDurable(t)
 	d.tenant("acme")
 	subSecret, pubSecret := d.device("acme", "sub"), d.device("acme", "pub")

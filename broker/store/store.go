@@ -60,7 +60,7 @@ type Item struct {
 type QueueInfo struct {
 	Len    int
 	MinSeq uint64 // 0 when empty
-	MaxSeq uint64 // the last sequence number ever given, even if trimmed
+	MaxSeq uint64 // the last sequence number ever given, even if acknowledged since
 	Oldest time.Time
 }
 

@@ -469,7 +469,7 @@ func (s *Store) DeleteSession(ctx context.Context, tenant, clientID string, epoc
 	}
 	q := s.lock(tenant, clientID)
 	defer q.Unlock()
-	return s.trimLocked(ctx, queueID(tenant, clientID), 0, ^uint64(0))
+	return s.deleteRows(ctx, queueID(tenant, clientID), 0, ^uint64(0))
 }
 
 func (s *Store) lock(tenant, clientID string) *queueLock {
@@ -553,20 +553,13 @@ func (s *Store) Append(ctx context.Context, tenant string, items []store.Item, r
 // crash between the two the rows are ahead).
 func (s *Store) loadLast(ctx context.Context, qid []byte) (uint64, error) {
 	var last uint64
-	resp, err := s.do(ctx, http.MethodGet, "/"+s.prefix+"meta/"+pathKey(qid), nil, "")
-	switch {
-	case errors.Is(err, errNotFound):
-	case err != nil:
+	meta, found, err := s.getRow(ctx, "meta", qid)
+	if err != nil {
 		return 0, err
-	default:
-		var cs cellSet
-		err := json.NewDecoder(resp.Body).Decode(&cs)
-		resp.Body.Close()
-		if err != nil || len(cs.Row) == 0 || len(cs.Row[0].Cell) == 0 {
-			return 0, fmt.Errorf("hbase meta row: damaged")
-		}
-		v, err := base64.StdEncoding.DecodeString(cs.Row[0].Cell[0].Value)
-		if err != nil || len(v) != 8 {
+	}
+	if v, ok := meta.cells["m:seq"]; found && ok {
+		// The row holds the epoch (m:e) too: the number is read by name.
+		if len(v) != 8 {
 			return 0, fmt.Errorf("hbase meta row: damaged")
 		}
 		last = binary.BigEndian.Uint64(v)
@@ -623,9 +616,9 @@ func (s *Store) Ack(ctx context.Context, tenant, clientID string, epoch uint64, 
 	return nil
 }
 
-// trimLocked deletes the queue's rows from one number up to another; from
-// 0 takes the receipts too.
-func (s *Store) trimLocked(ctx context.Context, qid []byte, from, upTo uint64) error {
+// deleteRows deletes the queue's rows from one number up to another (with
+// the queue's lock held); from 0 takes the receipts too.
+func (s *Store) deleteRows(ctx context.Context, qid []byte, from, upTo uint64) error {
 	end := afterPrefix(qid)
 	if upTo < ^uint64(0) {
 		end = queueRow(qid, upTo+1)

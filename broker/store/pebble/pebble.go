@@ -171,7 +171,8 @@ func (s *Store) stripe(ek []byte) *sync.Mutex {
 	return &s.fences[h.Sum32()%uint32(len(s.fences))]
 }
 
-// epoch is a session's epoch, from the cache or the database.
+// epoch is a session's epoch, from the cache or the database. Called with
+// the session's stripe held.
 func (s *Store) epoch(ek []byte) (uint64, error) {
 	s.epochMu.Lock()
 	e, ok := s.epochs[string(ek)]
@@ -199,7 +200,9 @@ func (s *Store) Claim(_ context.Context, tenant, clientID string) (uint64, error
 		return 0, err
 	}
 	e++
-	if err := s.db.Set(ek, binary.BigEndian.AppendUint64(nil, e), pebble.Sync); err != nil {
+	// Not synced: one process holds the database, so no other owner can
+	// act on an epoch lost in a crash; the next synced write flushes it.
+	if err := s.db.Set(ek, binary.BigEndian.AppendUint64(nil, e), pebble.NoSync); err != nil {
 		return 0, err
 	}
 	s.epochMu.Lock()
@@ -237,7 +240,12 @@ func (s *Store) Sessions(_ context.Context, tenant string) ([]store.Session, err
 		if sess.PendingRelease, err = s.receipts(tenant, sess.ClientID); err != nil {
 			return nil, err
 		}
-		if sess.Epoch, err = s.epoch(clientKey('e', tenant, sess.ClientID)); err != nil {
+		ek := clientKey('e', tenant, sess.ClientID)
+		mu := s.stripe(ek) // filling the cache races a claim otherwise
+		mu.Lock()
+		sess.Epoch, err = s.epoch(ek)
+		mu.Unlock()
+		if err != nil {
 			return nil, err
 		}
 		out = append(out, sess)

@@ -336,12 +336,19 @@ func (s *Store) Ack(ctx context.Context, tenant, clientID string, epoch uint64, 
 		return nil
 	}
 	keys := []string{s.sessionKey(tenant, clientID, "e"), s.sessionKey(tenant, clientID, "q"), s.sessionKey(tenant, clientID, "d")}
-	args := make([]any, 0, 1+len(seqs))
-	args = append(args, epochArg(epoch))
-	for _, seq := range seqs {
-		args = append(args, strconv.FormatUint(seq, 10))
+	// Lua unpacks at most about 8,000 values at once: a long list (a
+	// restore dropping expired messages) goes in parts, each fenced.
+	for part := range slices.Chunk(seqs, 1000) {
+		args := make([]any, 0, 1+len(part))
+		args = append(args, epochArg(epoch))
+		for _, seq := range part {
+			args = append(args, strconv.FormatUint(seq, 10))
+		}
+		if err := fenced(ackScript.Run(ctx, s.rdb, keys, args...).Err()); err != nil {
+			return err
+		}
 	}
-	return fenced(ackScript.Run(ctx, s.rdb, keys, args...).Err())
+	return nil
 }
 
 func (s *Store) QueueInfo(ctx context.Context, tenant, clientID string) (store.QueueInfo, error) {

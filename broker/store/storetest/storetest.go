@@ -35,6 +35,8 @@ func Run(t *testing.T, open func(t *testing.T) (s Store, reopen func() Store)) {
 		{"AckLeavesOthers", testAckLeavesOthers},
 		{"Fencing", testFencing},
 		{"ConcurrentClaims", testConcurrentClaims},
+		{"NumbersAfterClaim", testNumbersAfterClaim},
+		{"AckMany", testAckMany},
 		{"BatchAcrossClients", testBatch},
 		{"ConcurrentAppends", testConcurrentAppends},
 		{"Retained", testRetained},
@@ -298,6 +300,51 @@ func testFencing(t *testing.T, s Store, reopen func() Store) {
 	}
 	if e3, err := s.Claim(ctx, "acme", "c1"); err != nil || e3 <= e2 {
 		t.Errorf("Claim after deletion: %d, %v; want above %d", e3, err, e2)
+	}
+}
+
+// testNumbersAfterClaim: a claimed session's queue numbers keep rising
+// across a reopen, the epoch kept beside them notwithstanding.
+func testNumbersAfterClaim(t *testing.T, s Store, reopen func() Store) {
+	e, err := s.Claim(ctx, "acme", "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	seqs := mustAppend(t, s, "acme", "c1", "a", "b", "c", "d", "e")
+	if err := s.Ack(ctx, "acme", "c1", e, seqs); err != nil {
+		t.Fatal(err)
+	}
+	if reopen != nil {
+		s.Close()
+		s = reopen()
+		defer s.Close()
+	}
+	next := mustAppend(t, s, "acme", "c1", "f")
+	if next[0] <= seqs[len(seqs)-1] {
+		t.Errorf("after a claim, acks and a reopen the next number is %d; the last given was %d", next[0], seqs[len(seqs)-1])
+	}
+}
+
+// testAckMany acknowledges more messages at once than a Redis script can
+// take as arguments, with marks among them.
+func testAckMany(t *testing.T, s Store, _ func() Store) {
+	const n = 9000
+	items := make([]store.Item, n)
+	for i := range items {
+		items[i] = store.Item{ClientID: "c1", Message: msg("t", "x")}
+	}
+	seqs, err := s.Append(ctx, "acme", items, store.Receipt{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Mark(ctx, "acme", "c1", 0, seqs[n/2], 5, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ack(ctx, "acme", "c1", 0, seqs[:n-1]); err != nil {
+		t.Fatalf("acknowledging %d messages at once: %v", n-1, err)
+	}
+	if info, err := s.QueueInfo(ctx, "acme", "c1"); err != nil || info.Len != 1 || info.MinSeq != seqs[n-1] {
+		t.Errorf("after acknowledging all but the last: %+v, %v", info, err)
 	}
 }
 

@@ -183,6 +183,10 @@ func (f *Fake) checkAndPut(w http.ResponseWriter, rows map[string]map[string][]b
 		decoded[i] = [2][]byte{col, val}
 	}
 	check := decoded[len(decoded)-1]
+	if !bytes.Equal(check[0], decoded[0][0]) {
+		http.Error(w, "the check cell's column differs from the put's", http.StatusBadRequest)
+		return
+	}
 	current, present := rows[row][string(check[0])]
 	if !bytes.Equal(current, check[1]) || len(check[1]) > 0 && !present {
 		w.WriteHeader(http.StatusNotModified)
