@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
-	"net"
 	"testing"
 	"time"
 
@@ -49,23 +48,6 @@ func (s *stack) peer(t *testing.T, st broker.SessionStore) *peer {
 	hub, addr := serveHub(t, broker.Config{Directory: s.store, Changes: s.store.Changes(), Sessions: st,
 		Log: slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	return &peer{hub: hub, addr: addr}
-}
-
-// serveHub starts a hub on a loopback listener; it closes as the test
-// ends.
-func serveHub(t testing.TB, cfg broker.Config) (*broker.Hub, string) {
-	t.Helper()
-	hub, err := broker.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go hub.Serve(ln)
-	t.Cleanup(func() { hub.Close() })
-	return hub, ln.Addr().String()
 }
 
 // TestTwoBrokersOneQueue is the loss the fault injection found: the same

@@ -51,6 +51,18 @@ func newStack(t testing.TB, mod ...func(*broker.Config)) *stack {
 	for _, m := range mod {
 		m(&cfg)
 	}
+	hub, addr := serveHub(t, cfg)
+	owner, err := store.CreateAccount(ctx, tenants.Signup{Email: "owner@example.com", Password: "correct horse battery"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &stack{t: t, store: store, hub: hub, addr: addr, logs: logs, owner: owner}
+}
+
+// serveHub starts a hub on a loopback listener; it closes as the test
+// ends, and Serve must have ended without an error.
+func serveHub(t testing.TB, cfg broker.Config) (*broker.Hub, string) {
+	t.Helper()
 	hub, err := broker.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -67,11 +79,7 @@ func newStack(t testing.TB, mod ...func(*broker.Config)) *stack {
 			t.Errorf("Serve: %v", err)
 		}
 	})
-	owner, err := store.CreateAccount(ctx, tenants.Signup{Email: "owner@example.com", Password: "correct horse battery"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &stack{t: t, store: store, hub: hub, addr: ln.Addr().String(), logs: logs, owner: owner}
+	return hub, ln.Addr().String()
 }
 
 // tenant creates a tenant. Its connect_rate is lifted: tests open

@@ -2,7 +2,6 @@ package broker_test
 
 import (
 	"log/slog"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -66,18 +65,9 @@ func TestMeteringExact(t *testing.T) {
 
 	// The hub restarts: what it counted is recorded once, then it counts on.
 	s.hub.Close()
-	hub, err := broker.New(broker.Config{Directory: s.store, Changes: s.store.Changes(), Usage: s.store,
+	_, addr := serveHub(t, broker.Config{Directory: s.store, Changes: s.store.Changes(), Usage: s.store,
 		UsageInterval: 100 * time.Millisecond, Log: slog.New(slog.NewTextHandler(s.logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go hub.Serve(ln)
-	t.Cleanup(func() { hub.Close() })
-	b2 := send(ln.Addr().String(), n2)
+	b2 := send(addr, n2)
 	want = tenants.Usage{MessagesIn: n1 + n2, MessagesOut: n1 + n2, BytesIn: b1 + b2, BytesOut: b1 + b2}
 	eventually(t, 5*time.Second, "usage recorded after the restart", func() bool {
 		u := usage("acme")
@@ -85,7 +75,7 @@ func TestMeteringExact(t *testing.T) {
 	})
 	// A connection held for 1.5s: connection time adds up (and no
 	// message count moves while it idles).
-	idle := mustV5(t, ln.Addr().String(), "acme/sub", subSecret, "sub")
+	idle := mustV5(t, addr, "acme/sub", subSecret, "sub")
 	time.Sleep(1500 * time.Millisecond)
 	idle.Disconnect(&paho.Disconnect{})
 	eventually(t, 5*time.Second, "connection time recorded", func() bool { return usage("acme").ConnectionSeconds >= 1 })

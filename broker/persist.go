@@ -716,10 +716,10 @@ func (p *persistence) acknowledged(cl *mqtt.Client, packetID uint16) {
 		return
 	}
 	p.outstanding[cl.ID] = slices.Delete(out, i, i+1)
+	e := p.epochs[cl.ID]
 	p.mu.Unlock()
 	ctx, cancel := storeCtx()
 	defer cancel()
-	e := p.epoch(cl.ID)
 	err := p.st.Ack(ctx, p.tenant, cl.ID, e, []uint64{seq})
 	if now := p.epoch(cl.ID); errors.Is(err, store.ErrFenced) && now != 0 && now != e {
 		// Acknowledged on the connection a reconnection here has just

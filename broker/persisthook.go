@@ -186,7 +186,7 @@ func (h *sessionHook) drop(cl *mqtt.Client, what string) {
 	defer cancel()
 	switch err := h.p.drop(ctx, cl.ID); {
 	case errors.Is(err, store.ErrFenced):
-		h.inst.env.fenced()
+		h.p.host.fenced()
 		h.inst.log.Info(what+": the session has a new owner, who keeps it", "client_id", cl.ID)
 	case err != nil:
 		h.inst.log.Error(what, "client_id", cl.ID, "err", err)

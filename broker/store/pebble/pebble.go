@@ -310,7 +310,15 @@ func (s *Store) DeleteSession(_ context.Context, tenant, clientID string, epoch 
 		p := clientKey(kind, tenant, clientID)
 		b.DeleteRange(p, upperBound(p), nil)
 	}
-	return b.Commit(pebble.Sync)
+	if err := b.Commit(pebble.Sync); err != nil {
+		return err
+	}
+	// The epoch stays on disk; the cache keeps only sessions that live, so
+	// that client ids come and gone do not grow it.
+	s.epochMu.Lock()
+	delete(s.epochs, string(clientKey('e', tenant, clientID)))
+	s.epochMu.Unlock()
+	return nil
 }
 
 // Append stores the items and returns their sequence numbers once they are
