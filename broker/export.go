@@ -70,6 +70,9 @@ func (h *exportHook) Provides(b byte) bool { return b == mqtt.OnPublish }
 // OnPublish exports a publish the quotas let through; one Kafka did not
 // take is not acknowledged (see export).
 func (h *exportHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if remote(pk) {
+		return pk, nil // exported where it arrived
+	}
 	if err := h.inst.export(cl, pk); err != nil {
 		return h.inst.refusePublish(cl, pk, err)
 	}

@@ -56,6 +56,7 @@ const leaveWait = 5 * time.Second
 // nodes of a fleet to their home node, and keeps track of them.
 type forwarder struct {
 	cluster        Cluster
+	spread         bool // see Config.Fabric
 	dir            *directoryCache
 	connectTimeout time.Duration
 	log            *slog.Logger
@@ -72,7 +73,7 @@ type forwarder struct {
 }
 
 func newForwarder(cfg Config, dir *directoryCache, done <-chan struct{}) *forwarder {
-	return &forwarder{cluster: cfg.Cluster, dir: dir, connectTimeout: cfg.ConnectTimeout, log: cfg.Log, done: done, forwards: map[net.Conn]struct{}{}}
+	return &forwarder{cluster: cfg.Cluster, spread: cfg.Fabric != nil, dir: dir, connectTimeout: cfg.ConnectTimeout, log: cfg.Log, done: done, forwards: map[net.Conn]struct{}{}}
 }
 
 // route sends a connection whose tenant lives on another node there, and
@@ -84,6 +85,9 @@ func (f *forwarder) route(conn net.Conn, r *bufio.Reader, raw []byte, pk packets
 	defer cancel()
 	if _, found, err := f.dir.tenant(ctx, tenant); err != nil || !found {
 		return false // admit refuses it, as it would anywhere
+	}
+	if f.spread && !wantsSession(pk) {
+		return false // a spread tenant's clean session is served where it connects
 	}
 	origin := transport.ForwardOrigin(conn)
 	addr, err := f.place(ctx, tenant, origin != "")
@@ -243,4 +247,13 @@ func (f *forwarder) count() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return len(f.forwards)
+}
+
+// wantsSession reports whether a CONNECT asks for a session that outlives
+// the connection (before max_session_expiry cuts it).
+func wantsSession(pk packets.Packet) bool {
+	if pk.ProtocolVersion == 5 {
+		return pk.Properties.SessionExpiryInterval > 0
+	}
+	return !pk.Connect.Clean
 }

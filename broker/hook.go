@@ -20,8 +20,10 @@ import (
 //     refused publish is neither exported nor stored;
 //   - events, once the hooks before them accepted or changed what they
 //     report (events.go); Wills (will.go);
-//   - store last: a publish is stored only once everything else let it
-//     through, and before mochi acknowledges it (persisthook.go).
+//   - store: a publish is stored only once everything else let it
+//     through, and before mochi acknowledges it (persisthook.go);
+//   - routes last, in a spread tenant: a publish goes to the tenant's
+//     other nodes once it is stored here (spread.go).
 //
 // A publish's hooks stop at the first that refuses it (mochi stops
 // calling OnPublish hooks at an error).
@@ -37,6 +39,9 @@ func addHooks(inst *instance) error {
 	hooks = append(hooks, &eventsHook{inst: inst}, &willHook{inst: inst})
 	if inst.persist != nil {
 		hooks = append(hooks, &storeHook{inst: inst, p: inst.persist})
+	}
+	if inst.spread {
+		hooks = append(hooks, &routeHook{inst: inst})
 	}
 	for _, h := range hooks {
 		if err := inst.server.AddHook(h, nil); err != nil {

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/roosthub/roost/broker/fabric"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
@@ -80,6 +81,23 @@ type Config struct {
 	// Cluster places tenants on the nodes of a fleet; nil runs every
 	// tenant here.
 	Cluster Cluster
+	// Fabric spreads every tenant over the nodes of a fleet (see
+	// spread.go): clean sessions are served on the node they connect to,
+	// persistent ones at the tenant's home (the node the Cluster places it
+	// on). nil: a tenant runs on its home alone. It needs a shared
+	// session store.
+	Fabric *fabric.Fabric
+	// FabricHome, without a Cluster, makes this hub the home of every
+	// tenant it spreads (for tests of a fleet without one).
+	FabricHome bool
+}
+
+// fabricHome reports whether this node is the spread tenant's home.
+func (h *Hub) fabricHome(tenant string) bool {
+	if h.cfg.Cluster == nil {
+		return h.cfg.FabricHome
+	}
+	return h.cfg.Cluster.Holds(tenant)
 }
 
 // Hub is the data plane of one node. It is made of parts, each a type of
@@ -260,6 +278,7 @@ func (h *Hub) reapIdle() {
 		if inst.persist != nil {
 			inst.persist.sweep(time.Now().Add(-time.Minute)) // mochi's clock: the wall clock
 		}
+		inst.resyncRoutes()
 	}
 }
 

@@ -72,8 +72,12 @@ type instance struct {
 	closeOnce sync.Once
 
 	// persist writes sessions through to the hub's store; nil without one.
-	persist  *persistence
-	restored struct {
+	persist *persistence
+	// spread says the tenant is served by every node of the fleet, and
+	// routes is its part in the fabric (spread.go).
+	spread, home bool
+	routes       *spreadRoutes
+	restored     struct {
 		clients  []storage.Client
 		subs     []storage.Subscription
 		inflight []storage.Message
@@ -139,8 +143,15 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 	inst.setQuotas(t)
 	inst.meter = h.meterOf(t.Slug)
 	inst.live.meter = inst.meter
+	home := true
+	if h.cfg.Fabric != nil {
+		inst.spread = true
+		home = h.fabricHome(t.Slug)
+	}
+	inst.home = home
 	if h.cfg.Sessions != nil {
 		inst.persist = newPersistence(h.cfg.Sessions, t.Slug, srv, inst, log)
+		inst.persist.retainedOnly = !home
 	}
 	if err := addHooks(inst); err != nil {
 		return nil, err
@@ -159,6 +170,12 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 		}
 	}
 	inst.restored.clients, inst.restored.subs, inst.restored.inflight, inst.restored.retained = nil, nil, nil, nil
+	if inst.spread {
+		if err := inst.joinFabric(h.cfg.Fabric, home); err != nil {
+			srv.Close()
+			return nil, fmt.Errorf("join %s's other nodes: %w", t.Slug, err)
+		}
+	}
 	if inst.persist != nil {
 		for _, w := range inst.persist.wills {
 			inst.holdRestoredWill(w)
@@ -310,6 +327,7 @@ func (inst *instance) close() {
 	inst.closeOnce.Do(func() {
 		inst.stopWills()
 		inst.server.Close()
+		inst.leaveFabric()
 	})
 }
 

@@ -132,6 +132,10 @@ type persistence struct {
 	// over (see handedOver and reconcile).
 	live    map[string]*mqtt.Client
 	recheck map[string]bool
+	// retainedOnly restores retained messages only: a spread tenant's
+	// broker on a node other than its home, where no persistent session
+	// lives (see spread.go).
+	retainedOnly bool
 }
 
 // sessionHost is what persistence asks of its tenant's broker.
@@ -229,7 +233,7 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	}
 	ctx, cancel := storeCtx()
 	defer cancel()
-	if pk.FixedHeader.Retain {
+	if pk.FixedHeader.Retain && !remote(pk) { // a remote one was stored where it arrived
 		m := toStore(pk)
 		m.Retain = true
 		if err := p.st.SetRetained(ctx, p.tenant, m); err != nil {
@@ -903,9 +907,12 @@ func (p *persistence) forget(clientID string) bool {
 func (p *persistence) restore() ([]storage.Client, []storage.Subscription, []storage.Message, []storage.Message, error) {
 	ctx, cancel := storeCtx()
 	defer cancel()
-	sessions, err := p.st.Sessions(ctx, p.tenant)
-	if err != nil {
-		return nil, nil, nil, nil, err
+	var sessions []store.Session
+	var err error
+	if !p.retainedOnly {
+		if sessions, err = p.st.Sessions(ctx, p.tenant); err != nil {
+			return nil, nil, nil, nil, err
+		}
 	}
 	maxQueued := p.maxQueued()
 	var clients []storage.Client
@@ -1047,7 +1054,7 @@ func encodeProps(p packets.Properties) []byte {
 		PayloadFormat: p.PayloadFormat, PayloadFormatFlag: p.PayloadFormatFlag, MessageExpiryInterval: p.MessageExpiryInterval,
 	}
 	for _, u := range p.User {
-		if u.Key != seqProperty {
+		if !internalProperty(u.Key) {
 			mp.User = append(mp.User, u)
 		}
 	}
@@ -1065,14 +1072,19 @@ func decodeProps(b []byte, mp *storage.MessageProperties) {
 	}
 }
 
-// withoutTag returns a packet without the internal tag.
+// internalProperty reports whether a user property is one of the hub's
+// own tags (seqProperty, remoteProperty): MQTT strings cannot hold U+0000,
+// so no client's property can be taken for one.
+func internalProperty(key string) bool { return strings.HasPrefix(key, "\x00roost-") }
+
+// withoutTag returns a packet without the internal tags.
 func withoutTag(pk packets.Packet) packets.Packet {
-	if _, ok := pubIDOf(pk); !ok {
+	if !slices.ContainsFunc(pk.Properties.User, func(u packets.UserProperty) bool { return internalProperty(u.Key) }) {
 		return pk
 	}
 	var user []packets.UserProperty
 	for _, u := range pk.Properties.User {
-		if u.Key != seqProperty {
+		if !internalProperty(u.Key) {
 			user = append(user, u)
 		}
 	}

@@ -115,7 +115,7 @@ func (h *quotaHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 // OnPublished meters a message the tenant accepted (not the hub's own
 // $events).
 func (h *quotaHook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
-	if !pk.Ignore && !h.inst.limitsOff && !(cl.Net.Inline && strings.HasPrefix(pk.TopicName, "$events/")) {
+	if !pk.Ignore && !h.inst.limitsOff && !(cl.Net.Inline && (strings.HasPrefix(pk.TopicName, "$events/") || remote(pk))) {
 		h.inst.meter.in(len(pk.Payload))
 	}
 }

@@ -20,6 +20,9 @@ type registry struct {
 		Holds(tenant string) bool
 		Release(tenant string)
 	}
+	// spread: a tenant runs on every node, its home among them (see
+	// Config.Fabric).
+	spread                     bool
 	idleTimeout                time.Duration
 	maxWatches, maxWatchesEach int
 	now                        func() time.Time
@@ -41,6 +44,7 @@ func newRegistry(cfg Config, start func(tenants.Tenant) (*instance, error)) *reg
 	if cfg.Cluster != nil {
 		r.fleet = cfg.Cluster
 	}
+	r.spread = cfg.Fabric != nil
 	return r
 }
 
@@ -49,6 +53,7 @@ func newRegistry(cfg Config, start func(tenants.Tenant) (*instance, error)) *reg
 // device connection: API publishes and live views hold an instance without
 // taking from max_connections.
 func (r *registry) acquire(t tenants.Tenant) (*instance, error) {
+	r.promote(t.Slug)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.acquireLocked(t)
@@ -60,7 +65,7 @@ func (r *registry) acquireLocked(t tenants.Tenant) (*instance, error) {
 	}
 	inst := r.instances[t.Slug]
 	if inst == nil {
-		if r.fleet != nil && (!r.fleet.Holds(t.Slug) || r.releasing[t.Slug]) {
+		if r.fleet != nil && (!r.spread && !r.fleet.Holds(t.Slug) || r.releasing[t.Slug]) {
 			return nil, serverUnavailable
 		}
 		var err error
@@ -85,6 +90,7 @@ func (r *registry) release(inst *instance) {
 // releaseConn: the tenant's max_connections and connect_rate, as they are
 // now, apply.
 func (r *registry) acquireConn(t tenants.Tenant) (*instance, error) {
+	r.promote(t.Slug)
 	r.mu.Lock()
 	inst, err := r.acquireLocked(t)
 	if err != nil {
@@ -188,6 +194,27 @@ func (r *registry) reapIdle() {
 	}
 }
 
+// promote stops a spread tenant's broker that runs here as one of its
+// nodes once this node became its home (it placed a persistent session
+// here while no other home lived): the next to start is the home, with the
+// tenant's sessions. Its clean sessions are disconnected, and reconnect.
+func (r *registry) promote(tenant string) {
+	if !r.spread || r.fleet == nil {
+		return
+	}
+	r.mu.Lock()
+	inst := r.instances[tenant]
+	stale := inst != nil && !inst.home && r.fleet.Holds(tenant)
+	if stale {
+		delete(r.instances, tenant)
+	}
+	r.mu.Unlock()
+	if stale {
+		inst.close()
+		inst.log.Info("tenant broker stopped: this node became the tenant's home, and starts it as such")
+	}
+}
+
 // stop takes an instance out of service and closes it.
 func (r *registry) stop(inst *instance, why string) {
 	r.mu.Lock()
@@ -208,8 +235,8 @@ func (r *registry) closeAndGiveUp(inst *instance, why string) {
 // again meanwhile. Until the release is done no broker of the tenant
 // starts here (acquire refuses), so that the claim and the broker agree.
 func (r *registry) giveUp(tenant string) {
-	if r.fleet == nil {
-		return
+	if r.fleet == nil || !r.fleet.Holds(tenant) {
+		return // a spread tenant's node that was not its home holds nothing
 	}
 	r.mu.Lock()
 	if r.instances[tenant] != nil || r.releasing[tenant] || r.closed {

@@ -1,0 +1,794 @@
+// Package fabric joins the brokers that serve one tenant on several nodes
+// of a fleet, through Redis: the tenant's routes (which owner holds
+// subscribers for which filters) and the inboxes messages cross into.
+//
+// An owner is a node's broker for the tenant, named by the node's id, or
+// the tenant's home, named "home" whichever node it is on (the home holds
+// the tenant's persistent sessions). Each owner reads its own inbox: a
+// node's is a stream read from its tail (its subscribers are clean
+// sessions, which start afresh on any node), the home's is a stream read
+// through a consumer group, so that a message is acknowledged in it only
+// once the home has queued it, and a new home takes over whatever the old
+// one left (XAUTOCLAIM). A publish is added to the inbox of every other
+// owner whose routes match its topic, in one script that first checks that
+// the publisher's copy of the routes is current: a route is written before
+// the SUBACK, and bumps the routes' version, so a message acknowledged after
+// a SUBACK anywhere reaches that subscriber.
+//
+// Owners renew their membership every second; an owner whose membership
+// lapsed (its node died or was cut off) loses its routes and its inbox at
+// the next node's sweep. The home's routes stay until a new home replaces
+// them: its persistent sessions outlive it, and so must what is queued
+// for them.
+//
+//	<prefix>:{<tenant>}:routes      hash: "<owner>\x00<filter>" → "1"
+//	<prefix>:{<tenant>}:rv          the routes' version, raised by every change
+//	<prefix>:{<tenant>}:members     hash: owner → lease deadline (Redis clock, ms)
+//	<prefix>:{<tenant>}:in:<owner>  stream: the owner's inbox, field "m"
+//	<prefix>:rv                     channel: "<tenant>" when its routes change
+package fabric
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	goredis "github.com/redis/go-redis/v9"
+)
+
+// Home names the tenant's home among the owners.
+const Home = "home"
+
+// Message is a publish crossing from one node to another.
+type Message struct {
+	Topic   string
+	Payload []byte
+	QoS     byte
+	Retain  bool
+	// Props are the publish's properties as the broker encodes them.
+	Props []byte
+	// Groups are the shared subscription groups ($share/<group>/<filter>)
+	// the receiving owner serves for this message: each group gets it
+	// once, on one node.
+	Groups []string
+}
+
+// Config is what a node's fabric needs.
+type Config struct {
+	// URL is redis://[user:password@]host:port[/db].
+	URL string
+	// Prefix starts every key; "roost" if empty.
+	Prefix string
+	// Node is this node's id.
+	Node string
+	Log  *slog.Logger
+	// Lease is how long an owner counts as present after it last renewed
+	// (every Lease/5): 5s if zero.
+	Lease time.Duration
+	// InboxLength caps a node's inbox (approximately): 100,000 if zero.
+	// The home's is not capped: what it holds is owed to persistent
+	// sessions.
+	InboxLength int64
+}
+
+// Fabric is a node's part in its spread tenants.
+type Fabric struct {
+	cfg Config
+	rdb *goredis.Client
+
+	mu      sync.Mutex
+	tenants map[string]*Tenant
+	ps      *goredis.PubSub
+
+	stop    context.CancelFunc
+	stopped chan struct{}
+
+	// Counters for the node's metrics.
+	sent, received, stale, failed atomic.Int64
+}
+
+// Stats are a fabric's counters since it started.
+type Stats struct {
+	// Sent and Received count inbox entries added and delivered.
+	Sent, Received int64
+	// Stale counts sends refused because the sender's routes were out of
+	// date (it read them again and sent again).
+	Stale int64
+	// Failed counts sends Redis did not take.
+	Failed int64
+	// Tenants is how many tenants this node serves through the fabric,
+	// Routes how many routes they have in all, Lag how many entries wait
+	// in this node's inboxes.
+	Tenants, Routes, Lag int64
+}
+
+// New connects to Redis and starts renewing the node's memberships.
+func New(ctx context.Context, cfg Config) (*Fabric, error) {
+	if cfg.Node == "" {
+		return nil, errors.New("fabric: no node id")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "roost"
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = 5 * time.Second
+	}
+	if cfg.InboxLength <= 0 {
+		cfg.InboxLength = 100_000
+	}
+	opts, err := goredis.ParseURL(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("fabric: redis URL: %w", err)
+	}
+	rdb := goredis.NewClient(opts)
+	if err := rdb.Ping(ctx).Err(); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("fabric: redis: %w", err)
+	}
+	f := &Fabric{cfg: cfg, rdb: rdb, tenants: map[string]*Tenant{}}
+	f.ps = rdb.Subscribe(context.Background(), f.channel())
+	runCtx, stop := context.WithCancel(context.Background())
+	f.stop, f.stopped = stop, make(chan struct{})
+	go f.run(runCtx)
+	return f, nil
+}
+
+// Node is this node's id.
+func (f *Fabric) Node() string { return f.cfg.Node }
+
+// Close leaves every tenant and closes the connection.
+func (f *Fabric) Close() error {
+	f.mu.Lock()
+	ts := make([]*Tenant, 0, len(f.tenants))
+	for _, t := range f.tenants {
+		ts = append(ts, t)
+	}
+	f.mu.Unlock()
+	for _, t := range ts {
+		t.Leave()
+	}
+	f.stop()
+	<-f.stopped
+	f.ps.Close()
+	return f.rdb.Close()
+}
+
+// Stats are the fabric's counters now.
+func (f *Fabric) Stats() Stats {
+	s := Stats{Sent: f.sent.Load(), Received: f.received.Load(), Stale: f.stale.Load(), Failed: f.failed.Load()}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, t := range f.tenants {
+		s.Tenants++
+		t.mu.RLock()
+		s.Routes += int64(t.count)
+		t.mu.RUnlock()
+		s.Lag += t.lag.Load()
+	}
+	return s
+}
+
+func (f *Fabric) key(tenant, what string) string {
+	return f.cfg.Prefix + ":{" + tenant + "}:" + what
+}
+
+func (f *Fabric) channel() string { return f.cfg.Prefix + ":rv" }
+
+// run renews the memberships, sweeps lapsed owners, and reads the routes
+// of a tenant again when another node changed them.
+func (f *Fabric) run(ctx context.Context) {
+	defer close(f.stopped)
+	renew := time.NewTicker(f.cfg.Lease / 5)
+	defer renew.Stop()
+	changes := f.ps.Channel(goredis.WithChannelSize(1024))
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case m, ok := <-changes:
+			if !ok {
+				return
+			}
+			if t := f.tenant(m.Payload); t != nil {
+				t.invalidate()
+			}
+		case <-renew.C:
+			f.mu.Lock()
+			ts := make([]*Tenant, 0, len(f.tenants))
+			for _, t := range f.tenants {
+				ts = append(ts, t)
+			}
+			f.mu.Unlock()
+			err := f.renew(ctx, ts)
+			switch {
+			case err != nil && ctx.Err() == nil && !failing:
+				f.cfg.Log.Warn("fabric: cannot renew this node's memberships", "err", err)
+				failing = true
+			case err == nil && failing:
+				f.cfg.Log.Info("fabric: memberships renewed again")
+				failing = false
+			}
+			for _, t := range ts {
+				// The routes are read again now and then, whatever the
+				// channel said: a message on it can be lost.
+				if t.sinceRead() > 5*time.Second {
+					t.invalidate()
+				}
+			}
+		}
+	}
+}
+
+func (f *Fabric) tenant(name string) *Tenant {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.tenants[name]
+}
+
+// renewScript renews an owner's membership, then sweeps the owners whose
+// membership lapsed: their routes and inbox go (a home's routes and inbox
+// stay, see the package comment), and the routes' version rises.
+//
+// KEYS: members, routes, version. ARGV: owner, lease ms, key prefix of the
+// inboxes, channel, tenant.
+var renewScript = goredis.NewScript(`
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2]))
+local m = redis.call('HGETALL', KEYS[1])
+local gone = {}
+for i = 1, #m, 2 do
+  if tonumber(m[i+1]) < now and m[i] ~= 'home' then gone[m[i]] = true; redis.call('HDEL', KEYS[1], m[i]); redis.call('DEL', ARGV[3] .. m[i]) end
+end
+if next(gone) == nil then return 0 end
+local fields = redis.call('HKEYS', KEYS[2])
+local n = 0
+for _, f in ipairs(fields) do
+  local owner = string.match(f, '^([^%z]*)%z')
+  if owner and gone[owner] then redis.call('HDEL', KEYS[2], f); n = n + 1 end
+end
+if n > 0 then redis.call('INCR', KEYS[3]); redis.call('PUBLISH', ARGV[4], ARGV[5]) end
+return n
+`)
+
+func (f *Fabric) renew(ctx context.Context, ts []*Tenant) error {
+	if len(ts) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, f.cfg.Lease/2)
+	defer cancel()
+	pipe := f.rdb.Pipeline()
+	for _, t := range ts {
+		renewScript.Eval(ctx, pipe, []string{t.members, t.routes, t.version},
+			t.owner, f.cfg.Lease.Milliseconds(), f.key(t.name, "in:"), f.channel(), t.name)
+	}
+	_, err := pipe.Exec(ctx)
+	if errors.Is(err, goredis.Nil) {
+		err = nil
+	}
+	return err
+}
+
+// Tenant is one tenant's broker on this node, as an owner in the fabric.
+type Tenant struct {
+	f       *Fabric
+	name    string
+	owner   string
+	deliver func(Message) error
+
+	routes, version, members, inbox string
+
+	mu sync.RWMutex
+	// ver is the version of the routes held; owners maps each owner to
+	// its filters; index matches topics to owners (an owner is a
+	// "client" of it); count is how many routes there are.
+	ver    string
+	owners map[string]map[string]bool
+	index  *mqtt.TopicsIndex
+	count  int
+	// present are the owners with a membership, as last read.
+	present []string
+	readAt  time.Time
+	stale   bool
+	next    atomic.Uint64 // picks among a shared group's owners
+	lag     atomic.Int64
+
+	stop    context.CancelFunc
+	stopped chan struct{}
+	once    sync.Once
+}
+
+// Join makes this node an owner of the tenant: as its home, or as one of
+// its nodes. deliver receives, in order, the messages other owners send;
+// an error leaves the message in the inbox, to be delivered again. A home
+// takes over the messages its predecessor left undelivered.
+func (f *Fabric) Join(ctx context.Context, tenant string, home bool, deliver func(Message) error) (*Tenant, error) {
+	owner := f.cfg.Node
+	if home {
+		owner = Home
+	}
+	t := &Tenant{
+		f: f, name: tenant, owner: owner, deliver: deliver,
+		routes: f.key(tenant, "routes"), version: f.key(tenant, "rv"), members: f.key(tenant, "members"),
+		inbox: f.key(tenant, "in:"+owner), stale: true,
+	}
+	f.mu.Lock()
+	if _, taken := f.tenants[tenant]; taken {
+		f.mu.Unlock()
+		return nil, fmt.Errorf("fabric: tenant %s joined twice on this node", tenant)
+	}
+	f.tenants[tenant] = t
+	f.mu.Unlock()
+	err := f.renew(ctx, []*Tenant{t})
+	if err == nil {
+		if home {
+			err = f.rdb.XGroupCreateMkStream(ctx, t.inbox, Home, "0").Err()
+			if err != nil && strings.HasPrefix(err.Error(), "BUSYGROUP") {
+				err = nil
+			}
+		} else {
+			// What a node's inbox held was for the clean sessions of an
+			// earlier run, gone with it; the others read the members again.
+			if err = f.rdb.Del(ctx, t.inbox).Err(); err == nil {
+				err = t.Replace(ctx, nil)
+			}
+		}
+	}
+	if err == nil {
+		err = t.load(ctx)
+	}
+	if err != nil {
+		f.mu.Lock()
+		delete(f.tenants, tenant)
+		f.mu.Unlock()
+		return nil, fmt.Errorf("fabric: join tenant %s: %w", tenant, err)
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	t.stop, t.stopped = stop, make(chan struct{})
+	go t.read(runCtx)
+	return t, nil
+}
+
+// Owner is the name this broker has among the tenant's owners.
+func (t *Tenant) Owner() string { return t.owner }
+
+// Leave stops reading the inbox. A node's routes and membership go with
+// it; a home's stay (see the package comment).
+func (t *Tenant) Leave() {
+	t.once.Do(func() {
+		t.stop()
+		<-t.stopped
+		t.f.mu.Lock()
+		if t.f.tenants[t.name] == t {
+			delete(t.f.tenants, t.name)
+		}
+		t.f.mu.Unlock()
+		if t.owner == Home {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := replaceScript.Run(ctx, t.f.rdb, []string{t.routes, t.version, t.members, t.inbox}, t.owner, t.f.channel(), t.name, "1").Err(); err != nil {
+			t.f.cfg.Log.Warn("fabric: leave a tenant (its routes lapse with the membership)", "tenant", t.name, "err", err)
+		}
+	})
+}
+
+// routeScript adds (ARGV[2] = "1") or removes a route and, if that changed
+// anything, raises the version and says so on the channel.
+//
+// KEYS: routes, version. ARGV: field, add, channel, tenant.
+var routeScript = goredis.NewScript(`
+local changed
+if ARGV[2] == '1' then changed = redis.call('HSETNX', KEYS[1], ARGV[1], '1') else changed = redis.call('HDEL', KEYS[1], ARGV[1]) end
+if changed == 0 then return 0 end
+redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+`)
+
+// replaceScript sets an owner's routes to the filters given (ARGV[5...]);
+// with ARGV[4] = "1" it also ends the owner's membership and inbox.
+//
+// KEYS: routes, version, members, inbox. ARGV: owner, channel, tenant, leave, filters...
+var replaceScript = goredis.NewScript(`
+local prefix = ARGV[1] .. '\0'
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(f, 1, #prefix) == prefix then redis.call('HDEL', KEYS[1], f) end
+end
+for i = 5, #ARGV do redis.call('HSET', KEYS[1], prefix .. ARGV[i], '1') end
+if ARGV[4] == '1' then redis.call('HDEL', KEYS[3], ARGV[1]); redis.call('DEL', KEYS[4]) end
+redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 1
+`)
+
+// Add writes the route of this owner for a filter, before the SUBACK of
+// its first subscriber here.
+func (t *Tenant) Add(ctx context.Context, filter string) error {
+	return t.route(ctx, filter, true)
+}
+
+// Remove takes the route away once the filter's last subscriber here is gone.
+func (t *Tenant) Remove(ctx context.Context, filter string) error {
+	return t.route(ctx, filter, false)
+}
+
+func (t *Tenant) route(ctx context.Context, filter string, add bool) error {
+	a := "0"
+	if add {
+		a = "1"
+	}
+	err := routeScript.Run(ctx, t.f.rdb, []string{t.routes, t.version}, t.owner+"\x00"+filter, a, t.f.channel(), t.name).Err()
+	if err != nil {
+		return fmt.Errorf("fabric: route %q: %w", filter, err)
+	}
+	t.invalidate()
+	return nil
+}
+
+// Replace sets this owner's routes to exactly the filters given: a home
+// taking over writes those of the sessions it restored.
+func (t *Tenant) Replace(ctx context.Context, filters []string) error {
+	args := []any{t.owner, t.f.channel(), t.name, "0"}
+	for _, f := range filters {
+		args = append(args, f)
+	}
+	if err := replaceScript.Run(ctx, t.f.rdb, []string{t.routes, t.version, t.members, t.inbox}, args...).Err(); err != nil {
+		return fmt.Errorf("fabric: replace routes: %w", err)
+	}
+	t.invalidate()
+	return nil
+}
+
+func (t *Tenant) invalidate() {
+	t.mu.Lock()
+	t.stale = true
+	t.mu.Unlock()
+}
+
+func (t *Tenant) sinceRead() time.Duration {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return time.Since(t.readAt)
+}
+
+// load reads the tenant's routes.
+func (t *Tenant) load(ctx context.Context) error {
+	pipe := t.f.rdb.TxPipeline()
+	all := pipe.HGetAll(ctx, t.routes)
+	ver := pipe.Get(ctx, t.version)
+	members := pipe.HKeys(ctx, t.members)
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+		return err
+	}
+	v := ver.Val()
+	if v == "" {
+		v = "0"
+	}
+	owners := map[string]map[string]bool{}
+	index := mqtt.NewTopicsIndex()
+	count := 0
+	for field := range all.Val() {
+		owner, filter, ok := strings.Cut(field, "\x00")
+		if !ok {
+			continue
+		}
+		if owners[owner] == nil {
+			owners[owner] = map[string]bool{}
+		}
+		owners[owner][filter] = true
+		index.Subscribe(owner, packets.Subscription{Filter: filter})
+		count++
+	}
+	t.mu.Lock()
+	t.ver, t.owners, t.index, t.count, t.readAt, t.stale = v, owners, index, count, time.Now(), false
+	t.present = members.Val()
+	t.mu.Unlock()
+	return nil
+}
+
+// current is the routes as held, read again first if they are stale.
+func (t *Tenant) current(ctx context.Context) (string, *mqtt.TopicsIndex, error) {
+	t.mu.RLock()
+	ver, index, stale := t.ver, t.index, t.stale
+	t.mu.RUnlock()
+	if !stale {
+		return ver, index, nil
+	}
+	if err := t.load(ctx); err != nil {
+		return "", nil, err
+	}
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.ver, t.index, nil
+}
+
+// sendScript adds a message to inboxes if the routes are still at the
+// version the sender matched against.
+//
+// KEYS: version, inboxes... ARGV: version, then per inbox its cap ("0": none)
+// and its entry.
+var sendScript = goredis.NewScript(`
+local v = redis.call('GET', KEYS[1]) or '0'
+if v ~= ARGV[1] then return redis.error_reply('ROOST_STALE_ROUTES') end
+for i = 2, #KEYS do
+  local cap = ARGV[2 * i - 2]
+  if cap == '0' then redis.call('XADD', KEYS[i], '*', 'm', ARGV[2 * i - 1])
+  else redis.call('XADD', KEYS[i], 'MAXLEN', '~', cap, '*', 'm', ARGV[2 * i - 1]) end
+end
+return #KEYS - 1
+`)
+
+// Send adds a message to the inbox of every other owner with a route
+// matching its topic (every other present owner for a retained message),
+// and returns how many. A shared group is sent to one of its owners, and
+// not at all if servedHere says this node has a member of it. A QoS 0
+// message with no owner to go to costs no round trip; any other is sent
+// against the routes' current version, so that once Send returns the
+// message is in the inbox of every owner whose route was written before.
+func (t *Tenant) Send(ctx context.Context, m Message, servedHere func(group string) bool) (int, error) {
+	for attempt := 0; ; attempt++ {
+		ver, index, err := t.current(ctx)
+		if err != nil {
+			t.f.failed.Add(1)
+			return 0, fmt.Errorf("fabric: read routes: %w", err)
+		}
+		targets := t.targets(ctx, index, m, servedHere)
+		if len(targets) == 0 && m.QoS == 0 {
+			return 0, nil
+		}
+		keys := make([]string, 0, len(targets)+1)
+		args := make([]any, 0, 2*len(targets)+1)
+		keys = append(keys, t.version)
+		args = append(args, ver)
+		for _, tg := range targets {
+			keys = append(keys, t.f.key(t.name, "in:"+tg.owner))
+			limit := strconv.FormatInt(t.f.cfg.InboxLength, 10)
+			if tg.owner == Home {
+				limit = "0"
+			}
+			mm := m
+			mm.Groups = tg.groups
+			args = append(args, limit, encode(mm))
+		}
+		err = sendScript.Run(ctx, t.f.rdb, keys, args...).Err()
+		switch {
+		case err == nil:
+			t.f.sent.Add(int64(len(targets)))
+			return len(targets), nil
+		case strings.Contains(err.Error(), "ROOST_STALE_ROUTES") && attempt < 5:
+			t.f.stale.Add(1)
+			t.invalidate()
+			continue
+		}
+		t.f.failed.Add(1)
+		return 0, fmt.Errorf("fabric: send: %w", err)
+	}
+}
+
+type target struct {
+	owner  string
+	groups []string
+}
+
+func (t *Tenant) targets(ctx context.Context, index *mqtt.TopicsIndex, m Message, servedHere func(string) bool) []target {
+	byOwner := map[string]*target{}
+	add := func(owner string) *target {
+		tg := byOwner[owner]
+		if tg == nil {
+			tg = &target{owner: owner}
+			byOwner[owner] = tg
+		}
+		return tg
+	}
+	if m.Retain {
+		// Every present owner keeps the tenant's retained messages.
+		t.mu.RLock()
+		for _, owner := range t.present {
+			if owner != t.owner {
+				add(owner)
+			}
+		}
+		t.mu.RUnlock()
+	}
+	subs := index.Subscribers(m.Topic)
+	for owner := range subs.Subscriptions {
+		if owner != t.owner {
+			add(owner)
+		}
+	}
+	for group, members := range subs.Shared {
+		if _, here := members[t.owner]; here || servedHere != nil && servedHere(group) {
+			continue
+		}
+		owners := make([]string, 0, len(members))
+		for owner := range members {
+			owners = append(owners, owner)
+		}
+		slices.Sort(owners)
+		owner := owners[int(t.next.Add(1)%uint64(len(owners)))]
+		tg := add(owner)
+		tg.groups = append(tg.groups, group)
+	}
+	out := make([]target, 0, len(byOwner))
+	for _, tg := range byOwner {
+		out = append(out, *tg)
+	}
+	slices.SortFunc(out, func(a, b target) int { return strings.Compare(a.owner, b.owner) })
+	return out
+}
+
+// read delivers the inbox, in order, until Leave.
+func (t *Tenant) read(ctx context.Context) {
+	defer close(t.stopped)
+	last := "0-0"
+	pending := true // a home first takes over what its predecessor left
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		var msgs []goredis.XMessage
+		var err error
+		switch {
+		case t.owner == Home && pending:
+			msgs, err = t.claimPending(ctx)
+			if err == nil && len(msgs) == 0 {
+				pending = false
+				continue
+			}
+		case t.owner == Home:
+			var res []goredis.XStream
+			res, err = t.f.rdb.XReadGroup(ctx, &goredis.XReadGroupArgs{
+				Group: Home, Consumer: t.f.cfg.Node, Streams: []string{t.inbox, ">"}, Count: 256, Block: 2 * time.Second,
+			}).Result()
+			if len(res) > 0 {
+				msgs = res[0].Messages
+			}
+		default:
+			var res []goredis.XStream
+			res, err = t.f.rdb.XRead(ctx, &goredis.XReadArgs{Streams: []string{t.inbox, last}, Count: 256, Block: 2 * time.Second}).Result()
+			if len(res) > 0 {
+				msgs = res[0].Messages
+			}
+		}
+		if errors.Is(err, goredis.Nil) {
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			t.f.cfg.Log.Warn("fabric: read an inbox", "tenant", t.name, "owner", t.owner, "err", err)
+			sleep(ctx, backoff)
+			backoff = min(2*backoff, 2*time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		done := make([]string, 0, len(msgs))
+		for _, xm := range msgs {
+			raw, _ := xm.Values["m"].(string)
+			m, derr := decode([]byte(raw))
+			if derr != nil {
+				t.f.cfg.Log.Error("fabric: an inbox entry that is no message; dropped", "tenant", t.name, "id", xm.ID, "err", derr)
+			} else if err := t.deliver(m); err != nil {
+				// Left in the inbox: a home reads its pending entries
+				// again; a node's clean subscribers miss it.
+				t.f.cfg.Log.Warn("fabric: deliver a message from another node", "tenant", t.name, "topic", m.Topic, "err", err)
+				if t.owner == Home {
+					pending = true
+					sleep(ctx, backoff)
+					break
+				}
+			}
+			t.f.received.Add(1)
+			done = append(done, xm.ID)
+			last = xm.ID
+		}
+		if len(done) > 0 {
+			actx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if t.owner == Home {
+				pipe := t.f.rdb.TxPipeline()
+				pipe.XAck(actx, t.inbox, Home, done...)
+				pipe.XDel(actx, t.inbox, done...)
+				_, err = pipe.Exec(actx)
+			} else {
+				err = t.f.rdb.XDel(actx, t.inbox, done...).Err()
+			}
+			if n, lerr := t.f.rdb.XLen(actx, t.inbox).Result(); lerr == nil {
+				t.lag.Store(n)
+			}
+			cancel()
+			if err != nil {
+				t.f.cfg.Log.Warn("fabric: acknowledge inbox entries", "tenant", t.name, "err", err)
+			}
+		}
+	}
+}
+
+// claimPending takes the home inbox's entries read but not acknowledged,
+// by an earlier home or by this one before an error.
+func (t *Tenant) claimPending(ctx context.Context) ([]goredis.XMessage, error) {
+	msgs, _, err := t.f.rdb.XAutoClaim(ctx, &goredis.XAutoClaimArgs{
+		Stream: t.inbox, Group: Home, Consumer: t.f.cfg.Node, MinIdle: 0, Start: "0-0", Count: 256,
+	}).Result()
+	return msgs, err
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// An entry: a version byte, flags (QoS in the low two bits, 4 = retain),
+// then topic, payload, properties and each group, each with its length.
+const encoding = 1
+
+func encode(m Message) string {
+	b := make([]byte, 0, 16+len(m.Topic)+len(m.Payload)+len(m.Props))
+	flags := m.QoS & 3
+	if m.Retain {
+		flags |= 4
+	}
+	b = append(b, encoding, flags)
+	b = binary.AppendUvarint(b, uint64(len(m.Groups)))
+	for _, s := range append([][]byte{[]byte(m.Topic), m.Payload, m.Props}, groups(m.Groups)...) {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	return string(b)
+}
+
+func groups(gs []string) [][]byte {
+	out := make([][]byte, len(gs))
+	for i, g := range gs {
+		out[i] = []byte(g)
+	}
+	return out
+}
+
+var errEntry = errors.New("malformed entry")
+
+func decode(b []byte) (Message, error) {
+	if len(b) < 3 || b[0] != encoding {
+		return Message{}, errEntry
+	}
+	m := Message{QoS: b[1] & 3, Retain: b[1]&4 != 0}
+	b = b[2:]
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > 1<<16 {
+		return Message{}, errEntry
+	}
+	b = b[k:]
+	parts := make([][]byte, 3+n)
+	for i := range parts {
+		l, k := binary.Uvarint(b)
+		if k <= 0 || l > uint64(len(b)-k) {
+			return Message{}, errEntry
+		}
+		parts[i] = b[k : k+int(l)]
+		b = b[k+int(l):]
+	}
+	m.Topic, m.Payload = string(parts[0]), parts[1]
+	if len(parts[2]) > 0 {
+		m.Props = parts[2]
+	}
+	for _, g := range parts[3:] {
+		m.Groups = append(m.Groups, string(g))
+	}
+	return m, nil
+}

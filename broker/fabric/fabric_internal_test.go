@@ -1,0 +1,125 @@
+package fabric
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"testing"
+	"time"
+
+	"github.com/roosthub/roost/internal/testenv"
+)
+
+func testFabrics(t *testing.T) (*Fabric, *Fabric) {
+	url := testenv.RedisURL(t)
+	b := make([]byte, 6)
+	rand.Read(b)
+	prefix := "roost-fabric-" + hex.EncodeToString(b)
+	open := func(node string) *Fabric {
+		f, err := New(context.Background(), Config{URL: url, Prefix: prefix, Node: node, Lease: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	return open("a"), open("b")
+}
+
+// TestStaleRoutesRefused: a sender whose copy of the routes missed a
+// change (its notification lost) is refused by the version check, reads
+// the routes again and sends to the new route: a route written before a
+// SUBACK is never missed.
+func TestStaleRoutesRefused(t *testing.T) {
+	fa, fb := testFabrics(t)
+	ctx := context.Background()
+	ta, err := fa.Join(ctx, "acme", false, func(Message) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan Message, 10)
+	tb, err := fb.Join(ctx, "acme", false, func(m Message) error { got <- m; return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ta.current(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Add(ctx, "t/#"); err != nil {
+		t.Fatal(err)
+	}
+	// As if the change's notification never reached a.
+	ta.mu.Lock()
+	ta.stale = false
+	ta.mu.Unlock()
+	n, err := ta.Send(ctx, Message{Topic: "t/1", Payload: []byte("x"), QoS: 1}, nil)
+	if err != nil || n != 1 {
+		t.Fatalf("send: %d inboxes, %v; want 1", n, err)
+	}
+	if fa.Stats().Stale == 0 {
+		t.Error("the stale routes were not refused")
+	}
+	select {
+	case m := <-got:
+		if m.Topic != "t/1" || string(m.Payload) != "x" || m.QoS != 1 {
+			t.Errorf("delivered %+v", m)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the message did not reach the new route's owner")
+	}
+}
+
+// TestLapsedOwnerSwept: an owner that stops renewing (its node died) loses
+// its routes and inbox once its lease lapsed; a home's routes stay.
+func TestLapsedOwnerSwept(t *testing.T) {
+	fa, fb := testFabrics(t)
+	ctx := context.Background()
+	if _, err := fa.Join(ctx, "acme", false, func(Message) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	tb, err := fb.Join(ctx, "acme", false, func(Message) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	th, err := fb.Join(ctx, "other", true, func(Message) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Add(ctx, "t/#"); err != nil {
+		t.Fatal(err)
+	}
+	if err := th.Add(ctx, "h/#"); err != nil {
+		t.Fatal(err)
+	}
+	fb.stop() // b stops renewing, as a dead node would
+	<-fb.stopped
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		routes, _ := fa.rdb.HKeys(ctx, fa.key("acme", "routes")).Result()
+		if len(routes) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the lapsed owner's routes stay: %q", routes)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	home, _ := fa.rdb.HKeys(ctx, fa.key("other", "routes")).Result()
+	if len(home) != 1 {
+		t.Errorf("the home's routes: %q; want them kept for its successor", home)
+	}
+}
+
+func TestEntryRoundTrip(t *testing.T) {
+	in := Message{Topic: "a/b", Payload: []byte{0, 1, 2}, QoS: 2, Retain: true, Props: []byte(`{"x":1}`), Groups: []string{"$share/g/a/#", "$share/h/#"}}
+	out, err := decode([]byte(encode(in)))
+	if err != nil || out.Topic != in.Topic || string(out.Payload) != string(in.Payload) || out.QoS != 2 || !out.Retain ||
+		string(out.Props) != string(in.Props) || len(out.Groups) != 2 || out.Groups[1] != "$share/h/#" {
+		t.Fatalf("round trip: %+v, %v", out, err)
+	}
+	for _, bad := range []string{"", "\x02\x01", "\x01\x01\x05", "\x01\x01\x00\x09abc"} {
+		if _, err := decode([]byte(bad)); err == nil {
+			t.Errorf("decode(%q): no error", bad)
+		}
+	}
+}

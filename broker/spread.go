@@ -1,0 +1,362 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/broker/fabric"
+)
+
+// A spread tenant is served by every node of the fleet at once (see
+// Config.Fabric). Its clean sessions connect to any node and stay there;
+// its persistent sessions are forwarded to its home, which holds them as a
+// single node would. The brokers of one tenant on different nodes are
+// joined by the fabric: each writes a route for every filter its
+// subscribers hold before their SUBACK, and a publish is added to the inbox
+// of every other broker with a matching route before its PUBACK. A message
+// from another node is published here through the inline client, tagged as
+// remote: it was checked, counted, exported and stored where it arrived,
+// so here it is only delivered (and, at the home, queued for the
+// persistent sessions it is for).
+
+// remoteProperty tags a message from another node, until it is delivered;
+// its value lists the shared groups this node serves it to.
+const remoteProperty = "\x00roost-remote"
+
+// errNotForwarded refuses a publish the fabric could not take.
+var errNotForwarded = errors.New("message not forwarded to the tenant's other nodes")
+
+// remoteGroups reports whether a packet came from another node, and the
+// shared groups it is for here.
+func remoteGroups(pk packets.Packet) ([]string, bool) {
+	for _, u := range pk.Properties.User {
+		if u.Key == remoteProperty {
+			if u.Val == "" {
+				return nil, true
+			}
+			return strings.Split(u.Val, "\x00"), true
+		}
+	}
+	return nil, false
+}
+
+func remote(pk packets.Packet) bool {
+	_, ok := remoteGroups(pk)
+	return ok
+}
+
+// spreadRoutes is what a tenant's broker holds of its routes: which of its
+// clients subscribe to each filter, so that a route is written with the
+// first and removed with the last.
+type spreadRoutes struct {
+	fab *fabric.Tenant
+
+	mu       sync.Mutex
+	byFilter map[string]map[string]bool // filter → client ids
+	byClient map[string]map[string]bool // client id → filters
+}
+
+func newSpreadRoutes(fab *fabric.Tenant) *spreadRoutes {
+	return &spreadRoutes{fab: fab, byFilter: map[string]map[string]bool{}, byClient: map[string]map[string]bool{}}
+}
+
+// hold notes a client's subscription and reports whether it is the
+// filter's first here.
+func (r *spreadRoutes) hold(filter, clientID string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	first := len(r.byFilter[filter]) == 0
+	if r.byFilter[filter] == nil {
+		r.byFilter[filter] = map[string]bool{}
+	}
+	r.byFilter[filter][clientID] = true
+	if r.byClient[clientID] == nil {
+		r.byClient[clientID] = map[string]bool{}
+	}
+	r.byClient[clientID][filter] = true
+	return first
+}
+
+// drop forgets a client's subscription and reports whether it was the
+// filter's last here.
+func (r *spreadRoutes) drop(filter, clientID string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	subs, ok := r.byFilter[filter]
+	if !ok || !subs[clientID] {
+		return false
+	}
+	delete(subs, clientID)
+	delete(r.byClient[clientID], filter)
+	if len(r.byClient[clientID]) == 0 {
+		delete(r.byClient, clientID)
+	}
+	if len(subs) == 0 {
+		delete(r.byFilter, filter)
+		return true
+	}
+	return false
+}
+
+func (r *spreadRoutes) filtersOf(clientID string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]string, 0, len(r.byClient[clientID]))
+	for f := range r.byClient[clientID] {
+		out = append(out, f)
+	}
+	return out
+}
+
+func (r *spreadRoutes) filters() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]string, 0, len(r.byFilter))
+	for f := range r.byFilter {
+		out = append(out, f)
+	}
+	slices.Sort(out)
+	return out
+}
+
+func routeCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 5*time.Second)
+}
+
+// joinFabric makes the instance one of its tenant's brokers in the fabric,
+// with a route for every subscription it restored (a home's sessions).
+func (inst *instance) joinFabric(fab *fabric.Fabric, home bool) error {
+	ctx, cancel := routeCtx()
+	defer cancel()
+	t, err := fab.Join(ctx, inst.tenant, home, inst.deliverRemote)
+	if err != nil {
+		return err
+	}
+	r := newSpreadRoutes(t)
+	for id, cl := range inst.server.Clients.GetAll() {
+		for filter := range cl.State.Subscriptions.GetAll() {
+			r.hold(filter, id)
+		}
+	}
+	if err := t.Replace(ctx, r.filters()); err != nil {
+		t.Leave()
+		return err
+	}
+	inst.routes = r
+	return nil
+}
+
+// leaveFabric stops the instance's part in the fabric.
+func (inst *instance) leaveFabric() {
+	if inst.routes != nil {
+		inst.routes.fab.Leave()
+	}
+}
+
+// resyncRoutes drops the routes of subscriptions mochi no longer holds (a
+// clean start took a session's subscriptions away without telling the
+// hooks).
+func (inst *instance) resyncRoutes() {
+	r := inst.routes
+	if r == nil {
+		return
+	}
+	r.mu.Lock()
+	var stale [][2]string
+	for id, filters := range r.byClient {
+		cl, ok := inst.server.Clients.Get(id)
+		for f := range filters {
+			if !ok {
+				stale = append(stale, [2]string{f, id})
+			} else if _, held := cl.State.Subscriptions.Get(f); !held {
+				stale = append(stale, [2]string{f, id})
+			}
+		}
+	}
+	r.mu.Unlock()
+	for _, s := range stale {
+		inst.unroute(s[0], s[1])
+	}
+}
+
+// unroute forgets a subscription, and the route with the filter's last one.
+func (inst *instance) unroute(filter, clientID string) {
+	if !inst.routes.drop(filter, clientID) {
+		return
+	}
+	ctx, cancel := routeCtx()
+	defer cancel()
+	if err := inst.routes.fab.Remove(ctx, filter); err != nil {
+		// A route left behind costs messages sent here for nobody, until
+		// this node leaves.
+		inst.log.Warn("remove a route", "filter", filter, "err", err)
+	}
+}
+
+// deliverRemote publishes a message from another node here.
+func (inst *instance) deliverRemote(m fabric.Message) error {
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.QoS, Retain: m.Retain},
+		TopicName:   m.Topic, Payload: m.Payload, Created: time.Now().Unix(),
+	}
+	var mp storage.MessageProperties
+	decodeProps(m.Props, &mp)
+	pk.Properties = packets.Properties{
+		CorrelationData: mp.CorrelationData, ContentType: mp.ContentType, ResponseTopic: mp.ResponseTopic,
+		PayloadFormat: mp.PayloadFormat, PayloadFormatFlag: mp.PayloadFormatFlag, MessageExpiryInterval: mp.MessageExpiryInterval,
+		User: append(mp.User, packets.UserProperty{Key: remoteProperty, Val: strings.Join(m.Groups, "\x00")}),
+	}
+	if m.QoS > 0 {
+		pk.PacketID = 1 // mochi's validation wants one; the inline client is never acknowledged
+	}
+	inst.inlineMu.Lock()
+	defer inst.inlineMu.Unlock()
+	cl, ok := inst.server.Clients.Get(mqtt.InlineClientId)
+	if !ok {
+		return serverUnavailable
+	}
+	inst.inlineErr = nil
+	if err := inst.server.InjectPacket(cl, pk); err != nil {
+		return err
+	}
+	if inst.inlineErr != nil {
+		return fmt.Errorf("the message could not be stored: %w", inst.inlineErr)
+	}
+	return nil
+}
+
+// routeHook joins a spread tenant's broker to its others on other nodes:
+// routes before SUBACK, messages across before PUBACK, and only the shared
+// groups a remote message is for served here. It comes last, after the
+// store: a publish is sent across only once everything here let it
+// through.
+type routeHook struct {
+	mqtt.HookBase
+	inst *instance
+}
+
+var routeHookEvents = provides(mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnDisconnect, mqtt.OnClientExpired,
+	mqtt.OnPublish, mqtt.OnSelectSubscribers, mqtt.OnPacketEncode)
+
+func (h *routeHook) ID() string { return "roost-routes" }
+
+func (h *routeHook) Provides(b byte) bool { return routeHookEvents.has(b) }
+
+// OnSubscribed writes the route of a filter's first subscriber here before
+// the SUBACK goes out; a route that cannot be written fails the
+// subscription (0x80), which mochi then neither keeps nor answers with
+// retained messages.
+func (h *routeHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	r := h.inst.routes
+	if r == nil {
+		return
+	}
+	for i, sub := range pk.Filters {
+		if i >= len(reasonCodes) || reasonCodes[i] >= packets.ErrUnspecifiedError.Code {
+			continue
+		}
+		if !r.hold(sub.Filter, cl.ID) {
+			continue
+		}
+		ctx, cancel := routeCtx()
+		err := r.fab.Add(ctx, sub.Filter)
+		cancel()
+		if err == nil {
+			continue
+		}
+		h.inst.log.Warn("subscription refused: its route could not be written", "client_id", cl.ID, "filter", sub.Filter, "err", err)
+		r.drop(sub.Filter, cl.ID)
+		reasonCodes[i] = packets.ErrUnspecifiedError.Code
+		if h.inst.server.Topics.Unsubscribe(sub.Filter, cl.ID) {
+			atomic.AddInt64(&h.inst.server.Info.Subscriptions, -1)
+		}
+		cl.State.Subscriptions.Delete(sub.Filter)
+	}
+}
+
+func (h *routeHook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
+	if h.inst.routes == nil {
+		return
+	}
+	for _, sub := range pk.Filters {
+		h.inst.unroute(sub.Filter, cl.ID)
+	}
+}
+
+// OnDisconnect removes a clean session's routes; a persistent session
+// keeps them while it waits for its client.
+func (h *routeHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	if h.inst.routes != nil && expire && !cl.IsTakenOver() && !cl.Net.Inline {
+		for _, f := range h.inst.routes.filtersOf(cl.ID) {
+			h.inst.unroute(f, cl.ID)
+		}
+	}
+}
+
+func (h *routeHook) OnClientExpired(cl *mqtt.Client) {
+	if h.inst.routes == nil {
+		return
+	}
+	for _, f := range h.inst.routes.filtersOf(cl.ID) {
+		h.inst.unroute(f, cl.ID)
+	}
+}
+
+// OnPublish sends a publish to the tenant's other brokers with matching
+// routes. A QoS 1 or 2 publish the fabric did not take is refused, never
+// acknowledged; a QoS 0 one is delivered here only.
+func (h *routeHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if remote(pk) || h.inst.routes == nil {
+		return pk, nil
+	}
+	m := fabric.Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Props: encodeProps(pk.Properties)}
+	var local *mqtt.Subscribers
+	servedHere := func(group string) bool {
+		if local == nil {
+			local = h.inst.server.Topics.Subscribers(pk.TopicName)
+		}
+		return len(local.Shared[group]) > 0
+	}
+	ctx, cancel := routeCtx()
+	defer cancel()
+	if _, err := h.inst.routes.fab.Send(ctx, m, servedHere); err != nil {
+		h.inst.log.Error("send a message to the tenant's other nodes", "topic", pk.TopicName, "qos", pk.FixedHeader.Qos, "err", err)
+		if pk.FixedHeader.Qos > 0 {
+			return h.inst.refusePublish(cl, pk, errNotForwarded)
+		}
+	}
+	return pk, nil
+}
+
+// OnSelectSubscribers serves a remote message only to the shared groups it
+// was sent here for: another node serves the others.
+func (h *routeHook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
+	groups, ok := remoteGroups(pk)
+	if !ok {
+		return subs
+	}
+	for g := range subs.Shared {
+		if !slices.Contains(groups, g) {
+			delete(subs.Shared, g)
+		}
+	}
+	return subs
+}
+
+// OnPacketEncode takes the remote tag off what is sent.
+func (h *routeHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if pk.FixedHeader.Type == packets.Publish {
+		return withoutTag(pk)
+	}
+	return pk
+}

@@ -1,0 +1,340 @@
+package broker_test
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/broker/fabric"
+	"github.com/roosthub/roost/internal/testenv"
+	"github.com/roosthub/roost/tenants"
+)
+
+// spread is a tenant served by two nodes at once through the fabric:
+// home (a) holds the persistent sessions, b serves clean ones.
+type spread struct {
+	*stack
+	b          *peer
+	fabA, fabB *fabric.Fabric
+}
+
+// newFabric opens a node's fabric on a key prefix of the test Redis; url
+// may be a proxy's.
+func newFabric(t *testing.T, url, prefix, node string) *fabric.Fabric {
+	t.Helper()
+	f, err := fabric.New(context.Background(), fabric.Config{URL: url, Prefix: prefix, Node: node, Lease: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+func newSpread(t *testing.T) *spread {
+	url := testenv.RedisURL(t)
+	b := make([]byte, 6)
+	rand.Read(b)
+	prefix := "roost-fabric-" + hex.EncodeToString(b)
+	return newSpreadOn(t, url, url, prefix)
+}
+
+// newSpreadOn runs the two nodes with their fabrics on Redis at urlA and
+// urlB (the same server, perhaps through a proxy).
+func newSpreadOn(t *testing.T, urlA, urlB, prefix string) *spread {
+	open := sharedRedis(t)
+	s := &spread{fabA: newFabric(t, urlA, prefix, "node-a"), fabB: newFabric(t, urlB, prefix, "node-b")}
+	s.stack = newStack(t, func(c *broker.Config) {
+		c.Sessions, c.Fabric, c.FabricHome = open(), s.fabA, true
+	})
+	hub, addr := serveHub(t, broker.Config{Directory: s.store, Changes: s.store.Changes(), Sessions: open(), Fabric: s.fabB,
+		Log: slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	s.b = &peer{hub: hub, addr: addr}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(s.logs.String())
+		}
+	})
+	return s
+}
+
+// TestSpreadAcrossNodes: a subscriber on one node gets, in order, what is
+// published on the other, at every QoS, both ways; nothing published on a
+// topic it did not subscribe to crosses.
+func TestSpreadAcrossNodes(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	for _, dir := range []struct {
+		name     string
+		sub, pub string
+	}{{"home to node", s.b.addr, s.addr}, {"node to home", s.addr, s.b.addr}} {
+		t.Run(dir.name, func(t *testing.T) {
+			sub := mustV5(t, dir.sub, user("acme", "d"), secret, "sub")
+			sub.sub(t, "t/#", 2)
+			pub := mustV5(t, dir.pub, user("acme", "d"), secret, "pub")
+			for qos := range byte(3) {
+				for i := range 20 {
+					pub.pub(t, fmt.Sprintf("t/%d", qos), fmt.Sprint(i), qos, false)
+				}
+				for i := range 20 {
+					m := sub.expect(t, fmt.Sprintf("t/%d", qos), fmt.Sprint(i))
+					if m.QoS != qos {
+						t.Errorf("QoS %d message arrived with QoS %d", qos, m.QoS)
+					}
+				}
+			}
+			pub.pub(t, "other/x", "not for the subscriber", 1, false)
+			sub.quiet(t, 300*time.Millisecond, "a message on a topic nobody subscribed to")
+			sub.Disconnect(&paho.Disconnect{})
+			pub.Disconnect(&paho.Disconnect{})
+		})
+	}
+	if st := s.fabA.Stats(); st.Sent == 0 || st.Received == 0 {
+		t.Errorf("home's fabric counters: %+v; want messages sent and received", st)
+	}
+}
+
+// TestSpreadRouteBeforeSuback: a message published on another node right
+// after the SUBACK reaches the new subscriber: the route was written
+// before the SUBACK (fabric's TestStaleRoutesRefused shows a publisher's
+// stale copy of the routes refused and read again).
+func TestSpreadRouteBeforeSuback(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	pub := mustV5(t, s.addr, user("acme", "d"), secret, "pub")
+	pub.pub(t, "warm/up", "routes read once", 1, false)
+	for i := range 20 {
+		sub := mustV5(t, s.b.addr, user("acme", "d"), secret, fmt.Sprintf("sub-%d", i))
+		filter := fmt.Sprintf("fresh/%d", i)
+		sub.sub(t, filter, 1)
+		pub.pub(t, filter, "right after the SUBACK", 1, false)
+		sub.expect(t, filter, "right after the SUBACK")
+		sub.Disconnect(&paho.Disconnect{})
+	}
+}
+
+// TestSpreadSharedOnce: a shared group with a member on each node gets
+// each message once, wherever it is published.
+func TestSpreadSharedOnce(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	var mu sync.Mutex
+	got := map[string]int{}
+	var total atomic.Int64
+	member := func(addr, id string) {
+		c := mustV5(t, addr, user("acme", "d"), secret, id)
+		c.sub(t, "$share/g/jobs/#", 1)
+		go func() {
+			for m := range c.msgs {
+				mu.Lock()
+				got[string(m.Payload)]++
+				mu.Unlock()
+				total.Add(1)
+			}
+		}()
+	}
+	member(s.addr, "m-a")
+	member(s.b.addr, "m-b")
+	pubA := mustV5(t, s.addr, user("acme", "d"), secret, "pub-a")
+	pubB := mustV5(t, s.b.addr, user("acme", "d"), secret, "pub-b")
+	const n = 40
+	for i := range n {
+		pubA.pub(t, "jobs/a", fmt.Sprint("a", i), 1, false)
+		pubB.pub(t, "jobs/b", fmt.Sprint("b", i), 1, false)
+	}
+	eventually(t, 5*time.Second, "every job delivered", func() bool { return total.Load() >= 2*n })
+	time.Sleep(300 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(got) != 2*n || total.Load() != 2*n {
+		t.Fatalf("%d distinct jobs in %d deliveries; want each of %d once", len(got), total.Load(), 2*n)
+	}
+}
+
+// TestSpreadRetained: a retained message published on one node is there
+// for a subscriber arriving on the other.
+func TestSpreadRetained(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	// b runs the tenant before the message is retained: it learns it
+	// through its inbox, not from the store at start.
+	early := mustV5(t, s.b.addr, user("acme", "d"), secret, "early")
+	pub := mustV5(t, s.addr, user("acme", "d"), secret, "pub")
+	pub.pub(t, "cfg/led", "on", 1, true)
+	eventually(t, 5*time.Second, "the retained message on the other node", func() bool {
+		late := mustV5(t, s.b.addr, user("acme", "d"), secret, "late")
+		defer late.Disconnect(&paho.Disconnect{})
+		late.sub(t, "cfg/#", 1)
+		select {
+		case m := <-late.msgs:
+			return m.Topic == "cfg/led" && string(m.Payload) == "on" && m.Retain
+		case <-time.After(300 * time.Millisecond):
+			return false
+		}
+	})
+	early.Disconnect(&paho.Disconnect{})
+}
+
+// TestSpreadPersistentAtHome: a persistent session held at the home gets
+// what is published on another node while it is away: queued at the home
+// before the publisher's PUBACK (through the home's inbox), delivered when
+// it comes back.
+func TestSpreadPersistentAtHome(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	sub := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
+	sub.sub(t, "q/#", 1)
+	sub.Disconnect(&paho.Disconnect{})
+	pub := mustV5(t, s.b.addr, user("acme", "d"), secret, "pub")
+	for i := range 10 {
+		pub.pub(t, "q/x", fmt.Sprint(i), 1, false)
+	}
+	back := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
+	if !back.connack.SessionPresent {
+		t.Fatal("the session is not present at the home")
+	}
+	for i := range 10 {
+		back.expect(t, "q/x", fmt.Sprint(i))
+	}
+}
+
+// TestSpreadTenantsApart: two tenants on the same fabric: what one
+// publishes never reaches the other's subscriber, on any node.
+func TestSpreadTenantsApart(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	s.tenant("umbrella")
+	acme := s.device("acme", "d", tenants.ClientIDsAny)
+	umb := s.device("umbrella", "d", tenants.ClientIDsAny)
+	spy := mustV5(t, s.b.addr, user("umbrella", "d"), umb, "spy")
+	spy.sub(t, "#", 1)
+	sub := mustV5(t, s.b.addr, user("acme", "d"), acme, "sub")
+	sub.sub(t, "#", 1)
+	pub := mustV5(t, s.addr, user("acme", "d"), acme, "pub")
+	pub.pub(t, "secret/plans", "acme only", 1, true)
+	sub.expect(t, "secret/plans", "acme only")
+	spy.quiet(t, 300*time.Millisecond, "another tenant's message")
+}
+
+// TestSpreadRedisCut: with the fabric's Redis out of reach, a QoS 1
+// publish that must cross is refused, never acknowledged, and a new
+// subscription fails; once Redis is back both work again by themselves.
+func TestSpreadRedisCut(t *testing.T) {
+	url := testenv.RedisURL(t)
+	proxy := newCutProxy(t, url)
+	b := make([]byte, 6)
+	rand.Read(b)
+	s := newSpreadOn(t, proxy.url, url, "roost-fabric-"+hex.EncodeToString(b))
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	sub := mustV5(t, s.b.addr, user("acme", "d"), secret, "sub")
+	sub.sub(t, "t/#", 1)
+	pub := mustV5(t, s.addr, user("acme", "d"), secret, "pub")
+	pub.pub(t, "t/x", "before", 1, false)
+	sub.expect(t, "t/x", "before")
+
+	proxy.cut(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	resp, err := pub.Publish(ctx, &paho.Publish{Topic: "t/x", QoS: 1, Payload: []byte("during")})
+	cancel()
+	if err == nil && resp.ReasonCode < 0x80 {
+		t.Fatalf("a publish the fabric could not take was acknowledged: %+v", resp)
+	}
+	if code := mustV5(t, s.addr, user("acme", "d"), secret, "late").sub(t, "late/#", 1); code < 0x80 {
+		t.Fatalf("a subscription whose route could not be written was granted: 0x%02X", code)
+	}
+	proxy.cut(false)
+	eventually(t, 10*time.Second, "a publish crossing again", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := pub.Publish(ctx, &paho.Publish{Topic: "t/x", QoS: 1, Payload: []byte("after")})
+		return err == nil && resp.ReasonCode < 0x80
+	})
+	for done := false; !done; {
+		select {
+		case m := <-sub.msgs:
+			if string(m.Payload) == "during" {
+				t.Fatal("the refused message was delivered")
+			}
+			done = string(m.Payload) == "after"
+		case <-time.After(5 * time.Second):
+			t.Fatal("the message published after Redis came back did not arrive")
+		}
+	}
+}
+
+// cutProxy forwards TCP to Redis until cut, which ends every connection
+// and refuses new ones.
+type cutProxy struct {
+	url string
+	mu  sync.Mutex
+	off bool
+	cs  []net.Conn
+}
+
+func newCutProxy(t *testing.T, redisURL string) *cutProxy {
+	opts, err := goredis.ParseURL(redisURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := opts.Addr
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	p := &cutProxy{url: "redis://" + ln.Addr().String()}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			if p.off {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			up, err := net.Dial("tcp", u)
+			if err != nil {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			p.cs = append(p.cs, c, up)
+			p.mu.Unlock()
+			go func() { io.Copy(up, c); up.Close() }()
+			go func() { io.Copy(c, up); c.Close() }()
+		}
+	}()
+	return p
+}
+
+func (p *cutProxy) cut(off bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.off = off
+	if off {
+		for _, c := range p.cs {
+			c.Close()
+		}
+		p.cs = nil
+	}
+}
