@@ -55,8 +55,10 @@ const leaveWait = 5 * time.Second
 // forwarder sends the device connections of tenants that live on other
 // nodes of a fleet to their home node, and keeps track of them.
 type forwarder struct {
-	cluster        Cluster
-	spread         bool // see Config.Fabric
+	cluster Cluster
+	spread  bool // see Config.Fabric
+	// running reports whether the tenant's broker runs here.
+	running        func(tenant string) bool
 	dir            *directoryCache
 	connectTimeout time.Duration
 	log            *slog.Logger
@@ -87,7 +89,16 @@ func (f *forwarder) route(conn net.Conn, r *bufio.Reader, raw []byte, pk packets
 		return false // admit refuses it, as it would anywhere
 	}
 	if f.spread && !wantsSession(pk) {
-		return false // a spread tenant's clean session is served where it connects
+		// A spread tenant's clean session is served where it connects.
+		// Its broker starting here first makes sure the tenant has a
+		// home (this node, if none lives): a broker started as one of
+		// the tenant's nodes would have to restart to become its home.
+		if !f.running(tenant) {
+			if _, err := f.place(ctx, tenant, true); err != nil {
+				f.log.Warn("a spread tenant without a home: its persistent sessions wait for one", "tenant", tenant, "err", err)
+			}
+		}
+		return false
 	}
 	origin := transport.ForwardOrigin(conn)
 	addr, err := f.place(ctx, tenant, origin != "")

@@ -198,6 +198,7 @@ func New(cfg Config) (*Hub, error) {
 	h.changes = newChangeApplier(cfg, h.dir, h.reg)
 	if cfg.Cluster != nil {
 		h.fwd = newForwarder(cfg, h.dir, h.done)
+		h.fwd.running = func(tenant string) bool { return h.reg.running(tenant) != nil }
 	}
 	h.in = &ingress{
 		cfg: cfg, log: cfg.Log, now: cfg.Now, dir: h.dir, reg: h.reg, fwd: h.fwd, done: h.done,

@@ -46,10 +46,19 @@ var (
 	descRetries     = prometheus.NewDesc("roost_change_retries", "Directory changes waiting to be applied again to live connections (the directory did not answer).", nil, nil)
 	descFenced      = prometheus.NewDesc("roost_session_writes_fenced_total", "Session-store writes refused because another broker had claimed the session since (fencing).", nil, nil)
 	descHSDropped   = prometheus.NewDesc("roost_handshakes_dropped_total", "Connections in handshake refused at a bound, or closed to make room, by reason.", []string{"reason"}, nil)
+
+	// A spread fleet's fabric (spread.go), on this node.
+	descFabricTenants = prometheus.NewDesc("roost_fabric_tenants", "Tenants this node serves as one of several nodes.", nil, nil)
+	descFabricRoutes  = prometheus.NewDesc("roost_fabric_routes", "Routes of those tenants (owner and filter), as this node last read them.", nil, nil)
+	descFabricLag     = prometheus.NewDesc("roost_fabric_inbox_lag", "Messages from other nodes waiting in this node's inboxes, as last seen.", nil, nil)
+	descFabricMsgs    = prometheus.NewDesc("roost_fabric_messages_total", "Messages that crossed to (sent) or from (received) other nodes.", []string{"direction"}, nil)
+	descFabricStale   = prometheus.NewDesc("roost_fabric_stale_routes_total", "Sends refused because this node's copy of the routes was out of date (read again and sent again).", nil, nil)
+	descFabricFailed  = prometheus.NewDesc("roost_fabric_send_failures_total", "Sends Redis did not take (a QoS 1 or 2 publish was refused for each).", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRetries, descFenced} {
+	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRetries, descFenced,
+		descFabricTenants, descFabricRoutes, descFabricLag, descFabricMsgs, descFabricStale, descFabricFailed} {
 		ch <- d
 	}
 }
@@ -116,6 +125,16 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.GaugeValue, float64(c.h.in.hs.count()))
 	ch <- prometheus.MustNewConstMetric(descRetries, prometheus.GaugeValue, float64(c.h.changes.backlog()))
 	ch <- prometheus.MustNewConstMetric(descFenced, prometheus.CounterValue, float64(c.h.fencedWrites.Load()))
+	if f := c.h.cfg.Fabric; f != nil {
+		st := f.Stats()
+		ch <- prometheus.MustNewConstMetric(descFabricTenants, prometheus.GaugeValue, float64(st.Tenants))
+		ch <- prometheus.MustNewConstMetric(descFabricRoutes, prometheus.GaugeValue, float64(st.Routes))
+		ch <- prometheus.MustNewConstMetric(descFabricLag, prometheus.GaugeValue, float64(st.Lag))
+		ch <- prometheus.MustNewConstMetric(descFabricMsgs, prometheus.CounterValue, float64(st.Sent), "sent")
+		ch <- prometheus.MustNewConstMetric(descFabricMsgs, prometheus.CounterValue, float64(st.Received), "received")
+		ch <- prometheus.MustNewConstMetric(descFabricStale, prometheus.CounterValue, float64(st.Stale))
+		ch <- prometheus.MustNewConstMetric(descFabricFailed, prometheus.CounterValue, float64(st.Failed))
+	}
 	for r, n := range c.h.in.hs.drops() {
 		ch <- prometheus.MustNewConstMetric(descHSDropped, prometheus.CounterValue, float64(n), dropReason(r).String())
 	}

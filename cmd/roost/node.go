@@ -22,6 +22,7 @@ import (
 
 	"github.com/roosthub/roost"
 	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/broker/fabric"
 	"github.com/roosthub/roost/cluster"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/kafkaexport"
@@ -350,6 +351,7 @@ type dataPlane struct {
 	log    *slog.Logger
 	hub    *broker.Hub
 	member *cluster.Member // nil unless a node of a fleet
+	fabric *fabric.Fabric  // nil unless the fleet spreads its tenants
 	// listening says the directory's changes are coming in: always in one
 	// process, over Postgres on a node of a fleet.
 	listening *atomic.Bool
@@ -409,6 +411,14 @@ func openDataPlane(ctx context.Context, role string, deps planeDeps, exporter br
 	}
 	if d.member != nil {
 		cfg.Cluster = d.member
+		if c.FleetSpread {
+			fab, err := fabric.New(ctx, fabric.Config{URL: c.RedisURL, Node: d.member.ID(), Log: log})
+			if err != nil {
+				return nil, fmt.Errorf("ROOST_FLEET_SPREAD: %w", err)
+			}
+			d.opened.add(func() { fab.Close() })
+			cfg.Fabric, d.fabric = fab, fab
+		}
 	}
 	// The bounds of connections not yet past CONNECT (README: Security
 	// limits).
