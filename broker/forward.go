@@ -42,6 +42,11 @@ type Cluster interface {
 	// Leaving asks the nodes this one forwarded connections to to end
 	// them as for a server shutdown (DISCONNECT 0x8B, no Will).
 	Leaving(ctx context.Context)
+	// Serving reports whether the node may serve its tenants now: false
+	// once its lease may have lapsed, until it renewed it and knows which
+	// tenants it still holds. Meanwhile nothing is admitted or
+	// acknowledged.
+	Serving() bool
 }
 
 // ErrMoving is Place's error while a tenant's home is draining: its broker
@@ -98,7 +103,13 @@ func (f *forwarder) route(conn net.Conn, r *bufio.Reader, raw []byte, pk packets
 				f.log.Warn("a spread tenant without a home: its persistent sessions wait for one", "tenant", tenant, "err", err)
 			}
 		}
-		return false
+		if f.cluster.Serving() {
+			return false
+		}
+		f.log.Warn("connect refused: this node's lease may have lapsed", "tenant", tenant)
+		writeConnack(conn, pk.ProtocolVersion, serverUnavailable)
+		conn.Close()
+		return true
 	}
 	origin := transport.ForwardOrigin(conn)
 	addr, err := f.place(ctx, tenant, origin != "")
@@ -106,8 +117,10 @@ func (f *forwarder) route(conn net.Conn, r *bufio.Reader, raw []byte, pk packets
 	switch {
 	case err != nil:
 		log.Warn("connect refused: the tenant has no home node now", "err", err)
-	case addr == "":
+	case addr == "" && f.cluster.Serving():
 		return false
+	case addr == "":
+		log.Warn("connect refused: this node's lease may have lapsed")
 	case origin != "":
 		// Nodes disagree for a moment about the tenant's home; a second
 		// hop could loop.

@@ -130,6 +130,9 @@ type Hub struct {
 	// fencedWrites counts session-store writes refused because another
 	// owner had claimed the session.
 	fencedWrites atomic.Int64
+	// leaseRefused counts publishes refused while this node's lease may
+	// have lapsed (see Cluster.Serving).
+	leaseRefused atomic.Int64
 
 	meters sync.Map // tenant → *meter
 	// limitsOff skips the publish quotas and metering: only for the

@@ -359,6 +359,12 @@ type env interface {
 	qualifies(id identity, clientID string) *refusal
 	// fenced counts a session-store write refused as fenced.
 	fenced()
+	// serving reports whether the node may serve its tenants now (see
+	// Cluster.Serving).
+	serving() bool
+	// refusedForLease counts a publish refused while the lease may have
+	// lapsed.
+	refusedForLease()
 }
 
 // hubEnv is a hub as one tenant's broker sees it.
@@ -376,7 +382,11 @@ func (e hubEnv) touch(device string, at time.Time) { e.h.touch(e.tenant, device,
 func (e hubEnv) qualifies(id identity, clientID string) *refusal {
 	return e.h.qualifies(id, clientID)
 }
-func (e hubEnv) fenced() { e.h.fencedWrites.Add(1) }
+func (e hubEnv) fenced()          { e.h.fencedWrites.Add(1) }
+func (e hubEnv) refusedForLease() { e.h.leaseRefused.Add(1) }
+func (e hubEnv) serving() bool {
+	return e.h.cfg.Cluster == nil || e.h.cfg.Cluster.Serving()
+}
 
 // The instance is its persistence's sessionHost.
 

@@ -31,21 +31,22 @@ type collector struct {
 }
 
 var (
-	descConnections = prometheus.NewDesc("roost_connections", "Live device connections.", []string{"tenant"}, nil)
-	descMessages    = prometheus.NewDesc("roost_messages_total", "PUBLISH packets: in from devices and the API, out to devices.", []string{"tenant", "direction"}, nil)
-	descBytes       = prometheus.NewDesc("roost_payload_bytes_total", "Payload bytes of those PUBLISH packets.", []string{"tenant", "direction"}, nil)
-	descThrottled   = prometheus.NewDesc("roost_throttled_total", "Publishes refused for publish_rate or tenant_publish_rate.", []string{"tenant"}, nil)
-	descAuthFailed  = prometheus.NewDesc("roost_auth_failures_total", "Refused connection attempts for existing tenants.", []string{"tenant"}, nil)
-	descQueued      = prometheus.NewDesc("roost_queued_messages", "Messages waiting in persistent sessions' queues.", []string{"tenant"}, nil)
-	descQuotaHits   = prometheus.NewDesc("roost_quota_exceeded_total", "Limit hits by quota (only quotas hit at least once).", []string{"tenant", "quota"}, nil)
-	descTenants     = prometheus.NewDesc("roost_tenants_metered", "Tenants with a meter since the hub started.", nil, nil)
-	descBrokers     = prometheus.NewDesc("roost_tenant_brokers", "Running tenant brokers.", nil, nil)
-	descForwarding  = prometheus.NewDesc("roost_forwarded_connections", "Device connections this node forwards to their tenant's home node.", nil, nil)
-	descForwarded   = prometheus.NewDesc("roost_forwards_total", "Device connections forwarded to their tenant's home node since the hub started.", nil, nil)
-	descHandshakes  = prometheus.NewDesc("roost_handshakes", "Device connections not yet past their CONNECT.", nil, nil)
-	descRetries     = prometheus.NewDesc("roost_change_retries", "Directory changes waiting to be applied again to live connections (the directory did not answer).", nil, nil)
-	descFenced      = prometheus.NewDesc("roost_session_writes_fenced_total", "Session-store writes refused because another broker had claimed the session since (fencing).", nil, nil)
-	descHSDropped   = prometheus.NewDesc("roost_handshakes_dropped_total", "Connections in handshake refused at a bound, or closed to make room, by reason.", []string{"reason"}, nil)
+	descConnections  = prometheus.NewDesc("roost_connections", "Live device connections.", []string{"tenant"}, nil)
+	descMessages     = prometheus.NewDesc("roost_messages_total", "PUBLISH packets: in from devices and the API, out to devices.", []string{"tenant", "direction"}, nil)
+	descBytes        = prometheus.NewDesc("roost_payload_bytes_total", "Payload bytes of those PUBLISH packets.", []string{"tenant", "direction"}, nil)
+	descThrottled    = prometheus.NewDesc("roost_throttled_total", "Publishes refused for publish_rate or tenant_publish_rate.", []string{"tenant"}, nil)
+	descAuthFailed   = prometheus.NewDesc("roost_auth_failures_total", "Refused connection attempts for existing tenants.", []string{"tenant"}, nil)
+	descQueued       = prometheus.NewDesc("roost_queued_messages", "Messages waiting in persistent sessions' queues.", []string{"tenant"}, nil)
+	descQuotaHits    = prometheus.NewDesc("roost_quota_exceeded_total", "Limit hits by quota (only quotas hit at least once).", []string{"tenant", "quota"}, nil)
+	descTenants      = prometheus.NewDesc("roost_tenants_metered", "Tenants with a meter since the hub started.", nil, nil)
+	descBrokers      = prometheus.NewDesc("roost_tenant_brokers", "Running tenant brokers.", nil, nil)
+	descForwarding   = prometheus.NewDesc("roost_forwarded_connections", "Device connections this node forwards to their tenant's home node.", nil, nil)
+	descForwarded    = prometheus.NewDesc("roost_forwards_total", "Device connections forwarded to their tenant's home node since the hub started.", nil, nil)
+	descHandshakes   = prometheus.NewDesc("roost_handshakes", "Device connections not yet past their CONNECT.", nil, nil)
+	descRetries      = prometheus.NewDesc("roost_change_retries", "Directory changes waiting to be applied again to live connections (the directory did not answer).", nil, nil)
+	descFenced       = prometheus.NewDesc("roost_session_writes_fenced_total", "Session-store writes refused because another broker had claimed the session since (fencing).", nil, nil)
+	descLeaseRefused = prometheus.NewDesc("roost_publishes_refused_lease_total", "Publishes refused because this node's lease may have lapsed (another node may hold the tenant).", nil, nil)
+	descHSDropped    = prometheus.NewDesc("roost_handshakes_dropped_total", "Connections in handshake refused at a bound, or closed to make room, by reason.", []string{"reason"}, nil)
 
 	// A spread fleet's fabric (spread.go), on this node.
 	descFabricTenants = prometheus.NewDesc("roost_fabric_tenants", "Tenants this node serves as one of several nodes.", nil, nil)
@@ -57,7 +58,7 @@ var (
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRetries, descFenced,
+	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRetries, descFenced, descLeaseRefused,
 		descFabricTenants, descFabricRoutes, descFabricLag, descFabricMsgs, descFabricStale, descFabricFailed} {
 		ch <- d
 	}
@@ -125,6 +126,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.GaugeValue, float64(c.h.in.hs.count()))
 	ch <- prometheus.MustNewConstMetric(descRetries, prometheus.GaugeValue, float64(c.h.changes.backlog()))
 	ch <- prometheus.MustNewConstMetric(descFenced, prometheus.CounterValue, float64(c.h.fencedWrites.Load()))
+	ch <- prometheus.MustNewConstMetric(descLeaseRefused, prometheus.CounterValue, float64(c.h.leaseRefused.Load()))
 	if f := c.h.cfg.Fabric; f != nil {
 		st := f.Stats()
 		ch <- prometheus.MustNewConstMetric(descFabricTenants, prometheus.GaugeValue, float64(st.Tenants))

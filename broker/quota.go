@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"fmt"
 	"math"
 	"strings"
 	"sync"
@@ -94,6 +95,15 @@ func (h *quotaHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes
 // OnPublish applies the publish rates, max_retained and messages_per_month
 // to a device's publish (inject applies them to the hub's own).
 func (h *quotaHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if !h.inst.env.serving() {
+		// This node's lease may have lapsed: another may hold the tenant
+		// by now. Nothing is acknowledged; a QoS 0 message is dropped.
+		h.inst.env.refusedForLease()
+		if pk.FixedHeader.Qos == 0 {
+			return pk, packets.ErrRejectPacket
+		}
+		return h.inst.refusePublish(cl, pk, errLeaseLapsed)
+	}
 	dc, ok := cl.Net.Conn.(*deviceConn)
 	if !ok || h.inst.limitsOff {
 		return pk, nil
@@ -111,6 +121,9 @@ func (h *quotaHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 	}
 	return pk, nil
 }
+
+// errLeaseLapsed refuses a publish while the node's lease may have lapsed.
+var errLeaseLapsed = fmt.Errorf("%w: this node's lease may have lapsed", packets.ErrServerUnavailable)
 
 // OnPublished meters a message the tenant accepted (not the hub's own
 // $events).

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/roosthub/roost/broker"
@@ -54,6 +55,13 @@ type Member struct {
 	onLost   func(tenant string)
 	stop     context.CancelFunc
 	stopped  chan struct{}
+
+	// base is the origin of the monotonic clock the lease is measured on;
+	// leaseUntil is when, on it, the node's lease may lapse (with Leases).
+	base       time.Time
+	leaseUntil atomic.Int64
+	// fencedAt counts the times this node found its lease lapsed.
+	lapses atomic.Int64
 }
 
 // MemberConfig is what a Member needs.
@@ -69,6 +77,11 @@ type MemberConfig struct {
 	Token string
 	Log   *slog.Logger
 	Now   func() time.Time
+	// Leases, if set, are the nodes' leases (see Leases): the node serves
+	// only while its own is current, and takes over a tenant only once its
+	// home's is gone. Without them a node counts as up for liveFor after
+	// it last announced itself in the directory.
+	Leases Leases
 }
 
 // NewMember returns the node's Member; Start announces it.
@@ -80,7 +93,7 @@ func NewMember(cfg MemberConfig) *Member {
 		cfg.Now = time.Now
 	}
 	return &Member{cfg: cfg, key: ForwardKey(cfg.Token), held: map[string]bool{}, forwardedTo: map[string]bool{},
-		homes: lru.New[string, string](100_000), client: &http.Client{Timeout: callTimeout}}
+		homes: lru.New[string, string](100_000), client: &http.Client{Timeout: callTimeout}, base: time.Now()}
 }
 
 var _ broker.Cluster = (*Member)(nil)
@@ -109,20 +122,118 @@ func (m *Member) Start(ctx context.Context) error {
 	if err == nil {
 		err = m.refresh(actx)
 	}
+	if err == nil && m.cfg.Leases != nil {
+		err = m.renewLease(actx)
+	}
 	cancel()
 	if err != nil {
 		return fmt.Errorf("announce this data-plane node: %w", err)
 	}
 	ctx, stop := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
 	m.mu.Lock()
-	m.stop, m.stopped = stop, make(chan struct{})
+	m.stop, m.stopped = stop, stopped
 	m.mu.Unlock()
-	go m.run(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { m.run(ctx) })
+	if m.cfg.Leases != nil {
+		wg.Go(func() { m.renewLeases(ctx) })
+	}
+	go func() {
+		wg.Wait()
+		close(stopped)
+	}()
 	return nil
 }
 
+// leaseMargin is how long before its lease's end, as the node measures
+// it, the node stops serving: room for the clocks' drift over a lease.
+const leaseMargin = 500 * time.Millisecond
+
+// mono is the time on the node's monotonic clock.
+func (m *Member) mono() time.Duration { return time.Since(m.base) }
+
+// renewLease renews the node's lease and, measured from before it asked,
+// serves until the lease may lapse.
+func (m *Member) renewLease(ctx context.Context) error {
+	asked := m.mono()
+	if err := m.cfg.Leases.Renew(ctx, m.cfg.ID); err != nil {
+		return err
+	}
+	m.leaseUntil.Store(int64(asked + m.cfg.Leases.Time() - leaseMargin))
+	return nil
+}
+
+// renewLeases renews the lease four times per lease, apart from the
+// directory's loop: Postgres away must not stop a node. A node that finds
+// its lease lapsed (paused, or cut off from Redis) renews it, waits for a
+// takeover decided meanwhile to be written, and reads its claims again
+// before it serves: it stops the tenants it lost first. Until the directory
+// answers it stays fenced.
+func (m *Member) renewLeases(ctx context.Context) {
+	every := m.cfg.Leases.Time() / 4
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	failing := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		lapsed := !m.Serving()
+		asked := m.mono()
+		rctx, cancel := context.WithTimeout(ctx, every)
+		err := m.cfg.Leases.Renew(rctx, m.cfg.ID)
+		cancel()
+		if err != nil {
+			if !failing && ctx.Err() == nil {
+				m.cfg.Log.Warn("this node cannot renew its lease; it serves its tenants until the lease may lapse, then acknowledges nothing until it renews it", "err", err)
+				failing = true
+			}
+			continue
+		}
+		if failing {
+			m.cfg.Log.Info("this node renews its lease again")
+			failing = false
+		}
+		if lapsed {
+			m.lapses.Add(1)
+			m.cfg.Log.Warn("this node's lease had lapsed: it reads its claims again before it serves")
+			sleep(ctx, every)
+			cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			err := m.checkClaims(cctx)
+			if err == nil {
+				err = m.renewLease(cctx) // measured afresh, after the wait
+			}
+			cancel()
+			if err != nil {
+				m.cfg.Log.Warn("this node's lease had lapsed and it cannot yet tell which tenants it still holds: it stays fenced", "err", err)
+			}
+			continue
+		}
+		m.leaseUntil.Store(int64(asked + m.cfg.Leases.Time() - leaseMargin))
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// Serving reports whether the node may serve its tenants now: without
+// leases always; with them while its own lease is current, as it measures
+// it (see Leases).
+func (m *Member) Serving() bool {
+	return m.cfg.Leases == nil || int64(m.mono()) < m.leaseUntil.Load()
+}
+
+// Lapses is how many times this node found its lease lapsed.
+func (m *Member) Lapses() int64 { return m.lapses.Load() }
+
 func (m *Member) run(ctx context.Context) {
-	defer close(m.stopped)
 	refresh := time.NewTicker(refreshEvery)
 	defer refresh.Stop()
 	lastAnnounce := m.cfg.Now()
@@ -182,10 +293,10 @@ func (m *Member) refresh(ctx context.Context) error {
 // checkClaims looks for tenants this node holds whose claim another node
 // took (this node was not announcing for liveFor: a pause, a partition),
 // and stops their brokers here.
-func (m *Member) checkClaims(ctx context.Context) {
+func (m *Member) checkClaims(ctx context.Context) error {
 	stored, err := m.cfg.Store.TenantsHeldBy(ctx, m.cfg.ID)
 	if err != nil {
-		return
+		return err
 	}
 	m.mu.Lock()
 	var gone []string
@@ -220,6 +331,7 @@ func (m *Member) checkClaims(ctx context.Context) {
 			}
 		}
 	}
+	return nil
 }
 
 func (m *Member) stripe(tenant string) *sync.Mutex {
@@ -294,7 +406,7 @@ func (m *Member) Place(ctx context.Context, tenant string, chosen bool) (string,
 	case held && home.ID == m.cfg.ID:
 		m.hold(tenant)
 		return "", nil
-	case held && m.up(home):
+	case held && m.homeUp(ctx, home):
 		m.noteHome(tenant, home.ID)
 		if home.Draining {
 			return "", broker.ErrMoving
@@ -316,11 +428,18 @@ func (m *Member) Place(ctx context.Context, tenant string, chosen bool) (string,
 	nodes := m.nodes
 	m.mu.Unlock()
 	if !chosen {
-		if n, ok := Pick(tenant, forwarders(nodes)); ok && n.ID != m.cfg.ID {
+		if n, ok := Pick(tenant, m.leased(ctx, forwarders(nodes))); ok && n.ID != m.cfg.ID {
 			return m.forwardTo(n), nil
 		}
 	}
-	id, err := m.cfg.Store.ClaimTenant(ctx, tenant, m.cfg.ID, m.cfg.Now().Add(-liveFor))
+	var id string
+	if held && m.cfg.Leases != nil {
+		// The home's lease is gone: it serves nothing (see Leases), and
+		// the tenant is taken from it, by one node only.
+		id, err = m.cfg.Store.TakeTenant(ctx, tenant, home.ID, m.cfg.ID)
+	} else {
+		id, err = m.cfg.Store.ClaimTenant(ctx, tenant, m.cfg.ID, m.cfg.Now().Add(-liveFor))
+	}
 	if err != nil {
 		return "", err
 	}
@@ -335,6 +454,38 @@ func (m *Member) Place(ctx context.Context, tenant string, chosen bool) (string,
 		return m.forwardTo(n), nil
 	}
 	return "", broker.ErrMoving
+}
+
+// homeUp reports whether a tenant's home may still serve it: with leases
+// while its lease is held (whatever the directory says: a node cut off from
+// Postgres but not from Redis keeps its tenants), else while it announces
+// itself. If Redis does not answer, the directory decides.
+func (m *Member) homeUp(ctx context.Context, n tenants.Node) bool {
+	if m.cfg.Leases != nil {
+		if held, err := m.cfg.Leases.Held(ctx, n.ID); err == nil {
+			return held
+		}
+	}
+	return m.up(n)
+}
+
+// leased keeps the nodes whose lease is held (all of them without leases,
+// or if Redis does not answer).
+func (m *Member) leased(ctx context.Context, nodes []tenants.Node) []tenants.Node {
+	if m.cfg.Leases == nil {
+		return nodes
+	}
+	out := nodes[:0:0]
+	for _, n := range nodes {
+		held, err := m.cfg.Leases.Held(ctx, n.ID)
+		if err != nil {
+			return nodes
+		}
+		if held || n.ID == m.cfg.ID {
+			out = append(out, n)
+		}
+	}
+	return out
 }
 
 // up reports whether a node announced itself recently enough to count.
@@ -441,6 +592,13 @@ func (m *Member) Retire(ctx context.Context) error {
 	if stop != nil {
 		stop()
 		<-stopped
+	}
+	if m.cfg.Leases != nil {
+		// Its tenants may be taken over at once.
+		m.leaseUntil.Store(0)
+		if err := m.cfg.Leases.Drop(ctx, m.cfg.ID); err != nil {
+			m.cfg.Log.Warn("drop this node's lease (it lapses by itself)", "err", err)
+		}
 	}
 	return m.cfg.Store.RetireNode(ctx, m.cfg.ID)
 }

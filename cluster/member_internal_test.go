@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -280,5 +281,103 @@ func TestPlacementWithoutPostgres(t *testing.T) {
 	}
 	if addr, err := y.Place(ctx, "kept", false); err != nil || addr != "" {
 		t.Errorf("its home still runs it: %q, %v", addr, err)
+	}
+}
+
+// TestLeases: with leases in Redis, a paused home stops serving before its
+// lease can be seen gone; another node then takes its tenant at once,
+// although the directory still counts the home as up; two nodes taking it
+// at once have one winner; the home, back, finds its lease lapsed, learns
+// it lost the tenant (OnLost), and serves again only after that.
+func TestLeases(t *testing.T) {
+	ctx := context.Background()
+	f := newFleet(t, testenv.PostgresURL(t))
+	prefix := fmt.Sprintf("roost-lease-%d", rand.Int())
+	open := func(id string) *Member {
+		l, err := NewRedisLeases(ctx, testenv.RedisURL(t), prefix, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		m := NewMember(MemberConfig{Store: f.store, ID: id, URL: "http://" + id, ForwardAddr: id + ":1884", Token: "t", Now: f.clock.Now, Leases: l, Log: slog.New(slog.NewTextHandler(t.Output(), nil))})
+		if err := m.Start(ctx); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if m.stop != nil {
+				m.stop()
+			}
+		})
+		return m
+	}
+	a, b, c := open("a"), open("b"), open("c")
+	see(t, a, b, c)
+	if addr, err := a.Place(ctx, "acme", true); err != nil || addr != "" || !a.Serving() {
+		t.Fatalf("a places acme: %q, %v, serving %v", addr, err, a.Serving())
+	}
+	var lost []string
+	var mu sync.Mutex
+	a.OnLost(func(tenant string) { mu.Lock(); lost = append(lost, tenant); mu.Unlock() })
+
+	// a is paused: it renews nothing.
+	a.stop()
+	<-a.stopped
+	for a.Serving() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if held, err := a.cfg.Leases.Held(ctx, "a"); err != nil || !held {
+		t.Fatalf("a stopped serving only after its lease was gone (held %v, %v)", held, err)
+	}
+	eventually(t, 3*time.Second, "a's lease gone", func() bool {
+		held, err := a.cfg.Leases.Held(ctx, "a")
+		return err == nil && !held
+	})
+	// The directory still has a as up (its clock has not moved); b and c
+	// take acme at once: one wins, the other forwards to it.
+	var wg sync.WaitGroup
+	addrs := make([]string, 2)
+	for i, m := range []*Member{b, c} {
+		wg.Go(func() {
+			addr, err := m.Place(ctx, "acme", true)
+			if err != nil {
+				t.Errorf("%s places acme: %v", m.ID(), err)
+			}
+			addrs[i] = addr
+		})
+	}
+	wg.Wait()
+	home, err := f.store.TenantHome(ctx, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case home == "b" && addrs[0] == "" && addrs[1] == "b:1884":
+	case home == "c" && addrs[1] == "" && addrs[0] == "c:1884":
+	default:
+		t.Fatalf("after a's lease lapsed: home %q, b got %q, c got %q", home, addrs[0], addrs[1])
+	}
+	// a comes back: its lease had lapsed; it stops acme before it serves.
+	actx, stop := context.WithCancel(context.Background())
+	t.Cleanup(stop)
+	go a.renewLeases(actx)
+	eventually(t, 10*time.Second, "a serving again", a.Serving)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(lost) != 1 || lost[0] != "acme" || a.Holds("acme") {
+		t.Errorf("a, back: lost %v, holds acme %v", lost, a.Holds("acme"))
+	}
+	if a.Lapses() != 1 {
+		t.Errorf("a counted %d lapses, want 1", a.Lapses())
+	}
+}
+
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s", what, within)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

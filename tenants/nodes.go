@@ -120,6 +120,17 @@ func (s *Store) ClaimTenant(ctx context.Context, tenant, node string, liveSince 
 	return s.TenantHome(ctx, tenant)
 }
 
+// TakeTenant makes node the tenant's home in place of from, whose lease
+// lapsed, if from still holds it: of two nodes taking it at once one wins.
+// It returns the tenant's home afterwards.
+func (s *Store) TakeTenant(ctx context.Context, tenant, from, node string) (string, error) {
+	if _, err := s.db.ExecContext(ctx, `UPDATE tenant_placements SET node = $3, since = $4 WHERE tenant = $1 AND node = $2`,
+		tenant, from, node, s.timestamp()); err != nil {
+		return "", err
+	}
+	return s.TenantHome(ctx, tenant)
+}
+
 // ReleaseTenant gives up node's claim on a tenant; another node's claim
 // is left alone.
 func (s *Store) ReleaseTenant(ctx context.Context, tenant, node string) error {

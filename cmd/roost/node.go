@@ -386,7 +386,19 @@ func openDataPlane(ctx context.Context, role string, deps planeDeps, exporter br
 			return nil, fmt.Errorf("ROOST_FORWARD_ADDR: %w", err)
 		}
 		d.opened.add(func() { forwardLn.Close() })
-		if d.member, err = newMember(c, store, deps.adminToken, httpAddr, forwardLn.Addr(), log); err != nil {
+		// With sessions in Redis, the nodes' leases are there too (see
+		// cluster.Leases): a paused node stops serving before its tenants
+		// can be taken, and a dead one's are taken within seconds.
+		var leases cluster.Leases
+		if c.SessionStore == "redis" {
+			rl, err := cluster.NewRedisLeases(ctx, c.RedisURL, "", 0)
+			if err != nil {
+				return nil, fmt.Errorf("ROOST_REDIS_URL: %w", err)
+			}
+			d.opened.add(func() { rl.Close() })
+			leases = rl
+		}
+		if d.member, err = newMember(c, store, deps.adminToken, httpAddr, forwardLn.Addr(), leases, log); err != nil {
 			return nil, err
 		}
 	}

@@ -194,7 +194,7 @@ func (d planeDeps) dataHandler(listening *atomic.Bool) http.Handler {
 // newMember is this data-plane node's membership of the fleet, not yet
 // announced: its internal API at ROOST_NODE_URL (or this host's name and
 // the HTTP port), and its forwarding address on the same host.
-func newMember(c *config, store *tenants.Store, token string, httpAddr, forwardAddr net.Addr, log *slog.Logger) (*cluster.Member, error) {
+func newMember(c *config, store *tenants.Store, token string, httpAddr, forwardAddr net.Addr, leases cluster.Leases, log *slog.Logger) (*cluster.Member, error) {
 	nodeURL := c.NodeURL
 	if nodeURL == "" {
 		nodeURL = "http://" + advertised(httpAddr)
@@ -210,7 +210,7 @@ func newMember(c *config, store *tenants.Store, token string, httpAddr, forwardA
 		fwd = forwardAddr.String() // bound to one address: that one
 	}
 	log.Info("data-plane node", "id", id, "internal_url", nodeURL, "forward_addr", fwd)
-	return cluster.NewMember(cluster.MemberConfig{Store: store, ID: id, URL: nodeURL, ForwardAddr: fwd, Token: token, Log: log}), nil
+	return cluster.NewMember(cluster.MemberConfig{Store: store, ID: id, URL: nodeURL, ForwardAddr: fwd, Token: token, Leases: leases, Log: log}), nil
 }
 
 // dataPlaneMux is a data-plane node's HTTP side: health, readiness (the
