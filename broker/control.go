@@ -151,9 +151,20 @@ func (h *Hub) Watch(ctx context.Context, tenant, watcher, filter string, fn func
 		h.reg.releaseWatch(inst, watcher)
 		return err
 	}
+	// In a spread fleet the view needs its route, as a device's
+	// subscription does, to see what is published on the other nodes.
+	routeKey := watchRouteKey(id)
+	if err := inst.routeWatch(filter, routeKey); err != nil {
+		inst.server.Unsubscribe(filter, id)
+		h.reg.releaseWatch(inst, watcher)
+		return fmt.Errorf("route the live view: %w: %w", err, tenants.ErrUnavailable)
+	}
 	go func() {
 		<-ctx.Done()
 		inst.server.Unsubscribe(filter, id)
+		if inst.routes != nil {
+			inst.unroute(filter, routeKey)
+		}
 		h.reg.releaseWatch(inst, watcher)
 	}()
 	return nil

@@ -163,6 +163,25 @@ func (inst *instance) leaveFabric() {
 	}
 }
 
+// watchRouteKey names a live view among the holders of a route: no client
+// id holds U+0000.
+func watchRouteKey(id int) string { return fmt.Sprintf("\x00watch-%d", id) }
+
+// routeWatch writes the route of a live view's filter, if it is the
+// filter's first holder here.
+func (inst *instance) routeWatch(filter, key string) error {
+	if inst.routes == nil || !inst.routes.hold(filter, key) {
+		return nil
+	}
+	ctx, cancel := routeCtx()
+	defer cancel()
+	if err := inst.routes.fab.Add(ctx, filter); err != nil {
+		inst.routes.drop(filter, key)
+		return err
+	}
+	return nil
+}
+
 // resyncRoutes drops the routes of subscriptions mochi no longer holds (a
 // clean start took a session's subscriptions away without telling the
 // hooks).
@@ -174,6 +193,9 @@ func (inst *instance) resyncRoutes() {
 	r.mu.Lock()
 	var stale [][2]string
 	for id, filters := range r.byClient {
+		if strings.HasPrefix(id, "\x00watch-") {
+			continue // a live view's, dropped as the view ends
+		}
 		cl, ok := inst.server.Clients.Get(id)
 		for f := range filters {
 			if !ok {

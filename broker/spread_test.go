@@ -18,6 +18,7 @@ import (
 
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/broker/fabric"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
 )
@@ -337,4 +338,37 @@ func (p *cutProxy) cut(off bool) {
 		}
 		p.cs = nil
 	}
+}
+
+// TestSpreadWatch: a live view at the home (where the control plane sends
+// it) sees what is published on another node.
+func TestSpreadWatch(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	mustV5(t, s.addr, user("acme", "d"), secret, "starter") // the tenant runs at the home
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan string, 10)
+	if err := s.hub.Watch(ctx, "acme", "owner", "w/#", func(m dataplane.Message) { got <- m.Topic + " " + string(m.Payload) }); err != nil {
+		t.Fatal(err)
+	}
+	pub := mustV5(t, s.b.addr, user("acme", "d"), secret, "pub")
+	pub.pub(t, "w/x", "seen", 1, false)
+	select {
+	case m := <-got:
+		if m != "w/x seen" {
+			t.Fatalf("the view got %q", m)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the live view did not see a message published on the other node")
+	}
+	cancel()
+	// Once the view ended its route goes: what b publishes on w/ then
+	// crosses to nobody.
+	eventually(t, 5*time.Second, "the view's route gone", func() bool {
+		before := s.fabB.Stats().Sent
+		pub.pub(t, "w/x", "after the view", 1, false)
+		return s.fabB.Stats().Sent == before
+	})
 }
