@@ -35,7 +35,7 @@ func TestMetricsSeriesBounded(t *testing.T) {
 	c := h.Collector(20)
 	n := testutil.CollectAndCount(c) - 2 // the two roost_quota_exceeded_total series
 	const perTenant = 8                  // connections, 2 messages, 2 bytes, throttled, auth failures, queued
-	const totals = 6                     // tenants metered, brokers, forwarded connections, forwards, change retries, fenced writes
+	const totals = 7                     // tenants metered, brokers, forwarded connections, forwards, change retries, fenced writes, lease refusals
 
 	handshakes := 1 + int(nDropReasons) // in handshake, and dropped by reason
 	if want := 21*perTenant + totals + handshakes; n != want {
