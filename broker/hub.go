@@ -86,7 +86,7 @@ type Config struct {
 	// persistent ones at the tenant's home (the node the Cluster places it
 	// on). nil: a tenant runs on its home alone. It needs a shared
 	// session store.
-	Fabric *fabric.Fabric
+	Fabric fabric.Node
 	// FabricHome, without a Cluster, makes this hub the home of every
 	// tenant it spreads (for tests of a fleet without one).
 	FabricHome bool

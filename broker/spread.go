@@ -59,14 +59,14 @@ func remote(pk packets.Packet) bool {
 // clients subscribe to each filter, so that a route is written with the
 // first and removed with the last.
 type spreadRoutes struct {
-	fab *fabric.Tenant
+	fab fabric.Owner
 
 	mu       sync.Mutex
 	byFilter map[string]map[string]bool // filter → client ids
 	byClient map[string]map[string]bool // client id → filters
 }
 
-func newSpreadRoutes(fab *fabric.Tenant) *spreadRoutes {
+func newSpreadRoutes(fab fabric.Owner) *spreadRoutes {
 	return &spreadRoutes{fab: fab, byFilter: map[string]map[string]bool{}, byClient: map[string]map[string]bool{}}
 }
 
@@ -135,7 +135,7 @@ func routeCtx() (context.Context, context.CancelFunc) {
 
 // joinFabric makes the instance one of its tenant's brokers in the fabric,
 // with a route for every subscription it restored (a home's sessions).
-func (inst *instance) joinFabric(fab *fabric.Fabric, home bool) error {
+func (inst *instance) joinFabric(fab fabric.Node, home bool) error {
 	ctx, cancel := routeCtx()
 	defer cancel()
 	t, err := fab.Join(ctx, inst.tenant, home, inst.deliverRemote)

@@ -28,12 +28,12 @@ import (
 type spread struct {
 	*stack
 	b          *peer
-	fabA, fabB *fabric.Fabric
+	fabA, fabB *fabric.Redis
 }
 
 // newFabric opens a node's fabric on a key prefix of the test Redis; url
 // may be a proxy's.
-func newFabric(t *testing.T, url, prefix, node string) *fabric.Fabric {
+func newFabric(t *testing.T, url, prefix, node string) *fabric.Redis {
 	t.Helper()
 	f, err := fabric.New(context.Background(), fabric.Config{URL: url, Prefix: prefix, Node: node, Lease: time.Second})
 	if err != nil {

@@ -81,8 +81,42 @@ type Config struct {
 	InboxLength int64
 }
 
-// Fabric is a node's part in its spread tenants.
-type Fabric struct {
+// Node is a node's part in its spread tenants, whatever carries them;
+// Redis is the one on Redis.
+type Node interface {
+	// Join makes this node an owner of the tenant: as its home, or as
+	// one of its nodes. deliver receives, in order, the messages other
+	// owners send; an error leaves the message to be delivered again
+	// (a home's), or drops it (a node's, whose clean subscribers miss it).
+	Join(ctx context.Context, tenant string, home bool, deliver func(Message) error) (Owner, error)
+	// Stats are the counters since the node started.
+	Stats() Stats
+}
+
+// Owner is one tenant's broker on this node, as one of its owners.
+type Owner interface {
+	// Add writes this owner's route for a filter, before the SUBACK of
+	// its first subscriber here; Remove takes it away with the last.
+	Add(ctx context.Context, filter string) error
+	Remove(ctx context.Context, filter string) error
+	// Replace sets this owner's routes to exactly the filters given.
+	Replace(ctx context.Context, filters []string) error
+	// Send hands a message to the other owners it is for before the
+	// publisher is acknowledged, and returns how many. A shared group is
+	// served once: not at all elsewhere if servedHere says this node has
+	// a member of it.
+	Send(ctx context.Context, m Message, servedHere func(group string) bool) (int, error)
+	// Leave stops this owner's part.
+	Leave()
+}
+
+var (
+	_ Node  = (*Redis)(nil)
+	_ Owner = (*Tenant)(nil)
+)
+
+// Redis is a node's part in its spread tenants, on Redis.
+type Redis struct {
 	cfg Config
 	rdb *goredis.Client
 
@@ -113,7 +147,7 @@ type Stats struct {
 }
 
 // New connects to Redis and starts renewing the node's memberships.
-func New(ctx context.Context, cfg Config) (*Fabric, error) {
+func New(ctx context.Context, cfg Config) (*Redis, error) {
 	if cfg.Node == "" {
 		return nil, errors.New("fabric: no node id")
 	}
@@ -138,7 +172,7 @@ func New(ctx context.Context, cfg Config) (*Fabric, error) {
 		rdb.Close()
 		return nil, fmt.Errorf("fabric: redis: %w", err)
 	}
-	f := &Fabric{cfg: cfg, rdb: rdb, tenants: map[string]*Tenant{}}
+	f := &Redis{cfg: cfg, rdb: rdb, tenants: map[string]*Tenant{}}
 	f.ps = rdb.Subscribe(context.Background(), f.channel())
 	runCtx, stop := context.WithCancel(context.Background())
 	f.stop, f.stopped = stop, make(chan struct{})
@@ -147,10 +181,10 @@ func New(ctx context.Context, cfg Config) (*Fabric, error) {
 }
 
 // Node is this node's id.
-func (f *Fabric) Node() string { return f.cfg.Node }
+func (f *Redis) Node() string { return f.cfg.Node }
 
 // Close leaves every tenant and closes the connection.
-func (f *Fabric) Close() error {
+func (f *Redis) Close() error {
 	f.mu.Lock()
 	ts := make([]*Tenant, 0, len(f.tenants))
 	for _, t := range f.tenants {
@@ -167,7 +201,7 @@ func (f *Fabric) Close() error {
 }
 
 // Stats are the fabric's counters now.
-func (f *Fabric) Stats() Stats {
+func (f *Redis) Stats() Stats {
 	s := Stats{Sent: f.sent.Load(), Received: f.received.Load(), Stale: f.stale.Load(), Failed: f.failed.Load()}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -181,15 +215,15 @@ func (f *Fabric) Stats() Stats {
 	return s
 }
 
-func (f *Fabric) key(tenant, what string) string {
+func (f *Redis) key(tenant, what string) string {
 	return f.cfg.Prefix + ":{" + tenant + "}:" + what
 }
 
-func (f *Fabric) channel() string { return f.cfg.Prefix + ":rv" }
+func (f *Redis) channel() string { return f.cfg.Prefix + ":rv" }
 
 // run renews the memberships, sweeps lapsed owners, and reads the routes
 // of a tenant again when another node changed them.
-func (f *Fabric) run(ctx context.Context) {
+func (f *Redis) run(ctx context.Context) {
 	defer close(f.stopped)
 	renew := time.NewTicker(f.cfg.Lease / 5)
 	defer renew.Stop()
@@ -233,7 +267,7 @@ func (f *Fabric) run(ctx context.Context) {
 	}
 }
 
-func (f *Fabric) tenant(name string) *Tenant {
+func (f *Redis) tenant(name string) *Tenant {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.tenants[name]
@@ -265,7 +299,7 @@ if n > 0 then redis.call('INCR', KEYS[3]); redis.call('PUBLISH', ARGV[4], ARGV[5
 return n
 `)
 
-func (f *Fabric) renew(ctx context.Context, ts []*Tenant) error {
+func (f *Redis) renew(ctx context.Context, ts []*Tenant) error {
 	if len(ts) == 0 {
 		return nil
 	}
@@ -285,7 +319,7 @@ func (f *Fabric) renew(ctx context.Context, ts []*Tenant) error {
 
 // Tenant is one tenant's broker on this node, as an owner in the fabric.
 type Tenant struct {
-	f       *Fabric
+	f       *Redis
 	name    string
 	owner   string
 	deliver func(Message) error
@@ -316,7 +350,7 @@ type Tenant struct {
 // its nodes. deliver receives, in order, the messages other owners send;
 // an error leaves the message in the inbox, to be delivered again. A home
 // takes over the messages its predecessor left undelivered.
-func (f *Fabric) Join(ctx context.Context, tenant string, home bool, deliver func(Message) error) (*Tenant, error) {
+func (f *Redis) Join(ctx context.Context, tenant string, home bool, deliver func(Message) error) (Owner, error) {
 	owner := f.cfg.Node
 	if home {
 		owner = Home

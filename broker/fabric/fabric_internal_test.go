@@ -10,12 +10,12 @@ import (
 	"github.com/roosthub/roost/internal/testenv"
 )
 
-func testFabrics(t *testing.T) (*Fabric, *Fabric) {
+func testFabrics(t *testing.T) (*Redis, *Redis) {
 	url := testenv.RedisURL(t)
 	b := make([]byte, 6)
 	rand.Read(b)
 	prefix := "roost-fabric-" + hex.EncodeToString(b)
-	open := func(node string) *Fabric {
+	open := func(node string) *Redis {
 		f, err := New(context.Background(), Config{URL: url, Prefix: prefix, Node: node, Lease: time.Second})
 		if err != nil {
 			t.Fatal(err)
@@ -33,10 +33,11 @@ func testFabrics(t *testing.T) (*Fabric, *Fabric) {
 func TestStaleRoutesRefused(t *testing.T) {
 	fa, fb := testFabrics(t)
 	ctx := context.Background()
-	ta, err := fa.Join(ctx, "acme", false, func(Message) error { return nil })
+	joined, err := fa.Join(ctx, "acme", false, func(Message) error { return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
+	ta := joined.(*Tenant)
 	got := make(chan Message, 10)
 	tb, err := fb.Join(ctx, "acme", false, func(m Message) error { got <- m; return nil })
 	if err != nil {

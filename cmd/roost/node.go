@@ -351,7 +351,7 @@ type dataPlane struct {
 	log    *slog.Logger
 	hub    *broker.Hub
 	member *cluster.Member // nil unless a node of a fleet
-	fabric *fabric.Fabric  // nil unless the fleet spreads its tenants
+	fabric *fabric.Redis   // nil unless the fleet spreads its tenants
 	// listening says the directory's changes are coming in: always in one
 	// process, over Postgres on a node of a fleet.
 	listening *atomic.Bool
