@@ -54,12 +54,14 @@ var (
 	descFabricLag     = prometheus.NewDesc("roost_fabric_inbox_lag", "Messages from other nodes waiting in this node's inboxes, as last seen.", nil, nil)
 	descFabricMsgs    = prometheus.NewDesc("roost_fabric_messages_total", "Messages that crossed to (sent) or from (received) other nodes.", []string{"direction"}, nil)
 	descFabricStale   = prometheus.NewDesc("roost_fabric_stale_routes_total", "Sends refused because this node's copy of the routes was out of date (read again and sent again).", nil, nil)
+	descTenantRoutes  = prometheus.NewDesc("roost_fabric_tenant_routes", "Routes this node holds for the tenant (filters its subscribers and live views hold here).", []string{"tenant"}, nil)
+	descTenantLag     = prometheus.NewDesc("roost_fabric_tenant_inbox_lag", "Messages from other nodes waiting in this node's inbox for the tenant, as last seen.", []string{"tenant"}, nil)
 	descFabricFailed  = prometheus.NewDesc("roost_fabric_send_failures_total", "Sends Redis did not take (a QoS 1 or 2 publish was refused for each).", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRetries, descFenced, descLeaseRefused,
-		descFabricTenants, descFabricRoutes, descFabricLag, descFabricMsgs, descFabricStale, descFabricFailed} {
+		descFabricTenants, descFabricRoutes, descFabricLag, descFabricMsgs, descFabricStale, descFabricFailed, descTenantRoutes, descTenantLag} {
 		ch <- d
 	}
 }
@@ -70,6 +72,8 @@ type tenantSample struct {
 	conns, in, out, bytesIn, bytesOut   int64
 	throttled, authFailed, queued, busy int64
 	hits                                map[string]int64
+	// routes and lag are the tenant's in the fabric, on this node.
+	routes, lag int64
 }
 
 func (s *tenantSample) add(o tenantSample) {
@@ -81,6 +85,8 @@ func (s *tenantSample) add(o tenantSample) {
 	s.throttled += o.throttled
 	s.authFailed += o.authFailed
 	s.queued += o.queued
+	s.routes += o.routes
+	s.lag += o.lag
 	for q, n := range o.hits {
 		s.hits[q] += n
 	}
@@ -99,8 +105,11 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		m.hitMu.Lock()
 		s.hits = maps.Clone(m.hits)
 		m.hitMu.Unlock()
-		if inst := c.h.reg.running(s.tenant); inst != nil && inst.persist != nil {
-			s.queued = inst.persist.queued()
+		if inst := c.h.reg.running(s.tenant); inst != nil {
+			if inst.persist != nil {
+				s.queued = inst.persist.queued()
+			}
+			s.routes, s.lag = inst.fabricFigures()
 		}
 		samples = append(samples, s)
 		return true
@@ -111,13 +120,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	other := tenantSample{tenant: OtherTenants, hits: map[string]int64{}}
 	for i, s := range samples {
 		if i < c.top {
-			emit(ch, s)
+			emit(ch, c.h.cfg.Fabric != nil, s)
 		} else {
 			other.add(s)
 		}
 	}
 	if len(samples) > c.top {
-		emit(ch, other)
+		emit(ch, c.h.cfg.Fabric != nil, other)
 	}
 	ch <- prometheus.MustNewConstMetric(descTenants, prometheus.GaugeValue, float64(len(samples)))
 	ch <- prometheus.MustNewConstMetric(descBrokers, prometheus.GaugeValue, float64(c.h.Instances()))
@@ -142,7 +151,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-func emit(ch chan<- prometheus.Metric, s tenantSample) {
+func emit(ch chan<- prometheus.Metric, spread bool, s tenantSample) {
 	ch <- prometheus.MustNewConstMetric(descConnections, prometheus.GaugeValue, float64(s.conns), s.tenant)
 	ch <- prometheus.MustNewConstMetric(descMessages, prometheus.CounterValue, float64(s.in), s.tenant, "in")
 	ch <- prometheus.MustNewConstMetric(descMessages, prometheus.CounterValue, float64(s.out), s.tenant, "out")
@@ -151,6 +160,10 @@ func emit(ch chan<- prometheus.Metric, s tenantSample) {
 	ch <- prometheus.MustNewConstMetric(descThrottled, prometheus.CounterValue, float64(s.throttled), s.tenant)
 	ch <- prometheus.MustNewConstMetric(descAuthFailed, prometheus.CounterValue, float64(s.authFailed), s.tenant)
 	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(s.queued), s.tenant)
+	if spread {
+		ch <- prometheus.MustNewConstMetric(descTenantRoutes, prometheus.GaugeValue, float64(s.routes), s.tenant)
+		ch <- prometheus.MustNewConstMetric(descTenantLag, prometheus.GaugeValue, float64(s.lag), s.tenant)
+	}
 	for q, n := range s.hits {
 		ch <- prometheus.MustNewConstMetric(descQuotaHits, prometheus.CounterValue, float64(n), s.tenant, q)
 	}

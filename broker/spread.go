@@ -156,6 +156,22 @@ func (inst *instance) joinFabric(fab fabric.Node, home bool) error {
 	return nil
 }
 
+// fabricFigures are the tenant's routes held here and the messages waiting
+// in its inbox here (if the fabric tells).
+func (inst *instance) fabricFigures() (routes, lag int64) {
+	r := inst.routes
+	if r == nil {
+		return 0, 0
+	}
+	r.mu.Lock()
+	routes = int64(len(r.byFilter))
+	r.mu.Unlock()
+	if l, ok := r.fab.(interface{ Lag() int64 }); ok {
+		lag = l.Lag()
+	}
+	return routes, lag
+}
+
 // leaveFabric stops the instance's part in the fabric.
 func (inst *instance) leaveFabric() {
 	if inst.routes != nil {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/prometheus/client_golang/prometheus"
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/roosthub/roost/broker"
@@ -352,6 +353,11 @@ func TestSpreadWatch(t *testing.T) {
 	got := make(chan string, 10)
 	if err := s.hub.Watch(ctx, "acme", "owner", "w/#", func(m dataplane.Message) { got <- m.Topic + " " + string(m.Payload) }); err != nil {
 		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(s.hub.Collector(0))
+	if got := metricValue(t, reg, "roost_fabric_tenant_routes"); got != 1 {
+		t.Errorf("roost_fabric_tenant_routes at the home = %v, want 1 (the view's)", got)
 	}
 	pub := mustV5(t, s.b.addr, user("acme", "d"), secret, "pub")
 	pub.pub(t, "w/x", "seen", 1, false)

@@ -397,6 +397,9 @@ func (f *Redis) Join(ctx context.Context, tenant string, home bool, deliver func
 	return t, nil
 }
 
+// Lag is how many entries waited in the owner's inbox when it last read it.
+func (t *Tenant) Lag() int64 { return t.lag.Load() }
+
 // Owner is the name this broker has among the tenant's owners.
 func (t *Tenant) Owner() string { return t.owner }
 
