@@ -62,6 +62,8 @@ const leaveWait = 5 * time.Second
 type forwarder struct {
 	cluster Cluster
 	spread  bool // see Config.Fabric
+	// anywhere: persistent sessions too (see anywhere.go).
+	anywhere bool
 	// running reports whether the tenant's broker runs here.
 	running        func(tenant string) bool
 	dir            *directoryCache
@@ -93,8 +95,9 @@ func (f *forwarder) route(conn net.Conn, r *bufio.Reader, raw []byte, pk packets
 	if _, found, err := f.dir.tenant(ctx, tenant); err != nil || !found {
 		return false // admit refuses it, as it would anywhere
 	}
-	if f.spread && !wantsSession(pk) {
-		// A spread tenant's clean session is served where it connects.
+	if f.spread && (!wantsSession(pk) || f.anywhere) {
+		// A spread tenant's clean session is served where it connects,
+		// and so is a persistent one where sessions live anywhere.
 		// Its broker starting here first makes sure the tenant has a
 		// home (this node, if none lives): a broker started as one of
 		// the tenant's nodes would have to restart to become its home.

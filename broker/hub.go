@@ -92,6 +92,14 @@ type Config struct {
 	FabricHome bool
 }
 
+// sessionsAnywhere reports whether a spread tenant's persistent sessions
+// live on any node: the fabric routes to them, and there is a shared
+// session store.
+func (h *Hub) sessionsAnywhere() bool {
+	s, ok := h.cfg.Fabric.(interface{ Sessions() bool })
+	return ok && s.Sessions() && h.cfg.Sessions != nil
+}
+
 // fabricHome reports whether this node is the spread tenant's home.
 func (h *Hub) fabricHome(tenant string) bool {
 	if h.cfg.Cluster == nil {
@@ -202,6 +210,7 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.Cluster != nil {
 		h.fwd = newForwarder(cfg, h.dir, h.done)
 		h.fwd.running = func(tenant string) bool { return h.reg.running(tenant) != nil }
+		h.fwd.anywhere = h.cfg.Fabric != nil && h.sessionsAnywhere()
 	}
 	h.in = &ingress{
 		cfg: cfg, log: cfg.Log, now: cfg.Now, dir: h.dir, reg: h.reg, fwd: h.fwd, done: h.done,

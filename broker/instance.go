@@ -76,8 +76,10 @@ type instance struct {
 	// spread says the tenant is served by every node of the fleet, and
 	// routes is its part in the fabric (spread.go).
 	spread, home bool
-	routes       *spreadRoutes
-	restored     struct {
+	// anywhere: its persistent sessions live on any node (anywhere.go).
+	anywhere bool
+	routes   *spreadRoutes
+	restored struct {
 		clients  []storage.Client
 		subs     []storage.Subscription
 		inflight []storage.Message
@@ -147,11 +149,13 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 	if h.cfg.Fabric != nil {
 		inst.spread = true
 		home = h.fabricHome(t.Slug)
+		inst.anywhere = h.sessionsAnywhere()
 	}
 	inst.home = home
 	if h.cfg.Sessions != nil {
 		inst.persist = newPersistence(h.cfg.Sessions, t.Slug, srv, inst, log)
-		inst.persist.retainedOnly = !home
+		inst.persist.retainedOnly = !home || inst.anywhere
+		inst.persist.anywhere = inst.anywhere
 	}
 	if err := addHooks(inst); err != nil {
 		return nil, err

@@ -134,8 +134,16 @@ type persistence struct {
 	recheck map[string]bool
 	// retainedOnly restores retained messages only: a spread tenant's
 	// broker on a node other than its home, where no persistent session
-	// lives (see spread.go).
+	// lives, or any of its brokers when sessions live anywhere (see
+	// spread.go).
 	retainedOnly bool
+	// anywhere: the tenant's persistent sessions live on any node; each is
+	// read from the store when its client connects (adopt) and let go
+	// when it leaves (evict).
+	anywhere bool
+	// discard holds the clients whose connection discards a stored
+	// session (anywhere).
+	discard map[string]bool
 }
 
 // sessionHost is what persistence asks of its tenant's broker.
@@ -200,6 +208,9 @@ func (p *persistence) sweep(olderThan time.Time) {
 	}
 	p.mu.Unlock()
 	for _, cl := range live {
+		if p.anywhere {
+			p.catchUp(cl)
+		}
 		p.reconcile(cl)
 	}
 }
@@ -228,12 +239,15 @@ var errNotStored = errors.New("message not stored")
 // retained, before mochi acknowledges it. It returns the packet to route,
 // tagged so that deliveries can be matched to their store numbers.
 func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if remote(pk) {
+		return pk, nil // stored where it arrived, and tagged by deliverRemote
+	}
 	if !pk.FixedHeader.Retain && (pk.FixedHeader.Qos == 0 || p.storedN.Load() == 0) {
 		return pk, nil
 	}
 	ctx, cancel := storeCtx()
 	defer cancel()
-	if pk.FixedHeader.Retain && !remote(pk) { // a remote one was stored where it arrived
+	if pk.FixedHeader.Retain {
 		m := toStore(pk)
 		m.Retain = true
 		if err := p.st.SetRetained(ctx, p.tenant, m); err != nil {
@@ -929,90 +943,15 @@ func (p *persistence) restore() ([]storage.Client, []storage.Subscription, []sto
 		if s.Will != nil {
 			p.wills = append(p.wills, restoredWill{device: s.Device, clientID: s.ClientID, will: s.Will, left: s.DisconnectedAt})
 		}
-		// A session whose client stayed away past its expiry is gone,
-		// with its queue.
-		if !s.DisconnectedAt.IsZero() && now.After(s.DisconnectedAt.Add(time.Duration(s.Expiry)*time.Second)) {
-			switch err := p.st.DeleteSession(ctx, p.tenant, s.ClientID, s.Epoch); {
-			case errors.Is(err, store.ErrFenced):
-				// Claimed meanwhile: the session lives elsewhere.
-			case err != nil:
-				return nil, nil, nil, nil, err
-			}
-			continue
-		}
-		p.epochs[s.ClientID] = s.Epoch
-		c := storage.Client{ID: s.ClientID, T: storage.ClientKey, Listener: listenerID, ProtocolVersion: s.ProtocolVersion,
-			Username: []byte(tenants.Username(p.tenant, s.Device))}
-		if s.ProtocolVersion == 5 {
-			c.Properties.SessionExpiryInterval, c.Properties.SessionExpiryIntervalFlag = s.Expiry, true
-		}
-		clients = append(clients, c)
-		p.devices[s.ClientID] = s.Device
-		p.stored[s.ClientID] = true
-		p.storedN.Store(int64(len(p.stored)))
-		for _, sub := range s.Subscriptions {
-			subs = append(subs, storage.Subscription{T: storage.SubscriptionKey, Client: s.ClientID, Filter: sub.Filter, Qos: sub.QoS,
-				NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, RetainHandling: sub.RetainHandling, Identifier: sub.Identifier})
-		}
-		queued, err := p.st.Read(ctx, p.tenant, s.ClientID, 0, maxQueued)
+		c, ss, in, ok, err := p.restoreSession(ctx, s, now, base, maxQueued)
 		if err != nil {
 			return nil, nil, nil, nil, err
 		}
-		// Messages past their expiry are not delivered, unless they were
-		// sent already: the client may hold them by their packet id.
-		live := queued[:0:0]
-		var expired []uint64
-		for _, q := range queued {
-			if q.PacketID != 0 || q.Expires.IsZero() || now.Before(q.Expires) {
-				live = append(live, q)
-			} else {
-				expired = append(expired, q.Seq)
-			}
+		if ok {
+			clients = append(clients, c)
+			subs = append(subs, ss...)
+			inflight = append(inflight, in...)
 		}
-		if len(expired) > 0 {
-			if err := p.st.Ack(ctx, p.tenant, s.ClientID, s.Epoch, expired); err != nil && !errors.Is(err, store.ErrFenced) {
-				return nil, nil, nil, nil, err
-			}
-		}
-		queued = live
-		if len(s.PendingRelease) > 0 {
-			p.received[s.ClientID] = map[uint16]bool{}
-			for _, id := range s.PendingRelease {
-				p.received[s.ClientID][id] = true
-			}
-		}
-		ids := map[uint16]uint64{}
-		marks := map[uint64]mark{}
-		for _, q := range queued {
-			if q.PacketID != 0 {
-				ids[q.PacketID] = q.Seq
-				marks[q.Seq] = mark{packetID: q.PacketID, released: q.Released}
-			}
-		}
-		// Messages never sent get packet ids from the top of the range:
-		// mochi refuses a client's SUBSCRIBE whose id equals an outbound
-		// inflight id, and clients number their packets from 1.
-		free := uint16(0xffff)
-		for i, q := range queued {
-			p.outstanding[s.ClientID] = append(p.outstanding[s.ClientID], q.Seq)
-			id := q.PacketID
-			if id == 0 {
-				for ids[free] != 0 {
-					free--
-				}
-				id = free
-				ids[id] = q.Seq
-			}
-			m := fromStore(q.Message, s.ClientID, id, base+int64(i))
-			if q.Released {
-				// Only the PUBREL is left to send.
-				m = storage.Message{T: storage.InflightKey, Client: s.ClientID, PacketID: id, Created: base + int64(i),
-					FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}}
-			}
-			inflight = append(inflight, m)
-		}
-		p.marks[s.ClientID] = marks
-		p.inflight[s.ClientID] = ids
 	}
 	retained, err := p.st.Retained(ctx, p.tenant)
 	if err != nil {
@@ -1026,6 +965,96 @@ func (p *persistence) restore() ([]storage.Client, []storage.Subscription, []sto
 		kept = append(kept, sm)
 	}
 	return clients, subs, inflight, kept, nil
+}
+
+// restoreSession brings back one stored session for mochi: its client,
+// subscriptions and waiting messages; ok is false if it expired (and was
+// deleted). Called with p.mu held.
+func (p *persistence) restoreSession(ctx context.Context, s store.Session, now time.Time, base int64, maxQueued int) (c storage.Client, subs []storage.Subscription, inflight []storage.Message, ok bool, err error) {
+	// A session whose client stayed away past its expiry is gone,
+	// with its queue.
+	if !s.DisconnectedAt.IsZero() && now.After(s.DisconnectedAt.Add(time.Duration(s.Expiry)*time.Second)) {
+		switch err := p.st.DeleteSession(ctx, p.tenant, s.ClientID, s.Epoch); {
+		case errors.Is(err, store.ErrFenced):
+			// Claimed meanwhile: the session lives elsewhere.
+		case err != nil:
+			return c, nil, nil, false, err
+		}
+		return c, nil, nil, false, nil
+	}
+	p.epochs[s.ClientID] = s.Epoch
+	c = storage.Client{ID: s.ClientID, T: storage.ClientKey, Listener: listenerID, ProtocolVersion: s.ProtocolVersion,
+		Username: []byte(tenants.Username(p.tenant, s.Device))}
+	if s.ProtocolVersion == 5 {
+		c.Properties.SessionExpiryInterval, c.Properties.SessionExpiryIntervalFlag = s.Expiry, true
+	}
+	p.devices[s.ClientID] = s.Device
+	p.stored[s.ClientID] = true
+	p.storedN.Store(int64(len(p.stored)))
+	for _, sub := range s.Subscriptions {
+		subs = append(subs, storage.Subscription{T: storage.SubscriptionKey, Client: s.ClientID, Filter: sub.Filter, Qos: sub.QoS,
+			NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished, RetainHandling: sub.RetainHandling, Identifier: sub.Identifier})
+	}
+	queued, err := p.st.Read(ctx, p.tenant, s.ClientID, 0, maxQueued)
+	if err != nil {
+		return c, nil, nil, false, err
+	}
+	// Messages past their expiry are not delivered, unless they were
+	// sent already: the client may hold them by their packet id.
+	live := queued[:0:0]
+	var expired []uint64
+	for _, q := range queued {
+		if q.PacketID != 0 || q.Expires.IsZero() || now.Before(q.Expires) {
+			live = append(live, q)
+		} else {
+			expired = append(expired, q.Seq)
+		}
+	}
+	if len(expired) > 0 {
+		if err := p.st.Ack(ctx, p.tenant, s.ClientID, s.Epoch, expired); err != nil && !errors.Is(err, store.ErrFenced) {
+			return c, nil, nil, false, err
+		}
+	}
+	queued = live
+	if len(s.PendingRelease) > 0 {
+		p.received[s.ClientID] = map[uint16]bool{}
+		for _, id := range s.PendingRelease {
+			p.received[s.ClientID][id] = true
+		}
+	}
+	ids := map[uint16]uint64{}
+	marks := map[uint64]mark{}
+	for _, q := range queued {
+		if q.PacketID != 0 {
+			ids[q.PacketID] = q.Seq
+			marks[q.Seq] = mark{packetID: q.PacketID, released: q.Released}
+		}
+	}
+	// Messages never sent get packet ids from the top of the range:
+	// mochi refuses a client's SUBSCRIBE whose id equals an outbound
+	// inflight id, and clients number their packets from 1.
+	free := uint16(0xffff)
+	for i, q := range queued {
+		p.outstanding[s.ClientID] = append(p.outstanding[s.ClientID], q.Seq)
+		id := q.PacketID
+		if id == 0 {
+			for ids[free] != 0 {
+				free--
+			}
+			id = free
+			ids[id] = q.Seq
+		}
+		m := fromStore(q.Message, s.ClientID, id, base+int64(i))
+		if q.Released {
+			// Only the PUBREL is left to send.
+			m = storage.Message{T: storage.InflightKey, Client: s.ClientID, PacketID: id, Created: base + int64(i),
+				FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}}
+		}
+		inflight = append(inflight, m)
+	}
+	p.marks[s.ClientID] = marks
+	p.inflight[s.ClientID] = ids
+	return c, subs, inflight, true, nil
 }
 
 func toStore(pk packets.Packet) store.Message {

@@ -48,15 +48,36 @@ func (h *sessionHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if cl.Properties.ProtocolVersion == 5 {
 		keeps = min(cl.Properties.Props.SessionExpiryInterval, h.inst.maxSessionExpiry()) > 0
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), claimTimeout)
+	defer cancel()
+	refuse := func(what string, err error) error {
+		h.inst.log.Error(what, "client_id", cl.ID, "err", err)
+		writeConnack(dc, dc.id.version, serverUnavailable)
+		return serverUnavailable
+	}
+	// Where sessions live on any node, the client's is read now (see
+	// anywhere.go).
+	var stored store.Session
+	var found bool
+	if h.p.anywhere {
+		var err error
+		if stored, found, err = h.p.look(ctx, cl.ID); err != nil {
+			return refuse("read a session", err)
+		}
+	}
 	if !h.p.needsClaim(cl.ID, keeps) {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), claimTimeout)
-	defer cancel()
 	if err := h.p.claim(ctx, cl.ID); err != nil {
-		h.inst.log.Error("claim a session", "client_id", cl.ID, "err", err)
-		writeConnack(dc, dc.id.version, serverUnavailable)
-		return serverUnavailable
+		return refuse("claim a session", err)
+	}
+	if found && keeps && !pk.Connect.Clean {
+		if err := h.p.adopt(ctx, stored); err != nil {
+			return refuse("read a session's queue", err)
+		}
+	}
+	if found && pk.Connect.Clean {
+		h.p.discarding(cl.ID)
 	}
 	return nil
 }
@@ -173,6 +194,9 @@ func (h *sessionHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		h.drop(cl, "drop session")
 	default:
 		h.p.save(cl, h.inst.env.now().UTC())
+		if h.p.anywhere {
+			h.p.evict(cl)
+		}
 	}
 }
 

@@ -60,6 +60,11 @@ func remote(pk packets.Packet) bool {
 // first and removed with the last.
 type spreadRoutes struct {
 	fab fabric.Owner
+	// sess is the fabric's part for persistent sessions living on any
+	// node (nil: they live at the home); attached holds the sessions whose
+	// client is connected here.
+	sess     fabric.SessionOwner
+	attached map[string]bool
 
 	mu       sync.Mutex
 	byFilter map[string]map[string]bool // filter → client ids
@@ -67,7 +72,9 @@ type spreadRoutes struct {
 }
 
 func newSpreadRoutes(fab fabric.Owner) *spreadRoutes {
-	return &spreadRoutes{fab: fab, byFilter: map[string]map[string]bool{}, byClient: map[string]map[string]bool{}}
+	r := &spreadRoutes{fab: fab, byFilter: map[string]map[string]bool{}, byClient: map[string]map[string]bool{}, attached: map[string]bool{}}
+	r.sess, _ = fab.(fabric.SessionOwner)
+	return r
 }
 
 // hold notes a client's subscription and reports whether it is the
@@ -143,6 +150,9 @@ func (inst *instance) joinFabric(fab fabric.Node, home bool) error {
 		return err
 	}
 	r := newSpreadRoutes(t)
+	if !inst.anywhere {
+		r.sess = nil
+	}
 	for id, cl := range inst.server.Clients.GetAll() {
 		for filter := range cl.State.Subscriptions.GetAll() {
 			r.hold(filter, id)
@@ -243,6 +253,10 @@ func (inst *instance) unroute(filter, clientID string) {
 
 // deliverRemote publishes a message from another node here.
 func (inst *instance) deliverRemote(m fabric.Message) error {
+	if m.Kick != "" {
+		inst.kicked(m.Kick, m.Epoch)
+		return nil
+	}
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: m.QoS, Retain: m.Retain},
 		TopicName:   m.Topic, Payload: m.Payload, Created: time.Now().Unix(),
@@ -256,6 +270,12 @@ func (inst *instance) deliverRemote(m fabric.Message) error {
 	}
 	if m.QoS > 0 {
 		pk.PacketID = 1 // mochi's validation wants one; the inline client is never acknowledged
+	}
+	if len(m.Seqs) > 0 && inst.persist != nil {
+		// Copies queued by the sender for sessions connected here: their
+		// deliveries map to these numbers, as for a publish stored here.
+		pk = inst.persist.tag(pk, m.Seqs)
+		defer inst.persist.copiesArrived(m.Seqs)
 	}
 	inst.inlineMu.Lock()
 	defer inst.inlineMu.Unlock()
@@ -284,7 +304,43 @@ type routeHook struct {
 }
 
 var routeHookEvents = provides(mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnDisconnect, mqtt.OnClientExpired,
-	mqtt.OnPublish, mqtt.OnSelectSubscribers, mqtt.OnPacketEncode)
+	mqtt.OnPublish, mqtt.OnSelectSubscribers, mqtt.OnPacketEncode, mqtt.OnSessionEstablished)
+
+// sessionRouted reports whether a client's subscriptions are its session's
+// own routes (a persistent session, living on any node).
+func (r *spreadRoutes) sessionRouted(cl *mqtt.Client) bool {
+	return r.sess != nil && !cl.Net.Inline && persistent(cl)
+}
+
+// OnSessionEstablished, for a persistent session living on any node:
+// a clean start's discarded session loses its routes, and the session is
+// attached here (messages for it come here; a connection another node
+// still has for it is ended there).
+func (h *routeHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	r := h.inst.routes
+	if r == nil || r.sess == nil || cl.Net.Inline {
+		return
+	}
+	ctx, cancel := routeCtx()
+	defer cancel()
+	if h.inst.persist.discarded(cl.ID) {
+		if err := r.sess.DropSession(ctx, cl.ID); err != nil {
+			h.inst.log.Warn("drop a discarded session's routes", "client_id", cl.ID, "err", err)
+		}
+	}
+	if !persistent(cl) {
+		return
+	}
+	if err := r.sess.Attach(ctx, cl.ID, h.inst.persist.epoch(cl.ID)); err != nil {
+		// Messages for it would not come here: the client connects again.
+		h.inst.log.Warn("attach a session here (its client is disconnected, to connect again)", "client_id", cl.ID, "err", err)
+		h.inst.end(cl, packets.ErrServerUnavailable)
+		return
+	}
+	r.mu.Lock()
+	r.attached[cl.ID] = true
+	r.mu.Unlock()
+}
 
 func (h *routeHook) ID() string { return "roost-routes" }
 
@@ -303,17 +359,21 @@ func (h *routeHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes
 		if i >= len(reasonCodes) || reasonCodes[i] >= packets.ErrUnspecifiedError.Code {
 			continue
 		}
-		if !r.hold(sub.Filter, cl.ID) {
-			continue
-		}
+		var err error
 		ctx, cancel := routeCtx()
-		err := r.fab.Add(ctx, sub.Filter)
+		switch {
+		case r.sessionRouted(cl):
+			err = r.sess.AddSession(ctx, cl.ID, sub.Filter, reasonCodes[i], sub.NoLocal)
+		case r.hold(sub.Filter, cl.ID):
+			if err = r.fab.Add(ctx, sub.Filter); err != nil {
+				r.drop(sub.Filter, cl.ID)
+			}
+		}
 		cancel()
 		if err == nil {
 			continue
 		}
 		h.inst.log.Warn("subscription refused: its route could not be written", "client_id", cl.ID, "filter", sub.Filter, "err", err)
-		r.drop(sub.Filter, cl.ID)
 		reasonCodes[i] = packets.ErrUnspecifiedError.Code
 		if h.inst.server.Topics.Unsubscribe(sub.Filter, cl.ID) {
 			atomic.AddInt64(&h.inst.server.Info.Subscriptions, -1)
@@ -323,7 +383,18 @@ func (h *routeHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes
 }
 
 func (h *routeHook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
-	if h.inst.routes == nil {
+	r := h.inst.routes
+	if r == nil {
+		return
+	}
+	if r.sessionRouted(cl) {
+		ctx, cancel := routeCtx()
+		defer cancel()
+		for _, sub := range pk.Filters {
+			if err := r.sess.RemoveSession(ctx, cl.ID, sub.Filter); err != nil {
+				h.inst.log.Warn("remove a session's route (messages for it are queued until it ends)", "client_id", cl.ID, "filter", sub.Filter, "err", err)
+			}
+		}
 		return
 	}
 	for _, sub := range pk.Filters {
@@ -334,7 +405,28 @@ func (h *routeHook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 // OnDisconnect removes a clean session's routes; a persistent session
 // keeps them while it waits for its client.
 func (h *routeHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
-	if h.inst.routes != nil && expire && !cl.IsTakenOver() && !cl.Net.Inline {
+	r := h.inst.routes
+	if r == nil || cl.IsTakenOver() || cl.Net.Inline {
+		return
+	}
+	r.mu.Lock()
+	attached := r.attached[cl.ID]
+	delete(r.attached, cl.ID)
+	r.mu.Unlock()
+	if attached {
+		// A session living on any node: it keeps its routes while it
+		// lasts, and nothing is sent here for it any more.
+		ctx, cancel := routeCtx()
+		defer cancel()
+		op, do := "detach a session", r.sess.Detach
+		if expire {
+			op, do = "drop an ended session's routes", r.sess.DropSession
+		}
+		if err := do(ctx, cl.ID); err != nil {
+			h.inst.log.Warn(op, "client_id", cl.ID, "err", err)
+		}
+	}
+	if expire {
 		for _, f := range h.inst.routes.filtersOf(cl.ID) {
 			h.inst.unroute(f, cl.ID)
 		}
@@ -367,7 +459,22 @@ func (h *routeHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 	}
 	ctx, cancel := routeCtx()
 	defer cancel()
-	if _, err := h.inst.routes.fab.Send(ctx, m, servedHere); err != nil {
+	var err error
+	if r := h.inst.routes; r.sess != nil {
+		local := fabric.Local{Group: servedHere, Queue: func(ctx context.Context, copies []fabric.Copy) ([]uint64, error) {
+			return h.inst.persist.queueCopies(ctx, pk, copies)
+		}, Connected: func(clientID string) bool {
+			c, ok := h.inst.server.Clients.Get(clientID)
+			return ok && !c.Net.Inline && persistent(c)
+		}}
+		if !cl.Net.Inline {
+			local.Publisher = cl.ID
+		}
+		_, err = r.sess.SendQueued(ctx, m, local)
+	} else {
+		_, err = r.fab.Send(ctx, m, servedHere)
+	}
+	if err != nil {
 		h.inst.log.Error("send a message to the tenant's other nodes", "topic", pk.TopicName, "qos", pk.FixedHeader.Qos, "err", err)
 		if pk.FixedHeader.Qos > 0 {
 			return h.inst.refusePublish(cl, pk, errNotForwarded)

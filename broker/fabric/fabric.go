@@ -61,6 +61,15 @@ type Message struct {
 	// the receiving owner serves for this message: each group gets it
 	// once, on one node.
 	Groups []string
+	// Seqs are, for each persistent session connected to the receiving
+	// node that the message is for, the number of its copy in the
+	// session's queue: the sender queued it before it was acknowledged.
+	Seqs map[string]uint64
+	// Kick names a session claimed on another node (Epoch is the claim):
+	// the receiving node ends its connection if its own claim is older.
+	// An entry with Kick carries no message.
+	Kick  string
+	Epoch uint64
 }
 
 // Config is what a node's fabric needs.
@@ -334,8 +343,10 @@ type Tenant struct {
 	owners map[string]map[string]bool
 	index  *mqtt.TopicsIndex
 	count  int
-	// present are the owners with a membership, as last read.
+	// present are the owners with a membership, as last read; holders
+	// maps a persistent session to the owner its client is connected to.
 	present []string
+	holders map[string]string
 	readAt  time.Time
 	stale   bool
 	next    atomic.Uint64 // picks among a shared group's owners
@@ -518,6 +529,7 @@ func (t *Tenant) load(ctx context.Context) error {
 		v = "0"
 	}
 	owners := map[string]map[string]bool{}
+	holders := map[string]string{}
 	index := mqtt.NewTopicsIndex()
 	count := 0
 	for field := range all.Val() {
@@ -529,12 +541,21 @@ func (t *Tenant) load(ctx context.Context) error {
 			owners[owner] = map[string]bool{}
 		}
 		owners[owner][filter] = true
-		index.Subscribe(owner, packets.Subscription{Filter: filter})
+		sub := packets.Subscription{Filter: filter}
+		if cid, ok := strings.CutPrefix(owner, sessionMark); ok {
+			var holder string
+			sub.Qos, sub.NoLocal, holder = parseSessionRoute(all.Val()[field])
+			if holder != "" {
+				holders[cid] = holder
+			}
+		}
+		index.Subscribe(owner, sub)
 		count++
 	}
 	t.mu.Lock()
 	t.ver, t.owners, t.index, t.count, t.readAt, t.stale = v, owners, index, count, time.Now(), false
 	t.present = members.Val()
+	t.holders = holders
 	t.mu.Unlock()
 	return nil
 }
@@ -579,13 +600,59 @@ return #KEYS - 1
 // against the routes' current version, so that once Send returns the
 // message is in the inbox of every owner whose route was written before.
 func (t *Tenant) Send(ctx context.Context, m Message, servedHere func(group string) bool) (int, error) {
+	return t.SendQueued(ctx, m, Local{Group: servedHere})
+}
+
+// Local is what a sender tells SendQueued about its own node.
+type Local struct {
+	// Group reports whether this node has a member of a shared group.
+	Group func(group string) bool
+	// Connected reports whether a persistent session's client is
+	// connected here: its broker queues for it itself.
+	Connected func(clientID string) bool
+	// Publisher is the publishing client's id (for No Local).
+	Publisher string
+	// Queue appends copies of the message to persistent sessions' queues
+	// and returns their numbers in order.
+	Queue func(ctx context.Context, copies []Copy) ([]uint64, error)
+}
+
+// Copy is a message's copy for a persistent session, at the QoS it gets.
+type Copy struct {
+	ClientID string
+	QoS      byte
+}
+
+// SendQueued is Send for a fabric where persistent sessions live on any
+// node (see Sessions): the message is also queued, through local.Queue,
+// for every persistent session with a matching route that is not connected
+// here, and sent to the node its client is connected to, with the copy's
+// number. Copies queued before a stale version was refused are not queued
+// again.
+func (t *Tenant) SendQueued(ctx context.Context, m Message, local Local) (int, error) {
+	queued := map[string]uint64{}
 	for attempt := 0; ; attempt++ {
 		ver, index, err := t.current(ctx)
 		if err != nil {
 			t.f.failed.Add(1)
 			return 0, fmt.Errorf("fabric: read routes: %w", err)
 		}
-		targets := t.targets(ctx, index, m, servedHere)
+		targets, copies := t.targets(ctx, index, m, local)
+		var fresh []Copy
+		for _, c := range copies {
+			if _, done := queued[c.ClientID]; !done && local.Queue != nil {
+				fresh = append(fresh, c)
+			}
+		}
+		if len(fresh) > 0 {
+			seqs, err := local.Queue(ctx, fresh)
+			if err != nil {
+				return 0, fmt.Errorf("fabric: queue for persistent sessions: %w", err)
+			}
+			for i, c := range fresh {
+				queued[c.ClientID] = seqs[i]
+			}
+		}
 		if len(targets) == 0 && m.QoS == 0 {
 			return 0, nil
 		}
@@ -601,6 +668,14 @@ func (t *Tenant) Send(ctx context.Context, m Message, servedHere func(group stri
 			}
 			mm := m
 			mm.Groups = tg.groups
+			for _, cid := range tg.sessions {
+				if seq, ok := queued[cid]; ok {
+					if mm.Seqs == nil {
+						mm.Seqs = map[string]uint64{}
+					}
+					mm.Seqs[cid] = seq
+				}
+			}
 			args = append(args, limit, encode(mm))
 		}
 		err = sendScript.Run(ctx, t.f.rdb, keys, args...).Err()
@@ -621,9 +696,14 @@ func (t *Tenant) Send(ctx context.Context, m Message, servedHere func(group stri
 type target struct {
 	owner  string
 	groups []string
+	// sessions are the persistent sessions connected to the owner the
+	// message is for.
+	sessions []string
 }
 
-func (t *Tenant) targets(ctx context.Context, index *mqtt.TopicsIndex, m Message, servedHere func(string) bool) []target {
+func (t *Tenant) targets(ctx context.Context, index *mqtt.TopicsIndex, m Message, local Local) ([]target, []Copy) {
+	servedHere := local.Group
+	var copies []Copy
 	byOwner := map[string]*target{}
 	add := func(owner string) *target {
 		tg := byOwner[owner]
@@ -643,9 +723,33 @@ func (t *Tenant) targets(ctx context.Context, index *mqtt.TopicsIndex, m Message
 		}
 		t.mu.RUnlock()
 	}
+	t.mu.RLock()
+	holders := t.holders
+	t.mu.RUnlock()
+	// session is a persistent session's subscription: queued if its QoS
+	// is 1 or 2, and sent to the node its client is connected to.
+	session := func(cid string, sub packets.Subscription) *target {
+		if sub.NoLocal && cid == local.Publisher || local.Connected != nil && local.Connected(cid) {
+			return nil
+		}
+		if q := min(m.QoS, sub.Qos); q > 0 {
+			copies = append(copies, Copy{ClientID: cid, QoS: q})
+		}
+		holder := holders[cid]
+		if holder == "" || holder == t.owner {
+			return nil
+		}
+		tg := add(holder)
+		if !slices.Contains(tg.sessions, cid) {
+			tg.sessions = append(tg.sessions, cid)
+		}
+		return tg
+	}
 	subs := index.Subscribers(m.Topic)
-	for owner := range subs.Subscriptions {
-		if owner != t.owner {
+	for owner, sub := range subs.Subscriptions {
+		if cid, ok := strings.CutPrefix(owner, sessionMark); ok {
+			session(cid, sub)
+		} else if owner != t.owner {
 			add(owner)
 		}
 	}
@@ -659,6 +763,12 @@ func (t *Tenant) targets(ctx context.Context, index *mqtt.TopicsIndex, m Message
 		}
 		slices.Sort(owners)
 		owner := owners[int(t.next.Add(1)%uint64(len(owners)))]
+		if cid, ok := strings.CutPrefix(owner, sessionMark); ok {
+			// The group's turn falls to a persistent session: it is
+			// queued for it alone (its node serves the group no other way).
+			session(cid, members[owner])
+			continue
+		}
 		tg := add(owner)
 		tg.groups = append(tg.groups, group)
 	}
@@ -667,7 +777,7 @@ func (t *Tenant) targets(ctx context.Context, index *mqtt.TopicsIndex, m Message
 		out = append(out, *tg)
 	}
 	slices.SortFunc(out, func(a, b target) int { return strings.Compare(a.owner, b.owner) })
-	return out
+	return out, copies
 }
 
 // read delivers the inbox, in order, until Leave.
@@ -771,8 +881,11 @@ func sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// An entry: a version byte, flags (QoS in the low two bits, 4 = retain),
-// then topic, payload, properties and each group, each with its length.
+// An entry: a version byte, flags (QoS in the low two bits, 4 = retain,
+// 8 = sessions follow), the number of groups, then topic, payload,
+// properties and each group, each with its length; then, with flag 8, the
+// number of session copies, each client id (with its length) and number,
+// the kicked client id (with its length) and the epoch.
 const encoding = 1
 
 func encode(m Message) string {
@@ -781,11 +894,27 @@ func encode(m Message) string {
 	if m.Retain {
 		flags |= 4
 	}
+	extra := len(m.Seqs) > 0 || m.Kick != ""
+	if extra {
+		flags |= 8
+	}
 	b = append(b, encoding, flags)
 	b = binary.AppendUvarint(b, uint64(len(m.Groups)))
-	for _, s := range append([][]byte{[]byte(m.Topic), m.Payload, m.Props}, groups(m.Groups)...) {
+	str := func(s []byte) {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
+	}
+	for _, s := range append([][]byte{[]byte(m.Topic), m.Payload, m.Props}, groups(m.Groups)...) {
+		str(s)
+	}
+	if extra {
+		b = binary.AppendUvarint(b, uint64(len(m.Seqs)))
+		for cid, seq := range m.Seqs {
+			str([]byte(cid))
+			b = binary.AppendUvarint(b, seq)
+		}
+		str([]byte(m.Kick))
+		b = binary.AppendUvarint(b, m.Epoch)
 	}
 	return string(b)
 }
@@ -804,7 +933,8 @@ func decode(b []byte) (Message, error) {
 	if len(b) < 3 || b[0] != encoding {
 		return Message{}, errEntry
 	}
-	m := Message{QoS: b[1] & 3, Retain: b[1]&4 != 0}
+	flags := b[1]
+	m := Message{QoS: flags & 3, Retain: flags&4 != 0}
 	b = b[2:]
 	n, k := binary.Uvarint(b)
 	if k <= 0 || n > 1<<16 {
@@ -826,6 +956,47 @@ func decode(b []byte) (Message, error) {
 	}
 	for _, g := range parts[3:] {
 		m.Groups = append(m.Groups, string(g))
+	}
+	if flags&8 == 0 {
+		return m, nil
+	}
+	str := func() (string, bool) {
+		l, k := binary.Uvarint(b)
+		if k <= 0 || l > uint64(len(b)-k) {
+			return "", false
+		}
+		s := string(b[k : k+int(l)])
+		b = b[k+int(l):]
+		return s, true
+	}
+	num := func() (uint64, bool) {
+		v, k := binary.Uvarint(b)
+		if k <= 0 {
+			return 0, false
+		}
+		b = b[k:]
+		return v, true
+	}
+	n, ok := num()
+	if !ok || n > 1<<16 {
+		return Message{}, errEntry
+	}
+	for range n {
+		cid, ok1 := str()
+		seq, ok2 := num()
+		if !ok1 || !ok2 {
+			return Message{}, errEntry
+		}
+		if m.Seqs == nil {
+			m.Seqs = map[string]uint64{}
+		}
+		m.Seqs[cid] = seq
+	}
+	var ok1, ok2 bool
+	m.Kick, ok1 = str()
+	m.Epoch, ok2 = num()
+	if !ok1 || !ok2 {
+		return Message{}, errEntry
 	}
 	return m, nil
 }

@@ -1,0 +1,222 @@
+package broker
+
+import (
+	"context"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/broker/fabric"
+	"github.com/roosthub/roost/broker/store"
+)
+
+// A spread tenant's persistent sessions live on any node when its fabric
+// can route to them (fabric.SessionOwner): no broker holds the sessions of
+// clients that are away. A session is read from the store when its client
+// connects (adopt), claimed, and handed to mochi as the session the
+// connection takes over; its subscriptions are routes of its own, which a
+// publisher on any node matches to queue the message in the session's
+// queue before its acknowledgement, then send it to the node the client is
+// connected to with the copy's number (spread.go, fabric/sessions.go).
+// When the client leaves, its session is stored and let go (evict).
+
+// sessionLoader is a store that reads one session without reading the
+// tenant's others.
+type sessionLoader interface {
+	Session(ctx context.Context, tenant, clientID string) (store.Session, bool, error)
+}
+
+// loadSession reads one stored session.
+func (p *persistence) loadSession(ctx context.Context, clientID string) (store.Session, bool, error) {
+	if l, ok := p.st.(sessionLoader); ok {
+		return l.Session(ctx, p.tenant, clientID)
+	}
+	all, err := p.st.Sessions(ctx, p.tenant)
+	if err != nil {
+		return store.Session{}, false, err
+	}
+	for _, s := range all {
+		if s.ClientID == clientID {
+			return s, true, nil
+		}
+	}
+	return store.Session{}, false, nil
+}
+
+// look reads a connecting client's stored session, if it has one, and
+// notes it as stored here (so that the connection claims it: to keep it,
+// or to discard it for a clean start).
+func (p *persistence) look(ctx context.Context, clientID string) (store.Session, bool, error) {
+	s, found, err := p.loadSession(ctx, clientID)
+	if err != nil || !found {
+		return s, false, err
+	}
+	p.mu.Lock()
+	p.stored[clientID] = true
+	p.storedN.Store(int64(len(p.stored)))
+	p.mu.Unlock()
+	return s, true, nil
+}
+
+// adopt hands a stored session to mochi as the session a connection with
+// its client id takes over: its subscriptions and waiting messages, in
+// queue order, as a restart would restore them.
+func (p *persistence) adopt(ctx context.Context, s store.Session) error {
+	now := time.Now()
+	base := now.Unix() &^ 0xffff
+	p.mu.Lock()
+	claimed := p.epochs[s.ClientID]
+	c, subs, inflight, ok, err := p.restoreSession(ctx, s, now, base, p.maxQueued())
+	if err == nil && ok {
+		// The claim made at connect is the session's epoch now.
+		p.epochs[s.ClientID] = max(claimed, s.Epoch)
+	}
+	p.mu.Unlock()
+	if err != nil || !ok {
+		return err
+	}
+	if prev, ok := p.server.Clients.Get(c.ID); ok && !prev.Net.Inline {
+		return nil // a session here already: the connection takes it over
+	}
+	cl := p.server.NewClient(nil, c.Listener, c.ID, false)
+	cl.Properties.Username = c.Username
+	cl.Properties.ProtocolVersion = c.ProtocolVersion
+	cl.Properties.Props.SessionExpiryInterval = c.Properties.SessionExpiryInterval
+	cl.Properties.Props.SessionExpiryIntervalFlag = c.Properties.SessionExpiryIntervalFlag
+	cl.Stop(packets.ErrSessionTakenOver) // a session waiting for its client, as mochi restores one
+	for _, sub := range subs {
+		ps := packets.Subscription{Filter: sub.Filter, Qos: sub.Qos, NoLocal: sub.NoLocal, RetainAsPublished: sub.RetainAsPublished,
+			RetainHandling: sub.RetainHandling, Identifier: sub.Identifier}
+		if p.server.Topics.Subscribe(c.ID, ps) {
+			atomic.AddInt64(&p.server.Info.Subscriptions, 1)
+		}
+		cl.State.Subscriptions.Add(sub.Filter, ps)
+	}
+	for _, m := range inflight {
+		if cl.State.Inflight.Set(m.ToPacket()) {
+			atomic.AddInt64(&p.server.Info.Inflight, 1)
+		}
+	}
+	p.server.Clients.Add(cl)
+	return nil
+}
+
+// evict lets a session go once its client left and its record was
+// stored: it lives in the store, and in its routes, until the client
+// connects again, on any node.
+func (p *persistence) evict(cl *mqtt.Client) {
+	if cur, ok := p.server.Clients.Get(cl.ID); ok && cur == cl {
+		// Not mochi's UnsubscribeClient: its OnUnsubscribed would take the
+		// session's subscriptions away, in the store and in its routes.
+		for filter := range cl.State.Subscriptions.GetAll() {
+			if p.server.Topics.Unsubscribe(filter, cl.ID) {
+				atomic.AddInt64(&p.server.Info.Subscriptions, -1)
+			}
+			cl.State.Subscriptions.Delete(filter)
+		}
+		cl.ClearInflights()
+		p.server.Clients.Delete(cl.ID)
+	}
+	p.forget(cl.ID)
+}
+
+// queueCopies appends a message's copies for persistent sessions connected
+// elsewhere or nowhere (see fabric.Local.Queue).
+func (p *persistence) queueCopies(ctx context.Context, pk packets.Packet, copies []fabric.Copy) ([]uint64, error) {
+	items := make([]store.Item, len(copies))
+	for i, c := range copies {
+		m := toStore(pk)
+		m.QoS = c.QoS
+		items[i] = store.Item{ClientID: c.ClientID, Message: m}
+	}
+	return p.st.Append(ctx, p.tenant, items, store.Receipt{})
+}
+
+// copiesArrived notes the queue numbers of a message another node queued
+// for sessions connected here, and has each send whatever it lacks (the
+// message itself, when mochi did not hand it to the session: a shared
+// group's turn, or a copy mochi's delivery did not carry).
+func (p *persistence) copiesArrived(seqs map[string]uint64) {
+	var check []*mqtt.Client
+	p.mu.Lock()
+	for cid, seq := range seqs {
+		cl := p.live[cid]
+		if cl == nil {
+			continue // gone meanwhile: the copy waits in its queue
+		}
+		if !slices.Contains(p.outstanding[cid], seq) {
+			p.outstanding[cid] = insertSeq(p.outstanding[cid], seq)
+		}
+		check = append(check, cl)
+	}
+	p.mu.Unlock()
+	for _, cl := range check {
+		p.reconcile(cl)
+	}
+}
+
+// catchUp reads what a connected session's queue holds past what this
+// broker knows of, and sends it: copies queued by a node that sent them to
+// a node the client had left (a notice lost in a takeover) arrive this way.
+func (p *persistence) catchUp(cl *mqtt.Client) {
+	p.mu.Lock()
+	var after uint64
+	if out := p.outstanding[cl.ID]; len(out) > 0 {
+		after = out[len(out)-1]
+	}
+	p.mu.Unlock()
+	ctx, cancel := storeCtx()
+	defer cancel()
+	queued, err := p.st.Read(ctx, p.tenant, cl.ID, after, p.maxQueued())
+	if err != nil || len(queued) == 0 {
+		return
+	}
+	seqs := make(map[string]uint64, 1)
+	for _, q := range queued {
+		seqs[cl.ID] = q.Seq
+		p.copiesArrived(seqs)
+	}
+}
+
+// kicked ends the connection of a session claimed on another node, if its
+// claim here is older.
+func (inst *instance) kicked(clientID string, epoch uint64) {
+	p := inst.persist
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	cl := p.live[clientID]
+	mine := p.epochs[clientID]
+	p.mu.Unlock()
+	if cl == nil || mine >= epoch {
+		return
+	}
+	inst.log.Info("session taken over on another node", "client_id", clientID)
+	p.mu.Lock()
+	p.letGo(clientID)
+	p.mu.Unlock()
+	endConn(inst.server, cl, packets.ErrSessionTakenOver)
+}
+
+// discarding notes that a connection starting clean discards the client's
+// stored session; discarded reports it once (the session's routes go).
+func (p *persistence) discarding(clientID string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.discard == nil {
+		p.discard = map[string]bool{}
+	}
+	p.discard[clientID] = true
+}
+
+func (p *persistence) discarded(clientID string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	d := p.discard[clientID]
+	delete(p.discard, clientID)
+	return d
+}

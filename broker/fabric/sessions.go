@@ -1,0 +1,168 @@
+package fabric
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	goredis "github.com/redis/go-redis/v9"
+)
+
+// Persistent sessions live on any node (Sessions). A session's
+// subscriptions are routes of their own, owned by the session ("@" and its
+// client id), which outlive its connection: whoever publishes a message
+// for it queues it in the session's queue (the session store) before the
+// publisher's acknowledgement, then sends it to the node the session's
+// client is connected to, if any, with the copy's number. The node it is
+// connected to is in each of its routes (so that it changes with the
+// routes' version) and in the tenant's "at" hash, which a node claiming
+// the session reads to end the connection the other node still has.
+//
+//	<prefix>:{<tenant>}:routes       "@<client id>\x00<filter>" → "<qos>[n]|<owner or empty>"
+//	<prefix>:{<tenant>}:sr:<client>  set: the session's filters
+//	<prefix>:{<tenant>}:at           hash: client id → the owner its client is connected to
+
+// SessionOwner is an Owner of a fabric where persistent sessions live on
+// any node; *Tenant is one.
+type SessionOwner interface {
+	Owner
+	AddSession(ctx context.Context, clientID, filter string, qos byte, noLocal bool) error
+	RemoveSession(ctx context.Context, clientID, filter string) error
+	DropSession(ctx context.Context, clientID string) error
+	Attach(ctx context.Context, clientID string, epoch uint64) error
+	Detach(ctx context.Context, clientID string) error
+	SendQueued(ctx context.Context, m Message, local Local) (int, error)
+}
+
+var _ SessionOwner = (*Tenant)(nil)
+
+// sessionMark starts a session's name among the owners: no node id starts
+// with it (they are host names).
+const sessionMark = "@"
+
+// Sessions reports that persistent sessions may live on any node of this
+// fabric.
+func (f *Redis) Sessions() bool { return true }
+
+// sessionRoute is a session route's value.
+func sessionRoute(qos byte, noLocal bool, holder string) string {
+	v := strconv.Itoa(int(qos))
+	if noLocal {
+		v += "n"
+	}
+	return v + "|" + holder
+}
+
+func parseSessionRoute(v string) (qos byte, noLocal bool, holder string) {
+	opts, holder, _ := strings.Cut(v, "|")
+	if opts != "" && opts[0] >= '0' && opts[0] <= '2' {
+		qos = opts[0] - '0'
+	}
+	return qos, strings.Contains(opts, "n"), holder
+}
+
+// sessionRouteScript writes (ARGV[2] not empty) or removes a session's
+// route, keeping its set of filters, and raises the version if anything
+// changed.
+//
+// KEYS: routes, version, the session's filters. ARGV: field, value, channel,
+// tenant, filter.
+var sessionRouteScript = goredis.NewScript(`
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[2] == '' then
+  if not old then return 0 end
+  redis.call('HDEL', KEYS[1], ARGV[1]); redis.call('SREM', KEYS[3], ARGV[5])
+else
+  if old == ARGV[2] then return 0 end
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]); redis.call('SADD', KEYS[3], ARGV[5])
+end
+redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+`)
+
+// AddSession writes a persistent session's route for a filter (its client
+// connected here), before the SUBACK.
+func (t *Tenant) AddSession(ctx context.Context, clientID, filter string, qos byte, noLocal bool) error {
+	return t.sessionRoute(ctx, clientID, filter, sessionRoute(qos, noLocal, t.owner))
+}
+
+// RemoveSession takes a persistent session's route away (it unsubscribed).
+func (t *Tenant) RemoveSession(ctx context.Context, clientID, filter string) error {
+	return t.sessionRoute(ctx, clientID, filter, "")
+}
+
+func (t *Tenant) sessionRoute(ctx context.Context, clientID, filter, value string) error {
+	keys := []string{t.routes, t.version, t.f.key(t.name, "sr:"+clientID)}
+	if err := sessionRouteScript.Run(ctx, t.f.rdb, keys, sessionMark+clientID+"\x00"+filter, value, t.f.channel(), t.name, filter).Err(); err != nil {
+		return fmt.Errorf("fabric: session route %q: %w", filter, err)
+	}
+	t.invalidate()
+	return nil
+}
+
+// attachScript sets the owner a session's client is connected to (ARGV[2];
+// empty: none, and only if it was ARGV[7]) in the session's routes and in
+// the at hash, or (ARGV[8] = "1") ends the session: its routes go. When a
+// new owner takes the session from another, the other gets a kick entry.
+//
+// KEYS: routes, version, at, the session's filters. ARGV: client id, owner,
+// channel, tenant, inbox key prefix, kick entry, detaching owner, drop, cap.
+var attachScript = goredis.NewScript(`
+local old = redis.call('HGET', KEYS[3], ARGV[1])
+if ARGV[2] == '' and ARGV[8] ~= '1' and old ~= ARGV[7] then return 0 end
+if ARGV[2] == '' then redis.call('HDEL', KEYS[3], ARGV[1]) else redis.call('HSET', KEYS[3], ARGV[1], ARGV[2]) end
+local prefix = '@' .. ARGV[1] .. '\0'
+for _, f in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  local field = prefix .. f
+  if ARGV[8] == '1' then
+    redis.call('HDEL', KEYS[1], field)
+  else
+    local v = redis.call('HGET', KEYS[1], field)
+    if v then redis.call('HSET', KEYS[1], field, string.match(v, '^[^|]*') .. '|' .. ARGV[2]) end
+  end
+end
+if ARGV[8] == '1' then redis.call('DEL', KEYS[4]) end
+redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+if ARGV[2] ~= '' and old and old ~= ARGV[2] then
+  redis.call('XADD', ARGV[5] .. old, 'MAXLEN', '~', ARGV[9], '*', 'm', ARGV[6])
+end
+return 1
+`)
+
+// Attach records that a persistent session's client is connected here,
+// under the claim epoch: messages for it come here from now on, and the
+// node it was connected to before is told to end that connection.
+func (t *Tenant) Attach(ctx context.Context, clientID string, epoch uint64) error {
+	return t.attach(ctx, clientID, t.owner, epoch, false)
+}
+
+// Detach records that the session's client left this node (if it was
+// here): its messages are queued, and sent nowhere, until it connects.
+func (t *Tenant) Detach(ctx context.Context, clientID string) error {
+	return t.attach(ctx, clientID, "", 0, false)
+}
+
+// DropSession removes a session's routes: it ended (a clean start, its
+// expiry).
+func (t *Tenant) DropSession(ctx context.Context, clientID string) error {
+	return t.attach(ctx, clientID, "", 0, true)
+}
+
+func (t *Tenant) attach(ctx context.Context, clientID, owner string, epoch uint64, drop bool) error {
+	keys := []string{t.routes, t.version, t.f.key(t.name, "at"), t.f.key(t.name, "sr:"+clientID)}
+	d := "0"
+	if drop {
+		d = "1"
+	}
+	kick := encode(Message{Kick: clientID, Epoch: epoch})
+	err := attachScript.Run(ctx, t.f.rdb, keys, clientID, owner, t.f.channel(), t.name, t.f.key(t.name, "in:"), kick, t.owner, d,
+		strconv.FormatInt(t.f.cfg.InboxLength, 10)).Err()
+	if err != nil {
+		return fmt.Errorf("fabric: session %q: %w", clientID, err)
+	}
+	t.invalidate()
+	return nil
+}
