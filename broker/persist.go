@@ -40,6 +40,9 @@ type SessionStore interface {
 	// SaveSession writes the record, fenced by s.Epoch.
 	SaveSession(ctx context.Context, tenant string, s store.Session) error
 	Sessions(ctx context.Context, tenant string) ([]store.Session, error)
+	// Session reads one session's record (with its PendingRelease and Epoch,
+	// as Sessions fills them); found is false if it has none.
+	Session(ctx context.Context, tenant, clientID string) (s store.Session, found bool, err error)
 	DeleteSession(ctx context.Context, tenant, clientID string, epoch uint64) error
 	// Append queues the items and returns their sequence numbers. A
 	// receipt with a client id is recorded in the same write: the items

@@ -319,30 +319,54 @@ func (s *Store) Sessions(ctx context.Context, tenant string) ([]store.Session, e
 	}
 	out := make([]store.Session, 0, len(rows))
 	for _, r := range rows {
-		var sess store.Session
-		if err := json.Unmarshal(r.cells["s:v"], &sess); err != nil {
-			return nil, err
-		}
-		rr, found, err := s.getRow(ctx, "queues", receiptRow(tenant, sess.ClientID))
+		sess, err := s.decodeSession(ctx, tenant, r)
 		if err != nil {
-			return nil, err
-		}
-		for col := range rr.cells {
-			if id, ok := strings.CutPrefix(col, "m:r"); ok && found {
-				n, err := strconv.ParseUint(id, 10, 16)
-				if err != nil {
-					return nil, fmt.Errorf("hbase receipt %q: damaged", col)
-				}
-				sess.PendingRelease = append(sess.PendingRelease, uint16(n))
-			}
-		}
-		slices.Sort(sess.PendingRelease)
-		if sess.Epoch, err = s.epoch(ctx, tenant, sess.ClientID); err != nil {
 			return nil, err
 		}
 		out = append(out, sess)
 	}
 	return out, nil
+}
+
+// Session gets the session's row, then its receipts row and its epoch:
+// the tenant's sessions are not scanned.
+func (s *Store) Session(ctx context.Context, tenant, clientID string) (store.Session, bool, error) {
+	r, found, err := s.getRow(ctx, "sessions", tenantKey(tenant, clientID))
+	if err != nil || !found {
+		return store.Session{}, false, err
+	}
+	sess, err := s.decodeSession(ctx, tenant, r)
+	if err != nil {
+		return store.Session{}, false, err
+	}
+	return sess, true, nil
+}
+
+// decodeSession decodes a row of the sessions table and fills in the
+// session's pending releases, sorted, and its epoch.
+func (s *Store) decodeSession(ctx context.Context, tenant string, r scanned) (store.Session, error) {
+	var sess store.Session
+	if err := json.Unmarshal(r.cells["s:v"], &sess); err != nil {
+		return store.Session{}, err
+	}
+	rr, found, err := s.getRow(ctx, "queues", receiptRow(tenant, sess.ClientID))
+	if err != nil {
+		return store.Session{}, err
+	}
+	for col := range rr.cells {
+		if id, ok := strings.CutPrefix(col, "m:r"); ok && found {
+			n, err := strconv.ParseUint(id, 10, 16)
+			if err != nil {
+				return store.Session{}, fmt.Errorf("hbase receipt %q: damaged", col)
+			}
+			sess.PendingRelease = append(sess.PendingRelease, uint16(n))
+		}
+	}
+	slices.Sort(sess.PendingRelease)
+	if sess.Epoch, err = s.epoch(ctx, tenant, sess.ClientID); err != nil {
+		return store.Session{}, err
+	}
+	return sess, nil
 }
 
 const epochColumn = "m:e"

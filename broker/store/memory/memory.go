@@ -68,16 +68,33 @@ func (s *Store) Sessions(_ context.Context, tenant string) ([]store.Session, err
 	var out []store.Session
 	for k, v := range s.sessions {
 		if k.tenant == tenant {
-			for id := range s.receipts[k] {
-				v.PendingRelease = append(v.PendingRelease, id)
-			}
-			slices.Sort(v.PendingRelease)
-			v.Epoch = s.epochs[k]
-			out = append(out, v)
+			out = append(out, s.filled(k, v))
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ClientID < out[j].ClientID })
 	return out, nil
+}
+
+func (s *Store) Session(_ context.Context, tenant, clientID string) (store.Session, bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	k := key{tenant, clientID}
+	v, ok := s.sessions[k]
+	if !ok {
+		return store.Session{}, false, nil
+	}
+	return s.filled(k, v), true, nil
+}
+
+// filled is a session's record with its pending releases, sorted, and its
+// epoch. Called with s.mu held.
+func (s *Store) filled(k key, v store.Session) store.Session {
+	for id := range s.receipts[k] {
+		v.PendingRelease = append(v.PendingRelease, id)
+	}
+	slices.Sort(v.PendingRelease)
+	v.Epoch = s.epochs[k]
+	return v
 }
 
 func (s *Store) DeleteSession(_ context.Context, tenant, clientID string, epoch uint64) error {

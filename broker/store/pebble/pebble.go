@@ -233,24 +233,55 @@ func (s *Store) Sessions(_ context.Context, tenant string) ([]store.Session, err
 	defer it.Close()
 	var out []store.Session
 	for it.First(); it.Valid(); it.Next() {
-		var sess store.Session
-		if err := json.Unmarshal(it.Value(), &sess); err != nil {
-			return nil, fmt.Errorf("session %q: %w", it.Key(), err)
-		}
-		if sess.PendingRelease, err = s.receipts(tenant, sess.ClientID); err != nil {
-			return nil, err
-		}
-		ek := clientKey('e', tenant, sess.ClientID)
-		mu := s.stripe(ek) // filling the cache races a claim otherwise
-		mu.Lock()
-		sess.Epoch, err = s.epoch(ek)
-		mu.Unlock()
+		sess, err := s.decodeSession(tenant, it.Key(), it.Value())
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, sess)
 	}
 	return out, it.Error()
+}
+
+// Session reads the one record by its key, then the session's receipts and
+// epoch: nothing else of the tenant is scanned.
+func (s *Store) Session(_ context.Context, tenant, clientID string) (store.Session, bool, error) {
+	k := clientKey('s', tenant, clientID)
+	v, closer, err := s.db.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return store.Session{}, false, nil
+	}
+	if err != nil {
+		return store.Session{}, false, err
+	}
+	sess, err := s.decodeSession(tenant, k, v)
+	closer.Close()
+	if err != nil {
+		return store.Session{}, false, err
+	}
+	return sess, true, nil
+}
+
+// decodeSession decodes a session record (v, kept at key k) and fills in
+// its pending releases, in packet id order (the order of their keys), and
+// its epoch.
+func (s *Store) decodeSession(tenant string, k, v []byte) (store.Session, error) {
+	var sess store.Session
+	if err := json.Unmarshal(v, &sess); err != nil {
+		return store.Session{}, fmt.Errorf("session %q: %w", k, err)
+	}
+	var err error
+	if sess.PendingRelease, err = s.receipts(tenant, sess.ClientID); err != nil {
+		return store.Session{}, err
+	}
+	ek := clientKey('e', tenant, sess.ClientID)
+	mu := s.stripe(ek) // filling the cache races a claim otherwise
+	mu.Lock()
+	sess.Epoch, err = s.epoch(ek)
+	mu.Unlock()
+	if err != nil {
+		return store.Session{}, err
+	}
+	return sess, nil
 }
 
 func (s *Store) receipts(tenant, clientID string) ([]uint16, error) {

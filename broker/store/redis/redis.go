@@ -139,32 +139,65 @@ func (s *Store) Sessions(ctx context.Context, tenant string) ([]store.Session, e
 		return nil, err
 	}
 	var out []store.Session
-	for i, g := range gets {
-		v, err := g.Bytes()
-		if errors.Is(err, goredis.Nil) {
-			continue
-		}
+	for i := range ids {
+		sess, found, err := decodeSession(gets[i], epochs[i], receipts[i])
 		if err != nil {
 			return nil, err
 		}
-		var sess store.Session
-		if err := json.Unmarshal(v, &sess); err != nil {
-			return nil, err
+		if found {
+			out = append(out, sess)
 		}
-		for _, m := range receipts[i].Val() {
-			id, err := strconv.ParseUint(m, 10, 16)
-			if err != nil {
-				return nil, fmt.Errorf("damaged receipt %q", m)
-			}
-			sess.PendingRelease = append(sess.PendingRelease, uint16(id))
-		}
-		slices.Sort(sess.PendingRelease)
-		if e, err := epochs[i].Uint64(); err == nil {
-			sess.Epoch = e
-		}
-		out = append(out, sess)
 	}
 	return out, nil
+}
+
+// Session reads the session's record, epoch and receipts in one pipelined
+// round trip: the tenant's index is not read.
+func (s *Store) Session(ctx context.Context, tenant, clientID string) (store.Session, bool, error) {
+	k := func(kind string) string { return s.sessionKey(tenant, clientID, kind) }
+	pipe := s.rdb.Pipeline()
+	rec := pipe.Get(ctx, k("s"))
+	epoch := pipe.Get(ctx, k("e"))
+	receipts := pipe.SMembers(ctx, k("r"))
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+		return store.Session{}, false, err
+	}
+	return decodeSession(rec, epoch, receipts)
+}
+
+// decodeSession decodes a session's record and fills in its pending
+// releases, sorted, and its epoch (0 if it was never claimed), from the
+// replies of one pipeline; found is false if the session has no record.
+func decodeSession(rec, epoch *goredis.StringCmd, receipts *goredis.StringSliceCmd) (sess store.Session, found bool, err error) {
+	v, err := rec.Bytes()
+	if errors.Is(err, goredis.Nil) {
+		return store.Session{}, false, nil
+	}
+	if err != nil {
+		return store.Session{}, false, err
+	}
+	if err := json.Unmarshal(v, &sess); err != nil {
+		return store.Session{}, false, err
+	}
+	ms, err := receipts.Result()
+	if err != nil {
+		return store.Session{}, false, err
+	}
+	for _, m := range ms {
+		id, err := strconv.ParseUint(m, 10, 16)
+		if err != nil {
+			return store.Session{}, false, fmt.Errorf("damaged receipt %q", m)
+		}
+		sess.PendingRelease = append(sess.PendingRelease, uint16(id))
+	}
+	slices.Sort(sess.PendingRelease)
+	switch e, err := epoch.Uint64(); {
+	case err == nil:
+		sess.Epoch = e
+	case !errors.Is(err, goredis.Nil):
+		return store.Session{}, false, fmt.Errorf("session epoch: %w", err)
+	}
+	return sess, true, nil
 }
 
 // deleteScript drops a session from the index, then its record, queue,

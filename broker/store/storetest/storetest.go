@@ -30,6 +30,7 @@ func Run(t *testing.T, open func(t *testing.T) (s Store, reopen func() Store)) {
 		fn   func(t *testing.T, s Store, reopen func() Store)
 	}{
 		{"Sessions", testSessions},
+		{"Session", testSession},
 		{"QueueOrder", testQueueOrder},
 		{"Ack", testAck},
 		{"AckLeavesOthers", testAckLeavesOthers},
@@ -134,6 +135,95 @@ func testSessions(t *testing.T, s Store, _ func() Store) {
 	}
 	if err := s.DeleteSession(ctx, "acme", "never", 0); err != nil {
 		t.Errorf("deleting an unknown session: %v", err)
+	}
+}
+
+// testSession: the single-session read finds one session by its client id
+// and fills it as Sessions does (pending releases sorted, epoch), never
+// another tenant's, and nothing once it is deleted.
+func testSession(t *testing.T, s Store, reopen func() Store) {
+	if got, found, err := s.Session(ctx, "acme", "c1"); err != nil || found {
+		t.Fatalf("Session of an absent session: %+v, found %v, %v; want not found, no error", got, found, err)
+	}
+	e, err := s.Claim(ctx, "acme", "c1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	will := store.Will{Topic: "status/c1", Payload: []byte("gone"), QoS: 1, Retain: true, Due: time.Unix(1700000060, 0).UTC()}
+	sess := store.Session{
+		ClientID: "c1", Device: "d1", ProtocolVersion: 5, Expiry: 3600,
+		DisconnectedAt: time.Unix(1700000000, 0).UTC(),
+		Subscriptions:  []store.Subscription{{Filter: "a/#", QoS: 1, NoLocal: true, Identifier: 7}, {Filter: "$share/g/b", QoS: 2}},
+		Will:           &will, Epoch: e,
+	}
+	if err := s.SaveSession(ctx, "acme", sess); err != nil {
+		t.Fatal(err)
+	}
+	// Neighbours: another session of the tenant, one whose id starts with
+	// this one's, and the same client id in other tenants (one whose slug
+	// starts with this one's).
+	for _, o := range []struct{ tenant, clientID string }{{"acme", "c2"}, {"acme", "c10"}, {"beta", "c1"}, {"acmex", "c1"}} {
+		if err := s.SaveSession(ctx, o.tenant, store.Session{ClientID: o.clientID, Device: o.tenant + "-" + o.clientID}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, id := range []uint16{9, 3} { // QoS 2 publishes not yet released
+		if _, err := s.Append(ctx, "acme", []store.Item{{ClientID: "sub", Message: msg("t", "m")}}, store.Receipt{ClientID: "c1", PacketID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Append(ctx, "acme", []store.Item{{ClientID: "sub", Message: msg("t", "m")}}, store.Receipt{ClientID: "c2", PacketID: 5}); err != nil {
+		t.Fatal(err)
+	}
+	check := func(st Store) {
+		t.Helper()
+		got, found, err := st.Session(ctx, "acme", "c1")
+		if err != nil || !found {
+			t.Fatalf("Session of a saved session: found %v, %v", found, err)
+		}
+		want := sess
+		want.PendingRelease = []uint16{3, 9}
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("Session read back:\n got %+v (will %+v)\nwant %+v (will %+v)", got, got.Will, want, want.Will)
+		}
+		all, err := st.Sessions(ctx, "acme")
+		if err != nil {
+			t.Fatal(err)
+		}
+		i := slices.IndexFunc(all, func(x store.Session) bool { return x.ClientID == "c1" })
+		if i < 0 || !reflect.DeepEqual(got, all[i]) {
+			t.Errorf("Session and Sessions differ:\n  Session  %+v\n  Sessions %+v", got, all)
+		}
+	}
+	check(s)
+	if reopen != nil {
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+		s = reopen()
+		defer s.Close()
+		check(s)
+	}
+	// Tenants apart: the same client id elsewhere is that tenant's own.
+	for _, tn := range []string{"beta", "acmex"} {
+		got, found, err := s.Session(ctx, tn, "c1")
+		if err != nil || !found || got.Device != tn+"-c1" || got.PendingRelease != nil || got.Epoch != 0 || got.Will != nil {
+			t.Errorf("tenant %s's session c1: %+v, found %v, %v; want its own, no receipts, epoch 0", tn, got, found, err)
+		}
+	}
+	for _, o := range []struct{ tenant, clientID string }{{"gamma", "c1"}, {"acm", "c1"}, {"acme", "c"}, {"acme", "sub"}} {
+		if got, found, err := s.Session(ctx, o.tenant, o.clientID); err != nil || found {
+			t.Errorf("tenant %s, client %s has no session: got %+v, found %v, %v", o.tenant, o.clientID, got, found, err)
+		}
+	}
+	if err := s.DeleteSession(ctx, "acme", "c1", e); err != nil {
+		t.Fatal(err)
+	}
+	if got, found, err := s.Session(ctx, "acme", "c1"); err != nil || found {
+		t.Errorf("Session of a deleted session: %+v, found %v, %v; want not found", got, found, err)
+	}
+	if got, found, err := s.Session(ctx, "beta", "c1"); err != nil || !found || got.Device != "beta-c1" {
+		t.Errorf("deleting acme's c1 touched beta's: %+v, found %v, %v", got, found, err)
 	}
 }
 
