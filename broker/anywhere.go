@@ -23,34 +23,11 @@ import (
 // connected to with the copy's number (spread.go, fabric/sessions.go).
 // When the client leaves, its session is stored and let go (evict).
 
-// sessionLoader is a store that reads one session without reading the
-// tenant's others.
-type sessionLoader interface {
-	Session(ctx context.Context, tenant, clientID string) (store.Session, bool, error)
-}
-
-// loadSession reads one stored session.
-func (p *persistence) loadSession(ctx context.Context, clientID string) (store.Session, bool, error) {
-	if l, ok := p.st.(sessionLoader); ok {
-		return l.Session(ctx, p.tenant, clientID)
-	}
-	all, err := p.st.Sessions(ctx, p.tenant)
-	if err != nil {
-		return store.Session{}, false, err
-	}
-	for _, s := range all {
-		if s.ClientID == clientID {
-			return s, true, nil
-		}
-	}
-	return store.Session{}, false, nil
-}
-
 // look reads a connecting client's stored session, if it has one, and
 // notes it as stored here (so that the connection claims it: to keep it,
 // or to discard it for a clean start).
 func (p *persistence) look(ctx context.Context, clientID string) (store.Session, bool, error) {
-	s, found, err := p.loadSession(ctx, clientID)
+	s, found, err := p.st.Session(ctx, p.tenant, clientID)
 	if err != nil || !found {
 		return s, false, err
 	}
