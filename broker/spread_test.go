@@ -30,6 +30,8 @@ type spread struct {
 	*stack
 	b          *peer
 	fabA, fabB *fabric.Redis
+	// sessA reads the session store both nodes share.
+	sessA broker.SessionStore
 }
 
 // newFabric opens a node's fabric on a key prefix of the test Redis; url
@@ -56,7 +58,7 @@ func newSpread(t *testing.T) *spread {
 // urlB (the same server, perhaps through a proxy).
 func newSpreadOn(t *testing.T, urlA, urlB, prefix string) *spread {
 	open := sharedRedis(t)
-	s := &spread{fabA: newFabric(t, urlA, prefix, "node-a"), fabB: newFabric(t, urlB, prefix, "node-b")}
+	s := &spread{fabA: newFabric(t, urlA, prefix, "node-a"), fabB: newFabric(t, urlB, prefix, "node-b"), sessA: open()}
 	s.stack = newStack(t, func(c *broker.Config) {
 		c.Sessions, c.Fabric, c.FabricHome = open(), s.fabA, true
 	})
@@ -377,4 +379,109 @@ func TestSpreadWatch(t *testing.T) {
 		pub.pub(t, "w/x", "after the view", 1, false)
 		return s.fabB.Stats().Sent == before
 	})
+}
+
+// TestSpreadSessionMoves: a persistent session lives on whichever node
+// its client connects to. Away, it gets what is published on both nodes,
+// queued by the publishers' nodes; it resumes on the other node with all
+// of it, in order per publisher; live there, it gets what the first node
+// publishes through its node, and its acknowledgements empty its queue.
+func TestSpreadSessionMoves(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	sub := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
+	sub.sub(t, "q/#", 1)
+	sub.Disconnect(&paho.Disconnect{})
+	pubA := mustV5(t, s.addr, user("acme", "d"), secret, "pub-a")
+	pubB := mustV5(t, s.b.addr, user("acme", "d"), secret, "pub-b")
+	for i := range 10 {
+		pubA.pub(t, "q/a", fmt.Sprint(i), 1, false)
+		pubB.pub(t, "q/b", fmt.Sprint(i), 1, false)
+	}
+	back := mustV5(t, s.b.addr, user("acme", "d"), secret, "keeper", keepSession)
+	if !back.connack.SessionPresent {
+		t.Fatal("the session is not present on the other node")
+	}
+	next := map[string]int{}
+	for range 20 {
+		select {
+		case m := <-back.msgs:
+			if want := fmt.Sprint(next[m.Topic]); string(m.Payload) != want {
+				t.Fatalf("%s: got %q, want %q (order per publisher)", m.Topic, m.Payload, want)
+			}
+			next[m.Topic]++
+		case <-time.After(5 * time.Second):
+			t.Fatalf("queued messages resumed on the other node: %v, want 10 on each topic", next)
+		}
+	}
+	// Live on b: what a publishes reaches it through b.
+	for i := 10; i < 15; i++ {
+		pubA.pub(t, "q/a", fmt.Sprint(i), 1, false)
+		back.expect(t, "q/a", fmt.Sprint(i))
+	}
+	back.quiet(t, 300*time.Millisecond, "a message delivered twice")
+	eventually(t, 5*time.Second, "the acknowledged messages deleted from the queue", func() bool {
+		info, err := s.sessA.QueueInfo(context.Background(), "acme", "keeper")
+		return err == nil && info.Len == 0
+	})
+}
+
+// TestSpreadSessionTakeover: a client id connecting on the other node
+// takes its session over: the first connection is ended with 0x8E, and no
+// message queued for the session is lost.
+func TestSpreadSessionTakeover(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	first := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
+	first.sub(t, "q/#", 1)
+	pub := mustV5(t, s.b.addr, user("acme", "d"), secret, "pub")
+	pub.pub(t, "q/x", "0", 1, false)
+	first.expect(t, "q/x", "0")
+	second := mustV5(t, s.b.addr, user("acme", "d"), secret, "keeper", keepSession)
+	if !second.connack.SessionPresent {
+		t.Fatal("the session is not present on the other node")
+	}
+	select {
+	case d := <-first.discs:
+		if d.ReasonCode != 0x8E {
+			t.Errorf("the first connection ended with 0x%02X, want 0x8E", d.ReasonCode)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first connection was not ended")
+	}
+	for i := 1; i <= 5; i++ {
+		pub.pub(t, "q/x", fmt.Sprint(i), 1, false)
+		second.expect(t, "q/x", fmt.Sprint(i))
+	}
+	first.quiet(t, 200*time.Millisecond, "a message to the connection taken over")
+}
+
+// TestSpreadCleanStartDiscards: a client that comes back with a clean
+// start and no session discards its old one everywhere: nothing is queued
+// for it any more.
+func TestSpreadCleanStartDiscards(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	old := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
+	old.sub(t, "q/#", 1)
+	old.Disconnect(&paho.Disconnect{})
+	fresh := mustV5(t, s.b.addr, user("acme", "d"), secret, "keeper") // clean start, no expiry
+	if fresh.connack.SessionPresent {
+		t.Fatal("a clean start found a session")
+	}
+	fresh.Disconnect(&paho.Disconnect{})
+	pub := mustV5(t, s.addr, user("acme", "d"), secret, "pub")
+	pub.pub(t, "q/x", "for nobody", 1, false)
+	back := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
+	if back.connack.SessionPresent {
+		t.Fatal("the discarded session came back")
+	}
+	back.quiet(t, 300*time.Millisecond, "a message queued for a discarded session")
+	info, err := s.sessA.QueueInfo(context.Background(), "acme", "keeper")
+	if err != nil || info.Len != 0 {
+		t.Errorf("the discarded session's queue: %+v, %v; want empty", info, err)
+	}
 }
