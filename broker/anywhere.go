@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/roosthub/roost/broker/fabric"
 	"github.com/roosthub/roost/broker/store"
+	"github.com/roosthub/roost/events"
+	"github.com/roosthub/roost/tenants"
 )
 
 // A spread tenant's persistent sessions live on any node when its fabric
@@ -101,15 +104,43 @@ func (p *persistence) evict(cl *mqtt.Client) {
 }
 
 // queueCopies appends a message's copies for persistent sessions connected
-// elsewhere or nowhere (see fabric.Local.Queue).
+// elsewhere or nowhere (see fabric.Local.Queue); a 0 is a copy not queued.
+// A full queue (max_queued) drops the new copy whatever the tenant's
+// policy: only the session's owner may delete from its queue.
 func (p *persistence) queueCopies(ctx context.Context, pk packets.Packet, copies []fabric.Copy) ([]uint64, error) {
-	items := make([]store.Item, len(copies))
+	limit := p.maxQueued()
+	seqs := make([]uint64, len(copies))
+	var items []store.Item
+	var at []int
 	for i, c := range copies {
+		info, err := p.st.QueueInfo(ctx, p.tenant, c.ClientID)
+		if err != nil {
+			return nil, err
+		}
+		if info.Len >= limit {
+			p.mu.Lock()
+			p.dropped[c.ClientID]++
+			p.mu.Unlock()
+			p.host.raise(events.Event{Tenant: p.tenant, Type: events.QueueDropped, ClientID: c.ClientID,
+				Device: p.deviceOf(c.ClientID), Quota: "max_queued", Limit: int64(limit), Reason: string(tenants.DropNewest)})
+			continue
+		}
 		m := toStore(pk)
 		m.QoS = c.QoS
-		items[i] = store.Item{ClientID: c.ClientID, Message: m}
+		items = append(items, store.Item{ClientID: c.ClientID, Message: m})
+		at = append(at, i)
 	}
-	return p.st.Append(ctx, p.tenant, items, store.Receipt{})
+	if len(items) == 0 {
+		return seqs, nil
+	}
+	got, err := p.st.Append(ctx, p.tenant, items, store.Receipt{})
+	if err != nil {
+		return nil, err
+	}
+	for k, i := range at {
+		seqs[i] = got[k]
+	}
+	return seqs, nil
 }
 
 // copiesArrived notes the queue numbers of a message another node queued
@@ -196,4 +227,38 @@ func (p *persistence) discarded(clientID string) bool {
 	d := p.discard[clientID]
 	delete(p.discard, clientID)
 	return d
+}
+
+// expireAway ends the sessions whose clients stayed away past their
+// expiry: where sessions live anywhere no broker holds them meanwhile, so
+// the tenant's home looks for them (at each of the hub's sweeps). A client
+// that came back meanwhile claimed its session: the delete is fenced.
+func (inst *instance) expireAway(now time.Time) {
+	p, r := inst.persist, inst.routes
+	if !inst.anywhere || !inst.home || p == nil || r == nil || r.sess == nil {
+		return
+	}
+	ctx, cancel := storeCtx()
+	defer cancel()
+	sessions, err := p.st.Sessions(ctx, p.tenant)
+	if err != nil {
+		inst.log.Warn("read sessions to expire", "err", err)
+		return
+	}
+	for _, s := range sessions {
+		if s.DisconnectedAt.IsZero() || !now.After(s.DisconnectedAt.Add(time.Duration(s.Expiry)*time.Second)) {
+			continue
+		}
+		switch err := p.st.DeleteSession(ctx, p.tenant, s.ClientID, s.Epoch); {
+		case errors.Is(err, store.ErrFenced):
+			continue // its client came back
+		case err != nil:
+			inst.log.Warn("delete an expired session", "client_id", s.ClientID, "err", err)
+			continue
+		}
+		if err := r.sess.DropSession(ctx, s.ClientID); err != nil {
+			inst.log.Warn("drop an expired session's routes", "client_id", s.ClientID, "err", err)
+		}
+		inst.log.Info("session expired", "client_id", s.ClientID)
+	}
 }

@@ -292,6 +292,7 @@ func (h *Hub) reapIdle() {
 			inst.persist.sweep(time.Now().Add(-time.Minute)) // mochi's clock: the wall clock
 		}
 		inst.resyncRoutes()
+		inst.expireAway(time.Now())
 	}
 }
 

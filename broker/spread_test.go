@@ -46,22 +46,22 @@ func newFabric(t *testing.T, url, prefix, node string) *fabric.Redis {
 	return f
 }
 
-func newSpread(t *testing.T) *spread {
+func newSpread(t *testing.T, mod ...func(*broker.Config)) *spread {
 	url := testenv.RedisURL(t)
 	b := make([]byte, 6)
 	rand.Read(b)
 	prefix := "roost-fabric-" + hex.EncodeToString(b)
-	return newSpreadOn(t, url, url, prefix)
+	return newSpreadOn(t, url, url, prefix, mod...)
 }
 
 // newSpreadOn runs the two nodes with their fabrics on Redis at urlA and
 // urlB (the same server, perhaps through a proxy).
-func newSpreadOn(t *testing.T, urlA, urlB, prefix string) *spread {
+func newSpreadOn(t *testing.T, urlA, urlB, prefix string, mod ...func(*broker.Config)) *spread {
 	open := sharedRedis(t)
 	s := &spread{fabA: newFabric(t, urlA, prefix, "node-a"), fabB: newFabric(t, urlB, prefix, "node-b"), sessA: open()}
-	s.stack = newStack(t, func(c *broker.Config) {
+	s.stack = newStack(t, append([]func(*broker.Config){func(c *broker.Config) {
 		c.Sessions, c.Fabric, c.FabricHome = open(), s.fabA, true
-	})
+	}}, mod...)...)
 	hub, addr := serveHub(t, broker.Config{Directory: s.store, Changes: s.store.Changes(), Sessions: open(), Fabric: s.fabB,
 		Log: slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	s.b = &peer{hub: hub, addr: addr}
@@ -484,4 +484,54 @@ func TestSpreadCleanStartDiscards(t *testing.T) {
 	if err != nil || info.Len != 0 {
 		t.Errorf("the discarded session's queue: %+v, %v; want empty", info, err)
 	}
+}
+
+// TestSpreadSessionExpires: a session whose client stays away past its
+// expiry, held by no node, is ended by the tenant's home: its record and
+// its routes go, and nothing is queued for it any more.
+func TestSpreadSessionExpires(t *testing.T) {
+	s := newSpread(t, func(c *broker.Config) { c.IdleTimeout = 2 * time.Second }) // the hub sweeps every second
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	brief := mustV5(t, s.b.addr, user("acme", "d"), secret, "brief", func(c *paho.Connect) {
+		c.CleanStart = false
+		c.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(1)}
+	})
+	brief.sub(t, "q/#", 1)
+	brief.Disconnect(&paho.Disconnect{})
+	mustV5(t, s.addr, user("acme", "d"), secret, "starter") // the tenant runs at the home
+	eventually(t, 10*time.Second, "the expired session deleted", func() bool {
+		_, found, err := s.sessA.Session(context.Background(), "acme", "brief")
+		return err == nil && !found
+	})
+	pub := mustV5(t, s.b.addr, user("acme", "d"), secret, "pub")
+	pub.pub(t, "q/x", "for nobody", 1, false)
+	info, err := s.sessA.QueueInfo(context.Background(), "acme", "brief")
+	if err != nil || info.Len != 0 {
+		t.Errorf("the expired session's queue: %+v, %v; want nothing queued", info, err)
+	}
+}
+
+// TestSpreadQueueBound: a node queueing for a session that no node holds
+// keeps to max_queued: the newest copies beyond it are dropped.
+func TestSpreadQueueBound(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	s.setQuota("acme", "max_queued", 3)
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	sub := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
+	sub.sub(t, "q/#", 1)
+	sub.Disconnect(&paho.Disconnect{})
+	pub := mustV5(t, s.b.addr, user("acme", "d"), secret, "pub")
+	for i := range 5 {
+		pub.pub(t, "q/x", fmt.Sprint(i), 1, false)
+	}
+	if info, err := s.sessA.QueueInfo(context.Background(), "acme", "keeper"); err != nil || info.Len != 3 {
+		t.Fatalf("queue: %+v, %v; want 3 (max_queued)", info, err)
+	}
+	back := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
+	for i := range 3 {
+		back.expect(t, "q/x", fmt.Sprint(i))
+	}
+	back.quiet(t, 300*time.Millisecond, "a copy beyond max_queued")
 }

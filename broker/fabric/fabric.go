@@ -613,7 +613,7 @@ type Local struct {
 	// Publisher is the publishing client's id (for No Local).
 	Publisher string
 	// Queue appends copies of the message to persistent sessions' queues
-	// and returns their numbers in order.
+	// and returns their numbers in order (0: not queued, the queue full).
 	Queue func(ctx context.Context, copies []Copy) ([]uint64, error)
 }
 
@@ -669,7 +669,7 @@ func (t *Tenant) SendQueued(ctx context.Context, m Message, local Local) (int, e
 			mm := m
 			mm.Groups = tg.groups
 			for _, cid := range tg.sessions {
-				if seq, ok := queued[cid]; ok {
+				if seq, ok := queued[cid]; ok && seq != 0 {
 					if mm.Seqs == nil {
 						mm.Seqs = map[string]uint64{}
 					}
