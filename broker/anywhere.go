@@ -190,8 +190,10 @@ func (p *persistence) catchUp(cl *mqtt.Client) {
 }
 
 // kicked ends the connection of a session claimed on another node, if its
-// claim here is older.
+// claim here is older, and drops the Will this node holds back for it: its
+// client is back [MQTT-3.1.3-9].
 func (inst *instance) kicked(clientID string, epoch uint64) {
+	inst.cancelWill(clientID)
 	p := inst.persist
 	if p == nil {
 		return

@@ -535,3 +535,36 @@ func TestSpreadQueueBound(t *testing.T) {
 	}
 	back.quiet(t, 300*time.Millisecond, "a copy beyond max_queued")
 }
+
+// TestSpreadWillHeldElsewhere: a client that drops off one node with a
+// delayed Will and comes back on the other within the delay has its Will
+// dropped: it is not published.
+func TestSpreadWillHeldElsewhere(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	watcher := mustV5(t, s.b.addr, user("acme", "d"), secret, "watcher")
+	watcher.sub(t, "wills/#", 1)
+	withWill := func(c *paho.Connect) {
+		keepSession(c)
+		c.WillMessage = &paho.WillMessage{Topic: "wills/dev", Payload: []byte("gone"), QoS: 1}
+		c.WillProperties = &paho.WillProperties{WillDelayInterval: paho.Uint32(2)}
+	}
+	dev := mustV5(t, s.addr, user("acme", "d"), secret, "dev", withWill)
+	dev.conn.Close() // dropped, no DISCONNECT: the Will waits out its delay on a
+	time.Sleep(200 * time.Millisecond)
+	mustV5(t, s.b.addr, user("acme", "d"), secret, "dev", withWill)
+	watcher.quiet(t, 3*time.Second, "the Will of a client back on the other node")
+
+	// Without its client coming back, the Will goes out after its delay.
+	other := mustV5(t, s.addr, user("acme", "d"), secret, "dev2", withWill)
+	other.conn.Close()
+	select {
+	case m := <-watcher.msgs:
+		if m.Topic != "wills/dev" || string(m.Payload) != "gone" {
+			t.Fatalf("got %s %q", m.Topic, m.Payload)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the Will of a client that did not come back was not published")
+	}
+}

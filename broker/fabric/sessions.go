@@ -21,7 +21,7 @@ import (
 //
 //	<prefix>:{<tenant>}:routes       "@<client id>\x00<filter>" → "<qos>[n]|<owner or empty>"
 //	<prefix>:{<tenant>}:sr:<client>  set: the session's filters
-//	<prefix>:{<tenant>}:at           hash: client id → the owner its client is connected to
+//	<prefix>:{<tenant>}:at           hash: client id → the owner its client was last connected to
 
 // SessionOwner is an Owner of a fabric where persistent sessions live on
 // any node; *Tenant is one.
@@ -103,16 +103,18 @@ func (t *Tenant) sessionRoute(ctx context.Context, clientID, filter, value strin
 }
 
 // attachScript sets the owner a session's client is connected to (ARGV[2];
-// empty: none, and only if it was ARGV[7]) in the session's routes and in
-// the at hash, or (ARGV[8] = "1") ends the session: its routes go. When a
-// new owner takes the session from another, the other gets a kick entry.
+// empty: none, and only if it was ARGV[7]) in the session's routes, and
+// the last one in the at hash, or (ARGV[8] = "1") ends the session: its
+// routes go. When a new owner takes the session from the last, the last
+// gets a kick entry (it ends its connection, and drops a Will it holds
+// back for the session).
 //
 // KEYS: routes, version, at, the session's filters. ARGV: client id, owner,
 // channel, tenant, inbox key prefix, kick entry, detaching owner, drop, cap.
 var attachScript = goredis.NewScript(`
 local old = redis.call('HGET', KEYS[3], ARGV[1])
 if ARGV[2] == '' and ARGV[8] ~= '1' and old ~= ARGV[7] then return 0 end
-if ARGV[2] == '' then redis.call('HDEL', KEYS[3], ARGV[1]) else redis.call('HSET', KEYS[3], ARGV[1], ARGV[2]) end
+if ARGV[8] == '1' then redis.call('HDEL', KEYS[3], ARGV[1]) elseif ARGV[2] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[2]) end
 local prefix = '@' .. ARGV[1] .. '\0'
 for _, f in ipairs(redis.call('SMEMBERS', KEYS[4])) do
   local field = prefix .. f
