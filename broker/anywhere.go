@@ -233,11 +233,12 @@ func (p *persistence) discarded(clientID string) bool {
 
 // expireAway ends the sessions whose clients stayed away past their
 // expiry: where sessions live anywhere no broker holds them meanwhile, so
-// the tenant's home looks for them (at each of the hub's sweeps). A client
+// the tenant's home looks for them (at each of the hub's sweeps; the hub
+// calls it at the home only). A client
 // that came back meanwhile claimed its session: the delete is fenced.
 func (inst *instance) expireAway(now time.Time) {
 	p, r := inst.persist, inst.routes
-	if !inst.anywhere || !inst.home || p == nil || r == nil || r.sess == nil {
+	if !inst.anywhere || p == nil || r == nil || r.sess == nil {
 		return
 	}
 	ctx, cancel := storeCtx()

@@ -292,7 +292,9 @@ func (h *Hub) reapIdle() {
 			inst.persist.sweep(time.Now().Add(-time.Minute)) // mochi's clock: the wall clock
 		}
 		inst.resyncRoutes()
-		inst.expireAway(time.Now())
+		if h.fabricHome(inst.tenant) {
+			inst.expireAway(time.Now())
+		}
 	}
 }
 

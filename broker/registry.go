@@ -204,7 +204,8 @@ func (r *registry) promote(tenant string) {
 	}
 	r.mu.Lock()
 	inst := r.instances[tenant]
-	stale := inst != nil && !inst.home && r.fleet.Holds(tenant)
+	// Where sessions live anywhere the home holds none: nothing to restart.
+	stale := inst != nil && !inst.home && !inst.anywhere && r.fleet.Holds(tenant)
 	if stale {
 		delete(r.instances, tenant)
 	}

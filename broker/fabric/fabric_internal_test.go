@@ -112,11 +112,20 @@ func TestLapsedOwnerSwept(t *testing.T) {
 }
 
 func TestEntryRoundTrip(t *testing.T) {
-	in := Message{Topic: "a/b", Payload: []byte{0, 1, 2}, QoS: 2, Retain: true, Props: []byte(`{"x":1}`), Groups: []string{"$share/g/a/#", "$share/h/#"}}
+	in := Message{Topic: "a/b", Payload: []byte{0, 1, 2}, QoS: 2, Retain: true, Props: []byte(`{"x":1}`), Groups: []string{"$share/g/a/#", "$share/h/#"},
+		Seqs: map[string]uint64{"c1": 7, "c/2": 1 << 40}}
 	out, err := decode([]byte(encode(in)))
 	if err != nil || out.Topic != in.Topic || string(out.Payload) != string(in.Payload) || out.QoS != 2 || !out.Retain ||
-		string(out.Props) != string(in.Props) || len(out.Groups) != 2 || out.Groups[1] != "$share/h/#" {
+		string(out.Props) != string(in.Props) || len(out.Groups) != 2 || out.Groups[1] != "$share/h/#" ||
+		len(out.Seqs) != 2 || out.Seqs["c1"] != 7 || out.Seqs["c/2"] != 1<<40 || out.Kick != "" {
 		t.Fatalf("round trip: %+v, %v", out, err)
+	}
+	kick, err := decode([]byte(encode(Message{Kick: "dev", Epoch: 9})))
+	if err != nil || kick.Kick != "dev" || kick.Epoch != 9 || kick.Topic != "" {
+		t.Fatalf("kick round trip: %+v, %v", kick, err)
+	}
+	if _, err := decode([]byte(encode(in))[:len(encode(in))-3]); err == nil {
+		t.Error("a truncated entry decoded")
 	}
 	for _, bad := range []string{"", "\x02\x01", "\x01\x01\x05", "\x01\x01\x00\x09abc"} {
 		if _, err := decode([]byte(bad)); err == nil {
