@@ -163,7 +163,52 @@ func (inst *instance) joinFabric(fab fabric.Node, home bool) error {
 		return err
 	}
 	inst.routes = r
+	if l, ok := t.(interface{ OnLapse(func()) }); ok {
+		l.OnLapse(inst.fabricLapsed)
+	}
 	return nil
+}
+
+// fabricLapsed runs when this node's membership of the tenant lapsed: the
+// other nodes may have swept its routes, and acknowledged messages they
+// then sent nowhere. The connections whose subscriptions are those routes
+// (clean sessions) are ended (0x89, server busy): they may have missed
+// messages, and start afresh; a persistent session's messages were queued
+// all along. The routes still held (live views) are written again.
+func (inst *instance) fabricLapsed() {
+	r := inst.routes
+	if r == nil {
+		return
+	}
+	kicked := map[string]bool{}
+	for id, cl := range inst.server.Clients.GetAll() {
+		if cl.Net.Inline || r.sessionRouted(cl) || cl.Closed() {
+			continue
+		}
+		kicked[id] = true
+		inst.end(cl, packets.ErrServerBusy)
+	}
+	r.mu.Lock()
+	keep := map[string]bool{}
+	for id, filters := range r.byClient {
+		if kicked[id] {
+			continue
+		}
+		for f := range filters {
+			keep[f] = true
+		}
+	}
+	r.mu.Unlock()
+	filters := make([]string, 0, len(keep))
+	for f := range keep {
+		filters = append(filters, f)
+	}
+	ctx, cancel := routeCtx()
+	defer cancel()
+	if err := r.fab.Replace(ctx, filters); err != nil {
+		inst.log.Warn("write the routes again after this node's membership lapsed", "err", err)
+	}
+	inst.log.Warn("this node's membership of the tenant lapsed: its clean sessions were ended, to start afresh", "ended", len(kicked))
 }
 
 // fabricFigures are the tenant's routes held here and the messages waiting

@@ -137,7 +137,10 @@ type Redis struct {
 	stopped chan struct{}
 
 	// Counters for the node's metrics.
-	sent, received, stale, failed atomic.Int64
+	sent, received, stale, failed, lapses atomic.Int64
+	// renewedSince is when the memberships were last renewed after a
+	// failure (unix ns; 0 while failing).
+	renewedSince atomic.Int64
 }
 
 // Stats are a fabric's counters since it started.
@@ -149,6 +152,8 @@ type Stats struct {
 	Stale int64
 	// Failed counts sends Redis did not take.
 	Failed int64
+	// Lapses counts memberships found lapsed.
+	Lapses int64
 	// Tenants is how many tenants this node serves through the fabric,
 	// Routes how many routes they have in all, Lag how many entries wait
 	// in this node's inboxes.
@@ -211,7 +216,7 @@ func (f *Redis) Close() error {
 
 // Stats are the fabric's counters now.
 func (f *Redis) Stats() Stats {
-	s := Stats{Sent: f.sent.Load(), Received: f.received.Load(), Stale: f.stale.Load(), Failed: f.failed.Load()}
+	s := Stats{Sent: f.sent.Load(), Received: f.received.Load(), Stale: f.stale.Load(), Failed: f.failed.Load(), Lapses: f.lapses.Load()}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for _, t := range f.tenants {
@@ -238,6 +243,7 @@ func (f *Redis) run(ctx context.Context) {
 	defer renew.Stop()
 	changes := f.ps.Channel(goredis.WithChannelSize(1024))
 	failing := false
+	lastOK, told := time.Now(), false
 	for {
 		select {
 		case <-ctx.Done():
@@ -257,6 +263,18 @@ func (f *Redis) run(ctx context.Context) {
 			}
 			f.mu.Unlock()
 			err := f.renew(ctx, ts)
+			if err == nil {
+				lastOK, told = time.Now(), false
+			} else if !told && time.Since(lastOK) > f.cfg.Lease {
+				// Cut off past a lease: the others may take this node's
+				// memberships for lapsed and sweep its routes.
+				told = true
+				for _, t := range ts {
+					if t.owner != Home {
+						t.lapse()
+					}
+				}
+			}
 			switch {
 			case err != nil && ctx.Err() == nil && !failing:
 				f.cfg.Log.Warn("fabric: cannot renew this node's memberships", "err", err)
@@ -282,22 +300,25 @@ func (f *Redis) tenant(name string) *Tenant {
 	return f.tenants[name]
 }
 
-// renewScript renews an owner's membership, then sweeps the owners whose
-// membership lapsed: their routes and inbox go (a home's routes and inbox
-// stay, see the package comment), and the routes' version rises.
+// renewScript renews an owner's membership and, if ARGV[6] is "1", sweeps
+// the owners whose membership lapsed: their routes and inbox go (a home's
+// routes and inbox stay, see the package comment), and the routes' version
+// rises. It returns whether the owner's membership was new (it had been
+// swept, or it is joining) and how many routes it swept.
 //
 // KEYS: members, routes, version. ARGV: owner, lease ms, key prefix of the
-// inboxes, channel, tenant.
+// inboxes, channel, tenant, sweep.
 var renewScript = goredis.NewScript(`
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2]))
+local fresh = redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2]))
+if ARGV[6] ~= '1' then return {fresh, 0} end
 local m = redis.call('HGETALL', KEYS[1])
 local gone = {}
 for i = 1, #m, 2 do
   if tonumber(m[i+1]) < now and m[i] ~= 'home' then gone[m[i]] = true; redis.call('HDEL', KEYS[1], m[i]); redis.call('DEL', ARGV[3] .. m[i]) end
 end
-if next(gone) == nil then return 0 end
+if next(gone) == nil then return {fresh, 0} end
 local fields = redis.call('HKEYS', KEYS[2])
 local n = 0
 for _, f in ipairs(fields) do
@@ -305,25 +326,47 @@ for _, f in ipairs(fields) do
   if owner and gone[owner] then redis.call('HDEL', KEYS[2], f); n = n + 1 end
 end
 if n > 0 then redis.call('INCR', KEYS[3]); redis.call('PUBLISH', ARGV[4], ARGV[5]) end
-return n
+return {fresh, n}
 `)
 
+// renew renews the memberships of the tenants joined. A node sweeps the
+// others' lapsed memberships only once it has itself renewed without a
+// break for a lease: after Redis was away for everyone, every membership
+// lapsed, and the first node back must not take the others for dead. A
+// joined tenant whose membership was gone (swept: this node was cut off or
+// paused past its lease) has lost its routes: its owner is told (OnLapse).
 func (f *Redis) renew(ctx context.Context, ts []*Tenant) error {
 	if len(ts) == 0 {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, f.cfg.Lease/2)
 	defer cancel()
+	sweep := "0"
+	if since := f.renewedSince.Load(); since != 0 && time.Since(time.Unix(0, since)) >= f.cfg.Lease {
+		sweep = "1"
+	}
 	pipe := f.rdb.Pipeline()
-	for _, t := range ts {
-		renewScript.Eval(ctx, pipe, []string{t.members, t.routes, t.version},
-			t.owner, f.cfg.Lease.Milliseconds(), f.key(t.name, "in:"), f.channel(), t.name)
+	cmds := make([]*goredis.Cmd, len(ts))
+	for i, t := range ts {
+		cmds[i] = renewScript.Eval(ctx, pipe, []string{t.members, t.routes, t.version},
+			t.owner, f.cfg.Lease.Milliseconds(), f.key(t.name, "in:"), f.channel(), t.name, sweep)
 	}
 	_, err := pipe.Exec(ctx)
 	if errors.Is(err, goredis.Nil) {
 		err = nil
 	}
-	return err
+	if err != nil {
+		f.renewedSince.Store(0)
+		return err
+	}
+	f.renewedSince.CompareAndSwap(0, time.Now().UnixNano())
+	for i, t := range ts {
+		res, _ := cmds[i].Slice()
+		if len(res) > 0 && res[0] == int64(1) && t.joined.Load() {
+			t.lapse()
+		}
+	}
+	return nil
 }
 
 // Tenant is one tenant's broker on this node, as an owner in the fabric.
@@ -355,6 +398,34 @@ type Tenant struct {
 	stop    context.CancelFunc
 	stopped chan struct{}
 	once    sync.Once
+
+	// joined is set once Join returned; onLapse is what to do when the
+	// membership is found lapsed (see OnLapse).
+	joined  atomic.Bool
+	lapseMu sync.Mutex
+	onLapse func()
+}
+
+// OnLapse sets what to do when this owner's membership lapsed (its node
+// was cut off from Redis, or paused, past a lease): other nodes may have
+// swept its routes meanwhile, and sent nothing here for its subscribers.
+// It may run more than once.
+func (t *Tenant) OnLapse(fn func()) {
+	t.lapseMu.Lock()
+	defer t.lapseMu.Unlock()
+	t.onLapse = fn
+}
+
+func (t *Tenant) lapse() {
+	t.lapseMu.Lock()
+	fn := t.onLapse
+	t.lapseMu.Unlock()
+	t.f.lapses.Add(1)
+	t.f.cfg.Log.Warn("fabric: this node's membership of a tenant lapsed; its routes may be gone", "tenant", t.name, "owner", t.owner)
+	t.invalidate()
+	if fn != nil {
+		fn()
+	}
 }
 
 // Join makes this node an owner of the tenant: as its home, or as one of
@@ -405,6 +476,7 @@ func (f *Redis) Join(ctx context.Context, tenant string, home bool, deliver func
 	runCtx, stop := context.WithCancel(context.Background())
 	t.stop, t.stopped = stop, make(chan struct{})
 	go t.read(runCtx)
+	t.joined.Store(true)
 	return t, nil
 }
 

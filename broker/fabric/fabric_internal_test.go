@@ -109,6 +109,49 @@ func TestLapsedOwnerSwept(t *testing.T) {
 	if len(home) != 1 {
 		t.Errorf("the home's routes: %q; want them kept for its successor", home)
 	}
+	// b comes back: its membership was gone, so its owner is told.
+	lapsed := make(chan struct{}, 1)
+	tb.(*Tenant).OnLapse(func() { lapsed <- struct{}{} })
+	if err := fb.renew(ctx, []*Tenant{tb.(*Tenant)}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-lapsed:
+	default:
+		t.Error("b, back after its membership was swept, was not told")
+	}
+}
+
+// TestNoSweepAfterSharedOutage: when Redis was away for every node, every
+// membership lapsed; the first node back sweeps nobody until it has itself
+// renewed for a lease, by when the others are back too.
+func TestNoSweepAfterSharedOutage(t *testing.T) {
+	fa, fb := testFabrics(t)
+	ctx := context.Background()
+	ja, err := fa.Join(ctx, "acme", false, func(Message) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	jb, err := fb.Join(ctx, "acme", false, func(Message) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := jb.Add(ctx, "t/#"); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []*Redis{fa, fb} {
+		f.stop()
+		<-f.stopped
+		f.renewedSince.Store(0) // as after failed renewals
+	}
+	members := fa.key("acme", "members")
+	fa.rdb.HSet(ctx, members, ja.(*Tenant).owner, 0, jb.(*Tenant).owner, 0) // both lapsed
+	if err := fa.renew(ctx, []*Tenant{ja.(*Tenant)}); err != nil {
+		t.Fatal(err)
+	}
+	if routes, _ := fa.rdb.HKeys(ctx, fa.key("acme", "routes")).Result(); len(routes) != 1 {
+		t.Fatalf("routes after the first node back renewed: %q; want b's kept", routes)
+	}
 }
 
 func TestEntryRoundTrip(t *testing.T) {
