@@ -35,8 +35,9 @@ import (
 //     holding a persistent subscriber (ROOST_SPREAD_KILLS, default 3).
 //   - TestSpreadFleetRedisPause: three nodes under QoS 1 load; Redis
 //     stopped with SIGSTOP for ROOST_SPREAD_PAUSE (default 3s, within the
-//     fabric's lease); TestSpreadFleetRedisPauseLong for 6 s, past it (a
-//     known bug: skipped unless ROOST_SPREAD_KNOWN_BUGS=1).
+//     fabric's lease); TestSpreadFleetRedisPauseLong for 6 s, past it,
+//     and TestSpreadFleetNodePause, a node stopped for 6 s (known bugs:
+//     skipped unless ROOST_SPREAD_KNOWN_BUGS=1).
 
 // TestSpreadFleet: a spread fleet of two nodes (node 1 the tenant's home).
 //
@@ -44,8 +45,8 @@ import (
 //     QoS, what a publisher on node 2 sends at QoS 0, 1 and 2.
 //  2. A $share group with a member on each node gets each message once,
 //     whichever node it is published on.
-//  3. A retained message published on node 1 reaches a new subscriber on
-//     node 2.
+//  3. A retained message published on node 1 reaches a subscriber that
+//     connects to node 2 right after its PUBACK (five times).
 //  4. A persistent session (MQTT 5 with a session expiry; MQTT 3.1.1 with
 //     clean=false) connecting through either node is served at the home:
 //     what is published on the other node while it is away is delivered
@@ -253,6 +254,13 @@ func TestSpreadFleet(t *testing.T) {
 //     has moved (the dead home counts as alive for up to 10 s), and
 //     gets every message acknowledged, including those published while it
 //     had no home. Duplicates are counted, not failed (QoS 1).
+//
+// KNOWN BUG, found by this test, not fixed yet: when the home moves to
+// the node the publisher is connected to, the messages published while
+// the tenant had no home (waiting in the home's inbox) reach the
+// persistent subscriber interleaved with, and after, messages published
+// later on that node: out of order, though none is lost. The order is
+// logged; ROOST_SPREAD_KNOWN_BUGS=1 makes it a failure.
 func TestSpreadFleetKill(t *testing.T) {
 	kills := envCount(t, "ROOST_SPREAD_KILLS", 3)
 	f := startSpreadFleet(t, 3)
@@ -276,8 +284,11 @@ func TestSpreadFleetKill(t *testing.T) {
 		s := f.cleanSub(x, fmt.Sprintf("x%d", len(rounds)), "load/#")
 		l.waitAcks(t, 50)
 		killed := f.kill(x)
-		<-s.c.Done()
-		s.ended = time.Now()
+		select {
+		case <-s.c.Done():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("clean subscriber %s: still connected 10 s after its node was killed", s.id)
+		}
 		again := f.cleanSub(home, s.id, "load/#")
 		t.Logf("clean subscriber %s: node %d killed; SUBACK through node %d %s later", s.id, x, home, again.subacked.Sub(killed).Round(time.Millisecond))
 		f.restart(x)
@@ -307,7 +318,8 @@ func TestSpreadFleetKill(t *testing.T) {
 			t.Errorf("clean subscriber %s (node %d, never killed): %d of %d messages acknowledged since its SUBACK never arrived, e.g. %v",
 				s.id, s.node, len(missing), acked, missing[:min(len(missing), 10)])
 		} else {
-			t.Logf("clean subscriber %s (node %d): all %d messages acknowledged since its SUBACK arrived, %d duplicates", s.id, s.node, acked, s.tally.dups())
+			t.Logf("clean subscriber %s (node %d): all %d messages acknowledged since its SUBACK arrived, %d duplicates, %d out of order",
+				s.id, s.node, acked, s.tally.dups(), s.tally.outOfOrder())
 		}
 		s.c.Disconnect(&paho.Disconnect{})
 	}
@@ -333,8 +345,9 @@ func TestSpreadFleetKill(t *testing.T) {
 		first := ps.waitArrivalSentAfter(t, l, killed, 20*time.Second)
 		ack := l.waitAckAfter(t, killed, 20*time.Second)
 		newHome := f.home()
-		t.Logf("home kill %d: node %d killed; the persistent subscriber connected again %s later (home now node %d), got the first message published after the kill %s later; the publisher's first PUBACK after the kill came %s later",
-			k+1, h, up.Sub(killed).Round(time.Millisecond), newHome, first.Sub(killed).Round(time.Millisecond), ack.Sub(killed).Round(time.Millisecond))
+		t.Logf("home kill %d: node %d killed; the persistent subscriber connected again %s later (home now node %d), got the first message published after the kill %s later; the publisher's first PUBACK after the kill came %s later; messages %d-%d were published (through node %d) while the tenant had no home",
+			k+1, h, up.Sub(killed).Round(time.Millisecond), newHome, first.Sub(killed).Round(time.Millisecond), ack.Sub(killed).Round(time.Millisecond),
+			l.numberAt(killed), l.numberAt(up)-1, l.currentNode())
 		f.restart(h)
 	}
 	l.waitAcks(t, 50)
@@ -346,8 +359,17 @@ func TestSpreadFleetKill(t *testing.T) {
 	st := l.stats()
 	t.Logf("load: %d messages published, %d acknowledged, %d refused, %d without an answer; the publisher connected %d times",
 		st.sent, st.acked, st.refused, st.failed, st.conns)
-	t.Logf("persistent subscriber: %d of %d acknowledged messages received, %d missing, %d duplicates; connected %d times, %d times without its session",
-		acked-len(missing), acked, len(missing), ps.tally.dups(), ps.connects(), ps.lostSessions())
+	t.Logf("persistent subscriber: %d of %d acknowledged messages received, %d missing, %d duplicates, %d out of order; connected %d times, %d times without its session",
+		acked-len(missing), acked, len(missing), ps.tally.dups(), ps.tally.outOfOrder(), ps.connects(), ps.lostSessions())
+	if late := ps.tally.outOfOrder(); late > 0 {
+		// KNOWN BUG: a new home delivers what it finds in the home's
+		// inbox (published while the tenant had no home) after messages
+		// published on its own node meanwhile; see the test's comment.
+		t.Logf("persistent subscriber: the order of first arrivals: %s", ps.tally.runs(l.topic))
+		if os.Getenv("ROOST_SPREAD_KNOWN_BUGS") == "1" {
+			t.Errorf("KNOWN BUG: %d messages reached the persistent subscriber after later ones of the same publisher and topic", late)
+		}
+	}
 	if len(missing) > 0 {
 		t.Errorf("the persistent subscriber never got %d acknowledged messages, e.g. %v", len(missing), missing[:min(len(missing), 10)])
 	}
@@ -368,7 +390,7 @@ func TestSpreadFleetKill(t *testing.T) {
 // acknowledged unless it arrives), nobody is disconnected, and every
 // publisher gets PUBACKs again by itself.
 func TestSpreadFleetRedisPause(t *testing.T) {
-	spreadPauseTest(t, envDuration(t, "ROOST_SPREAD_PAUSE", 3*time.Second))
+	spreadPauseTest(t, envDuration(t, "ROOST_SPREAD_PAUSE", 3*time.Second), 0)
 }
 
 // TestSpreadFleetRedisPauseLong is TestSpreadFleetRedisPause with Redis
@@ -390,10 +412,30 @@ func TestSpreadFleetRedisPauseLong(t *testing.T) {
 	if os.Getenv("ROOST_SPREAD_KNOWN_BUGS") != "1" {
 		t.Skip("KNOWN BUG: a Redis pause longer than the fabric lease sweeps live nodes' routes, and acknowledged messages are lost (see the comment); ROOST_SPREAD_KNOWN_BUGS=1 runs it")
 	}
-	spreadPauseTest(t, 6*time.Second)
+	spreadPauseTest(t, 6*time.Second, 0)
 }
 
-func spreadPauseTest(t *testing.T, pause time.Duration) {
+// TestSpreadFleetNodePause is TestSpreadFleetRedisPause with node 3 (not
+// the home) stopped with SIGSTOP for 6 s instead of Redis: a pause longer
+// than the fabric's lease (a long GC or VM pause, a partition from Redis)
+// but shorter than the fleet's liveness window (10 s), so no tenant moves.
+//
+// KNOWN BUG, the same as TestSpreadFleetRedisPauseLong's, so skipped
+// unless ROOST_SPREAD_KNOWN_BUGS=1: the other nodes sweep node 3's routes
+// and inbox once its lease lapses; when it continues it renews its
+// membership but not its routes, and its connected clean subscriber
+// misses, for good, every message published on the other nodes, though
+// each was acknowledged. Nothing is logged.
+func TestSpreadFleetNodePause(t *testing.T) {
+	if os.Getenv("ROOST_SPREAD_KNOWN_BUGS") != "1" {
+		t.Skip("KNOWN BUG: a node paused longer than the fabric lease loses its routes for good, and acknowledged messages are lost (see the comment); ROOST_SPREAD_KNOWN_BUGS=1 runs it")
+	}
+	spreadPauseTest(t, 6*time.Second, 3)
+}
+
+// spreadPauseTest stops Redis (node 0) or a node with SIGSTOP for pause
+// under load, and checks that every acknowledged message arrives.
+func spreadPauseTest(t *testing.T, pause time.Duration, node int) {
 	f := startSpreadFleet(t, 3)
 	var subs []*spreadSub
 	for i := 1; i <= 3; i++ {
@@ -410,20 +452,27 @@ func spreadPauseTest(t *testing.T, pause time.Duration) {
 	for _, l := range loads {
 		l.waitAcks(t, 50)
 	}
-	redis := f.redisPID()
-	t.Cleanup(func() { syscall.Kill(redis, syscall.SIGCONT) }) // before fleet.sh stop, if the test ends early
+	pid, what := 0, "Redis"
+	if node == 0 {
+		pid = f.redisPID()
+	} else {
+		what = fmt.Sprintf("node %d", node)
+		pid, _ = strconv.Atoi(f.nodeVar(node, "PID"))
+	}
+	t.Cleanup(func() { syscall.Kill(pid, syscall.SIGCONT) }) // before fleet.sh stop, if the test ends early
 	paused := time.Now()
-	if err := syscall.Kill(redis, syscall.SIGSTOP); err != nil {
-		t.Fatalf("SIGSTOP redis (pid %d): %v", redis, err)
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatalf("SIGSTOP %s (pid %d): %v", what, pid, err)
 	}
 	time.Sleep(pause)
-	if err := syscall.Kill(redis, syscall.SIGCONT); err != nil {
-		t.Fatalf("SIGCONT redis (pid %d): %v", redis, err)
+	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
+		t.Fatalf("SIGCONT %s (pid %d): %v", what, pid, err)
 	}
+	t.Logf("%s stopped for %s", what, pause)
 	resumed := time.Now()
 	for _, l := range loads {
 		at := l.waitAckSentAfter(t, resumed, 30*time.Second)
-		t.Logf("%s (node %d): first PUBACK for a message sent after Redis continued, %s after", l.id, l.currentNode(), at.Sub(resumed).Round(time.Millisecond))
+		t.Logf("%s (node %d): first PUBACK for a message sent after %s continued, %s after", l.id, l.currentNode(), what, at.Sub(resumed).Round(time.Millisecond))
 	}
 	for _, l := range loads {
 		l.waitAcks(t, 100)
@@ -460,7 +509,10 @@ func spreadPauseTest(t *testing.T, pause time.Duration) {
 			t.Errorf("persistent subscriber: %d of %d messages %s got a PUBACK for never arrived, e.g. %v", len(missing), acked, l.id, missing[:min(len(missing), 10)])
 		}
 	}
-	t.Logf("persistent subscriber: connected %d times, %d duplicates", ps.connects(), ps.tally.dups())
+	t.Logf("persistent subscriber: connected %d times, %d duplicates, %d out of order", ps.connects(), ps.tally.dups(), ps.tally.outOfOrder())
+	for _, s := range subs {
+		t.Logf("clean subscriber %s (node %d): %d duplicates, %d out of order", s.id, s.node, s.tally.dups(), s.tally.outOfOrder())
+	}
 	ps.stopNow()
 	for i := 1; i <= 3; i++ {
 		t.Logf("node %d: roost_fabric_send_failures_total %v", i, f.metric(i, "roost_fabric_send_failures_total"))
@@ -879,15 +931,16 @@ func expectQuiet(t *testing.T, ch chan *paho.Publish, d time.Duration, when stri
 // ---- subscribers and the load ----
 
 // spreadTally counts the numbered messages a subscriber received, by
-// topic, and when each first arrived.
+// topic, and when and in which order each first arrived.
 type spreadTally struct {
 	mu    sync.Mutex
 	count map[string]map[int]int
 	first map[string]map[int]time.Time
+	order map[string][]int
 }
 
 func newSpreadTally() *spreadTally {
-	return &spreadTally{count: map[string]map[int]int{}, first: map[string]map[int]time.Time{}}
+	return &spreadTally{count: map[string]map[int]int{}, first: map[string]map[int]time.Time{}, order: map[string][]int{}}
 }
 
 func (s *spreadTally) add(m *paho.Publish) {
@@ -902,6 +955,7 @@ func (s *spreadTally) add(m *paho.Publish) {
 	}
 	if s.count[m.Topic][n] == 0 {
 		s.first[m.Topic][n] = time.Now()
+		s.order[m.Topic] = append(s.order[m.Topic], n)
 	}
 	s.count[m.Topic][n]++
 }
@@ -910,6 +964,48 @@ func (s *spreadTally) got(topic string, n int) (int, time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.count[topic][n], s.first[topic][n]
+}
+
+// outOfOrder counts the messages that first arrived after a later one
+// of the same topic (a redelivery is no such case: only first arrivals
+// count).
+func (s *spreadTally) outOfOrder() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	late := 0
+	for _, order := range s.order {
+		high := -1
+		for _, n := range order {
+			if n < high {
+				late++
+			}
+			high = max(high, n)
+		}
+	}
+	return late
+}
+
+// runs is the order in which a topic's messages first arrived, as runs
+// of consecutive numbers: "0-99 150-199 100-149" tells that 100-149 came
+// late.
+func (s *spreadTally) runs(topic string) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var b strings.Builder
+	order := s.order[topic]
+	for i := 0; i < len(order); {
+		j := i
+		for j+1 < len(order) && order[j+1] == order[j]+1 {
+			j++
+		}
+		if i == j {
+			fmt.Fprintf(&b, " %d", order[i])
+		} else {
+			fmt.Fprintf(&b, " %d-%d", order[i], order[j])
+		}
+		i = j + 1
+	}
+	return strings.TrimSpace(b.String())
 }
 
 func (s *spreadTally) dups() int {
@@ -931,7 +1027,6 @@ type spreadSub struct {
 	c        *paho.Client
 	tally    *spreadTally
 	subacked time.Time
-	ended    time.Time
 }
 
 func (f *spreadFleet) cleanSub(node int, id, filter string) *spreadSub {
@@ -1147,9 +1242,15 @@ func (l *spreadLoad) run() {
 		}
 		if c != nil {
 			l.mu.Lock()
-			move := l.node != l.prefer
+			prefer, node := l.prefer, l.node
 			l.mu.Unlock()
-			if move && !l.f.isDead(l.prefer) {
+			ended := false
+			select {
+			case <-c.Done(): // the connection ended between two publishes
+				ended = true
+			default:
+			}
+			if ended || node != prefer && !l.f.isDead(prefer) {
 				c.Disconnect(&paho.Disconnect{})
 				c = nil
 			}
@@ -1176,7 +1277,16 @@ func (l *spreadLoad) run() {
 		l.sentAt = append(l.sentAt, time.Now())
 		l.ackedAt = append(l.ackedAt, time.Time{})
 		l.mu.Unlock()
+		// The answer, or none once the connection ends (paho would wait
+		// out the timeout for a publish sent on a dead connection).
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		go func(c *paho.Client) {
+			select {
+			case <-c.Done():
+				cancel()
+			case <-ctx.Done():
+			}
+		}(c)
 		r, err := c.Publish(ctx, &paho.Publish{Topic: l.topic, QoS: 1, Payload: []byte(strconv.Itoa(n))})
 		cancel()
 		l.mu.Lock()
@@ -1246,6 +1356,14 @@ func (l *spreadLoad) waitAcks(t *testing.T, n int) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// numberAt is the number of the first message sent at or after at.
+func (l *spreadLoad) numberAt(at time.Time) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n, _ := slices.BinarySearchFunc(l.sentAt, at, func(sent, at time.Time) int { return sent.Compare(at) })
+	return n
 }
 
 // waitAckAfter waits for a PUBACK received after since, and returns when.
