@@ -97,7 +97,13 @@ func (p *persistence) evict(cl *mqtt.Client) {
 			}
 			cl.State.Subscriptions.Delete(filter)
 		}
-		cl.ClearInflights()
+		// Nor ClearInflights: its OnQosDropped would delete the messages
+		// from the session's queue, as if expired.
+		for _, pk := range cl.State.Inflight.GetAll(false) {
+			if cl.State.Inflight.Delete(pk.PacketID) {
+				atomic.AddInt64(&p.server.Info.Inflight, -1)
+			}
+		}
 		p.server.Clients.Delete(cl.ID)
 	}
 	p.forget(cl.ID)
@@ -141,6 +147,19 @@ func (p *persistence) queueCopies(ctx context.Context, pk packets.Packet, copies
 		seqs[i] = got[k]
 	}
 	return seqs, nil
+}
+
+// queuedFor reports whether the store hook queued a copy of the publish
+// for the session (its client was connected here then).
+func (p *persistence) queuedFor(pk packets.Packet, clientID string) bool {
+	pubID, ok := pubIDOf(pk)
+	if !ok {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, queued := p.pubs[pubID].seqs[clientID]
+	return queued
 }
 
 // copiesArrived notes the queue numbers of a message another node queued

@@ -509,8 +509,11 @@ func (h *routeHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 		local := fabric.Local{Group: servedHere, Queue: func(ctx context.Context, copies []fabric.Copy) ([]uint64, error) {
 			return h.inst.persist.queueCopies(ctx, pk, copies)
 		}, Connected: func(clientID string) bool {
-			c, ok := h.inst.server.Clients.Get(clientID)
-			return ok && !c.Net.Inline && persistent(c)
+			// Queued here already: the store hook queued a copy for each
+			// session whose subscription this broker holds. Whatever it
+			// did not queue the fabric does, even for a client leaving
+			// here as the message came (its subscriptions were going).
+			return h.inst.persist.queuedFor(pk, clientID)
 		}}
 		if !cl.Net.Inline {
 			local.Publisher = cl.ID

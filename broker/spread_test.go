@@ -624,3 +624,31 @@ func TestSpreadNodeCutOff(t *testing.T) {
 		t.Error("the cut-off node counted no lapse")
 	}
 }
+
+// TestSpreadSessionHops: a persistent session hops between the nodes, and
+// each time messages are published, on the node it has just left, right
+// after its DISCONNECT: each resumes on the other node with exactly those,
+// in order, none twice. (The node it left is still ending its connection
+// as they arrive: they must be queued once, and its end must not drop
+// them from the queue.)
+func TestSpreadSessionHops(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	nodes := []string{s.addr, s.b.addr}
+	pubs := []*v5{mustV5(t, s.addr, user("acme", "d"), secret, "pub-a"), mustV5(t, s.b.addr, user("acme", "d"), secret, "pub-b")}
+	p := mustV5(t, nodes[0], user("acme", "d"), secret, "hopper", keepSession)
+	p.sub(t, "hop/#", 1)
+	for hop := range 6 {
+		here := hop % 2
+		p.Disconnect(&paho.Disconnect{})
+		for i := range 10 {
+			pubs[here].pub(t, "hop/x", fmt.Sprintf("%d-%d", hop, i), 1, false)
+		}
+		p = mustV5(t, nodes[1-here], user("acme", "d"), secret, "hopper", keepSession)
+		for i := range 10 {
+			p.expect(t, "hop/x", fmt.Sprintf("%d-%d", hop, i))
+		}
+		p.quiet(t, 100*time.Millisecond, fmt.Sprintf("hop %d: a message twice", hop))
+	}
+}

@@ -679,8 +679,8 @@ func (t *Tenant) Send(ctx context.Context, m Message, servedHere func(group stri
 type Local struct {
 	// Group reports whether this node has a member of a shared group.
 	Group func(group string) bool
-	// Connected reports whether a persistent session's client is
-	// connected here: its broker queues for it itself.
+	// Connected reports whether this node's broker queued the message
+	// for a persistent session itself (its client is connected here).
 	Connected func(clientID string) bool
 	// Publisher is the publishing client's id (for No Local).
 	Publisher string
