@@ -260,8 +260,8 @@ func TestSpreadFleet(t *testing.T) {
 }
 
 // TestSpreadFleetKill: a spread fleet of three nodes under continuous QoS
-// 1 load from one publisher, with a persistent subscriber at the home
-// (node 1) all along, and clean subscribers. Checks, each on what the
+// 1 load from one publisher, with a persistent subscriber (first on node
+// 1) all along, and clean subscribers. Checks, each on what the
 // publisher got a PUBACK for:
 //
 //   - A clean subscriber's node is killed (kill -9) ROOST_SPREAD_KILLS
@@ -275,18 +275,12 @@ func TestSpreadFleet(t *testing.T) {
 //     publisher reconnects to another node and goes on.
 //   - Clean subscribers connected through all of the above, on nodes
 //     never killed, get every message.
-//   - The home is killed ROOST_SPREAD_KILLS times: the persistent
-//     subscriber reconnects through the others, retrying, until its home
-//     has moved (the dead home counts as alive for up to 10 s), and
-//     gets every message acknowledged, including those published while it
-//     had no home. Duplicates are counted, not failed (QoS 1).
-//
-// KNOWN BUG, found by this test, not fixed yet: when the home moves to
-// the node the publisher is connected to, the messages published while
-// the tenant had no home (waiting in the home's inbox) reach the
-// persistent subscriber interleaved with, and after, messages published
-// later on that node: out of order, though none is lost. The order is
-// logged; ROOST_SPREAD_KNOWN_BUGS=1 makes it a failure.
+//   - The node holding the persistent subscriber is killed
+//     ROOST_SPREAD_KILLS times: the subscriber reconnects through another
+//     node, where its session resumes from the store, and gets every
+//     message acknowledged, including those published while it was away.
+//     Duplicates are counted, not failed (QoS 1); the order of first
+//     arrivals is checked.
 func TestSpreadFleetKill(t *testing.T) {
 	kills := envCount(t, "ROOST_SPREAD_KILLS", 3)
 	f := startSpreadFleet(t, 3)
@@ -355,11 +349,13 @@ func TestSpreadFleetKill(t *testing.T) {
 			r.before.id, x, len(missing), acked)
 	}
 
-	// C. The home dies, kills times.
+	// C. The node holding the persistent subscriber dies, kills times:
+	// its session lives on whichever node it connects to, and resumes on
+	// another.
 	for k := range kills {
-		h := f.home()
+		h := ps.nodeNow()
 		if h == 0 || f.isDead(h) {
-			t.Fatalf("kill %d: no live home (stats say node %d)", k+1, h)
+			t.Fatalf("kill %d: the persistent subscriber is on no live node (node %d)", k+1, h)
 		}
 		if l.currentNode() == h {
 			others := f.live(h)
@@ -371,8 +367,8 @@ func TestSpreadFleetKill(t *testing.T) {
 		first := ps.waitArrivalSentAfter(t, l, killed, 20*time.Second)
 		ack := l.waitAckAfter(t, killed, 20*time.Second)
 		newHome := f.home()
-		t.Logf("home kill %d: node %d killed; the persistent subscriber connected again %s later (home now node %d), got the first message published after the kill %s later; the publisher's first PUBACK after the kill came %s later; messages %d-%d were published (through node %d) while the tenant had no home",
-			k+1, h, up.Sub(killed).Round(time.Millisecond), newHome, first.Sub(killed).Round(time.Millisecond), ack.Sub(killed).Round(time.Millisecond),
+		t.Logf("kill %d: node %d, holding the persistent subscriber, killed; it connected again %s later through node %d (home now node %d), got the first message published after the kill %s later; the publisher's first PUBACK after the kill came %s later; messages %d-%d were published (through node %d) while it was away",
+			k+1, h, up.Sub(killed).Round(time.Millisecond), ps.nodeNow(), newHome, first.Sub(killed).Round(time.Millisecond), ack.Sub(killed).Round(time.Millisecond),
 			l.numberAt(killed), l.numberAt(up)-1, l.currentNode())
 		f.restart(h)
 	}
@@ -388,13 +384,8 @@ func TestSpreadFleetKill(t *testing.T) {
 	t.Logf("persistent subscriber: %d of %d acknowledged messages received, %d missing, %d duplicates, %d out of order; connected %d times, %d times without its session",
 		acked-len(missing), acked, len(missing), ps.tally.dups(), ps.tally.outOfOrder(), ps.connects(), ps.lostSessions())
 	if late := ps.tally.outOfOrder(); late > 0 {
-		// KNOWN BUG: a new home delivers what it finds in the home's
-		// inbox (published while the tenant had no home) after messages
-		// published on its own node meanwhile; see the test's comment.
 		t.Logf("persistent subscriber: the order of first arrivals: %s", ps.tally.runs(l.topic))
-		if os.Getenv("ROOST_SPREAD_KNOWN_BUGS") == "1" {
-			t.Errorf("KNOWN BUG: %d messages reached the persistent subscriber after later ones of the same publisher and topic", late)
-		}
+		t.Errorf("%d messages reached the persistent subscriber after later ones of the same publisher and topic", late)
 	}
 	if len(missing) > 0 {
 		t.Errorf("the persistent subscriber never got %d acknowledged messages, e.g. %v", len(missing), missing[:min(len(missing), 10)])
@@ -1141,6 +1132,13 @@ func (k *spreadKeeper) run(c *paho.Client) {
 			}
 		}
 	}
+}
+
+// nodeNow is the node the subscriber is connected through (0: none).
+func (k *spreadKeeper) nodeNow() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.node
 }
 
 func (k *spreadKeeper) stopNow() {
