@@ -95,9 +95,11 @@ func (h *quotaHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes
 // OnPublish applies the publish rates, max_retained and messages_per_month
 // to a device's publish (inject applies them to the hub's own).
 func (h *quotaHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if !h.inst.env.serving() {
+	if !h.inst.env.serving() && !remote(pk) {
 		// This node's lease may have lapsed: another may hold the tenant
-		// by now. Nothing is acknowledged; a QoS 0 message is dropped.
+		// by now. Nothing is acknowledged; a QoS 0 message is dropped. A
+		// message from another node acknowledges nothing here: it is
+		// delivered.
 		h.inst.env.refusedForLease()
 		if pk.FixedHeader.Qos == 0 {
 			return pk, packets.ErrRejectPacket

@@ -243,7 +243,6 @@ func (f *Redis) run(ctx context.Context) {
 	defer renew.Stop()
 	changes := f.ps.Channel(goredis.WithChannelSize(1024))
 	failing := false
-	lastOK, told := time.Now(), false
 	for {
 		select {
 		case <-ctx.Done():
@@ -262,19 +261,10 @@ func (f *Redis) run(ctx context.Context) {
 				ts = append(ts, t)
 			}
 			f.mu.Unlock()
+			// A node cut off past a lease is not told until it is back:
+			// when every node was cut off (Redis away) nobody swept it,
+			// and its clean sessions lose nothing by waiting.
 			err := f.renew(ctx, ts)
-			if err == nil {
-				lastOK, told = time.Now(), false
-			} else if !told && time.Since(lastOK) > f.cfg.Lease {
-				// Cut off past a lease: the others may take this node's
-				// memberships for lapsed and sweep its routes.
-				told = true
-				for _, t := range ts {
-					if t.owner != Home {
-						t.lapse()
-					}
-				}
-			}
 			switch {
 			case err != nil && ctx.Err() == nil && !failing:
 				f.cfg.Log.Warn("fabric: cannot renew this node's memberships", "err", err)
