@@ -54,6 +54,7 @@ var (
 	descFabricLag     = prometheus.NewDesc("roost_fabric_inbox_lag", "Messages from other nodes waiting in this node's inboxes, as last seen.", nil, nil)
 	descFabricMsgs    = prometheus.NewDesc("roost_fabric_messages_total", "Messages that crossed to (sent) or from (received) other nodes.", []string{"direction"}, nil)
 	descFabricStale   = prometheus.NewDesc("roost_fabric_stale_routes_total", "Sends refused because this node's copy of the routes was out of date (read again and sent again).", nil, nil)
+	descFabricLapses  = prometheus.NewDesc("roost_fabric_lapses_total", "Times this node found its membership of a tenant lapsed (swept by the others: its clean sessions were ended).", nil, nil)
 	descTenantRoutes  = prometheus.NewDesc("roost_fabric_tenant_routes", "Routes this node holds for the tenant (filters its subscribers and live views hold here).", []string{"tenant"}, nil)
 	descTenantLag     = prometheus.NewDesc("roost_fabric_tenant_inbox_lag", "Messages from other nodes waiting in this node's inbox for the tenant, as last seen.", []string{"tenant"}, nil)
 	descFabricFailed  = prometheus.NewDesc("roost_fabric_send_failures_total", "Sends Redis did not take (a QoS 1 or 2 publish was refused for each).", nil, nil)
@@ -61,7 +62,7 @@ var (
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRetries, descFenced, descLeaseRefused,
-		descFabricTenants, descFabricRoutes, descFabricLag, descFabricMsgs, descFabricStale, descFabricFailed, descTenantRoutes, descTenantLag} {
+		descFabricTenants, descFabricRoutes, descFabricLag, descFabricMsgs, descFabricStale, descFabricFailed, descFabricLapses, descTenantRoutes, descTenantLag} {
 		ch <- d
 	}
 }
@@ -145,6 +146,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descFabricMsgs, prometheus.CounterValue, float64(st.Received), "received")
 		ch <- prometheus.MustNewConstMetric(descFabricStale, prometheus.CounterValue, float64(st.Stale))
 		ch <- prometheus.MustNewConstMetric(descFabricFailed, prometheus.CounterValue, float64(st.Failed))
+		ch <- prometheus.MustNewConstMetric(descFabricLapses, prometheus.CounterValue, float64(st.Lapses))
 	}
 	for r, n := range c.h.in.hs.drops() {
 		ch <- prometheus.MustNewConstMetric(descHSDropped, prometheus.CounterValue, float64(n), dropReason(r).String())
