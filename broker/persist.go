@@ -242,15 +242,15 @@ var errNotStored = errors.New("message not stored")
 // retained, before mochi acknowledges it. It returns the packet to route,
 // tagged so that deliveries can be matched to their store numbers.
 func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if remote(pk) {
-		return pk, nil // stored where it arrived, and tagged by deliverRemote
+	if remote(pk) && p.anywhere {
+		return pk, nil // queued where it arrived, and tagged by deliverRemote
 	}
 	if !pk.FixedHeader.Retain && (pk.FixedHeader.Qos == 0 || p.storedN.Load() == 0) {
 		return pk, nil
 	}
 	ctx, cancel := storeCtx()
 	defer cancel()
-	if pk.FixedHeader.Retain {
+	if pk.FixedHeader.Retain && !remote(pk) { // a remote one was stored where it arrived
 		m := toStore(pk)
 		m.Retain = true
 		if err := p.st.SetRetained(ctx, p.tenant, m); err != nil {

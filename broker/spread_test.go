@@ -61,9 +61,13 @@ func newSpreadOn(t *testing.T, urlA, urlB, prefix string, mod ...func(*broker.Co
 	s := &spread{fabA: newFabric(t, urlA, prefix, "node-a"), fabB: newFabric(t, urlB, prefix, "node-b"), sessA: open()}
 	s.stack = newStack(t, append([]func(*broker.Config){func(c *broker.Config) {
 		c.Sessions, c.Fabric, c.FabricHome = open(), s.fabA, true
-	}}, mod...)...)
-	hub, addr := serveHub(t, broker.Config{Directory: s.store, Changes: s.store.Changes(), Sessions: open(), Fabric: s.fabB,
-		Log: slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	}}, mod...)...) // mod applies to both nodes
+	cfgB := broker.Config{Directory: s.store, Changes: s.store.Changes(), Sessions: open(), Fabric: s.fabB,
+		Log: slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	for _, m := range mod {
+		m(&cfgB)
+	}
+	hub, addr := serveHub(t, cfgB)
 	s.b = &peer{hub: hub, addr: addr}
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -650,5 +654,36 @@ func TestSpreadSessionHops(t *testing.T) {
 			p.expect(t, "hop/x", fmt.Sprintf("%d-%d", hop, i))
 		}
 		p.quiet(t, 100*time.Millisecond, fmt.Sprintf("hop %d: a message twice", hop))
+	}
+}
+
+// homeOnly is a fabric that does not route to persistent sessions (as the
+// Kafka one): they live at the tenant's home.
+type homeOnly struct{ fabric.Node }
+
+// TestSpreadSessionsAtHome: with a fabric that cannot route to sessions,
+// persistent sessions live at the home, which queues what other nodes
+// send it: a session away gets what was published on the other node.
+func TestSpreadSessionsAtHome(t *testing.T) {
+	s := newSpread(t, func(c *broker.Config) { c.Fabric = homeOnly{c.Fabric} })
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	sub := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
+	sub.sub(t, "q/#", 1)
+	sub.Disconnect(&paho.Disconnect{})
+	pub := mustV5(t, s.b.addr, user("acme", "d"), secret, "pub")
+	for i := range 10 {
+		pub.pub(t, "q/x", fmt.Sprint(i), 1, false)
+	}
+	eventually(t, 5*time.Second, "the home queued what the other node sent it", func() bool {
+		info, err := s.sessA.QueueInfo(context.Background(), "acme", "keeper")
+		return err == nil && info.Len == 10
+	})
+	back := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
+	if !back.connack.SessionPresent {
+		t.Fatal("the session is not present at the home")
+	}
+	for i := range 10 {
+		back.expect(t, "q/x", fmt.Sprint(i))
 	}
 }
