@@ -42,9 +42,32 @@
 // are clean sessions, which start afresh.
 //
 // One client serves all of a node's tenants: it reads the partitions its
-// tenants' logs are on, from the earliest place any of them needs. An
-// owner whose queue is full (a slow broker) is passed over, and reads its
-// part again once it caught up; the others skip what they already had.
+// tenants' logs are on, from the earliest place any of them needs, and
+// keeps the latest shared routes it read there for an owner that joins
+// later. An owner whose queue is full (a slow broker) is passed over, and
+// reads its part again once it caught up; the others skip what they
+// already had.
+//
+// What it costs, and its limits:
+//   - Every publish of a spread tenant crosses Kafka once (QoS 0 too,
+//     without waiting), and every node serving the tenant reads it.
+//   - Kafka out of reach: a QoS 1 or 2 send fails after SendTimeout (the
+//     publisher is refused), as does a shared subscription; a plain one
+//     is granted (it writes nothing). A write whose answer was lost may
+//     have been taken: refused, and delivered all the same.
+//   - A home away longer than the topic's retention loses what was
+//     queued for it (logged); a home that dies delivers again what it
+//     did not commit (CommitEvery): at least once, QoS 2 included. While
+//     it catches up a home does not retain again what it reads (the
+//     origin stored it), so an old retained message cannot replace a
+//     newer one.
+//   - A member of a shared group that left is still counted until its
+//     state says so (a message given to it then is lost to the group),
+//     one that died until Lease passed; an owner that knows of fewer
+//     members than the others (it started reading from a commit, or
+//     within Lease of another's last state) may serve a group's message
+//     another member serves too.
+//   - The topic's partition count must not change while nodes run.
 //
 // Records: key = tenant; value = a version byte, a kind (message or
 // state), the owner that wrote it, then the message (flags, topic,
@@ -136,6 +159,14 @@ type part struct {
 	owners map[string]*Tenant
 	pos    int64 // the next offset the client returns
 	hwm    int64 // the partition's end, as last fetched
+	// states are the latest shared routes of every tenant's owners on
+	// the partition, as read: an owner that joins learns them here.
+	states map[string]map[string]state
+}
+
+type state struct {
+	filters []string
+	at      time.Time
 }
 
 // New connects to Kafka, creates the topic if it is missing, and starts
@@ -349,7 +380,7 @@ func (f *Fabric) Join(ctx context.Context, tenant string, home bool, deliver fun
 		return nil, fmt.Errorf("fabric: join tenant %s: %w", tenant, err)
 	}
 	t.deliverFrom, t.catchUp, t.processed, t.committed = start, end, start, start
-	f.control(func() { f.attach(t, from) })
+	f.control(func() { f.attach(t, from, start) })
 	go t.run()
 	return t, nil
 }
@@ -451,19 +482,27 @@ func (f *Fabric) request(fn func()) {
 	}
 }
 
-// attach adds an owner to its partition, read from start on. Runs on the
-// reading goroutine, with f.mu held.
-func (f *Fabric) attach(t *Tenant, start int64) {
-	t.next = start
+// attach adds an owner to its partition, to deliver from start on. The
+// first owner of a partition reads it from from, to learn the others'
+// shared routes; a later one learns them from what the partition's reader
+// kept, and reads from where the reader is (or from start, if that is
+// earlier). Runs on the reading goroutine, with f.mu held.
+func (f *Fabric) attach(t *Tenant, from, start int64) {
 	p := f.parts[t.part]
 	if p == nil {
-		p = &part{owners: map[string]*Tenant{}, pos: start, hwm: start}
+		p = &part{owners: map[string]*Tenant{t.name: t}, pos: from, hwm: from, states: map[string]map[string]state{}}
 		f.parts[t.part] = p
-		p.owners[t.name] = t
-		f.cl.AddConsumePartitions(map[string]map[int32]kgo.Offset{f.cfg.Topic: {t.part: kgo.NewOffset().At(start)}})
+		t.next = from
+		f.cl.AddConsumePartitions(map[string]map[int32]kgo.Offset{f.cfg.Topic: {t.part: kgo.NewOffset().At(from)}})
 		return
 	}
+	for owner, st := range p.states[t.name] {
+		if owner != t.owner {
+			t.view.set(owner, st.filters, st.at)
+		}
+	}
 	p.owners[t.name] = t
+	t.next = min(start, p.pos)
 	f.rewind(t.part, p, start)
 }
 
@@ -551,6 +590,9 @@ func (f *Fabric) poll(ctx context.Context) {
 			}
 			for _, r := range fp.Records {
 				p.pos = r.Offset + 1
+				if len(r.Value) > 1 && r.Value[1] == kindState {
+					p.keep(r)
+				}
 				t := p.owners[string(r.Key)]
 				if t == nil || r.Offset < t.next || t.stalled.Load() {
 					continue
@@ -577,6 +619,26 @@ func (f *Fabric) poll(ctx context.Context) {
 		})
 		f.mu.Unlock()
 	}
+}
+
+// keep notes a state record.
+func (p *part) keep(r *kgo.Record) {
+	rec, err := decode(r.Value)
+	if err != nil {
+		return
+	}
+	tenant := string(r.Key)
+	if len(rec.filters) == 0 {
+		delete(p.states[tenant], rec.origin)
+		if len(p.states[tenant]) == 0 {
+			delete(p.states, tenant)
+		}
+		return
+	}
+	if p.states[tenant] == nil {
+		p.states[tenant] = map[string]state{}
+	}
+	p.states[tenant][rec.origin] = state{filters: rec.filters, at: r.Timestamp}
 }
 
 // heartbeat renews the shared routes of this node's owners.

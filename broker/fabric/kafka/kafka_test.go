@@ -243,6 +243,29 @@ func TestMessagesCross(t *testing.T) {
 	})
 }
 
+// TestRejoin: a broker that leaves and comes back on the same node (as a
+// node's broker becomes the tenant's home) reads its partition again.
+func TestRejoin(t *testing.T) {
+	c := newCluster(t)
+	fa, fb := open(t, c, "a"), open(t, c, "b")
+	a := join(t, fa, "acme", false, nil)
+	inB := newInbox()
+	b := join(t, fb, "acme", false, inB, "t/#")
+	send(t, a, "t/x", "first", 1, false, nil)
+	inB.expect(t, "t/x", "first")
+	b.Leave()
+	b.Leave()
+	send(t, a, "t/x", "while away", 1, false, nil)
+	inHome := newInbox()
+	join(t, fb, "acme", true, inHome, "t/#")
+	send(t, a, "t/x", "back as the home", 1, false, nil)
+	inHome.expect(t, "t/x", "back as the home")
+	inB.quiet(t, 200*time.Millisecond, "a message for the owner that left")
+	if st := fb.Stats(); st.Tenants != 1 {
+		t.Errorf("stats %+v; want 1 tenant", st)
+	}
+}
+
 // TestSharedOnce: a shared group with members on two nodes gets each
 // message published on a third once, on one of them, both taking a part;
 // a member joined just before the messages takes its part at once. A
@@ -255,7 +278,19 @@ func TestSharedOnce(t *testing.T) {
 	join(t, fb, "acme", false, inB, "$share/g/jobs/#")
 	cc := join(t, fc, "acme", false, inC)
 	add(t, cc, "$share/g/jobs/#")
-	const n = 60
+	servedOnce(t, a, inB, inC, 60)
+	add(t, a, "$share/g/jobs/#")
+	for i := range 10 {
+		send(t, a, "jobs/x", fmt.Sprint("here ", i), 1, false, func(string) bool { return true })
+	}
+	inB.quiet(t, 300*time.Millisecond, "a job served where it was published")
+	inC.quiet(t, 0, "a job served where it was published")
+}
+
+// servedOnce sends n jobs from a and checks that each reaches one of b
+// and c, both taking a part.
+func servedOnce(t *testing.T, a fabric.Owner, inB, inC *inbox, n int) {
+	t.Helper()
 	for i := range n {
 		send(t, a, "jobs/x", fmt.Sprint(i), 1, false, func(string) bool { return false })
 	}
@@ -285,12 +320,22 @@ func TestSharedOnce(t *testing.T) {
 	if counts["b"] < n/6 || counts["c"] < n/6 {
 		t.Errorf("jobs served: %v; want both members to take a part", counts)
 	}
-	add(t, a, "$share/g/jobs/#")
-	for i := range 10 {
-		send(t, a, "jobs/x", fmt.Sprint("here ", i), 1, false, func(string) bool { return true })
-	}
-	inB.quiet(t, 300*time.Millisecond, "a job served where it was published")
-	inC.quiet(t, 0, "a job served where it was published")
+}
+
+// TestSharedOnceJoinedLater: an owner that joins a partition its node
+// already reads (another tenant's) learns the others' shared routes from
+// what the node's reader kept: the group is still served once.
+func TestSharedOnceJoinedLater(t *testing.T) {
+	c := newCluster(t)
+	one := func(cfg *Config) { cfg.Partitions = 1 }
+	fa, fb, fc := open(t, c, "a", one), open(t, c, "b", one), open(t, c, "c", one)
+	join(t, fc, "other", false, nil, "x/#")
+	inB, inC := newInbox(), newInbox()
+	a := join(t, fa, "acme", false, nil)
+	join(t, fb, "acme", false, inB, "$share/g/jobs/#")
+	time.Sleep(2 * fa.cfg.Lease) // b's first state is long gone from a new reader's start
+	join(t, fc, "acme", false, inC, "$share/g/jobs/#")
+	servedOnce(t, a, inB, inC, 60)
 }
 
 // TestSharedMemberLapses: once a node with a member died, its part goes

@@ -48,7 +48,7 @@ type Tenant struct {
 	catchUp     int64 // the log's end when a home joined: below it, a catch-up
 	processed   int64 // every record before it was delivered or had nothing here
 	committed   int64
-	commitedAt  time.Time
+	committedAt time.Time
 
 	ctx  context.Context
 	stop context.CancelFunc
@@ -268,7 +268,7 @@ func (t *Tenant) run() {
 // idle commits a home's place, and asks for what the owner was passed
 // over for.
 func (t *Tenant) idle(tick bool) {
-	if t.home && t.processed > t.committed && (tick || time.Since(t.commitedAt) >= t.f.cfg.CommitEvery) {
+	if t.home && t.processed > t.committed && (tick || time.Since(t.committedAt) >= t.f.cfg.CommitEvery) {
 		ctx, cancel := context.WithTimeout(t.ctx, 5*time.Second)
 		err := t.f.commit(ctx, t, t.processed)
 		cancel()
@@ -277,7 +277,7 @@ func (t *Tenant) idle(tick bool) {
 				t.f.cfg.Log.Warn("fabric: commit the home's place", "tenant", t.name, "err", err)
 			}
 		} else {
-			t.committed, t.commitedAt = t.processed, time.Now()
+			t.committed, t.committedAt = t.processed, time.Now()
 		}
 	}
 	if len(t.queue) == 0 && t.stalled.Load() && t.resumeAsked.CompareAndSwap(false, true) {
