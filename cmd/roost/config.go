@@ -72,6 +72,9 @@ type config struct {
 	// FleetSpread serves every tenant on every data-plane node (the
 	// fabric, on the Redis of ROOST_REDIS_URL).
 	FleetSpread bool
+	// FleetFabric carries a spread fleet's cross-node traffic: redis or
+	// kafka.
+	FleetFabric string
 	// UsageRetention is how long usage records (also of deleted tenants)
 	// are kept.
 	UsageRetention time.Duration
@@ -166,7 +169,8 @@ func (c *config) settings() []setting {
 		{"shutdown-wills", "send the Wills of the devices a shutdown disconnects (off: a server going away is not the device going away)", "false", &c.ShutdownWills},
 		{"usage-retention", "how long hourly usage records are kept, deleted tenants' too (whose slugs stay reserved as long)", "9600h", &c.UsageRetention},
 		{"node-url", "where control planes reach this data-plane node's internal API (http://host:port of ROOST_HTTP_ADDR); empty: this host's name and port", "", &c.NodeURL},
-		{"fleet-spread", "data-plane nodes serve every tenant together: a device's clean session on the node it connects to, persistent sessions at the tenant's home, messages crossing between nodes through Redis (needs ROOST_SESSION_STORE=redis)", "false", &c.FleetSpread},
+		{"fleet-spread", "data-plane nodes serve every tenant together, each device on the node it connects to, messages crossing between nodes through the fleet fabric (needs ROOST_SESSION_STORE=redis)", "false", &c.FleetSpread},
+		{"fleet-fabric", "what carries a spread fleet's messages between nodes: redis (ROOST_REDIS_URL; persistent sessions live on any node) or kafka (ROOST_KAFKA_BROKERS, topic roost.fabric; persistent sessions live at the tenant's home)", "redis", &c.FleetFabric},
 		{"forward-addr", "where a data-plane node takes the device connections other nodes forward to it (reachable by the other nodes only; announced with ROOST_NODE_URL's host)", ":1884", &c.ForwardAddr},
 		{"device-endpoints", "URLs devices connect to, comma-separated (mqtt://, mqtts://, ws://, wss://), shown in the console's snippets; empty: this process's own listeners (set it for a control plane, or behind a load balancer)", "", &c.DeviceEndpoints},
 		{"max-free-tenants", "how many tenants on the free plan one account may own (0: no limit)", "3", &c.MaxFreeTenants},
@@ -304,6 +308,15 @@ func (c *config) Validate() error {
 	}
 	if c.FleetSpread && c.SessionStore != "redis" {
 		return errors.New("ROOST_FLEET_SPREAD: a spread fleet needs ROOST_SESSION_STORE=redis (its nodes share sessions and routes there)")
+	}
+	switch c.FleetFabric {
+	case "redis":
+	case "kafka":
+		if c.FleetSpread && len(c.kafkaBrokers()) == 0 {
+			return errors.New("ROOST_FLEET_FABRIC: the kafka fabric needs ROOST_KAFKA_BROKERS")
+		}
+	default:
+		return fmt.Errorf("ROOST_FLEET_FABRIC: %q is not redis or kafka", c.FleetFabric)
 	}
 	switch c.SessionStore {
 	case "embedded", "memory":

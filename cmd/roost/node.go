@@ -23,6 +23,7 @@ import (
 	"github.com/roosthub/roost"
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/broker/fabric"
+	kfabric "github.com/roosthub/roost/broker/fabric/kafka"
 	"github.com/roosthub/roost/cluster"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/kafkaexport"
@@ -351,7 +352,6 @@ type dataPlane struct {
 	log    *slog.Logger
 	hub    *broker.Hub
 	member *cluster.Member // nil unless a node of a fleet
-	fabric *fabric.Redis   // nil unless the fleet spreads its tenants
 	// listening says the directory's changes are coming in: always in one
 	// process, over Postgres on a node of a fleet.
 	listening *atomic.Bool
@@ -424,12 +424,12 @@ func openDataPlane(ctx context.Context, role string, deps planeDeps, exporter br
 	if d.member != nil {
 		cfg.Cluster = d.member
 		if c.FleetSpread {
-			fab, err := fabric.New(ctx, fabric.Config{URL: c.RedisURL, Node: d.member.ID(), Log: log})
+			fab, err := openFabric(ctx, c, d.member.ID(), log)
 			if err != nil {
 				return nil, fmt.Errorf("ROOST_FLEET_SPREAD: %w", err)
 			}
 			d.opened.add(func() { fab.Close() })
-			cfg.Fabric, d.fabric = fab, fab
+			cfg.Fabric = fab
 		}
 	}
 	// The bounds of connections not yet past CONNECT (README: Security
@@ -602,3 +602,15 @@ func (d *dataPlane) drain() {
 // to close is the session store (a second retire or hub close is
 // harmless).
 func (d *dataPlane) close() { d.opened.close() }
+
+// openFabric opens what carries a spread fleet's messages between nodes
+// (ROOST_FLEET_FABRIC).
+func openFabric(ctx context.Context, c *config, node string, log *slog.Logger) (interface {
+	fabric.Node
+	Close() error
+}, error) {
+	if c.FleetFabric == "kafka" {
+		return kfabric.New(ctx, kfabric.Config{Brokers: c.kafkaBrokers(), Node: node, Log: log})
+	}
+	return fabric.New(ctx, fabric.Config{URL: c.RedisURL, Node: node, Log: log})
+}
