@@ -163,10 +163,12 @@ func (p *persistence) queuedFor(pk packets.Packet, clientID string) bool {
 }
 
 // copiesArrived notes the queue numbers of a message another node queued
-// for sessions connected here, and has each send whatever it lacks (the
-// message itself, when mochi did not hand it to the session: a shared
-// group's turn, or a copy mochi's delivery did not carry).
-func (p *persistence) copiesArrived(seqs map[string]uint64) {
+// for sessions connected here, before the message is handed to mochi; the
+// returned function, run after, has each session send whatever it lacks
+// (the message itself, when mochi did not hand it to the session: a shared
+// group's turn). Noted before, a copy the client acknowledges at once is
+// not noted again after.
+func (p *persistence) copiesArrived(seqs map[string]uint64) (after func()) {
 	var check []*mqtt.Client
 	p.mu.Lock()
 	for cid, seq := range seqs {
@@ -180,8 +182,10 @@ func (p *persistence) copiesArrived(seqs map[string]uint64) {
 		check = append(check, cl)
 	}
 	p.mu.Unlock()
-	for _, cl := range check {
-		p.reconcile(cl)
+	return func() {
+		for _, cl := range check {
+			p.reconcile(cl)
+		}
 	}
 }
 
@@ -201,11 +205,10 @@ func (p *persistence) catchUp(cl *mqtt.Client) {
 	if err != nil || len(queued) == 0 {
 		return
 	}
-	seqs := make(map[string]uint64, 1)
 	for _, q := range queued {
-		seqs[cl.ID] = q.Seq
-		p.copiesArrived(seqs)
+		p.copiesArrived(map[string]uint64{cl.ID: q.Seq})
 	}
+	p.reconcile(cl)
 }
 
 // kicked ends the connection of a session claimed on another node, if its

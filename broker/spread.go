@@ -320,7 +320,7 @@ func (inst *instance) deliverRemote(m fabric.Message) error {
 		// Copies queued by the sender for sessions connected here: their
 		// deliveries map to these numbers, as for a publish stored here.
 		pk = inst.persist.tag(pk, m.Seqs)
-		defer inst.persist.copiesArrived(m.Seqs)
+		defer inst.persist.copiesArrived(m.Seqs)()
 	}
 	inst.inlineMu.Lock()
 	defer inst.inlineMu.Unlock()
@@ -385,6 +385,9 @@ func (h *routeHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	r.mu.Lock()
 	r.attached[cl.ID] = true
 	r.mu.Unlock()
+	// What was queued for it between the read of its queue at connect and
+	// the attach was sent nowhere: it is in the queue, read now.
+	h.inst.persist.catchUp(cl)
 }
 
 func (h *routeHook) ID() string { return "roost-routes" }
