@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -29,7 +30,7 @@ import (
 type spread struct {
 	*stack
 	b          *peer
-	fabA, fabB *fabric.Redis
+	fabA, fabB fabric.Node
 	// sessA reads the session store both nodes share.
 	sessA broker.SessionStore
 }
@@ -57,8 +58,14 @@ func newSpread(t *testing.T, mod ...func(*broker.Config)) *spread {
 // newSpreadOn runs the two nodes with their fabrics on Redis at urlA and
 // urlB (the same server, perhaps through a proxy).
 func newSpreadOn(t *testing.T, urlA, urlB, prefix string, mod ...func(*broker.Config)) *spread {
+	return newSpreadWith(t, newFabric(t, urlA, prefix, "node-a"), newFabric(t, urlB, prefix, "node-b"), mod...)
+}
+
+// newSpreadWith runs the two nodes on the fabrics given, their sessions in
+// one Redis.
+func newSpreadWith(t *testing.T, fabA, fabB fabric.Node, mod ...func(*broker.Config)) *spread {
 	open := sharedRedis(t)
-	s := &spread{fabA: newFabric(t, urlA, prefix, "node-a"), fabB: newFabric(t, urlB, prefix, "node-b"), sessA: open()}
+	s := &spread{fabA: fabA, fabB: fabB, sessA: open()}
 	s.stack = newStack(t, append([]func(*broker.Config){func(c *broker.Config) {
 		c.Sessions, c.Fabric, c.FabricHome = open(), s.fabA, true
 	}}, mod...)...) // mod applies to both nodes
@@ -77,41 +84,49 @@ func newSpreadOn(t *testing.T, urlA, urlB, prefix string, mod ...func(*broker.Co
 	return s
 }
 
+// onEveryFabric runs a spread scenario on each fabric: Redis, and Kafka
+// (kfake, spread_kafka_test.go).
+func onEveryFabric(t *testing.T, scenario func(t *testing.T, s *spread)) {
+	t.Run("redis", func(t *testing.T) { scenario(t, newSpread(t)) })
+	t.Run("kafka", func(t *testing.T) { scenario(t, newKafkaSpread(t).spread) })
+}
+
 // TestSpreadAcrossNodes: a subscriber on one node gets, in order, what is
 // published on the other, at every QoS, both ways; nothing published on a
 // topic it did not subscribe to crosses.
 func TestSpreadAcrossNodes(t *testing.T) {
-	s := newSpread(t)
-	s.tenant("acme")
-	secret := s.device("acme", "d", tenants.ClientIDsAny)
-	for _, dir := range []struct {
-		name     string
-		sub, pub string
-	}{{"home to node", s.b.addr, s.addr}, {"node to home", s.addr, s.b.addr}} {
-		t.Run(dir.name, func(t *testing.T) {
-			sub := mustV5(t, dir.sub, user("acme", "d"), secret, "sub")
-			sub.sub(t, "t/#", 2)
-			pub := mustV5(t, dir.pub, user("acme", "d"), secret, "pub")
-			for qos := range byte(3) {
-				for i := range 20 {
-					pub.pub(t, fmt.Sprintf("t/%d", qos), fmt.Sprint(i), qos, false)
-				}
-				for i := range 20 {
-					m := sub.expect(t, fmt.Sprintf("t/%d", qos), fmt.Sprint(i))
-					if m.QoS != qos {
-						t.Errorf("QoS %d message arrived with QoS %d", qos, m.QoS)
+	onEveryFabric(t, func(t *testing.T, s *spread) {
+		s.tenant("acme")
+		secret := s.device("acme", "d", tenants.ClientIDsAny)
+		for _, dir := range []struct {
+			name     string
+			sub, pub string
+		}{{"home to node", s.b.addr, s.addr}, {"node to home", s.addr, s.b.addr}} {
+			t.Run(dir.name, func(t *testing.T) {
+				sub := mustV5(t, dir.sub, user("acme", "d"), secret, "sub")
+				sub.sub(t, "t/#", 2)
+				pub := mustV5(t, dir.pub, user("acme", "d"), secret, "pub")
+				for qos := range byte(3) {
+					for i := range 20 {
+						pub.pub(t, fmt.Sprintf("t/%d", qos), fmt.Sprint(i), qos, false)
+					}
+					for i := range 20 {
+						m := sub.expect(t, fmt.Sprintf("t/%d", qos), fmt.Sprint(i))
+						if m.QoS != qos {
+							t.Errorf("QoS %d message arrived with QoS %d", qos, m.QoS)
+						}
 					}
 				}
-			}
-			pub.pub(t, "other/x", "not for the subscriber", 1, false)
-			sub.quiet(t, 300*time.Millisecond, "a message on a topic nobody subscribed to")
-			sub.Disconnect(&paho.Disconnect{})
-			pub.Disconnect(&paho.Disconnect{})
-		})
-	}
-	if st := s.fabA.Stats(); st.Sent == 0 || st.Received == 0 {
-		t.Errorf("home's fabric counters: %+v; want messages sent and received", st)
-	}
+				pub.pub(t, "other/x", "not for the subscriber", 1, false)
+				sub.quiet(t, 300*time.Millisecond, "a message on a topic nobody subscribed to")
+				sub.Disconnect(&paho.Disconnect{})
+				pub.Disconnect(&paho.Disconnect{})
+			})
+		}
+		if st := s.fabA.Stats(); st.Sent == 0 || st.Received == 0 {
+			t.Errorf("home's fabric counters: %+v; want messages sent and received", st)
+		}
+	})
 }
 
 // TestSpreadRouteBeforeSuback: a message published on another node right
@@ -119,83 +134,102 @@ func TestSpreadAcrossNodes(t *testing.T) {
 // before the SUBACK (fabric's TestStaleRoutesRefused shows a publisher's
 // stale copy of the routes refused and read again).
 func TestSpreadRouteBeforeSuback(t *testing.T) {
-	s := newSpread(t)
-	s.tenant("acme")
-	secret := s.device("acme", "d", tenants.ClientIDsAny)
-	pub := mustV5(t, s.addr, user("acme", "d"), secret, "pub")
-	pub.pub(t, "warm/up", "routes read once", 1, false)
-	for i := range 20 {
-		sub := mustV5(t, s.b.addr, user("acme", "d"), secret, fmt.Sprintf("sub-%d", i))
-		filter := fmt.Sprintf("fresh/%d", i)
-		sub.sub(t, filter, 1)
-		pub.pub(t, filter, "right after the SUBACK", 1, false)
-		sub.expect(t, filter, "right after the SUBACK")
-		sub.Disconnect(&paho.Disconnect{})
-	}
+	onEveryFabric(t, func(t *testing.T, s *spread) {
+		s.tenant("acme")
+		secret := s.device("acme", "d", tenants.ClientIDsAny)
+		pub := mustV5(t, s.addr, user("acme", "d"), secret, "pub")
+		pub.pub(t, "warm/up", "routes read once", 1, false)
+		for i := range 20 {
+			sub := mustV5(t, s.b.addr, user("acme", "d"), secret, fmt.Sprintf("sub-%d", i))
+			filter := fmt.Sprintf("fresh/%d", i)
+			sub.sub(t, filter, 1)
+			pub.pub(t, filter, "right after the SUBACK", 1, false)
+			sub.expect(t, filter, "right after the SUBACK")
+			sub.Disconnect(&paho.Disconnect{})
+		}
+	})
 }
 
 // TestSpreadSharedOnce: a shared group with a member on each node gets
-// each message once, wherever it is published.
+// each message once, wherever it is published; with one member gone, the
+// other gets what its node did not serve, once.
 func TestSpreadSharedOnce(t *testing.T) {
-	s := newSpread(t)
-	s.tenant("acme")
-	secret := s.device("acme", "d", tenants.ClientIDsAny)
-	var mu sync.Mutex
-	got := map[string]int{}
-	var total atomic.Int64
-	member := func(addr, id string) {
-		c := mustV5(t, addr, user("acme", "d"), secret, id)
-		c.sub(t, "$share/g/jobs/#", 1)
-		go func() {
-			for m := range c.msgs {
-				mu.Lock()
-				got[string(m.Payload)]++
-				mu.Unlock()
-				total.Add(1)
-			}
-		}()
-	}
-	member(s.addr, "m-a")
-	member(s.b.addr, "m-b")
-	pubA := mustV5(t, s.addr, user("acme", "d"), secret, "pub-a")
-	pubB := mustV5(t, s.b.addr, user("acme", "d"), secret, "pub-b")
-	const n = 40
-	for i := range n {
-		pubA.pub(t, "jobs/a", fmt.Sprint("a", i), 1, false)
-		pubB.pub(t, "jobs/b", fmt.Sprint("b", i), 1, false)
-	}
-	eventually(t, 5*time.Second, "every job delivered", func() bool { return total.Load() >= 2*n })
-	time.Sleep(300 * time.Millisecond)
-	mu.Lock()
-	defer mu.Unlock()
-	if len(got) != 2*n || total.Load() != 2*n {
-		t.Fatalf("%d distinct jobs in %d deliveries; want each of %d once", len(got), total.Load(), 2*n)
-	}
+	onEveryFabric(t, func(t *testing.T, s *spread) {
+		s.tenant("acme")
+		secret := s.device("acme", "d", tenants.ClientIDsAny)
+		var mu sync.Mutex
+		got := map[string]int{}
+		var total atomic.Int64
+		member := func(addr, id string) *v5 {
+			c := mustV5(t, addr, user("acme", "d"), secret, id)
+			c.sub(t, "$share/g/jobs/#", 1)
+			go func() {
+				for m := range c.msgs {
+					mu.Lock()
+					got[string(m.Payload)]++
+					mu.Unlock()
+					total.Add(1)
+				}
+			}()
+			return c
+		}
+		member(s.addr, "m-a")
+		mB := member(s.b.addr, "m-b")
+		pubA := mustV5(t, s.addr, user("acme", "d"), secret, "pub-a")
+		pubB := mustV5(t, s.b.addr, user("acme", "d"), secret, "pub-b")
+		const n = 40
+		for i := range n {
+			pubA.pub(t, "jobs/a", fmt.Sprint("a", i), 1, false)
+			pubB.pub(t, "jobs/b", fmt.Sprint("b", i), 1, false)
+		}
+		eventually(t, 5*time.Second, "every job delivered", func() bool { return total.Load() >= 2*n })
+		time.Sleep(300 * time.Millisecond)
+		mu.Lock()
+		if len(got) != 2*n || total.Load() != 2*n {
+			t.Fatalf("%d distinct jobs in %d deliveries; want each of %d once", len(got), total.Load(), 2*n)
+		}
+		mu.Unlock()
+		// With b's member gone, what b publishes goes to the member on a,
+		// once: the route of a's member in the log makes b's node pass it on.
+		mB.Disconnect(&paho.Disconnect{})
+		time.Sleep(200 * time.Millisecond)
+		for i := range n {
+			pubB.pub(t, "jobs/b", fmt.Sprint("b-after-", i), 1, false)
+		}
+		eventually(t, 5*time.Second, "every later job delivered on a", func() bool { return total.Load() >= 3*n })
+		time.Sleep(300 * time.Millisecond)
+		mu.Lock()
+		defer mu.Unlock()
+		if len(got) != 3*n || total.Load() != 3*n {
+			t.Fatalf("%d distinct jobs in %d deliveries; want each of %d once", len(got), total.Load(), 3*n)
+		}
+	})
 }
 
 // TestSpreadRetained: a retained message published on one node is there
 // for a subscriber arriving on the other.
 func TestSpreadRetained(t *testing.T) {
-	s := newSpread(t)
-	s.tenant("acme")
-	secret := s.device("acme", "d", tenants.ClientIDsAny)
-	// b runs the tenant before the message is retained: it learns it
-	// through its inbox, not from the store at start.
-	early := mustV5(t, s.b.addr, user("acme", "d"), secret, "early")
-	pub := mustV5(t, s.addr, user("acme", "d"), secret, "pub")
-	pub.pub(t, "cfg/led", "on", 1, true)
-	eventually(t, 5*time.Second, "the retained message on the other node", func() bool {
-		late := mustV5(t, s.b.addr, user("acme", "d"), secret, "late")
-		defer late.Disconnect(&paho.Disconnect{})
-		late.sub(t, "cfg/#", 1)
-		select {
-		case m := <-late.msgs:
-			return m.Topic == "cfg/led" && string(m.Payload) == "on" && m.Retain
-		case <-time.After(300 * time.Millisecond):
-			return false
-		}
+	onEveryFabric(t, func(t *testing.T, s *spread) {
+		s.tenant("acme")
+		secret := s.device("acme", "d", tenants.ClientIDsAny)
+		// b runs the tenant before the message is retained: it learns it
+		// through its inbox, not from the store at start.
+		early := mustV5(t, s.b.addr, user("acme", "d"), secret, "early")
+		pub := mustV5(t, s.addr, user("acme", "d"), secret, "pub")
+		pub.pub(t, "cfg/led", "on", 1, true)
+		eventually(t, 5*time.Second, "the retained message on the other node", func() bool {
+			late := mustV5(t, s.b.addr, user("acme", "d"), secret, "late")
+			defer late.Disconnect(&paho.Disconnect{})
+			late.sub(t, "cfg/#", 1)
+			select {
+			case m := <-late.msgs:
+				return m.Topic == "cfg/led" && string(m.Payload) == "on" && m.Retain
+			case <-time.After(300 * time.Millisecond):
+				return false
+			}
+		})
+		early.Disconnect(&paho.Disconnect{})
 	})
-	early.Disconnect(&paho.Disconnect{})
 }
 
 // TestSpreadPersistentAtHome: a persistent session held at the home gets
@@ -203,41 +237,43 @@ func TestSpreadRetained(t *testing.T) {
 // before the publisher's PUBACK (through the home's inbox), delivered when
 // it comes back.
 func TestSpreadPersistentAtHome(t *testing.T) {
-	s := newSpread(t)
-	s.tenant("acme")
-	secret := s.device("acme", "d", tenants.ClientIDsAny)
-	sub := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
-	sub.sub(t, "q/#", 1)
-	sub.Disconnect(&paho.Disconnect{})
-	pub := mustV5(t, s.b.addr, user("acme", "d"), secret, "pub")
-	for i := range 10 {
-		pub.pub(t, "q/x", fmt.Sprint(i), 1, false)
-	}
-	back := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
-	if !back.connack.SessionPresent {
-		t.Fatal("the session is not present at the home")
-	}
-	for i := range 10 {
-		back.expect(t, "q/x", fmt.Sprint(i))
-	}
+	onEveryFabric(t, func(t *testing.T, s *spread) {
+		s.tenant("acme")
+		secret := s.device("acme", "d", tenants.ClientIDsAny)
+		sub := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
+		sub.sub(t, "q/#", 1)
+		sub.Disconnect(&paho.Disconnect{})
+		pub := mustV5(t, s.b.addr, user("acme", "d"), secret, "pub")
+		for i := range 10 {
+			pub.pub(t, "q/x", fmt.Sprint(i), 1, false)
+		}
+		back := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
+		if !back.connack.SessionPresent {
+			t.Fatal("the session is not present at the home")
+		}
+		for i := range 10 {
+			back.expect(t, "q/x", fmt.Sprint(i))
+		}
+	})
 }
 
 // TestSpreadTenantsApart: two tenants on the same fabric: what one
 // publishes never reaches the other's subscriber, on any node.
 func TestSpreadTenantsApart(t *testing.T) {
-	s := newSpread(t)
-	s.tenant("acme")
-	s.tenant("umbrella")
-	acme := s.device("acme", "d", tenants.ClientIDsAny)
-	umb := s.device("umbrella", "d", tenants.ClientIDsAny)
-	spy := mustV5(t, s.b.addr, user("umbrella", "d"), umb, "spy")
-	spy.sub(t, "#", 1)
-	sub := mustV5(t, s.b.addr, user("acme", "d"), acme, "sub")
-	sub.sub(t, "#", 1)
-	pub := mustV5(t, s.addr, user("acme", "d"), acme, "pub")
-	pub.pub(t, "secret/plans", "acme only", 1, true)
-	sub.expect(t, "secret/plans", "acme only")
-	spy.quiet(t, 300*time.Millisecond, "another tenant's message")
+	onEveryFabric(t, func(t *testing.T, s *spread) {
+		s.tenant("acme")
+		s.tenant("umbrella")
+		acme := s.device("acme", "d", tenants.ClientIDsAny)
+		umb := s.device("umbrella", "d", tenants.ClientIDsAny)
+		spy := mustV5(t, s.b.addr, user("umbrella", "d"), umb, "spy")
+		spy.sub(t, "#", 1)
+		sub := mustV5(t, s.b.addr, user("acme", "d"), acme, "sub")
+		sub.sub(t, "#", 1)
+		pub := mustV5(t, s.addr, user("acme", "d"), acme, "pub")
+		pub.pub(t, "secret/plans", "acme only", 1, true)
+		sub.expect(t, "secret/plans", "acme only")
+		spy.quiet(t, 300*time.Millisecond, "another tenant's message")
+	})
 }
 
 // TestSpreadRedisCut: with the fabric's Redis out of reach, a QoS 1
@@ -419,12 +455,31 @@ func TestSpreadSessionMoves(t *testing.T) {
 			t.Fatalf("queued messages resumed on the other node: %v, want 10 on each topic", next)
 		}
 	}
-	// Live on b: what a publishes reaches it through b.
+	// Live on b: what a publishes reaches it through b, in order. One
+	// published as the session attaches may come twice (QoS 1): once read
+	// from its queue right after the attach, once sent by a's node.
+	dups := 0
 	for i := 10; i < 15; i++ {
 		pubA.pub(t, "q/a", fmt.Sprint(i), 1, false)
-		back.expect(t, "q/a", fmt.Sprint(i))
+		for got := false; !got; {
+			select {
+			case m := <-back.msgs:
+				switch n, _ := strconv.Atoi(string(m.Payload)); {
+				case n == i:
+					got = true
+				case n < i:
+					dups++
+				default:
+					t.Fatalf("got %q before %d", m.Payload, i)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatalf("live message %d did not arrive", i)
+			}
+		}
 	}
-	back.quiet(t, 300*time.Millisecond, "a message delivered twice")
+	if dups > 1 {
+		t.Errorf("%d duplicates of live messages, want at most the one published as the session attached", dups)
+	}
 	eventually(t, 5*time.Second, "the acknowledged messages deleted from the queue", func() bool {
 		info, err := s.sessA.QueueInfo(context.Background(), "acme", "keeper")
 		return err == nil && info.Len == 0
