@@ -44,7 +44,7 @@ func (p *persistence) look(ctx context.Context, clientID string) (store.Session,
 // adopt hands a stored session to mochi as the session a connection with
 // its client id takes over: its subscriptions and waiting messages, in
 // queue order, as a restart would restore them.
-func (p *persistence) adopt(ctx context.Context, s store.Session) error {
+func (p *persistence) adopt(ctx context.Context, s store.Session) (resumed bool, err error) {
 	now := time.Now()
 	base := now.Unix() &^ 0xffff
 	p.mu.Lock()
@@ -56,10 +56,10 @@ func (p *persistence) adopt(ctx context.Context, s store.Session) error {
 	}
 	p.mu.Unlock()
 	if err != nil || !ok {
-		return err
+		return false, err // an error, or expired (and deleted)
 	}
 	if prev, ok := p.server.Clients.Get(c.ID); ok && !prev.Net.Inline {
-		return nil // a session here already: the connection takes it over
+		return true, nil // a session here already: the connection takes it over
 	}
 	cl := p.server.NewClient(nil, c.Listener, c.ID, false)
 	cl.Properties.Username = c.Username
@@ -81,7 +81,7 @@ func (p *persistence) adopt(ctx context.Context, s store.Session) error {
 		}
 	}
 	p.server.Clients.Add(cl)
-	return nil
+	return true, nil
 }
 
 // evict lets a session go once its client left and its record was
@@ -215,16 +215,20 @@ func (p *persistence) catchUp(cl *mqtt.Client) {
 // claim here is older, and drops the Will this node holds back for it: its
 // client is back [MQTT-3.1.3-9].
 func (inst *instance) kicked(clientID string, epoch uint64) {
-	inst.cancelWill(clientID)
 	p := inst.persist
 	if p == nil {
+		inst.cancelWill(clientID)
 		return
 	}
 	p.mu.Lock()
 	cl := p.live[clientID]
 	mine := p.epochs[clientID]
 	p.mu.Unlock()
-	if cl == nil || mine >= epoch {
+	if mine >= epoch && epoch != 0 {
+		return // claimed here since: the kick is late
+	}
+	inst.cancelWill(clientID)
+	if cl == nil {
 		return
 	}
 	inst.log.Info("session taken over on another node", "client_id", clientID)
@@ -236,21 +240,23 @@ func (inst *instance) kicked(clientID string, epoch uint64) {
 
 // discarding notes that a connection starting clean discards the client's
 // stored session; discarded reports it once (the session's routes go).
+// The claim's epoch is kept with it: the discard ends the connection the
+// session had on another node.
 func (p *persistence) discarding(clientID string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.discard == nil {
-		p.discard = map[string]bool{}
+		p.discard = map[string]uint64{}
 	}
-	p.discard[clientID] = true
+	p.discard[clientID] = p.epochs[clientID]
 }
 
-func (p *persistence) discarded(clientID string) bool {
+func (p *persistence) discarded(clientID string) (epoch uint64, ok bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	d := p.discard[clientID]
+	epoch, ok = p.discard[clientID]
 	delete(p.discard, clientID)
-	return d
+	return epoch, ok
 }
 
 // expireAway ends the sessions whose clients stayed away past their
@@ -281,7 +287,7 @@ func (inst *instance) expireAway(now time.Time) {
 			inst.log.Warn("delete an expired session", "client_id", s.ClientID, "err", err)
 			continue
 		}
-		if err := r.sess.DropSession(ctx, s.ClientID); err != nil {
+		if err := r.sess.DropSession(ctx, s.ClientID, 0); err != nil {
 			inst.log.Warn("drop an expired session's routes", "client_id", s.ClientID, "err", err)
 		}
 		inst.log.Info("session expired", "client_id", s.ClientID)

@@ -292,6 +292,14 @@ func (h *Hub) reapIdle() {
 			inst.persist.sweep(time.Now().Add(-time.Minute)) // mochi's clock: the wall clock
 		}
 		inst.resyncRoutes()
+		if inst.anywhere && h.cfg.Cluster != nil && !h.cfg.Cluster.Holds(inst.tenant) {
+			// The home may have stopped (idle) or died while this node
+			// still serves the tenant: one node keeps it (and ends its
+			// sessions that expire), whoever takes it first.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			h.cfg.Cluster.Place(ctx, inst.tenant, true)
+			cancel()
+		}
 		if h.fabricHome(inst.tenant) {
 			inst.expireAway(time.Now())
 		}

@@ -146,7 +146,7 @@ type persistence struct {
 	anywhere bool
 	// discard holds the clients whose connection discards a stored
 	// session (anywhere).
-	discard map[string]bool
+	discard map[string]uint64
 }
 
 // sessionHost is what persistence asks of its tenant's broker.

@@ -71,12 +71,16 @@ func (h *sessionHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if err := h.p.claim(ctx, cl.ID); err != nil {
 		return refuse("claim a session", err)
 	}
+	resumed := false
 	if found && keeps && !pk.Connect.Clean {
-		if err := h.p.adopt(ctx, stored); err != nil {
+		var err error
+		if resumed, err = h.p.adopt(ctx, stored); err != nil {
 			return refuse("read a session's queue", err)
 		}
 	}
-	if found && pk.Connect.Clean {
+	if found && !resumed {
+		// Discarded (a clean start, a connection that keeps no session)
+		// or expired: its routes go too.
 		h.p.discarding(cl.ID)
 	}
 	return nil
@@ -259,5 +263,8 @@ func (h *storeHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 	if err != nil {
 		return h.inst.refusePublish(cl, pk, err)
 	}
-	return out, nil
+	if h.inst.spread {
+		return out, nil // the route hook, last, checks the lease once more
+	}
+	return h.inst.ackStillServing(cl, out)
 }

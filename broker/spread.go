@@ -145,7 +145,9 @@ func routeCtx() (context.Context, context.CancelFunc) {
 func (inst *instance) joinFabric(fab fabric.Node, home bool) error {
 	ctx, cancel := routeCtx()
 	defer cancel()
-	t, err := fab.Join(ctx, inst.tenant, home, inst.deliverRemote)
+	// Where sessions live anywhere the home holds none: it is one of the
+	// tenant's nodes like the others (swept if it dies, its inbox capped).
+	t, err := fab.Join(ctx, inst.tenant, home && !inst.anywhere, inst.deliverRemote)
 	if err != nil {
 		return err
 	}
@@ -368,12 +370,28 @@ func (h *routeHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	}
 	ctx, cancel := routeCtx()
 	defer cancel()
-	if h.inst.persist.discarded(cl.ID) {
-		if err := r.sess.DropSession(ctx, cl.ID); err != nil {
+	if epoch, ok := h.inst.persist.discarded(cl.ID); ok {
+		if err := r.sess.DropSession(ctx, cl.ID, epoch); err != nil {
 			h.inst.log.Warn("drop a discarded session's routes", "client_id", cl.ID, "err", err)
 		}
 	}
 	if !persistent(cl) {
+		if !pk.Connect.Clean {
+			// It may have taken over a session still here, subscriptions
+			// and all, which ends with this connection: they become this
+			// node's routes, and the session's own go.
+			for filter := range cl.State.Subscriptions.GetAll() {
+				if r.hold(filter, cl.ID) {
+					if err := r.fab.Add(ctx, filter); err != nil {
+						r.drop(filter, cl.ID)
+						h.inst.log.Warn("route a resumed subscription", "client_id", cl.ID, "filter", filter, "err", err)
+					}
+				}
+			}
+			if err := r.sess.DropSession(ctx, cl.ID, 0); err != nil {
+				h.inst.log.Warn("drop an ending session's routes", "client_id", cl.ID, "err", err)
+			}
+		}
 		return
 	}
 	if err := r.sess.Attach(ctx, cl.ID, h.inst.persist.epoch(cl.ID)); err != nil {
@@ -468,7 +486,7 @@ func (h *routeHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		defer cancel()
 		op, do := "detach a session", r.sess.Detach
 		if expire {
-			op, do = "drop an ended session's routes", r.sess.DropSession
+			op, do = "drop an ended session's routes", func(ctx context.Context, id string) error { return r.sess.DropSession(ctx, id, 0) }
 		}
 		if err := do(ctx, cl.ID); err != nil {
 			h.inst.log.Warn(op, "client_id", cl.ID, "err", err)
@@ -531,7 +549,18 @@ func (h *routeHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 			return h.inst.refusePublish(cl, pk, errNotForwarded)
 		}
 	}
-	return pk, nil
+	return h.inst.ackStillServing(cl, pk)
+}
+
+// ackStillServing refuses to acknowledge a publish if this node's lease
+// may have lapsed while the publish was being stored and sent (the quota
+// hook checked before): the publisher sends it again, perhaps elsewhere.
+func (inst *instance) ackStillServing(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if pk.FixedHeader.Qos == 0 || remote(pk) || inst.env.serving() {
+		return pk, nil
+	}
+	inst.env.refusedForLease()
+	return inst.refusePublish(cl, pk, errLeaseLapsed)
 }
 
 // OnSelectSubscribers serves a remote message only to the shared groups it

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -740,5 +741,67 @@ func TestSpreadSessionsAtHome(t *testing.T) {
 	}
 	for i := range 10 {
 		back.expect(t, "q/x", fmt.Sprint(i))
+	}
+}
+
+// TestSpreadCleanStartElsewhere: a client id connecting with a clean start
+// on another node while its persistent session is connected ends that
+// connection (0x8E), as a takeover on one node would.
+func TestSpreadCleanStartElsewhere(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	first := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
+	first.sub(t, "q/#", 1)
+	mustV5(t, s.b.addr, user("acme", "d"), secret, "keeper") // clean start, no session
+	select {
+	case d := <-first.discs:
+		if d.ReasonCode != 0x8E {
+			t.Errorf("the first connection ended with 0x%02X, want 0x8E", d.ReasonCode)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first connection was not ended")
+	}
+}
+
+// TestSpreadSessionNotResumedDropsRoutes: a stored session that is not
+// resumed — expired by the time its client is back, or met by a
+// connection that keeps no session — loses its routes: nothing is queued
+// for its old subscriptions any more, and the next session does not get
+// what they match.
+func TestSpreadSessionNotResumedDropsRoutes(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	pub := mustV5(t, s.addr, user("acme", "d"), secret, "pub")
+	expiring := func(c *paho.Connect) {
+		c.CleanStart = false
+		c.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(1)}
+	}
+	for _, tc := range []struct {
+		name  string
+		back  func(*paho.Connect)
+		pause time.Duration
+	}{
+		{"expired", keepSession, 1500 * time.Millisecond},
+		{"keeps none", func(c *paho.Connect) { c.CleanStart = false }, 200 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id := strings.ReplaceAll(tc.name, " ", "-")
+			old := mustV5(t, s.b.addr, user("acme", "d"), secret, id, expiring)
+			old.sub(t, "old/"+id, 1)
+			old.Disconnect(&paho.Disconnect{})
+			time.Sleep(tc.pause)
+			back := mustV5(t, s.b.addr, user("acme", "d"), secret, id, tc.back)
+			if back.connack.SessionPresent {
+				t.Fatal("the session was resumed")
+			}
+			back.Disconnect(&paho.Disconnect{})
+			pub.pub(t, "old/"+id, "for the old subscription", 1, false)
+			info, err := s.sessA.QueueInfo(context.Background(), "acme", id)
+			if err != nil || info.Len != 0 {
+				t.Errorf("queued for a session not resumed: %+v, %v", info, err)
+			}
+		})
 	}
 }

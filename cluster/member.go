@@ -458,13 +458,13 @@ func (m *Member) Place(ctx context.Context, tenant string, chosen bool) (string,
 
 // homeUp reports whether a tenant's home may still serve it: with leases
 // while its lease is held (whatever the directory says: a node cut off from
-// Postgres but not from Redis keeps its tenants), else while it announces
-// itself. If Redis does not answer, the directory decides.
+// Postgres but not from Redis keeps its tenants), and while Redis does not
+// answer (a home is never taken on a guess); without leases while it
+// announces itself.
 func (m *Member) homeUp(ctx context.Context, n tenants.Node) bool {
 	if m.cfg.Leases != nil {
-		if held, err := m.cfg.Leases.Held(ctx, n.ID); err == nil {
-			return held
-		}
+		held, err := m.cfg.Leases.Held(ctx, n.ID)
+		return held || err != nil
 	}
 	return m.up(n)
 }

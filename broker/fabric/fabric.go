@@ -33,7 +33,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"strconv"
 	"strings"
@@ -382,7 +384,6 @@ type Tenant struct {
 	holders map[string]string
 	readAt  time.Time
 	stale   bool
-	next    atomic.Uint64 // picks among a shared group's owners
 	lag     atomic.Int64
 
 	stop    context.CancelFunc
@@ -693,13 +694,14 @@ type Copy struct {
 // again.
 func (t *Tenant) SendQueued(ctx context.Context, m Message, local Local) (int, error) {
 	queued := map[string]uint64{}
+	nonce := rand.Uint64()
 	for attempt := 0; ; attempt++ {
 		ver, index, err := t.current(ctx)
 		if err != nil {
 			t.f.failed.Add(1)
 			return 0, fmt.Errorf("fabric: read routes: %w", err)
 		}
-		targets, copies := t.targets(ctx, index, m, local)
+		targets, copies := t.targets(ctx, index, m, local, nonce)
 		var fresh []Copy
 		for _, c := range copies {
 			if _, done := queued[c.ClientID]; !done && local.Queue != nil {
@@ -707,6 +709,13 @@ func (t *Tenant) SendQueued(ctx context.Context, m Message, local Local) (int, e
 			}
 		}
 		if len(fresh) > 0 {
+			// Queue only against routes still current: a copy queued for
+			// a session whose route just went would stay in its queue.
+			if cur, err := t.f.rdb.Get(ctx, t.version).Result(); err == nil && cur != ver && attempt < 5 {
+				t.f.stale.Add(1)
+				t.invalidate()
+				continue
+			}
 			seqs, err := local.Queue(ctx, fresh)
 			if err != nil {
 				return 0, fmt.Errorf("fabric: queue for persistent sessions: %w", err)
@@ -763,7 +772,7 @@ type target struct {
 	sessions []string
 }
 
-func (t *Tenant) targets(ctx context.Context, index *mqtt.TopicsIndex, m Message, local Local) ([]target, []Copy) {
+func (t *Tenant) targets(ctx context.Context, index *mqtt.TopicsIndex, m Message, local Local, nonce uint64) ([]target, []Copy) {
 	servedHere := local.Group
 	var copies []Copy
 	byOwner := map[string]*target{}
@@ -824,7 +833,7 @@ func (t *Tenant) targets(ctx context.Context, index *mqtt.TopicsIndex, m Message
 			owners = append(owners, owner)
 		}
 		slices.Sort(owners)
-		owner := owners[int(t.next.Add(1)%uint64(len(owners)))]
+		owner := owners[pickFor(nonce, group, len(owners))]
 		if cid, ok := strings.CutPrefix(owner, sessionMark); ok {
 			// The group's turn falls to a persistent session: it is
 			// queued for it alone (its node serves the group no other way).
@@ -1061,4 +1070,13 @@ func decode(b []byte) (Message, error) {
 		return Message{}, errEntry
 	}
 	return m, nil
+}
+
+// pickFor chooses among a shared group's n owners for a send: the same
+// choice for the same send (retried after stale routes, it picks the same
+// member again), spread over the members across sends.
+func pickFor(nonce uint64, group string, n int) int {
+	h := fnv.New64a()
+	h.Write([]byte(group))
+	return int((h.Sum64() ^ nonce) % uint64(n))
 }

@@ -29,7 +29,7 @@ type SessionOwner interface {
 	Owner
 	AddSession(ctx context.Context, clientID, filter string, qos byte, noLocal bool) error
 	RemoveSession(ctx context.Context, clientID, filter string) error
-	DropSession(ctx context.Context, clientID string) error
+	DropSession(ctx context.Context, clientID string, epoch uint64) error
 	Attach(ctx context.Context, clientID string, epoch uint64) error
 	Detach(ctx context.Context, clientID string) error
 	SendQueued(ctx context.Context, m Message, local Local) (int, error)
@@ -105,9 +105,9 @@ func (t *Tenant) sessionRoute(ctx context.Context, clientID, filter, value strin
 // attachScript sets the owner a session's client is connected to (ARGV[2];
 // empty: none, and only if it was ARGV[7]) in the session's routes, and
 // the last one in the at hash, or (ARGV[8] = "1") ends the session: its
-// routes go. When a new owner takes the session from the last, the last
-// gets a kick entry (it ends its connection, and drops a Will it holds
-// back for the session).
+// routes go. Given a kick entry (ARGV[6]: a claim was made here), the
+// owner the session's client was last on, if another, gets it: it ends
+// its connection and drops a Will it holds back for the session.
 //
 // KEYS: routes, version, at, the session's filters. ARGV: client id, owner,
 // channel, tenant, inbox key prefix, kick entry, detaching owner, drop, cap.
@@ -128,8 +128,9 @@ end
 if ARGV[8] == '1' then redis.call('DEL', KEYS[4]) end
 redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
-if ARGV[2] ~= '' and old and old ~= ARGV[2] then
-  redis.call('XADD', ARGV[5] .. old, 'MAXLEN', '~', ARGV[9], '*', 'm', ARGV[6])
+if ARGV[6] ~= '' and old and old ~= ARGV[7] then
+  if old == 'home' then redis.call('XADD', ARGV[5] .. old, '*', 'm', ARGV[6])
+  else redis.call('XADD', ARGV[5] .. old, 'MAXLEN', '~', ARGV[9], '*', 'm', ARGV[6]) end
 end
 return 1
 `)
@@ -148,9 +149,10 @@ func (t *Tenant) Detach(ctx context.Context, clientID string) error {
 }
 
 // DropSession removes a session's routes: it ended (a clean start, its
-// expiry).
-func (t *Tenant) DropSession(ctx context.Context, clientID string) error {
-	return t.attach(ctx, clientID, "", 0, true)
+// expiry). With the epoch of a claim made here (a connection discarding
+// it), the node its client was last on is told to end that connection.
+func (t *Tenant) DropSession(ctx context.Context, clientID string, epoch uint64) error {
+	return t.attach(ctx, clientID, "", epoch, true)
 }
 
 func (t *Tenant) attach(ctx context.Context, clientID, owner string, epoch uint64, drop bool) error {
@@ -159,7 +161,10 @@ func (t *Tenant) attach(ctx context.Context, clientID, owner string, epoch uint6
 	if drop {
 		d = "1"
 	}
-	kick := encode(Message{Kick: clientID, Epoch: epoch})
+	kick := ""
+	if epoch > 0 {
+		kick = encode(Message{Kick: clientID, Epoch: epoch})
+	}
 	err := attachScript.Run(ctx, t.f.rdb, keys, clientID, owner, t.f.channel(), t.name, t.f.key(t.name, "in:"), kick, t.owner, d,
 		strconv.FormatInt(t.f.cfg.InboxLength, 10)).Err()
 	if err != nil {
