@@ -52,7 +52,7 @@ func Fanin(ctx context.Context, t Target, pubs, group int, qos byte, rate int, d
 	}()
 	for m := range members {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		c, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("in-sub-%d-%d", run, m)))
+		c, err := mqttc.Dial(cctx, t.SubAddr(m), t.options(fmt.Sprintf("in-sub-%d-%d", run, m)))
 		if err != nil {
 			cancel()
 			return FaninResult{}, fmt.Errorf("subscriber %d: %w", m, err)
@@ -85,7 +85,7 @@ func Fanin(ctx context.Context, t Target, pubs, group int, qos byte, rate int, d
 			defer func() { <-sem }()
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
-			c, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("in-pub-%d-%d", run, i)))
+			c, err := mqttc.Dial(cctx, t.PubAddr(i), t.options(fmt.Sprintf("in-pub-%d-%d", run, i)))
 			if err != nil {
 				failed.CompareAndSwap(nil, fmt.Errorf("publisher %d: %w", i, err))
 				return

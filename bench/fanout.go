@@ -22,15 +22,22 @@ type FanoutResult struct {
 	PerSecond   float64 `json:"delivered_per_second"`
 	P99         float64 `json:"p99_ms"`
 	Tally       Tally   `json:"tally"`
+	// P99ByAddr is, with subscribers at several addresses, the p99 of the
+	// first subscriber at each.
+	P99ByAddr map[string]float64 `json:"p99_ms_by_addr,omitempty"`
 }
 
-// Fanout has one publisher send to subs subscribers of one topic for d, at
-// rate messages a second (0: as fast as it goes). Delivered messages a
-// second counts every copy.
+// Fanout has one publisher (at t.PubAddr(0)) send to subs subscribers of
+// one topic (subscriber i at t.SubAddr(i)) for d, at rate messages a
+// second (0: as fast as it goes). Delivered messages a second counts every
+// copy. The latency is the first subscriber's; with subscribers at several
+// addresses, the first subscriber at each address is sampled too, for
+// P99ByAddr.
 func Fanout(ctx context.Context, t Target, subs int, qos byte, rate int, d time.Duration) (FanoutResult, error) {
 	run := runs.Add(1)
 	topic := runTopic("fan", run, -1)
 	var lat Latencies
+	byAddr := map[string]*Latencies{}
 	var delivered atomic.Int64
 	streams := make([]Streams, subs)
 	clients := make([]*mqttc.Client, 0, subs+1)
@@ -41,20 +48,32 @@ func Fanout(ctx context.Context, t Target, subs int, qos byte, rate int, d time.
 	}()
 	for i := range subs {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		c, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("fan-%d-%d", run, i)))
+		c, err := mqttc.Dial(cctx, t.SubAddr(i), t.options(fmt.Sprintf("fan-%d-%d", run, i)))
 		if err != nil {
 			cancel()
 			return FanoutResult{}, fmt.Errorf("subscriber %d: %w", i, err)
 		}
 		clients = append(clients, c)
-		sample := i == 0 // one subscriber's latencies stand for all
+		// One subscriber's latencies stand for all (for each address).
+		var sample *Latencies
+		if i == 0 {
+			sample = &lat
+		}
+		if addr := t.SubAddr(i); len(t.SubAddrs) > 1 || len(t.Addrs) > 1 {
+			if byAddr[addr] == nil {
+				if sample == nil {
+					sample = new(Latencies)
+				}
+				byAddr[addr] = sample
+			}
+		}
 		c.OnMessage = func(_ string, p []byte) {
 			if len(p) < header {
 				return
 			}
 			streams[i].Seen(topic, binary.BigEndian.Uint64(p))
-			if sample {
-				lat.Add(time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(p[8:])))))
+			if sample != nil {
+				sample.Add(time.Since(time.Unix(0, int64(binary.BigEndian.Uint64(p[8:])))))
 			}
 			delivered.Add(1)
 		}
@@ -65,7 +84,7 @@ func Fanout(ctx context.Context, t Target, subs int, qos byte, rate int, d time.
 		}
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	pub, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("fan-pub-%d", run)))
+	pub, err := mqttc.Dial(cctx, t.PubAddr(0), t.options(fmt.Sprintf("fan-pub-%d", run)))
 	cancel()
 	if err != nil {
 		return FanoutResult{}, fmt.Errorf("publisher: %w", err)
@@ -98,6 +117,12 @@ func Fanout(ctx context.Context, t Target, subs int, qos byte, rate int, d time.
 	}
 	took := time.Since(start)
 	r := FanoutResult{Subscribers: subs, QoS: qos, Sent: sent, PerSecond: float64(delivered.Load()) / took.Seconds(), P99: ms(lat.Percentile(99))}
+	if len(byAddr) > 0 {
+		r.P99ByAddr = map[string]float64{}
+		for addr, l := range byAddr {
+			r.P99ByAddr[addr] = ms(l.Percentile(99))
+		}
+	}
 	for i := range streams {
 		t := streams[i].Tally(map[string]uint64{topic: sent})
 		r.Tally.Received += t.Received
@@ -147,7 +172,7 @@ func IdleConnections(ctx context.Context, t Target, pid, n int, settle time.Dura
 			defer func() { <-sem }()
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
-			c, err := mqttc.Dial(cctx, t.Addr, t.options(prefix+strconv.Itoa(i)))
+			c, err := mqttc.Dial(cctx, t.ClientAddr(i), t.options(prefix+strconv.Itoa(i)))
 			if err != nil {
 				failed.Add(1)
 				return

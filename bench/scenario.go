@@ -16,6 +16,19 @@ import (
 type Target struct {
 	Name string `json:"name"`
 	Addr string `json:"addr"`
+	// Addrs, when set, are the addresses every client connects to in
+	// turn (client i of a run to Addrs[i % len(Addrs)]) instead of Addr:
+	// the nodes of a fleet that serve one tenant together.
+	Addrs []string `json:"addrs,omitempty"`
+	// PubAddrs and SubAddrs, when set, are where publishers and
+	// subscribers connect, in turn, instead: publishers on one node and
+	// subscribers on another measure what crossing between them costs.
+	PubAddrs []string `json:"pub_addrs,omitempty"`
+	SubAddrs []string `json:"sub_addrs,omitempty"`
+	// KeepAlive is every client's keep-alive in seconds; 60 if zero. The
+	// clients send no PINGREQ: a broker may end a connection idle for
+	// 1.5 times this.
+	KeepAlive uint16 `json:"keep_alive,omitempty"`
 	// Username and Password are used by every client; ClientPrefix starts
 	// every client id (Roost: a device whose client id policy is "any").
 	Username     string `json:"-"`
@@ -27,7 +40,29 @@ type Target struct {
 }
 
 func (t Target) options(id string) mqttc.Options {
-	return mqttc.Options{ClientID: t.ClientPrefix + id, Username: t.Username, Password: t.Password, KeepAlive: 60}
+	ka := t.KeepAlive
+	if ka == 0 {
+		ka = 60
+	}
+	return mqttc.Options{ClientID: t.ClientPrefix + id, Username: t.Username, Password: t.Password, KeepAlive: ka}
+}
+
+// ClientAddr is where client i of a run connects: Addrs in turn, or Addr.
+func (t Target) ClientAddr(i int) string { return pick(t.Addrs, i, t.Addr) }
+
+// PubAddr is where publisher i of a run connects: PubAddrs in turn, or
+// as ClientAddr.
+func (t Target) PubAddr(i int) string { return pick(t.PubAddrs, i, t.ClientAddr(i)) }
+
+// SubAddr is where subscriber i of a run connects: SubAddrs in turn, or
+// as ClientAddr.
+func (t Target) SubAddr(i int) string { return pick(t.SubAddrs, i, t.ClientAddr(i)) }
+
+func pick(addrs []string, i int, otherwise string) string {
+	if len(addrs) == 0 {
+		return otherwise
+	}
+	return addrs[i%len(addrs)]
 }
 
 // ConnResult is one run of the conn scenario.
@@ -40,7 +75,7 @@ type ConnResult struct {
 	FirstFailed string  `json:"first_failure,omitempty"`
 }
 
-// Conn connects n clients, at most rate a second (0: as fast as they go,
+// Conn connects n clients (client i to t.ClientAddr(i)), at most rate a second (0: as fast as they go,
 // with 64 dialing at once), holds them for hold, and disconnects them.
 func Conn(ctx context.Context, t Target, n, rate int, hold time.Duration) (ConnResult, error) {
 	run := runs.Add(1)
@@ -71,7 +106,7 @@ func Conn(ctx context.Context, t Target, n, rate int, hold time.Duration) (ConnR
 			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
 			began := time.Now()
-			c, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("conn-%d-%d", run, i)))
+			c, err := mqttc.Dial(cctx, t.ClientAddr(i), t.options(fmt.Sprintf("conn-%d-%d", run, i)))
 			if err != nil {
 				failures.Add(1)
 				firstErr.CompareAndSwap(nil, err.Error())
@@ -141,7 +176,7 @@ type P2PResult struct {
 const header = 16
 
 // P2P runs pairs of a publisher and a subscriber on a topic of their own
-// for d. rate is messages a second over all pairs; 0 sends as fast as each
+// for d (pair i's publisher at t.PubAddr(i), its subscriber at t.SubAddr(i)). rate is messages a second over all pairs; 0 sends as fast as each
 // publisher can (at QoS 1, one PUBACK at a time). Every message carries its
 // number and send time: loss, duplicates, order and latency are counted at
 // the subscriber.
@@ -163,7 +198,7 @@ func P2P(ctx context.Context, t Target, pairs int, qos byte, size int, rate int,
 	for i := range pairs {
 		topic := runTopic("p2p", run, i)
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		sub, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("sub-%d-%d", run, i)))
+		sub, err := mqttc.Dial(cctx, t.SubAddr(i), t.options(fmt.Sprintf("sub-%d-%d", run, i)))
 		if err != nil {
 			cancel()
 			return P2PResult{}, fmt.Errorf("subscriber %d: %w", i, err)
@@ -181,7 +216,7 @@ func P2P(ctx context.Context, t Target, pairs int, qos byte, size int, rate int,
 			cancel()
 			return P2PResult{}, fmt.Errorf("subscribe %s: %v (code %#x)", topic, err, code)
 		}
-		pub, err := mqttc.Dial(cctx, t.Addr, t.options(fmt.Sprintf("pub-%d-%d", run, i)))
+		pub, err := mqttc.Dial(cctx, t.PubAddr(i), t.options(fmt.Sprintf("pub-%d-%d", run, i)))
 		cancel()
 		if err != nil {
 			return P2PResult{}, fmt.Errorf("publisher %d: %w", i, err)

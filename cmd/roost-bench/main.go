@@ -5,6 +5,15 @@
 //	roost-bench -addr 127.0.0.1:1883 -scenario p2p -qos 1 -pairs 16 -duration 5s
 //	roost-bench -addr 127.0.0.1:1883 -username acme/bench -password ... -scenario conn -n 2000
 //
+// The clients of one run can be spread over several addresses (the nodes
+// of a fleet serving one tenant together): -addr takes a comma-separated
+// list that clients connect to in turn, and -pub-addr and -sub-addr put
+// publishers and subscribers elsewhere than each other:
+//
+//	roost-bench -pub-addr node1:1883 -sub-addr node2:1883 -scenario p2p -qos 1
+//	roost-bench -pub-addr node1:1883 -sub-addr node1:1883,node2:1883,node3:1883 -scenario fanout -subs 300 -rate 500
+//	roost-bench -addr node1:1883,node2:1883 -scenario hold -n 30000 -max-failures 200 -hold 30s
+//
 // Every scenario counts loss, duplicates and order violations; a loopback
 // calibration (ping-pong round trip) is reported with the results so that
 // figures from different machines can be compared.
@@ -21,6 +30,8 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"sort"
+	"strings"
 	"time"
 
 	"github.com/roosthub/roost/bench"
@@ -63,16 +74,23 @@ type calibration struct {
 func run(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("roost-bench", flag.ContinueOnError)
 	var (
-		t        bench.Target
-		scenario = fs.String("scenario", "p2p", "conn or p2p")
+		t        target
+		scenario = fs.String("scenario", "p2p", "conn, p2p, fanout or hold")
 		runs     = fs.Int("runs", 3, "how many times to run the scenario")
-		n        = fs.Int("n", 1000, "conn: clients")
-		rate     = fs.Int("rate", 0, "conn: connects a second; p2p: messages a second over all pairs (0: as fast as they go)")
-		hold     = fs.Duration("hold", time.Second, "conn: how long the clients stay connected")
+		n        = fs.Int("n", 1000, "conn, hold: clients")
+		rate     = fs.Int("rate", 0, "conn, hold: connects a second; p2p: messages a second over all pairs; fanout: messages a second (0: as fast as they go)")
+		hold     = fs.Duration("hold", time.Second, "conn, hold: how long the clients stay connected")
 		pairs    = fs.Int("pairs", 8, "p2p: publisher/subscriber pairs")
-		qos      = fs.Int("qos", 1, "p2p: QoS 0 or 1")
+		qos      = fs.Int("qos", 1, "p2p, fanout: QoS 0 or 1")
 		size     = fs.Int("size", 16, "p2p: payload bytes (at least 16)")
-		duration = fs.Duration("duration", 5*time.Second, "p2p: how long each run sends")
+		duration = fs.Duration("duration", 5*time.Second, "p2p, fanout: how long each run sends")
+		subs     = fs.Int("subs", 100, "fanout: subscribers of the one topic")
+		maxFail  = fs.Int("max-failures", 0, "hold: stop connecting once this many connects failed (0: try all -n)")
+		dialWait = fs.Duration("dial-timeout", 10*time.Second, "hold: how long one connect may take, up to its CONNACK")
+		pubAddr  = fs.String("pub-addr", "", "p2p, fanout: where publishers connect, a comma-separated list taken in turn (default: as -addr)")
+		subAddr  = fs.String("sub-addr", "", "p2p, fanout: where subscribers connect, a comma-separated list taken in turn (default: as -addr)")
+		addrs    string
+		keep     uint
 		jsonOut  = fs.String("json", "", "also write the report as JSON to this file")
 		suite    = fs.String("suite", "", "quick, full or smoke: start Roost, bare mochi-mqtt and mosquitto and run every scenario on each")
 		roostBin = fs.String("roost", "roost", "for -suite: the roost binary")
@@ -82,7 +100,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		mochiDbg = fs.String("mochi-debug", "", "internal: debug listener of the bare mochi-mqtt broker")
 	)
 	fs.StringVar(&t.Name, "name", "target", "the target's name in the report")
-	fs.StringVar(&t.Addr, "addr", "127.0.0.1:1883", "broker address")
+	fs.StringVar(&addrs, "addr", "127.0.0.1:1883", "broker address; or a comma-separated list that clients connect to in turn")
+	fs.UintVar(&keep, "keepalive", 60, "every client's keep-alive in seconds (the clients send no PINGREQ: hold shorter than 1.5 times it)")
 	fs.StringVar(&t.Username, "username", "", "username for every client")
 	fs.StringVar(&t.Password, "password", "", "password for every client")
 	fs.StringVar(&t.ClientPrefix, "client-prefix", "bench-", "prefix of every client id")
@@ -98,18 +117,25 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	if *runs < 1 || *qos < 0 || *qos > 1 {
 		return errors.New("-runs must be at least 1 and -qos 0 or 1")
 	}
+	if err := t.setAddrs(addrs, *pubAddr, *subAddr, *scenario); err != nil {
+		return err
+	}
+	if keep < 1 || keep > 65535 {
+		return errors.New("-keepalive must be 1 to 65535 seconds")
+	}
+	t.KeepAlive = uint16(keep)
 	cal, err := calibrate()
 	if err != nil {
 		return fmt.Errorf("calibration: %w", err)
 	}
-	rep := report{Scenario: *scenario, Target: t, Calibration: cal}
+	rep := report{Scenario: *scenario, Target: t.Target, Calibration: cal}
 	var figures []float64
 	for i := range *runs {
 		switch *scenario {
 		case "conn":
 			rep.Headline = "connects_per_second"
 			rep.Params = map[string]any{"clients": *n, "rate": *rate, "hold": hold.String()}
-			r, err := bench.Conn(ctx, t, *n, *rate, *hold)
+			r, err := bench.Conn(ctx, t.Target, *n, *rate, *hold)
 			if err != nil {
 				return err
 			}
@@ -120,7 +146,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		case "p2p":
 			rep.Headline = "delivered_per_second"
 			rep.Params = map[string]any{"pairs": *pairs, "qos": *qos, "size": *size, "rate": *rate, "duration": duration.String()}
-			r, err := bench.P2P(ctx, t, *pairs, byte(*qos), *size, *rate, *duration)
+			r, err := bench.P2P(ctx, t.Target, *pairs, byte(*qos), *size, *rate, *duration)
 			if err != nil {
 				return err
 			}
@@ -132,8 +158,42 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 			rep.Totals.OutOfOrder += r.Tally.OutOfOrder
 			fmt.Fprintf(out, "run %d: %d sent, %.0f msgs/s, p50 %.2f ms p99 %.2f ms p99.9 %.2f ms, lost %d dup %d out of order %d\n",
 				i+1, r.Sent, r.PerSecond, r.P50, r.P99, r.P999, r.Tally.Lost, r.Tally.Duplicates, r.Tally.OutOfOrder)
+		case "fanout":
+			rep.Headline = "delivered_per_second"
+			rep.Params = map[string]any{"subscribers": *subs, "qos": *qos, "rate": *rate, "duration": duration.String()}
+			r, err := bench.Fanout(ctx, t.Target, *subs, byte(*qos), *rate, *duration)
+			if err != nil {
+				return err
+			}
+			rep.Runs = append(rep.Runs, r)
+			figures = append(figures, r.PerSecond)
+			rep.Totals.Received += r.Tally.Received
+			rep.Totals.Lost += r.Tally.Lost
+			rep.Totals.Duplicates += r.Tally.Duplicates
+			rep.Totals.OutOfOrder += r.Tally.OutOfOrder
+			fmt.Fprintf(out, "run %d: %d sent to %d subscribers, %.0f copies/s, p99 %.2f ms%s, lost %d dup %d out of order %d\n",
+				i+1, r.Sent, r.Subscribers, r.PerSecond, r.P99, byAddr(" (p99 by address:", r.P99ByAddr, "%.2f ms", ")"),
+				r.Tally.Lost, r.Tally.Duplicates, r.Tally.OutOfOrder)
+		case "hold":
+			rep.Headline = "held_connections"
+			rep.Params = map[string]any{"clients": *n, "rate": *rate, "hold": hold.String(), "max_failures": *maxFail, "dial_timeout": dialWait.String(), "keepalive": keep}
+			r, err := bench.Hold(ctx, t.Target, bench.HoldOptions{N: *n, Rate: *rate, MaxFailures: *maxFail, DialTimeout: *dialWait, Hold: *hold,
+				Holding: func(r bench.HoldResult) {
+					fmt.Fprintf(out, "run %d: holding %d connections (%d of %d failed) for %v%s\n",
+						i+1, r.Held, r.Failures, r.Attempted, *hold, byAddr(":", r.HeldByAddr, "%d", ""))
+				}})
+			if err != nil {
+				return err
+			}
+			rep.Runs = append(rep.Runs, r)
+			figures = append(figures, float64(r.Held))
+			fmt.Fprintf(out, "run %d: held %d of %d, %d failed, %d dropped during the hold, %.0f connects/s, CONNACK p50 %.2f ms p99 %.2f ms\n",
+				i+1, r.Held, r.Attempted, r.Failures, r.Dropped, r.PerSecond, r.ConnackP50, r.ConnackP99)
+			if r.FirstFailed != "" {
+				fmt.Fprintf(out, "run %d: first failure: %s\n", i+1, r.FirstFailed)
+			}
 		default:
-			return fmt.Errorf("unknown scenario %q (conn or p2p)", *scenario)
+			return fmt.Errorf("unknown scenario %q (conn, p2p, fanout or hold)", *scenario)
 		}
 	}
 	rep.Summary = bench.Summarise(figures)
@@ -149,6 +209,72 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// target is the broker under test as the flags give it.
+type target struct{ bench.Target }
+
+// setAddrs sets where clients connect from -addr, -pub-addr and -sub-addr.
+// One address in -addr is taken as it is, as it always was.
+func (t *target) setAddrs(addr, pub, sub, scenario string) error {
+	if strings.Contains(addr, ",") {
+		list, err := addrList("-addr", addr)
+		if err != nil {
+			return err
+		}
+		t.Addr, t.Addrs = list[0], list
+	} else {
+		t.Addr = addr
+	}
+	if pub == "" && sub == "" {
+		return nil
+	}
+	if scenario != "p2p" && scenario != "fanout" {
+		return fmt.Errorf("-pub-addr and -sub-addr are for the p2p and fanout scenarios, not %q (spread its clients with -addr a,b,...)", scenario)
+	}
+	var err error
+	if pub != "" {
+		if t.PubAddrs, err = addrList("-pub-addr", pub); err != nil {
+			return err
+		}
+	}
+	if sub != "" {
+		if t.SubAddrs, err = addrList("-sub-addr", sub); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// addrList parses a comma-separated list of host:port addresses.
+func addrList(flag, s string) ([]string, error) {
+	var out []string
+	for _, a := range strings.Split(s, ",") {
+		a = strings.TrimSpace(a)
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			return nil, fmt.Errorf("%s: %q is not host:port", flag, a)
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// byAddr formats per-address figures, in address order, or nothing when
+// there are none.
+func byAddr[V any](before string, m map[string]V, format, after string) string {
+	if len(m) == 0 {
+		return ""
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s "+format, k, m[k])
+	}
+	return before + " " + strings.Join(parts, ", ") + after
 }
 
 // calibrate measures the loopback: the median round trip of one byte over
