@@ -711,7 +711,7 @@ func (t *Tenant) SendQueued(ctx context.Context, m Message, local Local) (int, e
 		if len(fresh) > 0 {
 			// Queue only against routes still current: a copy queued for
 			// a session whose route just went would stay in its queue.
-			if cur, err := t.f.rdb.Get(ctx, t.version).Result(); err == nil && cur != ver && attempt < 5 {
+			if cur, err := t.f.rdb.Get(ctx, t.version).Result(); err == nil && cur != ver && ctx.Err() == nil {
 				t.f.stale.Add(1)
 				t.invalidate()
 				continue
@@ -754,7 +754,10 @@ func (t *Tenant) SendQueued(ctx context.Context, m Message, local Local) (int, e
 		case err == nil:
 			t.f.sent.Add(int64(len(targets)))
 			return len(targets), nil
-		case strings.Contains(err.Error(), "ROOST_STALE_ROUTES") && attempt < 5:
+		case strings.Contains(err.Error(), "ROOST_STALE_ROUTES") && ctx.Err() == nil:
+			// Routes changed since they were read: read them again and
+			// send again, until the send's deadline (a churn of
+			// subscriptions elsewhere must not refuse publishes here).
 			t.f.stale.Add(1)
 			t.invalidate()
 			continue
