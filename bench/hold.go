@@ -21,11 +21,12 @@ type HoldResult struct {
 	// ended.
 	Dropped int `json:"dropped"`
 	// HeldByAddr is how many were held at each address.
-	HeldByAddr  map[string]int `json:"held_by_addr"`
-	PerSecond   float64        `json:"connects_per_second"`
-	ConnackP50  float64        `json:"connack_p50_ms"`
-	ConnackP99  float64        `json:"connack_p99_ms"`
-	FirstFailed string         `json:"first_failure,omitempty"`
+	HeldByAddr map[string]int `json:"held_by_addr"`
+	// PerSecond is connects a second until the last that succeeded.
+	PerSecond   float64 `json:"connects_per_second"`
+	ConnackP50  float64 `json:"connack_p50_ms"`
+	ConnackP99  float64 `json:"connack_p99_ms"`
+	FirstFailed string  `json:"first_failure,omitempty"`
 }
 
 // HoldOptions shape a run of Hold.
@@ -66,6 +67,7 @@ func Hold(ctx context.Context, t Target, o HoldOptions) (HoldResult, error) {
 	var lat Latencies
 	var failures atomic.Int64
 	var firstErr atomic.Value
+	var lastOK atomic.Int64 // since start
 	clients := make([]*mqttc.Client, o.N)
 	defer func() {
 		for _, c := range clients {
@@ -115,10 +117,15 @@ dial:
 			}
 			lat.Add(time.Since(began))
 			clients[i] = c
+			for at := int64(time.Since(start)); ; {
+				last := lastOK.Load()
+				if at <= last || lastOK.CompareAndSwap(last, at) {
+					break
+				}
+			}
 		})
 	}
 	wg.Wait()
-	took := time.Since(start)
 	r := HoldResult{Attempted: attempted, Failures: int(failures.Load()), HeldByAddr: map[string]int{},
 		ConnackP50: ms(lat.Percentile(50)), ConnackP99: ms(lat.Percentile(99))}
 	if v, ok := firstErr.Load().(string); ok {
@@ -130,7 +137,9 @@ dial:
 			r.HeldByAddr[t.ClientAddr(i)]++
 		}
 	}
-	r.PerSecond = float64(r.Held) / took.Seconds()
+	if took := time.Duration(lastOK.Load()); took > 0 {
+		r.PerSecond = float64(r.Held) / took.Seconds()
+	}
 	if o.Holding != nil {
 		o.Holding(r)
 	}

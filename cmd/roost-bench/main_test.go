@@ -242,7 +242,7 @@ func TestSpreadOverAddresses(t *testing.T) {
 	same("hold clients", log.count("-hold-"), map[string]int{"a": 15, "b": 15})
 	var held bench.HoldResult
 	if err := json.Unmarshal(rep.Runs[0], &held); err != nil || held.Held != 30 || held.Attempted != 30 || held.Failures != 0 ||
-		held.Dropped != 0 || held.HeldByAddr[a] != 15 || held.HeldByAddr[b] != 15 {
+		held.Dropped != 0 || held.HeldByAddr[a] != 15 || held.HeldByAddr[b] != 15 || held.PerSecond <= 0 {
 		t.Errorf("hold run: %s (%v)", rep.Runs[0], err)
 	}
 	if !strings.Contains(stdout, "holding 30 connections (0 of 30 failed)") || !slices.Equal(rep.Target.Addrs, []string{b, a}) {
