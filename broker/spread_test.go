@@ -233,29 +233,38 @@ func TestSpreadRetained(t *testing.T) {
 	})
 }
 
-// TestSpreadPersistentAtHome: a persistent session held at the home gets
-// what is published on another node while it is away: queued at the home
-// before the publisher's PUBACK (through the home's inbox), delivered when
-// it comes back.
+// TestSpreadPersistentAtHome: a persistent session gets what is published
+// on another node while it is away, on each fabric (Redis queues it where
+// it is published; Kafka at the home, from the tenant's log).
 func TestSpreadPersistentAtHome(t *testing.T) {
-	onEveryFabric(t, func(t *testing.T, s *spread) {
-		s.tenant("acme")
-		secret := s.device("acme", "d", tenants.ClientIDsAny)
-		sub := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
-		sub.sub(t, "q/#", 1)
-		sub.Disconnect(&paho.Disconnect{})
-		pub := mustV5(t, s.b.addr, user("acme", "d"), secret, "pub")
-		for i := range 10 {
-			pub.pub(t, "q/x", fmt.Sprint(i), 1, false)
-		}
-		back := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
-		if !back.connack.SessionPresent {
-			t.Fatal("the session is not present at the home")
-		}
-		for i := range 10 {
-			back.expect(t, "q/x", fmt.Sprint(i))
-		}
+	onEveryFabric(t, persistentAway)
+}
+
+// persistentAway: a persistent session subscribes on the home and goes
+// away; ten messages published on the other node are queued for it (the
+// store holds them, wherever its fabric queues them) and reach it, in
+// order, when it is back.
+func persistentAway(t *testing.T, s *spread) {
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	sub := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
+	sub.sub(t, "q/#", 1)
+	sub.Disconnect(&paho.Disconnect{})
+	pub := mustV5(t, s.b.addr, user("acme", "d"), secret, "pub")
+	for i := range 10 {
+		pub.pub(t, "q/x", fmt.Sprint(i), 1, false)
+	}
+	eventually(t, 5*time.Second, "the ten messages queued for the session", func() bool {
+		info, err := s.sessA.QueueInfo(context.Background(), "acme", "keeper")
+		return err == nil && info.Len == 10
 	})
+	back := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
+	if !back.connack.SessionPresent {
+		t.Fatal("the session is not present at the home")
+	}
+	for i := range 10 {
+		back.expect(t, "q/x", fmt.Sprint(i))
+	}
 }
 
 // TestSpreadTenantsApart: two tenants on the same fabric: what one
@@ -721,27 +730,7 @@ type homeOnly struct{ fabric.Node }
 // persistent sessions live at the home, which queues what other nodes
 // send it: a session away gets what was published on the other node.
 func TestSpreadSessionsAtHome(t *testing.T) {
-	s := newSpread(t, func(c *broker.Config) { c.Fabric = homeOnly{c.Fabric} })
-	s.tenant("acme")
-	secret := s.device("acme", "d", tenants.ClientIDsAny)
-	sub := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
-	sub.sub(t, "q/#", 1)
-	sub.Disconnect(&paho.Disconnect{})
-	pub := mustV5(t, s.b.addr, user("acme", "d"), secret, "pub")
-	for i := range 10 {
-		pub.pub(t, "q/x", fmt.Sprint(i), 1, false)
-	}
-	eventually(t, 5*time.Second, "the home queued what the other node sent it", func() bool {
-		info, err := s.sessA.QueueInfo(context.Background(), "acme", "keeper")
-		return err == nil && info.Len == 10
-	})
-	back := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
-	if !back.connack.SessionPresent {
-		t.Fatal("the session is not present at the home")
-	}
-	for i := range 10 {
-		back.expect(t, "q/x", fmt.Sprint(i))
-	}
+	persistentAway(t, newSpread(t, func(c *broker.Config) { c.Fabric = homeOnly{c.Fabric} }))
 }
 
 // TestSpreadCleanStartElsewhere: a client id connecting with a clean start
