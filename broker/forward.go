@@ -47,6 +47,22 @@ type Cluster interface {
 	// tenants it still holds. Meanwhile nothing is admitted or
 	// acknowledged.
 	Serving() bool
+
+	// A tenant may be wide: served by several nodes at once, its home
+	// among them, through the Fabric (see wide.go). Place then returns ""
+	// on each of them, and elsewhere the address of one of them.
+
+	// Wide reports whether the tenant is wide, as last read (no I/O).
+	Wide(tenant string) bool
+	// Width is how many nodes serve the tenant, as last read (no I/O).
+	Width(tenant string) int
+	// Widen has a tenant this node holds served by width nodes from now
+	// on (1: by this node alone).
+	Widen(ctx context.Context, tenant string, width int) error
+	// Spread tells the fleet that this node still serves these wide
+	// tenants, and returns those it should stop serving: no longer wide,
+	// or served by other nodes now.
+	Spread(ctx context.Context, tenants []string) (stop []string, err error)
 }
 
 // ErrMoving is Place's error while a tenant's home is draining: its broker
@@ -61,14 +77,16 @@ const leaveWait = 5 * time.Second
 // nodes of a fleet to their home node, and keeps track of them.
 type forwarder struct {
 	cluster Cluster
-	spread  bool // see Config.Fabric
+	// spreadAll: every tenant is served by every node (Config.SpreadAll).
+	spreadAll bool
 	// anywhere: persistent sessions too (see anywhere.go).
 	anywhere bool
-	// running reports whether the tenant's broker runs here.
-	running        func(tenant string) bool
-	dir            *directoryCache
-	connectTimeout time.Duration
-	log            *slog.Logger
+	// running reports whether the tenant's broker runs here; runningWide
+	// whether it runs here as one of the tenant's several nodes.
+	running, runningWide func(tenant string) bool
+	connectTimeout       time.Duration
+	dir                  *directoryCache
+	log                  *slog.Logger
 	// done is closed as the hub closes: no more waiting for a move.
 	done <-chan struct{}
 
@@ -82,7 +100,7 @@ type forwarder struct {
 }
 
 func newForwarder(cfg Config, dir *directoryCache, done <-chan struct{}) *forwarder {
-	return &forwarder{cluster: cfg.Cluster, spread: cfg.Fabric != nil, dir: dir, connectTimeout: cfg.ConnectTimeout, log: cfg.Log, done: done, forwards: map[net.Conn]struct{}{}}
+	return &forwarder{cluster: cfg.Cluster, spreadAll: cfg.Fabric != nil && cfg.SpreadAll, dir: dir, connectTimeout: cfg.ConnectTimeout, log: cfg.Log, done: done, forwards: map[net.Conn]struct{}{}}
 }
 
 // route sends a connection whose tenant lives on another node there, and
@@ -95,7 +113,7 @@ func (f *forwarder) route(conn net.Conn, r *bufio.Reader, raw []byte, pk packets
 	if _, found, err := f.dir.tenant(ctx, tenant); err != nil || !found {
 		return false // admit refuses it, as it would anywhere
 	}
-	if f.spread && (!wantsSession(pk) || f.anywhere) {
+	if f.spreadAll && (!wantsSession(pk) || f.anywhere) {
 		// A spread tenant's clean session is served where it connects,
 		// and so is a persistent one where sessions live anywhere.
 		// Its broker starting here first makes sure the tenant has a
@@ -106,13 +124,12 @@ func (f *forwarder) route(conn net.Conn, r *bufio.Reader, raw []byte, pk packets
 				f.log.Warn("a spread tenant without a home: its persistent sessions wait for one", "tenant", tenant, "err", err)
 			}
 		}
-		if f.cluster.Serving() {
-			return false
-		}
-		f.log.Warn("connect refused: this node's lease may have lapsed", "tenant", tenant)
-		writeConnack(conn, pk.ProtocolVersion, serverUnavailable)
-		conn.Close()
-		return true
+		return f.admitHere(conn, pk, tenant)
+	}
+	if f.runningWide(tenant) && (!wantsSession(pk) || f.anywhere) {
+		// A wide tenant's broker runs here: no need to ask. If this node
+		// no longer is one of its nodes, Hub.checkSpread stops it soon.
+		return f.admitHere(conn, pk, tenant)
 	}
 	origin := transport.ForwardOrigin(conn)
 	addr, err := f.place(ctx, tenant, origin != "")
@@ -136,6 +153,18 @@ func (f *forwarder) route(conn net.Conn, r *bufio.Reader, raw []byte, pk packets
 		}
 		log.Warn("connect refused: the tenant's home node does not take the connection", "home", addr, "err", err)
 	}
+	writeConnack(conn, pk.ProtocolVersion, serverUnavailable)
+	conn.Close()
+	return true
+}
+
+// admitHere leaves a connection to admit while the node serves, and
+// refuses it otherwise.
+func (f *forwarder) admitHere(conn net.Conn, pk packets.Packet, tenant string) bool {
+	if f.cluster.Serving() {
+		return false
+	}
+	f.log.Warn("connect refused: this node's lease may have lapsed", "tenant", tenant)
 	writeConnack(conn, pk.ProtocolVersion, serverUnavailable)
 	conn.Close()
 	return true

@@ -90,6 +90,12 @@ type Config struct {
 	// FabricHome, without a Cluster, makes this hub the home of every
 	// tenant it spreads (for tests of a fleet without one).
 	FabricHome bool
+	// SpreadAll serves every tenant on every node of the fleet (with a
+	// Fabric). Otherwise a tenant is served by its home alone until its
+	// connections there pass WidenAt and its max_nodes quota is above one,
+	// when it widens to that many nodes (see wide.go); 0 never widens.
+	SpreadAll bool
+	WidenAt   int
 }
 
 // sessionsAnywhere reports whether a spread tenant's persistent sessions
@@ -211,6 +217,14 @@ func New(cfg Config) (*Hub, error) {
 		h.fwd = newForwarder(cfg, h.dir, h.done)
 		h.fwd.running = func(tenant string) bool { return h.reg.running(tenant) != nil }
 		h.fwd.anywhere = h.cfg.Fabric != nil && h.sessionsAnywhere()
+		h.fwd.runningWide = func(tenant string) bool {
+			inst := h.reg.running(tenant)
+			return inst != nil && inst.spread
+		}
+	}
+	h.reg.wide = h.wide
+	if h.mayWiden() {
+		h.reg.connected = h.maybeWiden
 	}
 	h.in = &ingress{
 		cfg: cfg, log: cfg.Log, now: cfg.Now, dir: h.dir, reg: h.reg, fwd: h.fwd, done: h.done,
@@ -229,6 +243,9 @@ func New(cfg Config) (*Hub, error) {
 	}()
 	h.every(min(h.cfg.IdleTimeout/2, 30*time.Second), h.reapIdle)
 	h.every(time.Second, h.flushSeen)
+	if h.cfg.Cluster != nil && h.cfg.Fabric != nil && !h.cfg.SpreadAll {
+		h.every(spreadEvery, h.checkSpread)
+	}
 	h.every(h.cfg.UsageInterval, h.recordUsage)
 	return h, nil
 }

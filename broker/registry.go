@@ -20,9 +20,12 @@ type registry struct {
 		Holds(tenant string) bool
 		Release(tenant string)
 	}
-	// spread: a tenant runs on every node, its home among them (see
-	// Config.Fabric).
-	spread                     bool
+	// wide reports whether a tenant runs on several nodes, its home among
+	// them (see wide.go): nil, none does.
+	wide func(tenant string) bool
+	// connected, if set, is told of each connection counted (see
+	// Hub.maybeWiden).
+	connected                  func(inst *instance, conns int)
 	idleTimeout                time.Duration
 	maxWatches, maxWatchesEach int
 	now                        func() time.Time
@@ -44,7 +47,6 @@ func newRegistry(cfg Config, start func(tenants.Tenant) (*instance, error)) *reg
 	if cfg.Cluster != nil {
 		r.fleet = cfg.Cluster
 	}
-	r.spread = cfg.Fabric != nil
 	return r
 }
 
@@ -65,7 +67,7 @@ func (r *registry) acquireLocked(t tenants.Tenant) (*instance, error) {
 	}
 	inst := r.instances[t.Slug]
 	if inst == nil {
-		if r.fleet != nil && (!r.spread && !r.fleet.Holds(t.Slug) || r.releasing[t.Slug]) {
+		if r.fleet != nil && (!r.fleet.Holds(t.Slug) && (r.wide == nil || !r.wide(t.Slug)) || r.releasing[t.Slug]) {
 			return nil, serverUnavailable
 		}
 		var err error
@@ -98,8 +100,12 @@ func (r *registry) acquireConn(t tenants.Tenant) (*instance, error) {
 		return nil, err
 	}
 	inst.conns++
-	over := int64(inst.conns) > inst.quotas().MaxConnections
+	conns := inst.conns
+	over := int64(conns) > inst.quotas().MaxConnections
 	r.mu.Unlock()
+	if r.connected != nil && !over {
+		r.connected(inst, conns)
+	}
 	switch {
 	case over:
 		r.releaseConn(inst)
@@ -199,13 +205,13 @@ func (r *registry) reapIdle() {
 // here while no other home lived): the next to start is the home, with the
 // tenant's sessions. Its clean sessions are disconnected, and reconnect.
 func (r *registry) promote(tenant string) {
-	if !r.spread || r.fleet == nil {
+	if r.fleet == nil {
 		return
 	}
 	r.mu.Lock()
 	inst := r.instances[tenant]
 	// Where sessions live anywhere the home holds none: nothing to restart.
-	stale := inst != nil && !inst.home && !inst.anywhere && r.fleet.Holds(tenant)
+	stale := inst != nil && inst.spread && !inst.home && !inst.anywhere && r.fleet.Holds(tenant)
 	if stale {
 		delete(r.instances, tenant)
 	}
@@ -214,6 +220,26 @@ func (r *registry) promote(tenant string) {
 		inst.close()
 		inst.log.Info("tenant broker stopped: this node became the tenant's home, and starts it as such")
 	}
+}
+
+// restart closes an instance without giving its tenant up: the next
+// acquire starts it afresh (as the tenant is then: see Hub.widen). Nothing
+// starts meanwhile, so that the new broker reads the sessions the old one
+// stored as it closed.
+func (r *registry) restart(inst *instance, why string) {
+	r.mu.Lock()
+	if r.instances[inst.tenant] != inst || r.releasing[inst.tenant] || r.closed {
+		r.mu.Unlock()
+		return
+	}
+	delete(r.instances, inst.tenant)
+	r.releasing[inst.tenant] = true
+	r.mu.Unlock()
+	inst.close()
+	inst.log.Info("tenant broker stopped to start again: " + why)
+	r.mu.Lock()
+	delete(r.releasing, inst.tenant)
+	r.mu.Unlock()
 }
 
 // stop takes an instance out of service and closes it.

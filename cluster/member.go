@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,7 +52,10 @@ type Member struct {
 	forwardedTo map[string]bool // nodes this one forwarded connections to
 	// homes are the tenants' homes as last read, for while Postgres does
 	// not answer: a tenant living on a node still up is still forwarded.
-	homes    *lru.Cache[string, string]
+	homes *lru.Cache[string, string]
+	// wide are the tenants served by several nodes as last read, this one
+	// among them or not (see Wide).
+	wide     map[string]tenants.Placement
 	draining bool
 	onLost   func(tenant string)
 	stop     context.CancelFunc
@@ -92,7 +97,7 @@ func NewMember(cfg MemberConfig) *Member {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Member{cfg: cfg, key: ForwardKey(cfg.Token), held: map[string]bool{}, forwardedTo: map[string]bool{},
+	return &Member{cfg: cfg, key: ForwardKey(cfg.Token), held: map[string]bool{}, forwardedTo: map[string]bool{}, wide: map[string]tenants.Placement{},
 		homes: lru.New[string, string](100_000), client: &http.Client{Timeout: callTimeout}, base: time.Now()}
 }
 
@@ -392,7 +397,8 @@ func (m *Member) Place(ctx context.Context, tenant string, chosen bool) (string,
 	if m.Holds(tenant) {
 		return "", nil
 	}
-	home, held, err := m.cfg.Store.TenantHomeNode(ctx, tenant)
+	p, held, err := m.cfg.Store.TenantPlacement(ctx, tenant)
+	home := p.Home
 	if err != nil {
 		// Postgres does not answer: a tenant whose home was known and is
 		// still up (as far as the last node list says) is forwarded there.
@@ -405,9 +411,14 @@ func (m *Member) Place(ctx context.Context, tenant string, chosen bool) (string,
 	switch {
 	case held && home.ID == m.cfg.ID:
 		m.hold(tenant)
+		m.noteWide(tenant, p)
 		return "", nil
 	case held && m.homeUp(ctx, home):
 		m.noteHome(tenant, home.ID)
+		m.noteWide(tenant, p)
+		if p.Width > 1 {
+			return m.placeWide(ctx, tenant, p, chosen)
+		}
 		if home.Draining {
 			return "", broker.ErrMoving
 		}
@@ -446,6 +457,10 @@ func (m *Member) Place(ctx context.Context, tenant string, chosen bool) (string,
 	m.noteHome(tenant, id)
 	if id == m.cfg.ID {
 		m.hold(tenant)
+		// A wide tenant stays wide under its new home.
+		if p, ok, err := m.cfg.Store.TenantPlacement(ctx, tenant); err == nil && ok {
+			m.noteWide(tenant, p)
+		}
 		m.cfg.Log.Info("tenant placed on this node", "tenant", tenant)
 		return "", nil
 	}
@@ -454,6 +469,136 @@ func (m *Member) Place(ctx context.Context, tenant string, chosen bool) (string,
 		return m.forwardTo(n), nil
 	}
 	return "", broker.ErrMoving
+}
+
+// placeWide is Place for a tenant served by several nodes whose home is
+// another: "" if this node is one of them, or was chosen by another (any
+// node serves a wide tenant correctly; the set only spreads it), else the
+// forwarding address of one of them, picked at random so that the
+// connections this node forwards spread over them.
+func (m *Member) placeWide(ctx context.Context, tenant string, p tenants.Placement, chosen bool) (string, error) {
+	if chosen {
+		return "", nil
+	}
+	m.mu.Lock()
+	nodes := m.nodes
+	m.mu.Unlock()
+	set := WideSet(tenant, p, forwarders(nodes))
+	if slices.ContainsFunc(set, func(n tenants.Node) bool { return n.ID == m.cfg.ID }) {
+		return "", nil
+	}
+	for _, i := range rand.Perm(len(set)) {
+		if n := set[i]; n.ID == p.Home.ID || m.homeUp(ctx, n) {
+			return m.forwardTo(n), nil
+		}
+	}
+	return m.forwardTo(p.Home), nil
+}
+
+// WideSet lists the nodes that serve a wide tenant: its home, and the
+// Width-1 other nodes ranking first for it by rendezvous hashing, so that
+// every node picks the same ones from the same list and a node joining or
+// leaving moves only its own share.
+func WideSet(tenant string, p tenants.Placement, nodes []tenants.Node) []tenants.Node {
+	set := []tenants.Node{p.Home}
+	if h, ok := find(nodes, p.Home.ID); ok {
+		set[0] = h
+	}
+	others := slices.DeleteFunc(slices.Clone(nodes), func(n tenants.Node) bool { return n.ID == p.Home.ID })
+	slices.SortFunc(others, func(a, b tenants.Node) int {
+		sa, sb := score(tenant, a.ID), score(tenant, b.ID)
+		switch {
+		case sa > sb:
+			return -1
+		case sa < sb:
+			return 1
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+	return append(set, others[:min(len(others), p.Width-1)]...)
+}
+
+// Wide reports whether the tenant is served by several nodes, as last read
+// here (see broker.Cluster).
+func (m *Member) Wide(tenant string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.wide[tenant].Width > 1
+}
+
+// Width is how many nodes serve the tenant, as last read here.
+func (m *Member) Width(tenant string) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return max(1, m.wide[tenant].Width)
+}
+
+func (m *Member) noteWide(tenant string, p tenants.Placement) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p.Width > 1 {
+		m.wide[tenant] = p
+	} else {
+		delete(m.wide, tenant)
+	}
+}
+
+// Widen has a tenant this node holds served by width nodes from now on: 1
+// narrows it back to this one (the others stop their brokers at their
+// next Spread).
+func (m *Member) Widen(ctx context.Context, tenant string, width int) error {
+	s := m.stripe(tenant)
+	s.Lock()
+	defer s.Unlock()
+	if !m.Holds(tenant) {
+		return fmt.Errorf("widen %s: this node does not hold it", tenant)
+	}
+	ok, err := m.cfg.Store.SpreadTenant(ctx, tenant, m.cfg.ID, width)
+	switch {
+	case err != nil:
+		return err
+	case !ok:
+		return fmt.Errorf("widen %s: another node holds it", tenant)
+	}
+	m.noteWide(tenant, tenants.Placement{Home: tenants.Node{ID: m.cfg.ID}, Width: width})
+	m.cfg.Log.Info("tenant's width set", "tenant", tenant, "width", width)
+	return nil
+}
+
+// Spread tells the fleet that this node still serves these tenants as one
+// of several, and returns those it should stop serving: no longer wide,
+// or served by other nodes now. A wide tenant whose home is gone gets this
+// node as its home.
+func (m *Member) Spread(ctx context.Context, ts []string) (stop []string, err error) {
+	ps, err := m.cfg.Store.TouchSpread(ctx, ts)
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	nodes := m.nodes
+	m.mu.Unlock()
+	for _, t := range ts {
+		p, wide := ps[t]
+		switch {
+		case !wide:
+			m.noteWide(t, tenants.Placement{})
+			if !m.Holds(t) {
+				stop = append(stop, t)
+			}
+		case p.Home.ID == "":
+			// Its home stopped its broker while this node serves it.
+			if _, err := m.Place(ctx, t, true); err != nil {
+				m.cfg.Log.Warn("a wide tenant without a home", "tenant", t, "err", err)
+			}
+		case p.Home.ID != m.cfg.ID:
+			m.noteWide(t, p)
+			set := WideSet(t, p, forwarders(nodes))
+			if !slices.ContainsFunc(set, func(n tenants.Node) bool { return n.ID == m.cfg.ID }) {
+				stop = append(stop, t)
+			}
+		}
+	}
+	return stop, nil
 }
 
 // homeUp reports whether a tenant's home may still serve it: with leases
@@ -634,16 +779,21 @@ func Pick(tenant string, nodes []tenants.Node) (tenants.Node, bool) {
 	var bestScore uint64
 	found := false
 	for _, n := range nodes {
-		h := fnv.New64a()
-		h.Write([]byte(tenant))
-		h.Write([]byte{0})
-		h.Write([]byte(n.ID))
-		score := mix(h.Sum64())
+		score := score(tenant, n.ID)
 		if !found || score > bestScore || score == bestScore && n.ID < best.ID {
 			best, bestScore, found = n, score, true
 		}
 	}
 	return best, found
+}
+
+// score is a node's rendezvous score for a tenant.
+func score(tenant, node string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(tenant))
+	h.Write([]byte{0})
+	h.Write([]byte(node))
+	return mix(h.Sum64())
 }
 
 // mix spreads FNV's output (a finaliser from MurmurHash3): similar inputs

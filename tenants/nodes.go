@@ -90,20 +90,87 @@ func (s *Store) TenantHome(ctx context.Context, tenant string) (string, error) {
 // itself; ok is false if none holds it. A holder whose row is gone (it was
 // silent for over an hour) comes back with only its ID.
 func (s *Store) TenantHomeNode(ctx context.Context, tenant string) (n Node, ok bool, err error) {
+	p, ok, err := s.TenantPlacement(ctx, tenant)
+	return p.Home, ok, err
+}
+
+// SpreadLiveFor is how long a tenant stays wide (served by several nodes)
+// after a node serving it last said so (they do every few seconds): once
+// every node stopped its broker, the tenant starts on one node again.
+const SpreadLiveFor = time.Minute
+
+// Placement is where a tenant runs: its home, and how many nodes serve it
+// (Width 1: its home alone).
+type Placement struct {
+	Home  Node
+	Width int
+}
+
+// TenantPlacement is the tenant's home, as that node last announced itself,
+// and its width; ok is false if no node holds it.
+func (s *Store) TenantPlacement(ctx context.Context, tenant string) (p Placement, ok bool, err error) {
 	var url, fwd sql.NullString
 	var draining sql.NullBool
 	var seen sql.NullTime
-	err = s.db.QueryRowContext(ctx, `SELECT p.node, n.url, n.forward_addr, n.draining, n.seen_at
-		FROM tenant_placements p LEFT JOIN data_plane_nodes n ON n.id = p.node WHERE p.tenant = $1`, tenant).
-		Scan(&n.ID, &url, &fwd, &draining, &seen)
+	var width sql.NullInt64
+	err = s.db.QueryRowContext(ctx, `SELECT p.node, n.url, n.forward_addr, n.draining, n.seen_at, w.width
+		FROM tenant_placements p LEFT JOIN data_plane_nodes n ON n.id = p.node
+			LEFT JOIN tenant_spread w ON w.tenant = p.tenant AND w.seen_at >= $2
+		WHERE p.tenant = $1`, tenant, s.now().UTC().Add(-SpreadLiveFor)).
+		Scan(&p.Home.ID, &url, &fwd, &draining, &seen, &width)
 	if errors.Is(err, sql.ErrNoRows) {
-		return Node{}, false, nil
+		return Placement{}, false, nil
 	}
 	if err != nil {
-		return Node{}, false, err
+		return Placement{}, false, err
 	}
-	n.URL, n.ForwardAddr, n.Draining, n.SeenAt = url.String, fwd.String, draining.Bool, seen.Time.UTC()
-	return n, true, nil
+	p.Home.URL, p.Home.ForwardAddr, p.Home.Draining, p.Home.SeenAt = url.String, fwd.String, draining.Bool, seen.Time.UTC()
+	p.Width = max(1, int(width.Int64))
+	return p, true, nil
+}
+
+// SpreadTenant records that the tenant is served by width nodes from now on
+// (1 narrows it to its home), if node is its home; it reports whether it
+// was.
+func (s *Store) SpreadTenant(ctx context.Context, tenant, node string, width int) (bool, error) {
+	res, err := s.db.ExecContext(ctx, `INSERT INTO tenant_spread (tenant, width, seen_at)
+		SELECT tenant, $3, $4 FROM tenant_placements WHERE tenant = $1 AND node = $2
+		ON CONFLICT (tenant) DO UPDATE SET width = excluded.width, seen_at = excluded.seen_at`,
+		tenant, node, width, s.timestamp())
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
+}
+
+// TouchSpread records that a node still serves these tenants as one of
+// several, and returns their placements now: a tenant missing from the
+// result is no longer wide, and one whose Home.ID is empty is wide but no
+// node holds it (its home stopped its broker, or retired).
+func (s *Store) TouchSpread(ctx context.Context, tenants []string) (map[string]Placement, error) {
+	out := make(map[string]Placement, len(tenants))
+	for _, t := range tenants {
+		cutoff := s.now().UTC().Add(-SpreadLiveFor)
+		if _, err := s.db.ExecContext(ctx, `UPDATE tenant_spread SET seen_at = $2 WHERE tenant = $1 AND seen_at >= $3`,
+			t, s.timestamp(), cutoff); err != nil {
+			return nil, err
+		}
+		var width int
+		var home sql.NullString
+		err := s.db.QueryRowContext(ctx, `SELECT w.width, p.node FROM tenant_spread w LEFT JOIN tenant_placements p ON p.tenant = w.tenant
+			WHERE w.tenant = $1 AND w.seen_at >= $2`, t, cutoff).Scan(&width, &home)
+		if errors.Is(err, sql.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if width > 1 {
+			out[t] = Placement{Home: Node{ID: home.String}, Width: width}
+		}
+	}
+	return out, nil
 }
 
 // ClaimTenant makes node the tenant's home unless a node seen since the

@@ -18,6 +18,10 @@ type Quotas struct {
 	MaxQueued         int64 `json:"max_queued"`
 	MaxSessionExpiry  int64 `json:"max_session_expiry"`
 	MessagesPerMonth  int64 `json:"messages_per_month"`
+	// MaxNodes is how many data-plane nodes of a fleet may serve the
+	// tenant at once, once its connections pass the fleet's threshold
+	// (ROOST_FLEET_WIDEN_AT); 1 keeps it on its home.
+	MaxNodes int64 `json:"max_nodes"`
 }
 
 // quotaFields maps each quota's name to its field. It is the one list of
@@ -36,6 +40,7 @@ var quotaFields = map[string]func(*Quotas) *int64{
 	"max_queued":          func(q *Quotas) *int64 { return &q.MaxQueued },
 	"max_session_expiry":  func(q *Quotas) *int64 { return &q.MaxSessionExpiry },
 	"messages_per_month":  func(q *Quotas) *int64 { return &q.MessagesPerMonth },
+	"max_nodes":           func(q *Quotas) *int64 { return &q.MaxNodes },
 }
 
 func isQuotaName(name string) bool { _, ok := quotaFields[name]; return ok }

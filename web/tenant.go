@@ -91,6 +91,11 @@ func (q quotaUse) LimitText() string {
 		return formatNum(v) + " per connection"
 	case "max_queued":
 		return formatNum(v) + " per session"
+	case "max_nodes":
+		if v == 1 {
+			return "1 node"
+		}
+		return formatNum(v) + " nodes"
 	}
 	return formatNum(v)
 }

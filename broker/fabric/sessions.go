@@ -173,3 +173,56 @@ func (t *Tenant) attach(ctx context.Context, clientID, owner string, epoch uint6
 	t.invalidate()
 	return nil
 }
+
+// SessionFilter is one of a persistent session's subscriptions, as a route.
+type SessionFilter struct {
+	Filter  string
+	QoS     byte
+	NoLocal bool
+}
+
+// seedScript sets a session's routes to exactly the filters given, held by
+// no node, and makes this owner the one its client was last on (so that a
+// claim elsewhere tells it: it may hold the session's Will), unless the
+// session's client is connected to a node now (a route of its names one):
+// then it leaves everything as it is and returns 0.
+//
+// KEYS: routes, version, at, the session's filters. ARGV: client id, owner,
+// channel, tenant, then pairs of filter and route value.
+var seedScript = goredis.NewScript(`
+local prefix = '@' .. ARGV[1] .. '\0'
+local old = redis.call('SMEMBERS', KEYS[4])
+for _, f in ipairs(old) do
+  local v = redis.call('HGET', KEYS[1], prefix .. f)
+  if v and string.match(v, '|(.*)$') ~= '' then return 0 end
+end
+for _, f in ipairs(old) do redis.call('HDEL', KEYS[1], prefix .. f) end
+redis.call('DEL', KEYS[4])
+for i = 5, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], prefix .. ARGV[i], ARGV[i+1])
+  redis.call('SADD', KEYS[4], ARGV[i])
+end
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+`)
+
+// SeedSession writes the routes of a persistent session whose client is
+// not connected, from its stored subscriptions: a tenant that was served
+// by one node (which kept its sessions to itself) and is now served by
+// several. It reports false, changing nothing, if the session's client is
+// connected to a node already (its routes are current).
+func (t *Tenant) SeedSession(ctx context.Context, clientID string, filters []SessionFilter) (bool, error) {
+	keys := []string{t.routes, t.version, t.f.key(t.name, "at"), t.f.key(t.name, "sr:"+clientID)}
+	args := []any{clientID, t.owner, t.f.channel(), t.name}
+	for _, f := range filters {
+		args = append(args, f.Filter, sessionRoute(f.QoS, f.NoLocal, ""))
+	}
+	n, err := seedScript.Run(ctx, t.f.rdb, keys, args...).Int()
+	if err != nil {
+		return false, fmt.Errorf("fabric: seed session %q: %w", clientID, err)
+	}
+	t.invalidate()
+	return n == 1, nil
+}

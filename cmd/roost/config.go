@@ -75,6 +75,9 @@ type config struct {
 	// FleetFabric carries a spread fleet's cross-node traffic: redis or
 	// kafka.
 	FleetFabric string
+	// FleetWidenAt: a tenant whose connections at its home pass it is
+	// served by up to max_nodes nodes (0: never).
+	FleetWidenAt int
 	// UsageRetention is how long usage records (also of deleted tenants)
 	// are kept.
 	UsageRetention time.Duration
@@ -171,6 +174,7 @@ func (c *config) settings() []setting {
 		{"node-url", "where control planes reach this data-plane node's internal API (http://host:port of ROOST_HTTP_ADDR); empty: this host's name and port", "", &c.NodeURL},
 		{"fleet-spread", "data-plane nodes serve every tenant together, each device on the node it connects to, messages crossing between nodes through the fleet fabric (needs ROOST_SESSION_STORE=redis)", "false", &c.FleetSpread},
 		{"fleet-fabric", "what carries a spread fleet's messages between nodes: redis (ROOST_REDIS_URL; persistent sessions live on any node) or kafka (ROOST_KAFKA_BROKERS, topic roost.fabric; persistent sessions live at the tenant's home)", "redis", &c.FleetFabric},
+		{"fleet-widen-at", "in a fleet with ROOST_SESSION_STORE=redis, a tenant whose connections at its home pass this many is served by up to its max_nodes quota nodes at once, devices connecting to any of them (0: every tenant stays on one node)", "5000", &c.FleetWidenAt},
 		{"forward-addr", "where a data-plane node takes the device connections other nodes forward to it (reachable by the other nodes only; announced with ROOST_NODE_URL's host)", ":1884", &c.ForwardAddr},
 		{"device-endpoints", "URLs devices connect to, comma-separated (mqtt://, mqtts://, ws://, wss://), shown in the console's snippets; empty: this process's own listeners (set it for a control plane, or behind a load balancer)", "", &c.DeviceEndpoints},
 		{"max-free-tenants", "how many tenants on the free plan one account may own (0: no limit)", "3", &c.MaxFreeTenants},
@@ -305,6 +309,9 @@ func (c *config) Validate() error {
 	}
 	if c.InstanceIdle < time.Second {
 		return errors.New("ROOST_INSTANCE_IDLE: must be at least 1s")
+	}
+	if c.FleetWidenAt < 0 {
+		return errors.New("ROOST_FLEET_WIDEN_AT: must not be negative")
 	}
 	if c.FleetSpread && c.SessionStore != "redis" {
 		return errors.New("ROOST_FLEET_SPREAD: a spread fleet needs ROOST_SESSION_STORE=redis (its nodes share sessions and routes there)")

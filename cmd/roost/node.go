@@ -423,13 +423,17 @@ func openDataPlane(ctx context.Context, role string, deps planeDeps, exporter br
 	}
 	if d.member != nil {
 		cfg.Cluster = d.member
-		if c.FleetSpread {
+		// A spread fleet serves every tenant on every node; otherwise a
+		// tenant may widen past ROOST_FLEET_WIDEN_AT connections, with
+		// its sessions in Redis and the Redis fabric.
+		widen := c.FleetWidenAt > 0 && c.SessionStore == "redis" && c.FleetFabric == "redis"
+		if c.FleetSpread || widen {
 			fab, err := openFabric(ctx, c, d.member.ID(), log)
 			if err != nil {
-				return nil, fmt.Errorf("ROOST_FLEET_SPREAD: %w", err)
+				return nil, fmt.Errorf("the fleet fabric: %w", err)
 			}
 			d.opened.add(func() { fab.Close() })
-			cfg.Fabric = fab
+			cfg.Fabric, cfg.SpreadAll, cfg.WidenAt = fab, c.FleetSpread, c.FleetWidenAt
 		}
 	}
 	// The bounds of connections not yet past CONNECT (README: Security

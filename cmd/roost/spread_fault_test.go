@@ -600,6 +600,13 @@ func envCount(t *testing.T, name string, def int) int {
 
 func startSpreadFleet(t *testing.T, nodes int) *spreadFleet {
 	t.Helper()
+	return startFleet(t, nodes, "ROOST_FLEET_SPREAD=true", "ROOST_FLEET_NODE_ENV=ROOST_DRAIN_TIMEOUT=5s")
+}
+
+// startFleet starts scripts/fleet.sh's fleet of that many nodes, with the
+// environment given added, and makes its tenant.
+func startFleet(t *testing.T, nodes int, env ...string) *spreadFleet {
+	t.Helper()
 	requireFleetTools(t)
 	bin := roostBinary(t)
 	script, err := filepath.Abs("../../scripts/fleet.sh")
@@ -607,8 +614,7 @@ func startSpreadFleet(t *testing.T, nodes int) *spreadFleet {
 		t.Fatal(err)
 	}
 	f := &spreadFleet{t: t, script: script, dir: filepath.Join(t.TempDir(), "fleet"), nodes: nodes, dead: map[int]bool{}, began: time.Now()}
-	f.env = append(os.Environ(), "ROOST_FLEET_DIR="+f.dir, "ROOST_BIN="+bin, "ROOST_FLEET_SPREAD=true",
-		"ROOST_FLEET_NODE_ENV=ROOST_DRAIN_TIMEOUT=5s")
+	f.env = append(append(os.Environ(), "ROOST_FLEET_DIR="+f.dir, "ROOST_BIN="+bin), env...)
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Log(f.logs())
