@@ -57,12 +57,13 @@ var (
 	descFabricLapses  = prometheus.NewDesc("roost_fabric_lapses_total", "Times this node found its membership of a tenant lapsed (swept by the others: its clean sessions were ended).", nil, nil)
 	descTenantRoutes  = prometheus.NewDesc("roost_fabric_tenant_routes", "Routes this node holds for the tenant (filters its subscribers and live views hold here).", []string{"tenant"}, nil)
 	descTenantLag     = prometheus.NewDesc("roost_fabric_tenant_inbox_lag", "Messages from other nodes waiting in this node's inbox for the tenant, as last seen.", []string{"tenant"}, nil)
+	descTenantWidth   = prometheus.NewDesc("roost_fabric_tenant_width", "Nodes serving a tenant that widened past one (its max_nodes, while wide), as this node last read it.", []string{"tenant"}, nil)
 	descFabricFailed  = prometheus.NewDesc("roost_fabric_send_failures_total", "Sends the fabric (Redis or Kafka) did not take (a QoS 1 or 2 publish was refused for each).", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRetries, descFenced, descLeaseRefused,
-		descFabricTenants, descFabricRoutes, descFabricLag, descFabricMsgs, descFabricStale, descFabricFailed, descFabricLapses, descTenantRoutes, descTenantLag} {
+		descFabricTenants, descFabricRoutes, descFabricLag, descFabricMsgs, descFabricStale, descFabricFailed, descFabricLapses, descTenantRoutes, descTenantLag, descTenantWidth} {
 		ch <- d
 	}
 }
@@ -73,8 +74,9 @@ type tenantSample struct {
 	conns, in, out, bytesIn, bytesOut   int64
 	throttled, authFailed, queued, busy int64
 	hits                                map[string]int64
-	// routes and lag are the tenant's in the fabric, on this node.
-	routes, lag int64
+	// routes and lag are the tenant's in the fabric, on this node; width
+	// is how many nodes serve it, if it widened (see wide.go).
+	routes, lag, width int64
 }
 
 func (s *tenantSample) add(o tenantSample) {
@@ -111,6 +113,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				s.queued = inst.persist.queued()
 			}
 			s.routes, s.lag = inst.fabricFigures()
+			if inst.spread && c.h.cfg.Cluster != nil && !c.h.cfg.SpreadAll {
+				s.width = int64(c.h.cfg.Cluster.Width(s.tenant))
+			}
 		}
 		samples = append(samples, s)
 		return true
@@ -165,6 +170,9 @@ func emit(ch chan<- prometheus.Metric, spread bool, s tenantSample) {
 	if spread {
 		ch <- prometheus.MustNewConstMetric(descTenantRoutes, prometheus.GaugeValue, float64(s.routes), s.tenant)
 		ch <- prometheus.MustNewConstMetric(descTenantLag, prometheus.GaugeValue, float64(s.lag), s.tenant)
+	}
+	if s.width > 0 && s.tenant != OtherTenants {
+		ch <- prometheus.MustNewConstMetric(descTenantWidth, prometheus.GaugeValue, float64(s.width), s.tenant)
 	}
 	for q, n := range s.hits {
 		ch <- prometheus.MustNewConstMetric(descQuotaHits, prometheus.CounterValue, float64(n), s.tenant, q)

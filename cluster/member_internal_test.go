@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -379,5 +380,135 @@ func eventually(t *testing.T, within time.Duration, what string, cond func() boo
 			t.Fatalf("%s: not within %s", what, within)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestWideSet: a wide tenant's nodes are its home and the width-1 others
+// ranking first for it, whatever the order of the list; a node leaving
+// changes the set only if it was in it; a width over the nodes takes all.
+func TestWideSet(t *testing.T) {
+	nodes := []tenants.Node{node("a"), node("b"), node("c"), node("d"), node("e")}
+	ids := func(ns []tenants.Node) []string {
+		var out []string
+		for _, n := range ns {
+			out = append(out, n.ID)
+		}
+		return out
+	}
+	count := map[string]int{}
+	for i := range 1000 {
+		tenant := fmt.Sprintf("tenant-%d", i)
+		p := tenants.Placement{Home: tenants.Node{ID: "c"}, Width: 3}
+		set := WideSet(tenant, p, nodes)
+		if len(set) != 3 || set[0].ID != "c" || set[0].ForwardAddr != "c:1884" {
+			t.Fatalf("%s: set %v, want the home c first and two others", tenant, ids(set))
+		}
+		shuffled := slices.Clone(nodes)
+		rand.Shuffle(len(shuffled), func(i, j int) { shuffled[i], shuffled[j] = shuffled[j], shuffled[i] })
+		if again := WideSet(tenant, p, shuffled); !slices.Equal(ids(again), ids(set)) {
+			t.Fatalf("%s: %v, then %v from the same nodes in another order", tenant, ids(set), ids(again))
+		}
+		for _, n := range set[1:] {
+			count[n.ID]++
+		}
+		without := slices.DeleteFunc(slices.Clone(nodes), func(n tenants.Node) bool { return n.ID == "e" })
+		after := WideSet(tenant, p, without)
+		if !slices.Contains(ids(set), "e") && !slices.Equal(ids(after), ids(set)) {
+			t.Fatalf("%s: set %v became %v when e, not in it, left", tenant, ids(set), ids(after))
+		}
+	}
+	for _, id := range []string{"a", "b", "d", "e"} {
+		if n := count[id]; n < 400 || n > 600 {
+			t.Errorf("node %s is among 1000 tenants' two other nodes %d times, want about 500", id, n)
+		}
+	}
+	if set := WideSet("t", tenants.Placement{Home: tenants.Node{ID: "a"}, Width: 9}, nodes); len(set) != 5 {
+		t.Errorf("a width of 9 over 5 nodes: %v", ids(set))
+	}
+	if set := WideSet("t", tenants.Placement{Home: tenants.Node{ID: "gone"}, Width: 2}, nodes); len(set) != 2 || set[0].ID != "gone" {
+		t.Errorf("a home missing from the list: %v, want it first and one other", ids(set))
+	}
+}
+
+// TestWiden runs widening on Postgres: only the home widens a tenant; the
+// other nodes then place it on its set (here, or forwarded to one of it);
+// Spread keeps it wide while a node serves it, tells a node outside the
+// set to stop, and narrowing tells every node but the home; a wide tenant
+// whose home released it gets a new home that knows it is wide; an
+// untouched width goes stale after SpreadLiveFor.
+func TestWiden(t *testing.T) {
+	ctx := context.Background()
+	f := newFleet(t, testenv.PostgresURL(t))
+	a, b, c := f.member("a"), f.member("b"), f.member("c")
+	see(t, a, b, c)
+	three := []tenants.Node{node("a"), node("b"), node("c")}
+	tenant := tenantFor(t, "a", three)
+	if addr, err := a.Place(ctx, tenant, false); err != nil || addr != "" {
+		t.Fatalf("a places %s: %q, %v", tenant, addr, err)
+	}
+	if err := b.Widen(ctx, tenant, 2); err == nil {
+		t.Fatal("b, not the home, widened the tenant")
+	}
+	if addr, _ := b.Place(ctx, tenant, false); addr != "a:1884" || b.Wide(tenant) {
+		t.Fatalf("before widening b forwards to %q (wide %v), want a:1884", addr, b.Wide(tenant))
+	}
+	if err := a.Widen(ctx, tenant, 2); err != nil {
+		t.Fatal(err)
+	}
+	if !a.Wide(tenant) || a.Width(tenant) != 2 {
+		t.Fatalf("the home after widening: wide %v, width %d", a.Wide(tenant), a.Width(tenant))
+	}
+	set := WideSet(tenant, tenants.Placement{Home: node("a"), Width: 2}, three)
+	in, out := b, c
+	if set[1].ID == "c" {
+		in, out = c, b
+	}
+	if addr, err := in.Place(ctx, tenant, false); err != nil || addr != "" || !in.Wide(tenant) || in.Holds(tenant) {
+		t.Fatalf("%s, in the set: %q, %v, wide %v, holds %v", in.ID(), addr, err, in.Wide(tenant), in.Holds(tenant))
+	}
+	addr, err := out.Place(ctx, tenant, false)
+	if err != nil || (addr != "a:1884" && addr != in.ID()+":1884") {
+		t.Fatalf("%s, outside the set, forwards to %q (%v), want a node of %v", out.ID(), addr, err, set)
+	}
+	if addr, _ := out.Place(ctx, tenant, true); addr != "" {
+		t.Errorf("%s, chosen by another node, forwards to %q: a wide tenant is served anywhere", out.ID(), addr)
+	}
+	for _, m := range []*Member{a, in} {
+		if stop, err := m.Spread(ctx, []string{tenant}); err != nil || len(stop) != 0 {
+			t.Errorf("%s serving the wide tenant: stop %v, %v", m.ID(), stop, err)
+		}
+	}
+	if stop, _ := out.Spread(ctx, []string{tenant}); !slices.Equal(stop, []string{tenant}) {
+		t.Errorf("%s, outside the set: stop %v, want the tenant", out.ID(), stop)
+	}
+
+	// Narrowed: every node but the home stops.
+	if err := a.Widen(ctx, tenant, 1); err != nil {
+		t.Fatal(err)
+	}
+	if stop, _ := in.Spread(ctx, []string{tenant}); !slices.Equal(stop, []string{tenant}) || in.Wide(tenant) {
+		t.Errorf("%s once narrowed: stop %v, wide %v", in.ID(), stop, in.Wide(tenant))
+	}
+	if stop, _ := a.Spread(ctx, []string{tenant}); len(stop) != 0 {
+		t.Errorf("the home once narrowed: stop %v", stop)
+	}
+
+	// Wide again, then the home releases it while another node serves it:
+	// that node becomes its home, still wide.
+	if err := a.Widen(ctx, tenant, 3); err != nil {
+		t.Fatal(err)
+	}
+	a.Release(tenant)
+	if stop, err := b.Spread(ctx, []string{tenant}); err != nil || len(stop) != 0 {
+		t.Fatalf("b serving a wide tenant without a home: stop %v, %v", stop, err)
+	}
+	if !b.Holds(tenant) || !b.Wide(tenant) || b.Width(tenant) != 3 {
+		t.Errorf("b after the home released the wide tenant: holds %v, wide %v, width %d", b.Holds(tenant), b.Wide(tenant), b.Width(tenant))
+	}
+
+	// Nobody says it serves the tenant for SpreadLiveFor: it is narrow.
+	f.clock.Advance(tenants.SpreadLiveFor + time.Second)
+	if p, _, err := f.store.TenantPlacement(ctx, tenant); err != nil || p.Width != 1 {
+		t.Errorf("a width untouched for %s: %d, %v; want 1", tenants.SpreadLiveFor, p.Width, err)
 	}
 }

@@ -153,6 +153,7 @@ func TestBadConfig(t *testing.T) {
 		{map[string]string{"ROOST_SESSION_STORE": "floppy"}, nil, "ROOST_SESSION_STORE"},
 		{map[string]string{"ROOST_FLEET_SPREAD": "true"}, nil, "ROOST_FLEET_SPREAD"},
 		{map[string]string{"ROOST_FLEET_FABRIC": "carrier-pigeon"}, nil, "ROOST_FLEET_FABRIC"},
+		{map[string]string{"ROOST_FLEET_WIDEN_AT": "-1"}, nil, "ROOST_FLEET_WIDEN_AT"},
 		{map[string]string{"ROOST_FLEET_SPREAD": "true", "ROOST_SESSION_STORE": "redis", "ROOST_REDIS_URL": "redis://127.0.0.1:1", "ROOST_FLEET_FABRIC": "kafka"}, nil, "ROOST_KAFKA_BROKERS"},
 		{map[string]string{"ROOST_KAFKA_BROKERS": "kafka"}, nil, "ROOST_KAFKA_BROKERS"},
 		{map[string]string{"ROOST_SESSION_STORE": "redis"}, nil, "ROOST_REDIS_URL"},
