@@ -55,7 +55,10 @@ type Member struct {
 	homes *lru.Cache[string, string]
 	// wide are the tenants served by several nodes as last read, this one
 	// among them or not (see Wide).
-	wide     map[string]tenants.Placement
+	wide map[string]tenants.Placement
+	// live are the nodes liveForwarders last read, at liveAt.
+	live     []tenants.Node
+	liveAt   time.Time
 	draining bool
 	onLost   func(tenant string)
 	stop     context.CancelFunc
@@ -480,10 +483,7 @@ func (m *Member) placeWide(ctx context.Context, tenant string, p tenants.Placeme
 	if chosen {
 		return "", nil
 	}
-	m.mu.Lock()
-	nodes := m.nodes
-	m.mu.Unlock()
-	set := WideSet(tenant, p, forwarders(nodes))
+	set := WideSet(tenant, p, m.liveForwarders(ctx))
 	if slices.ContainsFunc(set, func(n tenants.Node) bool { return n.ID == m.cfg.ID }) {
 		return "", nil
 	}
@@ -517,6 +517,27 @@ func WideSet(tenant string, p tenants.Placement, nodes []tenants.Node) []tenants
 	})
 	return append(set, others[:min(len(others), p.Width-1)]...)
 }
+
+// liveForwarders are the nodes that take tenants (forwarders) whose lease
+// is held, as read at most liveEvery ago: a node that died leaves the wide
+// tenants' sets as soon as its lease is gone, not once the directory
+// forgets it (a node that restarts comes back under a new id).
+func (m *Member) liveForwarders(ctx context.Context) []tenants.Node {
+	m.mu.Lock()
+	nodes, live, at := m.nodes, m.live, m.liveAt
+	m.mu.Unlock()
+	if live != nil && time.Since(at) < liveEvery {
+		return live
+	}
+	live = m.leased(ctx, forwarders(nodes))
+	m.mu.Lock()
+	m.live, m.liveAt = live, time.Now()
+	m.mu.Unlock()
+	return live
+}
+
+// liveEvery is how long liveForwarders keeps what it read.
+const liveEvery = 500 * time.Millisecond
 
 // Wide reports whether the tenant is served by several nodes, as last read
 // here (see broker.Cluster).
@@ -574,9 +595,7 @@ func (m *Member) Spread(ctx context.Context, ts []string) (stop []string, err er
 	if err != nil {
 		return nil, err
 	}
-	m.mu.Lock()
-	nodes := m.nodes
-	m.mu.Unlock()
+	nodes := m.liveForwarders(ctx)
 	for _, t := range ts {
 		p, wide := ps[t]
 		switch {
@@ -585,14 +604,16 @@ func (m *Member) Spread(ctx context.Context, ts []string) (stop []string, err er
 			if !m.Holds(t) {
 				stop = append(stop, t)
 			}
-		case p.Home.ID == "":
-			// Its home stopped its broker while this node serves it.
+		case p.Home.ID == "" || p.Home.ID != m.cfg.ID && m.cfg.Leases != nil && !m.homeUp(ctx, p.Home):
+			// Its home stopped its broker, or died, while this node
+			// serves it: one of its nodes takes it (its sessions expire
+			// there, and API publishes go there).
 			if _, err := m.Place(ctx, t, true); err != nil {
 				m.cfg.Log.Warn("a wide tenant without a home", "tenant", t, "err", err)
 			}
 		case p.Home.ID != m.cfg.ID:
 			m.noteWide(t, p)
-			set := WideSet(t, p, forwarders(nodes))
+			set := WideSet(t, p, nodes)
 			if !slices.ContainsFunc(set, func(n tenants.Node) bool { return n.ID == m.cfg.ID }) {
 				stop = append(stop, t)
 			}

@@ -427,6 +427,9 @@ func openDataPlane(ctx context.Context, role string, deps planeDeps, exporter br
 		// tenant may widen past ROOST_FLEET_WIDEN_AT connections, with
 		// its sessions in Redis and the Redis fabric.
 		widen := c.FleetWidenAt > 0 && c.SessionStore == "redis" && c.FleetFabric == "redis"
+		if !widen && !c.FleetSpread && c.FleetWidenAt > 0 {
+			log.Info("every tenant stays on one node: tenants widen past ROOST_FLEET_WIDEN_AT only with ROOST_SESSION_STORE=redis and ROOST_FLEET_FABRIC=redis")
+		}
 		if c.FleetSpread || widen {
 			fab, err := openFabric(ctx, c, d.member.ID(), log)
 			if err != nil {

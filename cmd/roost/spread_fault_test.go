@@ -868,7 +868,12 @@ func (f *spreadFleet) dial(i int, id string, persistent bool, onMsg func(*paho.P
 				onMsg(pr.Packet)
 			}
 			return true, nil
-		}}}
+		}},
+		OnServerDisconnect: func(d *paho.Disconnect) {
+			f.t.Logf("%s on node %d: DISCONNECT 0x%02X from the server", id, i, d.ReasonCode)
+		},
+		OnClientError: func(err error) { f.t.Logf("%s on node %d: %v", id, i, err) },
+	}
 	cp := &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: !persistent, Username: f.user, UsernameFlag: true, Password: []byte(f.secret), PasswordFlag: true}
 	if persistent {
 		cp.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600)}

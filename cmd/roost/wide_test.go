@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"slices"
 	"testing"
 	"time"
@@ -139,31 +141,82 @@ func TestWideTenant(t *testing.T) {
 	}
 	expectQuiet(t, resumed, 300*time.Millisecond, "after the queued messages")
 	ps.Disconnect(&paho.Disconnect{})
+	away := len(sent) // the persistent session is away from here on
 
-	// 4. max_nodes lowered to one: the nodes other than its home stop
+	// 4. Its home dies: the devices on its other nodes stay connected and
+	// their messages keep crossing; one of those nodes takes the tenant
+	// once the home's lease is gone.
+	f.kill(home)
+	batch = publish(p, 5)
+	if got := payloads(receiveN(t, clean, 5, 10*time.Second)); !slices.Equal(got, batch) {
+		t.Errorf("with its home dead, the subscriber on node %d got %v, want %v", b, got, batch)
+	}
+	select {
+	case <-c1.Done():
+		t.Fatal("the clean subscriber on a live node was disconnected as the home died")
+	case <-p.Done():
+		t.Fatal("the publisher on a live node was disconnected as the home died")
+	default:
+	}
+	dead := home
+	waitFor("another node of the tenant holds it", 20*time.Second, func() bool {
+		var st struct {
+			Nodes []struct {
+				URL     string
+				Tenants int
+			}
+		}
+		f.api("GET", "/v1/admin/stats", admin, nil, &st)
+		for _, n := range st.Nodes {
+			for _, i := range []int{a, b} {
+				if n.URL == f.nodeVar(i, "HTTP") && n.Tenants > 0 {
+					home = i
+				}
+			}
+		}
+		return home != dead
+	})
+	t.Logf("node %d holds the tenant after its home, node %d, died", home, dead)
+	f.restart(dead)
+
+	// 5. max_nodes lowered to one: the nodes other than its home stop
 	// serving it, and their devices come back through its home.
 	f.api("PATCH", "/v1/admin/tenants/"+f.slug, admin, map[string]any{"quotas": map[string]int64{"max_nodes": 1}}, nil)
-	ended(c1, p)
-	c1 = f.mustDial(b, "c1", false, func(m *paho.Publish) { clean <- m })
-	f.mustSubscribe(c1, "wide/#", 1)
-	p = f.mustDial(a, "p", false, nil)
+	if a != home {
+		ended(p)
+		p = f.mustDial(a, "p", false, nil)
+	}
+	if b != home {
+		ended(c1)
+		c1 = f.mustDial(b, "c1", false, func(m *paho.Publish) { clean <- m })
+		f.mustSubscribe(c1, "wide/#", 1)
+	}
 	defer c1.Disconnect(&paho.Disconnect{})
 	defer p.Disconnect(&paho.Disconnect{})
 	if on := servedBy(series); !slices.Equal(on, []int{home}) {
 		t.Errorf("narrowed, nodes %v serve the tenant's connections; want its home %d alone", on, home)
+		for _, i := range on {
+			req, _ := http.NewRequest("GET", f.nodeVar(i, "HTTP")+"/internal/v1/tenants/spread/devices/d", nil)
+			req.Header.Set("Authorization", "Bearer "+admin)
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				t.Logf("node %d: %s", i, b)
+			}
+		}
 	}
-	before := len(sent)
 	batch = publish(p, 5)
 	if got := payloads(receiveN(t, clean, 5, 10*time.Second)); !slices.Equal(got, batch) {
 		t.Errorf("narrowed, the clean subscriber got %v, want %v", got, batch)
 	}
 	ps = f.mustDial(a, "ps", true, func(m *paho.Publish) { resumed <- m })
-	if got := payloads(receiveN(t, resumed, 5, 10*time.Second)); !slices.Equal(got, sent[before:]) {
-		t.Errorf("narrowed, the persistent session resumed with %v, want %v", got, sent[before:])
+	if got := payloads(receiveN(t, resumed, len(sent)-away, 10*time.Second)); !slices.Equal(got, sent[away:]) {
+		t.Errorf("narrowed, the persistent session resumed with %v, want %v (queued while its home was dead, then narrowed)", got, sent[away:])
 	}
+	expectQuiet(t, resumed, 300*time.Millisecond, "after the queued messages")
 	ps.Disconnect(&paho.Disconnect{})
 
-	// 5. Another tenant, allowed one node, stays on one with more
+	// 6. Another tenant, allowed one node, stays on one with more
 	// connections than the threshold.
 	var session struct{ Token string }
 	f.api("POST", "/v1/login", "", map[string]string{"email": "spread@example.com", "password": "correct horse battery"}, &session)
