@@ -141,6 +141,9 @@ type Hub struct {
 
 	eventPubs     chan events.Event
 	eventsDropped atomic.Int64
+	// widenFailed is when this node last failed to widen each tenant
+	// (wide.go).
+	widenFailed sync.Map
 	// fencedWrites counts session-store writes refused because another
 	// owner had claimed the session.
 	fencedWrites atomic.Int64

@@ -76,9 +76,6 @@ type instance struct {
 	// spread says the tenant is served by every node of the fleet, and
 	// routes is its part in the fabric (spread.go).
 	spread, home bool
-	// seed: it writes the routes of the sessions its home kept while the
-	// tenant was served there alone, as it joins the fabric.
-	seed bool
 	// widening is set once its home decided to widen it (wide.go).
 	widening atomic.Bool
 	// anywhere: its persistent sessions live on any node (anywhere.go).
@@ -155,8 +152,6 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 		inst.spread = true
 		home = h.fabricHome(t.Slug)
 		inst.anywhere = h.sessionsAnywhere()
-		// A tenant may have been served by its home alone before.
-		inst.seed = inst.anywhere && home && h.cfg.Cluster != nil && !h.cfg.SpreadAll
 	}
 	inst.home = home
 	if h.cfg.Sessions != nil {

@@ -57,7 +57,7 @@ var (
 	descFabricLapses  = prometheus.NewDesc("roost_fabric_lapses_total", "Times this node found its membership of a tenant lapsed (swept by the others: its clean sessions were ended).", nil, nil)
 	descTenantRoutes  = prometheus.NewDesc("roost_fabric_tenant_routes", "Routes this node holds for the tenant (filters its subscribers and live views hold here).", []string{"tenant"}, nil)
 	descTenantLag     = prometheus.NewDesc("roost_fabric_tenant_inbox_lag", "Messages from other nodes waiting in this node's inbox for the tenant, as last seen.", []string{"tenant"}, nil)
-	descTenantWidth   = prometheus.NewDesc("roost_fabric_tenant_width", "Nodes serving a tenant that widened past one (its max_nodes, while wide), as this node last read it.", []string{"tenant"}, nil)
+	descTenantWidth   = prometheus.NewDesc("roost_fabric_tenant_width", "A wide tenant's width: how many nodes may serve it (its max_nodes as its home last set it; 1 once narrowed), as this node last read it.", []string{"tenant"}, nil)
 	descFabricFailed  = prometheus.NewDesc("roost_fabric_send_failures_total", "Sends the fabric (Redis or Kafka) did not take (a QoS 1 or 2 publish was refused for each).", nil, nil)
 )
 

@@ -75,7 +75,7 @@ func (r *registry) acquireLocked(t tenants.Tenant) (*instance, error) {
 			return nil, err
 		}
 		r.instances[t.Slug] = inst
-		r.log.Info("tenant broker started", "tenant", t.Slug)
+		r.log.Info("tenant broker started", "tenant", t.Slug, "wide", inst.spread)
 	}
 	inst.holds++
 	return inst, nil
@@ -103,9 +103,6 @@ func (r *registry) acquireConn(t tenants.Tenant) (*instance, error) {
 	conns := inst.conns
 	over := int64(conns) > inst.quotas().MaxConnections
 	r.mu.Unlock()
-	if r.connected != nil && !over {
-		r.connected(inst, conns)
-	}
 	switch {
 	case over:
 		r.releaseConn(inst)
@@ -113,6 +110,9 @@ func (r *registry) acquireConn(t tenants.Tenant) (*instance, error) {
 	case !inst.connectAllowed(r.now()):
 		r.releaseConn(inst)
 		return nil, connectRateExceeded
+	}
+	if r.connected != nil {
+		r.connected(inst, conns)
 	}
 	return inst, nil
 }
@@ -222,24 +222,26 @@ func (r *registry) promote(tenant string) {
 	}
 }
 
-// restart closes an instance without giving its tenant up: the next
-// acquire starts it afresh (as the tenant is then: see Hub.widen). Nothing
-// starts meanwhile, so that the new broker reads the sessions the old one
-// stored as it closed.
-func (r *registry) restart(inst *instance, why string) {
+// suspend closes an instance without giving its tenant up, and starts
+// no broker of the tenant until resume (once; later calls do nothing): what is done meanwhile (Hub.widen)
+// sees the sessions the instance stored as it closed, and no broker
+// changing them. It reports false if the instance was no longer running.
+func (r *registry) suspend(inst *instance, why string) (resume func(), ok bool) {
 	r.mu.Lock()
 	if r.instances[inst.tenant] != inst || r.releasing[inst.tenant] || r.closed {
 		r.mu.Unlock()
-		return
+		return nil, false
 	}
 	delete(r.instances, inst.tenant)
 	r.releasing[inst.tenant] = true
 	r.mu.Unlock()
 	inst.close()
-	inst.log.Info("tenant broker stopped to start again: " + why)
-	r.mu.Lock()
-	delete(r.releasing, inst.tenant)
-	r.mu.Unlock()
+	inst.log.Info("tenant broker stopped: " + why)
+	return sync.OnceFunc(func() {
+		r.mu.Lock()
+		delete(r.releasing, inst.tenant)
+		r.mu.Unlock()
+	}), true
 }
 
 // stop takes an instance out of service and closes it.

@@ -168,54 +168,6 @@ func (inst *instance) joinFabric(fab fabric.Node, home bool) error {
 	if l, ok := t.(interface{ OnLapse(func()) }); ok {
 		l.OnLapse(inst.fabricLapsed)
 	}
-	if inst.seed {
-		if err := inst.seedSessions(t); err != nil {
-			inst.routes = nil
-			t.Leave()
-			return err
-		}
-	}
-	return nil
-}
-
-// seedSessions writes the routes of the tenant's stored sessions whose
-// clients are not connected: a tenant served by its home alone keeps its
-// sessions there, with no routes, and once it widens their messages must
-// reach their queues whichever node takes them. A session whose Will waits
-// out its delay has it held here, as its home held it.
-func (inst *instance) seedSessions(t fabric.Owner) error {
-	so, ok := t.(interface {
-		SeedSession(ctx context.Context, clientID string, filters []fabric.SessionFilter) (bool, error)
-	})
-	if !ok || inst.persist == nil {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	sessions, err := inst.persist.st.Sessions(ctx, inst.tenant)
-	if err != nil {
-		return fmt.Errorf("read the sessions to route: %w", err)
-	}
-	seeded := 0
-	for _, s := range sessions {
-		filters := make([]fabric.SessionFilter, 0, len(s.Subscriptions))
-		for _, sub := range s.Subscriptions {
-			filters = append(filters, fabric.SessionFilter{Filter: sub.Filter, QoS: sub.QoS, NoLocal: sub.NoLocal})
-		}
-		done, err := so.SeedSession(ctx, s.ClientID, filters)
-		if err != nil {
-			return err
-		}
-		if done {
-			seeded++
-			if s.Will != nil {
-				inst.holdRestoredWill(restoredWill{device: s.Device, clientID: s.ClientID, will: s.Will, left: s.DisconnectedAt})
-			}
-		}
-	}
-	if seeded > 0 {
-		inst.log.Info("routes written for the sessions this node kept while it served the tenant alone", "sessions", seeded)
-	}
 	return nil
 }
 

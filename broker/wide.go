@@ -3,6 +3,8 @@ package broker
 import (
 	"context"
 	"time"
+
+	"github.com/roosthub/roost/broker/fabric"
 )
 
 // A tenant of a fleet starts on one node, its home, which every other node
@@ -23,6 +25,10 @@ import (
 // spreadEvery; a tenant every node stopped serving (idle) starts on one
 // node again. Lowering max_nodes narrows it: the nodes no longer among its
 // nodes stop their brokers, and their devices reconnect to the others.
+
+// widenRetry is how long a home waits before it tries again to widen a
+// tenant it failed to widen: each try disconnects the tenant's devices.
+const widenRetry = 5 * time.Minute
 
 // spreadEvery is how often a node says which wide tenants it serves, and
 // learns which it should stop serving.
@@ -53,9 +59,16 @@ func maxNodes(inst *instance) int {
 }
 
 // maybeWiden widens a tenant whose home this node is once its
-// connections here pass the threshold, if its quota allows.
+// connections here pass the threshold, if its quota allows (once: a home
+// that failed to widen it tries again with its next broker).
 func (h *Hub) maybeWiden(inst *instance, conns int) {
-	if inst.spread || conns <= h.cfg.WidenAt || maxNodes(inst) <= 1 || !inst.widening.CompareAndSwap(false, true) {
+	if inst.spread || conns <= h.cfg.WidenAt || maxNodes(inst) <= 1 || !h.cfg.Cluster.Holds(inst.tenant) {
+		return
+	}
+	if failed, ok := h.widenFailed.Load(inst.tenant); ok && h.now().Sub(failed.(time.Time)) < widenRetry {
+		return
+	}
+	if !inst.widening.CompareAndSwap(false, true) {
 		return
 	}
 	h.wg.Add(1)
@@ -65,19 +78,80 @@ func (h *Hub) maybeWiden(inst *instance, conns int) {
 	}()
 }
 
-// widen records the tenant's new width and restarts its broker here as
-// one of its nodes.
+// widen has a tenant served by its home alone served by several nodes. In
+// this order, so that no other node serves it before its sessions can be
+// found there: its broker here stops (its sessions stored) and none starts
+// meanwhile (its connections, here or forwarded, are refused with 0x88 and
+// come back); the routes of its stored sessions are written; its width is
+// recorded, from when the other nodes serve it; its broker starts here as
+// one of its nodes, holding the Wills its sessions wait to send.
 func (h *Hub) widen(inst *instance) {
-	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.ConnectTimeout)
-	defer cancel()
-	width := maxNodes(inst)
-	if err := h.cfg.Cluster.Widen(ctx, inst.tenant, width); err != nil {
-		inst.log.Warn("widen the tenant: it stays on this node for now", "err", err)
-		inst.widening.Store(false)
+	seeder, ok := h.cfg.Fabric.(interface {
+		SeedSessions(ctx context.Context, tenant string, seeds []fabric.Seed) ([]string, error)
+	})
+	if !ok || inst.persist == nil {
 		return
 	}
-	inst.log.Info("tenant widened: its broker restarts to serve it with its other nodes", "width", width)
-	h.reg.restart(inst, "the tenant widened to several nodes")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	t, found, err := h.dir.tenant(ctx, inst.tenant)
+	if err != nil || !found {
+		return
+	}
+	width := maxNodes(inst)
+	resume, ok := h.reg.suspend(inst, "the tenant widens to several nodes")
+	if !ok {
+		return
+	}
+	defer resume()
+	failed := true
+	defer func() {
+		if failed {
+			h.widenFailed.Store(inst.tenant, h.now())
+		} else {
+			h.widenFailed.Delete(inst.tenant)
+		}
+	}()
+	sessions, err := inst.persist.st.Sessions(ctx, inst.tenant)
+	if err != nil {
+		inst.log.Warn("widen the tenant: read its sessions (it stays on this node)", "err", err)
+		return
+	}
+	seeds := make([]fabric.Seed, 0, len(sessions))
+	wills := map[string]restoredWill{}
+	for _, s := range sessions {
+		sd := fabric.Seed{ClientID: s.ClientID}
+		for _, sub := range s.Subscriptions {
+			sd.Filters = append(sd.Filters, fabric.SessionFilter{Filter: sub.Filter, QoS: sub.QoS, NoLocal: sub.NoLocal})
+		}
+		seeds = append(seeds, sd)
+		if s.Will != nil {
+			wills[s.ClientID] = restoredWill{device: s.Device, clientID: s.ClientID, will: s.Will, left: s.DisconnectedAt}
+		}
+	}
+	seeded, err := seeder.SeedSessions(ctx, inst.tenant, seeds)
+	if err != nil {
+		inst.log.Warn("widen the tenant: write its sessions' routes (it stays on this node)", "err", err)
+		return
+	}
+	if err := h.cfg.Cluster.Widen(ctx, inst.tenant, width); err != nil {
+		inst.log.Warn("widen the tenant (it stays on this node)", "err", err)
+		return
+	}
+	failed = false
+	resume()
+	wide, err := h.reg.acquire(t)
+	if err != nil {
+		inst.log.Warn("start the widened tenant's broker (it starts with the next connection)", "err", err)
+		return
+	}
+	defer h.reg.release(wide)
+	for _, id := range seeded {
+		if w, ok := wills[id]; ok {
+			wide.holdRestoredWill(w)
+		}
+	}
+	inst.log.Info("tenant widened: its sessions' routes are written, and its other nodes serve it too", "width", width, "sessions", len(seeded))
 }
 
 // checkSpread tells the fleet which wide tenants this node serves, stops

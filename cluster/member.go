@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"cmp"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -44,6 +45,7 @@ type Member struct {
 	client *http.Client
 
 	stripes [64]sync.Mutex // one per tenant hash: a tenant's claim and release do not interleave
+	liveMu  sync.Mutex     // see liveForwarders
 
 	mu          sync.Mutex
 	held        map[string]bool
@@ -57,8 +59,11 @@ type Member struct {
 	// among them or not (see Wide).
 	wide map[string]tenants.Placement
 	// live are the nodes liveForwarders last read, at liveAt.
-	live     []tenants.Node
-	liveAt   time.Time
+	live   []tenants.Node
+	liveAt time.Time
+	// outside counts the Spread checks in a row that found this node
+	// outside a wide tenant's set.
+	outside  map[string]int
 	draining bool
 	onLost   func(tenant string)
 	stop     context.CancelFunc
@@ -100,7 +105,7 @@ func NewMember(cfg MemberConfig) *Member {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Member{cfg: cfg, key: ForwardKey(cfg.Token), held: map[string]bool{}, forwardedTo: map[string]bool{}, wide: map[string]tenants.Placement{},
+	return &Member{cfg: cfg, key: ForwardKey(cfg.Token), held: map[string]bool{}, forwardedTo: map[string]bool{}, wide: map[string]tenants.Placement{}, outside: map[string]int{},
 		homes: lru.New[string, string](100_000), client: &http.Client{Timeout: callTimeout}, base: time.Now()}
 }
 
@@ -505,8 +510,10 @@ func WideSet(tenant string, p tenants.Placement, nodes []tenants.Node) []tenants
 		set[0] = h
 	}
 	others := slices.DeleteFunc(slices.Clone(nodes), func(n tenants.Node) bool { return n.ID == p.Home.ID })
+	// Ranked by forwarding address, which a node keeps when it restarts
+	// (its id is new each time): a rolling restart moves no tenant.
 	slices.SortFunc(others, func(a, b tenants.Node) int {
-		sa, sb := score(tenant, a.ID), score(tenant, b.ID)
+		sa, sb := score(tenant, cmp.Or(a.ForwardAddr, a.ID)), score(tenant, cmp.Or(b.ForwardAddr, b.ID))
 		switch {
 		case sa > sb:
 			return -1
@@ -523,6 +530,8 @@ func WideSet(tenant string, p tenants.Placement, nodes []tenants.Node) []tenants
 // tenants' sets as soon as its lease is gone, not once the directory
 // forgets it (a node that restarts comes back under a new id).
 func (m *Member) liveForwarders(ctx context.Context) []tenants.Node {
+	m.liveMu.Lock() // one reading at a time: a flood of connects waits for it
+	defer m.liveMu.Unlock()
 	m.mu.Lock()
 	nodes, live, at := m.nodes, m.live, m.liveAt
 	m.mu.Unlock()
@@ -586,6 +595,11 @@ func (m *Member) Widen(ctx context.Context, tenant string, width int) error {
 	return nil
 }
 
+// outsideChecks is how many Spread checks in a row must find this node
+// outside a wide tenant's set before it stops serving it: nodes may see
+// the others' leases differently for a moment.
+const outsideChecks = 2
+
 // Spread tells the fleet that this node still serves these tenants as one
 // of several, and returns those it should stop serving: no longer wide,
 // or served by other nodes now. A wide tenant whose home is gone gets this
@@ -596,14 +610,20 @@ func (m *Member) Spread(ctx context.Context, ts []string) (stop []string, err er
 		return nil, err
 	}
 	nodes := m.liveForwarders(ctx)
+	m.mu.Lock()
+	draining := m.draining
+	m.mu.Unlock()
 	for _, t := range ts {
 		p, wide := ps[t]
+		in := true
 		switch {
 		case !wide:
 			m.noteWide(t, tenants.Placement{})
 			if !m.Holds(t) {
 				stop = append(stop, t)
 			}
+		case draining:
+			// It takes no tenant; its brokers stop as it retires.
 		case p.Home.ID == "" || p.Home.ID != m.cfg.ID && m.cfg.Leases != nil && !m.homeUp(ctx, p.Home):
 			// Its home stopped its broker, or died, while this node
 			// serves it: one of its nodes takes it (its sessions expire
@@ -614,10 +634,16 @@ func (m *Member) Spread(ctx context.Context, ts []string) (stop []string, err er
 		case p.Home.ID != m.cfg.ID:
 			m.noteWide(t, p)
 			set := WideSet(t, p, nodes)
-			if !slices.ContainsFunc(set, func(n tenants.Node) bool { return n.ID == m.cfg.ID }) {
-				stop = append(stop, t)
-			}
+			in = slices.ContainsFunc(set, func(n tenants.Node) bool { return n.ID == m.cfg.ID })
 		}
+		m.mu.Lock()
+		if in {
+			delete(m.outside, t)
+		} else if m.outside[t]++; m.outside[t] >= outsideChecks {
+			delete(m.outside, t)
+			stop = append(stop, t)
+		}
+		m.mu.Unlock()
 	}
 	return stop, nil
 }

@@ -433,7 +433,8 @@ func TestWideSet(t *testing.T) {
 // TestWiden runs widening on Postgres: only the home widens a tenant; the
 // other nodes then place it on its set (here, or forwarded to one of it);
 // Spread keeps it wide while a node serves it, tells a node outside the
-// set to stop, and narrowing tells every node but the home; a wide tenant
+// set to stop (at its second check in a row), and narrowing tells every
+// node but the home at once; a wide tenant
 // whose home released it gets a new home that knows it is wide; an
 // untouched width goes stale after SpreadLiveFor.
 func TestWiden(t *testing.T) {
@@ -478,8 +479,11 @@ func TestWiden(t *testing.T) {
 			t.Errorf("%s serving the wide tenant: stop %v, %v", m.ID(), stop, err)
 		}
 	}
+	if stop, _ := out.Spread(ctx, []string{tenant}); len(stop) != 0 {
+		t.Errorf("%s, outside the set at one check: stop %v, want none yet (views may differ for a moment)", out.ID(), stop)
+	}
 	if stop, _ := out.Spread(ctx, []string{tenant}); !slices.Equal(stop, []string{tenant}) {
-		t.Errorf("%s, outside the set: stop %v, want the tenant", out.ID(), stop)
+		t.Errorf("%s, outside the set at a second check: stop %v, want the tenant", out.ID(), stop)
 	}
 
 	// Narrowed: every node but the home stops.
@@ -506,9 +510,28 @@ func TestWiden(t *testing.T) {
 		t.Errorf("b after the home released the wide tenant: holds %v, wide %v, width %d", b.Holds(tenant), b.Wide(tenant), b.Width(tenant))
 	}
 
-	// Nobody says it serves the tenant for SpreadLiveFor: it is narrow.
+	// Nobody says it serves the tenant for SpreadLiveFor (Postgres was
+	// away): it stays wide while its home holds it, and a node saying so
+	// again keeps it wide.
 	f.clock.Advance(tenants.SpreadLiveFor + time.Second)
-	if p, _, err := f.store.TenantPlacement(ctx, tenant); err != nil || p.Width != 1 {
-		t.Errorf("a width untouched for %s: %d, %v; want 1", tenants.SpreadLiveFor, p.Width, err)
+	if p, _, err := f.store.TenantPlacement(ctx, tenant); err != nil || p.Width != 3 {
+		t.Errorf("a width untouched for %s while its home holds it: %d, %v; want 3", tenants.SpreadLiveFor, p.Width, err)
+	}
+	if stop, err := a.Spread(ctx, []string{tenant}); err != nil || len(stop) != 0 {
+		t.Errorf("a, in the set after the pause: stop %v, %v", stop, err)
+	}
+	// Its home gives it up and nobody serves it for SpreadLiveFor: the
+	// next node to place it starts it on one node.
+	b.Release(tenant)
+	f.clock.Advance(tenants.SpreadLiveFor + time.Second)
+	see(t, a, b, c)
+	if addr, err := c.Place(ctx, tenant, true); err != nil || addr != "" {
+		t.Fatalf("c places %s afresh: %q, %v", tenant, addr, err)
+	}
+	if p, _, err := f.store.TenantPlacement(ctx, tenant); err != nil || p.Width != 1 || c.Wide(tenant) {
+		t.Errorf("placed afresh after nobody served it for %s: width %d (wide here %v), %v; want 1", tenants.SpreadLiveFor, p.Width, c.Wide(tenant), err)
+	}
+	if stop, _ := a.Spread(ctx, []string{tenant}); !slices.Equal(stop, []string{tenant}) {
+		t.Errorf("a, still running the tenant once it started afresh narrow: stop %v, want it", stop)
 	}
 }

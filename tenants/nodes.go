@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -95,9 +97,18 @@ func (s *Store) TenantHomeNode(ctx context.Context, tenant string) (n Node, ok b
 }
 
 // SpreadLiveFor is how long a tenant stays wide (served by several nodes)
-// after a node serving it last said so (they do every few seconds): once
-// every node stopped its broker, the tenant starts on one node again.
+// after a node serving it last said so (they do every few seconds), once
+// no node holds it since then: a tenant every node stopped serving starts
+// on one node again when next placed. While its home holds it, it stays
+// wide however long ago that was (Postgres may have been away).
 const SpreadLiveFor = time.Minute
+
+// spreadLive is the condition on tenant_spread w (and tenant_placements p,
+// joined on the tenant) of a width that holds: said since the cutoff (the
+// parameter named), or since its home took it.
+func spreadLive(cutoff string) string {
+	return `(w.seen_at >= ` + cutoff + ` OR w.seen_at >= p.since)`
+}
 
 // Placement is where a tenant runs: its home, and how many nodes serve it
 // (Width 1: its home alone).
@@ -115,7 +126,7 @@ func (s *Store) TenantPlacement(ctx context.Context, tenant string) (p Placement
 	var width sql.NullInt64
 	err = s.db.QueryRowContext(ctx, `SELECT p.node, n.url, n.forward_addr, n.draining, n.seen_at, w.width
 		FROM tenant_placements p LEFT JOIN data_plane_nodes n ON n.id = p.node
-			LEFT JOIN tenant_spread w ON w.tenant = p.tenant AND w.seen_at >= $2
+			LEFT JOIN tenant_spread w ON w.tenant = p.tenant AND `+spreadLive("$2")+`
 		WHERE p.tenant = $1`, tenant, s.now().UTC().Add(-SpreadLiveFor)).
 		Scan(&p.Home.ID, &url, &fwd, &draining, &seen, &width)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -147,30 +158,47 @@ func (s *Store) SpreadTenant(ctx context.Context, tenant, node string, width int
 // TouchSpread records that a node still serves these tenants as one of
 // several, and returns their placements now: a tenant missing from the
 // result is no longer wide, and one whose Home.ID is empty is wide but no
-// node holds it (its home stopped its broker, or retired).
+// node holds it (its home stopped its broker, or retired). A width that no
+// longer holds is not made to hold again.
 func (s *Store) TouchSpread(ctx context.Context, tenants []string) (map[string]Placement, error) {
 	out := make(map[string]Placement, len(tenants))
-	for _, t := range tenants {
-		cutoff := s.now().UTC().Add(-SpreadLiveFor)
-		if _, err := s.db.ExecContext(ctx, `UPDATE tenant_spread SET seen_at = $2 WHERE tenant = $1 AND seen_at >= $3`,
-			t, s.timestamp(), cutoff); err != nil {
-			return nil, err
+	if len(tenants) == 0 {
+		return out, nil
+	}
+	// $1 the cutoff, $2 the time now (the update only), then the tenants.
+	cutoff := s.now().UTC().Add(-SpreadLiveFor)
+	in := func(from int) string {
+		marks := make([]string, len(tenants))
+		for i := range tenants {
+			marks[i] = "$" + strconv.Itoa(from+i)
 		}
+		return "(" + strings.Join(marks, ", ") + ")"
+	}
+	args := []any{cutoff, s.timestamp()}
+	for _, t := range tenants {
+		args = append(args, t)
+	}
+	if _, err := s.db.ExecContext(ctx, `UPDATE tenant_spread SET seen_at = $2 WHERE tenant IN `+in(3)+`
+		AND (seen_at >= $1 OR seen_at >= (SELECT p.since FROM tenant_placements p WHERE p.tenant = tenant_spread.tenant))`, args...); err != nil {
+		return nil, err
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT w.tenant, w.width, p.node FROM tenant_spread w
+		LEFT JOIN tenant_placements p ON p.tenant = w.tenant
+		WHERE w.tenant IN `+in(2)+` AND w.width > 1 AND `+spreadLive("$1"), append([]any{cutoff}, args[2:]...)...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var t string
 		var width int
 		var home sql.NullString
-		err := s.db.QueryRowContext(ctx, `SELECT w.width, p.node FROM tenant_spread w LEFT JOIN tenant_placements p ON p.tenant = w.tenant
-			WHERE w.tenant = $1 AND w.seen_at >= $2`, t, cutoff).Scan(&width, &home)
-		if errors.Is(err, sql.ErrNoRows) {
-			continue
-		}
-		if err != nil {
+		if err := rows.Scan(&t, &width, &home); err != nil {
 			return nil, err
 		}
-		if width > 1 {
-			out[t] = Placement{Home: Node{ID: home.String}, Width: width}
-		}
+		out[t] = Placement{Home: Node{ID: home.String}, Width: width}
 	}
-	return out, nil
+	return out, rows.Err()
 }
 
 // ClaimTenant makes node the tenant's home unless a node seen since the

@@ -176,3 +176,75 @@ func TestEntryRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// TestSeedSessions: seeding writes an away session's routes from its stored
+// subscriptions, replacing the ones it had, held by no node, and makes the
+// seeding node the one it was last on; a session whose client is connected
+// to a node keeps its routes; a message for the seeded session is then
+// queued by a sender (a copy), sent to no node.
+func TestSeedSessions(t *testing.T) {
+	fa, fb := testFabrics(t)
+	ctx := context.Background()
+	joined, err := fb.Join(ctx, "acme", false, func(Message) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb := joined.(*Tenant)
+	// "here" is connected to b; "away" left b with an old subscription.
+	for _, id := range []string{"here", "away"} {
+		if err := tb.AddSession(ctx, id, "old/#", 1, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := tb.Attach(ctx, id, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tb.Detach(ctx, "away"); err != nil {
+		t.Fatal(err)
+	}
+	seeded, err := fa.SeedSessions(ctx, "acme", []Seed{
+		{ClientID: "here", Filters: []SessionFilter{{Filter: "new/#", QoS: 1}}},
+		{ClientID: "away", Filters: []SessionFilter{{Filter: "new/#", QoS: 2, NoLocal: true}}},
+		{ClientID: "stored", Filters: []SessionFilter{{Filter: "s/+", QoS: 1}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(seeded) != 2 || seeded[0] != "away" || seeded[1] != "stored" {
+		t.Errorf("seeded %v, want away and stored (here is connected to b)", seeded)
+	}
+	routes, err := fa.rdb.HGetAll(ctx, fa.key("acme", "routes")).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"@here\x00old/#": "1|b",
+		"@away\x00new/#": "2n|",
+		"@stored\x00s/+": "1|",
+	}
+	for f, v := range want {
+		if routes[f] != v {
+			t.Errorf("route %q = %q, want %q", f, routes[f], v)
+		}
+	}
+	if _, ok := routes["@away\x00old/#"]; ok {
+		t.Error("the away session kept the route of a filter it no longer has")
+	}
+	at, _ := fa.rdb.HGetAll(ctx, fa.key("acme", "at")).Result()
+	if at["away"] != "a" || at["stored"] != "a" || at["here"] != "b" {
+		t.Errorf("last on: %v, want away and stored on a (the seeding node), here on b", at)
+	}
+	// A publish on b for s/1 queues a copy for "stored" and sends nothing.
+	var copies []Copy
+	n, err := tb.SendQueued(ctx, Message{Topic: "s/1", Payload: []byte("x"), QoS: 1}, Local{
+		Queue: func(_ context.Context, cs []Copy) ([]uint64, error) {
+			copies = append(copies, cs...)
+			return make([]uint64, len(cs)), nil
+		}})
+	if err != nil || n != 0 {
+		t.Errorf("a send for the seeded away session reached %d nodes (%v), want none", n, err)
+	}
+	if len(copies) != 1 || copies[0] != (Copy{ClientID: "stored", QoS: 1}) {
+		t.Errorf("copies queued %v, want one for stored at QoS 1", copies)
+	}
+}

@@ -208,21 +208,48 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 `)
 
-// SeedSession writes the routes of a persistent session whose client is
-// not connected, from its stored subscriptions: a tenant that was served
-// by one node (which kept its sessions to itself) and is now served by
-// several. It reports false, changing nothing, if the session's client is
-// connected to a node already (its routes are current).
-func (t *Tenant) SeedSession(ctx context.Context, clientID string, filters []SessionFilter) (bool, error) {
-	keys := []string{t.routes, t.version, t.f.key(t.name, "at"), t.f.key(t.name, "sr:"+clientID)}
-	args := []any{clientID, t.owner, t.f.channel(), t.name}
-	for _, f := range filters {
-		args = append(args, f.Filter, sessionRoute(f.QoS, f.NoLocal, ""))
+// Seed is a persistent session to write the routes of (see SeedSessions).
+type Seed struct {
+	ClientID string
+	Filters  []SessionFilter
+}
+
+// seedBatch is how many sessions one round trip seeds.
+const seedBatch = 200
+
+// SeedSessions writes the routes of a tenant's persistent sessions whose
+// clients are not connected, from their stored subscriptions: a tenant
+// served by one node, which kept its sessions to itself, about to be
+// served by several. This node becomes the one each session's client was
+// last on (a claim elsewhere tells it: it holds their Wills). A session
+// whose client is connected to a node already (a route of its names one)
+// is left as it is. It returns the client ids of the sessions seeded.
+func (f *Redis) SeedSessions(ctx context.Context, tenant string, seeds []Seed) ([]string, error) {
+	var seeded []string
+	for len(seeds) > 0 {
+		batch := seeds[:min(len(seeds), seedBatch)]
+		seeds = seeds[len(batch):]
+		pipe := f.rdb.Pipeline()
+		cmds := make([]*goredis.Cmd, len(batch))
+		for i, sd := range batch {
+			keys := []string{f.key(tenant, "routes"), f.key(tenant, "rv"), f.key(tenant, "at"), f.key(tenant, "sr:"+sd.ClientID)}
+			args := []any{sd.ClientID, f.cfg.Node, f.channel(), tenant}
+			for _, fl := range sd.Filters {
+				args = append(args, fl.Filter, sessionRoute(fl.QoS, fl.NoLocal, ""))
+			}
+			cmds[i] = seedScript.Eval(ctx, pipe, keys, args...)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return seeded, fmt.Errorf("fabric: seed sessions of %s: %w", tenant, err)
+		}
+		for i, c := range cmds {
+			if n, _ := c.Int(); n == 1 {
+				seeded = append(seeded, batch[i].ClientID)
+			}
+		}
 	}
-	n, err := seedScript.Run(ctx, t.f.rdb, keys, args...).Int()
-	if err != nil {
-		return false, fmt.Errorf("fabric: seed session %q: %w", clientID, err)
+	if t := f.tenant(tenant); t != nil {
+		t.invalidate()
 	}
-	t.invalidate()
-	return n == 1, nil
+	return seeded, nil
 }

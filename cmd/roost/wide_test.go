@@ -88,22 +88,37 @@ func TestWideTenant(t *testing.T) {
 	clean := make(chan *paho.Publish, 100)
 	c1 := f.mustDial(b, "c1", false, func(m *paho.Publish) { clean <- m })
 	f.mustSubscribe(c1, "wide/#", 1)
+	// pc: a persistent session connected as the tenant widens.
+	pcMsgs := make(chan *paho.Publish, 100)
+	pc := f.mustDial(a, "pc", true, func(m *paho.Publish) { pcMsgs <- m })
+	f.mustSubscribe(pc, "wide/#", 1)
 	p := f.mustDial(a, "p", false, nil)
 	batch := publish(p, 5)
 	if got := payloads(receiveN(t, clean, 5, 10*time.Second)); !slices.Equal(got, batch) {
 		t.Errorf("before widening, the clean subscriber got %v, want %v", got, batch)
+	}
+	if got := payloads(receiveN(t, pcMsgs, 5, 10*time.Second)); !slices.Equal(got, batch) {
+		t.Errorf("before widening, the connected persistent session got %v, want %v", got, batch)
 	}
 	if on := servedBy(series); !slices.Equal(on, []int{home}) {
 		t.Errorf("before widening, nodes %v serve the tenant's connections; want its home %d alone", on, home)
 	}
 
 	// 2. Its fifth connection widens it: every connection ends as its
-	// home's broker restarts, and devices then connect to any node.
+	// home's broker restarts (its sessions stored, their routes written),
+	// and devices then connect to any node.
 	var extra []*paho.Client
 	for i := range 3 {
-		extra = append(extra, f.mustDial(a, fmt.Sprintf("e%d", i), false, nil))
+		// One may meet the restart (0x88, server unavailable: a device
+		// tries again).
+		if c, _, err := f.dial(a, fmt.Sprintf("e%d", i), false, nil); err == nil {
+			extra = append(extra, c)
+		}
 	}
-	ended(append(extra, c1, p)...)
+	ended(c1, p, pc) // the extras after the fourth may have come after the restart
+	for _, c := range extra {
+		c.Disconnect(&paho.Disconnect{})
+	}
 	waitFor("the tenant is served by its other nodes", 10*time.Second, func() bool {
 		c, _, err := f.dial(b, "c1", false, func(m *paho.Publish) { clean <- m })
 		if err != nil {
@@ -127,10 +142,19 @@ func TestWideTenant(t *testing.T) {
 			t.Errorf("node %d forwards %v connections of a tenant it serves itself", i, n)
 		}
 	}
+	pc, ca, err := f.dial(b, "pc", true, func(m *paho.Publish) { pcMsgs <- m })
+	if err != nil || !ca.SessionPresent {
+		t.Fatalf("the persistent session connected as the tenant widened, back through node %d: %v (connack %+v)", b, err, ca)
+	}
 	batch = publish(p, 5)
 	if got := payloads(receiveN(t, clean, 5, 10*time.Second)); !slices.Equal(got, batch) {
 		t.Errorf("once wide, the subscriber on node %d got %v from node %d, want %v", b, got, a, batch)
 	}
+	if got := payloads(receiveN(t, pcMsgs, 5, 10*time.Second)); !slices.Equal(got, batch) {
+		t.Errorf("once wide, the persistent session back on node %d got %v from node %d, want %v", b, got, a, batch)
+	}
+	expectQuiet(t, pcMsgs, 300*time.Millisecond, "the persistent session after what was published")
+	pc.Disconnect(&paho.Disconnect{})
 
 	// 3. The persistent session, offline since before the tenant widened,
 	// resumes on another node than the one it left with all ten.
