@@ -192,23 +192,100 @@ func (p *persistence) copiesArrived(seqs map[string]uint64) (after func()) {
 // catchUp reads what a connected session's queue holds past what this
 // broker knows of, and sends it: copies queued by a node that sent them to
 // a node the client had left (a notice lost in a takeover) arrive this way.
+//
+// The store and what this broker notes do not change together: a publish
+// queued here is in the store a moment before its copy is noted (mochi
+// then delivers it), and a copy acknowledged or dropped leaves outstanding
+// a moment before the store deletes it. A read in either moment must not
+// take the copy for one sent nowhere: it would be sent twice. So the
+// appends in flight as the read returns are waited for (they note their
+// own copies), and the copies taken from outstanding are left out
+// (acking).
 func (p *persistence) catchUp(cl *mqtt.Client) {
 	p.mu.Lock()
 	var after uint64
 	if out := p.outstanding[cl.ID]; len(out) > 0 {
 		after = out[len(out)-1]
 	}
+	p.reading[cl.ID]++
 	p.mu.Unlock()
 	ctx, cancel := storeCtx()
 	defer cancel()
 	queued, err := p.st.Read(ctx, p.tenant, cl.ID, after, p.maxQueued())
-	if err != nil || len(queued) == 0 {
-		return
+	p.mu.Lock()
+	for last := p.nextAppend; p.appendingUpTo(last); {
+		p.appended.Wait()
+	}
+	if p.live[cl.ID] == nil {
+		queued = nil // gone meanwhile: the copies wait in its queue
 	}
 	for _, q := range queued {
-		p.copiesArrived(map[string]uint64{cl.ID: q.Seq})
+		if _, gone := p.acking[cl.ID][q.Seq]; !gone && !slices.Contains(p.outstanding[cl.ID], q.Seq) {
+			p.outstanding[cl.ID] = insertSeq(p.outstanding[cl.ID], q.Seq)
+		}
 	}
-	p.reconcile(cl)
+	p.doneReading(cl.ID)
+	p.mu.Unlock()
+	if err == nil && len(queued) > 0 {
+		p.reconcile(cl)
+	}
+}
+
+// appendingUpTo reports whether an append with a ticket up to last is in
+// flight. Called with p.mu held.
+func (p *persistence) appendingUpTo(last uint64) bool {
+	for ticket := range p.appending {
+		if ticket <= last {
+			return true
+		}
+	}
+	return false
+}
+
+// unqueued notes a copy taken from a session's outstanding ones
+// (acknowledged, or dropped), which the store still holds until its delete
+// returns. Called with p.mu held.
+func (p *persistence) unqueued(clientID string, seq uint64) {
+	if p.acking[clientID] == nil {
+		p.acking[clientID] = map[uint64]bool{}
+	}
+	p.acking[clientID][seq] = false
+}
+
+// deleted notes that the store's delete of an unqueued copy returned (or
+// failed): a read from now on does not return it, but a catchUp reading
+// now may have, so it is kept until the session's reads end.
+func (p *persistence) deleted(clientID string, seq uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.acking[clientID][seq]; !ok {
+		return // let go meanwhile
+	}
+	if p.reading[clientID] > 0 {
+		p.acking[clientID][seq] = true
+		return
+	}
+	delete(p.acking[clientID], seq)
+	if len(p.acking[clientID]) == 0 {
+		delete(p.acking, clientID)
+	}
+}
+
+// doneReading ends a catchUp's read, and with the session's last one
+// forgets the copies whose delete returned. Called with p.mu held.
+func (p *persistence) doneReading(clientID string) {
+	if p.reading[clientID]--; p.reading[clientID] > 0 {
+		return
+	}
+	delete(p.reading, clientID)
+	for seq, deleted := range p.acking[clientID] {
+		if deleted {
+			delete(p.acking[clientID], seq)
+		}
+	}
+	if len(p.acking[clientID]) == 0 {
+		delete(p.acking, clientID)
+	}
 }
 
 // kicked ends the connection of a session claimed on another node, if its

@@ -147,6 +147,17 @@ type persistence struct {
 	// discard holds the clients whose connection discards a stored
 	// session (anywhere).
 	discard map[string]uint64
+	// What a catchUp must not take for copies sent nowhere (see catchUp):
+	// appending holds beforeAck's appends in flight, by ticket, until
+	// their copies are noted (appended signals each end); acking holds,
+	// per client, the numbers taken from its outstanding ones that a read
+	// may still return (true: the store's delete has returned); reading
+	// counts, per client, the catchUps reading its queue.
+	appending  map[uint64]bool
+	nextAppend uint64
+	appended   sync.Cond
+	acking     map[string]map[uint64]bool
+	reading    map[string]int
 }
 
 // sessionHost is what persistence asks of its tenant's broker.
@@ -180,13 +191,16 @@ type mark struct {
 }
 
 func newPersistence(st SessionStore, tenant string, server *mqtt.Server, host sessionHost, log *slog.Logger) *persistence {
-	return &persistence{
+	p := &persistence{
 		st: st, tenant: tenant, server: server, host: host, log: log,
 		pubs: map[string]pubCopies{}, inflight: map[string]map[uint16]uint64{},
 		outstanding: map[string][]uint64{}, epochs: map[string]uint64{}, devices: map[string]string{}, stored: map[string]bool{}, dropped: map[string]int64{},
 		marks: map[string]map[uint64]mark{}, received: map[string]map[uint16]bool{},
 		live: map[string]*mqtt.Client{}, recheck: map[string]bool{},
+		appending: map[uint64]bool{}, acking: map[string]map[uint64]bool{}, reading: map[string]int{},
 	}
+	p.appended.L = &p.mu
+	return p
 }
 
 type pubCopies struct {
@@ -288,13 +302,16 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	if pk.FixedHeader.Qos == 2 && !cl.Net.Inline && persistent(cl) {
 		receipt = store.Receipt{ClientID: cl.ID, PacketID: pk.PacketID}
 	}
+	ticket := p.appendStarts()
 	seqs, err := p.st.Append(ctx, p.tenant, items, receipt)
 	if err != nil {
+		p.appendEnds(ticket)
 		p.log.Error("queue message for persistent sessions", "topic", pk.TopicName, "sessions", len(items), "err", err)
 		return pk, errNotStored
 	}
 	copies := make(map[string]uint64, len(items))
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	for i, it := range items {
 		copies[it.ClientID] = seqs[i]
 		p.outstanding[it.ClientID] = insertSeq(p.outstanding[it.ClientID], seqs[i])
@@ -305,8 +322,33 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		}
 		p.received[cl.ID][receipt.PacketID] = true
 	}
-	p.mu.Unlock()
-	return p.tag(pk, copies), nil
+	// Noted and tagged at once: a reconcile in between would find the
+	// copies outstanding and not being routed, and send them itself.
+	pk = p.tagLocked(pk, copies)
+	p.appendEndsLocked(ticket)
+	return pk, nil
+}
+
+// appendStarts registers an append of beforeAck before it reaches the
+// store, and appendEnds (appendEndsLocked, with p.mu held) once its copies
+// are noted or it failed; see catchUp.
+func (p *persistence) appendStarts() uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.nextAppend++
+	p.appending[p.nextAppend] = true
+	return p.nextAppend
+}
+
+func (p *persistence) appendEnds(ticket uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.appendEndsLocked(ticket)
+}
+
+func (p *persistence) appendEndsLocked(ticket uint64) {
+	delete(p.appending, ticket)
+	p.appended.Broadcast()
 }
 
 // insertSeq adds a store number to a session's outstanding ones, keeping
@@ -324,10 +366,15 @@ func insertSeq(out []uint64, seq uint64) []uint64 {
 // id, for handedOver to find as mochi delivers it.
 func (p *persistence) tag(pk packets.Packet, copies map[string]uint64) packets.Packet {
 	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.tagLocked(pk, copies)
+}
+
+// tagLocked is tag with p.mu held.
+func (p *persistence) tagLocked(pk packets.Packet, copies map[string]uint64) packets.Packet {
 	p.nextPub++
 	pubID := strconv.FormatUint(p.nextPub, 36)
 	p.pubs[pubID] = pubCopies{seqs: copies, at: time.Now()}
-	p.mu.Unlock()
 	pk.Properties.User = append(slices.Clone(pk.Properties.User), packets.UserProperty{Key: seqProperty, Val: pubID})
 	return pk
 }
@@ -363,6 +410,7 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.
 		kept = append(kept, it)
 		oldest := out[i]
 		p.outstanding[it.ClientID] = slices.Delete(slices.Clone(out), i, i+1)
+		p.unqueued(it.ClientID, oldest)
 		delete(p.marks[it.ClientID], oldest)
 		p.dropped[it.ClientID]++
 		var packetID uint16
@@ -378,7 +426,9 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.
 			cl.State.Inflight.Delete(packetID)
 		}
 		e := p.epoch(it.ClientID)
-		if err := p.st.Ack(ctx, p.tenant, it.ClientID, e, []uint64{oldest}); err != nil {
+		err := p.st.Ack(ctx, p.tenant, it.ClientID, e, []uint64{oldest})
+		p.deleted(it.ClientID, oldest)
+		if err != nil {
 			p.failed(it.ClientID, e, "drop the oldest queued message", err)
 		}
 		p.log.Info("queue full: oldest message dropped", "client_id", it.ClientID, "limit", limit)
@@ -737,6 +787,7 @@ func (p *persistence) acknowledged(cl *mqtt.Client, packetID uint16) {
 		return
 	}
 	p.outstanding[cl.ID] = slices.Delete(out, i, i+1)
+	p.unqueued(cl.ID, seq)
 	e := p.epochs[cl.ID]
 	p.mu.Unlock()
 	ctx, cancel := storeCtx()
@@ -749,6 +800,7 @@ func (p *persistence) acknowledged(cl *mqtt.Client, packetID uint16) {
 		err = p.st.Ack(ctx, p.tenant, cl.ID, now, []uint64{seq})
 		e = now
 	}
+	p.deleted(cl.ID, seq)
 	if err != nil {
 		p.failed(cl.ID, e, "delete a delivered message", err)
 	}
@@ -903,6 +955,7 @@ func (p *persistence) letGo(clientID string) {
 	delete(p.epochs, clientID)
 	delete(p.marks, clientID)
 	delete(p.received, clientID)
+	delete(p.acking, clientID)
 }
 
 // forget forgets everything tracked for a session here, and reports

@@ -508,6 +508,13 @@ func TestSpreadSessionTakeover(t *testing.T) {
 	pub := mustV5(t, s.b.addr, user("acme", "d"), secret, "pub")
 	pub.pub(t, "q/x", "0", 1, false)
 	first.expect(t, "q/x", "0")
+	// paho acknowledges a message after handing it over: taken over before
+	// the broker has the PUBACK, the session must send it again
+	// [MQTT-4.4.0-1].
+	eventually(t, 5*time.Second, "the first connection's PUBACK recorded", func() bool {
+		info, err := s.sessA.QueueInfo(context.Background(), "acme", "keeper")
+		return err == nil && info.Len == 0
+	})
 	second := mustV5(t, s.b.addr, user("acme", "d"), secret, "keeper", keepSession)
 	if !second.connack.SessionPresent {
 		t.Fatal("the session is not present on the other node")
