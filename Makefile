@@ -46,7 +46,7 @@ bench-quick: bench-tools ## Roost, bare mochi-mqtt, mosquitto and NATS side by s
 	./bin/roost-bench -suite quick -roost bin/roost -out bench/results
 
 .PHONY: bench
-bench: bench-tools ## the same at full sizes (up to 45 minutes): bench/results/full.json
+bench: bench-tools ## the same at full sizes (25 minutes before NATS and the whole-machine run; not timed since): bench/results/full.json
 	./bin/roost-bench -suite full -roost bin/roost -out bench/results
 
 .PHONY: readme-test
