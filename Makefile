@@ -42,11 +42,11 @@ bench-tools: build
 	$(GO) build -o bin/roost-bench ./cmd/roost-bench
 
 .PHONY: bench-quick
-bench-quick: bench-tools ## Roost, bare mochi-mqtt and mosquitto side by side, small sizes (minutes): bench/results/quick.json
+bench-quick: bench-tools ## Roost, bare mochi-mqtt, mosquitto and NATS side by side, pinned to one core then on the whole machine, small sizes (minutes): bench/results/quick.json
 	./bin/roost-bench -suite quick -roost bin/roost -out bench/results
 
 .PHONY: bench
-bench: bench-tools ## the same at full sizes (up to 30 minutes): bench/results/full.json
+bench: bench-tools ## the same at full sizes (25 minutes before NATS and the whole-machine run; not timed since): bench/results/full.json
 	./bin/roost-bench -suite full -roost bin/roost -out bench/results
 
 .PHONY: readme-test

@@ -92,12 +92,15 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		addrs    string
 		keep     uint
 		jsonOut  = fs.String("json", "", "also write the report as JSON to this file")
-		suite    = fs.String("suite", "", "quick, full or smoke: start Roost, bare mochi-mqtt and mosquitto and run every scenario on each")
+		suite    = fs.String("suite", "", "quick, full or smoke: start Roost, bare mochi-mqtt, mosquitto and NATS's MQTT mode and run every scenario on each, pinned to one CPU, then on the whole machine")
 		roostBin = fs.String("roost", "roost", "for -suite: the roost binary")
 		outDir   = fs.String("out", "bench/results", "for -suite: where <suite>.json goes")
 		mochi    = fs.String("serve-mochi", "", "internal: serve bare mochi-mqtt on this address")
 		tuned    = fs.Bool("mochi-tuned", false, "internal: with Roost's tuning")
 		mochiDbg = fs.String("mochi-debug", "", "internal: debug listener of the bare mochi-mqtt broker")
+		nats     = fs.String("serve-nats", "", "internal: serve NATS's MQTT mode on this address")
+		natsDbg  = fs.String("nats-debug", "", "internal: debug listener of the NATS broker")
+		natsDir  = fs.String("nats-store", "", "internal: the NATS broker's JetStream directory")
 	)
 	fs.StringVar(&t.Name, "name", "target", "the target's name in the report")
 	fs.StringVar(&addrs, "addr", "127.0.0.1:1883", "broker address; or a comma-separated list that clients connect to in turn")
@@ -111,6 +114,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	switch {
 	case *mochi != "":
 		return serveMochi(*mochi, *mochiDbg, *tuned)
+	case *nats != "":
+		return serveNats(*nats, *natsDbg, *natsDir)
 	case *suite != "":
 		return runSuite(ctx, *suite, *roostBin, *outDir, out)
 	}

@@ -14,7 +14,9 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -73,6 +75,9 @@ type process struct {
 	cmd    *exec.Cmd
 	// call makes a REST call as the benchmark's account (Roost only).
 	call func(method, path string, body, out any) error
+	// unsupported are the figures this broker cannot produce, with the
+	// reason; the suite skips them and says why.
+	unsupported map[string]string
 }
 
 func (p *process) pid() int { return p.cmd.Process.Pid }
@@ -98,13 +103,24 @@ func freePort() (string, error) {
 	return ln.Addr().String(), nil
 }
 
-// pinned runs a broker on CPU 0 when the machine has more than one and
-// taskset is there; the load generator keeps to the others.
-func pinned(name string, args ...string) *exec.Cmd {
-	if runtime.NumCPU() > 1 {
-		if ts, err := exec.LookPath("taskset"); err == nil {
-			return exec.Command(ts, append([]string{"-c", "0", name}, args...)...)
-		}
+// canPin reports whether brokers can be pinned to one CPU: the machine
+// has more than one and taskset is there.
+func canPin() bool {
+	if runtime.NumCPU() < 2 {
+		return false
+	}
+	_, err := exec.LookPath("taskset")
+	return err == nil
+}
+
+// brokerCmd runs a broker pinned to CPU 0 when pin is set and canPin. The
+// load generator is not pinned: it may run on any CPU, CPU 0 included. A
+// Go broker pinned so runs with GOMAXPROCS 1 (the runtime reads the
+// affinity mask). Unpinned, the broker may use every CPU, as the load
+// generator does: the whole-machine run.
+func brokerCmd(pin bool, name string, args ...string) *exec.Cmd {
+	if pin && canPin() {
+		return exec.Command("taskset", append([]string{"-c", "0", name}, args...)...)
 	}
 	return exec.Command(name, args...)
 }
@@ -123,7 +139,7 @@ func waitPort(addr string, within time.Duration) error {
 
 // startMochi runs bare mochi-mqtt in a child process of this binary:
 // tuned as Roost tunes its instances, or with mochi's defaults.
-func startMochi(name string, tuned bool, logs io.Writer) (*process, error) {
+func startMochi(name string, tuned, pin bool, logs io.Writer) (*process, error) {
 	addr, err := freePort()
 	if err != nil {
 		return nil, err
@@ -140,7 +156,7 @@ func startMochi(name string, tuned bool, logs io.Writer) (*process, error) {
 	if tuned {
 		args = append(args, "-mochi-tuned")
 	}
-	cmd := pinned(self, args...)
+	cmd := brokerCmd(pin, self, args...)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -169,20 +185,30 @@ func gcAt(addr string) func() error {
 	}
 }
 
-// serveMochi is the child process of startMochi. Its debug listener
-// answers POST /debug/gc as roost serve's does.
+// serveDebug starts the debug listener of a Go broker in a child process
+// of this binary, when addr is set: it answers POST /debug/gc as roost
+// serve's does. It serves until the process ends.
+func serveDebug(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /debug/gc", func(w http.ResponseWriter, _ *http.Request) {
+		debug.FreeOSMemory()
+		w.WriteHeader(http.StatusNoContent)
+	})
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	go http.Serve(ln, mux)
+	return nil
+}
+
+// serveMochi is the child process of startMochi.
 func serveMochi(addr, debugAddr string, tuned bool) error {
-	if debugAddr != "" {
-		mux := http.NewServeMux()
-		mux.HandleFunc("POST /debug/gc", func(w http.ResponseWriter, _ *http.Request) {
-			debug.FreeOSMemory()
-			w.WriteHeader(http.StatusNoContent)
-		})
-		ln, err := net.Listen("tcp", debugAddr)
-		if err != nil {
-			return err
-		}
-		go http.Serve(ln, mux)
+	if err := serveDebug(debugAddr); err != nil {
+		return err
 	}
 	opts := &mqtt.Options{}
 	if tuned {
@@ -209,7 +235,7 @@ func serveMochi(addr, debugAddr string, tuned bool) error {
 
 // startMosquitto runs Debian's mosquitto with defaults and TCP_NODELAY, or returns nil if
 // it is not installed.
-func startMosquitto(dir string, logs io.Writer) (*process, error) {
+func startMosquitto(dir string, pin bool, logs io.Writer) (*process, error) {
 	bin, err := exec.LookPath("mosquitto")
 	if err != nil {
 		for _, p := range []string{"/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"} {
@@ -233,7 +259,7 @@ func startMosquitto(dir string, logs io.Writer) (*process, error) {
 	if err := os.WriteFile(conf, []byte(fmt.Sprintf("listener %s %s\nallow_anonymous true\nset_tcp_nodelay true\n", port, host)), 0o644); err != nil {
 		return nil, err
 	}
-	cmd := pinned(bin, "-c", conf)
+	cmd := brokerCmd(pin, bin, "-c", conf)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -250,7 +276,7 @@ func startMosquitto(dir string, logs io.Writer) (*process, error) {
 // the enterprise plan with its rates lifted and a device any client id may
 // use, and returns it as a target: auth, ACL, quota and metering hooks all
 // run, through the ingress.
-func startRoost(ctx context.Context, bin, dir string, logs io.Writer) (*process, error) {
+func startRoost(ctx context.Context, bin, dir string, pin bool, logs io.Writer) (*process, error) {
 	mqttAddr, err := freePort()
 	if err != nil {
 		return nil, err
@@ -264,7 +290,7 @@ func startRoost(ctx context.Context, bin, dir string, logs io.Writer) (*process,
 		return nil, err
 	}
 	const admin = "rop_roost-bench-operator-token"
-	cmd := pinned(bin, "serve")
+	cmd := brokerCmd(pin, bin, "serve")
 	cmd.Env = append(os.Environ(), "ROOST_DATA_DIR="+filepath.Join(dir, "roost"), "ROOST_MQTT_ADDR="+mqttAddr,
 		"ROOST_HTTP_ADDR="+httpAddr, "ROOST_ADMIN_TOKEN="+admin, "ROOST_DEBUG_ADDR="+debugAddr,
 		// The idle-tenant scenario makes hundreds of tenants from one account.
@@ -336,13 +362,21 @@ func startRoost(ctx context.Context, bin, dir string, logs io.Writer) (*process,
 
 // suiteResult is written to bench/results/<name>.json.
 type suiteResult struct {
-	Suite       string                        `json:"suite"`
-	Time        time.Time                     `json:"time"`
-	CPUs        int                           `json:"cpus"`
-	Calibration calibration                   `json:"calibration"`
-	Targets     []string                      `json:"targets"`
-	Missing     map[string]string             `json:"missing,omitempty"`
-	Figures     map[string]map[string]float64 `json:"figures"` // figure → target → median
+	Suite       string      `json:"suite"`
+	Time        time.Time   `json:"time"`
+	CPUs        int         `json:"cpus"`
+	Calibration calibration `json:"calibration"`
+	// Pinned is whether the first run's brokers were pinned to CPU 0; the
+	// whole-machine run's never are.
+	Pinned  bool              `json:"pinned"`
+	Targets []string          `json:"targets"`
+	Missing map[string]string `json:"missing,omitempty"`
+	// Unsupported are the figures a target cannot produce: target → figure
+	// → why.
+	Unsupported map[string]map[string]string `json:"unsupported,omitempty"`
+	// Figures are the medians by figure and target; a figure of the
+	// whole-machine run has wholeSuffix after its name.
+	Figures map[string]map[string]float64 `json:"figures"`
 	// Spread is each figure's median, lowest and highest over the runs.
 	Spread   map[string]map[string]bench.Summary `json:"spread"`
 	Runs     map[string]map[string][]any         `json:"runs"`
@@ -350,8 +384,77 @@ type suiteResult struct {
 	Absolute map[string]*float64                 `json:"absolute"`
 }
 
-// runSuite starts every target and runs every scenario on each, then
-// writes the results and prints a table.
+// wholeSuffix ends the names of the whole-machine run's figures and ratios.
+const wholeSuffix = "_whole"
+
+// peers are the brokers Roost is compared with, by target name.
+var peers = []string{"mochi", "mosquitto", "nats"}
+
+// compared are the figures the ratios compare Roost with each peer on, by
+// the name their ratios take: <name>_roost_vs_<peer>, and
+// <name>_roost_vs_<peer>_whole for the whole-machine run. A figure the
+// suite did not measure (256-byte latency at quick size) has no ratios.
+var compared = []struct {
+	name, figure string
+	morePeers    []string
+}{
+	{name: "p2p_qos0_throughput", figure: "p2p_qos0_throughput"},
+	{name: "p2p_qos1_throughput", figure: "p2p_qos1_throughput"},
+	{name: "p2p_qos0_sustained", figure: "p2p_qos0_sustained"},
+	{name: "p2p_qos1_sustained", figure: "p2p_qos1_sustained"},
+	{name: "p2p_qos0_p99_latency", figure: "p2p_qos0_16b_p99_us"},
+	{name: "p2p_qos1_p99_latency", figure: "p2p_qos1_16b_p99_us"},
+	{name: "p2p_qos0_256b_p99_latency", figure: "p2p_qos0_256b_p99_us"},
+	{name: "p2p_qos1_256b_p99_latency", figure: "p2p_qos1_256b_p99_us"},
+	{name: "fanout_qos0_throughput", figure: "fanout_qos0_throughput"},
+	{name: "fanin_qos1_throughput", figure: "fanin_qos1_throughput"},
+	{name: "fanin_shared_qos1_throughput", figure: "fanin_shared_qos1_throughput"},
+	{name: "connect_rate", figure: "connect_rate"},
+	{name: "idle_conn_memory", figure: "idle_conn_memory", morePeers: []string{"mochi-default"}},
+}
+
+// ratios compares Roost with each peer on every figure of compared that
+// was measured, in either run: nil where the peer has no figure (not
+// installed, or a figure it cannot produce).
+func ratios(figures map[string]map[string]float64) map[string]*float64 {
+	out := map[string]*float64{}
+	for _, c := range compared {
+		for _, run := range []string{"", wholeSuffix} {
+			by, ok := figures[c.figure+run]
+			if !ok {
+				continue
+			}
+			for _, peer := range append(slices.Clone(peers), c.morePeers...) {
+				var r *float64
+				if x, ok := by["roost"]; ok {
+					if y, ok := by[peer]; ok && y != 0 {
+						r = new(x / y)
+					}
+				}
+				out[c.name+"_roost_vs_"+strings.ReplaceAll(peer, "-", "_")+run] = r
+			}
+		}
+	}
+	if among, ok := figures["p2p_qos1_p99_us_among_idle_tenants"]["roost"]; ok {
+		if alone, ok := figures["p2p_qos1_16b_p99_us"]["roost"]; ok && alone > 0 {
+			out["p2p_qos1_p99_latency_among_idle_tenants_vs_alone"] = new(among / alone)
+		}
+	}
+	return out
+}
+
+// starter starts one target of the suite, pinned or not, keeping what it
+// writes under dir; memoryOnly is a target the whole-machine run leaves out.
+type starter struct {
+	name       string
+	memoryOnly bool
+	start      func(pin bool, dir string) (*process, error)
+}
+
+// runSuite starts every target and runs every scenario on each with the
+// brokers pinned to one CPU, then starts them afresh on the whole machine
+// and runs the throughput and connect scenarios again; then it writes the
+// results and prints a table.
 func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer) error {
 	sz, ok := suites[name]
 	if !ok {
@@ -371,36 +474,55 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 	if err != nil {
 		return err
 	}
-	res := suiteResult{Suite: name, Time: time.Now().UTC(), CPUs: runtime.NumCPU(), Calibration: cal,
-		Missing: map[string]string{}, Figures: map[string]map[string]float64{}, Spread: map[string]map[string]bench.Summary{}, Runs: map[string]map[string][]any{},
+	res := suiteResult{Suite: name, Time: time.Now().UTC(), CPUs: runtime.NumCPU(), Calibration: cal, Pinned: canPin(),
+		Missing: map[string]string{}, Unsupported: map[string]map[string]string{},
+		Figures: map[string]map[string]float64{}, Spread: map[string]map[string]bench.Summary{}, Runs: map[string]map[string][]any{},
 		Ratios: map[string]*float64{}, Absolute: map[string]*float64{}}
 
+	starters := []starter{
+		{name: "roost", start: func(pin bool, dir string) (*process, error) { return startRoost(ctx, roostBin, dir, pin, logs) }},
+		{name: "mochi", start: func(pin bool, _ string) (*process, error) { return startMochi("mochi", true, pin, logs) }},
+		{name: "mochi-default", memoryOnly: true, start: func(pin bool, _ string) (*process, error) {
+			return startMochi("mochi-default", false, pin, logs)
+		}},
+		{name: "mosquitto", start: func(pin bool, dir string) (*process, error) { return startMosquitto(dir, pin, logs) }},
+		{name: "nats", start: func(pin bool, dir string) (*process, error) { return startNats(dir, pin, logs) }},
+	}
 	var procs []*process
-	defer func() {
+	stopAll := func() {
 		for _, p := range procs {
 			p.stop()
 		}
-	}()
-	starters := []struct {
-		name  string
-		start func() (*process, error)
-	}{
-		{"roost", func() (*process, error) { return startRoost(ctx, roostBin, dir, logs) }},
-		{"mochi", func() (*process, error) { return startMochi("mochi", true, logs) }},
-		{"mochi-default", func() (*process, error) { return startMochi("mochi-default", false, logs) }},
-		{"mosquitto", func() (*process, error) { return startMosquitto(dir, logs) }},
+		procs = nil
 	}
-	for _, s := range starters {
-		p, err := s.start()
-		switch {
-		case err != nil:
-			return fmt.Errorf("start %s: %w", s.name, err)
-		case p == nil:
-			res.Missing[s.name] = "not installed"
-			continue
+	defer stopAll()
+	// startAll starts the targets of one run; whole leaves out the
+	// memory-only ones and pins none.
+	startAll := func(whole bool, dir string) error {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
 		}
-		procs = append(procs, p)
-		res.Targets = append(res.Targets, s.name)
+		for _, s := range starters {
+			if whole && s.memoryOnly {
+				continue
+			}
+			p, err := s.start(!whole, dir)
+			switch {
+			case err != nil:
+				return fmt.Errorf("start %s: %w", s.name, err)
+			case p == nil:
+				res.Missing[s.name] = "not installed"
+				continue
+			}
+			procs = append(procs, p)
+			if !whole {
+				res.Targets = append(res.Targets, s.name)
+			}
+		}
+		return nil
+	}
+	if err := startAll(false, dir); err != nil {
+		return err
 	}
 	record := func(figure, target string, runs []any, values []float64) {
 		if res.Figures[figure] == nil {
@@ -444,7 +566,7 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 	res.Absolute["idle_tenant_memory_bytes"] = nil
 	res.Absolute["idle_tenant_cpu_ms_per_s"] = nil
 	if err := func() error {
-		p, err := startRoost(ctx, roostBin, filepath.Join(dir, "tenants"), logs)
+		p, err := startRoost(ctx, roostBin, filepath.Join(dir, "tenants"), true, logs)
 		if err != nil {
 			return fmt.Errorf("start roost for tenants: %w", err)
 		}
@@ -460,6 +582,71 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 		return repeat("p2p_qos1_p99_us_among_idle_tenants", p.target.Name, func() (any, float64, error) { return latency(p.target, 1, 16) })
 	}(); err != nil {
 		return err
+	}
+
+	// measure runs the scenarios on one broker: in the pinned run every
+	// one, memory first; in the whole-machine run the throughput and
+	// connect scenarios, their figures named with wholeSuffix.
+	measure := func(p *process, whole bool) error {
+		t := p.target
+		type step struct {
+			figure string
+			run    func() (any, float64, error)
+		}
+		var steps []step
+		for _, qos := range []byte{0, 1} {
+			steps = append(steps, step{fmt.Sprintf("p2p_qos%d_throughput", qos), func() (any, float64, error) {
+				r, err := bench.P2P(ctx, t, sz.p2pPairs, qos, 16, 0, sz.p2pDuration)
+				return r, r.PerSecond, err
+			}})
+			if whole {
+				continue
+			}
+			for _, size := range sz.latencySizes {
+				steps = append(steps, step{fmt.Sprintf("p2p_qos%d_%db_p99_us", qos, size), func() (any, float64, error) { return latency(t, qos, size) }})
+			}
+		}
+		for _, qos := range sz.sustainedQoS {
+			steps = append(steps, step{fmt.Sprintf("p2p_qos%d_sustained", qos), func() (any, float64, error) {
+				r, err := bench.MaxSustained(ctx, t, sz.p2pPairs, qos, 16, sz.sustainedStart, sz.sustainedStep, sz.sustainedSteps)
+				return r, r.PerSecond, err
+			}})
+		}
+		steps = append(steps,
+			step{"fanout_qos0_throughput", func() (any, float64, error) {
+				r, err := bench.Fanout(ctx, t, sz.fanoutSubs, 0, sz.fanoutRate, sz.fanoutDuration)
+				return r, r.PerSecond, err
+			}},
+			step{"fanin_qos1_throughput", func() (any, float64, error) {
+				r, err := bench.Fanin(ctx, t, sz.faninPubs, 0, 1, sz.faninRate, sz.faninDuration)
+				return r, r.PerSecond, err
+			}},
+			step{"fanin_shared_qos1_throughput", func() (any, float64, error) {
+				r, err := bench.Fanin(ctx, t, sz.faninPubs, sz.faninGroup, 1, sz.faninRate, sz.faninDuration)
+				return r, r.PerSecond, err
+			}},
+			step{"connect_rate", func() (any, float64, error) {
+				r, err := bench.Conn(ctx, t, sz.connClients, 0, 100*time.Millisecond)
+				return r, r.PerSecond, err
+			}},
+		)
+		suffix := ""
+		if whole {
+			suffix = wholeSuffix
+		}
+		for _, s := range steps {
+			if why, ok := p.unsupported[s.figure]; ok {
+				if res.Unsupported[t.Name] == nil {
+					res.Unsupported[t.Name] = map[string]string{}
+				}
+				res.Unsupported[t.Name][s.figure] = why
+				continue
+			}
+			if err := repeat(s.figure+suffix, t.Name, s.run); err != nil {
+				return err
+			}
+		}
+		return nil
 	}
 
 	for _, p := range procs {
@@ -483,87 +670,25 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 		if t.Name == "mochi-default" { // for memory only
 			continue
 		}
-		var steps []func() error
-		for _, qos := range []byte{0, 1} {
-			steps = append(steps, func() error {
-				return repeat(fmt.Sprintf("p2p_qos%d_throughput", qos), t.Name, func() (any, float64, error) {
-					r, err := bench.P2P(ctx, t, sz.p2pPairs, qos, 16, 0, sz.p2pDuration)
-					return r, r.PerSecond, err
-				})
-			})
-			for _, size := range sz.latencySizes {
-				steps = append(steps, func() error {
-					return repeat(fmt.Sprintf("p2p_qos%d_%db_p99_us", qos, size), t.Name, func() (any, float64, error) { return latency(t, qos, size) })
-				})
-			}
-		}
-		for _, qos := range sz.sustainedQoS {
-			steps = append(steps, func() error {
-				return repeat(fmt.Sprintf("p2p_qos%d_sustained", qos), t.Name, func() (any, float64, error) {
-					r, err := bench.MaxSustained(ctx, t, sz.p2pPairs, qos, 16, sz.sustainedStart, sz.sustainedStep, sz.sustainedSteps)
-					return r, r.PerSecond, err
-				})
-			})
-		}
-		steps = append(steps,
-			func() error {
-				return repeat("fanout_qos0_throughput", t.Name, func() (any, float64, error) {
-					r, err := bench.Fanout(ctx, t, sz.fanoutSubs, 0, sz.fanoutRate, sz.fanoutDuration)
-					return r, r.PerSecond, err
-				})
-			},
-			func() error {
-				return repeat("fanin_qos1_throughput", t.Name, func() (any, float64, error) {
-					r, err := bench.Fanin(ctx, t, sz.faninPubs, 0, 1, sz.faninRate, sz.faninDuration)
-					return r, r.PerSecond, err
-				})
-			},
-			func() error {
-				return repeat("fanin_shared_qos1_throughput", t.Name, func() (any, float64, error) {
-					r, err := bench.Fanin(ctx, t, sz.faninPubs, sz.faninGroup, 1, sz.faninRate, sz.faninDuration)
-					return r, r.PerSecond, err
-				})
-			},
-			func() error {
-				return repeat("connect_rate", t.Name, func() (any, float64, error) {
-					r, err := bench.Conn(ctx, t, sz.connClients, 0, 100*time.Millisecond)
-					return r, r.PerSecond, err
-				})
-			},
-		)
-		for _, step := range steps {
-			if err := step(); err != nil {
-				return err
-			}
+		if err := measure(p, false); err != nil {
+			return err
 		}
 	}
-	ratio := func(figure, a, b string) *float64 {
-		x, okA := res.Figures[figure][a]
-		y, okB := res.Figures[figure][b]
-		if !okA || !okB || y == 0 {
-			return nil
-		}
-		r := x / y
-		return &r
+
+	// The whole machine: the same brokers started afresh, unpinned.
+	stopAll()
+	if err := startAll(true, filepath.Join(dir, "whole")); err != nil {
+		return err
 	}
-	res.Ratios["p2p_qos1_throughput_roost_vs_mochi"] = ratio("p2p_qos1_throughput", "roost", "mochi")
-	res.Ratios["p2p_qos1_throughput_roost_vs_mosquitto"] = ratio("p2p_qos1_throughput", "roost", "mosquitto")
-	res.Ratios["p2p_qos0_throughput_roost_vs_mosquitto"] = ratio("p2p_qos0_throughput", "roost", "mosquitto")
-	res.Ratios["fanout_qos0_throughput_roost_vs_mosquitto"] = ratio("fanout_qos0_throughput", "roost", "mosquitto")
-	res.Ratios["connect_rate_roost_vs_mosquitto"] = ratio("connect_rate", "roost", "mosquitto")
-	res.Ratios["idle_conn_memory_roost_vs_mochi_default"] = ratio("idle_conn_memory", "roost", "mochi-default")
-	res.Ratios["p2p_qos1_sustained_roost_vs_mochi"] = ratio("p2p_qos1_sustained", "roost", "mochi")
-	res.Ratios["p2p_qos1_sustained_roost_vs_mosquitto"] = ratio("p2p_qos1_sustained", "roost", "mosquitto")
-	res.Ratios["p2p_qos1_p99_latency_roost_vs_mochi"] = ratio("p2p_qos1_16b_p99_us", "roost", "mochi")
-	res.Ratios["p2p_qos1_p99_latency_roost_vs_mosquitto"] = ratio("p2p_qos1_16b_p99_us", "roost", "mosquitto")
-	res.Ratios["fanin_qos1_throughput_roost_vs_mosquitto"] = ratio("fanin_qos1_throughput", "roost", "mosquitto")
-	res.Ratios["fanin_shared_qos1_throughput_roost_vs_mosquitto"] = ratio("fanin_shared_qos1_throughput", "roost", "mosquitto")
-	if among, ok := res.Figures["p2p_qos1_p99_us_among_idle_tenants"]["roost"]; ok {
-		if alone, ok := res.Figures["p2p_qos1_16b_p99_us"]["roost"]; ok && alone > 0 {
-			r := among / alone
-			res.Ratios["p2p_qos1_p99_latency_among_idle_tenants_vs_alone"] = &r
+	for _, p := range procs {
+		fmt.Fprintf(out, "%s, whole machine ...\n", p.target.Name)
+		if err := measure(p, true); err != nil {
+			return err
 		}
 	}
+	stopAll()
+
+	res.Ratios = ratios(res.Figures)
 	if m, ok := res.Figures["idle_conn_memory"]["roost"]; ok {
 		res.Absolute["idle_conn_memory_bytes"] = &m
 		// The instance alone: the tenant's share less its idle connections.
@@ -595,18 +720,18 @@ func printTable(out io.Writer, res suiteResult) {
 		figures = append(figures, f)
 	}
 	sort.Strings(figures)
-	fmt.Fprintf(out, "\n%-24s", "median of runs")
+	fmt.Fprintf(out, "\n%-36s", "median of runs")
 	for _, t := range res.Targets {
-		fmt.Fprintf(out, "%16s", t)
+		fmt.Fprintf(out, "%15s", t)
 	}
 	fmt.Fprintln(out)
 	for _, f := range figures {
-		fmt.Fprintf(out, "%-24s", f)
+		fmt.Fprintf(out, "%-36s", f)
 		for _, t := range res.Targets {
 			if v, ok := res.Figures[f][t]; ok {
-				fmt.Fprintf(out, "%16.0f", v)
+				fmt.Fprintf(out, "%15.0f", v)
 			} else {
-				fmt.Fprintf(out, "%16s", "-")
+				fmt.Fprintf(out, "%15s", "-")
 			}
 		}
 		fmt.Fprintln(out)
@@ -619,15 +744,24 @@ func printTable(out io.Writer, res suiteResult) {
 	fmt.Fprintln(out)
 	for _, k := range names {
 		if v := res.Ratios[k]; v != nil {
-			fmt.Fprintf(out, "%-45s %6.2f\n", k, *v)
+			fmt.Fprintf(out, "%-56s %6.2f\n", k, *v)
 		} else {
-			fmt.Fprintf(out, "%-45s %6s\n", k, "n/a")
+			fmt.Fprintf(out, "%-56s %6s\n", k, "n/a")
 		}
 	}
 	for k, why := range res.Missing {
 		fmt.Fprintf(out, "%s: %s\n", k, why)
 	}
-	fmt.Fprintf(out, "loopback RTT %.1f µs, %.0f small writes/s, %d CPUs\n", res.Calibration.LoopbackRTTMicros, res.Calibration.SmallWritesPerSecond, res.CPUs)
+	for t, figures := range res.Unsupported {
+		for f, why := range figures {
+			fmt.Fprintf(out, "%s: no %s: %s\n", t, f, why)
+		}
+	}
+	pinning := "brokers pinned to CPU 0, then on the whole machine (figures and ratios ending in " + wholeSuffix + ")"
+	if !res.Pinned {
+		pinning = "brokers NOT pinned in either run (one CPU, or no taskset)"
+	}
+	fmt.Fprintf(out, "loopback RTT %.1f µs, %.0f small writes/s, %d CPUs; %s\n", res.Calibration.LoopbackRTTMicros, res.Calibration.SmallWritesPerSecond, res.CPUs, pinning)
 }
 
 // idleResult is what idleTenants measured; close disconnects its devices.
