@@ -100,6 +100,10 @@ func TestWideTenant(t *testing.T) {
 	if got := payloads(receiveN(t, pcMsgs, 5, 10*time.Second)); !slices.Equal(got, batch) {
 		t.Errorf("before widening, the connected persistent session got %v, want %v", got, batch)
 	}
+	// paho hands a message over before it acknowledges it: a publish of
+	// pc's own, acknowledged, says the broker has read its PUBACKs (one
+	// connection's packets are read in order), so none is sent again.
+	f.mustPublish(pc, "sync/pc", "", 1, false)
 	if on := servedBy(series); !slices.Equal(on, []int{home}) {
 		t.Errorf("before widening, nodes %v serve the tenant's connections; want its home %d alone", on, home)
 	}
@@ -119,6 +123,11 @@ func TestWideTenant(t *testing.T) {
 	for _, c := range extra {
 		c.Disconnect(&paho.Disconnect{})
 	}
+	// (A device back before the home recorded the width is forwarded to
+	// the home, and stays there: this test wants each on its own node.)
+	waitFor("the home serves the tenant as one of its nodes", 10*time.Second, func() bool {
+		return f.metric(home, fmt.Sprintf("roost_fabric_tenant_width{tenant=%q}", f.slug)) == 3
+	})
 	waitFor("the tenant is served by its other nodes", 10*time.Second, func() bool {
 		c, _, err := f.dial(b, "c1", false, func(m *paho.Publish) { clean <- m })
 		if err != nil {
@@ -150,10 +159,11 @@ func TestWideTenant(t *testing.T) {
 	if got := payloads(receiveN(t, clean, 5, 10*time.Second)); !slices.Equal(got, batch) {
 		t.Errorf("once wide, the subscriber on node %d got %v from node %d, want %v", b, got, a, batch)
 	}
-	if got := payloads(receiveN(t, pcMsgs, 5, 10*time.Second)); !slices.Equal(got, batch) {
-		t.Errorf("once wide, the persistent session back on node %d got %v from node %d, want %v", b, got, a, batch)
+	// A message published as the session attaches may reach it twice (read
+	// from its queue, and sent by the publisher's node: docs/operations.md).
+	if got, dups := distinct(t, pcMsgs, 5, 10*time.Second); !slices.Equal(got, batch) || dups > 1 {
+		t.Errorf("once wide, the persistent session back on node %d got %v (%d duplicates) from node %d, want %v (at most one duplicate)", b, got, dups, a, batch)
 	}
-	expectQuiet(t, pcMsgs, 300*time.Millisecond, "the persistent session after what was published")
 	pc.Disconnect(&paho.Disconnect{})
 
 	// 3. The persistent session, offline since before the tenant widened,
@@ -261,6 +271,36 @@ func TestWideTenant(t *testing.T) {
 	for i := 1; i <= 3; i++ {
 		if n := f.metric(i, "roost_fabric_tenants"); n > 1 {
 			t.Errorf("node %d serves %v tenants as one of several; want the wide one at most", i, n)
+		}
+	}
+}
+
+// distinct takes messages from ch until n distinct payloads arrived, and
+// then for 300 ms more; it returns them in the order each first came, and
+// how many came again.
+func distinct(t *testing.T, ch chan *paho.Publish, n int, d time.Duration) (got []string, dups int) {
+	t.Helper()
+	seen := map[string]bool{}
+	deadline := time.After(d)
+	var quiet <-chan time.Time
+	for {
+		select {
+		case m := <-ch:
+			if p := string(m.Payload); seen[p] {
+				dups++
+			} else {
+				seen[p] = true
+				got = append(got, p)
+			}
+			if len(got) == n && quiet == nil {
+				quiet = time.After(300 * time.Millisecond)
+			}
+		case <-quiet:
+			return got, dups
+		case <-deadline:
+			if quiet == nil {
+				t.Fatalf("got %d distinct messages of %d within %s: %v", len(got), n, d, got)
+			}
 		}
 	}
 }
