@@ -37,6 +37,7 @@ var (
 	descThrottled    = prometheus.NewDesc("roost_throttled_total", "Publishes refused for publish_rate or tenant_publish_rate.", []string{"tenant"}, nil)
 	descAuthFailed   = prometheus.NewDesc("roost_auth_failures_total", "Refused connection attempts for existing tenants.", []string{"tenant"}, nil)
 	descQueued       = prometheus.NewDesc("roost_queued_messages", "Messages waiting in persistent sessions' queues.", []string{"tenant"}, nil)
+	descClaims       = prometheus.NewDesc("roost_session_claims_total", "Persistent-session claims the tenant's broker on this node made since it started, each a new epoch that fences the session's previous owner.", []string{"tenant"}, nil)
 	descQuotaHits    = prometheus.NewDesc("roost_quota_exceeded_total", "Limit hits by quota (only quotas hit at least once).", []string{"tenant", "quota"}, nil)
 	descTenants      = prometheus.NewDesc("roost_tenants_metered", "Tenants with a meter since the hub started.", nil, nil)
 	descBrokers      = prometheus.NewDesc("roost_tenant_brokers", "Running tenant brokers.", nil, nil)
@@ -62,7 +63,7 @@ var (
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRetries, descFenced, descLeaseRefused,
+	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descClaims, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRetries, descFenced, descLeaseRefused,
 		descFabricTenants, descFabricRoutes, descFabricLag, descFabricMsgs, descFabricStale, descFabricFailed, descFabricLapses, descTenantRoutes, descTenantLag, descTenantWidth} {
 		ch <- d
 	}
@@ -75,8 +76,9 @@ type tenantSample struct {
 	throttled, authFailed, queued, busy int64
 	hits                                map[string]int64
 	// routes and lag are the tenant's in the fabric, on this node; width
-	// is how many nodes serve it, if it widened (see wide.go).
-	routes, lag, width int64
+	// is how many nodes serve it, if it widened (see wide.go); claims are
+	// the session claims (epochs) its broker here made.
+	routes, lag, width, claims int64
 }
 
 func (s *tenantSample) add(o tenantSample) {
@@ -90,6 +92,7 @@ func (s *tenantSample) add(o tenantSample) {
 	s.queued += o.queued
 	s.routes += o.routes
 	s.lag += o.lag
+	s.claims += o.claims
 	for q, n := range o.hits {
 		s.hits[q] += n
 	}
@@ -111,6 +114,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		if inst := c.h.reg.running(s.tenant); inst != nil {
 			if inst.persist != nil {
 				s.queued = inst.persist.queued()
+				s.claims = inst.persist.claims.Load()
 			}
 			s.routes, s.lag = inst.fabricFigures()
 			if inst.spread && c.h.cfg.Cluster != nil && !c.h.cfg.SpreadAll {
@@ -167,6 +171,7 @@ func emit(ch chan<- prometheus.Metric, spread bool, s tenantSample) {
 	ch <- prometheus.MustNewConstMetric(descThrottled, prometheus.CounterValue, float64(s.throttled), s.tenant)
 	ch <- prometheus.MustNewConstMetric(descAuthFailed, prometheus.CounterValue, float64(s.authFailed), s.tenant)
 	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(s.queued), s.tenant)
+	ch <- prometheus.MustNewConstMetric(descClaims, prometheus.CounterValue, float64(s.claims), s.tenant)
 	if spread {
 		ch <- prometheus.MustNewConstMetric(descTenantRoutes, prometheus.GaugeValue, float64(s.routes), s.tenant)
 		ch <- prometheus.MustNewConstMetric(descTenantLag, prometheus.GaugeValue, float64(s.lag), s.tenant)

@@ -86,6 +86,8 @@ const seqProperty = "\x00roost-publish"
 // when the client's PUBREC arrives, so that after a restart it is resent
 // with the same id (the client recognises it) or only its PUBREL is.
 type persistence struct {
+	// claims counts the session claims made here, each a new epoch.
+	claims atomic.Int64
 	st     SessionStore
 	tenant string
 	// server is the tenant's mochi server the store mirrors; host answers
@@ -821,6 +823,7 @@ func (p *persistence) claim(ctx context.Context, clientID string) error {
 	if err != nil {
 		return err
 	}
+	p.claims.Add(1)
 	p.mu.Lock()
 	// Two connects with one client id may store their claims in either
 	// order: the later claim is the higher epoch.

@@ -155,6 +155,9 @@ func TestWideTenant(t *testing.T) {
 	if err != nil || !ca.SessionPresent {
 		t.Fatalf("the persistent session connected as the tenant widened, back through node %d: %v (connack %+v)", b, err, ca)
 	}
+	if n := f.metric(b, fmt.Sprintf("roost_session_claims_total{tenant=%q}", f.slug)); n < 1 {
+		t.Errorf("node %d made %v session claims as the persistent session came back there, want at least 1", b, n)
+	}
 	batch = publish(p, 5)
 	if got := payloads(receiveN(t, clean, 5, 10*time.Second)); !slices.Equal(got, batch) {
 		t.Errorf("once wide, the subscriber on node %d got %v from node %d, want %v", b, got, a, batch)
