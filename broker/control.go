@@ -145,6 +145,13 @@ func (h *Hub) Watch(ctx context.Context, tenant, watcher, filter string, fn func
 	}
 	id := int(watchIDs.Add(1) % (1 << 28)) // mochi's subscription identifiers are < 2^28
 	err = inst.server.Subscribe(filter, id, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+		if strings.HasPrefix(pk.TopicName, "$") {
+			// A view's filter cannot start with $, so a $-topic reached it
+			// through a leading wildcard, which must not match it
+			// [MQTT-4.7.2-1]; mochi hands $events and other $-topics to
+			// an inline subscription to # all the same.
+			return
+		}
 		fn(dataplane.Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain})
 	})
 	if err != nil {

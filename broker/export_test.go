@@ -1,8 +1,14 @@
 package broker
 
+import "time"
+
 // SetLimitsOff turns the publish quotas and metering off or on, for the
 // benchmark that compares the data plane with and without them.
 func SetLimitsOff(h *Hub, off bool) { h.limitsOff = off }
+
+// SetDenialWindow sets how often a device's denied publishes to one topic
+// raise an event.
+func SetDenialWindow(h *Hub, d time.Duration) { h.denialWindow.Store(int64(d)) }
 
 // LoseInflight drops the QoS 1 and 2 messages a connected client is being
 // sent from mochi's state, as mochi itself does with a full write queue,

@@ -104,6 +104,14 @@ func (s *stack) setQuota(tenant, quota string, v int64) {
 	}
 }
 
+// denyAction sets a tenant's deny_action, as its admin does.
+func (s *stack) denyAction(tenant string, a tenants.DenyAction) {
+	s.t.Helper()
+	if _, err := s.store.UpdateTenant(ctx, tenant, tenants.TenantUpdate{DenyAction: &a}); err != nil {
+		s.t.Fatal(err)
+	}
+}
+
 // device registers a device and returns its secret.
 func (s *stack) device(tenant, name string, policy ...tenants.ClientIDPolicy) string {
 	s.t.Helper()
