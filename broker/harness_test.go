@@ -110,6 +110,10 @@ func (s *stack) denyAction(tenant string, a tenants.DenyAction) {
 	if _, err := s.store.UpdateTenant(ctx, tenant, tenants.TenantUpdate{DenyAction: &a}); err != nil {
 		s.t.Fatal(err)
 	}
+	eventually(s.t, 5*time.Second, "the running broker has the new deny_action", func() bool {
+		got, running := broker.DenyActionOf(s.hub, tenant)
+		return !running || got == a
+	})
 }
 
 // device registers a device and returns its secret.
