@@ -1,10 +1,15 @@
 package web_test
 
 import (
+	"context"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/roosthub/roost/tenants"
 )
@@ -71,6 +76,35 @@ func TestConsoleDenyAction(t *testing.T) {
 	}
 	if got, other := denyAction("acme"), denyAction("other"); got != tenants.DenyIgnore || other != tenants.DenyIgnore {
 		t.Errorf("after a refused value: acme %s, other %s, want ignore both", got, other)
+	}
+
+	// A denied publish shows on the events page, with its topic.
+	if a := owner.post("/tenants/acme/acl", url.Values{"effect": {"deny"}, "action": {"publish"}, "topic": {"secret/#"}, "device": {"*"}, "position": {"1"}}); a.status != http.StatusSeeOther {
+		t.Fatalf("deny rule: %d", a.status)
+	}
+	secret := owner.device("acme", "d1", "")
+	conn, err := net.Dial("tcp", s.mqttAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := paho.NewClient(paho.ClientConfig{Conn: conn})
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Connect(ctx, &paho.Connect{ClientID: "d1", KeepAlive: 30, CleanStart: true, Username: "acme/d1", UsernameFlag: true, Password: []byte(secret), PasswordFlag: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Disconnect(&paho.Disconnect{})
+	if r, _ := c.Publish(ctx, &paho.Publish{Topic: "secret/plans", QoS: 1, Payload: []byte("x")}); r == nil || r.ReasonCode != 0x87 {
+		t.Fatalf("denied publish answered %+v, want 0x87", r)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		page := viewer.get("/tenants/acme/events?type=publish_denied")
+		if strings.Contains(page.body, "<td>publish_denied</td><td>d1</td>") && strings.Contains(page.body, "<code>secret/plans</code>") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the events page does not show the denied publish:\n%s", page.body)
+		}
 	}
 
 	es, _, err := s.store.Audit(t.Context(), "acme", tenants.Page{Limit: 200})
