@@ -182,7 +182,7 @@ func (h *Hub) publishDenied(tenant, device, clientID, remote, topic, reason stri
 	d.devices[device] = now
 	d.mu.Unlock()
 	if len(topic) > maxDeniedTopic {
-		topic = topic[:maxDeniedTopic]
+		topic = strings.ToValidUTF8(topic[:maxDeniedTopic], "")
 	}
 	h.log.Info("publish denied", "tenant", tenant, "device", device, "client_id", clientID, "topic", topic, "reason", reason, "count", count)
 	h.emit(events.Event{Tenant: tenant, Type: events.PublishDenied, Device: device, ClientID: clientID, Remote: remote,

@@ -332,10 +332,24 @@ func TestDollarTopics(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	// As settle for the view, which scanned for retained messages in this
-	// goroutine: a second view takes the topic index's lock after that
-	// scan, as the retained publish below does before its write.
-	if err := s.hub.Watch(wctx, "acme", "viewer", "settle", func(dataplane.Message) {}); err != nil {
+	// A view on $foo/# sees $foo/bar; one on a reserved prefix is refused.
+	var named4 []string
+	if err := s.hub.Watch(wctx, "acme", "viewer", "$foo/#", func(m dataplane.Message) {
+		mu.Lock()
+		named4 = append(named4, m.Topic)
+		mu.Unlock()
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"$events/#", "$SYS/#", "$share/g/#", "$roost/#"} {
+		if err := s.hub.Watch(wctx, "acme", "viewer2", f, func(dataplane.Message) {}); err == nil || !strings.Contains(err.Error(), "reserved") {
+			t.Errorf("a live view on %s: %v, want refused as reserved", f, err)
+		}
+	}
+	// As settle for the views, which scanned for retained messages in this
+	// goroutine: one more takes the topic index's lock after those scans,
+	// as the retained publish below does before its write.
+	if err := s.hub.Watch(wctx, "acme", "viewer2", "settle", func(dataplane.Message) {}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -372,6 +386,9 @@ func TestDollarTopics(t *testing.T) {
 	defer mu.Unlock()
 	if fmt.Sprint(viewed) != "[plain]" {
 		t.Errorf("the live view on # saw %v, want [plain]", viewed)
+	}
+	if fmt.Sprint(named4) != "[$foo/bar $foo/api]" {
+		t.Errorf("the live view on $foo/# saw %v, want [$foo/bar $foo/api]", named4)
 	}
 }
 
