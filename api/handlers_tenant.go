@@ -87,10 +87,18 @@ func handleTenantGet(ts tenantStore) handler {
 	}
 }
 
+// handleTenantUpdate changes a tenant's settings, each by the role it
+// needs (tenants.TenantUpdate.MayApply).
 func handleTenantUpdate(ts tenantStore) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		var u tenants.TenantUpdate
 		if err := decode(r, &u); err != nil {
+			return err
+		}
+		if err := u.Validate(); err != nil {
+			return err
+		}
+		if err := u.MayApply(roleFrom(r.Context())); err != nil {
 			return err
 		}
 		t, err := ts.UpdateTenant(r.Context(), chi.URLParam(r, "tenant"), u)

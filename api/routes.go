@@ -44,7 +44,9 @@ func (s *Server) routes() chi.Router {
 				viewer, admin, owner := s.need(tenants.RoleViewer), s.need(tenants.RoleAdmin), s.need(tenants.RoleOwner)
 
 				r.With(viewer).Get("/", s.serve(handleTenantGet(st)))
-				r.With(owner).Patch("/", s.serve(handleTenantUpdate(st)))
+				// Admins set the deny action; renaming and the queue
+				// policy are owners' (TenantUpdate.MayApply).
+				r.With(admin).Patch("/", s.serve(handleTenantUpdate(st)))
 				r.With(owner).Delete("/", s.serve(handleTenantDelete(st)))
 
 				r.With(viewer).Get("/devices", s.serve(handleDeviceList(st)))

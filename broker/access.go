@@ -2,6 +2,7 @@ package broker
 
 import (
 	"errors"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -24,7 +25,8 @@ type accessHook struct {
 
 func (h *accessHook) ID() string { return "roost-access" }
 
-var accessHookEvents = provides(mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnConnect, mqtt.OnDisconnect, mqtt.OnPacketEncode)
+var accessHookEvents = provides(mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnConnect, mqtt.OnDisconnect, mqtt.OnPacketEncode,
+	mqtt.OnPublish, mqtt.OnSubscribe, mqtt.OnSubscribed)
 
 func (h *accessHook) Provides(b byte) bool { return accessHookEvents.has(b) }
 
@@ -96,15 +98,52 @@ func (h *accessHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 
 // OnACLCheck decides publish (write) and subscribe or delivery (read) by the
 // tenant's rules. mochi asks it for every publish, every subscription filter
-// and every delivery, retained messages included.
+// and every delivery, retained messages included. A device's publish it
+// refuses is raised as denied, and may be let on to be acknowledged and
+// dropped (deny.go).
 func (h *accessHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	if topic == withdrawnWill {
 		return false
 	}
-	if dc, ok := cl.Net.Conn.(*deviceConn); ok && !write && dc.refusedFilter(topic) {
+	dc, ok := cl.Net.Conn.(*deviceConn)
+	if ok && !write && dc.refusedFilter(topic) {
 		return false // over max_subscriptions: see overSubscriptions
 	}
-	return h.inst.hookACL(cl, topic, write)
+	if h.inst.hookACL(cl, topic, write) {
+		return true
+	}
+	if ok && write {
+		return h.inst.publishDenied(cl, dc, topic)
+	}
+	return false
+}
+
+// OnPublish drops a denied publish the ACL check let on to be acknowledged
+// (deny_action ignore, 3.1.1): mochi acknowledges it, and routes, retains,
+// stores and meters nothing. It comes before every other hook's OnPublish,
+// which it ends.
+func (h *accessHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok && dc.dropDenied() {
+		return pk, packets.CodeSuccessIgnore
+	}
+	return pk, nil
+}
+
+// OnSubscribe notes the SUBSCRIBE's $-filters, so that their ACL checks are
+// not taken for deliveries (isDelivery).
+func (h *accessHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		dc.noteSubscribing(pk)
+	}
+	return pk
+}
+
+// OnSubscribed forgets them, before mochi sends the retained messages of
+// the new subscriptions, which are deliveries.
+func (h *accessHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		dc.noteSubscribing(packets.Packet{})
+	}
 }
 
 // OnPacketEncode checks a resumed session's waiting messages once more as
@@ -118,9 +157,15 @@ func (h *accessHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.
 
 // hookACL decides for a client: one connected through the ingress, or a
 // session restored from the store that has not reconnected yet.
+//
+// A delivery of a $-topic must come through a filter that names the
+// topic's first level: mochi lets a shared subscription to # and the
+// retained messages sent to a new one to # have $-topics (see
+// wildcardDollar).
 func (inst *instance) hookACL(cl *mqtt.Client, topic string, write bool) bool {
 	device := ""
-	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+	dc, ok := cl.Net.Conn.(*deviceConn)
+	if ok {
 		device = dc.id.device
 	} else if inst.persist != nil && cl.Net.Conn == nil && !cl.Net.Inline {
 		device = inst.persist.deviceOf(cl.ID)
@@ -130,6 +175,9 @@ func (inst *instance) hookACL(cl *mqtt.Client, topic string, write bool) bool {
 	}
 	if write {
 		return inst.mayPublish(device, topic)
+	}
+	if strings.HasPrefix(topic, "$") && isDelivery(dc, topic) && wildcardDollar(cl, topic) {
+		return false
 	}
 	return inst.allowed(device, tenants.ActionSubscribe, topic)
 }

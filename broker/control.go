@@ -132,8 +132,8 @@ func (h *Hub) Watch(ctx context.Context, tenant, watcher, filter string, fn func
 	if err := tenants.ValidateFilter(filter); err != nil {
 		return &tenants.FieldError{Field: "filter", Message: err.Error()}
 	}
-	if strings.HasPrefix(filter, "$") {
-		return &tenants.FieldError{Field: "filter", Message: "filters starting with $ are reserved"}
+	if reserved(filter) {
+		return &tenants.FieldError{Field: "filter", Message: "filters under $SYS, $events, $roost and $share are reserved"}
 	}
 	t, err := h.activeTenant(ctx, tenant)
 	if err != nil {
@@ -145,6 +145,12 @@ func (h *Hub) Watch(ctx context.Context, tenant, watcher, filter string, fn func
 	}
 	id := int(watchIDs.Add(1) % (1 << 28)) // mochi's subscription identifiers are < 2^28
 	err = inst.server.Subscribe(filter, id, func(_ *mqtt.Client, _ packets.Subscription, pk packets.Packet) {
+		if strings.HasPrefix(pk.TopicName, "$") && !strings.HasPrefix(filter, "$") {
+			// A $-topic reached the view through a leading wildcard, which
+			// must not match it [MQTT-4.7.2-1]; mochi hands $events and
+			// other $-topics to an inline subscription to # all the same.
+			return
+		}
 		fn(dataplane.Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain})
 	})
 	if err != nil {

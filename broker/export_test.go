@@ -1,8 +1,28 @@
 package broker
 
+import (
+	"time"
+
+	"github.com/roosthub/roost/tenants"
+)
+
 // SetLimitsOff turns the publish quotas and metering off or on, for the
 // benchmark that compares the data plane with and without them.
 func SetLimitsOff(h *Hub, off bool) { h.limitsOff = off }
+
+// DenyActionOf returns the deny_action a tenant's running broker applies;
+// false if it is not running.
+func DenyActionOf(h *Hub, tenant string) (tenants.DenyAction, bool) {
+	inst := h.reg.running(tenant)
+	if inst == nil {
+		return "", false
+	}
+	return inst.denyAction(), true
+}
+
+// SetDenialWindow sets how often a device's denied publishes to one topic
+// raise an event.
+func SetDenialWindow(h *Hub, d time.Duration) { h.denialWindow.Store(int64(d)) }
 
 // LoseInflight drops the QoS 1 and 2 messages a connected client is being
 // sent from mochi's state, as mochi itself does with a full write queue,

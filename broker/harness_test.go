@@ -104,6 +104,18 @@ func (s *stack) setQuota(tenant, quota string, v int64) {
 	}
 }
 
+// denyAction sets a tenant's deny_action, as its admin does.
+func (s *stack) denyAction(tenant string, a tenants.DenyAction) {
+	s.t.Helper()
+	if _, err := s.store.UpdateTenant(ctx, tenant, tenants.TenantUpdate{DenyAction: &a}); err != nil {
+		s.t.Fatal(err)
+	}
+	eventually(s.t, 5*time.Second, "the running broker has the new deny_action", func() bool {
+		got, running := broker.DenyActionOf(s.hub, tenant)
+		return !running || got == a
+	})
+}
+
 // device registers a device and returns its secret.
 func (s *stack) device(tenant, name string, policy ...tenants.ClientIDPolicy) string {
 	s.t.Helper()

@@ -155,6 +155,9 @@ type Hub struct {
 	// limitsOff skips the publish quotas and metering: only for the
 	// benchmark that measures what they cost.
 	limitsOff bool
+	// denialWindow is how often a device's denied publishes to one topic
+	// raise an event (nanoseconds; denialEvery but in tests).
+	denialWindow atomic.Int64
 
 	seenMu sync.Mutex
 	seen   map[deviceKey]time.Time // last-seen times not yet written
@@ -214,6 +217,7 @@ func New(cfg Config) (*Hub, error) {
 		done:      make(chan struct{}),
 		seen:      map[deviceKey]time.Time{},
 	}
+	h.denialWindow.Store(int64(denialEvery))
 	h.reg = newRegistry(cfg, func(t tenants.Tenant) (*instance, error) { return newInstance(h, t) })
 	h.changes = newChangeApplier(cfg, h.dir, h.reg)
 	if cfg.Cluster != nil {

@@ -95,8 +95,10 @@ type instance struct {
 	// q is the tenant's quotas as they are now; see quota.go.
 	q            atomic.Pointer[tenants.Quotas]
 	billsOverage atomic.Bool
-	connectRate  rate.Bucket
-	publishRate  rate.Bucket
+	// deny is the tenant's deny_action as it is now; see deny.go.
+	deny        atomic.Pointer[tenants.DenyAction]
+	connectRate rate.Bucket
+	publishRate rate.Bucket
 	// meter counts the tenant's usage; it outlives the instance.
 	meter *meter
 }
@@ -358,6 +360,9 @@ type env interface {
 	emit(events.Event)
 	// quotaHit counts a device's hit of a quota and raises its event.
 	quotaHit(device, clientID, quota string, limit int64)
+	// publishDenied counts a device's denied publish and raises its event
+	// (folding repeats; see denials).
+	publishDenied(device, clientID, remote, topic, reason string)
 	// touch notes that a device was seen.
 	touch(device string, at time.Time)
 	// qualifies checks an admitted connection against the directory as it
@@ -383,6 +388,9 @@ func (e hubEnv) now() time.Time       { return e.h.now() }
 func (e hubEnv) emit(ev events.Event) { e.h.emit(ev) }
 func (e hubEnv) quotaHit(device, clientID, quota string, limit int64) {
 	e.h.quotaHit(e.tenant, device, clientID, quota, limit)
+}
+func (e hubEnv) publishDenied(device, clientID, remote, topic, reason string) {
+	e.h.publishDenied(e.tenant, device, clientID, remote, topic, reason)
 }
 func (e hubEnv) touch(device string, at time.Time) { e.h.touch(e.tenant, device, at) }
 func (e hubEnv) qualifies(id identity, clientID string) *refusal {

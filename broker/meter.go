@@ -51,6 +51,11 @@ type meter struct {
 	hitMu   sync.Mutex
 	hits    map[string]int64     // quota → limit hits since the hub started
 	lastHit map[string]time.Time // device and quota → last event raised
+
+	// denied counts the tenant's denied publishes since the hub started;
+	// denials folds them into events.
+	denied  atomic.Int64
+	denials denials
 }
 
 // usageBucket is one hour's counts not yet flushed.

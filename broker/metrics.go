@@ -35,6 +35,7 @@ var (
 	descMessages     = prometheus.NewDesc("roost_messages_total", "PUBLISH packets: in from devices and the API, out to devices.", []string{"tenant", "direction"}, nil)
 	descBytes        = prometheus.NewDesc("roost_payload_bytes_total", "Payload bytes of those PUBLISH packets.", []string{"tenant", "direction"}, nil)
 	descThrottled    = prometheus.NewDesc("roost_throttled_total", "Publishes refused for publish_rate or tenant_publish_rate.", []string{"tenant"}, nil)
+	descDenied       = prometheus.NewDesc("roost_publishes_denied_total", "Device publishes (and Wills) the tenant's rules denied, or to a reserved topic.", []string{"tenant"}, nil)
 	descAuthFailed   = prometheus.NewDesc("roost_auth_failures_total", "Refused connection attempts for existing tenants.", []string{"tenant"}, nil)
 	descQueued       = prometheus.NewDesc("roost_queued_messages", "Messages waiting in persistent sessions' queues.", []string{"tenant"}, nil)
 	descClaims       = prometheus.NewDesc("roost_session_claims_total", "Persistent-session claims the tenant's broker on this node made since it started, each a new epoch that fences the session's previous owner.", []string{"tenant"}, nil)
@@ -63,7 +64,7 @@ var (
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descAuthFailed, descQueued, descClaims, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRetries, descFenced, descLeaseRefused,
+	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descDenied, descAuthFailed, descQueued, descClaims, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRetries, descFenced, descLeaseRefused,
 		descFabricTenants, descFabricRoutes, descFabricLag, descFabricMsgs, descFabricStale, descFabricFailed, descFabricLapses, descTenantRoutes, descTenantLag, descTenantWidth} {
 		ch <- d
 	}
@@ -74,6 +75,7 @@ type tenantSample struct {
 	tenant                              string
 	conns, in, out, bytesIn, bytesOut   int64
 	throttled, authFailed, queued, busy int64
+	denied                              int64
 	hits                                map[string]int64
 	// routes and lag are the tenant's in the fabric, on this node; width
 	// is how many nodes serve it, if it widened (see wide.go); claims are
@@ -88,6 +90,7 @@ func (s *tenantSample) add(o tenantSample) {
 	s.bytesIn += o.bytesIn
 	s.bytesOut += o.bytesOut
 	s.throttled += o.throttled
+	s.denied += o.denied
 	s.authFailed += o.authFailed
 	s.queued += o.queued
 	s.routes += o.routes
@@ -105,7 +108,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 		s := tenantSample{
 			tenant: k.(string), conns: m.live.Load(), in: m.totalIn.Load(), out: m.totalOut.Load(),
 			bytesIn: m.totalBytesIn.Load(), bytesOut: m.totalBytesOut.Load(),
-			throttled: m.throttled.Load(), authFailed: m.authFailures.Load(),
+			throttled: m.throttled.Load(), authFailed: m.authFailures.Load(), denied: m.denied.Load(),
 		}
 		s.busy = s.in + s.out
 		m.hitMu.Lock()
@@ -169,6 +172,7 @@ func emit(ch chan<- prometheus.Metric, spread bool, s tenantSample) {
 	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(s.bytesIn), s.tenant, "in")
 	ch <- prometheus.MustNewConstMetric(descBytes, prometheus.CounterValue, float64(s.bytesOut), s.tenant, "out")
 	ch <- prometheus.MustNewConstMetric(descThrottled, prometheus.CounterValue, float64(s.throttled), s.tenant)
+	ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(s.denied), s.tenant)
 	ch <- prometheus.MustNewConstMetric(descAuthFailed, prometheus.CounterValue, float64(s.authFailed), s.tenant)
 	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(s.queued), s.tenant)
 	ch <- prometheus.MustNewConstMetric(descClaims, prometheus.CounterValue, float64(s.claims), s.tenant)

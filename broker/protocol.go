@@ -1,8 +1,6 @@
 package broker
 
 import (
-	"strings"
-
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -10,8 +8,8 @@ import (
 // protocolHook is where a tenant's broker keeps to MQTT where mochi v2.7.9
 // does not (DESIGN §5). It comes first, so that every other hook sees a
 // packet as the protocol means it: a PUBLISH with its topic alias
-// resolved, and a device's PUBLISH to a $-topic under a name every check
-// refuses.
+// resolved, and a device's PUBLISH to a reserved topic under a name every
+// check refuses.
 type protocolHook struct {
 	mqtt.HookBase
 	inst *instance
@@ -23,7 +21,8 @@ var protocolHookEvents = provides(mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.O
 
 func (h *protocolHook) Provides(b byte) bool { return protocolHookEvents.has(b) }
 
-// reservedTopic stands for any $-topic a device publishes to: refused.
+// reservedTopic stands for any reserved topic a device publishes to:
+// refused.
 const reservedTopic = "$roost/reserved"
 
 // OnPacketRead sees every packet a client sends, decoded, before mochi
@@ -32,13 +31,20 @@ const reservedTopic = "$roost/reserved"
 func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	switch pk.FixedHeader.Type {
 	case packets.Publish:
+		dc, _ := cl.Net.Conn.(*deviceConn)
+		if dc != nil {
+			dc.startPublish()
+		}
 		pk, err := h.inst.resolveAlias(cl, pk)
-		if err == nil && strings.HasPrefix(pk.TopicName, "$") {
+		if err == nil && reserved(pk.TopicName) {
 			// mochi ignores a PUBLISH to $SYS or $share without answering
 			// it, so a QoS 1 or 2 publisher would wait for an ack forever.
-			// Devices never publish to $-topics (see mayPublish): under a
-			// name mochi takes, it is refused like any denied topic (MQTT
-			// 5: 0x87).
+			// Devices never publish to reserved topics (see mayPublish):
+			// under a name mochi takes, it is refused like any denied
+			// topic, and its event names the topic it was sent to.
+			if dc != nil {
+				dc.limits.deny.topic = pk.TopicName
+			}
 			pk.TopicName = reservedTopic
 		}
 		return pk, err

@@ -2,7 +2,6 @@ package broker
 
 import (
 	"fmt"
-	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -26,10 +25,10 @@ type publisher struct {
 }
 
 // mayPublish is the one rule for what a device may publish: never to a
-// $-topic ($SYS and $events are the hub's), elsewhere as the tenant's rules
-// say now.
+// topic the hub reserves ($SYS, $events, $roost, $share: see reserved),
+// elsewhere, other $-topics included, as the tenant's rules say now.
 func (inst *instance) mayPublish(device, topic string) bool {
-	return !strings.HasPrefix(topic, "$") && inst.allowed(device, tenants.ActionPublish, topic)
+	return !reserved(topic) && inst.allowed(device, tenants.ActionPublish, topic)
 }
 
 // publishTopic checks a topic a message is published to through the hub.
@@ -37,8 +36,8 @@ func publishTopic(topic string) error {
 	if err := tenants.ValidateTopic(topic); err != nil {
 		return &tenants.FieldError{Field: "topic", Message: err.Error()}
 	}
-	if strings.HasPrefix(topic, "$") {
-		return &tenants.FieldError{Field: "topic", Message: "topics starting with $ are reserved"}
+	if reserved(topic) {
+		return &tenants.FieldError{Field: "topic", Message: "topics under $SYS, $events, $roost and $share are reserved"}
 	}
 	return nil
 }

@@ -163,6 +163,7 @@ func TestACL(t *testing.T) {
 		allow(tenants.ActionSubscribe, "devices/${device}/in"),
 		allow(tenants.ActionSubscribe, "devices/+/out"),
 	)
+	s.denyAction("acme", tenants.DenyDisconnect)
 	d1 := mustV5(t, s.addr, user("acme", "d1"), s.device("acme", "d1"), "d1")
 	d2 := mustV5(t, s.addr, user("acme", "d2"), s.device("acme", "d2"), "d2")
 	app := mustV3(t, s.addr, user("acme", "app"), s.device("acme", "app"), "app", true)
@@ -186,8 +187,9 @@ func TestACL(t *testing.T) {
 	d1.pub(t, "devices/d1/out", "hello", 1, false)
 	d2.expect(t, "devices/d1/out", "hello")
 
-	// A 3.1.1 client has no reason codes: a refused QoS 1 publish ends its
-	// connection instead of being acked.
+	// A 3.1.1 client has no reason codes: with deny_action disconnect, a
+	// refused QoS 1 publish ends its connection instead of being acked
+	// (TestDenyAction has the default, ignore).
 	app.Publish("secret/x", 1, false, "leak")
 	select {
 	case <-app.lost:

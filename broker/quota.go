@@ -29,6 +29,8 @@ import (
 //	max_retained         per tenant; v5 QoS 1 PUBACK 0x97, otherwise DISCONNECT 0x97 (3.1.1: closes)
 //	max_queued           per offline session; see persistence.makeRoom
 //	max_session_expiry   a longer requested expiry is cut to it
+//	max_keepalive        a longer keep-alive, or none (0), is cut to it: v5 CONNACK Server Keep Alive;
+//	                     the connection closes after 1.5 × max_keepalive without a packet
 //	messages_per_month   in and out; the free plan refuses publishes past it like max_retained
 //	                     (API: 403), paid plans go on and bill the excess
 //
@@ -57,10 +59,19 @@ var quotaHookEvents = provides(mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnSubscri
 
 func (h *quotaHook) Provides(b byte) bool { return quotaHookEvents.has(b) }
 
-// OnConnect cuts a requested session expiry to max_session_expiry.
+// OnConnect cuts a requested session expiry to max_session_expiry, and a
+// keep-alive longer than max_keepalive, or none (0), to max_keepalive.
+// mochi then tells an MQTT 5 client in its CONNACK (Server Keep Alive),
+// which it must keep to [MQTT-3.2.2-21], and closes any connection silent
+// for 1.5 times the keep-alive [MQTT-3.1.2-22]: a 3.1.1 client cannot be
+// told, and is held to it all the same. The keep-alive is set once, at
+// connect: a client keeps to what it was told.
 func (h *quotaHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if limit := h.inst.maxSessionExpiry(); cl.Properties.Props.SessionExpiryInterval > limit {
 		cl.Properties.Props.SessionExpiryInterval = limit
+	}
+	if limit := h.inst.maxKeepalive(); limit > 0 && (cl.State.Keepalive == 0 || cl.State.Keepalive > limit) {
+		cl.State.Keepalive, cl.State.ServerKeepalive = limit, true
 	}
 	return nil
 }
@@ -162,13 +173,21 @@ func (inst *instance) maxSessionExpiry() uint32 {
 	return uint32(clamp(inst.quotas().MaxSessionExpiry, 0, math.MaxUint32))
 }
 
+// maxKeepalive is max_keepalive as MQTT carries it; 0 for no bound.
+func (inst *instance) maxKeepalive() uint16 {
+	return uint16(clamp(inst.quotas().MaxKeepalive, 0, math.MaxUint16))
+}
+
 // quotas returns the tenant's quotas as they are now.
 func (inst *instance) quotas() tenants.Quotas { return *inst.q.Load() }
 
+// setQuotas takes the tenant's quotas and settings as they are now: at
+// start, and after each change to the tenant.
 func (inst *instance) setQuotas(t tenants.Tenant) {
 	q := t.Quotas()
 	inst.q.Store(&q)
 	inst.billsOverage.Store(t.BillsOverage())
+	inst.setDenyAction(t.DenyAction)
 }
 
 // connectAllowed takes a connection from the tenant's connect rate.
@@ -227,10 +246,17 @@ type connLimits struct {
 	penalty     time.Duration
 	pausedUntil time.Time
 
+	// deny is the reader's state about the PUBLISH being processed, for
+	// the tenant's deny_action (see deny.go).
+	deny denyState
+
 	mu sync.Mutex
 	// refuse holds the filters of the SUBSCRIBE being processed that are
 	// over max_subscriptions; read by the ACL check of that SUBSCRIBE.
 	refuse map[string]bool
+	// subscribing holds the $-filters of the SUBSCRIBE being processed,
+	// so that their ACL check is not taken for a delivery (isDelivery).
+	subscribing map[string]bool
 }
 
 // checkPublish applies the publish rates to a device's publish. It returns

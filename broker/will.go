@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -215,7 +216,9 @@ func (inst *instance) heldWills() int {
 
 // sendWill publishes a device's Will through the checks any publish
 // passes. A device deleted or disabled since it connected, or a suspended
-// tenant, sends none; a refusal is logged, like a refused publish.
+// tenant, sends none; a refusal is logged, like a refused publish, and one
+// by the tenant's rules is raised as a denied publish (whatever the
+// tenant's deny_action: there is nobody to answer).
 func (inst *instance) sendWill(device, clientID string, pk packets.Packet) {
 	log := inst.log.With("device", device, "client_id", clientID, "topic", pk.TopicName)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -231,6 +234,9 @@ func (inst *instance) sendWill(device, clientID string, pk packets.Packet) {
 		return
 	}
 	if err := inst.inject(publisher{device: device, clientID: clientID}, pk); err != nil {
+		if errors.Is(err, errPublishDenied) {
+			inst.env.publishDenied(device, clientID, "", pk.TopicName, "Will denied by the tenant's rules")
+		}
 		log.Info("will not sent", "err", err)
 	}
 }

@@ -22,6 +22,12 @@ type Event struct {
 	Filters  []string  `json:"filters,omitempty"`
 	Quota    string    `json:"quota,omitempty"`
 	Limit    int64     `json:"limit,omitempty"`
+	// MessageTopic is the topic of the message the event is about (a
+	// denied publish's).
+	MessageTopic string `json:"topic,omitempty"`
+	// Count is how many occurrences the event stands for, when repeats
+	// are folded into one (publish_denied).
+	Count int64 `json:"count,omitempty"`
 }
 
 // The event types.
@@ -34,6 +40,9 @@ const (
 	QueueDropped = "queue_dropped"
 	// QuotaExceeded names the quota and its limit.
 	QuotaExceeded = "quota_exceeded"
+	// PublishDenied names the topic a device was denied and how many
+	// denials of it the event stands for.
+	PublishDenied = "publish_denied"
 
 	// Billing's events, about the tenant rather than a device.
 	PlanChanged      = "plan_changed"
@@ -46,7 +55,7 @@ const (
 )
 
 // Types lists every event type.
-var Types = []string{Connected, Disconnected, Subscribed, Unsubscribed, AuthFailed, QueueDropped, QuotaExceeded,
+var Types = []string{Connected, Disconnected, Subscribed, Unsubscribed, AuthFailed, QueueDropped, QuotaExceeded, PublishDenied,
 	PlanChanged, PaymentFailed, PaymentSucceeded, BillingSuspended, BillingResumed, SpendWarning}
 
 // Newest returns up to limit of the events, newest first, of type typ (all
@@ -134,6 +143,7 @@ func (t Tee) Emit(e Event) {
 //	$events/auth/failed/<device>
 //	$events/quota/<quota>/<device>
 //	$events/queue/dropped/<device>
+//	$events/publish/denied/<device>
 func (e Event) Topic() string {
 	if e.Device == "" {
 		return ""
@@ -149,6 +159,8 @@ func (e Event) Topic() string {
 		return "$events/quota/" + e.Quota + "/" + e.Device
 	case QueueDropped:
 		return "$events/queue/dropped/" + e.Device
+	case PublishDenied:
+		return "$events/publish/denied/" + e.Device
 	}
 	return ""
 }

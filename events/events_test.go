@@ -91,3 +91,20 @@ func TestKafkaSink(t *testing.T) {
 		}
 	}
 }
+
+func TestEventTopics(t *testing.T) {
+	for _, tc := range []struct {
+		e    events.Event
+		want string
+	}{
+		{events.Event{Type: events.Connected, Device: "d"}, "$events/presence/connected/d"},
+		{events.Event{Type: events.QuotaExceeded, Device: "d", Quota: "publish_rate"}, "$events/quota/publish_rate/d"},
+		{events.Event{Type: events.PublishDenied, Device: "d", MessageTopic: "alarms/x"}, "$events/publish/denied/d"},
+		{events.Event{Type: events.PublishDenied}, ""},
+		{events.Event{Type: events.PlanChanged, Device: "d"}, ""},
+	} {
+		if got := tc.e.Topic(); got != tc.want {
+			t.Errorf("%s event of %q: topic %q, want %q", tc.e.Type, tc.e.Device, got, tc.want)
+		}
+	}
+}

@@ -17,7 +17,11 @@ type Quotas struct {
 	MaxRetained       int64 `json:"max_retained"`
 	MaxQueued         int64 `json:"max_queued"`
 	MaxSessionExpiry  int64 `json:"max_session_expiry"`
-	MessagesPerMonth  int64 `json:"messages_per_month"`
+	// MaxKeepalive is the longest keep-alive a connection may have, in
+	// seconds: one asking more, or 0 (never), is held to it. 0 here sets
+	// no bound.
+	MaxKeepalive     int64 `json:"max_keepalive"`
+	MessagesPerMonth int64 `json:"messages_per_month"`
 	// MaxNodes is how many data-plane nodes of a fleet may serve the
 	// tenant at once, once its connections pass the fleet's threshold
 	// (ROOST_FLEET_WIDEN_AT); 1 keeps it on its home.
@@ -39,6 +43,7 @@ var quotaFields = map[string]func(*Quotas) *int64{
 	"max_retained":        func(q *Quotas) *int64 { return &q.MaxRetained },
 	"max_queued":          func(q *Quotas) *int64 { return &q.MaxQueued },
 	"max_session_expiry":  func(q *Quotas) *int64 { return &q.MaxSessionExpiry },
+	"max_keepalive":       func(q *Quotas) *int64 { return &q.MaxKeepalive },
 	"messages_per_month":  func(q *Quotas) *int64 { return &q.MessagesPerMonth },
 	"max_nodes":           func(q *Quotas) *int64 { return &q.MaxNodes },
 }

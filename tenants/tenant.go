@@ -1,6 +1,7 @@
 package tenants
 
 import (
+	"fmt"
 	"regexp"
 	"strings"
 	"time"
@@ -18,8 +19,11 @@ type Tenant struct {
 	// QueuePolicy says what a full persistent-session queue does with a new
 	// message: drop_oldest (the default) or drop_newest.
 	QueuePolicy QueuePolicy `json:"queue_policy"`
-	CreatedAt   time.Time   `json:"created_at"`
-	UpdatedAt   time.Time   `json:"updated_at"`
+	// DenyAction says what a publish the tenant's rules deny does to its
+	// device's connection: ignore (the default) or disconnect.
+	DenyAction DenyAction `json:"deny_action"`
+	CreatedAt  time.Time  `json:"created_at"`
+	UpdatedAt  time.Time  `json:"updated_at"`
 
 	// Role is the caller's role in the tenant, when it was listed for an
 	// account.
@@ -122,11 +126,26 @@ const (
 	DropNewest QueuePolicy = "drop_newest"
 )
 
-// TenantUpdate changes the fields a tenant's owner may change. Nil fields are
-// left as they are.
+// DenyAction is what the data plane does about a publish the tenant's rules
+// deny, besides dropping it and raising a publish_denied event.
+type DenyAction string
+
+// The deny actions. Ignore acknowledges a denied QoS 1 or 2 publish (MQTT 5
+// with reason 0x87, 3.1.1 with a plain acknowledgement), as mosquitto and
+// EMQX do by default; Disconnect is Roost's behaviour before the setting
+// existed: MQTT 5 is answered 0x87 as well, a 3.1.1 connection is closed.
+const (
+	DenyIgnore     DenyAction = "ignore"
+	DenyDisconnect DenyAction = "disconnect"
+)
+
+// TenantUpdate changes the fields a tenant's members may change: its name
+// and queue policy (owners), its deny action (admins and owners). Nil fields
+// are left as they are.
 type TenantUpdate struct {
 	Name        *string      `json:"name,omitempty"`
 	QueuePolicy *QueuePolicy `json:"queue_policy,omitempty"`
+	DenyAction  *DenyAction  `json:"deny_action,omitempty"`
 }
 
 // Validate checks the update.
@@ -134,8 +153,26 @@ func (u *TenantUpdate) Validate() error {
 	if u.QueuePolicy != nil && *u.QueuePolicy != DropOldest && *u.QueuePolicy != DropNewest {
 		return invalid("queue_policy", "must be drop_oldest or drop_newest")
 	}
+	if u.DenyAction != nil && *u.DenyAction != DenyIgnore && *u.DenyAction != DenyDisconnect {
+		return invalid("deny_action", "must be ignore or disconnect")
+	}
 	if u.Name != nil {
 		return validateDisplayName("name", *u.Name)
+	}
+	return nil
+}
+
+// MayApply returns nil if a member with role may make the update, or an
+// ErrForbidden: renaming the tenant and its queue policy are the owners';
+// its deny action is any admin's, like its rules.
+func (u *TenantUpdate) MayApply(role Role) error {
+	switch {
+	case !role.AtLeast(RoleAdmin):
+		return fmt.Errorf("changing the tenant needs the admin role: %w", ErrForbidden)
+	case u.Name != nil && !role.AtLeast(RoleOwner):
+		return fmt.Errorf("only an owner can rename the tenant: %w", ErrForbidden)
+	case u.QueuePolicy != nil && !role.AtLeast(RoleOwner):
+		return fmt.Errorf("only an owner can change the queue policy: %w", ErrForbidden)
 	}
 	return nil
 }

@@ -227,7 +227,7 @@ func TestPagesAreSmall(t *testing.T) {
 	b.device("acme", "d1", "")
 	for _, p := range []string{"/tenants", "/tenants/acme", "/tenants/acme/devices", "/tenants/acme/devices/d1", "/tenants/acme/acl",
 		"/tenants/acme/live", "/tenants/acme/usage", "/tenants/acme/usage?granularity=day", "/tenants/acme/events",
-		"/tenants/acme/api-keys", "/tenants/acme/members", "/tenants/acme/billing", "/static/app.css", "/static/app.js"} {
+		"/tenants/acme/api-keys", "/tenants/acme/members", "/tenants/acme/billing", "/tenants/acme/settings", "/static/app.css", "/static/app.js"} {
 		a := b.get(p)
 		if a.status != http.StatusOK || len(a.body) > 100_000 {
 			t.Errorf("%s: %d, %d bytes", p, a.status, len(a.body))
@@ -392,7 +392,7 @@ func TestControlsAreLabelled(t *testing.T) {
 	pages := map[*browser][]string{
 		b: {"/tenants", "/tenants/acme", "/tenants/acme/devices", "/tenants/acme/devices/d1", "/tenants/acme/acl",
 			"/tenants/acme/live", "/tenants/acme/usage", "/tenants/acme/events", "/tenants/acme/api-keys",
-			"/tenants/acme/members", "/tenants/acme/billing"},
+			"/tenants/acme/members", "/tenants/acme/billing", "/tenants/acme/settings"},
 		s.browser(): {"/login", "/signup", "/admin/login"},
 		op:          {"/admin"},
 	}

@@ -74,7 +74,8 @@ var funcs = template.FuncMap{
 	"navItems": func() [][3]string {
 		return [][3]string{{"overview", "", "Overview"}, {"devices", "/devices", "Devices"}, {"acl", "/acl", "Rules"},
 			{"live", "/live", "Live"}, {"usage", "/usage", "Usage"}, {"events", "/events", "Events"},
-			{"keys", "/api-keys", "API keys"}, {"members", "/members", "Members"}, {"billing", "/billing", "Billing"}}
+			{"keys", "/api-keys", "API keys"}, {"members", "/members", "Members"}, {"billing", "/billing", "Billing"},
+			{"settings", "/settings", "Settings"}}
 	},
 	"sub": func(a, b int) int { return a - b },
 }

@@ -44,6 +44,7 @@ func (c *Console) routes() chi.Router {
 				r.Get("/api-keys", c.keyList)
 				r.Get("/members", c.memberList)
 				r.Get("/billing", c.billingPage)
+				r.Get("/settings", c.settingsPage)
 				// Anyone may leave; tenants.By decides who may remove whom.
 				r.Post("/members/{account}/delete", c.memberRemove)
 				r.Group(func(r chi.Router) {
@@ -67,6 +68,7 @@ func (c *Console) routes() chi.Router {
 					r.Post("/billing/checkout", c.billingCheckout)
 					r.Post("/billing/portal", c.billingPortal)
 					r.Post("/billing/cap", c.billingCap)
+					r.Post("/settings", c.settingsUpdate)
 				})
 			})
 		})

@@ -83,6 +83,11 @@ func (q quotaUse) LimitText() string {
 			return fmt.Sprintf("%d days", v/86400)
 		}
 		return (time.Duration(v) * time.Second).String()
+	case "max_keepalive":
+		if v == 0 {
+			return "no limit"
+		}
+		return (time.Duration(v) * time.Second).String()
 	case "connect_rate", "tenant_publish_rate":
 		return formatNum(v) + "/s"
 	case "publish_rate":
@@ -389,4 +394,41 @@ func (c *Console) usagePage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c.render(w, r, http.StatusOK, "usage.html", page{Title: "Usage and quotas", Nav: "usage", Data: d})
+}
+
+type settingsData struct {
+	DenyActions []tenants.DenyAction
+}
+
+func (c *Console) settingsPage(w http.ResponseWriter, r *http.Request) {
+	c.renderSettings(w, r, http.StatusOK, page{})
+}
+
+func (c *Console) renderSettings(w http.ResponseWriter, r *http.Request, status int, p page) {
+	p.Title, p.Nav = "Settings", "settings"
+	p.Data = settingsData{DenyActions: []tenants.DenyAction{tenants.DenyIgnore, tenants.DenyDisconnect}}
+	c.render(w, r, status, "settings.html", p)
+}
+
+// settingsUpdate sets the tenant's deny action, by the API's rules
+// (tenants.TenantUpdate.MayApply): admins and owners. It is audited, and
+// reaches connected devices without a reconnect, as a PATCH of the tenant
+// does.
+func (c *Console) settingsUpdate(w http.ResponseWriter, r *http.Request) {
+	t := tenantOf(r)
+	a := tenants.DenyAction(r.PostFormValue("deny_action"))
+	u := tenants.TenantUpdate{DenyAction: &a}
+	if err := u.MayApply(roleOf(r)); err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	if _, err := c.store.UpdateTenant(r.Context(), t.Slug, u); err != nil {
+		if !errors.Is(err, tenants.ErrInvalid) {
+			c.fail(w, r, err)
+			return
+		}
+		c.renderSettings(w, r, http.StatusBadRequest, page{Errors: formErrors(err)})
+		return
+	}
+	redirect(w, r, "/tenants/"+t.Slug+"/settings", "saved")
 }

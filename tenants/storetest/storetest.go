@@ -134,8 +134,8 @@ func testAccounts(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 func testTenants(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 	owner := mustAccount(t, s, "owner@example.com")
 	tn := mustTenant(t, s, owner, "acme")
-	if tn.Plan != tenants.PlanFree || tn.Name != "acme" || tn.Suspended || tn.Role != tenants.RoleOwner || tn.QueuePolicy != tenants.DropOldest {
-		t.Errorf("new tenant: got %+v, want plan free, name acme, not suspended, role owner", tn)
+	if tn.Plan != tenants.PlanFree || tn.Name != "acme" || tn.Suspended || tn.Role != tenants.RoleOwner || tn.QueuePolicy != tenants.DropOldest || tn.DenyAction != tenants.DenyIgnore {
+		t.Errorf("new tenant: got %+v, want plan free, name acme, not suspended, role owner, drop_oldest, deny_action ignore", tn)
 	}
 	_, err := s.CreateTenant(ctx, owner.ID, tenants.TenantInput{Slug: "acme"})
 	wantErr(t, "duplicate slug", err, tenants.ErrConflict)
@@ -167,6 +167,15 @@ func testTenants(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 	}
 	_, err = s.UpdateTenant(ctx, "acme", tenants.TenantUpdate{QueuePolicy: &bogusPolicy})
 	wantField(t, "unknown queue policy", err, "queue_policy")
+	disconnect, bogusAction := tenants.DenyDisconnect, tenants.DenyAction("explode")
+	if up, err := s.UpdateTenant(ctx, "acme", tenants.TenantUpdate{DenyAction: &disconnect}); err != nil || up.DenyAction != disconnect || up.QueuePolicy != newest {
+		t.Errorf("deny action update: got %+v, %v, want disconnect with the queue policy kept", up, err)
+	}
+	if got, err := s.Tenant(ctx, "acme"); err != nil || got.DenyAction != disconnect {
+		t.Errorf("deny action read back: got %q, %v, want disconnect", got.DenyAction, err)
+	}
+	_, err = s.UpdateTenant(ctx, "acme", tenants.TenantUpdate{DenyAction: &bogusAction})
+	wantField(t, "unknown deny action", err, "deny_action")
 
 	plan, suspended := tenants.PlanPro, true
 	limit := int64(7)
