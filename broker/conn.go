@@ -68,6 +68,14 @@ type deviceConn struct {
 	acked  atomic.Bool
 	heldMu sync.Mutex
 	held   []byte
+
+	// closing is set by Close: from then on reads and writes fail, but
+	// the socket stays open for the lingering close (see linger.go).
+	// peerDone is set when the client's side ended first (EOF, a reset,
+	// or silence past its keep-alive): then there is nothing to linger
+	// for.
+	closing  atomic.Bool
+	peerDone atomic.Bool
 }
 
 var errMalformedSubscribe = errors.New("malformed SUBSCRIBE")
@@ -78,6 +86,17 @@ func newDeviceConn(c net.Conn, r *bufio.Reader, connect []byte, id identity, ins
 
 // Read hands out the replayed CONNECT, then the stream frame by frame.
 func (c *deviceConn) Read(p []byte) (int, error) {
+	if c.closing.Load() {
+		return 0, net.ErrClosed
+	}
+	n, err := c.read(p)
+	if err != nil && !c.closing.Load() && peerEnded(err) {
+		c.peerDone.Store(true)
+	}
+	return n, err
+}
+
+func (c *deviceConn) read(p []byte) (int, error) {
 	if len(c.pending) == 0 && c.remaining == 0 {
 		if err := c.nextFrame(); err != nil {
 			return 0, err
@@ -215,12 +234,59 @@ func connackFirst(b []byte) ([]byte, bool) {
 }
 
 func (c *deviceConn) write(p []byte) (int, error) {
+	if c.closing.Load() {
+		return 0, net.ErrClosed
+	}
 	now := c.throttleWrite(time.Now(), len(p))
 	if c.writeTimeout > 0 {
 		if d := now.Add(c.writeTimeout); d.Sub(c.writeDeadline) > c.writeTimeout/4 {
 			c.writeDeadline = d
 			c.Conn.SetWriteDeadline(d)
+			// A Close in between has set a deadline in the past, which
+			// this one may have overwritten.
+			if c.closing.Load() {
+				return 0, net.ErrClosed
+			}
 		}
 	}
 	return c.Conn.Write(p)
+}
+
+// Close ends the connection for mochi and the hub without closing the
+// socket: reads and writes fail from now on, and one blocked in either is
+// woken. The socket is closed by the connection's own goroutine once mochi
+// is done with it, with a lingering close (see closeServed), so that what
+// was written last (a DISCONNECT with its reason code) reaches a client
+// that is still sending. mochi closes the connection right after writing
+// a DISCONNECT, from whichever goroutine found the reason; none of them
+// may wait for the linger.
+func (c *deviceConn) Close() error {
+	if c.closing.Swap(true) {
+		return nil
+	}
+	return c.Conn.SetDeadline(time.Now())
+}
+
+// SetDeadline, SetReadDeadline and SetWriteDeadline do nothing once the
+// connection is closing: mochi moves the deadline on before each packet it
+// reads, which would undo the one Close set to wake the reader.
+func (c *deviceConn) SetDeadline(t time.Time) error {
+	if c.closing.Load() {
+		return nil
+	}
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *deviceConn) SetReadDeadline(t time.Time) error {
+	if c.closing.Load() {
+		return nil
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *deviceConn) SetWriteDeadline(t time.Time) error {
+	if c.closing.Load() {
+		return nil
+	}
+	return c.Conn.SetWriteDeadline(t)
 }
