@@ -2,14 +2,20 @@ package broker_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/gorilla/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/transport"
 )
 
 // rawPublish encodes a v5 PUBLISH by hand, with its properties as given:
@@ -44,15 +50,21 @@ func (c lateReader) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
-// dialWriting connects a v5 client that reads on one goroutine (late, see
-// lateReader) and writes on another, the way client libraries do; as they
-// do, it ends the connection when a write fails.
+// dialWriting connects a v5 client over TCP; see connectWriting.
 func dialWriting(t *testing.T, addr, username, password, clientID string) *raw {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return connectWriting(t, c, username, password, clientID)
+}
+
+// connectWriting connects a v5 client over c that reads on one goroutine
+// (late, see lateReader) and writes on another, the way client libraries
+// do; as they do, it ends the connection when a write fails.
+func connectWriting(t *testing.T, c net.Conn, username, password, clientID string) *raw {
+	t.Helper()
 	r := &raw{t: t, c: lateReader{c}, in: make(chan packets.Packet, 4096)}
 	t.Cleanup(func() { c.Close() })
 	go r.read()
@@ -144,26 +156,102 @@ func TestReasonCodeReachesWritingClient(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newStack(t)
 			s.tenant("acme")
-			quotas := map[string]int64{"publish_rate": 1 << 30, "tenant_publish_rate": 1 << 30,
-				"bandwidth_in": 1 << 40, "messages_per_month": 1 << 40}
-			for q, v := range tc.quotas {
-				quotas[q] = v
-			}
-			for q, v := range quotas {
-				s.setQuota("acme", q, v)
-			}
+			s.liftPublishLimits("acme", tc.quotas)
 			c := dialWriting(t, s.addr, user("acme", "pub"), s.device("acme", "pub"), "pub")
-			stopped := c.keepWriting(tc.first)
-			code, ok := c.disconnect()
-			c.c.Close()
-			err := <-stopped
-			switch {
-			case !ok:
-				t.Errorf("no DISCONNECT read, want 0x%02x; the writer stopped with: %v", tc.want, err)
-			case code != tc.want:
-				t.Errorf("DISCONNECT 0x%02x, want 0x%02x", code, tc.want)
-			}
+			c.expectDisconnect(tc.first, tc.want)
 		})
+	}
+}
+
+// liftPublishLimits lifts the quotas that would stop a client publishing
+// as fast as it can, then sets the ones given.
+func (s *stack) liftPublishLimits(tenant string, quotas map[string]int64) {
+	s.t.Helper()
+	for _, q := range []string{"publish_rate", "tenant_publish_rate", "bandwidth_in", "messages_per_month"} {
+		if _, ok := quotas[q]; !ok {
+			s.setQuota(tenant, q, 1<<40)
+		}
+	}
+	for q, v := range quotas {
+		s.setQuota(tenant, q, v)
+	}
+}
+
+// expectDisconnect sends first and keeps writing after it, and checks the
+// DISCONNECT the client reads.
+func (r *raw) expectDisconnect(first []byte, want byte) {
+	r.t.Helper()
+	stopped := r.keepWriting(first)
+	code, ok := r.disconnect()
+	r.c.Close()
+	err := <-stopped
+	switch {
+	case !ok:
+		r.t.Errorf("no DISCONNECT read, want 0x%02x; the writer stopped with: %v", want, err)
+	case code != want:
+		r.t.Errorf("DISCONNECT 0x%02x, want 0x%02x", code, want)
+	}
+}
+
+// TestReasonCodeOverTLSAndWebSocket: the same over TLS and over WebSocket
+// on TLS, on one port shared by both as in production. Their write sides
+// end in turn (close frame, close_notify, FIN) before the drain.
+func TestReasonCodeOverTLSAndWebSocket(t *testing.T) {
+	s := newStack(t)
+	s.tenant("acme")
+	secret := s.device("acme", "pub")
+	files, err := transport.DevCertificates(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := transport.LoadCertificate(files.Cert, files.Key, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mqttLn, webLn := transport.Split(tls.NewListener(s.hub.Gate(ln), transport.ServerConfig(cert)), 5*time.Second)
+	go s.hub.Serve(mqttLn)
+	web := &http.Server{Handler: transport.WebSocket(s.hub.ServeConn, nil), ReadHeaderTimeout: 5 * time.Second}
+	go web.Serve(webLn)
+	t.Cleanup(func() { web.Close() })
+	roots := x509.NewCertPool()
+	roots.AddCert(mustParseCertFile(t, files.CA))
+	dial := map[string]func() (net.Conn, error){
+		"TLS": func() (net.Conn, error) {
+			return tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: roots, ServerName: "localhost", NextProtos: []string{transport.ALPN}})
+		},
+		"WebSocket": func() (net.Conn, error) {
+			d := websocket.Dialer{Subprotocols: []string{"mqtt"}, TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: "localhost"}}
+			ws, _, err := d.Dial("wss://"+ln.Addr().String()+transport.WebSocketPath, nil)
+			if err != nil {
+				return nil, err
+			}
+			return transport.NewWebSocketConn(ws), nil
+		},
+	}
+	for _, over := range []string{"TLS", "WebSocket"} {
+		for _, tc := range []struct {
+			name   string
+			quotas map[string]int64
+			first  []byte
+			want   byte
+		}{
+			{name: "topic alias 0", first: rawPublish(0, 0, "t", topicAlias(0), "x"), want: 0x94},
+			{name: "publish_rate", quotas: map[string]int64{"publish_rate": 50}, want: 0x96},
+		} {
+			t.Run(over+"/"+tc.name, func(t *testing.T) {
+				s.liftPublishLimits("acme", tc.quotas)
+				conn, err := dial[over]()
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { conn.Close() })
+				connectWriting(t, conn, user("acme", "pub"), secret, "pub").expectDisconnect(tc.first, tc.want)
+			})
+		}
 	}
 }
 
@@ -173,9 +261,7 @@ func TestReasonCodeReachesWritingClient(t *testing.T) {
 func TestReasonCodeReachesPaho(t *testing.T) {
 	s := newStack(t)
 	s.tenant("acme")
-	for _, q := range []string{"publish_rate", "tenant_publish_rate", "bandwidth_in", "messages_per_month"} {
-		s.setQuota("acme", q, 1<<40)
-	}
+	s.liftPublishLimits("acme", nil)
 	pub := mustV5(t, s.addr, user("acme", "pub"), s.device("acme", "pub"), "pub")
 	stopped := make(chan struct{})
 	go func() {
