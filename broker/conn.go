@@ -180,6 +180,9 @@ func validSubscribeV5(b0 byte, body []byte) (ok bool) {
 // client would drop the connection). Until the CONNACK passes, what is
 // written is held, and then written after it, in order.
 func (c *deviceConn) Write(p []byte) (int, error) {
+	if c.closing.Load() {
+		return 0, net.ErrClosed
+	}
 	if !c.acked.Load() {
 		c.heldMu.Lock()
 		if !c.acked.Load() {

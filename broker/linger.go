@@ -70,11 +70,11 @@ func (in *ingress) closeServed(dc *deviceConn) {
 }
 
 // lingerClose ends c's write side, reads and drops what arrives until the
-// client closes its side, deadline, or limit bytes, and then closes c.
-// Past limit it stops reading and waits for the deadline: the client may
-// go on writing until its window is full, and still has until then to
-// read what was sent to it.
-func lingerClose(c net.Conn, deadline time.Time, limit int) {
+// client closes its side, deadline, or limit bytes, and then closes c; it
+// returns the number of bytes dropped. Past limit it stops reading and
+// waits for the deadline: the client may go on writing until its window is
+// full, and still has until then to read what was sent to it.
+func lingerClose(c net.Conn, deadline time.Time, limit int) (dropped int) {
 	defer c.Close()
 	raw := physical(c)
 	// The deadline bounds everything below, also the close_notify that
@@ -87,14 +87,15 @@ func lingerClose(c net.Conn, deadline time.Time, limit int) {
 
 	buf := drainBuffers.Get().(*[drainBufferSize]byte)
 	defer drainBuffers.Put(buf)
-	for n := 0; n < limit; {
-		m, err := raw.Read(buf[:])
-		n += m
+	for dropped < limit {
+		n, err := raw.Read(buf[:min(len(buf), limit-dropped)])
+		dropped += n
 		if err != nil {
-			return
+			return dropped
 		}
 	}
 	time.Sleep(time.Until(deadline))
+	return dropped
 }
 
 // closeWrite ends the write side of each layer of c, from the top: a
