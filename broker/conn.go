@@ -2,7 +2,6 @@ package broker
 
 import (
 	"bufio"
-	"errors"
 	"io"
 	"net"
 	"sync"
@@ -76,9 +75,16 @@ type deviceConn struct {
 	// for.
 	closing  atomic.Bool
 	peerDone atomic.Bool
+	// why is the reason code (with 0x100 set) the server ended the
+	// connection for: the first DISCONNECT mochi encoded for it, or the
+	// error mochi ended it with when it sent none (see
+	// protocolHook.OnDisconnect). told is set once a DISCONNECT has gone
+	// out; closeServed sends one with why if none did.
+	why  atomic.Uint32
+	told atomic.Bool
 }
 
-var errMalformedSubscribe = errors.New("malformed SUBSCRIBE")
+var errMalformedSubscribe = packets.Code{Code: packets.ErrMalformedPacket.Code, Reason: "malformed packet: subscribe"}
 
 func newDeviceConn(c net.Conn, r *bufio.Reader, connect []byte, id identity, inst *instance, writeTimeout time.Duration) *deviceConn {
 	return &deviceConn{Conn: c, id: id, r: r, pending: connect, inst: inst, writeTimeout: writeTimeout}
@@ -252,7 +258,49 @@ func (c *deviceConn) write(p []byte) (int, error) {
 			}
 		}
 	}
-	return c.Conn.Write(p)
+	n, err := c.Conn.Write(p)
+	if c.why.Load() != 0 && !c.told.Load() && err == nil && hasDisconnect(p) {
+		c.told.Store(true)
+	}
+	return n, err
+}
+
+// hasDisconnect reports whether b, whole packets as mochi writes them,
+// holds a DISCONNECT. It is only asked once mochi has encoded one.
+func hasDisconnect(b []byte) bool {
+	for i := 0; i < len(b); {
+		if b[i]>>4 == packets.Disconnect {
+			return true
+		}
+		length, n := 0, 1
+		for mult := 1; ; mult *= 128 {
+			if i+n >= len(b) || n > 4 {
+				return false
+			}
+			length += int(b[i+n]&0x7f) * mult
+			n++
+			if b[i+n-1]&0x80 == 0 {
+				break
+			}
+		}
+		i += n + length
+	}
+	return false
+}
+
+// endedFor notes the reason code the server ended the connection for,
+// unless one is noted already.
+func (c *deviceConn) endedFor(code byte) { c.why.CompareAndSwap(0, 0x100|uint32(code)) }
+
+// farewell is the DISCONNECT to send as the connection closes: one with
+// the reason the server ended it for, when a v5 client was told none.
+// Only the reason code: it fits any Maximum Packet Size the client set.
+func (c *deviceConn) farewell() []byte {
+	why := c.why.Load()
+	if why == 0 || c.told.Load() || c.id.version != 5 {
+		return nil
+	}
+	return []byte{packets.Disconnect << 4, 2, byte(why), 0}
 }
 
 // Close ends the connection for mochi and the hub without closing the

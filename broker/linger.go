@@ -52,38 +52,55 @@ const (
 )
 
 // closeServed closes a connection its tenant's broker is done with,
-// lingering if the server ended it while the client's side was open.
+// lingering if the server ended it while the client's side was open. An
+// MQTT 5 client the server ended the connection for, and told nothing,
+// is sent a DISCONNECT with the reason first (see deviceConn.farewell).
 func (in *ingress) closeServed(dc *deviceConn) {
 	dc.Close()
 	if dc.peerDone.Load() {
 		dc.Conn.Close()
 		return
 	}
+	last := dc.farewell()
 	select {
 	case in.lingering <- struct{}{}:
 	default:
-		dc.Conn.Close()
+		if last == nil {
+			dc.Conn.Close()
+		} else {
+			lingerClose(dc.Conn, last, time.Now().Add(lingerTime/10), 0)
+		}
 		return
 	}
 	defer func() { <-in.lingering }()
-	lingerClose(dc.Conn, time.Now().Add(lingerTime), lingerBytes)
+	lingerClose(dc.Conn, last, time.Now().Add(lingerTime), lingerBytes)
 }
 
-// lingerClose ends c's write side, reads and drops what arrives until the
-// client closes its side, deadline, or limit bytes, and then closes c; it
-// returns the number of bytes dropped. Past limit it stops reading and
-// waits for the deadline: the client may go on writing until its window is
-// full, and still has until then to read what was sent to it.
-func lingerClose(c net.Conn, deadline time.Time, limit int) (dropped int) {
+// lingerClose writes last, ends c's write side, reads and drops what
+// arrives until the client closes its side, deadline, or limit bytes, and
+// then closes c; it returns the number of bytes dropped. Past limit it
+// stops reading and waits for the deadline: the client may go on writing
+// until its window is full, and still has until then to read what was
+// sent to it. A limit of 0 closes c once its write side is ended.
+func lingerClose(c net.Conn, last []byte, deadline time.Time, limit int) (dropped int) {
 	defer c.Close()
 	raw := physical(c)
 	// The deadline bounds everything below, also the close_notify that
-	// crypto/tls sends with a deadline of its own (5s).
-	cut := time.AfterFunc(time.Until(deadline), func() { raw.SetDeadline(time.Now()) })
+	// crypto/tls sends with a deadline of its own (5s): then the socket
+	// is closed, whatever is blocked on it.
+	cut := time.AfterFunc(time.Until(deadline), func() { raw.Close() })
 	defer cut.Stop()
-	// Close left deadlines in the past, to wake mochi's reader and writer.
+	// Close left deadlines in the past, to wake mochi's reader and writer;
+	// a WebSocket keeps its own.
+	c.SetDeadline(deadline)
 	raw.SetDeadline(deadline)
+	if len(last) > 0 {
+		c.Write(last)
+	}
 	closeWrite(c)
+	if limit == 0 {
+		return 0
+	}
 
 	buf := drainBuffers.Get().(*[drainBufferSize]byte)
 	defer drainBuffers.Put(buf)

@@ -54,9 +54,8 @@ func flood(c net.Conn) <-chan error {
 func TestLingerCloseIsBounded(t *testing.T) {
 	server, client := tcpPair(t)
 	writing := flood(client)
-	server.Write([]byte("last words"))
 	start := time.Now()
-	dropped := lingerClose(server, start.Add(300*time.Millisecond), 64<<10)
+	dropped := lingerClose(server, []byte("last words"), start.Add(300*time.Millisecond), 64<<10)
 	if took := time.Since(start); took < 250*time.Millisecond || took > time.Second {
 		t.Errorf("linger took %v, want the deadline's 300ms", took)
 	}
@@ -84,7 +83,7 @@ func TestLingerCloseEndsWithTheClient(t *testing.T) {
 		client.Close()
 	}()
 	start := time.Now()
-	dropped := lingerClose(server, start.Add(5*time.Second), 1<<20)
+	dropped := lingerClose(server, nil, start.Add(5*time.Second), 1<<20)
 	if took := time.Since(start); took > time.Second {
 		t.Errorf("linger took %v after the client closed, want it to end at once", took)
 	}
@@ -114,7 +113,7 @@ func TestLingerCloseTLSIsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	lingerClose(server, start.Add(200*time.Millisecond), 1<<20)
+	lingerClose(server, []byte("last words"), start.Add(200*time.Millisecond), 1<<20)
 	if took := time.Since(start); took > time.Second {
 		t.Errorf("linger over TLS to a client that reads nothing took %v, want the deadline's 200ms", took)
 	}

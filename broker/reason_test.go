@@ -152,6 +152,8 @@ func TestReasonCodeReachesWritingClient(t *testing.T) {
 			first: rawPublish(0, 0, "t", nil, strings.Repeat("x", 2000)), want: 0x95},
 		{name: "QoS 1 without a packet identifier", first: rawPublish(1, 0, "t", nil, "x"), want: 0x82},
 		{name: "publish_rate", quotas: map[string]int64{"publish_rate": 50}, want: 0x96},
+		// mochi sends no DISCONNECT for a packet it cannot decode.
+		{name: "malformed properties", first: rawPublish(0, 0, "t", []byte{0xFF}, "x"), want: 0x81},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := newStack(t)
@@ -285,5 +287,47 @@ func TestReasonCodeReachesPaho(t *testing.T) {
 		}
 	case <-time.After(2 * time.Second):
 		t.Error("the connection ended without the DISCONNECT reaching paho, want 0x94")
+	}
+}
+
+// TestReasonCodeReachesBusySubscriber: a client with messages queued for
+// it (one that reads slower than it is sent to) reads the DISCONNECT too. mochi puts a DISCONNECT written while the
+// client's queue is not empty in a buffer behind the queued messages,
+// which nothing writes once the client is stopped; the hub sends it as it
+// closes the connection.
+func TestReasonCodeReachesBusySubscriber(t *testing.T) {
+	s := newStack(t)
+	s.tenant("acme")
+	s.liftPublishLimits("acme", map[string]int64{"bandwidth_out": 1 << 40})
+	sub, _ := dialRaw(t, s.addr, user("acme", "sub"), s.device("acme", "sub"), "sub")
+	sub.subscribe("flow", 0)
+	pub := mustV5(t, s.addr, user("acme", "pub"), s.device("acme", "pub"), "pub")
+	stop, stopped := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(stopped)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := pub.Publish(context.Background(), &paho.Publish{Topic: "flow", Payload: make([]byte, 100)}); err != nil {
+				return
+			}
+		}
+	}()
+	defer func() { close(stop); <-stopped }()
+	sub.next(packets.Publish) // the flow has reached the subscriber
+	// The raw client's buffer of 4096 packets fills, then it reads no
+	// further until disconnect does: its queue in the broker fills.
+	time.Sleep(200 * time.Millisecond)
+	if _, err := sub.c.Write(rawPublish(0, 0, "t", topicAlias(0), "x")); err != nil {
+		t.Fatal(err)
+	}
+	switch code, ok := sub.disconnect(); {
+	case !ok:
+		t.Error("no DISCONNECT read, want 0x94")
+	case code != 0x94:
+		t.Errorf("DISCONNECT 0x%02x, want 0x94", code)
 	}
 }
