@@ -2,7 +2,6 @@ package broker
 
 import (
 	"bufio"
-	"errors"
 	"io"
 	"net"
 	"sync"
@@ -68,9 +67,24 @@ type deviceConn struct {
 	acked  atomic.Bool
 	heldMu sync.Mutex
 	held   []byte
+
+	// closing is set by Close: from then on reads and writes fail, but
+	// the socket stays open for the lingering close (see linger.go).
+	// peerDone is set when the client's side ended first (EOF, a reset,
+	// or silence past its keep-alive): then there is nothing to linger
+	// for.
+	closing  atomic.Bool
+	peerDone atomic.Bool
+	// why is the reason code (with 0x100 set) the server ended the
+	// connection for: the first DISCONNECT mochi encoded for it, or the
+	// error mochi ended it with when it sent none (see
+	// protocolHook.OnDisconnect). told is set once a DISCONNECT has gone
+	// out; closeServed sends one with why if none did.
+	why  atomic.Uint32
+	told atomic.Bool
 }
 
-var errMalformedSubscribe = errors.New("malformed SUBSCRIBE")
+var errMalformedSubscribe = packets.Code{Code: packets.ErrMalformedPacket.Code, Reason: "malformed packet: subscribe"}
 
 func newDeviceConn(c net.Conn, r *bufio.Reader, connect []byte, id identity, inst *instance, writeTimeout time.Duration) *deviceConn {
 	return &deviceConn{Conn: c, id: id, r: r, pending: connect, inst: inst, writeTimeout: writeTimeout}
@@ -78,6 +92,17 @@ func newDeviceConn(c net.Conn, r *bufio.Reader, connect []byte, id identity, ins
 
 // Read hands out the replayed CONNECT, then the stream frame by frame.
 func (c *deviceConn) Read(p []byte) (int, error) {
+	if c.closing.Load() {
+		return 0, net.ErrClosed
+	}
+	n, err := c.read(p)
+	if err != nil && !c.closing.Load() && peerEnded(err) {
+		c.peerDone.Store(true)
+	}
+	return n, err
+}
+
+func (c *deviceConn) read(p []byte) (int, error) {
 	if len(c.pending) == 0 && c.remaining == 0 {
 		if err := c.nextFrame(); err != nil {
 			return 0, err
@@ -161,6 +186,9 @@ func validSubscribeV5(b0 byte, body []byte) (ok bool) {
 // client would drop the connection). Until the CONNACK passes, what is
 // written is held, and then written after it, in order.
 func (c *deviceConn) Write(p []byte) (int, error) {
+	if c.closing.Load() {
+		return 0, net.ErrClosed
+	}
 	if !c.acked.Load() {
 		c.heldMu.Lock()
 		if !c.acked.Load() {
@@ -215,12 +243,101 @@ func connackFirst(b []byte) ([]byte, bool) {
 }
 
 func (c *deviceConn) write(p []byte) (int, error) {
+	if c.closing.Load() {
+		return 0, net.ErrClosed
+	}
 	now := c.throttleWrite(time.Now(), len(p))
 	if c.writeTimeout > 0 {
 		if d := now.Add(c.writeTimeout); d.Sub(c.writeDeadline) > c.writeTimeout/4 {
 			c.writeDeadline = d
 			c.Conn.SetWriteDeadline(d)
+			// A Close in between has set a deadline in the past, which
+			// this one may have overwritten.
+			if c.closing.Load() {
+				return 0, net.ErrClosed
+			}
 		}
 	}
-	return c.Conn.Write(p)
+	n, err := c.Conn.Write(p)
+	if c.why.Load() != 0 && !c.told.Load() && err == nil && hasDisconnect(p) {
+		c.told.Store(true)
+	}
+	return n, err
+}
+
+// hasDisconnect reports whether b, whole packets as mochi writes them,
+// holds a DISCONNECT. It is only asked once mochi has encoded one.
+func hasDisconnect(b []byte) bool {
+	for i := 0; i < len(b); {
+		if b[i]>>4 == packets.Disconnect {
+			return true
+		}
+		length, n := 0, 1
+		for mult := 1; ; mult *= 128 {
+			if i+n >= len(b) || n > 4 {
+				return false
+			}
+			length += int(b[i+n]&0x7f) * mult
+			n++
+			if b[i+n-1]&0x80 == 0 {
+				break
+			}
+		}
+		i += n + length
+	}
+	return false
+}
+
+// endedFor notes the reason code the server ended the connection for,
+// unless one is noted already.
+func (c *deviceConn) endedFor(code byte) { c.why.CompareAndSwap(0, 0x100|uint32(code)) }
+
+// farewell is the DISCONNECT to send as the connection closes: one with
+// the reason the server ended it for, when a v5 client was told none.
+// Only the reason code: it fits any Maximum Packet Size the client set.
+func (c *deviceConn) farewell() []byte {
+	why := c.why.Load()
+	if why == 0 || c.told.Load() || c.id.version != 5 {
+		return nil
+	}
+	return []byte{packets.Disconnect << 4, 2, byte(why), 0}
+}
+
+// Close ends the connection for mochi and the hub without closing the
+// socket: reads and writes fail from now on, and one blocked in either is
+// woken. The socket is closed by the connection's own goroutine once mochi
+// is done with it, with a lingering close (see closeServed), so that what
+// was written last (a DISCONNECT with its reason code) reaches a client
+// that is still sending. mochi closes the connection right after writing
+// a DISCONNECT, from whichever goroutine found the reason; none of them
+// may wait for the linger.
+func (c *deviceConn) Close() error {
+	if c.closing.Swap(true) {
+		return nil
+	}
+	return c.Conn.SetDeadline(time.Now())
+}
+
+// SetDeadline, SetReadDeadline and SetWriteDeadline do nothing once the
+// connection is closing: mochi moves the deadline on before each packet it
+// reads, which would undo the one Close set to wake the reader.
+func (c *deviceConn) SetDeadline(t time.Time) error {
+	if c.closing.Load() {
+		return nil
+	}
+	return c.Conn.SetDeadline(t)
+}
+
+func (c *deviceConn) SetReadDeadline(t time.Time) error {
+	if c.closing.Load() {
+		return nil
+	}
+	return c.Conn.SetReadDeadline(t)
+}
+
+func (c *deviceConn) SetWriteDeadline(t time.Time) error {
+	if c.closing.Load() {
+		return nil
+	}
+	return c.Conn.SetWriteDeadline(t)
 }

@@ -238,6 +238,7 @@ func New(cfg Config) (*Hub, error) {
 		hs:   newHandshakes(cfg.MaxHandshakes, cfg.HandshakesPerAddress, cfg.HandshakesPerEndpoint, cfg.ConnectTimeout/2, cfg.Log),
 		auth: newAuthLimit(cfg.Now),
 		emit: h.emit, meterOf: h.meterOf, quotaHit: h.quotaHit,
+		lingering: make(chan struct{}, maxLingering),
 	}
 	if cfg.Changes != nil {
 		h.cancelSub = cfg.Changes.Subscribe(h.changes.onChange)

@@ -40,9 +40,12 @@ type ingress struct {
 	quotaHit func(tenant, device, clientID, quota string, limit int64)
 
 	// done is closed as the hub closes; wg counts the accept loops and
-	// the connections being handled.
+	// the connections being handled (also while they linger).
 	done <-chan struct{}
 	wg   sync.WaitGroup
+	// lingering holds a token for each connection in its lingering close
+	// (see linger.go), at most maxLingering.
+	lingering chan struct{}
 
 	mu        sync.Mutex
 	listeners []net.Listener
@@ -217,10 +220,16 @@ func (in *ingress) handle(conn net.Conn, p *pending) {
 		conn.Close()
 		return
 	}
-	defer in.reg.releaseConn(inst)
 	conn.SetDeadline(time.Time{})
 	endHandshake()
-	inst.serve(newDeviceConn(conn, r, raw, id, inst, in.cfg.WriteTimeout))
+	dc := newDeviceConn(conn, r, raw, id, inst, in.cfg.WriteTimeout)
+	func() {
+		defer in.reg.releaseConn(inst)
+		inst.serve(dc)
+	}()
+	// The connection no longer counts against the tenant's connections
+	// while it lingers: the device may connect again at once.
+	in.closeServed(dc)
 }
 
 // admit authenticates a CONNECT and finds its tenant's broker, or returns

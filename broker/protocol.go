@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"errors"
+
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -17,7 +19,7 @@ type protocolHook struct {
 
 func (h *protocolHook) ID() string { return "roost-protocol" }
 
-var protocolHookEvents = provides(mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnClientExpired)
+var protocolHookEvents = provides(mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnDisconnect, mqtt.OnClientExpired)
 
 func (h *protocolHook) Provides(b byte) bool { return protocolHookEvents.has(b) }
 
@@ -62,11 +64,32 @@ func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 // OnPacketEncode: mochi answers a resent QoS 2 PUBLISH it already holds
 // with 0x91, which tells a v5 publisher its message was refused; it was
 // accepted, and the answer is a plain PUBREC [MQTT-4.3.3-10].
+//
+// It notes the reason of a DISCONNECT on its way to the client: mochi
+// v2.7.9 puts a DISCONNECT behind the client's queued messages in a
+// buffer that nothing writes once the client is stopped, so a busy
+// subscriber would never get it (see closeServed).
 func (h *protocolHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	if pk.FixedHeader.Type == packets.Pubrec && pk.ReasonCode == packets.ErrPacketIdentifierInUse.Code {
+	switch {
+	case pk.FixedHeader.Type == packets.Pubrec && pk.ReasonCode == packets.ErrPacketIdentifierInUse.Code:
 		pk.ReasonCode = packets.CodeSuccess.Code
+	case pk.FixedHeader.Type == packets.Disconnect:
+		if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+			dc.endedFor(pk.ReasonCode)
+		}
 	}
 	return pk
+}
+
+// OnDisconnect notes why mochi ended a connection when it sends no
+// DISCONNECT itself: mochi v2.7.9 closes the connection on a packet it
+// cannot decode (0x81 malformed, 0x82 protocol error) without telling an
+// MQTT 5 client why [MQTT-4.13.2-1]. closeServed sends it.
+func (h *protocolHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	var code packets.Code
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok && errors.As(err, &code) && code.Code >= packets.ErrUnspecifiedError.Code {
+		dc.endedFor(code.Code)
+	}
 }
 
 // OnClientExpired unsubscribes an expired session: mochi v2.7.9 leaves its

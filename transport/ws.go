@@ -107,8 +107,16 @@ func (c *wsConn) Write(p []byte) (int, error) {
 
 // Close sends a close frame, if it can at once, and closes the connection.
 func (c *wsConn) Close() error {
-	c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(100*time.Millisecond))
+	c.CloseWrite()
 	return c.ws.Close()
+}
+
+// CloseWrite sends a close frame, if it can at once: WebSocket's end of
+// the write side, after which the connection can still be read. (The
+// ingress ends each layer's write side in turn before it closes a
+// connection; see broker/linger.go.) A second close frame is not sent.
+func (c *wsConn) CloseWrite() error {
+	return c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(100*time.Millisecond))
 }
 
 func (c *wsConn) LocalAddr() net.Addr                { return c.ws.LocalAddr() }
