@@ -34,12 +34,12 @@ func TestMetricsSeriesBounded(t *testing.T) {
 	h.quotaHit("t0002", "d", "c", "publish_rate", 5)
 	c := h.Collector(20)
 	n := testutil.CollectAndCount(c) - 2 // the two roost_quota_exceeded_total series
-	const perTenant = 9                  // connections, 2 messages, 2 bytes, throttled, denied, auth failures, queued
+	const perTenant = 10                 // connections, 2 messages, 2 bytes, throttled, denied, auth failures, queued, session claims
 	const totals = 7                     // tenants metered, brokers, forwarded connections, forwards, change retries, fenced writes, lease refusals
 
 	handshakes := 1 + int(nDropReasons) // in handshake, and dropped by reason
 	if want := 21*perTenant + totals + handshakes; n != want {
-		t.Errorf("%d series for 1,000 tenants, want %d (20 tenants + _other, 9 each, and %d totals)", n, want, totals)
+		t.Errorf("%d series for 1,000 tenants, want %d (20 tenants + _other, %d each, and %d totals)", n, want, perTenant, totals)
 	}
 	reg := prometheus.NewPedanticRegistry()
 	reg.MustRegister(c)
