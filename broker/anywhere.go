@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -315,25 +316,53 @@ func (inst *instance) kicked(clientID string, epoch uint64) {
 	endConn(inst.server, cl, packets.ErrSessionTakenOver)
 }
 
-// discarding notes that a connection starting clean discards the client's
-// stored session; discarded reports it once (the session's routes go).
-// The claim's epoch is kept with it: the discard ends the connection the
-// session had on another node.
+// discard ends the stored session a connection does not resume (a clean
+// start, a connection that keeps none, or expired) before the connection
+// is accepted, under the claim made at connect: first its routes, so that
+// no node queues anything for it once its client has the CONNACK (and the
+// node its client was last on ends that connection), then its record and
+// queue, with the copies queued for it while the routes stood. An error
+// leaves the record, so that the client's next connection discards it.
+func (inst *instance) discard(ctx context.Context, clientID string) error {
+	p, r := inst.persist, inst.routes
+	epoch := p.epoch(clientID)
+	if r != nil && r.sess != nil {
+		if err := r.sess.DropSession(ctx, clientID, epoch); err != nil {
+			return fmt.Errorf("drop its routes: %w", err)
+		}
+	}
+	switch err := p.st.DeleteSession(ctx, p.tenant, clientID, epoch); {
+	case errors.Is(err, store.ErrFenced):
+		// Claimed since, elsewhere: that connection keeps it, and ends
+		// this one.
+		p.host.fenced()
+		inst.log.Info("discard a session: it has a new owner, who keeps it", "client_id", clientID)
+		return nil
+	case err != nil:
+		return fmt.Errorf("delete it: %w", err)
+	}
+	p.discarding(clientID)
+	return nil
+}
+
+// discarding notes that a connection discarded the client's stored
+// session (see discard); discarded reports it once, as the new session
+// starts.
 func (p *persistence) discarding(clientID string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.discard == nil {
-		p.discard = map[string]uint64{}
+		p.discard = map[string]bool{}
 	}
-	p.discard[clientID] = p.epochs[clientID]
+	p.discard[clientID] = true
 }
 
-func (p *persistence) discarded(clientID string) (epoch uint64, ok bool) {
+func (p *persistence) discarded(clientID string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	epoch, ok = p.discard[clientID]
+	ok := p.discard[clientID]
 	delete(p.discard, clientID)
-	return epoch, ok
+	return ok
 }
 
 // expireAway ends the sessions whose clients stayed away past their

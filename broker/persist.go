@@ -146,9 +146,9 @@ type persistence struct {
 	// read from the store when its client connects (adopt) and let go
 	// when it leaves (evict).
 	anywhere bool
-	// discard holds the clients whose connection discards a stored
-	// session (anywhere).
-	discard map[string]uint64
+	// discard holds the clients whose connection discarded a stored
+	// session, until the new session starts (anywhere).
+	discard map[string]bool
 	// What a catchUp must not take for copies sent nowhere (see catchUp):
 	// appending holds beforeAck's appends in flight, by ticket, until
 	// their copies are noted (appended signals each end); acking holds,

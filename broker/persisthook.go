@@ -44,6 +44,9 @@ func (h *sessionHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if !ok {
 		return nil
 	}
+	// A discard noted for a connection that never got to its session's
+	// start is not this one's.
+	h.p.discarded(cl.ID)
 	keeps := !cl.Properties.Clean
 	if cl.Properties.ProtocolVersion == 5 {
 		keeps = min(cl.Properties.Props.SessionExpiryInterval, h.inst.maxSessionExpiry()) > 0
@@ -78,12 +81,23 @@ func (h *sessionHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			return refuse("read a session's queue", err)
 		}
 	}
-	if found && !resumed {
+	if found && !resumed && !h.takesOver(cl.ID, pk) {
 		// Discarded (a clean start, a connection that keeps no session)
-		// or expired: its routes go too.
-		h.p.discarding(cl.ID)
+		// or expired: it ends before the CONNACK goes out.
+		if err := h.inst.discard(ctx, cl.ID); err != nil {
+			return refuse("discard a session", err)
+		}
 	}
 	return nil
+}
+
+// takesOver reports whether mochi hands the connection the session it
+// holds for the client id (its client is connected here): a connection
+// not starting clean resumes it, even one that keeps none after (see
+// routeHook.OnSessionEstablished).
+func (h *sessionHook) takesOver(clientID string, pk packets.Packet) bool {
+	prev, ok := h.inst.server.Clients.Get(clientID)
+	return ok && !prev.Net.Inline && !pk.Connect.Clean
 }
 
 // claimTimeout bounds a session's claim at connect.
@@ -158,9 +172,13 @@ func (h *sessionHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 }
 
 func (h *sessionHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
-	if pk.Connect.Clean {
+	if discarded := h.p.discarded(cl.ID); pk.Connect.Clean || discarded {
 		// A clean start discards the previous session, in the store too;
-		// a new one it keeps stays under the claim made at connect.
+		// a new one it keeps stays under the claim made at connect. A
+		// stored session discarded at connect is deleted once more: a
+		// node that matched its routes as they went may have queued a
+		// copy since, and the new session has no subscription yet, so
+		// whatever its queue holds is the old one's.
 		epoch := h.p.epoch(cl.ID)
 		h.drop(cl, "drop session")
 		if persistent(cl) {

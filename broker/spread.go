@@ -359,10 +359,10 @@ func (r *spreadRoutes) sessionRouted(cl *mqtt.Client) bool {
 	return r.sess != nil && !cl.Net.Inline && persistent(cl)
 }
 
-// OnSessionEstablished, for a persistent session living on any node:
-// a clean start's discarded session loses its routes, and the session is
-// attached here (messages for it come here; a connection another node
-// still has for it is ended there).
+// OnSessionEstablished, for a persistent session living on any node: the
+// session is attached here (messages for it come here; a connection
+// another node still has for it is ended there). A stored session the
+// connection discards lost its routes before the CONNACK (see discard).
 func (h *routeHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	r := h.inst.routes
 	if r == nil || r.sess == nil || cl.Net.Inline {
@@ -370,11 +370,6 @@ func (h *routeHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	}
 	ctx, cancel := routeCtx()
 	defer cancel()
-	if epoch, ok := h.inst.persist.discarded(cl.ID); ok {
-		if err := r.sess.DropSession(ctx, cl.ID, epoch); err != nil {
-			h.inst.log.Warn("drop a discarded session's routes", "client_id", cl.ID, "err", err)
-		}
-	}
 	if !persistent(cl) {
 		if !pk.Connect.Clean {
 			// It may have taken over a session still here, subscriptions

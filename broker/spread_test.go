@@ -801,3 +801,33 @@ func TestSpreadSessionNotResumedDropsRoutes(t *testing.T) {
 		})
 	}
 }
+
+// TestSpreadExpiredSessionLeavesNothing: a client back after its session
+// expired, before the tenant's home ended it, starts a new session: it is
+// not sent what was queued for the old one, and the queue holds none of
+// it.
+func TestSpreadExpiredSessionLeavesNothing(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	pub := mustV5(t, s.addr, user("acme", "d"), secret, "pub")
+	old := mustV5(t, s.b.addr, user("acme", "d"), secret, "brief", func(c *paho.Connect) {
+		c.CleanStart = false
+		c.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(1)}
+	})
+	old.sub(t, "q/#", 1)
+	old.Disconnect(&paho.Disconnect{})
+	pub.pub(t, "q/x", "for the old session", 1, false)
+	if info, err := s.sessA.QueueInfo(context.Background(), "acme", "brief"); err != nil || info.Len != 1 {
+		t.Fatalf("queued for the session while away: %+v, %v; want 1", info, err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	back := mustV5(t, s.b.addr, user("acme", "d"), secret, "brief", keepSession)
+	if back.connack.SessionPresent {
+		t.Fatal("the expired session was resumed")
+	}
+	back.quiet(t, 300*time.Millisecond, "a message queued for the expired session")
+	if info, err := s.sessA.QueueInfo(context.Background(), "acme", "brief"); err != nil || info.Len != 0 {
+		t.Errorf("the new session's queue: %+v, %v; want empty", info, err)
+	}
+}
