@@ -236,14 +236,26 @@ func (f *forwarder) splice(conn net.Conn, r *bufio.Reader, up net.Conn, endHands
 	}
 	endHandshake()
 	defer f.dropForward(conn)
+	var homeEnded atomic.Bool
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		io.Copy(conn, up)
-		conn.Close()
+		// The home ended the connection, maybe right after a DISCONNECT
+		// the device has not read yet while it goes on writing: its write
+		// side is ended, and what it still sends is read for a moment
+		// (below), rather than answered with a reset that could destroy
+		// the DISCONNECT (see linger.go).
+		homeEnded.Store(true)
+		closeWrite(conn)
+		conn.SetReadDeadline(time.Now().Add(lingerTime))
 	}()
 	io.Copy(up, r)
 	up.Close()
+	if homeEnded.Load() {
+		io.CopyN(io.Discard, r, lingerBytes)
+	}
+	conn.Close()
 	<-done
 }
 

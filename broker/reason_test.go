@@ -331,3 +331,27 @@ func TestReasonCodeReachesBusySubscriber(t *testing.T) {
 		t.Errorf("DISCONNECT 0x%02x, want 0x94", code)
 	}
 }
+
+// TestReasonCodeReachesForwardedClient: a device whose connection another
+// node forwards to its tenant's home reads the DISCONNECT the home sends
+// while it is still writing: the forwarding node ends its side of the
+// device's connection and drains it as the home does, rather than resetting
+// it.
+func TestReasonCodeReachesForwardedClient(t *testing.T) {
+	s := newStack(t)
+	s.tenant("acme")
+	s.liftPublishLimits("acme", nil)
+	secret := s.device("acme", "pub")
+	a, b := newFleetNode(t, s, "a"), newFleetNode(t, s, "b")
+	placer := mustV5(t, a.addr, user("acme", "placer"), s.device("acme", "placer"), "placer")
+	defer placer.Disconnect(&paho.Disconnect{})
+	_, other := homeOf(t, "acme", a, b)
+	before := other.hub.Forwards()
+	for range 10 {
+		c := dialWriting(t, other.addr, user("acme", "pub"), secret, "pub")
+		if n := other.hub.Forwards(); n <= before {
+			t.Fatalf("node %s forwards %d connections, want the writing client's beside %d", other.id, n, before)
+		}
+		c.expectDisconnect(rawPublish(0, 0, "t", topicAlias(0), "x"), 0x94)
+	}
+}
