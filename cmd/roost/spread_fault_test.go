@@ -208,12 +208,14 @@ func TestSpreadFleet(t *testing.T) {
 	}
 	p5 = persistent(1, true)
 	expectPayloads(p5msgs, "away2", 10, "MQTT 5 session back through node 1, published on node 2 while away")
+	f.settle(p5)
 	p5.Disconnect(&paho.Disconnect{})
 	for i := range 10 {
 		f.mustPublish(pub1, "pers/a", fmt.Sprintf("away1-%d", i), 1, false)
 	}
 	p5 = persistent(2, true)
 	expectPayloads(p5msgs, "away1", 10, "MQTT 5 session back through node 2, published on node 1 while away")
+	f.settle(p5)
 	p5.Disconnect(&paho.Disconnect{})
 
 	p3msgs := make(chan *paho.Publish, 64)
@@ -916,6 +918,16 @@ func (f *spreadFleet) mustSubscribe(c *paho.Client, filter string, qos byte) {
 	if err := subscribe(c, filter, qos); err != nil {
 		f.t.Fatalf("%s: %v", c.ClientID(), err)
 	}
+}
+
+// settle returns once the broker has read the acknowledgements c sent
+// for what it received: paho hands a message over before it acknowledges
+// it, and a DISCONNECT right after may pass the PUBACKs, which leaves the
+// messages to be sent again. A publish of c's own, acknowledged, comes
+// after them (one connection's packets are read in order).
+func (f *spreadFleet) settle(c *paho.Client) {
+	f.t.Helper()
+	f.mustPublish(c, "settle/"+c.ClientID(), "", 1, false)
 }
 
 func (f *spreadFleet) mustPublish(c *paho.Client, topic, payload string, qos byte, retain bool) {
