@@ -47,6 +47,13 @@ func (h *willHook) OnWill(cl *mqtt.Client, will mqtt.Will) (mqtt.Will, error) {
 	if dc, ok := cl.Net.Conn.(*deviceConn); ok && !h.inst.withdrawWills.Load() && !dc.withdrawWill.Load() {
 		h.inst.willGone(cl, dc.id.device, will)
 	}
+	// mochi reads the delay from the client, not from what this returns:
+	// it would hold the withdrawn Will for it, and its event loop would
+	// later clear the Will of the client holding the id then — the
+	// session's next connection, racing with that connection's goroutine
+	// (mochi v2.7.9, server.go sendDelayedLWT). With no delay it is
+	// dropped now. sendLWT runs on the goroutine that owns the client.
+	cl.Properties.Will.WillDelayInterval = 0
 	return mqtt.Will{TopicName: withdrawnWill}, nil
 }
 
