@@ -1,9 +1,11 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -190,8 +192,75 @@ func (p *persistence) copiesArrived(seqs map[string]uint64) (after func()) {
 	}
 }
 
-// catchUp reads what a connected session's queue holds past what this
-// broker knows of, and sends it: copies queued by a node that sent them to
+// copiesLacking adds to a message another node sent here the numbers of
+// the copies its sender queued for persistent sessions here without
+// knowing they were here: it sent the message for other subscribers here,
+// before such a session's attach (its subscriptions are live here from its
+// CONNECT, the attach comes after its CONNACK). mochi hands the message
+// to the session all the same; unmapped to its copy, the client's PUBACK
+// would not delete the copy, and catchUp would read it and send it again.
+// A session's copy is the first in its queue not known here with the
+// message's topic, payload and QoS (any such copy is the same message to
+// the client); each found is noted outstanding. A session whose queue is
+// full has none: its sender dropped it.
+func (p *persistence) copiesLacking(m fabric.Message, seqs map[string]uint64) map[string]uint64 {
+	if m.QoS == 0 || !p.anywhere || p.storedN.Load() == 0 {
+		return seqs
+	}
+	type lack struct {
+		clientID string
+		qos      byte
+	}
+	var lacking []lack
+	for id, sub := range p.server.Topics.Subscribers(m.Topic).Subscriptions {
+		if _, ok := seqs[id]; ok || min(m.QoS, sub.Qos) == 0 {
+			continue
+		}
+		if cl, ok := p.server.Clients.Get(id); ok && !cl.Net.Inline && persistent(cl) {
+			lacking = append(lacking, lack{id, min(m.QoS, sub.Qos)})
+		}
+	}
+	if len(lacking) == 0 {
+		return seqs
+	}
+	out := maps.Clone(seqs)
+	if out == nil {
+		out = map[string]uint64{}
+	}
+	limit := p.maxQueued()
+	ctx, cancel := storeCtx()
+	defer cancel()
+	for _, l := range lacking {
+		p.mu.Lock()
+		known := len(p.outstanding[l.clientID])
+		if known >= limit {
+			p.mu.Unlock()
+			continue
+		}
+		p.reading[l.clientID]++ // see catchUp
+		p.mu.Unlock()
+		queued, err := p.st.Read(ctx, p.tenant, l.clientID, 0, limit+known)
+		if err != nil {
+			p.log.Warn("read a session's queue for the copy of a message sent here", "client_id", l.clientID, "err", err)
+		}
+		p.mu.Lock()
+		for _, q := range queued {
+			if _, gone := p.acking[l.clientID][q.Seq]; gone || slices.Contains(p.outstanding[l.clientID], q.Seq) ||
+				q.Topic != m.Topic || q.QoS != l.qos || !bytes.Equal(q.Payload, m.Payload) {
+				continue
+			}
+			p.outstanding[l.clientID] = insertSeq(p.outstanding[l.clientID], q.Seq)
+			out[l.clientID] = q.Seq
+			break
+		}
+		p.doneReading(l.clientID)
+		p.mu.Unlock()
+	}
+	return out
+}
+
+// catchUp reads what a connected session's queue holds that this broker
+// does not know of, and sends it: copies queued by a node that sent them to
 // a node the client had left (a notice lost in a takeover) arrive this way.
 //
 // The store and what this broker notes do not change together: a publish
@@ -204,15 +273,14 @@ func (p *persistence) copiesArrived(seqs map[string]uint64) (after func()) {
 // (acking).
 func (p *persistence) catchUp(cl *mqtt.Client) {
 	p.mu.Lock()
-	var after uint64
-	if out := p.outstanding[cl.ID]; len(out) > 0 {
-		after = out[len(out)-1]
-	}
+	known := len(p.outstanding[cl.ID])
 	p.reading[cl.ID]++
 	p.mu.Unlock()
 	ctx, cancel := storeCtx()
 	defer cancel()
-	queued, err := p.st.Read(ctx, p.tenant, cl.ID, after, p.maxQueued())
+	// The whole queue: what is known of it here may have been noted out
+	// of order (copiesLacking notes copies queued before the attach).
+	queued, err := p.st.Read(ctx, p.tenant, cl.ID, 0, p.maxQueued()+known)
 	p.mu.Lock()
 	for last := p.nextAppend; p.appendingUpTo(last); {
 		p.appended.Wait()

@@ -318,11 +318,15 @@ func (inst *instance) deliverRemote(m fabric.Message) error {
 	if m.QoS > 0 {
 		pk.PacketID = 1 // mochi's validation wants one; the inline client is never acknowledged
 	}
-	if len(m.Seqs) > 0 && inst.persist != nil {
+	seqs := m.Seqs
+	if inst.persist != nil {
+		seqs = inst.persist.copiesLacking(m, seqs)
+	}
+	if len(seqs) > 0 && inst.persist != nil {
 		// Copies queued by the sender for sessions connected here: their
 		// deliveries map to these numbers, as for a publish stored here.
-		pk = inst.persist.tag(pk, m.Seqs)
-		defer inst.persist.copiesArrived(m.Seqs)()
+		pk = inst.persist.tag(pk, seqs)
+		defer inst.persist.copiesArrived(seqs)()
 	}
 	inst.inlineMu.Lock()
 	defer inst.inlineMu.Unlock()

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -830,4 +831,144 @@ func TestSpreadExpiredSessionLeavesNothing(t *testing.T) {
 	if info, err := s.sessA.QueueInfo(context.Background(), "acme", "brief"); err != nil || info.Len != 0 {
 		t.Errorf("the new session's queue: %+v, %v; want empty", info, err)
 	}
+}
+// TestSpreadResumedOnceEach: a persistent session that left one node and
+// resumes on the other, beside a clean subscriber there, gets what is
+// published on the first node once each — whether its routes were written
+// by its own subscription or seeded as a tenant widens (fabric's
+// SeedSessions), and whichever connects first. The messages are
+// published right after the session's CONNACK, before its node records it
+// as connected there (that node's fabric attaches slowly, as a loaded
+// node does): their publisher queues them for the session, and sends
+// those the clean subscriber wants to its node, whose broker hands them
+// to the session too.
+func TestSpreadResumedOnceEach(t *testing.T) {
+	const attachDelay = 300 * time.Millisecond
+	for _, tc := range []struct {
+		name        string
+		seed        bool
+		cleanBefore bool
+	}{
+		{"clean first", false, true},
+		{"session first", false, false},
+		{"seeded, clean first", true, true}, // as in cmd/roost's TestWideTenant
+		{"seeded, session first", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := make([]byte, 6)
+			rand.Read(b)
+			prefix := "roost-fabric-" + hex.EncodeToString(b)
+			url := testenv.RedisURL(t)
+			s := newSpreadWith(t, newFabric(t, url, prefix, "node-a"), slowAttach{newFabric(t, url, prefix, "node-b"), attachDelay})
+			s.tenant("acme")
+			secret := s.device("acme", "d", tenants.ClientIDsAny)
+			old := mustV5(t, s.addr, user("acme", "d"), secret, "pc", keepSession)
+			old.sub(t, "q/#", 1)
+			old.Disconnect(&paho.Disconnect{})
+			if tc.seed {
+				seedSession(t, s, "acme", "pc")
+			}
+			var clean *v5
+			subscribeClean := func() {
+				clean = mustV5(t, s.b.addr, user("acme", "d"), secret, "c1")
+				clean.sub(t, "q/x", 1)
+			}
+			pub := mustV5(t, s.addr, user("acme", "d"), secret, "p")
+			if tc.cleanBefore {
+				subscribeClean()
+			}
+			pc := mustV5(t, s.b.addr, user("acme", "d"), secret, "pc", keepSession)
+			if !pc.connack.SessionPresent {
+				t.Fatal("the session is not present on the other node")
+			}
+			if !tc.cleanBefore {
+				subscribeClean()
+			}
+			// One for the session alone (queued, sent nowhere), then five
+			// the clean subscriber wants too.
+			want := []string{"alone"}
+			pub.pub(t, "q/y", "alone", 1, false)
+			for i := range 5 {
+				pub.pub(t, "q/x", fmt.Sprint(i), 1, false)
+				want = append(want, fmt.Sprint(i))
+			}
+			for i := range 5 {
+				clean.expect(t, "q/x", fmt.Sprint(i))
+			}
+			got := map[string]int{}
+			var order []string
+			deadline := time.After(attachDelay + 2*time.Second)
+			for collecting := true; collecting; {
+				select {
+				case m := <-pc.msgs:
+					got[string(m.Payload)]++
+					order = append(order, string(m.Payload))
+				case <-deadline:
+					collecting = false
+				}
+			}
+			// One published as the session attached may come twice (see
+			// TestSpreadSessionMoves).
+			missing := slices.DeleteFunc(slices.Clone(want), func(p string) bool { return got[p] > 0 })
+			if dups := len(order) - len(got); len(missing) > 0 || dups > 1 {
+				t.Errorf("the persistent session got %v (%d duplicates, %v missing); want each of %v once, one at most twice", order, dups, missing, want)
+			}
+			clean.quiet(t, 100*time.Millisecond, "the clean subscriber: a message twice")
+			eventually(t, 5*time.Second, "the acknowledged messages deleted from the session's queue", func() bool {
+				info, err := s.sessA.QueueInfo(context.Background(), "acme", "pc")
+				return err == nil && info.Len == 0
+			})
+		})
+	}
+}
+
+// slowAttach is a fabric whose Attach takes delay: a node loaded enough
+// that a resumed session's subscriptions are live there a while before
+// the fabric sends its messages there.
+type slowAttach struct {
+	*fabric.Redis
+	delay time.Duration
+}
+
+func (f slowAttach) Join(ctx context.Context, tenant string, home bool, deliver func(fabric.Message) error) (fabric.Owner, error) {
+	o, err := f.Redis.Join(ctx, tenant, home, deliver)
+	if err != nil {
+		return nil, err
+	}
+	return slowAttachOwner{o.(fabric.SessionOwner), f.delay}, nil
+}
+
+type slowAttachOwner struct {
+	fabric.SessionOwner
+	delay time.Duration
+}
+
+func (o slowAttachOwner) Attach(ctx context.Context, clientID string, epoch uint64) error {
+	time.Sleep(o.delay)
+	return o.SessionOwner.Attach(ctx, clientID, epoch)
+}
+
+// seedSession writes a stored session's routes as a home widening its
+// tenant does (see broker/wide.go).
+func seedSession(t *testing.T, s *spread, tenant, clientID string) {
+	t.Helper()
+	ctx, cancel := contextWithTimeout()
+	defer cancel()
+	stored, found, err := s.sessA.Session(ctx, tenant, clientID)
+	if err != nil || !found {
+		t.Fatalf("read session %s: found %v, %v", clientID, found, err)
+	}
+	sd := fabric.Seed{ClientID: clientID}
+	for _, sub := range stored.Subscriptions {
+		sd.Filters = append(sd.Filters, fabric.SessionFilter{Filter: sub.Filter, QoS: sub.QoS, NoLocal: sub.NoLocal})
+	}
+	// Its client's node may not have let it go yet: a session it holds
+	// is not seeded.
+	eventually(t, 5*time.Second, "the session's routes seeded", func() bool {
+		seeded, err := s.fabA.(*fabric.Redis).SeedSessions(ctx, tenant, []fabric.Seed{sd})
+		if err != nil {
+			t.Fatalf("seed session %s: %v", clientID, err)
+		}
+		return len(seeded) == 1
+	})
 }
