@@ -832,6 +832,7 @@ func TestSpreadExpiredSessionLeavesNothing(t *testing.T) {
 		t.Errorf("the new session's queue: %+v, %v; want empty", info, err)
 	}
 }
+
 // TestSpreadResumedOnceEach: a persistent session that left one node and
 // resumes on the other, beside a clean subscriber there, gets what is
 // published on the first node once each — whether its routes were written
