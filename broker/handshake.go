@@ -389,7 +389,7 @@ func (hs *handshakes) noteLocked(r dropReason, source string, now time.Time) {
 		}
 	}
 	hs.unlogged = [nDropReasons]int64{}
-	hs.log.Warn("connection attempts refused, or connections in handshake closed to make room (a flood, or a bound too low; counts since the last such line)", attrs...)
+	hs.log.Warn("connections in handshake refused or closed to make room, or attempts refused over their rate (a flood, or a bound too low; counts since the last such line)", attrs...)
 }
 
 // close sheds every connection in handshake and refuses new ones.
