@@ -18,13 +18,3 @@ func SourceHandshakes(h *Hub, addr string) int {
 	defer h.in.hs.mu.Unlock()
 	return h.in.hs.all.count(addr)
 }
-
-// HandshakeDrops is how many connections were refused or shed, by the
-// reason roost_handshakes_dropped_total names.
-func HandshakeDrops(h *Hub) map[string]int64 {
-	out := map[string]int64{}
-	for r, n := range h.in.hs.drops() {
-		out[dropReason(r).String()] = n
-	}
-	return out
-}

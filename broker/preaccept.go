@@ -162,6 +162,13 @@ func (hs *handshakes) hello(conn net.Conn, tenant string) bool {
 	return p == nil || hs.enterEndpoint(p, tenant)
 }
 
+// rateKeys is how many addresses and endpoints the attempt rates remember.
+func (hs *handshakes) rateKeys() (addresses, endpoints int) {
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	return hs.addressRate.size(), hs.endpointRate.size()
+}
+
 // admitted gives back the tokens p's attempt took: it became a
 // connection.
 func (hs *handshakes) admitted(p *pending) {

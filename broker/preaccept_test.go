@@ -13,9 +13,37 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/transport"
 )
+
+// scraped is the value of the hub's metric name whose label has value,
+// read as Prometheus reads it.
+func scraped(t *testing.T, hub *broker.Hub, name, label, value string) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(hub.Collector(0))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetGauge().GetValue() + m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no metric %s{%s=%q}", name, label, value)
+	return 0
+}
 
 // dialFrom opens a TCP connection to addr from the loopback address ip.
 func dialFrom(t *testing.T, ip, addr string) net.Conn {
@@ -84,11 +112,14 @@ func TestAttemptRateFromOneAddress(t *testing.T) {
 	if open < 10 || open > 11 || refused < 19 {
 		t.Errorf("of 30 silent attempts from one address: %d left open, %d closed at once; want the burst of 10 open and the rest closed", open, refused)
 	}
-	if got := broker.HandshakeDrops(s.hub)["refused_rate_per_address"]; got != int64(refused) {
-		t.Errorf("roost_handshakes_dropped_total{reason=refused_rate_per_address} = %d, want %d", got, refused)
+	if got := scraped(t, s.hub, "roost_handshakes_dropped_total", "reason", "refused_rate_per_address"); got != float64(refused) {
+		t.Errorf("roost_handshakes_dropped_total{reason=refused_rate_per_address} = %v, want %d", got, refused)
 	}
 	if code, err := connackV5(dialFrom(t, "127.0.0.3", s.addr), "acme/d1", secret, "d1"); code != 0 || err != nil {
 		t.Errorf("a device from another address: CONNACK 0x%02x (%v), want 0", code, err)
+	}
+	if got := scraped(t, s.hub, "roost_handshake_rate_keys", "scope", "address"); got != 2 {
+		t.Errorf("roost_handshake_rate_keys{scope=address} = %v, want 2 (127.0.0.2 and 127.0.0.3)", got)
 	}
 	logs := s.logs.String()
 	if n := strings.Count(logs, "refused_rate_per_address="); n != 1 {
@@ -210,8 +241,8 @@ func TestAttemptRateAtEndpoint(t *testing.T) {
 	if completed < 3 || completed > 4 || alerted < 6 {
 		t.Errorf("of 10 handshakes from 10 addresses at one endpoint: %d completed, %d ended at the ClientHello; want the burst of 3 completed", completed, alerted)
 	}
-	if got := broker.HandshakeDrops(s.hub)["refused_rate_per_endpoint"]; got != int64(alerted) {
-		t.Errorf("roost_handshakes_dropped_total{reason=refused_rate_per_endpoint} = %d, want %d", got, alerted)
+	if got := scraped(t, s.hub, "roost_handshakes_dropped_total", "reason", "refused_rate_per_endpoint"); got != float64(alerted) {
+		t.Errorf("roost_handshakes_dropped_total{reason=refused_rate_per_endpoint} = %v, want %d", got, alerted)
 	}
 	tc, _, err := tlsTo(t, "127.0.0.8", tlsAddr, "other.localhost", roots)
 	if err != nil {
@@ -268,7 +299,7 @@ func TestAttemptRateForwarded(t *testing.T) {
 	if open != 15 {
 		t.Errorf("of 15 connections forwarded for one device address, rate burst 3: %d open, %d closed; want all open", open, refused)
 	}
-	if got := broker.HandshakeDrops(s.hub)["refused_rate_per_address"]; got != 0 {
-		t.Errorf("refused_rate_per_address = %d, want 0", got)
+	if got := scraped(t, s.hub, "roost_handshakes_dropped_total", "reason", "refused_rate_per_address"); got != 0 {
+		t.Errorf("refused_rate_per_address = %v, want 0", got)
 	}
 }

@@ -156,3 +156,81 @@ func serveAttack(opts string, stdin io.Reader, out io.Writer) error {
 	}()
 	return json.NewEncoder(out).Encode(bench.Attack(o, stop))
 }
+
+// runNoisy runs the noisy neighbour alone, at a suite's size, on fresh
+// brokers pinned as the suite pins them: Roost as the suite runs it,
+// Roost with the pre-accept attempt rates off (ROOST_HANDSHAKE_RATE_PER_*
+// = 0: what they buy, in the same run) and mosquitto. It prints each
+// target's figures and the ratios; it writes no results file.
+func runNoisy(ctx context.Context, suite, roostBin string, out io.Writer) error {
+	if _, ok := noisySizes[suite]; !ok {
+		return fmt.Errorf("unknown suite %q (quick, full or smoke)", suite)
+	}
+	dir, err := os.MkdirTemp("", "roost-bench-noisy")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	logs, err := os.Create(dir + "/brokers.log")
+	if err != nil {
+		return err
+	}
+	defer logs.Close()
+	res := suiteResult{Figures: map[string]map[string]float64{}, Spread: map[string]map[string]bench.Summary{}, Runs: map[string]map[string][]any{}, Absolute: map[string]*float64{}}
+	record := func(figure, target string, runs []any, values []float64) {
+		if res.Figures[figure] == nil {
+			res.Figures[figure] = map[string]float64{}
+		}
+		res.Figures[figure][target] = bench.Summarise(values).Median
+	}
+	var procs []*process
+	defer func() {
+		for _, p := range procs {
+			p.stop()
+		}
+	}()
+	roost, err := startRoost(ctx, roostBin, dir+"/roost", true, logs)
+	if err != nil {
+		return err
+	}
+	procs = append(procs, roost)
+	os.Setenv("ROOST_HANDSHAKE_RATE_PER_ADDRESS", "0")
+	os.Setenv("ROOST_HANDSHAKE_RATE_PER_ENDPOINT", "0")
+	off, err := startRoost(ctx, roostBin, dir+"/roost-off", true, logs)
+	os.Unsetenv("ROOST_HANDSHAKE_RATE_PER_ADDRESS")
+	os.Unsetenv("ROOST_HANDSHAKE_RATE_PER_ENDPOINT")
+	if err != nil {
+		return err
+	}
+	procs = append(procs, off)
+	mosq, err := startMosquitto(dir, true, logs)
+	if err != nil {
+		return err
+	}
+	if mosq != nil {
+		procs = append(procs, mosq)
+	}
+	// The second Roost is measured under the name "roost" too, after the
+	// first's figures are kept aside.
+	if err := noisyNeighbour(ctx, suite, procs[:1], record, &res, out); err != nil {
+		return err
+	}
+	with := res.Figures["noisy_neighbour_degradation"]["roost"]
+	if err := noisyNeighbour(ctx, suite, procs[1:], record, &res, out); err != nil {
+		return err
+	}
+	without := res.Figures["noisy_neighbour_degradation"]["roost"]
+	ratios := map[string]*float64{}
+	res.Figures["noisy_neighbour_degradation"]["roost"] = with
+	noisyRatios(res.Figures, ratios)
+	fmt.Fprintf(out, "degradation: roost %.2f, roost without pre-accept rates %.2f, mosquitto %.2f; roost vs mosquitto %s\n",
+		with, without, res.Figures["noisy_neighbour_degradation"]["mosquitto"], fmtRatio(ratios["noisy_neighbour_degradation_roost_vs_mosquitto"]))
+	return nil
+}
+
+func fmtRatio(r *float64) string {
+	if r == nil {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f", *r)
+}
