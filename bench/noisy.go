@@ -33,6 +33,12 @@ type NoisyResult struct {
 	MaxPairRatio float64 `json:"max_pair_ratio"`
 	// Attack is what the attacker saw, summed over the attack phases.
 	Attack AttackTally `json:"attack"`
+	// SoloCPU and AttackCPU are the broker process's CPU time a second
+	// of the solo and the attack phases, in ms (0 without a pid):
+	// what the attack costs the broker, less noisy than a p99 on a busy
+	// machine.
+	SoloCPU   float64 `json:"solo_cpu_ms_per_s"`
+	AttackCPU float64 `json:"attack_cpu_ms_per_s"`
 }
 
 // AttackTally counts what a noisy attacker's attempts met.
@@ -63,8 +69,9 @@ func (t *AttackTally) Add(o AttackTally) {
 // the next): rounds times, perPhase messages alone, then perPhase while
 // attack runs (start returns a stop that ends it and returns its tally).
 // Solo and attack phases alternate, so that a drift of the machine lands
-// in both.
-func Noisy(ctx context.Context, t Target, rounds, perPhase int, start func() (stop func() (AttackTally, error), err error)) (NoisyResult, error) {
+// in both. pid, if not 0, is the broker's process, whose CPU time each
+// phase is read.
+func Noisy(ctx context.Context, t Target, pid, rounds, perPhase int, start func() (stop func() (AttackTally, error), err error)) (NoisyResult, error) {
 	res := NoisyResult{Rounds: rounds, PerPhase: perPhase}
 	got := make(chan string, 16)
 	sub, err := mqttc.Dial(ctx, t.SubAddr(0), t.options("quiet-sub"))
@@ -124,8 +131,31 @@ func Noisy(ctx context.Context, t Target, rounds, perPhase int, start func() (st
 	}
 	var solo, attacked []time.Duration
 	var pairs []float64
+	var cpu [2]time.Duration     // solo, attack
+	var elapsed [2]time.Duration // the same
+	phase := func(i int) (lat []time.Duration, err error) {
+		var c0 time.Duration
+		if pid != 0 {
+			if c0, err = CPUTime(pid); err != nil {
+				return nil, err
+			}
+		}
+		t0 := time.Now()
+		if lat, err = measure(); err != nil {
+			return nil, err
+		}
+		elapsed[i] += time.Since(t0)
+		if pid != 0 {
+			c1, err := CPUTime(pid)
+			if err != nil {
+				return nil, err
+			}
+			cpu[i] += c1 - c0
+		}
+		return lat, nil
+	}
 	for range rounds {
-		s, err := measure()
+		s, err := phase(0)
 		if err != nil {
 			return res, err
 		}
@@ -133,7 +163,7 @@ func Noisy(ctx context.Context, t Target, rounds, perPhase int, start func() (st
 		if err != nil {
 			return res, err
 		}
-		a, err := measure()
+		a, err := phase(1)
 		tally, stopErr := stop()
 		if err = errors.Join(err, stopErr); err != nil {
 			return res, err
@@ -147,6 +177,8 @@ func Noisy(ctx context.Context, t Target, rounds, perPhase int, start func() (st
 	res.AttackP99 = float64(p99(attacked).Nanoseconds()) / 1000
 	res.Degradation = res.AttackP99 / res.SoloP99
 	res.MinPairRatio, res.MaxPairRatio = pairs[0], pairs[len(pairs)-1]
+	res.SoloCPU = float64(cpu[0].Microseconds()) / 1000 / elapsed[0].Seconds()
+	res.AttackCPU = float64(cpu[1].Microseconds()) / 1000 / elapsed[1].Seconds()
 	return res, nil
 }
 

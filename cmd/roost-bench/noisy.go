@@ -70,18 +70,19 @@ func noisyNeighbour(ctx context.Context, suite string, procs []*process, record 
 			}
 			attack.Username, attack.Password = "noisy/noisy", device.Secret
 		}
-		r, err := bench.Noisy(ctx, p.target, sz.rounds, sz.perPhase, func() (func() (bench.AttackTally, error), error) {
+		r, err := bench.Noisy(ctx, p.target, p.pid(), sz.rounds, sz.perPhase, func() (func() (bench.AttackTally, error), error) {
 			return startAttacker(attack)
 		})
 		if err != nil {
 			return fmt.Errorf("%s noisy neighbour: %w", name, err)
 		}
-		fmt.Fprintf(out, "%s: quiet p99 %.0f µs alone, %.0f µs under attack: %.2f× (pairs %.2f-%.2f); storm %+v\n",
-			name, r.SoloP99, r.AttackP99, r.Degradation, r.MinPairRatio, r.MaxPairRatio, r.Attack)
+		fmt.Fprintf(out, "%s: quiet p99 %.0f µs alone, %.0f µs under attack: %.2f× (pairs %.2f-%.2f); broker CPU %.0f ms/s alone, %.0f under attack; storm %+v\n",
+			name, r.SoloP99, r.AttackP99, r.Degradation, r.MinPairRatio, r.MaxPairRatio, r.SoloCPU, r.AttackCPU, r.Attack)
 		runs := []any{r}
 		record("noisy_neighbour_solo_p99_us", name, runs, []float64{r.SoloP99})
 		record("noisy_neighbour_attack_p99_us", name, runs, []float64{r.AttackP99})
 		record("noisy_neighbour_degradation", name, runs, []float64{r.Degradation})
+		record("noisy_neighbour_attack_cpu_ms_per_s", name, runs, []float64{r.AttackCPU - r.SoloCPU})
 	}
 	res.Absolute["noisy_neighbour_degradation_roost"] = nil
 	if d, ok := res.Figures["noisy_neighbour_degradation"]["roost"]; ok {
