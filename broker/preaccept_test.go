@@ -327,6 +327,7 @@ func BenchmarkConnectAttemptRates(b *testing.B) {
 			})
 			s.tenant("bench")
 			liftRates(b, s, "bench")
+			s.setQuota("bench", "max_connections", 1<<40) // closed connections may linger a moment
 			secret := s.device("bench", "d", tenants.ClientIDsAny)
 			var next atomic.Int64
 			var wg sync.WaitGroup
