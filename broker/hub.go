@@ -48,6 +48,18 @@ type Config struct {
 	// default MaxHandshakes, so that a flood aimed at one tenant leaves
 	// the rest to the others.
 	HandshakesPerEndpoint int
+	// HandshakeRatePerAddress bounds the connection attempts a second from
+	// one source address, with bursts of HandshakeBurstPerAddress: 100
+	// and 500 if zero; a negative rate is no bound. Attempts over it are
+	// closed as they are accepted, before anything is read (see
+	// attemptRate); an attempt that becomes a connection gives its token
+	// back.
+	HandshakeRatePerAddress, HandshakeBurstPerAddress int
+	// HandshakeRatePerEndpoint and HandshakeBurstPerEndpoint bound those
+	// to one tenant's own endpoint, checked at the TLS ClientHello of the
+	// listeners given Hub.TLSConfig: 500 a second and 2,500 if zero;
+	// negative: no bound.
+	HandshakeRatePerEndpoint, HandshakeBurstPerEndpoint int
 	// MaxWatches bounds a tenant's open live views (the console's), and
 	// MaxWatchesEach one person's: 20 and 3 if zero.
 	MaxWatches, MaxWatchesEach int
@@ -199,6 +211,18 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.HandshakesPerEndpoint == 0 {
 		cfg.HandshakesPerEndpoint = 2_500
 	}
+	for _, r := range []struct {
+		rate, burst *int
+		defRate     int
+		defBurst    int
+	}{{&cfg.HandshakeRatePerAddress, &cfg.HandshakeBurstPerAddress, 100, 500}, {&cfg.HandshakeRatePerEndpoint, &cfg.HandshakeBurstPerEndpoint, 500, 2_500}} {
+		if *r.rate == 0 {
+			*r.rate = r.defRate
+		}
+		if *r.burst <= 0 {
+			*r.burst = r.defBurst
+		}
+	}
 	if cfg.MaxWatches == 0 {
 		cfg.MaxWatches = 20
 	}
@@ -240,6 +264,8 @@ func New(cfg Config) (*Hub, error) {
 		emit: h.emit, meterOf: h.meterOf, quotaHit: h.quotaHit,
 		lingering: make(chan struct{}, maxLingering),
 	}
+	h.in.hs.addressRate = newAttemptRate(cfg.HandshakeRatePerAddress, cfg.HandshakeBurstPerAddress)
+	h.in.hs.endpointRate = newAttemptRate(cfg.HandshakeRatePerEndpoint, cfg.HandshakeBurstPerEndpoint)
 	if cfg.Changes != nil {
 		h.cancelSub = cfg.Changes.Subscribe(h.changes.onChange)
 	}

@@ -105,7 +105,7 @@ func (in *ingress) serve(ln net.Listener) error {
 		backoff = 0
 		p := in.ticket(conn)
 		if p == nil {
-			conn.Close()
+			refuse(conn)
 			continue
 		}
 		in.wg.Add(1)
@@ -114,13 +114,15 @@ func (in *ingress) serve(ln net.Listener) error {
 }
 
 // ticket counts a connection as in handshake, or returns nil if it is
-// refused: the count a gate below it started, or a new one.
+// refused (over a bound, or over its address's attempt rate): the count a
+// gate below it started, or a new one. Nothing of the connection is read
+// yet, but a PROXY or forwarding header, which is not read here either.
 func (in *ingress) ticket(conn net.Conn) *pending {
 	if g := gatedBelow(conn); g != nil {
 		return g.p
 	}
 	phys := physical(conn)
-	p, ok := in.hs.enter(phys, phys.RemoteAddr(), transport.HeaderPending(conn))
+	p, ok := in.hs.enterFrom(phys, phys.RemoteAddr(), transport.HeaderPending(conn), transport.Forwarding(conn))
 	if !ok {
 		return nil
 	}
@@ -221,6 +223,7 @@ func (in *ingress) handle(conn net.Conn, p *pending) {
 		return
 	}
 	conn.SetDeadline(time.Time{})
+	in.hs.admitted(p) // its attempt gives back the tokens it took
 	endHandshake()
 	dc := newDeviceConn(conn, r, raw, id, inst, in.cfg.WriteTimeout)
 	func() {

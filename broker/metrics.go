@@ -49,6 +49,7 @@ var (
 	descFenced       = prometheus.NewDesc("roost_session_writes_fenced_total", "Session-store writes refused because another broker had claimed the session since (fencing).", nil, nil)
 	descLeaseRefused = prometheus.NewDesc("roost_publishes_refused_lease_total", "Publishes refused because this node's lease may have lapsed (another node may hold the tenant).", nil, nil)
 	descHSDropped    = prometheus.NewDesc("roost_handshakes_dropped_total", "Connections in handshake refused at a bound, or closed to make room, by reason.", []string{"reason"}, nil)
+	descRateKeys     = prometheus.NewDesc("roost_handshake_rate_keys", "Source addresses and tenant endpoints whose connection-attempt rate is remembered, by scope (at most 65,536 each; the least recently seen are forgotten).", []string{"scope"}, nil)
 
 	// A spread fleet's fabric (spread.go), on this node.
 	descFabricTenants = prometheus.NewDesc("roost_fabric_tenants", "Tenants this node serves as one of several nodes.", nil, nil)
@@ -64,7 +65,7 @@ var (
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descDenied, descAuthFailed, descQueued, descClaims, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRetries, descFenced, descLeaseRefused,
+	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descDenied, descAuthFailed, descQueued, descClaims, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRateKeys, descRetries, descFenced, descLeaseRefused,
 		descFabricTenants, descFabricRoutes, descFabricLag, descFabricMsgs, descFabricStale, descFabricFailed, descFabricLapses, descTenantRoutes, descTenantLag, descTenantWidth} {
 		ch <- d
 	}
@@ -146,6 +147,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descForwarding, prometheus.GaugeValue, float64(c.h.Forwards()))
 	ch <- prometheus.MustNewConstMetric(descForwarded, prometheus.CounterValue, float64(c.h.forwardedTotal()))
 	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.GaugeValue, float64(c.h.in.hs.count()))
+	addresses, endpoints := c.h.in.hs.rateKeys()
+	ch <- prometheus.MustNewConstMetric(descRateKeys, prometheus.GaugeValue, float64(addresses), "address")
+	ch <- prometheus.MustNewConstMetric(descRateKeys, prometheus.GaugeValue, float64(endpoints), "endpoint")
 	ch <- prometheus.MustNewConstMetric(descRetries, prometheus.GaugeValue, float64(c.h.changes.backlog()))
 	ch <- prometheus.MustNewConstMetric(descFenced, prometheus.CounterValue, float64(c.h.fencedWrites.Load()))
 	ch <- prometheus.MustNewConstMetric(descLeaseRefused, prometheus.CounterValue, float64(c.h.leaseRefused.Load()))

@@ -101,6 +101,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		nats     = fs.String("serve-nats", "", "internal: serve NATS's MQTT mode on this address")
 		natsDbg  = fs.String("nats-debug", "", "internal: debug listener of the NATS broker")
 		natsDir  = fs.String("nats-store", "", "internal: the NATS broker's JetStream directory")
+		attack   = fs.String("noisy-attack", "", "internal: attack as the noisy neighbour (JSON options) until stdin closes")
+		noisy    = fs.String("noisy", "", "quick, full or smoke: run only the noisy neighbour at that suite's size, on Roost, on Roost without its pre-accept rates and on mosquitto")
 	)
 	fs.StringVar(&t.Name, "name", "target", "the target's name in the report")
 	fs.StringVar(&addrs, "addr", "127.0.0.1:1883", "broker address; or a comma-separated list that clients connect to in turn")
@@ -116,6 +118,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return serveMochi(*mochi, *mochiDbg, *tuned)
 	case *nats != "":
 		return serveNats(*nats, *natsDbg, *natsDir)
+	case *attack != "":
+		return serveAttack(*attack, os.Stdin, out)
+	case *noisy != "":
+		return runNoisy(ctx, *noisy, *roostBin, out)
 	case *suite != "":
 		return runSuite(ctx, *suite, *roostBin, *outDir, out)
 	}

@@ -440,6 +440,7 @@ func ratios(figures map[string]map[string]float64) map[string]*float64 {
 			out["p2p_qos1_p99_latency_among_idle_tenants_vs_alone"] = new(among / alone)
 		}
 	}
+	noisyRatios(figures, out)
 	return out
 }
 
@@ -673,6 +674,11 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 		if err := measure(p, false); err != nil {
 			return err
 		}
+	}
+
+	// The noisy neighbour, on Roost and mosquitto as they are (noisy.go).
+	if err := noisyNeighbour(ctx, name, procs, record, &res, out); err != nil {
+		return err
 	}
 
 	// The whole machine: the same brokers started afresh, unpinned.
