@@ -305,7 +305,7 @@ func TestSuiteSmoke(t *testing.T) {
 	// The suite runs mochi and NATS in child processes of this binary: the
 	// test binary stands in for roost-bench.
 	var stdout bytes.Buffer
-	if err := runSuite(context.Background(), "smoke", roost, dir, &stdout); err != nil {
+	if err := runSuite(context.Background(), "smoke", "", roost, dir, &stdout); err != nil {
 		t.Fatalf("suite: %v\n%s", err, stdout.String())
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "smoke.json"))
