@@ -57,8 +57,12 @@ type instance struct {
 	watchers              map[string]int
 	lastActive            time.Time
 	// sysRetained is the number of retained $SYS messages, which do not
-	// count as something worth keeping the instance for.
+	// count as something worth keeping the instance for (none, unless
+	// mochi's event loop could not be quietened: see sweep.go).
 	sysRetained int
+	// expiry runs mochi's expiry only while something may expire (see
+	// sweep.go).
+	expiry expiryLoop
 
 	rules   listCache[tenants.ACLRule]
 	exports listCache[tenants.ExportRule]
@@ -113,9 +117,9 @@ func (inst *instance) loadRestore() error {
 	return nil
 }
 
-// Session expiry and the $SYS interval: $SYS is per tenant and nobody may
-// read it, so it is refreshed about once a year instead of every second,
-// which makes idle instances nearly free.
+// sysInterval is mochi's $SYS interval: $SYS is per tenant and nobody may
+// read it, so it is refreshed about once a year instead of every second
+// (should mochi's event loop not be quietened: see sweep.go).
 const sysInterval = 365 * 24 * 3600
 
 func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
@@ -177,12 +181,16 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 	if err := addHooks(inst); err != nil {
 		return nil, err
 	}
+	if err := srv.AddHook(&expiryHook{inst: inst}, nil); err != nil {
+		return nil, err
+	}
 	if err := srv.AddListener(&handoff{srv: srv, wills: h.cfg.WillsOnShutdown, withdraw: &inst.withdrawWills}); err != nil {
 		return nil, err
 	}
 	if err := srv.Serve(); err != nil {
 		return nil, fmt.Errorf("start broker for %s: %w", t.Slug, err)
 	}
+	inst.quietLoop()
 	// mochi keeps its $SYS values as retained messages; nobody else can
 	// publish under $SYS, so their number stays what it is now.
 	for topic := range srv.Topics.Retained.GetAll() {
