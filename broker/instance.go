@@ -148,6 +148,14 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 	// properties, the internal tag among them) into the PUBACK or PUBREC.
 	caps.Compatibilities.NoInheritedPropertiesOnAck = true
 	log := h.log.With("tenant", t.Slug)
+	// mochi makes its inline client (HTTP publishes) as New runs, with a
+	// queue of pending writes like any client's. Nothing is ever queued
+	// for it: its subscriptions are handlers, not queued deliveries. So
+	// it is made with none, 8 KiB less per instance, and the devices'
+	// clients, made from the same capabilities once the server serves,
+	// with theirs.
+	pending := caps.MaximumClientWritesPending
+	caps.MaximumClientWritesPending = 0
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities:           caps,
 		InlineClient:           true,
@@ -160,6 +168,7 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 		ClientNetReadBufferSize: 16,
 		Logger:                  mochiLogger(log),
 	})
+	caps.MaximumClientWritesPending = pending
 	inst := &instance{tenant: t.Slug, server: srv, log: log, env: hubEnv{h, t.Slug}, dir: h.dir, exporter: h.cfg.Exporter, limitsOff: h.limitsOff,
 		lastActive: h.now(), exportErrs: map[string]int64{},
 		watchers: map[string]int{}}
