@@ -222,8 +222,13 @@ func (in *ingress) handle(conn net.Conn, p *pending) {
 	conn.SetDeadline(time.Time{})
 	endHandshake()
 	dc := newDeviceConn(conn, r, raw, id, inst, in.cfg.WriteTimeout)
-	in.wg.Add(1)
-	go in.serveAdmitted(inst, dc) // see serveAdmitted: this goroutine ends
+	func() {
+		defer in.reg.releaseConn(inst)
+		inst.serve(dc)
+	}()
+	// The connection no longer counts against the tenant's connections
+	// while it lingers: the device may connect again at once.
+	in.closeServed(dc)
 }
 
 // admit authenticates a CONNECT and finds its tenant's broker, or returns
