@@ -94,11 +94,13 @@ func mochiTickers(srv *mqtt.Server) (sys *time.Ticker, expiry []*time.Ticker, wi
 
 // quietLoop stops mochi's event loop of a started instance, but for the
 // expiry tickers while something may expire, and drops the $SYS values
-// mochi retained as it started (nobody may read them).
+// mochi retained as it started (nobody may read them), with their topics.
 func (inst *instance) quietLoop() {
+	// An empty retained message removes one and trims the topic tree
+	// it grew (some 20 KB of index for twenty $SYS topics).
 	for topic := range inst.server.Topics.Retained.GetAll() {
 		if strings.HasPrefix(topic, "$SYS") {
-			inst.server.Topics.Retained.Delete(topic)
+			inst.server.Topics.RetainMessage(packets.Packet{TopicName: topic})
 		}
 	}
 	sys, expiry, will, err := mochiTickers(inst.server)
