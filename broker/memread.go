@@ -59,8 +59,9 @@ func newInbuf(conn net.Conn, ahead *bufio.Reader) inbuf {
 	in.raw = rawSocket(conn)
 	if ahead != nil {
 		if n := ahead.Buffered(); n > 0 {
-			in.buf = readBufs.Get().(*[]byte)
-			if n > len(*in.buf) {
+			if n <= readBufSize {
+				in.buf = readBufs.Get().(*[]byte)
+			} else {
 				b := make([]byte, n)
 				in.buf = &b
 			}
