@@ -498,3 +498,13 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(m.Run())
 }
+
+// TestSuiteOnlyUnknown: -only names what it runs; anything but "memory" is
+// refused before a broker starts.
+func TestSuiteOnlyUnknown(t *testing.T) {
+	var stdout bytes.Buffer
+	err := runSuite(context.Background(), "smoke", "p2p", "roost", t.TempDir(), &stdout)
+	if err == nil || !strings.Contains(err.Error(), `unknown -only "p2p"`) {
+		t.Errorf("got %v, want unknown -only", err)
+	}
+}
