@@ -251,7 +251,7 @@ type expiryHook struct {
 
 var _ mqtt.Hook = (*expiryHook)(nil)
 
-var expiryHookEvents = provides(mqtt.OnDisconnect, mqtt.OnQosPublish, mqtt.OnRetainMessage, mqtt.OnPacketRead)
+var expiryHookEvents = provides(mqtt.OnDisconnect, mqtt.OnQosPublish, mqtt.OnRetainMessage, mqtt.OnPacketProcessed)
 
 func (h *expiryHook) ID() string               { return "roost-expiry" }
 func (h *expiryHook) Provides(b byte) bool     { return expiryHookEvents.has(b) }
@@ -277,9 +277,10 @@ func (h *expiryHook) OnRetainMessage(_ *mqtt.Client, pk packets.Packet, _ int64)
 	}
 }
 
-// OnPacketRead notes a QoS 2 PUBLISH, whose PUBREC mochi keeps in flight
-// until the PUBREL; it is created now at the latest.
-func (h *expiryHook) OnPacketRead(_ *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+// OnPacketProcessed notes a QoS 2 PUBLISH, whose PUBREC mochi keeps in
+// flight until the PUBREL; it was created now at the latest. (Not
+// OnPacketRead: mochi would copy every packet out of this hook too.)
+func (h *expiryHook) OnPacketProcessed(_ *mqtt.Client, pk packets.Packet, _ error) {
 	if pk.FixedHeader.Type == packets.Publish && pk.FixedHeader.Qos == 2 {
 		if max := h.caps().MaximumMessageExpiryInterval; max > 0 {
 			h.inst.expireBy(time.Now().Unix() + max + 1)
@@ -288,5 +289,4 @@ func (h *expiryHook) OnPacketRead(_ *mqtt.Client, pk packets.Packet) (packets.Pa
 			h.inst.expireBy(time.Now().Unix() + int64(pk.Properties.MessageExpiryInterval) + 1)
 		}
 	}
-	return pk, nil
 }
