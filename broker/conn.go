@@ -39,7 +39,10 @@ type deviceConn struct {
 	net.Conn
 	id identity
 
-	r            *bufio.Reader
+	// in is the read side, holding a buffer only while input waits in it
+	// (see inbuf); hdr holds the fixed header pending hands out.
+	in           inbuf
+	hdr          [5]byte
 	pending      []byte // bytes to hand out before reading on: the CONNECT, then each frame header
 	remaining    int    // body bytes of the current frame still to pass through
 	writeTimeout time.Duration
@@ -86,8 +89,10 @@ type deviceConn struct {
 
 var errMalformedSubscribe = packets.Code{Code: packets.ErrMalformedPacket.Code, Reason: "malformed packet: subscribe"}
 
+// newDeviceConn makes the connection a tenant's broker serves; r is the
+// reader its CONNECT was read with, whose read-ahead it takes over.
 func newDeviceConn(c net.Conn, r *bufio.Reader, connect []byte, id identity, inst *instance, writeTimeout time.Duration) *deviceConn {
-	return &deviceConn{Conn: c, id: id, r: r, pending: connect, inst: inst, writeTimeout: writeTimeout}
+	return &deviceConn{Conn: c, id: id, in: newInbuf(c, r), pending: connect, inst: inst, writeTimeout: writeTimeout}
 }
 
 // Read hands out the replayed CONNECT, then the stream frame by frame.
@@ -116,7 +121,7 @@ func (c *deviceConn) read(p []byte) (int, error) {
 	if len(p) > c.remaining {
 		p = p[:c.remaining]
 	}
-	n, err := c.r.Read(p)
+	n, err := c.in.Read(p)
 	c.remaining -= n
 	c.throttleRead(n)
 	return n, err
@@ -127,14 +132,11 @@ func (c *deviceConn) read(p []byte) (int, error) {
 // so a malformed one ends the connection here, through mochi's ordinary
 // read-error path (the Will is sent, the session is kept).
 func (c *deviceConn) nextFrame() error {
-	b0, err := c.r.ReadByte()
+	header, length, err := c.readHeader()
 	if err != nil {
 		return err
 	}
-	header, length, err := readLength(c.r, b0)
-	if err != nil {
-		return err
-	}
+	b0 := header[0]
 	if limit := c.maxPacket(); limit > 0 && length+len(header) > limit {
 		if c.inst != nil {
 			c.inst.tooLarge(c)
@@ -145,7 +147,7 @@ func (c *deviceConn) nextFrame() error {
 	if c.id.version == 5 && b0>>4 == packets.Subscribe {
 		frame := make([]byte, len(header)+length)
 		copy(frame, header)
-		if _, err := io.ReadFull(c.r, frame[len(header):]); err != nil {
+		if _, err := io.ReadFull(&c.in, frame[len(header):]); err != nil {
 			return err
 		}
 		if !validSubscribeV5(b0, frame[len(header):]) {
@@ -157,6 +159,30 @@ func (c *deviceConn) nextFrame() error {
 	c.pending = header
 	c.remaining = length
 	return nil
+}
+
+// readHeader reads a fixed header into hdr: its first byte and its
+// remaining length (a variable byte integer of at most four bytes).
+func (c *deviceConn) readHeader() (header []byte, length int, err error) {
+	mult := 1
+	for n := 0; ; n++ {
+		if n == len(c.hdr) {
+			return nil, 0, errMalformedFrame
+		}
+		b, err := c.in.ReadByte()
+		if err != nil {
+			return nil, 0, err
+		}
+		c.hdr[n] = b
+		if n == 0 {
+			continue
+		}
+		length += int(b&0x7f) * mult
+		if b&0x80 == 0 {
+			return c.hdr[:n+1], length, nil
+		}
+		mult *= 128
+	}
 }
 
 // validSubscribeV5 decodes a v5 SUBSCRIBE body the way mochi will, and

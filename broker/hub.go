@@ -277,6 +277,7 @@ func New(cfg Config) (*Hub, error) {
 	}()
 	h.every(min(h.cfg.IdleTimeout/2, 30*time.Second), h.reapIdle)
 	h.every(time.Second, h.flushSeen)
+	h.every(time.Second, h.sweep)
 	if h.cfg.Cluster != nil && h.cfg.Fabric != nil && !h.cfg.SpreadAll {
 		h.every(spreadEvery, h.checkSpread)
 	}

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -185,7 +184,7 @@ func (in *ingress) handle(conn net.Conn, p *pending) {
 		conn.Close()
 		return
 	}
-	r := bufio.NewReaderSize(conn, 4096)
+	r := newConnectReader(conn)
 	raw, pk, err := readConnect(r, in.cfg.MaxConnectSize)
 	var code packets.Code
 	switch {

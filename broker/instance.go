@@ -57,8 +57,12 @@ type instance struct {
 	watchers              map[string]int
 	lastActive            time.Time
 	// sysRetained is the number of retained $SYS messages, which do not
-	// count as something worth keeping the instance for.
+	// count as something worth keeping the instance for (none, unless
+	// mochi's event loop could not be quietened: see sweep.go).
 	sysRetained int
+	// expiry runs mochi's expiry only while something may expire (see
+	// sweep.go).
+	expiry expiryLoop
 
 	rules   listCache[tenants.ACLRule]
 	exports listCache[tenants.ExportRule]
@@ -113,9 +117,9 @@ func (inst *instance) loadRestore() error {
 	return nil
 }
 
-// Session expiry and the $SYS interval: $SYS is per tenant and nobody may
-// read it, so it is refreshed about once a year instead of every second,
-// which makes idle instances nearly free.
+// sysInterval is mochi's $SYS interval: $SYS is per tenant and nobody may
+// read it, so it is refreshed about once a year instead of every second
+// (should mochi's event loop not be quietened: see sweep.go).
 const sysInterval = 365 * 24 * 3600
 
 func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
@@ -131,18 +135,40 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 		// limit only has to be above it.
 		caps.MaximumInflight = math.MaxUint16
 	}
-	caps.MaximumClientWritesPending = 1024 // 8 KiB of queue per client instead of 64
+	// mochi allocates each client's queue of pending writes whole as it
+	// connects, 8 bytes a place. It is not made smaller for small plans:
+	// mochi drops a message, of any QoS, that finds it full (Server.
+	// publishToClient), and a clean session loses it, acknowledged to its
+	// publisher. What can arrive for one client at once is a tenant's
+	// whole publish burst (tenant_publish_rate for burstSeconds: 1,000 on
+	// the free plan). 1,024 (8 KiB) instead of mochi's 8,192 (64 KiB).
+	caps.MaximumClientWritesPending = 1024
 	caps.TopicAliasMaximum = 64
 	// mochi would otherwise copy a PUBLISH's properties (its user
 	// properties, the internal tag among them) into the PUBACK or PUBREC.
 	caps.Compatibilities.NoInheritedPropertiesOnAck = true
 	log := h.log.With("tenant", t.Slug)
+	// mochi makes its inline client (HTTP publishes) as New runs, with a
+	// queue of pending writes like any client's. Nothing is ever queued
+	// for it: its subscriptions are handlers, not queued deliveries. So
+	// it is made with none, 8 KiB less per instance, and the devices'
+	// clients, made from the same capabilities once the server serves,
+	// with theirs.
+	pending := caps.MaximumClientWritesPending
+	caps.MaximumClientWritesPending = 0
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities:           caps,
 		InlineClient:           true,
 		SysTopicResendInterval: sysInterval,
-		Logger:                 mochiLogger(log),
+		// mochi reads through a bufio.Reader of its own on top of the
+		// deviceConn, which hands it the stream frame by frame and
+		// buffers what the socket gave: bufio's smallest (16 bytes, not
+		// 2 KiB a connection) costs no extra read, as a body at least
+		// that long is read straight into mochi's packet.
+		ClientNetReadBufferSize: 16,
+		Logger:                  mochiLogger(log),
 	})
+	caps.MaximumClientWritesPending = pending
 	inst := &instance{tenant: t.Slug, server: srv, log: log, env: hubEnv{h, t.Slug}, dir: h.dir, exporter: h.cfg.Exporter, limitsOff: h.limitsOff,
 		lastActive: h.now(), exportErrs: map[string]int64{},
 		watchers: map[string]int{}}
@@ -164,12 +190,16 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 	if err := addHooks(inst); err != nil {
 		return nil, err
 	}
+	if err := srv.AddHook(&expiryHook{inst: inst}, nil); err != nil {
+		return nil, err
+	}
 	if err := srv.AddListener(&handoff{srv: srv, wills: h.cfg.WillsOnShutdown, withdraw: &inst.withdrawWills}); err != nil {
 		return nil, err
 	}
 	if err := srv.Serve(); err != nil {
 		return nil, fmt.Errorf("start broker for %s: %w", t.Slug, err)
 	}
+	inst.quietLoop()
 	// mochi keeps its $SYS values as retained messages; nobody else can
 	// publish under $SYS, so their number stays what it is now.
 	for topic := range srv.Topics.Retained.GetAll() {

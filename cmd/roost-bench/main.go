@@ -93,6 +93,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		keep     uint
 		jsonOut  = fs.String("json", "", "also write the report as JSON to this file")
 		suite    = fs.String("suite", "", "quick, full or smoke: start Roost, bare mochi-mqtt, mosquitto and NATS's MQTT mode and run every scenario on each, pinned to one CPU, then on the whole machine")
+		only     = fs.String("only", "", "for -suite: \"memory\" runs the memory scenarios alone (idle tenants, idle connections) and writes <suite>-memory.json")
 		roostBin = fs.String("roost", "roost", "for -suite: the roost binary")
 		outDir   = fs.String("out", "bench/results", "for -suite: where <suite>.json goes")
 		mochi    = fs.String("serve-mochi", "", "internal: serve bare mochi-mqtt on this address")
@@ -123,7 +124,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	case *noisy != "":
 		return runNoisy(ctx, *noisy, *roostBin, out)
 	case *suite != "":
-		return runSuite(ctx, *suite, *roostBin, *outDir, out)
+		return runSuite(ctx, *suite, *only, *roostBin, *outDir, out)
 	}
 	if *runs < 1 || *qos < 0 || *qos > 1 {
 		return errors.New("-runs must be at least 1 and -qos 0 or 1")

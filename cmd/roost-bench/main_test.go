@@ -305,7 +305,7 @@ func TestSuiteSmoke(t *testing.T) {
 	// The suite runs mochi and NATS in child processes of this binary: the
 	// test binary stands in for roost-bench.
 	var stdout bytes.Buffer
-	if err := runSuite(context.Background(), "smoke", roost, dir, &stdout); err != nil {
+	if err := runSuite(context.Background(), "smoke", "", roost, dir, &stdout); err != nil {
 		t.Fatalf("suite: %v\n%s", err, stdout.String())
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "smoke.json"))
@@ -508,4 +508,14 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
+}
+
+// TestSuiteOnlyUnknown: -only names what it runs; anything but "memory" is
+// refused before a broker starts.
+func TestSuiteOnlyUnknown(t *testing.T) {
+	var stdout bytes.Buffer
+	err := runSuite(context.Background(), "smoke", "p2p", "roost", t.TempDir(), &stdout)
+	if err == nil || !strings.Contains(err.Error(), `unknown -only "p2p"`) {
+		t.Errorf("got %v, want unknown -only", err)
+	}
 }

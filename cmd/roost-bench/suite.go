@@ -456,11 +456,20 @@ type starter struct {
 // brokers pinned to one CPU, then starts them afresh on the whole machine
 // and runs the throughput and connect scenarios again; then it writes the
 // results and prints a table.
-func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer) error {
+//
+// only "memory" runs the memory scenarios alone (idle tenants and idle
+// connections, pinned), measured as in the whole suite, and writes
+// <suite>-memory.json: a quick look at memory that leaves <suite>.json as
+// it was.
+func runSuite(ctx context.Context, name, only, roostBin, outDir string, out io.Writer) error {
 	sz, ok := suites[name]
 	if !ok {
 		return fmt.Errorf("unknown suite %q (quick, full or smoke)", name)
 	}
+	if only != "" && only != "memory" {
+		return fmt.Errorf("unknown -only %q (memory)", only)
+	}
+	memoryOnly := only == "memory"
 	dir, err := os.MkdirTemp("", "roost-bench")
 	if err != nil {
 		return err
@@ -580,6 +589,9 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 		res.Absolute["idle_tenant_memory_bytes"], res.Absolute["idle_tenant_cpu_ms_per_s"] = &idle.memPerTenant, &idle.cpuMsPerSec
 		fmt.Fprintf(out, "%d idle tenants with %d idle device connections each: %.0f bytes and %.4f ms CPU/s per tenant\n",
 			sz.tenants, sz.tenantDevices, idle.memPerTenant, idle.cpuMsPerSec)
+		if memoryOnly {
+			return nil
+		}
 		return repeat("p2p_qos1_p99_us_among_idle_tenants", p.target.Name, func() (any, float64, error) { return latency(p.target, 1, 16) })
 	}(); err != nil {
 		return err
@@ -668,7 +680,7 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 		if err != nil {
 			return err
 		}
-		if t.Name == "mochi-default" { // for memory only
+		if t.Name == "mochi-default" || memoryOnly { // for memory only
 			continue
 		}
 		if err := measure(p, false); err != nil {
@@ -683,16 +695,18 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 
 	// The whole machine: the same brokers started afresh, unpinned.
 	stopAll()
-	if err := startAll(true, filepath.Join(dir, "whole")); err != nil {
-		return err
-	}
-	for _, p := range procs {
-		fmt.Fprintf(out, "%s, whole machine ...\n", p.target.Name)
-		if err := measure(p, true); err != nil {
+	if !memoryOnly {
+		if err := startAll(true, filepath.Join(dir, "whole")); err != nil {
 			return err
 		}
+		for _, p := range procs {
+			fmt.Fprintf(out, "%s, whole machine ...\n", p.target.Name)
+			if err := measure(p, true); err != nil {
+				return err
+			}
+		}
+		stopAll()
 	}
-	stopAll()
 
 	res.Ratios = ratios(res.Figures)
 	if m, ok := res.Figures["idle_conn_memory"]["roost"]; ok {
@@ -711,6 +725,9 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 	b, err := json.MarshalIndent(res, "", "  ")
 	if err != nil {
 		return err
+	}
+	if memoryOnly {
+		name += "-memory"
 	}
 	path := filepath.Join(outDir, name+".json")
 	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
