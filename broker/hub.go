@@ -211,7 +211,7 @@ func New(cfg Config) (*Hub, error) {
 	h := &Hub{
 		cfg:       cfg,
 		log:       cfg.Log,
-		dir:       newDirectoryCache(cfg.Directory, cfg.CacheSize, cfg.CacheTTL, cfg.Now),
+		dir:       newDirectoryCache(cfg.Directory, cfg.CacheSize, cfg.CacheTTL, cfg.ConnectTimeout, cfg.Now),
 		now:       cfg.Now,
 		eventPubs: make(chan events.Event, 4096),
 		done:      make(chan struct{}),
