@@ -135,6 +135,7 @@ func TestReconnectStormReadsEachDeviceOnce(t *testing.T) {
 	const devices, each = 50, 4
 	s, dir := newCountingStack(t, 20*time.Millisecond)
 	s.tenant("storm")
+	s.setQuota("storm", "max_connections", 1000)
 	secrets := map[string]string{}
 	for i := range devices {
 		name := fmt.Sprintf("d%02d", i)
@@ -170,6 +171,9 @@ func TestReconnectStormReadsEachDeviceOnce(t *testing.T) {
 			n += v
 		}
 		return n
+	}
+	if t.Failed() {
+		t.Log(s.logs.String())
 	}
 	t.Logf("%d connects: %d tenant reads, %d device reads", len(attempts), sum(tenantReads), sum(deviceReads))
 }

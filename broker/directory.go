@@ -101,7 +101,8 @@ func newDirectoryCache(dir Directory, size int, ttl, readTimeout time.Duration, 
 // own goroutine, bounded by readTimeout, so that a caller that gives up
 // (its ctx ends: its connection was shed) leaves it to the others. A
 // lookup that comes after an invalidation never joins a fetch that began
-// before it.
+// before it. A caller whose ctx has no deadline waits readTimeout at
+// most: a hit, the common case, sets no timer.
 func lookup[K comparable, T any](ctx context.Context, c *directoryCache, t *table[K, T], key K, fetch func(context.Context) (T, error)) (T, bool, error) {
 	c.mu.Lock()
 	e, ok := t.lru.Get(key)
@@ -117,6 +118,11 @@ func lookup[K comparable, T any](ctx context.Context, c *directoryCache, t *tabl
 	}
 	c.mu.Unlock()
 
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.readTimeout)
+		defer cancel()
+	}
 	select {
 	case <-f.done:
 	case <-ctx.Done():
