@@ -250,7 +250,9 @@ func (in *ingress) admit(ctx context.Context, conn net.Conn, raw []byte, pk pack
 		return nil, identity{}, in.authFailed(ctx, log, string(pk.Connect.Username), sourceOf(conn.RemoteAddr()), answerBy,
 			"connect refused: malformed username, or one naming another tenant than the endpoint")
 	}
-	logger := func() *slog.Logger { return in.log.With("tenant", tenant, "device", device, "remote", conn.RemoteAddr().String()) }
+	logger := func() *slog.Logger {
+		return in.log.With("tenant", tenant, "device", device, "remote", conn.RemoteAddr().String())
+	}
 	t, d, cred, ok, err := in.credentials(ctx, conn, tenant, device, pk.Connect.Password)
 	if err != nil {
 		return nil, identity{}, err
