@@ -101,3 +101,20 @@ func TestLookupGivesUpWithItsContext(t *testing.T) {
 		t.Errorf("after the read: got %q with %d reads, want h with 1", d.SecretHash, reads.Load())
 	}
 }
+
+// TestLookupHitAllocatesNothing: every connect looks its tenant and device
+// up twice (admission, then mochi's OnConnect); answered from the cache,
+// that costs no allocation.
+func TestLookupHitAllocatesNothing(t *testing.T) {
+	dir := deviceDirectory{device: func(ctx context.Context, tenant, name string) (tenants.Device, error) {
+		return tenants.Device{Tenant: tenant, Name: name, SecretHash: "h", Enabled: true}, nil
+	}}
+	c := newDirectoryCache(dir, 100, time.Hour, time.Second, time.Now)
+	ctx := context.Background()
+	if _, found, err := c.device(ctx, "acme", "gw"); !found || err != nil {
+		t.Fatalf("first lookup: found %v, err %v", found, err)
+	}
+	if n := testing.AllocsPerRun(100, func() { c.device(ctx, "acme", "gw") }); n != 0 {
+		t.Errorf("a cached lookup allocates %v times, want 0", n)
+	}
+}

@@ -103,7 +103,11 @@ func newDirectoryCache(dir Directory, size int, ttl, readTimeout time.Duration, 
 // lookup that comes after an invalidation never joins a fetch that began
 // before it. A caller whose ctx has no deadline waits readTimeout at
 // most: a hit, the common case, sets no timer.
-func lookup[K comparable, T any](ctx context.Context, c *directoryCache, t *table[K, T], key K, fetch func(context.Context) (T, error)) (T, bool, error) {
+//
+// fetch reads key from the directory. It captures nothing (the key is
+// passed to it, and it has the shape of a method expression such as
+// Directory.Tenant), so that a lookup the cache answers allocates nothing.
+func lookup[K comparable, T any](ctx context.Context, c *directoryCache, t *table[K, T], key K, fetch func(Directory, context.Context, K) (T, error)) (T, bool, error) {
 	c.mu.Lock()
 	e, ok := t.lru.Get(key)
 	if ok && c.now().Sub(e.at) < c.ttl {
@@ -144,9 +148,9 @@ func lookup[K comparable, T any](ctx context.Context, c *directoryCache, t *tabl
 
 // fly runs a shared fetch and caches its answer, unless an invalidation
 // came in between.
-func fly[K comparable, T any](ctx context.Context, c *directoryCache, t *table[K, T], key K, f *flight[T], fetch func(context.Context) (T, error)) {
+func fly[K comparable, T any](ctx context.Context, c *directoryCache, t *table[K, T], key K, f *flight[T], fetch func(Directory, context.Context, K) (T, error)) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.readTimeout)
-	v, err := fetch(ctx)
+	v, err := fetch(c.dir, ctx, key)
 	cancel()
 	found := err == nil
 	if errors.Is(err, tenants.ErrNotFound) {
@@ -165,30 +169,34 @@ func fly[K comparable, T any](ctx context.Context, c *directoryCache, t *table[K
 }
 
 func (c *directoryCache) tenant(ctx context.Context, slug string) (tenants.Tenant, bool, error) {
-	return lookup(ctx, c, &c.tenants, slug, func(ctx context.Context) (tenants.Tenant, error) { return c.dir.Tenant(ctx, slug) })
+	return lookup(ctx, c, &c.tenants, slug, Directory.Tenant)
 }
 
 func (c *directoryCache) device(ctx context.Context, tenant, name string) (tenants.Device, bool, error) {
-	return lookup(ctx, c, &c.devices, deviceKey{tenant, name}, func(ctx context.Context) (tenants.Device, error) { return c.dir.Device(ctx, tenant, name) })
+	return lookup(ctx, c, &c.devices, deviceKey{tenant, name}, func(dir Directory, ctx context.Context, k deviceKey) (tenants.Device, error) {
+		return dir.Device(ctx, k.tenant, k.name)
+	})
 }
 
 // deviceKeys are the public keys a device signs its tokens with.
 func (c *directoryCache) deviceKeys(ctx context.Context, tenant, name string) ([]tenants.DeviceKey, error) {
-	keys, _, err := lookup(ctx, c, &c.keys, deviceKey{tenant, name}, func(ctx context.Context) ([]tenants.DeviceKey, error) { return c.dir.DeviceKeys(ctx, tenant, name) })
+	keys, _, err := lookup(ctx, c, &c.keys, deviceKey{tenant, name}, func(dir Directory, ctx context.Context, k deviceKey) ([]tenants.DeviceKey, error) {
+		return dir.DeviceKeys(ctx, k.tenant, k.name)
+	})
 	return keys, err
 }
 
 // certificates are the client certificates pinned to a device.
 func (c *directoryCache) certificates(ctx context.Context, tenant, name string) ([]tenants.DeviceCertificate, error) {
-	certs, _, err := lookup(ctx, c, &c.certs, deviceKey{tenant, name}, func(ctx context.Context) ([]tenants.DeviceCertificate, error) {
-		return c.dir.DeviceCertificates(ctx, tenant, name)
+	certs, _, err := lookup(ctx, c, &c.certs, deviceKey{tenant, name}, func(dir Directory, ctx context.Context, k deviceKey) ([]tenants.DeviceCertificate, error) {
+		return dir.DeviceCertificates(ctx, k.tenant, k.name)
 	})
 	return certs, err
 }
 
 // authorities are the CAs a tenant trusts for its devices.
 func (c *directoryCache) authorities(ctx context.Context, tenant string) ([]tenants.CA, error) {
-	cas, _, err := lookup(ctx, c, &c.cas, tenant, func(ctx context.Context) ([]tenants.CA, error) { return c.dir.CAs(ctx, tenant) })
+	cas, _, err := lookup(ctx, c, &c.cas, tenant, Directory.CAs)
 	return cas, err
 }
 
