@@ -4,9 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/bench/mqttc"
 	"github.com/roosthub/roost/broker"
@@ -277,4 +282,57 @@ func TestStormAfterChange(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestGoroutinesPerConnection: an admitted connection costs the hub two
+// goroutines, no more: its own (the ingress admitted it on it, and mochi
+// reads its packets on it) and mochi's writer (Client.WriteLoop). The
+// connections are raw sockets, so that the test's clients add none.
+func TestGoroutinesPerConnection(t *testing.T) {
+	const n = 50
+	s := newStack(t)
+	s.tenant("acme")
+	secret := s.device("acme", "gw", tenants.ClientIDsAny)
+	dial := func(id string) net.Conn {
+		c, err := net.Dial("tcp", s.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write(connectBytes(t, 4, "acme/gw", secret, id)); err != nil {
+			t.Fatal(err)
+		}
+		ack := make([]byte, 4)
+		if _, err := io.ReadFull(c, ack); err != nil || ack[0] != packets.Connack<<4 || ack[3] != 0 {
+			t.Fatalf("%s: CONNACK % x, %v; want one accepting it", id, ack, err)
+		}
+		c.SetDeadline(time.Time{})
+		return c
+	}
+	// The first connection starts the tenant's broker, whose goroutines
+	// are the tenant's, not a connection's.
+	dial("first")
+	settled := func() int {
+		var last int
+		for range 50 {
+			time.Sleep(20 * time.Millisecond)
+			g := runtime.NumGoroutine()
+			if g == last {
+				return g
+			}
+			last = g
+		}
+		return last
+	}
+	before := settled()
+	for i := range n {
+		dial(fmt.Sprintf("c%d", i))
+	}
+	after := settled()
+	per := float64(after-before) / n
+	if per > 2 {
+		t.Errorf("%.2f goroutines per connection (%d for %d), want 2", per, after-before, n)
+	}
+	t.Logf("%.2f goroutines per connection", per)
 }
