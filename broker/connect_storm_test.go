@@ -8,6 +8,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -335,4 +336,11 @@ func TestGoroutinesPerConnection(t *testing.T) {
 		t.Errorf("%.2f goroutines per connection (%d for %d), want 2", per, after-before, n)
 	}
 	t.Logf("%.2f goroutines per connection", per)
+}
+
+// cpuTime is the CPU time the process has used, user and system.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
