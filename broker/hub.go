@@ -235,7 +235,7 @@ func New(cfg Config) (*Hub, error) {
 	h := &Hub{
 		cfg:       cfg,
 		log:       cfg.Log,
-		dir:       newDirectoryCache(cfg.Directory, cfg.CacheSize, cfg.CacheTTL, cfg.Now),
+		dir:       newDirectoryCache(cfg.Directory, cfg.CacheSize, cfg.CacheTTL, cfg.ConnectTimeout, cfg.Now),
 		now:       cfg.Now,
 		eventPubs: make(chan events.Event, 4096),
 		done:      make(chan struct{}),
@@ -372,9 +372,9 @@ func (discard) Emit(events.Event) {}
 // now (see directoryCache.qualifies), returning the refusal if it no longer
 // qualifies; a directory that does not answer refuses it as unavailable.
 func (h *Hub) qualifies(id identity, clientID string) *refusal {
-	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.ConnectTimeout)
-	defer cancel()
-	ref, err := h.dir.qualifies(ctx, id, clientID)
+	// Each directory read it may wait for is bounded by the CONNECT
+	// timeout (see lookup); an answer from the cache sets no timer.
+	ref, err := h.dir.qualifies(context.Background(), id, clientID)
 	if err != nil {
 		return &serverUnavailable
 	}

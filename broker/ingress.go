@@ -202,14 +202,16 @@ func (in *ingress) handle(conn net.Conn, p *pending) {
 		return
 	}
 
+	growStack(len(raw))
 	if in.fwd != nil {
 		if tenant, _, _, ok := in.deviceOf(conn, string(pk.Connect.Username)); ok && in.fwd.route(conn, r, raw, pk, tenant, endHandshake) {
 			return
 		}
 	}
-	ctx, cancel := context.WithTimeout(p.ctx, in.cfg.ConnectTimeout)
-	inst, id, err := in.admit(ctx, conn, raw, pk, answerBy)
-	cancel()
+	// p.ctx ends if the connection is shed; each directory read admit
+	// waits for is bounded by the CONNECT timeout (see lookup), and one
+	// answered from the cache sets no timer.
+	inst, id, err := in.admit(p.ctx, conn, raw, pk, answerBy)
 	if err != nil {
 		var ref refusal
 		if !errors.As(err, &ref) {
@@ -242,15 +244,18 @@ func (in *ingress) handle(conn net.Conn, p *pending) {
 // ones (see authLimit) is answered 0x9F, late — by answerBy at the latest,
 // when a silent connection would have been closed — and raises no event.
 func (in *ingress) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.Packet, answerBy time.Time) (*instance, identity, error) {
-	remote := conn.RemoteAddr().String()
-	source := sourceOf(conn.RemoteAddr())
+	// The remote address, its source key and the logger are made only
+	// on the paths that use them: an admitted connection logs nothing
+	// here, and formatting an address costs an allocation or two.
 	tenant, device, username, ok := in.deviceOf(conn, string(pk.Connect.Username))
 	if !ok {
-		log := in.log.With("remote", remote, "endpoint", transport.ServerName(conn))
-		return nil, identity{}, in.authFailed(ctx, log, string(pk.Connect.Username), source, answerBy,
+		log := in.log.With("remote", conn.RemoteAddr().String(), "endpoint", transport.ServerName(conn))
+		return nil, identity{}, in.authFailed(ctx, log, string(pk.Connect.Username), sourceOf(conn.RemoteAddr()), answerBy,
 			"connect refused: malformed username, or one naming another tenant than the endpoint")
 	}
-	log := in.log.With("tenant", tenant, "device", device, "remote", remote)
+	logger := func() *slog.Logger {
+		return in.log.With("tenant", tenant, "device", device, "remote", conn.RemoteAddr().String())
+	}
 	t, d, cred, ok, err := in.credentials(ctx, conn, tenant, device, pk.Connect.Password)
 	if err != nil {
 		return nil, identity{}, err
@@ -259,16 +264,17 @@ func (in *ingress) admit(ctx context.Context, conn net.Conn, raw []byte, pk pack
 	// create anything.
 	refuse := func(r refusal) (*instance, identity, error) {
 		if t.Slug != "" {
-			in.emit(events.Event{Tenant: tenant, Type: events.AuthFailed, Device: device, Remote: remote, Reason: r.reason})
+			in.emit(events.Event{Tenant: tenant, Type: events.AuthFailed, Device: device, Remote: conn.RemoteAddr().String(), Reason: r.reason})
 			in.meterOf(tenant).authFailures.Add(1)
 		}
 		return nil, identity{}, r
 	}
 	if !ok {
+		log := logger()
 		if cred.why != "" {
 			log = log.With("detail", cred.why)
 		}
-		err := in.authFailed(ctx, log, username, source, answerBy, "connect refused: bad credentials")
+		err := in.authFailed(ctx, log, username, sourceOf(conn.RemoteAddr()), answerBy, "connect refused: bad credentials")
 		if errors.Is(err, authThrottled) {
 			if t.Slug != "" {
 				in.meterOf(tenant).authFailures.Add(1)
@@ -277,9 +283,9 @@ func (in *ingress) admit(ctx context.Context, conn net.Conn, raw []byte, pk pack
 		}
 		return refuse(badCredentials)
 	}
-	in.auth.succeeded(username, source)
+	in.auth.succeeded(username, sourceOf(conn.RemoteAddr()))
 	if t.Suspended {
-		log.Info("connect refused: tenant suspended")
+		logger().Info("connect refused: tenant suspended")
 		return refuse(tenantSuspended)
 	}
 
@@ -288,18 +294,18 @@ func (in *ingress) admit(ctx context.Context, conn net.Conn, raw []byte, pk pack
 	switch {
 	case cid == "" && pk.ProtocolVersion < 5 && !pk.Connect.Clean:
 		// 3.1.1 §3.1.3-8: a persistent session needs an id of its own.
-		log.Info("connect refused: empty client id with a persistent session")
+		logger().Info("connect refused: empty client id with a persistent session")
 		return refuse(clientIDRefused)
 	case d.ClientIDs == tenants.ClientIDsExact && cid == "":
 		id.clientID, id.assign = device, true
 	case d.ClientIDs == tenants.ClientIDsExact && cid != device:
-		log.Info("connect refused: client id not bound to the device", "client_id", cid)
+		logger().Info("connect refused: client id not bound to the device", "client_id", cid)
 		return refuse(clientIDRefused)
 	case d.ClientIDs == tenants.ClientIDsExact:
 		id.clientID = device
 	}
 	if limit := t.Quotas().MaxPacketSize; int64(len(raw)) > limit {
-		log.Info("connect refused: CONNECT larger than max_packet_size", "size", len(raw), "limit", limit)
+		logger().Info("connect refused: CONNECT larger than max_packet_size", "size", len(raw), "limit", limit)
 		in.quotaHit(tenant, device, cid, "max_packet_size", limit)
 		return nil, identity{}, packetTooLarge
 	}
@@ -319,7 +325,7 @@ func (in *ingress) admit(ctx context.Context, conn net.Conn, raw []byte, pk pack
 	if pk.Connect.WillFlag {
 		if tenants.ValidateTopic(pk.Connect.WillTopic) != nil || !inst.mayPublish(device, pk.Connect.WillTopic) {
 			in.reg.releaseConn(inst)
-			log.Info("connect refused: will topic not allowed", "topic", pk.Connect.WillTopic)
+			logger().Info("connect refused: will topic not allowed", "topic", pk.Connect.WillTopic)
 			return refuse(willNotAllowed)
 		}
 	}

@@ -931,7 +931,7 @@ func (p *persistence) save(cl *mqtt.Client, disconnected time.Time) {
 			p.mu.Unlock()
 		}
 	} else {
-		err = p.drop(ctx, cl.ID)
+		err = p.drop(cl.ID)
 	}
 	if err != nil {
 		p.failed(cl.ID, epoch, "save session", err)
@@ -939,12 +939,15 @@ func (p *persistence) save(cl *mqtt.Client, disconnected time.Time) {
 }
 
 // drop forgets a session: its record, its queue and what is tracked for it.
-// A client id with nothing stored costs no store write.
-func (p *persistence) drop(ctx context.Context, clientID string) error {
+// A client id with nothing stored costs no store write, nor a timer for
+// one (every clean connect drops its session twice).
+func (p *persistence) drop(clientID string) error {
 	epoch := p.epoch(clientID)
 	if !p.forget(clientID) {
 		return nil
 	}
+	ctx, cancel := storeCtx()
+	defer cancel()
 	return p.st.DeleteSession(ctx, p.tenant, clientID, epoch)
 }
 

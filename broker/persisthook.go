@@ -51,6 +51,9 @@ func (h *sessionHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if cl.Properties.ProtocolVersion == 5 {
 		keeps = min(cl.Properties.Props.SessionExpiryInterval, h.inst.maxSessionExpiry()) > 0
 	}
+	if !h.p.anywhere && !h.p.needsClaim(cl.ID, keeps) {
+		return nil // nothing to read or claim: no timer either
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), claimTimeout)
 	defer cancel()
 	refuse := func(what string, err error) error {
@@ -228,9 +231,7 @@ func (h *sessionHook) OnClientExpired(cl *mqtt.Client) {
 }
 
 func (h *sessionHook) drop(cl *mqtt.Client, what string) {
-	ctx, cancel := storeCtx()
-	defer cancel()
-	switch err := h.p.drop(ctx, cl.ID); {
+	switch err := h.p.drop(cl.ID); {
 	case errors.Is(err, store.ErrFenced):
 		h.p.host.fenced()
 		h.inst.log.Info(what+": the session has a new owner, who keeps it", "client_id", cl.ID)
