@@ -411,6 +411,10 @@ var compared = []struct {
 	{name: "fanin_shared_qos1_throughput", figure: "fanin_shared_qos1_throughput"},
 	{name: "connect_rate", figure: "connect_rate"},
 	{name: "idle_conn_memory", figure: "idle_conn_memory", morePeers: []string{"mochi-default"}},
+	// Lower is better, as for memory and latency: a ratio under 1 is
+	// Roost making fewer write syscalls per message than the peer.
+	{name: "p2p_qos0_write_syscalls_per_msg", figure: "p2p_qos0_write_syscalls_per_msg"},
+	{name: "p2p_qos1_write_syscalls_per_msg", figure: "p2p_qos1_write_syscalls_per_msg"},
 }
 
 // ratios compares Roost with each peer on every figure of compared that
@@ -634,6 +638,27 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 		if whole {
 			suffix = wholeSuffix
 		}
+		// Write syscalls per message delivered, read from /proc around each
+		// p2p throughput run and recorded beside it (lower is better): how
+		// well the broker batches what it sends.
+		perMsg, perMsgRuns := map[string][]float64{}, map[string][]any{}
+		for i, s := range steps {
+			var qos byte
+			if _, err := fmt.Sscanf(s.figure, "p2p_qos%d_throughput", &qos); err != nil || s.figure != fmt.Sprintf("p2p_qos%d_throughput", qos) {
+				continue
+			}
+			figure, run := fmt.Sprintf("p2p_qos%d_write_syscalls_per_msg", qos), s.run
+			steps[i].run = func() (any, float64, error) {
+				w0, err0 := bench.WriteSyscalls(p.pid())
+				r, v, err := run()
+				w1, err1 := bench.WriteSyscalls(p.pid())
+				if pr, ok := r.(bench.P2PResult); ok && err == nil && err0 == nil && err1 == nil && pr.Tally.Received > 0 {
+					perMsg[figure] = append(perMsg[figure], float64(w1-w0)/float64(pr.Tally.Received))
+					perMsgRuns[figure] = append(perMsgRuns[figure], map[string]int64{"write_syscalls": w1 - w0, "delivered": int64(pr.Tally.Received)})
+				}
+				return r, v, err
+			}
+		}
 		for _, s := range steps {
 			if why, ok := p.unsupported[s.figure]; ok {
 				if res.Unsupported[t.Name] == nil {
@@ -645,6 +670,9 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 			if err := repeat(s.figure+suffix, t.Name, s.run); err != nil {
 				return err
 			}
+		}
+		for figure, v := range perMsg {
+			record(figure+suffix, t.Name, perMsgRuns[figure], v)
 		}
 		return nil
 	}
@@ -728,7 +756,9 @@ func printTable(out io.Writer, res suiteResult) {
 	for _, f := range figures {
 		fmt.Fprintf(out, "%-36s", f)
 		for _, t := range res.Targets {
-			if v, ok := res.Figures[f][t]; ok {
+			if v, ok := res.Figures[f][t]; ok && strings.Contains(f, "_per_msg") {
+				fmt.Fprintf(out, "%15.2f", v)
+			} else if ok {
 				fmt.Fprintf(out, "%15.0f", v)
 			} else {
 				fmt.Fprintf(out, "%15s", "-")
@@ -736,6 +766,7 @@ func printTable(out io.Writer, res suiteResult) {
 		}
 		fmt.Fprintln(out)
 	}
+	fmt.Fprintln(out, "lower is better for idle_conn_memory, *_p99_us and *_write_syscalls_per_msg: their ratios favour Roost under 1")
 	var names []string
 	for k := range res.Ratios {
 		names = append(names, k)
