@@ -761,13 +761,13 @@ func printTable(out io.Writer, res suiteResult) {
 		figures = append(figures, f)
 	}
 	sort.Strings(figures)
-	fmt.Fprintf(out, "\n%-36s", "median of runs")
+	fmt.Fprintf(out, "\n%-48s", "median of runs")
 	for _, t := range res.Targets {
 		fmt.Fprintf(out, "%15s", t)
 	}
 	fmt.Fprintln(out)
 	for _, f := range figures {
-		fmt.Fprintf(out, "%-36s", f)
+		fmt.Fprintf(out, "%-48s", f)
 		for _, t := range res.Targets {
 			if v, ok := res.Figures[f][t]; ok && strings.Contains(f, "_per_msg") {
 				fmt.Fprintf(out, "%15.2f", v)
