@@ -75,14 +75,25 @@ var writeBatching atomic.Bool
 
 func init() { writeBatching.Store(true) }
 
-// writeBatch is a connection's batch; its fields are guarded by mu, which
-// is held across each socket write so that writes keep their order.
+// writeBatch is a connection's batch. mu is held across each socket
+// write, so that writes keep their order, and guards out, since and err.
+// burst, held and failed are read by the reader without mu: a reader
+// with nothing batched never waits for a writer (one sleeping out
+// bandwidth_out, or blocked on a client that does not read).
+//
+// The reader ends a burst by storing burst false and then loading held; a
+// writer appending stores held true and then loads burst. Go's atomics
+// are sequentially consistent, so at least one of them sees the other's
+// store: the reader writes the batch, or the writer does, and nothing is
+// left behind a reader that blocks.
 type writeBatch struct {
-	mu    sync.Mutex
-	out   *[]byte   // nil when empty
-	since time.Time // when out's first bytes were appended
-	burst bool      // the reader hands out a frame that is whole in its buffer
-	err   error     // the first write error; later writes fail with it
+	mu     sync.Mutex
+	out    *[]byte   // nil when empty
+	since  time.Time // when out's first bytes were appended
+	err    error     // the first write error; later writes fail with it
+	burst  atomic.Bool
+	held   atomic.Bool // out != nil
+	failed atomic.Bool // err != nil
 	// writes counts socket writes, for tests and measurements.
 	writes atomic.Int64
 }
@@ -99,13 +110,16 @@ func (c *deviceConn) write(p []byte) (int, error) {
 	if c.closing.Load() {
 		return 0, net.ErrClosed
 	}
-	if b.burst && c.why.Load() == 0 && len(p) < batchLimit {
+	if b.burst.Load() && c.why.Load() == 0 && len(p) < batchLimit {
 		if b.out == nil {
 			b.out = batchBuffers.Get().(*[]byte)
 			b.since = time.Now()
+			b.held.Store(true)
 		}
 		*b.out = append(*b.out, p...)
-		if len(*b.out) >= batchLimit || time.Since(b.since) >= batchHold {
+		// The burst may have ended since it was loaded above, with the
+		// reader seeing nothing held (see writeBatch).
+		if !b.burst.Load() || len(*b.out) >= batchLimit || time.Since(b.since) >= batchHold {
 			if err := c.flushLocked(); err != nil {
 				return 0, err
 			}
@@ -138,6 +152,7 @@ func (c *deviceConn) flushLocked() error {
 	}
 	out := b.out
 	b.out = nil
+	b.held.Store(false)
 	_, err := c.send(*out)
 	*out = (*out)[:0]
 	if cap(*out) <= 2*batchLimit {
@@ -169,6 +184,7 @@ func (c *deviceConn) send(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	if err != nil {
 		b.err = err
+		b.failed.Store(true)
 		return n, err
 	}
 	if c.why.Load() != 0 && !c.told.Load() && hasDisconnect(p) {
@@ -178,15 +194,16 @@ func (c *deviceConn) send(p []byte) (int, error) {
 }
 
 // flushBatch ends the reader's burst and writes the batch: the reader is
-// about to block, on the socket or in a sleep.
+// about to block, on the socket or in a sleep. It returns the batch's
+// write error, if any.
 func (c *deviceConn) flushBatch() error {
 	b := &c.batch
+	b.burst.Store(false)
+	if !b.held.Load() && !b.failed.Load() {
+		return nil
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.burst = false
-	if b.out == nil {
-		return b.err
-	}
 	return c.flushLocked()
 }
 
@@ -199,6 +216,9 @@ func (c *deviceConn) startFrame() error {
 		return c.flushBatch()
 	}
 	b := &c.batch
+	if !b.held.Load() && !b.failed.Load() {
+		return nil
+	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.out != nil && time.Since(b.since) >= batchHold {
@@ -211,11 +231,7 @@ func (c *deviceConn) startFrame() error {
 // is whole in the read buffer (length is its remaining length): writes
 // made while mochi handles it are batched.
 func (c *deviceConn) inFrame(length int) {
-	whole := writeBatching.Load() && c.r.Buffered() >= length
-	b := &c.batch
-	b.mu.Lock()
-	b.burst = whole
-	b.mu.Unlock()
+	c.batch.burst.Store(writeBatching.Load() && c.r.Buffered() >= length)
 }
 
 // unsent takes what is batched and not yet written, for closeServed; it
@@ -231,6 +247,7 @@ func (c *deviceConn) unsent() []byte {
 	*b.out = (*b.out)[:0]
 	batchBuffers.Put(b.out)
 	b.out = nil
+	b.held.Store(false)
 	if c.why.Load() != 0 && hasDisconnect(out) {
 		c.told.Store(true)
 	}
