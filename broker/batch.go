@@ -9,8 +9,8 @@ import (
 )
 
 // Write batching: under load, the packets a connection is sent one after
-// another leave in one write (one syscall, one TCP segment) instead of one
-// each; at low load nothing waits for company, and there is no timer.
+// another leave in one write syscall instead of one each; at low load
+// nothing waits for company, and there is no timer.
 //
 // mochi coalesces only the messages its write loop has queued (its
 // outbuf). Everything its read loop writes in answer to a packet (PUBACK,
@@ -53,9 +53,9 @@ import (
 // batched when the connection is closed from elsewhere is written by
 // closeServed, ahead of its farewell, in the lingering close.
 //
-// A write error of the batch is kept: every later write fails with it,
-// and the reader ends the connection with it at its next frame start, as
-// a failed PUBACK would have done through mochi.
+// A write error is kept: every later write fails with it, and the reader
+// ends the connection with it at its next frame start, as a failed PUBACK
+// did through mochi. (A stream that lost part of a write cannot go on.)
 const (
 	// batchLimit is the size at which a batch is written whatever the
 	// burst: a few TCP segments, far below a socket's send buffer.
@@ -65,7 +65,8 @@ const (
 	batchHold = time.Millisecond
 )
 
-// batchBuffers holds the batches of connections whose batch is empty: an
+// batchBuffers holds batch buffers between bursts: a connection takes one
+// for its first batched bytes and returns it once they are written, so an
 // idle connection holds none.
 var batchBuffers = sync.Pool{New: func() any { b := make([]byte, 0, batchLimit); return &b }}
 
