@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bufio"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -213,7 +212,7 @@ func (c *deviceConn) flushBatch() error {
 // (the batch is written only if it is old); otherwise the batch is
 // written before the read that may block.
 func (c *deviceConn) startFrame() error {
-	if !writeBatching.Load() || !frameBuffered(c.r) {
+	if !writeBatching.Load() || !frameBuffered(c.buffered()) {
 		return c.flushBatch()
 	}
 	b := &c.batch
@@ -232,7 +231,7 @@ func (c *deviceConn) startFrame() error {
 // is whole in the read buffer (length is its remaining length): writes
 // made while mochi handles it are batched.
 func (c *deviceConn) inFrame(length int) {
-	c.batch.burst.Store(writeBatching.Load() && c.r.Buffered() >= length)
+	c.batch.burst.Store(writeBatching.Load() && len(c.buffered()) >= length)
 }
 
 // unsent takes what is batched and not yet written, for closeServed; it
@@ -255,19 +254,24 @@ func (c *deviceConn) unsent() []byte {
 	return out
 }
 
-// frameBuffered reports whether a whole frame is in r's buffer, without
-// reading from the socket.
-func frameBuffered(r *bufio.Reader) bool {
-	n := r.Buffered()
-	if n < 2 {
+// buffered is the input read from the socket that the reader has not
+// handed out yet.
+func (c *deviceConn) buffered() []byte {
+	b, _ := c.r.Peek(c.r.Buffered())
+	return b
+}
+
+// frameBuffered reports whether in, input read ahead, starts with a whole
+// frame.
+func frameBuffered(in []byte) bool {
+	if len(in) < 2 {
 		return false
 	}
-	head, _ := r.Peek(min(n, 5))
 	length, mult := 0, 1
-	for i := 1; i < len(head); i++ {
-		length += int(head[i]&0x7f) * mult
-		if head[i]&0x80 == 0 {
-			return n >= i+1+length
+	for i := 1; i < min(len(in), 5); i++ {
+		length += int(in[i]&0x7f) * mult
+		if in[i]&0x80 == 0 {
+			return len(in) >= i+1+length
 		}
 		mult *= 128
 	}
