@@ -85,6 +85,9 @@ type deviceConn struct {
 	// out; closeServed sends one with why if none did.
 	why  atomic.Uint32
 	told atomic.Bool
+
+	// batch holds writes while the reader is in a burst (see batch.go).
+	batch writeBatch
 }
 
 var errMalformedSubscribe = packets.Code{Code: packets.ErrMalformedPacket.Code, Reason: "malformed packet: subscribe"}
@@ -132,6 +135,9 @@ func (c *deviceConn) read(p []byte) (int, error) {
 // so a malformed one ends the connection here, through mochi's ordinary
 // read-error path (the Will is sent, the session is kept).
 func (c *deviceConn) nextFrame() error {
+	if err := c.startFrame(); err != nil {
+		return flushError{err}
+	}
 	header, length, err := c.readHeader()
 	if err != nil {
 		return err
@@ -144,6 +150,7 @@ func (c *deviceConn) nextFrame() error {
 		return packets.ErrPacketTooLarge
 	}
 	c.throttleRead(len(header))
+	c.inFrame(length)
 	if c.id.version == 5 && b0>>4 == packets.Subscribe {
 		frame := make([]byte, len(header)+length)
 		copy(frame, header)
@@ -185,6 +192,13 @@ func (c *deviceConn) readHeader() (header []byte, length int, err error) {
 	}
 }
 
+// flushError is a failed write of the batch, ending the connection from
+// its reader. It does not unwrap: the write failed, not the client's side
+// of the connection (see peerEnded).
+type flushError struct{ err error }
+
+func (e flushError) Error() string { return "write: " + e.err.Error() }
+
 // validSubscribeV5 decodes a v5 SUBSCRIBE body the way mochi will, and
 // reports whether it decodes without panicking. The decoder's own errors are
 // left for mochi to answer.
@@ -204,7 +218,8 @@ func validSubscribeV5(b0 byte, body []byte) (ok bool) {
 }
 
 // Write waits for the connection's bandwidth_out, then bounds the write by
-// the write timeout.
+// the write timeout; while the reader is in a burst, it appends to the
+// connection's batch instead (see batch.go).
 //
 // Nothing goes out before the CONNACK [MQTT-3.2.0-1]. mochi adds a
 // resuming client to the tenant's clients before it writes the CONNACK, so
@@ -266,29 +281,6 @@ func connackFirst(b []byte) ([]byte, bool) {
 		i = end
 	}
 	return b, false
-}
-
-func (c *deviceConn) write(p []byte) (int, error) {
-	if c.closing.Load() {
-		return 0, net.ErrClosed
-	}
-	now := c.throttleWrite(time.Now(), len(p))
-	if c.writeTimeout > 0 {
-		if d := now.Add(c.writeTimeout); d.Sub(c.writeDeadline) > c.writeTimeout/4 {
-			c.writeDeadline = d
-			c.Conn.SetWriteDeadline(d)
-			// A Close in between has set a deadline in the past, which
-			// this one may have overwritten.
-			if c.closing.Load() {
-				return 0, net.ErrClosed
-			}
-		}
-	}
-	n, err := c.Conn.Write(p)
-	if c.why.Load() != 0 && !c.told.Load() && err == nil && hasDisconnect(p) {
-		c.told.Store(true)
-	}
-	return n, err
 }
 
 // hasDisconnect reports whether b, whole packets as mochi writes them,

@@ -372,10 +372,12 @@ func (dc *deviceConn) throttleRead(n int) {
 	}
 	now := time.Now()
 	if wait := dc.limits.pausedUntil.Sub(now); wait > 0 {
+		dc.flushBatch() // nothing batched waits out the sleep; an error ends the connection at the next frame
 		time.Sleep(wait)
 	}
 	r := float64(dc.inst.quotas().BandwidthIn)
 	if wait := dc.limits.in.Reserve(now, float64(n), r, r*burstSeconds); wait > 0 {
+		dc.flushBatch()
 		time.Sleep(wait)
 	}
 }

@@ -345,6 +345,17 @@ func TestSuiteSmoke(t *testing.T) {
 			}
 		}
 	}
+	// Write syscalls per message, read around the p2p throughput runs.
+	for _, f := range []string{"p2p_qos0_write_syscalls_per_msg", "p2p_qos1_write_syscalls_per_msg", "p2p_qos1_pipelined_throughput", "p2p_qos1_pipelined_write_syscalls_per_msg"} {
+		for _, target := range []string{"roost", "mochi", "mosquitto", "nats"} {
+			if v, ok := res.Figures[f][target]; !ok || v <= 0 {
+				t.Errorf("figure %s of %s: %v (there: %v), want a positive number", f, target, v, ok)
+			}
+		}
+		if v := res.Ratios[f+"_roost_vs_mosquitto"]; v == nil || *v <= 0 {
+			t.Errorf("ratio %s_roost_vs_mosquitto: %v, want a positive number", f, v)
+		}
+	}
 	for _, f := range []string{"idle_conn_memory", "p2p_qos1_16b_p99_us"} {
 		if _, ok := res.Figures[f]["nats"]; !ok {
 			t.Errorf("no figure %s for nats", f)

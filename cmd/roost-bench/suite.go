@@ -411,7 +411,17 @@ var compared = []struct {
 	{name: "fanin_shared_qos1_throughput", figure: "fanin_shared_qos1_throughput"},
 	{name: "connect_rate", figure: "connect_rate"},
 	{name: "idle_conn_memory", figure: "idle_conn_memory", morePeers: []string{"mochi-default"}},
+	// Lower is better, as for memory and latency: a ratio under 1 is
+	// Roost making fewer write syscalls per message than the peer.
+	{name: "p2p_qos0_write_syscalls_per_msg", figure: "p2p_qos0_write_syscalls_per_msg"},
+	{name: "p2p_qos1_write_syscalls_per_msg", figure: "p2p_qos1_write_syscalls_per_msg"},
+	{name: "p2p_qos1_pipelined_throughput", figure: "p2p_qos1_pipelined_throughput"},
+	{name: "p2p_qos1_pipelined_write_syscalls_per_msg", figure: "p2p_qos1_pipelined_write_syscalls_per_msg"},
 }
+
+// p2pWindow is how many QoS 1 messages each publisher of the pipelined p2p
+// scenario keeps in flight.
+const p2pWindow = 16
 
 // ratios compares Roost with each peer on every figure of compared that
 // was measured, in either run: nil where the peer has no figure (not
@@ -643,9 +653,37 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, out io.W
 				return r, r.PerSecond, err
 			}},
 		)
+		// p2p QoS 1 with p2pWindow messages in flight per publisher: a
+		// broker that answers a burst of publishes in one write shows it
+		// here (see bench.P2PPipelined).
+		steps = append(steps, step{"p2p_qos1_pipelined_throughput", func() (any, float64, error) {
+			r, err := bench.P2PPipelined(ctx, t, sz.p2pPairs, 16, p2pWindow, sz.p2pDuration)
+			return r, r.PerSecond, err
+		}})
 		suffix := ""
 		if whole {
 			suffix = wholeSuffix
+		}
+		// Write syscalls per message delivered, read from /proc around each
+		// p2p throughput run and recorded beside it (lower is better): how
+		// well the broker batches what it sends.
+		perMsg, perMsgRuns := map[string][]float64{}, map[string][]any{}
+		for i, s := range steps {
+			name, ok := strings.CutSuffix(s.figure, "_throughput")
+			if !ok || !strings.HasPrefix(name, "p2p_") {
+				continue
+			}
+			figure, run := name+"_write_syscalls_per_msg", s.run
+			steps[i].run = func() (any, float64, error) {
+				w0, err0 := bench.WriteSyscalls(p.pid())
+				r, v, err := run()
+				w1, err1 := bench.WriteSyscalls(p.pid())
+				if pr, ok := r.(bench.P2PResult); ok && err == nil && err0 == nil && err1 == nil && pr.Tally.Received > 0 {
+					perMsg[figure] = append(perMsg[figure], float64(w1-w0)/float64(pr.Tally.Received))
+					perMsgRuns[figure] = append(perMsgRuns[figure], map[string]int64{"write_syscalls": w1 - w0, "delivered": int64(pr.Tally.Received)})
+				}
+				return r, v, err
+			}
 		}
 		for _, s := range steps {
 			if why, ok := p.unsupported[s.figure]; ok {
@@ -658,6 +696,9 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, out io.W
 			if err := repeat(s.figure+suffix, t.Name, s.run); err != nil {
 				return err
 			}
+		}
+		for figure, v := range perMsg {
+			record(figure+suffix, t.Name, perMsgRuns[figure], v)
 		}
 		return nil
 	}
@@ -743,15 +784,17 @@ func printTable(out io.Writer, res suiteResult) {
 		figures = append(figures, f)
 	}
 	sort.Strings(figures)
-	fmt.Fprintf(out, "\n%-36s", "median of runs")
+	fmt.Fprintf(out, "\n%-48s", "median of runs")
 	for _, t := range res.Targets {
 		fmt.Fprintf(out, "%15s", t)
 	}
 	fmt.Fprintln(out)
 	for _, f := range figures {
-		fmt.Fprintf(out, "%-36s", f)
+		fmt.Fprintf(out, "%-48s", f)
 		for _, t := range res.Targets {
-			if v, ok := res.Figures[f][t]; ok {
+			if v, ok := res.Figures[f][t]; ok && strings.Contains(f, "_per_msg") {
+				fmt.Fprintf(out, "%15.2f", v)
+			} else if ok {
 				fmt.Fprintf(out, "%15.0f", v)
 			} else {
 				fmt.Fprintf(out, "%15s", "-")
@@ -759,6 +802,7 @@ func printTable(out io.Writer, res suiteResult) {
 		}
 		fmt.Fprintln(out)
 	}
+	fmt.Fprintln(out, "lower is better for idle_conn_memory, *_p99_us and *_write_syscalls_per_msg: their ratios favour Roost under 1")
 	var names []string
 	for k := range res.Ratios {
 		names = append(names, k)
