@@ -196,27 +196,3 @@ func clientEnded(cl *mqtt.Client) bool {
 	cause := cl.StopCause()
 	return cause == packets.CodeDisconnect || cause == packets.CodeDisconnectWillMessage
 }
-
-// admissionStack is about the stack a connection's goroutine reaches
-// while it is admitted and mochi takes it over (its hooks see the CONNECT
-// several frames deep).
-const admissionStack = 20 << 10
-
-// growStack makes the calling goroutine's stack as large as admission
-// will make it, in one step while the goroutine is still shallow. Grown
-// later, deep in the directory lookups and in mochi's hooks, the stack is
-// doubled several times, each time copied with every frame on it walked:
-// one of the larger costs of a connect in a CPU profile (runtime.newstack
-// under lookup and protocolHook.OnPacketRead). The size is not more than
-// admission reaches anyway, and the runtime shrinks an idle connection's
-// stack as before.
-//
-// The frame is indexed with a value the compiler cannot know, so that it
-// is really there.
-//
-//go:noinline
-func growStack(i int) byte {
-	var frame [admissionStack]byte
-	frame[i%len(frame)] = 1
-	return frame[(i+1)%len(frame)]
-}

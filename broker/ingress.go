@@ -202,7 +202,6 @@ func (in *ingress) handle(conn net.Conn, p *pending) {
 		return
 	}
 
-	growStack(len(raw))
 	if in.fwd != nil {
 		if tenant, _, _, ok := in.deviceOf(conn, string(pk.Connect.Username)); ok && in.fwd.route(conn, r, raw, pk, tenant, endHandshake) {
 			return
