@@ -10,15 +10,12 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/roosthub/roost/bench/mqttc"
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/tenants"
 	"github.com/roosthub/roost/transport"
@@ -329,27 +326,7 @@ func BenchmarkConnectAttemptRates(b *testing.B) {
 			liftRates(b, s, "bench")
 			s.setQuota("bench", "max_connections", 1<<40) // closed connections may linger a moment
 			secret := s.device("bench", "d", tenants.ClientIDsAny)
-			var next atomic.Int64
-			var wg sync.WaitGroup
-			b.ResetTimer()
-			for range 64 {
-				wg.Go(func() {
-					for {
-						i := next.Add(1)
-						if i > int64(b.N) {
-							return
-						}
-						c, err := mqttc.Dial(context.Background(), s.addr, mqttc.Options{ClientID: fmt.Sprintf("c%d", i), Username: "bench/d", Password: secret})
-						if err != nil {
-							b.Error(err)
-							return
-						}
-						c.Close()
-					}
-				})
-			}
-			wg.Wait()
-			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "connects/s")
+			connectAll(b, s.addr, "bench/d", secret)
 		})
 	}
 }
