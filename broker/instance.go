@@ -227,26 +227,91 @@ func clamp(v, lo, hi int64) int64 { return min(max(v, lo), hi) }
 
 // mochiLogger passes on mochi's warnings and errors, tagged with the tenant;
 // its informational lines (one per start and stop) are not worth a line
-// per tenant.
+// per tenant. Each kind of line is passed on at most once a minute per
+// client (see foldedLog): mochi warns once for every message it drops for
+// a client whose in-flight messages reached max_queued ("client store
+// quota reached"), so one device that subscribes and stops reading would
+// otherwise write a line for each message published to it.
 func mochiLogger(log *slog.Logger) *slog.Logger {
-	return slog.New(levelFilter{log.Handler(), slog.LevelWarn})
+	return slog.New(levelFilter{log.Handler(), slog.LevelWarn, &foldedLog{seen: map[string]*foldedLine{}}})
+}
+
+// mochiFoldEvery is how often a line of one kind for one client passes.
+const mochiFoldEvery = time.Minute
+
+// maxFolded bounds the kinds and clients foldedLog remembers; past it, it
+// starts again.
+const maxFolded = 10_000
+
+// foldedLog remembers, by message and client, when a line last passed and
+// how many were held back since; the next to pass says so ("folded").
+type foldedLog struct {
+	mu   sync.Mutex
+	seen map[string]*foldedLine
+}
+
+type foldedLine struct {
+	last   time.Time
+	folded int
+}
+
+// pass reports whether a line may pass now, and how many of its kind were
+// held back before it.
+func (f *foldedLog) pass(key string, now time.Time) (bool, int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e := f.seen[key]
+	if e == nil {
+		if len(f.seen) >= maxFolded {
+			clear(f.seen)
+		}
+		f.seen[key] = &foldedLine{last: now}
+		return true, 0
+	}
+	if now.Sub(e.last) < mochiFoldEvery {
+		e.folded++
+		return false, 0
+	}
+	n := e.folded
+	e.last, e.folded = now, 0
+	return true, n
 }
 
 type levelFilter struct {
 	slog.Handler
-	min slog.Level
+	min  slog.Level
+	fold *foldedLog
 }
 
 func (f levelFilter) Enabled(ctx context.Context, l slog.Level) bool {
 	return l >= f.min && f.Handler.Enabled(ctx, l)
 }
 
+func (f levelFilter) Handle(ctx context.Context, r slog.Record) error {
+	key := r.Message
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "client" {
+			key += "\x00" + a.Value.String()
+			return false
+		}
+		return true
+	})
+	ok, folded := f.fold.pass(key, r.Time)
+	if !ok {
+		return nil
+	}
+	if folded > 0 {
+		r.AddAttrs(slog.Int("folded", folded))
+	}
+	return f.Handler.Handle(ctx, r)
+}
+
 func (f levelFilter) WithAttrs(a []slog.Attr) slog.Handler {
-	return levelFilter{f.Handler.WithAttrs(a), f.min}
+	return levelFilter{f.Handler.WithAttrs(a), f.min, f.fold}
 }
 
 func (f levelFilter) WithGroup(n string) slog.Handler {
-	return levelFilter{f.Handler.WithGroup(n), f.min}
+	return levelFilter{f.Handler.WithGroup(n), f.min, f.fold}
 }
 
 // handoff is the listener every instance registers for the connections the

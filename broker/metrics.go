@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"maps"
 	"slices"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -37,6 +38,7 @@ var (
 	descThrottled    = prometheus.NewDesc("roost_throttled_total", "Publishes refused for publish_rate or tenant_publish_rate.", []string{"tenant"}, nil)
 	descDenied       = prometheus.NewDesc("roost_publishes_denied_total", "Device publishes (and Wills) the tenant's rules denied, or to a reserved topic.", []string{"tenant"}, nil)
 	descAuthFailed   = prometheus.NewDesc("roost_auth_failures_total", "Refused connection attempts for existing tenants.", []string{"tenant"}, nil)
+	descDropped      = prometheus.NewDesc("roost_messages_dropped_total", "Messages dropped for connected clients since the tenant's broker on this node started, by reason: max_queued (the client's unacknowledged messages at max_queued) or pending_writes (its write queue of 1,024 packets full: it reads more slowly than it is sent to).", []string{"tenant", "reason"}, nil)
 	descQueued       = prometheus.NewDesc("roost_queued_messages", "Messages waiting in persistent sessions' queues.", []string{"tenant"}, nil)
 	descClaims       = prometheus.NewDesc("roost_session_claims_total", "Persistent-session claims the tenant's broker on this node made since it started, each a new epoch that fences the session's previous owner.", []string{"tenant"}, nil)
 	descQuotaHits    = prometheus.NewDesc("roost_quota_exceeded_total", "Limit hits by quota (only quotas hit at least once).", []string{"tenant", "quota"}, nil)
@@ -65,7 +67,7 @@ var (
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descDenied, descAuthFailed, descQueued, descClaims, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRateKeys, descRetries, descFenced, descLeaseRefused,
+	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descDenied, descAuthFailed, descDropped, descQueued, descClaims, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRateKeys, descRetries, descFenced, descLeaseRefused,
 		descFabricTenants, descFabricRoutes, descFabricLag, descFabricMsgs, descFabricStale, descFabricFailed, descFabricLapses, descTenantRoutes, descTenantLag, descTenantWidth} {
 		ch <- d
 	}
@@ -77,7 +79,10 @@ type tenantSample struct {
 	conns, in, out, bytesIn, bytesOut   int64
 	throttled, authFailed, queued, busy int64
 	denied                              int64
-	hits                                map[string]int64
+	// droppedQueued and droppedPending are mochi's drops for connected
+	// clients (see descDropped).
+	droppedQueued, droppedPending int64
+	hits                          map[string]int64
 	// routes and lag are the tenant's in the fabric, on this node; width
 	// is how many nodes serve it, if it widened (see wide.go); claims are
 	// the session claims (epochs) its broker here made.
@@ -92,6 +97,8 @@ func (s *tenantSample) add(o tenantSample) {
 	s.bytesOut += o.bytesOut
 	s.throttled += o.throttled
 	s.denied += o.denied
+	s.droppedQueued += o.droppedQueued
+	s.droppedPending += o.droppedPending
 	s.authFailed += o.authFailed
 	s.queued += o.queued
 	s.routes += o.routes
@@ -121,6 +128,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				s.claims = inst.persist.claims.Load()
 			}
 			s.routes, s.lag = inst.fabricFigures()
+			s.droppedQueued = atomic.LoadInt64(&inst.server.Info.InflightDropped)
+			s.droppedPending = atomic.LoadInt64(&inst.server.Info.MessagesDropped)
 			if inst.spread && c.h.cfg.Cluster != nil && !c.h.cfg.SpreadAll {
 				s.width = int64(c.h.cfg.Cluster.Width(s.tenant))
 			}
@@ -179,6 +188,8 @@ func emit(ch chan<- prometheus.Metric, spread bool, s tenantSample) {
 	ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(s.denied), s.tenant)
 	ch <- prometheus.MustNewConstMetric(descAuthFailed, prometheus.CounterValue, float64(s.authFailed), s.tenant)
 	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(s.queued), s.tenant)
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.droppedQueued), s.tenant, "max_queued")
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.droppedPending), s.tenant, "pending_writes")
 	ch <- prometheus.MustNewConstMetric(descClaims, prometheus.CounterValue, float64(s.claims), s.tenant)
 	if spread {
 		ch <- prometheus.MustNewConstMetric(descTenantRoutes, prometheus.GaugeValue, float64(s.routes), s.tenant)

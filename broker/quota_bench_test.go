@@ -15,7 +15,7 @@ import (
 )
 
 // liftRates raises a tenant's rate quotas out of a benchmark's way.
-func liftRates(b *testing.B, s *stack, tenant string) {
+func liftRates(b testing.TB, s *stack, tenant string) {
 	unlimited := int64(1 << 40)
 	lift := map[string]*int64{"publish_rate": &unlimited, "tenant_publish_rate": &unlimited, "connect_rate": &unlimited,
 		"bandwidth_in": &unlimited, "bandwidth_out": &unlimited, "messages_per_month": &unlimited}
