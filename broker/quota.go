@@ -152,7 +152,7 @@ func (h *quotaHook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 func (h *quotaHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	switch {
 	case pk.FixedHeader.Type == packets.Publish:
-		if _, ok := cl.Net.Conn.(*deviceConn); ok && !h.inst.limitsOff {
+		if _, ok := cl.Net.Conn.(*deviceConn); ok && !h.inst.limitsOff && pk.Mods.MaxSize != unwritable {
 			h.inst.meter.out(len(pk.Payload))
 		}
 	case pk.FixedHeader.Type == packets.Connack && pk.ProtocolVersion == 5 && pk.ReasonCode < 0x80:
