@@ -15,6 +15,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/broker/fabric"
+	"github.com/roosthub/roost/broker/store"
 )
 
 // A spread tenant is served by every node of the fleet at once (see
@@ -402,6 +403,30 @@ func (h *routeHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	// What was queued for it between the read of its queue at connect and
 	// the attach was sent nowhere: it is in the queue, read now.
 	h.inst.persist.catchUp(cl)
+}
+
+// routeEndingSession readies the routes of a stored session that a
+// connection resumes without keeping it (it ends with the connection),
+// before its queue is read (adopt) and the CONNACK goes out: its filters
+// become this node's routes, and its own routes go. From then on a
+// message for it is sent here, to mochi's subscriptions, not queued; one
+// queued before is in the queue adopt reads. (Left to the session's
+// start, a message published right after the CONNACK would have been
+// queued for a session about to end, and lost with it.)
+func (inst *instance) routeEndingSession(ctx context.Context, clientID string, s store.Session) error {
+	r := inst.routes
+	if r == nil || r.sess == nil {
+		return nil
+	}
+	for _, sub := range s.Subscriptions {
+		if r.hold(sub.Filter, clientID) {
+			if err := r.fab.Add(ctx, sub.Filter); err != nil {
+				r.drop(sub.Filter, clientID)
+				return err
+			}
+		}
+	}
+	return r.sess.DropSession(ctx, clientID, 0)
 }
 
 func (h *routeHook) ID() string { return "roost-routes" }

@@ -779,11 +779,11 @@ func TestSpreadCleanStartElsewhere(t *testing.T) {
 	}
 }
 
-// TestSpreadSessionNotResumedDropsRoutes: a stored session that is not
-// resumed — expired by the time its client is back, or met by a
-// connection that keeps no session — loses its routes: nothing is queued
-// for its old subscriptions any more, and the next session does not get
-// what they match.
+// TestSpreadSessionNotResumedDropsRoutes: a stored session that ends as
+// its client is back — expired by then, or resumed by a connection that
+// keeps no session, with which it ends — loses its routes: nothing is
+// queued for its old subscriptions any more, and the next session does
+// not get what they match.
 func TestSpreadSessionNotResumedDropsRoutes(t *testing.T) {
 	s := newSpread(t)
 	s.tenant("acme")
@@ -794,12 +794,13 @@ func TestSpreadSessionNotResumedDropsRoutes(t *testing.T) {
 		c.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(1)}
 	}
 	for _, tc := range []struct {
-		name  string
-		back  func(*paho.Connect)
-		pause time.Duration
+		name    string
+		back    func(*paho.Connect)
+		pause   time.Duration
+		resumed bool
 	}{
-		{"expired", keepSession, 1500 * time.Millisecond},
-		{"keeps none", func(c *paho.Connect) { c.CleanStart = false }, 200 * time.Millisecond},
+		{"expired", keepSession, 1500 * time.Millisecond, false},
+		{"keeps none", func(c *paho.Connect) { c.CleanStart = false }, 200 * time.Millisecond, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id := strings.ReplaceAll(tc.name, " ", "-")
@@ -808,10 +809,16 @@ func TestSpreadSessionNotResumedDropsRoutes(t *testing.T) {
 			old.Disconnect(&paho.Disconnect{})
 			time.Sleep(tc.pause)
 			back := mustV5(t, s.b.addr, user("acme", "d"), secret, id, tc.back)
-			if back.connack.SessionPresent {
-				t.Fatal("the session was resumed")
+			if back.connack.SessionPresent != tc.resumed {
+				t.Fatalf("CONNACK session present %v, want %v", back.connack.SessionPresent, tc.resumed)
 			}
 			back.Disconnect(&paho.Disconnect{})
+			if tc.resumed {
+				eventually(t, 5*time.Second, "the session gone with the connection", func() bool {
+					_, found, err := s.sessA.Session(context.Background(), "acme", id)
+					return err == nil && !found
+				})
+			}
 			pub.pub(t, "old/"+id, "for the old subscription", 1, false)
 			info, err := s.sessA.QueueInfo(context.Background(), "acme", id)
 			if err != nil || info.Len != 0 {
@@ -1025,6 +1032,159 @@ func TestSpreadResumedWhileMessagesCross(t *testing.T) {
 		info, err := s.sessA.QueueInfo(context.Background(), "acme", "pc")
 		return err == nil && info.Len == 0
 	})
+}
+
+// TestSpreadResumedForOneConnection: a connection with Clean Start 0 and
+// no session expiry resumes the stored session of its client id, on
+// whichever node [MQTT-3.1.2-5] — its subscriptions and what was queued —
+// and the session ends with that connection [MQTT-3.1.2-11].
+func TestSpreadResumedForOneConnection(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	old := mustV5(t, s.addr, user("acme", "d"), secret, "pc", keepSession)
+	old.sub(t, "q/#", 1)
+	old.Disconnect(&paho.Disconnect{})
+	pub := mustV5(t, s.addr, user("acme", "d"), secret, "p")
+	pub.pub(t, "q/x", "queued", 1, false)
+	once := mustV5(t, s.b.addr, user("acme", "d"), secret, "pc", func(c *paho.Connect) { c.CleanStart = false })
+	if !once.connack.SessionPresent {
+		t.Fatal("the stored session was not resumed (CONNACK session present 0)")
+	}
+	pub.pub(t, "q/x", "live", 1, false) // right after the CONNACK
+	once.expect(t, "q/x", "queued")
+	once.expect(t, "q/x", "live")
+	once.Disconnect(&paho.Disconnect{})
+	eventually(t, 5*time.Second, "the session gone with its connection", func() bool {
+		_, found, err := s.sessA.Session(context.Background(), "acme", "pc")
+		return err == nil && !found
+	})
+	again := mustV5(t, s.addr, user("acme", "d"), secret, "pc", keepSession)
+	if again.connack.SessionPresent {
+		t.Error("the session outlived the connection that kept none")
+	}
+	pub.pub(t, "q/x", "after", 1, false)
+	again.quiet(t, 300*time.Millisecond, "a message for the ended session's subscription")
+}
+
+// TestSpreadTakeoverAlternating: a persistent session's client id connects
+// on the two nodes alternately, 100 times, each connection taking the
+// session over from the one on the other node while a publisher goes on at
+// QoS 1. Each connection is ended with 0x8E as the next one connects (one
+// owner at a time), and every message acknowledged to the publisher
+// reaches the client, on one of its connections; duplicates are counted
+// (a message the client had but did not acknowledge before it was taken
+// over comes again).
+func TestSpreadTakeoverAlternating(t *testing.T) {
+	const takeovers = 100
+	s := newSpread(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	nodes := []string{s.addr, s.b.addr}
+	var mu sync.Mutex
+	got := map[string]int{}
+	collect := func(c *v5) {
+		go func() {
+			for {
+				select {
+				case m := <-c.msgs:
+					mu.Lock()
+					got[string(m.Payload)]++
+					mu.Unlock()
+				case <-c.closed:
+					for {
+						select {
+						case m := <-c.msgs:
+							mu.Lock()
+							got[string(m.Payload)]++
+							mu.Unlock()
+						default:
+							return
+						}
+					}
+				}
+			}
+		}()
+	}
+	lifted := int64(1_000_000)
+	if _, err := s.store.AdminUpdateTenant(context.Background(), "acme", tenants.AdminTenantUpdate{Quotas: map[string]*int64{
+		"publish_rate": &lifted, "tenant_publish_rate": &lifted}}); err != nil {
+		t.Fatal(err)
+	}
+	cur := mustV5(t, nodes[0], user("acme", "d"), secret, "pc", keepSession)
+	cur.sub(t, "q/#", 1)
+	collect(cur)
+
+	pub := mustV5(t, s.addr, user("acme", "d"), secret, "p")
+	stop := make(chan struct{})
+	published := make(chan []string)
+	var n atomic.Int64 // publishes answered
+	go func() {
+		var acked []string
+		defer func() { published <- acked }()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			payload := fmt.Sprint(i)
+			pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			r, err := pub.Publish(pctx, &paho.Publish{Topic: "q/x", Payload: []byte(payload), QoS: 1})
+			cancel()
+			if err == nil && r != nil && r.ReasonCode < 0x80 {
+				acked = append(acked, payload)
+			}
+			n.Add(1)
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	for i := range takeovers {
+		// Load goes on through every takeover.
+		for at := n.Load(); n.Load() < at+2; {
+			time.Sleep(time.Millisecond)
+		}
+		next := mustV5(t, nodes[(i+1)%2], user("acme", "d"), secret, "pc", keepSession)
+		if !next.connack.SessionPresent {
+			t.Fatalf("takeover %d: the session is not present", i)
+		}
+		collect(next)
+		select {
+		case d := <-cur.discs:
+			if d.ReasonCode != 0x8E {
+				t.Fatalf("takeover %d: the connection taken over ended with 0x%02X, want 0x8E", i, d.ReasonCode)
+			}
+		case <-cur.closed:
+			t.Fatalf("takeover %d: the connection on the other node was closed without a DISCONNECT", i)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("takeover %d: the connection on the other node was not ended", i)
+		}
+		cur = next
+	}
+	close(stop)
+	acked := <-published
+	select {
+	case d := <-pub.discs:
+		t.Fatalf("the publisher was disconnected: 0x%02X", d.ReasonCode)
+	default:
+	}
+	var missing []string
+	eventually(t, 10*time.Second, "every acknowledged message received", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		missing = slices.DeleteFunc(slices.Clone(acked), func(p string) bool { return got[p] > 0 })
+		return len(missing) == 0
+	})
+	mu.Lock()
+	dups := 0
+	for _, n := range got {
+		dups += n - 1
+	}
+	mu.Unlock()
+	t.Logf("%d takeovers: %d messages acknowledged, %d missing, %d duplicates", takeovers, len(acked), len(missing), dups)
+	if len(acked) < takeovers {
+		t.Errorf("only %d messages acknowledged during %d takeovers, want some during each", len(acked), takeovers)
+	}
 }
 
 // seedSession writes a stored session's routes as a home widening its
