@@ -509,10 +509,7 @@ func TestSpreadSessionMoves(t *testing.T) {
 	if dups > 0 {
 		t.Errorf("%d duplicates of live messages, want none", dups)
 	}
-	eventually(t, 5*time.Second, "the acknowledged messages deleted from the queue", func() bool {
-		info, err := s.sessA.QueueInfo(context.Background(), "acme", "keeper")
-		return err == nil && info.Len == 0
-	})
+	s.queueEmptied(t, "keeper", "the acknowledged messages deleted from the queue")
 }
 
 // TestSpreadSessionTakeover: a client id connecting on the other node
@@ -530,10 +527,7 @@ func TestSpreadSessionTakeover(t *testing.T) {
 	// paho acknowledges a message after handing it over: taken over before
 	// the broker has the PUBACK, the session must send it again
 	// [MQTT-4.4.0-1].
-	eventually(t, 5*time.Second, "the first connection's PUBACK recorded", func() bool {
-		info, err := s.sessA.QueueInfo(context.Background(), "acme", "keeper")
-		return err == nil && info.Len == 0
-	})
+	s.queueEmptied(t, "keeper", "the first connection's PUBACK recorded")
 	second := mustV5(t, s.b.addr, user("acme", "d"), secret, "keeper", keepSession)
 	if !second.connack.SessionPresent {
 		t.Fatal("the session is not present on the other node")
@@ -888,9 +882,7 @@ func TestSpreadResumedOnceEach(t *testing.T) {
 			s := newSpreadWith(t, newFabric(t, url, prefix, "node-a"), slowAttach{Redis: newFabric(t, url, prefix, "node-b"), delay: attachDelay})
 			s.tenant("acme")
 			secret := s.device("acme", "d", tenants.ClientIDsAny)
-			old := mustV5(t, s.addr, user("acme", "d"), secret, "pc", keepSession)
-			old.sub(t, "q/#", 1)
-			old.Disconnect(&paho.Disconnect{})
+			s.leftSession(t, secret, "pc", "q/#", 1)
 			if tc.seed {
 				seedSession(t, s, "acme", "pc")
 			}
@@ -938,10 +930,7 @@ func TestSpreadResumedOnceEach(t *testing.T) {
 				t.Errorf("the persistent session got %v (%d duplicates, %v missing); want each of %v once", order, dups, missing, want)
 			}
 			clean.quiet(t, 100*time.Millisecond, "the clean subscriber: a message twice")
-			eventually(t, 5*time.Second, "the acknowledged messages deleted from the session's queue", func() bool {
-				info, err := s.sessA.QueueInfo(context.Background(), "acme", "pc")
-				return err == nil && info.Len == 0
-			})
+			s.queueEmptied(t, "pc", "the acknowledged messages deleted from the session's queue")
 		})
 	}
 }
@@ -998,9 +987,7 @@ func TestSpreadResumedWhileMessagesCross(t *testing.T) {
 		slowAttach{Redis: newFabric(t, url, prefix, "node-b"), delay: attachDelay, lag: inboxLag})
 	s.tenant("acme")
 	secret := s.device("acme", "d", tenants.ClientIDsAny)
-	old := mustV5(t, s.addr, user("acme", "d"), secret, "pc", keepSession)
-	old.sub(t, "q/#", 2)
-	old.Disconnect(&paho.Disconnect{})
+	s.leftSession(t, secret, "pc", "q/#", 2)
 	clean := mustV5(t, s.b.addr, user("acme", "d"), secret, "c1")
 	clean.sub(t, "q/#", 0)
 	pub := mustV5(t, s.addr, user("acme", "d"), secret, "p")
@@ -1028,10 +1015,7 @@ func TestSpreadResumedWhileMessagesCross(t *testing.T) {
 			t.Fatalf("the session got %v, want 0 to %d once each, in order", got, n-1)
 		}
 	}
-	eventually(t, 5*time.Second, "the session's queue emptied", func() bool {
-		info, err := s.sessA.QueueInfo(context.Background(), "acme", "pc")
-		return err == nil && info.Len == 0
-	})
+	s.queueEmptied(t, "pc", "the session's queue emptied")
 }
 
 // TestSpreadResumedForOneConnection: a connection with Clean Start 0 and
@@ -1042,9 +1026,7 @@ func TestSpreadResumedForOneConnection(t *testing.T) {
 	s := newSpread(t)
 	s.tenant("acme")
 	secret := s.device("acme", "d", tenants.ClientIDsAny)
-	old := mustV5(t, s.addr, user("acme", "d"), secret, "pc", keepSession)
-	old.sub(t, "q/#", 1)
-	old.Disconnect(&paho.Disconnect{})
+	s.leftSession(t, secret, "pc", "q/#", 1)
 	pub := mustV5(t, s.addr, user("acme", "d"), secret, "p")
 	pub.pub(t, "q/x", "queued", 1, false)
 	once := mustV5(t, s.b.addr, user("acme", "d"), secret, "pc", func(c *paho.Connect) { c.CleanStart = false })
@@ -1083,25 +1065,24 @@ func TestSpreadTakeoverAlternating(t *testing.T) {
 	nodes := []string{s.addr, s.b.addr}
 	var mu sync.Mutex
 	got := map[string]int{}
+	count := func(m *paho.Publish) {
+		mu.Lock()
+		got[string(m.Payload)]++
+		mu.Unlock()
+	}
+	// collect counts what a connection receives, until it is closed and
+	// its messages are all read.
 	collect := func(c *v5) {
 		go func() {
 			for {
 				select {
 				case m := <-c.msgs:
-					mu.Lock()
-					got[string(m.Payload)]++
-					mu.Unlock()
+					count(m)
 				case <-c.closed:
-					for {
-						select {
-						case m := <-c.msgs:
-							mu.Lock()
-							got[string(m.Payload)]++
-							mu.Unlock()
-						default:
-							return
-						}
+					for len(c.msgs) > 0 {
+						count(<-c.msgs)
 					}
+					return
 				}
 			}
 		}()
@@ -1185,6 +1166,25 @@ func TestSpreadTakeoverAlternating(t *testing.T) {
 	if len(acked) < takeovers {
 		t.Errorf("only %d messages acknowledged during %d takeovers, want some during each", len(acked), takeovers)
 	}
+}
+
+// leftSession makes the tenant acme's persistent session clientID (device
+// d, on the first node) subscribed to filter, and leaves it stored.
+func (s *spread) leftSession(t *testing.T, secret, clientID, filter string, qos byte) {
+	t.Helper()
+	c := mustV5(t, s.addr, user("acme", "d"), secret, clientID, keepSession)
+	c.sub(t, filter, qos)
+	c.Disconnect(&paho.Disconnect{})
+}
+
+// queueEmptied waits until the tenant acme's session clientID has nothing
+// queued: what it was sent was acknowledged and deleted.
+func (s *spread) queueEmptied(t *testing.T, clientID, what string) {
+	t.Helper()
+	eventually(t, 5*time.Second, what, func() bool {
+		info, err := s.sessA.QueueInfo(context.Background(), "acme", clientID)
+		return err == nil && info.Len == 0
+	})
 }
 
 // seedSession writes a stored session's routes as a home widening its
