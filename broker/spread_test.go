@@ -662,7 +662,9 @@ func TestSpreadWillHeldElsewhere(t *testing.T) {
 // has its routes swept by the others; back, it finds its membership gone
 // and ends its clean sessions, which may have missed what the others
 // acknowledged meanwhile (0x89); a subscriber there then gets the others'
-// messages again.
+// messages again. It ends its persistent sessions too (0x89), which may
+// have moved meanwhile: one resumes on the other node with what was
+// published while it was cut off.
 func TestSpreadNodeCutOff(t *testing.T) {
 	url := testenv.RedisURL(t)
 	proxy := newCutProxy(t, url)
@@ -673,6 +675,8 @@ func TestSpreadNodeCutOff(t *testing.T) {
 	secret := s.device("acme", "d", tenants.ClientIDsAny)
 	sub := mustV5(t, s.b.addr, user("acme", "d"), secret, "sub")
 	sub.sub(t, "t/#", 1)
+	keeper := mustV5(t, s.b.addr, user("acme", "d"), secret, "keeper", keepSession)
+	keeper.sub(t, "k/#", 1)
 	pub := mustV5(t, s.addr, user("acme", "d"), secret, "pub")
 	pub.pub(t, "t/x", "before", 1, false)
 	sub.expect(t, "t/x", "before")
@@ -683,14 +687,33 @@ func TestSpreadNodeCutOff(t *testing.T) {
 		pub.pub(t, "t/x", "while cut off", 1, false)
 		return s.fabA.Stats().Sent == before
 	})
+	pub.pub(t, "k/x", "for the session", 1, false)
 	proxy.cut(false)
-	select {
-	case d := <-sub.discs:
-		if d.ReasonCode != 0x89 {
-			t.Errorf("the cut-off node's subscriber ended with 0x%02X, want 0x89", d.ReasonCode)
+	for _, c := range []struct {
+		name string
+		c    *v5
+	}{{"clean subscriber", sub}, {"persistent session", keeper}} {
+		select {
+		case d := <-c.c.discs:
+			if d.ReasonCode != 0x89 {
+				t.Errorf("the cut-off node's %s ended with 0x%02X, want 0x89", c.name, d.ReasonCode)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the cut-off node's %s was not ended once it was back", c.name)
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the cut-off node's clean subscriber was not ended once it was back")
+	}
+	back := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
+	if !back.connack.SessionPresent {
+		t.Fatal("the persistent session did not resume on the other node")
+	}
+	// What was published for it while its node was cut off reached it on
+	// the connection ended, or comes on the new one.
+	got := false
+	for len(keeper.msgs) > 0 {
+		got = got || string((<-keeper.msgs).Payload) == "for the session"
+	}
+	if !got {
+		back.expect(t, "k/x", "for the session")
 	}
 	eventually(t, 10*time.Second, "a subscriber on the node back gets the other's messages", func() bool {
 		again, err := dialV5(t, s.b.addr, user("acme", "d"), secret, "again")
