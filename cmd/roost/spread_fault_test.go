@@ -768,7 +768,7 @@ type spreadMover struct {
 	old      *paho.Client
 
 	mu      sync.Mutex
-	movedAt time.Time // the new connection's CONNACK
+	movedAt time.Time       // the new connection's CONNACK
 	late    []*paho.Publish // what reached the old connection after it
 	present bool
 }
