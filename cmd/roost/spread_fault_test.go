@@ -368,6 +368,7 @@ func spreadKillTest(t *testing.T, fab fleetFabric) {
 	// C. The node holding the persistent subscriber dies, kills times:
 	// its session lives on whichever node it connects to, and resumes on
 	// another.
+	var backs, firsts []time.Duration
 	for k := range kills {
 		h := f.holder(ps)
 		if h == 0 || f.isDead(h) {
@@ -383,6 +384,7 @@ func spreadKillTest(t *testing.T, fab fleetFabric) {
 		first := ps.waitArrivalSentAfter(t, l, killed, 20*time.Second)
 		ack := l.waitAckAfter(t, killed, 20*time.Second)
 		newHome := f.liveHome()
+		backs, firsts = append(backs, up.Sub(killed)), append(firsts, first.Sub(killed))
 		t.Logf("kill %d: node %d, holding the persistent subscriber, killed; it connected again %s later through node %d (home now node %d), got the first message published after the kill %s later; the publisher's first PUBACK after the kill came %s later; messages %d-%d were published (through node %d) while it was away",
 			k+1, h, up.Sub(killed).Round(time.Millisecond), ps.nodeNow(), newHome, first.Sub(killed).Round(time.Millisecond), ack.Sub(killed).Round(time.Millisecond),
 			l.numberAt(killed), l.numberAt(up)-1, l.currentNode())
@@ -390,6 +392,8 @@ func spreadKillTest(t *testing.T, fab fleetFabric) {
 	}
 	l.waitAcks(t, 50)
 	l.stopNow()
+	t.Logf("over %d kills of its node, the persistent subscriber was connected again %s, and got the first message published after the kill %s (min/median/max)",
+		kills, spreadRange(backs), spreadRange(firsts))
 
 	// The persistent subscriber has every message acknowledged.
 	missing, acked := l.waitArrived(ps.tally, time.Time{}, time.Now(), 20*time.Second)
@@ -637,6 +641,17 @@ func spreadPauseTest(t *testing.T, fab fleetFabric, target int, pause time.Durat
 	for i := 1; i <= 3; i++ {
 		t.Logf("node %d: roost_fabric_send_failures_total %v", i, f.metric(i, "roost_fabric_send_failures_total"))
 	}
+}
+
+// spreadRange is "min/median/max" of ds.
+func spreadRange(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "-"
+	}
+	ds = slices.Clone(ds)
+	slices.Sort(ds)
+	r := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
+	return fmt.Sprintf("%s/%s/%s", r(ds[0]), r(ds[len(ds)/2]), r(ds[len(ds)-1]))
 }
 
 // knownBug reports a product bug found by a check: a failure with
