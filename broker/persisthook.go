@@ -295,7 +295,7 @@ func (h *storeHook) ID() string { return "roost-store" }
 func (h *storeHook) Provides(b byte) bool { return b == mqtt.OnPublish }
 
 func (h *storeHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if !cl.Net.Inline && !remote(pk) {
+	if h.inst.caughtUp != nil && !cl.Net.Inline && !remote(pk) {
 		if err := h.inst.awaitCatchUp(); err != nil {
 			if pk.FixedHeader.Qos == 0 {
 				return pk, packets.ErrRejectPacket // dropped
