@@ -350,7 +350,7 @@ func (h *Hub) reapIdle() {
 	h.reg.reapIdle()
 	for _, inst := range h.reg.all() {
 		if inst.persist != nil {
-			inst.persist.sweep(time.Now().Add(-time.Minute)) // mochi's clock: the wall clock
+			inst.persist.sweep(time.Now().Add(-time.Minute), inst.catchUp) // mochi's clock: the wall clock
 		}
 		inst.resyncRoutes()
 		if inst.anywhere && h.cfg.Cluster != nil && !h.cfg.Cluster.Holds(inst.tenant) {

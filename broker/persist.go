@@ -226,8 +226,9 @@ type pubCopies struct {
 // sweep forgets tags of publishes mochi never finished routing (it skips
 // OnPublished when it cannot write the publisher's ack), and checks every
 // connected session for queued messages it is not sending (see
-// reconcile): whatever left one behind, it does not stay stuck.
-func (p *persistence) sweep(olderThan time.Time) {
+// reconcile; where sessions live anywhere, catchUp first, through the
+// instance's): whatever left one behind, it does not stay stuck.
+func (p *persistence) sweep(olderThan time.Time, catchUp func(*mqtt.Client)) {
 	p.mu.Lock()
 	for id, c := range p.pubs {
 		if c.at.Before(olderThan) {
@@ -241,7 +242,7 @@ func (p *persistence) sweep(olderThan time.Time) {
 	p.mu.Unlock()
 	for _, cl := range live {
 		if p.anywhere {
-			p.catchUp(cl)
+			catchUp(cl)
 		}
 		p.reconcile(cl)
 	}

@@ -448,7 +448,18 @@ func (h *routeHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	r.mu.Unlock()
 	// What was queued for it between the read of its queue at connect and
 	// the attach was sent nowhere: it is in the queue, read now.
-	h.inst.persist.catchUp(cl)
+	h.inst.catchUp(cl)
+}
+
+// catchUp has a connected session's broker send what its queue holds that
+// it does not know of (persistence.catchUp), with no message from another
+// node being handed to mochi meanwhile (they hold inlineMu): one handed
+// over as the catch-up reads would be skipped by it (it is being routed)
+// and written after the newer copies the catch-up sends.
+func (inst *instance) catchUp(cl *mqtt.Client) {
+	inst.inlineMu.Lock()
+	defer inst.inlineMu.Unlock()
+	inst.persist.catchUp(cl)
 }
 
 // routeEndingSession readies the routes of a stored session that a
