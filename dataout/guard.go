@@ -22,25 +22,25 @@ var ErrRefusedAddress = errors.New("refused address")
 var blocked = func() []netip.Prefix {
 	var out []netip.Prefix
 	for _, s := range []string{
-		"0.0.0.0/8",       // this network, unspecified
-		"10.0.0.0/8",      // private
-		"100.64.0.0/10",   // CGNAT
-		"127.0.0.0/8",     // loopback
-		"169.254.0.0/16",  // link-local, metadata
-		"172.16.0.0/12",   // private
-		"192.0.0.0/24",    // IETF protocol assignments
-		"192.168.0.0/16",  // private
-		"198.18.0.0/15",   // benchmarking
-		"224.0.0.0/4",     // multicast
-		"240.0.0.0/4",     // reserved, broadcast
-		"::/96",           // unspecified, loopback, IPv4-compatible
-		"fc00::/7",        // unique local
-		"fe80::/10",       // link-local
-		"fec0::/10",       // site-local (deprecated)
-		"ff00::/8",        // multicast
-		"100::/64",        // discard
-		"2001:db8::/32",   // documentation
-		"64:ff9b:1::/48",  // local-use NAT64
+		"0.0.0.0/8",      // this network, unspecified
+		"10.0.0.0/8",     // private
+		"100.64.0.0/10",  // CGNAT
+		"127.0.0.0/8",    // loopback
+		"169.254.0.0/16", // link-local, metadata
+		"172.16.0.0/12",  // private
+		"192.0.0.0/24",   // IETF protocol assignments
+		"192.168.0.0/16", // private
+		"198.18.0.0/15",  // benchmarking
+		"224.0.0.0/4",    // multicast
+		"240.0.0.0/4",    // reserved, broadcast
+		"::/96",          // unspecified, loopback, IPv4-compatible
+		"fc00::/7",       // unique local
+		"fe80::/10",      // link-local
+		"fec0::/10",      // site-local (deprecated)
+		"ff00::/8",       // multicast
+		"100::/64",       // discard
+		"2001:db8::/32",  // documentation
+		"64:ff9b:1::/48", // local-use NAT64
 	} {
 		out = append(out, netip.MustParsePrefix(s))
 	}
