@@ -1,0 +1,191 @@
+package dataout
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/cel-go/cel"
+	"github.com/google/cel-go/ext"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+// ConditionCostLimit bounds one evaluation of a condition, in CEL's cost
+// units (roughly one per operation, plus one per few bytes a string
+// function reads). A typical condition costs under 50; scanning a 128 KiB
+// payload as text about 13,000. Past the limit, evaluation stops and the
+// message does not match.
+const ConditionCostLimit = 100_000
+
+// ConditionError is a condition that does not compile, with where in it
+// the first problem is (1-based line and column).
+type ConditionError struct {
+	Line, Column int
+	Msg          string
+}
+
+func (e *ConditionError) Error() string {
+	return fmt.Sprintf("line %d, column %d: %s", e.Line, e.Column, e.Msg)
+}
+
+// Condition is a compiled CEL condition over one message. Compile it once
+// (per rule) and evaluate it for many messages; it is safe for concurrent
+// use.
+type Condition struct {
+	src string
+	prg cel.Program
+}
+
+var (
+	envOnce sync.Once
+	celEnv  *cel.Env
+	envErr  error
+)
+
+// env is the CEL environment conditions compile in. Its variables are
+// the message as documented in docs/data-out.md.
+func env() (*cel.Env, error) {
+	envOnce.Do(func() {
+		celEnv, envErr = cel.NewEnv(
+			cel.Variable("payload", cel.DynType),
+			cel.Variable("topic", cel.StringType),
+			cel.Variable("topic_levels", cel.ListType(cel.StringType)),
+			cel.Variable("device", cel.StringType),
+			cel.Variable("client_id", cel.StringType),
+			cel.Variable("qos", cel.IntType),
+			cel.Variable("time", cel.TimestampType),
+			cel.Variable("metadata", cel.MapType(cel.StringType, cel.StringType)),
+			cel.CrossTypeNumericComparisons(true),
+			cel.DefaultUTCTimeZone(true),
+			cel.ParserExpressionSizeLimit(tenants.MaxConditionLength),
+			cel.ParserRecursionLimit(50),
+			ext.Strings(),
+			ext.Encoders(),
+		)
+	})
+	return celEnv, envErr
+}
+
+// CompileCondition parses and type-checks src. Its result must be a
+// bool (or dyn, such as payload.alarm, checked when evaluated). An error
+// is a *ConditionError pointing into src.
+func CompileCondition(src string) (*Condition, error) {
+	e, err := env()
+	if err != nil {
+		return nil, err
+	}
+	if strings.TrimSpace(src) == "" {
+		return nil, &ConditionError{Line: 1, Column: 1, Msg: "the condition is empty"}
+	}
+	ast, iss := e.Compile(src)
+	if iss.Err() != nil {
+		errs := iss.Errors()
+		if len(errs) == 0 {
+			return nil, &ConditionError{Line: 1, Column: 1, Msg: iss.Err().Error()}
+		}
+		first := errs[0]
+		return nil, &ConditionError{Line: max(first.Location.Line(), 1), Column: first.Location.Column() + 1, Msg: first.Message}
+	}
+	if t := ast.OutputType(); !t.IsExactType(cel.BoolType) && !t.IsExactType(cel.DynType) {
+		return nil, &ConditionError{Line: 1, Column: 1, Msg: fmt.Sprintf("the condition must be true or false, not %s", t)}
+	}
+	prg, err := e.Program(ast, cel.CostLimit(ConditionCostLimit), cel.InterruptCheckFrequency(100), cel.EvalOptions(cel.OptOptimize))
+	if err != nil {
+		return nil, &ConditionError{Line: 1, Column: 1, Msg: err.Error()}
+	}
+	return &Condition{src: src, prg: prg}, nil
+}
+
+// String returns the condition's source.
+func (c *Condition) String() string { return c.src }
+
+// Input is one message as conditions see it.
+type Input struct {
+	Topic    string
+	Payload  []byte
+	QoS      byte
+	Device   string
+	ClientID string
+	Time     time.Time
+	// Metadata is the publishing device's metadata.
+	Metadata map[string]string
+}
+
+// Vars returns the CEL variables for in: payload is the parsed JSON when
+// the payload is JSON (IsJSON), else its bytes.
+func (in Input) Vars() map[string]any {
+	var payload any = in.Payload
+	if IsJSON(in.Payload) {
+		var v any
+		if json.Unmarshal(in.Payload, &v) == nil {
+			payload = v
+		}
+	}
+	md := in.Metadata
+	if md == nil {
+		md = map[string]string{}
+	}
+	return map[string]any{
+		"payload": payload, "topic": in.Topic, "topic_levels": strings.Split(in.Topic, "/"),
+		"device": in.Device, "client_id": in.ClientID, "qos": int64(in.QoS), "time": in.Time.UTC(), "metadata": md,
+	}
+}
+
+// ErrCostLimit: evaluating a condition took more than ConditionCostLimit.
+var ErrCostLimit = errors.New("the condition costs more than the limit to evaluate")
+
+// Eval reports whether in satisfies the condition. An evaluation error
+// (a missing field, a wrong type, the cost limit) is no match, with the
+// error saying why.
+func (c *Condition) Eval(ctx context.Context, in Input) (bool, error) {
+	out, _, err := c.prg.ContextEval(ctx, in.Vars())
+	if err != nil {
+		if strings.Contains(err.Error(), "cost limit exceeded") {
+			return false, ErrCostLimit
+		}
+		return false, err
+	}
+	b, ok := out.Value().(bool)
+	if !ok {
+		return false, fmt.Errorf("the condition gave %v, not true or false", out.Value())
+	}
+	return b, nil
+}
+
+// Rule is a rule compiled for matching: its filter and its condition,
+// compiled once.
+type Rule struct {
+	tenants.ExportRule
+	cond *Condition
+}
+
+// CompileRule compiles a rule's condition, if it has one.
+func CompileRule(r tenants.ExportRule) (*Rule, error) {
+	out := &Rule{ExportRule: r}
+	if r.Condition != "" {
+		c, err := CompileCondition(r.Condition)
+		if err != nil {
+			return nil, err
+		}
+		out.cond = c
+	}
+	return out, nil
+}
+
+// Match reports whether in's topic matches the rule's filter and the
+// message satisfies its condition. err says why a condition could not be
+// evaluated (then it does not match).
+func (r *Rule) Match(ctx context.Context, in Input) (bool, error) {
+	if !tenants.MatchTopic(r.Filter, in.Topic) {
+		return false, nil
+	}
+	if r.cond == nil {
+		return true, nil
+	}
+	return r.cond.Eval(ctx, in)
+}
