@@ -1,0 +1,220 @@
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/roosthub/roost/dataout"
+	"github.com/roosthub/roost/tenants"
+)
+
+type destinationStore interface {
+	Destinations(ctx context.Context, tenant string) ([]tenants.Destination, error)
+	Destination(ctx context.Context, tenant, id string) (tenants.Destination, error)
+	CreateDestination(ctx context.Context, tenant, id string, in tenants.DestinationInput, sealed tenants.Sealed) (tenants.Destination, error)
+	UpdateDestination(ctx context.Context, tenant, id string, up tenants.DestinationUpdate, sealHeaders func(map[string]string) string) (tenants.Destination, error)
+	RotateDestinationSecret(ctx context.Context, tenant, id, sealedSecret string) (tenants.Destination, error)
+	DeleteDestination(ctx context.Context, tenant, id string) error
+}
+
+// destinationWithSecret is a destination as made or rotated: the only
+// answers that carry its signing secret.
+type destinationWithSecret struct {
+	tenants.Destination
+	Secret string `json:"secret"`
+}
+
+// The contexts sealed values are bound to: a value copied to another
+// tenant's or destination's row does not open there.
+func secretContext(tenant, id string) string  { return tenant + "/" + id + "/secret" }
+func headersContext(tenant, id string) string { return tenant + "/" + id + "/headers" }
+
+func sealHeaders(s *dataout.Sealer, tenant, id string) func(map[string]string) string {
+	return func(h map[string]string) string {
+		b, _ := json.Marshal(h)
+		return s.Seal(b, headersContext(tenant, id))
+	}
+}
+
+// checkURL applies the hub's address policy to a webhook URL.
+func checkURL(g *dataout.Guard, url string) error {
+	if err := g.CheckURL(url); err != nil {
+		return &httpError{status: http.StatusBadRequest, code: "invalid", field: "url", msg: "url: " + err.Error()}
+	}
+	return nil
+}
+
+func handleDestinationList(ds destinationStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		list, err := ds.Destinations(r.Context(), chi.URLParam(r, "tenant"))
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, newList(list, ""))
+		return nil
+	}
+}
+
+func handleDestinationCreate(ds destinationStore, sealer *dataout.Sealer, guard *dataout.Guard) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		var in tenants.DestinationInput
+		if err := decode(r, &in); err != nil {
+			return err
+		}
+		if err := in.Validate(); err != nil {
+			return err
+		}
+		if err := checkURL(guard, in.URL); err != nil {
+			return err
+		}
+		tenant, id, secret := chi.URLParam(r, "tenant"), tenants.NewDestinationID(), dataout.NewSecret()
+		sealed := tenants.Sealed{Secret: sealer.Seal([]byte(secret), secretContext(tenant, id))}
+		if len(in.Headers) > 0 {
+			sealed.Headers = sealHeaders(sealer, tenant, id)(in.Headers)
+		}
+		d, err := ds.CreateDestination(r.Context(), tenant, id, in, sealed)
+		if err != nil {
+			return err
+		}
+		w.Header().Set("Location", "/v1/tenants/"+tenant+"/destinations/"+d.ID)
+		writeJSON(w, http.StatusCreated, destinationWithSecret{Destination: d, Secret: secret})
+		return nil
+	}
+}
+
+func handleDestinationGet(ds destinationStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		d, err := ds.Destination(r.Context(), chi.URLParam(r, "tenant"), chi.URLParam(r, "id"))
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, d)
+		return nil
+	}
+}
+
+func handleDestinationUpdate(ds destinationStore, sealer *dataout.Sealer, guard *dataout.Guard) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		var up tenants.DestinationUpdate
+		if err := decode(r, &up); err != nil {
+			return err
+		}
+		if err := up.Validate(); err != nil {
+			return err
+		}
+		if up.URL != nil {
+			if err := checkURL(guard, *up.URL); err != nil {
+				return err
+			}
+		}
+		tenant, id := chi.URLParam(r, "tenant"), chi.URLParam(r, "id")
+		d, err := ds.UpdateDestination(r.Context(), tenant, id, up, sealHeaders(sealer, tenant, id))
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, d)
+		return nil
+	}
+}
+
+func handleDestinationRotate(ds destinationStore, sealer *dataout.Sealer) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		tenant, id, secret := chi.URLParam(r, "tenant"), chi.URLParam(r, "id"), dataout.NewSecret()
+		d, err := ds.RotateDestinationSecret(r.Context(), tenant, id, sealer.Seal([]byte(secret), secretContext(tenant, id)))
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, destinationWithSecret{Destination: d, Secret: secret})
+		return nil
+	}
+}
+
+func handleDestinationDelete(ds destinationStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		if err := ds.DeleteDestination(r.Context(), chi.URLParam(r, "tenant"), chi.URLParam(r, "id")); err != nil {
+			return err
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+}
+
+// webhookOf opens a destination's sealed secret and headers.
+func webhookOf(sealer *dataout.Sealer, tenant string, d tenants.Destination) (dataout.Webhook, error) {
+	secret, err := sealer.Open(d.Sealed.Secret, secretContext(tenant, d.ID))
+	if errors.Is(err, dataout.ErrKeyChanged) {
+		return dataout.Webhook{}, errorf(http.StatusConflict, "conflict",
+			"the destination's secret was sealed under an earlier operator token; rotate it (POST .../destinations/"+d.ID+"/secret)")
+	}
+	if err != nil {
+		return dataout.Webhook{}, err
+	}
+	wh := dataout.Webhook{URL: d.URL, Secret: string(secret)}
+	if d.Sealed.Headers != "" {
+		b, err := sealer.Open(d.Sealed.Headers, headersContext(tenant, d.ID))
+		if err != nil {
+			return dataout.Webhook{}, err
+		}
+		if err := json.Unmarshal(b, &wh.Headers); err != nil {
+			return dataout.Webhook{}, err
+		}
+	}
+	return wh, nil
+}
+
+// testResult is what a send test answers: how the receiver took one
+// signed sample request.
+type testResult struct {
+	Delivered bool            `json:"delivered"`
+	Status    int             `json:"status,omitempty"`
+	LatencyMS int64           `json:"latency_ms"`
+	Error     *testError      `json:"error,omitempty"`
+	Sent      json.RawMessage `json:"sent"`
+}
+
+type testError struct {
+	Kind    dataout.ErrorKind `json:"kind"`
+	Message string            `json:"message"`
+}
+
+// sampleBatch is the message a send test carries.
+func sampleBatch(tenant, destination string, now time.Time) dataout.Batch {
+	b := make([]byte, 8)
+	rand.Read(b)
+	return dataout.Batch{Tenant: tenant, Destination: destination, Messages: []dataout.Message{{
+		ID: "test_" + hex.EncodeToString(b), Topic: "$roost/test", Payload: []byte(`{"test":true,"text":"a test request from Roost"}`),
+		QoS: 1, Time: now,
+	}}}
+}
+
+// handleDestinationTest sends one signed sample request now and answers
+// with how it went; the receiver's failure is a 200 that says so, not an
+// error of the API.
+func handleDestinationTest(ds destinationStore, sealer *dataout.Sealer, sender *dataout.Sender, now func() time.Time) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		tenant := chi.URLParam(r, "tenant")
+		d, err := ds.Destination(r.Context(), tenant, chi.URLParam(r, "id"))
+		if err != nil {
+			return err
+		}
+		wh, err := webhookOf(sealer, tenant, d)
+		if err != nil {
+			return err
+		}
+		batch := sampleBatch(tenant, d.ID, now())
+		a := sender.Send(r.Context(), wh, batch)
+		res := testResult{Delivered: a.OK(), Status: a.Status, LatencyMS: a.Latency.Milliseconds(), Sent: dataout.Body(batch)}
+		if a.Err != nil {
+			res.Error = &testError{Kind: a.Kind, Message: a.Err.Error()}
+		}
+		writeJSON(w, http.StatusOK, res)
+		return nil
+	}
+}
