@@ -305,3 +305,11 @@ func (e *env) mustKey(token, tenant string, role tenants.Role) (string, string) 
 	want(e.t, r, http.StatusCreated, "create api key")
 	return r.str("id"), r.str("key")
 }
+
+// mustDestination creates a webhook destination and returns its id.
+func (e *env) mustDestination(token, tenant, name string) string {
+	e.t.Helper()
+	r := e.do("POST", "/v1/tenants/"+tenant+"/destinations", token, map[string]string{"name": name, "type": "webhook", "url": "https://hooks.example.com/" + name})
+	want(e.t, r, http.StatusCreated, "create destination "+name)
+	return r.str("id")
+}
