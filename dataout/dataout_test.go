@@ -254,7 +254,7 @@ func TestSendRedirectNotFollowed(t *testing.T) {
 }
 
 func TestSendFailures(t *testing.T) {
-	slow := newReceiver(t, false, func(w http.ResponseWriter, r *http.Request) { time.Sleep(time.Second); w.WriteHeader(200) })
+	slow := newReceiver(t, false, func(w http.ResponseWriter, r *http.Request) { time.Sleep(3 * time.Second); w.WriteHeader(200) })
 	failing := newReceiver(t, false, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Retry-After", "30")
 		w.WriteHeader(503)
@@ -266,19 +266,21 @@ func TestSendFailures(t *testing.T) {
 		}
 	})
 	tlsRC := newReceiver(t, true, nil)
-	s := newSender(t, "127.0.0.1", 300*time.Millisecond, nil)
+	impatient := newSender(t, "127.0.0.1", 500*time.Millisecond, nil)
+	s := newSender(t, "127.0.0.1", 5*time.Second, nil)
 	for _, tc := range []struct {
 		name   string
+		s      *dataout.Sender
 		rc     *receiver
 		kind   dataout.ErrorKind
 		status int
 	}{
-		{"timeout", slow, dataout.ErrorTimeout, 0},
-		{"503", failing, dataout.ErrorStatus, 503},
-		{"connection reset", reset, dataout.ErrorConnect, 0},
-		{"untrusted certificate", tlsRC, dataout.ErrorTLS, 0},
+		{"timeout", impatient, slow, dataout.ErrorTimeout, 0},
+		{"503", s, failing, dataout.ErrorStatus, 503},
+		{"connection reset", s, reset, dataout.ErrorConnect, 0},
+		{"untrusted certificate", s, tlsRC, dataout.ErrorTLS, 0},
 	} {
-		a := s.Send(context.Background(), dataout.Webhook{URL: tc.rc.URL, Secret: tc.rc.secret}, sample)
+		a := tc.s.Send(context.Background(), dataout.Webhook{URL: tc.rc.URL, Secret: tc.rc.secret}, sample)
 		if a.OK() || a.Kind != tc.kind || a.Status != tc.status {
 			t.Errorf("%s: got %+v, want kind %s status %d", tc.name, a, tc.kind, tc.status)
 		}
