@@ -75,7 +75,7 @@ func TestRefused(t *testing.T) {
 		{"172.31.255.255", true}, {"192.168.1.1", true}, {"169.254.169.254", true}, {"fe80::1", true},
 		{"fc00::1", true}, {"fd12::1", true}, {"0.0.0.0", true}, {"::", true}, {"224.0.0.1", true},
 		{"ff02::1", true}, {"100.64.0.1", true}, {"255.255.255.255", true},
-		{"::ffff:127.0.0.1", true}, {"::ffff:169.254.169.254", true}, {"64:ff9b::a00:1", true}, {"2002:7f00:1::", true},
+		{"::ffff:127.0.0.1", true}, {"fe80::1%eth0", true}, {"::1%lo", true}, {"::ffff:169.254.169.254", true}, {"64:ff9b::a00:1", true}, {"2002:7f00:1::", true},
 		{"8.8.8.8", false}, {"1.1.1.1", false}, {"172.32.0.1", false}, {"2606:4700::1111", false}, {"64:ff9b::808:808", false},
 	} {
 		if got := dataout.Refused(netip.MustParseAddr(tc.addr)); got != tc.refused {
@@ -103,6 +103,7 @@ func TestCheckURL(t *testing.T) {
 		{"metadata", strict, "https://169.254.169.254/latest/meta-data/", false},
 		{"private", strict, "https://10.0.0.5/x", false},
 		{"mapped loopback", strict, "https://[::ffff:127.0.0.1]/x", false},
+		{"zoned link-local", strict, "https://[fe80::1%25eth0]/x", false},
 		{"allowed address over http", allowing, "http://127.0.0.1:8080/x", true},
 		{"allowed name over http", allowing, "http://hooks.internal/x", true},
 		{"credentials", strict, "https://user:pw@hooks.example.com/", false},

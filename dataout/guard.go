@@ -51,7 +51,8 @@ var blocked = func() []netip.Prefix {
 // mapped into IPv6, NAT64 and 6to4 addresses are judged by the IPv4
 // address they carry.
 func Refused(a netip.Addr) bool {
-	a = a.Unmap()
+	// A zone (fe80::1%eth0) would make every prefix miss it.
+	a = a.Unmap().WithZone("")
 	if a.Is6() {
 		b := a.As16()
 		switch {
@@ -167,7 +168,7 @@ func (g *Guard) control(network, address string, _ syscall.RawConn) error {
 	if err != nil {
 		return fmt.Errorf("%w: %s", ErrRefusedAddress, address)
 	}
-	if a := ap.Addr().Unmap(); Refused(a) && !g.allowAddrs[a] {
+	if a := ap.Addr().Unmap().WithZone(""); Refused(a) && !g.allowAddrs[a] {
 		return fmt.Errorf("%w: %s is not a public address", ErrRefusedAddress, a)
 	}
 	return nil
