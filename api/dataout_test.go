@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -300,4 +301,34 @@ func TestRuleConditions(t *testing.T) {
 	if n, _ := rc.counts(); n != 0 {
 		t.Errorf("rules/test sent %d requests, want none", n)
 	}
+}
+
+// TestSendTestThrottle: ten send tests a minute per tenant, then 429 with
+// Retry-After; another tenant has its own ten; a minute later it works.
+func TestSendTestThrottle(t *testing.T) {
+	e := newEnvWith(t, allowLoopback(t))
+	owner := e.signup("owner")
+	e.mustTenant(owner, "acme")
+	e.mustTenant(owner, "globex")
+	rc := newHookReceiver(t)
+	ids := map[string]string{}
+	for _, tn := range []string{"acme", "globex"} {
+		r := e.do("POST", "/v1/tenants/"+tn+"/destinations", owner.token, map[string]string{"name": "hook", "type": "webhook", "url": rc.URL})
+		want(t, r, 201, "create destination")
+		ids[tn] = r.str("id")
+	}
+	for i := range 10 {
+		want(t, e.do("POST", "/v1/tenants/acme/destinations/"+ids["acme"]+"/test", owner.token, nil), 200, fmt.Sprintf("send test %d", i+1))
+	}
+	r := e.do("POST", "/v1/tenants/acme/destinations/"+ids["acme"]+"/test", owner.token, nil)
+	wantProblem(t, r, 429, "too_many_attempts", "", "the eleventh send test in a minute")
+	if r.header.Get("Retry-After") == "" {
+		t.Error("429 without Retry-After")
+	}
+	want(t, e.do("POST", "/v1/tenants/globex/destinations/"+ids["globex"]+"/test", owner.token, nil), 200, "another tenant's send test")
+	if n, _ := rc.counts(); n != 11 {
+		t.Errorf("the receiver got %d requests, want 11", n)
+	}
+	e.clock.Advance(61 * time.Second)
+	want(t, e.do("POST", "/v1/tenants/acme/destinations/"+ids["acme"]+"/test", owner.token, nil), 200, "a minute later")
 }

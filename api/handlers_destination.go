@@ -197,11 +197,14 @@ func sampleBatch(tenant, destination string, now time.Time) dataout.Batch {
 // handleDestinationTest sends one signed sample request now and answers
 // with how it went; the receiver's failure is a 200 that says so, not an
 // error of the API.
-func handleDestinationTest(ds destinationStore, sealer *dataout.Sealer, sender *dataout.Sender, now func() time.Time) handler {
+func handleDestinationTest(ds destinationStore, sealer *dataout.Sealer, sender *dataout.Sender, limit *sendLimiter, now func() time.Time) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		tenant := chi.URLParam(r, "tenant")
 		d, err := ds.Destination(r.Context(), tenant, chi.URLParam(r, "id"))
 		if err != nil {
+			return err
+		}
+		if err := limit.take(tenant); err != nil {
 			return err
 		}
 		wh, err := webhookOf(sealer, tenant, d)

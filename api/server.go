@@ -79,6 +79,7 @@ type Server struct {
 	billing   *billing.Service
 	webhooks  *dataout.Sender
 	sealer    *dataout.Sealer
+	sendTests *sendLimiter
 }
 
 // New builds the API.
@@ -144,6 +145,7 @@ func New(cfg Config) (*Server, error) {
 		billing:   cfg.Billing,
 		webhooks:  cfg.Webhooks,
 		sealer:    cfg.Sealer,
+		sendTests: newSendLimiter(cfg.Now),
 	}
 	s.router = s.routes()
 	return s, nil
