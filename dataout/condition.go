@@ -143,7 +143,11 @@ var ErrCostLimit = errors.New("the condition costs more than the limit to evalua
 // (a missing field, a wrong type, the cost limit) is no match, with the
 // error saying why.
 func (c *Condition) Eval(ctx context.Context, in Input) (bool, error) {
-	out, _, err := c.prg.ContextEval(ctx, in.Vars())
+	return c.evalVars(ctx, in.Vars())
+}
+
+func (c *Condition) evalVars(ctx context.Context, vars map[string]any) (bool, error) {
+	out, _, err := c.prg.ContextEval(ctx, vars)
 	if err != nil {
 		if strings.Contains(err.Error(), "cost limit exceeded") {
 			return false, ErrCostLimit
@@ -188,4 +192,62 @@ func (r *Rule) Match(ctx context.Context, in Input) (bool, error) {
 		return true, nil
 	}
 	return r.cond.Eval(ctx, in)
+}
+
+// RuleSet is a tenant's rules compiled once, to match each message
+// against all of them; it is safe for concurrent use.
+type RuleSet struct {
+	rules []*Rule
+}
+
+// Match is a rule a message matched, or whose condition could not be
+// evaluated for it (Err set; then it did not match).
+type Match struct {
+	Rule *Rule
+	Err  error
+}
+
+// CompileRules compiles rules. A rule that does not compile (checked when
+// it was made, so only after a change of the condition language) is left
+// out and reported.
+func CompileRules(rules []tenants.ExportRule) (*RuleSet, []error) {
+	set := &RuleSet{}
+	var errs []error
+	for _, r := range rules {
+		c, err := CompileRule(r)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("rule %s: %w", r.ID, err))
+			continue
+		}
+		set.rules = append(set.rules, c)
+	}
+	return set, errs
+}
+
+// Match returns the rules in matches and the evaluation failures; the
+// message's variables (its payload parsed once) are built only if a rule
+// with a condition matches its topic.
+func (s *RuleSet) Match(ctx context.Context, in Input) []Match {
+	var out []Match
+	var vars map[string]any
+	for _, r := range s.rules {
+		if !tenants.MatchTopic(r.Filter, in.Topic) {
+			continue
+		}
+		if r.cond == nil {
+			out = append(out, Match{Rule: r})
+			continue
+		}
+		if vars == nil {
+			vars = in.Vars()
+		}
+		ok, err := r.cond.evalVars(ctx, vars)
+		switch {
+		case err != nil:
+			out = append(out, Match{Rule: r, Err: err})
+		case ok:
+			out = append(out, Match{Rule: r})
+		}
+	}
+	return out
 }

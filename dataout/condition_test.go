@@ -3,6 +3,7 @@ package dataout_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -128,5 +129,50 @@ func TestRuleMatch(t *testing.T) {
 	cold.Payload = []byte(`{"temp": 3}`)
 	if ok, _ := r.Match(context.Background(), cold); ok {
 		t.Error("a message failing the condition matched")
+	}
+}
+
+func TestRuleSet(t *testing.T) {
+	set, errs := dataout.CompileRules([]tenants.ExportRule{
+		{ID: "hot", Filter: "sites/#", Condition: "payload.temp > 30", Destination: "d"},
+		{ID: "all", Filter: "#", Destination: "d"},
+		{ID: "broken", Filter: "#", Condition: "payload.temp >", Destination: "d"},
+		{ID: "humid", Filter: "sites/#", Condition: "payload.humidity > 50", Destination: "d"},
+		{ID: "elsewhere", Filter: "other/#", Destination: "d"},
+	})
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "rule broken") {
+		t.Errorf("compile errors: %v, want rule broken's", errs)
+	}
+	got := map[string]string{}
+	for _, m := range set.Match(context.Background(), msg) {
+		got[m.Rule.ID] = fmt.Sprint(m.Err)
+	}
+	if len(got) != 3 || got["hot"] != "<nil>" || got["all"] != "<nil>" || got["humid"] == "<nil>" {
+		t.Errorf("matches: %v, want hot and all, and humid's evaluation error", got)
+	}
+}
+
+// BenchmarkRuleSet is the cost of matching one JSON message against a
+// tenant's rules (each with a condition; a tenth of them match its topic).
+func BenchmarkRuleSet(b *testing.B) {
+	for _, n := range []int{1, 10, 100} {
+		b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) {
+			var rules []tenants.ExportRule
+			for i := range n {
+				rules = append(rules, tenants.ExportRule{ID: fmt.Sprint(i), Filter: fmt.Sprintf("sites/%d/+/temp", i%10),
+					Condition: fmt.Sprintf(`payload.temp > %d && metadata.room == "lab"`, i), Destination: "d"})
+			}
+			set, errs := dataout.CompileRules(rules)
+			if len(errs) > 0 {
+				b.Fatal(errs)
+			}
+			in := msg
+			in.Topic = "sites/0/sensor-1/temp"
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				set.Match(ctx, in)
+			}
+		})
 	}
 }
