@@ -129,10 +129,20 @@ func TestDestinations(t *testing.T) {
 		t.Errorf("send test to a failing receiver: %s", r.body)
 	}
 
-	// Viewers read; nobody reads the secret or the header values again.
+	// Viewers read, without the URL's path (often a credential); nobody
+	// reads the secret or the header values again.
 	for _, tok := range []string{owner.token, viewerKey} {
 		want(t, e.do("GET", base, tok, nil), 200, "list destinations")
 		want(t, e.do("GET", base+"/"+id, tok, nil), 200, "get destination")
+	}
+	if got := e.do("GET", base+"/"+id, owner.token, nil).str("url"); got != rc.URL+"/roost" {
+		t.Errorf("the owner sees url %q, want %s/roost", got, rc.URL)
+	}
+	if got := e.do("GET", base+"/"+id, viewerKey, nil).str("url"); got != rc.URL+"/…" {
+		t.Errorf("a viewer sees url %q, want %s/… (no path)", got, rc.URL)
+	}
+	if list := e.do("GET", base, viewerKey, nil); strings.Contains(string(list.body), "/roost") {
+		t.Errorf("a viewer's list shows the URL's path: %s", list.body)
 	}
 	wantProblem(t, e.do("POST", base+"/"+id+"/test", viewerKey, nil), 403, "forbidden", "", "a viewer sends a test")
 

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -51,11 +52,29 @@ func checkURL(g *dataout.Guard, url string) error {
 	return nil
 }
 
+// forRole is a destination as the caller's role may see it: below admin,
+// the URL's path and query are left out, as webhook URLs often carry a
+// credential there (https://hooks.example.com/services/T0/B0/secret).
+func forRole(r *http.Request, d tenants.Destination) tenants.Destination {
+	if roleFrom(r.Context()).AtLeast(tenants.RoleAdmin) {
+		return d
+	}
+	if u, err := url.Parse(d.URL); err == nil {
+		d.URL = u.Scheme + "://" + u.Host + "/…"
+	} else {
+		d.URL = "…"
+	}
+	return d
+}
+
 func handleDestinationList(ds destinationStore) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		list, err := ds.Destinations(r.Context(), chi.URLParam(r, "tenant"))
 		if err != nil {
 			return err
+		}
+		for i := range list {
+			list[i] = forRole(r, list[i])
 		}
 		writeJSON(w, http.StatusOK, newList(list, ""))
 		return nil
@@ -95,7 +114,7 @@ func handleDestinationGet(ds destinationStore) handler {
 		if err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusOK, d)
+		writeJSON(w, http.StatusOK, forRole(r, d))
 		return nil
 	}
 }
