@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/roosthub/roost/dataout"
 )
@@ -41,6 +42,24 @@ func TestSignVerify(t *testing.T) {
 	} {
 		if err := dataout.Verify(tc.secret, tc.header, tc.body, tc.now, 5*time.Minute); err == nil {
 			t.Errorf("%s: verified, want refused", name)
+		}
+	}
+}
+
+func TestIsJSON(t *testing.T) {
+	for _, tc := range []struct {
+		payload string
+		json    bool
+	}{
+		{`{"a": 1}`, true}, {`[1, 2]`, true}, {`21.5`, true}, {`"text"`, true}, {`true`, true},
+		{``, false}, {`hello`, false}, {`{"a": 1`, false}, {"{\"a\": \"\xff\"}", false}, {"\x00\x01", false},
+	} {
+		if got := dataout.IsJSON([]byte(tc.payload)); got != tc.json {
+			t.Errorf("IsJSON(%q) = %v, want %v", tc.payload, got, tc.json)
+		}
+		body := dataout.Body(dataout.Batch{Messages: []dataout.Message{{Topic: "t", Payload: []byte(tc.payload)}}})
+		if !json.Valid(body) || !utf8.Valid(body) {
+			t.Errorf("the body for %q is not valid UTF-8 JSON: %q", tc.payload, body)
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"time"
+	"unicode/utf8"
 )
 
 // Message is one MQTT message as a destination receives it.
@@ -51,8 +52,10 @@ type wireBatch struct {
 }
 
 // IsJSON reports whether a payload is sent (and seen by conditions) as
-// JSON: any valid JSON text, a bare number such as 21.5 included.
-func IsJSON(p []byte) bool { return len(p) > 0 && json.Valid(p) }
+// JSON: any valid JSON text in UTF-8, a bare number such as 21.5
+// included. (encoding/json's syntax check lets other bytes inside
+// strings through; embedded, they would make the body invalid.)
+func IsJSON(p []byte) bool { return len(p) > 0 && utf8.Valid(p) && json.Valid(p) }
 
 // Body is the JSON body of the webhook request carrying b.
 func Body(b Batch) []byte {
