@@ -92,14 +92,15 @@ func NewSender(cfg SenderConfig) (*Sender, error) {
 	tr := &http.Transport{
 		// Never a proxy from the environment: the guard must see the
 		// receiver's address, not the proxy's.
-		Proxy:                 nil,
-		DialContext:           cfg.Guard.DialContext,
-		TLSClientConfig:       &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12},
-		TLSHandshakeTimeout:   cfg.Timeout,
-		ResponseHeaderTimeout: cfg.Timeout,
-		MaxIdleConnsPerHost:   4,
-		IdleConnTimeout:       90 * time.Second,
-		ForceAttemptHTTP2:     true,
+		Proxy:                  nil,
+		DialContext:            cfg.Guard.DialContext,
+		TLSClientConfig:        &tls.Config{RootCAs: cfg.RootCAs, MinVersion: tls.VersionTLS12},
+		TLSHandshakeTimeout:    cfg.Timeout,
+		ResponseHeaderTimeout:  cfg.Timeout,
+		MaxResponseHeaderBytes: 64 << 10, // a receiver's answer is a status, not a payload
+		MaxIdleConnsPerHost:    4,
+		IdleConnTimeout:        90 * time.Second,
+		ForceAttemptHTTP2:      true,
 	}
 	return &Sender{cfg: cfg, client: &http.Client{
 		Transport: tr,
