@@ -316,3 +316,25 @@ func TestSendFailures(t *testing.T) {
 		t.Errorf("trusted TLS receiver: %+v", a)
 	}
 }
+
+// TestSendSlowBody: a receiver that answers 200 and then trickles its body
+// took the batch; the sender does not wait past its timeout for the rest.
+func TestSendSlowBody(t *testing.T) {
+	rc := newReceiver(t, false, func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(200)
+		for range 30 {
+			w.Write([]byte("x"))
+			w.(http.Flusher).Flush()
+			time.Sleep(100 * time.Millisecond)
+		}
+	})
+	s := newSender(t, "127.0.0.1", 500*time.Millisecond, nil)
+	start := time.Now()
+	a := s.Send(context.Background(), dataout.Webhook{URL: rc.URL, Secret: rc.secret}, sample)
+	if !a.OK() || a.Status != 200 {
+		t.Errorf("slow body after 200: %+v, want delivered", a)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("the send took %v, want about the 500ms timeout", d)
+	}
+}
