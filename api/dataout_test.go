@@ -342,3 +342,31 @@ func TestSendTestThrottle(t *testing.T) {
 	e.clock.Advance(61 * time.Second)
 	want(t, e.do("POST", "/v1/tenants/acme/destinations/"+ids["acme"]+"/test", owner.token, nil), 200, "a minute later")
 }
+
+// TestDestinationKeyChanged: a secret sealed under an earlier operator
+// token makes the send test a 409 asking to rotate; rotating mends it.
+func TestDestinationKeyChanged(t *testing.T) {
+	e := newEnvWith(t, allowLoopback(t))
+	owner := e.signup("owner")
+	e.mustTenant(owner, "acme")
+	rc := newHookReceiver(t)
+	old, err := dataout.NewSealer(dataout.KeyFromToken("rop_an-earlier-operator-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := tenants.NewDestinationID()
+	if _, err := e.store.CreateDestination(tenants.WithActor(context.Background(), "test"), "acme", id,
+		tenants.DestinationInput{Name: "old", Type: "webhook", URL: rc.URL}, tenants.Sealed{Secret: old.SealSecret("acme", id, "whsec_old")}); err != nil {
+		t.Fatal(err)
+	}
+	r := e.do("POST", "/v1/tenants/acme/destinations/"+id+"/test", owner.token, nil)
+	wantProblem(t, r, 409, "conflict", "", "send test with a secret sealed under another key")
+	if !strings.Contains(r.str("detail"), "rotate") {
+		t.Errorf("the problem does not say to rotate: %s", r.body)
+	}
+	secret := e.do("POST", "/v1/tenants/acme/destinations/"+id+"/secret", owner.token, nil).str("secret")
+	rc.set(secret, 204)
+	if r := e.do("POST", "/v1/tenants/acme/destinations/"+id+"/test", owner.token, nil); r.json()["delivered"] != true {
+		t.Errorf("after rotating: %s", r.body)
+	}
+}

@@ -32,18 +32,6 @@ type destinationWithSecret struct {
 	Secret string `json:"secret"`
 }
 
-// The contexts sealed values are bound to: a value copied to another
-// tenant's or destination's row does not open there.
-func secretContext(tenant, id string) string  { return tenant + "/" + id + "/secret" }
-func headersContext(tenant, id string) string { return tenant + "/" + id + "/headers" }
-
-func sealHeaders(s *dataout.Sealer, tenant, id string) func(map[string]string) string {
-	return func(h map[string]string) string {
-		b, _ := json.Marshal(h)
-		return s.Seal(b, headersContext(tenant, id))
-	}
-}
-
 // checkURL applies the hub's address policy to a webhook URL.
 func checkURL(g *dataout.Guard, url string) error {
 	if err := g.CheckURL(url); err != nil {
@@ -94,10 +82,7 @@ func handleDestinationCreate(ds destinationStore, sealer *dataout.Sealer, guard 
 			return err
 		}
 		tenant, id, secret := chi.URLParam(r, "tenant"), tenants.NewDestinationID(), dataout.NewSecret()
-		sealed := tenants.Sealed{Secret: sealer.Seal([]byte(secret), secretContext(tenant, id))}
-		if len(in.Headers) > 0 {
-			sealed.Headers = sealHeaders(sealer, tenant, id)(in.Headers)
-		}
+		sealed := tenants.Sealed{Secret: sealer.SealSecret(tenant, id, secret), Headers: sealer.SealHeaders(tenant, id, in.Headers)}
 		d, err := ds.CreateDestination(r.Context(), tenant, id, in, sealed)
 		if err != nil {
 			return err
@@ -134,7 +119,7 @@ func handleDestinationUpdate(ds destinationStore, sealer *dataout.Sealer, guard 
 			}
 		}
 		tenant, id := chi.URLParam(r, "tenant"), chi.URLParam(r, "id")
-		d, err := ds.UpdateDestination(r.Context(), tenant, id, up, sealHeaders(sealer, tenant, id))
+		d, err := ds.UpdateDestination(r.Context(), tenant, id, up, func(h map[string]string) string { return sealer.SealHeaders(tenant, id, h) })
 		if err != nil {
 			return err
 		}
@@ -146,7 +131,7 @@ func handleDestinationUpdate(ds destinationStore, sealer *dataout.Sealer, guard 
 func handleDestinationRotate(ds destinationStore, sealer *dataout.Sealer) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		tenant, id, secret := chi.URLParam(r, "tenant"), chi.URLParam(r, "id"), dataout.NewSecret()
-		d, err := ds.RotateDestinationSecret(r.Context(), tenant, id, sealer.Seal([]byte(secret), secretContext(tenant, id)))
+		d, err := ds.RotateDestinationSecret(r.Context(), tenant, id, sealer.SealSecret(tenant, id, secret))
 		if err != nil {
 			return err
 		}
@@ -163,29 +148,6 @@ func handleDestinationDelete(ds destinationStore) handler {
 		w.WriteHeader(http.StatusNoContent)
 		return nil
 	}
-}
-
-// webhookOf opens a destination's sealed secret and headers.
-func webhookOf(sealer *dataout.Sealer, tenant string, d tenants.Destination) (dataout.Webhook, error) {
-	secret, err := sealer.Open(d.Sealed.Secret, secretContext(tenant, d.ID))
-	if errors.Is(err, dataout.ErrKeyChanged) {
-		return dataout.Webhook{}, errorf(http.StatusConflict, "conflict",
-			"the destination's secret was sealed under an earlier operator token; rotate it (POST .../destinations/"+d.ID+"/secret)")
-	}
-	if err != nil {
-		return dataout.Webhook{}, err
-	}
-	wh := dataout.Webhook{URL: d.URL, Secret: string(secret)}
-	if d.Sealed.Headers != "" {
-		b, err := sealer.Open(d.Sealed.Headers, headersContext(tenant, d.ID))
-		if err != nil {
-			return dataout.Webhook{}, err
-		}
-		if err := json.Unmarshal(b, &wh.Headers); err != nil {
-			return dataout.Webhook{}, err
-		}
-	}
-	return wh, nil
 }
 
 // testResult is what a send test answers: how the receiver took one
@@ -226,7 +188,11 @@ func handleDestinationTest(ds destinationStore, sealer *dataout.Sealer, sender *
 		if err := limit.take(tenant); err != nil {
 			return err
 		}
-		wh, err := webhookOf(sealer, tenant, d)
+		wh, err := sealer.Webhook(tenant, d)
+		if errors.Is(err, dataout.ErrKeyChanged) {
+			return errorf(http.StatusConflict, "conflict",
+				"the destination's secret was sealed under an earlier operator token; rotate it (POST .../destinations/"+d.ID+"/secret)")
+		}
 		if err != nil {
 			return err
 		}

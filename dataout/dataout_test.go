@@ -17,6 +17,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/roosthub/roost/dataout"
+	"github.com/roosthub/roost/tenants"
 )
 
 func TestSignVerify(t *testing.T) {
@@ -336,5 +337,30 @@ func TestSendSlowBody(t *testing.T) {
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("the send took %v, want about the 500ms timeout", d)
+	}
+}
+
+func TestSealerWebhook(t *testing.T) {
+	s, _ := dataout.NewSealer(dataout.KeyFromToken("rop_one-token-0123456789"))
+	d := tenants.Destination{ID: "dst_1", URL: "https://hooks.example.com/", Sealed: tenants.Sealed{
+		Secret: s.SealSecret("acme", "dst_1", "whsec_abc"), Headers: s.SealHeaders("acme", "dst_1", map[string]string{"Authorization": "Bearer x"})}}
+	wh, err := s.Webhook("acme", d)
+	if err != nil || wh.Secret != "whsec_abc" || wh.Headers["Authorization"] != "Bearer x" || wh.URL != d.URL {
+		t.Fatalf("Webhook: %+v, %v", wh, err)
+	}
+	if _, err := s.Webhook("other", d); err == nil {
+		t.Error("another tenant's row opened")
+	}
+	moved := d
+	moved.ID = "dst_2"
+	if _, err := s.Webhook("acme", moved); err == nil {
+		t.Error("a secret moved to another destination opened")
+	}
+	other, _ := dataout.NewSealer(dataout.KeyFromToken("rop_two-token-0123456789"))
+	if _, err := other.Webhook("acme", d); !errors.Is(err, dataout.ErrKeyChanged) {
+		t.Errorf("under another key: %v, want ErrKeyChanged", err)
+	}
+	if s.SealHeaders("acme", "dst_1", nil) != "" {
+		t.Error("no headers sealed to something")
 	}
 }
