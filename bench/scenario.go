@@ -161,6 +161,7 @@ func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 type P2PResult struct {
 	Pairs      int     `json:"pairs"`
 	QoS        byte    `json:"qos"`
+	Window     int     `json:"window"` // messages in flight per publisher (QoS 1)
 	Size       int     `json:"size"`
 	Sent       uint64  `json:"sent"`
 	PerSecond  float64 `json:"delivered_per_second"`
@@ -181,6 +182,18 @@ const header = 16
 // number and send time: loss, duplicates, order and latency are counted at
 // the subscriber.
 func P2P(ctx context.Context, t Target, pairs int, qos byte, size int, rate int, d time.Duration) (P2PResult, error) {
+	return p2p(ctx, t, pairs, qos, size, rate, 1, d)
+}
+
+// P2PPipelined is P2P at QoS 1 as fast as each publisher goes with window
+// messages in flight: a publisher sends on while it waits for PUBACKs, as
+// a gateway or a client library with an inflight window does. A broker
+// that answers a burst of publishes in one write shows it here.
+func P2PPipelined(ctx context.Context, t Target, pairs, size, window int, d time.Duration) (P2PResult, error) {
+	return p2p(ctx, t, pairs, 1, size, 0, max(window, 1), d)
+}
+
+func p2p(ctx context.Context, t Target, pairs int, qos byte, size int, rate, window int, d time.Duration) (P2PResult, error) {
 	size = max(size, header)
 	run := runs.Add(1)
 	var streams Streams
@@ -237,13 +250,38 @@ func P2P(ctx context.Context, t Target, pairs int, qos byte, size int, rate int,
 				defer tk.Stop()
 				tick = tk.C
 			}
+			// inflight are the PUBACKs a pipelining publisher waits for,
+			// oldest first.
+			var inflight []func(context.Context) error
+			defer func() {
+				for _, wait := range inflight {
+					if err := wait(ctx); err != nil {
+						firstErr.CompareAndSwap(nil, err.Error())
+						return
+					}
+				}
+			}()
 			for n := uint64(0); time.Now().Before(deadline); n++ {
 				if tick != nil {
 					<-tick
 				}
 				binary.BigEndian.PutUint64(payload, n)
 				binary.BigEndian.PutUint64(payload[8:], uint64(time.Now().UnixNano()))
-				if err := pub.Publish(ctx, runTopic("p2p", run, i), payload, qos); err != nil {
+				if window > 1 {
+					if len(inflight) == window {
+						if err := inflight[0](ctx); err != nil {
+							firstErr.CompareAndSwap(nil, err.Error())
+							return
+						}
+						inflight = inflight[1:]
+					}
+					wait, err := pub.PublishAsync(runTopic("p2p", run, i), payload)
+					if err != nil {
+						firstErr.CompareAndSwap(nil, err.Error())
+						return
+					}
+					inflight = append(inflight, wait)
+				} else if err := pub.Publish(ctx, runTopic("p2p", run, i), payload, qos); err != nil {
 					firstErr.CompareAndSwap(nil, err.Error())
 					return
 				}
@@ -266,7 +304,7 @@ func P2P(ctx context.Context, t Target, pairs int, qos byte, size int, rate int,
 	for i, n := range sent {
 		bySteam[runTopic("p2p", run, i)] = n
 	}
-	r := P2PResult{Pairs: pairs, QoS: qos, Size: size, Sent: total, PerSecond: float64(delivered.Load()) / took.Seconds(),
+	r := P2PResult{Pairs: pairs, QoS: qos, Window: window, Size: size, Sent: total, PerSecond: float64(delivered.Load()) / took.Seconds(),
 		P50: ms(lat.Percentile(50)), P99: ms(lat.Percentile(99)), P999: ms(lat.Percentile(99.9)), Tally: streams.Tally(bySteam)}
 	if v, ok := firstErr.Load().(string); ok {
 		r.FirstError = v

@@ -32,6 +32,12 @@ func TestScenariosSmoke(t *testing.T) {
 			t.Errorf("p2p qos %d percentiles: %+v", qos, r)
 		}
 	}
+	// A pipelining publisher keeps 8 in flight: still everything arrives,
+	// once and in order.
+	if r, err := bench.P2PPipelined(ctx, target, 3, 64, 8, 200*time.Millisecond); err != nil || r.Window != 8 || r.Tally.Lost != 0 || r.Tally.Duplicates != 0 ||
+		r.Tally.OutOfOrder != 0 || uint64(r.Tally.Received) != r.Sent || r.FirstError != "" {
+		t.Errorf("p2p pipelined: %+v, %v", r, err)
+	}
 	f, err := bench.Fanout(ctx, target, 20, 1, 200, 250*time.Millisecond)
 	if err != nil || f.Tally.Lost != 0 || f.Tally.Duplicates != 0 || f.Sent < 25 || uint64(f.Tally.Received) != f.Sent*20 {
 		t.Errorf("fanout to 20 at QoS 1: %+v, %v", f, err)

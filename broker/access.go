@@ -63,7 +63,7 @@ func (h *accessHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	inst := h.inst
 	now := inst.env.now()
 	inst.live.add(dc, cl, dataplane.Connection{
-		ClientID: cl.ID, ConnectedAt: now.UTC(), RemoteAddr: dc.RemoteAddr().String(), ProtocolVersion: int(dc.id.version),
+		ClientID: cl.ID, ConnectedAt: now.UTC(), RemoteAddr: cl.Net.Remote, ProtocolVersion: int(dc.id.version),
 	})
 	if ref := inst.env.qualifies(dc.id, cl.ID); ref != nil {
 		inst.live.drop(dc)
@@ -90,6 +90,12 @@ func (h *accessHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		return // a session being restored, not a connection ending
 	}
 	h.inst.live.drop(dc)
+	if clientEnded(cl) {
+		// Nothing more comes from a client that sent DISCONNECT
+		// [MQTT-3.14.4-1]: its socket is closed at once, without the
+		// linger (see closeServed), which is for a client still sending.
+		dc.peerDone.Store(true)
+	}
 	if t := dc.expiry.Load(); t != nil {
 		t.Stop()
 	}

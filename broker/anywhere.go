@@ -165,16 +165,34 @@ func (p *persistence) queuedFor(pk packets.Packet, clientID string) bool {
 	return queued
 }
 
-// copiesArrived notes the queue numbers of a message another node queued
-// for sessions connected here, before the message is handed to mochi; the
-// returned function, run after, has each session send whatever it lacks
-// (the message itself, when mochi did not hand it to the session: a shared
-// group's turn). Noted before, a copy the client acknowledges at once is
-// not noted again after.
-func (p *persistence) copiesArrived(seqs map[string]uint64) (after func()) {
+// arrived readies a message from another node for mochi. Its sender
+// queued a copy for each persistent session here it knew of (seqs), and
+// copiesLacking finds the copies it queued for those here it did not know
+// of. The packet is tagged with their numbers, which are noted
+// outstanding before mochi delivers it; the returned function, run after,
+// has each session send whatever it lacks (the message itself, when mochi
+// did not hand it to the session: a shared group's turn). Noted before, a
+// copy the client acknowledges at once is not noted again after.
+//
+// The message must not reach a session whose copy went another way: one a
+// catchUp read from the queue and sent first (its inbox entry was still on
+// its way: the attach, or the inbox, lagged), or one not to be found. The
+// tag tells handedOver to withhold mochi's delivery to it.
+func (p *persistence) arrived(pk packets.Packet, m fabric.Message) (packets.Packet, func()) {
+	seqs, skip := p.copiesLacking(m, m.Seqs)
+	if len(seqs) == 0 && len(skip) == 0 {
+		return pk, func() {}
+	}
 	var check []*mqtt.Client
 	p.mu.Lock()
 	for cid, seq := range seqs {
+		if _, sent := p.resent[cid][seq]; sent {
+			if skip == nil {
+				skip = map[string]bool{}
+			}
+			skip[cid] = true
+			continue
+		}
 		cl := p.live[cid]
 		if cl == nil {
 			continue // gone meanwhile: the copy waits in its queue
@@ -184,8 +202,12 @@ func (p *persistence) copiesArrived(seqs map[string]uint64) (after func()) {
 		}
 		check = append(check, cl)
 	}
+	for cid := range skip {
+		delete(seqs, cid)
+	}
+	pk = p.tagSkipping(pk, seqs, skip)
 	p.mu.Unlock()
-	return func() {
+	return pk, func() {
 		for _, cl := range check {
 			p.reconcile(cl)
 		}
@@ -201,11 +223,14 @@ func (p *persistence) copiesArrived(seqs map[string]uint64) (after func()) {
 // would not delete the copy, and catchUp would read it and send it again.
 // A session's copy is the first in its queue not known here with the
 // message's topic, payload and QoS (any such copy is the same message to
-// the client); each found is noted outstanding. A session whose queue is
-// full has none: its sender dropped it.
-func (p *persistence) copiesLacking(m fabric.Message, seqs map[string]uint64) map[string]uint64 {
+// the client); each found is noted outstanding. A session with no such
+// copy is skipped: a catchUp sent its copy already, or the client
+// acknowledged it already, or its queue was full (its sender dropped it),
+// or its queue could not be read (the copy waits there for its next
+// connect). The seqs given are not changed.
+func (p *persistence) copiesLacking(m fabric.Message, seqs map[string]uint64) (map[string]uint64, map[string]bool) {
 	if m.QoS == 0 || !p.anywhere || p.storedN.Load() == 0 {
-		return seqs
+		return seqs, nil
 	}
 	type lack struct {
 		clientID string
@@ -221,16 +246,18 @@ func (p *persistence) copiesLacking(m fabric.Message, seqs map[string]uint64) ma
 		}
 	}
 	if len(lacking) == 0 {
-		return seqs
+		return seqs, nil
 	}
 	out := maps.Clone(seqs)
 	if out == nil {
 		out = map[string]uint64{}
 	}
+	skip := map[string]bool{}
 	limit := p.maxQueued()
 	ctx, cancel := storeCtx()
 	defer cancel()
 	for _, l := range lacking {
+		skip[l.clientID] = true
 		p.mu.Lock()
 		known := len(p.outstanding[l.clientID])
 		if known >= limit {
@@ -251,12 +278,91 @@ func (p *persistence) copiesLacking(m fabric.Message, seqs map[string]uint64) ma
 			}
 			p.outstanding[l.clientID] = insertSeq(p.outstanding[l.clientID], q.Seq)
 			out[l.clientID] = q.Seq
+			delete(skip, l.clientID)
 			break
 		}
 		p.doneReading(l.clientID)
 		p.mu.Unlock()
 	}
-	return out
+	return out, skip
+}
+
+// resentMemory is how long a copy reconcile sent is remembered, against
+// an inbox entry bringing it again (see arrived): far longer than a
+// sender takes from queueing a copy to sending it, and than an inbox lags.
+const resentMemory = 2 * time.Minute
+
+// noteResent notes a copy reconcile is sending. Called with p.mu held.
+func (p *persistence) noteResent(clientID string, seq uint64) {
+	sent := p.resent[clientID]
+	if sent == nil {
+		sent = map[uint64]time.Time{}
+		p.resent[clientID] = sent
+	}
+	now := time.Now()
+	if len(sent) >= 256 {
+		for s, at := range sent {
+			if now.Sub(at) > resentMemory {
+				delete(sent, s)
+			}
+		}
+	}
+	sent[seq] = now
+}
+
+// withhold takes a delivery mochi just made (it is in the client's
+// inflight messages, and on its way to be written) back: it leaves the
+// inflight messages now, and unsent tells the encoder not to write it.
+// Called with p.mu held.
+func (p *persistence) withhold(cl *mqtt.Client, pubID string, packetID uint16) {
+	if cl.State.Inflight.Delete(packetID) {
+		atomic.AddInt64(&p.server.Info.Inflight, -1)
+	}
+	if p.unsend[cl.ID] == nil {
+		p.unsend[cl.ID] = map[string]bool{}
+	}
+	if !p.unsend[cl.ID][pubID] {
+		p.unsend[cl.ID][pubID] = true
+		p.unsending.Add(1)
+	}
+	p.log.Debug("a message from another node withheld: its copy was sent already", "client_id", cl.ID)
+}
+
+// unsent reports whether a PUBLISH about to be written to a client was
+// withheld, and forgets it: the caller keeps it from being written. mochi
+// took one from the client's send quota for it, given back here (the
+// client will not acknowledge it); had it held the message back for want
+// of quota, it put it in the inflight messages again, taken out here.
+func (p *persistence) unsent(cl *mqtt.Client, pk packets.Packet) bool {
+	if p.unsending.Load() == 0 {
+		return false
+	}
+	pubID, ok := pubIDOf(pk)
+	if !ok {
+		return false
+	}
+	p.mu.Lock()
+	withheld := p.unsend[cl.ID][pubID]
+	if withheld {
+		delete(p.unsend[cl.ID], pubID)
+		if len(p.unsend[cl.ID]) == 0 {
+			delete(p.unsend, cl.ID)
+		}
+		p.unsending.Add(-1)
+	}
+	p.mu.Unlock()
+	if withheld {
+		cl.State.Inflight.Delete(pk.PacketID)
+		cl.State.Inflight.IncreaseSendQuota()
+	}
+	return withheld
+}
+
+// forgetWithheld forgets the deliveries withheld from a client that
+// were never to be written: its connection ended. Called with p.mu held.
+func (p *persistence) forgetWithheld(clientID string) {
+	p.unsending.Add(-int64(len(p.unsend[clientID])))
+	delete(p.unsend, clientID)
 }
 
 // catchUp reads what a connected session's queue holds that this broker

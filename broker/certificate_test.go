@@ -85,7 +85,7 @@ func serveTLS(t testing.TB, hub *broker.Hub) (addr string, roots *x509.CertPool)
 	if err != nil {
 		t.Fatal(err)
 	}
-	go hub.Serve(tls.NewListener(raw, transport.ServerConfig(server)))
+	go hub.Serve(tls.NewListener(raw, hub.TLSConfig(transport.ServerConfig(server))))
 	roots = x509.NewCertPool()
 	caPEM, err := os.ReadFile(files.CA)
 	if err != nil {

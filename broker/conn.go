@@ -39,7 +39,10 @@ type deviceConn struct {
 	net.Conn
 	id identity
 
-	r            *bufio.Reader
+	// in is the read side, holding a buffer only while input waits in it
+	// (see inbuf); hdr holds the fixed header pending hands out.
+	in           inbuf
+	hdr          [5]byte
 	pending      []byte // bytes to hand out before reading on: the CONNECT, then each frame header
 	remaining    int    // body bytes of the current frame still to pass through
 	writeTimeout time.Duration
@@ -82,12 +85,17 @@ type deviceConn struct {
 	// out; closeServed sends one with why if none did.
 	why  atomic.Uint32
 	told atomic.Bool
+
+	// batch holds writes while the reader is in a burst (see batch.go).
+	batch writeBatch
 }
 
 var errMalformedSubscribe = packets.Code{Code: packets.ErrMalformedPacket.Code, Reason: "malformed packet: subscribe"}
 
+// newDeviceConn makes the connection a tenant's broker serves; r is the
+// reader its CONNECT was read with, whose read-ahead it takes over.
 func newDeviceConn(c net.Conn, r *bufio.Reader, connect []byte, id identity, inst *instance, writeTimeout time.Duration) *deviceConn {
-	return &deviceConn{Conn: c, id: id, r: r, pending: connect, inst: inst, writeTimeout: writeTimeout}
+	return &deviceConn{Conn: c, id: id, in: newInbuf(c, r), pending: connect, inst: inst, writeTimeout: writeTimeout}
 }
 
 // Read hands out the replayed CONNECT, then the stream frame by frame.
@@ -116,7 +124,7 @@ func (c *deviceConn) read(p []byte) (int, error) {
 	if len(p) > c.remaining {
 		p = p[:c.remaining]
 	}
-	n, err := c.r.Read(p)
+	n, err := c.in.Read(p)
 	c.remaining -= n
 	c.throttleRead(n)
 	return n, err
@@ -127,14 +135,14 @@ func (c *deviceConn) read(p []byte) (int, error) {
 // so a malformed one ends the connection here, through mochi's ordinary
 // read-error path (the Will is sent, the session is kept).
 func (c *deviceConn) nextFrame() error {
-	b0, err := c.r.ReadByte()
+	if err := c.startFrame(); err != nil {
+		return flushError{err}
+	}
+	header, length, err := c.readHeader()
 	if err != nil {
 		return err
 	}
-	header, length, err := readLength(c.r, b0)
-	if err != nil {
-		return err
-	}
+	b0 := header[0]
 	if limit := c.maxPacket(); limit > 0 && length+len(header) > limit {
 		if c.inst != nil {
 			c.inst.tooLarge(c)
@@ -142,10 +150,11 @@ func (c *deviceConn) nextFrame() error {
 		return packets.ErrPacketTooLarge
 	}
 	c.throttleRead(len(header))
+	c.inFrame(length)
 	if c.id.version == 5 && b0>>4 == packets.Subscribe {
 		frame := make([]byte, len(header)+length)
 		copy(frame, header)
-		if _, err := io.ReadFull(c.r, frame[len(header):]); err != nil {
+		if _, err := io.ReadFull(&c.in, frame[len(header):]); err != nil {
 			return err
 		}
 		if !validSubscribeV5(b0, frame[len(header):]) {
@@ -158,6 +167,37 @@ func (c *deviceConn) nextFrame() error {
 	c.remaining = length
 	return nil
 }
+
+// readHeader reads a fixed header into hdr: its first byte and its
+// remaining length (a variable byte integer of at most four bytes).
+func (c *deviceConn) readHeader() (header []byte, length int, err error) {
+	mult := 1
+	for n := 0; ; n++ {
+		if n == len(c.hdr) {
+			return nil, 0, errMalformedFrame
+		}
+		b, err := c.in.ReadByte()
+		if err != nil {
+			return nil, 0, err
+		}
+		c.hdr[n] = b
+		if n == 0 {
+			continue
+		}
+		length += int(b&0x7f) * mult
+		if b&0x80 == 0 {
+			return c.hdr[:n+1], length, nil
+		}
+		mult *= 128
+	}
+}
+
+// flushError is a failed write of the batch, ending the connection from
+// its reader. It does not unwrap: the write failed, not the client's side
+// of the connection (see peerEnded).
+type flushError struct{ err error }
+
+func (e flushError) Error() string { return "write: " + e.err.Error() }
 
 // validSubscribeV5 decodes a v5 SUBSCRIBE body the way mochi will, and
 // reports whether it decodes without panicking. The decoder's own errors are
@@ -178,7 +218,8 @@ func validSubscribeV5(b0 byte, body []byte) (ok bool) {
 }
 
 // Write waits for the connection's bandwidth_out, then bounds the write by
-// the write timeout.
+// the write timeout; while the reader is in a burst, it appends to the
+// connection's batch instead (see batch.go).
 //
 // Nothing goes out before the CONNACK [MQTT-3.2.0-1]. mochi adds a
 // resuming client to the tenant's clients before it writes the CONNACK, so
@@ -240,29 +281,6 @@ func connackFirst(b []byte) ([]byte, bool) {
 		i = end
 	}
 	return b, false
-}
-
-func (c *deviceConn) write(p []byte) (int, error) {
-	if c.closing.Load() {
-		return 0, net.ErrClosed
-	}
-	now := c.throttleWrite(time.Now(), len(p))
-	if c.writeTimeout > 0 {
-		if d := now.Add(c.writeTimeout); d.Sub(c.writeDeadline) > c.writeTimeout/4 {
-			c.writeDeadline = d
-			c.Conn.SetWriteDeadline(d)
-			// A Close in between has set a deadline in the past, which
-			// this one may have overwritten.
-			if c.closing.Load() {
-				return 0, net.ErrClosed
-			}
-		}
-	}
-	n, err := c.Conn.Write(p)
-	if c.why.Load() != 0 && !c.told.Load() && err == nil && hasDisconnect(p) {
-		c.told.Store(true)
-	}
-	return n, err
 }
 
 // hasDisconnect reports whether b, whole packets as mochi writes them,

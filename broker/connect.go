@@ -9,6 +9,7 @@ import (
 	"net"
 	"strings"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/tenants"
@@ -187,3 +188,11 @@ func writeConnack(w net.Conn, version byte, r refusal) error {
 
 // String is for logs.
 func (r refusal) String() string { return fmt.Sprintf("%s (0x%02x)", r.reason, r.v5) }
+
+// clientEnded reports whether a client ended its connection with a
+// DISCONNECT: mochi stops it with the normal reason, or, for an MQTT 5
+// DISCONNECT asking for the Will, with 0x04.
+func clientEnded(cl *mqtt.Client) bool {
+	cause := cl.StopCause()
+	return cause == packets.CodeDisconnect || cause == packets.CodeDisconnectWillMessage
+}

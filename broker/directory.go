@@ -39,44 +39,101 @@ type deviceKey struct{ tenant, name string }
 // tenant/device", so that a flood of connects with made-up names does not
 // reach the database. Change events drop entries as soon as the control
 // plane commits; the TTL bounds staleness should an event ever be missed.
+//
+// A miss is read once however many ask at the same moment: a reconnect
+// storm of a tenant's devices, each connecting several times over, reads
+// each device once (and the tenant once). Every entry and every read in
+// flight is keyed by the whole key, the tenant with the device, so no
+// tenant is ever given another's answer.
 type directoryCache struct {
 	dir Directory
 	ttl time.Duration
 	now func() time.Time
+	// readTimeout bounds one read of the directory. A read is shared by
+	// every connection that waits for it, so it does not end with the
+	// one that started it.
+	readTimeout time.Duration
 
 	mu      sync.Mutex
-	gen     uint64 // bumped by every invalidation; a read that raced one is not cached
-	tenants *lru.Cache[string, cached[tenants.Tenant]]
-	devices *lru.Cache[deviceKey, cached[tenants.Device]]
-	keys    *lru.Cache[deviceKey, cached[[]tenants.DeviceKey]]
-	certs   *lru.Cache[deviceKey, cached[[]tenants.DeviceCertificate]]
-	cas     *lru.Cache[string, cached[[]tenants.CA]]
+	gen     uint64 // bumped by every invalidation; a read that raced one is neither cached nor shared with later lookups
+	tenants table[string, tenants.Tenant]
+	devices table[deviceKey, tenants.Device]
+	keys    table[deviceKey, []tenants.DeviceKey]
+	certs   table[deviceKey, []tenants.DeviceCertificate]
+	cas     table[string, []tenants.CA]
 }
 
-func newDirectoryCache(dir Directory, size int, ttl time.Duration, now func() time.Time) *directoryCache {
+// table is one kind of answer: those kept, and the reads in flight.
+type table[K comparable, T any] struct {
+	lru     *lru.Cache[K, cached[T]]
+	flights map[K]*flight[T]
+}
+
+func newTable[K comparable, T any](size int) table[K, T] {
+	return table[K, T]{lru: lru.New[K, cached[T]](size), flights: map[K]*flight[T]{}}
+}
+
+// flight is a read of the directory in progress; done is closed once val,
+// found and err are set.
+type flight[T any] struct {
+	gen   uint64
+	done  chan struct{}
+	val   T
+	found bool
+	err   error
+}
+
+func newDirectoryCache(dir Directory, size int, ttl, readTimeout time.Duration, now func() time.Time) *directoryCache {
 	return &directoryCache{
-		dir: dir, ttl: ttl, now: now,
-		tenants: lru.New[string, cached[tenants.Tenant]](max(size/10, 100)),
-		devices: lru.New[deviceKey, cached[tenants.Device]](size),
-		keys:    lru.New[deviceKey, cached[[]tenants.DeviceKey]](max(size/10, 100)),
-		certs:   lru.New[deviceKey, cached[[]tenants.DeviceCertificate]](max(size/10, 100)),
-		cas:     lru.New[string, cached[[]tenants.CA]](max(size/10, 100)),
+		dir: dir, ttl: ttl, now: now, readTimeout: readTimeout,
+		tenants: newTable[string, tenants.Tenant](max(size/10, 100)),
+		devices: newTable[deviceKey, tenants.Device](size),
+		keys:    newTable[deviceKey, []tenants.DeviceKey](max(size/10, 100)),
+		certs:   newTable[deviceKey, []tenants.DeviceCertificate](max(size/10, 100)),
+		cas:     newTable[string, []tenants.CA](max(size/10, 100)),
 	}
 }
 
 // lookup returns a cached answer or fetches, caches and returns a fresh one.
 // found is false when the directory has no such object; err is for failures.
-func lookup[K comparable, T any](c *directoryCache, cache *lru.Cache[K, cached[T]], key K, fetch func() (T, error)) (T, bool, error) {
+//
+// Lookups of one key that miss together share one fetch. It runs on its
+// own goroutine, bounded by readTimeout, so that a caller that gives up
+// (its ctx ends: its connection was shed) leaves it to the others. A
+// lookup that comes after an invalidation never joins a fetch that began
+// before it. A caller whose ctx has no deadline waits readTimeout at
+// most: a hit, the common case, sets no timer.
+//
+// fetch reads key from the directory. It captures nothing (the key is
+// passed to it, and it has the shape of a method expression such as
+// Directory.Tenant), so that a lookup the cache answers allocates nothing.
+func lookup[K comparable, T any](ctx context.Context, c *directoryCache, t *table[K, T], key K, fetch func(Directory, context.Context, K) (T, error)) (T, bool, error) {
 	c.mu.Lock()
-	e, ok := cache.Get(key)
-	gen := c.gen
-	c.mu.Unlock()
+	e, ok := t.lru.Get(key)
 	if ok && c.now().Sub(e.at) < c.ttl {
+		c.mu.Unlock()
 		return e.val, e.found, nil
 	}
-	v, err := fetch()
-	found := err == nil
-	if err != nil && !errors.Is(err, tenants.ErrNotFound) {
+	f := t.flights[key]
+	if f == nil || f.gen != c.gen {
+		f = &flight[T]{gen: c.gen, done: make(chan struct{})}
+		t.flights[key] = f
+		go fly(ctx, c, t, key, f, fetch)
+	}
+	c.mu.Unlock()
+
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, c.readTimeout)
+		defer cancel()
+	}
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		var zero T
+		return zero, false, ctx.Err()
+	}
+	if f.err != nil {
 		if ok {
 			// The directory is unreachable: an answer past its TTL beats
 			// refusing a device that connected a minute ago. Changes
@@ -84,39 +141,62 @@ func lookup[K comparable, T any](c *directoryCache, cache *lru.Cache[K, cached[T
 			return e.val, e.found, nil
 		}
 		var zero T
-		return zero, false, err
+		return zero, false, f.err
+	}
+	return f.val, f.found, nil
+}
+
+// fly runs a shared fetch and caches its answer, unless an invalidation
+// came in between.
+func fly[K comparable, T any](ctx context.Context, c *directoryCache, t *table[K, T], key K, f *flight[T], fetch func(Directory, context.Context, K) (T, error)) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.readTimeout)
+	v, err := fetch(c.dir, ctx, key)
+	cancel()
+	found := err == nil
+	if errors.Is(err, tenants.ErrNotFound) {
+		err = nil
 	}
 	c.mu.Lock()
-	if c.gen == gen {
-		cache.Add(key, cached[T]{val: v, found: found, at: c.now()})
+	if t.flights[key] == f {
+		delete(t.flights, key)
 	}
+	if err == nil && c.gen == f.gen {
+		t.lru.Add(key, cached[T]{val: v, found: found, at: c.now()})
+	}
+	f.val, f.found, f.err = v, found, err
 	c.mu.Unlock()
-	return v, found, nil
+	close(f.done)
 }
 
 func (c *directoryCache) tenant(ctx context.Context, slug string) (tenants.Tenant, bool, error) {
-	return lookup(c, c.tenants, slug, func() (tenants.Tenant, error) { return c.dir.Tenant(ctx, slug) })
+	return lookup(ctx, c, &c.tenants, slug, Directory.Tenant)
 }
 
 func (c *directoryCache) device(ctx context.Context, tenant, name string) (tenants.Device, bool, error) {
-	return lookup(c, c.devices, deviceKey{tenant, name}, func() (tenants.Device, error) { return c.dir.Device(ctx, tenant, name) })
+	return lookup(ctx, c, &c.devices, deviceKey{tenant, name}, func(dir Directory, ctx context.Context, k deviceKey) (tenants.Device, error) {
+		return dir.Device(ctx, k.tenant, k.name)
+	})
 }
 
 // deviceKeys are the public keys a device signs its tokens with.
 func (c *directoryCache) deviceKeys(ctx context.Context, tenant, name string) ([]tenants.DeviceKey, error) {
-	keys, _, err := lookup(c, c.keys, deviceKey{tenant, name}, func() ([]tenants.DeviceKey, error) { return c.dir.DeviceKeys(ctx, tenant, name) })
+	keys, _, err := lookup(ctx, c, &c.keys, deviceKey{tenant, name}, func(dir Directory, ctx context.Context, k deviceKey) ([]tenants.DeviceKey, error) {
+		return dir.DeviceKeys(ctx, k.tenant, k.name)
+	})
 	return keys, err
 }
 
 // certificates are the client certificates pinned to a device.
 func (c *directoryCache) certificates(ctx context.Context, tenant, name string) ([]tenants.DeviceCertificate, error) {
-	certs, _, err := lookup(c, c.certs, deviceKey{tenant, name}, func() ([]tenants.DeviceCertificate, error) { return c.dir.DeviceCertificates(ctx, tenant, name) })
+	certs, _, err := lookup(ctx, c, &c.certs, deviceKey{tenant, name}, func(dir Directory, ctx context.Context, k deviceKey) ([]tenants.DeviceCertificate, error) {
+		return dir.DeviceCertificates(ctx, k.tenant, k.name)
+	})
 	return certs, err
 }
 
 // authorities are the CAs a tenant trusts for its devices.
 func (c *directoryCache) authorities(ctx context.Context, tenant string) ([]tenants.CA, error) {
-	cas, _, err := lookup(c, c.cas, tenant, func() ([]tenants.CA, error) { return c.dir.CAs(ctx, tenant) })
+	cas, _, err := lookup(ctx, c, &c.cas, tenant, Directory.CAs)
 	return cas, err
 }
 
@@ -127,26 +207,26 @@ func (c *directoryCache) invalidate(ch tenants.Change) {
 	c.gen++
 	switch ch.Kind {
 	case tenants.TenantChanged:
-		c.tenants.Remove(ch.Tenant)
+		c.tenants.lru.Remove(ch.Tenant)
 	case tenants.TenantDeleted:
-		c.tenants.Remove(ch.Tenant)
-		c.devices.RemoveIf(func(k deviceKey) bool { return k.tenant == ch.Tenant })
-		c.keys.RemoveIf(func(k deviceKey) bool { return k.tenant == ch.Tenant })
-		c.certs.RemoveIf(func(k deviceKey) bool { return k.tenant == ch.Tenant })
-		c.cas.Remove(ch.Tenant)
+		c.tenants.lru.Remove(ch.Tenant)
+		c.devices.lru.RemoveIf(func(k deviceKey) bool { return k.tenant == ch.Tenant })
+		c.keys.lru.RemoveIf(func(k deviceKey) bool { return k.tenant == ch.Tenant })
+		c.certs.lru.RemoveIf(func(k deviceKey) bool { return k.tenant == ch.Tenant })
+		c.cas.lru.Remove(ch.Tenant)
 	case tenants.DeviceChanged:
-		c.devices.Remove(deviceKey{ch.Tenant, ch.Device})
-		c.keys.Remove(deviceKey{ch.Tenant, ch.Device})
-		c.certs.Remove(deviceKey{ch.Tenant, ch.Device})
+		c.devices.lru.Remove(deviceKey{ch.Tenant, ch.Device})
+		c.keys.lru.Remove(deviceKey{ch.Tenant, ch.Device})
+		c.certs.lru.Remove(deviceKey{ch.Tenant, ch.Device})
 	case tenants.CAChanged:
-		c.cas.Remove(ch.Tenant)
+		c.cas.lru.Remove(ch.Tenant)
 	case tenants.Resync:
 		all := func(deviceKey) bool { return true }
-		c.tenants.RemoveIf(func(string) bool { return true })
-		c.devices.RemoveIf(all)
-		c.keys.RemoveIf(all)
-		c.certs.RemoveIf(all)
-		c.cas.RemoveIf(func(string) bool { return true })
+		c.tenants.lru.RemoveIf(func(string) bool { return true })
+		c.devices.lru.RemoveIf(all)
+		c.keys.lru.RemoveIf(all)
+		c.certs.lru.RemoveIf(all)
+		c.cas.lru.RemoveIf(func(string) bool { return true })
 	}
 }
 

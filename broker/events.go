@@ -72,7 +72,8 @@ func (inst *instance) emit(cl *mqtt.Client, e events.Event) {
 	}
 	e.Tenant, e.ClientID = inst.tenant, cl.ID
 	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
-		e.Device, e.Remote = dc.id.device, dc.RemoteAddr().String()
+		// mochi formatted the address once, as the connection came.
+		e.Device, e.Remote = dc.id.device, cl.Net.Remote
 	}
 	inst.env.emit(e)
 }

@@ -37,17 +37,24 @@ import (
 // newcomer is refused unless the oldest is stale; once the header is read
 // it enters the main pool as a newcomer from the address the header
 // names.
+//
+// Attempts are bounded in rate too, per address and per endpoint, before
+// any work is done for them: see attemptRate.
 type handshakes struct {
 	max, perAddress, perEndpoint int
 	staleAfter                   time.Duration
-	log                          *slog.Logger
-	now                          func() time.Time // time.Now; tests set it
+	// addressRate and endpointRate bound connection attempts a second per
+	// source address and per tenant endpoint; nil: no bound.
+	addressRate, endpointRate *attemptRate
+	log                       *slog.Logger
+	now                       func() time.Time // time.Now; tests set it
 
 	mu        sync.Mutex
 	closed    bool
-	all       pool             // connections in handshake whose address is known
-	waiting   pool             // those whose PROXY or forwarding header is not read yet, by the balancer's address
-	endpoints map[string]*pool // those that reached a tenant's endpoint, by tenant
+	all       pool                  // connections in handshake whose address is known
+	waiting   pool                  // those whose PROXY or forwarding header is not read yet, by the balancer's address
+	endpoints map[string]*pool      // those that reached a tenant's endpoint, by tenant
+	byConn    map[net.Conn]*pending // every one counted, by the connection as accepted
 	dropped   [nDropReasons]int64
 	unlogged  [nDropReasons]int64
 	lastLog   time.Time
@@ -65,11 +72,13 @@ const (
 	shedTotal
 	refusedAwaitingHeader
 	shedAwaitingHeader
+	refusedRatePerAddress  // over the attempt rate of its address, before any work
+	refusedRatePerEndpoint // over the attempt rate of the endpoint its ClientHello names
 	nDropReasons
 )
 
 var dropReasonNames = [nDropReasons]string{"refused_per_address", "shed_per_address", "refused_per_endpoint", "shed_per_endpoint",
-	"refused_total", "shed_total", "refused_awaiting_header", "shed_awaiting_header"}
+	"refused_total", "shed_total", "refused_awaiting_header", "shed_awaiting_header", "refused_rate_per_address", "refused_rate_per_endpoint"}
 
 func (r dropReason) String() string { return dropReasonNames[r] }
 
@@ -79,6 +88,7 @@ func newHandshakes(max, perAddress, perEndpoint int, staleAfter time.Duration, l
 		all:       newPool(),
 		waiting:   newPool(),
 		endpoints: map[string]*pool{},
+		byConn:    map[net.Conn]*pending{},
 	}
 }
 
@@ -98,6 +108,13 @@ type pending struct {
 	inEp    *list.Element // and in its endpoint's
 	waiting bool          // for its PROXY or forwarding header: in waiting, not all
 	gone    bool          // no longer counted
+	// forwarded: it comes from another node of the fleet, which charged
+	// the device's address its attempt (see attemptRate).
+	forwarded bool
+	// chargedSource and chargedEndpoint are the address and endpoint
+	// whose attempt rates it took a token from, to give back if it
+	// becomes a connection.
+	chargedSource, chargedEndpoint string
 }
 
 // sourceOf is the key under which an address's handshakes are counted:
@@ -130,10 +147,22 @@ func sourceOf(a net.Addr) string {
 // caller closes it). conn is the connection as accepted. provisional says
 // addr is a balancer's, until a PROXY header names the device's.
 func (hs *handshakes) enter(conn net.Conn, addr net.Addr, provisional bool) (*pending, bool) {
+	return hs.enterFrom(conn, addr, provisional, false)
+}
+
+// enterFrom is enter; forwarded says the connection comes from another
+// node of the fleet (its header names the device).
+func (hs *handshakes) enterFrom(conn net.Conn, addr net.Addr, provisional, forwarded bool) (*pending, bool) {
 	source := sourceOf(addr)
 	now := hs.now()
 	hs.mu.Lock()
 	if hs.closed {
+		hs.mu.Unlock()
+		return nil, false
+	}
+	// The attempt rate first: a refusal there costs nobody else a slot.
+	if !provisional && !hs.addressRate.take(source, now) {
+		hs.noteLocked(refusedRatePerAddress, source, now)
 		hs.mu.Unlock()
 		return nil, false
 	}
@@ -147,12 +176,16 @@ func (hs *handshakes) enter(conn net.Conn, addr net.Addr, provisional bool) (*pe
 	var p *pending
 	if ok {
 		ctx, cancel := context.WithCancel(context.Background())
-		p = &pending{source: source, start: now, conn: conn, ctx: ctx, cancel: cancel, waiting: provisional}
+		p = &pending{source: source, start: now, conn: conn, ctx: ctx, cancel: cancel, waiting: provisional, forwarded: forwarded}
 		if provisional {
 			p.inAll = hs.waiting.add(p)
 		} else {
 			p.inAll = hs.all.add(p)
+			if hs.addressRate != nil {
+				p.chargedSource = source
+			}
 		}
+		hs.byConn[conn] = p
 	}
 	hs.mu.Unlock()
 	closeAll(shed)
@@ -216,6 +249,19 @@ func (hs *handshakes) rekey(p *pending, addr net.Addr) bool {
 		hs.mu.Unlock()
 		return true
 	}
+	// The device's address is known now: its attempt rate (unless
+	// another node charged it, forwarding the connection).
+	if p.waiting && !p.forwarded {
+		if !hs.addressRate.take(source, now) {
+			hs.dropLocked(p)
+			hs.noteLocked(refusedRatePerAddress, source, now)
+			hs.mu.Unlock()
+			return false
+		}
+		if hs.addressRate != nil {
+			p.chargedSource = source
+		}
+	}
 	endpoint := p.endpoint
 	hs.unlinkLocked(p)
 	shed, ok := hs.makeRoomLocked(&hs.all, source, now, hs.perAddress, refusedTotal, shedTotal)
@@ -228,6 +274,7 @@ func (hs *handshakes) rekey(p *pending, addr net.Addr) bool {
 		}
 	} else {
 		p.gone = true
+		delete(hs.byConn, p.conn)
 	}
 	hs.mu.Unlock()
 	closeAll(shed)
@@ -293,6 +340,7 @@ func (hs *handshakes) leave(p *pending) {
 func (hs *handshakes) dropLocked(p *pending) {
 	hs.unlinkLocked(p)
 	p.gone = true
+	delete(hs.byConn, p.conn)
 }
 
 // unlinkLocked takes p out of every pool it is in.
@@ -341,7 +389,7 @@ func (hs *handshakes) noteLocked(r dropReason, source string, now time.Time) {
 		}
 	}
 	hs.unlogged = [nDropReasons]int64{}
-	hs.log.Warn("connections in handshake refused or closed to make room (a flood, or a bound too low; counts since the last such line)", attrs...)
+	hs.log.Warn("connections in handshake refused or closed to make room, or attempts refused over their rate (a flood, or a bound too low; counts since the last such line)", attrs...)
 }
 
 // close sheds every connection in handshake and refuses new ones.
@@ -500,9 +548,9 @@ func (g *gate) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		provisional := transport.HeaderPending(c)
-		p, ok := g.hs.enter(c, physical(c).RemoteAddr(), provisional)
+		p, ok := g.hs.enterFrom(c, physical(c).RemoteAddr(), provisional, transport.Forwarding(c))
 		if !ok {
-			c.Close()
+			refuse(c)
 			continue
 		}
 		gc := &gatedConn{Conn: c, p: p, hs: g.hs}

@@ -48,6 +48,18 @@ type Config struct {
 	// default MaxHandshakes, so that a flood aimed at one tenant leaves
 	// the rest to the others.
 	HandshakesPerEndpoint int
+	// HandshakeRatePerAddress bounds the connection attempts a second from
+	// one source address, with bursts of HandshakeBurstPerAddress: 100
+	// and 500 if zero; a negative rate is no bound. Attempts over it are
+	// closed as they are accepted, before anything is read (see
+	// attemptRate); an attempt that becomes a connection gives its token
+	// back.
+	HandshakeRatePerAddress, HandshakeBurstPerAddress int
+	// HandshakeRatePerEndpoint and HandshakeBurstPerEndpoint bound those
+	// to one tenant's own endpoint, checked at the TLS ClientHello of the
+	// listeners given Hub.TLSConfig: 500 a second and 2,500 if zero;
+	// negative: no bound.
+	HandshakeRatePerEndpoint, HandshakeBurstPerEndpoint int
 	// MaxWatches bounds a tenant's open live views (the console's), and
 	// MaxWatchesEach one person's: 20 and 3 if zero.
 	MaxWatches, MaxWatchesEach int
@@ -199,6 +211,18 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.HandshakesPerEndpoint == 0 {
 		cfg.HandshakesPerEndpoint = 2_500
 	}
+	for _, r := range []struct {
+		rate, burst *int
+		defRate     int
+		defBurst    int
+	}{{&cfg.HandshakeRatePerAddress, &cfg.HandshakeBurstPerAddress, 100, 500}, {&cfg.HandshakeRatePerEndpoint, &cfg.HandshakeBurstPerEndpoint, 500, 2_500}} {
+		if *r.rate == 0 {
+			*r.rate = r.defRate
+		}
+		if *r.burst <= 0 {
+			*r.burst = r.defBurst
+		}
+	}
 	if cfg.MaxWatches == 0 {
 		cfg.MaxWatches = 20
 	}
@@ -211,7 +235,7 @@ func New(cfg Config) (*Hub, error) {
 	h := &Hub{
 		cfg:       cfg,
 		log:       cfg.Log,
-		dir:       newDirectoryCache(cfg.Directory, cfg.CacheSize, cfg.CacheTTL, cfg.Now),
+		dir:       newDirectoryCache(cfg.Directory, cfg.CacheSize, cfg.CacheTTL, cfg.ConnectTimeout, cfg.Now),
 		now:       cfg.Now,
 		eventPubs: make(chan events.Event, 4096),
 		done:      make(chan struct{}),
@@ -240,6 +264,8 @@ func New(cfg Config) (*Hub, error) {
 		emit: h.emit, meterOf: h.meterOf, quotaHit: h.quotaHit,
 		lingering: make(chan struct{}, maxLingering),
 	}
+	h.in.hs.addressRate = newAttemptRate(cfg.HandshakeRatePerAddress, cfg.HandshakeBurstPerAddress)
+	h.in.hs.endpointRate = newAttemptRate(cfg.HandshakeRatePerEndpoint, cfg.HandshakeBurstPerEndpoint)
 	if cfg.Changes != nil {
 		h.cancelSub = cfg.Changes.Subscribe(h.changes.onChange)
 	}
@@ -251,6 +277,7 @@ func New(cfg Config) (*Hub, error) {
 	}()
 	h.every(min(h.cfg.IdleTimeout/2, 30*time.Second), h.reapIdle)
 	h.every(time.Second, h.flushSeen)
+	h.every(time.Second, h.sweep)
 	if h.cfg.Cluster != nil && h.cfg.Fabric != nil && !h.cfg.SpreadAll {
 		h.every(spreadEvery, h.checkSpread)
 	}
@@ -345,9 +372,9 @@ func (discard) Emit(events.Event) {}
 // now (see directoryCache.qualifies), returning the refusal if it no longer
 // qualifies; a directory that does not answer refuses it as unavailable.
 func (h *Hub) qualifies(id identity, clientID string) *refusal {
-	ctx, cancel := context.WithTimeout(context.Background(), h.cfg.ConnectTimeout)
-	defer cancel()
-	ref, err := h.dir.qualifies(ctx, id, clientID)
+	// Each directory read it may wait for is bounded by the CONNECT
+	// timeout (see lookup); an answer from the cache sets no timer.
+	ref, err := h.dir.qualifies(context.Background(), id, clientID)
 	if err != nil {
 		return &serverUnavailable
 	}

@@ -1,7 +1,6 @@
 package broker
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -105,7 +104,7 @@ func (in *ingress) serve(ln net.Listener) error {
 		backoff = 0
 		p := in.ticket(conn)
 		if p == nil {
-			conn.Close()
+			refuse(conn)
 			continue
 		}
 		in.wg.Add(1)
@@ -114,13 +113,15 @@ func (in *ingress) serve(ln net.Listener) error {
 }
 
 // ticket counts a connection as in handshake, or returns nil if it is
-// refused: the count a gate below it started, or a new one.
+// refused (over a bound, or over its address's attempt rate): the count a
+// gate below it started, or a new one. Nothing of the connection is read
+// yet, but a PROXY or forwarding header, which is not read here either.
 func (in *ingress) ticket(conn net.Conn) *pending {
 	if g := gatedBelow(conn); g != nil {
 		return g.p
 	}
 	phys := physical(conn)
-	p, ok := in.hs.enter(phys, phys.RemoteAddr(), transport.HeaderPending(conn))
+	p, ok := in.hs.enterFrom(phys, phys.RemoteAddr(), transport.HeaderPending(conn), transport.Forwarding(conn))
 	if !ok {
 		return nil
 	}
@@ -183,7 +184,7 @@ func (in *ingress) handle(conn net.Conn, p *pending) {
 		conn.Close()
 		return
 	}
-	r := bufio.NewReaderSize(conn, 4096)
+	r := newConnectReader(conn)
 	raw, pk, err := readConnect(r, in.cfg.MaxConnectSize)
 	var code packets.Code
 	switch {
@@ -206,9 +207,10 @@ func (in *ingress) handle(conn net.Conn, p *pending) {
 			return
 		}
 	}
-	ctx, cancel := context.WithTimeout(p.ctx, in.cfg.ConnectTimeout)
-	inst, id, err := in.admit(ctx, conn, raw, pk, answerBy)
-	cancel()
+	// p.ctx ends if the connection is shed; each directory read admit
+	// waits for is bounded by the CONNECT timeout (see lookup), and one
+	// answered from the cache sets no timer.
+	inst, id, err := in.admit(p.ctx, conn, raw, pk, answerBy)
 	if err != nil {
 		var ref refusal
 		if !errors.As(err, &ref) {
@@ -221,6 +223,7 @@ func (in *ingress) handle(conn net.Conn, p *pending) {
 		return
 	}
 	conn.SetDeadline(time.Time{})
+	in.hs.admitted(p) // its attempt gives back the tokens it took
 	endHandshake()
 	dc := newDeviceConn(conn, r, raw, id, inst, in.cfg.WriteTimeout)
 	func() {
@@ -240,15 +243,18 @@ func (in *ingress) handle(conn net.Conn, p *pending) {
 // ones (see authLimit) is answered 0x9F, late — by answerBy at the latest,
 // when a silent connection would have been closed — and raises no event.
 func (in *ingress) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.Packet, answerBy time.Time) (*instance, identity, error) {
-	remote := conn.RemoteAddr().String()
-	source := sourceOf(conn.RemoteAddr())
+	// The remote address, its source key and the logger are made only
+	// on the paths that use them: an admitted connection logs nothing
+	// here, and formatting an address costs an allocation or two.
 	tenant, device, username, ok := in.deviceOf(conn, string(pk.Connect.Username))
 	if !ok {
-		log := in.log.With("remote", remote, "endpoint", transport.ServerName(conn))
-		return nil, identity{}, in.authFailed(ctx, log, string(pk.Connect.Username), source, answerBy,
+		log := in.log.With("remote", conn.RemoteAddr().String(), "endpoint", transport.ServerName(conn))
+		return nil, identity{}, in.authFailed(ctx, log, string(pk.Connect.Username), sourceOf(conn.RemoteAddr()), answerBy,
 			"connect refused: malformed username, or one naming another tenant than the endpoint")
 	}
-	log := in.log.With("tenant", tenant, "device", device, "remote", remote)
+	logger := func() *slog.Logger {
+		return in.log.With("tenant", tenant, "device", device, "remote", conn.RemoteAddr().String())
+	}
 	t, d, cred, ok, err := in.credentials(ctx, conn, tenant, device, pk.Connect.Password)
 	if err != nil {
 		return nil, identity{}, err
@@ -257,16 +263,17 @@ func (in *ingress) admit(ctx context.Context, conn net.Conn, raw []byte, pk pack
 	// create anything.
 	refuse := func(r refusal) (*instance, identity, error) {
 		if t.Slug != "" {
-			in.emit(events.Event{Tenant: tenant, Type: events.AuthFailed, Device: device, Remote: remote, Reason: r.reason})
+			in.emit(events.Event{Tenant: tenant, Type: events.AuthFailed, Device: device, Remote: conn.RemoteAddr().String(), Reason: r.reason})
 			in.meterOf(tenant).authFailures.Add(1)
 		}
 		return nil, identity{}, r
 	}
 	if !ok {
+		log := logger()
 		if cred.why != "" {
 			log = log.With("detail", cred.why)
 		}
-		err := in.authFailed(ctx, log, username, source, answerBy, "connect refused: bad credentials")
+		err := in.authFailed(ctx, log, username, sourceOf(conn.RemoteAddr()), answerBy, "connect refused: bad credentials")
 		if errors.Is(err, authThrottled) {
 			if t.Slug != "" {
 				in.meterOf(tenant).authFailures.Add(1)
@@ -275,9 +282,9 @@ func (in *ingress) admit(ctx context.Context, conn net.Conn, raw []byte, pk pack
 		}
 		return refuse(badCredentials)
 	}
-	in.auth.succeeded(username, source)
+	in.auth.succeeded(username, sourceOf(conn.RemoteAddr()))
 	if t.Suspended {
-		log.Info("connect refused: tenant suspended")
+		logger().Info("connect refused: tenant suspended")
 		return refuse(tenantSuspended)
 	}
 
@@ -286,18 +293,18 @@ func (in *ingress) admit(ctx context.Context, conn net.Conn, raw []byte, pk pack
 	switch {
 	case cid == "" && pk.ProtocolVersion < 5 && !pk.Connect.Clean:
 		// 3.1.1 §3.1.3-8: a persistent session needs an id of its own.
-		log.Info("connect refused: empty client id with a persistent session")
+		logger().Info("connect refused: empty client id with a persistent session")
 		return refuse(clientIDRefused)
 	case d.ClientIDs == tenants.ClientIDsExact && cid == "":
 		id.clientID, id.assign = device, true
 	case d.ClientIDs == tenants.ClientIDsExact && cid != device:
-		log.Info("connect refused: client id not bound to the device", "client_id", cid)
+		logger().Info("connect refused: client id not bound to the device", "client_id", cid)
 		return refuse(clientIDRefused)
 	case d.ClientIDs == tenants.ClientIDsExact:
 		id.clientID = device
 	}
 	if limit := t.Quotas().MaxPacketSize; int64(len(raw)) > limit {
-		log.Info("connect refused: CONNECT larger than max_packet_size", "size", len(raw), "limit", limit)
+		logger().Info("connect refused: CONNECT larger than max_packet_size", "size", len(raw), "limit", limit)
 		in.quotaHit(tenant, device, cid, "max_packet_size", limit)
 		return nil, identity{}, packetTooLarge
 	}
@@ -317,7 +324,7 @@ func (in *ingress) admit(ctx context.Context, conn net.Conn, raw []byte, pk pack
 	if pk.Connect.WillFlag {
 		if tenants.ValidateTopic(pk.Connect.WillTopic) != nil || !inst.mayPublish(device, pk.Connect.WillTopic) {
 			in.reg.releaseConn(inst)
-			log.Info("connect refused: will topic not allowed", "topic", pk.Connect.WillTopic)
+			logger().Info("connect refused: will topic not allowed", "topic", pk.Connect.WillTopic)
 			return refuse(willNotAllowed)
 		}
 	}

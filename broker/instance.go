@@ -57,8 +57,12 @@ type instance struct {
 	watchers              map[string]int
 	lastActive            time.Time
 	// sysRetained is the number of retained $SYS messages, which do not
-	// count as something worth keeping the instance for.
+	// count as something worth keeping the instance for (none, unless
+	// mochi's event loop could not be quietened: see sweep.go).
 	sysRetained int
+	// expiry runs mochi's expiry only while something may expire (see
+	// sweep.go).
+	expiry expiryLoop
 
 	rules   listCache[tenants.ACLRule]
 	exports listCache[tenants.ExportRule]
@@ -113,9 +117,9 @@ func (inst *instance) loadRestore() error {
 	return nil
 }
 
-// Session expiry and the $SYS interval: $SYS is per tenant and nobody may
-// read it, so it is refreshed about once a year instead of every second,
-// which makes idle instances nearly free.
+// sysInterval is mochi's $SYS interval: $SYS is per tenant and nobody may
+// read it, so it is refreshed about once a year instead of every second
+// (should mochi's event loop not be quietened: see sweep.go).
 const sysInterval = 365 * 24 * 3600
 
 func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
@@ -131,18 +135,40 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 		// limit only has to be above it.
 		caps.MaximumInflight = math.MaxUint16
 	}
-	caps.MaximumClientWritesPending = 1024 // 8 KiB of queue per client instead of 64
+	// mochi allocates each client's queue of pending writes whole as it
+	// connects, 8 bytes a place. It is not made smaller for small plans:
+	// mochi drops a message, of any QoS, that finds it full (Server.
+	// publishToClient), and a clean session loses it, acknowledged to its
+	// publisher. What can arrive for one client at once is a tenant's
+	// whole publish burst (tenant_publish_rate for burstSeconds: 1,000 on
+	// the free plan). 1,024 (8 KiB) instead of mochi's 8,192 (64 KiB).
+	caps.MaximumClientWritesPending = 1024
 	caps.TopicAliasMaximum = 64
 	// mochi would otherwise copy a PUBLISH's properties (its user
 	// properties, the internal tag among them) into the PUBACK or PUBREC.
 	caps.Compatibilities.NoInheritedPropertiesOnAck = true
 	log := h.log.With("tenant", t.Slug)
+	// mochi makes its inline client (HTTP publishes) as New runs, with a
+	// queue of pending writes like any client's. Nothing is ever queued
+	// for it: its subscriptions are handlers, not queued deliveries. So
+	// it is made with none, 8 KiB less per instance, and the devices'
+	// clients, made from the same capabilities once the server serves,
+	// with theirs.
+	pending := caps.MaximumClientWritesPending
+	caps.MaximumClientWritesPending = 0
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities:           caps,
 		InlineClient:           true,
 		SysTopicResendInterval: sysInterval,
-		Logger:                 mochiLogger(log),
+		// mochi reads through a bufio.Reader of its own on top of the
+		// deviceConn, which hands it the stream frame by frame and
+		// buffers what the socket gave: bufio's smallest (16 bytes, not
+		// 2 KiB a connection) costs no extra read, as a body at least
+		// that long is read straight into mochi's packet.
+		ClientNetReadBufferSize: 16,
+		Logger:                  mochiLogger(log),
 	})
+	caps.MaximumClientWritesPending = pending
 	inst := &instance{tenant: t.Slug, server: srv, log: log, env: hubEnv{h, t.Slug}, dir: h.dir, exporter: h.cfg.Exporter, limitsOff: h.limitsOff,
 		lastActive: h.now(), exportErrs: map[string]int64{},
 		watchers: map[string]int{}}
@@ -164,12 +190,16 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 	if err := addHooks(inst); err != nil {
 		return nil, err
 	}
+	if err := srv.AddHook(&expiryHook{inst: inst}, nil); err != nil {
+		return nil, err
+	}
 	if err := srv.AddListener(&handoff{srv: srv, wills: h.cfg.WillsOnShutdown, withdraw: &inst.withdrawWills}); err != nil {
 		return nil, err
 	}
 	if err := srv.Serve(); err != nil {
 		return nil, fmt.Errorf("start broker for %s: %w", t.Slug, err)
 	}
+	inst.quietLoop()
 	// mochi keeps its $SYS values as retained messages; nobody else can
 	// publish under $SYS, so their number stays what it is now.
 	for topic := range srv.Topics.Retained.GetAll() {
@@ -197,26 +227,91 @@ func clamp(v, lo, hi int64) int64 { return min(max(v, lo), hi) }
 
 // mochiLogger passes on mochi's warnings and errors, tagged with the tenant;
 // its informational lines (one per start and stop) are not worth a line
-// per tenant.
+// per tenant. Each kind of line is passed on at most once a minute per
+// client (see foldedLog): mochi warns once for every message it drops for
+// a client whose in-flight messages reached max_queued ("client store
+// quota reached"), so one device that subscribes and stops reading would
+// otherwise write a line for each message published to it.
 func mochiLogger(log *slog.Logger) *slog.Logger {
-	return slog.New(levelFilter{log.Handler(), slog.LevelWarn})
+	return slog.New(levelFilter{log.Handler(), slog.LevelWarn, &foldedLog{seen: map[string]*foldedLine{}}})
+}
+
+// mochiFoldEvery is how often a line of one kind for one client passes.
+const mochiFoldEvery = time.Minute
+
+// maxFolded bounds the kinds and clients foldedLog remembers; past it, it
+// starts again.
+const maxFolded = 10_000
+
+// foldedLog remembers, by message and client, when a line last passed and
+// how many were held back since; the next to pass says so ("folded").
+type foldedLog struct {
+	mu   sync.Mutex
+	seen map[string]*foldedLine
+}
+
+type foldedLine struct {
+	last   time.Time
+	folded int
+}
+
+// pass reports whether a line may pass now, and how many of its kind were
+// held back before it.
+func (f *foldedLog) pass(key string, now time.Time) (bool, int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e := f.seen[key]
+	if e == nil {
+		if len(f.seen) >= maxFolded {
+			clear(f.seen)
+		}
+		f.seen[key] = &foldedLine{last: now}
+		return true, 0
+	}
+	if now.Sub(e.last) < mochiFoldEvery {
+		e.folded++
+		return false, 0
+	}
+	n := e.folded
+	e.last, e.folded = now, 0
+	return true, n
 }
 
 type levelFilter struct {
 	slog.Handler
-	min slog.Level
+	min  slog.Level
+	fold *foldedLog
 }
 
 func (f levelFilter) Enabled(ctx context.Context, l slog.Level) bool {
 	return l >= f.min && f.Handler.Enabled(ctx, l)
 }
 
+func (f levelFilter) Handle(ctx context.Context, r slog.Record) error {
+	key := r.Message
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == "client" {
+			key += "\x00" + a.Value.String()
+			return false
+		}
+		return true
+	})
+	ok, folded := f.fold.pass(key, r.Time)
+	if !ok {
+		return nil
+	}
+	if folded > 0 {
+		r.AddAttrs(slog.Int("folded", folded))
+	}
+	return f.Handler.Handle(ctx, r)
+}
+
 func (f levelFilter) WithAttrs(a []slog.Attr) slog.Handler {
-	return levelFilter{f.Handler.WithAttrs(a), f.min}
+	return levelFilter{f.Handler.WithAttrs(a), f.min, f.fold}
 }
 
 func (f levelFilter) WithGroup(n string) slog.Handler {
-	return levelFilter{f.Handler.WithGroup(n), f.min}
+	return levelFilter{f.Handler.WithGroup(n), f.min, f.fold}
 }
 
 // handoff is the listener every instance registers for the connections the

@@ -61,7 +61,12 @@ func (in *ingress) closeServed(dc *deviceConn) {
 		dc.Conn.Close()
 		return
 	}
-	last := dc.farewell()
+	// What is still batched goes first: the connection was closed from
+	// elsewhere while its reader was in a burst.
+	last := append(dc.unsent(), dc.farewell()...)
+	if len(last) == 0 {
+		last = nil
+	}
 	select {
 	case in.lingering <- struct{}{}:
 	default:

@@ -235,9 +235,12 @@ func TestFirstPacketNotConnect(t *testing.T) {
 
 // TestSilentSockets: a thousand connections that never send anything are
 // all closed at the CONNECT deadline, and cost little while they wait.
-// (They come from one address: its bound is lifted to measure them all.)
+// (They come from one address: its bounds, in handshake and in attempt
+// rate, are lifted to measure them all.)
 func TestSilentSockets(t *testing.T) {
-	s := newStack(t, func(c *broker.Config) { c.ConnectTimeout, c.HandshakesPerAddress = time.Second, 2000 })
+	s := newStack(t, func(c *broker.Config) {
+		c.ConnectTimeout, c.HandshakesPerAddress, c.HandshakeRatePerAddress = time.Second, 2000, -1
+	})
 	stillAlive := guard(t, s)
 	runtime.GC()
 	var before runtime.MemStats

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"maps"
 	"slices"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -37,6 +38,7 @@ var (
 	descThrottled    = prometheus.NewDesc("roost_throttled_total", "Publishes refused for publish_rate or tenant_publish_rate.", []string{"tenant"}, nil)
 	descDenied       = prometheus.NewDesc("roost_publishes_denied_total", "Device publishes (and Wills) the tenant's rules denied, or to a reserved topic.", []string{"tenant"}, nil)
 	descAuthFailed   = prometheus.NewDesc("roost_auth_failures_total", "Refused connection attempts for existing tenants.", []string{"tenant"}, nil)
+	descDropped      = prometheus.NewDesc("roost_messages_dropped_total", "Messages dropped for connected clients since the tenant's broker on this node started, by reason: max_queued (the client's unacknowledged messages at max_queued) or pending_writes (its write queue of 1,024 packets full: it reads more slowly than it is sent to).", []string{"tenant", "reason"}, nil)
 	descQueued       = prometheus.NewDesc("roost_queued_messages", "Messages waiting in persistent sessions' queues.", []string{"tenant"}, nil)
 	descClaims       = prometheus.NewDesc("roost_session_claims_total", "Persistent-session claims the tenant's broker on this node made since it started, each a new epoch that fences the session's previous owner.", []string{"tenant"}, nil)
 	descQuotaHits    = prometheus.NewDesc("roost_quota_exceeded_total", "Limit hits by quota (only quotas hit at least once).", []string{"tenant", "quota"}, nil)
@@ -49,6 +51,7 @@ var (
 	descFenced       = prometheus.NewDesc("roost_session_writes_fenced_total", "Session-store writes refused because another broker had claimed the session since (fencing).", nil, nil)
 	descLeaseRefused = prometheus.NewDesc("roost_publishes_refused_lease_total", "Publishes refused because this node's lease may have lapsed (another node may hold the tenant).", nil, nil)
 	descHSDropped    = prometheus.NewDesc("roost_handshakes_dropped_total", "Connections in handshake refused at a bound, or closed to make room, by reason.", []string{"reason"}, nil)
+	descRateKeys     = prometheus.NewDesc("roost_handshake_rate_keys", "Source addresses and tenant endpoints whose connection-attempt rate is remembered, by scope (at most 65,536 each; the least recently seen are forgotten).", []string{"scope"}, nil)
 
 	// A spread fleet's fabric (spread.go), on this node.
 	descFabricTenants = prometheus.NewDesc("roost_fabric_tenants", "Tenants this node serves as one of several nodes.", nil, nil)
@@ -64,7 +67,7 @@ var (
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descDenied, descAuthFailed, descQueued, descClaims, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRetries, descFenced, descLeaseRefused,
+	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descDenied, descAuthFailed, descDropped, descQueued, descClaims, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRateKeys, descRetries, descFenced, descLeaseRefused,
 		descFabricTenants, descFabricRoutes, descFabricLag, descFabricMsgs, descFabricStale, descFabricFailed, descFabricLapses, descTenantRoutes, descTenantLag, descTenantWidth} {
 		ch <- d
 	}
@@ -76,7 +79,10 @@ type tenantSample struct {
 	conns, in, out, bytesIn, bytesOut   int64
 	throttled, authFailed, queued, busy int64
 	denied                              int64
-	hits                                map[string]int64
+	// droppedQueued and droppedPending are mochi's drops for connected
+	// clients (see descDropped).
+	droppedQueued, droppedPending int64
+	hits                          map[string]int64
 	// routes and lag are the tenant's in the fabric, on this node; width
 	// is how many nodes serve it, if it widened (see wide.go); claims are
 	// the session claims (epochs) its broker here made.
@@ -91,6 +97,8 @@ func (s *tenantSample) add(o tenantSample) {
 	s.bytesOut += o.bytesOut
 	s.throttled += o.throttled
 	s.denied += o.denied
+	s.droppedQueued += o.droppedQueued
+	s.droppedPending += o.droppedPending
 	s.authFailed += o.authFailed
 	s.queued += o.queued
 	s.routes += o.routes
@@ -120,6 +128,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				s.claims = inst.persist.claims.Load()
 			}
 			s.routes, s.lag = inst.fabricFigures()
+			s.droppedQueued = atomic.LoadInt64(&inst.server.Info.InflightDropped)
+			s.droppedPending = atomic.LoadInt64(&inst.server.Info.MessagesDropped)
 			if inst.spread && c.h.cfg.Cluster != nil && !c.h.cfg.SpreadAll {
 				s.width = int64(c.h.cfg.Cluster.Width(s.tenant))
 			}
@@ -146,6 +156,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descForwarding, prometheus.GaugeValue, float64(c.h.Forwards()))
 	ch <- prometheus.MustNewConstMetric(descForwarded, prometheus.CounterValue, float64(c.h.forwardedTotal()))
 	ch <- prometheus.MustNewConstMetric(descHandshakes, prometheus.GaugeValue, float64(c.h.in.hs.count()))
+	addresses, endpoints := c.h.in.hs.rateKeys()
+	ch <- prometheus.MustNewConstMetric(descRateKeys, prometheus.GaugeValue, float64(addresses), "address")
+	ch <- prometheus.MustNewConstMetric(descRateKeys, prometheus.GaugeValue, float64(endpoints), "endpoint")
 	ch <- prometheus.MustNewConstMetric(descRetries, prometheus.GaugeValue, float64(c.h.changes.backlog()))
 	ch <- prometheus.MustNewConstMetric(descFenced, prometheus.CounterValue, float64(c.h.fencedWrites.Load()))
 	ch <- prometheus.MustNewConstMetric(descLeaseRefused, prometheus.CounterValue, float64(c.h.leaseRefused.Load()))
@@ -175,6 +188,8 @@ func emit(ch chan<- prometheus.Metric, spread bool, s tenantSample) {
 	ch <- prometheus.MustNewConstMetric(descDenied, prometheus.CounterValue, float64(s.denied), s.tenant)
 	ch <- prometheus.MustNewConstMetric(descAuthFailed, prometheus.CounterValue, float64(s.authFailed), s.tenant)
 	ch <- prometheus.MustNewConstMetric(descQueued, prometheus.GaugeValue, float64(s.queued), s.tenant)
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.droppedQueued), s.tenant, "max_queued")
+	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.droppedPending), s.tenant, "pending_writes")
 	ch <- prometheus.MustNewConstMetric(descClaims, prometheus.CounterValue, float64(s.claims), s.tenant)
 	if spread {
 		ch <- prometheus.MustNewConstMetric(descTenantRoutes, prometheus.GaugeValue, float64(s.routes), s.tenant)

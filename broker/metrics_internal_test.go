@@ -34,10 +34,10 @@ func TestMetricsSeriesBounded(t *testing.T) {
 	h.quotaHit("t0002", "d", "c", "publish_rate", 5)
 	c := h.Collector(20)
 	n := testutil.CollectAndCount(c) - 2 // the two roost_quota_exceeded_total series
-	const perTenant = 10                 // connections, 2 messages, 2 bytes, throttled, denied, auth failures, queued, session claims
+	const perTenant = 12                 // connections, 2 messages, 2 bytes, throttled, denied, auth failures, 2 dropped, queued, session claims
 	const totals = 7                     // tenants metered, brokers, forwarded connections, forwards, change retries, fenced writes, lease refusals
 
-	handshakes := 1 + int(nDropReasons) // in handshake, and dropped by reason
+	handshakes := 1 + int(nDropReasons) + 2 // in handshake, dropped by reason, attempt-rate keys by scope
 	if want := 21*perTenant + totals + handshakes; n != want {
 		t.Errorf("%d series for 1,000 tenants, want %d (20 tenants + _other, %d each, and %d totals)", n, want, perTenant, totals)
 	}

@@ -160,6 +160,15 @@ type persistence struct {
 	appended   sync.Cond
 	acking     map[string]map[uint64]bool
 	reading    map[string]int
+	// What must not reach a session twice (see arrived): resent holds,
+	// per session, the copies reconcile sent (and when), which an entry
+	// in this node's inbox may bring again; unsend holds, per client, the
+	// publishes (by tag) mochi handed it that are not to be written, and
+	// unsending counts them, read without the lock as each PUBLISH is
+	// encoded.
+	resent    map[string]map[uint64]time.Time
+	unsend    map[string]map[string]bool
+	unsending atomic.Int64
 }
 
 // sessionHost is what persistence asks of its tenant's broker.
@@ -200,6 +209,7 @@ func newPersistence(st SessionStore, tenant string, server *mqtt.Server, host se
 		marks: map[string]map[uint64]mark{}, received: map[string]map[uint16]bool{},
 		live: map[string]*mqtt.Client{}, recheck: map[string]bool{},
 		appending: map[uint64]bool{}, acking: map[string]map[uint64]bool{}, reading: map[string]int{},
+		resent: map[string]map[uint64]time.Time{}, unsend: map[string]map[string]bool{},
 	}
 	p.appended.L = &p.mu
 	return p
@@ -207,6 +217,9 @@ func newPersistence(st SessionStore, tenant string, server *mqtt.Server, host se
 
 type pubCopies struct {
 	seqs map[string]uint64 // client id → store number
+	// skip are the sessions the publish must not reach: their copy
+	// went another way (see arrived).
+	skip map[string]bool
 	at   time.Time
 }
 
@@ -374,9 +387,15 @@ func (p *persistence) tag(pk packets.Packet, copies map[string]uint64) packets.P
 
 // tagLocked is tag with p.mu held.
 func (p *persistence) tagLocked(pk packets.Packet, copies map[string]uint64) packets.Packet {
+	return p.tagSkipping(pk, copies, nil)
+}
+
+// tagSkipping is tagLocked for a publish that must not reach the sessions
+// in skip. Called with p.mu held.
+func (p *persistence) tagSkipping(pk packets.Packet, copies map[string]uint64, skip map[string]bool) packets.Packet {
 	p.nextPub++
 	pubID := strconv.FormatUint(p.nextPub, 36)
-	p.pubs[pubID] = pubCopies{seqs: copies, at: time.Now()}
+	p.pubs[pubID] = pubCopies{seqs: copies, skip: skip, at: time.Now()}
 	pk.Properties.User = append(slices.Clone(pk.Properties.User), packets.UserProperty{Key: seqProperty, Val: pubID})
 	return pk
 }
@@ -525,6 +544,11 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 	p.mu.Lock()
 	seq, ok := p.inflight[cl.ID][out.PacketID]
 	if pubID, tagged := pubIDOf(out); tagged {
+		if p.pubs[pubID].skip[cl.ID] {
+			p.withhold(cl, pubID, out.PacketID)
+			p.mu.Unlock()
+			return
+		}
 		seq, ok = p.pubs[pubID].seqs[cl.ID]
 		if ok {
 			if p.inflight[cl.ID] == nil {
@@ -681,6 +705,7 @@ func (p *persistence) gone(cl *mqtt.Client) {
 	if p.live[cl.ID] == cl {
 		delete(p.live, cl.ID)
 	}
+	p.forgetWithheld(cl.ID)
 	p.mu.Unlock()
 }
 
@@ -758,6 +783,9 @@ func (p *persistence) reconcile(cl *mqtt.Client) {
 			p.inflight[cl.ID] = map[uint16]uint64{}
 		}
 		p.inflight[cl.ID][pk.PacketID] = q.Seq
+		if p.anywhere {
+			p.noteResent(cl.ID, q.Seq)
+		}
 		p.mu.Unlock()
 		if cl.State.Inflight.Set(pk) {
 			atomic.AddInt64(&p.server.Info.Inflight, 1)
@@ -931,7 +959,7 @@ func (p *persistence) save(cl *mqtt.Client, disconnected time.Time) {
 			p.mu.Unlock()
 		}
 	} else {
-		err = p.drop(ctx, cl.ID)
+		err = p.drop(cl.ID)
 	}
 	if err != nil {
 		p.failed(cl.ID, epoch, "save session", err)
@@ -939,12 +967,15 @@ func (p *persistence) save(cl *mqtt.Client, disconnected time.Time) {
 }
 
 // drop forgets a session: its record, its queue and what is tracked for it.
-// A client id with nothing stored costs no store write.
-func (p *persistence) drop(ctx context.Context, clientID string) error {
+// A client id with nothing stored costs no store write, nor a timer for
+// one (every clean connect drops its session twice).
+func (p *persistence) drop(clientID string) error {
 	epoch := p.epoch(clientID)
 	if !p.forget(clientID) {
 		return nil
 	}
+	ctx, cancel := storeCtx()
+	defer cancel()
 	return p.st.DeleteSession(ctx, p.tenant, clientID, epoch)
 }
 
@@ -959,6 +990,8 @@ func (p *persistence) letGo(clientID string) {
 	delete(p.marks, clientID)
 	delete(p.received, clientID)
 	delete(p.acking, clientID)
+	delete(p.resent, clientID)
+	p.forgetWithheld(clientID)
 }
 
 // forget forgets everything tracked for a session here, and reports

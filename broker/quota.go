@@ -152,7 +152,7 @@ func (h *quotaHook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 func (h *quotaHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	switch {
 	case pk.FixedHeader.Type == packets.Publish:
-		if _, ok := cl.Net.Conn.(*deviceConn); ok && !h.inst.limitsOff {
+		if _, ok := cl.Net.Conn.(*deviceConn); ok && !h.inst.limitsOff && pk.Mods.MaxSize != unwritable {
 			h.inst.meter.out(len(pk.Payload))
 		}
 	case pk.FixedHeader.Type == packets.Connack && pk.ProtocolVersion == 5 && pk.ReasonCode < 0x80:
@@ -372,10 +372,12 @@ func (dc *deviceConn) throttleRead(n int) {
 	}
 	now := time.Now()
 	if wait := dc.limits.pausedUntil.Sub(now); wait > 0 {
+		dc.flushBatch() // nothing batched waits out the sleep; an error ends the connection at the next frame
 		time.Sleep(wait)
 	}
 	r := float64(dc.inst.quotas().BandwidthIn)
 	if wait := dc.limits.in.Reserve(now, float64(n), r, r*burstSeconds); wait > 0 {
+		dc.flushBatch()
 		time.Sleep(wait)
 	}
 }

@@ -318,15 +318,12 @@ func (inst *instance) deliverRemote(m fabric.Message) error {
 	if m.QoS > 0 {
 		pk.PacketID = 1 // mochi's validation wants one; the inline client is never acknowledged
 	}
-	seqs := m.Seqs
 	if inst.persist != nil {
-		seqs = inst.persist.copiesLacking(m, seqs)
-	}
-	if len(seqs) > 0 && inst.persist != nil {
 		// Copies queued by the sender for sessions connected here: their
 		// deliveries map to these numbers, as for a publish stored here.
-		pk = inst.persist.tag(pk, seqs)
-		defer inst.persist.copiesArrived(seqs)()
+		var after func()
+		pk, after = inst.persist.arrived(pk, m)
+		defer after()
 	}
 	inst.inlineMu.Lock()
 	defer inst.inlineMu.Unlock()

@@ -101,12 +101,18 @@ func (m *Memory) Emit(e Event) {
 	defer m.mu.Unlock()
 	r := m.tenants[e.Tenant]
 	if r == nil {
-		r = &ring{buf: make([]Event, m.size)}
+		r = &ring{}
 		m.tenants[e.Tenant] = r
+	}
+	// The ring grows as events come (a tenant that is idle has a few,
+	// and a full ring of events is some 200 KB), then wraps.
+	if !r.full {
+		r.buf = append(r.buf, e)
+		r.full = len(r.buf) == m.size
+		return
 	}
 	r.buf[r.next] = e
 	r.next = (r.next + 1) % m.size
-	r.full = r.full || r.next == 0
 }
 
 // Recent returns a tenant's events, oldest first; only that tenant's.
@@ -118,7 +124,7 @@ func (m *Memory) Recent(tenant string) []Event {
 		return nil
 	}
 	if !r.full {
-		return append([]Event(nil), r.buf[:r.next]...)
+		return append([]Event(nil), r.buf...)
 	}
 	return append(append([]Event(nil), r.buf[r.next:]...), r.buf[:r.next]...)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -28,6 +29,33 @@ func TestMemoryKeepsEachTenantsRecent(t *testing.T) {
 	}
 	if c := m.Recent("c"); len(c) != 0 {
 		t.Errorf("tenant c: got %+v", c)
+	}
+}
+
+// TestMemoryRingGrowsAsEventsCome: a tenant with a few events holds room for
+// a few, not for the whole ring, and its events come back in order as the
+// ring fills and wraps.
+func TestMemoryRingGrowsAsEventsCome(t *testing.T) {
+	m := events.NewMemory(1000)
+	heap := func() int64 {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return int64(ms.HeapAlloc)
+	}
+	before := heap()
+	for i := range 100 {
+		m.Emit(events.Event{Tenant: fmt.Sprintf("t%d", i), Type: events.Connected})
+	}
+	if per := (heap() - before) / 100; per > 4096 {
+		t.Errorf("a tenant with one event holds %d bytes, want under 4 KiB", per)
+	}
+	for n := 1; n <= 2500; n++ {
+		m.Emit(events.Event{Tenant: "a", Type: events.Connected, Device: fmt.Sprint(n)})
+		got := m.Recent("a")
+		if want := min(n, 1000); len(got) != want || got[len(got)-1].Device != fmt.Sprint(n) || got[0].Device != fmt.Sprint(n-want+1) {
+			t.Fatalf("after %d events: got %d, from %s to %s; want %d, from %d to %d", n, len(got), got[0].Device, got[len(got)-1].Device, want, n-want+1, n)
+		}
 	}
 }
 

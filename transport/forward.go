@@ -213,6 +213,19 @@ func ForwardListener(ln net.Listener, key []byte, timeout time.Duration) net.Lis
 	return &proxyListener{Listener: ln, timeout: timeout, key: key}
 }
 
+// Forwarding reports whether c (or a connection it wraps) came through a
+// ForwardListener: from another node of the fleet, whose header names the
+// device. It reads nothing.
+func Forwarding(c net.Conn) bool {
+	for c != nil {
+		if p, ok := c.(*proxyConn); ok {
+			return p.key != nil
+		}
+		c = Unwrap(c)
+	}
+	return false
+}
+
 // ForwardOrigin is the id of the node that forwarded a connection; "" for
 // a connection that came straight from its device.
 func ForwardOrigin(c net.Conn) string {

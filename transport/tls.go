@@ -110,6 +110,26 @@ func ServerConfig(c *Certificate) *tls.Config {
 	}
 }
 
+// CheckHello returns a copy of base that calls check with each
+// ClientHello before the handshake goes on: an error from check ends the
+// handshake there, before the key exchange and the certificate's
+// signature (the expensive part), with an alert. A GetConfigForClient
+// base already has runs after check.
+func CheckHello(base *tls.Config, check func(*tls.ClientHelloInfo) error) *tls.Config {
+	cfg := base.Clone()
+	next := base.GetConfigForClient
+	cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		if err := check(hello); err != nil {
+			return nil, err
+		}
+		if next != nil {
+			return next(hello)
+		}
+		return nil, nil
+	}
+	return cfg
+}
+
 // TLSState is the TLS state of a connection, looking through the wrappers
 // this package puts around connections; nil for a connection without TLS.
 func TLSState(c net.Conn) *tls.ConnectionState {

@@ -270,3 +270,37 @@ func readPacket(r *bufio.Reader, version byte) (packets.Packet, error) {
 	}
 	return pk, err
 }
+
+// PublishAsync sends a QoS 1 message and returns at once; wait waits for
+// its PUBACK. A publisher keeps several in flight by calling wait on the
+// oldest: a broker acknowledges one connection's publishes in order.
+func (c *Client) PublishAsync(topic string, payload []byte) (wait func(context.Context) error, err error) {
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: topic, Payload: payload, PacketID: c.packetID()}
+	ch := make(chan packets.Packet, 1)
+	c.mu.Lock()
+	c.waiting[pk.PacketID] = ch
+	c.mu.Unlock()
+	done := func() {
+		c.mu.Lock()
+		delete(c.waiting, pk.PacketID)
+		c.mu.Unlock()
+	}
+	if err := c.write(pk); err != nil {
+		done()
+		return nil, err
+	}
+	return func(ctx context.Context) error {
+		defer done()
+		select {
+		case ack := <-ch:
+			if ack.ReasonCode >= 0x80 {
+				return fmt.Errorf("PUBACK %#x", ack.ReasonCode)
+			}
+			return nil
+		case <-c.done:
+			return fmt.Errorf("connection ended: %w", c.err)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}, nil
+}

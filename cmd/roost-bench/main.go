@@ -93,6 +93,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		keep     uint
 		jsonOut  = fs.String("json", "", "also write the report as JSON to this file")
 		suite    = fs.String("suite", "", "quick, full or smoke: start Roost, bare mochi-mqtt, mosquitto and NATS's MQTT mode and run every scenario on each, pinned to one CPU, then on the whole machine")
+		only     = fs.String("only", "", "for -suite: \"memory\" runs the memory scenarios alone (idle tenants, idle connections) and writes <suite>-memory.json")
 		roostBin = fs.String("roost", "roost", "for -suite: the roost binary")
 		outDir   = fs.String("out", "bench/results", "for -suite: where <suite>.json goes")
 		mochi    = fs.String("serve-mochi", "", "internal: serve bare mochi-mqtt on this address")
@@ -101,6 +102,8 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		nats     = fs.String("serve-nats", "", "internal: serve NATS's MQTT mode on this address")
 		natsDbg  = fs.String("nats-debug", "", "internal: debug listener of the NATS broker")
 		natsDir  = fs.String("nats-store", "", "internal: the NATS broker's JetStream directory")
+		attack   = fs.String("noisy-attack", "", "internal: attack as the noisy neighbour (JSON options) until stdin closes")
+		noisy    = fs.String("noisy", "", "quick, full or smoke: run only the noisy neighbour at that suite's size, on Roost, on Roost without its pre-accept rates and on mosquitto")
 	)
 	fs.StringVar(&t.Name, "name", "target", "the target's name in the report")
 	fs.StringVar(&addrs, "addr", "127.0.0.1:1883", "broker address; or a comma-separated list that clients connect to in turn")
@@ -116,8 +119,12 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		return serveMochi(*mochi, *mochiDbg, *tuned)
 	case *nats != "":
 		return serveNats(*nats, *natsDbg, *natsDir)
+	case *attack != "":
+		return serveAttack(*attack, os.Stdin, out)
+	case *noisy != "":
+		return runNoisy(ctx, *noisy, *roostBin, out)
 	case *suite != "":
-		return runSuite(ctx, *suite, *roostBin, *outDir, out)
+		return runSuite(ctx, *suite, *only, *roostBin, *outDir, out)
 	}
 	if *runs < 1 || *qos < 0 || *qos > 1 {
 		return errors.New("-runs must be at least 1 and -qos 0 or 1")

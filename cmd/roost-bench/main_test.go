@@ -305,7 +305,7 @@ func TestSuiteSmoke(t *testing.T) {
 	// The suite runs mochi and NATS in child processes of this binary: the
 	// test binary stands in for roost-bench.
 	var stdout bytes.Buffer
-	if err := runSuite(context.Background(), "smoke", roost, dir, &stdout); err != nil {
+	if err := runSuite(context.Background(), "smoke", "", roost, dir, &stdout); err != nil {
 		t.Fatalf("suite: %v\n%s", err, stdout.String())
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "smoke.json"))
@@ -345,6 +345,17 @@ func TestSuiteSmoke(t *testing.T) {
 			}
 		}
 	}
+	// Write syscalls per message, read around the p2p throughput runs.
+	for _, f := range []string{"p2p_qos0_write_syscalls_per_msg", "p2p_qos1_write_syscalls_per_msg", "p2p_qos1_pipelined_throughput", "p2p_qos1_pipelined_write_syscalls_per_msg"} {
+		for _, target := range []string{"roost", "mochi", "mosquitto", "nats"} {
+			if v, ok := res.Figures[f][target]; !ok || v <= 0 {
+				t.Errorf("figure %s of %s: %v (there: %v), want a positive number", f, target, v, ok)
+			}
+		}
+		if v := res.Ratios[f+"_roost_vs_mosquitto"]; v == nil || *v <= 0 {
+			t.Errorf("ratio %s_roost_vs_mosquitto: %v, want a positive number", f, v)
+		}
+	}
 	for _, f := range []string{"idle_conn_memory", "p2p_qos1_16b_p99_us"} {
 		if _, ok := res.Figures[f]["nats"]; !ok {
 			t.Errorf("no figure %s for nats", f)
@@ -362,7 +373,7 @@ func TestSuiteSmoke(t *testing.T) {
 		"p2p_qos1_sustained_roost_vs_nats", "p2p_qos1_p99_latency_roost_vs_nats", "fanout_qos0_throughput_roost_vs_nats", "fanin_qos1_throughput_roost_vs_nats",
 		"connect_rate_roost_vs_mosquitto_whole", "connect_rate_roost_vs_mochi_whole", "connect_rate_roost_vs_nats_whole",
 		"p2p_qos0_throughput_roost_vs_mosquitto_whole", "p2p_qos1_throughput_roost_vs_nats_whole", "fanout_qos0_throughput_roost_vs_nats_whole",
-		"fanin_shared_qos1_throughput_roost_vs_mochi_whole"} {
+		"fanin_shared_qos1_throughput_roost_vs_mochi_whole", "noisy_neighbour_degradation_roost_vs_mosquitto"} {
 		if v := res.Ratios[k]; v == nil || *v <= 0 {
 			t.Errorf("ratio %s: %v, want a positive number", k, v)
 		}
@@ -386,7 +397,14 @@ func TestSuiteSmoke(t *testing.T) {
 			t.Errorf("no ratio %s", k)
 		}
 	}
-	for _, k := range []string{"idle_conn_memory_bytes", "idle_tenant_memory_bytes", "idle_tenant_cpu_ms_per_s", "idle_tenant_instance_bytes"} {
+	for _, f := range []string{"noisy_neighbour_solo_p99_us", "noisy_neighbour_attack_p99_us", "noisy_neighbour_degradation"} {
+		for _, target := range noisyTargets {
+			if v, ok := res.Figures[f][target]; !ok || v <= 0 {
+				t.Errorf("figure %s of %s: %v (there: %v), want a positive number", f, target, v, ok)
+			}
+		}
+	}
+	for _, k := range []string{"idle_conn_memory_bytes", "idle_tenant_memory_bytes", "idle_tenant_cpu_ms_per_s", "idle_tenant_instance_bytes", "noisy_neighbour_degradation_roost"} {
 		if _, ok := res.Absolute[k]; !ok {
 			t.Errorf("no absolute figure %s", k)
 		}
@@ -409,6 +427,7 @@ func TestRatios(t *testing.T) {
 		"p2p_qos1_16b_p99_us":                {"roost": 200, "mochi": 100, "mosquitto": 400, "nats": 0},
 		"idle_conn_memory":                   {"roost": 30, "mochi": 30, "mochi-default": 20, "mosquitto": 1, "nats": 60},
 		"p2p_qos1_p99_us_among_idle_tenants": {"roost": 300},
+		"noisy_neighbour_degradation":        {"roost": 1.5, "mosquitto": 3},
 	}
 	got := ratios(figures)
 	for _, tc := range []struct {
@@ -428,6 +447,7 @@ func TestRatios(t *testing.T) {
 		{"idle_conn_memory_roost_vs_mochi_default", 1.5},  // memory alone against mochi's defaults
 		{"idle_conn_memory_roost_vs_nats", 0.5},           //
 		{"p2p_qos1_p99_latency_among_idle_tenants_vs_alone", 1.5},
+		{"noisy_neighbour_degradation_roost_vs_mosquitto", 0.5}, // smaller is better
 	} {
 		v, ok := got[tc.key]
 		switch {
@@ -443,7 +463,8 @@ func TestRatios(t *testing.T) {
 		"p2p_qos0_throughput_roost_vs_mosquitto",           // not measured
 		"fanin_shared_qos1_throughput_roost_vs_nats_whole", // not measured on the whole machine
 		"idle_conn_memory_roost_vs_mochi_default_whole",
-		"connect_rate_roost_vs_mochi_default", // mochi-default is compared on memory only
+		"connect_rate_roost_vs_mochi_default",       // mochi-default is compared on memory only
+		"noisy_neighbour_degradation_roost_vs_nats", // the noisy neighbour runs on roost and mosquitto only
 	} {
 		if v, ok := got[key]; ok {
 			t.Errorf("ratio %s = %v, want none", key, v)
@@ -488,13 +509,24 @@ func TestNatsTarget(t *testing.T) {
 }
 
 // TestMain lets the test binary stand in for roost-bench when the suite
-// starts it as the bare mochi-mqtt broker or as NATS.
+// starts it as the bare mochi-mqtt broker, as NATS or as the noisy
+// neighbour's attacker.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 2 && (os.Args[1] == "-serve-mochi" || os.Args[1] == "-serve-nats") {
+	if len(os.Args) > 2 && (os.Args[1] == "-serve-mochi" || os.Args[1] == "-serve-nats" || os.Args[1] == "-noisy-attack") {
 		if err := run(context.Background(), os.Args[1:], os.Stdout); err != nil {
 			os.Exit(1)
 		}
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
+}
+
+// TestSuiteOnlyUnknown: -only names what it runs; anything but "memory" is
+// refused before a broker starts.
+func TestSuiteOnlyUnknown(t *testing.T) {
+	var stdout bytes.Buffer
+	err := runSuite(context.Background(), "smoke", "p2p", "roost", t.TempDir(), &stdout)
+	if err == nil || !strings.Contains(err.Error(), `unknown -only "p2p"`) {
+		t.Errorf("got %v, want unknown -only", err)
+	}
 }

@@ -411,7 +411,17 @@ var compared = []struct {
 	{name: "fanin_shared_qos1_throughput", figure: "fanin_shared_qos1_throughput"},
 	{name: "connect_rate", figure: "connect_rate"},
 	{name: "idle_conn_memory", figure: "idle_conn_memory", morePeers: []string{"mochi-default"}},
+	// Lower is better, as for memory and latency: a ratio under 1 is
+	// Roost making fewer write syscalls per message than the peer.
+	{name: "p2p_qos0_write_syscalls_per_msg", figure: "p2p_qos0_write_syscalls_per_msg"},
+	{name: "p2p_qos1_write_syscalls_per_msg", figure: "p2p_qos1_write_syscalls_per_msg"},
+	{name: "p2p_qos1_pipelined_throughput", figure: "p2p_qos1_pipelined_throughput"},
+	{name: "p2p_qos1_pipelined_write_syscalls_per_msg", figure: "p2p_qos1_pipelined_write_syscalls_per_msg"},
 }
+
+// p2pWindow is how many QoS 1 messages each publisher of the pipelined p2p
+// scenario keeps in flight.
+const p2pWindow = 16
 
 // ratios compares Roost with each peer on every figure of compared that
 // was measured, in either run: nil where the peer has no figure (not
@@ -440,6 +450,7 @@ func ratios(figures map[string]map[string]float64) map[string]*float64 {
 			out["p2p_qos1_p99_latency_among_idle_tenants_vs_alone"] = new(among / alone)
 		}
 	}
+	noisyRatios(figures, out)
 	return out
 }
 
@@ -455,11 +466,20 @@ type starter struct {
 // brokers pinned to one CPU, then starts them afresh on the whole machine
 // and runs the throughput and connect scenarios again; then it writes the
 // results and prints a table.
-func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer) error {
+//
+// only "memory" runs the memory scenarios alone (idle tenants and idle
+// connections, pinned), measured as in the whole suite, and writes
+// <suite>-memory.json: a quick look at memory that leaves <suite>.json as
+// it was.
+func runSuite(ctx context.Context, name, only, roostBin, outDir string, out io.Writer) error {
 	sz, ok := suites[name]
 	if !ok {
 		return fmt.Errorf("unknown suite %q (quick, full or smoke)", name)
 	}
+	if only != "" && only != "memory" {
+		return fmt.Errorf("unknown -only %q (memory)", only)
+	}
+	memoryOnly := only == "memory"
 	dir, err := os.MkdirTemp("", "roost-bench")
 	if err != nil {
 		return err
@@ -579,6 +599,9 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 		res.Absolute["idle_tenant_memory_bytes"], res.Absolute["idle_tenant_cpu_ms_per_s"] = &idle.memPerTenant, &idle.cpuMsPerSec
 		fmt.Fprintf(out, "%d idle tenants with %d idle device connections each: %.0f bytes and %.4f ms CPU/s per tenant\n",
 			sz.tenants, sz.tenantDevices, idle.memPerTenant, idle.cpuMsPerSec)
+		if memoryOnly {
+			return nil
+		}
 		return repeat("p2p_qos1_p99_us_among_idle_tenants", p.target.Name, func() (any, float64, error) { return latency(p.target, 1, 16) })
 	}(); err != nil {
 		return err
@@ -630,9 +653,37 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 				return r, r.PerSecond, err
 			}},
 		)
+		// p2p QoS 1 with p2pWindow messages in flight per publisher: a
+		// broker that answers a burst of publishes in one write shows it
+		// here (see bench.P2PPipelined).
+		steps = append(steps, step{"p2p_qos1_pipelined_throughput", func() (any, float64, error) {
+			r, err := bench.P2PPipelined(ctx, t, sz.p2pPairs, 16, p2pWindow, sz.p2pDuration)
+			return r, r.PerSecond, err
+		}})
 		suffix := ""
 		if whole {
 			suffix = wholeSuffix
+		}
+		// Write syscalls per message delivered, read from /proc around each
+		// p2p throughput run and recorded beside it (lower is better): how
+		// well the broker batches what it sends.
+		perMsg, perMsgRuns := map[string][]float64{}, map[string][]any{}
+		for i, s := range steps {
+			name, ok := strings.CutSuffix(s.figure, "_throughput")
+			if !ok || !strings.HasPrefix(name, "p2p_") {
+				continue
+			}
+			figure, run := name+"_write_syscalls_per_msg", s.run
+			steps[i].run = func() (any, float64, error) {
+				w0, err0 := bench.WriteSyscalls(p.pid())
+				r, v, err := run()
+				w1, err1 := bench.WriteSyscalls(p.pid())
+				if pr, ok := r.(bench.P2PResult); ok && err == nil && err0 == nil && err1 == nil && pr.Tally.Received > 0 {
+					perMsg[figure] = append(perMsg[figure], float64(w1-w0)/float64(pr.Tally.Received))
+					perMsgRuns[figure] = append(perMsgRuns[figure], map[string]int64{"write_syscalls": w1 - w0, "delivered": int64(pr.Tally.Received)})
+				}
+				return r, v, err
+			}
 		}
 		for _, s := range steps {
 			if why, ok := p.unsupported[s.figure]; ok {
@@ -645,6 +696,9 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 			if err := repeat(s.figure+suffix, t.Name, s.run); err != nil {
 				return err
 			}
+		}
+		for figure, v := range perMsg {
+			record(figure+suffix, t.Name, perMsgRuns[figure], v)
 		}
 		return nil
 	}
@@ -667,7 +721,7 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 		if err != nil {
 			return err
 		}
-		if t.Name == "mochi-default" { // for memory only
+		if t.Name == "mochi-default" || memoryOnly { // for memory only
 			continue
 		}
 		if err := measure(p, false); err != nil {
@@ -675,18 +729,25 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 		}
 	}
 
-	// The whole machine: the same brokers started afresh, unpinned.
-	stopAll()
-	if err := startAll(true, filepath.Join(dir, "whole")); err != nil {
+	// The noisy neighbour, on Roost and mosquitto as they are (noisy.go).
+	if err := noisyNeighbour(ctx, name, procs, record, &res, out); err != nil {
 		return err
 	}
-	for _, p := range procs {
-		fmt.Fprintf(out, "%s, whole machine ...\n", p.target.Name)
-		if err := measure(p, true); err != nil {
+
+	// The whole machine: the same brokers started afresh, unpinned.
+	stopAll()
+	if !memoryOnly {
+		if err := startAll(true, filepath.Join(dir, "whole")); err != nil {
 			return err
 		}
+		for _, p := range procs {
+			fmt.Fprintf(out, "%s, whole machine ...\n", p.target.Name)
+			if err := measure(p, true); err != nil {
+				return err
+			}
+		}
+		stopAll()
 	}
-	stopAll()
 
 	res.Ratios = ratios(res.Figures)
 	if m, ok := res.Figures["idle_conn_memory"]["roost"]; ok {
@@ -706,6 +767,9 @@ func runSuite(ctx context.Context, name, roostBin, outDir string, out io.Writer)
 	if err != nil {
 		return err
 	}
+	if memoryOnly {
+		name += "-memory"
+	}
 	path := filepath.Join(outDir, name+".json")
 	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
 		return err
@@ -720,15 +784,17 @@ func printTable(out io.Writer, res suiteResult) {
 		figures = append(figures, f)
 	}
 	sort.Strings(figures)
-	fmt.Fprintf(out, "\n%-36s", "median of runs")
+	fmt.Fprintf(out, "\n%-48s", "median of runs")
 	for _, t := range res.Targets {
 		fmt.Fprintf(out, "%15s", t)
 	}
 	fmt.Fprintln(out)
 	for _, f := range figures {
-		fmt.Fprintf(out, "%-36s", f)
+		fmt.Fprintf(out, "%-48s", f)
 		for _, t := range res.Targets {
-			if v, ok := res.Figures[f][t]; ok {
+			if v, ok := res.Figures[f][t]; ok && strings.Contains(f, "_per_msg") {
+				fmt.Fprintf(out, "%15.2f", v)
+			} else if ok {
 				fmt.Fprintf(out, "%15.0f", v)
 			} else {
 				fmt.Fprintf(out, "%15s", "-")
@@ -736,6 +802,7 @@ func printTable(out io.Writer, res suiteResult) {
 		}
 		fmt.Fprintln(out)
 	}
+	fmt.Fprintln(out, "lower is better for idle_conn_memory, *_p99_us and *_write_syscalls_per_msg: their ratios favour Roost under 1")
 	var names []string
 	for k := range res.Ratios {
 		names = append(names, k)

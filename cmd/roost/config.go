@@ -37,6 +37,15 @@ type config struct {
 	MaxHandshakes         int
 	HandshakesPerAddress  int
 	HandshakesPerEndpoint int
+	// HandshakeRatePerAddress and HandshakeBurstPerAddress bound the
+	// connection attempts a second from one source address, before
+	// anything is read; HandshakeRatePerEndpoint and
+	// HandshakeBurstPerEndpoint those to one tenant's endpoint, at the TLS
+	// ClientHello. A rate of 0 is no bound.
+	HandshakeRatePerAddress   int
+	HandshakeBurstPerAddress  int
+	HandshakeRatePerEndpoint  int
+	HandshakeBurstPerEndpoint int
 	// InstanceIdle is how long a tenant broker with nothing in it stays up.
 	InstanceIdle time.Duration
 	// SessionStore keeps persistent sessions: embedded, memory, redis or hbase.
@@ -157,6 +166,10 @@ func (c *config) settings() []setting {
 		{"max-handshakes", "device connections not yet past their CONNECT, in all; when all are taken the oldest of the address holding the most is closed for a newcomer", "10000", &c.MaxHandshakes},
 		{"max-handshakes-per-address", "device connections not yet past their CONNECT from one source address (IPv6: one /64); raise it for large fleets behind one NAT or a balancer without PROXY protocol", "256", &c.HandshakesPerAddress},
 		{"max-handshakes-per-endpoint", "device connections not yet past their CONNECT to one tenant's own endpoint (SNI <tenant>.<mqtt-domain>)", "2500", &c.HandshakesPerEndpoint},
+		{"handshake-rate-per-address", "device connection attempts a second from one source address (IPv6: one /64), checked as each is accepted, before anything is read; over it they are closed at once; an attempt that becomes a connection does not count; 0: no bound", "100", &c.HandshakeRatePerAddress},
+		{"handshake-burst-per-address", "the burst of --handshake-rate-per-address: attempts one address may make at once", "500", &c.HandshakeBurstPerAddress},
+		{"handshake-rate-per-endpoint", "device connection attempts a second to one tenant's own endpoint (SNI <tenant>.<mqtt-domain>), checked at the TLS ClientHello, before the key exchange; an attempt that becomes a connection does not count; 0: no bound", "500", &c.HandshakeRatePerEndpoint},
+		{"handshake-burst-per-endpoint", "the burst of --handshake-rate-per-endpoint", "2500", &c.HandshakeBurstPerEndpoint},
 		{"instance-idle", "how long a tenant's broker with no connections, sessions or retained messages stays up", "5m", &c.InstanceIdle},
 		{"session-store", "where persistent sessions live: embedded (Pebble in the data dir), memory, redis or hbase", "embedded", &c.SessionStore},
 		{"redis-url", "redis://host:port/db for the redis session store", "", &c.RedisURL},
@@ -315,6 +328,16 @@ func (c *config) Validate() error {
 	}{{"ROOST_MAX_HANDSHAKES", c.MaxHandshakes}, {"ROOST_MAX_HANDSHAKES_PER_ADDRESS", c.HandshakesPerAddress}, {"ROOST_MAX_HANDSHAKES_PER_ENDPOINT", c.HandshakesPerEndpoint}} {
 		if b.n < 1 || b.n > 1_000_000 {
 			return fmt.Errorf("%s: must be between 1 and 1000000", b.name)
+		}
+	}
+	for _, b := range []struct {
+		name string
+		n    int
+		min  int
+	}{{"ROOST_HANDSHAKE_RATE_PER_ADDRESS", c.HandshakeRatePerAddress, 0}, {"ROOST_HANDSHAKE_BURST_PER_ADDRESS", c.HandshakeBurstPerAddress, 1},
+		{"ROOST_HANDSHAKE_RATE_PER_ENDPOINT", c.HandshakeRatePerEndpoint, 0}, {"ROOST_HANDSHAKE_BURST_PER_ENDPOINT", c.HandshakeBurstPerEndpoint, 1}} {
+		if b.n < b.min || b.n > 1_000_000 {
+			return fmt.Errorf("%s: must be between %d and 1000000", b.name, b.min)
 		}
 	}
 	if c.InstanceIdle < time.Second {

@@ -442,6 +442,8 @@ func openDataPlane(ctx context.Context, role string, deps planeDeps, exporter br
 	// The bounds of connections not yet past CONNECT (README: Security
 	// limits).
 	cfg.MaxHandshakes, cfg.HandshakesPerAddress, cfg.HandshakesPerEndpoint = c.MaxHandshakes, c.HandshakesPerAddress, c.HandshakesPerEndpoint
+	cfg.HandshakeRatePerAddress, cfg.HandshakeBurstPerAddress = offIfZero(c.HandshakeRatePerAddress), c.HandshakeBurstPerAddress
+	cfg.HandshakeRatePerEndpoint, cfg.HandshakeBurstPerEndpoint = offIfZero(c.HandshakeRatePerEndpoint), c.HandshakeBurstPerEndpoint
 	hub, err := broker.New(cfg)
 	if err != nil {
 		return nil, err
@@ -479,6 +481,15 @@ func openDataPlane(ctx context.Context, role string, deps planeDeps, exporter br
 	return d, nil
 }
 
+// offIfZero is a rate setting for the broker, where 0 is its default and
+// a negative rate is no bound: the setting's 0 is no bound.
+func offIfZero(rate int) int {
+	if rate == 0 {
+		return -1
+	}
+	return rate
+}
+
 // serveMQTT has the hub accept device connections on ln, a listener
 // besides the main one: its failure is logged, and ends nothing else.
 func (d *dataPlane) serveMQTT(ln net.Listener, name string) {
@@ -510,6 +521,12 @@ func (d *dataPlane) serveWeb(ln net.Listener) {
 // address).
 func (d *dataPlane) listenTransports(in *inputs) error {
 	c, hub := d.c, d.hub
+	// The hub checks each ClientHello against the endpoints' attempt rate
+	// before the key exchange.
+	var tlsConfig *tls.Config
+	if in.tls != nil {
+		tlsConfig = hub.TLSConfig(in.tls)
+	}
 	listen := func(addr, name, setting string) (net.Listener, error) {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -532,14 +549,14 @@ func (d *dataPlane) listenTransports(in *inputs) error {
 			return err
 		}
 		if c.WSSAddr == tlsAddr {
-			m, w := transport.Split(tls.NewListener(hub.Gate(l), in.tls), c.ConnectTimeout)
+			m, w := transport.Split(tls.NewListener(hub.Gate(l), tlsConfig), c.ConnectTimeout)
 			d.serveMQTT(m, "mqtts")
 			d.serveWeb(w)
 			d.lines = append(d.lines, fmt.Sprintf("MQTT over TLS on mqtts://%[1]s and over WebSocket on wss://%[1]s%[2]s%[3]s", displayAddr(l.Addr()), transport.WebSocketPath, in.trust))
 			d.endpoints = append(d.endpoints, web.Endpoint{Name: "MQTT over TLS", URL: "mqtts://" + displayAddr(l.Addr())},
 				web.Endpoint{Name: "WebSocket over TLS", URL: "wss://" + displayAddr(l.Addr()) + transport.WebSocketPath})
 		} else {
-			d.serveMQTT(tls.NewListener(l, in.tls), "mqtts")
+			d.serveMQTT(tls.NewListener(l, tlsConfig), "mqtts")
 			d.lines = append(d.lines, fmt.Sprintf("MQTT over TLS on mqtts://%s%s", displayAddr(l.Addr()), in.trust))
 			d.endpoints = append(d.endpoints, web.Endpoint{Name: "MQTT over TLS", URL: "mqtts://" + displayAddr(l.Addr())})
 		}
@@ -549,7 +566,7 @@ func (d *dataPlane) listenTransports(in *inputs) error {
 		if err != nil {
 			return err
 		}
-		d.serveWeb(tls.NewListener(hub.Gate(l), in.tls))
+		d.serveWeb(tls.NewListener(hub.Gate(l), tlsConfig))
 		d.lines = append(d.lines, fmt.Sprintf("MQTT over WebSocket on wss://%s%s%s", displayAddr(l.Addr()), transport.WebSocketPath, in.trust))
 		d.endpoints = append(d.endpoints, web.Endpoint{Name: "WebSocket over TLS", URL: "wss://" + displayAddr(l.Addr()) + transport.WebSocketPath})
 	}

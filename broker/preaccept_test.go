@@ -1,0 +1,332 @@
+package broker_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/tenants"
+	"github.com/roosthub/roost/transport"
+)
+
+// scraped is the value of the hub's metric name whose label has value,
+// read as Prometheus reads it.
+func scraped(t *testing.T, hub *broker.Hub, name, label, value string) float64 {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(hub.Collector(0))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetGauge().GetValue() + m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no metric %s{%s=%q}", name, label, value)
+	return 0
+}
+
+// dialFrom opens a TCP connection to addr from the loopback address ip.
+func dialFrom(t *testing.T, ip, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 2 * time.Second}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("dial %s from %s: %v", addr, ip, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// closedAtOnce reports whether the server closed c, on which nothing was
+// sent, within 300ms: refused before it read anything.
+func closedAtOnce(c net.Conn) bool {
+	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	_, err := c.Read(make([]byte, 1))
+	var ne net.Error
+	return err != nil && !(errors.As(err, &ne) && ne.Timeout())
+}
+
+// judge opens n connections from ip to addr, each sending prepare's bytes
+// (if any) and then nothing, all before any is looked at, and returns how
+// many the server left open and how many it closed at once.
+func judge(t *testing.T, ip, addr string, n int, prepare func(i int, c net.Conn)) (open, refused int) {
+	t.Helper()
+	var conns []net.Conn
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 2 * time.Second}
+	for i := range n {
+		c, err := d.Dial("tcp", addr)
+		if errors.Is(err, syscall.ECONNRESET) {
+			refused++ // reset before connect returned: refused at once too
+			continue
+		}
+		if err != nil {
+			t.Fatalf("dial %s from %s: %v", addr, ip, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		if prepare != nil {
+			prepare(i, c)
+		}
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		if closedAtOnce(c) {
+			refused++
+		} else {
+			open++
+		}
+	}
+	return open, refused
+}
+
+// TestAttemptRateFromOneAddress: connection attempts from one address over
+// its rate are closed as they are accepted, before a byte is read (these
+// send nothing at all); the metric counts them by reason and the log sums
+// them in one line; a device from another address connects meanwhile.
+func TestAttemptRateFromOneAddress(t *testing.T) {
+	s := newStack(t, func(c *broker.Config) { c.HandshakeRatePerAddress, c.HandshakeBurstPerAddress = 1, 10 })
+	s.tenant("acme")
+	secret := s.device("acme", "d1")
+
+	open, refused := judge(t, "127.0.0.2", s.addr, 30, nil)
+	// The burst, and at most a token more refilled while dialing.
+	if open < 10 || open > 11 || refused < 19 {
+		t.Errorf("of 30 silent attempts from one address: %d left open, %d closed at once; want the burst of 10 open and the rest closed", open, refused)
+	}
+	if got := scraped(t, s.hub, "roost_handshakes_dropped_total", "reason", "refused_rate_per_address"); got != float64(refused) {
+		t.Errorf("roost_handshakes_dropped_total{reason=refused_rate_per_address} = %v, want %d", got, refused)
+	}
+	if code, err := connackV5(dialFrom(t, "127.0.0.3", s.addr), "acme/d1", secret, "d1"); code != 0 || err != nil {
+		t.Errorf("a device from another address: CONNACK 0x%02x (%v), want 0", code, err)
+	}
+	if got := scraped(t, s.hub, "roost_handshake_rate_keys", "scope", "address"); got != 2 {
+		t.Errorf("roost_handshake_rate_keys{scope=address} = %v, want 2 (127.0.0.2 and 127.0.0.3)", got)
+	}
+	logs := s.logs.String()
+	if n := strings.Count(logs, "refused_rate_per_address="); n != 1 {
+		t.Errorf("the refusals were logged in %d lines, want one summary:\n%s", n, tail(logs, 2000))
+	}
+}
+
+// TestAttemptRateGivesBackAdmitted: attempts that become connections give
+// their token back, so that valid devices behind one address (a NAT after
+// an outage) connect far past the burst; failed attempts keep theirs, and
+// once they have spent the burst the next attempt is refused unread.
+func TestAttemptRateGivesBackAdmitted(t *testing.T) {
+	s := newStack(t, func(c *broker.Config) { c.HandshakeRatePerAddress, c.HandshakeBurstPerAddress = 1, 5 })
+	s.tenant("acme")
+	secret := s.device("acme", "d1")
+	for i := range 30 {
+		if code, err := connackV5(dialFrom(t, "127.0.0.4", s.addr), "acme/d1", secret, "d1"); code != 0 || err != nil {
+			t.Fatalf("valid device %d of 30 from one address, burst 5: CONNACK 0x%02x (%v), want 0", i, code, err)
+		}
+	}
+	var codes []string
+	for range 5 {
+		code, err := connackV5(dialFrom(t, "127.0.0.4", s.addr), "acme/d1", "wrong", "d1")
+		codes = append(codes, fmt.Sprintf("0x%02x %v", code, err))
+	}
+	if want := strings.Repeat("0x86 <nil> ", 5); strings.Join(codes, " ")+" " != want {
+		t.Errorf("5 failed attempts within the burst: got %v, want 0x86 each", codes)
+	}
+	if open, _ := judge(t, "127.0.0.4", s.addr, 1, nil); open != 0 {
+		t.Error("the attempt after 5 failures spent the burst was left open, want it closed at once")
+	}
+}
+
+// TestAttemptRateBeforeTLS: on the TLS listener, attempts over the rate
+// are closed before the server waits for a ClientHello; a device from
+// another address completes its handshake and connects.
+func TestAttemptRateBeforeTLS(t *testing.T) {
+	s := newStack(t, func(c *broker.Config) { c.HandshakeRatePerAddress, c.HandshakeBurstPerAddress = 1, 3 })
+	tlsAddr, roots := serveTLS(t, s.hub)
+	s.tenant("acme")
+	secret := s.device("acme", "d1")
+	open, refused := judge(t, "127.0.0.5", tlsAddr, 12, nil)
+	if open < 3 || open > 4 || refused < 8 {
+		t.Errorf("of 12 attempts from one address at the TLS port: %d waited for a ClientHello, %d closed at once; want the burst of 3 waiting", open, refused)
+	}
+	conn := tls.Client(dialFrom(t, "127.0.0.6", tlsAddr), &tls.Config{RootCAs: roots, ServerName: "localhost"})
+	if code, err := connackRaw(conn, connectBytes(t, 5, "acme/d1", secret, "d1"), 5); code != 0 || err != nil {
+		t.Errorf("a device over TLS from another address: CONNACK 0x%02x (%v), want 0", code, err)
+	}
+}
+
+// firstByte records the first byte a connection reads: a TLS record's
+// type (0x16 a handshake message such as ServerHello, 0x15 an alert).
+type firstByte struct {
+	net.Conn
+	b []byte
+}
+
+func (c *firstByte) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if len(c.b) == 0 && n > 0 {
+		c.b = append(c.b, p[0])
+	}
+	return n, err
+}
+
+// tlsTo does a TLS handshake naming sni from ip; it returns the
+// connection, what the server sent first and the handshake's error.
+func tlsTo(t *testing.T, ip, addr, sni string, roots *x509.CertPool) (*tls.Conn, byte, error) {
+	t.Helper()
+	fb := &firstByte{Conn: dialFrom(t, ip, addr)}
+	tc := tls.Client(fb, &tls.Config{RootCAs: roots, ServerName: sni})
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	err := tc.HandshakeContext(ctx)
+	var first byte
+	if len(fb.b) > 0 {
+		first = fb.b[0]
+	}
+	return tc, first, err
+}
+
+// TestAttemptRateAtEndpoint: TLS handshakes naming one tenant's endpoint
+// (SNI victim.localhost), from many addresses, over the endpoint's rate
+// end at the ClientHello: the server answers with an alert and never sends
+// its ServerHello (no key exchange, no signature). The tenant's devices
+// that connect give their token back; another tenant's endpoint is
+// unaffected.
+func TestAttemptRateAtEndpoint(t *testing.T) {
+	s := newStack(t, func(c *broker.Config) {
+		c.Domain = "localhost"
+		c.HandshakeRatePerEndpoint, c.HandshakeBurstPerEndpoint = 1, 3
+	})
+	tlsAddr, roots := serveTLS(t, s.hub)
+	s.tenant("victim")
+	s.tenant("other")
+	victim, other := s.device("victim", "d1"), s.device("other", "d1")
+	for i := range 10 {
+		tc, _, err := tlsTo(t, "127.0.0.7", tlsAddr, "victim.localhost", roots)
+		if err != nil {
+			t.Fatalf("valid device %d of 10 at an endpoint of burst 3: TLS: %v", i, err)
+		}
+		if code, err := connackRaw(tc, connectBytes(t, 5, "d1", victim, "d1"), 5); code != 0 || err != nil {
+			t.Fatalf("valid device %d of 10 at an endpoint of burst 3: CONNACK 0x%02x (%v), want 0", i, code, err)
+		}
+	}
+	completed, alerted := 0, 0
+	for i := range 10 {
+		_, first, err := tlsTo(t, fmt.Sprintf("127.0.1.%d", i+1), tlsAddr, "victim.localhost", roots)
+		switch {
+		case err == nil:
+			completed++ // then silent: its token stays spent
+		case first == 0x15 && strings.Contains(err.Error(), "internal error"):
+			alerted++
+		default:
+			t.Errorf("handshake %d: first byte 0x%02x, %v; want it complete, or an alert before any ServerHello", i, first, err)
+		}
+	}
+	if completed < 3 || completed > 4 || alerted < 6 {
+		t.Errorf("of 10 handshakes from 10 addresses at one endpoint: %d completed, %d ended at the ClientHello; want the burst of 3 completed", completed, alerted)
+	}
+	if got := scraped(t, s.hub, "roost_handshakes_dropped_total", "reason", "refused_rate_per_endpoint"); got != float64(alerted) {
+		t.Errorf("roost_handshakes_dropped_total{reason=refused_rate_per_endpoint} = %v, want %d", got, alerted)
+	}
+	tc, _, err := tlsTo(t, "127.0.0.8", tlsAddr, "other.localhost", roots)
+	if err != nil {
+		t.Fatalf("another tenant's endpoint: TLS: %v", err)
+	}
+	if code, err := connackRaw(tc, connectBytes(t, 5, "d1", other, "d1"), 5); code != 0 || err != nil {
+		t.Errorf("another tenant's endpoint: CONNACK 0x%02x (%v), want 0", code, err)
+	}
+}
+
+// TestAttemptRateBehindProxy: behind a balancer speaking the PROXY
+// protocol, the rate applies to the address each header names, never to
+// the balancer's: one client address over its rate is closed as soon as
+// its header is read, while as many attempts as that from other clients
+// through the same balancer all wait for their CONNECT.
+func TestAttemptRateBehindProxy(t *testing.T) {
+	s := newStack(t, func(c *broker.Config) { c.HandshakeRatePerAddress, c.HandshakeBurstPerAddress = 1, 5 })
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.hub.Serve(transport.ProxyListener(raw, 2*time.Second))
+	header := func(ip func(int) string) func(int, net.Conn) {
+		return func(i int, c net.Conn) { fmt.Fprintf(c, "PROXY TCP4 %s 10.0.0.1 40000 1883\r\n", ip(i)) }
+	}
+	open, refused := judge(t, "127.0.0.1", raw.Addr().String(), 15, header(func(int) string { return "203.0.113.7" }))
+	if open < 5 || open > 6 || refused < 9 {
+		t.Errorf("of 15 attempts naming one client: %d open, %d closed after the header; want the burst of 5 open", open, refused)
+	}
+	open, refused = judge(t, "127.0.0.1", raw.Addr().String(), 20, header(func(i int) string { return fmt.Sprintf("198.51.100.%d", i+1) }))
+	if open != 20 {
+		t.Errorf("of 20 attempts naming 20 clients through one balancer: %d open, %d closed; want every one open", open, refused)
+	}
+}
+
+// TestAttemptRateForwarded: a connection forwarded by another node of the
+// fleet is not charged again at its home (the node the device reached
+// charged its address), and never to the forwarding node's address: many
+// devices forwarded from one node all wait for their CONNECT.
+func TestAttemptRateForwarded(t *testing.T) {
+	s := newStack(t, func(c *broker.Config) { c.HandshakeRatePerAddress, c.HandshakeBurstPerAddress = 1, 3 })
+	key := bytes.Repeat([]byte{7}, 32)
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.hub.Serve(transport.ForwardListener(raw, key, 2*time.Second))
+	open, refused := judge(t, "127.0.0.1", raw.Addr().String(), 15, func(i int, c net.Conn) {
+		f := transport.Forwarded{Origin: "node-a", Remote: &net.TCPAddr{IP: net.ParseIP("203.0.113.9"), Port: 40000 + i}}
+		if err := transport.WriteForwardHeader(c, f, key, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if open != 15 {
+		t.Errorf("of 15 connections forwarded for one device address, rate burst 3: %d open, %d closed; want all open", open, refused)
+	}
+	if got := scraped(t, s.hub, "roost_handshakes_dropped_total", "reason", "refused_rate_per_address"); got != 0 {
+		t.Errorf("refused_rate_per_address = %v, want 0", got)
+	}
+}
+
+// BenchmarkConnectAttemptRates: what the pre-accept attempt rates cost a
+// connect that succeeds: connections through the ingress, 64 dialing at
+// once from one address, each closed once its CONNACK arrives, with the
+// rates off and on (on: each attempt takes a token at accept and gives it
+// back when admitted). Compare connects/s.
+//
+//	go test -run '^$' -bench ConnectAttemptRates -benchtime 3000x -count 3 ./broker
+func BenchmarkConnectAttemptRates(b *testing.B) {
+	for _, mode := range []string{"off", "on"} {
+		b.Run(mode, func(b *testing.B) {
+			s := newStack(b, func(c *broker.Config) {
+				c.Log = slog.New(slog.DiscardHandler)
+				if mode == "off" {
+					c.HandshakeRatePerAddress, c.HandshakeRatePerEndpoint = -1, -1
+				}
+			})
+			s.tenant("bench")
+			liftRates(b, s, "bench")
+			s.setQuota("bench", "max_connections", 1<<40) // closed connections may linger a moment
+			secret := s.device("bench", "d", tenants.ClientIDsAny)
+			connectAll(b, s.addr, "bench/d", secret)
+		})
+	}
+}
