@@ -77,6 +77,10 @@ type Config struct {
 	// Exporter writes messages matching export rules to Kafka; nil leaves
 	// export rules without effect.
 	Exporter Exporter
+	// Delivery delivers the messages matching rules with a destination
+	// (webhooks) through outboxes in Sessions (outbox.go); nil, or no
+	// Sessions, leaves such rules without effect.
+	Delivery *Delivery
 	// Usage records metered usage; nil counts it in memory only.
 	Usage UsageStore
 	// UsageInterval is how often usage is recorded: 1s if zero.

@@ -119,6 +119,11 @@ type config struct {
 	WebhookAllowHosts string
 	// WebhookTimeout bounds one webhook request.
 	WebhookTimeout time.Duration
+	// WebhookBatch is the most messages one delivery request carries.
+	WebhookBatch int
+	// WebhookRetryHorizon is how long a batch is retried before it goes
+	// to the destination's dead letters.
+	WebhookRetryHorizon time.Duration
 }
 
 // proxied reports whether the named listener expects a PROXY header.
@@ -203,7 +208,9 @@ func (c *config) settings() []setting {
 		{"signups-per-hour", "sign-ups a control-plane process takes an hour from all addresses together (each address: 30); 0: no limit", "600", &c.SignupsPerHour},
 		{"password-hashes", "password hashes (Argon2id, 19 MiB each) computed at once; 0: two per CPU, at most one per 64 MiB of available memory, at least two", "0", &c.PasswordHashes},
 		{"webhook-allow-hosts", "hosts (names or IP addresses, comma-separated, e.g. 127.0.0.1) that webhook destinations may reach although they are loopback, private or link-local, and over plain http; every other private address is refused when the hub connects", "", &c.WebhookAllowHosts},
-		{"webhook-timeout", "how long one webhook request (a destination's send test) may take, connecting to the receiver's answer", "10s", &c.WebhookTimeout},
+		{"webhook-timeout", "how long one webhook request (a delivery or a destination's send test) may take, connecting to the receiver's answer", "10s", &c.WebhookTimeout},
+		{"webhook-batch", "the most messages one webhook delivery request carries (1 to 1000)", "100", &c.WebhookBatch},
+		{"webhook-retry-horizon", "how long a webhook delivery is retried (exponential backoff with jitter) before its messages go to the destination's dead letters", "24h", &c.WebhookRetryHorizon},
 		{"debug-addr", "address for Go's profiler at /debug/pprof/ (keep it on loopback: it has no authentication); empty: off", "", &c.DebugAddr},
 	}
 }
@@ -425,6 +432,12 @@ func (c *config) validateWebhooks() error {
 	}
 	if c.WebhookTimeout < 100*time.Millisecond || c.WebhookTimeout > 5*time.Minute {
 		return errors.New("ROOST_WEBHOOK_TIMEOUT: must be between 100ms and 5m")
+	}
+	if c.WebhookBatch < 1 || c.WebhookBatch > 1000 {
+		return errors.New("ROOST_WEBHOOK_BATCH: must be between 1 and 1000")
+	}
+	if c.WebhookRetryHorizon < time.Second || c.WebhookRetryHorizon > 30*24*time.Hour {
+		return errors.New("ROOST_WEBHOOK_RETRY_HORIZON: must be between 1s and 720h")
 	}
 	return nil
 }

@@ -1,0 +1,699 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/broker/store"
+	"github.com/roosthub/roost/dataout"
+	"github.com/roosthub/roost/tenants"
+)
+
+// Delivery configures the delivery of rules with a destination (webhooks):
+// the outbox. Without it, such rules deliver nothing.
+type Delivery struct {
+	// Rules reads a tenant's rules (all of them: only those with a
+	// destination are the outbox's) and its destinations.
+	Rules interface {
+		Rules(ctx context.Context, tenant string) ([]tenants.ExportRule, error)
+		Destination(ctx context.Context, tenant, id string) (tenants.Destination, error)
+	}
+	// Sealer opens a destination's secret and headers; Sender sends.
+	Sealer *dataout.Sealer
+	Sender interface {
+		Send(ctx context.Context, w dataout.Webhook, b dataout.Batch) dataout.Attempt
+	}
+	// Batch is the most messages one request carries: 100 if zero.
+	Batch int
+	// Policy is the retry schedule (its Horizon: ROOST_WEBHOOK_RETRY_HORIZON).
+	Policy dataout.Policy
+	// Poll is how often a spread tenant's home looks for messages other
+	// nodes added to its outboxes: 1s if zero. An outbox this node
+	// appends to is woken at once.
+	Poll time.Duration
+	// MaxOutbox bounds each destination's outbox when the tenant's
+	// max_outbox quota is 0: 100,000 if zero.
+	MaxOutbox int64
+}
+
+// DefaultWebhookBatch is how many messages one webhook request carries at
+// most, unless configured.
+const DefaultWebhookBatch = 100
+
+// The outbox of a tenant's destination is a queue in the session store
+// under a client id no MQTT client can have (MQTT strings never hold
+// U+0000, see seqProperty): outboxID for the messages waiting to be
+// delivered, deadID for those whose delivery gave up (the dead letters).
+// The worker delivering an outbox claims its id, so that a worker on
+// another node (one that lost the tenant) is fenced.
+func outboxID(dest string) string { return "\x00out:" + dest }
+func deadID(dest string) string   { return "\x00dead:" + dest }
+
+// outboxHook appends a publish matching a rule with a destination to that
+// destination's outbox before the publisher is acknowledged.
+type outboxHook struct {
+	mqtt.HookBase
+	inst *instance
+}
+
+var _ mqtt.Hook = (*outboxHook)(nil)
+
+func (h *outboxHook) ID() string { return "roost-outbox" }
+
+func (h *outboxHook) Provides(b byte) bool { return b == mqtt.OnPublish }
+
+// OnPublish refuses a QoS 1 or 2 publish whose outbox could not take it:
+// the store failed, or the outbox is full under the refuse policy.
+func (h *outboxHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if remote(pk) {
+		return pk, nil // put in its outboxes where it arrived
+	}
+	if err := h.inst.out.append(cl, pk); err != nil && pk.FixedHeader.Qos > 0 {
+		return h.inst.refusePublish(cl, pk, err)
+	}
+	return pk, nil
+}
+
+// outbox is a tenant's outboxes on this node: it appends the tenant's
+// matching publishes and, where the tenant is at home, runs one delivery
+// worker per destination.
+type outbox struct {
+	cfg    *Delivery
+	st     SessionStore
+	tenant string
+	log    *slog.Logger
+	now    func() time.Time
+	// quotas are the tenant's quotas now; policy its outbox_policy now.
+	quotas func() tenants.Quotas
+	policy func(ctx context.Context) tenants.OutboxPolicy
+	device func(ctx context.Context, name string) (tenants.Device, bool, error)
+	// deliver: this node runs the workers (the tenant's home); poll: other
+	// nodes append too (a spread tenant), so the workers look now and then.
+	deliver, poll bool
+
+	rules atomic.Pointer[outboxRules]
+	// rulesMu orders forget after a load in progress (see listCache).
+	rulesMu sync.Mutex
+
+	// idPrefix and nextID name messages for receivers' deduplication.
+	idPrefix string
+	nextID   atomic.Uint64
+
+	mu      sync.Mutex
+	dests   map[string]*destQueue
+	stopped bool
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+// outboxRules is a tenant's destination rules, compiled.
+type outboxRules struct {
+	set  *dataout.RuleSet
+	none bool
+}
+
+// destQueue is one destination's outbox as this node knows it.
+type destQueue struct {
+	id   string
+	wake chan struct{}
+	// backlog is the outbox's length as last read, plus what was appended
+	// here since; known once read.
+	backlog atomic.Int64
+	known   atomic.Bool
+	readAt  atomic.Int64 // unix nanoseconds
+	// delivered, failed (moved to the dead letters) and dropped (by
+	// drop_oldest, or its destination deleted) count messages since the
+	// tenant's broker started here.
+	delivered, failed, dropped atomic.Int64
+
+	mu          sync.Mutex
+	worker      bool
+	lastSuccess time.Time
+	lastError   time.Time
+	lastErrText string
+	oldest      time.Time // the oldest message waiting, as last read
+}
+
+func newOutbox(inst *instance, h *Hub) *outbox {
+	d := h.cfg.Delivery
+	st := h.cfg.Sessions
+	if d == nil || st == nil {
+		return nil
+	}
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	o := &outbox{
+		cfg: d, st: st, tenant: inst.tenant, log: inst.log, now: h.now,
+		quotas: inst.quotas,
+		policy: func(ctx context.Context) tenants.OutboxPolicy {
+			if t, found, err := inst.dir.tenant(ctx, inst.tenant); err == nil && found && t.OutboxPolicy != "" {
+				return t.OutboxPolicy
+			}
+			return tenants.OutboxDropOldest
+		},
+		device: func(ctx context.Context, name string) (tenants.Device, bool, error) {
+			return inst.dir.device(ctx, inst.tenant, name)
+		},
+		deliver:  inst.home,
+		poll:     inst.spread,
+		idPrefix: hex.EncodeToString(b[:]),
+		dests:    map[string]*destQueue{},
+		stop:     make(chan struct{}),
+	}
+	return o
+}
+
+// start starts a worker for each destination a rule names, so that what
+// an outbox held when the tenant's broker last stopped is delivered.
+func (o *outbox) start() {
+	if o == nil || !o.deliver {
+		return
+	}
+	ctx, cancel := storeCtx()
+	defer cancel()
+	rules, err := o.cfg.Rules.Rules(ctx, o.tenant)
+	if err != nil {
+		o.log.Error("read rules for the outbox", "err", err)
+		return
+	}
+	for _, r := range rules {
+		if r.Destination != "" {
+			o.queue(r.Destination)
+		}
+	}
+}
+
+// close stops the workers and waits for them.
+func (o *outbox) close() {
+	if o == nil {
+		return
+	}
+	o.mu.Lock()
+	if !o.stopped {
+		o.stopped = true
+		close(o.stop)
+	}
+	o.mu.Unlock()
+	o.wg.Wait()
+}
+
+// forget drops the compiled rules: the tenant's rules changed.
+func (o *outbox) forget() {
+	if o == nil {
+		return
+	}
+	o.rulesMu.Lock()
+	o.rules.Store(nil)
+	o.rulesMu.Unlock()
+}
+
+// busy reports whether a worker here has messages to deliver, which keep
+// the tenant's broker running.
+func (o *outbox) busy() bool {
+	if o == nil || !o.deliver {
+		return false
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, q := range o.dests {
+		if q.backlog.Load() > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func (o *outbox) compiled() (*outboxRules, error) {
+	if r := o.rules.Load(); r != nil {
+		return r, nil
+	}
+	o.rulesMu.Lock()
+	defer o.rulesMu.Unlock()
+	if r := o.rules.Load(); r != nil {
+		return r, nil
+	}
+	ctx, cancel := storeCtx()
+	defer cancel()
+	all, err := o.cfg.Rules.Rules(ctx, o.tenant)
+	if err != nil {
+		return nil, err
+	}
+	var dest []tenants.ExportRule
+	for _, r := range all {
+		if r.Destination != "" {
+			dest = append(dest, r)
+		}
+	}
+	set, errs := dataout.CompileRules(dest)
+	for _, err := range errs {
+		o.log.Error("compile a rule", "err", err)
+	}
+	r := &outboxRules{set: set, none: len(dest) == 0}
+	o.rules.Store(r)
+	return r, nil
+}
+
+// errOutboxFull refuses a publish whose outbox is full under the refuse
+// policy: quota exceeded (0x97).
+var errOutboxFull = packets.ErrQuotaExceeded
+
+// append puts a publish in the outbox of every destination whose rule it
+// matches, in one write. A QoS 0 publish is appended too, but nothing
+// refuses it: its publisher is never told.
+func (o *outbox) append(cl *mqtt.Client, pk packets.Packet) error {
+	if o == nil {
+		return nil
+	}
+	rules, err := o.compiled()
+	if err != nil {
+		o.log.Error("read rules for the outbox", "err", err)
+		return errNotStored
+	}
+	if rules.none {
+		return nil
+	}
+	ctx, cancel := storeCtx()
+	defer cancel()
+	device := "api"
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		device = dc.id.device
+	}
+	now := o.now()
+	in := dataout.Input{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Device: device, ClientID: cl.ID, Time: now}
+	if !cl.Net.Inline {
+		if d, found, err := o.device(ctx, device); err == nil && found {
+			in.Metadata = d.Metadata
+		}
+	}
+	var dests []string
+	for _, m := range rules.set.Match(ctx, in) {
+		if m.Err != nil {
+			o.log.Debug("rule condition not evaluated", "rule", m.Rule.ID, "topic", pk.TopicName, "err", m.Err)
+			continue
+		}
+		if !containsString(dests, m.Rule.Destination) {
+			dests = append(dests, m.Rule.Destination)
+		}
+	}
+	if len(dests) == 0 {
+		return nil
+	}
+	limit := o.limit()
+	var policy tenants.OutboxPolicy
+	queues := make([]*destQueue, len(dests))
+	for i, id := range dests {
+		q := o.queue(id)
+		queues[i] = q
+		if o.backlogOf(ctx, q) < limit {
+			continue
+		}
+		if policy == "" {
+			policy = o.policy(ctx)
+		}
+		if policy == tenants.OutboxRefuse {
+			if pk.FixedHeader.Qos > 0 {
+				o.log.Info("outbox full: publish refused", "destination", id, "limit", limit)
+			}
+			return errOutboxFull
+		}
+		// drop_oldest: the worker trims the outbox to the limit.
+	}
+	m := store.Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Created: now}
+	m.Properties = encodeOrigin(o.idPrefix+"-"+strconv.FormatUint(o.nextID.Add(1), 36), device, cl.ID)
+	items := make([]store.Item, len(dests))
+	for i, id := range dests {
+		items[i] = store.Item{ClientID: outboxID(id), Message: m}
+	}
+	if _, err := o.st.Append(ctx, o.tenant, items, store.Receipt{}); err != nil {
+		o.log.Error("append to outbox", "topic", pk.TopicName, "destinations", len(dests), "err", err)
+		return errNotStored
+	}
+	for _, q := range queues {
+		q.backlog.Add(1)
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+func containsString(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// limit is the most messages one destination's outbox holds.
+func (o *outbox) limit() int64 {
+	if n := o.quotas().MaxOutbox; n > 0 {
+		return n
+	}
+	if o.cfg.MaxOutbox > 0 {
+		return o.cfg.MaxOutbox
+	}
+	return 100_000
+}
+
+// backlogOf is an outbox's length: as its worker here knows it, or, where
+// another node delivers, as read from the store at most once a second.
+func (o *outbox) backlogOf(ctx context.Context, q *destQueue) int64 {
+	fresh := q.known.Load() && (o.deliver || o.now().UnixNano()-q.readAt.Load() < int64(time.Second))
+	if !fresh {
+		info, err := o.st.QueueInfo(ctx, o.tenant, outboxID(q.id))
+		if err == nil {
+			q.backlog.Store(int64(info.Len))
+			q.readAt.Store(o.now().UnixNano())
+			q.known.Store(true)
+		}
+	}
+	return q.backlog.Load()
+}
+
+// queue returns a destination's outbox, starting its worker here if this
+// node delivers.
+func (o *outbox) queue(id string) *destQueue {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	q := o.dests[id]
+	if q == nil {
+		q = &destQueue{id: id, wake: make(chan struct{}, 1)}
+		o.dests[id] = q
+	}
+	if o.deliver && !q.worker && !o.stopped {
+		q.worker = true
+		o.wg.Add(1)
+		go o.run(q)
+	}
+	return q
+}
+
+// encodeOrigin encodes what a webhook message says beyond the MQTT
+// message (its id, device and client id) as the queued message's
+// properties, opaque to the store.
+func encodeOrigin(id, device, clientID string) []byte {
+	b := make([]byte, 0, 4+len(id)+len(device)+len(clientID))
+	b = append(b, 1)
+	for _, s := range []string{id, device, clientID} {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	return b
+}
+
+func decodeOrigin(b []byte) (id, device, clientID string, ok bool) {
+	if len(b) == 0 || b[0] != 1 {
+		return "", "", "", false
+	}
+	b = b[1:]
+	var out [3]string
+	for i := range out {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || uint64(len(b)-k) < n {
+			return "", "", "", false
+		}
+		out[i], b = string(b[k:k+int(n)]), b[k+int(n):]
+	}
+	return out[0], out[1], out[2], true
+}
+
+// webhookMessage is a queued message as its destination receives it.
+func webhookMessage(q store.Queued) dataout.Message {
+	id, device, clientID, ok := decodeOrigin(q.Properties)
+	if !ok {
+		id = "seq-" + strconv.FormatUint(q.Seq, 10)
+	}
+	return dataout.Message{ID: id, Topic: q.Topic, Payload: q.Payload, QoS: q.QoS, Retain: q.Retain, Device: device, ClientID: clientID, Time: q.Created}
+}
+
+// errStopped ends a worker's wait: the tenant's broker is stopping.
+var errStopped = errors.New("outbox stopped")
+
+// wait waits for d, a wake when wake is true, or the outbox to stop.
+func (o *outbox) wait(q *destQueue, d time.Duration, wake bool) error {
+	var timer <-chan time.Time
+	if d >= 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		timer = t.C
+	}
+	var wakeC <-chan struct{}
+	if wake {
+		wakeC = q.wake
+	}
+	select {
+	case <-o.stop:
+		return errStopped
+	case <-timer:
+	case <-wakeC:
+	}
+	return nil
+}
+
+// run delivers one destination's outbox, in order, a batch at a time,
+// until the outbox stops or another worker claims it. An empty outbox
+// waits for a wake (and, for a spread tenant, polls), costing nothing.
+func (o *outbox) run(q *destQueue) {
+	defer o.wg.Done()
+	defer func() {
+		q.mu.Lock()
+		q.worker = false
+		q.mu.Unlock()
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-o.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	log := o.log.With("destination", q.id)
+	var epoch uint64
+	for retry := 1; ; retry++ {
+		var err error
+		if epoch, err = o.st.Claim(ctx, o.tenant, outboxID(q.id)); err == nil {
+			break
+		}
+		log.Error("claim outbox", "err", err)
+		if o.wait(q, o.cfg.Policy.Backoff(retry), false) != nil {
+			return
+		}
+	}
+	batch := o.cfg.Batch
+	if batch <= 0 {
+		batch = DefaultWebhookBatch
+	}
+	idle := time.Duration(-1)
+	if o.poll {
+		idle = o.cfg.Poll
+		if idle <= 0 {
+			idle = time.Second
+		}
+	}
+	var (
+		first    time.Time // the first attempt at the batch at the head
+		attempts int
+		failures int // store failures in a row
+	)
+	for {
+		o.refresh(ctx, q)
+		if err := o.trim(ctx, q, epoch); errors.Is(err, store.ErrFenced) {
+			log.Info("outbox claimed by another worker; this one stops")
+			return
+		}
+		msgs, err := o.st.Read(ctx, o.tenant, outboxID(q.id), 0, batch)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			failures++
+			log.Error("read outbox", "err", err)
+			if o.wait(q, o.cfg.Policy.Backoff(failures), false) != nil {
+				return
+			}
+			continue
+		}
+		failures = 0
+		if len(msgs) == 0 {
+			first, attempts = time.Time{}, 0
+			if o.wait(q, idle, true) != nil {
+				return
+			}
+			continue
+		}
+		outcome, at := o.attempt(ctx, q, msgs, &first, &attempts)
+		if ctx.Err() != nil {
+			return
+		}
+		seqs := make([]uint64, len(msgs))
+		for i, m := range msgs {
+			seqs[i] = m.Seq
+		}
+		switch outcome {
+		case dataout.Delivered:
+			err = o.st.Ack(ctx, o.tenant, outboxID(q.id), epoch, seqs)
+			if err == nil {
+				q.delivered.Add(int64(len(msgs)))
+			}
+			first, attempts = time.Time{}, 0
+		case dataout.Dead:
+			err = o.bury(ctx, q, epoch, msgs, seqs)
+			if err == nil {
+				q.failed.Add(int64(len(msgs)))
+				log.Warn("batch past the retry horizon: moved to the dead letters", "messages", len(msgs))
+			}
+			first, attempts = time.Time{}, 0
+		case "gone":
+			err = o.st.Ack(ctx, o.tenant, outboxID(q.id), epoch, seqs)
+			if err == nil {
+				q.dropped.Add(int64(len(msgs)))
+				log.Info("destination deleted: its outbox is dropped", "messages", len(msgs))
+			}
+		default: // retry at at; meanwhile, drop_oldest keeps the outbox to its limit
+			for d := at.Sub(o.now()); d > 0; d = at.Sub(o.now()) {
+				if o.wait(q, d, true) != nil {
+					return
+				}
+				if err := o.trim(ctx, q, epoch); errors.Is(err, store.ErrFenced) {
+					log.Info("outbox claimed by another worker; this one stops")
+					return
+				}
+			}
+			continue
+		}
+		switch {
+		case errors.Is(err, store.ErrFenced):
+			log.Info("outbox claimed by another worker; this one stops")
+			return
+		case err != nil:
+			if ctx.Err() != nil {
+				return
+			}
+			failures++
+			log.Error("acknowledge outbox messages", "err", err)
+			if o.wait(q, o.cfg.Policy.Backoff(failures), false) != nil {
+				return
+			}
+		default:
+			q.backlog.Add(-int64(len(msgs)))
+		}
+	}
+}
+
+// attempt sends a batch once and decides what becomes of it: delivered,
+// dead, "gone" (its destination was deleted), or retried at the time
+// returned.
+func (o *outbox) attempt(ctx context.Context, q *destQueue, msgs []store.Queued, first *time.Time, attempts *int) (dataout.Outcome, time.Time) {
+	now := o.now()
+	if first.IsZero() {
+		*first = now
+	}
+	*attempts++
+	var a dataout.Attempt
+	d, err := o.cfg.Rules.Destination(ctx, o.tenant, q.id)
+	switch {
+	case errors.Is(err, tenants.ErrNotFound):
+		return "gone", time.Time{}
+	case err != nil:
+		a = dataout.Attempt{Kind: "directory", Err: err}
+	default:
+		wh, err := o.cfg.Sealer.Webhook(o.tenant, d)
+		if err != nil {
+			a = dataout.Attempt{Kind: "secret", Err: err}
+			break
+		}
+		b := dataout.Batch{Tenant: o.tenant, Destination: q.id, Messages: make([]dataout.Message, len(msgs))}
+		for i, m := range msgs {
+			b.Messages[i] = webhookMessage(m)
+		}
+		a = o.cfg.Sender.Send(ctx, wh, b)
+	}
+	now = o.now()
+	dec := o.cfg.Policy.Decide(*first, *attempts, now, a)
+	q.mu.Lock()
+	if a.OK() {
+		q.lastSuccess = now
+	} else {
+		q.lastError, q.lastErrText = now, attemptText(a)
+	}
+	q.mu.Unlock()
+	return dec.Outcome, dec.At
+}
+
+// attemptText says why an attempt failed, for the destination's status.
+func attemptText(a dataout.Attempt) string {
+	switch {
+	case a.Err != nil:
+		return string(a.Kind) + ": " + a.Err.Error()
+	default:
+		return "status " + strconv.Itoa(a.Status)
+	}
+}
+
+// bury moves messages from the outbox to the dead letters: appended there
+// first, then acknowledged, so that a failure in between leaves them in
+// both (delivered twice at worst), never in neither.
+func (o *outbox) bury(ctx context.Context, q *destQueue, epoch uint64, msgs []store.Queued, seqs []uint64) error {
+	items := make([]store.Item, len(msgs))
+	for i, m := range msgs {
+		items[i] = store.Item{ClientID: deadID(q.id), Message: m.Message}
+	}
+	if _, err := o.st.Append(ctx, o.tenant, items, store.Receipt{}); err != nil {
+		return err
+	}
+	return o.st.Ack(ctx, o.tenant, outboxID(q.id), epoch, seqs)
+}
+
+// refresh reads an outbox's length and oldest message from the store.
+func (o *outbox) refresh(ctx context.Context, q *destQueue) {
+	info, err := o.st.QueueInfo(ctx, o.tenant, outboxID(q.id))
+	if err != nil {
+		return
+	}
+	q.backlog.Store(int64(info.Len))
+	q.readAt.Store(o.now().UnixNano())
+	q.known.Store(true)
+	q.mu.Lock()
+	q.oldest = info.Oldest
+	q.mu.Unlock()
+}
+
+// trim drops the oldest messages of an outbox over its limit, under the
+// drop_oldest policy (under refuse, appends stop at the limit).
+func (o *outbox) trim(ctx context.Context, q *destQueue, epoch uint64) error {
+	over := q.backlog.Load() - o.limit()
+	if over <= 0 {
+		return nil
+	}
+	msgs, err := o.st.Read(ctx, o.tenant, outboxID(q.id), 0, int(min(over, 10_000)))
+	if err != nil || len(msgs) == 0 {
+		return err
+	}
+	seqs := make([]uint64, len(msgs))
+	for i, m := range msgs {
+		seqs[i] = m.Seq
+	}
+	if err := o.st.Ack(ctx, o.tenant, outboxID(q.id), epoch, seqs); err != nil {
+		return err
+	}
+	q.dropped.Add(int64(len(msgs)))
+	q.backlog.Add(-int64(len(msgs)))
+	o.log.Info("outbox full: oldest messages dropped", "destination", q.id, "messages", len(msgs), "limit", o.limit())
+	return nil
+}

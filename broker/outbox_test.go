@@ -1,0 +1,298 @@
+package broker_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/broker/store/memory"
+	"github.com/roosthub/roost/dataout"
+	"github.com/roosthub/roost/tenants"
+)
+
+// webhookReceiver is a real HTTP receiver under the test's control: it
+// checks every request's Roost-Signature and records the messages of the
+// batches it took (answered 2xx).
+type webhookReceiver struct {
+	*httptest.Server
+	secret string
+	// status answers each request; nil: 204.
+	status atomic.Pointer[func() int]
+
+	mu       sync.Mutex
+	batches  []receivedBatch
+	requests int
+	unsigned int
+}
+
+type receivedBatch struct {
+	Tenant      string            `json:"tenant"`
+	Destination string            `json:"destination"`
+	Messages    []receivedMessage `json:"messages"`
+}
+
+type receivedMessage struct {
+	ID       string          `json:"id"`
+	Topic    string          `json:"topic"`
+	Payload  json.RawMessage `json:"payload"`
+	Encoding string          `json:"payload_encoding"`
+	QoS      byte            `json:"qos"`
+	Device   string          `json:"device"`
+	ClientID string          `json:"client_id"`
+}
+
+func newWebhookReceiver(t testing.TB) *webhookReceiver {
+	t.Helper()
+	rc := &webhookReceiver{secret: dataout.NewSecret()}
+	rc.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		rc.mu.Lock()
+		defer rc.mu.Unlock()
+		rc.requests++
+		if err := dataout.Verify(rc.secret, r.Header.Get(dataout.SignatureHeader), body, time.Now(), 5*time.Minute); err != nil {
+			rc.unsigned++
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		code := http.StatusNoContent
+		if f := rc.status.Load(); f != nil {
+			code = (*f)()
+		}
+		if code/100 == 2 {
+			var b receivedBatch
+			if err := json.Unmarshal(body, &b); err != nil {
+				t.Errorf("receiver: body %q: %v", body, err)
+			}
+			rc.batches = append(rc.batches, b)
+		}
+		w.WriteHeader(code)
+	}))
+	t.Cleanup(rc.Close)
+	return rc
+}
+
+// answer makes the receiver answer every request with code.
+func (rc *webhookReceiver) answer(code int) {
+	f := func() int { return code }
+	rc.status.Store(&f)
+}
+
+// messages returns the messages taken, in the order they arrived.
+func (rc *webhookReceiver) messages() []receivedMessage {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	var out []receivedMessage
+	for _, b := range rc.batches {
+		out = append(out, b.Messages...)
+	}
+	return out
+}
+
+// taken returns the batches taken.
+func (rc *webhookReceiver) taken() []receivedBatch {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return append([]receivedBatch(nil), rc.batches...)
+}
+
+func (rc *webhookReceiver) counts() (requests, unsigned int) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	return rc.requests, rc.unsigned
+}
+
+// outboxStack is a stack whose hub delivers rules with a destination
+// through outboxes in a memory session store, with a retry horizon of
+// horizon.
+type outboxStack struct {
+	*stack
+	sealer *dataout.Sealer
+}
+
+func newOutboxStack(t testing.TB, horizon time.Duration, mod ...func(*broker.Config)) *outboxStack {
+	t.Helper()
+	sealer, err := dataout.NewSealer(dataout.KeyFromToken("test-operator-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := dataout.NewGuard("127.0.0.1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sender, err := dataout.NewSender(dataout.SenderConfig{Guard: g, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var os outboxStack
+	os.sealer = sealer
+	os.stack = newStack(t, append([]func(*broker.Config){func(c *broker.Config) {
+		c.Sessions = memory.New()
+		c.Delivery = &broker.Delivery{Rules: c.Directory.(*tenants.Store), Sealer: sealer, Sender: sender, Batch: 10,
+			Policy: dataout.Policy{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond, Horizon: horizon}}
+	}}, mod...)...)
+	return &os
+}
+
+// destination creates a webhook destination pointing at rc and a rule
+// sending it what matches filter and condition; it returns the
+// destination's id.
+func (s *outboxStack) destination(tenant, name string, rc *webhookReceiver, filter, condition string) string {
+	s.t.Helper()
+	id := tenants.NewDestinationID()
+	if _, err := s.store.CreateDestination(ctx, tenant, id, tenants.DestinationInput{Name: name, Type: "webhook", URL: rc.URL + "/hook"},
+		tenants.Sealed{Secret: s.sealer.SealSecret(tenant, id, rc.secret)}); err != nil {
+		s.t.Fatal(err)
+	}
+	if _, err := s.store.CreateExportRule(ctx, tenant, tenants.ExportRuleInput{Filter: filter, Destination: name, Condition: condition}); err != nil {
+		s.t.Fatal(err)
+	}
+	return id
+}
+
+// TestOutboxDelivers: QoS 1 publishes matching a rule with a destination
+// reach a real receiver, signed, in order, with their device and client
+// id and an id each; a publish its condition (on the payload and the
+// device's metadata) refuses, or on another topic, does not; another
+// tenant's publishes on the same topic reach only that tenant's own
+// destination.
+func TestOutboxDelivers(t *testing.T) {
+	s := newOutboxStack(t, time.Minute)
+	s.tenant("acme")
+	s.tenant("other")
+	acmeRC, otherRC := newWebhookReceiver(t), newWebhookReceiver(t)
+	hook := s.destination("acme", "hook", acmeRC, "sensors/#", `payload.temp > 20 && metadata.room == "lab"`)
+	s.destination("other", "hook", otherRC, "sensors/#", "")
+	_, secret, err := s.store.CreateDevice(ctx, "acme", tenants.DeviceInput{Name: "pub", Metadata: map[string]string{"room": "lab"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := mustV5(t, s.addr, "acme/pub", secret, "pub")
+	otherPub := mustV5(t, s.addr, "other/pub", s.device("other", "pub"), "pub")
+	const n = 50
+	for i := range n {
+		if r := pub.pub(t, "sensors/temp", fmt.Sprintf(`{"temp":%d}`, 21+i), 1, false); r.ReasonCode != 0 {
+			t.Fatalf("PUBACK 0x%02x, want 0", r.ReasonCode)
+		}
+		otherPub.pub(t, "sensors/temp", fmt.Sprintf(`{"temp":%d,"other":true}`, i), 1, false)
+	}
+	pub.pub(t, "sensors/temp", `{"temp": 5}`, 1, false) // the condition refuses it
+	pub.pub(t, "lights/1", `{"temp": 99}`, 1, false)    // no rule's filter
+	eventually(t, 10*time.Second, "acme's receiver has every matching message", func() bool { return len(acmeRC.messages()) >= n })
+	eventually(t, 10*time.Second, "other's receiver has its messages", func() bool { return len(otherRC.messages()) >= n })
+	time.Sleep(200 * time.Millisecond)
+	got := acmeRC.messages()
+	if len(got) != n {
+		t.Fatalf("acme's receiver took %d messages, want %d", len(got), n)
+	}
+	ids := map[string]bool{}
+	for i, m := range got {
+		want := fmt.Sprintf(`{"temp":%d}`, 21+i)
+		if string(m.Payload) != want || m.Topic != "sensors/temp" || m.Device != "pub" || m.ClientID != "pub" || m.QoS != 1 || m.Encoding != "json" {
+			t.Fatalf("message %d: %+v, want payload %s from device pub in order", i, m, want)
+		}
+		if m.ID == "" || ids[m.ID] {
+			t.Fatalf("message %d: id %q empty or repeated", i, m.ID)
+		}
+		ids[m.ID] = true
+	}
+	for _, m := range otherRC.messages() {
+		var p struct{ Other bool }
+		if json.Unmarshal(m.Payload, &p) != nil || !p.Other {
+			t.Fatalf("other's receiver got %s: not one of other's messages", m.Payload)
+		}
+	}
+	if _, unsigned := acmeRC.counts(); unsigned != 0 {
+		t.Errorf("%d requests failed the signature check", unsigned)
+	}
+	for _, b := range acmeRC.taken() {
+		if len(b.Messages) > 10 || b.Tenant != "acme" || b.Destination != hook {
+			t.Errorf("a batch of %d messages for %s/%s, want at most 10 for acme/%s", len(b.Messages), b.Tenant, b.Destination, hook)
+		}
+	}
+	st, err := s.hub.DeliveryStatus(ctx, "acme", hook)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Delivered != n || st.Backlog != 0 || st.LastSuccess == nil || st.Failed != 0 {
+		t.Errorf("status %+v, want %d delivered, none waiting, a last success", st, n)
+	}
+}
+
+// TestOutboxRetriesThenDeadLetters: a receiver answering 500 is retried
+// with backoff until the horizon; the messages then go to the dead
+// letters, which can be listed, replayed (delivered, in order, once the
+// receiver recovers) and purged. A backlog is sent in batches.
+func TestOutboxRetriesThenDeadLetters(t *testing.T) {
+	s := newOutboxStack(t, 500*time.Millisecond)
+	s.tenant("acme")
+	rc := newWebhookReceiver(t)
+	rc.answer(http.StatusInternalServerError)
+	hook := s.destination("acme", "hook", rc, "sensors/#", "")
+	pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
+	const n = 25
+	for i := range n {
+		if r := pub.pub(t, "sensors/temp", fmt.Sprint(i), 1, false); r.ReasonCode != 0 {
+			t.Fatalf("PUBACK 0x%02x, want 0: a failing receiver must not slow or refuse the publisher", r.ReasonCode)
+		}
+	}
+	eventually(t, 10*time.Second, "every message is a dead letter", func() bool {
+		st, err := s.hub.DeliveryStatus(ctx, "acme", hook)
+		return err == nil && st.DeadLetters == n && st.Backlog == 0
+	})
+	if req, _ := rc.counts(); req < 3 {
+		t.Errorf("%d requests before the horizon, want retries", req)
+	}
+	st, _ := s.hub.DeliveryStatus(ctx, "acme", hook)
+	if st.Failed != n || st.LastError == nil || !strings.Contains(st.LastErrorText, "500") || st.Delivered != 0 {
+		t.Errorf("status %+v, want %d failed, last error status 500", st, n)
+	}
+	dead, err := s.hub.DeadLetters(ctx, "acme", hook, 0, 10)
+	if err != nil || len(dead) != 10 {
+		t.Fatalf("dead letters: %d, %v; want the first 10", len(dead), err)
+	}
+	if string(dead[0].Payload) != "0" || dead[0].Device != "pub" || dead[0].Topic != "sensors/temp" {
+		t.Errorf("first dead letter %+v, want payload 0 from pub", dead[0])
+	}
+	if more, _ := s.hub.DeadLetters(ctx, "acme", hook, dead[9].Seq, 100); len(more) != n-10 {
+		t.Errorf("dead letters after the first page: %d, want %d", len(more), n-10)
+	}
+	if other, _ := s.hub.DeadLetters(ctx, "other", hook, 0, 100); len(other) != 0 {
+		t.Errorf("another tenant sees %d of acme's dead letters", len(other))
+	}
+
+	rc.answer(http.StatusOK)
+	moved, err := s.hub.ReplayDeadLetters(ctx, "acme", hook)
+	if err != nil || moved != n {
+		t.Fatalf("replay: %d, %v; want %d", moved, err, n)
+	}
+	eventually(t, 10*time.Second, "the replayed messages are delivered", func() bool { return len(rc.messages()) >= n })
+	for i, m := range rc.messages() {
+		if string(m.Payload) != fmt.Sprint(i) {
+			t.Fatalf("message %d: payload %s, want %d: replay out of order", i, m.Payload, i)
+		}
+	}
+	if b := rc.taken(); len(b) > n/10+1 {
+		t.Errorf("%d requests for a backlog of %d, want batches of 10", len(b), n)
+	}
+
+	rc.answer(http.StatusServiceUnavailable)
+	pub.pub(t, "sensors/temp", "late", 1, false)
+	eventually(t, 10*time.Second, "the next failure is a dead letter", func() bool {
+		st, err := s.hub.DeliveryStatus(ctx, "acme", hook)
+		return err == nil && st.DeadLetters == 1
+	})
+	if purged, err := s.hub.PurgeDeadLetters(ctx, "acme", hook); err != nil || purged != 1 {
+		t.Fatalf("purge: %d, %v; want 1", purged, err)
+	}
+	if st, _ := s.hub.DeliveryStatus(ctx, "acme", hook); st.DeadLetters != 0 {
+		t.Errorf("after the purge, %d dead letters", st.DeadLetters)
+	}
+}
