@@ -296,3 +296,131 @@ func TestOutboxRetriesThenDeadLetters(t *testing.T) {
 		t.Errorf("after the purge, %d dead letters", st.DeadLetters)
 	}
 }
+
+// outboxPolicy sets a tenant's outbox_policy and max_outbox.
+func (s *outboxStack) outboxPolicy(tenant string, p tenants.OutboxPolicy, max int64) {
+	s.t.Helper()
+	if _, err := s.store.UpdateTenant(ctx, tenant, tenants.TenantUpdate{OutboxPolicy: &p}); err != nil {
+		s.t.Fatal(err)
+	}
+	s.setQuota(tenant, "max_outbox", max)
+}
+
+// TestOutboxFullRefuses: under outbox_policy refuse, a QoS 1 publish
+// matching a rule whose outbox holds max_outbox messages gets PUBACK 0x97
+// (quota exceeded) from an MQTT 5 publisher; a QoS 0 one goes through
+// undelivered; a publish matching no rule goes through; once the receiver
+// takes the backlog, publishes are taken again.
+func TestOutboxFullRefuses(t *testing.T) {
+	s := newOutboxStack(t, time.Hour)
+	s.tenant("acme")
+	s.outboxPolicy("acme", tenants.OutboxRefuse, 3)
+	rc := newWebhookReceiver(t)
+	rc.answer(http.StatusServiceUnavailable)
+	hook := s.destination("acme", "hook", rc, "sensors/#", "")
+	pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
+	for i := range 3 {
+		if r := pub.pub(t, "sensors/temp", fmt.Sprint(i), 1, false); r.ReasonCode != 0 {
+			t.Fatalf("publish %d: PUBACK 0x%02x, want 0", i, r.ReasonCode)
+		}
+	}
+	if r := pub.pub(t, "sensors/temp", "3", 1, false); r.ReasonCode != 0x97 {
+		t.Fatalf("publish to a full outbox: PUBACK 0x%02x, want 0x97 quota exceeded", r.ReasonCode)
+	}
+	pub.pub(t, "sensors/temp", "qos0", 0, false)
+	if r := pub.pub(t, "lights/1", "on", 1, false); r.ReasonCode != 0 {
+		t.Fatalf("publish matching no rule: PUBACK 0x%02x, want 0", r.ReasonCode)
+	}
+	rc.answer(http.StatusOK)
+	eventually(t, 10*time.Second, "the backlog is delivered", func() bool {
+		st, err := s.hub.DeliveryStatus(ctx, "acme", hook)
+		return err == nil && st.Backlog == 0 && st.Delivered == 3
+	})
+	if r := pub.pub(t, "sensors/temp", "4", 1, false); r.ReasonCode != 0 {
+		t.Fatalf("publish after the backlog drained: PUBACK 0x%02x, want 0", r.ReasonCode)
+	}
+	eventually(t, 10*time.Second, "it is delivered", func() bool { return len(rc.messages()) == 4 })
+	var got []string
+	for _, m := range rc.messages() {
+		got = append(got, string(m.Payload))
+	}
+	if fmt.Sprint(got) != "[0 1 2 4]" {
+		t.Errorf("delivered %v, want [0 1 2 4]", got)
+	}
+}
+
+// TestOutboxFullDropsOldest: under drop_oldest (the default), a full
+// outbox drops its oldest messages and every publish is acknowledged; what
+// is delivered once the receiver recovers is the newest max_outbox, in
+// order, and the drops are counted.
+func TestOutboxFullDropsOldest(t *testing.T) {
+	s := newOutboxStack(t, time.Hour)
+	s.tenant("acme")
+	s.setQuota("acme", "max_outbox", 5)
+	rc := newWebhookReceiver(t)
+	rc.answer(http.StatusServiceUnavailable)
+	hook := s.destination("acme", "hook", rc, "sensors/#", "")
+	pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
+	const n = 20
+	for i := range n {
+		if r := pub.pub(t, "sensors/temp", fmt.Sprint(i), 1, false); r.ReasonCode != 0 {
+			t.Fatalf("publish %d: PUBACK 0x%02x, want 0", i, r.ReasonCode)
+		}
+	}
+	eventually(t, 10*time.Second, "the outbox is trimmed to 5", func() bool {
+		st, err := s.hub.DeliveryStatus(ctx, "acme", hook)
+		return err == nil && st.Backlog == 5
+	})
+	rc.answer(http.StatusOK)
+	eventually(t, 10*time.Second, "the newest 5 are delivered", func() bool { return len(rc.messages()) == 5 })
+	for i, m := range rc.messages() {
+		if want := fmt.Sprint(n - 5 + i); string(m.Payload) != want {
+			t.Fatalf("delivered message %d: %s, want %s", i, m.Payload, want)
+		}
+	}
+	if st, _ := s.hub.DeliveryStatus(ctx, "acme", hook); st.Dropped != n-5 || st.Delivered != 5 {
+		t.Errorf("status %+v, want %d dropped, 5 delivered", st, n-5)
+	}
+}
+
+// TestOutboxSurvivesRestart: what an outbox holds when its hub stops is
+// delivered by the next hub on the same session store once the tenant's
+// broker starts there; a hub still running that had the outbox is fenced
+// by the new one's claim and stops delivering it.
+func TestOutboxSurvivesRestart(t *testing.T) {
+	s := newOutboxStack(t, time.Hour)
+	s.tenant("acme")
+	rc := newWebhookReceiver(t)
+	rc.answer(http.StatusServiceUnavailable)
+	hook := s.destination("acme", "hook", rc, "sensors/#", "")
+	secret := s.device("acme", "pub")
+	pub := mustV5(t, s.addr, "acme/pub", secret, "pub")
+	const n = 10
+	for i := range n {
+		pub.pub(t, "sensors/temp", fmt.Sprint(i), 1, false)
+	}
+	cfg := broker.Config{Directory: s.store, Changes: s.store.Changes(), Usage: s.store, Sessions: broker.SessionsOf(s.hub), Delivery: broker.DeliveryOf(s.hub)}
+	hub2, addr2 := serveHub(t, cfg)
+	mustV5(t, addr2, "acme/pub", secret, "pub") // starts acme's broker there
+	rc.answer(http.StatusOK)
+	eventually(t, 10*time.Second, "every message is delivered", func() bool { return len(rc.messages()) >= n })
+	seen := map[string]int{}
+	for _, m := range rc.messages() {
+		seen[string(m.Payload)]++
+	}
+	for i := range n {
+		if seen[fmt.Sprint(i)] == 0 {
+			t.Errorf("message %d never delivered", i)
+		}
+	}
+	s.hub.Close()
+	pub2 := mustV5(t, addr2, "acme/pub", secret, "pub")
+	pub2.pub(t, "sensors/temp", "10", 1, false)
+	eventually(t, 10*time.Second, "the second hub delivers new messages", func() bool {
+		ms := rc.messages()
+		return len(ms) > 0 && string(ms[len(ms)-1].Payload) == "10"
+	})
+	if st, _ := hub2.DeliveryStatus(ctx, "acme", hook); st.Backlog != 0 {
+		t.Errorf("second hub's status %+v, want nothing waiting", st)
+	}
+}
