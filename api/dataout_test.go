@@ -171,7 +171,7 @@ func TestDestinations(t *testing.T) {
 	// A rule uses it by name; it cannot go until the rule does.
 	rule := e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "sensors/#", "destination": "ingest-v2", "condition": "payload.temp > 30"})
 	want(t, rule, 201, "a rule to the destination")
-	if rule.str("destination") != id || rule.str("delivery") != "pending" {
+	if rule.str("destination") != id || rule.str("delivery") != "webhook" {
 		t.Errorf("rule: %s, want destination %s and delivery pending", rule.body, id)
 	}
 	wantProblem(t, e.do("DELETE", base+"/"+id, owner.token, nil), 409, "conflict", "", "delete a destination a rule uses")
@@ -269,7 +269,7 @@ func TestRuleConditions(t *testing.T) {
 	rule := e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "sensors/+/temp", "destination": destID, "condition": `payload.temp > 30 && metadata.room == "lab"`})
 	want(t, rule, 201, "a rule with a condition")
 	list := e.do("GET", "/v1/tenants/acme/rules", viewerKey, nil)
-	if items := asSlice(list.json()["items"]); len(items) != 1 || items[0].(map[string]any)["delivery"] != "pending" {
+	if items := asSlice(list.json()["items"]); len(items) != 1 || items[0].(map[string]any)["delivery"] != "webhook" {
 		t.Errorf("rules: %s", list.body)
 	}
 

@@ -13,6 +13,7 @@ import (
 	"github.com/go-chi/chi/v5"
 
 	"github.com/roosthub/roost/dataout"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -93,13 +94,33 @@ func handleDestinationCreate(ds destinationStore, sealer *dataout.Sealer, guard 
 	}
 }
 
-func handleDestinationGet(ds destinationStore) handler {
+// destinationWithStatus is one destination with its delivery status; the
+// status is null when the data plane cannot say (a control plane running
+// apart from it, or one keeping no outboxes).
+type destinationWithStatus struct {
+	tenants.Destination
+	Status *dataplane.DeliveryStatus `json:"status"`
+}
+
+func handleDestinationGet(ds destinationStore, dl dataplane.Deliveries) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
-		d, err := ds.Destination(r.Context(), chi.URLParam(r, "tenant"), chi.URLParam(r, "id"))
+		tenant := chi.URLParam(r, "tenant")
+		d, err := ds.Destination(r.Context(), tenant, chi.URLParam(r, "id"))
 		if err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusOK, forRole(r, d))
+		out := destinationWithStatus{Destination: forRole(r, d)}
+		if dl != nil {
+			st, err := dl.DeliveryStatus(r.Context(), tenant, d.ID)
+			switch {
+			case errors.Is(err, tenants.ErrUnavailable):
+			case err != nil:
+				return err
+			default:
+				out.Status = &st
+			}
+		}
+		writeJSON(w, http.StatusOK, out)
 		return nil
 	}
 }

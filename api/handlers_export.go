@@ -24,12 +24,12 @@ type exportStore interface {
 	Device(ctx context.Context, tenant, name string) (tenants.Device, error)
 }
 
-// The deliveries a rule can have: Kafka export rules write to Kafka now;
-// rules with a destination are stored and checked, and delivery starts
-// with the durable outbox (issue 21), which this build does not have.
+// The deliveries a rule can have: Kafka export rules write to Kafka; rules
+// with a destination deliver to their webhook through the data plane's
+// outbox.
 const (
 	deliveryKafka   = "kafka"
-	deliveryPending = "pending"
+	deliveryWebhook = "webhook"
 )
 
 // exportRule is a rule with how many of its writes Kafka refused since the
@@ -43,7 +43,7 @@ type exportRule struct {
 func newExportRule(r tenants.ExportRule, errs int64) exportRule {
 	d := deliveryKafka
 	if r.Destination != "" {
-		d = deliveryPending
+		d = deliveryWebhook
 	}
 	return exportRule{ExportRule: r, Errors: errs, Delivery: d}
 }

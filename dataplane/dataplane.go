@@ -109,7 +109,7 @@ type DeadLetter struct {
 	Seq      uint64    `json:"seq"`
 	ID       string    `json:"id"`
 	Topic    string    `json:"topic"`
-	Payload  []byte    `json:"payload"`
+	Payload  []byte    `json:"payload_base64"`
 	QoS      byte      `json:"qos"`
 	Device   string    `json:"device"`
 	ClientID string    `json:"client_id"`
