@@ -36,9 +36,6 @@ func deadLetterDestination(r *http.Request, ds destinationStore, dl dataplane.De
 	return tenant, d.ID, nil
 }
 
-// maxDeadLetterPage bounds one page of dead letters.
-const maxDeadLetterPage = 500
-
 // handleDeadLetterList lists a destination's dead letters, oldest first; a
 // page's next cursor is the last one's seq.
 func handleDeadLetterList(ds destinationStore, dl dataplane.Deliveries) handler {
@@ -47,18 +44,18 @@ func handleDeadLetterList(ds destinationStore, dl dataplane.Deliveries) handler 
 		if err != nil {
 			return err
 		}
-		limit := 100
-		if v := r.URL.Query().Get("limit"); v != "" {
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 || n > maxDeadLetterPage {
-				return bad("limit", fmt.Sprintf("must be a number from 1 to %d", maxDeadLetterPage))
-			}
-			limit = n
+		p, err := page(r)
+		if err != nil {
+			return err
+		}
+		limit := p.Limit
+		if limit == 0 {
+			limit = 50
 		}
 		var after uint64
-		if v := r.URL.Query().Get("cursor"); v != "" {
-			if after, err = strconv.ParseUint(v, 10, 64); err != nil {
-				return bad("cursor", "not a cursor this list gave")
+		if p.Cursor != "" {
+			if after, err = strconv.ParseUint(p.Cursor, 10, 64); err != nil {
+				return &httpError{status: http.StatusBadRequest, code: "invalid", field: "cursor", msg: "cursor is not one this API returned"}
 			}
 		}
 		items, err := dl.DeadLetters(r.Context(), tenant, id, after, limit)
@@ -68,9 +65,6 @@ func handleDeadLetterList(ds destinationStore, dl dataplane.Deliveries) handler 
 		next := ""
 		if len(items) == limit {
 			next = strconv.FormatUint(items[len(items)-1].Seq, 10)
-		}
-		if items == nil {
-			items = []dataplane.DeadLetter{}
 		}
 		writeJSON(w, http.StatusOK, newList(items, next))
 		return nil
