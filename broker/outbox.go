@@ -234,6 +234,24 @@ func (o *outbox) busy() bool {
 	return false
 }
 
+// figures sums the counts of the tenant's outboxes here, for metrics.
+func (o *outbox) figures() (delivered, failed, dropped, backlog int64) {
+	if o == nil {
+		return 0, 0, 0, 0
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, q := range o.dests {
+		delivered += q.delivered.Load()
+		failed += q.failed.Load()
+		dropped += q.dropped.Load()
+		if o.deliver {
+			backlog += max(0, q.backlog.Load())
+		}
+	}
+	return delivered, failed, dropped, backlog
+}
+
 func (o *outbox) compiled() (*outboxRules, error) {
 	if r := o.rules.Load(); r != nil {
 		return r, nil

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/broker/store/memory"
 	"github.com/roosthub/roost/dataout"
@@ -295,6 +297,39 @@ func TestOutboxRetriesThenDeadLetters(t *testing.T) {
 	if st, _ := s.hub.DeliveryStatus(ctx, "acme", hook); st.DeadLetters != 0 {
 		t.Errorf("after the purge, %d dead letters", st.DeadLetters)
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(s.hub.Collector(0))
+	for outcome, want := range map[string]float64{"delivered": n, "failed": n + 1, "dropped": 0} {
+		if got := webhookMetric(t, reg, "acme", outcome); got != want {
+			t.Errorf("roost_webhook_messages_total{tenant=acme,outcome=%s} = %v, want %v", outcome, got, want)
+		}
+	}
+}
+
+// webhookMetric reads roost_webhook_messages_total for a tenant and
+// outcome.
+func webhookMetric(t *testing.T, reg *prometheus.Registry, tenant, outcome string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "roost_webhook_messages_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range m.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["tenant"] == tenant && labels["outcome"] == outcome {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no roost_webhook_messages_total{tenant=%s,outcome=%s}", tenant, outcome)
+	return 0
 }
 
 // outboxPolicy sets a tenant's outbox_policy and max_outbox.
