@@ -45,6 +45,10 @@ type Delivery struct {
 	// MaxOutbox bounds each destination's outbox when the tenant's
 	// max_outbox quota is 0: 100,000 if zero.
 	MaxOutbox int64
+	// Linger is how long a worker woken by a new message waits for more
+	// before it sends, so that a steady flow goes in batches rather than
+	// a request per message: 5ms if zero, none if negative.
+	Linger time.Duration
 }
 
 // DefaultWebhookBatch is how many messages one webhook request carries at
@@ -105,6 +109,11 @@ type outbox struct {
 	rules atomic.Pointer[outboxRules]
 	// rulesMu orders forget after a load in progress (see listCache).
 	rulesMu sync.Mutex
+	// hooks caches each destination opened for sending, until a change of
+	// the tenant's rules or destinations (gen counts them) or a failed
+	// attempt.
+	hooks sync.Map // destination id → dataout.Webhook
+	gen   atomic.Uint64
 
 	// idPrefix and nextID name messages for receivers' deduplication.
 	idPrefix string
@@ -216,6 +225,32 @@ func (o *outbox) forget() {
 	o.rulesMu.Lock()
 	o.rules.Store(nil)
 	o.rulesMu.Unlock()
+	o.gen.Add(1)
+	o.hooks.Clear()
+}
+
+// webhook returns a destination opened for sending: from the cache, or
+// read from the directory and opened. gone is true when the destination
+// no longer exists.
+func (o *outbox) webhook(ctx context.Context, id string) (wh dataout.Webhook, gone bool, a dataout.Attempt) {
+	if v, ok := o.hooks.Load(id); ok {
+		return v.(dataout.Webhook), false, dataout.Attempt{}
+	}
+	gen := o.gen.Load()
+	d, err := o.cfg.Rules.Destination(ctx, o.tenant, id)
+	switch {
+	case errors.Is(err, tenants.ErrNotFound):
+		return wh, true, dataout.Attempt{}
+	case err != nil:
+		return wh, false, dataout.Attempt{Kind: "directory", Err: err}
+	}
+	if wh, err = o.cfg.Sealer.Webhook(o.tenant, d); err != nil {
+		return wh, false, dataout.Attempt{Kind: "secret", Err: err}
+	}
+	if o.gen.Load() == gen {
+		o.hooks.Store(id, wh)
+	}
+	return wh, false, dataout.Attempt{}
 }
 
 // busy reports whether a worker here has messages to deliver, which keep
@@ -524,6 +559,10 @@ func (o *outbox) run(q *destQueue) {
 			idle = time.Second
 		}
 	}
+	linger := o.cfg.Linger
+	if linger == 0 {
+		linger = 5 * time.Millisecond
+	}
 	var (
 		first    time.Time // the first attempt at the batch at the head
 		attempts int
@@ -551,6 +590,9 @@ func (o *outbox) run(q *destQueue) {
 		if len(msgs) == 0 {
 			first, attempts = time.Time{}, 0
 			if o.wait(q, idle, true) != nil {
+				return
+			}
+			if linger > 0 && o.wait(q, linger, false) != nil {
 				return
 			}
 			continue
@@ -623,24 +665,21 @@ func (o *outbox) attempt(ctx context.Context, q *destQueue, msgs []store.Queued,
 		*first = now
 	}
 	*attempts++
-	var a dataout.Attempt
-	d, err := o.cfg.Rules.Destination(ctx, o.tenant, q.id)
-	switch {
-	case errors.Is(err, tenants.ErrNotFound):
+	wh, gone, a := o.webhook(ctx, q.id)
+	if gone {
 		return "gone", time.Time{}
-	case err != nil:
-		a = dataout.Attempt{Kind: "directory", Err: err}
-	default:
-		wh, err := o.cfg.Sealer.Webhook(o.tenant, d)
-		if err != nil {
-			a = dataout.Attempt{Kind: "secret", Err: err}
-			break
-		}
+	}
+	if a.Err == nil {
 		b := dataout.Batch{Tenant: o.tenant, Destination: q.id, Messages: make([]dataout.Message, len(msgs))}
 		for i, m := range msgs {
 			b.Messages[i] = webhookMessage(m)
 		}
 		a = o.cfg.Sender.Send(ctx, wh, b)
+	}
+	if !a.OK() {
+		// Read the destination again for the next attempt: its URL or
+		// secret may have changed without this node hearing of it.
+		o.hooks.Delete(q.id)
 	}
 	now = o.now()
 	dec := o.cfg.Policy.Decide(*first, *attempts, now, a)

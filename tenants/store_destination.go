@@ -139,7 +139,7 @@ func (s *Store) UpdateDestination(ctx context.Context, tenant, id string, up Des
 			return err
 		}
 		return s.audit(ctx, tx, tenant, "destination.update", "destination:"+id)
-	})
+	}, Change{Kind: ExportChanged, Tenant: tenant})
 	return d, err
 }
 
@@ -160,7 +160,7 @@ func (s *Store) RotateDestinationSecret(ctx context.Context, tenant, id, sealedS
 			return err
 		}
 		return s.audit(ctx, tx, tenant, "destination.rotate_secret", "destination:"+id)
-	})
+	}, Change{Kind: ExportChanged, Tenant: tenant})
 	return d, err
 }
 
@@ -186,5 +186,5 @@ func (s *Store) DeleteDestination(ctx context.Context, tenant, id string) error 
 			return fmt.Errorf("destination %s: %d rules send to it; delete them first: %w", id, n, ErrConflict)
 		}
 		return s.audit(ctx, tx, tenant, "destination.delete", "destination:"+id)
-	})
+	}, Change{Kind: ExportChanged, Tenant: tenant})
 }
