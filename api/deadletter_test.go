@@ -39,7 +39,7 @@ func TestDeadLetters(t *testing.T) {
 		r := e.do("GET", base+"/"+id, viewerKey, nil)
 		want(t, r, 200, "get destination")
 		status, _ = r.json()["status"].(map[string]any)
-		if status != nil && status["dead_letters"] == float64(n) {
+		if status != nil && status["dead_letters"] == float64(n) && status["failed"] == float64(n) && status["backlog"] == float64(0) {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -286,6 +287,10 @@ func New(cfg Config) (*Hub, error) {
 		h.every(spreadEvery, h.checkSpread)
 	}
 	h.every(h.cfg.UsageInterval, h.recordUsage)
+	if d := h.cfg.Delivery; d != nil && h.cfg.Sessions != nil {
+		h.wg.Go(h.resumeOutboxes) // at once, for what a restart left
+		h.every(cmp.Or(d.Resume, 30*time.Second), h.resumeOutboxes)
+	}
 	return h, nil
 }
 

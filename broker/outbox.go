@@ -28,6 +28,9 @@ type Delivery struct {
 	Rules interface {
 		Rules(ctx context.Context, tenant string) ([]tenants.ExportRule, error)
 		Destination(ctx context.Context, tenant, id string) (tenants.Destination, error)
+		// DestinationRuleTenants lists the tenants with a rule with a
+		// destination: those whose outboxes resume (see resumeOutboxes).
+		DestinationRuleTenants(ctx context.Context) ([]string, error)
 	}
 	// Sealer opens a destination's secret and headers; Sender sends.
 	Sealer *dataout.Sealer
@@ -45,6 +48,11 @@ type Delivery struct {
 	// MaxOutbox bounds each destination's outbox when the tenant's
 	// max_outbox quota is 0: 100,000 if zero.
 	MaxOutbox int64
+	// Resume is how often the hub looks for outboxes with messages
+	// waiting whose tenant's broker is not running here, although this
+	// node is the tenant's home (after a restart, or once it took the
+	// tenant over), and starts it: 30s if zero.
+	Resume time.Duration
 	// Linger is how long a worker woken by a new message waits for more
 	// before it sends, so that a steady flow goes in batches rather than
 	// a request per message: 5ms if zero, none if negative.
@@ -146,8 +154,12 @@ type destQueue struct {
 	// tenant's broker started here.
 	delivered, failed, dropped atomic.Int64
 
+	// worker: a worker runs for the outbox here; fenced: one was fenced
+	// (another node's claimed the outbox), and none starts here again.
+	// Both under the outbox's mu.
+	worker, fenced bool
+
 	mu          sync.Mutex
-	worker      bool
 	lastSuccess time.Time
 	lastError   time.Time
 	lastErrText string
@@ -364,32 +376,36 @@ func (o *outbox) append(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	limit := o.limit()
 	var policy tenants.OutboxPolicy
-	queues := make([]*destQueue, len(dests))
-	for i, id := range dests {
+	queues := make([]*destQueue, 0, len(dests))
+	for _, id := range dests {
 		q := o.queue(id)
-		queues[i] = q
-		if o.backlogOf(ctx, q) < limit {
-			continue
-		}
-		if policy == "" {
-			policy = o.policy(ctx)
-		}
-		if policy == tenants.OutboxRefuse {
-			if pk.FixedHeader.Qos > 0 {
-				o.log.Info("outbox full: publish refused", "destination", id, "limit", limit)
+		if o.backlogOf(ctx, q) >= limit {
+			if policy == "" {
+				policy = o.policy(ctx)
 			}
-			return errOutboxFull
+			if policy == tenants.OutboxRefuse {
+				if pk.FixedHeader.Qos > 0 {
+					o.log.Info("outbox full: publish refused", "destination", id, "limit", limit)
+					return errOutboxFull
+				}
+				q.dropped.Add(1) // nothing tells a QoS 0 publisher
+				continue
+			}
+			// drop_oldest: the worker trims the outbox to the limit.
 		}
-		// drop_oldest: the worker trims the outbox to the limit.
+		queues = append(queues, q)
+	}
+	if len(queues) == 0 {
+		return nil
 	}
 	m := store.Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Created: now}
 	m.Properties = encodeOrigin(o.idPrefix+"-"+strconv.FormatUint(o.nextID.Add(1), 36), device, cl.ID)
-	items := make([]store.Item, len(dests))
-	for i, id := range dests {
-		items[i] = store.Item{ClientID: outboxID(id), Message: m}
+	items := make([]store.Item, len(queues))
+	for i, q := range queues {
+		items[i] = store.Item{ClientID: outboxID(q.id), Message: m}
 	}
 	if _, err := o.st.Append(ctx, o.tenant, items, store.Receipt{}); err != nil {
-		o.log.Error("append to outbox", "topic", pk.TopicName, "destinations", len(dests), "err", err)
+		o.log.Error("append to outbox", "topic", pk.TopicName, "destinations", len(items), "err", err)
 		return errNotStored
 	}
 	for _, q := range queues {
@@ -447,7 +463,7 @@ func (o *outbox) queue(id string) *destQueue {
 		q = &destQueue{id: id, wake: make(chan struct{}, 1)}
 		o.dests[id] = q
 	}
-	if o.deliver && !q.worker && !o.stopped {
+	if o.deliver && !q.worker && !q.fenced && !o.stopped {
 		q.worker = true
 		o.wg.Add(1)
 		go o.run(q)
@@ -522,10 +538,11 @@ func (o *outbox) wait(q *destQueue, d time.Duration, wake bool) error {
 // waits for a wake (and, for a spread tenant, polls), costing nothing.
 func (o *outbox) run(q *destQueue) {
 	defer o.wg.Done()
+	fenced := false
 	defer func() {
-		q.mu.Lock()
-		q.worker = false
-		q.mu.Unlock()
+		o.mu.Lock()
+		q.worker, q.fenced = false, fenced
+		o.mu.Unlock()
 	}()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -572,6 +589,7 @@ func (o *outbox) run(q *destQueue) {
 		o.refresh(ctx, q)
 		if err := o.trim(ctx, q, epoch); errors.Is(err, store.ErrFenced) {
 			log.Info("outbox claimed by another worker; this one stops")
+			fenced = true
 			return
 		}
 		msgs, err := o.st.Read(ctx, o.tenant, outboxID(q.id), 0, batch)
@@ -632,6 +650,7 @@ func (o *outbox) run(q *destQueue) {
 				}
 				if err := o.trim(ctx, q, epoch); errors.Is(err, store.ErrFenced) {
 					log.Info("outbox claimed by another worker; this one stops")
+					fenced = true
 					return
 				}
 			}
@@ -640,6 +659,7 @@ func (o *outbox) run(q *destQueue) {
 		switch {
 		case errors.Is(err, store.ErrFenced):
 			log.Info("outbox claimed by another worker; this one stops")
+			fenced = true
 			return
 		case err != nil:
 			if ctx.Err() != nil {

@@ -101,13 +101,17 @@ func (h *Hub) ReplayDeadLetters(ctx context.Context, tenant, destination string)
 		return err
 	})
 	if n > 0 {
-		if inst := h.reg.running(tenant); inst != nil && inst.out != nil {
+		inst := h.reg.running(tenant)
+		switch {
+		case inst != nil && inst.out != nil:
 			q := inst.out.queue(destination)
 			q.backlog.Add(int64(n))
 			select {
 			case q.wake <- struct{}{}:
 			default:
 			}
+		case inst == nil && (h.cfg.Cluster == nil || h.cfg.Cluster.Holds(tenant)):
+			h.startTenant(ctx, tenant) // its worker delivers them
 		}
 	}
 	return n, err
@@ -149,4 +153,73 @@ func (h *Hub) moveDead(ctx context.Context, tenant, destination string, fn func(
 		}
 		n += len(qs)
 	}
+}
+
+// resumeOutboxes starts the broker of each tenant whose outboxes hold
+// messages while it is not running here, although this node is its home:
+// after a restart, or once this node took the tenant over, its outboxes
+// are delivered without waiting for a device to connect. Its broker then
+// stays up while they hold messages (see outbox.busy).
+func (h *Hub) resumeOutboxes() {
+	d := h.cfg.Delivery
+	if d == nil || h.cfg.Sessions == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	slugs, err := d.Rules.DestinationRuleTenants(ctx)
+	if err != nil {
+		h.log.Error("list the tenants with webhook rules", "err", err)
+		return
+	}
+	for _, slug := range slugs {
+		if h.reg.running(slug) != nil || (h.cfg.Cluster != nil && !h.cfg.Cluster.Holds(slug)) {
+			continue
+		}
+		waiting, err := h.outboxWaiting(ctx, slug)
+		if err != nil {
+			h.log.Error("read a tenant's outboxes", "tenant", slug, "err", err)
+			continue
+		}
+		if waiting {
+			h.startTenant(ctx, slug)
+		}
+	}
+}
+
+// outboxWaiting reports whether one of a tenant's destinations' outboxes
+// holds a message.
+func (h *Hub) outboxWaiting(ctx context.Context, tenant string) (bool, error) {
+	rules, err := h.cfg.Delivery.Rules.Rules(ctx, tenant)
+	if err != nil {
+		return false, err
+	}
+	for _, r := range rules {
+		if r.Destination == "" {
+			continue
+		}
+		info, err := h.cfg.Sessions.QueueInfo(ctx, tenant, outboxID(r.Destination))
+		if err != nil {
+			return false, err
+		}
+		if info.Len > 0 {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// startTenant starts a tenant's broker here, unless it is suspended or
+// gone; it stops again once idle, like any.
+func (h *Hub) startTenant(ctx context.Context, slug string) {
+	t, found, err := h.dir.tenant(ctx, slug)
+	if err != nil || !found || t.Suspended {
+		return
+	}
+	inst, err := h.reg.acquire(t)
+	if err != nil {
+		h.log.Info("start a tenant's broker for its outboxes", "tenant", slug, "err", err)
+		return
+	}
+	h.reg.release(inst)
 }
