@@ -178,6 +178,18 @@ func testTenants(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 	}
 	_, err = s.UpdateTenant(ctx, "acme", tenants.TenantUpdate{DenyAction: &bogusAction})
 	wantField(t, "unknown deny action", err, "deny_action")
+	if tn.OutboxPolicy != tenants.OutboxDropOldest {
+		t.Errorf("new tenant's outbox_policy %q, want drop_oldest", tn.OutboxPolicy)
+	}
+	refuse, bogusOutbox := tenants.OutboxRefuse, tenants.OutboxPolicy("drop_newest")
+	if up, err := s.UpdateTenant(ctx, "acme", tenants.TenantUpdate{OutboxPolicy: &refuse}); err != nil || up.OutboxPolicy != refuse || up.DenyAction != disconnect {
+		t.Errorf("outbox policy update: got %+v, %v, want refuse with the deny action kept", up, err)
+	}
+	if got, err := s.Tenant(ctx, "acme"); err != nil || got.OutboxPolicy != refuse {
+		t.Errorf("outbox policy read back: got %q, %v, want refuse", got.OutboxPolicy, err)
+	}
+	_, err = s.UpdateTenant(ctx, "acme", tenants.TenantUpdate{OutboxPolicy: &bogusOutbox})
+	wantField(t, "unknown outbox policy", err, "outbox_policy")
 
 	plan, suspended := tenants.PlanPro, true
 	limit := int64(7)
@@ -893,6 +905,9 @@ func testDestinations(t *testing.T, s *tenants.Store, reopen func() *tenants.Sto
 	}
 	if rs, err := s.Rules(ctx, "acme"); err != nil || len(rs) != 2 {
 		t.Errorf("Rules: %+v, %v; want both", rs, err)
+	}
+	if ts, err := s.DestinationRuleTenants(ctx); err != nil || len(ts) != 1 || ts[0] != "acme" {
+		t.Errorf("DestinationRuleTenants: %v, %v; want [acme] (other has none)", ts, err)
 	}
 	if got, err := s.Rule(ctx, "acme", r.ID); err != nil || got.Destination != d.ID {
 		t.Errorf("Rule: %+v, %v", got, err)
