@@ -349,8 +349,8 @@ func (s *outboxStack) outboxPolicy(tenant string, p tenants.OutboxPolicy, max in
 
 // TestOutboxFullRefuses: under outbox_policy refuse, a QoS 1 publish
 // matching a rule whose outbox holds max_outbox messages gets PUBACK 0x97
-// (quota exceeded) from an MQTT 5 publisher; a QoS 0 one goes through
-// undelivered; a publish matching no rule goes through; once the receiver
+// (quota exceeded) from an MQTT 5 publisher, and closes a 3.1.1
+// publisher's connection; a QoS 0 one goes through undelivered; a publish matching no rule goes through; once the receiver
 // takes the backlog, publishes are taken again.
 func TestOutboxFullRefuses(t *testing.T) {
 	s := newOutboxStack(t, time.Hour)
@@ -369,6 +369,11 @@ func TestOutboxFullRefuses(t *testing.T) {
 		t.Fatalf("publish to a full outbox: PUBACK 0x%02x, want 0x97 quota exceeded", r.ReasonCode)
 	}
 	pub.pub(t, "sensors/temp", "qos0", 0, false)
+	old := mustV3(t, s.addr, "acme/old", s.device("acme", "old"), "old", true)
+	old.Publish("sensors/temp", 1, false, "from 3.1.1")
+	if !old.lostWithin(5 * time.Second) {
+		t.Fatal("a 3.1.1 QoS 1 publish to a full outbox under refuse left its connection open")
+	}
 	if r := pub.pub(t, "lights/1", "on", 1, false); r.ReasonCode != 0 {
 		t.Fatalf("publish matching no rule: PUBACK 0x%02x, want 0", r.ReasonCode)
 	}
