@@ -163,7 +163,6 @@ type destQueue struct {
 	lastSuccess time.Time
 	lastError   time.Time
 	lastErrText string
-	oldest      time.Time // the oldest message waiting, as last read
 }
 
 func newOutbox(inst *instance, h *Hub) *outbox {
@@ -196,11 +195,20 @@ func newOutbox(inst *instance, h *Hub) *outbox {
 }
 
 // start starts a worker for each destination a rule names, so that what
-// an outbox held when the tenant's broker last stopped is delivered.
+// an outbox held when the tenant's broker last stopped is delivered. It
+// reads the rules in the background: the broker's start does not wait.
 func (o *outbox) start() {
 	if o == nil || !o.deliver {
 		return
 	}
+	o.wg.Add(1)
+	go func() {
+		defer o.wg.Done()
+		o.startWorkers()
+	}()
+}
+
+func (o *outbox) startWorkers() {
 	ctx, cancel := storeCtx()
 	defer cancel()
 	rules, err := o.cfg.Rules.Rules(ctx, o.tenant)
@@ -584,9 +592,17 @@ func (o *outbox) run(q *destQueue) {
 		first    time.Time // the first attempt at the batch at the head
 		attempts int
 		failures int // store failures in a row
+		// refreshed is when the outbox's length was last read from the
+		// store: at start, whenever it is found empty, and for a spread
+		// tenant every few seconds (other nodes append to it). In between
+		// it is counted here: reading it is a scan in some back-ends.
+		refreshed time.Time
 	)
 	for {
-		o.refresh(ctx, q)
+		if refreshed.IsZero() || (o.poll && o.now().Sub(refreshed) > 5*time.Second) {
+			o.refresh(ctx, q)
+			refreshed = o.now()
+		}
 		if err := o.trim(ctx, q, epoch); errors.Is(err, store.ErrFenced) {
 			log.Info("outbox claimed by another worker; this one stops")
 			fenced = true
@@ -607,6 +623,8 @@ func (o *outbox) run(q *destQueue) {
 		failures = 0
 		if len(msgs) == 0 {
 			first, attempts = time.Time{}, 0
+			o.refresh(ctx, q) // what was counted here may have drifted
+			refreshed = o.now()
 			if o.wait(q, idle, true) != nil {
 				return
 			}
@@ -746,9 +764,6 @@ func (o *outbox) refresh(ctx context.Context, q *destQueue) {
 	q.backlog.Store(int64(info.Len))
 	q.readAt.Store(o.now().UnixNano())
 	q.known.Store(true)
-	q.mu.Lock()
-	q.oldest = info.Oldest
-	q.mu.Unlock()
 }
 
 // trim drops the oldest messages of an outbox over its limit, under the
