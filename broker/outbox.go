@@ -593,22 +593,29 @@ func (o *outbox) run(q *destQueue) {
 		attempts int
 		failures int // store failures in a row
 		// refreshed is when the outbox's length was last read from the
-		// store: at start, whenever it is found empty, and for a spread
-		// tenant every few seconds (other nodes append to it). In between
-		// it is counted here: reading it is a scan in some back-ends.
+		// store: at start, and for a spread tenant every few seconds
+		// (other nodes append to it). In between it is counted here:
+		// reading it is a scan in the embedded store.
 		refreshed time.Time
+		// head is the number of the last message that left the outbox
+		// here; reads start after it. Every back-end makes appends to one
+		// queue visible in the order of their numbers (numbering and
+		// writing are one step), so none is passed over; and the embedded
+		// store's reads then skip the deleted messages' tombstones instead
+		// of walking them.
+		head uint64
 	)
 	for {
 		if refreshed.IsZero() || (o.poll && o.now().Sub(refreshed) > 5*time.Second) {
 			o.refresh(ctx, q)
 			refreshed = o.now()
 		}
-		if err := o.trim(ctx, q, epoch); errors.Is(err, store.ErrFenced) {
+		if err := o.trim(ctx, q, epoch, &head); errors.Is(err, store.ErrFenced) {
 			log.Info("outbox claimed by another worker; this one stops")
 			fenced = true
 			return
 		}
-		msgs, err := o.st.Read(ctx, o.tenant, outboxID(q.id), 0, batch)
+		msgs, err := o.st.Read(ctx, o.tenant, outboxID(q.id), head, batch)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -623,8 +630,12 @@ func (o *outbox) run(q *destQueue) {
 		failures = 0
 		if len(msgs) == 0 {
 			first, attempts = time.Time{}, 0
-			o.refresh(ctx, q) // what was counted here may have drifted
-			refreshed = o.now()
+			if !o.poll {
+				// Empty: what was counted here may have drifted (an
+				// append counted between the read and now is counted
+				// again by the next read's acknowledgement, at worst).
+				q.backlog.Store(0)
+			}
 			if o.wait(q, idle, true) != nil {
 				return
 			}
@@ -666,7 +677,7 @@ func (o *outbox) run(q *destQueue) {
 				if o.wait(q, d, true) != nil {
 					return
 				}
-				if err := o.trim(ctx, q, epoch); errors.Is(err, store.ErrFenced) {
+				if err := o.trim(ctx, q, epoch, &head); errors.Is(err, store.ErrFenced) {
 					log.Info("outbox claimed by another worker; this one stops")
 					fenced = true
 					return
@@ -690,6 +701,7 @@ func (o *outbox) run(q *destQueue) {
 			}
 		default:
 			q.backlog.Add(-int64(len(msgs)))
+			head = max(head, msgs[len(msgs)-1].Seq)
 		}
 	}
 }
@@ -768,12 +780,13 @@ func (o *outbox) refresh(ctx context.Context, q *destQueue) {
 
 // trim drops the oldest messages of an outbox over its limit, under the
 // drop_oldest policy (under refuse, appends stop at the limit).
-func (o *outbox) trim(ctx context.Context, q *destQueue, epoch uint64) error {
+// It reads after head and moves head past what it dropped.
+func (o *outbox) trim(ctx context.Context, q *destQueue, epoch uint64, head *uint64) error {
 	over := q.backlog.Load() - o.limit()
 	if over <= 0 {
 		return nil
 	}
-	msgs, err := o.st.Read(ctx, o.tenant, outboxID(q.id), 0, int(min(over, 10_000)))
+	msgs, err := o.st.Read(ctx, o.tenant, outboxID(q.id), *head, int(min(over, 10_000)))
 	if err != nil || len(msgs) == 0 {
 		return err
 	}
@@ -786,6 +799,7 @@ func (o *outbox) trim(ctx context.Context, q *destQueue, epoch uint64) error {
 	}
 	q.dropped.Add(int64(len(msgs)))
 	q.backlog.Add(-int64(len(msgs)))
+	*head = max(*head, msgs[len(msgs)-1].Seq)
 	o.log.Info("outbox full: oldest messages dropped", "destination", q.id, "messages", len(msgs), "limit", o.limit())
 	return nil
 }
