@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -496,4 +497,112 @@ func TestOutboxResumesWithoutConnection(t *testing.T) {
 		st, err := hub2.DeliveryStatus(ctx, "acme", hook)
 		return err == nil && st.Delivered == n && st.Backlog == 0
 	})
+}
+
+// TestOutboxReceiverFailures: a receiver that answers 500, takes longer
+// than the sender's timeout, resets the connection, or presents a
+// certificate the hub does not trust gets the batch again, with backoff,
+// until it takes it (the last moved to a good receiver by changing the
+// destination's URL while the batch is retried); nothing is lost or
+// reordered, and the status names the failure.
+func TestOutboxReceiverFailures(t *testing.T) {
+	for _, tc := range []struct {
+		name, wantErr string
+		fail          func(w http.ResponseWriter)
+	}{
+		{"status 500", "500", func(w http.ResponseWriter) { w.WriteHeader(http.StatusInternalServerError) }},
+		{"timeout", "timeout", func(w http.ResponseWriter) { time.Sleep(700 * time.Millisecond); w.WriteHeader(http.StatusNoContent) }},
+		{"reset", "connect", func(w http.ResponseWriter) {
+			conn, _, err := w.(http.Hijacker).Hijack()
+			if err == nil {
+				conn.(*net.TCPConn).SetLinger(0)
+				conn.Close()
+			}
+		}},
+		{"untrusted certificate", "tls", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newOutboxStack(t, time.Hour, func(c *broker.Config) { c.Delivery.Sender = shortSender(t, 300*time.Millisecond) })
+			s.tenant("acme")
+			rc := newWebhookReceiver(t)
+			var failing atomic.Bool
+			failing.Store(true)
+			url := rc.URL + "/hook"
+			if tc.fail != nil {
+				good := rc.Server.Config.Handler
+				rc.Server.Config.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					if failing.Load() {
+						tc.fail(w)
+						return
+					}
+					good.ServeHTTP(w, r)
+				})
+			} else {
+				bad := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusNoContent) }))
+				t.Cleanup(bad.Close)
+				url = bad.URL + "/hook"
+			}
+			hook := s.destinationAt("acme", "hook", url, rc.secret, "sensors/#")
+			pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
+			const n = 5
+			for i := range n {
+				if r := pub.pub(t, "sensors/temp", fmt.Sprint(i), 1, false); r.ReasonCode != 0 {
+					t.Fatalf("PUBACK 0x%02x: a failing receiver must not refuse the publisher", r.ReasonCode)
+				}
+			}
+			eventually(t, 10*time.Second, "an attempt failed and its error is in the status", func() bool {
+				st, _ := s.hub.DeliveryStatus(ctx, "acme", hook)
+				return st.LastError != nil && strings.Contains(st.LastErrorText, tc.wantErr)
+			})
+			if tc.fail != nil {
+				failing.Store(false)
+			} else {
+				fixed := rc.URL + "/hook"
+				if _, err := s.store.UpdateDestination(ctx, "acme", hook, tenants.DestinationUpdate{URL: &fixed}, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			eventually(t, 10*time.Second, "every message reaches the receiver once it takes them", func() bool { return len(rc.messages()) >= n })
+			seen := map[string]bool{}
+			var order []string
+			for _, m := range rc.messages() {
+				if !seen[string(m.Payload)] {
+					order = append(order, string(m.Payload))
+				}
+				seen[string(m.Payload)] = true
+			}
+			if fmt.Sprint(order) != "[0 1 2 3 4]" {
+				t.Errorf("first arrivals %v, want [0 1 2 3 4]", order)
+			}
+		})
+	}
+}
+
+// shortSender sends to receivers on 127.0.0.1 with a short timeout.
+func shortSender(t testing.TB, timeout time.Duration) *dataout.Sender {
+	t.Helper()
+	g, err := dataout.NewGuard("127.0.0.1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sender, err := dataout.NewSender(dataout.SenderConfig{Guard: g, Timeout: timeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sender
+}
+
+// destinationAt is destination with a URL and secret of the test's
+// choosing, and no condition.
+func (s *outboxStack) destinationAt(tenant, name, url, secret, filter string) string {
+	s.t.Helper()
+	id := tenants.NewDestinationID()
+	if _, err := s.store.CreateDestination(ctx, tenant, id, tenants.DestinationInput{Name: name, Type: "webhook", URL: url},
+		tenants.Sealed{Secret: s.sealer.SealSecret(tenant, id, secret)}); err != nil {
+		s.t.Fatal(err)
+	}
+	if _, err := s.store.CreateExportRule(ctx, tenant, tenants.ExportRuleInput{Filter: filter, Destination: name}); err != nil {
+		s.t.Fatal(err)
+	}
+	return id
 }
