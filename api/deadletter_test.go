@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -97,5 +98,30 @@ func TestDeadLetters(t *testing.T) {
 	want(t, r, 200, "purge")
 	if r.json()["purged"] != float64(0) {
 		t.Errorf("purge of none: %s", r.body)
+	}
+}
+
+// TestOutboxPolicy: the tenant's outbox_policy is drop_oldest until an
+// admin sets refuse; another value is a 400 naming the field; a viewer
+// cannot change it; max_outbox is among the quotas.
+func TestOutboxPolicy(t *testing.T) {
+	e := newEnv(t)
+	owner := e.signup("owner")
+	e.mustTenant(owner, "acme")
+	_, viewerKey := e.mustKey(owner.token, "acme", tenants.RoleViewer)
+	if got := e.do("GET", "/v1/tenants/acme", owner.token, nil).str("outbox_policy"); got != "drop_oldest" {
+		t.Errorf("a new tenant's outbox_policy: %q, want drop_oldest", got)
+	}
+	r := e.do("PATCH", "/v1/tenants/acme", owner.token, map[string]string{"outbox_policy": "refuse"})
+	want(t, r, 200, "set outbox_policy")
+	if r.str("outbox_policy") != "refuse" {
+		t.Errorf("after the PATCH: %s", r.body)
+	}
+	wantProblem(t, e.do("PATCH", "/v1/tenants/acme", owner.token, map[string]string{"outbox_policy": "drop_newest"}), 400, "invalid", "outbox_policy", "an unknown outbox policy")
+	wantProblem(t, e.do("PATCH", "/v1/tenants/acme", viewerKey, map[string]string{"outbox_policy": "drop_oldest"}), 403, "forbidden", "", "a viewer sets outbox_policy")
+	q := e.do("GET", "/v1/tenants/acme/quotas", owner.token, nil)
+	want(t, q, 200, "quotas")
+	if !strings.Contains(string(q.body), `"max_outbox":10000`) {
+		t.Errorf("quotas lack max_outbox 10000 (free plan): %s", q.body)
 	}
 }

@@ -91,10 +91,18 @@ func (h *outboxHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	if remote(pk) {
 		return pk, nil // put in its outboxes where it arrived
 	}
-	if err := h.inst.out.append(cl, pk); err != nil && pk.FixedHeader.Qos > 0 {
-		return h.inst.refusePublish(cl, pk, err)
+	err := h.inst.out.append(cl, pk)
+	if err == nil || pk.FixedHeader.Qos == 0 {
+		return pk, nil
 	}
-	return pk, nil
+	if errors.Is(err, errOutboxFull) {
+		device := "api"
+		if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+			device = dc.id.device
+		}
+		h.inst.quotaHit(device, cl.ID, "max_outbox", h.inst.out.limit())
+	}
+	return h.inst.refusePublish(cl, pk, err)
 }
 
 // outbox is a tenant's outboxes on this node: it appends the tenant's

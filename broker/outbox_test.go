@@ -369,6 +369,9 @@ func TestOutboxFullRefuses(t *testing.T) {
 	if r := pub.pub(t, "sensors/temp", "3", 1, false); r.ReasonCode != 0x97 {
 		t.Fatalf("publish to a full outbox: PUBACK 0x%02x, want 0x97 quota exceeded", r.ReasonCode)
 	}
+	if n := s.hub.QuotaHits("acme", "max_outbox"); n != 1 {
+		t.Errorf("max_outbox hits counted: %d, want 1", n)
+	}
 	pub.pub(t, "sensors/temp", "qos0", 0, false)
 	old := mustV3(t, s.addr, "acme/old", s.device("acme", "old"), "old", true)
 	old.Publish("sensors/temp", 1, false, "from 3.1.1")
