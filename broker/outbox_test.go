@@ -609,3 +609,49 @@ func (s *outboxStack) destinationAt(tenant, name, url, secret, filter string) st
 	}
 	return id
 }
+
+// TestOutboxSpread: a tenant served by two nodes at once: what a device
+// publishes on either is put in the outbox where it arrives (the session
+// store both share), and the tenant's home alone delivers it, finding
+// what the other node added as it polls.
+func TestOutboxSpread(t *testing.T) {
+	sealer, err := dataout.NewSealer(dataout.KeyFromToken("test-operator-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := newSpread(t, func(c *broker.Config) {
+		c.Delivery = &broker.Delivery{Rules: c.Directory.(*tenants.Store), Sealer: sealer, Sender: shortSender(t, 2*time.Second),
+			Batch: 10, Poll: 100 * time.Millisecond, Policy: dataout.Policy{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond}}
+	})
+	os := &outboxStack{stack: s.stack, sealer: sealer}
+	s.tenant("acme")
+	rc := newWebhookReceiver(t)
+	hook := os.destination("acme", "hook", rc, "sensors/#", "")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	onHome := mustV5(t, s.addr, user("acme", "d"), secret, "at-home")
+	onOther := mustV5(t, s.b.addr, user("acme", "d"), secret, "elsewhere")
+	const n = 10
+	for i := range n {
+		if r := onOther.pub(t, "sensors/b", fmt.Sprint(i), 1, false); r.ReasonCode != 0 {
+			t.Fatalf("publish on the other node: PUBACK 0x%02x", r.ReasonCode)
+		}
+		onHome.pub(t, "sensors/a", fmt.Sprint(i), 1, false)
+	}
+	eventually(t, 10*time.Second, "every message from both nodes is delivered", func() bool { return len(rc.messages()) >= 2*n })
+	byTopic := map[string][]string{}
+	for _, m := range rc.messages() {
+		byTopic[m.Topic] = append(byTopic[m.Topic], string(m.Payload))
+	}
+	for _, topic := range []string{"sensors/a", "sensors/b"} {
+		if got := fmt.Sprint(byTopic[topic]); got != "[0 1 2 3 4 5 6 7 8 9]" {
+			t.Errorf("%s delivered %s, want 0 to 9 once each, in order", topic, got)
+		}
+	}
+	eventually(t, 5*time.Second, "the home counts them delivered", func() bool {
+		st, _ := s.hub.DeliveryStatus(ctx, "acme", hook)
+		return st.Delivered == 2*n && st.Backlog == 0
+	})
+	if st, _ := s.b.hub.DeliveryStatus(ctx, "acme", hook); st.Delivered != 0 {
+		t.Errorf("the other node delivered %d: only the home delivers", st.Delivered)
+	}
+}
