@@ -142,10 +142,11 @@ type outbox struct {
 	wg      sync.WaitGroup
 }
 
-// outboxRules is a tenant's destination rules, compiled.
+// outboxRules is a tenant's destination rules, compiled. stale ones were
+// dropped by a change: they are read again, and used only if that fails.
 type outboxRules struct {
-	set  *dataout.RuleSet
-	none bool
+	set         *dataout.RuleSet
+	none, stale bool
 }
 
 // destQueue is one destination's outbox as this node knows it.
@@ -217,12 +218,21 @@ func (o *outbox) start() {
 }
 
 func (o *outbox) startWorkers() {
-	ctx, cancel := storeCtx()
-	defer cancel()
-	rules, err := o.cfg.Rules.Rules(ctx, o.tenant)
-	if err != nil {
+	var rules []tenants.ExportRule
+	for retry := 1; ; retry++ {
+		ctx, cancel := storeCtx()
+		var err error
+		rules, err = o.cfg.Rules.Rules(ctx, o.tenant)
+		cancel()
+		if err == nil {
+			break
+		}
 		o.log.Error("read rules for the outbox", "err", err)
-		return
+		select {
+		case <-o.stop:
+			return
+		case <-time.After(min(time.Duration(retry)*time.Second, 30*time.Second)):
+		}
 	}
 	for _, r := range rules {
 		if r.Destination != "" {
@@ -251,7 +261,9 @@ func (o *outbox) forget() {
 		return
 	}
 	o.rulesMu.Lock()
-	o.rules.Store(nil)
+	if r := o.rules.Load(); r != nil && !r.stale {
+		o.rules.Store(&outboxRules{set: r.set, none: r.none, stale: true})
+	}
 	o.rulesMu.Unlock()
 	o.gen.Add(1)
 	o.hooks.Clear()
@@ -315,19 +327,28 @@ func (o *outbox) figures() (delivered, failed, dropped, backlog int64) {
 	return delivered, failed, dropped, backlog
 }
 
+// compiled returns the tenant's destination rules, compiled, reading them
+// if a change dropped them. If the directory cannot be read, the rules as
+// they were before the change serve (a node that lost the directory goes
+// on as it was); with none read yet, the publish is refused.
 func (o *outbox) compiled() (*outboxRules, error) {
-	if r := o.rules.Load(); r != nil {
+	if r := o.rules.Load(); r != nil && !r.stale {
 		return r, nil
 	}
 	o.rulesMu.Lock()
 	defer o.rulesMu.Unlock()
-	if r := o.rules.Load(); r != nil {
-		return r, nil
+	old := o.rules.Load()
+	if old != nil && !old.stale {
+		return old, nil
 	}
 	ctx, cancel := storeCtx()
 	defer cancel()
 	all, err := o.cfg.Rules.Rules(ctx, o.tenant)
 	if err != nil {
+		if old != nil {
+			o.log.Warn("read rules for the outbox; the rules read before serve", "err", err)
+			return old, nil
+		}
 		return nil, err
 	}
 	var dest []tenants.ExportRule
@@ -361,7 +382,7 @@ func (o *outbox) append(cl *mqtt.Client, pk packets.Packet) error {
 		o.log.Error("read rules for the outbox", "err", err)
 		return errNotStored
 	}
-	if rules.none {
+	if rules.none || !rules.set.MatchesTopic(pk.TopicName) {
 		return nil
 	}
 	ctx, cancel := storeCtx()

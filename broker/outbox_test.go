@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -654,4 +655,62 @@ func TestOutboxSpread(t *testing.T) {
 	if st, _ := s.b.hub.DeliveryStatus(ctx, "acme", hook); st.Delivered != 0 {
 		t.Errorf("the other node delivered %d: only the home delivers", st.Delivered)
 	}
+}
+
+// flakyRules is the directory as the outbox reads it, failing while fail
+// is set.
+type flakyRules struct {
+	*tenants.Store
+	fail atomic.Bool
+}
+
+var errDirectoryDown = fmt.Errorf("directory down")
+
+func (f *flakyRules) Rules(ctx context.Context, tenant string) ([]tenants.ExportRule, error) {
+	if f.fail.Load() {
+		return nil, errDirectoryDown
+	}
+	return f.Store.Rules(ctx, tenant)
+}
+
+func (f *flakyRules) Destination(ctx context.Context, tenant, id string) (tenants.Destination, error) {
+	if f.fail.Load() {
+		return tenants.Destination{}, errDirectoryDown
+	}
+	return f.Store.Destination(ctx, tenant, id)
+}
+
+// TestOutboxDirectoryDown: when the directory cannot be read after a
+// change dropped the rules, the rules read before go on serving: matching
+// publishes are acknowledged and kept, and delivered once the directory
+// is back (the destination could not be read meanwhile).
+func TestOutboxDirectoryDown(t *testing.T) {
+	var rules *flakyRules
+	s := newOutboxStack(t, time.Hour, func(c *broker.Config) {
+		rules = &flakyRules{Store: c.Directory.(*tenants.Store)}
+		c.Delivery.Rules = rules
+	})
+	s.tenant("acme")
+	rc := newWebhookReceiver(t)
+	hook := s.destination("acme", "hook", rc, "sensors/#", "")
+	pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
+	pub.pub(t, "sensors/temp", "0", 1, false)
+	eventually(t, 10*time.Second, "the first message is delivered", func() bool { return len(rc.messages()) == 1 })
+
+	rules.fail.Store(true)
+	if _, err := s.store.CreateExportRule(ctx, "acme", tenants.ExportRuleInput{Filter: "other/#", Destination: "hook"}); err != nil {
+		t.Fatal(err) // a change: the outbox drops its rules
+	}
+	time.Sleep(100 * time.Millisecond)
+	for i := 1; i <= 3; i++ {
+		if r := pub.pub(t, "sensors/temp", fmt.Sprint(i), 1, false); r.ReasonCode != 0 {
+			t.Fatalf("publish with the directory down: PUBACK 0x%02x, want 0", r.ReasonCode)
+		}
+	}
+	eventually(t, 10*time.Second, "an attempt failed on the directory", func() bool {
+		st, _ := s.hub.DeliveryStatus(ctx, "acme", hook)
+		return st.Backlog == 3 && strings.Contains(st.LastErrorText, "directory down")
+	})
+	rules.fail.Store(false)
+	eventually(t, 10*time.Second, "the kept messages are delivered once it is back", func() bool { return len(rc.messages()) == 4 })
 }

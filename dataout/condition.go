@@ -224,6 +224,18 @@ func CompileRules(rules []tenants.ExportRule) (*RuleSet, []error) {
 	return set, errs
 }
 
+// MatchesTopic reports whether any rule's filter matches topic: when none
+// does, Match would return nothing, and the caller need not gather the
+// message's input.
+func (s *RuleSet) MatchesTopic(topic string) bool {
+	for _, r := range s.rules {
+		if tenants.MatchTopic(r.Filter, topic) {
+			return true
+		}
+	}
+	return false
+}
+
 // Match returns the rules in matches and the evaluation failures; the
 // message's variables (its payload parsed once) are built only if a rule
 // with a condition matches its topic.
