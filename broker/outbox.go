@@ -267,6 +267,52 @@ func (o *outbox) forget() {
 	o.rulesMu.Unlock()
 	o.gen.Add(1)
 	o.hooks.Clear()
+	o.mu.Lock()
+	for _, q := range o.dests {
+		o.wake(q) // an idle worker checks that its destination still exists
+	}
+	o.mu.Unlock()
+}
+
+// wake wakes a destination's worker, if it waits for messages.
+func (o *outbox) wake(q *destQueue) {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// gone ends the outbox of a deleted destination: its dead letters are
+// deleted, and no worker starts for it again here.
+func (o *outbox) gone(ctx context.Context, q *destQueue, log *slog.Logger) {
+	o.mu.Lock()
+	q.fenced = true // not fenced, but as final
+	o.mu.Unlock()
+	epoch, err := o.st.Claim(ctx, o.tenant, deadID(q.id))
+	if err != nil {
+		log.Error("claim a deleted destination's dead letters", "err", err)
+		return
+	}
+	n := 0
+	for {
+		qs, err := o.st.Read(ctx, o.tenant, deadID(q.id), 0, deadPage)
+		if err != nil || len(qs) == 0 {
+			if err != nil {
+				log.Error("read a deleted destination's dead letters", "err", err)
+			}
+			break
+		}
+		seqs := make([]uint64, len(qs))
+		for i, m := range qs {
+			seqs[i] = m.Seq
+		}
+		if err := o.st.Ack(ctx, o.tenant, deadID(q.id), epoch, seqs); err != nil {
+			log.Error("delete a deleted destination's dead letters", "err", err)
+			break
+		}
+		n += len(qs)
+	}
+	log.Info("destination deleted: its outbox is closed", "dead_letters_deleted", n)
 }
 
 // webhook returns a destination opened for sending: from the cache, or
@@ -447,10 +493,7 @@ func (o *outbox) append(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	for _, q := range queues {
 		q.backlog.Add(1)
-		select {
-		case q.wake <- struct{}{}:
-		default:
-		}
+		o.wake(q)
 	}
 	return nil
 }
@@ -578,7 +621,7 @@ func (o *outbox) run(q *destQueue) {
 	fenced := false
 	defer func() {
 		o.mu.Lock()
-		q.worker, q.fenced = false, fenced
+		q.worker, q.fenced = false, q.fenced || fenced
 		o.mu.Unlock()
 	}()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -668,6 +711,15 @@ func (o *outbox) run(q *destQueue) {
 			if o.wait(q, idle, true) != nil {
 				return
 			}
+			if _, cached := o.hooks.Load(q.id); !cached {
+				// Woken after a change of the tenant's rules or
+				// destinations (or with nothing sent yet): a deleted
+				// destination's worker clears its dead letters and ends.
+				if _, gone, _ := o.webhook(ctx, q.id); gone {
+					o.gone(ctx, q, log)
+					return
+				}
+			}
 			if linger > 0 && o.wait(q, linger, false) != nil {
 				return
 			}
@@ -700,6 +752,9 @@ func (o *outbox) run(q *destQueue) {
 			if err == nil {
 				q.dropped.Add(int64(len(msgs)))
 				log.Info("destination deleted: its outbox is dropped", "messages", len(msgs))
+				// Dropped a batch at a time; the dead letters go once the
+				// outbox is empty (above).
+				o.wake(q)
 			}
 		default: // retry at at; meanwhile, drop_oldest keeps the outbox to its limit
 			for d := at.Sub(o.now()); d > 0; d = at.Sub(o.now()) {

@@ -106,10 +106,7 @@ func (h *Hub) ReplayDeadLetters(ctx context.Context, tenant, destination string)
 		case inst != nil && inst.out != nil:
 			q := inst.out.queue(destination)
 			q.backlog.Add(int64(n))
-			select {
-			case q.wake <- struct{}{}:
-			default:
-			}
+			inst.out.wake(q)
 		case inst == nil && (h.cfg.Cluster == nil || h.cfg.Cluster.Holds(tenant)):
 			h.startTenant(ctx, tenant) // its worker delivers them
 		}

@@ -714,3 +714,38 @@ func TestOutboxDirectoryDown(t *testing.T) {
 	rules.fail.Store(false)
 	eventually(t, 10*time.Second, "the kept messages are delivered once it is back", func() bool { return len(rc.messages()) == 4 })
 }
+
+// TestOutboxDestinationDeleted: once a destination's rules and then the
+// destination are deleted, its worker deletes its dead letters and ends.
+func TestOutboxDestinationDeleted(t *testing.T) {
+	s := newOutboxStack(t, 300*time.Millisecond)
+	s.tenant("acme")
+	rc := newWebhookReceiver(t)
+	rc.answer(http.StatusInternalServerError)
+	hook := s.destination("acme", "hook", rc, "sensors/#", "")
+	pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
+	pub.pub(t, "sensors/temp", "1", 1, false)
+	eventually(t, 10*time.Second, "a dead letter", func() bool {
+		st, _ := s.hub.DeliveryStatus(ctx, "acme", hook)
+		return st.DeadLetters == 1 && st.Backlog == 0
+	})
+	rules, err := s.store.Rules(ctx, "acme")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rules {
+		if err := s.store.DeleteExportRule(ctx, "acme", r.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.store.DeleteDestination(ctx, "acme", hook); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the deleted destination's dead letters are gone", func() bool {
+		st, _ := s.hub.DeliveryStatus(ctx, "acme", hook)
+		return st.DeadLetters == 0
+	})
+	eventually(t, 5*time.Second, "its worker says so", func() bool {
+		return strings.Contains(s.logs.String(), "destination deleted: its outbox is closed")
+	})
+}
