@@ -11,16 +11,15 @@ import (
 	"github.com/roosthub/roost/tenants"
 )
 
-// deliveries returns the data plane's deliveries, nil if it has none (a
-// control plane running apart from its nodes).
+// deliveries returns the data plane's deliveries, nil if it has none (no
+// data plane configured, as in some tests).
 func (s *Server) deliveries() dataplane.Deliveries {
 	dl, _ := s.dataPlane.(dataplane.Deliveries)
 	return dl
 }
 
-// errNoDeliveries answers a dead-letter request the data plane cannot
-// serve from here.
-var errNoDeliveries = fmt.Errorf("dead letters are kept by the data-plane nodes and are not reachable from this control plane yet: %w", tenants.ErrUnavailable)
+// errNoDeliveries answers a dead-letter request without a data plane.
+var errNoDeliveries = fmt.Errorf("dead letters are kept by the data plane, which this API has none of: %w", tenants.ErrUnavailable)
 
 // deadLetterDestination checks the destination is the tenant's, so that a
 // dead-letter request never reaches another tenant's outbox.

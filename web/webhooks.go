@@ -22,8 +22,7 @@ type webhookRow struct {
 	Status *dataplane.DeliveryStatus
 }
 
-// deliveries returns the data plane's deliveries, nil if it has none (a
-// control plane running apart from its nodes).
+// deliveries returns the data plane's deliveries, nil if it has none.
 func (c *Console) deliveries() dataplane.Deliveries {
 	dl, _ := c.cfg.DataPlane.(dataplane.Deliveries)
 	return dl
@@ -81,7 +80,7 @@ func (c *Console) webhookDead(replay bool) http.HandlerFunc {
 		}
 		dl := c.deliveries()
 		if dl == nil {
-			c.errorPage(w, r, http.StatusServiceUnavailable, "Dead letters are kept by the data-plane nodes, which this console cannot reach.")
+			c.errorPage(w, r, http.StatusServiceUnavailable, "Dead letters are kept by the data plane, which this console has none of.")
 			return
 		}
 		done := "replayed"
