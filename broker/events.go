@@ -20,7 +20,7 @@ type eventsHook struct {
 
 func (h *eventsHook) ID() string { return "roost-events" }
 
-var eventsHookEvents = provides(mqtt.OnConnect, mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnUnsubscribed)
+var eventsHookEvents = provides(mqtt.OnConnect, mqtt.OnDisconnect, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnPublishDropped)
 
 func (h *eventsHook) Provides(b byte) bool { return eventsHookEvents.has(b) }
 

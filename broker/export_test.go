@@ -53,3 +53,6 @@ func Routing(h *Hub, tenant string) int {
 	defer p.mu.Unlock()
 	return len(p.pubs)
 }
+
+// DefaultNodeConnections is defaultNodeConnections, for its test.
+func DefaultNodeConnections(openFiles uint64) int { return defaultNodeConnections(openFiles) }

@@ -74,11 +74,13 @@ const (
 	shedAwaitingHeader
 	refusedRatePerAddress  // over the attempt rate of its address, before any work
 	refusedRatePerEndpoint // over the attempt rate of the endpoint its ClientHello names
+	refusedNodeFull        // the node holds MaxNodeConnections (see nodelimit.go)
 	nDropReasons
 )
 
 var dropReasonNames = [nDropReasons]string{"refused_per_address", "shed_per_address", "refused_per_endpoint", "shed_per_endpoint",
-	"refused_total", "shed_total", "refused_awaiting_header", "shed_awaiting_header", "refused_rate_per_address", "refused_rate_per_endpoint"}
+	"refused_total", "shed_total", "refused_awaiting_header", "shed_awaiting_header", "refused_rate_per_address", "refused_rate_per_endpoint",
+	"refused_node_full"}
 
 func (r dropReason) String() string { return dropReasonNames[r] }
 
@@ -392,6 +394,15 @@ func (hs *handshakes) noteLocked(r dropReason, source string, now time.Time) {
 	hs.log.Warn("connections in handshake refused or closed to make room, or attempts refused over their rate (a flood, or a bound too low; counts since the last such line)", attrs...)
 }
 
+// refuseNodeFull counts a connection refused because the node holds as
+// many as it may (see nodelimit.go).
+func (hs *handshakes) refuseNodeFull(addr net.Addr) {
+	now := hs.now()
+	hs.mu.Lock()
+	defer hs.mu.Unlock()
+	hs.noteLocked(refusedNodeFull, sourceOf(addr), now)
+}
+
 // close sheds every connection in handshake and refuses new ones.
 func (hs *handshakes) close() {
 	hs.mu.Lock()
@@ -530,6 +541,7 @@ func (h *sourceHeap) Pop() any {
 type gate struct {
 	net.Listener
 	hs *handshakes
+	in *ingress
 }
 
 // Gate returns ln counting each connection it accepts as in handshake at
@@ -539,13 +551,18 @@ type gate struct {
 // and below the WebSocket servers (whose connections reach ServeConn only
 // after TLS and the HTTP upgrade). The count ends when the hub is done
 // with the handshake, or the connection is closed before.
-func (h *Hub) Gate(ln net.Listener) net.Listener { return &gate{Listener: ln, hs: h.in.hs} }
+func (h *Hub) Gate(ln net.Listener) net.Listener { return &gate{Listener: ln, hs: h.in.hs, in: h.in} }
 
 func (g *gate) Accept() (net.Conn, error) {
 	for {
 		c, err := g.Listener.Accept()
 		if err != nil {
 			return nil, err
+		}
+		if g.in.full() {
+			g.hs.refuseNodeFull(physical(c).RemoteAddr())
+			refuse(c)
+			continue
 		}
 		provisional := transport.HeaderPending(c)
 		p, ok := g.hs.enterFrom(c, physical(c).RemoteAddr(), provisional, transport.Forwarding(c))

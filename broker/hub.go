@@ -40,6 +40,12 @@ type Config struct {
 	// if zero. When they are all taken, the oldest handshake of the
 	// address holding the most is closed to make room (see handshakes).
 	MaxHandshakes int
+	// MaxNodeConnections bounds the device connections this node holds at
+	// once, in handshake, served or forwarded: past it a connection is
+	// closed as it is accepted (see nodelimit.go). Zero: the process's
+	// open-file limit less a reserve (a tenth of it, 64 to 2,048);
+	// negative: no bound.
+	MaxNodeConnections int
 	// HandshakesPerAddress bounds those from one source address (an IPv6
 	// address's /64): 256 if zero. A fleet behind one NAT connects that
 	// many devices at once, and more as each handshake ends.
@@ -212,6 +218,9 @@ func New(cfg Config) (*Hub, error) {
 	}
 	if cfg.HandshakesPerAddress == 0 {
 		cfg.HandshakesPerAddress = 256
+	}
+	if cfg.MaxNodeConnections == 0 {
+		cfg.MaxNodeConnections = defaultNodeConnections(openFileLimit())
 	}
 	if cfg.HandshakesPerEndpoint == 0 {
 		cfg.HandshakesPerEndpoint = 2_500

@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -45,6 +46,11 @@ type ingress struct {
 	// lingering holds a token for each connection in its lingering close
 	// (see linger.go), at most maxLingering.
 	lingering chan struct{}
+
+	// open counts the device connections from accept to close (see
+	// nodelimit.go); past cfg.MaxNodeConnections (if positive) a new one
+	// is refused.
+	open atomic.Int64
 
 	mu        sync.Mutex
 	listeners []net.Listener
@@ -84,7 +90,10 @@ func (in *ingress) serve(ln net.Listener) error {
 	in.mu.Unlock()
 	defer in.wg.Done()
 
+	// An error to wait out (out of descriptors) is logged as it starts
+	// and as it ends, with how many accepts failed: not once per failure.
 	var backoff time.Duration
+	failed, since := 0, time.Time{}
 	for {
 		conn, err := ln.Accept()
 		if err != nil {
@@ -93,23 +102,43 @@ func (in *ingress) serve(ln net.Listener) error {
 				return nil
 			default:
 			}
-			if ne, ok := err.(net.Error); ok && ne.Timeout() || errors.Is(err, errTooManyFiles) {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				in.log.Warn("accept", "err", err, "retry_in", backoff)
-				time.Sleep(backoff)
-				continue
+			if !transport.AcceptRetryable(err) {
+				return fmt.Errorf("accept: %w", err)
 			}
-			return fmt.Errorf("accept: %w", err)
+			if failed == 0 {
+				since = time.Now()
+				in.log.Warn("accept failing; waiting it out (out of descriptors? see MaxNodeConnections)", "addr", ln.Addr().String(), "err", err)
+			}
+			failed++
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			time.Sleep(backoff)
+			continue
+		}
+		if failed > 0 {
+			in.log.Warn("accept works again", "addr", ln.Addr().String(), "failed", failed, "for", time.Since(since).Round(time.Millisecond).String())
+			failed = 0
 		}
 		backoff = 0
+		if in.full() {
+			in.hs.refuseNodeFull(physical(conn).RemoteAddr())
+			refuse(conn)
+			continue
+		}
 		p := in.ticket(conn)
 		if p == nil {
 			refuse(conn)
 			continue
 		}
+		in.open.Add(1)
 		in.wg.Add(1)
 		go in.handle(conn, p)
 	}
+}
+
+// full reports whether the node holds as many device connections as it
+// may (see nodelimit.go).
+func (in *ingress) full() bool {
+	return in.cfg.MaxNodeConnections > 0 && in.open.Load() >= int64(in.cfg.MaxNodeConnections)
 }
 
 // ticket counts a connection as in handshake, or returns nil if it is
@@ -145,6 +174,7 @@ func (in *ingress) serveConn(conn net.Conn) {
 		conn.Close()
 		return
 	}
+	in.open.Add(1) // its gate checked the node's bound
 	in.handle(conn, p)
 }
 
@@ -153,6 +183,7 @@ func (in *ingress) serveConn(conn net.Conn) {
 // connection alone.
 func (in *ingress) handle(conn net.Conn, p *pending) {
 	defer in.wg.Done()
+	defer in.open.Add(-1)
 	defer func() {
 		if v := recover(); v != nil {
 			in.log.Error("panic admitting connection", "remote", conn.RemoteAddr().String(), "panic", fmt.Sprint(v), "stack", string(debug.Stack()))

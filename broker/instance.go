@@ -38,6 +38,9 @@ type instance struct {
 	// limitsOff skips the publish quotas and metering: only for the
 	// benchmark that measures what they cost.
 	limitsOff bool
+	// drops folds what mochi drops for clients that do not keep up into
+	// queue_dropped events (see drops.go).
+	drops dropNotes
 
 	// wills holds the Wills waiting out their delay; see will.go.
 	wills wills
@@ -158,6 +161,7 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 	// with theirs.
 	pending := caps.MaximumClientWritesPending
 	caps.MaximumClientWritesPending = 0
+	var inst *instance // mochi logs only once it serves, after inst is set
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities:           caps,
 		InlineClient:           true,
@@ -168,10 +172,10 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 		// 2 KiB a connection) costs no extra read, as a body at least
 		// that long is read straight into mochi's packet.
 		ClientNetReadBufferSize: 16,
-		Logger:                  mochiLogger(log),
+		Logger:                  mochiLogger(log, func(clientID string) { inst.dropped(clientID, dropInflight) }),
 	})
 	caps.MaximumClientWritesPending = pending
-	inst := &instance{tenant: t.Slug, server: srv, log: log, env: hubEnv{h, t.Slug}, dir: h.dir, exporter: h.cfg.Exporter, limitsOff: h.limitsOff,
+	inst = &instance{tenant: t.Slug, server: srv, log: log, env: hubEnv{h, t.Slug}, dir: h.dir, exporter: h.cfg.Exporter, limitsOff: h.limitsOff,
 		lastActive: h.now(), exportErrs: map[string]int64{},
 		watchers: map[string]int{}}
 	inst.setQuotas(t)
@@ -236,8 +240,11 @@ func clamp(v, lo, hi int64) int64 { return min(max(v, lo), hi) }
 // a client whose in-flight messages reached max_queued ("client store
 // quota reached"), so one device that subscribes and stops reading would
 // otherwise write a line for each message published to it.
-func mochiLogger(log *slog.Logger) *slog.Logger {
-	return slog.New(levelFilter{log.Handler(), slog.LevelWarn, &foldedLog{seen: map[string]*foldedLine{}}})
+//
+// Each "client store quota reached" goes to inflightFull with the client's
+// id, folded or not (see drops.go).
+func mochiLogger(log *slog.Logger, inflightFull func(clientID string)) *slog.Logger {
+	return slog.New(levelFilter{log.Handler(), slog.LevelWarn, &foldedLog{seen: map[string]*foldedLine{}}, inflightFull})
 }
 
 // mochiFoldEvery is how often a line of one kind for one client passes.
@@ -283,8 +290,9 @@ func (f *foldedLog) pass(key string, now time.Time) (bool, int) {
 
 type levelFilter struct {
 	slog.Handler
-	min  slog.Level
-	fold *foldedLog
+	min          slog.Level
+	fold         *foldedLog
+	inflightFull func(clientID string)
 }
 
 func (f levelFilter) Enabled(ctx context.Context, l slog.Level) bool {
@@ -296,6 +304,9 @@ func (f levelFilter) Handle(ctx context.Context, r slog.Record) error {
 	r.Attrs(func(a slog.Attr) bool {
 		if a.Key == "client" {
 			key += "\x00" + a.Value.String()
+			if r.Message == mochiInflightFull && f.inflightFull != nil {
+				f.inflightFull(a.Value.String())
+			}
 			return false
 		}
 		return true
@@ -311,11 +322,11 @@ func (f levelFilter) Handle(ctx context.Context, r slog.Record) error {
 }
 
 func (f levelFilter) WithAttrs(a []slog.Attr) slog.Handler {
-	return levelFilter{f.Handler.WithAttrs(a), f.min, f.fold}
+	return levelFilter{f.Handler.WithAttrs(a), f.min, f.fold, f.inflightFull}
 }
 
 func (f levelFilter) WithGroup(n string) slog.Handler {
-	return levelFilter{f.Handler.WithGroup(n), f.min, f.fold}
+	return levelFilter{f.Handler.WithGroup(n), f.min, f.fold, f.inflightFull}
 }
 
 // handoff is the listener every instance registers for the connections the

@@ -77,8 +77,16 @@ func (h *sessionHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if err := h.p.claim(ctx, cl.ID); err != nil {
 		return refuse("claim a session", err)
 	}
+	// A connection not starting clean resumes the stored session
+	// [MQTT-3.1.2-5], even one that keeps none after: it ends with the
+	// connection then (see routeHook.OnSessionEstablished).
 	resumed := false
-	if found && keeps && !pk.Connect.Clean {
+	if found && !pk.Connect.Clean {
+		if !keeps {
+			if err := h.inst.routeEndingSession(ctx, cl.ID, stored); err != nil {
+				return refuse("route a session resumed for one connection", err)
+			}
+		}
 		var err error
 		if resumed, err = h.p.adopt(ctx, stored); err != nil {
 			return refuse("read a session's queue", err)

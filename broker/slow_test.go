@@ -9,16 +9,23 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/events"
 )
 
 // TestSlowSubscriberDropsCountedNotLogged: a subscriber that stops reading
 // and acknowledging has its in-flight messages bounded by max_queued;
 // what mochi drops past it (messages already acknowledged to their
 // publisher, as mosquitto drops past max_queued_messages) is counted in
-// roost_messages_dropped_total{reason="max_queued"}, and mochi's warning,
-// one per dropped message, reaches the log once, not four hundred times.
+// roost_messages_dropped_total{reason="max_queued"}, mochi's warning, one
+// per dropped message, reaches the log once, not four hundred times, and
+// so does the tenant's queue_dropped event naming the client (the next,
+// a minute later at the earliest, says how many drops it stands for);
+// another tenant hears nothing of it.
 func TestSlowSubscriberDropsCountedNotLogged(t *testing.T) {
-	s := newStack(t)
+	ev := events.NewMemory(1000)
+	s := newStack(t, func(c *broker.Config) { c.Events = ev })
+	s.tenant("other")
 	s.tenant("acme")
 	liftRates(t, s, "acme")
 	s.setQuota("acme", "max_queued", 100)
@@ -57,5 +64,78 @@ func TestSlowSubscriberDropsCountedNotLogged(t *testing.T) {
 	}
 	if n := strings.Count(s.logs.String(), "client store quota reached"); n != 1 {
 		t.Errorf("mochi's warning logged %d times, want once (folded)", n)
+	}
+	var drops []events.Event
+	for _, e := range ev.Recent("acme") {
+		if e.Type == events.QueueDropped {
+			drops = append(drops, e)
+		}
+	}
+	if len(drops) != 1 {
+		t.Fatalf("queue_dropped events %+v, want one (folded)", drops)
+	}
+	if e := drops[0]; e.ClientID != "slow" || e.Device != "slow" || e.Quota != "max_queued" || e.Limit != 100 || e.Count != 1 {
+		t.Errorf("queue_dropped %+v, want client slow, device slow, quota max_queued, limit 100, count 1", e)
+	}
+	if other := ev.Recent("other"); len(other) != 0 {
+		t.Errorf("another tenant's events: %+v", other)
+	}
+}
+
+// TestNonReadingSubscriberDropsCounted: a subscriber that stops reading
+// has at most 1,024 packets waiting to be written to it; what mochi drops
+// past them (QoS 0 here) is counted in
+// roost_messages_dropped_total{reason="pending_writes"} and raises one
+// queue_dropped event naming the client; the publisher is not held up.
+func TestNonReadingSubscriberDropsCounted(t *testing.T) {
+	ev := events.NewMemory(1000)
+	s := newStack(t, func(c *broker.Config) { c.Events = ev })
+	s.tenant("acme")
+	liftRates(t, s, "acme")
+	stalled, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	stalled.(*net.TCPConn).SetReadBuffer(4096)
+	sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 4, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "s/t", Qos: 0}}}
+	var b bytes.Buffer
+	if err := sub.SubscribeEncode(&b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stalled.Write(append(connectBytes(t, 4, "acme/stalled", s.device("acme", "stalled"), "stalled"), b.Bytes()...)); err != nil {
+		t.Fatal(err)
+	}
+	stalled.SetReadDeadline(time.Now().Add(5 * time.Second))
+	acks := make([]byte, 4+5) // CONNACK, SUBACK
+	if _, err := io.ReadFull(stalled, acks); err != nil || acks[3] != 0 || acks[4]>>4 != packets.Suback {
+		t.Fatalf("CONNACK and SUBACK % x (%v)", acks, err)
+	}
+	// From here the subscriber reads nothing.
+
+	pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
+	payload := strings.Repeat("x", 8<<10)
+	for range 3000 {
+		pub.pub(t, "s/t", payload, 0, false)
+	}
+	eventually(t, 10*time.Second, "the drops counted", func() bool {
+		return scraped(t, s.hub, "roost_messages_dropped_total", "reason", "pending_writes") > 0
+	})
+	var drops []events.Event
+	eventually(t, 5*time.Second, "a queue_dropped event", func() bool {
+		drops = drops[:0]
+		for _, e := range ev.Recent("acme") {
+			if e.Type == events.QueueDropped {
+				drops = append(drops, e)
+			}
+		}
+		return len(drops) > 0
+	})
+	if len(drops) != 1 {
+		t.Fatalf("queue_dropped events %+v, want one (folded)", drops)
+	}
+	if e := drops[0]; e.ClientID != "stalled" || e.Quota != "pending_writes" || e.Limit != 1024 || e.Count != 1 {
+		t.Errorf("queue_dropped %+v, want client stalled, quota pending_writes, limit 1024, count 1", e)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/broker/fabric"
+	"github.com/roosthub/roost/broker/store"
 )
 
 // A spread tenant is served by every node of the fleet at once (see
@@ -175,19 +176,29 @@ func (inst *instance) joinFabric(fab fabric.Node, home bool) error {
 // other nodes may have swept its routes, and acknowledged messages they
 // then sent nowhere. The connections whose subscriptions are those routes
 // (clean sessions) are ended (0x89, server busy): they may have missed
-// messages, and start afresh; a persistent session's messages were queued
-// all along. The routes still held (live views) are written again.
+// messages, and start afresh. So are persistent sessions' (0x89): their
+// messages were queued all along, but the node their client is connected
+// to, as the others know it, may have been swept with this node, and the
+// session may have moved meanwhile (its client connected through another
+// node; the kick that node sent here went with the sweep): they resume
+// from the store, wherever their client connects. The routes still held
+// (live views) are written again.
 func (inst *instance) fabricLapsed() {
 	r := inst.routes
 	if r == nil {
 		return
 	}
 	kicked := map[string]bool{}
+	sessions := 0
 	for id, cl := range inst.server.Clients.GetAll() {
-		if cl.Net.Inline || r.sessionRouted(cl) || cl.Closed() {
+		if cl.Net.Inline || cl.Closed() {
 			continue
 		}
-		kicked[id] = true
+		if r.sessionRouted(cl) {
+			sessions++
+		} else {
+			kicked[id] = true
+		}
 		inst.end(cl, packets.ErrServerBusy)
 	}
 	r.mu.Lock()
@@ -210,7 +221,8 @@ func (inst *instance) fabricLapsed() {
 	if err := r.fab.Replace(ctx, filters); err != nil {
 		inst.log.Warn("write the routes again after this node's membership lapsed", "err", err)
 	}
-	inst.log.Warn("this node's membership of the tenant lapsed: its clean sessions were ended, to start afresh", "ended", len(kicked))
+	inst.log.Warn("this node's membership of the tenant lapsed: its connections were ended, clean sessions to start afresh, persistent ones to resume from the store",
+		"clean", len(kicked), "persistent", sessions)
 }
 
 // fabricFigures are the tenant's routes held here and the messages waiting
@@ -402,6 +414,30 @@ func (h *routeHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	// What was queued for it between the read of its queue at connect and
 	// the attach was sent nowhere: it is in the queue, read now.
 	h.inst.persist.catchUp(cl)
+}
+
+// routeEndingSession readies the routes of a stored session that a
+// connection resumes without keeping it (it ends with the connection),
+// before its queue is read (adopt) and the CONNACK goes out: its filters
+// become this node's routes, and its own routes go. From then on a
+// message for it is sent here, to mochi's subscriptions, not queued; one
+// queued before is in the queue adopt reads. (Left to the session's
+// start, a message published right after the CONNACK would have been
+// queued for a session about to end, and lost with it.)
+func (inst *instance) routeEndingSession(ctx context.Context, clientID string, s store.Session) error {
+	r := inst.routes
+	if r == nil || r.sess == nil {
+		return nil
+	}
+	for _, sub := range s.Subscriptions {
+		if r.hold(sub.Filter, clientID) {
+			if err := r.fab.Add(ctx, sub.Filter); err != nil {
+				r.drop(sub.Filter, clientID)
+				return err
+			}
+		}
+	}
+	return r.sess.DropSession(ctx, clientID, 0)
 }
 
 func (h *routeHook) ID() string { return "roost-routes" }

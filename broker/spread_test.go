@@ -509,10 +509,7 @@ func TestSpreadSessionMoves(t *testing.T) {
 	if dups > 0 {
 		t.Errorf("%d duplicates of live messages, want none", dups)
 	}
-	eventually(t, 5*time.Second, "the acknowledged messages deleted from the queue", func() bool {
-		info, err := s.sessA.QueueInfo(context.Background(), "acme", "keeper")
-		return err == nil && info.Len == 0
-	})
+	s.queueEmptied(t, "keeper", "the acknowledged messages deleted from the queue")
 }
 
 // TestSpreadSessionTakeover: a client id connecting on the other node
@@ -530,10 +527,7 @@ func TestSpreadSessionTakeover(t *testing.T) {
 	// paho acknowledges a message after handing it over: taken over before
 	// the broker has the PUBACK, the session must send it again
 	// [MQTT-4.4.0-1].
-	eventually(t, 5*time.Second, "the first connection's PUBACK recorded", func() bool {
-		info, err := s.sessA.QueueInfo(context.Background(), "acme", "keeper")
-		return err == nil && info.Len == 0
-	})
+	s.queueEmptied(t, "keeper", "the first connection's PUBACK recorded")
 	second := mustV5(t, s.b.addr, user("acme", "d"), secret, "keeper", keepSession)
 	if !second.connack.SessionPresent {
 		t.Fatal("the session is not present on the other node")
@@ -668,7 +662,9 @@ func TestSpreadWillHeldElsewhere(t *testing.T) {
 // has its routes swept by the others; back, it finds its membership gone
 // and ends its clean sessions, which may have missed what the others
 // acknowledged meanwhile (0x89); a subscriber there then gets the others'
-// messages again.
+// messages again. It ends its persistent sessions too (0x89), which may
+// have moved meanwhile: one resumes on the other node with what was
+// published while it was cut off.
 func TestSpreadNodeCutOff(t *testing.T) {
 	url := testenv.RedisURL(t)
 	proxy := newCutProxy(t, url)
@@ -679,6 +675,8 @@ func TestSpreadNodeCutOff(t *testing.T) {
 	secret := s.device("acme", "d", tenants.ClientIDsAny)
 	sub := mustV5(t, s.b.addr, user("acme", "d"), secret, "sub")
 	sub.sub(t, "t/#", 1)
+	keeper := mustV5(t, s.b.addr, user("acme", "d"), secret, "keeper", keepSession)
+	keeper.sub(t, "k/#", 1)
 	pub := mustV5(t, s.addr, user("acme", "d"), secret, "pub")
 	pub.pub(t, "t/x", "before", 1, false)
 	sub.expect(t, "t/x", "before")
@@ -689,14 +687,33 @@ func TestSpreadNodeCutOff(t *testing.T) {
 		pub.pub(t, "t/x", "while cut off", 1, false)
 		return s.fabA.Stats().Sent == before
 	})
+	pub.pub(t, "k/x", "for the session", 1, false)
 	proxy.cut(false)
-	select {
-	case d := <-sub.discs:
-		if d.ReasonCode != 0x89 {
-			t.Errorf("the cut-off node's subscriber ended with 0x%02X, want 0x89", d.ReasonCode)
+	for _, c := range []struct {
+		name string
+		c    *v5
+	}{{"clean subscriber", sub}, {"persistent session", keeper}} {
+		select {
+		case d := <-c.c.discs:
+			if d.ReasonCode != 0x89 {
+				t.Errorf("the cut-off node's %s ended with 0x%02X, want 0x89", c.name, d.ReasonCode)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("the cut-off node's %s was not ended once it was back", c.name)
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("the cut-off node's clean subscriber was not ended once it was back")
+	}
+	back := mustV5(t, s.addr, user("acme", "d"), secret, "keeper", keepSession)
+	if !back.connack.SessionPresent {
+		t.Fatal("the persistent session did not resume on the other node")
+	}
+	// What was published for it while its node was cut off reached it on
+	// the connection ended, or comes on the new one.
+	got := false
+	for len(keeper.msgs) > 0 {
+		got = got || string((<-keeper.msgs).Payload) == "for the session"
+	}
+	if !got {
+		back.expect(t, "k/x", "for the session")
 	}
 	eventually(t, 10*time.Second, "a subscriber on the node back gets the other's messages", func() bool {
 		again, err := dialV5(t, s.b.addr, user("acme", "d"), secret, "again")
@@ -779,11 +796,11 @@ func TestSpreadCleanStartElsewhere(t *testing.T) {
 	}
 }
 
-// TestSpreadSessionNotResumedDropsRoutes: a stored session that is not
-// resumed — expired by the time its client is back, or met by a
-// connection that keeps no session — loses its routes: nothing is queued
-// for its old subscriptions any more, and the next session does not get
-// what they match.
+// TestSpreadSessionNotResumedDropsRoutes: a stored session that ends as
+// its client is back — expired by then, or resumed by a connection that
+// keeps no session, with which it ends — loses its routes: nothing is
+// queued for its old subscriptions any more, and the next session does
+// not get what they match.
 func TestSpreadSessionNotResumedDropsRoutes(t *testing.T) {
 	s := newSpread(t)
 	s.tenant("acme")
@@ -794,12 +811,13 @@ func TestSpreadSessionNotResumedDropsRoutes(t *testing.T) {
 		c.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(1)}
 	}
 	for _, tc := range []struct {
-		name  string
-		back  func(*paho.Connect)
-		pause time.Duration
+		name    string
+		back    func(*paho.Connect)
+		pause   time.Duration
+		resumed bool
 	}{
-		{"expired", keepSession, 1500 * time.Millisecond},
-		{"keeps none", func(c *paho.Connect) { c.CleanStart = false }, 200 * time.Millisecond},
+		{"expired", keepSession, 1500 * time.Millisecond, false},
+		{"keeps none", func(c *paho.Connect) { c.CleanStart = false }, 200 * time.Millisecond, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id := strings.ReplaceAll(tc.name, " ", "-")
@@ -808,10 +826,16 @@ func TestSpreadSessionNotResumedDropsRoutes(t *testing.T) {
 			old.Disconnect(&paho.Disconnect{})
 			time.Sleep(tc.pause)
 			back := mustV5(t, s.b.addr, user("acme", "d"), secret, id, tc.back)
-			if back.connack.SessionPresent {
-				t.Fatal("the session was resumed")
+			if back.connack.SessionPresent != tc.resumed {
+				t.Fatalf("CONNACK session present %v, want %v", back.connack.SessionPresent, tc.resumed)
 			}
 			back.Disconnect(&paho.Disconnect{})
+			if tc.resumed {
+				eventually(t, 5*time.Second, "the session gone with the connection", func() bool {
+					_, found, err := s.sessA.Session(context.Background(), "acme", id)
+					return err == nil && !found
+				})
+			}
 			pub.pub(t, "old/"+id, "for the old subscription", 1, false)
 			info, err := s.sessA.QueueInfo(context.Background(), "acme", id)
 			if err != nil || info.Len != 0 {
@@ -881,9 +905,7 @@ func TestSpreadResumedOnceEach(t *testing.T) {
 			s := newSpreadWith(t, newFabric(t, url, prefix, "node-a"), slowAttach{Redis: newFabric(t, url, prefix, "node-b"), delay: attachDelay})
 			s.tenant("acme")
 			secret := s.device("acme", "d", tenants.ClientIDsAny)
-			old := mustV5(t, s.addr, user("acme", "d"), secret, "pc", keepSession)
-			old.sub(t, "q/#", 1)
-			old.Disconnect(&paho.Disconnect{})
+			s.leftSession(t, secret, "pc", "q/#", 1)
 			if tc.seed {
 				seedSession(t, s, "acme", "pc")
 			}
@@ -931,10 +953,7 @@ func TestSpreadResumedOnceEach(t *testing.T) {
 				t.Errorf("the persistent session got %v (%d duplicates, %v missing); want each of %v once", order, dups, missing, want)
 			}
 			clean.quiet(t, 100*time.Millisecond, "the clean subscriber: a message twice")
-			eventually(t, 5*time.Second, "the acknowledged messages deleted from the session's queue", func() bool {
-				info, err := s.sessA.QueueInfo(context.Background(), "acme", "pc")
-				return err == nil && info.Len == 0
-			})
+			s.queueEmptied(t, "pc", "the acknowledged messages deleted from the session's queue")
 		})
 	}
 }
@@ -991,9 +1010,7 @@ func TestSpreadResumedWhileMessagesCross(t *testing.T) {
 		slowAttach{Redis: newFabric(t, url, prefix, "node-b"), delay: attachDelay, lag: inboxLag})
 	s.tenant("acme")
 	secret := s.device("acme", "d", tenants.ClientIDsAny)
-	old := mustV5(t, s.addr, user("acme", "d"), secret, "pc", keepSession)
-	old.sub(t, "q/#", 2)
-	old.Disconnect(&paho.Disconnect{})
+	s.leftSession(t, secret, "pc", "q/#", 2)
 	clean := mustV5(t, s.b.addr, user("acme", "d"), secret, "c1")
 	clean.sub(t, "q/#", 0)
 	pub := mustV5(t, s.addr, user("acme", "d"), secret, "p")
@@ -1021,8 +1038,174 @@ func TestSpreadResumedWhileMessagesCross(t *testing.T) {
 			t.Fatalf("the session got %v, want 0 to %d once each, in order", got, n-1)
 		}
 	}
-	eventually(t, 5*time.Second, "the session's queue emptied", func() bool {
-		info, err := s.sessA.QueueInfo(context.Background(), "acme", "pc")
+	s.queueEmptied(t, "pc", "the session's queue emptied")
+}
+
+// TestSpreadResumedForOneConnection: a connection with Clean Start 0 and
+// no session expiry resumes the stored session of its client id, on
+// whichever node [MQTT-3.1.2-5] — its subscriptions and what was queued —
+// and the session ends with that connection [MQTT-3.1.2-11].
+func TestSpreadResumedForOneConnection(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	s.leftSession(t, secret, "pc", "q/#", 1)
+	pub := mustV5(t, s.addr, user("acme", "d"), secret, "p")
+	pub.pub(t, "q/x", "queued", 1, false)
+	once := mustV5(t, s.b.addr, user("acme", "d"), secret, "pc", func(c *paho.Connect) { c.CleanStart = false })
+	if !once.connack.SessionPresent {
+		t.Fatal("the stored session was not resumed (CONNACK session present 0)")
+	}
+	pub.pub(t, "q/x", "live", 1, false) // right after the CONNACK
+	once.expect(t, "q/x", "queued")
+	once.expect(t, "q/x", "live")
+	once.Disconnect(&paho.Disconnect{})
+	eventually(t, 5*time.Second, "the session gone with its connection", func() bool {
+		_, found, err := s.sessA.Session(context.Background(), "acme", "pc")
+		return err == nil && !found
+	})
+	again := mustV5(t, s.addr, user("acme", "d"), secret, "pc", keepSession)
+	if again.connack.SessionPresent {
+		t.Error("the session outlived the connection that kept none")
+	}
+	pub.pub(t, "q/x", "after", 1, false)
+	again.quiet(t, 300*time.Millisecond, "a message for the ended session's subscription")
+}
+
+// TestSpreadTakeoverAlternating: a persistent session's client id connects
+// on the two nodes alternately, 100 times, each connection taking the
+// session over from the one on the other node while a publisher goes on at
+// QoS 1. Each connection is ended with 0x8E as the next one connects (one
+// owner at a time), and every message acknowledged to the publisher
+// reaches the client, on one of its connections; duplicates are counted
+// (a message the client had but did not acknowledge before it was taken
+// over comes again).
+func TestSpreadTakeoverAlternating(t *testing.T) {
+	const takeovers = 100
+	s := newSpread(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	nodes := []string{s.addr, s.b.addr}
+	var mu sync.Mutex
+	got := map[string]int{}
+	count := func(m *paho.Publish) {
+		mu.Lock()
+		got[string(m.Payload)]++
+		mu.Unlock()
+	}
+	// collect counts what a connection receives, until it is closed and
+	// its messages are all read.
+	collect := func(c *v5) {
+		go func() {
+			for {
+				select {
+				case m := <-c.msgs:
+					count(m)
+				case <-c.closed:
+					for len(c.msgs) > 0 {
+						count(<-c.msgs)
+					}
+					return
+				}
+			}
+		}()
+	}
+	lifted := int64(1_000_000)
+	if _, err := s.store.AdminUpdateTenant(context.Background(), "acme", tenants.AdminTenantUpdate{Quotas: map[string]*int64{
+		"publish_rate": &lifted, "tenant_publish_rate": &lifted}}); err != nil {
+		t.Fatal(err)
+	}
+	cur := mustV5(t, nodes[0], user("acme", "d"), secret, "pc", keepSession)
+	cur.sub(t, "q/#", 1)
+	collect(cur)
+
+	pub := mustV5(t, s.addr, user("acme", "d"), secret, "p")
+	stop := make(chan struct{})
+	published := make(chan []string)
+	var n atomic.Int64 // publishes answered
+	go func() {
+		var acked []string
+		defer func() { published <- acked }()
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			payload := fmt.Sprint(i)
+			pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			r, err := pub.Publish(pctx, &paho.Publish{Topic: "q/x", Payload: []byte(payload), QoS: 1})
+			cancel()
+			if err == nil && r != nil && r.ReasonCode < 0x80 {
+				acked = append(acked, payload)
+			}
+			n.Add(1)
+			time.Sleep(2 * time.Millisecond)
+		}
+	}()
+	for i := range takeovers {
+		// Load goes on through every takeover.
+		for at := n.Load(); n.Load() < at+2; {
+			time.Sleep(time.Millisecond)
+		}
+		next := mustV5(t, nodes[(i+1)%2], user("acme", "d"), secret, "pc", keepSession)
+		if !next.connack.SessionPresent {
+			t.Fatalf("takeover %d: the session is not present", i)
+		}
+		collect(next)
+		select {
+		case d := <-cur.discs:
+			if d.ReasonCode != 0x8E {
+				t.Fatalf("takeover %d: the connection taken over ended with 0x%02X, want 0x8E", i, d.ReasonCode)
+			}
+		case <-cur.closed:
+			t.Fatalf("takeover %d: the connection on the other node was closed without a DISCONNECT", i)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("takeover %d: the connection on the other node was not ended", i)
+		}
+		cur = next
+	}
+	close(stop)
+	acked := <-published
+	select {
+	case d := <-pub.discs:
+		t.Fatalf("the publisher was disconnected: 0x%02X", d.ReasonCode)
+	default:
+	}
+	var missing []string
+	eventually(t, 10*time.Second, "every acknowledged message received", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		missing = slices.DeleteFunc(slices.Clone(acked), func(p string) bool { return got[p] > 0 })
+		return len(missing) == 0
+	})
+	mu.Lock()
+	dups := 0
+	for _, n := range got {
+		dups += n - 1
+	}
+	mu.Unlock()
+	t.Logf("%d takeovers: %d messages acknowledged, %d missing, %d duplicates", takeovers, len(acked), len(missing), dups)
+	if len(acked) < takeovers {
+		t.Errorf("only %d messages acknowledged during %d takeovers, want some during each", len(acked), takeovers)
+	}
+}
+
+// leftSession makes the tenant acme's persistent session clientID (device
+// d, on the first node) subscribed to filter, and leaves it stored.
+func (s *spread) leftSession(t *testing.T, secret, clientID, filter string, qos byte) {
+	t.Helper()
+	c := mustV5(t, s.addr, user("acme", "d"), secret, clientID, keepSession)
+	c.sub(t, filter, qos)
+	c.Disconnect(&paho.Disconnect{})
+}
+
+// queueEmptied waits until the tenant acme's session clientID has nothing
+// queued: what it was sent was acknowledged and deleted.
+func (s *spread) queueEmptied(t *testing.T, clientID, what string) {
+	t.Helper()
+	eventually(t, 5*time.Second, what, func() bool {
+		info, err := s.sessA.QueueInfo(context.Background(), "acme", clientID)
 		return err == nil && info.Len == 0
 	})
 }

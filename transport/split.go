@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
-	"errors"
 	"net"
 	"sync"
 	"time"
@@ -41,18 +40,27 @@ func (s *splitter) close() error {
 	return s.err
 }
 
+// accept hands each connection to route until ln is closed. An error to
+// wait out (out of descriptors: see AcceptRetryable) is waited out, up to
+// a second at a time; any other ends it, and closes both halves.
 func (s *splitter) accept() {
 	defer s.close()
+	var backoff time.Duration
 	for {
 		c, err := s.ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(10 * time.Millisecond)
-				continue
+			if !AcceptRetryable(err) {
+				return
 			}
-			return
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			select {
+			case <-time.After(backoff):
+			case <-s.done:
+				return
+			}
+			continue
 		}
+		backoff = 0
 		go s.route(c)
 	}
 }

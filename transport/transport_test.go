@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -13,6 +14,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -278,5 +281,76 @@ func TestTenantFromServerName(t *testing.T) {
 	}
 	if got := TenantFromServerName("acme.localhost", ""); got != "" {
 		t.Errorf("without a domain: %q", got)
+	}
+}
+
+// failingListener's Accept fails with err the first n times.
+type failingListener struct {
+	net.Listener
+	err error
+	n   atomic.Int32
+}
+
+func (l *failingListener) Accept() (net.Conn, error) {
+	if l.n.Add(-1) >= 0 {
+		return nil, l.err
+	}
+	return l.Listener.Accept()
+}
+
+// TestSplitWaitsOutDescriptorShortage: a shared listener whose accept
+// fails for want of descriptors (EMFILE, ENFILE) goes on serving once
+// they are back; one closed ends both halves.
+func TestSplitWaitsOutDescriptorShortage(t *testing.T) {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE} {
+		raw, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fl := &failingListener{Listener: raw, err: &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", e)}}
+		fl.n.Store(5)
+		mqtt, _ := Split(fl, 2*time.Second)
+		c, err := net.Dial("tcp", raw.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("\x10\x0cMQTT"))
+		got := make(chan error, 1)
+		go func() {
+			s, err := mqtt.Accept()
+			if err == nil {
+				s.Close()
+			}
+			got <- err
+		}()
+		select {
+		case err := <-got:
+			if err != nil {
+				t.Errorf("%v: the MQTT side after the shortage: %v", e, err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("%v: nothing accepted after the shortage", e)
+		}
+		c.Close()
+		mqtt.Close()
+		if _, err := mqtt.Accept(); !errors.Is(err, net.ErrClosed) {
+			t.Errorf("%v: Accept after Close: %v, want net.ErrClosed", e, err)
+		}
+	}
+}
+
+func TestAcceptRetryable(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{&net.OpError{Op: "accept", Err: os.NewSyscallError("accept4", syscall.EMFILE)}, true},
+		{&net.OpError{Op: "accept", Err: os.NewSyscallError("accept4", syscall.ECONNABORTED)}, true},
+		{net.ErrClosed, false},
+		{errors.New("something else"), false},
+	} {
+		if got := AcceptRetryable(tc.err); got != tc.want {
+			t.Errorf("AcceptRetryable(%v) = %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }

@@ -37,6 +37,9 @@ type config struct {
 	MaxHandshakes         int
 	HandshakesPerAddress  int
 	HandshakesPerEndpoint int
+	// MaxNodeConnections bounds the device connections this node holds
+	// (0: its open-file limit less a reserve; -1: no bound).
+	MaxNodeConnections int
 	// HandshakeRatePerAddress and HandshakeBurstPerAddress bound the
 	// connection attempts a second from one source address, before
 	// anything is read; HandshakeRatePerEndpoint and
@@ -169,6 +172,7 @@ func (c *config) settings() []setting {
 		{"token-ttl", "lifetime of a console session token", "12h", &c.TokenTTL},
 		{"connect-timeout", "how long a new MQTT connection may take to send CONNECT", "10s", &c.ConnectTimeout},
 		{"max-handshakes", "device connections not yet past their CONNECT, in all; when all are taken the oldest of the address holding the most is closed for a newcomer", "10000", &c.MaxHandshakes},
+		{"max-node-connections", "device connections this node holds at once, in handshake, served or forwarded; past it one is closed as it is accepted, so that descriptors stay for health checks, Redis, Postgres and the session store; 0: the open-file limit less a tenth of it (64 to 2048); -1: no bound", "0", &c.MaxNodeConnections},
 		{"max-handshakes-per-address", "device connections not yet past their CONNECT from one source address (IPv6: one /64); raise it for large fleets behind one NAT or a balancer without PROXY protocol", "256", &c.HandshakesPerAddress},
 		{"max-handshakes-per-endpoint", "device connections not yet past their CONNECT to one tenant's own endpoint (SNI <tenant>.<mqtt-domain>)", "2500", &c.HandshakesPerEndpoint},
 		{"handshake-rate-per-address", "device connection attempts a second from one source address (IPv6: one /64), checked as each is accepted, before anything is read; over it they are closed at once; an attempt that becomes a connection does not count; 0: no bound", "100", &c.HandshakeRatePerAddress},
@@ -336,6 +340,9 @@ func (c *config) Validate() error {
 		if b.n < 1 || b.n > 1_000_000 {
 			return fmt.Errorf("%s: must be between 1 and 1000000", b.name)
 		}
+	}
+	if c.MaxNodeConnections < -1 || c.MaxNodeConnections > 100_000_000 {
+		return errors.New("ROOST_MAX_NODE_CONNECTIONS: must be -1 (no bound), 0 (the open-file limit less a reserve) or a bound up to 100000000")
 	}
 	for _, b := range []struct {
 		name string

@@ -446,6 +446,7 @@ func openDataPlane(ctx context.Context, role string, deps planeDeps, exporter br
 	// The bounds of connections not yet past CONNECT (README: Security
 	// limits).
 	cfg.MaxHandshakes, cfg.HandshakesPerAddress, cfg.HandshakesPerEndpoint = c.MaxHandshakes, c.HandshakesPerAddress, c.HandshakesPerEndpoint
+	cfg.MaxNodeConnections = c.MaxNodeConnections
 	cfg.HandshakeRatePerAddress, cfg.HandshakeBurstPerAddress = offIfZero(c.HandshakeRatePerAddress), c.HandshakeBurstPerAddress
 	cfg.HandshakeRatePerEndpoint, cfg.HandshakeBurstPerEndpoint = offIfZero(c.HandshakeRatePerEndpoint), c.HandshakeBurstPerEndpoint
 	hub, err := broker.New(cfg)

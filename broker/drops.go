@@ -1,0 +1,104 @@
+package broker
+
+import (
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/events"
+)
+
+// A connected client that does not keep up loses messages in mochi, after
+// their publishers were acknowledged, as a connected mosquitto client does
+// past max_queued_messages: one whose in-flight messages (QoS 1 and 2) are
+// at max_queued, and one with 1,024 packets waiting to be written to it
+// (it does not read). Each drop is counted in
+// roost_messages_dropped_total{reason}; the tenant learns which client
+// through a queue_dropped event — the first at once, then at most one a
+// minute per client and reason, carrying how many drops it stands for — so
+// that one device that stops reading cannot flood the tenant's events.
+//
+// mochi has a hook for the second (OnPublishDropped) but not the first: it
+// only logs "client store quota reached", once per message; mochiLogger
+// hands each such line here (upstream, a hook at that bound would do).
+
+// dropEvery is how often a client's drops of one reason raise an event.
+const dropEvery = time.Minute
+
+// maxDropNotes bounds the clients a tenant's drop notes remember; past it,
+// they start again (counts not yet raised are lost).
+const maxDropNotes = 10_000
+
+// The reasons of a drop, as the metric and the event name them.
+const (
+	dropInflight = "max_queued"     // in-flight messages at max_queued
+	dropPending  = "pending_writes" // packets waiting to be written
+)
+
+// mochiInflightFull is mochi v2.7.9's warning for a message dropped for a
+// client whose in-flight messages are at their bound.
+const mochiInflightFull = "client store quota reached"
+
+type dropKey struct{ clientID, reason string }
+
+type dropNote struct {
+	last    time.Time // the last event raised
+	pending int64     // drops since, not yet raised
+}
+
+// dropNotes folds a tenant's drops for connected clients into events.
+type dropNotes struct {
+	mu    sync.Mutex
+	notes map[dropKey]*dropNote
+}
+
+// note counts a drop and reports whether to raise its event now, with the
+// drops it stands for.
+func (d *dropNotes) note(k dropKey, now time.Time) (int64, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.notes == nil || len(d.notes) >= maxDropNotes {
+		d.notes = map[dropKey]*dropNote{}
+	}
+	n := d.notes[k]
+	if n == nil {
+		n = &dropNote{}
+		d.notes[k] = n
+	}
+	n.pending++
+	if !n.last.IsZero() && now.Sub(n.last) < dropEvery {
+		return 0, false
+	}
+	count := n.pending
+	n.last, n.pending = now, 0
+	return count, true
+}
+
+// dropped notes a message mochi dropped for a connected client.
+func (inst *instance) dropped(clientID, reason string) {
+	count, raise := inst.drops.note(dropKey{clientID, reason}, inst.env.now())
+	if !raise {
+		return
+	}
+	cl, ok := inst.server.Clients.Get(clientID)
+	if !ok {
+		return
+	}
+	limit := int64(inst.server.Options.Capabilities.MaximumClientWritesPending)
+	why := "the client does not read what is sent to it"
+	if reason == dropInflight {
+		limit = inst.quotas().MaxQueued
+		why = "the client does not acknowledge what is sent to it"
+	}
+	inst.emit(cl, events.Event{Type: events.QueueDropped, Quota: reason, Limit: limit, Reason: why, Count: count})
+}
+
+// OnPublishDropped: mochi dropped a message for a client whose packets
+// waiting to be written reached their bound.
+func (h *eventsHook) OnPublishDropped(cl *mqtt.Client, _ packets.Packet) {
+	if !cl.Net.Inline {
+		h.inst.dropped(cl.ID, dropPending)
+	}
+}
