@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strconv"
 	"sync"
 	"testing"
@@ -16,10 +17,11 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/roosthub/roost/dataout"
+	"github.com/roosthub/roost/internal/testenv"
 )
 
 // TestWebhookCrashLosesNoAcknowledgedMessage kills `roost serve` with
-// SIGKILL ten times while a publisher sends numbered QoS 1 messages that a
+// SIGKILL ten times (on the embedded store and on Redis) while a publisher sends numbered QoS 1 messages that a
 // rule sends to a webhook (a real receiver here, checking each request's
 // signature). Every number the publisher got a PUBACK for must reach the
 // receiver at least once; duplicates (a batch sent, the process killed
@@ -30,6 +32,20 @@ func TestWebhookCrashLosesNoAcknowledgedMessage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kills and restarts a server ten times")
 	}
+	stores := map[string][]string{"embedded": {"ROOST_SESSION_STORE=embedded"}}
+	if url := os.Getenv("ROOST_TEST_REDIS_URL"); url != "" {
+		stores["redis"] = []string{"ROOST_SESSION_STORE=redis", "ROOST_REDIS_URL=" + url}
+	} else if testenv.Strict() {
+		t.Fatal("ROOST_TEST_REDIS_URL is not set (ROOST_TEST_STRICT=1 turns this skip into a failure)")
+	} else {
+		t.Log("ROOST_TEST_REDIS_URL is not set: crash-testing the embedded store only")
+	}
+	for name, env := range stores {
+		t.Run(name, func(t *testing.T) { webhookCrashTest(t, env) })
+	}
+}
+
+func webhookCrashTest(t *testing.T, storeEnv []string) {
 	const token = "rop_crash-test-token-0123456789"
 	var (
 		mu       sync.Mutex
@@ -77,11 +93,10 @@ func TestWebhookCrashLosesNoAcknowledgedMessage(t *testing.T) {
 	rand.Read(b)
 	tenant := "hook-" + hex.EncodeToString(b)
 	p := &process{t: t, httpAddr: freeAddr(t), mqttAddr: freeAddr(t)}
-	p.env = []string{
+	p.env = append([]string{
 		"ROOST_DATA_DIR=" + t.TempDir(), "ROOST_HTTP_ADDR=" + p.httpAddr, "ROOST_MQTT_ADDR=" + p.mqttAddr,
-		"ROOST_ADMIN_TOKEN=" + token, "ROOST_SESSION_STORE=embedded",
-		"ROOST_WEBHOOK_ALLOW_HOSTS=127.0.0.1", "ROOST_WEBHOOK_BATCH=20",
-	}
+		"ROOST_ADMIN_TOKEN=" + token, "ROOST_WEBHOOK_ALLOW_HOSTS=127.0.0.1", "ROOST_WEBHOOK_BATCH=20",
+	}, storeEnv...)
 	p.start()
 	var session struct{ Token string }
 	p.api("POST", "/v1/signup", "", map[string]string{"email": tenant + "@example.com", "password": "correct horse battery"}, &session)
