@@ -70,12 +70,20 @@ func (inst *instance) refusePublish(cl *mqtt.Client, pk packets.Packet, err erro
 	errors.As(err, &code)
 	switch {
 	case cl.Properties.ProtocolVersion == 5 && pk.FixedHeader.Qos == 1:
+		if !pubackCodes[code.Code] {
+			// A reason a PUBACK cannot carry (0x88 server unavailable,
+			// 0x89 server busy) is 0x80 there [MQTT-3.4.2.1].
+			code = packets.ErrUnspecifiedError
+		}
 		return pk, code // mochi answers with PUBACK and this code
 	default:
 		inst.end(cl, code)
 	}
 	return pk, packets.ErrRejectPacket
 }
+
+// pubackCodes are the reason codes of a failed PUBACK (MQTT 5 §3.4.2.1).
+var pubackCodes = map[byte]bool{0x80: true, 0x83: true, 0x87: true, 0x90: true, 0x91: true, 0x97: true, 0x99: true}
 
 // hookSet is the set of mochi events a hook provides. mochi asks every
 // hook whether it provides an event before each call, several times per

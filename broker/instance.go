@@ -90,6 +90,9 @@ type instance struct {
 	// anywhere: its persistent sessions live on any node (anywhere.go).
 	anywhere bool
 	routes   *spreadRoutes
+	// caughtUp, at a home whose fabric catches up when it joins, is
+	// closed once it did (see awaitCatchUp); nil: nothing to wait for.
+	caughtUp <-chan struct{}
 	restored struct {
 		clients  []storage.Client
 		subs     []storage.Subscription

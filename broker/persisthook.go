@@ -295,6 +295,14 @@ func (h *storeHook) ID() string { return "roost-store" }
 func (h *storeHook) Provides(b byte) bool { return b == mqtt.OnPublish }
 
 func (h *storeHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if h.inst.caughtUp != nil && !cl.Net.Inline && !remote(pk) {
+		if err := h.inst.awaitCatchUp(); err != nil {
+			if pk.FixedHeader.Qos == 0 {
+				return pk, packets.ErrRejectPacket // dropped
+			}
+			return h.inst.refusePublish(cl, pk, err)
+		}
+	}
 	if pk.FixedHeader.Qos == 0 && !pk.FixedHeader.Retain {
 		return pk, nil
 	}

@@ -169,7 +169,42 @@ func (inst *instance) joinFabric(fab fabric.Node, home bool) error {
 	if l, ok := t.(interface{ OnLapse(func()) }); ok {
 		l.OnLapse(inst.fabricLapsed)
 	}
+	if c, ok := t.(interface{ CaughtUp() <-chan struct{} }); ok && home {
+		inst.caughtUp = c.CaughtUp()
+	}
 	return nil
+}
+
+// catchUpWait bounds how long a publish at a home waits for the home to
+// catch up (see awaitCatchUp); past it the publish is refused (0x89).
+const catchUpWait = 5 * time.Second
+
+// errCatchingUp refuses a publish at a home still catching up (MQTT 5:
+// PUBACK 0x80; 3.1.1: the connection ends).
+var errCatchingUp = errors.New("the tenant's home is still catching up with its log")
+
+// awaitCatchUp holds a device's publish at a tenant's home until the home
+// delivered what its fabric held for it when it joined (the Kafka
+// fabric's new home reading what the home before it left uncommitted):
+// delivered at once, the publish would reach a persistent session before
+// older messages of the same publisher still being read for it.
+func (inst *instance) awaitCatchUp() error {
+	if inst.caughtUp == nil {
+		return nil
+	}
+	select {
+	case <-inst.caughtUp:
+		return nil
+	default:
+	}
+	t := time.NewTimer(catchUpWait)
+	defer t.Stop()
+	select {
+	case <-inst.caughtUp:
+		return nil
+	case <-t.C:
+		return errCatchingUp
+	}
 }
 
 // fabricLapsed runs when this node's membership of the tenant lapsed: the

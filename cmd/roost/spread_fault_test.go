@@ -415,18 +415,11 @@ func spreadKillTest(t *testing.T, fab fleetFabric) {
 		t.Logf("persistent subscriber: %d messages first arrived after later ones (acknowledged or not); the order of first arrivals: %s",
 			late, ps.tally.runs(l.topic))
 	}
-	// Known bug on the Kafka fabric: a new home delivers what is
-	// published on it at once, while it is still catching up on what was
-	// queued in the log for the session (the order of first arrivals
-	// shows the older messages between the newer ones).
-	var bug string
+	// On the Kafka fabric a new home holds what is published at it until
+	// it delivered what was queued in the log for its sessions
+	// (awaitCatchUp): delivered at once, it would arrive first.
 	if late := ps.tally.outOfOrderAmong(l.wasAcked); late > 0 {
-		msg := fmt.Sprintf("%d acknowledged messages reached the persistent subscriber after later acknowledged ones of the same publisher and topic", late)
-		if fab == fabricKafka {
-			bug = knownBug(t, "%s (the new home delivered messages published through it before those queued for the session in the log)", msg)
-		} else {
-			t.Error(msg)
-		}
+		t.Errorf("%d acknowledged messages reached the persistent subscriber after later acknowledged ones of the same publisher and topic", late)
 	}
 	if len(missing) > 0 {
 		t.Errorf("the persistent subscriber never got %d acknowledged messages, e.g. %v", len(missing), missing[:min(len(missing), 10)])
@@ -436,9 +429,6 @@ func spreadKillTest(t *testing.T, fab fleetFabric) {
 	}
 	if st.acked < 100 {
 		t.Errorf("only %d messages were acknowledged: the load did not run", st.acked)
-	}
-	if bug != "" && !t.Failed() {
-		t.Skipf("KNOWN BUG (everything else passed; ROOST_SPREAD_STRICT=1 makes it fail): %s", bug)
 	}
 }
 
@@ -628,9 +618,8 @@ func spreadPauseTest(t *testing.T, fab fleetFabric, target int, pause time.Durat
 		t.Logf("clean subscriber %s (node %d): %d duplicates, %d out of order", s.id, s.node, s.tally.dups(), s.tally.outOfOrder())
 	}
 	ps.stopNow()
-	var bug string
 	if mv != nil {
-		bug = mv.check(t, loads, end, resumed, wait)
+		mv.check(t, loads, end, resumed, wait)
 		// What the stopped node read when it continued, its lease lapsed,
 		// is not acknowledged: it is refused, or the connection ends.
 		l := loads[target-1]
@@ -653,9 +642,6 @@ func spreadPauseTest(t *testing.T, fab fleetFabric, target int, pause time.Durat
 	for i := 1; i <= 3; i++ {
 		t.Logf("node %d: roost_fabric_send_failures_total %v", i, f.metric(i, "roost_fabric_send_failures_total"))
 	}
-	if bug != "" && !t.Failed() {
-		t.Skipf("KNOWN BUG (everything else passed; ROOST_SPREAD_STRICT=1 makes it fail): %s", bug)
-	}
 }
 
 // spreadRange is "min/median/max" of ds.
@@ -667,20 +653,6 @@ func spreadRange(ds []time.Duration) string {
 	slices.Sort(ds)
 	r := func(d time.Duration) time.Duration { return d.Round(time.Millisecond) }
 	return fmt.Sprintf("%s/%s/%s", r(ds[0]), r(ds[len(ds)/2]), r(ds[len(ds)-1]))
-}
-
-// knownBug reports a product bug found by a check: a failure with
-// ROOST_SPREAD_STRICT=1, else returned, for the test to end skipped, with
-// the bug as its reason, once everything else was checked.
-func knownBug(t *testing.T, format string, args ...any) string {
-	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("ROOST_SPREAD_STRICT") == "1" {
-		t.Error(msg)
-		return ""
-	}
-	t.Log("KNOWN BUG: " + msg)
-	return msg
 }
 
 // pauser is what target names, and how to stop and continue it.
@@ -847,12 +819,12 @@ func (m *spreadMover) move(i int, d time.Duration) error {
 // one within 10 s of continuing, and every message acknowledged since the
 // first SUBACK arrived by wait.
 //
-// Known bug (knownBug, returned), on the Redis fabric: when the node was
-// stopped long enough for the others to sweep its inbox (ROOST_SPREAD_NODE_PAUSE=20s),
-// the new owner's kick went with it, and the node, serving again, still
-// holds the session on the old connection: it delivers there a message
-// published through it after the move, and ends the connection (0x8E)
-// only when it deletes that message and finds the session fenced.
+// On the Redis fabric, when the node was stopped long enough for the
+// others to sweep its inbox (ROOST_SPREAD_NODE_PAUSE=20s), the new
+// owner's kick went with it: the node, finding its membership lapsed,
+// ends its persistent sessions' connections too (fabricLapsed), so that
+// it does not serve the old connection a message published after the
+// move.
 //
 // What the stopped node held for the old connection when it was stopped
 // may reach it when the node continues, after the move: on the Redis
@@ -861,7 +833,7 @@ func (m *spreadMover) move(i int, d time.Duration) error {
 // forwards the connection to the home, what the home had written to it
 // before the move. Those are counted (the session gets them again:
 // duplicates), not failed: they were sent before the session moved.
-func (m *spreadMover) check(t *testing.T, loads []*spreadLoad, end, resumed, wait time.Time) (bug string) {
+func (m *spreadMover) check(t *testing.T, loads []*spreadLoad, end, resumed, wait time.Time) {
 	t.Helper()
 	m.mu.Lock()
 	movedAt, present, late := m.movedAt, m.present, slices.Clone(m.late)
@@ -894,11 +866,7 @@ func (m *spreadMover) check(t *testing.T, loads []*spreadLoad, end, resumed, wai
 	if len(after) > 0 {
 		msg := fmt.Sprintf("persistent subscriber %s: served by two nodes at once: %d messages published after it connected through node 1 reached its old connection through node %d, e.g. %v",
 			m.id, len(after), m.node, after[:min(len(after), 10)])
-		if m.f.fabric == fabricRedis {
-			bug = knownBug(t, "%s (the node's inbox, with the new owner's kick, was swept while it was stopped)", msg)
-		} else {
-			t.Error(msg)
-		}
+		t.Error(msg)
 	}
 	select {
 	case <-m.old.Done():
@@ -912,7 +880,6 @@ func (m *spreadMover) check(t *testing.T, loads []*spreadLoad, end, resumed, wai
 		}
 	}
 	t.Logf("persistent subscriber %s: %d duplicates, %d out of order", m.id, m.tally.dups(), m.tally.outOfOrder())
-	return bug
 }
 
 // ---- the fleet ----

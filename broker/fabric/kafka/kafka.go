@@ -38,6 +38,10 @@
 // in it, so a new home (another node joining as home) resumes where the
 // old one stopped, and nothing acknowledged to a publisher is lost with a
 // home. The first home commits where it starts reading before it returns.
+// Until a home delivered the log up to where it ended when the home
+// joined (CaughtUp), its broker holds what is published at it: delivered
+// at once, it would reach a persistent session before older messages of
+// the same publisher still being read.
 // A node starts reading at the log's end when it joins: its subscribers
 // are clean sessions, which start afresh.
 //
@@ -380,6 +384,10 @@ func (f *Fabric) Join(ctx context.Context, tenant string, home bool, deliver fun
 		return nil, fmt.Errorf("fabric: join tenant %s: %w", tenant, err)
 	}
 	t.deliverFrom, t.catchUp, t.processed, t.committed = start, end, start, start
+	t.caughtUp = make(chan struct{})
+	if !home || start >= end {
+		t.caughtOnce.Do(func() { close(t.caughtUp) })
+	}
 	f.control(func() { f.attach(t, from, start) })
 	go t.run()
 	return t, nil

@@ -443,6 +443,58 @@ func TestHomeResumes(t *testing.T) {
 	inD.quiet(t, 200*time.Millisecond, "more than was sent")
 }
 
+// TestHomeCaughtUp: a node, and a home with nothing left behind, are
+// caught up as they join; a home taking over a backlog is caught up only
+// once it delivered all of it (its broker holds what is published at it
+// until then).
+func TestHomeCaughtUp(t *testing.T) {
+	c := newCluster(t)
+	fb := open(t, c, "b")
+	b := join(t, fb, "acme", false, nil)
+	caught := func(o fabric.Owner) bool {
+		select {
+		case <-o.(*Tenant).CaughtUp():
+			return true
+		default:
+			return false
+		}
+	}
+	if !caught(b) {
+		t.Error("a node is not caught up as it joins")
+	}
+	fa := open(t, c, "a")
+	a := join(t, fa, "acme", true, newInbox(), "q/#")
+	if !caught(a) {
+		t.Error("the first home is not caught up as it joins")
+	}
+	a.Leave()
+	for i := range 20 {
+		send(t, b, "q/x", fmt.Sprint(i), 1, false, nil)
+	}
+	fc := open(t, c, "c")
+	inC := newInbox()
+	release := make(chan struct{})
+	var delivered atomic.Int64
+	inC.fail = func(fabric.Message) error {
+		<-release // the broker takes the backlog slowly
+		delivered.Add(1)
+		return nil
+	}
+	home := join(t, fc, "acme", true, inC, "q/#")
+	for i := range 20 {
+		if caught(home) {
+			t.Fatalf("the new home was caught up with %d of the 20 messages left behind delivered", i)
+		}
+		release <- struct{}{}
+		inC.expect(t, "q/x", fmt.Sprint(i))
+	}
+	close(release)
+	eventually(t, 5*time.Second, "the new home caught up", func() bool { return caught(home) })
+	if n := delivered.Load(); n != 20 {
+		t.Errorf("%d delivered, want 20", n)
+	}
+}
+
 // TestDeliverErrorRedelivers: a home's broker that cannot take a message
 // gets it again, and the next ones after it, in order; a node's drops it
 // (its clean subscribers miss it) and goes on.

@@ -49,6 +49,9 @@ type Tenant struct {
 	processed   int64 // every record before it was delivered or had nothing here
 	committed   int64
 	committedAt time.Time
+	// caughtUp is closed once processed reaches catchUp (see CaughtUp).
+	caughtUp   chan struct{}
+	caughtOnce sync.Once
 
 	ctx  context.Context
 	stop context.CancelFunc
@@ -289,16 +292,32 @@ func (t *Tenant) idle(tick bool) {
 // deliver it.
 func (t *Tenant) handle(it item) bool {
 	if it.rec == nil {
-		t.processed = max(t.processed, it.mark)
+		t.advance(it.mark)
 		return true
 	}
 	r := it.rec
 	if !t.take(r) {
 		return false
 	}
-	t.processed = max(t.processed, r.Offset+1)
+	t.advance(r.Offset + 1)
 	return true
 }
+
+// advance notes every record before offset delivered (or nothing here).
+func (t *Tenant) advance(offset int64) {
+	t.processed = max(t.processed, offset)
+	if t.processed >= t.catchUp {
+		t.caughtOnce.Do(func() { close(t.caughtUp) })
+	}
+}
+
+// CaughtUp is closed once the owner delivered its tenant's log up to where
+// it ended when the owner joined: at once for a node, which starts at the
+// end; for a home, once it delivered what the home before it left
+// uncommitted. Until then, what is published at the home must wait: its
+// broker would deliver it to a persistent session before the older
+// messages for that session still being read from the log.
+func (t *Tenant) CaughtUp() <-chan struct{} { return t.caughtUp }
 
 // take handles one record of the tenant's log; false if the owner left
 // before a home could deliver it.
