@@ -32,9 +32,11 @@ FUZZTIME ?= 10s
 
 .PHONY: fuzz
 fuzz: ## run every fuzz target for FUZZTIME each (default 10s; a count like 5000x works too)
-	@for target in $$($(GO) test -list 'Fuzz.*' ./broker | grep ^Fuzz); do \
-		echo "fuzz $$target for $(FUZZTIME)"; \
-		$(GO) test ./broker -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) || exit 1; \
+	@for pkg in ./broker ./dataout; do \
+		for target in $$($(GO) test -list 'Fuzz.*' $$pkg | grep ^Fuzz); do \
+			echo "fuzz $$pkg $$target for $(FUZZTIME)"; \
+			$(GO) test $$pkg -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) || exit 1; \
+		done; \
 	done
 
 .PHONY: bench-tools

@@ -264,6 +264,9 @@ func attackBodies(memberEmail string) map[string]any {
 		"POST /v1/tenants/{tenant}/devices/{device}/keys":         map[string]string{"public_key": testPublicKey},
 		"POST /v1/tenants/{tenant}/devices/{device}/certificates": map[string]string{"fingerprint": testFingerprint},
 		"POST /v1/tenants/{tenant}/cas":                           map[string]string{"certificate": testCA},
+		"POST /v1/tenants/{tenant}/destinations":                  map[string]string{"name": "evil", "type": "webhook", "url": "https://evil.example.com/"},
+		"PATCH /v1/tenants/{tenant}/destinations/{id}":            map[string]string{"url": "https://evil.example.com/"},
+		"POST /v1/tenants/{tenant}/rules/test":                    map[string]any{"rule": map[string]string{"filter": "#", "topic": "t"}, "message": map[string]string{"topic": "x"}},
 	}
 }
 
@@ -292,6 +295,7 @@ func TestCrossTenantMatrix(t *testing.T) {
 	ca := e.do("POST", "/v1/tenants/tenant-a/cas", alice.token, map[string]string{"certificate": testCA})
 	want(t, ca, 201, "register a CA")
 	aCAID := ca.str("id")
+	aDestID := e.mustDestination(alice.token, "tenant-a", "a-hook")
 	_, bobKey := e.mustKey(bob.token, "tenant-b", tenants.RoleOwner)
 	before := snapshot(e, alice.token, "tenant-a")
 	e.bodies = &testenv.Buffer{} // from here on, A's secret must not show
@@ -317,6 +321,9 @@ func TestCrossTenantMatrix(t *testing.T) {
 		}
 		if strings.Contains(route, "/cas/") {
 			id = aCAID
+		}
+		if strings.Contains(route, "/destinations/") {
+			id = aDestID
 		}
 		aIDs := map[string]string{"tenant": "tenant-a", "device": "a-dev", "id": id, "account": alice.id}
 		paths := []string{fill(route, aIDs)}
@@ -362,7 +369,7 @@ func TestCrossTenantMatrix(t *testing.T) {
 // snapshot renders everything a tenant holds, to compare before and after.
 func snapshot(e *env, tok, tenant string) string {
 	var b strings.Builder
-	for _, p := range []string{"", "/devices", "/acl/rules", "/api-keys", "/members", "/rules", "/devices/a-dev/keys", "/devices/a-dev/certificates", "/cas"} {
+	for _, p := range []string{"", "/devices", "/acl/rules", "/api-keys", "/members", "/rules", "/devices/a-dev/keys", "/devices/a-dev/certificates", "/cas", "/destinations"} {
 		r := e.do("GET", "/v1/tenants/"+tenant+p, tok, nil)
 		if r.status != http.StatusOK { // a problem carries a request id
 			fmt.Fprintf(&b, "%s=%d\n", p, r.status)
@@ -420,6 +427,7 @@ func TestViewerCannotWrite(t *testing.T) {
 	e.mustDevice(owner.token, "acme", "a-dev")
 	want(t, e.do("POST", "/v1/tenants/acme/members", owner.token, map[string]string{"email": viewer.email, "role": "viewer"}), 202, "add viewer")
 	keyID, viewerKey := e.mustKey(owner.token, "acme", tenants.RoleViewer)
+	destID := e.mustDestination(owner.token, "acme", "hook")
 	rules := e.do("GET", "/v1/tenants/acme/acl/rules", owner.token, nil).json()["items"].([]any)
 	ids := map[string]string{"tenant": "acme", "device": "a-dev", "account": owner.id}
 	before := snapshot(e, owner.token, "acme")
@@ -432,12 +440,15 @@ func TestViewerCannotWrite(t *testing.T) {
 		if strings.Contains(route, "/api-keys/") {
 			ids["id"] = keyID
 		}
+		if strings.Contains(route, "/destinations/") {
+			ids["id"] = destID
+		}
 		path := fill(route, ids)
 		body := bodies[method+" "+route]
 		if body == nil && (method == "POST" || method == "PATCH") {
 			body = map[string]any{}
 		}
-		read := method == "GET" || strings.HasSuffix(route, "/acl/check")
+		read := method == "GET" || strings.HasSuffix(route, "/acl/check") || strings.HasSuffix(route, "/rules/test")
 		for who, tok := range map[string]string{"viewer member": viewer.token, "viewer key": viewerKey} {
 			r := e.do(method, path, tok, body)
 			switch {

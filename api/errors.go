@@ -12,14 +12,18 @@ import (
 // name for the kind of error; Field names the input a validation error is
 // about; Quota and Limit name the quota that a request would exceed.
 type problem struct {
-	Type      string `json:"type"`
-	Title     string `json:"title"`
-	Status    int    `json:"status"`
-	Detail    string `json:"detail,omitempty"`
-	Code      string `json:"code"`
-	Field     string `json:"field,omitempty"`
-	Quota     string `json:"quota,omitempty"`
-	Limit     *int64 `json:"limit,omitempty"`
+	Type   string `json:"type"`
+	Title  string `json:"title"`
+	Status int    `json:"status"`
+	Detail string `json:"detail,omitempty"`
+	Code   string `json:"code"`
+	Field  string `json:"field,omitempty"`
+	Quota  string `json:"quota,omitempty"`
+	Limit  *int64 `json:"limit,omitempty"`
+	// Line and Column point into an expression the request gave (a
+	// rule's condition), 1-based.
+	Line      int    `json:"line,omitempty"`
+	Column    int    `json:"column,omitempty"`
 	RequestID string `json:"request_id,omitempty"`
 
 	retryAfter string
@@ -33,6 +37,7 @@ type httpError struct {
 	field      string
 	msg        string
 	retryAfter string
+	line, col  int
 }
 
 func (e *httpError) Error() string { return e.msg }
@@ -50,7 +55,7 @@ func toProblem(err error, requestID string, log *slog.Logger) problem {
 	p := problem{Type: "about:blank", RequestID: requestID}
 	var he *httpError
 	if errors.As(err, &he) {
-		p.Status, p.Code, p.Field, p.Detail, p.retryAfter = he.status, he.code, he.field, he.msg, he.retryAfter
+		p.Status, p.Code, p.Field, p.Detail, p.retryAfter, p.Line, p.Column = he.status, he.code, he.field, he.msg, he.retryAfter, he.line, he.col
 	} else {
 		k := kinds.Of(err)
 		if k.Internal() {

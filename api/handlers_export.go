@@ -2,31 +2,56 @@ package api
 
 import (
 	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
 	"net/http"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/tenants"
 )
 
 type exportStore interface {
-	ExportRules(ctx context.Context, tenant string) ([]tenants.ExportRule, error)
+	Rules(ctx context.Context, tenant string) ([]tenants.ExportRule, error)
+	Rule(ctx context.Context, tenant, id string) (tenants.ExportRule, error)
 	CreateExportRule(ctx context.Context, tenant string, in tenants.ExportRuleInput) (tenants.ExportRule, error)
 	DeleteExportRule(ctx context.Context, tenant, id string) error
+	DestinationByRef(ctx context.Context, tenant, ref string) (tenants.Destination, error)
+	Device(ctx context.Context, tenant, name string) (tenants.Device, error)
 }
 
+// The deliveries a rule can have: Kafka export rules write to Kafka; rules
+// with a destination deliver to their webhook through the data plane's
+// outbox.
+const (
+	deliveryKafka   = "kafka"
+	deliveryWebhook = "webhook"
+)
+
 // exportRule is a rule with how many of its writes Kafka refused since the
-// data plane started.
+// data plane started, and whether the hub delivers what it matches yet.
 type exportRule struct {
 	tenants.ExportRule
-	Errors int64 `json:"errors"`
+	Errors   int64  `json:"errors"`
+	Delivery string `json:"delivery"`
+}
+
+func newExportRule(r tenants.ExportRule, errs int64) exportRule {
+	d := deliveryKafka
+	if r.Destination != "" {
+		d = deliveryWebhook
+	}
+	return exportRule{ExportRule: r, Errors: errs, Delivery: d}
 }
 
 func handleExportList(es exportStore, dp dataplane.DataPlane) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		tenant := chi.URLParam(r, "tenant")
-		rules, err := es.ExportRules(r.Context(), tenant)
+		rules, err := es.Rules(r.Context(), tenant)
 		if err != nil {
 			return err
 		}
@@ -36,11 +61,22 @@ func handleExportList(es exportStore, dp dataplane.DataPlane) handler {
 		}
 		items := make([]exportRule, len(rules))
 		for i, rule := range rules {
-			items[i] = exportRule{ExportRule: rule, Errors: errs[rule.ID]}
+			items[i] = newExportRule(rule, errs[rule.ID])
 		}
 		writeJSON(w, http.StatusOK, newList(items, ""))
 		return nil
 	}
+}
+
+// conditionProblem turns a condition that does not compile into a 400
+// pointing into it.
+func conditionProblem(field string, err error) error {
+	var ce *dataout.ConditionError
+	if errors.As(err, &ce) {
+		return &httpError{status: http.StatusBadRequest, code: "invalid", field: field, line: ce.Line, col: ce.Column,
+			msg: field + ": " + ce.Error()}
+	}
+	return err
 }
 
 func handleExportCreate(es exportStore) handler {
@@ -49,11 +85,19 @@ func handleExportCreate(es exportStore) handler {
 		if err := decode(r, &in); err != nil {
 			return err
 		}
+		if err := in.Validate(); err != nil {
+			return err
+		}
+		if in.Condition != "" {
+			if _, err := dataout.CompileCondition(in.Condition); err != nil {
+				return conditionProblem("condition", err)
+			}
+		}
 		rule, err := es.CreateExportRule(r.Context(), chi.URLParam(r, "tenant"), in)
 		if err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusCreated, exportRule{ExportRule: rule})
+		writeJSON(w, http.StatusCreated, newExportRule(rule, 0))
 		return nil
 	}
 }
@@ -64,6 +108,149 @@ func handleExportDelete(es exportStore) handler {
 			return err
 		}
 		w.WriteHeader(http.StatusNoContent)
+		return nil
+	}
+}
+
+// ruleTest is a request to run a rule, given inline or by id, against a
+// sample message.
+type ruleTest struct {
+	Rule    *tenants.ExportRuleInput `json:"rule"`
+	RuleID  string                   `json:"rule_id"`
+	Message struct {
+		Topic string `json:"topic"`
+		// Payload is text; PayloadBase64, bytes. At most one.
+		Payload       *string    `json:"payload"`
+		PayloadBase64 *string    `json:"payload_base64"`
+		QoS           byte       `json:"qos"`
+		Device        string     `json:"device"`
+		ClientID      string     `json:"client_id"`
+		Time          *time.Time `json:"time"`
+	} `json:"message"`
+}
+
+// ruleTestResult says whether the rule matches and what would be sent.
+type ruleTestResult struct {
+	Matched bool `json:"matched"`
+	// Reason says why not: the filter, the condition being false, or the
+	// condition's evaluation error.
+	Reason      string          `json:"reason,omitempty"`
+	Destination string          `json:"destination,omitempty"`
+	KafkaTopic  string          `json:"kafka_topic,omitempty"`
+	Body        json.RawMessage `json:"body,omitempty"`
+	Delivery    string          `json:"delivery"`
+}
+
+func bad(field, msg string) error {
+	return &httpError{status: http.StatusBadRequest, code: "invalid", field: field, msg: field + ": " + msg}
+}
+
+// handleRuleTest runs a rule against a sample message without sending
+// anything. The device's metadata is the named device's, in this tenant.
+func handleRuleTest(es exportStore, now func() time.Time) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		tenant := chi.URLParam(r, "tenant")
+		var in ruleTest
+		if err := decode(r, &in); err != nil {
+			return err
+		}
+		var rule tenants.ExportRule
+		switch {
+		case (in.Rule == nil) == (in.RuleID == ""):
+			return bad("rule", "give the rule inline (rule) or by id (rule_id), one of them")
+		case in.RuleID != "":
+			got, err := es.Rule(r.Context(), tenant, in.RuleID)
+			if errors.Is(err, tenants.ErrNotFound) {
+				return bad("rule_id", "no rule "+in.RuleID+" in this tenant")
+			}
+			if err != nil {
+				return err
+			}
+			rule = got
+		default:
+			if err := in.Rule.Validate(); err != nil {
+				var fe *tenants.FieldError
+				if errors.As(err, &fe) {
+					return bad("rule."+fe.Field, fe.Message)
+				}
+				return err
+			}
+			rule = tenants.ExportRule{Filter: in.Rule.Filter, Topic: in.Rule.Topic, Condition: in.Rule.Condition}
+			if in.Rule.Topic != "" {
+				rule.KafkaTopic = tenants.ExportTopic(tenant, in.Rule.Topic)
+			}
+			if in.Rule.Destination != "" {
+				d, err := es.DestinationByRef(r.Context(), tenant, in.Rule.Destination)
+				if errors.Is(err, tenants.ErrNotFound) {
+					return bad("rule.destination", "no destination "+in.Rule.Destination+" in this tenant (give its id or name)")
+				}
+				if err != nil {
+					return err
+				}
+				rule.Destination = d.ID
+			}
+		}
+		compiled, err := dataout.CompileRule(rule)
+		if err != nil {
+			return conditionProblem("rule.condition", err)
+		}
+
+		m := in.Message
+		if err := tenants.ValidateTopic(m.Topic); err != nil {
+			return bad("message.topic", err.Error())
+		}
+		if m.QoS > 2 {
+			return bad("message.qos", "must be 0, 1 or 2")
+		}
+		var payload []byte
+		switch {
+		case m.Payload != nil && m.PayloadBase64 != nil:
+			return bad("message.payload", "give payload or payload_base64, not both")
+		case m.Payload != nil:
+			payload = []byte(*m.Payload)
+		case m.PayloadBase64 != nil:
+			if payload, err = base64.StdEncoding.DecodeString(*m.PayloadBase64); err != nil {
+				return bad("message.payload_base64", "not standard base64")
+			}
+		}
+		input := dataout.Input{Topic: m.Topic, Payload: payload, QoS: m.QoS, Device: m.Device, ClientID: m.ClientID, Time: now()}
+		if m.Time != nil {
+			input.Time = *m.Time
+		}
+		if input.ClientID == "" {
+			input.ClientID = m.Device
+		}
+		if m.Device != "" {
+			d, err := es.Device(r.Context(), tenant, m.Device)
+			if errors.Is(err, tenants.ErrNotFound) {
+				return bad("message.device", "no device "+m.Device+" in this tenant")
+			}
+			if err != nil {
+				return err
+			}
+			input.Metadata = d.Metadata
+		}
+
+		res := newExportRule(rule, 0)
+		out := ruleTestResult{Destination: rule.Destination, KafkaTopic: rule.KafkaTopic, Delivery: res.Delivery}
+		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+		defer cancel()
+		ok, err := compiled.Match(ctx, input)
+		switch {
+		case err != nil:
+			out.Reason = "the condition could not be evaluated: " + err.Error()
+		case !ok && !tenants.MatchTopic(rule.Filter, m.Topic):
+			out.Reason = "the topic does not match the filter"
+		case !ok:
+			out.Reason = "the condition is false"
+		}
+		out.Matched = ok
+		if ok && rule.Destination != "" {
+			out.Body = dataout.Body(dataout.Batch{Tenant: tenant, Destination: rule.Destination, Messages: []dataout.Message{{
+				Topic: input.Topic, Payload: payload, QoS: input.QoS, Device: input.Device, ClientID: input.ClientID, Time: input.Time,
+			}}})
+		}
+		writeJSON(w, http.StatusOK, out)
 		return nil
 	}
 }

@@ -23,6 +23,8 @@ import (
 	"github.com/roosthub/roost"
 	"github.com/roosthub/roost/api"
 	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/broker/store/memory"
+	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
@@ -75,7 +77,12 @@ func newEnvWith(t *testing.T, configure func(*api.Config)) *env {
 	logs := &testenv.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ev := events.NewMemory(1000)
-	hub, err := broker.New(broker.Config{Directory: store, Changes: store.Changes(), Log: log, Events: ev, Usage: store})
+	// The hub delivers webhooks to receivers on loopback, retrying for
+	// half a second (see TestDeadLetters).
+	delivery := &broker.Delivery{Rules: store, Sealer: mustSealer(t), Sender: mustSender(t), Batch: 10,
+		Policy: dataout.Policy{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond, Horizon: 500 * time.Millisecond}}
+	hub, err := broker.New(broker.Config{Directory: store, Changes: store.Changes(), Log: log, Events: ev, Usage: store,
+		Sessions: memory.New(), Delivery: delivery})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,4 +311,37 @@ func (e *env) mustKey(token, tenant string, role tenants.Role) (string, string) 
 	r := e.do("POST", "/v1/tenants/"+tenant+"/api-keys", token, map[string]string{"name": "key", "role": string(role)})
 	want(e.t, r, http.StatusCreated, "create api key")
 	return r.str("id"), r.str("key")
+}
+
+// mustDestination creates a webhook destination and returns its id.
+func (e *env) mustDestination(token, tenant, name string) string {
+	e.t.Helper()
+	r := e.do("POST", "/v1/tenants/"+tenant+"/destinations", token, map[string]string{"name": name, "type": "webhook", "url": "https://hooks.example.com/" + name})
+	want(e.t, r, http.StatusCreated, "create destination "+name)
+	return r.str("id")
+}
+
+// mustSealer is the sealer the API uses by default: keyed from the
+// operator token.
+func mustSealer(t *testing.T) *dataout.Sealer {
+	t.Helper()
+	s, err := dataout.NewSealer(dataout.KeyFromToken(adminToken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// mustSender sends webhooks to receivers on 127.0.0.1.
+func mustSender(t *testing.T) *dataout.Sender {
+	t.Helper()
+	g, err := dataout.NewGuard("127.0.0.1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := dataout.NewSender(dataout.SenderConfig{Guard: g, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }

@@ -85,6 +85,20 @@ func (s *Server) routes() chi.Router {
 				r.With(viewer).Get("/rules", s.serve(handleExportList(st, s.dataPlane)))
 				r.With(admin).Post("/rules", s.serve(handleExportCreate(st)))
 				r.With(admin).Delete("/rules/{id}", s.serve(handleExportDelete(st)))
+				// A dry run: it sends nothing, as acl/check changes nothing.
+				r.With(viewer).Post("/rules/test", s.serve(handleRuleTest(st, s.now)))
+
+				r.With(viewer).Get("/destinations", s.serve(handleDestinationList(st)))
+				r.With(admin).Post("/destinations", s.serve(handleDestinationCreate(st, s.sealer, s.webhooks.Guard())))
+				r.With(viewer).Get("/destinations/{id}", s.serve(handleDestinationGet(st, s.deliveries())))
+				r.With(admin).Patch("/destinations/{id}", s.serve(handleDestinationUpdate(st, s.sealer, s.webhooks.Guard())))
+				r.With(admin).Delete("/destinations/{id}", s.serve(handleDestinationDelete(st)))
+				r.With(admin).Post("/destinations/{id}/secret", s.serve(handleDestinationRotate(st, s.sealer)))
+				// Sends a request out of the hub: admins only.
+				r.With(admin).Post("/destinations/{id}/test", s.serve(handleDestinationTest(st, s.sealer, s.webhooks, s.sendTests, s.now)))
+				r.With(viewer).Get("/destinations/{id}/dead-letters", s.serve(handleDeadLetterList(st, s.deliveries())))
+				r.With(admin).Post("/destinations/{id}/dead-letters/replay", s.serve(handleDeadLetterReplay(st, s.deliveries())))
+				r.With(admin).Delete("/destinations/{id}/dead-letters", s.serve(handleDeadLetterPurge(st, s.deliveries())))
 
 				r.With(viewer).Get("/quotas", s.serve(handleQuotas(st)))
 				r.With(viewer).Get("/usage", s.serve(handleUsage(st, s.now)))

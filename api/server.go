@@ -15,6 +15,7 @@ import (
 
 	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/billing"
+	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/accesslog"
@@ -49,6 +50,13 @@ type Config struct {
 	// Auth is the sign-in, session and throttle front the API shares with
 	// the console; nil builds one of the API's own from the settings above.
 	Auth *auth.Service
+	// Webhooks sends destinations' test requests and decides which URLs
+	// they may have; nil: a sender that requires HTTPS and allows no
+	// private address.
+	Webhooks *dataout.Sender
+	// Sealer seals destination secrets at rest; nil: one keyed from
+	// AdminToken (dataout.KeyFromToken), as every node of a fleet has it.
+	Sealer *dataout.Sealer
 }
 
 // EventLog is where the API reads a tenant's recent events.
@@ -69,6 +77,9 @@ type Server struct {
 	now       func() time.Time
 	metrics   http.Handler
 	billing   *billing.Service
+	webhooks  *dataout.Sender
+	sealer    *dataout.Sealer
+	sendTests *sendLimiter
 }
 
 // New builds the API.
@@ -106,6 +117,22 @@ func New(cfg Config) (*Server, error) {
 		}
 		cfg.Auth = a
 	}
+	if cfg.Webhooks == nil {
+		g, err := dataout.NewGuard("", false)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.Webhooks, err = dataout.NewSender(dataout.SenderConfig{Guard: g, Now: cfg.Now}); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Sealer == nil {
+		sealer, err := dataout.NewSealer(dataout.KeyFromToken(cfg.AdminToken))
+		if err != nil {
+			return nil, err
+		}
+		cfg.Sealer = sealer
+	}
 	s := &Server{
 		store:     cfg.Store,
 		log:       cfg.Log,
@@ -116,6 +143,9 @@ func New(cfg Config) (*Server, error) {
 		now:       cfg.Now,
 		metrics:   cfg.Metrics,
 		billing:   cfg.Billing,
+		webhooks:  cfg.Webhooks,
+		sealer:    cfg.Sealer,
+		sendTests: newSendLimiter(cfg.Now),
 	}
 	s.router = s.routes()
 	return s, nil

@@ -77,6 +77,7 @@ func (a *changeApplier) onChange(c tenants.Change) {
 	case tenants.ExportChanged:
 		if inst := a.reg.running(c.Tenant); inst != nil {
 			inst.exports.forget()
+			inst.out.forget()
 		}
 		return
 	}
@@ -270,6 +271,7 @@ func (a *changeApplier) resync() {
 	for _, inst := range a.reg.all() {
 		inst.forgetRules()
 		inst.exports.forget()
+		inst.out.forget()
 		a.try(tenants.Change{Kind: tenants.TenantChanged, Tenant: inst.tenant})
 		a.try(tenants.Change{Kind: tenants.CAChanged, Tenant: inst.tenant})
 		for _, d := range inst.live.devices() {

@@ -20,6 +20,8 @@ import (
 //     refused publish is neither exported nor stored;
 //   - events, once the hooks before them accepted or changed what they
 //     report (events.go); Wills (will.go);
+//   - outbox: a publish matching a rule with a destination is put in
+//     its outbox, or refused when that is full (outbox.go);
 //   - store: a publish is stored only once everything else let it
 //     through, and before mochi acknowledges it (persisthook.go);
 //   - routes last, in a spread tenant: a publish goes to the tenant's
@@ -37,6 +39,9 @@ func addHooks(inst *instance) error {
 		hooks = append(hooks, &exportHook{inst: inst})
 	}
 	hooks = append(hooks, &eventsHook{inst: inst}, &willHook{inst: inst})
+	if inst.out != nil {
+		hooks = append(hooks, &outboxHook{inst: inst})
+	}
 	if inst.persist != nil {
 		hooks = append(hooks, &storeHook{inst: inst, p: inst.persist})
 	}

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"log/slog"
@@ -83,6 +84,10 @@ type Config struct {
 	// Exporter writes messages matching export rules to Kafka; nil leaves
 	// export rules without effect.
 	Exporter Exporter
+	// Delivery delivers the messages matching rules with a destination
+	// (webhooks) through outboxes in Sessions (outbox.go); nil, or no
+	// Sessions, leaves such rules without effect.
+	Delivery *Delivery
 	// Usage records metered usage; nil counts it in memory only.
 	Usage UsageStore
 	// UsageInterval is how often usage is recorded: 1s if zero.
@@ -291,6 +296,10 @@ func New(cfg Config) (*Hub, error) {
 		h.every(spreadEvery, h.checkSpread)
 	}
 	h.every(h.cfg.UsageInterval, h.recordUsage)
+	if d := h.cfg.Delivery; d != nil && h.cfg.Sessions != nil {
+		h.wg.Go(h.resumeOutboxes) // at once, for what a restart left
+		h.every(cmp.Or(d.Resume, 30*time.Second), h.resumeOutboxes)
+	}
 	return h, nil
 }
 

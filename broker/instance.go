@@ -80,6 +80,8 @@ type instance struct {
 
 	// persist writes sessions through to the hub's store; nil without one.
 	persist *persistence
+	// out is the tenant's outboxes (outbox.go); nil without delivery.
+	out *outbox
 	// spread says the tenant is served by every node of the fleet, and
 	// routes is its part in the fabric (spread.go).
 	spread, home bool
@@ -194,6 +196,7 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 		inst.persist.retainedOnly = !home || inst.anywhere
 		inst.persist.anywhere = inst.anywhere
 	}
+	inst.out = newOutbox(inst, h)
 	if err := addHooks(inst); err != nil {
 		return nil, err
 	}
@@ -221,6 +224,7 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 			return nil, fmt.Errorf("join %s's other nodes: %w", t.Slug, err)
 		}
 	}
+	inst.out.start()
 	if inst.persist != nil {
 		for _, w := range inst.persist.wills {
 			inst.holdRestoredWill(w)
@@ -443,6 +447,7 @@ func endConn(server *mqtt.Server, cl *mqtt.Client, why packets.Code) {
 func (inst *instance) close() {
 	inst.closeOnce.Do(func() {
 		inst.stopWills()
+		inst.out.close()
 		inst.server.Close()
 		inst.leaveFabric()
 	})
@@ -458,7 +463,7 @@ func (inst *instance) idle() bool {
 	// Retained messages hold an instance only if they are nowhere else;
 	// with a session store they are restored when it starts again.
 	retained := inst.persist == nil && inst.server.Topics.Retained.Len() > inst.sysRetained
-	return inst.holds == 0 && sessions == 0 && !retained && inst.heldWills() == 0
+	return inst.holds == 0 && sessions == 0 && !retained && inst.heldWills() == 0 && !inst.out.busy()
 }
 
 // env is what a tenant's broker sees of the hub around it.

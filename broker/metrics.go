@@ -63,12 +63,14 @@ var (
 	descTenantRoutes  = prometheus.NewDesc("roost_fabric_tenant_routes", "Routes this node holds for the tenant (filters its subscribers and live views hold here).", []string{"tenant"}, nil)
 	descTenantLag     = prometheus.NewDesc("roost_fabric_tenant_inbox_lag", "Messages from other nodes waiting in this node's inbox for the tenant, as last seen.", []string{"tenant"}, nil)
 	descTenantWidth   = prometheus.NewDesc("roost_fabric_tenant_width", "A wide tenant's width: how many nodes may serve it (its max_nodes as its home last set it; 1 once narrowed), as this node last read it.", []string{"tenant"}, nil)
+	descWebhookMsgs   = prometheus.NewDesc("roost_webhook_messages_total", "Messages matching rules with a destination, by outcome: delivered (the receiver took them), failed (moved to the dead letters past the retry horizon) or dropped (a full outbox under drop_oldest, or the destination deleted); since the tenant's broker started on the node that delivers.", []string{"tenant", "outcome"}, nil)
+	descWebhookWait   = prometheus.NewDesc("roost_webhook_backlog", "Messages waiting in the tenant's outboxes, as the node that delivers last counted them.", []string{"tenant"}, nil)
 	descFabricFailed  = prometheus.NewDesc("roost_fabric_send_failures_total", "Sends the fabric (Redis or Kafka) did not take (a QoS 1 or 2 publish was refused for each).", nil, nil)
 )
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnections, descMessages, descBytes, descThrottled, descDenied, descAuthFailed, descDropped, descQueued, descClaims, descQuotaHits, descTenants, descBrokers, descForwarding, descForwarded, descHandshakes, descHSDropped, descRateKeys, descRetries, descFenced, descLeaseRefused,
-		descFabricTenants, descFabricRoutes, descFabricLag, descFabricMsgs, descFabricStale, descFabricFailed, descFabricLapses, descTenantRoutes, descTenantLag, descTenantWidth} {
+		descFabricTenants, descFabricRoutes, descFabricLag, descFabricMsgs, descFabricStale, descFabricFailed, descFabricLapses, descTenantRoutes, descTenantLag, descTenantWidth, descWebhookMsgs, descWebhookWait} {
 		ch <- d
 	}
 }
@@ -87,6 +89,8 @@ type tenantSample struct {
 	// is how many nodes serve it, if it widened (see wide.go); claims are
 	// the session claims (epochs) its broker here made.
 	routes, lag, width, claims int64
+	// The tenant's outboxes on this node (outbox.go).
+	delivered, failed, dropped, backlog int64
 }
 
 func (s *tenantSample) add(o tenantSample) {
@@ -104,6 +108,10 @@ func (s *tenantSample) add(o tenantSample) {
 	s.routes += o.routes
 	s.lag += o.lag
 	s.claims += o.claims
+	s.delivered += o.delivered
+	s.failed += o.failed
+	s.dropped += o.dropped
+	s.backlog += o.backlog
 	for q, n := range o.hits {
 		s.hits[q] += n
 	}
@@ -128,6 +136,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				s.claims = inst.persist.claims.Load()
 			}
 			s.routes, s.lag = inst.fabricFigures()
+			s.delivered, s.failed, s.dropped, s.backlog = inst.out.figures()
 			s.droppedQueued = atomic.LoadInt64(&inst.server.Info.InflightDropped)
 			s.droppedPending = atomic.LoadInt64(&inst.server.Info.MessagesDropped)
 			if inst.spread && c.h.cfg.Cluster != nil && !c.h.cfg.SpreadAll {
@@ -143,13 +152,13 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	other := tenantSample{tenant: OtherTenants, hits: map[string]int64{}}
 	for i, s := range samples {
 		if i < c.top {
-			emit(ch, c.h.cfg.Fabric != nil, s)
+			emit(ch, c.h.cfg.Fabric != nil, c.h.cfg.Delivery != nil, s)
 		} else {
 			other.add(s)
 		}
 	}
 	if len(samples) > c.top {
-		emit(ch, c.h.cfg.Fabric != nil, other)
+		emit(ch, c.h.cfg.Fabric != nil, c.h.cfg.Delivery != nil, other)
 	}
 	ch <- prometheus.MustNewConstMetric(descTenants, prometheus.GaugeValue, float64(len(samples)))
 	ch <- prometheus.MustNewConstMetric(descBrokers, prometheus.GaugeValue, float64(c.h.Instances()))
@@ -178,7 +187,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-func emit(ch chan<- prometheus.Metric, spread bool, s tenantSample) {
+func emit(ch chan<- prometheus.Metric, spread, webhooks bool, s tenantSample) {
 	ch <- prometheus.MustNewConstMetric(descConnections, prometheus.GaugeValue, float64(s.conns), s.tenant)
 	ch <- prometheus.MustNewConstMetric(descMessages, prometheus.CounterValue, float64(s.in), s.tenant, "in")
 	ch <- prometheus.MustNewConstMetric(descMessages, prometheus.CounterValue, float64(s.out), s.tenant, "out")
@@ -191,6 +200,12 @@ func emit(ch chan<- prometheus.Metric, spread bool, s tenantSample) {
 	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.droppedQueued), s.tenant, "max_queued")
 	ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(s.droppedPending), s.tenant, "pending_writes")
 	ch <- prometheus.MustNewConstMetric(descClaims, prometheus.CounterValue, float64(s.claims), s.tenant)
+	if webhooks {
+		ch <- prometheus.MustNewConstMetric(descWebhookMsgs, prometheus.CounterValue, float64(s.delivered), s.tenant, "delivered")
+		ch <- prometheus.MustNewConstMetric(descWebhookMsgs, prometheus.CounterValue, float64(s.failed), s.tenant, "failed")
+		ch <- prometheus.MustNewConstMetric(descWebhookMsgs, prometheus.CounterValue, float64(s.dropped), s.tenant, "dropped")
+		ch <- prometheus.MustNewConstMetric(descWebhookWait, prometheus.GaugeValue, float64(s.backlog), s.tenant)
+	}
 	if spread {
 		ch <- prometheus.MustNewConstMetric(descTenantRoutes, prometheus.GaugeValue, float64(s.routes), s.tenant)
 		ch <- prometheus.MustNewConstMetric(descTenantLag, prometheus.GaugeValue, float64(s.lag), s.tenant)

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/roosthub/roost/auth"
@@ -153,6 +154,61 @@ func ServeWith(hub Hub, recent EventLog, op *auth.Operator, log *slog.Logger) ht
 			return
 		}
 		w.WriteHeader(http.StatusNoContent)
+	})
+	// The delivery of rules with a destination (see dataplane.Deliveries),
+	// answered by the tenant's home node, which holds its outboxes.
+	deliveries := func(w http.ResponseWriter) (dataplane.Deliveries, bool) {
+		dl, ok := hub.(dataplane.Deliveries)
+		if !ok {
+			status, f := toFailure(fmt.Errorf("this node keeps no outboxes: %w", tenants.ErrUnavailable))
+			writeJSON(w, status, f)
+		}
+		return dl, ok
+	}
+	answer := func(w http.ResponseWriter, v any, err error) {
+		if err != nil {
+			status, f := toFailure(err)
+			writeJSON(w, status, f)
+			return
+		}
+		writeJSON(w, http.StatusOK, v)
+	}
+	mux.HandleFunc("GET "+Prefix+"/tenants/{tenant}/destinations/{id}/status", func(w http.ResponseWriter, r *http.Request) {
+		if dl, ok := deliveries(w); ok {
+			st, err := dl.DeliveryStatus(r.Context(), r.PathValue("tenant"), r.PathValue("id"))
+			answer(w, st, err)
+		}
+	})
+	mux.HandleFunc("GET "+Prefix+"/tenants/{tenant}/destinations/{id}/dead-letters", func(w http.ResponseWriter, r *http.Request) {
+		dl, ok := deliveries(w)
+		if !ok {
+			return
+		}
+		after, _ := strconv.ParseUint(r.URL.Query().Get("after"), 10, 64)
+		limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
+		items, err := dl.DeadLetters(r.Context(), r.PathValue("tenant"), r.PathValue("id"), after, min(max(limit, 1), 1000))
+		if items == nil {
+			items = []dataplane.DeadLetter{}
+		}
+		answer(w, items, err)
+	})
+	mux.HandleFunc("POST "+Prefix+"/tenants/{tenant}/destinations/{id}/dead-letters/{op}", func(w http.ResponseWriter, r *http.Request) {
+		dl, ok := deliveries(w)
+		if !ok {
+			return
+		}
+		var n int
+		var err error
+		switch r.PathValue("op") {
+		case "replay":
+			n, err = dl.ReplayDeadLetters(r.Context(), r.PathValue("tenant"), r.PathValue("id"))
+		case "purge":
+			n, err = dl.PurgeDeadLetters(r.Context(), r.PathValue("tenant"), r.PathValue("id"))
+		default:
+			http.NotFound(w, r)
+			return
+		}
+		answer(w, map[string]int{"moved": n}, err)
 	})
 	mux.HandleFunc("POST "+Prefix+"/forwarded/{origin}/close", func(w http.ResponseWriter, r *http.Request) {
 		origin := r.PathValue("origin")

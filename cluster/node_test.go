@@ -172,3 +172,67 @@ func TestRemoteOtherAnswers(t *testing.T) {
 		t.Errorf("a proxy's 502 page: %v, want ErrUnavailable", err)
 	}
 }
+
+// deliveriesHub is a node's hub that answers the delivery questions for
+// tenant acme's destination dst_1, and fails them for any other.
+type deliveriesHub struct {
+	failingHub
+	asked []string
+}
+
+func (h *deliveriesHub) check(op, tenant, destination string) error {
+	h.asked = append(h.asked, op+" "+tenant+"/"+destination)
+	if tenant != "acme" || destination != "dst_1" {
+		return fmt.Errorf("destination %s: %w", destination, tenants.ErrUnavailable)
+	}
+	return nil
+}
+
+func (h *deliveriesHub) DeliveryStatus(_ context.Context, tenant, destination string) (dataplane.DeliveryStatus, error) {
+	return dataplane.DeliveryStatus{Backlog: 3, Delivered: 7, LastErrorText: "status 500"}, h.check("status", tenant, destination)
+}
+
+func (h *deliveriesHub) DeadLetters(_ context.Context, tenant, destination string, after uint64, limit int) ([]dataplane.DeadLetter, error) {
+	if err := h.check(fmt.Sprintf("list after %d limit %d", after, limit), tenant, destination); err != nil {
+		return nil, err
+	}
+	return []dataplane.DeadLetter{{Seq: after + 1, ID: "m1", Topic: "s/1", Payload: []byte{0, 1}, QoS: 1, Device: "d"}}, nil
+}
+
+func (h *deliveriesHub) ReplayDeadLetters(_ context.Context, tenant, destination string) (int, error) {
+	return 2, h.check("replay", tenant, destination)
+}
+
+func (h *deliveriesHub) PurgeDeadLetters(_ context.Context, tenant, destination string) (int, error) {
+	return 4, h.check("purge", tenant, destination)
+}
+
+// TestRemoteDeliveries: a control plane running apart asks the tenant's
+// home node about its destinations' delivery: status, dead letters (paged,
+// payload bytes intact), replay and purge; a node's error keeps its kind.
+func TestRemoteDeliveries(t *testing.T) {
+	hub := &deliveriesHub{}
+	remote := remoteTo(t, cluster.Serve(hub, nil, token, nil))
+	ctx := context.Background()
+	st, err := remote.DeliveryStatus(ctx, "acme", "dst_1")
+	if err != nil || st.Backlog != 3 || st.Delivered != 7 || st.LastErrorText != "status 500" {
+		t.Errorf("status: %+v, %v", st, err)
+	}
+	dead, err := remote.DeadLetters(ctx, "acme", "dst_1", 41, 10)
+	if err != nil || len(dead) != 1 || dead[0].Seq != 42 || !reflect.DeepEqual(dead[0].Payload, []byte{0, 1}) {
+		t.Errorf("dead letters: %+v, %v", dead, err)
+	}
+	if n, err := remote.ReplayDeadLetters(ctx, "acme", "dst_1"); n != 2 || err != nil {
+		t.Errorf("replay: %d, %v; want 2", n, err)
+	}
+	if n, err := remote.PurgeDeadLetters(ctx, "acme", "dst_1"); n != 4 || err != nil {
+		t.Errorf("purge: %d, %v; want 4", n, err)
+	}
+	if _, err := remote.DeliveryStatus(ctx, "acme", "dst_other"); !errors.Is(err, tenants.ErrUnavailable) {
+		t.Errorf("a node's unavailable: %v, want ErrUnavailable", err)
+	}
+	want := []string{"status acme/dst_1", "list after 41 limit 10 acme/dst_1", "replay acme/dst_1", "purge acme/dst_1", "status acme/dst_other"}
+	if !reflect.DeepEqual(hub.asked, want) {
+		t.Errorf("the node was asked %q, want %q", hub.asked, want)
+	}
+}

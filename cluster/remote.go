@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -248,4 +249,62 @@ func (r *Remote) Watch(ctx context.Context, tenant, watcher, filter string, fn f
 		}
 	}()
 	return nil
+}
+
+var _ dataplane.Deliveries = (*Remote)(nil)
+
+func destinationPath(tenant, id string) string {
+	return tenantPath(tenant) + "/destinations/" + url.PathEscape(id)
+}
+
+// atHome asks the tenant's home node, which holds its outboxes, and
+// decodes its answer into out.
+func (r *Remote) atHome(ctx context.Context, method, tenant, path string, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	n, err := r.home(ctx, tenant)
+	if err != nil {
+		return err
+	}
+	resp, err := r.request(ctx, method, n, path, nil)
+	if err != nil {
+		return fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return readFailure(resp, n.ID)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
+	}
+	return nil
+}
+
+// DeliveryStatus asks the tenant's home node.
+func (r *Remote) DeliveryStatus(ctx context.Context, tenant, destination string) (dataplane.DeliveryStatus, error) {
+	var st dataplane.DeliveryStatus
+	err := r.atHome(ctx, http.MethodGet, tenant, destinationPath(tenant, destination)+"/status", &st)
+	return st, err
+}
+
+// DeadLetters asks the tenant's home node.
+func (r *Remote) DeadLetters(ctx context.Context, tenant, destination string, after uint64, limit int) ([]dataplane.DeadLetter, error) {
+	var out []dataplane.DeadLetter
+	q := url.Values{"after": {strconv.FormatUint(after, 10)}, "limit": {strconv.Itoa(limit)}}
+	err := r.atHome(ctx, http.MethodGet, tenant, destinationPath(tenant, destination)+"/dead-letters?"+q.Encode(), &out)
+	return out, err
+}
+
+// ReplayDeadLetters asks the tenant's home node.
+func (r *Remote) ReplayDeadLetters(ctx context.Context, tenant, destination string) (int, error) {
+	var v map[string]int
+	err := r.atHome(ctx, http.MethodPost, tenant, destinationPath(tenant, destination)+"/dead-letters/replay", &v)
+	return v["moved"], err
+}
+
+// PurgeDeadLetters asks the tenant's home node.
+func (r *Remote) PurgeDeadLetters(ctx context.Context, tenant, destination string) (int, error) {
+	var v map[string]int
+	err := r.atHome(ctx, http.MethodPost, tenant, destinationPath(tenant, destination)+"/dead-letters/purge", &v)
+	return v["moved"], err
 }

@@ -65,3 +65,53 @@ type Stats struct {
 	// tenant.
 	Connections int `json:"connections"`
 }
+
+// Deliveries is what the control plane asks about the delivery of rules
+// with a destination (webhooks). A data plane keeping outboxes implements
+// it; one running apart (a fleet's control plane) does not yet, and the
+// API then says the status is unavailable.
+type Deliveries interface {
+	// DeliveryStatus reports a destination's outbox and dead letters.
+	DeliveryStatus(ctx context.Context, tenant, destination string) (DeliveryStatus, error)
+	// DeadLetters lists a destination's dead letters after a sequence
+	// number, oldest first.
+	DeadLetters(ctx context.Context, tenant, destination string, after uint64, limit int) ([]DeadLetter, error)
+	// ReplayDeadLetters moves every dead letter back to the outbox, to be
+	// delivered again, and returns how many it moved.
+	ReplayDeadLetters(ctx context.Context, tenant, destination string) (int, error)
+	// PurgeDeadLetters deletes every dead letter and returns how many.
+	PurgeDeadLetters(ctx context.Context, tenant, destination string) (int, error)
+}
+
+// DeliveryStatus is a destination's delivery as the data plane sees it.
+// Backlog, lag and dead letters are read from the outbox itself; the
+// counts and last attempts are since the tenant's broker started on the
+// node that delivers (zero when it is not running).
+type DeliveryStatus struct {
+	// Backlog is the messages waiting in the outbox.
+	Backlog int `json:"backlog"`
+	// Lag is how long the oldest of them has waited, in seconds.
+	Lag float64 `json:"lag_seconds"`
+	// DeadLetters is the messages whose delivery gave up.
+	DeadLetters int        `json:"dead_letters"`
+	Delivered   int64      `json:"delivered"`
+	Failed      int64      `json:"failed"`
+	Dropped     int64      `json:"dropped"`
+	LastSuccess *time.Time `json:"last_success"`
+	LastError   *time.Time `json:"last_error_at"`
+	// LastErrorText says why the last failed attempt failed.
+	LastErrorText string `json:"last_error,omitempty"`
+}
+
+// DeadLetter is a message whose delivery gave up.
+type DeadLetter struct {
+	// Seq orders the dead letters; list after it for the next page.
+	Seq      uint64    `json:"seq"`
+	ID       string    `json:"id"`
+	Topic    string    `json:"topic"`
+	Payload  []byte    `json:"payload_base64"`
+	QoS      byte      `json:"qos"`
+	Device   string    `json:"device"`
+	ClientID string    `json:"client_id"`
+	Time     time.Time `json:"time"`
+}

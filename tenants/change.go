@@ -15,7 +15,8 @@ const (
 	DeviceChanged ChangeKind = "device"
 	// ACLChanged: the tenant's rule list changed.
 	ACLChanged ChangeKind = "acl"
-	// ExportChanged: the tenant's export rules changed.
+	// ExportChanged: the tenant's export rules changed, or one of its
+	// destinations (its URL, headers or secret).
 	ExportChanged ChangeKind = "export"
 	// CAChanged: the tenant's certificate authorities changed.
 	CAChanged ChangeKind = "ca"

@@ -6,15 +6,19 @@ import (
 	"time"
 )
 
-// ExportRule sends a tenant's messages on topics matching Filter to a Kafka
-// topic. The Kafka topic is always under the tenant's prefix, so no tenant
-// can write into another's.
+// ExportRule sends a tenant's messages on topics matching Filter either to
+// a Kafka topic of the operator's (Topic) or to one of the tenant's
+// destinations (Destination, with an optional CEL Condition). The Kafka
+// topic is always under the tenant's prefix, so no tenant can write into
+// another's.
 type ExportRule struct {
-	ID         string    `json:"id"`
-	Filter     string    `json:"filter"`
-	Topic      string    `json:"topic"`
-	KafkaTopic string    `json:"kafka_topic"`
-	CreatedAt  time.Time `json:"created_at"`
+	ID          string    `json:"id"`
+	Filter      string    `json:"filter"`
+	Topic       string    `json:"topic,omitempty"`
+	KafkaTopic  string    `json:"kafka_topic,omitempty"`
+	Condition   string    `json:"condition,omitempty"`
+	Destination string    `json:"destination,omitempty"`
+	CreatedAt   time.Time `json:"created_at"`
 }
 
 // KafkaTopicPrefix starts every export topic: roost.<tenant>.<topic>.
@@ -29,10 +33,18 @@ const MaxExportRules = 100
 
 var exportTopicRE = regexp.MustCompile(`^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$`)
 
-// ExportRuleInput creates an export rule.
+// MaxConditionLength bounds a rule's condition, in bytes.
+const MaxConditionLength = 4096
+
+// ExportRuleInput creates a rule: a filter and either a Kafka topic or a
+// destination (its id or name), which may come with a condition. The
+// condition's syntax and types are checked by the caller, which compiles
+// it (dataout.CompileCondition); the directory stores it as text.
 type ExportRuleInput struct {
-	Filter string `json:"filter"`
-	Topic  string `json:"topic"`
+	Filter      string `json:"filter"`
+	Topic       string `json:"topic,omitempty"`
+	Condition   string `json:"condition,omitempty"`
+	Destination string `json:"destination,omitempty"`
 }
 
 // Validate checks the rule.
@@ -42,6 +54,17 @@ func (in *ExportRuleInput) Validate() error {
 	}
 	if strings.HasPrefix(in.Filter, "$") {
 		return invalid("filter", "topics starting with $ are not exported")
+	}
+	switch {
+	case in.Topic != "" && in.Destination != "":
+		return invalid("destination", "a rule has a Kafka topic or a destination, not both")
+	case in.Destination != "":
+		if len(in.Condition) > MaxConditionLength {
+			return invalid("condition", "at most %d bytes", MaxConditionLength)
+		}
+		return nil
+	case in.Condition != "":
+		return invalid("condition", "conditions apply to rules with a destination; Kafka export rules take none yet")
 	}
 	if !exportTopicRE.MatchString(in.Topic) {
 		return invalid("topic", "must be 1 to 100 letters, digits, '.', '_' or '-', not starting with '.'")

@@ -26,6 +26,10 @@ type Quotas struct {
 	// tenant at once, once its connections pass the fleet's threshold
 	// (ROOST_FLEET_WIDEN_AT); 1 keeps it on its home.
 	MaxNodes int64 `json:"max_nodes"`
+	// MaxOutbox bounds each of the tenant's destinations' outboxes: the
+	// messages matching its rules waiting to be delivered. What a full
+	// one does is the tenant's outbox_policy.
+	MaxOutbox int64 `json:"max_outbox"`
 }
 
 // quotaFields maps each quota's name to its field. It is the one list of
@@ -46,6 +50,7 @@ var quotaFields = map[string]func(*Quotas) *int64{
 	"max_keepalive":       func(q *Quotas) *int64 { return &q.MaxKeepalive },
 	"messages_per_month":  func(q *Quotas) *int64 { return &q.MessagesPerMonth },
 	"max_nodes":           func(q *Quotas) *int64 { return &q.MaxNodes },
+	"max_outbox":          func(q *Quotas) *int64 { return &q.MaxOutbox },
 }
 
 func isQuotaName(name string) bool { _, ok := quotaFields[name]; return ok }

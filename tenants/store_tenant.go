@@ -10,7 +10,7 @@ import (
 	"github.com/roosthub/roost/migrations"
 )
 
-const tenantColumns = `t.slug, t.name, t.plan, t.suspended, t.quota_overrides, t.created_at, t.updated_at, t.queue_policy, t.spend_cap_cents, t.spend_cap_block, t.deny_action`
+const tenantColumns = `t.slug, t.name, t.plan, t.suspended, t.quota_overrides, t.created_at, t.updated_at, t.queue_policy, t.spend_cap_cents, t.spend_cap_block, t.deny_action, t.outbox_policy`
 
 type rowScanner interface{ Scan(dest ...any) error }
 
@@ -21,7 +21,7 @@ func (s *Store) scanTenant(r rowScanner, extra ...any) (Tenant, error) {
 	var overrides string
 	var capCents sql.NullInt64
 	var capBlock bool
-	if err := r.Scan(append([]any{&t.Slug, &t.Name, &t.Plan, &t.Suspended, &overrides, &t.CreatedAt, &t.UpdatedAt, &t.QueuePolicy, &capCents, &capBlock, &t.DenyAction}, extra...)...); err != nil {
+	if err := r.Scan(append([]any{&t.Slug, &t.Name, &t.Plan, &t.Suspended, &overrides, &t.CreatedAt, &t.UpdatedAt, &t.QueuePolicy, &capCents, &capBlock, &t.DenyAction, &t.OutboxPolicy}, extra...)...); err != nil {
 		return Tenant{}, err
 	}
 	if capCents.Valid {
@@ -65,7 +65,7 @@ func (s *Store) CreateTenantWithin(ctx context.Context, owner string, in TenantI
 		return Tenant{}, err
 	}
 	now := s.timestamp()
-	t := Tenant{Slug: in.Slug, Name: in.Name, Plan: PlanFree, QueuePolicy: DropOldest, DenyAction: DenyIgnore, Overrides: map[string]int64{}, CreatedAt: now, UpdatedAt: now}
+	t := Tenant{Slug: in.Slug, Name: in.Name, Plan: PlanFree, QueuePolicy: DropOldest, DenyAction: DenyIgnore, OutboxPolicy: OutboxDropOldest, Overrides: map[string]int64{}, CreatedAt: now, UpdatedAt: now}
 	actor := "account:" + owner
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		if lim != (TenantLimits{}) {
@@ -226,6 +226,9 @@ func (s *Store) UpdateTenant(ctx context.Context, slug string, u TenantUpdate) (
 		if u.DenyAction != nil {
 			t.DenyAction = *u.DenyAction
 		}
+		if u.OutboxPolicy != nil {
+			t.OutboxPolicy = *u.OutboxPolicy
+		}
 	})
 }
 
@@ -299,8 +302,8 @@ func (s *Store) writeTenant(ctx context.Context, tx *sql.Tx, t *Tenant, action s
 	}
 	if _, err := tx.ExecContext(ctx,
 		`UPDATE tenants SET name = $2, plan = $3, suspended = $4, quota_overrides = $5, updated_at = $6, queue_policy = $7,
-		 spend_cap_cents = $8, spend_cap_block = $9, deny_action = $10 WHERE slug = $1`,
-		t.Slug, t.Name, t.Plan, t.Suspended, marshalJSON(t.Overrides), t.UpdatedAt, t.QueuePolicy, capCents, capBlock, t.DenyAction); err != nil {
+		 spend_cap_cents = $8, spend_cap_block = $9, deny_action = $10, outbox_policy = $11 WHERE slug = $1`,
+		t.Slug, t.Name, t.Plan, t.Suspended, marshalJSON(t.Overrides), t.UpdatedAt, t.QueuePolicy, capCents, capBlock, t.DenyAction, t.OutboxPolicy); err != nil {
 		return err
 	}
 	return s.audit(ctx, tx, t.Slug, action, "tenant:"+t.Slug)

@@ -22,8 +22,11 @@ type Tenant struct {
 	// DenyAction says what a publish the tenant's rules deny does to its
 	// device's connection: ignore (the default) or disconnect.
 	DenyAction DenyAction `json:"deny_action"`
-	CreatedAt  time.Time  `json:"created_at"`
-	UpdatedAt  time.Time  `json:"updated_at"`
+	// OutboxPolicy says what a destination's full outbox (max_outbox)
+	// does: drop_oldest (the default) or refuse.
+	OutboxPolicy OutboxPolicy `json:"outbox_policy"`
+	CreatedAt    time.Time    `json:"created_at"`
+	UpdatedAt    time.Time    `json:"updated_at"`
 
 	// Role is the caller's role in the tenant, when it was listed for an
 	// account.
@@ -126,6 +129,18 @@ const (
 	DropNewest QueuePolicy = "drop_newest"
 )
 
+// OutboxPolicy is what a destination's full outbox does with a new
+// message matching a rule: drop_oldest drops the oldest waiting; refuse
+// refuses the QoS 1 or 2 publish (MQTT 5: PUBACK 0x97 quota exceeded;
+// 3.1.1: the connection is closed), which its publisher sends again.
+type OutboxPolicy string
+
+// The outbox policies.
+const (
+	OutboxDropOldest OutboxPolicy = "drop_oldest"
+	OutboxRefuse     OutboxPolicy = "refuse"
+)
+
 // DenyAction is what the data plane does about a publish the tenant's rules
 // deny, besides dropping it and raising a publish_denied event.
 type DenyAction string
@@ -146,6 +161,8 @@ type TenantUpdate struct {
 	Name        *string      `json:"name,omitempty"`
 	QueuePolicy *QueuePolicy `json:"queue_policy,omitempty"`
 	DenyAction  *DenyAction  `json:"deny_action,omitempty"`
+	// OutboxPolicy is the admins', like the rules it applies to.
+	OutboxPolicy *OutboxPolicy `json:"outbox_policy,omitempty"`
 }
 
 // Validate checks the update.
@@ -155,6 +172,9 @@ func (u *TenantUpdate) Validate() error {
 	}
 	if u.DenyAction != nil && *u.DenyAction != DenyIgnore && *u.DenyAction != DenyDisconnect {
 		return invalid("deny_action", "must be ignore or disconnect")
+	}
+	if u.OutboxPolicy != nil && *u.OutboxPolicy != OutboxDropOldest && *u.OutboxPolicy != OutboxRefuse {
+		return invalid("outbox_policy", "must be drop_oldest or refuse")
 	}
 	if u.Name != nil {
 		return validateDisplayName("name", *u.Name)

@@ -226,7 +226,7 @@ func TestPagesAreSmall(t *testing.T) {
 	b.tenant("acme")
 	b.device("acme", "d1", "")
 	for _, p := range []string{"/tenants", "/tenants/acme", "/tenants/acme/devices", "/tenants/acme/devices/d1", "/tenants/acme/acl",
-		"/tenants/acme/live", "/tenants/acme/usage", "/tenants/acme/usage?granularity=day", "/tenants/acme/events",
+		"/tenants/acme/webhooks", "/tenants/acme/live", "/tenants/acme/usage", "/tenants/acme/usage?granularity=day", "/tenants/acme/events",
 		"/tenants/acme/api-keys", "/tenants/acme/members", "/tenants/acme/billing", "/tenants/acme/settings", "/static/app.css", "/static/app.js"} {
 		a := b.get(p)
 		if a.status != http.StatusOK || len(a.body) > 100_000 {
@@ -391,7 +391,7 @@ func TestControlsAreLabelled(t *testing.T) {
 	op.post("/admin/login", url.Values{"token": {operatorToken}})
 	pages := map[*browser][]string{
 		b: {"/tenants", "/tenants/acme", "/tenants/acme/devices", "/tenants/acme/devices/d1", "/tenants/acme/acl",
-			"/tenants/acme/live", "/tenants/acme/usage", "/tenants/acme/events", "/tenants/acme/api-keys",
+			"/tenants/acme/webhooks", "/tenants/acme/live", "/tenants/acme/usage", "/tenants/acme/events", "/tenants/acme/api-keys",
 			"/tenants/acme/members", "/tenants/acme/billing", "/tenants/acme/settings"},
 		s.browser(): {"/login", "/signup", "/admin/login"},
 		op:          {"/admin"},

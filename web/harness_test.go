@@ -13,8 +13,11 @@ import (
 	"net/url"
 	"regexp"
 	"testing"
+	"time"
 
 	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/broker/store/memory"
+	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
@@ -52,7 +55,23 @@ func newStackWith(t *testing.T, configure func(*web.Config)) *stack {
 	logs := &testenv.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ev := events.NewMemory(100)
-	hub, err := broker.New(broker.Config{Directory: store, Changes: store.Changes(), Log: log, Events: ev, Usage: store})
+	// The hub keeps outboxes in memory and retries webhooks for half a
+	// second (see TestWebhooksPage).
+	sealer, err := dataout.NewSealer(dataout.KeyFromToken(operatorToken))
+	if err != nil {
+		t.Fatal(err)
+	}
+	guard, err := dataout.NewGuard("127.0.0.1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sender, err := dataout.NewSender(dataout.SenderConfig{Guard: guard, Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub, err := broker.New(broker.Config{Directory: store, Changes: store.Changes(), Log: log, Events: ev, Usage: store,
+		Sessions: memory.New(), Delivery: &broker.Delivery{Rules: store, Sealer: sealer, Sender: sender,
+			Policy: dataout.Policy{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond, Horizon: 500 * time.Millisecond}}})
 	if err != nil {
 		t.Fatal(err)
 	}

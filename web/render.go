@@ -72,7 +72,7 @@ var funcs = template.FuncMap{
 	"add":   func(a, b int) int { return a + b },
 	// navItems are a tenant's sections: name, path under the tenant, label.
 	"navItems": func() [][3]string {
-		return [][3]string{{"overview", "", "Overview"}, {"devices", "/devices", "Devices"}, {"acl", "/acl", "Rules"},
+		return [][3]string{{"overview", "", "Overview"}, {"devices", "/devices", "Devices"}, {"acl", "/acl", "Rules"}, {"webhooks", "/webhooks", "Webhooks"},
 			{"live", "/live", "Live"}, {"usage", "/usage", "Usage"}, {"events", "/events", "Events"},
 			{"keys", "/api-keys", "API keys"}, {"members", "/members", "Members"}, {"billing", "/billing", "Billing"},
 			{"settings", "/settings", "Settings"}}
@@ -193,6 +193,8 @@ var flashes = map[string]string{
 	"cancelled":    "Checkout was cancelled; nothing changed.",
 	"saved":        "Saved.",
 	"deleted":      "Deleted.",
+	"replayed":     "The dead letters are back in the outbox, to be delivered again.",
+	"purged":       "Dead letters deleted.",
 }
 
 // redirect answers a form with See Other to a page of the console.

@@ -11,7 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/roosthub/roost"
 	"github.com/roosthub/roost/auth"
+	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/web"
 )
 
@@ -114,6 +116,17 @@ type config struct {
 	// PasswordHashes bounds the Argon2id password hashes computed at once
 	// (0: sized to the CPUs and memory).
 	PasswordHashes int
+	// WebhookAllowHosts are hosts (names or IP addresses, comma-separated)
+	// webhooks may reach although they are private or loopback, over plain
+	// http too.
+	WebhookAllowHosts string
+	// WebhookTimeout bounds one webhook request.
+	WebhookTimeout time.Duration
+	// WebhookBatch is the most messages one delivery request carries.
+	WebhookBatch int
+	// WebhookRetryHorizon is how long a batch is retried before it goes
+	// to the destination's dead letters.
+	WebhookRetryHorizon time.Duration
 }
 
 // proxied reports whether the named listener expects a PROXY header.
@@ -198,6 +211,10 @@ func (c *config) settings() []setting {
 		{"tenants-per-day", "how many tenants one account may create in 24 hours, deleted ones included (their slugs stay reserved); 0: no limit", "10", &c.TenantsPerDay},
 		{"signups-per-hour", "sign-ups a control-plane process takes an hour from all addresses together (each address: 30); 0: no limit", "600", &c.SignupsPerHour},
 		{"password-hashes", "password hashes (Argon2id, 19 MiB each) computed at once; 0: two per CPU, at most one per 64 MiB of available memory, at least two", "0", &c.PasswordHashes},
+		{"webhook-allow-hosts", "hosts (names or IP addresses, comma-separated, e.g. 127.0.0.1) that webhook destinations may reach although they are loopback, private or link-local, and over plain http; every other private address is refused when the hub connects", "", &c.WebhookAllowHosts},
+		{"webhook-timeout", "how long one webhook request (a delivery or a destination's send test) may take, connecting to the receiver's answer", "10s", &c.WebhookTimeout},
+		{"webhook-batch", "the most messages one webhook delivery request carries (1 to 1000)", "100", &c.WebhookBatch},
+		{"webhook-retry-horizon", "how long a webhook delivery is retried (exponential backoff with jitter) before its messages go to the destination's dead letters", "24h", &c.WebhookRetryHorizon},
 		{"debug-addr", "address for Go's profiler at /debug/pprof/ (keep it on loopback: it has no authentication); empty: off", "", &c.DebugAddr},
 	}
 }
@@ -409,7 +426,43 @@ func (c *config) Validate() error {
 	if c.TokenTTL < time.Minute || c.TokenTTL > 30*24*time.Hour {
 		return errors.New("ROOST_TOKEN_TTL: must be between 1m and 720h")
 	}
+	if err := c.validateWebhooks(); err != nil {
+		return err
+	}
 	return c.validateAccountLimits()
+}
+
+// validateWebhooks checks the webhook settings.
+func (c *config) validateWebhooks() error {
+	if _, err := dataout.NewGuard(c.WebhookAllowHosts, false); err != nil {
+		return fmt.Errorf("ROOST_WEBHOOK_ALLOW_HOSTS: %w", err)
+	}
+	if c.WebhookTimeout < 100*time.Millisecond || c.WebhookTimeout > 5*time.Minute {
+		return errors.New("ROOST_WEBHOOK_TIMEOUT: must be between 100ms and 5m")
+	}
+	if c.WebhookBatch < 1 || c.WebhookBatch > 1000 {
+		return errors.New("ROOST_WEBHOOK_BATCH: must be between 1 and 1000")
+	}
+	if c.WebhookRetryHorizon < time.Second || c.WebhookRetryHorizon > 30*24*time.Hour {
+		return errors.New("ROOST_WEBHOOK_RETRY_HORIZON: must be between 1s and 720h")
+	}
+	return nil
+}
+
+// development reports whether the hub runs as on a laptop: on its
+// embedded database and not published over https. Webhooks may then use
+// plain http:// to public hosts; the address rules still apply.
+func (c *config) development() bool {
+	return c.DatabaseURL == "" && !strings.HasPrefix(c.PublicURL, "https://")
+}
+
+// webhookSender builds the sender destinations' requests go through.
+func (c *config) webhookSender() (*dataout.Sender, error) {
+	g, err := dataout.NewGuard(c.WebhookAllowHosts, c.development())
+	if err != nil {
+		return nil, fmt.Errorf("ROOST_WEBHOOK_ALLOW_HOSTS: %w", err)
+	}
+	return dataout.NewSender(dataout.SenderConfig{Guard: g, Timeout: c.WebhookTimeout, UserAgent: "Roost-Webhook/" + roost.Version})
 }
 
 // validateAccountLimits checks the limits on accounts and sign-ups.

@@ -25,6 +25,7 @@ import (
 	"github.com/roosthub/roost/broker/fabric"
 	kfabric "github.com/roosthub/roost/broker/fabric/kafka"
 	"github.com/roosthub/roost/cluster"
+	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/kafkaexport"
 	"github.com/roosthub/roost/tenants"
@@ -421,6 +422,9 @@ func openDataPlane(ctx context.Context, role string, deps planeDeps, exporter br
 		// The drain must not fire every device's Will unless asked to.
 		WillsOnShutdown: c.ShutdownWills,
 	}
+	if cfg.Delivery, err = c.delivery(deps.adminToken, store); err != nil {
+		return nil, err
+	}
 	if d.member != nil {
 		cfg.Cluster = d.member
 		// A spread fleet serves every tenant on every node; otherwise a
@@ -638,4 +642,20 @@ func openFabric(ctx context.Context, c *config, node string, log *slog.Logger) (
 		return kfabric.New(ctx, kfabric.Config{Brokers: c.kafkaBrokers(), Node: node, Log: log})
 	}
 	return fabric.New(ctx, fabric.Config{URL: c.RedisURL, Node: node, Log: log})
+}
+
+// delivery configures the outbox's delivery of rules with a destination:
+// the same sender as the API's send test, and the sealing key every node
+// derives from the operator token.
+func (c *config) delivery(adminToken string, rules *tenants.Store) (*broker.Delivery, error) {
+	sender, err := c.webhookSender()
+	if err != nil {
+		return nil, err
+	}
+	sealer, err := dataout.NewSealer(dataout.KeyFromToken(adminToken))
+	if err != nil {
+		return nil, err
+	}
+	return &broker.Delivery{Rules: rules, Sealer: sealer, Sender: sender, Batch: c.WebhookBatch,
+		Policy: dataout.Policy{Horizon: c.WebhookRetryHorizon}}, nil
 }

@@ -166,8 +166,12 @@ func (d planeDeps) controlHandler(signingKey []byte, localAddr string, endpoints
 	if err != nil {
 		return nil, nil, err
 	}
+	hooks, err := c.webhookSender()
+	if err != nil {
+		return nil, nil, err
+	}
 	srv, err := api.New(api.Config{Store: d.store, Log: log, AdminToken: d.adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL,
-		Events: evs, Billing: bill, Metrics: d.metrics, DataPlane: dp, Auth: front})
+		Events: evs, Billing: bill, Metrics: d.metrics, DataPlane: dp, Auth: front, Webhooks: hooks})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -40,6 +41,7 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"Survives", testSurvives},
 		{"Changes", testChanges},
 		{"ExportRules", testExportRules},
+		{"Destinations", testDestinations},
 		{"Usage", testUsage},
 		{"Billing", testBilling},
 		{"StripeEventsOnce", testStripeEventsOnce},
@@ -176,6 +178,18 @@ func testTenants(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 	}
 	_, err = s.UpdateTenant(ctx, "acme", tenants.TenantUpdate{DenyAction: &bogusAction})
 	wantField(t, "unknown deny action", err, "deny_action")
+	if tn.OutboxPolicy != tenants.OutboxDropOldest {
+		t.Errorf("new tenant's outbox_policy %q, want drop_oldest", tn.OutboxPolicy)
+	}
+	refuse, bogusOutbox := tenants.OutboxRefuse, tenants.OutboxPolicy("drop_newest")
+	if up, err := s.UpdateTenant(ctx, "acme", tenants.TenantUpdate{OutboxPolicy: &refuse}); err != nil || up.OutboxPolicy != refuse || up.DenyAction != disconnect {
+		t.Errorf("outbox policy update: got %+v, %v, want refuse with the deny action kept", up, err)
+	}
+	if got, err := s.Tenant(ctx, "acme"); err != nil || got.OutboxPolicy != refuse {
+		t.Errorf("outbox policy read back: got %q, %v, want refuse", got.OutboxPolicy, err)
+	}
+	_, err = s.UpdateTenant(ctx, "acme", tenants.TenantUpdate{OutboxPolicy: &bogusOutbox})
+	wantField(t, "unknown outbox policy", err, "outbox_policy")
 
 	plan, suspended := tenants.PlanPro, true
 	limit := int64(7)
@@ -799,5 +813,143 @@ func testUsage(t *testing.T, s *tenants.Store, reopen func() *tenants.Store) {
 	}
 	if got, _ := s.Usage(ctx, "doomed", h, h.Add(time.Hour), tenants.Hourly); len(got) != 0 {
 		t.Errorf("the new tenant sees the old one's usage: %+v", got)
+	}
+}
+
+func mustDestination(t *testing.T, s *tenants.Store, tenant, name string) tenants.Destination {
+	t.Helper()
+	id := tenants.NewDestinationID()
+	d, err := s.CreateDestination(ctx, tenant, id, tenants.DestinationInput{Name: name, Type: "webhook", URL: "https://hooks.example.com/" + name,
+		Headers: map[string]string{"authorization": "Bearer x"}}, tenants.Sealed{Secret: "sealed-secret-of-" + id, Headers: "sealed-headers-of-" + id})
+	if err != nil {
+		t.Fatalf("CreateDestination(%s): %v", name, err)
+	}
+	return d
+}
+
+func testDestinations(t *testing.T, s *tenants.Store, reopen func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	mustTenant(t, s, owner, "acme")
+	mustTenant(t, s, owner, "other")
+	d := mustDestination(t, s, "acme", "ingest")
+	if d.Type != "webhook" || len(d.Headers) != 1 || d.Headers[0] != "Authorization" || !strings.HasPrefix(d.ID, "dst_") {
+		t.Errorf("created: %+v", d)
+	}
+	_, err := s.CreateDestination(ctx, "acme", tenants.NewDestinationID(), tenants.DestinationInput{Name: "ingest", Type: "webhook", URL: "https://x.example.com"}, tenants.Sealed{Secret: "s"})
+	wantErr(t, "a second destination named ingest", err, tenants.ErrConflict)
+	for _, bad := range []struct {
+		in    tenants.DestinationInput
+		field string
+	}{
+		{tenants.DestinationInput{Name: "a b", Type: "webhook", URL: "https://x"}, "name"},
+		{tenants.DestinationInput{Name: "dst_x", Type: "webhook", URL: "https://x"}, "name"},
+		{tenants.DestinationInput{Name: "k", Type: "kafka", URL: "https://x"}, "type"},
+		{tenants.DestinationInput{Name: "k", Type: "webhook"}, "url"},
+		{tenants.DestinationInput{Name: "k", Type: "webhook", URL: "https://x", Headers: map[string]string{"Host": "evil"}}, "headers"},
+		{tenants.DestinationInput{Name: "k", Type: "webhook", URL: "https://x", Headers: map[string]string{"X-A": "1\r\nX-B: 2"}}, "headers"},
+		{tenants.DestinationInput{Name: "k", Type: "webhook", URL: "https://x", Headers: map[string]string{"Roost-Signature": "forged"}}, "headers"},
+	} {
+		_, err := s.CreateDestination(ctx, "acme", tenants.NewDestinationID(), bad.in, tenants.Sealed{Secret: "s"})
+		wantField(t, fmt.Sprintf("CreateDestination(%+v)", bad.in), err, bad.field)
+	}
+
+	// What was sealed is kept as given, and read back by id or name, only
+	// in its tenant.
+	other := reopen()
+	got, err := other.Destination(ctx, "acme", d.ID)
+	if err != nil || got.Sealed.Secret != "sealed-secret-of-"+d.ID || got.Sealed.Headers != "sealed-headers-of-"+d.ID || got.URL != d.URL {
+		t.Errorf("Destination after reopening: %+v, %v", got, err)
+	}
+	if byName, err := s.DestinationByRef(ctx, "acme", "ingest"); err != nil || byName.ID != d.ID {
+		t.Errorf("DestinationByRef(ingest): %+v, %v", byName, err)
+	}
+	_, err = s.Destination(ctx, "other", d.ID)
+	wantErr(t, "another tenant's destination", err, tenants.ErrNotFound)
+	_, err = s.DestinationByRef(ctx, "other", "ingest")
+	wantErr(t, "another tenant's destination by name", err, tenants.ErrNotFound)
+	if ds, err := s.Destinations(ctx, "other"); err != nil || len(ds) != 0 {
+		t.Errorf("other's destinations: %+v, %v", ds, err)
+	}
+
+	// Updates: name, URL, headers re-sealed; another tenant's is not found.
+	name, url := "ingest-2", "https://hooks.example.com/v2"
+	hdrs := map[string]string{"X-Api-Key": "k2", "X-Env": "prod"}
+	up, err := s.UpdateDestination(ctx, "acme", d.ID, tenants.DestinationUpdate{Name: &name, URL: &url, Headers: &hdrs},
+		func(h map[string]string) string { return fmt.Sprintf("resealed-%d", len(h)) })
+	if err != nil || up.Name != name || up.URL != url || strings.Join(up.Headers, ",") != "X-Api-Key,X-Env" || up.Sealed.Headers != "resealed-2" || up.Sealed.Secret != d.Sealed.Secret {
+		t.Errorf("UpdateDestination: %+v, %v", up, err)
+	}
+	_, err = s.UpdateDestination(ctx, "other", d.ID, tenants.DestinationUpdate{Name: &name}, nil)
+	wantErr(t, "update through another tenant", err, tenants.ErrNotFound)
+	second := mustDestination(t, s, "acme", "second")
+	_, err = s.UpdateDestination(ctx, "acme", second.ID, tenants.DestinationUpdate{Name: &name}, nil)
+	wantErr(t, "rename onto a taken name", err, tenants.ErrConflict)
+	rot, err := s.RotateDestinationSecret(ctx, "acme", d.ID, "rotated")
+	if err != nil || rot.Sealed.Secret != "rotated" {
+		t.Errorf("RotateDestinationSecret: %+v, %v", rot, err)
+	}
+	_, err = s.RotateDestinationSecret(ctx, "other", d.ID, "evil")
+	wantErr(t, "rotate through another tenant", err, tenants.ErrNotFound)
+
+	// Rules name a destination by id or name and store its id; Kafka
+	// export sees only Kafka rules.
+	r, err := s.CreateExportRule(ctx, "acme", tenants.ExportRuleInput{Filter: "sensors/#", Destination: name, Condition: "payload.temp > 30"})
+	if err != nil || r.Destination != d.ID || r.Condition != "payload.temp > 30" || r.KafkaTopic != "" {
+		t.Fatalf("a rule to a destination by name: %+v, %v", r, err)
+	}
+	if _, err := s.CreateExportRule(ctx, "acme", tenants.ExportRuleInput{Filter: "#", Topic: "all"}); err != nil {
+		t.Fatal(err)
+	}
+	if rs, err := s.ExportRules(ctx, "acme"); err != nil || len(rs) != 1 || rs[0].Topic != "all" {
+		t.Errorf("ExportRules: %+v, %v; want the Kafka rule only", rs, err)
+	}
+	if rs, err := s.Rules(ctx, "acme"); err != nil || len(rs) != 2 {
+		t.Errorf("Rules: %+v, %v; want both", rs, err)
+	}
+	if ts, err := s.DestinationRuleTenants(ctx); err != nil || len(ts) != 1 || ts[0] != "acme" {
+		t.Errorf("DestinationRuleTenants: %v, %v; want [acme] (other has none)", ts, err)
+	}
+	if got, err := s.Rule(ctx, "acme", r.ID); err != nil || got.Destination != d.ID {
+		t.Errorf("Rule: %+v, %v", got, err)
+	}
+	_, err = s.Rule(ctx, "other", r.ID)
+	wantErr(t, "another tenant's rule", err, tenants.ErrNotFound)
+	for _, bad := range []struct {
+		in    tenants.ExportRuleInput
+		field string
+	}{
+		{tenants.ExportRuleInput{Filter: "#", Destination: "nope"}, "destination"},
+		{tenants.ExportRuleInput{Filter: "#", Topic: "t", Destination: d.ID}, "destination"},
+		{tenants.ExportRuleInput{Filter: "#", Topic: "t", Condition: "true"}, "condition"},
+		{tenants.ExportRuleInput{Filter: "#", Destination: d.ID, Condition: strings.Repeat("x", 5000)}, "condition"},
+	} {
+		_, err := s.CreateExportRule(ctx, "acme", bad.in)
+		wantField(t, fmt.Sprintf("CreateExportRule(%+v)", bad.in), err, bad.field)
+	}
+	_, err = s.CreateExportRule(ctx, "other", tenants.ExportRuleInput{Filter: "#", Destination: d.ID})
+	wantField(t, "a rule in other naming acme's destination", err, "destination")
+
+	// A destination a rule uses stays until the rule goes.
+	wantErr(t, "delete a destination in use", s.DeleteDestination(ctx, "acme", d.ID), tenants.ErrConflict)
+	wantErr(t, "delete through another tenant", s.DeleteDestination(ctx, "other", d.ID), tenants.ErrNotFound)
+	if err := s.DeleteExportRule(ctx, "acme", r.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteDestination(ctx, "acme", d.ID); err != nil {
+		t.Errorf("delete an unused destination: %v", err)
+	}
+	wantErr(t, "delete it twice", s.DeleteDestination(ctx, "acme", d.ID), tenants.ErrNotFound)
+	audit, _, err := s.Audit(ctx, "acme", tenants.Page{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var actions []string
+	for _, a := range audit {
+		actions = append(actions, a.Action)
+	}
+	for _, want := range []string{"destination.create", "destination.update", "destination.rotate_secret", "destination.delete"} {
+		if !slices.Contains(actions, want) {
+			t.Errorf("audit lacks %s: %v", want, actions)
+		}
 	}
 }

@@ -48,6 +48,7 @@ func Run(t *testing.T, open func(t *testing.T) (s Store, reopen func() Store)) {
 		{"Survives", testSurvives},
 		{"Receipts", testReceipts},
 		{"Marks", testMarks},
+		{"QueueWithoutSession", testQueueWithoutSession},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -823,5 +824,73 @@ func testMarks(t *testing.T, s Store, reopen func() Store) {
 	}
 	if got := marks(s, "acme"); got != "" {
 		t.Errorf("after acknowledging everything: %q", got)
+	}
+}
+
+// testQueueWithoutSession: a queue under a client id no MQTT client can
+// have (with U+0000, as the broker's outboxes and dead letters use), and
+// no session record: appended to in one write with another, read in
+// order with its opaque properties, claimed and acknowledged under the
+// claim's epoch (a stale epoch is fenced), never listed as a session, and
+// kept across a restart.
+func testQueueWithoutSession(t *testing.T, s Store, reopen func() Store) {
+	out, dead := "\x00out:dst_1", "\x00dead:dst_1"
+	props := []byte{1, 0, 3, 'i', 'd', 0}
+	items := []store.Item{
+		{ClientID: out, Message: store.Message{Topic: "s/1", Payload: []byte("a"), QoS: 1, Created: time.Unix(1700000000, 0).UTC(), Properties: props}},
+		{ClientID: dead, Message: msg("s/1", "x")},
+		{ClientID: out, Message: msg("s/2", "b")},
+	}
+	if _, err := s.Append(ctx, "acme", items, store.Receipt{}); err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, s, "acme", out, "c")
+	qs, err := s.Read(ctx, "acme", out, 0, 10)
+	if err != nil || payloads(qs) != "a,b,c" || !bytes.Equal(qs[0].Properties, props) {
+		t.Fatalf("outbox reads %q (%v), properties %v; want a,b,c with %v", payloads(qs), err, qs[0].Properties, props)
+	}
+	info, err := s.QueueInfo(ctx, "acme", out)
+	if err != nil || info.Len != 3 || !info.Oldest.Equal(time.Unix(1700000000, 0)) {
+		t.Errorf("QueueInfo %+v (%v), want 3 messages, the oldest at 1700000000", info, err)
+	}
+	old, err := s.Claim(ctx, "acme", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	epoch, err := s.Claim(ctx, "acme", out)
+	if err != nil || epoch <= old {
+		t.Fatalf("second claim: epoch %d (%v), want above %d", epoch, err, old)
+	}
+	if err := s.Ack(ctx, "acme", out, old, []uint64{qs[0].Seq}); !errors.Is(err, store.ErrFenced) {
+		t.Errorf("Ack under a stale epoch: %v, want ErrFenced", err)
+	}
+	if err := s.Ack(ctx, "acme", out, epoch, []uint64{qs[0].Seq, qs[1].Seq}); err != nil {
+		t.Fatal(err)
+	}
+	if qs, _ := s.Read(ctx, "acme", out, 0, 10); payloads(qs) != "c" {
+		t.Errorf("after the Ack the outbox reads %q, want c", payloads(qs))
+	}
+	if qs, _ := s.Read(ctx, "acme", dead, 0, 10); payloads(qs) != "x" {
+		t.Errorf("the dead letters read %q, want x", payloads(qs))
+	}
+	if qs, _ := s.Read(ctx, "other", out, 0, 10); len(qs) != 0 {
+		t.Errorf("another tenant reads %d of acme's outbox", len(qs))
+	}
+	if ss, _ := s.Sessions(ctx, "acme"); len(ss) != 0 {
+		t.Errorf("%d sessions listed, want none: a queue is not a session", len(ss))
+	}
+	if reopen == nil {
+		return
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2 := reopen()
+	defer s2.Close()
+	if qs, _ := s2.Read(ctx, "acme", out, 0, 10); payloads(qs) != "c" {
+		t.Errorf("after reopening the outbox reads %q, want c", payloads(qs))
+	}
+	if err := s2.Ack(ctx, "acme", out, old, []uint64{1}); !errors.Is(err, store.ErrFenced) {
+		t.Errorf("after reopening, Ack under a stale epoch: %v, want ErrFenced", err)
 	}
 }

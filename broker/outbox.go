@@ -1,0 +1,889 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/broker/store"
+	"github.com/roosthub/roost/dataout"
+	"github.com/roosthub/roost/tenants"
+)
+
+// Delivery configures the delivery of rules with a destination (webhooks):
+// the outbox. Without it, such rules deliver nothing.
+type Delivery struct {
+	// Rules reads a tenant's rules (all of them: only those with a
+	// destination are the outbox's) and its destinations.
+	Rules interface {
+		Rules(ctx context.Context, tenant string) ([]tenants.ExportRule, error)
+		Destination(ctx context.Context, tenant, id string) (tenants.Destination, error)
+		// DestinationRuleTenants lists the tenants with a rule with a
+		// destination: those whose outboxes resume (see resumeOutboxes).
+		DestinationRuleTenants(ctx context.Context) ([]string, error)
+	}
+	// Sealer opens a destination's secret and headers; Sender sends.
+	Sealer *dataout.Sealer
+	Sender interface {
+		Send(ctx context.Context, w dataout.Webhook, b dataout.Batch) dataout.Attempt
+	}
+	// Batch is the most messages one request carries: 100 if zero.
+	Batch int
+	// Policy is the retry schedule (its Horizon: ROOST_WEBHOOK_RETRY_HORIZON).
+	Policy dataout.Policy
+	// Poll is how often a spread tenant's home looks for messages other
+	// nodes added to its outboxes: 1s if zero. An outbox this node
+	// appends to is woken at once.
+	Poll time.Duration
+	// MaxOutbox bounds each destination's outbox when the tenant's
+	// max_outbox quota is 0: 100,000 if zero.
+	MaxOutbox int64
+	// Resume is how often the hub looks for outboxes with messages
+	// waiting whose tenant's broker is not running here, although this
+	// node is the tenant's home (after a restart, or once it took the
+	// tenant over), and starts it: 30s if zero.
+	Resume time.Duration
+	// Linger is how long a worker woken by a new message waits for more
+	// before it sends, so that a steady flow goes in batches rather than
+	// a request per message: 5ms if zero, none if negative.
+	Linger time.Duration
+}
+
+// DefaultWebhookBatch is how many messages one webhook request carries at
+// most, unless configured.
+const DefaultWebhookBatch = 100
+
+// The outbox of a tenant's destination is a queue in the session store
+// under a client id no MQTT client can have (MQTT strings never hold
+// U+0000, see seqProperty): outboxID for the messages waiting to be
+// delivered, deadID for those whose delivery gave up (the dead letters).
+// The worker delivering an outbox claims its id, so that a worker on
+// another node (one that lost the tenant) is fenced.
+func outboxID(dest string) string { return "\x00out:" + dest }
+func deadID(dest string) string   { return "\x00dead:" + dest }
+
+// outboxHook appends a publish matching a rule with a destination to that
+// destination's outbox before the publisher is acknowledged.
+type outboxHook struct {
+	mqtt.HookBase
+	inst *instance
+}
+
+var _ mqtt.Hook = (*outboxHook)(nil)
+
+func (h *outboxHook) ID() string { return "roost-outbox" }
+
+func (h *outboxHook) Provides(b byte) bool { return b == mqtt.OnPublish }
+
+// OnPublish refuses a QoS 1 or 2 publish whose outbox could not take it:
+// the store failed, or the outbox is full under the refuse policy.
+func (h *outboxHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	if remote(pk) {
+		return pk, nil // put in its outboxes where it arrived
+	}
+	err := h.inst.out.append(cl, pk)
+	if err == nil || pk.FixedHeader.Qos == 0 {
+		return pk, nil
+	}
+	if errors.Is(err, errOutboxFull) {
+		device := "api"
+		if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+			device = dc.id.device
+		}
+		h.inst.quotaHit(device, cl.ID, "max_outbox", h.inst.out.limit())
+	}
+	return h.inst.refusePublish(cl, pk, err)
+}
+
+// outbox is a tenant's outboxes on this node: it appends the tenant's
+// matching publishes and, where the tenant is at home, runs one delivery
+// worker per destination.
+type outbox struct {
+	cfg    *Delivery
+	st     SessionStore
+	tenant string
+	log    *slog.Logger
+	now    func() time.Time
+	// quotas are the tenant's quotas now; policy its outbox_policy now.
+	quotas func() tenants.Quotas
+	policy func(ctx context.Context) tenants.OutboxPolicy
+	device func(ctx context.Context, name string) (tenants.Device, bool, error)
+	// deliver: this node runs the workers (the tenant's home); poll: other
+	// nodes append too (a spread tenant), so the workers look now and then.
+	deliver, poll bool
+
+	rules atomic.Pointer[outboxRules]
+	// rulesMu orders forget after a load in progress (see listCache).
+	rulesMu sync.Mutex
+	// hooks caches each destination opened for sending, until a change of
+	// the tenant's rules or destinations (gen counts them) or a failed
+	// attempt.
+	hooks sync.Map // destination id → dataout.Webhook
+	gen   atomic.Uint64
+
+	// idPrefix and nextID name messages for receivers' deduplication.
+	idPrefix string
+	nextID   atomic.Uint64
+
+	mu      sync.Mutex
+	dests   map[string]*destQueue
+	stopped bool
+	stop    chan struct{}
+	wg      sync.WaitGroup
+}
+
+// outboxRules is a tenant's destination rules, compiled. stale ones were
+// dropped by a change: they are read again, and used only if that fails.
+type outboxRules struct {
+	set         *dataout.RuleSet
+	none, stale bool
+}
+
+// destQueue is one destination's outbox as this node knows it.
+type destQueue struct {
+	id   string
+	wake chan struct{}
+	// backlog is the outbox's length as last read, plus what was appended
+	// here since; known once read.
+	backlog atomic.Int64
+	known   atomic.Bool
+	readAt  atomic.Int64 // unix nanoseconds
+	// delivered, failed (moved to the dead letters) and dropped (by
+	// drop_oldest, or its destination deleted) count messages since the
+	// tenant's broker started here.
+	delivered, failed, dropped atomic.Int64
+
+	// worker: a worker runs for the outbox here; fenced: one was fenced
+	// (another node's claimed the outbox), and none starts here again.
+	// Both under the outbox's mu.
+	worker, fenced bool
+
+	mu          sync.Mutex
+	lastSuccess time.Time
+	lastError   time.Time
+	lastErrText string
+}
+
+func newOutbox(inst *instance, h *Hub) *outbox {
+	d := h.cfg.Delivery
+	st := h.cfg.Sessions
+	if d == nil || st == nil {
+		return nil
+	}
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	o := &outbox{
+		cfg: d, st: st, tenant: inst.tenant, log: inst.log, now: h.now,
+		quotas: inst.quotas,
+		policy: func(ctx context.Context) tenants.OutboxPolicy {
+			if t, found, err := inst.dir.tenant(ctx, inst.tenant); err == nil && found && t.OutboxPolicy != "" {
+				return t.OutboxPolicy
+			}
+			return tenants.OutboxDropOldest
+		},
+		device: func(ctx context.Context, name string) (tenants.Device, bool, error) {
+			return inst.dir.device(ctx, inst.tenant, name)
+		},
+		deliver:  inst.home,
+		poll:     inst.spread,
+		idPrefix: hex.EncodeToString(b[:]),
+		dests:    map[string]*destQueue{},
+		stop:     make(chan struct{}),
+	}
+	return o
+}
+
+// start starts a worker for each destination a rule names, so that what
+// an outbox held when the tenant's broker last stopped is delivered. It
+// reads the rules in the background: the broker's start does not wait.
+func (o *outbox) start() {
+	if o == nil || !o.deliver {
+		return
+	}
+	o.wg.Add(1)
+	go func() {
+		defer o.wg.Done()
+		o.startWorkers()
+	}()
+}
+
+func (o *outbox) startWorkers() {
+	var rules []tenants.ExportRule
+	for retry := 1; ; retry++ {
+		ctx, cancel := storeCtx()
+		var err error
+		rules, err = o.cfg.Rules.Rules(ctx, o.tenant)
+		cancel()
+		if err == nil {
+			break
+		}
+		o.log.Error("read rules for the outbox", "err", err)
+		select {
+		case <-o.stop:
+			return
+		case <-time.After(min(time.Duration(retry)*time.Second, 30*time.Second)):
+		}
+	}
+	for _, r := range rules {
+		if r.Destination != "" {
+			o.queue(r.Destination)
+		}
+	}
+}
+
+// close stops the workers and waits for them.
+func (o *outbox) close() {
+	if o == nil {
+		return
+	}
+	o.mu.Lock()
+	if !o.stopped {
+		o.stopped = true
+		close(o.stop)
+	}
+	o.mu.Unlock()
+	o.wg.Wait()
+}
+
+// forget drops the compiled rules: the tenant's rules changed.
+func (o *outbox) forget() {
+	if o == nil {
+		return
+	}
+	o.rulesMu.Lock()
+	if r := o.rules.Load(); r != nil && !r.stale {
+		o.rules.Store(&outboxRules{set: r.set, none: r.none, stale: true})
+	}
+	o.rulesMu.Unlock()
+	o.gen.Add(1)
+	o.hooks.Clear()
+	o.mu.Lock()
+	for _, q := range o.dests {
+		o.wake(q) // an idle worker checks that its destination still exists
+	}
+	o.mu.Unlock()
+}
+
+// wake wakes a destination's worker, if it waits for messages.
+func (o *outbox) wake(q *destQueue) {
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+}
+
+// gone ends the outbox of a deleted destination: its dead letters are
+// deleted, and no worker starts for it again here.
+func (o *outbox) gone(ctx context.Context, q *destQueue, log *slog.Logger) {
+	o.mu.Lock()
+	q.fenced = true // not fenced, but as final
+	o.mu.Unlock()
+	epoch, err := o.st.Claim(ctx, o.tenant, deadID(q.id))
+	if err != nil {
+		log.Error("claim a deleted destination's dead letters", "err", err)
+		return
+	}
+	n := 0
+	for {
+		qs, err := o.st.Read(ctx, o.tenant, deadID(q.id), 0, deadPage)
+		if err != nil || len(qs) == 0 {
+			if err != nil {
+				log.Error("read a deleted destination's dead letters", "err", err)
+			}
+			break
+		}
+		seqs := make([]uint64, len(qs))
+		for i, m := range qs {
+			seqs[i] = m.Seq
+		}
+		if err := o.st.Ack(ctx, o.tenant, deadID(q.id), epoch, seqs); err != nil {
+			log.Error("delete a deleted destination's dead letters", "err", err)
+			break
+		}
+		n += len(qs)
+	}
+	log.Info("destination deleted: its outbox is closed", "dead_letters_deleted", n)
+}
+
+// webhook returns a destination opened for sending: from the cache, or
+// read from the directory and opened. gone is true when the destination
+// no longer exists.
+func (o *outbox) webhook(ctx context.Context, id string) (wh dataout.Webhook, gone bool, a dataout.Attempt) {
+	if v, ok := o.hooks.Load(id); ok {
+		return v.(dataout.Webhook), false, dataout.Attempt{}
+	}
+	gen := o.gen.Load()
+	d, err := o.cfg.Rules.Destination(ctx, o.tenant, id)
+	switch {
+	case errors.Is(err, tenants.ErrNotFound):
+		return wh, true, dataout.Attempt{}
+	case err != nil:
+		return wh, false, dataout.Attempt{Kind: "directory", Err: err}
+	}
+	if wh, err = o.cfg.Sealer.Webhook(o.tenant, d); err != nil {
+		return wh, false, dataout.Attempt{Kind: "secret", Err: err}
+	}
+	if o.gen.Load() == gen {
+		o.hooks.Store(id, wh)
+	}
+	return wh, false, dataout.Attempt{}
+}
+
+// busy reports whether a worker here has messages to deliver, which keep
+// the tenant's broker running.
+func (o *outbox) busy() bool {
+	if o == nil || !o.deliver {
+		return false
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, q := range o.dests {
+		if q.backlog.Load() > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// figures sums the counts of the tenant's outboxes here, for metrics.
+func (o *outbox) figures() (delivered, failed, dropped, backlog int64) {
+	if o == nil {
+		return 0, 0, 0, 0
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	for _, q := range o.dests {
+		delivered += q.delivered.Load()
+		failed += q.failed.Load()
+		dropped += q.dropped.Load()
+		if o.deliver {
+			backlog += max(0, q.backlog.Load())
+		}
+	}
+	return delivered, failed, dropped, backlog
+}
+
+// compiled returns the tenant's destination rules, compiled, reading them
+// if a change dropped them. If the directory cannot be read, the rules as
+// they were before the change serve (a node that lost the directory goes
+// on as it was); with none read yet, the publish is refused.
+func (o *outbox) compiled() (*outboxRules, error) {
+	if r := o.rules.Load(); r != nil && !r.stale {
+		return r, nil
+	}
+	o.rulesMu.Lock()
+	defer o.rulesMu.Unlock()
+	old := o.rules.Load()
+	if old != nil && !old.stale {
+		return old, nil
+	}
+	ctx, cancel := storeCtx()
+	defer cancel()
+	all, err := o.cfg.Rules.Rules(ctx, o.tenant)
+	if err != nil {
+		if old != nil {
+			o.log.Warn("read rules for the outbox; the rules read before serve", "err", err)
+			return old, nil
+		}
+		return nil, err
+	}
+	var dest []tenants.ExportRule
+	for _, r := range all {
+		if r.Destination != "" {
+			dest = append(dest, r)
+		}
+	}
+	set, errs := dataout.CompileRules(dest)
+	for _, err := range errs {
+		o.log.Error("compile a rule", "err", err)
+	}
+	r := &outboxRules{set: set, none: len(dest) == 0}
+	o.rules.Store(r)
+	return r, nil
+}
+
+// errOutboxFull refuses a publish whose outbox is full under the refuse
+// policy: quota exceeded (0x97).
+var errOutboxFull = packets.ErrQuotaExceeded
+
+// append puts a publish in the outbox of every destination whose rule it
+// matches, in one write. A QoS 0 publish is appended too, but nothing
+// refuses it: its publisher is never told.
+func (o *outbox) append(cl *mqtt.Client, pk packets.Packet) error {
+	if o == nil {
+		return nil
+	}
+	rules, err := o.compiled()
+	if err != nil {
+		o.log.Error("read rules for the outbox", "err", err)
+		return errNotStored
+	}
+	if rules.none || !rules.set.MatchesTopic(pk.TopicName) {
+		return nil
+	}
+	ctx, cancel := storeCtx()
+	defer cancel()
+	device := "api"
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		device = dc.id.device
+	}
+	now := o.now()
+	in := dataout.Input{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Device: device, ClientID: cl.ID, Time: now}
+	if !cl.Net.Inline {
+		if d, found, err := o.device(ctx, device); err == nil && found {
+			in.Metadata = d.Metadata
+		}
+	}
+	var dests []string
+	for _, m := range rules.set.Match(ctx, in) {
+		if m.Err != nil {
+			o.log.Debug("rule condition not evaluated", "rule", m.Rule.ID, "topic", pk.TopicName, "err", m.Err)
+			continue
+		}
+		if !containsString(dests, m.Rule.Destination) {
+			dests = append(dests, m.Rule.Destination)
+		}
+	}
+	if len(dests) == 0 {
+		return nil
+	}
+	limit := o.limit()
+	var policy tenants.OutboxPolicy
+	queues := make([]*destQueue, 0, len(dests))
+	for _, id := range dests {
+		q := o.queue(id)
+		if o.backlogOf(ctx, q) >= limit {
+			if policy == "" {
+				policy = o.policy(ctx)
+			}
+			if policy == tenants.OutboxRefuse {
+				if pk.FixedHeader.Qos > 0 {
+					o.log.Info("outbox full: publish refused", "destination", id, "limit", limit)
+					return errOutboxFull
+				}
+				q.dropped.Add(1) // nothing tells a QoS 0 publisher
+				continue
+			}
+			// drop_oldest: the worker trims the outbox to the limit.
+		}
+		queues = append(queues, q)
+	}
+	if len(queues) == 0 {
+		return nil
+	}
+	m := store.Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Created: now}
+	m.Properties = encodeOrigin(o.idPrefix+"-"+strconv.FormatUint(o.nextID.Add(1), 36), device, cl.ID)
+	items := make([]store.Item, len(queues))
+	for i, q := range queues {
+		items[i] = store.Item{ClientID: outboxID(q.id), Message: m}
+	}
+	if _, err := o.st.Append(ctx, o.tenant, items, store.Receipt{}); err != nil {
+		o.log.Error("append to outbox", "topic", pk.TopicName, "destinations", len(items), "err", err)
+		return errNotStored
+	}
+	for _, q := range queues {
+		q.backlog.Add(1)
+		o.wake(q)
+	}
+	return nil
+}
+
+func containsString(list []string, s string) bool {
+	for _, v := range list {
+		if v == s {
+			return true
+		}
+	}
+	return false
+}
+
+// limit is the most messages one destination's outbox holds.
+func (o *outbox) limit() int64 {
+	if n := o.quotas().MaxOutbox; n > 0 {
+		return n
+	}
+	if o.cfg.MaxOutbox > 0 {
+		return o.cfg.MaxOutbox
+	}
+	return 100_000
+}
+
+// backlogOf is an outbox's length: as its worker here knows it, or, where
+// another node delivers, as read from the store at most once a second.
+func (o *outbox) backlogOf(ctx context.Context, q *destQueue) int64 {
+	fresh := q.known.Load() && (o.deliver || o.now().UnixNano()-q.readAt.Load() < int64(time.Second))
+	if !fresh {
+		info, err := o.st.QueueInfo(ctx, o.tenant, outboxID(q.id))
+		if err == nil {
+			q.backlog.Store(int64(info.Len))
+			q.readAt.Store(o.now().UnixNano())
+			q.known.Store(true)
+		}
+	}
+	return q.backlog.Load()
+}
+
+// queue returns a destination's outbox, starting its worker here if this
+// node delivers.
+func (o *outbox) queue(id string) *destQueue {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	q := o.dests[id]
+	if q == nil {
+		q = &destQueue{id: id, wake: make(chan struct{}, 1)}
+		o.dests[id] = q
+	}
+	if o.deliver && !q.worker && !q.fenced && !o.stopped {
+		q.worker = true
+		o.wg.Add(1)
+		go o.run(q)
+	}
+	return q
+}
+
+// encodeOrigin encodes what a webhook message says beyond the MQTT
+// message (its id, device and client id) as the queued message's
+// properties, opaque to the store.
+func encodeOrigin(id, device, clientID string) []byte {
+	b := make([]byte, 0, 4+len(id)+len(device)+len(clientID))
+	b = append(b, 1)
+	for _, s := range []string{id, device, clientID} {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	return b
+}
+
+func decodeOrigin(b []byte) (id, device, clientID string, ok bool) {
+	if len(b) == 0 || b[0] != 1 {
+		return "", "", "", false
+	}
+	b = b[1:]
+	var out [3]string
+	for i := range out {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || uint64(len(b)-k) < n {
+			return "", "", "", false
+		}
+		out[i], b = string(b[k:k+int(n)]), b[k+int(n):]
+	}
+	return out[0], out[1], out[2], true
+}
+
+// webhookMessage is a queued message as its destination receives it.
+func webhookMessage(q store.Queued) dataout.Message {
+	id, device, clientID, ok := decodeOrigin(q.Properties)
+	if !ok {
+		id = "seq-" + strconv.FormatUint(q.Seq, 10)
+	}
+	return dataout.Message{ID: id, Topic: q.Topic, Payload: q.Payload, QoS: q.QoS, Retain: q.Retain, Device: device, ClientID: clientID, Time: q.Created}
+}
+
+// errStopped ends a worker's wait: the tenant's broker is stopping.
+var errStopped = errors.New("outbox stopped")
+
+// wait waits for d, a wake when wake is true, or the outbox to stop.
+func (o *outbox) wait(q *destQueue, d time.Duration, wake bool) error {
+	var timer <-chan time.Time
+	if d >= 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		timer = t.C
+	}
+	var wakeC <-chan struct{}
+	if wake {
+		wakeC = q.wake
+	}
+	select {
+	case <-o.stop:
+		return errStopped
+	case <-timer:
+	case <-wakeC:
+	}
+	return nil
+}
+
+// run delivers one destination's outbox, in order, a batch at a time,
+// until the outbox stops or another worker claims it. An empty outbox
+// waits for a wake (and, for a spread tenant, polls), costing nothing.
+func (o *outbox) run(q *destQueue) {
+	defer o.wg.Done()
+	fenced := false
+	defer func() {
+		o.mu.Lock()
+		q.worker, q.fenced = false, q.fenced || fenced
+		o.mu.Unlock()
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-o.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	log := o.log.With("destination", q.id)
+	var epoch uint64
+	for retry := 1; ; retry++ {
+		var err error
+		if epoch, err = o.st.Claim(ctx, o.tenant, outboxID(q.id)); err == nil {
+			break
+		}
+		log.Error("claim outbox", "err", err)
+		if o.wait(q, o.cfg.Policy.Backoff(retry), false) != nil {
+			return
+		}
+	}
+	batch := o.cfg.Batch
+	if batch <= 0 {
+		batch = DefaultWebhookBatch
+	}
+	idle := time.Duration(-1)
+	if o.poll {
+		idle = o.cfg.Poll
+		if idle <= 0 {
+			idle = time.Second
+		}
+	}
+	linger := o.cfg.Linger
+	if linger == 0 {
+		linger = 5 * time.Millisecond
+	}
+	var (
+		first    time.Time // the first attempt at the batch at the head
+		attempts int
+		failures int // store failures in a row
+		// refreshed is when the outbox's length was last read from the
+		// store: at start, and for a spread tenant every few seconds
+		// (other nodes append to it). In between it is counted here:
+		// reading it is a scan in the embedded store.
+		refreshed time.Time
+		// head is the number of the last message that left the outbox
+		// here; reads start after it. Every back-end makes appends to one
+		// queue visible in the order of their numbers (numbering and
+		// writing are one step), so none is passed over; and the embedded
+		// store's reads then skip the deleted messages' tombstones instead
+		// of walking them.
+		head uint64
+	)
+	for {
+		if refreshed.IsZero() || (o.poll && o.now().Sub(refreshed) > 5*time.Second) {
+			o.refresh(ctx, q)
+			refreshed = o.now()
+		}
+		if err := o.trim(ctx, q, epoch, &head); errors.Is(err, store.ErrFenced) {
+			log.Info("outbox claimed by another worker; this one stops")
+			fenced = true
+			return
+		}
+		msgs, err := o.st.Read(ctx, o.tenant, outboxID(q.id), head, batch)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			failures++
+			log.Error("read outbox", "err", err)
+			if o.wait(q, o.cfg.Policy.Backoff(failures), false) != nil {
+				return
+			}
+			continue
+		}
+		failures = 0
+		if len(msgs) == 0 {
+			first, attempts = time.Time{}, 0
+			if !o.poll {
+				// Empty: what was counted here may have drifted (an
+				// append counted between the read and now is counted
+				// again by the next read's acknowledgement, at worst).
+				q.backlog.Store(0)
+			}
+			if o.wait(q, idle, true) != nil {
+				return
+			}
+			if _, cached := o.hooks.Load(q.id); !cached {
+				// Woken after a change of the tenant's rules or
+				// destinations (or with nothing sent yet): a deleted
+				// destination's worker clears its dead letters and ends.
+				if _, gone, _ := o.webhook(ctx, q.id); gone {
+					o.gone(ctx, q, log)
+					return
+				}
+			}
+			if linger > 0 && o.wait(q, linger, false) != nil {
+				return
+			}
+			continue
+		}
+		outcome, at := o.attempt(ctx, q, msgs, &first, &attempts)
+		if ctx.Err() != nil {
+			return
+		}
+		seqs := make([]uint64, len(msgs))
+		for i, m := range msgs {
+			seqs[i] = m.Seq
+		}
+		switch outcome {
+		case dataout.Delivered:
+			err = o.st.Ack(ctx, o.tenant, outboxID(q.id), epoch, seqs)
+			if err == nil {
+				q.delivered.Add(int64(len(msgs)))
+			}
+			first, attempts = time.Time{}, 0
+		case dataout.Dead:
+			err = o.bury(ctx, q, epoch, msgs, seqs)
+			if err == nil {
+				q.failed.Add(int64(len(msgs)))
+				log.Warn("batch past the retry horizon: moved to the dead letters", "messages", len(msgs))
+			}
+			first, attempts = time.Time{}, 0
+		case "gone":
+			err = o.st.Ack(ctx, o.tenant, outboxID(q.id), epoch, seqs)
+			if err == nil {
+				q.dropped.Add(int64(len(msgs)))
+				log.Info("destination deleted: its outbox is dropped", "messages", len(msgs))
+				// Dropped a batch at a time; the dead letters go once the
+				// outbox is empty (above).
+				o.wake(q)
+			}
+		default: // retry at at; meanwhile, drop_oldest keeps the outbox to its limit
+			for d := at.Sub(o.now()); d > 0; d = at.Sub(o.now()) {
+				if o.wait(q, d, true) != nil {
+					return
+				}
+				if err := o.trim(ctx, q, epoch, &head); errors.Is(err, store.ErrFenced) {
+					log.Info("outbox claimed by another worker; this one stops")
+					fenced = true
+					return
+				}
+			}
+			continue
+		}
+		switch {
+		case errors.Is(err, store.ErrFenced):
+			log.Info("outbox claimed by another worker; this one stops")
+			fenced = true
+			return
+		case err != nil:
+			if ctx.Err() != nil {
+				return
+			}
+			failures++
+			log.Error("acknowledge outbox messages", "err", err)
+			if o.wait(q, o.cfg.Policy.Backoff(failures), false) != nil {
+				return
+			}
+		default:
+			q.backlog.Add(-int64(len(msgs)))
+			head = max(head, msgs[len(msgs)-1].Seq)
+		}
+	}
+}
+
+// attempt sends a batch once and decides what becomes of it: delivered,
+// dead, "gone" (its destination was deleted), or retried at the time
+// returned.
+func (o *outbox) attempt(ctx context.Context, q *destQueue, msgs []store.Queued, first *time.Time, attempts *int) (dataout.Outcome, time.Time) {
+	now := o.now()
+	if first.IsZero() {
+		*first = now
+	}
+	*attempts++
+	wh, gone, a := o.webhook(ctx, q.id)
+	if gone {
+		return "gone", time.Time{}
+	}
+	if a.Err == nil {
+		b := dataout.Batch{Tenant: o.tenant, Destination: q.id, Messages: make([]dataout.Message, len(msgs))}
+		for i, m := range msgs {
+			b.Messages[i] = webhookMessage(m)
+		}
+		a = o.cfg.Sender.Send(ctx, wh, b)
+	}
+	if !a.OK() {
+		// Read the destination again for the next attempt: its URL or
+		// secret may have changed without this node hearing of it.
+		o.hooks.Delete(q.id)
+	}
+	now = o.now()
+	dec := o.cfg.Policy.Decide(*first, *attempts, now, a)
+	q.mu.Lock()
+	if a.OK() {
+		q.lastSuccess = now
+	} else {
+		q.lastError, q.lastErrText = now, attemptText(a)
+	}
+	q.mu.Unlock()
+	return dec.Outcome, dec.At
+}
+
+// attemptText says why an attempt failed, for the destination's status.
+func attemptText(a dataout.Attempt) string {
+	switch {
+	case a.Err != nil:
+		return string(a.Kind) + ": " + a.Err.Error()
+	default:
+		return "status " + strconv.Itoa(a.Status)
+	}
+}
+
+// bury moves messages from the outbox to the dead letters: appended there
+// first, then acknowledged, so that a failure in between leaves them in
+// both (delivered twice at worst), never in neither.
+func (o *outbox) bury(ctx context.Context, q *destQueue, epoch uint64, msgs []store.Queued, seqs []uint64) error {
+	items := make([]store.Item, len(msgs))
+	for i, m := range msgs {
+		items[i] = store.Item{ClientID: deadID(q.id), Message: m.Message}
+	}
+	if _, err := o.st.Append(ctx, o.tenant, items, store.Receipt{}); err != nil {
+		return err
+	}
+	return o.st.Ack(ctx, o.tenant, outboxID(q.id), epoch, seqs)
+}
+
+// refresh reads an outbox's length and oldest message from the store.
+func (o *outbox) refresh(ctx context.Context, q *destQueue) {
+	info, err := o.st.QueueInfo(ctx, o.tenant, outboxID(q.id))
+	if err != nil {
+		return
+	}
+	q.backlog.Store(int64(info.Len))
+	q.readAt.Store(o.now().UnixNano())
+	q.known.Store(true)
+}
+
+// trim drops the oldest messages of an outbox over its limit, under the
+// drop_oldest policy (under refuse, appends stop at the limit).
+// It reads after head and moves head past what it dropped.
+func (o *outbox) trim(ctx context.Context, q *destQueue, epoch uint64, head *uint64) error {
+	over := q.backlog.Load() - o.limit()
+	if over <= 0 {
+		return nil
+	}
+	msgs, err := o.st.Read(ctx, o.tenant, outboxID(q.id), *head, int(min(over, 10_000)))
+	if err != nil || len(msgs) == 0 {
+		return err
+	}
+	seqs := make([]uint64, len(msgs))
+	for i, m := range msgs {
+		seqs[i] = m.Seq
+	}
+	if err := o.st.Ack(ctx, o.tenant, outboxID(q.id), epoch, seqs); err != nil {
+		return err
+	}
+	q.dropped.Add(int64(len(msgs)))
+	q.backlog.Add(-int64(len(msgs)))
+	*head = max(*head, msgs[len(msgs)-1].Seq)
+	o.log.Info("outbox full: oldest messages dropped", "destination", q.id, "messages", len(msgs), "limit", o.limit())
+	return nil
+}

@@ -1,0 +1,222 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/roosthub/roost/broker/store"
+	"github.com/roosthub/roost/dataplane"
+	"github.com/roosthub/roost/tenants"
+)
+
+var _ dataplane.Deliveries = (*Hub)(nil)
+
+// errNoOutbox: the hub keeps no outboxes (no session store or no delivery
+// configured).
+var errNoOutbox = errors.New("this data plane delivers no webhooks: it has no session store or no delivery configured")
+
+func (h *Hub) outboxStore() (SessionStore, error) {
+	if h.cfg.Sessions == nil || h.cfg.Delivery == nil {
+		return nil, fmt.Errorf("%w: %w", tenants.ErrUnavailable, errNoOutbox)
+	}
+	return h.cfg.Sessions, nil
+}
+
+// DeliveryStatus reports a destination's outbox: read from the store, with
+// the counts of the tenant's running broker.
+func (h *Hub) DeliveryStatus(ctx context.Context, tenant, destination string) (dataplane.DeliveryStatus, error) {
+	st, err := h.outboxStore()
+	if err != nil {
+		return dataplane.DeliveryStatus{}, err
+	}
+	out, err := st.QueueInfo(ctx, tenant, outboxID(destination))
+	if err != nil {
+		return dataplane.DeliveryStatus{}, err
+	}
+	dead, err := st.QueueInfo(ctx, tenant, deadID(destination))
+	if err != nil {
+		return dataplane.DeliveryStatus{}, err
+	}
+	s := dataplane.DeliveryStatus{Backlog: out.Len, DeadLetters: dead.Len}
+	if out.Len > 0 && !out.Oldest.IsZero() {
+		s.Lag = max(0, h.now().Sub(out.Oldest).Seconds())
+	}
+	if inst := h.reg.running(tenant); inst != nil && inst.out != nil {
+		inst.out.mu.Lock()
+		q := inst.out.dests[destination]
+		inst.out.mu.Unlock()
+		if q != nil {
+			s.Delivered, s.Failed, s.Dropped = q.delivered.Load(), q.failed.Load(), q.dropped.Load()
+			q.mu.Lock()
+			s.LastSuccess, s.LastError, s.LastErrorText = timePtr(q.lastSuccess), timePtr(q.lastError), q.lastErrText
+			q.mu.Unlock()
+		}
+	}
+	return s, nil
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	t = t.UTC()
+	return &t
+}
+
+// DeadLetters lists a destination's dead letters after seq after.
+func (h *Hub) DeadLetters(ctx context.Context, tenant, destination string, after uint64, limit int) ([]dataplane.DeadLetter, error) {
+	st, err := h.outboxStore()
+	if err != nil {
+		return nil, err
+	}
+	qs, err := st.Read(ctx, tenant, deadID(destination), after, limit)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]dataplane.DeadLetter, len(qs))
+	for i, q := range qs {
+		m := webhookMessage(q)
+		out[i] = dataplane.DeadLetter{Seq: q.Seq, ID: m.ID, Topic: m.Topic, Payload: m.Payload, QoS: m.QoS, Device: m.Device, ClientID: m.ClientID, Time: m.Time.UTC()}
+	}
+	return out, nil
+}
+
+// deadPage is how many dead letters a replay or purge moves per write.
+const deadPage = 500
+
+// ReplayDeadLetters moves a destination's dead letters back to its outbox,
+// in order: appended there first, then deleted, so that a failure in
+// between delivers some twice, never loses one. The dead letters' queue is
+// claimed for it: a replay or purge running at the same time elsewhere is
+// fenced and stops.
+func (h *Hub) ReplayDeadLetters(ctx context.Context, tenant, destination string) (int, error) {
+	n, err := h.moveDead(ctx, tenant, destination, func(st SessionStore, qs []store.Queued) error {
+		items := make([]store.Item, len(qs))
+		for i, q := range qs {
+			items[i] = store.Item{ClientID: outboxID(destination), Message: q.Message}
+		}
+		_, err := st.Append(ctx, tenant, items, store.Receipt{})
+		return err
+	})
+	if n > 0 {
+		inst := h.reg.running(tenant)
+		switch {
+		case inst != nil && inst.out != nil:
+			q := inst.out.queue(destination)
+			q.backlog.Add(int64(n))
+			inst.out.wake(q)
+		case inst == nil && (h.cfg.Cluster == nil || h.cfg.Cluster.Holds(tenant)):
+			h.startTenant(ctx, tenant) // its worker delivers them
+		}
+	}
+	return n, err
+}
+
+// PurgeDeadLetters deletes a destination's dead letters.
+func (h *Hub) PurgeDeadLetters(ctx context.Context, tenant, destination string) (int, error) {
+	return h.moveDead(ctx, tenant, destination, func(SessionStore, []store.Queued) error { return nil })
+}
+
+// moveDead hands each page of dead letters to fn, then deletes it.
+func (h *Hub) moveDead(ctx context.Context, tenant, destination string, fn func(SessionStore, []store.Queued) error) (int, error) {
+	st, err := h.outboxStore()
+	if err != nil {
+		return 0, err
+	}
+	epoch, err := st.Claim(ctx, tenant, deadID(destination))
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for {
+		qs, err := st.Read(ctx, tenant, deadID(destination), 0, deadPage)
+		if err != nil || len(qs) == 0 {
+			return n, err
+		}
+		if err := fn(st, qs); err != nil {
+			return n, err
+		}
+		seqs := make([]uint64, len(qs))
+		for i, q := range qs {
+			seqs[i] = q.Seq
+		}
+		if err := st.Ack(ctx, tenant, deadID(destination), epoch, seqs); err != nil {
+			if errors.Is(err, store.ErrFenced) {
+				return n, fmt.Errorf("dead letters being replayed or purged at the same time: %w", tenants.ErrConflict)
+			}
+			return n, err
+		}
+		n += len(qs)
+	}
+}
+
+// resumeOutboxes starts the broker of each tenant whose outboxes hold
+// messages while it is not running here, although this node is its home:
+// after a restart, or once this node took the tenant over, its outboxes
+// are delivered without waiting for a device to connect. Its broker then
+// stays up while they hold messages (see outbox.busy).
+func (h *Hub) resumeOutboxes() {
+	d := h.cfg.Delivery
+	if d == nil || h.cfg.Sessions == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	slugs, err := d.Rules.DestinationRuleTenants(ctx)
+	if err != nil {
+		h.log.Error("list the tenants with webhook rules", "err", err)
+		return
+	}
+	for _, slug := range slugs {
+		if h.reg.running(slug) != nil || (h.cfg.Cluster != nil && !h.cfg.Cluster.Holds(slug)) {
+			continue
+		}
+		waiting, err := h.outboxWaiting(ctx, slug)
+		if err != nil {
+			h.log.Error("read a tenant's outboxes", "tenant", slug, "err", err)
+			continue
+		}
+		if waiting {
+			h.startTenant(ctx, slug)
+		}
+	}
+}
+
+// outboxWaiting reports whether one of a tenant's destinations' outboxes
+// holds a message.
+func (h *Hub) outboxWaiting(ctx context.Context, tenant string) (bool, error) {
+	rules, err := h.cfg.Delivery.Rules.Rules(ctx, tenant)
+	if err != nil {
+		return false, err
+	}
+	for _, r := range rules {
+		if r.Destination == "" {
+			continue
+		}
+		info, err := h.cfg.Sessions.QueueInfo(ctx, tenant, outboxID(r.Destination))
+		if err != nil {
+			return false, err
+		}
+		if info.Len > 0 {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// startTenant starts a tenant's broker here, unless it is suspended or
+// gone; it stops again once idle, like any.
+func (h *Hub) startTenant(ctx context.Context, slug string) {
+	t, found, err := h.dir.tenant(ctx, slug)
+	if err != nil || !found || t.Suspended {
+		return
+	}
+	inst, err := h.reg.acquire(t)
+	if err != nil {
+		h.log.Info("start a tenant's broker for its outboxes", "tenant", slug, "err", err)
+		return
+	}
+	h.reg.release(inst)
+}

@@ -1,0 +1,265 @@
+package dataout
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/cel-go/cel"
+	"github.com/google/cel-go/ext"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+// ConditionCostLimit bounds one evaluation of a condition, in CEL's cost
+// units (roughly one per operation, plus one per few bytes a string
+// function reads). A typical condition costs under 50; scanning a 128 KiB
+// payload as text about 13,000. Past the limit, evaluation stops and the
+// message does not match.
+const ConditionCostLimit = 100_000
+
+// ConditionError is a condition that does not compile, with where in it
+// the first problem is (1-based line and column).
+type ConditionError struct {
+	Line, Column int
+	Msg          string
+}
+
+func (e *ConditionError) Error() string {
+	return fmt.Sprintf("line %d, column %d: %s", e.Line, e.Column, e.Msg)
+}
+
+// Condition is a compiled CEL condition over one message. Compile it once
+// (per rule) and evaluate it for many messages; it is safe for concurrent
+// use.
+type Condition struct {
+	src string
+	prg cel.Program
+}
+
+var (
+	envOnce sync.Once
+	celEnv  *cel.Env
+	envErr  error
+)
+
+// env is the CEL environment conditions compile in. Its variables are
+// the message as documented in docs/data-out.md.
+func env() (*cel.Env, error) {
+	envOnce.Do(func() {
+		celEnv, envErr = cel.NewEnv(
+			cel.Variable("payload", cel.DynType),
+			cel.Variable("topic", cel.StringType),
+			cel.Variable("topic_levels", cel.ListType(cel.StringType)),
+			cel.Variable("device", cel.StringType),
+			cel.Variable("client_id", cel.StringType),
+			cel.Variable("qos", cel.IntType),
+			cel.Variable("time", cel.TimestampType),
+			cel.Variable("metadata", cel.MapType(cel.StringType, cel.StringType)),
+			cel.CrossTypeNumericComparisons(true),
+			cel.DefaultUTCTimeZone(true),
+			cel.ParserExpressionSizeLimit(tenants.MaxConditionLength),
+			cel.ParserRecursionLimit(50),
+			ext.Strings(),
+			ext.Encoders(),
+		)
+	})
+	return celEnv, envErr
+}
+
+// CompileCondition parses and type-checks src. Its result must be a
+// bool (or dyn, such as payload.alarm, checked when evaluated). An error
+// is a *ConditionError pointing into src.
+func CompileCondition(src string) (*Condition, error) {
+	e, err := env()
+	if err != nil {
+		return nil, err
+	}
+	if strings.TrimSpace(src) == "" {
+		return nil, &ConditionError{Line: 1, Column: 1, Msg: "the condition is empty"}
+	}
+	ast, iss := e.Compile(src)
+	if iss.Err() != nil {
+		errs := iss.Errors()
+		if len(errs) == 0 {
+			return nil, &ConditionError{Line: 1, Column: 1, Msg: iss.Err().Error()}
+		}
+		first := errs[0]
+		return nil, &ConditionError{Line: max(first.Location.Line(), 1), Column: first.Location.Column() + 1, Msg: first.Message}
+	}
+	if t := ast.OutputType(); !t.IsExactType(cel.BoolType) && !t.IsExactType(cel.DynType) {
+		return nil, &ConditionError{Line: 1, Column: 1, Msg: fmt.Sprintf("the condition must be true or false, not %s", t)}
+	}
+	prg, err := e.Program(ast, cel.CostLimit(ConditionCostLimit), cel.InterruptCheckFrequency(100), cel.EvalOptions(cel.OptOptimize))
+	if err != nil {
+		return nil, &ConditionError{Line: 1, Column: 1, Msg: err.Error()}
+	}
+	return &Condition{src: src, prg: prg}, nil
+}
+
+// String returns the condition's source.
+func (c *Condition) String() string { return c.src }
+
+// Input is one message as conditions see it.
+type Input struct {
+	Topic    string
+	Payload  []byte
+	QoS      byte
+	Device   string
+	ClientID string
+	Time     time.Time
+	// Metadata is the publishing device's metadata.
+	Metadata map[string]string
+}
+
+// Vars returns the CEL variables for in: payload is the parsed JSON when
+// the payload is JSON (IsJSON), else its bytes.
+func (in Input) Vars() map[string]any {
+	var payload any = in.Payload
+	if IsJSON(in.Payload) {
+		var v any
+		if json.Unmarshal(in.Payload, &v) == nil {
+			payload = v
+		}
+	}
+	md := in.Metadata
+	if md == nil {
+		md = map[string]string{}
+	}
+	return map[string]any{
+		"payload": payload, "topic": in.Topic, "topic_levels": strings.Split(in.Topic, "/"),
+		"device": in.Device, "client_id": in.ClientID, "qos": int64(in.QoS), "time": in.Time.UTC(), "metadata": md,
+	}
+}
+
+// ErrCostLimit: evaluating a condition took more than ConditionCostLimit.
+var ErrCostLimit = errors.New("the condition costs more than the limit to evaluate")
+
+// Eval reports whether in satisfies the condition. An evaluation error
+// (a missing field, a wrong type, the cost limit) is no match, with the
+// error saying why.
+func (c *Condition) Eval(ctx context.Context, in Input) (bool, error) {
+	return c.evalVars(ctx, in.Vars())
+}
+
+func (c *Condition) evalVars(ctx context.Context, vars map[string]any) (bool, error) {
+	out, _, err := c.prg.ContextEval(ctx, vars)
+	if err != nil {
+		if strings.Contains(err.Error(), "cost limit exceeded") {
+			return false, ErrCostLimit
+		}
+		return false, err
+	}
+	b, ok := out.Value().(bool)
+	if !ok {
+		return false, fmt.Errorf("the condition gave %v, not true or false", out.Value())
+	}
+	return b, nil
+}
+
+// Rule is a rule compiled for matching: its filter and its condition,
+// compiled once.
+type Rule struct {
+	tenants.ExportRule
+	cond *Condition
+}
+
+// CompileRule compiles a rule's condition, if it has one.
+func CompileRule(r tenants.ExportRule) (*Rule, error) {
+	out := &Rule{ExportRule: r}
+	if r.Condition != "" {
+		c, err := CompileCondition(r.Condition)
+		if err != nil {
+			return nil, err
+		}
+		out.cond = c
+	}
+	return out, nil
+}
+
+// Match reports whether in's topic matches the rule's filter and the
+// message satisfies its condition. err says why a condition could not be
+// evaluated (then it does not match).
+func (r *Rule) Match(ctx context.Context, in Input) (bool, error) {
+	if !tenants.MatchTopic(r.Filter, in.Topic) {
+		return false, nil
+	}
+	if r.cond == nil {
+		return true, nil
+	}
+	return r.cond.Eval(ctx, in)
+}
+
+// RuleSet is a tenant's rules compiled once, to match each message
+// against all of them; it is safe for concurrent use.
+type RuleSet struct {
+	rules []*Rule
+}
+
+// Match is a rule a message matched, or whose condition could not be
+// evaluated for it (Err set; then it did not match).
+type Match struct {
+	Rule *Rule
+	Err  error
+}
+
+// CompileRules compiles rules. A rule that does not compile (checked when
+// it was made, so only after a change of the condition language) is left
+// out and reported.
+func CompileRules(rules []tenants.ExportRule) (*RuleSet, []error) {
+	set := &RuleSet{}
+	var errs []error
+	for _, r := range rules {
+		c, err := CompileRule(r)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("rule %s: %w", r.ID, err))
+			continue
+		}
+		set.rules = append(set.rules, c)
+	}
+	return set, errs
+}
+
+// MatchesTopic reports whether any rule's filter matches topic: when none
+// does, Match would return nothing, and the caller need not gather the
+// message's input.
+func (s *RuleSet) MatchesTopic(topic string) bool {
+	for _, r := range s.rules {
+		if tenants.MatchTopic(r.Filter, topic) {
+			return true
+		}
+	}
+	return false
+}
+
+// Match returns the rules in matches and the evaluation failures; the
+// message's variables (its payload parsed once) are built only if a rule
+// with a condition matches its topic.
+func (s *RuleSet) Match(ctx context.Context, in Input) []Match {
+	var out []Match
+	var vars map[string]any
+	for _, r := range s.rules {
+		if !tenants.MatchTopic(r.Filter, in.Topic) {
+			continue
+		}
+		if r.cond == nil {
+			out = append(out, Match{Rule: r})
+			continue
+		}
+		if vars == nil {
+			vars = in.Vars()
+		}
+		ok, err := r.cond.evalVars(ctx, vars)
+		switch {
+		case err != nil:
+			out = append(out, Match{Rule: r, Err: err})
+		case ok:
+			out = append(out, Match{Rule: r})
+		}
+	}
+	return out
+}

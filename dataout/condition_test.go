@@ -1,0 +1,178 @@
+package dataout_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/roosthub/roost/dataout"
+	"github.com/roosthub/roost/tenants"
+)
+
+var msg = dataout.Input{
+	Topic: "sites/lab/sensor-1/temp", Payload: []byte(`{"temp": 31.5, "unit": "C", "tags": ["a", "b"]}`), QoS: 1,
+	Device: "sensor-1", ClientID: "sensor-1-c", Time: time.Date(2026, 12, 3, 12, 0, 0, 0, time.UTC),
+	Metadata: map[string]string{"room": "lab", "floor": "2"},
+}
+
+func TestConditionMatches(t *testing.T) {
+	for _, tc := range []struct {
+		cond  string
+		in    dataout.Input
+		match bool
+	}{
+		{`payload.temp > 30`, msg, true},
+		{`payload.temp > 30.0 && payload.unit == "C"`, msg, true},
+		{`payload.temp < 30`, msg, false},
+		{`"b" in payload.tags`, msg, true},
+		{`topic_levels[1] == "lab" && topic_levels.size() == 4`, msg, true},
+		{`topic.startsWith("sites/") && topic.endsWith("/temp")`, msg, true},
+		{`device == "sensor-1" && client_id == "sensor-1-c" && qos == 1`, msg, true},
+		{`metadata.room == "lab" && int(metadata.floor) >= 2`, msg, true},
+		{`"missing" in metadata`, msg, false},
+		{`time > timestamp("2026-01-01T00:00:00Z") && time.getHours() == 12`, msg, true},
+		{`payload == b"on"`, dataout.Input{Topic: "x", Payload: []byte("on")}, true},
+		{`string(payload).contains("alarm")`, dataout.Input{Topic: "x", Payload: []byte("fire alarm!")}, true},
+		{`payload > 20`, dataout.Input{Topic: "x", Payload: []byte("21.5")}, true},
+		{`size(metadata) == 0`, dataout.Input{Topic: "x"}, true},
+		{`payload.enabled`, dataout.Input{Topic: "x", Payload: []byte(`{"enabled": true}`)}, true},
+	} {
+		c, err := dataout.CompileCondition(tc.cond)
+		if err != nil {
+			t.Errorf("%s: compile: %v", tc.cond, err)
+			continue
+		}
+		got, err := c.Eval(context.Background(), tc.in)
+		if err != nil || got != tc.match {
+			t.Errorf("%s on %s: got %v, %v; want %v", tc.cond, tc.in.Payload, got, err, tc.match)
+		}
+	}
+}
+
+// TestConditionErrorsPoint: a condition that does not compile is an error
+// naming the line and column of its first problem.
+func TestConditionErrorsPoint(t *testing.T) {
+	for _, tc := range []struct {
+		cond         string
+		line, column int
+		says         string
+	}{
+		{`payload.temp >`, 1, 15, "Syntax error"},
+		{`paylod.temp > 30`, 1, 1, "undeclared reference to 'paylod'"},
+		{"topic == \"a\" &&\n  devise == \"x\"", 2, 3, "undeclared reference to 'devise'"},
+		{`qos == "1"`, 1, 5, "no matching overload"},
+		{`topic`, 1, 1, "must be true or false"},
+		{`   `, 1, 1, "empty"},
+	} {
+		_, err := dataout.CompileCondition(tc.cond)
+		var ce *dataout.ConditionError
+		if !errors.As(err, &ce) {
+			t.Errorf("%q: got %v, want a ConditionError", tc.cond, err)
+			continue
+		}
+		if ce.Line != tc.line || ce.Column != tc.column || !strings.Contains(ce.Msg, tc.says) {
+			t.Errorf("%q: got line %d column %d %q, want line %d column %d saying %q", tc.cond, ce.Line, ce.Column, ce.Msg, tc.line, tc.column, tc.says)
+		}
+	}
+}
+
+// TestConditionCostLimit: a condition that would burn CPU stops at the
+// cost limit and does not match; the same shape, small, is fine.
+func TestConditionCostLimit(t *testing.T) {
+	big := `[` + strings.TrimSuffix(strings.Repeat("1,", 100), ",") + `]`
+	c, err := dataout.CompileCondition(big + `.all(a, ` + big + `.all(b, ` + big + `.all(c, a + b + c > 0)))`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	got, err := c.Eval(context.Background(), msg)
+	if got || !errors.Is(err, dataout.ErrCostLimit) {
+		t.Errorf("a million iterations: got %v, %v; want no match and ErrCostLimit", got, err)
+	}
+	// Generous for -race on a busy machine; unbounded would be minutes.
+	if d := time.Since(start); d > 10*time.Second {
+		t.Errorf("stopping took %v", d)
+	}
+	small, _ := dataout.CompileCondition(`[1,2,3].all(a, [1,2,3].all(b, a + b > 0))`)
+	if ok, err := small.Eval(context.Background(), msg); !ok || err != nil {
+		t.Errorf("a small comprehension: %v, %v", ok, err)
+	}
+}
+
+func TestConditionRuntimeError(t *testing.T) {
+	c, err := dataout.CompileCondition(`payload.humidity > 50`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := c.Eval(context.Background(), msg); ok || err == nil {
+		t.Errorf("a missing field: got %v, %v; want no match with an error", ok, err)
+	}
+}
+
+func TestRuleMatch(t *testing.T) {
+	r, err := dataout.CompileRule(tenants.ExportRule{ID: "exp_1", Filter: "sites/+/+/temp", Condition: "payload.temp > 30", Destination: "dst_1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := r.Match(context.Background(), msg); !ok || err != nil {
+		t.Errorf("matching topic and condition: %v, %v", ok, err)
+	}
+	other := msg
+	other.Topic = "sites/lab/sensor-1/humidity"
+	if ok, _ := r.Match(context.Background(), other); ok {
+		t.Error("a topic outside the filter matched")
+	}
+	cold := msg
+	cold.Payload = []byte(`{"temp": 3}`)
+	if ok, _ := r.Match(context.Background(), cold); ok {
+		t.Error("a message failing the condition matched")
+	}
+}
+
+func TestRuleSet(t *testing.T) {
+	set, errs := dataout.CompileRules([]tenants.ExportRule{
+		{ID: "hot", Filter: "sites/#", Condition: "payload.temp > 30", Destination: "d"},
+		{ID: "all", Filter: "#", Destination: "d"},
+		{ID: "broken", Filter: "#", Condition: "payload.temp >", Destination: "d"},
+		{ID: "humid", Filter: "sites/#", Condition: "payload.humidity > 50", Destination: "d"},
+		{ID: "elsewhere", Filter: "other/#", Destination: "d"},
+	})
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "rule broken") {
+		t.Errorf("compile errors: %v, want rule broken's", errs)
+	}
+	got := map[string]string{}
+	for _, m := range set.Match(context.Background(), msg) {
+		got[m.Rule.ID] = fmt.Sprint(m.Err)
+	}
+	if len(got) != 3 || got["hot"] != "<nil>" || got["all"] != "<nil>" || got["humid"] == "<nil>" {
+		t.Errorf("matches: %v, want hot and all, and humid's evaluation error", got)
+	}
+}
+
+// BenchmarkRuleSet is the cost of matching one JSON message against a
+// tenant's rules (each with a condition; a tenth of them match its topic).
+func BenchmarkRuleSet(b *testing.B) {
+	for _, n := range []int{1, 10, 100} {
+		b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) {
+			var rules []tenants.ExportRule
+			for i := range n {
+				rules = append(rules, tenants.ExportRule{ID: fmt.Sprint(i), Filter: fmt.Sprintf("sites/%d/+/temp", i%10),
+					Condition: fmt.Sprintf(`payload.temp > %d && metadata.room == "lab"`, i), Destination: "d"})
+			}
+			set, errs := dataout.CompileRules(rules)
+			if len(errs) > 0 {
+				b.Fatal(errs)
+			}
+			in := msg
+			in.Topic = "sites/0/sensor-1/temp"
+			ctx := context.Background()
+			b.ReportAllocs()
+			for b.Loop() {
+				set.Match(ctx, in)
+			}
+		})
+	}
+}

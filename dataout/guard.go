@@ -1,0 +1,175 @@
+package dataout
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"net/url"
+	"strings"
+	"syscall"
+)
+
+// ErrRefusedAddress: a webhook's host is, or resolves to, an address the
+// hub does not send to (its own network: loopback, private, link-local
+// with the cloud metadata service, and the like).
+var ErrRefusedAddress = errors.New("refused address")
+
+// blocked are the ranges no webhook may reach unless allowed: loopback,
+// private, link-local (169.254.169.254, the metadata service, included),
+// unspecified, multicast, CGNAT, and the reserved ranges next to them.
+var blocked = func() []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range []string{
+		"0.0.0.0/8",      // this network, unspecified
+		"10.0.0.0/8",     // private
+		"100.64.0.0/10",  // CGNAT
+		"127.0.0.0/8",    // loopback
+		"169.254.0.0/16", // link-local, metadata
+		"172.16.0.0/12",  // private
+		"192.0.0.0/24",   // IETF protocol assignments
+		"192.168.0.0/16", // private
+		"198.18.0.0/15",  // benchmarking
+		"224.0.0.0/4",    // multicast
+		"240.0.0.0/4",    // reserved, broadcast
+		"::/96",          // unspecified, loopback, IPv4-compatible
+		"fc00::/7",       // unique local
+		"fe80::/10",      // link-local
+		"fec0::/10",      // site-local (deprecated)
+		"ff00::/8",       // multicast
+		"100::/64",       // discard
+		"2001:db8::/32",  // documentation
+		"64:ff9b:1::/48", // local-use NAT64
+	} {
+		out = append(out, netip.MustParsePrefix(s))
+	}
+	return out
+}()
+
+// Refused reports whether a is an address webhooks may not reach. IPv4
+// mapped into IPv6, NAT64 and 6to4 addresses are judged by the IPv4
+// address they carry.
+func Refused(a netip.Addr) bool {
+	// A zone (fe80::1%eth0) would make every prefix miss it.
+	a = a.Unmap().WithZone("")
+	if a.Is6() {
+		b := a.As16()
+		switch {
+		case netip.MustParsePrefix("64:ff9b::/96").Contains(a):
+			return Refused(netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]}))
+		case netip.MustParsePrefix("2002::/16").Contains(a):
+			return Refused(netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]}))
+		}
+	}
+	for _, p := range blocked {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// Guard decides which hosts webhooks may reach: any public address, and
+// the hosts the operator allows (ROOST_WEBHOOK_ALLOW_HOSTS) even when
+// private. Development relaxes only the HTTPS requirement.
+type Guard struct {
+	allowNames map[string]bool
+	allowAddrs map[netip.Addr]bool
+	// AllowHTTP lets plain http:// URLs reach every host (development);
+	// without it, only allowed hosts may use http://.
+	AllowHTTP bool
+}
+
+// NewGuard returns a guard allowing hosts: names or IP addresses,
+// comma-separated; blanks ignored.
+func NewGuard(hosts string, allowHTTP bool) (*Guard, error) {
+	g := &Guard{allowNames: map[string]bool{}, allowAddrs: map[netip.Addr]bool{}, AllowHTTP: allowHTTP}
+	for _, h := range strings.Split(hosts, ",") {
+		h = strings.ToLower(strings.TrimSpace(h))
+		if h == "" {
+			continue
+		}
+		if a, err := netip.ParseAddr(strings.Trim(h, "[]")); err == nil {
+			g.allowAddrs[a.Unmap()] = true
+			continue
+		}
+		if strings.ContainsAny(h, "/: ") {
+			return nil, fmt.Errorf("%q is not a host name or IP address", h)
+		}
+		g.allowNames[strings.TrimSuffix(h, ".")] = true
+	}
+	return g, nil
+}
+
+// allowedName reports whether host (a name or a literal address) is on
+// the operator's list.
+func (g *Guard) allowedName(host string) bool {
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return g.allowAddrs[a.Unmap()]
+	}
+	return g.allowNames[host]
+}
+
+// CheckURL checks a webhook URL as given, before anything is sent: an
+// absolute http(s) URL with a host and no credentials, HTTPS unless the
+// host is allowed or the hub is in development, and no refused literal
+// address. Names are checked again at every connection (see Dial).
+func (g *Guard) CheckURL(raw string) error {
+	if len(raw) > 2048 {
+		return errors.New("at most 2048 characters")
+	}
+	u, err := url.Parse(raw)
+	if err != nil || !u.IsAbs() || u.Host == "" || u.Opaque != "" {
+		return errors.New("must be an absolute http:// or https:// URL with a host")
+	}
+	if u.User != nil {
+		return errors.New("must not carry credentials: put them in a header")
+	}
+	if u.Fragment != "" {
+		return errors.New("must not have a fragment")
+	}
+	host := u.Hostname()
+	switch u.Scheme {
+	case "https":
+	case "http":
+		if !g.AllowHTTP && !g.allowedName(host) {
+			return errors.New("must be https:// (plain http:// only to hosts in ROOST_WEBHOOK_ALLOW_HOSTS, or in development)")
+		}
+	default:
+		return errors.New("must be an http:// or https:// URL")
+	}
+	if a, err := netip.ParseAddr(host); err == nil && Refused(a) && !g.allowedName(host) {
+		return fmt.Errorf("%w: %s is not a public address", ErrRefusedAddress, host)
+	}
+	return nil
+}
+
+// DialContext connects to addr (host:port) for a webhook. An allowed host
+// is dialled as is; any other is resolved and every address it is
+// connected to is checked in the dialer's Control function, just before
+// connect(2): a name that resolves to a public address when the URL is
+// saved and to 127.0.0.1 later (DNS rebinding) is still refused.
+func (g *Guard) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	d := &net.Dialer{}
+	if !g.allowedName(host) {
+		d.Control = g.control
+	}
+	return d.DialContext(ctx, network, addr)
+}
+
+func (g *Guard) control(network, address string, _ syscall.RawConn) error {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return fmt.Errorf("%w: %s", ErrRefusedAddress, address)
+	}
+	if a := ap.Addr().Unmap().WithZone(""); Refused(a) && !g.allowAddrs[a] {
+		return fmt.Errorf("%w: %s is not a public address", ErrRefusedAddress, a)
+	}
+	return nil
+}
