@@ -1,0 +1,211 @@
+package main
+
+import (
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+)
+
+// TestSpreadFleetTakeover: on a spread fleet of three nodes (Redis
+// fabric), under QoS 1 load from a publisher on node 3, a persistent
+// subscriber's client id connects through node 1 and node 2 alternately,
+// ROOST_SPREAD_TAKEOVERS times (default 100), each connection made while
+// the previous one is still open: a takeover, not a reconnect. Each time:
+// the session is present; the previous connection is ended with a
+// DISCONNECT 0x8E (session taken over), as the README's "one owner at a
+// time" says, within 5 s; no message published after the new
+// connection's CONNACK reaches the previous one (one owner at a time);
+// the new connection is not ended before the next takeover. At the end,
+// every message acknowledged to the publisher has reached the subscriber
+// on one of its connections, first arrivals in the order published;
+// duplicates are counted (a message delivered but not yet acknowledged
+// when the connection was taken over comes again).
+func TestSpreadFleetTakeover(t *testing.T) { spreadTakeoverTest(t, fabricRedis) }
+
+// TestSpreadFleetKafkaTakeover is TestSpreadFleetTakeover on the Kafka
+// fabric: the session lives at the tenant's home (node 1), so a
+// connection through node 2 is forwarded there, and the home's broker
+// takes it over from the connection it holds, forwarded or direct.
+func TestSpreadFleetKafkaTakeover(t *testing.T) { spreadTakeoverTest(t, fabricKafka) }
+
+// takeoverConn is one connection of the persistent subscriber.
+type takeoverConn struct {
+	c     *paho.Client
+	node  int
+	up    time.Time             // its CONNACK
+	disc  chan *paho.Disconnect // the server's DISCONNECT
+	mu    sync.Mutex
+	after time.Time // the next connection's CONNACK; zero before
+	late  []int     // messages that arrived after after
+}
+
+func spreadTakeoverTest(t *testing.T, fab fleetFabric) {
+	takeovers := envCount(t, "ROOST_SPREAD_TAKEOVERS", 100)
+	const perTakeover = 5 // PUBACKs to the publisher between two takeovers
+	f := startSpreadFleetOn(t, 3, fab)
+
+	// ctl, the tenant's first session, makes node 1 its home.
+	ctl := f.cleanSub(1, "ctl", "load/#")
+	if h := f.home(); h != 1 {
+		t.Fatalf("the tenant's home is node %d; want node 1, where its first (clean) session connected", h)
+	}
+	const id = "taker"
+	tally := newSpreadTally()
+	connect := func(node int) (*takeoverConn, *paho.Connack, error) {
+		tc := &takeoverConn{node: node, disc: make(chan *paho.Disconnect, 1)}
+		c, ca, err := f.dialWith(node, id, true, func(p *paho.Publish) {
+			tally.add(p)
+			tc.mu.Lock()
+			if !tc.after.IsZero() {
+				n, _ := strconv.Atoi(string(p.Payload))
+				tc.late = append(tc.late, n)
+			}
+			tc.mu.Unlock()
+		}, func(d *paho.Disconnect) {
+			select {
+			case tc.disc <- d:
+			default:
+			}
+		})
+		if err != nil {
+			return nil, ca, err
+		}
+		tc.c, tc.up = c, time.Now()
+		return tc, ca, nil
+	}
+	cur, ca, err := connect(1)
+	if err != nil {
+		t.Fatalf("persistent subscriber through node 1: %v", err)
+	}
+	if ca.SessionPresent {
+		t.Fatalf("persistent subscriber: a session was present at its first connection")
+	}
+	f.mustSubscribe(cur.c, "load/#", 1)
+	conns := []*takeoverConn{cur}
+	t.Cleanup(func() {
+		for _, tc := range conns {
+			tc.c.Disconnect(&paho.Disconnect{})
+		}
+	})
+	l := f.load("pub", "load/seq", 3)
+
+	var connacks, ends []time.Duration
+	absent := 0
+	began := time.Now()
+	for i := range takeovers {
+		l.waitAcks(t, perTakeover)
+		select {
+		case <-cur.c.Done():
+			t.Fatalf("takeover %d: the connection through node %d ended before it was taken over", i+1, cur.node)
+		default:
+		}
+		node := 3 - cur.node // 1, 2, 1, ...
+		start := time.Now()
+		next, ca, err := connect(node)
+		if err != nil {
+			t.Fatalf("takeover %d: connecting through node %d while connected through node %d: %v", i+1, node, cur.node, err)
+		}
+		conns = append(conns, next)
+		connacks = append(connacks, next.up.Sub(start))
+		cur.mu.Lock()
+		cur.after = next.up
+		cur.mu.Unlock()
+		if !ca.SessionPresent {
+			absent++
+			t.Errorf("takeover %d: the session was not present when its client connected through node %d", i+1, node)
+			f.mustSubscribe(next.c, "load/#", 1) // so that the test goes on
+		}
+		// The connection taken over is ended with 0x8E. paho closes Done
+		// before it hands over the DISCONNECT.
+		select {
+		case <-cur.c.Done():
+			ends = append(ends, time.Since(start))
+			select {
+			case d := <-cur.disc:
+				if d.ReasonCode != 0x8E {
+					t.Errorf("takeover %d: the connection through node %d ended with DISCONNECT 0x%02X, want 0x8E (session taken over)", i+1, cur.node, d.ReasonCode)
+				}
+			case <-time.After(time.Second):
+				t.Errorf("takeover %d: the connection through node %d was closed without a DISCONNECT, want 0x8E (session taken over)", i+1, cur.node)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("takeover %d: the connection through node %d is still open 5 s after its client connected through node %d", i+1, cur.node, node)
+		}
+		cur = next
+	}
+	took := time.Since(began)
+	l.waitAcks(t, perTakeover)
+	l.stopNow()
+	end := time.Now()
+
+	// Every message acknowledged reached the subscriber, on one of its
+	// connections, and the clean subscriber ctl.
+	missing, acked := l.waitArrived(tally, time.Time{}, end, 20*time.Second)
+	select {
+	case <-cur.c.Done():
+		t.Errorf("the last connection, through node %d, was ended", cur.node)
+	default:
+	}
+	st := l.stats()
+	t.Logf("%d takeovers in %s: CONNACK %s, the previous connection ended %s after the new one was dialled (min/median/max)",
+		takeovers, took.Round(time.Millisecond), spreadRange(connacks), spreadRange(ends))
+	t.Logf("load: %d messages published, %d acknowledged, %d refused, %d without an answer; the publisher connected %d times",
+		st.sent, st.acked, st.refused, st.failed, st.conns)
+	t.Logf("persistent subscriber: %d of %d acknowledged messages received over %d connections, %d missing, %d duplicates, %d out of order",
+		acked-len(missing), acked, len(conns), len(missing), tally.dups(), tally.outOfOrder())
+	if len(missing) > 0 {
+		t.Errorf("the persistent subscriber never got %d acknowledged messages, e.g. %v", len(missing), missing[:min(len(missing), 10)])
+	}
+	if late := tally.outOfOrderAmong(l.wasAcked); late > 0 {
+		t.Errorf("%d acknowledged messages first reached the persistent subscriber after later acknowledged ones; the order of first arrivals: %s",
+			late, tally.runs(l.topic))
+	}
+	if absent > 0 {
+		t.Errorf("the session was not present %d of %d times its client connected again", absent, takeovers)
+	}
+	if acked < takeovers*perTakeover {
+		t.Errorf("only %d messages were acknowledged in %d takeovers", acked, takeovers)
+	}
+	if st.refused+st.failed > 0 || st.conns != 1 {
+		t.Errorf("the publisher, on node 3, had %d publishes refused and %d unanswered, and connected %d times; want 0, 0 and 1: nothing failed", st.refused, st.failed, st.conns)
+	}
+
+	// One owner at a time: nothing published after a connection's
+	// CONNACK reached the connection it took over. (Messages published
+	// before may: they were on their way to it.)
+	var two []string
+	before := 0
+	for k, tc := range conns[:len(conns)-1] {
+		tc.mu.Lock()
+		late, after := tc.late, tc.after
+		tc.mu.Unlock()
+		for _, n := range late {
+			l.mu.Lock()
+			var sent time.Time
+			if n >= 0 && n < len(l.sentAt) {
+				sent = l.sentAt[n]
+			}
+			l.mu.Unlock()
+			if sent.After(after) {
+				two = append(two, fmt.Sprintf("%d (connection %d, node %d)", n, k+1, tc.node))
+			} else {
+				before++
+			}
+		}
+	}
+	if before > 0 {
+		t.Logf("%d messages published before a takeover reached the connection taken over after the new one's CONNACK", before)
+	}
+	if len(two) > 0 {
+		t.Errorf("two owners at once: %d messages published after a takeover's CONNACK reached the connection taken over, e.g. %v", len(two), two[:min(len(two), 10)])
+	}
+
+	if missing, acked := l.waitArrived(ctl.tally, ctl.subacked, end, 10*time.Second); len(missing) > 0 {
+		t.Errorf("clean subscriber ctl (node 1): %d of %d acknowledged messages never arrived, e.g. %v", len(missing), acked, missing[:min(len(missing), 10)])
+	}
+	ctl.c.Disconnect(&paho.Disconnect{})
+}
