@@ -204,6 +204,19 @@ func spreadTakeoverTest(t *testing.T, fab fleetFabric) {
 		t.Errorf("two owners at once: %d messages published after a takeover's CONNACK reached the connection taken over, e.g. %v", len(two), two[:min(len(two), 10)])
 	}
 
+	// Where the session was served: on Kafka's fabric at the home, node
+	// 2 forwarding its connections there; on Redis's by the node its
+	// client connected to, nothing forwarded.
+	through2 := (takeovers + 1) / 2
+	forwarded := max(0, f.metric(2, "roost_forwards_total"))
+	t.Logf("node 2: roost_forwards_total %v (%d connections of the subscriber through it)", forwarded, through2)
+	if fab == fabricKafka && forwarded < float64(through2) {
+		t.Errorf("node 2 forwarded %v connections to the home; the subscriber connected through it %d times", forwarded, through2)
+	}
+	if fab == fabricRedis && forwarded > 0 {
+		t.Errorf("node 2 forwarded %v connections; on the Redis fabric a spread tenant's sessions are served where they connect", forwarded)
+	}
+
 	if missing, acked := l.waitArrived(ctl.tally, ctl.subacked, end, 10*time.Second); len(missing) > 0 {
 		t.Errorf("clean subscriber ctl (node 1): %d of %d acknowledged messages never arrived, e.g. %v", len(missing), acked, missing[:min(len(missing), 10)])
 	}
