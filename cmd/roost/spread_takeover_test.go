@@ -39,8 +39,16 @@ type takeoverConn struct {
 	up    time.Time             // its CONNACK
 	disc  chan *paho.Disconnect // the server's DISCONNECT
 	mu    sync.Mutex
-	after time.Time // the next connection's CONNACK; zero before
-	late  []int     // messages that arrived after after
+	after time.Time      // the next connection's CONNACK; zero before
+	late  []takeoverLate // messages that arrived after after
+	ended time.Time      // when Done was seen closed
+}
+
+// takeoverLate is a message that reached a connection after the next
+// connection's CONNACK.
+type takeoverLate struct {
+	n  int
+	at time.Time
 }
 
 func spreadTakeoverTest(t *testing.T, fab fleetFabric) {
@@ -62,7 +70,7 @@ func spreadTakeoverTest(t *testing.T, fab fleetFabric) {
 			tc.mu.Lock()
 			if !tc.after.IsZero() {
 				n, _ := strconv.Atoi(string(p.Payload))
-				tc.late = append(tc.late, n)
+				tc.late = append(tc.late, takeoverLate{n, time.Now()})
 			}
 			tc.mu.Unlock()
 		}, func(d *paho.Disconnect) {
@@ -124,6 +132,9 @@ func spreadTakeoverTest(t *testing.T, fab fleetFabric) {
 		select {
 		case <-cur.c.Done():
 			ends = append(ends, time.Since(start))
+			cur.mu.Lock()
+			cur.ended = time.Now()
+			cur.mu.Unlock()
 			select {
 			case d := <-cur.disc:
 				if d.ReasonCode != 0x8E {
@@ -181,9 +192,10 @@ func spreadTakeoverTest(t *testing.T, fab fleetFabric) {
 	before := 0
 	for k, tc := range conns[:len(conns)-1] {
 		tc.mu.Lock()
-		late, after := tc.late, tc.after
+		late, after, ended := tc.late, tc.after, tc.ended
 		tc.mu.Unlock()
-		for _, n := range late {
+		for _, m := range late {
+			n := m.n
 			l.mu.Lock()
 			var sent time.Time
 			if n >= 0 && n < len(l.sentAt) {
@@ -191,7 +203,8 @@ func spreadTakeoverTest(t *testing.T, fab fleetFabric) {
 			}
 			l.mu.Unlock()
 			if sent.After(after) {
-				two = append(two, fmt.Sprintf("%d (connection %d, node %d)", n, k+1, tc.node))
+				two = append(two, fmt.Sprintf("%d (connection %d, node %d: published %s after the next connection's CONNACK, arrived %s after it, the connection ended %s after it)",
+					n, k+1, tc.node, sent.Sub(after), m.at.Sub(after), ended.Sub(after)))
 			} else {
 				before++
 			}
