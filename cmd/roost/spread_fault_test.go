@@ -43,6 +43,10 @@ import (
 //   - The same on the Kafka fabric (spread_kafka_fault_test.go):
 //     TestSpreadFleetKafkaKill, TestSpreadFleetKafkaPause (Kafka stopped),
 //     TestSpreadFleetKafkaNodePause.
+//   - TestSpreadFleetTakeover and TestSpreadFleetKafkaTakeover
+//     (spread_takeover_test.go): a persistent subscriber's client id taken
+//     over alternately through two nodes under QoS 1 load,
+//     ROOST_SPREAD_TAKEOVERS times (default 100).
 //
 // The full counts: ROOST_SPREAD_KILLS=20 ROOST_SPREAD_NODE_PAUSE=20s
 // ROOST_SPREAD_PAUSE=10s ROOST_SPREAD_PG_PAUSE=15s.
