@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -11,8 +12,9 @@ import (
 )
 
 // TestSpreadFleetTakeover: on a spread fleet of three nodes (Redis
-// fabric), under QoS 1 load from a publisher on node 3, a persistent
-// subscriber's client id connects through node 1 and node 2 alternately,
+// fabric), under QoS 1 load from a publisher on node 3 and one on node 1
+// (each on its own topic), a persistent subscriber's client id connects
+// through node 1 and node 2 alternately,
 // ROOST_SPREAD_TAKEOVERS times (default 100), each connection made while
 // the previous one is still open: a takeover, not a reconnect. Each time:
 // the session is present; the previous connection is ended with a
@@ -20,7 +22,7 @@ import (
 // time" says, within 5 s; no message published after the new
 // connection's CONNACK reaches the previous one (one owner at a time);
 // the new connection is not ended before the next takeover. At the end,
-// every message acknowledged to the publisher has reached the subscriber
+// every message acknowledged to each publisher has reached the subscriber
 // on one of its connections, first arrivals in the order published;
 // duplicates are counted (a message delivered but not yet acknowledged
 // when the connection was taken over comes again).
@@ -47,8 +49,9 @@ type takeoverConn struct {
 // takeoverLate is a message that reached a connection after the next
 // connection's CONNACK.
 type takeoverLate struct {
-	n  int
-	at time.Time
+	topic string
+	n     int
+	at    time.Time
 }
 
 func spreadTakeoverTest(t *testing.T, fab fleetFabric) {
@@ -70,7 +73,7 @@ func spreadTakeoverTest(t *testing.T, fab fleetFabric) {
 			tc.mu.Lock()
 			if !tc.after.IsZero() {
 				n, _ := strconv.Atoi(string(p.Payload))
-				tc.late = append(tc.late, takeoverLate{n, time.Now()})
+				tc.late = append(tc.late, takeoverLate{p.Topic, n, time.Now()})
 			}
 			tc.mu.Unlock()
 		}, func(d *paho.Disconnect) {
@@ -99,13 +102,17 @@ func spreadTakeoverTest(t *testing.T, fab fleetFabric) {
 			tc.c.Disconnect(&paho.Disconnect{})
 		}
 	})
-	l := f.load("pub", "load/seq", 3)
+	// Publishers on node 3, which the subscriber never connects through,
+	// and on node 1, which it leaves and comes back to.
+	loads := []*spreadLoad{f.load("pub3", "load/3", 3), f.load("pub1", "load/1", 1)}
 
 	var connacks, ends []time.Duration
 	absent := 0
 	began := time.Now()
 	for i := range takeovers {
-		l.waitAcks(t, perTakeover)
+		for _, l := range loads {
+			l.waitAcks(t, perTakeover)
+		}
 		select {
 		case <-cur.c.Done():
 			t.Fatalf("takeover %d: the connection through node %d ended before it was taken over", i+1, cur.node)
@@ -149,40 +156,45 @@ func spreadTakeoverTest(t *testing.T, fab fleetFabric) {
 		cur = next
 	}
 	took := time.Since(began)
-	l.waitAcks(t, perTakeover)
-	l.stopNow()
+	for _, l := range loads {
+		l.waitAcks(t, perTakeover)
+	}
+	for _, l := range loads {
+		l.stopNow()
+	}
 	end := time.Now()
+	t.Logf("%d takeovers in %s: CONNACK %s, the previous connection ended %s after the new one was dialled (min/median/max)",
+		takeovers, took.Round(time.Millisecond), spreadRange(connacks), spreadRange(ends))
+	t.Logf("persistent subscriber: connected %d times, %d duplicates", len(conns), tally.dups())
 
 	// Every message acknowledged reached the subscriber, on one of its
-	// connections, and the clean subscriber ctl.
-	missing, acked := l.waitArrived(tally, time.Time{}, end, 20*time.Second)
+	// connections, first arrivals in the order published.
+	for _, l := range loads {
+		missing, acked := l.waitArrived(tally, time.Time{}, end, 20*time.Second)
+		st := l.stats()
+		t.Logf("%s (node %d): %d messages published, %d acknowledged, %d refused, %d without an answer, connected %d times; the persistent subscriber got %d of the %d acknowledged, %d missing",
+			l.id, l.home, st.sent, st.acked, st.refused, st.failed, st.conns, acked-len(missing), acked, len(missing))
+		if len(missing) > 0 {
+			t.Errorf("the persistent subscriber never got %d messages acknowledged to %s (node %d), e.g. %v", len(missing), l.id, l.home, missing[:min(len(missing), 10)])
+		}
+		if late := topicOutOfOrder(tally, l); late > 0 {
+			t.Errorf("%d messages acknowledged to %s (node %d) first reached the persistent subscriber after later acknowledged ones; the order of first arrivals: %s",
+				late, l.id, l.home, tally.runs(l.topic))
+		}
+		if acked < takeovers*perTakeover {
+			t.Errorf("only %d messages of %s were acknowledged in %d takeovers", acked, l.id, takeovers)
+		}
+		if st.refused+st.failed > 0 || st.conns != 1 {
+			t.Errorf("%s (node %d) had %d publishes refused and %d unanswered, and connected %d times; want 0, 0 and 1: nothing failed", l.id, l.home, st.refused, st.failed, st.conns)
+		}
+	}
 	select {
 	case <-cur.c.Done():
 		t.Errorf("the last connection, through node %d, was ended", cur.node)
 	default:
 	}
-	st := l.stats()
-	t.Logf("%d takeovers in %s: CONNACK %s, the previous connection ended %s after the new one was dialled (min/median/max)",
-		takeovers, took.Round(time.Millisecond), spreadRange(connacks), spreadRange(ends))
-	t.Logf("load: %d messages published, %d acknowledged, %d refused, %d without an answer; the publisher connected %d times",
-		st.sent, st.acked, st.refused, st.failed, st.conns)
-	t.Logf("persistent subscriber: %d of %d acknowledged messages received over %d connections, %d missing, %d duplicates, %d out of order",
-		acked-len(missing), acked, len(conns), len(missing), tally.dups(), tally.outOfOrder())
-	if len(missing) > 0 {
-		t.Errorf("the persistent subscriber never got %d acknowledged messages, e.g. %v", len(missing), missing[:min(len(missing), 10)])
-	}
-	if late := tally.outOfOrderAmong(l.wasAcked); late > 0 {
-		t.Errorf("%d acknowledged messages first reached the persistent subscriber after later acknowledged ones; the order of first arrivals: %s",
-			late, tally.runs(l.topic))
-	}
 	if absent > 0 {
 		t.Errorf("the session was not present %d of %d times its client connected again", absent, takeovers)
-	}
-	if acked < takeovers*perTakeover {
-		t.Errorf("only %d messages were acknowledged in %d takeovers", acked, takeovers)
-	}
-	if st.refused+st.failed > 0 || st.conns != 1 {
-		t.Errorf("the publisher, on node 3, had %d publishes refused and %d unanswered, and connected %d times; want 0, 0 and 1: nothing failed", st.refused, st.failed, st.conns)
 	}
 
 	// One owner at a time: nothing published after a connection's
@@ -196,15 +208,17 @@ func spreadTakeoverTest(t *testing.T, fab fleetFabric) {
 		tc.mu.Unlock()
 		for _, m := range late {
 			n := m.n
-			l.mu.Lock()
 			var sent time.Time
-			if n >= 0 && n < len(l.sentAt) {
-				sent = l.sentAt[n]
+			for _, l := range loads {
+				l.mu.Lock()
+				if l.topic == m.topic && n >= 0 && n < len(l.sentAt) {
+					sent = l.sentAt[n]
+				}
+				l.mu.Unlock()
 			}
-			l.mu.Unlock()
 			if sent.After(after) {
-				two = append(two, fmt.Sprintf("%d (connection %d, node %d: published %s after the next connection's CONNACK, arrived %s after it, the connection ended %s after it)",
-					n, k+1, tc.node, sent.Sub(after), m.at.Sub(after), ended.Sub(after)))
+				two = append(two, fmt.Sprintf("%s %d (connection %d, node %d: published %s after the next connection's CONNACK, arrived %s after it, the connection ended %s after it)",
+					m.topic, n, k+1, tc.node, sent.Sub(after), m.at.Sub(after), ended.Sub(after)))
 			} else {
 				before++
 			}
@@ -230,8 +244,29 @@ func spreadTakeoverTest(t *testing.T, fab fleetFabric) {
 		t.Errorf("node 2 forwarded %v connections; on the Redis fabric a spread tenant's sessions are served where they connect", forwarded)
 	}
 
-	if missing, acked := l.waitArrived(ctl.tally, ctl.subacked, end, 10*time.Second); len(missing) > 0 {
-		t.Errorf("clean subscriber ctl (node 1): %d of %d acknowledged messages never arrived, e.g. %v", len(missing), acked, missing[:min(len(missing), 10)])
+	for _, l := range loads {
+		if missing, acked := l.waitArrived(ctl.tally, ctl.subacked, end, 10*time.Second); len(missing) > 0 {
+			t.Errorf("clean subscriber ctl (node 1): %d of %d messages acknowledged to %s never arrived, e.g. %v", len(missing), acked, l.id, missing[:min(len(missing), 10)])
+		}
 	}
 	ctl.c.Disconnect(&paho.Disconnect{})
+}
+
+// topicOutOfOrder counts the messages of l acknowledged that first
+// reached s after a later acknowledged one of l.
+func topicOutOfOrder(s *spreadTally, l *spreadLoad) int {
+	s.mu.Lock()
+	order := slices.Clone(s.order[l.topic])
+	s.mu.Unlock()
+	late, high := 0, -1
+	for _, n := range order {
+		if !l.wasAcked(n) {
+			continue
+		}
+		if n < high {
+			late++
+		}
+		high = max(high, n)
+	}
+	return late
 }
