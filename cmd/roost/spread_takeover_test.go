@@ -66,10 +66,22 @@ func spreadTakeoverTest(t *testing.T, fab fleetFabric) {
 	}
 	const id = "taker"
 	tally := newSpreadTally()
+	// Which connection (1, 2, ...) each message first reached.
+	var firstMu sync.Mutex
+	firstBy := map[string]int{}
+	dialled := 0
 	connect := func(node int) (*takeoverConn, *paho.Connack, error) {
 		tc := &takeoverConn{node: node, disc: make(chan *paho.Disconnect, 1)}
+		dialled++
+		idx := dialled
 		c, ca, err := f.dialWith(node, id, true, func(p *paho.Publish) {
 			tally.add(p)
+			firstMu.Lock()
+			k := p.Topic + " " + string(p.Payload)
+			if _, ok := firstBy[k]; !ok {
+				firstBy[k] = idx
+			}
+			firstMu.Unlock()
 			tc.mu.Lock()
 			if !tc.after.IsZero() {
 				n, _ := strconv.Atoi(string(p.Payload))
@@ -180,6 +192,36 @@ func spreadTakeoverTest(t *testing.T, fab fleetFabric) {
 		if late := topicOutOfOrder(tally, l); late > 0 {
 			t.Errorf("%d messages acknowledged to %s (node %d) first reached the persistent subscriber after later acknowledged ones; the order of first arrivals: %s",
 				late, l.id, l.home, tally.runs(l.topic))
+			// Where each of them went: the connection it first reached,
+			// and the one that had the session when it was sent.
+			tally.mu.Lock()
+			order := slices.Clone(tally.order[l.topic])
+			tally.mu.Unlock()
+			high := -1
+			for _, n := range order {
+				if !l.wasAcked(n) {
+					continue
+				}
+				if n < high {
+					l.mu.Lock()
+					sent, ackedAt := l.sentAt[n], l.ackedAt[n]
+					l.mu.Unlock()
+					then := 0
+					for k, tc := range conns {
+						if !tc.up.After(sent) {
+							then = k + 1
+						}
+					}
+					firstMu.Lock()
+					got := firstBy[fmt.Sprintf("%s %d", l.topic, n)]
+					firstMu.Unlock()
+					_, at := tally.got(l.topic, n)
+					t.Logf("%s %d: sent %s after connection %d's CONNACK (node %d), acknowledged %s after it; first arrived %s after it, on connection %d (node %d)",
+						l.topic, n, sent.Sub(conns[then-1].up), then, conns[then-1].node, ackedAt.Sub(conns[then-1].up),
+						at.Sub(conns[then-1].up), got, conns[got-1].node)
+				}
+				high = max(high, n)
+			}
 		}
 		if acked < takeovers*perTakeover {
 			t.Errorf("only %d messages of %s were acknowledged in %d takeovers", acked, l.id, takeovers)
