@@ -490,6 +490,21 @@ func (inst *instance) kicked(clientID string, epoch uint64) {
 	endConn(inst.server, cl, packets.ErrSessionTakenOver)
 }
 
+// kickElsewhere tells the node a resumed session's client was last
+// connected to, if another, to end that connection, before this one gets
+// its CONNACK (see fabric.Tenant.Kick): else that node went on serving it
+// what was published after the CONNACK until the kick the attach sends
+// reached it. An error is logged: the attach kicks it again.
+func (inst *instance) kickElsewhere(ctx context.Context, clientID string) {
+	r := inst.routes
+	if r == nil || r.sess == nil {
+		return
+	}
+	if err := r.sess.Kick(ctx, clientID, inst.persist.epoch(clientID)); err != nil {
+		inst.log.Warn("end a resumed session's connection on another node before the CONNACK", "client_id", clientID, "err", err)
+	}
+}
+
 // discard ends the stored session a connection does not resume (a clean
 // start, a connection that keeps none, or expired) before the connection
 // is accepted, under the claim made at connect: first its routes, so that

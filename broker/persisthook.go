@@ -91,6 +91,9 @@ func (h *sessionHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		if resumed, err = h.p.adopt(ctx, stored); err != nil {
 			return refuse("read a session's queue", err)
 		}
+		if resumed && keeps {
+			h.inst.kickElsewhere(ctx, cl.ID)
+		}
 	}
 	if found && !resumed && !h.takesOver(cl.ID, pk) {
 		// Discarded (a clean start, a connection that keeps no session)

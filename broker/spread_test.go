@@ -35,6 +35,8 @@ type spread struct {
 	fabA, fabB fabric.Node
 	// sessA reads the session store both nodes share.
 	sessA broker.SessionStore
+	// open opens that store again (for a third node).
+	open func() broker.SessionStore
 }
 
 // newFabric opens a node's fabric on a key prefix of the test Redis; url
@@ -67,7 +69,7 @@ func newSpreadOn(t *testing.T, urlA, urlB, prefix string, mod ...func(*broker.Co
 // one Redis.
 func newSpreadWith(t *testing.T, fabA, fabB fabric.Node, mod ...func(*broker.Config)) *spread {
 	open := sharedRedis(t)
-	s := &spread{fabA: fabA, fabB: fabB, sessA: open()}
+	s := &spread{fabA: fabA, fabB: fabB, sessA: open(), open: open}
 	s.stack = newStack(t, append([]func(*broker.Config){func(c *broker.Config) {
 		c.Sessions, c.Fabric, c.FabricHome = open(), s.fabA, true
 	}}, mod...)...) // mod applies to both nodes
@@ -1188,6 +1190,76 @@ func TestSpreadTakeoverAlternating(t *testing.T) {
 	t.Logf("%d takeovers: %d messages acknowledged, %d missing, %d duplicates", takeovers, len(acked), len(missing), dups)
 	if len(acked) < takeovers {
 		t.Errorf("only %d messages acknowledged during %d takeovers, want some during each", len(acked), takeovers)
+	}
+}
+
+// TestSpreadTakeoverEndsOldFirst: a persistent session's client connects
+// on node b while its connection on node a is open, and b's fabric
+// attaches the session slowly (a loaded node: the session's routes name
+// a for a while after b's CONNACK). What is published after that CONNACK
+// must not reach the connection on a: a is told of the takeover before
+// the CONNACK (fabric.Tenant.Kick), so it ends that connection (0x8E)
+// before it reads what a publisher on a third node sent to it after. (It used to learn of it from
+// the attach, after the CONNACK, and served the old connection meanwhile:
+// TestSpreadFleetTakeover found it.) The new connection gets every
+// message.
+func TestSpreadTakeoverEndsOldFirst(t *testing.T) {
+	const attachDelay = 500 * time.Millisecond
+	b := make([]byte, 6)
+	rand.Read(b)
+	prefix := "roost-fabric-" + hex.EncodeToString(b)
+	url := testenv.RedisURL(t)
+	s := newSpreadWith(t, newFabric(t, url, prefix, "node-a"), slowAttach{Redis: newFabric(t, url, prefix, "node-b"), delay: attachDelay})
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	old := mustV5(t, s.addr, user("acme", "d"), secret, "pc", keepSession)
+	old.sub(t, "q/#", 1)
+	// The publisher is on a third node: what it sends for the session
+	// goes where the session's routes say.
+	_, addrC := serveHub(t, broker.Config{Directory: s.store, Changes: s.store.Changes(), Sessions: s.open(),
+		Fabric: newFabric(t, url, prefix, "node-c"), Log: slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	pub := mustV5(t, addrC, user("acme", "d"), secret, "p")
+	pub.pub(t, "q/x", "before", 1, false)
+	old.expect(t, "q/x", "before")
+	next := mustV5(t, s.b.addr, user("acme", "d"), secret, "pc", keepSession)
+	if !next.connack.SessionPresent {
+		t.Fatal("the session is not present on the other node")
+	}
+	const n = 5
+	for i := range n {
+		pub.pub(t, "q/x", fmt.Sprint(i), 1, false)
+	}
+	select {
+	case d := <-old.discs:
+		if d.ReasonCode != 0x8E {
+			t.Errorf("the connection taken over ended with 0x%02X, want 0x8E", d.ReasonCode)
+		}
+	case <-time.After(attachDelay + 2*time.Second):
+		t.Fatal("the connection taken over was not ended")
+	}
+	select {
+	case <-old.Done():
+	case <-time.After(2 * time.Second):
+		t.Fatal("the connection taken over is still open 2 s after its DISCONNECT")
+	}
+	var late []string
+	for len(old.msgs) > 0 {
+		late = append(late, string((<-old.msgs).Payload))
+	}
+	if len(late) > 0 {
+		t.Errorf("two owners at once: the connection taken over on node a got %v, published after the new connection's CONNACK", late)
+	}
+	got := map[string]bool{}
+	deadline := time.After(attachDelay + 2*time.Second)
+	for len(got) < n {
+		select {
+		case m := <-next.msgs:
+			if string(m.Payload) != "before" {
+				got[string(m.Payload)] = true
+			}
+		case <-deadline:
+			t.Fatalf("the new connection got %v of the %d messages published after its CONNACK", got, n)
+		}
 	}
 }
 

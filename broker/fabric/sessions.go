@@ -31,6 +31,7 @@ type SessionOwner interface {
 	RemoveSession(ctx context.Context, clientID, filter string) error
 	DropSession(ctx context.Context, clientID string, epoch uint64) error
 	Attach(ctx context.Context, clientID string, epoch uint64) error
+	Kick(ctx context.Context, clientID string, epoch uint64) error
 	Detach(ctx context.Context, clientID string) error
 	SendQueued(ctx context.Context, m Message, local Local) (int, error)
 }
@@ -140,6 +141,34 @@ return 1
 // node it was connected to before is told to end that connection.
 func (t *Tenant) Attach(ctx context.Context, clientID string, epoch uint64) error {
 	return t.attach(ctx, clientID, t.owner, epoch, false)
+}
+
+// kickScript tells the owner a session's client was last connected to
+// (the at hash), if another than ARGV[2], that the session was claimed
+// elsewhere: the kick entry ARGV[4] goes to its inbox.
+//
+// KEYS: at. ARGV: client id, owner, inbox key prefix, kick entry, cap.
+var kickScript = goredis.NewScript(`
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old or old == ARGV[2] then return 0 end
+if old == 'home' then redis.call('XADD', ARGV[3] .. old, '*', 'm', ARGV[4])
+else redis.call('XADD', ARGV[3] .. old, 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[4]) end
+return 1
+`)
+
+// Kick tells the node a persistent session's client was last connected
+// to, if another, that the session was claimed here (epoch), before the
+// connection claiming it gets its CONNACK: that node ends its connection
+// before it delivers anything sent to it after the kick, so nothing
+// published after the CONNACK reaches the old connection. (Attach, after
+// the CONNACK, moves the session's routes here and kicks again.)
+func (t *Tenant) Kick(ctx context.Context, clientID string, epoch uint64) error {
+	err := kickScript.Run(ctx, t.f.rdb, []string{t.f.key(t.name, "at")}, clientID, t.owner, t.f.key(t.name, "in:"),
+		encode(Message{Kick: clientID, Epoch: epoch}), strconv.FormatInt(t.f.cfg.InboxLength, 10)).Err()
+	if err != nil {
+		return fmt.Errorf("fabric: kick session %q: %w", clientID, err)
+	}
+	return nil
 }
 
 // Detach records that the session's client left this node (if it was

@@ -43,6 +43,10 @@ import (
 //   - The same on the Kafka fabric (spread_kafka_fault_test.go):
 //     TestSpreadFleetKafkaKill, TestSpreadFleetKafkaPause (Kafka stopped),
 //     TestSpreadFleetKafkaNodePause.
+//   - TestSpreadFleetTakeover and TestSpreadFleetKafkaTakeover
+//     (spread_takeover_test.go): a persistent subscriber's client id taken
+//     over alternately through two nodes under QoS 1 load,
+//     ROOST_SPREAD_TAKEOVERS times (default 100).
 //
 // The full counts: ROOST_SPREAD_KILLS=20 ROOST_SPREAD_NODE_PAUSE=20s
 // ROOST_SPREAD_PAUSE=10s ROOST_SPREAD_PG_PAUSE=15s.
@@ -1257,6 +1261,14 @@ func (f *spreadFleet) redisPID() int {
 // dial connects an MQTT 5 client of the device through node i: with a
 // clean session, or with one expiring an hour after it disconnects.
 func (f *spreadFleet) dial(i int, id string, persistent bool, onMsg func(*paho.Publish)) (*paho.Client, *paho.Connack, error) {
+	return f.dialWith(i, id, persistent, onMsg, func(d *paho.Disconnect) {
+		f.t.Logf("%s on node %d: DISCONNECT 0x%02X from the server", id, i, d.ReasonCode)
+	})
+}
+
+// dialWith is dial with onDisc called on a DISCONNECT from the server
+// (paho calls it after the connection's Done is closed).
+func (f *spreadFleet) dialWith(i int, id string, persistent bool, onMsg func(*paho.Publish), onDisc func(*paho.Disconnect)) (*paho.Client, *paho.Connack, error) {
 	conn, err := net.DialTimeout("tcp", f.mqttAddr(i), 2*time.Second)
 	if err != nil {
 		return nil, nil, err
@@ -1268,10 +1280,8 @@ func (f *spreadFleet) dial(i int, id string, persistent bool, onMsg func(*paho.P
 			}
 			return true, nil
 		}},
-		OnServerDisconnect: func(d *paho.Disconnect) {
-			f.t.Logf("%s on node %d: DISCONNECT 0x%02X from the server", id, i, d.ReasonCode)
-		},
-		OnClientError: func(err error) { f.t.Logf("%s on node %d: %v", id, i, err) },
+		OnServerDisconnect: onDisc,
+		OnClientError:      func(err error) { f.t.Logf("%s on node %d: %v", id, i, err) },
 	}
 	cp := &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: !persistent, Username: f.user, UsernameFlag: true, Password: []byte(f.secret), PasswordFlag: true}
 	if persistent {
