@@ -167,6 +167,22 @@ func mqttClientConfig(addr, user, secret, id string, persistent bool, sess *stat
 	return c, nil
 }
 
+// crashStores are the session stores a crash test runs on, by name, as
+// roost serve's environment: the embedded one, and Redis when the tests
+// have one.
+func crashStores(t *testing.T) map[string][]string {
+	t.Helper()
+	stores := map[string][]string{"embedded": {"ROOST_SESSION_STORE=embedded"}}
+	if url := os.Getenv("ROOST_TEST_REDIS_URL"); url != "" {
+		stores["redis"] = []string{"ROOST_SESSION_STORE=redis", "ROOST_REDIS_URL=" + url}
+	} else if testenv.Strict() {
+		t.Fatal("ROOST_TEST_REDIS_URL is not set (ROOST_TEST_STRICT=1 turns this skip into a failure)")
+	} else {
+		t.Log("ROOST_TEST_REDIS_URL is not set: crash-testing the embedded store only")
+	}
+	return stores
+}
+
 // TestCrashLosesNoAcknowledgedMessage kills `roost serve` with SIGKILL at
 // random moments while a publisher sends numbered messages to a persistent
 // subscriber. With QoS 1, every number the publisher got a PUBACK for must
@@ -178,15 +194,7 @@ func TestCrashLosesNoAcknowledgedMessage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kills and restarts a server twenty times")
 	}
-	stores := map[string][]string{"embedded": {"ROOST_SESSION_STORE=embedded"}}
-	if url := os.Getenv("ROOST_TEST_REDIS_URL"); url != "" {
-		stores["redis"] = []string{"ROOST_SESSION_STORE=redis", "ROOST_REDIS_URL=" + url}
-	} else if testenv.Strict() {
-		t.Fatal("ROOST_TEST_REDIS_URL is not set (ROOST_TEST_STRICT=1 turns this skip into a failure)")
-	} else {
-		t.Log("ROOST_TEST_REDIS_URL is not set: crash-testing the embedded store only")
-	}
-	for name, env := range stores {
+	for name, env := range crashStores(t) {
 		for _, qos := range []byte{1, 2} {
 			t.Run(fmt.Sprintf("%s/qos%d", name, qos), func(t *testing.T) { crashTest(t, env, qos) })
 		}

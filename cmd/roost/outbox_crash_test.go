@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strconv"
 	"sync"
 	"testing"
@@ -17,7 +16,6 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/roosthub/roost/dataout"
-	"github.com/roosthub/roost/internal/testenv"
 )
 
 // TestWebhookCrashLosesNoAcknowledgedMessage kills `roost serve` with
@@ -32,15 +30,7 @@ func TestWebhookCrashLosesNoAcknowledgedMessage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("kills and restarts a server ten times")
 	}
-	stores := map[string][]string{"embedded": {"ROOST_SESSION_STORE=embedded"}}
-	if url := os.Getenv("ROOST_TEST_REDIS_URL"); url != "" {
-		stores["redis"] = []string{"ROOST_SESSION_STORE=redis", "ROOST_REDIS_URL=" + url}
-	} else if testenv.Strict() {
-		t.Fatal("ROOST_TEST_REDIS_URL is not set (ROOST_TEST_STRICT=1 turns this skip into a failure)")
-	} else {
-		t.Log("ROOST_TEST_REDIS_URL is not set: crash-testing the embedded store only")
-	}
-	for name, env := range stores {
+	for name, env := range crashStores(t) {
 		t.Run(name, func(t *testing.T) { webhookCrashTest(t, env) })
 	}
 }
