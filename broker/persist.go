@@ -166,6 +166,8 @@ type persistence struct {
 	// publishes (by tag) mochi handed it that are not to be written, and
 	// unsending counts them, read without the lock as each PUBLISH is
 	// encoded.
+	// claiming counts, per client, the claims this broker has in flight.
+	claiming  map[string]int
 	resent    map[string]map[uint64]time.Time
 	unsend    map[string]map[string]bool
 	unsending atomic.Int64
@@ -209,7 +211,7 @@ func newPersistence(st SessionStore, tenant string, server *mqtt.Server, host se
 		marks: map[string]map[uint64]mark{}, received: map[string]map[uint16]bool{},
 		live: map[string]*mqtt.Client{}, recheck: map[string]bool{},
 		appending: map[uint64]bool{}, acking: map[string]map[uint64]bool{}, reading: map[string]int{},
-		resent: map[string]map[uint64]time.Time{}, unsend: map[string]map[string]bool{},
+		resent: map[string]map[uint64]time.Time{}, unsend: map[string]map[string]bool{}, claiming: map[string]int{},
 	}
 	p.appended.L = &p.mu
 	return p
@@ -860,16 +862,26 @@ func (p *persistence) epoch(clientID string) uint64 {
 // accepted: from then on a broker that held it before writes nothing for
 // it (see SessionStore).
 func (p *persistence) claim(ctx context.Context, clientID string) error {
+	// While the claim is in flight, a write under the epoch it replaces
+	// is refused for it (see failed).
+	p.mu.Lock()
+	p.claiming[clientID]++
+	p.mu.Unlock()
 	e, err := p.st.Claim(ctx, p.tenant, clientID)
+	p.mu.Lock()
+	if p.claiming[clientID]--; p.claiming[clientID] == 0 {
+		delete(p.claiming, clientID)
+	}
+	if err == nil {
+		// Two connects with one client id may store their claims in
+		// either order: the later claim is the higher epoch.
+		p.epochs[clientID] = max(p.epochs[clientID], e)
+	}
+	p.mu.Unlock()
 	if err != nil {
 		return err
 	}
 	p.claims.Add(1)
-	p.mu.Lock()
-	// Two connects with one client id may store their claims in either
-	// order: the later claim is the higher epoch.
-	p.epochs[clientID] = max(p.epochs[clientID], e)
-	p.mu.Unlock()
 	return nil
 }
 
@@ -905,7 +917,7 @@ func (p *persistence) failed(clientID string, epoch uint64, what string, err err
 	}
 	p.host.fenced()
 	p.mu.Lock()
-	if p.epochs[clientID] != epoch {
+	if p.epochs[clientID] != epoch || p.claiming[clientID] > 0 {
 		p.mu.Unlock()
 		p.log.Debug(what+": refused for a claim this broker made since", "client_id", clientID)
 		return

@@ -365,15 +365,25 @@ func (inst *instance) deliverRemote(m fabric.Message) error {
 	if m.QoS > 0 {
 		pk.PacketID = 1 // mochi's validation wants one; the inline client is never acknowledged
 	}
+	// The copies are found and the message handed to mochi with no
+	// catch-up in between (inlineMu, see routeHook.OnSessionEstablished):
+	// one would skip a copy noted here and send newer ones before it.
+	inst.inlineMu.Lock()
+	after := func() {}
 	if inst.persist != nil {
 		// Copies queued by the sender for sessions connected here: their
 		// deliveries map to these numbers, as for a publish stored here.
-		var after func()
 		pk, after = inst.persist.arrived(pk, m)
-		defer after()
 	}
-	inst.inlineMu.Lock()
-	defer inst.inlineMu.Unlock()
+	err := inst.injectRemote(pk)
+	inst.inlineMu.Unlock()
+	after()
+	return err
+}
+
+// injectRemote hands a message from another node to mochi. Called with
+// inlineMu held.
+func (inst *instance) injectRemote(pk packets.Packet) error {
 	cl, ok := inst.server.Clients.Get(mqtt.InlineClientId)
 	if !ok {
 		return serverUnavailable
@@ -437,18 +447,25 @@ func (h *routeHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 		}
 		return
 	}
-	if err := r.sess.Attach(ctx, cl.ID, h.inst.persist.epoch(cl.ID)); err != nil {
+	// From the attach on, other nodes send its messages here, with their
+	// copies' numbers; none is handed to mochi (inlineMu) before the
+	// catch-up below sent the older ones, queued between the read of its
+	// queue at connect and the attach, and sent nowhere: they are in the
+	// queue, read now.
+	h.inst.inlineMu.Lock()
+	err := r.sess.Attach(ctx, cl.ID, h.inst.persist.epoch(cl.ID))
+	if err == nil {
+		r.mu.Lock()
+		r.attached[cl.ID] = true
+		r.mu.Unlock()
+		h.inst.persist.catchUp(cl)
+	}
+	h.inst.inlineMu.Unlock()
+	if err != nil {
 		// Messages for it would not come here: the client connects again.
 		h.inst.log.Warn("attach a session here (its client is disconnected, to connect again)", "client_id", cl.ID, "err", err)
 		h.inst.end(cl, packets.ErrServerUnavailable)
-		return
 	}
-	r.mu.Lock()
-	r.attached[cl.ID] = true
-	r.mu.Unlock()
-	// What was queued for it between the read of its queue at connect and
-	// the attach was sent nowhere: it is in the queue, read now.
-	h.inst.catchUp(cl)
 }
 
 // catchUp has a connected session's broker send what its queue holds that
