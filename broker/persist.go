@@ -320,11 +320,7 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	if pk.FixedHeader.Qos == 2 && !cl.Net.Inline && persistent(cl) {
 		receipt = store.Receipt{ClientID: cl.ID, PacketID: pk.PacketID}
 	}
-	ticket, items := p.appendStartsFor(items)
-	if len(items) == 0 {
-		p.appendEnds(ticket)
-		return p.tag(pk, map[string]uint64{}), nil
-	}
+	ticket := p.appendStarts()
 	seqs, err := p.st.Append(ctx, p.tenant, items, receipt)
 	if err != nil {
 		p.appendEnds(ticket)
@@ -354,20 +350,12 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 // appendStarts registers an append of beforeAck before it reaches the
 // store, and appendEnds (appendEndsLocked, with p.mu held) once its copies
 // are noted or it failed; see catchUp.
-// appendStartsFor is appendStarts for copies to queue from a publish
-// here: where sessions live anywhere, it leaves out those for sessions this
-// broker let go of (taken over elsewhere: see kicked), under the same lock
-// as the ticket, so that a kick waiting for the appends in flight knows
-// that later ones queue nothing for its session.
-func (p *persistence) appendStartsFor(items []store.Item) (uint64, []store.Item) {
+func (p *persistence) appendStarts() uint64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.anywhere {
-		items = slices.DeleteFunc(items, func(it store.Item) bool { return p.epochs[it.ClientID] == 0 })
-	}
 	p.nextAppend++
 	p.appending[p.nextAppend] = true
-	return p.nextAppend, items
+	return p.nextAppend
 }
 
 func (p *persistence) appendEnds(ticket uint64) {

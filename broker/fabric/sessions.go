@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 )
@@ -32,9 +31,7 @@ type SessionOwner interface {
 	RemoveSession(ctx context.Context, clientID, filter string) error
 	DropSession(ctx context.Context, clientID string, epoch uint64) error
 	Attach(ctx context.Context, clientID string, epoch uint64) error
-	Kick(ctx context.Context, clientID string, epoch uint64) (bool, error)
-	Release(ctx context.Context, clientID string, epoch uint64) error
-	AwaitRelease(ctx context.Context, clientID string, epoch uint64) bool
+	Kick(ctx context.Context, clientID string, epoch uint64) error
 	Detach(ctx context.Context, clientID string) error
 	SendQueued(ctx context.Context, m Message, local Local) (int, error)
 }
@@ -161,50 +158,17 @@ return 1
 
 // Kick tells the node a persistent session's client was last connected
 // to, if another, that the session was claimed here (epoch), before the
-// connection claiming it gets its CONNACK, and reports whether there was
-// such a node: that node ends its connection before it delivers anything
-// sent to it after the kick, and then releases the session (see Release,
-// AwaitRelease). (Attach, after the CONNACK, moves the session's routes
-// here and kicks again.)
-func (t *Tenant) Kick(ctx context.Context, clientID string, epoch uint64) (bool, error) {
-	n, err := kickScript.Run(ctx, t.f.rdb, []string{t.f.key(t.name, "at")}, clientID, t.owner, t.f.key(t.name, "in:"),
-		encode(Message{Kick: clientID, Epoch: epoch}), strconv.FormatInt(t.f.cfg.InboxLength, 10)).Int()
+// connection claiming it gets its CONNACK: that node ends its connection
+// before it delivers anything sent to it after the kick, so nothing
+// published after the CONNACK reaches the old connection. (Attach, after
+// the CONNACK, moves the session's routes here and kicks again.)
+func (t *Tenant) Kick(ctx context.Context, clientID string, epoch uint64) error {
+	err := kickScript.Run(ctx, t.f.rdb, []string{t.f.key(t.name, "at")}, clientID, t.owner, t.f.key(t.name, "in:"),
+		encode(Message{Kick: clientID, Epoch: epoch}), strconv.FormatInt(t.f.cfg.InboxLength, 10)).Err()
 	if err != nil {
-		return false, fmt.Errorf("fabric: kick session %q: %w", clientID, err)
-	}
-	return n == 1, nil
-}
-
-// releaseFor is how long a release stays readable: far longer than a
-// claimant waits for it.
-const releaseFor = time.Minute
-
-// Release records that this node let go of a session claimed elsewhere
-// (epoch): its connection is ended, and no copy this node queued for the
-// session from its own publishers is still being written.
-func (t *Tenant) Release(ctx context.Context, clientID string, epoch uint64) error {
-	if err := t.f.rdb.Set(ctx, t.f.key(t.name, "rel:"+clientID), strconv.FormatUint(epoch, 10), releaseFor).Err(); err != nil {
-		return fmt.Errorf("fabric: release session %q: %w", clientID, err)
+		return fmt.Errorf("fabric: kick session %q: %w", clientID, err)
 	}
 	return nil
-}
-
-// AwaitRelease waits until the node told by Kick released the session
-// claimed with epoch, and reports whether it did before ctx ended: then
-// everything that node queued for the session is in its queue, to be read
-// in order before anything queued after.
-func (t *Tenant) AwaitRelease(ctx context.Context, clientID string, epoch uint64) bool {
-	key, want := t.f.key(t.name, "rel:"+clientID), strconv.FormatUint(epoch, 10)
-	for {
-		if v, err := t.f.rdb.Get(ctx, key).Result(); err == nil && v == want {
-			return true
-		}
-		select {
-		case <-ctx.Done():
-			return false
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
 }
 
 // Detach records that the session's client left this node (if it was
