@@ -35,8 +35,10 @@ type spread struct {
 	fabA, fabB fabric.Node
 	// sessA reads the session store both nodes share.
 	sessA broker.SessionStore
-	// open opens that store again (for a third node).
-	open func() broker.SessionStore
+	// open opens that store again (for a third node); prefix is the
+	// fabric's key prefix, where a test chose it (newSlowSpread).
+	open   func() broker.SessionStore
+	prefix string
 }
 
 // newFabric opens a node's fabric on a key prefix of the test Redis; url
@@ -900,11 +902,7 @@ func TestSpreadResumedOnceEach(t *testing.T) {
 		{"seeded, session first", true, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b := make([]byte, 6)
-			rand.Read(b)
-			prefix := "roost-fabric-" + hex.EncodeToString(b)
-			url := testenv.RedisURL(t)
-			s := newSpreadWith(t, newFabric(t, url, prefix, "node-a"), slowAttach{Redis: newFabric(t, url, prefix, "node-b"), delay: attachDelay})
+			s := newSlowSpread(t, attachDelay, 0)
 			s.tenant("acme")
 			secret := s.device("acme", "d", tenants.ClientIDsAny)
 			s.leftSession(t, secret, "pc", "q/#", 1)
@@ -984,6 +982,20 @@ func (f slowAttach) Join(ctx context.Context, tenant string, home bool, deliver 
 	return slowAttachOwner{o.(fabric.SessionOwner), f.delay}, nil
 }
 
+// newSlowSpread is a spread whose node b attaches sessions delay late and
+// delivers each inbox message lag late (see slowAttach), on a key prefix
+// of its own (s.prefix, for a third node).
+func newSlowSpread(t *testing.T, delay, lag time.Duration) *spread {
+	t.Helper()
+	b := make([]byte, 6)
+	rand.Read(b)
+	prefix := "roost-fabric-" + hex.EncodeToString(b)
+	url := testenv.RedisURL(t)
+	s := newSpreadWith(t, newFabric(t, url, prefix, "node-a"), slowAttach{Redis: newFabric(t, url, prefix, "node-b"), delay: delay, lag: lag})
+	s.prefix = prefix
+	return s
+}
+
 type slowAttachOwner struct {
 	fabric.SessionOwner
 	delay time.Duration
@@ -1004,12 +1016,7 @@ func (o slowAttachOwner) Attach(ctx context.Context, clientID string, epoch uint
 // exactly once, in order.
 func TestSpreadResumedWhileMessagesCross(t *testing.T) {
 	const attachDelay, inboxLag, n = 300 * time.Millisecond, 60 * time.Millisecond, 20
-	b := make([]byte, 6)
-	rand.Read(b)
-	prefix := "roost-fabric-" + hex.EncodeToString(b)
-	url := testenv.RedisURL(t)
-	s := newSpreadWith(t, newFabric(t, url, prefix, "node-a"),
-		slowAttach{Redis: newFabric(t, url, prefix, "node-b"), delay: attachDelay, lag: inboxLag})
+	s := newSlowSpread(t, attachDelay, inboxLag)
 	s.tenant("acme")
 	secret := s.device("acme", "d", tenants.ClientIDsAny)
 	s.leftSession(t, secret, "pc", "q/#", 2)
@@ -1205,11 +1212,7 @@ func TestSpreadTakeoverAlternating(t *testing.T) {
 // message.
 func TestSpreadTakeoverEndsOldFirst(t *testing.T) {
 	const attachDelay = 500 * time.Millisecond
-	b := make([]byte, 6)
-	rand.Read(b)
-	prefix := "roost-fabric-" + hex.EncodeToString(b)
-	url := testenv.RedisURL(t)
-	s := newSpreadWith(t, newFabric(t, url, prefix, "node-a"), slowAttach{Redis: newFabric(t, url, prefix, "node-b"), delay: attachDelay})
+	s := newSlowSpread(t, attachDelay, 0)
 	s.tenant("acme")
 	secret := s.device("acme", "d", tenants.ClientIDsAny)
 	old := mustV5(t, s.addr, user("acme", "d"), secret, "pc", keepSession)
@@ -1217,7 +1220,7 @@ func TestSpreadTakeoverEndsOldFirst(t *testing.T) {
 	// The publisher is on a third node: what it sends for the session
 	// goes where the session's routes say.
 	_, addrC := serveHub(t, broker.Config{Directory: s.store, Changes: s.store.Changes(), Sessions: s.open(),
-		Fabric: newFabric(t, url, prefix, "node-c"), Log: slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+		Fabric: newFabric(t, testenv.RedisURL(t), s.prefix, "node-c"), Log: slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
 	pub := mustV5(t, addrC, user("acme", "d"), secret, "p")
 	pub.pub(t, "q/x", "before", 1, false)
 	old.expect(t, "q/x", "before")

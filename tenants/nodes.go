@@ -235,18 +235,23 @@ func (s *Store) ReleaseTenant(ctx context.Context, tenant, node string) error {
 
 // TenantsHeldBy lists the tenants a node holds.
 func (s *Store) TenantsHeldBy(ctx context.Context, node string) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT tenant FROM tenant_placements WHERE node = $1 ORDER BY tenant`, node)
+	return s.strings(ctx, `SELECT tenant FROM tenant_placements WHERE node = $1 ORDER BY tenant`, node)
+}
+
+// strings runs a query whose rows are one string each.
+func (s *Store) strings(ctx context.Context, query string, args ...any) ([]string, error) {
+	rows, err := s.db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
 	var out []string
 	for rows.Next() {
-		var t string
-		if err := rows.Scan(&t); err != nil {
+		var v string
+		if err := rows.Scan(&v); err != nil {
 			return nil, err
 		}
-		out = append(out, t)
+		out = append(out, v)
 	}
 	return out, rows.Err()
 }

@@ -111,18 +111,5 @@ func (s *Store) DeleteExportRule(ctx context.Context, tenant, id string) error {
 // DestinationRuleTenants lists the tenants with at least one rule with a
 // destination: the data plane resumes their outboxes after a restart.
 func (s *Store) DestinationRuleTenants(ctx context.Context) ([]string, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT DISTINCT tenant FROM export_rules WHERE destination <> '' ORDER BY tenant`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []string
-	for rows.Next() {
-		var t string
-		if err := rows.Scan(&t); err != nil {
-			return nil, err
-		}
-		out = append(out, t)
-	}
-	return out, rows.Err()
+	return s.strings(ctx, `SELECT DISTINCT tenant FROM export_rules WHERE destination <> '' ORDER BY tenant`)
 }
