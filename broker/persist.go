@@ -320,7 +320,11 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	if pk.FixedHeader.Qos == 2 && !cl.Net.Inline && persistent(cl) {
 		receipt = store.Receipt{ClientID: cl.ID, PacketID: pk.PacketID}
 	}
-	ticket := p.appendStarts()
+	ticket, items := p.appendStartsFor(items)
+	if len(items) == 0 {
+		p.appendEnds(ticket)
+		return p.tag(pk, map[string]uint64{}), nil
+	}
 	seqs, err := p.st.Append(ctx, p.tenant, items, receipt)
 	if err != nil {
 		p.appendEnds(ticket)
@@ -350,12 +354,20 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 // appendStarts registers an append of beforeAck before it reaches the
 // store, and appendEnds (appendEndsLocked, with p.mu held) once its copies
 // are noted or it failed; see catchUp.
-func (p *persistence) appendStarts() uint64 {
+// appendStartsFor is appendStarts for copies to queue from a publish
+// here: where sessions live anywhere, it leaves out those for sessions this
+// broker let go of (taken over elsewhere: see kicked), under the same lock
+// as the ticket, so that a kick waiting for the appends in flight knows
+// that later ones queue nothing for its session.
+func (p *persistence) appendStartsFor(items []store.Item) (uint64, []store.Item) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.anywhere {
+		items = slices.DeleteFunc(items, func(it store.Item) bool { return p.epochs[it.ClientID] == 0 })
+	}
 	p.nextAppend++
 	p.appending[p.nextAppend] = true
-	return p.nextAppend
+	return p.nextAppend, items
 }
 
 func (p *persistence) appendEnds(ticket uint64) {
@@ -553,6 +565,17 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 			return
 		}
 		seq, ok = p.pubs[pubID].seqs[cl.ID]
+		if ok && p.anywhere && p.live[cl.ID] != cl && !cl.IsTakenOver() && persistent(cl) {
+			// A resumed session between its CONNACK and the end of mochi's
+			// resend of what its queue held: written now, this newer
+			// message would overtake the older ones. Withheld, it is sent
+			// from the queue once the connection is established (see
+			// established, and routed for a publish still being routed).
+			p.withhold(cl, pubID, out.PacketID)
+			p.recheck[cl.ID] = true
+			p.mu.Unlock()
+			return
+		}
 		if ok {
 			if p.inflight[cl.ID] == nil {
 				p.inflight[cl.ID] = map[uint16]uint64{}
@@ -694,10 +717,13 @@ func (p *persistence) routed(pk packets.Packet) {
 // established notes a persistent session's connection ready (its CONNACK
 // and resends written) and checks that it has every message its queue
 // holds.
+//
+// A recheck noted for the session stays: a delivery withheld before (see
+// handedOver) may belong to a publish still being routed, which this
+// reconcile leaves to routed.
 func (p *persistence) established(cl *mqtt.Client) {
 	p.mu.Lock()
 	p.live[cl.ID] = cl
-	delete(p.recheck, cl.ID)
 	p.mu.Unlock()
 	p.reconcile(cl)
 }
