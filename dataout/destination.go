@@ -27,10 +27,14 @@ func (s *Sealer) SealHeaders(tenant, id string, h map[string]string) string {
 	return s.Seal(b, headersContext(tenant, id))
 }
 
-// Webhook opens a destination's sealed secret and headers: what the API's
+// Webhook opens a destination's sealed secret and headers (a Kafka
+// destination's password): what the API's
 // send test and the delivery send with. An error wrapping ErrKeyChanged
 // means the operator token changed since the secret was sealed.
 func (s *Sealer) Webhook(tenant string, d tenants.Destination) (Webhook, error) {
+	if d.Type == tenants.DestinationKafka {
+		return s.openKafka(tenant, d)
+	}
 	secret, err := s.Open(d.Sealed.Secret, secretContext(tenant, d.ID))
 	if err != nil {
 		return Webhook{}, fmt.Errorf("destination %s: secret: %w", d.ID, err)
