@@ -296,7 +296,10 @@ func (s *Sender) produce(ctx context.Context, k *Kafka, b Batch) Attempt {
 	p.dialErr.Store(nil)
 	recs := make([]*kgo.Record, len(b.Messages))
 	for i, m := range b.Messages {
-		recs[i] = &kgo.Record{Key: []byte(m.Device), Value: KafkaRecord(b, m), Timestamp: m.Time,
+		// The record's timestamp is left to the client (now): franz-go
+		// times records out from it, and a message retried for an hour
+		// would time out at once. The message's time is in the value.
+		recs[i] = &kgo.Record{Key: []byte(m.Device), Value: KafkaRecord(b, m),
 			Headers: []kgo.RecordHeader{{Key: "roost-id", Value: []byte(m.ID)}, {Key: "roost-topic", Value: []byte(m.Topic)}}}
 	}
 	start := time.Now()

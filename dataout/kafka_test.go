@@ -81,7 +81,7 @@ func batchFrom(from, n int) dataout.Batch {
 	for i := from; i < from+n; i++ {
 		for _, d := range []string{"d1", "d2", "d3"} {
 			b.Messages = append(b.Messages, dataout.Message{ID: fmt.Sprintf("%s-%d", d, i), Topic: "sensors/" + d, Device: d, ClientID: d,
-				Payload: fmt.Appendf(nil, `{"n":%d}`, i), QoS: 1, Time: time.Unix(1_800_000_000, 0)})
+				Payload: fmt.Appendf(nil, `{"n":%d}`, i), QoS: 1, Time: time.Now().Add(-time.Hour)}) // an hour old: retried messages are
 		}
 	}
 	return b
