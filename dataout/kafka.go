@@ -223,8 +223,8 @@ func (s *Sender) kafkaOptions(k *Kafka, p *producer) []kgo.Opt {
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)), // by key: a device's records share a partition
 		kgo.ProducerLinger(0),
-		kgo.RecordDeliveryTimeout(timeout),
-		kgo.ProduceRequestTimeout(timeout),
+		kgo.RecordDeliveryTimeout(max(timeout, time.Second)), // franz-go's least
+		kgo.ProduceRequestTimeout(max(timeout, time.Second)),
 		kgo.RetryTimeout(timeout),
 		kgo.SoftwareNameAndVersion("roost", "1"),
 		kgo.WithHooks(connectHook{p}),
