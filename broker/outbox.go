@@ -31,6 +31,12 @@ type Delivery struct {
 		// DestinationRuleTenants lists the tenants with a rule with a
 		// destination: those whose outboxes resume (see resumeOutboxes).
 		DestinationRuleTenants(ctx context.Context) ([]string, error)
+		// GoneOutboxes lists deleted destinations (of tenants deleted or
+		// not) whose outboxes may still be in the session store;
+		// ForgetOutbox forgets one once they are deleted (see
+		// sweepOutboxes).
+		GoneOutboxes(ctx context.Context, limit int) ([]tenants.OutboxRef, error)
+		ForgetOutbox(ctx context.Context, tenant, id string) error
 	}
 	// Sealer opens a destination's secret and headers; Sender sends.
 	Sealer *dataout.Sealer

@@ -42,6 +42,8 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"Changes", testChanges},
 		{"ExportRules", testExportRules},
 		{"Destinations", testDestinations},
+		{"KafkaDestinations", testKafkaDestinations},
+		{"GoneOutboxes", testGoneOutboxes},
 		{"Usage", testUsage},
 		{"Billing", testBilling},
 		{"StripeEventsOnce", testStripeEventsOnce},
@@ -843,7 +845,8 @@ func testDestinations(t *testing.T, s *tenants.Store, reopen func() *tenants.Sto
 	}{
 		{tenants.DestinationInput{Name: "a b", Type: "webhook", URL: "https://x"}, "name"},
 		{tenants.DestinationInput{Name: "dst_x", Type: "webhook", URL: "https://x"}, "name"},
-		{tenants.DestinationInput{Name: "k", Type: "kafka", URL: "https://x"}, "type"},
+		{tenants.DestinationInput{Name: "k", Type: "kafka", URL: "https://x"}, "url"},
+		{tenants.DestinationInput{Name: "k", Type: "mqtt", URL: "https://x"}, "type"},
 		{tenants.DestinationInput{Name: "k", Type: "webhook"}, "url"},
 		{tenants.DestinationInput{Name: "k", Type: "webhook", URL: "https://x", Headers: map[string]string{"Host": "evil"}}, "headers"},
 		{tenants.DestinationInput{Name: "k", Type: "webhook", URL: "https://x", Headers: map[string]string{"X-A": "1\r\nX-B: 2"}}, "headers"},
