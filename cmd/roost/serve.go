@@ -176,7 +176,7 @@ func (d planeDeps) controlHandler(signingKey []byte, localAddr string, endpoints
 		return nil, nil, err
 	}
 	con, err := web.New(web.Config{Store: d.store, DataPlane: dp, Billing: bill, Events: evs, Log: log, SigningKey: signingKey,
-		TokenTTL: c.TokenTTL, AdminToken: d.adminToken, SecureCookies: strings.HasPrefix(c.PublicURL, "https://"), Endpoints: endpoints, Auth: front})
+		TokenTTL: c.TokenTTL, AdminToken: d.adminToken, SecureCookies: strings.HasPrefix(c.PublicURL, "https://"), Endpoints: endpoints, Auth: front, Webhooks: hooks})
 	if err != nil {
 		return nil, nil, err
 	}
