@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"time"
@@ -24,6 +25,7 @@ type destinationStore interface {
 	UpdateDestination(ctx context.Context, tenant, id string, up tenants.DestinationUpdate, sealHeaders func(map[string]string) string) (tenants.Destination, error)
 	RotateDestinationSecret(ctx context.Context, tenant, id, sealedSecret string) (tenants.Destination, error)
 	DeleteDestination(ctx context.Context, tenant, id string) error
+	ResealDestination(ctx context.Context, tenant, id string, from, to tenants.Sealed) (bool, error)
 }
 
 // destinationWithSecret is a destination as made or rotated: the only
@@ -244,7 +246,7 @@ func sampleBatch(tenant, destination string, now time.Time) dataout.Batch {
 // handleDestinationTest sends one signed sample request now (to a Kafka
 // destination: produces one sample record) and answers with how it went; the receiver's failure is a 200 that says so, not an
 // error of the API.
-func handleDestinationTest(ds destinationStore, sealer *dataout.Sealer, sender *dataout.Sender, limit *sendLimiter, now func() time.Time) handler {
+func handleDestinationTest(ds destinationStore, sealer *dataout.Sealer, sender *dataout.Sender, limit *sendLimiter, now func() time.Time, log *slog.Logger) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		tenant := chi.URLParam(r, "tenant")
 		d, err := ds.Destination(r.Context(), tenant, chi.URLParam(r, "id"))
@@ -265,6 +267,9 @@ func handleDestinationTest(ds destinationStore, sealer *dataout.Sealer, sender *
 		}
 		if err != nil {
 			return err
+		}
+		if err := sealer.Refresh(r.Context(), ds, tenant, d); err != nil {
+			log.Warn("seal a destination's secrets under the current key", "destination", d.ID, "err", err)
 		}
 		batch := sampleBatch(tenant, d.ID, now())
 		a := sender.Send(r.Context(), wh, batch)

@@ -205,6 +205,22 @@ func (s *Store) RotateDestinationSecret(ctx context.Context, tenant, id, sealedS
 	return d, err
 }
 
+// ResealDestination replaces a destination's sealed values with to, as
+// long as they are still from: the hub seals them again under a new key
+// (the same secret, password and header values), and a concurrent
+// change (a rotation) wins. It reports whether it replaced them. The
+// values' meaning does not change, so no change is raised nor audited.
+func (s *Store) ResealDestination(ctx context.Context, tenant, id string, from, to Sealed) (bool, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE destinations SET sealed_secret = $3, sealed_headers = $4, sealed_password = $5
+		WHERE tenant = $1 AND id = $2 AND sealed_secret = $6 AND sealed_headers = $7 AND sealed_password = $8`,
+		tenant, id, to.Secret, to.Headers, to.Password, from.Secret, from.Headers, from.Password)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
 // DeleteDestination removes a destination no rule uses; one a rule uses
 // is a conflict (delete the rules first).
 func (s *Store) DeleteDestination(ctx context.Context, tenant, id string) error {

@@ -79,6 +79,9 @@ type Config struct {
 	// Webhooks sends the webhooks page's send tests, with the hub's
 	// address policy (the API's sender); nil: no address allowed.
 	Webhooks *dataout.Sender
+	// Sealer seals destinations' secrets (the API's, with the key ring);
+	// nil: keyed by AdminToken alone.
+	Sealer *dataout.Sealer
 }
 
 // Console is the web console. It is an http.Handler.

@@ -34,9 +34,12 @@ type webhookTools struct {
 const sendTestsPerMinute = 10
 
 func newWebhookTools(cfg Config) (*webhookTools, error) {
-	sealer, err := dataout.NewSealer(dataout.KeyFromToken(cfg.AdminToken))
-	if err != nil {
-		return nil, err
+	sealer := cfg.Sealer
+	if sealer == nil {
+		var err error
+		if sealer, err = dataout.NewSealer(dataout.KeyFromToken(cfg.AdminToken)); err != nil {
+			return nil, err
+		}
 	}
 	sender := cfg.Webhooks
 	if sender == nil {
@@ -334,6 +337,9 @@ func (c *Console) webhookTest(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		c.internal(w, r, err)
 		return
+	}
+	if err := c.out.sealer.Refresh(ctx, c.store, slug, d); err != nil {
+		c.cfg.Log.Warn("seal a destination's secrets under the current key", "tenant", slug, "destination", d.ID, "err", err)
 	}
 	b := make([]byte, 8)
 	rand.Read(b)

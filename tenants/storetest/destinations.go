@@ -134,3 +134,26 @@ func cmpRef(a, b tenants.OutboxRef) int {
 	}
 	return 0
 }
+
+// testResealDestination: sealed values are replaced only while they are
+// what the caller read, and only in the destination's tenant.
+func testResealDestination(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	mustTenant(t, s, owner, "acme")
+	mustTenant(t, s, owner, "other")
+	d := mustDestination(t, s, "acme", "ingest")
+	to := tenants.Sealed{Secret: "resealed-secret", Headers: "resealed-headers"}
+	if ok, err := s.ResealDestination(ctx, "other", d.ID, d.Sealed, to); ok || err != nil {
+		t.Errorf("reseal through another tenant: %v, %v", ok, err)
+	}
+	if ok, err := s.ResealDestination(ctx, "acme", d.ID, tenants.Sealed{Secret: "not what is there"}, to); ok || err != nil {
+		t.Errorf("reseal from values no longer there: %v, %v", ok, err)
+	}
+	if ok, err := s.ResealDestination(ctx, "acme", d.ID, d.Sealed, to); !ok || err != nil {
+		t.Fatalf("reseal: %v, %v", ok, err)
+	}
+	got, err := s.Destination(ctx, "acme", d.ID)
+	if err != nil || got.Sealed != to {
+		t.Errorf("after the reseal: %+v, %v", got.Sealed, err)
+	}
+}

@@ -44,6 +44,7 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"Destinations", testDestinations},
 		{"KafkaDestinations", testKafkaDestinations},
 		{"GoneOutboxes", testGoneOutboxes},
+		{"ResealDestination", testResealDestination},
 		{"Usage", testUsage},
 		{"Billing", testBilling},
 		{"StripeEventsOnce", testStripeEventsOnce},
