@@ -220,7 +220,8 @@ func TestDestinationAddresses(t *testing.T) {
 		r := e.do("POST", base, owner.token, map[string]string{"name": "x", "type": "webhook", "url": tc.url})
 		wantProblem(t, r, 400, "invalid", "url", tc.name)
 	}
-	wantProblem(t, e.do("POST", base, owner.token, map[string]string{"name": "x", "type": "kafka", "url": "https://a.example.com"}), 400, "invalid", "type", "type kafka")
+	wantProblem(t, e.do("POST", base, owner.token, map[string]string{"name": "x", "type": "mqtt", "url": "https://a.example.com"}), 400, "invalid", "type", "an unknown type")
+	wantProblem(t, e.do("POST", base, owner.token, map[string]string{"name": "x", "type": "kafka", "url": "https://a.example.com"}), 400, "invalid", "url", "type kafka with a url")
 	wantProblem(t, e.do("POST", base, owner.token, map[string]any{"name": "x", "type": "webhook", "url": "https://a.example.com", "headers": map[string]string{"Roost-Signature": "forged"}}), 400, "invalid", "headers", "a forged signature header")
 	wantProblem(t, e.do("POST", base, owner.token, map[string]any{"name": "x", "type": "webhook", "url": "https://a.example.com", "secret": "mine"}), 400, "unknown_field", "secret", "a chosen secret")
 

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"time"
@@ -24,13 +25,23 @@ type destinationStore interface {
 	UpdateDestination(ctx context.Context, tenant, id string, up tenants.DestinationUpdate, sealHeaders func(map[string]string) string) (tenants.Destination, error)
 	RotateDestinationSecret(ctx context.Context, tenant, id, sealedSecret string) (tenants.Destination, error)
 	DeleteDestination(ctx context.Context, tenant, id string) error
+	ResealDestination(ctx context.Context, tenant, id string, from, to tenants.Sealed) (bool, error)
 }
 
 // destinationWithSecret is a destination as made or rotated: the only
 // answers that carry its signing secret.
 type destinationWithSecret struct {
 	tenants.Destination
-	Secret string `json:"secret"`
+	Secret string `json:"secret,omitempty"` // a webhook's; a Kafka destination has none
+}
+
+// checkKafka applies the hub's address policy to a Kafka destination's
+// bootstrap servers.
+func checkKafka(g *dataout.Guard, k *tenants.Kafka) error {
+	if err := g.CheckBrokers(k.Brokers, k.TLS); err != nil {
+		return &httpError{status: http.StatusBadRequest, code: "invalid", field: "kafka.brokers", msg: "kafka.brokers: " + err.Error()}
+	}
+	return nil
 }
 
 // checkURL applies the hub's address policy to a webhook URL.
@@ -44,8 +55,17 @@ func checkURL(g *dataout.Guard, url string) error {
 // forRole is a destination as the caller's role may see it: below admin,
 // the URL's path and query are left out, as webhook URLs often carry a
 // credential there (https://hooks.example.com/services/T0/B0/secret).
+//
+// A Kafka destination's SASL user name is left out likewise.
 func forRole(r *http.Request, d tenants.Destination) tenants.Destination {
 	if roleFrom(r.Context()).AtLeast(tenants.RoleAdmin) {
+		return d
+	}
+	if d.Kafka != nil {
+		d.Kafka = d.Kafka.Public()
+		if d.Kafka.SASL != nil {
+			d.Kafka.SASL.Username = ""
+		}
 		return d
 	}
 	if u, err := url.Parse(d.URL); err == nil {
@@ -79,11 +99,23 @@ func handleDestinationCreate(ds destinationStore, sealer *dataout.Sealer, guard 
 		if err := in.Validate(); err != nil {
 			return err
 		}
-		if err := checkURL(guard, in.URL); err != nil {
-			return err
+		tenant, id := chi.URLParam(r, "tenant"), tenants.NewDestinationID()
+		var secret string
+		var sealed tenants.Sealed
+		if in.Type == tenants.DestinationKafka {
+			if err := checkKafka(guard, in.Kafka); err != nil {
+				return err
+			}
+			if in.Kafka.SASL != nil {
+				sealed.Password = sealer.SealPassword(tenant, id, in.Kafka.SASL.Password)
+			}
+		} else {
+			if err := checkURL(guard, in.URL); err != nil {
+				return err
+			}
+			secret = dataout.NewSecret()
+			sealed = tenants.Sealed{Secret: sealer.SealSecret(tenant, id, secret), Headers: sealer.SealHeaders(tenant, id, in.Headers)}
 		}
-		tenant, id, secret := chi.URLParam(r, "tenant"), tenants.NewDestinationID(), dataout.NewSecret()
-		sealed := tenants.Sealed{Secret: sealer.SealSecret(tenant, id, secret), Headers: sealer.SealHeaders(tenant, id, in.Headers)}
 		d, err := ds.CreateDestination(r.Context(), tenant, id, in, sealed)
 		if err != nil {
 			return err
@@ -140,6 +172,14 @@ func handleDestinationUpdate(ds destinationStore, sealer *dataout.Sealer, guard 
 			}
 		}
 		tenant, id := chi.URLParam(r, "tenant"), chi.URLParam(r, "id")
+		if up.Kafka != nil {
+			if err := checkKafka(guard, up.Kafka); err != nil {
+				return err
+			}
+			if up.Kafka.SASL != nil && up.Kafka.SASL.Password != "" {
+				up.SealedPassword = sealer.SealPassword(tenant, id, up.Kafka.SASL.Password)
+			}
+		}
 		d, err := ds.UpdateDestination(r.Context(), tenant, id, up, func(h map[string]string) string { return sealer.SealHeaders(tenant, id, h) })
 		if err != nil {
 			return err
@@ -152,7 +192,14 @@ func handleDestinationUpdate(ds destinationStore, sealer *dataout.Sealer, guard 
 func handleDestinationRotate(ds destinationStore, sealer *dataout.Sealer) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		tenant, id, secret := chi.URLParam(r, "tenant"), chi.URLParam(r, "id"), dataout.NewSecret()
-		d, err := ds.RotateDestinationSecret(r.Context(), tenant, id, sealer.SealSecret(tenant, id, secret))
+		d, err := ds.Destination(r.Context(), tenant, id)
+		if err != nil {
+			return err
+		}
+		if d.Type != tenants.DestinationWebhook {
+			return errorf(http.StatusConflict, "conflict", "a Kafka destination has no signing secret; change its password with PATCH")
+		}
+		d, err = ds.RotateDestinationSecret(r.Context(), tenant, id, sealer.SealSecret(tenant, id, secret))
 		if err != nil {
 			return err
 		}
@@ -196,10 +243,10 @@ func sampleBatch(tenant, destination string, now time.Time) dataout.Batch {
 	}}}
 }
 
-// handleDestinationTest sends one signed sample request now and answers
-// with how it went; the receiver's failure is a 200 that says so, not an
+// handleDestinationTest sends one signed sample request now (to a Kafka
+// destination: produces one sample record) and answers with how it went; the receiver's failure is a 200 that says so, not an
 // error of the API.
-func handleDestinationTest(ds destinationStore, sealer *dataout.Sealer, sender *dataout.Sender, limit *sendLimiter, now func() time.Time) handler {
+func handleDestinationTest(ds destinationStore, sealer *dataout.Sealer, sender *dataout.Sender, limit *sendLimiter, now func() time.Time, log *slog.Logger) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		tenant := chi.URLParam(r, "tenant")
 		d, err := ds.Destination(r.Context(), tenant, chi.URLParam(r, "id"))
@@ -210,6 +257,10 @@ func handleDestinationTest(ds destinationStore, sealer *dataout.Sealer, sender *
 			return err
 		}
 		wh, err := sealer.Webhook(tenant, d)
+		if errors.Is(err, dataout.ErrKeyChanged) && d.Type == tenants.DestinationKafka {
+			return errorf(http.StatusConflict, "conflict",
+				"the destination's password was sealed under an earlier operator token; set it again (PATCH .../destinations/"+d.ID+")")
+		}
 		if errors.Is(err, dataout.ErrKeyChanged) {
 			return errorf(http.StatusConflict, "conflict",
 				"the destination's secret was sealed under an earlier operator token; rotate it (POST .../destinations/"+d.ID+"/secret)")
@@ -217,9 +268,15 @@ func handleDestinationTest(ds destinationStore, sealer *dataout.Sealer, sender *
 		if err != nil {
 			return err
 		}
+		if err := sealer.Refresh(r.Context(), ds, tenant, d); err != nil {
+			log.Warn("seal a destination's secrets under the current key", "destination", d.ID, "err", err)
+		}
 		batch := sampleBatch(tenant, d.ID, now())
 		a := sender.Send(r.Context(), wh, batch)
 		res := testResult{Delivered: a.OK(), Status: a.Status, LatencyMS: a.Latency.Milliseconds(), Sent: dataout.Body(batch)}
+		if wh.Kafka != nil {
+			res.Sent = dataout.KafkaRecord(batch, batch.Messages[0])
+		}
 		if a.Err != nil {
 			res.Error = &testError{Kind: a.Kind, Message: a.Err.Error()}
 		}

@@ -95,7 +95,7 @@ func (s *Server) routes() chi.Router {
 				r.With(admin).Delete("/destinations/{id}", s.serve(handleDestinationDelete(st)))
 				r.With(admin).Post("/destinations/{id}/secret", s.serve(handleDestinationRotate(st, s.sealer)))
 				// Sends a request out of the hub: admins only.
-				r.With(admin).Post("/destinations/{id}/test", s.serve(handleDestinationTest(st, s.sealer, s.webhooks, s.sendTests, s.now)))
+				r.With(admin).Post("/destinations/{id}/test", s.serve(handleDestinationTest(st, s.sealer, s.webhooks, s.sendTests, s.now, s.log)))
 				r.With(viewer).Get("/destinations/{id}/dead-letters", s.serve(handleDeadLetterList(st, s.deliveries())))
 				r.With(admin).Post("/destinations/{id}/dead-letters/replay", s.serve(handleDeadLetterReplay(st, s.deliveries())))
 				r.With(admin).Delete("/destinations/{id}/dead-letters", s.serve(handleDeadLetterPurge(st, s.deliveries())))

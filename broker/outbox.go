@@ -31,6 +31,15 @@ type Delivery struct {
 		// DestinationRuleTenants lists the tenants with a rule with a
 		// destination: those whose outboxes resume (see resumeOutboxes).
 		DestinationRuleTenants(ctx context.Context) ([]string, error)
+		// GoneOutboxes lists deleted destinations (of tenants deleted or
+		// not) whose outboxes may still be in the session store;
+		// ForgetOutbox forgets one once they are deleted (see
+		// sweepOutboxes).
+		GoneOutboxes(ctx context.Context, limit int) ([]tenants.OutboxRef, error)
+		ForgetOutbox(ctx context.Context, tenant, id string) error
+		// ResealDestination writes a destination's values sealed again
+		// under the current key (see dataout.Sealer.Refresh).
+		ResealDestination(ctx context.Context, tenant, id string, from, to tenants.Sealed) (bool, error)
 	}
 	// Sealer opens a destination's secret and headers; Sender sends.
 	Sealer *dataout.Sealer
@@ -332,6 +341,11 @@ func (o *outbox) webhook(ctx context.Context, id string) (wh dataout.Webhook, go
 	}
 	if wh, err = o.cfg.Sealer.Webhook(o.tenant, d); err != nil {
 		return wh, false, dataout.Attempt{Kind: "secret", Err: err}
+	}
+	// Sealed under an earlier operator token still in the key ring: sealed
+	// again under the current one, so that the old token can go.
+	if err := o.cfg.Sealer.Refresh(ctx, o.cfg.Rules, o.tenant, d); err != nil {
+		o.log.Warn("seal a destination's secrets under the current key", "destination", id, "err", err)
 	}
 	if o.gen.Load() == gen {
 		o.hooks.Store(id, wh)

@@ -157,6 +157,9 @@ func (h *Hub) moveDead(ctx context.Context, tenant, destination string, fn func(
 // after a restart, or once this node took the tenant over, its outboxes
 // are delivered without waiting for a device to connect. Its broker then
 // stays up while they hold messages (see outbox.busy).
+//
+// It also deletes the outboxes and dead letters of deleted destinations
+// (see SweepOutboxes).
 func (h *Hub) resumeOutboxes() {
 	d := h.cfg.Delivery
 	if d == nil || h.cfg.Sessions == nil {
@@ -164,6 +167,9 @@ func (h *Hub) resumeOutboxes() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	if _, err := h.SweepOutboxes(ctx); err != nil {
+		h.log.Error("delete deleted destinations' outboxes", "err", err)
+	}
 	slugs, err := d.Rules.DestinationRuleTenants(ctx)
 	if err != nil {
 		h.log.Error("list the tenants with webhook rules", "err", err)
@@ -219,4 +225,41 @@ func (h *Hub) startTenant(ctx context.Context, slug string) {
 		return
 	}
 	h.reg.release(inst)
+}
+
+// SweepOutboxes deletes the outboxes and dead letters of destinations
+// deleted since (alone, or with their tenant), which would otherwise stay
+// in the session store for ever, and returns how many destinations' it
+// deleted. The directory remembers every destination that had an outbox
+// until this forgets it; the hub runs it with resumeOutboxes, on every
+// node (it is idempotent: each queue is claimed, then deleted, so a
+// worker still delivering it elsewhere is fenced).
+func (h *Hub) SweepOutboxes(ctx context.Context) (int, error) {
+	st, err := h.outboxStore()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for {
+		gone, err := h.cfg.Delivery.Rules.GoneOutboxes(ctx, 100)
+		if err != nil || len(gone) == 0 {
+			return n, err
+		}
+		for _, g := range gone {
+			for _, q := range []string{outboxID(g.Destination), deadID(g.Destination)} {
+				epoch, err := st.Claim(ctx, g.Tenant, q)
+				if err != nil {
+					return n, err
+				}
+				if err := st.DeleteSession(ctx, g.Tenant, q, epoch); err != nil {
+					return n, err
+				}
+			}
+			if err := h.cfg.Delivery.Rules.ForgetOutbox(ctx, g.Tenant, g.Destination); err != nil {
+				return n, err
+			}
+			h.log.Info("deleted destination's outbox and dead letters deleted", "tenant", g.Tenant, "destination", g.Destination)
+			n++
+		}
+	}
 }

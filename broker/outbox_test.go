@@ -135,6 +135,7 @@ func newOutboxStack(t testing.TB, horizon time.Duration, mod ...func(*broker.Con
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(sender.Close) // its Kafka clients, after the hub stopped
 	var os outboxStack
 	os.sealer = sealer
 	os.stack = newStack(t, append([]func(*broker.Config){func(c *broker.Config) {
@@ -593,6 +594,7 @@ func shortSender(t testing.TB, timeout time.Duration) *dataout.Sender {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(sender.Close) // runs after the hub stopped: registered before it
 	return sender
 }
 

@@ -1,6 +1,7 @@
 package dataout
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 
@@ -27,10 +28,14 @@ func (s *Sealer) SealHeaders(tenant, id string, h map[string]string) string {
 	return s.Seal(b, headersContext(tenant, id))
 }
 
-// Webhook opens a destination's sealed secret and headers: what the API's
+// Webhook opens a destination's sealed secret and headers (a Kafka
+// destination's password): what the API's
 // send test and the delivery send with. An error wrapping ErrKeyChanged
 // means the operator token changed since the secret was sealed.
 func (s *Sealer) Webhook(tenant string, d tenants.Destination) (Webhook, error) {
+	if d.Type == tenants.DestinationKafka {
+		return s.openKafka(tenant, d)
+	}
 	secret, err := s.Open(d.Sealed.Secret, secretContext(tenant, d.ID))
 	if err != nil {
 		return Webhook{}, fmt.Errorf("destination %s: secret: %w", d.ID, err)
@@ -46,4 +51,38 @@ func (s *Sealer) Webhook(tenant string, d tenants.Destination) (Webhook, error) 
 		}
 	}
 	return wh, nil
+}
+
+// Resealer keeps a destination's sealed values: ResealDestination
+// replaces them with to if they are still from (tenants.Store has it).
+type Resealer interface {
+	ResealDestination(ctx context.Context, tenant, id string, from, to tenants.Sealed) (bool, error)
+}
+
+// Refresh seals d's values again under the current key if some were
+// sealed under an old key of the ring, and writes them to st unless the
+// row changed since d was read. It does nothing for a destination sealed
+// under the current key; an error leaves the row as it was (its values
+// still open under the old key).
+func (s *Sealer) Refresh(ctx context.Context, st Resealer, tenant string, d tenants.Destination) error {
+	from := d.Sealed
+	if !s.Stale(from.Secret) && !s.Stale(from.Headers) && !s.Stale(from.Password) {
+		return nil
+	}
+	to := from
+	for _, v := range []struct {
+		val     *string
+		context string
+	}{{&to.Secret, secretContext(tenant, d.ID)}, {&to.Headers, headersContext(tenant, d.ID)}, {&to.Password, passwordContext(tenant, d.ID)}} {
+		if *v.val == "" {
+			continue
+		}
+		plain, err := s.Open(*v.val, v.context)
+		if err != nil {
+			return fmt.Errorf("destination %s: reseal: %w", d.ID, err)
+		}
+		*v.val = s.Seal(plain, v.context)
+	}
+	_, err := st.ResealDestination(ctx, tenant, d.ID, from, to)
+	return err
 }

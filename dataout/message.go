@@ -57,18 +57,23 @@ type wireBatch struct {
 // strings through; embedded, they would make the body invalid.)
 func IsJSON(p []byte) bool { return len(p) > 0 && utf8.Valid(p) && json.Valid(p) }
 
+// wire is a message as a webhook body or a Kafka record carries it.
+func wire(m Message) wireMessage {
+	wm := wireMessage{ID: m.ID, Topic: m.Topic, QoS: m.QoS, Retain: m.Retain, Device: m.Device, ClientID: m.ClientID, Time: m.Time.UTC()}
+	if IsJSON(m.Payload) {
+		wm.Payload, wm.PayloadEncoding = json.RawMessage(m.Payload), "json"
+	} else {
+		s, _ := json.Marshal(base64.StdEncoding.EncodeToString(m.Payload))
+		wm.Payload, wm.PayloadEncoding = s, "base64"
+	}
+	return wm
+}
+
 // Body is the JSON body of the webhook request carrying b.
 func Body(b Batch) []byte {
 	w := wireBatch{Tenant: b.Tenant, Destination: b.Destination, Messages: make([]wireMessage, len(b.Messages))}
 	for i, m := range b.Messages {
-		wm := wireMessage{ID: m.ID, Topic: m.Topic, QoS: m.QoS, Retain: m.Retain, Device: m.Device, ClientID: m.ClientID, Time: m.Time.UTC()}
-		if IsJSON(m.Payload) {
-			wm.Payload, wm.PayloadEncoding = json.RawMessage(m.Payload), "json"
-		} else {
-			s, _ := json.Marshal(base64.StdEncoding.EncodeToString(m.Payload))
-			wm.Payload, wm.PayloadEncoding = s, "base64"
-		}
-		w.Messages[i] = wm
+		w.Messages[i] = wire(m)
 	}
 	out, err := json.Marshal(w)
 	if err != nil {

@@ -21,9 +21,15 @@ var ErrKeyChanged = errors.New("sealed under another key: the operator token cha
 // Sealer encrypts destination secrets at rest (AES-256-GCM). The key comes
 // from configuration, not from the database that holds what it seals, so
 // a copy of the database alone does not reveal the secrets.
+//
+// A sealer may also hold old keys (a key ring): values sealed under them
+// still open, and Stale tells them apart so that they are sealed again
+// under the current key (see Refresh). That is how the operator token is
+// rotated without every destination's secret being rotated too.
 type Sealer struct {
 	aead cipher.AEAD
 	kid  string
+	old  map[string]cipher.AEAD // key id → an old key's cipher
 }
 
 // KeyFromToken derives the sealing key from the operator token, which
@@ -35,24 +41,66 @@ func KeyFromToken(token string) []byte {
 	return m.Sum(nil)
 }
 
-// NewSealer returns a sealer with a 32-byte key.
-func NewSealer(key []byte) (*Sealer, error) {
+// KeysFromTokens derives the keys of earlier operator tokens, given
+// comma-separated (ROOST_SECRET_KEYS_OLD); blanks are ignored.
+func KeysFromTokens(tokens string) [][]byte {
+	var out [][]byte
+	for _, t := range strings.Split(tokens, ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			out = append(out, KeyFromToken(t))
+		}
+	}
+	return out
+}
+
+// NewSealer returns a sealer with a 32-byte key, sealing under it and
+// opening what it or one of the old keys sealed.
+func NewSealer(key []byte, old ...[]byte) (*Sealer, error) {
+	aead, kid, err := newCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	s := &Sealer{aead: aead, kid: kid, old: map[string]cipher.AEAD{}}
+	for _, k := range old {
+		a, id, err := newCipher(k)
+		if err != nil {
+			return nil, fmt.Errorf("sealer: old key: %w", err)
+		}
+		if id != kid {
+			s.old[id] = a
+		}
+	}
+	return s, nil
+}
+
+func newCipher(key []byte) (cipher.AEAD, string, error) {
 	if len(key) != 32 {
-		return nil, fmt.Errorf("sealer: key of %d bytes, want 32", len(key))
+		return nil, "", fmt.Errorf("sealer: key of %d bytes, want 32", len(key))
 	}
 	block, err := aes.NewCipher(key)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	aead, err := cipher.NewGCM(block)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	// The key id names the key without revealing it, so a value sealed
 	// under an older key is told apart from a damaged one.
 	m := hmac.New(sha256.New, key)
 	m.Write([]byte("key id"))
-	return &Sealer{aead: aead, kid: hex.EncodeToString(m.Sum(nil)[:4])}, nil
+	return aead, hex.EncodeToString(m.Sum(nil)[:4]), nil
+}
+
+// Stale reports whether sealed was sealed under one of the old keys: it
+// opens, but should be sealed again under the current key.
+func (s *Sealer) Stale(sealed string) bool {
+	parts := strings.SplitN(sealed, ".", 3)
+	if len(parts) != 3 || parts[0] != "v1" {
+		return false
+	}
+	_, old := s.old[parts[1]]
+	return old
 }
 
 // Seal encrypts plain, bound to context (such as "tenant/destination"):
@@ -70,15 +118,18 @@ func (s *Sealer) Open(sealed, context string) ([]byte, error) {
 	if len(parts) != 3 || parts[0] != "v1" {
 		return nil, errors.New("sealed value: unknown format")
 	}
+	aead := s.aead
 	if parts[1] != s.kid {
-		return nil, ErrKeyChanged
+		if aead = s.old[parts[1]]; aead == nil {
+			return nil, ErrKeyChanged
+		}
 	}
 	raw, err := base64.RawURLEncoding.DecodeString(parts[2])
-	if err != nil || len(raw) < s.aead.NonceSize() {
+	if err != nil || len(raw) < aead.NonceSize() {
 		return nil, errors.New("sealed value: damaged")
 	}
-	n := s.aead.NonceSize()
-	plain, err := s.aead.Open(nil, raw[:n], raw[n:], []byte(context))
+	n := aead.NonceSize()
+	plain, err := aead.Open(nil, raw[:n], raw[n:], []byte(context))
 	if err != nil {
 		return nil, errors.New("sealed value: does not open (damaged, or moved from another row)")
 	}

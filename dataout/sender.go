@@ -16,11 +16,14 @@ import (
 	"time"
 )
 
-// Webhook is where a batch goes and how it is signed.
+// Webhook is a destination opened for sending: where a batch goes and
+// how it is signed, or, when Kafka is set, the tenant's Kafka cluster the
+// batch is produced to instead.
 type Webhook struct {
 	URL     string
 	Secret  string
 	Headers map[string]string
+	Kafka   *Kafka
 }
 
 // ErrorKind names why an attempt failed before the receiver answered.
@@ -48,17 +51,22 @@ type Attempt struct {
 	Err  error
 	// RetryAfter is the receiver's Retry-After on 429 or 503, if any.
 	RetryAfter time.Duration
+	// Produced: a Kafka cluster took the batch (a Kafka destination has
+	// no status).
+	Produced bool
 }
 
-// OK reports whether the receiver took the batch (answered 2xx).
-func (a Attempt) OK() bool { return a.Err == nil && a.Status >= 200 && a.Status < 300 }
+// OK reports whether the receiver took the batch (answered 2xx, or the
+// Kafka cluster acknowledged every record).
+func (a Attempt) OK() bool { return a.Err == nil && (a.Produced || a.Status >= 200 && a.Status < 300) }
 
 // SenderConfig configures a sender.
 type SenderConfig struct {
 	// Guard decides which addresses webhooks reach; required.
 	Guard *Guard
 	// Timeout bounds one request, connecting to reading the answer's
-	// status and up to 64 KiB of body; default 10s.
+	// status and up to 64 KiB of body (for Kafka: producing a batch, all
+	// replicas acknowledging); default 10s.
 	Timeout time.Duration
 	// Now is the clock the signature's timestamp comes from.
 	Now func() time.Time
@@ -69,11 +77,16 @@ type SenderConfig struct {
 	UserAgent string
 }
 
-// Sender sends signed webhook requests. It is safe for concurrent use.
+// Sender sends signed webhook requests, and produces to tenants' Kafka
+// clusters. It is safe for concurrent use.
 type Sender struct {
 	cfg    SenderConfig
 	client *http.Client
+	kafka  producers
 }
+
+// Close closes the Kafka clients the sender keeps.
+func (s *Sender) Close() { s.kafka.close() }
 
 // NewSender returns a sender.
 func NewSender(cfg SenderConfig) (*Sender, error) {
@@ -117,6 +130,9 @@ func (s *Sender) Guard() *Guard { return s.cfg.Guard }
 // Send makes one signed request carrying b to w and reports how it went.
 // It never retries: the caller's policy does.
 func (s *Sender) Send(ctx context.Context, w Webhook, b Batch) Attempt {
+	if w.Kafka != nil {
+		return s.produce(ctx, w.Kafka, b)
+	}
 	if err := s.cfg.Guard.CheckURL(w.URL); err != nil {
 		kind := ErrorURL
 		if errors.Is(err, ErrRefusedAddress) {

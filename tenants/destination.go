@@ -1,23 +1,32 @@
 package tenants
 
 import (
+	"crypto/x509"
+	"encoding/pem"
+	"net"
 	"net/http"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
 
-// Destination is where a tenant's rules send messages: for now an HTTPS
-// webhook. Its signing secret is shown once, when it is made or rotated;
-// its header values (often credentials) are never shown again either,
-// only their names.
+// Destination is where a tenant's rules send messages: an HTTPS webhook
+// or the tenant's own Kafka cluster. A webhook's signing secret is shown
+// once, when it is made or rotated; its header values (often credentials)
+// are never shown again either, only their names. A Kafka destination's
+// SASL password is never shown again.
 type Destination struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	Type      string    `json:"type"`
-	URL       string    `json:"url"`
-	Headers   []string  `json:"headers"`
+	ID   string `json:"id"`
+	Name string `json:"name"`
+	Type string `json:"type"`
+	// URL and Headers are a webhook's; "" and [] for Kafka.
+	URL     string   `json:"url"`
+	Headers []string `json:"headers"`
+	// Kafka is a Kafka destination's cluster and topic, without the
+	// password; nil for a webhook.
+	Kafka     *Kafka    `json:"kafka,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	UpdatedAt time.Time `json:"updated_at"`
 
@@ -30,12 +39,150 @@ type Destination struct {
 // as given: sealing is the caller's, under a key the directory does not
 // hold, so a copy of the database alone reveals no secret.
 type Sealed struct {
-	Secret  string
-	Headers string // sealed JSON object of header values; "" if none
+	Secret   string // a webhook's signing secret; "" for Kafka
+	Headers  string // sealed JSON object of header values; "" if none
+	Password string // a Kafka destination's SASL password; "" without SASL
 }
 
-// DestinationWebhook is the one destination type so far.
-const DestinationWebhook = "webhook"
+// The destination types.
+const (
+	DestinationWebhook = "webhook"
+	DestinationKafka   = "kafka"
+)
+
+// Kafka is a tenant's own Kafka cluster as a destination: where the hub
+// produces each message as one record keyed by its device.
+type Kafka struct {
+	// Brokers are the bootstrap servers, host:port.
+	Brokers []string `json:"brokers"`
+	Topic   string   `json:"topic"`
+	// TLS connects over TLS; CA (PEM), if given, is what the brokers'
+	// certificates must chain to instead of the system's roots;
+	// ServerName, if given, is the name they must carry instead of the
+	// host dialled.
+	TLS        bool   `json:"tls"`
+	CA         string `json:"ca,omitempty"`
+	ServerName string `json:"server_name,omitempty"`
+	// SASL authenticates the hub; nil: none.
+	SASL *KafkaSASL `json:"sasl,omitempty"`
+}
+
+// KafkaSASL is how the hub authenticates to a tenant's Kafka. Password is
+// given on input only: it is sealed and never returned.
+type KafkaSASL struct {
+	Mechanism string `json:"mechanism"`
+	Username  string `json:"username"`
+	Password  string `json:"password,omitempty"`
+}
+
+// The SASL mechanisms a Kafka destination may use.
+const (
+	SASLPlain       = "PLAIN"
+	SASLScramSHA256 = "SCRAM-SHA-256"
+	SASLScramSHA512 = "SCRAM-SHA-512"
+)
+
+// MaxKafkaBrokers caps a Kafka destination's bootstrap servers.
+const MaxKafkaBrokers = 10
+
+// kafkaTopicRE is what Kafka accepts as a topic name.
+var kafkaTopicRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,249}$`)
+
+// Validate checks a Kafka destination's settings. needPassword: SASL
+// must come with a password (a new destination; an update may keep the
+// one sealed before).
+func (k *Kafka) Validate(needPassword bool) error {
+	if len(k.Brokers) == 0 {
+		return invalid("kafka.brokers", "at least one bootstrap server is required")
+	}
+	if len(k.Brokers) > MaxKafkaBrokers {
+		return invalid("kafka.brokers", "at most %d bootstrap servers", MaxKafkaBrokers)
+	}
+	for _, b := range k.Brokers {
+		host, port, err := net.SplitHostPort(b)
+		n, perr := strconv.Atoi(port)
+		if err != nil || host == "" || len(host) > 253 || perr != nil || n < 1 || n > 65535 || strings.ContainsAny(host, "/@ ") {
+			return invalid("kafka.brokers", "%q is not host:port", b)
+		}
+	}
+	if !kafkaTopicRE.MatchString(k.Topic) || k.Topic == "." || k.Topic == ".." {
+		return invalid("kafka.topic", "must be 1 to 249 letters, digits, '.', '_' or '-'")
+	}
+	if !k.TLS && (k.CA != "" || k.ServerName != "") {
+		return invalid("kafka.tls", "ca and server_name need tls: true")
+	}
+	if len(k.CA) > 64<<10 {
+		return invalid("kafka.ca", "at most 64 KiB of PEM")
+	}
+	if k.CA != "" {
+		if err := validPEM(k.CA); err != nil {
+			return invalid("kafka.ca", "%s", err)
+		}
+	}
+	if len(k.ServerName) > 253 || strings.ContainsAny(k.ServerName, "/:@ ") {
+		return invalid("kafka.server_name", "must be a host name")
+	}
+	if s := k.SASL; s != nil {
+		switch s.Mechanism {
+		case SASLPlain, SASLScramSHA256, SASLScramSHA512:
+		default:
+			return invalid("kafka.sasl.mechanism", "must be PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+		}
+		if s.Username == "" || len(s.Username) > 255 || strings.ContainsAny(s.Username, "\x00\r\n") {
+			return invalid("kafka.sasl.username", "must be 1 to 255 characters on one line")
+		}
+		if needPassword && s.Password == "" {
+			return invalid("kafka.sasl.password", "is required")
+		}
+		if len(s.Password) > 1024 || strings.ContainsRune(s.Password, 0) {
+			return invalid("kafka.sasl.password", "at most 1024 characters")
+		}
+	}
+	return nil
+}
+
+// validPEM checks that s is one or more PEM certificates.
+func validPEM(s string) error {
+	rest, n := []byte(s), 0
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			return errorString("holds a " + b.Type + " block; only certificates belong here")
+		}
+		if _, err := x509.ParseCertificate(b.Bytes); err != nil {
+			return errorString("a certificate does not parse: " + err.Error())
+		}
+		n++
+	}
+	if n == 0 || strings.TrimSpace(string(rest)) != "" {
+		return errorString("must be PEM certificates")
+	}
+	return nil
+}
+
+type errorString string
+
+func (e errorString) Error() string { return string(e) }
+
+// Public returns k without its password: what is stored in the clear and
+// shown.
+func (k *Kafka) Public() *Kafka {
+	if k == nil {
+		return nil
+	}
+	c := *k
+	c.Brokers = slices.Clone(k.Brokers)
+	if k.SASL != nil {
+		s := *k.SASL
+		s.Password = ""
+		c.SASL = &s
+	}
+	return &c
+}
 
 // MaxDestinations caps a tenant's destinations; MaxDestinationHeaders a
 // destination's headers.
@@ -56,13 +203,15 @@ var reservedHeaders = map[string]bool{
 
 var headerNameRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
 
-// DestinationInput makes a destination. URL is checked by the caller as
-// well, against the hub's address policy (dataout.Guard).
+// DestinationInput makes a destination. URL and Kafka's brokers are
+// checked by the caller as well, against the hub's address policy
+// (dataout.Guard).
 type DestinationInput struct {
 	Name    string            `json:"name"`
 	Type    string            `json:"type"`
 	URL     string            `json:"url"`
 	Headers map[string]string `json:"headers"`
+	Kafka   *Kafka            `json:"kafka"`
 }
 
 // Validate checks the input.
@@ -70,13 +219,25 @@ func (in *DestinationInput) Validate() error {
 	if err := validDestinationName(in.Name); err != nil {
 		return err
 	}
-	if in.Type != DestinationWebhook {
-		return invalid("type", "must be webhook")
+	switch in.Type {
+	case DestinationWebhook:
+		if strings.TrimSpace(in.URL) == "" {
+			return invalid("url", "is required")
+		}
+		if in.Kafka != nil {
+			return invalid("kafka", "is for type kafka")
+		}
+		return validHeaders(in.Headers)
+	case DestinationKafka:
+		if in.URL != "" || len(in.Headers) > 0 {
+			return invalid("url", "url and headers are for type webhook")
+		}
+		if in.Kafka == nil {
+			return invalid("kafka", "is required")
+		}
+		return in.Kafka.Validate(true)
 	}
-	if strings.TrimSpace(in.URL) == "" {
-		return invalid("url", "is required")
-	}
-	return validHeaders(in.Headers)
+	return invalid("type", "must be webhook or kafka")
 }
 
 func validDestinationName(name string) error {
@@ -125,10 +286,17 @@ func HeaderNames(h map[string]string) []string {
 
 // DestinationUpdate changes a destination; nil fields stay as they are.
 // Headers, when given, replace all of them.
+//
+// Kafka, when given, replaces a Kafka destination's settings; a SASL
+// without a password keeps the password sealed before, if any.
+// SealedPassword is the new password as the caller sealed it.
 type DestinationUpdate struct {
 	Name    *string            `json:"name"`
 	URL     *string            `json:"url"`
 	Headers *map[string]string `json:"headers"`
+	Kafka   *Kafka             `json:"kafka"`
+
+	SealedPassword string `json:"-"`
 }
 
 // Validate checks the update.
@@ -142,7 +310,12 @@ func (up *DestinationUpdate) Validate() error {
 		return invalid("url", "must not be empty")
 	}
 	if up.Headers != nil {
-		return validHeaders(*up.Headers)
+		if err := validHeaders(*up.Headers); err != nil {
+			return err
+		}
+	}
+	if up.Kafka != nil {
+		return up.Kafka.Validate(false)
 	}
 	return nil
 }

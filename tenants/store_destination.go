@@ -8,16 +8,21 @@ import (
 	"strings"
 )
 
-const destinationColumns = `id, name, type, url, header_names, sealed_headers, sealed_secret, created_at, updated_at`
+const destinationColumns = `id, name, type, url, header_names, sealed_headers, sealed_secret, kafka, sealed_password, created_at, updated_at`
 
 func scanDestination(row interface{ Scan(...any) error }) (Destination, error) {
 	var d Destination
-	var names string
-	if err := row.Scan(&d.ID, &d.Name, &d.Type, &d.URL, &names, &d.Sealed.Headers, &d.Sealed.Secret, &d.CreatedAt, &d.UpdatedAt); err != nil {
+	var names, kafka string
+	if err := row.Scan(&d.ID, &d.Name, &d.Type, &d.URL, &names, &d.Sealed.Headers, &d.Sealed.Secret, &kafka, &d.Sealed.Password, &d.CreatedAt, &d.UpdatedAt); err != nil {
 		return d, err
 	}
 	if err := json.Unmarshal([]byte(names), &d.Headers); err != nil {
 		return d, fmt.Errorf("destination %s: header names: %w", d.ID, err)
+	}
+	if kafka != "" {
+		if err := json.Unmarshal([]byte(kafka), &d.Kafka); err != nil {
+			return d, fmt.Errorf("destination %s: kafka: %w", d.ID, err)
+		}
 	}
 	if d.Headers == nil {
 		d.Headers = []string{}
@@ -75,11 +80,16 @@ func (s *Store) CreateDestination(ctx context.Context, tenant, id string, in Des
 	if err := in.Validate(); err != nil {
 		return Destination{}, err
 	}
-	if !strings.HasPrefix(id, "dst_") || sealed.Secret == "" {
-		return Destination{}, fmt.Errorf("create destination: an id from NewDestinationID and a sealed secret are needed")
+	switch {
+	case !strings.HasPrefix(id, "dst_"):
+		return Destination{}, fmt.Errorf("create destination: an id from NewDestinationID is needed")
+	case in.Type == DestinationWebhook && sealed.Secret == "":
+		return Destination{}, fmt.Errorf("create destination: a webhook needs a sealed secret")
+	case in.Type == DestinationKafka && (in.Kafka.SASL != nil) != (sealed.Password != ""):
+		return Destination{}, fmt.Errorf("create destination: a Kafka destination with SASL needs a sealed password, one without none")
 	}
 	now := s.timestamp()
-	d := Destination{ID: id, Name: in.Name, Type: in.Type, URL: in.URL, Headers: HeaderNames(in.Headers), CreatedAt: now, UpdatedAt: now, Sealed: sealed}
+	d := Destination{ID: id, Name: in.Name, Type: in.Type, URL: in.URL, Headers: HeaderNames(in.Headers), Kafka: in.Kafka.Public(), CreatedAt: now, UpdatedAt: now, Sealed: sealed}
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		if err := s.lockTenant(ctx, tx, tenant); err != nil {
 			return err
@@ -92,11 +102,14 @@ func (s *Store) CreateDestination(ctx context.Context, tenant, id string, in Des
 			return &QuotaError{Quota: "destinations", Limit: MaxDestinations}
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO destinations (tenant, `+destinationColumns+`)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)`,
-			tenant, d.ID, d.Name, d.Type, d.URL, marshalJSON(d.Headers), sealed.Headers, sealed.Secret, d.CreatedAt, d.UpdatedAt); err != nil {
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)`,
+			tenant, d.ID, d.Name, d.Type, d.URL, marshalJSON(d.Headers), sealed.Headers, sealed.Secret, kafkaJSON(d.Kafka), sealed.Password, d.CreatedAt, d.UpdatedAt); err != nil {
 			if isUniqueViolation(err) {
 				return fmt.Errorf("destination %s: %w", d.Name, ErrConflict)
 			}
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO destination_outboxes (tenant, id) VALUES ($1, $2)`, tenant, d.ID); err != nil {
 			return err
 		}
 		return s.audit(ctx, tx, tenant, "destination.create", "destination:"+d.ID)
@@ -121,6 +134,23 @@ func (s *Store) UpdateDestination(ctx context.Context, tenant, id string, up Des
 		if up.Name != nil {
 			d.Name = *up.Name
 		}
+		if d.Type == DestinationKafka && (up.URL != nil || up.Headers != nil) {
+			return invalid("url", "url and headers are for webhooks")
+		}
+		if d.Type != DestinationKafka && up.Kafka != nil {
+			return invalid("kafka", "is for Kafka destinations")
+		}
+		if up.Kafka != nil {
+			switch {
+			case up.Kafka.SASL == nil:
+				d.Sealed.Password = ""
+			case up.SealedPassword != "":
+				d.Sealed.Password = up.SealedPassword
+			case d.Sealed.Password == "":
+				return invalid("kafka.sasl.password", "is required (none was set before)")
+			}
+			d.Kafka = up.Kafka.Public()
+		}
 		if up.URL != nil {
 			d.URL = *up.URL
 		}
@@ -131,8 +161,10 @@ func (s *Store) UpdateDestination(ctx context.Context, tenant, id string, up Des
 			}
 		}
 		d.UpdatedAt = s.timestamp()
-		if _, err := tx.ExecContext(ctx, `UPDATE destinations SET name = $3, url = $4, header_names = $5, sealed_headers = $6, updated_at = $7
-			WHERE tenant = $1 AND id = $2`, tenant, id, d.Name, d.URL, marshalJSON(d.Headers), d.Sealed.Headers, d.UpdatedAt); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE destinations SET name = $3, url = $4, header_names = $5, sealed_headers = $6, updated_at = $7,
+			kafka = $8, sealed_password = $9
+			WHERE tenant = $1 AND id = $2`, tenant, id, d.Name, d.URL, marshalJSON(d.Headers), d.Sealed.Headers, d.UpdatedAt,
+			kafkaJSON(d.Kafka), d.Sealed.Password); err != nil {
 			if isUniqueViolation(err) {
 				return fmt.Errorf("destination %s: %w", d.Name, ErrConflict)
 			}
@@ -141,6 +173,15 @@ func (s *Store) UpdateDestination(ctx context.Context, tenant, id string, up Des
 		return s.audit(ctx, tx, tenant, "destination.update", "destination:"+id)
 	}, Change{Kind: ExportChanged, Tenant: tenant})
 	return d, err
+}
+
+// kafkaJSON is how a Kafka destination's settings (without password) are
+// stored; "" for a webhook.
+func kafkaJSON(k *Kafka) string {
+	if k == nil {
+		return ""
+	}
+	return marshalJSON(k.Public())
 }
 
 // RotateDestinationSecret replaces a destination's sealed signing secret.
@@ -162,6 +203,22 @@ func (s *Store) RotateDestinationSecret(ctx context.Context, tenant, id, sealedS
 		return s.audit(ctx, tx, tenant, "destination.rotate_secret", "destination:"+id)
 	}, Change{Kind: ExportChanged, Tenant: tenant})
 	return d, err
+}
+
+// ResealDestination replaces a destination's sealed values with to, as
+// long as they are still from: the hub seals them again under a new key
+// (the same secret, password and header values), and a concurrent
+// change (a rotation) wins. It reports whether it replaced them. The
+// values' meaning does not change, so no change is raised nor audited.
+func (s *Store) ResealDestination(ctx context.Context, tenant, id string, from, to Sealed) (bool, error) {
+	res, err := s.db.ExecContext(ctx, `UPDATE destinations SET sealed_secret = $3, sealed_headers = $4, sealed_password = $5
+		WHERE tenant = $1 AND id = $2 AND sealed_secret = $6 AND sealed_headers = $7 AND sealed_password = $8`,
+		tenant, id, to.Secret, to.Headers, to.Password, from.Secret, from.Headers, from.Password)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
 }
 
 // DeleteDestination removes a destination no rule uses; one a rule uses
@@ -187,4 +244,40 @@ func (s *Store) DeleteDestination(ctx context.Context, tenant, id string) error 
 		}
 		return s.audit(ctx, tx, tenant, "destination.delete", "destination:"+id)
 	}, Change{Kind: ExportChanged, Tenant: tenant})
+}
+
+// GoneOutboxes lists the destinations that had an outbox and are deleted
+// since, with their tenants deleted or not: their outboxes and dead
+// letters in the session store are to be deleted, then forgotten with
+// ForgetOutbox. At most limit.
+func (s *Store) GoneOutboxes(ctx context.Context, limit int) ([]OutboxRef, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT o.tenant, o.id FROM destination_outboxes o
+		LEFT JOIN destinations d ON d.tenant = o.tenant AND d.id = o.id
+		WHERE d.id IS NULL ORDER BY o.tenant, o.id LIMIT $1`, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []OutboxRef
+	for rows.Next() {
+		var r OutboxRef
+		if err := rows.Scan(&r.Tenant, &r.Destination); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// OutboxRef names a destination's outbox in the session store.
+type OutboxRef struct {
+	Tenant, Destination string
+}
+
+// ForgetOutbox forgets a deleted destination's outbox, once the data
+// plane deleted it. A destination that exists is not forgotten.
+func (s *Store) ForgetOutbox(ctx context.Context, tenant, id string) error {
+	_, err := s.db.ExecContext(ctx, `DELETE FROM destination_outboxes WHERE tenant = $1 AND id = $2
+		AND NOT EXISTS (SELECT 1 FROM destinations WHERE tenant = $1 AND id = $2)`, tenant, id)
+	return err
 }

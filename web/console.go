@@ -32,6 +32,7 @@ import (
 
 	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/billing"
+	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/problem"
@@ -75,6 +76,12 @@ type Config struct {
 	// Auth is the sign-in, session and throttle front the console shares
 	// with the API; nil builds one of the console's own.
 	Auth *auth.Service
+	// Webhooks sends the webhooks page's send tests, with the hub's
+	// address policy (the API's sender); nil: no address allowed.
+	Webhooks *dataout.Sender
+	// Sealer seals destinations' secrets (the API's, with the key ring);
+	// nil: keyed by AdminToken alone.
+	Sealer *dataout.Sealer
 }
 
 // Console is the web console. It is an http.Handler.
@@ -84,6 +91,7 @@ type Console struct {
 	auth   *auth.Service
 	pages  map[string]*template.Template
 	router chi.Router
+	out    *webhookTools
 }
 
 // New builds the console.
@@ -126,6 +134,9 @@ func New(cfg Config) (*Console, error) {
 		return nil, err
 	}
 	c := &Console{cfg: cfg, store: cfg.Store, auth: cfg.Auth, pages: pages}
+	if c.out, err = newWebhookTools(cfg); err != nil {
+		return nil, err
+	}
 	c.router = c.routes()
 	return c, nil
 }

@@ -69,6 +69,7 @@ func newStackWith(t *testing.T, configure func(*web.Config)) *stack {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(sender.Close)
 	hub, err := broker.New(broker.Config{Directory: store, Changes: store.Changes(), Log: log, Events: ev, Usage: store,
 		Sessions: memory.New(), Delivery: &broker.Delivery{Rules: store, Sealer: sealer, Sender: sender,
 			Policy: dataout.Policy{Base: 10 * time.Millisecond, Max: 50 * time.Millisecond, Horizon: 500 * time.Millisecond}}})
@@ -82,7 +83,7 @@ func newStackWith(t *testing.T, configure func(*web.Config)) *stack {
 	go hub.Serve(ln)
 	t.Cleanup(func() { hub.Close() })
 	cfg := web.Config{Store: store, DataPlane: hub, Events: ev, Log: log, SigningKey: bytes.Repeat([]byte("s"), 32),
-		AdminToken: operatorToken, Endpoints: []web.Endpoint{{Name: "MQTT", URL: "mqtt://" + ln.Addr().String()}}}
+		AdminToken: operatorToken, Endpoints: []web.Endpoint{{Name: "MQTT", URL: "mqtt://" + ln.Addr().String()}}, Webhooks: sender}
 	if configure != nil {
 		configure(&cfg)
 	}

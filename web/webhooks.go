@@ -1,26 +1,135 @@
 package web
 
 import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"net/http"
 	"net/url"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/tenants"
 )
 
+// webhookTools are what the webhooks page's writes need: the sealer
+// (keyed by the operator token, as the API's), the sender of send tests
+// with the hub's address policy, and the send tests' throttle.
+type webhookTools struct {
+	sealer *dataout.Sealer
+	sender *dataout.Sender
+	mu     sync.Mutex
+	tests  map[string][]time.Time // tenant → send tests in the last minute
+}
+
+// sendTestsPerMinute is how many send tests a tenant may run a minute
+// from the console (the API allows as many on its own).
+const sendTestsPerMinute = 10
+
+func newWebhookTools(cfg Config) (*webhookTools, error) {
+	sealer := cfg.Sealer
+	if sealer == nil {
+		var err error
+		if sealer, err = dataout.NewSealer(dataout.KeyFromToken(cfg.AdminToken)); err != nil {
+			return nil, err
+		}
+	}
+	sender := cfg.Webhooks
+	if sender == nil {
+		g, err := dataout.NewGuard("", false)
+		if err != nil {
+			return nil, err
+		}
+		if sender, err = dataout.NewSender(dataout.SenderConfig{Guard: g, Now: cfg.Now}); err != nil {
+			return nil, err
+		}
+	}
+	return &webhookTools{sealer: sealer, sender: sender, tests: map[string][]time.Time{}}, nil
+}
+
+// takeTest counts a send test; false when the tenant ran its share.
+func (wt *webhookTools) takeTest(tenant string, now time.Time) bool {
+	wt.mu.Lock()
+	defer wt.mu.Unlock()
+	recent := wt.tests[tenant][:0]
+	for _, at := range wt.tests[tenant] {
+		if now.Sub(at) < time.Minute {
+			recent = append(recent, at)
+		}
+	}
+	if len(recent) >= sendTestsPerMinute {
+		wt.tests[tenant] = recent
+		return false
+	}
+	wt.tests[tenant] = append(recent, now)
+	return true
+}
+
 // webhookRow is one destination on the webhooks page.
 type webhookRow struct {
 	tenants.Destination
-	// Host is the URL's scheme and host: its path often holds a credential.
+	// Host is where it sends: a webhook URL's scheme and host (its path
+	// often holds a credential), or a Kafka destination's brokers and
+	// topic.
 	Host string
 	// Rules counts the rules that send to it.
 	Rules int
 	// Status is its delivery's status; nil when the data plane cannot say.
 	Status *dataplane.DeliveryStatus
 }
+
+// ruleRow is a rule with a destination, by the destination's name.
+type ruleRow struct {
+	tenants.ExportRule
+	DestinationName string
+}
+
+// webhooksData is the webhooks page: destinations, the rules sending to
+// them, and what the last form did.
+type webhooksData struct {
+	Rows  []webhookRow
+	Rules []ruleRow
+	// Created is a destination just made, with its secret shown once.
+	Created *createdDestination
+	// Test is how a send test went.
+	Test *sendTest
+	// Dead lists a destination's dead letters, when asked for.
+	Dead *deadLetters
+}
+
+type createdDestination struct {
+	Name, Type, Secret string
+}
+
+type sendTest struct {
+	Name      string
+	Delivered bool
+	Status    int
+	LatencyMS int64
+	Kind      string
+	Message   string
+}
+
+type deadLetters struct {
+	Name, ID string
+	Letters  []deadLetterRow
+	More     bool
+}
+
+type deadLetterRow struct {
+	dataplane.DeadLetter
+	Preview string
+}
+
+// deadLettersShown is how many dead letters the page lists.
+const deadLettersShown = 50
 
 // deliveries returns the data plane's deliveries, nil if it has none.
 func (c *Console) deliveries() dataplane.Deliveries {
@@ -29,8 +138,13 @@ func (c *Console) deliveries() dataplane.Deliveries {
 }
 
 // webhooksPage shows each destination with how its delivery goes: what
-// waits, how late, what gave up, what was delivered, the last error.
+// waits, how late, what gave up, what was delivered, the last error; and
+// with ?dead=<id>, that destination's dead letters.
 func (c *Console) webhooksPage(w http.ResponseWriter, r *http.Request) {
+	c.renderWebhooks(w, r, http.StatusOK, page{}, webhooksData{})
+}
+
+func (c *Console) renderWebhooks(w http.ResponseWriter, r *http.Request, status int, p page, data webhooksData) {
 	ctx, slug := r.Context(), tenantOf(r).Slug
 	ds, err := c.store.Destinations(ctx, slug)
 	if err != nil {
@@ -43,15 +157,14 @@ func (c *Console) webhooksPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	dl := c.deliveries()
-	rows := make([]webhookRow, len(ds))
+	names := map[string]string{}
+	data.Rows = make([]webhookRow, len(ds))
 	for i, d := range ds {
-		rows[i] = webhookRow{Destination: d, Host: "…"}
-		if u, err := url.Parse(d.URL); err == nil {
-			rows[i].Host = u.Scheme + "://" + u.Host
-		}
+		names[d.ID] = d.Name
+		data.Rows[i] = webhookRow{Destination: d, Host: where(d)}
 		for _, rule := range rules {
 			if rule.Destination == d.ID {
-				rows[i].Rules++
+				data.Rows[i].Rules++
 			}
 		}
 		if dl == nil {
@@ -63,10 +176,230 @@ func (c *Console) webhooksPage(w http.ResponseWriter, r *http.Request) {
 			c.internal(w, r, err)
 			return
 		default:
-			rows[i].Status = &st
+			data.Rows[i].Status = &st
 		}
 	}
-	c.render(w, r, http.StatusOK, "webhooks.html", page{Title: "Webhooks", Nav: "webhooks", Data: rows})
+	for _, rule := range rules {
+		if rule.Destination != "" {
+			data.Rules = append(data.Rules, ruleRow{ExportRule: rule, DestinationName: names[rule.Destination]})
+		}
+	}
+	if id := r.URL.Query().Get("dead"); id != "" && data.Dead == nil && dl != nil {
+		if name, ok := names[id]; ok {
+			letters, err := dl.DeadLetters(ctx, slug, id, 0, deadLettersShown+1)
+			switch {
+			case errors.Is(err, tenants.ErrUnavailable):
+			case err != nil:
+				c.internal(w, r, err)
+				return
+			default:
+				data.Dead = &deadLetters{Name: name, ID: id, More: len(letters) > deadLettersShown}
+				for _, l := range letters[:min(len(letters), deadLettersShown)] {
+					data.Dead.Letters = append(data.Dead.Letters, deadLetterRow{DeadLetter: l, Preview: preview(l.Payload)})
+				}
+			}
+		}
+	}
+	p.Title, p.Nav, p.Data = "Webhooks", "webhooks", data
+	c.render(w, r, status, "webhooks.html", p)
+}
+
+// where says where a destination sends, without a webhook URL's path.
+func where(d tenants.Destination) string {
+	if d.Kafka != nil {
+		return "kafka://" + strings.Join(d.Kafka.Brokers, ",") + " → " + d.Kafka.Topic
+	}
+	if u, err := url.Parse(d.URL); err == nil {
+		return u.Scheme + "://" + u.Host + "/…"
+	}
+	return "…"
+}
+
+// preview is a payload as the page shows it: text if it is, else base64;
+// at most 200 characters.
+func preview(p []byte) string {
+	s := string(p)
+	if !utf8.Valid(p) {
+		s = "base64:" + base64.StdEncoding.EncodeToString(p)
+	}
+	if r := []rune(s); len(r) > 200 {
+		s = string(r[:200]) + "…"
+	}
+	return s
+}
+
+// destinationForm reads the add-a-destination form. The password is not
+// echoed back on an error; everything else is.
+func destinationForm(r *http.Request) (tenants.DestinationInput, map[string]string) {
+	v := func(k string) string { return strings.TrimSpace(r.PostFormValue(k)) }
+	in := tenants.DestinationInput{Name: v("name"), Type: v("type"), URL: v("url")}
+	form := map[string]string{"name": in.Name, "type": in.Type, "url": in.URL, "brokers": v("brokers"), "topic": v("topic"),
+		"tls": v("tls"), "ca": v("ca"), "server_name": v("server_name"), "mechanism": v("mechanism"), "username": v("username")}
+	if in.Type == tenants.DestinationKafka {
+		in.URL = ""
+		k := &tenants.Kafka{Topic: form["topic"], TLS: form["tls"] != "", CA: form["ca"], ServerName: form["server_name"]}
+		for _, b := range strings.FieldsFunc(form["brokers"], func(r rune) bool { return r == ',' || r == ' ' || r == '\n' || r == '\r' }) {
+			k.Brokers = append(k.Brokers, b)
+		}
+		if form["mechanism"] != "" {
+			k.SASL = &tenants.KafkaSASL{Mechanism: form["mechanism"], Username: form["username"], Password: r.PostFormValue("password")}
+		}
+		in.Kafka = k
+	}
+	return in, form
+}
+
+// webhookCreate adds a destination (admins): a webhook, whose signing
+// secret the answer shows once, or the tenant's Kafka. Mistakes come back
+// on the same page, by field.
+func (c *Console) webhookCreate(w http.ResponseWriter, r *http.Request) {
+	slug := tenantOf(r).Slug
+	in, form := destinationForm(r)
+	again := func(status int, errs map[string]string) {
+		c.renderWebhooks(w, r, status, page{Form: form, Errors: errs}, webhooksData{})
+	}
+	if err := in.Validate(); err != nil {
+		again(http.StatusBadRequest, formErrors(err))
+		return
+	}
+	guard := c.out.sender.Guard()
+	id := tenants.NewDestinationID()
+	var sealed tenants.Sealed
+	var secret string
+	if in.Type == tenants.DestinationKafka {
+		if err := guard.CheckBrokers(in.Kafka.Brokers, in.Kafka.TLS); err != nil {
+			again(http.StatusBadRequest, map[string]string{"kafka.brokers": err.Error()})
+			return
+		}
+		if in.Kafka.SASL != nil {
+			sealed.Password = c.out.sealer.SealPassword(slug, id, in.Kafka.SASL.Password)
+		}
+	} else {
+		if err := guard.CheckURL(in.URL); err != nil {
+			again(http.StatusBadRequest, map[string]string{"url": err.Error()})
+			return
+		}
+		secret = dataout.NewSecret()
+		sealed.Secret = c.out.sealer.SealSecret(slug, id, secret)
+	}
+	d, err := c.store.CreateDestination(r.Context(), slug, id, in, sealed)
+	if err != nil {
+		if !errors.Is(err, tenants.ErrInvalid) && !errors.Is(err, tenants.ErrQuotaExceeded) && !errors.Is(err, tenants.ErrConflict) {
+			c.fail(w, r, err)
+			return
+		}
+		errs := formErrors(err)
+		if errors.Is(err, tenants.ErrConflict) {
+			errs = map[string]string{"name": "a destination of that name exists"}
+		}
+		again(http.StatusBadRequest, errs)
+		return
+	}
+	// The secret is shown on this answer to the POST and never again.
+	c.renderWebhooks(w, r, http.StatusCreated, page{Flash: "Destination " + d.Name + " added."},
+		webhooksData{Created: &createdDestination{Name: d.Name, Type: d.Type, Secret: secret}})
+}
+
+// webhookDelete removes a destination (admins); one a rule uses is not,
+// and the page says why.
+func (c *Console) webhookDelete(w http.ResponseWriter, r *http.Request) {
+	slug := tenantOf(r).Slug
+	err := c.store.DeleteDestination(r.Context(), slug, chi.URLParam(r, "id"))
+	switch {
+	case errors.Is(err, tenants.ErrConflict):
+		c.renderWebhooks(w, r, http.StatusConflict, page{Errors: map[string]string{"_": "Rules send to this destination: delete them first."}}, webhooksData{})
+	case err != nil:
+		c.fail(w, r, err)
+	default:
+		redirect(w, r, "/tenants/"+slug+"/webhooks", "deleted")
+	}
+}
+
+// webhookTest sends one sample message to a destination now (admins) and
+// shows how it went: a signed request to a webhook, a record to Kafka.
+func (c *Console) webhookTest(w http.ResponseWriter, r *http.Request) {
+	ctx, slug := r.Context(), tenantOf(r).Slug
+	d, err := c.store.Destination(ctx, slug, chi.URLParam(r, "id"))
+	if err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	if !c.out.takeTest(slug, c.cfg.Now()) {
+		w.Header().Set("Retry-After", "60")
+		c.renderWebhooks(w, r, http.StatusTooManyRequests, page{Errors: map[string]string{"_": "At most 10 send tests a minute: try again in a minute."}}, webhooksData{})
+		return
+	}
+	target, err := c.out.sealer.Webhook(slug, d)
+	if errors.Is(err, dataout.ErrKeyChanged) {
+		c.renderWebhooks(w, r, http.StatusConflict, page{Errors: map[string]string{"_": "The destination's secret or password was sealed under an earlier operator token: rotate the secret or set the password again (API)."}}, webhooksData{})
+		return
+	}
+	if err != nil {
+		c.internal(w, r, err)
+		return
+	}
+	if err := c.out.sealer.Refresh(ctx, c.store, slug, d); err != nil {
+		c.cfg.Log.Warn("seal a destination's secrets under the current key", "tenant", slug, "destination", d.ID, "err", err)
+	}
+	b := make([]byte, 8)
+	rand.Read(b)
+	batch := dataout.Batch{Tenant: slug, Destination: d.ID, Messages: []dataout.Message{{ID: "test_" + hex.EncodeToString(b), Topic: "$roost/test",
+		Payload: []byte(`{"test":true,"text":"a test request from Roost"}`), QoS: 1, Time: c.cfg.Now()}}}
+	a := c.out.sender.Send(ctx, target, batch)
+	res := &sendTest{Name: d.Name, Delivered: a.OK(), Status: a.Status, LatencyMS: a.Latency.Milliseconds()}
+	if a.Err != nil {
+		res.Kind, res.Message = string(a.Kind), a.Err.Error()
+	}
+	c.renderWebhooks(w, r, http.StatusOK, page{}, webhooksData{Test: res})
+}
+
+// webhookRuleCreate adds a rule sending to a destination (admins). Its
+// condition is compiled first: a mistake comes back on the same page with
+// its line and column.
+func (c *Console) webhookRuleCreate(w http.ResponseWriter, r *http.Request) {
+	slug := tenantOf(r).Slug
+	in := tenants.ExportRuleInput{Filter: strings.TrimSpace(r.PostFormValue("filter")), Destination: r.PostFormValue("destination"),
+		Condition: strings.TrimSpace(r.PostFormValue("condition"))}
+	form := map[string]string{"filter": in.Filter, "rule_destination": in.Destination, "condition": in.Condition}
+	again := func(status int, errs map[string]string) {
+		c.renderWebhooks(w, r, status, page{Form: form, Errors: errs}, webhooksData{})
+	}
+	if in.Condition != "" {
+		if _, err := dataout.CompileCondition(in.Condition); err != nil {
+			again(http.StatusBadRequest, map[string]string{"condition": err.Error()})
+			return
+		}
+	}
+	if in.Destination == "" {
+		again(http.StatusBadRequest, map[string]string{"rule_destination": "choose a destination"})
+		return
+	}
+	if _, err := c.store.CreateExportRule(r.Context(), slug, in); err != nil {
+		if !errors.Is(err, tenants.ErrInvalid) && !errors.Is(err, tenants.ErrQuotaExceeded) && !errors.Is(err, tenants.ErrNotFound) {
+			c.fail(w, r, err)
+			return
+		}
+		errs := formErrors(err)
+		if errors.Is(err, tenants.ErrNotFound) {
+			errs = map[string]string{"rule_destination": "no such destination"}
+		}
+		if m, ok := errs["destination"]; ok {
+			errs["rule_destination"] = m
+		}
+		again(http.StatusBadRequest, errs)
+		return
+	}
+	redirect(w, r, "/tenants/"+slug+"/webhooks", "rule")
+}
+
+// webhookRuleDelete removes a rule (admins).
+func (c *Console) webhookRuleDelete(w http.ResponseWriter, r *http.Request) {
+	slug := tenantOf(r).Slug
+	if err := c.store.DeleteExportRule(r.Context(), slug, chi.URLParam(r, "id")); err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	redirect(w, r, "/tenants/"+slug+"/webhooks", "rule-deleted")
 }
 
 // webhookDead replays or purges a destination's dead letters (admins).

@@ -122,6 +122,9 @@ type config struct {
 	WebhookAllowHosts string
 	// WebhookTimeout bounds one webhook request.
 	WebhookTimeout time.Duration
+	// SecretKeysOld are earlier operator tokens (comma-separated) whose
+	// sealed destination secrets still open (a key ring).
+	SecretKeysOld string
 	// WebhookBatch is the most messages one delivery request carries.
 	WebhookBatch int
 	// WebhookRetryHorizon is how long a batch is retried before it goes
@@ -212,6 +215,7 @@ func (c *config) settings() []setting {
 		{"signups-per-hour", "sign-ups a control-plane process takes an hour from all addresses together (each address: 30); 0: no limit", "600", &c.SignupsPerHour},
 		{"password-hashes", "password hashes (Argon2id, 19 MiB each) computed at once; 0: two per CPU, at most one per 64 MiB of available memory, at least two", "0", &c.PasswordHashes},
 		{"webhook-allow-hosts", "hosts (names or IP addresses, comma-separated, e.g. 127.0.0.1) that webhook destinations may reach although they are loopback, private or link-local, and over plain http; every other private address is refused when the hub connects", "", &c.WebhookAllowHosts},
+		{"secret-keys-old", "earlier operator tokens (comma-separated) after ROOST_ADMIN_TOKEN changed: destination secrets and passwords sealed under them still open, and are sealed again under the current token when next read (a delivery or send test)", "", &c.SecretKeysOld},
 		{"webhook-timeout", "how long one webhook request (a delivery or a destination's send test) may take, connecting to the receiver's answer", "10s", &c.WebhookTimeout},
 		{"webhook-batch", "the most messages one webhook delivery request carries (1 to 1000)", "100", &c.WebhookBatch},
 		{"webhook-retry-horizon", "how long a webhook delivery is retried (exponential backoff with jitter) before its messages go to the destination's dead letters", "24h", &c.WebhookRetryHorizon},
@@ -446,7 +450,18 @@ func (c *config) validateWebhooks() error {
 	if c.WebhookRetryHorizon < time.Second || c.WebhookRetryHorizon > 30*24*time.Hour {
 		return errors.New("ROOST_WEBHOOK_RETRY_HORIZON: must be between 1s and 720h")
 	}
+	for _, t := range strings.Split(c.SecretKeysOld, ",") {
+		if t = strings.TrimSpace(t); t != "" && len(t) < 16 {
+			return errors.New("ROOST_SECRET_KEYS_OLD: each token must be at least 16 characters")
+		}
+	}
 	return nil
+}
+
+// sealer builds the sealer of destination secrets: keyed by the operator
+// token, opening what earlier tokens (ROOST_SECRET_KEYS_OLD) sealed.
+func (c *config) sealer(adminToken string) (*dataout.Sealer, error) {
+	return dataout.NewSealer(dataout.KeyFromToken(adminToken), dataout.KeysFromTokens(c.SecretKeysOld)...)
 }
 
 // development reports whether the hub runs as on a laptop: on its

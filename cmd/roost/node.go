@@ -652,7 +652,7 @@ func (c *config) delivery(adminToken string, rules *tenants.Store) (*broker.Deli
 	if err != nil {
 		return nil, err
 	}
-	sealer, err := dataout.NewSealer(dataout.KeyFromToken(adminToken))
+	sealer, err := c.sealer(adminToken)
 	if err != nil {
 		return nil, err
 	}

@@ -170,13 +170,17 @@ func (d planeDeps) controlHandler(signingKey []byte, localAddr string, endpoints
 	if err != nil {
 		return nil, nil, err
 	}
+	sealer, err := c.sealer(d.adminToken)
+	if err != nil {
+		return nil, nil, err
+	}
 	srv, err := api.New(api.Config{Store: d.store, Log: log, AdminToken: d.adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL,
-		Events: evs, Billing: bill, Metrics: d.metrics, DataPlane: dp, Auth: front, Webhooks: hooks})
+		Events: evs, Billing: bill, Metrics: d.metrics, DataPlane: dp, Auth: front, Webhooks: hooks, Sealer: sealer})
 	if err != nil {
 		return nil, nil, err
 	}
 	con, err := web.New(web.Config{Store: d.store, DataPlane: dp, Billing: bill, Events: evs, Log: log, SigningKey: signingKey,
-		TokenTTL: c.TokenTTL, AdminToken: d.adminToken, SecureCookies: strings.HasPrefix(c.PublicURL, "https://"), Endpoints: endpoints, Auth: front})
+		TokenTTL: c.TokenTTL, AdminToken: d.adminToken, SecureCookies: strings.HasPrefix(c.PublicURL, "https://"), Endpoints: endpoints, Auth: front, Webhooks: hooks, Sealer: sealer})
 	if err != nil {
 		return nil, nil, err
 	}

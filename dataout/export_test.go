@@ -1,0 +1,4 @@
+package dataout
+
+// Mechanism is mechanism, for the tests' consumers.
+var Mechanism = mechanism

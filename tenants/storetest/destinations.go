@@ -1,0 +1,159 @@
+package storetest
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+// testKafkaDestinations: a Kafka destination keeps its settings in the
+// clear without the password, and the password as sealed; an update
+// without a password keeps it, one without SASL drops it; webhook fields
+// are refused on it and Kafka settings on a webhook.
+func testKafkaDestinations(t *testing.T, s *tenants.Store, reopen func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	mustTenant(t, s, owner, "acme")
+	id := tenants.NewDestinationID()
+	k := &tenants.Kafka{Brokers: []string{"kafka-1.example.com:9093", "kafka-2.example.com:9093"}, Topic: "telemetry", TLS: true,
+		SASL: &tenants.KafkaSASL{Mechanism: tenants.SASLScramSHA512, Username: "roost", Password: "plain-password"}}
+	d, err := s.CreateDestination(ctx, "acme", id, tenants.DestinationInput{Name: "plant", Type: "kafka", Kafka: k}, tenants.Sealed{Password: "sealed-pw"})
+	if err != nil || d.Kafka == nil || d.Kafka.SASL.Password != "" || d.URL != "" {
+		t.Fatalf("created %+v, %v; want the settings without password", d, err)
+	}
+	got, err := reopen().Destination(ctx, "acme", id)
+	if err != nil || got.Type != "kafka" || !slices.Equal(got.Kafka.Brokers, k.Brokers) || got.Kafka.Topic != "telemetry" || !got.Kafka.TLS ||
+		got.Kafka.SASL.Username != "roost" || got.Kafka.SASL.Password != "" || got.Sealed.Password != "sealed-pw" || got.Sealed.Secret != "" {
+		t.Errorf("read back %+v %+v, %v", got, got.Kafka, err)
+	}
+	_, err = s.CreateDestination(ctx, "acme", tenants.NewDestinationID(), tenants.DestinationInput{Name: "k2", Type: "kafka", Kafka: k}, tenants.Sealed{})
+	if err == nil {
+		t.Error("a Kafka destination with SASL and no sealed password was created")
+	}
+	for _, bad := range []struct {
+		k     tenants.Kafka
+		field string
+	}{
+		{tenants.Kafka{Topic: "t"}, "kafka.brokers"},
+		{tenants.Kafka{Brokers: []string{"host"}, Topic: "t"}, "kafka.brokers"},
+		{tenants.Kafka{Brokers: []string{"host:0"}, Topic: "t"}, "kafka.brokers"},
+		{tenants.Kafka{Brokers: []string{"h:1"}, Topic: ".."}, "kafka.topic"},
+		{tenants.Kafka{Brokers: []string{"h:1"}, Topic: "t", CA: "x"}, "kafka.tls"},
+		{tenants.Kafka{Brokers: []string{"h:1"}, Topic: "t", TLS: true, CA: "x"}, "kafka.ca"},
+		{tenants.Kafka{Brokers: []string{"h:1"}, Topic: "t", SASL: &tenants.KafkaSASL{Mechanism: "OAUTHBEARER", Username: "u", Password: "p"}}, "kafka.sasl.mechanism"},
+		{tenants.Kafka{Brokers: []string{"h:1"}, Topic: "t", SASL: &tenants.KafkaSASL{Mechanism: "PLAIN", Password: "p"}}, "kafka.sasl.username"},
+		{tenants.Kafka{Brokers: []string{"h:1"}, Topic: "t", SASL: &tenants.KafkaSASL{Mechanism: "PLAIN", Username: "u"}}, "kafka.sasl.password"},
+	} {
+		_, err := s.CreateDestination(ctx, "acme", tenants.NewDestinationID(), tenants.DestinationInput{Name: "bad", Type: "kafka", Kafka: &bad.k}, tenants.Sealed{Password: "x"})
+		wantField(t, fmt.Sprintf("CreateDestination(%+v)", bad.k), err, bad.field)
+	}
+
+	// Without a password the sealed one stays; a new one replaces it;
+	// without SASL none is kept.
+	k2 := *k.Public()
+	k2.Topic = "telemetry-2"
+	up, err := s.UpdateDestination(ctx, "acme", id, tenants.DestinationUpdate{Kafka: &k2}, nil)
+	if err != nil || up.Kafka.Topic != "telemetry-2" || up.Sealed.Password != "sealed-pw" {
+		t.Errorf("update without password: %+v, %v", up, err)
+	}
+	up, err = s.UpdateDestination(ctx, "acme", id, tenants.DestinationUpdate{Kafka: &k2, SealedPassword: "sealed-pw-2"}, nil)
+	if err != nil || up.Sealed.Password != "sealed-pw-2" {
+		t.Errorf("update with a password: %+v, %v", up, err)
+	}
+	k3 := k2
+	k3.SASL = nil
+	if up, err = s.UpdateDestination(ctx, "acme", id, tenants.DestinationUpdate{Kafka: &k3}, nil); err != nil || up.Sealed.Password != "" || up.Kafka.SASL != nil {
+		t.Errorf("update without SASL: %+v, %v", up, err)
+	}
+	if _, err = s.UpdateDestination(ctx, "acme", id, tenants.DestinationUpdate{Kafka: &k2}, nil); err == nil {
+		t.Error("SASL set again without a password")
+	}
+	url := "https://x.example.com"
+	_, err = s.UpdateDestination(ctx, "acme", id, tenants.DestinationUpdate{URL: &url}, nil)
+	wantField(t, "a URL for a Kafka destination", err, "url")
+	hook := mustDestination(t, s, "acme", "hook")
+	_, err = s.UpdateDestination(ctx, "acme", hook.ID, tenants.DestinationUpdate{Kafka: &k3}, nil)
+	wantField(t, "Kafka settings for a webhook", err, "kafka")
+}
+
+// testGoneOutboxes: a destination deleted alone or with its tenant is
+// listed until forgotten; one that exists is neither listed nor
+// forgotten.
+func testGoneOutboxes(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	mustTenant(t, s, owner, "acme")
+	mustTenant(t, s, owner, "other")
+	a1, a2 := mustDestination(t, s, "acme", "a1"), mustDestination(t, s, "acme", "a2")
+	o1, o2 := mustDestination(t, s, "other", "o1"), mustDestination(t, s, "other", "o2")
+	if gone, err := s.GoneOutboxes(ctx, 100); err != nil || len(gone) != 0 {
+		t.Fatalf("GoneOutboxes with every destination there: %+v, %v", gone, err)
+	}
+	if err := s.DeleteDestination(ctx, "other", o1.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteTenant(ctx, "acme"); err != nil {
+		t.Fatal(err)
+	}
+	gone, err := s.GoneOutboxes(ctx, 100)
+	want := []tenants.OutboxRef{{Tenant: "acme", Destination: a1.ID}, {Tenant: "acme", Destination: a2.ID}, {Tenant: "other", Destination: o1.ID}}
+	slices.SortFunc(want, func(a, b tenants.OutboxRef) int {
+		return cmpRef(a, b)
+	})
+	if err != nil || !slices.Equal(gone, want) {
+		t.Fatalf("GoneOutboxes: %+v, %v; want %+v", gone, err, want)
+	}
+	if limited, _ := s.GoneOutboxes(ctx, 2); len(limited) != 2 {
+		t.Errorf("GoneOutboxes(limit 2): %d", len(limited))
+	}
+	for _, g := range gone {
+		if err := s.ForgetOutbox(ctx, g.Tenant, g.Destination); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.ForgetOutbox(ctx, "other", o2.ID); err != nil {
+		t.Fatal(err)
+	}
+	if gone, err := s.GoneOutboxes(ctx, 100); err != nil || len(gone) != 0 {
+		t.Errorf("after forgetting: %+v, %v", gone, err)
+	}
+	if err := s.DeleteDestination(ctx, "other", o2.ID); err != nil {
+		t.Fatal(err)
+	}
+	if gone, _ := s.GoneOutboxes(ctx, 100); len(gone) != 1 || gone[0].Destination != o2.ID {
+		t.Errorf("an existing destination was forgotten: after its deletion, GoneOutboxes = %+v", gone)
+	}
+}
+
+func cmpRef(a, b tenants.OutboxRef) int {
+	switch {
+	case a.Tenant+"/"+a.Destination < b.Tenant+"/"+b.Destination:
+		return -1
+	case a.Tenant+"/"+a.Destination > b.Tenant+"/"+b.Destination:
+		return 1
+	}
+	return 0
+}
+
+// testResealDestination: sealed values are replaced only while they are
+// what the caller read, and only in the destination's tenant.
+func testResealDestination(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	mustTenant(t, s, owner, "acme")
+	mustTenant(t, s, owner, "other")
+	d := mustDestination(t, s, "acme", "ingest")
+	to := tenants.Sealed{Secret: "resealed-secret", Headers: "resealed-headers"}
+	if ok, err := s.ResealDestination(ctx, "other", d.ID, d.Sealed, to); ok || err != nil {
+		t.Errorf("reseal through another tenant: %v, %v", ok, err)
+	}
+	if ok, err := s.ResealDestination(ctx, "acme", d.ID, tenants.Sealed{Secret: "not what is there"}, to); ok || err != nil {
+		t.Errorf("reseal from values no longer there: %v, %v", ok, err)
+	}
+	if ok, err := s.ResealDestination(ctx, "acme", d.ID, d.Sealed, to); !ok || err != nil {
+		t.Fatalf("reseal: %v, %v", ok, err)
+	}
+	got, err := s.Destination(ctx, "acme", d.ID)
+	if err != nil || got.Sealed != to {
+		t.Errorf("after the reseal: %+v, %v", got.Sealed, err)
+	}
+}

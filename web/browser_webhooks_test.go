@@ -1,0 +1,113 @@
+package web_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/roosthub/roost/dataout"
+)
+
+// TestBrowserWebhooks is the webhooks page in a real browser: an admin
+// adds a webhook and reads its secret from the page, presses "Send test"
+// and sees it delivered to a receiver that checks the signature with that
+// secret, submits a rule whose condition does not compile and sees where
+// on the same page, fixes it, and sees the rule listed.
+func TestBrowserWebhooks(t *testing.T) {
+	s := newStack(t)
+	ctx := chrome(t)
+	var secret atomic.Value
+	secret.Store("")
+	var signed atomic.Int32
+	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if dataout.Verify(secret.Load().(string), r.Header.Get("Roost-Signature"), body, time.Now(), 5*time.Minute) != nil {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		signed.Add(1)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(rc.Close)
+	step := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, 20*time.Second) }
+	run := func(what string, actions ...chromedp.Action[chromedp.Void]) {
+		t.Helper()
+		sctx, cancel := step()
+		defer cancel()
+		if err := chromedp.Do(sctx, actions...); err != nil {
+			t.Fatalf("%s: %v\nconsole log:\n%s", what, err, s.logs)
+		}
+	}
+	text := func(sel string) string {
+		t.Helper()
+		sctx, cancel := step()
+		defer cancel()
+		v, err := chromedp.Run(sctx, chromedp.Text(chromedp.CSS(sel)))
+		if err != nil {
+			t.Fatalf("read %s: %v", sel, err)
+		}
+		return v
+	}
+	css := func(sel string) chromedp.CSS { return chromedp.CSS(sel) }
+	run("sign up",
+		chromedp.Navigate(s.url+"/signup"),
+		chromedp.WaitVisible(css(`#password2`)),
+		chromedp.SendKeys(css(`#email`), "hooks@example.com"),
+		chromedp.SendKeys(css(`#password`), "correct horse battery"),
+		chromedp.SendKeys(css(`#password2`), "correct horse battery"),
+		chromedp.Submit(css(`#password2`)),
+		chromedp.WaitVisible(css(`#slug`)),
+		chromedp.SendKeys(css(`#slug`), "acme"),
+		chromedp.Submit(css(`#slug`)),
+		chromedp.WaitVisible(css(`#name`)),
+	)
+	run("add a webhook",
+		chromedp.Navigate(s.url+"/tenants/acme/webhooks"),
+		chromedp.WaitVisible(css(`#add-destination`)),
+		chromedp.SendKeys(css(`#add-destination #name`), "ingest"),
+		chromedp.SendKeys(css(`#url`), rc.URL+"/hook"),
+		chromedp.Submit(css(`#url`)),
+		chromedp.WaitVisible(css(`#created-secret`)),
+	)
+	sec := text(`#created-secret`)
+	screenshot(t, ctx, "20-webhook-created")
+	if !strings.HasPrefix(sec, "whsec_") {
+		t.Fatalf("the secret on the page: %q", sec)
+	}
+	secret.Store(sec)
+	run("send a test",
+		chromedp.Click(css(`button[aria-label="Send a test message to ingest"]`)),
+		chromedp.WaitVisible(css(`#test-result`)),
+	)
+	if got := text(`#test-result`); !strings.HasPrefix(got, "Delivered to ingest") || signed.Load() != 1 {
+		t.Errorf("send test: %q, %d signed requests; want delivered, 1", got, signed.Load())
+	}
+	screenshot(t, ctx, "21-webhook-send-test")
+	run("a rule whose condition does not compile",
+		chromedp.SendKeys(css(`#filter`), "sensors/#"),
+		chromedp.SendKeys(css(`#condition`), "payload.temp > > 30"),
+		chromedp.Submit(css(`#filter`)),
+		chromedp.WaitVisible(css(`#condition-error`)),
+	)
+	if got := text(`#condition-error`); !strings.HasPrefix(got, "line 1, column ") {
+		t.Errorf("the condition's error: %q, want its line and column", got)
+	}
+	screenshot(t, ctx, "22-webhook-rule-error")
+	run("fix it",
+		chromedp.SetValue(css(`#condition`), "payload.temp > 30"),
+		chromedp.Submit(css(`#filter`)),
+		chromedp.WaitVisible(css(`.flash`)),
+	)
+	rules, err := s.store.Rules(t.Context(), "acme")
+	if err != nil || len(rules) != 1 || rules[0].Condition != "payload.temp > 30" || rules[0].Filter != "sensors/#" {
+		t.Fatalf("rules after the form: %+v, %v", rules, err)
+	}
+	screenshot(t, ctx, "23-webhook-rule")
+}
