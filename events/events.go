@@ -12,6 +12,10 @@ import (
 
 // Event is one thing that happened to a device or session.
 type Event struct {
+	// ID is the event's place in the tenant's stored history (see
+	// Recorder): it grows with each event stored, and is 0 for an event
+	// not stored (yet).
+	ID       int64     `json:"id,omitempty"`
 	Time     time.Time `json:"time"`
 	Tenant   string    `json:"tenant"`
 	Type     string    `json:"type"`
