@@ -123,7 +123,8 @@ func (s *Server) handleStream(st streamStore) handler {
 		}
 		release, err := s.streams.acquire(slug, t.Quotas().MaxStreams)
 		if err != nil {
-			return err
+			s.tooManyStreams(w, r, err)
+			return nil
 		}
 		defer release()
 
@@ -148,6 +149,10 @@ func (s *Server) handleStream(st streamStore) handler {
 					overflowOnce.Do(func() { close(overflow) })
 				}
 			})
+			if errors.Is(err, tenants.ErrQuotaExceeded) { // live_views: the broker's bound on watches
+				s.tooManyStreams(w, r, err)
+				return nil
+			}
 			if err != nil {
 				return err
 			}
@@ -165,13 +170,15 @@ func (s *Server) handleStream(st streamStore) handler {
 		// this handler runs: the connection may serve another request
 		// after.
 		var runMu sync.Mutex
-		running := true
+		running, dropped := true, false
 		defer func() { runMu.Lock(); running = false; runMu.Unlock() }()
 		go func() {
 			select {
 			case <-overflow:
 				runMu.Lock()
 				if running {
+					s.log.Info("stream: reader too slow, dropped", "tenant", slug, "buffer", streamBuffer)
+					dropped = true
 					rc.SetWriteDeadline(time.Now())
 				}
 				runMu.Unlock()
@@ -184,7 +191,13 @@ func (s *Server) handleStream(st streamStore) handler {
 		h.Set("X-Accel-Buffering", "no")
 		w.WriteHeader(http.StatusOK)
 		write := func(b []byte) bool {
+			runMu.Lock()
+			if dropped {
+				runMu.Unlock()
+				return false
+			}
 			rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+			runMu.Unlock()
 			if _, err := w.Write(b); err != nil {
 				return false
 			}
@@ -241,7 +254,6 @@ func (s *Server) handleStream(st streamStore) handler {
 			case <-ctx.Done():
 				return nil
 			case <-overflow:
-				log.Info("stream: reader too slow, dropped", "buffer", streamBuffer)
 				return nil
 			case m := <-msgs:
 				if !send("", "message", m) {
@@ -293,4 +305,12 @@ func (s *Server) mayStillRead(r *http.Request, slug string) bool {
 		return err == nil && m.Role.AtLeast(tenants.RoleViewer)
 	}
 	return false
+}
+
+// tooManyStreams answers 429 for a bound on open streams: unlike a limit
+// on what a tenant holds, it lifts as soon as one of its streams closes.
+func (s *Server) tooManyStreams(w http.ResponseWriter, r *http.Request, err error) {
+	p := toProblem(err, requestID(r.Context()), s.log)
+	p.Status, p.Title, p.retryAfter = http.StatusTooManyRequests, http.StatusText(http.StatusTooManyRequests), "5"
+	writeProblem(w, p)
 }
