@@ -202,7 +202,7 @@ func TestStream(t *testing.T) {
 	var got struct {
 		ID             int64
 		Type, Tenant   string
-		Device, Client string `json:"client_id"`
+		Device         string
 	}
 	json.Unmarshal([]byte(ev.data), &got)
 	if got.Type != "connected" || got.Tenant != "acme" || ev.id != fmt.Sprint(got.ID) || got.ID == 0 {
