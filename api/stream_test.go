@@ -200,9 +200,9 @@ func TestStream(t *testing.T) {
 	// Events: d1's connect, with an id, only acme's.
 	ev := s.next("event")
 	var got struct {
-		ID             int64
-		Type, Tenant   string
-		Device         string
+		ID           int64
+		Type, Tenant string
+		Device       string
 	}
 	json.Unmarshal([]byte(ev.data), &got)
 	if got.Type != "connected" || got.Tenant != "acme" || ev.id != fmt.Sprint(got.ID) || got.ID == 0 {
