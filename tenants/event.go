@@ -3,6 +3,7 @@ package tenants
 import (
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/roosthub/roost/events"
@@ -57,4 +58,10 @@ func (q Quotas) EventRetentionPeriod() time.Duration {
 		return DefaultEventRetention
 	}
 	return time.Duration(q.EventRetention) * time.Second
+}
+
+// IsEventsFilter reports whether a filter is one of the tenant's event
+// topics ($events/...), which rules with a destination may match.
+func IsEventsFilter(filter string) bool {
+	return strings.HasPrefix(filter, "$events/")
 }
