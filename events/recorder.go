@@ -23,7 +23,15 @@ type RecorderConfig struct {
 	Buffer int
 	// Batch is the most events one write carries: 500 if zero.
 	Batch int
-	Log   *slog.Logger
+	// Rate is how many events a second one tenant may have stored from
+	// this process, with a burst of ten times as many: 100 if zero. A
+	// tenant past it (a flood of failed logins, a device reconnecting in a
+	// loop) has its further events dropped and counted, so that it can
+	// neither fill the database nor take the queue from other tenants.
+	Rate int
+	Log  *slog.Logger
+	// Now is the clock; time.Now if nil.
+	Now func() time.Time
 }
 
 // Recorder stores events in the control plane's database, off the path
@@ -37,7 +45,17 @@ type Recorder struct {
 	wg    sync.WaitGroup
 	once  sync.Once
 
-	written, dropped, failed atomic.Int64
+	written, dropped, failed, limited atomic.Int64
+
+	mu      sync.Mutex
+	buckets map[string]*bucket
+	swept   time.Time
+}
+
+// bucket is one tenant's allowance of stored events.
+type bucket struct {
+	tokens float64
+	at     time.Time
 }
 
 // NewRecorder starts a recorder; Close stops it.
@@ -48,10 +66,16 @@ func NewRecorder(cfg RecorderConfig) *Recorder {
 	if cfg.Batch <= 0 {
 		cfg.Batch = 500
 	}
+	if cfg.Rate <= 0 {
+		cfg.Rate = 100
+	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	r := &Recorder{cfg: cfg, queue: make(chan Event, cfg.Buffer), done: make(chan struct{})}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	r := &Recorder{cfg: cfg, queue: make(chan Event, cfg.Buffer), done: make(chan struct{}), buckets: map[string]*bucket{}}
 	r.wg.Add(1)
 	go r.run()
 	return r
@@ -61,6 +85,10 @@ var _ Sink = (*Recorder)(nil)
 
 // Emit queues an event to be stored; it never blocks.
 func (r *Recorder) Emit(e Event) {
+	if !r.allow(e.Tenant) {
+		r.limited.Add(1)
+		return
+	}
 	select {
 	case r.queue <- e:
 	default:
@@ -68,11 +96,42 @@ func (r *Recorder) Emit(e Event) {
 	}
 }
 
-// Written, Dropped and Failed count events stored, dropped because the
-// queue was full, and lost because the database refused their batch.
+// Written, Dropped, Limited and Failed count events stored, dropped
+// because the queue was full, dropped because their tenant was past its
+// rate, and lost because the database refused their batch.
 func (r *Recorder) Written() int64 { return r.written.Load() }
 func (r *Recorder) Dropped() int64 { return r.dropped.Load() }
+func (r *Recorder) Limited() int64 { return r.limited.Load() }
 func (r *Recorder) Failed() int64  { return r.failed.Load() }
+
+// allow takes one event from the tenant's allowance.
+func (r *Recorder) allow(tenant string) bool {
+	now := r.cfg.Now()
+	rate := float64(r.cfg.Rate)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if now.Sub(r.swept) > time.Minute {
+		// Tenants idle for a while are full again: forget them.
+		for t, b := range r.buckets {
+			if now.Sub(b.at) > time.Minute {
+				delete(r.buckets, t)
+			}
+		}
+		r.swept = now
+	}
+	b := r.buckets[tenant]
+	if b == nil {
+		b = &bucket{tokens: 10 * rate, at: now}
+		r.buckets[tenant] = b
+	}
+	b.tokens = min(10*rate, b.tokens+now.Sub(b.at).Seconds()*rate)
+	b.at = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}
 
 func (r *Recorder) run() {
 	defer r.wg.Done()
@@ -149,13 +208,13 @@ func (r *Recorder) Close() error {
 }
 
 // Collector exposes the recorder's counts to Prometheus:
-// roost_events_stored_total{outcome="written|dropped|failed"}.
+// roost_events_stored_total{outcome="written|dropped|limited|failed"}.
 func (r *Recorder) Collector() prometheus.Collector { return recorderCollector{r} }
 
 type recorderCollector struct{ r *Recorder }
 
 var storedDesc = prometheus.NewDesc("roost_events_stored_total",
-	"Lifecycle events stored for their tenant's history (written), dropped because the write queue was full (dropped), or refused by the database (failed).",
+	"Lifecycle events stored for their tenant's history (written), dropped because the write queue was full (dropped) or their tenant was past its rate (limited), or refused by the database (failed).",
 	[]string{"outcome"}, nil)
 
 func (c recorderCollector) Describe(ch chan<- *prometheus.Desc) { ch <- storedDesc }
@@ -163,5 +222,6 @@ func (c recorderCollector) Describe(ch chan<- *prometheus.Desc) { ch <- storedDe
 func (c recorderCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(storedDesc, prometheus.CounterValue, float64(c.r.Written()), "written")
 	ch <- prometheus.MustNewConstMetric(storedDesc, prometheus.CounterValue, float64(c.r.Dropped()), "dropped")
+	ch <- prometheus.MustNewConstMetric(storedDesc, prometheus.CounterValue, float64(c.r.Limited()), "limited")
 	ch <- prometheus.MustNewConstMetric(storedDesc, prometheus.CounterValue, float64(c.r.Failed()), "failed")
 }
