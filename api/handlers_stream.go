@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -28,9 +29,13 @@ type streamStore interface {
 	LastEventID(ctx context.Context, tenant string) (int64, error)
 }
 
-// streamBuffer is how many messages may wait for a stream's reader; a
-// reader that lets more pile up is too slow and its stream ends.
-const streamBuffer = 256
+// streamBuffer is how many messages, and streamBufferBytes how many bytes
+// of payload, may wait for a stream's reader; a reader that lets more pile
+// up is too slow and its stream ends.
+const (
+	streamBuffer      = 1024
+	streamBufferBytes = 8 << 20
+)
 
 // streamWriteTimeout bounds each write to a stream: a reader that does
 // not take the bytes in that time is dropped.
@@ -133,6 +138,7 @@ func (s *Server) handleStream(st streamStore) handler {
 		msgs := make(chan streamMessage, streamBuffer)
 		overflow := make(chan struct{})
 		var overflowOnce sync.Once
+		var buffered atomic.Int64 // payload bytes in msgs
 		if filter != "" {
 			if s.dataPlane == nil {
 				return fmt.Errorf("this process does not run the MQTT data plane: %w", tenants.ErrUnavailable)
@@ -142,10 +148,14 @@ func (s *Server) handleStream(st streamStore) handler {
 				if !utf8.Valid(m.Payload) {
 					sm.Payload, sm.Encoding = base64.StdEncoding.EncodeToString(m.Payload), "base64"
 				}
+				// Called from the broker's delivery: never wait here.
+				if n := buffered.Add(int64(len(sm.Payload))); n > streamBufferBytes {
+					overflowOnce.Do(func() { close(overflow) })
+					return
+				}
 				select {
 				case msgs <- sm:
 				default:
-					// Called from the broker's delivery: never wait here.
 					overflowOnce.Do(func() { close(overflow) })
 				}
 			})
@@ -256,6 +266,7 @@ func (s *Server) handleStream(st streamStore) handler {
 			case <-overflow:
 				return nil
 			case m := <-msgs:
+				buffered.Add(-int64(len(m.Payload)))
 				if !send("", "message", m) {
 					return nil
 				}

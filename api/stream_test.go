@@ -314,7 +314,7 @@ func TestStreamSlowReaderDropped(t *testing.T) {
 	}
 	defer dev.Disconnect(&paho.Disconnect{})
 	payload := []byte(strings.Repeat("x", 8<<10))
-	const n = 1000
+	const n = 2000 // 16 MB: past what the kernel holds and the stream's 8 MiB
 	start := time.Now()
 	for i := range n {
 		if _, err := dev.Publish(context.Background(), &paho.Publish{Topic: fmt.Sprintf("t/%d", i), QoS: 1, Payload: payload}); err != nil {

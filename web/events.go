@@ -45,6 +45,8 @@ func (c *Console) eventsPage(w http.ResponseWriter, r *http.Request) {
 		d.Events, d.Next = es, next
 	case errors.Is(err, tenants.ErrInvalid):
 		status, errs = http.StatusBadRequest, formErrors(err)
+	case r.Context().Err() != nil:
+		return // the browser left: nothing to answer, nothing to log
 	default:
 		c.internal(w, r, err)
 		return
