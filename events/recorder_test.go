@@ -141,3 +141,19 @@ func TestRecorderRatePerTenant(t *testing.T) {
 		t.Errorf("stored %v, want flood 110, calm 20", per)
 	}
 }
+
+// BenchmarkRecorderEmit is what storing events costs the connection that
+// raises one: a rate check and a channel send (the write happens
+// elsewhere).
+func BenchmarkRecorderEmit(b *testing.B) {
+	w := &slowWriter{}
+	r := events.NewRecorder(events.RecorderConfig{Writer: w, Rate: 1 << 30, Buffer: 1 << 20})
+	defer r.Close()
+	e := events.Event{Tenant: "acme", Type: events.Connected, Device: "d1", ClientID: "d1"}
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			r.Emit(e)
+		}
+	})
+}
