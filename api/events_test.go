@@ -64,7 +64,9 @@ func TestEventsPaging(t *testing.T) {
 		want(t, r, 200, query)
 		return len(asSlice(r.json()["items"]))
 	}
-	at := func(min int) string { return url.QueryEscape(base.Add(time.Duration(min) * time.Minute).Format(time.RFC3339)) }
+	at := func(min int) string {
+		return url.QueryEscape(base.Add(time.Duration(min) * time.Minute).Format(time.RFC3339))
+	}
 	for _, tc := range []struct {
 		query string
 		want  int
