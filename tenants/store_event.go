@@ -10,13 +10,25 @@ import (
 	"time"
 
 	"github.com/roosthub/roost/events"
+	"github.com/roosthub/roost/migrations"
 )
 
 var _ events.Writer = (*Store)(nil)
 
+// eventsLockID is the Postgres advisory lock that orders the writers of
+// events (see AddEvents); "RoostE".
+const eventsLockID = 0x526f6f737445
+
 // AddEvents stores events in one statement; each gets the next id. The
 // events are stored as they come: their tenant is not checked (an event
 // of a tenant deleted meanwhile is pruned with the tenant's others).
+//
+// Writers take turns, so that ids become visible in their order: a
+// reader that has seen id N has seen every id below it, and a stream
+// resuming after N misses none. A Postgres sequence alone hands ids out
+// before the commit, so a batch from another node could commit after a
+// later-numbered one; the transaction's advisory lock prevents that.
+// SQLite has one writer at a time already.
 func (s *Store) AddEvents(ctx context.Context, es []events.Event) error {
 	if len(es) == 0 {
 		return nil
@@ -37,8 +49,20 @@ func (s *Store) AddEvents(ctx context.Context, es []events.Event) error {
 		fmt.Fprintf(&b, "($%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5)
 		args = append(args, e.Tenant, e.Type, e.Device, e.Time.UTC().Truncate(time.Microsecond), string(body))
 	}
-	_, err := s.db.ExecContext(ctx, b.String(), args...)
-	return err
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if s.dialect == migrations.Postgres {
+		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, eventsLockID); err != nil {
+			return err
+		}
+	}
+	if _, err := tx.ExecContext(ctx, b.String(), args...); err != nil {
+		return err
+	}
+	return tx.Commit()
 }
 
 // Events returns a page of the tenant's stored events, newest first, and

@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -170,5 +171,63 @@ func testEvents(t *testing.T, s *tenants.Store, reopen func() *tenants.Store) {
 	}
 	if n, err := s.PruneEvents(ctx, 4, 100); err != nil || n != 1 {
 		t.Errorf("prune after deleting other: %d, %v; want its 1", n, err)
+	}
+}
+
+// testEventsConcurrentWriters: while several writers (as several nodes
+// would) store batches at once, a reader following the ids as a stream
+// does (EventsAfter the last it saw) misses none: ids become visible in
+// their order.
+func testEventsConcurrentWriters(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	mustTenant(t, s, owner, "acme")
+	const writers, batches, size = 6, 30, 4
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for b := range batches {
+				var es []events.Event
+				for i := range size {
+					es = append(es, events.Event{Time: time.Now(), Tenant: "acme", Type: events.Connected, ClientID: fmt.Sprint(w, "-", b, "-", i)})
+				}
+				if err := s.AddEvents(ctx, es); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(done) }()
+	seen := map[string]bool{}
+	after := int64(0)
+	for finished := false; ; {
+		select {
+		case <-done:
+			finished = true
+		default:
+		}
+		for {
+			es, err := s.EventsAfter(ctx, "acme", after, tenants.EventQuery{}, 200)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range es {
+				seen[e.ClientID] = true
+				after = e.ID
+			}
+			if len(es) < 200 {
+				break
+			}
+		}
+		if finished {
+			break
+		}
+	}
+	if len(seen) != writers*batches*size {
+		all, _, _ := s.Events(ctx, "acme", tenants.EventQuery{Page: tenants.Page{Limit: 1}})
+		t.Errorf("a reader following the ids saw %d of %d events (newest id %v)", len(seen), writers*batches*size, all)
 	}
 }
