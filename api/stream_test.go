@@ -246,8 +246,9 @@ func TestStream(t *testing.T) {
 }
 
 // TestStreamBound: free plan, max_streams 2: a third stream is a 429
-// problem naming the quota, another tenant's streams are not counted, and
-// a closed stream frees its place.
+// problem naming the quota, another tenant's streams are not counted, a
+// key's fourth stream with a filter is over its live views (429), and a
+// closed stream frees its place.
 func TestStreamBound(t *testing.T) {
 	e := newStreamEnv(t)
 	u := e.signup("owner")
@@ -270,6 +271,21 @@ func TestStreamBound(t *testing.T) {
 	if s := e.openStream("/v1/tenants/other/stream?events=1", u.token, ""); s.status != 200 {
 		t.Errorf("another tenant's stream: %d %s", s.status, s.body)
 	}
+	// Streams with a filter are live views too: one key has at most 3,
+	// though pro allows 5 streams.
+	want(t, e.do("PATCH", "/v1/admin/tenants/other", adminToken, map[string]any{"plan": "pro"}), 200, "other on pro")
+	_, key := e.mustKey(u.token, "other", tenants.RoleViewer)
+	for range 3 {
+		if s := e.openStream("/v1/tenants/other/stream?filter=%23", key, ""); s.status != 200 {
+			t.Fatalf("filter stream: %d %s", s.status, s.body)
+		}
+	}
+	r = e.do("GET", "/v1/tenants/other/stream?filter=%23", key, nil)
+	wantProblem(t, r, 429, "quota_exceeded", "", "a fourth live view of one key")
+	if r.json()["quota"] != "live_views_each" {
+		t.Errorf("429 names %v, want live_views_each: %s", r.json()["quota"], r.body)
+	}
+
 	open[0].close()
 	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
 		s := e.openStream("/v1/tenants/acme/stream?events=1", u.token, "")
