@@ -16,7 +16,6 @@ import (
 
 	"github.com/roosthub/roost/api"
 	"github.com/roosthub/roost/billing"
-	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
 )
@@ -38,7 +37,7 @@ func newBillingEnv(t *testing.T) (*env, *billing.Service) {
 		}
 		cfg.Store.SetPlans(plans)
 		svc, err = billing.New(billing.Config{Store: cfg.Store, Stripe: billing.NewStripe("sk_test_123", stripeURL),
-			WebhookSecret: webhookSecret, Events: cfg.Events.(*events.Memory), Log: cfg.Log, Now: cfg.Now,
+			WebhookSecret: webhookSecret, Events: storeSink{cfg.Store}, Log: cfg.Log, Now: cfg.Now,
 			ConsoleURL: "https://console.example.com"})
 		if err != nil {
 			t.Fatal(err)

@@ -276,11 +276,14 @@ func TestPublishQuotas(t *testing.T) {
 		want(t, publish("other", "t", true), 202, "another tenant's publish")
 	}
 
-	r = e.do("GET", "/v1/tenants/acme/events?type=quota_exceeded", u.token, nil)
-	want(t, r, 200, "events")
+	// Events are stored off the publish path: wait for them.
 	seen := map[any]bool{}
-	for _, ev := range asSlice(r.json()["items"]) {
-		seen[ev.(map[string]any)["quota"]] = true
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline) && !(seen["max_retained"] && seen["tenant_publish_rate"]); time.Sleep(20 * time.Millisecond) {
+		r = e.do("GET", "/v1/tenants/acme/events?type=quota_exceeded", u.token, nil)
+		want(t, r, 200, "events")
+		for _, ev := range asSlice(r.json()["items"]) {
+			seen[ev.(map[string]any)["quota"]] = true
+		}
 	}
 	if !seen["max_retained"] || !seen["tenant_publish_rate"] {
 		t.Errorf("quota_exceeded events: got %s, want max_retained and tenant_publish_rate", r.body)

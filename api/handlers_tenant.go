@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"slices"
 	"strconv"
 	"time"
 
@@ -13,7 +12,6 @@ import (
 
 	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/dataplane"
-	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -315,27 +313,6 @@ func handleAdminTenantUpdate(as adminStore) handler {
 			return err
 		}
 		writeJSON(w, http.StatusOK, t)
-		return nil
-	}
-}
-
-// handleEvents lists a tenant's recent events, newest first.
-func handleEvents(log EventLog) handler {
-	return func(w http.ResponseWriter, r *http.Request) error {
-		p, err := page(r)
-		if err != nil {
-			return err
-		}
-		limit := cmp.Or(p.Limit, 50)
-		typ := r.URL.Query().Get("type")
-		if typ != "" && !slices.Contains(events.Types, typ) {
-			return &httpError{status: http.StatusBadRequest, code: "invalid", field: "type", msg: "type is not an event type"}
-		}
-		items := []events.Event{}
-		if log != nil {
-			items = events.Newest(log.Recent(chi.URLParam(r, "tenant")), typ, limit)
-		}
-		writeJSON(w, http.StatusOK, map[string]any{"items": items})
 		return nil
 	}
 }

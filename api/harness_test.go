@@ -60,6 +60,16 @@ func (e *env) from(addr string) *env {
 
 func newEnv(t *testing.T) *env { t.Helper(); return newEnvWith(t, nil) }
 
+// storeSink stores each event as it comes, for tests that read an event
+// right after the call that raised it.
+type storeSink struct{ store *tenants.Store }
+
+func (s storeSink) Emit(e events.Event) {
+	if err := s.store.AddEvents(context.Background(), []events.Event{e}); err != nil {
+		panic(err)
+	}
+}
+
 // newEnvWith is newEnv with a hook that may change the API's configuration
 // (its store and clock are set) before the API is built.
 func newEnvWith(t *testing.T, configure func(*api.Config)) *env {
@@ -76,7 +86,9 @@ func newEnvWith(t *testing.T, configure func(*api.Config)) *env {
 	clk := testenv.NewClock(time.Now())
 	logs := &testenv.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ev := events.NewMemory(1000)
+	// Events are stored as in production: off the hot path, in batches.
+	ev := events.NewRecorder(events.RecorderConfig{Writer: store, Log: log})
+	t.Cleanup(func() { ev.Close() })
 	// The hub delivers webhooks to receivers on loopback, retrying for
 	// half a second (see TestDeadLetters).
 	delivery := &broker.Delivery{Rules: store, Sealer: mustSealer(t), Sender: mustSender(t), Batch: 10,
@@ -94,7 +106,6 @@ func newEnvWith(t *testing.T, configure func(*api.Config)) *env {
 	t.Cleanup(func() { hub.Close() })
 	cfg := api.Config{
 		DataPlane:  hub,
-		Events:     ev,
 		Store:      store,
 		Log:        log,
 		AdminToken: adminToken,

@@ -103,7 +103,8 @@ func (s *Server) routes() chi.Router {
 				r.With(viewer).Get("/quotas", s.serve(handleQuotas(st)))
 				r.With(viewer).Get("/usage", s.serve(handleUsage(st, s.now)))
 				r.With(viewer).Get("/audit", s.serve(handleAudit(st)))
-				r.With(viewer).Get("/events", s.serve(handleEvents(s.events)))
+				r.With(viewer).Get("/events", s.serve(handleEvents(st)))
+				r.With(viewer).Get("/stream", s.serve(s.handleStream(st)))
 
 				r.With(viewer).Get("/billing", s.serve(handleBillingGet(s.billing)))
 				r.With(admin).Patch("/billing", s.serve(handleBillingUpdate(s.billing)))

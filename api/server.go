@@ -17,7 +17,6 @@ import (
 	"github.com/roosthub/roost/billing"
 	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/dataplane"
-	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/accesslog"
 	"github.com/roosthub/roost/tenants"
 )
@@ -40,8 +39,10 @@ type Config struct {
 	// DataPlane serves device status, disconnects and publishes; nil makes
 	// those routes answer 503.
 	DataPlane dataplane.DataPlane
-	// Events holds each tenant's recent lifecycle events; nil lists none.
-	Events EventLog
+	// StreamPoll is how often an app stream with events looks for new
+	// ones in the store (1s if zero); StreamHeartbeat how often an idle
+	// stream sends a comment so that proxies keep it open (15s if zero).
+	StreamPoll, StreamHeartbeat time.Duration
 	// Metrics serves Prometheus metrics at /metrics, to the operator; nil
 	// answers 503.
 	Metrics http.Handler
@@ -59,11 +60,6 @@ type Config struct {
 	Sealer *dataout.Sealer
 }
 
-// EventLog is where the API reads a tenant's recent events.
-type EventLog interface {
-	Recent(tenant string) []events.Event
-}
-
 // Server is the REST API. It is an http.Handler.
 type Server struct {
 	router chi.Router
@@ -73,7 +69,7 @@ type Server struct {
 	auth      *auth.Service
 	ready     func(ctx context.Context) error
 	dataPlane dataplane.DataPlane
-	events    EventLog
+	streams   *streams
 	now       func() time.Time
 	metrics   http.Handler
 	billing   *billing.Service
@@ -139,7 +135,7 @@ func New(cfg Config) (*Server, error) {
 		auth:      cfg.Auth,
 		ready:     cfg.Ready,
 		dataPlane: cfg.DataPlane,
-		events:    cfg.Events,
+		streams:   newStreams(cfg.StreamPoll, cfg.StreamHeartbeat),
 		now:       cfg.Now,
 		metrics:   cfg.Metrics,
 		billing:   cfg.Billing,

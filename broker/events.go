@@ -107,12 +107,16 @@ func (h *Hub) publishEvents() {
 			if inst == nil {
 				continue
 			}
-			if subs := inst.server.Topics.Subscribers(e.Topic()); len(subs.Subscriptions) == 0 && len(subs.Shared) == 0 {
-				continue // nobody listens: skip encoding and routing it
-			}
 			b, err := json.Marshal(e)
 			if err != nil {
 				continue
+			}
+			// Rules with a destination may match events (outbox_events.go).
+			if err := inst.out.appendEvent(e, b); err != nil {
+				h.log.Warn("put an event in the outbox", "tenant", e.Tenant, "topic", e.Topic(), "err", err)
+			}
+			if subs := inst.server.Topics.Subscribers(e.Topic()); len(subs.Subscriptions) == 0 && len(subs.Shared) == 0 {
+				continue // nobody listens: skip routing it
 			}
 			if err := inst.server.Publish(e.Topic(), b, false, 0); err != nil {
 				h.log.Debug("publish event", "tenant", e.Tenant, "topic", e.Topic(), "err", err)

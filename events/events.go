@@ -1,7 +1,8 @@
 // Package events carries the data plane's lifecycle events — connects,
 // disconnects, subscriptions, authentication failures, dropped messages —
-// to whoever watches them: an in-memory log per tenant by default, or a
-// Kafka topic when Kafka is configured. One Sink interface, two
+// to whoever watches them: an in-memory log per tenant, the directory
+// (Recorder, which stores them for the tenant's history), and a Kafka
+// topic when Kafka is configured. One Sink interface, three
 // implementations.
 package events
 
@@ -12,6 +13,10 @@ import (
 
 // Event is one thing that happened to a device or session.
 type Event struct {
+	// ID is the event's place in the tenant's stored history (see
+	// Recorder): it grows with each event stored, and is 0 for an event
+	// not stored (yet).
+	ID       int64     `json:"id,omitempty"`
 	Time     time.Time `json:"time"`
 	Tenant   string    `json:"tenant"`
 	Type     string    `json:"type"`
@@ -57,18 +62,6 @@ const (
 // Types lists every event type.
 var Types = []string{Connected, Disconnected, Subscribed, Unsubscribed, AuthFailed, QueueDropped, QuotaExceeded, PublishDenied,
 	PlanChanged, PaymentFailed, PaymentSucceeded, BillingSuspended, BillingResumed, SpendWarning}
-
-// Newest returns up to limit of the events, newest first, of type typ (all
-// types when empty); all is oldest first, as Recent returns it.
-func Newest(all []Event, typ string, limit int) []Event {
-	out := []Event{}
-	for i := len(all) - 1; i >= 0 && len(out) < limit; i-- {
-		if typ == "" || all[i].Type == typ {
-			out = append(out, all[i])
-		}
-	}
-	return out
-}
 
 // Sink receives events. Emit must not block the connection that caused the
 // event: a sink that cannot keep up counts what it drops.

@@ -78,8 +78,10 @@ func load(fsys fs.FS) ([]Migration, error) {
 }
 
 // sqliteDDL translates a Postgres migration for SQLite. SQLite's driver turns
-// columns declared TIMESTAMP into time.Time, as Postgres does TIMESTAMPTZ.
+// columns declared TIMESTAMP into time.Time, as Postgres does TIMESTAMPTZ;
+// its rowid with AUTOINCREMENT is a BIGSERIAL whose ids are never reused.
 func sqliteDDL(s string) string {
+	s = strings.ReplaceAll(s, "BIGSERIAL PRIMARY KEY", "INTEGER PRIMARY KEY AUTOINCREMENT")
 	return strings.ReplaceAll(s, "TIMESTAMPTZ", "TIMESTAMP")
 }
 

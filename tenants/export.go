@@ -52,8 +52,11 @@ func (in *ExportRuleInput) Validate() error {
 	if err := ValidateFilter(in.Filter); err != nil {
 		return invalid("filter", "%v", err)
 	}
-	if strings.HasPrefix(in.Filter, "$") {
-		return invalid("filter", "topics starting with $ are not exported")
+	// A rule with a destination may match the tenant's lifecycle events
+	// on their $events topics (docs/events.md); no other $ topic is
+	// exported.
+	if strings.HasPrefix(in.Filter, "$") && !(in.Destination != "" && IsEventsFilter(in.Filter)) {
+		return invalid("filter", "topics starting with $ are not exported (rules with a destination may match events: $events/...)")
 	}
 	switch {
 	case in.Topic != "" && in.Destination != "":

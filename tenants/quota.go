@@ -30,6 +30,12 @@ type Quotas struct {
 	// messages matching its rules waiting to be delivered. What a full
 	// one does is the tenant's outbox_policy.
 	MaxOutbox int64 `json:"max_outbox"`
+	// EventRetention is how long the tenant's events are kept, in
+	// seconds (GET /events, streams' Last-Event-ID); 0 keeps them a day.
+	EventRetention int64 `json:"event_retention"`
+	// MaxStreams is how many app streams (GET /stream) the tenant may
+	// have open at once on one API process.
+	MaxStreams int64 `json:"max_streams"`
 }
 
 // quotaFields maps each quota's name to its field. It is the one list of
@@ -51,6 +57,8 @@ var quotaFields = map[string]func(*Quotas) *int64{
 	"messages_per_month":  func(q *Quotas) *int64 { return &q.MessagesPerMonth },
 	"max_nodes":           func(q *Quotas) *int64 { return &q.MaxNodes },
 	"max_outbox":          func(q *Quotas) *int64 { return &q.MaxOutbox },
+	"event_retention":     func(q *Quotas) *int64 { return &q.EventRetention },
+	"max_streams":         func(q *Quotas) *int64 { return &q.MaxStreams },
 }
 
 func isQuotaName(name string) bool { _, ok := quotaFields[name]; return ok }

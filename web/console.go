@@ -34,7 +34,6 @@ import (
 	"github.com/roosthub/roost/billing"
 	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/dataplane"
-	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/problem"
 	"github.com/roosthub/roost/tenants"
 )
@@ -44,11 +43,6 @@ var templateFS embed.FS
 
 //go:embed static
 var staticFS embed.FS
-
-// EventLog holds each tenant's recent events.
-type EventLog interface {
-	Recent(tenant string) []events.Event
-}
 
 // Endpoint is an address devices connect to, shown in connection snippets.
 type Endpoint struct {
@@ -61,7 +55,6 @@ type Config struct {
 	Store     *tenants.Store
 	DataPlane dataplane.DataPlane
 	Billing   *billing.Service
-	Events    EventLog
 	Log       *slog.Logger
 	// SigningKey signs session cookies and CSRF tokens; at least 32 bytes.
 	SigningKey []byte

@@ -54,7 +54,9 @@ func newStackWith(t *testing.T, configure func(*web.Config)) *stack {
 	}
 	logs := &testenv.Buffer{}
 	log := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	ev := events.NewMemory(100)
+	// Events are stored as in production: off the hot path, in batches.
+	ev := events.NewRecorder(events.RecorderConfig{Writer: store, Log: log})
+	t.Cleanup(func() { ev.Close() })
 	// The hub keeps outboxes in memory and retries webhooks for half a
 	// second (see TestWebhooksPage).
 	sealer, err := dataout.NewSealer(dataout.KeyFromToken(operatorToken))
@@ -82,7 +84,7 @@ func newStackWith(t *testing.T, configure func(*web.Config)) *stack {
 	}
 	go hub.Serve(ln)
 	t.Cleanup(func() { hub.Close() })
-	cfg := web.Config{Store: store, DataPlane: hub, Events: ev, Log: log, SigningKey: bytes.Repeat([]byte("s"), 32),
+	cfg := web.Config{Store: store, DataPlane: hub, Log: log, SigningKey: bytes.Repeat([]byte("s"), 32),
 		AdminToken: operatorToken, Endpoints: []web.Endpoint{{Name: "MQTT", URL: "mqtt://" + ln.Addr().String()}}, Webhooks: sender}
 	if configure != nil {
 		configure(&cfg)

@@ -159,32 +159,9 @@ func (c *Console) overview(w http.ResponseWriter, r *http.Request) {
 			d.Quotas = append(d.Quotas, q)
 		}
 	}
-	d.Events = c.recent(t.Slug, "", 10)
+	d.Events = c.recentEvents(r, t.Slug)
 	d.Endpoints = c.cfg.Endpoints
 	c.render(w, r, http.StatusOK, "overview.html", page{Title: t.Name, Nav: "overview", Data: d})
-}
-
-// recent returns a tenant's newest events, newest first.
-func (c *Console) recent(tenant, typ string, limit int) []events.Event {
-	if c.cfg.Events == nil {
-		return nil
-	}
-	return events.Newest(c.cfg.Events.Recent(tenant), typ, limit)
-}
-
-type eventsData struct {
-	Type   string
-	Types  []string
-	Events []events.Event
-}
-
-func (c *Console) eventsPage(w http.ResponseWriter, r *http.Request) {
-	typ := r.URL.Query().Get("type")
-	if typ != "" && !slices.Contains(events.Types, typ) {
-		typ = ""
-	}
-	d := eventsData{Type: typ, Types: events.Types, Events: c.recent(tenantOf(r).Slug, typ, 200)}
-	c.render(w, r, http.StatusOK, "events.html", page{Title: "Events", Nav: "events", Data: d})
 }
 
 type keysData struct {

@@ -158,7 +158,11 @@ func startNode(ctx context.Context, role string, c *config, in *inputs, log *slo
 		return nil, fmt.Errorf("session signing key in the store is damaged: %w", err)
 	}
 	recent := events.NewMemory(1000)
-	var sink events.Sink = recent
+	// Events are stored by the node that raises them, in the directory
+	// every node opens (docs/events.md).
+	recorder := events.NewRecorder(events.RecorderConfig{Writer: store, Log: log})
+	n.opened.add(func() { recorder.Close() })
+	var sink events.Sink = events.Tee{recent, recorder}
 	var exporter broker.Exporter
 	if brokers := c.kafkaBrokers(); len(brokers) > 0 {
 		k, err := events.NewKafka(events.KafkaConfig{Brokers: brokers, Log: log})
@@ -166,7 +170,7 @@ func startNode(ctx context.Context, role string, c *config, in *inputs, log *slo
 			return nil, fmt.Errorf("ROOST_KAFKA_BROKERS: %w", err)
 		}
 		n.opened.add(func() { k.Close() })
-		sink = events.Tee{recent, k}
+		sink = events.Tee{recent, recorder, k}
 		if runsData {
 			x, err := kafkaexport.New(brokers)
 			if err != nil {
@@ -177,7 +181,7 @@ func startNode(ctx context.Context, role string, c *config, in *inputs, log *slo
 		}
 	}
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), recorder.Collector())
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)})
 
 	ln, err := net.Listen("tcp", c.HTTPAddr)

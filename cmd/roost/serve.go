@@ -147,13 +147,12 @@ func (d planeDeps) controlHandler(signingKey []byte, localAddr string, endpoints
 	if bill.Enabled() {
 		tasks = append(tasks, func(ctx context.Context) error { bill.Run(ctx, 30*time.Second); return nil })
 	}
+	tasks = append(tasks, func(ctx context.Context) error { pruneEvents(ctx, d.store, eventPruneEvery, log); return nil })
 	var dp dataplane.DataPlane = d.hub
-	var evs api.EventLog = d.recent
 	if d.hub == nil {
-		// Running apart: the data-plane nodes answer for themselves, and
-		// hold the devices' events.
-		remote := cluster.NewRemote(d.store, d.adminToken, log)
-		dp, evs = remote, cluster.Events{Remote: remote, Local: d.recent}
+		// Running apart: the data-plane nodes answer for themselves (and
+		// store their devices' events, as every node does).
+		dp = cluster.NewRemote(d.store, d.adminToken, log)
 	}
 	// One auth front for the API and the console: one set of sessions and
 	// throttles, whichever a person signs in through.
@@ -175,11 +174,11 @@ func (d planeDeps) controlHandler(signingKey []byte, localAddr string, endpoints
 		return nil, nil, err
 	}
 	srv, err := api.New(api.Config{Store: d.store, Log: log, AdminToken: d.adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL,
-		Events: evs, Billing: bill, Metrics: d.metrics, DataPlane: dp, Auth: front, Webhooks: hooks, Sealer: sealer})
+		Billing: bill, Metrics: d.metrics, DataPlane: dp, Auth: front, Webhooks: hooks, Sealer: sealer})
 	if err != nil {
 		return nil, nil, err
 	}
-	con, err := web.New(web.Config{Store: d.store, DataPlane: dp, Billing: bill, Events: evs, Log: log, SigningKey: signingKey,
+	con, err := web.New(web.Config{Store: d.store, DataPlane: dp, Billing: bill, Log: log, SigningKey: signingKey,
 		TokenTTL: c.TokenTTL, AdminToken: d.adminToken, SecureCookies: strings.HasPrefix(c.PublicURL, "https://"), Endpoints: endpoints, Auth: front, Webhooks: hooks, Sealer: sealer})
 	if err != nil {
 		return nil, nil, err

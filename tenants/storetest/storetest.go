@@ -55,6 +55,8 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"MembershipRules", testMembershipRules},
 		{"KeysEndWithMember", testKeysEndWithMember},
 		{"TenantLimits", testTenantLimits},
+		{"Events", testEvents},
+		{"EventsConcurrentWriters", testEventsConcurrentWriters},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

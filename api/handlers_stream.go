@@ -1,0 +1,327 @@
+package api
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/roosthub/roost/dataplane"
+	"github.com/roosthub/roost/events"
+	"github.com/roosthub/roost/tenants"
+)
+
+// streamStore is what an app stream reads: the tenant's quotas and its
+// stored events.
+type streamStore interface {
+	Tenant(ctx context.Context, slug string) (tenants.Tenant, error)
+	EventsAfter(ctx context.Context, tenant string, after int64, q tenants.EventQuery, limit int) ([]events.Event, error)
+	LastEventID(ctx context.Context, tenant string) (int64, error)
+}
+
+// streamBuffer is how many messages, and streamBufferBytes how many bytes
+// of payload, may wait for a stream's reader; a reader that lets more pile
+// up is too slow and its stream ends.
+const (
+	streamBuffer      = 1024
+	streamBufferBytes = 8 << 20
+)
+
+// streamWriteTimeout bounds each write to a stream: a reader that does
+// not take the bytes in that time is dropped.
+const streamWriteTimeout = 10 * time.Second
+
+// streams counts each tenant's open app streams in this process, against
+// its max_streams quota.
+type streams struct {
+	poll, heartbeat time.Duration
+
+	mu   sync.Mutex
+	open map[string]int64
+}
+
+func newStreams(poll, heartbeat time.Duration) *streams {
+	if poll <= 0 {
+		poll = time.Second
+	}
+	if heartbeat <= 0 {
+		heartbeat = 15 * time.Second
+	}
+	return &streams{poll: poll, heartbeat: heartbeat, open: map[string]int64{}}
+}
+
+// acquire counts a stream of the tenant in, or refuses it over limit.
+func (s *streams) acquire(tenant string, limit int64) (release func(), err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.open[tenant] >= limit {
+		return nil, &tenants.QuotaError{Quota: "max_streams", Limit: limit}
+	}
+	s.open[tenant]++
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.open[tenant]--; s.open[tenant] <= 0 {
+			delete(s.open, tenant)
+		}
+	}, nil
+}
+
+// streamMessage is a message as a stream sends it.
+type streamMessage struct {
+	Time     time.Time `json:"time"`
+	Topic    string    `json:"topic"`
+	Payload  string    `json:"payload"`
+	Encoding string    `json:"encoding"` // utf-8 or base64
+	QoS      byte      `json:"qos"`
+	Retain   bool      `json:"retain"`
+}
+
+// handleStream streams the tenant's messages matching filter and, with
+// events=1, its events, as server-sent events, until the reader goes, the
+// caller loses access, the reader falls behind or the server drains.
+// Messages come from a watch inside the tenant's broker, as a subscriber
+// of the tenant with its own filter would get them (at most once, no
+// history); events come from the store, in order, each with its id, so
+// that a stream resumed with Last-Event-ID misses none still kept.
+func (s *Server) handleStream(st streamStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		slug := chi.URLParam(r, "tenant")
+		v := r.URL.Query()
+		filter := v.Get("filter")
+		withEvents := false
+		switch v.Get("events") {
+		case "", "0", "false":
+		case "1", "true":
+			withEvents = true
+		default:
+			return &httpError{status: http.StatusBadRequest, code: "invalid", field: "events", msg: "events must be 1 or 0"}
+		}
+		if filter == "" && !withEvents {
+			return &httpError{status: http.StatusBadRequest, code: "invalid", field: "filter", msg: "give a topic filter, events=1, or both"}
+		}
+		eq := tenants.EventQuery{Type: v.Get("type"), Device: v.Get("device")}
+		if err := eq.Validate(); err != nil {
+			return err
+		}
+		after := int64(-1)
+		if id := r.Header.Get("Last-Event-ID"); id != "" && withEvents {
+			n, err := strconv.ParseInt(id, 10, 64)
+			if err != nil || n < 0 {
+				return &httpError{status: http.StatusBadRequest, code: "invalid", field: "Last-Event-ID", msg: "Last-Event-ID must be the id of an event this stream sent"}
+			}
+			after = n
+		}
+		t, err := st.Tenant(r.Context(), slug)
+		if err != nil {
+			return err
+		}
+		release, err := s.streams.acquire(slug, t.Quotas().MaxStreams)
+		if err != nil {
+			s.tooManyStreams(w, r, err)
+			return nil
+		}
+		defer release()
+
+		ctx, cancel := context.WithCancel(r.Context())
+		defer cancel()
+		msgs := make(chan streamMessage, streamBuffer)
+		overflow := make(chan struct{})
+		var overflowOnce sync.Once
+		var buffered atomic.Int64 // payload bytes in msgs
+		if filter != "" {
+			if s.dataPlane == nil {
+				return fmt.Errorf("this process does not run the MQTT data plane: %w", tenants.ErrUnavailable)
+			}
+			err := s.dataPlane.Watch(ctx, slug, streamWatcher(principalFrom(r.Context())), filter, func(m dataplane.Message) {
+				sm := streamMessage{Time: s.now().UTC(), Topic: m.Topic, QoS: m.QoS, Retain: m.Retain, Payload: string(m.Payload), Encoding: "utf-8"}
+				if !utf8.Valid(m.Payload) {
+					sm.Payload, sm.Encoding = base64.StdEncoding.EncodeToString(m.Payload), "base64"
+				}
+				// Called from the broker's delivery: never wait here.
+				if n := buffered.Add(int64(len(sm.Payload))); n > streamBufferBytes {
+					overflowOnce.Do(func() { close(overflow) })
+					return
+				}
+				select {
+				case msgs <- sm:
+				default:
+					overflowOnce.Do(func() { close(overflow) })
+				}
+			})
+			if errors.Is(err, tenants.ErrQuotaExceeded) { // live_views: the broker's bound on watches
+				s.tooManyStreams(w, r, err)
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if withEvents && after < 0 {
+			if after, err = st.LastEventID(ctx, slug); err != nil {
+				return err
+			}
+		}
+
+		rc := http.NewResponseController(w)
+		rc.SetReadDeadline(time.Time{})
+		// A reader that lets the buffer fill is dropped at once: a write
+		// blocked on it fails now rather than at its deadline. Only while
+		// this handler runs: the connection may serve another request
+		// after.
+		var runMu sync.Mutex
+		running, dropped := true, false
+		defer func() { runMu.Lock(); running = false; runMu.Unlock() }()
+		go func() {
+			select {
+			case <-overflow:
+				runMu.Lock()
+				if running {
+					s.log.Info("stream: reader too slow, dropped", "tenant", slug, "buffer", streamBuffer)
+					dropped = true
+					rc.SetWriteDeadline(time.Now())
+				}
+				runMu.Unlock()
+			case <-ctx.Done():
+			}
+		}()
+		h := w.Header()
+		h.Set("Content-Type", "text/event-stream")
+		h.Set("Cache-Control", "no-store")
+		h.Set("X-Accel-Buffering", "no")
+		w.WriteHeader(http.StatusOK)
+		write := func(b []byte) bool {
+			runMu.Lock()
+			if dropped {
+				runMu.Unlock()
+				return false
+			}
+			rc.SetWriteDeadline(time.Now().Add(streamWriteTimeout))
+			runMu.Unlock()
+			if _, err := w.Write(b); err != nil {
+				return false
+			}
+			return rc.Flush() == nil
+		}
+		send := func(id, event string, v any) bool {
+			b, _ := json.Marshal(v)
+			var sb strings.Builder
+			if id != "" {
+				sb.WriteString("id: " + id + "\n")
+			}
+			fmt.Fprintf(&sb, "event: %s\ndata: %s\n\n", event, b)
+			return write([]byte(sb.String()))
+		}
+		// The retry field tells EventSource clients how long to wait
+		// before reconnecting.
+		if !write([]byte("retry: 2000\n\n")) || !send("", "ready", map[string]any{"filter": filter, "events": withEvents}) {
+			return nil
+		}
+		log := s.log.With("tenant", slug)
+		sendEvents := func() bool {
+			for {
+				es, err := st.EventsAfter(ctx, slug, after, eq, tenants.MaxPageSize)
+				if err != nil {
+					if ctx.Err() == nil {
+						log.Warn("stream: read events", "err", err)
+					}
+					return ctx.Err() == nil // try again at the next poll
+				}
+				for _, e := range es {
+					if !send(strconv.FormatInt(e.ID, 10), "event", e) {
+						return false
+					}
+					after = e.ID
+				}
+				if len(es) < tenants.MaxPageSize {
+					return true
+				}
+			}
+		}
+		var poll <-chan time.Time
+		if withEvents {
+			if !sendEvents() {
+				return nil
+			}
+			tk := time.NewTicker(s.streams.poll)
+			defer tk.Stop()
+			poll = tk.C
+		}
+		heartbeat := time.NewTicker(s.streams.heartbeat)
+		defer heartbeat.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-overflow:
+				return nil
+			case m := <-msgs:
+				buffered.Add(-int64(len(m.Payload)))
+				if !send("", "message", m) {
+					return nil
+				}
+			case <-poll:
+				if !sendEvents() {
+					return nil
+				}
+			case <-heartbeat.C:
+				// Revoked keys, ended sessions and removed members lose
+				// their open streams too.
+				if !s.mayStillRead(r, slug) {
+					send("", "end", map[string]string{"reason": "access ended"})
+					return nil
+				}
+				if !write([]byte(": ping\n\n")) {
+					return nil
+				}
+			}
+		}
+	}
+}
+
+// streamWatcher names who watches, for the data plane's per-watcher bound.
+func streamWatcher(p principal) string {
+	switch {
+	case p.key != nil:
+		return "key:" + p.key.ID
+	case p.account != nil:
+		return p.account.ID
+	}
+	return "operator"
+}
+
+// mayStillRead reports whether the request's token still reads the tenant.
+func (s *Server) mayStillRead(r *http.Request, slug string) bool {
+	p, err := s.principal(r)
+	switch {
+	case err != nil:
+		return false
+	case p.key != nil:
+		return p.key.Tenant == slug && p.key.Role.AtLeast(tenants.RoleViewer)
+	case p.account != nil:
+		m, err := s.store.Membership(r.Context(), slug, p.account.ID)
+		if err != nil && !errors.Is(err, tenants.ErrNotFound) {
+			return true // the directory hiccupped: judge at the next beat
+		}
+		return err == nil && m.Role.AtLeast(tenants.RoleViewer)
+	}
+	return false
+}
+
+// tooManyStreams answers 429 for a bound on open streams: unlike a limit
+// on what a tenant holds, it lifts as soon as one of its streams closes.
+func (s *Server) tooManyStreams(w http.ResponseWriter, r *http.Request, err error) {
+	p := toProblem(err, requestID(r.Context()), s.log)
+	p.Status, p.Title, p.retryAfter = http.StatusTooManyRequests, http.StatusText(http.StatusTooManyRequests), "5"
+	writeProblem(w, p)
+}

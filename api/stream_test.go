@@ -1,0 +1,389 @@
+package api_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/roosthub/roost/api"
+	"github.com/roosthub/roost/tenants"
+)
+
+// sse is one server-sent event as a stream's reader parses it.
+type sse struct {
+	id, event, data string
+}
+
+// stream is an open GET /stream, read as it comes.
+type stream struct {
+	t      *testing.T
+	status int
+	body   string // the problem, when the status is not 200
+	events chan sse
+	ended  chan struct{} // closed when the server ends the stream
+	cancel context.CancelFunc
+	// skipped holds events next passed over, for a later next.
+	skipped []sse
+}
+
+// openStream opens a stream with a bearer token and, if lastID is not
+// empty, a Last-Event-ID; a stream that answered is read until closed.
+func (e *env) openStream(path, token, lastID string) *stream {
+	e.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "GET", e.url+path, nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	if lastID != "" {
+		req.Header.Set("Last-Event-ID", lastID)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		cancel()
+		e.t.Fatalf("GET %s: %v", path, err)
+	}
+	s := &stream{t: e.t, status: resp.StatusCode, events: make(chan sse, 10_000), ended: make(chan struct{}), cancel: cancel}
+	e.t.Cleanup(s.close)
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		s.body = string(b)
+		close(s.ended)
+		return s
+	}
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		e.t.Errorf("stream Content-Type %q, want text/event-stream", ct)
+	}
+	go func() {
+		defer close(s.ended)
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		var cur sse
+		for sc.Scan() {
+			line := sc.Text()
+			switch {
+			case line == "":
+				if cur.event != "" {
+					s.events <- cur
+				}
+				cur = sse{}
+			case strings.HasPrefix(line, ":"):
+				s.events <- sse{event: "comment", data: line}
+			case strings.HasPrefix(line, "id: "):
+				cur.id = line[4:]
+			case strings.HasPrefix(line, "event: "):
+				cur.event = line[7:]
+			case strings.HasPrefix(line, "data: "):
+				cur.data = line[6:]
+			}
+		}
+	}()
+	return s
+}
+
+func (s *stream) close() { s.cancel() }
+
+// next returns the next event of that kind; those of other kinds wait
+// for their own next.
+func (s *stream) next(event string) sse {
+	s.t.Helper()
+	for i, ev := range s.skipped {
+		if ev.event == event {
+			s.skipped = append(s.skipped[:i], s.skipped[i+1:]...)
+			return ev
+		}
+	}
+	timeout := time.After(5 * time.Second)
+	for {
+		select {
+		case ev := <-s.events:
+			if ev.event == event {
+				return ev
+			}
+			if ev.event != "comment" {
+				s.skipped = append(s.skipped, ev)
+			}
+		case <-timeout:
+			s.t.Fatalf("no %q event in 5s", event)
+		}
+	}
+}
+
+// none fails if an event of that kind comes within d.
+func (s *stream) none(event string, d time.Duration) {
+	s.t.Helper()
+	timeout := time.After(d)
+	for {
+		select {
+		case ev := <-s.events:
+			if ev.event == event {
+				s.t.Fatalf("unexpected %s: %+v", event, ev)
+			}
+		case <-timeout:
+			return
+		}
+	}
+}
+
+func newStreamEnv(t *testing.T) *env {
+	return newEnvWith(t, func(cfg *api.Config) {
+		cfg.StreamPoll, cfg.StreamHeartbeat = 20*time.Millisecond, 100*time.Millisecond
+	})
+}
+
+// TestStream: a viewer key streams what a real MQTT client publishes
+// (over real HTTP), and the tenant's events with their ids; a second
+// stream with Last-Event-ID gets the events after that id and no earlier
+// one; another tenant's messages and events never come; bad requests are
+// problems; heartbeats come while idle.
+func TestStream(t *testing.T) {
+	e := newStreamEnv(t)
+	u := e.signup("owner")
+	e.mustTenant(u, "acme")
+	e.mustTenant(u, "other")
+	secret := e.mustDevice(u.token, "acme", "d1")
+	otherSecret := e.mustDevice(u.token, "other", "d1")
+	_, viewerKey := e.mustKey(u.token, "acme", tenants.RoleViewer)
+	_, otherKey := e.mustKey(u.token, "other", tenants.RoleOwner)
+
+	s := e.openStream("/v1/tenants/acme/stream?filter=sensors/%2B&events=1", viewerKey, "")
+	if s.status != 200 {
+		t.Fatalf("viewer key stream: %d %s", s.status, s.body)
+	}
+	s.next("ready")
+
+	dev, err := e.dialMQTT(t, "acme/d1", secret, "d1", paho.ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Disconnect(&paho.Disconnect{})
+	otherDev, err := e.dialMQTT(t, "other/d1", otherSecret, "d1", paho.ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer otherDev.Disconnect(&paho.Disconnect{})
+	ctx := context.Background()
+	if _, err := otherDev.Publish(ctx, &paho.Publish{Topic: "sensors/t", QoS: 1, Payload: []byte("other's")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dev.Publish(ctx, &paho.Publish{Topic: "sensors/t", QoS: 1, Payload: []byte(`{"temp":21}`)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dev.Publish(ctx, &paho.Publish{Topic: "other/t", QoS: 1, Payload: []byte("not matching")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dev.Publish(ctx, &paho.Publish{Topic: "sensors/bin", QoS: 0, Payload: []byte{0xff, 0xfe}}); err != nil {
+		t.Fatal(err)
+	}
+	var m struct {
+		Topic, Payload, Encoding string
+		QoS                      int
+	}
+	json.Unmarshal([]byte(s.next("message").data), &m)
+	if m.Topic != "sensors/t" || m.Payload != `{"temp":21}` || m.Encoding != "utf-8" || m.QoS != 1 {
+		t.Errorf("first message: %+v, want acme's sensors/t (not other's, not other/t)", m)
+	}
+	json.Unmarshal([]byte(s.next("message").data), &m)
+	if m.Topic != "sensors/bin" || m.Payload != "//4=" || m.Encoding != "base64" {
+		t.Errorf("binary message: %+v", m)
+	}
+
+	// Events: d1's connect, with an id, only acme's.
+	ev := s.next("event")
+	var got struct {
+		ID           int64
+		Type, Tenant string
+		Device       string
+	}
+	json.Unmarshal([]byte(ev.data), &got)
+	if got.Type != "connected" || got.Tenant != "acme" || ev.id != fmt.Sprint(got.ID) || got.ID == 0 {
+		t.Errorf("first event: %+v (SSE id %q), want acme's connect with its id", got, ev.id)
+	}
+	firstID := ev.id
+	s.next("comment") // a heartbeat while idle
+
+	// More events; a stream resumed after the first gets the later ones.
+	dev.Disconnect(&paho.Disconnect{})
+	second := s.next("event")
+	if !strings.Contains(second.data, `"disconnected"`) {
+		t.Errorf("second event: %s, want the disconnect", second.data)
+	}
+	s.close()
+	resumed := e.openStream("/v1/tenants/acme/stream?events=1", viewerKey, firstID)
+	if resumed.status != 200 {
+		t.Fatalf("resumed: %d %s", resumed.status, resumed.body)
+	}
+	if r := resumed.next("event"); r.id != second.id {
+		t.Errorf("resumed after %s: first event %s %s, want %s", firstID, r.id, r.data, second.id)
+	}
+	resumed.none("event", 200*time.Millisecond)
+	resumed.close()
+
+	// Another tenant's key: 404, as on every tenant route.
+	wantProblem(t, e.do("GET", "/v1/tenants/acme/stream?filter=%23", otherKey, nil), 404, "not_found", "", "other tenant's key")
+	for _, tc := range []struct{ query, field string }{
+		{"", "filter"},
+		{"?filter=a/%23/b", "filter"},
+		{"?filter=%24events/%23", "filter"},
+		{"?events=maybe", "events"},
+		{"?events=1&type=nonsense", "type"},
+	} {
+		wantProblem(t, e.do("GET", "/v1/tenants/acme/stream"+tc.query, viewerKey, nil), 400, "invalid", tc.field, "stream"+tc.query)
+	}
+	r := e.openStream("/v1/tenants/acme/stream?events=1", viewerKey, "x")
+	if r.status != 400 {
+		t.Errorf("Last-Event-ID x: %d %s, want 400", r.status, r.body)
+	}
+}
+
+// TestStreamBound: free plan, max_streams 2: a third stream is a 429
+// problem naming the quota, another tenant's streams are not counted, a
+// key's fourth stream with a filter is over its live views (429), and a
+// closed stream frees its place.
+func TestStreamBound(t *testing.T) {
+	e := newStreamEnv(t)
+	u := e.signup("owner")
+	e.mustTenant(u, "acme")
+	e.mustTenant(u, "other")
+	var open []*stream
+	for range 2 {
+		s := e.openStream("/v1/tenants/acme/stream?events=1", u.token, "")
+		if s.status != 200 {
+			t.Fatalf("stream: %d %s", s.status, s.body)
+		}
+		s.next("ready")
+		open = append(open, s)
+	}
+	r := e.do("GET", "/v1/tenants/acme/stream?events=1", u.token, nil)
+	wantProblem(t, r, 429, "quota_exceeded", "", "a third stream")
+	if r.json()["quota"] != "max_streams" {
+		t.Errorf("429 names %v, want max_streams: %s", r.json()["quota"], r.body)
+	}
+	if s := e.openStream("/v1/tenants/other/stream?events=1", u.token, ""); s.status != 200 {
+		t.Errorf("another tenant's stream: %d %s", s.status, s.body)
+	}
+	// Streams with a filter are live views too: one key has at most 3,
+	// though pro allows 5 streams.
+	want(t, e.do("PATCH", "/v1/admin/tenants/other", adminToken, map[string]any{"plan": "pro"}), 200, "other on pro")
+	_, key := e.mustKey(u.token, "other", tenants.RoleViewer)
+	for range 3 {
+		if s := e.openStream("/v1/tenants/other/stream?filter=%23", key, ""); s.status != 200 {
+			t.Fatalf("filter stream: %d %s", s.status, s.body)
+		}
+	}
+	r = e.do("GET", "/v1/tenants/other/stream?filter=%23", key, nil)
+	wantProblem(t, r, 429, "quota_exceeded", "", "a fourth live view of one key")
+	if r.json()["quota"] != "live_views_each" {
+		t.Errorf("429 names %v, want live_views_each: %s", r.json()["quota"], r.body)
+	}
+
+	open[0].close()
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		s := e.openStream("/v1/tenants/acme/stream?events=1", u.token, "")
+		if s.status == 200 {
+			break
+		}
+		s.close()
+		if time.Now().After(deadline) {
+			t.Fatalf("a closed stream did not free its place: %d %s", s.status, s.body)
+		}
+	}
+}
+
+// TestStreamSlowReaderDropped: a reader that never reads is disconnected
+// once more than the buffer waits for it; the publisher goes on at full
+// speed meanwhile, and another stream of the tenant gets every message.
+func TestStreamSlowReaderDropped(t *testing.T) {
+	e := newStreamEnv(t)
+	u := e.signup("owner")
+	e.mustTenant(u, "acme")
+	secret := e.mustDevice(u.token, "acme", "d1")
+	want(t, e.do("PATCH", "/v1/admin/tenants/acme", adminToken, map[string]any{"quotas": map[string]any{"publish_rate": 100_000, "tenant_publish_rate": 100_000, "bandwidth_in": 100 << 20}}), 200, "raise rates")
+
+	// The slow reader: a raw connection that sends the request and never
+	// reads the answer.
+	conn, err := net.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if tc, ok := conn.(*net.TCPConn); ok {
+		tc.SetReadBuffer(4096)
+	}
+	fmt.Fprintf(conn, "GET /v1/tenants/acme/stream?filter=%%23 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", u.token)
+	fast := e.openStream("/v1/tenants/acme/stream?filter=%23", u.token, "")
+	fast.next("ready")
+	time.Sleep(100 * time.Millisecond) // both watches are in place
+
+	dev, err := e.dialMQTT(t, "acme/d1", secret, "d1", paho.ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Disconnect(&paho.Disconnect{})
+	payload := []byte(strings.Repeat("x", 8<<10))
+	const n = 2000 // 16 MB: past what the kernel holds and the stream's 8 MiB
+	start := time.Now()
+	for i := range n {
+		if _, err := dev.Publish(context.Background(), &paho.Publish{Topic: fmt.Sprintf("t/%d", i), QoS: 1, Payload: payload}); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	took := time.Since(start)
+	if took > 20*time.Second {
+		t.Errorf("%d QoS 1 publishes took %v with a slow stream reader", n, took)
+	}
+	for i := range n {
+		var m struct{ Topic string }
+		json.Unmarshal([]byte(fast.next("message").data), &m)
+		if m.Topic != fmt.Sprintf("t/%d", i) {
+			t.Fatalf("fast reader's message %d: %s", i, m.Topic)
+		}
+	}
+	// The slow reader's stream was ended by the server: its place among
+	// the tenant's two (free plan) is free again, though it has read
+	// nothing.
+	third := e.openStream("/v1/tenants/acme/stream?filter=%23", u.token, "")
+	if third.status != 200 {
+		t.Fatalf("the slow reader's stream was not ended: a new one got %d %s", third.status, third.body)
+	}
+	if !strings.Contains(e.logs.String(), "reader too slow") {
+		t.Error("the drop was not logged")
+	}
+	t.Logf("%d publishes of %d bytes in %v with a slow reader", n, len(payload), took)
+}
+
+// TestStreamEndsWhenKeyDeleted: deleting the key ends its open stream.
+func TestStreamEndsWhenKeyDeleted(t *testing.T) {
+	e := newStreamEnv(t)
+	u := e.signup("owner")
+	e.mustTenant(u, "acme")
+	keyID, key := e.mustKey(u.token, "acme", tenants.RoleViewer)
+	s := e.openStream("/v1/tenants/acme/stream?events=1", key, "")
+	s.next("ready")
+	want(t, e.do("DELETE", "/v1/tenants/acme/api-keys/"+keyID, u.token, nil), 204, "delete the key")
+	s.next("end")
+	select {
+	case <-s.ended:
+	case <-time.After(3 * time.Second):
+		t.Fatal("the stream of a deleted key stayed open")
+	}
+}
+
+func grepLogs(logs, word string) string {
+	var out []string
+	for _, l := range strings.Split(logs, "\n") {
+		if strings.Contains(l, word) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
