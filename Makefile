@@ -52,7 +52,7 @@ bench: bench-tools ## the same at full sizes (25 minutes before NATS and the who
 	./bin/roost-bench -suite full -roost bin/roost -out bench/results
 
 .PHONY: readme-test
-readme-test: ## run the README's walk-through against a real roost serve
+readme-test: ## run the README's walk-through twice against one real roost serve, and once failing
 	$(GO) test -count=1 -run TestReadmeWalkthrough ./cmd/roost
 
 .PHONY: services
