@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 
 	"github.com/roosthub/roost/internal/testenv"
 )
@@ -112,4 +113,90 @@ func TestReadmeWalkthroughFailsVisibly(t *testing.T) {
 	if d := time.Since(start); d > 10*time.Second {
 		t.Errorf("the failing walk-through took %v", d)
 	}
+}
+
+// TestDocLinks: every relative link in the README and docs/ names a file
+// that exists and, with a #fragment, a heading in it (GitHub's anchors).
+func TestDocLinks(t *testing.T) {
+	files, err := filepath.Glob("../../docs/*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files = append(files, "../../README.md")
+	link := regexp.MustCompile(`\]\(([^)\s]+)\)`)
+	checked := 0
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range link.FindAllStringSubmatch(outsideCode(string(b)), -1) {
+			target := m[1]
+			if strings.Contains(target, "://") || strings.HasPrefix(target, "mailto:") {
+				continue
+			}
+			path, frag, _ := strings.Cut(target, "#")
+			file := f
+			if path != "" {
+				file = filepath.Join(filepath.Dir(f), path)
+			}
+			checked++
+			if _, err := os.Stat(file); err != nil {
+				t.Errorf("%s links to %s, which does not exist", filepath.Base(f), target)
+				continue
+			}
+			if frag == "" {
+				continue
+			}
+			body, err := os.ReadFile(file)
+			if err != nil {
+				t.Errorf("%s links to %s: %v", filepath.Base(f), target, err)
+				continue
+			}
+			if !anchors(string(body))[frag] {
+				t.Errorf("%s links to %s: %s has no heading #%s", filepath.Base(f), target, path, frag)
+			}
+		}
+	}
+	if checked < 10 {
+		t.Errorf("checked %d links, want the README's and docs' links (10 or more)", checked)
+	}
+}
+
+// outsideCode is markdown without its fenced code blocks.
+func outsideCode(md string) string {
+	var b strings.Builder
+	fenced := false
+	for _, line := range strings.Split(md, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(line), "```") {
+			fenced = !fenced
+			continue
+		}
+		if !fenced {
+			b.WriteString(line + "\n")
+		}
+	}
+	return b.String()
+}
+
+// anchors are the fragments GitHub gives a markdown file's headings.
+func anchors(md string) map[string]bool {
+	a := map[string]bool{}
+	for _, line := range strings.Split(outsideCode(md), "\n") {
+		if !strings.HasPrefix(line, "#") {
+			continue
+		}
+		title := strings.TrimSpace(strings.TrimLeft(line, "#"))
+		var slug strings.Builder
+		for _, r := range strings.ToLower(title) {
+			switch {
+			case r == ' ':
+				slug.WriteRune('-')
+			case r == '-' || r == '_' || unicode.IsLetter(r) || unicode.IsDigit(r):
+				slug.WriteRune(r)
+			}
+		}
+		a[slug.String()] = true
+	}
+	return a
 }
