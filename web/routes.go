@@ -35,6 +35,8 @@ func (c *Console) routes() chi.Router {
 				r.Get("/", c.overview)
 				r.Get("/devices", c.deviceList)
 				r.Get("/devices/{device}", c.deviceDetail)
+				r.Get("/devices/{device}/created", c.deviceSecretPage("created"))
+				r.Get("/devices/{device}/secret", c.deviceSecretPage("secret"))
 				r.Get("/acl", c.aclPage)
 				r.Get("/webhooks", c.webhooksPage)
 				r.Post("/acl/check", c.aclCheck)
@@ -82,6 +84,7 @@ func (c *Console) routes() chi.Router {
 		r.Group(func(r chi.Router) {
 			r.Use(c.operatorOnly)
 			r.Get("/admin", c.adminTenants)
+			r.Get("/admin/tenants/{tenant}", c.adminTenant)
 			r.Post("/admin/tenants/{tenant}", c.adminTenantUpdate)
 		})
 	})

@@ -1,0 +1,175 @@
+package web_test
+
+import (
+	"fmt"
+	"html"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+// operator signs a browser in with the operator token.
+func (s *stack) operator() *browser {
+	s.t.Helper()
+	op := s.browser()
+	op.get("/admin/login")
+	if a := op.post("/admin/login", url.Values{"token": {operatorToken}}); a.status != http.StatusSeeOther {
+		s.t.Fatalf("operator login: %d", a.status)
+	}
+	return op
+}
+
+var adminRowRE = regexp.MustCompile(`<tr>\s*<td><a href="/admin/tenants/([a-z0-9-]+)">`)
+
+// adminSlugs are the tenants of the operator's table, in its order.
+func adminSlugs(body string) []string {
+	var out []string
+	for _, m := range adminRowRE.FindAllStringSubmatch(body, -1) {
+		out = append(out, m[1])
+	}
+	return out
+}
+
+// TestOperatorTable: the operator's page is a table for many tenants:
+// 120 tenants come 50 to a page with the hub's totals, sort by any column
+// both ways, and search by slug or name; each tenant's own page shows its
+// quotas by name with their keys, and a mistake in one comes back to that
+// page with the message.
+func TestOperatorTable(t *testing.T) {
+	s := newStack(t)
+	ctx := t.Context()
+	acct, err := s.store.CreateAccount(ctx, tenants.Signup{Email: "many@example.com", Password: "correct horse battery"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 120 {
+		if _, err := s.store.CreateTenant(ctx, acct.ID, tenants.TenantInput{Slug: fmt.Sprintf("t-%03d", i), Name: fmt.Sprintf("Tenant %d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 3 {
+		if _, _, err := s.store.CreateDevice(ctx, "t-007", tenants.DeviceInput{Name: fmt.Sprint("d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := s.store.CreateDevice(ctx, "t-042", tenants.DeviceInput{Name: "d0"}); err != nil {
+		t.Fatal(err)
+	}
+	op := s.operator()
+
+	a := op.get("/admin")
+	if a.status != http.StatusOK {
+		t.Fatalf("/admin: %d", a.status)
+	}
+	if got := adminSlugs(a.body); len(got) != 50 || got[0] != "t-000" || got[49] != "t-049" {
+		t.Errorf("first page: %d rows %v, want t-000 to t-049", len(got), got)
+	}
+	for _, want := range []string{"<b>120</b> tenants", "<b>4</b> devices", "120 tenants, page 1 of 3", `rel="next"`} {
+		if !strings.Contains(a.body, want) {
+			t.Errorf("the first page lacks %q", want)
+		}
+	}
+	if got := adminSlugs(op.get("/admin?page=3").body); len(got) != 20 || got[0] != "t-100" {
+		t.Errorf("page 3: %d rows starting %v, want 20 from t-100", len(got), got)
+	}
+	if got := adminSlugs(op.get("/admin?sort=devices&dir=desc").body); len(got) < 2 || got[0] != "t-007" || got[1] != "t-042" {
+		t.Errorf("by devices, most first: %v, want t-007 then t-042", got[:min(len(got), 3)])
+	}
+	if got := adminSlugs(op.get("/admin?sort=slug&dir=desc").body); len(got) == 0 || got[0] != "t-119" {
+		t.Errorf("by slug, descending: starts %v, want t-119", got[:min(len(got), 1)])
+	}
+	a = op.get("/admin?q=Tenant+11")
+	if got := adminSlugs(a.body); len(got) != 11 || got[0] != "t-011" {
+		t.Errorf("search by name \"Tenant 11\": %v, want t-011 and t-110 to t-119", got)
+	}
+	if !strings.Contains(a.body, "11 tenants matching") {
+		t.Errorf("the search does not say how many match")
+	}
+	if a := op.get("/admin?q=nothing-like-it"); !strings.Contains(a.body, "No tenant") {
+		t.Errorf("a search that matches nothing says nothing")
+	}
+
+	// A tenant's own page: quotas by name, key beside, plan's value.
+	a = op.get("/admin/tenants/t-007")
+	for _, want := range []string{`<label for="q-max_devices">Devices</label></td><td><code>max_devices</code>`, "3 devices", `name="quota.messages_per_month"`} {
+		if !strings.Contains(a.body, want) {
+			t.Errorf("the tenant's page lacks %q", want)
+		}
+	}
+	a = op.post("/admin/tenants/t-007", url.Values{"per_quota": {"1"}, "plan": {"free"}, "quota.max_devices": {"many"}})
+	if a.status != http.StatusBadRequest || !strings.Contains(a.body, "Devices must be a whole number") || !strings.Contains(a.body, `id="admin-tenant"`) || !strings.Contains(a.body, `value="many"`) {
+		t.Errorf("a bad override: %d, want 400 on the tenant's page with the message and the value sent", a.status)
+	}
+	a = op.post("/admin/tenants/t-007", url.Values{"per_quota": {"1"}, "plan": {"free"}, "quota.max_devices": {"1,500"}})
+	if a.status != http.StatusSeeOther || a.location != "/admin/tenants/t-007?done=saved" {
+		t.Fatalf("an override: %d %s", a.status, a.location)
+	}
+	if tn, _ := s.store.Tenant(ctx, "t-007"); tn.Overrides["max_devices"] != 1500 || len(tn.Overrides) != 1 {
+		t.Errorf("overrides after saving: %v, want max_devices=1500", tn.Overrides)
+	}
+	op.post("/admin/tenants/t-007", url.Values{"per_quota": {"1"}, "plan": {"free"}, "quota.max_devices": {""}})
+	if tn, _ := s.store.Tenant(ctx, "t-007"); len(tn.Overrides) != 0 {
+		t.Errorf("an emptied override stays: %v", tn.Overrides)
+	}
+	if a := op.get("/admin/tenants/no-such"); a.status != http.StatusNotFound {
+		t.Errorf("an unknown tenant's page: %d", a.status)
+	}
+}
+
+// TestDeviceSecretShownOnce: creating a device or rotating its secret
+// answers with a redirect; the page it leads to shows the secret once, and
+// opened again (a refresh) it says the secret was shown and creates nothing.
+func TestDeviceSecretShownOnce(t *testing.T) {
+	s := newStack(t)
+	b := s.browser()
+	b.signup("owner")
+	b.tenant("acme")
+	secretRE := regexp.MustCompile(`id="cred-secret">([^<]+)<`)
+	for _, tc := range []struct{ name, post, page string }{
+		{"create", "/tenants/acme/devices", "/tenants/acme/devices/d1/created"},
+		{"rotate", "/tenants/acme/devices/d1/secret", "/tenants/acme/devices/d1/secret"},
+	} {
+		a := b.post(tc.post, url.Values{"name": {"d1"}})
+		if a.status != http.StatusSeeOther || a.location != tc.page {
+			t.Fatalf("%s: %d %q, want 303 to %s", tc.name, a.status, a.location, tc.page)
+		}
+		first := b.get(a.location)
+		m := secretRE.FindStringSubmatch(first.body)
+		if first.status != http.StatusOK || m == nil {
+			t.Fatalf("%s: the page after the redirect shows no secret: %d", tc.name, first.status)
+		}
+		if d, err := s.store.Device(t.Context(), "acme", "d1"); err != nil || !tenants.CheckSecret(html.UnescapeString(m[1]), d.SecretHash) {
+			t.Errorf("%s: the secret shown is not the device's: %v", tc.name, err)
+		}
+		again := b.get(a.location)
+		if secretRE.MatchString(again.body) || !strings.Contains(again.body, `id="secret-gone"`) {
+			t.Errorf("%s: opened again, the page shows the secret or does not say it was shown", tc.name)
+		}
+	}
+	if ds, _, _ := s.store.Devices(t.Context(), "acme", tenantsPage()); len(ds) != 1 {
+		t.Errorf("devices: %d, want 1", len(ds))
+	}
+}
+
+// TestQuotaNamesAndCounts: quotas read by name with their key beside, and
+// counts of one are singular.
+func TestQuotaNamesAndCounts(t *testing.T) {
+	s := newStack(t)
+	b := s.browser()
+	b.signup("owner")
+	b.tenant("acme")
+	b.device("acme", "d1", "")
+	a := b.get("/tenants/acme/usage")
+	for _, want := range []string{"Devices <code>max_devices</code>", "Longest session expiry (seconds) <code>max_session_expiry</code>", "limit 7 days", "limit 5 minutes"} {
+		if !strings.Contains(a.body, want) {
+			t.Errorf("the usage page lacks %q", want)
+		}
+	}
+	if a := b.get("/tenants/acme"); !strings.Contains(a.body, "<b>1</b> device</a>") {
+		t.Errorf("the overview does not say \"1 device\"")
+	}
+}
