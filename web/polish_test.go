@@ -173,3 +173,121 @@ func TestQuotaNamesAndCounts(t *testing.T) {
 		t.Errorf("the overview does not say \"1 device\"")
 	}
 }
+
+// TestOnlyOwnerHasNoRemove: the members page offers no Remove (nor Leave)
+// for a tenant's only owner; with a second owner both appear.
+func TestOnlyOwnerHasNoRemove(t *testing.T) {
+	s := newStack(t)
+	owner, other := s.browser(), s.browser()
+	ownerEmail, otherEmail := owner.signup("owner"), other.signup("other")
+	owner.tenant("acme")
+	owner.get("/tenants/acme/members")
+	if a := owner.post("/tenants/acme/members", url.Values{"email": {otherEmail}, "role": {"admin"}}); a.status != http.StatusSeeOther {
+		t.Fatalf("add a member: %d", a.status)
+	}
+	a := owner.get("/tenants/acme/members")
+	if strings.Contains(a.body, `aria-label="Leave acme"`) || !strings.Contains(a.body, "the only owner: make another member owner to leave") {
+		t.Errorf("the only owner's own row offers to leave, or does not say why not")
+	}
+	if !strings.Contains(a.body, `aria-label="Remove `+otherEmail+`"`) {
+		t.Errorf("the owner is not offered to remove the admin")
+	}
+	if a := other.get("/tenants/acme/members"); strings.Contains(a.body, `aria-label="Remove `+ownerEmail+`"`) {
+		t.Errorf("the admin is offered to remove the only owner")
+	}
+	// A second owner: each may now leave, and the owner may remove the other.
+	third := s.browser()
+	thirdEmail := third.signup("third")
+	owner.get("/tenants/acme/members")
+	if a := owner.post("/tenants/acme/members", url.Values{"email": {thirdEmail}, "role": {"owner"}}); a.status != http.StatusSeeOther {
+		t.Fatalf("add an owner: %d", a.status)
+	}
+	otherEmail = thirdEmail
+	a = owner.get("/tenants/acme/members")
+	if !strings.Contains(a.body, `aria-label="Leave acme"`) || !strings.Contains(a.body, `aria-label="Remove `+otherEmail+`"`) || strings.Contains(a.body, "the only owner") {
+		t.Errorf("with two owners the page still holds back Leave or Remove")
+	}
+}
+
+// TestErrorPagesLeadBack: an error page links back to the page the visitor
+// came from (a page of this console only), or to the nearest page that can
+// show.
+func TestErrorPagesLeadBack(t *testing.T) {
+	s := newStack(t)
+	b := s.browser()
+	b.signup("owner")
+	b.tenant("acme")
+	b.get("/tenants/acme/acl")
+	post := func(path, referer string) answer {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, s.url+path, strings.NewReader(url.Values{"csrf": {b.csrf}, "position": {"minus one"}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		if referer != "" {
+			req.Header.Set("Referer", referer)
+		}
+		resp, err := b.http.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b.read(resp)
+	}
+	back := regexp.MustCompile(`<a href="([^"]*)" id="error-back">`)
+	for _, tc := range []struct{ name, referer, want string }{
+		{"from the rules page", s.url + "/tenants/acme/acl?x=1", "/tenants/acme/acl?x=1"},
+		{"from another site", "https://evil.example/phish", "/tenants/acme"},
+		{"no referer", "", "/tenants/acme"},
+	} {
+		a := post("/tenants/acme/acl/acl_x/move", tc.referer)
+		m := back.FindStringSubmatch(a.body)
+		if a.status != http.StatusBadRequest || m == nil || html.UnescapeString(m[1]) != tc.want {
+			t.Errorf("%s: %d, back link %v, want 400 leading to %s", tc.name, a.status, m, tc.want)
+		}
+	}
+	if a := b.get("/tenants/acme/devices/nobody"); a.status != http.StatusNotFound || !back.MatchString(a.body) {
+		t.Errorf("a missing device: %d, no way back", a.status)
+	}
+}
+
+// TestRulePositionsAsTheAPI: the console numbers rules from 0, as the API
+// does: a rule added at position 0 is the API's position 0 and shows so.
+func TestRulePositionsAsTheAPI(t *testing.T) {
+	s := newStack(t)
+	b := s.browser()
+	b.signup("owner")
+	b.tenant("acme")
+	b.get("/tenants/acme/acl")
+	if a := b.post("/tenants/acme/acl", url.Values{"effect": {"deny"}, "action": {"publish"}, "topic": {"secret/#"}, "device": {"*"}, "position": {"0"}}); a.status != http.StatusSeeOther {
+		t.Fatalf("add a rule at position 0: %d", a.status)
+	}
+	rules, _ := s.store.ACLRules(t.Context(), "acme")
+	if len(rules) != 2 || rules[0].Topic != "secret/#" || rules[0].Position != 0 {
+		t.Fatalf("rules: %+v, want secret/# at position 0", rules)
+	}
+	a := b.get("/tenants/acme/acl")
+	if !strings.Contains(a.body, `<td>0</td><td class="deny">deny</td>`) || !strings.Contains(a.body, `aria-label="Move the rule at position 0 down"`) {
+		t.Errorf("the rules page does not number the first rule 0")
+	}
+	b.device("acme", "d1", "")
+	a = b.post("/tenants/acme/acl/check", url.Values{"device": {"d1"}, "action": {"publish"}, "topic": {"secret/x"}})
+	if !strings.Contains(a.body, "by the rule at position 0") {
+		t.Errorf("the checker does not name the rule by its API position")
+	}
+	if a := b.post("/tenants/acme/acl", url.Values{"effect": {"allow"}, "action": {"all"}, "topic": {"#"}, "device": {"*"}, "position": {"-1"}}); a.status != http.StatusBadRequest {
+		t.Errorf("position -1: %d, want 400", a.status)
+	}
+}
+
+// TestDeviceMetadataApart: a device's metadata has its own section, apart
+// from its status.
+func TestDeviceMetadataApart(t *testing.T) {
+	s := newStack(t)
+	b := s.browser()
+	b.signup("owner")
+	b.tenant("acme")
+	b.device("acme", "d1", "room=lab")
+	a := b.get("/tenants/acme/devices/d1")
+	status, meta, ok := strings.Cut(a.body, "<h2>Metadata</h2>")
+	if !ok || strings.Contains(status, "room") || !strings.Contains(meta, `<dl class="facts" id="metadata"><dt>room</dt><dd>lab</dd>`) {
+		t.Errorf("the metadata is not in a section of its own")
+	}
+}

@@ -258,6 +258,8 @@ type membersData struct {
 	Members []tenants.Member
 	// Owner: the visitor may keep a removed member's API keys.
 	Owner bool
+	// Owners counts the owners: the only one can neither leave nor be removed.
+	Owners int
 }
 
 func (c *Console) memberList(w http.ResponseWriter, r *http.Request) {
@@ -270,7 +272,13 @@ func (c *Console) renderMembers(w http.ResponseWriter, r *http.Request, status i
 		c.internal(w, r, err)
 		return
 	}
-	p.Title, p.Nav, p.Data = "Members", "members", membersData{Members: ms, Owner: roleOf(r).AtLeast(tenants.RoleOwner)}
+	d := membersData{Members: ms, Owner: roleOf(r).AtLeast(tenants.RoleOwner)}
+	for _, m := range ms {
+		if m.Role == tenants.RoleOwner {
+			d.Owners++
+		}
+	}
+	p.Title, p.Nav, p.Data = "Members", "members", d
 	c.render(w, r, status, "members.html", p)
 }
 
