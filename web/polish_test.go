@@ -1,13 +1,21 @@
 package web_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
 	"html"
+	"math/big"
 	"net/http"
 	"net/url"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/roosthub/roost/tenants"
 )
@@ -289,5 +297,77 @@ func TestDeviceMetadataApart(t *testing.T) {
 	status, meta, ok := strings.Cut(a.body, "<h2>Metadata</h2>")
 	if !ok || strings.Contains(status, "room") || !strings.Contains(meta, `<dl class="facts" id="metadata"><dt>room</dt><dd>lab</dd>`) {
 		t.Errorf("the metadata is not in a section of its own")
+	}
+}
+
+// caPEM is a new self-signed CA certificate, PEM.
+func caPEM(t *testing.T, cn string) string {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}
+
+// TestCAsAndAuditPages: an admin registers and removes a tenant's
+// certificate authorities on their page (a bad one, or another tenant's,
+// comes back with the reason next to the field); a viewer sees them and
+// changes nothing; the audit trail lists every change.
+func TestCAsAndAuditPages(t *testing.T) {
+	s := newStack(t)
+	owner, viewer, other := s.browser(), s.browser(), s.browser()
+	owner.signup("owner")
+	viewerEmail := viewer.signup("viewer")
+	other.signup("other")
+	owner.tenant("acme")
+	other.tenant("rival")
+	owner.get("/tenants/acme/members")
+	owner.post("/tenants/acme/members", url.Values{"email": {viewerEmail}, "role": {"viewer"}})
+	ca := caPEM(t, "Acme devices CA")
+
+	owner.get("/tenants/acme/cas")
+	if a := owner.post("/tenants/acme/cas", url.Values{"certificate": {"not a certificate"}}); a.status != http.StatusBadRequest || !strings.Contains(a.body, `class="field-error"`) {
+		t.Errorf("a bad certificate: %d, want 400 with the reason by the field", a.status)
+	}
+	if a := owner.post("/tenants/acme/cas", url.Values{"certificate": {ca}}); a.status != http.StatusSeeOther || a.location != "/tenants/acme/cas?done=saved" {
+		t.Fatalf("add a CA: %d %s", a.status, a.location)
+	}
+	other.get("/tenants/rival/cas")
+	if a := other.post("/tenants/rival/cas", url.Values{"certificate": {ca}}); a.status != http.StatusBadRequest || !strings.Contains(a.body, "belongs to another tenant") {
+		t.Errorf("another tenant's CA: %d, want 400 saying whose it is", a.status)
+	}
+	cas, _ := s.store.CAs(t.Context(), "acme")
+	if len(cas) != 1 {
+		t.Fatalf("CAs: %d, want 1", len(cas))
+	}
+	a := viewer.get("/tenants/acme/cas")
+	if !strings.Contains(a.body, "Acme devices CA") || strings.Contains(a.body, `id="add-ca"`) || strings.Contains(a.body, "aria-label=\"Remove") {
+		t.Errorf("the viewer's CA page: lists it %v, offers changes %v", strings.Contains(a.body, "Acme devices CA"), strings.Contains(a.body, `id="add-ca"`))
+	}
+	if a := viewer.post("/tenants/acme/cas/"+cas[0].ID+"/delete", nil); a.status != http.StatusForbidden {
+		t.Errorf("a viewer removes a CA: %d, want 403", a.status)
+	}
+	if a := owner.post("/tenants/acme/cas/"+cas[0].ID+"/delete", nil); a.status != http.StatusSeeOther {
+		t.Errorf("remove the CA: %d", a.status)
+	}
+	if cas, _ := s.store.CAs(t.Context(), "acme"); len(cas) != 0 {
+		t.Errorf("CAs after removing: %d", len(cas))
+	}
+
+	a = viewer.get("/tenants/acme/audit")
+	for _, want := range []string{"tenant.create", "ca.create", "ca.delete", "UTC"} {
+		if !strings.Contains(a.body, want) {
+			t.Errorf("the audit trail lacks %q", want)
+		}
+	}
+	if a := other.get("/tenants/acme/audit"); a.status != http.StatusNotFound {
+		t.Errorf("another tenant's member on the audit trail: %d, want 404", a.status)
 	}
 }

@@ -48,6 +48,8 @@ func (c *Console) routes() chi.Router {
 				r.Get("/members", c.memberList)
 				r.Get("/billing", c.billingPage)
 				r.Get("/settings", c.settingsPage)
+				r.Get("/cas", c.casPage)
+				r.Get("/audit", c.auditPage)
 				// Anyone may leave; tenants.By decides who may remove whom.
 				r.Post("/members/{account}/delete", c.memberRemove)
 				r.Group(func(r chi.Router) {
@@ -74,6 +76,8 @@ func (c *Console) routes() chi.Router {
 					r.Post("/billing/portal", c.billingPortal)
 					r.Post("/billing/cap", c.billingCap)
 					r.Post("/settings", c.settingsUpdate)
+					r.Post("/cas", c.caCreate)
+					r.Post("/cas/{id}/delete", c.caDelete)
 				})
 			})
 		})
