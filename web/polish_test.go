@@ -371,3 +371,42 @@ func TestCAsAndAuditPages(t *testing.T) {
 		t.Errorf("another tenant's member on the audit trail: %d, want 404", a.status)
 	}
 }
+
+// TestExportRulesPage: an admin adds an export rule to Kafka on its page
+// and removes it; a bad filter or condition comes back next to its field.
+func TestExportRulesPage(t *testing.T) {
+	s := newStack(t)
+	b := s.browser()
+	b.signup("owner")
+	b.tenant("acme")
+	b.get("/tenants/acme/export-rules")
+	for _, tc := range []struct {
+		name  string
+		form  url.Values
+		field string
+	}{
+		{"a bad filter", url.Values{"filter": {"a/#/b"}, "topic": {"telemetry"}}, "xr-filter"},
+		{"a condition that does not compile", url.Values{"filter": {"sensors/#"}, "topic": {"telemetry"}, "condition": {"payload.temp >"}}, "xr-condition"},
+	} {
+		a := b.post("/tenants/acme/export-rules", tc.form)
+		if a.status != http.StatusBadRequest || !strings.Contains(a.body, `id="`+tc.field+`"`) || !strings.Contains(a.body, `class="field-error"`) {
+			t.Errorf("%s: %d, want 400 with the reason by the field", tc.name, a.status)
+		}
+	}
+	if a := b.post("/tenants/acme/export-rules", url.Values{"filter": {"sensors/#"}, "topic": {"telemetry"}}); a.status != http.StatusSeeOther {
+		t.Fatalf("add a rule: %d %s", a.status, a.body)
+	}
+	rules, _ := s.store.Rules(t.Context(), "acme")
+	if len(rules) != 1 || rules[0].Filter != "sensors/#" {
+		t.Fatalf("rules: %+v", rules)
+	}
+	if a := b.get("/tenants/acme/export-rules"); !strings.Contains(a.body, "<code>roost.acme.telemetry</code>") {
+		t.Errorf("the page does not show the rule's Kafka topic")
+	}
+	if a := b.post("/tenants/acme/export-rules/"+rules[0].ID+"/delete", nil); a.status != http.StatusSeeOther {
+		t.Errorf("delete the rule: %d", a.status)
+	}
+	if rules, _ := s.store.Rules(t.Context(), "acme"); len(rules) != 0 {
+		t.Errorf("rules after deleting: %d", len(rules))
+	}
+}

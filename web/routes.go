@@ -50,6 +50,7 @@ func (c *Console) routes() chi.Router {
 				r.Get("/settings", c.settingsPage)
 				r.Get("/cas", c.casPage)
 				r.Get("/audit", c.auditPage)
+				r.Get("/export-rules", c.exportRulesPage)
 				// Anyone may leave; tenants.By decides who may remove whom.
 				r.Post("/members/{account}/delete", c.memberRemove)
 				r.Group(func(r chi.Router) {
@@ -78,6 +79,8 @@ func (c *Console) routes() chi.Router {
 					r.Post("/settings", c.settingsUpdate)
 					r.Post("/cas", c.caCreate)
 					r.Post("/cas/{id}/delete", c.caDelete)
+					r.Post("/export-rules", c.exportRuleCreate)
+					r.Post("/export-rules/{id}/delete", c.exportRuleDelete)
 				})
 			})
 		})
