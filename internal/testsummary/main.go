@@ -146,9 +146,11 @@ func isMarker(l string) bool {
 		strings.HasPrefix(t, "--- SKIP") || l == "PASS\n"
 }
 
-// reason is the last line a skipped test logged (what t.Skip said).
+// reason is what t.Skip said: the last line a skipped test logged, or,
+// since a cleanup may log after the skip, the last that reads like a
+// reason to skip.
 func reason(out []string) string {
-	r := "no reason given"
+	last, likely := "", ""
 	for _, l := range out {
 		t := strings.TrimSpace(l)
 		if t == "" || isMarker(l) {
@@ -158,9 +160,21 @@ func reason(out []string) string {
 		if f, rest, ok := strings.Cut(t, ": "); ok && strings.Contains(f, ".go:") {
 			t = rest
 		}
-		r = t
+		last = t
+		lower := strings.ToLower(t)
+		for _, w := range []string{"skip", "not set", "not installed", "known bug", "needs", "short"} {
+			if strings.Contains(lower, w) {
+				likely = t
+			}
+		}
 	}
-	return r
+	switch {
+	case likely != "":
+		return likely
+	case last != "":
+		return last
+	}
+	return "no reason given"
 }
 
 func (s *summary) report() {

@@ -52,6 +52,7 @@ func TestReason(t *testing.T) {
 	}{
 		{"logged then skipped", []string{"=== RUN   TestX\n", "    x_test.go:3: noise\n", "    x_test.go:4: needs redis\n", "--- SKIP: TestX (0.00s)\n"}, "needs redis"},
 		{"no reason", []string{"=== RUN   TestX\n", "--- SKIP: TestX (0.00s)\n"}, "no reason given"},
+		{"a cleanup logs after the skip", []string{"=== RUN   TestX\n", "    x_test.go:9: KNOWN BUG, everything else passed: late\n", "    x_test.go:20: the test took 13.7s\n", "--- SKIP: TestX (13.70s)\n"}, "KNOWN BUG, everything else passed: late"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := reason(tc.out); got != tc.want {
