@@ -151,7 +151,7 @@ func (h *Hub) Watch(ctx context.Context, tenant, watcher, filter string, fn func
 			// other $-topics to an inline subscription to # all the same.
 			return
 		}
-		fn(dataplane.Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain})
+		fn(dataplane.Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Sender: pk.Origin})
 	})
 	if err != nil {
 		h.reg.releaseWatch(inst, watcher)

@@ -773,7 +773,15 @@ func (p *persistence) reconcile(cl *mqtt.Client) {
 	}
 	var missing []uint64
 	for _, seq := range p.outstanding[cl.ID] {
-		if !sending[seq] && !routing[seq] {
+		switch {
+		case sending[seq]:
+		case routing[seq]:
+			// Still being routed, maybe to the client object this
+			// connection took over: once it is, look again (routed).
+			// established clears the session's recheck, so the one its
+			// handing over set may be gone.
+			p.recheck[cl.ID] = true
+		default:
 			missing = append(missing, seq)
 		}
 	}

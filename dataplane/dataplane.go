@@ -57,6 +57,9 @@ type Message struct {
 	Payload []byte
 	QoS     byte
 	Retain  bool
+	// Sender is the client id that published it, in what Watch hands
+	// out ("inline" for the API's and the console's publishes).
+	Sender string `json:",omitempty"`
 }
 
 // Stats is the data plane's totals.

@@ -6,6 +6,10 @@
 #   eval "$(scripts/services.sh start)"    # then: make test
 #   scripts/services.sh stop
 #
+# `start-missing` starts only those whose ROOST_TEST_*_URL is not set and that
+# are installed, and says on stderr which it could not start; `make test`
+# (scripts/test.sh) uses it, in a directory of its own (ROOST_SERVICES_DIR).
+#
 # Needs Debian's postgresql and redis-server packages, and stripe-mock (Go). Runs Postgres as the
 # `postgres` user when started as root, as initdb refuses to run as root.
 set -euo pipefail
@@ -98,8 +102,23 @@ stop_redis() {
   [ -f "$pidfile" ] && kill "$(cat "$pidfile")" 2>/dev/null || true
 }
 
+have_postgres() { compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
+have_redis() { command -v redis-server >/dev/null; }
+
+start_missing() {
+  mkdir -p "$state"; chmod 755 "$state"
+  if [ -z "${ROOST_TEST_POSTGRES_URL:-}" ]; then
+    if have_postgres; then start_postgres; else echo "Postgres is not installed (apt-get install postgresql)" >&2; fi
+  fi
+  if [ -z "${ROOST_TEST_REDIS_URL:-}" ]; then
+    if have_redis; then start_redis; else echo "redis-server is not installed (apt-get install redis-server)" >&2; fi
+  fi
+  if [ -z "${ROOST_TEST_STRIPE_URL:-}" ]; then start_stripe; fi
+}
+
 case "${1:-start}" in
   start) stop_postgres; stop_redis; stop_stripe; mkdir -p "$state"; chmod 755 "$state"; start_postgres; start_redis; start_stripe ;;
+  start-missing) start_missing ;;
   stop) stop_postgres; stop_redis; stop_stripe ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  *) echo "usage: $0 start|start-missing|stop" >&2; exit 2 ;;
 esac

@@ -43,12 +43,11 @@ func (c *Console) aclCreate(w http.ResponseWriter, r *http.Request) {
 	form := map[string]string{"effect": string(in.Effect), "action": string(in.Action), "topic": in.Topic, "device": in.Device, "position": r.PostFormValue("position")}
 	if s := strings.TrimSpace(r.PostFormValue("position")); s != "" {
 		n, err := strconv.Atoi(s)
-		if err != nil || n < 1 {
-			c.renderACL(w, r, http.StatusBadRequest, page{Form: form, Errors: map[string]string{"position": "a position is a number from 1"}}, nil)
+		if err != nil || n < 0 {
+			c.renderACL(w, r, http.StatusBadRequest, page{Form: form, Errors: map[string]string{"position": "a position is a number from 0 (the first rule)"}}, nil)
 			return
 		}
-		n-- // the page counts from 1
-		in.Position = &n
+		in.Position = &n // counted from 0, as the API counts
 	}
 	if _, err := c.store.CreateACLRule(r.Context(), tenantOf(r).Slug, in); err != nil {
 		if !errors.Is(err, tenants.ErrInvalid) && !errors.Is(err, tenants.ErrQuotaExceeded) {

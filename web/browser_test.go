@@ -188,7 +188,7 @@ func TestBrowserFirstMessage(t *testing.T) {
 		chromedp.SetValue(css(`#effect`), "deny"),
 		chromedp.SetValue(css(`#action`), "publish"),
 		chromedp.SendKeys(css(`#topic`), "secret/#"),
-		chromedp.SendKeys(css(`#position`), "1"),
+		chromedp.SendKeys(css(`#position`), "0"),
 		chromedp.Submit(css(`#topic`)),
 		chromedp.WaitVisible(css(`.flash`)),
 		chromedp.SendKeys(css(`#check_device`), "sensor-1"),
@@ -199,7 +199,7 @@ func TestBrowserFirstMessage(t *testing.T) {
 	)
 	verdict := text(`#verdict`)
 	screenshot(t, ctx, "06-acl-checker")
-	if !strings.HasPrefix(verdict, "Denied") || !strings.Contains(verdict, "rule 1") {
+	if !strings.HasPrefix(verdict, "Denied") || !strings.Contains(verdict, "by the rule at position 0") {
 		t.Errorf("checker verdict: %q", verdict)
 	}
 	rules, _ := s.store.ACLRules(t.Context(), "acme")
@@ -210,7 +210,7 @@ func TestBrowserFirstMessage(t *testing.T) {
 	if pr, err := dev.Publish(cctx, &paho.Publish{Topic: "secret/plans", QoS: 1, Payload: []byte("x")}); err == nil && pr.ReasonCode < 0x80 {
 		t.Errorf("a publish the new rule denies was accepted: %+v", pr)
 	}
-	run("move the rule down", chromedp.Click(css(`button[aria-label="Move rule 1 down"]`)), chromedp.WaitVisible(css(`.flash`)))
+	run("move the rule down", chromedp.Click(css(`button[aria-label="Move the rule at position 0 down"]`)), chromedp.WaitVisible(css(`.flash`)))
 	if rules, _ := s.store.ACLRules(t.Context(), "acme"); rules[1].Topic != "secret/#" {
 		t.Errorf("after moving down: %+v", rules)
 	}

@@ -23,6 +23,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -414,8 +415,40 @@ func (c *Console) notFound(w http.ResponseWriter, r *http.Request) {
 	c.errorPage(w, r, http.StatusNotFound, "There is nothing here, or it is not yours to see.")
 }
 
+// errorData is what an error page says, and the way back from it.
+type errorData struct {
+	Message string
+	// Back is the console page the visitor came from, or the nearest one
+	// that can show: no error page is a dead end.
+	Back, BackLabel string
+}
+
 func (c *Console) errorPage(w http.ResponseWriter, r *http.Request, status int, msg string) {
-	c.render(w, r, status, "error.html", page{Title: http.StatusText(status), Data: msg})
+	back, label := backTo(r, status)
+	c.render(w, r, status, "error.html", page{Title: http.StatusText(status), Data: errorData{Message: msg, Back: back, BackLabel: label}})
+}
+
+// backTo is where an error page leads back to: the page the form or link
+// was on (the Referer, which the console's Referrer-Policy keeps to its own
+// origin; only its path, and only a page of this console), else the
+// section the request was for.
+func backTo(r *http.Request, status int) (string, string) {
+	if ref, err := url.Parse(r.Referer()); err == nil && ref.Host == r.Host && strings.HasPrefix(ref.Path, "/") &&
+		!strings.HasPrefix(ref.Path, "//") && !strings.HasPrefix(ref.Path, "/static/") && !(r.Method == http.MethodGet && ref.Path == r.URL.Path) {
+		back := ref.EscapedPath()
+		if ref.RawQuery != "" {
+			back += "?" + ref.RawQuery
+		}
+		return back, "Back to the page you came from"
+	}
+	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")
+	switch {
+	case len(parts) >= 3 && parts[0] == "tenants" && status != http.StatusNotFound:
+		return "/tenants/" + url.PathEscape(parts[1]), "Back to the tenant's overview"
+	case parts[0] == "admin" && r.URL.Path != "/admin":
+		return "/admin", "Back to the tenants (operator)"
+	}
+	return "/", "Back to the console"
 }
 
 func urlQueryEscape(s string) string { return strings.ReplaceAll(templateURLEscape(s), "%2F", "/") }

@@ -78,7 +78,7 @@ func TestEveryFormNeedsCSRF(t *testing.T) {
 	}
 	// And a valid token does work, from another page's form too.
 	b.get("/tenants/acme/devices")
-	if a := b.post("/tenants/acme/devices", url.Values{"name": {"d2"}}); a.status != http.StatusCreated {
+	if a := b.post("/tenants/acme/devices", url.Values{"name": {"d2"}}); a.status != http.StatusSeeOther {
 		t.Errorf("create with a valid token: %d", a.status)
 	}
 	// A token is bound to its cookie: another visitor's token does not fit.
@@ -301,7 +301,7 @@ func TestSnippetsWork(t *testing.T) {
 	b := s.browser()
 	b.signup("owner")
 	b.tenant("acme")
-	a := b.post("/tenants/acme/devices", url.Values{"name": {"d1"}})
+	a := b.get(b.post("/tenants/acme/devices", url.Values{"name": {"d1"}}).location)
 	snippet := func(id string) string {
 		m := regexp.MustCompile(`id="snip-` + id + `">([^<]+)<`).FindStringSubmatch(a.body)
 		if m == nil {
@@ -433,6 +433,11 @@ func TestBillingPages(t *testing.T) {
 	if a := b.post("/tenants/acme/billing/checkout", url.Values{"plan": {"pro"}}); a.status != http.StatusConflict {
 		t.Errorf("checkout with billing off: %d", a.status)
 	}
+	// No card is ever asked for when nothing is billed: the login page
+	// does not make a point of it.
+	if a := off.browser().get("/login"); strings.Contains(a.body, "no card") {
+		t.Errorf("billing off: the login page speaks of a card")
+	}
 
 	stripeURL := testenv.StripeURL(t)
 	s := newStackWith(t, func(c *web.Config) {
@@ -446,6 +451,9 @@ func TestBillingPages(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	if a := s.browser().get("/login"); !strings.Contains(a.body, "the free plan needs no card") {
+		t.Errorf("billing on: the login page does not say the free plan needs no card")
+	}
 	owner := s.browser()
 	owner.signup("payer")
 	owner.tenant("acme")

@@ -1,12 +1,14 @@
 package web
 
 import (
+	"crypto/hmac"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/go-chi/chi/v5"
 
@@ -76,6 +78,8 @@ type credentials struct {
 	Secret    string
 	Endpoints []Endpoint
 	Snippets  []snippet
+	// Gone: the secret was shown already (the page was opened again).
+	Gone bool
 }
 
 type snippet struct {
@@ -136,8 +140,53 @@ func (c *Console) deviceCreate(w http.ResponseWriter, r *http.Request) {
 		c.renderDevices(w, r, http.StatusBadRequest, page{Form: form, Errors: formErrors(err)})
 		return
 	}
-	// The secret is in this answer to the POST and nowhere else, ever.
-	c.render(w, r, http.StatusCreated, "credentials.html", page{Title: "Device " + d.Name + " created", Nav: "devices", Data: c.credentials(t, d, secret)})
+	c.handOverSecret(w, r, t, d, secret, "created")
+}
+
+// secretCookie carries a new device secret from the POST that made it to
+// the one page that shows it (redirect after POST: a refresh does not
+// create or rotate again). It lives a minute, is sent only to that page,
+// and is bound to the visitor's account and the device by an HMAC; the page
+// clears it as it shows the secret, so it is shown once.
+const secretCookie = "roost_secret"
+
+// secretTTL is how long a new secret waits for its page.
+const secretTTL = time.Minute
+
+func (c *Console) handOverSecret(w http.ResponseWriter, r *http.Request, t *tenants.Tenant, d tenants.Device, secret, what string) {
+	to := "/tenants/" + url.PathEscape(t.Slug) + "/devices/" + url.PathEscape(d.Name) + "/" + what
+	http.SetCookie(w, &http.Cookie{Name: secretCookie, Value: secret + "." + c.mac("secret", accountOf(r).ID, t.Slug, d.Name, what, secret),
+		Path: to, HttpOnly: true, Secure: c.cfg.SecureCookies, SameSite: http.SameSiteStrictMode, MaxAge: int(secretTTL / time.Second)})
+	http.Redirect(w, r, to, http.StatusSeeOther)
+}
+
+// deviceSecretPage shows a device's new secret, once (see secretCookie);
+// "created" or "secret" (rotated) says how it came.
+func (c *Console) deviceSecretPage(what string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		t := tenantOf(r)
+		d, err := c.store.Device(r.Context(), t.Slug, chi.URLParam(r, "device"))
+		if err != nil {
+			c.fail(w, r, err)
+			return
+		}
+		title := "Device " + d.Name + " created"
+		if what == "secret" {
+			title = "New secret for " + d.Name
+		}
+		secret := ""
+		if ck, err := r.Cookie(secretCookie); err == nil {
+			if s, sig, ok := strings.Cut(ck.Value, "."); ok && hmac.Equal([]byte(sig), []byte(c.mac("secret", accountOf(r).ID, t.Slug, d.Name, what, s))) {
+				secret = s
+			}
+			http.SetCookie(w, &http.Cookie{Name: secretCookie, Path: r.URL.Path, HttpOnly: true, Secure: c.cfg.SecureCookies, MaxAge: -1})
+		}
+		if secret == "" {
+			c.render(w, r, http.StatusOK, "credentials.html", page{Title: title, Nav: "devices", Data: credentials{Device: d, Gone: true}})
+			return
+		}
+		c.render(w, r, http.StatusOK, "credentials.html", page{Title: title, Nav: "devices", Data: c.credentials(t, d, secret)})
+	}
 }
 
 type deviceData struct {
@@ -206,7 +255,7 @@ func (c *Console) deviceRotate(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, err)
 		return
 	}
-	c.render(w, r, http.StatusOK, "credentials.html", page{Title: "New secret for " + d.Name, Nav: "devices", Data: c.credentials(t, d, secret)})
+	c.handOverSecret(w, r, t, d, secret, "secret")
 }
 
 func (c *Console) deviceEnable(w http.ResponseWriter, r *http.Request) {

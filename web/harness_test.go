@@ -183,9 +183,11 @@ func (b *browser) tenant(slug string) {
 func (b *browser) device(tenant, name string, metadata string) string {
 	b.s.t.Helper()
 	a := b.post("/tenants/"+tenant+"/devices", url.Values{"name": {name}, "metadata": {metadata}})
-	if a.status != http.StatusCreated {
+	if a.status != http.StatusSeeOther {
 		b.s.t.Fatalf("create device %s: %d %s", name, a.status, a.body)
 	}
+	// Redirect after POST: the page it leads to shows the secret, once.
+	a = b.get(a.location)
 	m := regexp.MustCompile(`id="cred-secret">([^<]+)<`).FindStringSubmatch(a.body)
 	if m == nil {
 		b.s.t.Fatalf("no secret on the created page:\n%s", a.body)

@@ -35,6 +35,9 @@ type liveMessage struct {
 	Encoding string    `json:"encoding"` // utf-8 or base64
 	QoS      byte      `json:"qos"`
 	Retain   bool      `json:"retain"`
+	// Sender is the publishing client's id; "inline" for the API's and
+	// the console's publishes.
+	Sender string `json:"sender"`
 }
 
 // liveBuffer is how many messages may wait for a slow browser before the
@@ -54,7 +57,7 @@ func (c *Console) liveStream(w http.ResponseWriter, r *http.Request) {
 	msgs := make(chan liveMessage, liveBuffer)
 	var dropped atomic.Int64
 	err := c.cfg.DataPlane.Watch(ctx, tenantOf(r).Slug, accountOf(r).ID, r.URL.Query().Get("filter"), func(m dataplane.Message) {
-		lm := liveMessage{Time: c.cfg.Now().UTC(), Topic: m.Topic, QoS: m.QoS, Retain: m.Retain, Payload: string(m.Payload), Encoding: "utf-8"}
+		lm := liveMessage{Time: c.cfg.Now().UTC(), Topic: m.Topic, QoS: m.QoS, Retain: m.Retain, Payload: string(m.Payload), Encoding: "utf-8", Sender: m.Sender}
 		if !utf8.Valid(m.Payload) {
 			lm.Payload, lm.Encoding = base64.StdEncoding.EncodeToString(m.Payload), "base64"
 		}

@@ -34,6 +34,8 @@ type page struct {
 	Errors map[string]string
 	Form   map[string]string
 	Data   any
+	// Billing: the hub bills its tenants (Stripe is set up).
+	Billing bool
 }
 
 // CanWrite reports whether the visitor may change the tenant.
@@ -78,6 +80,21 @@ var funcs = template.FuncMap{
 			{"settings", "/settings", "Settings"}}
 	},
 	"sub": func(a, b int) int { return a - b },
+	// noun is a word in the number a count asks for: 1 device, 2 devices.
+	"noun": func(n any, one, many string) string {
+		if fmt.Sprint(n) == "1" {
+			return one
+		}
+		return many
+	},
+}
+
+// plural writes a count with its noun: "1 day", "2 days", "1,000 days".
+func plural(n int64, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return formatNum(n) + " " + many
 }
 
 // formatNum writes a number with thousands separators: 1,000,000.
@@ -137,6 +154,7 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, nam
 		p.Account = accountOf(r)
 	}
 	p.Operator, _ = ctx.Value(keyOperator).(bool)
+	p.Billing = c.cfg.Billing.Enabled()
 	if t := tenantOf(r); t != nil && p.Tenant == nil {
 		p.Tenant, p.Role = t, roleOf(r)
 	}

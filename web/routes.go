@@ -35,6 +35,8 @@ func (c *Console) routes() chi.Router {
 				r.Get("/", c.overview)
 				r.Get("/devices", c.deviceList)
 				r.Get("/devices/{device}", c.deviceDetail)
+				r.Get("/devices/{device}/created", c.deviceSecretPage("created"))
+				r.Get("/devices/{device}/secret", c.deviceSecretPage("secret"))
 				r.Get("/acl", c.aclPage)
 				r.Get("/webhooks", c.webhooksPage)
 				r.Post("/acl/check", c.aclCheck)
@@ -46,6 +48,9 @@ func (c *Console) routes() chi.Router {
 				r.Get("/members", c.memberList)
 				r.Get("/billing", c.billingPage)
 				r.Get("/settings", c.settingsPage)
+				r.Get("/cas", c.casPage)
+				r.Get("/audit", c.auditPage)
+				r.Get("/export-rules", c.exportRulesPage)
 				// Anyone may leave; tenants.By decides who may remove whom.
 				r.Post("/members/{account}/delete", c.memberRemove)
 				r.Group(func(r chi.Router) {
@@ -77,6 +82,10 @@ func (c *Console) routes() chi.Router {
 					r.Post("/billing/portal", c.billingPortal)
 					r.Post("/billing/cap", c.billingCap)
 					r.Post("/settings", c.settingsUpdate)
+					r.Post("/cas", c.caCreate)
+					r.Post("/cas/{id}/delete", c.caDelete)
+					r.Post("/export-rules", c.exportRuleCreate)
+					r.Post("/export-rules/{id}/delete", c.exportRuleDelete)
 				})
 			})
 		})
@@ -87,6 +96,7 @@ func (c *Console) routes() chi.Router {
 		r.Group(func(r chi.Router) {
 			r.Use(c.operatorOnly)
 			r.Get("/admin", c.adminTenants)
+			r.Get("/admin/tenants/{tenant}", c.adminTenant)
 			r.Post("/admin/tenants/{tenant}", c.adminTenantUpdate)
 		})
 	})

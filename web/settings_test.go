@@ -79,7 +79,7 @@ func TestConsoleDenyAction(t *testing.T) {
 	}
 
 	// A denied publish shows on the events page, with its topic.
-	if a := owner.post("/tenants/acme/acl", url.Values{"effect": {"deny"}, "action": {"publish"}, "topic": {"secret/#"}, "device": {"*"}, "position": {"1"}}); a.status != http.StatusSeeOther {
+	if a := owner.post("/tenants/acme/acl", url.Values{"effect": {"deny"}, "action": {"publish"}, "topic": {"secret/#"}, "device": {"*"}, "position": {"0"}}); a.status != http.StatusSeeOther {
 		t.Fatalf("deny rule: %d", a.status)
 	}
 	secret := owner.device("acme", "d1", "")

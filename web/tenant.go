@@ -3,7 +3,6 @@ package web
 import (
 	"cmp"
 	"errors"
-	"fmt"
 	"net/http"
 	"slices"
 	"strings"
@@ -70,6 +69,23 @@ type quotaUse struct {
 	Percent int
 }
 
+// seconds writes a duration given in seconds in the largest whole unit:
+// "1 day", "10 minutes", "1 second".
+func seconds(v int64) string {
+	switch {
+	case v != 0 && v%86400 == 0:
+		return plural(v/86400, "day", "days")
+	case v != 0 && v%3600 == 0:
+		return plural(v/3600, "hour", "hours")
+	case v != 0 && v%60 == 0:
+		return plural(v/60, "minute", "minutes")
+	}
+	return plural(v, "second", "seconds")
+}
+
+// Label is the quota's name for people.
+func (q quotaUse) Label() string { return quotaLabel(q.Name) }
+
 // LimitText is the limit in the quota's unit.
 func (q quotaUse) LimitText() string {
 	v := q.Limit
@@ -79,15 +95,12 @@ func (q quotaUse) LimitText() string {
 	case "max_packet_size":
 		return formatBytes(v)
 	case "max_session_expiry":
-		if v%86400 == 0 {
-			return fmt.Sprintf("%d days", v/86400)
-		}
-		return (time.Duration(v) * time.Second).String()
+		return seconds(v)
 	case "max_keepalive":
 		if v == 0 {
 			return "no limit"
 		}
-		return (time.Duration(v) * time.Second).String()
+		return seconds(v)
 	case "connect_rate", "tenant_publish_rate":
 		return formatNum(v) + "/s"
 	case "publish_rate":
@@ -222,6 +235,8 @@ type membersData struct {
 	Members []tenants.Member
 	// Owner: the visitor may keep a removed member's API keys.
 	Owner bool
+	// Owners counts the owners: the only one can neither leave nor be removed.
+	Owners int
 }
 
 func (c *Console) memberList(w http.ResponseWriter, r *http.Request) {
@@ -234,7 +249,13 @@ func (c *Console) renderMembers(w http.ResponseWriter, r *http.Request, status i
 		c.internal(w, r, err)
 		return
 	}
-	p.Title, p.Nav, p.Data = "Members", "members", membersData{Members: ms, Owner: roleOf(r).AtLeast(tenants.RoleOwner)}
+	d := membersData{Members: ms, Owner: roleOf(r).AtLeast(tenants.RoleOwner)}
+	for _, m := range ms {
+		if m.Role == tenants.RoleOwner {
+			d.Owners++
+		}
+	}
+	p.Title, p.Nav, p.Data = "Members", "members", d
 	c.render(w, r, status, "members.html", p)
 }
 

@@ -264,7 +264,7 @@ func parseConfig(name string, args []string, getenv func(string) string) (*confi
 	}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			return nil, usageError(fs)
+			return nil, usageError(fs, c.settings())
 		}
 		return nil, err
 	}
@@ -274,10 +274,78 @@ func parseConfig(name string, args []string, getenv func(string) string) (*confi
 	return c, c.Validate()
 }
 
-func usageError(fs *flag.FlagSet) error {
+// settingGroups are the concerns -h sorts the settings into, in order; a
+// setting in none of them is listed under the last, Other.
+var settingGroups = []struct {
+	title string
+	names []string
+}{
+	{"Storage", []string{"data-dir", "database-url", "session-store", "redis-url", "hbase-url", "usage-retention"}},
+	{"HTTP, API and console", []string{"http-addr", "public-url", "admin-token", "token-ttl", "device-endpoints", "debug-addr"}},
+	{"Device listeners and TLS", []string{"mqtt-addr", "mqtt-tls-addr", "ws-addr", "wss-addr", "tls-cert", "tls-key", "dev-tls", "mqtt-domain", "proxy-protocol"}},
+	{"Device connection limits", []string{"connect-timeout", "max-handshakes", "max-handshakes-per-address", "max-handshakes-per-endpoint",
+		"handshake-rate-per-address", "handshake-burst-per-address", "handshake-rate-per-endpoint", "handshake-burst-per-endpoint", "max-node-connections", "instance-idle"}},
+	{"Accounts and sign-up limits", []string{"max-free-tenants", "tenants-per-day", "signups-per-hour", "password-hashes"}},
+	{"Billing (Stripe)", []string{"stripe-key", "stripe-webhook-secret", "stripe-api-url", "stripe-meter-event", "plans-file", "billing-grace"}},
+	{"Events, Kafka and webhooks", []string{"kafka-brokers", "webhook-allow-hosts", "webhook-timeout", "webhook-batch", "webhook-retry-horizon"}},
+	{"Fleet (control and data planes apart)", []string{"node-url", "forward-addr", "fleet-spread", "fleet-fabric", "fleet-widen-at"}},
+	{"Shutdown and logs", []string{"drain-timeout", "shutdown-wills", "log-format"}},
+}
+
+// commandSummary is what each serving command is, for its -h.
+var commandSummary = map[string]string{
+	roleAll:     "Runs the whole hub in one process: the API and console, and the MQTT listeners with a broker per tenant.",
+	roleControl: "Runs the API, console and billing; data-plane nodes (roost dataplane) run apart on the same Postgres.",
+	roleData:    "Runs the MQTT listeners and the tenants' brokers; the control plane (roost controlplane) runs apart on the same Postgres.",
+	"migrate":   "Applies the database migrations (ROOST_DATABASE_URL, or the embedded database in ROOST_DATA_DIR) and exits; it takes serve's flags and reads those two.",
+}
+
+// usageError is a command's -h: a usage line, what it runs, and its
+// settings grouped by concern, each with its variable and default.
+func usageError(fs *flag.FlagSet, settings []setting) error {
 	var b strings.Builder
-	fs.SetOutput(&b)
-	fs.PrintDefaults()
+	fmt.Fprintf(&b, "usage: roost %s [flags]\n\n", fs.Name())
+	if s := commandSummary[fs.Name()]; s != "" {
+		b.WriteString(s + "\n")
+	}
+	b.WriteString("Every flag has an environment twin (ROOST_ and its name in capitals, - as _); a flag wins over its variable.\n")
+	byName := map[string]setting{}
+	for _, s := range settings {
+		byName[s.name] = s
+	}
+	write := func(s setting) {
+		kind := ""
+		switch s.dest.(type) {
+		case *string:
+			kind = " string"
+		case *time.Duration:
+			kind = " duration"
+		case *int:
+			kind = " number"
+		}
+		fmt.Fprintf(&b, "  --%s%s\n        %s\n        %s", s.name, kind, s.usage, envName(s.name))
+		if s.def != "" {
+			fmt.Fprintf(&b, ", default %s", s.def)
+		}
+		b.WriteString("\n")
+		delete(byName, s.name)
+	}
+	for _, g := range settingGroups {
+		fmt.Fprintf(&b, "\n%s:\n", g.title)
+		for _, n := range g.names {
+			if s, ok := byName[n]; ok {
+				write(s)
+			}
+		}
+	}
+	if len(byName) > 0 {
+		b.WriteString("\nOther:\n")
+		for _, s := range settings {
+			if _, ok := byName[s.name]; ok {
+				write(s)
+			}
+		}
+	}
 	return &helpError{text: b.String()}
 }
 
@@ -565,13 +633,21 @@ func (c *config) validateRole(role string) error {
 	if role == roleAll {
 		return nil
 	}
+	// Every missing setting at once: one start to learn them all.
+	var missing []string
 	if c.DatabaseURL == "" {
-		return fmt.Errorf("ROOST_DATABASE_URL: roost %s shares Postgres with the other plane; set a postgres:// URL", role)
+		missing = append(missing, fmt.Sprintf("ROOST_DATABASE_URL: roost %s shares Postgres with the other plane; set a postgres:// URL", role))
 	}
 	if c.AdminToken == "" {
-		return fmt.Errorf("ROOST_ADMIN_TOKEN: roost %s needs the operator token given, the same to every process", role)
+		missing = append(missing, fmt.Sprintf("ROOST_ADMIN_TOKEN: roost %s needs the operator token given, the same to every process", role))
 	}
-	return nil
+	switch len(missing) {
+	case 0:
+		return nil
+	case 1:
+		return errors.New(missing[0])
+	}
+	return fmt.Errorf("roost %s needs %d more settings:\n  %s", role, len(missing), strings.Join(missing, "\n  "))
 }
 
 func (c *config) kafkaBrokers() []string {

@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -26,17 +27,25 @@ func main() {
 	}
 }
 
-const usage = `usage: roost <command> [flags]
+// commands are roost's commands, in the order help lists them.
+var commands = [][2]string{
+	{roleAll, "run the whole hub in one process (API, console and MQTT) with embedded defaults"},
+	{roleControl, "run the API, console and billing only (Postgres; data-plane nodes run apart)"},
+	{roleData, "run the MQTT listeners and tenant brokers only (Postgres, a shared session store)"},
+	{"migrate", "apply database migrations and exit"},
+	{"version", "print the version"},
+}
 
-commands:
-  serve          run the whole hub in one process (API, console and MQTT) with embedded defaults
-  controlplane   run the API, console and billing only (Postgres; data-plane nodes run apart)
-  dataplane      run the MQTT listeners and tenant brokers only (Postgres, a shared session store)
-  migrate   apply database migrations and exit
-  version   print the version
-
-Run 'roost <command> -h' for the command's flags.
-`
+// usage is roost's help: its commands, aligned.
+var usage = func() string {
+	var b strings.Builder
+	b.WriteString("usage: roost <command> [flags]\n\ncommands:\n")
+	for _, c := range commands {
+		fmt.Fprintf(&b, "  %-14s %s\n", c[0], c[1])
+	}
+	b.WriteString("\nRun 'roost <command> -h' for the command's flags.\n")
+	return b.String()
+}()
 
 // run is the whole program; tests call it directly.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {

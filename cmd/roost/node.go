@@ -127,6 +127,13 @@ func startNode(ctx context.Context, role string, c *config, in *inputs, log *slo
 			n.opened.close()
 		}
 	}()
+	// The API's port first: the commonest failure (it is taken) is then
+	// found before anything is opened or written.
+	ln, err := net.Listen("tcp", c.HTTPAddr)
+	if err != nil {
+		return nil, fmt.Errorf("ROOST_HTTP_ADDR: %w", err)
+	}
+	n.opened.add(func() { ln.Close() })
 	runsData, runsControl := role != roleControl, role != roleData
 	if role == roleData && c.SessionStore == "embedded" {
 		log.Warn("persistent sessions are on this node's disk: another data-plane node cannot take them over; use ROOST_SESSION_STORE=redis or hbase with more than one node")
@@ -146,8 +153,13 @@ func startNode(ctx context.Context, role string, c *config, in *inputs, log *slo
 		return nil, err
 	}
 	if generated {
-		fmt.Fprintf(stdout, "Generated the operator token (kept in %s; shown only now):\n  %s\n",
-			filepath.Join(c.DataDir, adminTokenFile), adminToken)
+		// Not shown unless the start succeeds: nor kept either, or the
+		// next start would find it and never show it.
+		defer func() {
+			if err != nil {
+				os.Remove(filepath.Join(c.DataDir, adminTokenFile))
+			}
+		}()
 	}
 	key, err := store.Setting(ctx, "session_signing_key", func() string { return randomToken(32) })
 	if err != nil {
@@ -184,11 +196,6 @@ func startNode(ctx context.Context, role string, c *config, in *inputs, log *slo
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), recorder.Collector())
 	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)})
 
-	ln, err := net.Listen("tcp", c.HTTPAddr)
-	if err != nil {
-		return nil, fmt.Errorf("ROOST_HTTP_ADDR: %w", err)
-	}
-	n.opened.add(func() { ln.Close() })
 	deps := planeDeps{c: c, log: log, store: store, recent: recent, sink: sink, adminToken: adminToken, metrics: metrics}
 	if runsData {
 		if n.data, err = openDataPlane(ctx, role, deps, exporter, in, ln.Addr()); err != nil {
@@ -243,6 +250,10 @@ func startNode(ctx context.Context, role string, c *config, in *inputs, log *slo
 		if err := n.data.announce(ctx); err != nil {
 			return nil, err
 		}
+	}
+	if generated {
+		fmt.Fprintf(stdout, "Generated the operator token (kept in %s; shown only now):\n  %s\n",
+			filepath.Join(c.DataDir, adminTokenFile), adminToken)
 	}
 	return n, nil
 }

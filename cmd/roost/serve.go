@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -73,7 +74,7 @@ const (
 // every file one names, then opens the role's parts (a failure closes
 // what was opened: no listener stays bound, no node stays announced), then
 // runs them until ctx ends or one fails (node.run).
-func serve(ctx context.Context, role string, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+func serve(ctx context.Context, role string, args []string, getenv func(string) string, stdout, stderr io.Writer) (err error) {
 	c, err := parseConfig(role, args, getenv)
 	if err != nil {
 		return err
@@ -82,6 +83,16 @@ func serve(ctx context.Context, role string, args []string, getenv func(string) 
 		return err
 	}
 	log := newLogger(c.LogFormat, stderr).With("role", role)
+	// A start that fails leaves nothing behind: a data dir it made goes
+	// again (startNode has closed what it opened in it), and a generated
+	// operator token is printed only once the node is up (startNode).
+	if _, statErr := os.Stat(c.DataDir); errors.Is(statErr, fs.ErrNotExist) {
+		defer func() {
+			if err != nil {
+				os.RemoveAll(c.DataDir)
+			}
+		}()
+	}
 	in, err := readInputs(c, log)
 	if err != nil {
 		return err

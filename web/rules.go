@@ -1,0 +1,80 @@
+package web
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/roosthub/roost/dataout"
+	"github.com/roosthub/roost/tenants"
+)
+
+// exportRow is an export rule with its failures so far.
+type exportRow struct {
+	Rule   tenants.ExportRule
+	Errors int64
+}
+
+// exportRulesPage lists the tenant's export rules (to Kafka, or to a
+// webhook destination) with their failures, and (admins) adds and removes
+// them, as the API's /rules does.
+func (c *Console) exportRulesPage(w http.ResponseWriter, r *http.Request) {
+	c.renderExportRules(w, r, http.StatusOK, page{})
+}
+
+func (c *Console) renderExportRules(w http.ResponseWriter, r *http.Request, status int, p page) {
+	t := tenantOf(r)
+	rules, err := c.store.Rules(r.Context(), t.Slug)
+	if err != nil {
+		c.internal(w, r, err)
+		return
+	}
+	var errs map[string]int64
+	if c.cfg.DataPlane != nil {
+		errs = c.cfg.DataPlane.ExportErrors(t.Slug)
+	}
+	rows := make([]exportRow, len(rules))
+	for i, rule := range rules {
+		rows[i] = exportRow{Rule: rule, Errors: errs[rule.ID]}
+	}
+	p.Title, p.Nav, p.Data = "Export rules", "settings", rows
+	c.render(w, r, status, "rules.html", p)
+}
+
+func (c *Console) exportRuleCreate(w http.ResponseWriter, r *http.Request) {
+	in := tenants.ExportRuleInput{Filter: strings.TrimSpace(r.PostFormValue("filter")), Topic: strings.TrimSpace(r.PostFormValue("topic")),
+		Destination: strings.TrimSpace(r.PostFormValue("destination")), Condition: strings.TrimSpace(r.PostFormValue("condition"))}
+	form := map[string]string{"filter": in.Filter, "topic": in.Topic, "destination": in.Destination, "condition": in.Condition}
+	again := func(errs map[string]string) {
+		c.renderExportRules(w, r, http.StatusBadRequest, page{Form: form, Errors: errs})
+	}
+	if err := in.Validate(); err != nil {
+		again(formErrors(err))
+		return
+	}
+	if in.Condition != "" {
+		if _, err := dataout.CompileCondition(in.Condition); err != nil {
+			again(map[string]string{"condition": err.Error()})
+			return
+		}
+	}
+	if _, err := c.store.CreateExportRule(r.Context(), tenantOf(r).Slug, in); err != nil {
+		if errors.Is(err, tenants.ErrInvalid) || errors.Is(err, tenants.ErrQuotaExceeded) || errors.Is(err, tenants.ErrNotFound) {
+			again(formErrors(err))
+			return
+		}
+		c.fail(w, r, err)
+		return
+	}
+	redirect(w, r, "/tenants/"+tenantOf(r).Slug+"/export-rules", "saved")
+}
+
+func (c *Console) exportRuleDelete(w http.ResponseWriter, r *http.Request) {
+	if err := c.store.DeleteExportRule(r.Context(), tenantOf(r).Slug, chi.URLParam(r, "id")); err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	redirect(w, r, "/tenants/"+tenantOf(r).Slug+"/export-rules", "deleted")
+}

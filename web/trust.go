@@ -1,0 +1,70 @@
+package web
+
+import (
+	"errors"
+	"net/http"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+// casPage lists the certificate authorities the tenant trusts for its
+// devices' client certificates, and (admins) adds and removes them.
+func (c *Console) casPage(w http.ResponseWriter, r *http.Request) {
+	c.renderCAs(w, r, http.StatusOK, page{})
+}
+
+func (c *Console) renderCAs(w http.ResponseWriter, r *http.Request, status int, p page) {
+	cas, err := c.store.CAs(r.Context(), tenantOf(r).Slug)
+	if err != nil {
+		c.internal(w, r, err)
+		return
+	}
+	p.Title, p.Nav, p.Data = "Certificate authorities", "devices", cas
+	c.render(w, r, status, "cas.html", p)
+}
+
+func (c *Console) caCreate(w http.ResponseWriter, r *http.Request) {
+	in := tenants.CAInput{Certificate: strings.TrimSpace(r.PostFormValue("certificate"))}
+	if _, err := c.store.CreateCA(r.Context(), tenantOf(r).Slug, in); err != nil {
+		if errors.Is(err, tenants.ErrCAInUse) {
+			err = &tenants.FieldError{Field: "certificate", Message: "this certificate authority belongs to another tenant: use a CA of your own, or pin the devices' certificates"}
+		}
+		if !errors.Is(err, tenants.ErrInvalid) {
+			c.fail(w, r, err)
+			return
+		}
+		errs := formErrors(err)
+		if msg, ok := errs["_"]; ok {
+			errs = map[string]string{"certificate": msg}
+		}
+		c.renderCAs(w, r, http.StatusBadRequest, page{Form: map[string]string{"certificate": in.Certificate}, Errors: errs})
+		return
+	}
+	redirect(w, r, "/tenants/"+tenantOf(r).Slug+"/cas", "saved")
+}
+
+func (c *Console) caDelete(w http.ResponseWriter, r *http.Request) {
+	if err := c.store.DeleteCA(r.Context(), tenantOf(r).Slug, chi.URLParam(r, "id")); err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	redirect(w, r, "/tenants/"+tenantOf(r).Slug+"/cas", "deleted")
+}
+
+type auditData struct {
+	Entries []tenants.AuditEntry
+	Next    string
+}
+
+// auditPage is the tenant's audit trail, newest first, a page at a time.
+func (c *Console) auditPage(w http.ResponseWriter, r *http.Request) {
+	es, next, err := c.store.Audit(r.Context(), tenantOf(r).Slug, tenants.Page{Limit: 100, Cursor: r.URL.Query().Get("after")})
+	if err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	c.render(w, r, http.StatusOK, "audit.html", page{Title: "Audit trail", Nav: "settings", Data: auditData{Entries: es, Next: next}})
+}
