@@ -186,7 +186,7 @@ func (c *config) settings() []setting {
 		{"session-store", "where persistent sessions live: embedded (Pebble in the data dir), memory, redis or hbase", "embedded", &c.SessionStore},
 		{"redis-url", "redis://host:port/db for the redis session store", "", &c.RedisURL},
 		{"hbase-url", "http://host:port of HBase's REST gateway for the hbase session store", "", &c.HBaseURL},
-		{"kafka-brokers", "host:port[,host:port] of Kafka for lifecycle events (topic roost.events); empty keeps them in memory", "", &c.KafkaBrokers},
+		{"kafka-brokers", "host:port[,host:port] of Kafka for lifecycle events (topic roost.events), as well as the directory, which stores them either way", "", &c.KafkaBrokers},
 		{"mqtt-tls-addr", "address of the MQTT over TLS listener (ALPN mqtt; with --wss-addr the same, one port serves both); empty: off, or :8883 with --dev-tls", "", &c.MQTTTLSAddr},
 		{"ws-addr", "address of the MQTT over WebSocket listener (path /mqtt, subprotocol mqtt); empty: off", "", &c.WSAddr},
 		{"wss-addr", "address of the MQTT over WebSocket over TLS listener; empty: off", "", &c.WSSAddr},
@@ -281,7 +281,7 @@ var settingGroups = []struct {
 	names []string
 }{
 	{"Storage", []string{"data-dir", "database-url", "session-store", "redis-url", "hbase-url", "usage-retention"}},
-	{"HTTP, API and console", []string{"http-addr", "public-url", "admin-token", "token-ttl", "device-endpoints", "debug-addr"}},
+	{"HTTP, API and console", []string{"http-addr", "public-url", "admin-token", "secret-keys-old", "token-ttl", "device-endpoints", "debug-addr"}},
 	{"Device listeners and TLS", []string{"mqtt-addr", "mqtt-tls-addr", "ws-addr", "wss-addr", "tls-cert", "tls-key", "dev-tls", "mqtt-domain", "proxy-protocol"}},
 	{"Device connection limits", []string{"connect-timeout", "max-handshakes", "max-handshakes-per-address", "max-handshakes-per-endpoint",
 		"handshake-rate-per-address", "handshake-burst-per-address", "handshake-rate-per-endpoint", "handshake-burst-per-endpoint", "max-node-connections", "instance-idle"}},
