@@ -565,12 +565,17 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 			return
 		}
 		seq, ok = p.pubs[pubID].seqs[cl.ID]
-		if ok && p.anywhere && p.live[cl.ID] != cl && !cl.IsTakenOver() && persistent(cl) {
+		if ok && p.anywhere && p.live[cl.ID] != cl && persistent(cl) && cl.Net.Conn != nil && !cl.Closed() && !cl.IsTakenOver() {
 			// A resumed session between its CONNACK and the end of mochi's
 			// resend of what its queue held: written now, this newer
 			// message would overtake the older ones. Withheld, it is sent
 			// from the queue once the connection is established (see
 			// established, and routed for a publish still being routed).
+			// Only where sessions live anywhere, whose deliveries from
+			// other nodes and catch-ups are ordered under inlineMu: at a
+			// home, a withheld publish still being routed when the
+			// connection is established is sent after newer ones
+			// delivered directly (TestSpreadFleetKafkaTakeover).
 			p.withhold(cl, pubID, out.PacketID)
 			p.recheck[cl.ID] = true
 			p.mu.Unlock()
