@@ -76,7 +76,24 @@ func forRole(r *http.Request, d tenants.Destination) tenants.Destination {
 	return d
 }
 
-func handleDestinationList(ds destinationStore) handler {
+// errBuiltIn refuses to change the built-in operator-kafka destination.
+func errBuiltIn(what string) error {
+	return errorf(http.StatusConflict, "conflict", tenants.OperatorKafka+" is the operator's Kafka export, built into the hub: it cannot be "+what+
+		"; rules name it with a Kafka topic, and deleting those rules stops the export")
+}
+
+// builtIn refuses a write to the built-in destination.
+func builtIn(r *http.Request, what string) error {
+	if chi.URLParam(r, "id") == tenants.OperatorKafka {
+		return errBuiltIn(what)
+	}
+	return nil
+}
+
+// handleDestinationList lists the tenant's destinations, after the
+// built-in operator-kafka when the hub exports to the operator's Kafka
+// (operatorKafka: ROOST_KAFKA_BROKERS is set).
+func handleDestinationList(ds destinationStore, operatorKafka bool) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		list, err := ds.Destinations(r.Context(), chi.URLParam(r, "tenant"))
 		if err != nil {
@@ -84,6 +101,9 @@ func handleDestinationList(ds destinationStore) handler {
 		}
 		for i := range list {
 			list[i] = forRole(r, list[i])
+		}
+		if operatorKafka {
+			list = append([]tenants.Destination{tenants.OperatorKafkaDestination()}, list...)
 		}
 		writeJSON(w, http.StatusOK, newList(list, ""))
 		return nil
@@ -134,9 +154,15 @@ type destinationWithStatus struct {
 	Status *dataplane.DeliveryStatus `json:"status"`
 }
 
-func handleDestinationGet(ds destinationStore, dl dataplane.Deliveries) handler {
+func handleDestinationGet(ds destinationStore, dl dataplane.Deliveries, operatorKafka bool) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		tenant := chi.URLParam(r, "tenant")
+		if operatorKafka && chi.URLParam(r, "id") == tenants.OperatorKafka {
+			// No outbox: the export writes before the publisher's ack,
+			// its failures are each rule's errors (GET .../rules).
+			writeJSON(w, http.StatusOK, destinationWithStatus{Destination: tenants.OperatorKafkaDestination()})
+			return nil
+		}
 		d, err := ds.Destination(r.Context(), tenant, chi.URLParam(r, "id"))
 		if err != nil {
 			return err
@@ -159,6 +185,9 @@ func handleDestinationGet(ds destinationStore, dl dataplane.Deliveries) handler 
 
 func handleDestinationUpdate(ds destinationStore, sealer *dataout.Sealer, guard *dataout.Guard) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
+		if err := builtIn(r, "changed"); err != nil {
+			return err
+		}
 		var up tenants.DestinationUpdate
 		if err := decode(r, &up); err != nil {
 			return err
@@ -191,6 +220,9 @@ func handleDestinationUpdate(ds destinationStore, sealer *dataout.Sealer, guard 
 
 func handleDestinationRotate(ds destinationStore, sealer *dataout.Sealer) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
+		if err := builtIn(r, "given a secret"); err != nil {
+			return err
+		}
 		tenant, id, secret := chi.URLParam(r, "tenant"), chi.URLParam(r, "id"), dataout.NewSecret()
 		d, err := ds.Destination(r.Context(), tenant, id)
 		if err != nil {
@@ -210,6 +242,9 @@ func handleDestinationRotate(ds destinationStore, sealer *dataout.Sealer) handle
 
 func handleDestinationDelete(ds destinationStore) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
+		if err := builtIn(r, "deleted"); err != nil {
+			return err
+		}
 		if err := ds.DeleteDestination(r.Context(), chi.URLParam(r, "tenant"), chi.URLParam(r, "id")); err != nil {
 			return err
 		}
@@ -248,6 +283,9 @@ func sampleBatch(tenant, destination string, now time.Time) dataout.Batch {
 // error of the API.
 func handleDestinationTest(ds destinationStore, sealer *dataout.Sealer, sender *dataout.Sender, limit *sendLimiter, now func() time.Time, log *slog.Logger) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
+		if err := builtIn(r, "sent a test (publish on a topic a rule exports instead)"); err != nil {
+			return err
+		}
 		tenant := chi.URLParam(r, "tenant")
 		d, err := ds.Destination(r.Context(), tenant, chi.URLParam(r, "id"))
 		if err != nil {

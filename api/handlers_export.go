@@ -21,31 +21,57 @@ type exportStore interface {
 	CreateExportRule(ctx context.Context, tenant string, in tenants.ExportRuleInput) (tenants.ExportRule, error)
 	DeleteExportRule(ctx context.Context, tenant, id string) error
 	DestinationByRef(ctx context.Context, tenant, ref string) (tenants.Destination, error)
+	Destinations(ctx context.Context, tenant string) ([]tenants.Destination, error)
 	Device(ctx context.Context, tenant, name string) (tenants.Device, error)
 }
 
-// The deliveries a rule can have: Kafka export rules write to Kafka; rules
-// with a destination deliver to their webhook through the data plane's
-// outbox.
+// The deliveries a rule can have, named after what delivers: the
+// operator's Kafka export writes to the operator's Kafka before the
+// publisher's ack; a rule with a destination of the tenant's goes through
+// the data plane's outbox to that destination, a webhook or the tenant's
+// own Kafka.
 const (
-	deliveryKafka   = "kafka"
-	deliveryWebhook = "webhook"
+	deliveryOperatorKafka = tenants.DestinationOperatorKafka
+	deliveryWebhook       = tenants.DestinationWebhook
+	deliveryKafka         = tenants.DestinationKafka
 )
 
 // exportRule is a rule with how many of its writes Kafka refused since the
-// data plane started, and whether the hub delivers what it matches yet.
+// data plane started, and what delivers what it matches. A Kafka export
+// rule (topic only) names the built-in destination operator-kafka.
 type exportRule struct {
 	tenants.ExportRule
 	Errors   int64  `json:"errors"`
 	Delivery string `json:"delivery"`
 }
 
-func newExportRule(r tenants.ExportRule, errs int64) exportRule {
-	d := deliveryKafka
-	if r.Destination != "" {
+// newExportRule describes a rule; types maps the tenant's destination ids
+// to their types (a destination a rule uses cannot be deleted; one missing
+// from types is taken for a webhook, the first type there was).
+func newExportRule(r tenants.ExportRule, errs int64, types map[string]string) exportRule {
+	d := deliveryOperatorKafka
+	switch {
+	case r.Destination == "":
+		r.Destination = tenants.OperatorKafka
+	case types[r.Destination] == deliveryKafka:
+		d = deliveryKafka
+	default:
 		d = deliveryWebhook
 	}
 	return exportRule{ExportRule: r, Errors: errs, Delivery: d}
+}
+
+// destinationTypes maps a tenant's destination ids to their types.
+func destinationTypes(ctx context.Context, es exportStore, tenant string) (map[string]string, error) {
+	list, err := es.Destinations(ctx, tenant)
+	if err != nil {
+		return nil, err
+	}
+	types := make(map[string]string, len(list))
+	for _, d := range list {
+		types[d.ID] = d.Type
+	}
+	return types, nil
 }
 
 func handleExportList(es exportStore, dp dataplane.DataPlane) handler {
@@ -55,13 +81,17 @@ func handleExportList(es exportStore, dp dataplane.DataPlane) handler {
 		if err != nil {
 			return err
 		}
+		types, err := destinationTypes(r.Context(), es, tenant)
+		if err != nil {
+			return err
+		}
 		var errs map[string]int64
 		if dp != nil {
 			errs = dp.ExportErrors(tenant)
 		}
 		items := make([]exportRule, len(rules))
 		for i, rule := range rules {
-			items[i] = newExportRule(rule, errs[rule.ID])
+			items[i] = newExportRule(rule, errs[rule.ID], types)
 		}
 		writeJSON(w, http.StatusOK, newList(items, ""))
 		return nil
@@ -93,11 +123,16 @@ func handleExportCreate(es exportStore) handler {
 				return conditionProblem("condition", err)
 			}
 		}
-		rule, err := es.CreateExportRule(r.Context(), chi.URLParam(r, "tenant"), in)
+		tenant := chi.URLParam(r, "tenant")
+		rule, err := es.CreateExportRule(r.Context(), tenant, in)
 		if err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusCreated, newExportRule(rule, 0))
+		types, err := destinationTypes(r.Context(), es, tenant)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusCreated, newExportRule(rule, 0, types))
 		return nil
 	}
 }
@@ -179,7 +214,7 @@ func handleRuleTest(es exportStore, now func() time.Time) handler {
 			if in.Rule.Topic != "" {
 				rule.KafkaTopic = tenants.ExportTopic(tenant, in.Rule.Topic)
 			}
-			if in.Rule.Destination != "" {
+			if in.Rule.Destination != "" && !in.Rule.ToOperatorKafka() {
 				d, err := es.DestinationByRef(r.Context(), tenant, in.Rule.Destination)
 				if errors.Is(err, tenants.ErrNotFound) {
 					return bad("rule.destination", "no destination "+in.Rule.Destination+" in this tenant (give its id or name)")
@@ -231,8 +266,12 @@ func handleRuleTest(es exportStore, now func() time.Time) handler {
 			input.Metadata = d.Metadata
 		}
 
-		res := newExportRule(rule, 0)
-		out := ruleTestResult{Destination: rule.Destination, KafkaTopic: rule.KafkaTopic, Delivery: res.Delivery}
+		types, err := destinationTypes(r.Context(), es, tenant)
+		if err != nil {
+			return err
+		}
+		res := newExportRule(rule, 0, types)
+		out := ruleTestResult{Destination: res.Destination, KafkaTopic: rule.KafkaTopic, Delivery: res.Delivery}
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		defer cancel()
 		ok, err := compiled.Match(ctx, input)

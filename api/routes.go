@@ -88,9 +88,9 @@ func (s *Server) routes() chi.Router {
 				// A dry run: it sends nothing, as acl/check changes nothing.
 				r.With(viewer).Post("/rules/test", s.serve(handleRuleTest(st, s.now)))
 
-				r.With(viewer).Get("/destinations", s.serve(handleDestinationList(st)))
+				r.With(viewer).Get("/destinations", s.serve(handleDestinationList(st, s.operatorKafka)))
 				r.With(admin).Post("/destinations", s.serve(handleDestinationCreate(st, s.sealer, s.webhooks.Guard())))
-				r.With(viewer).Get("/destinations/{id}", s.serve(handleDestinationGet(st, s.deliveries())))
+				r.With(viewer).Get("/destinations/{id}", s.serve(handleDestinationGet(st, s.deliveries(), s.operatorKafka)))
 				r.With(admin).Patch("/destinations/{id}", s.serve(handleDestinationUpdate(st, s.sealer, s.webhooks.Guard())))
 				r.With(admin).Delete("/destinations/{id}", s.serve(handleDestinationDelete(st)))
 				r.With(admin).Post("/destinations/{id}/secret", s.serve(handleDestinationRotate(st, s.sealer)))

@@ -58,6 +58,10 @@ type Config struct {
 	// Sealer seals destination secrets at rest; nil: one keyed from
 	// AdminToken (dataout.KeyFromToken), as every node of a fleet has it.
 	Sealer *dataout.Sealer
+	// OperatorKafka says the hub exports to the operator's Kafka
+	// (ROOST_KAFKA_BROKERS): the built-in destination operator-kafka is
+	// listed then.
+	OperatorKafka bool
 }
 
 // Server is the REST API. It is an http.Handler.
@@ -76,6 +80,8 @@ type Server struct {
 	webhooks  *dataout.Sender
 	sealer    *dataout.Sealer
 	sendTests *sendLimiter
+	// operatorKafka: list the built-in destination operator-kafka.
+	operatorKafka bool
 }
 
 // New builds the API.
@@ -143,6 +149,7 @@ func New(cfg Config) (*Server, error) {
 		sealer:    cfg.Sealer,
 		sendTests: newSendLimiter(cfg.Now),
 	}
+	s.operatorKafka = cfg.OperatorKafka
 	s.router = s.routes()
 	return s, nil
 }

@@ -48,6 +48,9 @@ type Sealed struct {
 const (
 	DestinationWebhook = "webhook"
 	DestinationKafka   = "kafka"
+	// DestinationOperatorKafka is the operator's Kafka export, built in
+	// (OperatorKafkaDestination); a tenant cannot make one.
+	DestinationOperatorKafka = "operator_kafka"
 )
 
 // Kafka is a tenant's own Kafka cluster as a destination: where the hub
@@ -237,6 +240,9 @@ func (in *DestinationInput) Validate() error {
 		}
 		return in.Kafka.Validate(true)
 	}
+	if in.Type == DestinationOperatorKafka {
+		return invalid("type", "the operator's Kafka export is built in ("+OperatorKafka+"); a tenant makes webhook or kafka destinations")
+	}
 	return invalid("type", "must be webhook or kafka")
 }
 
@@ -246,6 +252,9 @@ func validDestinationName(name string) error {
 	}
 	if strings.HasPrefix(name, "dst_") {
 		return invalid("name", "must not start with dst_ (destination ids do)")
+	}
+	if name == OperatorKafka {
+		return invalid("name", OperatorKafka+" is the built-in destination for the operator's Kafka export")
 	}
 	return nil
 }

@@ -21,6 +21,21 @@ type ExportRule struct {
 	CreatedAt   time.Time `json:"created_at"`
 }
 
+// OperatorKafka is the id and name of the built-in destination that is
+// the operator's Kafka export (ROOST_KAFKA_BROKERS): a rule with
+// destination OperatorKafka and a topic is stored as a Kafka export rule
+// (topic only, no destination), so the data plane's Kafka export writes
+// what it matches, as for a rule with only a topic. No destination of a
+// tenant's may take this name.
+const OperatorKafka = "operator-kafka"
+
+// OperatorKafkaDestination is the operator's Kafka export as the
+// destination a tenant sees: built in, read-only, with no URL or
+// settings of the tenant's.
+func OperatorKafkaDestination() Destination {
+	return Destination{ID: OperatorKafka, Name: OperatorKafka, Type: DestinationOperatorKafka, Headers: []string{}}
+}
+
 // KafkaTopicPrefix starts every export topic: roost.<tenant>.<topic>.
 const KafkaTopicPrefix = "roost."
 
@@ -47,6 +62,10 @@ type ExportRuleInput struct {
 	Destination string `json:"destination,omitempty"`
 }
 
+// ToOperatorKafka reports whether the rule names the operator's Kafka
+// export as its destination.
+func (in *ExportRuleInput) ToOperatorKafka() bool { return in.Destination == OperatorKafka }
+
 // Validate checks the rule.
 func (in *ExportRuleInput) Validate() error {
 	if err := ValidateFilter(in.Filter); err != nil {
@@ -55,12 +74,18 @@ func (in *ExportRuleInput) Validate() error {
 	// A rule with a destination may match the tenant's lifecycle events
 	// on their $events topics (docs/events.md); no other $ topic is
 	// exported.
-	if strings.HasPrefix(in.Filter, "$") && !(in.Destination != "" && IsEventsFilter(in.Filter)) {
-		return invalid("filter", "topics starting with $ are not exported (rules with a destination may match events: $events/...)")
+	op := in.ToOperatorKafka()
+	if strings.HasPrefix(in.Filter, "$") && !(in.Destination != "" && !op && IsEventsFilter(in.Filter)) {
+		return invalid("filter", "topics starting with $ are not exported (rules with a destination of the tenant's may match events: $events/...)")
 	}
 	switch {
+	case op && in.Topic == "":
+		return invalid("topic", "a rule to "+OperatorKafka+" names its Kafka topic (topic), written as roost.<tenant>.<topic>")
+	case op && in.Condition != "":
+		return invalid("condition", "conditions apply to rules with a destination of the tenant's; the operator's Kafka export takes none yet")
+	case op:
 	case in.Topic != "" && in.Destination != "":
-		return invalid("destination", "a rule has a Kafka topic or a destination, not both")
+		return invalid("destination", "a rule has a Kafka topic or a destination, not both (a topic goes with destination "+OperatorKafka+" or alone)")
 	case in.Destination != "":
 		if len(in.Condition) > MaxConditionLength {
 			return invalid("condition", "at most %d bytes", MaxConditionLength)

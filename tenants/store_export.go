@@ -67,7 +67,7 @@ func (s *Store) CreateExportRule(ctx context.Context, tenant string, in ExportRu
 		if err := s.lockTenant(ctx, tx, tenant); err != nil {
 			return err
 		}
-		if in.Destination != "" {
+		if in.Destination != "" && !in.ToOperatorKafka() {
 			d, err := s.destinationRef(ctx, tx, tenant, in.Destination)
 			if errors.Is(err, ErrNotFound) {
 				return invalid("destination", "no destination %q in this tenant (give its id or name)", in.Destination)

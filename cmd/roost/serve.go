@@ -185,7 +185,8 @@ func (d planeDeps) controlHandler(signingKey []byte, localAddr string, endpoints
 		return nil, nil, err
 	}
 	srv, err := api.New(api.Config{Store: d.store, Log: log, AdminToken: d.adminToken, SigningKey: signingKey, TokenTTL: c.TokenTTL,
-		Billing: bill, Metrics: d.metrics, DataPlane: dp, Auth: front, Webhooks: hooks, Sealer: sealer})
+		Billing: bill, Metrics: d.metrics, DataPlane: dp, Auth: front, Webhooks: hooks, Sealer: sealer,
+		OperatorKafka: len(c.kafkaBrokers()) > 0})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+)
+
+// TestServeExportsToOperatorKafkaDestination: with ROOST_KAFKA_BROKERS
+// set, the tenant sees the built-in destination operator-kafka, and a
+// rule made with "destination": "operator-kafka" and a topic exports a
+// device's MQTT publish to roost.<tenant>.<topic> (on kfake, an in-process
+// cluster speaking the real protocol).
+func TestServeExportsToOperatorKafkaDestination(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "roost.events", "roost.acme.telemetry"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	h := startServe(t, map[string]string{"ROOST_DATA_DIR": t.TempDir(), "ROOST_KAFKA_BROKERS": cluster.ListenAddrs()[0]})
+	_, m := post(t, h.url+"/v1/signup", "", map[string]string{"email": "k@example.com", "password": "correct horse battery"})
+	token := m["token"].(string)
+	post(t, h.url+"/v1/tenants", token, map[string]string{"slug": "acme"})
+	_, d := post(t, h.url+"/v1/tenants/acme/devices", token, map[string]string{"name": "d1"})
+
+	status, list := get(t, h.url+"/v1/tenants/acme/destinations", token)
+	items, _ := list["items"].([]any)
+	if status != 200 || len(items) != 1 || items[0].(map[string]any)["id"] != "operator-kafka" {
+		t.Fatalf("destinations: %d %v, want operator-kafka", status, list)
+	}
+	status, rule := post(t, h.url+"/v1/tenants/acme/rules", token, map[string]string{"filter": "sensors/#", "destination": "operator-kafka", "topic": "telemetry"})
+	if status != 201 || rule["delivery"] != "operator_kafka" || rule["kafka_topic"] != "roost.acme.telemetry" {
+		t.Fatalf("rule: %d %v", status, rule)
+	}
+
+	conn, err := net.Dial("tcp", h.mqtt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := paho.NewClient(paho.ClientConfig{Conn: conn})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Connect(ctx, &paho.Connect{ClientID: "d1", KeepAlive: 30, CleanStart: true, Username: "acme/d1", UsernameFlag: true,
+		Password: []byte(d["secret"].(string)), PasswordFlag: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Disconnect(&paho.Disconnect{})
+	// Not matched: stays out of Kafka.
+	if _, err := c.Publish(ctx, &paho.Publish{Topic: "other/x", QoS: 1, Payload: []byte("no")}); err != nil {
+		t.Fatal(err)
+	}
+	// Acknowledged only once Kafka has it.
+	if _, err := c.Publish(ctx, &paho.Publish{Topic: "sensors/d1/temp", QoS: 1, Payload: []byte(`{"temp":21}`)}); err != nil {
+		t.Fatal(err)
+	}
+
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: cluster.ListenAddrs(), Topic: "roost.acme.telemetry", Partition: 0, MaxWait: 100 * time.Millisecond})
+	defer r.Close()
+	msg, err := r.ReadMessage(ctx)
+	if err != nil {
+		t.Fatalf("nothing on roost.acme.telemetry: %v", err)
+	}
+	headers := map[string]string{}
+	for _, hd := range msg.Headers {
+		headers[hd.Key] = string(hd.Value)
+	}
+	if string(msg.Value) != `{"temp":21}` || string(msg.Key) != "d1" || headers["mqtt_topic"] != "sensors/d1/temp" || headers["device"] != "d1" {
+		t.Errorf("record: key %q value %q headers %v", msg.Key, msg.Value, headers)
+	}
+	if n := r.Lag(); n > 0 {
+		t.Errorf("%d more records on roost.acme.telemetry, want the one publish", n)
+	}
+}
