@@ -69,6 +69,7 @@ func (s *Server) routes() chi.Router {
 				r.With(admin).Post("/cas", s.serve(handleCACreate(st)))
 				r.With(admin).Delete("/cas/{id}", s.serve(handleCADelete(st)))
 				r.With(admin).Post("/messages", s.serve(handleMessagePublish(s.dataPlane)))
+				r.With(viewer).Get("/retained", s.serve(handleRetainedList(s.dataPlane)))
 
 				r.With(viewer).Get("/acl/rules", s.serve(handleACLList(st)))
 				r.With(admin).Post("/acl/rules", s.serve(handleACLCreate(st)))
