@@ -267,6 +267,7 @@ func attackBodies(memberEmail string) map[string]any {
 		"POST /v1/tenants/{tenant}/destinations":                  map[string]string{"name": "evil", "type": "webhook", "url": "https://evil.example.com/"},
 		"PATCH /v1/tenants/{tenant}/destinations/{id}":            map[string]string{"url": "https://evil.example.com/"},
 		"POST /v1/tenants/{tenant}/rules/test":                    map[string]any{"rule": map[string]string{"filter": "#", "topic": "t"}, "message": map[string]string{"topic": "x"}},
+		"PATCH /v1/tenants/{tenant}/devices/{device}/shadow":      map[string]any{"state": map[string]any{"desired": map[string]string{"led": "pwned"}}},
 	}
 }
 
@@ -369,7 +370,7 @@ func TestCrossTenantMatrix(t *testing.T) {
 // snapshot renders everything a tenant holds, to compare before and after.
 func snapshot(e *env, tok, tenant string) string {
 	var b strings.Builder
-	for _, p := range []string{"", "/devices", "/acl/rules", "/api-keys", "/members", "/rules", "/devices/a-dev/keys", "/devices/a-dev/certificates", "/cas", "/destinations"} {
+	for _, p := range []string{"", "/devices", "/acl/rules", "/api-keys", "/members", "/rules", "/devices/a-dev/keys", "/devices/a-dev/certificates", "/devices/a-dev/shadow", "/cas", "/destinations"} {
 		r := e.do("GET", "/v1/tenants/"+tenant+p, tok, nil)
 		if r.status != http.StatusOK { // a problem carries a request id
 			fmt.Fprintf(&b, "%s=%d\n", p, r.status)

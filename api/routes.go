@@ -63,10 +63,13 @@ func (s *Server) routes() chi.Router {
 				r.With(viewer).Get("/devices/{device}/certificates", s.serve(handleDeviceCertificateList(st)))
 				r.With(admin).Post("/devices/{device}/certificates", s.serve(handleDeviceCertificateCreate(st)))
 				r.With(admin).Delete("/devices/{device}/certificates/{id}", s.serve(handleDeviceCertificateDelete(st)))
+				r.With(viewer).Get("/devices/{device}/shadow", s.serve(handleShadowGet(st)))
+				r.With(admin).Patch("/devices/{device}/shadow", s.serve(handleShadowUpdate(st)))
 				r.With(viewer).Get("/cas", s.serve(handleCAList(st)))
 				r.With(admin).Post("/cas", s.serve(handleCACreate(st)))
 				r.With(admin).Delete("/cas/{id}", s.serve(handleCADelete(st)))
 				r.With(admin).Post("/messages", s.serve(handleMessagePublish(s.dataPlane)))
+				r.With(viewer).Get("/retained", s.serve(handleRetainedList(s.dataPlane)))
 
 				r.With(viewer).Get("/acl/rules", s.serve(handleACLList(st)))
 				r.With(admin).Post("/acl/rules", s.serve(handleACLCreate(st)))

@@ -67,7 +67,9 @@ func newChangeApplier(cfg Config, dir *directoryCache, reg *registry) *changeApp
 // onChange is called by the directory after each committed change. It
 // must not wait: what takes time is queued for run.
 func (a *changeApplier) onChange(c tenants.Change) {
-	a.dir.invalidate(c)
+	if c.Kind != tenants.ShadowChanged { // shadows are not cached: it only tells the delta (shadow.go)
+		a.dir.invalidate(c)
+	}
 	switch c.Kind {
 	case tenants.ACLChanged:
 		if inst := a.reg.running(c.Tenant); inst != nil {
@@ -229,6 +231,8 @@ func (a *changeApplier) apply(c tenants.Change) error {
 		return a.recheck(ctx, inst, inst.live.conns(func(dc *deviceConn) bool { return dc.id.ca != "" }), "its CA was removed")
 	case tenants.DeviceChanged:
 		return a.recheck(ctx, inst, inst.live.conns(func(dc *deviceConn) bool { return dc.id.device == c.Device }), "after a change")
+	case tenants.ShadowChanged:
+		return inst.tellDelta(ctx, c.Device)
 	}
 	return nil
 }

@@ -57,11 +57,15 @@ const (
 	BillingResumed   = "billing_resumed"
 	// SpendWarning's limit is the spend cap in cents.
 	SpendWarning = "spend_warning"
+
+	// ShadowUpdated: a device's shadow changed; Reason says through
+	// what ("api" or "mqtt") and Count is its new version.
+	ShadowUpdated = "shadow_updated"
 )
 
 // Types lists every event type.
 var Types = []string{Connected, Disconnected, Subscribed, Unsubscribed, AuthFailed, QueueDropped, QuotaExceeded, PublishDenied,
-	PlanChanged, PaymentFailed, PaymentSucceeded, BillingSuspended, BillingResumed, SpendWarning}
+	PlanChanged, PaymentFailed, PaymentSucceeded, BillingSuspended, BillingResumed, SpendWarning, ShadowUpdated}
 
 // Sink receives events. Emit must not block the connection that caused the
 // event: a sink that cannot keep up counts what it drops.

@@ -36,6 +36,9 @@ type Quotas struct {
 	// MaxStreams is how many app streams (GET /stream) the tenant may
 	// have open at once on one API process.
 	MaxStreams int64 `json:"max_streams"`
+	// MaxShadowBytes bounds each device's shadow: its desired and
+	// reported state as JSON, in bytes.
+	MaxShadowBytes int64 `json:"max_shadow_bytes"`
 }
 
 // quotaFields maps each quota's name to its field. It is the one list of
@@ -59,6 +62,7 @@ var quotaFields = map[string]func(*Quotas) *int64{
 	"max_outbox":          func(q *Quotas) *int64 { return &q.MaxOutbox },
 	"event_retention":     func(q *Quotas) *int64 { return &q.EventRetention },
 	"max_streams":         func(q *Quotas) *int64 { return &q.MaxStreams },
+	"max_shadow_bytes":    func(q *Quotas) *int64 { return &q.MaxShadowBytes },
 }
 
 func isQuotaName(name string) bool { _, ok := quotaFields[name]; return ok }
