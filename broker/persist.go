@@ -320,11 +320,7 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	if pk.FixedHeader.Qos == 2 && !cl.Net.Inline && persistent(cl) {
 		receipt = store.Receipt{ClientID: cl.ID, PacketID: pk.PacketID}
 	}
-	ticket, items := p.appendStartsFor(items)
-	if len(items) == 0 {
-		p.appendEnds(ticket)
-		return p.tag(pk, map[string]uint64{}), nil
-	}
+	ticket := p.appendStarts()
 	seqs, err := p.st.Append(ctx, p.tenant, items, receipt)
 	if err != nil {
 		p.appendEnds(ticket)
@@ -354,20 +350,12 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 // appendStarts registers an append of beforeAck before it reaches the
 // store, and appendEnds (appendEndsLocked, with p.mu held) once its copies
 // are noted or it failed; see catchUp.
-// appendStartsFor is appendStarts for copies to queue from a publish
-// here: where sessions live anywhere, it leaves out those for sessions this
-// broker let go of (taken over elsewhere: see kicked), under the same lock
-// as the ticket, so that a kick waiting for the appends in flight knows
-// that later ones queue nothing for its session.
-func (p *persistence) appendStartsFor(items []store.Item) (uint64, []store.Item) {
+func (p *persistence) appendStarts() uint64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.anywhere {
-		items = slices.DeleteFunc(items, func(it store.Item) bool { return p.epochs[it.ClientID] == 0 })
-	}
 	p.nextAppend++
 	p.appending[p.nextAppend] = true
-	return p.nextAppend, items
+	return p.nextAppend
 }
 
 func (p *persistence) appendEnds(ticket uint64) {
@@ -565,22 +553,6 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 			return
 		}
 		seq, ok = p.pubs[pubID].seqs[cl.ID]
-		if ok && p.anywhere && p.live[cl.ID] != cl && persistent(cl) && cl.Net.Conn != nil && !cl.Closed() && !cl.IsTakenOver() {
-			// A resumed session between its CONNACK and the end of mochi's
-			// resend of what its queue held: written now, this newer
-			// message would overtake the older ones. Withheld, it is sent
-			// from the queue once the connection is established (see
-			// established, and routed for a publish still being routed).
-			// Only where sessions live anywhere, whose deliveries from
-			// other nodes and catch-ups are ordered under inlineMu: at a
-			// home, a withheld publish still being routed when the
-			// connection is established is sent after newer ones
-			// delivered directly (TestSpreadFleetKafkaTakeover).
-			p.withhold(cl, pubID, out.PacketID)
-			p.recheck[cl.ID] = true
-			p.mu.Unlock()
-			return
-		}
 		if ok {
 			if p.inflight[cl.ID] == nil {
 				p.inflight[cl.ID] = map[uint16]uint64{}
@@ -722,13 +694,10 @@ func (p *persistence) routed(pk packets.Packet) {
 // established notes a persistent session's connection ready (its CONNACK
 // and resends written) and checks that it has every message its queue
 // holds.
-//
-// A recheck noted for the session stays: a delivery withheld before (see
-// handedOver) may belong to a publish still being routed, which this
-// reconcile leaves to routed.
 func (p *persistence) established(cl *mqtt.Client) {
 	p.mu.Lock()
 	p.live[cl.ID] = cl
+	delete(p.recheck, cl.ID)
 	p.mu.Unlock()
 	p.reconcile(cl)
 }
