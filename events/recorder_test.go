@@ -60,12 +60,15 @@ func TestRecorderNeverBlocks(t *testing.T) {
 	for range 500 {
 		r.Emit(events.Event{Tenant: "acme", Type: events.Connected})
 	}
-	if took := time.Since(start); took > 100*time.Millisecond {
+	// Stuck, a blocking Emit would never return; the bound is far above
+	// any machine's scheduling delay.
+	if took := time.Since(start); took > 5*time.Second {
 		t.Errorf("500 Emits took %v with the database stuck", took)
 	}
-	// One event may have left the queue for the stuck write.
-	if d := r.Dropped(); d < 399 || d > 400 {
-		t.Errorf("dropped %d, want 399 or 400 (500 past a buffer of 100)", d)
+	// Up to one batch (30) may have left the queue for the stuck write
+	// before the queue filled.
+	if d := r.Dropped(); d < 370 || d > 400 {
+		t.Errorf("dropped %d, want 370 to 400 (500 past a buffer of 100, a batch of 30 taken by the stuck write)", d)
 	}
 	close(w.release)
 	r.Close()

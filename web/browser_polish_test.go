@@ -35,33 +35,9 @@ func TestBrowserConsolePolish(t *testing.T) {
 	if _, _, err := s.store.CreateDevice(t.Context(), "t-064", tenants.DeviceInput{Name: "d0"}); err != nil {
 		t.Fatal(err)
 	}
-	step := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, 20*time.Second) }
-	run := func(what string, actions ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		sctx, cancel := step()
-		defer cancel()
-		if err := chromedp.Do(sctx, actions...); err != nil {
-			t.Fatalf("%s: %v\nconsole log:\n%s", what, err, s.logs)
-		}
-	}
-	text := func(sel string) string {
-		t.Helper()
-		sctx, cancel := step()
-		defer cancel()
-		v, err := chromedp.Run(sctx, chromedp.Text(chromedp.CSS(sel)))
-		if err != nil {
-			t.Fatalf("read %s: %v", sel, err)
-		}
-		return v
-	}
-	wait := func(what, predicate string) {
-		t.Helper()
-		sctx, cancel := step()
-		defer cancel()
-		if _, err := chromedp.Run(sctx, chromedp.Poll[bool](predicate, chromedp.WithPollingTimeout(15*time.Second))); err != nil {
-			t.Fatalf("%s: %v\nconsole log:\n%s", what, err, s.logs)
-		}
-	}
+	b := steps{t, ctx, s}
+	run, text := b.run, b.text
+	wait := b.wait
 	css := func(sel string) chromedp.CSS { return chromedp.CSS(sel) }
 	firstRow := `document.querySelector("#admin-tenants tbody tr td a").textContent`
 

@@ -44,6 +44,50 @@ func chrome(t *testing.T) context.Context {
 	return ctx
 }
 
+// steps are a browser test's actions, each with its own time limit, failing
+// the test with the console's log.
+type steps struct {
+	t   *testing.T
+	ctx context.Context
+	s   *stack
+}
+
+func (b steps) step() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(b.ctx, 20*time.Second)
+}
+
+// run does actions, failing the test with what they were for.
+func (b steps) run(what string, actions ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	sctx, cancel := b.step()
+	defer cancel()
+	if err := chromedp.Do(sctx, actions...); err != nil {
+		b.t.Fatalf("%s: %v\nconsole log:\n%s", what, err, b.s.logs)
+	}
+}
+
+// text reads the text of the element sel selects.
+func (b steps) text(sel string) string {
+	b.t.Helper()
+	sctx, cancel := b.step()
+	defer cancel()
+	v, err := chromedp.Run(sctx, chromedp.Text(chromedp.CSS(sel)))
+	if err != nil {
+		b.t.Fatalf("read %s: %v", sel, err)
+	}
+	return v
+}
+
+// wait polls a JavaScript predicate until it holds.
+func (b steps) wait(what, predicate string) {
+	b.t.Helper()
+	sctx, cancel := b.step()
+	defer cancel()
+	if _, err := chromedp.Run(sctx, chromedp.Poll[bool](predicate, chromedp.WithPollingTimeout(15*time.Second))); err != nil {
+		b.t.Fatalf("%s: %v\nconsole log:\n%s", what, err, b.s.logs)
+	}
+}
+
 // screenshots go to $ROOST_TEST_ARTIFACTS (default: artifacts/screenshots
 // at the repository's root, which git ignores).
 func screenshot(t *testing.T, ctx context.Context, name string) {
@@ -75,33 +119,9 @@ func screenshot(t *testing.T, ctx context.Context, name string) {
 func TestBrowserFirstMessage(t *testing.T) {
 	s := newStack(t)
 	ctx := chrome(t)
-	step := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, 20*time.Second) }
-	run := func(what string, actions ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		sctx, cancel := step()
-		defer cancel()
-		if err := chromedp.Do(sctx, actions...); err != nil {
-			t.Fatalf("%s: %v\nconsole log:\n%s", what, err, s.logs)
-		}
-	}
-	text := func(sel string) string {
-		t.Helper()
-		sctx, cancel := step()
-		defer cancel()
-		v, err := chromedp.Run(sctx, chromedp.Text(chromedp.CSS(sel)))
-		if err != nil {
-			t.Fatalf("read %s: %v", sel, err)
-		}
-		return v
-	}
-	wait := func(what, predicate string) {
-		t.Helper()
-		sctx, cancel := step()
-		defer cancel()
-		if _, err := chromedp.Run(sctx, chromedp.Poll[bool](predicate, chromedp.WithPollingTimeout(15*time.Second))); err != nil {
-			t.Fatalf("%s: %v\nconsole log:\n%s", what, err, s.logs)
-		}
-	}
+	b := steps{t, ctx, s}
+	step, run, text := b.step, b.run, b.text
+	wait := b.wait
 	css := func(sel string) chromedp.CSS { return chromedp.CSS(sel) }
 	run("sign up",
 		chromedp.Navigate(s.url+"/"),

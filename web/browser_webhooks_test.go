@@ -1,7 +1,6 @@
 package web_test
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -36,25 +35,8 @@ func TestBrowserWebhooks(t *testing.T) {
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	t.Cleanup(rc.Close)
-	step := func() (context.Context, context.CancelFunc) { return context.WithTimeout(ctx, 20*time.Second) }
-	run := func(what string, actions ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		sctx, cancel := step()
-		defer cancel()
-		if err := chromedp.Do(sctx, actions...); err != nil {
-			t.Fatalf("%s: %v\nconsole log:\n%s", what, err, s.logs)
-		}
-	}
-	text := func(sel string) string {
-		t.Helper()
-		sctx, cancel := step()
-		defer cancel()
-		v, err := chromedp.Run(sctx, chromedp.Text(chromedp.CSS(sel)))
-		if err != nil {
-			t.Fatalf("read %s: %v", sel, err)
-		}
-		return v
-	}
+	b := steps{t, ctx, s}
+	run, text := b.run, b.text
 	css := func(sel string) chromedp.CSS { return chromedp.CSS(sel) }
 	run("sign up",
 		chromedp.Navigate(s.url+"/signup"),
