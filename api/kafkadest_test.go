@@ -85,6 +85,11 @@ func TestKafkaDestination(t *testing.T) {
 	// The right one again, then a PATCH without a password keeps it.
 	want(t, e.do("PATCH", base+"/"+id, owner.token, map[string]any{"kafka": settings("kafka-pw-123")}), 200, "set the password")
 	want(t, e.do("PATCH", base+"/"+id, owner.token, map[string]any{"name": "plant-2", "kafka": settings("")}), 200, "change without the password")
+	// Pointed elsewhere, it must be given again: else an admin could send
+	// it to a broker of theirs and read it.
+	elsewhere := settings("")
+	elsewhere["brokers"] = []string{"127.0.0.1:1"}
+	wantProblem(t, e.do("PATCH", base+"/"+id, owner.token, map[string]any{"kafka": elsewhere}), 400, "invalid", "kafka.sasl.password", "other brokers without the password")
 	if r := e.do("POST", base+"/"+id+"/test", owner.token, nil); r.json()["delivered"] != true {
 		t.Errorf("send test after a PATCH without password: %s", r.body)
 	}

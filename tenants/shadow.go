@@ -3,8 +3,9 @@ package tenants
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"math/big"
+	"strconv"
 	"time"
 )
 
@@ -264,12 +265,19 @@ func jsonEqual(a, b any) bool {
 		if !ok {
 			return false
 		}
-		x, okx := new(big.Rat).SetString(a.String())
-		y, oky := new(big.Rat).SetString(b.String())
-		if !okx || !oky {
-			return a == b
+		if a == b {
+			return true
 		}
-		return x.Cmp(y) == 0
+		// As float64: exact for the numbers devices report, and cheap for
+		// any literal (a big.Rat of 1e999999 takes milliseconds to build,
+		// hundreds of them in one document seconds; such literals are
+		// out of float64's range and compare as the infinity they parse to).
+		x, errx := strconv.ParseFloat(a.String(), 64)
+		y, erry := strconv.ParseFloat(b.String(), 64)
+		if (errx != nil && !errors.Is(errx, strconv.ErrRange)) || (erry != nil && !errors.Is(erry, strconv.ErrRange)) {
+			return false
+		}
+		return x == y
 	case map[string]any:
 		b, ok := b.(map[string]any)
 		if !ok || len(a) != len(b) {

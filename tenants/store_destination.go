@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -148,6 +149,11 @@ func (s *Store) UpdateDestination(ctx context.Context, tenant, id string, up Des
 				d.Sealed.Password = up.SealedPassword
 			case d.Sealed.Password == "":
 				return invalid("kafka.sasl.password", "is required (none was set before)")
+			case !sameKafkaEndpoint(d.Kafka, up.Kafka):
+				// Kept, the password would go wherever the new settings
+				// say: an admin could point them at a broker of theirs
+				// (or downgrade SCRAM to PLAIN) and read it.
+				return invalid("kafka.sasl.password", "is required again when the brokers, TLS, CA, server name, mechanism or user name change")
 			}
 			d.Kafka = up.Kafka.Public()
 		}
@@ -280,4 +286,14 @@ func (s *Store) ForgetOutbox(ctx context.Context, tenant, id string) error {
 	_, err := s.db.ExecContext(ctx, `DELETE FROM destination_outboxes WHERE tenant = $1 AND id = $2
 		AND NOT EXISTS (SELECT 1 FROM destinations WHERE tenant = $1 AND id = $2)`, tenant, id)
 	return err
+}
+
+// sameKafkaEndpoint reports whether a Kafka destination's new settings send
+// its password where the old ones did, the same way.
+func sameKafkaEndpoint(old, up *Kafka) bool {
+	if old == nil || up == nil || old.SASL == nil || up.SASL == nil {
+		return false
+	}
+	return slices.Equal(old.Brokers, up.Brokers) && old.TLS == up.TLS && old.CA == up.CA && old.ServerName == up.ServerName &&
+		old.SASL.Mechanism == up.SASL.Mechanism && old.SASL.Username == up.SASL.Username
 }

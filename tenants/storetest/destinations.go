@@ -57,6 +57,16 @@ func testKafkaDestinations(t *testing.T, s *tenants.Store, reopen func() *tenant
 	if err != nil || up.Kafka.Topic != "telemetry-2" || up.Sealed.Password != "sealed-pw" {
 		t.Errorf("update without password: %+v, %v", up, err)
 	}
+	// Kept, the password would go wherever the new settings say: other
+	// brokers, or PLAIN instead of SCRAM, need it given again.
+	moved := k2
+	moved.Brokers = []string{"attacker.example.com:9093"}
+	plain := k2
+	plain.SASL = &tenants.KafkaSASL{Mechanism: tenants.SASLPlain, Username: k2.SASL.Username}
+	for what, k := range map[string]tenants.Kafka{"other brokers": moved, "PLAIN instead of SCRAM": plain} {
+		_, err := s.UpdateDestination(ctx, "acme", id, tenants.DestinationUpdate{Kafka: &k}, nil)
+		wantField(t, "update to "+what+" without the password", err, "kafka.sasl.password")
+	}
 	up, err = s.UpdateDestination(ctx, "acme", id, tenants.DestinationUpdate{Kafka: &k2, SealedPassword: "sealed-pw-2"}, nil)
 	if err != nil || up.Sealed.Password != "sealed-pw-2" {
 		t.Errorf("update with a password: %+v, %v", up, err)
