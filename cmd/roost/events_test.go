@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -77,17 +76,12 @@ func TestServeEventsLastAndStream(t *testing.T) {
 	}
 	waitFor("ready", "event: ready", "")
 
-	conn, err := net.Dial("tcp", h.mqtt)
+	c, err := mqttClient(h.mqtt, "acme/d1", dev["secret"].(string), "d1", false, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := paho.NewClient(paho.ClientConfig{Conn: conn})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := c.Connect(ctx, &paho.Connect{ClientID: "d1", KeepAlive: 30, CleanStart: true, Username: "acme/d1", UsernameFlag: true,
-		Password: []byte(dev["secret"].(string)), PasswordFlag: true}); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := c.Publish(ctx, &paho.Publish{Topic: "sensors/t", QoS: 1, Payload: []byte("21.5")}); err != nil {
 		t.Fatal(err)
 	}

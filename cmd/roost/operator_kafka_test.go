@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"net"
 	"testing"
 	"time"
 
@@ -38,17 +37,12 @@ func TestServeExportsToOperatorKafkaDestination(t *testing.T) {
 		t.Fatalf("rule: %d %v", status, rule)
 	}
 
-	conn, err := net.Dial("tcp", h.mqtt)
+	c, err := mqttClient(h.mqtt, "acme/d1", d["secret"].(string), "d1", false, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := paho.NewClient(paho.ClientConfig{Conn: conn})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := c.Connect(ctx, &paho.Connect{ClientID: "d1", KeepAlive: 30, CleanStart: true, Username: "acme/d1", UsernameFlag: true,
-		Password: []byte(d["secret"].(string)), PasswordFlag: true}); err != nil {
-		t.Fatal(err)
-	}
 	defer c.Disconnect(&paho.Disconnect{})
 	// Not matched: stays out of Kafka.
 	if _, err := c.Publish(ctx, &paho.Publish{Topic: "other/x", QoS: 1, Payload: []byte("no")}); err != nil {
