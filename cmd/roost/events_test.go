@@ -57,24 +57,32 @@ func TestServeEventsLastAndStream(t *testing.T) {
 			lines <- sc.Text()
 		}
 	}()
-	waitFor := func(what, prefix, contains string) {
+	// waitFor reads the stream until every wanted line has been seen, in
+	// any order: a device's message and its connect event travel different
+	// paths (the message straight from the broker, the event through the
+	// event store), so either may come first.
+	type want struct{ what, prefix, contains string }
+	waitFor := func(wants ...want) {
 		t.Helper()
-		timeout := time.After(10 * time.Second)
-		for {
+		timeout := time.After(20 * time.Second)
+		for len(wants) > 0 {
 			select {
 			case l, ok := <-lines:
 				if !ok {
-					t.Fatalf("the stream ended before %s", what)
+					t.Fatalf("the stream ended before %s", wants[0].what)
 				}
-				if strings.HasPrefix(l, prefix) && strings.Contains(l, contains) {
-					return
+				for i, w := range wants {
+					if strings.HasPrefix(l, w.prefix) && strings.Contains(l, w.contains) {
+						wants = append(wants[:i], wants[i+1:]...)
+						break
+					}
 				}
 			case <-timeout:
-				t.Fatalf("no %s in 10s", what)
+				t.Fatalf("no %s in 20s", wants[0].what)
 			}
 		}
 	}
-	waitFor("ready", "event: ready", "")
+	waitFor(want{"ready", "event: ready", ""})
 
 	c, err := mqttClient(h.mqtt, "acme/d1", dev["secret"].(string), "d1", false, nil, nil)
 	if err != nil {
@@ -85,8 +93,8 @@ func TestServeEventsLastAndStream(t *testing.T) {
 	if _, err := c.Publish(ctx, &paho.Publish{Topic: "sensors/t", QoS: 1, Payload: []byte("21.5")}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor("the message", "data: ", `"topic":"sensors/t"`)
-	waitFor("the connect event", "data: ", `"type":"connected"`)
+	waitFor(want{"the message", "data: ", `"topic":"sensors/t"`},
+		want{"the connect event", "data: ", `"type":"connected"`})
 	c.Disconnect(&paho.Disconnect{})
 
 	// Draining ends the open stream; serve stops in time.
