@@ -42,13 +42,18 @@ const (
 const streamWriteTimeout = 10 * time.Second
 
 // streams counts each tenant's open app streams in this process, against
-// its max_streams quota.
+// its max_streams quota, and each principal's (an API key, a person, the
+// operator) among them, so that one key cannot take every place.
 type streams struct {
 	poll, heartbeat time.Duration
 
 	mu   sync.Mutex
 	open map[string]int64
+	// each counts open streams per tenant and principal.
+	each map[streamHolder]int64
 }
+
+type streamHolder struct{ tenant, principal string }
 
 func newStreams(poll, heartbeat time.Duration) *streams {
 	if poll <= 0 {
@@ -57,22 +62,38 @@ func newStreams(poll, heartbeat time.Duration) *streams {
 	if heartbeat <= 0 {
 		heartbeat = 15 * time.Second
 	}
-	return &streams{poll: poll, heartbeat: heartbeat, open: map[string]int64{}}
+	return &streams{poll: poll, heartbeat: heartbeat, open: map[string]int64{}, each: map[streamHolder]int64{}}
 }
 
-// acquire counts a stream of the tenant in, or refuses it over limit.
-func (s *streams) acquire(tenant string, limit int64) (release func(), err error) {
+// streamsEach is how many of a tenant's limit streams one principal may
+// hold: half, rounded up, so that a flood from one API key leaves the
+// other half to the tenant's other keys and people.
+func streamsEach(limit int64) int64 {
+	return max(1, (limit+1)/2)
+}
+
+// acquire counts a stream of the tenant's principal in, or refuses it over
+// the tenant's limit or the principal's share of it.
+func (s *streams) acquire(tenant, principal string, limit int64) (release func(), err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.open[tenant] >= limit {
 		return nil, &tenants.QuotaError{Quota: "max_streams", Limit: limit}
 	}
+	h := streamHolder{tenant, principal}
+	if each := streamsEach(limit); s.each[h] >= each {
+		return nil, &tenants.QuotaError{Quota: "max_streams_each", Limit: each}
+	}
 	s.open[tenant]++
+	s.each[h]++
 	return func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if s.open[tenant]--; s.open[tenant] <= 0 {
 			delete(s.open, tenant)
+		}
+		if s.each[h]--; s.each[h] <= 0 {
+			delete(s.each, h)
 		}
 	}, nil
 }
@@ -126,7 +147,7 @@ func (s *Server) handleStream(st streamStore) handler {
 		if err != nil {
 			return err
 		}
-		release, err := s.streams.acquire(slug, t.Quotas().MaxStreams)
+		release, err := s.streams.acquire(slug, streamWatcher(principalFrom(r.Context())), t.Quotas().MaxStreams)
 		if err != nil {
 			s.tooManyStreams(w, r, err)
 			return nil
@@ -306,6 +327,8 @@ func (s *Server) mayStillRead(r *http.Request, slug string) bool {
 	switch {
 	case err != nil:
 		return false
+	case p.operator: // the operator token reads every tenant
+		return true
 	case p.key != nil:
 		return p.key.Tenant == slug && p.key.Role.AtLeast(tenants.RoleViewer)
 	case p.account != nil:

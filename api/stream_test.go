@@ -102,7 +102,7 @@ func (s *stream) next(event string) sse {
 			return ev
 		}
 	}
-	timeout := time.After(5 * time.Second)
+	timeout := time.After(20 * time.Second)
 	for {
 		select {
 		case ev := <-s.events:
@@ -113,7 +113,7 @@ func (s *stream) next(event string) sse {
 				s.skipped = append(s.skipped, ev)
 			}
 		case <-timeout:
-			s.t.Fatalf("no %q event in 5s", event)
+			s.t.Fatalf("no %q event in 20s", event)
 		}
 	}
 }
@@ -245,25 +245,28 @@ func TestStream(t *testing.T) {
 	}
 }
 
-// TestStreamBound: free plan, max_streams 2: a third stream is a 429
-// problem naming the quota, another tenant's streams are not counted, a
-// key's fourth stream with a filter is over its live views (429), and a
+// TestStreamBound: free plan, max_streams 2: one person holds at most one
+// (half, max_streams_each), a viewer key the other, a third stream is a
+// 429 problem naming the quota, another tenant's streams are not counted,
+// a key's fourth stream with a filter is over its live views (429), and a
 // closed stream frees its place.
 func TestStreamBound(t *testing.T) {
 	e := newStreamEnv(t)
 	u := e.signup("owner")
 	e.mustTenant(u, "acme")
 	e.mustTenant(u, "other")
+	_, viewer := e.mustKey(u.token, "acme", tenants.RoleViewer)
 	var open []*stream
-	for range 2 {
-		s := e.openStream("/v1/tenants/acme/stream?events=1", u.token, "")
+	for _, token := range []string{u.token, viewer} {
+		s := e.openStream("/v1/tenants/acme/stream?events=1", token, "")
 		if s.status != 200 {
 			t.Fatalf("stream: %d %s", s.status, s.body)
 		}
 		s.next("ready")
 		open = append(open, s)
 	}
-	r := e.do("GET", "/v1/tenants/acme/stream?events=1", u.token, nil)
+	_, third := e.mustKey(u.token, "acme", tenants.RoleViewer)
+	r := e.do("GET", "/v1/tenants/acme/stream?events=1", third, nil)
 	wantProblem(t, r, 429, "quota_exceeded", "", "a third stream")
 	if r.json()["quota"] != "max_streams" {
 		t.Errorf("429 names %v, want max_streams: %s", r.json()["quota"], r.body)
@@ -272,8 +275,8 @@ func TestStreamBound(t *testing.T) {
 		t.Errorf("another tenant's stream: %d %s", s.status, s.body)
 	}
 	// Streams with a filter are live views too: one key has at most 3,
-	// though pro allows 5 streams.
-	want(t, e.do("PATCH", "/v1/admin/tenants/other", adminToken, map[string]any{"plan": "pro"}), 200, "other on pro")
+	// though business allows 10 streams (5 a key).
+	want(t, e.do("PATCH", "/v1/admin/tenants/other", adminToken, map[string]any{"plan": "business"}), 200, "other on business")
 	_, key := e.mustKey(u.token, "other", tenants.RoleViewer)
 	for range 3 {
 		if s := e.openStream("/v1/tenants/other/stream?filter=%23", key, ""); s.status != 200 {
@@ -320,7 +323,8 @@ func TestStreamSlowReaderDropped(t *testing.T) {
 		tc.SetReadBuffer(4096)
 	}
 	fmt.Fprintf(conn, "GET /v1/tenants/acme/stream?filter=%%23 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n\r\n", u.token)
-	fast := e.openStream("/v1/tenants/acme/stream?filter=%23", u.token, "")
+	_, viewer := e.mustKey(u.token, "acme", tenants.RoleViewer)
+	fast := e.openStream("/v1/tenants/acme/stream?filter=%23", viewer, "")
 	fast.next("ready")
 	time.Sleep(100 * time.Millisecond) // both watches are in place
 
@@ -359,6 +363,83 @@ func TestStreamSlowReaderDropped(t *testing.T) {
 		t.Error("the drop was not logged")
 	}
 	t.Logf("%d publishes of %d bytes in %v with a slow reader", n, len(payload), took)
+}
+
+// TestStreamOneKeyCannotTakeAll: a flood of stream opens from one API key
+// gets at most half the tenant's places (pro: 3 of 5); the rest are 429
+// problems naming max_streams_each, and another key still gets in.
+func TestStreamOneKeyCannotTakeAll(t *testing.T) {
+	e := newStreamEnv(t)
+	u := e.signup("owner")
+	e.mustTenant(u, "acme")
+	want(t, e.do("PATCH", "/v1/admin/tenants/acme", adminToken, map[string]any{"plan": "pro"}), 200, "acme on pro")
+	_, flood := e.mustKey(u.token, "acme", tenants.RoleViewer)
+	_, other := e.mustKey(u.token, "acme", tenants.RoleViewer)
+	ok, refused := 0, 0
+	for range 10 {
+		s := e.openStream("/v1/tenants/acme/stream?events=1", flood, "")
+		switch s.status {
+		case 200:
+			s.next("ready")
+			ok++
+		case 429:
+			refused++
+			var p map[string]any
+			if err := json.Unmarshal([]byte(s.body), &p); err != nil || p["quota"] != "max_streams_each" || p["code"] != "quota_exceeded" {
+				t.Errorf("a flooding key's refusal: %s, want quota_exceeded naming max_streams_each", s.body)
+			}
+		default:
+			t.Fatalf("stream: %d %s", s.status, s.body)
+		}
+	}
+	if ok != 3 || refused != 7 {
+		t.Errorf("one key of a pro tenant (max_streams 5): %d streams open, %d refused; want 3 and 7", ok, refused)
+	}
+	for i := range 2 {
+		s := e.openStream("/v1/tenants/acme/stream?events=1", other, "")
+		if s.status != 200 {
+			t.Fatalf("another key's stream %d beside the flood: %d %s", i+1, s.status, s.body)
+		}
+		s.next("ready")
+	}
+	r := e.do("GET", "/v1/tenants/acme/stream?events=1", u.token, nil)
+	wantProblem(t, r, 429, "quota_exceeded", "", "a sixth stream of the tenant")
+	if r.json()["quota"] != "max_streams" {
+		t.Errorf("429 names %v, want max_streams: %s", r.json()["quota"], r.body)
+	}
+}
+
+// TestStreamOperatorStaysOpen: the operator streams a tenant through an
+// impersonation session, and that stream outlives its heartbeats (100 ms
+// here), at each of which access is checked again. The bare operator token
+// is no member of any tenant: 404, as for every tenant route, rather than
+// a stream that ends at its first beat.
+func TestStreamOperatorStaysOpen(t *testing.T) {
+	e := newStreamEnv(t)
+	u := e.signup("owner")
+	e.mustTenant(u, "acme")
+	wantProblem(t, e.do("GET", "/v1/tenants/acme/stream?events=1", adminToken, nil), 404, "not_found", "", "the operator token on a tenant's stream")
+	r := e.do("POST", "/v1/admin/tenants/acme/impersonate", adminToken, map[string]string{"reason": "ticket 7: watch the stream"})
+	want(t, r, 201, "impersonate")
+	imp := r.str("token")
+	s := e.openStream("/v1/tenants/acme/stream?events=1", imp, "")
+	if s.status != 200 {
+		t.Fatalf("impersonation stream: %d %s", s.status, s.body)
+	}
+	s.next("ready")
+	for range 5 {
+		s.next("comment") // a heartbeat: access was checked and kept
+	}
+	select {
+	case <-s.ended:
+		t.Fatal("the operator's stream ended")
+	default:
+	}
+	for _, ev := range s.skipped {
+		if ev.event == "end" {
+			t.Fatalf("the operator's stream ended: %+v", ev)
+		}
+	}
 }
 
 // TestStreamEndsWhenKeyDeleted: deleting the key ends its open stream.
