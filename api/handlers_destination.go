@@ -36,9 +36,14 @@ type destinationWithSecret struct {
 }
 
 // checkKafka applies the hub's address policy to a Kafka destination's
-// bootstrap servers.
-func checkKafka(g *dataout.Guard, k *tenants.Kafka) error {
-	if err := g.CheckBrokers(k.Brokers, k.TLS); err != nil {
+// bootstrap servers, the hub's own Kafka brokers (by name, or resolved
+// now) among the refused.
+func checkKafka(ctx context.Context, g *dataout.Guard, k *tenants.Kafka) error {
+	err := g.CheckBrokers(k.Brokers, k.TLS)
+	if err == nil {
+		err = g.CheckNotOperatorKafka(ctx, k.Brokers)
+	}
+	if err != nil {
 		return &httpError{status: http.StatusBadRequest, code: "invalid", field: "kafka.brokers", msg: "kafka.brokers: " + err.Error()}
 	}
 	return nil
@@ -123,7 +128,7 @@ func handleDestinationCreate(ds destinationStore, sealer *dataout.Sealer, guard 
 		var secret string
 		var sealed tenants.Sealed
 		if in.Type == tenants.DestinationKafka {
-			if err := checkKafka(guard, in.Kafka); err != nil {
+			if err := checkKafka(r.Context(), guard, in.Kafka); err != nil {
 				return err
 			}
 			if in.Kafka.SASL != nil {
@@ -202,7 +207,7 @@ func handleDestinationUpdate(ds destinationStore, sealer *dataout.Sealer, guard 
 		}
 		tenant, id := chi.URLParam(r, "tenant"), chi.URLParam(r, "id")
 		if up.Kafka != nil {
-			if err := checkKafka(guard, up.Kafka); err != nil {
+			if err := checkKafka(r.Context(), guard, up.Kafka); err != nil {
 				return err
 			}
 			if up.Kafka.SASL != nil && up.Kafka.SASL.Password != "" {

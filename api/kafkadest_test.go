@@ -11,6 +11,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 
+	"github.com/roosthub/roost/api"
+	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
 )
@@ -170,4 +172,59 @@ func consumeAPI(t *testing.T, addrs []string, n int) []*kgo.Record {
 		out = append(out, fs.Records()...)
 	}
 	return out
+}
+
+// TestKafkaDestinationRefusesHubOwn: the hub's own Kafka brokers
+// (ROOST_KAFKA_BROKERS), though on an allowed address, and its roost.*
+// topics are refused at create and update with a 400 naming the field;
+// the same address on another port is a tenant's.
+func TestKafkaDestinationRefusesHubOwn(t *testing.T) {
+	const own = "127.0.0.1:19092"
+	e := newEnvWith(t, func(cfg *api.Config) {
+		g, err := dataout.NewGuard("127.0.0.1,localhost", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g.DenyKafkaBrokers([]string{own})
+		s, err := dataout.NewSender(dataout.SenderConfig{Guard: g, Timeout: 2 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Webhooks = s
+	})
+	owner := e.signup("owner")
+	e.mustTenant(owner, "acme")
+	base := "/v1/tenants/acme/destinations"
+	kafka := func(brokers []string, topic string) map[string]any {
+		return map[string]any{"name": "k", "type": "kafka", "kafka": map[string]any{"brokers": brokers, "topic": topic}}
+	}
+	for _, tc := range []struct {
+		name, field string
+		body        map[string]any
+	}{
+		{"the hub's own broker", "kafka.brokers", kafka([]string{own}, "t")},
+		{"the hub's own broker among others", "kafka.brokers", kafka([]string{"127.0.0.1:19093", own}, "t")},
+		{"a name resolving to the hub's own broker", "kafka.brokers", kafka([]string{"localhost:19092"}, "t")},
+		{"the hub's events topic", "kafka.topic", kafka([]string{"127.0.0.1:19093"}, "roost.events")},
+		{"the hub's fabric topic in other case", "kafka.topic", kafka([]string{"127.0.0.1:19093"}, "Roost.Fabric")},
+		{"an operator export topic", "kafka.topic", kafka([]string{"127.0.0.1:19093"}, "roost.acme.telemetry")},
+	} {
+		wantProblem(t, e.do("POST", base, owner.token, tc.body), 400, "invalid", tc.field, tc.name)
+	}
+	r := e.do("POST", base, owner.token, kafka([]string{"127.0.0.1:19093"}, "roost-events"))
+	want(t, r, 201, "the same address on another port, a topic not reserved")
+	id := r.str("id")
+	for _, tc := range []struct {
+		name, field string
+		kafka       map[string]any
+	}{
+		{"PATCH to the hub's own broker", "kafka.brokers", map[string]any{"brokers": []string{own}, "topic": "t"}},
+		{"PATCH to a name resolving to it", "kafka.brokers", map[string]any{"brokers": []string{"localhost:19092"}, "topic": "t"}},
+		{"PATCH to a roost. topic", "kafka.topic", map[string]any{"brokers": []string{"127.0.0.1:19093"}, "topic": "roost.events"}},
+	} {
+		wantProblem(t, e.do("PATCH", base+"/"+id, owner.token, map[string]any{"kafka": tc.kafka}), 400, "invalid", tc.field, tc.name)
+	}
+	if got := e.do("GET", base+"/"+id, owner.token, nil).json()["kafka"].(map[string]any); got["topic"] != "roost-events" {
+		t.Errorf("after refused PATCHes the destination is %v, want unchanged", got)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // ErrRefusedAddress: a webhook's host is, or resolves to, an address the
@@ -79,6 +80,9 @@ type Guard struct {
 	// AllowHTTP lets plain http:// URLs reach every host (development);
 	// without it, only allowed hosts may use http://.
 	AllowHTTP bool
+	// operatorKafka: the hub's own Kafka brokers, host:port with the host
+	// in lower case (DenyKafkaBrokers).
+	operatorKafka []string
 }
 
 // NewGuard returns a guard allowing hosts: names or IP addresses,
@@ -172,4 +176,146 @@ func (g *Guard) control(network, address string, _ syscall.RawConn) error {
 		return fmt.Errorf("%w: %s is not a public address", ErrRefusedAddress, a)
 	}
 	return nil
+}
+
+// ErrOperatorKafka: a tenant's Kafka destination names, or resolves to,
+// one of the hub's own Kafka brokers (ROOST_KAFKA_BROKERS), which carry
+// every tenant's events and messages.
+var ErrOperatorKafka = fmt.Errorf("%w: the hub's own Kafka broker", ErrRefusedAddress)
+
+// DenyKafkaBrokers names the hub's own Kafka brokers (host:port), which
+// no tenant's Kafka destination may reach, whether by the same name, by
+// another name resolving to the same address and port, or by an address
+// the cluster advertises. Call it once, before the guard is used.
+func (g *Guard) DenyKafkaBrokers(brokers []string) {
+	for _, b := range brokers {
+		host, port, err := net.SplitHostPort(strings.TrimSpace(b))
+		if err != nil {
+			continue // the configuration's own validation reports it
+		}
+		g.operatorKafka = append(g.operatorKafka, net.JoinHostPort(strings.ToLower(strings.TrimSuffix(host, ".")), port))
+	}
+}
+
+// operatorKafkaAddrs resolves the hub's own Kafka brokers to addresses
+// and ports, at the time of asking: a name of theirs may move.
+func (g *Guard) operatorKafkaAddrs(ctx context.Context) (map[netip.AddrPort]bool, error) {
+	if len(g.operatorKafka) == 0 {
+		return nil, nil
+	}
+	return resolveBrokers(ctx, g.operatorKafka)
+}
+
+// resolveBrokers resolves host:port pairs (names or literal addresses).
+func resolveBrokers(ctx context.Context, brokers []string) (map[netip.AddrPort]bool, error) {
+	out := map[netip.AddrPort]bool{}
+	for _, b := range brokers {
+		host, ps, err := net.SplitHostPort(b)
+		if err != nil {
+			return nil, err
+		}
+		port, err := net.DefaultResolver.LookupPort(ctx, "tcp", ps)
+		if err != nil {
+			return nil, err
+		}
+		if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+			out[netip.AddrPortFrom(a.Unmap().WithZone(""), uint16(port))] = true
+			continue
+		}
+		addrs, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		if err != nil {
+			return nil, err
+		}
+		for _, a := range addrs {
+			out[netip.AddrPortFrom(a.Unmap().WithZone(""), uint16(port))] = true
+		}
+	}
+	return out, nil
+}
+
+// isOperatorKafkaName reports whether a broker (host:port) is one of the
+// hub's own by its name or literal address as written.
+func (g *Guard) isOperatorKafkaName(broker string) bool {
+	host, port, err := net.SplitHostPort(broker)
+	if err != nil {
+		return false
+	}
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	a, aerr := netip.ParseAddr(strings.Trim(host, "[]"))
+	for _, o := range g.operatorKafka {
+		oh, op, _ := net.SplitHostPort(o)
+		if op != port {
+			continue
+		}
+		if oh == host {
+			return true
+		}
+		if oa, err := netip.ParseAddr(strings.Trim(oh, "[]")); err == nil && aerr == nil && oa.Unmap() == a.Unmap() {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckNotOperatorKafka refuses a Kafka destination's bootstrap servers
+// that are the hub's own brokers, by name or resolved now: a name that
+// does not resolve is left to the check at each connection (DialKafka).
+func (g *Guard) CheckNotOperatorKafka(ctx context.Context, brokers []string) error {
+	for _, b := range brokers {
+		if g.isOperatorKafkaName(b) {
+			return fmt.Errorf("%w: %s", ErrOperatorKafka, b)
+		}
+	}
+	if len(g.operatorKafka) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	own, err := g.operatorKafkaAddrs(ctx)
+	if err != nil {
+		return nil // checked again at each connection
+	}
+	for _, b := range brokers {
+		theirs, err := resolveBrokers(ctx, []string{b})
+		if err != nil {
+			continue // checked again at each connection
+		}
+		for ap := range theirs {
+			if own[ap] {
+				return fmt.Errorf("%w: %s resolves to %s", ErrOperatorKafka, b, ap)
+			}
+		}
+	}
+	return nil
+}
+
+// DialKafka connects to a tenant's Kafka broker (a bootstrap server or
+// one the cluster advertises) as DialContext does, and also refuses,
+// just before connect(2), an address and port of the hub's own Kafka
+// brokers, resolved at every connection.
+func (g *Guard) DialKafka(ctx context.Context, network, addr string) (net.Conn, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	if g.isOperatorKafkaName(addr) {
+		return nil, fmt.Errorf("%w: %s", ErrOperatorKafka, addr)
+	}
+	own, err := g.operatorKafkaAddrs(ctx)
+	if err != nil {
+		// Fail closed: without knowing where the hub's brokers are, no
+		// tenant's broker can be told apart from them.
+		return nil, fmt.Errorf("resolve the hub's own Kafka brokers: %w", err)
+	}
+	allowed := g.allowedName(host)
+	d := &net.Dialer{Control: func(network, address string, c syscall.RawConn) error {
+		if ap, err := netip.ParseAddrPort(address); err == nil && own[netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port())] {
+			return fmt.Errorf("%w: %s", ErrOperatorKafka, address)
+		}
+		if allowed {
+			return nil
+		}
+		return g.control(network, address, c)
+	}}
+	return d.DialContext(ctx, network, addr)
 }

@@ -75,6 +75,9 @@ func (g *Guard) CheckBrokers(brokers []string, useTLS bool) error {
 		if a, err := netip.ParseAddr(host); err == nil && Refused(a) && !g.allowedName(host) {
 			return fmt.Errorf("%w: %s is not a public address", ErrRefusedAddress, host)
 		}
+		if g.isOperatorKafkaName(b) {
+			return fmt.Errorf("%w: %s", ErrOperatorKafka, b)
+		}
 		allAllowed = allAllowed && g.allowedName(host)
 	}
 	if !useTLS && !allAllowed && !g.AllowHTTP {
@@ -110,6 +113,9 @@ type producer struct {
 
 // errAuth marks a connection that failed in its SASL handshake.
 var errAuth = errors.New("SASL authentication failed")
+
+// kafkaMaxReadBytes bounds each response read from a tenant's broker.
+const kafkaMaxReadBytes = 1 << 20
 
 // producerIdle is how long an unused client stays open.
 const producerIdle = 5 * time.Minute
@@ -196,7 +202,7 @@ func (s *Sender) kafkaOptions(k *Kafka, p *producer) []kgo.Opt {
 	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
-		conn, err := s.cfg.Guard.DialContext(ctx, network, addr)
+		conn, err := s.cfg.Guard.DialKafka(ctx, network, addr)
 		if err == nil && tlsCfg != nil {
 			c := tlsCfg.Clone()
 			if c.ServerName == "" {
@@ -228,6 +234,11 @@ func (s *Sender) kafkaOptions(k *Kafka, p *producer) []kgo.Opt {
 		kgo.RetryTimeout(timeout),
 		kgo.SoftwareNameAndVersion("roost", "1"),
 		kgo.WithHooks(connectHook{p}),
+		// A hostile broker may answer with a length of up to 100 MiB
+		// (franz-go's default), which the client allocates before
+		// reading; a producer's answers are small.
+		kgo.BrokerMaxReadBytes(kafkaMaxReadBytes),
+		kgo.FetchMaxBytes(kafkaMaxReadBytes),
 	}
 	if k.SASL != nil {
 		opts = append(opts, kgo.SASL(mechanism(k)))

@@ -88,6 +88,11 @@ const (
 // MaxKafkaBrokers caps a Kafka destination's bootstrap servers.
 const MaxKafkaBrokers = 10
 
+// ReservedKafkaTopicPrefix starts the hub's own Kafka topics (roost.events,
+// roost.fabric, the operator's export roost.<tenant>.…): no tenant's Kafka
+// destination may name one, in any case.
+const ReservedKafkaTopicPrefix = "roost."
+
 // kafkaTopicRE is what Kafka accepts as a topic name.
 var kafkaTopicRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,249}$`)
 
@@ -110,6 +115,9 @@ func (k *Kafka) Validate(needPassword bool) error {
 	}
 	if !kafkaTopicRE.MatchString(k.Topic) || k.Topic == "." || k.Topic == ".." {
 		return invalid("kafka.topic", "must be 1 to 249 letters, digits, '.', '_' or '-'")
+	}
+	if strings.HasPrefix(strings.ToLower(k.Topic), ReservedKafkaTopicPrefix) {
+		return invalid("kafka.topic", "topics starting with %q are the hub's own (events, the fleet's fabric, the operator's export)", ReservedKafkaTopicPrefix)
 	}
 	if !k.TLS && (k.CA != "" || k.ServerName != "") {
 		return invalid("kafka.tls", "ca and server_name need tls: true")

@@ -545,6 +545,8 @@ func (c *config) webhookSender() (*dataout.Sender, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ROOST_WEBHOOK_ALLOW_HOSTS: %w", err)
 	}
+	// No tenant's Kafka destination may reach the hub's own brokers.
+	g.DenyKafkaBrokers(c.kafkaBrokers())
 	return dataout.NewSender(dataout.SenderConfig{Guard: g, Timeout: c.WebhookTimeout, UserAgent: "Roost-Webhook/" + roost.Version})
 }
 
