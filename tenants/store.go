@@ -39,6 +39,8 @@ type Store struct {
 	// sessionsPruned is when expired sessions were last deleted (Unix
 	// seconds).
 	sessionsPruned atomic.Int64
+	// eventCap bounds each tenant's stored events (store_event.go).
+	eventCap eventCap
 }
 
 // Open connects to the store that databaseURL names: empty for an SQLite file

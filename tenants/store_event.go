@@ -1,12 +1,15 @@
 package tenants
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/roosthub/roost/events"
@@ -62,7 +65,90 @@ func (s *Store) AddEvents(ctx context.Context, es []events.Event) error {
 	if _, err := tx.ExecContext(ctx, b.String(), args...); err != nil {
 		return err
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	// The events are stored: a failure to trim is left to the next
+	// trim or to PruneEvents.
+	for _, tenant := range s.eventCap.added(es) {
+		_, _ = s.trimEvents(ctx, tenant, 1000, 100)
+	}
+	return nil
+}
+
+// MaxStoredEvents is how many events a tenant keeps at most, whatever its
+// event_retention: past it, the oldest are deleted. A flood of events
+// (auth failures from a botnet, a device reconnecting in a loop) would
+// otherwise fill the directory for as long as the retention lasts.
+const MaxStoredEvents = 100_000
+
+// eventCap counts the events each tenant has stored through this store
+// since their last trim: a tenant's rows are trimmed to the cap once a
+// tenth of it has been added, so that a tenant holds at most about 110%
+// of the cap between trims (plus what other nodes add meanwhile), for one
+// trim per tenth rather than one per batch.
+type eventCap struct {
+	mu    sync.Mutex
+	max   int64            // 0: MaxStoredEvents
+	since map[string]int64 // tenant → events added since its last trim
+}
+
+func (c *eventCap) limit() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return cmp.Or(c.max, MaxStoredEvents)
+}
+
+// added counts es in and returns the tenants due for a trim.
+func (c *eventCap) added(es []events.Event) []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.since == nil {
+		c.since = map[string]int64{}
+	}
+	every := max(cmp.Or(c.max, MaxStoredEvents)/10, 1)
+	var due []string
+	for _, e := range es {
+		if c.since[e.Tenant]++; c.since[e.Tenant] >= every && !slices.Contains(due, e.Tenant) {
+			due = append(due, e.Tenant)
+		}
+	}
+	for _, t := range due {
+		delete(c.since, t)
+	}
+	return due
+}
+
+// SetMaxStoredEvents replaces MaxStoredEvents for this store; for tests.
+func (s *Store) SetMaxStoredEvents(n int64) {
+	s.eventCap.mu.Lock()
+	defer s.eventCap.mu.Unlock()
+	s.eventCap.max = n
+}
+
+// trimEvents deletes the tenant's events older than its newest
+// MaxStoredEvents, batch rows a statement and at most maxBatches
+// statements, and returns how many it deleted.
+func (s *Store) trimEvents(ctx context.Context, tenant string, batch, maxBatches int) (int64, error) {
+	keep := s.eventCap.limit()
+	var total int64
+	for range maxBatches {
+		// The subquery is the id of the newest event past the cap (NULL,
+		// and nothing deleted, while the tenant has no more than keep).
+		res, err := s.db.ExecContext(ctx, `DELETE FROM events WHERE id IN
+			(SELECT id FROM events WHERE tenant = $1 AND id <=
+				(SELECT id FROM events WHERE tenant = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)
+			ORDER BY id LIMIT $3)`, tenant, keep, batch)
+		if err != nil {
+			return total, fmt.Errorf("trim events of %s: %w", tenant, err)
+		}
+		n, _ := res.RowsAffected()
+		total += n
+		if n < int64(batch) {
+			break
+		}
+	}
+	return total, nil
 }
 
 // Events returns a page of the tenant's stored events, newest first, and
@@ -156,8 +242,8 @@ func (s *Store) queryEvents(ctx context.Context, tenant string, q EventQuery, be
 	return es, rows.Err()
 }
 
-// PruneEvents deletes events past their tenant's event_retention, and the
-// events of deleted tenants, batch rows per statement and at most
+// PruneEvents deletes events past their tenant's event_retention or
+// beyond its newest MaxStoredEvents, and the events of deleted tenants, batch rows per statement and at most
 // maxBatches statements per tenant (the rest waits for the next run), and
 // returns how many it deleted.
 func (s *Store) PruneEvents(ctx context.Context, batch, maxBatches int) (int64, error) {
@@ -173,10 +259,12 @@ func (s *Store) PruneEvents(ctx context.Context, batch, maxBatches int) (int64, 
 			n, _ := res.RowsAffected()
 			total += n
 			if n < int64(batch) {
-				return nil
+				break
 			}
 		}
-		return nil
+		n, err := s.trimEvents(ctx, tenant, batch, maxBatches)
+		total += n
+		return err
 	}
 	p := Page{Limit: MaxPageSize}
 	for {

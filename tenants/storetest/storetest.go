@@ -57,6 +57,7 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"TenantLimits", testTenantLimits},
 		{"Events", testEvents},
 		{"EventsConcurrentWriters", testEventsConcurrentWriters},
+		{"EventsCap", testEventsCap},
 		{"Shadows", testShadows},
 	}
 	for _, tc := range tests {
