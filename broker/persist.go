@@ -774,9 +774,17 @@ func (p *persistence) reconcile(cl *mqtt.Client) {
 	for _, seq := range missing {
 		want[seq] = true
 	}
-	resent := 0
+	resent, dropped := 0, 0
 	for _, q := range queued {
 		if !want[q.Seq] {
+			continue
+		}
+		// Checked now, as a delivery would be: the topic was readable
+		// when the copy was queued, but the rules may have changed since
+		// (as dropUnreadable does for the copies mochi resends).
+		if !p.host.mayRead(cl, q.Message.Topic) {
+			p.unqueue(cl.ID, q.Seq)
+			dropped++
 			continue
 		}
 		id, err := cl.NextPacketID()
@@ -807,7 +815,7 @@ func (p *persistence) reconcile(cl *mqtt.Client) {
 		}
 		resent++
 	}
-	p.log.Info("queued messages the connection lacked sent again", "client_id", cl.ID, "missing", len(missing), "resent", resent)
+	p.log.Info("queued messages the connection lacked sent again", "client_id", cl.ID, "missing", len(missing), "resent", resent, "dropped_unreadable", dropped)
 }
 
 // acknowledged removes a message from its session's queue once the client
@@ -820,30 +828,54 @@ func (p *persistence) acknowledged(cl *mqtt.Client, packetID uint16) {
 		return
 	}
 	delete(p.inflight[cl.ID], packetID)
-	delete(p.marks[cl.ID], seq)
-	out := p.outstanding[cl.ID]
+	e, ok := p.unqueueLocked(cl.ID, seq)
+	p.mu.Unlock()
+	if ok {
+		p.deleteQueued(cl.ID, seq, e)
+	}
+}
+
+// unqueue takes a copy out of its session's queue, here and in the store,
+// unsent (see reconcile).
+func (p *persistence) unqueue(clientID string, seq uint64) {
+	p.mu.Lock()
+	e, ok := p.unqueueLocked(clientID, seq)
+	p.mu.Unlock()
+	if ok {
+		p.deleteQueued(clientID, seq, e)
+	}
+}
+
+// unqueueLocked takes a copy out of its session's outstanding ones and
+// returns the session's epoch, for deleteQueued; false if it was not
+// outstanding (acknowledged or dropped already). Called with p.mu held.
+func (p *persistence) unqueueLocked(clientID string, seq uint64) (uint64, bool) {
+	delete(p.marks[clientID], seq)
+	out := p.outstanding[clientID]
 	i := slices.Index(out, seq)
 	if i < 0 {
-		p.mu.Unlock()
-		return
+		return 0, false
 	}
-	p.outstanding[cl.ID] = slices.Delete(out, i, i+1)
-	p.unqueued(cl.ID, seq)
-	e := p.epochs[cl.ID]
-	p.mu.Unlock()
+	p.outstanding[clientID] = slices.Delete(out, i, i+1)
+	p.unqueued(clientID, seq)
+	return p.epochs[clientID], true
+}
+
+// deleteQueued deletes a copy unqueueLocked took out from the store.
+func (p *persistence) deleteQueued(clientID string, seq, e uint64) {
 	ctx, cancel := storeCtx()
 	defer cancel()
-	err := p.st.Ack(ctx, p.tenant, cl.ID, e, []uint64{seq})
-	if now := p.epoch(cl.ID); errors.Is(err, store.ErrFenced) && now != 0 && now != e {
+	err := p.st.Ack(ctx, p.tenant, clientID, e, []uint64{seq})
+	if now := p.epoch(clientID); errors.Is(err, store.ErrFenced) && now != 0 && now != e {
 		// Acknowledged on the connection a reconnection here has just
 		// replaced: the session is still this broker's, under its new
 		// claim.
-		err = p.st.Ack(ctx, p.tenant, cl.ID, now, []uint64{seq})
+		err = p.st.Ack(ctx, p.tenant, clientID, now, []uint64{seq})
 		e = now
 	}
-	p.deleted(cl.ID, seq)
+	p.deleted(clientID, seq)
 	if err != nil {
-		p.failed(cl.ID, e, "delete a delivered message", err)
+		p.failed(clientID, e, "delete a delivered message", err)
 	}
 }
 
