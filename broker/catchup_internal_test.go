@@ -116,7 +116,7 @@ func TestCatchUpLeavesCopiesBeingQueued(t *testing.T) {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
-	pk, err := p.beforeAck(&mqtt.Client{ID: "pub"}, publishOf("1"))
+	pk, err := p.beforeAck(&mqtt.Client{ID: "pub"}, publishOf("1"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

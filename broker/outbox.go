@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -100,7 +101,11 @@ func (h *outboxHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	if remote(pk) {
 		return pk, nil // put in its outboxes where it arrived
 	}
-	err := h.inst.out.append(cl, pk)
+	var deferWrite func(*outboxWrite)
+	if h.inst.persist != nil {
+		deferWrite = func(w *outboxWrite) { h.inst.out.pending.Store(cl, w) }
+	}
+	err := h.inst.out.append(cl, pk, deferWrite)
 	if err == nil || pk.FixedHeader.Qos == 0 {
 		return pk, nil
 	}
@@ -139,6 +144,12 @@ type outbox struct {
 	// attempt.
 	hooks sync.Map // destination id → dataout.Webhook
 	gen   atomic.Uint64
+
+	// pending holds, per client, the outbox write of the publish its
+	// hooks are handling, which the store hook makes with the publish's
+	// copies (see append); a client's publishes go through the hooks one
+	// at a time (the API's inline client's too: inlineMu).
+	pending sync.Map // *mqtt.Client → *outboxWrite
 
 	// idPrefix and nextID name messages for receivers' deduplication.
 	idPrefix string
@@ -433,7 +444,13 @@ var errOutboxFull = packets.ErrQuotaExceeded
 // append puts a publish in the outbox of every destination whose rule it
 // matches, in one write. A QoS 0 publish is appended too, but nothing
 // refuses it: its publisher is never told.
-func (o *outbox) append(cl *mqtt.Client, pk packets.Packet) error {
+//
+// Where the tenant keeps sessions (inst.persist), the write of a QoS 1 or
+// 2 publish is not made here but handed to the store hook, which makes it
+// with the publish's copies for persistent sessions, in the one Append
+// that precedes the acknowledgement (see persistence.beforeAck): one
+// durable write per publish, not two. defer says so.
+func (o *outbox) append(cl *mqtt.Client, pk packets.Packet, deferWrite func(*outboxWrite)) error {
 	if o == nil {
 		return nil
 	}
@@ -454,38 +471,103 @@ func (o *outbox) append(cl *mqtt.Client, pk packets.Packet) error {
 	now := o.now()
 	in := dataout.Input{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Device: device, ClientID: cl.ID, Time: now}
 	if !cl.Net.Inline {
-		if d, found, err := o.device(ctx, device); err == nil && found {
-			in.Metadata = d.Metadata
-		}
+		o.addMetadata(ctx, &in)
 	}
-	var dests []string
-	for _, m := range rules.set.Match(ctx, in) {
-		if m.Err != nil {
-			o.log.Debug("rule condition not evaluated", "rule", m.Rule.ID, "topic", pk.TopicName, "err", m.Err)
-			continue
-		}
-		if !containsString(dests, m.Rule.Destination) {
-			dests = append(dests, m.Rule.Destination)
-		}
+	msg := store.Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Created: now}
+	w, err := o.enqueue(ctx, rules, in, msg, pk.FixedHeader.Qos > 0)
+	if err != nil || w == nil {
+		return err
 	}
-	if len(dests) == 0 {
+	if deferWrite != nil && pk.FixedHeader.Qos > 0 {
+		deferWrite(w)
 		return nil
 	}
-	limit := o.limit()
+	if err := w.commit(ctx); err != nil {
+		o.log.Error("append to outbox", "topic", pk.TopicName, "destinations", len(w.items), "err", err)
+		return errNotStored
+	}
+	return nil
+}
+
+// takePending returns and forgets the outbox write the client's publish
+// left for the store hook, nil if none.
+func (o *outbox) takePending(cl *mqtt.Client) *outboxWrite {
+	if o == nil {
+		return nil
+	}
+	w, ok := o.pending.LoadAndDelete(cl)
+	if !ok {
+		return nil
+	}
+	return w.(*outboxWrite)
+}
+
+// addMetadata gives a rule's input its device's metadata, if the device
+// is found.
+func (o *outbox) addMetadata(ctx context.Context, in *dataout.Input) {
+	if in.Device == "" {
+		return
+	}
+	if d, found, err := o.device(ctx, in.Device); err == nil && found {
+		in.Metadata = d.Metadata
+	}
+}
+
+// outboxWrite is a message for the outboxes of the destinations whose
+// rules matched it: the items of one store write, and what follows it.
+type outboxWrite struct {
+	o      *outbox
+	queues []*destQueue
+	items  []store.Item
+}
+
+// commit makes the write alone.
+func (w *outboxWrite) commit(ctx context.Context) error {
+	if _, err := w.o.st.Append(ctx, w.o.tenant, w.items, store.Receipt{}); err != nil {
+		return err
+	}
+	w.written()
+	return nil
+}
+
+// written counts the message into its outboxes, once the store has it,
+// and wakes their workers.
+func (w *outboxWrite) written() {
+	for _, q := range w.queues {
+		q.backlog.Add(1)
+		w.o.wake(q)
+	}
+}
+
+// enqueue decides which outboxes take msg: those of the destinations
+// whose rules match in, each once. A full outbox under the refuse policy
+// refuses the message (errOutboxFull) if refusable (a QoS 1 or 2
+// publish, whose publisher is told), and otherwise drops it there
+// (counted); under drop_oldest its worker trims it to the limit. It
+// returns the write to make, nil if no outbox takes the message.
+func (o *outbox) enqueue(ctx context.Context, rules *outboxRules, in dataout.Input, msg store.Message, refusable bool) (*outboxWrite, error) {
+	var queues []*destQueue
 	var policy tenants.OutboxPolicy
-	queues := make([]*destQueue, 0, len(dests))
-	for _, id := range dests {
-		q := o.queue(id)
+	limit := o.limit()
+	for _, m := range rules.set.Match(ctx, in) {
+		if m.Err != nil {
+			o.log.Debug("rule condition not evaluated", "rule", m.Rule.ID, "topic", in.Topic, "err", m.Err)
+			continue
+		}
+		q := o.queue(m.Rule.Destination)
+		if slices.Contains(queues, q) {
+			continue
+		}
 		if o.backlogOf(ctx, q) >= limit {
 			if policy == "" {
 				policy = o.policy(ctx)
 			}
 			if policy == tenants.OutboxRefuse {
-				if pk.FixedHeader.Qos > 0 {
-					o.log.Info("outbox full: publish refused", "destination", id, "limit", limit)
-					return errOutboxFull
+				if refusable {
+					o.log.Info("outbox full: publish refused", "destination", q.id, "limit", limit)
+					return nil, errOutboxFull
 				}
-				q.dropped.Add(1) // nothing tells a QoS 0 publisher
+				q.dropped.Add(1) // nothing tells a QoS 0 publisher, or an event
 				continue
 			}
 			// drop_oldest: the worker trims the outbox to the limit.
@@ -493,32 +575,14 @@ func (o *outbox) append(cl *mqtt.Client, pk packets.Packet) error {
 		queues = append(queues, q)
 	}
 	if len(queues) == 0 {
-		return nil
+		return nil, nil
 	}
-	m := store.Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Created: now}
-	m.Properties = encodeOrigin(o.idPrefix+"-"+strconv.FormatUint(o.nextID.Add(1), 36), device, cl.ID)
+	msg.Properties = encodeOrigin(o.idPrefix+"-"+strconv.FormatUint(o.nextID.Add(1), 36), in.Device, in.ClientID)
 	items := make([]store.Item, len(queues))
 	for i, q := range queues {
-		items[i] = store.Item{ClientID: outboxID(q.id), Message: m}
+		items[i] = store.Item{ClientID: outboxID(q.id), Message: msg}
 	}
-	if _, err := o.st.Append(ctx, o.tenant, items, store.Receipt{}); err != nil {
-		o.log.Error("append to outbox", "topic", pk.TopicName, "destinations", len(items), "err", err)
-		return errNotStored
-	}
-	for _, q := range queues {
-		q.backlog.Add(1)
-		o.wake(q)
-	}
-	return nil
-}
-
-func containsString(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
+	return &outboxWrite{o: o, queues: queues, items: items}, nil
 }
 
 // limit is the most messages one destination's outbox holds.

@@ -273,7 +273,25 @@ var errNotStored = errors.New("message not stored")
 // beforeAck stores a publish for every persistent session it is for, and as
 // retained, before mochi acknowledges it. It returns the packet to route,
 // tagged so that deliveries can be matched to their store numbers.
-func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet, ow *outboxWrite) (packets.Packet, error) {
+	out, err := p.storeCopies(cl, pk, &ow)
+	if err != nil || ow == nil {
+		return out, err
+	}
+	// No copies were written: the outbox write is made alone, still
+	// before the acknowledgement.
+	ctx, cancel := storeCtx()
+	defer cancel()
+	if err := ow.commit(ctx); err != nil {
+		p.log.Error("append to outbox", "topic", pk.TopicName, "destinations", len(ow.items), "err", err)
+		return pk, errNotStored
+	}
+	return out, nil
+}
+
+// storeCopies is beforeAck's store work. The outbox write *ow, if any, is
+// made in the same Append as the copies, and *ow set to nil once it is.
+func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outboxWrite) (packets.Packet, error) {
 	if remote(pk) && p.anywhere {
 		return pk, nil // queued where it arrived, and tagged by deliverRemote
 	}
@@ -320,12 +338,20 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	if pk.FixedHeader.Qos == 2 && !cl.Net.Inline && persistent(cl) {
 		receipt = store.Receipt{ClientID: cl.ID, PacketID: pk.PacketID}
 	}
+	all := items
+	if *ow != nil {
+		all = append(slices.Clip(items), (*ow).items...)
+	}
 	ticket := p.appendStarts()
-	seqs, err := p.st.Append(ctx, p.tenant, items, receipt)
+	seqs, err := p.st.Append(ctx, p.tenant, all, receipt)
 	if err != nil {
 		p.appendEnds(ticket)
 		p.log.Error("queue message for persistent sessions", "topic", pk.TopicName, "sessions", len(items), "err", err)
 		return pk, errNotStored
+	}
+	if *ow != nil {
+		(*ow).written()
+		*ow = nil
 	}
 	copies := make(map[string]uint64, len(items))
 	p.mu.Lock()

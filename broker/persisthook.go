@@ -298,6 +298,10 @@ func (h *storeHook) ID() string { return "roost-store" }
 func (h *storeHook) Provides(b byte) bool { return b == mqtt.OnPublish }
 
 func (h *storeHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	// The outbox hook's write for this publish, if any: made in the same
+	// Append as the publish's copies, or not at all if the publish is
+	// refused (its publisher, unacknowledged, sends it again).
+	ow := h.inst.out.takePending(cl)
 	if h.inst.caughtUp != nil && !cl.Net.Inline && !remote(pk) {
 		if err := h.inst.awaitCatchUp(); err != nil {
 			if pk.FixedHeader.Qos == 0 {
@@ -309,7 +313,7 @@ func (h *storeHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 	if pk.FixedHeader.Qos == 0 && !pk.FixedHeader.Retain {
 		return pk, nil
 	}
-	out, err := h.p.beforeAck(cl, pk)
+	out, err := h.p.beforeAck(cl, pk, ow)
 	if err != nil {
 		return h.inst.refusePublish(cl, pk, err)
 	}
