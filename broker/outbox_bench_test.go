@@ -34,9 +34,21 @@ func BenchmarkP2PQoS1Webhook(b *testing.B) {
 		store  string
 		rule   bool
 		window int
-	}{{"memory", false, 1}, {"memory", true, 1}, {"pebble", true, 1}, {"memory", false, 16}, {"memory", true, 16}, {"pebble", true, 16}} {
+		// persistent: the subscriber keeps a session, so that each
+		// publish is stored for it before its PUBACK, rule or not; the
+		// outbox's copy goes in the same write.
+		persistent bool
+	}{
+		{"memory", false, 1, false}, {"memory", true, 1, false}, {"pebble", false, 1, false}, {"pebble", true, 1, false},
+		{"memory", false, 16, false}, {"memory", true, 16, false}, {"pebble", false, 16, false}, {"pebble", true, 16, false},
+		{"pebble", false, 1, true}, {"pebble", true, 1, true}, {"pebble", false, 16, true}, {"pebble", true, 16, true},
+	} {
 		rule := tc.rule
-		b.Run(fmt.Sprintf("window=%d/store=%s/rule=%t", tc.window, tc.store, rule), func(b *testing.B) {
+		name := fmt.Sprintf("window=%d/store=%s/rule=%t", tc.window, tc.store, rule)
+		if tc.persistent {
+			name = fmt.Sprintf("window=%d/store=%s/sub=persistent/rule=%t", tc.window, tc.store, rule)
+		}
+		b.Run(name, func(b *testing.B) {
 			s := newOutboxStack(b, time.Hour, func(c *broker.Config) {
 				c.Delivery.Batch = broker.DefaultWebhookBatch
 				if tc.store == "pebble" {
@@ -56,7 +68,7 @@ func BenchmarkP2PQoS1Webhook(b *testing.B) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
-			sub, pub := dialBench(b, ctx, s.stack, "sub"), dialBench(b, ctx, s.stack, "pub")
+			sub, pub := dialBench(b, ctx, s.stack, "sub", tc.persistent), dialBench(b, ctx, s.stack, "pub", false)
 			var got atomic.Int64
 			all := make(chan struct{})
 			sub.OnMessage = func(string, []byte) {
@@ -120,7 +132,7 @@ func BenchmarkWebhookDelivery(b *testing.B) {
 			hook := s.destination("acme", "hook", rc.webhookReceiver, "p2p", "")
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
-			pub := dialBench(b, ctx, s.stack, "pub")
+			pub := dialBench(b, ctx, s.stack, "pub", false)
 			for range b.N {
 				if err := pub.Publish(ctx, "p2p", []byte(`{"temp":21.5}`), 1); err != nil {
 					b.Fatal(err)
@@ -144,9 +156,9 @@ func BenchmarkWebhookDelivery(b *testing.B) {
 	}
 }
 
-func dialBench(b *testing.B, ctx context.Context, s *stack, device string) *mqttc.Client {
+func dialBench(b *testing.B, ctx context.Context, s *stack, device string, keepSession bool) *mqttc.Client {
 	b.Helper()
-	c, err := mqttc.Dial(ctx, s.addr, mqttc.Options{ClientID: device, Username: user("acme", device), Password: s.device("acme", device), KeepAlive: 60})
+	c, err := mqttc.Dial(ctx, s.addr, mqttc.Options{ClientID: device, Username: user("acme", device), Password: s.device("acme", device), KeepAlive: 60, KeepSession: keepSession})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -25,6 +25,9 @@ type Options struct {
 	// Version is 4 (3.1.1, the default) or 5.
 	Version   byte
 	KeepAlive uint16
+	// KeepSession asks for a persistent session (clean session 0, MQTT
+	// 3.1.1).
+	KeepSession bool
 }
 
 // Client is one MQTT connection.
@@ -63,7 +66,7 @@ func Dial(ctx context.Context, addr string, o Options) (*Client, error) {
 	c := &Client{conn: conn, version: o.Version, w: bufio.NewWriter(conn), waiting: map[uint16]chan packets.Packet{}, done: make(chan struct{})}
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: o.Version,
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: o.KeepAlive, ClientIdentifier: o.ClientID,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: !o.KeepSession, Keepalive: o.KeepAlive, ClientIdentifier: o.ClientID,
 			UsernameFlag: o.Username != "", Username: []byte(o.Username), PasswordFlag: o.Password != "", Password: []byte(o.Password)},
 	}
 	if deadline, ok := ctx.Deadline(); ok {
