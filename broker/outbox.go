@@ -101,8 +101,11 @@ func (h *outboxHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	if remote(pk) {
 		return pk, nil // put in its outboxes where it arrived
 	}
+	// Only a device's connection defers its write to the store hook: its
+	// publishes go through the hooks one at a time, on its reader. The
+	// hub's own inline client publishes from several goroutines.
 	var deferWrite func(*outboxWrite)
-	if h.inst.persist != nil {
+	if _, device := cl.Net.Conn.(*deviceConn); device && h.inst.persist != nil && !cl.Net.Inline {
 		deferWrite = func(w *outboxWrite) { h.inst.out.pending.Store(cl, w) }
 	}
 	err := h.inst.out.append(cl, pk, deferWrite)
@@ -145,10 +148,10 @@ type outbox struct {
 	hooks sync.Map // destination id → dataout.Webhook
 	gen   atomic.Uint64
 
-	// pending holds, per client, the outbox write of the publish its
-	// hooks are handling, which the store hook makes with the publish's
-	// copies (see append); a client's publishes go through the hooks one
-	// at a time (the API's inline client's too: inlineMu).
+	// pending holds, per device connection, the outbox write of the
+	// publish its hooks are handling, which the store hook makes with the
+	// publish's copies (see append); a connection's publishes go through
+	// the hooks one at a time, on its reader.
 	pending sync.Map // *mqtt.Client → *outboxWrite
 
 	// idPrefix and nextID name messages for receivers' deduplication.
@@ -449,7 +452,8 @@ var errOutboxFull = packets.ErrQuotaExceeded
 // 2 publish is not made here but handed to the store hook, which makes it
 // with the publish's copies for persistent sessions, in the one Append
 // that precedes the acknowledgement (see persistence.beforeAck): one
-// durable write per publish, not two. defer says so.
+// durable write per publish, not two. deferWrite, if not nil, takes the
+// write to hand over.
 func (o *outbox) append(cl *mqtt.Client, pk packets.Packet, deferWrite func(*outboxWrite)) error {
 	if o == nil {
 		return nil
