@@ -75,7 +75,7 @@ var funcs = template.FuncMap{
 	// navItems are a tenant's sections: name, path under the tenant, label.
 	"navItems": func() [][3]string {
 		return [][3]string{{"overview", "", "Overview"}, {"devices", "/devices", "Devices"}, {"acl", "/acl", "Rules"}, {"webhooks", "/webhooks", "Webhooks"},
-			{"live", "/live", "Live"}, {"usage", "/usage", "Usage"}, {"events", "/events", "Events"},
+			{"live", "/live", "Live"}, {"retained", "/retained", "Retained"}, {"usage", "/usage", "Usage"}, {"events", "/events", "Events"},
 			{"keys", "/api-keys", "API keys"}, {"members", "/members", "Members"}, {"billing", "/billing", "Billing"},
 			{"settings", "/settings", "Settings"}}
 	},
@@ -195,24 +195,26 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, nam
 // flashes are the messages a redirect after a form can ask for with
 // ?done=…; only these, so a link cannot put words in the console's mouth.
 var flashes = map[string]string{
-	"tenant":       "Tenant created.",
-	"rule":         "Rule added.",
-	"rule-moved":   "Rule moved.",
-	"rule-deleted": "Rule deleted.",
-	"key-deleted":  "API key revoked.",
-	"member":       "If an account has that email, it is now a member and has been told; if not, nothing changed (ask them to sign up, then add them again).",
-	"member-gone":  "Member removed.",
-	"disconnected": "The device's connections were closed.",
-	"enabled":      "Device enabled.",
-	"disabled":     "Device disabled: its connections were closed and new ones are refused.",
-	"published":    "Message published.",
-	"cap":          "Spend cap saved.",
-	"checkout":     "Thank you: your plan changes as soon as Stripe confirms the payment.",
-	"cancelled":    "Checkout was cancelled; nothing changed.",
-	"saved":        "Saved.",
-	"deleted":      "Deleted.",
-	"replayed":     "The dead letters are back in the outbox, to be delivered again.",
-	"purged":       "Dead letters deleted.",
+	"tenant":           "Tenant created.",
+	"rule":             "Rule added.",
+	"rule-moved":       "Rule moved.",
+	"rule-deleted":     "Rule deleted.",
+	"key-deleted":      "API key revoked.",
+	"member":           "If an account has that email, it is now a member and has been told; if not, nothing changed (ask them to sign up, then add them again).",
+	"member-gone":      "Member removed.",
+	"disconnected":     "The device's connections were closed.",
+	"enabled":          "Device enabled.",
+	"disabled":         "Device disabled: its connections were closed and new ones are refused.",
+	"published":        "Message published.",
+	"cap":              "Spend cap saved.",
+	"checkout":         "Thank you: your plan changes as soon as Stripe confirms the payment.",
+	"cancelled":        "Checkout was cancelled; nothing changed.",
+	"saved":            "Saved.",
+	"deleted":          "Deleted.",
+	"replayed":         "The dead letters are back in the outbox, to be delivered again.",
+	"purged":           "Dead letters deleted.",
+	"retained-deleted": "Retained message cleared.",
+	"queue-purged":     "The device's queued messages were dropped.",
 }
 
 // redirect answers a form with See Other to a page of the console.
