@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -195,18 +196,25 @@ func TestCommandMQTT(t *testing.T) {
 	ended := make(chan error, dataplane.MaxPendingCommands)
 	for range dataplane.MaxPendingCommands {
 		go func() {
-			_, err := s.hub.Command(hold, "acme", "d2", dataplane.Command{Name: "hold", Timeout: 60 * time.Second})
+			res, err := s.hub.Command(hold, "acme", "d2", dataplane.Command{Name: "hold", Timeout: 60 * time.Second})
+			if err == nil {
+				err = fmt.Errorf("ended with %q", res.Outcome)
+			}
 			ended <- err
 		}()
 	}
 	var over error
-	select {
-	case err := <-ended:
-		t.Fatalf("a held command ended: %v", err)
-	case <-time.After(100 * time.Millisecond):
-	}
 	eventually(t, 20*time.Second, "the tenant's pending commands refused past the bound", func() bool {
-		_, over = s.hub.Command(context.Background(), "acme", "d1", dataplane.Command{Name: "one-more", Timeout: 50 * time.Millisecond})
+		select {
+		case err := <-ended:
+			t.Fatalf("a held command ended before its context: %v", err)
+		default:
+		}
+		var res dataplane.CommandResult
+		res, over = s.hub.Command(context.Background(), "acme", "d1", dataplane.Command{Name: "one-more", Timeout: 50 * time.Millisecond})
+		if over == nil && res.Outcome != dataplane.CommandTimeout {
+			t.Fatalf("a command while the bound fills: %+v, want timeout", res)
+		}
 		return over != nil
 	})
 	var qe *tenants.QuotaError
@@ -220,7 +228,10 @@ func TestCommandMQTT(t *testing.T) {
 	release()
 	for range dataplane.MaxPendingCommands {
 		select {
-		case <-ended:
+		case err := <-ended:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("a held command ended with %v, want its context's end", err)
+			}
 		case <-time.After(20 * time.Second):
 			t.Fatal("held commands did not end with their context")
 		}
