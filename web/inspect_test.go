@@ -117,3 +117,55 @@ func TestDeviceSessionSection(t *testing.T) {
 		t.Errorf("after the purge:\n%s", a.body)
 	}
 }
+
+// TestDeviceCommandForm: an admin sends a command from the device page
+// and reads the device's reply there; a bad name is said next to its
+// field; a device not connected is said so.
+func TestDeviceCommandForm(t *testing.T) {
+	s := newStack(t)
+	b := s.browser()
+	b.signup("owner")
+	b.tenant("acme")
+	secret := b.device("acme", "d1", "")
+	b.device("acme", "d2", "")
+	cmds := make(chan *paho.Publish, 10)
+	conn, err := net.DialTimeout("tcp", s.mqttAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := paho.NewClient(paho.ClientConfig{Conn: conn, OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+		cmds <- pr.Packet
+		return true, nil
+	}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Connect(ctx, &paho.Connect{ClientID: "d1", KeepAlive: 30, CleanStart: true, Username: "acme/d1", UsernameFlag: true,
+		Password: []byte(secret), PasswordFlag: true}); err != nil {
+		t.Fatal(err)
+	}
+	defer c.Disconnect(&paho.Disconnect{})
+	if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "$roost/commands/d1/#", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		m := <-cmds
+		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c.Publish(rctx, &paho.Publish{Topic: m.Properties.ResponseTopic, QoS: 1, Payload: []byte("rebooting <now>"),
+			Properties: &paho.PublishProperties{CorrelationData: m.Properties.CorrelationData}})
+	}()
+	b.get("/tenants/acme/devices/d1")
+	a := b.post("/tenants/acme/devices/d1/command", url.Values{"command_name": {"reboot"}, "command_payload": {"soon"}, "command_timeout": {"15"}})
+	if a.status != http.StatusOK || !strings.Contains(a.body, "d1 replied in") || !strings.Contains(a.body, "rebooting &lt;now&gt;") {
+		t.Fatalf("command from the console: %d\n%s", a.status, a.body)
+	}
+	if a = b.post("/tenants/acme/devices/d1/command", url.Values{"command_name": {"a/b"}}); a.status != http.StatusBadRequest || !strings.Contains(a.body, `id="command_name" name="command_name" required maxlength="64" placeholder="reboot" value="a/b" aria-invalid="true"`) {
+		t.Errorf("a bad name: %d, want 400 with the field marked", a.status)
+	}
+	if a = b.post("/tenants/acme/devices/d1/command", url.Values{"command_name": {"x"}, "command_timeout": {"600"}}); a.status != http.StatusBadRequest {
+		t.Errorf("a timeout of 600 s: %d, want 400", a.status)
+	}
+	if a = b.post("/tenants/acme/devices/d2/command", url.Values{"command_name": {"reboot"}}); a.status != http.StatusOK || !strings.Contains(a.body, "d2 is not connected") {
+		t.Errorf("a command to an offline device: %d", a.status)
+	}
+}

@@ -59,6 +59,7 @@ func (c *Console) routes() chi.Router {
 					r.Post("/devices", c.deviceCreate)
 					r.Post("/devices/{device}/disconnect", c.deviceDisconnect)
 					r.Post("/devices/{device}/queue/purge", c.deviceQueuePurge)
+					r.Post("/devices/{device}/command", c.deviceCommand)
 					r.Post("/retained/delete", c.retainedDelete)
 					r.Post("/devices/{device}/secret", c.deviceRotate)
 					r.Post("/devices/{device}/enabled", c.deviceEnable)
