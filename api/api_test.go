@@ -431,6 +431,8 @@ func TestViewerCannotWrite(t *testing.T) {
 	destID := e.mustDestination(owner.token, "acme", "hook")
 	rules := e.do("GET", "/v1/tenants/acme/acl/rules", owner.token, nil).json()["items"].([]any)
 	ids := map[string]string{"tenant": "acme", "device": "a-dev", "account": owner.id}
+	// A retained message for GET …/retained/message?topic=x to read.
+	want(t, e.do("POST", "/v1/tenants/acme/messages", owner.token, map[string]any{"topic": "x", "payload": "y", "retain": true}), 202, "retain x")
 	before := snapshot(e, owner.token, "acme")
 	bodies := attackBodies(viewer.email)
 	err := chi.Walk(e.api.Router(), func(method, route string, _ http.Handler, _ ...func(http.Handler) http.Handler) error {
@@ -445,6 +447,9 @@ func TestViewerCannotWrite(t *testing.T) {
 			ids["id"] = destID
 		}
 		path := fill(route, ids)
+		if strings.HasSuffix(route, "/retained/message") {
+			path += "?topic=x"
+		}
 		body := bodies[method+" "+route]
 		if body == nil && (method == "POST" || method == "PATCH") {
 			body = map[string]any{}

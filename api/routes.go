@@ -70,6 +70,12 @@ func (s *Server) routes() chi.Router {
 				r.With(admin).Delete("/cas/{id}", s.serve(handleCADelete(st)))
 				r.With(admin).Post("/messages", s.serve(handleMessagePublish(s.dataPlane)))
 				r.With(viewer).Get("/retained", s.serve(handleRetainedList(s.dataPlane)))
+				r.With(viewer).Get("/retained/message", s.serve(handleRetainedGet(s.dataPlane)))
+				r.With(admin).Delete("/retained", s.serve(handleRetainedDelete(s.dataPlane)))
+				// A command acts on a device, as a publish does: admins only.
+				r.With(admin).Post("/devices/{device}/commands", s.serve(handleCommand(st, s.dataPlane)))
+				r.With(viewer).Get("/devices/{device}/session", s.serve(handleDeviceSession(st, s.dataPlane)))
+				r.With(admin).Delete("/devices/{device}/session/queue", s.serve(handleQueuePurge(st, s.dataPlane)))
 
 				r.With(viewer).Get("/acl/rules", s.serve(handleACLList(st)))
 				r.With(admin).Post("/acl/rules", s.serve(handleACLCreate(st)))

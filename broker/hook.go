@@ -30,7 +30,7 @@ import (
 // A publish's hooks stop at the first that refuses it (mochi stops
 // calling OnPublish hooks at an error).
 func addHooks(inst *instance) error {
-	hooks := []mqtt.Hook{&protocolHook{inst: inst}, &shadowHook{inst: inst}, &accessHook{inst: inst}}
+	hooks := []mqtt.Hook{&protocolHook{inst: inst}, &shadowHook{inst: inst}, &commandHook{inst: inst}, &accessHook{inst: inst}}
 	if inst.persist != nil {
 		hooks = append(hooks, &sessionHook{inst: inst, p: inst.persist})
 	}

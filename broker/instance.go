@@ -75,6 +75,8 @@ type instance struct {
 
 	// live is the tenant's live device connections.
 	live presence
+	// cmds is the commands waiting for their replies (command.go).
+	cmds commandWaiters
 
 	closeOnce sync.Once
 

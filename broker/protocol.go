@@ -38,7 +38,9 @@ func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 			dc.startPublish()
 		}
 		pk, err := h.inst.resolveAlias(cl, pk)
-		if err == nil && reserved(pk.TopicName) && !shadowRequest(pk.TopicName) { // a shadow request is the ACL check's (shadow.go)
+		if err == nil && reserved(pk.TopicName) && !shadowRequest(pk.TopicName) && !commandReplyTopic(pk.TopicName) {
+			// A shadow request and a command's reply are the ACL check's
+			// (shadow.go, command.go).
 			// mochi ignores a PUBLISH to $SYS or $share without answering
 			// it, so a QoS 1 or 2 publisher would wait for an ack forever.
 			// Devices never publish to reserved topics (see mayPublish):

@@ -55,6 +55,12 @@ func (inst *instance) inject(from publisher, pk packets.Packet) error {
 	if err := publishTopic(pk.TopicName); err != nil {
 		return err
 	}
+	return inst.injectTopic(from, pk)
+}
+
+// injectTopic is inject for a topic already checked: the hub's own
+// publishes to reserved topics (a command: command.go) come through here.
+func (inst *instance) injectTopic(from publisher, pk packets.Packet) error {
 	if from.device != "" && !inst.mayPublish(from.device, pk.TopicName) {
 		return errPublishDenied
 	}

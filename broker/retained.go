@@ -3,23 +3,31 @@ package broker
 import (
 	"context"
 	"encoding/base64"
+	"fmt"
 	"slices"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/tenants"
 )
 
-var _ dataplane.RetainedLister = (*Hub)(nil)
+// errReservedFilter refuses a look at the topics the hub reserves.
+var errReservedFilter = &tenants.FieldError{Field: "filter", Message: "filters under $SYS, $events, $roost and $share are reserved"}
 
 // Retained lists a tenant's retained messages matching filter, sorted by
-// topic, a page from offset on. The hub's own ($SYS) are not the
-// tenant's and are left out; a tenant whose broker is not running has
-// none to show.
+// topic, a page from offset on. Topics the hub reserves ($SYS, $events,
+// $roost, $share) are never listed and filters under them are refused; a
+// filter starting with a wildcard lists no $-topic [MQTT-4.7.2-1]. A
+// tenant whose broker is not running has none to show.
 func (h *Hub) Retained(ctx context.Context, tenant, filter string, offset, limit int) ([]dataplane.Retained, int, error) {
 	if err := tenants.ValidateFilter(filter); err != nil {
 		return nil, 0, &tenants.FieldError{Field: "filter", Message: err.Error()}
+	}
+	if reserved(filter) {
+		return nil, 0, errReservedFilter
 	}
 	inst := h.reg.running(tenant)
 	if inst == nil {
@@ -27,7 +35,7 @@ func (h *Hub) Retained(ctx context.Context, tenant, filter string, offset, limit
 	}
 	var all []dataplane.Retained
 	for _, pk := range inst.server.Topics.Messages(filter) {
-		if strings.HasPrefix(pk.TopicName, "$SYS") {
+		if !listable(filter, pk.TopicName) {
 			continue
 		}
 		r := dataplane.Retained{Topic: pk.TopicName, QoS: pk.FixedHeader.Qos, Size: len(pk.Payload), Encoding: "text"}
@@ -52,6 +60,68 @@ func (h *Hub) Retained(ctx context.Context, tenant, filter string, offset, limit
 		next = end
 	}
 	return all[offset:end], next, nil
+}
+
+// listable reports whether a retained message on topic is the tenant's to
+// see through filter: never a reserved topic, and a $-topic only through
+// a filter that names its first level.
+func listable(filter, topic string) bool {
+	if reserved(topic) {
+		return false
+	}
+	return !strings.HasPrefix(topic, "$") || strings.HasPrefix(filter, "$")
+}
+
+// retainedTopic checks a topic a retained message is read or cleared on.
+func retainedTopic(topic string) error {
+	if err := tenants.ValidateTopic(topic); err != nil {
+		return &tenants.FieldError{Field: "topic", Message: err.Error()}
+	}
+	if reserved(topic) {
+		return &tenants.FieldError{Field: "topic", Message: "topics under $SYS, $events, $roost and $share are reserved"}
+	}
+	return nil
+}
+
+// RetainedMessage is the message retained on topic, whole.
+func (h *Hub) RetainedMessage(ctx context.Context, tenant, topic string) (dataplane.RetainedMessage, error) {
+	if err := retainedTopic(topic); err != nil {
+		return dataplane.RetainedMessage{}, err
+	}
+	if inst := h.reg.running(tenant); inst != nil {
+		for _, pk := range inst.server.Topics.Messages(topic) {
+			if pk.TopicName == topic {
+				return dataplane.RetainedMessage{Topic: topic, Payload: pk.Payload, QoS: pk.FixedHeader.Qos}, nil
+			}
+		}
+	}
+	return dataplane.RetainedMessage{}, fmt.Errorf("no message is retained on %q: %w", topic, tenants.ErrNotFound)
+}
+
+// DeleteRetained clears the message retained on topic the MQTT way: an
+// empty retained message published there, through the quotas an API
+// publish passes. Like any publish, it reaches the topic's subscribers.
+func (h *Hub) DeleteRetained(ctx context.Context, tenant, topic string) error {
+	if err := retainedTopic(topic); err != nil {
+		return err
+	}
+	t, err := h.activeTenant(ctx, tenant)
+	if err != nil {
+		return err
+	}
+	inst, err := h.reg.acquire(t)
+	if err != nil {
+		return err
+	}
+	defer h.reg.release(inst)
+	found := slices.ContainsFunc(inst.server.Topics.Messages(topic), func(pk packets.Packet) bool { return pk.TopicName == topic })
+	if !found {
+		return fmt.Errorf("no message is retained on %q: %w", topic, tenants.ErrNotFound)
+	}
+	return inst.inject(publisher{}, packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true},
+		TopicName:   topic,
+	})
 }
 
 // trimPartialRune drops a UTF-8 sequence cut by the preview's end.

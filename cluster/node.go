@@ -210,6 +210,47 @@ func ServeWith(hub Hub, recent EventLog, op *auth.Operator, log *slog.Logger) ht
 		}
 		answer(w, map[string]int{"moved": n}, err)
 	})
+	// Commands, retained messages and sessions (dataplane.DataPlane):
+	// a command waits here for its reply, up to its timeout.
+	mux.HandleFunc("POST "+Prefix+"/tenants/{tenant}/devices/{device}/commands", func(w http.ResponseWriter, r *http.Request) {
+		var c dataplane.Command
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 16<<20)).Decode(&c); err != nil {
+			answer(w, nil, &tenants.FieldError{Field: "body", Message: err.Error()})
+			return
+		}
+		http.NewResponseController(w).SetWriteDeadline(time.Now().Add(dataplane.MaxCommandTimeout + 10*time.Second))
+		res, err := hub.Command(r.Context(), r.PathValue("tenant"), r.PathValue("device"), c)
+		answer(w, res, err)
+	})
+	mux.HandleFunc("GET "+Prefix+"/tenants/{tenant}/retained", func(w http.ResponseWriter, r *http.Request) {
+		q := r.URL.Query()
+		offset, _ := strconv.Atoi(q.Get("offset"))
+		limit, _ := strconv.Atoi(q.Get("limit"))
+		items, next, err := hub.Retained(r.Context(), r.PathValue("tenant"), q.Get("filter"), max(offset, 0), min(max(limit, 1), 1000))
+		if items == nil {
+			items = []dataplane.Retained{}
+		}
+		answer(w, struct {
+			Items []dataplane.Retained `json:"items"`
+			Next  int                  `json:"next"`
+		}{items, next}, err)
+	})
+	mux.HandleFunc("GET "+Prefix+"/tenants/{tenant}/retained/message", func(w http.ResponseWriter, r *http.Request) {
+		m, err := hub.RetainedMessage(r.Context(), r.PathValue("tenant"), r.URL.Query().Get("topic"))
+		answer(w, m, err)
+	})
+	mux.HandleFunc("POST "+Prefix+"/tenants/{tenant}/retained/delete", func(w http.ResponseWriter, r *http.Request) {
+		err := hub.DeleteRetained(r.Context(), r.PathValue("tenant"), r.URL.Query().Get("topic"))
+		answer(w, map[string]bool{"deleted": true}, err)
+	})
+	mux.HandleFunc("GET "+Prefix+"/tenants/{tenant}/devices/{device}/session", func(w http.ResponseWriter, r *http.Request) {
+		s, err := hub.Session(r.Context(), r.PathValue("tenant"), r.PathValue("device"))
+		answer(w, s, err)
+	})
+	mux.HandleFunc("POST "+Prefix+"/tenants/{tenant}/devices/{device}/session/purge", func(w http.ResponseWriter, r *http.Request) {
+		n, err := hub.PurgeQueue(r.Context(), r.PathValue("tenant"), r.PathValue("device"))
+		answer(w, map[string]int{"purged": n}, err)
+	})
 	mux.HandleFunc("POST "+Prefix+"/forwarded/{origin}/close", func(w http.ResponseWriter, r *http.Request) {
 		origin := r.PathValue("origin")
 		n := hub.CloseForwarded(origin)

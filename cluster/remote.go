@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -307,4 +308,121 @@ func (r *Remote) PurgeDeadLetters(ctx context.Context, tenant, destination strin
 	var v map[string]int
 	err := r.atHome(ctx, http.MethodPost, tenant, destinationPath(tenant, destination)+"/dead-letters/purge", &v)
 	return v["moved"], err
+}
+
+// holder is the node a device is connected to, if any.
+func (r *Remote) holder(ctx context.Context, tenant, device string) (tenants.Node, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	nodes := r.nodes(ctx)
+	if len(nodes) == 0 {
+		return tenants.Node{}, false, fmt.Errorf("%w: %w", ErrNoNodes, tenants.ErrUnavailable)
+	}
+	found := make(chan tenants.Node, len(nodes))
+	var wg sync.WaitGroup
+	for _, n := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := r.request(ctx, http.MethodGet, n, devicePath(tenant, device), nil)
+			if err != nil {
+				r.log.Warn("data-plane node did not answer", "node", n.ID, "err", err)
+				return
+			}
+			defer resp.Body.Close()
+			var v deviceView
+			if resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&v) == nil && len(v.Connections) > 0 {
+				found <- n
+			}
+		}()
+	}
+	wg.Wait()
+	close(found)
+	n, ok := <-found
+	return n, ok, nil
+}
+
+// Command sends the command through the node the device is connected to
+// (a queued one for a device connected nowhere through the tenant's
+// home), which waits for the reply.
+func (r *Remote) Command(ctx context.Context, tenant, device string, c dataplane.Command) (dataplane.CommandResult, error) {
+	n, ok, err := r.holder(ctx, tenant, device)
+	if err != nil {
+		return dataplane.CommandResult{}, err
+	}
+	if !ok {
+		if !c.Queue {
+			return dataplane.CommandResult{Outcome: dataplane.CommandOffline}, nil
+		}
+		hctx, cancel := context.WithTimeout(ctx, callTimeout)
+		n, err = r.home(hctx, tenant)
+		cancel()
+		if err != nil {
+			return dataplane.CommandResult{}, err
+		}
+	}
+	wait := c.Timeout
+	if wait <= 0 || wait > dataplane.MaxCommandTimeout {
+		wait = dataplane.DefaultCommandTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, wait+callTimeout)
+	defer cancel()
+	resp, err := r.request(ctx, http.MethodPost, n, devicePath(tenant, device)+"/commands", c)
+	if err != nil {
+		return dataplane.CommandResult{}, fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return dataplane.CommandResult{}, readFailure(resp, n.ID)
+	}
+	var res dataplane.CommandResult
+	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
+		return dataplane.CommandResult{}, fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
+	}
+	return res, nil
+}
+
+// retainedPage is a page of retained messages on the wire.
+type retainedPage struct {
+	Items []dataplane.Retained `json:"items"`
+	Next  int                  `json:"next"`
+}
+
+// Retained asks the tenant's home node, whose broker holds every retained
+// message of the tenant.
+func (r *Remote) Retained(ctx context.Context, tenant, filter string, offset, limit int) ([]dataplane.Retained, int, error) {
+	var p retainedPage
+	q := url.Values{"filter": {filter}, "offset": {strconv.Itoa(offset)}, "limit": {strconv.Itoa(limit)}}
+	err := r.atHome(ctx, http.MethodGet, tenant, tenantPath(tenant)+"/retained?"+q.Encode(), &p)
+	return p.Items, p.Next, err
+}
+
+// RetainedMessage asks the tenant's home node.
+func (r *Remote) RetainedMessage(ctx context.Context, tenant, topic string) (dataplane.RetainedMessage, error) {
+	var m dataplane.RetainedMessage
+	err := r.atHome(ctx, http.MethodGet, tenant, tenantPath(tenant)+"/retained/message?"+url.Values{"topic": {topic}}.Encode(), &m)
+	return m, err
+}
+
+// DeleteRetained asks the tenant's home node.
+func (r *Remote) DeleteRetained(ctx context.Context, tenant, topic string) error {
+	var v map[string]bool
+	return r.atHome(ctx, http.MethodPost, tenant, tenantPath(tenant)+"/retained/delete?"+url.Values{"topic": {topic}}.Encode(), &v)
+}
+
+// Session puts together the device's sessions on every node.
+func (r *Remote) Session(ctx context.Context, tenant, device string) (dataplane.Session, error) {
+	out := dataplane.Session{Device: device, Sessions: []dataplane.ClientSession{}}
+	each(r, http.MethodGet, devicePath(tenant, device)+"/session", func(v dataplane.Session) {
+		out.Sessions = append(out.Sessions, v.Sessions...)
+	})
+	slices.SortFunc(out.Sessions, func(a, b dataplane.ClientSession) int { return strings.Compare(a.ClientID, b.ClientID) })
+	return out, nil
+}
+
+// PurgeQueue purges the device's queues on every node.
+func (r *Remote) PurgeQueue(ctx context.Context, tenant, device string) (int, error) {
+	n := 0
+	each(r, http.MethodPost, devicePath(tenant, device)+"/session/purge", func(v map[string]int) { n += v["purged"] })
+	return n, nil
 }

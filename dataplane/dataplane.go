@@ -34,6 +34,27 @@ type DataPlane interface {
 	Watch(ctx context.Context, tenant, watcher, filter string, fn func(Message)) error
 	// Stats is the data plane's totals over every tenant.
 	Stats() Stats
+
+	// Command publishes a command to a device and waits for its reply
+	// (see Command); a device not connected gets nothing, unless the
+	// command is to be queued.
+	Command(ctx context.Context, tenant, device string, c Command) (CommandResult, error)
+
+	// Retained lists the tenant's retained messages on topics matching
+	// filter, by topic, from offset on, at most limit; next is the offset
+	// of the next page, 0 at the end. Reserved topics are never listed.
+	Retained(ctx context.Context, tenant, filter string, offset, limit int) (msgs []Retained, next int, err error)
+	// RetainedMessage is the message retained on one topic
+	// (tenants.ErrNotFound if none).
+	RetainedMessage(ctx context.Context, tenant, topic string) (RetainedMessage, error)
+	// DeleteRetained clears the message retained on one topic
+	// (tenants.ErrNotFound if none).
+	DeleteRetained(ctx context.Context, tenant, topic string) error
+	// Session describes a device's sessions: subscriptions and queues.
+	Session(ctx context.Context, tenant, device string) (Session, error)
+	// PurgeQueue drops every message queued for a device's sessions and
+	// returns how many it dropped.
+	PurgeQueue(ctx context.Context, tenant, device string) (int, error)
 }
 
 // Connection is one live MQTT connection of a device.

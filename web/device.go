@@ -196,6 +196,9 @@ type deviceData struct {
 	Keys         []tenants.DeviceKey
 	Certificates []tenants.DeviceCertificate
 	Metadata     [][2]string
+	// Sessions are the device's sessions in the data plane
+	// (subscriptions and queues).
+	Sessions []dataplane.ClientSession
 }
 
 func (c *Console) deviceDetail(w http.ResponseWriter, r *http.Request) {
@@ -214,6 +217,9 @@ func (c *Console) renderDevice(w http.ResponseWriter, r *http.Request, status in
 	if c.cfg.DataPlane != nil {
 		data.Connections = c.cfg.DataPlane.Connections(t.Slug, d.Name)
 		data.Queue = c.cfg.DataPlane.Queue(t.Slug, d.Name)
+		if s, err := c.cfg.DataPlane.Session(ctx, t.Slug, d.Name); err == nil {
+			data.Sessions = s.Sessions
+		}
 	}
 	if data.Keys, err = c.store.DeviceKeys(ctx, t.Slug, d.Name); err != nil {
 		c.internal(w, r, err)

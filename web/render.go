@@ -75,7 +75,7 @@ var funcs = template.FuncMap{
 	// navItems are a tenant's sections: name, path under the tenant, label.
 	"navItems": func() [][3]string {
 		return [][3]string{{"overview", "", "Overview"}, {"devices", "/devices", "Devices"}, {"acl", "/acl", "Rules"}, {"webhooks", "/webhooks", "Webhooks"},
-			{"live", "/live", "Live"}, {"usage", "/usage", "Usage"}, {"events", "/events", "Events"},
+			{"live", "/live", "Live"}, {"retained", "/retained", "Retained"}, {"usage", "/usage", "Usage"}, {"events", "/events", "Events"},
 			{"keys", "/api-keys", "API keys"}, {"members", "/members", "Members"}, {"billing", "/billing", "Billing"},
 			{"settings", "/settings", "Settings"}}
 	},
@@ -213,6 +213,10 @@ var flashes = map[string]string{
 	"deleted":      "Deleted.",
 	"replayed":     "The dead letters are back in the outbox, to be delivered again.",
 	"purged":       "Dead letters deleted.",
+
+	// Retained messages and a device's queue (retained.go).
+	"retained-deleted": "Retained message cleared.",
+	"queue-purged":     "The device's queued messages were dropped.",
 }
 
 // redirect answers a form with See Other to a page of the console.
