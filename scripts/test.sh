@@ -36,6 +36,8 @@ if [ "${ROOST_TEST_SERVICES:-auto}" != none ] &&
   fi
 fi
 
-"$GO" test -race -count=1 -json "$@" ./... | "$tmp/testsummary"
+# -timeout: the broker package alone takes 7-10 minutes under -race on two
+# busy cores, near go test's default 10; a hang still ends, with its stacks.
+"$GO" test -race -count=1 -timeout 25m -json "$@" ./... | "$tmp/testsummary"
 status=("${PIPESTATUS[@]}")
 [ "${status[0]}" = 0 ] && [ "${status[1]}" = 0 ]

@@ -32,6 +32,7 @@ func TestBrowserRetainedAndSession(t *testing.T) {
 		chromedp.WaitVisible(css(`#slug`)),
 		chromedp.SendKeys(css(`#slug`), "acme"),
 		chromedp.Submit(css(`#slug`)),
+		chromedp.WaitNotPresent(css(`#slug`)), // off the tenants page, whose form has a #name too
 		chromedp.WaitVisible(css(`#name`)),
 		chromedp.SendKeys(css(`#name`), "sensor-1"),
 		chromedp.Submit(css(`#name`)),
@@ -53,7 +54,10 @@ func TestBrowserRetainedAndSession(t *testing.T) {
 	if rows := text(`#retained`); !strings.Contains(rows, "lights/kitchen") || !strings.Contains(rows, "doors/front") {
 		t.Fatalf("retained rows: %q", rows)
 	}
-	run("filter", chromedp.SendKeys(css(`#filter`), "lights/#"), chromedp.Submit(css(`#filter`)), chromedp.WaitVisible(css(`#retained`)))
+	// The filtered page has the same #retained table as the page the form
+	// is on: wait for the new page's rows, not the old ones.
+	run("filter", chromedp.SendKeys(css(`#filter`), "lights/#"), chromedp.Submit(css(`#filter`)))
+	wait("the filtered page", `location.search.includes("filter=") && document.readyState === "complete" && !!document.getElementById("retained")`)
 	if rows := text(`#retained`); !strings.Contains(rows, "lights/kitchen") || strings.Contains(rows, "doors/front") {
 		t.Fatalf("rows under lights/#: %q", rows)
 	}
