@@ -58,6 +58,9 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"Events", testEvents},
 		{"EventsConcurrentWriters", testEventsConcurrentWriters},
 		{"Shadows", testShadows},
+		{"AccountTokens", testAccountTokens},
+		{"AccountSessions", testAccountSessions},
+		{"AuditWhere", testAuditWhere},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
