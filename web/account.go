@@ -9,6 +9,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/roosthub/roost/internal/problem"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -175,7 +176,7 @@ func (c *Console) passwordChange(w http.ResponseWriter, r *http.Request) {
 	case err == nil:
 		redirect(w, r, "/account", "password")
 	case errors.Is(err, tenants.ErrThrottled):
-		w.Header().Set("Retry-After", "60")
+		w.Header().Set("Retry-After", problem.Of(err).RetryAfter)
 		c.renderAccount(w, r, http.StatusTooManyRequests, page{Errors: map[string]string{"_": capital(err.Error()) + "."}})
 	case errors.Is(err, tenants.ErrInvalid):
 		c.renderAccount(w, r, http.StatusBadRequest, page{Errors: formErrors(err)})
@@ -192,6 +193,7 @@ func (c *Console) verifyResend(w http.ResponseWriter, r *http.Request) {
 	case errors.Is(err, tenants.ErrConflict):
 		redirect(w, r, "/account", "")
 	case errors.Is(err, tenants.ErrThrottled):
+		w.Header().Set("Retry-After", problem.Of(err).RetryAfter)
 		c.renderAccount(w, r, http.StatusTooManyRequests, page{Errors: map[string]string{"_": capital(err.Error()) + "."}})
 	default:
 		c.fail(w, r, err)
