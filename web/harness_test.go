@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/broker/store/memory"
 	"github.com/roosthub/roost/dataout"
@@ -96,6 +97,17 @@ func newStackWith(t *testing.T, configure func(*web.Config)) *stack {
 		AdminToken: operatorToken, Endpoints: []web.Endpoint{{Name: "MQTT", URL: "mqtt://" + ln.Addr().String()}}, Webhooks: sender}
 	if configure != nil {
 		configure(&cfg)
+	}
+	if cfg.Auth == nil {
+		// The front is built here, as web.New would, so that the test
+		// waits for its mails before the mail folder is removed.
+		front, err := auth.New(auth.Config{Store: cfg.Store, SigningKey: cfg.SigningKey, TokenTTL: cfg.TokenTTL,
+			AdminToken: cfg.AdminToken, Log: cfg.Log, Now: cfg.Now, Mailer: cfg.Mailer, PublicURL: cfg.PublicURL})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(front.Close)
+		cfg.Auth = front
 	}
 	c, err := web.New(cfg)
 	if err != nil {
