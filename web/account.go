@@ -335,3 +335,11 @@ func (c *Console) verifiedOnly(next http.Handler) http.Handler {
 		next.ServeHTTP(w, r)
 	})
 }
+
+// withOrigin notes the visitor's address and browser in the request's
+// context, for the session a sign-in starts (the account page shows them).
+func withOrigin(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(w, r.WithContext(tenants.WithOrigin(r.Context(), clientIP(r), r.UserAgent())))
+	})
+}

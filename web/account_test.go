@@ -33,6 +33,9 @@ func TestConsoleSessionsOwnOnly(t *testing.T) {
 	if len(ids) != 2 || !strings.Contains(page, "this session") {
 		t.Fatalf("alice's account page lists %d sessions, want 2 with this one marked", len(ids))
 	}
+	if !strings.Contains(page, "<td>127.0.0.1</td>") || !strings.Contains(page, "Go-http-client") {
+		t.Errorf("alice's sessions do not show where they started (127.0.0.1, Go-http-client)")
+	}
 	bobPage := bob.get("/account").body
 	for _, id := range ids {
 		if strings.Contains(bobPage, id[1]) {

@@ -11,7 +11,7 @@ import (
 // through the admin role.
 func (c *Console) routes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(c.accessLog, secure)
+	r.Use(c.accessLog, secure, withOrigin)
 	r.Handle("/static/*", static())
 	r.Group(func(r chi.Router) {
 		r.Use(c.csrf, c.validText)
