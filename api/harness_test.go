@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -22,11 +23,13 @@ import (
 
 	"github.com/roosthub/roost"
 	"github.com/roosthub/roost/api"
+	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/broker/store/memory"
 	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/testenv"
+	"github.com/roosthub/roost/mail"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -47,6 +50,8 @@ type env struct {
 	bodies *testenv.Buffer
 	// client sends the requests; nil is http.DefaultClient (from 127.0.0.1).
 	client *http.Client
+	// mailDir is where the API's mails are written, one file each.
+	mailDir string
 }
 
 // from returns the env with requests sent from another loopback address,
@@ -104,7 +109,12 @@ func newEnvWith(t *testing.T, configure func(*api.Config)) *env {
 	}
 	go hub.Serve(ln)
 	t.Cleanup(func() { hub.Close() })
+	mailer, err := mail.NewFolder(filepath.Join(t.TempDir(), "mail"), "roost@example.com", log)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := api.Config{
+		Mailer:     mailer,
 		DataPlane:  hub,
 		Store:      store,
 		Log:        log,
@@ -115,13 +125,24 @@ func newEnvWith(t *testing.T, configure func(*api.Config)) *env {
 	if configure != nil {
 		configure(&cfg)
 	}
+	if cfg.Auth == nil {
+		// The front is built here, as api.New would, so that the test
+		// waits for its mails before the mail folder is removed.
+		front, err := auth.New(auth.Config{Store: cfg.Store, SigningKey: cfg.SigningKey, TokenTTL: cfg.TokenTTL,
+			AdminToken: cfg.AdminToken, Log: cfg.Log, Now: cfg.Now, Mailer: cfg.Mailer, PublicURL: cfg.PublicURL})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(front.Close)
+		cfg.Auth = front
+	}
 	srv, err := api.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)
-	return &env{t: t, url: hs.URL, mqttAddr: ln.Addr().String(), api: srv, store: store, logs: logs, clock: clk, router: specRouter(t), bodies: &testenv.Buffer{}}
+	return &env{t: t, url: hs.URL, mqttAddr: ln.Addr().String(), api: srv, store: store, logs: logs, clock: clk, router: specRouter(t), bodies: &testenv.Buffer{}, mailDir: mailer.Dir()}
 }
 
 var (
@@ -291,7 +312,31 @@ var userSeq struct {
 	n int
 }
 
+// signup makes an account with a verified email (verified through the
+// store, as its mailed link would), signed in.
 func (e *env) signup(name string) user {
+	e.t.Helper()
+	u := e.signupUnverified(name)
+	e.verifyEmail(u.id)
+	return u
+}
+
+// verifyEmail verifies an account's email through the store, as its
+// mailed link would.
+func (e *env) verifyEmail(account string) {
+	e.t.Helper()
+	ctx := context.Background()
+	_, tok, err := e.store.IssueVerifyToken(ctx, account)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.store.VerifyEmail(ctx, tok); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// signupUnverified makes an account whose email is not verified yet.
+func (e *env) signupUnverified(name string) user {
 	e.t.Helper()
 	userSeq.Lock()
 	userSeq.n++

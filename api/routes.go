@@ -13,7 +13,7 @@ import (
 func (s *Server) routes() chi.Router {
 	st := s.store
 	r := chi.NewRouter()
-	r.Use(s.observe)
+	r.Use(s.observe, withOrigin)
 	r.NotFound(s.serve(func(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusNotFound, "not_found", "no such route")
 	}))
@@ -29,6 +29,9 @@ func (s *Server) routes() chi.Router {
 	r.Route("/v1", func(r chi.Router) {
 		r.Post("/signup", s.serve(handleSignup(s.auth)))
 		r.Post("/login", s.serve(handleLogin(s.auth)))
+		r.Post("/password/forgot", s.serve(handlePasswordForgot(s.auth)))
+		r.Post("/password/reset", s.serve(handlePasswordReset(s.auth)))
+		r.Post("/verify", s.serve(handleVerify(s.auth)))
 		// Stripe signs its events; no bearer token.
 		r.Post("/billing/webhook", s.serve(handleBillingWebhook(s.billing)))
 
@@ -36,6 +39,11 @@ func (s *Server) routes() chi.Router {
 			r.Use(s.authenticate)
 			r.Post("/logout", s.serve(handleLogout(s.auth)))
 			r.Get("/me", s.serve(handleMe(s.auth)))
+			r.Post("/password", s.serve(handlePasswordChange(s.auth)))
+			r.Post("/verify/resend", s.serve(handleVerifyResend(s.auth)))
+			r.Get("/sessions", s.serve(handleSessionList(s.auth)))
+			r.Delete("/sessions", s.serve(handleSessionEndOthers(s.auth)))
+			r.Delete("/sessions/{id}", s.serve(handleSessionEnd(s.auth)))
 			r.Get("/tenants", s.serve(handleTenantList(st)))
 			r.Post("/tenants", s.serve(handleTenantCreate(s.auth)))
 
@@ -87,7 +95,7 @@ func (s *Server) routes() chi.Router {
 				r.With(admin).Delete("/api-keys/{id}", s.serve(handleAPIKeyDelete(st)))
 
 				r.With(viewer).Get("/members", s.serve(handleMemberList(st)))
-				r.With(admin).Post("/members", s.serve(handleMemberAdd(s.auth)))
+				r.With(admin, s.verifiedEmail).Post("/members", s.serve(handleMemberAdd(s.auth)))
 				// Anyone may leave; tenants.By decides the rest.
 				r.With(viewer).Delete("/members/{account}", s.serve(handleMemberRemove(s.auth)))
 
@@ -111,13 +119,13 @@ func (s *Server) routes() chi.Router {
 
 				r.With(viewer).Get("/quotas", s.serve(handleQuotas(st)))
 				r.With(viewer).Get("/usage", s.serve(handleUsage(st, s.now)))
-				r.With(viewer).Get("/audit", s.serve(handleAudit(st)))
+				r.With(viewer).Get("/audit", s.serve(handleAuditFiltered(st)))
 				r.With(viewer).Get("/events", s.serve(handleEvents(st)))
 				r.With(viewer).Get("/stream", s.serve(s.handleStream(st)))
 
 				r.With(viewer).Get("/billing", s.serve(handleBillingGet(s.billing)))
 				r.With(admin).Patch("/billing", s.serve(handleBillingUpdate(s.billing)))
-				r.With(admin).Post("/billing/checkout", s.serve(handleBillingCheckout(s.billing)))
+				r.With(admin, s.verifiedEmail).Post("/billing/checkout", s.serve(handleBillingCheckout(s.billing)))
 				r.With(admin).Post("/billing/portal", s.serve(handleBillingPortal(s.billing)))
 			})
 		})

@@ -15,9 +15,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/roosthub/roost/internal/session"
+	"github.com/roosthub/roost/mail"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -43,6 +45,12 @@ type Config struct {
 	// SignupsPerHour bounds the sign-ups the process takes an hour from
 	// everyone together; DefaultSignupsPerHour if zero, none if negative.
 	SignupsPerHour int
+	// Mailer sends the account mails (verify, reset, password changed);
+	// nil: they are logged and dropped.
+	Mailer mail.Mailer
+	// PublicURL is the console's base URL, for the links in mails
+	// ("https://hub.example.com"); empty: links are relative.
+	PublicURL string
 }
 
 // Defaults of the settings.
@@ -82,6 +90,9 @@ type Service struct {
 	signupAll budget
 	tenants   tenants.TenantLimits
 	operator  *Operator
+	// out sends mail; publicURL prefixes the links in it.
+	out       *outbox
+	publicURL string
 }
 
 // New builds the service.
@@ -124,7 +135,12 @@ func New(cfg Config) (*Service, error) {
 		signupAll: budget{name: "signup", perHour: max(cfg.SignupsPerHour, 0)},
 		tenants:   tenants.TenantLimits{MaxFree: max(cfg.MaxFreeTenants, 0), PerDay: max(cfg.TenantsPerDay, 0)},
 		operator:  &Operator{token: cfg.AdminToken, lim: lim, log: cfg.Log},
+		publicURL: strings.TrimSuffix(cfg.PublicURL, "/"),
 	}
+	if cfg.Mailer == nil {
+		cfg.Mailer = logMailer{cfg.Log}
+	}
+	s.out = &outbox{mailer: cfg.Mailer, slots: make(chan struct{}, 64)}
 	return s, nil
 }
 

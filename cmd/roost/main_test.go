@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/roosthub/roost/internal/testenv"
+	"github.com/roosthub/roost/mail"
 )
 
 func env(vars map[string]string) func(string) string {
@@ -137,6 +138,9 @@ func TestBadConfig(t *testing.T) {
 		{map[string]string{"ROOST_ADMIN_TOKEN": "short"}, nil, "ROOST_ADMIN_TOKEN"},
 		{map[string]string{"ROOST_PUBLIC_URL": "ftp://x"}, nil, "ROOST_PUBLIC_URL"},
 		{map[string]string{"ROOST_LOG_FORMAT": "xml"}, nil, "ROOST_LOG_FORMAT"},
+		{map[string]string{"ROOST_SMTP_URL": "http://mail.example.com"}, nil, "ROOST_SMTP_URL"},
+		{map[string]string{"ROOST_SMTP_URL": "smtp://"}, nil, "ROOST_SMTP_URL"},
+		{map[string]string{"ROOST_MAIL_FROM": "not an address"}, nil, "ROOST_MAIL_FROM"},
 		{map[string]string{"ROOST_DEBUG_ADDR": "localhost"}, nil, "ROOST_DEBUG_ADDR"},
 		{map[string]string{"ROOST_PROXY_PROTOCOL": "mqtt,http"}, nil, "ROOST_PROXY_PROTOCOL"},
 		{map[string]string{"ROOST_MQTT_TLS_ADDR": "127.0.0.1:0"}, nil, "ROOST_TLS_CERT"},
@@ -312,9 +316,13 @@ func TestServeProfilerOnlyWhenAsked(t *testing.T) {
 // TestServeBilling: with a Stripe key (stripe-mock), a webhook secret and
 // the example plans file, `roost serve` bills: the billing page says so and
 // Checkout answers a URL for a plan the file priced.
+//
+// Checkout needs a verified email: the verification mail, a file in the
+// data dir's mail folder without ROOST_SMTP_URL, carries the token.
 func TestServeBilling(t *testing.T) {
+	dataDir := t.TempDir()
 	h := startServe(t, map[string]string{
-		"ROOST_DATA_DIR":              t.TempDir(),
+		"ROOST_DATA_DIR":              dataDir,
 		"ROOST_STRIPE_KEY":            "sk_test_123",
 		"ROOST_STRIPE_WEBHOOK_SECRET": "whsec_test",
 		"ROOST_STRIPE_API_URL":        testenv.StripeURL(t),
@@ -329,6 +337,11 @@ func TestServeBilling(t *testing.T) {
 		t.Fatalf("create tenant: %d", status)
 	}
 	status, m = post(t, h.url+"/v1/tenants/acme/billing/checkout", token, map[string]string{"plan": "business"})
+	if status != 403 || m["code"] != "email_unverified" {
+		t.Fatalf("checkout before the email is verified: %d %v, want 403 email_unverified", status, m)
+	}
+	verifyByMail(t, h.url, filepath.Join(dataDir, "mail"), "b@example.com")
+	status, m = post(t, h.url+"/v1/tenants/acme/billing/checkout", token, map[string]string{"plan": "business"})
 	if u, _ := m["url"].(string); status != 200 || !strings.HasPrefix(u, "https://") {
 		t.Fatalf("checkout: %d %v", status, m)
 	}
@@ -338,5 +351,28 @@ func TestServeBilling(t *testing.T) {
 	}
 	if !strings.Contains(h.stderr.String(), "billing on") {
 		t.Errorf("the log does not say billing is on:\n%s", h.stderr)
+	}
+}
+
+// verifyByMail waits (up to 20 s) for the verification mail to email in
+// dir, checks that its link points at the console, and verifies with it.
+func verifyByMail(t *testing.T, url, dir, email string) {
+	t.Helper()
+	re := regexp.MustCompile(`(http://[^\s]+)/verify\?token=([A-Za-z0-9_.-]+)`)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ms, _ := mail.ReadFolder(dir)
+		for _, m := range ms {
+			if g := re.FindStringSubmatch(m.Text); m.To == email && g != nil {
+				if status, r := post(t, url+"/v1/verify", "", map[string]string{"token": g[2]}); status != 200 || r["email_verified"] != true {
+					t.Fatalf("verify: %d %v", status, r)
+				}
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no verification mail to %s in %s after 20 s (%d mails)", email, dir, len(ms))
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -59,6 +59,9 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"EventsConcurrentWriters", testEventsConcurrentWriters},
 		{"EventsCap", testEventsCap},
 		{"Shadows", testShadows},
+		{"AccountTokens", testAccountTokens},
+		{"AccountSessions", testAccountSessions},
+		{"AuditWhere", testAuditWhere},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
