@@ -370,7 +370,7 @@ func TestCrossTenantMatrix(t *testing.T) {
 // snapshot renders everything a tenant holds, to compare before and after.
 func snapshot(e *env, tok, tenant string) string {
 	var b strings.Builder
-	for _, p := range []string{"", "/devices", "/acl/rules", "/api-keys", "/members", "/rules", "/devices/a-dev/keys", "/devices/a-dev/certificates", "/devices/a-dev/shadow", "/cas", "/destinations"} {
+	for _, p := range []string{"", "/devices", "/acl/rules", "/api-keys", "/members", "/rules", "/devices/a-dev/keys", "/devices/a-dev/certificates", "/devices/a-dev/shadow", "/cas", "/destinations", "/mfa"} {
 		r := e.do("GET", "/v1/tenants/"+tenant+p, tok, nil)
 		if r.status != http.StatusOK { // a problem carries a request id
 			fmt.Fprintf(&b, "%s=%d\n", p, r.status)

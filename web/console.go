@@ -117,7 +117,7 @@ func New(cfg Config) (*Console, error) {
 	}
 	if cfg.Auth == nil {
 		a, err := auth.New(auth.Config{Store: cfg.Store, SigningKey: cfg.SigningKey, TokenTTL: cfg.TokenTTL,
-			AdminToken: cfg.AdminToken, Log: cfg.Log, Now: cfg.Now})
+			AdminToken: cfg.AdminToken, Log: cfg.Log, Now: cfg.Now, Sealer: cfg.Sealer})
 		if err != nil {
 			return nil, err
 		}

@@ -170,17 +170,17 @@ func (d planeDeps) controlHandler(signingKey []byte, localAddr string, endpoints
 	if c.PasswordHashes > 0 {
 		d.store.SetPasswordHashes(c.PasswordHashes)
 	}
+	sealer, err := c.sealer(d.adminToken)
+	if err != nil {
+		return nil, nil, err
+	}
 	ac := c.authConfig()
-	ac.Store, ac.SigningKey, ac.AdminToken, ac.Log = d.store, signingKey, d.adminToken, log
+	ac.Store, ac.SigningKey, ac.AdminToken, ac.Log, ac.Sealer = d.store, signingKey, d.adminToken, log, sealer
 	front, err := auth.New(ac)
 	if err != nil {
 		return nil, nil, err
 	}
 	hooks, err := c.webhookSender()
-	if err != nil {
-		return nil, nil, err
-	}
-	sealer, err := c.sealer(d.adminToken)
 	if err != nil {
 		return nil, nil, err
 	}
