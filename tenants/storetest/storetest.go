@@ -58,6 +58,8 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"Events", testEvents},
 		{"EventsConcurrentWriters", testEventsConcurrentWriters},
 		{"Shadows", testShadows},
+		{"MFA", testMFA},
+		{"Invites", testInvites},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
