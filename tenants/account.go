@@ -1,6 +1,7 @@
 package tenants
 
 import (
+	"database/sql"
 	"net/mail"
 	"strings"
 	"time"
@@ -13,6 +14,11 @@ type Account struct {
 	ID        string    `json:"id"`
 	Email     string    `json:"email"`
 	CreatedAt time.Time `json:"created_at"`
+	// EmailVerified tells whether the person proved the email is theirs
+	// (POST /v1/verify with the token mailed to it). Until then they may
+	// sign in but not buy a plan or add members.
+	EmailVerified   bool       `json:"email_verified"`
+	EmailVerifiedAt *time.Time `json:"email_verified_at,omitempty"`
 
 	passwordHash string
 }
@@ -53,4 +59,21 @@ func normaliseEmail(email string) (string, error) {
 		return "", invalid("email", "is not an email address")
 	}
 	return email, nil
+}
+
+// ValidatePassword checks a new password against the same rules as a
+// sign-up's.
+func ValidatePassword(password string) error {
+	if utf8.RuneCountInString(password) < minPasswordLen {
+		return invalid("password", "must be at least %d characters", minPasswordLen)
+	}
+	if len(password) > maxPasswordLen {
+		return invalid("password", "must be at most %d bytes", maxPasswordLen)
+	}
+	return nil
+}
+
+func (a *Account) setVerified(t sql.NullTime) {
+	a.EmailVerifiedAt = nullTime(t)
+	a.EmailVerified = t.Valid
 }

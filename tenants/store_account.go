@@ -98,13 +98,15 @@ func (s *Store) Account(ctx context.Context, id string) (Account, error) {
 
 func (s *Store) accountBy(ctx context.Context, where string, arg any) (Account, error) {
 	var a Account
+	var verified sql.NullTime
 	err := s.db.QueryRowContext(ctx,
-		`SELECT id, email, password_hash, created_at FROM accounts WHERE `+where, arg).
-		Scan(&a.ID, &a.Email, &a.passwordHash, &a.CreatedAt)
+		`SELECT id, email, password_hash, created_at, email_verified_at FROM accounts WHERE `+where, arg).
+		Scan(&a.ID, &a.Email, &a.passwordHash, &a.CreatedAt, &verified)
 	if err != nil {
 		return Account{}, notFound(err, "account")
 	}
 	a.CreatedAt = a.CreatedAt.UTC()
+	a.setVerified(verified)
 	return a, nil
 }
 

@@ -60,6 +60,9 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"Shadows", testShadows},
 		{"MFA", testMFA},
 		{"Invites", testInvites},
+		{"AccountTokens", testAccountTokens},
+		{"AccountSessions", testAccountSessions},
+		{"AuditWhere", testAuditWhere},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
