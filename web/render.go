@@ -76,7 +76,7 @@ var funcs = template.FuncMap{
 	"navItems": func() [][3]string {
 		return [][3]string{{"overview", "", "Overview"}, {"devices", "/devices", "Devices"}, {"acl", "/acl", "Rules"}, {"webhooks", "/webhooks", "Webhooks"},
 			{"live", "/live", "Live"}, {"usage", "/usage", "Usage"}, {"events", "/events", "Events"},
-			{"keys", "/api-keys", "API keys"}, {"members", "/members", "Members"}, {"billing", "/billing", "Billing"},
+			{"keys", "/api-keys", "API keys"}, {"members", "/members", "Members"}, {"access", "/access", "Access"}, {"billing", "/billing", "Billing"},
 			{"settings", "/settings", "Settings"}}
 	},
 	"sub": func(a, b int) int { return a - b },
@@ -195,6 +195,9 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, nam
 // flashes are the messages a redirect after a form can ask for with
 // ?done=…; only these, so a link cannot put words in the console's mouth.
 var flashes = map[string]string{
+	"mfa-off":      "Two-factor sign-in is off.",
+	"mfa-required": "Two-factor sign-in is now required of every member.",
+	"mfa-optional": "Two-factor sign-in is no longer required.",
 	"tenant":       "Tenant created.",
 	"rule":         "Rule added.",
 	"rule-moved":   "Rule moved.",

@@ -24,14 +24,20 @@ func (c *Console) routes() chi.Router {
 		r.Post("/signup", c.signup)
 		r.Get("/login", c.loginPage)
 		r.Post("/login", c.login)
+		r.Post("/login/mfa", c.loginMFA)
 		r.Post("/logout", c.logout)
 
 		r.Group(func(r chi.Router) {
 			r.Use(c.signedIn)
 			r.Get("/tenants", c.tenantList)
+			r.Get("/account/two-factor", c.twoFactorPage)
+			r.Post("/account/two-factor/setup", c.twoFactorSetup)
+			r.Post("/account/two-factor/enable", c.twoFactorEnable)
+			r.Post("/account/two-factor/disable", c.twoFactorDisable)
+			r.Post("/account/two-factor/recovery-codes", c.twoFactorCodes)
 			r.Post("/tenants", c.tenantCreate)
 			r.Route("/tenants/{tenant}", func(r chi.Router) {
-				r.Use(c.member)
+				r.Use(c.member, c.mfaGate)
 				r.Get("/", c.overview)
 				r.Get("/devices", c.deviceList)
 				r.Get("/devices/{device}", c.deviceDetail)
@@ -50,6 +56,7 @@ func (c *Console) routes() chi.Router {
 				r.Get("/settings", c.settingsPage)
 				r.Get("/cas", c.casPage)
 				r.Get("/audit", c.auditPage)
+				r.Get("/access", c.accessPage)
 				r.Get("/export-rules", c.exportRulesPage)
 				// Anyone may leave; tenants.By decides who may remove whom.
 				r.Post("/members/{account}/delete", c.memberRemove)
@@ -82,6 +89,8 @@ func (c *Console) routes() chi.Router {
 					r.Post("/billing/portal", c.billingPortal)
 					r.Post("/billing/cap", c.billingCap)
 					r.Post("/settings", c.settingsUpdate)
+					// Owners only: tenants.Store.SetTenantRequiresMFA.
+					r.Post("/access/mfa", c.accessMFA)
 					r.Post("/cas", c.caCreate)
 					r.Post("/cas/{id}/delete", c.caDelete)
 					r.Post("/export-rules", c.exportRuleCreate)
