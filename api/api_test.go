@@ -31,6 +31,7 @@ func TestEveryRoute(t *testing.T) {
 
 	r := e.do("POST", "/v1/signup", "", map[string]string{"email": "Ada@Example.com", "password": "correct horse battery"})
 	want(t, r, 201, "signup")
+	e.verifyEmail(r.json()["account"].(map[string]any)["id"].(string))
 	r = e.do("POST", "/v1/login", "", map[string]string{"email": "ada@example.com", "password": "correct horse battery"})
 	want(t, r, 200, "login")
 	tok := r.str("token")

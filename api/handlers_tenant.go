@@ -195,16 +195,6 @@ func handleMemberRemove(front *auth.Service) handler {
 	}
 }
 
-type auditStore interface {
-	Audit(ctx context.Context, tenant string, p tenants.Page) ([]tenants.AuditEntry, string, error)
-}
-
-func handleAudit(as auditStore) handler {
-	return handleList(func(r *http.Request, p tenants.Page) ([]tenants.AuditEntry, string, error) {
-		return as.Audit(r.Context(), chi.URLParam(r, "tenant"), p)
-	})
-}
-
 type adminStore interface {
 	AdminTenants(ctx context.Context, search string, now time.Time, p tenants.Page) ([]tenants.AdminTenant, string, error)
 	Tenant(ctx context.Context, slug string) (tenants.Tenant, error)

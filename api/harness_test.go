@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -27,6 +28,7 @@ import (
 	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/testenv"
+	"github.com/roosthub/roost/mail"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -47,6 +49,8 @@ type env struct {
 	bodies *testenv.Buffer
 	// client sends the requests; nil is http.DefaultClient (from 127.0.0.1).
 	client *http.Client
+	// mailDir is where the API's mails are written, one file each.
+	mailDir string
 }
 
 // from returns the env with requests sent from another loopback address,
@@ -104,7 +108,12 @@ func newEnvWith(t *testing.T, configure func(*api.Config)) *env {
 	}
 	go hub.Serve(ln)
 	t.Cleanup(func() { hub.Close() })
+	mailer, err := mail.NewFolder(filepath.Join(t.TempDir(), "mail"), "roost@example.com", log)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cfg := api.Config{
+		Mailer:     mailer,
 		DataPlane:  hub,
 		Store:      store,
 		Log:        log,
@@ -121,7 +130,7 @@ func newEnvWith(t *testing.T, configure func(*api.Config)) *env {
 	}
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)
-	return &env{t: t, url: hs.URL, mqttAddr: ln.Addr().String(), api: srv, store: store, logs: logs, clock: clk, router: specRouter(t), bodies: &testenv.Buffer{}}
+	return &env{t: t, url: hs.URL, mqttAddr: ln.Addr().String(), api: srv, store: store, logs: logs, clock: clk, router: specRouter(t), bodies: &testenv.Buffer{}, mailDir: mailer.Dir()}
 }
 
 var (
@@ -291,7 +300,31 @@ var userSeq struct {
 	n int
 }
 
+// signup makes an account with a verified email (verified through the
+// store, as its mailed link would), signed in.
 func (e *env) signup(name string) user {
+	e.t.Helper()
+	u := e.signupUnverified(name)
+	e.verifyEmail(u.id)
+	return u
+}
+
+// verifyEmail verifies an account's email through the store, as its
+// mailed link would.
+func (e *env) verifyEmail(account string) {
+	e.t.Helper()
+	ctx := context.Background()
+	_, tok, err := e.store.IssueVerifyToken(ctx, account)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.store.VerifyEmail(ctx, tok); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// signupUnverified makes an account whose email is not verified yet.
+func (e *env) signupUnverified(name string) user {
 	e.t.Helper()
 	userSeq.Lock()
 	userSeq.n++

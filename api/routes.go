@@ -13,7 +13,7 @@ import (
 func (s *Server) routes() chi.Router {
 	st := s.store
 	r := chi.NewRouter()
-	r.Use(s.observe)
+	r.Use(s.observe, withOrigin)
 	r.NotFound(s.serve(func(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusNotFound, "not_found", "no such route")
 	}))
@@ -31,6 +31,9 @@ func (s *Server) routes() chi.Router {
 		r.Post("/login", s.serve(handleLogin(s.auth)))
 		// The second step of a login for an account with two-factor on.
 		r.Post("/login/mfa", s.serve(handleLoginMFA(s.auth)))
+		r.Post("/password/forgot", s.serve(handlePasswordForgot(s.auth)))
+		r.Post("/password/reset", s.serve(handlePasswordReset(s.auth)))
+		r.Post("/verify", s.serve(handleVerify(s.auth)))
 		// Stripe signs its events; no bearer token.
 		r.Post("/billing/webhook", s.serve(handleBillingWebhook(s.billing)))
 
@@ -43,6 +46,11 @@ func (s *Server) routes() chi.Router {
 			r.Post("/me/mfa/enable", s.serve(handleMFAEnable(s.auth)))
 			r.Post("/me/mfa/disable", s.serve(handleMFADisable(s.auth)))
 			r.Post("/me/mfa/recovery-codes", s.serve(handleMFARecoveryCodes(s.auth)))
+			r.Post("/password", s.serve(handlePasswordChange(s.auth)))
+			r.Post("/verify/resend", s.serve(handleVerifyResend(s.auth)))
+			r.Get("/sessions", s.serve(handleSessionList(s.auth)))
+			r.Delete("/sessions", s.serve(handleSessionEndOthers(s.auth)))
+			r.Delete("/sessions/{id}", s.serve(handleSessionEnd(s.auth)))
 			r.Get("/tenants", s.serve(handleTenantList(st)))
 			r.Post("/tenants", s.serve(handleTenantCreate(s.auth)))
 
@@ -90,7 +98,7 @@ func (s *Server) routes() chi.Router {
 				r.With(viewer).Get("/members", s.serve(handleMemberList(st)))
 				r.With(viewer).Get("/mfa", s.serve(handleTenantMFAGet(s.auth)))
 				r.With(owner).Put("/mfa", s.serve(handleTenantMFASet(s.auth)))
-				r.With(admin).Post("/members", s.serve(handleMemberAdd(s.auth)))
+				r.With(admin, s.verifiedEmail).Post("/members", s.serve(handleMemberAdd(s.auth)))
 				// Anyone may leave; tenants.By decides the rest.
 				r.With(viewer).Delete("/members/{account}", s.serve(handleMemberRemove(s.auth)))
 
@@ -114,13 +122,13 @@ func (s *Server) routes() chi.Router {
 
 				r.With(viewer).Get("/quotas", s.serve(handleQuotas(st)))
 				r.With(viewer).Get("/usage", s.serve(handleUsage(st, s.now)))
-				r.With(viewer).Get("/audit", s.serve(handleAudit(st)))
+				r.With(viewer).Get("/audit", s.serve(handleAuditFiltered(st)))
 				r.With(viewer).Get("/events", s.serve(handleEvents(st)))
 				r.With(viewer).Get("/stream", s.serve(s.handleStream(st)))
 
 				r.With(viewer).Get("/billing", s.serve(handleBillingGet(s.billing)))
 				r.With(admin).Patch("/billing", s.serve(handleBillingUpdate(s.billing)))
-				r.With(admin).Post("/billing/checkout", s.serve(handleBillingCheckout(s.billing)))
+				r.With(admin, s.verifiedEmail).Post("/billing/checkout", s.serve(handleBillingCheckout(s.billing)))
 				r.With(admin).Post("/billing/portal", s.serve(handleBillingPortal(s.billing)))
 			})
 		})

@@ -18,6 +18,7 @@ import (
 	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/internal/accesslog"
+	"github.com/roosthub/roost/mail"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -62,6 +63,10 @@ type Config struct {
 	// (ROOST_KAFKA_BROKERS): the built-in destination operator-kafka is
 	// listed then.
 	OperatorKafka bool
+	// Mailer and PublicURL are for the auth front New builds when Auth is
+	// nil: the account mails and the console links in them.
+	Mailer    mail.Mailer
+	PublicURL string
 }
 
 // Server is the REST API. It is an http.Handler.
@@ -113,7 +118,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Auth == nil {
 		a, err := auth.New(auth.Config{Store: cfg.Store, SigningKey: cfg.SigningKey, TokenTTL: cfg.TokenTTL,
-			AdminToken: cfg.AdminToken, Log: cfg.Log, Now: cfg.Now, Sealer: cfg.Sealer})
+			AdminToken: cfg.AdminToken, Log: cfg.Log, Now: cfg.Now, Sealer: cfg.Sealer, Mailer: cfg.Mailer, PublicURL: cfg.PublicURL})
 		if err != nil {
 			return nil, err
 		}

@@ -15,10 +15,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/internal/session"
+	"github.com/roosthub/roost/mail"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -49,6 +51,12 @@ type Config struct {
 	Sealer *dataout.Sealer
 	// OIDC are the OpenID Connect issuers people may sign in with.
 	OIDC []OIDCIssuer
+	// Mailer sends the account mails (verify, reset, password changed);
+	// nil: they are logged and dropped.
+	Mailer mail.Mailer
+	// PublicURL is the console's base URL, for the links in mails
+	// ("https://hub.example.com"); empty: links are relative.
+	PublicURL string
 }
 
 // Defaults of the settings.
@@ -92,6 +100,9 @@ type Service struct {
 	sealer *dataout.Sealer
 	// sso signs people in at OpenID Connect issuers (oidc.go).
 	sso *ssoClients
+	// out sends mail; publicURL prefixes the links in it.
+	out       *outbox
+	publicURL string
 }
 
 // New builds the service.
@@ -142,7 +153,12 @@ func New(cfg Config) (*Service, error) {
 		tenants:   tenants.TenantLimits{MaxFree: max(cfg.MaxFreeTenants, 0), PerDay: max(cfg.TenantsPerDay, 0)},
 		operator:  &Operator{token: cfg.AdminToken, lim: lim, log: cfg.Log},
 		sealer:    cfg.Sealer,
+		publicURL: strings.TrimSuffix(cfg.PublicURL, "/"),
 	}
+	if cfg.Mailer == nil {
+		cfg.Mailer = logMailer{cfg.Log}
+	}
+	s.out = &outbox{mailer: cfg.Mailer, slots: make(chan struct{}, 64)}
 	sso, err := newSSOClients(cfg.OIDC, cfg.Log)
 	if err != nil {
 		return nil, err

@@ -100,6 +100,13 @@ func (s *Service) SignUp(ctx context.Context, in tenants.Signup, addr string) (I
 	if err != nil {
 		return Issued{}, err
 	}
+	if created {
+		// A failed mail does not fail the sign-up: the person can ask
+		// for another (ResendVerification).
+		if err := s.sendVerification(ctx, a.ID); err != nil {
+			s.log.Error("verification mail", "account", a.ID, "err", err)
+		}
+	}
 	return s.startAccount(ctx, a, created)
 }
 

@@ -1,0 +1,225 @@
+package auth
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/roosthub/roost/mail"
+	"github.com/roosthub/roost/tenants"
+)
+
+// The budgets of the account's own routes, on the login limiter. Forgot
+// password: three in a row per email before waits start doubling, ten an
+// hour (what bounds mail sent to one person); twenty in a row per
+// address. A reset or verify token tried is a login guess of the address
+// (loginAddress) and is refunded when it works. Verification mails: five
+// an hour per account. A password change is a login attempt of the
+// account from the address (loginCharges).
+var (
+	forgotEmail   = budget{name: "forgot-email", free: 3, perHour: 10}
+	forgotAddress = budget{name: "forgot-address", free: 20, perHour: 100}
+	verifyResend  = budget{name: "verify-resend", free: 2, perHour: 5}
+)
+
+// errWrongPassword answers a password change with the wrong current
+// password.
+var errWrongPassword = &tenants.FieldError{Field: "old_password", Message: "is not your current password"}
+
+// outbox sends mail off the request path: a request's answer does not
+// wait for an SMTP server (nor tell, by how long it took, whether a mail
+// went out). Its sends are owned by the Service: Close waits for them.
+type outbox struct {
+	mailer mail.Mailer
+	wg     sync.WaitGroup
+	slots  chan struct{}
+}
+
+// mailTimeout bounds one mail's sending.
+const mailTimeout = time.Minute
+
+// send renders the template and sends it in the background. At most 64
+// mails are in flight; past that one is dropped and logged rather than
+// queued without end.
+func (s *Service) send(ctx context.Context, template, to string, data any) {
+	m, err := mail.Render(template, to, data)
+	if err != nil {
+		s.log.Error("render mail", "template", template, "err", err)
+		return
+	}
+	select {
+	case s.out.slots <- struct{}{}:
+	default:
+		s.log.Error("mail dropped: too many in flight", "template", template)
+		return
+	}
+	s.out.wg.Add(1)
+	go func() {
+		defer s.out.wg.Done()
+		defer func() { <-s.out.slots }()
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), mailTimeout)
+		defer cancel()
+		if err := s.out.mailer.Send(ctx, m); err != nil {
+			s.log.Error("send mail", "template", template, "err", err)
+		}
+	}()
+}
+
+// Close waits for the mails being sent. Calling it twice is harmless.
+func (s *Service) Close() { s.out.wg.Wait() }
+
+// link is a console page's absolute URL with the token in its query.
+func (s *Service) link(path, token string) string {
+	return s.publicURL + path + "?" + url.Values{"token": {token}}.Encode()
+}
+
+// sendVerification mails the account a new verify link.
+func (s *Service) sendVerification(ctx context.Context, account string) error {
+	a, tok, err := s.store.IssueVerifyToken(ctx, account)
+	if err != nil {
+		return err
+	}
+	s.send(ctx, mail.TemplateVerify, a.Email, map[string]any{"Link": s.link("/verify", tok), "Hours": int(tenants.VerifyTokenTTL.Hours())})
+	return nil
+}
+
+// ResendVerification mails the account a new verify link (the older one
+// stops working): five an hour. A verified email is ErrConflict.
+func (s *Service) ResendVerification(ctx context.Context, account string) error {
+	if _, wait := s.lim.reserve(charge{verifyResend, account}); wait > 0 {
+		return waitError(wait, "too many verification mails")
+	}
+	return s.sendVerification(ctx, account)
+}
+
+// VerifyEmail spends a verify token; tried from addr, it counts as a
+// login guess of the address unless it works.
+func (s *Service) VerifyEmail(ctx context.Context, token, addr string) (tenants.Account, error) {
+	t, wait := s.lim.reserve(charge{loginAddress, addr})
+	if wait > 0 {
+		return tenants.Account{}, waitError(wait, "too many failed attempts")
+	}
+	a, err := s.store.VerifyEmail(ctx, token)
+	if !errors.Is(err, tenants.ErrUnauthorized) {
+		t.refund()
+	}
+	return a, err
+}
+
+// ForgotPassword mails a reset link to the account with this email, if
+// there is one, asked from addr. The answer is the same either way (nil,
+// or a wait that is counted per email whether or not it has an account),
+// and the mail goes out in the background, so neither the answer nor its
+// time tells whether the email has an account.
+func (s *Service) ForgotPassword(ctx context.Context, email, addr string) error {
+	email = tenants.NormaliseEmail(email)
+	if _, wait := s.lim.reserve(charge{forgotEmail, email}, charge{forgotAddress, addr}); wait > 0 {
+		return waitError(wait, "too many password reset requests")
+	}
+	a, tok, err := s.store.IssueResetToken(ctx, email)
+	switch {
+	case errors.Is(err, tenants.ErrNotFound):
+		return nil
+	case err != nil:
+		return err
+	}
+	s.send(ctx, mail.TemplateReset, a.Email, map[string]any{"Link": s.link("/password/reset", tok), "Minutes": int(tenants.ResetTokenTTL.Minutes())})
+	return nil
+}
+
+// ResetPassword spends a reset token and sets the new password: every
+// session of the account ends, and it is told by mail. A token tried from
+// addr counts as a login guess of the address unless it works.
+func (s *Service) ResetPassword(ctx context.Context, token, password, addr string) (tenants.Account, error) {
+	if err := tenants.ValidatePassword(password); err != nil {
+		return tenants.Account{}, err
+	}
+	t, wait := s.lim.reserve(charge{loginAddress, addr})
+	if wait > 0 {
+		return tenants.Account{}, waitError(wait, "too many failed attempts")
+	}
+	a, err := s.store.ResetPassword(ctx, token, password)
+	if !errors.Is(err, tenants.ErrUnauthorized) {
+		t.refund()
+	}
+	if err != nil {
+		return tenants.Account{}, err
+	}
+	s.passwordChanged(ctx, a, "reset")
+	return a, nil
+}
+
+// ChangePassword sets a new password for the account signed in with
+// session, if old is its password; every other session of the account
+// ends, and it is told by mail. The check of old is a login attempt of
+// the account from addr, within the login budgets.
+func (s *Service) ChangePassword(ctx context.Context, account tenants.Account, session, old, password, addr string) error {
+	if err := tenants.ValidatePassword(password); err != nil {
+		return err
+	}
+	t, wait := s.lim.reserve(s.loginCharges(account.Email, addr)...)
+	if wait > 0 {
+		return waitError(wait, "too many failed attempts")
+	}
+	a, err := s.store.ChangePassword(ctx, account.ID, old, password, session)
+	switch {
+	case errors.Is(err, tenants.ErrUnauthorized):
+		return errWrongPassword
+	case err != nil:
+		t.refund()
+		return err
+	}
+	t.refund(loginPair, loginAccount)
+	s.passwordChanged(ctx, a, "changed")
+	return nil
+}
+
+func (s *Service) passwordChanged(ctx context.Context, a tenants.Account, how string) {
+	s.send(ctx, mail.TemplatePasswordChanged, a.Email, map[string]any{"How": how, "When": s.now().UTC().Format("2006-01-02 15:04 UTC")})
+}
+
+// Sessions lists the account's open sessions.
+func (s *Service) Sessions(ctx context.Context, account string) ([]tenants.Session, error) {
+	return s.store.AccountSessions(ctx, account, s.now())
+}
+
+// EndSession ends one of the account's sessions; another's is
+// ErrNotFound.
+func (s *Service) EndSession(ctx context.Context, account, id string) error {
+	return s.store.EndAccountSession(ctx, account, id)
+}
+
+// EndOtherSessions ends every session of the account but keep.
+func (s *Service) EndOtherSessions(ctx context.Context, account, keep string) (int, error) {
+	return s.store.EndOtherSessions(ctx, account, keep)
+}
+
+// ErrEmailUnverified refuses what needs a verified email: buying a plan,
+// adding members.
+var ErrEmailUnverified = fmt.Errorf("verify your email first: open the link we mailed you, or ask for a new one (POST /v1/verify/resend): %w", tenants.ErrForbidden)
+
+// RequireVerified returns ErrEmailUnverified unless the account's email
+// is verified (read afresh: a verification in another tab counts at once).
+func (s *Service) RequireVerified(ctx context.Context, account string) error {
+	a, err := s.store.Account(ctx, account)
+	if err != nil {
+		return err
+	}
+	if !a.EmailVerified {
+		return ErrEmailUnverified
+	}
+	return nil
+}
+
+// logMailer is the mailer of a service given none: it logs what it drops.
+type logMailer struct {
+	log interface{ Warn(string, ...any) }
+}
+
+func (l logMailer) Send(_ context.Context, m mail.Message) error {
+	l.log.Warn("mail not sent: no mailer configured", "to", m.To, "subject", m.Subject)
+	return nil
+}
