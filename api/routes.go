@@ -42,6 +42,7 @@ func (s *Server) routes() chi.Router {
 			r.Post("/logout", s.serve(handleLogout(s.auth)))
 			r.Get("/me", s.serve(handleMe(s.auth)))
 			r.Get("/me/mfa", s.serve(handleMFAGet(s.auth)))
+			r.Post("/invites/accept", s.serve(handleInviteAccept(s.auth)))
 			r.Post("/me/mfa/setup", s.serve(handleMFASetup(s.auth)))
 			r.Post("/me/mfa/enable", s.serve(handleMFAEnable(s.auth)))
 			r.Post("/me/mfa/disable", s.serve(handleMFADisable(s.auth)))
@@ -99,6 +100,9 @@ func (s *Server) routes() chi.Router {
 				r.With(viewer).Get("/mfa", s.serve(handleTenantMFAGet(s.auth)))
 				r.With(owner).Put("/mfa", s.serve(handleTenantMFASet(s.auth)))
 				r.With(admin, s.verifiedEmail).Post("/members", s.serve(handleMemberAdd(s.auth)))
+				r.With(admin).Get("/invites", s.serve(handleInviteList(s.auth)))
+				r.With(admin, s.verifiedEmail).Post("/invites", s.serve(handleInviteCreate(st, s.auth)))
+				r.With(admin).Delete("/invites/{id}", s.serve(handleInviteRevoke(s.auth)))
 				// Anyone may leave; tenants.By decides the rest.
 				r.With(viewer).Delete("/members/{account}", s.serve(handleMemberRemove(s.auth)))
 
