@@ -25,6 +25,9 @@ func (c *Console) routes() chi.Router {
 		r.Get("/login", c.loginPage)
 		r.Post("/login", c.login)
 		r.Post("/login/mfa", c.loginMFA)
+		// An invite's link: sign up or log in, then accept.
+		r.Get("/invite", c.invitePage)
+		r.Post("/invite/signup", c.inviteSignup)
 		r.Post("/logout", c.logout)
 
 		r.Group(func(r chi.Router) {
@@ -35,6 +38,7 @@ func (c *Console) routes() chi.Router {
 			r.Post("/account/two-factor/enable", c.twoFactorEnable)
 			r.Post("/account/two-factor/disable", c.twoFactorDisable)
 			r.Post("/account/two-factor/recovery-codes", c.twoFactorCodes)
+			r.Post("/invite/accept", c.inviteAccept)
 			r.Post("/tenants", c.tenantCreate)
 			r.Route("/tenants/{tenant}", func(r chi.Router) {
 				r.Use(c.member, c.mfaGate)
@@ -91,6 +95,8 @@ func (c *Console) routes() chi.Router {
 					r.Post("/settings", c.settingsUpdate)
 					// Owners only: tenants.Store.SetTenantRequiresMFA.
 					r.Post("/access/mfa", c.accessMFA)
+					r.Post("/invites", c.inviteCreate)
+					r.Post("/invites/{id}/delete", c.inviteRevoke)
 					r.Post("/cas", c.caCreate)
 					r.Post("/cas/{id}/delete", c.caDelete)
 					r.Post("/export-rules", c.exportRuleCreate)
