@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -36,6 +37,8 @@ type page struct {
 	Data   any
 	// Billing: the hub bills its tenants (Stripe is set up).
 	Billing bool
+	// SSO are the single sign-on issuers, for the login and sign-up pages.
+	SSO []auth.OIDCIssuer
 }
 
 // CanWrite reports whether the visitor may change the tenant.
@@ -155,6 +158,9 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, nam
 	}
 	p.Operator, _ = ctx.Value(keyOperator).(bool)
 	p.Billing = c.cfg.Billing.Enabled()
+	if name == "login.html" || name == "signup.html" {
+		p.SSO = c.auth.SSOIssuers()
+	}
 	if t := tenantOf(r); t != nil && p.Tenant == nil {
 		p.Tenant, p.Role = t, roleOf(r)
 	}

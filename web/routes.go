@@ -25,6 +25,8 @@ func (c *Console) routes() chi.Router {
 		r.Get("/login", c.loginPage)
 		r.Post("/login", c.login)
 		r.Post("/login/mfa", c.loginMFA)
+		r.Get("/login/sso/{issuer}", c.ssoStart)
+		r.Get("/login/sso/{issuer}/callback", c.ssoCallback)
 		// An invite's link: sign up or log in, then accept.
 		r.Get("/invite", c.invitePage)
 		r.Post("/invite/signup", c.inviteSignup)
