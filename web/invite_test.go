@@ -68,8 +68,13 @@ func waitInvite(t *testing.T, dir, email string) string {
 // following the mailed link does.
 func verify(t *testing.T, s *stack, email string) {
 	t.Helper()
+	verifyWith(t, s, email, "correct horse battery")
+}
+
+func verifyWith(t *testing.T, s *stack, email, password string) {
+	t.Helper()
 	ctx := context.Background()
-	a, err := s.store.Authenticate(ctx, email, "correct horse battery")
+	a, err := s.store.Authenticate(ctx, email, password)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,14 +13,14 @@ import (
 
 // newSSOStack is a console with one single sign-on issuer, a real OpenID
 // Connect provider run by the test.
-func newSSOStack(t *testing.T) (*stack, *oidctest.Provider) {
+func newSSOStack(t *testing.T) (*stack, *oidctest.Provider, string) {
 	t.Helper()
 	idp := oidctest.New("roost-console", "client-secret-0123456789")
 	t.Cleanup(idp.Close)
-	s, _ := newMailStack(t, func(ac *auth.Config) {
+	s, dir := newMailStack(t, func(ac *auth.Config) {
 		ac.OIDC = []auth.OIDCIssuer{{Name: "testidp", Label: "Test IdP", Issuer: idp.URL, ClientID: idp.ClientID, ClientSecret: idp.ClientSecret}}
 	})
-	return s, idp
+	return s, idp, dir
 }
 
 // ssoToIssuer starts a sign-in and follows the issuer's answer back: it
@@ -65,7 +65,7 @@ func (b *browser) callback(u string) answer {
 // email, a changed state, a foreign nonce, another audience and a replayed
 // callback are refused; two-factor sign-in still asks for its code.
 func TestConsoleSSO(t *testing.T) {
-	s, idp := newSSOStack(t)
+	s, idp, _ := newSSOStack(t)
 	ctx := context.Background()
 
 	if a := s.browser().get("/login"); !strings.Contains(a.body, `href="/login/sso/testidp`) || !strings.Contains(a.body, "Sign in with Test IdP") {
