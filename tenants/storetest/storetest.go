@@ -60,6 +60,7 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"Shadows", testShadows},
 		{"MFA", testMFA},
 		{"Invites", testInvites},
+		{"SSOAccounts", testSSOAccounts},
 		{"AccountTokens", testAccountTokens},
 		{"AccountSessions", testAccountSessions},
 		{"AuditWhere", testAuditWhere},
