@@ -39,7 +39,7 @@ func TestBrowserTwoFactorInviteSSO(t *testing.T) {
 		chromedp.WaitVisible(css(`#slug`)),
 	)
 	verify(t, s, "owner@example.com")
-	run("create tenant", chromedp.SendKeys(css(`#slug`), "acme"), chromedp.SendKeys(css(`#name`), "Acme"), chromedp.Submit(css(`#slug`)), chromedp.WaitVisible(css(`main h1`)))
+	run("create tenant", chromedp.SendKeys(css(`#slug`), "acme"), chromedp.SendKeys(css(`#name`), "Acme"), chromedp.Submit(css(`#slug`)), chromedp.WaitVisible(css(`nav.tabs`)))
 
 	run("set up two-factor",
 		chromedp.Navigate(s.url+"/account/two-factor"),
@@ -117,9 +117,11 @@ func TestBrowserTwoFactorInviteSSO(t *testing.T) {
 		chromedp.Navigate(s.url+"/login?next=/tenants/acme"),
 		chromedp.WaitVisible(css(`#sso a`)),
 		chromedp.Click(css(`#sso a`)),
-		chromedp.WaitVisible(css(`main p`)),
+		chromedp.WaitVisible(css(`#error-back`)),
 	)
-	b.wait("the tenant's two-factor requirement", `document.querySelector("main").textContent.includes("requires two-factor sign-in")`)
+	if m := text(`main .error`); !strings.Contains(m, "requires two-factor sign-in") {
+		t.Errorf("after single sign-on into a tenant that requires two-factor: %q", m)
+	}
 	screenshot(t, ctx, "mfa-04-sso-requirement")
 	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
