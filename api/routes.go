@@ -100,7 +100,7 @@ func (s *Server) routes() chi.Router {
 				r.With(viewer).Get("/mfa", s.serve(handleTenantMFAGet(s.auth)))
 				r.With(owner).Put("/mfa", s.serve(handleTenantMFASet(s.auth)))
 				r.With(admin, s.verifiedEmail).Post("/members", s.serve(handleMemberAdd(s.auth)))
-				r.With(admin).Get("/invites", s.serve(handleInviteList(s.auth)))
+				r.With(viewer).Get("/invites", s.serve(handleInviteList(s.auth)))
 				r.With(admin, s.verifiedEmail).Post("/invites", s.serve(handleInviteCreate(st, s.auth)))
 				r.With(admin).Delete("/invites/{id}", s.serve(handleInviteRevoke(s.auth)))
 				// Anyone may leave; tenants.By decides the rest.
