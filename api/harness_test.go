@@ -23,6 +23,7 @@ import (
 
 	"github.com/roosthub/roost"
 	"github.com/roosthub/roost/api"
+	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/broker/store/memory"
 	"github.com/roosthub/roost/dataout"
@@ -123,6 +124,17 @@ func newEnvWith(t *testing.T, configure func(*api.Config)) *env {
 	}
 	if configure != nil {
 		configure(&cfg)
+	}
+	if cfg.Auth == nil {
+		// The front is built here, as api.New would, so that the test
+		// waits for its mails before the mail folder is removed.
+		front, err := auth.New(auth.Config{Store: cfg.Store, SigningKey: cfg.SigningKey, TokenTTL: cfg.TokenTTL,
+			AdminToken: cfg.AdminToken, Log: cfg.Log, Now: cfg.Now, Mailer: cfg.Mailer, PublicURL: cfg.PublicURL})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(front.Close)
+		cfg.Auth = front
 	}
 	srv, err := api.New(cfg)
 	if err != nil {

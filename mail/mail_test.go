@@ -1,24 +1,16 @@
 package mail
 
 import (
-	"bufio"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/base64"
 	"errors"
-	"math/big"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/roosthub/roost/internal/smtptest"
 )
 
 func TestRenderTemplates(t *testing.T) {
@@ -158,23 +150,23 @@ func TestNewSettings(t *testing.T) {
 // test's own on a loopback port: STARTTLS with AUTH PLAIN, implicit TLS,
 // a wrong password, and a server that offers no STARTTLS.
 func TestSMTPMailer(t *testing.T) {
-	cert, pool := testCertificate(t)
+	cert, pool := smtptest.Certificate(t)
 	msg := Message{To: "ada@example.com", Subject: "Reset your password", Text: "link: https://hub.example/reset?token=abc\n", HTML: "<p>hi</p>"}
 
 	t.Run("starttls", func(t *testing.T) {
-		srv := startSMTPServer(t, smtpServerConfig{cert: cert, starttls: true, user: "roost", pass: "s3cret pass"})
-		m, err := NewSMTP(SMTPConfig{URL: "smtp://roost:s3cret%20pass@127.0.0.1:" + srv.port, From: "Roost <roost@example.com>", TLS: &tls.Config{RootCAs: pool}, Timeout: 20 * time.Second})
+		srv := smtptest.Start(t, smtptest.Config{Cert: cert, STARTTLS: true, User: "roost", Pass: "s3cret pass"})
+		m, err := NewSMTP(SMTPConfig{URL: "smtp://roost:s3cret%20pass@127.0.0.1:" + srv.Port, From: "Roost <roost@example.com>", TLS: &tls.Config{RootCAs: pool}, Timeout: 20 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := m.Send(context.Background(), msg); err != nil {
 			t.Fatal(err)
 		}
-		got := srv.only(t)
-		if !got.tls || !got.authed || got.from != "roost@example.com" || strings.Join(got.rcpt, ",") != "ada@example.com" {
-			t.Errorf("session = tls %v, auth %v, from %q, rcpt %v; want TLS, authenticated, roost@example.com to ada@example.com", got.tls, got.authed, got.from, got.rcpt)
+		got := srv.Only(t)
+		if !got.TLS || !got.Authed || got.From != "roost@example.com" || strings.Join(got.Rcpt, ",") != "ada@example.com" {
+			t.Errorf("session = tls %v, auth %v, from %q, rcpt %v; want TLS, authenticated, roost@example.com to ada@example.com", got.TLS, got.Authed, got.From, got.Rcpt)
 		}
-		parsed, err := Parse(got.data)
+		parsed, err := Parse(got.Data)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -184,37 +176,37 @@ func TestSMTPMailer(t *testing.T) {
 	})
 
 	t.Run("implicit tls", func(t *testing.T) {
-		srv := startSMTPServer(t, smtpServerConfig{cert: cert, implicit: true, user: "roost", pass: "pw"})
-		m, err := NewSMTP(SMTPConfig{URL: "smtps://roost:pw@127.0.0.1:" + srv.port, From: "roost@example.com", TLS: &tls.Config{RootCAs: pool}, Timeout: 20 * time.Second})
+		srv := smtptest.Start(t, smtptest.Config{Cert: cert, Implicit: true, User: "roost", Pass: "pw"})
+		m, err := NewSMTP(SMTPConfig{URL: "smtps://roost:pw@127.0.0.1:" + srv.Port, From: "roost@example.com", TLS: &tls.Config{RootCAs: pool}, Timeout: 20 * time.Second})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := m.Send(context.Background(), msg); err != nil {
 			t.Fatal(err)
 		}
-		if got := srv.only(t); !got.tls || !got.authed {
-			t.Errorf("session = tls %v, auth %v; want both", got.tls, got.authed)
+		if got := srv.Only(t); !got.TLS || !got.Authed {
+			t.Errorf("session = tls %v, auth %v; want both", got.TLS, got.Authed)
 		}
 	})
 
 	t.Run("wrong password", func(t *testing.T) {
-		srv := startSMTPServer(t, smtpServerConfig{cert: cert, starttls: true, user: "roost", pass: "right"})
-		m, _ := NewSMTP(SMTPConfig{URL: "smtp://roost:wrong@127.0.0.1:" + srv.port, From: "roost@example.com", TLS: &tls.Config{RootCAs: pool}, Timeout: 20 * time.Second})
+		srv := smtptest.Start(t, smtptest.Config{Cert: cert, STARTTLS: true, User: "roost", Pass: "right"})
+		m, _ := NewSMTP(SMTPConfig{URL: "smtp://roost:wrong@127.0.0.1:" + srv.Port, From: "roost@example.com", TLS: &tls.Config{RootCAs: pool}, Timeout: 20 * time.Second})
 		if err := m.Send(context.Background(), msg); err == nil || !strings.Contains(err.Error(), "535") {
 			t.Errorf("Send with a wrong password = %v, want the server's 535", err)
 		}
 	})
 
 	t.Run("untrusted certificate", func(t *testing.T) {
-		srv := startSMTPServer(t, smtpServerConfig{cert: cert, starttls: true})
-		m, _ := NewSMTP(SMTPConfig{URL: "smtp://127.0.0.1:" + srv.port, From: "roost@example.com", Timeout: 20 * time.Second})
+		srv := smtptest.Start(t, smtptest.Config{Cert: cert, STARTTLS: true})
+		m, _ := NewSMTP(SMTPConfig{URL: "smtp://127.0.0.1:" + srv.Port, From: "roost@example.com", Timeout: 20 * time.Second})
 		if err := m.Send(context.Background(), msg); err == nil {
 			t.Error("Send to a server with an untrusted certificate: got no error")
 		}
 	})
 
 	t.Run("no starttls offered", func(t *testing.T) {
-		srv := startSMTPServer(t, smtpServerConfig{})
+		srv := smtptest.Start(t, smtptest.Config{})
 		// A server on a non-loopback name that offers no STARTTLS is
 		// refused before anything is sent; "localhost" resolves here,
 		// so the refusal is checked through the host check itself.
@@ -222,186 +214,12 @@ func TestSMTPMailer(t *testing.T) {
 			t.Error("isLoopback is wrong")
 		}
 		// On loopback, plain SMTP is allowed (a local relay).
-		m, _ := NewSMTP(SMTPConfig{URL: "smtp://127.0.0.1:" + srv.port, From: "roost@example.com", Timeout: 20 * time.Second})
+		m, _ := NewSMTP(SMTPConfig{URL: "smtp://127.0.0.1:" + srv.Port, From: "roost@example.com", Timeout: 20 * time.Second})
 		if err := m.Send(context.Background(), msg); err != nil {
 			t.Fatalf("plain SMTP to a loopback relay: %v", err)
 		}
-		if got := srv.only(t); got.tls {
+		if got := srv.Only(t); got.TLS {
 			t.Error("the session used TLS; the server offered none")
 		}
 	})
-}
-
-type smtpServerConfig struct {
-	cert       tls.Certificate
-	starttls   bool
-	implicit   bool
-	user, pass string // AUTH PLAIN required when set
-}
-
-type smtpSession struct {
-	tls, authed bool
-	from        string
-	rcpt        []string
-	data        []byte
-}
-
-type smtpServer struct {
-	port     string
-	mu       sync.Mutex
-	sessions []smtpSession
-}
-
-func (s *smtpServer) only(t *testing.T) smtpSession {
-	t.Helper()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if len(s.sessions) != 1 {
-		t.Fatalf("the server saw %d delivered messages, want 1", len(s.sessions))
-	}
-	return s.sessions[0]
-}
-
-// startSMTPServer serves just enough SMTP (RFC 5321, 3207, 4954) for the
-// mailer: EHLO, STARTTLS, AUTH PLAIN, MAIL, RCPT, DATA, QUIT.
-func startSMTPServer(t *testing.T, cfg smtpServerConfig) *smtpServer {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsCfg := &tls.Config{Certificates: []tls.Certificate{cfg.cert}}
-	if cfg.implicit {
-		ln = tls.NewListener(ln, tlsCfg)
-	}
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	srv := &smtpServer{port: port}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(20 * time.Second))
-				srv.serve(c, cfg, tlsCfg)
-			}()
-		}
-	}()
-	return srv
-}
-
-func (s *smtpServer) serve(c net.Conn, cfg smtpServerConfig, tlsCfg *tls.Config) {
-	_, isTLS := c.(*tls.Conn)
-	r, w := bufio.NewReader(c), bufio.NewWriter(c)
-	say := func(line string) { w.WriteString(line + "\r\n"); w.Flush() }
-	var sess smtpSession
-	say("220 test ESMTP")
-	for {
-		line, err := r.ReadString('\n')
-		if err != nil {
-			return
-		}
-		line = strings.TrimRight(line, "\r\n")
-		verb := strings.ToUpper(strings.SplitN(line, " ", 2)[0])
-		switch verb {
-		case "EHLO":
-			w.WriteString("250-test\r\n")
-			if cfg.starttls && !isTLS {
-				w.WriteString("250-STARTTLS\r\n")
-			}
-			if cfg.user != "" {
-				w.WriteString("250-AUTH PLAIN\r\n")
-			}
-			say("250 8BITMIME")
-		case "STARTTLS":
-			say("220 go ahead")
-			tc := tls.Server(c, tlsCfg)
-			if err := tc.Handshake(); err != nil {
-				return
-			}
-			c, isTLS = tc, true
-			r, w = bufio.NewReader(tc), bufio.NewWriter(tc)
-		case "AUTH":
-			f := strings.Fields(line)
-			if len(f) != 3 || f[1] != "PLAIN" {
-				say("504 PLAIN only")
-				continue
-			}
-			b, _ := base64.StdEncoding.DecodeString(f[2])
-			if string(b) != "\x00"+cfg.user+"\x00"+cfg.pass {
-				say("535 5.7.8 authentication failed")
-				continue
-			}
-			sess.authed = true
-			say("235 ok")
-		case "MAIL":
-			if cfg.user != "" && !sess.authed {
-				say("530 authenticate first")
-				continue
-			}
-			sess.from = strings.Trim(strings.TrimPrefix(line[5:], "FROM:"), "<> ")
-			if i := strings.Index(sess.from, ">"); i >= 0 {
-				sess.from = sess.from[:i]
-			}
-			say("250 ok")
-		case "RCPT":
-			sess.rcpt = append(sess.rcpt, strings.Trim(strings.TrimPrefix(line[5:], "TO:"), "<> "))
-			say("250 ok")
-		case "DATA":
-			say("354 go on")
-			var data strings.Builder
-			for {
-				l, err := r.ReadString('\n')
-				if err != nil {
-					return
-				}
-				if l == ".\r\n" {
-					break
-				}
-				data.WriteString(strings.TrimPrefix(l, "."))
-			}
-			sess.data, sess.tls = []byte(data.String()), isTLS
-			s.mu.Lock()
-			s.sessions = append(s.sessions, sess)
-			s.mu.Unlock()
-			say("250 queued")
-		case "QUIT":
-			say("221 bye")
-			return
-		default:
-			say("250 ok")
-		}
-	}
-}
-
-// testCertificate makes a self-signed certificate for 127.0.0.1 and a pool
-// that trusts it.
-func testCertificate(t *testing.T) (tls.Certificate, *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test smtp"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, IsCA: true, BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	pool := x509.NewCertPool()
-	pool.AddCert(leaf)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool
 }

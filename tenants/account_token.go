@@ -145,7 +145,9 @@ func (s *Store) IssueResetToken(ctx context.Context, email string) (Account, str
 	if err != nil {
 		return Account{}, "", err
 	}
-	tok, err := s.issueToken(WithActor(ctx, "account:"+a.ID), a, TokenReset, ResetTokenTTL, "account.password_reset_request")
+	// Anyone may ask for a reset link, so the request is not the
+	// account's doing: it is audited as the caller's, or anonymous.
+	tok, err := s.issueToken(WithActor(ctx, actorFromOr(ctx, "anonymous")), a, TokenReset, ResetTokenTTL, "account.password_reset_request")
 	return a, tok, err
 }
 

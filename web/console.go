@@ -36,6 +36,7 @@ import (
 	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/internal/problem"
+	"github.com/roosthub/roost/mail"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -76,6 +77,10 @@ type Config struct {
 	// Sealer seals destinations' secrets (the API's, with the key ring);
 	// nil: keyed by AdminToken alone.
 	Sealer *dataout.Sealer
+	// Mailer and PublicURL are for the auth front New builds when Auth is
+	// nil: the account mails and the links in them.
+	Mailer    mail.Mailer
+	PublicURL string
 }
 
 // Console is the web console. It is an http.Handler.
@@ -117,7 +122,7 @@ func New(cfg Config) (*Console, error) {
 	}
 	if cfg.Auth == nil {
 		a, err := auth.New(auth.Config{Store: cfg.Store, SigningKey: cfg.SigningKey, TokenTTL: cfg.TokenTTL,
-			AdminToken: cfg.AdminToken, Log: cfg.Log, Now: cfg.Now, Sealer: cfg.Sealer})
+			AdminToken: cfg.AdminToken, Log: cfg.Log, Now: cfg.Now, Sealer: cfg.Sealer, Mailer: cfg.Mailer, PublicURL: cfg.PublicURL})
 		if err != nil {
 			return nil, err
 		}

@@ -11,15 +11,18 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"testing"
 	"time"
 
+	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/broker/store/memory"
 	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/testenv"
+	"github.com/roosthub/roost/mail"
 	"github.com/roosthub/roost/tenants"
 	"github.com/roosthub/roost/web"
 )
@@ -35,6 +38,8 @@ type stack struct {
 	hub      *broker.Hub
 	console  *web.Console
 	logs     *testenv.Buffer
+	// mailDir is where the console's mails are written, one file each.
+	mailDir string
 }
 
 func newStack(t *testing.T) *stack { t.Helper(); return newStackWith(t, nil) }
@@ -84,10 +89,25 @@ func newStackWith(t *testing.T, configure func(*web.Config)) *stack {
 	}
 	go hub.Serve(ln)
 	t.Cleanup(func() { hub.Close() })
-	cfg := web.Config{Store: store, DataPlane: hub, Log: log, SigningKey: bytes.Repeat([]byte("s"), 32),
+	mailer, err := mail.NewFolder(filepath.Join(t.TempDir(), "mail"), "roost@example.com", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := web.Config{Store: store, DataPlane: hub, Log: log, SigningKey: bytes.Repeat([]byte("s"), 32), Mailer: mailer,
 		AdminToken: operatorToken, Endpoints: []web.Endpoint{{Name: "MQTT", URL: "mqtt://" + ln.Addr().String()}}, Webhooks: sender}
 	if configure != nil {
 		configure(&cfg)
+	}
+	if cfg.Auth == nil {
+		// The front is built here, as web.New would, so that the test
+		// waits for its mails before the mail folder is removed.
+		front, err := auth.New(auth.Config{Store: cfg.Store, SigningKey: cfg.SigningKey, TokenTTL: cfg.TokenTTL,
+			AdminToken: cfg.AdminToken, Log: cfg.Log, Now: cfg.Now, Mailer: cfg.Mailer, PublicURL: cfg.PublicURL})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(front.Close)
+		cfg.Auth = front
 	}
 	c, err := web.New(cfg)
 	if err != nil {
@@ -95,7 +115,7 @@ func newStackWith(t *testing.T, configure func(*web.Config)) *stack {
 	}
 	hs := httptest.NewServer(c)
 	t.Cleanup(hs.Close)
-	return &stack{t: t, url: hs.URL, mqttAddr: ln.Addr().String(), store: store, hub: hub, console: c, logs: logs}
+	return &stack{t: t, url: hs.URL, mqttAddr: ln.Addr().String(), store: store, hub: hub, console: c, logs: logs, mailDir: mailer.Dir()}
 }
 
 // browser is a cookie-keeping client that does not follow redirects.
@@ -168,7 +188,26 @@ func (b *browser) signup(name string) string {
 	if a.status != http.StatusSeeOther {
 		b.s.t.Fatalf("signup %s: %d %s", email, a.status, a.body)
 	}
+	b.s.verifyEmail(email)
 	return email
+}
+
+// verifyEmail verifies the account's email through the store, as its
+// mailed link would: buying a plan and adding members need it.
+func (s *stack) verifyEmail(email string) {
+	s.t.Helper()
+	ctx := context.Background()
+	a, err := s.store.Authenticate(ctx, email, "correct horse battery")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	_, tok, err := s.store.IssueVerifyToken(ctx, a.ID)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if _, err := s.store.VerifyEmail(ctx, tok); err != nil {
+		s.t.Fatal(err)
+	}
 }
 
 func (b *browser) tenant(slug string) {

@@ -78,6 +78,9 @@ func verifyWith(t *testing.T, s *stack, email, password string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if a.EmailVerified { // the harness's sign-up verifies
+		return
+	}
 	_, tok, err := s.store.IssueVerifyToken(ctx, a.ID)
 	if err != nil {
 		t.Fatal(err)

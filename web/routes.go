@@ -11,7 +11,7 @@ import (
 // through the admin role.
 func (c *Console) routes() chi.Router {
 	r := chi.NewRouter()
-	r.Use(c.accessLog, secure)
+	r.Use(c.accessLog, secure, withOrigin)
 	r.Handle("/static/*", static())
 	r.Group(func(r chi.Router) {
 		r.Use(c.csrf, c.validText)
@@ -31,6 +31,12 @@ func (c *Console) routes() chi.Router {
 		r.Get("/invite", c.invitePage)
 		r.Post("/invite/signup", c.inviteSignup)
 		r.Post("/logout", c.logout)
+		r.Get("/password/forgot", c.forgotPage)
+		r.Post("/password/forgot", c.forgot)
+		r.Get("/password/reset", c.resetPage)
+		r.Post("/password/reset", c.reset)
+		r.Get("/verify", c.verifyPage)
+		r.Post("/verify", c.verify)
 
 		r.Group(func(r chi.Router) {
 			r.Use(c.signedIn)
@@ -42,6 +48,12 @@ func (c *Console) routes() chi.Router {
 			r.Post("/account/two-factor/recovery-codes", c.twoFactorCodes)
 			r.Post("/invite/accept", c.inviteAccept)
 			r.Post("/tenants", c.tenantCreate)
+			r.Get("/account", c.accountPage)
+			r.Get("/account/activity", c.activityPage)
+			r.Post("/account/password", c.passwordChange)
+			r.Post("/account/verify/resend", c.verifyResend)
+			r.Post("/account/sessions/delete", c.sessionsEndOthers)
+			r.Post("/account/sessions/{id}/delete", c.sessionEnd)
 			r.Route("/tenants/{tenant}", func(r chi.Router) {
 				r.Use(c.member, c.mfaGate)
 				r.Get("/", c.overview)
@@ -63,6 +75,7 @@ func (c *Console) routes() chi.Router {
 				r.Get("/cas", c.casPage)
 				r.Get("/audit", c.auditPage)
 				r.Get("/access", c.accessPage)
+				r.Get("/audit/export", c.auditExport)
 				r.Get("/export-rules", c.exportRulesPage)
 				// Anyone may leave; tenants.By decides who may remove whom.
 				r.Post("/members/{account}/delete", c.memberRemove)
@@ -90,8 +103,8 @@ func (c *Console) routes() chi.Router {
 					r.Post("/live/publish", c.livePublish)
 					r.Post("/api-keys", c.keyCreate)
 					r.Post("/api-keys/{id}/delete", c.keyDelete)
-					r.Post("/members", c.memberAdd)
-					r.Post("/billing/checkout", c.billingCheckout)
+					r.With(c.verifiedOnly).Post("/members", c.memberAdd)
+					r.With(c.verifiedOnly).Post("/billing/checkout", c.billingCheckout)
 					r.Post("/billing/portal", c.billingPortal)
 					r.Post("/billing/cap", c.billingCap)
 					r.Post("/settings", c.settingsUpdate)

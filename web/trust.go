@@ -3,6 +3,7 @@ package web
 import (
 	"errors"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/go-chi/chi/v5"
@@ -56,15 +57,32 @@ func (c *Console) caDelete(w http.ResponseWriter, r *http.Request) {
 
 type auditData struct {
 	Entries []tenants.AuditEntry
-	Next    string
+	// ExportURL downloads the entries the filters select as CSV; NextURL
+	// is the next page's ("" on the last).
+	ExportURL, NextURL string
+	Filtered           bool
 }
 
-// auditPage is the tenant's audit trail, newest first, a page at a time.
+// auditPage is the tenant's audit trail, newest first, a page at a time,
+// filtered by action, actor and dates (auditFilterOf).
 func (c *Console) auditPage(w http.ResponseWriter, r *http.Request) {
-	es, next, err := c.store.Audit(r.Context(), tenantOf(r).Slug, tenants.Page{Limit: 100, Cursor: r.URL.Query().Get("after")})
+	slug := tenantOf(r).Slug
+	f, form := auditFilterOf(r)
+	es, next, err := c.store.AuditWhere(r.Context(), slug, f, tenants.Page{Limit: 100, Cursor: r.URL.Query().Get("after")})
 	if err != nil {
 		c.fail(w, r, err)
 		return
 	}
-	c.render(w, r, http.StatusOK, "audit.html", page{Title: "Audit trail", Nav: "settings", Data: auditData{Entries: es, Next: next}})
+	q := url.Values{}
+	for k, v := range form {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	d := auditData{Entries: es, Filtered: len(q) > 0, ExportURL: "/tenants/" + slug + "/audit/export?" + q.Encode()}
+	if next != "" {
+		q.Set("after", next)
+		d.NextURL = "/tenants/" + slug + "/audit?" + q.Encode()
+	}
+	c.render(w, r, http.StatusOK, "audit.html", page{Title: "Audit trail", Nav: "settings", Form: form, Data: d})
 }

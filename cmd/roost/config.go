@@ -1,9 +1,12 @@
 package main
 
 import (
+	netmail "net/mail"
+
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/roosthub/roost/mail"
 	"net"
 	"net/url"
 	"regexp"
@@ -116,6 +119,11 @@ type config struct {
 	// PasswordHashes bounds the Argon2id password hashes computed at once
 	// (0: sized to the CPUs and memory).
 	PasswordHashes int
+	// SMTPURL is the SMTP server the account mails go through; empty:
+	// each mail is a file in <data dir>/mail.
+	SMTPURL string
+	// MailFrom is the sender of the account mails.
+	MailFrom string
 	// WebhookAllowHosts are hosts (names or IP addresses, comma-separated)
 	// webhooks may reach although they are private or loopback, over plain
 	// http too.
@@ -217,6 +225,8 @@ func (c *config) settings() []setting {
 		{"max-free-tenants", "how many tenants on the free plan one account may own (0: no limit)", "3", &c.MaxFreeTenants},
 		{"tenants-per-day", "how many tenants one account may create in 24 hours, deleted ones included (their slugs stay reserved); 0: no limit", "10", &c.TenantsPerDay},
 		{"signups-per-hour", "sign-ups a control-plane process takes an hour from all addresses together (each address: 30); 0: no limit", "600", &c.SignupsPerHour},
+		{"smtp-url", "SMTP server for account mails (verify, password reset, invitations): smtp://user:password@host:587 (STARTTLS, required off loopback) or smtps://user:password@host:465 (implicit TLS); empty: each mail is written to a file in <data dir>/mail and its path logged", "", &c.SMTPURL},
+		{"mail-from", "sender of account mails", "Roost <roost@localhost>", &c.MailFrom},
 		{"password-hashes", "password hashes (Argon2id, 19 MiB each) computed at once; 0: two per CPU, at most one per 64 MiB of available memory, at least two", "0", &c.PasswordHashes},
 		{"webhook-allow-hosts", "hosts (names or IP addresses, comma-separated, e.g. 127.0.0.1) that webhook destinations may reach although they are loopback, private or link-local, and over plain http; every other private address is refused when the hub connects", "", &c.WebhookAllowHosts},
 		{"secret-keys-old", "earlier operator tokens (comma-separated) after ROOST_ADMIN_TOKEN changed: destination secrets and passwords sealed under them still open, and are sealed again under the current token when next read (a delivery or send test)", "", &c.SecretKeysOld},
@@ -568,6 +578,14 @@ func (c *config) validateAccountLimits() error {
 	}
 	if c.PasswordHashes < 0 || c.PasswordHashes > 1024 {
 		return errors.New("ROOST_PASSWORD_HASHES: must be between 0 (sized to the machine) and 1024")
+	}
+	if _, err := netmail.ParseAddress(c.MailFrom); err != nil {
+		return fmt.Errorf("ROOST_MAIL_FROM: %q is not an address like Roost <roost@example.com>", c.MailFrom)
+	}
+	if c.SMTPURL != "" {
+		if _, err := mail.NewSMTP(mail.SMTPConfig{URL: c.SMTPURL, From: c.MailFrom}); err != nil {
+			return err
+		}
 	}
 	return nil
 }

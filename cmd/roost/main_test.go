@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/roosthub/roost/internal/testenv"
+	"github.com/roosthub/roost/mail"
 )
 
 func env(vars map[string]string) func(string) string {
@@ -312,9 +313,13 @@ func TestServeProfilerOnlyWhenAsked(t *testing.T) {
 // TestServeBilling: with a Stripe key (stripe-mock), a webhook secret and
 // the example plans file, `roost serve` bills: the billing page says so and
 // Checkout answers a URL for a plan the file priced.
+//
+// Checkout needs a verified email: the verification mail, a file in the
+// data dir's mail folder without ROOST_SMTP_URL, carries the token.
 func TestServeBilling(t *testing.T) {
+	dataDir := t.TempDir()
 	h := startServe(t, map[string]string{
-		"ROOST_DATA_DIR":              t.TempDir(),
+		"ROOST_DATA_DIR":              dataDir,
 		"ROOST_STRIPE_KEY":            "sk_test_123",
 		"ROOST_STRIPE_WEBHOOK_SECRET": "whsec_test",
 		"ROOST_STRIPE_API_URL":        testenv.StripeURL(t),
@@ -329,6 +334,11 @@ func TestServeBilling(t *testing.T) {
 		t.Fatalf("create tenant: %d", status)
 	}
 	status, m = post(t, h.url+"/v1/tenants/acme/billing/checkout", token, map[string]string{"plan": "business"})
+	if status != 403 || m["code"] != "email_unverified" {
+		t.Fatalf("checkout before the email is verified: %d %v, want 403 email_unverified", status, m)
+	}
+	verifyByMail(t, h.url, filepath.Join(dataDir, "mail"), "b@example.com")
+	status, m = post(t, h.url+"/v1/tenants/acme/billing/checkout", token, map[string]string{"plan": "business"})
 	if u, _ := m["url"].(string); status != 200 || !strings.HasPrefix(u, "https://") {
 		t.Fatalf("checkout: %d %v", status, m)
 	}
@@ -338,5 +348,28 @@ func TestServeBilling(t *testing.T) {
 	}
 	if !strings.Contains(h.stderr.String(), "billing on") {
 		t.Errorf("the log does not say billing is on:\n%s", h.stderr)
+	}
+}
+
+// verifyByMail waits (up to 20 s) for the verification mail to email in
+// dir, checks that its link points at the console, and verifies with it.
+func verifyByMail(t *testing.T, url, dir, email string) {
+	t.Helper()
+	re := regexp.MustCompile(`(http://[^\s]+)/verify\?token=([A-Za-z0-9_.-]+)`)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ms, _ := mail.ReadFolder(dir)
+		for _, m := range ms {
+			if g := re.FindStringSubmatch(m.Text); m.To == email && g != nil {
+				if status, r := post(t, url+"/v1/verify", "", map[string]string{"token": g[2]}); status != 200 || r["email_verified"] != true {
+					t.Fatalf("verify: %d %v", status, r)
+				}
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no verification mail to %s in %s after 20 s (%d mails)", email, dir, len(ms))
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"github.com/roosthub/roost/mail"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -176,10 +177,17 @@ func (d planeDeps) controlHandler(signingKey []byte, localAddr string, endpoints
 	}
 	ac := c.authConfig()
 	ac.Store, ac.SigningKey, ac.AdminToken, ac.Log, ac.Sealer = d.store, signingKey, d.adminToken, log, sealer
+	ac.Mailer, err = mail.New(c.SMTPURL, c.DataDir, c.MailFrom, log.With("part", "mail"))
+	if err != nil {
+		return nil, nil, err
+	}
+	ac.PublicURL = strings.TrimSuffix(cmp.Or(c.PublicURL, "http://"+localAddr), "/")
 	front, err := auth.New(ac)
 	if err != nil {
 		return nil, nil, err
 	}
+	// The mails being sent when the process stops are waited for.
+	tasks = append(tasks, func(ctx context.Context) error { <-ctx.Done(); front.Close(); return nil })
 	hooks, err := c.webhookSender()
 	if err != nil {
 		return nil, nil, err
