@@ -299,7 +299,7 @@ var settingGroups = []struct {
 	{"Device listeners and TLS", []string{"mqtt-addr", "mqtt-tls-addr", "ws-addr", "wss-addr", "tls-cert", "tls-key", "dev-tls", "mqtt-domain", "proxy-protocol"}},
 	{"Device connection limits", []string{"connect-timeout", "max-handshakes", "max-handshakes-per-address", "max-handshakes-per-endpoint",
 		"handshake-rate-per-address", "handshake-burst-per-address", "handshake-rate-per-endpoint", "handshake-burst-per-endpoint", "max-node-connections", "instance-idle"}},
-	{"Accounts and sign-up limits", []string{"max-free-tenants", "tenants-per-day", "signups-per-hour", "password-hashes", "oidc-issuers"}},
+	{"Accounts and sign-up limits", []string{"max-free-tenants", "tenants-per-day", "signups-per-hour", "password-hashes", "oidc-issuers", "smtp-url", "mail-from"}},
 	{"Billing (Stripe)", []string{"stripe-key", "stripe-webhook-secret", "stripe-api-url", "stripe-meter-event", "plans-file", "billing-grace"}},
 	{"Events, Kafka and webhooks", []string{"kafka-brokers", "webhook-allow-hosts", "webhook-timeout", "webhook-batch", "webhook-retry-horizon"}},
 	{"Fleet (control and data planes apart)", []string{"node-url", "forward-addr", "fleet-spread", "fleet-fabric", "fleet-widen-at"}},
