@@ -37,7 +37,7 @@ type page struct {
 	Data   any
 	// Billing: the hub bills its tenants (Stripe is set up).
 	Billing bool
-	// SSO are the single sign-on issuers, for the login and sign-up pages.
+	// SSO are the single sign-on issuers, for the login page.
 	SSO []auth.OIDCIssuer
 }
 
@@ -158,7 +158,7 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, nam
 	}
 	p.Operator, _ = ctx.Value(keyOperator).(bool)
 	p.Billing = c.cfg.Billing.Enabled()
-	if name == "login.html" || name == "signup.html" {
+	if name == "login.html" {
 		p.SSO = c.auth.SSOIssuers()
 	}
 	if t := tenantOf(r); t != nil && p.Tenant == nil {
