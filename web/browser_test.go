@@ -139,6 +139,7 @@ func TestBrowserFirstMessage(t *testing.T) {
 		chromedp.SendKeys(css(`#slug`), "acme"),
 		chromedp.SendKeys(css(`#name`), "Acme Sensors"),
 		chromedp.Submit(css(`#slug`)),
+		chromedp.WaitNotPresent(css(`#slug`)), // off the tenants page, whose form has a #name too
 		chromedp.WaitVisible(css(`#name`)),
 	)
 	screenshot(t, ctx, "03-devices-empty")

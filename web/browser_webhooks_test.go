@@ -48,6 +48,7 @@ func TestBrowserWebhooks(t *testing.T) {
 		chromedp.WaitVisible(css(`#slug`)),
 		chromedp.SendKeys(css(`#slug`), "acme"),
 		chromedp.Submit(css(`#slug`)),
+		chromedp.WaitNotPresent(css(`#slug`)), // off the tenants page, whose form has a #name too
 		chromedp.WaitVisible(css(`#name`)),
 	)
 	run("add a webhook",
