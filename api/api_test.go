@@ -298,6 +298,9 @@ func TestCrossTenantMatrix(t *testing.T) {
 	want(t, ca, 201, "register a CA")
 	aCAID := ca.str("id")
 	aDestID := e.mustDestination(alice.token, "tenant-a", "a-hook")
+	inv := e.do("POST", "/v1/tenants/tenant-a/invites", alice.token, map[string]string{"email": "invited@example.com", "role": "viewer"})
+	want(t, inv, 201, "invite to tenant A")
+	aInviteID := inv.str("id")
 	_, bobKey := e.mustKey(bob.token, "tenant-b", tenants.RoleOwner)
 	before := snapshot(e, alice.token, "tenant-a")
 	e.bodies = &testenv.Buffer{} // from here on, A's secret must not show
@@ -326,6 +329,9 @@ func TestCrossTenantMatrix(t *testing.T) {
 		}
 		if strings.Contains(route, "/destinations/") {
 			id = aDestID
+		}
+		if strings.Contains(route, "/invites/") {
+			id = aInviteID
 		}
 		aIDs := map[string]string{"tenant": "tenant-a", "device": "a-dev", "id": id, "account": alice.id}
 		paths := []string{fill(route, aIDs)}
@@ -371,7 +377,7 @@ func TestCrossTenantMatrix(t *testing.T) {
 // snapshot renders everything a tenant holds, to compare before and after.
 func snapshot(e *env, tok, tenant string) string {
 	var b strings.Builder
-	for _, p := range []string{"", "/devices", "/acl/rules", "/api-keys", "/members", "/rules", "/devices/a-dev/keys", "/devices/a-dev/certificates", "/devices/a-dev/shadow", "/cas", "/destinations"} {
+	for _, p := range []string{"", "/devices", "/acl/rules", "/api-keys", "/members", "/rules", "/devices/a-dev/keys", "/devices/a-dev/certificates", "/devices/a-dev/shadow", "/cas", "/destinations", "/mfa", "/invites"} {
 		r := e.do("GET", "/v1/tenants/"+tenant+p, tok, nil)
 		if r.status != http.StatusOK { // a problem carries a request id
 			fmt.Fprintf(&b, "%s=%d\n", p, r.status)

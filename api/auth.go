@@ -201,6 +201,15 @@ func (s *Server) tenantAccess(next http.Handler) http.Handler {
 			s.fail(w, r, errorf(http.StatusNotFound, "not_found", "tenant "+slug+" not found"))
 			return
 		}
+		// A tenant that requires two-factor sign-in refuses its members
+		// who have not turned it on (403 mfa_required); API keys are the
+		// tenant's own and pass.
+		if p.account != nil {
+			if err := s.store.MFAGate(r.Context(), slug, p.account.ID); err != nil {
+				s.fail(w, r, err)
+				return
+			}
+		}
 		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), roleKey{}, role)))
 	})
 }

@@ -58,7 +58,7 @@ func handleSignup(front *auth.Service) handler {
 		if err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusCreated, sessionView{Token: is.Token, ExpiresAt: is.ExpiresAt, Account: is.Account})
+		writeIssued(w, http.StatusCreated, is)
 		return nil
 	}
 }
@@ -78,7 +78,7 @@ func handleLogin(front *auth.Service) handler {
 		if err != nil {
 			return err
 		}
-		writeJSON(w, http.StatusOK, sessionView{Token: is.Token, ExpiresAt: is.ExpiresAt, Account: is.Account})
+		writeIssued(w, http.StatusOK, is)
 		return nil
 	}
 }

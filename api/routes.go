@@ -29,6 +29,8 @@ func (s *Server) routes() chi.Router {
 	r.Route("/v1", func(r chi.Router) {
 		r.Post("/signup", s.serve(handleSignup(s.auth)))
 		r.Post("/login", s.serve(handleLogin(s.auth)))
+		// The second step of a login for an account with two-factor on.
+		r.Post("/login/mfa", s.serve(handleLoginMFA(s.auth)))
 		r.Post("/password/forgot", s.serve(handlePasswordForgot(s.auth)))
 		r.Post("/password/reset", s.serve(handlePasswordReset(s.auth)))
 		r.Post("/verify", s.serve(handleVerify(s.auth)))
@@ -39,6 +41,12 @@ func (s *Server) routes() chi.Router {
 			r.Use(s.authenticate)
 			r.Post("/logout", s.serve(handleLogout(s.auth)))
 			r.Get("/me", s.serve(handleMe(s.auth)))
+			r.Get("/me/mfa", s.serve(handleMFAGet(s.auth)))
+			r.Post("/invites/accept", s.serve(handleInviteAccept(s.auth)))
+			r.Post("/me/mfa/setup", s.serve(handleMFASetup(s.auth)))
+			r.Post("/me/mfa/enable", s.serve(handleMFAEnable(s.auth)))
+			r.Post("/me/mfa/disable", s.serve(handleMFADisable(s.auth)))
+			r.Post("/me/mfa/recovery-codes", s.serve(handleMFARecoveryCodes(s.auth)))
 			r.Post("/password", s.serve(handlePasswordChange(s.auth)))
 			r.Post("/verify/resend", s.serve(handleVerifyResend(s.auth)))
 			r.Get("/sessions", s.serve(handleSessionList(s.auth)))
@@ -95,7 +103,12 @@ func (s *Server) routes() chi.Router {
 				r.With(admin).Delete("/api-keys/{id}", s.serve(handleAPIKeyDelete(st)))
 
 				r.With(viewer).Get("/members", s.serve(handleMemberList(st)))
+				r.With(viewer).Get("/mfa", s.serve(handleTenantMFAGet(s.auth)))
+				r.With(owner).Put("/mfa", s.serve(handleTenantMFASet(s.auth)))
 				r.With(admin, s.verifiedEmail).Post("/members", s.serve(handleMemberAdd(s.auth)))
+				r.With(viewer).Get("/invites", s.serve(handleInviteList(s.auth)))
+				r.With(admin, s.verifiedEmail).Post("/invites", s.serve(handleInviteCreate(st, s.auth)))
+				r.With(admin).Delete("/invites/{id}", s.serve(handleInviteRevoke(s.auth)))
 				// Anyone may leave; tenants.By decides the rest.
 				r.With(viewer).Delete("/members/{account}", s.serve(handleMemberRemove(s.auth)))
 

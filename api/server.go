@@ -118,7 +118,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Auth == nil {
 		a, err := auth.New(auth.Config{Store: cfg.Store, SigningKey: cfg.SigningKey, TokenTTL: cfg.TokenTTL,
-			AdminToken: cfg.AdminToken, Log: cfg.Log, Now: cfg.Now, Mailer: cfg.Mailer, PublicURL: cfg.PublicURL})
+			AdminToken: cfg.AdminToken, Log: cfg.Log, Now: cfg.Now, Sealer: cfg.Sealer, Mailer: cfg.Mailer, PublicURL: cfg.PublicURL})
 		if err != nil {
 			return nil, err
 		}

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/internal/session"
 	"github.com/roosthub/roost/mail"
 	"github.com/roosthub/roost/tenants"
@@ -45,6 +46,11 @@ type Config struct {
 	// SignupsPerHour bounds the sign-ups the process takes an hour from
 	// everyone together; DefaultSignupsPerHour if zero, none if negative.
 	SignupsPerHour int
+	// Sealer seals two-factor secrets at rest (the key ring destination
+	// secrets are sealed with); nil: one keyed from AdminToken.
+	Sealer *dataout.Sealer
+	// OIDC are the OpenID Connect issuers people may sign in with.
+	OIDC []OIDCIssuer
 	// Mailer sends the account mails (verify, reset, password changed);
 	// nil: they are logged and dropped.
 	Mailer mail.Mailer
@@ -90,6 +96,10 @@ type Service struct {
 	signupAll budget
 	tenants   tenants.TenantLimits
 	operator  *Operator
+	// sealer seals two-factor secrets (mfa.go).
+	sealer *dataout.Sealer
+	// sso signs people in at OpenID Connect issuers (oidc.go).
+	sso *ssoClients
 	// out sends mail; publicURL prefixes the links in it.
 	out       *outbox
 	publicURL string
@@ -124,6 +134,13 @@ func New(cfg Config) (*Service, error) {
 	if cfg.SignupsPerHour == 0 {
 		cfg.SignupsPerHour = DefaultSignupsPerHour
 	}
+	if cfg.Sealer == nil {
+		sealer, err := dataout.NewSealer(dataout.KeyFromToken(cfg.AdminToken))
+		if err != nil {
+			return nil, err
+		}
+		cfg.Sealer = sealer
+	}
 	lim := newLimiter(cfg.Now)
 	s := &Service{
 		store:     cfg.Store,
@@ -135,12 +152,18 @@ func New(cfg Config) (*Service, error) {
 		signupAll: budget{name: "signup", perHour: max(cfg.SignupsPerHour, 0)},
 		tenants:   tenants.TenantLimits{MaxFree: max(cfg.MaxFreeTenants, 0), PerDay: max(cfg.TenantsPerDay, 0)},
 		operator:  &Operator{token: cfg.AdminToken, lim: lim, log: cfg.Log},
+		sealer:    cfg.Sealer,
 		publicURL: strings.TrimSuffix(cfg.PublicURL, "/"),
 	}
 	if cfg.Mailer == nil {
 		cfg.Mailer = logMailer{cfg.Log}
 	}
 	s.out = &outbox{mailer: cfg.Mailer, slots: make(chan struct{}, 64)}
+	sso, err := newSSOClients(cfg.OIDC, cfg.Log)
+	if err != nil {
+		return nil, err
+	}
+	s.sso = sso
 	return s, nil
 }
 

@@ -22,6 +22,10 @@ type Issued struct {
 	// signed in to an existing one; the answers do not show it.
 	Created bool            `json:"-"`
 	Session tenants.Session `json:"-"`
+	// MFAToken, when set, is all a login got: the account has two-factor
+	// sign-in on, and CompleteMFA exchanges this token and a code for the
+	// session (Token is empty until then).
+	MFAToken string `json:"-"`
 }
 
 // pair names an (account, address) pair.
@@ -107,6 +111,16 @@ func (s *Service) SignUp(ctx context.Context, in tenants.Signup, addr string) (I
 }
 
 func (s *Service) startAccount(ctx context.Context, a tenants.Account, created bool) (Issued, error) {
+	// The second-factor hook (mfa.go): an account with two-factor on gets
+	// a challenge, not a session.
+	if tok, exp, err := s.mfaChallenge(ctx, a); err != nil || tok != "" {
+		return Issued{MFAToken: tok, ExpiresAt: exp, Account: a}, err
+	}
+	return s.startAccountSession(ctx, a, created)
+}
+
+// startAccountSession starts a's session, its sign-in complete.
+func (s *Service) startAccountSession(ctx context.Context, a tenants.Account, created bool) (Issued, error) {
 	is, err := s.start(ctx, tenants.SessionAccount, a.ID, a.ID, "", s.ttl)
 	if err != nil {
 		return Issued{}, err

@@ -94,7 +94,7 @@ func (c *Console) signup(w http.ResponseWriter, r *http.Request) {
 	is, err := c.auth.SignUp(r.Context(), tenants.Signup{Email: email, Password: password}, clientIP(r))
 	switch {
 	case err == nil:
-		c.startSession(w, r, is, "/tenants")
+		c.signedInOrChallenge(w, r, is, "/tenants")
 	case errors.Is(err, tenants.ErrThrottled):
 		p.Errors = map[string]string{"_": capital(err.Error()) + "."}
 		c.renderRetry(w, r, err, "signup.html", p)
@@ -143,7 +143,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	is, err := c.auth.LogIn(r.Context(), email, r.PostFormValue("password"), clientIP(r))
 	switch {
 	case err == nil:
-		c.startSession(w, r, is, next)
+		c.signedInOrChallenge(w, r, is, next)
 	case errors.Is(err, tenants.ErrThrottled):
 		p.Errors = map[string]string{"_": capital(err.Error()) + "."}
 		c.renderRetry(w, r, err, "login.html", p)

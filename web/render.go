@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -36,6 +37,8 @@ type page struct {
 	Data   any
 	// Billing: the hub bills its tenants (Stripe is set up).
 	Billing bool
+	// SSO are the single sign-on issuers, for the login page.
+	SSO []auth.OIDCIssuer
 }
 
 // CanWrite reports whether the visitor may change the tenant.
@@ -76,7 +79,7 @@ var funcs = template.FuncMap{
 	"navItems": func() [][3]string {
 		return [][3]string{{"overview", "", "Overview"}, {"devices", "/devices", "Devices"}, {"acl", "/acl", "Rules"}, {"webhooks", "/webhooks", "Webhooks"},
 			{"live", "/live", "Live"}, {"retained", "/retained", "Retained"}, {"usage", "/usage", "Usage"}, {"events", "/events", "Events"},
-			{"keys", "/api-keys", "API keys"}, {"members", "/members", "Members"}, {"billing", "/billing", "Billing"},
+			{"keys", "/api-keys", "API keys"}, {"members", "/members", "Members"}, {"access", "/access", "Access"}, {"billing", "/billing", "Billing"},
 			{"settings", "/settings", "Settings"}}
 	},
 	"sub": func(a, b int) int { return a - b },
@@ -155,6 +158,9 @@ func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, nam
 	}
 	p.Operator, _ = ctx.Value(keyOperator).(bool)
 	p.Billing = c.cfg.Billing.Enabled()
+	if name == "login.html" {
+		p.SSO = c.auth.SSOIssuers()
+	}
 	if t := tenantOf(r); t != nil && p.Tenant == nil {
 		p.Tenant, p.Role = t, roleOf(r)
 	}
@@ -217,6 +223,14 @@ var flashes = map[string]string{
 	// Retained messages and a device's queue (retained.go).
 	"retained-deleted": "Retained message cleared.",
 	"queue-purged":     "The device's queued messages were dropped.",
+
+	// Two-factor sign-in and invites (mfa.go, access.go, invite.go).
+	"mfa-off":         "Two-factor sign-in is off.",
+	"invited":         "Invite sent.",
+	"invite-revoked":  "Invite revoked.",
+	"invite-accepted": "Welcome: you joined the tenant.",
+	"mfa-required":    "Two-factor sign-in is now required of every member.",
+	"mfa-optional":    "Two-factor sign-in is no longer required.",
 }
 
 // redirect answers a form with See Other to a page of the console.

@@ -24,6 +24,12 @@ func (c *Console) routes() chi.Router {
 		r.Post("/signup", c.signup)
 		r.Get("/login", c.loginPage)
 		r.Post("/login", c.login)
+		r.Post("/login/mfa", c.loginMFA)
+		r.Get("/login/sso/{issuer}", c.ssoStart)
+		r.Get("/login/sso/{issuer}/callback", c.ssoCallback)
+		// An invite's link: sign up or log in, then accept.
+		r.Get("/invite", c.invitePage)
+		r.Post("/invite/signup", c.inviteSignup)
 		r.Post("/logout", c.logout)
 		r.Get("/password/forgot", c.forgotPage)
 		r.Post("/password/forgot", c.forgot)
@@ -35,6 +41,12 @@ func (c *Console) routes() chi.Router {
 		r.Group(func(r chi.Router) {
 			r.Use(c.signedIn)
 			r.Get("/tenants", c.tenantList)
+			r.Get("/account/two-factor", c.twoFactorPage)
+			r.Post("/account/two-factor/setup", c.twoFactorSetup)
+			r.Post("/account/two-factor/enable", c.twoFactorEnable)
+			r.Post("/account/two-factor/disable", c.twoFactorDisable)
+			r.Post("/account/two-factor/recovery-codes", c.twoFactorCodes)
+			r.Post("/invite/accept", c.inviteAccept)
 			r.Post("/tenants", c.tenantCreate)
 			r.Get("/account", c.accountPage)
 			r.Get("/account/activity", c.activityPage)
@@ -43,7 +55,7 @@ func (c *Console) routes() chi.Router {
 			r.Post("/account/sessions/delete", c.sessionsEndOthers)
 			r.Post("/account/sessions/{id}/delete", c.sessionEnd)
 			r.Route("/tenants/{tenant}", func(r chi.Router) {
-				r.Use(c.member)
+				r.Use(c.member, c.mfaGate)
 				r.Get("/", c.overview)
 				r.Get("/devices", c.deviceList)
 				r.Get("/devices/{device}", c.deviceDetail)
@@ -63,6 +75,7 @@ func (c *Console) routes() chi.Router {
 				r.Get("/settings", c.settingsPage)
 				r.Get("/cas", c.casPage)
 				r.Get("/audit", c.auditPage)
+				r.Get("/access", c.accessPage)
 				r.Get("/audit/export", c.auditExport)
 				r.Get("/export-rules", c.exportRulesPage)
 				// Anyone may leave; tenants.By decides who may remove whom.
@@ -99,6 +112,10 @@ func (c *Console) routes() chi.Router {
 					r.Post("/billing/portal", c.billingPortal)
 					r.Post("/billing/cap", c.billingCap)
 					r.Post("/settings", c.settingsUpdate)
+					// Owners only: tenants.Store.SetTenantRequiresMFA.
+					r.Post("/access/mfa", c.accessMFA)
+					r.Post("/invites", c.inviteCreate)
+					r.Post("/invites/{id}/delete", c.inviteRevoke)
 					r.Post("/cas", c.caCreate)
 					r.Post("/cas/{id}/delete", c.caDelete)
 					r.Post("/export-rules", c.exportRuleCreate)

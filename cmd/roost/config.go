@@ -130,6 +130,9 @@ type config struct {
 	WebhookAllowHosts string
 	// WebhookTimeout bounds one webhook request.
 	WebhookTimeout time.Duration
+	// OIDCIssuers are the OpenID Connect issuers people may sign in with:
+	// a JSON list (auth.ParseOIDCIssuers).
+	OIDCIssuers string
 	// SecretKeysOld are earlier operator tokens (comma-separated) whose
 	// sealed destination secrets still open (a key ring).
 	SecretKeysOld string
@@ -179,6 +182,7 @@ func (c *config) settings() []setting {
 		{"mqtt-addr", "address of the MQTT listener (TCP)", ":1883", &c.MQTTAddr},
 		{"admin-token", "operator token for /v1/admin; empty: generated on first start and kept in the data dir", "", &c.AdminToken},
 		{"public-url", "URL users reach the API at, for links and messages", "", &c.PublicURL},
+		{"oidc-issuers", `OpenID Connect issuers people may sign in with (single sign-on): a JSON list of {"name","label","issuer","client_id","client_secret"}; the callback to register is <public URL>/login/sso/<name>/callback`, "", &c.OIDCIssuers},
 		{"log-format", "text or json", "text", &c.LogFormat},
 		{"token-ttl", "lifetime of a console session token", "12h", &c.TokenTTL},
 		{"connect-timeout", "how long a new MQTT connection may take to send CONNECT", "10s", &c.ConnectTimeout},
@@ -295,7 +299,7 @@ var settingGroups = []struct {
 	{"Device listeners and TLS", []string{"mqtt-addr", "mqtt-tls-addr", "ws-addr", "wss-addr", "tls-cert", "tls-key", "dev-tls", "mqtt-domain", "proxy-protocol"}},
 	{"Device connection limits", []string{"connect-timeout", "max-handshakes", "max-handshakes-per-address", "max-handshakes-per-endpoint",
 		"handshake-rate-per-address", "handshake-burst-per-address", "handshake-rate-per-endpoint", "handshake-burst-per-endpoint", "max-node-connections", "instance-idle"}},
-	{"Accounts and sign-up limits", []string{"max-free-tenants", "tenants-per-day", "signups-per-hour", "password-hashes", "smtp-url", "mail-from"}},
+	{"Accounts and sign-up limits", []string{"max-free-tenants", "tenants-per-day", "signups-per-hour", "password-hashes", "oidc-issuers", "smtp-url", "mail-from"}},
 	{"Billing (Stripe)", []string{"stripe-key", "stripe-webhook-secret", "stripe-api-url", "stripe-meter-event", "plans-file", "billing-grace"}},
 	{"Events, Kafka and webhooks", []string{"kafka-brokers", "webhook-allow-hosts", "webhook-timeout", "webhook-batch", "webhook-retry-horizon"}},
 	{"Fleet (control and data planes apart)", []string{"node-url", "forward-addr", "fleet-spread", "fleet-fabric", "fleet-widen-at"}},
@@ -377,6 +381,9 @@ func (c *config) Validate() error {
 	}
 	if err := validAddr(c.HTTPAddr); err != nil {
 		return fmt.Errorf("ROOST_HTTP_ADDR: %w", err)
+	}
+	if _, err := auth.ParseOIDCIssuers(c.OIDCIssuers); err != nil {
+		return fmt.Errorf("ROOST_OIDC_ISSUERS: %w", err)
 	}
 	if err := validAddr(c.MQTTAddr); err != nil {
 		return fmt.Errorf("ROOST_MQTT_ADDR: %w", err)
@@ -588,6 +595,7 @@ func (c *config) validateAccountLimits() error {
 // authConfig is the auth front's share of the settings.
 func (c *config) authConfig() auth.Config {
 	cfg := auth.Config{TokenTTL: c.TokenTTL, MaxFreeTenants: c.MaxFreeTenants, TenantsPerDay: c.TenantsPerDay, SignupsPerHour: c.SignupsPerHour}
+	cfg.OIDC, _ = auth.ParseOIDCIssuers(c.OIDCIssuers) // checked by Validate
 	if c.MaxFreeTenants == 0 {
 		cfg.MaxFreeTenants = -1 // no limit
 	}

@@ -171,8 +171,12 @@ func (d planeDeps) controlHandler(signingKey []byte, localAddr string, endpoints
 	if c.PasswordHashes > 0 {
 		d.store.SetPasswordHashes(c.PasswordHashes)
 	}
+	sealer, err := c.sealer(d.adminToken)
+	if err != nil {
+		return nil, nil, err
+	}
 	ac := c.authConfig()
-	ac.Store, ac.SigningKey, ac.AdminToken, ac.Log = d.store, signingKey, d.adminToken, log
+	ac.Store, ac.SigningKey, ac.AdminToken, ac.Log, ac.Sealer = d.store, signingKey, d.adminToken, log, sealer
 	ac.Mailer, err = mail.New(c.SMTPURL, c.DataDir, c.MailFrom, log.With("part", "mail"))
 	if err != nil {
 		return nil, nil, err
@@ -185,10 +189,6 @@ func (d planeDeps) controlHandler(signingKey []byte, localAddr string, endpoints
 	// The mails being sent when the process stops are waited for.
 	tasks = append(tasks, func(ctx context.Context) error { <-ctx.Done(); front.Close(); return nil })
 	hooks, err := c.webhookSender()
-	if err != nil {
-		return nil, nil, err
-	}
-	sealer, err := c.sealer(d.adminToken)
 	if err != nil {
 		return nil, nil, err
 	}

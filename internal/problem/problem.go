@@ -46,6 +46,7 @@ var kinds = []struct {
 	{tenants.ErrUnauthorized, http.StatusUnauthorized, "unauthorized"},
 	{tenants.ErrForbidden, http.StatusForbidden, "forbidden"},
 	{tenants.ErrQuotaExceeded, http.StatusForbidden, "quota_exceeded"},
+	{tenants.ErrMFARequired, http.StatusForbidden, "mfa_required"},
 	{tenants.ErrThrottled, http.StatusTooManyRequests, "too_many_attempts"},
 	{tenants.ErrUnavailable, http.StatusServiceUnavailable, "unavailable"},
 }
