@@ -58,6 +58,9 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"Events", testEvents},
 		{"EventsConcurrentWriters", testEventsConcurrentWriters},
 		{"Shadows", testShadows},
+		// Issue 22: groups, metadata in policy, bulk import, provisioning.
+		{"DeviceGroups", testDeviceGroups},
+		{"GroupACL", testGroupACL},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
