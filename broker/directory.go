@@ -218,6 +218,11 @@ func (c *directoryCache) invalidate(ch tenants.Change) {
 		c.devices.lru.Remove(deviceKey{ch.Tenant, ch.Device})
 		c.keys.lru.Remove(deviceKey{ch.Tenant, ch.Device})
 		c.certs.lru.Remove(deviceKey{ch.Tenant, ch.Device})
+	case tenants.DevicesImported:
+		// New devices have no connections: only answers are dropped.
+		c.devices.lru.RemoveIf(func(k deviceKey) bool { return k.tenant == ch.Tenant })
+		c.keys.lru.RemoveIf(func(k deviceKey) bool { return k.tenant == ch.Tenant })
+		c.certs.lru.RemoveIf(func(k deviceKey) bool { return k.tenant == ch.Tenant })
 	case tenants.CAChanged:
 		c.cas.lru.Remove(ch.Tenant)
 	case tenants.Resync:

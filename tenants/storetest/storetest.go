@@ -61,6 +61,7 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		// Issue 22: groups, metadata in policy, bulk import, provisioning.
 		{"DeviceGroups", testDeviceGroups},
 		{"GroupACL", testGroupACL},
+		{"ImportDevices", testImportDevices},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
