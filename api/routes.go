@@ -81,6 +81,7 @@ func (s *Server) routes() chi.Router {
 				// segment, never a {device}: device names have no ':'.
 				r.With(viewer).Get("/groups", s.serve(handleGroupList(st)))
 				r.With(admin).Post("/groups/{group}/messages", s.serve(handleGroupPublish(st, s.dataPlane)))
+				r.With(admin).Post("/devices:import", s.serve(handleDeviceImport(st)))
 
 				r.With(viewer).Get("/api-keys", s.serve(handleAPIKeyList(st)))
 				r.With(admin).Post("/api-keys", s.serve(handleAPIKeyCreate(st)))
