@@ -1,10 +1,8 @@
 package api
 
 import (
-	"bytes"
 	"context"
 	"encoding/csv"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -55,12 +53,12 @@ func handleDeviceImport(di deviceImporter) handler {
 		}
 		var rows []tenants.ImportRow
 		if mt == "text/csv" {
-			rows, err = parseImportCSV(body)
+			rows, err = tenants.ParseImportCSV(body)
 		} else {
-			rows, err = parseImportNDJSON(body)
+			rows, err = tenants.ParseImportNDJSON(body)
 		}
 		if err != nil {
-			return err
+			return importFileError(err)
 		}
 		tenant := chi.URLParam(r, "tenant")
 		res, err := di.ImportDevices(r.Context(), tenant, rows, mode)
@@ -126,132 +124,14 @@ func writeImportCSV(w http.ResponseWriter, status int, tenant string, res tenant
 	return nil
 }
 
-// parseImportCSV reads a CSV file whose header row names its columns:
-// name first, then any of groups (names separated by ';'), enabled,
-// client_ids and metadata.<key> (an empty cell sets no key). Rows are
-// numbered as in the file, the header being row 1. A malformed file or
-// header is an error for the whole request; a malformed row is that row's.
-func parseImportCSV(body []byte) ([]tenants.ImportRow, error) {
-	cr := csv.NewReader(bytes.NewReader(body))
-	cr.FieldsPerRecord = -1
-	header, err := cr.Read()
-	if err == io.EOF {
-		return nil, &httpError{status: http.StatusBadRequest, code: "invalid", field: "header", msg: "the file is empty: a header row is required, name first"}
+// importFileError answers a file that cannot be imported at all.
+func importFileError(err error) error {
+	var fe *tenants.ImportFileError
+	switch {
+	case !errors.As(err, &fe):
+		return err
+	case fe.TooManyRows:
+		return &httpError{status: http.StatusRequestEntityTooLarge, code: "too_many_rows", msg: fe.Error()}
 	}
-	if err != nil {
-		return nil, csvError(err)
-	}
-	if len(header) > 0 {
-		header[0] = strings.TrimPrefix(header[0], "\ufeff") // a spreadsheet's byte order mark
-	}
-	if len(header) == 0 || strings.TrimSpace(header[0]) != "name" {
-		return nil, &httpError{status: http.StatusBadRequest, code: "invalid", field: "header", msg: "the header row must start with name"}
-	}
-	seen := map[string]bool{}
-	for i, h := range header {
-		h = strings.TrimSpace(h)
-		header[i] = h
-		switch {
-		case h == "name" && i == 0, h == "groups", h == "enabled", h == "client_ids":
-		case strings.HasPrefix(h, "metadata.") && len(h) > len("metadata."):
-		default:
-			return nil, &httpError{status: http.StatusBadRequest, code: "invalid", field: "header",
-				msg: fmt.Sprintf("column %d, %q, is not one of name, groups, enabled, client_ids or metadata.<key>", i+1, h)}
-		}
-		if seen[h] {
-			return nil, &httpError{status: http.StatusBadRequest, code: "invalid", field: "header", msg: fmt.Sprintf("column %q repeats", h)}
-		}
-		seen[h] = true
-	}
-	var rows []tenants.ImportRow
-	for n := 2; ; n++ {
-		rec, err := cr.Read()
-		if err == io.EOF {
-			return rows, nil
-		}
-		if err != nil {
-			return nil, csvError(err)
-		}
-		if len(rows) == tenants.MaxImportRows {
-			return nil, tooManyRows()
-		}
-		row := tenants.ImportRow{Row: n}
-		if len(rec) != len(header) {
-			row.Err = &tenants.FieldError{Field: "row", Message: fmt.Sprintf("has %d fields, the header %d", len(rec), len(header))}
-			rows = append(rows, row)
-			continue
-		}
-		in := &row.Input
-		for i, v := range rec {
-			v = strings.TrimSpace(v)
-			switch h := header[i]; {
-			case h == "name":
-				in.Name = v
-			case h == "groups":
-				for _, g := range strings.Split(v, ";") {
-					if g = strings.TrimSpace(g); g != "" {
-						in.Groups = append(in.Groups, g)
-					}
-				}
-			case h == "enabled":
-				if v != "" {
-					b, err := strconv.ParseBool(v)
-					if err != nil {
-						row.Err = &tenants.FieldError{Field: "enabled", Message: "must be true or false"}
-					}
-					in.Enabled = &b
-				}
-			case h == "client_ids":
-				in.ClientIDs = tenants.ClientIDPolicy(v)
-			default:
-				if v != "" {
-					if in.Metadata == nil {
-						in.Metadata = map[string]string{}
-					}
-					in.Metadata[strings.TrimPrefix(h, "metadata.")] = v
-				}
-			}
-		}
-		rows = append(rows, row)
-	}
-}
-
-// parseImportNDJSON reads one device per line, as POST …/devices takes it;
-// blank lines are skipped and rows are numbered by line.
-func parseImportNDJSON(body []byte) ([]tenants.ImportRow, error) {
-	var rows []tenants.ImportRow
-	for n, line := range bytes.Split(body, []byte("\n")) {
-		line = bytes.TrimSpace(line)
-		if len(line) == 0 {
-			continue
-		}
-		if len(rows) == tenants.MaxImportRows {
-			return nil, tooManyRows()
-		}
-		row := tenants.ImportRow{Row: n + 1}
-		dec := json.NewDecoder(bytes.NewReader(line))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&row.Input); err != nil || dec.More() {
-			row.Err = &tenants.FieldError{Field: "row", Message: "is not one JSON object of name, groups, metadata, enabled and client_ids"}
-		}
-		rows = append(rows, row)
-	}
-	if len(rows) == 0 {
-		return nil, &httpError{status: http.StatusBadRequest, code: "invalid", field: "rows", msg: "no devices to import"}
-	}
-	return rows, nil
-}
-
-func tooManyRows() error {
-	return &httpError{status: http.StatusRequestEntityTooLarge, code: "too_many_rows",
-		msg: fmt.Sprintf("at most %d devices in one import", tenants.MaxImportRows)}
-}
-
-func csvError(err error) error {
-	var pe *csv.ParseError
-	if errors.As(err, &pe) {
-		return &httpError{status: http.StatusBadRequest, code: "bad_csv", line: pe.Line, col: pe.Column,
-			msg: fmt.Sprintf("malformed CSV at line %d: %v", pe.Line, pe.Err)}
-	}
-	return errorf(http.StatusBadRequest, "bad_csv", "malformed CSV")
+	return &httpError{status: http.StatusBadRequest, code: "bad_csv", line: fe.Line, col: fe.Column, msg: fe.Error()}
 }

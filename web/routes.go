@@ -37,6 +37,7 @@ func (c *Console) routes() chi.Router {
 				r.Get("/devices/{device}", c.deviceDetail)
 				r.Get("/devices/{device}/created", c.deviceSecretPage("created"))
 				r.Get("/devices/{device}/secret", c.deviceSecretPage("secret"))
+				r.Get("/"+importPath, c.importPage)
 				r.Get("/acl", c.aclPage)
 				r.Get("/webhooks", c.webhooksPage)
 				r.Post("/acl/check", c.aclCheck)
@@ -56,6 +57,7 @@ func (c *Console) routes() chi.Router {
 				r.Group(func(r chi.Router) {
 					r.Use(c.admin)
 					r.Post("/devices", c.deviceCreate)
+					r.Post("/"+importPath, c.importUpload)
 					r.Post("/devices/{device}/disconnect", c.deviceDisconnect)
 					r.Post("/devices/{device}/secret", c.deviceRotate)
 					r.Post("/devices/{device}/enabled", c.deviceEnable)
