@@ -270,6 +270,7 @@ func attackBodies(memberEmail string) map[string]any {
 		"PATCH /v1/tenants/{tenant}/devices/{device}/shadow":      map[string]any{"state": map[string]any{"desired": map[string]string{"led": "pwned"}}},
 		"POST /v1/tenants/{tenant}/groups/{group}/messages":       map[string]any{"topic": "x/${device}", "payload": "hi"},
 		"POST /v1/tenants/{tenant}/devices:import":                "name\nevil\n",
+		"PATCH /v1/tenants/{tenant}/cas/{id}":                     map[string]any{"provisioning": map[string]any{"groups": []string{"pwned"}}},
 	}
 }
 

@@ -82,6 +82,8 @@ func (s *Server) routes() chi.Router {
 				r.With(viewer).Get("/groups", s.serve(handleGroupList(st)))
 				r.With(admin).Post("/groups/{group}/messages", s.serve(handleGroupPublish(st, s.dataPlane)))
 				r.With(admin).Post("/devices:import", s.serve(handleDeviceImport(st)))
+				// Marks a CA for just-in-time provisioning, or unmarks it.
+				r.With(admin).Patch("/cas/{id}", s.serve(handleCAUpdate(st)))
 
 				r.With(viewer).Get("/api-keys", s.serve(handleAPIKeyList(st)))
 				r.With(admin).Post("/api-keys", s.serve(handleAPIKeyCreate(st)))

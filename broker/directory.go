@@ -22,6 +22,9 @@ type Directory interface {
 	CAs(ctx context.Context, tenant string) ([]tenants.CA, error)
 	DeviceCertificates(ctx context.Context, tenant, device string) ([]tenants.DeviceCertificate, error)
 	TouchDevice(ctx context.Context, tenant, name string, t time.Time) error
+	// ProvisionDevice registers an unknown device on its first connection
+	// with a certificate under a CA the tenant marked for provisioning.
+	ProvisionDevice(ctx context.Context, tenant, name, caFingerprint string) (tenants.Device, bool, error)
 }
 
 var _ Directory = (*tenants.Store)(nil)
