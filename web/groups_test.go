@@ -1,6 +1,7 @@
 package web_test
 
 import (
+	"context"
 	"net/http"
 	"net/url"
 	"strings"
@@ -71,5 +72,46 @@ func TestConsoleDeviceGroups(t *testing.T) {
 	}
 	if a := b.post("/tenants/grouper/acl", url.Values{"effect": {"allow"}, "action": {"all"}, "topic": {"x/${metadata}"}, "device": {"*"}}); a.status != http.StatusBadRequest {
 		t.Errorf("a rule with an unknown placeholder: got %d, want 400", a.status)
+	}
+}
+
+// TestConsoleCAProvisioning: an admin marks a CA to provision unknown
+// devices with groups and metadata, and unmarks it; a bad group comes back
+// with the reason.
+func TestConsoleCAProvisioning(t *testing.T) {
+	s := newStack(t)
+	b := s.browser()
+	b.signup("owner")
+	b.tenant("acme")
+	b.get("/tenants/acme/cas")
+	if a := b.post("/tenants/acme/cas", url.Values{"certificate": {caPEM(t, "Fleet CA")}}); a.status != http.StatusSeeOther {
+		t.Fatalf("add a CA: %d", a.status)
+	}
+	cas, err := s.store.CAs(context.Background(), "acme")
+	if err != nil || len(cas) != 1 {
+		t.Fatalf("CAs: %v (%v)", cas, err)
+	}
+	path := "/tenants/acme/cas/" + cas[0].ID + "/provisioning"
+	if a := b.get("/tenants/acme/cas"); !strings.Contains(a.body, "refused") || !strings.Contains(a.body, `action="`+path+`"`) {
+		t.Fatal("the CA page does not offer to provision")
+	}
+	if a := b.post(path, url.Values{"provision": {"on"}, "groups": {"Bad/Group"}}); a.status != http.StatusBadRequest || !strings.Contains(a.body, "not a group name") {
+		t.Errorf("a bad group: got %d, want 400 with the reason", a.status)
+	}
+	if a := b.post(path, url.Values{"provision": {"on"}, "groups": {"fleet, lab"}, "metadata": {"model=m1"}}); a.status != http.StatusSeeOther {
+		t.Fatalf("mark: %d %s", a.status, a.body)
+	}
+	cas, _ = s.store.CAs(context.Background(), "acme")
+	if p := cas[0].Provisioning; p == nil || strings.Join(p.Groups, ",") != "fleet,lab" || p.Metadata["model"] != "m1" {
+		t.Fatalf("marked: %+v", p)
+	}
+	if a := b.get("/tenants/acme/cas"); !strings.Contains(a.body, "registered on first connection</span>, groups fleet, lab, model=m1") {
+		t.Error("the CA page does not show the template")
+	}
+	if a := b.post(path, url.Values{"provision": {"off"}}); a.status != http.StatusSeeOther {
+		t.Fatalf("unmark: %d", a.status)
+	}
+	if cas, _ = s.store.CAs(context.Background(), "acme"); cas[0].Provisioning != nil {
+		t.Error("unmarked CA still provisions")
 	}
 }

@@ -86,6 +86,7 @@ func (c *Console) routes() chi.Router {
 					r.Post("/settings", c.settingsUpdate)
 					r.Post("/cas", c.caCreate)
 					r.Post("/cas/{id}/delete", c.caDelete)
+					r.Post("/cas/{id}/provisioning", c.caProvisioning)
 					r.Post("/export-rules", c.exportRuleCreate)
 					r.Post("/export-rules/{id}/delete", c.exportRuleDelete)
 				})

@@ -62,6 +62,7 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"DeviceGroups", testDeviceGroups},
 		{"GroupACL", testGroupACL},
 		{"ImportDevices", testImportDevices},
+		{"ProvisionDevice", testProvisionDevice},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
