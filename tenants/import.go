@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/roosthub/roost/migrations"
 )
 
 // MaxImportRows bounds one bulk import.
@@ -196,9 +198,28 @@ func deviceNames(ctx context.Context, tx *sql.Tx, tenant string) (map[string]boo
 	return names, rows.Err()
 }
 
-// insertDevices inserts devices in batches of a few hundred rows: one
-// statement per device would make 10,000 round trips to Postgres.
+// insertDevices inserts devices: on Postgres in batches of a few hundred
+// rows (one statement per device would make 10,000 round trips); on
+// SQLite, in process, with one prepared statement, as parsing a statement
+// of hundreds of rows costs more there than executing one row at a time.
 func (s *Store) insertDevices(ctx context.Context, tx *sql.Tx, ds []ImportedDevice) error {
+	if s.dialect != migrations.Postgres {
+		stmt, err := tx.PrepareContext(ctx, `INSERT INTO devices (`+deviceColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9)`)
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		for _, d := range ds {
+			dv := d.Device
+			if _, err := stmt.ExecContext(ctx, dv.Tenant, dv.Name, dv.Enabled, dv.ClientIDs, marshalJSON(dv.Metadata), dv.SecretHash, dv.CreatedAt, dv.UpdatedAt, marshalJSON(dv.Groups)); err != nil {
+				if isUniqueViolation(err) {
+					return fmt.Errorf("a device was created during the import: %w", ErrConflict)
+				}
+				return err
+			}
+		}
+		return nil
+	}
 	const batch = 500
 	for start := 0; start < len(ds); start += batch {
 		part := ds[start:min(start+batch, len(ds))]
