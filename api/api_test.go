@@ -269,6 +269,9 @@ func attackBodies(memberEmail string) map[string]any {
 		"PATCH /v1/tenants/{tenant}/destinations/{id}":            map[string]string{"url": "https://evil.example.com/"},
 		"POST /v1/tenants/{tenant}/rules/test":                    map[string]any{"rule": map[string]string{"filter": "#", "topic": "t"}, "message": map[string]string{"topic": "x"}},
 		"PATCH /v1/tenants/{tenant}/devices/{device}/shadow":      map[string]any{"state": map[string]any{"desired": map[string]string{"led": "pwned"}}},
+		"POST /v1/tenants/{tenant}/groups/{group}/messages":       map[string]any{"topic": "x/${device}", "payload": "hi"},
+		"POST /v1/tenants/{tenant}/devices:import":                "name\nevil\n",
+		"PATCH /v1/tenants/{tenant}/cas/{id}":                     map[string]any{"provisioning": map[string]any{"groups": []string{"pwned"}}},
 	}
 }
 
@@ -301,6 +304,7 @@ func TestCrossTenantMatrix(t *testing.T) {
 	inv := e.do("POST", "/v1/tenants/tenant-a/invites", alice.token, map[string]string{"email": "invited@example.com", "role": "viewer"})
 	want(t, inv, 201, "invite to tenant A")
 	aInviteID := inv.str("id")
+	want(t, e.do("PATCH", "/v1/tenants/tenant-a/devices/a-dev", alice.token, map[string]any{"groups": []string{"a-group"}}), 200, "put a-dev in a group")
 	_, bobKey := e.mustKey(bob.token, "tenant-b", tenants.RoleOwner)
 	before := snapshot(e, alice.token, "tenant-a")
 	e.bodies = &testenv.Buffer{} // from here on, A's secret must not show
@@ -333,10 +337,10 @@ func TestCrossTenantMatrix(t *testing.T) {
 		if strings.Contains(route, "/invites/") {
 			id = aInviteID
 		}
-		aIDs := map[string]string{"tenant": "tenant-a", "device": "a-dev", "id": id, "account": alice.id}
+		aIDs := map[string]string{"tenant": "tenant-a", "device": "a-dev", "id": id, "account": alice.id, "group": "a-group"}
 		paths := []string{fill(route, aIDs)}
 		// B's own tenant in the path with A's object ids.
-		if strings.Contains(route, "{device}") || strings.Contains(route, "{id}") || strings.Contains(route, "{account}") {
+		if strings.Contains(route, "{device}") || strings.Contains(route, "{id}") || strings.Contains(route, "{account}") || strings.Contains(route, "{group}") {
 			bPath := map[string]string{"tenant": "tenant-b"}
 			for k, v := range aIDs {
 				if k != "tenant" {
@@ -377,7 +381,7 @@ func TestCrossTenantMatrix(t *testing.T) {
 // snapshot renders everything a tenant holds, to compare before and after.
 func snapshot(e *env, tok, tenant string) string {
 	var b strings.Builder
-	for _, p := range []string{"", "/devices", "/acl/rules", "/api-keys", "/members", "/rules", "/devices/a-dev/keys", "/devices/a-dev/certificates", "/devices/a-dev/shadow", "/cas", "/destinations", "/mfa", "/invites"} {
+	for _, p := range []string{"", "/devices", "/acl/rules", "/api-keys", "/members", "/rules", "/devices/a-dev/keys", "/devices/a-dev/certificates", "/devices/a-dev/shadow", "/cas", "/destinations", "/mfa", "/invites", "/groups"} {
 		r := e.do("GET", "/v1/tenants/"+tenant+p, tok, nil)
 		if r.status != http.StatusOK { // a problem carries a request id
 			fmt.Fprintf(&b, "%s=%d\n", p, r.status)

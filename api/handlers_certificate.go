@@ -15,6 +15,7 @@ type certificateStore interface {
 	CreateCA(ctx context.Context, tenant string, in tenants.CAInput) (tenants.CA, error)
 	CAs(ctx context.Context, tenant string) ([]tenants.CA, error)
 	DeleteCA(ctx context.Context, tenant, id string) error
+	UpdateCA(ctx context.Context, tenant, id string, u tenants.CAUpdate) (tenants.CA, error)
 	CreateDeviceCertificate(ctx context.Context, tenant, device string, in tenants.DeviceCertificateInput) (tenants.DeviceCertificate, error)
 	DeviceCertificates(ctx context.Context, tenant, device string) ([]tenants.DeviceCertificate, error)
 	DeleteDeviceCertificate(ctx context.Context, tenant, device, id string) error
@@ -35,6 +36,23 @@ func handleCAList(cs certificateStore) handler {
 			return err
 		}
 		items(w, cas)
+		return nil
+	}
+}
+
+// handleCAUpdate marks a CA for just-in-time provisioning with a template,
+// or unmarks it ({"provisioning": null}).
+func handleCAUpdate(cs certificateStore) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		var u tenants.CAUpdate
+		if err := decode(r, &u); err != nil {
+			return err
+		}
+		ca, err := cs.UpdateCA(r.Context(), chi.URLParam(r, "tenant"), chi.URLParam(r, "id"), u)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, ca)
 		return nil
 	}
 }

@@ -12,7 +12,7 @@ import (
 type deviceStore interface {
 	CreateDevice(ctx context.Context, tenant string, in tenants.DeviceInput) (tenants.Device, string, error)
 	Device(ctx context.Context, tenant, name string) (tenants.Device, error)
-	Devices(ctx context.Context, tenant string, p tenants.Page) ([]tenants.Device, string, error)
+	FilterDevices(ctx context.Context, tenant string, f tenants.DeviceFilter, p tenants.Page) ([]tenants.Device, string, error)
 	UpdateDevice(ctx context.Context, tenant, name string, u tenants.DeviceUpdate) (tenants.Device, error)
 	DeleteDevice(ctx context.Context, tenant, name string) error
 	RotateDeviceSecret(ctx context.Context, tenant, name string) (tenants.Device, string, error)
@@ -25,9 +25,15 @@ type deviceWithSecret struct {
 	Secret string `json:"secret"`
 }
 
+// handleDeviceList lists devices by name, filtered by ?group=, ?search=
+// and ?metadata.<key>=<value> (see deviceFilter).
 func handleDeviceList(ds deviceStore) handler {
 	return handleList(func(r *http.Request, p tenants.Page) ([]tenants.Device, string, error) {
-		return ds.Devices(r.Context(), chi.URLParam(r, "tenant"), p)
+		f, err := deviceFilter(r)
+		if err != nil {
+			return nil, "", err
+		}
+		return ds.FilterDevices(r.Context(), chi.URLParam(r, "tenant"), f, p)
 	})
 }
 

@@ -98,6 +98,15 @@ func (s *Server) routes() chi.Router {
 				r.With(admin).Delete("/acl/rules/{id}", s.serve(handleACLDelete(st)))
 				r.With(viewer).Post("/acl/check", s.serve(handleACLCheck(st)))
 
+				// Issue 22: device groups (a group exists while a device
+				// is in it) and bulk import. "devices:import" is one path
+				// segment, never a {device}: device names have no ':'.
+				r.With(viewer).Get("/groups", s.serve(handleGroupList(st)))
+				r.With(admin).Post("/groups/{group}/messages", s.serve(handleGroupPublish(st, s.dataPlane)))
+				r.With(admin).Post("/devices:import", s.serve(handleDeviceImport(st)))
+				// Marks a CA for just-in-time provisioning, or unmarks it.
+				r.With(admin).Patch("/cas/{id}", s.serve(handleCAUpdate(st)))
+
 				r.With(viewer).Get("/api-keys", s.serve(handleAPIKeyList(st)))
 				r.With(admin).Post("/api-keys", s.serve(handleAPIKeyCreate(st)))
 				r.With(admin).Delete("/api-keys/{id}", s.serve(handleAPIKeyDelete(st)))

@@ -22,6 +22,9 @@ type Directory interface {
 	CAs(ctx context.Context, tenant string) ([]tenants.CA, error)
 	DeviceCertificates(ctx context.Context, tenant, device string) ([]tenants.DeviceCertificate, error)
 	TouchDevice(ctx context.Context, tenant, name string, t time.Time) error
+	// ProvisionDevice registers an unknown device on its first connection
+	// with a certificate under a CA the tenant marked for provisioning.
+	ProvisionDevice(ctx context.Context, tenant, name, caFingerprint string) (tenants.Device, bool, error)
 }
 
 var _ Directory = (*tenants.Store)(nil)
@@ -218,6 +221,11 @@ func (c *directoryCache) invalidate(ch tenants.Change) {
 		c.devices.lru.Remove(deviceKey{ch.Tenant, ch.Device})
 		c.keys.lru.Remove(deviceKey{ch.Tenant, ch.Device})
 		c.certs.lru.Remove(deviceKey{ch.Tenant, ch.Device})
+	case tenants.DevicesImported:
+		// New devices have no connections: only answers are dropped.
+		c.devices.lru.RemoveIf(func(k deviceKey) bool { return k.tenant == ch.Tenant })
+		c.keys.lru.RemoveIf(func(k deviceKey) bool { return k.tenant == ch.Tenant })
+		c.certs.lru.RemoveIf(func(k deviceKey) bool { return k.tenant == ch.Tenant })
 	case tenants.CAChanged:
 		c.cas.lru.Remove(ch.Tenant)
 	case tenants.Resync:

@@ -3,11 +3,13 @@ package broker
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -449,7 +451,52 @@ func (in *ingress) credentials(ctx context.Context, conn net.Conn, tenant, devic
 		c, verr := tenants.VerifyDeviceCertificate(chain, tenant, device, cas, pinned, in.now())
 		match, cred = verr == nil, credential{leaf: c.Leaf, ca: c.CA, why: errText(verr)}
 	}
+	if chain := transport.PeerCertificates(conn); !found && len(chain) > 0 && t.Slug != "" && !t.Suspended {
+		d, found, cred, err = in.provision(ctx, conn, t, device, chain)
+		if err != nil || !found {
+			return t, d, cred, false, err
+		}
+		match = true
+	}
 	return t, d, cred, found && d.Enabled && match, nil
+}
+
+// provision registers a device the tenant does not know on its first
+// connection, if its certificate chains to one of the tenant's CAs marked
+// for provisioning and names it (by CN, or by URI SAN). Only the tenant's
+// own CAs are consulted: another tenant's CA never provisions here. A
+// certificate that does not qualify is refused as an unknown device is;
+// max_devices refuses with quota exceeded (a quota_exceeded event).
+func (in *ingress) provision(ctx context.Context, conn net.Conn, t tenants.Tenant, device string, chain []*x509.Certificate) (tenants.Device, bool, credential, error) {
+	cas, err := in.dir.authorities(ctx, t.Slug)
+	if err != nil {
+		return tenants.Device{}, false, credential{}, err
+	}
+	marked := slices.DeleteFunc(slices.Clone(cas), func(ca tenants.CA) bool { return ca.Provisioning == nil })
+	if len(marked) == 0 {
+		return tenants.Device{}, false, credential{}, nil
+	}
+	c, verr := tenants.VerifyDeviceCertificate(chain, t.Slug, device, marked, nil, in.now())
+	if verr != nil {
+		return tenants.Device{}, false, credential{why: "not provisioned: " + verr.Error()}, nil
+	}
+	d, created, err := in.dir.dir.ProvisionDevice(ctx, t.Slug, device, c.CA)
+	var qe *tenants.QuotaError
+	switch {
+	case errors.As(err, &qe):
+		in.quotaHit(t.Slug, device, "", qe.Quota, qe.Limit)
+		return tenants.Device{}, false, credential{}, quotaDevices
+	case errors.Is(err, tenants.ErrNotProvisioning), errors.Is(err, tenants.ErrInvalid):
+		// The CA was unmarked or removed since it was read.
+		return tenants.Device{}, false, credential{why: "not provisioned: " + err.Error()}, nil
+	case err != nil:
+		return tenants.Device{}, false, credential{}, err
+	}
+	if created {
+		in.log.Info("device provisioned from its certificate", "tenant", t.Slug, "device", device, "ca", c.CA)
+		in.emit(events.Event{Tenant: t.Slug, Type: events.DeviceProvisioned, Device: device, Remote: conn.RemoteAddr().String(), Reason: c.CA})
+	}
+	return d, true, credential{leaf: c.Leaf, ca: c.CA}, nil
 }
 
 // credential is what a device proved itself with, when not its secret: a

@@ -417,13 +417,33 @@ func (inst *instance) forgetRules() { inst.rules.forget() }
 
 // allowed decides an ACL question for a device, denying if the rules cannot
 // be read.
+//
+// Rules that name a group or use ${group} or ${metadata.…} are decided on
+// the device as the directory has it now (cached until a change to the
+// device, as its credentials are): a change of its groups or metadata
+// applies to a live connection from its next publish or delivery. A device
+// that cannot be read is denied: deciding without its groups could skip a
+// deny rule.
 func (inst *instance) allowed(device string, action tenants.Action, topic string) bool {
 	rules, err := inst.aclRules()
 	if err != nil {
 		inst.log.Error("read acl rules", "err", err)
 		return false
 	}
-	ok, _ := tenants.CheckACL(rules, device, action, topic)
+	sub := tenants.ACLSubject{Device: device}
+	if tenants.NeedsSubject(rules) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		d, found, err := inst.dir.device(ctx, inst.tenant, device)
+		cancel()
+		if err != nil || !found {
+			if err != nil {
+				inst.log.Error("read device for acl", "device", device, "err", err)
+			}
+			return false
+		}
+		sub = d.Subject()
+	}
+	ok, _ := tenants.CheckACL(rules, sub, action, topic)
 	return ok
 }
 

@@ -42,6 +42,7 @@ const burstSeconds = 1
 
 var (
 	quotaConnections    = refusal{0x97, 0x03, "quota exceeded: max_connections"}
+	quotaDevices        = refusal{0x97, 0x03, "quota exceeded: max_devices"}
 	connectRateExceeded = refusal{0x9F, 0x03, "connection rate exceeded"}
 )
 

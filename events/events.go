@@ -61,11 +61,17 @@ const (
 	// ShadowUpdated: a device's shadow changed; Reason says through
 	// what ("api" or "mqtt") and Count is its new version.
 	ShadowUpdated = "shadow_updated"
+
+	// DeviceProvisioned: a device unknown to the tenant was registered on
+	// its first connection with a certificate under a CA marked for
+	// provisioning; Reason is the CA's fingerprint.
+	DeviceProvisioned = "device_provisioned"
 )
 
 // Types lists every event type.
 var Types = []string{Connected, Disconnected, Subscribed, Unsubscribed, AuthFailed, QueueDropped, QuotaExceeded, PublishDenied,
-	PlanChanged, PaymentFailed, PaymentSucceeded, BillingSuspended, BillingResumed, SpendWarning, ShadowUpdated}
+	PlanChanged, PaymentFailed, PaymentSucceeded, BillingSuspended, BillingResumed, SpendWarning, ShadowUpdated,
+	DeviceProvisioned}
 
 // Sink receives events. Emit must not block the connection that caused the
 // event: a sink that cannot keep up counts what it drops.

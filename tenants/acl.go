@@ -1,6 +1,8 @@
 package tenants
 
 import (
+	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -32,6 +34,46 @@ const AnyDevice = "*"
 // widen a filter.
 const DevicePlaceholder = "${device}"
 
+// The other placeholders: ${group} stands for the rule's group, or, in a
+// rule that names none, for each group the device is in in turn (the rule
+// matches if it matches for one of them); ${metadata.<key>} for the value
+// of the device's metadata key.
+const (
+	GroupPlaceholder    = "${group}"
+	metadataPlaceholder = "${metadata."
+)
+
+// ACLSubject is who an ACL question is asked for: a device, with the
+// groups and metadata its rules may name.
+type ACLSubject struct {
+	Device   string
+	Groups   []string
+	Metadata map[string]string
+}
+
+// Subject is the device as an ACL subject.
+func (d Device) Subject() ACLSubject {
+	return ACLSubject{Device: d.Name, Groups: d.Groups, Metadata: d.Metadata}
+}
+
+// NeedsSubject reports whether deciding by rules needs more of a device
+// than its name: a rule names a group, or uses ${group} or ${metadata.…}.
+func NeedsSubject(rules []ACLRule) bool {
+	for _, r := range rules {
+		if r.Group != "" || strings.Contains(r.Topic, GroupPlaceholder) || strings.Contains(r.Topic, metadataPlaceholder) {
+			return true
+		}
+	}
+	return false
+}
+
+// safeValue reports whether a group or metadata value may stand in a
+// filter: not empty, and without a wildcard, a level separator, '$' (which
+// could make a level "$SYS") or NUL. An unsafe value never widens a rule.
+func safeValue(v string) bool {
+	return v != "" && !strings.ContainsAny(v, "+#/$\x00")
+}
+
 // ACLRule is one entry of a tenant's ordered access list. The first rule that
 // matches a request decides it; a request no rule matches is denied.
 type ACLRule struct {
@@ -41,32 +83,107 @@ type ACLRule struct {
 	Action    Action    `json:"action"`
 	Topic     string    `json:"topic"`
 	Device    string    `json:"device"`
+	Group     string    `json:"group,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 }
 
-// Matches reports whether the rule applies to device doing action on topic.
+// Matches reports whether the rule applies to sub doing action on topic.
 // For a subscription, topic is the requested filter and the rule applies only
 // if its filter covers all of it; delivery checks each message again.
-func (r ACLRule) Matches(device string, action Action, topic string) bool {
-	if r.Device != AnyDevice && r.Device != device {
+//
+// A placeholder the device has no safe value for (see safeValue) never
+// widens the rule: an allow rule then matches nothing, and a deny rule
+// matches as if the level holding it were '+' (any value it could have had).
+func (r ACLRule) Matches(sub ACLSubject, action Action, topic string) bool {
+	if r.Device != AnyDevice && r.Device != sub.Device {
+		return false
+	}
+	if r.Group != "" && !slices.Contains(sub.Groups, r.Group) {
 		return false
 	}
 	if r.Action != ActionAll && r.Action != action {
 		return false
 	}
-	return FilterCovers(strings.ReplaceAll(r.Topic, DevicePlaceholder, device), topic)
+	match := func(group string) bool {
+		f, ok := r.filter(sub, group)
+		return (ok || r.Effect == Deny) && FilterCovers(f, topic)
+	}
+	if r.Group != "" || len(sub.Groups) == 0 || !strings.Contains(r.Topic, GroupPlaceholder) {
+		return match(r.Group)
+	}
+	for _, g := range sub.Groups {
+		if match(g) {
+			return true
+		}
+	}
+	return false
 }
 
-// CheckACL decides whether device may do action on topic under rules, which
+// filter is the rule's topic filter for sub, with group standing for
+// ${group}. ok is false when a placeholder has no safe value; the filter
+// is then the deny rule's widest (that level '+').
+func (r ACLRule) filter(sub ACLSubject, group string) (string, bool) {
+	if !strings.Contains(r.Topic, "${") {
+		return r.Topic, true
+	}
+	levels := strings.Split(r.Topic, "/")
+	ok := true
+	for i, l := range levels {
+		if !strings.Contains(l, "${") {
+			continue
+		}
+		v, good := expand(l, sub, group)
+		if !good {
+			ok = false
+			v = "+"
+		}
+		levels[i] = v
+	}
+	return strings.Join(levels, "/"), ok
+}
+
+// expand replaces the placeholders in one level of a filter.
+func expand(level string, sub ACLSubject, group string) (string, bool) {
+	var b strings.Builder
+	for {
+		i := strings.Index(level, "${")
+		if i < 0 {
+			b.WriteString(level)
+			return b.String(), true
+		}
+		j := strings.IndexByte(level[i:], '}')
+		if j < 0 {
+			return "", false
+		}
+		name := level[i+2 : i+j]
+		var v string
+		switch {
+		case name == "device":
+			v = sub.Device
+		case name == "group":
+			v = group
+		case strings.HasPrefix(name, "metadata."):
+			v = sub.Metadata[strings.TrimPrefix(name, "metadata.")]
+		}
+		if !safeValue(v) {
+			return "", false
+		}
+		b.WriteString(level[:i])
+		b.WriteString(v)
+		level = level[i+j+1:]
+	}
+}
+
+// CheckACL decides whether sub may do action on topic under rules, which
 // must be in position order. It returns the deciding rule, or nil when no rule
 // matched. A subscription to "$share/<group>/<filter>" is checked against
 // <filter>.
-func CheckACL(rules []ACLRule, device string, action Action, topic string) (bool, *ACLRule) {
+func CheckACL(rules []ACLRule, sub ACLSubject, action Action, topic string) (bool, *ACLRule) {
 	if action == ActionSubscribe {
 		topic = shareFilter(topic)
 	}
 	for i := range rules {
-		if rules[i].Matches(device, action, topic) {
+		if rules[i].Matches(sub, action, topic) {
 			return rules[i].Effect == Allow, &rules[i]
 		}
 	}
@@ -96,6 +213,7 @@ type ACLRuleInput struct {
 	Action   Action `json:"action"`
 	Topic    string `json:"topic"`
 	Device   string `json:"device,omitempty"`
+	Group    string `json:"group,omitempty"`
 	Position *int   `json:"position,omitempty"`
 }
 
@@ -113,18 +231,30 @@ func (in *ACLRuleInput) Validate() error {
 	if in.Device != AnyDevice && !ValidDeviceName(in.Device) {
 		return invalid("device", "must be * or a device name")
 	}
+	if in.Group != "" {
+		if !ValidGroupName(in.Group) {
+			return invalid("group", "must be a group name")
+		}
+		if in.Device != AnyDevice {
+			return invalid("group", "a rule names a device or a group, not both")
+		}
+	}
 	if in.Position != nil && *in.Position < 0 {
 		return invalid("position", "must not be negative")
 	}
 	return validateRuleTopic(in.Topic)
 }
 
+var metadataPlaceholderRE = regexp.MustCompile(`\$\{metadata\.[^{}$/]{1,64}\}`)
+
 func validateRuleTopic(topic string) error {
-	// Validate the filter as it will be used: with a device name in place of
-	// the placeholder. Any other "${" is a typo, not a placeholder.
+	// Validate the filter as it will be used: with a value in place of each
+	// placeholder. Any other "${" is a typo, not a placeholder.
 	f := strings.ReplaceAll(topic, DevicePlaceholder, "d")
+	f = strings.ReplaceAll(f, GroupPlaceholder, "g")
+	f = metadataPlaceholderRE.ReplaceAllString(f, "m")
 	if strings.Contains(f, "${") {
-		return invalid("topic", "the only placeholder is ${device}")
+		return invalid("topic", "the placeholders are ${device}, ${group} and ${metadata.<key>}")
 	}
 	if err := ValidateFilter(f); err != nil {
 		return invalid("topic", "%v", err)

@@ -42,11 +42,46 @@ type CA struct {
 	// (before a CA was bound to one tenant): a certificate under it
 	// admits a device only by the URI SAN naming its tenant.
 	Shared bool `json:"-"`
+	// Provisioning, when set, marks the CA for just-in-time provisioning:
+	// a device unknown to the tenant that presents a certificate under
+	// this CA naming it is registered on its first connection, from this
+	// template. Nil (the default) refuses unknown devices.
+	Provisioning *ProvisioningTemplate `json:"provisioning"`
 }
 
-// CAInput registers a CA certificate.
+// CAInput registers a CA certificate, marked for provisioning or not.
 type CAInput struct {
-	Certificate string `json:"certificate"`
+	Certificate  string                `json:"certificate"`
+	Provisioning *ProvisioningTemplate `json:"provisioning,omitempty"`
+}
+
+// CAUpdate marks a CA for provisioning with a template, or (null)
+// unmarks it.
+type CAUpdate struct {
+	Provisioning *ProvisioningTemplate `json:"provisioning"`
+}
+
+// ProvisioningTemplate is what a device provisioned from a CA is
+// registered with.
+type ProvisioningTemplate struct {
+	Groups    []string          `json:"groups"`
+	Metadata  map[string]string `json:"metadata"`
+	ClientIDs ClientIDPolicy    `json:"client_ids"`
+}
+
+// Validate checks the template and fills in defaults (no groups, no
+// metadata, exact client ids).
+func (p *ProvisioningTemplate) Validate() error {
+	in := DeviceInput{Name: "template", ClientIDs: p.ClientIDs, Metadata: p.Metadata, Groups: p.Groups}
+	if err := in.Validate(); err != nil {
+		var fe *FieldError
+		if errors.As(err, &fe) {
+			fe.Field = "provisioning." + fe.Field
+		}
+		return err
+	}
+	p.Groups, p.Metadata, p.ClientIDs = in.Groups, in.Metadata, in.ClientIDs
+	return nil
 }
 
 // DeviceCertificate is a certificate pinned to a device: by the certificate
@@ -103,7 +138,13 @@ func ParseCA(in CAInput, now time.Time) (CA, error) {
 	if now.After(cert.NotAfter) {
 		return CA{}, invalid("certificate", "expired on %s", cert.NotAfter.UTC().Format(time.RFC3339))
 	}
-	return CA{Subject: cert.Subject.String(), Fingerprint: Fingerprint(cert.Raw), Certificate: in.Certificate, NotAfter: cert.NotAfter.UTC()}, nil
+	if in.Provisioning != nil {
+		if err := in.Provisioning.Validate(); err != nil {
+			return CA{}, err
+		}
+	}
+	return CA{Subject: cert.Subject.String(), Fingerprint: Fingerprint(cert.Raw), Certificate: in.Certificate, NotAfter: cert.NotAfter.UTC(),
+		Provisioning: in.Provisioning}, nil
 }
 
 var fingerprintRE = regexp.MustCompile(`^[0-9a-f]{64}$`)

@@ -13,6 +13,10 @@ const (
 	TenantDeleted ChangeKind = "tenant_deleted"
 	// DeviceChanged: a device was created, changed, rotated or deleted.
 	DeviceChanged ChangeKind = "device"
+	// DevicesImported: many of the tenant's devices were created at once
+	// (a bulk import); whoever caches "no such device" for the tenant
+	// drops it.
+	DevicesImported ChangeKind = "devices_imported"
 	// ACLChanged: the tenant's rule list changed.
 	ACLChanged ChangeKind = "acl"
 	// ExportChanged: the tenant's export rules changed, or one of its

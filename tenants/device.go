@@ -2,6 +2,7 @@ package tenants
 
 import (
 	"regexp"
+	"slices"
 	"time"
 	"unicode/utf8"
 )
@@ -14,6 +15,7 @@ type Device struct {
 	Enabled    bool              `json:"enabled"`
 	ClientIDs  ClientIDPolicy    `json:"client_ids"`
 	Metadata   map[string]string `json:"metadata"`
+	Groups     []string          `json:"groups"`
 	CreatedAt  time.Time         `json:"created_at"`
 	UpdatedAt  time.Time         `json:"updated_at"`
 	LastSeenAt *time.Time        `json:"last_seen_at"`
@@ -46,12 +48,40 @@ var deviceNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 // never contain / + # $ : or spaces, so they are safe inside topic filters.
 func ValidDeviceName(s string) bool { return deviceNameRE.MatchString(s) }
 
-// Metadata limits keep a device row small.
+// Metadata and group limits keep a device row small.
 const (
 	maxMetadataKeys     = 32
 	maxMetadataKeyLen   = 64
 	maxMetadataValueLen = 512
+	// MaxDeviceGroups is how many groups one device may be in.
+	MaxDeviceGroups = 32
 )
+
+var groupNameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,62}[a-z0-9])?$`)
+
+// ValidGroupName reports whether s is a well-formed group name: like a
+// tenant slug, 1 to 64 lowercase letters, digits or '-', starting and
+// ending with a letter or digit. Group names never contain / + # or $, so
+// they are safe inside topic filters (${group}).
+func ValidGroupName(s string) bool { return groupNameRE.MatchString(s) }
+
+// normalizeGroups checks a device's groups and returns them sorted and
+// without repeats.
+func normalizeGroups(gs []string) ([]string, error) {
+	out := make([]string, 0, len(gs))
+	for _, g := range gs {
+		if !ValidGroupName(g) {
+			return nil, invalid("groups", "%q is not a group name: 1 to 64 lowercase letters, digits or '-', starting and ending with a letter or digit", g)
+		}
+		out = append(out, g)
+	}
+	slices.Sort(out)
+	out = slices.Compact(out)
+	if len(out) > MaxDeviceGroups {
+		return nil, invalid("groups", "must have at most %d groups", MaxDeviceGroups)
+	}
+	return out, nil
+}
 
 // DeviceInput registers a device.
 type DeviceInput struct {
@@ -59,6 +89,7 @@ type DeviceInput struct {
 	Enabled   *bool             `json:"enabled,omitempty"`
 	ClientIDs ClientIDPolicy    `json:"client_ids,omitempty"`
 	Metadata  map[string]string `json:"metadata,omitempty"`
+	Groups    []string          `json:"groups,omitempty"`
 }
 
 // Validate checks the input and fills in defaults.
@@ -82,21 +113,34 @@ func (in *DeviceInput) Validate() error {
 	if in.Metadata == nil {
 		in.Metadata = map[string]string{}
 	}
+	gs, err := normalizeGroups(in.Groups)
+	if err != nil {
+		return err
+	}
+	in.Groups = gs
 	return validateMetadata(in.Metadata)
 }
 
-// DeviceUpdate changes a device. Nil fields are left as they are; Metadata,
-// when given, replaces the whole map.
+// DeviceUpdate changes a device. Nil fields are left as they are; Metadata
+// and Groups, when given, replace the whole map or list.
 type DeviceUpdate struct {
 	Enabled   *bool              `json:"enabled,omitempty"`
 	ClientIDs *ClientIDPolicy    `json:"client_ids,omitempty"`
 	Metadata  *map[string]string `json:"metadata,omitempty"`
+	Groups    *[]string          `json:"groups,omitempty"`
 }
 
 // Validate checks the update.
 func (u *DeviceUpdate) Validate() error {
 	if u.ClientIDs != nil && !u.ClientIDs.Valid() {
 		return invalid("client_ids", "must be exact or any")
+	}
+	if u.Groups != nil {
+		gs, err := normalizeGroups(*u.Groups)
+		if err != nil {
+			return err
+		}
+		*u.Groups = gs
 	}
 	if u.Metadata != nil {
 		if *u.Metadata == nil {
@@ -120,4 +164,30 @@ func validateMetadata(m map[string]string) error {
 		}
 	}
 	return nil
+}
+
+// DeviceFilter narrows a device list: names containing Search, devices in
+// Group, and devices whose metadata holds every key of Metadata with that
+// value. The zero filter lists every device.
+type DeviceFilter struct {
+	Search   string
+	Group    string
+	Metadata map[string]string
+}
+
+// Validate checks the filter.
+func (f DeviceFilter) Validate() error {
+	if f.Group != "" && !ValidGroupName(f.Group) {
+		return invalid("group", "must be a group name")
+	}
+	if len(f.Metadata) > maxMetadataKeys {
+		return invalid("metadata", "at most %d metadata filters", maxMetadataKeys)
+	}
+	return nil
+}
+
+// Group is a group with the number of its devices.
+type Group struct {
+	Name    string `json:"name"`
+	Devices int64  `json:"devices"`
 }

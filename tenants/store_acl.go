@@ -3,6 +3,7 @@ package tenants
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 )
 
@@ -12,7 +13,7 @@ const MaxACLRules = 1000
 // ACLRules returns a tenant's rules in position order.
 func (s *Store) ACLRules(ctx context.Context, tenant string) ([]ACLRule, error) {
 	rows, err := s.db.QueryContext(ctx,
-		`SELECT id, position, effect, action, topic, device, created_at FROM acl_rules
+		`SELECT id, position, effect, action, topic, device, device_group, created_at FROM acl_rules
 		 WHERE tenant = $1 ORDER BY position`, tenant)
 	if err != nil {
 		return nil, err
@@ -21,7 +22,7 @@ func (s *Store) ACLRules(ctx context.Context, tenant string) ([]ACLRule, error) 
 	var rs []ACLRule
 	for rows.Next() {
 		var r ACLRule
-		if err := rows.Scan(&r.ID, &r.Position, &r.Effect, &r.Action, &r.Topic, &r.Device, &r.CreatedAt); err != nil {
+		if err := rows.Scan(&r.ID, &r.Position, &r.Effect, &r.Action, &r.Topic, &r.Device, &r.Group, &r.CreatedAt); err != nil {
 			return nil, err
 		}
 		r.CreatedAt = r.CreatedAt.UTC()
@@ -63,15 +64,15 @@ func (s *Store) CreateACLRule(ctx context.Context, tenant string, in ACLRuleInpu
 }
 
 func (s *Store) insertACLRule(ctx context.Context, tx *sql.Tx, tenant string, in ACLRuleInput, pos int) (ACLRule, error) {
-	r := ACLRule{ID: newID("acl_"), Position: pos, Effect: in.Effect, Action: in.Action, Topic: in.Topic, Device: in.Device, CreatedAt: s.timestamp()}
+	r := ACLRule{ID: newID("acl_"), Position: pos, Effect: in.Effect, Action: in.Action, Topic: in.Topic, Device: in.Device, Group: in.Group, CreatedAt: s.timestamp()}
 	if _, err := tx.ExecContext(ctx,
 		`UPDATE acl_rules SET position = position + 1 WHERE tenant = $1 AND position >= $2`, tenant, pos); err != nil {
 		return ACLRule{}, err
 	}
 	_, err := tx.ExecContext(ctx,
-		`INSERT INTO acl_rules (tenant, id, position, effect, action, topic, device, created_at)
-		 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
-		tenant, r.ID, r.Position, r.Effect, r.Action, r.Topic, r.Device, r.CreatedAt)
+		`INSERT INTO acl_rules (tenant, id, position, effect, action, topic, device, device_group, created_at)
+		 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+		tenant, r.ID, r.Position, r.Effect, r.Action, r.Topic, r.Device, r.Group, r.CreatedAt)
 	return r, err
 }
 
@@ -145,6 +146,8 @@ func (s *Store) MoveACLRule(ctx context.Context, tenant, id string, to int) (ACL
 
 // CheckACL answers whether device may do the checked action in tenant, with
 // the deciding rule (nil when none matched and the default deny applied).
+// The device's groups and metadata are its registered ones; a device not
+// registered has none.
 func (s *Store) CheckACL(ctx context.Context, tenant string, c ACLCheck) (bool, *ACLRule, error) {
 	if err := c.Validate(); err != nil {
 		return false, nil, err
@@ -153,6 +156,16 @@ func (s *Store) CheckACL(ctx context.Context, tenant string, c ACLCheck) (bool, 
 	if err != nil {
 		return false, nil, fmt.Errorf("read rules: %w", err)
 	}
-	allowed, rule := CheckACL(rules, c.Device, c.Action, c.Topic)
+	sub := ACLSubject{Device: c.Device}
+	if NeedsSubject(rules) {
+		d, err := s.Device(ctx, tenant, c.Device)
+		switch {
+		case err == nil:
+			sub = d.Subject()
+		case !errors.Is(err, ErrNotFound):
+			return false, nil, err
+		}
+	}
+	allowed, rule := CheckACL(rules, sub, c.Action, c.Topic)
 	return allowed, rule, nil
 }

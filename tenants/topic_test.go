@@ -96,7 +96,7 @@ func TestCheckACL(t *testing.T) {
 		{"d1", ActionSubscribe, "$SYS/#", false, ""},
 	}
 	for _, tc := range tests {
-		got, rule := CheckACL(rules, tc.device, tc.action, tc.topic)
+		got, rule := CheckACL(rules, ACLSubject{Device: tc.device}, tc.action, tc.topic)
 		id := ""
 		if rule != nil {
 			id = rule.ID
@@ -108,10 +108,10 @@ func TestCheckACL(t *testing.T) {
 	// The default rule allows everything but $SYS.
 	def := DefaultACLRule()
 	all := []ACLRule{{ID: "default", Effect: def.Effect, Action: def.Action, Topic: def.Topic, Device: def.Device}}
-	if ok, _ := CheckACL(all, "d1", ActionSubscribe, "#"); !ok {
+	if ok, _ := CheckACL(all, ACLSubject{Device: "d1"}, ActionSubscribe, "#"); !ok {
 		t.Error("the default rule refuses #")
 	}
-	if ok, _ := CheckACL(all, "d1", ActionSubscribe, "$SYS/#"); ok {
+	if ok, _ := CheckACL(all, ACLSubject{Device: "d1"}, ActionSubscribe, "$SYS/#"); ok {
 		t.Error("the default rule grants $SYS/#")
 	}
 }

@@ -39,8 +39,11 @@ func (c *Console) renderACL(w http.ResponseWriter, r *http.Request, status int, 
 
 func (c *Console) aclCreate(w http.ResponseWriter, r *http.Request) {
 	in := tenants.ACLRuleInput{Effect: tenants.Effect(r.PostFormValue("effect")), Action: tenants.Action(r.PostFormValue("action")),
-		Topic: strings.TrimSpace(r.PostFormValue("topic")), Device: strings.TrimSpace(r.PostFormValue("device"))}
-	form := map[string]string{"effect": string(in.Effect), "action": string(in.Action), "topic": in.Topic, "device": in.Device, "position": r.PostFormValue("position")}
+		Topic: strings.TrimSpace(r.PostFormValue("topic")), Device: strings.TrimSpace(r.PostFormValue("device")), Group: strings.TrimSpace(r.PostFormValue("group"))}
+	if in.Group != "" && in.Device == tenants.AnyDevice {
+		in.Device = "" // the form's default: a group rule names no device
+	}
+	form := map[string]string{"effect": string(in.Effect), "action": string(in.Action), "topic": in.Topic, "device": in.Device, "group": in.Group, "position": r.PostFormValue("position")}
 	if s := strings.TrimSpace(r.PostFormValue("position")); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 0 {

@@ -212,7 +212,7 @@ func (c *Console) csrf(next http.Handler) http.Handler {
 			want := c.mac("csrf", nonce)
 			got := r.Header.Get("X-CSRF-Token")
 			if got == "" {
-				r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+				r.Body = http.MaxBytesReader(w, r.Body, formLimit(r))
 				got = r.PostFormValue("csrf")
 			}
 			if nonce == "" || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
@@ -237,7 +237,7 @@ func (c *Console) csrf(next http.Handler) http.Handler {
 func (c *Console) validText(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPost {
-			r.Body = http.MaxBytesReader(w, r.Body, maxForm)
+			r.Body = http.MaxBytesReader(w, r.Body, formLimit(r))
 		}
 		if err := r.ParseForm(); err != nil {
 			c.errorPage(w, r, http.StatusBadRequest, "The form could not be read.")
@@ -255,6 +255,14 @@ func (c *Console) validText(next http.Handler) http.Handler {
 
 // maxForm bounds a form's body.
 const maxForm = 64 << 10
+
+// formLimit is maxForm, but for the device import's upload (maxImportForm).
+func formLimit(r *http.Request) int64 {
+	if strings.HasSuffix(r.URL.Path, "/"+importPath) {
+		return maxImportForm
+	}
+	return maxForm
+}
 
 func (c *Console) log(r *http.Request) *slog.Logger { return c.cfg.Log.With("path", r.URL.Path) }
 

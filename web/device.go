@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"errors"
 	"fmt"
+	"html/template"
 	"net/http"
 	"net/url"
 	"sort"
@@ -23,8 +24,12 @@ type deviceRow struct {
 
 type devicesData struct {
 	Search  string
+	Group   string
+	Meta    string // a key=value metadata filter
 	Devices []deviceRow
 	Next    string
+	// More is the query string of the next page's link.
+	More template.URL
 }
 
 const devicesPerPage = 25
@@ -37,12 +42,24 @@ func (c *Console) renderDevices(w http.ResponseWriter, r *http.Request, status i
 	t := tenantOf(r)
 	q := r.URL.Query()
 	search := strings.TrimSpace(q.Get("q"))
-	ds, next, err := c.store.SearchDevices(r.Context(), t.Slug, search, tenants.Page{Limit: devicesPerPage, Cursor: q.Get("after")})
+	f := tenants.DeviceFilter{Search: search, Group: strings.TrimSpace(q.Get("group"))}
+	meta := strings.TrimSpace(q.Get("meta"))
+	if k, v, ok := strings.Cut(meta, "="); ok && strings.TrimSpace(k) != "" {
+		f.Metadata = map[string]string{strings.TrimSpace(k): strings.TrimSpace(v)}
+	}
+	d := devicesData{Search: search, Group: f.Group, Meta: meta}
+	ds, next, err := c.store.FilterDevices(r.Context(), t.Slug, f, tenants.Page{Limit: devicesPerPage, Cursor: q.Get("after")})
+	if errors.Is(err, tenants.ErrInvalid) {
+		// A malformed group lists nothing, and says why.
+		p.Errors = formErrors(err)
+		ds, next, err = nil, "", nil
+	}
 	if err != nil {
 		c.internal(w, r, err)
 		return
 	}
-	d := devicesData{Search: search, Next: next}
+	d.Next = next
+	d.More = template.URL(url.Values{"q": {search}, "group": {f.Group}, "meta": {meta}, "after": {next}}.Encode())
 	for _, dev := range ds {
 		row := deviceRow{Device: dev}
 		if c.cfg.DataPlane != nil {
@@ -52,6 +69,11 @@ func (c *Console) renderDevices(w http.ResponseWriter, r *http.Request, status i
 	}
 	p.Title, p.Nav, p.Data = "Devices", "devices", d
 	c.render(w, r, status, "devices.html", p)
+}
+
+// parseGroups reads group names separated by commas or spaces.
+func parseGroups(s string) []string {
+	return strings.FieldsFunc(s, func(r rune) bool { return r == ',' || r == ' ' || r == '\n' || r == '\r' || r == '\t' })
 }
 
 // parseMetadata reads key=value lines.
@@ -118,12 +140,12 @@ c.publish(%q, "hello", qos=1).wait_for_publish()`, d.Name, user, secret, host, p
 func (c *Console) deviceCreate(w http.ResponseWriter, r *http.Request) {
 	t := tenantOf(r)
 	name := strings.TrimSpace(r.PostFormValue("name"))
-	form := map[string]string{"name": name, "metadata": r.PostFormValue("metadata")}
+	form := map[string]string{"name": name, "metadata": r.PostFormValue("metadata"), "groups": r.PostFormValue("groups")}
 	md, err := parseMetadata(r.PostFormValue("metadata"))
 	var d tenants.Device
 	var secret string
 	if err == nil {
-		d, secret, err = c.store.CreateDevice(r.Context(), t.Slug, tenants.DeviceInput{Name: name, Metadata: md})
+		d, secret, err = c.store.CreateDevice(r.Context(), t.Slug, tenants.DeviceInput{Name: name, Metadata: md, Groups: parseGroups(r.PostFormValue("groups"))})
 	}
 	if err != nil {
 		if errors.Is(err, tenants.ErrConflict) {

@@ -61,6 +61,7 @@ func (c *Console) routes() chi.Router {
 				r.Get("/devices/{device}", c.deviceDetail)
 				r.Get("/devices/{device}/created", c.deviceSecretPage("created"))
 				r.Get("/devices/{device}/secret", c.deviceSecretPage("secret"))
+				r.Get("/"+importPath, c.importPage)
 				r.Get("/acl", c.aclPage)
 				r.Get("/webhooks", c.webhooksPage)
 				r.Post("/acl/check", c.aclCheck)
@@ -83,6 +84,7 @@ func (c *Console) routes() chi.Router {
 				r.Group(func(r chi.Router) {
 					r.Use(c.admin)
 					r.Post("/devices", c.deviceCreate)
+					r.Post("/"+importPath, c.importUpload)
 					r.Post("/devices/{device}/disconnect", c.deviceDisconnect)
 					r.Post("/devices/{device}/queue/purge", c.deviceQueuePurge)
 					r.Post("/devices/{device}/command", c.deviceCommand)
@@ -118,6 +120,7 @@ func (c *Console) routes() chi.Router {
 					r.Post("/invites/{id}/delete", c.inviteRevoke)
 					r.Post("/cas", c.caCreate)
 					r.Post("/cas/{id}/delete", c.caDelete)
+					r.Post("/cas/{id}/provisioning", c.caProvisioning)
 					r.Post("/export-rules", c.exportRuleCreate)
 					r.Post("/export-rules/{id}/delete", c.exportRuleDelete)
 				})

@@ -47,6 +47,38 @@ func (c *Console) caCreate(w http.ResponseWriter, r *http.Request) {
 	redirect(w, r, "/tenants/"+tenantOf(r).Slug+"/cas", "saved")
 }
 
+// caProvisioning marks a CA for provisioning with the form's groups and
+// metadata, or ("off") unmarks it.
+func (c *Console) caProvisioning(w http.ResponseWriter, r *http.Request) {
+	var u tenants.CAUpdate
+	if r.PostFormValue("provision") == "on" {
+		md, err := parseMetadata(r.PostFormValue("metadata"))
+		if err == nil {
+			u.Provisioning = &tenants.ProvisioningTemplate{Groups: parseGroups(r.PostFormValue("groups")), Metadata: md}
+			_, err = c.store.UpdateCA(r.Context(), tenantOf(r).Slug, chi.URLParam(r, "id"), u)
+		}
+		if errors.Is(err, tenants.ErrInvalid) {
+			c.renderCAs(w, r, http.StatusBadRequest, page{Errors: map[string]string{"provisioning": formErrors(err)[firstKey(formErrors(err))]}})
+			return
+		}
+		if err != nil {
+			c.fail(w, r, err)
+			return
+		}
+	} else if _, err := c.store.UpdateCA(r.Context(), tenantOf(r).Slug, chi.URLParam(r, "id"), u); err != nil {
+		c.fail(w, r, err)
+		return
+	}
+	redirect(w, r, "/tenants/"+tenantOf(r).Slug+"/cas", "saved")
+}
+
+func firstKey(m map[string]string) string {
+	for k := range m {
+		return k
+	}
+	return ""
+}
+
 func (c *Console) caDelete(w http.ResponseWriter, r *http.Request) {
 	if err := c.store.DeleteCA(r.Context(), tenantOf(r).Slug, chi.URLParam(r, "id")); err != nil {
 		c.fail(w, r, err)

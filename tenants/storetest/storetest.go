@@ -65,6 +65,11 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"AccountTokens", testAccountTokens},
 		{"AccountSessions", testAccountSessions},
 		{"AuditWhere", testAuditWhere},
+		// Issue 22: groups, metadata in policy, bulk import, provisioning.
+		{"DeviceGroups", testDeviceGroups},
+		{"GroupACL", testGroupACL},
+		{"ImportDevices", testImportDevices},
+		{"ProvisionDevice", testProvisionDevice},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

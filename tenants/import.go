@@ -1,0 +1,246 @@
+package tenants
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/roosthub/roost/migrations"
+)
+
+// MaxImportRows bounds one bulk import.
+const MaxImportRows = 10000
+
+// ImportMode says what an import does with rows in error.
+type ImportMode string
+
+// The modes: ImportAll creates every row or none; ImportRows creates the
+// rows without errors and reports the others.
+const (
+	ImportAll  ImportMode = "all"
+	ImportRows ImportMode = "rows"
+)
+
+// ImportRow is one device to import: Row is its number in the file (for
+// the errors), Err an error met reading it.
+type ImportRow struct {
+	Row   int
+	Input DeviceInput
+	Err   error
+}
+
+// ImportError is what is wrong with one row.
+type ImportError struct {
+	Row     int    `json:"row"`
+	Field   string `json:"field,omitempty"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// ImportedDevice is a device an import created, with its secret, which is
+// not stored and cannot be read again.
+type ImportedDevice struct {
+	Row    int    `json:"row"`
+	Device Device `json:"device"`
+	Secret string `json:"secret"`
+}
+
+// ImportResult is what an import did. In ImportAll mode with errors,
+// nothing was created.
+type ImportResult struct {
+	Mode    ImportMode       `json:"mode"`
+	Rows    int              `json:"rows"`
+	Created []ImportedDevice `json:"created"`
+	Errors  []ImportError    `json:"errors"`
+}
+
+func rowError(row int, err error) ImportError {
+	e := ImportError{Row: row, Code: "invalid", Message: err.Error()}
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		e.Field, e.Message = fe.Field, fe.Message
+	}
+	return e
+}
+
+// ImportDevices registers many devices in one transaction, within the
+// tenant's max_devices: in ImportAll mode a row in error (or a count over
+// the quota, a *QuotaError) creates nothing; in ImportRows mode each good
+// row is created while the quota allows. Every device created has a new
+// secret, returned once.
+func (s *Store) ImportDevices(ctx context.Context, tenant string, rows []ImportRow, mode ImportMode) (ImportResult, error) {
+	res := ImportResult{Mode: mode, Rows: len(rows), Created: []ImportedDevice{}, Errors: []ImportError{}}
+	if mode != ImportAll && mode != ImportRows {
+		return res, invalid("mode", "must be all or rows")
+	}
+	if len(rows) > MaxImportRows {
+		return res, invalid("rows", "at most %d devices in one import", MaxImportRows)
+	}
+	seen := make(map[string]int, len(rows))
+	good := make([]ImportRow, 0, len(rows))
+	for _, r := range rows {
+		err := r.Err
+		if err == nil {
+			err = r.Input.Validate()
+		}
+		if err == nil {
+			if first, dup := seen[r.Input.Name]; dup {
+				err = invalid("name", "repeats the device of row %d", first)
+			}
+		}
+		if err != nil {
+			res.Errors = append(res.Errors, rowError(r.Row, err))
+			continue
+		}
+		seen[r.Input.Name] = r.Row
+		good = append(good, r)
+	}
+	if mode == ImportAll && len(res.Errors) > 0 {
+		return res, nil
+	}
+	now := s.timestamp()
+	var created []ImportedDevice
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		created = nil
+		if err := s.lockTenant(ctx, tx, tenant); err != nil {
+			return err
+		}
+		t, err := s.scanTenant(tx.QueryRowContext(ctx, `SELECT `+tenantColumns+` FROM tenants t WHERE t.slug = $1`, tenant))
+		if err != nil {
+			return err
+		}
+		existing, err := deviceNames(ctx, tx, tenant)
+		if err != nil {
+			return err
+		}
+		var errs []ImportError
+		fresh := good[:0:0]
+		for _, r := range good {
+			if existing[r.Input.Name] {
+				errs = append(errs, ImportError{Row: r.Row, Field: "name", Code: "conflict", Message: "a device with this name exists"})
+				continue
+			}
+			fresh = append(fresh, r)
+		}
+		limit := t.Quotas().MaxDevices
+		room := max(limit-int64(len(existing)), 0)
+		if mode == ImportAll {
+			if len(errs) > 0 {
+				res.Errors = errs
+				return errImportRefused
+			}
+			if int64(len(fresh)) > room {
+				return &QuotaError{Quota: "max_devices", Limit: limit}
+			}
+		} else if int64(len(fresh)) > room {
+			for _, r := range fresh[room:] {
+				errs = append(errs, ImportError{Row: r.Row, Code: "quota_exceeded",
+					Message: fmt.Sprintf("the tenant has its %d devices (max_devices)", limit)})
+			}
+			fresh = fresh[:room]
+		}
+		res.Errors = append(res.Errors, errs...)
+		created = make([]ImportedDevice, 0, len(fresh))
+		for _, r := range fresh {
+			secret := newSecret(24)
+			in := r.Input
+			created = append(created, ImportedDevice{Row: r.Row, Secret: secret, Device: Device{
+				Tenant: tenant, Name: in.Name, Username: Username(tenant, in.Name), Enabled: *in.Enabled, ClientIDs: in.ClientIDs,
+				Metadata: in.Metadata, Groups: in.Groups, CreatedAt: now, UpdatedAt: now, SecretHash: hashSecret(secret),
+			}})
+		}
+		if err := s.insertDevices(ctx, tx, created); err != nil {
+			return err
+		}
+		if len(created) == 0 {
+			return nil
+		}
+		return s.audit(ctx, tx, tenant, "device.import", "devices:"+strconv.Itoa(len(created)))
+	}, Change{Kind: DevicesImported, Tenant: tenant})
+	if errors.Is(err, errImportRefused) {
+		return res, nil
+	}
+	if err != nil {
+		return res, err
+	}
+	res.Created = created
+	sortImportErrors(res.Errors)
+	return res, nil
+}
+
+// errImportRefused rolls back an ImportAll import with rows in error.
+var errImportRefused = errors.New("import refused")
+
+func sortImportErrors(es []ImportError) {
+	// Rows come in file order; the existing-name and quota errors found
+	// later are merged back in row order.
+	sort.SliceStable(es, func(i, j int) bool { return es[i].Row < es[j].Row })
+}
+
+func deviceNames(ctx context.Context, tx *sql.Tx, tenant string) (map[string]bool, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT name FROM devices WHERE tenant = $1`, tenant)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	names := map[string]bool{}
+	for rows.Next() {
+		var n string
+		if err := rows.Scan(&n); err != nil {
+			return nil, err
+		}
+		names[n] = true
+	}
+	return names, rows.Err()
+}
+
+// insertDevices inserts devices: on Postgres in batches of a few hundred
+// rows (one statement per device would make 10,000 round trips); on
+// SQLite, in process, with one prepared statement, as parsing a statement
+// of hundreds of rows costs more there than executing one row at a time.
+func (s *Store) insertDevices(ctx context.Context, tx *sql.Tx, ds []ImportedDevice) error {
+	if s.dialect != migrations.Postgres {
+		stmt, err := tx.PrepareContext(ctx, `INSERT INTO devices (`+deviceColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, NULL, $9)`)
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		for _, d := range ds {
+			dv := d.Device
+			if _, err := stmt.ExecContext(ctx, dv.Tenant, dv.Name, dv.Enabled, dv.ClientIDs, marshalJSON(dv.Metadata), dv.SecretHash, dv.CreatedAt, dv.UpdatedAt, marshalJSON(dv.Groups)); err != nil {
+				if isUniqueViolation(err) {
+					return fmt.Errorf("a device was created during the import: %w", ErrConflict)
+				}
+				return err
+			}
+		}
+		return nil
+	}
+	const batch = 500
+	for start := 0; start < len(ds); start += batch {
+		part := ds[start:min(start+batch, len(ds))]
+		var q strings.Builder
+		q.WriteString(`INSERT INTO devices (` + deviceColumns + `) VALUES `)
+		args := make([]any, 0, len(part)*9)
+		for i, d := range part {
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			n := len(args)
+			fmt.Fprintf(&q, "($%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d, NULL, $%d)", n+1, n+2, n+3, n+4, n+5, n+6, n+7, n+8, n+9)
+			dv := d.Device
+			args = append(args, dv.Tenant, dv.Name, dv.Enabled, dv.ClientIDs, marshalJSON(dv.Metadata), dv.SecretHash, dv.CreatedAt, dv.UpdatedAt, marshalJSON(dv.Groups))
+		}
+		if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
+			if isUniqueViolation(err) {
+				return fmt.Errorf("a device was created during the import: %w", ErrConflict)
+			}
+			return err
+		}
+	}
+	return nil
+}
