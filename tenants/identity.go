@@ -28,6 +28,12 @@ func (s *Store) IdentityAccount(ctx context.Context, issuer, subject string) (Ac
 // that email (verified: the issuer vouched for it) and no usable password
 // (a password reset gives it one). created tells a new account. Links and
 // new accounts are audited.
+//
+// An account whose email is not verified is never linked (ErrConflict):
+// anyone can sign up with someone else's email, and linking would hand
+// the mailbox's owner an account whose password and sessions the stranger
+// still holds. Its owner verifies the email (or resets the password, which
+// ends every session) and then signs in with the issuer.
 func (s *Store) SSOAccount(ctx context.Context, issuer, subject, email string) (a Account, created bool, err error) {
 	if a, err := s.IdentityAccount(ctx, issuer, subject); !errors.Is(err, ErrNotFound) {
 		return a, false, err
@@ -43,8 +49,11 @@ func (s *Store) SSOAccount(ctx context.Context, issuer, subject, email string) (
 	now := s.timestamp()
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
 		var id string
-		err := tx.QueryRowContext(ctx, `SELECT id FROM accounts WHERE email = $1`, email).Scan(&id)
+		var verified sql.NullTime
+		err := tx.QueryRowContext(ctx, `SELECT id, email_verified_at FROM accounts WHERE email = $1`, email).Scan(&id, &verified)
 		switch {
+		case err == nil && !verified.Valid:
+			return fmt.Errorf("an account with this email exists and its email is not verified: sign in with its password (or reset it) and verify the email, then sign in with single sign-on: %w", ErrConflict)
 		case errors.Is(err, sql.ErrNoRows):
 			id, created = newID("acc_"), true
 			if _, err := tx.ExecContext(ctx,

@@ -385,12 +385,14 @@ func (s *Store) Members(ctx context.Context, tenant string, p Page) ([]Member, s
 	return ms, next, nil
 }
 
-// ErrNoAccount is AddMember's answer for an email no account has.
-var ErrNoAccount = fmt.Errorf("no account has this email: %w", ErrNotFound)
+// ErrNoAccount is AddMember's answer for an email no account with a
+// verified email has.
+var ErrNoAccount = fmt.Errorf("no account has verified this email: %w", ErrNotFound)
 
 // AddMember gives the account with in.Email a role in tenant, if by may
 // (By.MayAdd), and leaves the account a notice saying who did. An email
-// with no account is ErrNoAccount; an existing member is a conflict.
+// with no account, or whose account has not verified it, is ErrNoAccount;
+// an existing member is a conflict.
 func (s *Store) AddMember(ctx context.Context, tenant string, by By, in MemberInput) (Member, error) {
 	if err := in.Validate(); err != nil {
 		return Member{}, err
@@ -403,7 +405,10 @@ func (s *Store) AddMember(ctx context.Context, tenant string, by By, in MemberIn
 		if err := s.lockTenant(ctx, tx, tenant); err != nil {
 			return err
 		}
-		if err := tx.QueryRowContext(ctx, `SELECT id FROM accounts WHERE email = $1`, in.Email).Scan(&m.AccountID); err != nil {
+		// Only an account whose email is verified: anyone can sign up
+		// with someone else's address, and would get the role meant for
+		// the mailbox's owner. The others are invited (Invite).
+		if err := tx.QueryRowContext(ctx, `SELECT id FROM accounts WHERE email = $1 AND email_verified_at IS NOT NULL`, in.Email).Scan(&m.AccountID); err != nil {
 			if err == sql.ErrNoRows {
 				return ErrNoAccount
 			}

@@ -206,7 +206,7 @@ var flashes = map[string]string{
 	"rule-moved":   "Rule moved.",
 	"rule-deleted": "Rule deleted.",
 	"key-deleted":  "API key revoked.",
-	"member":       "If an account has that email, it is now a member and has been told; if not, nothing changed (ask them to sign up, then add them again).",
+	"member":       "If an account has that email and has verified it, it is now a member and has been told; if not, nothing changed (invite them instead).",
 	"member-gone":  "Member removed.",
 	"disconnected": "The device's connections were closed.",
 	"enabled":      "Device enabled.",

@@ -88,8 +88,8 @@ func testSignUp(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 // owners keep a leaving member's keys; the added and removed are left
 // notices that nobody else sees.
 func testMembershipRules(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
-	owner, admin, viewer := mustAccount(t, s, "owner@example.com"), mustAccount(t, s, "admin@example.com"), mustAccount(t, s, "viewer@example.com")
-	stranger := mustAccount(t, s, "stranger@example.com")
+	owner, admin, viewer := mustAccount(t, s, "owner@example.com"), mustVerified(t, s, "admin@example.com"), mustVerified(t, s, "viewer@example.com")
+	stranger := mustVerified(t, s, "stranger@example.com")
 	mustTenant(t, s, owner, "acme")
 	byOwner := tenants.By{Role: tenants.RoleOwner, Account: owner.ID, Name: "owner@example.com"}
 	byAdmin := tenants.By{Role: tenants.RoleAdmin, Account: admin.ID, Name: "admin@example.com"}
@@ -147,7 +147,7 @@ func testMembershipRules(t *testing.T, s *tenants.Store, _ func() *tenants.Store
 // unless an owner keeps them; others' keys, keys of no recorded creator and
 // its keys in another tenant stay.
 func testKeysEndWithMember(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
-	owner, admin := mustAccount(t, s, "owner@example.com"), mustAccount(t, s, "admin@example.com")
+	owner, admin := mustAccount(t, s, "owner@example.com"), mustVerified(t, s, "admin@example.com")
 	mustTenant(t, s, owner, "acme")
 	mustTenant(t, s, owner, "globex")
 	byOwner := tenants.By{Role: tenants.RoleOwner, Account: owner.ID}

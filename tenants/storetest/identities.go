@@ -28,7 +28,16 @@ func testSSOAccounts(t *testing.T, s *tenants.Store, reopen func() *tenants.Stor
 	if err != nil || created || again.ID != a.ID {
 		t.Errorf("SSOAccount again = %+v, %v, %v; want the linked account", again, created, err)
 	}
-	old := mustAccount(t, s, "old@example.com")
+	// An account signed up with the email but never verified may be a
+	// stranger's, holding a password and sessions: it is not linked.
+	mallory := mustAccount(t, s, "victim@example.com")
+	if _, _, err := s.SSOAccount(ctx, iss, "sub-4", "victim@example.com"); !errors.Is(err, tenants.ErrConflict) {
+		t.Errorf("SSOAccount of an email whose account has not verified it: %v, want ErrConflict", err)
+	}
+	if _, err := s.IdentityAccount(ctx, iss, "sub-4"); !errors.Is(err, tenants.ErrNotFound) {
+		t.Errorf("the unverified account %s was linked: %v", mallory.ID, err)
+	}
+	old := mustVerified(t, s, "old@example.com")
 	linked, created, err := s.SSOAccount(ctx, iss, "sub-2", "old@example.com")
 	if err != nil || created || linked.ID != old.ID {
 		t.Errorf("SSOAccount of an email with an account = %+v, %v, %v; want %s linked", linked, created, err, old.ID)

@@ -90,6 +90,21 @@ func mustAccount(t *testing.T, s *tenants.Store, email string) tenants.Account {
 	return a
 }
 
+// mustVerified is mustAccount with its email verified, as the link mailed
+// at sign-up does: only such an account can be added as a member.
+func mustVerified(t *testing.T, s *tenants.Store, email string) tenants.Account {
+	t.Helper()
+	a := mustAccount(t, s, email)
+	_, token, err := s.IssueVerifyToken(ctx, a.ID)
+	if err != nil {
+		t.Fatalf("IssueVerifyToken(%s): %v", email, err)
+	}
+	if a, err = s.VerifyEmail(ctx, token); err != nil {
+		t.Fatalf("VerifyEmail(%s): %v", email, err)
+	}
+	return a
+}
+
 func mustTenant(t *testing.T, s *tenants.Store, owner tenants.Account, slug string) tenants.Tenant {
 	t.Helper()
 	tn, err := s.CreateTenant(ctx, owner.ID, tenants.TenantInput{Slug: slug})
@@ -296,7 +311,8 @@ var ownerBy = tenants.By{Role: tenants.RoleOwner, Name: "an owner"}
 
 func testMembers(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 	owner := mustAccount(t, s, "owner@example.com")
-	viewer := mustAccount(t, s, "viewer@example.com")
+	viewer := mustVerified(t, s, "viewer@example.com")
+	mallory := mustAccount(t, s, "mallory@example.com")
 	mustTenant(t, s, owner, "acme")
 
 	m, err := s.AddMember(ctx, "acme", ownerBy, tenants.MemberInput{Email: "VIEWER@example.com", Role: tenants.RoleViewer})
@@ -307,6 +323,10 @@ func testMembers(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 	wantErr(t, "adding a member twice", err, tenants.ErrConflict)
 	_, err = s.AddMember(ctx, "acme", ownerBy, tenants.MemberInput{Email: "ghost@example.com", Role: tenants.RoleAdmin})
 	wantErr(t, "adding an unknown email", err, tenants.ErrNoAccount)
+	// Anyone can sign up with someone else's email: an account that has
+	// not verified it is added no more than an unknown email is.
+	_, err = s.AddMember(ctx, "acme", ownerBy, tenants.MemberInput{Email: mallory.Email, Role: tenants.RoleAdmin})
+	wantErr(t, "adding an account whose email is not verified", err, tenants.ErrNoAccount)
 	_, err = s.AddMember(ctx, "acme", ownerBy, tenants.MemberInput{Email: "viewer@example.com", Role: "god"})
 	wantField(t, "unknown role", err, "role")
 
