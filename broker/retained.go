@@ -33,11 +33,26 @@ func (h *Hub) Retained(ctx context.Context, tenant, filter string, offset, limit
 	if inst == nil {
 		return nil, 0, nil
 	}
-	var all []dataplane.Retained
+	// Sorted by topic first and previewed only for the page: a tenant may
+	// keep a million retained messages, and a one-row page must not build
+	// a million previews.
+	var pks []packets.Packet
 	for _, pk := range inst.server.Topics.Messages(filter) {
-		if !listable(filter, pk.TopicName) {
-			continue
+		if listable(filter, pk.TopicName) {
+			pks = append(pks, pk)
 		}
+	}
+	if offset >= len(pks) {
+		return nil, 0, nil
+	}
+	slices.SortFunc(pks, func(a, b packets.Packet) int { return strings.Compare(a.TopicName, b.TopicName) })
+	end := min(offset+limit, len(pks))
+	next := 0
+	if end < len(pks) {
+		next = end
+	}
+	page := make([]dataplane.Retained, 0, end-offset)
+	for _, pk := range pks[offset:end] {
 		r := dataplane.Retained{Topic: pk.TopicName, QoS: pk.FixedHeader.Qos, Size: len(pk.Payload), Encoding: "text"}
 		p := pk.Payload
 		if len(p) > dataplane.PreviewBytes {
@@ -48,18 +63,9 @@ func (h *Hub) Retained(ctx context.Context, tenant, filter string, offset, limit
 		} else {
 			r.Payload, r.Encoding = base64.StdEncoding.EncodeToString(p), "base64"
 		}
-		all = append(all, r)
+		page = append(page, r)
 	}
-	slices.SortFunc(all, func(a, b dataplane.Retained) int { return strings.Compare(a.Topic, b.Topic) })
-	if offset >= len(all) {
-		return nil, 0, nil
-	}
-	end := min(offset+limit, len(all))
-	next := 0
-	if end < len(all) {
-		next = end
-	}
-	return all[offset:end], next, nil
+	return page, next, nil
 }
 
 // listable reports whether a retained message on topic is the tenant's to
