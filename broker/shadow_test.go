@@ -2,8 +2,6 @@ package broker_test
 
 import (
 	"encoding/json"
-	"fmt"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -176,29 +174,4 @@ func TestShadowGrantedByRule(t *testing.T) {
 	if acc := gw.nextOn(t, "$roost/shadow/d1/update/accepted"); jsonOf(acc["state"].(map[string]any)["reported"]) != `{"via":"gw"}` {
 		t.Errorf("accepted = %s, want reported {via gw}", jsonOf(acc))
 	}
-}
-
-// TestShadowRoundTrip measures an MQTT 5 device's update until its
-// accepted answer, over SQLite (docs/shadows.md records it); it fails
-// only if an answer does not come.
-func TestShadowRoundTrip(t *testing.T) {
-	if testing.Short() {
-		t.Skip("a measurement")
-	}
-	s := newStack(t)
-	s.tenant("acme")
-	s.setQuota("acme", "publish_rate", 1_000_000) // the round trip, not the rate
-	p := s.device("acme", "d1")
-	d1 := mustV5(t, s.addr, user("acme", "d1"), p, "d1")
-	d1.sub(t, "$roost/shadow/d1/update/accepted", 1)
-	const n = 200
-	took := make([]time.Duration, 0, n)
-	for i := range n {
-		start := time.Now()
-		d1.pub(t, "$roost/shadow/d1/update", fmt.Sprintf(`{"state":{"reported":{"n":%d}}}`, i), 1, false)
-		d1.nextOn(t, "$roost/shadow/d1/update/accepted")
-		took = append(took, time.Since(start))
-	}
-	slices.Sort(took)
-	t.Logf("shadow update round trip over MQTT 5, %d updates: p50 %v, p99 %v", n, took[n/2], took[n*99/100])
 }
