@@ -2,13 +2,11 @@ package api
 
 import (
 	"context"
-	"encoding/csv"
 	"errors"
 	"fmt"
 	"io"
 	"mime"
 	"net/http"
-	"strconv"
 	"strings"
 
 	"github.com/go-chi/chi/v5"
@@ -102,26 +100,7 @@ func writeImportCSV(w http.ResponseWriter, status int, tenant string, res tenant
 	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
 	w.Header().Set("Content-Disposition", `attachment; filename="`+tenant+`-devices.csv"`)
 	w.WriteHeader(status)
-	cw := csv.NewWriter(w)
-	cw.Write([]string{"row", "name", "username", "secret", "error"})
-	created, errs := res.Created, res.Errors
-	for len(created) > 0 || len(errs) > 0 {
-		if len(errs) == 0 || (len(created) > 0 && created[0].Row < errs[0].Row) {
-			d := created[0]
-			cw.Write([]string{strconv.Itoa(d.Row), d.Device.Name, d.Device.Username, d.Secret, ""})
-			created = created[1:]
-			continue
-		}
-		e := errs[0]
-		msg := e.Message
-		if e.Field != "" {
-			msg = e.Field + ": " + msg
-		}
-		cw.Write([]string{strconv.Itoa(e.Row), "", "", "", msg})
-		errs = errs[1:]
-	}
-	cw.Flush()
-	return nil
+	return res.WriteCSV(w)
 }
 
 // importFileError answers a file that cannot be imported at all.

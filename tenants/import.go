@@ -3,8 +3,10 @@ package tenants
 import (
 	"context"
 	"database/sql"
+	"encoding/csv"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"strconv"
 	"strings"
@@ -56,6 +58,32 @@ type ImportResult struct {
 	Rows    int              `json:"rows"`
 	Created []ImportedDevice `json:"created"`
 	Errors  []ImportError    `json:"errors"`
+}
+
+// WriteCSV writes the result as the file the API and the console answer
+// with: a line per row of the request, in row order, created (with its
+// username and secret) or not (with its error).
+func (r ImportResult) WriteCSV(w io.Writer) error {
+	cw := csv.NewWriter(w)
+	cw.Write([]string{"row", "name", "username", "secret", "error"})
+	created, errs := r.Created, r.Errors
+	for len(created) > 0 || len(errs) > 0 {
+		if len(errs) == 0 || (len(created) > 0 && created[0].Row < errs[0].Row) {
+			d := created[0]
+			cw.Write([]string{strconv.Itoa(d.Row), d.Device.Name, d.Device.Username, d.Secret, ""})
+			created = created[1:]
+			continue
+		}
+		e := errs[0]
+		msg := e.Message
+		if e.Field != "" {
+			msg = e.Field + ": " + msg
+		}
+		cw.Write([]string{strconv.Itoa(e.Row), "", "", "", msg})
+		errs = errs[1:]
+	}
+	cw.Flush()
+	return cw.Error()
 }
 
 func rowError(row int, err error) ImportError {

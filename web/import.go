@@ -2,7 +2,6 @@ package web
 
 import (
 	"bytes"
-	"encoding/csv"
 	"errors"
 	"io"
 	"net/http"
@@ -99,25 +98,7 @@ func (c *Console) importUpload(w http.ResponseWriter, r *http.Request) {
 // created devices' secrets: shown this once.
 func (c *Console) sendSecrets(w http.ResponseWriter, tenant string, res tenants.ImportResult) {
 	var b bytes.Buffer
-	cw := csv.NewWriter(&b)
-	cw.Write([]string{"row", "name", "username", "secret", "error"})
-	created, errs := res.Created, res.Errors
-	for len(created) > 0 || len(errs) > 0 {
-		if len(errs) == 0 || (len(created) > 0 && created[0].Row < errs[0].Row) {
-			d := created[0]
-			cw.Write([]string{strconv.Itoa(d.Row), d.Device.Name, d.Device.Username, d.Secret, ""})
-			created = created[1:]
-			continue
-		}
-		e := errs[0]
-		msg := e.Message
-		if e.Field != "" {
-			msg = e.Field + ": " + msg
-		}
-		cw.Write([]string{strconv.Itoa(e.Row), "", "", "", msg})
-		errs = errs[1:]
-	}
-	cw.Flush()
+	res.WriteCSV(&b)
 	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
 	w.Header().Set("Content-Disposition", `attachment; filename="`+tenant+`-devices.csv"`)
 	w.Header().Set("Cache-Control", "no-store")
