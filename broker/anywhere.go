@@ -359,10 +359,34 @@ func (p *persistence) unsent(cl *mqtt.Client, pk packets.Packet) bool {
 }
 
 // forgetWithheld forgets the deliveries withheld from a client that
-// were never to be written: its connection ended. Called with p.mu held.
-func (p *persistence) forgetWithheld(clientID string) {
+// were never to be written: its connection ended. One mochi put back in
+// the client object's inflight messages (it had no send quota for it) is
+// taken out: left there, it would be resent to the next connection as
+// a message the client has. cl may be nil. Called with p.mu held.
+func (p *persistence) forgetWithheld(cl *mqtt.Client, clientID string) {
+	if cl != nil && len(p.unsend[clientID]) > 0 {
+		p.dropWithheld(cl)
+	}
 	p.unsending.Add(-int64(len(p.unsend[clientID])))
 	delete(p.unsend, clientID)
+}
+
+// dropWithheld takes the deliveries withheld from a client out of its
+// inflight messages, if mochi put them back there, and forgets them; the
+// session's copies stay outstanding, for reconcile to send. Called with
+// p.mu held.
+func (p *persistence) dropWithheld(cl *mqtt.Client) {
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		pubID, ok := pubIDOf(pk)
+		if !ok || !p.unsend[cl.ID][pubID] {
+			continue
+		}
+		if cl.State.Inflight.Delete(pk.PacketID) {
+			atomic.AddInt64(&p.server.Info.Inflight, -1)
+		}
+		delete(p.unsend[cl.ID], pubID)
+		p.unsending.Add(-1)
+	}
 }
 
 // catchUp reads what a connected session's queue holds that this broker

@@ -144,6 +144,10 @@ type persistence struct {
 	// knows whether more were withheld as it sent.
 	holding map[string]bool
 	held    map[string]uint64
+	// heldPk keeps, per client, the deliveries held back by their copy's
+	// number, for reconcile to send without reading the store; each is an
+	// outstanding copy, so max_queued bounds them.
+	heldPk map[string]map[uint64]packets.Packet
 	// reconciling serializes each client's reconciles (by a hash of its
 	// client id).
 	reconciling [64]sync.Mutex
@@ -219,7 +223,7 @@ func newPersistence(st SessionStore, tenant string, server *mqtt.Server, host se
 		pubs: map[string]pubCopies{}, inflight: map[string]map[uint16]uint64{},
 		outstanding: map[string][]uint64{}, epochs: map[string]uint64{}, devices: map[string]string{}, stored: map[string]bool{}, dropped: map[string]int64{},
 		marks: map[string]map[uint64]mark{}, received: map[string]map[uint16]bool{},
-		live: map[string]*mqtt.Client{}, recheck: map[string]bool{}, holding: map[string]bool{}, held: map[string]uint64{},
+		live: map[string]*mqtt.Client{}, recheck: map[string]bool{}, holding: map[string]bool{}, held: map[string]uint64{}, heldPk: map[string]map[uint64]packets.Packet{},
 		appending: map[uint64]bool{}, acking: map[string]map[uint64]bool{}, reading: map[string]int{},
 		resent: map[string]map[uint64]time.Time{}, unsend: map[string]map[string]bool{}, claiming: map[string]int{},
 	}
@@ -519,6 +523,10 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.
 // any order; this gives them increasing Created values in queue order.
 func (p *persistence) orderResend(cl *mqtt.Client) {
 	p.mu.Lock()
+	// A delivery withheld from the connection taken over, which mochi had
+	// put back in its inflight messages, came over with them: it is not
+	// to be resent (the encoder would refuse it, and the resend with it).
+	p.dropWithheld(cl)
 	bySeq := p.inflight[cl.ID]
 	type entry struct {
 		seq uint64
@@ -604,19 +612,22 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 			return
 		}
 		seq, ok = p.pubs[pubID].seqs[cl.ID]
-		switch {
-		case ok && p.holds(cl):
+		// Only a first delivery is held back: a resend (DUP) is of a
+		// message the connection has, from mochi's resend at the
+		// CONNACK, which must write it.
+		switch first := !out.FixedHeader.Dup; {
+		case ok && first && p.holds(cl):
 			p.withhold(cl, pubID, out.PacketID)
-			p.holdBack(cl.ID)
+			p.holdBack(cl.ID, seq, out)
 			p.mu.Unlock()
 			return
-		case ok && p.anywhere && cl.Net.Conn == nil && !cl.IsTakenOver():
+		case ok && first && p.anywhere && cl.Net.Conn == nil && !cl.IsTakenOver():
 			// A session adopted for a connection that has not taken it
 			// over yet (see adopt): kept here, the copy would be resent
 			// at the CONNACK, before older ones other nodes queued that
 			// the attach's catch-up finds. It stays in the queue, and is
 			// sent from there once the connection caught up.
-			p.holdBack(cl.ID)
+			p.holdBack(cl.ID, seq, out)
 			p.mu.Unlock()
 			if cl.State.Inflight.Delete(out.PacketID) {
 				atomic.AddInt64(&p.server.Info.Inflight, -1)
@@ -689,12 +700,22 @@ func (p *persistence) holds(cl *mqtt.Client) bool {
 	return p.live[cl.ID] != cl || p.holding[cl.ID]
 }
 
-// holdBack notes a delivery to a client held back: the session holds its
-// deliveries until a reconcile sent it. Called with p.mu held.
-func (p *persistence) holdBack(clientID string) {
+// holdBack notes a delivery of copy seq to a client held back: the
+// session holds its deliveries until a reconcile sent it. Called with p.mu
+// held.
+func (p *persistence) holdBack(clientID string, seq uint64, pk packets.Packet) {
 	p.holding[clientID] = true
 	p.held[clientID]++
 	p.recheck[clientID] = true
+	if pk.Properties.TopicAliasFlag {
+		// mochi gave it an outbound topic alias (and may have left out the
+		// topic): sent from the store, with its topic, instead.
+		return
+	}
+	if p.heldPk[clientID] == nil {
+		p.heldPk[clientID] = map[uint64]packets.Packet{}
+	}
+	p.heldPk[clientID][seq] = withoutTag(pk)
 }
 
 // mark writes a QoS 2 message's mark; false if the store failed.
@@ -831,7 +852,7 @@ func (p *persistence) gone(cl *mqtt.Client) {
 	if cur, ok := p.server.Clients.Get(cl.ID); ok && cur != cl {
 		return
 	}
-	p.forgetWithheld(cl.ID)
+	p.forgetWithheld(cl, cl.ID)
 	if !cl.IsTakenOver() {
 		p.unhold(cl.ID)
 	}
@@ -841,6 +862,7 @@ func (p *persistence) gone(cl *mqtt.Client) {
 func (p *persistence) unhold(clientID string) {
 	delete(p.holding, clientID)
 	delete(p.held, clientID)
+	delete(p.heldPk, clientID)
 }
 
 // reconcile makes sure a connected persistent session is sending every
@@ -867,9 +889,22 @@ func (p *persistence) reconcile(cl *mqtt.Client) {
 	mu := &p.reconciling[maphash.String(reconcileSeed, cl.ID)%uint64(len(p.reconciling))]
 	mu.Lock()
 	defer mu.Unlock()
-	for p.reconcileOnce(cl) {
+	for range reconcilePasses {
+		if !p.reconcileOnce(cl) {
+			return
+		}
 	}
 }
+
+// reconcilePasses bounds one reconcile's passes; the publish whose
+// delivery was held back meanwhile reconciles again once routed.
+const reconcilePasses = 8
+
+// routingGrace is how long a publish counts as being routed: mochi does not
+// route one whose acknowledgement it cannot write, or that a later hook
+// refused, and its copy must not hold a session's deliveries back until
+// the sweep forgets its tag (see sweep).
+const routingGrace = 5 * time.Second
 
 // reconcileSeed spreads clients over persistence.reconciling.
 var reconcileSeed = maphash.MakeSeed()
@@ -883,8 +918,9 @@ func (p *persistence) reconcileOnce(cl *mqtt.Client) bool {
 	p.mu.Lock()
 	holding, heldBefore := p.holding[cl.ID], p.held[cl.ID]
 	routing := map[uint64]bool{}
+	now := time.Now()
 	for _, c := range p.pubs {
-		if seq, ok := c.seqs[cl.ID]; ok {
+		if seq, ok := c.seqs[cl.ID]; ok && now.Sub(c.at) < routingGrace {
 			routing[seq] = true
 		}
 	}
@@ -921,28 +957,48 @@ func (p *persistence) reconcileOnce(cl *mqtt.Client) bool {
 		p.mu.Unlock()
 		return false
 	}
-	p.mu.Unlock()
-	ctx, cancel := storeCtx()
-	defer cancel()
-	queued, err := p.st.Read(ctx, p.tenant, cl.ID, slices.Min(missing)-1, p.maxQueued())
-	if err != nil {
-		p.log.Error("read queued messages to resend", "client_id", cl.ID, "err", err)
-		return false
+	// What was held back is here; the rest is read from the store.
+	type copyToSend struct {
+		seq uint64
+		pk  packets.Packet
 	}
-	want := map[uint64]bool{}
+	var sends []copyToSend
+	var unread []uint64
 	for _, seq := range missing {
-		want[seq] = true
+		if pk, ok := p.heldPk[cl.ID][seq]; ok {
+			sends = append(sends, copyToSend{seq, pk})
+		} else {
+			unread = append(unread, seq)
+		}
+	}
+	p.mu.Unlock()
+	if len(unread) > 0 {
+		ctx, cancel := storeCtx()
+		queued, err := p.st.Read(ctx, p.tenant, cl.ID, slices.Min(unread)-1, p.maxQueued())
+		cancel()
+		if err != nil {
+			p.log.Error("read queued messages to resend", "client_id", cl.ID, "err", err)
+			return false
+		}
+		want := map[uint64]bool{}
+		for _, seq := range unread {
+			want[seq] = true
+		}
+		for _, q := range queued {
+			if want[q.Seq] {
+				sm := fromStore(q.Message, cl.ID, 0, 0)
+				sends = append(sends, copyToSend{q.Seq, sm.ToPacket()})
+			}
+		}
+		slices.SortFunc(sends, func(a, b copyToSend) int { return cmp.Compare(a.seq, b.seq) })
 	}
 	resent, dropped, complete := 0, 0, true
-	for _, q := range queued {
-		if !want[q.Seq] {
-			continue
-		}
+	for _, c := range sends {
 		// Checked now, as a delivery would be: the topic was readable
 		// when the copy was queued, but the rules may have changed since
 		// (as dropUnreadable does for the copies mochi resends).
-		if !p.host.mayRead(cl, q.Message.Topic) {
-			p.unqueue(cl.ID, q.Seq)
+		if !p.host.mayRead(cl, c.pk.TopicName) {
+			p.unqueue(cl.ID, c.seq)
 			dropped++
 			continue
 		}
@@ -951,19 +1007,21 @@ func (p *persistence) reconcileOnce(cl *mqtt.Client) bool {
 			complete = false
 			break // no packet id free: the next reconcile tries again
 		}
-		sm := fromStore(q.Message, cl.ID, uint16(id), time.Now().Unix())
-		pk := sm.ToPacket() // a new packet id: not a DUP of one the client has seen
+		// A new packet id: not a DUP of one the client has seen.
+		pk := c.pk
+		pk.PacketID, pk.FixedHeader.Dup, pk.Created = uint16(id), false, time.Now().Unix()
 		p.mu.Lock()
-		if !slices.Contains(p.outstanding[cl.ID], q.Seq) { // acknowledged or dropped meanwhile
+		delete(p.heldPk[cl.ID], c.seq)
+		if !slices.Contains(p.outstanding[cl.ID], c.seq) { // acknowledged or dropped meanwhile
 			p.mu.Unlock()
 			continue
 		}
 		if p.inflight[cl.ID] == nil {
 			p.inflight[cl.ID] = map[uint16]uint64{}
 		}
-		p.inflight[cl.ID][pk.PacketID] = q.Seq
+		p.inflight[cl.ID][pk.PacketID] = c.seq
 		if p.anywhere {
-			p.noteResent(cl.ID, q.Seq)
+			p.noteResent(cl.ID, c.seq)
 		}
 		p.mu.Unlock()
 		if cl.State.Inflight.Set(pk) {
@@ -1026,6 +1084,7 @@ func (p *persistence) unqueue(clientID string, seq uint64) {
 // outstanding (acknowledged or dropped already). Called with p.mu held.
 func (p *persistence) unqueueLocked(clientID string, seq uint64) (uint64, bool) {
 	delete(p.marks[clientID], seq)
+	delete(p.heldPk[clientID], seq)
 	out := p.outstanding[clientID]
 	i := slices.Index(out, seq)
 	if i < 0 {
@@ -1219,7 +1278,8 @@ func (p *persistence) letGo(clientID string) {
 	delete(p.received, clientID)
 	delete(p.acking, clientID)
 	delete(p.resent, clientID)
-	p.forgetWithheld(clientID)
+	cl, _ := p.server.Clients.Get(clientID)
+	p.forgetWithheld(cl, clientID)
 	p.unhold(clientID)
 }
 
