@@ -1,0 +1,88 @@
+package api_test
+
+import (
+	"net/http"
+	"testing"
+	"time"
+)
+
+// TestQueuedCommandRoutes: a queued command answers 202 with its id and
+// expiry; GET …/commands/{id} says queued, then replied with the device's
+// reply (a device online answers at once), or expired for one whose ttl
+// passed; a ttl out of bounds or without queue is 400; a viewer can
+// neither send nor read one; another tenant's device of the same name
+// does not have it, and another tenant's user gets 404.
+func TestQueuedCommandRoutes(t *testing.T) {
+	e := newEnv(t)
+	u, bob := e.signup("owner"), e.signup("bob")
+	e.mustTenant(u, "acme")
+	e.mustTenant(bob, "other")
+	e.mustDevice(u.token, "acme", "away")
+	e.mustDevice(bob.token, "other", "d1")
+	replyingDevice(t, e, "acme", "d1", e.mustDevice(u.token, "acme", "d1"))
+	send := func(tok, device string, body map[string]any) response {
+		return e.do("POST", "/v1/tenants/acme/devices/"+device+"/commands", tok, body)
+	}
+	get := func(tok, tenant, device, id string) response {
+		return e.do("GET", "/v1/tenants/"+tenant+"/devices/"+device+"/commands/"+id, tok, nil)
+	}
+
+	before := time.Now()
+	r := send(u.token, "d1", map[string]any{"name": "blink", "payload": "twice", "queue": true, "ttl": 600})
+	want(t, r, 202, "a queued command to an online device")
+	id := r.str("id")
+	if exp, err := time.Parse(time.RFC3339Nano, r.str("expires_at")); err != nil || exp.Before(before.Add(599*time.Second)) || exp.After(time.Now().Add(601*time.Second)) {
+		t.Errorf("expires_at %q (%v), want about ten minutes ahead", r.str("expires_at"), err)
+	}
+	var got response
+	eventually(t, 20*time.Second, "the queued command's reply is recorded", func() bool {
+		got = get(u.token, "acme", "d1", id)
+		return got.status == 200 && got.str("status") == "replied"
+	})
+	if m := got.json(); m["payload"] != "ok:twice" || m["encoding"] != "utf-8" || m["replied_at"] == nil || m["created_at"] == nil || m["name"] != "blink" {
+		t.Errorf("the replied command: %s", got.body)
+	}
+	if got.header.Get("Cache-Control") != "no-store" {
+		t.Errorf("Cache-Control %q, want no-store", got.header.Get("Cache-Control"))
+	}
+
+	// A device away, with a ttl of a second: queued, then expired.
+	r = send(u.token, "away", map[string]any{"name": "brief", "queue": true, "ttl": 1})
+	want(t, r, 202, "a queued command to a device away")
+	brief := r.str("id")
+	if g := get(u.token, "acme", "away", brief); g.str("status") != "queued" || g.json()["payload"] != nil {
+		t.Errorf("just queued: %s, want queued without a payload", g.body)
+	}
+	eventually(t, 20*time.Second, "the brief command expires", func() bool {
+		return get(u.token, "acme", "away", brief).str("status") == "expired"
+	})
+
+	// Bad ttls; a command that waited is not kept.
+	for _, tc := range []struct {
+		what string
+		body map[string]any
+	}{
+		{"ttl without queue", map[string]any{"name": "x", "ttl": 60}},
+		{"ttl 0", map[string]any{"name": "x", "queue": true, "ttl": 0}},
+		{"ttl over a day", map[string]any{"name": "x", "queue": true, "ttl": 86401}},
+	} {
+		wantProblem(t, send(u.token, "d1", tc.body), 400, "invalid", "ttl", tc.what)
+	}
+	r = send(u.token, "d1", map[string]any{"name": "now", "timeout": 15})
+	want(t, r, 200, "a command that waits")
+	wantProblem(t, get(u.token, "acme", "d1", r.str("id")), 404, "not_found", "", "a command that waited")
+	wantProblem(t, get(u.token, "acme", "d1", "nope"), 404, "not_found", "", "an unknown command")
+	wantProblem(t, get(u.token, "acme", "nobody", id), 404, "not_found", "", "an unknown device")
+	wantProblem(t, get(u.token, "acme", "away", id), 404, "not_found", "", "d1's command as away's")
+
+	// Roles and tenants.
+	_, viewer := e.mustKey(u.token, "acme", "viewer")
+	wantProblem(t, get(viewer, "acme", "d1", id), 403, "forbidden", "", "a viewer reads a command")
+	wantProblem(t, send(viewer, "away", map[string]any{"name": "x", "queue": true}), 403, "forbidden", "", "a viewer queues a command")
+	if g := get(bob.token, "acme", "d1", id); g.status != http.StatusNotFound {
+		t.Errorf("bob reads acme's command: %d, want 404", g.status)
+	}
+	if g := get(bob.token, "other", "d1", id); g.status != http.StatusNotFound {
+		t.Errorf("acme's command under other's d1: %d, want 404", g.status)
+	}
+}
