@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -84,5 +85,54 @@ func TestQueuedCommandRoutes(t *testing.T) {
 	}
 	if g := get(bob.token, "other", "d1", id); g.status != http.StatusNotFound {
 		t.Errorf("acme's command under other's d1: %d, want 404", g.status)
+	}
+}
+
+// TestCommandAudit: every command published through the API — replied,
+// timed out or queued — is in the tenant's audit log as device.command,
+// naming the device, the command and its id, by the key that sent it; a
+// command to a device offline (nothing sent) or refused is not; another
+// tenant's log has none of them.
+func TestCommandAudit(t *testing.T) {
+	e := newEnv(t)
+	u, bob := e.signup("owner"), e.signup("bob")
+	e.mustTenant(u, "acme")
+	e.mustTenant(bob, "other")
+	e.mustDevice(u.token, "acme", "away")
+	replyingDevice(t, e, "acme", "d1", e.mustDevice(u.token, "acme", "d1"))
+	keyID, key := e.mustKey(u.token, "acme", "admin")
+	send := func(device string, body map[string]any) response {
+		return e.do("POST", "/v1/tenants/acme/devices/"+device+"/commands", key, body)
+	}
+	var sent []string
+	r := send("d1", map[string]any{"name": "ping", "timeout": 15})
+	want(t, r, 200, "a replied command")
+	sent = append(sent, "device:d1/command:ping/"+r.str("id"))
+	r = send("d1", map[string]any{"name": "mute", "timeout": 0.2})
+	wantProblem(t, r, 504, "command_timeout", "", "a command timing out")
+	r = send("away", map[string]any{"name": "later", "queue": true})
+	want(t, r, 202, "a queued command")
+	sent = append(sent, "device:away/command:later/"+r.str("id"))
+	wantProblem(t, send("away", map[string]any{"name": "now"}), 409, "device_offline", "", "a command to a device offline")
+	wantProblem(t, send("d1", map[string]any{"name": "a/b"}), 400, "invalid", "name", "a bad command")
+
+	r = e.do("GET", "/v1/tenants/acme/audit?action=device.command", u.token, nil)
+	want(t, r, 200, "the audit log's commands")
+	var objects []string
+	for _, it := range asSlice(r.json()["items"]) {
+		m := it.(map[string]any)
+		if m["actor"] != "api_key:"+keyID {
+			t.Errorf("audit entry %v: actor %v, want api_key:%s", m["object"], m["actor"], keyID)
+		}
+		objects = append(objects, m["object"].(string))
+	}
+	// Three published (the timed-out one's id is not in its 504): newest
+	// first.
+	if len(objects) != 3 || objects[0] != sent[1] || objects[2] != sent[0] || !strings.HasPrefix(objects[1], "device:d1/command:mute/") {
+		t.Errorf("device.command entries %v, want %s, the timed-out mute, %s (newest first)", objects, sent[1], sent[0])
+	}
+	r = e.do("GET", "/v1/tenants/other/audit?action=device.command", bob.token, nil)
+	if items := asSlice(r.json()["items"]); len(items) != 0 {
+		t.Errorf("other's audit log has acme's commands: %s", r.body)
 	}
 }
