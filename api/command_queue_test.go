@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -135,4 +136,57 @@ func TestCommandAudit(t *testing.T) {
 	if items := asSlice(r.json()["items"]); len(items) != 0 {
 		t.Errorf("other's audit log has acme's commands: %s", r.body)
 	}
+}
+
+// TestPendingCommandsQuota: max_pending_commands is a plan quota (the
+// quotas route shows it) the operator overrides; a tenant past it gets a
+// 429 quota_exceeded naming it, with Retry-After until the first pending
+// command expires, and nothing is published or audited; a command that
+// gets its reply stops being pending; another tenant is unaffected.
+func TestPendingCommandsQuota(t *testing.T) {
+	e := newEnv(t)
+	u, bob := e.signup("owner"), e.signup("bob")
+	e.mustTenant(u, "acme")
+	e.mustTenant(bob, "other")
+	e.mustDevice(u.token, "acme", "away")
+	e.mustDevice(bob.token, "other", "away")
+	r := e.do("GET", "/v1/tenants/acme/quotas", u.token, nil)
+	want(t, r, 200, "quotas")
+	if q, _ := r.json()["quotas"].(map[string]any); q == nil || q["max_pending_commands"] != float64(100) {
+		t.Fatalf("free plan's max_pending_commands: %s, want 100", r.body)
+	}
+	want(t, e.do("PATCH", "/v1/admin/tenants/acme", adminToken, map[string]any{"quotas": map[string]any{"max_pending_commands": 2}}), 200, "max_pending_commands 2")
+	queue := func(tok, tenant string, ttl int) response {
+		return e.do("POST", "/v1/tenants/"+tenant+"/devices/away/commands", tok, map[string]any{"name": "x", "queue": true, "ttl": ttl})
+	}
+	want(t, queue(u.token, "acme", 300), 202, "first pending command")
+	want(t, queue(u.token, "acme", 600), 202, "second pending command")
+	r = queue(u.token, "acme", 60)
+	wantProblem(t, r, 429, "quota_exceeded", "", "a third pending command")
+	if m := r.json(); m["quota"] != "max_pending_commands" || m["limit"] != float64(2) {
+		t.Errorf("the problem: %s, want quota max_pending_commands and limit 2", r.body)
+	}
+	if ra, err := strconv.Atoi(r.header.Get("Retry-After")); err != nil || ra < 290 || ra > 300 {
+		t.Errorf("Retry-After %q, want about 300 (the first pending command's expiry)", r.header.Get("Retry-After"))
+	}
+	for i := range 3 {
+		want(t, queue(bob.token, "other", 60), 202, "other's command while acme is full "+string(rune('1'+i)))
+	}
+	if r := e.do("GET", "/v1/tenants/acme/audit?action=device.command", u.token, nil); len(asSlice(r.json()["items"])) != 2 {
+		t.Errorf("audited commands: %s, want the two sent", r.body)
+	}
+
+	// A device that replies frees its command: with other's quota at 4
+	// and three pending, a queued command to it is the fourth until its
+	// reply is recorded.
+	want(t, e.do("PATCH", "/v1/admin/tenants/other", adminToken, map[string]any{"quotas": map[string]any{"max_pending_commands": 4}}), 200, "other at 4")
+	replyingDevice(t, e, "other", "d1", e.mustDevice(bob.token, "other", "d1"))
+	r = e.do("POST", "/v1/tenants/other/devices/d1/commands", bob.token, map[string]any{"name": "y", "queue": true})
+	want(t, r, 202, "the fourth pending command of other, to a device that replies")
+	id := r.str("id")
+	eventually(t, 20*time.Second, "the reply is recorded", func() bool {
+		return e.do("GET", "/v1/tenants/other/devices/d1/commands/"+id, bob.token, nil).str("status") == "replied"
+	})
+	want(t, queue(bob.token, "other", 60), 202, "a command once the replied one is no longer pending")
+	wantProblem(t, queue(bob.token, "other", 60), 429, "quota_exceeded", "", "other past its 4")
 }
