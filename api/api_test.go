@@ -447,6 +447,8 @@ func TestViewerCannotWrite(t *testing.T) {
 	want(t, e.do("POST", "/v1/tenants/acme/members", owner.token, map[string]string{"email": viewer.email, "role": "viewer"}), 202, "add viewer")
 	keyID, viewerKey := e.mustKey(owner.token, "acme", tenants.RoleViewer)
 	destID := e.mustDestination(owner.token, "acme", "hook")
+	cmd := e.do("POST", "/v1/tenants/acme/devices/a-dev/commands", owner.token, map[string]any{"name": "c", "queue": true})
+	want(t, cmd, 202, "queue a command for a-dev")
 	rules := e.do("GET", "/v1/tenants/acme/acl/rules", owner.token, nil).json()["items"].([]any)
 	ids := map[string]string{"tenant": "acme", "device": "a-dev", "account": owner.id}
 	// A retained message for GET …/retained/message?topic=x to read.
@@ -463,6 +465,9 @@ func TestViewerCannotWrite(t *testing.T) {
 		}
 		if strings.Contains(route, "/destinations/") {
 			ids["id"] = destID
+		}
+		if strings.Contains(route, "/commands/") {
+			ids["id"] = cmd.str("id")
 		}
 		path := fill(route, ids)
 		if strings.HasSuffix(route, "/retained/message") {
