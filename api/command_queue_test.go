@@ -48,13 +48,16 @@ func TestQueuedCommandRoutes(t *testing.T) {
 		t.Errorf("Cache-Control %q, want no-store", got.header.Get("Cache-Control"))
 	}
 
-	// A device away, with a ttl of a second: queued, then expired.
-	r = send(u.token, "away", map[string]any{"name": "brief", "queue": true, "ttl": 1})
+	// A device away: queued until its ttl (here a second) passes, then
+	// expired.
+	r = send(u.token, "away", map[string]any{"name": "later", "queue": true, "ttl": 3600})
 	want(t, r, 202, "a queued command to a device away")
-	brief := r.str("id")
-	if g := get(u.token, "acme", "away", brief); g.str("status") != "queued" || g.json()["payload"] != nil {
-		t.Errorf("just queued: %s, want queued without a payload", g.body)
+	if g := get(u.token, "acme", "away", r.str("id")); g.str("status") != "queued" || g.json()["payload"] != nil || g.json()["replied_at"] != nil {
+		t.Errorf("queued for an hour: %s, want queued without a payload", g.body)
 	}
+	r = send(u.token, "away", map[string]any{"name": "brief", "queue": true, "ttl": 1})
+	want(t, r, 202, "a queued command of a second")
+	brief := r.str("id")
 	eventually(t, 20*time.Second, "the brief command expires", func() bool {
 		return get(u.token, "acme", "away", brief).str("status") == "expired"
 	})
@@ -172,7 +175,7 @@ func TestPendingCommandsQuota(t *testing.T) {
 		t.Errorf("Retry-After %q, want about 300 (the first pending command's expiry)", r.header.Get("Retry-After"))
 	}
 	for i := range 3 {
-		want(t, queue(bob.token, "other", 60), 202, "other's command while acme is full "+string(rune('1'+i)))
+		want(t, queue(bob.token, "other", 3600), 202, "other's command while acme is full "+string(rune('1'+i)))
 	}
 	if r := e.do("GET", "/v1/tenants/acme/audit?action=device.command", u.token, nil); len(asSlice(r.json()["items"])) != 2 {
 		t.Errorf("audited commands: %s, want the two sent", r.body)
@@ -189,6 +192,6 @@ func TestPendingCommandsQuota(t *testing.T) {
 	eventually(t, 20*time.Second, "the reply is recorded", func() bool {
 		return e.do("GET", "/v1/tenants/other/devices/d1/commands/"+id, bob.token, nil).str("status") == "replied"
 	})
-	want(t, queue(bob.token, "other", 60), 202, "a command once the replied one is no longer pending")
+	want(t, queue(bob.token, "other", 3600), 202, "a command once the replied one is no longer pending")
 	wantProblem(t, queue(bob.token, "other", 60), 429, "quota_exceeded", "", "other past its 4")
 }
