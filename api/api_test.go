@@ -272,6 +272,7 @@ func attackBodies(memberEmail string) map[string]any {
 		"POST /v1/tenants/{tenant}/groups/{group}/messages":       map[string]any{"topic": "x/${device}", "payload": "hi"},
 		"POST /v1/tenants/{tenant}/devices:import":                "name\nevil\n",
 		"PATCH /v1/tenants/{tenant}/cas/{id}":                     map[string]any{"provisioning": map[string]any{"groups": []string{"pwned"}}},
+		"POST /v1/tenants/{tenant}/devices/{device}/commands":     map[string]any{"name": "pwned", "queue": true},
 	}
 }
 
@@ -305,6 +306,9 @@ func TestCrossTenantMatrix(t *testing.T) {
 	want(t, inv, 201, "invite to tenant A")
 	aInviteID := inv.str("id")
 	want(t, e.do("PATCH", "/v1/tenants/tenant-a/devices/a-dev", alice.token, map[string]any{"groups": []string{"a-group"}}), 200, "put a-dev in a group")
+	cmd := e.do("POST", "/v1/tenants/tenant-a/devices/a-dev/commands", alice.token, map[string]any{"name": "a-cmd", "queue": true})
+	want(t, cmd, 202, "queue a command for a-dev")
+	aCommandID := cmd.str("id")
 	_, bobKey := e.mustKey(bob.token, "tenant-b", tenants.RoleOwner)
 	before := snapshot(e, alice.token, "tenant-a")
 	e.bodies = &testenv.Buffer{} // from here on, A's secret must not show
@@ -336,6 +340,9 @@ func TestCrossTenantMatrix(t *testing.T) {
 		}
 		if strings.Contains(route, "/invites/") {
 			id = aInviteID
+		}
+		if strings.Contains(route, "/commands/") {
+			id = aCommandID
 		}
 		aIDs := map[string]string{"tenant": "tenant-a", "device": "a-dev", "id": id, "account": alice.id, "group": "a-group"}
 		paths := []string{fill(route, aIDs)}
@@ -440,6 +447,8 @@ func TestViewerCannotWrite(t *testing.T) {
 	want(t, e.do("POST", "/v1/tenants/acme/members", owner.token, map[string]string{"email": viewer.email, "role": "viewer"}), 202, "add viewer")
 	keyID, viewerKey := e.mustKey(owner.token, "acme", tenants.RoleViewer)
 	destID := e.mustDestination(owner.token, "acme", "hook")
+	cmd := e.do("POST", "/v1/tenants/acme/devices/a-dev/commands", owner.token, map[string]any{"name": "c", "queue": true})
+	want(t, cmd, 202, "queue a command for a-dev")
 	rules := e.do("GET", "/v1/tenants/acme/acl/rules", owner.token, nil).json()["items"].([]any)
 	ids := map[string]string{"tenant": "acme", "device": "a-dev", "account": owner.id}
 	// A retained message for GET …/retained/message?topic=x to read.
@@ -456,6 +465,9 @@ func TestViewerCannotWrite(t *testing.T) {
 		}
 		if strings.Contains(route, "/destinations/") {
 			ids["id"] = destID
+		}
+		if strings.Contains(route, "/commands/") {
+			ids["id"] = cmd.str("id")
 		}
 		path := fill(route, ids)
 		if strings.HasSuffix(route, "/retained/message") {

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"encoding/base64"
 	"net/http"
 	"time"
@@ -23,7 +24,9 @@ type deviceStatus struct {
 }
 
 // liveDevice finds the device of the path for a data-plane route.
-func liveDevice(r *http.Request, ds deviceStore, dp dataplane.DataPlane) (tenants.Device, error) {
+func liveDevice(r *http.Request, ds interface {
+	Device(ctx context.Context, tenant, name string) (tenants.Device, error)
+}, dp dataplane.DataPlane) (tenants.Device, error) {
 	if dp == nil {
 		return tenants.Device{}, errNoDataPlane
 	}

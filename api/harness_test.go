@@ -52,6 +52,8 @@ type env struct {
 	client *http.Client
 	// mailDir is where the API's mails are written, one file each.
 	mailDir string
+	// hub is the data plane mqttAddr serves.
+	hub *broker.Hub
 }
 
 // from returns the env with requests sent from another loopback address,
@@ -142,7 +144,7 @@ func newEnvWith(t *testing.T, configure func(*api.Config)) *env {
 	}
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)
-	return &env{t: t, url: hs.URL, mqttAddr: ln.Addr().String(), api: srv, store: store, logs: logs, clock: clk, router: specRouter(t), bodies: &testenv.Buffer{}, mailDir: mailer.Dir()}
+	return &env{t: t, url: hs.URL, mqttAddr: ln.Addr().String(), api: srv, store: store, logs: logs, clock: clk, router: specRouter(t), bodies: &testenv.Buffer{}, mailDir: mailer.Dir(), hub: hub}
 }
 
 var (

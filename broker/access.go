@@ -185,18 +185,44 @@ func (inst *instance) hookACL(cl *mqtt.Client, topic string, write bool) bool {
 	if strings.HasPrefix(topic, "$") && isDelivery(dc, topic) && wildcardDollar(cl, topic) {
 		return false
 	}
+	if inst.ownReserved(device, topic) {
+		return true
+	}
 	return inst.allowed(device, tenants.ActionSubscribe, topic)
+}
+
+// ownReserved reports whether topic is one of the device's own under
+// $roost that commandHook and shadowHook let it read: its commands (not
+// its reply topics) and its shadow's topics. The live checks are theirs;
+// this is for the checks that do not go through the hooks: the messages
+// a resumed session has waiting (dropUnreadable, mayRead), among them a
+// command queued while the device was away.
+func (inst *instance) ownReserved(device, topic string) bool {
+	if target, rest, ok := commandTopic(topic); ok {
+		return target == device && rest != "reply" && !strings.HasPrefix(rest, "reply/")
+	}
+	if target, _, ok := shadowTopic(topic); ok {
+		return target == device && inst.shadows() != nil
+	}
+	return false
 }
 
 // dropUnreadable runs as a resumed session's CONNACK is encoded, just
 // before mochi resends the messages waiting for it, which mochi does
 // without asking the ACL: a message queued while the device could read its
 // topic is dropped if it no longer may (restored from the store or not),
-// as a delivery would be. One the client already acknowledged with PUBREC
-// only waits for its PUBREL, and stays.
+// as a delivery would be. So is one whose message expiry passed, as
+// mochi's sweep would drop it a moment later (mochi resends without
+// looking). One the client already acknowledged with PUBREC only waits
+// for its PUBREL, and stays.
 func (inst *instance) dropUnreadable(cl *mqtt.Client) {
+	now := time.Now().Unix()
 	for _, pk := range cl.State.Inflight.GetAll(false) {
-		if pk.FixedHeader.Type != packets.Publish || inst.hookACL(cl, pk.TopicName, false) {
+		if pk.FixedHeader.Type != packets.Publish {
+			continue
+		}
+		expired := pk.ProtocolVersion == 5 && pk.Expiry > 0 && pk.Expiry < now // mochi's rule
+		if !expired && inst.hookACL(cl, pk.TopicName, false) {
 			continue
 		}
 		if cl.State.Inflight.Delete(pk.PacketID) {
@@ -204,6 +230,10 @@ func (inst *instance) dropUnreadable(cl *mqtt.Client) {
 		}
 		if inst.persist != nil {
 			inst.persist.acknowledged(cl, pk.PacketID)
+		}
+		if expired {
+			inst.log.Info("queued message dropped: it expired", "client_id", cl.ID, "topic", pk.TopicName)
+			continue
 		}
 		inst.log.Info("queued message dropped: its topic is no longer readable", "client_id", cl.ID, "topic", pk.TopicName)
 	}

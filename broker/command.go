@@ -62,30 +62,41 @@ func commandReplyTopic(topic string) bool {
 }
 
 // commandWaiters holds a tenant's commands waiting for their replies, by
-// id, at most dataplane.MaxPendingCommands.
+// id, at most the tenant's max_pending_commands.
 type commandWaiters struct {
 	mu sync.Mutex
 	m  map[string]*commandWaiter
 }
 
 type commandWaiter struct {
-	device string
-	reply  chan packets.Packet // one reply, buffered
+	device   string
+	deadline time.Time
+	reply    chan packets.Packet // one reply, buffered
 }
 
-// add registers a command; false if too many are waiting.
-func (c *commandWaiters) add(id, device string) (*commandWaiter, bool) {
+// add registers a command waiting until deadline; past limit waiting it
+// is a *tenants.QuotaError, in a *tenants.RetryError saying when the
+// first of them times out.
+func (c *commandWaiters) add(id, device string, deadline time.Time, limit int64) (*commandWaiter, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.m) >= dataplane.MaxPendingCommands {
-		return nil, false
+	if int64(len(c.m)) >= limit {
+		var first time.Time
+		for _, w := range c.m {
+			if first.IsZero() || w.deadline.Before(first) {
+				first = w.deadline
+			}
+		}
+		wait := max(time.Until(first), time.Second)
+		return nil, &tenants.RetryError{Kind: &tenants.QuotaError{Quota: "max_pending_commands", Limit: limit}, After: wait,
+			Msg: fmt.Sprintf("%d of the tenant's commands wait for their replies on this node (max_pending_commands); the first times out in %s", len(c.m), wait.Round(time.Second))}
 	}
 	if c.m == nil {
 		c.m = map[string]*commandWaiter{}
 	}
-	w := &commandWaiter{device: device, reply: make(chan packets.Packet, 1)}
+	w := &commandWaiter{device: device, deadline: deadline, reply: make(chan packets.Packet, 1)}
 	c.m[id] = w
-	return w, true
+	return w, nil
 }
 
 func (c *commandWaiters) remove(id string) {
@@ -155,8 +166,17 @@ func (h *commandHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool
 }
 
 // OnPublish keeps replies from being retained: they answer one command.
+// A command the hub publishes (through mochi's inline client, of no
+// protocol version) is marked MQTT 5, so that its message expiry holds:
+// mochi expires a waiting message only if it came as MQTT 5.
 func (h *commandHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if !cl.Net.Inline && pk.FixedHeader.Retain && commandReplyTopic(pk.TopicName) {
+	if cl.Net.Inline {
+		if pk.Properties.MessageExpiryInterval > 0 && strings.HasPrefix(pk.TopicName, dataplane.CommandPrefix) {
+			pk.ProtocolVersion = 5
+		}
+		return pk, nil
+	}
+	if pk.FixedHeader.Retain && commandReplyTopic(pk.TopicName) {
 		pk.FixedHeader.Retain = false
 	}
 	return pk, nil
@@ -180,12 +200,45 @@ func (h *commandHook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 		h.inst.log.Info("command reply with the wrong correlation data: dropped", "device", device, "client_id", cl.ID, "topic", pk.TopicName)
 		return
 	}
-	w := h.inst.cmds.take(id, device)
-	if w == nil {
+	if w := h.inst.cmds.take(id, device); w != nil {
+		w.reply <- pk.Copy(false)
+		return
+	}
+	// Not waited for here: perhaps a queued command's, which is recorded.
+	cs := h.inst.commands()
+	if cs == nil {
 		h.inst.log.Info("reply to no waiting command: dropped", "device", device, "client_id", cl.ID, "topic", pk.TopicName)
 		return
 	}
-	w.reply <- pk.Copy(false)
+	ctx, cancel := context.WithTimeout(context.Background(), shadowTimeout)
+	defer cancel()
+	ok, err := cs.ReplyCommand(ctx, h.inst.tenant, device, id, pk.Payload, pk.Properties.ContentType)
+	switch {
+	case err != nil:
+		h.inst.log.Warn("record a queued command's reply", "device", device, "client_id", cl.ID, "topic", pk.TopicName, "err", err)
+	case !ok:
+		h.inst.log.Info("reply to no waiting or queued command (unknown, expired or answered): dropped", "device", device, "client_id", cl.ID, "topic", pk.TopicName)
+	}
+}
+
+// commandStore is what the broker needs of the directory to record queued
+// commands and their replies; *tenants.Store has it. A directory without
+// it queues commands unrecorded and drops their replies.
+type commandStore interface {
+	QueueCommand(ctx context.Context, tenant string, c tenants.QueuedCommand, ttl time.Duration) (tenants.QueuedCommand, error)
+	ForgetCommand(ctx context.Context, tenant, id string) error
+	ReplyCommand(ctx context.Context, tenant, device, id string, reply []byte, contentType string) (bool, error)
+}
+
+var _ commandStore = (*tenants.Store)(nil)
+
+// commands is the directory's command store, if it has one.
+func (inst *instance) commands() commandStore {
+	if inst.dir == nil {
+		return nil
+	}
+	cs, _ := inst.dir.dir.(commandStore)
+	return cs
 }
 
 // validateCommand checks a command and gives it its default timeout.
@@ -197,9 +250,16 @@ func validateCommand(c *dataplane.Command) error {
 		return &tenants.FieldError{Field: "name", Message: "must be one topic level: UTF-8 without / + # $, and not reply"}
 	case c.Timeout < 0 || c.Timeout > dataplane.MaxCommandTimeout:
 		return &tenants.FieldError{Field: "timeout", Message: fmt.Sprintf("must be at most %d seconds", int(dataplane.MaxCommandTimeout.Seconds()))}
+	case c.TTL != 0 && !c.Queue:
+		return &tenants.FieldError{Field: "ttl", Message: "is for queued commands; a command that waits for its reply expires at its timeout"}
+	case c.TTL < 0 || c.TTL > dataplane.MaxCommandTTL:
+		return &tenants.FieldError{Field: "ttl", Message: fmt.Sprintf("must be at most %d seconds", int(dataplane.MaxCommandTTL.Seconds()))}
 	}
 	if c.Timeout == 0 {
 		c.Timeout = dataplane.DefaultCommandTimeout
+	}
+	if c.Queue && c.TTL == 0 {
+		c.TTL = dataplane.DefaultCommandTTL
 	}
 	return nil
 }
@@ -213,9 +273,12 @@ func newCommandID() string {
 // Command publishes a command to a device connected to this node and
 // waits for its reply, or for the command's timeout. A device with no
 // connection here gets nothing (outcome offline), unless the command is
-// to be queued: then it is published for the device's persistent sessions
-// and nothing waits. The command passes the quotas an API publish passes;
-// at most dataplane.MaxPendingCommands of a tenant wait at once.
+// to be queued: then it is recorded (with the directory, which records the
+// reply when it comes), published for the device's persistent sessions
+// with its TTL as message expiry, and nothing waits. The command passes
+// the quotas an API publish passes; at most the tenant's
+// max_pending_commands wait here at once, and as many queued ones are
+// pending.
 func (h *Hub) Command(ctx context.Context, tenant, device string, c dataplane.Command) (dataplane.CommandResult, error) {
 	if err := validateCommand(&c); err != nil {
 		return dataplane.CommandResult{}, err
@@ -236,14 +299,6 @@ func (h *Hub) Command(ctx context.Context, tenant, device string, c dataplane.Co
 	defer h.reg.release(inst)
 	id := newCommandID()
 	res := dataplane.CommandResult{ID: id, Topic: dataplane.CommandPrefix + device + "/" + c.Name + "/" + id}
-	var w *commandWaiter
-	if !c.Queue {
-		var ok bool
-		if w, ok = inst.cmds.add(id, device); !ok {
-			return res, &tenants.QuotaError{Quota: "pending_commands", Limit: dataplane.MaxPendingCommands}
-		}
-		defer inst.cmds.remove(id)
-	}
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
 		TopicName:   res.Topic,
@@ -253,17 +308,41 @@ func (h *Hub) Command(ctx context.Context, tenant, device string, c dataplane.Co
 			CorrelationData: []byte(id),
 		},
 	}
-	if !c.Queue {
-		// A command nobody answered in time is not worth delivering later.
-		pk.Properties.MessageExpiryInterval = uint32(math.Ceil(c.Timeout.Seconds()))
-	}
-	start := time.Now()
-	if err := inst.injectTopic(publisher{}, pk); err != nil {
-		return res, err
-	}
 	if c.Queue {
+		// A queued command is not delivered after its TTL: the message
+		// expires in the device's session queue, and a reply after it is
+		// ignored.
+		pk.Properties.MessageExpiryInterval = uint32(math.Ceil(c.TTL.Seconds()))
+		res.ExpiresAt = h.now().Add(c.TTL).UTC()
+		cs := inst.commands()
+		if cs != nil {
+			qc, err := cs.QueueCommand(ctx, tenant, tenants.QueuedCommand{ID: id, Device: device, Name: c.Name, Topic: res.Topic}, c.TTL)
+			if err != nil {
+				return dataplane.CommandResult{}, err
+			}
+			res.ExpiresAt = qc.ExpiresAt
+		}
+		if err := inst.injectTopic(publisher{}, pk); err != nil {
+			if cs != nil {
+				if ferr := cs.ForgetCommand(context.WithoutCancel(ctx), tenant, id); ferr != nil {
+					inst.log.Warn("forget a command not published", "device", device, "id", id, "err", ferr)
+				}
+			}
+			return res, err
+		}
 		res.Outcome = dataplane.CommandQueued
 		return res, nil
+	}
+	start := time.Now()
+	w, err := inst.cmds.add(id, device, start.Add(c.Timeout), inst.quotas().MaxPendingCommands)
+	if err != nil {
+		return res, err
+	}
+	defer inst.cmds.remove(id)
+	// A command nobody answered in time is not worth delivering later.
+	pk.Properties.MessageExpiryInterval = uint32(math.Ceil(c.Timeout.Seconds()))
+	if err := inst.injectTopic(publisher{}, pk); err != nil {
+		return res, err
 	}
 	timer := time.NewTimer(c.Timeout)
 	defer timer.Stop()

@@ -71,6 +71,8 @@ func TestCommandMQTT(t *testing.T) {
 	s.tenant("acme")
 	s.tenant("other")
 	s.setQuota("acme", "tenant_publish_rate", 100_000)
+	const pending = 5
+	s.setQuota("acme", "max_pending_commands", pending)
 	p1, p2, p3 := s.device("acme", "d1"), s.device("acme", "d2"), s.device("acme", "d3")
 	s.device("acme", "d4")
 	po := s.device("other", "d1")
@@ -190,15 +192,15 @@ func TestCommandMQTT(t *testing.T) {
 		}
 	}
 
-	// At most MaxPendingCommands wait at once in a tenant.
+	// At most max_pending_commands wait at once in a tenant.
 	// d2 sees each held command, published once it is waiting.
 	if code := d2.sub(t, "$roost/commands/d2/#", 1); code >= 0x80 {
 		t.Fatalf("d2 subscribes to its commands: 0x%x", code)
 	}
 	hold, release := context.WithCancel(context.Background())
 	defer release()
-	ended := make(chan error, dataplane.MaxPendingCommands)
-	for range dataplane.MaxPendingCommands {
+	ended := make(chan error, pending)
+	for range pending {
 		go func() {
 			res, err := s.hub.Command(hold, "acme", "d2", dataplane.Command{Name: "hold", Timeout: 60 * time.Second})
 			if err == nil {
@@ -207,26 +209,30 @@ func TestCommandMQTT(t *testing.T) {
 			ended <- err
 		}()
 	}
-	for i := range dataplane.MaxPendingCommands {
+	for i := range pending {
 		select {
 		case err := <-ended:
 			t.Fatalf("a held command ended before its context: %v", err)
 		case <-d2.msgs:
 		case <-time.After(20 * time.Second):
-			t.Fatalf("d2 got %d held commands, want %d", i, dataplane.MaxPendingCommands)
+			t.Fatalf("d2 got %d held commands, want %d", i, pending)
 		}
 	}
 	_, over := s.hub.Command(context.Background(), "acme", "d1", dataplane.Command{Name: "one-more", Timeout: 50 * time.Millisecond})
 	var qe *tenants.QuotaError
-	if !errors.As(over, &qe) || qe.Quota != "pending_commands" {
-		t.Errorf("command past the bound: %v, want pending_commands", over)
+	if !errors.As(over, &qe) || qe.Quota != "max_pending_commands" || qe.Limit != pending {
+		t.Errorf("command past the bound: %v, want max_pending_commands %d", over, pending)
+	}
+	var re *tenants.RetryError
+	if !errors.As(over, &re) || re.After < 50*time.Second || re.After > 60*time.Second {
+		t.Errorf("command past the bound: %v, want to wait until the first held command times out (about 60s)", over)
 	}
 	// Another tenant is not held up by it.
 	if r := waitCommand(t, s.command("other", "d1", dataplane.Command{Name: "x", Timeout: 50 * time.Millisecond})); r.err != nil || r.res.Outcome != dataplane.CommandTimeout {
 		t.Errorf("other tenant's command while acme is full: %+v %v, want timeout", r.res, r.err)
 	}
 	release()
-	for range dataplane.MaxPendingCommands {
+	for range pending {
 		select {
 		case err := <-ended:
 			if !errors.Is(err, context.Canceled) {

@@ -18,10 +18,11 @@ const (
 	DefaultCommandTimeout = 10 * time.Second
 	// MaxCommandTimeout bounds how long a command may wait.
 	MaxCommandTimeout = 60 * time.Second
-	// MaxPendingCommands bounds the commands of one tenant waiting for
-	// their replies on one node, so that one tenant cannot hold the
-	// node's memory.
-	MaxPendingCommands = 100
+	// DefaultCommandTTL is how long a queued command stays deliverable
+	// and waits for its reply when the caller does not say;
+	// MaxCommandTTL bounds it.
+	DefaultCommandTTL = time.Hour
+	MaxCommandTTL     = 24 * time.Hour
 )
 
 // Command is a command for one device.
@@ -30,8 +31,14 @@ type Command struct {
 	Payload []byte        `json:"payload"`
 	Timeout time.Duration `json:"timeout"`
 	// Queue publishes the command even if the device is offline (its
-	// persistent session queues it) and does not wait for a reply.
+	// persistent session queues it) and does not wait for a reply: the
+	// command is recorded, with the reply when it comes.
 	Queue bool `json:"queue,omitempty"`
+	// TTL is how long a queued command may be delivered and replied to
+	// (DefaultCommandTTL if 0, at most MaxCommandTTL); it is the MQTT 5
+	// message expiry of its publish. Only for queued commands: one that
+	// waits expires at its Timeout.
+	TTL time.Duration `json:"ttl,omitempty"`
 }
 
 // The outcomes of a command.
@@ -53,4 +60,6 @@ type CommandResult struct {
 	ReplyContentType string `json:"reply_content_type,omitempty"`
 	// Took is how long the reply took to come, from the publish.
 	Took time.Duration `json:"took,omitempty"`
+	// ExpiresAt is when a queued command expires.
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
 }

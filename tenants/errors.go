@@ -54,6 +54,11 @@ func (e *QuotaError) Unwrap() error { return ErrQuotaExceeded }
 // IsRate reports whether the quota is a rate, which lifts again within a
 // second (rates allow a second's burst), rather than a limit waiting does
 // not lift.
+// Lifts reports whether the quota lifts again by itself, soon enough to
+// try again: a rate, or max_pending_commands (as pending commands are
+// replied to or expire). Such a refusal is a 429, not a 403.
+func (e *QuotaError) Lifts() bool { return e.IsRate() || e.Quota == "max_pending_commands" }
+
 func (e *QuotaError) IsRate() bool {
 	switch e.Quota {
 	case "connect_rate", "publish_rate", "tenant_publish_rate":

@@ -28,11 +28,16 @@ const (
 )
 
 // ImportRow is one device to import: Row is its number in the file (for
-// the errors), Err an error met reading it.
+// the errors), Err an error met reading it. Certificate (a PEM
+// certificate to pin to the device) and PublicKey (a PEM public key its
+// tokens are signed with) are optional, and checked as POST
+// …/devices/{device}/certificates and …/keys check them.
 type ImportRow struct {
-	Row   int
-	Input DeviceInput
-	Err   error
+	Row         int
+	Input       DeviceInput
+	Certificate string
+	PublicKey   string
+	Err         error
 }
 
 // ImportError is what is wrong with one row.
@@ -49,6 +54,10 @@ type ImportedDevice struct {
 	Row    int    `json:"row"`
 	Device Device `json:"device"`
 	Secret string `json:"secret"`
+	// Certificate and Key are what the row pinned and registered, if it
+	// had them.
+	Certificate *DeviceCertificate `json:"certificate,omitempty"`
+	Key         *DeviceKey         `json:"key,omitempty"`
 }
 
 // ImportResult is what an import did. In ImportAll mode with errors,
@@ -110,6 +119,7 @@ func (s *Store) ImportDevices(ctx context.Context, tenant string, rows []ImportR
 	}
 	seen := make(map[string]int, len(rows))
 	good := make([]ImportRow, 0, len(rows))
+	creds := make(map[int]importCredentials)
 	for _, r := range rows {
 		err := r.Err
 		if err == nil {
@@ -120,12 +130,19 @@ func (s *Store) ImportDevices(ctx context.Context, tenant string, rows []ImportR
 				err = invalid("name", "repeats the device of row %d", first)
 			}
 		}
+		var c importCredentials
+		if err == nil {
+			c, err = parseImportCredentials(r)
+		}
 		if err != nil {
 			res.Errors = append(res.Errors, rowError(r.Row, err))
 			continue
 		}
 		seen[r.Input.Name] = r.Row
 		good = append(good, r)
+		if c.cert != nil || c.key != nil {
+			creds[r.Row] = c
+		}
 	}
 	if mode == ImportAll && len(res.Errors) > 0 {
 		return res, nil
@@ -176,12 +193,28 @@ func (s *Store) ImportDevices(ctx context.Context, tenant string, rows []ImportR
 		for _, r := range fresh {
 			secret := newSecret(24)
 			in := r.Input
-			created = append(created, ImportedDevice{Row: r.Row, Secret: secret, Device: Device{
+			d := ImportedDevice{Row: r.Row, Secret: secret, Device: Device{
 				Tenant: tenant, Name: in.Name, Username: Username(tenant, in.Name), Enabled: *in.Enabled, ClientIDs: in.ClientIDs,
 				Metadata: in.Metadata, Groups: in.Groups, CreatedAt: now, UpdatedAt: now, SecretHash: hashSecret(secret),
-			}})
+			}}
+			if c, ok := creds[r.Row]; ok {
+				if c.cert != nil {
+					dc := *c.cert
+					dc.ID, dc.Device, dc.CreatedAt = newID("dc_"), in.Name, now
+					d.Certificate = &dc
+				}
+				if c.key != nil {
+					k := *c.key
+					k.ID, k.Device, k.CreatedAt = newID("dk_"), in.Name, now
+					d.Key = &k
+				}
+			}
+			created = append(created, d)
 		}
 		if err := s.insertDevices(ctx, tx, created); err != nil {
+			return err
+		}
+		if err := s.insertImportCredentials(ctx, tx, tenant, created); err != nil {
 			return err
 		}
 		if len(created) == 0 {
@@ -198,6 +231,104 @@ func (s *Store) ImportDevices(ctx context.Context, tenant string, rows []ImportR
 	res.Created = created
 	sortImportErrors(res.Errors)
 	return res, nil
+}
+
+// importCredentials is what a row's certificate and public key parse to.
+type importCredentials struct {
+	cert *DeviceCertificate
+	key  *DeviceKey
+}
+
+// parseImportCredentials checks a row's certificate and public key as the
+// per-device routes do; a bad one is the row's error, named by its field.
+func parseImportCredentials(r ImportRow) (importCredentials, error) {
+	var c importCredentials
+	if strings.TrimSpace(r.Certificate) != "" {
+		dc, err := ParseDeviceCertificate(DeviceCertificateInput{Certificate: r.Certificate})
+		if err != nil {
+			return c, err
+		}
+		c.cert = &dc
+	}
+	if strings.TrimSpace(r.PublicKey) != "" {
+		alg, _, fp, err := ParsePublicKey(r.PublicKey)
+		if err != nil {
+			return c, err
+		}
+		c.key = &DeviceKey{Algorithm: alg, PublicKey: r.PublicKey, Fingerprint: fp}
+	}
+	return c, nil
+}
+
+// insertImportCredentials pins the imported devices' certificates and
+// registers their keys, in the import's transaction.
+func (s *Store) insertImportCredentials(ctx context.Context, tx *sql.Tx, tenant string, ds []ImportedDevice) error {
+	var certs, keys [][]any
+	for _, d := range ds {
+		if c := d.Certificate; c != nil {
+			certs = append(certs, []any{c.ID, tenant, c.Device, c.Fingerprint, c.Subject, c.NotAfter, c.CreatedAt})
+		}
+		if k := d.Key; k != nil {
+			keys = append(keys, []any{k.ID, tenant, k.Device, k.Algorithm, k.PublicKey, k.Fingerprint, k.CreatedAt})
+		}
+	}
+	if err := s.insertRows(ctx, tx, `device_certificates (id, tenant, device, fingerprint, subject, not_after, created_at)`, certs); err != nil {
+		return err
+	}
+	return s.insertRows(ctx, tx, `device_keys (`+deviceKeyColumns+`)`, keys)
+}
+
+// insertRows inserts rows of equal width into table (its name and
+// columns), in batches on Postgres and one prepared statement on SQLite,
+// as insertDevices does.
+func (s *Store) insertRows(ctx context.Context, tx *sql.Tx, table string, rows [][]any) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	width := len(rows[0])
+	placeholders := func(from int) string {
+		var b strings.Builder
+		b.WriteByte('(')
+		for i := range width {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			fmt.Fprintf(&b, "$%d", from+i+1)
+		}
+		b.WriteByte(')')
+		return b.String()
+	}
+	if s.dialect != migrations.Postgres {
+		stmt, err := tx.PrepareContext(ctx, `INSERT INTO `+table+` VALUES `+placeholders(0))
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		for _, r := range rows {
+			if _, err := stmt.ExecContext(ctx, r...); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	const batch = 500
+	for start := 0; start < len(rows); start += batch {
+		part := rows[start:min(start+batch, len(rows))]
+		var q strings.Builder
+		q.WriteString(`INSERT INTO ` + table + ` VALUES `)
+		args := make([]any, 0, len(part)*width)
+		for i, r := range part {
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			q.WriteString(placeholders(len(args)))
+			args = append(args, r...)
+		}
+		if _, err := tx.ExecContext(ctx, q.String(), args...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // errImportRefused rolls back an ImportAll import with rows in error.

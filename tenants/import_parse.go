@@ -13,7 +13,8 @@ import (
 
 // ParseImportCSV reads a CSV file whose header row names its columns:
 // name first, then any of groups (names separated by ';'), enabled,
-// client_ids and metadata.<key> (an empty cell sets no key). Rows are
+// client_ids, certificate and public_key (PEM, in a quoted cell; empty for
+// none) and metadata.<key> (an empty cell sets no key). Rows are
 // numbered as in the file, the header being row 1. A malformed file or
 // header is an error for the whole request; a malformed row is that row's.
 func ParseImportCSV(body []byte) ([]ImportRow, error) {
@@ -37,10 +38,10 @@ func ParseImportCSV(body []byte) ([]ImportRow, error) {
 		h = strings.TrimSpace(h)
 		header[i] = h
 		switch {
-		case h == "name" && i == 0, h == "groups", h == "enabled", h == "client_ids":
+		case h == "name" && i == 0, h == "groups", h == "enabled", h == "client_ids", h == "certificate", h == "public_key":
 		case strings.HasPrefix(h, "metadata.") && len(h) > len("metadata."):
 		default:
-			return nil, invalid("header", "column %d, %q, is not one of name, groups, enabled, client_ids or metadata.<key>", i+1, h)
+			return nil, invalid("header", "column %d, %q, is not one of name, groups, enabled, client_ids, certificate, public_key or metadata.<key>", i+1, h)
 		}
 		if seen[h] {
 			return nil, invalid("header", "column %q repeats", h)
@@ -87,6 +88,10 @@ func ParseImportCSV(body []byte) ([]ImportRow, error) {
 				}
 			case h == "client_ids":
 				in.ClientIDs = ClientIDPolicy(v)
+			case h == "certificate":
+				row.Certificate = v
+			case h == "public_key":
+				row.PublicKey = v
 			default:
 				if v != "" {
 					if in.Metadata == nil {
@@ -100,8 +105,17 @@ func ParseImportCSV(body []byte) ([]ImportRow, error) {
 	}
 }
 
-// ParseImportNDJSON reads one device per line, as POST …/devices takes it;
-// blank lines are skipped and rows are numbered by line.
+// importLine is one NDJSON row: a device as POST …/devices takes it, and
+// optionally a certificate and a public key (PEM).
+type importLine struct {
+	DeviceInput
+	Certificate string `json:"certificate"`
+	PublicKey   string `json:"public_key"`
+}
+
+// ParseImportNDJSON reads one device per line, as POST …/devices takes it
+// with optional certificate and public_key (PEM); blank lines are skipped
+// and rows are numbered by line.
 func ParseImportNDJSON(body []byte) ([]ImportRow, error) {
 	var rows []ImportRow
 	for n, line := range bytes.Split(body, []byte("\n")) {
@@ -115,9 +129,11 @@ func ParseImportNDJSON(body []byte) ([]ImportRow, error) {
 		row := ImportRow{Row: n + 1}
 		dec := json.NewDecoder(bytes.NewReader(line))
 		dec.DisallowUnknownFields()
-		if err := dec.Decode(&row.Input); err != nil || dec.More() {
-			row.Err = &FieldError{Field: "row", Message: "is not one JSON object of name, groups, metadata, enabled and client_ids"}
+		var l importLine
+		if err := dec.Decode(&l); err != nil || dec.More() {
+			row.Err = &FieldError{Field: "row", Message: "is not one JSON object of name, groups, metadata, enabled, client_ids, certificate and public_key"}
 		}
+		row.Input, row.Certificate, row.PublicKey = l.DeviceInput, l.Certificate, l.PublicKey
 		rows = append(rows, row)
 	}
 	if len(rows) == 0 {

@@ -39,30 +39,35 @@ type Quotas struct {
 	// MaxShadowBytes bounds each device's shadow: its desired and
 	// reported state as JSON, in bytes.
 	MaxShadowBytes int64 `json:"max_shadow_bytes"`
+	// MaxPendingCommands bounds the tenant's commands in flight: those
+	// waiting for their reply on one data-plane node, and, apart, those
+	// queued for a device that neither replied nor expired yet.
+	MaxPendingCommands int64 `json:"max_pending_commands"`
 }
 
 // quotaFields maps each quota's name to its field. It is the one list of
 // quota names: validation, overrides and the API all use it.
 var quotaFields = map[string]func(*Quotas) *int64{
-	"max_devices":         func(q *Quotas) *int64 { return &q.MaxDevices },
-	"max_connections":     func(q *Quotas) *int64 { return &q.MaxConnections },
-	"connect_rate":        func(q *Quotas) *int64 { return &q.ConnectRate },
-	"publish_rate":        func(q *Quotas) *int64 { return &q.PublishRate },
-	"tenant_publish_rate": func(q *Quotas) *int64 { return &q.TenantPublishRate },
-	"bandwidth_in":        func(q *Quotas) *int64 { return &q.BandwidthIn },
-	"bandwidth_out":       func(q *Quotas) *int64 { return &q.BandwidthOut },
-	"max_packet_size":     func(q *Quotas) *int64 { return &q.MaxPacketSize },
-	"max_subscriptions":   func(q *Quotas) *int64 { return &q.MaxSubscriptions },
-	"max_retained":        func(q *Quotas) *int64 { return &q.MaxRetained },
-	"max_queued":          func(q *Quotas) *int64 { return &q.MaxQueued },
-	"max_session_expiry":  func(q *Quotas) *int64 { return &q.MaxSessionExpiry },
-	"max_keepalive":       func(q *Quotas) *int64 { return &q.MaxKeepalive },
-	"messages_per_month":  func(q *Quotas) *int64 { return &q.MessagesPerMonth },
-	"max_nodes":           func(q *Quotas) *int64 { return &q.MaxNodes },
-	"max_outbox":          func(q *Quotas) *int64 { return &q.MaxOutbox },
-	"event_retention":     func(q *Quotas) *int64 { return &q.EventRetention },
-	"max_streams":         func(q *Quotas) *int64 { return &q.MaxStreams },
-	"max_shadow_bytes":    func(q *Quotas) *int64 { return &q.MaxShadowBytes },
+	"max_devices":          func(q *Quotas) *int64 { return &q.MaxDevices },
+	"max_connections":      func(q *Quotas) *int64 { return &q.MaxConnections },
+	"connect_rate":         func(q *Quotas) *int64 { return &q.ConnectRate },
+	"publish_rate":         func(q *Quotas) *int64 { return &q.PublishRate },
+	"tenant_publish_rate":  func(q *Quotas) *int64 { return &q.TenantPublishRate },
+	"bandwidth_in":         func(q *Quotas) *int64 { return &q.BandwidthIn },
+	"bandwidth_out":        func(q *Quotas) *int64 { return &q.BandwidthOut },
+	"max_packet_size":      func(q *Quotas) *int64 { return &q.MaxPacketSize },
+	"max_subscriptions":    func(q *Quotas) *int64 { return &q.MaxSubscriptions },
+	"max_retained":         func(q *Quotas) *int64 { return &q.MaxRetained },
+	"max_queued":           func(q *Quotas) *int64 { return &q.MaxQueued },
+	"max_session_expiry":   func(q *Quotas) *int64 { return &q.MaxSessionExpiry },
+	"max_keepalive":        func(q *Quotas) *int64 { return &q.MaxKeepalive },
+	"messages_per_month":   func(q *Quotas) *int64 { return &q.MessagesPerMonth },
+	"max_nodes":            func(q *Quotas) *int64 { return &q.MaxNodes },
+	"max_outbox":           func(q *Quotas) *int64 { return &q.MaxOutbox },
+	"event_retention":      func(q *Quotas) *int64 { return &q.EventRetention },
+	"max_streams":          func(q *Quotas) *int64 { return &q.MaxStreams },
+	"max_shadow_bytes":     func(q *Quotas) *int64 { return &q.MaxShadowBytes },
+	"max_pending_commands": func(q *Quotas) *int64 { return &q.MaxPendingCommands },
 }
 
 func isQuotaName(name string) bool { _, ok := quotaFields[name]; return ok }

@@ -255,6 +255,19 @@ func (c *Console) renderDevice(w http.ResponseWriter, r *http.Request, status in
 		data.Metadata = append(data.Metadata, [2]string{k, v})
 	}
 	sort.Slice(data.Metadata, func(i, j int) bool { return data.Metadata[i][0] < data.Metadata[j][0] })
+	// The groups and metadata form starts from what the device has, or
+	// from what was sent when it comes back with an error.
+	if p.Form == nil {
+		p.Form = map[string]string{}
+	}
+	if _, sent := p.Form["groups"]; !sent {
+		p.Form["groups"] = strings.Join(d.Groups, ", ")
+		var lines []string
+		for _, kv := range data.Metadata {
+			lines = append(lines, kv[0]+"="+kv[1])
+		}
+		p.Form["metadata"] = strings.Join(lines, "\n")
+	}
 	p.Title, p.Nav, p.Data = "Device "+d.Name, "devices", data
 	c.render(w, r, status, "device.html", p)
 }
@@ -306,6 +319,37 @@ func (c *Console) deviceDelete(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	redirect(w, r, "/tenants/"+t.Slug+"/devices", "deleted")
+}
+
+// deviceLabels replaces the device's groups and metadata with the form's:
+// groups separated by commas or spaces, metadata as key=value lines (both
+// empty for none). An error comes back on the page next to its field.
+func (c *Console) deviceLabels(w http.ResponseWriter, r *http.Request) {
+	groups := parseGroups(r.PostFormValue("groups"))
+	md, err := parseMetadata(r.PostFormValue("metadata"))
+	if err == nil {
+		_, err = c.store.UpdateDevice(r.Context(), tenantOf(r).Slug, chi.URLParam(r, "device"), tenants.DeviceUpdate{Groups: &groups, Metadata: &md})
+	}
+	if err == nil {
+		redirect(w, r, devicePath(r), "saved")
+		return
+	}
+	if !errors.Is(err, tenants.ErrInvalid) {
+		c.fail(w, r, err)
+		return
+	}
+	errs := formErrors(err)
+	for f, msg := range errs {
+		if f != "groups" && f != "metadata" {
+			delete(errs, f)
+			field := "metadata"
+			if strings.HasPrefix(f, "group") {
+				field = "groups"
+			}
+			errs[field] = f + ": " + msg
+		}
+	}
+	c.renderDevice(w, r, http.StatusBadRequest, page{Errors: errs, Form: map[string]string{"groups": r.PostFormValue("groups"), "metadata": r.PostFormValue("metadata")}})
 }
 
 // deviceKeyAdd registers a public key (PEM) the device signs its tokens with.

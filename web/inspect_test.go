@@ -12,6 +12,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/roosthub/roost/dataplane"
+	"github.com/roosthub/roost/tenants"
 )
 
 // TestRetainedPage: the retained page lists the tenant's retained
@@ -167,5 +168,10 @@ func TestDeviceCommandForm(t *testing.T) {
 	}
 	if a = b.post("/tenants/acme/devices/d2/command", url.Values{"command_name": {"reboot"}}); a.status != http.StatusOK || !strings.Contains(a.body, "d2 is not connected") {
 		t.Errorf("a command to an offline device: %d", a.status)
+	}
+	// The one command sent is audited, by the person who sent it.
+	es, _, err := s.store.AuditWhere(context.Background(), "acme", tenants.AuditFilter{Action: "device.command"}, tenants.Page{})
+	if err != nil || len(es) != 1 || !strings.HasPrefix(es[0].Object, "device:d1/command:reboot/") || !strings.HasPrefix(es[0].Actor, "account:") {
+		t.Errorf("device.command audit entries %+v (%v), want d1's reboot by an account", es, err)
 	}
 }

@@ -172,7 +172,8 @@ func TestQuotaNamesAndCounts(t *testing.T) {
 	b.tenant("acme")
 	b.device("acme", "d1", "")
 	a := b.get("/tenants/acme/usage")
-	for _, want := range []string{"Devices <code>max_devices</code>", "Longest session expiry (seconds) <code>max_session_expiry</code>", "limit 7 days", "limit 5 minutes"} {
+	for _, want := range []string{"Devices <code>max_devices</code>", "Longest session expiry (seconds) <code>max_session_expiry</code>",
+		"Commands pending (waiting for a reply, or queued) <code>max_pending_commands</code>", "limit 7 days", "limit 5 minutes"} {
 		if !strings.Contains(a.body, want) {
 			t.Errorf("the usage page lacks %q", want)
 		}

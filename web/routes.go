@@ -91,6 +91,7 @@ func (c *Console) routes() chi.Router {
 					r.Post("/retained/delete", c.retainedDelete)
 					r.Post("/devices/{device}/secret", c.deviceRotate)
 					r.Post("/devices/{device}/enabled", c.deviceEnable)
+					r.Post("/devices/{device}/labels", c.deviceLabels)
 					r.Post("/devices/{device}/delete", c.deviceDelete)
 					r.Post("/devices/{device}/keys", c.deviceKeyAdd)
 					r.Post("/devices/{device}/keys/{id}/delete", c.deviceKeyDelete)

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -69,6 +70,13 @@ func (c *Console) deviceCommand(w http.ResponseWriter, r *http.Request) {
 	case err != nil:
 		c.fail(w, r, err)
 		return
+	}
+	if res.Outcome != dataplane.CommandOffline {
+		// Sent: audited as a command through the API is.
+		if err := c.store.AuditCommand(context.WithoutCancel(r.Context()), t.Slug, d.Name, form["command_name"], res.ID); err != nil {
+			c.internal(w, r, err)
+			return
+		}
 	}
 	p := page{Form: form}
 	switch res.Outcome {

@@ -116,6 +116,28 @@ func TestSplitCommandsAndInspection(t *testing.T) {
 	if status, v = cp.call("POST", "/v1/tenants/acme/devices/d2/commands", tok, map[string]any{"name": "reboot"}); status != 409 || v["code"] != "device_offline" {
 		t.Errorf("command to an offline device: %d %v, want 409 device_offline", status, v)
 	}
+	// Queued: recorded by the node that published it, its reply by the
+	// node the device replied on, both read through the control plane.
+	status, v = cp.call("POST", "/v1/tenants/acme/devices/d1/commands", tok, map[string]any{"name": "later", "payload": "q", "queue": true, "ttl": 600})
+	if status != 202 || v["expires_at"] == nil {
+		t.Fatalf("queued command through the control plane: %d %v", status, v)
+	}
+	queued := v["id"].(string)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		status, v = cp.call("GET", "/v1/tenants/acme/devices/d1/commands/"+queued, tok, nil)
+		if status == 200 && v["status"] == "replied" && v["payload"] == "ok:q" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the queued command's reply through the control plane: %d %v\n%s", status, v, dp.log)
+		}
+	}
+	if status, v = cp.call("POST", "/v1/tenants/acme/devices/d2/commands", tok, map[string]any{"name": "later", "queue": true}); status != 202 {
+		t.Fatalf("queued command to an offline device: %d %v", status, v)
+	}
+	if status, v = cp.call("GET", "/v1/tenants/acme/devices/d2/commands/"+v["id"].(string), tok, nil); status != 200 || v["status"] != "queued" {
+		t.Errorf("the offline device's queued command: %d %v, want queued", status, v)
+	}
 	const n = 200
 	took := make([]time.Duration, 0, n)
 	for i := range n {

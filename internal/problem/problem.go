@@ -75,8 +75,9 @@ func Of(err error) Problem {
 	case errors.As(err, &qe):
 		limit := qe.Limit
 		p.Quota, p.Limit = qe.Quota, &limit
-		if qe.IsRate() {
-			// A rate lifts within a second: try again then.
+		if qe.Lifts() {
+			// A rate lifts within a second: try again then (a RetryError
+			// below may say to wait longer).
 			p.Status, p.RetryAfter = http.StatusTooManyRequests, "1"
 		}
 	}

@@ -69,6 +69,7 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"DeviceGroups", testDeviceGroups},
 		{"GroupACL", testGroupACL},
 		{"ImportDevices", testImportDevices},
+		{"ImportCredentials", testImportCredentials},
 		{"ProvisionDevice", testProvisionDevice},
 	}
 	for _, tc := range tests {
