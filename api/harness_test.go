@@ -52,6 +52,9 @@ type env struct {
 	client *http.Client
 	// mailDir is where the API's mails are written, one file each.
 	mailDir string
+	// storeDir holds the store's database, for a test that opens it
+	// again as another process would.
+	storeDir string
 }
 
 // from returns the env with requests sent from another loopback address,
@@ -80,7 +83,8 @@ func (s storeSink) Emit(e events.Event) {
 func newEnvWith(t *testing.T, configure func(*api.Config)) *env {
 	t.Helper()
 	ctx := context.Background()
-	store, err := tenants.Open(ctx, "", t.TempDir())
+	storeDir := t.TempDir()
+	store, err := tenants.Open(ctx, "", storeDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +146,7 @@ func newEnvWith(t *testing.T, configure func(*api.Config)) *env {
 	}
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)
-	return &env{t: t, url: hs.URL, mqttAddr: ln.Addr().String(), api: srv, store: store, logs: logs, clock: clk, router: specRouter(t), bodies: &testenv.Buffer{}, mailDir: mailer.Dir()}
+	return &env{t: t, url: hs.URL, mqttAddr: ln.Addr().String(), api: srv, store: store, logs: logs, clock: clk, router: specRouter(t), bodies: &testenv.Buffer{}, mailDir: mailer.Dir(), storeDir: storeDir}
 }
 
 var (
