@@ -153,7 +153,15 @@ func (t Tee) Emit(e Event) {
 //	$events/quota/<quota>/<device>
 //	$events/queue/dropped/<device>
 //	$events/publish/denied/<device>
+//	$events/billing/<type>
+//
+// Billing's events are about the tenant, not a device: their topic ends
+// with the event's type (plan_changed, payment_failed, payment_succeeded,
+// billing_suspended, billing_resumed, spend_warning).
 func (e Event) Topic() string {
+	if IsBilling(e.Type) {
+		return "$events/billing/" + e.Type
+	}
 	if e.Device == "" {
 		return ""
 	}
@@ -172,4 +180,13 @@ func (e Event) Topic() string {
 		return "$events/publish/denied/" + e.Device
 	}
 	return ""
+}
+
+// IsBilling reports whether an event type is one of billing's.
+func IsBilling(typ string) bool {
+	switch typ {
+	case PlanChanged, PaymentFailed, PaymentSucceeded, BillingSuspended, BillingResumed, SpendWarning:
+		return true
+	}
+	return false
 }
