@@ -72,3 +72,13 @@ func (s *Store) OpenStreams(ctx context.Context, tenant string) (int64, error) {
 	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM stream_leases WHERE tenant = $1 AND expires_at > $2`, tenant, s.timestamp()).Scan(&n)
 	return n, err
 }
+
+// PruneStreams deletes every expired lease, of any tenant, and returns how
+// many.
+func (s *Store) PruneStreams(ctx context.Context) (int64, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM stream_leases WHERE expires_at <= $1`, s.timestamp())
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}

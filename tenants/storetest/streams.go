@@ -109,8 +109,24 @@ func testStreamLeases(t *testing.T, s *tenants.Store, reopen func() *tenants.Sto
 		t.Errorf("after a late renewal: %d open, want 2", n)
 	}
 
-	// Two processes at once, 20 attempts each, limit 5: exactly 5 in all.
+	// PruneStreams deletes the expired leases of every tenant, and only
+	// those.
 	advance(2 * ttl)
+	if _, err := s.AcquireStream(ctx, "acme", "key:z", 3, 2, ttl); err != nil {
+		t.Fatal(err)
+	}
+	// (acme's acquire deleted acme's expired ones; other's key:a is left.)
+	if n, err := s.PruneStreams(ctx); err != nil || n != 1 {
+		t.Errorf("PruneStreams: %d %v, want other's one expired lease", n, err)
+	}
+	if n, err := s.PruneStreams(ctx); err != nil || n != 0 {
+		t.Errorf("PruneStreams again: %d %v, want 0", n, err)
+	}
+	if n := count("acme"); n != 1 {
+		t.Errorf("acme's open streams after the prune: %d, want key:z's", n)
+	}
+
+	// Two processes at once, 20 attempts each, limit 5: exactly 5 in all.
 	s2 := reopen()
 	s2.SetClock(clock)
 	var ok atomic.Int64
@@ -135,7 +151,6 @@ func testStreamLeases(t *testing.T, s *tenants.Store, reopen func() *tenants.Sto
 		}
 	}
 	wg.Wait()
-	// other held one of key:a, expired now.
 	if ok.Load() != 5 || count("other") != 5 {
 		t.Errorf("concurrent acquires: %d taken, %d open; want 5 of limit 5", ok.Load(), count("other"))
 	}
