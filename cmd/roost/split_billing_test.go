@@ -95,7 +95,9 @@ func TestSplitBillingEvents(t *testing.T) {
 	}
 	// Stored off the webhook's path too, independently of the relay.
 	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		var page struct{ Items []struct{ Type, Tenant string } }
+		var page struct {
+			Items []struct{ Type, Tenant string }
+		}
 		cp.api("GET", "/v1/tenants/acme/events?type=plan_changed", tok, nil, &page)
 		if len(page.Items) == 1 && page.Items[0].Tenant == "acme" {
 			break
