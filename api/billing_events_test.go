@@ -82,7 +82,8 @@ func TestBillingEventsOutward(t *testing.T) {
 	}
 
 	// acme subscribes to pro through Checkout, its payment fails, then
-	// it pays: plan_changed, payment_failed, payment_succeeded.
+	// it pays: plan_changed and subscription_changed, payment_failed,
+	// payment_succeeded.
 	want(t, e.do("POST", "/v1/tenants/acme/billing/checkout", owner.token, map[string]string{"plan": "pro"}), 200, "checkout")
 	acct, err := e.store.BillingAccount(context.Background(), "acme")
 	if err != nil || acct.Customer == "" {
@@ -97,7 +98,7 @@ func TestBillingEventsOutward(t *testing.T) {
 		"customer": acct.Customer, "status": "open", "amount_due": 2900, "currency": "usd"}), 200, "invoice.payment_failed")
 	want(t, e.deliver("evt_paid", "invoice.paid", now.Add(2*time.Second), map[string]any{"id": "in_1", "object": "invoice",
 		"customer": acct.Customer, "status": "paid", "amount_due": 2900, "amount_paid": 2900, "currency": "usd"}), 200, "invoice.paid")
-	all := []string{"plan_changed", "payment_failed", "payment_succeeded"}
+	all := []string{"plan_changed", "subscription_changed", "payment_failed", "payment_succeeded"}
 
 	// The history, by type: acme's, not bobco's.
 	for _, typ := range all {
@@ -154,8 +155,8 @@ func TestBillingEventsOutward(t *testing.T) {
 		defer sd.mu.Unlock()
 		return slices.Sorted(slices.Values(sd.mqtt))
 	}
-	wantHooked := []string{"$events/billing/payment_failed", "$events/billing/plan_changed"}
-	wantMQTT := []string{"$events/billing/payment_failed", "$events/billing/payment_succeeded", "$events/billing/plan_changed"}
+	wantHooked := []string{"$events/billing/payment_failed", "$events/billing/plan_changed", "$events/billing/subscription_changed"}
+	wantMQTT := []string{"$events/billing/payment_failed", "$events/billing/payment_succeeded", "$events/billing/plan_changed", "$events/billing/subscription_changed"}
 	var got []string
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
 		got = got[:0]
