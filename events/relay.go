@@ -13,8 +13,9 @@ import (
 // control plane, reach the data plane this way, where they are published
 // on the tenant's $events topics and matched by its rules. Emit only
 // queues; one goroutine calls the publisher, each call bounded by a
-// timeout; a full queue or a failed call drops the event (it is stored
-// all the same: the relay is a sink beside the Recorder) and counts it.
+// timeout and tried three times; a full queue or an event that failed its
+// tries is dropped (it is stored all the same: the relay is a sink beside
+// the Recorder) and counted.
 type Relay struct {
 	publish func(context.Context, Event) error
 	log     *slog.Logger
@@ -66,15 +67,35 @@ func (r *Relay) run() {
 		case <-r.done:
 			return
 		case e := <-r.queue:
-			ctx, cancel := context.WithTimeout(context.Background(), relayTimeout)
-			err := r.publish(ctx, e)
-			cancel()
-			if err != nil {
+			if err := r.try(e); err != nil {
 				r.dropped.Add(1)
 				r.log.Warn("publish an event in its tenant", "tenant", e.Tenant, "type", e.Type, "err", err)
 				continue
 			}
 			r.relayed.Add(1)
+		}
+	}
+}
+
+// relayRetries are the pauses before the second and third tries of an
+// event: the data plane may not have seen the change the event is about
+// yet (billing_resumed reaching a node that still holds the tenant
+// suspended), or its node may be restarting.
+var relayRetries = []time.Duration{500 * time.Millisecond, 2 * time.Second}
+
+// try publishes an event, trying again after each of relayRetries.
+func (r *Relay) try(e Event) error {
+	for i := 0; ; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), relayTimeout)
+		err := r.publish(ctx, e)
+		cancel()
+		if err == nil || i == len(relayRetries) {
+			return err
+		}
+		select {
+		case <-time.After(relayRetries[i]):
+		case <-r.done:
+			return err
 		}
 	}
 }

@@ -35,17 +35,23 @@ func TestBillingTopics(t *testing.T) {
 
 // TestRelay: the relay hands on the events that have a topic, in order,
 // and no other; Emit never waits for a stuck publisher (a full queue
-// drops and counts); a failed publish is counted; Close is harmless twice.
+// drops and counts); a publish failing once is tried again, one failing
+// every time is counted; Close is harmless twice.
 func TestRelay(t *testing.T) {
 	var mu sync.Mutex
 	var got []string
+	tries := map[string]int{}
 	release := make(chan struct{})
 	fail := errors.New("node down")
 	r := events.NewRelay(func(ctx context.Context, e events.Event) error {
 		if e.Reason == "stuck" {
 			<-release
 		}
-		if e.Reason == "fail" {
+		mu.Lock()
+		tries[e.Reason]++
+		n := tries[e.Reason]
+		mu.Unlock()
+		if e.Reason == "fail" || e.Reason == "once" && n == 1 {
 			return fail
 		}
 		mu.Lock()
@@ -57,7 +63,7 @@ func TestRelay(t *testing.T) {
 	r.Emit(events.Event{Tenant: "acme", Type: events.Connected}) // no device: no topic
 	r.Emit(events.Event{Tenant: "acme", Type: events.PlanChanged})
 	r.Emit(events.Event{Tenant: "acme", Type: events.PaymentFailed, Reason: "fail"})
-	r.Emit(events.Event{Tenant: "acme", Type: events.PaymentSucceeded})
+	r.Emit(events.Event{Tenant: "acme", Type: events.PaymentSucceeded, Reason: "once"})
 	wait := func(what string, ok func() bool) {
 		t.Helper()
 		for deadline := time.Now().Add(10 * time.Second); !ok(); time.Sleep(5 * time.Millisecond) {
@@ -70,6 +76,9 @@ func TestRelay(t *testing.T) {
 	mu.Lock()
 	if len(got) != 2 || got[0] != events.PlanChanged || got[1] != events.PaymentSucceeded {
 		t.Errorf("relayed %v, want plan_changed then payment_succeeded", got)
+	}
+	if tries["fail"] != 3 || tries["once"] != 2 {
+		t.Errorf("tries: %v, want 3 of the failing one and 2 of the one failing once", tries)
 	}
 	mu.Unlock()
 
