@@ -16,6 +16,8 @@ import (
 
 	"github.com/roosthub/roost/api"
 	"github.com/roosthub/roost/billing"
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
 )
@@ -24,11 +26,17 @@ const webhookSecret = "whsec_api_test"
 
 // newBillingEnv is an env with billing on against stripe-mock and the pro
 // and business plans priced.
-func newBillingEnv(t *testing.T) (*env, *billing.Service) {
+//
+// Billing's events are stored at once and relayed to the hub, as roost
+// serve does, for the tenant's rules and $events topics.
+func newBillingEnv(t *testing.T, more ...func(*api.Config)) (*env, *billing.Service) {
 	t.Helper()
 	stripeURL := testenv.StripeURL(t)
 	var svc *billing.Service
 	e := newEnvWith(t, func(cfg *api.Config) {
+		for _, f := range more {
+			f(cfg)
+		}
 		plans, err := tenants.LoadPlans(strings.NewReader(
 			"plans:\n  pro: {stripe_price: price_pro, stripe_metered_price: price_pro_messages}\n" +
 				"  business: {stripe_price: price_business, stripe_metered_price: price_business_messages}\n"))
@@ -36,8 +44,10 @@ func newBillingEnv(t *testing.T) (*env, *billing.Service) {
 			t.Fatal(err)
 		}
 		cfg.Store.SetPlans(plans)
+		relay := events.NewRelay(cfg.DataPlane.(*broker.Hub).PublishEvent, cfg.Log)
+		t.Cleanup(func() { relay.Close() })
 		svc, err = billing.New(billing.Config{Store: cfg.Store, Stripe: billing.NewStripe("sk_test_123", stripeURL),
-			WebhookSecret: webhookSecret, Events: storeSink{cfg.Store}, Log: cfg.Log, Now: cfg.Now,
+			WebhookSecret: webhookSecret, Events: events.Tee{storeSink{cfg.Store}, relay}, Log: cfg.Log, Now: cfg.Now,
 			ConsoleURL: "https://console.example.com"})
 		if err != nil {
 			t.Fatal(err)

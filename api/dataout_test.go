@@ -264,7 +264,7 @@ func TestRuleConditions(t *testing.T) {
 		t.Errorf("syntax error problem: %s, want column 15", r.body)
 	}
 	wantProblem(t, e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "#", "destination": "nope"}), 400, "invalid", "destination", "an unknown destination")
-	wantProblem(t, e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "#", "topic": "t", "condition": "true"}), 400, "invalid", "condition", "a condition on a Kafka rule")
+	wantProblem(t, e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "#", "topic": "t", "condition": "payload.temp >"}), 400, "invalid", "condition", "a Kafka rule's condition that does not compile")
 	wantProblem(t, e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "#", "topic": "t", "destination": "ingest"}), 400, "invalid", "destination", "both a topic and a destination")
 
 	rule := e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "sensors/+/temp", "destination": destID, "condition": `payload.temp > 30 && metadata.room == "lab"`})

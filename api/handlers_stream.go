@@ -41,28 +41,41 @@ const (
 // not take the bytes in that time is dropped.
 const streamWriteTimeout = 10 * time.Second
 
-// streams counts each tenant's open app streams in this process, against
-// its max_streams quota, and each principal's (an API key, a person, the
-// operator) among them, so that one key cannot take every place.
+// streams counts each tenant's open app streams against its max_streams
+// quota, and each principal's (an API key, a person, the operator) among
+// them, so that one key cannot take every place. The count is kept in the
+// directory (tenants.Store.AcquireStream), so that it holds across every
+// control-plane process of a fleet: each stream is a lease that the
+// process serving it renews every third of the lease while it runs and
+// releases when it ends, and a process that dies leaves leases that stop
+// counting when they expire.
 type streams struct {
-	poll, heartbeat time.Duration
-
-	mu   sync.Mutex
-	open map[string]int64
-	// each counts open streams per tenant and principal.
-	each map[streamHolder]int64
+	poll, heartbeat, lease time.Duration
+	store                  streamLeases
 }
 
-type streamHolder struct{ tenant, principal string }
+// streamLeases is where streams are counted; *tenants.Store is one.
+type streamLeases interface {
+	AcquireStream(ctx context.Context, tenant, principal string, limit, each int64, ttl time.Duration) (tenants.StreamLease, error)
+	RenewStream(ctx context.Context, l tenants.StreamLease, ttl time.Duration) error
+	ReleaseStream(ctx context.Context, l tenants.StreamLease) error
+}
 
-func newStreams(poll, heartbeat time.Duration) *streams {
+// DefaultStreamLease is how long an app stream counts against its
+// tenant after its process last renewed it.
+const DefaultStreamLease = 30 * time.Second
+
+func newStreams(store streamLeases, poll, heartbeat, lease time.Duration) *streams {
 	if poll <= 0 {
 		poll = time.Second
 	}
 	if heartbeat <= 0 {
 		heartbeat = 15 * time.Second
 	}
-	return &streams{poll: poll, heartbeat: heartbeat, open: map[string]int64{}, each: map[streamHolder]int64{}}
+	if lease <= 0 {
+		lease = DefaultStreamLease
+	}
+	return &streams{poll: poll, heartbeat: heartbeat, lease: lease, store: store}
 }
 
 // streamsEach is how many of a tenant's limit streams one principal may
@@ -73,29 +86,25 @@ func streamsEach(limit int64) int64 {
 }
 
 // acquire counts a stream of the tenant's principal in, or refuses it over
-// the tenant's limit or the principal's share of it.
-func (s *streams) acquire(tenant, principal string, limit int64) (release func(), err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.open[tenant] >= limit {
-		return nil, &tenants.QuotaError{Quota: "max_streams", Limit: limit}
+// the tenant's limit or the principal's share of it. renew keeps it
+// counted; release ends it.
+func (s *streams) acquire(ctx context.Context, tenant, principal string, limit int64) (renew func(context.Context) error, release func(), err error) {
+	l, err := s.store.AcquireStream(ctx, tenant, principal, limit, streamsEach(limit), s.lease)
+	if err != nil {
+		return nil, nil, err
 	}
-	h := streamHolder{tenant, principal}
-	if each := streamsEach(limit); s.each[h] >= each {
-		return nil, &tenants.QuotaError{Quota: "max_streams_each", Limit: each}
+	renew = func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, s.lease/3)
+		defer cancel()
+		return s.store.RenewStream(ctx, l, s.lease)
 	}
-	s.open[tenant]++
-	s.each[h]++
-	return func() {
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		if s.open[tenant]--; s.open[tenant] <= 0 {
-			delete(s.open, tenant)
-		}
-		if s.each[h]--; s.each[h] <= 0 {
-			delete(s.each, h)
-		}
-	}, nil
+	release = func() {
+		// The request's context has ended: the release has its own.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		s.store.ReleaseStream(ctx, l) // failing, the lease expires
+	}
+	return renew, release, nil
 }
 
 // streamMessage is a message as a stream sends it.
@@ -147,10 +156,13 @@ func (s *Server) handleStream(st streamStore) handler {
 		if err != nil {
 			return err
 		}
-		release, err := s.streams.acquire(slug, streamWatcher(principalFrom(r.Context())), t.Quotas().MaxStreams)
-		if err != nil {
+		renew, release, err := s.streams.acquire(r.Context(), slug, streamWatcher(principalFrom(r.Context())), t.Quotas().MaxStreams)
+		if errors.Is(err, tenants.ErrQuotaExceeded) {
 			s.tooManyStreams(w, r, err)
 			return nil
+		}
+		if err != nil {
+			return err
 		}
 		defer release()
 
@@ -280,6 +292,8 @@ func (s *Server) handleStream(st streamStore) handler {
 		}
 		heartbeat := time.NewTicker(s.streams.heartbeat)
 		defer heartbeat.Stop()
+		lease := time.NewTicker(s.streams.lease / 3)
+		defer lease.Stop()
 		for {
 			select {
 			case <-ctx.Done():
@@ -294,6 +308,10 @@ func (s *Server) handleStream(st streamStore) handler {
 			case <-poll:
 				if !sendEvents() {
 					return nil
+				}
+			case <-lease.C:
+				if err := renew(ctx); err != nil && ctx.Err() == nil {
+					log.Warn("stream: renew its lease", "err", err) // tried again at the next tick
 				}
 			case <-heartbeat.C:
 				// Revoked keys, ended sessions and removed members lose

@@ -54,6 +54,9 @@ type env struct {
 	mailDir string
 	// hub is the data plane mqttAddr serves.
 	hub *broker.Hub
+	// storeDir holds the store's database, for a test that opens it
+	// again as another process would.
+	storeDir string
 }
 
 // from returns the env with requests sent from another loopback address,
@@ -82,7 +85,8 @@ func (s storeSink) Emit(e events.Event) {
 func newEnvWith(t *testing.T, configure func(*api.Config)) *env {
 	t.Helper()
 	ctx := context.Background()
-	store, err := tenants.Open(ctx, "", t.TempDir())
+	storeDir := t.TempDir()
+	store, err := tenants.Open(ctx, "", storeDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,7 +148,7 @@ func newEnvWith(t *testing.T, configure func(*api.Config)) *env {
 	}
 	hs := httptest.NewServer(srv)
 	t.Cleanup(hs.Close)
-	return &env{t: t, url: hs.URL, mqttAddr: ln.Addr().String(), api: srv, store: store, logs: logs, clock: clk, router: specRouter(t), bodies: &testenv.Buffer{}, mailDir: mailer.Dir(), hub: hub}
+	return &env{t: t, url: hs.URL, mqttAddr: ln.Addr().String(), api: srv, store: store, logs: logs, clock: clk, router: specRouter(t), bodies: &testenv.Buffer{}, mailDir: mailer.Dir(), hub: hub, storeDir: storeDir}
 }
 
 var (

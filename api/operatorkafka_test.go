@@ -126,8 +126,8 @@ func TestOperatorKafkaDestination(t *testing.T) {
 	// Refusals.
 	rules := "/v1/tenants/acme/rules"
 	wantProblem(t, e.do("POST", rules, owner.token, map[string]string{"filter": "#", "destination": "operator-kafka"}), 400, "invalid", "topic", "operator-kafka without a topic")
-	wantProblem(t, e.do("POST", rules, owner.token, map[string]string{"filter": "#", "destination": "operator-kafka", "topic": "t", "condition": "true"}),
-		400, "invalid", "condition", "operator-kafka with a condition")
+	wantProblem(t, e.do("POST", rules, owner.token, map[string]string{"filter": "#", "destination": "operator-kafka", "topic": "t", "condition": "payload.temp >"}),
+		400, "invalid", "condition", "operator-kafka with a condition that does not compile")
 	wantProblem(t, e.do("POST", rules, owner.token, map[string]string{"filter": "$events/#", "destination": "operator-kafka", "topic": "t"}),
 		400, "invalid", "filter", "operator-kafka on $events")
 	wantProblem(t, e.do("POST", rules, owner.token, map[string]string{"filter": "#", "destination": "operator-kafka", "topic": "../x"}),

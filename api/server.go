@@ -44,6 +44,11 @@ type Config struct {
 	// ones in the store (1s if zero); StreamHeartbeat how often an idle
 	// stream sends a comment so that proxies keep it open (15s if zero).
 	StreamPoll, StreamHeartbeat time.Duration
+	// StreamLease is how long an app stream still counts against its
+	// tenant's max_streams after the process serving it last renewed it
+	// (it does every third of that): a process that dies frees its
+	// streams' places within it. DefaultStreamLease if zero.
+	StreamLease time.Duration
 	// Metrics serves Prometheus metrics at /metrics, to the operator; nil
 	// answers 503.
 	Metrics http.Handler
@@ -146,7 +151,7 @@ func New(cfg Config) (*Server, error) {
 		auth:      cfg.Auth,
 		ready:     cfg.Ready,
 		dataPlane: cfg.DataPlane,
-		streams:   newStreams(cfg.StreamPoll, cfg.StreamHeartbeat),
+		streams:   newStreams(cfg.Store, cfg.StreamPoll, cfg.StreamHeartbeat, cfg.StreamLease),
 		now:       cfg.Now,
 		metrics:   cfg.Metrics,
 		billing:   cfg.Billing,

@@ -134,6 +134,20 @@ func (s *stream) none(event string, d time.Duration) {
 	}
 }
 
+// waitStreams waits until the tenant holds n open streams: a stream the
+// reader closed is released once its handler has seen it go.
+func (e *env) waitStreams(tenant string, n int64) {
+	e.t.Helper()
+	var got int64
+	var err error
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if got, err = e.store.OpenStreams(context.Background(), tenant); err == nil && got == n {
+			return
+		}
+	}
+	e.t.Fatalf("%s holds %d open streams (%v), want %d", tenant, got, err, n)
+}
+
 func newStreamEnv(t *testing.T) *env {
 	return newEnvWith(t, func(cfg *api.Config) {
 		cfg.StreamPoll, cfg.StreamHeartbeat = 20*time.Millisecond, 100*time.Millisecond
@@ -218,6 +232,7 @@ func TestStream(t *testing.T) {
 		t.Errorf("second event: %s, want the disconnect", second.data)
 	}
 	s.close()
+	e.waitStreams("acme", 0) // the viewer key's one place is free again
 	resumed := e.openStream("/v1/tenants/acme/stream?events=1", viewerKey, firstID)
 	if resumed.status != 200 {
 		t.Fatalf("resumed: %d %s", resumed.status, resumed.body)
@@ -227,6 +242,7 @@ func TestStream(t *testing.T) {
 	}
 	resumed.none("event", 200*time.Millisecond)
 	resumed.close()
+	e.waitStreams("acme", 0)
 
 	// Another tenant's key: 404, as on every tenant route.
 	wantProblem(t, e.do("GET", "/v1/tenants/acme/stream?filter=%23", otherKey, nil), 404, "not_found", "", "other tenant's key")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -246,6 +247,40 @@ func TestWebhookOnce(t *testing.T) {
 	}
 	if applied != 1 {
 		t.Errorf("the event was applied %d times (audit), want 1", applied)
+	}
+}
+
+// TestSubscriptionChangedEvents: a subscription created, going past due
+// and cancelled each raise subscription_changed saying from what to what;
+// the creation and the cancellation move the plan (plan_changed), the
+// status change alone does not, and a redelivery raises nothing.
+func TestSubscriptionChangedEvents(t *testing.T) {
+	h := newHarness(t)
+	h.tenant("other", "cus_other")
+	at := h.clock.Now().Add(-time.Hour)
+	h.deliver(event("evt_1", "customer.subscription.created", at, subscription("sub_1", "cus_acme", "active", "price_pro")))
+	h.deliver(event("evt_1", "customer.subscription.created", at, subscription("sub_1", "cus_acme", "active", "price_pro")))
+	h.deliver(event("evt_2", "customer.subscription.updated", at.Add(time.Minute), subscription("sub_1", "cus_acme", "past_due", "price_pro")))
+	h.deliver(event("evt_3", "customer.subscription.deleted", at.Add(2*time.Minute), subscription("sub_1", "cus_acme", "canceled", "price_pro")))
+	var reasons []string
+	for _, e := range h.events.Recent("acme") {
+		if e.Type == events.SubscriptionChanged {
+			reasons = append(reasons, e.Reason)
+		}
+	}
+	want := []string{
+		"subscription none none → sub_1 active (plan pro)",
+		"subscription sub_1 active → sub_1 past_due (plan pro)",
+		"subscription sub_1 past_due → sub_1 canceled (plan free)",
+	}
+	if !slices.Equal(reasons, want) {
+		t.Errorf("subscription_changed reasons:\n%q\nwant\n%q", reasons, want)
+	}
+	if n := h.countEvents("acme", events.PlanChanged); n != 2 {
+		t.Errorf("plan_changed events: %d, want 2 (to pro, to free)", n)
+	}
+	if n := h.countEvents("other", events.SubscriptionChanged); n != 0 {
+		t.Errorf("another tenant has %d subscription_changed events", n)
 	}
 }
 

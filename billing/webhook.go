@@ -1,6 +1,7 @@
 package billing
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -187,6 +188,10 @@ func (s *Service) HandleWebhook(ctx context.Context, payload []byte, signature s
 	}
 	if before.Tenant.Plan != t.Plan {
 		s.emit(tenant, events.PlanChanged, fmt.Sprintf("plan %s → %s (subscription %s)", before.Tenant.Plan, t.Plan, acct.Status), 0)
+	}
+	if b := before.Account; b.Subscription != acct.Subscription || b.Status != acct.Status {
+		s.emit(tenant, events.SubscriptionChanged, fmt.Sprintf("subscription %s %s → %s %s (plan %s)",
+			cmp.Or(b.Subscription, "none"), cmp.Or(b.Status, "none"), cmp.Or(acct.Subscription, "none"), cmp.Or(acct.Status, "none"), t.Plan), 0)
 	}
 	if after != nil {
 		after(before, tenants.BillingUpdate{Tenant: t, Account: acct})

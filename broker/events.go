@@ -1,12 +1,15 @@
 package broker
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/events"
+	"github.com/roosthub/roost/tenants"
 )
 
 // eventsHook raises the lifecycle events of a tenant's devices: connected
@@ -123,4 +126,40 @@ func (h *Hub) publishEvents() {
 			}
 		}
 	}
+}
+
+// PublishEvent publishes an event raised outside the data plane — one of
+// billing's, about the tenant rather than a device, which its raiser has
+// stored already — as the hub's own events are: into the outboxes of the
+// tenant's rules that match it, and on its $events topic inside the
+// tenant. The tenant's broker is started if it is not running (its
+// outboxes live there); a suspended tenant's events reach neither.
+func (h *Hub) PublishEvent(ctx context.Context, e events.Event) error {
+	topic := e.Topic()
+	if topic == "" || e.Tenant == "" {
+		return &tenants.FieldError{Field: "type", Message: "an event published in its tenant has a tenant and an $events topic"}
+	}
+	t, err := h.activeTenant(ctx, e.Tenant)
+	if err != nil {
+		return err
+	}
+	inst, err := h.reg.acquire(t)
+	if err != nil {
+		return err
+	}
+	defer h.reg.release(inst)
+	if e.Time.IsZero() {
+		e.Time = h.now().UTC()
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	if err := inst.out.appendEvent(e, b); err != nil {
+		return fmt.Errorf("put an event in the outbox: %w", err)
+	}
+	if subs := inst.server.Topics.Subscribers(topic); len(subs.Subscriptions) == 0 && len(subs.Shared) == 0 {
+		return nil
+	}
+	return inst.server.Publish(topic, b, false, 0)
 }

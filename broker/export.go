@@ -9,6 +9,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -87,10 +88,26 @@ func (inst *instance) export(cl *mqtt.Client, pk packets.Packet) error {
 	if exp == nil {
 		return nil
 	}
-	rules, err := inst.exports.get(func() ([]tenants.ExportRule, error) {
+	rules, err := inst.exports.get(func() ([]*dataout.Rule, error) {
 		ctx, cancel := storeCtx()
 		defer cancel()
-		return inst.dir.dir.ExportRules(ctx, inst.tenant)
+		list, err := inst.dir.dir.ExportRules(ctx, inst.tenant)
+		if err != nil {
+			return nil, err
+		}
+		// Conditions are compiled once per change of the rules, as the
+		// outbox's are; one that no longer compiles (checked when it was
+		// made) leaves its rule out.
+		out := make([]*dataout.Rule, 0, len(list))
+		for _, r := range list {
+			c, err := dataout.CompileRule(r)
+			if err != nil {
+				inst.log.Error("compile an export rule", "rule", r.ID, "err", err)
+				continue
+			}
+			out = append(out, c)
+		}
+		return out, nil
 	})
 	if err != nil {
 		inst.log.Error("read export rules", "err", err)
@@ -102,9 +119,31 @@ func (inst *instance) export(cl *mqtt.Client, pk packets.Packet) error {
 	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
 		device = dc.id.device
 	}
+	var in *dataout.Input // built for the first rule with a condition
 	for _, r := range rules {
 		if !tenants.MatchTopic(r.Filter, pk.TopicName) {
 			continue
+		}
+		if r.Condition != "" {
+			if in == nil {
+				in = &dataout.Input{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Device: device, ClientID: cl.ID, Time: inst.env.now()}
+				if !cl.Net.Inline {
+					ctx, cancel := storeCtx()
+					if d, found, err := inst.dir.device(ctx, inst.tenant, device); err == nil && found {
+						in.Metadata = d.Metadata
+					}
+					cancel()
+				}
+			}
+			// A condition that cannot be evaluated (a missing field, the
+			// cost limit) does not match, as for a destination's rule.
+			ok, err := r.Match(context.Background(), *in)
+			if err != nil {
+				inst.log.Debug("export rule condition not evaluated", "rule", r.ID, "topic", pk.TopicName, "err", err)
+			}
+			if !ok {
+				continue
+			}
 		}
 		msgs = append(msgs, ExportMessage{
 			Topic: r.KafkaTopic, Key: []byte(device), Value: pk.Payload,

@@ -17,6 +17,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/internal/rate"
 	"github.com/roosthub/roost/tenants"
@@ -68,7 +69,7 @@ type instance struct {
 	expiry expiryLoop
 
 	rules   listCache[tenants.ACLRule]
-	exports listCache[tenants.ExportRule]
+	exports listCache[*dataout.Rule]
 	// exportErrs counts, per export rule, messages Kafka refused.
 	errMu      sync.Mutex
 	exportErrs map[string]int64

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -100,6 +101,12 @@ func (h *outboxHook) Provides(b byte) bool { return b == mqtt.OnPublish }
 func (h *outboxHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	if remote(pk) {
 		return pk, nil // put in its outboxes where it arrived
+	}
+	if strings.HasPrefix(pk.TopicName, "$events/") {
+		// An event the hub publishes for the tenant's subscribers: it was
+		// put in the outboxes as it was raised (appendEvent), and no
+		// device publishes under $events.
+		return pk, nil
 	}
 	// Only a device's connection defers its write to the store hook: its
 	// publishes go through the hooks one at a time, on its reader. The

@@ -99,6 +99,12 @@ func readFailure(resp *http.Response, node string) error {
 	return f.err(node)
 }
 
+// eventPublisher publishes an event raised elsewhere in its tenant;
+// *broker.Hub is one.
+type eventPublisher interface {
+	PublishEvent(ctx context.Context, e events.Event) error
+}
+
 // EventLog holds a node's recent events per tenant; *events.Memory is one.
 type EventLog interface {
 	Recent(tenant string) []events.Event
@@ -137,6 +143,29 @@ func ServeWith(hub Hub, recent EventLog, op *auth.Operator, log *slog.Logger) ht
 			evs = append(evs, recent.Recent(r.PathValue("tenant"))...)
 		}
 		writeJSON(w, http.StatusOK, evs)
+	})
+	// An event raised on a control plane running apart (billing's), for
+	// the tenant's rules and $events topics (broker.Hub.PublishEvent).
+	mux.HandleFunc("POST "+Prefix+"/tenants/{tenant}/events", func(w http.ResponseWriter, r *http.Request) {
+		p, ok := hub.(eventPublisher)
+		if !ok {
+			status, f := toFailure(fmt.Errorf("this node publishes no events: %w", tenants.ErrUnavailable))
+			writeJSON(w, status, f)
+			return
+		}
+		var e events.Event
+		if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<20)).Decode(&e); err != nil {
+			status, f := toFailure(&tenants.FieldError{Field: "body", Message: err.Error()})
+			writeJSON(w, status, f)
+			return
+		}
+		e.Tenant = r.PathValue("tenant") // the path's, whatever the body says
+		if err := p.PublishEvent(r.Context(), e); err != nil {
+			status, f := toFailure(err)
+			writeJSON(w, status, f)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
 	})
 	mux.HandleFunc("POST "+Prefix+"/tenants/{tenant}/devices/{device}/disconnect", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]int{"closed": hub.Disconnect(r.PathValue("tenant"), r.PathValue("device"))})

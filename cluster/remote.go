@@ -221,6 +221,27 @@ func (r *Remote) Publish(ctx context.Context, tenant string, m dataplane.Message
 	return nil
 }
 
+// PublishEvent has the tenant's home node, which holds its outboxes,
+// publish an event raised on this control plane (billing's) in the
+// tenant: into its rules' outboxes and on its $events topic.
+func (r *Remote) PublishEvent(ctx context.Context, e events.Event) error {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	n, err := r.home(ctx, e.Tenant)
+	if err != nil {
+		return err
+	}
+	resp, err := r.request(ctx, http.MethodPost, n, tenantPath(e.Tenant)+"/events", e)
+	if err != nil {
+		return fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusNoContent {
+		return readFailure(resp, n.ID)
+	}
+	return nil
+}
+
 // Watch streams the tenant's messages from its home node until ctx ends;
 // the home bounds the views of the tenant and of the watcher.
 func (r *Remote) Watch(ctx context.Context, tenant, watcher, filter string, fn func(dataplane.Message)) error {

@@ -57,6 +57,10 @@ const (
 	BillingResumed   = "billing_resumed"
 	// SpendWarning's limit is the spend cap in cents.
 	SpendWarning = "spend_warning"
+	// SubscriptionChanged: the tenant's Stripe subscription was created,
+	// replaced, or changed status (past_due, canceled…); Reason says from
+	// what to what.
+	SubscriptionChanged = "subscription_changed"
 
 	// ShadowUpdated: a device's shadow changed; Reason says through
 	// what ("api" or "mqtt") and Count is its new version.
@@ -71,7 +75,7 @@ const (
 // Types lists every event type.
 var Types = []string{Connected, Disconnected, Subscribed, Unsubscribed, AuthFailed, QueueDropped, QuotaExceeded, PublishDenied,
 	PlanChanged, PaymentFailed, PaymentSucceeded, BillingSuspended, BillingResumed, SpendWarning, ShadowUpdated,
-	DeviceProvisioned}
+	DeviceProvisioned, SubscriptionChanged}
 
 // Sink receives events. Emit must not block the connection that caused the
 // event: a sink that cannot keep up counts what it drops.
@@ -153,7 +157,16 @@ func (t Tee) Emit(e Event) {
 //	$events/quota/<quota>/<device>
 //	$events/queue/dropped/<device>
 //	$events/publish/denied/<device>
+//	$events/billing/<type>
+//
+// Billing's events are about the tenant, not a device: their topic ends
+// with the event's type (plan_changed, subscription_changed,
+// payment_failed, payment_succeeded, billing_suspended, billing_resumed,
+// spend_warning).
 func (e Event) Topic() string {
+	if IsBilling(e.Type) {
+		return "$events/billing/" + e.Type
+	}
 	if e.Device == "" {
 		return ""
 	}
@@ -172,4 +185,13 @@ func (e Event) Topic() string {
 		return "$events/publish/denied/" + e.Device
 	}
 	return ""
+}
+
+// IsBilling reports whether an event type is one of billing's.
+func IsBilling(typ string) bool {
+	switch typ {
+	case PlanChanged, PaymentFailed, PaymentSucceeded, BillingSuspended, BillingResumed, SpendWarning, SubscriptionChanged:
+		return true
+	}
+	return false
 }

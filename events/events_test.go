@@ -129,7 +129,8 @@ func TestEventTopics(t *testing.T) {
 		{events.Event{Type: events.QuotaExceeded, Device: "d", Quota: "publish_rate"}, "$events/quota/publish_rate/d"},
 		{events.Event{Type: events.PublishDenied, Device: "d", MessageTopic: "alarms/x"}, "$events/publish/denied/d"},
 		{events.Event{Type: events.PublishDenied}, ""},
-		{events.Event{Type: events.PlanChanged, Device: "d"}, ""},
+		{events.Event{Type: events.PlanChanged, Device: "d"}, "$events/billing/plan_changed"}, // the tenant's, whatever the device
+		{events.Event{Type: events.ShadowUpdated, Device: "d"}, ""},
 	} {
 		if got := tc.e.Topic(); got != tc.want {
 			t.Errorf("%s event of %q: topic %q, want %q", tc.e.Type, tc.e.Device, got, tc.want)

@@ -78,21 +78,19 @@ func (in *ExportRuleInput) Validate() error {
 	if strings.HasPrefix(in.Filter, "$") && !(in.Destination != "" && !op && IsEventsFilter(in.Filter)) {
 		return invalid("filter", "topics starting with $ are not exported (rules with a destination of the tenant's may match events: $events/...)")
 	}
+	// Every rule may have a condition: the outbox applies a destination's,
+	// the data plane's Kafka export the operator's Kafka rules'.
+	if len(in.Condition) > MaxConditionLength {
+		return invalid("condition", "at most %d bytes", MaxConditionLength)
+	}
 	switch {
 	case op && in.Topic == "":
 		return invalid("topic", "a rule to "+OperatorKafka+" names its Kafka topic (topic), written as roost.<tenant>.<topic>")
-	case op && in.Condition != "":
-		return invalid("condition", "conditions apply to rules with a destination of the tenant's; the operator's Kafka export takes none yet")
 	case op:
 	case in.Topic != "" && in.Destination != "":
 		return invalid("destination", "a rule has a Kafka topic or a destination, not both (a topic goes with destination "+OperatorKafka+" or alone)")
 	case in.Destination != "":
-		if len(in.Condition) > MaxConditionLength {
-			return invalid("condition", "at most %d bytes", MaxConditionLength)
-		}
 		return nil
-	case in.Condition != "":
-		return invalid("condition", "conditions apply to rules with a destination; Kafka export rules take none yet")
 	}
 	if !exportTopicRE.MatchString(in.Topic) {
 		return invalid("topic", "must be 1 to 100 letters, digits, '.', '_' or '-', not starting with '.'")

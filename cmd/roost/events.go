@@ -24,6 +24,11 @@ func pruneEvents(ctx context.Context, store *tenants.Store, every time.Duration,
 		} else if n > 0 {
 			log.Info("pruned events past their retention", "rows", n)
 		}
+		// App streams' leases left by processes that died, of tenants
+		// nobody opens a stream of again (an open deletes its tenant's).
+		if _, err := store.PruneStreams(ctx); err != nil && ctx.Err() == nil {
+			log.Warn("prune stream leases", "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"time"
 
@@ -68,5 +69,64 @@ func TestServeExportsToOperatorKafkaDestination(t *testing.T) {
 	}
 	if n := r.Lag(); n > 0 {
 		t.Errorf("%d more records on roost.acme.telemetry, want the one publish", n)
+	}
+}
+
+// TestServeOperatorKafkaCondition: a rule to operator-kafka with a CEL
+// condition exports only the publishes that satisfy it, on kfake: a
+// payload below the threshold, one that is not JSON (its condition cannot
+// be evaluated) and one on a topic the filter does not match stay out of
+// Kafka; the matching ones come in the order they were acknowledged.
+func TestServeOperatorKafkaCondition(t *testing.T) {
+	cluster, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(1, "roost.events", "roost.acme.hot"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cluster.Close()
+	h := startServe(t, map[string]string{"ROOST_DATA_DIR": t.TempDir(), "ROOST_KAFKA_BROKERS": cluster.ListenAddrs()[0]})
+	_, m := post(t, h.url+"/v1/signup", "", map[string]string{"email": "k@example.com", "password": "correct horse battery"})
+	token := m["token"].(string)
+	post(t, h.url+"/v1/tenants", token, map[string]string{"slug": "acme"})
+	_, d := post(t, h.url+"/v1/tenants/acme/devices", token, map[string]string{"name": "d1"})
+
+	status, rule := post(t, h.url+"/v1/tenants/acme/rules", token, map[string]string{"filter": "sensors/#", "destination": "operator-kafka",
+		"topic": "hot", "condition": `payload.temp > 30 && device == "d1" && topic_levels[1] == "d1"`})
+	if status != 201 || rule["condition"] == nil || rule["delivery"] != "operator_kafka" {
+		t.Fatalf("rule: %d %v", status, rule)
+	}
+	c, err := mqttClient(h.mqtt, "acme/d1", d["secret"].(string), "d1", false, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	defer c.Disconnect(&paho.Disconnect{})
+	for _, p := range []struct{ topic, payload string }{
+		{"sensors/d1/temp", `{"temp":21}`},
+		{"sensors/d1/temp", `{"temp":35}`},
+		{"sensors/d1/temp", `hot`},
+		{"sensors/d2/temp", `{"temp":50}`},
+		{"other/d1", `{"temp":80}`},
+		{"sensors/d1/temp", `{"temp":31}`},
+		{"sensors/d1/temp", `{"temp":99,"last":true}`},
+	} {
+		if _, err := c.Publish(ctx, &paho.Publish{Topic: p.topic, QoS: 1, Payload: []byte(p.payload)}); err != nil {
+			t.Fatalf("publish %s %s: %v", p.topic, p.payload, err)
+		}
+	}
+	// Every publish was acknowledged after Kafka had what it exported:
+	// anything exported wrongly is before the last one.
+	r := kafka.NewReader(kafka.ReaderConfig{Brokers: cluster.ListenAddrs(), Topic: "roost.acme.hot", Partition: 0, MaxWait: 100 * time.Millisecond})
+	defer r.Close()
+	var got []string
+	for len(got) == 0 || got[len(got)-1] != `{"temp":99,"last":true}` {
+		msg, err := r.ReadMessage(ctx)
+		if err != nil {
+			t.Fatalf("read roost.acme.hot after %q: %v", got, err)
+		}
+		got = append(got, string(msg.Value))
+	}
+	if want := []string{`{"temp":35}`, `{"temp":31}`, `{"temp":99,"last":true}`}; !slices.Equal(got, want) {
+		t.Errorf("exported %q, want %q", got, want)
 	}
 }

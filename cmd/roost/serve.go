@@ -151,8 +151,22 @@ type planeDeps struct {
 // data-plane nodes.
 func (d planeDeps) controlHandler(signingKey []byte, localAddr string, endpoints []web.Endpoint) (http.Handler, []task, error) {
 	c, log := d.c, d.log
-	bill, err := newBilling(c, d.store, d.sink, log, "http://"+localAddr)
+	var dp dataplane.DataPlane = d.hub
+	var publish func(context.Context, events.Event) error
+	if d.hub == nil {
+		// Running apart: the data-plane nodes answer for themselves (and
+		// store their devices' events, as every node does).
+		remote := cluster.NewRemote(d.store, d.adminToken, log)
+		dp, publish = remote, remote.PublishEvent
+	} else {
+		publish = d.hub.PublishEvent
+	}
+	// Billing's events are stored here and relayed to the tenant's broker
+	// (here or on its home node), for its rules and $events topics.
+	relay := events.NewRelay(publish, log)
+	bill, err := newBilling(c, d.store, events.Tee{d.sink, relay}, log, "http://"+localAddr)
 	if err != nil {
+		relay.Close()
 		return nil, nil, err
 	}
 	tasks := []task{func(ctx context.Context) error { pruneUsage(ctx, d.store, c.UsageRetention, log); return nil }}
@@ -160,12 +174,7 @@ func (d planeDeps) controlHandler(signingKey []byte, localAddr string, endpoints
 		tasks = append(tasks, func(ctx context.Context) error { bill.Run(ctx, 30*time.Second); return nil })
 	}
 	tasks = append(tasks, func(ctx context.Context) error { pruneEvents(ctx, d.store, eventPruneEvery, log); return nil })
-	var dp dataplane.DataPlane = d.hub
-	if d.hub == nil {
-		// Running apart: the data-plane nodes answer for themselves (and
-		// store their devices' events, as every node does).
-		dp = cluster.NewRemote(d.store, d.adminToken, log)
-	}
+	tasks = append(tasks, func(ctx context.Context) error { <-ctx.Done(); relay.Close(); return nil })
 	// One auth front for the API and the console: one set of sessions and
 	// throttles, whichever a person signs in through.
 	if c.PasswordHashes > 0 {

@@ -71,6 +71,8 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"ImportDevices", testImportDevices},
 		{"ImportCredentials", testImportCredentials},
 		{"ProvisionDevice", testProvisionDevice},
+		// Issue 21: app streams counted across processes.
+		{"StreamLeases", testStreamLeases},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
