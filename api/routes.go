@@ -89,7 +89,7 @@ func (s *Server) routes() chi.Router {
 				r.With(viewer).Get("/retained/message", s.serve(handleRetainedGet(s.dataPlane)))
 				r.With(admin).Delete("/retained", s.serve(handleRetainedDelete(s.dataPlane)))
 				// A command acts on a device, as a publish does: admins only.
-				r.With(admin).Post("/devices/{device}/commands", s.serve(handleCommand(st, s.dataPlane)))
+				r.With(admin).Post("/devices/{device}/commands", s.serve(handleCommand(st, s.dataPlane, s.log)))
 				r.With(viewer).Get("/devices/{device}/commands/{id}", s.serve(handleCommandGet(st)))
 				r.With(viewer).Get("/devices/{device}/session", s.serve(handleDeviceSession(st, s.dataPlane)))
 				r.With(admin).Delete("/devices/{device}/session/queue", s.serve(handleQueuePurge(st, s.dataPlane)))

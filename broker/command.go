@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math"
 	"strings"
@@ -214,6 +215,9 @@ func (h *commandHook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 	defer cancel()
 	ok, err := cs.ReplyCommand(ctx, h.inst.tenant, device, id, pk.Payload, pk.Properties.ContentType)
 	switch {
+	case errors.Is(err, tenants.ErrReplyTooLarge):
+		h.inst.log.Info("reply to a queued command too large to record: dropped", "device", device, "client_id", cl.ID, "topic", pk.TopicName,
+			"bytes", len(pk.Payload), "max", tenants.MaxRecordedReply)
 	case err != nil:
 		h.inst.log.Warn("record a queued command's reply", "device", device, "client_id", cl.ID, "topic", pk.TopicName, "err", err)
 	case !ok:

@@ -24,10 +24,16 @@ const (
 // CommandRetention is how long a command is kept after it expires, to be
 // read; MaxStoredCommands bounds the finished (replied or expired)
 // commands a tenant keeps: the oldest go first.
+// MaxRecordedReply bounds the reply recorded for a queued command: a
+// larger one is not recorded (the command stays pending, then expires).
 const (
 	CommandRetention  = time.Hour
 	MaxStoredCommands = 1000
+	MaxRecordedReply  = 64 << 10
 )
+
+// ErrReplyTooLarge refuses to record a reply over MaxRecordedReply.
+var ErrReplyTooLarge = errors.New("reply too large to record")
 
 // QueuedCommand is a command queued for a device and what became of it.
 type QueuedCommand struct {
@@ -134,6 +140,9 @@ func (s *Store) ForgetCommand(ctx context.Context, tenant, id string) error {
 // was no such command waiting (another device's, unknown, expired or
 // replied already).
 func (s *Store) ReplyCommand(ctx context.Context, tenant, device, id string, reply []byte, contentType string) (bool, error) {
+	if len(reply) > MaxRecordedReply {
+		return false, ErrReplyTooLarge
+	}
 	now := s.timestamp()
 	res, err := s.db.ExecContext(ctx, `UPDATE commands SET replied_at = $4, reply = $5, reply_content_type = $6
 		WHERE tenant = $1 AND device = $2 AND id = $3 AND replied_at IS NULL AND expires_at > $4`,

@@ -73,9 +73,9 @@ func (c *Console) deviceCommand(w http.ResponseWriter, r *http.Request) {
 	}
 	if res.Outcome != dataplane.CommandOffline {
 		// Sent: audited as a command through the API is.
+		// One that fails is logged: the command was sent all the same.
 		if err := c.store.AuditCommand(context.WithoutCancel(r.Context()), t.Slug, d.Name, form["command_name"], res.ID); err != nil {
-			c.internal(w, r, err)
-			return
+			c.log(r).Error("console: audit a command sent", "device", d.Name, "id", res.ID, "err", err)
 		}
 	}
 	p := page{Form: form}
