@@ -432,3 +432,59 @@ func TestDurableClosedWhileHeld(t *testing.T) {
 	eventually(t, 20*time.Second, "no committer runs", func() bool { return broker.Committers() == 0 })
 	expectInOrder(t, rc, "sensors/gated", 1, 8)
 }
+
+// TestDurableHeldBytesBounded: what is written to a connection behind an
+// outbox write that waits (here the publisher's own messages, routed back
+// to it) is held up to HeldLimit bytes and no more: the writer waits. Once
+// the write is made, every PUBACK arrives in order, and every message.
+func TestDurableHeldBytesBounded(t *testing.T) {
+	s, st, _ := durableStack(t)
+	s.setQuota("acme", "bandwidth_out", 1<<40)
+	pub, _ := dialRaw(t, s.addr, user("acme", "pub"), s.device("acme", "pub"), "pub")
+	pub.subscribe("sensors/#", 0)
+	payload := strings.Repeat("x", 16<<10)
+	n := 2 * broker.HeldLimit / len(payload)
+	if n >= broker.MaxDurableWrites {
+		t.Fatalf("%d publishes would pass the bound on writes in flight (%d)", n, broker.MaxDurableWrites)
+	}
+	var burst []byte
+	for i := range n {
+		burst = append(burst, rawPublish(1, uint16(i+1), "sensors/gated", nil, payload)...)
+	}
+	st.shut()
+	if _, err := pub.c.Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "the held bytes reach the bound", func() bool {
+		return broker.HeldBytes(s.hub, "acme", "pub") > broker.HeldLimit-len(payload)-64
+	})
+	for range 30 {
+		if held := broker.HeldBytes(s.hub, "acme", "pub"); held > broker.HeldLimit {
+			t.Fatalf("%d bytes held, more than the bound of %d", held, broker.HeldLimit)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	pub.none(100*time.Millisecond, "a packet before the outbox write was made")
+	st.open()
+	acks, msgs := 0, 0
+	deadline := time.After(20 * time.Second)
+	for acks < n || msgs < n {
+		select {
+		case pk, ok := <-pub.in:
+			if !ok {
+				t.Fatal("connection closed")
+			}
+			switch pk.FixedHeader.Type {
+			case packets.Puback:
+				acks++
+				if int(pk.PacketID) != acks || pk.ReasonCode >= 0x80 {
+					t.Fatalf("PUBACK %d (reason %#x), want %d", pk.PacketID, pk.ReasonCode, acks)
+				}
+			case packets.Publish:
+				msgs++
+			}
+		case <-deadline:
+			t.Fatalf("after 20s: %d of %d PUBACKs, %d of %d messages", acks, n, msgs, n)
+		}
+	}
+}

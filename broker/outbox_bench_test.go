@@ -38,17 +38,29 @@ func BenchmarkP2PQoS1Webhook(b *testing.B) {
 		// publish is stored for it before its PUBACK, rule or not; the
 		// outbox's copy goes in the same write.
 		persistent bool
+		// waits: the publisher's reader waits for each outbox write, as
+		// before the writes were queued behind the PUBACK (durable.go),
+		// for a comparison within one run.
+		waits bool
 	}{
-		{"memory", false, 1, false}, {"memory", true, 1, false}, {"pebble", false, 1, false}, {"pebble", true, 1, false},
-		{"memory", false, 16, false}, {"memory", true, 16, false}, {"pebble", false, 16, false}, {"pebble", true, 16, false},
-		{"pebble", false, 1, true}, {"pebble", true, 1, true}, {"pebble", false, 16, true}, {"pebble", true, 16, true},
+		{"memory", false, 1, false, false}, {"memory", true, 1, false, false}, {"pebble", false, 1, false, false}, {"pebble", true, 1, false, false},
+		{"memory", false, 16, false, false}, {"memory", true, 16, false, false}, {"pebble", false, 16, false, false}, {"pebble", true, 16, false, false},
+		{"pebble", true, 1, false, true}, {"pebble", true, 16, false, true},
+		{"pebble", false, 1, true, false}, {"pebble", true, 1, true, false}, {"pebble", false, 16, true, false}, {"pebble", true, 16, true, false},
 	} {
 		rule := tc.rule
 		name := fmt.Sprintf("window=%d/store=%s/rule=%t", tc.window, tc.store, rule)
 		if tc.persistent {
 			name = fmt.Sprintf("window=%d/store=%s/sub=persistent/rule=%t", tc.window, tc.store, rule)
 		}
+		if tc.waits {
+			name += "/reader=waits"
+		}
 		b.Run(name, func(b *testing.B) {
+			if tc.waits {
+				was := broker.SetDurableBehind(false)
+				defer broker.SetDurableBehind(was)
+			}
 			s := newOutboxStack(b, time.Hour, func(c *broker.Config) {
 				c.Delivery.Batch = broker.DefaultWebhookBatch
 				if tc.store == "pebble" {
