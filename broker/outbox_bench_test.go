@@ -19,7 +19,7 @@ import (
 )
 
 // BenchmarkP2PQoS1Webhook measures QoS 1 messages from one publisher
-// (waiting for each PUBACK, or keeping 16 in flight) to one subscriber through a hub that keeps
+// (waiting for each PUBACK, or keeping 16 or 64 in flight) to one subscriber through a hub that keeps
 // outboxes in a session store, with no rule with a destination (what every
 // tenant without one pays) and with one rule matching every message,
 // delivered to a local receiver in batches of up to 100 (the default); in
@@ -45,7 +45,8 @@ func BenchmarkP2PQoS1Webhook(b *testing.B) {
 	}{
 		{"memory", false, 1, false, false}, {"memory", true, 1, false, false}, {"pebble", false, 1, false, false}, {"pebble", true, 1, false, false},
 		{"memory", false, 16, false, false}, {"memory", true, 16, false, false}, {"pebble", false, 16, false, false}, {"pebble", true, 16, false, false},
-		{"pebble", true, 1, false, true}, {"pebble", true, 16, false, true},
+		{"pebble", false, 64, false, false}, {"pebble", true, 64, false, false},
+		{"memory", true, 1, false, true}, {"memory", true, 16, false, true}, {"pebble", true, 1, false, true}, {"pebble", true, 16, false, true},
 		{"pebble", false, 1, true, false}, {"pebble", true, 1, true, false}, {"pebble", false, 16, true, false}, {"pebble", true, 16, true, false},
 	} {
 		rule := tc.rule
