@@ -168,6 +168,7 @@ func (c *deviceConn) holdLocked(p []byte) (int, error) {
 	d := &b.d
 	cond := c.durableCond()
 	for len(d.cuts) > 0 && len(d.held) > 0 && len(d.held)+len(p) > heldLimit && b.err == nil && !c.closing.Load() {
+		c.flushLocked() // what is batched is older than the holds: it goes
 		cond.Wait()
 	}
 	switch {
@@ -231,8 +232,10 @@ func (c *deviceConn) commit() {
 			failed = true
 			d.failed = true
 			d.held, d.cuts = nil, nil
-			b.err = errNotDurable
-			b.failed.Store(true)
+			if b.err == nil {
+				b.err = errNotDurable
+				b.failed.Store(true)
+			}
 			c.endedFor(0x80) // unspecified error
 		}
 		cond.Broadcast()

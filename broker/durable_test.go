@@ -204,8 +204,11 @@ func TestDurableAckAfterWrite(t *testing.T) {
 	pub.none(300*time.Millisecond, "PUBACK before the outbox write was made")
 	st.open()
 	pub.expectPubacksWithin(1, 16)
-	if n := st.appends.Load(); n != 2 {
-		t.Errorf("16 publishes took %d outbox writes, want 2 (the first, then the 15 that came while it waited)", n)
+	// The committer's first write took the publishes queued when it
+	// started (one, or more if it started late); the next one all the
+	// others, which were queued before the gate opened.
+	if n := st.appends.Load(); n < 1 || n > 2 {
+		t.Errorf("16 publishes took %d outbox writes, want 1 or 2 (those queued as the first began, then all that came while it waited)", n)
 	}
 	expectInOrder(t, rc, "sensors/gated", 1, 16)
 }
@@ -322,6 +325,9 @@ func TestDurableWriteFails(t *testing.T) {
 
 	st.failing.Store(false)
 	again, _ := dialRaw(t, s.addr, user("acme", "pub"), secret, "pub")
+	// The session's inflight messages are sent again with the CONNACK:
+	// none of them may acknowledge a publish whose write failed.
+	again.none(300*time.Millisecond, "a PUBACK, on the session's next connection, for a publish whose outbox write failed")
 	if _, err := again.c.Write(numbered(1, 2, 8, "sensors/gated")); err != nil {
 		t.Fatal(err)
 	}
