@@ -401,9 +401,11 @@ func (p *persistence) catchUp(cl *mqtt.Client) {
 	}
 	p.doneReading(cl.ID)
 	p.mu.Unlock()
-	if err == nil && len(queued) > 0 {
-		p.reconcile(cl)
+	if err != nil {
+		p.log.Warn("read a session's queue to catch up", "client_id", cl.ID, "err", err)
 	}
+	// Also with nothing read: the reconcile ends a hold (see established).
+	p.reconcile(cl)
 }
 
 // appendingUpTo reports whether an append with a ticket up to last is in
@@ -479,31 +481,69 @@ func (inst *instance) kicked(clientID string, epoch uint64) {
 	if mine >= epoch && epoch != 0 {
 		return // claimed here since: the kick is late
 	}
-	inst.cancelWill(clientID)
-	if cl == nil {
-		return
+	if c, ok := inst.server.Clients.Get(clientID); cl == nil && ok && !c.Net.Inline && c.Net.Conn != nil && !c.Closed() {
+		cl = c // connected, not yet established: let go of it all the same
 	}
-	inst.log.Info("session taken over on another node", "client_id", clientID)
-	p.mu.Lock()
-	p.letGo(clientID)
-	p.mu.Unlock()
-	endConn(inst.server, cl, packets.ErrSessionTakenOver)
+	inst.cancelWill(clientID)
+	if cl != nil {
+		inst.log.Info("session taken over on another node", "client_id", clientID)
+		// Let go first: a publish here that takes its append ticket from
+		// now on queues nothing for the session (see appendStartsFor);
+		// those that took one before are waited for.
+		p.mu.Lock()
+		p.letGo(clientID)
+		for last := p.nextAppend; p.appendingUpTo(last); {
+			p.appended.Wait()
+		}
+		p.mu.Unlock()
+		endConn(inst.server, cl, packets.ErrSessionTakenOver)
+	}
+	if r := inst.routes; r != nil && r.sess != nil {
+		ctx, cancel := routeCtx()
+		defer cancel()
+		if err := r.sess.Release(ctx, clientID, epoch); err != nil {
+			inst.log.Warn("release a session taken over on another node", "client_id", clientID, "err", err)
+		}
+	}
 }
 
-// kickElsewhere tells the node a resumed session's client was last
-// connected to, if another, to end that connection, before this one gets
-// its CONNACK (see fabric.Tenant.Kick): else that node went on serving it
-// what was published after the CONNACK until the kick the attach sends
-// reached it. An error is logged: the attach kicks it again.
-func (inst *instance) kickElsewhere(ctx context.Context, clientID string) {
+// handOver, for a stored session a connection resumes, tells the node its
+// client was last connected to, if another, to end that connection
+// (fabric.Tenant.Kick), and waits (up to handOverWait) until that node
+// released it: only then is the session's queue read (adopt) and the
+// CONNACK sent. So that node serves the old connection nothing published
+// after the CONNACK, and whatever it queued for the session from its own
+// publishers while it held the session is in the queue before the read:
+// delivered first, in order. A node that has not renewed its membership
+// for two renewals (dead, or cut off) is not waited for at all, and one
+// that does not answer in time (just killed, or paused: its lease fences
+// it) not longer; an error is logged, and the attach kicks again.
+func (inst *instance) handOver(ctx context.Context, clientID string) {
 	r := inst.routes
 	if r == nil || r.sess == nil {
 		return
 	}
-	if err := r.sess.Kick(ctx, clientID, inst.persist.epoch(clientID)); err != nil {
+	epoch := inst.persist.epoch(clientID)
+	told, err := r.sess.Kick(ctx, clientID, epoch)
+	if err != nil {
 		inst.log.Warn("end a resumed session's connection on another node before the CONNACK", "client_id", clientID, "err", err)
+		return
+	}
+	if !told {
+		return
+	}
+	wctx, cancel := context.WithTimeout(ctx, handOverWait)
+	defer cancel()
+	if !r.sess.AwaitRelease(wctx, clientID, epoch) {
+		inst.log.Warn("the node a resumed session was on did not release it in time; resumed all the same", "client_id", clientID, "waited", handOverWait)
 	}
 }
+
+// handOverWait bounds how long a resuming connection waits for the node
+// its session was on to release it: a node that answers releases within
+// milliseconds; one just killed holds its clients' reconnections up this
+// long, until its membership shows it stopped renewing.
+const handOverWait = 500 * time.Millisecond
 
 // discard ends the stored session a connection does not resume (a clean
 // start, a connection that keeps none, or expired) before the connection

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"hash/maphash"
 	"log/slog"
 	"math"
 	"slices"
@@ -137,6 +138,15 @@ type persistence struct {
 	// over (see handedOver and reconcile).
 	live    map[string]*mqtt.Client
 	recheck map[string]bool
+	// holding holds, per client, its deliveries back from its connection
+	// until a reconcile sends them from the queue in order (see hold);
+	// held counts the deliveries withheld for it, so that a reconcile
+	// knows whether more were withheld as it sent.
+	holding map[string]bool
+	held    map[string]uint64
+	// reconciling serializes each client's reconciles (by a hash of its
+	// client id).
+	reconciling [64]sync.Mutex
 	// retainedOnly restores retained messages only: a spread tenant's
 	// broker on a node other than its home, where no persistent session
 	// lives, or any of its brokers when sessions live anywhere (see
@@ -209,7 +219,7 @@ func newPersistence(st SessionStore, tenant string, server *mqtt.Server, host se
 		pubs: map[string]pubCopies{}, inflight: map[string]map[uint16]uint64{},
 		outstanding: map[string][]uint64{}, epochs: map[string]uint64{}, devices: map[string]string{}, stored: map[string]bool{}, dropped: map[string]int64{},
 		marks: map[string]map[uint64]mark{}, received: map[string]map[uint16]bool{},
-		live: map[string]*mqtt.Client{}, recheck: map[string]bool{},
+		live: map[string]*mqtt.Client{}, recheck: map[string]bool{}, holding: map[string]bool{}, held: map[string]uint64{},
 		appending: map[uint64]bool{}, acking: map[string]map[uint64]bool{}, reading: map[string]int{},
 		resent: map[string]map[uint64]time.Time{}, unsend: map[string]map[string]bool{}, claiming: map[string]int{},
 	}
@@ -244,9 +254,10 @@ func (p *persistence) sweep(olderThan time.Time, catchUp func(*mqtt.Client)) {
 	p.mu.Unlock()
 	for _, cl := range live {
 		if p.anywhere {
-			catchUp(cl)
+			catchUp(cl) // and reconcile
+		} else {
+			p.reconcile(cl)
 		}
-		p.reconcile(cl)
 	}
 }
 
@@ -338,6 +349,13 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 	if pk.FixedHeader.Qos == 2 && !cl.Net.Inline && persistent(cl) {
 		receipt = store.Receipt{ClientID: cl.ID, PacketID: pk.PacketID}
 	}
+	ticket, items := p.appendStartsFor(items)
+	if len(items) == 0 {
+		// Every copy was for a session let go of meanwhile (see kicked):
+		// the fabric queues them. An outbox write is made alone.
+		p.appendEnds(ticket)
+		return p.tag(pk, map[string]uint64{}), nil
+	}
 	all := items
 	if *ow != nil {
 		all = append(slices.Clip(items), (*ow).items...)
@@ -349,7 +367,6 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 			}
 		}
 	}
-	ticket := p.appendStarts()
 	seqs, err := p.st.Append(ctx, p.tenant, all, receipt)
 	if err != nil {
 		p.appendEnds(ticket)
@@ -383,12 +400,20 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 // appendStarts registers an append of beforeAck before it reaches the
 // store, and appendEnds (appendEndsLocked, with p.mu held) once its copies
 // are noted or it failed; see catchUp.
-func (p *persistence) appendStarts() uint64 {
+// appendStartsFor is appendStarts for copies to queue from a publish
+// here: where sessions live anywhere, it leaves out those for sessions this
+// broker let go of (taken over elsewhere: see kicked), under the same lock
+// as the ticket, so that a kick waiting for the appends in flight knows
+// that later ones queue nothing for its session.
+func (p *persistence) appendStartsFor(items []store.Item) (uint64, []store.Item) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.anywhere {
+		items = slices.DeleteFunc(items, func(it store.Item) bool { return p.epochs[it.ClientID] == 0 })
+	}
 	p.nextAppend++
 	p.appending[p.nextAppend] = true
-	return p.nextAppend
+	return p.nextAppend, items
 }
 
 func (p *persistence) appendEnds(ticket uint64) {
@@ -586,6 +611,25 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 			return
 		}
 		seq, ok = p.pubs[pubID].seqs[cl.ID]
+		switch {
+		case ok && p.holds(cl):
+			p.withhold(cl, pubID, out.PacketID)
+			p.holdBack(cl.ID)
+			p.mu.Unlock()
+			return
+		case ok && p.anywhere && cl.Net.Conn == nil && !cl.IsTakenOver():
+			// A session adopted for a connection that has not taken it
+			// over yet (see adopt): kept here, the copy would be resent
+			// at the CONNACK, before older ones other nodes queued that
+			// the attach's catch-up finds. It stays in the queue, and is
+			// sent from there once the connection caught up.
+			p.holdBack(cl.ID)
+			p.mu.Unlock()
+			if cl.State.Inflight.Delete(out.PacketID) {
+				atomic.AddInt64(&p.server.Info.Inflight, -1)
+			}
+			return
+		}
 		if ok {
 			if p.inflight[cl.ID] == nil {
 				p.inflight[cl.ID] = map[uint16]uint64{}
@@ -602,8 +646,10 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 				// for another message keeps that message.
 				p.inflight[cl.ID][out.PacketID] = seq
 				p.recheck[cl.ID] = true
+				p.holding[cl.ID] = true
 			default:
 				p.recheck[cl.ID] = true
+				p.holding[cl.ID] = true
 			}
 		} else if persistent(cl) && (cl.Net.Conn == nil || cl.Closed()) {
 			// Not stored for this offline session (its queue was full):
@@ -624,6 +670,38 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 	if !p.mark(cl, seq, want) {
 		cl.Stop(packets.ErrUnspecifiedError)
 	}
+}
+
+// holds reports whether a delivery of a stored copy to a client object is
+// to be withheld (see withhold) and sent from the queue by reconcile
+// instead, so that it cannot overtake an older copy of the session's. That
+// is so for a connected client object
+//   - before its connection is established: mochi resends what the
+//     session held between the CONNACK and established, and a delivery
+//     written meanwhile would go out before that resend;
+//   - while the session holds its deliveries (holding): a copy went to the
+//     client object this connection took over, where it is lost (mochi
+//     copied that object's messages already), or was withheld before; a
+//     newer one written now would overtake it. reconcile sends them, in
+//     queue order, once no older copy is still being routed, and ends the
+//     hold once it sent everything withheld.
+//
+// A client object with no connection (a session waiting for its client,
+// or one being taken over) keeps what mochi hands it: the connection that
+// takes it over inherits it, in order. Called with p.mu held.
+func (p *persistence) holds(cl *mqtt.Client) bool {
+	if cl.IsTakenOver() || cl.Net.Conn == nil || cl.Closed() || !persistent(cl) {
+		return false
+	}
+	return p.live[cl.ID] != cl || p.holding[cl.ID]
+}
+
+// holdBack notes a delivery to a client held back: the session holds its
+// deliveries until a reconcile sent it. Called with p.mu held.
+func (p *persistence) holdBack(clientID string) {
+	p.holding[clientID] = true
+	p.held[clientID]++
+	p.recheck[clientID] = true
 }
 
 // mark writes a QoS 2 message's mark; false if the store failed.
@@ -726,23 +804,50 @@ func (p *persistence) routed(pk packets.Packet) {
 
 // established notes a persistent session's connection ready (its CONNACK
 // and resends written) and checks that it has every message its queue
-// holds.
-func (p *persistence) established(cl *mqtt.Client) {
+// holds; it sends what was withheld from the connection until now (see
+// holds). A session the fabric attaches here (attaching: it lives on any
+// node) holds its deliveries until the attach's catch-up read what other
+// nodes queued for it meanwhile and sent it, in order with them (see
+// routeHook.OnSessionEstablished); its reconcile is the catch-up's.
+//
+// A recheck noted for the session stays: a delivery withheld before (see
+// handedOver) may belong to a publish still being routed, which this
+// reconcile leaves to routed.
+func (p *persistence) established(cl *mqtt.Client, attaching bool) {
 	p.mu.Lock()
 	p.live[cl.ID] = cl
-	delete(p.recheck, cl.ID)
+	if attaching {
+		p.holding[cl.ID] = true
+	}
 	p.mu.Unlock()
-	p.reconcile(cl)
+	if !attaching {
+		p.reconcile(cl)
+	}
 }
 
-// gone forgets a connection that ended.
+// gone forgets a connection that ended. What is withheld from the client
+// id, and its hold, are this connection's only while no newer connection
+// took its session over: mochi ends the old connection as the new one
+// takes over, and the two may run this and their deliveries in any order.
 func (p *persistence) gone(cl *mqtt.Client) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.live[cl.ID] == cl {
 		delete(p.live, cl.ID)
 	}
+	if cur, ok := p.server.Clients.Get(cl.ID); ok && cur != cl {
+		return
+	}
 	p.forgetWithheld(cl.ID)
-	p.mu.Unlock()
+	if !cl.IsTakenOver() {
+		p.unhold(cl.ID)
+	}
+}
+
+// unhold ends a client's hold. Called with p.mu held.
+func (p *persistence) unhold(clientID string) {
+	delete(p.holding, clientID)
+	delete(p.held, clientID)
 }
 
 // reconcile makes sure a connected persistent session is sending every
@@ -759,11 +864,31 @@ func (p *persistence) gone(cl *mqtt.Client) {
 // ready, when a message was routed to a taken-over object, and from the
 // hub's sweep, which also catches a message mochi dropped from a full
 // write queue.
+//
+// While the session holds its deliveries (see holds), only the copies
+// older than the oldest one still being routed are sent, so that they
+// reach the client in queue order; the hold ends with a pass that sent
+// everything and saw nothing more withheld meanwhile. One client's
+// reconciles run one at a time: two at once could each send a part.
 func (p *persistence) reconcile(cl *mqtt.Client) {
+	mu := &p.reconciling[maphash.String(reconcileSeed, cl.ID)%uint64(len(p.reconciling))]
+	mu.Lock()
+	defer mu.Unlock()
+	for p.reconcileOnce(cl) {
+	}
+}
+
+// reconcileSeed spreads clients over persistence.reconciling.
+var reconcileSeed = maphash.MakeSeed()
+
+// reconcileOnce is a pass of reconcile. It reports whether to pass again:
+// the session holds its deliveries, and more were withheld as it sent.
+func (p *persistence) reconcileOnce(cl *mqtt.Client) bool {
 	if cl.Closed() {
-		return
+		return false
 	}
 	p.mu.Lock()
+	holding, heldBefore := p.holding[cl.ID], p.held[cl.ID]
 	routing := map[uint64]bool{}
 	for _, c := range p.pubs {
 		if seq, ok := c.seqs[cl.ID]; ok {
@@ -779,6 +904,7 @@ func (p *persistence) reconcile(cl *mqtt.Client) {
 		}
 	}
 	var missing []uint64
+	blocked := false // an outstanding copy is still being routed
 	for _, seq := range p.outstanding[cl.ID] {
 		switch {
 		case sending[seq]:
@@ -788,26 +914,33 @@ func (p *persistence) reconcile(cl *mqtt.Client) {
 			// established clears the session's recheck, so the one its
 			// handing over set may be gone.
 			p.recheck[cl.ID] = true
+			blocked = true
+		case blocked && holding:
+			// Newer than a copy still being routed: sent after it.
 		default:
 			missing = append(missing, seq)
 		}
 	}
-	p.mu.Unlock()
 	if len(missing) == 0 {
-		return
+		if holding && !blocked && p.live[cl.ID] == cl {
+			p.unhold(cl.ID)
+		}
+		p.mu.Unlock()
+		return false
 	}
+	p.mu.Unlock()
 	ctx, cancel := storeCtx()
 	defer cancel()
 	queued, err := p.st.Read(ctx, p.tenant, cl.ID, slices.Min(missing)-1, p.maxQueued())
 	if err != nil {
 		p.log.Error("read queued messages to resend", "client_id", cl.ID, "err", err)
-		return
+		return false
 	}
 	want := map[uint64]bool{}
 	for _, seq := range missing {
 		want[seq] = true
 	}
-	resent, dropped := 0, 0
+	resent, dropped, complete := 0, 0, true
 	for _, q := range queued {
 		if !want[q.Seq] {
 			continue
@@ -822,6 +955,7 @@ func (p *persistence) reconcile(cl *mqtt.Client) {
 		}
 		id, err := cl.NextPacketID()
 		if err != nil {
+			complete = false
 			break // no packet id free: the next reconcile tries again
 		}
 		sm := fromStore(q.Message, cl.ID, uint16(id), time.Now().Unix())
@@ -844,11 +978,26 @@ func (p *persistence) reconcile(cl *mqtt.Client) {
 		}
 		p.handedOver(cl, pk)
 		if err := cl.WritePacket(pk); err != nil {
+			complete = false
 			break // gone: the rest is sent when the session resumes
 		}
 		resent++
 	}
-	p.log.Info("queued messages the connection lacked sent again", "client_id", cl.ID, "missing", len(missing), "resent", resent, "dropped_unreadable", dropped)
+	if holding {
+		p.log.Debug("queued messages held back from the connection sent in order", "client_id", cl.ID, "sent", resent, "dropped_unreadable", dropped)
+	} else {
+		p.log.Info("queued messages the connection lacked sent again", "client_id", cl.ID, "missing", len(missing), "resent", resent, "dropped_unreadable", dropped)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !holding || blocked || !complete || p.live[cl.ID] != cl {
+		return false
+	}
+	if p.held[cl.ID] != heldBefore {
+		return true
+	}
+	p.unhold(cl.ID)
+	return false
 }
 
 // acknowledged removes a message from its session's queue once the client
@@ -1078,6 +1227,7 @@ func (p *persistence) letGo(clientID string) {
 	delete(p.acking, clientID)
 	delete(p.resent, clientID)
 	p.forgetWithheld(clientID)
+	p.unhold(clientID)
 }
 
 // forget forgets everything tracked for a session here, and reports
