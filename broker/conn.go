@@ -219,7 +219,8 @@ func validSubscribeV5(b0 byte, body []byte) (ok bool) {
 
 // Write waits for the connection's bandwidth_out, then bounds the write by
 // the write timeout; while the reader is in a burst, it appends to the
-// connection's batch instead (see batch.go).
+// connection's batch instead (see batch.go), and while an outbox write
+// is waited for, it is held (see durable.go).
 //
 // Nothing goes out before the CONNACK [MQTT-3.2.0-1]. mochi adds a
 // resuming client to the tenant's clients before it writes the CONNACK, so

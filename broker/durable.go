@@ -36,6 +36,9 @@ import (
 // (an MQTT 5 client is told 0x80): its client sends the publishes again.
 // Nothing else is sent on it, save what was written before the hold (the
 // acknowledgements of earlier, durable publishes) and that DISCONNECT.
+// Nor on the session's next connection: a PUBACK mochi could not write
+// stays in its session's inflight messages, which it sends again there,
+// so deviceConn.Write drops one it cannot write as if written.
 //
 // Bounds: a connection has at most maxDurable writes queued or in
 // flight; its reader waits for one to end before it queues another, so
