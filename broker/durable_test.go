@@ -494,3 +494,27 @@ func TestDurableHeldBytesBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestDurableClientGoneWhileHeld: a client that closes its socket while
+// its outbox writes wait leaves nothing behind once they are made: no
+// committer runs, and the messages reach the receiver (they were read,
+// and routed, before the client left).
+func TestDurableClientGoneWhileHeld(t *testing.T) {
+	s, st, rc := durableStack(t)
+	sub := subscriber(t, s, "sub", "sensors/#")
+	pub, _ := dialRaw(t, s.addr, user("acme", "pub"), s.device("acme", "pub"), "pub")
+	st.shut()
+	if _, err := pub.c.Write(numbered(1, 1, 8, "sensors/gated")); err != nil {
+		t.Fatal(err)
+	}
+	sub.receive(8) // all 8 read, their writes queued
+	eventually(t, 20*time.Second, "the first write waits at the gate", func() bool { return st.waiting.Load() == 1 })
+	pub.c.Close()
+	eventually(t, 20*time.Second, "the connection is gone", func() bool { return len(s.hub.Connections("acme", "pub")) == 0 })
+	if n := broker.Committers(); n != 1 {
+		t.Errorf("%d committers run while the write waits, want 1", n)
+	}
+	st.open()
+	eventually(t, 20*time.Second, "no committer runs", func() bool { return broker.Committers() == 0 })
+	expectInOrder(t, rc, "sensors/gated", 1, 8)
+}
