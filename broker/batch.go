@@ -96,10 +96,13 @@ type writeBatch struct {
 	failed atomic.Bool // err != nil
 	// writes counts socket writes, for tests and measurements.
 	writes atomic.Int64
+	// d holds the connection's outbox writes and what waits for them
+	// (see durable.go).
+	d durableWrites
 }
 
 // write writes p, or appends it to the batch while the reader is in a
-// burst.
+// burst, or holds it while an outbox write is waited for (see durable.go).
 func (c *deviceConn) write(p []byte) (int, error) {
 	b := &c.batch
 	b.mu.Lock()
@@ -110,6 +113,15 @@ func (c *deviceConn) write(p []byte) (int, error) {
 	if c.closing.Load() {
 		return 0, net.ErrClosed
 	}
+	if len(b.d.cuts) > 0 {
+		return c.holdLocked(p)
+	}
+	return c.writeLocked(p)
+}
+
+// writeLocked is write past the holds; b.mu is held.
+func (c *deviceConn) writeLocked(p []byte) (int, error) {
+	b := &c.batch
 	if b.burst.Load() && c.why.Load() == 0 && len(p) < batchLimit {
 		if b.out == nil {
 			b.out = batchBuffers.Get().(*[]byte)

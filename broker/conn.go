@@ -219,14 +219,31 @@ func validSubscribeV5(b0 byte, body []byte) (ok bool) {
 
 // Write waits for the connection's bandwidth_out, then bounds the write by
 // the write timeout; while the reader is in a burst, it appends to the
-// connection's batch instead (see batch.go).
+// connection's batch instead (see batch.go), and while an outbox write
+// is waited for, it is held (see durable.go).
 //
 // Nothing goes out before the CONNACK [MQTT-3.2.0-1]. mochi adds a
 // resuming client to the tenant's clients before it writes the CONNACK, so
 // a message routed to it in between would be written first (and a strict
 // client would drop the connection). Until the CONNACK passes, what is
 // written is held, and then written after it, in order.
+//
+// A PUBACK that cannot be written is dropped as if it had been: mochi
+// keeps the acknowledgement of an inbound QoS 1 publish whose write
+// failed in the session's inflight messages, and sends it to the
+// session's next connection, although the publish it acknowledges may
+// not have been stored (its outbox write failed, or is still being made,
+// see durable.go). Dropped, it is forgotten, and the client, which never
+// got it, sends the publish again.
 func (c *deviceConn) Write(p []byte) (int, error) {
+	n, err := c.writeConn(p)
+	if err != nil && onlyPubacks(p) {
+		return len(p), nil
+	}
+	return n, err
+}
+
+func (c *deviceConn) writeConn(p []byte) (int, error) {
 	if c.closing.Load() {
 		return 0, net.ErrClosed
 	}
@@ -304,6 +321,32 @@ func hasDisconnect(b []byte) bool {
 		i += n + length
 	}
 	return false
+}
+
+// onlyPubacks reports whether b, whole packets as mochi writes them, is
+// PUBACKs and nothing else.
+func onlyPubacks(b []byte) bool {
+	if len(b) == 0 {
+		return false
+	}
+	for i := 0; i < len(b); {
+		if b[i]>>4 != packets.Puback {
+			return false
+		}
+		length, n := 0, 1
+		for mult := 1; ; mult *= 128 {
+			if i+n >= len(b) || n > 4 {
+				return false
+			}
+			length += int(b[i+n]&0x7f) * mult
+			n++
+			if b[i+n-1]&0x80 == 0 {
+				break
+			}
+		}
+		i += n + length
+	}
+	return true
 }
 
 // endedFor notes the reason code the server ended the connection for,

@@ -381,6 +381,8 @@ func (inst *instance) serve(dc *deviceConn) {
 			inst.removeGhost(dc)
 		}
 		dc.Close()
+		// The connection's outbox writes end with it (see durable.go).
+		dc.settle()
 	}()
 	if err := inst.server.EstablishConnection(listenerID, dc); err != nil {
 		inst.log.Debug("connection ended", "device", dc.id.device, "err", err)

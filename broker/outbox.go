@@ -493,6 +493,14 @@ func (o *outbox) append(cl *mqtt.Client, pk packets.Packet, deferWrite func(*out
 		deferWrite(w)
 		return nil
 	}
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok && !cl.Net.Inline && pk.FixedHeader.Qos == 0 {
+		// Nothing waits for a QoS 0 publish's write; it is queued with
+		// the connection's others, in order (see durable.go).
+		if err := dc.commitBehind(w, false); err != nil {
+			return errNotStored
+		}
+		return nil
+	}
 	if err := w.commit(ctx); err != nil {
 		o.log.Error("append to outbox", "topic", pk.TopicName, "destinations", len(w.items), "err", err)
 		return errNotStored
@@ -540,6 +548,33 @@ func (w *outboxWrite) commit(ctx context.Context) error {
 	w.written()
 	return nil
 }
+
+// commitBeforeAck makes the write of a publish's outbox copy before its
+// publisher is acknowledged. A device's QoS 1 publish is queued on its
+// connection, whose reader reads on while what it writes next waits for
+// the write (see durable.go); any other is written now, after the
+// connection's queued writes. logged reports whether a failure was
+// logged already.
+func (w *outboxWrite) commitBeforeAck(cl *mqtt.Client, qos byte) (logged bool, err error) {
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok && !cl.Net.Inline {
+		if qos == 1 && durableBehind.Load() {
+			return true, dc.commitBehind(w, true)
+		}
+		if err := dc.settle(); err != nil {
+			return true, err
+		}
+	}
+	ctx, cancel := storeCtx()
+	defer cancel()
+	return false, w.commit(ctx)
+}
+
+// durableBehind turns the queued writes of QoS 1 publishes off when false
+// (the reader then waits for each), for the tests and benchmarks that
+// compare (SetDurableBehind in the tests).
+var durableBehind atomic.Bool
+
+func init() { durableBehind.Store(true) }
 
 // written counts the message into its outboxes, once the store has it,
 // and wakes their workers.

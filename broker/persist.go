@@ -295,10 +295,10 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet, ow *outboxWr
 	}
 	// No copies were written: the outbox write is made alone, still
 	// before the acknowledgement.
-	ctx, cancel := storeCtx()
-	defer cancel()
-	if err := ow.commit(ctx); err != nil {
-		p.log.Error("append to outbox", "topic", pk.TopicName, "destinations", len(ow.items), "err", err)
+	if logged, err := ow.commitBeforeAck(cl, pk.FixedHeader.Qos); err != nil {
+		if !logged {
+			p.log.Error("append to outbox", "topic", pk.TopicName, "destinations", len(ow.items), "err", err)
+		}
 		return pk, errNotStored
 	}
 	return out, nil
@@ -363,6 +363,13 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 	all := items
 	if *ow != nil {
 		all = append(slices.Clip(items), (*ow).items...)
+		// After the connection's queued outbox writes: the outbox keeps
+		// a device's messages in order (see durable.go).
+		if dc, ok := cl.Net.Conn.(*deviceConn); ok && !cl.Net.Inline {
+			if err := dc.settle(); err != nil {
+				return pk, errNotStored
+			}
+		}
 	}
 	seqs, err := p.st.Append(ctx, p.tenant, all, receipt)
 	if err != nil {
