@@ -43,6 +43,9 @@ import (
 // Bounds: a connection has at most maxDurable writes queued or in
 // flight; its reader waits for one to end before it queues another, so
 // that a publisher flooding the broker is held back by TCP, not by memory.
+// The writes queued also stay within maxDurableBytes of payload (one
+// larger is queued alone), so that a tenant whose plan allows large packets
+// holds at most that much per connection, not maxDurable packets of it.
 // At most heldLimit bytes wait behind holds; a writer past it (mochi's
 // write loop delivering to the connection) waits for them to go.
 //
@@ -64,8 +67,9 @@ import (
 // write. Either waits first for the connection's queued writes, so that
 // the outbox keeps the device's order.
 const (
-	maxDurable = 64
-	heldLimit  = 256 << 10
+	maxDurable      = 64
+	maxDurableBytes = 1 << 20
+	heldLimit       = 256 << 10
 )
 
 // errNotDurable ends a connection one of whose outbox writes failed.
@@ -80,6 +84,7 @@ var committers atomic.Int64
 type durableWrites struct {
 	queue   []durableWrite // not yet handed to the store, in order
 	pending int            // queued or being written
+	bytes   int            // their payload bytes
 	running bool           // the committer runs
 	// held is what was written to the connection since the oldest
 	// unresolved hold; cuts holds, for each unresolved hold in order,
@@ -95,6 +100,16 @@ type durableWrites struct {
 type durableWrite struct {
 	w    *outboxWrite
 	hold bool
+	size int
+}
+
+// payloadBytes is what an outbox write's messages weigh.
+func payloadBytes(w *outboxWrite) int {
+	n := 0
+	for _, it := range w.items {
+		n += len(it.Message.Payload) + len(it.Message.Topic)
+	}
+	return n
 }
 
 func (c *deviceConn) durableCond() *sync.Cond {
@@ -115,7 +130,8 @@ func (c *deviceConn) commitBehind(w *outboxWrite, hold bool) error {
 	defer b.mu.Unlock()
 	d := &b.d
 	cond := c.durableCond()
-	for d.pending >= maxDurable && !d.failed && !c.closing.Load() {
+	size := payloadBytes(w)
+	for (d.pending >= maxDurable || d.pending > 0 && d.bytes+size > maxDurableBytes) && !d.failed && !c.closing.Load() {
 		c.waitLocked(cond)
 	}
 	switch {
@@ -124,8 +140,9 @@ func (c *deviceConn) commitBehind(w *outboxWrite, hold bool) error {
 	case c.closing.Load():
 		return net.ErrClosed
 	}
-	d.queue = append(d.queue, durableWrite{w: w, hold: hold})
+	d.queue = append(d.queue, durableWrite{w: w, hold: hold, size: size})
 	d.pending++
+	d.bytes += size
 	if hold {
 		d.cuts = append(d.cuts, len(d.held))
 	}
@@ -197,6 +214,9 @@ func (c *deviceConn) commit() {
 		b.mu.Lock()
 		if len(d.queue) == 0 || d.failed {
 			d.pending -= len(d.queue)
+			for _, e := range d.queue {
+				d.bytes -= e.size
+			}
 			d.queue, d.running = nil, false
 			cond.Broadcast()
 			b.mu.Unlock()
@@ -222,16 +242,29 @@ func (c *deviceConn) commit() {
 			for _, e := range batch {
 				e.w.written()
 			}
+			// The node may have lost its lease while the write waited
+			// (the hooks checked before queueing it): nothing is
+			// acknowledged then, as ackStillServing refuses; the writes
+			// stand (a QoS 1 message may be delivered twice).
+			if holds > 0 && o.serving != nil && !o.serving() {
+				err = errLeaseLapsed
+				o.refusedForLease()
+			}
 		}
 
 		b.mu.Lock()
 		d.pending -= len(batch)
+		for _, e := range batch {
+			d.bytes -= e.size
+		}
 		failed := false
 		switch {
 		case err == nil:
 			c.releaseLocked(holds)
 		case holds > 0:
 			// Nothing held goes out, and nothing written from now on.
+			// (A write that stands but cannot be acknowledged, the lease
+			// lapsed, ends the same way.)
 			failed = true
 			d.failed = true
 			d.held, d.cuts = nil, nil

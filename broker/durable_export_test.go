@@ -31,3 +31,18 @@ func HeldBytes(h *Hub, tenant, device string) int {
 
 // HeldLimit is the most bytes held behind a connection's outbox writes.
 const HeldLimit = heldLimit
+
+// SetServing makes the running broker of a tenant see its node's lease as
+// held or not, as its durable writes check it.
+func SetServing(h *Hub, tenant string, serving func() bool) bool {
+	inst := h.reg.running(tenant)
+	if inst == nil || inst.out == nil {
+		return false
+	}
+	inst.out.serving = serving
+	return true
+}
+
+// MaxDurableBytes is the most payload one connection's queued outbox
+// writes carry before its reader waits.
+const MaxDurableBytes = maxDurableBytes

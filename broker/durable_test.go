@@ -518,3 +518,72 @@ func TestDurableClientGoneWhileHeld(t *testing.T) {
 	eventually(t, 20*time.Second, "no committer runs", func() bool { return broker.Committers() == 0 })
 	expectInOrder(t, rc, "sensors/gated", 1, 8)
 }
+
+// TestDurableLeaseLapsedNotAcknowledged: a write that becomes durable after
+// the node's lease may have lapsed (the check at publish time passed) is
+// not acknowledged: the connection closes with 0x80 and no PUBACK, as
+// ackStillServing refuses one (review of issue 21's held PUBACKs).
+func TestDurableLeaseLapsedNotAcknowledged(t *testing.T) {
+	s, st, _ := durableStack(t)
+	secret := s.device("acme", "pub")
+	pub, _ := dialRaw(t, s.addr, user("acme", "pub"), secret, "pub")
+	if _, err := pub.c.Write(numbered(1, 1, 1, "sensors/gated")); err != nil {
+		t.Fatal(err)
+	}
+	pub.expectPubacksWithin(1, 1)
+	var serving atomic.Bool
+	serving.Store(true)
+	if !broker.SetServing(s.hub, "acme", serving.Load) {
+		t.Fatal("acme's broker is not running")
+	}
+	st.shut() // the next write waits at the gate, after the hooks checked
+	if _, err := pub.c.Write(numbered(1, 2, 2, "sensors/gated")); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); st.waiting.Load() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the write did not reach the store within 20s")
+		}
+	}
+	serving.Store(false) // the lease lapses while the write waits
+	st.open()
+	deadline := time.After(20 * time.Second)
+	for closed := false; !closed; {
+		select {
+		case pk, ok := <-pub.in:
+			switch {
+			case !ok:
+				closed = true
+			case pk.FixedHeader.Type == packets.Puback:
+				t.Fatalf("PUBACK %d after the node's lease lapsed", pk.PacketID)
+			}
+		case <-deadline:
+			t.Fatal("the connection is still open 20s after its write ended past the lease")
+		}
+	}
+}
+
+// TestDurableBytesBounded: large publishes hold the reader back by the
+// bytes their queued writes carry, not only by their number: with 100
+// KiB payloads at most about MaxDurableBytes of them are read (and
+// delivered) while the store holds the writes back, far fewer than
+// MaxDurableWrites (review: 64 queued 1 MiB packets per connection).
+func TestDurableBytesBounded(t *testing.T) {
+	s, st, _ := durableStack(t)
+	sub := subscriber(t, s, "sub", "sensors/#")
+	pub, _ := dialRaw(t, s.addr, user("acme", "pub"), s.device("acme", "pub"), "pub")
+	const size = 100 << 10
+	n := broker.MaxDurableWrites / 2
+	bound := broker.MaxDurableBytes/size + 1
+	var b []byte
+	for i := range n {
+		b = append(b, rawPublish(1, uint16(i+1), "sensors/gated", nil, fmt.Sprintf(`{"n":%d,"pad":"%s"}`, i+1, strings.Repeat("x", size)))...)
+	}
+	st.shut()
+	go pub.c.Write(b) // blocks once the reader stops reading
+	sub.receive(bound - 1)
+	sub.none(500*time.Millisecond, fmt.Sprintf("a publish read past %d bytes of outbox writes in flight", broker.MaxDurableBytes))
+	pub.none(100*time.Millisecond, "PUBACK before the outbox write was made")
+	st.open()
+	pub.expectPubacksWithin(1, n)
+}

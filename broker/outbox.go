@@ -142,6 +142,10 @@ type outbox struct {
 	quotas func() tenants.Quotas
 	policy func(ctx context.Context) tenants.OutboxPolicy
 	device func(ctx context.Context, name string) (tenants.Device, bool, error)
+	// serving reports whether the node may still acknowledge (its lease
+	// held); refusedForLease counts an acknowledgement it withheld.
+	serving         func() bool
+	refusedForLease func()
 	// deliver: this node runs the workers (the tenant's home); poll: other
 	// nodes append too (a spread tenant), so the workers look now and then.
 	deliver, poll bool
@@ -224,11 +228,13 @@ func newOutbox(inst *instance, h *Hub) *outbox {
 		device: func(ctx context.Context, name string) (tenants.Device, bool, error) {
 			return inst.dir.device(ctx, inst.tenant, name)
 		},
-		deliver:  inst.home,
-		poll:     inst.spread,
-		idPrefix: hex.EncodeToString(b[:]),
-		dests:    map[string]*destQueue{},
-		stop:     make(chan struct{}),
+		serving:         inst.env.serving,
+		refusedForLease: inst.env.refusedForLease,
+		deliver:         inst.home,
+		poll:            inst.spread,
+		idPrefix:        hex.EncodeToString(b[:]),
+		dests:           map[string]*destQueue{},
+		stop:            make(chan struct{}),
 	}
 	return o
 }

@@ -353,6 +353,15 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 	if pk.FixedHeader.Qos == 2 && !cl.Net.Inline && persistent(cl) {
 		receipt = store.Receipt{ClientID: cl.ID, PacketID: pk.PacketID}
 	}
+	if *ow != nil {
+		// After the connection's queued outbox writes: the outbox keeps
+		// a device's messages in order (see durable.go).
+		if dc, ok := cl.Net.Conn.(*deviceConn); ok && !cl.Net.Inline {
+			if err := dc.settle(); err != nil {
+				return pk, errNotStored
+			}
+		}
+	}
 	ticket, items := p.appendStartsFor(items)
 	if len(items) == 0 {
 		// Every copy was for a session let go of meanwhile (see kicked):
@@ -363,13 +372,6 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 	all := items
 	if *ow != nil {
 		all = append(slices.Clip(items), (*ow).items...)
-		// After the connection's queued outbox writes: the outbox keeps
-		// a device's messages in order (see durable.go).
-		if dc, ok := cl.Net.Conn.(*deviceConn); ok && !cl.Net.Inline {
-			if err := dc.settle(); err != nil {
-				return pk, errNotStored
-			}
-		}
 	}
 	seqs, err := p.st.Append(ctx, p.tenant, all, receipt)
 	if err != nil {
