@@ -310,7 +310,14 @@ func (s *Server) handleStream(st streamStore) handler {
 					return nil
 				}
 			case <-lease.C:
-				if err := renew(ctx); err != nil && ctx.Err() == nil {
+				switch err := renew(ctx); {
+				case errors.Is(err, tenants.ErrStreamLost):
+					// Counted out meanwhile (the lease was not renewed
+					// in time): the client connects again, resuming
+					// with Last-Event-ID, within max_streams.
+					send("", "end", map[string]string{"reason": "stream lease lost"})
+					return nil
+				case err != nil && ctx.Err() == nil:
 					log.Warn("stream: renew its lease", "err", err) // tried again at the next tick
 				}
 			case <-heartbeat.C:

@@ -2,6 +2,7 @@ package events
 
 import (
 	"context"
+	"hash/fnv"
 	"log/slog"
 	"sync"
 	"sync/atomic"
@@ -12,14 +13,16 @@ import (
 // off the path of whoever raised them: billing's events, raised on the
 // control plane, reach the data plane this way, where they are published
 // on the tenant's $events topics and matched by its rules. Emit only
-// queues; one goroutine calls the publisher, each call bounded by a
-// timeout and tried three times; a full queue or an event that failed its
-// tries is dropped (it is stored all the same: the relay is a sink beside
-// the Recorder) and counted.
+// queues; relayShards goroutines call the publisher, each for the tenants
+// that hash to it (in order per tenant, and a tenant whose node does not
+// answer holds up only its shard), each call bounded by a timeout and
+// tried three times; a full queue or an event that failed its tries is
+// dropped (it is stored all the same: the relay is a sink beside the
+// Recorder) and counted.
 type Relay struct {
 	publish func(context.Context, Event) error
 	log     *slog.Logger
-	queue   chan Event
+	queues  []chan Event
 	done    chan struct{}
 	wg      sync.WaitGroup
 	once    sync.Once
@@ -27,18 +30,26 @@ type Relay struct {
 	relayed, dropped atomic.Int64
 }
 
-// relayTimeout bounds one call of the publisher.
-const relayTimeout = 10 * time.Second
+// relayTimeout bounds one call of the publisher; relayShards is how many
+// goroutines call it, each with a queue of relayQueue events.
+const (
+	relayTimeout = 5 * time.Second
+	relayShards  = 8
+	relayQueue   = 128
+)
 
-// NewRelay starts a relay to publish, with a queue of 1,000 events;
-// Close stops it.
+// NewRelay starts a relay to publish; Close stops it.
 func NewRelay(publish func(context.Context, Event) error, log *slog.Logger) *Relay {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	r := &Relay{publish: publish, log: log, queue: make(chan Event, 1000), done: make(chan struct{})}
-	r.wg.Add(1)
-	go r.run()
+	r := &Relay{publish: publish, log: log, done: make(chan struct{})}
+	for range relayShards {
+		q := make(chan Event, relayQueue)
+		r.queues = append(r.queues, q)
+		r.wg.Add(1)
+		go r.run(q)
+	}
 	return r
 }
 
@@ -49,8 +60,10 @@ func (r *Relay) Emit(e Event) {
 	if e.Topic() == "" {
 		return
 	}
+	h := fnv.New32a()
+	h.Write([]byte(e.Tenant))
 	select {
-	case r.queue <- e:
+	case r.queues[h.Sum32()%relayShards] <- e:
 	default:
 		r.dropped.Add(1)
 	}
@@ -60,13 +73,13 @@ func (r *Relay) Emit(e Event) {
 func (r *Relay) Relayed() int64 { return r.relayed.Load() }
 func (r *Relay) Dropped() int64 { return r.dropped.Load() }
 
-func (r *Relay) run() {
+func (r *Relay) run(queue <-chan Event) {
 	defer r.wg.Done()
 	for {
 		select {
 		case <-r.done:
 			return
-		case e := <-r.queue:
+		case e := <-queue:
 			if err := r.try(e); err != nil {
 				r.dropped.Add(1)
 				r.log.Warn("publish an event in its tenant", "tenant", e.Tenant, "type", e.Type, "err", err)

@@ -3,6 +3,8 @@ package events_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"hash/fnv"
 	"sync"
 	"testing"
 	"time"
@@ -82,7 +84,8 @@ func TestRelay(t *testing.T) {
 	}
 	mu.Unlock()
 
-	// Stuck: the publisher holds one, the queue takes 1,000, the rest drop.
+	// Stuck: the publisher holds one of acme's, its shard's queue takes
+	// 128, the rest drop; another tenant's, on another shard, go through.
 	start := time.Now()
 	for range 1200 {
 		r.Emit(events.Event{Tenant: "acme", Type: events.SpendWarning, Reason: "stuck"})
@@ -90,9 +93,25 @@ func TestRelay(t *testing.T) {
 	if took := time.Since(start); took > 5*time.Second {
 		t.Errorf("1,200 emits to a stuck publisher took %v", took)
 	}
-	wait("the overflow dropped", func() bool { return r.Dropped() >= 1+1200-1001 })
+	wait("the overflow dropped", func() bool { return r.Dropped() >= 1+1200-129 })
+	other := ""
+	for i := 0; other == ""; i++ {
+		if name := fmt.Sprint("other", i); shard(name) != shard("acme") {
+			other = name
+		}
+	}
+	relayed := r.Relayed()
+	r.Emit(events.Event{Tenant: other, Type: events.PlanChanged})
+	wait("another tenant's event relayed while acme's are stuck", func() bool { return r.Relayed() == relayed+1 })
 	close(release)
-	wait("the queue drained", func() bool { return r.Relayed()+r.Dropped() == 2+1+1200 })
+	wait("the queue drained", func() bool { return r.Relayed()+r.Dropped() == 2+1+1200+1 })
 	r.Close()
 	r.Close()
+}
+
+// shard is the relay's shard of a tenant (fnv-32a of its name, of 8).
+func shard(tenant string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(tenant))
+	return h.Sum32() % 8
 }

@@ -3,6 +3,7 @@ package tenants
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"time"
 )
 
@@ -52,13 +53,23 @@ func (s *Store) AcquireStream(ctx context.Context, tenant, principal string, lim
 }
 
 // RenewStream extends a lease to ttl from now. A lease that expired
-// meanwhile (the process could not renew it in time) and was deleted is
-// put back: the stream still runs, so it counts.
+// meanwhile (the process could not renew it in time) stopped counting,
+// and others may have been counted in its place: it is not put back, and
+// ErrStreamLost says the stream is to end.
 func (s *Store) RenewStream(ctx context.Context, l StreamLease, ttl time.Duration) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO stream_leases (id, tenant, principal, expires_at) VALUES ($1, $2, $3, $4)
-		ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at`, l.ID, l.Tenant, l.Principal, s.timestamp().Add(ttl))
-	return err
+	now := s.timestamp()
+	res, err := s.db.ExecContext(ctx, `UPDATE stream_leases SET expires_at = $2 WHERE id = $1 AND expires_at > $3`, l.ID, now.Add(ttl), now)
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err == nil && n == 0 {
+		return ErrStreamLost
+	}
+	return nil
 }
+
+// ErrStreamLost refuses to renew a stream's lease that expired.
+var ErrStreamLost = errors.New("the stream's lease expired")
 
 // ReleaseStream ends a lease; releasing one already gone does nothing.
 func (s *Store) ReleaseStream(ctx context.Context, l StreamLease) error {
