@@ -128,8 +128,10 @@ func TestOperatorKafkaDestination(t *testing.T) {
 	wantProblem(t, e.do("POST", rules, owner.token, map[string]string{"filter": "#", "destination": "operator-kafka"}), 400, "invalid", "topic", "operator-kafka without a topic")
 	wantProblem(t, e.do("POST", rules, owner.token, map[string]string{"filter": "#", "destination": "operator-kafka", "topic": "t", "condition": "payload.temp >"}),
 		400, "invalid", "condition", "operator-kafka with a condition that does not compile")
-	wantProblem(t, e.do("POST", rules, owner.token, map[string]string{"filter": "$events/#", "destination": "operator-kafka", "topic": "t"}),
-		400, "invalid", "filter", "operator-kafka on $events")
+	wantProblem(t, e.do("POST", rules, owner.token, map[string]string{"filter": "$SYS/#", "destination": "operator-kafka", "topic": "t"}),
+		400, "invalid", "filter", "operator-kafka on $SYS")
+	wantProblem(t, e.do("POST", rules, owner.token, map[string]string{"filter": "$roost/#", "destination": "operator-kafka", "topic": "t"}),
+		400, "invalid", "filter", "operator-kafka on $roost")
 	wantProblem(t, e.do("POST", rules, owner.token, map[string]string{"filter": "#", "destination": "operator-kafka", "topic": "../x"}),
 		400, "invalid", "topic", "operator-kafka with a bad topic")
 	wantProblem(t, e.do("POST", rules, owner.token, map[string]string{"filter": "#", "destination": "ingest", "topic": "t"}),
