@@ -139,6 +139,25 @@ func TestOperatorKafkaDestination(t *testing.T) {
 	wantProblem(t, e.do("POST", rules, viewerKey, map[string]string{"filter": "#", "destination": "operator-kafka", "topic": "t"}),
 		403, "forbidden", "", "a viewer's rule to operator-kafka")
 
+	// A rule to operator-kafka may match events, with a condition.
+	ev := e.do("POST", rules, owner.token, map[string]string{"filter": "$events/presence/#", "destination": "operator-kafka", "topic": "presence",
+		"condition": `payload.type == "disconnected"`})
+	want(t, ev, 201, "a rule to operator-kafka on $events")
+	if ev.str("delivery") != "operator_kafka" || ev.str("kafka_topic") != "roost.acme.presence" {
+		t.Errorf("rule on $events: %s", ev.body)
+	}
+	for _, c := range []struct {
+		payload string
+		matched bool
+	}{{`{"type":"disconnected","device":"d1"}`, true}, {`{"type":"connected","device":"d1"}`, false}} {
+		tr := e.do("POST", rules+"/test", viewerKey, map[string]any{"rule_id": ev.str("id"),
+			"message": map[string]string{"topic": "$events/presence/disconnected/d1", "payload": c.payload}})
+		want(t, tr, 200, "test the rule on $events")
+		if tr.json()["matched"] != c.matched || tr.str("delivery") != "operator_kafka" {
+			t.Errorf("test the rule on $events with %s: %s, want matched %v", c.payload, tr.body, c.matched)
+		}
+	}
+
 	// Another tenant's users see none of it.
 	stranger := e.signup("stranger")
 	e.mustTenant(stranger, "other")
