@@ -27,7 +27,8 @@ func TestRulesMatchEvents(t *testing.T) {
 	want(t, e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{
 		"filter": "$events/presence/#", "destination": "ingest", "condition": `payload.type == "disconnected" && device == "d1"`}), 201, "events rule")
 	want(t, e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "#", "destination": "ingest"}), 201, "rule on #")
-	wantProblem(t, e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "$events/#", "topic": "events"}), 400, "invalid", "filter", "a Kafka rule on $events")
+	want(t, e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "$events/#", "topic": "events"}), 201, "a Kafka rule on $events")
+	wantProblem(t, e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "$SYS/#", "topic": "events"}), 400, "invalid", "filter", "a Kafka rule on $SYS")
 	wantProblem(t, e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "$SYS/#", "destination": "ingest"}), 400, "invalid", "filter", "a rule on $SYS")
 
 	connect := func(tenant, device string) {

@@ -128,14 +128,35 @@ func TestOperatorKafkaDestination(t *testing.T) {
 	wantProblem(t, e.do("POST", rules, owner.token, map[string]string{"filter": "#", "destination": "operator-kafka"}), 400, "invalid", "topic", "operator-kafka without a topic")
 	wantProblem(t, e.do("POST", rules, owner.token, map[string]string{"filter": "#", "destination": "operator-kafka", "topic": "t", "condition": "payload.temp >"}),
 		400, "invalid", "condition", "operator-kafka with a condition that does not compile")
-	wantProblem(t, e.do("POST", rules, owner.token, map[string]string{"filter": "$events/#", "destination": "operator-kafka", "topic": "t"}),
-		400, "invalid", "filter", "operator-kafka on $events")
+	wantProblem(t, e.do("POST", rules, owner.token, map[string]string{"filter": "$SYS/#", "destination": "operator-kafka", "topic": "t"}),
+		400, "invalid", "filter", "operator-kafka on $SYS")
+	wantProblem(t, e.do("POST", rules, owner.token, map[string]string{"filter": "$roost/#", "destination": "operator-kafka", "topic": "t"}),
+		400, "invalid", "filter", "operator-kafka on $roost")
 	wantProblem(t, e.do("POST", rules, owner.token, map[string]string{"filter": "#", "destination": "operator-kafka", "topic": "../x"}),
 		400, "invalid", "topic", "operator-kafka with a bad topic")
 	wantProblem(t, e.do("POST", rules, owner.token, map[string]string{"filter": "#", "destination": "ingest", "topic": "t"}),
 		400, "invalid", "destination", "a topic with a webhook")
 	wantProblem(t, e.do("POST", rules, viewerKey, map[string]string{"filter": "#", "destination": "operator-kafka", "topic": "t"}),
 		403, "forbidden", "", "a viewer's rule to operator-kafka")
+
+	// A rule to operator-kafka may match events, with a condition.
+	ev := e.do("POST", rules, owner.token, map[string]string{"filter": "$events/presence/#", "destination": "operator-kafka", "topic": "presence",
+		"condition": `payload.type == "disconnected"`})
+	want(t, ev, 201, "a rule to operator-kafka on $events")
+	if ev.str("delivery") != "operator_kafka" || ev.str("kafka_topic") != "roost.acme.presence" {
+		t.Errorf("rule on $events: %s", ev.body)
+	}
+	for _, c := range []struct {
+		payload string
+		matched bool
+	}{{`{"type":"disconnected","device":"d1"}`, true}, {`{"type":"connected","device":"d1"}`, false}} {
+		tr := e.do("POST", rules+"/test", viewerKey, map[string]any{"rule_id": ev.str("id"),
+			"message": map[string]string{"topic": "$events/presence/disconnected/d1", "payload": c.payload}})
+		want(t, tr, 200, "test the rule on $events")
+		if tr.json()["matched"] != c.matched || tr.str("delivery") != "operator_kafka" {
+			t.Errorf("test the rule on $events with %s: %s, want matched %v", c.payload, tr.body, c.matched)
+		}
+	}
 
 	// Another tenant's users see none of it.
 	stranger := e.signup("stranger")

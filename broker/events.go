@@ -118,6 +118,8 @@ func (h *Hub) publishEvents() {
 			if err := inst.out.appendEvent(e, b); err != nil {
 				h.log.Warn("put an event in the outbox", "tenant", e.Tenant, "topic", e.Topic(), "err", err)
 			}
+			// And rules to the operator's Kafka (export.go).
+			h.exportEvent(inst, e, b)
 			if subs := inst.server.Topics.Subscribers(e.Topic()); len(subs.Subscriptions) == 0 && len(subs.Shared) == 0 {
 				continue // nobody listens: skip routing it
 			}
@@ -158,6 +160,7 @@ func (h *Hub) PublishEvent(ctx context.Context, e events.Event) error {
 	if err := inst.out.appendEvent(e, b); err != nil {
 		return fmt.Errorf("put an event in the outbox: %w", err)
 	}
+	h.exportEvent(inst, e, b)
 	if subs := inst.server.Topics.Subscribers(topic); len(subs.Subscriptions) == 0 && len(subs.Shared) == 0 {
 		return nil
 	}

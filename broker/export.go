@@ -3,13 +3,16 @@ package broker
 import (
 	"context"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/dataout"
+	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -74,6 +77,11 @@ func (h *exportHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	if remote(pk) {
 		return pk, nil // exported where it arrived
 	}
+	if strings.HasPrefix(pk.TopicName, "$events/") && cl.Net.Inline {
+		// An event the hub publishes for the tenant's subscribers: it was
+		// exported as it was raised (exportEvent).
+		return pk, nil
+	}
 	if err := h.inst.export(cl, pk); err != nil {
 		return h.inst.refusePublish(cl, pk, err)
 	}
@@ -88,29 +96,8 @@ func (inst *instance) export(cl *mqtt.Client, pk packets.Packet) error {
 	if exp == nil {
 		return nil
 	}
-	rules, err := inst.exports.get(func() ([]*dataout.Rule, error) {
-		ctx, cancel := storeCtx()
-		defer cancel()
-		list, err := inst.dir.dir.ExportRules(ctx, inst.tenant)
-		if err != nil {
-			return nil, err
-		}
-		// Conditions are compiled once per change of the rules, as the
-		// outbox's are; one that no longer compiles (checked when it was
-		// made) leaves its rule out.
-		out := make([]*dataout.Rule, 0, len(list))
-		for _, r := range list {
-			c, err := dataout.CompileRule(r)
-			if err != nil {
-				inst.log.Error("compile an export rule", "rule", r.ID, "err", err)
-				continue
-			}
-			out = append(out, c)
-		}
-		return out, nil
-	})
+	rules, err := inst.exportRules()
 	if err != nil {
-		inst.log.Error("read export rules", "err", err)
 		return err
 	}
 	var msgs []ExportMessage
@@ -170,6 +157,34 @@ func (inst *instance) export(cl *mqtt.Client, pk packets.Packet) error {
 	return nil
 }
 
+// exportRules is the tenant's Kafka export rules, compiled. Conditions
+// are compiled once per change of the rules, as the outbox's are; one that
+// no longer compiles (checked when it was made) leaves its rule out.
+func (inst *instance) exportRules() ([]*dataout.Rule, error) {
+	rules, err := inst.exports.get(func() ([]*dataout.Rule, error) {
+		ctx, cancel := storeCtx()
+		defer cancel()
+		list, err := inst.dir.dir.ExportRules(ctx, inst.tenant)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]*dataout.Rule, 0, len(list))
+		for _, r := range list {
+			c, err := dataout.CompileRule(r)
+			if err != nil {
+				inst.log.Error("compile an export rule", "rule", r.ID, "err", err)
+				continue
+			}
+			out = append(out, c)
+		}
+		return out, nil
+	})
+	if err != nil {
+		inst.log.Error("read export rules", "err", err)
+	}
+	return rules, err
+}
+
 func (inst *instance) exportErrors() map[string]int64 {
 	inst.errMu.Lock()
 	defer inst.errMu.Unlock()
@@ -178,4 +193,141 @@ func (inst *instance) exportErrors() map[string]int64 {
 		out[k] = v
 	}
 	return out
+}
+
+// eventExport is one event's records for the operator's Kafka, one for
+// each export rule of the tenant's that matched it.
+type eventExport struct {
+	inst  *instance
+	rules []string
+	msgs  []ExportMessage
+}
+
+// maxEventExports bounds the events waiting for the operator's Kafka, and
+// maxEventBatch how many of them go in one write.
+const (
+	maxEventExports = 4096
+	maxEventBatch   = 256
+)
+
+// exportEvent queues an event for the operator's Kafka, once for every
+// export rule of the tenant's it matches: the event as JSON (payload) on
+// the rule's Kafka topic, keyed by its device, as the rule would export a
+// message on the event's $events topic. A rule's condition sees the event
+// as appendEvent's rules do. It runs on the hub's event publisher, so it
+// never waits for Kafka: the events are written by exportEvents, and
+// those that find the queue full are dropped and counted in their rules'
+// errors, as a QoS 0 export Kafka refused is.
+func (h *Hub) exportEvent(inst *instance, e events.Event, payload []byte) {
+	if h.eventExports == nil || inst.exporter == nil {
+		return
+	}
+	topic := e.Topic()
+	rules, err := inst.exportRules()
+	if err != nil || topic == "" {
+		return
+	}
+	x := eventExport{inst: inst}
+	var in *dataout.Input // built for the first rule with a condition
+	for _, r := range rules {
+		if !tenants.IsEventsFilter(r.Filter) || !tenants.MatchTopic(r.Filter, topic) {
+			continue
+		}
+		if r.Condition != "" {
+			if in == nil {
+				in = &dataout.Input{Topic: topic, Payload: payload, Device: e.Device, ClientID: e.ClientID, Time: e.Time}
+				if e.Device != "" {
+					ctx, cancel := storeCtx()
+					if d, found, err := inst.dir.device(ctx, inst.tenant, e.Device); err == nil && found {
+						in.Metadata = d.Metadata
+					}
+					cancel()
+				}
+			}
+			ok, err := r.Match(context.Background(), *in)
+			if err != nil {
+				inst.log.Debug("export rule condition not evaluated", "rule", r.ID, "topic", topic, "err", err)
+			}
+			if !ok {
+				continue
+			}
+		}
+		headers := map[string]string{"mqtt_topic": topic, "event": e.Type, "qos": "0", "content_type": "application/json"}
+		if e.Device != "" {
+			headers["device"] = e.Device
+		}
+		if e.ClientID != "" {
+			headers["client_id"] = e.ClientID
+		}
+		x.msgs = append(x.msgs, ExportMessage{Topic: r.KafkaTopic, Key: []byte(e.Device), Value: payload, Headers: headers})
+		x.rules = append(x.rules, r.ID)
+	}
+	if len(x.msgs) == 0 {
+		return
+	}
+	select {
+	case h.eventExports <- x:
+	default:
+		x.failed()
+		inst.log.Warn("export an event to kafka: the queue is full", "topic", topic, "rules", len(x.rules))
+	}
+}
+
+// failed counts the event's records as refused, in each rule's errors.
+func (x eventExport) failed() {
+	x.inst.errMu.Lock()
+	for _, id := range x.rules {
+		x.inst.exportErrs[id]++
+	}
+	x.inst.errMu.Unlock()
+}
+
+// exportEvents writes the queued events to the operator's Kafka, as many
+// as are waiting (up to maxEventBatch) in one write, until the hub closes.
+// Events are best effort, as a QoS 0 export: what Kafka refuses is counted
+// and logged, not retried.
+func (h *Hub) exportEvents() {
+	defer h.wg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h.wg.Go(func() {
+		// A write in progress as the hub closes does not hold it up.
+		select {
+		case <-h.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	})
+	var batch []eventExport
+	for {
+		batch = batch[:0]
+		select {
+		case <-h.done:
+			return
+		case x := <-h.eventExports:
+			batch = append(batch, x)
+		}
+	more:
+		for len(batch) < maxEventBatch {
+			select {
+			case x := <-h.eventExports:
+				batch = append(batch, x)
+			default:
+				break more
+			}
+		}
+		var msgs []ExportMessage
+		for _, x := range batch {
+			msgs = append(msgs, x.msgs...)
+		}
+		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+		err := h.cfg.Exporter.Export(wctx, msgs)
+		wcancel()
+		if err != nil {
+			for _, x := range batch {
+				x.failed()
+			}
+			h.log.Warn("export events to kafka", "events", len(batch), "records", len(msgs), "err", err)
+		}
+	}
 }

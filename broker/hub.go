@@ -164,6 +164,9 @@ type Hub struct {
 
 	eventPubs     chan events.Event
 	eventsDropped atomic.Int64
+	// eventExports is the events waiting for the operator's Kafka (nil
+	// without an Exporter; export.go).
+	eventExports chan eventExport
 	// widenFailed is when this node last failed to widen each tenant
 	// (wide.go).
 	widenFailed sync.Map
@@ -285,6 +288,11 @@ func New(cfg Config) (*Hub, error) {
 	}
 	h.wg.Add(2)
 	go h.publishEvents()
+	if cfg.Exporter != nil {
+		h.eventExports = make(chan eventExport, maxEventExports)
+		h.wg.Add(1)
+		go h.exportEvents()
+	}
 	go func() {
 		defer h.wg.Done()
 		h.changes.run(h.done)

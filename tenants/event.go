@@ -61,7 +61,7 @@ func (q Quotas) EventRetentionPeriod() time.Duration {
 }
 
 // IsEventsFilter reports whether a filter is one of the tenant's event
-// topics ($events/...), which rules with a destination may match.
+// topics ($events/...), which rules may match.
 func IsEventsFilter(filter string) bool {
 	return strings.HasPrefix(filter, "$events/")
 }

@@ -71,12 +71,11 @@ func (in *ExportRuleInput) Validate() error {
 	if err := ValidateFilter(in.Filter); err != nil {
 		return invalid("filter", "%v", err)
 	}
-	// A rule with a destination may match the tenant's lifecycle events
-	// on their $events topics (docs/events.md); no other $ topic is
-	// exported.
+	// Any rule may match the tenant's events on their $events topics
+	// (docs/events.md); no other $ topic is exported.
 	op := in.ToOperatorKafka()
-	if strings.HasPrefix(in.Filter, "$") && !(in.Destination != "" && !op && IsEventsFilter(in.Filter)) {
-		return invalid("filter", "topics starting with $ are not exported (rules with a destination of the tenant's may match events: $events/...)")
+	if strings.HasPrefix(in.Filter, "$") && !IsEventsFilter(in.Filter) {
+		return invalid("filter", "topics starting with $ are not exported (a rule may match the tenant's events: $events/...)")
 	}
 	// Every rule may have a condition: the outbox applies a destination's,
 	// the data plane's Kafka export the operator's Kafka rules'.

@@ -77,6 +77,10 @@ type Config struct {
 	// Sealer seals destinations' secrets (the API's, with the key ring);
 	// nil: keyed by AdminToken alone.
 	Sealer *dataout.Sealer
+	// OperatorKafka says the hub exports to the operator's Kafka
+	// (ROOST_KAFKA_BROKERS): the webhooks page then lists the built-in
+	// destination operator-kafka and its rules, as the API does.
+	OperatorKafka bool
 	// Mailer and PublicURL are for the auth front New builds when Auth is
 	// nil: the account mails and the links in them.
 	Mailer    mail.Mailer

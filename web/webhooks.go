@@ -83,12 +83,18 @@ type webhookRow struct {
 	Rules int
 	// Status is its delivery's status; nil when the data plane cannot say.
 	Status *dataplane.DeliveryStatus
+	// Operator marks the built-in operator-kafka, which has no outbox:
+	// Errors is what Kafka refused of its rules' writes.
+	Operator bool
+	Errors   int64
 }
 
-// ruleRow is a rule with a destination, by the destination's name.
+// ruleRow is a rule with a destination, by the destination's name; a rule
+// to operator-kafka has its Kafka topic and what Kafka refused.
 type ruleRow struct {
 	tenants.ExportRule
 	DestinationName string
+	Errors          int64
 }
 
 // webhooksData is the webhooks page: destinations, the rules sending to
@@ -102,6 +108,8 @@ type webhooksData struct {
 	Test *sendTest
 	// Dead lists a destination's dead letters, when asked for.
 	Dead *deadLetters
+	// OperatorKafka: the hub exports to the operator's Kafka, listed first.
+	OperatorKafka bool
 }
 
 type createdDestination struct {
@@ -179,9 +187,29 @@ func (c *Console) renderWebhooks(w http.ResponseWriter, r *http.Request, status 
 			data.Rows[i].Status = &st
 		}
 	}
+	// The operator's Kafka comes first, as in the API's list: rules with
+	// a Kafka topic (and no destination of the tenant's) are its.
+	var exportErrs map[string]int64
+	if c.cfg.OperatorKafka {
+		if c.cfg.DataPlane != nil {
+			exportErrs = c.cfg.DataPlane.ExportErrors(slug)
+		}
+		op := webhookRow{Destination: tenants.OperatorKafkaDestination(), Host: tenants.ExportTopic(slug, "<topic>"), Operator: true}
+		for _, rule := range rules {
+			if rule.Destination == "" {
+				op.Rules++
+				op.Errors += exportErrs[rule.ID]
+			}
+		}
+		data.Rows = append([]webhookRow{op}, data.Rows...)
+		data.OperatorKafka = true
+	}
 	for _, rule := range rules {
-		if rule.Destination != "" {
+		switch {
+		case rule.Destination != "":
 			data.Rules = append(data.Rules, ruleRow{ExportRule: rule, DestinationName: names[rule.Destination]})
+		case c.cfg.OperatorKafka:
+			data.Rules = append(data.Rules, ruleRow{ExportRule: rule, DestinationName: tenants.OperatorKafka, Errors: exportErrs[rule.ID]})
 		}
 	}
 	if id := r.URL.Query().Get("dead"); id != "" && data.Dead == nil && dl != nil {
@@ -364,7 +392,12 @@ func (c *Console) webhookRuleCreate(w http.ResponseWriter, r *http.Request) {
 	slug := tenantOf(r).Slug
 	in := tenants.ExportRuleInput{Filter: strings.TrimSpace(r.PostFormValue("filter")), Destination: r.PostFormValue("destination"),
 		Condition: strings.TrimSpace(r.PostFormValue("condition"))}
-	form := map[string]string{"filter": in.Filter, "rule_destination": in.Destination, "condition": in.Condition}
+	form := map[string]string{"filter": in.Filter, "rule_destination": in.Destination, "condition": in.Condition, "rule_topic": strings.TrimSpace(r.PostFormValue("rule_topic"))}
+	if in.ToOperatorKafka() {
+		// Only the operator's Kafka takes a topic; the field is ignored for
+		// the tenant's destinations.
+		in.Topic = form["rule_topic"]
+	}
 	again := func(status int, errs map[string]string) {
 		c.renderWebhooks(w, r, status, page{Form: form, Errors: errs}, webhooksData{})
 	}
@@ -389,6 +422,9 @@ func (c *Console) webhookRuleCreate(w http.ResponseWriter, r *http.Request) {
 		}
 		if m, ok := errs["destination"]; ok {
 			errs["rule_destination"] = m
+		}
+		if m, ok := errs["topic"]; ok {
+			errs["rule_topic"] = m
 		}
 		again(http.StatusBadRequest, errs)
 		return

@@ -208,7 +208,8 @@ func (d planeDeps) controlHandler(signingKey []byte, localAddr string, endpoints
 		return nil, nil, err
 	}
 	con, err := web.New(web.Config{Store: d.store, DataPlane: dp, Billing: bill, Log: log, SigningKey: signingKey,
-		TokenTTL: c.TokenTTL, AdminToken: d.adminToken, SecureCookies: strings.HasPrefix(c.PublicURL, "https://"), Endpoints: endpoints, Auth: front, Webhooks: hooks, Sealer: sealer})
+		TokenTTL: c.TokenTTL, AdminToken: d.adminToken, SecureCookies: strings.HasPrefix(c.PublicURL, "https://"), Endpoints: endpoints, Auth: front, Webhooks: hooks, Sealer: sealer,
+		OperatorKafka: len(c.kafkaBrokers()) > 0})
 	if err != nil {
 		return nil, nil, err
 	}
