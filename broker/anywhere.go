@@ -310,29 +310,44 @@ func (p *persistence) noteResent(clientID string, seq uint64) {
 	sent[seq] = now
 }
 
+// withheldCopy is a delivery withheld from a client (see withhold): the
+// packet id it still takes, the copy it carries (0: one sent another way),
+// and whether the encoder has dropped its first write.
+type withheldCopy struct {
+	id      uint16
+	seq     uint64
+	dropped bool
+}
+
 // withhold takes a delivery mochi just made (it is in the client's
-// inflight messages, and on its way to be written) back: it leaves the
-// inflight messages now, and unsent tells the encoder not to write it.
-// Called with p.mu held.
-func (p *persistence) withhold(cl *mqtt.Client, pubID string, packetID uint16) {
-	if cl.State.Inflight.Delete(packetID) {
-		atomic.AddInt64(&p.server.Info.Inflight, -1)
-	}
+// inflight messages, and on its way to be written) back: unsent tells the
+// encoder not to write it. Its packet id stays taken in the inflight
+// messages, mapped to no copy, until no write of it can come any more
+// (releaseWithheld): mochi may write it from two places, its write queue
+// and its resend at the CONNACK (whose snapshot of the inflight messages
+// may hold it), and an id given to another message meanwhile would have
+// the client's acknowledgement of one taken for the other. A copy noted
+// under this id for a client object taken over is forgotten for the same
+// reason. Called with p.mu held.
+func (p *persistence) withhold(cl *mqtt.Client, pubID string, packetID uint16, seq uint64) {
+	delete(p.inflight[cl.ID], packetID)
 	if p.unsend[cl.ID] == nil {
-		p.unsend[cl.ID] = map[string]bool{}
+		p.unsend[cl.ID] = map[string]*withheldCopy{}
 	}
-	if !p.unsend[cl.ID][pubID] {
-		p.unsend[cl.ID][pubID] = true
+	if _, ok := p.unsend[cl.ID][pubID]; !ok {
+		p.unsend[cl.ID][pubID] = &withheldCopy{id: packetID, seq: seq}
 		p.unsending.Add(1)
 	}
-	p.log.Debug("a message from another node withheld: its copy was sent already", "client_id", cl.ID)
+	p.log.Debug("a delivery withheld", "client_id", cl.ID)
 }
 
 // unsent reports whether a PUBLISH about to be written to a client was
-// withheld, and forgets it: the caller keeps it from being written. mochi
-// took one from the client's send quota for it, given back here (the
-// client will not acknowledge it); had it held the message back for want
-// of quota, it put it in the inflight messages again, taken out here.
+// withheld: the caller keeps it from being written. The first write (from
+// mochi's write queue) is dropped; its id is released once the
+// connection is established, when no resend is to come. A resend of it
+// (DUP, at the CONNACK) cannot be dropped without failing the resend: it
+// is written, and the client acknowledges it under its id, mapped now to
+// its copy (which reconcile then does not send again).
 func (p *persistence) unsent(cl *mqtt.Client, pk packets.Packet) bool {
 	if p.unsending.Load() == 0 {
 		return false
@@ -342,51 +357,82 @@ func (p *persistence) unsent(cl *mqtt.Client, pk packets.Packet) bool {
 		return false
 	}
 	p.mu.Lock()
-	withheld := p.unsend[cl.ID][pubID]
-	if withheld {
-		delete(p.unsend[cl.ID], pubID)
-		if len(p.unsend[cl.ID]) == 0 {
-			delete(p.unsend, cl.ID)
+	defer p.mu.Unlock()
+	w, withheld := p.unsend[cl.ID][pubID]
+	switch {
+	case !withheld:
+		return false
+	case pk.FixedHeader.Dup:
+		if w.seq != 0 {
+			if p.inflight[cl.ID] == nil {
+				p.inflight[cl.ID] = map[uint16]uint64{}
+			}
+			p.inflight[cl.ID][pk.PacketID] = w.seq
+			delete(p.heldPk[cl.ID], w.seq)
 		}
-		p.unsending.Add(-1)
+		p.forgetWithheldCopy(cl.ID, pubID)
+		return false
 	}
-	p.mu.Unlock()
-	if withheld {
-		cl.State.Inflight.Delete(pk.PacketID)
-		cl.State.Inflight.IncreaseSendQuota()
+	w.dropped = true
+	if p.live[cl.ID] == cl {
+		p.releaseWithheld(cl, pubID)
 	}
-	return withheld
+	return true
+}
+
+// releaseWithheld frees a withheld delivery's packet id and forgets it.
+// mochi took one from the client's send quota for it, given back here
+// (the client will not acknowledge it). Called with p.mu held.
+func (p *persistence) releaseWithheld(cl *mqtt.Client, pubID string) {
+	w := p.unsend[cl.ID][pubID]
+	if w == nil {
+		return
+	}
+	if cur, ok := cl.State.Inflight.Get(w.id); ok {
+		if got, _ := pubIDOf(cur); got == pubID && cl.State.Inflight.Delete(w.id) {
+			atomic.AddInt64(&p.server.Info.Inflight, -1)
+			cl.State.Inflight.IncreaseSendQuota()
+		}
+	}
+	p.forgetWithheldCopy(cl.ID, pubID)
+}
+
+// forgetWithheldCopy forgets one withheld delivery. Called with p.mu held.
+func (p *persistence) forgetWithheldCopy(clientID, pubID string) {
+	if _, ok := p.unsend[clientID][pubID]; !ok {
+		return
+	}
+	delete(p.unsend[clientID], pubID)
+	if len(p.unsend[clientID]) == 0 {
+		delete(p.unsend, clientID)
+	}
+	p.unsending.Add(-1)
+}
+
+// releaseDropped, as a connection is established (its resend at the
+// CONNACK done), releases the withheld deliveries whose write was
+// dropped already: none of them can be written now. Called with p.mu held.
+func (p *persistence) releaseDropped(cl *mqtt.Client) {
+	for pubID, w := range p.unsend[cl.ID] {
+		if w.dropped {
+			p.releaseWithheld(cl, pubID)
+		}
+	}
 }
 
 // forgetWithheld forgets the deliveries withheld from a client that
-// were never to be written: its connection ended. One mochi put back in
-// the client object's inflight messages (it had no send quota for it) is
-// taken out: left there, it would be resent to the next connection as
-// a message the client has. cl may be nil. Called with p.mu held.
+// were never to be written: its connection ended. Their ids are taken
+// out of the client object's inflight messages: left there, they would
+// be resent to the next connection as messages the client has. cl may be
+// nil. Called with p.mu held.
 func (p *persistence) forgetWithheld(cl *mqtt.Client, clientID string) {
-	if cl != nil && len(p.unsend[clientID]) > 0 {
-		p.dropWithheld(cl)
+	if cl != nil {
+		for pubID := range p.unsend[clientID] {
+			p.releaseWithheld(cl, pubID)
+		}
 	}
 	p.unsending.Add(-int64(len(p.unsend[clientID])))
 	delete(p.unsend, clientID)
-}
-
-// dropWithheld takes the deliveries withheld from a client out of its
-// inflight messages, if mochi put them back there, and forgets them; the
-// session's copies stay outstanding, for reconcile to send. Called with
-// p.mu held.
-func (p *persistence) dropWithheld(cl *mqtt.Client) {
-	for _, pk := range cl.State.Inflight.GetAll(false) {
-		pubID, ok := pubIDOf(pk)
-		if !ok || !p.unsend[cl.ID][pubID] {
-			continue
-		}
-		if cl.State.Inflight.Delete(pk.PacketID) {
-			atomic.AddInt64(&p.server.Info.Inflight, -1)
-		}
-		delete(p.unsend[cl.ID], pubID)
-		p.unsending.Add(-1)
-	}
 }
 
 // catchUp reads what a connected session's queue holds that this broker

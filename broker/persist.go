@@ -138,6 +138,9 @@ type persistence struct {
 	// over (see handedOver and reconcile).
 	live    map[string]*mqtt.Client
 	recheck map[string]bool
+	// lost holds, per client, the copies routed to a client object a new
+	// connection took over, by publish tag (see handedOver).
+	lost map[string]map[string]uint64
 	// holding holds, per client, its deliveries back from its connection
 	// until a reconcile sends them from the queue in order (see hold);
 	// held counts the deliveries withheld for it, so that a reconcile
@@ -177,13 +180,14 @@ type persistence struct {
 	// What must not reach a session twice (see arrived): resent holds,
 	// per session, the copies reconcile sent (and when), which an entry
 	// in this node's inbox may bring again; unsend holds, per client, the
-	// publishes (by tag) mochi handed it that are not to be written, and
+	// publishes (by tag) mochi handed it that are not to be written, with
+	// the packet id each still takes (see withhold), and
 	// unsending counts them, read without the lock as each PUBLISH is
 	// encoded.
 	// claiming counts, per client, the claims this broker has in flight.
 	claiming  map[string]int
 	resent    map[string]map[uint64]time.Time
-	unsend    map[string]map[string]bool
+	unsend    map[string]map[string]*withheldCopy
 	unsending atomic.Int64
 }
 
@@ -223,9 +227,9 @@ func newPersistence(st SessionStore, tenant string, server *mqtt.Server, host se
 		pubs: map[string]pubCopies{}, inflight: map[string]map[uint16]uint64{},
 		outstanding: map[string][]uint64{}, epochs: map[string]uint64{}, devices: map[string]string{}, stored: map[string]bool{}, dropped: map[string]int64{},
 		marks: map[string]map[uint64]mark{}, received: map[string]map[uint16]bool{},
-		live: map[string]*mqtt.Client{}, recheck: map[string]bool{}, holding: map[string]bool{}, held: map[string]uint64{}, heldPk: map[string]map[uint64]packets.Packet{},
+		live: map[string]*mqtt.Client{}, recheck: map[string]bool{}, lost: map[string]map[string]uint64{}, holding: map[string]bool{}, held: map[string]uint64{}, heldPk: map[string]map[uint64]packets.Packet{},
 		appending: map[uint64]bool{}, acking: map[string]map[uint64]bool{}, reading: map[string]int{},
-		resent: map[string]map[uint64]time.Time{}, unsend: map[string]map[string]bool{}, claiming: map[string]int{},
+		resent: map[string]map[uint64]time.Time{}, unsend: map[string]map[string]*withheldCopy{}, claiming: map[string]int{},
 	}
 	p.appended.L = &p.mu
 	return p
@@ -532,10 +536,25 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.
 // any order; this gives them increasing Created values in queue order.
 func (p *persistence) orderResend(cl *mqtt.Client) {
 	p.mu.Lock()
-	// A delivery withheld from the connection taken over, which mochi had
-	// put back in its inflight messages, came over with them: it is not
-	// to be resent (the encoder would refuse it, and the resend with it).
-	p.dropWithheld(cl)
+	// A delivery withheld (see withhold) that came over with the inflight
+	// messages is resent with them, and dropped by the encoder (unsent).
+	// A copy routed to the object taken over that mochi copied here is
+	// this connection's now, under the id it came with.
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		pubID, ok := pubIDOf(pk)
+		if !ok {
+			continue
+		}
+		if seq, lost := p.lost[cl.ID][pubID]; lost {
+			if _, mapped := p.inflight[cl.ID][pk.PacketID]; !mapped {
+				if p.inflight[cl.ID] == nil {
+					p.inflight[cl.ID] = map[uint16]uint64{}
+				}
+				p.inflight[cl.ID][pk.PacketID] = seq
+			}
+		}
+	}
+	delete(p.lost, cl.ID)
 	bySeq := p.inflight[cl.ID]
 	type entry struct {
 		seq uint64
@@ -616,7 +635,7 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 	seq, ok := p.inflight[cl.ID][out.PacketID]
 	if pubID, tagged := pubIDOf(out); tagged {
 		if p.pubs[pubID].skip[cl.ID] {
-			p.withhold(cl, pubID, out.PacketID)
+			p.withhold(cl, pubID, out.PacketID, 0)
 			p.mu.Unlock()
 			return
 		}
@@ -626,7 +645,7 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 		// CONNACK, which must write it.
 		switch first := !out.FixedHeader.Dup; {
 		case ok && first && p.holds(cl):
-			p.withhold(cl, pubID, out.PacketID)
+			p.withhold(cl, pubID, out.PacketID, seq)
 			p.holdBack(cl.ID, seq, out)
 			p.mu.Unlock()
 			return
@@ -647,20 +666,21 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 			if p.inflight[cl.ID] == nil {
 				p.inflight[cl.ID] = map[uint16]uint64{}
 			}
-			_, mapped := p.inflight[cl.ID][out.PacketID]
-			switch {
-			case !cl.IsTakenOver():
+			if !cl.IsTakenOver() {
 				p.inflight[cl.ID][out.PacketID] = seq
-			case !mapped:
+			} else {
 				// Routed to the client object a new connection is taking
 				// over: whether mochi copied it to the new one depends on
-				// timing. Once routed, the session is checked (see
-				// reconcile). A packet id the new connection already uses
-				// for another message keeps that message.
-				p.inflight[cl.ID][out.PacketID] = seq
-				p.recheck[cl.ID] = true
-				p.holding[cl.ID] = true
-			default:
+				// timing, and the packet id is the old object's, which
+				// the new one may give another message. Noted by its tag:
+				// a copy the new connection inherited is mapped to it as
+				// the CONNACK goes out (see orderResend); else, once
+				// routed, the session sends it (see reconcile), holding
+				// newer ones back meanwhile.
+				if p.lost[cl.ID] == nil {
+					p.lost[cl.ID] = map[string]uint64{}
+				}
+				p.lost[cl.ID][pubID] = seq
 				p.recheck[cl.ID] = true
 				p.holding[cl.ID] = true
 			}
@@ -842,6 +862,7 @@ func (p *persistence) established(cl *mqtt.Client, attaching bool) {
 	if attaching {
 		p.holding[cl.ID] = true
 	}
+	p.releaseDropped(cl)
 	p.mu.Unlock()
 	if !attaching {
 		p.reconcile(cl)
@@ -869,6 +890,7 @@ func (p *persistence) gone(cl *mqtt.Client) {
 
 // unhold ends a client's hold. Called with p.mu held.
 func (p *persistence) unhold(clientID string) {
+	delete(p.lost, clientID)
 	delete(p.holding, clientID)
 	delete(p.held, clientID)
 	delete(p.heldPk, clientID)

@@ -113,8 +113,11 @@ func TestHoldKeepsQueueOrder(t *testing.T) {
 		pk.PacketID = uint16(id)
 		cl.State.Inflight.Set(pk)
 		p.handedOver(cl, pk)
-		_, ok := cl.State.Inflight.Get(pk.PacketID)
-		return ok
+		pubID, _ := pubIDOf(pk)
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		_, withheld := p.unsend[cl.ID][pubID]
+		return !withheld
 	}
 	a, seqA := stored("a") // being routed
 	b, seqB := stored("b")
@@ -128,8 +131,11 @@ func TestHoldKeepsQueueOrder(t *testing.T) {
 		t.Fatal("c was delivered while a, older, was still being routed")
 	}
 	p.routed(c)
-	if n := cl.State.Inflight.Len(); n != 0 {
-		t.Fatalf("%d messages sent while a, older than them, was still being routed; want none", n)
+	p.mu.Lock()
+	sentEarly := len(p.inflight[cl.ID])
+	p.mu.Unlock()
+	if sentEarly != 0 {
+		t.Fatalf("%d messages sent while a, older than them, was still being routed; want none", sentEarly)
 	}
 	p.routed(a) // a reached nobody here (the old client object)
 	bySeq := map[uint64]uint16{}
