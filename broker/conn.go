@@ -303,35 +303,32 @@ func connackFirst(b []byte) ([]byte, bool) {
 // hasDisconnect reports whether b, whole packets as mochi writes them,
 // holds a DISCONNECT. It is only asked once mochi has encoded one.
 func hasDisconnect(b []byte) bool {
-	for i := 0; i < len(b); {
-		if b[i]>>4 == packets.Disconnect {
-			return true
-		}
-		length, n := 0, 1
-		for mult := 1; ; mult *= 128 {
-			if i+n >= len(b) || n > 4 {
-				return false
-			}
-			length += int(b[i+n]&0x7f) * mult
-			n++
-			if b[i+n-1]&0x80 == 0 {
-				break
-			}
-		}
-		i += n + length
-	}
-	return false
+	found := false
+	walkPackets(b, func(typ byte) bool {
+		found = typ == packets.Disconnect
+		return !found
+	})
+	return found
 }
 
 // onlyPubacks reports whether b, whole packets as mochi writes them, is
 // PUBACKs and nothing else.
 func onlyPubacks(b []byte) bool {
-	if len(b) == 0 {
-		return false
-	}
+	all := len(b) > 0
+	whole := walkPackets(b, func(typ byte) bool {
+		all = typ == packets.Puback
+		return all
+	})
+	return whole && all
+}
+
+// walkPackets hands the type of each packet in b, whole packets as mochi
+// writes them, to each, until it returns false. It reports false if b
+// ends inside a packet's fixed header.
+func walkPackets(b []byte, each func(typ byte) bool) bool {
 	for i := 0; i < len(b); {
-		if b[i]>>4 != packets.Puback {
-			return false
+		if !each(b[i] >> 4) {
+			return true
 		}
 		length, n := 0, 1
 		for mult := 1; ; mult *= 128 {

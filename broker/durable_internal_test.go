@@ -25,3 +25,25 @@ func TestOnlyPubacks(t *testing.T) {
 		}
 	}
 }
+
+func TestHasDisconnect(t *testing.T) {
+	puback := []byte{0x40, 2, 0, 1}
+	disconnect := []byte{0xE0, 1, 0x80}
+	long := append([]byte{0x30, 0x80, 0x01}, make([]byte, 128)...) // a PUBLISH with a two-byte length
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want bool
+	}{
+		{"DISCONNECT", disconnect, true},
+		{"PUBACK then DISCONNECT", append(append([]byte{}, puback...), disconnect...), true},
+		{"long PUBLISH then DISCONNECT", append(append([]byte{}, long...), disconnect...), true},
+		{"PUBACK", puback, false},
+		{"truncated length", []byte{0x30, 0x80}, false},
+		{"empty", nil, false},
+	} {
+		if got := hasDisconnect(tc.b); got != tc.want {
+			t.Errorf("%s: hasDisconnect(% x) = %t, want %t", tc.name, tc.b, got, tc.want)
+		}
+	}
+}
