@@ -962,7 +962,6 @@ func testDestinations(t *testing.T, s *tenants.Store, reopen func() *tenants.Sto
 	}{
 		{tenants.ExportRuleInput{Filter: "#", Destination: "nope"}, "destination"},
 		{tenants.ExportRuleInput{Filter: "#", Topic: "t", Destination: d.ID}, "destination"},
-		{tenants.ExportRuleInput{Filter: "#", Topic: "t", Condition: "true"}, "condition"},
 		{tenants.ExportRuleInput{Filter: "#", Destination: d.ID, Condition: strings.Repeat("x", 5000)}, "condition"},
 	} {
 		_, err := s.CreateExportRule(ctx, "acme", bad.in)
@@ -970,6 +969,15 @@ func testDestinations(t *testing.T, s *tenants.Store, reopen func() *tenants.Sto
 	}
 	_, err = s.CreateExportRule(ctx, "other", tenants.ExportRuleInput{Filter: "#", Destination: d.ID})
 	wantField(t, "a rule in other naming acme's destination", err, "destination")
+	// A rule to the operator's Kafka (a topic, no destination) takes a
+	// condition too.
+	if kr, err := s.CreateExportRule(ctx, "other", tenants.ExportRuleInput{Filter: "#", Topic: "t", Condition: "true"}); err != nil {
+		t.Errorf("an operator-Kafka rule with a condition: %v", err)
+	} else if kr.Condition != "true" {
+		t.Errorf("an operator-Kafka rule with a condition came back with %q", kr.Condition)
+	} else if err := s.DeleteExportRule(ctx, "other", kr.ID); err != nil {
+		t.Fatal(err)
+	}
 
 	// A destination a rule uses stays until the rule goes.
 	wantErr(t, "delete a destination in use", s.DeleteDestination(ctx, "acme", d.ID), tenants.ErrConflict)
