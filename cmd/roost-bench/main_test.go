@@ -373,7 +373,8 @@ func TestSuiteSmoke(t *testing.T) {
 		"p2p_qos1_sustained_roost_vs_nats", "p2p_qos1_p99_latency_roost_vs_nats", "fanout_qos0_throughput_roost_vs_nats", "fanin_qos1_throughput_roost_vs_nats",
 		"connect_rate_roost_vs_mosquitto_whole", "connect_rate_roost_vs_mochi_whole", "connect_rate_roost_vs_nats_whole",
 		"p2p_qos0_throughput_roost_vs_mosquitto_whole", "p2p_qos1_throughput_roost_vs_nats_whole", "fanout_qos0_throughput_roost_vs_nats_whole",
-		"fanin_shared_qos1_throughput_roost_vs_mochi_whole", "noisy_neighbour_degradation_roost_vs_mosquitto"} {
+		"fanin_shared_qos1_throughput_roost_vs_mochi_whole", "noisy_neighbour_degradation_roost_vs_mosquitto",
+		"noisy_neighbour_degradation_roost_vs_mochi", "noisy_neighbour_degradation_roost_vs_nats"} {
 		if v := res.Ratios[k]; v == nil || *v <= 0 {
 			t.Errorf("ratio %s: %v, want a positive number", k, v)
 		}
@@ -427,7 +428,7 @@ func TestRatios(t *testing.T) {
 		"p2p_qos1_16b_p99_us":                {"roost": 200, "mochi": 100, "mosquitto": 400, "nats": 0},
 		"idle_conn_memory":                   {"roost": 30, "mochi": 30, "mochi-default": 20, "mosquitto": 1, "nats": 60},
 		"p2p_qos1_p99_us_among_idle_tenants": {"roost": 300},
-		"noisy_neighbour_degradation":        {"roost": 1.5, "mosquitto": 3},
+		"noisy_neighbour_degradation":        {"roost": 1.5, "mosquitto": 3, "nats": 1},
 	}
 	got := ratios(figures)
 	for _, tc := range []struct {
@@ -448,6 +449,8 @@ func TestRatios(t *testing.T) {
 		{"idle_conn_memory_roost_vs_nats", 0.5},           //
 		{"p2p_qos1_p99_latency_among_idle_tenants_vs_alone", 1.5},
 		{"noisy_neighbour_degradation_roost_vs_mosquitto", 0.5}, // smaller is better
+		{"noisy_neighbour_degradation_roost_vs_nats", 1.5},
+		{"noisy_neighbour_degradation_roost_vs_mochi", 0}, // mochi has no figure
 	} {
 		v, ok := got[tc.key]
 		switch {
@@ -463,8 +466,9 @@ func TestRatios(t *testing.T) {
 		"p2p_qos0_throughput_roost_vs_mosquitto",           // not measured
 		"fanin_shared_qos1_throughput_roost_vs_nats_whole", // not measured on the whole machine
 		"idle_conn_memory_roost_vs_mochi_default_whole",
-		"connect_rate_roost_vs_mochi_default",       // mochi-default is compared on memory only
-		"noisy_neighbour_degradation_roost_vs_nats", // the noisy neighbour runs on roost and mosquitto only
+		"connect_rate_roost_vs_mochi_default",                // mochi-default is compared on memory only
+		"noisy_neighbour_degradation_roost_vs_mochi_default", // mochi-default is compared on memory only
+		"noisy_neighbour_degradation_roost_vs_nats_whole",    // the noisy neighbour runs in the pinned run only
 	} {
 		if v, ok := got[key]; ok {
 			t.Errorf("ratio %s = %v, want none", key, v)
@@ -528,5 +532,52 @@ func TestSuiteOnlyUnknown(t *testing.T) {
 	err := runSuite(context.Background(), "smoke", "p2p", "roost", t.TempDir(), &stdout)
 	if err == nil || !strings.Contains(err.Error(), `unknown -only "p2p"`) {
 		t.Errorf("got %v, want unknown -only", err)
+	}
+}
+
+// TestNoisyNeighbourOnPeers runs the noisy neighbour at smoke size on bare
+// mochi and NATS, started as the suite starts them (pinned): each gets the
+// quiet client's p99 alone and under attack, its degradation and the
+// attack's CPU, as Roost and mosquitto do, so that the figure is there for
+// every target.
+func TestNoisyNeighbourOnPeers(t *testing.T) {
+	// Each broker's output to a buffer of its own: the copying goroutines
+	// of two processes must not share one.
+	var mochiLogs, natsLogs bytes.Buffer
+	mochi, err := startMochi("mochi", true, true, &mochiLogs)
+	if err != nil {
+		t.Fatalf("start mochi: %v\n%s", err, mochiLogs.String())
+	}
+	t.Cleanup(mochi.stop)
+	nats, err := startNats(t.TempDir(), true, &natsLogs)
+	if err != nil {
+		t.Fatalf("start nats: %v\n%s", err, natsLogs.String())
+	}
+	t.Cleanup(nats.stop)
+	res := suiteResult{Figures: map[string]map[string]float64{}, Absolute: map[string]*float64{}}
+	record := func(figure, target string, _ []any, values []float64) {
+		if res.Figures[figure] == nil {
+			res.Figures[figure] = map[string]float64{}
+		}
+		res.Figures[figure][target] = bench.Summarise(values).Median
+	}
+	var out bytes.Buffer
+	if err := noisyNeighbour(context.Background(), "smoke", []*process{mochi, nats}, record, &res, &out); err != nil {
+		t.Fatalf("noisy neighbour: %v\n%s", err, out.String())
+	}
+	t.Log(out.String())
+	for _, f := range []string{"noisy_neighbour_solo_p99_us", "noisy_neighbour_attack_p99_us", "noisy_neighbour_degradation"} {
+		for _, target := range []string{"mochi", "nats"} {
+			if v, ok := res.Figures[f][target]; !ok || v <= 0 {
+				t.Errorf("figure %s of %s: %v (there: %v), want a positive number\n%s", f, target, v, ok, out.String())
+			}
+		}
+	}
+	if _, ok := res.Figures["noisy_neighbour_attack_cpu_ms_per_s"]["nats"]; !ok {
+		t.Errorf("no noisy_neighbour_attack_cpu_ms_per_s for nats")
+	}
+	// Without Roost there is nothing to compare with.
+	if r, ok := res.Absolute["noisy_neighbour_degradation_roost"]; !ok || r != nil {
+		t.Errorf("absolute noisy_neighbour_degradation_roost %v (there: %v), want null without roost", r, ok)
 	}
 }

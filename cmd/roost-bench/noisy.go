@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"syscall"
 	"time"
@@ -18,9 +19,9 @@ import (
 
 // The noisy neighbour: a quiet client's publish-to-delivery p99 alone and
 // while a noisy neighbour attacks the same broker — on Roost another
-// tenant (the free plan's limits), on mosquitto another client. The
-// attack is the same for both, in the same run: a flood of QoS 0
-// publishes at ten times the free plan's tenant_publish_rate (10,000 a
+// tenant (the free plan's limits), on bare mochi, mosquitto and NATS
+// another client. The attack is the same for all, in the same run: a
+// flood of QoS 0 publishes at ten times the free plan's tenant_publish_rate (10,000 a
 // second over 10 connections, 3.1.1) and a storm of 1,000 connection
 // attempts a second by raw sockets, each sending a CONNECT. It comes from
 // 127.0.0.2 — another host, as far as the broker can tell — in a process
@@ -43,10 +44,12 @@ var noisySizes = map[string]struct{ rounds, perPhase int }{
 	"smoke": {rounds: 1, perPhase: 40},
 }
 
-// noisyTargets are the brokers the noisy neighbour runs on.
-var noisyTargets = []string{"roost", "mosquitto"}
+// noisyTargets are the brokers the noisy neighbour runs on: Roost and
+// every peer (the goal compares Roost with mosquitto; bare mochi
+// and NATS are measured as every other figure is).
+var noisyTargets = []string{"roost", "mochi", "mosquitto", "nats"}
 
-// noisyNeighbour runs the noisy neighbour on Roost and mosquitto among
+// noisyNeighbour runs the noisy neighbour on each of noisyTargets among
 // procs and records, per target, the quiet client's p99 alone and under
 // attack (µs) and the degradation (their ratio), and Roost's degradation
 // as an absolute figure; noisyRatios compares the two.
@@ -54,7 +57,7 @@ func noisyNeighbour(ctx context.Context, suite string, procs []*process, record 
 	sz := noisySizes[suite]
 	for _, p := range procs {
 		name := p.target.Name
-		if name != noisyTargets[0] && name != noisyTargets[1] {
+		if !slices.Contains(noisyTargets, name) {
 			continue
 		}
 		fmt.Fprintf(out, "%s, noisy neighbour ...\n", name)
@@ -91,19 +94,22 @@ func noisyNeighbour(ctx context.Context, suite string, procs []*process, record 
 	return nil
 }
 
-// noisyRatios adds Roost's noisy-neighbour degradation over mosquitto's
-// (smaller is better: the goal is at most 0.5) when both were measured.
+// noisyRatios adds Roost's noisy-neighbour degradation over each peer's
+// (smaller is better: the goal is at most 0.5 of mosquitto's) when Roost's
+// was measured: null for a peer without the figure.
 func noisyRatios(figures map[string]map[string]float64, out map[string]*float64) {
 	by := figures["noisy_neighbour_degradation"]
 	roost, ok := by["roost"]
 	if !ok {
 		return
 	}
-	var r *float64
-	if m, ok := by["mosquitto"]; ok && m > 0 {
-		r = new(roost / m)
+	for _, peer := range noisyTargets[1:] {
+		var r *float64
+		if m, ok := by[peer]; ok && m > 0 {
+			r = new(roost / m)
+		}
+		out["noisy_neighbour_degradation_roost_vs_"+peer] = r
 	}
-	out["noisy_neighbour_degradation_roost_vs_mosquitto"] = r
 }
 
 // startAttacker runs the attack in a child process of this binary (see
