@@ -48,7 +48,7 @@ bench-quick: bench-tools ## Roost, bare mochi-mqtt, mosquitto and NATS side by s
 	./bin/roost-bench -suite quick -roost bin/roost -out bench/results
 
 .PHONY: bench
-bench: bench-tools ## the same at full sizes (25 minutes before NATS and the whole-machine run; not timed since): bench/results/full.json
+bench: bench-tools ## the same at full sizes (57 minutes on 2 CPUs, 2026-12-04): bench/results/full.json
 	./bin/roost-bench -suite full -roost bin/roost -out bench/results
 
 .PHONY: readme-test

@@ -34,7 +34,8 @@ type Quotas struct {
 	// seconds (GET /events, streams' Last-Event-ID); 0 keeps them a day.
 	EventRetention int64 `json:"event_retention"`
 	// MaxStreams is how many app streams (GET /stream) the tenant may
-	// have open at once on one API process.
+	// have open at once, across every API process (a lease each; see
+	// Store.AcquireStream).
 	MaxStreams int64 `json:"max_streams"`
 	// MaxShadowBytes bounds each device's shadow: its desired and
 	// reported state as JSON, in bytes.
