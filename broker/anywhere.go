@@ -181,7 +181,7 @@ func (p *persistence) queuedFor(pk packets.Packet, clientID string) bool {
 func (p *persistence) arrived(pk packets.Packet, m fabric.Message) (packets.Packet, func()) {
 	seqs, skip := p.copiesLacking(m, m.Seqs)
 	if len(seqs) == 0 && len(skip) == 0 {
-		return pk, func() {}
+		return p.tagUnqueued(pk), func() {}
 	}
 	var check []*mqtt.Client
 	p.mu.Lock()
@@ -312,11 +312,13 @@ func (p *persistence) noteResent(clientID string, seq uint64) {
 
 // withheldCopy is a delivery withheld from a client (see withhold): the
 // packet id it still takes, the copy it carries (0: one sent another way),
-// and whether the encoder has dropped its first write.
+// whether the encoder has dropped its first write, and whether it was
+// taken out of the inflight messages already (see orderResend).
 type withheldCopy struct {
 	id      uint16
 	seq     uint64
 	dropped bool
+	out     bool
 }
 
 // withhold takes a delivery mochi just made (it is in the client's
@@ -345,9 +347,12 @@ func (p *persistence) withhold(cl *mqtt.Client, pubID string, packetID uint16, s
 // withheld: the caller keeps it from being written. The first write (from
 // mochi's write queue) is dropped; its id is released once the
 // connection is established, when no resend is to come. A resend of it
-// (DUP, at the CONNACK) cannot be dropped without failing the resend: it
-// is written, and the client acknowledges it under its id, mapped now to
-// its copy (which reconcile then does not send again).
+// (DUP, at the CONNACK) comes only for one withheld in the moment between
+// the CONNACK's encoding, when orderResend takes the withheld deliveries
+// out of the inflight messages, and mochi's resend reading them. It
+// cannot be dropped without failing the resend: it is written, and the
+// client acknowledges it under its id, mapped now to its copy (which
+// reconcile then does not send again).
 func (p *persistence) unsent(cl *mqtt.Client, pk packets.Packet) bool {
 	if p.unsending.Load() == 0 {
 		return false
@@ -374,10 +379,50 @@ func (p *persistence) unsent(cl *mqtt.Client, pk packets.Packet) bool {
 		return false
 	}
 	w.dropped = true
+	if pk.Properties.TopicAliasFlag && pk.TopicName != "" {
+		// It announced an outbound topic alias to the client: announced
+		// by the next delivery under that alias instead.
+		if p.unannounced[cl] == nil {
+			p.unannounced[cl] = map[uint16]string{}
+		}
+		if _, ok := p.unannounced[cl][pk.Properties.TopicAlias]; !ok {
+			p.unannouncedN.Add(1)
+		}
+		p.unannounced[cl][pk.Properties.TopicAlias] = pk.TopicName
+	}
 	if p.live[cl.ID] == cl {
 		p.releaseWithheld(cl, pubID)
 	}
 	return true
+}
+
+// announceAlias gives a PUBLISH about to be written its topic back if it
+// carries only an outbound topic alias whose announcing delivery was
+// withheld and dropped (see unsent): mochi gives a delivery its alias
+// before any hook can refuse it, and leaves the topic out of every later
+// one under that alias, which the client could not resolve [MQTT-3.3.2-7].
+// A PUBLISH with both topic and alias announces it again [MQTT-3.3.2-12].
+// The upstream fix is mochi's: a hook before a delivery, able to refuse
+// it before its alias is given.
+func (p *persistence) announceAlias(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if p.unannouncedN.Load() == 0 || !pk.Properties.TopicAliasFlag {
+		return pk
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	topic, ok := p.unannounced[cl][pk.Properties.TopicAlias]
+	if !ok {
+		return pk
+	}
+	if pk.TopicName == "" {
+		pk.TopicName = topic
+	}
+	delete(p.unannounced[cl], pk.Properties.TopicAlias)
+	if len(p.unannounced[cl]) == 0 {
+		delete(p.unannounced, cl)
+	}
+	p.unannouncedN.Add(-1)
+	return pk
 }
 
 // releaseWithheld frees a withheld delivery's packet id and forgets it.
@@ -388,7 +433,7 @@ func (p *persistence) releaseWithheld(cl *mqtt.Client, pubID string) {
 	if w == nil {
 		return
 	}
-	if cur, ok := cl.State.Inflight.Get(w.id); ok {
+	if cur, ok := cl.State.Inflight.Get(w.id); ok && !w.out {
 		if got, _ := pubIDOf(cur); got == pubID && cl.State.Inflight.Delete(w.id) {
 			atomic.AddInt64(&p.server.Info.Inflight, -1)
 			cl.State.Inflight.IncreaseSendQuota()

@@ -189,6 +189,13 @@ type persistence struct {
 	resent    map[string]map[uint64]time.Time
 	unsend    map[string]map[string]*withheldCopy
 	unsending atomic.Int64
+	// unannounced holds, per connection, the outbound topic aliases mochi
+	// gave withheld deliveries whose writes were dropped: the client never
+	// learned them, so the next delivery under each carries its topic
+	// again (see announceAlias); unannouncedN counts them, read without
+	// the lock as each PUBLISH is encoded.
+	unannounced  map[*mqtt.Client]map[uint16]string
+	unannouncedN atomic.Int64
 }
 
 // sessionHost is what persistence asks of its tenant's broker.
@@ -230,6 +237,7 @@ func newPersistence(st SessionStore, tenant string, server *mqtt.Server, host se
 		live: map[string]*mqtt.Client{}, recheck: map[string]bool{}, lost: map[string]map[string]uint64{}, holding: map[string]bool{}, held: map[string]uint64{}, heldPk: map[string]map[uint64]packets.Packet{},
 		appending: map[uint64]bool{}, acking: map[string]map[uint64]bool{}, reading: map[string]int{},
 		resent: map[string]map[uint64]time.Time{}, unsend: map[string]map[string]*withheldCopy{}, claiming: map[string]int{},
+		unannounced: map[*mqtt.Client]map[uint16]string{},
 	}
 	p.appended.L = &p.mu
 	return p
@@ -315,7 +323,7 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 		return pk, nil // queued where it arrived, and tagged by deliverRemote
 	}
 	if !pk.FixedHeader.Retain && (pk.FixedHeader.Qos == 0 || p.storedN.Load() == 0) {
-		return pk, nil
+		return p.tagUnqueued(pk), nil
 	}
 	ctx, cancel := storeCtx()
 	defer cancel()
@@ -345,7 +353,7 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 		items = append(items, store.Item{ClientID: id, Message: m})
 	}
 	if len(items) == 0 {
-		return pk, nil
+		return p.tagUnqueued(pk), nil
 	}
 	items = p.makeRoom(ctx, items)
 	if len(items) == 0 {
@@ -405,6 +413,18 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 	pk = p.tagLocked(pk, copies)
 	p.appendEndsLocked(ticket)
 	return pk, nil
+}
+
+// tagUnqueued tags a QoS 1 or 2 publish no copy was queued for here, where
+// sessions live anywhere: a session this broker adopts while the publish is
+// on its way (see adopt) may be handed it by mochi all the same, and its
+// copy, which the fabric queued, must reach it from the queue, in order
+// (see handedOver). Elsewhere, and at QoS 0, it returns pk as it is.
+func (p *persistence) tagUnqueued(pk packets.Packet) packets.Packet {
+	if !p.anywhere || pk.FixedHeader.Qos == 0 {
+		return pk
+	}
+	return p.tag(pk, map[string]uint64{})
 }
 
 // appendStarts registers an append of beforeAck before it reaches the
@@ -536,13 +556,24 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.
 // any order; this gives them increasing Created values in queue order.
 func (p *persistence) orderResend(cl *mqtt.Client) {
 	p.mu.Lock()
-	// A delivery withheld (see withhold) that came over with the inflight
-	// messages is resent with them, and dropped by the encoder (unsent).
+	// A delivery withheld (see withhold) is taken out of the inflight
+	// messages before mochi's resend reads them: resent, it would be
+	// written (see unsent) ahead of the older copies the session sends
+	// after the CONNACK. Its write still queued, if any, is dropped by the
+	// encoder, which knows it by its tag, not by its packet id.
 	// A copy routed to the object taken over that mochi copied here is
 	// this connection's now, under the id it came with.
 	for _, pk := range cl.State.Inflight.GetAll(false) {
 		pubID, ok := pubIDOf(pk)
 		if !ok {
+			continue
+		}
+		if w, withheld := p.unsend[cl.ID][pubID]; withheld && w.id == pk.PacketID && !w.out {
+			w.out = true
+			if cl.State.Inflight.Delete(pk.PacketID) {
+				atomic.AddInt64(&p.server.Info.Inflight, -1)
+				cl.State.Inflight.IncreaseSendQuota()
+			}
 			continue
 		}
 		if seq, lost := p.lost[cl.ID][pubID]; lost {
@@ -647,6 +678,19 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 		case ok && first && p.holds(cl):
 			p.withhold(cl, pubID, out.PacketID, seq)
 			p.holdBack(cl.ID, seq, out)
+			p.mu.Unlock()
+			return
+		case !ok && first && p.anywhere && persistent(cl) && cl.Net.Conn != nil && !cl.Closed() &&
+			!cl.IsTakenOver() && p.live[cl.ID] != cl:
+			// A publish that queued no copy here reaching a session
+			// adopted after it was stored (see tagUnqueued), on a
+			// connection not yet established: the fabric queued its copy,
+			// which the attach's catch-up sends from the queue after the
+			// older ones it finds there. Written now, it would overtake
+			// them (TestSpreadFleetKill, once: a publish here just before
+			// the CONNACK reached the client before the 82 queued while
+			// it was away).
+			p.withhold(cl, pubID, out.PacketID, 0)
 			p.mu.Unlock()
 			return
 		case ok && first && p.anywhere && cl.Net.Conn == nil && !cl.IsTakenOver():
@@ -878,6 +922,10 @@ func (p *persistence) gone(cl *mqtt.Client) {
 	defer p.mu.Unlock()
 	if p.live[cl.ID] == cl {
 		delete(p.live, cl.ID)
+	}
+	if n := len(p.unannounced[cl]); n > 0 {
+		delete(p.unannounced, cl)
+		p.unannouncedN.Add(-int64(n))
 	}
 	if cur, ok := p.server.Clients.Get(cl.ID); ok && cur != cl {
 		return

@@ -149,6 +149,8 @@ func (h *sessionHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets
 	case pk.FixedHeader.Type == packets.Publish:
 		if h.p.unsent(cl, pk) {
 			pk.Mods.MaxSize = unwritable
+		} else {
+			pk = h.p.announceAlias(cl, pk)
 		}
 		return withoutTag(pk)
 	case pk.FixedHeader.Type == packets.Connack && pk.SessionPresent:
