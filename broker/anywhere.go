@@ -181,7 +181,7 @@ func (p *persistence) queuedFor(pk packets.Packet, clientID string) bool {
 func (p *persistence) arrived(pk packets.Packet, m fabric.Message) (packets.Packet, func()) {
 	seqs, skip := p.copiesLacking(m, m.Seqs)
 	if len(seqs) == 0 && len(skip) == 0 {
-		return pk, func() {}
+		return p.tagUnqueued(pk), func() {}
 	}
 	var check []*mqtt.Client
 	p.mu.Lock()
@@ -310,29 +310,49 @@ func (p *persistence) noteResent(clientID string, seq uint64) {
 	sent[seq] = now
 }
 
+// withheldCopy is a delivery withheld from a client (see withhold): the
+// packet id it still takes, the copy it carries (0: one sent another way),
+// whether the encoder has dropped its first write, and whether it was
+// taken out of the inflight messages already (see orderResend).
+type withheldCopy struct {
+	id      uint16
+	seq     uint64
+	dropped bool
+	out     bool
+}
+
 // withhold takes a delivery mochi just made (it is in the client's
-// inflight messages, and on its way to be written) back: it leaves the
-// inflight messages now, and unsent tells the encoder not to write it.
-// Called with p.mu held.
-func (p *persistence) withhold(cl *mqtt.Client, pubID string, packetID uint16) {
-	if cl.State.Inflight.Delete(packetID) {
-		atomic.AddInt64(&p.server.Info.Inflight, -1)
-	}
+// inflight messages, and on its way to be written) back: unsent tells the
+// encoder not to write it. Its packet id stays taken in the inflight
+// messages, mapped to no copy, until no write of it can come any more
+// (releaseWithheld): mochi may write it from two places, its write queue
+// and its resend at the CONNACK (whose snapshot of the inflight messages
+// may hold it), and an id given to another message meanwhile would have
+// the client's acknowledgement of one taken for the other. A copy noted
+// under this id for a client object taken over is forgotten for the same
+// reason. Called with p.mu held.
+func (p *persistence) withhold(cl *mqtt.Client, pubID string, packetID uint16, seq uint64) {
+	delete(p.inflight[cl.ID], packetID)
 	if p.unsend[cl.ID] == nil {
-		p.unsend[cl.ID] = map[string]bool{}
+		p.unsend[cl.ID] = map[string]*withheldCopy{}
 	}
-	if !p.unsend[cl.ID][pubID] {
-		p.unsend[cl.ID][pubID] = true
+	if _, ok := p.unsend[cl.ID][pubID]; !ok {
+		p.unsend[cl.ID][pubID] = &withheldCopy{id: packetID, seq: seq}
 		p.unsending.Add(1)
 	}
-	p.log.Debug("a message from another node withheld: its copy was sent already", "client_id", cl.ID)
+	p.log.Debug("a delivery withheld", "client_id", cl.ID)
 }
 
 // unsent reports whether a PUBLISH about to be written to a client was
-// withheld, and forgets it: the caller keeps it from being written. mochi
-// took one from the client's send quota for it, given back here (the
-// client will not acknowledge it); had it held the message back for want
-// of quota, it put it in the inflight messages again, taken out here.
+// withheld: the caller keeps it from being written. The first write (from
+// mochi's write queue) is dropped; its id is released once the
+// connection is established, when no resend is to come. A resend of it
+// (DUP, at the CONNACK) comes only for one withheld in the moment between
+// the CONNACK's encoding, when orderResend takes the withheld deliveries
+// out of the inflight messages, and mochi's resend reading them. It
+// cannot be dropped without failing the resend: it is written, and the
+// client acknowledges it under its id, mapped now to its copy (which
+// reconcile then does not send again).
 func (p *persistence) unsent(cl *mqtt.Client, pk packets.Packet) bool {
 	if p.unsending.Load() == 0 {
 		return false
@@ -342,25 +362,120 @@ func (p *persistence) unsent(cl *mqtt.Client, pk packets.Packet) bool {
 		return false
 	}
 	p.mu.Lock()
-	withheld := p.unsend[cl.ID][pubID]
-	if withheld {
-		delete(p.unsend[cl.ID], pubID)
-		if len(p.unsend[cl.ID]) == 0 {
-			delete(p.unsend, cl.ID)
+	defer p.mu.Unlock()
+	w, withheld := p.unsend[cl.ID][pubID]
+	switch {
+	case !withheld:
+		return false
+	case pk.FixedHeader.Dup:
+		if w.seq != 0 {
+			if p.inflight[cl.ID] == nil {
+				p.inflight[cl.ID] = map[uint16]uint64{}
+			}
+			p.inflight[cl.ID][pk.PacketID] = w.seq
+			delete(p.heldPk[cl.ID], w.seq)
 		}
-		p.unsending.Add(-1)
+		p.forgetWithheldCopy(cl.ID, pubID)
+		return false
 	}
-	p.mu.Unlock()
-	if withheld {
-		cl.State.Inflight.Delete(pk.PacketID)
-		cl.State.Inflight.IncreaseSendQuota()
+	w.dropped = true
+	if pk.Properties.TopicAliasFlag && pk.TopicName != "" {
+		// It announced an outbound topic alias to the client: announced
+		// by the next delivery under that alias instead.
+		if p.unannounced[cl] == nil {
+			p.unannounced[cl] = map[uint16]string{}
+		}
+		if _, ok := p.unannounced[cl][pk.Properties.TopicAlias]; !ok {
+			p.unannouncedN.Add(1)
+		}
+		p.unannounced[cl][pk.Properties.TopicAlias] = pk.TopicName
 	}
-	return withheld
+	if p.live[cl.ID] == cl {
+		p.releaseWithheld(cl, pubID)
+	}
+	return true
+}
+
+// announceAlias gives a PUBLISH about to be written its topic back if it
+// carries only an outbound topic alias whose announcing delivery was
+// withheld and dropped (see unsent): mochi gives a delivery its alias
+// before any hook can refuse it, and leaves the topic out of every later
+// one under that alias, which the client could not resolve [MQTT-3.3.2-7].
+// A PUBLISH with both topic and alias announces it again [MQTT-3.3.2-12].
+// The upstream fix is mochi's: a hook before a delivery, able to refuse
+// it before its alias is given.
+func (p *persistence) announceAlias(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	if p.unannouncedN.Load() == 0 || !pk.Properties.TopicAliasFlag {
+		return pk
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	topic, ok := p.unannounced[cl][pk.Properties.TopicAlias]
+	if !ok {
+		return pk
+	}
+	if pk.TopicName == "" {
+		pk.TopicName = topic
+	}
+	delete(p.unannounced[cl], pk.Properties.TopicAlias)
+	if len(p.unannounced[cl]) == 0 {
+		delete(p.unannounced, cl)
+	}
+	p.unannouncedN.Add(-1)
+	return pk
+}
+
+// releaseWithheld frees a withheld delivery's packet id and forgets it.
+// mochi took one from the client's send quota for it, given back here
+// (the client will not acknowledge it). Called with p.mu held.
+func (p *persistence) releaseWithheld(cl *mqtt.Client, pubID string) {
+	w := p.unsend[cl.ID][pubID]
+	if w == nil {
+		return
+	}
+	if cur, ok := cl.State.Inflight.Get(w.id); ok && !w.out {
+		if got, _ := pubIDOf(cur); got == pubID && cl.State.Inflight.Delete(w.id) {
+			atomic.AddInt64(&p.server.Info.Inflight, -1)
+			cl.State.Inflight.IncreaseSendQuota()
+		}
+	}
+	p.forgetWithheldCopy(cl.ID, pubID)
+}
+
+// forgetWithheldCopy forgets one withheld delivery. Called with p.mu held.
+func (p *persistence) forgetWithheldCopy(clientID, pubID string) {
+	if _, ok := p.unsend[clientID][pubID]; !ok {
+		return
+	}
+	delete(p.unsend[clientID], pubID)
+	if len(p.unsend[clientID]) == 0 {
+		delete(p.unsend, clientID)
+	}
+	p.unsending.Add(-1)
+}
+
+// releaseDropped, as a connection is established (its resend at the
+// CONNACK done), releases the withheld deliveries whose write was
+// dropped already: none of them can be written now. Called with p.mu held.
+func (p *persistence) releaseDropped(cl *mqtt.Client) {
+	for pubID, w := range p.unsend[cl.ID] {
+		if w.dropped {
+			p.releaseWithheld(cl, pubID)
+		}
+	}
 }
 
 // forgetWithheld forgets the deliveries withheld from a client that
-// were never to be written: its connection ended. Called with p.mu held.
-func (p *persistence) forgetWithheld(clientID string) {
+// were never to be written: its connection ended. Their ids are taken
+// out of the client object's inflight messages: left there, they would
+// be resent to the next connection as messages the client has. cl may be
+// nil. Called with p.mu held.
+func (p *persistence) forgetWithheld(cl *mqtt.Client, clientID string) {
+	if cl != nil {
+		for pubID := range p.unsend[clientID] {
+			p.releaseWithheld(cl, pubID)
+		}
+	}
 	p.unsending.Add(-int64(len(p.unsend[clientID])))
 	delete(p.unsend, clientID)
 }
@@ -401,9 +516,11 @@ func (p *persistence) catchUp(cl *mqtt.Client) {
 	}
 	p.doneReading(cl.ID)
 	p.mu.Unlock()
-	if err == nil && len(queued) > 0 {
-		p.reconcile(cl)
+	if err != nil {
+		p.log.Warn("read a session's queue to catch up", "client_id", cl.ID, "err", err)
 	}
+	// Also with nothing read: the reconcile ends a hold (see established).
+	p.reconcile(cl)
 }
 
 // appendingUpTo reports whether an append with a ticket up to last is in
@@ -479,31 +596,69 @@ func (inst *instance) kicked(clientID string, epoch uint64) {
 	if mine >= epoch && epoch != 0 {
 		return // claimed here since: the kick is late
 	}
-	inst.cancelWill(clientID)
-	if cl == nil {
-		return
+	if c, ok := inst.server.Clients.Get(clientID); cl == nil && ok && !c.Net.Inline && c.Net.Conn != nil && !c.Closed() {
+		cl = c // connected, not yet established: let go of it all the same
 	}
-	inst.log.Info("session taken over on another node", "client_id", clientID)
-	p.mu.Lock()
-	p.letGo(clientID)
-	p.mu.Unlock()
-	endConn(inst.server, cl, packets.ErrSessionTakenOver)
+	inst.cancelWill(clientID)
+	if cl != nil {
+		inst.log.Info("session taken over on another node", "client_id", clientID)
+		// Let go first: a publish here that takes its append ticket from
+		// now on queues nothing for the session (see appendStartsFor);
+		// those that took one before are waited for.
+		p.mu.Lock()
+		p.letGo(clientID)
+		for last := p.nextAppend; p.appendingUpTo(last); {
+			p.appended.Wait()
+		}
+		p.mu.Unlock()
+		endConn(inst.server, cl, packets.ErrSessionTakenOver)
+	}
+	if r := inst.routes; r != nil && r.sess != nil {
+		ctx, cancel := routeCtx()
+		defer cancel()
+		if err := r.sess.Release(ctx, clientID, epoch); err != nil {
+			inst.log.Warn("release a session taken over on another node", "client_id", clientID, "err", err)
+		}
+	}
 }
 
-// kickElsewhere tells the node a resumed session's client was last
-// connected to, if another, to end that connection, before this one gets
-// its CONNACK (see fabric.Tenant.Kick): else that node went on serving it
-// what was published after the CONNACK until the kick the attach sends
-// reached it. An error is logged: the attach kicks it again.
-func (inst *instance) kickElsewhere(ctx context.Context, clientID string) {
+// handOver, for a stored session a connection resumes, tells the node its
+// client was last connected to, if another, to end that connection
+// (fabric.Tenant.Kick), and waits (up to handOverWait) until that node
+// released it: only then is the session's queue read (adopt) and the
+// CONNACK sent. So that node serves the old connection nothing published
+// after the CONNACK, and whatever it queued for the session from its own
+// publishers while it held the session is in the queue before the read:
+// delivered first, in order. A node that has not renewed its membership
+// for two renewals (dead, or cut off) is not waited for at all, and one
+// that does not answer in time (just killed, or paused: its lease fences
+// it) not longer; an error is logged, and the attach kicks again.
+func (inst *instance) handOver(ctx context.Context, clientID string) {
 	r := inst.routes
 	if r == nil || r.sess == nil {
 		return
 	}
-	if err := r.sess.Kick(ctx, clientID, inst.persist.epoch(clientID)); err != nil {
+	epoch := inst.persist.epoch(clientID)
+	told, err := r.sess.Kick(ctx, clientID, epoch)
+	if err != nil {
 		inst.log.Warn("end a resumed session's connection on another node before the CONNACK", "client_id", clientID, "err", err)
+		return
+	}
+	if !told {
+		return
+	}
+	wctx, cancel := context.WithTimeout(ctx, handOverWait)
+	defer cancel()
+	if !r.sess.AwaitRelease(wctx, clientID, epoch) {
+		inst.log.Warn("the node a resumed session was on did not release it in time; resumed all the same", "client_id", clientID, "waited", handOverWait)
 	}
 }
+
+// handOverWait bounds how long a resuming connection waits for the node
+// its session was on to release it: a node that answers releases within
+// milliseconds; one just killed holds its clients' reconnections up this
+// long, until its membership shows it stopped renewing.
+const handOverWait = 500 * time.Millisecond
 
 // discard ends the stored session a connection does not resume (a clean
 // start, a connection that keeps none, or expired) before the connection

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"hash/maphash"
 	"log/slog"
 	"math"
 	"slices"
@@ -137,6 +138,22 @@ type persistence struct {
 	// over (see handedOver and reconcile).
 	live    map[string]*mqtt.Client
 	recheck map[string]bool
+	// lost holds, per client, the copies routed to a client object a new
+	// connection took over, by publish tag (see handedOver).
+	lost map[string]map[string]uint64
+	// holding holds, per client, its deliveries back from its connection
+	// until a reconcile sends them from the queue in order (see hold);
+	// held counts the deliveries withheld for it, so that a reconcile
+	// knows whether more were withheld as it sent.
+	holding map[string]bool
+	held    map[string]uint64
+	// heldPk keeps, per client, the deliveries held back by their copy's
+	// number, for reconcile to send without reading the store; each is an
+	// outstanding copy, so max_queued bounds them.
+	heldPk map[string]map[uint64]packets.Packet
+	// reconciling serializes each client's reconciles (by a hash of its
+	// client id).
+	reconciling [64]sync.Mutex
 	// retainedOnly restores retained messages only: a spread tenant's
 	// broker on a node other than its home, where no persistent session
 	// lives, or any of its brokers when sessions live anywhere (see
@@ -163,14 +180,22 @@ type persistence struct {
 	// What must not reach a session twice (see arrived): resent holds,
 	// per session, the copies reconcile sent (and when), which an entry
 	// in this node's inbox may bring again; unsend holds, per client, the
-	// publishes (by tag) mochi handed it that are not to be written, and
+	// publishes (by tag) mochi handed it that are not to be written, with
+	// the packet id each still takes (see withhold), and
 	// unsending counts them, read without the lock as each PUBLISH is
 	// encoded.
 	// claiming counts, per client, the claims this broker has in flight.
 	claiming  map[string]int
 	resent    map[string]map[uint64]time.Time
-	unsend    map[string]map[string]bool
+	unsend    map[string]map[string]*withheldCopy
 	unsending atomic.Int64
+	// unannounced holds, per connection, the outbound topic aliases mochi
+	// gave withheld deliveries whose writes were dropped: the client never
+	// learned them, so the next delivery under each carries its topic
+	// again (see announceAlias); unannouncedN counts them, read without
+	// the lock as each PUBLISH is encoded.
+	unannounced  map[*mqtt.Client]map[uint16]string
+	unannouncedN atomic.Int64
 }
 
 // sessionHost is what persistence asks of its tenant's broker.
@@ -209,9 +234,10 @@ func newPersistence(st SessionStore, tenant string, server *mqtt.Server, host se
 		pubs: map[string]pubCopies{}, inflight: map[string]map[uint16]uint64{},
 		outstanding: map[string][]uint64{}, epochs: map[string]uint64{}, devices: map[string]string{}, stored: map[string]bool{}, dropped: map[string]int64{},
 		marks: map[string]map[uint64]mark{}, received: map[string]map[uint16]bool{},
-		live: map[string]*mqtt.Client{}, recheck: map[string]bool{},
+		live: map[string]*mqtt.Client{}, recheck: map[string]bool{}, lost: map[string]map[string]uint64{}, holding: map[string]bool{}, held: map[string]uint64{}, heldPk: map[string]map[uint64]packets.Packet{},
 		appending: map[uint64]bool{}, acking: map[string]map[uint64]bool{}, reading: map[string]int{},
-		resent: map[string]map[uint64]time.Time{}, unsend: map[string]map[string]bool{}, claiming: map[string]int{},
+		resent: map[string]map[uint64]time.Time{}, unsend: map[string]map[string]*withheldCopy{}, claiming: map[string]int{},
+		unannounced: map[*mqtt.Client]map[uint16]string{},
 	}
 	p.appended.L = &p.mu
 	return p
@@ -244,9 +270,10 @@ func (p *persistence) sweep(olderThan time.Time, catchUp func(*mqtt.Client)) {
 	p.mu.Unlock()
 	for _, cl := range live {
 		if p.anywhere {
-			catchUp(cl)
+			catchUp(cl) // and reconcile
+		} else {
+			p.reconcile(cl)
 		}
-		p.reconcile(cl)
 	}
 }
 
@@ -296,7 +323,7 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 		return pk, nil // queued where it arrived, and tagged by deliverRemote
 	}
 	if !pk.FixedHeader.Retain && (pk.FixedHeader.Qos == 0 || p.storedN.Load() == 0) {
-		return pk, nil
+		return p.tagUnqueued(pk), nil
 	}
 	ctx, cancel := storeCtx()
 	defer cancel()
@@ -326,7 +353,7 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 		items = append(items, store.Item{ClientID: id, Message: m})
 	}
 	if len(items) == 0 {
-		return pk, nil
+		return p.tagUnqueued(pk), nil
 	}
 	items = p.makeRoom(ctx, items)
 	if len(items) == 0 {
@@ -338,9 +365,7 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 	if pk.FixedHeader.Qos == 2 && !cl.Net.Inline && persistent(cl) {
 		receipt = store.Receipt{ClientID: cl.ID, PacketID: pk.PacketID}
 	}
-	all := items
 	if *ow != nil {
-		all = append(slices.Clip(items), (*ow).items...)
 		// After the connection's queued outbox writes: the outbox keeps
 		// a device's messages in order (see durable.go).
 		if dc, ok := cl.Net.Conn.(*deviceConn); ok && !cl.Net.Inline {
@@ -349,7 +374,17 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 			}
 		}
 	}
-	ticket := p.appendStarts()
+	ticket, items := p.appendStartsFor(items)
+	if len(items) == 0 {
+		// Every copy was for a session let go of meanwhile (see kicked):
+		// the fabric queues them. An outbox write is made alone.
+		p.appendEnds(ticket)
+		return p.tag(pk, map[string]uint64{}), nil
+	}
+	all := items
+	if *ow != nil {
+		all = append(slices.Clip(items), (*ow).items...)
+	}
 	seqs, err := p.st.Append(ctx, p.tenant, all, receipt)
 	if err != nil {
 		p.appendEnds(ticket)
@@ -380,15 +415,35 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 	return pk, nil
 }
 
+// tagUnqueued tags a QoS 1 or 2 publish no copy was queued for here, where
+// sessions live anywhere: a session this broker adopts while the publish is
+// on its way (see adopt) may be handed it by mochi all the same, and its
+// copy, which the fabric queued, must reach it from the queue, in order
+// (see handedOver). Elsewhere, and at QoS 0, it returns pk as it is.
+func (p *persistence) tagUnqueued(pk packets.Packet) packets.Packet {
+	if !p.anywhere || pk.FixedHeader.Qos == 0 {
+		return pk
+	}
+	return p.tag(pk, map[string]uint64{})
+}
+
 // appendStarts registers an append of beforeAck before it reaches the
 // store, and appendEnds (appendEndsLocked, with p.mu held) once its copies
 // are noted or it failed; see catchUp.
-func (p *persistence) appendStarts() uint64 {
+// appendStartsFor is appendStarts for copies to queue from a publish
+// here: where sessions live anywhere, it leaves out those for sessions this
+// broker let go of (taken over elsewhere: see kicked), under the same lock
+// as the ticket, so that a kick waiting for the appends in flight knows
+// that later ones queue nothing for its session.
+func (p *persistence) appendStartsFor(items []store.Item) (uint64, []store.Item) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.anywhere {
+		items = slices.DeleteFunc(items, func(it store.Item) bool { return p.epochs[it.ClientID] == 0 })
+	}
 	p.nextAppend++
 	p.appending[p.nextAppend] = true
-	return p.nextAppend
+	return p.nextAppend, items
 }
 
 func (p *persistence) appendEnds(ticket uint64) {
@@ -501,6 +556,36 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.
 // any order; this gives them increasing Created values in queue order.
 func (p *persistence) orderResend(cl *mqtt.Client) {
 	p.mu.Lock()
+	// A delivery withheld (see withhold) is taken out of the inflight
+	// messages before mochi's resend reads them: resent, it would be
+	// written (see unsent) ahead of the older copies the session sends
+	// after the CONNACK. Its write still queued, if any, is dropped by the
+	// encoder, which knows it by its tag, not by its packet id.
+	// A copy routed to the object taken over that mochi copied here is
+	// this connection's now, under the id it came with.
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		pubID, ok := pubIDOf(pk)
+		if !ok {
+			continue
+		}
+		if w, withheld := p.unsend[cl.ID][pubID]; withheld && w.id == pk.PacketID && !w.out {
+			w.out = true
+			if cl.State.Inflight.Delete(pk.PacketID) {
+				atomic.AddInt64(&p.server.Info.Inflight, -1)
+				cl.State.Inflight.IncreaseSendQuota()
+			}
+			continue
+		}
+		if seq, lost := p.lost[cl.ID][pubID]; lost {
+			if _, mapped := p.inflight[cl.ID][pk.PacketID]; !mapped {
+				if p.inflight[cl.ID] == nil {
+					p.inflight[cl.ID] = map[uint16]uint64{}
+				}
+				p.inflight[cl.ID][pk.PacketID] = seq
+			}
+		}
+	}
+	delete(p.lost, cl.ID)
 	bySeq := p.inflight[cl.ID]
 	type entry struct {
 		seq uint64
@@ -581,29 +666,67 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 	seq, ok := p.inflight[cl.ID][out.PacketID]
 	if pubID, tagged := pubIDOf(out); tagged {
 		if p.pubs[pubID].skip[cl.ID] {
-			p.withhold(cl, pubID, out.PacketID)
+			p.withhold(cl, pubID, out.PacketID, 0)
 			p.mu.Unlock()
 			return
 		}
 		seq, ok = p.pubs[pubID].seqs[cl.ID]
+		// Only a first delivery is held back: a resend (DUP) is of a
+		// message the connection has, from mochi's resend at the
+		// CONNACK, which must write it.
+		switch first := !out.FixedHeader.Dup; {
+		case ok && first && p.holds(cl):
+			p.withhold(cl, pubID, out.PacketID, seq)
+			p.holdBack(cl.ID, seq, out)
+			p.mu.Unlock()
+			return
+		case !ok && first && p.anywhere && persistent(cl) && cl.Net.Conn != nil && !cl.Closed() &&
+			!cl.IsTakenOver() && p.live[cl.ID] != cl:
+			// A publish that queued no copy here reaching a session
+			// adopted after it was stored (see tagUnqueued), on a
+			// connection not yet established: the fabric queued its copy,
+			// which the attach's catch-up sends from the queue after the
+			// older ones it finds there. Written now, it would overtake
+			// them (TestSpreadFleetKill, once: a publish here just before
+			// the CONNACK reached the client before the 82 queued while
+			// it was away).
+			p.withhold(cl, pubID, out.PacketID, 0)
+			p.mu.Unlock()
+			return
+		case ok && first && p.anywhere && cl.Net.Conn == nil && !cl.IsTakenOver():
+			// A session adopted for a connection that has not taken it
+			// over yet (see adopt): kept here, the copy would be resent
+			// at the CONNACK, before older ones other nodes queued that
+			// the attach's catch-up finds. It stays in the queue, and is
+			// sent from there once the connection caught up.
+			p.holdBack(cl.ID, seq, out)
+			p.mu.Unlock()
+			if cl.State.Inflight.Delete(out.PacketID) {
+				atomic.AddInt64(&p.server.Info.Inflight, -1)
+			}
+			return
+		}
 		if ok {
 			if p.inflight[cl.ID] == nil {
 				p.inflight[cl.ID] = map[uint16]uint64{}
 			}
-			_, mapped := p.inflight[cl.ID][out.PacketID]
-			switch {
-			case !cl.IsTakenOver():
+			if !cl.IsTakenOver() {
 				p.inflight[cl.ID][out.PacketID] = seq
-			case !mapped:
+			} else {
 				// Routed to the client object a new connection is taking
 				// over: whether mochi copied it to the new one depends on
-				// timing. Once routed, the session is checked (see
-				// reconcile). A packet id the new connection already uses
-				// for another message keeps that message.
-				p.inflight[cl.ID][out.PacketID] = seq
+				// timing, and the packet id is the old object's, which
+				// the new one may give another message. Noted by its tag:
+				// a copy the new connection inherited is mapped to it as
+				// the CONNACK goes out (see orderResend); else, once
+				// routed, the session sends it (see reconcile), holding
+				// newer ones back meanwhile.
+				if p.lost[cl.ID] == nil {
+					p.lost[cl.ID] = map[string]uint64{}
+				}
+				p.lost[cl.ID][pubID] = seq
 				p.recheck[cl.ID] = true
-			default:
-				p.recheck[cl.ID] = true
+				p.holding[cl.ID] = true
 			}
 		} else if persistent(cl) && (cl.Net.Conn == nil || cl.Closed()) {
 			// Not stored for this offline session (its queue was full):
@@ -624,6 +747,48 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 	if !p.mark(cl, seq, want) {
 		cl.Stop(packets.ErrUnspecifiedError)
 	}
+}
+
+// holds reports whether a delivery of a stored copy to a client object is
+// to be withheld (see withhold) and sent from the queue by reconcile
+// instead, so that it cannot overtake an older copy of the session's. That
+// is so for a connected client object
+//   - before its connection is established: mochi resends what the
+//     session held between the CONNACK and established, and a delivery
+//     written meanwhile would go out before that resend;
+//   - while the session holds its deliveries (holding): a copy went to the
+//     client object this connection took over, where it is lost (mochi
+//     copied that object's messages already), or was withheld before; a
+//     newer one written now would overtake it. reconcile sends them, in
+//     queue order, once no older copy is still being routed, and ends the
+//     hold once it sent everything withheld.
+//
+// A client object with no connection (a session waiting for its client,
+// or one being taken over) keeps what mochi hands it: the connection that
+// takes it over inherits it, in order. Called with p.mu held.
+func (p *persistence) holds(cl *mqtt.Client) bool {
+	if cl.IsTakenOver() || cl.Net.Conn == nil || cl.Closed() || !persistent(cl) {
+		return false
+	}
+	return p.live[cl.ID] != cl || p.holding[cl.ID]
+}
+
+// holdBack notes a delivery of copy seq to a client held back: the
+// session holds its deliveries until a reconcile sent it. Called with p.mu
+// held.
+func (p *persistence) holdBack(clientID string, seq uint64, pk packets.Packet) {
+	p.holding[clientID] = true
+	p.held[clientID]++
+	p.recheck[clientID] = true
+	if pk.Properties.TopicAliasFlag {
+		// mochi gave it an outbound topic alias (and may have left out the
+		// topic): sent from the store, with its topic, instead.
+		return
+	}
+	if p.heldPk[clientID] == nil {
+		p.heldPk[clientID] = map[uint64]packets.Packet{}
+	}
+	p.heldPk[clientID][seq] = withoutTag(pk)
 }
 
 // mark writes a QoS 2 message's mark; false if the store failed.
@@ -726,23 +891,57 @@ func (p *persistence) routed(pk packets.Packet) {
 
 // established notes a persistent session's connection ready (its CONNACK
 // and resends written) and checks that it has every message its queue
-// holds.
-func (p *persistence) established(cl *mqtt.Client) {
+// holds; it sends what was withheld from the connection until now (see
+// holds). A session the fabric attaches here (attaching: it lives on any
+// node) holds its deliveries until the attach's catch-up read what other
+// nodes queued for it meanwhile and sent it, in order with them (see
+// routeHook.OnSessionEstablished); its reconcile is the catch-up's.
+//
+// A recheck noted for the session stays: a delivery withheld before (see
+// handedOver) may belong to a publish still being routed, which this
+// reconcile leaves to routed.
+func (p *persistence) established(cl *mqtt.Client, attaching bool) {
 	p.mu.Lock()
 	p.live[cl.ID] = cl
-	delete(p.recheck, cl.ID)
+	if attaching {
+		p.holding[cl.ID] = true
+	}
+	p.releaseDropped(cl)
 	p.mu.Unlock()
-	p.reconcile(cl)
+	if !attaching {
+		p.reconcile(cl)
+	}
 }
 
-// gone forgets a connection that ended.
+// gone forgets a connection that ended. What is withheld from the client
+// id, and its hold, are this connection's only while no newer connection
+// took its session over: mochi ends the old connection as the new one
+// takes over, and the two may run this and their deliveries in any order.
 func (p *persistence) gone(cl *mqtt.Client) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.live[cl.ID] == cl {
 		delete(p.live, cl.ID)
 	}
-	p.forgetWithheld(cl.ID)
-	p.mu.Unlock()
+	if n := len(p.unannounced[cl]); n > 0 {
+		delete(p.unannounced, cl)
+		p.unannouncedN.Add(-int64(n))
+	}
+	if cur, ok := p.server.Clients.Get(cl.ID); ok && cur != cl {
+		return
+	}
+	p.forgetWithheld(cl, cl.ID)
+	if !cl.IsTakenOver() {
+		p.unhold(cl.ID)
+	}
+}
+
+// unhold ends a client's hold. Called with p.mu held.
+func (p *persistence) unhold(clientID string) {
+	delete(p.lost, clientID)
+	delete(p.holding, clientID)
+	delete(p.held, clientID)
+	delete(p.heldPk, clientID)
 }
 
 // reconcile makes sure a connected persistent session is sending every
@@ -759,14 +958,48 @@ func (p *persistence) gone(cl *mqtt.Client) {
 // ready, when a message was routed to a taken-over object, and from the
 // hub's sweep, which also catches a message mochi dropped from a full
 // write queue.
+//
+// While the session holds its deliveries (see holds), only the copies
+// older than the oldest one still being routed are sent, so that they
+// reach the client in queue order; the hold ends with a pass that sent
+// everything and saw nothing more withheld meanwhile. One client's
+// reconciles run one at a time: two at once could each send a part.
 func (p *persistence) reconcile(cl *mqtt.Client) {
+	mu := &p.reconciling[maphash.String(reconcileSeed, cl.ID)%uint64(len(p.reconciling))]
+	mu.Lock()
+	defer mu.Unlock()
+	for range reconcilePasses {
+		if !p.reconcileOnce(cl) {
+			return
+		}
+	}
+}
+
+// reconcilePasses bounds one reconcile's passes; the publish whose
+// delivery was held back meanwhile reconciles again once routed.
+const reconcilePasses = 8
+
+// routingGrace is how long a publish counts as being routed: mochi does not
+// route one whose acknowledgement it cannot write, or that a later hook
+// refused, and its copy must not hold a session's deliveries back until
+// the sweep forgets its tag (see sweep).
+const routingGrace = 5 * time.Second
+
+// reconcileSeed spreads clients over persistence.reconciling.
+var reconcileSeed = maphash.MakeSeed()
+
+// reconcileOnce is a pass of reconcile. It reports whether to pass again:
+// the session holds its deliveries, and more were withheld as it sent.
+func (p *persistence) reconcileOnce(cl *mqtt.Client) bool {
 	if cl.Closed() {
-		return
+		return false
 	}
 	p.mu.Lock()
+	holding, heldBefore := p.holding[cl.ID], p.held[cl.ID]
 	routing := map[uint64]bool{}
+	now := time.Now()
 	for _, c := range p.pubs {
-		if seq, ok := c.seqs[cl.ID]; ok {
+		if seq, ok := c.seqs[cl.ID]; ok && now.Sub(c.at) < routingGrace {
 			routing[seq] = true
 		}
 	}
@@ -779,6 +1012,7 @@ func (p *persistence) reconcile(cl *mqtt.Client) {
 		}
 	}
 	var missing []uint64
+	blocked := false // an outstanding copy is still being routed
 	for _, seq := range p.outstanding[cl.ID] {
 		switch {
 		case sending[seq]:
@@ -788,55 +1022,85 @@ func (p *persistence) reconcile(cl *mqtt.Client) {
 			// established clears the session's recheck, so the one its
 			// handing over set may be gone.
 			p.recheck[cl.ID] = true
+			blocked = true
+		case blocked && holding:
+			// Newer than a copy still being routed: sent after it.
 		default:
 			missing = append(missing, seq)
 		}
 	}
-	p.mu.Unlock()
 	if len(missing) == 0 {
-		return
-	}
-	ctx, cancel := storeCtx()
-	defer cancel()
-	queued, err := p.st.Read(ctx, p.tenant, cl.ID, slices.Min(missing)-1, p.maxQueued())
-	if err != nil {
-		p.log.Error("read queued messages to resend", "client_id", cl.ID, "err", err)
-		return
-	}
-	want := map[uint64]bool{}
-	for _, seq := range missing {
-		want[seq] = true
-	}
-	resent, dropped := 0, 0
-	for _, q := range queued {
-		if !want[q.Seq] {
-			continue
+		if holding && !blocked && p.live[cl.ID] == cl {
+			p.unhold(cl.ID)
 		}
+		p.mu.Unlock()
+		return false
+	}
+	// What was held back is here; the rest is read from the store.
+	type copyToSend struct {
+		seq uint64
+		pk  packets.Packet
+	}
+	var sends []copyToSend
+	var unread []uint64
+	for _, seq := range missing {
+		if pk, ok := p.heldPk[cl.ID][seq]; ok {
+			sends = append(sends, copyToSend{seq, pk})
+		} else {
+			unread = append(unread, seq)
+		}
+	}
+	p.mu.Unlock()
+	if len(unread) > 0 {
+		ctx, cancel := storeCtx()
+		queued, err := p.st.Read(ctx, p.tenant, cl.ID, slices.Min(unread)-1, p.maxQueued())
+		cancel()
+		if err != nil {
+			p.log.Error("read queued messages to resend", "client_id", cl.ID, "err", err)
+			return false
+		}
+		want := map[uint64]bool{}
+		for _, seq := range unread {
+			want[seq] = true
+		}
+		for _, q := range queued {
+			if want[q.Seq] {
+				sm := fromStore(q.Message, cl.ID, 0, 0)
+				sends = append(sends, copyToSend{q.Seq, sm.ToPacket()})
+			}
+		}
+		slices.SortFunc(sends, func(a, b copyToSend) int { return cmp.Compare(a.seq, b.seq) })
+	}
+	resent, dropped, complete := 0, 0, true
+	for _, c := range sends {
 		// Checked now, as a delivery would be: the topic was readable
 		// when the copy was queued, but the rules may have changed since
 		// (as dropUnreadable does for the copies mochi resends).
-		if !p.host.mayRead(cl, q.Message.Topic) {
-			p.unqueue(cl.ID, q.Seq)
+		if !p.host.mayRead(cl, c.pk.TopicName) {
+			p.unqueue(cl.ID, c.seq)
 			dropped++
 			continue
 		}
 		id, err := cl.NextPacketID()
 		if err != nil {
+			complete = false
 			break // no packet id free: the next reconcile tries again
 		}
-		sm := fromStore(q.Message, cl.ID, uint16(id), time.Now().Unix())
-		pk := sm.ToPacket() // a new packet id: not a DUP of one the client has seen
+		// A new packet id: not a DUP of one the client has seen.
+		pk := c.pk
+		pk.PacketID, pk.FixedHeader.Dup, pk.Created = uint16(id), false, time.Now().Unix()
 		p.mu.Lock()
-		if !slices.Contains(p.outstanding[cl.ID], q.Seq) { // acknowledged or dropped meanwhile
+		delete(p.heldPk[cl.ID], c.seq)
+		if !slices.Contains(p.outstanding[cl.ID], c.seq) { // acknowledged or dropped meanwhile
 			p.mu.Unlock()
 			continue
 		}
 		if p.inflight[cl.ID] == nil {
 			p.inflight[cl.ID] = map[uint16]uint64{}
 		}
-		p.inflight[cl.ID][pk.PacketID] = q.Seq
+		p.inflight[cl.ID][pk.PacketID] = c.seq
 		if p.anywhere {
-			p.noteResent(cl.ID, q.Seq)
+			p.noteResent(cl.ID, c.seq)
 		}
 		p.mu.Unlock()
 		if cl.State.Inflight.Set(pk) {
@@ -844,11 +1108,26 @@ func (p *persistence) reconcile(cl *mqtt.Client) {
 		}
 		p.handedOver(cl, pk)
 		if err := cl.WritePacket(pk); err != nil {
+			complete = false
 			break // gone: the rest is sent when the session resumes
 		}
 		resent++
 	}
-	p.log.Info("queued messages the connection lacked sent again", "client_id", cl.ID, "missing", len(missing), "resent", resent, "dropped_unreadable", dropped)
+	if holding {
+		p.log.Debug("queued messages held back from the connection sent in order", "client_id", cl.ID, "sent", resent, "dropped_unreadable", dropped)
+	} else {
+		p.log.Info("queued messages the connection lacked sent again", "client_id", cl.ID, "missing", len(missing), "resent", resent, "dropped_unreadable", dropped)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !holding || blocked || !complete || p.live[cl.ID] != cl {
+		return false
+	}
+	if p.held[cl.ID] != heldBefore {
+		return true
+	}
+	p.unhold(cl.ID)
+	return false
 }
 
 // acknowledged removes a message from its session's queue once the client
@@ -884,6 +1163,7 @@ func (p *persistence) unqueue(clientID string, seq uint64) {
 // outstanding (acknowledged or dropped already). Called with p.mu held.
 func (p *persistence) unqueueLocked(clientID string, seq uint64) (uint64, bool) {
 	delete(p.marks[clientID], seq)
+	delete(p.heldPk[clientID], seq)
 	out := p.outstanding[clientID]
 	i := slices.Index(out, seq)
 	if i < 0 {
@@ -1077,7 +1357,9 @@ func (p *persistence) letGo(clientID string) {
 	delete(p.received, clientID)
 	delete(p.acking, clientID)
 	delete(p.resent, clientID)
-	p.forgetWithheld(clientID)
+	cl, _ := p.server.Clients.Get(clientID)
+	p.forgetWithheld(cl, clientID)
+	p.unhold(clientID)
 }
 
 // forget forgets everything tracked for a session here, and reports

@@ -82,6 +82,7 @@ func (h *sessionHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	// connection then (see routeHook.OnSessionEstablished).
 	resumed := false
 	if found && !pk.Connect.Clean {
+		h.inst.handOver(ctx, cl.ID)
 		if !keeps {
 			if err := h.inst.routeEndingSession(ctx, cl.ID, stored); err != nil {
 				return refuse("route a session resumed for one connection", err)
@@ -90,9 +91,6 @@ func (h *sessionHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		var err error
 		if resumed, err = h.p.adopt(ctx, stored); err != nil {
 			return refuse("read a session's queue", err)
-		}
-		if resumed && keeps {
-			h.inst.kickElsewhere(ctx, cl.ID)
 		}
 	}
 	if found && !resumed && !h.takesOver(cl.ID, pk) {
@@ -151,6 +149,8 @@ func (h *sessionHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets
 	case pk.FixedHeader.Type == packets.Publish:
 		if h.p.unsent(cl, pk) {
 			pk.Mods.MaxSize = unwritable
+		} else {
+			pk = h.p.announceAlias(cl, pk)
 		}
 		return withoutTag(pk)
 	case pk.FixedHeader.Type == packets.Connack && pk.SessionPresent:
@@ -213,7 +213,8 @@ func (h *sessionHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	}
 	if persistent(cl) {
 		h.p.save(cl, time.Time{})
-		h.p.established(cl)
+		r := h.inst.routes
+		h.p.established(cl, h.p.anywhere && r != nil && r.sess != nil)
 	}
 }
 

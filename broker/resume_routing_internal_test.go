@@ -4,10 +4,13 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
+	"slices"
 	"testing"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/broker/store"
 	"github.com/roosthub/roost/broker/store/memory"
@@ -49,7 +52,7 @@ func TestResumeWhileRouting(t *testing.T) {
 	p.recheck[cl.ID] = true
 	p.mu.Unlock()
 
-	p.established(cl) // the new connection is ready; the copy still routing
+	p.established(cl, false) // the new connection is ready; the copy still routing
 	if n := cl.State.Inflight.Len(); n != 0 {
 		t.Fatalf("established sent %d messages while the copy was being routed, want none yet", n)
 	}
@@ -60,5 +63,256 @@ func TestResumeWhileRouting(t *testing.T) {
 	}
 	if seq := p.inflight[cl.ID][sent[0].PacketID]; seq != seqs[0] {
 		t.Errorf("the resent copy is noted as seq %d, want %d", seq, seqs[0])
+	}
+}
+
+// TestHoldKeepsQueueOrder: a session's deliveries are held back while an
+// older copy of its queue is still on its way, and sent from the queue in
+// queue order once it arrived; the hold then ends. Copy a is being routed
+// (perhaps to the client object the connection took over, where it would
+// be lost); b reaches the connection before it is established, c after:
+// written as mochi hands them over, b and c would overtake a (issue 19's
+// takeover ordering). Once a is routed, a, b and c go out in that order,
+// and d, delivered after, is mochi's own.
+func TestHoldKeepsQueueOrder(t *testing.T) {
+	ctx := context.Background()
+	st := memory.New()
+	srv := mqtt.New(nil)
+	p := newPersistence(st, "acme", srv, plainHost{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	server, client := net.Pipe()
+	go io.Copy(io.Discard, client)
+	t.Cleanup(func() { client.Close(); server.Close() })
+	cl := srv.NewClient(server, listenerID, "sub", false)
+	cl.Properties.ProtocolVersion = 5
+	cl.Properties.Props.SessionExpiryInterval = 60
+	srv.Clients.Add(cl)
+	if err := p.claim(ctx, cl.ID); err != nil {
+		t.Fatal(err)
+	}
+	// stored queues a copy and tags the publish, as the store hook does.
+	stored := func(payload string) (packets.Packet, uint64) {
+		pk := publishOf(payload)
+		seqs, err := st.Append(ctx, "acme", []store.Item{{ClientID: cl.ID, Message: toStore(pk)}}, store.Receipt{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.mu.Lock()
+		p.outstanding[cl.ID] = insertSeq(p.outstanding[cl.ID], seqs[0])
+		pk = p.tagLocked(pk, map[string]uint64{cl.ID: seqs[0]})
+		p.mu.Unlock()
+		return pk, seqs[0]
+	}
+	// deliver hands a tagged publish to the connection as mochi does:
+	// in its inflight messages with a packet id, then OnQosPublish. It
+	// reports whether the delivery stands (not withheld).
+	deliver := func(pk packets.Packet) bool {
+		id, err := cl.NextPacketID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		pk.PacketID = uint16(id)
+		cl.State.Inflight.Set(pk)
+		p.handedOver(cl, pk)
+		pubID, _ := pubIDOf(pk)
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		_, withheld := p.unsend[cl.ID][pubID]
+		return !withheld
+	}
+	a, seqA := stored("a") // being routed
+	b, seqB := stored("b")
+	if deliver(b) {
+		t.Fatal("b was delivered before the connection was established: it would overtake what mochi resends")
+	}
+	p.routed(b)
+	p.established(cl, false)
+	c, seqC := stored("c")
+	if deliver(c) {
+		t.Fatal("c was delivered while a, older, was still being routed")
+	}
+	p.routed(c)
+	p.mu.Lock()
+	sentEarly := len(p.inflight[cl.ID])
+	p.mu.Unlock()
+	if sentEarly != 0 {
+		t.Fatalf("%d messages sent while a, older than them, was still being routed; want none", sentEarly)
+	}
+	p.routed(a) // a reached nobody here (the old client object)
+	bySeq := map[uint64]uint16{}
+	p.mu.Lock()
+	for id, seq := range p.inflight[cl.ID] {
+		bySeq[seq] = id
+	}
+	holding := p.holding[cl.ID]
+	p.mu.Unlock()
+	for _, seq := range []uint64{seqA, seqB, seqC} {
+		if _, ok := bySeq[seq]; !ok {
+			t.Fatalf("copy %d was not sent once a was routed (sent: %v)", seq, bySeq)
+		}
+	}
+	if !(bySeq[seqA] < bySeq[seqB] && bySeq[seqB] < bySeq[seqC]) {
+		t.Errorf("sent with packet ids a %d, b %d, c %d: want them in queue order", bySeq[seqA], bySeq[seqB], bySeq[seqC])
+	}
+	if holding {
+		t.Error("the session still holds its deliveries after everything held was sent")
+	}
+	d, seqD := stored("d")
+	if !deliver(d) {
+		t.Fatal("d was withheld after the hold ended")
+	}
+	p.routed(d)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if got := p.inflight[cl.ID]; len(got) != 4 || !slices.Contains(slices.Collect(maps.Values(got)), seqD) {
+		t.Errorf("in flight after d: %v; want a, b, c and d, each once", got)
+	}
+}
+
+// TestAdoptedSessionGetsUnqueuedPublishInOrder: where sessions live
+// anywhere, a publish here stored no copy for a session this broker did
+// not hold yet (the fabric queued one, behind the copies queued while the
+// client was away); the session is adopted for a reconnecting client as
+// the publish is routed, and mochi hands it to the new connection before
+// its CONNACK. Written then, it would reach the client before the older
+// copies the attach's catch-up sends (TestSpreadFleetKill once: 678 before
+// 596-677). It must be withheld, kept out of mochi's resend at the
+// CONNACK, and sent from the queue after the older copies.
+func TestAdoptedSessionGetsUnqueuedPublishInOrder(t *testing.T) {
+	ctx := context.Background()
+	st := memory.New()
+	srv := mqtt.New(nil)
+	p := newPersistence(st, "acme", srv, plainHost{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	p.anywhere = true
+	// The publisher is connected here; the session is stored, not held.
+	pubServer, pubClient := net.Pipe()
+	go io.Copy(io.Discard, pubClient)
+	t.Cleanup(func() { pubClient.Close(); pubServer.Close() })
+	pub := srv.NewClient(pubServer, listenerID, "pub", false)
+	pub.Properties.ProtocolVersion = 5
+	p.mu.Lock()
+	p.stored["sub"] = true
+	p.storedN.Store(1)
+	p.mu.Unlock()
+
+	// The copy queued while the client was away, by the fabric.
+	older, err := st.Append(ctx, "acme", []store.Item{{ClientID: "sub", Message: toStore(publishOf("older"))}}, store.Receipt{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The publish: stored here for nobody (the session is not subscribed
+	// here yet), its copy queued by the fabric.
+	pk, err := p.storeCopies(pub, publishOf("new"), new(*outboxWrite))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, tagged := pubIDOf(pk); !tagged {
+		t.Fatal("a QoS 1 publish that queued no copy here is not tagged: mochi's deliveries of it cannot be told apart")
+	}
+	if _, err := st.Append(ctx, "acme", []store.Item{{ClientID: "sub", Message: toStore(publishOf("new"))}}, store.Receipt{}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Meanwhile the client connects here: claimed, adopted, its new
+	// connection in mochi's clients, not yet established.
+	server, client := net.Pipe()
+	go io.Copy(io.Discard, client)
+	t.Cleanup(func() { client.Close(); server.Close() })
+	cl := srv.NewClient(server, listenerID, "sub", false)
+	cl.Properties.ProtocolVersion = 5
+	cl.Properties.Props.SessionExpiryInterval = 60
+	srv.Clients.Add(cl)
+	srv.Topics.Subscribe(cl.ID, packets.Subscription{Filter: "q/#", Qos: 1})
+	if err := p.claim(ctx, cl.ID); err != nil {
+		t.Fatal(err)
+	}
+
+	// mochi routes the publish to it: in its inflight messages, handed
+	// over, on its way to the write queue.
+	id, err := cl.NextPacketID()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := pk.Copy(false)
+	out.PacketID = uint16(id)
+	cl.State.Inflight.Set(out)
+	cl.State.Inflight.DecreaseSendQuota()
+	p.handedOver(cl, out)
+	p.routed(pk)
+	if !p.unsent(cl, out) {
+		t.Fatal("the publish was written to a connection not yet established, ahead of the older copy in its queue")
+	}
+	// The CONNACK goes out: mochi's resend must not carry it.
+	p.orderResend(cl)
+	for _, r := range cl.State.Inflight.GetAll(false) {
+		if string(r.Payload) == "new" {
+			t.Fatal("the withheld publish is still in the inflight messages mochi resends after the CONNACK")
+		}
+	}
+	// Established; the attach's catch-up sends the queue in order.
+	p.established(cl, true)
+	p.catchUp(cl)
+	p.mu.Lock()
+	bySeq := map[uint64]uint16{}
+	for id, seq := range p.inflight[cl.ID] {
+		bySeq[seq] = id
+	}
+	p.mu.Unlock()
+	if len(bySeq) != 2 {
+		t.Fatalf("after the catch-up %d copies are in flight (%v), want the older one and the publish", len(bySeq), bySeq)
+	}
+	newer := older[0] + 1
+	if bySeq[older[0]] == 0 || bySeq[newer] == 0 || bySeq[older[0]] > bySeq[newer] {
+		t.Errorf("sent with packet ids older %d, new %d: want the older first", bySeq[older[0]], bySeq[newer])
+	}
+	if n := cl.State.Inflight.Len(); n != 2 {
+		t.Errorf("mochi holds %d inflight messages, want 2", n)
+	}
+}
+
+// TestWithheldAliasAnnouncedAgain: mochi gives a delivery its outbound
+// topic alias before Roost can withhold it; when the withheld delivery
+// that announced the alias (topic and alias) is dropped, the next
+// delivery under that alias, which mochi sends with the alias alone,
+// carries the topic again, once.
+func TestWithheldAliasAnnouncedAgain(t *testing.T) {
+	p, _, cl := newKeeper(t)
+	announcing := publishOf("a")
+	announcing.Properties.TopicAlias, announcing.Properties.TopicAliasFlag = 3, true
+	p.mu.Lock()
+	announcing = p.tagLocked(announcing, map[string]uint64{})
+	pubID, _ := pubIDOf(announcing)
+	p.withhold(cl, pubID, 1, 0)
+	p.mu.Unlock()
+	if !p.unsent(cl, announcing) {
+		t.Fatal("the withheld delivery was not dropped")
+	}
+	aliasOnly := publishOf("b")
+	aliasOnly.TopicName = ""
+	aliasOnly.Properties.TopicAlias, aliasOnly.Properties.TopicAliasFlag = 3, true
+	if got := p.announceAlias(cl, aliasOnly); got.TopicName != "q/x" {
+		t.Fatalf("the next delivery under alias 3 has topic %q, want q/x: the client never learned the alias", got.TopicName)
+	}
+	if got := p.announceAlias(cl, aliasOnly); got.TopicName != "" {
+		t.Errorf("a later delivery under alias 3 has topic %q again; want the alias alone once announced", got.TopicName)
+	}
+	other := aliasOnly
+	other.Properties.TopicAlias = 4
+	if got := p.announceAlias(cl, other); got.TopicName != "" {
+		t.Errorf("a delivery under alias 4, never withheld, got topic %q", got.TopicName)
+	}
+	// One still unannounced as the connection ends is forgotten with it.
+	again := publishOf("c")
+	again.Properties.TopicAlias, again.Properties.TopicAliasFlag = 5, true
+	p.mu.Lock()
+	again = p.tagLocked(again, map[string]uint64{})
+	againID, _ := pubIDOf(again)
+	p.withhold(cl, againID, 2, 0)
+	p.mu.Unlock()
+	if !p.unsent(cl, again) || p.unannouncedN.Load() != 1 {
+		t.Fatalf("a second withheld announcement: dropped and counted %d, want 1", p.unannouncedN.Load())
+	}
+	p.gone(cl)
+	if n := p.unannouncedN.Load(); n != 0 {
+		t.Errorf("%d unannounced aliases counted after the connection ended, want 0", n)
 	}
 }

@@ -248,3 +248,102 @@ func TestSeedSessions(t *testing.T) {
 		t.Errorf("copies queued %v, want one for stored at QoS 1", copies)
 	}
 }
+
+// TestKickHandOver: a node resuming a session kicks the node its client
+// was on and learns whether to wait for its release: yes while that node
+// renews its membership (AwaitRelease returns once it released the
+// session under the kick's epoch, not under an older one), no once it
+// stopped renewing (dead), so that a reconnection is not held up for it.
+func TestKickHandOver(t *testing.T) {
+	fa, fb := testFabrics(t)
+	ctx := context.Background()
+	kicks := make(chan Message, 10)
+	ja, err := fa.Join(ctx, "acme", false, func(m Message) error {
+		if m.Kick != "" {
+			kicks <- m
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	jb, err := fb.Join(ctx, "acme", false, func(Message) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ta, tb := ja.(*Tenant), jb.(*Tenant)
+	if told, err := tb.Kick(ctx, "c1", 7); err != nil || told {
+		t.Fatalf("kick of a session attached nowhere: told %v, %v; want false", told, err)
+	}
+	if err := ta.Attach(ctx, "c1", 3); err != nil {
+		t.Fatal(err)
+	}
+	if told, err := ta.Kick(ctx, "c1", 4); err != nil || told {
+		t.Fatalf("kick of a session attached to the kicking node: told %v, %v; want false", told, err)
+	}
+	told, err := tb.Kick(ctx, "c1", 7)
+	if err != nil || !told {
+		t.Fatalf("kick of a session attached to a renewing node: told %v, %v; want true", told, err)
+	}
+	select {
+	case m := <-kicks:
+		if m.Kick != "c1" || m.Epoch != 7 {
+			t.Errorf("kick received: %+v", m)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the kick did not reach the node the session was on")
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if tb.AwaitRelease(short, "c1", 7) {
+		t.Fatal("released before the node released it")
+	}
+	if err := ta.Release(ctx, "c1", 6); err != nil {
+		t.Fatal(err)
+	}
+	short2, cancel2 := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel2()
+	if tb.AwaitRelease(short2, "c1", 7) {
+		t.Fatal("a release under an older claim taken for this one's")
+	}
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		ta.Release(ctx, "c1", 7)
+	}()
+	wait, cancel3 := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel3()
+	if !tb.AwaitRelease(wait, "c1", 7) {
+		t.Fatal("the release was not seen")
+	}
+
+	fa.stop() // a stops renewing, as a dead node would
+	<-fa.stopped
+	// Lease 1 s, renewed every 200 ms: after about half a lease without a
+	// renewal, a is not waited for; it is told all the same.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		told, err := tb.Kick(ctx, "c1", 8)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !told {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a node that stopped renewing is still reported as one to wait for")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// It is told all the same: its tenant's reader, still running, gets
+	// the kick (and takes it from the inbox).
+	for {
+		select {
+		case m := <-kicks:
+			if m.Epoch == 8 {
+				return
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the node that stopped renewing was not told")
+		}
+	}
+}

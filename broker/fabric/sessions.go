@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 )
@@ -31,7 +32,9 @@ type SessionOwner interface {
 	RemoveSession(ctx context.Context, clientID, filter string) error
 	DropSession(ctx context.Context, clientID string, epoch uint64) error
 	Attach(ctx context.Context, clientID string, epoch uint64) error
-	Kick(ctx context.Context, clientID string, epoch uint64) error
+	Kick(ctx context.Context, clientID string, epoch uint64) (bool, error)
+	Release(ctx context.Context, clientID string, epoch uint64) error
+	AwaitRelease(ctx context.Context, clientID string, epoch uint64) bool
 	Detach(ctx context.Context, clientID string) error
 	SendQueued(ctx context.Context, m Message, local Local) (int, error)
 }
@@ -145,30 +148,75 @@ func (t *Tenant) Attach(ctx context.Context, clientID string, epoch uint64) erro
 
 // kickScript tells the owner a session's client was last connected to
 // (the at hash), if another than ARGV[2], that the session was claimed
-// elsewhere: the kick entry ARGV[4] goes to its inbox.
+// elsewhere: the kick entry ARGV[4] goes to its inbox. It returns 0 if
+// there was no such owner, 1 if it was told, 2 if it was told but has not
+// renewed its membership for a while (its lease has less than ARGV[6] ms
+// left, or it has none: dead, or cut off), so it will not answer soon.
 //
-// KEYS: at. ARGV: client id, owner, inbox key prefix, kick entry, cap.
+// KEYS: at, members. ARGV: client id, owner, inbox key prefix, kick entry,
+// cap, fresh lease ms.
 var kickScript = goredis.NewScript(`
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 if not old or old == ARGV[2] then return 0 end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local deadline = tonumber(redis.call('HGET', KEYS[2], old))
 if old == 'home' then redis.call('XADD', ARGV[3] .. old, '*', 'm', ARGV[4])
 else redis.call('XADD', ARGV[3] .. old, 'MAXLEN', '~', ARGV[5], '*', 'm', ARGV[4]) end
+if not deadline or deadline - now < tonumber(ARGV[6]) then return 2 end
 return 1
 `)
 
 // Kick tells the node a persistent session's client was last connected
 // to, if another, that the session was claimed here (epoch), before the
-// connection claiming it gets its CONNACK: that node ends its connection
-// before it delivers anything sent to it after the kick, so nothing
-// published after the CONNACK reaches the old connection. (Attach, after
-// the CONNACK, moves the session's routes here and kicks again.)
-func (t *Tenant) Kick(ctx context.Context, clientID string, epoch uint64) error {
-	err := kickScript.Run(ctx, t.f.rdb, []string{t.f.key(t.name, "at")}, clientID, t.owner, t.f.key(t.name, "in:"),
-		encode(Message{Kick: clientID, Epoch: epoch}), strconv.FormatInt(t.f.cfg.InboxLength, 10)).Err()
+// connection claiming it gets its CONNACK, and reports whether there was
+// such a node that renews its membership (it has within the last two
+// renewals): that node ends its connection before it delivers anything
+// sent to it after the kick, and then releases the session (see Release,
+// AwaitRelease). A node that stopped renewing is told all the same, but
+// not reported: waiting for it would hold the connection up for nothing.
+// (Attach, after the CONNACK, moves the session's routes here and kicks
+// again.)
+func (t *Tenant) Kick(ctx context.Context, clientID string, epoch uint64) (bool, error) {
+	fresh := t.f.cfg.Lease - 2*(t.f.cfg.Lease/5) - t.f.cfg.Lease/10 // two renewals missed, and some slack
+	n, err := kickScript.Run(ctx, t.f.rdb, []string{t.f.key(t.name, "at"), t.members}, clientID, t.owner, t.f.key(t.name, "in:"),
+		encode(Message{Kick: clientID, Epoch: epoch}), strconv.FormatInt(t.f.cfg.InboxLength, 10), fresh.Milliseconds()).Int()
 	if err != nil {
-		return fmt.Errorf("fabric: kick session %q: %w", clientID, err)
+		return false, fmt.Errorf("fabric: kick session %q: %w", clientID, err)
+	}
+	return n == 1, nil
+}
+
+// releaseFor is how long a release stays readable: far longer than a
+// claimant waits for it.
+const releaseFor = time.Minute
+
+// Release records that this node let go of a session claimed elsewhere
+// (epoch): its connection is ended, and no copy this node queued for the
+// session from its own publishers is still being written.
+func (t *Tenant) Release(ctx context.Context, clientID string, epoch uint64) error {
+	if err := t.f.rdb.Set(ctx, t.f.key(t.name, "rel:"+clientID), strconv.FormatUint(epoch, 10), releaseFor).Err(); err != nil {
+		return fmt.Errorf("fabric: release session %q: %w", clientID, err)
 	}
 	return nil
+}
+
+// AwaitRelease waits until the node told by Kick released the session
+// claimed with epoch, and reports whether it did before ctx ended: then
+// everything that node queued for the session is in its queue, to be read
+// in order before anything queued after.
+func (t *Tenant) AwaitRelease(ctx context.Context, clientID string, epoch uint64) bool {
+	key, want := t.f.key(t.name, "rel:"+clientID), strconv.FormatUint(epoch, 10)
+	for {
+		if v, err := t.f.rdb.Get(ctx, key).Result(); err == nil && v == want {
+			return true
+		}
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
 }
 
 // Detach records that the session's client left this node (if it was

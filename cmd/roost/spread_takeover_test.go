@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -56,12 +55,6 @@ type takeoverLate struct {
 }
 
 func spreadTakeoverTest(t *testing.T, fab fleetFabric) {
-	var knownBug string
-	defer func() {
-		if knownBug != "" && !t.Failed() {
-			t.Skipf("KNOWN BUG, everything else passed (ROOST_SPREAD_STRICT=1 fails it): %s", knownBug)
-		}
-	}()
 	takeovers := envCount(t, "ROOST_SPREAD_TAKEOVERS", 100)
 	const perTakeover = 5 // PUBACKs to the publisher between two takeovers
 	f := startSpreadFleetOn(t, 3, fab)
@@ -199,17 +192,7 @@ func spreadTakeoverTest(t *testing.T, fab fleetFabric) {
 		if late := topicOutOfOrder(tally, l); late > 0 {
 			msg := fmt.Sprintf("%d messages acknowledged to %s (node %d) first reached the persistent subscriber after later acknowledged ones; the order of first arrivals: %s",
 				late, l.id, l.home, tally.runs(l.topic))
-			if os.Getenv("ROOST_SPREAD_STRICT") != "1" {
-				// Known and open (issue 19, docs/operations.md "Takeovers"):
-				// on the Redis fabric, copies the old node queued for the
-				// connection it held reach the session after later ones;
-				// at a home (Kafka's fabric), a message mochi routes to the
-				// client object a takeover replaces reaches the new
-				// connection through reconcile, after newer ones.
-				knownBug = msg
-			} else {
-				t.Error(msg)
-			}
+			t.Error(msg)
 			// Where each of them went: the connection it first reached,
 			// and the one that had the session when it was sent.
 			tally.mu.Lock()
