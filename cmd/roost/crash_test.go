@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -55,13 +56,40 @@ func roostBinary(t *testing.T) string {
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := listenFree(t)
 	defer ln.Close()
 	return ln.Addr().String()
 }
+
+// listenFree listens on a loopback port below the kernel's ephemeral range
+// (32768-60999 by default), not yet handed out by this test process. A
+// server restarted on its port after a kill finds it free: a port the
+// kernel picks (":0") is one it may give next to any process's outgoing
+// connection meanwhile (CI: "bind: address already in use").
+func listenFree(t *testing.T) net.Listener {
+	t.Helper()
+	handedMu.Lock()
+	defer handedMu.Unlock()
+	for range 1000 {
+		port := 20000 + mathrand.IntN(12000)
+		if handed[port] {
+			continue
+		}
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			continue
+		}
+		handed[port] = true
+		return ln
+	}
+	t.Fatal("no free loopback port in 20000-31999")
+	return nil
+}
+
+var (
+	handedMu sync.Mutex
+	handed   = map[int]bool{} // ports listenFree handed out
+)
 
 // process is a `roost serve` subprocess that can be killed and started
 // again on the same addresses and data.

@@ -291,10 +291,7 @@ func freeAddrs(t *testing.T, n int) []string {
 	t.Helper()
 	var out []string
 	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ln := listenFree(t)
 		defer ln.Close()
 		out = append(out, ln.Addr().String())
 	}
