@@ -152,6 +152,43 @@ func (p *persistence) queueCopies(ctx context.Context, pk packets.Packet, copies
 	return seqs, nil
 }
 
+// queuedHere notes the copies the fabric queued for a publish made here
+// (copies, numbered seqs; 0 is one not queued) for the sessions whose
+// client object this broker holds: a session it adopted after the store
+// hook looked for subscribers, which mochi's routing may reach all the
+// same. The delivery then maps to its copy (see handedOver), as for a
+// copy the store hook queued; a connected session's copy is outstanding
+// from now, as arrived notes one from another node.
+func (p *persistence) queuedHere(pk packets.Packet, copies []fabric.Copy, seqs []uint64) {
+	pubID, ok := pubIDOf(pk)
+	if !ok {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c, ok := p.pubs[pubID]
+	if !ok {
+		return
+	}
+	for i, cp := range copies {
+		if i >= len(seqs) || seqs[i] == 0 {
+			continue
+		}
+		cl, held := p.server.Clients.Get(cp.ClientID)
+		if !held || cl.Net.Inline {
+			continue
+		}
+		if c.seqs == nil {
+			c.seqs = map[string]uint64{}
+		}
+		c.seqs[cp.ClientID] = seqs[i]
+		if p.live[cp.ClientID] != nil && !slices.Contains(p.outstanding[cp.ClientID], seqs[i]) {
+			p.outstanding[cp.ClientID] = insertSeq(p.outstanding[cp.ClientID], seqs[i])
+		}
+	}
+	p.pubs[pubID] = c
+}
+
 // queuedFor reports whether the store hook queued a copy of the publish
 // for the session (its client was connected here then).
 func (p *persistence) queuedFor(pk packets.Packet, clientID string) bool {
@@ -181,7 +218,7 @@ func (p *persistence) queuedFor(pk packets.Packet, clientID string) bool {
 func (p *persistence) arrived(pk packets.Packet, m fabric.Message) (packets.Packet, func()) {
 	seqs, skip := p.copiesLacking(m, m.Seqs)
 	if len(seqs) == 0 && len(skip) == 0 {
-		return p.tagUnqueued(pk), func() {}
+		return pk, func() {}
 	}
 	var check []*mqtt.Client
 	p.mu.Lock()
@@ -405,7 +442,9 @@ func (p *persistence) unsent(cl *mqtt.Client, pk packets.Packet) bool {
 // The upstream fix is mochi's: a hook before a delivery, able to refuse
 // it before its alias is given.
 func (p *persistence) announceAlias(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	if p.unannouncedN.Load() == 0 || !pk.Properties.TopicAliasFlag {
+	// A resend (DUP) is of a packet an older connection was sent, its
+	// alias that connection's.
+	if p.unannouncedN.Load() == 0 || !pk.Properties.TopicAliasFlag || pk.FixedHeader.Dup {
 		return pk
 	}
 	p.mu.Lock()

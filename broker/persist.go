@@ -249,6 +249,9 @@ type pubCopies struct {
 	// went another way (see arrived).
 	skip map[string]bool
 	at   time.Time
+	// topic is the publish's topic (a delivery's may be left out for its
+	// outbound topic alias).
+	topic string
 }
 
 // sweep forgets tags of publishes mochi never finished routing (it skips
@@ -261,6 +264,15 @@ func (p *persistence) sweep(olderThan time.Time, catchUp func(*mqtt.Client)) {
 	for id, c := range p.pubs {
 		if c.at.Before(olderThan) {
 			delete(p.pubs, id)
+		}
+	}
+	// A connection mochi ended before its session started (its CONNACK
+	// or resend failed) runs no disconnect hook: what it left is
+	// forgotten here.
+	for cl, aliases := range p.unannounced {
+		if cl.Closed() {
+			delete(p.unannounced, cl)
+			p.unannouncedN.Add(-int64(len(aliases)))
 		}
 	}
 	live := make([]*mqtt.Client, 0, len(p.live))
@@ -417,9 +429,11 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 
 // tagUnqueued tags a QoS 1 or 2 publish no copy was queued for here, where
 // sessions live anywhere: a session this broker adopts while the publish is
-// on its way (see adopt) may be handed it by mochi all the same, and its
-// copy, which the fabric queued, must reach it from the queue, in order
-// (see handedOver). Elsewhere, and at QoS 0, it returns pk as it is.
+// on its way (see adopt) may be handed it by mochi all the same, and the
+// copy the fabric queues for it is noted under the tag (see queuedHere),
+// so that the delivery is withheld like any other before the connection is
+// established, and the copy sent in queue order. Elsewhere, and at QoS 0,
+// it returns pk as it is.
 func (p *persistence) tagUnqueued(pk packets.Packet) packets.Packet {
 	if !p.anywhere || pk.FixedHeader.Qos == 0 {
 		return pk
@@ -486,7 +500,7 @@ func (p *persistence) tagLocked(pk packets.Packet, copies map[string]uint64) pac
 func (p *persistence) tagSkipping(pk packets.Packet, copies map[string]uint64, skip map[string]bool) packets.Packet {
 	p.nextPub++
 	pubID := strconv.FormatUint(p.nextPub, 36)
-	p.pubs[pubID] = pubCopies{seqs: copies, skip: skip, at: time.Now()}
+	p.pubs[pubID] = pubCopies{seqs: copies, skip: skip, at: time.Now(), topic: pk.TopicName}
 	pk.Properties.User = append(slices.Clone(pk.Properties.User), packets.UserProperty{Key: seqProperty, Val: pubID})
 	return pk
 }
@@ -681,15 +695,16 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 			p.mu.Unlock()
 			return
 		case !ok && first && p.anywhere && persistent(cl) && cl.Net.Conn != nil && !cl.Closed() &&
-			!cl.IsTakenOver() && p.live[cl.ID] != cl:
-			// A publish that queued no copy here reaching a session
-			// adopted after it was stored (see tagUnqueued), on a
-			// connection not yet established: the fabric queued its copy,
-			// which the attach's catch-up sends from the queue after the
-			// older ones it finds there. Written now, it would overtake
-			// them (TestSpreadFleetKill, once: a publish here just before
-			// the CONNACK reached the client before the 82 queued while
-			// it was away).
+			!cl.IsTakenOver() && p.live[cl.ID] != cl && queuedTurn(cl, p.pubs[pubID].topic):
+			// A publish that noted no copy for a session adopted while it
+			// was on its way (after the store hook looked for subscribers,
+			// and after the fabric queued the session's copy: see
+			// queuedHere), reaching its connection before it is
+			// established: the copy is in the queue, which the attach's
+			// catch-up sends in order. Written now, it would overtake
+			// older copies there (TestSpreadFleetKill, once: a publish
+			// just before the CONNACK reached the client ahead of the 82
+			// queued while it was away).
 			p.withhold(cl, pubID, out.PacketID, 0)
 			p.mu.Unlock()
 			return
@@ -728,7 +743,7 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 				p.recheck[cl.ID] = true
 				p.holding[cl.ID] = true
 			}
-		} else if persistent(cl) && (cl.Net.Conn == nil || cl.Closed()) {
+		} else if persistent(cl) && (cl.Net.Conn == nil || cl.Closed()) && queuedTurn(cl, p.pubs[pubID].topic) {
 			// Not stored for this offline session (its queue was full):
 			// mochi must not keep it either.
 			p.mu.Unlock()
@@ -747,6 +762,20 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 	if !p.mark(cl, seq, want) {
 		cl.Stop(packets.ErrUnspecifiedError)
 	}
+}
+
+// queuedTurn reports whether a delivery of a publish on topic to a
+// persistent session is one its queue is for: the session subscribes to
+// the topic other than in a shared group. A shared group's turn is queued
+// nowhere (mochi's inflight messages are its only copy), and must be
+// delivered.
+func queuedTurn(cl *mqtt.Client, topic string) bool {
+	for filter := range cl.State.Subscriptions.GetAll() {
+		if sharedFilter(filter) == filter && tenants.MatchTopic(filter, topic) {
+			return true
+		}
+	}
+	return false
 }
 
 // holds reports whether a delivery of a stored copy to a client object is

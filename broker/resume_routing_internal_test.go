@@ -12,6 +12,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/roosthub/roost/broker/fabric"
 	"github.com/roosthub/roost/broker/store"
 	"github.com/roosthub/roost/broker/store/memory"
 )
@@ -172,100 +173,156 @@ func TestHoldKeepsQueueOrder(t *testing.T) {
 // anywhere, a publish here stored no copy for a session this broker did
 // not hold yet (the fabric queued one, behind the copies queued while the
 // client was away); the session is adopted for a reconnecting client as
-// the publish is routed, and mochi hands it to the new connection before
-// its CONNACK. Written then, it would reach the client before the older
-// copies the attach's catch-up sends (TestSpreadFleetKill once: 678 before
-// 596-677). It must be withheld, kept out of mochi's resend at the
-// CONNACK, and sent from the queue after the older copies.
+// the publish is routed, before or after the fabric queued its copy, and
+// mochi hands the publish to the new connection before its CONNACK.
+// Written then, it would reach the client before the older copies the
+// attach's catch-up sends (TestSpreadFleetKill once: 678 before 596-677).
+// It must be withheld, kept out of mochi's resend at the CONNACK, and sent
+// from the queue after the older copies. A shared group's turn, which no
+// queue holds, is delivered as it comes.
 func TestAdoptedSessionGetsUnqueuedPublishInOrder(t *testing.T) {
-	ctx := context.Background()
-	st := memory.New()
-	srv := mqtt.New(nil)
-	p := newPersistence(st, "acme", srv, plainHost{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	p.anywhere = true
-	// The publisher is connected here; the session is stored, not held.
-	pubServer, pubClient := net.Pipe()
-	go io.Copy(io.Discard, pubClient)
-	t.Cleanup(func() { pubClient.Close(); pubServer.Close() })
-	pub := srv.NewClient(pubServer, listenerID, "pub", false)
-	pub.Properties.ProtocolVersion = 5
-	p.mu.Lock()
-	p.stored["sub"] = true
-	p.storedN.Store(1)
-	p.mu.Unlock()
+	for _, tc := range []struct {
+		name          string
+		adoptedBefore bool // adopted before the fabric queued the copy
+		shared        bool // the session's subscription is a shared group's
+	}{
+		{"adopted before the fabric queued", true, false},
+		{"adopted after the fabric queued", false, false},
+		{"a shared group's turn", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			st := memory.New()
+			srv := mqtt.New(nil)
+			p := newPersistence(st, "acme", srv, plainHost{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			p.anywhere = true
+			pubServer, pubClient := net.Pipe()
+			go io.Copy(io.Discard, pubClient)
+			t.Cleanup(func() { pubClient.Close(); pubServer.Close() })
+			pub := srv.NewClient(pubServer, listenerID, "pub", false)
+			pub.Properties.ProtocolVersion = 5
+			p.mu.Lock()
+			p.stored["sub"] = true
+			p.storedN.Store(1)
+			p.mu.Unlock()
 
-	// The copy queued while the client was away, by the fabric.
-	older, err := st.Append(ctx, "acme", []store.Item{{ClientID: "sub", Message: toStore(publishOf("older"))}}, store.Receipt{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// The publish: stored here for nobody (the session is not subscribed
-	// here yet), its copy queued by the fabric.
-	pk, err := p.storeCopies(pub, publishOf("new"), new(*outboxWrite))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, tagged := pubIDOf(pk); !tagged {
-		t.Fatal("a QoS 1 publish that queued no copy here is not tagged: mochi's deliveries of it cannot be told apart")
-	}
-	if _, err := st.Append(ctx, "acme", []store.Item{{ClientID: "sub", Message: toStore(publishOf("new"))}}, store.Receipt{}); err != nil {
-		t.Fatal(err)
-	}
+			// The copy queued while the client was away, by the fabric.
+			older, err := st.Append(ctx, "acme", []store.Item{{ClientID: "sub", Message: toStore(publishOf("older"))}}, store.Receipt{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The publish: stored here for nobody (the session is not
+			// subscribed here yet).
+			pk, err := p.storeCopies(pub, publishOf("new"), new(*outboxWrite))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, tagged := pubIDOf(pk); !tagged {
+				t.Fatal("a QoS 1 publish that queued no copy here is not tagged: mochi's deliveries of it cannot be told apart")
+			}
+			// The client connects here: claimed, adopted, its new
+			// connection in mochi's clients, not yet established.
+			server, client := net.Pipe()
+			go io.Copy(io.Discard, client)
+			t.Cleanup(func() { client.Close(); server.Close() })
+			cl := srv.NewClient(server, listenerID, "sub", false)
+			cl.Properties.ProtocolVersion = 5
+			cl.Properties.Props.SessionExpiryInterval = 60
+			adopt := func() {
+				sub := packets.Subscription{Filter: "q/#", Qos: 1}
+				if tc.shared {
+					sub.Filter = "$share/g/q/#"
+				}
+				srv.Clients.Add(cl)
+				srv.Topics.Subscribe(cl.ID, sub)
+				cl.State.Subscriptions.Add(sub.Filter, sub)
+				if err := p.claim(ctx, cl.ID); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// The fabric queues the session's copy (a shared group's
+			// turn has none: no queue holds it).
+			queue := func() {
+				if tc.shared {
+					return
+				}
+				copies := []fabric.Copy{{ClientID: "sub", QoS: 1}}
+				seqs, err := p.queueCopies(ctx, pk, copies)
+				if err != nil {
+					t.Fatal(err)
+				}
+				p.queuedHere(pk, copies, seqs)
+			}
+			if tc.adoptedBefore {
+				adopt()
+				queue()
+				// The copy is noted under the publish's tag: the
+				// delivery maps to it, and the client's PUBACK of it
+				// deletes it.
+				pubID, _ := pubIDOf(pk)
+				p.mu.Lock()
+				seq := p.pubs[pubID].seqs[cl.ID]
+				p.mu.Unlock()
+				if seq != older[0]+1 {
+					t.Fatalf("the fabric's copy for the session adopted here is noted as %d, want %d", seq, older[0]+1)
+				}
+			} else {
+				queue()
+				adopt()
+			}
 
-	// Meanwhile the client connects here: claimed, adopted, its new
-	// connection in mochi's clients, not yet established.
-	server, client := net.Pipe()
-	go io.Copy(io.Discard, client)
-	t.Cleanup(func() { client.Close(); server.Close() })
-	cl := srv.NewClient(server, listenerID, "sub", false)
-	cl.Properties.ProtocolVersion = 5
-	cl.Properties.Props.SessionExpiryInterval = 60
-	srv.Clients.Add(cl)
-	srv.Topics.Subscribe(cl.ID, packets.Subscription{Filter: "q/#", Qos: 1})
-	if err := p.claim(ctx, cl.ID); err != nil {
-		t.Fatal(err)
-	}
-
-	// mochi routes the publish to it: in its inflight messages, handed
-	// over, on its way to the write queue.
-	id, err := cl.NextPacketID()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := pk.Copy(false)
-	out.PacketID = uint16(id)
-	cl.State.Inflight.Set(out)
-	cl.State.Inflight.DecreaseSendQuota()
-	p.handedOver(cl, out)
-	p.routed(pk)
-	if !p.unsent(cl, out) {
-		t.Fatal("the publish was written to a connection not yet established, ahead of the older copy in its queue")
-	}
-	// The CONNACK goes out: mochi's resend must not carry it.
-	p.orderResend(cl)
-	for _, r := range cl.State.Inflight.GetAll(false) {
-		if string(r.Payload) == "new" {
-			t.Fatal("the withheld publish is still in the inflight messages mochi resends after the CONNACK")
-		}
-	}
-	// Established; the attach's catch-up sends the queue in order.
-	p.established(cl, true)
-	p.catchUp(cl)
-	p.mu.Lock()
-	bySeq := map[uint64]uint16{}
-	for id, seq := range p.inflight[cl.ID] {
-		bySeq[seq] = id
-	}
-	p.mu.Unlock()
-	if len(bySeq) != 2 {
-		t.Fatalf("after the catch-up %d copies are in flight (%v), want the older one and the publish", len(bySeq), bySeq)
-	}
-	newer := older[0] + 1
-	if bySeq[older[0]] == 0 || bySeq[newer] == 0 || bySeq[older[0]] > bySeq[newer] {
-		t.Errorf("sent with packet ids older %d, new %d: want the older first", bySeq[older[0]], bySeq[newer])
-	}
-	if n := cl.State.Inflight.Len(); n != 2 {
-		t.Errorf("mochi holds %d inflight messages, want 2", n)
+			// mochi routes the publish to it: in its inflight messages,
+			// handed over, on its way to the write queue.
+			id, err := cl.NextPacketID()
+			if err != nil {
+				t.Fatal(err)
+			}
+			out := pk.Copy(false)
+			out.PacketID = uint16(id)
+			cl.State.Inflight.Set(out)
+			cl.State.Inflight.DecreaseSendQuota()
+			p.handedOver(cl, out)
+			p.routed(pk)
+			if tc.shared {
+				if p.unsent(cl, out) {
+					t.Fatal("a shared group's turn, which no queue holds, was withheld: it would be lost")
+				}
+				if _, ok := cl.State.Inflight.Get(out.PacketID); !ok {
+					t.Fatal("a shared group's turn is no longer in the inflight messages")
+				}
+				return
+			}
+			if !p.unsent(cl, out) {
+				t.Fatal("the publish was written to a connection not yet established, ahead of the older copy in its queue")
+			}
+			// The CONNACK goes out: mochi's resend must not carry it.
+			p.orderResend(cl)
+			for _, r := range cl.State.Inflight.GetAll(false) {
+				if string(r.Payload) == "new" {
+					t.Fatal("the withheld publish is still in the inflight messages mochi resends after the CONNACK")
+				}
+			}
+			// Established; the attach's catch-up sends the queue in order.
+			p.established(cl, true)
+			p.catchUp(cl)
+			p.reconcile(cl)
+			p.mu.Lock()
+			bySeq := map[uint64]uint16{}
+			for id, seq := range p.inflight[cl.ID] {
+				bySeq[seq] = id
+			}
+			p.mu.Unlock()
+			if len(bySeq) != 2 {
+				t.Fatalf("after the catch-up %d copies are in flight (%v), want the older one and the publish", len(bySeq), bySeq)
+			}
+			newer := older[0] + 1
+			if bySeq[older[0]] == 0 || bySeq[newer] == 0 || bySeq[older[0]] > bySeq[newer] {
+				t.Errorf("sent with packet ids older %d, new %d: want the older first", bySeq[older[0]], bySeq[newer])
+			}
+			if n := cl.State.Inflight.Len(); n != 2 {
+				t.Errorf("mochi holds %d inflight messages, want 2", n)
+			}
+		})
 	}
 }
 

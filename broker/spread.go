@@ -623,7 +623,11 @@ func (h *routeHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 	var err error
 	if r := h.inst.routes; r.sess != nil {
 		local := fabric.Local{Group: servedHere, Queue: func(ctx context.Context, copies []fabric.Copy) ([]uint64, error) {
-			return h.inst.persist.queueCopies(ctx, pk, copies)
+			seqs, err := h.inst.persist.queueCopies(ctx, pk, copies)
+			if err == nil {
+				h.inst.persist.queuedHere(pk, copies, seqs)
+			}
+			return seqs, err
 		}, Connected: func(clientID string) bool {
 			// Queued here already: the store hook queued a copy for each
 			// session whose subscription this broker holds. Whatever it
