@@ -167,6 +167,8 @@ type Hub struct {
 	// eventExports is the events waiting for the operator's Kafka (nil
 	// without an Exporter; export.go).
 	eventExports chan eventExport
+	// eventShares is each tenant's share of it (maxTenantEventExports).
+	eventShares eventShares
 	// widenFailed is when this node last failed to widen each tenant
 	// (wide.go).
 	widenFailed sync.Map

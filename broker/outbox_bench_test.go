@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +16,7 @@ import (
 	"github.com/roosthub/roost/bench/mqttc"
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/broker/store/pebble"
+	"github.com/roosthub/roost/broker/store/redis"
 	"github.com/roosthub/roost/dataout"
 )
 
@@ -23,7 +25,7 @@ import (
 // outboxes in a session store, with no rule with a destination (what every
 // tenant without one pays) and with one rule matching every message,
 // delivered to a local receiver in batches of up to 100 (the default); in
-// memory, and in the embedded store (pebble), where each matching message
+// memory, in Redis (ROOST_TEST_REDIS_URL; skipped without it), and in the embedded store (pebble), where each matching message
 // waits for a synced, group-committed write before its PUBACK (the write
 // queued on the connection, whose reader reads on, see durable.go; with
 // reader=waits, made on the reader, as before). The issue asks the
@@ -49,6 +51,9 @@ func BenchmarkP2PQoS1Webhook(b *testing.B) {
 		{"memory", false, 1, false, false}, {"memory", true, 1, false, false}, {"pebble", false, 1, false, false}, {"pebble", true, 1, false, false},
 		{"memory", false, 16, false, false}, {"memory", true, 16, false, false}, {"pebble", false, 16, false, false}, {"pebble", true, 16, false, false},
 		{"pebble", false, 64, false, false}, {"pebble", true, 64, false, false},
+		{"memory", false, 64, false, false}, {"memory", true, 64, false, false},
+		{"redis", false, 1, false, false}, {"redis", true, 1, false, false}, {"redis", false, 16, false, false}, {"redis", true, 16, false, false},
+		{"redis", false, 64, false, false}, {"redis", true, 64, false, false},
 		{"memory", true, 1, false, true}, {"memory", true, 16, false, true}, {"pebble", true, 1, false, true}, {"pebble", true, 16, false, true},
 		{"pebble", false, 1, true, false}, {"pebble", true, 1, true, false}, {"pebble", false, 16, true, false}, {"pebble", true, 16, true, false},
 	} {
@@ -69,6 +74,18 @@ func BenchmarkP2PQoS1Webhook(b *testing.B) {
 				c.Delivery.Batch = broker.DefaultWebhookBatch
 				if tc.store == "pebble" {
 					st, err := pebble.New(pebble.Config{Dir: b.TempDir()})
+					if err != nil {
+						b.Fatal(err)
+					}
+					b.Cleanup(func() { st.Close() })
+					c.Sessions = st
+				}
+				if tc.store == "redis" {
+					url := os.Getenv("ROOST_TEST_REDIS_URL")
+					if url == "" {
+						b.Skip("ROOST_TEST_REDIS_URL is not set")
+					}
+					st, err := redis.New(context.Background(), redis.Config{URL: url, Prefix: fmt.Sprintf("bench-webhook-%d", time.Now().UnixNano())})
 					if err != nil {
 						b.Fatal(err)
 					}
