@@ -204,30 +204,15 @@ func (c *deviceConn) holdLocked(p []byte) (int, error) {
 }
 
 // commit is the connection's committer: it makes the queued writes, all
-// that are queued at once, until none is. Where the store takes an
-// append while the one before it is being made, keeping their order
-// (store.Pipeliner: the embedded store), it has up to two in flight: the
-// writes queued while one syncs are handed to the store at once, to be
-// numbered after it and made in the next commit, then the first one's
-// outcome is handled (its PUBACKs released, in order), and so on. A write
-// following one that failed fails unwritten (see store.Pipeliner), and
-// its outcome is handled after the failure's, which closed the
-// connection: nothing after a failed write is released.
+// that are queued at once, until none is.
 func (c *deviceConn) commit() {
 	defer committers.Add(-1)
 	b := &c.batch
 	d := &b.d
 	cond := c.durableCond()
-	var prev *durableFlight // handed to the store; its outcome not handled yet
 	for {
 		b.mu.Lock()
 		if len(d.queue) == 0 || d.failed {
-			if prev != nil {
-				b.mu.Unlock()
-				c.land(prev)
-				prev = nil
-				continue
-			}
 			d.pending -= len(d.queue)
 			for _, e := range d.queue {
 				d.bytes -= e.size
@@ -241,124 +226,64 @@ func (c *deviceConn) commit() {
 		d.queue = nil
 		b.mu.Unlock()
 
-		f := &durableFlight{batch: batch, o: batch[0].w.o}
+		o := batch[0].w.o
 		var items []store.Item
+		holds := 0
 		for _, e := range batch {
 			items = append(items, e.w.items...)
 			if e.hold {
-				f.holds++
+				holds++
 			}
-		}
-		o := f.o
-		if pl, ok := o.st.(store.Pipeliner); ok && durablePipelined.Load() {
-			var after store.Pending
-			if prev != nil {
-				after = prev.pending
-			}
-			ctx, cancel := storeCtx()
-			p, err := pl.AppendAfter(ctx, o.tenant, items, after)
-			cancel()
-			if err != nil {
-				// Not taken: what was before it is handled first, then
-				// its failure, which ends the connection.
-				f.err = err
-				if prev != nil {
-					c.land(prev)
-					prev = nil
-				}
-				c.land(f)
-				continue
-			}
-			f.pending = p
-			if prev != nil {
-				c.land(prev)
-			}
-			prev = f
-			continue
 		}
 		ctx, cancel := storeCtx()
-		_, f.err = o.st.Append(ctx, o.tenant, items, store.Receipt{})
+		_, err := o.st.Append(ctx, o.tenant, items, store.Receipt{})
 		cancel()
-		c.land(f)
-	}
-}
+		if err == nil {
+			for _, e := range batch {
+				e.w.written()
+			}
+			// The node may have lost its lease while the write waited
+			// (the hooks checked before queueing it): nothing is
+			// acknowledged then, as ackStillServing refuses; the writes
+			// stand (a QoS 1 message may be delivered twice).
+			if holds > 0 && o.serving != nil && !o.serving() {
+				err = errLeaseLapsed
+				o.refusedForLease()
+			}
+		}
 
-// durablePipelined lets the committer have two appends in flight where
-// the store allows it (SetDurablePipelined in the tests and benchmarks).
-var durablePipelined atomic.Bool
-
-func init() { durablePipelined.Store(true) }
-
-// durableFlight is one append of a connection's committer: its writes, and the
-// store's outcome (err, or pending to wait for).
-type durableFlight struct {
-	batch   []durableWrite
-	holds   int
-	o       *outbox
-	pending store.Pending
-	err     error
-}
-
-// land waits for a flight's outcome and handles it: on success what its
-// holds held back goes out; on failure, if it held anything, the
-// connection fails (nothing held goes out, nor anything after).
-func (c *deviceConn) land(f *durableFlight) {
-	b := &c.batch
-	d := &b.d
-	cond := c.durableCond()
-	o, batch, holds := f.o, f.batch, f.holds
-	err := f.err
-	if err == nil && f.pending != nil {
-		_, err = f.pending.Wait()
-	}
-	if err == nil {
+		b.mu.Lock()
+		d.pending -= len(batch)
 		for _, e := range batch {
-			e.w.written()
+			d.bytes -= e.size
 		}
-		// The node may have lost its lease while the write waited
-		// (the hooks checked before queueing it): nothing is
-		// acknowledged then, as ackStillServing refuses; the writes
-		// stand (a QoS 1 message may be delivered twice).
-		if holds > 0 && o.serving != nil && !o.serving() {
-			err = errLeaseLapsed
-			o.refusedForLease()
-		}
-	}
-
-	b.mu.Lock()
-	d.pending -= len(batch)
-	for _, e := range batch {
-		d.bytes -= e.size
-	}
-	failed := false
-	switch {
-	case err == nil:
-		c.releaseLocked(holds)
-	case holds > 0:
-		// Nothing held goes out, and nothing written from now on.
-		// (A write that stands but cannot be acknowledged, the lease
-		// lapsed, ends the same way.)
-		failed = !d.failed
-		d.failed = true
-		d.held, d.cuts = nil, nil
-		if b.err == nil {
-			b.err = errNotDurable
-			b.failed.Store(true)
-		}
-		if failed {
+		failed := false
+		switch {
+		case err == nil:
+			c.releaseLocked(holds)
+		case holds > 0:
+			// Nothing held goes out, and nothing written from now on.
+			// (A write that stands but cannot be acknowledged, the lease
+			// lapsed, ends the same way.)
+			failed = true
+			d.failed = true
+			d.held, d.cuts = nil, nil
+			if b.err == nil {
+				b.err = errNotDurable
+				b.failed.Store(true)
+			}
 			c.endedFor(0x80) // unspecified error
 		}
-	}
-	cond.Broadcast()
-	b.mu.Unlock()
-	switch {
-	case failed:
-		o.log.Error("append to outbox: connection closed, its publishes not acknowledged",
-			"device", c.id.device, "publishes", holds, "err", err)
-		c.Close()
-	case err != nil && holds > 0:
-	case err != nil:
-		o.log.Error("append to outbox", "messages", len(batch), "err", err)
+		cond.Broadcast()
+		b.mu.Unlock()
+		switch {
+		case failed:
+			o.log.Error("append to outbox: connection closed, its publishes not acknowledged",
+				"device", c.id.device, "publishes", holds, "err", err)
+			c.Close()
+		case err != nil:
+			o.log.Error("append to outbox", "messages", len(batch), "err", err)
+		}
 	}
 }
 

@@ -81,39 +81,6 @@ func (s *gatedStore) Append(ctx context.Context, tenant string, items []store.It
 	return seqs, err
 }
 
-// AppendAfter makes the gated store a store.Pipeliner, as Pebble is, so
-// that the committer has two appends in flight on it: each is made once
-// the one before it was, and fails unmade if that one failed.
-func (s *gatedStore) AppendAfter(ctx context.Context, tenant string, items []store.Item, prev store.Pending) (store.Pending, error) {
-	p := &gatedPending{done: make(chan struct{})}
-	before, _ := prev.(*gatedPending)
-	go func() {
-		defer close(p.done)
-		if before != nil {
-			<-before.done
-			if before.err != nil {
-				p.err = fmt.Errorf("an append it follows failed: %w", before.err)
-				return
-			}
-		}
-		actx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		p.seqs, p.err = s.Append(actx, tenant, items, store.Receipt{})
-	}()
-	return p, nil
-}
-
-type gatedPending struct {
-	done chan struct{}
-	seqs []uint64
-	err  error
-}
-
-func (p *gatedPending) Wait() ([]uint64, error) {
-	<-p.done
-	return p.seqs, p.err
-}
-
 // shut makes the gated Appends wait from now on; open lets them through.
 func (s *gatedStore) shut() {
 	s.mu.Lock()

@@ -56,7 +56,3 @@ func Routing(h *Hub, tenant string) int {
 
 // DefaultNodeConnections is defaultNodeConnections, for its test.
 func DefaultNodeConnections(openFiles uint64) int { return defaultNodeConnections(openFiles) }
-
-// SetDurablePipelined turns the committer's second append in flight off
-// or on, and returns what it was.
-func SetDurablePipelined(on bool) bool { return durablePipelined.Swap(on) }

@@ -47,19 +47,15 @@ func BenchmarkP2PQoS1Webhook(b *testing.B) {
 		// before the writes were queued behind the PUBACK (durable.go),
 		// for a comparison within one run.
 		waits bool
-		// serial: the committer has one append in flight, as before it
-		// had two on Pebble (durable.go), for a comparison within one run.
-		serial bool
 	}{
-		{"memory", false, 1, false, false, false}, {"memory", true, 1, false, false, false}, {"pebble", false, 1, false, false, false}, {"pebble", true, 1, false, false, false},
-		{"memory", false, 16, false, false, false}, {"memory", true, 16, false, false, false}, {"pebble", false, 16, false, false, false}, {"pebble", true, 16, false, false, false},
-		{"pebble", false, 64, false, false, false}, {"pebble", true, 64, false, false, false},
-		{"memory", false, 64, false, false, false}, {"memory", true, 64, false, false, false},
-		{"redis", false, 1, false, false, false}, {"redis", true, 1, false, false, false}, {"redis", false, 16, false, false, false}, {"redis", true, 16, false, false, false},
-		{"redis", false, 64, false, false, false}, {"redis", true, 64, false, false, false},
-		{"pebble", true, 16, false, false, true}, {"pebble", true, 64, false, false, true},
-		{"memory", true, 1, false, true, false}, {"memory", true, 16, false, true, false}, {"pebble", true, 1, false, true, false}, {"pebble", true, 16, false, true, false},
-		{"pebble", false, 1, true, false, false}, {"pebble", true, 1, true, false, false}, {"pebble", false, 16, true, false, false}, {"pebble", true, 16, true, false, false},
+		{"memory", false, 1, false, false}, {"memory", true, 1, false, false}, {"pebble", false, 1, false, false}, {"pebble", true, 1, false, false},
+		{"memory", false, 16, false, false}, {"memory", true, 16, false, false}, {"pebble", false, 16, false, false}, {"pebble", true, 16, false, false},
+		{"pebble", false, 64, false, false}, {"pebble", true, 64, false, false},
+		{"memory", false, 64, false, false}, {"memory", true, 64, false, false},
+		{"redis", false, 1, false, false}, {"redis", true, 1, false, false}, {"redis", false, 16, false, false}, {"redis", true, 16, false, false},
+		{"redis", false, 64, false, false}, {"redis", true, 64, false, false},
+		{"memory", true, 1, false, true}, {"memory", true, 16, false, true}, {"pebble", true, 1, false, true}, {"pebble", true, 16, false, true},
+		{"pebble", false, 1, true, false}, {"pebble", true, 1, true, false}, {"pebble", false, 16, true, false}, {"pebble", true, 16, true, false},
 	} {
 		rule := tc.rule
 		name := fmt.Sprintf("window=%d/store=%s/rule=%t", tc.window, tc.store, rule)
@@ -69,17 +65,10 @@ func BenchmarkP2PQoS1Webhook(b *testing.B) {
 		if tc.waits {
 			name += "/reader=waits"
 		}
-		if tc.serial {
-			name += "/pipeline=off"
-		}
 		b.Run(name, func(b *testing.B) {
 			if tc.waits {
 				was := broker.SetDurableBehind(false)
 				defer broker.SetDurableBehind(was)
-			}
-			if tc.serial {
-				was := broker.SetDurablePipelined(false)
-				defer broker.SetDurablePipelined(was)
 			}
 			s := newOutboxStack(b, time.Hour, func(c *broker.Config) {
 				c.Delivery.Batch = broker.DefaultWebhookBatch

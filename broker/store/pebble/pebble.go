@@ -4,7 +4,6 @@
 package pebble
 
 import (
-	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -379,10 +378,6 @@ type appendReq struct {
 	seqs    []uint64
 	err     error
 	done    chan struct{}
-	// after is the append this one follows (AppendAfter): if it failed,
-	// this one fails unwritten (skip). The writer's alone once queued.
-	after *appendReq
-	skip  bool
 }
 
 // maxGroup bounds how many appends one commit takes.
@@ -407,23 +402,9 @@ func (s *Store) writer() {
 				break gather
 			}
 		}
-		// An append following one that failed (in an earlier commit; one
-		// in this commit fails or stands with it) is not written.
-		live := reqs[:0:0]
+		err := s.commit(reqs)
 		for _, r := range reqs {
-			if a := r.after; a != nil && (a.err != nil || a.skip) {
-				r.skip, r.err = true, fmt.Errorf("an append it follows failed: %w", cmp.Or(a.err, errors.New("not written")))
-			} else {
-				live = append(live, r)
-			}
-			r.after = nil
-		}
-		var err error
-		if len(live) > 0 {
-			err = s.commit(live)
-		}
-		for _, r := range reqs {
-			if err != nil && !r.skip {
+			if err != nil {
 				r.seqs, r.err = nil, err
 			}
 			close(r.done)
