@@ -2,6 +2,8 @@ package broker_test
 
 import (
 	"encoding/json"
+	"fmt"
+	"net/http"
 	"testing"
 	"time"
 
@@ -61,4 +63,37 @@ func TestOutboxSuspendedTenantEvents(t *testing.T) {
 	relay.Emit(events.Event{Time: time.Now().UTC(), Tenant: "acme", Type: events.BillingResumed})
 	has(events.BillingResumed)
 	mustV5(t, s.addr, "acme/d1", secret, "d1") // resumed: devices connect again
+}
+
+// TestOutboxSuspendedAfterRestart: after a restart (a new hub on the same
+// session store), a suspended tenant's outbox that holds messages
+// (acknowledged before the suspension) is delivered although its broker
+// does not start: no broker of it runs, and its devices stay refused.
+func TestOutboxSuspendedAfterRestart(t *testing.T) {
+	s := newOutboxStack(t, time.Hour)
+	s.tenant("acme")
+	rc := newWebhookReceiver(t)
+	rc.answer(http.StatusServiceUnavailable)
+	s.destination("acme", "hook", rc, "sensors/#", "")
+	secret := s.device("acme", "pub")
+	pub := mustV5(t, s.addr, "acme/pub", secret, "pub")
+	const n = 5
+	for i := range n {
+		pub.pub(t, "sensors/temp", fmt.Sprint(i), 1, false)
+	}
+	sessions, delivery := broker.SessionsOf(s.hub), broker.DeliveryOf(s.hub)
+	s.hub.Close()
+	yes := true
+	if _, err := s.store.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Suspended: &yes}); err != nil {
+		t.Fatal(err)
+	}
+	rc.answer(http.StatusOK)
+	hub2, addr2 := serveHub(t, broker.Config{Directory: s.store, Changes: s.store.Changes(), Usage: s.store, Sessions: sessions, Delivery: delivery})
+	eventually(t, 20*time.Second, "the suspended tenant's outbox is delivered", func() bool { return len(rc.messages()) >= n })
+	if _, running := broker.DenyActionOf(hub2, "acme"); running {
+		t.Error("the suspended tenant's broker runs")
+	}
+	if code := refusedV5(t, addr2, "acme/pub", secret, "pub"); code != 0x8A {
+		t.Errorf("connect while suspended: got 0x%02x, want 0x8A", code)
+	}
 }
