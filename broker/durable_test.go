@@ -286,23 +286,7 @@ func TestDurableWriteFails(t *testing.T) {
 	if _, err := pub.c.Write(numbered(1, 2, 8, "sensors/gated")); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.After(20 * time.Second)
-	var disconnect *packets.Packet
-	for closed := false; !closed; {
-		select {
-		case pk, ok := <-pub.in:
-			switch {
-			case !ok:
-				closed = true
-			case pk.FixedHeader.Type == packets.Puback:
-				t.Fatalf("PUBACK %d for a publish whose outbox write failed", pk.PacketID)
-			case pk.FixedHeader.Type == packets.Disconnect:
-				disconnect = &pk
-			}
-		case <-deadline:
-			t.Fatal("the connection is still open 20s after its outbox write failed")
-		}
-	}
+	disconnect := pub.closedWithoutPuback("after its outbox write failed")
 	if disconnect == nil || disconnect.ReasonCode != packets.ErrUnspecifiedError.Code {
 		t.Errorf("DISCONNECT %+v before the close, want one with 0x80", disconnect)
 	}
@@ -547,18 +531,29 @@ func TestDurableLeaseLapsedNotAcknowledged(t *testing.T) {
 	}
 	serving.Store(false) // the lease lapses while the write waits
 	st.open()
+	pub.closedWithoutPuback("after its write ended past the lease")
+}
+
+// closedWithoutPuback reads the connection until it closes, within 20s,
+// failing on any PUBACK; it returns the last DISCONNECT read, if any. why
+// says what should have closed it.
+func (r *raw) closedWithoutPuback(why string) *packets.Packet {
+	r.t.Helper()
 	deadline := time.After(20 * time.Second)
-	for closed := false; !closed; {
+	var disconnect *packets.Packet
+	for {
 		select {
-		case pk, ok := <-pub.in:
+		case pk, ok := <-r.in:
 			switch {
 			case !ok:
-				closed = true
+				return disconnect
 			case pk.FixedHeader.Type == packets.Puback:
-				t.Fatalf("PUBACK %d after the node's lease lapsed", pk.PacketID)
+				r.t.Fatalf("PUBACK %d %s", pk.PacketID, why)
+			case pk.FixedHeader.Type == packets.Disconnect:
+				disconnect = &pk
 			}
 		case <-deadline:
-			t.Fatal("the connection is still open 20s after its write ended past the lease")
+			r.t.Fatalf("the connection is still open 20s %s", why)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -135,13 +136,20 @@ func (h *Hub) publishEvents() {
 // stored already — as the hub's own events are: into the outboxes of the
 // tenant's rules that match it, and on its $events topic inside the
 // tenant. The tenant's broker is started if it is not running (its
-// outboxes live there); a suspended tenant's events reach neither.
+// outboxes live there). A suspended tenant's broker is not: its events
+// (billing_suspended first) reach the outboxes of its rules with a
+// destination alone, delivered without its broker (publishSuspended).
 func (h *Hub) PublishEvent(ctx context.Context, e events.Event) error {
 	topic := e.Topic()
 	if topic == "" || e.Tenant == "" {
 		return &tenants.FieldError{Field: "type", Message: "an event published in its tenant has a tenant and an $events topic"}
 	}
 	t, err := h.activeTenant(ctx, e.Tenant)
+	if errors.Is(err, tenants.ErrForbidden) {
+		if st, found, derr := h.dir.tenant(ctx, e.Tenant); derr == nil && found && st.Suspended {
+			return h.publishSuspended(ctx, st, e)
+		}
+	}
 	if err != nil {
 		return err
 	}

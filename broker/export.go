@@ -204,11 +204,63 @@ type eventExport struct {
 }
 
 // maxEventExports bounds the events waiting for the operator's Kafka, and
-// maxEventBatch how many of them go in one write.
+// maxEventBatch how many of them go in one write. One tenant has at most
+// maxTenantEventExports of them waiting (a fair share: a tenant flooding
+// events, or whose events Kafka is slow to take, fills its own share and
+// drops its own events, never another tenant's).
 const (
-	maxEventExports = 4096
-	maxEventBatch   = 256
+	maxEventExports       = 4096
+	maxTenantEventExports = 512
+	maxEventBatch         = 256
 )
+
+// eventShares counts each tenant's events waiting for the operator's Kafka
+// (in the hub's queue), against maxTenantEventExports.
+type eventShares struct {
+	mu sync.Mutex
+	m  map[string]*eventShare
+}
+
+type eventShare struct {
+	queued int
+	// dropping: the tenant's share was full; logged once, until its
+	// queue drains.
+	dropping bool
+}
+
+// take counts one more of the tenant's events queued; false if its share
+// is full. first reports the first refusal since the tenant's queue was
+// last empty (to log once, not per event).
+func (s *eventShares) take(tenant string) (ok, first bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m == nil {
+		s.m = map[string]*eventShare{}
+	}
+	e := s.m[tenant]
+	if e == nil {
+		e = &eventShare{}
+		s.m[tenant] = e
+	}
+	if e.queued >= maxTenantEventExports {
+		first = !e.dropping
+		e.dropping = true
+		return false, first
+	}
+	e.queued++
+	return true, false
+}
+
+// give counts one of the tenant's events out of the queue.
+func (s *eventShares) give(tenant string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e := s.m[tenant]; e != nil {
+		if e.queued--; e.queued <= 0 {
+			delete(s.m, tenant)
+		}
+	}
+}
 
 // exportEvent queues an event for the operator's Kafka, once for every
 // export rule of the tenant's it matches: the event as JSON (payload) on
@@ -216,8 +268,9 @@ const (
 // message on the event's $events topic. A rule's condition sees the event
 // as appendEvent's rules do. It runs on the hub's event publisher, so it
 // never waits for Kafka: the events are written by exportEvents, and
-// those that find the queue full are dropped and counted in their rules'
-// errors, as a QoS 0 export Kafka refused is.
+// those that find the tenant's share of the queue (or the queue) full are
+// dropped and counted in their rules' errors — the tenant's own — as a
+// QoS 0 export Kafka refused is.
 func (h *Hub) exportEvent(inst *instance, e events.Event, payload []byte) {
 	if h.eventExports == nil || inst.exporter == nil {
 		return
@@ -265,9 +318,19 @@ func (h *Hub) exportEvent(inst *instance, e events.Event, payload []byte) {
 	if len(x.msgs) == 0 {
 		return
 	}
+	ok, first := h.eventShares.take(inst.tenant)
+	if !ok {
+		x.failed()
+		if first {
+			inst.log.Warn("export an event to kafka: the tenant's share of the queue is full; its events are dropped (counted in their rules' errors) until it drains",
+				"topic", topic, "rules", len(x.rules), "share", maxTenantEventExports)
+		}
+		return
+	}
 	select {
 	case h.eventExports <- x:
 	default:
+		h.eventShares.give(inst.tenant)
 		x.failed()
 		inst.log.Warn("export an event to kafka: the queue is full", "topic", topic, "rules", len(x.rules))
 	}
@@ -305,12 +368,14 @@ func (h *Hub) exportEvents() {
 		case <-h.done:
 			return
 		case x := <-h.eventExports:
+			h.eventShares.give(x.inst.tenant)
 			batch = append(batch, x)
 		}
 	more:
 		for len(batch) < maxEventBatch {
 			select {
 			case x := <-h.eventExports:
+				h.eventShares.give(x.inst.tenant)
 				batch = append(batch, x)
 			default:
 				break more

@@ -167,6 +167,12 @@ type Hub struct {
 	// eventExports is the events waiting for the operator's Kafka (nil
 	// without an Exporter; export.go).
 	eventExports chan eventExport
+	// eventShares is each tenant's share of it (maxTenantEventExports).
+	eventShares eventShares
+	// dormant is the suspended tenants' outboxes delivering without their
+	// brokers (tenant → *dormantOutbox; outbox_suspended.go).
+	dormant   sync.Map
+	dormantMu sync.Mutex
 	// widenFailed is when this node last failed to widen each tenant
 	// (wide.go).
 	widenFailed sync.Map
@@ -259,7 +265,10 @@ func New(cfg Config) (*Hub, error) {
 		seen:      map[deviceKey]time.Time{},
 	}
 	h.denialWindow.Store(int64(denialEvery))
-	h.reg = newRegistry(cfg, func(t tenants.Tenant) (*instance, error) { return newInstance(h, t) })
+	h.reg = newRegistry(cfg, func(t tenants.Tenant) (*instance, error) {
+		h.wakeTenant(t.Slug) // its dormant outboxes, if suspended until now
+		return newInstance(h, t)
+	})
 	h.changes = newChangeApplier(cfg, h.dir, h.reg)
 	if cfg.Cluster != nil {
 		h.fwd = newForwarder(cfg, h.dir, h.done)
@@ -325,6 +334,7 @@ func (h *Hub) Close() error {
 			h.cancelSub()
 		}
 		h.reg.close()
+		h.closeDormant()
 		h.in.wait()
 		h.wg.Wait()
 		// What was noted since the last flushes.
@@ -365,6 +375,7 @@ func (h *Hub) every(d time.Duration, fn func()) {
 // reconcile).
 func (h *Hub) reapIdle() {
 	h.reg.reapIdle()
+	h.reapDormant()
 	for _, inst := range h.reg.all() {
 		if inst.persist != nil {
 			inst.persist.sweep(time.Now().Add(-time.Minute), inst.catchUp) // mochi's clock: the wall clock

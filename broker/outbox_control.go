@@ -212,11 +212,16 @@ func (h *Hub) outboxWaiting(ctx context.Context, tenant string) (bool, error) {
 	return false, nil
 }
 
-// startTenant starts a tenant's broker here, unless it is suspended or
-// gone; it stops again once idle, like any.
+// startTenant starts a tenant's broker here, unless it is gone; it stops
+// again once idle, like any. A suspended tenant's outboxes are delivered
+// without its broker (dormantOutbox).
 func (h *Hub) startTenant(ctx context.Context, slug string) {
 	t, found, err := h.dir.tenant(ctx, slug)
-	if err != nil || !found || t.Suspended {
+	if err != nil || !found {
+		return
+	}
+	if t.Suspended {
+		h.dormantOutbox(t)
 		return
 	}
 	inst, err := h.reg.acquire(t)

@@ -60,13 +60,18 @@ func (r *Relay) Emit(e Event) {
 	if e.Topic() == "" {
 		return
 	}
-	h := fnv.New32a()
-	h.Write([]byte(e.Tenant))
 	select {
-	case r.queues[h.Sum32()%relayShards] <- e:
+	case r.queues[shard(e.Tenant)] <- e:
 	default:
 		r.dropped.Add(1)
 	}
+}
+
+// shard is the relay's goroutine (and queue) for a tenant's events.
+func shard(tenant string) int {
+	h := fnv.New32a()
+	h.Write([]byte(tenant))
+	return int(h.Sum32() % relayShards)
 }
 
 // Relayed and Dropped count the events published and those lost.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"sync"
 	"testing"
 	"time"
@@ -96,7 +95,7 @@ func TestRelay(t *testing.T) {
 	wait("the overflow dropped", func() bool { return r.Dropped() >= 1+1200-129 })
 	other := ""
 	for i := 0; other == ""; i++ {
-		if name := fmt.Sprint("other", i); shard(name) != shard("acme") {
+		if name := fmt.Sprint("other", i); events.RelayShard(name) != events.RelayShard("acme") {
 			other = name
 		}
 	}
@@ -107,11 +106,4 @@ func TestRelay(t *testing.T) {
 	wait("the queue drained", func() bool { return r.Relayed()+r.Dropped() == 2+1+1200+1 })
 	r.Close()
 	r.Close()
-}
-
-// shard is the relay's shard of a tenant (fnv-32a of its name, of 8).
-func shard(tenant string) uint32 {
-	h := fnv.New32a()
-	h.Write([]byte(tenant))
-	return h.Sum32() % 8
 }
