@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"slices"
 	"testing"
 	"time"
@@ -64,12 +63,7 @@ func newKeeper(t *testing.T) (*persistence, *stepStore, *mqtt.Client) {
 	srv := mqtt.New(nil)
 	p := newPersistence(st, "acme", srv, plainHost{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	p.anywhere = true
-	server, client := net.Pipe()
-	go io.Copy(io.Discard, client)
-	t.Cleanup(func() { client.Close(); server.Close() })
-	cl := srv.NewClient(server, listenerID, "keeper", false)
-	cl.Properties.ProtocolVersion = 5
-	cl.Properties.Props.SessionExpiryInterval = 60
+	cl := pipeClient(t, srv, "keeper")
 	srv.Clients.Add(cl)
 	srv.Topics.Subscribe(cl.ID, packets.Subscription{Filter: "q/#", Qos: 1})
 	if err := p.claim(context.Background(), cl.ID); err != nil {

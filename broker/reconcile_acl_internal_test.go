@@ -2,9 +2,6 @@ package broker
 
 import (
 	"context"
-	"io"
-	"log/slog"
-	"net"
 	"sync/atomic"
 	"testing"
 
@@ -12,7 +9,6 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/broker/store"
-	"github.com/roosthub/roost/broker/store/memory"
 )
 
 // denyHost is a sessionHost whose read rules can change: topics in deny
@@ -32,20 +28,8 @@ func (h *denyHost) mayRead(_ *mqtt.Client, topic string) bool {
 // the session may still read them; one whose read permission was revoked
 // meanwhile is not sent, and leaves the queue here and in the store.
 func TestReconcileDropsUnreadable(t *testing.T) {
-	st := memory.New()
-	srv := mqtt.New(nil)
 	host := &denyHost{}
-	p := newPersistence(st, "acme", srv, host, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	server, client := net.Pipe()
-	go io.Copy(io.Discard, client)
-	t.Cleanup(func() { client.Close(); server.Close() })
-	cl := srv.NewClient(server, listenerID, "keeper", false)
-	cl.Properties.ProtocolVersion = 5
-	cl.Properties.Props.SessionExpiryInterval = 60
-	srv.Clients.Add(cl)
-	if err := p.claim(context.Background(), cl.ID); err != nil {
-		t.Fatal(err)
-	}
+	p, st, cl := claimedClient(t, host, "keeper")
 	msg := func(topic string) store.Message {
 		return toStore(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, TopicName: topic, Payload: []byte(topic), PacketID: 1})
 	}

@@ -27,19 +27,7 @@ import (
 // (TestQueueOverflowDropsOldest once got 7-10 and not 11 within 5 s).
 func TestResumeWhileRouting(t *testing.T) {
 	ctx := context.Background()
-	st := memory.New()
-	srv := mqtt.New(nil)
-	p := newPersistence(st, "acme", srv, plainHost{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	server, client := net.Pipe()
-	go io.Copy(io.Discard, client)
-	t.Cleanup(func() { client.Close(); server.Close() })
-	cl := srv.NewClient(server, listenerID, "sub", false)
-	cl.Properties.ProtocolVersion = 5
-	cl.Properties.Props.SessionExpiryInterval = 60
-	srv.Clients.Add(cl)
-	if err := p.claim(ctx, cl.ID); err != nil {
-		t.Fatal(err)
-	}
+	p, st, cl := claimedClient(t, plainHost{}, "sub")
 	// The copy is stored and tagged: mochi is routing it.
 	pk := publishOf("11")
 	seqs, err := st.Append(ctx, "acme", []store.Item{{ClientID: cl.ID, Message: toStore(pk)}}, store.Receipt{})
@@ -77,19 +65,7 @@ func TestResumeWhileRouting(t *testing.T) {
 // and d, delivered after, is mochi's own.
 func TestHoldKeepsQueueOrder(t *testing.T) {
 	ctx := context.Background()
-	st := memory.New()
-	srv := mqtt.New(nil)
-	p := newPersistence(st, "acme", srv, plainHost{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	server, client := net.Pipe()
-	go io.Copy(io.Discard, client)
-	t.Cleanup(func() { client.Close(); server.Close() })
-	cl := srv.NewClient(server, listenerID, "sub", false)
-	cl.Properties.ProtocolVersion = 5
-	cl.Properties.Props.SessionExpiryInterval = 60
-	srv.Clients.Add(cl)
-	if err := p.claim(ctx, cl.ID); err != nil {
-		t.Fatal(err)
-	}
+	p, st, cl := claimedClient(t, plainHost{}, "sub")
 	// stored queues a copy and tags the publish, as the store hook does.
 	stored := func(payload string) (packets.Packet, uint64) {
 		pk := publishOf(payload)
@@ -196,11 +172,7 @@ func TestAdoptedSessionGetsUnqueuedPublishInOrder(t *testing.T) {
 			srv := mqtt.New(nil)
 			p := newPersistence(st, "acme", srv, plainHost{}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 			p.anywhere = true
-			pubServer, pubClient := net.Pipe()
-			go io.Copy(io.Discard, pubClient)
-			t.Cleanup(func() { pubClient.Close(); pubServer.Close() })
-			pub := srv.NewClient(pubServer, listenerID, "pub", false)
-			pub.Properties.ProtocolVersion = 5
+			pub := pipeClient(t, srv, "pub")
 			p.mu.Lock()
 			p.stored["sub"] = true
 			p.storedN.Store(1)
@@ -222,12 +194,7 @@ func TestAdoptedSessionGetsUnqueuedPublishInOrder(t *testing.T) {
 			}
 			// The client connects here: claimed, adopted, its new
 			// connection in mochi's clients, not yet established.
-			server, client := net.Pipe()
-			go io.Copy(io.Discard, client)
-			t.Cleanup(func() { client.Close(); server.Close() })
-			cl := srv.NewClient(server, listenerID, "sub", false)
-			cl.Properties.ProtocolVersion = 5
-			cl.Properties.Props.SessionExpiryInterval = 60
+			cl := pipeClient(t, srv, "sub")
 			adopt := func() {
 				sub := packets.Subscription{Filter: "q/#", Qos: 1}
 				if tc.shared {
@@ -333,14 +300,20 @@ func TestAdoptedSessionGetsUnqueuedPublishInOrder(t *testing.T) {
 // carries the topic again, once.
 func TestWithheldAliasAnnouncedAgain(t *testing.T) {
 	p, _, cl := newKeeper(t)
-	announcing := publishOf("a")
-	announcing.Properties.TopicAlias, announcing.Properties.TopicAliasFlag = 3, true
-	p.mu.Lock()
-	announcing = p.tagLocked(announcing, map[string]uint64{})
-	pubID, _ := pubIDOf(announcing)
-	p.withhold(cl, pubID, 1, 0)
-	p.mu.Unlock()
-	if !p.unsent(cl, announcing) {
+	// withheldAnnouncing withholds a delivery announcing alias (topic
+	// and alias), as handedOver does, and reports whether its write was
+	// dropped.
+	withheldAnnouncing := func(payload string, alias, packetID uint16) bool {
+		pk := publishOf(payload)
+		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = alias, true
+		p.mu.Lock()
+		pk = p.tagLocked(pk, map[string]uint64{})
+		pubID, _ := pubIDOf(pk)
+		p.withhold(cl, pubID, packetID, 0)
+		p.mu.Unlock()
+		return p.unsent(cl, pk)
+	}
+	if !withheldAnnouncing("a", 3, 1) {
 		t.Fatal("the withheld delivery was not dropped")
 	}
 	aliasOnly := publishOf("b")
@@ -358,18 +331,41 @@ func TestWithheldAliasAnnouncedAgain(t *testing.T) {
 		t.Errorf("a delivery under alias 4, never withheld, got topic %q", got.TopicName)
 	}
 	// One still unannounced as the connection ends is forgotten with it.
-	again := publishOf("c")
-	again.Properties.TopicAlias, again.Properties.TopicAliasFlag = 5, true
-	p.mu.Lock()
-	again = p.tagLocked(again, map[string]uint64{})
-	againID, _ := pubIDOf(again)
-	p.withhold(cl, againID, 2, 0)
-	p.mu.Unlock()
-	if !p.unsent(cl, again) || p.unannouncedN.Load() != 1 {
+	if !withheldAnnouncing("c", 5, 2) || p.unannouncedN.Load() != 1 {
 		t.Fatalf("a second withheld announcement: dropped and counted %d, want 1", p.unannouncedN.Load())
 	}
 	p.gone(cl)
 	if n := p.unannouncedN.Load(); n != 0 {
 		t.Errorf("%d unannounced aliases counted after the connection ended, want 0", n)
 	}
+}
+
+// pipeClient is a v5 client object with a session that outlives its
+// connection (expiry 60 s), on one end of a pipe whose other end reads
+// and drops what is written.
+func pipeClient(t *testing.T, srv *mqtt.Server, id string) *mqtt.Client {
+	t.Helper()
+	server, client := net.Pipe()
+	go io.Copy(io.Discard, client)
+	t.Cleanup(func() { client.Close(); server.Close() })
+	cl := srv.NewClient(server, listenerID, id, false)
+	cl.Properties.ProtocolVersion = 5
+	cl.Properties.Props.SessionExpiryInterval = 60
+	return cl
+}
+
+// claimedClient is a tenant's persistence on a memory store, judging reads
+// by host, with the client id's connection (see pipeClient) in mochi's
+// clients and its session claimed.
+func claimedClient(t *testing.T, host sessionHost, id string) (*persistence, *memory.Store, *mqtt.Client) {
+	t.Helper()
+	st := memory.New()
+	srv := mqtt.New(nil)
+	p := newPersistence(st, "acme", srv, host, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	cl := pipeClient(t, srv, id)
+	srv.Clients.Add(cl)
+	if err := p.claim(context.Background(), cl.ID); err != nil {
+		t.Fatal(err)
+	}
+	return p, st, cl
 }
