@@ -369,3 +369,20 @@ func claimedClient(t *testing.T, host sessionHost, id string) (*persistence, *me
 	}
 	return p, st, cl
 }
+
+// TestStalePubackNotResent: a PUBACK mochi held among the inflight
+// messages of the connection taken over (it holds one while it writes it)
+// is not resent to the new connection: it would acknowledge the packet id
+// the client may be giving a new publish.
+func TestStalePubackNotResent(t *testing.T) {
+	p, _, cl := claimedClient(t, plainHost{}, "sub")
+	cl.State.Inflight.Set(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: 2})
+	cl.State.Inflight.Set(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrec}, PacketID: 3})
+	p.orderResend(cl)
+	if _, ok := cl.State.Inflight.Get(2); ok {
+		t.Error("the stale PUBACK 2 is still among the inflight messages mochi resends")
+	}
+	if _, ok := cl.State.Inflight.Get(3); !ok {
+		t.Error("the PUBREC 3, which waits for its PUBREL, was taken out")
+	}
+}
