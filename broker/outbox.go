@@ -209,6 +209,14 @@ type destQueue struct {
 }
 
 func newOutbox(inst *instance, h *Hub) *outbox {
+	return h.outboxOf(inst.tenant, inst.log, inst.quotas, inst.home, inst.spread)
+}
+
+// outboxOf is a tenant's outboxes on this node, whether its broker runs
+// (newOutbox) or not (a suspended tenant's: newDormantOutbox); nil without
+// a delivery configuration or a session store. deliver: its workers run
+// here; poll: they look into the store for what other nodes queued.
+func (h *Hub) outboxOf(tenant string, log *slog.Logger, quotas func() tenants.Quotas, deliver, poll bool) *outbox {
 	d := h.cfg.Delivery
 	st := h.cfg.Sessions
 	if d == nil || st == nil {
@@ -216,27 +224,27 @@ func newOutbox(inst *instance, h *Hub) *outbox {
 	}
 	var b [6]byte
 	_, _ = rand.Read(b[:])
-	o := &outbox{
-		cfg: d, st: st, tenant: inst.tenant, log: inst.log, now: h.now,
-		quotas: inst.quotas,
+	env := hubEnv{h, tenant}
+	return &outbox{
+		cfg: d, st: st, tenant: tenant, log: log, now: h.now,
+		quotas: quotas,
 		policy: func(ctx context.Context) tenants.OutboxPolicy {
-			if t, found, err := inst.dir.tenant(ctx, inst.tenant); err == nil && found && t.OutboxPolicy != "" {
+			if t, found, err := h.dir.tenant(ctx, tenant); err == nil && found && t.OutboxPolicy != "" {
 				return t.OutboxPolicy
 			}
 			return tenants.OutboxDropOldest
 		},
 		device: func(ctx context.Context, name string) (tenants.Device, bool, error) {
-			return inst.dir.device(ctx, inst.tenant, name)
+			return h.dir.device(ctx, tenant, name)
 		},
-		serving:         inst.env.serving,
-		refusedForLease: inst.env.refusedForLease,
-		deliver:         inst.home,
-		poll:            inst.spread,
+		serving:         env.serving,
+		refusedForLease: env.refusedForLease,
+		deliver:         deliver,
+		poll:            poll,
 		idPrefix:        hex.EncodeToString(b[:]),
 		dests:           map[string]*destQueue{},
 		stop:            make(chan struct{}),
 	}
-	return o
 }
 
 // start starts a worker for each destination a rule names, so that what

@@ -2,8 +2,6 @@ package broker
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -98,7 +96,11 @@ func (h *Hub) dormantOutbox(t tenants.Tenant) *outbox {
 		h.dormantMu.Unlock()
 		return d.o
 	}
-	d := &dormantOutbox{o: h.newDormantOutbox(t), used: h.now()}
+	o := h.newDormantOutbox(t)
+	if o == nil {
+		return nil // no outboxes here (no delivery or session store)
+	}
+	d := &dormantOutbox{o: o, used: h.now()}
 	if v, loaded := h.dormant.LoadOrStore(t.Slug, d); loaded {
 		return v.(*dormantOutbox).o
 	}
@@ -115,34 +117,13 @@ func (h *Hub) dormantOutbox(t tenants.Tenant) *outbox {
 	return d.o
 }
 
-// newDormantOutbox is an outbox of a tenant whose broker does not run.
+// newDormantOutbox is an outbox of a tenant whose broker does not run,
+// under the quotas it had as it was read.
 func (h *Hub) newDormantOutbox(t tenants.Tenant) *outbox {
-	log := h.log.With("tenant", t.Slug, "dormant", true)
 	q := t.Quotas()
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	env := hubEnv{h, t.Slug}
 	wide := h.wide(t.Slug)
-	return &outbox{
-		cfg: h.cfg.Delivery, st: h.cfg.Sessions, tenant: t.Slug, log: log, now: h.now,
-		quotas: func() tenants.Quotas { return q },
-		policy: func(ctx context.Context) tenants.OutboxPolicy {
-			if t, found, err := h.dir.tenant(ctx, t.Slug); err == nil && found && t.OutboxPolicy != "" {
-				return t.OutboxPolicy
-			}
-			return tenants.OutboxDropOldest
-		},
-		device: func(ctx context.Context, name string) (tenants.Device, bool, error) {
-			return h.dir.device(ctx, t.Slug, name)
-		},
-		serving:         env.serving,
-		refusedForLease: env.refusedForLease,
-		deliver:         !wide || h.fabricHome(t.Slug),
-		poll:            wide,
-		idPrefix:        hex.EncodeToString(b[:]),
-		dests:           map[string]*destQueue{},
-		stop:            make(chan struct{}),
-	}
+	return h.outboxOf(t.Slug, h.log.With("tenant", t.Slug, "dormant", true), func() tenants.Quotas { return q },
+		!wide || h.fabricHome(t.Slug), wide)
 }
 
 // wakeTenant closes the tenant's dormant outbox, if any, before its

@@ -22,6 +22,10 @@ func TestOutboxSuspendedTenantEvents(t *testing.T) {
 	s.tenant("acme")
 	rc := newWebhookReceiver(t)
 	s.destination("acme", "hook", rc, "$events/billing/#", "")
+	// Another tenant's rule on the same filter hears none of acme's.
+	s.tenant("globex")
+	other := newWebhookReceiver(t)
+	s.destination("globex", "hook", other, "$events/billing/#", "")
 	secret := s.device("acme", "d1")
 	yes, no := true, false
 	if _, err := s.store.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Suspended: &yes}); err != nil {
@@ -63,6 +67,9 @@ func TestOutboxSuspendedTenantEvents(t *testing.T) {
 	relay.Emit(events.Event{Time: time.Now().UTC(), Tenant: "acme", Type: events.BillingResumed})
 	has(events.BillingResumed)
 	mustV5(t, s.addr, "acme/d1", secret, "d1") // resumed: devices connect again
+	if got := other.messages(); len(got) != 0 {
+		t.Errorf("globex's rule received %d of acme's events, e.g. %s", len(got), got[0].Topic)
+	}
 }
 
 // TestOutboxSuspendedAfterRestart: after a restart (a new hub on the same
