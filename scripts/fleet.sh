@@ -40,18 +40,39 @@ say() { echo "fleet: $*" >&2; }
 die() { say "$*"; exit 1; }
 
 # free_ports N prints N distinct free loopback ports, one a line: all are
-# bound at once, so none is handed out twice.
+# bound at once, so none is handed out twice. They are drawn from
+# 10000-19999, below the kernel's ephemeral range (where it picks the local
+# ports of outgoing connections) and apart from the 20000-31999 the Go
+# tests' own servers take: a node restarted by restart-node must find its
+# ports free, and a port the kernel handed out (bind to port 0) may by then
+# be the local end of some outgoing connection.
 free_ports() {
   python3 - "$1" <<'PY' 2>/dev/null && return
-import socket, sys
+import random, socket, sys
+low = 32768
+try:
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError, IndexError):
+    pass
+hi = min(20000, low)
 socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); socks.append(s)
+for _ in range(2000):
+    if len(socks) == int(sys.argv[1]):
+        break
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", random.randrange(10000, hi)))
+    except OSError:
+        s.close()
+        continue
+    socks.append(s)
+else:
+    sys.exit(1)
 for s in socks:
     print(s.getsockname()[1])
 PY
   local i
-  for ((i = 0; i < $1; i++)); do echo $((20000 + RANDOM % 20000 + i)); done
+  for ((i = 0; i < $1; i++)); do echo $((10000 + RANDOM % 10000 + i)); done
 }
 
 pg_bin() {

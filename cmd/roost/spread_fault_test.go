@@ -505,7 +505,7 @@ func spreadPauseTest(t *testing.T, fab fleetFabric, target int, pause time.Durat
 		subs = append(subs, f.cleanSub(i, fmt.Sprintf("c%d", i), "load/#"))
 	}
 	if h := f.home(); h != 1 {
-		t.Fatalf("the tenant's home is node %d; want node 1, where its first (clean) session connected", h)
+		f.fatalf("the tenant's home is node %d; want node 1, where its first (clean) session connected", h)
 	}
 	ps := f.keep("psub", "load/#", 1)
 	var mv *spreadMover
@@ -545,7 +545,7 @@ func spreadPauseTest(t *testing.T, fab fleetFabric, target int, pause time.Durat
 	}
 	if moved != nil {
 		if err := <-moved; err != nil {
-			t.Fatal(err)
+			f.fatalf("%v", err)
 		}
 	}
 	for _, l := range loads {
@@ -563,14 +563,14 @@ func spreadPauseTest(t *testing.T, fab fleetFabric, target int, pause time.Durat
 			l.id, st.sent, st.acked, during, gap.Round(time.Millisecond), st.refused, st.failed, st.conns)
 		if fab == fabricKafka && target == pauseFabric && during > 0 {
 			// Every QoS 1 publish crosses Kafka: none can be stored there.
-			t.Errorf("%s: %d publishes acknowledged while Kafka was stopped", l.id, during)
+			f.errorf("%s: %d publishes acknowledged while Kafka was stopped", l.id, during)
 		}
 		if target == pausePostgres {
 			if st.refused+st.failed > 0 || st.conns != 1 {
-				t.Errorf("%s: with Postgres stopped, %d publishes refused and %d unanswered, connected %d times; want 0, 0 and 1", l.id, st.refused, st.failed, st.conns)
+				f.errorf("%s: with Postgres stopped, %d publishes refused and %d unanswered, connected %d times; want 0, 0 and 1", l.id, st.refused, st.failed, st.conns)
 			}
 			if gap > 2*time.Second {
-				t.Errorf("%s: with Postgres stopped, %s without a PUBACK; want PUBACKs all along", l.id, gap.Round(time.Millisecond))
+				f.errorf("%s: with Postgres stopped, %s without a PUBACK; want PUBACKs all along", l.id, gap.Round(time.Millisecond))
 			}
 		}
 	}
@@ -588,19 +588,19 @@ func spreadPauseTest(t *testing.T, fab fleetFabric, target int, pause time.Durat
 			// Redis fabric. On Kafka's nothing sweeps a node: if it is kept,
 			// it must have lost nothing.
 			if fab == fabricRedis && !ended {
-				t.Errorf("clean subscriber %s on the stopped node %d was not disconnected when it continued", s.id, s.node)
+				f.errorf("clean subscriber %s on the stopped node %d was not disconnected when it continued", s.id, s.node)
 			}
 			if ended {
 				t.Logf("clean subscriber %s on the stopped node %d was disconnected when it continued", s.id, s.node)
 				continue
 			}
 		} else if ended {
-			t.Errorf("clean subscriber %s (node %d) was disconnected", s.id, s.node)
+			f.errorf("clean subscriber %s (node %d) was disconnected", s.id, s.node)
 		}
 		for _, l := range loads {
 			missing, acked := l.waitArrived(s.tally, s.subacked, end, time.Until(wait))
 			if len(missing) > 0 {
-				t.Errorf("clean subscriber %s (node %d): %d of %d messages %s (node %d) got a PUBACK for never arrived, e.g. %v",
+				f.errorf("clean subscriber %s (node %d): %d of %d messages %s (node %d) got a PUBACK for never arrived, e.g. %v",
 					s.id, s.node, len(missing), acked, l.id, l.home, missing[:min(len(missing), 10)])
 			}
 		}
@@ -608,15 +608,15 @@ func spreadPauseTest(t *testing.T, fab fleetFabric, target int, pause time.Durat
 	for _, l := range loads {
 		missing, acked := l.waitArrived(ps.tally, time.Time{}, end, time.Until(wait))
 		if len(missing) > 0 {
-			t.Errorf("persistent subscriber: %d of %d messages %s got a PUBACK for never arrived, e.g. %v", len(missing), acked, l.id, missing[:min(len(missing), 10)])
+			f.errorf("persistent subscriber: %d of %d messages %s got a PUBACK for never arrived, e.g. %v", len(missing), acked, l.id, missing[:min(len(missing), 10)])
 		}
 	}
 	t.Logf("persistent subscriber: connected %d times, %d duplicates, %d out of order", ps.connects(), ps.tally.dups(), ps.tally.outOfOrder())
 	if n := ps.lostSessions(); n > 0 {
-		t.Errorf("the persistent subscriber's session was gone %d times it connected again", n)
+		f.errorf("the persistent subscriber's session was gone %d times it connected again", n)
 	}
 	if target == pausePostgres && ps.connects() != 1 {
-		t.Errorf("the persistent subscriber connected %d times; with Postgres stopped it should have kept its connection", ps.connects())
+		f.errorf("the persistent subscriber connected %d times; with Postgres stopped it should have kept its connection", ps.connects())
 	}
 	for _, s := range subs {
 		t.Logf("clean subscriber %s (node %d): %d duplicates, %d out of order", s.id, s.node, s.tally.dups(), s.tally.outOfOrder())
@@ -628,7 +628,7 @@ func spreadPauseTest(t *testing.T, fab fleetFabric, target int, pause time.Durat
 		// is not acknowledged: it is refused, or the connection ends.
 		l := loads[target-1]
 		if n := l.ackedAfterSentBefore(resumed); n > 0 {
-			t.Errorf("%s: node %d acknowledged %d publishes sent to it before it continued (its lease had lapsed)", l.id, target, n)
+			f.errorf("%s: node %d acknowledged %d publishes sent to it before it continued (its lease had lapsed)", l.id, target, n)
 		}
 		// Which counter shows it depends on what the node does first when
 		// it continues: it refuses the publish for its lease, or finds a
@@ -639,7 +639,7 @@ func spreadPauseTest(t *testing.T, fab fleetFabric, target int, pause time.Durat
 		t.Logf("node %d: roost_publishes_refused_lease_total %v, roost_session_writes_fenced_total %v, roost_fabric_send_failures_total %v, roost_fabric_lapses_total %v",
 			target, refused, fenced, failed, f.metric(target, "roost_fabric_lapses_total"))
 		if refused+fenced+failed < 1 {
-			t.Errorf("node %d, stopped past its lease, had no write refused when it continued (roost_publishes_refused_lease_total %v, roost_session_writes_fenced_total %v, roost_fabric_send_failures_total %v)",
+			f.errorf("node %d, stopped past its lease, had no write refused when it continued (roost_publishes_refused_lease_total %v, roost_session_writes_fenced_total %v, roost_fabric_send_failures_total %v)",
 				target, refused, fenced, failed)
 		}
 	}
@@ -844,7 +844,7 @@ func (m *spreadMover) check(t *testing.T, loads []*spreadLoad, end, resumed, wai
 	m.mu.Unlock()
 	t.Logf("persistent subscriber %s: connected again through node 1 %s after its first SUBACK through node %d", m.id, movedAt.Sub(m.subacked).Round(time.Millisecond), m.node)
 	if !present {
-		t.Errorf("persistent subscriber %s: its session was not present when it connected again through node 1", m.id)
+		m.f.errorf("persistent subscriber %s: its session was not present when it connected again through node 1", m.id)
 	}
 	var after, before []string
 	for _, p := range late {
@@ -875,12 +875,12 @@ func (m *spreadMover) check(t *testing.T, loads []*spreadLoad, end, resumed, wai
 	select {
 	case <-m.old.Done():
 	case <-time.After(time.Until(resumed.Add(10 * time.Second))):
-		t.Errorf("persistent subscriber %s: its old connection through node %d was not ended within 10 s of the node continuing", m.id, m.node)
+		m.f.errorf("persistent subscriber %s: its old connection through node %d was not ended within 10 s of the node continuing", m.id, m.node)
 	}
 	for _, l := range loads {
 		missing, acked := l.waitArrived(m.tally, m.subacked, end, time.Until(wait))
 		if len(missing) > 0 {
-			t.Errorf("persistent subscriber %s: %d of %d messages %s got a PUBACK for never arrived, e.g. %v", m.id, len(missing), acked, l.id, missing[:min(len(missing), 10)])
+			m.f.errorf("persistent subscriber %s: %d of %d messages %s got a PUBACK for never arrived, e.g. %v", m.id, len(missing), acked, l.id, missing[:min(len(missing), 10)])
 		}
 	}
 	t.Logf("persistent subscriber %s: %d duplicates, %d out of order", m.id, m.tally.dups(), m.tally.outOfOrder())
@@ -902,10 +902,29 @@ type spreadFleet struct {
 	fabric fleetFabric
 	kafka  *kafkaGate // the fabric's Kafka (kfake), in this process
 
-	mu    sync.Mutex
-	vars  map[string]string
-	nodes int
-	dead  map[int]bool
+	mu       sync.Mutex
+	vars     map[string]string
+	nodes    int
+	dead     map[int]bool
+	failures []string // what errorf and fatalf said
+}
+
+// errorf is t.Errorf, repeated at the end of the test's output, after the
+// nodes' logs (which would otherwise bury it).
+func (f *spreadFleet) errorf(format string, args ...any) {
+	f.t.Helper()
+	msg := fmt.Sprintf(format, args...)
+	f.mu.Lock()
+	f.failures = append(f.failures, msg)
+	f.mu.Unlock()
+	f.t.Error(msg)
+}
+
+// fatalf is t.Fatalf, repeated as errorf's messages are.
+func (f *spreadFleet) fatalf(format string, args ...any) {
+	f.t.Helper()
+	f.errorf(format, args...)
+	f.t.FailNow()
 }
 
 // fleetFabric is what carries a spread fleet's messages between nodes
@@ -1002,6 +1021,11 @@ func startFleet(t *testing.T, nodes int, env ...string) *spreadFleet {
 			t.Errorf("fleet.sh stop: %v", err)
 		}
 		t.Logf("the test took %s", time.Since(f.began).Round(time.Millisecond))
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if len(f.failures) > 0 {
+			t.Logf("what failed, again (the nodes' logs are above):\n\t%s", strings.Join(f.failures, "\n\t"))
+		}
 	})
 	out, err := f.sh("start", strconv.Itoa(nodes))
 	if err != nil {
