@@ -37,7 +37,7 @@ import (
 //     stopped with SIGSTOP for ROOST_SPREAD_PAUSE (default 3s, within the
 //     fabric's lease); TestSpreadFleetRedisPauseLong for 6 s, past it,
 //     and TestSpreadFleetNodePause, a node stopped for
-//     ROOST_SPREAD_NODE_PAUSE (default 6 s).
+//     ROOST_SPREAD_NODE_PAUSE (default 8 s).
 //   - TestSpreadFleetPostgresPause: Postgres stopped with SIGSTOP for
 //     ROOST_SPREAD_PG_PAUSE (default 15 s): connected devices unaffected.
 //   - The same on the Kafka fabric (spread_kafka_fault_test.go):
@@ -458,10 +458,14 @@ func TestSpreadFleetRedisPauseLong(t *testing.T) {
 }
 
 // TestSpreadFleetNodePause is TestSpreadFleetRedisPause with node 3
-// stopped with SIGSTOP for 6 s (ROOST_SPREAD_NODE_PAUSE) instead of
+// stopped with SIGSTOP for 8 s (ROOST_SPREAD_NODE_PAUSE) instead of
 // Redis: a pause longer than the fabric's lease (a long GC or VM pause, a
 // partition from Redis). The other nodes sweep its routes once its lease
-// lapsed and acknowledge messages it then misses; when it continues it
+// (5 s) lapsed, on their next renewal (every second), and acknowledge
+// messages it then misses: 4-6 s after the stop, and later on a loaded
+// machine; 8 s leaves 2 s for that (a node not yet swept when it continues
+// rightly keeps its clean session, which then must lose nothing). When it
+// continues it
 // finds its membership lapsed and ends its clean sessions (0x89): they
 // start afresh, and what was published for them while the node was
 // stopped is lost with them, as with a crash. Everyone else loses
@@ -476,7 +480,7 @@ func TestSpreadFleetRedisPauseLong(t *testing.T) {
 // that reaches the old connection, the stopped node ends it when it
 // continues, and the subscriber gets every acknowledged message.
 func TestSpreadFleetNodePause(t *testing.T) {
-	spreadPauseTest(t, fabricRedis, 3, envDuration(t, "ROOST_SPREAD_NODE_PAUSE", 6*time.Second))
+	spreadPauseTest(t, fabricRedis, 3, envDuration(t, "ROOST_SPREAD_NODE_PAUSE", 8*time.Second))
 }
 
 // TestSpreadFleetPostgresPause is TestSpreadFleetRedisPause with every
@@ -584,11 +588,14 @@ func spreadPauseTest(t *testing.T, fab fleetFabric, target int, pause time.Durat
 		default:
 		}
 		if s.node == target {
-			// The stopped node's clean session is ended, not kept, on the
-			// Redis fabric. On Kafka's nothing sweeps a node: if it is kept,
-			// it must have lost nothing.
-			if fab == fabricRedis && !ended {
-				f.errorf("clean subscriber %s on the stopped node %d was not disconnected when it continued", s.id, s.node)
+			// The stopped node's clean session is ended when the others
+			// swept the node's membership (Redis fabric, a pause past its
+			// lease): they sent it nothing since. If it is kept (Kafka's
+			// fabric sweeps nobody; on Redis's, a sweep that had not yet
+			// run when the node continued), it must have lost nothing.
+			if !ended {
+				t.Logf("clean subscriber %s on the stopped node %d was kept when it continued (roost_fabric_lapses_total %v): it must have lost nothing",
+					s.id, s.node, f.metric(target, "roost_fabric_lapses_total"))
 			}
 			if ended {
 				t.Logf("clean subscriber %s on the stopped node %d was disconnected when it continued", s.id, s.node)
@@ -870,7 +877,7 @@ func (m *spreadMover) check(t *testing.T, loads []*spreadLoad, end, resumed, wai
 	if len(after) > 0 {
 		msg := fmt.Sprintf("persistent subscriber %s: served by two nodes at once: %d messages published after it connected through node 1 reached its old connection through node %d, e.g. %v",
 			m.id, len(after), m.node, after[:min(len(after), 10)])
-		t.Error(msg)
+		m.f.errorf("%s", msg)
 	}
 	select {
 	case <-m.old.Done():
