@@ -354,7 +354,7 @@ func openSessions(ctx context.Context, c *config, log *slog.Logger) (broker.Sess
 		}
 		return s, nil
 	}
-	s, err := pebblestore.New(pebblestore.Config{Dir: filepath.Join(c.DataDir, "sessions"), Log: log.With("store", "pebble")})
+	s, err := pebblestore.New(pebblestore.Config{Dir: filepath.Join(c.DataDir, "sessions"), Log: log.With("store", "pebble"), SyncInterval: c.storeSyncInterval()})
 	if err != nil {
 		return nil, fmt.Errorf("ROOST_DATA_DIR: %w", err)
 	}
