@@ -388,10 +388,10 @@ func (s *Store) DeleteSession(_ context.Context, tenant, clientID string, epoch 
 
 // Append stores the items and returns their sequence numbers once they are
 // synced to disk (with a sync interval: written to the log file, see
-// Config.SyncInterval). Appends are group-committed: one writer takes every append
-// waiting, numbers them in order and writes them in one synced batch, so a
-// reader never sees a later number before an earlier one, and one fsync
-// covers many publishers. All items of one call are in the same batch: a
+// Config.SyncInterval). Appends are group-committed: one writer takes every
+// append waiting, numbers them in order and writes them in one synced
+// batch, so a reader never sees a later number before an earlier one, and
+// one fsync covers many publishers. All items of one call are in the same batch: a
 // message is stored for every session it was meant for, or for none.
 func (s *Store) Append(ctx context.Context, tenant string, items []store.Item, r store.Receipt) ([]uint64, error) {
 	req := &appendReq{tenant: tenant, items: items, receipt: r, done: make(chan struct{})}
