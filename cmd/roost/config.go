@@ -56,8 +56,13 @@ type config struct {
 	InstanceIdle time.Duration
 	// SessionStore keeps persistent sessions: embedded, memory, redis or hbase.
 	SessionStore string
-	RedisURL     string
-	HBaseURL     string
+	// StoreSync says when the embedded session store fsyncs: always
+	// (each write before it is acknowledged) or interval (every
+	// StoreSyncInterval).
+	StoreSync         string
+	StoreSyncInterval time.Duration
+	RedisURL          string
+	HBaseURL          string
 	// KafkaBrokers, comma-separated, sends lifecycle events to Kafka.
 	KafkaBrokers string
 	// DebugAddr serves Go's profiler (net/http/pprof); empty: off.
@@ -196,6 +201,8 @@ func (c *config) settings() []setting {
 		{"handshake-burst-per-endpoint", "the burst of --handshake-rate-per-endpoint", "2500", &c.HandshakeBurstPerEndpoint},
 		{"instance-idle", "how long a tenant's broker with no connections, sessions or retained messages stays up", "5m", &c.InstanceIdle},
 		{"session-store", "where persistent sessions live: embedded (Pebble in the data dir), memory, redis or hbase", "embedded", &c.SessionStore},
+		{"store-sync", "when the embedded session store fsyncs: always (each write before the publisher is acknowledged: a crash of the machine loses nothing acknowledged) or interval (each write is written to the file before it is acknowledged, surviving the death of the process, and fsynced every --store-sync-interval: a crash of the machine or a power cut loses up to that interval; several times the throughput of one publisher waiting for each acknowledgement)", "always", &c.StoreSync},
+		{"store-sync-interval", "with --store-sync=interval, the most time between a write and its fsync (1ms to 1m)", "10ms", &c.StoreSyncInterval},
 		{"redis-url", "redis://host:port/db for the redis session store", "", &c.RedisURL},
 		{"hbase-url", "http://host:port of HBase's REST gateway for the hbase session store", "", &c.HBaseURL},
 		{"kafka-brokers", "host:port[,host:port] of Kafka for lifecycle events (topic roost.events), as well as the directory, which stores them either way", "", &c.KafkaBrokers},
@@ -294,7 +301,7 @@ var settingGroups = []struct {
 	title string
 	names []string
 }{
-	{"Storage", []string{"data-dir", "database-url", "session-store", "redis-url", "hbase-url", "usage-retention"}},
+	{"Storage", []string{"data-dir", "database-url", "session-store", "store-sync", "store-sync-interval", "redis-url", "hbase-url", "usage-retention"}},
 	{"HTTP, API and console", []string{"http-addr", "public-url", "admin-token", "secret-keys-old", "token-ttl", "device-endpoints", "debug-addr"}},
 	{"Device listeners and TLS", []string{"mqtt-addr", "mqtt-tls-addr", "ws-addr", "wss-addr", "tls-cert", "tls-key", "dev-tls", "mqtt-domain", "proxy-protocol"}},
 	{"Device connection limits", []string{"connect-timeout", "max-handshakes", "max-handshakes-per-address", "max-handshakes-per-endpoint",
@@ -474,6 +481,9 @@ func (c *config) Validate() error {
 	default:
 		return fmt.Errorf("ROOST_SESSION_STORE: %q is not embedded, memory, redis or hbase", c.SessionStore)
 	}
+	if err := c.validateStoreSync(); err != nil {
+		return err
+	}
 	for _, b := range c.kafkaBrokers() {
 		if _, _, err := net.SplitHostPort(b); err != nil {
 			return fmt.Errorf("ROOST_KAFKA_BROKERS: %q is not host:port", b)
@@ -519,6 +529,32 @@ func (c *config) Validate() error {
 		return err
 	}
 	return c.validateAccountLimits()
+}
+
+// validateStoreSync checks the embedded store's sync policy.
+func (c *config) validateStoreSync() error {
+	switch c.StoreSync {
+	case "always":
+	case "interval":
+		if c.SessionStore != "embedded" {
+			return fmt.Errorf("ROOST_STORE_SYNC: interval applies to the embedded session store, not %s (whose server decides when it syncs)", c.SessionStore)
+		}
+	default:
+		return fmt.Errorf("ROOST_STORE_SYNC: %q is not always or interval", c.StoreSync)
+	}
+	if c.StoreSyncInterval < time.Millisecond || c.StoreSyncInterval > time.Minute {
+		return errors.New("ROOST_STORE_SYNC_INTERVAL: must be between 1ms and 1m")
+	}
+	return nil
+}
+
+// storeSyncInterval is the embedded store's sync interval: 0 to fsync
+// each write.
+func (c *config) storeSyncInterval() time.Duration {
+	if c.StoreSync == "interval" {
+		return c.StoreSyncInterval
+	}
+	return 0
 }
 
 // validateWebhooks checks the webhook settings.

@@ -196,11 +196,15 @@ func mqttClientConfig(addr, user, secret, id string, persistent bool, sess *stat
 }
 
 // crashStores are the session stores a crash test runs on, by name, as
-// roost serve's environment: the embedded one, and Redis when the tests
-// have one.
+// roost serve's environment: the embedded one (fsyncing each write, and
+// on an interval: a write acknowledged before its fsync must survive the
+// process's death too), and Redis when the tests have one.
 func crashStores(t *testing.T) map[string][]string {
 	t.Helper()
-	stores := map[string][]string{"embedded": {"ROOST_SESSION_STORE=embedded"}}
+	stores := map[string][]string{
+		"embedded":          {"ROOST_SESSION_STORE=embedded"},
+		"embedded-interval": {"ROOST_SESSION_STORE=embedded", "ROOST_STORE_SYNC=interval", "ROOST_STORE_SYNC_INTERVAL=1m"},
+	}
 	if url := os.Getenv("ROOST_TEST_REDIS_URL"); url != "" {
 		stores["redis"] = []string{"ROOST_SESSION_STORE=redis", "ROOST_REDIS_URL=" + url}
 	} else if testenv.Strict() {

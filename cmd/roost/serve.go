@@ -354,7 +354,10 @@ func openSessions(ctx context.Context, c *config, log *slog.Logger) (broker.Sess
 		}
 		return s, nil
 	}
-	s, err := pebblestore.New(pebblestore.Config{Dir: filepath.Join(c.DataDir, "sessions"), Log: log.With("store", "pebble")})
+	if iv := c.storeSyncInterval(); iv > 0 {
+		log.Info("the embedded session store fsyncs on an interval: a crash of the machine loses what was acknowledged in the last one", "interval", iv)
+	}
+	s, err := pebblestore.New(pebblestore.Config{Dir: filepath.Join(c.DataDir, "sessions"), Log: log.With("store", "pebble"), SyncInterval: c.storeSyncInterval()})
 	if err != nil {
 		return nil, fmt.Errorf("ROOST_DATA_DIR: %w", err)
 	}

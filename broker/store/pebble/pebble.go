@@ -13,8 +13,10 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble"
+	"github.com/cockroachdb/pebble/vfs"
 
 	"github.com/roosthub/roost/broker/store"
 )
@@ -53,6 +55,11 @@ type Store struct {
 	closed     chan struct{}
 	writerDone chan struct{}
 
+	// wal, with a sync interval, makes the log's fsyncs; syncerDone is
+	// closed when its loop has ended.
+	wal        *walFS
+	syncerDone chan struct{}
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -63,6 +70,12 @@ type Config struct {
 	// Log receives Pebble's messages and its background errors (a failed
 	// flush or compaction); nil discards them.
 	Log *slog.Logger
+	// SyncInterval, if above 0, is how often the write-ahead log is
+	// fsynced: a write returns once it is written to the log file (in the
+	// page cache, surviving the death of the process), and a crash of the
+	// machine loses at most the writes of the last interval. 0 fsyncs every
+	// write before it returns.
+	SyncInterval time.Duration
 }
 
 // New opens (or creates) the database in cfg.Dir.
@@ -70,22 +83,43 @@ func New(cfg Config) (*Store, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("pebble session store: no directory")
 	}
-	db, err := pebble.Open(cfg.Dir, options(cfg.Log))
+	if cfg.SyncInterval < 0 {
+		return nil, errors.New("pebble session store: negative sync interval")
+	}
+	opts := options(cfg.Log)
+	var wal *walFS
+	if cfg.SyncInterval > 0 {
+		wal = newWALFS(vfs.Default, logOrDiscard(cfg.Log))
+		opts.FS = wal
+	}
+	db, err := pebble.Open(cfg.Dir, opts)
 	if err != nil {
 		return nil, fmt.Errorf("open session store in %s: %w", cfg.Dir, err)
 	}
 	s := &Store{db: db, seqs: map[string]uint64{}, epochs: map[string]uint64{}, appends: make(chan *appendReq), closed: make(chan struct{}), writerDone: make(chan struct{})}
 	go s.writer()
+	if wal != nil {
+		s.wal, s.syncerDone = wal, make(chan struct{})
+		go func() {
+			defer close(s.syncerDone)
+			wal.run(cfg.SyncInterval, s.closed)
+		}()
+	}
 	return s, nil
+}
+
+func logOrDiscard(log *slog.Logger) *slog.Logger {
+	if log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return log
 }
 
 // options are the database's options: its messages and background errors
 // go to log. Pebble reports a background error through its event listener,
 // which by default hands it to Infof, so it gets a handler of its own.
 func options(log *slog.Logger) *pebble.Options {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
+	log = logOrDiscard(log)
 	return &pebble.Options{Logger: logger{log}, EventListener: &pebble.EventListener{
 		BackgroundError: func(err error) { log.Error("session store background error", "err", err) },
 	}}
@@ -353,10 +387,11 @@ func (s *Store) DeleteSession(_ context.Context, tenant, clientID string, epoch 
 }
 
 // Append stores the items and returns their sequence numbers once they are
-// synced to disk. Appends are group-committed: one writer takes every append
-// waiting, numbers them in order and writes them in one synced batch, so a
-// reader never sees a later number before an earlier one, and one fsync
-// covers many publishers. All items of one call are in the same batch: a
+// synced to disk (with a sync interval: written to the log file, see
+// Config.SyncInterval). Appends are group-committed: one writer takes every
+// append waiting, numbers them in order and writes them in one synced
+// batch, so a reader never sees a later number before an earlier one, and
+// one fsync covers many publishers. All items of one call are in the same batch: a
 // message is stored for every session it was meant for, or for none.
 func (s *Store) Append(ctx context.Context, tenant string, items []store.Item, r store.Receipt) ([]uint64, error) {
 	req := &appendReq{tenant: tenant, items: items, receipt: r, done: make(chan struct{})}
@@ -614,6 +649,10 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closed)
 		<-s.writerDone
+		if s.syncerDone != nil {
+			<-s.syncerDone
+		}
+		// Pebble's Close closes the log, which fsyncs what is left.
 		s.closeErr = s.db.Close()
 	})
 	return s.closeErr
