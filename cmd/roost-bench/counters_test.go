@@ -1,0 +1,202 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/roosthub/roost/bench"
+	"github.com/roosthub/roost/bench/mqttc"
+)
+
+// TestParseCounters reads Roost's metrics as /metrics writes them: the
+// families asked for, summed over tenants (the busiest by name and the
+// rest as _other), named by their other labels in order; comments, other
+// families and timestamps pass; a line that is not a sample is an error.
+func TestParseCounters(t *testing.T) {
+	const text = `# HELP roost_messages_dropped_total Messages dropped for connected clients.
+# TYPE roost_messages_dropped_total counter
+roost_messages_dropped_total{tenant="bench",reason="max_queued"} 0
+roost_messages_dropped_total{tenant="bench",reason="pending_writes"} 78
+roost_messages_dropped_total{reason="pending_writes",tenant="_other"} 22
+roost_messages_dropped_total{tenant="we\"ird, {t}",reason="pending_writes"} 1 1733300000000
+roost_messages_total{direction="in",tenant="bench"} 442905
+roost_messages_total{tenant="bench",direction="out"} 4.42827e+05
+roost_quota_exceeded_total{quota="bandwidth_out",tenant="bench"} 3
+roost_handshakes_dropped_total{reason="rate"} 2
+roost_tenant_brokers 3
+go_gc_duration_seconds{quantile="0.5"} 1.2e-05
+`
+	got, err := parseCounters(strings.NewReader(text), countedFamilies)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int64{
+		`roost_messages_dropped_total{reason="max_queued"}`:     0,
+		`roost_messages_dropped_total{reason="pending_writes"}`: 101,
+		`roost_messages_total{direction="in"}`:                  442905,
+		`roost_messages_total{direction="out"}`:                 442827,
+		`roost_quota_exceeded_total{quota="bandwidth_out"}`:     3,
+		`roost_handshakes_dropped_total{reason="rate"}`:         2,
+	}
+	if len(got) != len(want) {
+		t.Errorf("got %v, want %v", got, want)
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s = %d, want %d (all: %v)", k, got[k], v, got)
+		}
+	}
+	for _, bad := range []string{
+		`roost_messages_total{direction="in"`,
+		`roost_messages_total{direction="in} 1`,
+		`roost_messages_total`,
+		`roost_messages_total{direction="in"} one`,
+		`roost_messages_total{direction=in} 1`,
+	} {
+		if got, err := parseCounters(strings.NewReader(bad+"\n"), countedFamilies); err == nil {
+			t.Errorf("%q: got %v, want an error", bad, got)
+		}
+	}
+}
+
+// TestCountsBetween: a run's counts are the later reading less the earlier;
+// drops go by reason; a counter that went down started again.
+func TestCountsBetween(t *testing.T) {
+	before := map[string]int64{
+		`roost_messages_dropped_total{reason="pending_writes"}`: 10,
+		`roost_messages_dropped_total{reason="max_queued"}`:     5,
+		`roost_messages_total{direction="out"}`:                 1000,
+	}
+	after := map[string]int64{
+		`roost_messages_dropped_total{reason="pending_writes"}`: 88,
+		`roost_messages_dropped_total{reason="max_queued"}`:     2, // the tenant's broker started again
+		`roost_messages_total{direction="out"}`:                 3000,
+		`roost_throttled_total`:                                 4, // new
+	}
+	c := countsBetween(before, after)
+	if c.Dropped["pending_writes"] != 78 || c.Dropped["max_queued"] != 2 || len(c.Dropped) != 2 {
+		t.Errorf("dropped %v, want pending_writes 78 and max_queued 2", c.Dropped)
+	}
+	if c.Counters[`roost_messages_total{direction="out"}`] != 2000 || c.Counters["roost_throttled_total"] != 4 || len(c.Counters) != 2 {
+		t.Errorf("counters %v, want 2,000 out and 4 throttled", c.Counters)
+	}
+	if c.dropped() != 80 {
+		t.Errorf("dropped() = %d, want 80", c.dropped())
+	}
+	if n := lostIn(bench.P2PResult{Tally: bench.Tally{Lost: 7}}); n == nil || *n != 7 {
+		t.Errorf("lost in a p2p run: %v, want 7", n)
+	}
+	if n := lostIn(bench.ConnResult{}); n != nil {
+		t.Errorf("lost in a connect run: %v, want none (no tally)", *n)
+	}
+}
+
+var roostBuild struct {
+	once sync.Once
+	path string
+	err  error
+	out  []byte
+}
+
+// roostBinary builds roost from this tree once for the package's tests.
+func roostBinary(t *testing.T) string {
+	t.Helper()
+	roostBuild.once.Do(func() {
+		dir, err := os.MkdirTemp("", "roost-bench-test")
+		if err != nil {
+			roostBuild.err = err
+			return
+		}
+		roostBuild.path = filepath.Join(dir, "roost")
+		roostBuild.out, roostBuild.err = exec.Command("go", "build", "-o", roostBuild.path, "../roost").CombinedOutput()
+	})
+	if roostBuild.err != nil {
+		t.Fatalf("build roost: %v\n%s", roostBuild.err, roostBuild.out)
+	}
+	return roostBuild.path
+}
+
+// TestCountersSeeDrops makes Roost and bare mochi drop messages for a
+// subscriber that stops reading, and reads their counters as the suite
+// does: each counts pending_writes drops, which is what the suite puts
+// beside the bench's loss.
+func TestCountersSeeDrops(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and starts roost")
+	}
+	var roostLogs, mochiLogs bytes.Buffer
+	roost, err := startRoost(context.Background(), roostBinary(t), t.TempDir(), false, &roostLogs)
+	if err != nil {
+		t.Fatalf("start roost: %v\n%s", err, roostLogs.String())
+	}
+	t.Cleanup(roost.stop)
+	mochi, err := startMochi("mochi", true, false, &mochiLogs)
+	if err != nil {
+		t.Fatalf("start mochi: %v\n%s", err, mochiLogs.String())
+	}
+	t.Cleanup(mochi.stop)
+	for _, p := range []*process{roost, mochi} {
+		t.Run(p.target.Name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			before, err := p.counters()
+			if err != nil {
+				t.Fatalf("counters: %v", err)
+			}
+			// The subscriber's reader stops at its first message: the
+			// kernel's buffers fill, then the broker's queue for it.
+			stuck := make(chan struct{})
+			defer close(stuck)
+			opts := func(id string) mqttc.Options {
+				return mqttc.Options{ClientID: "drops-" + id, Username: p.target.Username, Password: p.target.Password, KeepAlive: 60}
+			}
+			sub, err := mqttc.Dial(ctx, p.target.Addr, opts("sub"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Close()
+			sub.OnMessage = func(string, []byte) { <-stuck }
+			if code, err := sub.Subscribe(ctx, "drops/t", 0); err != nil || code > 2 {
+				t.Fatalf("subscribe: %v (code %#x)", err, code)
+			}
+			pub, err := mqttc.Dial(ctx, p.target.Addr, opts("pub"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pub.Close()
+			payload := make([]byte, 4096)
+			var c runCounts
+			// Until the broker counts drops: at most 64 MiB, far more than
+			// the kernel's buffers and 1,024 queued packets hold.
+			for sent := 0; sent < 16384 && c.Dropped["pending_writes"] == 0; sent += 1024 {
+				for range 1024 {
+					if err := pub.Publish(ctx, "drops/t", payload, 0); err != nil {
+						t.Fatalf("publish: %v", err)
+					}
+				}
+				// A QoS 1 round trip: the broker has taken what came before.
+				if err := pub.Publish(ctx, "drops/ack", payload[:16], 1); err != nil {
+					t.Fatalf("publish QoS 1: %v", err)
+				}
+				after, err := p.counters()
+				if err != nil {
+					t.Fatalf("counters: %v", err)
+				}
+				c = countsBetween(before, after)
+			}
+			t.Logf("%s counted %v dropped, %v", p.target.Name, c.Dropped, c.Counters)
+			if c.Dropped["pending_writes"] <= 0 {
+				b, _ := json.Marshal(c)
+				t.Errorf("%s counted %s for a subscriber that stopped reading, want pending_writes drops", p.target.Name, b)
+			}
+		})
+	}
+}
