@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/roosthub/roost/bench"
 	"github.com/roosthub/roost/bench/mqttc"
+	"github.com/roosthub/roost/internal/testenv"
 )
 
 // TestParseCounters reads Roost's metrics as /metrics writes them: the
@@ -198,5 +201,65 @@ func TestCountersSeeDrops(t *testing.T) {
 				t.Errorf("%s counted %s for a subscriber that stopped reading, want pending_writes drops", p.target.Name, b)
 			}
 		})
+	}
+}
+
+// TestSuiteOnlyFigures runs one figure of the suite alone, as the loss and
+// the profiles of issue 20 were studied: -only names it, -runs sets how
+// many runs it takes, -profile writes a CPU profile of each Go broker for
+// each run; nothing else is measured and there is no whole-machine run.
+func TestSuiteOnlyFigures(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds roost and starts five brokers")
+	}
+	if _, err := exec.LookPath("mosquitto"); err != nil {
+		if _, err := os.Stat("/usr/sbin/mosquitto"); err != nil {
+			testenv.Require(t, "mosquitto is not installed (apt-get install mosquitto)")
+		}
+	}
+	dir, profiles := t.TempDir(), t.TempDir()
+	var stdout bytes.Buffer
+	const figure = "p2p_qos1_pipelined_throughput"
+	if err := runSuite(context.Background(), "smoke", figure, roostBinary(t), dir, suiteExtra{runs: 2, profile: profiles}, &stdout); err != nil {
+		t.Fatalf("suite: %v\n%s", err, stdout.String())
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "smoke-only.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var res struct {
+		Targets []string
+		Figures map[string]map[string]float64
+		Runs    map[string]map[string][]any
+		Drops   map[string]map[string][]runCounts
+	}
+	if err := json.Unmarshal(b, &res); err != nil {
+		t.Fatal(err)
+	}
+	var figures []string
+	for f := range res.Figures {
+		figures = append(figures, f)
+	}
+	slices.Sort(figures)
+	if got, want := strings.Join(figures, ","), figure+",p2p_qos1_pipelined_write_syscalls_per_msg"; got != want {
+		t.Errorf("figures %s, want %s", got, want)
+	}
+	if got, want := strings.Join(res.Targets, ","), "roost,mochi,mosquitto,nats"; got != want {
+		t.Errorf("targets %s, want %s (mochi-default measures memory only)", got, want)
+	}
+	for _, target := range []string{"roost", "mochi", "mosquitto", "nats"} {
+		if n := len(res.Runs[figure][target]); n != 2 {
+			t.Errorf("%s: %d runs, want 2", target, n)
+		}
+		_, counted := res.Drops[figure][target]
+		if want := target == "roost" || target == "mochi"; counted != want {
+			t.Errorf("%s: drops there %v, want %v", target, counted, want)
+		}
+		for run := 1; run <= 2; run++ {
+			fi, err := os.Stat(filepath.Join(profiles, fmt.Sprintf("%s-%s-%d.pprof", target, figure, run)))
+			if want := target != "mosquitto"; (err == nil && fi.Size() > 0) != want {
+				t.Errorf("%s: profile of run %d there: %v (%v), want %v", target, run, err == nil, err, want)
+			}
+		}
 	}
 }

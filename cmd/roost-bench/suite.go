@@ -409,6 +409,8 @@ type suiteResult struct {
 	Drops    map[string]map[string][]runCounts `json:"drops,omitempty"`
 	Ratios   map[string]*float64               `json:"ratios"`
 	Absolute map[string]*float64               `json:"absolute"`
+	// pinnedOnly is a run without the whole-machine part (-only).
+	pinnedOnly bool
 }
 
 // wholeSuffix ends the names of the whole-machine run's figures and ratios.
@@ -500,6 +502,10 @@ type suiteExtra struct {
 	// through their debug listeners while the run goes:
 	// <target>-<figure>-<run>.pprof.
 	profile string
+	// roostB, when set, is a second roost binary, started and measured
+	// beside the first as the target "roost-b": two builds compared in
+	// one run, on a machine whose load varies from one run to the next.
+	roostB string
 }
 
 // figureNames are the figures of the suite's pinned run, by which -only
@@ -577,6 +583,13 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, x suiteE
 
 	starters := []starter{
 		{name: "roost", start: func(pin bool, dir string) (*process, error) { return startRoost(ctx, roostBin, dir, pin, logs) }},
+		{name: "roost-b", skip: x.roostB == "", start: func(pin bool, dir string) (*process, error) {
+			p, err := startRoost(ctx, x.roostB, filepath.Join(dir, "roost-b"), pin, logs)
+			if p != nil {
+				p.target.Name = "roost-b"
+			}
+			return p, err
+		}},
 		{name: "mochi", start: func(pin bool, _ string) (*process, error) { return startMochi("mochi", true, pin, logs) }},
 		{name: "mochi-default", memoryOnly: true, skip: len(selected) > 0 && !selected["idle_conn_memory"], start: func(pin bool, _ string) (*process, error) {
 			return startMochi("mochi-default", false, pin, logs)
@@ -862,7 +875,8 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, x suiteE
 
 	// The whole machine: the same brokers started afresh, unpinned.
 	stopAll()
-	if !memoryOnly && len(selected) == 0 {
+	res.pinnedOnly = memoryOnly || len(selected) > 0
+	if !res.pinnedOnly {
 		if err := startAll(true, filepath.Join(dir, "whole")); err != nil {
 			return err
 		}
@@ -954,8 +968,11 @@ func printTable(out io.Writer, res suiteResult) {
 		}
 	}
 	pinning := "brokers pinned to CPU 0, then on the whole machine (figures and ratios ending in " + wholeSuffix + ")"
-	if !res.Pinned {
+	switch {
+	case !res.Pinned:
 		pinning = "brokers NOT pinned in either run (one CPU, or no taskset)"
+	case res.pinnedOnly:
+		pinning = "brokers pinned to CPU 0 (no whole-machine run)"
 	}
 	fmt.Fprintf(out, "loopback RTT %.1f µs, %.0f small writes/s, %d CPUs; %s\n", res.Calibration.LoopbackRTTMicros, res.Calibration.SmallWritesPerSecond, res.CPUs, pinning)
 }
