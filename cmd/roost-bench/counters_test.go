@@ -263,3 +263,26 @@ func TestSuiteOnlyFigures(t *testing.T) {
 		}
 	}
 }
+
+// TestSettle: a broker is idle once it uses under a tenth of a CPU, and
+// settle returns at once on a process that does nothing (this test's
+// own, between tests), long before its bound.
+func TestSettle(t *testing.T) {
+	for _, tc := range []struct {
+		cpu  time.Duration
+		want bool
+	}{
+		{0, true},
+		{20 * time.Millisecond, true}, // two ticks of CPU time in 250 ms
+		{25 * time.Millisecond, false},
+		{250 * time.Millisecond, false},
+	} {
+		if got := idleOver(tc.cpu, settleEvery); got != tc.want {
+			t.Errorf("idleOver(%v, %v) = %v, want %v", tc.cpu, settleEvery, got, tc.want)
+		}
+	}
+	waited, err := settle(os.Getpid(), time.Minute)
+	if err != nil || waited >= time.Minute {
+		t.Errorf("settle on an idle process: waited %v (%v), want it to return before its bound", waited, err)
+	}
+}
