@@ -251,14 +251,15 @@ func debugCounters(addr string) func() (map[string]int64, error) {
 	}
 }
 
-// profile starts a CPU profile of the Go broker whose debug listener is
-// at addr, for d rounded up to whole seconds, and returns a function that
-// waits for it and writes it to path.
-func profile(addr string, d time.Duration, path string) func() error {
+// profile starts a CPU profile (kind "profile") or an execution trace
+// ("trace") of the Go broker whose debug listener is at addr, for d
+// rounded up to whole seconds, and returns a function that waits for it
+// and writes it to path.
+func profile(addr, kind string, d time.Duration, path string) func() error {
 	seconds := int((d + time.Second - 1) / time.Second)
 	done := make(chan error, 1)
 	go func() {
-		resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", addr, seconds))
+		resp, err := http.Get(fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", addr, kind, seconds))
 		if err != nil {
 			done <- err
 			return
@@ -266,7 +267,7 @@ func profile(addr string, d time.Duration, path string) func() error {
 		defer resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
 			msg, _ := io.ReadAll(resp.Body)
-			done <- fmt.Errorf("GET /debug/pprof/profile: %s %s", resp.Status, msg)
+			done <- fmt.Errorf("GET /debug/pprof/%s: %s %s", kind, resp.Status, msg)
 			return
 		}
 		b, err := io.ReadAll(resp.Body)

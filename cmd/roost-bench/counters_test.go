@@ -286,3 +286,28 @@ func TestSettle(t *testing.T) {
 		t.Errorf("settle on an idle process: waited %v (%v), want it to return before its bound", waited, err)
 	}
 }
+
+// TestProfileKinds takes a CPU profile and an execution trace from a
+// debug listener as the suite's (serveDebug's) and writes each whole.
+func TestProfileKinds(t *testing.T) {
+	addr, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := serveDebug(addr, nil); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for _, kind := range []string{"profile", "trace"} {
+		path := filepath.Join(dir, kind)
+		if err := profile(addr, kind, time.Second, path)(); err != nil {
+			t.Fatalf("%s: %v", kind, err)
+		}
+		if fi, err := os.Stat(path); err != nil || fi.Size() == 0 {
+			t.Errorf("%s: %v, want a file with the %s", kind, err, kind)
+		}
+	}
+	if err := profile(addr, "nothing", time.Second, filepath.Join(dir, "nothing"))(); err == nil {
+		t.Error("an unknown kind: got no error")
+	}
+}

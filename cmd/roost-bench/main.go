@@ -95,6 +95,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		suite    = fs.String("suite", "", "quick, full or smoke: start Roost, bare mochi-mqtt, mosquitto and NATS's MQTT mode and run every scenario on each, pinned to one CPU, then on the whole machine")
 		only     = fs.String("only", "", "for -suite: \"memory\" runs the memory scenarios alone (idle tenants, idle connections) and writes <suite>-memory.json; a comma-separated list of the pinned run's figures (p2p_qos1_pipelined_throughput, ...) runs those alone and writes <suite>-only.json")
 		roostB   = fs.String("roost-b", "", "for -suite: a second roost binary, measured beside -roost as the target roost-b (two builds in one run)")
+		trace    = fs.Bool("trace", false, "with -profile: execution traces (<target>-<figure>-<run>.trace) instead of CPU profiles")
 		profDir  = fs.String("profile", "", "for -suite: write a CPU profile of each Go broker (roost, mochi, nats) during each run of each figure to this directory")
 		roostBin = fs.String("roost", "roost", "for -suite: the roost binary")
 		outDir   = fs.String("out", "bench/results", "for -suite: where <suite>.json goes")
@@ -126,7 +127,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	case *noisy != "":
 		return runNoisy(ctx, *noisy, *roostBin, out)
 	case *suite != "":
-		x := suiteExtra{profile: *profDir, roostB: *roostB}
+		x := suiteExtra{profile: *profDir, trace: *trace, roostB: *roostB}
 		fs.Visit(func(f *flag.Flag) {
 			if f.Name == "runs" {
 				x.runs = *runs

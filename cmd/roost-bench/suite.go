@@ -208,6 +208,7 @@ func serveDebug(addr string, counters func() map[string]int64) error {
 	})
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	if counters != nil {
 		mux.HandleFunc("GET /debug/counters", func(w http.ResponseWriter, _ *http.Request) {
@@ -502,6 +503,10 @@ type suiteExtra struct {
 	// through their debug listeners while the run goes:
 	// <target>-<figure>-<run>.pprof.
 	profile string
+	// trace has profile take execution traces instead of CPU profiles:
+	// <target>-<figure>-<run>.trace, for go tool trace (where a goroutine
+	// waited, which a CPU profile does not show).
+	trace bool
 	// roostB, when set, is a second roost binary, started and measured
 	// beside the first as the target "roost-b": two builds compared in
 	// one run, on a machine whose load varies from one run to the next.
@@ -696,7 +701,11 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, x suiteE
 			}
 			stopProfile := func() error { return nil }
 			if x.profile != "" && p.debug != "" {
-				stopProfile = profile(p.debug, profileFor, filepath.Join(x.profile, fmt.Sprintf("%s-%s-%d.pprof", target, figure, i+1)))
+				kind, ext := "profile", "pprof"
+				if x.trace {
+					kind, ext = "trace", "trace"
+				}
+				stopProfile = profile(p.debug, kind, profileFor, filepath.Join(x.profile, fmt.Sprintf("%s-%s-%d.%s", target, figure, i+1, ext)))
 			}
 			r, val, err := run()
 			if perr := stopProfile(); perr != nil {
