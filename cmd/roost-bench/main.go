@@ -76,7 +76,7 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	var (
 		t        target
 		scenario = fs.String("scenario", "p2p", "conn, p2p, fanout or hold")
-		runs     = fs.Int("runs", 3, "how many times to run the scenario")
+		runs     = fs.Int("runs", 3, "how many times to run the scenario (with -suite: each figure, when given)")
 		n        = fs.Int("n", 1000, "conn, hold: clients")
 		rate     = fs.Int("rate", 0, "conn, hold: connects a second; p2p: messages a second over all pairs; fanout: messages a second (0: as fast as they go)")
 		hold     = fs.Duration("hold", time.Second, "conn, hold: how long the clients stay connected")
@@ -93,7 +93,10 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 		keep     uint
 		jsonOut  = fs.String("json", "", "also write the report as JSON to this file")
 		suite    = fs.String("suite", "", "quick, full or smoke: start Roost, bare mochi-mqtt, mosquitto and NATS's MQTT mode and run every scenario on each, pinned to one CPU, then on the whole machine")
-		only     = fs.String("only", "", "for -suite: \"memory\" runs the memory scenarios alone (idle tenants, idle connections) and writes <suite>-memory.json")
+		only     = fs.String("only", "", "for -suite: \"memory\" runs the memory scenarios alone (idle tenants, idle connections) and writes <suite>-memory.json; a comma-separated list of the pinned run's figures (p2p_qos1_pipelined_throughput, ...) runs those alone and writes <suite>-only.json")
+		roostB   = fs.String("roost-b", "", "for -suite: a second roost binary, measured beside -roost as the target roost-b (two builds in one run)")
+		trace    = fs.Bool("trace", false, "with -profile: execution traces (<target>-<figure>-<run>.trace) instead of CPU profiles")
+		profDir  = fs.String("profile", "", "for -suite: write a CPU profile of each Go broker (roost, mochi, nats) during each run of each figure to this directory")
 		roostBin = fs.String("roost", "roost", "for -suite: the roost binary")
 		outDir   = fs.String("out", "bench/results", "for -suite: where <suite>.json goes")
 		mochi    = fs.String("serve-mochi", "", "internal: serve bare mochi-mqtt on this address")
@@ -124,7 +127,13 @@ func run(ctx context.Context, args []string, out io.Writer) error {
 	case *noisy != "":
 		return runNoisy(ctx, *noisy, *roostBin, out)
 	case *suite != "":
-		return runSuite(ctx, *suite, *only, *roostBin, *outDir, out)
+		x := suiteExtra{profile: *profDir, trace: *trace, roostB: *roostB}
+		fs.Visit(func(f *flag.Flag) {
+			if f.Name == "runs" {
+				x.runs = *runs
+			}
+		})
+		return runSuite(ctx, *suite, *only, *roostBin, *outDir, x, out)
 	}
 	if *runs < 1 || *qos < 0 || *qos > 1 {
 		return errors.New("-runs must be at least 1 and -qos 0 or 1")

@@ -298,14 +298,11 @@ func TestSuiteSmoke(t *testing.T) {
 		}
 	}
 	dir := t.TempDir()
-	roost := filepath.Join(dir, "roost")
-	if out, err := exec.Command("go", "build", "-o", roost, "../roost").CombinedOutput(); err != nil {
-		t.Fatalf("build roost: %v\n%s", err, out)
-	}
+	roost := roostBinary(t)
 	// The suite runs mochi and NATS in child processes of this binary: the
 	// test binary stands in for roost-bench.
 	var stdout bytes.Buffer
-	if err := runSuite(context.Background(), "smoke", "", roost, dir, &stdout); err != nil {
+	if err := runSuite(context.Background(), "smoke", "", roost, dir, suiteExtra{}, &stdout); err != nil {
 		t.Fatalf("suite: %v\n%s", err, stdout.String())
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "smoke.json"))
@@ -321,9 +318,38 @@ func TestSuiteSmoke(t *testing.T) {
 		Spread      map[string]map[string]struct{ Median, Min, Max float64 }
 		Missing     map[string]string
 		Unsupported map[string]map[string]string
+		Drops       map[string]map[string][]runCounts
 	}
 	if err := json.Unmarshal(b, &res); err != nil {
 		t.Fatal(err)
+	}
+	// Every figure -only can select is one the suite measures.
+	for _, f := range figureNames(suites["smoke"]) {
+		if _, ok := res.Figures[f]["roost"]; !ok {
+			t.Errorf("figure %s (of figureNames) of roost not there", f)
+		}
+	}
+	// What Roost and bare mochi counted themselves, beside every run.
+	for _, target := range []string{"roost", "mochi"} {
+		counts := res.Drops["p2p_qos1_throughput"][target]
+		if len(counts) != suites["smoke"].runs {
+			t.Errorf("drops of p2p_qos1_throughput on %s: %d runs, want %d", target, len(counts), suites["smoke"].runs)
+			continue
+		}
+		c := counts[0]
+		if _, ok := c.Dropped["pending_writes"]; !ok || c.Lost == nil {
+			t.Errorf("drops of p2p_qos1_throughput on %s: %+v, want pending_writes and the bench's lost", target, c)
+		}
+		in := c.Counters[`roost_messages_total{direction="in"}`]
+		if target == "mochi" {
+			in = c.Counters["mochi_messages_received"]
+		}
+		if in <= 0 {
+			t.Errorf("%s counted %d messages in during a p2p run (%+v), want some", target, in, c.Counters)
+		}
+	}
+	if _, ok := res.Drops["p2p_qos1_throughput"]["mosquitto"]; ok {
+		t.Error("drops for mosquitto: its counters are not read")
 	}
 	if got, want := strings.Join(res.Targets, ","), "roost,mochi,mochi-default,mosquitto,nats"; got != want || len(res.Missing) != 0 {
 		t.Errorf("targets %s, missing %v; want %s, none missing", got, res.Missing, want)
@@ -529,7 +555,7 @@ func TestMain(m *testing.M) {
 // refused before a broker starts.
 func TestSuiteOnlyUnknown(t *testing.T) {
 	var stdout bytes.Buffer
-	err := runSuite(context.Background(), "smoke", "p2p", "roost", t.TempDir(), &stdout)
+	err := runSuite(context.Background(), "smoke", "p2p", "roost", t.TempDir(), suiteExtra{}, &stdout)
 	if err == nil || !strings.Contains(err.Error(), `unknown -only "p2p"`) {
 		t.Errorf("got %v, want unknown -only", err)
 	}

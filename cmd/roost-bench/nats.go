@@ -44,7 +44,7 @@ func startNats(dir string, pin bool, logs io.Writer) (*process, error) {
 		return nil, err
 	}
 	p := &process{target: bench.Target{Name: "nats", Addr: addr, ClientPrefix: "b-", GC: gcAt(debugAddr)}, cmd: cmd,
-		unsupported: natsUnsupported}
+		unsupported: natsUnsupported, debug: debugAddr}
 	// The MQTT listener opens once JetStream is up.
 	if err := waitPort(addr, 20*time.Second); err != nil {
 		p.stop()
@@ -83,7 +83,7 @@ func natsOptions(addr, store string) (*natsserver.Options, error) {
 // serveNats is the child process of startNats. Its debug listener answers
 // POST /debug/gc as roost serve's does.
 func serveNats(addr, debugAddr, store string) error {
-	if err := serveDebug(debugAddr); err != nil {
+	if err := serveDebug(debugAddr, nil); err != nil {
 		return err
 	}
 	opts, err := natsOptions(addr, store)

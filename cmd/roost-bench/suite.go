@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -78,6 +79,12 @@ type process struct {
 	// unsupported are the figures this broker cannot produce, with the
 	// reason; the suite skips them and says why.
 	unsupported map[string]string
+	// debug is the address of its debug listener, which serves Go's
+	// profiler (Go brokers only).
+	debug string
+	// counters reads what the broker counted itself (Roost and bare mochi
+	// only; see counters.go).
+	counters func() (map[string]int64, error)
 }
 
 func (p *process) pid() int { return p.cmd.Process.Pid }
@@ -161,7 +168,8 @@ func startMochi(name string, tuned, pin bool, logs io.Writer) (*process, error) 
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
-	p := &process{target: bench.Target{Name: name, Addr: addr, ClientPrefix: "b-", GC: gcAt(debugAddr)}, cmd: cmd}
+	p := &process{target: bench.Target{Name: name, Addr: addr, ClientPrefix: "b-", GC: gcAt(debugAddr)}, cmd: cmd,
+		debug: debugAddr, counters: debugCounters(debugAddr)}
 	if err := waitPort(addr, 10*time.Second); err != nil {
 		p.stop()
 		return nil, err
@@ -186,9 +194,10 @@ func gcAt(addr string) func() error {
 }
 
 // serveDebug starts the debug listener of a Go broker in a child process
-// of this binary, when addr is set: it answers POST /debug/gc as roost
-// serve's does. It serves until the process ends.
-func serveDebug(addr string) error {
+// of this binary, when addr is set: it answers POST /debug/gc and serves
+// Go's profiler as roost serve's does, and, given counters, serves them as
+// JSON at /debug/counters. It serves until the process ends.
+func serveDebug(addr string, counters func() map[string]int64) error {
 	if addr == "" {
 		return nil
 	}
@@ -197,6 +206,16 @@ func serveDebug(addr string) error {
 		debug.FreeOSMemory()
 		w.WriteHeader(http.StatusNoContent)
 	})
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	if counters != nil {
+		mux.HandleFunc("GET /debug/counters", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			json.NewEncoder(w).Encode(counters())
+		})
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
@@ -207,9 +226,6 @@ func serveDebug(addr string) error {
 
 // serveMochi is the child process of startMochi.
 func serveMochi(addr, debugAddr string, tuned bool) error {
-	if err := serveDebug(debugAddr); err != nil {
-		return err
-	}
 	opts := &mqtt.Options{}
 	if tuned {
 		caps := mqtt.NewDefaultServerCapabilities()
@@ -218,6 +234,9 @@ func serveMochi(addr, debugAddr string, tuned bool) error {
 		opts.Capabilities = caps
 	}
 	srv := mqtt.New(opts)
+	if err := serveDebug(debugAddr, func() map[string]int64 { return mochiCounts(srv) }); err != nil {
+		return err
+	}
 	if err := srv.AddHook(new(bench.AllowAll), nil); err != nil {
 		return err
 	}
@@ -358,6 +377,7 @@ func startRoost(ctx context.Context, bin, dir string, pin bool, logs io.Writer) 
 		return fail(err)
 	}
 	p.target = bench.Target{Name: "roost", Addr: mqttAddr, Username: "bench/bench", Password: device.Secret, ClientPrefix: "b-", GC: gcAt(debugAddr)}
+	p.debug, p.counters = debugAddr, roostCounters(base, admin)
 	p.call = func(method, path string, body, out any) error { return call(method, path, session.Token, body, out) }
 	time.Sleep(200 * time.Millisecond) // the quota change reaches the data plane
 	return p, nil
@@ -381,10 +401,17 @@ type suiteResult struct {
 	// whole-machine run has wholeSuffix after its name.
 	Figures map[string]map[string]float64 `json:"figures"`
 	// Spread is each figure's median, lowest and highest over the runs.
-	Spread   map[string]map[string]bench.Summary `json:"spread"`
-	Runs     map[string]map[string][]any         `json:"runs"`
-	Ratios   map[string]*float64                 `json:"ratios"`
-	Absolute map[string]*float64                 `json:"absolute"`
+	Spread map[string]map[string]bench.Summary `json:"spread"`
+	Runs   map[string]map[string][]any         `json:"runs"`
+	// Drops are, by figure and target, what the broker counted itself
+	// during each run (Roost and bare mochi): its drops by reason beside
+	// what the bench counted lost, and Roost's other counters that explain
+	// a loss (counters.go).
+	Drops    map[string]map[string][]runCounts `json:"drops,omitempty"`
+	Ratios   map[string]*float64               `json:"ratios"`
+	Absolute map[string]*float64               `json:"absolute"`
+	// pinnedOnly is a run without the whole-machine part (-only).
+	pinnedOnly bool
 }
 
 // wholeSuffix ends the names of the whole-machine run's figures and ratios.
@@ -462,7 +489,80 @@ func ratios(figures map[string]map[string]float64) map[string]*float64 {
 type starter struct {
 	name       string
 	memoryOnly bool
+	skip       bool // not needed for the figures selected
 	start      func(pin bool, dir string) (*process, error)
+}
+
+// suiteExtra are the suite's options beyond its size and targets.
+type suiteExtra struct {
+	// runs, when above 0, is how many runs each figure takes instead of
+	// the suite's.
+	runs int
+	// profile, when set, is a directory for CPU profiles of the Go brokers
+	// (Roost, bare mochi, NATS), one for each run of each figure, taken
+	// through their debug listeners while the run goes:
+	// <target>-<figure>-<run>.pprof.
+	profile string
+	// trace has profile take execution traces instead of CPU profiles:
+	// <target>-<figure>-<run>.trace, for go tool trace (where a goroutine
+	// waited, which a CPU profile does not show).
+	trace bool
+	// roostB, when set, is a second roost binary, started and measured
+	// beside the first as the target "roost-b": two builds compared in
+	// one run, on a machine whose load varies from one run to the next.
+	roostB string
+}
+
+// settleEvery is how often settle reads the broker's CPU time, and
+// settleMax how long it waits at most.
+const (
+	settleEvery = 250 * time.Millisecond
+	settleMax   = 20 * time.Second
+)
+
+// settle waits until the broker process pid is idle — it used under a
+// tenth of a CPU over settleEvery — or max has passed, and returns how
+// long it waited. After a QoS 0 flood a broker reads the publishes left in
+// its sockets' buffers for seconds after the publishers have gone; a run
+// started then would measure that too.
+func settle(pid int, max time.Duration) (time.Duration, error) {
+	start := time.Now()
+	for time.Since(start) < max {
+		t0, err := bench.CPUTime(pid)
+		if err != nil {
+			return time.Since(start), err
+		}
+		time.Sleep(settleEvery)
+		t1, err := bench.CPUTime(pid)
+		if err != nil {
+			return time.Since(start), err
+		}
+		if idleOver(t1-t0, settleEvery) {
+			break
+		}
+	}
+	return time.Since(start), nil
+}
+
+// idleOver reports whether cpu time used over a period is under a tenth
+// of it.
+func idleOver(cpu, period time.Duration) bool { return cpu*10 < period }
+
+// figureNames are the figures of the suite's pinned run, by which -only
+// selects (the write syscalls per message come with their throughput
+// figures).
+func figureNames(sz sizes) []string {
+	names := []string{"idle_conn_memory", "p2p_qos1_p99_us_among_idle_tenants"}
+	for _, qos := range []byte{0, 1} {
+		names = append(names, fmt.Sprintf("p2p_qos%d_throughput", qos))
+		for _, size := range sz.latencySizes {
+			names = append(names, fmt.Sprintf("p2p_qos%d_%db_p99_us", qos, size))
+		}
+	}
+	for _, qos := range sz.sustainedQoS {
+		names = append(names, fmt.Sprintf("p2p_qos%d_sustained", qos))
+	}
+	return append(names, "fanout_qos0_throughput", "fanin_qos1_throughput", "fanin_shared_qos1_throughput", "connect_rate", "p2p_qos1_pipelined_throughput")
 }
 
 // runSuite starts every target and runs every scenario on each with the
@@ -473,16 +573,35 @@ type starter struct {
 // only "memory" runs the memory scenarios alone (idle tenants and idle
 // connections, pinned), measured as in the whole suite, and writes
 // <suite>-memory.json: a quick look at memory that leaves <suite>.json as
-// it was.
-func runSuite(ctx context.Context, name, only, roostBin, outDir string, out io.Writer) error {
+// it was. only a comma-separated list of the pinned run's figures
+// (figureNames) runs those alone, pinned, and writes <suite>-only.json.
+func runSuite(ctx context.Context, name, only, roostBin, outDir string, x suiteExtra, out io.Writer) error {
 	sz, ok := suites[name]
 	if !ok {
 		return fmt.Errorf("unknown suite %q (quick, full or smoke)", name)
 	}
-	if only != "" && only != "memory" {
-		return fmt.Errorf("unknown -only %q (memory)", only)
-	}
 	memoryOnly := only == "memory"
+	selected := map[string]bool{}
+	if only != "" && !memoryOnly {
+		known := figureNames(sz)
+		for _, f := range strings.Split(only, ",") {
+			if !slices.Contains(known, f) {
+				return fmt.Errorf("unknown -only %q (memory, or figures of the pinned run: %s)", only, strings.Join(known, ", "))
+			}
+			selected[f] = true
+		}
+	}
+	// want is whether to run a figure of the pinned run.
+	want := func(figure string) bool { return len(selected) == 0 || selected[figure] }
+	if x.runs > 0 {
+		sz.runs = x.runs
+	}
+	if x.profile != "" {
+		if err := os.MkdirAll(x.profile, 0o755); err != nil {
+			return err
+		}
+	}
+	profileFor := max(sz.p2pDuration, sz.fanoutDuration)
 	dir, err := os.MkdirTemp("", "roost-bench")
 	if err != nil {
 		return err
@@ -500,12 +619,19 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, out io.W
 	res := suiteResult{Suite: name, Time: time.Now().UTC(), CPUs: runtime.NumCPU(), Calibration: cal, Pinned: canPin(),
 		Missing: map[string]string{}, Unsupported: map[string]map[string]string{},
 		Figures: map[string]map[string]float64{}, Spread: map[string]map[string]bench.Summary{}, Runs: map[string]map[string][]any{},
-		Ratios: map[string]*float64{}, Absolute: map[string]*float64{}}
+		Ratios: map[string]*float64{}, Absolute: map[string]*float64{}, Drops: map[string]map[string][]runCounts{}}
 
 	starters := []starter{
 		{name: "roost", start: func(pin bool, dir string) (*process, error) { return startRoost(ctx, roostBin, dir, pin, logs) }},
+		{name: "roost-b", skip: x.roostB == "", start: func(pin bool, dir string) (*process, error) {
+			p, err := startRoost(ctx, x.roostB, filepath.Join(dir, "roost-b"), pin, logs)
+			if p != nil {
+				p.target.Name = "roost-b"
+			}
+			return p, err
+		}},
 		{name: "mochi", start: func(pin bool, _ string) (*process, error) { return startMochi("mochi", true, pin, logs) }},
-		{name: "mochi-default", memoryOnly: true, start: func(pin bool, _ string) (*process, error) {
+		{name: "mochi-default", memoryOnly: true, skip: len(selected) > 0 && !selected["idle_conn_memory"], start: func(pin bool, _ string) (*process, error) {
 			return startMochi("mochi-default", false, pin, logs)
 		}},
 		{name: "mosquitto", start: func(pin bool, dir string) (*process, error) { return startMosquitto(dir, pin, logs) }},
@@ -526,7 +652,7 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, out io.W
 			return err
 		}
 		for _, s := range starters {
-			if whole && s.memoryOnly {
+			if whole && s.memoryOnly || s.skip {
 				continue
 			}
 			p, err := s.start(!whole, dir)
@@ -558,17 +684,69 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, out io.W
 		res.Spread[figure][target] = sum
 		res.Runs[figure][target] = runs
 	}
-	repeat := func(figure, target string, run func() (any, float64, error)) error {
+	// repeat runs a figure's runs on p, with the broker's own counters
+	// read around each (and a CPU profile taken during each, if asked).
+	repeat := func(figure string, p *process, run func() (any, float64, error)) error {
+		target := p.target.Name
 		var runs []any
 		var v []float64
-		for range sz.runs {
-			r, x, err := run()
+		var counts []runCounts
+		for i := range sz.runs {
+			var before map[string]int64
+			if p.counters != nil {
+				var err error
+				if before, err = p.counters(); err != nil {
+					return fmt.Errorf("%s %s: counters: %w", target, figure, err)
+				}
+			}
+			stopProfile := func() error { return nil }
+			if x.profile != "" && p.debug != "" {
+				kind, ext := "profile", "pprof"
+				if x.trace {
+					kind, ext = "trace", "trace"
+				}
+				stopProfile = profile(p.debug, kind, profileFor, filepath.Join(x.profile, fmt.Sprintf("%s-%s-%d.%s", target, figure, i+1, ext)))
+			}
+			r, val, err := run()
+			if perr := stopProfile(); perr != nil {
+				fmt.Fprintf(out, "warning: %s %s run %d: profile: %v\n", target, figure, i+1, perr)
+			}
 			if err != nil {
 				return fmt.Errorf("%s %s: %w", target, figure, err)
 			}
-			runs, v = append(runs, r), append(v, x)
+			runs, v = append(runs, r), append(v, val)
+			// A flood leaves publishes in the socket buffers that the
+			// broker goes on reading after the run: the next run waits
+			// for them, and the counters below include them.
+			if waited, err := settle(p.pid(), settleMax); err != nil {
+				return fmt.Errorf("%s %s: settle: %w", target, figure, err)
+			} else if waited >= time.Second {
+				fmt.Fprintf(out, "%s %s run %d: the broker worked on for %.1f s after the run\n", target, figure, i+1, waited.Seconds())
+			}
+			if p.counters != nil {
+				after, err := p.counters()
+				if err != nil {
+					return fmt.Errorf("%s %s: counters: %w", target, figure, err)
+				}
+				c := countsBetween(before, after)
+				c.Lost = lostIn(r)
+				counts = append(counts, c)
+				if c.Lost != nil && *c.Lost > 0 || c.dropped() > 0 {
+					lost := "no tally"
+					if c.Lost != nil {
+						lost = fmt.Sprintf("the bench counted %d lost", *c.Lost)
+					}
+					fmt.Fprintf(out, "%s %s run %d: %s; %s counted dropped %v\n", target, figure, i+1, lost, target, c.Dropped)
+				}
+			}
 		}
 		record(figure, target, runs, v)
+		if counts != nil {
+			if res.Drops[figure] == nil {
+				res.Drops[figure] = map[string][]runCounts{}
+			}
+			res.Drops[figure][target] = counts
+		}
 		return nil
 	}
 	// latency is a p2p run at a fixed rate, judged by its p99 in µs.
@@ -589,6 +767,9 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, out io.W
 	res.Absolute["idle_tenant_memory_bytes"] = nil
 	res.Absolute["idle_tenant_cpu_ms_per_s"] = nil
 	if err := func() error {
+		if len(selected) > 0 && !selected["p2p_qos1_p99_us_among_idle_tenants"] {
+			return nil
+		}
 		p, err := startRoost(ctx, roostBin, filepath.Join(dir, "tenants"), true, logs)
 		if err != nil {
 			return fmt.Errorf("start roost for tenants: %w", err)
@@ -605,7 +786,7 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, out io.W
 		if memoryOnly {
 			return nil
 		}
-		return repeat("p2p_qos1_p99_us_among_idle_tenants", p.target.Name, func() (any, float64, error) { return latency(p.target, 1, 16) })
+		return repeat("p2p_qos1_p99_us_among_idle_tenants", p, func() (any, float64, error) { return latency(p.target, 1, 16) })
 	}(); err != nil {
 		return err
 	}
@@ -689,6 +870,9 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, out io.W
 			}
 		}
 		for _, s := range steps {
+			if !want(s.figure) {
+				continue
+			}
 			if why, ok := p.unsupported[s.figure]; ok {
 				if res.Unsupported[t.Name] == nil {
 					res.Unsupported[t.Name] = map[string]string{}
@@ -696,7 +880,7 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, out io.W
 				res.Unsupported[t.Name][s.figure] = why
 				continue
 			}
-			if err := repeat(s.figure+suffix, t.Name, s.run); err != nil {
+			if err := repeat(s.figure+suffix, p, s.run); err != nil {
 				return err
 			}
 		}
@@ -712,17 +896,19 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, out io.W
 		// Memory first, while the broker holds nothing else. Each run's
 		// connections stay open until the last run, so that every run
 		// measures fresh growth.
-		var held []func()
-		err := repeat("idle_conn_memory", t.Name, func() (any, float64, error) {
-			per, closeIdle, err := bench.IdleConnections(ctx, t, p.pid(), sz.idleConns, sz.idleSettle)
-			held = append(held, closeIdle)
-			return per, per, err
-		})
-		for _, closeIdle := range held {
-			closeIdle()
-		}
-		if err != nil {
-			return err
+		if want("idle_conn_memory") {
+			var held []func()
+			err := repeat("idle_conn_memory", p, func() (any, float64, error) {
+				per, closeIdle, err := bench.IdleConnections(ctx, t, p.pid(), sz.idleConns, sz.idleSettle)
+				held = append(held, closeIdle)
+				return per, per, err
+			})
+			for _, closeIdle := range held {
+				closeIdle()
+			}
+			if err != nil {
+				return err
+			}
 		}
 		if t.Name == "mochi-default" || memoryOnly { // for memory only
 			continue
@@ -732,14 +918,17 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, out io.W
 		}
 	}
 
-	// The noisy neighbour, on Roost and mosquitto as they are (noisy.go).
-	if err := noisyNeighbour(ctx, name, procs, record, &res, out); err != nil {
-		return err
+	// The noisy neighbour, on every target as it is (noisy.go).
+	if len(selected) == 0 {
+		if err := noisyNeighbour(ctx, name, procs, record, &res, out); err != nil {
+			return err
+		}
 	}
 
 	// The whole machine: the same brokers started afresh, unpinned.
 	stopAll()
-	if !memoryOnly {
+	res.pinnedOnly = memoryOnly || len(selected) > 0
+	if !res.pinnedOnly {
 		if err := startAll(true, filepath.Join(dir, "whole")); err != nil {
 			return err
 		}
@@ -770,8 +959,11 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, out io.W
 	if err != nil {
 		return err
 	}
-	if memoryOnly {
+	switch {
+	case memoryOnly:
 		name += "-memory"
+	case len(selected) > 0:
+		name += "-only"
 	}
 	path := filepath.Join(outDir, name+".json")
 	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
@@ -828,8 +1020,11 @@ func printTable(out io.Writer, res suiteResult) {
 		}
 	}
 	pinning := "brokers pinned to CPU 0, then on the whole machine (figures and ratios ending in " + wholeSuffix + ")"
-	if !res.Pinned {
+	switch {
+	case !res.Pinned:
 		pinning = "brokers NOT pinned in either run (one CPU, or no taskset)"
+	case res.pinnedOnly:
+		pinning = "brokers pinned to CPU 0 (no whole-machine run)"
 	}
 	fmt.Fprintf(out, "loopback RTT %.1f µs, %.0f small writes/s, %d CPUs; %s\n", res.Calibration.LoopbackRTTMicros, res.Calibration.SmallWritesPerSecond, res.CPUs, pinning)
 }
