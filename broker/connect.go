@@ -39,20 +39,21 @@ func readConnect(r *bufio.Reader, maxSize int) ([]byte, packets.Packet, error) {
 	if b0 != packets.Connect<<4 {
 		return nil, pk, errNotConnect
 	}
-	header, length, err := readLength(r, b0)
+	var hdr [5]byte
+	n, length, err := readLength(r, b0, &hdr)
 	if err != nil {
 		return nil, pk, err
 	}
 	if length > maxSize {
 		return nil, pk, errConnectTooBig
 	}
-	raw := make([]byte, len(header)+length)
-	copy(raw, header)
-	if _, err := io.ReadFull(r, raw[len(header):]); err != nil {
+	raw := make([]byte, n+length)
+	copy(raw, hdr[:n])
+	if _, err := io.ReadFull(r, raw[n:]); err != nil {
 		return nil, pk, err
 	}
 	pk.FixedHeader = packets.FixedHeader{Type: packets.Connect, Remaining: length}
-	if err := decodeConnect(&pk, raw[len(header):]); err != nil {
+	if err := decodeConnect(&pk, raw[n:]); err != nil {
 		return raw, pk, err
 	}
 	// MQTT allows a password of 0 bytes (3.1.1 §3.1.3.5, 5 §3.1.3.6), and
@@ -76,24 +77,24 @@ func readConnect(r *bufio.Reader, maxSize int) ([]byte, packets.Packet, error) {
 }
 
 // readLength reads a fixed header's remaining length (a variable byte
-// integer of at most four bytes) after its first byte b0, and returns the
-// whole header with the length.
-func readLength(r *bufio.Reader, b0 byte) (header []byte, length int, err error) {
-	header = make([]byte, 1, 5)
-	header[0] = b0
+// integer of at most four bytes) after its first byte b0, into hdr with
+// b0, and returns the header's size with the length. hdr is the caller's,
+// so that reading a CONNECT allocates nothing but its bytes.
+func readLength(r *bufio.Reader, b0 byte, hdr *[5]byte) (n, length int, err error) {
+	hdr[0] = b0
 	mult := 1
-	for {
-		if len(header) == 5 {
-			return nil, 0, errMalformedFrame
+	for n = 1; ; n++ {
+		if n == len(hdr) {
+			return 0, 0, errMalformedFrame
 		}
 		b, err := r.ReadByte()
 		if err != nil {
-			return nil, 0, err
+			return 0, 0, err
 		}
-		header = append(header, b)
+		hdr[n] = b
 		length += int(b&0x7f) * mult
 		if b&0x80 == 0 {
-			return header, length, nil
+			return n + 1, length, nil
 		}
 		mult *= 128
 	}

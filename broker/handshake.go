@@ -96,8 +96,9 @@ func newHandshakes(max, perAddress, perEndpoint int, staleAfter time.Duration, l
 
 // pending is one connection in handshake.
 type pending struct {
-	source   string // the key of the address it comes from
-	endpoint string // the tenant endpoint it reached; "" if none
+	source   string   // the key of the address it comes from
+	addr     net.Addr // the address source was made from
+	endpoint string   // the tenant endpoint it reached; "" if none
 	start    time.Time
 	// conn is what closing sheds it: the connection as accepted, below
 	// TLS, so that closing never waits on a TLS alert.
@@ -145,6 +146,16 @@ func sourceOf(a net.Addr) string {
 	return ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
 }
 
+// sameAddr reports whether a and b are the same TCP address, by pointer:
+// a connection's RemoteAddr returns the one it was accepted with each
+// time. Other kinds of address are not compared (their dynamic types need
+// not be comparable), and then the caller compares their sources.
+func sameAddr(a, b net.Addr) bool {
+	x, ok := a.(*net.TCPAddr)
+	y, ok2 := b.(*net.TCPAddr)
+	return ok && ok2 && x == y
+}
+
 // enter counts a new connection from addr, or refuses it (false: the
 // caller closes it). conn is the connection as accepted. provisional says
 // addr is a balancer's, until a PROXY header names the device's.
@@ -178,7 +189,7 @@ func (hs *handshakes) enterFrom(conn net.Conn, addr net.Addr, provisional, forwa
 	var p *pending
 	if ok {
 		ctx, cancel := context.WithCancel(context.Background())
-		p = &pending{source: source, start: now, conn: conn, ctx: ctx, cancel: cancel, waiting: provisional, forwarded: forwarded}
+		p = &pending{source: source, addr: addr, start: now, conn: conn, ctx: ctx, cancel: cancel, waiting: provisional, forwarded: forwarded}
 		if provisional {
 			p.inAll = hs.waiting.add(p)
 		} else {
@@ -243,7 +254,17 @@ func (hs *handshakes) stale(p *pending, now time.Time) bool {
 
 // rekey counts p under the address a PROXY or forwarding header named,
 // as a newcomer there; false if it is refused (the caller closes it).
+//
+// A connection counted under the very address it is asked about (a plain
+// TCP connection: every connection the ingress handles is asked) is left
+// as it is without formatting the address again.
 func (hs *handshakes) rekey(p *pending, addr net.Addr) bool {
+	hs.mu.Lock()
+	if p.gone || !p.waiting && sameAddr(addr, p.addr) {
+		hs.mu.Unlock()
+		return true
+	}
+	hs.mu.Unlock()
 	source := sourceOf(addr)
 	now := hs.now()
 	hs.mu.Lock()
@@ -268,7 +289,7 @@ func (hs *handshakes) rekey(p *pending, addr net.Addr) bool {
 	hs.unlinkLocked(p)
 	shed, ok := hs.makeRoomLocked(&hs.all, source, now, hs.perAddress, refusedTotal, shedTotal)
 	if ok {
-		p.source, p.waiting = source, false
+		p.source, p.addr, p.waiting = source, addr, false
 		p.inAll = hs.all.add(p)
 		if endpoint != "" {
 			p.endpoint = endpoint

@@ -183,6 +183,14 @@ func (in *ingress) serveConn(conn net.Conn) {
 // handle takes a connection from accept to its tenant's broker; p counts
 // it as in handshake until then. A panic while admitting it closes that
 // connection alone.
+//
+// The handshake runs in a function of its own (handshake), whose frame —
+// nearly 4 KiB: the decoded CONNECT is 800 bytes, and admit takes it by
+// value — is gone before the connection is served. Under mochi's read
+// loop, whose frames are some 14 KiB deep (its hooks take 800-byte
+// packets by value), that is what the goroutine's stack would need to
+// grow from 16 KiB to 32 KiB for, on every connection: a copy of the
+// whole stack, each frame walked.
 func (in *ingress) handle(conn net.Conn, p *pending) {
 	defer in.wg.Done()
 	defer in.open.Add(-1)
@@ -192,6 +200,28 @@ func (in *ingress) handle(conn net.Conn, p *pending) {
 			conn.Close()
 		}
 	}()
+	dc, inst := in.handshake(conn, p)
+	if dc == nil {
+		return
+	}
+	func() {
+		defer in.reg.releaseConn(inst)
+		inst.serve(dc)
+	}()
+	// The connection no longer counts against the tenant's connections
+	// while it lingers: the device may connect again at once.
+	in.closeServed(dc)
+}
+
+// handshake takes a connection through its handshake: the TLS handshake,
+// the CONNECT, its authentication. It returns the connection for its
+// tenant's broker to serve, with the broker, counted in the tenant's
+// connections (see registry.acquireConn); or nil when the connection was
+// refused (and closed), or forwarded to the tenant's home node and served
+// there until it ended. Either way p no longer counts it as in handshake.
+//
+//go:noinline
+func (in *ingress) handshake(conn net.Conn, p *pending) (*deviceConn, *instance) {
 	endHandshake := func() { in.hs.leave(p) }
 	defer endHandshake()
 
@@ -204,18 +234,19 @@ func (in *ingress) handle(conn net.Conn, p *pending) {
 	answerBy := time.Now().Add(in.cfg.ConnectTimeout)
 	if !in.hs.rekey(p, conn.RemoteAddr()) {
 		conn.Close()
-		return
+		return nil, nil
 	}
 	if tc, ok := conn.(*tls.Conn); ok {
 		if err := tc.HandshakeContext(p.ctx); err != nil {
 			in.log.Debug("TLS handshake failed", "remote", conn.RemoteAddr().String(), "err", err)
 			conn.Close()
-			return
+			return nil, nil
 		}
 	}
-	if ep := transport.TenantFromServerName(transport.ServerName(conn), in.cfg.Domain); ep != "" && !in.hs.enterEndpoint(p, ep) {
+	ep := transport.TenantFromServerName(transport.ServerName(conn), in.cfg.Domain)
+	if ep != "" && !in.hs.enterEndpoint(p, ep) {
 		conn.Close()
-		return
+		return nil, nil
 	}
 	r := newConnectReader(conn)
 	raw, pk, err := readConnect(r, in.cfg.MaxConnectSize)
@@ -226,24 +257,26 @@ func (in *ingress) handle(conn net.Conn, p *pending) {
 		in.log.Debug("malformed CONNECT", "remote", conn.RemoteAddr().String(), "reason", ref.String())
 		writeConnack(conn, pk.ProtocolVersion, ref)
 		conn.Close()
-		return
+		return nil, nil
 	case err != nil:
 		// Debug: a flood of silent sockets must not flood the log (the
 		// handshake bounds log a summary).
 		in.log.Debug("no CONNECT", "remote", conn.RemoteAddr().String(), "err", err)
 		conn.Close()
-		return
+		return nil, nil
 	}
 
 	if in.fwd != nil {
-		if tenant, _, _, ok := in.deviceOf(conn, string(pk.Connect.Username)); ok && in.fwd.route(conn, r, raw, pk, tenant, endHandshake) {
-			return
+		if tenant, _, _, ok := in.deviceOf(ep, string(pk.Connect.Username)); ok && in.fwd.route(conn, r, raw, pk, tenant, endHandshake) {
+			return nil, nil
 		}
 	}
 	// p.ctx ends if the connection is shed; each directory read admit
 	// waits for is bounded by the CONNECT timeout (see lookup), and one
-	// answered from the cache sets no timer.
-	inst, id, err := in.admit(p.ctx, conn, raw, pk, answerBy)
+	// answered from the cache sets no timer. p.source is the key of
+	// conn's address, as rekey left it above (only this goroutine moves
+	// it), so admit need not format the address again.
+	inst, id, err := in.admit(p.ctx, conn, ep, p.source, raw, pk, answerBy)
 	if err != nil {
 		var ref refusal
 		if !errors.As(err, &ref) {
@@ -253,19 +286,12 @@ func (in *ingress) handle(conn net.Conn, p *pending) {
 		conn.SetWriteDeadline(time.Now().Add(in.cfg.WriteTimeout))
 		writeConnack(conn, pk.ProtocolVersion, ref)
 		conn.Close()
-		return
+		return nil, nil
 	}
 	conn.SetDeadline(time.Time{})
 	in.hs.admitted(p) // its attempt gives back the tokens it took
 	endHandshake()
-	dc := newDeviceConn(conn, r, raw, id, inst, in.cfg.WriteTimeout)
-	func() {
-		defer in.reg.releaseConn(inst)
-		inst.serve(dc)
-	}()
-	// The connection no longer counts against the tenant's connections
-	// while it lingers: the device may connect again at once.
-	in.closeServed(dc)
+	return newDeviceConn(conn, r, raw, id, inst, in.cfg.WriteTimeout), inst
 }
 
 // admit authenticates a CONNECT and finds its tenant's broker, or returns
@@ -275,14 +301,17 @@ func (in *ingress) handle(conn net.Conn, p *pending) {
 // never refused for others' failures. A failure past its streak's free
 // ones (see authLimit) is answered 0x9F, late — by answerBy at the latest,
 // when a silent connection would have been closed — and raises no event.
-func (in *ingress) admit(ctx context.Context, conn net.Conn, raw []byte, pk packets.Packet, answerBy time.Time) (*instance, identity, error) {
-	// The remote address, its source key and the logger are made only
-	// on the paths that use them: an admitted connection logs nothing
-	// here, and formatting an address costs an allocation or two.
-	tenant, device, username, ok := in.deviceOf(conn, string(pk.Connect.Username))
+//
+// endpoint is the tenant endpoint the connection reached ("" for none),
+// source the key of its address (see sourceOf): the caller has both.
+func (in *ingress) admit(ctx context.Context, conn net.Conn, endpoint, source string, raw []byte, pk packets.Packet, answerBy time.Time) (*instance, identity, error) {
+	// The remote address and the logger are made only on the paths that
+	// use them: an admitted connection logs nothing here, and formatting
+	// an address costs an allocation or two.
+	tenant, device, username, ok := in.deviceOf(endpoint, string(pk.Connect.Username))
 	if !ok {
 		log := in.log.With("remote", conn.RemoteAddr().String(), "endpoint", transport.ServerName(conn))
-		return nil, identity{}, in.authFailed(ctx, log, string(pk.Connect.Username), sourceOf(conn.RemoteAddr()), answerBy,
+		return nil, identity{}, in.authFailed(ctx, log, string(pk.Connect.Username), source, answerBy,
 			"connect refused: malformed username, or one naming another tenant than the endpoint")
 	}
 	logger := func() *slog.Logger {
@@ -306,7 +335,7 @@ func (in *ingress) admit(ctx context.Context, conn net.Conn, raw []byte, pk pack
 		if cred.why != "" {
 			log = log.With("detail", cred.why)
 		}
-		err := in.authFailed(ctx, log, username, sourceOf(conn.RemoteAddr()), answerBy, "connect refused: bad credentials")
+		err := in.authFailed(ctx, log, username, source, answerBy, "connect refused: bad credentials")
 		if errors.Is(err, authThrottled) {
 			if t.Slug != "" {
 				in.meterOf(tenant).authFailures.Add(1)
@@ -315,7 +344,7 @@ func (in *ingress) admit(ctx context.Context, conn net.Conn, raw []byte, pk pack
 		}
 		return refuse(badCredentials)
 	}
-	in.auth.succeeded(username, sourceOf(conn.RemoteAddr()))
+	in.auth.succeeded(username, source)
 	if t.Suspended {
 		logger().Info("connect refused: tenant suspended")
 		return refuse(tenantSuspended)
@@ -395,11 +424,11 @@ func (in *ingress) authFailed(ctx context.Context, log *slog.Logger, username, s
 
 // deviceOf is the tenant and device a CONNECT's username names, with the
 // full username: "<tenant>/<device>", or the device's name alone on the
-// tenant's own endpoint (SNI <tenant>.<Domain>), where a username naming
-// another tenant is refused.
-func (in *ingress) deviceOf(conn net.Conn, username string) (tenant, device, full string, ok bool) {
+// tenant's own endpoint (SNI <tenant>.<Domain>; endpoint is that tenant,
+// "" for none), where a username naming another tenant is refused.
+func (in *ingress) deviceOf(endpoint, username string) (tenant, device, full string, ok bool) {
 	tenant, device, ok = splitUsername(username)
-	if endpoint := transport.TenantFromServerName(transport.ServerName(conn), in.cfg.Domain); endpoint != "" {
+	if endpoint != "" {
 		switch {
 		case !strings.Contains(username, "/") && tenants.ValidDeviceName(username):
 			return endpoint, username, tenants.Username(endpoint, username), true
