@@ -69,7 +69,7 @@ func TestScenariosSmoke(t *testing.T) {
 	// rate it finds: it doubles after a sustained step and goes halfway
 	// back after one that was not, and no step loses a message.
 	const d = 150 * time.Millisecond
-	s, err := bench.MaxSustained(ctx, target, 2, 1, 16, 200, d, 3)
+	s, err := bench.MaxSustained(ctx, target, 2, 1, 16, 200, d, 3, 10*time.Millisecond)
 	if err != nil || len(s.Steps) != 3 || s.Offered[0] != 200 {
 		t.Fatalf("sustained-rate search: %+v, %v", s, err)
 	}

@@ -25,10 +25,10 @@ func Sustainable(r P2PResult, offered int, d time.Duration, p99Bound time.Durati
 }
 
 // MaxSustained searches for the highest p2p rate a broker sustains with
-// pairs publisher/subscriber pairs: it doubles the offered rate from start
-// until a step fails, then bisects between the last good and the first bad
-// rate, steps runs of d in all.
-func MaxSustained(ctx context.Context, t Target, pairs int, qos byte, size, start int, d time.Duration, steps int) (SustainedResult, error) {
+// pairs publisher/subscriber pairs, its p99 below p99Bound: it doubles the
+// offered rate from start until a step fails, then bisects between the
+// last good and the first bad rate, steps runs of d in all.
+func MaxSustained(ctx context.Context, t Target, pairs int, qos byte, size, start int, d time.Duration, steps int, p99Bound time.Duration) (SustainedResult, error) {
 	var res SustainedResult
 	good, bad := 0, 0
 	rate := start
@@ -38,7 +38,7 @@ func MaxSustained(ctx context.Context, t Target, pairs int, qos byte, size, star
 			return res, err
 		}
 		res.Steps, res.Offered = append(res.Steps, r), append(res.Offered, rate)
-		if Sustainable(r, rate, d, 10*time.Millisecond) {
+		if Sustainable(r, rate, d, p99Bound) {
 			good = rate
 			res.PerSecond = float64(rate)
 		} else {

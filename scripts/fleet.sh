@@ -55,6 +55,8 @@ try:
 except (OSError, ValueError, IndexError):
     pass
 hi = min(20000, low)
+if hi <= 10000:
+    sys.exit("fleet.sh: the kernel's ephemeral range starts at %d, below 10000" % low)
 socks = []
 for _ in range(2000):
     if len(socks) == int(sys.argv[1]):
@@ -66,7 +68,7 @@ for _ in range(2000):
         s.close()
         continue
     socks.append(s)
-else:
+if len(socks) != int(sys.argv[1]):
     sys.exit(1)
 for s in socks:
     print(s.getsockname()[1])

@@ -31,8 +31,9 @@ type walFS struct {
 	files map[*walFile]struct{}
 
 	// failed is the first fsync error: a log whose fsync failed may have
-	// lost what it held, so every later sync Pebble asks for fails with it
-	// (as it would had Pebble made the failed fsync itself).
+	// lost what it held, so every later sync Pebble asks for fails with it,
+	// as it would had Pebble made the failed fsync itself. Pebble takes a
+	// failed commit for fatal: the process stops at the next synced write.
 	failed atomic.Pointer[error]
 	// syncs counts the fsyncs made, and synced hears of each, for tests.
 	syncs  atomic.Int64
@@ -101,7 +102,7 @@ func (fs *walFS) syncAll() {
 // fail records a failed fsync.
 func (fs *walFS) fail(err error) {
 	if fs.failed.CompareAndSwap(nil, &err) {
-		fs.log.Error("session store: fsync of the write-ahead log failed; every later write fails", "err", err)
+		fs.log.Error("session store: fsync of the write-ahead log failed; the next synced write stops the process", "err", err)
 	}
 }
 
