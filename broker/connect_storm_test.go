@@ -294,23 +294,7 @@ func TestGoroutinesPerConnection(t *testing.T) {
 	s := newStack(t)
 	s.tenant("acme")
 	secret := s.device("acme", "gw", tenants.ClientIDsAny)
-	dial := func(id string) net.Conn {
-		c, err := net.Dial("tcp", s.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write(connectBytes(t, 4, "acme/gw", secret, id)); err != nil {
-			t.Fatal(err)
-		}
-		ack := make([]byte, 4)
-		if _, err := io.ReadFull(c, ack); err != nil || ack[0] != packets.Connack<<4 || ack[3] != 0 {
-			t.Fatalf("%s: CONNACK % x, %v; want one accepting it", id, ack, err)
-		}
-		c.SetDeadline(time.Time{})
-		return c
-	}
+	dial := func(id string) net.Conn { return connectRaw(t, s.addr, "acme/gw", secret, id) }
 	// The first connection starts the tenant's broker, whose goroutines
 	// are the tenant's, not a connection's.
 	dial("first")
@@ -343,4 +327,25 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// connectRaw connects a raw MQTT 3.1.1 socket as user with client id id and
+// reads its accepting CONNACK; the socket closes as the test ends.
+func connectRaw(t *testing.T, addr, user, secret, id string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write(connectBytes(t, 4, user, secret, id)); err != nil {
+		t.Fatal(err)
+	}
+	ack := make([]byte, 4)
+	if _, err := io.ReadFull(c, ack); err != nil || ack[0] != packets.Connack<<4 || ack[3] != 0 {
+		t.Fatalf("%s: CONNACK % x, %v; want one accepting it", id, ack, err)
+	}
+	c.SetDeadline(time.Time{})
+	return c
 }
