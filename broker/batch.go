@@ -157,10 +157,16 @@ func (c *deviceConn) writeLocked(p []byte) (int, error) {
 }
 
 // flushLocked writes the batch and returns its buffer; b.mu is held.
+// Once the connection is closing the batch is kept, for closeServed to
+// send: it may hold what the committer let go (see releaseLocked), the
+// PUBACKs of a connection taken over and its DISCONNECT among them.
 func (c *deviceConn) flushLocked() error {
 	b := &c.batch
 	if b.out == nil {
 		return b.err
+	}
+	if c.closing.Load() {
+		return net.ErrClosed
 	}
 	out := b.out
 	b.out = nil
