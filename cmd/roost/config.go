@@ -537,7 +537,7 @@ func (c *config) validateStoreSync() error {
 	case "always":
 	case "interval":
 		if c.SessionStore != "embedded" {
-			return fmt.Errorf("ROOST_STORE_SYNC: interval applies to the embedded session store, not %s (whose server decides when it syncs)", c.SessionStore)
+			return fmt.Errorf("ROOST_STORE_SYNC: interval applies to the embedded session store only, not %s", c.SessionStore)
 		}
 	default:
 		return fmt.Errorf("ROOST_STORE_SYNC: %q is not always or interval", c.StoreSync)
