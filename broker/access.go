@@ -25,7 +25,7 @@ type accessHook struct {
 
 func (h *accessHook) ID() string { return "roost-access" }
 
-var accessHookEvents = provides(mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnConnect, mqtt.OnDisconnect, mqtt.OnPacketEncode,
+var accessHookEvents = provides(mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnConnect, mqtt.OnDisconnect,
 	mqtt.OnPublish, mqtt.OnSubscribe, mqtt.OnSubscribed)
 
 func (h *accessHook) Provides(b byte) bool { return accessHookEvents.has(b) }
@@ -115,6 +115,9 @@ func (h *accessHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool 
 	if ok && !write && dc.refusedFilter(topic) {
 		return false // over max_subscriptions: see overSubscriptions
 	}
+	if ok && !write && !strings.HasPrefix(topic, "$") {
+		return h.inst.mayReceive(dc, topic)
+	}
 	if h.inst.hookACL(cl, topic, write) {
 		return true
 	}
@@ -152,13 +155,47 @@ func (h *accessHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCode
 	}
 }
 
-// OnPacketEncode checks a resumed session's waiting messages once more as
-// its CONNACK goes out (see dropUnreadable).
-func (h *accessHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+// encode checks a resumed session's waiting messages once more as its
+// CONNACK goes out (see dropUnreadable, encodeHook).
+func (h *accessHook) encode(cl *mqtt.Client, pk *packets.Packet) {
 	if pk.FixedHeader.Type == packets.Connack && pk.SessionPresent {
 		h.inst.dropUnreadable(cl)
 	}
-	return pk
+}
+
+// readDecision is a connection's last read decision (see mayReceive).
+type readDecision struct {
+	topic string
+	gen   aclGen
+	at    time.Time // when the device was read; zero if it was not
+	ok    bool
+}
+
+// mayReceive decides whether a connected device may read a topic outside
+// $, as hookACL would: mochi asks for every copy of every delivery, so
+// the connection keeps its last decision, for as long as what it was
+// decided on stands: the tenant's rules and, where a rule names a group
+// or metadata, the device as the directory cache has it (a change drops
+// it and moves aclGen; its TTL bounds it should a change be missed).
+// A decision the directory could not answer is not kept.
+func (inst *instance) mayReceive(dc *deviceConn, topic string) bool {
+	if dc.id.device == "" {
+		return false
+	}
+	gen := inst.aclGen()
+	if d := dc.lastRead.Load(); d != nil && d.gen == gen && d.topic == topic &&
+		(d.at.IsZero() || inst.dir.now().Sub(d.at) < inst.dir.ttl) {
+		return d.ok
+	}
+	ok, readDevice, answered := inst.decide(dc.id.device, tenants.ActionSubscribe, topic)
+	if answered {
+		d := &readDecision{topic: topic, gen: gen, ok: ok}
+		if readDevice {
+			d.at = inst.dir.now()
+		}
+		dc.lastRead.Store(d)
+	}
+	return ok
 }
 
 // hookACL decides for a client: one connected through the ingress, or a

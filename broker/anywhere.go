@@ -390,11 +390,11 @@ func (p *persistence) withhold(cl *mqtt.Client, pubID string, packetID uint16, s
 // cannot be dropped without failing the resend: it is written, and the
 // client acknowledges it under its id, mapped now to its copy (which
 // reconcile then does not send again).
-func (p *persistence) unsent(cl *mqtt.Client, pk packets.Packet) bool {
+func (p *persistence) unsent(cl *mqtt.Client, pk *packets.Packet) bool {
 	if p.unsending.Load() == 0 {
 		return false
 	}
-	pubID, ok := pubIDOf(pk)
+	pubID, ok := pubIDOf(*pk)
 	if !ok {
 		return false
 	}
@@ -441,17 +441,17 @@ func (p *persistence) unsent(cl *mqtt.Client, pk packets.Packet) bool {
 // A PUBLISH with both topic and alias announces it again [MQTT-3.3.2-12].
 // The upstream fix is mochi's: a hook before a delivery, able to refuse
 // it before its alias is given.
-func (p *persistence) announceAlias(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+func (p *persistence) announceAlias(cl *mqtt.Client, pk *packets.Packet) {
 	// A resend (DUP) is of a packet an older connection was sent, its
 	// alias that connection's.
 	if p.unannouncedN.Load() == 0 || !pk.Properties.TopicAliasFlag || pk.FixedHeader.Dup {
-		return pk
+		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	topic, ok := p.unannounced[cl][pk.Properties.TopicAlias]
 	if !ok {
-		return pk
+		return
 	}
 	if pk.TopicName == "" {
 		pk.TopicName = topic
@@ -461,7 +461,6 @@ func (p *persistence) announceAlias(cl *mqtt.Client, pk packets.Packet) packets.
 		delete(p.unannounced, cl)
 	}
 	p.unannouncedN.Add(-1)
-	return pk
 }
 
 // releaseWithheld frees a withheld delivery's packet id and forgets it.

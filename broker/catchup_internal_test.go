@@ -192,7 +192,7 @@ func deliverArrival(p *persistence, cl *mqtt.Client, m fabric.Message) bool {
 	cl.State.Inflight.DecreaseSendQuota()
 	p.routed(pk)
 	after()
-	return !p.unsent(cl, out)
+	return !p.unsent(cl, &out)
 }
 
 // TestArrivalOfCopyCaughtUpWithheld: a copy a catchUp read from the queue

@@ -64,6 +64,8 @@ type deviceConn struct {
 	// shutdown while its broker stays up (the node that forwarded it is
 	// draining): its Will goes nowhere, as at the broker's own shutdown.
 	withdrawWill atomic.Bool
+	// lastRead is the last read check's decision (see mayReceive).
+	lastRead atomic.Pointer[readDecision]
 
 	// acked is set once the CONNACK is written; until then held keeps
 	// whatever mochi writes before it (see Write).

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/roosthub/roost/internal/lru"
@@ -57,8 +58,11 @@ type directoryCache struct {
 	// one that started it.
 	readTimeout time.Duration
 
-	mu      sync.Mutex
-	gen     uint64 // bumped by every invalidation; a read that raced one is neither cached nor shared with later lookups
+	mu sync.Mutex
+	// gen is bumped by every invalidation, with mu held; a read that raced
+	// one is neither cached nor shared with later lookups. It is read
+	// without mu by the connections' read decisions (see mayReceive).
+	gen     atomic.Uint64
 	tenants table[string, tenants.Tenant]
 	devices table[deviceKey, tenants.Device]
 	keys    table[deviceKey, []tenants.DeviceKey]
@@ -118,8 +122,8 @@ func lookup[K comparable, T any](ctx context.Context, c *directoryCache, t *tabl
 		return e.val, e.found, nil
 	}
 	f := t.flights[key]
-	if f == nil || f.gen != c.gen {
-		f = &flight[T]{gen: c.gen, done: make(chan struct{})}
+	if f == nil || f.gen != c.gen.Load() {
+		f = &flight[T]{gen: c.gen.Load(), done: make(chan struct{})}
 		t.flights[key] = f
 		go fly(ctx, c, t, key, f, fetch)
 	}
@@ -163,7 +167,7 @@ func fly[K comparable, T any](ctx context.Context, c *directoryCache, t *table[K
 	if t.flights[key] == f {
 		delete(t.flights, key)
 	}
-	if err == nil && c.gen == f.gen {
+	if err == nil && c.gen.Load() == f.gen {
 		t.lru.Add(key, cached[T]{val: v, found: found, at: c.now()})
 	}
 	f.val, f.found, f.err = v, found, err
@@ -207,7 +211,7 @@ func (c *directoryCache) authorities(ctx context.Context, tenant string) ([]tena
 func (c *directoryCache) invalidate(ch tenants.Change) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.gen++
+	c.gen.Add(1)
 	switch ch.Kind {
 	case tenants.TenantChanged:
 		c.tenants.lru.Remove(ch.Tenant)

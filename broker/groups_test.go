@@ -100,7 +100,7 @@ func TestGroupACLWithMetadata(t *testing.T) {
 	if _, err := s.store.UpdateDevice(ctx, "acme", "d1", tenants.DeviceUpdate{Metadata: &md}); err != nil {
 		t.Fatal(err)
 	}
-	obs.pub(t, "rooms/r1/b", "hidden", 1, false)
+	obs.pub(t, "rooms/r1/a", "hidden", 1, false) // the topic read just before, in its old room
 	obs.pub(t, "lab/marker", "after", 1, false)
 	d1.expect(t, "lab/marker", "after") // rooms/r1/b was not delivered: its room is r2 now
 	if r := d1.pub(t, "rooms/r1/t", "m", 1, false); r.ReasonCode != refused {
@@ -117,7 +117,7 @@ func TestGroupACLWithMetadata(t *testing.T) {
 	if r := d1.pub(t, "lab/x", "m", 1, false); r.ReasonCode != refused {
 		t.Errorf("d1 publishes to lab/x out of the group: got 0x%02x, want 0x87", r.ReasonCode)
 	}
-	obs.pub(t, "lab/y", "hidden", 1, false)
+	obs.pub(t, "lab/marker", "hidden", 1, false) // the topic read just before, out of the group now
 	obs.pub(t, "rooms/r2/z", "visible", 1, false)
 	if got := d1.sub(t, "rooms/r2/#", 1); got != 1 {
 		t.Fatalf("d1 subscribes rooms/r2/#: got 0x%02x", got)

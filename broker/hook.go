@@ -29,7 +29,19 @@ import (
 //
 // A publish's hooks stop at the first that refuses it (mochi stops
 // calling OnPublish hooks at an error).
+//
+// One more, encodeHook, calls the concerns' encoders in the same order.
 func addHooks(inst *instance) error {
+	for _, h := range tenantHooks(inst) {
+		if err := inst.server.AddHook(h, nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tenantHooks are the hooks addHooks gives a tenant's broker, in order.
+func tenantHooks(inst *instance) []mqtt.Hook {
 	hooks := []mqtt.Hook{&protocolHook{inst: inst}, &shadowHook{inst: inst}, &commandHook{inst: inst}, &accessHook{inst: inst}}
 	if inst.persist != nil {
 		hooks = append(hooks, &sessionHook{inst: inst, p: inst.persist})
@@ -48,12 +60,61 @@ func addHooks(inst *instance) error {
 	if inst.spread {
 		hooks = append(hooks, &routeHook{inst: inst})
 	}
-	for _, h := range hooks {
-		if err := inst.server.AddHook(h, nil); err != nil {
-			return err
+	return append(hooks, newEncodeHook(hooks))
+}
+
+// encodeHook is the one hook that provides OnPacketEncode. mochi v2.7.9
+// passes every packet it writes by value to each hook that provides the
+// event and takes it back (two copies of some 800 bytes a hook, for every
+// copy of every delivery), so the concerns' encode methods are called
+// here, in the hooks' order, on one copy (the upstream fix: hooks that
+// take the packet by pointer). They are called on the concrete hooks: a
+// packet's address passed through an interface would escape, and cost an
+// allocation a packet.
+type encodeHook struct {
+	mqtt.HookBase
+	protocol *protocolHook
+	access   *accessHook
+	session  *sessionHook // nil without persistent sessions
+	quota    *quotaHook
+	route    *routeHook // nil unless the tenant is spread
+}
+
+// newEncodeHook calls the encode methods of hooks.
+func newEncodeHook(hooks []mqtt.Hook) *encodeHook {
+	h := &encodeHook{}
+	for _, hook := range hooks {
+		switch hook := hook.(type) {
+		case *protocolHook:
+			h.protocol = hook
+		case *accessHook:
+			h.access = hook
+		case *sessionHook:
+			h.session = hook
+		case *quotaHook:
+			h.quota = hook
+		case *routeHook:
+			h.route = hook
 		}
 	}
-	return nil
+	return h
+}
+
+func (h *encodeHook) ID() string { return "roost-encode" }
+
+func (h *encodeHook) Provides(b byte) bool { return b == mqtt.OnPacketEncode }
+
+func (h *encodeHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+	h.protocol.encode(cl, &pk)
+	h.access.encode(cl, &pk)
+	if h.session != nil {
+		h.session.encode(cl, &pk)
+	}
+	h.quota.encode(cl, &pk)
+	if h.route != nil {
+		h.route.encode(cl, &pk)
+	}
+	return pk
 }
 
 // refusePublish answers a publish a hook refused (over a quota, not

@@ -23,3 +23,27 @@ func TestHookSet(t *testing.T) {
 		t.Error("the quota hook's set")
 	}
 }
+
+// TestOneEncodeHook: of a tenant's hooks only encodeHook provides
+// OnPacketEncode (mochi copies the packet into and out of each that
+// does), and it has every concern's encode method to call.
+func TestOneEncodeHook(t *testing.T) {
+	for _, spread := range []bool{false, true} {
+		inst := &instance{persist: &persistence{}, spread: spread}
+		var enc *encodeHook
+		for _, h := range tenantHooks(inst) {
+			if e, ok := h.(*encodeHook); ok {
+				enc = e
+			} else if h.Provides(mqtt.OnPacketEncode) {
+				t.Errorf("%s provides OnPacketEncode beside the encode hook", h.ID())
+			}
+		}
+		if enc == nil || !enc.Provides(mqtt.OnPacketEncode) {
+			t.Fatal("no hook provides OnPacketEncode")
+		}
+		if enc.protocol == nil || enc.access == nil || enc.session == nil || enc.quota == nil || (enc.route != nil) != spread {
+			t.Errorf("spread %t: the encode hook calls protocol %t, access %t, session %t, quota %t, route %t", spread,
+				enc.protocol != nil, enc.access != nil, enc.session != nil, enc.quota != nil, enc.route != nil)
+		}
+	}
+}

@@ -68,8 +68,10 @@ type instance struct {
 	// sweep.go).
 	expiry expiryLoop
 
-	rules   listCache[tenants.ACLRule]
-	exports listCache[*dataout.Rule]
+	rules listCache[tenants.ACLRule]
+	// rulesGen is bumped each time rules is forgotten (see aclGen).
+	rulesGen atomic.Uint64
+	exports  listCache[*dataout.Rule]
 	// exportErrs counts, per export rule, messages Kafka refused.
 	errMu      sync.Mutex
 	exportErrs map[string]int64
@@ -415,8 +417,21 @@ func (inst *instance) aclRules() ([]tenants.ACLRule, error) {
 }
 
 // forgetRules drops the cached rules after a change; the next check reads
-// them again.
-func (inst *instance) forgetRules() { inst.rules.forget() }
+// them again. The connections' read decisions made before are stale from
+// then on (see mayReceive).
+func (inst *instance) forgetRules() {
+	inst.rules.forget()
+	inst.rulesGen.Add(1)
+}
+
+// aclGen identifies what an ACL decision read: the tenant's rules and the
+// directory's devices. A decision taken after aclGen returned a value
+// stands while aclGen still returns it.
+type aclGen struct{ rules, dir uint64 }
+
+func (inst *instance) aclGen() aclGen {
+	return aclGen{rules: inst.rulesGen.Load(), dir: inst.dir.gen.Load()}
+}
 
 // allowed decides an ACL question for a device, denying if the rules cannot
 // be read.
@@ -428,26 +443,36 @@ func (inst *instance) forgetRules() { inst.rules.forget() }
 // that cannot be read is denied: deciding without its groups could skip a
 // deny rule.
 func (inst *instance) allowed(device string, action tenants.Action, topic string) bool {
+	ok, _, _ := inst.decide(device, action, topic)
+	return ok
+}
+
+// decide is allowed, telling also whether the decision read the device
+// (a rule names a group or metadata) and whether the directory answered
+// (a decision made without it is not one to keep).
+func (inst *instance) decide(device string, action tenants.Action, topic string) (ok, readDevice, answered bool) {
 	rules, err := inst.aclRules()
 	if err != nil {
 		inst.log.Error("read acl rules", "err", err)
-		return false
+		return false, false, false
 	}
 	sub := tenants.ACLSubject{Device: device}
-	if tenants.NeedsSubject(rules) {
+	readDevice = tenants.NeedsSubject(rules)
+	if readDevice {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		d, found, err := inst.dir.device(ctx, inst.tenant, device)
 		cancel()
-		if err != nil || !found {
-			if err != nil {
-				inst.log.Error("read device for acl", "device", device, "err", err)
-			}
-			return false
+		if err != nil {
+			inst.log.Error("read device for acl", "device", device, "err", err)
+			return false, true, false
+		}
+		if !found {
+			return false, true, true
 		}
 		sub = d.Subject()
 	}
-	ok, _ := tenants.CheckACL(rules, sub, action, topic)
-	return ok
+	ok, _ = tenants.CheckACL(rules, sub, action, topic)
+	return ok, readDevice, true
 }
 
 // kick disconnects a client, telling a v5 client why.

@@ -117,6 +117,10 @@ func TestACLEditAppliesLive(t *testing.T) {
 	sub.sub(t, "data/#", 1)
 	pub.pub(t, "data/x", "before", 1, false)
 	sub.expect(t, "data/x", "before")
+	// Delivered once before the rule: the connection's kept read decision
+	// for the topic (see mayReceive) must not outlive the change.
+	pub.pub(t, "data/secret", "visible", 1, false)
+	sub.expect(t, "data/secret", "visible")
 
 	rule, err := s.store.CreateACLRule(ctx, "acme", tenants.ACLRuleInput{Effect: tenants.Deny, Action: tenants.ActionSubscribe, Topic: "data/secret", Position: intp(0)})
 	if err != nil {

@@ -1607,8 +1607,14 @@ func internalProperty(key string) bool { return strings.HasPrefix(key, "\x00roos
 
 // withoutTag returns a packet without the internal tags.
 func withoutTag(pk packets.Packet) packets.Packet {
+	untag(&pk)
+	return pk
+}
+
+// untag takes the internal tags off a packet in place (see withoutTag).
+func untag(pk *packets.Packet) {
 	if !slices.ContainsFunc(pk.Properties.User, func(u packets.UserProperty) bool { return internalProperty(u.Key) }) {
-		return pk
+		return
 	}
 	var user []packets.UserProperty
 	for _, u := range pk.Properties.User {
@@ -1617,5 +1623,4 @@ func withoutTag(pk packets.Packet) packets.Packet {
 		}
 	}
 	pk.Properties.User = user
-	return pk
 }

@@ -28,7 +28,7 @@ type sessionHook struct {
 
 func (h *sessionHook) ID() string { return "roost-sessions" }
 
-var sessionHookEvents = provides(mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnPublish, mqtt.OnPublished, mqtt.OnQosPublish, mqtt.OnQosDropped, mqtt.OnSessionEstablished, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.StoredClients, mqtt.StoredSubscriptions, mqtt.StoredInflightMessages, mqtt.StoredRetainedMessages)
+var sessionHookEvents = provides(mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnPublish, mqtt.OnPublished, mqtt.OnQosPublish, mqtt.OnQosDropped, mqtt.OnSessionEstablished, mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnDisconnect, mqtt.OnClientExpired, mqtt.StoredClients, mqtt.StoredSubscriptions, mqtt.StoredInflightMessages, mqtt.StoredRetainedMessages)
 
 func (h *sessionHook) Provides(b byte) bool { return sessionHookEvents.has(b) }
 
@@ -140,23 +140,22 @@ func (h *sessionHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.
 	return pk, nil
 }
 
-// OnPacketEncode takes the internal tag off a PUBLISH (see tag), keeps a
+// encode takes the internal tag off a PUBLISH (see tag), keeps a
 // withheld one from being written (see withhold), and puts a resumed
 // session's waiting messages in order as its CONNACK goes out (see
-// orderResend).
-func (h *sessionHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+// orderResend). See encodeHook.
+func (h *sessionHook) encode(cl *mqtt.Client, pk *packets.Packet) {
 	switch {
 	case pk.FixedHeader.Type == packets.Publish:
 		if h.p.unsent(cl, pk) {
 			pk.Mods.MaxSize = unwritable
 		} else {
-			pk = h.p.announceAlias(cl, pk)
+			h.p.announceAlias(cl, pk)
 		}
-		return withoutTag(pk)
+		untag(pk)
 	case pk.FixedHeader.Type == packets.Connack && pk.SessionPresent:
 		h.p.orderResend(cl)
 	}
-	return pk
 }
 
 // unwritable is the maximum packet size that keeps a packet from being

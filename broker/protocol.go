@@ -19,7 +19,7 @@ type protocolHook struct {
 
 func (h *protocolHook) ID() string { return "roost-protocol" }
 
-var protocolHookEvents = provides(mqtt.OnPacketRead, mqtt.OnPacketEncode, mqtt.OnDisconnect, mqtt.OnClientExpired)
+var protocolHookEvents = provides(mqtt.OnPacketRead, mqtt.OnDisconnect, mqtt.OnClientExpired)
 
 func (h *protocolHook) Provides(b byte) bool { return protocolHookEvents.has(b) }
 
@@ -63,7 +63,7 @@ func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 	return pk, nil
 }
 
-// OnPacketEncode: mochi answers a resent QoS 2 PUBLISH it already holds
+// encode (see encodeHook): mochi answers a resent QoS 2 PUBLISH it already holds
 // with 0x91, which tells a v5 publisher its message was refused; it was
 // accepted, and the answer is a plain PUBREC [MQTT-4.3.3-10].
 //
@@ -71,7 +71,7 @@ func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 // v2.7.9 puts a DISCONNECT behind the client's queued messages in a
 // buffer that nothing writes once the client is stopped, so a busy
 // subscriber would never get it (see closeServed).
-func (h *protocolHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+func (h *protocolHook) encode(cl *mqtt.Client, pk *packets.Packet) {
 	switch {
 	case pk.FixedHeader.Type == packets.Pubrec && pk.ReasonCode == packets.ErrPacketIdentifierInUse.Code:
 		pk.ReasonCode = packets.CodeSuccess.Code
@@ -80,7 +80,6 @@ func (h *protocolHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packet
 			dc.endedFor(pk.ReasonCode)
 		}
 	}
-	return pk
 }
 
 // OnDisconnect notes why mochi ended a connection when it sends no

@@ -5,6 +5,7 @@ import (
 	"math"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -56,7 +57,7 @@ type quotaHook struct {
 
 func (h *quotaHook) ID() string { return "roost-quotas" }
 
-var quotaHookEvents = provides(mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnPublish, mqtt.OnPublished, mqtt.OnPacketEncode)
+var quotaHookEvents = provides(mqtt.OnConnect, mqtt.OnPacketRead, mqtt.OnSubscribe, mqtt.OnSubscribed, mqtt.OnPublish, mqtt.OnPublished)
 
 func (h *quotaHook) Provides(b byte) bool { return quotaHookEvents.has(b) }
 
@@ -147,10 +148,10 @@ func (h *quotaHook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 	}
 }
 
-// OnPacketEncode meters what is sent to devices, and has a v5 CONNACK
+// encode (see encodeHook) meters what is sent to devices, and has a v5 CONNACK
 // announce the limits mochi enforces but does not announce, so that
 // clients keep to them instead of being disconnected for breaking them.
-func (h *quotaHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+func (h *quotaHook) encode(cl *mqtt.Client, pk *packets.Packet) {
 	switch {
 	case pk.FixedHeader.Type == packets.Publish:
 		if _, ok := cl.Net.Conn.(*deviceConn); ok && !h.inst.limitsOff && pk.Mods.MaxSize != unwritable {
@@ -166,7 +167,6 @@ func (h *quotaHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.P
 			pk.Properties.SessionExpiryIntervalFlag = true
 		}
 	}
-	return pk
 }
 
 // maxSessionExpiry is max_session_expiry as MQTT carries it.
@@ -251,10 +251,13 @@ type connLimits struct {
 	// the tenant's deny_action (see deny.go).
 	deny denyState
 
-	mu sync.Mutex
 	// refuse holds the filters of the SUBSCRIBE being processed that are
-	// over max_subscriptions; read by the ACL check of that SUBSCRIBE.
-	refuse map[string]bool
+	// over max_subscriptions; read by the ACL check of that SUBSCRIBE. The
+	// same check is asked for every delivery, where it is nil: one atomic
+	// load, no lock.
+	refuse atomic.Pointer[map[string]bool]
+
+	mu sync.Mutex
 	// subscribing holds the $-filters of the SUBSCRIBE being processed,
 	// so that their ACL check is not taken for a delivery (isDelivery).
 	subscribing map[string]bool
@@ -330,29 +333,28 @@ func (inst *instance) overSubscriptions(cl *mqtt.Client, dc *deviceConn, pk pack
 		}
 		refuse[f.Filter] = true
 	}
-	dc.limits.mu.Lock()
-	dc.limits.refuse = refuse
-	dc.limits.mu.Unlock()
+	if refuse == nil {
+		dc.limits.refuse.Store(nil)
+	} else {
+		dc.limits.refuse.Store(&refuse)
+	}
 }
 
 // refusedFilter reports whether the SUBSCRIBE being processed is over the
 // quota for this filter.
 func (dc *deviceConn) refusedFilter(filter string) bool {
-	dc.limits.mu.Lock()
-	defer dc.limits.mu.Unlock()
-	return dc.limits.refuse[filter]
+	refuse := dc.limits.refuse.Load()
+	return refuse != nil && (*refuse)[filter]
 }
 
 // capSubscriptions gives the refused filters their reason code and raises
 // the event.
 func (inst *instance) capSubscriptions(cl *mqtt.Client, dc *deviceConn, pk packets.Packet, codes []byte) {
-	dc.limits.mu.Lock()
-	refuse := dc.limits.refuse
-	dc.limits.refuse = nil
-	dc.limits.mu.Unlock()
-	if len(refuse) == 0 {
+	p := dc.limits.refuse.Swap(nil)
+	if p == nil {
 		return
 	}
+	refuse := *p
 	code := packets.ErrQuotaExceeded.Code
 	if cl.Properties.ProtocolVersion < 5 {
 		code = packets.ErrUnspecifiedError.Code

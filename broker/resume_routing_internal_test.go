@@ -251,7 +251,7 @@ func TestAdoptedSessionGetsUnqueuedPublishInOrder(t *testing.T) {
 			p.handedOver(cl, out)
 			p.routed(pk)
 			if tc.shared {
-				if p.unsent(cl, out) {
+				if p.unsent(cl, &out) {
 					t.Fatal("a shared group's turn, which no queue holds, was withheld: it would be lost")
 				}
 				if _, ok := cl.State.Inflight.Get(out.PacketID); !ok {
@@ -259,7 +259,7 @@ func TestAdoptedSessionGetsUnqueuedPublishInOrder(t *testing.T) {
 				}
 				return
 			}
-			if !p.unsent(cl, out) {
+			if !p.unsent(cl, &out) {
 				t.Fatal("the publish was written to a connection not yet established, ahead of the older copy in its queue")
 			}
 			// The CONNACK goes out: mochi's resend must not carry it.
@@ -311,23 +311,27 @@ func TestWithheldAliasAnnouncedAgain(t *testing.T) {
 		pubID, _ := pubIDOf(pk)
 		p.withhold(cl, pubID, packetID, 0)
 		p.mu.Unlock()
-		return p.unsent(cl, pk)
+		return p.unsent(cl, &pk)
 	}
 	if !withheldAnnouncing("a", 3, 1) {
 		t.Fatal("the withheld delivery was not dropped")
 	}
+	announced := func(pk packets.Packet) packets.Packet {
+		p.announceAlias(cl, &pk)
+		return pk
+	}
 	aliasOnly := publishOf("b")
 	aliasOnly.TopicName = ""
 	aliasOnly.Properties.TopicAlias, aliasOnly.Properties.TopicAliasFlag = 3, true
-	if got := p.announceAlias(cl, aliasOnly); got.TopicName != "q/x" {
+	if got := announced(aliasOnly); got.TopicName != "q/x" {
 		t.Fatalf("the next delivery under alias 3 has topic %q, want q/x: the client never learned the alias", got.TopicName)
 	}
-	if got := p.announceAlias(cl, aliasOnly); got.TopicName != "" {
+	if got := announced(aliasOnly); got.TopicName != "" {
 		t.Errorf("a later delivery under alias 3 has topic %q again; want the alias alone once announced", got.TopicName)
 	}
 	other := aliasOnly
 	other.Properties.TopicAlias = 4
-	if got := p.announceAlias(cl, other); got.TopicName != "" {
+	if got := announced(other); got.TopicName != "" {
 		t.Errorf("a delivery under alias 4, never withheld, got topic %q", got.TopicName)
 	}
 	// One still unannounced as the connection ends is forgotten with it.

@@ -409,7 +409,7 @@ type routeHook struct {
 }
 
 var routeHookEvents = provides(mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnDisconnect, mqtt.OnClientExpired,
-	mqtt.OnPublish, mqtt.OnSelectSubscribers, mqtt.OnPacketEncode, mqtt.OnSessionEstablished)
+	mqtt.OnPublish, mqtt.OnSelectSubscribers, mqtt.OnSessionEstablished)
 
 // sessionRouted reports whether a client's subscriptions are its session's
 // own routes (a persistent session, living on any node).
@@ -677,10 +677,9 @@ func (h *routeHook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packe
 	return subs
 }
 
-// OnPacketEncode takes the remote tag off what is sent.
-func (h *routeHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
+// encode takes the remote tag off what is sent (see encodeHook).
+func (h *routeHook) encode(cl *mqtt.Client, pk *packets.Packet) {
 	if pk.FixedHeader.Type == packets.Publish {
-		return withoutTag(pk)
+		untag(pk)
 	}
-	return pk
 }
