@@ -29,31 +29,28 @@ var (
 // password.
 var errWrongPassword = &tenants.FieldError{Field: "old_password", Message: "is not your current password"}
 
-// outbox sends mail off the request path: a request's answer does not
-// wait for an SMTP server (nor tell, by how long it took, whether a mail
-// went out). Its sends are owned by the Service: Close waits for them.
+// outbox runs work off the request path, mail above all: a request's
+// answer does not wait for an SMTP server (nor tell, by how long it took,
+// whether a mail went out). Its jobs are owned by the Service: Close
+// waits for them.
 type outbox struct {
 	mailer mail.Mailer
 	wg     sync.WaitGroup
 	slots  chan struct{}
 }
 
-// mailTimeout bounds one mail's sending.
+// mailTimeout bounds one background job, such as a mail's sending.
 const mailTimeout = time.Minute
 
-// send renders the template and sends it in the background. At most 64
-// mails are in flight; past that one is dropped and logged rather than
-// queued without end.
-func (s *Service) send(ctx context.Context, template, to string, data any) {
-	m, err := mail.Render(template, to, data)
-	if err != nil {
-		s.log.Error("render mail", "template", template, "err", err)
-		return
-	}
+// later runs job in the background, with ctx's values but neither its
+// cancellation nor its deadline (the request that asked may have been
+// answered), for at most mailTimeout. At most 64 jobs run at once; past
+// that one is dropped and logged rather than queued without end.
+func (s *Service) later(ctx context.Context, what string, job func(ctx context.Context)) {
 	select {
 	case s.out.slots <- struct{}{}:
 	default:
-		s.log.Error("mail dropped: too many in flight", "template", template)
+		s.log.Error("dropped: too many background jobs in flight", "job", what)
 		return
 	}
 	s.out.wg.Add(1)
@@ -62,13 +59,28 @@ func (s *Service) send(ctx context.Context, template, to string, data any) {
 		defer func() { <-s.out.slots }()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), mailTimeout)
 		defer cancel()
-		if err := s.out.mailer.Send(ctx, m); err != nil {
-			s.log.Error("send mail", "template", template, "err", err)
-		}
+		job(ctx)
 	}()
 }
 
-// Close waits for the mails being sent. Calling it twice is harmless.
+// send renders the template and sends it in the background.
+func (s *Service) send(ctx context.Context, template, to string, data any) {
+	s.later(ctx, "mail "+template, func(ctx context.Context) { s.deliver(ctx, template, to, data) })
+}
+
+// deliver renders the template and sends it now, logging what fails.
+func (s *Service) deliver(ctx context.Context, template, to string, data any) {
+	m, err := mail.Render(template, to, data)
+	if err != nil {
+		s.log.Error("render mail", "template", template, "err", err)
+		return
+	}
+	if err := s.out.mailer.Send(ctx, m); err != nil {
+		s.log.Error("send mail", "template", template, "err", err)
+	}
+}
+
+// Close waits for the mails being sent and the other background jobs. Calling it twice is harmless.
 func (s *Service) Close() { s.out.wg.Wait() }
 
 // link is a console page's absolute URL with the token in its query.
@@ -112,22 +124,31 @@ func (s *Service) VerifyEmail(ctx context.Context, token, addr string) (tenants.
 // ForgotPassword mails a reset link to the account with this email, if
 // there is one, asked from addr. The answer is the same either way (nil,
 // or a wait that is counted per email whether or not it has an account),
-// and the mail goes out in the background, so neither the answer nor its
-// time tells whether the email has an account.
+// and so is the work done before it: the account is looked up, its token
+// made and the mail sent in the background, for an unknown email too, so
+// neither the answer nor its time tells whether the email has an account.
+// A failure there is logged, not answered.
 func (s *Service) ForgotPassword(ctx context.Context, email, addr string) error {
 	email = tenants.NormaliseEmail(email)
 	if _, wait := s.lim.reserve(charge{forgotEmail, email}, charge{forgotAddress, addr}); wait > 0 {
 		return waitError(wait, "too many password reset requests")
 	}
+	s.later(ctx, "password reset", func(ctx context.Context) { s.mailReset(ctx, email) })
+	return nil
+}
+
+// mailReset issues a reset token for the account with this email and
+// mails it the link; for an email with no account it does nothing.
+func (s *Service) mailReset(ctx context.Context, email string) {
 	a, tok, err := s.store.IssueResetToken(ctx, email)
 	switch {
 	case errors.Is(err, tenants.ErrNotFound):
-		return nil
+		return
 	case err != nil:
-		return err
+		s.log.Error("issue password reset token", "err", err)
+		return
 	}
-	s.send(ctx, mail.TemplateReset, a.Email, map[string]any{"Link": s.link("/password/reset", tok), "Minutes": int(tenants.ResetTokenTTL.Minutes())})
-	return nil
+	s.deliver(ctx, mail.TemplateReset, a.Email, map[string]any{"Link": s.link("/password/reset", tok), "Minutes": int(tenants.ResetTokenTTL.Minutes())})
 }
 
 // ResetPassword spends a reset token and sets the new password: every

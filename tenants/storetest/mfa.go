@@ -2,6 +2,8 @@ package storetest
 
 import (
 	"errors"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/roosthub/roost/tenants"
@@ -67,6 +69,24 @@ func testMFA(t *testing.T, s *tenants.Store, reopen func() *tenants.Store) {
 		t.Errorf("recovery codes left %d, want 9", m.RecoveryLeft)
 	}
 
+	// Two sign-ins with one code at once (two nodes, say): one passes.
+	// The same for a recovery code.
+	if n := concurrently(t, 8, func() (bool, error) { return s.UseTOTPStep(ctx, a.ID, 110) }); n != 1 {
+		t.Errorf("step 110 used by %d of 8 concurrent sign-ins, want 1", n)
+	}
+	if n := concurrently(t, 8, func() (bool, error) { return s.UseRecoveryCode(ctx, a.ID, codes[6]) }); n != 1 {
+		t.Errorf("a recovery code used by %d of 8 concurrent sign-ins, want 1", n)
+	}
+	if reopen != nil {
+		s = reopen()
+	}
+	if m, err := s.MFA(ctx, a.ID); err != nil || m.LastStep != 110 || m.RecoveryLeft != 8 {
+		t.Errorf("MFA after the concurrent sign-ins = %+v, %v; want step 110, 8 codes left", m, err)
+	}
+	if ok, _ := s.UseTOTPStep(ctx, a.ID, 110); ok {
+		t.Error("step 110 was used again after a reopen")
+	}
+
 	// The tenant's requirement.
 	mustTenant(t, s, a, "mfa-t")
 	if err := s.MFAGate(ctx, "mfa-t", other.ID); err != nil {
@@ -112,4 +132,35 @@ func testMFA(t *testing.T, s *tenants.Store, reopen func() *tenants.Store) {
 	if err := s.MFAGate(ctx, "mfa-t", other.ID); err != nil {
 		t.Errorf("MFAGate after the requirement was lifted: %v", err)
 	}
+}
+
+// concurrently runs use n times at once and returns how many reported
+// true; an error fails the test.
+func concurrently(t *testing.T, n int, use func() (bool, error)) int {
+	t.Helper()
+	var won atomic.Int32
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	errs := make(chan error, n)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			ok, err := use()
+			if err != nil {
+				errs <- err
+			}
+			if ok {
+				won.Add(1)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("concurrent use: %v", err)
+	}
+	return int(won.Load())
 }
