@@ -19,20 +19,39 @@ import (
 // so the connection's stack does not double to 32 KiB under mochi's
 // frames — a copy of the whole stack on every connect, and 16 KiB more
 // per idle device. Each connection here has been through a CONNECT, a
-// PINGREQ and its PINGRESP, over raw sockets (no client goroutines).
+// PINGREQ and its PINGRESP, over raw sockets (no client goroutines); in
+// the second case a QoS 1 PUBLISH and its PUBACK first, through mochi's
+// publish path and every hook's.
 // Frame sizes are the compiler's: under the race detector they are
 // larger, and the test is skipped.
 func TestConnectionStackSize(t *testing.T) {
 	if raceDetector {
 		t.Skip("the race detector enlarges every frame and the stack guard")
 	}
+	for _, publish := range []bool{false, true} {
+		t.Run(fmt.Sprintf("publish=%t", publish), func(t *testing.T) { connectionStackSize(t, publish) })
+	}
+}
+
+func connectionStackSize(t *testing.T, publish bool) {
 	const n = 50
 	s := newStack(t)
 	s.tenant("acme")
 	secret := s.device("acme", "gw", tenants.ClientIDsAny)
+	// A QoS 1 PUBLISH (3.1.1) of "hi" to t/x, packet id 1.
+	pub := []byte{packets.Publish<<4 | 2, 9, 0, 3, 't', '/', 'x', 0, 1, 'h', 'i'}
 	dial := func(id string) {
 		c := connectRaw(t, s.addr, "acme/gw", secret, id)
 		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if publish {
+			if _, err := c.Write(pub); err != nil {
+				t.Fatal(err)
+			}
+			ack := make([]byte, 4)
+			if _, err := io.ReadFull(c, ack); err != nil || ack[0] != packets.Puback<<4 {
+				t.Fatalf("%s: PUBACK % x, %v; want one", id, ack, err)
+			}
+		}
 		if _, err := c.Write([]byte{packets.Pingreq << 4, 0}); err != nil {
 			t.Fatal(err)
 		}
