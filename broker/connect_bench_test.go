@@ -9,6 +9,9 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 
 	"github.com/roosthub/roost/bench"
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/events"
+	"github.com/roosthub/roost/tenants"
 )
 
 // BenchmarkConnectMochi is BenchmarkConnect against bare mochi-mqtt tuned
@@ -43,5 +46,29 @@ func BenchmarkConnectMochi(b *testing.B) {
 	b.Cleanup(func() { srv.Close() })
 	cpu0 := cpuTime()
 	connectAll(b, addr, "bench/d", "secret")
+	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/connect")
+}
+
+// BenchmarkConnectServe is BenchmarkConnect with the hub's events going
+// where `roost serve` sends them (cmd/roost/node.go): the in-memory log of
+// each tenant's recent events and the Recorder, which stores them in the
+// directory (SQLite here) for GET /events. It is the Roost side of the
+// comparison with BenchmarkConnectMochi:
+//
+//	go test -run '^$' -bench 'Connect(Serve|Mochi)$' -benchtime 5000x -count 5 ./broker
+func BenchmarkConnectServe(b *testing.B) {
+	s := newStack(b, func(c *broker.Config) {
+		c.Log = slog.New(slog.DiscardHandler)
+		rec := events.NewRecorder(events.RecorderConfig{Writer: c.Directory.(events.Writer)})
+		// Closed after the hub (cleanups run last first), before the store.
+		b.Cleanup(func() { rec.Close() })
+		c.Events = events.Tee{events.NewMemory(1000), rec}
+	})
+	s.tenant("bench")
+	liftRates(b, s, "bench")
+	s.setQuota("bench", "max_connections", 1<<40)
+	secret := s.device("bench", "d", tenants.ClientIDsAny)
+	cpu0 := cpuTime()
+	connectAll(b, s.addr, "bench/d", secret)
 	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/connect")
 }

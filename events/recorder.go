@@ -29,15 +29,23 @@ type RecorderConfig struct {
 	// loop) has its further events dropped and counted, so that it can
 	// neither fill the database nor take the queue from other tenants.
 	Rate int
-	Log  *slog.Logger
+	// Pause is the least time between the end of one write and the
+	// start of the next: 50 ms if zero. An event that finds the recorder
+	// idle is written at once; those that come while it writes or pauses
+	// wait for the next write, and go in one batch (a connect storm's
+	// events cost the database a transaction per batch, not per event).
+	Pause time.Duration
+	Log   *slog.Logger
 	// Now is the clock; time.Now if nil.
 	Now func() time.Time
 }
 
 // Recorder stores events in the control plane's database, off the path
 // that raised them: Emit only queues, a goroutine writes what is queued in
-// batches, and when the queue is full (the database is slow or down) new
-// events are dropped and counted rather than making a connection wait.
+// batches (pausing between writes, so that a storm of events is a few
+// transactions rather than one per event), and when the queue is full
+// (the database is slow or down) new events are dropped and counted
+// rather than making a connection wait.
 type Recorder struct {
 	cfg   RecorderConfig
 	queue chan Event
@@ -68,6 +76,9 @@ func NewRecorder(cfg RecorderConfig) *Recorder {
 	}
 	if cfg.Rate <= 0 {
 		cfg.Rate = 100
+	}
+	if cfg.Pause <= 0 {
+		cfg.Pause = 50 * time.Millisecond
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
@@ -136,6 +147,8 @@ func (r *Recorder) allow(tenant string) bool {
 func (r *Recorder) run() {
 	defer r.wg.Done()
 	batch := make([]Event, 0, r.cfg.Batch)
+	pause := time.NewTimer(r.cfg.Pause)
+	pause.Stop()
 	for {
 		select {
 		case e := <-r.queue:
@@ -159,8 +172,9 @@ func (r *Recorder) run() {
 				r.write(batch)
 			}
 		}
-		// Whatever else is queued goes in the same write: under load the
-		// batches grow, and a lone event is written at once.
+		// Whatever else is queued goes in the same write, and the pause
+		// after it lets the events that follow gather for the next: under
+		// load the batches grow, and a lone event is written at once.
 	fill:
 		for len(batch) < cap(batch) {
 			select {
@@ -171,6 +185,11 @@ func (r *Recorder) run() {
 			}
 		}
 		r.write(batch)
+		pause.Reset(r.cfg.Pause)
+		select {
+		case <-pause.C:
+		case <-r.done:
+		}
 	}
 }
 
