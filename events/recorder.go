@@ -21,7 +21,9 @@ type RecorderConfig struct {
 	// Buffer is how many events may wait to be written before new ones
 	// are dropped (and counted): 10,000 if zero.
 	Buffer int
-	// Batch is the most events one write carries: 500 if zero.
+	// Batch is the most events one write carries: 100 if zero. (Into
+	// SQLite, a row costs least in batches of about 100: some 25 µs of
+	// CPU, against 110 µs alone and 35 µs in batches of 250.)
 	Batch int
 	// Rate is how many events a second one tenant may have stored from
 	// this process, with a burst of ten times as many: 100 if zero. A
@@ -29,11 +31,12 @@ type RecorderConfig struct {
 	// loop) has its further events dropped and counted, so that it can
 	// neither fill the database nor take the queue from other tenants.
 	Rate int
-	// Pause is the least time between the end of one write and the
-	// start of the next: 50 ms if zero. An event that finds the recorder
-	// idle is written at once; those that come while it writes or pauses
-	// wait for the next write, and go in one batch (a connect storm's
-	// events cost the database a transaction per batch, not per event).
+	// Pause is the least time between the end of one write that was not
+	// full and the start of the next: 50 ms if zero. An event that finds
+	// the recorder idle is written at once; those that come while it
+	// writes or pauses wait for the next write, and go in one batch (a
+	// connect storm's events cost the database a statement per batch,
+	// not per event).
 	Pause time.Duration
 	Log   *slog.Logger
 	// Now is the clock; time.Now if nil.
@@ -72,7 +75,7 @@ func NewRecorder(cfg RecorderConfig) *Recorder {
 		cfg.Buffer = 10_000
 	}
 	if cfg.Batch <= 0 {
-		cfg.Batch = 500
+		cfg.Batch = 100
 	}
 	if cfg.Rate <= 0 {
 		cfg.Rate = 100
@@ -185,6 +188,9 @@ func (r *Recorder) run() {
 			}
 		}
 		r.write(batch)
+		if len(batch) == cap(batch) {
+			continue // more may be queued: no pause while behind
+		}
 		pause.Reset(r.cfg.Pause)
 		select {
 		case <-pause.C:

@@ -111,6 +111,23 @@ func TestRecorderBatchesWhilePausing(t *testing.T) {
 	}
 }
 
+// TestRecorderNoPauseWhileBehind: after a full batch the recorder writes
+// on without its pause: more is likely queued.
+func TestRecorderNoPauseWhileBehind(t *testing.T) {
+	w := &slowWriter{}
+	r := events.NewRecorder(events.RecorderConfig{Writer: w, Rate: 1_000_000, Batch: 1, Pause: time.Hour})
+	defer r.Close()
+	for range 5 {
+		r.Emit(events.Event{Tenant: "acme", Type: events.Connected})
+	}
+	// Paused after each full batch, the recorder would take hours.
+	for deadline := time.Now().Add(10 * time.Second); r.Written() < 5; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("written %d of 5 events in batches of 1 within 10s", r.Written())
+		}
+	}
+}
+
 // TestRecorderFailure: a batch the database refuses twice is counted as
 // failed, not retried forever; the metric says so.
 func TestRecorderFailure(t *testing.T) {
