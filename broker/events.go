@@ -87,7 +87,7 @@ func (inst *instance) emit(cl *mqtt.Client, e events.Event) {
 func (h *Hub) emit(e events.Event) {
 	e.Time = h.now().UTC()
 	h.cfg.Events.Emit(e)
-	if e.Topic() == "" {
+	if !e.HasTopic() {
 		return
 	}
 	select {
