@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -98,10 +99,10 @@ func serveRoost(b *testing.B) (addr, username, secret string) {
 }
 
 // BenchmarkConnectServer is BenchmarkConnectServe and BenchmarkConnectMochi
-// with the clients in a process of their own (this test binary again,
-// running TestConnectClients), so that server-cpu-µs/connect is the
-// broker's CPU alone — what the clients cost is the larger part of the
-// others' cpu-µs/connect, and the same for both brokers:
+// with the clients in a process of their own (this test binary again: see
+// TestMain), so that server-cpu-µs/connect is the broker's CPU alone —
+// what the clients cost is the larger part of the others' cpu-µs/connect,
+// and the same for both brokers:
 //
 //	go test -run '^$' -bench 'ConnectServer' -benchtime 5000x -count 5 ./broker
 func BenchmarkConnectServer(b *testing.B) {
@@ -118,7 +119,7 @@ func BenchmarkConnectServer(b *testing.B) {
 // connectAll makes them, and reports the connects a second and this
 // process's CPU time per connect.
 func connectFromChild(b *testing.B, addr, username, secret string) {
-	cmd := exec.Command(os.Args[0], "-test.run", "^TestConnectClients$", "-test.count", "1")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), "ROOST_CONNECT_CLIENTS="+addr, "ROOST_CONNECT_USERNAME="+username,
 		"ROOST_CONNECT_SECRET="+secret, "ROOST_CONNECT_N="+strconv.Itoa(b.N))
 	b.ResetTimer()
@@ -133,22 +134,32 @@ func connectFromChild(b *testing.B, addr, username, secret string) {
 	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "server-cpu-µs/connect")
 }
 
-// TestConnectClients is BenchmarkConnectServer's clients: with
-// ROOST_CONNECT_CLIENTS set to a broker's address, it makes
+// TestMain lets the test binary stand in for BenchmarkConnectServer's
+// clients: with ROOST_CONNECT_CLIENTS set to a broker's address, it makes
 // ROOST_CONNECT_N connections to it, 64 dialing at once, each closed once
-// its CONNACK arrives. Without it, it skips.
-func TestConnectClients(t *testing.T) {
-	addr := os.Getenv("ROOST_CONNECT_CLIENTS")
-	if addr == "" {
-		t.Skip("the clients of BenchmarkConnectServer, run by it")
+// its CONNACK arrives, and exits.
+func TestMain(m *testing.M) {
+	if addr := os.Getenv("ROOST_CONNECT_CLIENTS"); addr != "" {
+		n, err := strconv.ParseInt(os.Getenv("ROOST_CONNECT_N"), 10, 64)
+		if err == nil {
+			err = connectClients(addr, os.Getenv("ROOST_CONNECT_USERNAME"), os.Getenv("ROOST_CONNECT_SECRET"), n)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
 	}
-	n, err := strconv.ParseInt(os.Getenv("ROOST_CONNECT_N"), 10, 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	username, secret := os.Getenv("ROOST_CONNECT_USERNAME"), os.Getenv("ROOST_CONNECT_SECRET")
+	os.Exit(m.Run())
+}
+
+// connectClients makes n connections to addr as connectAll makes them, and
+// returns the first error.
+func connectClients(addr, username, secret string, n int64) error {
 	var next atomic.Int64
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var first error
 	for range 64 {
 		wg.Go(func() {
 			for {
@@ -160,7 +171,9 @@ func TestConnectClients(t *testing.T) {
 				c, err := mqttc.Dial(ctx, addr, mqttc.Options{ClientID: fmt.Sprintf("c%d", i), Username: username, Password: secret})
 				cancel()
 				if err != nil {
-					t.Error(err)
+					mu.Lock()
+					first = cmp.Or(first, err)
+					mu.Unlock()
 					return
 				}
 				c.Close()
@@ -168,4 +181,5 @@ func TestConnectClients(t *testing.T) {
 		})
 	}
 	wg.Wait()
+	return first
 }
