@@ -87,7 +87,7 @@ func (inst *instance) emit(cl *mqtt.Client, e events.Event) {
 func (h *Hub) emit(e events.Event) {
 	e.Time = h.now().UTC()
 	h.cfg.Events.Emit(e)
-	if e.Topic() == "" {
+	if !e.HasTopic() {
 		return
 	}
 	select {
@@ -111,24 +111,69 @@ func (h *Hub) publishEvents() {
 			if inst == nil {
 				continue
 			}
+			topic := e.Topic()
+			w := h.eventWants(inst, topic)
+			if w == (eventWants{}) {
+				continue // nothing in the tenant wants it: skip its JSON
+			}
 			b, err := json.Marshal(e)
 			if err != nil {
 				continue
 			}
-			// Rules with a destination may match events (outbox_events.go).
-			if err := inst.out.appendEvent(e, b); err != nil {
-				h.log.Warn("put an event in the outbox", "tenant", e.Tenant, "topic", e.Topic(), "err", err)
+			if w.outbox {
+				// Rules with a destination may match events (outbox_events.go).
+				if err := inst.out.appendEvent(e, b); err != nil {
+					h.log.Warn("put an event in the outbox", "tenant", e.Tenant, "topic", topic, "err", err)
+				}
 			}
-			// And rules to the operator's Kafka (export.go).
-			h.exportEvent(inst, e, b)
-			if subs := inst.server.Topics.Subscribers(e.Topic()); len(subs.Subscriptions) == 0 && len(subs.Shared) == 0 {
-				continue // nobody listens: skip routing it
+			if w.export {
+				// And rules to the operator's Kafka (export.go).
+				h.exportEvent(inst, e, b)
 			}
-			if err := inst.server.Publish(e.Topic(), b, false, 0); err != nil {
-				h.log.Debug("publish event", "tenant", e.Tenant, "topic", e.Topic(), "err", err)
+			if w.subscribers {
+				if err := inst.server.Publish(topic, b, false, 0); err != nil {
+					h.log.Debug("publish event", "tenant", e.Tenant, "topic", topic, "err", err)
+				}
 			}
 		}
 	}
+}
+
+// eventWants says which of an event's takers in its tenant may want it:
+// the outbox of the rules with a destination, the export rules to the
+// operator's Kafka, the subscribers to its $events topic. Most events
+// (a connect's, in a tenant that listens to none) have none, and are
+// not encoded at all; one that has any is encoded once, for all of them.
+type eventWants struct {
+	outbox, export, subscribers bool
+}
+
+// eventWants checks the cheap part of each taker's choice — whether a
+// rule's filter matches the event's topic, whether anyone subscribes to
+// it — so that a taker it names may still decline the event (a rule's
+// condition), but one it leaves out would have declined it.
+func (h *Hub) eventWants(inst *instance, topic string) eventWants {
+	var w eventWants
+	if topic == "" {
+		return w
+	}
+	if inst.out != nil {
+		// An error reading the rules is appendEvent's to report.
+		rules, err := inst.out.compiled()
+		w.outbox = err != nil || (!rules.none && rules.set.MatchesTopic(topic))
+	}
+	if h.eventExports != nil && inst.exporter != nil {
+		rules, _ := inst.exportRules() // logged there
+		for _, r := range rules {
+			if tenants.IsEventsFilter(r.Filter) && tenants.MatchTopic(r.Filter, topic) {
+				w.export = true
+				break
+			}
+		}
+	}
+	subs := inst.server.Topics.Subscribers(topic)
+	w.subscribers = len(subs.Subscriptions) > 0 || len(subs.Shared) > 0
+	return w
 }
 
 // PublishEvent publishes an event raised outside the data plane — one of

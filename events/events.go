@@ -187,6 +187,22 @@ func (e Event) Topic() string {
 	return ""
 }
 
+// HasTopic reports whether the event has a topic (Topic is not ""),
+// without building it: the hub asks of every event it raises.
+func (e Event) HasTopic() bool {
+	if IsBilling(e.Type) {
+		return true
+	}
+	if e.Device == "" {
+		return false
+	}
+	switch e.Type {
+	case Connected, Disconnected, Subscribed, Unsubscribed, AuthFailed, QuotaExceeded, QueueDropped, PublishDenied:
+		return true
+	}
+	return false
+}
+
 // IsBilling reports whether an event type is one of billing's.
 func IsBilling(typ string) bool {
 	switch typ {

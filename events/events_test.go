@@ -137,3 +137,16 @@ func TestEventTopics(t *testing.T) {
 		}
 	}
 }
+
+// TestHasTopic: HasTopic says whether Topic has one, for every type, with
+// a device and without.
+func TestHasTopic(t *testing.T) {
+	for _, typ := range append(events.Types, "made_up") {
+		for _, device := range []string{"", "d"} {
+			e := events.Event{Type: typ, Device: device, Quota: "publish_rate"}
+			if got, want := e.HasTopic(), e.Topic() != ""; got != want {
+				t.Errorf("%s event of %q: HasTopic %v, want %v (topic %q)", typ, device, got, want, e.Topic())
+			}
+		}
+	}
+}

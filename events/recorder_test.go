@@ -82,6 +82,52 @@ func TestRecorderNeverBlocks(t *testing.T) {
 	r.Close() // a second Close is harmless
 }
 
+// TestRecorderBatchesWhilePausing: an event that finds the recorder idle
+// is written at once, alone; the events that come during the pause after
+// a write wait for the next write, and go in one batch.
+func TestRecorderBatchesWhilePausing(t *testing.T) {
+	w := &slowWriter{}
+	r := events.NewRecorder(events.RecorderConfig{Writer: w, Rate: 1_000_000, Pause: time.Hour})
+	r.Emit(events.Event{Tenant: "acme", Type: events.Connected})
+	// Paused before its first write, the recorder would hold the event
+	// for an hour; the bound is far above any machine's scheduling delay.
+	for deadline := time.Now().Add(10 * time.Second); r.Written() == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("a lone event not written within 10s")
+		}
+	}
+	for range 10 {
+		r.Emit(events.Event{Tenant: "acme", Type: events.Disconnected})
+	}
+	r.Close() // ends the pause: what is queued is written
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.batches) != 2 || len(w.batches[0]) != 1 || len(w.batches[1]) != 10 {
+		sizes := []int{}
+		for _, b := range w.batches {
+			sizes = append(sizes, len(b))
+		}
+		t.Errorf("batches of %v, want [1 10]", sizes)
+	}
+}
+
+// TestRecorderNoPauseWhileBehind: after a full batch the recorder writes
+// on without its pause: more is likely queued.
+func TestRecorderNoPauseWhileBehind(t *testing.T) {
+	w := &slowWriter{}
+	r := events.NewRecorder(events.RecorderConfig{Writer: w, Rate: 1_000_000, Batch: 1, Pause: time.Hour})
+	defer r.Close()
+	for range 5 {
+		r.Emit(events.Event{Tenant: "acme", Type: events.Connected})
+	}
+	// Paused after each full batch, the recorder would take hours.
+	for deadline := time.Now().Add(10 * time.Second); r.Written() < 5; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("written %d of 5 events in batches of 1 within 10s", r.Written())
+		}
+	}
+}
+
 // TestRecorderFailure: a batch the database refuses twice is counted as
 // failed, not retried forever; the metric says so.
 func TestRecorderFailure(t *testing.T) {

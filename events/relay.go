@@ -57,7 +57,7 @@ var _ Sink = (*Relay)(nil)
 
 // Emit queues an event with a topic; it never blocks.
 func (r *Relay) Emit(e Event) {
-	if e.Topic() == "" {
+	if !e.HasTopic() {
 		return
 	}
 	select {

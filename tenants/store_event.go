@@ -52,20 +52,25 @@ func (s *Store) AddEvents(ctx context.Context, es []events.Event) error {
 		fmt.Fprintf(&b, "($%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5)
 		args = append(args, e.Tenant, e.Type, e.Device, e.Time.UTC().Truncate(time.Microsecond), string(body))
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback()
 	if s.dialect == migrations.Postgres {
+		tx, err := s.db.BeginTx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer tx.Rollback()
 		if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, eventsLockID); err != nil {
 			return err
 		}
-	}
-	if _, err := tx.ExecContext(ctx, b.String(), args...); err != nil {
-		return err
-	}
-	if err := tx.Commit(); err != nil {
+		if _, err := tx.ExecContext(ctx, b.String(), args...); err != nil {
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+	} else if _, err := s.db.ExecContext(ctx, b.String(), args...); err != nil {
+		// SQLite: the one statement is its own transaction, which spares
+		// it the statement journal SQLite keeps for a statement inside a
+		// transaction of several (some 15% of a batch's CPU).
 		return err
 	}
 	// The events are stored: a failure to trim is left to the next
