@@ -6,21 +6,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pquerna/otp"
-	"github.com/pquerna/otp/totp"
-
+	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
 )
 
 // code is the TOTP code of secret at t.
-func code(t *testing.T, secret string, at time.Time) string {
-	t.Helper()
-	c, err := totp.GenerateCodeCustom(secret, at, totp.ValidateOpts{Period: 30, Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
+func code(t *testing.T, secret string, at time.Time) string { return testenv.TOTP(t, secret, at) }
 
 // enableMFA turns two-factor sign-in on for u and returns the secret and
 // the recovery codes.

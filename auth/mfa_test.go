@@ -8,23 +8,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pquerna/otp"
-	"github.com/pquerna/otp/totp"
-
 	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
 )
 
 // totpCode is the TOTP code of secret at t.
-func totpCode(t *testing.T, secret string, at time.Time) string {
-	t.Helper()
-	c, err := totp.GenerateCodeCustom(secret, at, totp.ValidateOpts{Period: 30, Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
+func totpCode(t *testing.T, secret string, at time.Time) string { return testenv.TOTP(t, secret, at) }
 
 // TestMFACodeOnce: a TOTP code is accepted once across every flow that
 // takes one (sign-in, turning two-factor off, new recovery codes), and so

@@ -8,18 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pquerna/otp"
-	"github.com/pquerna/otp/totp"
+	"github.com/roosthub/roost/internal/testenv"
 )
 
-func totpCode(t *testing.T, secret string, at time.Time) string {
-	t.Helper()
-	c, err := totp.GenerateCodeCustom(secret, at, totp.ValidateOpts{Period: 30, Digits: otp.DigitsSix, Algorithm: otp.AlgorithmSHA1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
+// totpCode is the TOTP code of secret at t.
+func totpCode(t *testing.T, secret string, at time.Time) string { return testenv.TOTP(t, secret, at) }
 
 var (
 	secretOnPage = regexp.MustCompile(`id="mfa-secret">([A-Z2-7]+)<`)
