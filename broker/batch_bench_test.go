@@ -32,13 +32,10 @@ func BenchmarkP2PQoS1(b *testing.B) {
 	}
 }
 
-func benchP2P(b *testing.B, window int) {
-	s := newStack(b)
-	s.tenant("acme")
-	s.liftPublishLimits("acme", nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	dial := func(device string) *mqttc.Client {
+// benchDialer connects acme's devices to s as MQTT clients closed when
+// the benchmark ends, each device created on first use.
+func benchDialer(ctx context.Context, b *testing.B, s *stack) func(device string) *mqttc.Client {
+	return func(device string) *mqttc.Client {
 		c, err := mqttc.Dial(ctx, s.addr, mqttc.Options{ClientID: device, Username: user("acme", device), Password: s.device("acme", device), KeepAlive: 60})
 		if err != nil {
 			b.Fatal(err)
@@ -46,6 +43,15 @@ func benchP2P(b *testing.B, window int) {
 		b.Cleanup(func() { c.Close() })
 		return c
 	}
+}
+
+func benchP2P(b *testing.B, window int) {
+	s := newStack(b)
+	s.tenant("acme")
+	s.liftPublishLimits("acme", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dial := benchDialer(ctx, b, s)
 	sub := dial("sub")
 	var got atomic.Int64
 	all := make(chan struct{})

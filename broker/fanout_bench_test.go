@@ -6,8 +6,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/roosthub/roost/bench/mqttc"
 )
 
 // BenchmarkFanOut measures one publisher's QoS 0 messages copied to subs
@@ -30,14 +28,7 @@ func benchFanOut(b *testing.B, subs int) {
 	s.liftPublishLimits("acme", nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	dial := func(device string) *mqttc.Client {
-		c, err := mqttc.Dial(ctx, s.addr, mqttc.Options{ClientID: device, Username: user("acme", device), Password: s.device("acme", device), KeepAlive: 60})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { c.Close() })
-		return c
-	}
+	dial := benchDialer(ctx, b, s)
 	var got atomic.Int64
 	progress := make(chan struct{}, 1)
 	for i := range subs {
