@@ -253,8 +253,7 @@ func (hs *handshakes) stale(p *pending, now time.Time) bool {
 }
 
 // rekey counts p under the address a PROXY or forwarding header named,
-// as a newcomer there; false if it is refused, or was closed meanwhile to
-// make room (the caller closes it).
+// as a newcomer there; false if it is refused (the caller closes it).
 //
 // A connection counted under the very address it is asked about (a plain
 // TCP connection: every connection the ingress handles is asked) is left
@@ -263,7 +262,7 @@ func (hs *handshakes) rekey(p *pending, addr net.Addr) bool {
 	hs.mu.Lock()
 	if p.gone || !p.waiting && sameAddr(addr, p.addr) {
 		hs.mu.Unlock()
-		return !p.gone
+		return true
 	}
 	hs.mu.Unlock()
 	source := sourceOf(addr)
@@ -271,7 +270,7 @@ func (hs *handshakes) rekey(p *pending, addr net.Addr) bool {
 	hs.mu.Lock()
 	if p.gone || !p.waiting && source == p.source {
 		hs.mu.Unlock()
-		return !p.gone
+		return true
 	}
 	// The device's address is known now: its attempt rate (unless
 	// another node charged it, forwarding the connection).
