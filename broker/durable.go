@@ -5,6 +5,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/roosthub/roost/broker/store"
 )
@@ -26,8 +27,11 @@ import (
 // the outbox numbers a device's messages in the order they were
 // published, and a publisher keeping 16 in flight has them written
 // together, in one store write (which the embedded store's group commit
-// shares with other connections' writes). The committer runs only while
-// writes are queued. Once a write is durable, what was held behind its
+// shares with other connections' writes). The committer runs while writes
+// are queued, and waits up to committerIdle for the next before it ends, so
+// that a publisher waiting for each PUBACK (one write at a time) wakes the
+// same goroutine for each, rather than starting one whose stack grows
+// through the store's commit every time. Once a write is durable, what was held behind its
 // hold, up to the next one, goes out: the PUBACKs leave in the order the
 // publishes came, never one before an earlier one still held.
 //
@@ -70,6 +74,7 @@ const (
 	maxDurable      = 64
 	maxDurableBytes = 1 << 20
 	heldLimit       = 256 << 10
+	committerIdle   = 10 * time.Millisecond
 )
 
 // errNotDurable ends a connection one of whose outbox writes failed.
@@ -86,6 +91,10 @@ type durableWrites struct {
 	pending int            // queued or being written
 	bytes   int            // their payload bytes
 	running bool           // the committer runs
+	// idle: the committer waits for a write (or committerIdle); kick
+	// wakes it.
+	idle bool
+	kick chan struct{}
 	// held is what was written to the connection since the oldest
 	// unresolved hold; cuts holds, for each unresolved hold in order,
 	// len(held) when it was marked (cuts[0] is 0).
@@ -146,12 +155,25 @@ func (c *deviceConn) commitBehind(w *outboxWrite, hold bool) error {
 	if hold {
 		d.cuts = append(d.cuts, len(d.held))
 	}
-	if !d.running {
+	switch {
+	case !d.running:
 		d.running = true
 		committers.Add(1)
 		go c.commit()
+	case d.idle:
+		c.kickLocked()
 	}
 	return nil
+}
+
+// kickLocked wakes the committer waiting idle; b.mu is held.
+func (c *deviceConn) kickLocked() {
+	d := &c.batch.d
+	d.idle = false
+	select {
+	case d.kick <- struct{}{}:
+	default:
+	}
 }
 
 // waitLocked is the reader waiting on cond, b.mu held: it is about to
@@ -165,14 +187,18 @@ func (c *deviceConn) waitLocked(cond *sync.Cond) {
 	cond.Wait()
 }
 
-// settle waits until the connection's queued outbox writes are made. It
+// settle waits until the connection's queued outbox writes are made; once
+// the connection is closing, until its committer has ended too. It
 // returns errNotDurable if one failed.
 func (c *deviceConn) settle() error {
 	b := &c.batch
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	cond := c.durableCond()
-	for b.d.running {
+	for b.d.pending > 0 || b.d.running && c.closing.Load() {
+		if b.d.idle {
+			c.kickLocked() // to end
+		}
 		c.waitLocked(cond)
 	}
 	if b.d.failed {
@@ -204,14 +230,43 @@ func (c *deviceConn) holdLocked(p []byte) (int, error) {
 }
 
 // commit is the connection's committer: it makes the queued writes, all
-// that are queued at once, until none is.
+// that are queued at once, until none is for committerIdle, or the
+// connection is closing and none is.
 func (c *deviceConn) commit() {
 	defer committers.Add(-1)
 	b := &c.batch
 	d := &b.d
 	cond := c.durableCond()
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	waited := false
 	for {
 		b.mu.Lock()
+		d.idle = false
+		if len(d.queue) == 0 && !d.failed && !waited && !c.closing.Load() {
+			// Wait for the next write a while, unlocked.
+			if d.kick == nil {
+				d.kick = make(chan struct{}, 1)
+			}
+			d.idle = true
+			b.mu.Unlock()
+			if timer == nil {
+				timer = time.NewTimer(committerIdle)
+			} else {
+				timer.Reset(committerIdle)
+			}
+			select {
+			case <-d.kick:
+			case <-timer.C:
+				waited = true
+			}
+			continue
+		}
+		waited = false
 		if len(d.queue) == 0 || d.failed {
 			d.pending -= len(d.queue)
 			for _, e := range d.queue {

@@ -503,6 +503,22 @@ func TestDurableClientGoneWhileHeld(t *testing.T) {
 	expectInOrder(t, rc, "sensors/gated", 1, 8)
 }
 
+// TestDurableCommitterEndsIdle: a connection's committer, which waits a
+// while for the next write, ends once none comes although the connection
+// stays open; the next publish starts another and is acknowledged.
+func TestDurableCommitterEndsIdle(t *testing.T) {
+	s, _, rc := durableStack(t)
+	pub, _ := dialRaw(t, s.addr, user("acme", "pub"), s.device("acme", "pub"), "pub")
+	for i := range uint16(2) {
+		if _, err := pub.c.Write(numbered(1, 1+i, 1, "sensors/gated")); err != nil {
+			t.Fatal(err)
+		}
+		pub.expectPubacksWithin(1+i, 1)
+		eventually(t, 20*time.Second, "no committer runs on the idle connection", func() bool { return broker.Committers() == 0 })
+	}
+	expectInOrder(t, rc, "sensors/gated", 1, 2)
+}
+
 // TestDurableLeaseLapsedNotAcknowledged: a write that becomes durable after
 // the node's lease may have lapsed (the check at publish time passed) is
 // not acknowledged: the connection closes with 0x80 and no PUBACK, as

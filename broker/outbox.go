@@ -924,6 +924,15 @@ func (o *outbox) run(q *destQueue) {
 		default:
 			q.backlog.Add(-int64(len(msgs)))
 			head = max(head, msgs[len(msgs)-1].Seq)
+			// A batch short of full emptied the outbox: what came during
+			// its request is a flow's next few messages, so the worker
+			// lingers for more, as when woken, rather than send them at
+			// once in a request of their own (at a publisher's pace, a
+			// request, a read and an acknowledgement for every few
+			// messages).
+			if outcome == dataout.Delivered && len(msgs) < batch && linger > 0 && o.wait(q, linger, false) != nil {
+				return
+			}
 		}
 	}
 }

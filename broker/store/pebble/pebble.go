@@ -51,9 +51,15 @@ type Store struct {
 	epochMu sync.Mutex
 	epochs  map[string]uint64
 
-	appends    chan *appendReq
-	closed     chan struct{}
-	writerDone chan struct{}
+	// wmu guards the appends waiting (queue), whether one caller commits
+	// for the others (leading; idle is broadcast when it stops) and
+	// whether the store is closing (shut). See Append.
+	wmu     sync.Mutex
+	queue   []*appendReq
+	leading bool
+	shut    bool
+	idle    sync.Cond
+	closed  chan struct{}
 
 	// wal, with a sync interval, makes the log's fsyncs; syncerDone is
 	// closed when its loop has ended.
@@ -96,8 +102,8 @@ func New(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open session store in %s: %w", cfg.Dir, err)
 	}
-	s := &Store{db: db, seqs: map[string]uint64{}, epochs: map[string]uint64{}, appends: make(chan *appendReq), closed: make(chan struct{}), writerDone: make(chan struct{})}
-	go s.writer()
+	s := &Store{db: db, seqs: map[string]uint64{}, epochs: map[string]uint64{}, closed: make(chan struct{})}
+	s.idle.L = &s.wmu
 	if wal != nil {
 		s.wal, s.syncerDone = wal, make(chan struct{})
 		go func() {
@@ -388,21 +394,45 @@ func (s *Store) DeleteSession(_ context.Context, tenant, clientID string, epoch 
 
 // Append stores the items and returns their sequence numbers once they are
 // synced to disk (with a sync interval: written to the log file, see
-// Config.SyncInterval). Appends are group-committed: one writer takes every
-// append waiting, numbers them in order and writes them in one synced
-// batch, so a reader never sees a later number before an earlier one, and
-// one fsync covers many publishers. All items of one call are in the same batch: a
-// message is stored for every session it was meant for, or for none.
+// Config.SyncInterval). Appends are group-committed: one caller at a time,
+// the leader, takes every append waiting, numbers them in order and writes
+// them in one synced batch, so a reader never sees a later number before an
+// earlier one, and one fsync covers many publishers. All items of one call
+// are in the same batch: a message is stored for every session it was
+// meant for, or for none.
+//
+// The leader is a caller, not a goroutine of the store's: an append that
+// finds no commit in progress commits at once, on its own goroutine,
+// without handing its write to another and waiting to be woken back (two
+// goroutine switches an append, the most of its cost when the log is not
+// fsynced on the commit's path). Appends that come during a commit queue;
+// once the leader's own append is written it hands the lead to the first
+// of them, which commits all that queued, and returns.
+//
+// Once queued, an append's outcome is awaited whatever ctx says: it may be
+// written already.
 func (s *Store) Append(ctx context.Context, tenant string, items []store.Item, r store.Receipt) ([]uint64, error) {
-	req := &appendReq{tenant: tenant, items: items, receipt: r, done: make(chan struct{})}
-	select {
-	case s.appends <- req:
-	case <-s.closed:
-		return nil, store.ErrClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	if err := ctx.Err(); err != nil {
+		return nil, err
 	}
-	<-req.done // once queued, the outcome is known: wait for it
+	req := &appendReq{tenant: tenant, items: items, receipt: r}
+	s.wmu.Lock()
+	if s.shut {
+		s.wmu.Unlock()
+		return nil, store.ErrClosed
+	}
+	s.queue = append(s.queue, req)
+	if s.leading {
+		req.turn = make(chan bool, 1)
+		s.wmu.Unlock()
+		if lead := <-req.turn; !lead {
+			return req.seqs, req.err
+		}
+	} else {
+		s.leading = true
+		s.wmu.Unlock()
+	}
+	s.lead(req)
 	return req.seqs, req.err
 }
 
@@ -412,43 +442,57 @@ type appendReq struct {
 	receipt store.Receipt
 	seqs    []uint64
 	err     error
-	done    chan struct{}
+	// turn, for an append that waits for a leader, receives false once
+	// it is written (or failed), true when it is to lead.
+	turn chan bool
 }
 
 // maxGroup bounds how many appends one commit takes.
 const maxGroup = 512
 
-func (s *Store) writer() {
-	defer close(s.writerDone)
+// lead commits the appends queued, a group at a time, until own is
+// written; then it hands the lead to the first append still queued, if
+// any. s.leading is true.
+func (s *Store) lead(own *appendReq) {
 	for {
-		var reqs []*appendReq
-		select {
-		case r := <-s.appends:
-			reqs = append(reqs, r)
-		case <-s.closed:
-			return
+		s.wmu.Lock()
+		n := min(len(s.queue), maxGroup)
+		reqs := s.queue[:n:n]
+		s.queue = s.queue[n:]
+		if len(s.queue) == 0 {
+			s.queue = nil // the backing array is not kept growing
 		}
-	gather:
-		for len(reqs) < maxGroup {
-			select {
-			case r := <-s.appends:
-				reqs = append(reqs, r)
-			default:
-				break gather
-			}
-		}
+		s.wmu.Unlock()
+
 		err := s.commit(reqs)
+		written := false
 		for _, r := range reqs {
 			if err != nil {
 				r.seqs, r.err = nil, err
 			}
-			close(r.done)
+			if r == own {
+				written = true
+			} else {
+				r.turn <- false
+			}
 		}
+		if !written {
+			continue // more than maxGroup were queued ahead of it
+		}
+		s.wmu.Lock()
+		if len(s.queue) > 0 {
+			s.queue[0].turn <- true
+		} else {
+			s.leading = false
+			s.idle.Broadcast()
+		}
+		s.wmu.Unlock()
+		return
 	}
 }
 
 // commit numbers and writes a group of appends in one synced batch. The
-// writer is the only goroutine that numbers, so seqs needs no lock here;
+// leader is the only goroutine that numbers, so seqs needs no lock here;
 // seqMu orders it with QueueInfo's reads.
 func (s *Store) commit(reqs []*appendReq) error {
 	b := s.db.NewBatch()
@@ -648,7 +692,13 @@ func (s *Store) Retained(_ context.Context, tenant string) ([]store.Message, err
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closed)
-		<-s.writerDone
+		// Appends queued before are written; later ones fail.
+		s.wmu.Lock()
+		s.shut = true
+		for s.leading {
+			s.idle.Wait()
+		}
+		s.wmu.Unlock()
 		if s.syncerDone != nil {
 			<-s.syncerDone
 		}

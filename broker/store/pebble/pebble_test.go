@@ -2,9 +2,12 @@ package pebble_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -94,6 +97,83 @@ func TestSyncIntervalLoop(t *testing.T) {
 				t.Fatalf("append %d: the log was not fsynced within 10s at a 1ms interval", i)
 			}
 		}
+	}
+}
+
+// TestAppendsAroundClose: appends racing each other (more than one commit
+// takes) and the store's Close each either return their numbers, under
+// which the reopened store has their messages, or fail with ErrClosed; and
+// Close returns once those that were queued are written.
+func TestAppendsAroundClose(t *testing.T) {
+	const appends = 2000
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := pebble.New(pebble.Config{Dir: dir, SyncInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seqs := make([]uint64, appends)
+	errs := make([]error, appends)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range appends {
+		wg.Go(func() {
+			<-start
+			item := store.Item{ClientID: "c", Message: store.Message{Topic: "t", Payload: fmt.Appendf(nil, "%d", i), QoS: 1, Created: time.Now()}}
+			got, err := s.Append(ctx, "acme", []store.Item{item}, store.Receipt{})
+			errs[i] = err
+			if err == nil {
+				seqs[i] = got[0]
+			}
+		})
+	}
+	close(start)
+	// Close once some appends are written, while others still come.
+	for {
+		qs, err := s.Read(ctx, "acme", "c", 0, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(qs) > 0 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	after, err := pebble.New(pebble.Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer after.Close()
+	qs, err := after.Read(ctx, "acme", "c", 0, appends+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bySeq := map[uint64]string{}
+	for _, q := range qs {
+		bySeq[q.Seq] = string(q.Payload)
+	}
+	written := 0
+	for i, err := range errs {
+		switch {
+		case errors.Is(err, store.ErrClosed):
+		case err != nil:
+			t.Fatalf("append %d: got %v, want its numbers or ErrClosed", i, err)
+		case bySeq[seqs[i]] != fmt.Sprint(i):
+			t.Fatalf("append %d: message %d holds %q, want %q", i, seqs[i], bySeq[seqs[i]], fmt.Sprint(i))
+		default:
+			written++
+		}
+	}
+	t.Logf("%d written, %d refused", written, appends-written)
+	if written != len(qs) {
+		t.Fatalf("the store holds %d messages, want the %d appends that returned numbers", len(qs), written)
+	}
+	if _, err := s.Append(ctx, "acme", nil, store.Receipt{}); !errors.Is(err, store.ErrClosed) {
+		t.Fatalf("append after Close: got %v, want ErrClosed", err)
 	}
 }
 
