@@ -47,7 +47,7 @@ import (
 // burst every write goes through at once, taking what is batched with it.
 //
 // Once the server has decided to end the connection (a DISCONNECT is
-// encoded, see protocolHook.OnPacketEncode), nothing is batched: the
+// encoded, see protocolHook.encode), nothing is batched: the
 // DISCONNECT leaves at once, behind what was batched. What is still
 // batched when the connection is closed from elsewhere is written by
 // closeServed, ahead of its farewell, in the lingering close.

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -409,8 +410,9 @@ func (s *Store) DeleteSession(_ context.Context, tenant, clientID string, epoch 
 // once the leader's own append is written it hands the lead to the first
 // of them, which commits all that queued, and returns.
 //
-// Once queued, an append's outcome is awaited whatever ctx says: it may be
-// written already.
+// An append still waiting in the queue when ctx ends is taken out of it
+// and fails with ctx's error; once a leader has taken it, its outcome is
+// awaited whatever ctx says: it may be written already.
 func (s *Store) Append(ctx context.Context, tenant string, items []store.Item, r store.Receipt) ([]uint64, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -425,7 +427,16 @@ func (s *Store) Append(ctx context.Context, tenant string, items []store.Item, r
 	if s.leading {
 		req.turn = make(chan bool, 1)
 		s.wmu.Unlock()
-		if lead := <-req.turn; !lead {
+		var lead bool
+		select {
+		case lead = <-req.turn:
+		case <-ctx.Done():
+			if s.withdraw(req) {
+				return nil, ctx.Err()
+			}
+			lead = <-req.turn
+		}
+		if !lead {
 			return req.seqs, req.err
 		}
 	} else {
@@ -447,6 +458,19 @@ type appendReq struct {
 	turn chan bool
 }
 
+// withdraw takes req out of the queue if no leader has taken it nor
+// handed it the lead; false if one has (its turn comes).
+func (s *Store) withdraw(req *appendReq) bool {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	i := slices.Index(s.queue, req)
+	if i < 0 || len(req.turn) > 0 {
+		return false
+	}
+	s.queue = slices.Delete(s.queue, i, i+1)
+	return true
+}
+
 // maxGroup bounds how many appends one commit takes.
 const maxGroup = 512
 
@@ -464,7 +488,7 @@ func (s *Store) lead(own *appendReq) {
 		}
 		s.wmu.Unlock()
 
-		err := s.commit(reqs)
+		err := s.commitOrStop(reqs)
 		written := false
 		for _, r := range reqs {
 			if err != nil {
@@ -489,6 +513,23 @@ func (s *Store) lead(own *appendReq) {
 		s.wmu.Unlock()
 		return
 	}
+}
+
+// commitOrStop commits, or stops the process if Pebble finds its log
+// unwritable: it calls Fatalf (a failed write or fsync of the log is a
+// fatal commit error to Pebble), whose panic the committing caller's own
+// recover (a connection's, an API request's) would otherwise catch,
+// leaving the lead taken and every later append waiting for ever. The
+// panic is raised again on a goroutine of its own, where nothing recovers
+// it, as it was when a writer goroutine of the store's committed.
+func (s *Store) commitOrStop(reqs []*appendReq) error {
+	defer func() {
+		if v := recover(); v != nil {
+			go func() { panic(v) }()
+			select {} // the panic ends the process
+		}
+	}()
+	return s.commit(reqs)
 }
 
 // commit numbers and writes a group of appends in one synced batch. The
