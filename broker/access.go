@@ -176,7 +176,9 @@ type readDecision struct {
 // the connection keeps its last decision, for as long as what it was
 // decided on stands: the tenant's rules and, where a rule names a group
 // or metadata, the device as the directory cache has it (a change drops
-// it and moves aclGen; its TTL bounds it should a change be missed).
+// it and moves aclGen; should a change be missed, the decision lasts the
+// directory's TTL from when it was made, on an entry up to a TTL old: two
+// TTLs at most).
 // A decision the directory could not answer is not kept.
 func (inst *instance) mayReceive(dc *deviceConn, topic string) bool {
 	if dc.id.device == "" {
