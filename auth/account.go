@@ -36,7 +36,15 @@ var errWrongPassword = &tenants.FieldError{Field: "old_password", Message: "is n
 type outbox struct {
 	mailer mail.Mailer
 	wg     sync.WaitGroup
-	slots  chan struct{}
+	// slots bound the jobs running at once: mail, and apart from it the
+	// password resets asked for any email, known or not, so that a flood
+	// of those (each within its throttles) cannot crowd out sign-up and
+	// verification mail.
+	slots, resetSlots chan struct{}
+	// closed, once Close has begun, refuses new jobs: a request answered
+	// during the shutdown must not start one Close no longer waits for.
+	mu     sync.Mutex
+	closed bool
 }
 
 // mailTimeout bounds one background job, such as a mail's sending.
@@ -44,11 +52,18 @@ const mailTimeout = time.Minute
 
 // later runs job in the background, with ctx's values but neither its
 // cancellation nor its deadline (the request that asked may have been
-// answered), for at most mailTimeout. At most 64 jobs run at once; past
-// that one is dropped and logged rather than queued without end.
-func (s *Service) later(ctx context.Context, what string, job func(ctx context.Context)) {
+// answered), for at most mailTimeout. At most as many jobs run at once as
+// slots holds; past that one is dropped and logged rather than queued
+// without end, and so is one asked for once Close has begun.
+func (s *Service) later(ctx context.Context, what string, slots chan struct{}, job func(ctx context.Context)) {
+	s.out.mu.Lock()
+	defer s.out.mu.Unlock()
+	if s.out.closed {
+		s.log.Error("dropped: asked for while shutting down", "job", what)
+		return
+	}
 	select {
-	case s.out.slots <- struct{}{}:
+	case slots <- struct{}{}:
 	default:
 		s.log.Error("dropped: too many background jobs in flight", "job", what)
 		return
@@ -56,7 +71,7 @@ func (s *Service) later(ctx context.Context, what string, job func(ctx context.C
 	s.out.wg.Add(1)
 	go func() {
 		defer s.out.wg.Done()
-		defer func() { <-s.out.slots }()
+		defer func() { <-slots }()
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), mailTimeout)
 		defer cancel()
 		job(ctx)
@@ -65,7 +80,7 @@ func (s *Service) later(ctx context.Context, what string, job func(ctx context.C
 
 // send renders the template and sends it in the background.
 func (s *Service) send(ctx context.Context, template, to string, data any) {
-	s.later(ctx, "mail "+template, func(ctx context.Context) { s.deliver(ctx, template, to, data) })
+	s.later(ctx, "mail "+template, s.out.slots, func(ctx context.Context) { s.deliver(ctx, template, to, data) })
 }
 
 // deliver renders the template and sends it now, logging what fails.
@@ -80,8 +95,14 @@ func (s *Service) deliver(ctx context.Context, template, to string, data any) {
 	}
 }
 
-// Close waits for the mails being sent and the other background jobs. Calling it twice is harmless.
-func (s *Service) Close() { s.out.wg.Wait() }
+// Close waits for the mails being sent and the other background jobs,
+// and refuses new ones. Calling it twice is harmless.
+func (s *Service) Close() {
+	s.out.mu.Lock()
+	s.out.closed = true
+	s.out.mu.Unlock()
+	s.out.wg.Wait()
+}
 
 // link is a console page's absolute URL with the token in its query.
 func (s *Service) link(path, token string) string {
@@ -133,7 +154,7 @@ func (s *Service) ForgotPassword(ctx context.Context, email, addr string) error 
 	if _, wait := s.lim.reserve(charge{forgotEmail, email}, charge{forgotAddress, addr}); wait > 0 {
 		return waitError(wait, "too many password reset requests")
 	}
-	s.later(ctx, "password reset", func(ctx context.Context) { s.mailReset(ctx, email) })
+	s.later(ctx, "password reset", s.out.resetSlots, func(ctx context.Context) { s.mailReset(ctx, email) })
 	return nil
 }
 

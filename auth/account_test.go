@@ -150,3 +150,23 @@ func TestForgotPasswordThrottledAlike(t *testing.T) {
 		}
 	}
 }
+
+// TestNoJobAfterClose: a request answered once Close has begun starts no
+// background work Close would not wait for: the reset is dropped (and
+// logged), not raced against the store's closing.
+func TestNoJobAfterClose(t *testing.T) {
+	box := &mailbox{}
+	svc, store := newService(t, "", testenv.NewClock(time.Now()), box)
+	ctx := context.Background()
+	if _, err := store.CreateAccount(ctx, tenants.Signup{Email: "ada@example.com", Password: "correct horse battery"}); err != nil {
+		t.Fatal(err)
+	}
+	svc.Close()
+	if err := svc.ForgotPassword(ctx, "ada@example.com", "192.0.2.1"); err != nil {
+		t.Fatalf("ForgotPassword after Close: %v, want the same answer as ever", err)
+	}
+	svc.Close()
+	if n := len(box.messages()); n != 0 {
+		t.Errorf("%d mails sent by a job started after Close, want 0", n)
+	}
+}

@@ -158,7 +158,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.Mailer == nil {
 		cfg.Mailer = logMailer{cfg.Log}
 	}
-	s.out = &outbox{mailer: cfg.Mailer, slots: make(chan struct{}, 64)}
+	s.out = &outbox{mailer: cfg.Mailer, slots: make(chan struct{}, 64), resetSlots: make(chan struct{}, 16)}
 	sso, err := newSSOClients(cfg.OIDC, cfg.Log)
 	if err != nil {
 		return nil, err
