@@ -402,7 +402,7 @@ func TestSuiteSmoke(t *testing.T) {
 		"fanin_shared_qos1_throughput_roost_vs_mochi_whole", "noisy_neighbour_degradation_roost_vs_mosquitto",
 		"noisy_neighbour_degradation_roost_vs_mochi", "noisy_neighbour_degradation_roost_vs_nats"} {
 		if v := res.Ratios[k]; v == nil || *v <= 0 {
-			t.Errorf("ratio %s: %v, want a positive number", k, v)
+			t.Errorf("ratio %s: %v, want a positive number; the figure's runs: %s", k, v, runsOf(b, k))
 		}
 	}
 	// NATS has no shared subscriptions: no figure, a null ratio, and why.
@@ -606,4 +606,16 @@ func TestNoisyNeighbourOnPeers(t *testing.T) {
 	if r, ok := res.Absolute["noisy_neighbour_degradation_roost"]; !ok || r != nil {
 		t.Errorf("absolute noisy_neighbour_degradation_roost %v (there: %v), want null without roost", r, ok)
 	}
+}
+
+// runsOf is what the suite's JSON b holds of the runs of the figure a
+// ratio key names (its prefix before "_roost_vs_"), to say why a ratio
+// is missing.
+func runsOf(b []byte, ratio string) string {
+	figure, _, _ := strings.Cut(ratio, "_roost_vs_")
+	var res struct{ Runs map[string]json.RawMessage }
+	if err := json.Unmarshal(b, &res); err != nil {
+		return err.Error()
+	}
+	return string(res.Runs[figure])
 }
