@@ -474,45 +474,37 @@ func (s *Store) withdraw(req *appendReq) bool {
 // maxGroup bounds how many appends one commit takes.
 const maxGroup = 512
 
-// lead commits the appends queued, a group at a time, until own is
-// written; then it hands the lead to the first append still queued, if
-// any. s.leading is true.
+// lead commits the appends queued, own among them (a leader is always
+// the first queued: it found none before it, or was handed the lead as
+// the first), then hands the lead to the first append queued meanwhile,
+// if any. s.leading is true.
 func (s *Store) lead(own *appendReq) {
-	for {
-		s.wmu.Lock()
-		n := min(len(s.queue), maxGroup)
-		reqs := s.queue[:n:n]
-		s.queue = s.queue[n:]
-		if len(s.queue) == 0 {
-			s.queue = nil // the backing array is not kept growing
-		}
-		s.wmu.Unlock()
-
-		err := s.commitOrStop(reqs)
-		written := false
-		for _, r := range reqs {
-			if err != nil {
-				r.seqs, r.err = nil, err
-			}
-			if r == own {
-				written = true
-			} else {
-				r.turn <- false
-			}
-		}
-		if !written {
-			continue // more than maxGroup were queued ahead of it
-		}
-		s.wmu.Lock()
-		if len(s.queue) > 0 {
-			s.queue[0].turn <- true
-		} else {
-			s.leading = false
-			s.idle.Broadcast()
-		}
-		s.wmu.Unlock()
-		return
+	s.wmu.Lock()
+	n := min(len(s.queue), maxGroup)
+	reqs := s.queue[:n:n]
+	s.queue = s.queue[n:]
+	if len(s.queue) == 0 {
+		s.queue = nil // the backing array is not kept growing
 	}
+	s.wmu.Unlock()
+
+	err := s.commitOrStop(reqs)
+	for _, r := range reqs {
+		if err != nil {
+			r.seqs, r.err = nil, err
+		}
+		if r != own {
+			r.turn <- false
+		}
+	}
+	s.wmu.Lock()
+	if len(s.queue) > 0 {
+		s.queue[0].turn <- true
+	} else {
+		s.leading = false
+		s.idle.Broadcast()
+	}
+	s.wmu.Unlock()
 }
 
 // commitOrStop commits, or stops the process if Pebble finds its log
