@@ -115,9 +115,6 @@ func (h *accessHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool 
 	if ok && !write && dc.refusedFilter(topic) {
 		return false // over max_subscriptions: see overSubscriptions
 	}
-	if ok && !write && !strings.HasPrefix(topic, "$") {
-		return h.inst.mayReceive(dc, topic)
-	}
 	if h.inst.hookACL(cl, topic, write) {
 		return true
 	}
@@ -171,9 +168,9 @@ type readDecision struct {
 	ok    bool
 }
 
-// mayReceive decides whether a connected device may read a topic outside
-// $, as hookACL would: mochi asks for every copy of every delivery, so
-// the connection keeps its last decision, for as long as what it was
+// mayReceive decides, for hookACL, whether a connected device may read a
+// topic outside $: mochi asks for every copy of every delivery, so the
+// connection keeps its last decision, for as long as what it was
 // decided on stands: the tenant's rules and, where a rule names a group
 // or metadata, the device as the directory cache has it (a change drops
 // it and moves aclGen; should a change be missed, the decision lasts the
@@ -181,9 +178,6 @@ type readDecision struct {
 // TTLs at most).
 // A decision the directory could not answer is not kept.
 func (inst *instance) mayReceive(dc *deviceConn, topic string) bool {
-	if dc.id.device == "" {
-		return false
-	}
 	gen := inst.aclGen()
 	if d := dc.lastRead.Load(); d != nil && d.gen == gen && d.topic == topic &&
 		(d.at.IsZero() || inst.dir.now().Sub(d.at) < inst.dir.ttl) {
@@ -226,6 +220,9 @@ func (inst *instance) hookACL(cl *mqtt.Client, topic string, write bool) bool {
 	}
 	if inst.ownReserved(device, topic) {
 		return true
+	}
+	if ok && !strings.HasPrefix(topic, "$") {
+		return inst.mayReceive(dc, topic)
 	}
 	return inst.allowed(device, tenants.ActionSubscribe, topic)
 }
