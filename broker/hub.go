@@ -339,7 +339,7 @@ func (h *Hub) Close() error {
 		h.wg.Wait()
 		// What was noted since the last flushes.
 		h.flushSeen()
-		h.recordUsage()
+		h.flushUsage(true)
 	})
 	return nil
 }

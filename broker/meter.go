@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"hash/fnv"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -38,7 +39,9 @@ type meter struct {
 	retry   []tenants.UsageDelta // what the store did not take last time
 	last    time.Time            // the last flush, for connection-seconds
 	// connFrac carries connection-seconds from flush to flush until a
-	// whole one is due, every connEvery.
+	// whole one is due, every connEvery, in a phase of the tenant's own
+	// (see meterOf), so that the tenants' connection time does not reach
+	// the store in one burst.
 	connFrac    float64
 	connEvery   time.Duration
 	connFlushed time.Time
@@ -126,7 +129,7 @@ func (b *usageBucket) drain() tenants.Usage {
 // counts and connection-seconds, and what arrived late in earlier hours'.
 // A new hour starts a new bucket; the old one is drained once more at the
 // next flush, for adds that loaded it just before the switch.
-func (m *meter) take(now time.Time) []tenants.UsageDelta {
+func (m *meter) take(now time.Time, final bool) []tenants.UsageDelta {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	hour := now.UTC().Truncate(time.Hour)
@@ -145,9 +148,10 @@ func (m *meter) take(now time.Time) []tenants.UsageDelta {
 		m.retired = append(m.retired, cur)
 	}
 	u := cur.drain()
-	// The peak goes out when it rose; connection time every connEvery:
-	// an idle tenant with connections costs the store a row now and then,
-	// not every second.
+	// The peak goes out when it rose; connection time every connEvery, and
+	// whatever whole seconds there are at the final flush: an idle tenant
+	// with connections costs the store a row now and then, not every
+	// second.
 	peak := u.PeakConnections
 	u.PeakConnections = 0
 	if peak > cur.peakRecorded {
@@ -157,7 +161,7 @@ func (m *meter) take(now time.Time) []tenants.UsageDelta {
 		m.connFrac += now.Sub(m.last).Seconds() * float64(m.live.Load())
 	}
 	m.last = now
-	if m.connFrac >= 1 && now.Sub(m.connFlushed) >= m.connEvery {
+	if m.connFrac >= 1 && (final || now.Sub(m.connFlushed) >= m.connEvery) {
 		whole := math.Floor(m.connFrac)
 		u.ConnectionSeconds, m.connFrac, m.connFlushed = int64(whole), m.connFrac-whole, now
 	}
@@ -185,8 +189,9 @@ func (h *Hub) meterOf(tenant string) *meter {
 		return m.(*meter)
 	}
 	now := h.now()
+	every := connFlushEvery * h.cfg.UsageInterval
 	m := &meter{tenant: tenant, monthStart: monthOf(now), hits: map[string]int64{}, lastHit: map[string]time.Time{},
-		connEvery: 5 * h.cfg.UsageInterval}
+		connEvery: every, connFlushed: now.Add(-connPhase(tenant, every))}
 	m.cur.Store(newBucket(now.UTC().Truncate(time.Hour), 0))
 	if h.cfg.Usage != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -201,13 +206,34 @@ func (h *Hub) meterOf(tenant string) *meter {
 	return actual.(*meter)
 }
 
+// connFlushEvery is how many usage intervals a tenant's connection time
+// is held between its rows: 30 s at the default interval of 1 s.
+const connFlushEvery = 30
+
+// connPhase is where in every the tenant's connection time is flushed: the
+// tenants' rows are spread over the period, not written in the one flush
+// (1,000 tenants with connections made a 50 ms transaction every 5 s, run
+// on the core the brokers' deliveries wait for).
+func connPhase(tenant string, every time.Duration) time.Duration {
+	if every <= 0 {
+		return 0
+	}
+	h := fnv.New64a()
+	h.Write([]byte(tenant))
+	return time.Duration(h.Sum64() % uint64(every))
+}
+
 // recordUsage records every meter's counts; the hub runs it every
-// UsageInterval, and Close once more.
-func (h *Hub) recordUsage() {
+// UsageInterval.
+func (h *Hub) recordUsage() { h.flushUsage(false) }
+
+// flushUsage records every meter's counts; final (the hub's Close) takes
+// every whole connection-second there is, whatever the tenant's phase.
+func (h *Hub) flushUsage(final bool) {
 	now := h.now()
 	var deltas []tenants.UsageDelta
 	h.meters.Range(func(_, v any) bool {
-		deltas = append(deltas, v.(*meter).take(now)...)
+		deltas = append(deltas, v.(*meter).take(now, final)...)
 		return true
 	})
 	if h.cfg.Usage == nil || len(deltas) == 0 {
