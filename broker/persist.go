@@ -1605,6 +1605,38 @@ func decodeProps(b []byte, mp *storage.MessageProperties) {
 // so no client's property can be taken for one.
 func internalProperty(key string) bool { return strings.HasPrefix(key, "\x00roost-") }
 
+// untagRetained puts the message retained on pk's topic back without the
+// hub's internal tags, as mochi has just retained pk. mochi retains a
+// publish as the OnPublish hooks return it, tagged (see tag; a message
+// from another node also carries remoteProperty), and sends that copy to
+// every later subscriber of the topic, to which its publish tag would
+// make it one of the publish's own deliveries while the tag is still
+// kept (see handedOver): mapped to a stored copy, withheld or skipped.
+// It strips what the retained messages hold for the topic, not pk: a
+// publish retained since pk stays, whether its own strip came before or
+// comes after. A publish mochi retains between the read here and the
+// write is lost to the one read (it was as concurrent with it as with
+// the store's SetRetained, which orders the two its own way). The
+// caller runs one at a time, in mochi's OnRetainMessage: a subscriber
+// may still get the tagged copy in the moment between mochi's retaining
+// and the hook. Restored retained messages carry no tag: the store's
+// encoding leaves them out (see encodeProps).
+func untagRetained(topics *mqtt.TopicsIndex, pk packets.Packet) {
+	if len(pk.Payload) == 0 || !tagged(pk.Properties.User) {
+		return
+	}
+	cur, ok := topics.Retained.Get(pk.TopicName)
+	if !ok || !tagged(cur.Properties.User) {
+		return
+	}
+	topics.RetainMessage(withoutTag(cur))
+}
+
+// tagged reports whether a packet's user properties hold an internal tag.
+func tagged(user []packets.UserProperty) bool {
+	return slices.ContainsFunc(user, func(u packets.UserProperty) bool { return internalProperty(u.Key) })
+}
+
 // withoutTag returns a packet without the internal tags.
 func withoutTag(pk packets.Packet) packets.Packet {
 	untag(&pk)
@@ -1613,7 +1645,7 @@ func withoutTag(pk packets.Packet) packets.Packet {
 
 // untag takes the internal tags off a packet in place (see withoutTag).
 func untag(pk *packets.Packet) {
-	if !slices.ContainsFunc(pk.Properties.User, func(u packets.UserProperty) bool { return internalProperty(u.Key) }) {
+	if !tagged(pk.Properties.User) {
 		return
 	}
 	var user []packets.UserProperty

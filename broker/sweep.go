@@ -4,6 +4,7 @@ import (
 	"errors"
 	"reflect"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -243,10 +244,13 @@ func messageExpiry(pk packets.Packet, caps *mqtt.Capabilities) int64 {
 
 // expiryHook notes the things that may expire as they arrive: a session
 // kept past its connection, a message waiting for a client's
-// acknowledgement, a retained message.
+// acknowledgement, a retained message. It is also where a retained
+// message loses the tags mochi retained it with (see untagRetained), one
+// at a time (retainMu).
 type expiryHook struct {
 	mqtt.HookBase
-	inst *instance
+	inst     *instance
+	retainMu sync.Mutex
 }
 
 var _ mqtt.Hook = (*expiryHook)(nil)
@@ -272,6 +276,9 @@ func (h *expiryHook) OnQosPublish(_ *mqtt.Client, pk packets.Packet, _ int64, _ 
 }
 
 func (h *expiryHook) OnRetainMessage(_ *mqtt.Client, pk packets.Packet, _ int64) {
+	h.retainMu.Lock()
+	untagRetained(h.inst.server.Topics, pk)
+	h.retainMu.Unlock()
 	if t := messageExpiry(pk, h.caps()); t != 0 {
 		h.inst.expireBy(t)
 	}

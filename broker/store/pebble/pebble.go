@@ -4,6 +4,7 @@
 package pebble
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -33,13 +34,33 @@ import (
 //	'd' tenant 0x00 len(cid) cid seq(8, BE) → QoS 2 mark: packet id (2, BE), released (1)
 //	'p' tenant 0x00 len(cid) cid id(2, BE)  → receipt of a publisher's QoS 2 packet id
 //	'e' tenant 0x00 len(cid) cid            → the session's epoch (8, BE; see store.ErrFenced)
+//	'k' tenant 0x00 len(cid) cid            → how many of the queue's messages were removed (8, BE)
 //	'r' tenant 0x00 topic                    → retained message
+//	'v'                                      → the format of the keys (8, BE; see formatVersion)
 //
 // One process holds the database, so the epochs are checked in memory: an
 // owner's write holds its session's stripe from the check to the commit,
 // and a claim holds it too.
+//
+// A queue's length is its last sequence number ('m', written with the
+// messages it numbers) less the messages removed from it ('k', written
+// with their deletion): every number up to the last was given to one
+// message, and a removal counts only a message still there. Both are
+// written in the batch that adds or removes the keys, so the length is
+// exact after a crash too, and QueueInfo reads it without counting the
+// queue. Only the writes that hold the session's stripe (Ack and
+// DeleteSession) remove messages, so they read and write 'k' in turn.
 type Store struct {
 	db *pebble.DB
+
+	// lowMu guards lows: per queue ('q' prefix), a sequence number below
+	// which it holds no message any more. Numbers are given in order and
+	// never again, so none below the first a read found comes back;
+	// QueueInfo seeks from there rather than over the deletions of the
+	// messages acknowledged before, which stay in the database until a
+	// compaction.
+	lowMu sync.Mutex
+	lows  map[string]uint64
 
 	// seqMu guards seqs, the last committed sequence number per queue,
 	// read from the 'm' key on first use.
@@ -103,7 +124,11 @@ func New(cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open session store in %s: %w", cfg.Dir, err)
 	}
-	s := &Store{db: db, seqs: map[string]uint64{}, epochs: map[string]uint64{}, closed: make(chan struct{})}
+	if err := countRemoved(db); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open session store in %s: %w", cfg.Dir, err)
+	}
+	s := &Store{db: db, seqs: map[string]uint64{}, epochs: map[string]uint64{}, lows: map[string]uint64{}, closed: make(chan struct{})}
 	s.idle.L = &s.wmu
 	if wal != nil {
 		s.wal, s.syncerDone = wal, make(chan struct{})
@@ -113,6 +138,82 @@ func New(cfg Config) (*Store, error) {
 		}()
 	}
 	return s, nil
+}
+
+// formatVersion is the format of the keys: 1 has the 'k' keys, which a
+// database written before them lacks.
+const formatVersion = 1
+
+var formatKey = []byte{'v'}
+
+// countRemoved brings a database written before the 'k' keys to the
+// format: each queue's count of removed messages is its last sequence
+// number less the messages it holds. It counts every queue once, when
+// the database is first opened by a version with the 'k' keys.
+func countRemoved(db *pebble.DB) error {
+	v, err := readUint64(db, formatKey)
+	if err != nil || v >= formatVersion {
+		return err
+	}
+	b := db.NewBatch()
+	defer b.Close()
+	mp := []byte{'m'}
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: mp, UpperBound: upperBound(mp)})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		if len(it.Value()) != 8 {
+			return fmt.Errorf("damaged sequence record %q", it.Key())
+		}
+		last := binary.BigEndian.Uint64(it.Value())
+		id := it.Key()[1:] // tenant 0x00 len(cid) cid
+		qp := append([]byte{'q'}, id...)
+		n, err := countKeys(db, qp)
+		if err != nil {
+			return err
+		}
+		if n > last {
+			return fmt.Errorf("queue %q holds %d messages, more than its last number %d", id, n, last)
+		}
+		b.Set(append([]byte{'k'}, id...), binary.BigEndian.AppendUint64(nil, last-n), nil)
+	}
+	if err := it.Error(); err != nil {
+		return err
+	}
+	b.Set(formatKey, binary.BigEndian.AppendUint64(nil, formatVersion), nil)
+	return b.Commit(pebble.Sync)
+}
+
+// countKeys counts the keys with prefix p.
+func countKeys(db *pebble.DB, p []byte) (uint64, error) {
+	it, err := db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: upperBound(p)})
+	if err != nil {
+		return 0, err
+	}
+	defer it.Close()
+	var n uint64
+	for it.First(); it.Valid(); it.Next() {
+		n++
+	}
+	return n, it.Error()
+}
+
+// readUint64 reads a number kept under k; 0 if there is none.
+func readUint64(r pebble.Reader, k []byte) (uint64, error) {
+	v, closer, err := r.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer closer.Close()
+	if len(v) != 8 {
+		return 0, fmt.Errorf("damaged record %q", k)
+	}
+	return binary.BigEndian.Uint64(v), nil
 }
 
 func logOrDiscard(log *slog.Logger) *slog.Logger {
@@ -369,16 +470,26 @@ func (s *Store) Mark(_ context.Context, tenant, clientID string, epoch, seq uint
 // DeleteSession removes the session, its queue, its marks and its
 // receipts. The queue's last sequence number and the epoch stay, so neither
 // is ever reused.
+//
+// The queue is removed up to its last number as the database has it now,
+// and that many messages counted removed: an append committed meanwhile
+// (appends are not fenced) numbers its message above, and it stays, counted.
 func (s *Store) DeleteSession(_ context.Context, tenant, clientID string, epoch uint64) error {
 	unlock, err := s.fence(tenant, clientID, epoch)
 	if err != nil {
 		return err
 	}
 	defer unlock()
+	last, err := readUint64(s.db, clientKey('m', tenant, clientID))
+	if err != nil {
+		return err
+	}
 	b := s.db.NewBatch()
 	defer b.Close()
 	b.Delete(clientKey('s', tenant, clientID), nil)
-	for _, kind := range []byte{'q', 'd', 'p'} {
+	b.DeleteRange(queueKey(tenant, clientID, 0), queueKey(tenant, clientID, last+1), nil)
+	b.Set(clientKey('k', tenant, clientID), binary.BigEndian.AppendUint64(nil, last), nil)
+	for _, kind := range []byte{'d', 'p'} {
 		p := clientKey(kind, tenant, clientID)
 		b.DeleteRange(p, upperBound(p), nil)
 	}
@@ -576,18 +687,7 @@ func (s *Store) commit(reqs []*appendReq) error {
 }
 
 func (s *Store) lastSeq(metaKey []byte) (uint64, error) {
-	v, closer, err := s.db.Get(metaKey)
-	if errors.Is(err, pebble.ErrNotFound) {
-		return 0, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	defer closer.Close()
-	if len(v) != 8 {
-		return 0, fmt.Errorf("damaged sequence record %q", metaKey)
-	}
-	return binary.BigEndian.Uint64(v), nil
+	return readUint64(s.db, metaKey)
 }
 
 func (s *Store) Read(_ context.Context, tenant, clientID string, after uint64, limit int) ([]store.Queued, error) {
@@ -635,9 +735,10 @@ func (s *Store) applyMarks(tenant, clientID string, qs []store.Queued) error {
 	return it.Error()
 }
 
-// Ack deletes the named messages and their marks. Acks are not synced: one
-// lost in a crash only means those messages are delivered again, which at
-// least once allows.
+// Ack deletes the named messages and their marks, and counts those that
+// were queued (not one named twice, nor one acknowledged before) removed,
+// in the same batch. Acks are not synced: one lost in a crash only means
+// those messages are delivered again, which at least once allows.
 func (s *Store) Ack(_ context.Context, tenant, clientID string, epoch uint64, seqs []uint64) error {
 	if len(seqs) == 0 {
 		return nil
@@ -647,47 +748,100 @@ func (s *Store) Ack(_ context.Context, tenant, clientID string, epoch uint64, se
 		return err
 	}
 	defer unlock()
+	seqs = slices.Compact(slices.Sorted(slices.Values(seqs)))
+	kk := clientKey('k', tenant, clientID)
+	removed, err := readUint64(s.db, kk)
+	if err != nil {
+		return err
+	}
+	// Which are queued: none can leave meanwhile (every removal holds
+	// the stripe), and one not yet committed is not deleted, so it stays
+	// queued and uncounted.
+	qp := clientKey('q', tenant, clientID)
+	it, err := s.db.NewIter(&pebble.IterOptions{
+		LowerBound: queueKey(tenant, clientID, seqs[0]), UpperBound: upperBound(qp),
+	})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
 	b := s.db.NewBatch()
 	defer b.Close()
+	n := uint64(0)
 	for _, seq := range seqs {
-		b.Delete(queueKey(tenant, clientID, seq), nil)
+		k := queueKey(tenant, clientID, seq)
+		if it.SeekGE(k) && bytes.Equal(it.Key(), k) {
+			b.Delete(k, nil)
+			n++
+		}
 		b.Delete(markKey(tenant, clientID, seq), nil)
+	}
+	if err := it.Error(); err != nil {
+		return err
+	}
+	if n > 0 {
+		b.Set(kk, binary.BigEndian.AppendUint64(nil, removed+n), nil)
 	}
 	return b.Commit(pebble.NoSync)
 }
 
-func (s *Store) QueueInfo(ctx context.Context, tenant, clientID string) (store.QueueInfo, error) {
+// QueueInfo reads the queue's length from its last number and its count
+// of removed messages, and its first message, in one view of the
+// database: no more than three seeks, however long the queue.
+func (s *Store) QueueInfo(_ context.Context, tenant, clientID string) (store.QueueInfo, error) {
 	var info store.QueueInfo
-	qp := clientKey('q', tenant, clientID)
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: qp, UpperBound: upperBound(qp)})
+	it, err := s.db.NewIter(nil)
 	if err != nil {
 		return info, err
 	}
 	defer it.Close()
-	for it.First(); it.Valid(); it.Next() {
-		if info.Len == 0 {
-			k := it.Key()
-			info.MinSeq = binary.BigEndian.Uint64(k[len(k)-8:])
-			var m store.Message
-			if err := m.UnmarshalBinary(it.Value()); err != nil {
-				return info, err
-			}
-			info.Oldest = m.Created
+	read := func(k []byte) (uint64, error) {
+		if !it.SeekGE(k) || !bytes.Equal(it.Key(), k) {
+			return 0, it.Error()
 		}
-		info.Len++
+		if len(it.Value()) != 8 {
+			return 0, fmt.Errorf("damaged record %q", k)
+		}
+		return binary.BigEndian.Uint64(it.Value()), nil
 	}
-	if err := it.Error(); err != nil {
+	last, err := read(clientKey('m', tenant, clientID))
+	if err != nil {
 		return info, err
 	}
-	s.seqMu.Lock()
-	defer s.seqMu.Unlock()
-	k := clientKey('m', tenant, clientID)
-	if last, ok := s.seqs[string(k)]; ok {
-		info.MaxSeq = last
+	removed, err := read(clientKey('k', tenant, clientID))
+	if err != nil {
+		return info, err
+	}
+	if removed > last {
+		return info, fmt.Errorf("queue of %s: %d messages removed of %d", clientID, removed, last)
+	}
+	info.MaxSeq, info.Len = last, int(last-removed)
+	if info.Len == 0 {
 		return info, nil
 	}
-	info.MaxSeq, err = s.lastSeq(k)
-	return info, err
+	qp := clientKey('q', tenant, clientID)
+	s.lowMu.Lock()
+	low := s.lows[string(qp)]
+	s.lowMu.Unlock()
+	if !it.SeekGE(queueKey(tenant, clientID, low)) || !bytes.HasPrefix(it.Key(), qp) {
+		if err := it.Error(); err != nil {
+			return info, err
+		}
+		return info, fmt.Errorf("queue of %s: %d messages counted, none found", clientID, info.Len)
+	}
+	k := it.Key()
+	info.MinSeq = binary.BigEndian.Uint64(k[len(k)-8:])
+	var m store.Message
+	if err := m.UnmarshalBinary(it.Value()); err != nil {
+		return info, err
+	}
+	info.Oldest = m.Created
+	s.lowMu.Lock()
+	if info.MinSeq > s.lows[string(qp)] {
+		s.lows[string(qp)] = info.MinSeq
+	}
+	s.lowMu.Unlock()
+	return info, nil
 }
 
 func (s *Store) SetRetained(_ context.Context, tenant string, m store.Message) error {

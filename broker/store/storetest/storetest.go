@@ -49,6 +49,7 @@ func Run(t *testing.T, open func(t *testing.T) (s Store, reopen func() Store)) {
 		{"Receipts", testReceipts},
 		{"Marks", testMarks},
 		{"QueueWithoutSession", testQueueWithoutSession},
+		{"QueueLength", testQueueLength},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -893,4 +894,78 @@ func testQueueWithoutSession(t *testing.T, s Store, reopen func() Store) {
 	if err := s2.Ack(ctx, "acme", out, old, []uint64{1}); !errors.Is(err, store.ErrFenced) {
 		t.Errorf("after reopening, Ack under a stale epoch: %v, want ErrFenced", err)
 	}
+}
+
+// testQueueLength: QueueInfo's length, first and last numbers stay exact
+// through appends, acknowledgements in the middle of the queue (one
+// named twice, one acknowledged before, one never queued), a deleted
+// session and appends after it, and a reopen: the length is always what
+// Read returns.
+func testQueueLength(t *testing.T, s Store, reopen func() Store) {
+	check := func(s Store, what string) {
+		t.Helper()
+		qs, err := s.Read(ctx, "acme", "c1", 0, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := s.QueueInfo(ctx, "acme", "c1")
+		if err != nil {
+			t.Fatalf("%s: QueueInfo: %v", what, err)
+		}
+		if info.Len != len(qs) {
+			t.Errorf("%s: QueueInfo says %d queued, Read returns %d (%s)", what, info.Len, len(qs), payloads(qs))
+		}
+		if len(qs) > 0 && (info.MinSeq != qs[0].Seq || !info.Oldest.Equal(qs[0].Created)) {
+			t.Errorf("%s: QueueInfo's first is %d (%v), want %d (%v)", what, info.MinSeq, info.Oldest, qs[0].Seq, qs[0].Created)
+		}
+	}
+	seqs := mustAppend(t, s, "acme", "c1", "a", "b", "c", "d", "e", "f", "g", "h")
+	mustAppend(t, s, "acme", "c10", "other")
+	check(s, "after 8 appends")
+	if err := s.Ack(ctx, "acme", "c1", 0, []uint64{seqs[3], seqs[5], seqs[3]}); err != nil {
+		t.Fatal(err)
+	}
+	check(s, "after acknowledging d and f, d twice")
+	if err := s.Ack(ctx, "acme", "c1", 0, []uint64{seqs[5], seqs[0], seqs[7] + 1000}); err != nil {
+		t.Fatal(err)
+	}
+	check(s, "after acknowledging f again, a, and one never queued")
+	if info, _ := s.QueueInfo(ctx, "acme", "c1"); info.Len != 5 || info.MinSeq != seqs[1] || info.MaxSeq != seqs[7] {
+		t.Errorf("after the acknowledgements: %+v; want 5 queued from %d to %d", info, seqs[1], seqs[7])
+	}
+	if err := s.Mark(ctx, "acme", "c1", 0, seqs[2], 9, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SaveSession(ctx, "acme", store.Session{ClientID: "c1"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteSession(ctx, "acme", "c1", 0); err != nil {
+		t.Fatal(err)
+	}
+	check(s, "after the session was deleted")
+	more := mustAppend(t, s, "acme", "c1", "i", "j", "k")
+	if err := s.Ack(ctx, "acme", "c1", 0, append(seqs[:3:3], more[1])); err != nil {
+		t.Fatal(err)
+	}
+	check(s, "after appends to the deleted session's queue, and acknowledgements of old and new")
+	if info, _ := s.QueueInfo(ctx, "acme", "c1"); info.Len != 2 || info.MinSeq != more[0] || info.MaxSeq != more[2] {
+		t.Errorf("after the deletion: %+v; want i and k queued, %d to %d", info, more[0], more[2])
+	}
+	if info, _ := s.QueueInfo(ctx, "acme", "c10"); info.Len != 1 {
+		t.Errorf("another client's queue: %+v, want 1 queued", info)
+	}
+	if reopen == nil {
+		return
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s2 := reopen()
+	defer s2.Close()
+	check(s2, "after reopening")
+	mustAppend(t, s2, "acme", "c1", "l")
+	if err := s2.Ack(ctx, "acme", "c1", 0, more[:1]); err != nil {
+		t.Fatal(err)
+	}
+	check(s2, "after reopening, an append and an acknowledgement")
 }
