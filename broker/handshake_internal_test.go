@@ -375,3 +375,62 @@ func TestHandshakesRekeyWhileShed(t *testing.T) {
 		t.Errorf("count %d, want %d (%d let on, %d newcomers)", got, want, stillIn, len(newcomers))
 	}
 }
+
+// TestHandshakesRekeyOwnAddressWhileShed: plain connections, rekeyed with
+// the address they were accepted with (as the ingress does with every
+// one), while newcomers from that address shed the oldest of them. Those
+// not shed are let on; one refused was shed. Under the race detector this
+// checks that rekey reads p.gone under the lock the shedder sets it
+// under, on the path that leaves the connection as it is.
+func TestHandshakesRekeyOwnAddressWhileShed(t *testing.T) {
+	const n = 64
+	clock := time.Unix(1_700_000_000, 0)             // fixed: read from every goroutine
+	hs := newHandshakes(10*n, n, n, 0, discardLog()) // staleAfter 0: every handshake is stale
+	hs.now = func() time.Time { return clock }
+	conns := make([]*fakeConn, n)
+	ps := make([]*pending, n)
+	for i := range n {
+		conns[i] = &fakeConn{name: fmt.Sprint(i)}
+		p, ok := hs.enter(conns[i], tcpAddr("192.0.2.1"), false)
+		if !ok {
+			t.Fatalf("connection %d refused", i)
+		}
+		ps[i] = p
+	}
+	let := make([]bool, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			let[i] = hs.rekey(ps[i], ps[i].addr)
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		<-start
+		// The address is at its bound: each newcomer sheds its oldest.
+		for i := range n / 2 {
+			if _, ok := hs.enter(&fakeConn{name: fmt.Sprint("new", i)}, tcpAddr("192.0.2.1"), false); !ok {
+				t.Errorf("newcomer %d refused", i)
+			}
+		}
+	}()
+	close(start)
+	wg.Wait()
+	for i := range n {
+		shed := i < n/2 // the oldest half
+		switch {
+		case conns[i].closed != shed:
+			t.Errorf("connection %d closed %v, want %v (the %d oldest are shed)", i, conns[i].closed, shed, n/2)
+		case !let[i] && !shed:
+			t.Errorf("connection %d refused by rekey but not shed", i)
+		}
+	}
+	if got := hs.count(); got != n {
+		t.Errorf("count %d, want %d", got, n)
+	}
+}
