@@ -19,7 +19,7 @@ import (
 // A login whose password (or single sign-on) is right, for an account with
 // two-factor on, starts no session: it answers a short-lived challenge
 // token (MFATokenTTL), which CompleteMFA exchanges with a code for the
-// session. Every code tried is counted against the same login budgets as
+// session, once. Every code tried is counted against the same login budgets as
 // passwords (the account's email and the address), and against the
 // account's own second-factor budget, which only a right code forgives: a
 // right password cannot wipe out the wrong codes tried after it.
@@ -144,9 +144,24 @@ func (s *Service) NewRecoveryCodes(ctx context.Context, a tenants.Account, code,
 // CompleteMFA finishes a login that answered a challenge: with the
 // challenge token and a current code (or an unused recovery code) it
 // starts the session.
+//
+// A challenge starts one session: the first right code spends it, and a
+// spent challenge is answered as one that is not valid. A wrong code
+// leaves it as it was, for the person to type the code again. A spent
+// challenge is refused before its code is looked at, so that sending it
+// again (a second tab, a replay) spends no code. Two completions of one
+// challenge at once, with two right codes (a TOTP code and a recovery
+// code, say), both spend their codes, then race to record the challenge
+// spent, and only the one that records it gets a session.
 func (s *Service) CompleteMFA(ctx context.Context, challenge, code, addr string) (Issued, error) {
 	c, err := s.tokens.Parse(challenge)
 	if err != nil || !strings.HasPrefix(c.Subject, mfaSubject) || !strings.HasPrefix(c.SessionID, "mfa_") {
+		return Issued{}, errBadChallenge
+	}
+	switch spent, err := s.store.MFAChallengeSpent(ctx, c.SessionID); {
+	case err != nil:
+		return Issued{}, err
+	case spent:
 		return Issued{}, errBadChallenge
 	}
 	a, err := s.store.Account(ctx, strings.TrimPrefix(c.Subject, mfaSubject))
@@ -158,6 +173,12 @@ func (s *Service) CompleteMFA(ctx context.Context, challenge, code, addr string)
 	}
 	if err := s.checkCode(ctx, a, code, addr); err != nil {
 		return Issued{}, err
+	}
+	switch first, err := s.store.SpendMFAChallenge(ctx, c.SessionID, c.ExpiresAt); {
+	case err != nil:
+		return Issued{}, err
+	case !first:
+		return Issued{}, errBadChallenge
 	}
 	return s.startAccountSession(ctx, a, false)
 }

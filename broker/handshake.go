@@ -253,14 +253,27 @@ func (hs *handshakes) stale(p *pending, now time.Time) bool {
 }
 
 // rekey counts p under the address a PROXY or forwarding header named,
-// as a newcomer there; false if it is refused (the caller closes it).
+// as a newcomer there; false if it is refused, or was shed meanwhile (the
+// caller closes it).
 //
 // A connection counted under the very address it is asked about (a plain
 // TCP connection: every connection the ingress handles is asked) is left
 // as it is without formatting the address again.
+//
+// A shed connection is closed below its wrappers, but what a wrapper read
+// before that is still read from it: a PROXY header's reader holds the
+// CONNECT that came with the header. Let on, it would be authenticated
+// with p still under the balancer's address, where its failure would be
+// counted against everyone behind the balancer. p.gone is read under
+// hs.mu, which the shedder holds to set it. leave sets it too, once the
+// handshake is over or the connection closed: no caller rekeys after.
 func (hs *handshakes) rekey(p *pending, addr net.Addr) bool {
 	hs.mu.Lock()
-	if p.gone || !p.waiting && sameAddr(addr, p.addr) {
+	if p.gone {
+		hs.mu.Unlock()
+		return false
+	}
+	if !p.waiting && sameAddr(addr, p.addr) {
 		hs.mu.Unlock()
 		return true
 	}
@@ -268,7 +281,11 @@ func (hs *handshakes) rekey(p *pending, addr net.Addr) bool {
 	source := sourceOf(addr)
 	now := hs.now()
 	hs.mu.Lock()
-	if p.gone || !p.waiting && source == p.source {
+	if p.gone {
+		hs.mu.Unlock()
+		return false
+	}
+	if !p.waiting && source == p.source {
 		hs.mu.Unlock()
 		return true
 	}

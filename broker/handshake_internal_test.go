@@ -7,6 +7,7 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -264,3 +265,172 @@ func TestHandshakesLogOnce(t *testing.T) {
 }
 
 func newTextLogger(w io.Writer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+
+// TestHandshakesRekeyShed: a connection shed while it waited for its
+// header, or while it was in handshake under its own address, is refused
+// when rekeyed: let on, it would be authenticated (its CONNECT may wait in
+// the header reader's buffer) with its failures counted under the
+// balancer's address.
+func TestHandshakesRekeyShed(t *testing.T) {
+	tb := newHandshakeTable(t, 2, 2, 100)
+	tb.enter("w0", "via 10.0.0.3")
+	tb.enter("w1", "via 10.0.0.3")
+	tb.clock = tb.clock.Add(6 * time.Second) // stale (the table's staleAfter is 5 s)
+	if !tb.enter("w2", "via 10.0.0.3") || !slices.Equal(tb.closed(), []string{"w0"}) {
+		t.Fatalf("closed %v to make room for w2, want w0, the oldest, stale", tb.closed())
+	}
+	if tb.hs.rekey(tb.ps["w0"], tcpAddr("198.51.100.7")) {
+		t.Error("a connection shed while it waited for its header was let on by the header")
+	}
+	if !tb.hs.rekey(tb.ps["w1"], tcpAddr("198.51.100.8")) {
+		t.Error("a connection not shed was refused by its header")
+	}
+
+	// Under its own address: a plain TCP connection is rekeyed with the
+	// address it was accepted with.
+	tb = newHandshakeTable(t, 100, 1, 100)
+	tb.enter("a0", "192.0.2.1")
+	a0 := tb.ps["a0"]
+	tb.clock = tb.clock.Add(6 * time.Second)
+	if !tb.enter("a1", "192.0.2.1") || !slices.Equal(tb.closed(), []string{"a0"}) {
+		t.Fatalf("closed %v to make room for a1, want a0, stale", tb.closed())
+	}
+	if tb.hs.rekey(a0, a0.addr) {
+		t.Error("a shed connection was let on under its own address (the same address value)")
+	}
+	if tb.hs.rekey(a0, tcpAddr("192.0.2.1")) {
+		t.Error("a shed connection was let on under its own address (an equal address)")
+	}
+	if n := tb.hs.count(); n != 1 {
+		t.Errorf("count %d, want 1 (a1)", n)
+	}
+	if !tb.hs.rekey(tb.ps["a1"], tb.ps["a1"].addr) {
+		t.Error("a connection in handshake under its own address was refused")
+	}
+}
+
+// TestHandshakesRekeyWhileShed: connections waiting for their headers are
+// rekeyed while newcomers shed them, at once. Each is either let on (and
+// counted), or refused because it was shed (closed), and the count is
+// what was let on and the newcomers.
+// Under the race detector this also checks that rekey reads what the
+// shedder writes under the lock.
+func TestHandshakesRekeyWhileShed(t *testing.T) {
+	const n = 64
+	clock := time.Unix(1_700_000_000, 0) // fixed: read from every goroutine
+	hs := newHandshakes(n, n, n, 5*time.Second, discardLog())
+	hs.now = func() time.Time { return clock }
+	conns := make([]*fakeConn, n)
+	ps := make([]*pending, n)
+	for i := range n {
+		conns[i] = &fakeConn{name: fmt.Sprint(i)}
+		p, ok := hs.enter(conns[i], tcpAddr("10.0.0.1"), true)
+		if !ok {
+			t.Fatalf("waiting connection %d refused", i)
+		}
+		ps[i] = p
+	}
+	newcomers := make([]*fakeConn, n/2)
+	for i := range newcomers {
+		newcomers[i] = &fakeConn{name: fmt.Sprint("new", i)}
+	}
+	let := make([]bool, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			let[i] = hs.rekey(ps[i], tcpAddr(fmt.Sprintf("198.51.100.%d", i+1)))
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		<-start
+		// Each from a balancer of its own: the pool is full, and the
+		// heaviest address's oldest is shed for it.
+		for i, c := range newcomers {
+			if _, ok := hs.enter(c, tcpAddr(fmt.Sprintf("10.0.1.%d", i+1)), true); !ok {
+				t.Errorf("newcomer %d refused", i)
+			}
+		}
+	}()
+	close(start)
+	wg.Wait()
+	stillIn := 0
+	for i, p := range ps {
+		switch {
+		case !let[i] && !conns[i].closed:
+			t.Errorf("connection %d refused by rekey but not shed", i)
+		case let[i] && p.gone:
+			// Let on, it is in the main pool, where nothing sheds here.
+			t.Errorf("connection %d let on by rekey after it was shed", i)
+		case let[i]:
+			stillIn++
+		}
+	}
+	if got, want := hs.count(), stillIn+len(newcomers); got != want {
+		t.Errorf("count %d, want %d (%d let on, %d newcomers)", got, want, stillIn, len(newcomers))
+	}
+}
+
+// TestHandshakesRekeyOwnAddressWhileShed: plain connections, rekeyed with
+// the address they were accepted with (as the ingress does with every
+// one), while newcomers from that address shed the oldest of them. Those
+// not shed are let on; one refused was shed. Under the race detector this
+// checks that rekey reads p.gone under the lock the shedder sets it
+// under, on the path that leaves the connection as it is.
+func TestHandshakesRekeyOwnAddressWhileShed(t *testing.T) {
+	const n = 64
+	clock := time.Unix(1_700_000_000, 0)             // fixed: read from every goroutine
+	hs := newHandshakes(10*n, n, n, 0, discardLog()) // staleAfter 0: every handshake is stale
+	hs.now = func() time.Time { return clock }
+	conns := make([]*fakeConn, n)
+	ps := make([]*pending, n)
+	for i := range n {
+		conns[i] = &fakeConn{name: fmt.Sprint(i)}
+		p, ok := hs.enter(conns[i], tcpAddr("192.0.2.1"), false)
+		if !ok {
+			t.Fatalf("connection %d refused", i)
+		}
+		ps[i] = p
+	}
+	let := make([]bool, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			let[i] = hs.rekey(ps[i], ps[i].addr)
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		<-start
+		// The address is at its bound: each newcomer sheds its oldest.
+		for i := range n / 2 {
+			if _, ok := hs.enter(&fakeConn{name: fmt.Sprint("new", i)}, tcpAddr("192.0.2.1"), false); !ok {
+				t.Errorf("newcomer %d refused", i)
+			}
+		}
+	}()
+	close(start)
+	wg.Wait()
+	for i := range n {
+		shed := i < n/2 // the oldest half
+		switch {
+		case conns[i].closed != shed:
+			t.Errorf("connection %d closed %v, want %v (the %d oldest are shed)", i, conns[i].closed, shed, n/2)
+		case !let[i] && !shed:
+			t.Errorf("connection %d refused by rekey but not shed", i)
+		}
+	}
+	if got := hs.count(); got != n {
+		t.Errorf("count %d, want %d", got, n)
+	}
+}

@@ -276,3 +276,35 @@ func TOTPStep(t time.Time) int64 { return t.Unix() / int64(mfaStepDuration/time.
 // NewToken returns a fresh random token of 192 bits, URL-safe: for links
 // and one-time tokens made outside the store.
 func NewToken() string { return newSecret(24) }
+
+// spentChallengeGrace is how long past its token's expiry a spent
+// challenge is kept: a process whose clock lags still refuses the token
+// as spent, not takes it as new.
+const spentChallengeGrace = time.Hour
+
+// SpendMFAChallenge records the two-factor challenge id as used, its token
+// valid until expires: true the first time, false if it was spent before.
+// One statement inserts if absent, so of concurrent spends of one id
+// exactly one reports true, on either database. Challenges expired longer
+// than spentChallengeGrace ago are deleted first.
+func (s *Store) SpendMFAChallenge(ctx context.Context, id string, expires time.Time) (bool, error) {
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM mfa_challenges_spent WHERE expires_at < $1`,
+		s.timestamp().Add(-spentChallengeGrace)); err != nil {
+		return false, fmt.Errorf("prune spent challenges: %w", err)
+	}
+	res, err := s.db.ExecContext(ctx, `INSERT INTO mfa_challenges_spent (id, expires_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING`,
+		id, expires.UTC().Truncate(time.Microsecond))
+	if err != nil {
+		return false, fmt.Errorf("spend challenge: %w", err)
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+// MFAChallengeSpent reports whether the two-factor challenge id was spent
+// (and is not yet pruned).
+func (s *Store) MFAChallengeSpent(ctx context.Context, id string) (bool, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM mfa_challenges_spent WHERE id = $1`, id).Scan(&n)
+	return n > 0, err
+}

@@ -60,6 +60,7 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"EventsCap", testEventsCap},
 		{"Shadows", testShadows},
 		{"MFA", testMFA},
+		{"MFAChallenges", testMFAChallenges},
 		{"Invites", testInvites},
 		{"SSOAccounts", testSSOAccounts},
 		{"AccountTokens", testAccountTokens},
