@@ -222,8 +222,11 @@ func (in *ingress) handle(conn net.Conn, p *pending) {
 //
 //go:noinline
 func (in *ingress) handshake(conn net.Conn, p *pending) (*deviceConn, *instance) {
-	endHandshake := func() { in.hs.leave(p) }
-	defer endHandshake()
+	// A second leave does nothing: the connection admitted leaves before
+	// it returns. The function the forwarder is given to leave with is
+	// made only in a fleet, so that a connection admitted here allocates
+	// no closure for it.
+	defer in.hs.leave(p)
 
 	// One deadline, reads and writes, covers what comes before the
 	// CONNECT: a PROXY or forwarding header, the TLS handshake (a TLS
@@ -267,7 +270,7 @@ func (in *ingress) handshake(conn net.Conn, p *pending) (*deviceConn, *instance)
 	}
 
 	if in.fwd != nil {
-		if tenant, _, _, ok := in.deviceOf(ep, string(pk.Connect.Username)); ok && in.fwd.route(conn, r, raw, pk, tenant, endHandshake) {
+		if tenant, _, _, ok := in.deviceOf(ep, string(pk.Connect.Username)); ok && in.fwd.route(conn, r, raw, pk, tenant, func() { in.hs.leave(p) }) {
 			return nil, nil
 		}
 	}
@@ -290,7 +293,7 @@ func (in *ingress) handshake(conn net.Conn, p *pending) (*deviceConn, *instance)
 	}
 	conn.SetDeadline(time.Time{})
 	in.hs.admitted(p) // its attempt gives back the tokens it took
-	endHandshake()
+	in.hs.leave(p)
 	return newDeviceConn(conn, r, raw, id, inst, in.cfg.WriteTimeout), inst
 }
 
