@@ -253,19 +253,8 @@ func (in *ingress) handshake(conn net.Conn, p *pending) (*deviceConn, *instance)
 	}
 	r := newConnectReader(conn)
 	raw, pk, err := readConnect(r, in.cfg.MaxConnectSize)
-	var code packets.Code
-	switch {
-	case errors.As(err, &code):
-		ref := refusalFor(code)
-		in.log.Debug("malformed CONNECT", "remote", conn.RemoteAddr().String(), "reason", ref.String())
-		writeConnack(conn, pk.ProtocolVersion, ref)
-		conn.Close()
-		return nil, nil
-	case err != nil:
-		// Debug: a flood of silent sockets must not flood the log (the
-		// handshake bounds log a summary).
-		in.log.Debug("no CONNECT", "remote", conn.RemoteAddr().String(), "err", err)
-		conn.Close()
+	if err != nil {
+		in.noConnect(conn, pk.ProtocolVersion, err)
 		return nil, nil
 	}
 
@@ -295,6 +284,26 @@ func (in *ingress) handshake(conn net.Conn, p *pending) (*deviceConn, *instance)
 	in.hs.admitted(p) // its attempt gives back the tokens it took
 	in.hs.leave(p)
 	return newDeviceConn(conn, r, raw, id, inst, in.cfg.WriteTimeout), inst
+}
+
+// noConnect answers and closes a connection whose CONNECT readConnect
+// failed with err: a CONNECT that was framed but did not decode gets a
+// CONNACK with its reason (in protocol version v), anything else none. It
+// is a function of its own so that the error's code, which errors.As
+// takes the address of, is allocated only for a failure.
+func (in *ingress) noConnect(conn net.Conn, v byte, err error) {
+	var code packets.Code
+	if errors.As(err, &code) {
+		ref := refusalFor(code)
+		in.log.Debug("malformed CONNECT", "remote", conn.RemoteAddr().String(), "reason", ref.String())
+		writeConnack(conn, v, ref)
+		conn.Close()
+		return
+	}
+	// Debug: a flood of silent sockets must not flood the log (the
+	// handshake bounds log a summary).
+	in.log.Debug("no CONNECT", "remote", conn.RemoteAddr().String(), "err", err)
+	conn.Close()
 }
 
 // admit authenticates a CONNECT and finds its tenant's broker, or returns
