@@ -252,8 +252,18 @@ func (c *deviceConn) writeConn(p []byte) (int, error) {
 	if !c.acked.Load() {
 		c.heldMu.Lock()
 		if !c.acked.Load() {
-			c.held = append(c.held, p...)
-			out, ok := connackFirst(c.held)
+			// mochi's first write is normally the CONNACK alone, with
+			// nothing held before it: then it goes out as it came,
+			// without a copy.
+			var out []byte
+			ok := false
+			if len(c.held) == 0 {
+				out, ok = connackFirst(p)
+			}
+			if !ok {
+				c.held = append(c.held, p...)
+				out, ok = connackFirst(c.held)
+			}
 			if !ok {
 				c.heldMu.Unlock()
 				return len(p), nil
@@ -273,7 +283,8 @@ func (c *deviceConn) writeConn(p []byte) (int, error) {
 
 // connackFirst finds the CONNACK among the whole packets in b and returns
 // them with it first; false until b holds one. Bytes that do not frame as
-// packets are passed on as they are.
+// packets are passed on as they are. When the CONNACK is first already, b
+// itself is returned.
 func connackFirst(b []byte) ([]byte, bool) {
 	for i := 0; i < len(b); {
 		length, n := 0, 1
@@ -292,6 +303,9 @@ func connackFirst(b []byte) ([]byte, bool) {
 			return b, false
 		}
 		if b[i]>>4 == packets.Connack {
+			if i == 0 {
+				return b, true
+			}
 			out := make([]byte, 0, len(b))
 			out = append(out, b[i:end]...)
 			out = append(out, b[:i]...)

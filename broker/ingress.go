@@ -222,8 +222,11 @@ func (in *ingress) handle(conn net.Conn, p *pending) {
 //
 //go:noinline
 func (in *ingress) handshake(conn net.Conn, p *pending) (*deviceConn, *instance) {
-	endHandshake := func() { in.hs.leave(p) }
-	defer endHandshake()
+	// A second leave does nothing: the connection admitted leaves before
+	// it returns. The function the forwarder is given to leave with is
+	// made only in a fleet, so that a connection admitted here allocates
+	// no closure for it.
+	defer in.hs.leave(p)
 
 	// One deadline, reads and writes, covers what comes before the
 	// CONNECT: a PROXY or forwarding header, the TLS handshake (a TLS
@@ -250,24 +253,13 @@ func (in *ingress) handshake(conn net.Conn, p *pending) (*deviceConn, *instance)
 	}
 	r := newConnectReader(conn)
 	raw, pk, err := readConnect(r, in.cfg.MaxConnectSize)
-	var code packets.Code
-	switch {
-	case errors.As(err, &code):
-		ref := refusalFor(code)
-		in.log.Debug("malformed CONNECT", "remote", conn.RemoteAddr().String(), "reason", ref.String())
-		writeConnack(conn, pk.ProtocolVersion, ref)
-		conn.Close()
-		return nil, nil
-	case err != nil:
-		// Debug: a flood of silent sockets must not flood the log (the
-		// handshake bounds log a summary).
-		in.log.Debug("no CONNECT", "remote", conn.RemoteAddr().String(), "err", err)
-		conn.Close()
+	if err != nil {
+		in.noConnect(conn, pk.ProtocolVersion, err)
 		return nil, nil
 	}
 
 	if in.fwd != nil {
-		if tenant, _, _, ok := in.deviceOf(ep, string(pk.Connect.Username)); ok && in.fwd.route(conn, r, raw, pk, tenant, endHandshake) {
+		if tenant, _, _, ok := in.deviceOf(ep, string(pk.Connect.Username)); ok && in.fwd.route(conn, r, raw, pk, tenant, func() { in.hs.leave(p) }) {
 			return nil, nil
 		}
 	}
@@ -290,8 +282,28 @@ func (in *ingress) handshake(conn net.Conn, p *pending) (*deviceConn, *instance)
 	}
 	conn.SetDeadline(time.Time{})
 	in.hs.admitted(p) // its attempt gives back the tokens it took
-	endHandshake()
+	in.hs.leave(p)
 	return newDeviceConn(conn, r, raw, id, inst, in.cfg.WriteTimeout), inst
+}
+
+// noConnect answers and closes a connection whose CONNECT readConnect
+// failed with err: a CONNECT that was framed but did not decode gets a
+// CONNACK with its reason (in protocol version v), anything else none. It
+// is a function of its own so that the error's code, which errors.As
+// takes the address of, is allocated only for a failure.
+func (in *ingress) noConnect(conn net.Conn, v byte, err error) {
+	var code packets.Code
+	if errors.As(err, &code) {
+		ref := refusalFor(code)
+		in.log.Debug("malformed CONNECT", "remote", conn.RemoteAddr().String(), "reason", ref.String())
+		writeConnack(conn, v, ref)
+		conn.Close()
+		return
+	}
+	// Debug: a flood of silent sockets must not flood the log (the
+	// handshake bounds log a summary).
+	in.log.Debug("no CONNECT", "remote", conn.RemoteAddr().String(), "err", err)
+	conn.Close()
 }
 
 // admit authenticates a CONNECT and finds its tenant's broker, or returns

@@ -40,12 +40,25 @@ func newConnectReader(conn net.Conn) *bufio.Reader {
 // (see fillRaw). On any other connection (TLS, WebSocket, a PROXY header
 // reader) the read that waits holds a pooled buffer, as a bufio.Reader
 // would; those connections hold buffers of their own below anyway.
+//
+// An inbuf is not copied once it has read: its raw read function (see
+// fillRaw) is bound to it.
 type inbuf struct {
 	src  io.Reader
 	raw  syscall.RawConn // src's socket when src is a plain TCP socket
 	buf  *[]byte         // nil while empty
 	r, w int
 	err  error // the error that came with the last bytes read, for the next read
+
+	// readRaw is b.readSocket, made on the first raw read, and rawp,
+	// rawn, rawerr and rawTaken are what it reads into and what it read:
+	// a raw read passes a function to the socket, and one that kept its
+	// state in its own variables would allocate them at every read.
+	readRaw  func(fd uintptr) bool
+	rawp     []byte
+	rawn     int
+	rawerr   error
+	rawTaken *[]byte
 }
 
 // newInbuf reads conn, after what ahead (the ingress's CONNECT reader)

@@ -26,32 +26,13 @@ func rawSocket(conn net.Conn) syscall.RawConn {
 // pool that becomes the inbuf's. The buffer is taken only once the socket
 // has input: while it has none, the wait holds nothing.
 func (b *inbuf) fillRaw(p []byte) (int, error) {
-	var (
-		n     int
-		rerr  error
-		taken *[]byte
-	)
-	err := b.raw.Read(func(fd uintptr) bool {
-		into := p
-		if into == nil {
-			taken = readBufs.Get().(*[]byte)
-			into = *taken
-		}
-		for {
-			n, rerr = syscall.Read(int(fd), into)
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
-		if rerr == syscall.EAGAIN {
-			if taken != nil {
-				readBufs.Put(taken)
-				taken = nil
-			}
-			return false
-		}
-		return true
-	})
+	if b.readRaw == nil {
+		b.readRaw = b.readSocket
+	}
+	b.rawp = p
+	err := b.raw.Read(b.readRaw)
+	n, rerr, taken := b.rawn, b.rawerr, b.rawTaken
+	b.rawp, b.rawn, b.rawerr, b.rawTaken = nil, 0, nil, nil
 	if err == nil && rerr != nil {
 		err = rerr
 	}
@@ -68,4 +49,29 @@ func (b *inbuf) fillRaw(p []byte) (int, error) {
 		b.buf, b.r, b.w = taken, 0, n
 	}
 	return n, nil
+}
+
+// readSocket is fillRaw's read of the socket fd, into b.rawp or a buffer
+// from the pool (b.rawTaken), leaving what it read in b.rawn and b.rawerr.
+// It reports false, holding no buffer, when the socket has nothing yet.
+func (b *inbuf) readSocket(fd uintptr) bool {
+	into := b.rawp
+	if into == nil {
+		b.rawTaken = readBufs.Get().(*[]byte)
+		into = *b.rawTaken
+	}
+	for {
+		b.rawn, b.rawerr = syscall.Read(int(fd), into)
+		if b.rawerr != syscall.EINTR {
+			break
+		}
+	}
+	if b.rawerr == syscall.EAGAIN {
+		if b.rawTaken != nil {
+			readBufs.Put(b.rawTaken)
+			b.rawTaken = nil
+		}
+		return false
+	}
+	return true
 }

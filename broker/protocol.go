@@ -98,10 +98,27 @@ func (h *protocolHook) encode(cl *mqtt.Client, pk *packets.Packet) {
 // cannot decode (0x81 malformed, 0x82 protocol error) without telling an
 // MQTT 5 client why [MQTT-4.13.2-1]. closeServed sends it.
 func (h *protocolHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
-	var code packets.Code
-	if dc, ok := cl.Net.Conn.(*deviceConn); ok && errors.As(err, &code) && code.Code >= packets.ErrUnspecifiedError.Code {
-		dc.endedFor(code.Code)
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		if code, ok := codeOf(err); ok && code.Code >= packets.ErrUnspecifiedError.Code {
+			dc.endedFor(code.Code)
+		}
 	}
+}
+
+// codeOf is errors.As(err, &code) for a packets.Code, without allocating
+// the code when err is nil or a packets.Code itself (a connection's end,
+// every connection): errors.As takes its target's address, which moves
+// it to the heap.
+func codeOf(err error) (packets.Code, bool) {
+	switch c := err.(type) {
+	case nil:
+		return packets.Code{}, false
+	case packets.Code:
+		return c, true
+	}
+	var code packets.Code
+	ok := errors.As(err, &code)
+	return code, ok
 }
 
 // OnClientExpired unsubscribes an expired session: mochi v2.7.9 leaves its
