@@ -325,6 +325,8 @@ func New(cfg Config) (*Hub, error) {
 func (h *Hub) Close() error {
 	h.closeOnce.Do(func() {
 		close(h.done)
+		now := h.now()
+		h.meters.Range(func(_, v any) bool { v.(*meter).accrue(now); return true })
 		h.reg.refuse()
 		h.in.close()
 		if h.fwd != nil {

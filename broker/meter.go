@@ -39,12 +39,12 @@ type meter struct {
 	retry   []tenants.UsageDelta // what the store did not take last time
 	last    time.Time            // the last flush, for connection-seconds
 	// connFrac carries connection-seconds from flush to flush until a
-	// whole one is due, every connEvery, in a phase of the tenant's own
-	// (see meterOf), so that the tenants' connection time does not reach
-	// the store in one burst.
-	connFrac    float64
-	connEvery   time.Duration
-	connFlushed time.Time
+	// whole one is due: at the tenant's turn, connPhase into each period
+	// of connEvery (see connPhase), so that the tenants' connection time
+	// does not reach the store in one burst.
+	connFrac  float64
+	connEvery time.Duration
+	connPhase time.Duration
 
 	// Totals since the hub started, for metrics.
 	totalIn, totalOut           atomic.Int64
@@ -157,13 +157,14 @@ func (m *meter) take(now time.Time, final bool) []tenants.UsageDelta {
 	if peak > cur.peakRecorded {
 		u.PeakConnections, cur.peakRecorded = peak, peak
 	}
-	if !m.last.IsZero() && now.After(m.last) {
-		m.connFrac += now.Sub(m.last).Seconds() * float64(m.live.Load())
-	}
-	m.last = now
-	if m.connFrac >= 1 && (final || now.Sub(m.connFlushed) >= m.connEvery) {
+	prev := m.last
+	m.accrueLocked(now)
+	// The turn is a period's start passed since the last flush, not a
+	// period since the last write: a tenant whose devices come back after
+	// an outage waits for its turn like the others.
+	if turn := m.slotOf(now).After(m.slotOf(prev)); m.connFrac >= 1 && (final || turn) {
 		whole := math.Floor(m.connFrac)
-		u.ConnectionSeconds, m.connFrac, m.connFlushed = int64(whole), m.connFrac-whole, now
+		u.ConnectionSeconds, m.connFrac = int64(whole), m.connFrac-whole
 	}
 	if m.monthStart != monthOf(now) {
 		m.monthStart = monthOf(now)
@@ -173,6 +174,23 @@ func (m *meter) take(now time.Time, final bool) []tenants.UsageDelta {
 		out = append(out, tenants.UsageDelta{Tenant: m.tenant, Hour: cur.hour, Usage: u})
 	}
 	return out
+}
+
+// accrue adds the connection time since the last flush, at the current
+// number of connections, without flushing: the hub's Close takes it before
+// it ends the connections, which would leave its final flush counting
+// none since the last.
+func (m *meter) accrue(now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.accrueLocked(now)
+}
+
+func (m *meter) accrueLocked(now time.Time) {
+	if !m.last.IsZero() && now.After(m.last) {
+		m.connFrac += now.Sub(m.last).Seconds() * float64(m.live.Load())
+	}
+	m.last = now
 }
 
 // giveBack keeps a delta the store did not take, to be tried again.
@@ -191,7 +209,7 @@ func (h *Hub) meterOf(tenant string) *meter {
 	now := h.now()
 	every := connFlushEvery * h.cfg.UsageInterval
 	m := &meter{tenant: tenant, monthStart: monthOf(now), hits: map[string]int64{}, lastHit: map[string]time.Time{},
-		connEvery: every, connFlushed: now.Add(-connPhase(tenant, every))}
+		last: now, connEvery: every, connPhase: connPhase(tenant, every)}
 	m.cur.Store(newBucket(now.UTC().Truncate(time.Hour), 0))
 	if h.cfg.Usage != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -222,6 +240,15 @@ func connPhase(tenant string, every time.Duration) time.Duration {
 	h := fnv.New64a()
 	h.Write([]byte(tenant))
 	return time.Duration(h.Sum64() % uint64(every))
+}
+
+// slotOf is the start of the tenant's flush period holding t: its periods
+// start connPhase after a multiple of connEvery, the same on every hub.
+func (m *meter) slotOf(t time.Time) time.Time {
+	if m.connEvery <= 0 {
+		return t
+	}
+	return t.Add(-m.connPhase).Truncate(m.connEvery).Add(m.connPhase)
 }
 
 // recordUsage records every meter's counts; the hub runs it every

@@ -86,3 +86,26 @@ func TestMeteringExact(t *testing.T) {
 		t.Errorf("other's usage %+v, want its one message", u)
 	}
 }
+
+// TestConnectionTimeAtClose: the connection time not yet due when the hub
+// stops is recorded by its Close, whatever the tenant's turn.
+func TestConnectionTimeAtClose(t *testing.T) {
+	s := newStack(t, func(c *broker.Config) { c.UsageInterval = time.Hour }) // no flush but Close's
+	s.tenant("acme")
+	c := mustV5(t, s.addr, "acme/dev", s.device("acme", "dev"), "dev")
+	time.Sleep(1200 * time.Millisecond) // connection time of a second at least
+	s.hub.Close()                       // with c still connected: time is sampled at each flush
+	_ = c
+	hour := time.Now().UTC().Truncate(time.Hour)
+	got, err := s.store.Usage(ctx, "acme", hour.Add(-time.Hour), time.Now().Add(time.Hour), tenants.Daily)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var u tenants.Usage
+	for _, b := range got {
+		u.Add(b.Usage)
+	}
+	if u.ConnectionSeconds < 1 || u.ConnectionSeconds > 3 {
+		t.Errorf("connection-seconds recorded at Close %d, want 1 to 3", u.ConnectionSeconds)
+	}
+}
