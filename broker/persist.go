@@ -1614,13 +1614,18 @@ func internalProperty(key string) bool { return strings.HasPrefix(key, "\x00roos
 // kept (see handedOver): mapped to a stored copy, withheld or skipped.
 // It strips what the retained messages hold for the topic, not pk: a
 // publish retained since pk stays, whether its own strip came before or
-// comes after. A publish mochi retains between the read here and the
-// write is lost to the one read (it was as concurrent with it as with
-// the store's SetRetained, which orders the two its own way). The
-// caller runs one at a time, in mochi's OnRetainMessage: a subscriber
-// may still get the tagged copy in the moment between mochi's retaining
-// and the hook. Restored retained messages carry no tag: the store's
-// encoding leaves them out (see encodeProps).
+// comes after. A change to the topic's retained message between the read
+// here and the write (another publish's, or a delete: an empty retained
+// publish, the API's, the expiry sweep's) is undone by the write; pk's
+// publish, not yet acknowledged, then counts as the later of the two,
+// which it may, being concurrent with the other. The store, which
+// ordered the two in its own SetRetained, may then hold the other until
+// a restart reads it back: a divergence open before this function too,
+// as mochi retains after the store writes. The caller runs one at a
+// time, in mochi's OnRetainMessage: a subscriber may still get the tagged
+// copy in the moment between mochi's retaining and the hook. Restored
+// retained messages carry no tag: the store's encoding leaves them out
+// (see encodeProps).
 func untagRetained(topics *mqtt.TopicsIndex, pk packets.Packet) {
 	if len(pk.Payload) == 0 || !tagged(pk.Properties.User) {
 		return
