@@ -94,6 +94,10 @@ type Store struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	// viewTaken, if set (by tests), is called once QueueInfo has taken
+	// its view of the database.
+	viewTaken func()
 }
 
 // Config says where the database lives and where it logs.
@@ -853,6 +857,9 @@ func (s *Store) queueInfo(tenant, clientID string, low uint64) (info store.Queue
 		return info, false, err
 	}
 	defer it.Close()
+	if s.viewTaken != nil {
+		s.viewTaken()
+	}
 	read := func(k []byte) (uint64, error) {
 		if !it.SeekGE(k) || !bytes.Equal(it.Key(), k) {
 			return 0, it.Error()

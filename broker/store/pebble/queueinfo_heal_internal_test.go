@@ -180,3 +180,34 @@ func TestDeleteSessionForgetsQueue(t *testing.T) {
 		t.Errorf("appended %v after DeleteSession: QueueInfo %+v, %v; want 1 queued from 4", seqs, info, err)
 	}
 }
+
+// TestQueueInfoLowNewerThanView: a QueueInfo whose view is older than
+// the low another QueueInfo raised meanwhile returns its view's first
+// message, not the low's. The view holds 1, 3 and 5 (2 and 4
+// acknowledged); before the first QueueInfo reads on, 1 is acknowledged
+// and a second QueueInfo finds 3.
+func TestQueueInfoLowNewerThanView(t *testing.T) {
+	ctx := context.Background()
+	s, err := New(Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	seqs := appendN(t, s, "c", 5)
+	if err := s.Ack(ctx, "acme", "c", 0, []uint64{seqs[1], seqs[3]}); err != nil {
+		t.Fatal(err)
+	}
+	s.viewTaken = func() {
+		s.viewTaken = nil
+		if err := s.Ack(ctx, "acme", "c", 0, seqs[:1]); err != nil {
+			t.Fatal(err)
+		}
+		if info, err := s.QueueInfo(ctx, "acme", "c"); err != nil || info.MinSeq != seqs[2] {
+			t.Fatalf("the second QueueInfo: %+v, %v; want queued from %d", info, err, seqs[2])
+		}
+	}
+	info, err := s.QueueInfo(ctx, "acme", "c")
+	if err != nil || info.Len != 3 || info.MinSeq != seqs[0] {
+		t.Errorf("QueueInfo of the older view: %+v, %v; want 3 queued from %d", info, err, seqs[0])
+	}
+}
