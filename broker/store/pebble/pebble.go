@@ -50,6 +50,8 @@ import (
 // exact after a crash too, and QueueInfo reads it without counting the
 // queue. Only the writes that hold the session's stripe (Ack and
 // DeleteSession) remove messages, so they read and write 'k' in turn.
+// An older version, which ignores 'k', can leave it short after a
+// rollback; QueueInfo recounts a queue whose figures contradict its keys.
 type Store struct {
 	db *pebble.DB
 
@@ -58,7 +60,9 @@ type Store struct {
 	// never again, so none below the first a read found comes back;
 	// QueueInfo seeks from there rather than over the deletions of the
 	// messages acknowledged before, which stay in the database until a
-	// compaction.
+	// compaction. It reads the low before it takes its view, so the view
+	// is newer than the one that found it; still, the low is only a hint
+	// (see QueueInfo). DeleteSession drops the queue's low.
 	lowMu sync.Mutex
 	lows  map[string]uint64
 
@@ -90,6 +94,10 @@ type Store struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	// viewTaken, if set (by tests), is called once QueueInfo has taken
+	// its view of the database.
+	viewTaken func()
 }
 
 // Config says where the database lives and where it logs.
@@ -497,10 +505,19 @@ func (s *Store) DeleteSession(_ context.Context, tenant, clientID string, epoch 
 		return err
 	}
 	// The epoch stays on disk; the cache keeps only sessions that live, so
-	// that client ids come and gone do not grow it.
+	// that client ids come and gone do not grow it. Nor do the queue's low
+	// (a QueueInfo of a view before the deletion may set it again, to a
+	// number still below every message) and its last number (the next
+	// commit reads it from the 'm' key; one in progress sets it after).
 	s.epochMu.Lock()
 	delete(s.epochs, string(clientKey('e', tenant, clientID)))
 	s.epochMu.Unlock()
+	s.lowMu.Lock()
+	delete(s.lows, string(clientKey('q', tenant, clientID)))
+	s.lowMu.Unlock()
+	s.seqMu.Lock()
+	delete(s.seqs, string(clientKey('m', tenant, clientID)))
+	s.seqMu.Unlock()
 	return nil
 }
 
@@ -739,6 +756,10 @@ func (s *Store) applyMarks(tenant, clientID string, qs []store.Queued) error {
 // were queued (not one named twice, nor one acknowledged before) removed,
 // in the same batch. Acks are not synced: one lost in a crash only means
 // those messages are delivered again, which at least once allows.
+//
+// Which are queued is a point read per message, not an iterator: a seek
+// from one acknowledged message to the next would step over the
+// deletions of those acknowledged before it, not yet compacted.
 func (s *Store) Ack(_ context.Context, tenant, clientID string, epoch uint64, seqs []uint64) error {
 	if len(seqs) == 0 {
 		return nil
@@ -754,30 +775,22 @@ func (s *Store) Ack(_ context.Context, tenant, clientID string, epoch uint64, se
 	if err != nil {
 		return err
 	}
-	// Which are queued: none can leave meanwhile (every removal holds
-	// the stripe), and one not yet committed is not deleted, so it stays
-	// queued and uncounted.
-	qp := clientKey('q', tenant, clientID)
-	it, err := s.db.NewIter(&pebble.IterOptions{
-		LowerBound: queueKey(tenant, clientID, seqs[0]), UpperBound: upperBound(qp),
-	})
-	if err != nil {
-		return err
-	}
-	defer it.Close()
+	// None can leave meanwhile (every removal holds the stripe), and one
+	// not yet committed is not deleted, so it stays queued and uncounted.
 	b := s.db.NewBatch()
 	defer b.Close()
 	n := uint64(0)
 	for _, seq := range seqs {
 		k := queueKey(tenant, clientID, seq)
-		if it.SeekGE(k) && bytes.Equal(it.Key(), k) {
+		ok, err := exists(s.db, k)
+		if err != nil {
+			return err
+		}
+		if ok {
 			b.Delete(k, nil)
 			n++
 		}
 		b.Delete(markKey(tenant, clientID, seq), nil)
-	}
-	if err := it.Error(); err != nil {
-		return err
 	}
 	if n > 0 {
 		b.Set(kk, binary.BigEndian.AppendUint64(nil, removed+n), nil)
@@ -785,16 +798,68 @@ func (s *Store) Ack(_ context.Context, tenant, clientID string, epoch uint64, se
 	return b.Commit(pebble.NoSync)
 }
 
+// exists says whether r holds key k.
+func exists(r pebble.Reader, k []byte) (bool, error) {
+	_, closer, err := r.Get(k)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return true, closer.Close()
+}
+
 // QueueInfo reads the queue's length from its last number and its count
 // of removed messages, and its first message, in one view of the
-// database: no more than three seeks, however long the queue.
+// database: a few seeks, however long the queue.
+//
+// The first message is sought from the queue's low (see Store.lows), read
+// before the view is taken, so that no message below it is in the view;
+// it is a hint all the same: if the seek from there finds nothing, or a
+// first message that leaves too few numbers up to the last for the
+// length, the queue is sought again from its start.
+//
+// If the view still contradicts itself (more removed than numbered, a
+// length but no message, too few numbers from the first message to the
+// last), the count of removed messages is wrong: an older version, which
+// does not keep it, removed messages after this one had counted them.
+// QueueInfo then counts the queue (see recount) and returns what it holds.
 func (s *Store) QueueInfo(_ context.Context, tenant, clientID string) (store.QueueInfo, error) {
-	var info store.QueueInfo
-	it, err := s.db.NewIter(nil)
+	qp := clientKey('q', tenant, clientID)
+	s.lowMu.Lock()
+	low := s.lows[string(qp)]
+	s.lowMu.Unlock()
+	info, ok, err := s.queueInfo(tenant, clientID, low)
 	if err != nil {
 		return info, err
 	}
+	if !ok {
+		if info, err = s.recount(tenant, clientID); err != nil {
+			return info, err
+		}
+	}
+	if info.Len > 0 {
+		s.lowMu.Lock()
+		if info.MinSeq > s.lows[string(qp)] {
+			s.lows[string(qp)] = info.MinSeq
+		}
+		s.lowMu.Unlock()
+	}
+	return info, nil
+}
+
+// queueInfo is QueueInfo in one view, seeking the first message from low
+// first; ok is false if the view contradicts itself.
+func (s *Store) queueInfo(tenant, clientID string, low uint64) (info store.QueueInfo, ok bool, err error) {
+	it, err := s.db.NewIter(nil)
+	if err != nil {
+		return info, false, err
+	}
 	defer it.Close()
+	if s.viewTaken != nil {
+		s.viewTaken()
+	}
 	read := func(k []byte) (uint64, error) {
 		if !it.SeekGE(k) || !bytes.Equal(it.Key(), k) {
 			return 0, it.Error()
@@ -806,41 +871,99 @@ func (s *Store) QueueInfo(_ context.Context, tenant, clientID string) (store.Que
 	}
 	last, err := read(clientKey('m', tenant, clientID))
 	if err != nil {
-		return info, err
+		return info, false, err
 	}
 	removed, err := read(clientKey('k', tenant, clientID))
 	if err != nil {
-		return info, err
+		return info, false, err
 	}
 	if removed > last {
-		return info, fmt.Errorf("queue of %s: %d messages removed of %d", clientID, removed, last)
+		return info, false, nil
 	}
 	info.MaxSeq, info.Len = last, int(last-removed)
 	if info.Len == 0 {
-		return info, nil
+		return info, true, nil
 	}
 	qp := clientKey('q', tenant, clientID)
-	s.lowMu.Lock()
-	low := s.lows[string(qp)]
-	s.lowMu.Unlock()
-	if !it.SeekGE(queueKey(tenant, clientID, low)) || !bytes.HasPrefix(it.Key(), qp) {
-		if err := it.Error(); err != nil {
-			return info, err
+	// fits says whether the iterator is at a message with room for the
+	// length from its number to the last.
+	fits := func() bool {
+		if !it.Valid() || !bytes.HasPrefix(it.Key(), qp) {
+			return false
 		}
-		return info, fmt.Errorf("queue of %s: %d messages counted, none found", clientID, info.Len)
+		k := it.Key()
+		first := binary.BigEndian.Uint64(k[len(k)-8:])
+		return first <= last && last-first >= uint64(info.Len-1)
+	}
+	it.SeekGE(queueKey(tenant, clientID, low))
+	if !fits() && low > 0 {
+		it.SeekGE(queueKey(tenant, clientID, 0))
+	}
+	if err := it.Error(); err != nil {
+		return info, false, err
+	}
+	if !fits() {
+		return info, false, nil
 	}
 	k := it.Key()
 	info.MinSeq = binary.BigEndian.Uint64(k[len(k)-8:])
 	var m store.Message
 	if err := m.UnmarshalBinary(it.Value()); err != nil {
-		return info, err
+		return info, false, err
 	}
 	info.Oldest = m.Created
-	s.lowMu.Lock()
-	if info.MinSeq > s.lows[string(qp)] {
-		s.lows[string(qp)] = info.MinSeq
+	return info, true, nil
+}
+
+// recount counts the queue's messages and rewrites its count of removed
+// messages to match, under the session's stripe so that no Ack or
+// DeleteSession removes any meanwhile; an append adds its message and
+// raises the last number in one batch, which leaves the count of removed
+// messages as it was. It returns the queue's info as counted.
+func (s *Store) recount(tenant, clientID string) (store.QueueInfo, error) {
+	var info store.QueueInfo
+	mu := s.stripe(clientKey('e', tenant, clientID))
+	mu.Lock()
+	defer mu.Unlock()
+	snap := s.db.NewSnapshot()
+	defer snap.Close()
+	last, err := readUint64(snap, clientKey('m', tenant, clientID))
+	if err != nil {
+		return info, err
 	}
-	s.lowMu.Unlock()
+	qp := clientKey('q', tenant, clientID)
+	it, err := snap.NewIter(&pebble.IterOptions{LowerBound: qp, UpperBound: upperBound(qp)})
+	if err != nil {
+		return info, err
+	}
+	defer it.Close()
+	n := uint64(0)
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()
+		seq := binary.BigEndian.Uint64(k[len(k)-8:])
+		if n == 0 {
+			info.MinSeq = seq
+			var m store.Message
+			if err := m.UnmarshalBinary(it.Value()); err != nil {
+				return info, err
+			}
+			info.Oldest = m.Created
+		}
+		if seq > last {
+			return info, fmt.Errorf("queue of %s holds message %d, above its last number %d", clientID, seq, last)
+		}
+		n++
+	}
+	if err := it.Error(); err != nil {
+		return info, err
+	}
+	b := s.db.NewBatch()
+	defer b.Close()
+	b.Set(clientKey('k', tenant, clientID), binary.BigEndian.AppendUint64(nil, last-n), nil)
+	if err := b.Commit(pebble.NoSync); err != nil {
+		return info, err
+	}
+	info.MaxSeq, info.Len = last, int(n)
 	return info, nil
 }
 
