@@ -37,7 +37,7 @@ type meter struct {
 	mu      sync.Mutex
 	retired []*usageBucket       // earlier hours' buckets, drained once more
 	retry   []tenants.UsageDelta // what the store did not take last time
-	last    time.Time            // the last flush, for connection-seconds
+	last    time.Time            // when connection time was last added up (see accrue)
 	// connFrac carries connection-seconds from flush to flush until a
 	// whole one is due: at the tenant's turn, connPhase into each period
 	// of connEvery (see connPhase), so that the tenants' connection time

@@ -330,7 +330,7 @@ func (s *Store) epoch(ek []byte) (uint64, error) {
 	if ok {
 		return e, nil
 	}
-	e, err := s.lastSeq(ek)
+	e, err := readUint64(s.db, ek)
 	if err != nil {
 		return 0, err
 	}
@@ -671,7 +671,7 @@ func (s *Store) commit(reqs []*appendReq) error {
 			if !ok {
 				if last, ok = s.seqs[mk]; !ok {
 					var err error
-					if last, err = s.lastSeq([]byte(mk)); err != nil {
+					if last, err = readUint64(s.db, []byte(mk)); err != nil {
 						s.seqMu.Unlock()
 						return err
 					}
@@ -701,10 +701,6 @@ func (s *Store) commit(reqs []*appendReq) error {
 	}
 	s.seqMu.Unlock()
 	return nil
-}
-
-func (s *Store) lastSeq(metaKey []byte) (uint64, error) {
-	return readUint64(s.db, metaKey)
 }
 
 func (s *Store) Read(_ context.Context, tenant, clientID string, after uint64, limit int) ([]store.Queued, error) {
