@@ -46,13 +46,17 @@ func TestStaleRoutesRefused(t *testing.T) {
 	if _, _, err := ta.current(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := tb.Add(ctx, "t/#"); err != nil {
-		t.Fatal(err)
-	}
-	// As if the change's notification never reached a.
+	// As if the change's notification never reached a: a stops reading
+	// the channel (and its renewals, which read the routes again now and
+	// then) before b writes the route.
+	fa.stop()
+	<-fa.stopped
 	ta.mu.Lock()
 	ta.stale = false
 	ta.mu.Unlock()
+	if err := tb.Add(ctx, "t/#"); err != nil {
+		t.Fatal(err)
+	}
 	n, err := ta.Send(ctx, Message{Topic: "t/1", Payload: []byte("x"), QoS: 1}, nil)
 	if err != nil || n != 1 {
 		t.Fatalf("send: %d inboxes, %v; want 1", n, err)
