@@ -54,5 +54,15 @@ func Routing(h *Hub, tenant string) int {
 	return len(p.pubs)
 }
 
+// RemoteRouted waits until a message from another node being handed to
+// the tenant's broker, if one is, has been routed (mochi retains a
+// message, then picks its subscribers: a subscriber arriving in between
+// gets it twice, retained and live, as MQTT allows).
+func RemoteRouted(h *Hub, tenant string) {
+	inst := h.reg.running(tenant)
+	inst.inlineMu.Lock()
+	inst.inlineMu.Unlock()
+}
+
 // DefaultNodeConnections is defaultNodeConnections, for its test.
 func DefaultNodeConnections(openFiles uint64) int { return defaultNodeConnections(openFiles) }

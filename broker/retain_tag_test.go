@@ -188,6 +188,9 @@ func TestSpreadRetainedWithoutTag(t *testing.T) {
 		return ok
 	})
 	untaggedRetained(t, s.b.hub, "acme", "cfg/led")
+	// Retained on the other node, and then routed there: late's new
+	// subscription must come after, or it gets a live copy too.
+	broker.RemoteRouted(s.b.hub, "acme")
 	late.sub(t, "cfg/#", 1)
 	expectOnce(t, late, "cfg/led", "on")
 	keeper.quiet(t, 300*time.Millisecond, "a second copy for the keeper")
