@@ -187,10 +187,13 @@ func TestSpreadRetainedWithoutTag(t *testing.T) {
 		_, ok := broker.RetainedUserKeys(s.b.hub, "acme", "cfg/led")
 		return ok
 	})
-	untaggedRetained(t, s.b.hub, "acme", "cfg/led")
-	// Retained on the other node, and then routed there: late's new
-	// subscription must come after, or it gets a live copy too.
+	// Retained on the other node, untagged (mochi keeps it as it came,
+	// then runs the hook that untags it), and routed there: both are
+	// done under the injection, which this waits for; and late's new
+	// subscription must come after the routing, or it gets a live copy
+	// too.
 	broker.RemoteRouted(s.b.hub, "acme")
+	untaggedRetained(t, s.b.hub, "acme", "cfg/led")
 	late.sub(t, "cfg/#", 1)
 	expectOnce(t, late, "cfg/led", "on")
 	keeper.quiet(t, 300*time.Millisecond, "a second copy for the keeper")

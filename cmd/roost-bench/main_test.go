@@ -414,6 +414,38 @@ func TestSuiteSmoke(t *testing.T) {
 	if why := res.Unsupported["nats"]["fanin_shared_qos1_throughput"]; why == "" {
 		t.Errorf("unsupported %v, want nats' fanin_shared_qos1_throughput with a reason", res.Unsupported)
 	}
+	// The webhook figure: Roost's, in both runs, with every message the
+	// subscribers got at the receiver; the peers have none, and why.
+	for _, run := range []string{"", "_whole"} {
+		if v := res.Ratios["p2p_qos1_throughput_webhook_vs_none"+run]; v == nil || *v <= 0 {
+			t.Errorf("ratio p2p_qos1_throughput_webhook_vs_none%s: %v, want a positive number", run, v)
+		}
+		var runs struct {
+			Runs map[string]map[string][]webhookRun
+		}
+		if err := json.Unmarshal(b, &runs); err != nil {
+			t.Fatal(err)
+		}
+		rs := runs.Runs[webhookFigure+run]["roost"]
+		if len(rs) != suites["smoke"].runs {
+			t.Errorf("%s%s: %d runs, want %d", webhookFigure, run, len(rs), suites["smoke"].runs)
+		}
+		for _, r := range rs {
+			if r.Tally.Received == 0 || r.Webhook < int64(r.Tally.Received) {
+				t.Errorf("%s%s: the webhook had %d messages, the subscribers %d: want some, and at least as many", webhookFigure, run, r.Webhook, r.Tally.Received)
+			}
+		}
+		for _, target := range []string{"mochi", "mosquitto", "nats"} {
+			if _, ok := res.Figures[webhookFigure+run][target]; ok {
+				t.Errorf("figure %s%s of %s: it has no webhooks", webhookFigure, run, target)
+			}
+		}
+	}
+	for _, target := range []string{"mochi", "mosquitto", "nats"} {
+		if why := res.Unsupported[target][webhookFigure]; why == "" {
+			t.Errorf("unsupported %v, want %s of %s with a reason", res.Unsupported, webhookFigure, target)
+		}
+	}
 	if s := res.Spread["p2p_qos1_throughput"]["roost"]; s.Min <= 0 || s.Min > s.Median || s.Median > s.Max {
 		t.Errorf("spread of p2p_qos1_throughput for roost: %+v", s)
 	}

@@ -316,7 +316,9 @@ func startRoost(ctx context.Context, bin, dir string, pin bool, logs io.Writer) 
 	cmd.Env = append(os.Environ(), "ROOST_DATA_DIR="+filepath.Join(dir, "roost"), "ROOST_MQTT_ADDR="+mqttAddr,
 		"ROOST_HTTP_ADDR="+httpAddr, "ROOST_ADMIN_TOKEN="+admin, "ROOST_DEBUG_ADDR="+debugAddr,
 		// The idle-tenant scenario makes hundreds of tenants from one account.
-		"ROOST_MAX_FREE_TENANTS=0", "ROOST_TENANTS_PER_DAY=0")
+		"ROOST_MAX_FREE_TENANTS=0", "ROOST_TENANTS_PER_DAY=0",
+		// The webhook figure's receiver is on this machine's loopback.
+		"ROOST_WEBHOOK_ALLOW_HOSTS=127.0.0.1")
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -374,7 +376,8 @@ func startRoost(ctx context.Context, bin, dir string, pin bool, logs io.Writer) 
 			call("POST", "/v1/tenants/bench/devices", session.Token, map[string]string{"name": "bench", "client_ids": "any"}, &device),
 			call("PATCH", "/v1/admin/tenants/bench", admin, map[string]any{"plan": "enterprise", "quotas": map[string]int64{
 				"publish_rate": unlimited, "tenant_publish_rate": unlimited, "connect_rate": unlimited, "max_connections": unlimited,
-				"bandwidth_in": unlimited, "bandwidth_out": unlimited, "messages_per_month": unlimited, "max_subscriptions": unlimited}}, nil))
+				"bandwidth_in": unlimited, "bandwidth_out": unlimited, "messages_per_month": unlimited, "max_subscriptions": unlimited,
+				"max_outbox": unlimited}}, nil))
 	}
 	if err := errors.Join(steps...); err != nil {
 		return fail(err)
@@ -478,6 +481,13 @@ func ratios(figures map[string]map[string]float64) map[string]*float64 {
 			}
 		}
 	}
+	for _, run := range []string{"", wholeSuffix} {
+		if with, ok := figures[webhookFigure+run]["roost"]; ok {
+			if none, ok := figures["p2p_qos1_throughput"+run]["roost"]; ok && none > 0 {
+				out["p2p_qos1_throughput_webhook_vs_none"+run] = new(with / none)
+			}
+		}
+	}
 	if among, ok := figures["p2p_qos1_p99_us_among_idle_tenants"]["roost"]; ok {
 		if alone, ok := figures["p2p_qos1_16b_p99_us"]["roost"]; ok && alone > 0 {
 			out["p2p_qos1_p99_latency_among_idle_tenants_vs_alone"] = new(among / alone)
@@ -558,6 +568,9 @@ func figureNames(sz sizes) []string {
 	names := []string{"idle_conn_memory", "p2p_qos1_p99_us_among_idle_tenants"}
 	for _, qos := range []byte{0, 1} {
 		names = append(names, fmt.Sprintf("p2p_qos%d_throughput", qos))
+		if qos == 1 {
+			names = append(names, webhookFigure)
+		}
 		for _, size := range sz.latencySizes {
 			names = append(names, fmt.Sprintf("p2p_qos%d_%db_p99_us", qos, size))
 		}
@@ -619,6 +632,11 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, x suiteE
 	if err != nil {
 		return err
 	}
+	hook, err := startReceiver()
+	if err != nil {
+		return err
+	}
+	defer hook.close()
 	res := suiteResult{Suite: name, Time: time.Now().UTC(), CPUs: runtime.NumCPU(), Calibration: cal, Pinned: canPin(),
 		Missing: map[string]string{}, Unsupported: map[string]map[string]string{},
 		Figures: map[string]map[string]float64{}, Spread: map[string]map[string]bench.Summary{}, Runs: map[string]map[string][]any{},
@@ -809,6 +827,16 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, x suiteE
 				r, err := bench.P2P(ctx, t, sz.p2pPairs, qos, 16, 0, sz.p2pDuration)
 				return r, r.PerSecond, err
 			}})
+			if qos == 1 {
+				// The same run with one rule sending every message to a
+				// webhook (webhook.go): Roost alone has rules.
+				steps = append(steps, step{webhookFigure, func() (any, float64, error) {
+					r, err := webhookP2P(ctx, p, hook, func() (bench.P2PResult, error) {
+						return bench.P2P(ctx, t, sz.p2pPairs, 1, 16, 0, sz.p2pDuration)
+					})
+					return r, r.PerSecond, err
+				}})
+			}
 			if whole {
 				continue
 			}
@@ -876,7 +904,11 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, x suiteE
 			if !want(s.figure) {
 				continue
 			}
-			if why, ok := p.unsupported[s.figure]; ok {
+			why, ok := p.unsupported[s.figure]
+			if !ok && s.figure == webhookFigure && p.call == nil {
+				why, ok = webhookUnsupported, true
+			}
+			if ok {
 				if res.Unsupported[t.Name] == nil {
 					res.Unsupported[t.Name] = map[string]string{}
 				}
