@@ -298,7 +298,7 @@ func startMosquitto(dir string, pin bool, logs io.Writer) (*process, error) {
 // the enterprise plan with its rates lifted and a device any client id may
 // use, and returns it as a target: auth, ACL, quota and metering hooks all
 // run, through the ingress.
-func startRoost(ctx context.Context, bin, dir string, pin bool, logs io.Writer) (*process, error) {
+func startRoost(ctx context.Context, bin, dir string, pin bool, logs io.Writer, env ...string) (*process, error) {
 	mqttAddr, err := freePort()
 	if err != nil {
 		return nil, err
@@ -319,6 +319,7 @@ func startRoost(ctx context.Context, bin, dir string, pin bool, logs io.Writer) 
 		"ROOST_MAX_FREE_TENANTS=0", "ROOST_TENANTS_PER_DAY=0",
 		// The webhook figure's receiver is on this machine's loopback.
 		"ROOST_WEBHOOK_ALLOW_HOSTS=127.0.0.1")
+	cmd.Env = append(cmd.Env, env...)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		return nil, err
@@ -481,10 +482,13 @@ func ratios(figures map[string]map[string]float64) map[string]*float64 {
 			}
 		}
 	}
-	for _, run := range []string{"", wholeSuffix} {
-		if with, ok := figures[webhookFigure+run]["roost"]; ok {
-			if none, ok := figures["p2p_qos1_throughput"+run]["roost"]; ok && none > 0 {
-				out["p2p_qos1_throughput_webhook_vs_none"+run] = new(with / none)
+	// The webhook figures against the same run without a rule (the sync
+	// policy changes nothing there: a clean subscriber's publish is not
+	// stored).
+	for _, w := range []struct{ figure, run string }{{webhookFigure, ""}, {webhookFigure, wholeSuffix}, {webhookIntervalFigure, ""}} {
+		if with, ok := figures[w.figure+w.run]["roost"]; ok {
+			if none, ok := figures["p2p_qos1_throughput"+w.run]["roost"]; ok && none > 0 {
+				out[w.figure+"_vs_none"+w.run] = new(with / none)
 			}
 		}
 	}
@@ -569,7 +573,7 @@ func figureNames(sz sizes) []string {
 	for _, qos := range []byte{0, 1} {
 		names = append(names, fmt.Sprintf("p2p_qos%d_throughput", qos))
 		if qos == 1 {
-			names = append(names, webhookFigure)
+			names = append(names, webhookFigure, webhookIntervalFigure)
 		}
 		for _, size := range sz.latencySizes {
 			names = append(names, fmt.Sprintf("p2p_qos%d_%db_p99_us", qos, size))
@@ -949,6 +953,27 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, x suiteE
 			continue
 		}
 		if err := measure(p, false); err != nil {
+			return err
+		}
+	}
+
+	// The webhook figure again, on a Roost whose embedded store syncs on
+	// an interval (webhook.go), started for it and stopped after.
+	if !memoryOnly && want(webhookIntervalFigure) {
+		if err := func() error {
+			p, err := startRoost(ctx, roostBin, filepath.Join(dir, "interval"), true, logs, "ROOST_STORE_SYNC=interval")
+			if err != nil {
+				return fmt.Errorf("start roost with ROOST_STORE_SYNC=interval: %w", err)
+			}
+			defer p.stop()
+			fmt.Fprintf(out, "roost, ROOST_STORE_SYNC=interval ...\n")
+			return repeat(webhookIntervalFigure, p, func() (any, float64, error) {
+				r, err := webhookP2P(ctx, p, hook, func() (bench.P2PResult, error) {
+					return bench.P2P(ctx, p.target, sz.p2pPairs, 1, 16, 0, sz.p2pDuration)
+				})
+				return r, r.PerSecond, err
+			})
+		}(); err != nil {
 			return err
 		}
 	}
