@@ -66,3 +66,14 @@ func RemoteRouted(h *Hub, tenant string) {
 
 // DefaultNodeConnections is defaultNodeConnections, for its test.
 func DefaultNodeConnections(openFiles uint64) int { return defaultNodeConnections(openFiles) }
+
+// HoldsSession reports whether the tenant's running broker holds a session
+// (connected or not) for clientID; false if it is not running.
+func HoldsSession(h *Hub, tenant, clientID string) bool {
+	inst := h.reg.running(tenant)
+	if inst == nil {
+		return false
+	}
+	_, ok := inst.server.Clients.Get(clientID)
+	return ok
+}

@@ -292,7 +292,9 @@ func dialV3(t testing.TB, addr, username, password, clientID string, clean bool,
 	}
 	c.Client = paho3.NewClient(o)
 	tok := c.Connect()
-	if !tok.WaitTimeout(5 * time.Second) {
+	// The wait is the client's connect timeout when an option raised it
+	// (the handshake tests wait connackWait), else 5s.
+	if !tok.WaitTimeout(max(5*time.Second, o.ConnectTimeout)) {
 		return c, 0, errors.New("connect timed out")
 	}
 	code := tok.(*paho3.ConnectToken).ReturnCode()

@@ -12,6 +12,7 @@ import (
 	paho3 "github.com/eclipse/paho.mqtt.golang"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -347,8 +348,13 @@ func TestSessionExpiryCapped(t *testing.T) {
 		t.Errorf("CONNACK session expiry: got %+v, want the quota's 1s", p)
 	}
 	c.sub(t, "x/#", 1)
+	if !broker.HoldsSession(s.hub, "acme", "d1") {
+		t.Fatal("the broker holds no session for d1 while it is connected")
+	}
 	c.Disconnect(&paho.Disconnect{})
-	time.Sleep(3 * time.Second) // mochi expires sessions on a one-second tick
+	// mochi expires sessions on a one-second tick: the session is gone
+	// some seconds after the disconnect, if it is capped.
+	eventually(t, 10*time.Second, "the session expired", func() bool { return !broker.HoldsSession(s.hub, "acme", "d1") })
 	again := mustV5(t, s.addr, "acme/d1", secret, "d1", keep)
 	if again.connack.SessionPresent {
 		t.Error("the session outlived max_session_expiry")
@@ -368,8 +374,13 @@ func TestSessionExpiryCappedAtDisconnect(t *testing.T) {
 	}
 	c := mustV5(t, s.addr, "acme/d1", secret, "d1", keep)
 	c.sub(t, "x/#", 1)
+	if !broker.HoldsSession(s.hub, "acme", "d1") {
+		t.Fatal("the broker holds no session for d1 while it is connected")
+	}
 	c.Disconnect(&paho.Disconnect{Properties: &paho.DisconnectProperties{SessionExpiryInterval: paho.Uint32(3600)}})
-	time.Sleep(3 * time.Second) // mochi expires sessions on a one-second tick
+	// mochi expires sessions on a one-second tick: the session is gone
+	// some seconds after the disconnect, if it is capped.
+	eventually(t, 10*time.Second, "the session expired", func() bool { return !broker.HoldsSession(s.hub, "acme", "d1") })
 	again := mustV5(t, s.addr, "acme/d1", secret, "d1", keep)
 	if again.connack.SessionPresent {
 		t.Error("the session outlived max_session_expiry: its DISCONNECT raised the expiry")

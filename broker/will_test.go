@@ -144,6 +144,10 @@ func TestWillPersisted(t *testing.T) {
 	dying := mustV5(t, d.addr, user("acme", "dying"), d.device("acme", "dying"), "dying", withWill("status/dying", "gone", false, 0))
 	dying.conn.Close()
 	slow := mustV5(t, d.addr, user("acme", "slow"), d.device("acme", "slow"), "slow", withWill("status/slow", "late", false, 2))
+	// The slow Will is due 2s after the broker saw its connection go,
+	// which is after left: however long the restart takes, it must not
+	// come sooner.
+	left := time.Now()
 	slow.conn.Close()
 	eventually(t, 5*time.Second, "both devices gone", func() bool {
 		return len(d.hub.Connections("acme", "dying"))+len(d.hub.Connections("acme", "slow")) == 0
@@ -154,8 +158,10 @@ func TestWillPersisted(t *testing.T) {
 	d.restart(t)
 	back := mustV5(t, d.addr, user("acme", "sub"), subSecret, "sub", keepSession)
 	back.expect(t, "status/dying", "gone")
-	back.quiet(t, 500*time.Millisecond, "a Will delayed by 2s, right after the restart")
 	back.expect(t, "status/slow", "late")
+	if waited := time.Since(left); waited < 2*time.Second-50*time.Millisecond {
+		t.Errorf("a Will delayed by 2s came %v after its device left", waited)
+	}
 	back.quiet(t, 300*time.Millisecond, "a Will sent twice")
 }
 
@@ -167,19 +173,23 @@ func TestDelayedWillCancelled(t *testing.T) {
 	watcher := mustV5(t, d.addr, user("acme", "watcher"), d.device("acme", "watcher"), "watcher", keepSession)
 	watcher.sub(t, "status/#", 1)
 	secret := d.device("acme", "d")
-	c := mustV5(t, d.addr, user("acme", "d"), secret, "d", withWill("status/d", "gone", false, 1))
+	// A delay of 3s: the device's new connection must take the session
+	// over within it, on a machine busy with other tests.
+	c := mustV5(t, d.addr, user("acme", "d"), secret, "d", withWill("status/d", "gone", false, 3))
 	c.conn.Close()
 	mustV5(t, d.addr, user("acme", "d"), secret, "d", keepSession)
-	watcher.quiet(t, 1500*time.Millisecond, "the Will of a device back within its delay")
+	watcher.quiet(t, 3500*time.Millisecond, "the Will of a device back within its delay")
 
-	c = mustV5(t, d.addr, user("acme", "d"), secret, "d", withWill("status/d", "gone", false, 2))
+	// 4s: the restart and the new connection must come within it (past
+	// it, the Will would go out before watcher2 subscribes, unseen).
+	c = mustV5(t, d.addr, user("acme", "d"), secret, "d", withWill("status/d", "gone", false, 4))
 	c.conn.Close()
 	time.Sleep(100 * time.Millisecond)
 	d.restart(t)
 	mustV5(t, d.addr, user("acme", "d"), secret, "d", keepSession)
 	watcher = mustV5(t, d.addr, user("acme", "watcher2"), d.device("acme", "watcher2"), "watcher2")
 	watcher.sub(t, "status/#", 1)
-	watcher.quiet(t, 2500*time.Millisecond, "the Will kept through a restart, of a device back within its delay")
+	watcher.quiet(t, 4500*time.Millisecond, "the Will kept through a restart, of a device back within its delay")
 }
 
 // TestHeldWillsBounded: a tenant holds at most max_connections Wills
