@@ -613,7 +613,10 @@ func (s *Store) Retained(ctx context.Context, tenant string) ([]store.Message, e
 	return out, nil
 }
 
-// Close closes the connection pool.
+// Close closes the connection pool. A send in progress fails, its
+// connection closed under it, and with it the appends it carries; the
+// appends queued behind it are then sent by the next leader, and fail as
+// any command fails after Close. No append waits for ever.
 func (s *Store) Close() error {
 	err := s.rdb.Close()
 	if errors.Is(err, goredis.ErrClosed) {
