@@ -30,6 +30,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -48,6 +49,12 @@ type Config struct {
 type Store struct {
 	rdb    *goredis.Client
 	prefix string
+
+	// wmu guards the appends waiting for a leader (queue) and whether one
+	// is sending (leading); see Append.
+	wmu     sync.Mutex
+	queue   []*appendReq
+	leading bool
 }
 
 // New connects and checks that the server answers.
@@ -245,7 +252,29 @@ return firsts`)
 // Append stores a publish for all its sessions, and the receipt, with one
 // script call. A failure returns an error, so the publisher is not
 // acknowledged.
+//
+// Appends are group-sent: one caller at a time, the leader, takes every
+// append waiting and sends their script calls in one pipeline, one write
+// and one read for all (the round trip's two system calls are most of what
+// an append costs the broker). Each append is still its own script call,
+// atomic on its own and in its own tenant's slot, and fails or succeeds on
+// its own; only a failure of the connection fails the whole pipeline, as
+// the outcome of every call in it is then unknown.
+//
+// The leader is a caller, not a goroutine of the store's: an append that
+// finds no send in progress sends at once, on its own goroutine, as a
+// single script call (EVALSHA, EVAL if Redis lost the script). Appends that
+// come during a send queue; once the leader has its reply it hands the
+// lead to the first of them, which sends all that queued, and returns.
+//
+// An append still waiting in the queue when ctx ends is taken out of it
+// and fails with ctx's error; once a leader has taken it, its outcome is
+// awaited whatever ctx says: it may be stored already. Close fails a send
+// in progress (it closes the connections), so a leader always returns.
 func (s *Store) Append(ctx context.Context, tenant string, items []store.Item, r store.Receipt) ([]uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	groups := map[string][]int{}
 	var order []string
 	for i, it := range items {
@@ -254,40 +283,188 @@ func (s *Store) Append(ctx context.Context, tenant string, items []store.Item, r
 		}
 		groups[it.ClientID] = append(groups[it.ClientID], i)
 	}
-	keys := make([]string, 0, 2*len(order)+1)
-	args := make([]any, 0, 2+len(order)+len(items))
-	args = append(args, len(order), "")
+	req := &appendReq{keys: make([]string, 0, 2*len(order)+1), args: make([]any, 0, 2+len(order)+len(items))}
+	req.args = append(req.args, len(order), "")
 	if r.ClientID != "" {
-		args[1] = strconv.Itoa(int(r.PacketID))
+		req.args[1] = strconv.Itoa(int(r.PacketID))
 	}
 	for _, cid := range order {
-		keys = append(keys, s.sessionKey(tenant, cid, "q"), s.sessionKey(tenant, cid, "seq"))
-		args = append(args, len(groups[cid]))
+		req.keys = append(req.keys, s.sessionKey(tenant, cid, "q"), s.sessionKey(tenant, cid, "seq"))
+		req.args = append(req.args, len(groups[cid]))
 	}
-	keys = append(keys, s.sessionKey(tenant, r.ClientID, "r"))
+	req.keys = append(req.keys, s.sessionKey(tenant, r.ClientID, "r"))
 	for _, cid := range order {
 		for _, i := range groups[cid] {
 			v, err := items[i].Message.MarshalBinary()
 			if err != nil {
 				return nil, err
 			}
-			args = append(args, v)
+			req.args = append(req.args, v)
 		}
 	}
-	firsts, err := appendScript.Run(ctx, s.rdb, keys, args...).Int64Slice()
-	if err != nil {
-		return nil, fmt.Errorf("append to redis: %w", err)
+
+	s.wmu.Lock()
+	s.queue = append(s.queue, req)
+	if s.leading {
+		req.turn = make(chan bool, 1)
+		s.wmu.Unlock()
+		var lead bool
+		select {
+		case lead = <-req.turn:
+		case <-ctx.Done():
+			if s.withdraw(req) {
+				return nil, ctx.Err()
+			}
+			lead = <-req.turn
+		}
+		if lead {
+			s.lead(ctx, req)
+		}
+	} else {
+		s.leading = true
+		s.wmu.Unlock()
+		s.lead(ctx, req)
 	}
-	if len(firsts) != len(order) {
-		return nil, fmt.Errorf("append to redis: %d numbers for %d queues", len(firsts), len(order))
+
+	if req.err != nil {
+		return nil, fmt.Errorf("append to redis: %w", req.err)
+	}
+	if len(req.firsts) != len(order) {
+		return nil, fmt.Errorf("append to redis: %d numbers for %d queues", len(req.firsts), len(order))
 	}
 	seqs := make([]uint64, len(items))
 	for g, cid := range order {
 		for j, i := range groups[cid] {
-			seqs[i] = uint64(firsts[g]) + uint64(j)
+			seqs[i] = uint64(req.firsts[g]) + uint64(j)
 		}
 	}
 	return seqs, nil
+}
+
+// appendReq is one Append's script call and, once sent, its reply.
+type appendReq struct {
+	keys   []string
+	args   []any
+	firsts []int64
+	err    error
+	// turn, for an append that waits for a leader, receives false once
+	// it is sent (or failed), true when it is to lead.
+	turn chan bool
+}
+
+// withdraw takes req out of the queue if no leader has taken it nor
+// handed it the lead; false if one has (its turn comes).
+func (s *Store) withdraw(req *appendReq) bool {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	i := slices.Index(s.queue, req)
+	if i < 0 || len(req.turn) > 0 {
+		return false
+	}
+	s.queue = slices.Delete(s.queue, i, i+1)
+	return true
+}
+
+// maxGroup bounds how many appends one pipeline carries: a pipeline's
+// replies are read only once all of it is written, so a long one holds
+// its first appends back, and Redis runs it without serving others.
+const maxGroup = 256
+
+// lead sends the appends queued, own among them (a leader is always the
+// first queued: it found none before it, or was handed the lead as the
+// first), then hands the lead to the first append queued meanwhile, if
+// any. s.leading is true.
+func (s *Store) lead(ctx context.Context, own *appendReq) {
+	s.wmu.Lock()
+	n := min(len(s.queue), maxGroup)
+	reqs := s.queue[:n:n]
+	s.queue = s.queue[n:]
+	if len(s.queue) == 0 {
+		s.queue = nil // the backing array is not kept growing
+	}
+	s.wmu.Unlock()
+
+	s.send(ctx, reqs)
+	for _, r := range reqs {
+		if r != own {
+			r.turn <- false
+		}
+	}
+	s.wmu.Lock()
+	if len(s.queue) > 0 {
+		s.queue[0].turn <- true
+	} else {
+		s.leading = false
+	}
+	s.wmu.Unlock()
+}
+
+// send runs the appends' script calls and sets each one's reply. One
+// alone is sent as Append always sent it. Several go in one pipeline,
+// each by EVALSHA; those Redis refused for not having the script (after a
+// SCRIPT FLUSH or a restart: it ran nothing for them, so sending them
+// again cannot store a message twice) are sent again by EVAL, which loads
+// it, in a second pipeline. A failure other than a Redis error reply (the
+// connection's, a timeout) fails every append of the pipeline: those
+// whose replies came before it are stored, but their callers are told
+// what a lone append's caller is told when its round trip fails.
+//
+// The pipeline does not end with the leader's ctx: it carries others'
+// appends too. The client's read and write timeouts bound it.
+func (s *Store) send(ctx context.Context, reqs []*appendReq) {
+	if len(reqs) == 1 {
+		r := reqs[0]
+		r.firsts, r.err = appendScript.Run(ctx, s.rdb, r.keys, r.args...).Int64Slice()
+		return
+	}
+	ctx = context.WithoutCancel(ctx)
+	cmds := make([]*goredis.Cmd, len(reqs))
+	pipe := s.rdb.Pipeline()
+	for i, r := range reqs {
+		cmds[i] = appendScript.EvalSha(ctx, pipe, r.keys, r.args...)
+	}
+	_, _ = pipe.Exec(ctx) // each command's error is read below
+	if connErr(cmds) == nil {
+		var again []int
+		for i, c := range cmds {
+			if goredis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+				again = append(again, i)
+			}
+		}
+		if len(again) > 0 {
+			pipe := s.rdb.Pipeline()
+			for _, i := range again {
+				cmds[i] = appendScript.Eval(ctx, pipe, reqs[i].keys, reqs[i].args...)
+			}
+			_, _ = pipe.Exec(ctx)
+		}
+	}
+	if err := connErr(cmds); err != nil {
+		for _, r := range reqs {
+			r.firsts, r.err = nil, err
+		}
+		return
+	}
+	for i, r := range reqs {
+		r.firsts, r.err = cmds[i].Int64Slice()
+	}
+}
+
+// connErr returns the first error of the commands that is not an error
+// reply of Redis's: the connection's failure, a timeout, a closed client.
+func connErr(cmds []*goredis.Cmd) error {
+	for _, c := range cmds {
+		if err := c.Err(); err != nil && !isRedisError(err) {
+			return err
+		}
+	}
+	return nil
+}
+
+// isRedisError reports whether err is an error reply of Redis's.
+func isRedisError(err error) bool {
+	var rerr goredis.Error
+	return errors.As(err, &rerr)
 }
 
 var releaseScript = goredis.NewScript(fenceLua + `
@@ -436,7 +613,10 @@ func (s *Store) Retained(ctx context.Context, tenant string) ([]store.Message, e
 	return out, nil
 }
 
-// Close closes the connection pool.
+// Close closes the connection pool. A send in progress fails, its
+// connection closed under it, and with it the appends it carries; the
+// appends queued behind it are then sent by the next leader, and fail as
+// any command fails after Close. No append waits for ever.
 func (s *Store) Close() error {
 	err := s.rdb.Close()
 	if errors.Is(err, goredis.ErrClosed) {
