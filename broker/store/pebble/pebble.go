@@ -21,6 +21,7 @@ import (
 	"github.com/cockroachdb/pebble/vfs"
 
 	"github.com/roosthub/roost/broker/store"
+	"github.com/roosthub/roost/internal/group"
 )
 
 // Store is a session store on Pebble.
@@ -77,14 +78,8 @@ type Store struct {
 	epochMu sync.Mutex
 	epochs  map[string]uint64
 
-	// wmu guards the appends waiting (queue), whether one caller commits
-	// for the others (leading; idle is broadcast when it stops) and
-	// whether the store is closing (shut). See Append.
-	wmu     sync.Mutex
-	queue   []*appendReq
-	leading bool
-	shut    bool
-	idle    sync.Cond
+	// appends group-commits Append's writes.
+	appends group.Commit[*appendReq]
 	closed  chan struct{}
 
 	// wal, with a sync interval, makes the log's fsyncs; syncerDone is
@@ -137,7 +132,7 @@ func New(cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("open session store in %s: %w", cfg.Dir, err)
 	}
 	s := &Store{db: db, seqs: map[string]uint64{}, epochs: map[string]uint64{}, lows: map[string]uint64{}, closed: make(chan struct{})}
-	s.idle.L = &s.wmu
+	s.appends.Max = maxGroup
 	if wal != nil {
 		s.wal, s.syncerDone = wal, make(chan struct{})
 		go func() {
@@ -536,42 +531,20 @@ func (s *Store) DeleteSession(_ context.Context, tenant, clientID string, epoch 
 // goroutine switches an append, the most of its cost when the log is not
 // fsynced on the commit's path). Appends that come during a commit queue;
 // once the leader's own append is written it hands the lead to the first
-// of them, which commits all that queued, and returns.
+// of them, which commits all that queued, and returns (internal/group,
+// which the Redis store's appends share).
 //
 // An append still waiting in the queue when ctx ends is taken out of it
 // and fails with ctx's error; once a leader has taken it, its outcome is
 // awaited whatever ctx says: it may be written already.
 func (s *Store) Append(ctx context.Context, tenant string, items []store.Item, r store.Receipt) ([]uint64, error) {
-	if err := ctx.Err(); err != nil {
+	req := &appendReq{tenant: tenant, items: items, receipt: r}
+	if err := s.appends.Do(ctx, req, s.commitGroup); err != nil {
+		if errors.Is(err, group.ErrShut) {
+			return nil, store.ErrClosed
+		}
 		return nil, err
 	}
-	req := &appendReq{tenant: tenant, items: items, receipt: r}
-	s.wmu.Lock()
-	if s.shut {
-		s.wmu.Unlock()
-		return nil, store.ErrClosed
-	}
-	s.queue = append(s.queue, req)
-	if s.leading {
-		req.turn = make(chan bool, 1)
-		s.wmu.Unlock()
-		var lead bool
-		select {
-		case lead = <-req.turn:
-		case <-ctx.Done():
-			if s.withdraw(req) {
-				return nil, ctx.Err()
-			}
-			lead = <-req.turn
-		}
-		if !lead {
-			return req.seqs, req.err
-		}
-	} else {
-		s.leading = true
-		s.wmu.Unlock()
-	}
-	s.lead(req)
 	return req.seqs, req.err
 }
 
@@ -581,58 +554,18 @@ type appendReq struct {
 	receipt store.Receipt
 	seqs    []uint64
 	err     error
-	// turn, for an append that waits for a leader, receives false once
-	// it is written (or failed), true when it is to lead.
-	turn chan bool
-}
-
-// withdraw takes req out of the queue if no leader has taken it nor
-// handed it the lead; false if one has (its turn comes).
-func (s *Store) withdraw(req *appendReq) bool {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	i := slices.Index(s.queue, req)
-	if i < 0 || len(req.turn) > 0 {
-		return false
-	}
-	s.queue = slices.Delete(s.queue, i, i+1)
-	return true
 }
 
 // maxGroup bounds how many appends one commit takes.
 const maxGroup = 512
 
-// lead commits the appends queued, own among them (a leader is always
-// the first queued: it found none before it, or was handed the lead as
-// the first), then hands the lead to the first append queued meanwhile,
-// if any. s.leading is true.
-func (s *Store) lead(own *appendReq) {
-	s.wmu.Lock()
-	n := min(len(s.queue), maxGroup)
-	reqs := s.queue[:n:n]
-	s.queue = s.queue[n:]
-	if len(s.queue) == 0 {
-		s.queue = nil // the backing array is not kept growing
-	}
-	s.wmu.Unlock()
-
-	err := s.commitOrStop(reqs)
-	for _, r := range reqs {
-		if err != nil {
+// commitGroup commits a group of appends (see Append), or fails them all.
+func (s *Store) commitGroup(reqs []*appendReq) {
+	if err := s.commitOrStop(reqs); err != nil {
+		for _, r := range reqs {
 			r.seqs, r.err = nil, err
 		}
-		if r != own {
-			r.turn <- false
-		}
 	}
-	s.wmu.Lock()
-	if len(s.queue) > 0 {
-		s.queue[0].turn <- true
-	} else {
-		s.leading = false
-		s.idle.Broadcast()
-	}
-	s.wmu.Unlock()
 }
 
 // commitOrStop commits, or stops the process if Pebble finds its log
@@ -999,12 +932,7 @@ func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closed)
 		// Appends queued before are written; later ones fail.
-		s.wmu.Lock()
-		s.shut = true
-		for s.leading {
-			s.idle.Wait()
-		}
-		s.wmu.Unlock()
+		s.appends.Shut()
 		if s.syncerDone != nil {
 			<-s.syncerDone
 		}

@@ -124,9 +124,7 @@ func (h *holdHook) ProcessPipelineHook(next goredis.ProcessPipelineHook) goredis
 
 // Queued is how many appends wait for a leader.
 func (s *Store) Queued() int {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	return len(s.queue)
+	return s.appends.Queued()
 }
 
 // Client returns the store's Redis client, for a test's own commands.

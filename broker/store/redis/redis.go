@@ -30,11 +30,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 
 	goredis "github.com/redis/go-redis/v9"
 
 	"github.com/roosthub/roost/broker/store"
+	"github.com/roosthub/roost/internal/group"
 )
 
 // Config names the server.
@@ -50,11 +50,8 @@ type Store struct {
 	rdb    *goredis.Client
 	prefix string
 
-	// wmu guards the appends waiting for a leader (queue) and whether one
-	// is sending (leading); see Append.
-	wmu     sync.Mutex
-	queue   []*appendReq
-	leading bool
+	// appends group-sends Append's script calls.
+	appends group.Commit[*appendReq]
 }
 
 // New connects and checks that the server answers.
@@ -72,7 +69,9 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if p == "" {
 		p = "roost"
 	}
-	return &Store{rdb: rdb, prefix: p}, nil
+	s := &Store{rdb: rdb, prefix: p}
+	s.appends.Max = maxGroup
+	return s, nil
 }
 
 func b64(s string) string { return base64.RawURLEncoding.EncodeToString([]byte(s)) }
@@ -265,7 +264,8 @@ return firsts`)
 // finds no send in progress sends at once, on its own goroutine, as a
 // single script call (EVALSHA, EVAL if Redis lost the script). Appends that
 // come during a send queue; once the leader has its reply it hands the
-// lead to the first of them, which sends all that queued, and returns.
+// lead to the first of them, which sends all that queued, and returns
+// (internal/group, as the embedded store's commits).
 //
 // An append still waiting in the queue when ctx ends is taken out of it
 // and fails with ctx's error; once a leader has taken it, its outcome is
@@ -303,27 +303,9 @@ func (s *Store) Append(ctx context.Context, tenant string, items []store.Item, r
 		}
 	}
 
-	s.wmu.Lock()
-	s.queue = append(s.queue, req)
-	if s.leading {
-		req.turn = make(chan bool, 1)
-		s.wmu.Unlock()
-		var lead bool
-		select {
-		case lead = <-req.turn:
-		case <-ctx.Done():
-			if s.withdraw(req) {
-				return nil, ctx.Err()
-			}
-			lead = <-req.turn
-		}
-		if lead {
-			s.lead(ctx, req)
-		}
-	} else {
-		s.leading = true
-		s.wmu.Unlock()
-		s.lead(ctx, req)
+	req.ctx = ctx
+	if err := s.appends.Do(ctx, req, s.send); err != nil {
+		return nil, err
 	}
 
 	if req.err != nil {
@@ -343,61 +325,17 @@ func (s *Store) Append(ctx context.Context, tenant string, items []store.Item, r
 
 // appendReq is one Append's script call and, once sent, its reply.
 type appendReq struct {
+	ctx    context.Context
 	keys   []string
 	args   []any
 	firsts []int64
 	err    error
-	// turn, for an append that waits for a leader, receives false once
-	// it is sent (or failed), true when it is to lead.
-	turn chan bool
-}
-
-// withdraw takes req out of the queue if no leader has taken it nor
-// handed it the lead; false if one has (its turn comes).
-func (s *Store) withdraw(req *appendReq) bool {
-	s.wmu.Lock()
-	defer s.wmu.Unlock()
-	i := slices.Index(s.queue, req)
-	if i < 0 || len(req.turn) > 0 {
-		return false
-	}
-	s.queue = slices.Delete(s.queue, i, i+1)
-	return true
 }
 
 // maxGroup bounds how many appends one pipeline carries: a pipeline's
 // replies are read only once all of it is written, so a long one holds
 // its first appends back, and Redis runs it without serving others.
 const maxGroup = 256
-
-// lead sends the appends queued, own among them (a leader is always the
-// first queued: it found none before it, or was handed the lead as the
-// first), then hands the lead to the first append queued meanwhile, if
-// any. s.leading is true.
-func (s *Store) lead(ctx context.Context, own *appendReq) {
-	s.wmu.Lock()
-	n := min(len(s.queue), maxGroup)
-	reqs := s.queue[:n:n]
-	s.queue = s.queue[n:]
-	if len(s.queue) == 0 {
-		s.queue = nil // the backing array is not kept growing
-	}
-	s.wmu.Unlock()
-
-	s.send(ctx, reqs)
-	for _, r := range reqs {
-		if r != own {
-			r.turn <- false
-		}
-	}
-	s.wmu.Lock()
-	if len(s.queue) > 0 {
-		s.queue[0].turn <- true
-	} else {
-		s.leading = false
-	}
-	s.wmu.Unlock()
-}
 
 // send runs the appends' script calls and sets each one's reply. One
 // alone is sent as Append always sent it. Several go in one pipeline,
@@ -411,13 +349,13 @@ func (s *Store) lead(ctx context.Context, own *appendReq) {
 //
 // The pipeline does not end with the leader's ctx: it carries others'
 // appends too. The client's read and write timeouts bound it.
-func (s *Store) send(ctx context.Context, reqs []*appendReq) {
+func (s *Store) send(reqs []*appendReq) {
 	if len(reqs) == 1 {
 		r := reqs[0]
-		r.firsts, r.err = appendScript.Run(ctx, s.rdb, r.keys, r.args...).Int64Slice()
+		r.firsts, r.err = appendScript.Run(r.ctx, s.rdb, r.keys, r.args...).Int64Slice()
 		return
 	}
-	ctx = context.WithoutCancel(ctx)
+	ctx := context.WithoutCancel(reqs[0].ctx)
 	cmds := make([]*goredis.Cmd, len(reqs))
 	pipe := s.rdb.Pipeline()
 	for i, r := range reqs {
