@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -152,8 +153,12 @@ func TestWillPersisted(t *testing.T) {
 	eventually(t, 5*time.Second, "both devices gone", func() bool {
 		return len(d.hub.Connections("acme", "dying"))+len(d.hub.Connections("acme", "slow")) == 0
 	})
-	// Let the broker store the slow device's session with its Will.
-	time.Sleep(100 * time.Millisecond)
+	// The broker has stored the slow device's Will, and queued the dying
+	// one's for sub, before the restart.
+	willStored(t, d, "acme", "slow")
+	eventually(t, 5*time.Second, "the dying device's Will queued for sub", func() bool {
+		return d.hub.Queue("acme", "sub").Queued >= 1
+	})
 
 	d.restart(t)
 	back := mustV5(t, d.addr, user("acme", "sub"), subSecret, "sub", keepSession)
@@ -184,7 +189,7 @@ func TestDelayedWillCancelled(t *testing.T) {
 	// it, the Will would go out before watcher2 subscribes, unseen).
 	c = mustV5(t, d.addr, user("acme", "d"), secret, "d", withWill("status/d", "gone", false, 4))
 	c.conn.Close()
-	time.Sleep(100 * time.Millisecond)
+	willStored(t, d, "acme", "d") // or the restart would have none to keep
 	d.restart(t)
 	mustV5(t, d.addr, user("acme", "d"), secret, "d", keepSession)
 	watcher = mustV5(t, d.addr, user("acme", "watcher2"), d.device("acme", "watcher2"), "watcher2")
@@ -224,4 +229,22 @@ func TestDelayedWillTakeover(t *testing.T) {
 	mustV5(t, s.addr, user("acme", "d"), secret, "d", withWill("status/d", "gone", false, 1))
 	mustV5(t, s.addr, user("acme", "d"), secret, "d", keepSession)
 	watcher.quiet(t, 2500*time.Millisecond, "the Will of a session taken over within its delay")
+}
+
+// willStored waits until the store holds a Will waiting out its delay
+// for the client's session.
+func willStored(t *testing.T, d *durable, tenant, clientID string) {
+	t.Helper()
+	eventually(t, 5*time.Second, "the Will of "+clientID+" stored", func() bool {
+		ss, err := d.store.Sessions(context.Background(), tenant)
+		if err != nil {
+			return false
+		}
+		for _, s := range ss {
+			if s.ClientID == clientID && s.Will != nil {
+				return true
+			}
+		}
+		return false
+	})
 }
