@@ -39,8 +39,8 @@ type receiver struct {
 	msgs atomic.Int64
 }
 
-// field is what each message of a webhook request carries once.
-var field = []byte(`"payload_encoding":`)
+// messageField is what each message of a webhook request carries once.
+var messageField = []byte(`"payload_encoding":`)
 
 func startReceiver() (*receiver, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -54,7 +54,7 @@ func startReceiver() (*receiver, error) {
 			w.WriteHeader(http.StatusBadRequest)
 			return
 		}
-		r.msgs.Add(int64(bytes.Count(body, field)))
+		r.msgs.Add(int64(bytes.Count(body, messageField)))
 		w.WriteHeader(http.StatusNoContent)
 	}), ReadHeaderTimeout: 10 * time.Second}
 	go r.srv.Serve(ln)
