@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"hash/fnv"
-	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -38,11 +37,13 @@ type meter struct {
 	retired []*usageBucket       // earlier hours' buckets, drained once more
 	retry   []tenants.UsageDelta // what the store did not take last time
 	last    time.Time            // when connection time was last added up (see accrue)
-	// connFrac carries connection-seconds from flush to flush until a
-	// whole one is due: at the tenant's turn, connPhase into each period
-	// of connEvery (see connPhase), so that the tenants' connection time
-	// does not reach the store in one burst.
-	connFrac  float64
+	// conn holds the connection time not yet recorded, by the hour it was
+	// spent in, oldest first: one hour's, two after the hour turns. It is
+	// recorded at the tenant's turn, connPhase into each period of
+	// connEvery (see connPhase), so that the tenants' connection time
+	// does not reach the store in one burst; in whole seconds, a fraction
+	// left carried from flush to flush.
+	conn      []connTime
 	connEvery time.Duration
 	connPhase time.Duration
 
@@ -68,6 +69,13 @@ type usageBucket struct {
 	bytesIn, bytesOut atomic.Int64
 	peak              atomic.Int64
 	peakRecorded      int64 // guarded by the meter's mu
+}
+
+// connTime is connection time spent in one hour: the sum of the
+// connections' times, kept in nanoseconds so that it adds up exactly.
+type connTime struct {
+	hour time.Time
+	d    time.Duration
 }
 
 func newBucket(hour time.Time, live int64) *usageBucket {
@@ -126,7 +134,8 @@ func (b *usageBucket) drain() tenants.Usage {
 }
 
 // take returns what the meter has to record at now: the current hour's
-// counts and connection-seconds, and what arrived late in earlier hours'.
+// counts, the connection-seconds due (booked to the hours they were spent
+// in), and what arrived late in earlier hours'.
 // A new hour starts a new bucket; the old one is drained once more at the
 // next flush, for adds that loaded it just before the switch.
 func (m *meter) take(now time.Time, final bool) []tenants.UsageDelta {
@@ -135,10 +144,11 @@ func (m *meter) take(now time.Time, final bool) []tenants.UsageDelta {
 	hour := now.UTC().Truncate(time.Hour)
 	out := m.retry
 	m.retry = nil
+	var fresh []tenants.UsageDelta
 	for _, b := range m.retired {
 		if u := b.drain(); u.MessagesIn+u.MessagesOut > 0 {
 			u.PeakConnections = 0
-			out = append(out, tenants.UsageDelta{Tenant: m.tenant, Hour: b.hour, Usage: u})
+			fresh = append(fresh, tenants.UsageDelta{Tenant: m.tenant, Hour: b.hour, Usage: u})
 		}
 	}
 	m.retired = nil
@@ -157,23 +167,61 @@ func (m *meter) take(now time.Time, final bool) []tenants.UsageDelta {
 	if peak > cur.peakRecorded {
 		u.PeakConnections, cur.peakRecorded = peak, peak
 	}
-	prev := m.last
-	m.accrueLocked(now)
-	// The turn is a period's start passed since the last flush, not a
-	// period since the last write: a tenant whose devices come back after
-	// an outage waits for its turn like the others.
-	if turn := m.slotOf(now).After(m.slotOf(prev)); m.connFrac >= 1 && (final || turn) {
-		whole := math.Floor(m.connFrac)
-		u.ConnectionSeconds, m.connFrac = int64(whole), m.connFrac-whole
-	}
 	if m.monthStart != monthOf(now) {
 		m.monthStart = monthOf(now)
 		m.month.Store(0) // a new month: this flush's counts belong to the old one
 	}
 	if !u.IsZero() {
-		out = append(out, tenants.UsageDelta{Tenant: m.tenant, Hour: cur.hour, Usage: u})
+		fresh = append(fresh, tenants.UsageDelta{Tenant: m.tenant, Hour: cur.hour, Usage: u})
+	}
+	prev := m.last
+	m.accrueLocked(now)
+	// The turn is a period's start passed since the last flush, not a
+	// period since the last write: a tenant whose devices come back after
+	// an outage waits for its turn like the others. The hour that just
+	// ended waits for it too, rather than have every tenant write its
+	// row at the first flush of the hour; its time is booked to it all
+	// the same.
+	if turn := m.slotOf(now).After(m.slotOf(prev)); final || turn {
+		for _, c := range m.takeConnLocked() {
+			fresh = withConnection(fresh, m.tenant, c)
+		}
+	}
+	return append(out, fresh...)
+}
+
+// takeConnLocked takes the whole connection-seconds held, by hour. An
+// earlier hour's fraction of a second goes on to the next hour's, so that
+// none is lost; the latest hour's is kept for the next time.
+func (m *meter) takeConnLocked() []connTime {
+	var out []connTime
+	var carry time.Duration
+	for _, c := range m.conn {
+		c.d += carry
+		whole := c.d.Truncate(time.Second)
+		if carry = c.d - whole; whole > 0 {
+			out = append(out, connTime{hour: c.hour, d: whole})
+		}
+	}
+	if carry > 0 {
+		m.conn = append(m.conn[:0], connTime{hour: m.conn[len(m.conn)-1].hour, d: carry})
+	} else {
+		m.conn = m.conn[:0]
 	}
 	return out
+}
+
+// withConnection adds c's connection-seconds to the delta of its hour in
+// deltas, or as a delta of its own.
+func withConnection(deltas []tenants.UsageDelta, tenant string, c connTime) []tenants.UsageDelta {
+	secs := int64(c.d / time.Second)
+	for i := range deltas {
+		if deltas[i].Hour.Equal(c.hour) {
+			deltas[i].ConnectionSeconds += secs
+			return deltas
+		}
+	}
+	return append(deltas, tenants.UsageDelta{Tenant: tenant, Hour: c.hour, Usage: tenants.Usage{ConnectionSeconds: secs}})
 }
 
 // accrue adds the connection time since the last flush, at the current
@@ -186,11 +234,27 @@ func (m *meter) accrue(now time.Time) {
 	m.accrueLocked(now)
 }
 
+// accrueLocked adds the connection time since the last flush, at the
+// current number of connections, to the hours it was spent in.
 func (m *meter) accrueLocked(now time.Time) {
-	if !m.last.IsZero() && now.After(m.last) {
-		m.connFrac += now.Sub(m.last).Seconds() * float64(m.live.Load())
-	}
+	prev, live := m.last, time.Duration(m.live.Load())
 	m.last = now
+	if prev.IsZero() || !now.After(prev) || live <= 0 {
+		return
+	}
+	for from := prev; from.Before(now); {
+		hour := from.UTC().Truncate(time.Hour)
+		to := hour.Add(time.Hour)
+		if to.After(now) {
+			to = now
+		}
+		if n := len(m.conn); n > 0 && m.conn[n-1].hour.Equal(hour) {
+			m.conn[n-1].d += to.Sub(from) * live
+		} else {
+			m.conn = append(m.conn, connTime{hour: hour, d: to.Sub(from) * live})
+		}
+		from = to
+	}
 }
 
 // giveBack keeps a delta the store did not take, to be tried again.

@@ -107,3 +107,107 @@ func TestConnectionTimeKeepsItsTurn(t *testing.T) {
 		t.Errorf("%d of %d tenants flushed connection time in one second after an outage, want about %d", most, n, n/30)
 	}
 }
+
+// TestConnectionTimeAcrossTheHour: connection time is booked to the hour
+// it was spent in, whole seconds with the fraction carried, though it is
+// written only at the tenant's turn (or the final flush): the first flush
+// after the hour turns does not give the old hour's time to the new one,
+// nor the turn's wait the new hour's to the old.
+func TestConnectionTimeAcrossTheHour(t *testing.T) {
+	// The tenant's turns are at 10 and 40 s past the minute.
+	tests := []struct {
+		name  string
+		live  int64
+		start time.Time // when the connections come, at a flush
+		final time.Time // the final flush, zero for none
+		// want is the connection-seconds by hour; written, when they
+		// were written (at the tenant's turns and the final flush).
+		want    map[time.Time]int64
+		written []time.Time
+	}{
+		{
+			name: "across a month's end", live: 2,
+			start: time.Date(2026, 11, 30, 23, 59, 50, 0, time.UTC),
+			want: map[time.Time]int64{
+				time.Date(2026, 11, 30, 23, 0, 0, 0, time.UTC): 20, // 2 connections for 10 s
+				time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC):   40, // and for 20 s
+			},
+			written: []time.Time{
+				time.Date(2026, 12, 1, 0, 0, 10, 300e6, time.UTC), // the first flush of the turn at 00:00:10
+				time.Date(2026, 12, 1, 0, 0, 40, 600e6, time.UTC),
+			},
+		},
+		{
+			name: "fractions carried", live: 1,
+			start: time.Date(2026, 12, 4, 10, 59, 50, 500e6, time.UTC),
+			want: map[time.Time]int64{
+				time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC): 9,  // 9.5 s, the half carried
+				time.Date(2026, 12, 4, 11, 0, 0, 0, time.UTC): 20, // 20 s and the half; the other half waits
+			},
+			written: []time.Time{
+				time.Date(2026, 12, 4, 11, 0, 10, 100e6, time.UTC),
+				time.Date(2026, 12, 4, 11, 0, 40, 600e6, time.UTC),
+			},
+		},
+		{
+			name: "final flush after the hour's turn", live: 2,
+			start: time.Date(2026, 12, 4, 10, 59, 50, 0, time.UTC),
+			final: time.Date(2026, 12, 4, 11, 0, 5, 0, time.UTC),
+			want: map[time.Time]int64{
+				time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC): 20,
+				time.Date(2026, 12, 4, 11, 0, 0, 0, time.UTC): 10,
+			},
+			written: []time.Time{time.Date(2026, 12, 4, 11, 0, 5, 0, time.UTC)},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := &meter{tenant: "acme", monthStart: monthOf(tt.start), last: tt.start, connEvery: 30 * time.Second, connPhase: 10 * time.Second}
+			m.cur.Store(newBucket(tt.start.Truncate(time.Hour), 0))
+			m.live.Store(tt.live)
+			got := map[time.Time]int64{}
+			var written []time.Time
+			take := func(now time.Time, final bool) {
+				for _, d := range m.take(now, final) {
+					if d.ConnectionSeconds > 0 {
+						got[d.Hour] += d.ConnectionSeconds
+						if len(written) == 0 || !written[len(written)-1].Equal(now) {
+							written = append(written, now)
+						}
+					}
+				}
+			}
+			// Flushes every 0.7 s, so that the hour turns between two;
+			// the connections end at a flush at 20 s past the hour (or
+			// at the final flush).
+			end := tt.start.Truncate(time.Minute).Add(time.Minute + 20*time.Second)
+			if !tt.final.IsZero() {
+				end = tt.final
+			}
+			clock := tt.start.Add(700 * time.Millisecond)
+			for ; clock.Before(end); clock = clock.Add(700 * time.Millisecond) {
+				take(clock, false)
+			}
+			if !tt.final.IsZero() {
+				take(tt.final, true)
+			} else {
+				take(end, false)
+				m.live.Store(0)
+				for clock = end.Add(time.Second); clock.Before(end.Add(25 * time.Second)); clock = clock.Add(700 * time.Millisecond) {
+					take(clock, false)
+				}
+			}
+			if len(got) != len(tt.want) {
+				t.Errorf("connection-seconds by hour %v, want %v", got, tt.want)
+			}
+			for hour, want := range tt.want {
+				if got[hour] != want {
+					t.Errorf("connection-seconds of %v: got %d, want %d", hour.Format(time.DateTime), got[hour], want)
+				}
+			}
+			if fmt.Sprint(written) != fmt.Sprint(tt.written) {
+				t.Errorf("written at %v, want at %v (the tenant's turns)", written, tt.written)
+			}
+		})
+	}
+}
