@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"hash/fnv"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -319,8 +321,21 @@ func (m *meter) slotOf(t time.Time) time.Time {
 // UsageInterval.
 func (h *Hub) recordUsage() { h.flushUsage(false) }
 
+// flushTimeout bounds a flush; the final one's tries again included, so
+// that the hub's Close, which waits for it, waits no longer than it did
+// for its one try.
+const flushTimeout = 10 * time.Second
+
+// finalRetries are the waits before the final flush tries again what the
+// store refused: a store that failed over or was briefly busy has time to
+// come back, one that is down costs Close under 1.5 s more.
+var finalRetries = []time.Duration{100 * time.Millisecond, 300 * time.Millisecond, time.Second}
+
 // flushUsage records every meter's counts; final (the hub's Close) takes
 // every whole connection-second there is, whatever the tenant's phase.
+// What the store refuses goes back to the meters for the next flush; the
+// final flush, which has none, tries again (finalRetries) and logs what it
+// could not record, for the bill to be mended by hand.
 func (h *Hub) flushUsage(final bool) {
 	now := h.now()
 	var deltas []tenants.UsageDelta
@@ -331,17 +346,71 @@ func (h *Hub) flushUsage(final bool) {
 	if h.cfg.Usage == nil || len(deltas) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
 	defer cancel()
-	failed, err := h.cfg.Usage.AddUsage(ctx, deltas)
-	if err != nil {
-		h.log.Error("record usage", "deltas", len(deltas), "failed", len(failed), "err", err)
+	failed, err := h.addUsage(ctx, deltas)
+	if !final {
+		if err != nil {
+			h.log.Error("record usage", "deltas", len(deltas), "failed", len(failed), "err", err)
+		}
+		for _, d := range failed {
+			h.meterOf(d.Tenant).giveBack(d)
+		}
+		return
 	}
+	for _, wait := range finalRetries {
+		if len(failed) == 0 {
+			return
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+		case <-t.C:
+		}
+		t.Stop()
+		if ctx.Err() != nil {
+			break
+		}
+		failed, err = h.addUsage(ctx, failed)
+	}
+	if len(failed) == 0 {
+		return
+	}
+	var lost tenants.Usage
+	var names []string
 	for _, d := range failed {
-		if _, err := h.cfg.Directory.Tenant(ctx, d.Tenant); errors.Is(err, tenants.ErrNotFound) {
-			h.meters.Delete(d.Tenant) // the tenant is gone, and its usage with it
+		lost.Add(d.Usage)
+		if !slices.Contains(names, d.Tenant) {
+			names = append(names, d.Tenant)
+		}
+	}
+	slices.Sort(names)
+	h.log.Error("usage lost at close: the store refused it", "tenants", strings.Join(names, ","),
+		"messages", lost.MessagesIn+lost.MessagesOut, "bytes", lost.BytesIn+lost.BytesOut,
+		"connection_seconds", lost.ConnectionSeconds, "deltas", len(failed), "err", err)
+}
+
+// addUsage adds deltas to the store and returns those it refused, but a
+// tenant's that is gone: its meter is dropped, and its usage with it.
+func (h *Hub) addUsage(ctx context.Context, deltas []tenants.UsageDelta) ([]tenants.UsageDelta, error) {
+	failed, err := h.cfg.Usage.AddUsage(ctx, deltas)
+	if len(failed) == 0 {
+		return nil, err
+	}
+	gone := map[string]bool{}
+	kept := failed[:0:0]
+	for _, d := range failed {
+		g, ok := gone[d.Tenant]
+		if !ok {
+			_, terr := h.cfg.Directory.Tenant(ctx, d.Tenant)
+			g = errors.Is(terr, tenants.ErrNotFound)
+			gone[d.Tenant] = g
+		}
+		if g {
+			h.meters.Delete(d.Tenant)
 			continue
 		}
-		h.meterOf(d.Tenant).giveBack(d)
+		kept = append(kept, d)
 	}
+	return kept, err
 }

@@ -1,9 +1,17 @@
 package broker
 
 import (
+	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/roosthub/roost/internal/testenv"
+	"github.com/roosthub/roost/tenants"
 )
 
 // TestConnectionTimeSpread: the tenants' connection time reaches the store
@@ -210,4 +218,158 @@ func TestConnectionTimeAcrossTheHour(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestFinalFlushRetries: the final flush, which has no next flush to give
+// what the store refused to, tries again a few times within a bound; what
+// the store takes is recorded once, and what it never takes is logged once,
+// with the tenants and totals lost. A tenant that is gone is dropped.
+func TestFinalFlushRetries(t *testing.T) {
+	acme := tenants.Usage{MessagesIn: 3, BytesIn: 300, MessagesOut: 2, BytesOut: 100, ConnectionSeconds: 5, PeakConnections: 1}
+	beta := tenants.Usage{MessagesIn: 1, BytesIn: 10, ConnectionSeconds: 5, PeakConnections: 1}
+	tests := []struct {
+		name   string
+		refuse func(call int, d tenants.UsageDelta) bool
+		calls  int
+		want   map[string]tenants.Usage
+		lost   []string // in the one error logged, none for none
+	}{
+		{
+			name:   "taken at once",
+			refuse: func(int, tenants.UsageDelta) bool { return false },
+			calls:  1, want: map[string]tenants.Usage{"acme": acme, "beta": beta},
+		},
+		{
+			name:   "the store back after two refusals",
+			refuse: func(call int, _ tenants.UsageDelta) bool { return call <= 2 },
+			calls:  3, want: map[string]tenants.Usage{"acme": acme, "beta": beta},
+		},
+		{
+			name:   "one tenant's refused once",
+			refuse: func(call int, d tenants.UsageDelta) bool { return call == 1 && d.Tenant == "beta" },
+			calls:  2, want: map[string]tenants.Usage{"acme": acme, "beta": beta},
+		},
+		{
+			name:   "one tenant's never taken",
+			refuse: func(_ int, d tenants.UsageDelta) bool { return d.Tenant == "beta" },
+			calls:  4, want: map[string]tenants.Usage{"acme": acme},
+			lost: []string{"tenants=beta", "messages=1", "bytes=10", "connection_seconds=5"},
+		},
+		{
+			name:   "the store never back",
+			refuse: func(int, tenants.UsageDelta) bool { return true },
+			calls:  4, want: map[string]tenants.Usage{},
+			lost: []string{"tenants=acme,beta", "messages=6", "bytes=410", "connection_seconds=10"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			// The store refuses a tenant that is gone (its rows' key is).
+			refuse := func(call int, d tenants.UsageDelta) bool { return d.Tenant == "gone" || tt.refuse(call, d) }
+			store := &fakeUsage{refuse: refuse, got: map[string]tenants.Usage{}}
+			logs := &testenv.Buffer{}
+			start := time.Date(2026, 12, 4, 10, 0, 0, 0, time.UTC)
+			clock := start
+			h := &Hub{cfg: Config{UsageInterval: time.Second, Usage: store, Directory: tenantDirectory{gone: "gone"}},
+				log: slog.New(slog.NewTextHandler(logs, nil)), now: func() time.Time { return clock }}
+			for _, tenant := range []string{"acme", "beta", "gone"} {
+				h.meterOf(tenant).connected()
+				h.meterOf(tenant).in(10)
+			}
+			a := h.meterOf("acme")
+			a.in(100)
+			a.in(190)
+			a.out(50)
+			a.out(50)
+			clock = start.Add(5 * time.Second)
+
+			began := time.Now()
+			h.flushUsage(true)
+			took := time.Since(began)
+			if took > flushTimeout {
+				t.Errorf("the final flush took %v, want at most %v", took, flushTimeout)
+			}
+			store.mu.Lock()
+			defer store.mu.Unlock()
+			if store.calls != tt.calls {
+				t.Errorf("%d calls to the store, want %d", store.calls, tt.calls)
+			}
+			// One deadline for the whole flush, tries again included:
+			// Close cannot hang on a store that does not answer.
+			for i, d := range store.deadlines {
+				if d.IsZero() || !d.Equal(store.deadlines[0]) || d.Sub(began) > took+flushTimeout {
+					t.Errorf("call %d's deadline %v after the flush began, want the first call's, at most %v", i+1, d.Sub(began), flushTimeout)
+				}
+			}
+			if fmt.Sprint(store.got) != fmt.Sprint(tt.want) {
+				t.Errorf("recorded %+v, want %+v", store.got, tt.want)
+			}
+			var errs []string
+			for _, line := range strings.Split(logs.String(), "\n") {
+				if strings.Contains(line, "level=ERROR") {
+					errs = append(errs, line)
+				}
+			}
+			switch {
+			case tt.lost == nil && len(errs) > 0:
+				t.Errorf("errors logged %q, want none", errs)
+			case tt.lost != nil && len(errs) != 1:
+				t.Errorf("errors logged %q, want one", errs)
+			case tt.lost != nil:
+				for _, attr := range tt.lost {
+					if !strings.Contains(errs[0], " "+attr+" ") {
+						t.Errorf("error logged %q, want it to say %s", errs[0], attr)
+					}
+				}
+			}
+		})
+	}
+}
+
+// fakeUsage is a usage store that refuses the deltas refuse says, call
+// by call (from 1), and sums the others by tenant.
+type fakeUsage struct {
+	refuse func(call int, d tenants.UsageDelta) bool
+
+	mu        sync.Mutex
+	calls     int
+	deadlines []time.Time
+	got       map[string]tenants.Usage
+}
+
+func (s *fakeUsage) AddUsage(ctx context.Context, deltas []tenants.UsageDelta) ([]tenants.UsageDelta, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls++
+	deadline, _ := ctx.Deadline()
+	s.deadlines = append(s.deadlines, deadline)
+	var failed []tenants.UsageDelta
+	for _, d := range deltas {
+		if s.refuse(s.calls, d) {
+			failed = append(failed, d)
+			continue
+		}
+		u := s.got[d.Tenant]
+		u.Add(d.Usage)
+		s.got[d.Tenant] = u
+	}
+	if failed != nil {
+		return failed, errors.New("refused")
+	}
+	return nil, nil
+}
+
+func (s *fakeUsage) MonthMessages(context.Context, string, time.Time) (int64, error) { return 0, nil }
+
+// tenantDirectory knows every tenant but the one gone.
+type tenantDirectory struct {
+	Directory
+	gone string
+}
+
+func (d tenantDirectory) Tenant(_ context.Context, slug string) (tenants.Tenant, error) {
+	if slug == d.gone {
+		return tenants.Tenant{}, tenants.ErrNotFound
+	}
+	return tenants.Tenant{Slug: slug}, nil
 }
