@@ -1,9 +1,12 @@
 package broker_test
 
 import (
+	"context"
+	"errors"
 	"log/slog"
 	"math"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -113,13 +116,51 @@ func TestMeteringExact(t *testing.T) {
 // stops is recorded by its Close, whatever the tenant's turn.
 func TestConnectionTimeAtClose(t *testing.T) {
 	s := newStack(t, func(c *broker.Config) { c.UsageInterval = time.Hour }) // no flush but Close's
+	// held bounds the time the tenant's meter can count: from before the
+	// tenant (its meter may start with it) to after Close.
+	start := time.Now()
 	s.tenant("acme")
 	c := mustV5(t, s.addr, "acme/dev", s.device("acme", "dev"), "dev")
 	time.Sleep(1200 * time.Millisecond) // connection time of a second at least
 	s.hub.Close()                       // with c still connected: time is sampled at each flush
+	held := time.Since(start)
 	_ = c
+	u := usageOf(t, s, "acme")
+	if most := int64(math.Ceil(held.Seconds())); u.ConnectionSeconds < 1 || u.ConnectionSeconds > most {
+		t.Errorf("connection-seconds recorded at Close %d, want 1 to %d (the connection was held at most %v)", u.ConnectionSeconds, most, held.Round(time.Millisecond))
+	}
+}
+
+// TestUsageRetriedAtClose: what the store refuses at the hub's Close,
+// which no later flush will try again, is tried again then, and recorded
+// once when the store takes it.
+func TestUsageRetriedAtClose(t *testing.T) {
+	var store *refusingUsage
+	s := newStack(t, func(c *broker.Config) {
+		c.UsageInterval = time.Hour // no flush but Close's
+		store = &refusingUsage{UsageStore: c.Usage, refusals: 2}
+		c.Usage = store
+	})
+	s.tenant("acme")
+	c := mustV5(t, s.addr, "acme/dev", s.device("acme", "dev"), "dev")
+	c.pub(t, "m/a", "hello", 1, false) // acknowledged: counted
+	s.hub.Close()
+	if u := usageOf(t, s, "acme"); u.MessagesIn != 1 || u.BytesIn != int64(len("hello")) {
+		t.Errorf("usage recorded at Close %+v, want 1 message in of %d bytes", u, len("hello"))
+	}
+	if n := store.calls.Load(); n != 3 {
+		t.Errorf("%d tries to record the usage, want 3 (two refused)", n)
+	}
+	if strings.Contains(s.logs.String(), "level=ERROR") {
+		t.Errorf("errors logged, want none:\n%s", s.logs)
+	}
+}
+
+// usageOf sums the tenant's usage recorded in the last hour and this one.
+func usageOf(t *testing.T, s *stack, tenant string) tenants.Usage {
+	t.Helper()
 	hour := time.Now().UTC().Truncate(time.Hour)
-	got, err := s.store.Usage(ctx, "acme", hour.Add(-time.Hour), time.Now().Add(time.Hour), tenants.Daily)
+	got, err := s.store.Usage(ctx, tenant, hour.Add(-time.Hour), time.Now().Add(time.Hour), tenants.Daily)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +168,19 @@ func TestConnectionTimeAtClose(t *testing.T) {
 	for _, b := range got {
 		u.Add(b.Usage)
 	}
-	if u.ConnectionSeconds < 1 || u.ConnectionSeconds > 3 {
-		t.Errorf("connection-seconds recorded at Close %d, want 1 to 3", u.ConnectionSeconds)
+	return u
+}
+
+// refusingUsage is a usage store that refuses its first refusals calls.
+type refusingUsage struct {
+	broker.UsageStore
+	refusals int64
+	calls    atomic.Int64
+}
+
+func (s *refusingUsage) AddUsage(ctx context.Context, deltas []tenants.UsageDelta) ([]tenants.UsageDelta, error) {
+	if s.calls.Add(1) <= s.refusals {
+		return deltas, errors.New("refused")
 	}
+	return s.UsageStore.AddUsage(ctx, deltas)
 }
