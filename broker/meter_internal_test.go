@@ -220,11 +220,11 @@ func TestConnectionTimeAcrossTheHour(t *testing.T) {
 	}
 }
 
-// TestFinalFlushRetries: the final flush, which has no next flush to give
-// what the store refused to, tries again a few times within a bound; what
-// the store takes is recorded once, and what it never takes is logged once,
-// with the tenants and totals lost. A tenant that is gone is dropped.
-func TestFinalFlushRetries(t *testing.T) {
+// TestUsageFinalFlushRetries: the final flush, which has no next flush to
+// give what the store refused to, tries again a few times within a bound;
+// what the store takes is recorded once, and what it never takes is logged
+// once, with the tenants and totals lost. A tenant that is gone is dropped.
+func TestUsageFinalFlushRetries(t *testing.T) {
 	acme := tenants.Usage{MessagesIn: 3, BytesIn: 300, MessagesOut: 2, BytesOut: 100, ConnectionSeconds: 5, PeakConnections: 1}
 	beta := tenants.Usage{MessagesIn: 1, BytesIn: 10, ConnectionSeconds: 5, PeakConnections: 1}
 	tests := []struct {
