@@ -79,15 +79,20 @@ func message(topic string) store.Message {
 // appendAll has writers appending one message at a time each, rounds
 // times, to one of queues queues (writer w to queue w%queues), with the
 // first send held until all other writers have queued behind it: their
-// first appends must go in one pipeline. It checks that every queue's
-// numbers are gapless from 1, that each writer's are increasing, and that
-// Read returns every message once, in number order.
-func appendAll(t *testing.T, s *redis.Store, writers, rounds, queues int) {
+// first appends must go in one pipeline. The first writer starts alone
+// and the others once its send is held (entered), so that it is the first
+// send's only append. It checks that every queue's numbers are gapless
+// from 1, that each writer's are increasing, and that Read returns every
+// message once, in number order.
+func appendAll(t *testing.T, s *redis.Store, entered <-chan struct{}, writers, rounds, queues int) {
 	t.Helper()
 	ctx := context.Background()
 	seqs := make([][]uint64, writers)
 	var wg sync.WaitGroup
 	for w := range writers {
+		if w == 1 {
+			<-entered
+		}
 		wg.Go(func() {
 			for i := range rounds {
 				got, err := s.Append(ctx, "t", []store.Item{{ClientID: fmt.Sprintf("q%d", w%queues), Message: message(fmt.Sprintf("w%d/%d", w, i))}}, store.Receipt{})
@@ -145,7 +150,7 @@ func TestAppendGroups(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		appendAll(t, s, writers, 20, 4)
+		appendAll(t, s, entered, writers, 20, 4)
 	}()
 	<-entered
 	waitQueued(t, s, writers-1)
@@ -182,7 +187,7 @@ func TestAppendNoScript(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		appendAll(t, s, writers, 5, 3)
+		appendAll(t, s, entered, writers, 5, 3)
 	}()
 	<-entered
 	waitQueued(t, s, writers-1)
@@ -295,12 +300,14 @@ func TestAppendAfterClose(t *testing.T) {
 	const writers = 8
 	errs := make(chan error, writers)
 	for w := range writers {
+		if w == 1 {
+			<-entered // the first send holds the first append alone
+		}
 		go func() {
 			_, err := s.Append(ctx, "t", []store.Item{{ClientID: fmt.Sprintf("q%d", w), Message: message("m")}}, store.Receipt{})
 			errs <- err
 		}()
 	}
-	<-entered
 	waitQueued(t, s, writers-1)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
