@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"sync/atomic"
@@ -356,6 +357,11 @@ func openSessions(ctx context.Context, c *config, log *slog.Logger) (broker.Sess
 	}
 	if iv := c.storeSyncInterval(); iv > 0 {
 		log.Info("the embedded session store fsyncs on an interval: a crash of the machine loses what was acknowledged in the last one", "interval", iv)
+	} else if os.Getenv("GOMAXPROCS") == "" {
+		if n := procsForSync(runtime.GOMAXPROCS(0)); n != runtime.GOMAXPROCS(0) {
+			log.Info("GOMAXPROCS raised for the embedded session store's fsyncs (set GOMAXPROCS to choose)", "from", runtime.GOMAXPROCS(0), "to", n)
+			runtime.GOMAXPROCS(n)
+		}
 	}
 	s, err := pebblestore.New(pebblestore.Config{Dir: filepath.Join(c.DataDir, "sessions"), Log: log.With("store", "pebble"), SyncInterval: c.storeSyncInterval()})
 	if err != nil {
@@ -363,6 +369,25 @@ func openSessions(ctx context.Context, c *config, log *slog.Logger) (broker.Sess
 	}
 	return s, nil
 }
+
+// syncProcs is the fewest Ps (GOMAXPROCS) Roost runs with when the
+// embedded session store fsyncs each write before its acknowledgement
+// (ROOST_STORE_SYNC=always). A goroutine in a system call keeps its P, and
+// Pebble's log writer calls fdatasync as an ordinary one: with one P (a
+// process given one CPU, by affinity or a container's limit, which the
+// runtime follows) nothing else runs while the disk syncs, until the
+// runtime's monitor takes the P back, if it is awake to. The connections
+// then come back to the store one at a time, and a group commit has
+// little to group. With a second P the other goroutines run on while the
+// fsync sleeps in the kernel, which costs no CPU. Measured in roost-bench's
+// p2p QoS 1 run with a webhook rule, roost serve pinned to one core (see
+// docs/benchmarks.md): about twice the messages a second, with the figure
+// without a rule unchanged within its spread. An explicit GOMAXPROCS is
+// left as set.
+const syncProcs = 2
+
+// procsForSync is the GOMAXPROCS to run with, given the runtime's.
+func procsForSync(procs int) int { return max(procs, syncProcs) }
 
 const adminTokenFile = "admin-token"
 

@@ -30,8 +30,9 @@ type Commit[T any] struct {
 	mu      sync.Mutex // guards the rest
 	queue   []*waiter[T]
 	leading bool
+	waiting int // groups committed whose wait (DoSplit) has not returned
 	shut    bool
-	idle    sync.Cond // on mu, broadcast when leading ends
+	idle    sync.Cond // on mu, broadcast when leading or a wait ends
 }
 
 type waiter[T any] struct {
@@ -48,6 +49,22 @@ type waiter[T any] struct {
 // and Do returns ctx's error; once a leader has taken it, its commit is
 // awaited whatever ctx says. After Shut, Do returns ErrShut.
 func (c *Commit[T]) Do(ctx context.Context, v T, commit func([]T)) error {
+	return c.DoSplit(ctx, v, func(vs []T) func() {
+		commit(vs)
+		return nil
+	})
+}
+
+// DoSplit is Do for a call in two parts: commit, made with the lead, and
+// the wait it returns (nil for none), made after the lead is handed on.
+// A store whose write is ordered once queued but durable only later (a
+// log write, then its fsync) has the next group queued behind it while
+// it waits, rather than only once it is durable: the disk goes from one
+// group's sync to the next without waiting for a leader between them.
+// DoSplit returns once the wait of its value's group returned (groups'
+// waits may return out of order, as the store's syncs allow); Shut waits
+// for the waits too.
+func (c *Commit[T]) DoSplit(ctx context.Context, v T, commit func([]T) func()) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -98,7 +115,7 @@ func (c *Commit[T]) withdraw(w *waiter[T]) bool {
 // first queued: it found none before it, or was handed the lead as the
 // first), then hands the lead to the first value queued meanwhile, if
 // any. c.leading is true.
-func (c *Commit[T]) lead(own *waiter[T], commit func([]T)) {
+func (c *Commit[T]) lead(own *waiter[T], commit func([]T) func()) {
 	c.mu.Lock()
 	n := len(c.queue)
 	if c.Max > 0 {
@@ -115,13 +132,14 @@ func (c *Commit[T]) lead(own *waiter[T], commit func([]T)) {
 	for i, w := range ws {
 		vs[i] = w.v
 	}
-	commit(vs)
-	for _, w := range ws {
-		if w != own {
-			w.turn <- false
-		}
+	wait := commit(vs)
+	if wait == nil {
+		c.done(ws, own)
 	}
 	c.mu.Lock()
+	if wait != nil {
+		c.waiting++
+	}
 	if len(c.queue) > 0 {
 		c.queue[0].turn <- true
 	} else {
@@ -129,6 +147,24 @@ func (c *Commit[T]) lead(own *waiter[T], commit func([]T)) {
 		c.idle.Broadcast()
 	}
 	c.mu.Unlock()
+	if wait == nil {
+		return
+	}
+	wait()
+	c.done(ws, own)
+	c.mu.Lock()
+	c.waiting--
+	c.idle.Broadcast()
+	c.mu.Unlock()
+}
+
+// done tells the callers of ws but own that their values are committed.
+func (c *Commit[T]) done(ws []*waiter[T], own *waiter[T]) {
+	for _, w := range ws {
+		if w != own {
+			w.turn <- false
+		}
+	}
 }
 
 // Queued is how many values wait for a leader.
@@ -147,7 +183,7 @@ func (c *Commit[T]) Shut() {
 		c.idle.L = &c.mu
 	}
 	c.shut = true
-	for c.leading {
+	for c.leading || c.waiting > 0 {
 		c.idle.Wait()
 	}
 }

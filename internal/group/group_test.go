@@ -144,3 +144,68 @@ func TestGroups(t *testing.T) {
 		t.Errorf("Do after Shut: %v, want ErrShut", err)
 	}
 }
+
+// TestSplitHandsOnBeforeWait: with DoSplit the lead passes on once a
+// group's commit returns, before its wait: the next group is committed
+// while the first still waits, its caller returns only once its own wait
+// ends, and Shut waits for every wait.
+func TestSplitHandsOnBeforeWait(t *testing.T) {
+	var c Commit[string]
+	release := make(chan struct{})
+	var mu sync.Mutex
+	var committed []string
+	commit := func(vs []string) func() {
+		mu.Lock()
+		committed = append(committed, vs...)
+		mu.Unlock()
+		if vs[0] == "first" {
+			return func() { <-release }
+		}
+		return nil
+	}
+	first := make(chan error, 1)
+	go func() { first <- c.DoSplit(context.Background(), "first", commit) }()
+	for !slices.Contains(snapshot(&mu, &committed), "first") {
+		time.Sleep(time.Millisecond)
+	}
+	// The first group waits; the next is committed meanwhile.
+	second := make(chan error, 1)
+	go func() { second <- c.DoSplit(context.Background(), "second", commit) }()
+	select {
+	case err := <-second:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second group waited for the first group's wait")
+	}
+	select {
+	case <-first:
+		t.Fatal("the first caller returned before its wait ended")
+	default:
+	}
+	shut := make(chan struct{})
+	go func() { c.Shut(); close(shut) }()
+	select {
+	case <-shut:
+		t.Fatal("Shut returned with a wait in progress")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	<-shut
+	if got := snapshot(&mu, &committed); !slices.Equal(got, []string{"first", "second"}) {
+		t.Errorf("committed %v, want [first second]", got)
+	}
+	if err := c.DoSplit(context.Background(), "late", commit); !errors.Is(err, ErrShut) {
+		t.Errorf("after Shut: %v, want ErrShut", err)
+	}
+}
+
+func snapshot(mu *sync.Mutex, s *[]string) []string {
+	mu.Lock()
+	defer mu.Unlock()
+	return slices.Clone(*s)
+}

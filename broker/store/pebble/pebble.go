@@ -539,7 +539,7 @@ func (s *Store) DeleteSession(_ context.Context, tenant, clientID string, epoch 
 // awaited whatever ctx says: it may be written already.
 func (s *Store) Append(ctx context.Context, tenant string, items []store.Item, r store.Receipt) ([]uint64, error) {
 	req := &appendReq{tenant: tenant, items: items, receipt: r}
-	if err := s.appends.Do(ctx, req, s.commitGroup); err != nil {
+	if err := s.appends.DoSplit(ctx, req, s.commitGroup); err != nil {
 		if errors.Is(err, group.ErrShut) {
 			return nil, store.ErrClosed
 		}
@@ -560,22 +560,37 @@ type appendReq struct {
 const maxGroup = 512
 
 // commitGroup commits a group of appends (see Append), or fails them all.
-func (s *Store) commitGroup(reqs []*appendReq) {
-	if err := s.commitOrStop(reqs); err != nil {
+// The lead passes on once the group's batch is in the log and the
+// memtable, before its sync: the next group is written behind it while
+// the disk syncs this one, and the log writer syncs the next as soon as
+// this one's ends (internal/group's DoSplit). The returned wait waits for
+// the sync.
+func (s *Store) commitGroup(reqs []*appendReq) (wait func()) {
+	fail := func(err error) {
 		for _, r := range reqs {
 			r.seqs, r.err = nil, err
+		}
+	}
+	synced, err := s.commitOrStop(reqs)
+	if err != nil {
+		fail(err)
+		return nil
+	}
+	return func() {
+		if err := synced(); err != nil {
+			fail(err)
 		}
 	}
 }
 
 // commitOrStop commits, or stops the process if Pebble finds its log
-// unwritable: it calls Fatalf (a failed write or fsync of the log is a
-// fatal commit error to Pebble), whose panic the committing caller's own
+// unwritable: it calls Fatalf (a failed write of the log is a fatal
+// commit error to Pebble), whose panic the committing caller's own
 // recover (a connection's, an API request's) would otherwise catch,
 // leaving the lead taken and every later append waiting for ever. The
 // panic is raised again on a goroutine of its own, where nothing recovers
 // it, as it was when a writer goroutine of the store's committed.
-func (s *Store) commitOrStop(reqs []*appendReq) error {
+func (s *Store) commitOrStop(reqs []*appendReq) (synced func() error, err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			go func() { panic(v) }()
@@ -585,12 +600,18 @@ func (s *Store) commitOrStop(reqs []*appendReq) error {
 	return s.commit(reqs)
 }
 
-// commit numbers and writes a group of appends in one synced batch. The
-// leader is the only goroutine that numbers, so seqs needs no lock here;
-// seqMu orders it with QueueInfo's reads.
-func (s *Store) commit(reqs []*appendReq) error {
+// commit numbers a group of appends and writes them in one batch, to the
+// log and the memtable; synced waits for the log's sync (or, with a sync
+// interval, its write to the file). The leader is the only goroutine that
+// numbers, so seqs needs no lock here; seqMu orders it with QueueInfo's
+// reads.
+//
+// The batch is visible once applied, before its sync, as with Pebble's
+// synced Commit (which publishes it, then waits): what a reader sends
+// before the sync and a crash loses was not acknowledged to its
+// publisher, who sends it again.
+func (s *Store) commit(reqs []*appendReq) (synced func() error, err error) {
 	b := s.db.NewBatch()
-	defer b.Close()
 	s.seqMu.Lock()
 	next := map[string]uint64{}
 	for _, r := range reqs {
@@ -606,7 +627,8 @@ func (s *Store) commit(reqs []*appendReq) error {
 					var err error
 					if last, err = readUint64(s.db, []byte(mk)); err != nil {
 						s.seqMu.Unlock()
-						return err
+						b.Close()
+						return nil, err
 					}
 				}
 			}
@@ -616,7 +638,8 @@ func (s *Store) commit(reqs []*appendReq) error {
 			v, err := it.Message.MarshalBinary()
 			if err != nil {
 				s.seqMu.Unlock()
-				return err
+				b.Close()
+				return nil, err
 			}
 			b.Set(queueKey(r.tenant, it.ClientID, last), v, nil)
 		}
@@ -625,15 +648,20 @@ func (s *Store) commit(reqs []*appendReq) error {
 	for mk, seq := range next {
 		b.Set([]byte(mk), binary.BigEndian.AppendUint64(nil, seq), nil)
 	}
-	if err := b.Commit(pebble.Sync); err != nil {
-		return err
+	// A failed apply leaves the batch with Pebble (it may still be in its
+	// commit queue): not closed, not reused.
+	if err := s.db.ApplyNoSyncWait(b, pebble.Sync); err != nil {
+		return nil, err
 	}
 	s.seqMu.Lock()
 	for mk, seq := range next {
 		s.seqs[mk] = seq
 	}
 	s.seqMu.Unlock()
-	return nil
+	return func() error {
+		defer b.Close()
+		return b.SyncWait()
+	}, nil
 }
 
 func (s *Store) Read(_ context.Context, tenant, clientID string, after uint64, limit int) ([]store.Queued, error) {
