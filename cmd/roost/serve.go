@@ -357,11 +357,9 @@ func openSessions(ctx context.Context, c *config, log *slog.Logger) (broker.Sess
 	}
 	if iv := c.storeSyncInterval(); iv > 0 {
 		log.Info("the embedded session store fsyncs on an interval: a crash of the machine loses what was acknowledged in the last one", "interval", iv)
-	} else if os.Getenv("GOMAXPROCS") == "" {
-		if n := procsForSync(runtime.GOMAXPROCS(0)); n != runtime.GOMAXPROCS(0) {
-			log.Info("GOMAXPROCS raised for the embedded session store's fsyncs (set GOMAXPROCS to choose)", "from", runtime.GOMAXPROCS(0), "to", n)
-			runtime.GOMAXPROCS(n)
-		}
+	} else if procs := runtime.GOMAXPROCS(0); procs < syncProcs && os.Getenv("GOMAXPROCS") == "" {
+		log.Info("GOMAXPROCS raised for the embedded session store's fsyncs (set GOMAXPROCS to choose)", "from", procs, "to", syncProcs)
+		runtime.GOMAXPROCS(syncProcs)
 	}
 	s, err := pebblestore.New(pebblestore.Config{Dir: filepath.Join(c.DataDir, "sessions"), Log: log.With("store", "pebble"), SyncInterval: c.storeSyncInterval()})
 	if err != nil {
@@ -385,9 +383,6 @@ func openSessions(ctx context.Context, c *config, log *slog.Logger) (broker.Sess
 // without a rule unchanged within its spread. An explicit GOMAXPROCS is
 // left as set.
 const syncProcs = 2
-
-// procsForSync is the GOMAXPROCS to run with, given the runtime's.
-func procsForSync(procs int) int { return max(procs, syncProcs) }
 
 const adminTokenFile = "admin-token"
 

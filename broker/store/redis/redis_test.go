@@ -78,13 +78,13 @@ func message(topic string) store.Message {
 
 // appendAll has writers appending one message at a time each, rounds
 // times, to one of queues queues (writer w to queue w%queues), with the
-// first send held until all other writers have queued behind it: their
-// first appends must go in one pipeline. The first writer starts alone
-// and the others once its send is held (entered), so that it is the first
-// send's only append. It checks that every queue's numbers are gapless
-// from 1, that each writer's are increasing, and that Read returns every
-// message once, in number order.
-func appendAll(t *testing.T, s *redis.Store, entered <-chan struct{}, writers, rounds, queues int) {
+// first send held (s.HoldFirstSend's entered and release) until all other
+// writers have queued behind it: their first appends must go in one
+// pipeline. The first writer starts alone and the others once its send is
+// held, so that it is the first send's only append. It checks that every
+// queue's numbers are gapless from 1, that each writer's are increasing,
+// and that Read returns every message once, in number order.
+func appendAll(t *testing.T, s *redis.Store, entered <-chan struct{}, release func(), writers, rounds, queues int) {
 	t.Helper()
 	ctx := context.Background()
 	seqs := make([][]uint64, writers)
@@ -104,6 +104,8 @@ func appendAll(t *testing.T, s *redis.Store, entered <-chan struct{}, writers, r
 			}
 		})
 	}
+	waitQueued(t, s, writers-1)
+	release()
 	wg.Wait()
 
 	want := map[int]map[uint64]string{} // queue → seq → topic
@@ -147,15 +149,7 @@ func TestAppendGroups(t *testing.T) {
 	entered, release := s.HoldFirstSend(nil)
 	t.Cleanup(release)
 	const writers = 64
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		appendAll(t, s, entered, writers, 20, 4)
-	}()
-	<-entered
-	waitQueued(t, s, writers-1)
-	release()
-	<-done
+	appendAll(t, s, entered, release, writers, 20, 4)
 	if trips.Grouped.Load() == 0 {
 		t.Errorf("got no pipeline of more than one append (%d alone, %d pipelines), want some", trips.Singles.Load(), trips.Pipelines.Load())
 	}
@@ -184,15 +178,7 @@ func TestAppendNoScript(t *testing.T) {
 	})
 	t.Cleanup(release)
 	const writers = 16
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		appendAll(t, s, entered, writers, 5, 3)
-	}()
-	<-entered
-	waitQueued(t, s, writers-1)
-	release()
-	<-done
+	appendAll(t, s, entered, release, writers, 5, 3)
 	if got := trips.Evals.Load(); got < writers-1 {
 		t.Errorf("got %d appends sent again by EVAL in a pipeline, want at least %d", got, writers-1)
 	}
