@@ -41,10 +41,14 @@ type deviceConn struct {
 
 	// in is the read side, holding a buffer only while input waits in it
 	// (see inbuf); hdr holds the fixed header pending hands out.
-	in           inbuf
-	hdr          [5]byte
-	pending      []byte // bytes to hand out before reading on: the CONNECT, then each frame header
-	remaining    int    // body bytes of the current frame still to pass through
+	in        inbuf
+	hdr       [5]byte
+	pending   []byte // bytes to hand out before reading on: the CONNECT, then each frame header
+	remaining int    // body bytes of the current frame still to pass through
+	// outboxWrite is the outbox write of the publish the hooks are
+	// handling, which the store hook makes with the publish's copies
+	// (see outbox.append); only the reader, which runs the hooks, uses it.
+	outboxWrite  *outboxWrite
 	writeTimeout time.Duration
 	// writeDeadline is the deadline last set for writes. It is moved on
 	// only once a quarter of the timeout has passed, so that a busy

@@ -282,10 +282,15 @@ func (c *deviceConn) commit() {
 		b.mu.Unlock()
 
 		o := batch[0].w.o
-		var items []store.Item
+		items := batch[0].w.items
+		if len(batch) > 1 {
+			items = nil
+			for _, e := range batch {
+				items = append(items, e.w.items...)
+			}
+		}
 		holds := 0
 		for _, e := range batch {
-			items = append(items, e.w.items...)
 			if e.hold {
 				holds++
 			}

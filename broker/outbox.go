@@ -111,11 +111,12 @@ func (h *outboxHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	// Only a device's connection defers its write to the store hook: its
 	// publishes go through the hooks one at a time, on its reader. The
 	// hub's own inline client publishes from several goroutines.
-	var deferWrite func(*outboxWrite)
-	if _, device := cl.Net.Conn.(*deviceConn); device && h.inst.persist != nil && !cl.Net.Inline {
-		deferWrite = func(w *outboxWrite) { h.inst.out.pending.Store(cl, w) }
+	var deferTo *deviceConn
+	if dc, device := cl.Net.Conn.(*deviceConn); device && h.inst.persist != nil && !cl.Net.Inline {
+		deferTo = dc
+		dc.outboxWrite = nil // a refused publish's, never made
 	}
-	err := h.inst.out.append(cl, pk, deferWrite)
+	err := h.inst.out.append(cl, pk, deferTo)
 	if err == nil || pk.FixedHeader.Qos == 0 {
 		return pk, nil
 	}
@@ -159,12 +160,6 @@ type outbox struct {
 	hooks sync.Map // destination id → dataout.Webhook
 	gen   atomic.Uint64
 
-	// pending holds, per device connection, the outbox write of the
-	// publish its hooks are handling, which the store hook makes with the
-	// publish's copies (see append); a connection's publishes go through
-	// the hooks one at a time, on its reader.
-	pending sync.Map // *mqtt.Client → *outboxWrite
-
 	// idPrefix and nextID name messages for receivers' deduplication.
 	idPrefix string
 	nextID   atomic.Uint64
@@ -186,6 +181,7 @@ type outboxRules struct {
 // destQueue is one destination's outbox as this node knows it.
 type destQueue struct {
 	id   string
+	out  string // outboxID(id)
 	wake chan struct{}
 	// backlog is the outbox's length as last read, plus what was appended
 	// here since; known once read.
@@ -473,9 +469,9 @@ var errOutboxFull = packets.ErrQuotaExceeded
 // 2 publish is not made here but handed to the store hook, which makes it
 // with the publish's copies for persistent sessions, in the one Append
 // that precedes the acknowledgement (see persistence.beforeAck): one
-// durable write per publish, not two. deferWrite, if not nil, takes the
-// write to hand over.
-func (o *outbox) append(cl *mqtt.Client, pk packets.Packet, deferWrite func(*outboxWrite)) error {
+// durable write per publish, not two. deferTo, if not nil, is the device
+// connection whose outboxWrite takes the write to hand over.
+func (o *outbox) append(cl *mqtt.Client, pk packets.Packet, deferTo *deviceConn) error {
 	if o == nil {
 		return nil
 	}
@@ -503,8 +499,8 @@ func (o *outbox) append(cl *mqtt.Client, pk packets.Packet, deferWrite func(*out
 	if err != nil || w == nil {
 		return err
 	}
-	if deferWrite != nil && pk.FixedHeader.Qos > 0 {
-		deferWrite(w)
+	if deferTo != nil && pk.FixedHeader.Qos > 0 {
+		deferTo.outboxWrite = w
 		return nil
 	}
 	if dc, ok := cl.Net.Conn.(*deviceConn); ok && !cl.Net.Inline && pk.FixedHeader.Qos == 0 {
@@ -524,15 +520,14 @@ func (o *outbox) append(cl *mqtt.Client, pk packets.Packet, deferWrite func(*out
 
 // takePending returns and forgets the outbox write the client's publish
 // left for the store hook, nil if none.
-func (o *outbox) takePending(cl *mqtt.Client) *outboxWrite {
-	if o == nil {
+func takePending(cl *mqtt.Client) *outboxWrite {
+	dc, ok := cl.Net.Conn.(*deviceConn)
+	if !ok || cl.Net.Inline {
 		return nil
 	}
-	w, ok := o.pending.LoadAndDelete(cl)
-	if !ok {
-		return nil
-	}
-	return w.(*outboxWrite)
+	w := dc.outboxWrite
+	dc.outboxWrite = nil
+	return w
 }
 
 // addMetadata gives a rule's input its device's metadata, if the device
@@ -552,6 +547,10 @@ type outboxWrite struct {
 	o      *outbox
 	queues []*destQueue
 	items  []store.Item
+	// one and oneQueue hold items and queues for one destination, the
+	// most common case, in the write's own allocation.
+	one      [1]store.Item
+	oneQueue [1]*destQueue
 }
 
 // commit makes the write alone.
@@ -606,7 +605,8 @@ func (w *outboxWrite) written() {
 // (counted); under drop_oldest its worker trims it to the limit. It
 // returns the write to make, nil if no outbox takes the message.
 func (o *outbox) enqueue(ctx context.Context, rules *outboxRules, in dataout.Input, msg store.Message, refusable bool) (*outboxWrite, error) {
-	var queues []*destQueue
+	w := &outboxWrite{o: o}
+	queues := w.oneQueue[:0]
 	var policy tenants.OutboxPolicy
 	limit := o.limit()
 	for _, m := range rules.set.Match(ctx, in) {
@@ -637,12 +637,16 @@ func (o *outbox) enqueue(ctx context.Context, rules *outboxRules, in dataout.Inp
 	if len(queues) == 0 {
 		return nil, nil
 	}
-	msg.Properties = encodeOrigin(o.idPrefix+"-"+strconv.FormatUint(o.nextID.Add(1), 36), in.Device, in.ClientID)
-	items := make([]store.Item, len(queues))
-	for i, q := range queues {
-		items[i] = store.Item{ClientID: outboxID(q.id), Message: msg}
+	msg.Properties = o.encodeOrigin(o.nextID.Add(1), in.Device, in.ClientID)
+	w.queues = queues
+	w.items = w.one[:0]
+	if len(queues) > 1 {
+		w.items = make([]store.Item, 0, len(queues))
 	}
-	return &outboxWrite{o: o, queues: queues, items: items}, nil
+	for _, q := range queues {
+		w.items = append(w.items, store.Item{ClientID: q.out, Message: msg})
+	}
+	return w, nil
 }
 
 // limit is the most messages one destination's outbox holds.
@@ -661,7 +665,7 @@ func (o *outbox) limit() int64 {
 func (o *outbox) backlogOf(ctx context.Context, q *destQueue) int64 {
 	fresh := q.known.Load() && (o.deliver || o.now().UnixNano()-q.readAt.Load() < int64(time.Second))
 	if !fresh {
-		info, err := o.st.QueueInfo(ctx, o.tenant, outboxID(q.id))
+		info, err := o.st.QueueInfo(ctx, o.tenant, q.out)
 		if err == nil {
 			q.backlog.Store(int64(info.Len))
 			q.readAt.Store(o.now().UnixNano())
@@ -678,7 +682,7 @@ func (o *outbox) queue(id string) *destQueue {
 	defer o.mu.Unlock()
 	q := o.dests[id]
 	if q == nil {
-		q = &destQueue{id: id, wake: make(chan struct{}, 1)}
+		q = &destQueue{id: id, out: outboxID(id), wake: make(chan struct{}, 1)}
 		o.dests[id] = q
 	}
 	if o.deliver && !q.worker && !q.fenced && !o.stopped {
@@ -691,11 +695,17 @@ func (o *outbox) queue(id string) *destQueue {
 
 // encodeOrigin encodes what a webhook message says beyond the MQTT
 // message (its id, device and client id) as the queued message's
-// properties, opaque to the store.
-func encodeOrigin(id, device, clientID string) []byte {
-	b := make([]byte, 0, 4+len(id)+len(device)+len(clientID))
+// properties, opaque to the store. The id is the outbox's prefix, a dash
+// and n in base 36.
+func (o *outbox) encodeOrigin(n uint64, device, clientID string) []byte {
+	var num [16]byte
+	id := strconv.AppendUint(num[:0], n, 36)
+	idLen := len(o.idPrefix) + 1 + len(id)
+	b := make([]byte, 0, 1+3*binary.MaxVarintLen16+idLen+len(device)+len(clientID))
 	b = append(b, 1)
-	for _, s := range []string{id, device, clientID} {
+	b = binary.AppendUvarint(b, uint64(idLen))
+	b = append(append(append(b, o.idPrefix...), '-'), id...)
+	for _, s := range [...]string{device, clientID} {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
 	}
@@ -775,7 +785,7 @@ func (o *outbox) run(q *destQueue) {
 	var epoch uint64
 	for retry := 1; ; retry++ {
 		var err error
-		if epoch, err = o.st.Claim(ctx, o.tenant, outboxID(q.id)); err == nil {
+		if epoch, err = o.st.Claim(ctx, o.tenant, q.out); err == nil {
 			break
 		}
 		log.Error("claim outbox", "err", err)
@@ -825,7 +835,7 @@ func (o *outbox) run(q *destQueue) {
 			fenced = true
 			return
 		}
-		msgs, err := o.st.Read(ctx, o.tenant, outboxID(q.id), head, batch)
+		msgs, err := o.st.Read(ctx, o.tenant, q.out, head, batch)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -873,7 +883,7 @@ func (o *outbox) run(q *destQueue) {
 		}
 		switch outcome {
 		case dataout.Delivered:
-			err = o.st.Ack(ctx, o.tenant, outboxID(q.id), epoch, seqs)
+			err = o.st.Ack(ctx, o.tenant, q.out, epoch, seqs)
 			if err == nil {
 				q.delivered.Add(int64(len(msgs)))
 			}
@@ -886,7 +896,7 @@ func (o *outbox) run(q *destQueue) {
 			}
 			first, attempts = time.Time{}, 0
 		case "gone":
-			err = o.st.Ack(ctx, o.tenant, outboxID(q.id), epoch, seqs)
+			err = o.st.Ack(ctx, o.tenant, q.out, epoch, seqs)
 			if err == nil {
 				q.dropped.Add(int64(len(msgs)))
 				log.Info("destination deleted: its outbox is dropped", "messages", len(msgs))
@@ -995,12 +1005,12 @@ func (o *outbox) bury(ctx context.Context, q *destQueue, epoch uint64, msgs []st
 	if _, err := o.st.Append(ctx, o.tenant, items, store.Receipt{}); err != nil {
 		return err
 	}
-	return o.st.Ack(ctx, o.tenant, outboxID(q.id), epoch, seqs)
+	return o.st.Ack(ctx, o.tenant, q.out, epoch, seqs)
 }
 
 // refresh reads an outbox's length and oldest message from the store.
 func (o *outbox) refresh(ctx context.Context, q *destQueue) {
-	info, err := o.st.QueueInfo(ctx, o.tenant, outboxID(q.id))
+	info, err := o.st.QueueInfo(ctx, o.tenant, q.out)
 	if err != nil {
 		return
 	}
@@ -1017,7 +1027,7 @@ func (o *outbox) trim(ctx context.Context, q *destQueue, epoch uint64, head *uin
 	if over <= 0 {
 		return nil
 	}
-	msgs, err := o.st.Read(ctx, o.tenant, outboxID(q.id), *head, int(min(over, 10_000)))
+	msgs, err := o.st.Read(ctx, o.tenant, q.out, *head, int(min(over, 10_000)))
 	if err != nil || len(msgs) == 0 {
 		return err
 	}
@@ -1025,7 +1035,7 @@ func (o *outbox) trim(ctx context.Context, q *destQueue, epoch uint64, head *uin
 	for i, m := range msgs {
 		seqs[i] = m.Seq
 	}
-	if err := o.st.Ack(ctx, o.tenant, outboxID(q.id), epoch, seqs); err != nil {
+	if err := o.st.Ack(ctx, o.tenant, q.out, epoch, seqs); err != nil {
 		return err
 	}
 	q.dropped.Add(int64(len(msgs)))

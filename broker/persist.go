@@ -302,9 +302,37 @@ func persistent(cl *mqtt.Client) bool {
 	return !cl.Properties.Clean
 }
 
+// storeTimeout bounds a call to the session store.
+const storeTimeout = 10 * time.Second
+
+// storeCtx is the context of a call to the session store, bounding it to
+// between storeTimeout less a second and storeTimeout. The calls share
+// one context, made at most once a second: a publish matching a rule
+// makes several store calls, and a context and a timer for each was a
+// visible part of its cost. Its cancel does nothing; the shared context
+// ends at its deadline.
 func storeCtx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), 10*time.Second)
+	now := time.Now().UnixNano()
+	if d := storeDeadline.Load(); d != nil && now < d.handOutUntil {
+		return d.ctx, noCancel
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), time.Unix(0, now).Add(storeTimeout))
+	storeDeadline.Store(&sharedDeadline{ctx: ctx, cancel: cancel, handOutUntil: now + int64(time.Second)})
+	return ctx, noCancel
 }
+
+// storeDeadline is the context storeCtx hands out.
+var storeDeadline atomic.Pointer[sharedDeadline]
+
+type sharedDeadline struct {
+	ctx context.Context
+	// cancel is kept, not called: the context ends at its deadline, and
+	// calls made in its last second still hold it.
+	cancel       context.CancelFunc
+	handOutUntil int64 // unix nanoseconds
+}
+
+func noCancel() {}
 
 // errNotStored refuses a publish the store could not take.
 var errNotStored = errors.New("message not stored")

@@ -301,7 +301,7 @@ func (h *storeHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 	// The outbox hook's write for this publish, if any: made in the same
 	// Append as the publish's copies, or not at all if the publish is
 	// refused (its publisher, unacknowledged, sends it again).
-	ow := h.inst.out.takePending(cl)
+	ow := takePending(cl)
 	if h.inst.caughtUp != nil && !cl.Net.Inline && !remote(pk) {
 		if err := h.inst.awaitCatchUp(); err != nil {
 			if pk.FixedHeader.Qos == 0 {

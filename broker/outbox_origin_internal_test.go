@@ -1,0 +1,53 @@
+package broker
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestOriginRoundTrip: what a queued message's properties say of its
+// origin (its id, device and client id) comes back as written, up to the
+// longest strings MQTT allows.
+func TestOriginRoundTrip(t *testing.T) {
+	o := &outbox{idPrefix: "a1b2c3"}
+	long := strings.Repeat("d", 65535)
+	for _, tc := range []struct {
+		n                uint64
+		device, clientID string
+		id               string
+	}{
+		{1, "sensor-1", "c1", "a1b2c3-1"},
+		{36, "", "", "a1b2c3-10"},
+		{1<<64 - 1, long, long, "a1b2c3-3w5e11264sgsf"},
+	} {
+		id, device, clientID, ok := decodeOrigin(o.encodeOrigin(tc.n, tc.device, tc.clientID))
+		if !ok || id != tc.id || device != tc.device || clientID != tc.clientID {
+			t.Errorf("origin %d: got %q, %d bytes, %d bytes (ok %t); want %q, %d, %d", tc.n, id, len(device), len(clientID), ok, tc.id, len(tc.device), len(tc.clientID))
+		}
+	}
+}
+
+// TestStoreCtxShared: store calls share a context while it has more than
+// storeTimeout less a second to run, and its cancel leaves it running.
+func TestStoreCtxShared(t *testing.T) {
+	a, cancel := storeCtx()
+	cancel()
+	if err := a.Err(); err != nil {
+		t.Fatalf("the shared context ended at a call's cancel: %v", err)
+	}
+	deadline, ok := a.Deadline()
+	// (A second of slack below: a loaded machine may pause the test.)
+	if left := time.Until(deadline); !ok || left <= storeTimeout-2*time.Second || left > storeTimeout {
+		t.Fatalf("deadline %v away (set %t), want at most %v", left, ok, storeTimeout)
+	}
+	// Once the shared context is older than a second, the next call
+	// gets a new one.
+	d := storeDeadline.Load()
+	storeDeadline.Store(&sharedDeadline{ctx: d.ctx, cancel: d.cancel, handOutUntil: time.Now().UnixNano() - 1})
+	b, cancel := storeCtx()
+	defer cancel()
+	if b == a {
+		t.Fatal("a context past its hand-out second was handed out again")
+	}
+}
