@@ -88,6 +88,7 @@ var committers atomic.Int64
 // whenever pending, held or failed change.
 type durableWrites struct {
 	queue   []durableWrite // not yet handed to the store, in order
+	spare   []durableWrite // the committer's last batch, emptied: the next queue
 	pending int            // queued or being written
 	bytes   int            // their payload bytes
 	running bool           // the committer runs
@@ -278,7 +279,7 @@ func (c *deviceConn) commit() {
 			return
 		}
 		batch := d.queue
-		d.queue = nil
+		d.queue, d.spare = d.spare, nil
 		b.mu.Unlock()
 
 		o := batch[0].w.o
@@ -317,6 +318,8 @@ func (c *deviceConn) commit() {
 		for _, e := range batch {
 			d.bytes -= e.size
 		}
+		clear(batch)
+		d.spare = batch[:0]
 		failed := false
 		switch {
 		case err == nil:

@@ -716,14 +716,18 @@ func decodeOrigin(b []byte) (id, device, clientID string, ok bool) {
 	if len(b) == 0 || b[0] != 1 {
 		return "", "", "", false
 	}
-	b = b[1:]
+	// One string for the three: they are parts of it.
+	s := string(b)
 	var out [3]string
+	at := 1
 	for i := range out {
-		n, k := binary.Uvarint(b)
-		if k <= 0 || uint64(len(b)-k) < n {
+		n, k := binary.Uvarint(b[at:])
+		if k <= 0 || uint64(len(b)-at-k) < n {
 			return "", "", "", false
 		}
-		out[i], b = string(b[k:k+int(n)]), b[k+int(n):]
+		at += k
+		out[i] = s[at : at+int(n)]
+		at += int(n)
 	}
 	return out[0], out[1], out[2], true
 }

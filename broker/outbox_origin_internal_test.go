@@ -21,9 +21,19 @@ func TestOriginRoundTrip(t *testing.T) {
 		{36, "", "", "a1b2c3-10"},
 		{1<<64 - 1, long, long, "a1b2c3-3w5e11264sgsf"},
 	} {
-		id, device, clientID, ok := decodeOrigin(o.encodeOrigin(tc.n, tc.device, tc.clientID))
+		b := o.encodeOrigin(tc.n, tc.device, tc.clientID)
+		id, device, clientID, ok := decodeOrigin(b)
 		if !ok || id != tc.id || device != tc.device || clientID != tc.clientID {
 			t.Errorf("origin %d: got %q, %d bytes, %d bytes (ok %t); want %q, %d, %d", tc.n, id, len(device), len(clientID), ok, tc.id, len(tc.device), len(tc.clientID))
+		}
+		// Cut short, or of another version, it is refused, not misread.
+		for _, cut := range []int{0, 1, 2, len(b) / 2, len(b) - 1} {
+			if _, _, _, ok := decodeOrigin(b[:cut]); ok {
+				t.Errorf("origin %d cut to %d of %d bytes was read", tc.n, cut, len(b))
+			}
+		}
+		if _, _, _, ok := decodeOrigin(append([]byte{2}, b[1:]...)); ok {
+			t.Errorf("origin %d of version 2 was read", tc.n)
 		}
 	}
 }
