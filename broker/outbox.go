@@ -609,7 +609,8 @@ func (o *outbox) enqueue(ctx context.Context, rules *outboxRules, in dataout.Inp
 	queues := w.oneQueue[:0]
 	var policy tenants.OutboxPolicy
 	limit := o.limit()
-	for _, m := range rules.set.Match(ctx, in) {
+	var matched [4]dataout.Match
+	for _, m := range rules.set.AppendMatches(ctx, matched[:0], in) {
 		if m.Err != nil {
 			o.log.Debug("rule condition not evaluated", "rule", m.Rule.ID, "topic", in.Topic, "err", m.Err)
 			continue

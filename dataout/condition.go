@@ -240,7 +240,12 @@ func (s *RuleSet) MatchesTopic(topic string) bool {
 // message's variables (its payload parsed once) are built only if a rule
 // with a condition matches its topic.
 func (s *RuleSet) Match(ctx context.Context, in Input) []Match {
-	var out []Match
+	return s.AppendMatches(ctx, nil, in)
+}
+
+// AppendMatches is Match appending to out, so that a caller on the
+// publish path can match into a buffer of its own.
+func (s *RuleSet) AppendMatches(ctx context.Context, out []Match, in Input) []Match {
 	var vars map[string]any
 	for _, r := range s.rules {
 		if !tenants.MatchTopic(r.Filter, in.Topic) {

@@ -150,6 +150,19 @@ func TestRuleSet(t *testing.T) {
 	if len(got) != 3 || got["hot"] != "<nil>" || got["all"] != "<nil>" || got["humid"] == "<nil>" {
 		t.Errorf("matches: %v, want hot and all, and humid's evaluation error", got)
 	}
+	// AppendMatches appends the same, in the same order, after what the
+	// buffer holds.
+	held := dataout.Match{Err: errors.New("held")}
+	appended := set.AppendMatches(context.Background(), []dataout.Match{held}, msg)
+	want := set.Match(context.Background(), msg)
+	if len(appended) != 1+len(want) || appended[0].Err != held.Err {
+		t.Fatalf("appended %d matches after the one held (%v), want %d", len(appended)-1, appended[0].Err, len(want))
+	}
+	for i, m := range want {
+		if appended[1+i].Rule != m.Rule {
+			t.Errorf("appended match %d is rule %s, want %s", i, appended[1+i].Rule.ID, m.Rule.ID)
+		}
+	}
 }
 
 // BenchmarkRuleSet is the cost of matching one JSON message against a
