@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble"
 
@@ -374,6 +375,52 @@ func batchKinds(t *testing.T, b *pebble.Batch) (ranges, dels int64) {
 			ranges++
 		case pebble.InternalKeyKindDelete:
 			dels++
+		}
+	}
+}
+
+// TestCommitNumbersManyQueues: one append to more queues than numbering
+// compares in turn numbers each queue's messages from its last, in the
+// order given, and so does the next, after a reopen too.
+func TestCommitNumbersManyQueues(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	s, err := New(Config{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { s.Close() }()
+	const queues, each = 3 * scanQueues, 3
+	var its []store.Item
+	for range each {
+		for q := range queues {
+			its = append(its, store.Item{ClientID: fmt.Sprintf("c%d", q), Message: store.Message{Topic: "t", Payload: []byte("m"), Created: time.Now()}})
+		}
+	}
+	for round := range 3 {
+		if round == 2 {
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if s, err = New(Config{Dir: dir}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		seqs, err := s.Append(ctx, "acme", its, store.Receipt{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, seq := range seqs {
+			if want := uint64(round*each + i/queues + 1); seq != want {
+				t.Fatalf("round %d: item %d (of %s) numbered %d, want %d", round, i, its[i].ClientID, seq, want)
+			}
+		}
+	}
+	for q := range queues {
+		cid := fmt.Sprintf("c%d", q)
+		info, err := s.QueueInfo(ctx, "acme", cid)
+		if err != nil || info.Len != 3*each || info.MaxSeq != 3*each {
+			t.Errorf("queue %s: %+v, %v; want %d queued", cid, info, err, 3*each)
 		}
 	}
 }
