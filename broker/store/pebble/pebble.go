@@ -883,13 +883,13 @@ const spanAckMin = 4
 func (s *Store) ackSpan(b *pebble.Batch, tenant, clientID string, seqs []uint64) (uint64, error) {
 	lo, hi := seqs[0], seqs[len(seqs)-1]
 	qp := clientKey('q', tenant, clientID)
-	found, err := named(s.db, qp, lo, hi, seqs)
+	found, err := named(make([]uint64, 0, len(seqs)), s.db, qp, lo, hi, seqs)
 	if err != nil {
 		return 0, err
 	}
 	deleteEach(b, qp, found)
 	dp := clientKey('d', tenant, clientID)
-	marks, err := named(s.db, dp, lo, hi, seqs)
+	marks, err := named(nil, s.db, dp, lo, hi, seqs)
 	if err != nil {
 		return 0, err
 	}
@@ -897,14 +897,13 @@ func (s *Store) ackSpan(b *pebble.Batch, tenant, clientID string, seqs []uint64)
 	return uint64(len(found)), nil
 }
 
-// named returns the numbers of seqs (sorted, from lo to hi) that r holds
-// under prefix p, in one pass over their span.
-func named(r pebble.Reader, p []byte, lo, hi uint64, seqs []uint64) ([]uint64, error) {
+// named appends to found the numbers of seqs (sorted, from lo to hi)
+// that r holds under prefix p, found in one pass over their span.
+func named(found []uint64, r pebble.Reader, p []byte, lo, hi uint64, seqs []uint64) ([]uint64, error) {
 	it, err := r.NewIter(&pebble.IterOptions{LowerBound: seqKey(p, lo), UpperBound: spanEnd(p, hi)})
 	if err != nil {
 		return nil, err
 	}
-	var found []uint64
 	i := 0
 	for it.First(); it.Valid(); it.Next() {
 		k := it.Key()
