@@ -126,12 +126,12 @@ func without(seqs []uint64, lo, hi uint64) []uint64 {
 	return slices.DeleteFunc(slices.Clone(seqs), func(seq uint64) bool { return seq >= lo && seq <= hi })
 }
 
-// TestAckShapes: acknowledgements of runs from the head (long enough
-// for a range deletion and short), with gaps, naming messages
-// acknowledged before or numbers never given, leave the queue, its
-// marks, QueueInfo and the count of removed messages as a model says,
-// before and after the store's memtable is flushed and compacted and
-// after the store is reopened.
+// TestAckShapes: acknowledgements of runs from the head, long and short,
+// with gaps, naming messages acknowledged before or numbers not given
+// yet, looked up with an iterator or a point read each, leave the queue,
+// its marks, QueueInfo and the count of removed messages as a model
+// says, before and after the store's memtable is flushed and compacted
+// and after the store is reopened.
 func TestAckShapes(t *testing.T) {
 	dir := t.TempDir()
 	s, err := New(Config{Dir: dir})

@@ -27,13 +27,14 @@ func BenchmarkCommit(b *testing.B) {
 				reqs[i] = &appendReq{tenant: "acme", items: []store.Item{{ClientID: fmt.Sprintf("sub-%d", i%queues), Message: msg}}}
 			}
 			for b.Loop() {
-				synced, err := s.commit(reqs)
+				applied, err := s.commit(reqs)
 				if err != nil {
 					b.Fatal(err)
 				}
-				if err := synced(); err != nil {
+				if err := applied.SyncWait(); err != nil {
 					b.Fatal(err)
 				}
+				applied.Close()
 			}
 		})
 	}

@@ -579,20 +579,22 @@ const maxGroup = 512
 // this one's ends (internal/group's DoSplit). The returned wait waits for
 // the sync.
 func (s *Store) commitGroup(reqs []*appendReq) (wait func()) {
-	fail := func(err error) {
-		for _, r := range reqs {
-			r.seqs, r.err = nil, err
-		}
-	}
-	synced, err := s.commitOrStop(reqs)
+	b, err := s.commitOrStop(reqs)
 	if err != nil {
-		fail(err)
+		failAll(reqs, err)
 		return nil
 	}
 	return func() {
-		if err := synced(); err != nil {
-			fail(err)
+		defer b.Close()
+		if err := b.SyncWait(); err != nil {
+			failAll(reqs, err)
 		}
+	}
+}
+
+func failAll(reqs []*appendReq, err error) {
+	for _, r := range reqs {
+		r.seqs, r.err = nil, err
 	}
 }
 
@@ -603,7 +605,7 @@ func (s *Store) commitGroup(reqs []*appendReq) (wait func()) {
 // leaving the lead taken and every later append waiting for ever. The
 // panic is raised again on a goroutine of its own, where nothing recovers
 // it, as it was when a writer goroutine of the store's committed.
-func (s *Store) commitOrStop(reqs []*appendReq) (synced func() error, err error) {
+func (s *Store) commitOrStop(reqs []*appendReq) (applied *pebble.Batch, err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			go func() { panic(v) }()
@@ -614,16 +616,17 @@ func (s *Store) commitOrStop(reqs []*appendReq) (synced func() error, err error)
 }
 
 // commit numbers a group of appends and writes them in one batch, to the
-// log and the memtable; synced waits for the log's sync (or, with a sync
-// interval, its write to the file). The leader is the only goroutine that
-// numbers, so seqs needs no lock here; seqMu orders it with QueueInfo's
-// reads.
+// log and the memtable, and returns the batch: its SyncWait waits for the
+// log's sync (or, with a sync interval, its write to the file), and the
+// caller closes it then. The leader is the only goroutine that numbers,
+// so seqs and numbering need no lock here; seqMu orders them with
+// QueueInfo's reads.
 //
 // The batch is visible once applied, before its sync, as with Pebble's
 // synced Commit (which publishes it, then waits): what a reader sends
 // before the sync and a crash loses was not acknowledged to its
 // publisher, who sends it again.
-func (s *Store) commit(reqs []*appendReq) (synced func() error, err error) {
+func (s *Store) commit(reqs []*appendReq) (applied *pebble.Batch, err error) {
 	b := s.db.NewBatch()
 	total := 0
 	for _, r := range reqs {
@@ -632,7 +635,8 @@ func (s *Store) commit(reqs []*appendReq) (synced func() error, err error) {
 	seqs := make([]uint64, total) // every request's, end to end
 	g := &s.numbering
 	g.reset()
-	var k []byte // each key in turn: the batch copies it
+	k := g.scratch[:0] // each key in turn: the batch copies it
+	defer func() { g.scratch = k }()
 	s.seqMu.Lock()
 	for _, r := range reqs {
 		if r.receipt.ClientID != "" {
@@ -687,10 +691,7 @@ func (s *Store) commit(reqs []*appendReq) (synced func() error, err error) {
 		}
 	}
 	s.seqMu.Unlock()
-	return func() error {
-		defer b.Close()
-		return b.SyncWait()
-	}, nil
+	return b, nil
 }
 
 // numbering holds the last numbers a commit gives, per queue: the
@@ -702,6 +703,8 @@ type numbering struct {
 	ends  []int  // where each ends in keys
 	lasts []uint64
 	known []*uint64
+	// scratch is commit's buffer for the keys it writes.
+	scratch []byte
 	// index finds a key's place once a commit numbers more than
 	// scanQueues queues.
 	index map[string]int
