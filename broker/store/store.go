@@ -133,10 +133,15 @@ const messageVersion = 1
 
 // MarshalBinary encodes a message compactly: the payload is stored as is.
 func (m Message) MarshalBinary() ([]byte, error) {
+	return m.AppendBinary(make([]byte, 0, 1+1+1+8+8+2+len(m.Topic)+4+len(m.Properties)+len(m.Payload)))
+}
+
+// AppendBinary appends what MarshalBinary returns to b, so that a store
+// writing many messages encodes them into one buffer of its own.
+func (m Message) AppendBinary(b []byte) ([]byte, error) {
 	if len(m.Topic) > 0xffff {
 		return nil, fmt.Errorf("topic of %d bytes", len(m.Topic))
 	}
-	b := make([]byte, 0, 1+1+1+8+8+2+len(m.Topic)+4+len(m.Properties)+len(m.Payload))
 	b = append(b, messageVersion, m.QoS, boolByte(m.Retain))
 	b = binary.BigEndian.AppendUint64(b, uint64(unixNano(m.Created)))
 	b = binary.BigEndian.AppendUint64(b, uint64(unixNano(m.Expires)))

@@ -635,8 +635,13 @@ func (s *Store) commit(reqs []*appendReq) (applied *pebble.Batch, err error) {
 	seqs := make([]uint64, total) // every request's, end to end
 	g := &s.numbering
 	g.reset()
-	k := g.scratch[:0] // each key in turn: the batch copies it
-	defer func() { g.scratch = k }()
+	k, v := g.scratch[:0], g.value[:0] // each key and value in turn: the batch copies them
+	defer func() {
+		if cap(v) > 64<<10 {
+			v = nil // a large message's buffer is not kept
+		}
+		g.scratch, g.value = k, v
+	}()
 	s.seqMu.Lock()
 	for _, r := range reqs {
 		if r.receipt.ClientID != "" {
@@ -660,8 +665,7 @@ func (s *Store) commit(reqs []*appendReq) (applied *pebble.Batch, err error) {
 			}
 			g.lasts[q]++
 			r.seqs[i] = g.lasts[q]
-			v, err := it.Message.MarshalBinary()
-			if err != nil {
+			if v, err = it.Message.AppendBinary(v[:0]); err != nil {
 				s.seqMu.Unlock()
 				b.Close()
 				return nil, err
@@ -672,10 +676,10 @@ func (s *Store) commit(reqs []*appendReq) (applied *pebble.Batch, err error) {
 		}
 	}
 	s.seqMu.Unlock()
-	var v [8]byte
+	var last8 [8]byte
 	for q, last := range g.lasts {
-		binary.BigEndian.PutUint64(v[:], last)
-		b.Set(g.key(q), v[:], nil)
+		binary.BigEndian.PutUint64(last8[:], last)
+		b.Set(g.key(q), last8[:], nil)
 	}
 	// A failed apply leaves the batch with Pebble (it may still be in its
 	// commit queue): not closed, not reused.
@@ -703,8 +707,9 @@ type numbering struct {
 	ends  []int  // where each ends in keys
 	lasts []uint64
 	known []*uint64
-	// scratch is commit's buffer for the keys it writes.
-	scratch []byte
+	// scratch and value are commit's buffers for the keys and the
+	// values it writes.
+	scratch, value []byte
 	// index finds a key's place once a commit numbers more than
 	// scanQueues queues.
 	index map[string]int
