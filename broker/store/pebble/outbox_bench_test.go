@@ -124,7 +124,9 @@ func BenchmarkOutboxCycle(b *testing.B) {
 }
 
 // BenchmarkAckBatch: acknowledgements of a run of messages read from the
-// queue's head, as the outbox worker makes them (a batch of up to 100).
+// queue's head, as the outbox worker makes them (a batch of up to 100)
+// and a session draining its backlog does, each behind the deletions of
+// those before (not yet compacted).
 //
 //	go test -run '^$' -bench AckBatch -benchmem ./broker/store/pebble
 func BenchmarkAckBatch(b *testing.B) {
