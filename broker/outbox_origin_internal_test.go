@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -41,23 +42,33 @@ func TestOriginRoundTrip(t *testing.T) {
 // TestStoreCtxShared: store calls share a context while it has more than
 // storeTimeout less a second to run, and its cancel leaves it running.
 func TestStoreCtxShared(t *testing.T) {
+	storeDeadline.Store(nil) // a context made now, not by an earlier test
 	a, cancel := storeCtx()
 	cancel()
 	if err := a.Err(); err != nil {
 		t.Fatalf("the shared context ended at a call's cancel: %v", err)
 	}
 	deadline, ok := a.Deadline()
-	// (A second of slack below: a loaded machine may pause the test.)
-	if left := time.Until(deadline); !ok || left <= storeTimeout-2*time.Second || left > storeTimeout {
+	// (A second of slack: a loaded machine may pause the test.)
+	if left := time.Until(deadline); !ok || left <= storeTimeout-time.Second || left > storeTimeout {
 		t.Fatalf("deadline %v away (set %t), want at most %v", left, ok, storeTimeout)
 	}
 	// Once the shared context is older than a second, the next call
 	// gets a new one.
 	d := storeDeadline.Load()
-	storeDeadline.Store(&sharedDeadline{ctx: d.ctx, cancel: d.cancel, handOutUntil: time.Now().UnixNano() - 1})
+	storeDeadline.Store(&sharedDeadline{ctx: d.ctx, cancel: d.cancel, handOutUntil: time.Now().Add(-time.Nanosecond)})
 	b, cancel := storeCtx()
 	defer cancel()
 	if b == a {
 		t.Fatal("a context past its hand-out second was handed out again")
+	}
+	// Nor is one that has ended, whatever its hand-out time says (as
+	// after a step back of the wall clock, were it compared on that).
+	ended, end := context.WithCancel(context.Background())
+	end()
+	storeDeadline.Store(&sharedDeadline{ctx: ended, cancel: end, handOutUntil: time.Now().Add(time.Hour)})
+	if c, cancel := storeCtx(); c.Err() != nil {
+		cancel()
+		t.Fatal("an ended context was handed out")
 	}
 }

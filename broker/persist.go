@@ -310,14 +310,16 @@ const storeTimeout = 10 * time.Second
 // one context, made at most once a second: a publish matching a rule
 // makes several store calls, and a context and a timer for each was a
 // visible part of its cost. Its cancel does nothing; the shared context
-// ends at its deadline.
+// ends at its deadline. Times are compared on the monotonic clock, so a
+// step of the wall clock never hands out a context already ended (which
+// would fail every store call); nor is one that has ended handed out.
 func storeCtx() (context.Context, context.CancelFunc) {
-	now := time.Now().UnixNano()
-	if d := storeDeadline.Load(); d != nil && now < d.handOutUntil {
+	now := time.Now()
+	if d := storeDeadline.Load(); d != nil && now.Before(d.handOutUntil) && d.ctx.Err() == nil {
 		return d.ctx, noCancel
 	}
-	ctx, cancel := context.WithDeadline(context.Background(), time.Unix(0, now).Add(storeTimeout))
-	storeDeadline.Store(&sharedDeadline{ctx: ctx, cancel: cancel, handOutUntil: now + int64(time.Second)})
+	ctx, cancel := context.WithDeadline(context.Background(), now.Add(storeTimeout))
+	storeDeadline.Store(&sharedDeadline{ctx: ctx, cancel: cancel, handOutUntil: now.Add(time.Second)})
 	return ctx, noCancel
 }
 
@@ -329,7 +331,7 @@ type sharedDeadline struct {
 	// cancel is kept, not called: the context ends at its deadline, and
 	// calls made in its last second still hold it.
 	cancel       context.CancelFunc
-	handOutUntil int64 // unix nanoseconds
+	handOutUntil time.Time // with its monotonic reading
 }
 
 func noCancel() {}
