@@ -312,7 +312,7 @@ func New(cfg Config) (*Hub, error) {
 	if h.cfg.Cluster != nil && h.cfg.Fabric != nil && !h.cfg.SpreadAll {
 		h.every(spreadEvery, h.checkSpread)
 	}
-	h.every(h.cfg.UsageInterval, h.recordUsage)
+	h.wg.Go(h.recordUsageLoop)
 	if d := h.cfg.Delivery; d != nil && h.cfg.Sessions != nil {
 		h.wg.Go(h.resumeOutboxes) // at once, for what a restart left
 		h.every(cmp.Or(d.Resume, 30*time.Second), h.resumeOutboxes)

@@ -318,8 +318,38 @@ func (m *meter) slotOf(t time.Time) time.Time {
 }
 
 // recordUsage records every meter's counts; the hub runs it every
-// UsageInterval.
+// UsageInterval (recordUsageLoop).
 func (h *Hub) recordUsage() { h.flushUsage(false) }
+
+// recordUsageLoop records usage every UsageInterval, and once more just
+// after each top of the hour: a flush is what turns a meter to the new
+// hour's bucket, so that what is counted from the top of the hour until
+// the next tick (up to a UsageInterval) would otherwise be booked to the
+// hour before, and at the turn of a month to the month before.
+func (h *Hub) recordUsageLoop() {
+	tick := time.NewTicker(h.cfg.UsageInterval)
+	defer tick.Stop()
+	hour := time.NewTimer(untilNextHour(h.now()))
+	defer hour.Stop()
+	for {
+		select {
+		case <-h.done:
+			return
+		case <-tick.C:
+			h.recordUsage()
+		case <-hour.C:
+			h.recordUsage()
+			hour.Reset(untilNextHour(h.now()))
+		}
+	}
+}
+
+// untilNextHour is how long from now until just past the next top of the
+// hour (UTC; a millisecond past, so that the flush then reads the new
+// hour).
+func untilNextHour(now time.Time) time.Duration {
+	return now.UTC().Truncate(time.Hour).Add(time.Hour).Sub(now) + time.Millisecond
+}
 
 // flushTimeout bounds a flush; the final one's tries again included, so
 // that the hub's Close, which waits for it, waits no longer than it did

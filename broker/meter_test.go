@@ -184,3 +184,49 @@ func (s *refusingUsage) AddUsage(ctx context.Context, deltas []tenants.UsageDelt
 	}
 	return s.UsageStore.AddUsage(ctx, deltas)
 }
+
+// TestUsageTurnsAtTheHour: what is counted just before the top of the
+// hour is booked to that hour, and what is counted just after it to the
+// next, with no regular flush in between (UsageInterval an hour): the
+// hub flushes at the top of the hour, which turns its meters.
+func TestUsageTurnsAtTheHour(t *testing.T) {
+	// The hub's clock is 5 s short of a top of the hour.
+	start := time.Now()
+	hour := start.UTC().Truncate(time.Hour).Add(time.Hour)
+	offset := hour.Add(-5 * time.Second).Sub(start)
+	now := func() time.Time { return time.Now().Add(offset) }
+	s := newStack(t, func(c *broker.Config) { c.UsageInterval = time.Hour; c.Now = now })
+	s.tenant("acme")
+	inHour := func(h time.Time) int64 {
+		t.Helper()
+		got, err := s.store.Usage(ctx, "acme", hour.Add(-2*time.Hour), hour.Add(2*time.Hour), tenants.Hourly)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range got {
+			if b.Start.Equal(h) {
+				return b.Usage.MessagesIn
+			}
+		}
+		return 0
+	}
+	pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
+	const before, after = 3, 5
+	for range before {
+		pub.pub(t, "m/a", "before", 1, false)
+	}
+	if !now().Before(hour) {
+		t.Fatalf("the publishes meant for before the top of the hour ended %v after it", now().Sub(hour))
+	}
+	// Nothing else flushes before Close: the hour's counts reach the
+	// store only by the flush at the top of the hour, which turns the
+	// meter.
+	eventually(t, 15*time.Second, "the hour's counts recorded at its end", func() bool { return inHour(hour.Add(-time.Hour)) == before })
+	for range after {
+		pub.pub(t, "m/a", "after", 1, false)
+	}
+	s.hub.Close()
+	if got, next := inHour(hour.Add(-time.Hour)), inHour(hour); got != before || next != after {
+		t.Errorf("messages in: %d in the hour before %v and %d in the hour from it, want %d and %d", got, hour, next, before, after)
+	}
+}
