@@ -10,6 +10,7 @@ import (
 
 	"github.com/roosthub/roost/bench/mqttc"
 	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/internal/testenv"
 )
 
 // BenchmarkP2PQoS1 measures QoS 1 messages from one publisher to one
@@ -73,7 +74,7 @@ func benchP2P(b *testing.B, window int) {
 	writes := func() int64 {
 		return broker.SocketWrites(s.hub, "acme", "pub") + broker.SocketWrites(s.hub, "acme", "sub")
 	}
-	before, cpu := writes(), cpuTime()
+	before, cpu := writes(), testenv.CPUTime()
 	b.ResetTimer()
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -97,5 +98,5 @@ func benchP2P(b *testing.B, window int) {
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 	b.ReportMetric(float64(writes()-before)/float64(b.N), "writes/msg")
-	b.ReportMetric(float64((cpuTime()-cpu).Microseconds())/float64(b.N), "cpu-µs/msg")
+	b.ReportMetric(float64((testenv.CPUTime()-cpu).Microseconds())/float64(b.N), "cpu-µs/msg")
 }

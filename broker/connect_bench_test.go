@@ -21,6 +21,7 @@ import (
 	"github.com/roosthub/roost/bench/mqttc"
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/events"
+	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -33,9 +34,9 @@ import (
 //	go test -run '^$' -bench 'Connect(Mochi)?$' -benchtime 10000x -count 5 ./broker
 func BenchmarkConnectMochi(b *testing.B) {
 	addr := serveMochi(b)
-	cpu0 := cpuTime()
+	cpu0 := testenv.CPUTime()
 	connectAll(b, addr, "bench/d", "secret")
-	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/connect")
+	b.ReportMetric(float64((testenv.CPUTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/connect")
 }
 
 // serveMochi starts bare mochi tuned as Roost tunes a tenant's instance,
@@ -75,9 +76,9 @@ func serveMochi(b *testing.B) string {
 //	go test -run '^$' -bench 'Connect(Serve|Mochi)$' -benchtime 5000x -count 5 ./broker
 func BenchmarkConnectServe(b *testing.B) {
 	addr, username, secret := serveRoost(b)
-	cpu0 := cpuTime()
+	cpu0 := testenv.CPUTime()
 	connectAll(b, addr, username, secret)
-	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/connect")
+	b.ReportMetric(float64((testenv.CPUTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/connect")
 }
 
 // serveRoost starts a hub as BenchmarkConnectServe describes, with one
@@ -123,9 +124,9 @@ func connectFromChild(b *testing.B, addr, username, secret string) {
 	cmd.Env = append(os.Environ(), "ROOST_CONNECT_CLIENTS="+addr, "ROOST_CONNECT_USERNAME="+username,
 		"ROOST_CONNECT_SECRET="+secret, "ROOST_CONNECT_N="+strconv.Itoa(b.N))
 	b.ResetTimer()
-	cpu0 := cpuTime()
+	cpu0 := testenv.CPUTime()
 	out, err := cmd.CombinedOutput()
-	cpu := cpuTime() - cpu0
+	cpu := testenv.CPUTime() - cpu0
 	b.StopTimer()
 	if err != nil {
 		b.Fatalf("clients: %v\n%s", err, out)

@@ -8,7 +8,6 @@ import (
 	"net"
 	"runtime"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -320,13 +319,6 @@ func TestGoroutinesPerConnection(t *testing.T) {
 		t.Errorf("%.2f goroutines per connection (%d for %d), want 2", per, after-before, n)
 	}
 	t.Logf("%.2f goroutines per connection", per)
-}
-
-// cpuTime is the CPU time the process has used, user and system.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // connectRaw connects a raw MQTT 3.1.1 socket as user with client id id and

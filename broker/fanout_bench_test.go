@@ -6,6 +6,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/roosthub/roost/internal/testenv"
 )
 
 // BenchmarkFanOut measures one publisher's QoS 0 messages copied to subs
@@ -55,7 +57,7 @@ func benchFanOut(b *testing.B, subs int) {
 			}
 		}
 	}
-	cpu := cpuTime()
+	cpu := testenv.CPUTime()
 	b.ResetTimer()
 	for i := range b.N {
 		wait(int64(i-64) * int64(subs))
@@ -67,5 +69,5 @@ func benchFanOut(b *testing.B, subs int) {
 	b.StopTimer()
 	copies := float64(b.N) * float64(subs)
 	b.ReportMetric(copies/b.Elapsed().Seconds(), "copies/s")
-	b.ReportMetric(float64((cpuTime()-cpu).Nanoseconds())/copies, "cpu-ns/copy")
+	b.ReportMetric(float64((testenv.CPUTime()-cpu).Nanoseconds())/copies, "cpu-ns/copy")
 }

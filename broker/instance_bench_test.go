@@ -3,12 +3,12 @@ package broker
 import (
 	"fmt"
 	"runtime"
-	"syscall"
 	"testing"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 
+	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -64,15 +64,9 @@ func measureIdle(b *testing.B, kind string, n int, idle time.Duration) (heapPerI
 	runtime.ReadMemStats(&after)
 	heapPerInstance = float64(int64(after.HeapInuse)-int64(before.HeapInuse)) / float64(n)
 
-	start := cpuTime()
+	start := testenv.CPUTime()
 	time.Sleep(idle)
-	used := cpuTime() - start
+	used := testenv.CPUTime() - start
 	cpuPerSecPer1k = used.Seconds() / idle.Seconds() * 1000 / float64(n)
 	return heapPerInstance, cpuPerSecPer1k
-}
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/roosthub/roost/broker/store/pebble"
 	"github.com/roosthub/roost/broker/store/redis"
 	"github.com/roosthub/roost/dataout"
+	"github.com/roosthub/roost/internal/testenv"
 )
 
 // BenchmarkP2PQoS1Webhook measures QoS 1 messages from one publisher
@@ -121,7 +122,7 @@ func BenchmarkP2PQoS1Webhook(b *testing.B) {
 			if code, err := sub.Subscribe(ctx, "p2p", 1); err != nil || code != 1 {
 				b.Fatalf("subscribe: %v (code %#x)", err, code)
 			}
-			cpu := cpuTime()
+			cpu := testenv.CPUTime()
 			b.ResetTimer()
 			start := time.Now()
 			var next atomic.Int64
@@ -165,7 +166,7 @@ func BenchmarkP2PQoS1Webhook(b *testing.B) {
 				b.ReportMetric(float64(int64(b.N)-n), "lost")
 			}
 			b.ReportMetric(float64(got.Load())/time.Unix(0, last.Load()).Sub(start).Seconds(), "msgs/s")
-			b.ReportMetric(float64((cpuTime()-cpu).Microseconds())/float64(b.N), "cpu-µs/msg")
+			b.ReportMetric(float64((testenv.CPUTime()-cpu).Microseconds())/float64(b.N), "cpu-µs/msg")
 			slices.Sort(acks)
 			b.ReportMetric(float64(acks[len(acks)/2].Nanoseconds())/1e3, "puback-p50-µs")
 			b.ReportMetric(float64(acks[len(acks)*99/100].Nanoseconds())/1e3, "puback-p99-µs")

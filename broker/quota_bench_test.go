@@ -11,6 +11,7 @@ import (
 
 	"github.com/roosthub/roost/bench/mqttc"
 	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -71,9 +72,9 @@ func BenchmarkConnect(b *testing.B) {
 	// not count against the tenant's connections.
 	s.setQuota("bench", "max_connections", 1<<40)
 	secret := s.device("bench", "d", tenants.ClientIDsAny)
-	cpu0 := cpuTime()
+	cpu0 := testenv.CPUTime()
 	connectAll(b, s.addr, "bench/d", secret)
-	b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/connect")
+	b.ReportMetric(float64((testenv.CPUTime()-cpu0).Microseconds())/float64(b.N), "cpu-µs/connect")
 }
 
 // connectAll makes b.N connections to addr as username, 64 dialing at

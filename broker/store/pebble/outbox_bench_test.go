@@ -3,12 +3,12 @@ package pebble_test
 import (
 	"context"
 	"fmt"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/roosthub/roost/broker/store"
 	"github.com/roosthub/roost/broker/store/pebble"
+	"github.com/roosthub/roost/internal/testenv"
 )
 
 // benchStore is a store whose log is written but not fsynced within the
@@ -24,23 +24,11 @@ func benchStore(b *testing.B) *pebble.Store {
 	return s
 }
 
-// cpuTime is the CPU time the process has used, in user and system
-// mode: on a machine shared with other work it varies less than the
-// time a benchmark takes.
-func cpuTime(b *testing.B) time.Duration {
-	b.Helper()
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // reportCPU reports the CPU time used since start per op, as cpu-ns/op
 // (the store's background work, its flushes and compactions, included).
 func reportCPU(b *testing.B, start time.Duration) {
 	b.Helper()
-	b.ReportMetric(float64(cpuTime(b)-start)/float64(b.N), "cpu-ns/op")
+	b.ReportMetric(float64(testenv.CPUTime()-start)/float64(b.N), "cpu-ns/op")
 }
 
 // BenchmarkAppend: appends of one message each (an outbox copy), and of
@@ -57,7 +45,7 @@ func BenchmarkAppend(b *testing.B) {
 			for i := range items {
 				items[i] = store.Item{ClientID: fmt.Sprintf("sub-%d", i), Message: msg}
 			}
-			start := cpuTime(b)
+			start := testenv.CPUTime()
 			for b.Loop() {
 				if _, err := s.Append(ctx, "acme", items, store.Receipt{}); err != nil {
 					b.Fatal(err)
@@ -95,7 +83,7 @@ func BenchmarkOutboxCycle(b *testing.B) {
 				}
 			}
 			n := 0
-			start := cpuTime(b)
+			start := testenv.CPUTime()
 			for b.Loop() {
 				if n++; n%batch != 0 {
 					continue

@@ -6,7 +6,6 @@ import (
 	"os"
 	"runtime"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -14,6 +13,7 @@ import (
 
 	"github.com/roosthub/roost/broker/store"
 	"github.com/roosthub/roost/broker/store/redis"
+	"github.com/roosthub/roost/internal/testenv"
 )
 
 // BenchmarkAppendOne: one writer appends one 13-byte message at a time to
@@ -48,13 +48,13 @@ func BenchmarkAppendOne(b *testing.B) {
 		}
 		defer s.Close()
 		item := store.Item{ClientID: "outbox", Message: store.Message{Topic: "t/1", Payload: []byte(`{"n":1234567}`), QoS: 1, Created: time.Now()}}
-		cpu0 := cpuTime(b)
+		cpu0 := testenv.CPUTime()
 		for b.Loop() {
 			if _, err := s.Append(ctx, "bench", []store.Item{item}, store.Receipt{}); err != nil {
 				b.Fatal(err)
 			}
 		}
-		b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(b.N), "cpu-ns/op")
+		b.ReportMetric(float64(testenv.CPUTime()-cpu0)/float64(b.N), "cpu-ns/op")
 	})
 }
 
@@ -79,7 +79,7 @@ func BenchmarkAppendParallel(b *testing.B) {
 	trips := s.CountTrips()
 	b.SetParallelism(max(1, 32/runtime.GOMAXPROCS(0)))
 	var writer atomic.Int64
-	cpu0 := cpuTime(b)
+	cpu0 := testenv.CPUTime()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		queue := fmt.Sprintf("outbox-%d", writer.Add(1)%4)
@@ -92,15 +92,6 @@ func BenchmarkAppendParallel(b *testing.B) {
 		}
 	})
 	b.StopTimer()
-	b.ReportMetric(float64(cpuTime(b)-cpu0)/float64(b.N), "cpu-ns/op")
+	b.ReportMetric(float64(testenv.CPUTime()-cpu0)/float64(b.N), "cpu-ns/op")
 	b.ReportMetric(float64(trips.Singles.Load()+trips.Pipelines.Load())/float64(b.N), "trips/op")
-}
-
-// cpuTime is the CPU time the process has spent, user and system.
-func cpuTime(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
