@@ -377,7 +377,7 @@ func openSessions(ctx context.Context, c *config, log *slog.Logger) (broker.Sess
 // runtime's monitor takes the P back, if it is awake to. The connections
 // then come back to the store one at a time, and a group commit has
 // little to group. With a second P the other goroutines run on while the
-// fsync sleeps in the kernel, which costs no CPU. Measured in roost-bench's
+// fsync waits for the disk. Measured in roost-bench's
 // p2p QoS 1 run with a webhook rule, roost serve pinned to one core (see
 // docs/benchmarks.md): about twice the messages a second, with the figure
 // without a rule unchanged within its spread. An explicit GOMAXPROCS is

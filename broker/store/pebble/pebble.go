@@ -291,7 +291,13 @@ func markKey(tenant, clientID string, seq uint64) []byte {
 }
 
 func receiptKey(tenant, clientID string, packetID uint16) []byte {
-	return binary.BigEndian.AppendUint16(clientKey('p', tenant, clientID), packetID)
+	n := 1 + len(tenant) + 1 + binary.MaxVarintLen64 + len(clientID) + 2
+	return appendReceiptKey(make([]byte, 0, n), tenant, clientID, packetID)
+}
+
+// appendReceiptKey appends receiptKey(tenant, clientID, packetID) to b.
+func appendReceiptKey(b []byte, tenant, clientID string, packetID uint16) []byte {
+	return binary.BigEndian.AppendUint16(appendClientKey(b, 'p', tenant, clientID), packetID)
 }
 
 // upperBound is the smallest key above every key with prefix p.
@@ -645,7 +651,7 @@ func (s *Store) commit(reqs []*appendReq) (applied *pebble.Batch, err error) {
 	s.seqMu.Lock()
 	for _, r := range reqs {
 		if r.receipt.ClientID != "" {
-			k = binary.BigEndian.AppendUint16(appendClientKey(k[:0], 'p', r.tenant, r.receipt.ClientID), r.receipt.PacketID)
+			k = appendReceiptKey(k[:0], r.tenant, r.receipt.ClientID, r.receipt.PacketID)
 			b.Set(k, nil, nil)
 		}
 		r.seqs, seqs = seqs[:len(r.items):len(r.items)], seqs[len(r.items):]
