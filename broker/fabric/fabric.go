@@ -36,6 +36,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -164,6 +165,11 @@ type Stats struct {
 
 // New connects to Redis and starts renewing the node's memberships.
 func New(ctx context.Context, cfg Config) (*Redis, error) {
+	return open(ctx, cfg, nil)
+}
+
+// open is New, with dial (if not nil) making the client's connections.
+func open(ctx context.Context, cfg Config, dial func(ctx context.Context, network, addr string) (net.Conn, error)) (*Redis, error) {
 	if cfg.Node == "" {
 		return nil, errors.New("fabric: no node id")
 	}
@@ -182,6 +188,15 @@ func New(ctx context.Context, cfg Config) (*Redis, error) {
 	opts, err := goredis.ParseURL(cfg.URL)
 	if err != nil {
 		return nil, fmt.Errorf("fabric: redis URL: %w", err)
+	}
+	// A command is never sent again (go-redis retries one whose
+	// connection failed by default, even after Redis ran it): a send run
+	// twice would put a message in an inbox twice, delivered twice. Its
+	// caller is told the send failed; the reading loops retry on their
+	// own.
+	opts.MaxRetries = -1
+	if dial != nil {
+		opts.Dialer = dial
 	}
 	rdb := goredis.NewClient(opts)
 	if err := rdb.Ping(ctx).Err(); err != nil {

@@ -1,6 +1,7 @@
 package fabric
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -349,5 +350,72 @@ func TestKickHandOver(t *testing.T) {
 		case <-time.After(10 * time.Second):
 			t.Fatal("the node that stopped renewing was not told")
 		}
+	}
+}
+
+// TestSendReplyLost: Redis runs a send, and the connection breaks before
+// its reply is read. The send fails (the publisher is not acknowledged),
+// and the message is in the other owner's inbox once: the client does not
+// send it again on a new connection, which would deliver it twice.
+func TestSendReplyLost(t *testing.T) {
+	url := testenv.RedisURL(t)
+	b := make([]byte, 6)
+	rand.Read(b)
+	prefix := "roost-fabric-" + hex.EncodeToString(b)
+	ctx := context.Background()
+	fb, err := New(ctx, Config{URL: url, Prefix: prefix, Node: "b", Lease: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fb.Close() })
+	inbox := fb.key("acme", "in:b")
+	ran := func() bool {
+		n, _ := fb.rdb.XLen(ctx, inbox).Result()
+		return n > 0 || fb.Stats().Received > 0
+	}
+	sends := func(p []byte) bool { return bytes.Contains(p, []byte("evalsha")) && bytes.Contains(p, []byte(inbox)) }
+	fa, err := open(ctx, Config{URL: url, Prefix: prefix, Node: "a", Lease: time.Second}, testenv.LosingReplyDialer(sends, ran))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fa.Close() })
+	if err := sendScript.Load(ctx, fa.rdb).Err(); err != nil { // so that the send broken is the one that runs it
+		t.Fatal(err)
+	}
+	ta, err := fa.Join(ctx, "acme", false, func(Message) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan Message, 10)
+	tb, err := fb.Join(ctx, "acme", false, func(m Message) error { got <- m; return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Add(ctx, "t/#"); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := ta.Send(ctx, Message{Topic: "t/1", Payload: []byte("x"), QoS: 2}, nil); err == nil {
+		t.Fatalf("send whose reply was lost: got %d inboxes and no error, want an error", n)
+	}
+	if n, err := ta.Send(ctx, Message{Topic: "t/1", Payload: []byte("y"), QoS: 2}, nil); err != nil || n != 1 {
+		t.Fatalf("send after the lost reply: %d inboxes, %v; want 1", n, err)
+	}
+	// The inbox is delivered in order: once y is, every x sent before it is.
+	xs := 0
+	for done := false; !done; {
+		select {
+		case m := <-got:
+			switch string(m.Payload) {
+			case "x":
+				xs++
+			case "y":
+				done = true
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the message after the lost reply did not arrive")
+		}
+	}
+	if xs != 1 {
+		t.Errorf("got the message whose send's reply was lost %d times, want 1", xs)
 	}
 }

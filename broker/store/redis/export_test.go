@@ -1,6 +1,7 @@
 package redis
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"slices"
@@ -8,6 +9,8 @@ import (
 	"sync/atomic"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/roosthub/roost/internal/testenv"
 )
 
 // Trips counts a store's script calls to Redis from the time CountTrips
@@ -133,4 +136,25 @@ func (s *Store) Client() *goredis.Client { return s.rdb }
 // SessionKey is the key of kind of a session, for a test to write to.
 func (s *Store) SessionKey(tenant, clientID, kind string) string {
 	return s.sessionKey(tenant, clientID, kind)
+}
+
+// NewLosingReply opens a store whose first call of the append script is
+// run by Redis but never answered (testenv.LosingReplyDialer).
+func NewLosingReply(ctx context.Context, cfg Config, ran func() bool) (*Store, error) {
+	opts, err := clientOptions(cfg.URL)
+	if err != nil {
+		return nil, err
+	}
+	opts.Dialer = testenv.LosingReplyDialer(func(p []byte) bool { return bytes.Contains(p, []byte("evalsha")) }, ran)
+	s, err := open(ctx, cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	// Loaded now, so that the call broken is the one that runs it, not
+	// one Redis refuses for not having it.
+	if err := appendScript.Load(ctx, s.rdb).Err(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
 }

@@ -56,10 +56,33 @@ type Store struct {
 
 // New connects and checks that the server answers.
 func New(ctx context.Context, cfg Config) (*Store, error) {
-	opts, err := goredis.ParseURL(cfg.URL)
+	opts, err := clientOptions(cfg.URL)
+	if err != nil {
+		return nil, err
+	}
+	return open(ctx, cfg, opts)
+}
+
+// clientOptions are the client's options for url. The client never sends
+// a command again: go-redis by default retries one whose connection
+// failed, even once it was written and its reply is what was lost, and
+// Redis may then have run it. An Append run twice stores its messages
+// twice, under new numbers (a QoS 2 message delivered twice); its caller
+// is told it failed instead, and the publisher, not acknowledged, sends
+// it again (a QoS 2 publish then meets its receipt). The store's other
+// writes would be safe to repeat, and its reads are retried by their
+// callers (a connection the server closed is found unhealthy by the pool
+// before it is used).
+func clientOptions(url string) (*goredis.Options, error) {
+	opts, err := goredis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("redis URL: %w", err)
 	}
+	opts.MaxRetries = -1
+	return opts, nil
+}
+
+func open(ctx context.Context, cfg Config, opts *goredis.Options) (*Store, error) {
 	rdb := goredis.NewClient(opts)
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		rdb.Close()

@@ -312,3 +312,45 @@ func TestAppendAfterClose(t *testing.T) {
 		t.Errorf("append after Close: got no error, want one")
 	}
 }
+
+// TestAppendReplyLost: Redis runs an append, and the connection breaks
+// before its reply is read. The append fails (its publisher is not
+// acknowledged, and sends it again), and it is stored once: the client
+// does not send it again on a new connection, which would number its
+// message a second time. The store goes on working after.
+func TestAppendReplyLost(t *testing.T) {
+	ctx := context.Background()
+	cfg := redis.Config{URL: redisURL(t), Prefix: uniquePrefix()}
+	probe, err := redis.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { probe.Close() })
+	queued := func() int64 {
+		n, err := probe.Client().ZCard(ctx, probe.SessionKey("t", "c", "q")).Result()
+		if err != nil {
+			t.Error(err)
+		}
+		return n
+	}
+	s, err := redis.NewLosingReply(ctx, cfg, func() bool { return queued() > 0 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+
+	item := []store.Item{{ClientID: "c", Message: message("a/b")}}
+	if seqs, err := s.Append(ctx, "t", item, store.Receipt{}); err == nil {
+		t.Fatalf("append whose reply was lost: got numbers %v and no error, want an error", seqs)
+	}
+	if n := queued(); n != 1 {
+		t.Fatalf("got %d messages queued after an append whose reply was lost, want 1 (sent once)", n)
+	}
+	seqs, err := s.Append(ctx, "t", item, store.Receipt{})
+	if err != nil {
+		t.Fatalf("append after the lost reply: %v", err)
+	}
+	if len(seqs) != 1 || seqs[0] != 2 {
+		t.Errorf("append after the lost reply: got numbers %v, want [2]", seqs)
+	}
+}
