@@ -39,6 +39,9 @@ type Store struct {
 	// sessionsPruned is when expired sessions were last deleted (Unix
 	// seconds).
 	sessionsPruned atomic.Int64
+	// usageIDsPruned is when old usage delta ids were last deleted (Unix
+	// seconds; see AddUsage).
+	usageIDsPruned atomic.Int64
 	// eventCap bounds each tenant's stored events (store_event.go).
 	eventCap eventCap
 }

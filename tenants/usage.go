@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -33,8 +35,11 @@ func (u *Usage) Add(o Usage) {
 // IsZero reports whether there is nothing to record.
 func (u Usage) IsZero() bool { return u == Usage{} }
 
-// UsageDelta is usage to add to one tenant's hour.
+// UsageDelta is usage to add to one tenant's hour. ID, if not empty,
+// makes adding it idempotent: a delta whose ID was added before is not
+// added again (see AddUsage).
 type UsageDelta struct {
+	ID     string
 	Tenant string
 	Hour   time.Time
 	Usage
@@ -66,26 +71,41 @@ const addUsage = `INSERT INTO usage (tenant, hour, messages_in, messages_out, by
 		peak_connections = CASE WHEN excluded.peak_connections > usage.peak_connections
 			THEN excluded.peak_connections ELSE usage.peak_connections END`
 
+// usageAppliedKept is how long the id of a delta added is kept: far
+// longer than a meter tries a delta again.
+const usageAppliedKept = 7 * 24 * time.Hour
+
 // AddUsage adds the deltas in one transaction. If that fails, each is tried
 // alone, so that one tenant deleted meanwhile does not hold up the others;
 // the deltas that still failed are returned with the error.
+//
+// A delta with an ID is added once: the transaction records its ID, and
+// one whose ID is recorded already is skipped. A caller that was told a
+// transaction failed cannot know whether it committed (a timeout during
+// the commit, the connection lost after it) and tries its deltas again;
+// they are not counted twice.
 func (s *Store) AddUsage(ctx context.Context, deltas []UsageDelta) ([]UsageDelta, error) {
 	if len(deltas) == 0 {
 		return nil, nil
 	}
-	add := func(tx *sql.Tx, d UsageDelta) error {
-		_, err := tx.ExecContext(ctx, addUsage, d.Tenant, d.Hour.UTC().Truncate(time.Hour),
-			d.MessagesIn, d.MessagesOut, d.BytesIn, d.BytesOut, d.ConnectionSeconds, d.PeakConnections)
-		return err
-	}
-	err := s.inTx(ctx, func(tx *sql.Tx) error {
+	s.pruneUsageApplied(ctx)
+	apply := func(tx *sql.Tx, deltas []UsageDelta) error {
+		fresh, err := s.claimUsageIDs(ctx, tx, deltas)
+		if err != nil {
+			return err
+		}
 		for _, d := range deltas {
-			if err := add(tx, d); err != nil {
+			if d.ID != "" && !fresh[d.ID] {
+				continue // added before
+			}
+			if _, err := tx.ExecContext(ctx, addUsage, d.Tenant, d.Hour.UTC().Truncate(time.Hour),
+				d.MessagesIn, d.MessagesOut, d.BytesIn, d.BytesOut, d.ConnectionSeconds, d.PeakConnections); err != nil {
 				return err
 			}
 		}
 		return nil
-	})
+	}
+	err := s.inTx(ctx, func(tx *sql.Tx) error { return apply(tx, deltas) })
 	if err == nil || len(deltas) == 1 || ctx.Err() != nil {
 		if err != nil {
 			return deltas, err
@@ -95,12 +115,77 @@ func (s *Store) AddUsage(ctx context.Context, deltas []UsageDelta) ([]UsageDelta
 	var failed []UsageDelta
 	var errs []error
 	for _, d := range deltas {
-		if err := s.inTx(ctx, func(tx *sql.Tx) error { return add(tx, d) }); err != nil {
+		if err := s.inTx(ctx, func(tx *sql.Tx) error { return apply(tx, []UsageDelta{d}) }); err != nil {
 			failed = append(failed, d)
 			errs = append(errs, fmt.Errorf("usage of %s: %w", d.Tenant, err))
 		}
 	}
 	return failed, errors.Join(errs...)
+}
+
+// claimUsageIDs records the IDs of the deltas in tx, and returns those
+// not recorded before: the deltas to add. One statement per
+// usageIDsPerInsert IDs.
+func (s *Store) claimUsageIDs(ctx context.Context, tx *sql.Tx, deltas []UsageDelta) (map[string]bool, error) {
+	var ids []string
+	for _, d := range deltas {
+		if d.ID != "" {
+			ids = append(ids, d.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	fresh := make(map[string]bool, len(ids))
+	at := s.now().UTC()
+	for chunk := range slices.Chunk(ids, usageIDsPerInsert) {
+		var q strings.Builder
+		args := make([]any, 0, len(chunk)+1)
+		args = append(args, at)
+		q.WriteString(`INSERT INTO usage_applied (id, at) VALUES `)
+		for i, id := range chunk {
+			if i > 0 {
+				q.WriteString(", ")
+			}
+			args = append(args, id)
+			fmt.Fprintf(&q, "($%d, $1)", len(args))
+		}
+		q.WriteString(` ON CONFLICT (id) DO NOTHING RETURNING id`)
+		rows, err := tx.QueryContext(ctx, q.String(), args...)
+		if err != nil {
+			return nil, fmt.Errorf("record usage ids: %w", err)
+		}
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			fresh[id] = true
+		}
+		if err := rows.Close(); err != nil {
+			return nil, err
+		}
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return fresh, nil
+}
+
+// usageIDsPerInsert bounds the IDs one statement records (SQLite takes
+// 32,766 parameters, Postgres 65,535).
+const usageIDsPerInsert = 1000
+
+// pruneUsageApplied deletes the delta ids older than usageAppliedKept, at
+// most once an hour; a failure is left for the next time.
+func (s *Store) pruneUsageApplied(ctx context.Context) {
+	now := s.now()
+	last := s.usageIDsPruned.Load()
+	if now.Unix()-last < 3600 || !s.usageIDsPruned.CompareAndSwap(last, now.Unix()) {
+		return
+	}
+	s.db.ExecContext(ctx, `DELETE FROM usage_applied WHERE at < $1`, now.Add(-usageAppliedKept).UTC())
 }
 
 // Usage returns a tenant's usage from from (inclusive) to to (exclusive) in

@@ -818,6 +818,23 @@ func testUsage(t *testing.T, s *tenants.Store, reopen func() *tenants.Store) {
 		t.Errorf("other's usage: %+v", got)
 	}
 
+	// A delta with an id is added once, however often it is tried: alone,
+	// or again beside new ones (of which those are added), in batches
+	// larger than one statement records.
+	once := tenants.UsageDelta{ID: "delta-1", Tenant: "other", Hour: h, Usage: tenants.Usage{MessagesIn: 7}}
+	add(once)
+	add(once)
+	many := []tenants.UsageDelta{once}
+	for i := range 1500 {
+		many = append(many, tenants.UsageDelta{ID: fmt.Sprintf("delta-many-%d", i), Tenant: "other", Hour: h, Usage: tenants.Usage{MessagesIn: 1}})
+	}
+	add(many...)
+	add(many...)
+	add(tenants.UsageDelta{Tenant: "other", Hour: h, Usage: tenants.Usage{MessagesIn: 2}}, tenants.UsageDelta{Tenant: "other", Hour: h, Usage: tenants.Usage{MessagesIn: 2}}) // no id: each added
+	if got, _ := s.Usage(ctx, "other", h, h.Add(time.Hour), tenants.Hourly); len(got) != 1 || got[0].MessagesIn != 1000+7+1500+4 {
+		t.Errorf("other's usage after deltas tried again: %+v, want %d messages in", got, 1000+7+1500+4)
+	}
+
 	// A deleted tenant's usage is kept, its last deltas still count, and
 	// its slug stays reserved until the usage is pruned.
 	before, _ := s.Usage(ctx, "doomed", h, h.Add(time.Hour), tenants.Hourly)
