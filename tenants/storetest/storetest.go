@@ -834,6 +834,15 @@ func testUsage(t *testing.T, s *tenants.Store, reopen func() *tenants.Store) {
 	if got, _ := s.Usage(ctx, "other", h, h.Add(time.Hour), tenants.Hourly); len(got) != 1 || got[0].MessagesIn != 1000+7+1500+4 {
 		t.Errorf("other's usage after deltas tried again: %+v, want %d messages in", got, 1000+7+1500+4)
 	}
+	// The ids are kept a week: past it, the next recording deletes them
+	// (an id seen again then counts again).
+	s.SetClock(func() time.Time { return time.Now().Add(8 * 24 * time.Hour) })
+	add(tenants.UsageDelta{ID: "delta-later", Tenant: "acme", Hour: h.Add(-72 * time.Hour), Usage: tenants.Usage{MessagesIn: 1}})
+	add(once)
+	s.SetClock(time.Now)
+	if got, _ := s.Usage(ctx, "other", h, h.Add(time.Hour), tenants.Hourly); len(got) != 1 || got[0].MessagesIn != 1000+7+1500+4+7 {
+		t.Errorf("other's usage after its ids were pruned: %+v, want %d messages in", got, 1000+7+1500+4+7)
+	}
 
 	// A deleted tenant's usage is kept, its last deltas still count, and
 	// its slug stays reserved until the usage is pruned.
