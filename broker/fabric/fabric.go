@@ -131,6 +131,8 @@ var (
 type Redis struct {
 	cfg Config
 	rdb *goredis.Client
+	// sendRdb runs the sends, never twice (see open).
+	sendRdb *goredis.Client
 
 	mu      sync.Mutex
 	tenants map[string]*Tenant
@@ -189,12 +191,6 @@ func open(ctx context.Context, cfg Config, dial func(ctx context.Context, networ
 	if err != nil {
 		return nil, fmt.Errorf("fabric: redis URL: %w", err)
 	}
-	// A command is never sent again (go-redis retries one whose
-	// connection failed by default, even after Redis ran it): a send run
-	// twice would put a message in an inbox twice, delivered twice. Its
-	// caller is told the send failed; the reading loops retry on their
-	// own.
-	opts.MaxRetries = -1
 	if dial != nil {
 		opts.Dialer = dial
 	}
@@ -203,7 +199,14 @@ func open(ctx context.Context, cfg Config, dial func(ctx context.Context, networ
 		rdb.Close()
 		return nil, fmt.Errorf("fabric: redis: %w", err)
 	}
-	f := &Redis{cfg: cfg, rdb: rdb, tenants: map[string]*Tenant{}}
+	// Sends go on a client that never sends a command again: go-redis
+	// retries one whose connection failed by default, even after Redis
+	// ran it, and a send run twice would put a message in an inbox twice,
+	// delivered twice. Its caller is told the send failed instead. Every
+	// other command is safe to send again and keeps the retries.
+	once := *opts
+	once.MaxRetries = -1
+	f := &Redis{cfg: cfg, rdb: rdb, sendRdb: goredis.NewClient(&once), tenants: map[string]*Tenant{}}
 	f.ps = rdb.Subscribe(context.Background(), f.channel())
 	runCtx, stop := context.WithCancel(context.Background())
 	f.stop, f.stopped = stop, make(chan struct{})
@@ -228,6 +231,7 @@ func (f *Redis) Close() error {
 	f.stop()
 	<-f.stopped
 	f.ps.Close()
+	f.sendRdb.Close()
 	return f.rdb.Close()
 }
 
@@ -764,7 +768,7 @@ func (t *Tenant) SendQueued(ctx context.Context, m Message, local Local) (int, e
 			}
 			args = append(args, limit, encode(mm))
 		}
-		err = sendScript.Run(ctx, t.f.rdb, keys, args...).Err()
+		err = sendScript.Run(ctx, t.f.sendRdb, keys, args...).Err()
 		switch {
 		case err == nil:
 			t.f.sent.Add(int64(len(targets)))

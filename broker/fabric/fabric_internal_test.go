@@ -379,7 +379,7 @@ func TestSendReplyLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { fa.Close() })
-	if err := sendScript.Load(ctx, fa.rdb).Err(); err != nil { // so that the send broken is the one that runs it
+	if err := sendScript.Load(ctx, fa.sendRdb).Err(); err != nil { // so that the send broken is the one that runs it
 		t.Fatal(err)
 	}
 	ta, err := fa.Join(ctx, "acme", false, func(Message) error { return nil })

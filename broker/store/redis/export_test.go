@@ -1,7 +1,6 @@
 package redis
 
 import (
-	"bytes"
 	"context"
 	"net"
 	"slices"
@@ -26,6 +25,7 @@ type Trips struct {
 func (s *Store) CountTrips() *Trips {
 	t := &Trips{}
 	s.rdb.AddHook(tripHook{t})
+	s.appendRdb.AddHook(tripHook{t})
 	return t
 }
 
@@ -71,6 +71,7 @@ func isScript(cmd goredis.Cmder) bool { return cmd.Name() == "evalsha" || cmd.Na
 func (s *Store) HoldFirstSend(then func()) (entered <-chan struct{}, release func()) {
 	h := &holdHook{entered: make(chan struct{}), release: make(chan struct{}), then: then}
 	s.rdb.AddHook(h)
+	s.appendRdb.AddHook(h)
 	return h.entered, sync.OnceFunc(func() { close(h.release) })
 }
 
@@ -138,21 +139,22 @@ func (s *Store) SessionKey(tenant, clientID, kind string) string {
 	return s.sessionKey(tenant, clientID, kind)
 }
 
-// NewLosingReply opens a store whose first call of the append script is
-// run by Redis but never answered (testenv.LosingReplyDialer).
-func NewLosingReply(ctx context.Context, cfg Config, ran func() bool) (*Store, error) {
-	opts, err := clientOptions(cfg.URL)
+// NewLosingReply opens a store whose first request that request matches
+// is run by Redis but never answered (testenv.LosingReplyDialer), on
+// either of its clients.
+func NewLosingReply(ctx context.Context, cfg Config, request func([]byte) bool, ran func() bool) (*Store, error) {
+	opts, err := goredis.ParseURL(cfg.URL)
 	if err != nil {
 		return nil, err
 	}
-	opts.Dialer = testenv.LosingReplyDialer(func(p []byte) bool { return bytes.Contains(p, []byte("evalsha")) }, ran)
+	opts.Dialer = testenv.LosingReplyDialer(request, ran)
 	s, err := open(ctx, cfg, opts)
 	if err != nil {
 		return nil, err
 	}
-	// Loaded now, so that the call broken is the one that runs it, not
-	// one Redis refuses for not having it.
-	if err := appendScript.Load(ctx, s.rdb).Err(); err != nil {
+	// Loaded now, so that an append broken is one that runs, not one
+	// Redis refuses for not having the script.
+	if err := appendScript.Load(ctx, s.appendRdb).Err(); err != nil {
 		s.Close()
 		return nil, err
 	}

@@ -47,8 +47,10 @@ type Config struct {
 
 // Store is a session store on Redis.
 type Store struct {
-	rdb    *goredis.Client
-	prefix string
+	rdb *goredis.Client
+	// appendRdb sends Append's script calls, never twice (see open).
+	appendRdb *goredis.Client
+	prefix    string
 
 	// appends group-sends Append's script calls.
 	appends group.Commit[*appendReq]
@@ -56,43 +58,36 @@ type Store struct {
 
 // New connects and checks that the server answers.
 func New(ctx context.Context, cfg Config) (*Store, error) {
-	opts, err := clientOptions(cfg.URL)
+	opts, err := goredis.ParseURL(cfg.URL)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("redis URL: %w", err)
 	}
 	return open(ctx, cfg, opts)
 }
 
-// clientOptions are the client's options for url. The client never sends
-// a command again: go-redis by default retries one whose connection
+// open makes the store's two clients with opts. The appends' client never
+// sends a command again: go-redis by default retries one whose connection
 // failed, even once it was written and its reply is what was lost, and
-// Redis may then have run it. An Append run twice stores its messages
-// twice, under new numbers (a QoS 2 message delivered twice); its caller
-// is told it failed instead, and the publisher, not acknowledged, sends
-// it again (a QoS 2 publish then meets its receipt). The store's other
-// writes would be safe to repeat, and its reads are retried by their
-// callers (a connection the server closed is found unhealthy by the pool
-// before it is used).
-func clientOptions(url string) (*goredis.Options, error) {
-	opts, err := goredis.ParseURL(url)
-	if err != nil {
-		return nil, fmt.Errorf("redis URL: %w", err)
-	}
-	opts.MaxRetries = -1
-	return opts, nil
-}
-
+// Redis may then have run it. An Append run twice would store its
+// messages twice, under new numbers (a QoS 2 message delivered twice); its
+// caller is told it failed instead, and the publisher, not acknowledged,
+// sends it again (a QoS 2 publish then meets its receipt). Every other
+// command is safe to send again, and keeps go-redis's retries: a pooled
+// connection the server closed (a restart, an idle timeout) fails the
+// first command sent on it where the pool cannot see it closed (TLS).
 func open(ctx context.Context, cfg Config, opts *goredis.Options) (*Store, error) {
 	rdb := goredis.NewClient(opts)
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		rdb.Close()
 		return nil, fmt.Errorf("connect to redis: %w", err)
 	}
+	once := *opts
+	once.MaxRetries = -1
 	p := cfg.Prefix
 	if p == "" {
 		p = "roost"
 	}
-	s := &Store{rdb: rdb, prefix: p}
+	s := &Store{rdb: rdb, appendRdb: goredis.NewClient(&once), prefix: p}
 	s.appends.Max = maxGroup
 	return s, nil
 }
@@ -375,12 +370,12 @@ const maxGroup = 256
 func (s *Store) send(reqs []*appendReq) {
 	if len(reqs) == 1 {
 		r := reqs[0]
-		r.firsts, r.err = appendScript.Run(r.ctx, s.rdb, r.keys, r.args...).Int64Slice()
+		r.firsts, r.err = appendScript.Run(r.ctx, s.appendRdb, r.keys, r.args...).Int64Slice()
 		return
 	}
 	ctx := context.WithoutCancel(reqs[0].ctx)
 	cmds := make([]*goredis.Cmd, len(reqs))
-	pipe := s.rdb.Pipeline()
+	pipe := s.appendRdb.Pipeline()
 	for i, r := range reqs {
 		cmds[i] = appendScript.EvalSha(ctx, pipe, r.keys, r.args...)
 	}
@@ -393,7 +388,7 @@ func (s *Store) send(reqs []*appendReq) {
 			}
 		}
 		if len(again) > 0 {
-			pipe := s.rdb.Pipeline()
+			pipe := s.appendRdb.Pipeline()
 			for _, i := range again {
 				cmds[i] = appendScript.Eval(ctx, pipe, reqs[i].keys, reqs[i].args...)
 			}
@@ -579,7 +574,7 @@ func (s *Store) Retained(ctx context.Context, tenant string) ([]store.Message, e
 // appends queued behind it are then sent by the next leader, and fail as
 // any command fails after Close. No append waits for ever.
 func (s *Store) Close() error {
-	err := s.rdb.Close()
+	err := errors.Join(s.rdb.Close(), s.appendRdb.Close())
 	if errors.Is(err, goredis.ErrClosed) {
 		return nil
 	}

@@ -1,6 +1,7 @@
 package redis_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -333,7 +334,7 @@ func TestAppendReplyLost(t *testing.T) {
 		}
 		return n
 	}
-	s, err := redis.NewLosingReply(ctx, cfg, func() bool { return queued() > 0 })
+	s, err := redis.NewLosingReply(ctx, cfg, func(p []byte) bool { return bytes.Contains(p, []byte("evalsha")) }, func() bool { return queued() > 0 })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -352,5 +353,25 @@ func TestAppendReplyLost(t *testing.T) {
 	}
 	if len(seqs) != 1 || seqs[0] != 2 {
 		t.Errorf("append after the lost reply: got numbers %v, want [2]", seqs)
+	}
+}
+
+// TestReadReplyLost: a read whose reply is lost is sent again, on a new
+// connection, and succeeds: only Append's script calls are never sent
+// twice.
+func TestReadReplyLost(t *testing.T) {
+	ctx := context.Background()
+	cfg := redis.Config{URL: redisURL(t), Prefix: uniquePrefix()}
+	s, err := redis.NewLosingReply(ctx, cfg, func(p []byte) bool { return bytes.Contains(p, []byte("zrangebyscore")) }, func() bool { return true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	if _, err := s.Append(ctx, "t", []store.Item{{ClientID: "c", Message: message("a/b")}}, store.Receipt{}); err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := s.Read(ctx, "t", "c", 0, 10)
+	if err != nil || len(msgs) != 1 || msgs[0].Topic != "a/b" {
+		t.Fatalf("read whose first reply was lost: %d messages, %v; want the one, read again", len(msgs), err)
 	}
 }
