@@ -2,11 +2,9 @@ package broker
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"hash/fnv"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -191,23 +189,7 @@ func (m *meter) take(now time.Time, final bool) []tenants.UsageDelta {
 			fresh = withConnection(fresh, m.tenant, c)
 		}
 	}
-	for i := range fresh {
-		fresh[i].ID = newDeltaID()
-	}
 	return append(out, fresh...)
-}
-
-// deltaIDs makes the ids of usage deltas: a prefix drawn at random when
-// the process starts, and a count. A delta keeps its id when it is tried
-// again, so that the store, which records the ids it added, does not
-// count it twice (tenants.Store.AddUsage).
-var deltaIDs = struct {
-	prefix string
-	n      atomic.Uint64
-}{prefix: rand.Text()}
-
-func newDeltaID() string {
-	return deltaIDs.prefix + "-" + strconv.FormatUint(deltaIDs.n.Add(1), 10)
 }
 
 // takeConnLocked takes the whole connection-seconds held, by hour. An

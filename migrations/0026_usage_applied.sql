@@ -1,8 +1,10 @@
--- Usage deltas added (the meter's flushes): a delta carries an id of its
--- own, and the transaction that adds it records the id, so that a delta
--- tried again after a failure whose outcome was unknown (a timeout during
--- the commit, a connection lost after it) is not counted twice. A row is
--- kept a week, far longer than a delta is tried again.
+-- Usage transactions committed (the meter's flushes): each transaction
+-- that adds usage records an id of its own, so that deltas tried again
+-- after a commit that failed, but may have committed all the same (a
+-- timeout while the database commits, the connection lost after it), are
+-- not counted twice: they carry the ids of those tries, and one whose try
+-- is recorded is skipped. A row is kept a day, far longer than a delta is
+-- tried again.
 CREATE TABLE usage_applied (
     id TEXT PRIMARY KEY,
     at TIMESTAMPTZ NOT NULL

@@ -39,9 +39,12 @@ type Store struct {
 	// sessionsPruned is when expired sessions were last deleted (Unix
 	// seconds).
 	sessionsPruned atomic.Int64
-	// usageIDsPruned is when old usage delta ids were last deleted (Unix
-	// seconds; see AddUsage).
+	// usageIDsPruned is when the old records of usage transactions were
+	// last deleted (Unix seconds; see AddUsage).
 	usageIDsPruned atomic.Int64
+	// usageCommitFault, if set, fails usage transactions once committed
+	// (SetUsageCommitFault).
+	usageCommitFault func([]UsageDelta) error
 	// eventCap bounds each tenant's stored events (store_event.go).
 	eventCap eventCap
 }

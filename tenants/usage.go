@@ -35,14 +35,15 @@ func (u *Usage) Add(o Usage) {
 // IsZero reports whether there is nothing to record.
 func (u Usage) IsZero() bool { return u == Usage{} }
 
-// UsageDelta is usage to add to one tenant's hour. ID, if not empty,
-// makes adding it idempotent: a delta whose ID was added before is not
-// added again (see AddUsage).
+// UsageDelta is usage to add to one tenant's hour.
 type UsageDelta struct {
-	ID     string
 	Tenant string
 	Hour   time.Time
 	Usage
+	// Tries are the earlier attempts to add the delta that may have added
+	// it after all: AddUsage sets them on the deltas it returns failed,
+	// and a caller trying them again passes them back as they are.
+	Tries []string
 }
 
 // UsageBucket is one hour's or one day's usage.
@@ -71,89 +72,106 @@ const addUsage = `INSERT INTO usage (tenant, hour, messages_in, messages_out, by
 		peak_connections = CASE WHEN excluded.peak_connections > usage.peak_connections
 			THEN excluded.peak_connections ELSE usage.peak_connections END`
 
-// usageAppliedKept is how long the id of a delta added is kept: far
-// longer than a meter tries a delta again.
-const usageAppliedKept = 7 * 24 * time.Hour
+// usageAppliedKept is how long the record of a transaction that added
+// usage is kept: far longer than a meter takes to try a delta again.
+const usageAppliedKept = 24 * time.Hour
 
 // AddUsage adds the deltas in one transaction. If that fails, each is tried
 // alone, so that one tenant deleted meanwhile does not hold up the others;
-// the deltas that still failed are returned with the error.
+// the deltas that still failed are returned with the error, to be passed
+// again as they are.
 //
-// A delta with an ID is added once: the transaction records its ID, and
-// one whose ID is recorded already is skipped. A caller that was told a
-// transaction failed cannot know whether it committed (a timeout during
-// the commit, the connection lost after it) and tries its deltas again;
-// they are not counted twice.
+// A transaction whose commit fails may have committed all the same (a
+// timeout while the database commits, the connection lost after it). So
+// each transaction also records an id of its own (usage_applied), and the
+// deltas of one whose commit failed are returned with its id among their
+// Tries: tried again, a delta one of whose tries is recorded was added,
+// and is not added twice.
 func (s *Store) AddUsage(ctx context.Context, deltas []UsageDelta) ([]UsageDelta, error) {
 	if len(deltas) == 0 {
 		return nil, nil
 	}
 	s.pruneUsageApplied(ctx)
-	apply := func(tx *sql.Tx, deltas []UsageDelta) error {
-		fresh, err := s.claimUsageIDs(ctx, tx, deltas)
-		if err != nil {
-			return err
-		}
-		for _, d := range deltas {
-			if d.ID != "" && !fresh[d.ID] {
-				continue // added before
-			}
-			if _, err := tx.ExecContext(ctx, addUsage, d.Tenant, d.Hour.UTC().Truncate(time.Hour),
-				d.MessagesIn, d.MessagesOut, d.BytesIn, d.BytesOut, d.ConnectionSeconds, d.PeakConnections); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	err := s.inTx(ctx, func(tx *sql.Tx) error { return apply(tx, deltas) })
+	failed, err := s.addUsageOnce(ctx, deltas)
 	if err == nil || len(deltas) == 1 || ctx.Err() != nil {
-		if err != nil {
-			return deltas, err
-		}
-		return nil, nil
+		return failed, err
 	}
-	var failed []UsageDelta
+	var still []UsageDelta
 	var errs []error
-	for _, d := range deltas {
-		if err := s.inTx(ctx, func(tx *sql.Tx) error { return apply(tx, []UsageDelta{d}) }); err != nil {
-			failed = append(failed, d)
+	for _, d := range failed {
+		f, err := s.addUsageOnce(ctx, []UsageDelta{d})
+		if err != nil {
+			still = append(still, f...)
 			errs = append(errs, fmt.Errorf("usage of %s: %w", d.Tenant, err))
 		}
 	}
-	return failed, errors.Join(errs...)
+	return still, errors.Join(errs...)
 }
 
-// claimUsageIDs records the IDs of the deltas in tx, and returns those
-// not recorded before: the deltas to add. One statement per
-// usageIDsPerInsert IDs.
-func (s *Store) claimUsageIDs(ctx context.Context, tx *sql.Tx, deltas []UsageDelta) (map[string]bool, error) {
-	var ids []string
+// addUsageOnce adds the deltas in one transaction, skipping those a
+// recorded try added, and returns them all if it fails: after a failed
+// commit, with this transaction's id among their Tries.
+func (s *Store) addUsageOnce(ctx context.Context, deltas []UsageDelta) ([]UsageDelta, error) {
+	id := NewToken()
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return deltas, err
+	}
+	defer tx.Rollback()
+	added, err := usageAdded(ctx, tx, deltas)
+	if err != nil {
+		return deltas, err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT INTO usage_applied (id, at) VALUES ($1, $2)`, id, s.now().UTC()); err != nil {
+		return deltas, fmt.Errorf("record a usage transaction: %w", err)
+	}
 	for _, d := range deltas {
-		if d.ID != "" {
-			ids = append(ids, d.ID)
+		if slices.ContainsFunc(d.Tries, func(t string) bool { return added[t] }) {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, addUsage, d.Tenant, d.Hour.UTC().Truncate(time.Hour),
+			d.MessagesIn, d.MessagesOut, d.BytesIn, d.BytesOut, d.ConnectionSeconds, d.PeakConnections); err != nil {
+			return deltas, err
 		}
 	}
-	if len(ids) == 0 {
-		return nil, nil
+	err = tx.Commit()
+	if err == nil && s.usageCommitFault != nil {
+		err = s.usageCommitFault(deltas)
 	}
-	fresh := make(map[string]bool, len(ids))
-	at := s.now().UTC()
-	for chunk := range slices.Chunk(ids, usageIDsPerInsert) {
+	if err != nil {
+		out := make([]UsageDelta, len(deltas))
+		for i, d := range deltas {
+			d.Tries = append(slices.Clip(d.Tries), id)
+			out[i] = d
+		}
+		return out, err
+	}
+	return nil, nil
+}
+
+// usageAdded returns which of the deltas' tries are recorded: those
+// committed.
+func usageAdded(ctx context.Context, tx *sql.Tx, deltas []UsageDelta) (map[string]bool, error) {
+	var tries []any
+	for _, d := range deltas {
+		for _, t := range d.Tries {
+			tries = append(tries, t)
+		}
+	}
+	added := map[string]bool{}
+	for chunk := range slices.Chunk(tries, 1000) {
 		var q strings.Builder
-		args := make([]any, 0, len(chunk)+1)
-		args = append(args, at)
-		q.WriteString(`INSERT INTO usage_applied (id, at) VALUES `)
-		for i, id := range chunk {
+		q.WriteString(`SELECT id FROM usage_applied WHERE id IN (`)
+		for i := range chunk {
 			if i > 0 {
 				q.WriteString(", ")
 			}
-			args = append(args, id)
-			fmt.Fprintf(&q, "($%d, $1)", len(args))
+			fmt.Fprintf(&q, "$%d", i+1)
 		}
-		q.WriteString(` ON CONFLICT (id) DO NOTHING RETURNING id`)
-		rows, err := tx.QueryContext(ctx, q.String(), args...)
+		q.WriteString(`)`)
+		rows, err := tx.QueryContext(ctx, q.String(), chunk...)
 		if err != nil {
-			return nil, fmt.Errorf("record usage ids: %w", err)
+			return nil, fmt.Errorf("read usage transactions: %w", err)
 		}
 		for rows.Next() {
 			var id string
@@ -161,7 +179,7 @@ func (s *Store) claimUsageIDs(ctx context.Context, tx *sql.Tx, deltas []UsageDel
 				rows.Close()
 				return nil, err
 			}
-			fresh[id] = true
+			added[id] = true
 		}
 		if err := rows.Close(); err != nil {
 			return nil, err
@@ -170,22 +188,28 @@ func (s *Store) claimUsageIDs(ctx context.Context, tx *sql.Tx, deltas []UsageDel
 			return nil, err
 		}
 	}
-	return fresh, nil
+	return added, nil
 }
 
-// usageIDsPerInsert bounds the IDs one statement records (SQLite takes
-// 32,766 parameters, Postgres 65,535).
-const usageIDsPerInsert = 1000
+// SetUsageCommitFault makes every usage transaction, once committed,
+// report fault's error as its commit's (nil: none), as a commit whose
+// reply was lost does; for tests.
+func (s *Store) SetUsageCommitFault(fault func(deltas []UsageDelta) error) {
+	s.usageCommitFault = fault
+}
 
-// pruneUsageApplied deletes the delta ids older than usageAppliedKept, at
-// most once an hour; a failure is left for the next time.
+// pruneUsageApplied deletes the records of usage transactions older than
+// usageAppliedKept, at most once an hour; a failure is tried again at the
+// next call.
 func (s *Store) pruneUsageApplied(ctx context.Context) {
 	now := s.now()
 	last := s.usageIDsPruned.Load()
 	if now.Unix()-last < 3600 || !s.usageIDsPruned.CompareAndSwap(last, now.Unix()) {
 		return
 	}
-	s.db.ExecContext(ctx, `DELETE FROM usage_applied WHERE at < $1`, now.Add(-usageAppliedKept).UTC())
+	if _, err := s.db.ExecContext(ctx, `DELETE FROM usage_applied WHERE at < $1`, now.Add(-usageAppliedKept).UTC()); err != nil {
+		s.usageIDsPruned.CompareAndSwap(now.Unix(), last)
+	}
 }
 
 // Usage returns a tenant's usage from from (inclusive) to to (exclusive) in

@@ -818,30 +818,62 @@ func testUsage(t *testing.T, s *tenants.Store, reopen func() *tenants.Store) {
 		t.Errorf("other's usage: %+v", got)
 	}
 
-	// A delta with an id is added once, however often it is tried: alone,
-	// or again beside new ones (of which those are added), in batches
-	// larger than one statement records.
-	once := tenants.UsageDelta{ID: "delta-1", Tenant: "other", Hour: h, Usage: tenants.Usage{MessagesIn: 7}}
-	add(once)
-	add(once)
-	many := []tenants.UsageDelta{once}
-	for i := range 1500 {
-		many = append(many, tenants.UsageDelta{ID: fmt.Sprintf("delta-many-%d", i), Tenant: "other", Hour: h, Usage: tenants.Usage{MessagesIn: 1}})
+	// A commit that fails may have committed: the deltas come back with
+	// the try among their Tries, and passed again they are not added
+	// twice. Alone, or beside new deltas (which are added), and through
+	// the one-at-a-time fallback after a failed batch.
+	otherIn := func() int64 {
+		t.Helper()
+		got, err := s.Usage(ctx, "other", h, h.Add(time.Hour), tenants.Hourly)
+		if err != nil || len(got) != 1 {
+			t.Fatalf("other's usage: %+v, %v", got, err)
+		}
+		return got[0].MessagesIn
+	}
+	base := otherIn()
+	faults := 0
+	s.SetUsageCommitFault(func([]tenants.UsageDelta) error {
+		if faults > 0 {
+			faults--
+			return errors.New("commit reply lost")
+		}
+		return nil
+	})
+	defer s.SetUsageCommitFault(nil)
+	faults = 1
+	failed, err := s.AddUsage(ctx, []tenants.UsageDelta{{Tenant: "other", Hour: h, Usage: tenants.Usage{MessagesIn: 7}}})
+	if err == nil || len(failed) != 1 || len(failed[0].Tries) != 1 {
+		t.Fatalf("a delta whose commit failed: returned %+v, %v; want it back with its try", failed, err)
+	}
+	add(failed...)
+	add(append(failed, tenants.UsageDelta{Tenant: "other", Hour: h, Usage: tenants.Usage{MessagesIn: 100}})...)
+	if got := otherIn(); got != base+7+100 {
+		t.Errorf("after a delta whose commit failed, tried twice again: %d messages in, want %d", got, base+7+100)
+	}
+	faults = 1 // the batch's commit; the fallback's see its try recorded
+	two := []tenants.UsageDelta{{Tenant: "other", Hour: h, Usage: tenants.Usage{MessagesIn: 1000}}, {Tenant: "acme", Hour: h.Add(-72 * time.Hour), Usage: tenants.Usage{MessagesIn: 1}}}
+	if failed, err := s.AddUsage(ctx, two); err != nil || len(failed) != 0 {
+		t.Errorf("a batch whose commit failed, then each alone: %+v, %v; want added", failed, err)
+	}
+	if got := otherIn(); got != base+7+100+1000 {
+		t.Errorf("after a batch whose commit failed: %d messages in, want %d (added once)", got, base+7+100+1000)
+	}
+	many := make([]tenants.UsageDelta, 1500) // tries never recorded: added
+	for i := range many {
+		many[i] = tenants.UsageDelta{Tenant: "other", Hour: h, Usage: tenants.Usage{MessagesIn: 1}, Tries: []string{fmt.Sprintf("never-%d", i)}}
 	}
 	add(many...)
-	add(many...)
-	add(tenants.UsageDelta{Tenant: "other", Hour: h, Usage: tenants.Usage{MessagesIn: 2}}, tenants.UsageDelta{Tenant: "other", Hour: h, Usage: tenants.Usage{MessagesIn: 2}}) // no id: each added
-	if got, _ := s.Usage(ctx, "other", h, h.Add(time.Hour), tenants.Hourly); len(got) != 1 || got[0].MessagesIn != 1000+7+1500+4 {
-		t.Errorf("other's usage after deltas tried again: %+v, want %d messages in", got, 1000+7+1500+4)
+	if got := otherIn(); got != base+7+100+1000+1500 {
+		t.Errorf("after deltas whose tries were not recorded: %d messages in, want %d", got, base+7+100+1000+1500)
 	}
-	// The ids are kept a week: past it, the next recording deletes them
-	// (an id seen again then counts again).
-	s.SetClock(func() time.Time { return time.Now().Add(8 * 24 * time.Hour) })
-	add(tenants.UsageDelta{ID: "delta-later", Tenant: "acme", Hour: h.Add(-72 * time.Hour), Usage: tenants.Usage{MessagesIn: 1}})
-	add(once)
+	// A try is recorded a day: past it, the next call deletes it (a delta
+	// passed again with it then counts again).
+	s.SetClock(func() time.Time { return time.Now().Add(25 * time.Hour) })
+	add(tenants.UsageDelta{Tenant: "acme", Hour: h.Add(-72 * time.Hour), Usage: tenants.Usage{MessagesIn: 1}})
+	add(failed...)
 	s.SetClock(time.Now)
-	if got, _ := s.Usage(ctx, "other", h, h.Add(time.Hour), tenants.Hourly); len(got) != 1 || got[0].MessagesIn != 1000+7+1500+4+7 {
-		t.Errorf("other's usage after its ids were pruned: %+v, want %d messages in", got, 1000+7+1500+4+7)
+	if got := otherIn(); got != base+7+100+1000+1500+7 {
+		t.Errorf("after the tries were pruned: %d messages in, want %d", got, base+7+100+1000+1500+7)
 	}
 
 	// A deleted tenant's usage is kept, its last deltas still count, and
@@ -850,7 +882,7 @@ func testUsage(t *testing.T, s *tenants.Store, reopen func() *tenants.Store) {
 	if err := s.DeleteTenant(ctx, "doomed"); err != nil {
 		t.Fatal(err)
 	}
-	failed, err := s.AddUsage(ctx, []tenants.UsageDelta{
+	failed, err = s.AddUsage(ctx, []tenants.UsageDelta{
 		{Tenant: "doomed", Hour: h, Usage: tenants.Usage{MessagesIn: 1}},
 		{Tenant: "acme", Hour: h, Usage: tenants.Usage{MessagesIn: 1}},
 	})
