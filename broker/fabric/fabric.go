@@ -131,8 +131,8 @@ var (
 type Redis struct {
 	cfg Config
 	rdb *goredis.Client
-	// sendRdb runs the sends, never twice (see open).
-	sendRdb *goredis.Client
+	// once sends the commands that must never run twice (see open).
+	once *goredis.Client
 
 	mu      sync.Mutex
 	tenants map[string]*Tenant
@@ -199,14 +199,17 @@ func open(ctx context.Context, cfg Config, dial func(ctx context.Context, networ
 		rdb.Close()
 		return nil, fmt.Errorf("fabric: redis: %w", err)
 	}
-	// Sends go on a client that never sends a command again: go-redis
-	// retries one whose connection failed by default, even after Redis
-	// ran it, and a send run twice would put a message in an inbox twice,
-	// delivered twice. Its caller is told the send failed instead. Every
-	// other command is safe to send again and keeps the retries.
-	once := *opts
-	once.MaxRetries = -1
-	f := &Redis{cfg: cfg, rdb: rdb, sendRdb: goredis.NewClient(&once), tenants: map[string]*Tenant{}}
+	// Two commands go on a client that never sends one again: go-redis
+	// retries a command whose connection failed by default, even after
+	// Redis ran it. A send run twice would put a message in an inbox
+	// twice, delivered twice; its caller is told the send failed instead.
+	// A home's read run twice would leave what the first read took
+	// pending, never delivered; the reader is told, and reads its pending
+	// entries again. Every other command is safe to send again and keeps
+	// the retries.
+	onceOpts := *opts
+	onceOpts.MaxRetries = -1
+	f := &Redis{cfg: cfg, rdb: rdb, once: goredis.NewClient(&onceOpts), tenants: map[string]*Tenant{}}
 	f.ps = rdb.Subscribe(context.Background(), f.channel())
 	runCtx, stop := context.WithCancel(context.Background())
 	f.stop, f.stopped = stop, make(chan struct{})
@@ -231,7 +234,7 @@ func (f *Redis) Close() error {
 	f.stop()
 	<-f.stopped
 	f.ps.Close()
-	f.sendRdb.Close()
+	f.once.Close()
 	return f.rdb.Close()
 }
 
@@ -768,7 +771,7 @@ func (t *Tenant) SendQueued(ctx context.Context, m Message, local Local) (int, e
 			}
 			args = append(args, limit, encode(mm))
 		}
-		err = sendScript.Run(ctx, t.f.sendRdb, keys, args...).Err()
+		err = sendScript.Run(ctx, t.f.once, keys, args...).Err()
 		switch {
 		case err == nil:
 			t.f.sent.Add(int64(len(targets)))
@@ -891,7 +894,7 @@ func (t *Tenant) read(ctx context.Context) {
 			}
 		case t.owner == Home:
 			var res []goredis.XStream
-			res, err = t.f.rdb.XReadGroup(ctx, &goredis.XReadGroupArgs{
+			res, err = t.f.once.XReadGroup(ctx, &goredis.XReadGroupArgs{
 				Group: Home, Consumer: t.f.cfg.Node, Streams: []string{t.inbox, ">"}, Count: 256, Block: 2 * time.Second,
 			}).Result()
 			if len(res) > 0 {
@@ -912,6 +915,11 @@ func (t *Tenant) read(ctx context.Context) {
 				return
 			}
 			t.f.cfg.Log.Warn("fabric: read an inbox", "tenant", t.name, "owner", t.owner, "err", err)
+			// A home's read may have taken entries whose reply was lost:
+			// they are pending for it, and read again from there.
+			if t.owner == Home {
+				pending = true
+			}
 			sleep(ctx, backoff)
 			backoff = min(2*backoff, 2*time.Second)
 			continue

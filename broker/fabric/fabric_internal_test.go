@@ -374,12 +374,13 @@ func TestSendReplyLost(t *testing.T) {
 		return n > 0 || fb.Stats().Received > 0
 	}
 	sends := func(p []byte) bool { return bytes.Contains(p, []byte("evalsha")) && bytes.Contains(p, []byte(inbox)) }
-	fa, err := open(ctx, Config{URL: url, Prefix: prefix, Node: "a", Lease: time.Second}, testenv.LosingReplyDialer(sends, ran))
+	dial, lost := testenv.LosingReplyDialer(sends, ran)
+	fa, err := open(ctx, Config{URL: url, Prefix: prefix, Node: "a", Lease: time.Second}, dial)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { fa.Close() })
-	if err := sendScript.Load(ctx, fa.sendRdb).Err(); err != nil { // so that the send broken is the one that runs it
+	if err := sendScript.Load(ctx, fa.once).Err(); err != nil { // so that the send broken is the one that runs it
 		t.Fatal(err)
 	}
 	ta, err := fa.Join(ctx, "acme", false, func(Message) error { return nil })
@@ -396,6 +397,9 @@ func TestSendReplyLost(t *testing.T) {
 	}
 	if n, err := ta.Send(ctx, Message{Topic: "t/1", Payload: []byte("x"), QoS: 2}, nil); err == nil {
 		t.Fatalf("send whose reply was lost: got %d inboxes and no error, want an error", n)
+	}
+	if !lost() {
+		t.Fatal("the send's reply was not lost after Redis ran it")
 	}
 	if n, err := ta.Send(ctx, Message{Topic: "t/1", Payload: []byte("y"), QoS: 2}, nil); err != nil || n != 1 {
 		t.Fatalf("send after the lost reply: %d inboxes, %v; want 1", n, err)
@@ -417,5 +421,60 @@ func TestSendReplyLost(t *testing.T) {
 	}
 	if xs != 1 {
 		t.Errorf("got the message whose send's reply was lost %d times, want 1", xs)
+	}
+}
+
+// TestHomeReadReplyLost: Redis hands a home's read an entry, and the
+// connection breaks before the reply is read. The entry is pending for the
+// home in Redis; the home reads its pending entries again and delivers it
+// (a read sent again would take only new entries, and leave it there).
+func TestHomeReadReplyLost(t *testing.T) {
+	url := testenv.RedisURL(t)
+	b := make([]byte, 6)
+	rand.Read(b)
+	prefix := "roost-fabric-" + hex.EncodeToString(b)
+	ctx := context.Background()
+	fa, err := New(ctx, Config{URL: url, Prefix: prefix, Node: "a", Lease: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fa.Close() })
+	inbox := fa.key("acme", "in:"+Home)
+	taken := func() bool {
+		p, err := fa.rdb.XPending(ctx, inbox, Home).Result()
+		return err == nil && p.Count > 0
+	}
+	reads := func(p []byte) bool { return bytes.Contains(bytes.ToLower(p), []byte("xreadgroup")) }
+	dial, lost := testenv.LosingReplyDialer(reads, taken)
+	fh, err := open(ctx, Config{URL: url, Prefix: prefix, Node: "h", Lease: time.Second}, dial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fh.Close() })
+	got := make(chan Message, 10)
+	th, err := fh.Join(ctx, "acme", true, func(m Message) error { got <- m; return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := th.Add(ctx, "t/#"); err != nil {
+		t.Fatal(err)
+	}
+	ta, err := fa.Join(ctx, "acme", false, func(Message) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, err := ta.Send(ctx, Message{Topic: "t/1", Payload: []byte("x"), QoS: 1}, nil); err != nil || n != 1 {
+		t.Fatalf("send to the home: %d inboxes, %v; want 1", n, err)
+	}
+	select {
+	case m := <-got:
+		if string(m.Payload) != "x" {
+			t.Errorf("delivered %+v", m)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("the entry whose read reply was lost was never delivered")
+	}
+	if !lost() {
+		t.Error("no read's reply was lost after Redis took the entry: the case was not made")
 	}
 }

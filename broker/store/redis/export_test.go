@@ -142,21 +142,20 @@ func (s *Store) SessionKey(tenant, clientID, kind string) string {
 // NewLosingReply opens a store whose first request that request matches
 // is run by Redis but never answered (testenv.LosingReplyDialer), on
 // either of its clients.
-func NewLosingReply(ctx context.Context, cfg Config, request func([]byte) bool, ran func() bool) (*Store, error) {
+func NewLosingReply(ctx context.Context, cfg Config, request func([]byte) bool, ran func() bool) (s *Store, lost func() bool, err error) {
 	opts, err := goredis.ParseURL(cfg.URL)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	opts.Dialer = testenv.LosingReplyDialer(request, ran)
-	s, err := open(ctx, cfg, opts)
-	if err != nil {
-		return nil, err
+	opts.Dialer, lost = testenv.LosingReplyDialer(request, ran)
+	if s, err = open(ctx, cfg, opts); err != nil {
+		return nil, nil, err
 	}
 	// Loaded now, so that an append broken is one that runs, not one
 	// Redis refuses for not having the script.
 	if err := appendScript.Load(ctx, s.appendRdb).Err(); err != nil {
 		s.Close()
-		return nil, err
+		return nil, nil, err
 	}
-	return s, nil
+	return s, lost, nil
 }

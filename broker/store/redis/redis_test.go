@@ -334,7 +334,7 @@ func TestAppendReplyLost(t *testing.T) {
 		}
 		return n
 	}
-	s, err := redis.NewLosingReply(ctx, cfg, func(p []byte) bool { return bytes.Contains(p, []byte("evalsha")) }, func() bool { return queued() > 0 })
+	s, lost, err := redis.NewLosingReply(ctx, cfg, func(p []byte) bool { return bytes.Contains(p, []byte("evalsha")) }, func() bool { return queued() > 0 })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -343,6 +343,9 @@ func TestAppendReplyLost(t *testing.T) {
 	item := []store.Item{{ClientID: "c", Message: message("a/b")}}
 	if seqs, err := s.Append(ctx, "t", item, store.Receipt{}); err == nil {
 		t.Fatalf("append whose reply was lost: got numbers %v and no error, want an error", seqs)
+	}
+	if !lost() {
+		t.Fatal("the append's reply was not lost after Redis ran it")
 	}
 	if n := queued(); n != 1 {
 		t.Fatalf("got %d messages queued after an append whose reply was lost, want 1 (sent once)", n)
@@ -362,7 +365,7 @@ func TestAppendReplyLost(t *testing.T) {
 func TestReadReplyLost(t *testing.T) {
 	ctx := context.Background()
 	cfg := redis.Config{URL: redisURL(t), Prefix: uniquePrefix()}
-	s, err := redis.NewLosingReply(ctx, cfg, func(p []byte) bool { return bytes.Contains(p, []byte("zrangebyscore")) }, func() bool { return true })
+	s, lost, err := redis.NewLosingReply(ctx, cfg, func(p []byte) bool { return bytes.Contains(p, []byte("zrangebyscore")) }, func() bool { return true })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,5 +376,8 @@ func TestReadReplyLost(t *testing.T) {
 	msgs, err := s.Read(ctx, "t", "c", 0, 10)
 	if err != nil || len(msgs) != 1 || msgs[0].Topic != "a/b" {
 		t.Fatalf("read whose first reply was lost: %d messages, %v; want the one, read again", len(msgs), err)
+	}
+	if !lost() {
+		t.Error("no read's reply was lost")
 	}
 }
