@@ -1,8 +1,18 @@
 package tenants
 
-import "fmt"
+import (
+	"context"
+	"fmt"
+)
 
 func fmtSscanf(hash string, m, t, p *int) (int, error) {
 	var v int
 	return fmt.Sscanf(hash, "$argon2id$v=%d$m=%d,t=%d,p=%d$", &v, m, t, p)
+}
+
+// UsageRecords counts the records of usage transactions kept.
+func (s *Store) UsageRecords(ctx context.Context) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM usage_applied`).Scan(&n)
+	return n, err
 }

@@ -42,9 +42,12 @@ type Store struct {
 	// usageIDsPruned is when the old records of usage transactions were
 	// last deleted (Unix seconds; see AddUsage).
 	usageIDsPruned atomic.Int64
+	// usageDone are committed usage transactions whose records the next
+	// deletes (AddUsage).
+	usageDone usageDone
 	// usageCommitFault, if set, fails usage transactions once committed
 	// (SetUsageCommitFault).
-	usageCommitFault func([]UsageDelta) error
+	usageCommitFault atomic.Pointer[func([]UsageDelta) error]
 	// eventCap bounds each tenant's stored events (store_event.go).
 	eventCap eventCap
 }

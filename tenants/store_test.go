@@ -98,3 +98,51 @@ func TestPasswordHashesBounded(t *testing.T) {
 		t.Errorf("DefaultPasswordHashes() = %d, want at least 2", n)
 	}
 }
+
+// TestUsageRecordsKept: the record of a usage transaction that committed
+// is deleted by the next (nothing tries its deltas again); that of one
+// whose commit failed is kept, for its deltas tried again.
+func TestUsageRecordsKept(t *testing.T) {
+	for _, tc := range []struct{ name, url string }{{"sqlite", ""}, {"postgres", "postgres"}} {
+		t.Run(tc.name, func(t *testing.T) {
+			url := tc.url
+			if url != "" {
+				url = testenv.PostgresURL(t)
+			}
+			s := openMigrated(t, url, t.TempDir())
+			ctx := context.Background()
+			h := time.Now().UTC().Truncate(time.Hour)
+			add := func() ([]tenants.UsageDelta, error) {
+				return s.AddUsage(ctx, []tenants.UsageDelta{{Tenant: "acme", Hour: h, Usage: tenants.Usage{MessagesIn: 1}}})
+			}
+			records := func() int {
+				t.Helper()
+				n, err := s.UsageRecords(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+			for range 3 {
+				if _, err := add(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if n := records(); n != 1 {
+				t.Errorf("%d records after three committed transactions, want 1 (the last's, deleted by the next)", n)
+			}
+			s.SetUsageCommitFault(func([]tenants.UsageDelta) error { return fmt.Errorf("commit reply lost") })
+			failed, err := add()
+			s.SetUsageCommitFault(nil)
+			if err == nil || len(failed) != 1 {
+				t.Fatalf("a transaction whose commit failed: %+v, %v", failed, err)
+			}
+			if _, err := add(); err != nil {
+				t.Fatal(err)
+			}
+			if n := records(); n != 2 {
+				t.Errorf("%d records after a failed commit and one more, want 2 (the failed one's, and the last's)", n)
+			}
+		})
+	}
+}

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -72,9 +74,10 @@ const addUsage = `INSERT INTO usage (tenant, hour, messages_in, messages_out, by
 		peak_connections = CASE WHEN excluded.peak_connections > usage.peak_connections
 			THEN excluded.peak_connections ELSE usage.peak_connections END`
 
-// usageAppliedKept is how long the record of a transaction that added
-// usage is kept: far longer than a meter takes to try a delta again.
-const usageAppliedKept = 24 * time.Hour
+// usageAppliedKept is how long the record of a transaction whose commit
+// failed is kept: far longer than a meter takes to try its deltas again,
+// save through a week's outage of the database.
+const usageAppliedKept = 7 * 24 * time.Hour
 
 // AddUsage adds the deltas in one transaction. If that fails, each is tried
 // alone, so that one tenant deleted meanwhile does not hold up the others;
@@ -85,8 +88,10 @@ const usageAppliedKept = 24 * time.Hour
 // timeout while the database commits, the connection lost after it). So
 // each transaction also records an id of its own (usage_applied), and the
 // deltas of one whose commit failed are returned with its id among their
-// Tries: tried again, a delta one of whose tries is recorded was added,
-// and is not added twice.
+// Tries. Tried again, a delta one of whose tries is recorded was added,
+// and is skipped. The next transaction deletes the record of one that
+// committed, which nothing tries again; the records of the others are
+// kept usageAppliedKept.
 func (s *Store) AddUsage(ctx context.Context, deltas []UsageDelta) ([]UsageDelta, error) {
 	if len(deltas) == 0 {
 		return nil, nil
@@ -118,12 +123,19 @@ func (s *Store) addUsageOnce(ctx context.Context, deltas []UsageDelta) ([]UsageD
 		return deltas, err
 	}
 	defer tx.Rollback()
-	added, err := usageAdded(ctx, tx, deltas)
+	added, err := usageAdded(ctx, tx, deltas, s.now().UTC())
 	if err != nil {
 		return deltas, err
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO usage_applied (id, at) VALUES ($1, $2)`, id, s.now().UTC()); err != nil {
 		return deltas, fmt.Errorf("record a usage transaction: %w", err)
+	}
+	done := s.usageDone.take()
+	if len(done) > 0 {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM usage_applied WHERE id IN (`+placeholders(1, len(done))+`)`, done...); err != nil {
+			s.usageDone.put(done...)
+			return deltas, fmt.Errorf("delete usage transactions' records: %w", err)
+		}
 	}
 	for _, d := range deltas {
 		if slices.ContainsFunc(d.Tries, func(t string) bool { return added[t] }) {
@@ -131,14 +143,16 @@ func (s *Store) addUsageOnce(ctx context.Context, deltas []UsageDelta) ([]UsageD
 		}
 		if _, err := tx.ExecContext(ctx, addUsage, d.Tenant, d.Hour.UTC().Truncate(time.Hour),
 			d.MessagesIn, d.MessagesOut, d.BytesIn, d.BytesOut, d.ConnectionSeconds, d.PeakConnections); err != nil {
+			s.usageDone.put(done...)
 			return deltas, err
 		}
 	}
 	err = tx.Commit()
-	if err == nil && s.usageCommitFault != nil {
-		err = s.usageCommitFault(deltas)
+	if f := s.usageCommitFault.Load(); err == nil && f != nil {
+		err = (*f)(deltas)
 	}
 	if err != nil {
+		// done's deletion may be lost with it: the prune deletes them.
 		out := make([]UsageDelta, len(deltas))
 		for i, d := range deltas {
 			d.Tries = append(slices.Clip(d.Tries), id)
@@ -146,40 +160,45 @@ func (s *Store) addUsageOnce(ctx context.Context, deltas []UsageDelta) ([]UsageD
 		}
 		return out, err
 	}
+	s.usageDone.put(id)
 	return nil, nil
 }
 
-// usageAdded returns which of the deltas' tries are recorded: those
-// committed.
-func usageAdded(ctx context.Context, tx *sql.Tx, deltas []UsageDelta) (map[string]bool, error) {
+// usageAdded returns which of the deltas' tries committed: those whose
+// record is there. It looks by inserting each try's record, not by
+// reading, so that on Postgres it waits for a try still committing (one
+// whose caller gave up on its commit) rather than miss it; and it deletes
+// the records it inserted, of tries that did not commit, so that another
+// delta of theirs, tried next, is not taken for added.
+func usageAdded(ctx context.Context, tx *sql.Tx, deltas []UsageDelta, at time.Time) (map[string]bool, error) {
 	var tries []any
 	for _, d := range deltas {
 		for _, t := range d.Tries {
-			tries = append(tries, t)
+			if !slices.Contains(tries, any(t)) {
+				tries = append(tries, t)
+			}
 		}
 	}
 	added := map[string]bool{}
 	for chunk := range slices.Chunk(tries, 1000) {
-		var q strings.Builder
-		q.WriteString(`SELECT id FROM usage_applied WHERE id IN (`)
+		args := append([]any{at}, chunk...)
+		values := make([]string, len(chunk))
 		for i := range chunk {
-			if i > 0 {
-				q.WriteString(", ")
-			}
-			fmt.Fprintf(&q, "$%d", i+1)
+			values[i] = fmt.Sprintf("($%d, $1)", i+2)
 		}
-		q.WriteString(`)`)
-		rows, err := tx.QueryContext(ctx, q.String(), chunk...)
+		rows, err := tx.QueryContext(ctx, `INSERT INTO usage_applied (id, at) VALUES `+strings.Join(values, ", ")+
+			` ON CONFLICT (id) DO NOTHING RETURNING id`, args...)
 		if err != nil {
 			return nil, fmt.Errorf("read usage transactions: %w", err)
 		}
+		fresh := map[string]bool{}
 		for rows.Next() {
 			var id string
 			if err := rows.Scan(&id); err != nil {
 				rows.Close()
 				return nil, err
 			}
-			added[id] = true
+			fresh[id] = true
 		}
 		if err := rows.Close(); err != nil {
 			return nil, err
@@ -187,15 +206,62 @@ func usageAdded(ctx context.Context, tx *sql.Tx, deltas []UsageDelta) (map[strin
 		if err := rows.Err(); err != nil {
 			return nil, err
 		}
+		var never []any
+		for _, t := range chunk {
+			if fresh[t.(string)] {
+				never = append(never, t)
+			} else {
+				added[t.(string)] = true
+			}
+		}
+		if len(never) > 0 {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM usage_applied WHERE id IN (`+placeholders(1, len(never))+`)`, never...); err != nil {
+				return nil, fmt.Errorf("read usage transactions: %w", err)
+			}
+		}
 	}
 	return added, nil
+}
+
+// placeholders is "$from, …" for n parameters.
+func placeholders(from, n int) string {
+	ps := make([]string, n)
+	for i := range ps {
+		ps[i] = "$" + strconv.Itoa(from+i)
+	}
+	return strings.Join(ps, ", ")
+}
+
+// usageDone holds the ids of usage transactions that committed, whose
+// records the next transaction deletes.
+type usageDone struct {
+	mu  sync.Mutex
+	ids []any
+}
+
+func (u *usageDone) put(ids ...any) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.ids = append(u.ids, ids...)
+}
+
+func (u *usageDone) take() []any {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	ids := u.ids
+	u.ids = nil
+	return ids
 }
 
 // SetUsageCommitFault makes every usage transaction, once committed,
 // report fault's error as its commit's (nil: none), as a commit whose
 // reply was lost does; for tests.
 func (s *Store) SetUsageCommitFault(fault func(deltas []UsageDelta) error) {
-	s.usageCommitFault = fault
+	if fault == nil {
+		s.usageCommitFault.Store(nil)
+		return
+	}
+	s.usageCommitFault.Store(&fault)
 }
 
 // pruneUsageApplied deletes the records of usage transactions older than

@@ -863,17 +863,30 @@ func testUsage(t *testing.T, s *tenants.Store, reopen func() *tenants.Store) {
 		many[i] = tenants.UsageDelta{Tenant: "other", Hour: h, Usage: tenants.Usage{MessagesIn: 1}, Tries: []string{fmt.Sprintf("never-%d", i)}}
 	}
 	add(many...)
-	if got := otherIn(); got != base+7+100+1000+1500 {
-		t.Errorf("after deltas whose tries were not recorded: %d messages in, want %d", got, base+7+100+1000+1500)
+	// Two deltas of one try that never committed, tried one after the
+	// other (as the fallback tries a failed batch's): each is added.
+	add(tenants.UsageDelta{Tenant: "other", Hour: h, Usage: tenants.Usage{MessagesIn: 10}, Tries: []string{"never-shared"}})
+	add(tenants.UsageDelta{Tenant: "other", Hour: h, Usage: tenants.Usage{MessagesIn: 20}, Tries: []string{"never-shared"}})
+	wantIn := base + 7 + 100 + 1000 + 1500 + 30
+	if got := otherIn(); got != wantIn {
+		t.Errorf("after deltas whose tries were not recorded: %d messages in, want %d", got, wantIn)
 	}
-	// A try is recorded a day: past it, the next call deletes it (a delta
-	// passed again with it then counts again).
-	s.SetClock(func() time.Time { return time.Now().Add(25 * time.Hour) })
-	add(tenants.UsageDelta{Tenant: "acme", Hour: h.Add(-72 * time.Hour), Usage: tenants.Usage{MessagesIn: 1}})
+	// The record of a try whose commit failed is kept a week: past it,
+	// the next call deletes it (a delta passed again with it then counts
+	// again), and not the records made since.
+	s.SetClock(func() time.Time { return time.Now().Add(8 * 24 * time.Hour) })
+	faults = 1
+	later, err := s.AddUsage(ctx, []tenants.UsageDelta{{Tenant: "other", Hour: h, Usage: tenants.Usage{MessagesIn: 3}}})
+	if err == nil || len(later) != 1 {
+		t.Fatalf("a delta whose commit failed: returned %+v, %v; want it back", later, err)
+	}
+	wantIn += 3
+	s.SetClock(func() time.Time { return time.Now().Add(8*24*time.Hour + 2*time.Hour) }) // the next prune
 	add(failed...)
+	add(later...)
 	s.SetClock(time.Now)
-	if got := otherIn(); got != base+7+100+1000+1500+7 {
-		t.Errorf("after the tries were pruned: %d messages in, want %d", got, base+7+100+1000+1500+7)
+	if got := otherIn(); got != wantIn+7 {
+		t.Errorf("after the old try's record was pruned: %d messages in, want %d (the old delta again, not the new)", got, wantIn+7)
 	}
 
 	// A deleted tenant's usage is kept, its last deltas still count, and
