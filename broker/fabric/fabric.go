@@ -131,8 +131,9 @@ var (
 type Redis struct {
 	cfg Config
 	rdb *goredis.Client
-	// once sends the commands that must never run twice (see open).
-	once *goredis.Client
+	// once sends the sends, and reads a home's reads, which must never
+	// run twice (see open).
+	once, reads *goredis.Client
 
 	mu      sync.Mutex
 	tenants map[string]*Tenant
@@ -199,17 +200,19 @@ func open(ctx context.Context, cfg Config, dial func(ctx context.Context, networ
 		rdb.Close()
 		return nil, fmt.Errorf("fabric: redis: %w", err)
 	}
-	// Two commands go on a client that never sends one again: go-redis
+	// Two commands go on clients that never send one again: go-redis
 	// retries a command whose connection failed by default, even after
 	// Redis ran it. A send run twice would put a message in an inbox
 	// twice, delivered twice; its caller is told the send failed instead.
 	// A home's read run twice would leave what the first read took
 	// pending, never delivered; the reader is told, and reads its pending
-	// entries again. Every other command is safe to send again and keeps
-	// the retries.
+	// entries again. The reads, which block up to 2 s each, have a client
+	// (a pool) of their own, so that a node home to many tenants does not
+	// hold the sends up. Every other command is safe to send again and
+	// keeps the retries.
 	onceOpts := *opts
 	onceOpts.MaxRetries = -1
-	f := &Redis{cfg: cfg, rdb: rdb, once: goredis.NewClient(&onceOpts), tenants: map[string]*Tenant{}}
+	f := &Redis{cfg: cfg, rdb: rdb, once: goredis.NewClient(&onceOpts), reads: goredis.NewClient(&onceOpts), tenants: map[string]*Tenant{}}
 	f.ps = rdb.Subscribe(context.Background(), f.channel())
 	runCtx, stop := context.WithCancel(context.Background())
 	f.stop, f.stopped = stop, make(chan struct{})
@@ -235,6 +238,7 @@ func (f *Redis) Close() error {
 	<-f.stopped
 	f.ps.Close()
 	f.once.Close()
+	f.reads.Close()
 	return f.rdb.Close()
 }
 
@@ -894,7 +898,7 @@ func (t *Tenant) read(ctx context.Context) {
 			}
 		case t.owner == Home:
 			var res []goredis.XStream
-			res, err = t.f.once.XReadGroup(ctx, &goredis.XReadGroupArgs{
+			res, err = t.f.reads.XReadGroup(ctx, &goredis.XReadGroupArgs{
 				Group: Home, Consumer: t.f.cfg.Node, Streams: []string{t.inbox, ">"}, Count: 256, Block: 2 * time.Second,
 			}).Result()
 			if len(res) > 0 {

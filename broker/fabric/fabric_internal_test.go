@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"net"
 	"testing"
 	"time"
 
@@ -12,19 +13,25 @@ import (
 )
 
 func testFabrics(t *testing.T) (*Redis, *Redis) {
+	open := testOpener(t)
+	return open("a", nil), open("b", nil)
+}
+
+// testOpener returns a function that opens the fabric of a node, under a
+// key prefix of the test's own; dial, if not nil, makes its connections.
+func testOpener(t *testing.T) func(node string, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *Redis {
 	url := testenv.RedisURL(t)
 	b := make([]byte, 6)
 	rand.Read(b)
 	prefix := "roost-fabric-" + hex.EncodeToString(b)
-	open := func(node string) *Redis {
-		f, err := New(context.Background(), Config{URL: url, Prefix: prefix, Node: node, Lease: time.Second})
+	return func(node string, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *Redis {
+		f, err := open(context.Background(), Config{URL: url, Prefix: prefix, Node: node, Lease: time.Second}, dial)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { f.Close() })
 		return f
 	}
-	return open("a"), open("b")
 }
 
 // TestStaleRoutesRefused: a sender whose copy of the routes missed a
@@ -358,16 +365,9 @@ func TestKickHandOver(t *testing.T) {
 // and the message is in the other owner's inbox once: the client does not
 // send it again on a new connection, which would deliver it twice.
 func TestSendReplyLost(t *testing.T) {
-	url := testenv.RedisURL(t)
-	b := make([]byte, 6)
-	rand.Read(b)
-	prefix := "roost-fabric-" + hex.EncodeToString(b)
+	openNode := testOpener(t)
 	ctx := context.Background()
-	fb, err := New(ctx, Config{URL: url, Prefix: prefix, Node: "b", Lease: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fb.Close() })
+	fb := openNode("b", nil)
 	inbox := fb.key("acme", "in:b")
 	ran := func() bool {
 		n, _ := fb.rdb.XLen(ctx, inbox).Result()
@@ -375,11 +375,7 @@ func TestSendReplyLost(t *testing.T) {
 	}
 	sends := func(p []byte) bool { return bytes.Contains(p, []byte("evalsha")) && bytes.Contains(p, []byte(inbox)) }
 	dial, lost := testenv.LosingReplyDialer(sends, ran)
-	fa, err := open(ctx, Config{URL: url, Prefix: prefix, Node: "a", Lease: time.Second}, dial)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fa.Close() })
+	fa := openNode("a", dial)
 	if err := sendScript.Load(ctx, fa.once).Err(); err != nil { // so that the send broken is the one that runs it
 		t.Fatal(err)
 	}
@@ -429,16 +425,9 @@ func TestSendReplyLost(t *testing.T) {
 // home in Redis; the home reads its pending entries again and delivers it
 // (a read sent again would take only new entries, and leave it there).
 func TestHomeReadReplyLost(t *testing.T) {
-	url := testenv.RedisURL(t)
-	b := make([]byte, 6)
-	rand.Read(b)
-	prefix := "roost-fabric-" + hex.EncodeToString(b)
+	openNode := testOpener(t)
 	ctx := context.Background()
-	fa, err := New(ctx, Config{URL: url, Prefix: prefix, Node: "a", Lease: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fa.Close() })
+	fa := openNode("a", nil)
 	inbox := fa.key("acme", "in:"+Home)
 	taken := func() bool {
 		p, err := fa.rdb.XPending(ctx, inbox, Home).Result()
@@ -446,11 +435,7 @@ func TestHomeReadReplyLost(t *testing.T) {
 	}
 	reads := func(p []byte) bool { return bytes.Contains(bytes.ToLower(p), []byte("xreadgroup")) }
 	dial, lost := testenv.LosingReplyDialer(reads, taken)
-	fh, err := open(ctx, Config{URL: url, Prefix: prefix, Node: "h", Lease: time.Second}, dial)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { fh.Close() })
+	fh := openNode("h", dial)
 	got := make(chan Message, 10)
 	th, err := fh.Join(ctx, "acme", true, func(m Message) error { got <- m; return nil })
 	if err != nil {

@@ -574,9 +574,11 @@ func (s *Store) Retained(ctx context.Context, tenant string) ([]store.Message, e
 // appends queued behind it are then sent by the next leader, and fail as
 // any command fails after Close. No append waits for ever.
 func (s *Store) Close() error {
-	err := errors.Join(s.rdb.Close(), s.appendRdb.Close())
-	if errors.Is(err, goredis.ErrClosed) {
-		return nil
+	var errs []error
+	for _, c := range []*goredis.Client{s.rdb, s.appendRdb} {
+		if err := c.Close(); err != nil && !errors.Is(err, goredis.ErrClosed) {
+			errs = append(errs, err)
+		}
 	}
-	return err
+	return errors.Join(errs...)
 }
