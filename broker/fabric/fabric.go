@@ -47,6 +47,8 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/roosthub/roost/internal/redisretry"
 )
 
 // Home names the tenant's home among the owners.
@@ -721,6 +723,7 @@ type Copy struct {
 func (t *Tenant) SendQueued(ctx context.Context, m Message, local Local) (int, error) {
 	queued := map[string]uint64{}
 	nonce := rand.Uint64()
+	unrun := 0 // sends Redis refused without running
 	for attempt := 0; ; attempt++ {
 		ver, index, err := t.current(ctx)
 		if err != nil {
@@ -780,6 +783,12 @@ func (t *Tenant) SendQueued(ctx context.Context, m Message, local Local) (int, e
 		case err == nil:
 			t.f.sent.Add(int64(len(targets)))
 			return len(targets), nil
+		case redisretry.Unrun(err) && unrun < redisretry.Attempts-1:
+			// Redis did not run it: sent again, as go-redis would have.
+			unrun++
+			if werr := redisretry.Wait(ctx, unrun); werr == nil {
+				continue
+			}
 		case strings.Contains(err.Error(), "ROOST_STALE_ROUTES") && ctx.Err() == nil:
 			// Routes changed since they were read: read them again and
 			// send again, until the send's deadline (a churn of

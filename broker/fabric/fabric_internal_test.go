@@ -463,3 +463,53 @@ func TestHomeReadReplyLost(t *testing.T) {
 		t.Error("no read's reply was lost after Redis took the entry: the case was not made")
 	}
 }
+
+// TestSendRefusedSentAgain: a send Redis refused without running it (a
+// replica's READONLY, as during a failover) is sent again, as go-redis
+// would have, and delivered once.
+func TestSendRefusedSentAgain(t *testing.T) {
+	openNode := testOpener(t)
+	ctx := context.Background()
+	fb := openNode("b", nil)
+	inbox := fb.key("acme", "in:b")
+	sends := func(p []byte) bool { return bytes.Contains(p, []byte("evalsha")) && bytes.Contains(p, []byte(inbox)) }
+	dial, refused := testenv.RefusingDialer(sends, "-READONLY You can't write against a read only replica.\r\n")
+	fa := openNode("a", dial)
+	ta, err := fa.Join(ctx, "acme", false, func(Message) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan Message, 10)
+	tb, err := fb.Join(ctx, "acme", false, func(m Message) error { got <- m; return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Add(ctx, "t/#"); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"x", "y"} {
+		if n, err := ta.Send(ctx, Message{Topic: "t/1", Payload: []byte(p), QoS: 2}, nil); err != nil || n != 1 {
+			t.Fatalf("send %s: %d inboxes, %v; want 1 (the refused send sent again)", p, n, err)
+		}
+	}
+	if !refused() {
+		t.Fatal("no send was refused")
+	}
+	xs := 0
+	for done := false; !done; {
+		select {
+		case m := <-got:
+			switch string(m.Payload) {
+			case "x":
+				xs++
+			case "y":
+				done = true
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the message after the refused one did not arrive")
+		}
+	}
+	if xs != 1 {
+		t.Errorf("got the message whose first send was refused %d times, want 1", xs)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -58,5 +59,54 @@ func (c *losingConn) Read(p []byte) (int, error) {
 		c.Conn.Close()
 		return 0, io.ErrUnexpectedEOF
 	}
+	return c.Conn.Read(p)
+}
+
+// RefusingDialer dials connections that refuse one request as a server
+// that did not run it would: the first request written on any of them
+// that request matches is not sent, and reply (a raw reply, such as a
+// RESP error "-READONLY ...\r\n") is read in its stead. refused reports
+// whether that happened.
+func RefusingDialer(request func([]byte) bool, reply string) (dial func(ctx context.Context, network, addr string) (net.Conn, error), refused func() bool) {
+	var done atomic.Bool
+	var d net.Dialer
+	dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := d.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return &refusingConn{Conn: c, done: &done, request: request, reply: reply}, nil
+	}
+	return dial, done.Load
+}
+
+type refusingConn struct {
+	net.Conn
+	done    *atomic.Bool
+	request func([]byte) bool
+	reply   string
+	mu      sync.Mutex
+	pending []byte // the reply still to be read
+}
+
+func (c *refusingConn) Write(p []byte) (int, error) {
+	if !c.done.Load() && c.request(p) && c.done.CompareAndSwap(false, true) {
+		c.mu.Lock()
+		c.pending = []byte(c.reply)
+		c.mu.Unlock()
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *refusingConn) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	if len(c.pending) > 0 {
+		n := copy(p, c.pending)
+		c.pending = c.pending[n:]
+		c.mu.Unlock()
+		return n, nil
+	}
+	c.mu.Unlock()
 	return c.Conn.Read(p)
 }

@@ -159,3 +159,17 @@ func NewLosingReply(ctx context.Context, cfg Config, request func([]byte) bool, 
 	}
 	return s, lost, nil
 }
+
+// NewRefusing opens a store whose first request that request matches is
+// answered with reply, unsent (testenv.RefusingDialer), on either client.
+func NewRefusing(ctx context.Context, cfg Config, request func([]byte) bool, reply string) (s *Store, refused func() bool, err error) {
+	opts, err := goredis.ParseURL(cfg.URL)
+	if err != nil {
+		return nil, nil, err
+	}
+	opts.Dialer, refused = testenv.RefusingDialer(request, reply)
+	if s, err = open(ctx, cfg, opts); err != nil {
+		return nil, nil, err
+	}
+	return s, refused, nil
+}

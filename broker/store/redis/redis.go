@@ -35,6 +35,7 @@ import (
 
 	"github.com/roosthub/roost/broker/store"
 	"github.com/roosthub/roost/internal/group"
+	"github.com/roosthub/roost/internal/redisretry"
 )
 
 // Config names the server.
@@ -68,7 +69,8 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 // open makes the store's two clients with opts. The appends' client never
 // sends a command again: go-redis by default retries one whose connection
 // failed, even once it was written and its reply is what was lost, and
-// Redis may then have run it. An Append run twice would store its
+// Redis may then have run it. (Append sends one again itself where Redis
+// says it did not run it: redisretry.) An Append run twice would store its
 // messages twice, under new numbers (a QoS 2 message delivered twice); its
 // caller is told it failed instead, and the publisher, not acknowledged,
 // sends it again (a QoS 2 publish then meets its receipt). Every other
@@ -321,9 +323,19 @@ func (s *Store) Append(ctx context.Context, tenant string, items []store.Item, r
 		}
 	}
 
-	req.ctx = ctx
-	if err := s.appends.Do(ctx, req, s.send); err != nil {
-		return nil, err
+	// Sent again only where Redis says it did not run it (see open).
+	for attempt := 1; ; attempt++ {
+		req.ctx = ctx
+		if err := s.appends.Do(ctx, req, s.send); err != nil {
+			return nil, err
+		}
+		if attempt == redisretry.Attempts || !redisretry.Unrun(req.err) {
+			break
+		}
+		if err := redisretry.Wait(ctx, attempt); err != nil {
+			return nil, err
+		}
+		req.firsts, req.err = nil, nil
 	}
 
 	if req.err != nil {

@@ -381,3 +381,27 @@ func TestReadReplyLost(t *testing.T) {
 		t.Error("no read's reply was lost")
 	}
 }
+
+// TestAppendRefusedSentAgain: an append Redis refused without running it
+// (a replica's READONLY, as during a failover) is sent again, as go-redis
+// would have, and stored once.
+func TestAppendRefusedSentAgain(t *testing.T) {
+	ctx := context.Background()
+	cfg := redis.Config{URL: redisURL(t), Prefix: uniquePrefix()}
+	s, refused, err := redis.NewRefusing(ctx, cfg, func(p []byte) bool { return bytes.Contains(p, []byte("evalsha")) },
+		"-READONLY You can't write against a read only replica.\r\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	seqs, err := s.Append(ctx, "t", []store.Item{{ClientID: "c", Message: message("a/b")}}, store.Receipt{})
+	if err != nil || len(seqs) != 1 || seqs[0] != 1 {
+		t.Fatalf("append refused once without running: numbers %v, %v; want [1]", seqs, err)
+	}
+	if !refused() {
+		t.Fatal("no append was refused")
+	}
+	if msgs, err := s.Read(ctx, "t", "c", 0, 10); err != nil || len(msgs) != 1 {
+		t.Fatalf("queue after an append refused once: %d messages, %v; want 1", len(msgs), err)
+	}
+}
