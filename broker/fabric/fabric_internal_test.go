@@ -19,12 +19,12 @@ func testFabrics(t *testing.T) (*Redis, *Redis) {
 
 // testOpener returns a function that opens the fabric of a node, under a
 // key prefix of the test's own; dial, if not nil, makes its connections.
-func testOpener(t *testing.T) func(node string, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *Redis {
+func testOpener(t *testing.T) func(node string, dial dialer) *Redis {
 	url := testenv.RedisURL(t)
 	b := make([]byte, 6)
 	rand.Read(b)
 	prefix := "roost-fabric-" + hex.EncodeToString(b)
-	return func(node string, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *Redis {
+	return func(node string, dial dialer) *Redis {
 		f, err := open(context.Background(), Config{URL: url, Prefix: prefix, Node: node, Lease: time.Second}, dial)
 		if err != nil {
 			t.Fatal(err)
@@ -365,32 +365,17 @@ func TestKickHandOver(t *testing.T) {
 // and the message is in the other owner's inbox once: the client does not
 // send it again on a new connection, which would deliver it twice.
 func TestSendReplyLost(t *testing.T) {
-	openNode := testOpener(t)
+	var lost func() bool
+	ta, got := sendToB(t, func(fb *Redis, inbox string, sends func([]byte) bool) dialer {
+		ran := func() bool {
+			n, _ := fb.rdb.XLen(context.Background(), inbox).Result()
+			return n > 0 || fb.Stats().Received > 0
+		}
+		var dial dialer
+		dial, lost = testenv.LosingReplyDialer(sends, ran)
+		return dial
+	})
 	ctx := context.Background()
-	fb := openNode("b", nil)
-	inbox := fb.key("acme", "in:b")
-	ran := func() bool {
-		n, _ := fb.rdb.XLen(ctx, inbox).Result()
-		return n > 0 || fb.Stats().Received > 0
-	}
-	sends := func(p []byte) bool { return bytes.Contains(p, []byte("evalsha")) && bytes.Contains(p, []byte(inbox)) }
-	dial, lost := testenv.LosingReplyDialer(sends, ran)
-	fa := openNode("a", dial)
-	if err := sendScript.Load(ctx, fa.once).Err(); err != nil { // so that the send broken is the one that runs it
-		t.Fatal(err)
-	}
-	ta, err := fa.Join(ctx, "acme", false, func(Message) error { return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := make(chan Message, 10)
-	tb, err := fb.Join(ctx, "acme", false, func(m Message) error { got <- m; return nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := tb.Add(ctx, "t/#"); err != nil {
-		t.Fatal(err)
-	}
 	if n, err := ta.Send(ctx, Message{Topic: "t/1", Payload: []byte("x"), QoS: 2}, nil); err == nil {
 		t.Fatalf("send whose reply was lost: got %d inboxes and no error, want an error", n)
 	}
@@ -400,23 +385,29 @@ func TestSendReplyLost(t *testing.T) {
 	if n, err := ta.Send(ctx, Message{Topic: "t/1", Payload: []byte("y"), QoS: 2}, nil); err != nil || n != 1 {
 		t.Fatalf("send after the lost reply: %d inboxes, %v; want 1", n, err)
 	}
-	// The inbox is delivered in order: once y is, every x sent before it is.
-	xs := 0
-	for done := false; !done; {
+	if xs := countBefore(t, got, "x", "y"); xs != 1 {
+		t.Errorf("got the message whose send's reply was lost %d times, want 1", xs)
+	}
+}
+
+// countBefore counts the messages of payload p delivered before the first
+// of payload last. An inbox is delivered in order: once last is, every p
+// sent before it is.
+func countBefore(t *testing.T, got <-chan Message, p, last string) int {
+	t.Helper()
+	n := 0
+	for {
 		select {
 		case m := <-got:
 			switch string(m.Payload) {
-			case "x":
-				xs++
-			case "y":
-				done = true
+			case p:
+				n++
+			case last:
+				return n
 			}
 		case <-time.After(10 * time.Second):
-			t.Fatal("the message after the lost reply did not arrive")
+			t.Fatalf("%q did not arrive", last)
 		}
-	}
-	if xs != 1 {
-		t.Errorf("got the message whose send's reply was lost %d times, want 1", xs)
 	}
 }
 
@@ -468,13 +459,43 @@ func TestHomeReadReplyLost(t *testing.T) {
 // replica's READONLY, as during a failover) is sent again, as go-redis
 // would have, and delivered once.
 func TestSendRefusedSentAgain(t *testing.T) {
+	var refused func() bool
+	ta, got := sendToB(t, func(_ *Redis, _ string, sends func([]byte) bool) dialer {
+		var dial dialer
+		dial, refused = testenv.RefusingDialer(sends, "-READONLY You can't write against a read only replica.\r\n")
+		return dial
+	})
+	ctx := context.Background()
+	for _, p := range []string{"x", "y"} {
+		if n, err := ta.Send(ctx, Message{Topic: "t/1", Payload: []byte(p), QoS: 2}, nil); err != nil || n != 1 {
+			t.Fatalf("send %s: %d inboxes, %v; want 1 (the refused send sent again)", p, n, err)
+		}
+	}
+	if !refused() {
+		t.Fatal("no send was refused")
+	}
+	if xs := countBefore(t, got, "x", "y"); xs != 1 {
+		t.Errorf("got the message whose first send was refused %d times, want 1", xs)
+	}
+}
+
+type dialer = func(ctx context.Context, network, addr string) (net.Conn, error)
+
+// sendToB opens node b, with a route for t/#, and node a, whose
+// connections make dialFor's dialer given b and its inbox (sends matches
+// a's sends to it), with the send script loaded (so that a send a test
+// breaks is one that runs); it returns a's tenant and what b delivers.
+func sendToB(t *testing.T, dialFor func(fb *Redis, inbox string, sends func([]byte) bool) dialer) (*Tenant, <-chan Message) {
+	t.Helper()
 	openNode := testOpener(t)
 	ctx := context.Background()
 	fb := openNode("b", nil)
 	inbox := fb.key("acme", "in:b")
 	sends := func(p []byte) bool { return bytes.Contains(p, []byte("evalsha")) && bytes.Contains(p, []byte(inbox)) }
-	dial, refused := testenv.RefusingDialer(sends, "-READONLY You can't write against a read only replica.\r\n")
-	fa := openNode("a", dial)
+	fa := openNode("a", dialFor(fb, inbox, sends))
+	if err := sendScript.Load(ctx, fa.rdb).Err(); err != nil {
+		t.Fatal(err)
+	}
 	ta, err := fa.Join(ctx, "acme", false, func(Message) error { return nil })
 	if err != nil {
 		t.Fatal(err)
@@ -487,29 +508,5 @@ func TestSendRefusedSentAgain(t *testing.T) {
 	if err := tb.Add(ctx, "t/#"); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{"x", "y"} {
-		if n, err := ta.Send(ctx, Message{Topic: "t/1", Payload: []byte(p), QoS: 2}, nil); err != nil || n != 1 {
-			t.Fatalf("send %s: %d inboxes, %v; want 1 (the refused send sent again)", p, n, err)
-		}
-	}
-	if !refused() {
-		t.Fatal("no send was refused")
-	}
-	xs := 0
-	for done := false; !done; {
-		select {
-		case m := <-got:
-			switch string(m.Payload) {
-			case "x":
-				xs++
-			case "y":
-				done = true
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatal("the message after the refused one did not arrive")
-		}
-	}
-	if xs != 1 {
-		t.Errorf("got the message whose first send was refused %d times, want 1", xs)
-	}
+	return ta.(*Tenant), got
 }

@@ -8,8 +8,6 @@ import (
 	"sync/atomic"
 
 	goredis "github.com/redis/go-redis/v9"
-
-	"github.com/roosthub/roost/internal/testenv"
 )
 
 // Trips counts a store's script calls to Redis from the time CountTrips
@@ -139,37 +137,23 @@ func (s *Store) SessionKey(tenant, clientID, kind string) string {
 	return s.sessionKey(tenant, clientID, kind)
 }
 
-// NewLosingReply opens a store whose first request that request matches
-// is run by Redis but never answered (testenv.LosingReplyDialer), on
-// either of its clients.
-func NewLosingReply(ctx context.Context, cfg Config, request func([]byte) bool, ran func() bool) (s *Store, lost func() bool, err error) {
+// OpenDialing opens a store whose two clients make their connections with
+// dial (testenv.LosingReplyDialer, testenv.RefusingDialer), with the
+// append script loaded, so that an append a test breaks is one that runs,
+// not one Redis refuses for not having the script.
+func OpenDialing(ctx context.Context, cfg Config, dial func(ctx context.Context, network, addr string) (net.Conn, error)) (*Store, error) {
 	opts, err := goredis.ParseURL(cfg.URL)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
-	opts.Dialer, lost = testenv.LosingReplyDialer(request, ran)
-	if s, err = open(ctx, cfg, opts); err != nil {
-		return nil, nil, err
+	opts.Dialer = dial
+	s, err := open(ctx, cfg, opts)
+	if err != nil {
+		return nil, err
 	}
-	// Loaded now, so that an append broken is one that runs, not one
-	// Redis refuses for not having the script.
-	if err := appendScript.Load(ctx, s.appendRdb).Err(); err != nil {
+	if err := appendScript.Load(ctx, s.rdb).Err(); err != nil {
 		s.Close()
-		return nil, nil, err
+		return nil, err
 	}
-	return s, lost, nil
-}
-
-// NewRefusing opens a store whose first request that request matches is
-// answered with reply, unsent (testenv.RefusingDialer), on either client.
-func NewRefusing(ctx context.Context, cfg Config, request func([]byte) bool, reply string) (s *Store, refused func() bool, err error) {
-	opts, err := goredis.ParseURL(cfg.URL)
-	if err != nil {
-		return nil, nil, err
-	}
-	opts.Dialer, refused = testenv.RefusingDialer(request, reply)
-	if s, err = open(ctx, cfg, opts); err != nil {
-		return nil, nil, err
-	}
-	return s, refused, nil
+	return s, nil
 }

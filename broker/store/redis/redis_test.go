@@ -334,7 +334,8 @@ func TestAppendReplyLost(t *testing.T) {
 		}
 		return n
 	}
-	s, lost, err := redis.NewLosingReply(ctx, cfg, func(p []byte) bool { return bytes.Contains(p, []byte("evalsha")) }, func() bool { return queued() > 0 })
+	dial, lost := testenv.LosingReplyDialer(func(p []byte) bool { return bytes.Contains(p, []byte("evalsha")) }, func() bool { return queued() > 0 })
+	s, err := redis.OpenDialing(ctx, cfg, dial)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -365,7 +366,8 @@ func TestAppendReplyLost(t *testing.T) {
 func TestReadReplyLost(t *testing.T) {
 	ctx := context.Background()
 	cfg := redis.Config{URL: redisURL(t), Prefix: uniquePrefix()}
-	s, lost, err := redis.NewLosingReply(ctx, cfg, func(p []byte) bool { return bytes.Contains(p, []byte("zrangebyscore")) }, func() bool { return true })
+	dial, lost := testenv.LosingReplyDialer(func(p []byte) bool { return bytes.Contains(p, []byte("zrangebyscore")) }, func() bool { return true })
+	s, err := redis.OpenDialing(ctx, cfg, dial)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -388,8 +390,9 @@ func TestReadReplyLost(t *testing.T) {
 func TestAppendRefusedSentAgain(t *testing.T) {
 	ctx := context.Background()
 	cfg := redis.Config{URL: redisURL(t), Prefix: uniquePrefix()}
-	s, refused, err := redis.NewRefusing(ctx, cfg, func(p []byte) bool { return bytes.Contains(p, []byte("evalsha")) },
+	dial, refused := testenv.RefusingDialer(func(p []byte) bool { return bytes.Contains(p, []byte("evalsha")) },
 		"-READONLY You can't write against a read only replica.\r\n")
+	s, err := redis.OpenDialing(ctx, cfg, dial)
 	if err != nil {
 		t.Fatal(err)
 	}
