@@ -4,8 +4,6 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"strconv"
-	"strings"
 	"time"
 )
 
@@ -167,13 +165,7 @@ func (s *Store) TouchSpread(ctx context.Context, tenants []string) (map[string]P
 	}
 	// $1 the cutoff, $2 the time now (the update only), then the tenants.
 	cutoff := s.now().UTC().Add(-SpreadLiveFor)
-	in := func(from int) string {
-		marks := make([]string, len(tenants))
-		for i := range tenants {
-			marks[i] = "$" + strconv.Itoa(from+i)
-		}
-		return "(" + strings.Join(marks, ", ") + ")"
-	}
+	in := func(from int) string { return "(" + placeholders(from, len(tenants)) + ")" }
 	args := []any{cutoff, s.timestamp()}
 	for _, t := range tenants {
 		args = append(args, t)

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -164,6 +165,16 @@ func (s *Store) inTx(ctx context.Context, fn func(tx *sql.Tx) error, changes ...
 		s.changes.Publish(c)
 	}
 	return nil
+}
+
+// placeholders is "$from, $from+1, …" for n parameters, as an IN list
+// takes them.
+func placeholders(from, n int) string {
+	ps := make([]string, n)
+	for i := range ps {
+		ps[i] = "$" + strconv.Itoa(from+i)
+	}
+	return strings.Join(ps, ", ")
 }
 
 // lockTenant locks the tenant's row until the transaction ends, so that

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -221,15 +220,6 @@ func usageAdded(ctx context.Context, tx *sql.Tx, deltas []UsageDelta, at time.Ti
 		}
 	}
 	return added, nil
-}
-
-// placeholders is "$from, …" for n parameters.
-func placeholders(from, n int) string {
-	ps := make([]string, n)
-	for i := range ps {
-		ps[i] = "$" + strconv.Itoa(from+i)
-	}
-	return strings.Join(ps, ", ")
 }
 
 // usageDone holds the ids of usage transactions that committed, whose
