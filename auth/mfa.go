@@ -11,6 +11,7 @@ import (
 	"github.com/pquerna/otp"
 	"github.com/pquerna/otp/totp"
 
+	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -306,3 +307,47 @@ func (s *Service) SetTenantMFA(ctx context.Context, tenant string, by tenants.By
 	}
 	return s.store.SetTenantRequiresMFA(ctx, tenant, by, has, required)
 }
+
+// ResealMFA seals every account's TOTP secret sealed under an old key of
+// the ring again under the current key (see dataout.Sealer.Reseal), so
+// that the old key can be dropped without locking anyone out of two-factor
+// sign-in. A secret set up again meanwhile is left to its change; one that
+// does not open is left as it is, counted and logged (its account turns
+// two-factor off with a recovery code, or an operator does). With no old
+// key it does nothing.
+func (s *Service) ResealMFA(ctx context.Context) (dataout.ResealCount, error) {
+	var n dataout.ResealCount
+	prefixes := s.sealer.OldPrefixes()
+	if len(prefixes) == 0 {
+		return n, nil
+	}
+	after := ""
+	for {
+		page, err := s.store.MFASealedUnder(ctx, prefixes, after, mfaResealPage)
+		if err != nil {
+			return n, err
+		}
+		for _, m := range page {
+			to, err := s.sealer.Reseal(m.Secret, sealContext(m.Account))
+			if err != nil {
+				n.Failed++
+				s.log.Warn("two-factor secret sealed under an earlier key does not open", "account", m.Account, "err", err)
+				continue
+			}
+			wrote, err := s.store.ResealMFA(ctx, m.Account, m.Secret, to)
+			if err != nil {
+				return n, err
+			}
+			if wrote {
+				n.Resealed++
+			}
+		}
+		if len(page) < mfaResealPage {
+			return n, nil
+		}
+		after = page[len(page)-1].Account
+	}
+}
+
+// mfaResealPage is how many accounts ResealMFA reads at a time.
+const mfaResealPage = 100

@@ -3,6 +3,7 @@ package dataout
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"github.com/roosthub/roost/tenants"
@@ -65,9 +66,18 @@ type Resealer interface {
 // under the current key; an error leaves the row as it was (its values
 // still open under the old key).
 func (s *Sealer) Refresh(ctx context.Context, st Resealer, tenant string, d tenants.Destination) error {
+	_, err := s.refresh(ctx, st, tenant, d)
+	return err
+}
+
+// errUnopened marks a sealed value Refresh could not open.
+var errUnopened = errors.New("sealed value does not open")
+
+// refresh is Refresh, reporting whether it wrote the row.
+func (s *Sealer) refresh(ctx context.Context, st Resealer, tenant string, d tenants.Destination) (bool, error) {
 	from := d.Sealed
 	if !s.Stale(from.Secret) && !s.Stale(from.Headers) && !s.Stale(from.Password) {
-		return nil
+		return false, nil
 	}
 	to := from
 	for _, v := range []struct {
@@ -77,12 +87,10 @@ func (s *Sealer) Refresh(ctx context.Context, st Resealer, tenant string, d tena
 		if *v.val == "" {
 			continue
 		}
-		plain, err := s.Open(*v.val, v.context)
-		if err != nil {
-			return fmt.Errorf("destination %s: reseal: %w", d.ID, err)
+		var err error
+		if *v.val, err = s.Reseal(*v.val, v.context); err != nil {
+			return false, fmt.Errorf("destination %s: reseal: %w: %w", d.ID, errUnopened, err)
 		}
-		*v.val = s.Seal(plain, v.context)
 	}
-	_, err := st.ResealDestination(ctx, tenant, d.ID, from, to)
-	return err
+	return st.ResealDestination(ctx, tenant, d.ID, from, to)
 }

@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -101,6 +102,32 @@ func (s *Sealer) Stale(sealed string) bool {
 	}
 	_, old := s.old[parts[1]]
 	return old
+}
+
+// OldPrefixes are the prefixes of values sealed under the ring's old keys
+// ("v1.<key id>."), in key id order: what a store looks for to find the
+// values to seal again (see Reseal).
+func (s *Sealer) OldPrefixes() []string {
+	out := make([]string, 0, len(s.old))
+	for kid := range s.old {
+		out = append(out, "v1."+kid+".")
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Reseal returns sealed sealed again under the current key if it was
+// sealed under an old one (see Stale), and sealed itself otherwise. It
+// fails, leaving the value to its owner, if the value does not open.
+func (s *Sealer) Reseal(sealed, context string) (string, error) {
+	if !s.Stale(sealed) {
+		return sealed, nil
+	}
+	plain, err := s.Open(sealed, context)
+	if err != nil {
+		return "", err
+	}
+	return s.Seal(plain, context), nil
 }
 
 // Seal encrypts plain, bound to context (such as "tenant/destination"):

@@ -198,6 +198,10 @@ func (d planeDeps) controlHandler(signingKey []byte, localAddr string, endpoints
 	}
 	// The mails being sent when the process stops are waited for.
 	tasks = append(tasks, func(ctx context.Context) error { <-ctx.Done(); front.Close(); return nil })
+	tasks = append(tasks, func(ctx context.Context) error {
+		resealSecrets(ctx, sealer, d.store, front, resealEvery, log)
+		return nil
+	})
 	hooks, err := c.webhookSender()
 	if err != nil {
 		return nil, nil, err

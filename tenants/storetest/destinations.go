@@ -167,3 +167,61 @@ func testResealDestination(t *testing.T, s *tenants.Store, _ func() *tenants.Sto
 		t.Errorf("after the reseal: %+v, %v", got.Sealed, err)
 	}
 }
+
+// testSealedUnder: the values sealed under a key are found by the key's
+// prefix taken literally (LIKE's _ and % in it match only themselves),
+// for destinations and two-factor secrets; ResealMFA replaces a secret
+// only while it still holds what was read.
+func testSealedUnder(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	mustTenant(t, s, owner, "acme")
+	mustTenant(t, s, owner, "other")
+	create := func(tenant string, sealed tenants.Sealed) string {
+		t.Helper()
+		id := tenants.NewDestinationID()
+		if _, err := s.CreateDestination(ctx, tenant, id, tenants.DestinationInput{Name: "d-" + id, Type: "webhook", URL: "https://hooks.example.com/" + id}, sealed); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	wanted := []string{
+		create("other", tenants.Sealed{Secret: "v1.a_c.secret"}),
+		create("acme", tenants.Sealed{Secret: "v1.new.secret", Headers: "v1.a%c.headers"}),
+	}
+	create("acme", tenants.Sealed{Secret: "v1.abc.secret"})
+	create("acme", tenants.Sealed{Secret: "v1.new.secret", Headers: "v1.abbc.headers"})
+	got, err := s.DestinationsSealedUnder(ctx, []string{"v1.a_c.", "v1.a%c."}, "", "", 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, d := range got {
+		ids = append(ids, d.Tenant+"/"+d.ID)
+	}
+	if want := []string{"acme/" + wanted[1], "other/" + wanted[0]}; !slices.Equal(ids, want) {
+		t.Errorf("DestinationsSealedUnder = %v, want %v", ids, want)
+	}
+	if got, err := s.DestinationsSealedUnder(ctx, []string{"v1.a_c.", "v1.a%c."}, "acme", wanted[1], 10); err != nil || len(got) != 1 || got[0].ID != wanted[0] {
+		t.Errorf("the page after acme/%s = %+v, %v", wanted[1], got, err)
+	}
+
+	a, b := mustAccount(t, s, "a@example.com"), mustAccount(t, s, "b@example.com")
+	if err := s.SetUpMFA(ctx, a.ID, "v1.a_c.totp"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetUpMFA(ctx, b.ID, "v1.abc.totp"); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.MFASealedUnder(ctx, []string{"v1.a_c."}, "", 10); err != nil || len(got) != 1 || got[0] != (tenants.SealedMFA{Account: a.ID, Secret: "v1.a_c.totp"}) {
+		t.Errorf("MFASealedUnder = %+v, %v", got, err)
+	}
+	if ok, err := s.ResealMFA(ctx, a.ID, "v1.a_c.other", "v1.new.totp"); ok || err != nil {
+		t.Errorf("reseal from a value no longer there: %v, %v", ok, err)
+	}
+	if ok, err := s.ResealMFA(ctx, a.ID, "v1.a_c.totp", "v1.new.totp"); !ok || err != nil {
+		t.Fatalf("reseal: %v, %v", ok, err)
+	}
+	if m, err := s.MFA(ctx, a.ID); err != nil || m.Secret != "v1.new.totp" {
+		t.Errorf("after the reseal: %q, %v", m.Secret, err)
+	}
+}

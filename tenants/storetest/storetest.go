@@ -45,6 +45,7 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"KafkaDestinations", testKafkaDestinations},
 		{"GoneOutboxes", testGoneOutboxes},
 		{"ResealDestination", testResealDestination},
+		{"SealedUnder", testSealedUnder},
 		{"Usage", testUsage},
 		{"Billing", testBilling},
 		{"StripeEventsOnce", testStripeEventsOnce},

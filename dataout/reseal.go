@@ -1,0 +1,68 @@
+package dataout
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+// ResealStore finds the destinations with values sealed under old keys
+// and writes them sealed again (tenants.Store has it).
+type ResealStore interface {
+	Resealer
+	DestinationsSealedUnder(ctx context.Context, prefixes []string, afterTenant, afterID string, limit int) ([]tenants.TenantDestination, error)
+}
+
+// ResealCount is what a pass over sealed values did.
+type ResealCount struct {
+	// Resealed is how many were sealed again under the current key.
+	Resealed int
+	// Failed is how many did not open (damaged, or copied from another
+	// row) and were left as they are; each is logged.
+	Failed int
+}
+
+// resealPage is how many rows a pass reads at a time.
+const resealPage = 100
+
+// ResealDestinations seals every destination's values sealed under an
+// old key of the ring again under the current key, so that the old key
+// can be dropped without a send to each destination first (Refresh does
+// the same for one destination as it is read). A row changed meanwhile
+// (a rotation) is left to its change. With no old key it does nothing.
+func (s *Sealer) ResealDestinations(ctx context.Context, st ResealStore, log *slog.Logger) (ResealCount, error) {
+	var n ResealCount
+	prefixes := s.OldPrefixes()
+	if len(prefixes) == 0 {
+		return n, nil
+	}
+	afterTenant, afterID := "", ""
+	for {
+		page, err := st.DestinationsSealedUnder(ctx, prefixes, afterTenant, afterID, resealPage)
+		if err != nil {
+			return n, err
+		}
+		for _, d := range page {
+			wrote, err := s.refresh(ctx, st, d.Tenant, d.Destination)
+			switch {
+			case ctx.Err() != nil:
+				return n, ctx.Err()
+			case errors.Is(err, errUnopened):
+				n.Failed++
+				log.Warn("destination sealed under an earlier key does not open: rotate its secret (or set its Kafka password again)",
+					"tenant", d.Tenant, "destination", d.ID, "err", err)
+			case err != nil:
+				return n, err
+			case wrote:
+				n.Resealed++
+			}
+		}
+		if len(page) < resealPage {
+			return n, nil
+		}
+		last := page[len(page)-1]
+		afterTenant, afterID = last.Tenant, last.ID
+	}
+}
