@@ -44,8 +44,27 @@ const mochiInflightFull = "client store quota reached"
 type dropKey struct{ clientID, reason string }
 
 type dropNote struct {
-	last    time.Time // the last event raised
-	pending int64     // drops since, not yet raised
+	mu      sync.Mutex // for a note of its own (add)
+	last    time.Time  // the last event raised
+	pending int64      // drops since, not yet raised
+}
+
+// add counts n drops and reports whether to raise their event now, with
+// the drops it stands for: the first at once, then one every dropEvery.
+func (n *dropNote) add(count int64, now time.Time) (int64, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.addLocked(count, now)
+}
+
+func (n *dropNote) addLocked(count int64, now time.Time) (int64, bool) {
+	n.pending += count
+	if !n.last.IsZero() && now.Sub(n.last) < dropEvery {
+		return 0, false
+	}
+	raised := n.pending
+	n.last, n.pending = now, 0
+	return raised, true
 }
 
 // dropNotes folds a tenant's drops for connected clients into events.
@@ -67,13 +86,7 @@ func (d *dropNotes) note(k dropKey, now time.Time) (int64, bool) {
 		n = &dropNote{}
 		d.notes[k] = n
 	}
-	n.pending++
-	if !n.last.IsZero() && now.Sub(n.last) < dropEvery {
-		return 0, false
-	}
-	count := n.pending
-	n.last, n.pending = now, 0
-	return count, true
+	return n.addLocked(1, now)
 }
 
 // dropped notes a message mochi dropped for a connected client.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/roosthub/roost/broker/store"
 	"github.com/roosthub/roost/dataout"
+	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -147,6 +148,8 @@ type outbox struct {
 	// held); refusedForLease counts an acknowledgement it withheld.
 	serving         func() bool
 	refusedForLease func()
+	// raise raises one of the tenant's events.
+	raise func(events.Event)
 	// deliver: this node runs the workers (the tenant's home); poll: other
 	// nodes append too (a spread tenant), so the workers look now and then.
 	deliver, poll bool
@@ -193,6 +196,9 @@ type destQueue struct {
 	// tenant's broker started here.
 	delivered, failed, dropped atomic.Int64
 
+	// drops folds the drops into outbox_dropped events (see noteDropped).
+	drops dropNote
+
 	// worker: a worker runs for the outbox here; fenced: one was fenced
 	// (another node's claimed the outbox), and none starts here again.
 	// Both under the outbox's mu.
@@ -235,6 +241,7 @@ func (h *Hub) outboxOf(tenant string, log *slog.Logger, quotas func() tenants.Qu
 		},
 		serving:         env.serving,
 		refusedForLease: env.refusedForLease,
+		raise:           env.emit,
 		deliver:         deliver,
 		poll:            poll,
 		idPrefix:        hex.EncodeToString(b[:]),
@@ -628,7 +635,9 @@ func (o *outbox) enqueue(ctx context.Context, rules *outboxRules, in dataout.Inp
 					o.log.Info("outbox full: publish refused", "destination", q.id, "limit", limit)
 					return nil, errOutboxFull
 				}
-				q.dropped.Add(1) // nothing tells a QoS 0 publisher, or an event
+				// Nothing tells a QoS 0 publisher, or an event's raiser:
+				// the tenant hears of it (outbox_dropped).
+				o.noteDropped(q, 1, tenants.OutboxRefuse)
 				continue
 			}
 			// drop_oldest: the worker trims the outbox to the limit.
@@ -1043,9 +1052,26 @@ func (o *outbox) trim(ctx context.Context, q *destQueue, epoch uint64, head *uin
 	if err := o.st.Ack(ctx, o.tenant, q.out, epoch, seqs); err != nil {
 		return err
 	}
-	q.dropped.Add(int64(len(msgs)))
+	o.noteDropped(q, int64(len(msgs)), tenants.OutboxDropOldest)
 	q.backlog.Add(-int64(len(msgs)))
 	*head = max(*head, msgs[len(msgs)-1].Seq)
 	o.log.Info("outbox full: oldest messages dropped", "destination", q.id, "messages", len(msgs), "limit", o.limit())
 	return nil
+}
+
+// noteDropped counts n messages q's full outbox did not keep, under
+// policy, and tells the tenant through an outbox_dropped event: the first
+// at once, then at most one a minute per destination, carrying how many
+// drops it stands for (as a slow client's queue_dropped, see drops.go),
+// so that a flood into a full outbox cannot flood the tenant's events.
+// Drops after the last event wait for the next drop a minute on to be
+// told; the destination's status counts each at once.
+func (o *outbox) noteDropped(q *destQueue, n int64, policy tenants.OutboxPolicy) {
+	q.dropped.Add(n)
+	count, raise := q.drops.add(n, o.now())
+	if !raise || o.raise == nil {
+		return
+	}
+	o.raise(events.Event{Tenant: o.tenant, Type: events.OutboxDropped, Destination: q.id, Reason: string(policy),
+		Quota: "max_outbox", Limit: o.limit(), Count: count})
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,7 @@ import (
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/broker/store/memory"
 	"github.com/roosthub/roost/dataout"
+	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -356,7 +358,8 @@ func (s *outboxStack) outboxPolicy(tenant string, p tenants.OutboxPolicy, max in
 // publisher's connection; a QoS 0 one goes through undelivered; a publish matching no rule goes through; once the receiver
 // takes the backlog, publishes are taken again.
 func TestOutboxFullRefuses(t *testing.T) {
-	s := newOutboxStack(t, time.Hour)
+	ev := events.NewMemory(1000)
+	s := newOutboxStack(t, time.Hour, func(c *broker.Config) { c.Events = ev })
 	s.tenant("acme")
 	s.outboxPolicy("acme", tenants.OutboxRefuse, 3)
 	rc := newWebhookReceiver(t)
@@ -375,6 +378,8 @@ func TestOutboxFullRefuses(t *testing.T) {
 		t.Errorf("max_outbox hits counted: %d, want 1", n)
 	}
 	pub.pub(t, "sensors/temp", "qos0", 0, false)
+	// The QoS 0 publish is acknowledged to nobody: the tenant hears of it.
+	expectOutboxDropped(t, ev, "acme", events.Event{Destination: hook, Reason: string(tenants.OutboxRefuse), Quota: "max_outbox", Limit: 3, Count: 1})
 	old := mustV3(t, s.addr, "acme/old", s.device("acme", "old"), "old", true)
 	old.Publish("sensors/temp", 1, false, "from 3.1.1")
 	if !old.lostWithin(5 * time.Second) {
@@ -406,7 +411,9 @@ func TestOutboxFullRefuses(t *testing.T) {
 // is delivered once the receiver recovers is the newest max_outbox, in
 // order, and the drops are counted.
 func TestOutboxFullDropsOldest(t *testing.T) {
-	s := newOutboxStack(t, time.Hour)
+	ev := events.NewMemory(1000)
+	s := newOutboxStack(t, time.Hour, func(c *broker.Config) { c.Events = ev })
+	s.tenant("other")
 	s.tenant("acme")
 	s.setQuota("acme", "max_outbox", 5)
 	rc := newWebhookReceiver(t)
@@ -434,6 +441,48 @@ func TestOutboxFullDropsOldest(t *testing.T) {
 		st, _ := s.hub.DeliveryStatus(ctx, "acme", hook)
 		return st.Dropped == n-5 && st.Delivered == 5
 	})
+	// One outbox_dropped event (the drops folded for a minute), of the
+	// first trim; none for another tenant.
+	e := expectOutboxDropped(t, ev, "acme", events.Event{Destination: hook, Reason: string(tenants.OutboxDropOldest), Quota: "max_outbox", Limit: 5})
+	if e.Count < 1 || e.Count > n-5 {
+		t.Errorf("outbox_dropped counts %d drops, want 1 to %d", e.Count, n-5)
+	}
+	for _, e := range ev.Recent("other") {
+		if e.Type == events.OutboxDropped {
+			t.Errorf("another tenant got %+v", e)
+		}
+	}
+}
+
+// expectOutboxDropped waits for the tenant's outbox_dropped event like
+// want (its Count too, unless 0), checks it is the only one, and returns it.
+func expectOutboxDropped(t *testing.T, ev *events.Memory, tenant string, want events.Event) events.Event {
+	t.Helper()
+	var got []events.Event
+	eventually(t, 10*time.Second, "an outbox_dropped event", func() bool {
+		got = got[:0]
+		for _, e := range ev.Recent(tenant) {
+			if e.Type == events.OutboxDropped {
+				got = append(got, e)
+			}
+		}
+		return len(got) > 0
+	})
+	if len(got) != 1 {
+		t.Fatalf("outbox_dropped events %+v, want one", got)
+	}
+	e := got[0]
+	if want.Count == 0 {
+		want.Count = e.Count
+	}
+	want.Type, want.Tenant, want.Time, want.ID = events.OutboxDropped, tenant, e.Time, e.ID
+	if e.Device != "" || e.ClientID != "" || !reflect.DeepEqual(e, want) {
+		t.Errorf("outbox_dropped %+v, want %+v", e, want)
+	}
+	if topic := e.Topic(); topic != "$events/outbox/dropped/"+want.Destination {
+		t.Errorf("its topic %q", topic)
+	}
+	return e
 }
 
 // TestOutboxSurvivesRestart: what an outbox holds when its hub stops is

@@ -33,6 +33,9 @@ type Event struct {
 	// Count is how many occurrences the event stands for, when repeats
 	// are folded into one (publish_denied).
 	Count int64 `json:"count,omitempty"`
+	// Destination is the id of the destination whose outbox the event is
+	// about (outbox_dropped).
+	Destination string `json:"destination,omitempty"`
 }
 
 // The event types.
@@ -66,6 +69,13 @@ const (
 	// what ("api" or "mqtt") and Count is its new version.
 	ShadowUpdated = "shadow_updated"
 
+	// OutboxDropped: messages a destination's full outbox did not keep
+	// (Count of them, Limit its max_outbox): the oldest, dropped under
+	// drop_oldest (Reason "drop_oldest"), or QoS 0 messages and events
+	// not taken under refuse (Reason "refuse"). One event a minute per
+	// destination at most, folding the drops in between.
+	OutboxDropped = "outbox_dropped"
+
 	// DeviceProvisioned: a device unknown to the tenant was registered on
 	// its first connection with a certificate under a CA marked for
 	// provisioning; Reason is the CA's fingerprint.
@@ -75,7 +85,7 @@ const (
 // Types lists every event type.
 var Types = []string{Connected, Disconnected, Subscribed, Unsubscribed, AuthFailed, QueueDropped, QuotaExceeded, PublishDenied,
 	PlanChanged, PaymentFailed, PaymentSucceeded, BillingSuspended, BillingResumed, SpendWarning, ShadowUpdated,
-	DeviceProvisioned, SubscriptionChanged}
+	DeviceProvisioned, SubscriptionChanged, OutboxDropped}
 
 // Sink receives events. Emit must not block the connection that caused the
 // event: a sink that cannot keep up counts what it drops.
@@ -157,6 +167,7 @@ func (t Tee) Emit(e Event) {
 //	$events/quota/<quota>/<device>
 //	$events/queue/dropped/<device>
 //	$events/publish/denied/<device>
+//	$events/outbox/dropped/<destination id>
 //	$events/billing/<type>
 //
 // Billing's events are about the tenant, not a device: their topic ends
@@ -166,6 +177,12 @@ func (t Tee) Emit(e Event) {
 func (e Event) Topic() string {
 	if IsBilling(e.Type) {
 		return "$events/billing/" + e.Type
+	}
+	if e.Type == OutboxDropped {
+		if e.Destination == "" {
+			return ""
+		}
+		return "$events/outbox/dropped/" + e.Destination
 	}
 	if e.Device == "" {
 		return ""
@@ -192,6 +209,9 @@ func (e Event) Topic() string {
 func (e Event) HasTopic() bool {
 	if IsBilling(e.Type) {
 		return true
+	}
+	if e.Type == OutboxDropped {
+		return e.Destination != ""
 	}
 	if e.Device == "" {
 		return false
