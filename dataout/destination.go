@@ -70,13 +70,19 @@ func (s *Sealer) Refresh(ctx context.Context, st Resealer, tenant string, d tena
 	return err
 }
 
+// staleSealed reports whether one of a destination's values is sealed
+// under an old key.
+func (s *Sealer) staleSealed(v tenants.Sealed) bool {
+	return s.Stale(v.Secret) || s.Stale(v.Headers) || s.Stale(v.Password)
+}
+
 // errUnopened marks a sealed value Refresh could not open.
 var errUnopened = errors.New("sealed value does not open")
 
 // refresh is Refresh, reporting whether it wrote the row.
 func (s *Sealer) refresh(ctx context.Context, st Resealer, tenant string, d tenants.Destination) (bool, error) {
 	from := d.Sealed
-	if !s.Stale(from.Secret) && !s.Stale(from.Headers) && !s.Stale(from.Password) {
+	if !s.staleSealed(from) {
 		return false, nil
 	}
 	to := from

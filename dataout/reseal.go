@@ -19,10 +19,27 @@ type ResealStore interface {
 type ResealCount struct {
 	// Resealed is how many were sealed again under the current key.
 	Resealed int
+	// Skipped is how many changed between their read and their write (a
+	// rotation, a new setup) and were left to that change.
+	Skipped int
 	// Failed is how many did not open (damaged, or copied from another
-	// row) and were left as they are; each is logged.
+	// row) and were left as they are: the earlier key does not open them
+	// either. The first few of a pass are logged.
 	Failed int
 }
+
+// Found is how many values under an earlier key the pass found that open
+// with it: those that still needed the earlier key when it began.
+func (n ResealCount) Found() int { return n.Resealed + n.Skipped }
+
+// Add adds m's counts to n.
+func (n ResealCount) Add(m ResealCount) ResealCount {
+	return ResealCount{Resealed: n.Resealed + m.Resealed, Skipped: n.Skipped + m.Skipped, Failed: n.Failed + m.Failed}
+}
+
+// LogFailed is how many values that do not open a pass logs, one by
+// one; the rest are counted.
+const LogFailed = 10
 
 // resealPage is how many rows a pass reads at a time.
 const resealPage = 100
@@ -45,18 +62,25 @@ func (s *Sealer) ResealDestinations(ctx context.Context, st ResealStore, log *sl
 			return n, err
 		}
 		for _, d := range page {
+			if !s.staleSealed(d.Sealed) {
+				continue // not under an earlier key after all (SQLite's match ignores case)
+			}
 			wrote, err := s.refresh(ctx, st, d.Tenant, d.Destination)
 			switch {
 			case ctx.Err() != nil:
 				return n, ctx.Err()
 			case errors.Is(err, errUnopened):
 				n.Failed++
-				log.Warn("destination sealed under an earlier key does not open: rotate its secret (or set its Kafka password again)",
-					"tenant", d.Tenant, "destination", d.ID, "err", err)
+				if n.Failed <= LogFailed {
+					log.Warn("destination sealed under an earlier key does not open: rotate its secret (or set its Kafka password again)",
+						"tenant", d.Tenant, "destination", d.ID, "err", err)
+				}
 			case err != nil:
 				return n, err
 			case wrote:
 				n.Resealed++
+			default:
+				n.Skipped++
 			}
 		}
 		if len(page) < resealPage {

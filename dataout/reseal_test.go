@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"testing"
 
 	"github.com/roosthub/roost/dataout"
@@ -94,10 +95,26 @@ func testResealDestinations(t *testing.T, databaseURL, dir string) {
 		t.Fatal(err)
 	}
 
+	// One stale row is rotated between the pass's read and its write: the
+	// rotation wins, and the pass counts it as changed meanwhile.
+	rotated := stale[len(stale)/2]
+	stale = slices.DeleteFunc(stale, func(r row) bool { return r == rotated })
+	rotatedSecret := "whsec_rotated"
+	racing := &rotatingStore{Store: st, id: rotated.id, rotate: func() {
+		if _, err := st.RotateDestinationSecret(ctx, rotated.tenant, rotated.id, current.SealSecret(rotated.tenant, rotated.id, rotatedSecret)); err != nil {
+			t.Error(err)
+		}
+	}}
+
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	n, err := ring.ResealDestinations(ctx, st, log)
-	if want := (dataout.ResealCount{Resealed: len(stale) + 1, Failed: 1}); err != nil || n != want {
+	n, err := ring.ResealDestinations(ctx, racing, log)
+	if want := (dataout.ResealCount{Resealed: len(stale) + 1, Skipped: 1, Failed: 1}); err != nil || n != want {
 		t.Fatalf("ResealDestinations = %+v, %v; want %+v", n, err, want)
+	}
+	if d, err := st.Destination(ctx, rotated.tenant, rotated.id); err != nil {
+		t.Fatal(err)
+	} else if w, err := ring.Webhook(rotated.tenant, d); err != nil || w.Secret != rotatedSecret || !ring.Stale(d.Sealed.Headers) {
+		t.Errorf("the row rotated meanwhile: %+v, %v; want the rotation's secret, its headers still under the earlier key", w, err)
 	}
 	for _, r := range append(stale, fresh...) {
 		d, err := st.Destination(ctx, r.tenant, r.id)
@@ -113,10 +130,35 @@ func testResealDestinations(t *testing.T, databaseURL, dir string) {
 	if w, err := current.Webhook("acme", d); err != nil || w.Kafka == nil || w.Kafka.Password != "kafka-pw" {
 		t.Errorf("the Kafka password without the earlier key: %+v, %v", w.Kafka, err)
 	}
+	// The next pass seals the rotated row's headers again, then nothing
+	// is left but the row that does not open.
+	if n, err := ring.ResealDestinations(ctx, st, log); err != nil || n != (dataout.ResealCount{Resealed: 1, Failed: 1}) {
+		t.Errorf("a second pass = %+v, %v; want the rotated row's headers resealed, and the row that does not open", n, err)
+	}
+	if d, err := st.Destination(ctx, rotated.tenant, rotated.id); err != nil {
+		t.Fatal(err)
+	} else if w, err := current.Webhook(rotated.tenant, d); err != nil || w.Secret != rotatedSecret || w.Headers["Authorization"] != rotated.header {
+		t.Errorf("the rotated row without the earlier key: %+v, %v", w, err)
+	}
 	if n, err := ring.ResealDestinations(ctx, st, log); err != nil || n != (dataout.ResealCount{Failed: 1}) {
-		t.Errorf("a second pass = %+v, %v; want only the row that does not open", n, err)
+		t.Errorf("a third pass = %+v, %v; want only the row that does not open", n, err)
 	}
 	if n, err := current.ResealDestinations(ctx, st, log); err != nil || n != (dataout.ResealCount{}) {
 		t.Errorf("with no earlier key = %+v, %v; want nothing done", n, err)
 	}
+}
+
+// rotatingStore rotates one destination's secret just before the pass
+// writes that row sealed again.
+type rotatingStore struct {
+	*tenants.Store
+	id     string
+	rotate func()
+}
+
+func (s *rotatingStore) ResealDestination(ctx context.Context, tenant, id string, from, to tenants.Sealed) (bool, error) {
+	if id == s.id {
+		s.rotate()
+	}
+	return s.Store.ResealDestination(ctx, tenant, id, from, to)
 }

@@ -36,7 +36,7 @@ func (s *Store) DestinationsSealedUnder(ctx context.Context, prefixes []string, 
 		match = append(match, fmt.Sprintf(`sealed_secret LIKE $%d ESCAPE '\' OR sealed_headers LIKE $%d ESCAPE '\' OR sealed_password LIKE $%d ESCAPE '\'`, n, n, n))
 	}
 	rows, err := s.db.QueryContext(ctx, `SELECT tenant, `+destinationColumns+` FROM destinations
-		WHERE (tenant > $1 OR (tenant = $1 AND id > $2)) AND (`+strings.Join(match, " OR ")+`)
+		WHERE (tenant, id) > ($1, $2) AND (`+strings.Join(match, " OR ")+`)
 		ORDER BY tenant, id LIMIT $3`, args...)
 	if err != nil {
 		return nil, err

@@ -19,37 +19,49 @@ const resealEvery = time.Hour
 // secrets sealed under an earlier operator token (ROOST_SECRET_KEYS_OLD)
 // again under the current one: at start, then every interval, as long as
 // the process runs with earlier tokens (during a rolling change a process
-// still on the old token seals new values under it). Once a pass leaves
-// none, it logs that the earlier tokens can be dropped. Two control planes
-// doing it at once do no harm: each row is replaced only if it still
-// holds what was read.
+// still on the old token seals new values under it). A pass that found
+// some is followed at once by one that checks none is left, since values
+// changed or added meanwhile are not the first pass's. Once a pass finds
+// none, it says so: the earlier tokens can be dropped once every process
+// runs with the current one. It says so again only after a pass that found
+// some. Values that do not open (damaged, or copied from another row) open
+// under no key, the earlier ones included: they are reported apart and do
+// not hold the earlier tokens back. Two control planes doing this at once
+// do no harm: each row is replaced only if it still holds what was read.
 func resealSecrets(ctx context.Context, sealer *dataout.Sealer, st *tenants.Store, front *auth.Service, every time.Duration, log *slog.Logger) {
 	if len(sealer.OldPrefixes()) == 0 {
 		return
 	}
 	t := time.NewTicker(every)
 	defer t.Stop()
-	told := false
+	told, check := false, false
 	for {
 		dests, derr := sealer.ResealDestinations(ctx, st, log)
 		mfa, merr := front.ResealMFA(ctx)
-		resealed, failed := dests.Resealed+mfa.Resealed, dests.Failed+mfa.Failed
-		switch {
-		case ctx.Err() != nil:
+		n := dests.Add(mfa)
+		if ctx.Err() != nil {
 			return
-		case derr != nil || merr != nil:
-			log.Warn("seal secrets again under the current operator token", "resealed", resealed, "err", errors.Join(derr, merr))
-			told = false
-		case failed > 0:
-			log.Warn("secrets sealed under an earlier operator token do not open; the earlier token stays needed until they are set again",
-				"resealed", resealed, "not_opening", failed)
-			told = false
-		case !told:
-			log.Info("every secret is sealed under the current operator token: ROOST_SECRET_KEYS_OLD can be emptied", "resealed", resealed)
-			told = true
-		case resealed > 0:
-			log.Info("secrets sealed again under the current operator token", "resealed", resealed)
 		}
+		if n.Failed > 0 {
+			log.Warn("sealed secrets that open under no key (damaged, or copied from another row): rotate them; the earlier operator token does not open them either",
+				"not_opening", n.Failed)
+		}
+		switch {
+		case derr != nil || merr != nil:
+			log.Warn("seal secrets again under the current operator token", "resealed", n.Resealed, "err", errors.Join(derr, merr))
+			told, check = false, false
+		case n.Found() > 0:
+			log.Info("secrets sealed again under the current operator token", "resealed", n.Resealed, "changed_meanwhile", n.Skipped)
+			told = false
+			if !check {
+				check = true
+				continue // look again now: what changed meanwhile
+			}
+		case !told:
+			log.Info("no secret is sealed under an earlier operator token now: once every process runs with the current one, ROOST_SECRET_KEYS_OLD can be emptied")
+			told = true
+		}
+		check = false
 		select {
 		case <-ctx.Done():
 			return

@@ -88,6 +88,13 @@ func TestResealSecretsLoop(t *testing.T) {
 		return err == nil && w.Secret == "whsec_"+id
 	}
 	first := create()
+	// A value that opens under no key (sealed for another row): reported,
+	// and it does not hold the earlier token back.
+	moved := tenants.NewDestinationID()
+	if _, err := st.CreateDestination(ctx, "acme", moved, tenants.DestinationInput{Name: "moved", Type: "webhook", URL: "https://hooks.example.com/moved"},
+		tenants.Sealed{Secret: old.SealSecret("acme", first, "whsec_moved")}); err != nil {
+		t.Fatal(err)
+	}
 	if err := st.SetUpMFA(ctx, owner.ID, old.Seal([]byte("JBSWY3DPEHPK3PXP"), "account-mfa/"+owner.ID)); err != nil {
 		t.Fatal(err)
 	}
@@ -103,6 +110,9 @@ func TestResealSecretsLoop(t *testing.T) {
 		defer close(done)
 		resealSecrets(ctx, ring, st, front, 20*time.Millisecond, slog.New(logs))
 	}()
+	// The pass that reseals, then the one that finds nothing left.
+	logs.wait(t, "open under no key")
+	logs.wait(t, "secrets sealed again under the current operator token")
 	logs.wait(t, "ROOST_SECRET_KEYS_OLD can be emptied")
 	if !opens(first) {
 		t.Error("the destination does not open under the current token alone")
@@ -112,6 +122,7 @@ func TestResealSecretsLoop(t *testing.T) {
 	}
 	later := create()
 	logs.wait(t, "secrets sealed again under the current operator token")
+	logs.wait(t, "ROOST_SECRET_KEYS_OLD can be emptied") // said again
 	if !opens(later) {
 		t.Error("a destination sealed under the earlier token later does not open under the current token alone")
 	}
