@@ -32,7 +32,7 @@ func TestResealMFA(t *testing.T) {
 func testResealMFA(t *testing.T, databaseURL string) {
 	ctx := context.Background()
 	clk := testenv.NewClock(time.Now())
-	auth.SetMFAResealPage(t, 1) // a page per account: the paging is walked
+	auth.SetMFAResealPage(t, 1)                                  // a page per account: the paging is walked
 	before, store := newService(t, databaseURL, clk, &mailbox{}) // under operatorToken
 	const newToken = "rop_the-new-operator-token-456789"
 	service := func(sealer *dataout.Sealer) *auth.Service {
