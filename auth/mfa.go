@@ -340,14 +340,10 @@ func (s *Service) ResealMFA(ctx context.Context) (dataout.ResealCount, error) {
 				continue // not under an earlier key after all (the store's match ignores case)
 			}
 			wrote, err := s.store.ResealMFA(ctx, m.Account, m.Secret, to)
-			switch {
-			case err != nil:
+			if err != nil {
 				return n, err
-			case wrote:
-				n.Resealed++
-			default:
-				n.Skipped++
 			}
+			n.Written(wrote)
 		}
 		if len(page) < mfaResealPage {
 			return n, nil

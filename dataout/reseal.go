@@ -32,6 +32,16 @@ type ResealCount struct {
 // with it: those that still needed the earlier key when it began.
 func (n ResealCount) Found() int { return n.Resealed + n.Skipped }
 
+// Written counts a value the pass wrote sealed again (wrote), or one
+// that changed between its read and its write.
+func (n *ResealCount) Written(wrote bool) {
+	if wrote {
+		n.Resealed++
+	} else {
+		n.Skipped++
+	}
+}
+
 // Add adds m's counts to n.
 func (n ResealCount) Add(m ResealCount) ResealCount {
 	return ResealCount{Resealed: n.Resealed + m.Resealed, Skipped: n.Skipped + m.Skipped, Failed: n.Failed + m.Failed}
@@ -77,10 +87,8 @@ func (s *Sealer) ResealDestinations(ctx context.Context, st ResealStore, log *sl
 				}
 			case err != nil:
 				return n, err
-			case wrote:
-				n.Resealed++
 			default:
-				n.Skipped++
+				n.Written(wrote)
 			}
 		}
 		if len(page) < resealPage {
