@@ -195,6 +195,54 @@ func TestDestinations(t *testing.T) {
 	}
 }
 
+// TestDestinationOutboxPolicy: a destination may have an outbox_policy of
+// its own (drop_oldest or refuse), set at creation or by PATCH, which ""
+// hands back to the tenant's; another value is a 400 naming the field; a
+// viewer cannot set it, nor another tenant's admin.
+func TestDestinationOutboxPolicy(t *testing.T) {
+	e := newEnvWith(t, allowLoopback(t))
+	owner := e.signup("owner")
+	e.mustTenant(owner, "acme")
+	stranger := e.signup("stranger")
+	e.mustTenant(stranger, "globex")
+	_, viewerKey := e.mustKey(owner.token, "acme", tenants.RoleViewer)
+	rc := newHookReceiver(t)
+	base := "/v1/tenants/acme/destinations"
+
+	wantProblem(t, e.do("POST", base, owner.token, map[string]any{"name": "x", "type": "webhook", "url": rc.URL, "outbox_policy": "sometimes"}),
+		400, "invalid", "outbox_policy", "create with an unknown outbox_policy")
+	r := e.do("POST", base, owner.token, map[string]any{"name": "billing", "type": "webhook", "url": rc.URL, "outbox_policy": "refuse"})
+	want(t, r, 201, "create with outbox_policy refuse")
+	id := r.str("id")
+	if r.str("outbox_policy") != "refuse" {
+		t.Errorf("created: %s, want outbox_policy refuse", r.body)
+	}
+	if got := e.do("GET", base+"/"+id, viewerKey, nil).str("outbox_policy"); got != "refuse" {
+		t.Errorf("a viewer reads outbox_policy %q, want refuse", got)
+	}
+	wantProblem(t, e.do("PATCH", base+"/"+id, owner.token, map[string]any{"outbox_policy": "later"}), 400, "invalid", "outbox_policy", "PATCH an unknown outbox_policy")
+	wantProblem(t, e.do("PATCH", base+"/"+id, viewerKey, map[string]any{"outbox_policy": "drop_oldest"}), 403, "forbidden", "", "a viewer sets it")
+	if r := e.do("PATCH", "/v1/tenants/acme/destinations/"+id, stranger.token, map[string]any{"outbox_policy": "drop_oldest"}); r.status/100 == 2 {
+		t.Errorf("another tenant's admin set it: %d %s", r.status, r.body)
+	}
+	if r := e.do("PATCH", "/v1/tenants/globex/destinations/"+id, stranger.token, map[string]any{"outbox_policy": "drop_oldest"}); r.status != 404 {
+		t.Errorf("acme's destination through globex: %d %s, want 404", r.status, r.body)
+	}
+	if d, _ := e.store.Destination(context.Background(), "acme", id); d.OutboxPolicy != tenants.OutboxRefuse {
+		t.Errorf("after the refused changes: %q, want refuse", d.OutboxPolicy)
+	}
+	r = e.do("PATCH", base+"/"+id, owner.token, map[string]any{"outbox_policy": "drop_oldest"})
+	want(t, r, 200, "PATCH outbox_policy drop_oldest")
+	if r.str("outbox_policy") != "drop_oldest" {
+		t.Errorf("patched: %s", r.body)
+	}
+	r = e.do("PATCH", base+"/"+id, owner.token, map[string]any{"outbox_policy": ""})
+	want(t, r, 200, "PATCH outbox_policy back to the tenant's")
+	if _, set := r.json()["outbox_policy"]; set {
+		t.Errorf("back to the tenant's: %s, want no outbox_policy", r.body)
+	}
+}
+
 // TestDestinationAddresses: URLs into the hub's own network are refused
 // at creation when literal, and at connection when a name resolves there;
 // plain http needs the host allowed (or development).

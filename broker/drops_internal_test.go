@@ -19,8 +19,10 @@ func TestDropNoteFolds(t *testing.T) {
 		{0, 3, 3},
 		{time.Second, 2, 0},
 		{30 * time.Second, 4, 0},
-		{dropEvery - time.Second, 1, 7}, // a minute after the first event
+		{dropEvery - 32*time.Second, 1, 0}, // 59 s after the first event
+		{time.Second, 1, 8},                // a minute after it
 		{time.Second, 1, 0},
+		{dropEvery, 2, 3}, // a minute after the second
 	} {
 		at = at.Add(step.after)
 		count, raise := n.add(step.drops, at)

@@ -31,6 +31,9 @@ type Delivery struct {
 	Rules interface {
 		Rules(ctx context.Context, tenant string) ([]tenants.ExportRule, error)
 		Destination(ctx context.Context, tenant, id string) (tenants.Destination, error)
+		// Destinations lists the tenant's destinations, read with its
+		// rules for their own outbox_policy.
+		Destinations(ctx context.Context, tenant string) ([]tenants.Destination, error)
 		// DestinationRuleTenants lists the tenants with a rule with a
 		// destination: those whose outboxes resume (see resumeOutboxes).
 		DestinationRuleTenants(ctx context.Context) ([]string, error)
@@ -179,6 +182,9 @@ type outbox struct {
 type outboxRules struct {
 	set         *dataout.RuleSet
 	none, stale bool
+	// policies are the destinations' own outbox_policy, where they have
+	// one (the tenant's serves the others).
+	policies map[string]tenants.OutboxPolicy
 }
 
 // destQueue is one destination's outbox as this node knows it.
@@ -309,7 +315,7 @@ func (o *outbox) forget() {
 	}
 	o.rulesMu.Lock()
 	if r := o.rules.Load(); r != nil && !r.stale {
-		o.rules.Store(&outboxRules{set: r.set, none: r.none, stale: true})
+		o.rules.Store(&outboxRules{set: r.set, none: r.none, stale: true, policies: r.policies})
 	}
 	o.rulesMu.Unlock()
 	o.gen.Add(1)
@@ -460,6 +466,26 @@ func (o *outbox) compiled() (*outboxRules, error) {
 		o.log.Error("compile a rule", "err", err)
 	}
 	r := &outboxRules{set: set, none: len(dest) == 0}
+	if !r.none {
+		// Read with the rules: a change of a destination is a change of
+		// the rules (tenants.ExportChanged), which drops them.
+		ds, err := o.cfg.Rules.Destinations(ctx, o.tenant)
+		if err != nil {
+			if old != nil {
+				o.log.Warn("read destinations for the outbox; the rules read before serve", "err", err)
+				return old, nil
+			}
+			return nil, err
+		}
+		for _, d := range ds {
+			if d.OutboxPolicy != "" {
+				if r.policies == nil {
+					r.policies = map[string]tenants.OutboxPolicy{}
+				}
+				r.policies[d.ID] = d.OutboxPolicy
+			}
+		}
+	}
 	o.rules.Store(r)
 	return r, nil
 }
@@ -614,21 +640,27 @@ func (w *outboxWrite) written() {
 func (o *outbox) enqueue(ctx context.Context, rules *outboxRules, in dataout.Input, msg store.Message, refusable bool) (*outboxWrite, error) {
 	w := &outboxWrite{o: o}
 	queues := w.oneQueue[:0]
-	var policy tenants.OutboxPolicy
+	var tenantPolicy tenants.OutboxPolicy
 	limit := o.limit()
 	var matched [4]dataout.Match
+	var droppedBuf [4]*destQueue
+	dropped := droppedBuf[:0] // full outboxes that did not take it: once each
 	for _, m := range rules.set.AppendMatches(ctx, matched[:0], in) {
 		if m.Err != nil {
 			o.log.Debug("rule condition not evaluated", "rule", m.Rule.ID, "topic", in.Topic, "err", m.Err)
 			continue
 		}
 		q := o.queue(m.Rule.Destination)
-		if slices.Contains(queues, q) {
+		if slices.Contains(queues, q) || slices.Contains(dropped, q) {
 			continue
 		}
 		if o.backlogOf(ctx, q) >= limit {
+			policy := rules.policies[q.id]
 			if policy == "" {
-				policy = o.policy(ctx)
+				if tenantPolicy == "" {
+					tenantPolicy = o.policy(ctx)
+				}
+				policy = tenantPolicy
 			}
 			if policy == tenants.OutboxRefuse {
 				if refusable {
@@ -638,6 +670,7 @@ func (o *outbox) enqueue(ctx context.Context, rules *outboxRules, in dataout.Inp
 				// Nothing tells a QoS 0 publisher, or an event's raiser:
 				// the tenant hears of it (outbox_dropped).
 				o.noteDropped(q, 1, tenants.OutboxRefuse)
+				dropped = append(dropped, q)
 				continue
 			}
 			// drop_oldest: the worker trims the outbox to the limit.
@@ -1059,19 +1092,20 @@ func (o *outbox) trim(ctx context.Context, q *destQueue, epoch uint64, head *uin
 	return nil
 }
 
-// noteDropped counts n messages q's full outbox did not keep, under
-// policy, and tells the tenant through an outbox_dropped event: the first
+// noteDropped counts n messages q's full outbox did not keep, how (see
+// events.OutboxDropped), and tells the tenant through an outbox_dropped
+// event: the first
 // at once, then at most one a minute per destination, carrying how many
 // drops it stands for (as a slow client's queue_dropped, see drops.go),
 // so that a flood into a full outbox cannot flood the tenant's events.
 // Drops after the last event wait for the next drop a minute on to be
 // told; the destination's status counts each at once.
-func (o *outbox) noteDropped(q *destQueue, n int64, policy tenants.OutboxPolicy) {
+func (o *outbox) noteDropped(q *destQueue, n int64, how tenants.OutboxPolicy) {
 	q.dropped.Add(n)
 	count, raise := q.drops.add(n, o.now())
 	if !raise || o.raise == nil {
 		return
 	}
-	o.raise(events.Event{Tenant: o.tenant, Type: events.OutboxDropped, Destination: q.id, Reason: string(policy),
+	o.raise(events.Event{Tenant: o.tenant, Type: events.OutboxDropped, Destination: q.id, Reason: string(how),
 		Quota: "max_outbox", Limit: o.limit(), Count: count})
 }

@@ -377,6 +377,23 @@ func TestOutboxFullRefuses(t *testing.T) {
 	if n := s.hub.QuotaHits("acme", "max_outbox"); n != 1 {
 		t.Errorf("max_outbox hits counted: %d, want 1", n)
 	}
+	// The refused publish is its device's quota_exceeded (raised before
+	// its PUBACK), not an outbox_dropped: nothing was dropped.
+	var refusedEvents []string
+	for _, e := range ev.Recent("acme") {
+		if e.Type == events.OutboxDropped || e.Type == events.QuotaExceeded && e.Quota == "max_outbox" {
+			refusedEvents = append(refusedEvents, e.Type+"/"+e.Device)
+		}
+	}
+	if fmt.Sprint(refusedEvents) != "[quota_exceeded/pub]" {
+		t.Errorf("events of the refused publish %v, want [quota_exceeded/pub]", refusedEvents)
+	}
+	// A second rule to the same destination (in force once created: the
+	// store tells the hub of the change as it commits): the QoS 0 message
+	// it does not take is still one message dropped.
+	if _, err := s.store.CreateExportRule(ctx, "acme", tenants.ExportRuleInput{Filter: "sensors/+", Destination: "hook"}); err != nil {
+		t.Fatal(err)
+	}
 	pub.pub(t, "sensors/temp", "qos0", 0, false)
 	// The QoS 0 publish is acknowledged to nobody: the tenant hears of it.
 	expectOutboxDropped(t, ev, "acme", events.Event{Destination: hook, Reason: string(tenants.OutboxRefuse), Quota: "max_outbox", Limit: 3, Count: 1})
@@ -384,6 +401,9 @@ func TestOutboxFullRefuses(t *testing.T) {
 	old.Publish("sensors/temp", 1, false, "from 3.1.1")
 	if !old.lostWithin(5 * time.Second) {
 		t.Fatal("a 3.1.1 QoS 1 publish to a full outbox under refuse left its connection open")
+	}
+	if st, err := s.hub.DeliveryStatus(ctx, "acme", hook); err != nil || st.Dropped != 1 {
+		t.Errorf("dropped %d (%v), want 1: the QoS 0 message, not the refused publishes", st.Dropped, err)
 	}
 	if r := pub.pub(t, "lights/1", "on", 1, false); r.ReasonCode != 0 {
 		t.Fatalf("publish matching no rule: PUBACK 0x%02x, want 0", r.ReasonCode)
@@ -412,13 +432,21 @@ func TestOutboxFullRefuses(t *testing.T) {
 // order, and the drops are counted.
 func TestOutboxFullDropsOldest(t *testing.T) {
 	ev := events.NewMemory(1000)
-	s := newOutboxStack(t, time.Hour, func(c *broker.Config) { c.Events = ev })
+	var ahead atomic.Int64 // the hub's clock runs, this far ahead of the machine's
+	now := func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
+	s := newOutboxStack(t, time.Hour, func(c *broker.Config) { c.Events, c.Now = ev, now })
 	s.tenant("other")
 	s.tenant("acme")
 	s.setQuota("acme", "max_outbox", 5)
 	rc := newWebhookReceiver(t)
 	rc.answer(http.StatusServiceUnavailable)
 	hook := s.destination("acme", "hook", rc, "sensors/#", "")
+	otherRC := newWebhookReceiver(t)
+	s.destination("other", "hook", otherRC, "sensors/#", "")
+	otherPub := mustV5(t, s.addr, "other/pub", s.device("other", "pub"), "pub")
+	if r := otherPub.pub(t, "sensors/temp", "x", 1, false); r.ReasonCode != 0 {
+		t.Fatalf("other's publish: PUBACK 0x%02x", r.ReasonCode)
+	}
 	pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
 	const n = 20
 	for i := range n {
@@ -428,29 +456,99 @@ func TestOutboxFullDropsOldest(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "the outbox is trimmed to 5", func() bool {
 		st, err := s.hub.DeliveryStatus(ctx, "acme", hook)
-		return err == nil && st.Backlog == 5
+		return err == nil && st.Backlog == 5 && st.Dropped == n-5
 	})
+	// One outbox_dropped event (the drops folded for a minute), of the
+	// first trim; none for another tenant, which has an outbox too.
+	first := expectOutboxDropped(t, ev, "acme", events.Event{Destination: hook, Reason: string(tenants.OutboxDropOldest), Quota: "max_outbox", Limit: 5})
+	if first.Count < 1 || first.Count > n-5 {
+		t.Fatalf("outbox_dropped counts %d drops, want 1 to %d", first.Count, n-5)
+	}
+	// A minute on, the next drop raises the drops folded since, with it.
+	ahead.Store(int64(time.Minute))
+	if r := pub.pub(t, "sensors/temp", fmt.Sprint(n), 1, false); r.ReasonCode != 0 {
+		t.Fatalf("publish %d: PUBACK 0x%02x, want 0", n, r.ReasonCode)
+	}
+	var counted int64
+	eventually(t, 10*time.Second, "a second outbox_dropped event", func() bool {
+		counted = 0
+		raised := 0
+		for _, e := range ev.Recent("acme") {
+			if e.Type == events.OutboxDropped {
+				counted += e.Count
+				raised++
+			}
+		}
+		return raised == 2
+	})
+	if counted != n-4 {
+		t.Errorf("the two outbox_dropped events count %d drops, want %d (the status's)", counted, n-4)
+	}
 	rc.answer(http.StatusOK)
 	eventually(t, 10*time.Second, "the newest 5 are delivered", func() bool { return len(rc.messages()) == 5 })
 	for i, m := range rc.messages() {
-		if want := fmt.Sprint(n - 5 + i); string(m.Payload) != want {
+		if want := fmt.Sprint(n - 4 + i); string(m.Payload) != want {
 			t.Fatalf("delivered message %d: %s, want %s", i, m.Payload, want)
 		}
 	}
-	eventually(t, 10*time.Second, "the status counts 15 dropped and 5 delivered", func() bool {
+	eventually(t, 10*time.Second, "the status counts 16 dropped and 5 delivered", func() bool {
 		st, _ := s.hub.DeliveryStatus(ctx, "acme", hook)
-		return st.Dropped == n-5 && st.Delivered == 5
+		return st.Dropped == n-4 && st.Delivered == 5
 	})
-	// One outbox_dropped event (the drops folded for a minute), of the
-	// first trim; none for another tenant.
-	e := expectOutboxDropped(t, ev, "acme", events.Event{Destination: hook, Reason: string(tenants.OutboxDropOldest), Quota: "max_outbox", Limit: 5})
-	if e.Count < 1 || e.Count > n-5 {
-		t.Errorf("outbox_dropped counts %d drops, want 1 to %d", e.Count, n-5)
-	}
 	for _, e := range ev.Recent("other") {
 		if e.Type == events.OutboxDropped {
 			t.Errorf("another tenant got %+v", e)
 		}
+	}
+}
+
+// TestOutboxDestinationPolicy: a destination's own outbox_policy decides
+// what its full outbox does, over the tenant's: with the tenant on
+// drop_oldest, a publish for a full destination set to refuse is refused
+// while one for a full destination on the tenant's policy is taken; with
+// the tenant on refuse, a destination set to drop_oldest takes it.
+func TestOutboxDestinationPolicy(t *testing.T) {
+	s := newOutboxStack(t, time.Hour)
+	s.tenant("acme")
+	s.setQuota("acme", "max_outbox", 2)
+	rc := newWebhookReceiver(t)
+	rc.answer(http.StatusServiceUnavailable)
+	strict := s.destination("acme", "strict", rc, "strict/#", "")
+	loose := s.destination("acme", "loose", rc, "loose/#", "")
+	setPolicy := func(id string, p tenants.OutboxPolicy) {
+		t.Helper()
+		if _, err := s.store.UpdateDestination(ctx, "acme", id, tenants.DestinationUpdate{OutboxPolicy: &p}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setPolicy(strict, tenants.OutboxRefuse)
+	pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
+	for _, topic := range []string{"strict/a", "loose/a"} {
+		for i := range 2 {
+			if r := pub.pub(t, topic, fmt.Sprint(i), 1, false); r.ReasonCode != 0 {
+				t.Fatalf("publish %d to %s: PUBACK 0x%02x, want 0", i, topic, r.ReasonCode)
+			}
+		}
+	}
+	if r := pub.pub(t, "strict/a", "full", 1, false); r.ReasonCode != 0x97 {
+		t.Errorf("to the full destination set to refuse: PUBACK 0x%02x, want 0x97", r.ReasonCode)
+	}
+	if r := pub.pub(t, "loose/a", "full", 1, false); r.ReasonCode != 0 {
+		t.Errorf("to the full destination on the tenant's drop_oldest: PUBACK 0x%02x, want 0", r.ReasonCode)
+	}
+	// The tenant on refuse: the destination that says drop_oldest takes
+	// it, the one on the tenant's refuses now.
+	s.outboxPolicy("acme", tenants.OutboxRefuse, 2)
+	setPolicy(strict, tenants.OutboxDropOldest)
+	eventually(t, 10*time.Second, "loose's outbox trimmed back to 2", func() bool {
+		st, err := s.hub.DeliveryStatus(ctx, "acme", loose)
+		return err == nil && st.Backlog == 2
+	})
+	if r := pub.pub(t, "strict/a", "taken", 1, false); r.ReasonCode != 0 {
+		t.Errorf("to the full destination now on drop_oldest: PUBACK 0x%02x, want 0", r.ReasonCode)
+	}
+	if r := pub.pub(t, "loose/a", "refused", 1, false); r.ReasonCode != 0x97 {
+		t.Errorf("to the full destination now on the tenant's refuse: PUBACK 0x%02x, want 0x97", r.ReasonCode)
 	}
 }
 

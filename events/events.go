@@ -70,10 +70,12 @@ const (
 	ShadowUpdated = "shadow_updated"
 
 	// OutboxDropped: messages a destination's full outbox did not keep
-	// (Count of them, Limit its max_outbox): the oldest, dropped under
-	// drop_oldest (Reason "drop_oldest"), or QoS 0 messages and events
-	// not taken under refuse (Reason "refuse"). One event a minute per
-	// destination at most, folding the drops in between.
+	// (Count of them, Limit its max_outbox), and how (Reason): the oldest,
+	// dropped past the limit ("drop_oldest": the drop_oldest policy, or
+	// an outbox that went over its limit under refuse, as appends made
+	// at once on several connections or nodes can), or new QoS 0
+	// messages and events not taken under refuse ("refuse"). One event a
+	// minute per destination at most, folding the drops in between.
 	OutboxDropped = "outbox_dropped"
 
 	// DeviceProvisioned: a device unknown to the tenant was registered on

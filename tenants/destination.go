@@ -26,9 +26,12 @@ type Destination struct {
 	Headers []string `json:"headers"`
 	// Kafka is a Kafka destination's cluster and topic, without the
 	// password; nil for a webhook.
-	Kafka     *Kafka    `json:"kafka,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
-	UpdatedAt time.Time `json:"updated_at"`
+	Kafka *Kafka `json:"kafka,omitempty"`
+	// OutboxPolicy is what its full outbox does with a new message;
+	// "" follows the tenant's outbox_policy.
+	OutboxPolicy OutboxPolicy `json:"outbox_policy,omitempty"`
+	CreatedAt    time.Time    `json:"created_at"`
+	UpdatedAt    time.Time    `json:"updated_at"`
 
 	// Sealed holds the secret and header values as the caller sealed
 	// them; it never leaves the server.
@@ -218,16 +221,20 @@ var headerNameRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")
 // checked by the caller as well, against the hub's address policy
 // (dataout.Guard).
 type DestinationInput struct {
-	Name    string            `json:"name"`
-	Type    string            `json:"type"`
-	URL     string            `json:"url"`
-	Headers map[string]string `json:"headers"`
-	Kafka   *Kafka            `json:"kafka"`
+	Name         string            `json:"name"`
+	Type         string            `json:"type"`
+	URL          string            `json:"url"`
+	Headers      map[string]string `json:"headers"`
+	Kafka        *Kafka            `json:"kafka"`
+	OutboxPolicy OutboxPolicy      `json:"outbox_policy"`
 }
 
 // Validate checks the input.
 func (in *DestinationInput) Validate() error {
 	if err := validDestinationName(in.Name); err != nil {
+		return err
+	}
+	if err := validDestinationPolicy(in.OutboxPolicy); err != nil {
 		return err
 	}
 	switch in.Type {
@@ -252,6 +259,16 @@ func (in *DestinationInput) Validate() error {
 		return invalid("type", "the operator's Kafka export is built in ("+OperatorKafka+"); a tenant makes webhook or kafka destinations")
 	}
 	return invalid("type", "must be webhook or kafka")
+}
+
+// validDestinationPolicy checks a destination's outbox_policy: "" (the
+// tenant's), drop_oldest or refuse.
+func validDestinationPolicy(p OutboxPolicy) error {
+	switch p {
+	case "", OutboxDropOldest, OutboxRefuse:
+		return nil
+	}
+	return invalid("outbox_policy", "must be drop_oldest, refuse, or empty for the tenant's")
 }
 
 func validDestinationName(name string) error {
@@ -312,6 +329,9 @@ type DestinationUpdate struct {
 	URL     *string            `json:"url"`
 	Headers *map[string]string `json:"headers"`
 	Kafka   *Kafka             `json:"kafka"`
+	// OutboxPolicy, when given, replaces its own; "" follows the
+	// tenant's again.
+	OutboxPolicy *OutboxPolicy `json:"outbox_policy"`
 
 	SealedPassword string `json:"-"`
 }
@@ -325,6 +345,11 @@ func (up *DestinationUpdate) Validate() error {
 	}
 	if up.URL != nil && strings.TrimSpace(*up.URL) == "" {
 		return invalid("url", "must not be empty")
+	}
+	if up.OutboxPolicy != nil {
+		if err := validDestinationPolicy(*up.OutboxPolicy); err != nil {
+			return err
+		}
 	}
 	if up.Headers != nil {
 		if err := validHeaders(*up.Headers); err != nil {

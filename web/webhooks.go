@@ -260,9 +260,10 @@ func preview(p []byte) string {
 // echoed back on an error; everything else is.
 func destinationForm(r *http.Request) (tenants.DestinationInput, map[string]string) {
 	v := func(k string) string { return strings.TrimSpace(r.PostFormValue(k)) }
-	in := tenants.DestinationInput{Name: v("name"), Type: v("type"), URL: v("url")}
+	in := tenants.DestinationInput{Name: v("name"), Type: v("type"), URL: v("url"), OutboxPolicy: tenants.OutboxPolicy(v("outbox_policy"))}
 	form := map[string]string{"name": in.Name, "type": in.Type, "url": in.URL, "brokers": v("brokers"), "topic": v("topic"),
-		"tls": v("tls"), "ca": v("ca"), "server_name": v("server_name"), "mechanism": v("mechanism"), "username": v("username")}
+		"tls": v("tls"), "ca": v("ca"), "server_name": v("server_name"), "mechanism": v("mechanism"), "username": v("username"),
+		"outbox_policy": string(in.OutboxPolicy)}
 	if in.Type == tenants.DestinationKafka {
 		in.URL = ""
 		k := &tenants.Kafka{Topic: form["topic"], TLS: form["tls"] != "", CA: form["ca"], ServerName: form["server_name"]}

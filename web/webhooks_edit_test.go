@@ -176,6 +176,22 @@ func TestWebhooksEditing(t *testing.T) {
 		t.Errorf("the dead letters:\n%s", page.body)
 	}
 
+	// A destination's own outbox_policy: a wrong one comes back by field,
+	// a right one is stored and shown.
+	a = b.post("/tenants/acme/webhooks", url.Values{"name": {"strict"}, "type": {"webhook"}, "url": {rc.URL + "/strict"}, "outbox_policy": {"sometimes"}})
+	if a.status != http.StatusBadRequest || !strings.Contains(a.body, "must be drop_oldest, refuse") || !strings.Contains(a.body, `value="strict"`) {
+		t.Errorf("an unknown outbox policy: %d\n%s", a.status, a.body)
+	}
+	if a = b.post("/tenants/acme/webhooks", url.Values{"name": {"strict"}, "type": {"webhook"}, "url": {rc.URL + "/strict"}, "outbox_policy": {"refuse"}}); a.status != http.StatusCreated {
+		t.Fatalf("create with outbox policy refuse: %d\n%s", a.status, a.body)
+	}
+	if d, err := s.store.DestinationByRef(context.Background(), "acme", "strict"); err != nil || d.OutboxPolicy != tenants.OutboxRefuse {
+		t.Errorf("stored outbox policy %q, %v; want refuse", d.OutboxPolicy, err)
+	}
+	if page = b.get("/tenants/acme/webhooks"); !strings.Contains(page.body, "when full: refuse") {
+		t.Errorf("the page does not show the destination's outbox policy:\n%s", page.body)
+	}
+
 	// A viewer reads, without forms; a viewer's posts are refused.
 	viewer := s.browser()
 	email := viewer.signup("viewer")

@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -223,5 +224,40 @@ func testSealedUnder(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 	}
 	if m, err := s.MFA(ctx, a.ID); err != nil || m.Secret != "v1.new.totp" {
 		t.Errorf("after the reseal: %q, %v", m.Secret, err)
+	}
+}
+
+// testDestinationPolicy: a destination's own outbox_policy is stored at
+// creation, replaced by an update and handed back to the tenant's with
+// ""; another value is invalid.
+func testDestinationPolicy(t *testing.T, s *tenants.Store, reopen func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	mustTenant(t, s, owner, "acme")
+	id := tenants.NewDestinationID()
+	in := tenants.DestinationInput{Name: "billing", Type: "webhook", URL: "https://hooks.example.com/b", OutboxPolicy: "sometimes"}
+	if _, err := s.CreateDestination(ctx, "acme", id, in, tenants.Sealed{Secret: "sealed"}); !errors.Is(err, tenants.ErrInvalid) {
+		t.Fatalf("create with an unknown policy: %v, want ErrInvalid", err)
+	}
+	in.OutboxPolicy = tenants.OutboxRefuse
+	if d, err := s.CreateDestination(ctx, "acme", id, in, tenants.Sealed{Secret: "sealed"}); err != nil || d.OutboxPolicy != tenants.OutboxRefuse {
+		t.Fatalf("create: %+v, %v", d, err)
+	}
+	if reopen != nil {
+		s = reopen()
+	}
+	if d, err := s.Destination(ctx, "acme", id); err != nil || d.OutboxPolicy != tenants.OutboxRefuse {
+		t.Errorf("read: %q, %v; want refuse", d.OutboxPolicy, err)
+	}
+	for _, p := range []tenants.OutboxPolicy{tenants.OutboxDropOldest, ""} {
+		if d, err := s.UpdateDestination(ctx, "acme", id, tenants.DestinationUpdate{OutboxPolicy: &p}, nil); err != nil || d.OutboxPolicy != p {
+			t.Errorf("update to %q: %q, %v", p, d.OutboxPolicy, err)
+		}
+		if d, _ := s.Destination(ctx, "acme", id); d.OutboxPolicy != p {
+			t.Errorf("after the update to %q it reads %q", p, d.OutboxPolicy)
+		}
+	}
+	bad := tenants.OutboxPolicy("later")
+	if _, err := s.UpdateDestination(ctx, "acme", id, tenants.DestinationUpdate{OutboxPolicy: &bad}, nil); !errors.Is(err, tenants.ErrInvalid) {
+		t.Errorf("update to an unknown policy: %v, want ErrInvalid", err)
 	}
 }

@@ -46,6 +46,7 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"GoneOutboxes", testGoneOutboxes},
 		{"ResealDestination", testResealDestination},
 		{"SealedUnder", testSealedUnder},
+		{"DestinationPolicy", testDestinationPolicy},
 		{"Usage", testUsage},
 		{"Billing", testBilling},
 		{"StripeEventsOnce", testStripeEventsOnce},
