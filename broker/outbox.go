@@ -475,7 +475,14 @@ func (o *outbox) compiled() (*outboxRules, error) {
 				o.log.Warn("read destinations for the outbox; the rules read before serve", "err", err)
 				return old, nil
 			}
-			return nil, err
+			// The rules serve with the tenant's policy for every
+			// destination, and are read again at the next publish: a
+			// publish is not refused for want of a destination's own
+			// policy.
+			o.log.Warn("read destinations for the outbox; the tenant's outbox_policy serves for each until they are read", "err", err)
+			r.stale = true
+			o.rules.Store(r)
+			return r, nil
 		}
 		for _, d := range ds {
 			if d.OutboxPolicy != "" {

@@ -550,6 +550,15 @@ func TestOutboxDestinationPolicy(t *testing.T) {
 	if r := pub.pub(t, "loose/a", "refused", 1, false); r.ReasonCode != 0x97 {
 		t.Errorf("to the full destination now on the tenant's refuse: PUBACK 0x%02x, want 0x97", r.ReasonCode)
 	}
+	// "" hands strict back to the tenant's refuse.
+	setPolicy(strict, "")
+	eventually(t, 10*time.Second, "strict's outbox trimmed back to 2", func() bool {
+		st, err := s.hub.DeliveryStatus(ctx, "acme", strict)
+		return err == nil && st.Backlog == 2
+	})
+	if r := pub.pub(t, "strict/a", "refused", 1, false); r.ReasonCode != 0x97 {
+		t.Errorf("to the full destination back on the tenant's refuse: PUBACK 0x%02x, want 0x97", r.ReasonCode)
+	}
 }
 
 // expectOutboxDropped waits for the tenant's outbox_dropped event like
@@ -811,6 +820,15 @@ func TestOutboxSpread(t *testing.T) {
 type flakyRules struct {
 	*tenants.Store
 	fail atomic.Bool
+	// failList fails only the list of destinations.
+	failList atomic.Bool
+}
+
+func (f *flakyRules) Destinations(ctx context.Context, tenant string) ([]tenants.Destination, error) {
+	if f.fail.Load() || f.failList.Load() {
+		return nil, errDirectoryDown
+	}
+	return f.Store.Destinations(ctx, tenant)
 }
 
 var errDirectoryDown = fmt.Errorf("directory down")
@@ -827,6 +845,39 @@ func (f *flakyRules) Destination(ctx context.Context, tenant, id string) (tenant
 		return tenants.Destination{}, errDirectoryDown
 	}
 	return f.Store.Destination(ctx, tenant, id)
+}
+
+// TestOutboxDestinationsUnreadable: a broker whose first read of the
+// rules finds them but not the destinations (their own outbox_policy)
+// serves the rules with the tenant's policy rather than refusing
+// publishes, and reads the destinations again until it has them: then a
+// destination's refuse applies.
+func TestOutboxDestinationsUnreadable(t *testing.T) {
+	var rules *flakyRules
+	s := newOutboxStack(t, time.Hour, func(c *broker.Config) {
+		rules = &flakyRules{Store: c.Directory.(*tenants.Store)}
+		rules.failList.Store(true)
+		c.Delivery.Rules = rules
+	})
+	s.tenant("acme")
+	s.setQuota("acme", "max_outbox", 1)
+	rc := newWebhookReceiver(t)
+	rc.answer(http.StatusServiceUnavailable)
+	hook := s.destination("acme", "hook", rc, "sensors/#", "")
+	refuse := tenants.OutboxRefuse
+	if _, err := s.store.UpdateDestination(ctx, "acme", hook, tenants.DestinationUpdate{OutboxPolicy: &refuse}, nil); err != nil {
+		t.Fatal(err)
+	}
+	pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
+	for i := range 2 { // the second finds the outbox full: the tenant's drop_oldest takes it
+		if r := pub.pub(t, "sensors/temp", fmt.Sprint(i), 1, false); r.ReasonCode != 0 {
+			t.Fatalf("publish %d with the destinations unreadable: PUBACK 0x%02x, want 0", i, r.ReasonCode)
+		}
+	}
+	rules.failList.Store(false)
+	eventually(t, 10*time.Second, "the destination's refuse applies once read", func() bool {
+		return pub.pub(t, "sensors/temp", "later", 1, false).ReasonCode == 0x97
+	})
 }
 
 // TestOutboxDirectoryDown: when the directory cannot be read after a
