@@ -30,6 +30,10 @@ type changeApplier struct {
 
 	queue chan tenants.Change
 	wake  chan struct{}
+	// exportChanged, if set, hears of each change of a tenant's rules
+	// or destinations, beside its running broker's outboxes (the hub's
+	// dormant outboxes, see outbox_suspended.go).
+	exportChanged func(tenant string)
 
 	mu      sync.Mutex
 	retries map[changeKey]*retry
@@ -80,6 +84,9 @@ func (a *changeApplier) onChange(c tenants.Change) {
 		if inst := a.reg.running(c.Tenant); inst != nil {
 			inst.exports.forget()
 			inst.out.forget()
+		}
+		if a.exportChanged != nil {
+			a.exportChanged(c.Tenant)
 		}
 		return
 	}

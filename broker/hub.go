@@ -270,6 +270,13 @@ func New(cfg Config) (*Hub, error) {
 		return newInstance(h, t)
 	})
 	h.changes = newChangeApplier(cfg, h.dir, h.reg)
+	h.changes.exportChanged = func(tenant string) {
+		// A suspended tenant's outboxes deliver its events by its rules,
+		// and keep its destinations' policies: they read them again.
+		if v, ok := h.dormant.Load(tenant); ok {
+			v.(*dormantOutbox).o.forget()
+		}
+	}
 	if cfg.Cluster != nil {
 		h.fwd = newForwarder(cfg, h.dir, h.done)
 		h.fwd.running = func(tenant string) bool { return h.reg.running(tenant) != nil }

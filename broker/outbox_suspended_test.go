@@ -60,6 +60,18 @@ func TestOutboxSuspendedTenantEvents(t *testing.T) {
 	if _, unsigned := rc.counts(); unsigned != 0 {
 		t.Errorf("%d requests failed the signature check", unsigned)
 	}
+	// A rule added while suspended is in force for its dormant outboxes.
+	late := newWebhookReceiver(t)
+	s.destination("acme", "late", late, "$events/billing/spend_warning", "")
+	relay.Emit(events.Event{Time: time.Now().UTC(), Tenant: "acme", Type: events.SpendWarning, Limit: 100})
+	eventually(t, 20*time.Second, "the rule added while suspended has the spend_warning", func() bool {
+		for _, m := range late.messages() {
+			if m.Topic == "$events/billing/spend_warning" {
+				return true
+			}
+		}
+		return false
+	})
 
 	if _, err := s.store.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Suspended: &no}); err != nil {
 		t.Fatal(err)
