@@ -103,6 +103,7 @@ func (c *Console) routes() chi.Router {
 					r.Post("/webhooks", c.webhookCreate)
 					r.Post("/webhooks/{id}/test", c.webhookTest)
 					r.Post("/webhooks/{id}/delete", c.webhookDelete)
+					r.Post("/webhooks/{id}/policy", c.webhookPolicy)
 					r.Post("/webhooks/rules", c.webhookRuleCreate)
 					r.Post("/webhooks/rules/{id}/delete", c.webhookRuleDelete)
 					r.Post("/webhooks/{id}/replay", c.webhookDead(true))

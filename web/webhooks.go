@@ -348,6 +348,22 @@ func (c *Console) webhookDelete(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// webhookPolicy sets what a destination's full outbox does (admins):
+// drop_oldest, refuse, or "" for the tenant's outbox_policy.
+func (c *Console) webhookPolicy(w http.ResponseWriter, r *http.Request) {
+	slug := tenantOf(r).Slug
+	p := tenants.OutboxPolicy(strings.TrimSpace(r.PostFormValue("outbox_policy")))
+	_, err := c.store.UpdateDestination(r.Context(), slug, chi.URLParam(r, "id"), tenants.DestinationUpdate{OutboxPolicy: &p}, nil)
+	switch {
+	case errors.Is(err, tenants.ErrInvalid):
+		c.renderWebhooks(w, r, http.StatusBadRequest, page{Errors: map[string]string{"_": formErrors(err)["outbox_policy"]}}, webhooksData{})
+	case err != nil:
+		c.fail(w, r, err)
+	default:
+		redirect(w, r, "/tenants/"+slug+"/webhooks", "saved")
+	}
+}
+
 // webhookTest sends one sample message to a destination now (admins) and
 // shows how it went: a signed request to a webhook, a record to Kafka.
 func (c *Console) webhookTest(w http.ResponseWriter, r *http.Request) {

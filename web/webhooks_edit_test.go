@@ -191,6 +191,24 @@ func TestWebhooksEditing(t *testing.T) {
 	if page = b.get("/tenants/acme/webhooks"); !strings.Contains(page.body, "when full: refuse") {
 		t.Errorf("the page does not show the destination's outbox policy:\n%s", page.body)
 	}
+	strict, err := s.store.DestinationByRef(context.Background(), "acme", "strict")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Changed from its row: a wrong value is refused and changes nothing,
+	// "" hands it back to the tenant's.
+	if a = b.post("/tenants/acme/webhooks/"+strict.ID+"/policy", url.Values{"outbox_policy": {"sometimes"}}); a.status != http.StatusBadRequest || !strings.Contains(a.body, "must be drop_oldest, refuse") {
+		t.Errorf("an unknown outbox policy from the row: %d\n%s", a.status, a.body)
+	}
+	if a = b.post("/tenants/acme/webhooks/"+strict.ID+"/policy", url.Values{"outbox_policy": {""}}); a.status != http.StatusSeeOther || !strings.Contains(a.location, "done=saved") {
+		t.Errorf("hand the policy back to the tenant's: %d %s", a.status, a.location)
+	}
+	if d, err := s.store.Destination(context.Background(), "acme", strict.ID); err != nil || d.OutboxPolicy != "" {
+		t.Errorf("after handing it back: %q, %v; want the tenant's", d.OutboxPolicy, err)
+	}
+	if a = b.post("/tenants/acme/webhooks/dst_none/policy", url.Values{"outbox_policy": {"refuse"}}); a.status != http.StatusNotFound {
+		t.Errorf("the policy of an unknown destination: %d, want 404", a.status)
+	}
 
 	// A viewer reads, without forms; a viewer's posts are refused.
 	viewer := s.browser()
@@ -200,7 +218,8 @@ func TestWebhooksEditing(t *testing.T) {
 	if page.status != http.StatusOK || !strings.Contains(page.body, "plant") || strings.Contains(page.body, `id="add-destination"`) || strings.Contains(page.body, "Send test") {
 		t.Errorf("a viewer's page: %d\n%s", page.status, page.body)
 	}
-	for _, p := range []string{"/tenants/acme/webhooks", "/tenants/acme/webhooks/" + plant + "/test", "/tenants/acme/webhooks/" + plant + "/delete", "/tenants/acme/webhooks/rules"} {
+	for _, p := range []string{"/tenants/acme/webhooks", "/tenants/acme/webhooks/" + plant + "/test", "/tenants/acme/webhooks/" + plant + "/delete", "/tenants/acme/webhooks/rules",
+		"/tenants/acme/webhooks/" + plant + "/policy"} {
 		if a := viewer.post(p, url.Values{"name": {"x"}, "type": {"webhook"}, "url": {rc.URL}}); a.status != http.StatusForbidden {
 			t.Errorf("a viewer posts %s: %d, want 403", p, a.status)
 		}
@@ -209,7 +228,8 @@ func TestWebhooksEditing(t *testing.T) {
 	stranger := s.browser()
 	stranger.signup("stranger")
 	stranger.tenant("other")
-	for _, p := range []string{"/tenants/acme/webhooks/" + plant + "/test", "/tenants/other/webhooks/" + plant + "/test", "/tenants/other/webhooks/" + plant + "/delete"} {
+	for _, p := range []string{"/tenants/acme/webhooks/" + plant + "/test", "/tenants/other/webhooks/" + plant + "/test", "/tenants/other/webhooks/" + plant + "/delete",
+		"/tenants/acme/webhooks/" + plant + "/policy", "/tenants/other/webhooks/" + plant + "/policy"} {
 		if a := stranger.post(p, nil); a.status != http.StatusNotFound {
 			t.Errorf("a stranger posts %s: %d, want 404", p, a.status)
 		}
