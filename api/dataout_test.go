@@ -246,6 +246,26 @@ func TestDestinationOutboxPolicy(t *testing.T) {
 	if _, set := r.json()["outbox_policy"]; set {
 		t.Errorf("back to the tenant's: %s, want no outbox_policy", r.body)
 	}
+
+	// Its own max_outbox likewise.
+	for _, bad := range []int64{-1, tenants.MaxDestinationOutbox + 1} {
+		wantProblem(t, e.do("PATCH", base+"/"+id, owner.token, map[string]any{"max_outbox": bad}), 400, "invalid", "max_outbox", fmt.Sprintf("max_outbox %d", bad))
+	}
+	r = e.do("PATCH", base+"/"+id, owner.token, map[string]any{"max_outbox": 500})
+	want(t, r, 200, "PATCH max_outbox")
+	if r.json()["max_outbox"] != float64(500) {
+		t.Errorf("patched: %s, want max_outbox 500", r.body)
+	}
+	r = e.do("PATCH", base+"/"+id, owner.token, map[string]any{"max_outbox": 0})
+	want(t, r, 200, "PATCH max_outbox back to the quota")
+	if _, set := r.json()["max_outbox"]; set {
+		t.Errorf("back to the quota: %s, want no max_outbox", r.body)
+	}
+	r = e.do("POST", base, owner.token, map[string]any{"name": "bounded", "type": "webhook", "url": rc.URL, "max_outbox": 10})
+	want(t, r, 201, "create with max_outbox")
+	if r.json()["max_outbox"] != float64(10) {
+		t.Errorf("created: %s, want max_outbox 10", r.body)
+	}
 }
 
 // TestDestinationAddresses: URLs into the hub's own network are refused

@@ -124,12 +124,12 @@ func (h *outboxHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	if err == nil || pk.FixedHeader.Qos == 0 {
 		return pk, nil
 	}
-	if errors.Is(err, errOutboxFull) {
+	if full := (*outboxFull)(nil); errors.As(err, &full) {
 		device := "api"
 		if dc, ok := cl.Net.Conn.(*deviceConn); ok {
 			device = dc.id.device
 		}
-		h.inst.quotaHit(device, cl.ID, "max_outbox", h.inst.out.limit())
+		h.inst.quotaHit(device, cl.ID, "max_outbox", full.limit)
 	}
 	return h.inst.refusePublish(cl, pk, err)
 }
@@ -182,9 +182,11 @@ type outbox struct {
 type outboxRules struct {
 	set         *dataout.RuleSet
 	none, stale bool
-	// policies are the destinations' own outbox_policy, where they have
-	// one (the tenant's serves the others).
+	// policies are the destinations' own outbox_policy, and limits their
+	// own max_outbox, where they have one (the tenant's serves the
+	// others; a limit above the tenant's quota is the quota).
 	policies map[string]tenants.OutboxPolicy
+	limits   map[string]int64
 }
 
 // destQueue is one destination's outbox as this node knows it.
@@ -315,7 +317,7 @@ func (o *outbox) forget() {
 	}
 	o.rulesMu.Lock()
 	if r := o.rules.Load(); r != nil && !r.stale {
-		o.rules.Store(&outboxRules{set: r.set, none: r.none, stale: true, policies: r.policies})
+		o.rules.Store(&outboxRules{set: r.set, none: r.none, stale: true, policies: r.policies, limits: r.limits})
 	}
 	o.rulesMu.Unlock()
 	o.gen.Add(1)
@@ -491,6 +493,12 @@ func (o *outbox) compiled() (*outboxRules, error) {
 				}
 				r.policies[d.ID] = d.OutboxPolicy
 			}
+			if d.MaxOutbox > 0 {
+				if r.limits == nil {
+					r.limits = map[string]int64{}
+				}
+				r.limits[d.ID] = d.MaxOutbox
+			}
 		}
 	}
 	o.rules.Store(r)
@@ -500,6 +508,13 @@ func (o *outbox) compiled() (*outboxRules, error) {
 // errOutboxFull refuses a publish whose outbox is full under the refuse
 // policy: quota exceeded (0x97).
 var errOutboxFull = packets.ErrQuotaExceeded
+
+// outboxFull is errOutboxFull with the limit the outbox was full at (the
+// destination's own max_outbox, or the tenant's).
+type outboxFull struct{ limit int64 }
+
+func (e *outboxFull) Error() string { return errOutboxFull.Error() }
+func (e *outboxFull) Unwrap() error { return errOutboxFull }
 
 // append puts a publish in the outbox of every destination whose rule it
 // matches, in one write. A QoS 0 publish is appended too, but nothing
@@ -648,7 +663,7 @@ func (o *outbox) enqueue(ctx context.Context, rules *outboxRules, in dataout.Inp
 	w := &outboxWrite{o: o}
 	queues := w.oneQueue[:0]
 	var tenantPolicy tenants.OutboxPolicy
-	limit := o.limit()
+	quota := o.limit()
 	var matched [4]dataout.Match
 	var droppedBuf [4]*destQueue
 	dropped := droppedBuf[:0] // full outboxes that did not take it: once each
@@ -661,6 +676,7 @@ func (o *outbox) enqueue(ctx context.Context, rules *outboxRules, in dataout.Inp
 		if slices.Contains(queues, q) || slices.Contains(dropped, q) {
 			continue
 		}
+		limit := rules.limit(q.id, quota)
 		if o.backlogOf(ctx, q) >= limit {
 			policy := rules.policies[q.id]
 			if policy == "" {
@@ -672,7 +688,7 @@ func (o *outbox) enqueue(ctx context.Context, rules *outboxRules, in dataout.Inp
 			if policy == tenants.OutboxRefuse {
 				if refusable {
 					o.log.Info("outbox full: publish refused", "destination", q.id, "limit", limit)
-					return nil, errOutboxFull
+					return nil, &outboxFull{limit: limit}
 				}
 				// Nothing tells a QoS 0 publisher, or an event's raiser:
 				// the tenant hears of it (outbox_dropped).
@@ -1073,11 +1089,31 @@ func (o *outbox) refresh(ctx context.Context, q *destQueue) {
 	q.known.Store(true)
 }
 
+// limit is the most messages the outbox of destination id holds: its own
+// max_outbox if it has one below quota (the tenant's), else quota.
+func (r *outboxRules) limit(id string, quota int64) int64 {
+	if n := r.limits[id]; n > 0 && n < quota {
+		return n
+	}
+	return quota
+}
+
+// limitOf is limit for q as the rules now in force say, or the tenant's
+// quota if they cannot be read.
+func (o *outbox) limitOf(q *destQueue) int64 {
+	quota := o.limit()
+	if r, err := o.compiled(); err == nil {
+		return r.limit(q.id, quota)
+	}
+	return quota
+}
+
 // trim drops the oldest messages of an outbox over its limit, under the
 // drop_oldest policy (under refuse, appends stop at the limit).
 // It reads after head and moves head past what it dropped.
 func (o *outbox) trim(ctx context.Context, q *destQueue, epoch uint64, head *uint64) error {
-	over := q.backlog.Load() - o.limit()
+	limit := o.limitOf(q)
+	over := q.backlog.Load() - limit
 	if over <= 0 {
 		return nil
 	}
@@ -1095,7 +1131,7 @@ func (o *outbox) trim(ctx context.Context, q *destQueue, epoch uint64, head *uin
 	o.noteDropped(q, int64(len(msgs)), tenants.OutboxDropOldest)
 	q.backlog.Add(-int64(len(msgs)))
 	*head = max(*head, msgs[len(msgs)-1].Seq)
-	o.log.Info("outbox full: oldest messages dropped", "destination", q.id, "messages", len(msgs), "limit", o.limit())
+	o.log.Info("outbox full: oldest messages dropped", "destination", q.id, "messages", len(msgs), "limit", limit)
 	return nil
 }
 
@@ -1114,5 +1150,5 @@ func (o *outbox) noteDropped(q *destQueue, n int64, how tenants.OutboxPolicy) {
 		return
 	}
 	o.raise(events.Event{Tenant: o.tenant, Type: events.OutboxDropped, Destination: q.id, Reason: string(how),
-		Quota: "max_outbox", Limit: o.limit(), Count: count})
+		Quota: "max_outbox", Limit: o.limitOf(q), Count: count})
 }

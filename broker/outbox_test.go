@@ -561,6 +561,66 @@ func TestOutboxDestinationPolicy(t *testing.T) {
 	}
 }
 
+// TestOutboxDestinationMax: a destination's own max_outbox bounds its
+// outbox below the tenant's quota, and one above the quota is the quota;
+// a publish refused there raises quota_exceeded with the limit that
+// applied.
+func TestOutboxDestinationMax(t *testing.T) {
+	ev := events.NewMemory(1000)
+	s := newOutboxStack(t, time.Hour, func(c *broker.Config) { c.Events = ev })
+	s.tenant("acme")
+	s.outboxPolicy("acme", tenants.OutboxRefuse, 3)
+	rc := newWebhookReceiver(t)
+	rc.answer(http.StatusServiceUnavailable)
+	small := s.destination("acme", "small", rc, "small/#", "")
+	big := s.destination("acme", "big", rc, "big/#", "")
+	for id, n := range map[string]int64{small: 1, big: 100} {
+		if _, err := s.store.UpdateDestination(ctx, "acme", id, tenants.DestinationUpdate{MaxOutbox: &n}, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
+	for _, tc := range []struct {
+		topic string
+		taken int
+	}{{"small/a", 1}, {"big/a", 3}} {
+		for i := range tc.taken {
+			if r := pub.pub(t, tc.topic, fmt.Sprint(i), 1, false); r.ReasonCode != 0 {
+				t.Fatalf("publish %d to %s: PUBACK 0x%02x, want 0", i, tc.topic, r.ReasonCode)
+			}
+		}
+		if r := pub.pub(t, tc.topic, "over", 1, false); r.ReasonCode != 0x97 {
+			t.Errorf("publish %d to %s: PUBACK 0x%02x, want 0x97", tc.taken, tc.topic, r.ReasonCode)
+		}
+	}
+	var limits []int64
+	for _, e := range ev.Recent("acme") {
+		if e.Type == events.QuotaExceeded && e.Quota == "max_outbox" {
+			limits = append(limits, e.Limit)
+		}
+	}
+	// Under drop_oldest (its own), the worker trims to its own bound.
+	trimmed := s.destination("acme", "trimmed", rc, "trimmed/#", "")
+	two, dropOldest := int64(2), tenants.OutboxDropOldest
+	if _, err := s.store.UpdateDestination(ctx, "acme", trimmed, tenants.DestinationUpdate{MaxOutbox: &two, OutboxPolicy: &dropOldest}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		if r := pub.pub(t, "trimmed/a", fmt.Sprint(i), 1, false); r.ReasonCode != 0 {
+			t.Fatalf("publish %d to trimmed/a: PUBACK 0x%02x, want 0", i, r.ReasonCode)
+		}
+	}
+	eventually(t, 10*time.Second, "trimmed's outbox trimmed to its own 2", func() bool {
+		st, err := s.hub.DeliveryStatus(ctx, "acme", trimmed)
+		return err == nil && st.Backlog == 2 && st.Dropped == 2
+	})
+	// The device's quota events are one a second at most: the second
+	// refusal's may be folded into the first's.
+	if got := fmt.Sprint(limits); got != "[1]" && got != "[1 3]" {
+		t.Errorf("quota_exceeded limits %v, want the destination's 1, then the tenant's 3 if not folded", limits)
+	}
+}
+
 // expectOutboxDropped waits for the tenant's outbox_dropped event like
 // want (its Count too, unless 0), checks it is the only one, and returns it.
 func expectOutboxDropped(t *testing.T, ev *events.Memory, tenant string, want events.Event) events.Event {

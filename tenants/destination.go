@@ -30,8 +30,11 @@ type Destination struct {
 	// OutboxPolicy is what its full outbox does with a new message;
 	// "" follows the tenant's outbox_policy.
 	OutboxPolicy OutboxPolicy `json:"outbox_policy,omitempty"`
-	CreatedAt    time.Time    `json:"created_at"`
-	UpdatedAt    time.Time    `json:"updated_at"`
+	// MaxOutbox bounds its outbox below the tenant's max_outbox quota;
+	// 0 is the quota.
+	MaxOutbox int64     `json:"max_outbox,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	UpdatedAt time.Time `json:"updated_at"`
 
 	// Sealed holds the secret and header values as the caller sealed
 	// them; it never leaves the server.
@@ -227,6 +230,7 @@ type DestinationInput struct {
 	Headers      map[string]string `json:"headers"`
 	Kafka        *Kafka            `json:"kafka"`
 	OutboxPolicy OutboxPolicy      `json:"outbox_policy"`
+	MaxOutbox    int64             `json:"max_outbox"`
 }
 
 // Validate checks the input.
@@ -235,6 +239,9 @@ func (in *DestinationInput) Validate() error {
 		return err
 	}
 	if err := validDestinationPolicy(in.OutboxPolicy); err != nil {
+		return err
+	}
+	if err := validDestinationMax(in.MaxOutbox); err != nil {
 		return err
 	}
 	switch in.Type {
@@ -269,6 +276,19 @@ func validDestinationPolicy(p OutboxPolicy) error {
 		return nil
 	}
 	return invalid("outbox_policy", "must be drop_oldest, refuse, or empty for the tenant's")
+}
+
+// MaxDestinationOutbox is the highest max_outbox a destination may set
+// (the largest plan's quota); what applies is never above the tenant's.
+const MaxDestinationOutbox = 10_000_000
+
+// validDestinationMax checks a destination's max_outbox: 0 (the tenant's
+// quota) to MaxDestinationOutbox.
+func validDestinationMax(n int64) error {
+	if n < 0 || n > MaxDestinationOutbox {
+		return invalid("max_outbox", "must be 0 (the tenant's max_outbox) to %d", MaxDestinationOutbox)
+	}
+	return nil
 }
 
 func validDestinationName(name string) error {
@@ -330,8 +350,9 @@ type DestinationUpdate struct {
 	Headers *map[string]string `json:"headers"`
 	Kafka   *Kafka             `json:"kafka"`
 	// OutboxPolicy, when given, replaces its own; "" follows the
-	// tenant's again.
+	// tenant's again. MaxOutbox likewise; 0 is the tenant's quota again.
 	OutboxPolicy *OutboxPolicy `json:"outbox_policy"`
+	MaxOutbox    *int64        `json:"max_outbox"`
 
 	SealedPassword string `json:"-"`
 }
@@ -348,6 +369,11 @@ func (up *DestinationUpdate) Validate() error {
 	}
 	if up.OutboxPolicy != nil {
 		if err := validDestinationPolicy(*up.OutboxPolicy); err != nil {
+			return err
+		}
+	}
+	if up.MaxOutbox != nil {
+		if err := validDestinationMax(*up.MaxOutbox); err != nil {
 			return err
 		}
 	}

@@ -9,12 +9,12 @@ import (
 	"strings"
 )
 
-const destinationColumns = `id, name, type, url, header_names, sealed_headers, sealed_secret, kafka, sealed_password, outbox_policy, created_at, updated_at`
+const destinationColumns = `id, name, type, url, header_names, sealed_headers, sealed_secret, kafka, sealed_password, outbox_policy, max_outbox, created_at, updated_at`
 
 func scanDestination(row interface{ Scan(...any) error }) (Destination, error) {
 	var d Destination
 	var names, kafka string
-	if err := row.Scan(&d.ID, &d.Name, &d.Type, &d.URL, &names, &d.Sealed.Headers, &d.Sealed.Secret, &kafka, &d.Sealed.Password, &d.OutboxPolicy, &d.CreatedAt, &d.UpdatedAt); err != nil {
+	if err := row.Scan(&d.ID, &d.Name, &d.Type, &d.URL, &names, &d.Sealed.Headers, &d.Sealed.Secret, &kafka, &d.Sealed.Password, &d.OutboxPolicy, &d.MaxOutbox, &d.CreatedAt, &d.UpdatedAt); err != nil {
 		return d, err
 	}
 	if err := json.Unmarshal([]byte(names), &d.Headers); err != nil {
@@ -91,7 +91,7 @@ func (s *Store) CreateDestination(ctx context.Context, tenant, id string, in Des
 	}
 	now := s.timestamp()
 	d := Destination{ID: id, Name: in.Name, Type: in.Type, URL: in.URL, Headers: HeaderNames(in.Headers), Kafka: in.Kafka.Public(),
-		OutboxPolicy: in.OutboxPolicy, CreatedAt: now, UpdatedAt: now, Sealed: sealed}
+		OutboxPolicy: in.OutboxPolicy, MaxOutbox: in.MaxOutbox, CreatedAt: now, UpdatedAt: now, Sealed: sealed}
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		if err := s.lockTenant(ctx, tx, tenant); err != nil {
 			return err
@@ -104,9 +104,9 @@ func (s *Store) CreateDestination(ctx context.Context, tenant, id string, in Des
 			return &QuotaError{Quota: "destinations", Limit: MaxDestinations}
 		}
 		if _, err := tx.ExecContext(ctx, `INSERT INTO destinations (tenant, `+destinationColumns+`)
-			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)`,
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`,
 			tenant, d.ID, d.Name, d.Type, d.URL, marshalJSON(d.Headers), sealed.Headers, sealed.Secret, kafkaJSON(d.Kafka), sealed.Password,
-			string(d.OutboxPolicy), d.CreatedAt, d.UpdatedAt); err != nil {
+			string(d.OutboxPolicy), d.MaxOutbox, d.CreatedAt, d.UpdatedAt); err != nil {
 			if isUniqueViolation(err) {
 				return fmt.Errorf("destination %s: %w", d.Name, ErrConflict)
 			}
@@ -165,6 +165,9 @@ func (s *Store) UpdateDestination(ctx context.Context, tenant, id string, up Des
 		if up.OutboxPolicy != nil {
 			d.OutboxPolicy = *up.OutboxPolicy
 		}
+		if up.MaxOutbox != nil {
+			d.MaxOutbox = *up.MaxOutbox
+		}
 		if up.Headers != nil {
 			d.Headers, d.Sealed.Headers = HeaderNames(*up.Headers), ""
 			if len(*up.Headers) > 0 {
@@ -173,9 +176,9 @@ func (s *Store) UpdateDestination(ctx context.Context, tenant, id string, up Des
 		}
 		d.UpdatedAt = s.timestamp()
 		if _, err := tx.ExecContext(ctx, `UPDATE destinations SET name = $3, url = $4, header_names = $5, sealed_headers = $6, updated_at = $7,
-			kafka = $8, sealed_password = $9, outbox_policy = $10
+			kafka = $8, sealed_password = $9, outbox_policy = $10, max_outbox = $11
 			WHERE tenant = $1 AND id = $2`, tenant, id, d.Name, d.URL, marshalJSON(d.Headers), d.Sealed.Headers, d.UpdatedAt,
-			kafkaJSON(d.Kafka), d.Sealed.Password, string(d.OutboxPolicy)); err != nil {
+			kafkaJSON(d.Kafka), d.Sealed.Password, string(d.OutboxPolicy), d.MaxOutbox); err != nil {
 			if isUniqueViolation(err) {
 				return fmt.Errorf("destination %s: %w", d.Name, ErrConflict)
 			}

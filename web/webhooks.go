@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -260,10 +261,11 @@ func preview(p []byte) string {
 // echoed back on an error; everything else is.
 func destinationForm(r *http.Request) (tenants.DestinationInput, map[string]string) {
 	v := func(k string) string { return strings.TrimSpace(r.PostFormValue(k)) }
-	in := tenants.DestinationInput{Name: v("name"), Type: v("type"), URL: v("url"), OutboxPolicy: tenants.OutboxPolicy(v("outbox_policy"))}
+	in := tenants.DestinationInput{Name: v("name"), Type: v("type"), URL: v("url"), OutboxPolicy: tenants.OutboxPolicy(v("outbox_policy")),
+		MaxOutbox: maxOutboxField(v("max_outbox"))}
 	form := map[string]string{"name": in.Name, "type": in.Type, "url": in.URL, "brokers": v("brokers"), "topic": v("topic"),
 		"tls": v("tls"), "ca": v("ca"), "server_name": v("server_name"), "mechanism": v("mechanism"), "username": v("username"),
-		"outbox_policy": string(in.OutboxPolicy)}
+		"outbox_policy": string(in.OutboxPolicy), "max_outbox": v("max_outbox")}
 	if in.Type == tenants.DestinationKafka {
 		in.URL = ""
 		k := &tenants.Kafka{Topic: form["topic"], TLS: form["tls"] != "", CA: form["ca"], ServerName: form["server_name"]}
@@ -348,15 +350,34 @@ func (c *Console) webhookDelete(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// maxOutboxField reads a max_outbox field: empty is 0 (the tenant's
+// quota); what is not a number is -1, which validation refuses.
+func maxOutboxField(v string) int64 {
+	if v == "" {
+		return 0
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
 // webhookPolicy sets what a destination's full outbox does (admins):
-// drop_oldest, refuse, or "" for the tenant's outbox_policy.
+// drop_oldest, refuse, or "" for the tenant's outbox_policy; and its own
+// max_outbox (empty or 0: the tenant's quota).
 func (c *Console) webhookPolicy(w http.ResponseWriter, r *http.Request) {
 	slug := tenantOf(r).Slug
 	p := tenants.OutboxPolicy(strings.TrimSpace(r.PostFormValue("outbox_policy")))
-	_, err := c.store.UpdateDestination(r.Context(), slug, chi.URLParam(r, "id"), tenants.DestinationUpdate{OutboxPolicy: &p}, nil)
+	n := maxOutboxField(strings.TrimSpace(r.PostFormValue("max_outbox")))
+	_, err := c.store.UpdateDestination(r.Context(), slug, chi.URLParam(r, "id"), tenants.DestinationUpdate{OutboxPolicy: &p, MaxOutbox: &n}, nil)
 	switch {
 	case errors.Is(err, tenants.ErrInvalid):
-		c.renderWebhooks(w, r, http.StatusBadRequest, page{Errors: map[string]string{"_": formErrors(err)["outbox_policy"]}}, webhooksData{})
+		var msgs []string
+		for _, m := range formErrors(err) {
+			msgs = append(msgs, m)
+		}
+		c.renderWebhooks(w, r, http.StatusBadRequest, page{Errors: map[string]string{"_": strings.Join(msgs, "; ")}}, webhooksData{})
 	case err != nil:
 		c.fail(w, r, err)
 	default:

@@ -206,6 +206,27 @@ func TestWebhooksEditing(t *testing.T) {
 	if d, err := s.store.Destination(context.Background(), "acme", strict.ID); err != nil || d.OutboxPolicy != "" {
 		t.Errorf("after handing it back: %q, %v; want the tenant's", d.OutboxPolicy, err)
 	}
+	if a = b.post("/tenants/acme/webhooks/"+strict.ID+"/policy", url.Values{"outbox_policy": {"refuse"}, "max_outbox": {"250"}}); a.status != http.StatusSeeOther {
+		t.Errorf("set the policy and the bound: %d %s", a.status, a.location)
+	}
+	if d, _ := s.store.Destination(context.Background(), "acme", strict.ID); d.OutboxPolicy != tenants.OutboxRefuse || d.MaxOutbox != 250 {
+		t.Errorf("after setting both: %q, %d; want refuse, 250", d.OutboxPolicy, d.MaxOutbox)
+	}
+	if page = b.get("/tenants/acme/webhooks"); !strings.Contains(page.body, "holds at most 250") {
+		t.Errorf("the page does not show the destination's bound:\n%s", page.body)
+	}
+	if a = b.post("/tenants/acme/webhooks/"+strict.ID+"/policy", url.Values{"outbox_policy": {"refuse"}, "max_outbox": {"lots"}}); a.status != http.StatusBadRequest || !strings.Contains(a.body, "must be 0") {
+		t.Errorf("a bound that is not a number: %d\n%s", a.status, a.body)
+	}
+	if d, _ := s.store.Destination(context.Background(), "acme", strict.ID); d.MaxOutbox != 250 {
+		t.Errorf("after a refused bound: %d, want 250 still", d.MaxOutbox)
+	}
+	if a = b.post("/tenants/acme/webhooks", url.Values{"name": {"bounded"}, "type": {"webhook"}, "url": {rc.URL + "/b"}, "max_outbox": {"7"}}); a.status != http.StatusCreated {
+		t.Errorf("create with a bound: %d\n%s", a.status, a.body)
+	}
+	if d, err := s.store.DestinationByRef(context.Background(), "acme", "bounded"); err != nil || d.MaxOutbox != 7 {
+		t.Errorf("created with max_outbox %d, %v; want 7", d.MaxOutbox, err)
+	}
 	if a = b.post("/tenants/acme/webhooks/dst_none/policy", url.Values{"outbox_policy": {"refuse"}}); a.status != http.StatusNotFound {
 		t.Errorf("the policy of an unknown destination: %d, want 404", a.status)
 	}

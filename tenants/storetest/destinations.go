@@ -260,4 +260,19 @@ func testDestinationPolicy(t *testing.T, s *tenants.Store, reopen func() *tenant
 	if _, err := s.UpdateDestination(ctx, "acme", id, tenants.DestinationUpdate{OutboxPolicy: &bad}, nil); !errors.Is(err, tenants.ErrInvalid) {
 		t.Errorf("update to an unknown policy: %v, want ErrInvalid", err)
 	}
+	// Its own max_outbox: kept across other updates, 0 is the quota again.
+	for _, n := range []int64{250, 0} {
+		if d, err := s.UpdateDestination(ctx, "acme", id, tenants.DestinationUpdate{MaxOutbox: &n}, nil); err != nil || d.MaxOutbox != n {
+			t.Errorf("update max_outbox to %d: %d, %v", n, d.MaxOutbox, err)
+		}
+		name := fmt.Sprintf("billing-%d", n)
+		if d, err := s.UpdateDestination(ctx, "acme", id, tenants.DestinationUpdate{Name: &name}, nil); err != nil || d.MaxOutbox != n {
+			t.Errorf("a rename after max_outbox %d: %d, %v", n, d.MaxOutbox, err)
+		}
+	}
+	for _, n := range []int64{-1, tenants.MaxDestinationOutbox + 1} {
+		if _, err := s.UpdateDestination(ctx, "acme", id, tenants.DestinationUpdate{MaxOutbox: &n}, nil); !errors.Is(err, tenants.ErrInvalid) {
+			t.Errorf("max_outbox %d: %v, want ErrInvalid", n, err)
+		}
+	}
 }
