@@ -268,6 +268,28 @@ func TestDestinationOutboxPolicy(t *testing.T) {
 	}
 }
 
+// TestPublishIntoFullOutbox: an API publish that a destination's full
+// outbox refuses (its own max_outbox and refuse) is a 403 quota_exceeded
+// naming max_outbox and the limit that applied, not a 500.
+func TestPublishIntoFullOutbox(t *testing.T) {
+	e := newEnvWith(t, allowLoopback(t))
+	owner := e.signup("owner")
+	e.mustTenant(owner, "acme")
+	rc := newHookReceiver(t)
+	rc.set("", http.StatusServiceUnavailable) // nothing leaves the outbox
+	r := e.do("POST", "/v1/tenants/acme/destinations", owner.token, map[string]any{"name": "strict", "type": "webhook", "url": rc.URL,
+		"outbox_policy": "refuse", "max_outbox": 1})
+	want(t, r, 201, "create the destination")
+	want(t, e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "sensors/#", "destination": "strict"}), 201, "a rule to it")
+	msg := map[string]any{"topic": "sensors/t", "payload": "1", "qos": 1}
+	want(t, e.do("POST", "/v1/tenants/acme/messages", owner.token, msg), 202, "the first publish")
+	r = e.do("POST", "/v1/tenants/acme/messages", owner.token, msg)
+	wantProblem(t, r, 403, "quota_exceeded", "", "a publish into the full outbox")
+	if m := r.json(); m["quota"] != "max_outbox" || m["limit"] != float64(1) {
+		t.Errorf("the refusal: %s, want quota max_outbox, limit 1", r.body)
+	}
+}
+
 // TestDestinationAddresses: URLs into the hub's own network are refused
 // at creation when literal, and at connection when a name resolves there;
 // plain http needs the host allowed (or development).

@@ -692,7 +692,7 @@ func (o *outbox) enqueue(ctx context.Context, rules *outboxRules, in dataout.Inp
 				}
 				// Nothing tells a QoS 0 publisher, or an event's raiser:
 				// the tenant hears of it (outbox_dropped).
-				o.noteDropped(q, 1, tenants.OutboxRefuse)
+				o.noteDropped(q, 1, tenants.OutboxRefuse, limit)
 				dropped = append(dropped, q)
 				continue
 			}
@@ -1098,11 +1098,12 @@ func (r *outboxRules) limit(id string, quota int64) int64 {
 	return quota
 }
 
-// limitOf is limit for q as the rules now in force say, or the tenant's
-// quota if they cannot be read.
+// limitOf is limit for q as the rules last read say (stale ones keep
+// their limits), or the tenant's quota if none were read: it never reads
+// the directory, so a worker does not wait on it.
 func (o *outbox) limitOf(q *destQueue) int64 {
 	quota := o.limit()
-	if r, err := o.compiled(); err == nil {
+	if r := o.rules.Load(); r != nil {
 		return r.limit(q.id, quota)
 	}
 	return quota
@@ -1128,27 +1129,27 @@ func (o *outbox) trim(ctx context.Context, q *destQueue, epoch uint64, head *uin
 	if err := o.st.Ack(ctx, o.tenant, q.out, epoch, seqs); err != nil {
 		return err
 	}
-	o.noteDropped(q, int64(len(msgs)), tenants.OutboxDropOldest)
+	o.noteDropped(q, int64(len(msgs)), tenants.OutboxDropOldest, limit)
 	q.backlog.Add(-int64(len(msgs)))
 	*head = max(*head, msgs[len(msgs)-1].Seq)
 	o.log.Info("outbox full: oldest messages dropped", "destination", q.id, "messages", len(msgs), "limit", limit)
 	return nil
 }
 
-// noteDropped counts n messages q's full outbox did not keep, how (see
-// events.OutboxDropped), and tells the tenant through an outbox_dropped
+// noteDropped counts n messages q's full outbox (of limit) did not keep,
+// how (see events.OutboxDropped), and tells the tenant through an outbox_dropped
 // event: the first
 // at once, then at most one a minute per destination, carrying how many
 // drops it stands for (as a slow client's queue_dropped, see drops.go),
 // so that a flood into a full outbox cannot flood the tenant's events.
 // Drops after the last event wait for the next drop a minute on to be
 // told; the destination's status counts each at once.
-func (o *outbox) noteDropped(q *destQueue, n int64, how tenants.OutboxPolicy) {
+func (o *outbox) noteDropped(q *destQueue, n int64, how tenants.OutboxPolicy, limit int64) {
 	q.dropped.Add(n)
 	count, raise := q.drops.add(n, o.now())
 	if !raise || o.raise == nil {
 		return
 	}
 	o.raise(events.Event{Tenant: o.tenant, Type: events.OutboxDropped, Destination: q.id, Reason: string(how),
-		Quota: "max_outbox", Limit: o.limitOf(q), Count: count})
+		Quota: "max_outbox", Limit: limit, Count: count})
 }

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"errors"
 	"fmt"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -100,6 +101,11 @@ func (inst *instance) injectTopic(from publisher, pk packets.Packet) error {
 	inst.inlineErr = nil
 	if err := inst.server.InjectPacket(cl, pk); err != nil {
 		return err
+	}
+	if full := (*outboxFull)(nil); errors.As(inst.inlineErr, &full) {
+		// A destination's full outbox under refuse: the API says which
+		// quota (the hook counted the hit and raised its event).
+		return &tenants.QuotaError{Quota: "max_outbox", Limit: full.limit}
 	}
 	if inst.inlineErr != nil {
 		return fmt.Errorf("the message could not be stored or exported: %w", inst.inlineErr)

@@ -368,9 +368,16 @@ func maxOutboxField(v string) int64 {
 // max_outbox (empty or 0: the tenant's quota).
 func (c *Console) webhookPolicy(w http.ResponseWriter, r *http.Request) {
 	slug := tenantOf(r).Slug
-	p := tenants.OutboxPolicy(strings.TrimSpace(r.PostFormValue("outbox_policy")))
-	n := maxOutboxField(strings.TrimSpace(r.PostFormValue("max_outbox")))
-	_, err := c.store.UpdateDestination(r.Context(), slug, chi.URLParam(r, "id"), tenants.DestinationUpdate{OutboxPolicy: &p, MaxOutbox: &n}, nil)
+	var up tenants.DestinationUpdate // only what the form has: "" and empty are values
+	if r.ParseForm(); r.PostForm.Has("outbox_policy") {
+		p := tenants.OutboxPolicy(strings.TrimSpace(r.PostFormValue("outbox_policy")))
+		up.OutboxPolicy = &p
+	}
+	if r.PostForm.Has("max_outbox") {
+		n := maxOutboxField(strings.TrimSpace(r.PostFormValue("max_outbox")))
+		up.MaxOutbox = &n
+	}
+	_, err := c.store.UpdateDestination(r.Context(), slug, chi.URLParam(r, "id"), up, nil)
 	switch {
 	case errors.Is(err, tenants.ErrInvalid):
 		var msgs []string

@@ -212,8 +212,15 @@ func TestWebhooksEditing(t *testing.T) {
 	if d, _ := s.store.Destination(context.Background(), "acme", strict.ID); d.OutboxPolicy != tenants.OutboxRefuse || d.MaxOutbox != 250 {
 		t.Errorf("after setting both: %q, %d; want refuse, 250", d.OutboxPolicy, d.MaxOutbox)
 	}
-	if page = b.get("/tenants/acme/webhooks"); !strings.Contains(page.body, "holds at most 250") {
-		t.Errorf("the page does not show the destination's bound:\n%s", page.body)
+	if page = b.get("/tenants/acme/webhooks"); !strings.Contains(page.body, "holds at most 250") || !strings.Contains(page.body, `name="max_outbox" min="0" value="250"`) {
+		t.Errorf("the page does not show the destination's bound, in its row and its row's form:\n%s", page.body)
+	}
+	// A post with the policy alone keeps the bound.
+	if a = b.post("/tenants/acme/webhooks/"+strict.ID+"/policy", url.Values{"outbox_policy": {"drop_oldest"}}); a.status != http.StatusSeeOther {
+		t.Errorf("set the policy alone: %d", a.status)
+	}
+	if d, _ := s.store.Destination(context.Background(), "acme", strict.ID); d.OutboxPolicy != tenants.OutboxDropOldest || d.MaxOutbox != 250 {
+		t.Errorf("after setting the policy alone: %q, %d; want drop_oldest, 250", d.OutboxPolicy, d.MaxOutbox)
 	}
 	if a = b.post("/tenants/acme/webhooks/"+strict.ID+"/policy", url.Values{"outbox_policy": {"refuse"}, "max_outbox": {"lots"}}); a.status != http.StatusBadRequest || !strings.Contains(a.body, "must be 0") {
 		t.Errorf("a bound that is not a number: %d\n%s", a.status, a.body)
