@@ -1098,6 +1098,17 @@ func (r *outboxRules) limit(id string, quota int64) int64 {
 	return quota
 }
 
+// policyOf is q's outbox_policy as the rules last read say: its own, or
+// the tenant's.
+func (o *outbox) policyOf(ctx context.Context, q *destQueue) tenants.OutboxPolicy {
+	if r := o.rules.Load(); r != nil {
+		if p := r.policies[q.id]; p != "" {
+			return p
+		}
+	}
+	return o.policy(ctx)
+}
+
 // limitOf is limit for q as the rules last read say (stale ones keep
 // their limits), or the tenant's quota if none were read: it never reads
 // the directory, so a worker does not wait on it.
@@ -1112,11 +1123,22 @@ func (o *outbox) limitOf(q *destQueue) int64 {
 // trim drops the oldest messages of an outbox over its limit, under the
 // drop_oldest policy (under refuse, appends stop at the limit).
 // It reads after head and moves head past what it dropped.
+//
+// Under refuse the messages waiting were acknowledged as kept: a bound of
+// the destination's own lowered below them only stops new appends, and
+// the outbox is trimmed to the tenant's quota alone (as when appends made
+// at once on several connections or nodes overshoot it).
 func (o *outbox) trim(ctx context.Context, q *destQueue, epoch uint64, head *uint64) error {
 	limit := o.limitOf(q)
 	over := q.backlog.Load() - limit
 	if over <= 0 {
 		return nil
+	}
+	if quota := o.limit(); limit < quota && o.policyOf(ctx, q) == tenants.OutboxRefuse {
+		if over = q.backlog.Load() - quota; over <= 0 {
+			return nil
+		}
+		limit = quota
 	}
 	msgs, err := o.st.Read(ctx, o.tenant, q.out, *head, int(min(over, 10_000)))
 	if err != nil || len(msgs) == 0 {

@@ -624,6 +624,40 @@ func TestOutboxDestinationMax(t *testing.T) {
 	}
 }
 
+// TestOutboxBoundLoweredUnderRefuse: lowering a destination's own
+// max_outbox below what its outbox holds, under refuse, refuses new
+// publishes but drops none of those waiting (acknowledged as kept): once
+// the receiver takes them, all are delivered.
+func TestOutboxBoundLoweredUnderRefuse(t *testing.T) {
+	s := newOutboxStack(t, time.Hour)
+	s.tenant("acme")
+	s.outboxPolicy("acme", tenants.OutboxRefuse, 10)
+	rc := newWebhookReceiver(t)
+	rc.answer(http.StatusServiceUnavailable)
+	hook := s.destination("acme", "hook", rc, "sensors/#", "")
+	pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
+	for i := range 3 {
+		if r := pub.pub(t, "sensors/t", fmt.Sprint(i), 1, false); r.ReasonCode != 0 {
+			t.Fatalf("publish %d: PUBACK 0x%02x, want 0", i, r.ReasonCode)
+		}
+	}
+	one := int64(1)
+	if _, err := s.store.UpdateDestination(ctx, "acme", hook, tenants.DestinationUpdate{MaxOutbox: &one}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if r := pub.pub(t, "sensors/t", "over", 1, false); r.ReasonCode != 0x97 {
+		t.Errorf("publish over the lowered bound: PUBACK 0x%02x, want 0x97", r.ReasonCode)
+	}
+	rc.answer(http.StatusOK)
+	eventually(t, 10*time.Second, "the three waiting are delivered", func() bool {
+		st, err := s.hub.DeliveryStatus(ctx, "acme", hook)
+		return err == nil && st.Delivered == 3
+	})
+	if st, _ := s.hub.DeliveryStatus(ctx, "acme", hook); st.Dropped != 0 {
+		t.Errorf("dropped %d of the acknowledged messages, want none", st.Dropped)
+	}
+}
+
 // expectOutboxDropped waits for the tenant's outbox_dropped event like
 // want (its Count too, unless 0), checks it is the only one, and returns it.
 func expectOutboxDropped(t *testing.T, ev *events.Memory, tenant string, want events.Event) events.Event {
