@@ -678,7 +678,7 @@ func (o *outbox) enqueue(ctx context.Context, rules *outboxRules, in dataout.Inp
 		}
 		limit := rules.limit(q.id, quota)
 		if o.backlogOf(ctx, q) >= limit {
-			policy := rules.policies[q.id]
+			policy := rules.policies[q.id] // its own, else the tenant's
 			if policy == "" {
 				if tenantPolicy == "" {
 					tenantPolicy = o.policy(ctx)
@@ -1130,15 +1130,12 @@ func (o *outbox) limitOf(q *destQueue) int64 {
 // at once on several connections or nodes overshoot it).
 func (o *outbox) trim(ctx context.Context, q *destQueue, epoch uint64, head *uint64) error {
 	limit := o.limitOf(q)
+	if quota := o.limit(); limit < quota && q.backlog.Load() > limit && o.policyOf(ctx, q) == tenants.OutboxRefuse {
+		limit = quota
+	}
 	over := q.backlog.Load() - limit
 	if over <= 0 {
 		return nil
-	}
-	if quota := o.limit(); limit < quota && o.policyOf(ctx, q) == tenants.OutboxRefuse {
-		if over = q.backlog.Load() - quota; over <= 0 {
-			return nil
-		}
-		limit = quota
 	}
 	msgs, err := o.st.Read(ctx, o.tenant, q.out, *head, int(min(over, 10_000)))
 	if err != nil || len(msgs) == 0 {
@@ -1159,10 +1156,9 @@ func (o *outbox) trim(ctx context.Context, q *destQueue, epoch uint64, head *uin
 }
 
 // noteDropped counts n messages q's full outbox (of limit) did not keep,
-// how (see events.OutboxDropped), and tells the tenant through an outbox_dropped
-// event: the first
-// at once, then at most one a minute per destination, carrying how many
-// drops it stands for (as a slow client's queue_dropped, see drops.go),
+// how (see events.OutboxDropped), and tells the tenant through an
+// outbox_dropped event: the first at once, then at most one a minute per
+// destination, carrying how many drops it stands for (as a slow client's queue_dropped, see drops.go),
 // so that a flood into a full outbox cannot flood the tenant's events.
 // Drops after the last event wait for the next drop a minute on to be
 // told; the destination's status counts each at once.
