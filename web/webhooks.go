@@ -263,21 +263,28 @@ func destinationForm(r *http.Request) (tenants.DestinationInput, map[string]stri
 	v := func(k string) string { return strings.TrimSpace(r.PostFormValue(k)) }
 	in := tenants.DestinationInput{Name: v("name"), Type: v("type"), URL: v("url"), OutboxPolicy: tenants.OutboxPolicy(v("outbox_policy")),
 		MaxOutbox: maxOutboxField(v("max_outbox"))}
-	form := map[string]string{"name": in.Name, "type": in.Type, "url": in.URL, "brokers": v("brokers"), "topic": v("topic"),
-		"tls": v("tls"), "ca": v("ca"), "server_name": v("server_name"), "mechanism": v("mechanism"), "username": v("username"),
+	form := map[string]string{"name": in.Name, "type": in.Type, "url": in.URL, "headers": r.PostFormValue("headers"),
 		"outbox_policy": string(in.OutboxPolicy), "max_outbox": v("max_outbox")}
 	if in.Type == tenants.DestinationKafka {
-		in.URL = ""
-		k := &tenants.Kafka{Topic: form["topic"], TLS: form["tls"] != "", CA: form["ca"], ServerName: form["server_name"]}
-		for _, b := range strings.FieldsFunc(form["brokers"], func(r rune) bool { return r == ',' || r == ' ' || r == '\n' || r == '\r' }) {
-			k.Brokers = append(k.Brokers, b)
-		}
-		if form["mechanism"] != "" {
-			k.SASL = &tenants.KafkaSASL{Mechanism: form["mechanism"], Username: form["username"], Password: r.PostFormValue("password")}
-		}
-		in.Kafka = k
+		in.URL, in.Kafka = "", kafkaForm(r, form)
+	} else {
+		kafkaForm(r, form) // shown again as sent
 	}
 	return in, form
+}
+
+// kafkaForm reads a form's Kafka fields: into form, to show them again
+// (less the password), and as a Kafka destination's settings.
+func kafkaForm(r *http.Request, form map[string]string) *tenants.Kafka {
+	for _, k := range []string{"brokers", "topic", "tls", "ca", "server_name", "mechanism", "username"} {
+		form[k] = strings.TrimSpace(r.PostFormValue(k))
+	}
+	k := &tenants.Kafka{Topic: form["topic"], TLS: form["tls"] != "", CA: form["ca"], ServerName: form["server_name"]}
+	k.Brokers = strings.FieldsFunc(form["brokers"], func(r rune) bool { return r == ',' || r == ' ' || r == '\n' || r == '\r' })
+	if form["mechanism"] != "" {
+		k.SASL = &tenants.KafkaSASL{Mechanism: form["mechanism"], Username: form["username"], Password: r.PostFormValue("password")}
+	}
+	return k
 }
 
 // webhookCreate adds a destination (admins): a webhook, whose signing
@@ -288,6 +295,14 @@ func (c *Console) webhookCreate(w http.ResponseWriter, r *http.Request) {
 	in, form := destinationForm(r)
 	again := func(status int, errs map[string]string) {
 		c.renderWebhooks(w, r, status, page{Form: form, Errors: errs}, webhooksData{})
+	}
+	if in.Type != tenants.DestinationKafka {
+		h, err := headersField(form["headers"])
+		if err != nil {
+			again(http.StatusBadRequest, formErrors(err))
+			return
+		}
+		in.Headers = h
 	}
 	if err := in.Validate(); err != nil {
 		again(http.StatusBadRequest, formErrors(err))
@@ -315,7 +330,7 @@ func (c *Console) webhookCreate(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		secret = dataout.NewSecret()
-		sealed.Secret = c.out.sealer.SealSecret(slug, id, secret)
+		sealed.Secret, sealed.Headers = c.out.sealer.SealSecret(slug, id, secret), c.out.sealer.SealHeaders(slug, id, in.Headers)
 	}
 	d, err := c.store.CreateDestination(r.Context(), slug, id, in, sealed)
 	if err != nil {
@@ -408,7 +423,7 @@ func (c *Console) webhookTest(w http.ResponseWriter, r *http.Request) {
 	}
 	target, err := c.out.sealer.Webhook(slug, d)
 	if errors.Is(err, dataout.ErrKeyChanged) {
-		c.renderWebhooks(w, r, http.StatusConflict, page{Errors: map[string]string{"_": "The destination's secret or password was sealed under an earlier operator token: rotate the secret or set the password again (API)."}}, webhooksData{})
+		c.renderWebhooks(w, r, http.StatusConflict, page{Errors: map[string]string{"_": "The destination's secret or password was sealed under an earlier operator token: rotate the secret or set the password again on its page."}}, webhooksData{})
 		return
 	}
 	if err != nil {

@@ -1,0 +1,258 @@
+package web_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+
+	"github.com/roosthub/roost/dataout"
+)
+
+// TestWebhookPage: a destination's own page shows it, less what is
+// sealed, and lets an admin change it: a webhook's name, URL and headers
+// (kept, replaced or removed, as a real receiver sees them), its signing
+// secret rotated and shown once (the receiver takes the new one and not
+// the old); a Kafka destination's topic with its password kept, and not
+// kept once its brokers change. Mistakes (an address on the hub's
+// network, a header line that is not one, a header the hub sets, a name
+// taken) come back on the page by field and change nothing. A viewer
+// reads the page without its forms and cannot post; another tenant's
+// admin finds nothing.
+func TestWebhookPage(t *testing.T) {
+	s := newStack(t)
+	b := s.browser()
+	b.signup("owner")
+	b.tenant("acme")
+	type request struct {
+		path   string
+		header http.Header
+		sigOK  bool
+	}
+	var mu sync.Mutex
+	var secret string
+	var got []request
+	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		defer mu.Unlock()
+		ok := dataout.Verify(secret, r.Header.Get("Roost-Signature"), body, time.Now(), 5*time.Minute) == nil
+		got = append(got, request{path: r.URL.Path, header: r.Header.Clone(), sigOK: ok})
+		if !ok {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(rc.Close)
+	last := func() request {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(got) == 0 {
+			t.Fatal("the receiver has had no request")
+		}
+		return got[len(got)-1]
+	}
+	setSecret := func(v string) {
+		mu.Lock()
+		defer mu.Unlock()
+		secret = v
+	}
+
+	// Made with headers from the add form: their values never show again.
+	a := b.post("/tenants/acme/webhooks", url.Values{"name": {"ingest"}, "type": {"webhook"}, "url": {rc.URL + "/v1"},
+		"headers": {"X-Api-Key: k-123\n\nx-team: plant\n"}})
+	if a.status != http.StatusCreated {
+		t.Fatalf("create with headers: %d\n%s", a.status, a.body)
+	}
+	setSecret(regexp.MustCompile(`whsec_[A-Za-z0-9_-]+`).FindString(a.body))
+	d, err := s.store.DestinationByRef(context.Background(), "acme", "ingest")
+	if err != nil || !slices.Equal(d.Headers, []string{"X-Api-Key", "X-Team"}) {
+		t.Fatalf("stored headers %v, %v; want X-Api-Key and X-Team", d.Headers, err)
+	}
+	id := d.ID
+	base := "/tenants/acme/webhooks/" + id
+	if page := b.get("/tenants/acme/webhooks"); !strings.Contains(page.body, `href="`+base+`"`) {
+		t.Errorf("the webhooks page does not link the destination's page:\n%s", page.body)
+	}
+	page := b.get(base)
+	if page.status != http.StatusOK || !strings.Contains(page.body, "<code>X-Api-Key</code>") || strings.Contains(page.body, "k-123") ||
+		!strings.Contains(page.body, `value="`+rc.URL+`/v1"`) || !strings.Contains(page.body, `id="edit-destination"`) {
+		t.Fatalf("the destination's page: %d\n%s", page.status, page.body)
+	}
+	sendTest := func(what string) request {
+		t.Helper()
+		if a := b.post(base+"/test", nil); a.status != http.StatusOK {
+			t.Fatalf("%s: send test %d\n%s", what, a.status, a.body)
+		}
+		return last()
+	}
+	if r := sendTest("as made"); !r.sigOK || r.path != "/v1" || r.header.Get("X-Api-Key") != "k-123" || r.header.Get("X-Team") != "plant" {
+		t.Errorf("as made, the receiver had %s signed %v with headers %v", r.path, r.sigOK, r.header)
+	}
+
+	// A new name and URL; no headers given keeps them.
+	a = b.post(base, url.Values{"name": {"ingest-2"}, "url": {rc.URL + "/v2"}, "headers": {""}})
+	if a.status != http.StatusSeeOther || a.location != base+"?done=saved" {
+		t.Fatalf("rename and move: %d %s\n%s", a.status, a.location, a.body)
+	}
+	if r := sendTest("moved"); !r.sigOK || r.path != "/v2" || r.header.Get("X-Api-Key") != "k-123" {
+		t.Errorf("moved, the receiver had %s signed %v with headers %v", r.path, r.sigOK, r.header)
+	}
+	if d, _ := s.store.Destination(context.Background(), "acme", id); d.Name != "ingest-2" {
+		t.Errorf("name %q, want ingest-2", d.Name)
+	}
+
+	// Mistakes: by field, the form filled again, nothing changed.
+	if a = b.post("/tenants/acme/webhooks", url.Values{"name": {"taken"}, "type": {"webhook"}, "url": {rc.URL}}); a.status != http.StatusCreated {
+		t.Fatalf("create another: %d", a.status)
+	}
+	for _, c := range []struct {
+		form url.Values
+		want string
+	}{
+		{url.Values{"name": {"ingest-3"}, "url": {"https://169.254.169.254/latest"}}, "not a public address"},
+		{url.Values{"name": {"ingest-3"}, "url": {rc.URL + "/v3"}, "headers": {"X-Api-Key k-999"}}, "line 1 is not Name: value"},
+		{url.Values{"name": {"ingest-3"}, "url": {rc.URL + "/v3"}, "headers": {"Roost-Signature: forged"}}, "set by the hub"},
+		{url.Values{"name": {"taken"}, "url": {rc.URL + "/v3"}}, "a destination of that name exists"},
+		{url.Values{"name": {""}, "url": {rc.URL + "/v3"}}, "name"},
+	} {
+		a = b.post(base, c.form)
+		if a.status != http.StatusBadRequest || !strings.Contains(a.body, c.want) || !strings.Contains(a.body, `id="edit-destination"`) ||
+			!strings.Contains(a.body, `value="`+c.form.Get("url")+`"`) {
+			t.Errorf("%v: %d, want 400 saying %q on the page\n%s", c.form, a.status, c.want, a.body)
+		}
+	}
+	if d, _ := s.store.Destination(context.Background(), "acme", id); d.Name != "ingest-2" || d.URL != rc.URL+"/v2" || len(d.Headers) != 2 {
+		t.Errorf("after the refused changes: %q %q %v", d.Name, d.URL, d.Headers)
+	}
+
+	// Headers given replace them all; clear_headers removes them.
+	if a = b.post(base, url.Values{"name": {"ingest-2"}, "url": {rc.URL + "/v2"}, "headers": {"X-Api-Key: k-456"}}); a.status != http.StatusSeeOther {
+		t.Fatalf("replace the headers: %d\n%s", a.status, a.body)
+	}
+	if r := sendTest("headers replaced"); r.header.Get("X-Api-Key") != "k-456" || r.header.Get("X-Team") != "" {
+		t.Errorf("headers replaced, the receiver had %v", r.header)
+	}
+	if a = b.post(base, url.Values{"name": {"ingest-2"}, "url": {rc.URL + "/v2"}, "clear_headers": {"on"}}); a.status != http.StatusSeeOther {
+		t.Fatalf("remove the headers: %d\n%s", a.status, a.body)
+	}
+	if r := sendTest("headers removed"); r.header.Get("X-Api-Key") != "" {
+		t.Errorf("headers removed, the receiver had %v", r.header)
+	}
+	if d, _ := s.store.Destination(context.Background(), "acme", id); len(d.Headers) != 0 || d.Sealed.Headers != "" {
+		t.Errorf("after removing the headers: %v %q", d.Headers, d.Sealed.Headers)
+	}
+
+	// A new signing secret, shown once: the old one signs nothing more.
+	old := secret
+	a = b.post(base+"/secret", nil)
+	fresh := regexp.MustCompile(`whsec_[A-Za-z0-9_-]+`).FindString(a.body)
+	if a.status != http.StatusOK || fresh == "" || fresh == old || !strings.Contains(a.body, `id="created-secret"`) {
+		t.Fatalf("rotate: %d, secret %q\n%s", a.status, fresh, a.body)
+	}
+	if r := sendTest("rotated, receiver on the old secret"); r.sigOK {
+		t.Error("after the rotation a request verifies with the old secret")
+	}
+	setSecret(fresh)
+	if r := sendTest("rotated, receiver on the new secret"); !r.sigOK {
+		t.Error("after the rotation a request does not verify with the new secret")
+	}
+	if page = b.get(base); strings.Contains(page.body, fresh) {
+		t.Error("the new secret shows again on the page")
+	}
+
+	// A Kafka destination: its topic changes, its password kept.
+	k, err := kfake.NewCluster(kfake.SeedTopics(1, "telemetry", "telemetry-2"), kfake.EnableSASL(), kfake.Superuser("PLAIN", "roost", "kafka-pw-789"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Close)
+	brokers := strings.Join(k.ListenAddrs(), ", ")
+	if a = b.post("/tenants/acme/webhooks", url.Values{"name": {"plant"}, "type": {"kafka"}, "brokers": {brokers}, "topic": {"telemetry"},
+		"mechanism": {"PLAIN"}, "username": {"roost"}, "password": {"kafka-pw-789"}}); a.status != http.StatusCreated {
+		t.Fatalf("create a Kafka destination: %d\n%s", a.status, a.body)
+	}
+	kd, _ := s.store.DestinationByRef(context.Background(), "acme", "plant")
+	kbase := "/tenants/acme/webhooks/" + kd.ID
+	if page = b.get(kbase); !strings.Contains(page.body, `value="`+brokers+`"`) || !strings.Contains(page.body, `value="roost"`) ||
+		strings.Contains(page.body, "kafka-pw-789") || strings.Contains(page.body, "Rotate signing secret") {
+		t.Errorf("the Kafka destination's page:\n%s", page.body)
+	}
+	kform := url.Values{"name": {"plant"}, "brokers": {brokers}, "topic": {"telemetry-2"}, "mechanism": {"PLAIN"}, "username": {"roost"}}
+	if a = b.post(kbase, kform); a.status != http.StatusSeeOther {
+		t.Fatalf("change the topic: %d\n%s", a.status, a.body)
+	}
+	if a = b.post(kbase+"/test", nil); a.status != http.StatusOK || !strings.Contains(a.body, "<b>Delivered</b> to plant") {
+		t.Errorf("send test after the topic changed (the password kept): %d\n%s", a.status, a.body)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(k.ListenAddrs()...), kgo.ConsumeTopics("telemetry-2"),
+		kgo.SASL(plain.Auth{User: "roost", Pass: "kafka-pw-789"}.AsMechanism()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	fctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if recs := cl.PollFetches(fctx).Records(); len(recs) != 1 {
+		t.Errorf("the send test produced %d records on the new topic", len(recs))
+	}
+	moved := url.Values{}
+	for key, v := range kform {
+		moved[key] = v
+	}
+	moved.Set("brokers", "127.0.0.1:1")
+	if a = b.post(kbase, moved); a.status != http.StatusBadRequest || !strings.Contains(a.body, "is required again") {
+		t.Errorf("new brokers without the password: %d\n%s", a.status, a.body)
+	}
+	if a = b.post(kbase+"/secret", nil); a.status != http.StatusConflict {
+		t.Errorf("rotate a Kafka destination's secret: %d, want 409", a.status)
+	}
+
+	// A viewer reads the page without its forms, and cannot post.
+	viewer := s.browser()
+	email := viewer.signup("viewer")
+	b.post("/tenants/acme/members", url.Values{"email": {email}, "role": {"viewer"}})
+	if page = viewer.get(base); page.status != http.StatusOK || !strings.Contains(page.body, "ingest-2") || strings.Contains(page.body, `id="edit-destination"`) ||
+		strings.Contains(page.body, "Rotate signing secret") {
+		t.Errorf("a viewer's page: %d\n%s", page.status, page.body)
+	}
+	for _, p := range []string{base, base + "/secret"} {
+		if a := viewer.post(p, url.Values{"name": {"viewer-was-here"}, "url": {rc.URL}}); a.status != http.StatusForbidden {
+			t.Errorf("a viewer posts %s: %d, want 403", p, a.status)
+		}
+	}
+
+	// Another tenant's admin finds nothing, by either tenant's path.
+	stranger := s.browser()
+	stranger.signup("stranger")
+	stranger.tenant("other")
+	if page = stranger.get("/tenants/other/webhooks/" + id); page.status != http.StatusNotFound {
+		t.Errorf("a stranger gets acme's destination under their tenant: %d, want 404", page.status)
+	}
+	if page = stranger.get(base); page.status != http.StatusNotFound {
+		t.Errorf("a stranger gets acme's destination: %d, want 404", page.status)
+	}
+	for _, p := range []string{"/tenants/other/webhooks/" + id, "/tenants/other/webhooks/" + id + "/secret", base, base + "/secret"} {
+		if a := stranger.post(p, url.Values{"name": {"stranger-was-here"}, "url": {rc.URL}}); a.status != http.StatusNotFound {
+			t.Errorf("a stranger posts %s: %d, want 404", p, a.status)
+		}
+	}
+	if d, _ := s.store.Destination(context.Background(), "acme", id); d.Name != "ingest-2" || d.URL != rc.URL+"/v2" {
+		t.Errorf("acme's destination after the viewer and the stranger: %q %q", d.Name, d.URL)
+	}
+	if r := sendTest("after the stranger"); !r.sigOK {
+		t.Error("after the stranger's posts the secret changed")
+	}
+}
