@@ -1,0 +1,123 @@
+package redis_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/roosthub/roost/broker/store"
+	"github.com/roosthub/roost/broker/store/redis"
+	"github.com/roosthub/roost/broker/store/storetest"
+	"github.com/roosthub/roost/internal/testenv"
+)
+
+// TestTLSIdleConnectionClosed: over rediss://, a server that closes idle
+// clients (here after 1 s, as a managed Redis, a proxy or a restart
+// does) leaves the pool connections it closed. The first Append after
+// that, which go-redis never sends twice, must go on a live connection
+// and succeed: the pool sees a closed TLS connection as it sees a closed
+// plain one. Before, it failed with EOF and its publisher was not
+// acknowledged.
+func TestTLSIdleConnectionClosed(t *testing.T) {
+	addr := startTLSRedis(t, "--timeout", "1")
+	s, err := redis.New(context.Background(), redis.Config{URL: "rediss://" + addr + "/0?skip_verify=true", Prefix: uniquePrefix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ctx := context.Background()
+	for i := range 3 {
+		if _, err := s.Append(ctx, "t", []store.Item{{ClientID: "c", Message: message("m")}}, store.Receipt{}); err != nil {
+			t.Fatalf("append %d: %v", i, err)
+		}
+		if _, err := s.QueueInfo(ctx, "t", "c"); err != nil {
+			t.Fatalf("queue info %d: %v", i, err)
+		}
+		time.Sleep(2500 * time.Millisecond) // the server closes both connections
+	}
+	got, err := s.Read(ctx, "t", "c", 0, 10)
+	if err != nil || len(got) != 3 {
+		t.Fatalf("read %d messages, %v; want the 3 appended", len(got), err)
+	}
+}
+
+// TestTLS: the store's whole contract over rediss://, on RESP2 and the
+// connections checkableTLS wraps.
+func TestTLS(t *testing.T) {
+	url := "rediss://" + startTLSRedis(t) + "/0?skip_verify=true"
+	storetest.Run(t, func(t *testing.T) (storetest.Store, func() storetest.Store) {
+		prefix := uniquePrefix()
+		open := func() storetest.Store {
+			s, err := redis.New(context.Background(), redis.Config{URL: url, Prefix: prefix})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return s
+		}
+		s := open()
+		t.Cleanup(func() { s.Close() })
+		return s, open
+	})
+}
+
+// startTLSRedis starts a redis-server of the test's own that takes only
+// TLS, with a certificate made for it, and returns its address.
+func startTLSRedis(t *testing.T, args ...string) string {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		testenv.Require(t, "redis-server is not installed (apt-get install redis-server)")
+	}
+	dir := t.TempDir()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "127.0.0.1"},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	_, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command("redis-server", append([]string{"--port", "0", "--tls-port", port, "--bind", "127.0.0.1", "--dir", dir,
+		"--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-auth-clients", "no", "--save", "", "--appendonly", "no"}, args...)...)
+	out := &testenv.Buffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
+			c.Close()
+			return addr
+		}
+	}
+	t.Fatalf("redis-server with TLS did not start:\n%s", out.String())
+	return ""
+}
