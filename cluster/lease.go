@@ -7,6 +7,8 @@ import (
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/roosthub/roost/internal/redisretry"
 )
 
 // Leases are the nodes' leases on their tenants, kept apart from the
@@ -51,6 +53,7 @@ func NewRedisLeases(ctx context.Context, url, prefix string, ttl time.Duration) 
 	if err != nil {
 		return nil, fmt.Errorf("leases: redis URL: %w", err)
 	}
+	redisretry.CheckClosedTLS(opts)
 	rdb := goredis.NewClient(opts)
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		rdb.Close()

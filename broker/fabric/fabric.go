@@ -197,6 +197,7 @@ func open(ctx context.Context, cfg Config, dial func(ctx context.Context, networ
 	if dial != nil {
 		opts.Dialer = dial
 	}
+	redisretry.CheckClosedTLS(opts)
 	rdb := goredis.NewClient(opts)
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		rdb.Close()

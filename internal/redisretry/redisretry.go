@@ -8,8 +8,11 @@ package redisretry
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
+	"net"
 	"strings"
+	"syscall"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -51,3 +54,49 @@ func Wait(ctx context.Context, n int) error {
 		return nil
 	}
 }
+
+// CheckClosedTLS makes the pool of a client with opts see, over TLS as it
+// does over TCP, a connection the server closed (an idle timeout, a
+// restart), and dial again instead of failing the next command on it with
+// EOF; for a command never sent twice (an append, a send), that failure
+// reached its caller. go-redis checks a pooled connection before each use
+// by peeking at its socket (a FIN: closed; bytes: something unasked, not
+// healthy), but only a connection that is a syscall.Conn, which *tls.Conn
+// is not. The connections the dialer set here makes expose the TCP socket
+// beneath for that peek alone; reads and writes go through TLS. A TLS
+// record waiting on an idle connection (an alert before the close) makes
+// it unhealthy, and it is dialled again. The client speaks RESP2: under
+// RESP3 the pool reads such a record through TLS, with no deadline, to
+// see whether it is a push. Without TLS, or with a dialer of the
+// caller's, opts is left as it is. Call it before the client is made.
+//
+// The fix upstream: the pool's check unwrapping tls.Conn (NetConn), and
+// not reading a waiting record through TLS without a deadline.
+func CheckClosedTLS(opts *goredis.Options) {
+	if opts.TLSConfig == nil || opts.Dialer != nil {
+		return
+	}
+	dial := goredis.NewDialer(opts)
+	opts.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		c, err := dial(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		if tc, ok := c.(*tls.Conn); ok {
+			if raw, ok := tc.NetConn().(syscall.Conn); ok {
+				return &peekableTLS{Conn: tc, raw: raw}, nil
+			}
+		}
+		return c, nil
+	}
+	opts.Protocol = 2
+}
+
+// peekableTLS is a TLS connection whose socket the pool's health check
+// can peek at (syscall.Conn).
+type peekableTLS struct {
+	*tls.Conn
+	raw syscall.Conn
+}
+
+func (c *peekableTLS) SyscallConn() (syscall.RawConn, error) { return c.raw.SyscallConn() }

@@ -23,16 +23,13 @@ package redis
 
 import (
 	"context"
-	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -80,15 +77,10 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 // command is safe to send again, and keeps go-redis's retries. A pooled
 // connection the server closed (a restart, an idle timeout) is seen
 // closed when it is taken from the pool, and dialled again, over TLS too
-// (checkableTLS); one closed while a command is on it fails that command.
+// (redisretry.CheckClosedTLS); one closed while a command is on it fails
+// that command.
 func open(ctx context.Context, cfg Config, opts *goredis.Options) (*Store, error) {
-	if opts.TLSConfig != nil && opts.Dialer == nil {
-		opts.Dialer = checkableTLS(goredis.NewDialer(opts))
-		// A connection with an unread TLS record is not healthy (see
-		// checkableTLS); under RESP3 the pool would read the record to
-		// see whether it is a push, which waits with no deadline.
-		opts.Protocol = 2
-	}
+	redisretry.CheckClosedTLS(opts)
 	rdb := goredis.NewClient(opts)
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		rdb.Close()
@@ -605,42 +597,3 @@ func (s *Store) Close() error {
 	}
 	return errors.Join(errs...)
 }
-
-// checkableTLS wraps a TLS dialer so that the pool can see a connection
-// the server closed. go-redis checks a pooled connection before each use
-// by peeking at its socket (a FIN: closed; bytes: something unasked, not
-// healthy), but only a connection that is a syscall.Conn, which
-// *tls.Conn is not; so over TLS it used a connection the server had
-// closed, and its first command failed with EOF (an Append, never sent
-// twice, then failed its publisher). The wrapped connection exposes the
-// TCP socket beneath for that peek alone; reads and writes go through
-// TLS. A TLS record waiting on an idle connection (an alert before the
-// close) makes it unhealthy, and it is dialled again. The fix upstream:
-// the pool's check unwrapping tls.Conn (NetConn) without then reading the
-// waiting record through TLS with no deadline.
-func checkableTLS(dial func(context.Context, string, string) (net.Conn, error)) func(context.Context, string, string) (net.Conn, error) {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := dial(ctx, network, addr)
-		if err != nil {
-			return nil, err
-		}
-		tc, ok := c.(*tls.Conn)
-		if !ok {
-			return c, nil
-		}
-		raw, ok := tc.NetConn().(syscall.Conn)
-		if !ok {
-			return c, nil
-		}
-		return &peekableTLS{Conn: tc, raw: raw}, nil
-	}
-}
-
-// peekableTLS is a TLS connection whose socket the pool's health check
-// can peek at (syscall.Conn).
-type peekableTLS struct {
-	*tls.Conn
-	raw syscall.Conn
-}
-
-func (c *peekableTLS) SyscallConn() (syscall.RawConn, error) { return c.raw.SyscallConn() }
