@@ -146,6 +146,13 @@ func TestDestinations(t *testing.T) {
 	}
 	wantProblem(t, e.do("POST", base+"/"+id+"/test", viewerKey, nil), 403, "forbidden", "", "a viewer sends a test")
 
+	// Its header values would go wherever a new host is: they are wanted
+	// again. Within its origin they stay.
+	wantProblem(t, e.do("PATCH", base+"/"+id, owner.token, map[string]any{"url": "http://127.0.0.1:1/roost"}), 400, "invalid", "headers", "move the URL to another port without the headers")
+	want(t, e.do("PATCH", base+"/"+id, owner.token, map[string]any{"url": rc.URL + "/roost?v=2"}), 200, "move the URL within its origin")
+	if got := e.do("GET", base+"/"+id, owner.token, nil).json()["headers"]; len(got.([]any)) != 1 {
+		t.Errorf("headers after a move within the origin: %v", got)
+	}
 	r = e.do("PATCH", base+"/"+id, owner.token, map[string]any{"name": "ingest-v2", "headers": map[string]string{}})
 	want(t, r, 200, "rename, drop headers")
 	if r.str("name") != "ingest-v2" || len(r.json()["headers"].([]any)) != 0 {

@@ -301,9 +301,13 @@ func TestSendFailures(t *testing.T) {
 		{"connection reset", s, reset, dataout.ErrorConnect, 0},
 		{"untrusted certificate", s, tlsRC, dataout.ErrorTLS, 0},
 	} {
-		a := tc.s.Send(context.Background(), dataout.Webhook{URL: tc.rc.URL, Secret: tc.rc.secret}, sample)
+		// The URL's path is often a credential: no error repeats it.
+		a := tc.s.Send(context.Background(), dataout.Webhook{URL: tc.rc.URL + "/services/T0/TOPSECRET?token=QSECRET", Secret: tc.rc.secret}, sample)
 		if a.OK() || a.Kind != tc.kind || a.Status != tc.status {
 			t.Errorf("%s: got %+v, want kind %s status %d", tc.name, a, tc.kind, tc.status)
+		}
+		if a.Err == nil || strings.Contains(a.Err.Error(), "SECRET") {
+			t.Errorf("%s: the error %v repeats the URL's path", tc.name, a.Err)
 		}
 		if tc.status == 503 && a.RetryAfter != 30*time.Second {
 			t.Errorf("503 with Retry-After 30: RetryAfter %v", a.RetryAfter)

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -154,6 +155,12 @@ func (s *Sender) Send(ctx context.Context, w Webhook, b Batch) Attempt {
 	start := time.Now()
 	resp, err := s.client.Do(req)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			// Its text is shown to every member (the destination's last
+			// error): the URL's path, often a credential, is not.
+			ue.URL = originOf(ue.URL)
+		}
 		return Attempt{Latency: time.Since(start), Kind: classify(err), Err: err}
 	}
 	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // lets the connection be reused
@@ -189,4 +196,14 @@ func classify(err error) ErrorKind {
 		return ErrorTimeout
 	}
 	return ErrorConnect
+}
+
+// originOf is a URL without its path, query or credentials: its scheme
+// and host, then "/…".
+func originOf(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "…"
+	}
+	return u.Scheme + "://" + u.Host + "/…"
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"net/url"
 	"slices"
 	"strings"
 )
@@ -160,6 +161,11 @@ func (s *Store) UpdateDestination(ctx context.Context, tenant, id string, up Des
 			d.Kafka = up.Kafka.Public()
 		}
 		if up.URL != nil {
+			if up.Headers == nil && d.Sealed.Headers != "" && !sameOrigin(d.URL, *up.URL) {
+				// Kept, the header values (often a credential) would go
+				// wherever the new URL says, as a Kafka password would.
+				return invalid("headers", "are required again ({} to send none) when the URL's scheme, host or port change")
+			}
 			d.URL = *up.URL
 		}
 		if up.OutboxPolicy != nil {
@@ -302,6 +308,21 @@ func sameKafkaEndpoint(old, up *Kafka) bool {
 	if old == nil || up == nil || old.SASL == nil || up.SASL == nil {
 		return false
 	}
-	return slices.Equal(old.Brokers, up.Brokers) && old.TLS == up.TLS && old.CA == up.CA && old.ServerName == up.ServerName &&
+	return slices.Equal(old.Brokers, up.Brokers) && old.TLS == up.TLS && samePEM(old.CA, up.CA) && old.ServerName == up.ServerName &&
 		old.SASL.Mechanism == up.SASL.Mechanism && old.SASL.Username == up.SASL.Username
+}
+
+// samePEM reports whether two CA fields say the same, whatever their line
+// ends and the blank space around them (a browser's form sends CRLF).
+func samePEM(a, b string) bool {
+	norm := func(s string) string { return strings.TrimSpace(strings.ReplaceAll(s, "\r\n", "\n")) }
+	return norm(a) == norm(b)
+}
+
+// sameOrigin reports whether two webhook URLs go to the same scheme, host
+// and port; an unparsable one is another origin.
+func sameOrigin(a, b string) bool {
+	ua, erra := url.Parse(a)
+	ub, errb := url.Parse(b)
+	return erra == nil && errb == nil && strings.EqualFold(ua.Scheme, ub.Scheme) && strings.EqualFold(ua.Host, ub.Host)
 }

@@ -3,6 +3,7 @@ package web
 import (
 	"errors"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -30,6 +31,11 @@ func (c *Console) webhookPage(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, err)
 		return
 	}
+	c.renderWebhook(w, r, http.StatusOK, d, page{Form: destinationValues(d)}, webhookData{})
+}
+
+// destinationValues fills the edit form from a destination.
+func destinationValues(d tenants.Destination) map[string]string {
 	form := map[string]string{"name": d.Name, "url": d.URL}
 	if k := d.Kafka; k != nil {
 		form["brokers"], form["topic"], form["ca"], form["server_name"] = strings.Join(k.Brokers, ", "), k.Topic, k.CA, k.ServerName
@@ -40,7 +46,7 @@ func (c *Console) webhookPage(w http.ResponseWriter, r *http.Request) {
 			form["mechanism"], form["username"] = k.SASL.Mechanism, k.SASL.Username
 		}
 	}
-	c.renderWebhook(w, r, http.StatusOK, d, page{Form: form}, webhookData{})
+	return form
 }
 
 func (c *Console) renderWebhook(w http.ResponseWriter, r *http.Request, status int, d tenants.Destination, p page, data webhookData) {
@@ -95,10 +101,13 @@ func headersField(v string) (map[string]string, error) {
 
 // webhookUpdate changes a destination (admins): its name; a webhook's URL
 // and headers (new ones replace them all; "clear_headers" removes them;
-// neither keeps them); a Kafka destination's cluster, topic, TLS and SASL
-// (an empty password keeps the one set before, unless where it would go
-// changes). The URL and brokers are checked against the hub's address
-// policy as at creation. Mistakes come back on the page, by field.
+// neither keeps them, unless the URL goes to another origin, where the
+// store wants them again); a Kafka destination's cluster, topic, TLS and
+// SASL (an empty password keeps the one set before, unless where it
+// would go changes). A URL or brokers that change are checked against
+// the hub's address policy as at creation (as the API's PATCH does).
+// Mistakes come back on the page, by field; header values and the
+// password are not shown again.
 func (c *Console) webhookUpdate(w http.ResponseWriter, r *http.Request) {
 	ctx, slug, id := r.Context(), tenantOf(r).Slug, chi.URLParam(r, "id")
 	d, err := c.store.Destination(ctx, slug, id)
@@ -107,7 +116,7 @@ func (c *Console) webhookUpdate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	in, form := destinationForm(r)
-	form["headers"], form["clear_headers"] = r.PostFormValue("headers"), r.PostFormValue("clear_headers")
+	form["clear_headers"] = r.PostFormValue("clear_headers")
 	again := func(status int, errs map[string]string) {
 		c.renderWebhook(w, r, status, d, page{Form: form, Errors: errs}, webhookData{})
 	}
@@ -119,28 +128,35 @@ func (c *Console) webhookUpdate(w http.ResponseWriter, r *http.Request) {
 			again(http.StatusBadRequest, formErrors(err))
 			return
 		}
-		err := guard.CheckBrokers(k.Brokers, k.TLS)
-		if err == nil {
-			err = guard.CheckNotOperatorKafka(ctx, k.Brokers)
-		}
-		if err != nil {
-			again(http.StatusBadRequest, map[string]string{"kafka.brokers": err.Error()})
-			return
+		if d.Kafka == nil || !slices.Equal(k.Brokers, d.Kafka.Brokers) || k.TLS != d.Kafka.TLS { // as the API's PATCH, only what changes
+			err := guard.CheckBrokers(k.Brokers, k.TLS)
+			if err == nil {
+				err = guard.CheckNotOperatorKafka(ctx, k.Brokers)
+			}
+			if err != nil {
+				again(http.StatusBadRequest, map[string]string{"kafka.brokers": err.Error()})
+				return
+			}
 		}
 		if k.SASL != nil && k.SASL.Password != "" {
 			up.SealedPassword = c.out.sealer.SealPassword(slug, id, k.SASL.Password)
 		}
 		up.Kafka = k
 	} else {
-		url := strings.TrimSpace(r.PostFormValue("url"))
-		if err := guard.CheckURL(url); err != nil {
-			again(http.StatusBadRequest, map[string]string{"url": err.Error()})
-			return
+		if in.URL != d.URL { // as the API's PATCH, only a URL that changes
+			if err := guard.CheckURL(in.URL); err != nil {
+				again(http.StatusBadRequest, map[string]string{"url": err.Error()})
+				return
+			}
 		}
-		up.URL = &url
-		h, err := headersField(form["headers"])
+		up.URL = &in.URL
+		h, err := headersField(r.PostFormValue("headers"))
 		if err != nil {
 			again(http.StatusBadRequest, formErrors(err))
+			return
+		}
+		if len(h) > 0 && form["clear_headers"] != "" {
+			again(http.StatusBadRequest, map[string]string{"headers": "give new headers or remove them all, not both"})
 			return
 		}
 		if len(h) > 0 || form["clear_headers"] != "" {
@@ -170,7 +186,7 @@ func (c *Console) webhookRotate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if d.Type != tenants.DestinationWebhook {
-		c.renderWebhook(w, r, http.StatusConflict, d, page{Errors: map[string]string{"_": "A Kafka destination has no signing secret: set its password in the form instead."}}, webhookData{})
+		c.renderWebhook(w, r, http.StatusConflict, d, page{Form: destinationValues(d), Errors: map[string]string{"_": "A Kafka destination has no signing secret: set its password in the form instead."}}, webhookData{})
 		return
 	}
 	secret := dataout.NewSecret()
@@ -178,5 +194,5 @@ func (c *Console) webhookRotate(w http.ResponseWriter, r *http.Request) {
 		c.fail(w, r, err)
 		return
 	}
-	c.renderWebhook(w, r, http.StatusOK, d, page{Flash: "A new signing secret: the old one signs nothing from now on."}, webhookData{Secret: secret})
+	c.renderWebhook(w, r, http.StatusOK, d, page{Form: destinationValues(d), Flash: "A new signing secret: the old one signs nothing from now on."}, webhookData{Secret: secret})
 }

@@ -118,20 +118,30 @@ func TestWebhookPage(t *testing.T) {
 	if a = b.post("/tenants/acme/webhooks", url.Values{"name": {"taken"}, "type": {"webhook"}, "url": {rc.URL}}); a.status != http.StatusCreated {
 		t.Fatalf("create another: %d", a.status)
 	}
+	rc2 := httptest.NewServer(rc.Config.Handler) // another origin: the same host, another port
+	t.Cleanup(rc2.Close)
 	for _, c := range []struct {
-		form url.Values
-		want string
+		form  url.Values
+		field string // the input marked invalid
+		want  string
 	}{
-		{url.Values{"name": {"ingest-3"}, "url": {"https://169.254.169.254/latest"}}, "not a public address"},
-		{url.Values{"name": {"ingest-3"}, "url": {rc.URL + "/v3"}, "headers": {"X-Api-Key k-999"}}, "line 1 is not Name: value"},
-		{url.Values{"name": {"ingest-3"}, "url": {rc.URL + "/v3"}, "headers": {"Roost-Signature: forged"}}, "set by the hub"},
-		{url.Values{"name": {"taken"}, "url": {rc.URL + "/v3"}}, "a destination of that name exists"},
-		{url.Values{"name": {""}, "url": {rc.URL + "/v3"}}, "name"},
+		{url.Values{"name": {"ingest-3"}, "url": {"https://169.254.169.254/latest"}}, `id="url"`, "not a public address"},
+		{url.Values{"name": {"ingest-3"}, "url": {rc.URL + "/v3"}, "headers": {"X-Api-Key k-999"}}, `id="headers"`, "line 1 is not Name: value"},
+		{url.Values{"name": {"ingest-3"}, "url": {rc.URL + "/v3"}, "headers": {"Roost-Signature: k-999"}}, `id="headers"`, "set by the hub"},
+		{url.Values{"name": {"ingest-3"}, "url": {rc.URL + "/v3"}, "headers": {"X-Api-Key: k-999"}, "clear_headers": {"on"}}, `id="headers"`, "not both"},
+		// The headers kept would go to whoever the new host is.
+		{url.Values{"name": {"ingest-3"}, "url": {rc2.URL + "/v3"}}, `id="headers"`, "required again"},
+		{url.Values{"name": {"taken"}, "url": {rc.URL + "/v3"}}, `id="name"`, "a destination of that name exists"},
+		{url.Values{"name": {""}, "url": {rc.URL + "/v3"}}, `id="name"`, "name"},
 	} {
 		a = b.post(base, c.form)
-		if a.status != http.StatusBadRequest || !strings.Contains(a.body, c.want) || !strings.Contains(a.body, `id="edit-destination"`) ||
+		marked := regexp.MustCompile(regexp.QuoteMeta(c.field) + `[^>]*aria-invalid="true"`)
+		if a.status != http.StatusBadRequest || !strings.Contains(a.body, c.want) || !marked.MatchString(a.body) ||
 			!strings.Contains(a.body, `value="`+c.form.Get("url")+`"`) {
-			t.Errorf("%v: %d, want 400 saying %q on the page\n%s", c.form, a.status, c.want, a.body)
+			t.Errorf("%v: %d, want 400 saying %q, %s marked\n%s", c.form, a.status, c.want, c.field, a.body)
+		}
+		if strings.Contains(a.body, "k-999") {
+			t.Errorf("%v: the page shows a header value again", c.form)
 		}
 	}
 	if d, _ := s.store.Destination(context.Background(), "acme", id); d.Name != "ingest-2" || d.URL != rc.URL+"/v2" || len(d.Headers) != 2 {
@@ -151,6 +161,13 @@ func TestWebhookPage(t *testing.T) {
 	if r := sendTest("headers removed"); r.header.Get("X-Api-Key") != "" {
 		t.Errorf("headers removed, the receiver had %v", r.header)
 	}
+	// With none to keep, a move to another origin needs nothing more.
+	if a = b.post(base, url.Values{"name": {"ingest-2"}, "url": {rc2.URL + "/v2"}}); a.status != http.StatusSeeOther {
+		t.Fatalf("move to another origin without headers: %d\n%s", a.status, a.body)
+	}
+	if a = b.post(base, url.Values{"name": {"ingest-2"}, "url": {rc.URL + "/v2"}}); a.status != http.StatusSeeOther {
+		t.Fatalf("move back: %d\n%s", a.status, a.body)
+	}
 	if d, _ := s.store.Destination(context.Background(), "acme", id); len(d.Headers) != 0 || d.Sealed.Headers != "" {
 		t.Errorf("after removing the headers: %v %q", d.Headers, d.Sealed.Headers)
 	}
@@ -169,28 +186,31 @@ func TestWebhookPage(t *testing.T) {
 	if r := sendTest("rotated, receiver on the new secret"); !r.sigOK {
 		t.Error("after the rotation a request does not verify with the new secret")
 	}
+	if !strings.Contains(a.body, `id="name" name="name" required value="ingest-2"`) || !strings.Contains(a.body, `value="`+rc.URL+`/v2"`) {
+		t.Errorf("the rotation's answer does not fill the form:\n%s", a.body)
+	}
 	if page = b.get(base); strings.Contains(page.body, fresh) {
 		t.Error("the new secret shows again on the page")
 	}
 
 	// A Kafka destination: its topic changes, its password kept.
-	k, err := kfake.NewCluster(kfake.SeedTopics(1, "telemetry", "telemetry-2"), kfake.EnableSASL(), kfake.Superuser("PLAIN", "roost", "kafka-pw-789"))
+	k, err := kfake.NewCluster(kfake.SeedTopics(1, "telemetry", "telemetry-2"), kfake.EnableSASL(), kfake.Superuser("PLAIN", "plant-user", "kafka-pw-789"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(k.Close)
 	brokers := strings.Join(k.ListenAddrs(), ", ")
 	if a = b.post("/tenants/acme/webhooks", url.Values{"name": {"plant"}, "type": {"kafka"}, "brokers": {brokers}, "topic": {"telemetry"},
-		"mechanism": {"PLAIN"}, "username": {"roost"}, "password": {"kafka-pw-789"}}); a.status != http.StatusCreated {
+		"mechanism": {"PLAIN"}, "username": {"plant-user"}, "password": {"kafka-pw-789"}}); a.status != http.StatusCreated {
 		t.Fatalf("create a Kafka destination: %d\n%s", a.status, a.body)
 	}
 	kd, _ := s.store.DestinationByRef(context.Background(), "acme", "plant")
 	kbase := "/tenants/acme/webhooks/" + kd.ID
-	if page = b.get(kbase); !strings.Contains(page.body, `value="`+brokers+`"`) || !strings.Contains(page.body, `value="roost"`) ||
+	if page = b.get(kbase); !strings.Contains(page.body, `value="`+brokers+`"`) || !strings.Contains(page.body, `value="plant-user"`) ||
 		strings.Contains(page.body, "kafka-pw-789") || strings.Contains(page.body, "Rotate signing secret") {
 		t.Errorf("the Kafka destination's page:\n%s", page.body)
 	}
-	kform := url.Values{"name": {"plant"}, "brokers": {brokers}, "topic": {"telemetry-2"}, "mechanism": {"PLAIN"}, "username": {"roost"}}
+	kform := url.Values{"name": {"plant"}, "brokers": {brokers}, "topic": {"telemetry-2"}, "mechanism": {"PLAIN"}, "username": {"plant-user"}}
 	if a = b.post(kbase, kform); a.status != http.StatusSeeOther {
 		t.Fatalf("change the topic: %d\n%s", a.status, a.body)
 	}
@@ -198,7 +218,7 @@ func TestWebhookPage(t *testing.T) {
 		t.Errorf("send test after the topic changed (the password kept): %d\n%s", a.status, a.body)
 	}
 	cl, err := kgo.NewClient(kgo.SeedBrokers(k.ListenAddrs()...), kgo.ConsumeTopics("telemetry-2"),
-		kgo.SASL(plain.Auth{User: "roost", Pass: "kafka-pw-789"}.AsMechanism()))
+		kgo.SASL(plain.Auth{User: "plant-user", Pass: "kafka-pw-789"}.AsMechanism()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -216,8 +236,33 @@ func TestWebhookPage(t *testing.T) {
 	if a = b.post(kbase, moved); a.status != http.StatusBadRequest || !strings.Contains(a.body, "is required again") {
 		t.Errorf("new brokers without the password: %d\n%s", a.status, a.body)
 	}
-	if a = b.post(kbase+"/secret", nil); a.status != http.StatusConflict {
-		t.Errorf("rotate a Kafka destination's secret: %d, want 409", a.status)
+	moved.Set("brokers", "10.1.2.3:9092")
+	moved.Set("password", "kafka-pw-789")
+	if a = b.post(kbase, moved); a.status != http.StatusBadRequest || !strings.Contains(a.body, "not a public address") {
+		t.Errorf("brokers on the hub's network: %d\n%s", a.status, a.body)
+	}
+	// A password given is the one used: a wrong one fails the send test,
+	// the right one again delivers.
+	wrong := url.Values{}
+	for key, v := range kform {
+		wrong[key] = v
+	}
+	wrong.Set("password", "not-the-password")
+	if a = b.post(kbase, wrong); a.status != http.StatusSeeOther {
+		t.Fatalf("set another password: %d\n%s", a.status, a.body)
+	}
+	if a = b.post(kbase+"/test", nil); strings.Contains(a.body, "<b>Delivered</b>") {
+		t.Errorf("send test with the wrong password delivered:\n%s", a.body)
+	}
+	wrong.Set("password", "kafka-pw-789")
+	if a = b.post(kbase, wrong); a.status != http.StatusSeeOther {
+		t.Fatalf("set the password back: %d\n%s", a.status, a.body)
+	}
+	if a = b.post(kbase+"/test", nil); !strings.Contains(a.body, "<b>Delivered</b> to plant") {
+		t.Errorf("send test with the password set back:\n%s", a.body)
+	}
+	if a = b.post(kbase+"/secret", nil); a.status != http.StatusConflict || !strings.Contains(a.body, `value="telemetry-2"`) {
+		t.Errorf("rotate a Kafka destination's secret: %d, want 409 with the form filled\n%s", a.status, a.body)
 	}
 
 	// A viewer reads the page without its forms, and cannot post.
@@ -227,6 +272,9 @@ func TestWebhookPage(t *testing.T) {
 	if page = viewer.get(base); page.status != http.StatusOK || !strings.Contains(page.body, "ingest-2") || strings.Contains(page.body, `id="edit-destination"`) ||
 		strings.Contains(page.body, "Rotate signing secret") {
 		t.Errorf("a viewer's page: %d\n%s", page.status, page.body)
+	}
+	if page = viewer.get(kbase); page.status != http.StatusOK || strings.Contains(page.body, "plant-user") {
+		t.Errorf("a viewer's page of the Kafka destination shows its SASL user: %d\n%s", page.status, page.body)
 	}
 	for _, p := range []string{base, base + "/secret"} {
 		if a := viewer.post(p, url.Values{"name": {"viewer-was-here"}, "url": {rc.URL}}); a.status != http.StatusForbidden {

@@ -257,13 +257,13 @@ func preview(p []byte) string {
 	return s
 }
 
-// destinationForm reads the add-a-destination form. The password is not
-// echoed back on an error; everything else is.
+// destinationForm reads the add-a-destination form. The password and the
+// header values are not echoed back on an error; everything else is.
 func destinationForm(r *http.Request) (tenants.DestinationInput, map[string]string) {
 	v := func(k string) string { return strings.TrimSpace(r.PostFormValue(k)) }
 	in := tenants.DestinationInput{Name: v("name"), Type: v("type"), URL: v("url"), OutboxPolicy: tenants.OutboxPolicy(v("outbox_policy")),
 		MaxOutbox: maxOutboxField(v("max_outbox"))}
-	form := map[string]string{"name": in.Name, "type": in.Type, "url": in.URL, "headers": r.PostFormValue("headers"),
+	form := map[string]string{"name": in.Name, "type": in.Type, "url": in.URL,
 		"outbox_policy": string(in.OutboxPolicy), "max_outbox": v("max_outbox")}
 	if in.Type == tenants.DestinationKafka {
 		in.URL, in.Kafka = "", kafkaForm(r, form)
@@ -276,9 +276,10 @@ func destinationForm(r *http.Request) (tenants.DestinationInput, map[string]stri
 // kafkaForm reads a form's Kafka fields: into form, to show them again
 // (less the password), and as a Kafka destination's settings.
 func kafkaForm(r *http.Request, form map[string]string) *tenants.Kafka {
-	for _, k := range []string{"brokers", "topic", "tls", "ca", "server_name", "mechanism", "username"} {
+	for _, k := range []string{"brokers", "topic", "tls", "ca", "server_name", "mechanism"} {
 		form[k] = strings.TrimSpace(r.PostFormValue(k))
 	}
+	form["username"] = r.PostFormValue("username") // as the API takes it
 	k := &tenants.Kafka{Topic: form["topic"], TLS: form["tls"] != "", CA: form["ca"], ServerName: form["server_name"]}
 	k.Brokers = strings.FieldsFunc(form["brokers"], func(r rune) bool { return r == ',' || r == ' ' || r == '\n' || r == '\r' })
 	if form["mechanism"] != "" {
@@ -297,7 +298,7 @@ func (c *Console) webhookCreate(w http.ResponseWriter, r *http.Request) {
 		c.renderWebhooks(w, r, status, page{Form: form, Errors: errs}, webhooksData{})
 	}
 	if in.Type != tenants.DestinationKafka {
-		h, err := headersField(form["headers"])
+		h, err := headersField(r.PostFormValue("headers"))
 		if err != nil {
 			again(http.StatusBadRequest, formErrors(err))
 			return
@@ -423,7 +424,7 @@ func (c *Console) webhookTest(w http.ResponseWriter, r *http.Request) {
 	}
 	target, err := c.out.sealer.Webhook(slug, d)
 	if errors.Is(err, dataout.ErrKeyChanged) {
-		c.renderWebhooks(w, r, http.StatusConflict, page{Errors: map[string]string{"_": "The destination's secret or password was sealed under an earlier operator token: rotate the secret or set the password again on its page."}}, webhooksData{})
+		c.renderWebhooks(w, r, http.StatusConflict, page{Errors: map[string]string{"_": "The destination's secret or password was sealed under an earlier operator token: rotate the secret, or give the headers or the password again, on its page."}}, webhooksData{})
 		return
 	}
 	if err != nil {

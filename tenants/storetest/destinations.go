@@ -276,3 +276,35 @@ func testDestinationPolicy(t *testing.T, s *tenants.Store, reopen func() *tenant
 		}
 	}
 }
+
+// testDestinationHeadersFollowURL: a webhook's URL moved within its
+// origin keeps its headers; moved to another scheme, host or port, it
+// needs them again (or {} for none), and without them nothing changes.
+func testDestinationHeadersFollowURL(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	mustTenant(t, s, owner, "acme")
+	d := mustDestination(t, s, "acme", "ingest") // https://hooks.example.com/ingest, with a header
+	seal := func(h map[string]string) string { return fmt.Sprintf("sealed-%d-headers", len(h)) }
+	update := func(u string, h *map[string]string) (tenants.Destination, error) {
+		return s.UpdateDestination(ctx, "acme", d.ID, tenants.DestinationUpdate{URL: &u, Headers: h}, seal)
+	}
+	if up, err := update("https://HOOKS.example.com/v2", nil); err != nil || up.Sealed.Headers != d.Sealed.Headers {
+		t.Errorf("moved within its origin: %q, %v; want the headers kept", up.Sealed.Headers, err)
+	}
+	for _, u := range []string{"https://attacker.example.com/v2", "http://hooks.example.com/v2", "https://hooks.example.com:8443/v2"} {
+		_, err := update(u, nil)
+		wantField(t, "moved to "+u+" without its headers", err, "headers")
+	}
+	if got, _ := s.Destination(ctx, "acme", d.ID); got.URL != "https://HOOKS.example.com/v2" || got.Sealed.Headers != d.Sealed.Headers {
+		t.Errorf("after the refused moves: %q, %q", got.URL, got.Sealed.Headers)
+	}
+	if up, err := update("https://elsewhere.example.com/", &map[string]string{"X-Key": "k"}); err != nil || up.Sealed.Headers != "sealed-1-headers" {
+		t.Errorf("moved with new headers: %q, %v", up.Sealed.Headers, err)
+	}
+	if up, err := update("https://third.example.com/", &map[string]string{}); err != nil || up.Sealed.Headers != "" || len(up.Headers) != 0 {
+		t.Errorf("moved with no headers: %q %v, %v", up.Sealed.Headers, up.Headers, err)
+	}
+	if _, err := update("https://fourth.example.com/", nil); err != nil {
+		t.Errorf("moved without headers, having none: %v", err)
+	}
+}

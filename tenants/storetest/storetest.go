@@ -47,6 +47,7 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"ResealDestination", testResealDestination},
 		{"SealedUnder", testSealedUnder},
 		{"DestinationPolicy", testDestinationPolicy},
+		{"DestinationHeadersFollowURL", testDestinationHeadersFollowURL},
 		{"Usage", testUsage},
 		{"Billing", testBilling},
 		{"StripeEventsOnce", testStripeEventsOnce},
