@@ -51,6 +51,9 @@ func TestDeadLetters(t *testing.T) {
 	if status["failed"] != float64(n) || status["backlog"] != float64(0) || status["last_error_at"] == nil || status["last_success"] != nil {
 		t.Errorf("status %v, want %d failed, nothing waiting, a last error, no success", status, n)
 	}
+	if recent, _ := status["recent"].([]any); len(recent) == 0 || recent[0].(map[string]any)["outcome"] != "dead" {
+		t.Errorf("recent attempts %v, want the newest given up", status["recent"])
+	}
 	if req, bad := rc.counts(); req < 2 || bad != 0 {
 		t.Errorf("receiver: %d requests (%d badly signed), want retries, all signed", req, bad)
 	}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/roosthub/roost/broker/store"
 	"github.com/roosthub/roost/dataout"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
@@ -216,6 +217,27 @@ type destQueue struct {
 	lastSuccess time.Time
 	lastError   time.Time
 	lastErrText string
+	// recent rings the last attempts: recent[next-1] the newest, n of
+	// them set.
+	recent  [dataplane.RecentAttempts]dataplane.DeliveryAttempt
+	next, n int
+}
+
+// noteAttempt rings an attempt in. Called with q.mu held.
+func (q *destQueue) noteAttempt(a dataplane.DeliveryAttempt) {
+	q.recent[q.next] = a
+	q.next = (q.next + 1) % len(q.recent)
+	q.n = min(q.n+1, len(q.recent))
+}
+
+// recentAttempts returns the ringed attempts, newest first. Called with
+// q.mu held.
+func (q *destQueue) recentAttempts() []dataplane.DeliveryAttempt {
+	out := make([]dataplane.DeliveryAttempt, q.n)
+	for i := range out {
+		out[i] = q.recent[(q.next-1-i+2*len(q.recent))%len(q.recent)]
+	}
+	return out
 }
 
 func newOutbox(inst *instance, h *Hub) *outbox {
@@ -1044,12 +1066,16 @@ func (o *outbox) attempt(ctx context.Context, q *destQueue, msgs []store.Queued,
 	}
 	now = o.now()
 	dec := o.cfg.Policy.Decide(*first, *attempts, now, a)
+	note := dataplane.DeliveryAttempt{At: now.UTC(), Messages: len(msgs), Attempt: *attempts, Outcome: string(dec.Outcome), Status: a.Status,
+		LatencyMS: float64(a.Latency.Microseconds()) / 1000}
 	q.mu.Lock()
 	if a.OK() {
 		q.lastSuccess = now
 	} else {
 		q.lastError, q.lastErrText = now, attemptText(a)
+		note.Error = q.lastErrText
 	}
+	q.noteAttempt(note)
 	q.mu.Unlock()
 	return dec.Outcome, dec.At
 }

@@ -51,6 +51,7 @@ func (h *Hub) DeliveryStatus(ctx context.Context, tenant, destination string) (d
 			s.Delivered, s.Failed, s.Dropped = q.delivered.Load(), q.failed.Load(), q.dropped.Load()
 			q.mu.Lock()
 			s.LastSuccess, s.LastError, s.LastErrorText = timePtr(q.lastSuccess), timePtr(q.lastError), q.lastErrText
+			s.Recent = q.recentAttempts()
 			q.mu.Unlock()
 		}
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/broker/store/memory"
 	"github.com/roosthub/roost/dataout"
+	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
@@ -264,6 +265,20 @@ func TestOutboxRetriesThenDeadLetters(t *testing.T) {
 	if st.Failed != n || st.LastError == nil || !strings.Contains(st.LastErrorText, "500") || st.Delivered != 0 {
 		t.Errorf("status %+v, want %d failed, last error status 500", st, n)
 	}
+	// The last attempts, newest first: retried, the last ones given up.
+	if req, _ := rc.counts(); len(st.Recent) != min(req, dataplane.RecentAttempts) {
+		t.Errorf("%d recent attempts for %d requests", len(st.Recent), req)
+	}
+	retried := false
+	for i, a := range st.Recent {
+		if a.Status != 500 || !strings.Contains(a.Error, "500") || a.Messages < 1 || a.Outcome == "delivered" || i > 0 && a.At.After(st.Recent[i-1].At) {
+			t.Errorf("recent attempt %d: %+v, want a failed 500, newest first", i, a)
+		}
+		retried = retried || a.Attempt > 1
+	}
+	if len(st.Recent) == 0 || st.Recent[0].Outcome != "dead" || !retried {
+		t.Errorf("recent attempts %+v: want the newest dead, some retried", st.Recent)
+	}
 	dead, err := s.hub.DeadLetters(ctx, "acme", hook, 0, 10)
 	if err != nil || len(dead) != 10 {
 		t.Fatalf("dead letters: %d, %v; want the first 10", len(dead), err)
@@ -287,6 +302,20 @@ func TestOutboxRetriesThenDeadLetters(t *testing.T) {
 		st, _ := s.hub.DeliveryStatus(ctx, "acme", hook)
 		return len(rc.messages()) >= n && st.Delivered == n
 	})
+	st, _ = s.hub.DeliveryStatus(ctx, "acme", hook)
+	delivered := 0
+	for _, a := range st.Recent {
+		if a.Outcome != "delivered" {
+			break
+		}
+		if a.Status != 200 || a.Error != "" || a.Attempt != 1 {
+			t.Errorf("a delivered attempt: %+v", a)
+		}
+		delivered += a.Messages
+	}
+	if delivered != n {
+		t.Errorf("the newest recent attempts delivered %d messages, want the %d replayed: %+v", delivered, n, st.Recent)
+	}
 	for i, m := range rc.messages() {
 		if string(m.Payload) != fmt.Sprint(i) {
 			t.Fatalf("message %d: payload %s, want %d: replay out of order", i, m.Payload, i)

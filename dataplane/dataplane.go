@@ -125,6 +125,32 @@ type DeliveryStatus struct {
 	LastError   *time.Time `json:"last_error_at"`
 	// LastErrorText says why the last failed attempt failed.
 	LastErrorText string `json:"last_error,omitempty"`
+	// Recent are the last attempts (at most RecentAttempts), newest
+	// first.
+	Recent []DeliveryAttempt `json:"recent,omitempty"`
+}
+
+// RecentAttempts is how many of a destination's last delivery attempts its
+// status lists.
+const RecentAttempts = 10
+
+// DeliveryAttempt is one attempt to deliver a batch of a destination's
+// outbox, as the node delivering it saw it.
+type DeliveryAttempt struct {
+	At time.Time `json:"at"`
+	// Messages is the batch's size; Attempt which attempt at it this
+	// was, 1 the first.
+	Messages int `json:"messages"`
+	Attempt  int `json:"attempt"`
+	// Outcome is delivered, retry (sent again later) or dead (moved to
+	// the dead letters).
+	Outcome string `json:"outcome"`
+	// Status is the receiver's HTTP status; 0 when it did not answer, or
+	// for Kafka.
+	Status    int     `json:"status,omitempty"`
+	LatencyMS float64 `json:"latency_ms"`
+	// Error says why it failed, as LastErrorText.
+	Error string `json:"error,omitempty"`
 }
 
 // DeadLetter is a message whose delivery gave up.

@@ -389,9 +389,17 @@ func TestControlsAreLabelled(t *testing.T) {
 	op := s.browser()
 	op.get("/admin/login")
 	op.post("/admin/login", url.Values{"token": {operatorToken}})
+	// A destination of each type, for their own pages.
+	b.post("/tenants/acme/webhooks", url.Values{"name": {"hook"}, "type": {"webhook"}, "url": {"http://127.0.0.1:1/hook"}, "headers": {"X-Key: k"}})
+	b.post("/tenants/acme/webhooks", url.Values{"name": {"plant"}, "type": {"kafka"}, "brokers": {"127.0.0.1:1"}, "topic": {"t"}})
+	ds, err := s.store.Destinations(t.Context(), "acme")
+	if err != nil || len(ds) != 2 {
+		t.Fatalf("destinations: %d, %v", len(ds), err)
+	}
 	pages := map[*browser][]string{
 		b: {"/tenants", "/tenants/acme", "/tenants/acme/devices", "/tenants/acme/devices/d1", "/tenants/acme/acl",
-			"/tenants/acme/webhooks", "/tenants/acme/live", "/tenants/acme/usage", "/tenants/acme/events", "/tenants/acme/api-keys",
+			"/tenants/acme/webhooks", "/tenants/acme/webhooks/" + ds[0].ID, "/tenants/acme/webhooks/" + ds[1].ID,
+			"/tenants/acme/live", "/tenants/acme/usage", "/tenants/acme/events", "/tenants/acme/api-keys",
 			"/tenants/acme/members", "/tenants/acme/billing", "/tenants/acme/settings"},
 		s.browser(): {"/login", "/signup", "/admin/login"},
 		op:          {"/admin"},

@@ -18,6 +18,8 @@ import (
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 
 	"github.com/roosthub/roost/dataout"
+	"github.com/roosthub/roost/dataplane"
+	"github.com/roosthub/roost/tenants"
 )
 
 // TestWebhookPage: a destination's own page shows it, less what is
@@ -302,5 +304,25 @@ func TestWebhookPage(t *testing.T) {
 	}
 	if r := sendTest("after the stranger"); !r.sigOK {
 		t.Error("after the stranger's posts the secret changed")
+	}
+
+	// The last deliveries: a rule's message, delivered by the outbox.
+	if a = b.post("/tenants/acme/webhooks/rules", url.Values{"filter": {"sensors/#"}, "destination": {id}}); a.status != http.StatusSeeOther {
+		t.Fatalf("add a rule: %d\n%s", a.status, a.body)
+	}
+	if err := s.hub.Publish(tenants.WithActor(context.Background(), "test"), "acme", dataplane.Message{Topic: "sensors/t", Payload: []byte(`{"t":21}`), QoS: 1}); err != nil {
+		t.Fatal(err)
+	}
+	recent := regexp.MustCompile(`(?s)<table id="recent">.*<td>1</td><td>1</td>\s*<td><span class="allow">delivered</span> \(status 204\)`)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if page = b.get(base); recent.MatchString(page.body) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the delivery is not among the last deliveries within 10s:\n%s", page.body)
+		}
+	}
+	if page = viewer.get(base); !recent.MatchString(page.body) {
+		t.Errorf("a viewer does not see the last deliveries:\n%s", page.body)
 	}
 }
