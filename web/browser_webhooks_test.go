@@ -25,6 +25,8 @@ func TestBrowserWebhooks(t *testing.T) {
 	var secret atomic.Value
 	secret.Store("")
 	var signed atomic.Int32
+	var team atomic.Value // the last request's path and X-Team header
+	team.Store("")
 	rc := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		if dataout.Verify(secret.Load().(string), r.Header.Get("Roost-Signature"), body, time.Now(), 5*time.Minute) != nil {
@@ -32,6 +34,7 @@ func TestBrowserWebhooks(t *testing.T) {
 			return
 		}
 		signed.Add(1)
+		team.Store(r.URL.Path + " " + r.Header.Get("X-Team"))
 		w.WriteHeader(http.StatusNoContent)
 	}))
 	t.Cleanup(rc.Close)
@@ -93,4 +96,25 @@ func TestBrowserWebhooks(t *testing.T) {
 		t.Fatalf("rules after the form: %+v, %v", rules, err)
 	}
 	screenshot(t, ctx, "23-webhook-rule")
+	run("change the webhook on its own page",
+		chromedp.Click(css(`a[href$="/webhooks/`+rules[0].Destination+`"]`)),
+		chromedp.WaitVisible(css(`#edit-destination`)),
+		chromedp.SetValue(css(`#edit-destination #url`), rc.URL+"/v2"),
+		chromedp.SendKeys(css(`#headers`), "X-Team: plant"),
+		chromedp.Submit(css(`#edit-destination #url`)),
+		chromedp.WaitVisible(css(`.flash`)),
+		chromedp.WaitVisible(css(`#header-names`)),
+	)
+	if got := text(`.flash`); !strings.Contains(got, "Saved") {
+		t.Errorf("after saving: %q", got)
+	}
+	screenshot(t, ctx, "24-webhook-edited")
+	run("send a test again",
+		chromedp.Navigate(s.url+"/tenants/acme/webhooks"),
+		chromedp.Click(css(`button[aria-label="Send a test message to ingest"]`)),
+		chromedp.WaitVisible(css(`#test-result`)),
+	)
+	if got := team.Load().(string); got != "/v2 plant" {
+		t.Errorf("the receiver had %q, want the new path and header", got)
+	}
 }
