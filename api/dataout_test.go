@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -471,5 +472,65 @@ func TestDestinationKeyChanged(t *testing.T) {
 	rc.set(secret, 204)
 	if r := e.do("POST", "/v1/tenants/acme/destinations/"+id+"/test", owner.token, nil); r.json()["delivered"] != true {
 		t.Errorf("after rotating: %s", r.body)
+	}
+}
+
+// TestRuleProjection: a rule's projection is compiled when the rule is
+// made (a mistake is a problem with its line and column), stored and
+// listed, and shapes what rules/test says would be sent; one that cannot
+// be evaluated for a message is the reason it does not match.
+func TestRuleProjection(t *testing.T) {
+	e := newEnvWith(t, allowLoopback(t))
+	owner := e.signup("owner")
+	e.mustTenant(owner, "acme")
+	_, viewerKey := e.mustKey(owner.token, "acme", tenants.RoleViewer)
+	want(t, e.do("POST", "/v1/tenants/acme/devices", owner.token, map[string]any{"name": "sensor-1", "metadata": map[string]string{"room": "lab"}}), 201, "device")
+	rc := newHookReceiver(t)
+	want(t, e.do("POST", "/v1/tenants/acme/destinations", owner.token, map[string]string{"name": "ingest", "type": "webhook", "url": rc.URL}), 201, "destination")
+
+	r := e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "sensors/#", "destination": "ingest", "projection": "{\"t\": payload.temp,\n  \"r\": romm}"})
+	wantProblem(t, r, 400, "invalid", "projection", "a projection with an undeclared name")
+	if m := r.json(); m["line"] != float64(2) || m["column"] != float64(8) || !strings.Contains(r.str("detail"), "romm") {
+		t.Errorf("problem: %s, want line 2 column 8 naming romm", r.body)
+	}
+	wantProblem(t, e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "#", "topic": "t", "projection": "{1: 2}"}), 400, "invalid", "projection", "a projection whose map keys are not strings")
+	wantProblem(t, e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "#", "destination": "ingest", "projection": strings.Repeat(" ", 4097)}), 400, "invalid", "projection", "a projection too long")
+
+	const projection = `{"t": payload.temp, "room": metadata.room, "device": device}`
+	rule := e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "sensors/+/temp", "destination": "ingest", "condition": "payload.temp > 30", "projection": projection})
+	want(t, rule, 201, "a rule with a projection")
+	if rule.str("projection") != projection {
+		t.Errorf("created: %s", rule.body)
+	}
+	if items := asSlice(e.do("GET", "/v1/tenants/acme/rules", viewerKey, nil).json()["items"]); len(items) != 1 || items[0].(map[string]any)["projection"] != projection {
+		t.Errorf("listed: %v", items)
+	}
+
+	test := func(body map[string]any) map[string]any {
+		t.Helper()
+		r := e.do("POST", "/v1/tenants/acme/rules/test", viewerKey, body)
+		want(t, r, 200, "rules/test")
+		return r.json()
+	}
+	m := test(map[string]any{"rule_id": rule.str("id"), "message": map[string]any{"topic": "sensors/sensor-1/temp", "payload": `{"temp": 31.5, "raw": "x"}`, "device": "sensor-1"}})
+	shaped := map[string]any{"t": 31.5, "room": "lab", "device": "sensor-1"}
+	if m["matched"] != true || !reflect.DeepEqual(m["payload"], shaped) {
+		t.Fatalf("a hot reading: %v, want payload %v", m, shaped)
+	}
+	if sent := asSlice(m["body"].(map[string]any)["messages"])[0].(map[string]any); !reflect.DeepEqual(sent["payload"], shaped) || sent["payload_encoding"] != "json" {
+		t.Errorf("what would be sent: %v", sent)
+	}
+	if m := test(map[string]any{"rule_id": rule.str("id"), "message": map[string]any{"topic": "sensors/sensor-1/temp", "payload": `{"temp": 12}`}}); m["matched"] != false || m["payload"] != nil {
+		t.Errorf("a cold reading: %v", m)
+	}
+	inline := map[string]any{"filter": "#", "destination": "ingest", "projection": `{"v": payload.value}`}
+	if m := test(map[string]any{"rule": inline, "message": map[string]any{"topic": "x", "payload": `{"other": 1}`}}); m["matched"] != false ||
+		!strings.HasPrefix(m["reason"].(string), "the projection could not be evaluated: ") {
+		t.Errorf("a projection missing its field: %v", m)
+	}
+	wantProblem(t, e.do("POST", "/v1/tenants/acme/rules/test", viewerKey, map[string]any{"rule": map[string]any{"filter": "#", "destination": "ingest", "projection": "{"},
+		"message": map[string]any{"topic": "x"}}), 400, "invalid", "rule.projection", "an inline projection that does not compile")
+	if n, _ := rc.counts(); n != 0 {
+		t.Errorf("rules/test sent %d requests, want none", n)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -98,13 +99,15 @@ func handleExportList(es exportStore, dp dataplane.DataPlane) handler {
 	}
 }
 
-// conditionProblem turns a condition that does not compile into a 400
-// pointing into it.
-func conditionProblem(field string, err error) error {
-	var ce *dataout.ConditionError
-	if errors.As(err, &ce) {
-		return &httpError{status: http.StatusBadRequest, code: "invalid", field: field, line: ce.Line, col: ce.Column,
-			msg: field + ": " + ce.Error()}
+// ruleProblem turns a rule's condition or projection that does not
+// compile into a 400 pointing into it; prefix goes before the field's
+// name ("rule." for a rule given inline to a test).
+func ruleProblem(prefix string, err error) error {
+	var re *dataout.RuleError
+	if errors.As(err, &re) {
+		field := prefix + re.Field
+		return &httpError{status: http.StatusBadRequest, code: "invalid", field: field, line: re.Err.Line, col: re.Err.Column,
+			msg: field + ": " + re.Err.Error()}
 	}
 	return err
 }
@@ -118,10 +121,8 @@ func handleExportCreate(es exportStore) handler {
 		if err := in.Validate(); err != nil {
 			return err
 		}
-		if in.Condition != "" {
-			if _, err := dataout.CompileCondition(in.Condition); err != nil {
-				return conditionProblem("condition", err)
-			}
+		if _, err := dataout.CompileRule(tenants.ExportRule{Filter: in.Filter, Condition: in.Condition, Projection: in.Projection}); err != nil {
+			return ruleProblem("", err)
 		}
 		tenant := chi.URLParam(r, "tenant")
 		rule, err := es.CreateExportRule(r.Context(), tenant, in)
@@ -168,8 +169,11 @@ type ruleTest struct {
 type ruleTestResult struct {
 	Matched bool `json:"matched"`
 	// Reason says why not: the filter, the condition being false, or the
-	// condition's evaluation error.
-	Reason      string          `json:"reason,omitempty"`
+	// condition's or the projection's evaluation error.
+	Reason string `json:"reason,omitempty"`
+	// Payload is what the rule's projection made of the message, if it
+	// has one: what it sends instead of the message's payload.
+	Payload     json.RawMessage `json:"payload,omitempty"`
 	Destination string          `json:"destination,omitempty"`
 	KafkaTopic  string          `json:"kafka_topic,omitempty"`
 	Body        json.RawMessage `json:"body,omitempty"`
@@ -210,7 +214,7 @@ func handleRuleTest(es exportStore, now func() time.Time) handler {
 				}
 				return err
 			}
-			rule = tenants.ExportRule{Filter: in.Rule.Filter, Topic: in.Rule.Topic, Condition: in.Rule.Condition}
+			rule = tenants.ExportRule{Filter: in.Rule.Filter, Topic: in.Rule.Topic, Condition: in.Rule.Condition, Projection: in.Rule.Projection}
 			if in.Rule.Topic != "" {
 				rule.KafkaTopic = tenants.ExportTopic(tenant, in.Rule.Topic)
 			}
@@ -227,7 +231,7 @@ func handleRuleTest(es exportStore, now func() time.Time) handler {
 		}
 		compiled, err := dataout.CompileRule(rule)
 		if err != nil {
-			return conditionProblem("rule.condition", err)
+			return ruleProblem("rule.", err)
 		}
 
 		m := in.Message
@@ -274,8 +278,10 @@ func handleRuleTest(es exportStore, now func() time.Time) handler {
 		out := ruleTestResult{Destination: res.Destination, KafkaTopic: rule.KafkaTopic, Delivery: res.Delivery}
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		defer cancel()
-		ok, err := compiled.Match(ctx, input)
+		ok, sent, err := compiled.Apply(ctx, input)
 		switch {
+		case err != nil && rule.Projection != "" && strings.HasPrefix(err.Error(), "projection: "):
+			out.Reason = "the projection could not be evaluated: " + strings.TrimPrefix(err.Error(), "projection: ")
 		case err != nil:
 			out.Reason = "the condition could not be evaluated: " + err.Error()
 		case !ok && !tenants.MatchTopic(rule.Filter, m.Topic):
@@ -284,9 +290,12 @@ func handleRuleTest(es exportStore, now func() time.Time) handler {
 			out.Reason = "the condition is false"
 		}
 		out.Matched = ok
+		if ok && rule.Projection != "" {
+			out.Payload = json.RawMessage(sent)
+		}
 		if ok && rule.Destination != "" {
 			out.Body = dataout.Body(dataout.Batch{Tenant: tenant, Destination: rule.Destination, Messages: []dataout.Message{{
-				Topic: input.Topic, Payload: payload, QoS: input.QoS, Device: input.Device, ClientID: input.ClientID, Time: input.Time,
+				Topic: input.Topic, Payload: sent, QoS: input.QoS, Device: input.Device, ClientID: input.ClientID, Time: input.Time,
 			}}})
 		}
 		writeJSON(w, http.StatusOK, out)

@@ -106,12 +106,13 @@ func (inst *instance) export(cl *mqtt.Client, pk packets.Packet) error {
 	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
 		device = dc.id.device
 	}
-	var in *dataout.Input // built for the first rule with a condition
+	var in *dataout.Input // built for the first rule with a condition or projection
 	for _, r := range rules {
 		if !tenants.MatchTopic(r.Filter, pk.TopicName) {
 			continue
 		}
-		if r.Condition != "" {
+		value, shaped := pk.Payload, false
+		if r.Shapes() {
 			if in == nil {
 				in = &dataout.Input{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Device: device, ClientID: cl.ID, Time: inst.env.now()}
 				if !cl.Net.Inline {
@@ -122,20 +123,23 @@ func (inst *instance) export(cl *mqtt.Client, pk packets.Packet) error {
 					cancel()
 				}
 			}
-			// A condition that cannot be evaluated (a missing field, the
-			// cost limit) does not match, as for a destination's rule.
-			ok, err := r.Match(context.Background(), *in)
+			// A condition or projection that cannot be evaluated (a
+			// missing field, the cost limit) does not match, as for a
+			// destination's rule.
+			ok, payload, err := r.Apply(context.Background(), *in)
 			if err != nil {
-				inst.log.Debug("export rule condition not evaluated", "rule", r.ID, "topic", pk.TopicName, "err", err)
+				inst.log.Debug("export rule condition or projection not evaluated", "rule", r.ID, "topic", pk.TopicName, "err", err)
 			}
 			if !ok {
 				continue
 			}
+			value, shaped = payload, r.Projection != ""
 		}
-		msgs = append(msgs, ExportMessage{
-			Topic: r.KafkaTopic, Key: []byte(device), Value: pk.Payload,
-			Headers: map[string]string{"mqtt_topic": pk.TopicName, "device": device, "client_id": cl.ID, "qos": strconv.Itoa(int(pk.FixedHeader.Qos))},
-		})
+		headers := map[string]string{"mqtt_topic": pk.TopicName, "device": device, "client_id": cl.ID, "qos": strconv.Itoa(int(pk.FixedHeader.Qos))}
+		if shaped {
+			headers["content_type"] = "application/json"
+		}
+		msgs = append(msgs, ExportMessage{Topic: r.KafkaTopic, Key: []byte(device), Value: value, Headers: headers})
 		matched = append(matched, r.ID)
 	}
 	if len(msgs) == 0 {
@@ -158,8 +162,9 @@ func (inst *instance) export(cl *mqtt.Client, pk packets.Packet) error {
 }
 
 // exportRules is the tenant's Kafka export rules, compiled. Conditions
-// are compiled once per change of the rules, as the outbox's are; one that
-// no longer compiles (checked when it was made) leaves its rule out.
+// and projections are compiled once per change of the rules, as the
+// outbox's are; one that no longer compiles (checked when it was made)
+// leaves its rule out.
 func (inst *instance) exportRules() ([]*dataout.Rule, error) {
 	rules, err := inst.exports.get(func() ([]*dataout.Rule, error) {
 		ctx, cancel := storeCtx()
@@ -281,12 +286,13 @@ func (h *Hub) exportEvent(inst *instance, e events.Event, payload []byte) {
 		return
 	}
 	x := eventExport{inst: inst}
-	var in *dataout.Input // built for the first rule with a condition
+	var in *dataout.Input // built for the first rule with a condition or projection
 	for _, r := range rules {
 		if !tenants.IsEventsFilter(r.Filter) || !tenants.MatchTopic(r.Filter, topic) {
 			continue
 		}
-		if r.Condition != "" {
+		value := payload
+		if r.Shapes() {
 			if in == nil {
 				in = &dataout.Input{Topic: topic, Payload: payload, Device: e.Device, ClientID: e.ClientID, Time: e.Time}
 				if e.Device != "" {
@@ -297,13 +303,14 @@ func (h *Hub) exportEvent(inst *instance, e events.Event, payload []byte) {
 					cancel()
 				}
 			}
-			ok, err := r.Match(context.Background(), *in)
+			ok, shaped, err := r.Apply(context.Background(), *in)
 			if err != nil {
-				inst.log.Debug("export rule condition not evaluated", "rule", r.ID, "topic", topic, "err", err)
+				inst.log.Debug("export rule condition or projection not evaluated", "rule", r.ID, "topic", topic, "err", err)
 			}
 			if !ok {
 				continue
 			}
+			value = shaped
 		}
 		headers := map[string]string{"mqtt_topic": topic, "event": e.Type, "qos": "0", "content_type": "application/json"}
 		if e.Device != "" {
@@ -312,7 +319,7 @@ func (h *Hub) exportEvent(inst *instance, e events.Event, payload []byte) {
 		if e.ClientID != "" {
 			headers["client_id"] = e.ClientID
 		}
-		x.msgs = append(x.msgs, ExportMessage{Topic: r.KafkaTopic, Key: []byte(e.Device), Value: payload, Headers: headers})
+		x.msgs = append(x.msgs, ExportMessage{Topic: r.KafkaTopic, Key: []byte(e.Device), Value: value, Headers: headers})
 		x.rules = append(x.rules, r.ID)
 	}
 	if len(x.msgs) == 0 {

@@ -676,7 +676,8 @@ func (w *outboxWrite) written() {
 }
 
 // enqueue decides which outboxes take msg: those of the destinations
-// whose rules match in, each once. A full outbox under the refuse policy
+// whose rules match in, each once, with the payload the first matching
+// rule's projection makes, if it has one. A full outbox under the refuse policy
 // refuses the message (errOutboxFull) if refusable (a QoS 1 or 2
 // publish, whose publisher is told), and otherwise drops it there
 // (counted); under drop_oldest its worker trims it to the limit. It
@@ -689,9 +690,10 @@ func (o *outbox) enqueue(ctx context.Context, rules *outboxRules, in dataout.Inp
 	var matched [4]dataout.Match
 	var droppedBuf [4]*destQueue
 	dropped := droppedBuf[:0] // full outboxes that did not take it: once each
+	var payloads [][]byte     // each queue's payload where a projection made one; nil while none did
 	for _, m := range rules.set.AppendMatches(ctx, matched[:0], in) {
 		if m.Err != nil {
-			o.log.Debug("rule condition not evaluated", "rule", m.Rule.ID, "topic", in.Topic, "err", m.Err)
+			o.log.Debug("rule condition or projection not evaluated", "rule", m.Rule.ID, "topic", in.Topic, "err", m.Err)
 			continue
 		}
 		q := o.queue(m.Rule.Destination)
@@ -721,6 +723,12 @@ func (o *outbox) enqueue(ctx context.Context, rules *outboxRules, in dataout.Inp
 			// drop_oldest: the worker trims the outbox to the limit.
 		}
 		queues = append(queues, q)
+		if m.Payload != nil && payloads == nil {
+			payloads = make([][]byte, len(queues)-1, len(queues))
+		}
+		if payloads != nil {
+			payloads = append(payloads, m.Payload)
+		}
 	}
 	if len(queues) == 0 {
 		return nil, nil
@@ -731,8 +739,12 @@ func (o *outbox) enqueue(ctx context.Context, rules *outboxRules, in dataout.Inp
 	if len(queues) > 1 {
 		w.items = make([]store.Item, 0, len(queues))
 	}
-	for _, q := range queues {
-		w.items = append(w.items, store.Item{ClientID: q.out, Message: msg})
+	for i, q := range queues {
+		it := store.Item{ClientID: q.out, Message: msg}
+		if payloads != nil && payloads[i] != nil {
+			it.Message.Payload = payloads[i] // the rule's projection
+		}
+		w.items = append(w.items, it)
 	}
 	return w, nil
 }

@@ -84,12 +84,7 @@ func CompileCondition(src string) (*Condition, error) {
 	}
 	ast, iss := e.Compile(src)
 	if iss.Err() != nil {
-		errs := iss.Errors()
-		if len(errs) == 0 {
-			return nil, &ConditionError{Line: 1, Column: 1, Msg: iss.Err().Error()}
-		}
-		first := errs[0]
-		return nil, &ConditionError{Line: max(first.Location.Line(), 1), Column: first.Location.Column() + 1, Msg: first.Message}
+		return nil, compileError(iss)
 	}
 	if t := ast.OutputType(); !t.IsExactType(cel.BoolType) && !t.IsExactType(cel.DynType) {
 		return nil, &ConditionError{Line: 1, Column: 1, Msg: fmt.Sprintf("the condition must be true or false, not %s", t)}
@@ -99,6 +94,16 @@ func CompileCondition(src string) (*Condition, error) {
 		return nil, &ConditionError{Line: 1, Column: 1, Msg: err.Error()}
 	}
 	return &Condition{src: src, prg: prg}, nil
+}
+
+// compileError is where the first of a compilation's issues is.
+func compileError(iss *cel.Issues) *ConditionError {
+	errs := iss.Errors()
+	if len(errs) == 0 {
+		return &ConditionError{Line: 1, Column: 1, Msg: iss.Err().Error()}
+	}
+	first := errs[0]
+	return &ConditionError{Line: max(first.Location.Line(), 1), Column: first.Location.Column() + 1, Msg: first.Message}
 }
 
 // String returns the condition's source.
@@ -161,25 +166,52 @@ func (c *Condition) evalVars(ctx context.Context, vars map[string]any) (bool, er
 	return b, nil
 }
 
-// Rule is a rule compiled for matching: its filter and its condition,
-// compiled once.
+// Rule is a rule compiled for matching: its filter, and its condition
+// and projection, compiled once.
 type Rule struct {
 	tenants.ExportRule
 	cond *Condition
+	proj *Projection
 }
 
-// CompileRule compiles a rule's condition, if it has one.
+// RuleError is a rule's condition or projection that does not compile.
+type RuleError struct {
+	// Field is "condition" or "projection".
+	Field string
+	Err   *ConditionError
+}
+
+func (e *RuleError) Error() string { return e.Field + ": " + e.Err.Error() }
+func (e *RuleError) Unwrap() error { return e.Err }
+
+// CompileRule compiles a rule's condition and projection, those it has.
+// An error is a *RuleError saying which and where.
 func CompileRule(r tenants.ExportRule) (*Rule, error) {
 	out := &Rule{ExportRule: r}
+	var err error
 	if r.Condition != "" {
-		c, err := CompileCondition(r.Condition)
-		if err != nil {
-			return nil, err
+		if out.cond, err = CompileCondition(r.Condition); err != nil {
+			return nil, ruleError("condition", err)
 		}
-		out.cond = c
+	}
+	if r.Projection != "" {
+		if out.proj, err = CompileProjection(r.Projection); err != nil {
+			return nil, ruleError("projection", err)
+		}
 	}
 	return out, nil
 }
+
+func ruleError(field string, err error) error {
+	if ce, ok := err.(*ConditionError); ok {
+		return &RuleError{Field: field, Err: ce}
+	}
+	return err
+}
+
+// Shapes reports whether the rule has a condition or a projection, which
+// read the message beyond its topic.
+func (r *Rule) Shapes() bool { return r.cond != nil || r.proj != nil }
 
 // Match reports whether in's topic matches the rule's filter and the
 // message satisfies its condition. err says why a condition could not be
@@ -194,17 +226,51 @@ func (r *Rule) Match(ctx context.Context, in Input) (bool, error) {
 	return r.cond.Eval(ctx, in)
 }
 
+// Apply is Match, then the rule's projection: what the rule sends for a
+// message it matches, in.Payload without a projection. A projection that
+// cannot be evaluated fails the match, with the error.
+func (r *Rule) Apply(ctx context.Context, in Input) (bool, []byte, error) {
+	if !tenants.MatchTopic(r.Filter, in.Topic) {
+		return false, nil, nil
+	}
+	if !r.Shapes() {
+		return true, in.Payload, nil
+	}
+	return r.apply(ctx, in.Vars(), in.Payload)
+}
+
+// apply evaluates the condition, then the projection, over vars.
+func (r *Rule) apply(ctx context.Context, vars map[string]any, payload []byte) (bool, []byte, error) {
+	if r.cond != nil {
+		ok, err := r.cond.evalVars(ctx, vars)
+		if !ok || err != nil {
+			return false, nil, err
+		}
+	}
+	if r.proj == nil {
+		return true, payload, nil
+	}
+	b, err := r.proj.evalVars(ctx, vars)
+	if err != nil {
+		return false, nil, fmt.Errorf("projection: %w", err)
+	}
+	return true, b, nil
+}
+
 // RuleSet is a tenant's rules compiled once, to match each message
 // against all of them; it is safe for concurrent use.
 type RuleSet struct {
 	rules []*Rule
 }
 
-// Match is a rule a message matched, or whose condition could not be
-// evaluated for it (Err set; then it did not match).
+// Match is a rule a message matched, or whose condition or projection
+// could not be evaluated for it (Err set; then it did not match).
+// Payload is what the rule sends: its projection's value, or nil for
+// the message's own payload.
 type Match struct {
-	Rule *Rule
-	Err  error
+	Rule    *Rule
+	Err     error
+	Payload []byte
 }
 
 // CompileRules compiles rules. A rule that does not compile (checked when
@@ -238,7 +304,7 @@ func (s *RuleSet) MatchesTopic(topic string) bool {
 
 // Match returns the rules in matches and the evaluation failures; the
 // message's variables (its payload parsed once) are built only if a rule
-// with a condition matches its topic.
+// with a condition or a projection matches its topic.
 func (s *RuleSet) Match(ctx context.Context, in Input) []Match {
 	return s.AppendMatches(ctx, nil, in)
 }
@@ -251,19 +317,19 @@ func (s *RuleSet) AppendMatches(ctx context.Context, out []Match, in Input) []Ma
 		if !tenants.MatchTopic(r.Filter, in.Topic) {
 			continue
 		}
-		if r.cond == nil {
+		if !r.Shapes() {
 			out = append(out, Match{Rule: r})
 			continue
 		}
 		if vars == nil {
 			vars = in.Vars()
 		}
-		ok, err := r.cond.evalVars(ctx, vars)
+		ok, payload, err := r.apply(ctx, vars, nil)
 		switch {
 		case err != nil:
 			out = append(out, Match{Rule: r, Err: err})
 		case ok:
-			out = append(out, Match{Rule: r})
+			out = append(out, Match{Rule: r, Payload: payload})
 		}
 	}
 	return out

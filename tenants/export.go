@@ -12,11 +12,14 @@ import (
 // topic is always under the tenant's prefix, so no tenant can write into
 // another's.
 type ExportRule struct {
-	ID          string    `json:"id"`
-	Filter      string    `json:"filter"`
-	Topic       string    `json:"topic,omitempty"`
-	KafkaTopic  string    `json:"kafka_topic,omitempty"`
-	Condition   string    `json:"condition,omitempty"`
+	ID         string `json:"id"`
+	Filter     string `json:"filter"`
+	Topic      string `json:"topic,omitempty"`
+	KafkaTopic string `json:"kafka_topic,omitempty"`
+	Condition  string `json:"condition,omitempty"`
+	// Projection, a CEL expression, shapes what the rule sends: its value
+	// as JSON instead of the message's payload. "" sends the payload.
+	Projection  string    `json:"projection,omitempty"`
 	Destination string    `json:"destination,omitempty"`
 	CreatedAt   time.Time `json:"created_at"`
 }
@@ -48,17 +51,20 @@ const MaxExportRules = 100
 
 var exportTopicRE = regexp.MustCompile(`^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$`)
 
-// MaxConditionLength bounds a rule's condition, in bytes.
+// MaxConditionLength bounds a rule's condition, and its projection, in
+// bytes.
 const MaxConditionLength = 4096
 
 // ExportRuleInput creates a rule: a filter and either a Kafka topic or a
-// destination (its id or name), which may come with a condition. The
-// condition's syntax and types are checked by the caller, which compiles
-// it (dataout.CompileCondition); the directory stores it as text.
+// destination (its id or name), which may come with a condition and a
+// projection. Their syntax and types are checked by the caller, which
+// compiles them (dataout.CompileCondition, CompileProjection); the
+// directory stores them as text.
 type ExportRuleInput struct {
 	Filter      string `json:"filter"`
 	Topic       string `json:"topic,omitempty"`
 	Condition   string `json:"condition,omitempty"`
+	Projection  string `json:"projection,omitempty"`
 	Destination string `json:"destination,omitempty"`
 }
 
@@ -81,6 +87,9 @@ func (in *ExportRuleInput) Validate() error {
 	// the data plane's Kafka export the operator's Kafka rules'.
 	if len(in.Condition) > MaxConditionLength {
 		return invalid("condition", "at most %d bytes", MaxConditionLength)
+	}
+	if len(in.Projection) > MaxConditionLength {
+		return invalid("projection", "at most %d bytes", MaxConditionLength)
 	}
 	switch {
 	case op && in.Topic == "":

@@ -33,7 +33,7 @@ func (s *Store) Rule(ctx context.Context, tenant, id string) (ExportRule, error)
 
 func (s *Store) rules(ctx context.Context, tenant, where string, args ...any) ([]ExportRule, error) {
 	rows, err := s.db.QueryContext(ctx,
-		`SELECT id, filter, topic, condition, destination, created_at FROM export_rules WHERE tenant = $1`+where+` ORDER BY id`,
+		`SELECT id, filter, topic, condition, projection, destination, created_at FROM export_rules WHERE tenant = $1`+where+` ORDER BY id`,
 		append([]any{tenant}, args...)...)
 	if err != nil {
 		return nil, err
@@ -42,7 +42,7 @@ func (s *Store) rules(ctx context.Context, tenant, where string, args ...any) ([
 	var out []ExportRule
 	for rows.Next() {
 		var r ExportRule
-		if err := rows.Scan(&r.ID, &r.Filter, &r.Topic, &r.Condition, &r.Destination, &r.CreatedAt); err != nil {
+		if err := rows.Scan(&r.ID, &r.Filter, &r.Topic, &r.Condition, &r.Projection, &r.Destination, &r.CreatedAt); err != nil {
 			return nil, err
 		}
 		r.CreatedAt = r.CreatedAt.UTC()
@@ -59,7 +59,7 @@ func (s *Store) CreateExportRule(ctx context.Context, tenant string, in ExportRu
 	if err := in.Validate(); err != nil {
 		return ExportRule{}, err
 	}
-	r := ExportRule{ID: newID("exp_"), Filter: in.Filter, Topic: in.Topic, Condition: in.Condition, CreatedAt: s.timestamp()}
+	r := ExportRule{ID: newID("exp_"), Filter: in.Filter, Topic: in.Topic, Condition: in.Condition, Projection: in.Projection, CreatedAt: s.timestamp()}
 	if r.Topic != "" {
 		r.KafkaTopic = ExportTopic(tenant, in.Topic)
 	}
@@ -85,8 +85,8 @@ func (s *Store) CreateExportRule(ctx context.Context, tenant string, in ExportRu
 			return &QuotaError{Quota: "export_rules", Limit: MaxExportRules}
 		}
 		if _, err := tx.ExecContext(ctx,
-			`INSERT INTO export_rules (tenant, id, filter, topic, condition, destination, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-			tenant, r.ID, r.Filter, r.Topic, r.Condition, r.Destination, r.CreatedAt); err != nil {
+			`INSERT INTO export_rules (tenant, id, filter, topic, condition, projection, destination, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+			tenant, r.ID, r.Filter, r.Topic, r.Condition, r.Projection, r.Destination, r.CreatedAt); err != nil {
 			return err
 		}
 		return s.audit(ctx, tx, tenant, "export_rule.create", "export_rule:"+r.ID)

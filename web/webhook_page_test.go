@@ -41,6 +41,7 @@ func TestWebhookPage(t *testing.T) {
 		path   string
 		header http.Header
 		sigOK  bool
+		body   string
 	}
 	var mu sync.Mutex
 	var secret string
@@ -50,7 +51,7 @@ func TestWebhookPage(t *testing.T) {
 		mu.Lock()
 		defer mu.Unlock()
 		ok := dataout.Verify(secret, r.Header.Get("Roost-Signature"), body, time.Now(), 5*time.Minute) == nil
-		got = append(got, request{path: r.URL.Path, header: r.Header.Clone(), sigOK: ok})
+		got = append(got, request{path: r.URL.Path, header: r.Header.Clone(), sigOK: ok, body: string(body)})
 		if !ok {
 			w.WriteHeader(http.StatusUnauthorized)
 			return
@@ -306,11 +307,20 @@ func TestWebhookPage(t *testing.T) {
 		t.Error("after the stranger's posts the secret changed")
 	}
 
-	// The last deliveries: a rule's message, delivered by the outbox.
-	if a = b.post("/tenants/acme/webhooks/rules", url.Values{"filter": {"sensors/#"}, "destination": {id}}); a.status != http.StatusSeeOther {
+	// The last deliveries: a rule's message, delivered by the outbox,
+	// shaped by the rule's projection (one that does not compile comes
+	// back on the page with where).
+	a = b.post("/tenants/acme/webhooks/rules", url.Values{"filter": {"sensors/#"}, "destination": {id}, "projection": {`{"t": payload.temp, "site": sitee}`}})
+	if a.status != http.StatusBadRequest || !strings.Contains(a.body, `id="projection-error"`) || !strings.Contains(a.body, "line 1, column 29") {
+		t.Errorf("a projection that does not compile: %d\n%s", a.status, a.body)
+	}
+	if a = b.post("/tenants/acme/webhooks/rules", url.Values{"filter": {"sensors/#"}, "destination": {id}, "projection": {`{"t": payload.temp, "site": topic_levels[1]}`}}); a.status != http.StatusSeeOther {
 		t.Fatalf("add a rule: %d\n%s", a.status, a.body)
 	}
-	if err := s.hub.Publish(tenants.WithActor(context.Background(), "test"), "acme", dataplane.Message{Topic: "sensors/t", Payload: []byte(`{"t":21}`), QoS: 1}); err != nil {
+	if page = b.get("/tenants/acme/webhooks"); !strings.Contains(page.body, "<code>{&#34;t&#34;: payload.temp, &#34;site&#34;: topic_levels[1]}</code>") {
+		t.Errorf("the rule's projection is not listed:\n%s", page.body)
+	}
+	if err := s.hub.Publish(tenants.WithActor(context.Background(), "test"), "acme", dataplane.Message{Topic: "sensors/t", Payload: []byte(`{"temp":21}`), QoS: 1}); err != nil {
 		t.Fatal(err)
 	}
 	recent := regexp.MustCompile(`(?s)<table id="recent">.*<td>1</td><td>1</td>\s*<td><span class="allow">delivered</span> \(status 204\)`)
@@ -324,5 +334,8 @@ func TestWebhookPage(t *testing.T) {
 	}
 	if page = viewer.get(base); !recent.MatchString(page.body) {
 		t.Errorf("a viewer does not see the last deliveries:\n%s", page.body)
+	}
+	if r := last(); !strings.Contains(r.body, `"payload":{"site":"t","t":21}`) {
+		t.Errorf("the delivery was not shaped by the projection: %s", r.body)
 	}
 }

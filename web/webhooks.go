@@ -447,13 +447,14 @@ func (c *Console) webhookTest(w http.ResponseWriter, r *http.Request) {
 }
 
 // webhookRuleCreate adds a rule sending to a destination (admins). Its
-// condition is compiled first: a mistake comes back on the same page with
-// its line and column.
+// condition and projection are compiled first: a mistake comes back on
+// the same page with its line and column.
 func (c *Console) webhookRuleCreate(w http.ResponseWriter, r *http.Request) {
 	slug := tenantOf(r).Slug
 	in := tenants.ExportRuleInput{Filter: strings.TrimSpace(r.PostFormValue("filter")), Destination: r.PostFormValue("destination"),
-		Condition: strings.TrimSpace(r.PostFormValue("condition"))}
-	form := map[string]string{"filter": in.Filter, "rule_destination": in.Destination, "condition": in.Condition, "rule_topic": strings.TrimSpace(r.PostFormValue("rule_topic"))}
+		Condition: strings.TrimSpace(r.PostFormValue("condition")), Projection: strings.TrimSpace(r.PostFormValue("projection"))}
+	form := map[string]string{"filter": in.Filter, "rule_destination": in.Destination, "condition": in.Condition, "projection": in.Projection,
+		"rule_topic": strings.TrimSpace(r.PostFormValue("rule_topic"))}
 	if in.ToOperatorKafka() {
 		// Only the operator's Kafka takes a topic; the field is ignored for
 		// the tenant's destinations.
@@ -462,11 +463,14 @@ func (c *Console) webhookRuleCreate(w http.ResponseWriter, r *http.Request) {
 	again := func(status int, errs map[string]string) {
 		c.renderWebhooks(w, r, status, page{Form: form, Errors: errs}, webhooksData{})
 	}
-	if in.Condition != "" {
-		if _, err := dataout.CompileCondition(in.Condition); err != nil {
-			again(http.StatusBadRequest, map[string]string{"condition": err.Error()})
+	if _, err := dataout.CompileRule(tenants.ExportRule{Filter: in.Filter, Condition: in.Condition, Projection: in.Projection}); err != nil {
+		var re *dataout.RuleError
+		if errors.As(err, &re) {
+			again(http.StatusBadRequest, map[string]string{re.Field: re.Err.Error()})
 			return
 		}
+		c.fail(w, r, err)
+		return
 	}
 	if in.Destination == "" {
 		again(http.StatusBadRequest, map[string]string{"rule_destination": "choose a destination"})

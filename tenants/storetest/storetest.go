@@ -1029,6 +1029,21 @@ func testDestinations(t *testing.T, s *tenants.Store, reopen func() *tenants.Sto
 	if got, err := s.Rule(ctx, "acme", r.ID); err != nil || got.Destination != d.ID {
 		t.Errorf("Rule: %+v, %v", got, err)
 	}
+	// A projection is stored as given, and read back by Rule and Rules.
+	const projection = `{"t": payload.temp, "room": metadata.room}`
+	pr, err := s.CreateExportRule(ctx, "acme", tenants.ExportRuleInput{Filter: "rooms/#", Destination: d.ID, Projection: projection})
+	if err != nil || pr.Projection != projection {
+		t.Fatalf("a rule with a projection: %+v, %v", pr, err)
+	}
+	if got, err := s.Rule(ctx, "acme", pr.ID); err != nil || got.Projection != projection {
+		t.Errorf("Rule with a projection: %+v, %v", got, err)
+	}
+	if rs, _ := s.Rules(ctx, "acme"); len(rs) != 3 || rs[2].Projection != projection || rs[0].Projection != "" {
+		t.Errorf("Rules with a projection: %+v", rs)
+	}
+	if err := s.DeleteExportRule(ctx, "acme", pr.ID); err != nil {
+		t.Fatal(err)
+	}
 	_, err = s.Rule(ctx, "other", r.ID)
 	wantErr(t, "another tenant's rule", err, tenants.ErrNotFound)
 	for _, bad := range []struct {
@@ -1038,6 +1053,7 @@ func testDestinations(t *testing.T, s *tenants.Store, reopen func() *tenants.Sto
 		{tenants.ExportRuleInput{Filter: "#", Destination: "nope"}, "destination"},
 		{tenants.ExportRuleInput{Filter: "#", Topic: "t", Destination: d.ID}, "destination"},
 		{tenants.ExportRuleInput{Filter: "#", Destination: d.ID, Condition: strings.Repeat("x", 5000)}, "condition"},
+		{tenants.ExportRuleInput{Filter: "#", Destination: d.ID, Projection: strings.Repeat("x", 5000)}, "projection"},
 	} {
 		_, err := s.CreateExportRule(ctx, "acme", bad.in)
 		wantField(t, fmt.Sprintf("CreateExportRule(%+v)", bad.in), err, bad.field)

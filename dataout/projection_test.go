@@ -1,0 +1,126 @@
+package dataout_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/roosthub/roost/dataout"
+	"github.com/roosthub/roost/tenants"
+)
+
+// TestProjection: a projection's value, as JSON, over every variable a
+// condition sees; what JSON cannot carry fails with a reason.
+func TestProjection(t *testing.T) {
+	for _, tc := range []struct {
+		src  string
+		in   dataout.Input
+		want string
+	}{
+		{`{"t": payload.temp, "device": device, "room": metadata.room}`, msg, `{"device":"sensor-1","room":"lab","t":31.5}`},
+		{`{"site": topic_levels[1], "qos": qos, "client": client_id, "at": time}`, msg, `{"at":"2026-12-03T12:00:00Z","client":"sensor-1-c","qos":1,"site":"lab"}`},
+		{`payload.tags`, msg, `["a","b"]`},
+		{`payload.temp * 9.0 / 5.0 + 32.0`, msg, `88.7`},
+		{`"on"`, msg, `"on"`},
+		{`payload`, dataout.Input{Topic: "x", Payload: []byte("raw")}, `"cmF3"`}, // bytes: base64
+		{`{"text": string(payload)}`, dataout.Input{Topic: "x", Payload: []byte("raw")}, `{"text":"raw"}`},
+		{`has(payload.unit) ? payload.unit : "?"`, msg, `"C"`},
+		{`null`, msg, `null`},
+	} {
+		p, err := dataout.CompileProjection(tc.src)
+		if err != nil {
+			t.Errorf("%s: %v", tc.src, err)
+			continue
+		}
+		got, err := p.Eval(context.Background(), tc.in)
+		if err != nil || string(got) != tc.want {
+			t.Errorf("%s: %s, %v; want %s", tc.src, got, err, tc.want)
+		}
+	}
+	for _, tc := range []struct{ src, want string }{
+		{`payload.missing`, "no such key"},
+		{`{1: payload.temp}`, "not JSON"},
+	} {
+		p, err := dataout.CompileProjection(tc.src)
+		if err != nil {
+			if strings.Contains(err.Error(), tc.want) || tc.want == "not JSON" && strings.Contains(err.Error(), "string keys") {
+				continue
+			}
+			t.Errorf("%s: compile: %v", tc.src, err)
+			continue
+		}
+		if got, err := p.Eval(context.Background(), msg); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %s, %v; want an error saying %q", tc.src, got, err, tc.want)
+		}
+	}
+	big := dataout.Input{Topic: "x", Payload: []byte(`{"big": "` + strings.Repeat("x", dataout.MaxProjected) + `"}`)}
+	p, _ := dataout.CompileProjection(`{"copy": payload.big}`)
+	if got, err := p.Eval(context.Background(), big); err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Errorf("a projection past MaxProjected: %d bytes, %v", len(got), err)
+	}
+}
+
+// TestProjectionErrorsPoint: a projection that does not compile says
+// where, as a condition does.
+func TestProjectionErrorsPoint(t *testing.T) {
+	for _, tc := range []struct {
+		src          string
+		line, column int
+	}{
+		{``, 1, 1},
+		{`{"t": payload.temp,`, 1, 20},
+		{`{"t": nosuch}`, 1, 7},
+		{"{\n  \"t\": payload.temp +\n}", 3, 1},
+		{`{1: "x"}`, 1, 1},
+	} {
+		_, err := dataout.CompileProjection(tc.src)
+		var ce *dataout.ConditionError
+		if !errors.As(err, &ce) || ce.Line != tc.line || ce.Column != tc.column {
+			t.Errorf("%q: %v; want line %d, column %d", tc.src, err, tc.line, tc.column)
+		}
+	}
+}
+
+// TestRuleSetProjects: a matching rule's projection is its Match's
+// payload; a rule without one leaves the payload nil (the message's); a
+// projection that fails is the match's error, not a match.
+func TestRuleSetProjects(t *testing.T) {
+	set, errs := dataout.CompileRules([]tenants.ExportRule{
+		{ID: "plain", Filter: "sites/#"},
+		{ID: "shaped", Filter: "sites/#", Condition: "payload.temp > 30", Projection: `{"t": payload.temp}`},
+		{ID: "broken", Filter: "sites/#", Projection: `payload.missing`},
+		{ID: "false", Filter: "sites/#", Condition: "payload.temp < 0", Projection: `payload.missing`},
+	})
+	if len(errs) != 0 {
+		t.Fatal(errs)
+	}
+	got := set.Match(context.Background(), msg)
+	if len(got) != 3 {
+		t.Fatalf("matches %+v, want plain, shaped and broken's error", got)
+	}
+	if got[0].Rule.ID != "plain" || got[0].Payload != nil || got[0].Err != nil {
+		t.Errorf("plain: %+v", got[0])
+	}
+	if got[1].Rule.ID != "shaped" || string(got[1].Payload) != `{"t":31.5}` || got[1].Err != nil {
+		t.Errorf("shaped: %+v", got[1])
+	}
+	if got[2].Rule.ID != "broken" || got[2].Err == nil || !strings.HasPrefix(got[2].Err.Error(), "projection: ") {
+		t.Errorf("broken: %+v", got[2])
+	}
+	r, err := dataout.CompileRule(tenants.ExportRule{Filter: "#", Projection: "{"})
+	var re *dataout.RuleError
+	if !errors.As(err, &re) || re.Field != "projection" || r != nil {
+		t.Errorf("a projection that does not compile: %v, want a RuleError for projection", err)
+	}
+	shaped, err := dataout.CompileRule(tenants.ExportRule{Filter: "sites/#", Projection: `{"t": payload.temp}`})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, payload, err := shaped.Apply(context.Background(), msg); !ok || string(payload) != `{"t":31.5}` || err != nil {
+		t.Errorf("Apply: %v %s %v", ok, payload, err)
+	}
+	if ok, _, err := shaped.Apply(context.Background(), dataout.Input{Topic: "elsewhere"}); ok || err != nil {
+		t.Errorf("Apply to another topic: %v %v", ok, err)
+	}
+}
