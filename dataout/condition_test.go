@@ -166,26 +166,31 @@ func TestRuleSet(t *testing.T) {
 }
 
 // BenchmarkRuleSet is the cost of matching one JSON message against a
-// tenant's rules (each with a condition; a tenth of them match its topic).
+// tenant's rules (each with a condition; a tenth of them match its topic),
+// without and with a projection on each rule.
 func BenchmarkRuleSet(b *testing.B) {
 	for _, n := range []int{1, 10, 100} {
-		b.Run(fmt.Sprintf("rules=%d", n), func(b *testing.B) {
-			var rules []tenants.ExportRule
-			for i := range n {
-				rules = append(rules, tenants.ExportRule{ID: fmt.Sprint(i), Filter: fmt.Sprintf("sites/%d/+/temp", i%10),
-					Condition: fmt.Sprintf(`payload.temp > %d && metadata.room == "lab"`, i), Destination: "d"})
-			}
-			set, errs := dataout.CompileRules(rules)
-			if len(errs) > 0 {
-				b.Fatal(errs)
-			}
-			in := msg
-			in.Topic = "sites/0/sensor-1/temp"
-			ctx := context.Background()
-			b.ReportAllocs()
-			for b.Loop() {
-				set.Match(ctx, in)
-			}
-		})
+		for _, projection := range []string{"", `{"t": payload.temp, "room": metadata.room, "site": topic_levels[1]}`} {
+			b.Run(fmt.Sprintf("rules=%d/projection=%v", n, projection != ""), func(b *testing.B) { benchmarkRuleSet(b, n, projection) })
+		}
+	}
+}
+
+func benchmarkRuleSet(b *testing.B, n int, projection string) {
+	var rules []tenants.ExportRule
+	for i := range n {
+		rules = append(rules, tenants.ExportRule{ID: fmt.Sprint(i), Filter: fmt.Sprintf("sites/%d/+/temp", i%10),
+			Condition: fmt.Sprintf(`payload.temp > %d && metadata.room == "lab"`, i), Projection: projection, Destination: "d"})
+	}
+	set, errs := dataout.CompileRules(rules)
+	if len(errs) > 0 {
+		b.Fatal(errs)
+	}
+	in := msg
+	in.Topic = "sites/0/sensor-1/temp"
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		set.Match(ctx, in)
 	}
 }
