@@ -236,11 +236,13 @@ func (r *Rule) Apply(ctx context.Context, in Input) (bool, []byte, error) {
 	if !r.Shapes() {
 		return true, in.Payload, nil
 	}
-	return r.apply(ctx, in.Vars(), in.Payload)
+	return r.apply(ctx, in.Vars(), in.Payload, len(in.Payload))
 }
 
-// apply evaluates the condition, then the projection, over vars.
-func (r *Rule) apply(ctx context.Context, vars map[string]any, payload []byte) (bool, []byte, error) {
+// apply evaluates the condition, then the projection, over vars: the
+// projection's value, or payload without one. size is the message's
+// payload's.
+func (r *Rule) apply(ctx context.Context, vars map[string]any, payload []byte, size int) (bool, []byte, error) {
 	if r.cond != nil {
 		ok, err := r.cond.evalVars(ctx, vars)
 		if !ok || err != nil {
@@ -250,7 +252,7 @@ func (r *Rule) apply(ctx context.Context, vars map[string]any, payload []byte) (
 	if r.proj == nil {
 		return true, payload, nil
 	}
-	b, err := r.proj.evalVars(ctx, vars)
+	b, err := r.proj.evalVars(ctx, vars, size)
 	if err != nil {
 		return false, nil, fmt.Errorf("projection: %w", err)
 	}
@@ -324,7 +326,7 @@ func (s *RuleSet) AppendMatches(ctx context.Context, out []Match, in Input) []Ma
 		if vars == nil {
 			vars = in.Vars()
 		}
-		ok, payload, err := r.apply(ctx, vars, nil)
+		ok, payload, err := r.apply(ctx, vars, nil, len(in.Payload))
 		switch {
 		case err != nil:
 			out = append(out, Match{Rule: r, Err: err})

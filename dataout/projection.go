@@ -13,8 +13,19 @@ import (
 
 // MaxProjected bounds what a projection makes, in bytes of JSON: past it
 // the projection fails for that message (the cost limit bounds the work,
-// not the size of what a few operations can repeat).
+// not the size of what a few operations can repeat). Below it, what a
+// projection makes of a message is bounded by ProjectedLimit of the
+// message's payload, so that small messages cannot be made large ones in
+// an outbox (a disk write the tenant's bandwidth quota never saw).
 const MaxProjected = 256 << 10
+
+// ProjectedFloor is what a projection may always make: room for the
+// topic, device, metadata and names around a small payload.
+const ProjectedFloor = 4 << 10
+
+// ProjectedLimit is the most JSON a projection may make of a payload of
+// n bytes: ProjectedFloor plus twice the payload, at most MaxProjected.
+func ProjectedLimit(n int) int { return min(ProjectedFloor+2*n, MaxProjected) }
 
 // Projection is a compiled CEL projection: an expression over the same
 // variables as a condition whose value, as JSON, is what a rule sends in
@@ -62,10 +73,12 @@ var jsonValueType = reflect.TypeOf(&structpb.Value{})
 
 // Eval returns the projection's value for in, as JSON.
 func (p *Projection) Eval(ctx context.Context, in Input) ([]byte, error) {
-	return p.evalVars(ctx, in.Vars())
+	return p.evalVars(ctx, in.Vars(), len(in.Payload))
 }
 
-func (p *Projection) evalVars(ctx context.Context, vars map[string]any) ([]byte, error) {
+// evalVars evaluates the projection over vars, for a payload of size
+// bytes.
+func (p *Projection) evalVars(ctx context.Context, vars map[string]any, size int) ([]byte, error) {
 	out, _, err := p.prg.ContextEval(ctx, vars)
 	if err != nil {
 		if strings.Contains(err.Error(), "cost limit exceeded") {
@@ -81,8 +94,8 @@ func (p *Projection) evalVars(ctx context.Context, vars map[string]any) ([]byte,
 	if err != nil {
 		return nil, fmt.Errorf("the projection's value is not JSON: %w", err)
 	}
-	if len(b) > MaxProjected {
-		return nil, fmt.Errorf("the projection made %d bytes, more than %d", len(b), MaxProjected)
+	if limit := ProjectedLimit(size); len(b) > limit {
+		return nil, fmt.Errorf("the projection made %d bytes of JSON, more than %d (4 KiB and twice the payload's %d bytes, at most 256 KiB)", len(b), limit, size)
 	}
 	return b, nil
 }

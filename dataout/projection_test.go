@@ -55,9 +55,24 @@ func TestProjection(t *testing.T) {
 		}
 	}
 	big := dataout.Input{Topic: "x", Payload: []byte(`{"big": "` + strings.Repeat("x", dataout.MaxProjected) + `"}`)}
-	p, _ := dataout.CompileProjection(`{"copy": payload.big}`)
+	p, _ := dataout.CompileProjection(`{"copy": payload.big, "again": payload.big}`)
 	if got, err := p.Eval(context.Background(), big); err == nil || !strings.Contains(err.Error(), "more than") {
 		t.Errorf("a projection past MaxProjected: %d bytes, %v", len(got), err)
+	}
+	// A small message is not made a large one: doubled eight times, its
+	// text passes the floor and twice its size.
+	grow, _ := dataout.CompileProjection(`[payload.s + payload.s + payload.s + payload.s, payload.s + payload.s + payload.s + payload.s,
+		payload.s + payload.s + payload.s + payload.s, payload.s + payload.s + payload.s + payload.s]`)
+	small := dataout.Input{Topic: "x", Payload: []byte(`{"s": "` + strings.Repeat("y", 300) + `"}`)}
+	if got, err := grow.Eval(context.Background(), small); err == nil || !strings.Contains(err.Error(), "more than 4714") {
+		t.Errorf("a 310-byte message made %d bytes, %v; want refused past 4 KiB and twice its size", len(got), err)
+	}
+	small.Payload = []byte(`{"s": "` + strings.Repeat("y", 100) + `"}`)
+	if got, err := grow.Eval(context.Background(), small); err != nil || len(got) < 1600 {
+		t.Errorf("a 110-byte message made %d bytes, %v; want them, under the floor", len(got), err)
+	}
+	if dataout.ProjectedLimit(0) != dataout.ProjectedFloor || dataout.ProjectedLimit(1<<20) != dataout.MaxProjected {
+		t.Errorf("ProjectedLimit: %d, %d", dataout.ProjectedLimit(0), dataout.ProjectedLimit(1<<20))
 	}
 }
 
