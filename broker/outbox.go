@@ -392,6 +392,10 @@ func (o *outbox) gone(ctx context.Context, q *destQueue, log *slog.Logger) {
 	log.Info("destination deleted: its outbox is closed", "dead_letters_deleted", n)
 }
 
+// errDirectoryDown is what a destination's status says when the
+// directory could not be read for it.
+var errDirectoryDown = errors.New("the destination could not be read from the directory; delivery is retried")
+
 // webhook returns a destination opened for sending: from the cache, or
 // read from the directory and opened. gone is true when the destination
 // no longer exists.
@@ -405,7 +409,10 @@ func (o *outbox) webhook(ctx context.Context, id string) (wh dataout.Webhook, go
 	case errors.Is(err, tenants.ErrNotFound):
 		return wh, true, dataout.Attempt{}
 	case err != nil:
-		return wh, false, dataout.Attempt{Kind: "directory", Err: err}
+		// The status shows the text to every member: not the database's
+		// address or user, which its errors name.
+		o.log.Warn("read a destination to deliver to", "destination", id, "err", err)
+		return wh, false, dataout.Attempt{Kind: "directory", Err: errDirectoryDown}
 	}
 	if wh, err = o.cfg.Sealer.Webhook(o.tenant, d); err != nil {
 		return wh, false, dataout.Attempt{Kind: "secret", Err: err}
@@ -997,8 +1004,8 @@ func (o *outbox) run(q *destQueue) {
 			if err == nil {
 				q.failed.Add(int64(len(msgs)))
 				log.Warn("batch past the retry horizon: moved to the dead letters", "messages", len(msgs))
+				first, attempts = time.Time{}, 0 // else still past its horizon: buried at its next attempt
 			}
-			first, attempts = time.Time{}, 0
 		case "gone":
 			err = o.st.Ack(ctx, o.tenant, q.out, epoch, seqs)
 			if err == nil {

@@ -1035,8 +1035,14 @@ func TestOutboxDirectoryDown(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "an attempt failed on the directory", func() bool {
 		st, _ := s.hub.DeliveryStatus(ctx, "acme", hook)
-		return st.Backlog == 3 && strings.Contains(st.LastErrorText, "directory down")
+		return st.Backlog == 3 && strings.Contains(st.LastErrorText, "could not be read from the directory")
 	})
+	// The status, shown to every member, does not repeat the directory's
+	// own error (a database's errors name its address and user).
+	if st, _ := s.hub.DeliveryStatus(ctx, "acme", hook); strings.Contains(st.LastErrorText, "directory down") || len(st.Recent) == 0 ||
+		strings.Contains(st.Recent[0].Error, "directory down") {
+		t.Errorf("the status repeats the directory's error: %q, %+v", st.LastErrorText, st.Recent)
+	}
 	rules.fail.Store(false)
 	eventually(t, 10*time.Second, "the kept messages are delivered once it is back", func() bool { return len(rc.messages()) == 4 })
 }

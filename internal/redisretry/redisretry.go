@@ -12,6 +12,7 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -63,11 +64,15 @@ func Wait(ctx context.Context, n int) error {
 // by peeking at its socket (a FIN: closed; bytes: something unasked, not
 // healthy), but only a connection that is a syscall.Conn, which *tls.Conn
 // is not. The connections the dialer set here makes expose the TCP socket
-// beneath for that peek alone; reads and writes go through TLS. A TLS
-// record waiting on an idle connection (an alert before the close) makes
-// it unhealthy, and it is dialled again. The client speaks RESP2: under
-// RESP3 the pool reads such a record through TLS, with no deadline, to
-// see whether it is a push. Without TLS, or with a dialer of the
+// beneath for that peek alone, once they have been read from (before, the
+// server's TLS 1.3 session tickets wait there unread: a connection the
+// pool opened ahead would look unhealthy); reads and writes go through
+// TLS. A TLS record waiting on a used idle connection (an alert before
+// the close) makes it unhealthy, and it is dialled again. The client
+// speaks RESP2: under RESP3 the pool reads such a record through TLS,
+// with no deadline, to see whether it is a push. The dialer keeps
+// go-redis's own: the handshake within DialTimeout (5 s if unset) and
+// the context, TCP keep-alives. Without TLS, or with a dialer of the
 // caller's, opts is left as it is. Call it before the client is made.
 //
 // The fix upstream: the pool's check unwrapping tls.Conn (NetConn), and
@@ -76,9 +81,16 @@ func CheckClosedTLS(opts *goredis.Options) {
 	if opts.TLSConfig == nil || opts.Dialer != nil {
 		return
 	}
-	dial := goredis.NewDialer(opts)
+	timeout := opts.DialTimeout
+	if timeout == 0 {
+		timeout = 5 * time.Second // go-redis's default, which it sets on its own copy of opts
+	}
+	d := &tls.Dialer{
+		NetDialer: &net.Dialer{Timeout: max(timeout, 0), KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 30 * time.Second, Interval: 5 * time.Second, Count: 3}},
+		Config:    opts.TLSConfig,
+	}
 	opts.Dialer = func(ctx context.Context, network, addr string) (net.Conn, error) {
-		c, err := dial(ctx, network, addr)
+		c, err := d.DialContext(ctx, network, addr)
 		if err != nil {
 			return nil, err
 		}
@@ -93,10 +105,31 @@ func CheckClosedTLS(opts *goredis.Options) {
 }
 
 // peekableTLS is a TLS connection whose socket the pool's health check
-// can peek at (syscall.Conn).
+// can peek at (syscall.Conn) once it has been read from.
 type peekableTLS struct {
 	*tls.Conn
-	raw syscall.Conn
+	raw  syscall.Conn
+	read atomic.Bool
 }
 
-func (c *peekableTLS) SyscallConn() (syscall.RawConn, error) { return c.raw.SyscallConn() }
+func (c *peekableTLS) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.read.Store(true)
+	}
+	return n, err
+}
+
+func (c *peekableTLS) SyscallConn() (syscall.RawConn, error) {
+	rc, err := c.raw.SyscallConn()
+	if err != nil || c.read.Load() {
+		return rc, err
+	}
+	return unread{rc}, nil
+}
+
+// unread is the socket of a connection never read from: what waits there
+// is the handshake's tail, so a peek sees nothing.
+type unread struct{ syscall.RawConn }
+
+func (unread) Read(func(fd uintptr) bool) error { return nil }

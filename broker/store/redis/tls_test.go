@@ -13,6 +13,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -49,6 +51,83 @@ func TestTLSIdleConnectionClosed(t *testing.T) {
 	got, err := s.Read(ctx, "t", "c", 0, 10)
 	if err != nil || len(got) != 3 {
 		t.Fatalf("read %d messages, %v; want the 3 appended", len(got), err)
+	}
+}
+
+// TestTLSDialTimeout: a server that takes the TCP connection and never
+// answers the TLS handshake fails the store's start within its
+// dial_timeout (and go-redis's retries), not never.
+func TestTLSDialTimeout(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() }) // held open, silent
+		}
+	}()
+	done := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		_, err := redis.New(context.Background(), redis.Config{URL: "rediss://" + ln.Addr().String() + "/0?dial_timeout=1&max_retries=1&skip_verify=true"})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("the store started against a server that never handshakes")
+		}
+		t.Logf("failed after %v: %v", time.Since(start).Round(100*time.Millisecond), err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the store's start still waits for the handshake after 30s")
+	}
+}
+
+// TestTLSIdleAheadKept: connections the pool opens ahead (min_idle_conns)
+// are used when taken, not judged unhealthy for the server's session
+// tickets waiting unread on them and dialled again.
+func TestTLSIdleAheadKept(t *testing.T) {
+	addr := startTLSRedis(t)
+	s, err := redis.New(context.Background(), redis.Config{URL: "rediss://" + addr + "/0?skip_verify=true&min_idle_conns=4", Prefix: uniquePrefix()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	ctx := context.Background()
+	received := func() int64 {
+		t.Helper()
+		info, err := s.Client().InfoMap(ctx, "stats").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := strconv.ParseInt(info["Stats"]["total_connections_received"], 10, 64)
+		return n
+	}
+	time.Sleep(500 * time.Millisecond) // the pool opens its four
+	before := received()
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// A command alone: pipelines have a pool of their own, which
+			// opens none ahead.
+			if err := s.Client().Get(ctx, "nothing-here").Err(); err != nil && err.Error() != "redis: nil" {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	// The pool dials anew to keep four idle; what must not be is one of
+	// them thrown away as stale.
+	if st := s.Client().PoolStats(); st.StaleConns != 0 {
+		t.Errorf("%d connections opened ahead were thrown away as stale (%d dialled for four commands)", st.StaleConns, received()-before)
 	}
 }
 
