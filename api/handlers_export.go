@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -279,9 +278,10 @@ func handleRuleTest(es exportStore, now func() time.Time) handler {
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		defer cancel()
 		ok, sent, err := compiled.Apply(ctx, input)
+		var pe *dataout.ProjectionError
 		switch {
-		case err != nil && rule.Projection != "" && strings.HasPrefix(err.Error(), "projection: "):
-			out.Reason = "the projection could not be evaluated: " + strings.TrimPrefix(err.Error(), "projection: ")
+		case errors.As(err, &pe):
+			out.Reason = "the projection could not be evaluated: " + pe.Err.Error()
 		case err != nil:
 			out.Reason = "the condition could not be evaluated: " + err.Error()
 		case !ok && !tenants.MatchTopic(rule.Filter, m.Topic):

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/google/cel-go/cel"
+	"github.com/google/cel-go/common/types"
+	"github.com/google/cel-go/common/types/ref"
 	"github.com/google/cel-go/ext"
 
 	"github.com/roosthub/roost/tenants"
@@ -66,9 +68,43 @@ func env() (*cel.Env, error) {
 			cel.ParserRecursionLimit(50),
 			ext.Strings(),
 			ext.Encoders(),
+			boundedReplace(),
 		)
 	})
 	return celEnv, envErr
+}
+
+// MaxStringResult bounds a string replace makes. ext.Strings' replace
+// builds its result before the cost limit sees it (its cost is the
+// result's size), so a replacement as long as the text it replaces in
+// (payload.s.replace("a", payload.s)) grows quadratically: 256 MB from
+// a 16 KiB string, 16 GiB from 128 KiB. Past this it fails instead,
+// before building anything.
+const MaxStringResult = 1 << 20
+
+// boundedReplace redefines ext.Strings' replace overloads (same ids and
+// signatures: cel-go lets a later binding replace an earlier one) to
+// count what they would make first.
+func boundedReplace() cel.EnvOption {
+	do := func(s, old, new string, n int) ref.Val {
+		count := strings.Count(s, old)
+		if n >= 0 && n < count {
+			count = n
+		}
+		if size := len(s) + count*(len(new)-len(old)); size > MaxStringResult {
+			return types.NewErr("replace would make a string of %d bytes, more than %d", size, MaxStringResult)
+		}
+		return types.String(strings.Replace(s, old, new, n))
+	}
+	return cel.Function("replace",
+		cel.MemberOverload("string_replace_string_string", []*cel.Type{cel.StringType, cel.StringType, cel.StringType}, cel.StringType,
+			cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+				return do(string(args[0].(types.String)), string(args[1].(types.String)), string(args[2].(types.String)), -1)
+			})),
+		cel.MemberOverload("string_replace_string_string_int", []*cel.Type{cel.StringType, cel.StringType, cel.StringType, cel.IntType}, cel.StringType,
+			cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+				return do(string(args[0].(types.String)), string(args[1].(types.String)), string(args[2].(types.String)), int(args[3].(types.Int)))
+			})))
 }
 
 // CompileCondition parses and type-checks src. Its result must be a
@@ -254,10 +290,17 @@ func (r *Rule) apply(ctx context.Context, vars map[string]any, payload []byte, s
 	}
 	b, err := r.proj.evalVars(ctx, vars, size)
 	if err != nil {
-		return false, nil, fmt.Errorf("projection: %w", err)
+		return false, nil, &ProjectionError{Err: err}
 	}
 	return true, b, nil
 }
+
+// ProjectionError is a projection that could not be evaluated for a
+// message (then the rule does not send it).
+type ProjectionError struct{ Err error }
+
+func (e *ProjectionError) Error() string { return "projection: " + e.Err.Error() }
+func (e *ProjectionError) Unwrap() error { return e.Err }
 
 // RuleSet is a tenant's rules compiled once, to match each message
 // against all of them; it is safe for concurrent use.

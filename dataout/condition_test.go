@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -192,5 +193,40 @@ func benchmarkRuleSet(b *testing.B, n int, projection string) {
 	b.ReportAllocs()
 	for b.Loop() {
 		set.Match(ctx, in)
+	}
+}
+
+// TestReplaceBounded: a replace that would grow past MaxStringResult
+// fails before building it (ext.Strings' own builds it, quadratically,
+// before the cost limit sees it); an ordinary one works as before, with
+// and without a count.
+func TestReplaceBounded(t *testing.T) {
+	in := dataout.Input{Topic: "x", Payload: []byte(`{"s": "` + strings.Repeat("a", 16<<10) + `"}`)}
+	c, err := dataout.CompileCondition(`size(payload.s.replace("a", payload.s)) > 0`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	ok, err := c.Eval(context.Background(), in)
+	runtime.ReadMemStats(&after)
+	if ok || err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Errorf("a quadratic replace: %v, %v; want refused", ok, err)
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 16<<20 {
+		t.Errorf("refusing it allocated %d MB", grew>>20)
+	}
+	for src, want := range map[string]bool{
+		`"a-b-c".replace("-", "+") == "a+b+c"`:    true,
+		`"a-b-c".replace("-", "+", 1) == "a+b-c"`: true,
+		`"abc".replace("", "_") == "_a_b_c_"`:      true,
+	} {
+		c, err := dataout.CompileCondition(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := c.Eval(context.Background(), in); got != want || err != nil {
+			t.Errorf("%s: %v, %v", src, got, err)
+		}
 	}
 }

@@ -2,13 +2,20 @@ package dataout
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
-	"reflect"
+	"math"
+	"slices"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/google/cel-go/cel"
-	"google.golang.org/protobuf/types/known/structpb"
+	"github.com/google/cel-go/common/types"
+	"github.com/google/cel-go/common/types/ref"
+	"github.com/google/cel-go/common/types/traits"
 )
 
 // MaxProjected bounds what a projection makes, in bytes of JSON: past it
@@ -69,8 +76,6 @@ func CompileProjection(src string) (*Projection, error) {
 // String returns the projection's source.
 func (p *Projection) String() string { return p.src }
 
-var jsonValueType = reflect.TypeOf(&structpb.Value{})
-
 // Eval returns the projection's value for in, as JSON.
 func (p *Projection) Eval(ctx context.Context, in Input) ([]byte, error) {
 	return p.evalVars(ctx, in.Vars(), len(in.Payload))
@@ -82,20 +87,150 @@ func (p *Projection) evalVars(ctx context.Context, vars map[string]any, size int
 	out, _, err := p.prg.ContextEval(ctx, vars)
 	if err != nil {
 		if strings.Contains(err.Error(), "cost limit exceeded") {
-			return nil, ErrCostLimit
+			return nil, errProjectionCost
 		}
 		return nil, err
 	}
-	native, err := out.ConvertToNative(jsonValueType)
-	if err != nil {
-		return nil, fmt.Errorf("the projection's value is not JSON: %w", err)
+	w := jsonWriter{ctx: ctx, limit: ProjectedLimit(size)}
+	if err := w.value(out, 0); err != nil {
+		if errors.Is(err, errTooLarge) {
+			return nil, fmt.Errorf("the projection makes more than %d bytes of JSON (4 KiB and twice the payload's %d bytes, at most 256 KiB)", w.limit, size)
+		}
+		return nil, err
 	}
-	b, err := json.Marshal(native.(*structpb.Value).AsInterface())
-	if err != nil {
-		return nil, fmt.Errorf("the projection's value is not JSON: %w", err)
+	return w.buf, nil
+}
+
+// errProjectionCost: evaluating a projection took more than the cost
+// limit.
+var errProjectionCost = errors.New("the projection costs more than the limit to evaluate")
+
+var errTooLarge = errors.New("too large")
+
+// maxDepth bounds how deeply a projection's value nests.
+const maxDepth = 100
+
+// jsonWriter writes a CEL value as JSON, stopping as soon as it passes
+// its limit: a value whose parts are shared (a list of a thousand
+// references to the payload costs CEL little) never becomes more than
+// the limit in memory. Map keys are sorted, so the same value is the
+// same JSON.
+type jsonWriter struct {
+	ctx   context.Context
+	buf   []byte
+	limit int
+	steps int
+}
+
+func (w *jsonWriter) room(n int) error {
+	if len(w.buf)+n > w.limit {
+		return errTooLarge
 	}
-	if limit := ProjectedLimit(size); len(b) > limit {
-		return nil, fmt.Errorf("the projection made %d bytes of JSON, more than %d (4 KiB and twice the payload's %d bytes, at most 256 KiB)", len(b), limit, size)
+	return nil
+}
+
+func (w *jsonWriter) raw(s string) error {
+	if err := w.room(len(s)); err != nil {
+		return err
 	}
-	return b, nil
+	w.buf = append(w.buf, s...)
+	return nil
+}
+
+func (w *jsonWriter) str(s string) error {
+	if err := w.room(len(s) + 2); err != nil { // escaping only adds
+		return err
+	}
+	b, _ := json.Marshal(s)
+	return w.raw(string(b))
+}
+
+func (w *jsonWriter) value(v ref.Val, depth int) error {
+	if depth > maxDepth {
+		return fmt.Errorf("the projection's value nests more than %d deep", maxDepth)
+	}
+	if w.steps++; w.steps%1024 == 0 && w.ctx.Err() != nil {
+		return w.ctx.Err()
+	}
+	switch v := v.(type) {
+	case types.Null:
+		return w.raw("null")
+	case types.Bool:
+		return w.raw(strconv.FormatBool(bool(v)))
+	case types.Int:
+		return w.raw(strconv.FormatInt(int64(v), 10))
+	case types.Uint:
+		return w.raw(strconv.FormatUint(uint64(v), 10))
+	case types.Double:
+		f := float64(v)
+		if math.IsNaN(f) || math.IsInf(f, 0) {
+			return fmt.Errorf("the projection's value holds %v, which is not JSON", f)
+		}
+		b, _ := json.Marshal(f)
+		return w.raw(string(b))
+	case types.String:
+		return w.str(string(v))
+	case types.Bytes:
+		if err := w.room(base64.StdEncoding.EncodedLen(len(v)) + 2); err != nil {
+			return err
+		}
+		return w.raw(`"` + base64.StdEncoding.EncodeToString(v) + `"`)
+	case types.Timestamp:
+		return w.str(v.Time.UTC().Format(time.RFC3339Nano))
+	case types.Duration:
+		return w.str(strconv.FormatFloat(v.Duration.Seconds(), 'f', -1, 64) + "s")
+	case traits.Mapper:
+		var keys []string
+		for it := v.Iterator(); it.HasNext() == types.True; {
+			k, ok := it.Next().(types.String)
+			if !ok {
+				return errors.New("the projection's value is not JSON: a map's keys must be strings")
+			}
+			if err := w.room(len(keys)*4 + len(k)); err != nil { // each key at least "k":v,
+				return err
+			}
+			keys = append(keys, string(k))
+		}
+		slices.Sort(keys)
+		if err := w.raw("{"); err != nil {
+			return err
+		}
+		for i, k := range keys {
+			if i > 0 {
+				if err := w.raw(","); err != nil {
+					return err
+				}
+			}
+			if err := w.str(k); err != nil {
+				return err
+			}
+			if err := w.raw(":"); err != nil {
+				return err
+			}
+			e, _ := v.Find(types.String(k))
+			if err := w.value(e, depth+1); err != nil {
+				return err
+			}
+		}
+		return w.raw("}")
+	case traits.Lister:
+		if err := w.raw("["); err != nil {
+			return err
+		}
+		for i, it := 0, v.Iterator(); it.HasNext() == types.True; i++ {
+			if i > 0 {
+				if err := w.raw(","); err != nil {
+					return err
+				}
+			}
+			if err := w.value(it.Next(), depth+1); err != nil {
+				return err
+			}
+		}
+		return w.raw("]")
+	case *types.Err:
+		return v
+	default:
+		return fmt.Errorf("the projection's value is not JSON: a %s", v.Type().TypeName())
+	}
 }

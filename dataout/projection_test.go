@@ -3,6 +3,7 @@ package dataout_test
 import (
 	"context"
 	"errors"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -70,6 +71,46 @@ func TestProjection(t *testing.T) {
 	small.Payload = []byte(`{"s": "` + strings.Repeat("y", 100) + `"}`)
 	if got, err := grow.Eval(context.Background(), small); err != nil || len(got) < 1600 {
 		t.Errorf("a 110-byte message made %d bytes, %v; want them, under the floor", len(got), err)
+	}
+	// Shared parts (a list of many references to the payload costs CEL
+	// little) are not built past the limit: the writer stops there.
+	many, err := dataout.CompileProjection(`[0,1,2,3,4,5,6,7,8,9].map(a, [0,1,2,3,4,5,6,7,8,9].map(b, [0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19,20,21,22,23,24,25,26,27,28,29].map(c, payload.s)))`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	wide := dataout.Input{Topic: "x", Payload: []byte(`{"s": "` + strings.Repeat("z", 60_000) + `"}`)}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	got, err := many.Eval(context.Background(), wide)
+	runtime.ReadMemStats(&after)
+	if err == nil || !strings.Contains(err.Error(), "more than 124114") {
+		t.Errorf("3,000 copies of a 60 kB payload: %d bytes, %v; want refused at the limit", len(got), err)
+	}
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 20<<20 {
+		t.Errorf("refusing 3,000 copies of a 60 kB payload allocated %d MB: the value was built past the limit", grew>>20)
+	}
+	for _, tc := range []struct{ src, want string }{
+		{`9223372036854775807`, `9223372036854775807`},
+		{`18446744073709551615u`, `18446744073709551615`},
+		{`duration("1h")`, `"3600s"`},
+		{`{"b": b"hi", "n": null, "ok": true}`, `{"b":"aGk=","n":null,"ok":true}`},
+	} {
+		p, err := dataout.CompileProjection(tc.src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := p.Eval(context.Background(), msg); err != nil || string(got) != tc.want {
+			t.Errorf("%s: %s, %v; want %s", tc.src, got, err, tc.want)
+		}
+	}
+	for _, src := range []string{`payload.temp / 0.0`, `{"x": [double("NaN")]}`, `int`, `{dyn(1): 2}`} {
+		p, err := dataout.CompileProjection(src)
+		if err != nil {
+			continue // refused when compiled: as good
+		}
+		if got, err := p.Eval(context.Background(), msg); err == nil {
+			t.Errorf("%s: %s, want an error (not JSON)", src, got)
+		}
 	}
 	if dataout.ProjectedLimit(0) != dataout.ProjectedFloor || dataout.ProjectedLimit(1<<20) != dataout.MaxProjected {
 		t.Errorf("ProjectedLimit: %d, %d", dataout.ProjectedLimit(0), dataout.ProjectedLimit(1<<20))

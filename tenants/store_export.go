@@ -33,7 +33,7 @@ func (s *Store) Rule(ctx context.Context, tenant, id string) (ExportRule, error)
 
 func (s *Store) rules(ctx context.Context, tenant, where string, args ...any) ([]ExportRule, error) {
 	rows, err := s.db.QueryContext(ctx,
-		`SELECT id, filter, topic, condition, projection, destination, created_at FROM export_rules WHERE tenant = $1`+where+` ORDER BY id`,
+		`SELECT id, filter, topic, condition, projection, destination, created_at FROM export_rules WHERE tenant = $1`+where+` ORDER BY created_at, id`,
 		append([]any{tenant}, args...)...)
 	if err != nil {
 		return nil, err

@@ -388,21 +388,23 @@ func TestExportRulesPage(t *testing.T) {
 	}{
 		{"a bad filter", url.Values{"filter": {"a/#/b"}, "topic": {"telemetry"}}, "xr-filter"},
 		{"a condition that does not compile", url.Values{"filter": {"sensors/#"}, "topic": {"telemetry"}, "condition": {"payload.temp >"}}, "xr-condition"},
+		{"a projection that does not compile", url.Values{"filter": {"sensors/#"}, "topic": {"telemetry"}, "projection": {"{1: payload.temp}"}}, "xr-projection"},
 	} {
 		a := b.post("/tenants/acme/export-rules", tc.form)
-		if a.status != http.StatusBadRequest || !strings.Contains(a.body, `id="`+tc.field+`"`) || !strings.Contains(a.body, `class="field-error"`) {
+		marked := regexp.MustCompile(`id="` + tc.field + `"[^>]*aria-invalid="true"`)
+		if a.status != http.StatusBadRequest || !marked.MatchString(a.body) || !strings.Contains(a.body, `class="field-error"`) {
 			t.Errorf("%s: %d, want 400 with the reason by the field", tc.name, a.status)
 		}
 	}
-	if a := b.post("/tenants/acme/export-rules", url.Values{"filter": {"sensors/#"}, "topic": {"telemetry"}}); a.status != http.StatusSeeOther {
+	if a := b.post("/tenants/acme/export-rules", url.Values{"filter": {"sensors/#"}, "topic": {"telemetry"}, "projection": {`{"t": payload.temp}`}}); a.status != http.StatusSeeOther {
 		t.Fatalf("add a rule: %d %s", a.status, a.body)
 	}
 	rules, _ := s.store.Rules(t.Context(), "acme")
-	if len(rules) != 1 || rules[0].Filter != "sensors/#" {
+	if len(rules) != 1 || rules[0].Filter != "sensors/#" || rules[0].Projection != `{"t": payload.temp}` {
 		t.Fatalf("rules: %+v", rules)
 	}
-	if a := b.get("/tenants/acme/export-rules"); !strings.Contains(a.body, "<code>roost.acme.telemetry</code>") {
-		t.Errorf("the page does not show the rule's Kafka topic")
+	if a := b.get("/tenants/acme/export-rules"); !strings.Contains(a.body, "<code>roost.acme.telemetry</code>") || !strings.Contains(a.body, "<code>{&#34;t&#34;: payload.temp}</code>") {
+		t.Errorf("the page does not show the rule's Kafka topic and projection")
 	}
 	if a := b.post("/tenants/acme/export-rules/"+rules[0].ID+"/delete", nil); a.status != http.StatusSeeOther {
 		t.Errorf("delete the rule: %d", a.status)

@@ -45,8 +45,9 @@ func (c *Console) renderExportRules(w http.ResponseWriter, r *http.Request, stat
 
 func (c *Console) exportRuleCreate(w http.ResponseWriter, r *http.Request) {
 	in := tenants.ExportRuleInput{Filter: strings.TrimSpace(r.PostFormValue("filter")), Topic: strings.TrimSpace(r.PostFormValue("topic")),
-		Destination: strings.TrimSpace(r.PostFormValue("destination")), Condition: strings.TrimSpace(r.PostFormValue("condition"))}
-	form := map[string]string{"filter": in.Filter, "topic": in.Topic, "destination": in.Destination, "condition": in.Condition}
+		Destination: strings.TrimSpace(r.PostFormValue("destination")), Condition: strings.TrimSpace(r.PostFormValue("condition")),
+		Projection: strings.TrimSpace(r.PostFormValue("projection"))}
+	form := map[string]string{"filter": in.Filter, "topic": in.Topic, "destination": in.Destination, "condition": in.Condition, "projection": in.Projection}
 	again := func(errs map[string]string) {
 		c.renderExportRules(w, r, http.StatusBadRequest, page{Form: form, Errors: errs})
 	}
@@ -54,11 +55,14 @@ func (c *Console) exportRuleCreate(w http.ResponseWriter, r *http.Request) {
 		again(formErrors(err))
 		return
 	}
-	if in.Condition != "" {
-		if _, err := dataout.CompileCondition(in.Condition); err != nil {
-			again(map[string]string{"condition": err.Error()})
+	if _, err := dataout.CompileRule(tenants.ExportRule{Filter: in.Filter, Condition: in.Condition, Projection: in.Projection}); err != nil {
+		var re *dataout.RuleError
+		if !errors.As(err, &re) {
+			c.fail(w, r, err)
 			return
 		}
+		again(map[string]string{re.Field: re.Err.Error()})
+		return
 	}
 	if _, err := c.store.CreateExportRule(r.Context(), tenantOf(r).Slug, in); err != nil {
 		if errors.Is(err, tenants.ErrInvalid) || errors.Is(err, tenants.ErrQuotaExceeded) || errors.Is(err, tenants.ErrNotFound) {
