@@ -219,7 +219,7 @@ func TestReplaceBounded(t *testing.T) {
 	for src, want := range map[string]bool{
 		`"a-b-c".replace("-", "+") == "a+b+c"`:    true,
 		`"a-b-c".replace("-", "+", 1) == "a+b-c"`: true,
-		`"abc".replace("", "_") == "_a_b_c_"`:      true,
+		`"abc".replace("", "_") == "_a_b_c_"`:     true,
 	} {
 		c, err := dataout.CompileCondition(src)
 		if err != nil {
