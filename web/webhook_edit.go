@@ -63,15 +63,9 @@ func (c *Console) renderWebhook(w http.ResponseWriter, r *http.Request, status i
 		}
 	}
 	data.Row.Rules = len(data.Rules)
-	if dl := c.deliveries(); dl != nil {
-		switch st, err := dl.DeliveryStatus(ctx, slug, d.ID); {
-		case errors.Is(err, tenants.ErrUnavailable):
-		case err != nil:
-			c.internal(w, r, err)
-			return
-		default:
-			data.Row.Status = &st
-		}
+	if data.Row.Status, err = c.deliveryStatus(ctx, slug, d.ID); err != nil {
+		c.internal(w, r, err)
+		return
 	}
 	p.Title, p.Nav, p.Data = "Destination "+d.Name, "webhooks", data
 	c.render(w, r, status, "webhook.html", p)

@@ -1,6 +1,7 @@
 package web
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
@@ -146,6 +147,23 @@ func (c *Console) deliveries() dataplane.Deliveries {
 	return dl
 }
 
+// deliveryStatus is a destination's delivery status; nil when the data
+// plane cannot say (it has no deliveries, or no node answered).
+func (c *Console) deliveryStatus(ctx context.Context, tenant, id string) (*dataplane.DeliveryStatus, error) {
+	dl := c.deliveries()
+	if dl == nil {
+		return nil, nil
+	}
+	st, err := dl.DeliveryStatus(ctx, tenant, id)
+	switch {
+	case errors.Is(err, tenants.ErrUnavailable):
+		return nil, nil
+	case err != nil:
+		return nil, err
+	}
+	return &st, nil
+}
+
 // webhooksPage shows each destination with how its delivery goes: what
 // waits, how late, what gave up, what was delivered, the last error; and
 // with ?dead=<id>, that destination's dead letters.
@@ -176,16 +194,9 @@ func (c *Console) renderWebhooks(w http.ResponseWriter, r *http.Request, status 
 				data.Rows[i].Rules++
 			}
 		}
-		if dl == nil {
-			continue
-		}
-		switch st, err := dl.DeliveryStatus(ctx, slug, d.ID); {
-		case errors.Is(err, tenants.ErrUnavailable):
-		case err != nil:
+		if data.Rows[i].Status, err = c.deliveryStatus(ctx, slug, d.ID); err != nil {
 			c.internal(w, r, err)
 			return
-		default:
-			data.Rows[i].Status = &st
 		}
 	}
 	// The operator's Kafka comes first, as in the API's list: rules with

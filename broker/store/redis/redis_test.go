@@ -18,8 +18,11 @@ import (
 	"github.com/roosthub/roost/internal/testenv"
 )
 
-func TestRedis(t *testing.T) {
-	url := redisURL(t)
+func TestRedis(t *testing.T) { runContract(t, redisURL(t)) }
+
+// runContract runs the store contract (storetest) on the Redis at url,
+// each test under a key prefix of its own.
+func runContract(t *testing.T, url string) {
 	storetest.Run(t, func(t *testing.T) (storetest.Store, func() storetest.Store) {
 		prefix := uniquePrefix()
 		open := func() storetest.Store {

@@ -20,7 +20,6 @@ import (
 
 	"github.com/roosthub/roost/broker/store"
 	"github.com/roosthub/roost/broker/store/redis"
-	"github.com/roosthub/roost/broker/store/storetest"
 	"github.com/roosthub/roost/internal/testenv"
 )
 
@@ -133,22 +132,7 @@ func TestTLSIdleAheadKept(t *testing.T) {
 
 // TestTLS: the store's whole contract over rediss://, on RESP2 and the
 // connections checkableTLS wraps.
-func TestTLS(t *testing.T) {
-	url := "rediss://" + startTLSRedis(t) + "/0?skip_verify=true"
-	storetest.Run(t, func(t *testing.T) (storetest.Store, func() storetest.Store) {
-		prefix := uniquePrefix()
-		open := func() storetest.Store {
-			s, err := redis.New(context.Background(), redis.Config{URL: url, Prefix: prefix})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return s
-		}
-		s := open()
-		t.Cleanup(func() { s.Close() })
-		return s, open
-	})
-}
+func TestTLS(t *testing.T) { runContract(t, "rediss://"+startTLSRedis(t)+"/0?skip_verify=true") }
 
 // startTLSRedis starts a redis-server of the test's own that takes only
 // TLS, with a certificate made for it, and returns its address.
