@@ -8,7 +8,6 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
-	"net/url"
 	"time"
 
 	"github.com/go-chi/chi/v5"
@@ -73,11 +72,7 @@ func forRole(r *http.Request, d tenants.Destination) tenants.Destination {
 		}
 		return d
 	}
-	if u, err := url.Parse(d.URL); err == nil {
-		d.URL = u.Scheme + "://" + u.Host + "/…"
-	} else {
-		d.URL = "…"
-	}
+	d.URL = dataout.OriginOf(d.URL)
 	return d
 }
 

@@ -159,7 +159,7 @@ func (s *Sender) Send(ctx context.Context, w Webhook, b Batch) Attempt {
 		if errors.As(err, &ue) {
 			// Its text is shown to every member (the destination's last
 			// error): the URL's path, often a credential, is not.
-			ue.URL = originOf(ue.URL)
+			ue.URL = OriginOf(ue.URL)
 		}
 		return Attempt{Latency: time.Since(start), Kind: classify(err), Err: err}
 	}
@@ -198,9 +198,10 @@ func classify(err error) ErrorKind {
 	return ErrorConnect
 }
 
-// originOf is a URL without its path, query or credentials: its scheme
-// and host, then "/…".
-func originOf(raw string) string {
+// OriginOf is a webhook URL as anyone may see it: its scheme and host,
+// then "/…", without the path, query or credentials (often a secret);
+// "…" for one that does not parse.
+func OriginOf(raw string) string {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "…"

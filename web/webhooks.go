@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -249,10 +248,7 @@ func where(d tenants.Destination) string {
 	if d.Kafka != nil {
 		return "kafka://" + strings.Join(d.Kafka.Brokers, ",") + " → " + d.Kafka.Topic
 	}
-	if u, err := url.Parse(d.URL); err == nil {
-		return u.Scheme + "://" + u.Host + "/…"
-	}
-	return "…"
+	return dataout.OriginOf(d.URL)
 }
 
 // preview is a payload as the page shows it: text if it is, else base64;
