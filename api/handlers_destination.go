@@ -38,11 +38,7 @@ type destinationWithSecret struct {
 // bootstrap servers, the hub's own Kafka brokers (by name, or resolved
 // now) among the refused.
 func checkKafka(ctx context.Context, g *dataout.Guard, k *tenants.Kafka) error {
-	err := g.CheckBrokers(k.Brokers, k.TLS)
-	if err == nil {
-		err = g.CheckNotOperatorKafka(ctx, k.Brokers)
-	}
-	if err != nil {
+	if err := g.CheckKafka(ctx, k.Brokers, k.TLS); err != nil {
 		return &httpError{status: http.StatusBadRequest, code: "invalid", field: "kafka.brokers", msg: "kafka.brokers: " + err.Error()}
 	}
 	return nil

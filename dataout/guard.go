@@ -257,6 +257,17 @@ func (g *Guard) isOperatorKafkaName(broker string) bool {
 	return false
 }
 
+// CheckKafka applies the hub's address policy to a Kafka destination's
+// bootstrap servers (CheckBrokers), then refuses the hub's own
+// (CheckNotOperatorKafka): what the API and the console check before
+// storing them.
+func (g *Guard) CheckKafka(ctx context.Context, brokers []string, tls bool) error {
+	if err := g.CheckBrokers(brokers, tls); err != nil {
+		return err
+	}
+	return g.CheckNotOperatorKafka(ctx, brokers)
+}
+
 // CheckNotOperatorKafka refuses a Kafka destination's bootstrap servers
 // that are the hub's own brokers, by name or resolved now: a name that
 // does not resolve is left to the check at each connection (DialKafka).

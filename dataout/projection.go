@@ -181,13 +181,14 @@ func (w *jsonWriter) value(v ref.Val, depth int) error {
 		return w.str(strconv.FormatFloat(v.Duration.Seconds(), 'f', -1, 64) + "s")
 	case traits.Mapper:
 		var keys []string
+		need := 0 // what the keys alone will take: "k":v, each
 		for it := v.Iterator(); it.HasNext() == types.True; {
 			k, ok := it.Next().(types.String)
 			if !ok {
 				return errors.New("the projection's value is not JSON: a map's keys must be strings")
 			}
-			if err := w.room(len(keys)*4 + len(k)); err != nil { // each key at least "k":v,
-				return err
+			if need += len(k) + 4; w.room(need) != nil {
+				return errTooLarge
 			}
 			keys = append(keys, string(k))
 		}

@@ -321,11 +321,7 @@ func (c *Console) webhookCreate(w http.ResponseWriter, r *http.Request) {
 	var sealed tenants.Sealed
 	var secret string
 	if in.Type == tenants.DestinationKafka {
-		err := guard.CheckBrokers(in.Kafka.Brokers, in.Kafka.TLS)
-		if err == nil { // the hub's own Kafka, resolved now
-			err = guard.CheckNotOperatorKafka(r.Context(), in.Kafka.Brokers)
-		}
-		if err != nil {
+		if err := guard.CheckKafka(r.Context(), in.Kafka.Brokers, in.Kafka.TLS); err != nil {
 			again(http.StatusBadRequest, map[string]string{"kafka.brokers": err.Error()})
 			return
 		}
