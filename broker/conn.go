@@ -92,6 +92,10 @@ type deviceConn struct {
 	why  atomic.Uint32
 	told atomic.Bool
 
+	// resend holds back new deliveries while mochi resends what the
+	// session the connection resumed held (see resend.go); nil for most.
+	resend atomic.Pointer[resendGate]
+
 	// batch holds writes while the reader is in a burst (see batch.go).
 	batch writeBatch
 }

@@ -174,6 +174,12 @@ func dialV5(t testing.TB, addr, username, password, clientID string, cp ...func(
 	if err != nil {
 		t.Fatal(err)
 	}
+	return connectV5(t, conn, username, password, clientID, cp...)
+}
+
+// connectV5 connects an MQTT 5 client over conn.
+func connectV5(t testing.TB, conn net.Conn, username, password, clientID string, cp ...func(*paho.Connect)) (*v5, error) {
+	t.Helper()
 	c := &v5{conn: conn, msgs: make(chan *paho.Publish, 1000), discs: make(chan *paho.Disconnect, 1), closed: make(chan struct{})}
 	var closedOnce sync.Once
 	c.Client = paho.NewClient(paho.ClientConfig{

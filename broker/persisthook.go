@@ -47,10 +47,7 @@ func (h *sessionHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	// A discard noted for a connection that never got to its session's
 	// start is not this one's.
 	h.p.discarded(cl.ID)
-	keeps := !cl.Properties.Clean
-	if cl.Properties.ProtocolVersion == 5 {
-		keeps = min(cl.Properties.Props.SessionExpiryInterval, h.inst.maxSessionExpiry()) > 0
-	}
+	keeps := h.inst.keepsSession(cl)
 	if !h.p.anywhere && !h.p.needsClaim(cl.ID, keeps) {
 		return nil // nothing to read or claim: no timer either
 	}

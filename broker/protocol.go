@@ -19,13 +19,30 @@ type protocolHook struct {
 
 func (h *protocolHook) ID() string { return "roost-protocol" }
 
-var protocolHookEvents = provides(mqtt.OnPacketRead, mqtt.OnDisconnect, mqtt.OnClientExpired)
+var protocolHookEvents = provides(mqtt.OnConnect, mqtt.OnSessionEstablished, mqtt.OnPacketRead, mqtt.OnDisconnect, mqtt.OnClientExpired)
 
 func (h *protocolHook) Provides(b byte) bool { return protocolHookEvents.has(b) }
 
 // reservedTopic stands for any reserved topic a device publishes to:
 // refused.
 const reservedTopic = "$roost/reserved"
+
+// OnConnect gives a connection that resumes a session a resend gate, if
+// it needs one (see resend.go).
+func (h *protocolHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		h.inst.gateResend(cl, dc)
+	}
+	return nil
+}
+
+// OnSessionEstablished runs once mochi resent what a resumed session
+// held: the connection's new deliveries may go out.
+func (h *protocolHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		resendDone(dc)
+	}
+}
 
 // OnPacketRead sees every packet a client sends, decoded, before mochi
 // validates or processes it. It resolves a PUBLISH's topic alias and
@@ -82,8 +99,17 @@ func (h *protocolHook) readPublish(cl *mqtt.Client, pk *packets.Packet) error {
 // v2.7.9 puts a DISCONNECT behind the client's queued messages in a
 // buffer that nothing writes once the client is stopped, so a busy
 // subscriber would never get it (see closeServed).
+//
+// A PUBLISH to a connection whose resumed session mochi is resending
+// waits for the resend (see resend.go).
 func (h *protocolHook) encode(cl *mqtt.Client, pk *packets.Packet) {
 	switch {
+	case pk.FixedHeader.Type == packets.Publish:
+		if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+			if g := dc.resend.Load(); g != nil && !throughGate(cl, dc, g, pk) {
+				pk.Mods.MaxSize = unwritable
+			}
+		}
 	case pk.FixedHeader.Type == packets.Pubrec && pk.ReasonCode == packets.ErrPacketIdentifierInUse.Code:
 		pk.ReasonCode = packets.CodeSuccess.Code
 	case pk.FixedHeader.Type == packets.Disconnect:
