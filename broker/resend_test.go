@@ -13,19 +13,28 @@ import (
 	"github.com/roosthub/roost/tenants"
 )
 
-// TestResumedInOrder: a connection that resumes a stored session for
+// TestResumedInOrder: a connection that resumes a stored session is sent
+// what the session held before anything published after its CONNACK,
+// each message once [MQTT-4.6.0-1]: a session it keeps (the store holds
+// new deliveries back, see persistence.holds) and one it resumes for
 // itself alone (MQTT 5, Clean Start 0, no session expiry: the store does
-// not queue for it) is sent what the session held before anything
-// published after its CONNACK, and each message once [MQTT-4.6.0-1]. The
-// spread case is TestSpreadResumedForOneConnectionInOrder.
+// not queue for it; see resend.go). The spread case is
+// TestSpreadResumedInOrder.
 func TestResumedInOrder(t *testing.T) {
-	d := newDurable(t)
-	d.tenant("acme")
-	secret := d.device("acme", "d", tenants.ClientIDsAny)
-	c := mustV5(t, d.addr, user("acme", "d"), secret, "pc", keepSession)
-	c.sub(t, "q/#", 1)
-	c.Disconnect(&paho.Disconnect{})
-	resumedInOrder(t, d.stack, secret, d.addr, func(c *paho.Connect) { c.CleanStart = false }, nil)
+	for _, c := range []struct {
+		name    string
+		connect func(*paho.Connect)
+	}{{"kept", keepSession}, {"for one connection", func(c *paho.Connect) { c.CleanStart = false }}} {
+		t.Run(c.name, func(t *testing.T) {
+			d := newDurable(t)
+			d.tenant("acme")
+			secret := d.device("acme", "d", tenants.ClientIDsAny)
+			left := mustV5(t, d.addr, user("acme", "d"), secret, "pc", keepSession)
+			left.sub(t, "q/#", 1)
+			left.Disconnect(&paho.Disconnect{})
+			resumedInOrder(t, d.stack, secret, d.addr, c.connect, nil)
+		})
+	}
 }
 
 // resumedInOrder publishes many messages for the tenant acme's session
