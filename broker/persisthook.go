@@ -179,6 +179,7 @@ func (h *sessionHook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 
 func (h *sessionHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
 	if pk.FixedHeader.Type == packets.Publish {
+		gatedDelivery(cl, &pk)
 		h.p.handedOver(cl, pk)
 	}
 }

@@ -19,9 +19,15 @@ type protocolHook struct {
 
 func (h *protocolHook) ID() string { return "roost-protocol" }
 
-var protocolHookEvents = provides(mqtt.OnConnect, mqtt.OnSessionEstablished, mqtt.OnPacketRead, mqtt.OnDisconnect, mqtt.OnClientExpired)
+var protocolHookEvents = provides(mqtt.OnConnect, mqtt.OnSessionEstablished, mqtt.OnPacketRead, mqtt.OnDisconnect,
+	mqtt.OnClientExpired)
 
-func (h *protocolHook) Provides(b byte) bool { return protocolHookEvents.has(b) }
+// Provides: OnQosPublish only without persistent sessions, whose hook
+// notes deliveries to a gated connection otherwise (mochi copies the
+// packet for each hook it calls, for every delivery).
+func (h *protocolHook) Provides(b byte) bool {
+	return protocolHookEvents.has(b) || (b == mqtt.OnQosPublish && h.inst.persist == nil)
+}
 
 // reservedTopic stands for any reserved topic a device publishes to:
 // refused.
@@ -41,6 +47,14 @@ func (h *protocolHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 func (h *protocolHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
 		resendDone(dc)
+	}
+}
+
+// OnQosPublish notes a delivery to a connection whose resend gate is
+// closed (see resend.go).
+func (h *protocolHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
+	if pk.FixedHeader.Type == packets.Publish {
+		gatedDelivery(cl, &pk)
 	}
 }
 
