@@ -24,8 +24,10 @@ import (
 //     its outbox, or refused when that is full (outbox.go);
 //   - store: a publish is stored only once everything else let it
 //     through, and before mochi acknowledges it (persisthook.go);
-//   - routes last, in a spread tenant: a publish goes to the tenant's
-//     other nodes once it is stored here (spread.go).
+//   - routes, in a spread tenant: a publish goes to the tenant's other
+//     nodes once it is stored here (spread.go);
+//   - shared groups last: which member of each a message goes to, as the
+//     store hook chose where it stored the turn (share.go).
 //
 // A publish's hooks stop at the first that refuses it (mochi stops
 // calling OnPublish hooks at an error).
@@ -60,6 +62,7 @@ func tenantHooks(inst *instance) []mqtt.Hook {
 	if inst.spread {
 		hooks = append(hooks, &routeHook{inst: inst})
 	}
+	hooks = append(hooks, &shareHook{inst: inst})
 	return append(hooks, newEncodeHook(hooks))
 }
 

@@ -252,6 +252,9 @@ type pubCopies struct {
 	// topic is the publish's topic (a delivery's may be left out for its
 	// outbound topic alias).
 	topic string
+	// turns are the shared groups' members chosen as the copies were
+	// stored (group → client id; see share.go).
+	turns map[string]string
 }
 
 // sweep forgets tags of publishes mochi never finished routing (it skips
@@ -394,6 +397,7 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 		m.QoS = min(pk.FixedHeader.Qos, sub.Qos)
 		items = append(items, store.Item{ClientID: id, Message: m})
 	}
+	turns, items := p.sharedTurns(subs, pk, items)
 	if len(items) == 0 {
 		return p.tagUnqueued(pk), nil
 	}
@@ -401,7 +405,7 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 	if len(items) == 0 {
 		// Every copy was dropped: tagged all the same, so that mochi's own
 		// offline queue does not keep it either (see handedOver).
-		return p.tag(pk, map[string]uint64{}), nil
+		return p.tagTurns(pk, map[string]uint64{}, turns), nil
 	}
 	var receipt store.Receipt
 	if pk.FixedHeader.Qos == 2 && !cl.Net.Inline && persistent(cl) {
@@ -452,7 +456,7 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 	}
 	// Noted and tagged at once: a reconcile in between would find the
 	// copies outstanding and not being routed, and send them itself.
-	pk = p.tagLocked(pk, copies)
+	pk = p.register(pk, pubCopies{seqs: copies, turns: turns})
 	p.appendEndsLocked(ticket)
 	return pk, nil
 }
@@ -515,22 +519,35 @@ func insertSeq(out []uint64, seq uint64) []uint64 {
 // tag registers a publish's stored copies and marks the packet with their
 // id, for handedOver to find as mochi delivers it.
 func (p *persistence) tag(pk packets.Packet, copies map[string]uint64) packets.Packet {
+	return p.tagTurns(pk, copies, nil)
+}
+
+// tagTurns is tag for a publish whose shared groups' members were chosen
+// (see share.go).
+func (p *persistence) tagTurns(pk packets.Packet, copies map[string]uint64, turns map[string]string) packets.Packet {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.tagLocked(pk, copies)
+	return p.register(pk, pubCopies{seqs: copies, turns: turns})
 }
 
 // tagLocked is tag with p.mu held.
 func (p *persistence) tagLocked(pk packets.Packet, copies map[string]uint64) packets.Packet {
-	return p.tagSkipping(pk, copies, nil)
+	return p.register(pk, pubCopies{seqs: copies})
 }
 
 // tagSkipping is tagLocked for a publish that must not reach the sessions
 // in skip. Called with p.mu held.
 func (p *persistence) tagSkipping(pk packets.Packet, copies map[string]uint64, skip map[string]bool) packets.Packet {
+	return p.register(pk, pubCopies{seqs: copies, skip: skip})
+}
+
+// register notes what is known of a publish's copies under a new id, and
+// marks the packet with it. Called with p.mu held.
+func (p *persistence) register(pk packets.Packet, c pubCopies) packets.Packet {
 	p.nextPub++
 	pubID := strconv.FormatUint(p.nextPub, 36)
-	p.pubs[pubID] = pubCopies{seqs: copies, skip: skip, at: time.Now(), topic: pk.TopicName}
+	c.at, c.topic = time.Now(), pk.TopicName
+	p.pubs[pubID] = c
 	pk.Properties.User = append(slices.Clone(pk.Properties.User), packets.UserProperty{Key: seqProperty, Val: pubID})
 	return pk
 }

@@ -399,8 +399,8 @@ func (inst *instance) injectRemote(pk packets.Packet) error {
 }
 
 // routeHook joins a spread tenant's broker to its others on other nodes:
-// routes before SUBACK, messages across before PUBACK, and only the shared
-// groups a remote message is for served here. It comes last, after the
+// routes before SUBACK, messages across before PUBACK (shareHook serves a
+// remote message only to the shared groups it is for). It comes after the
 // store: a publish is sent across only once everything here let it
 // through.
 type routeHook struct {
@@ -409,7 +409,7 @@ type routeHook struct {
 }
 
 var routeHookEvents = provides(mqtt.OnSubscribed, mqtt.OnUnsubscribed, mqtt.OnDisconnect, mqtt.OnClientExpired,
-	mqtt.OnPublish, mqtt.OnSelectSubscribers, mqtt.OnSessionEstablished)
+	mqtt.OnPublish, mqtt.OnSessionEstablished)
 
 // sessionRouted reports whether a client's subscriptions are its session's
 // own routes (a persistent session, living on any node).
@@ -660,21 +660,6 @@ func (inst *instance) ackStillServing(cl *mqtt.Client, pk packets.Packet) (packe
 	}
 	inst.env.refusedForLease()
 	return inst.refusePublish(cl, pk, errLeaseLapsed)
-}
-
-// OnSelectSubscribers serves a remote message only to the shared groups it
-// was sent here for: another node serves the others.
-func (h *routeHook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
-	groups, ok := remoteGroups(pk)
-	if !ok {
-		return subs
-	}
-	for g := range subs.Shared {
-		if !slices.Contains(groups, g) {
-			delete(subs.Shared, g)
-		}
-	}
-	return subs
 }
 
 // encode takes the remote tag off what is sent (see encodeHook).

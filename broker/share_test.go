@@ -1,0 +1,177 @@
+package broker_test
+
+import (
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/roosthub/roost/tenants"
+)
+
+// collect reads what each client receives until none has had anything for
+// quiet, and returns each payload's count, per client.
+func collect(quiet time.Duration, clients ...*v5) []map[string]int {
+	got := make([]map[string]int, len(clients))
+	for i := range got {
+		got[i] = map[string]int{}
+	}
+	for {
+		received := false
+		for i, c := range clients {
+			select {
+			case m := <-c.msgs:
+				got[i][string(m.Payload)]++
+				received = true
+			default:
+			}
+		}
+		if received {
+			continue
+		}
+		deadline := time.After(quiet)
+		more := false
+		for !more {
+			select {
+			case <-deadline:
+				return got
+			default:
+			}
+			for _, c := range clients {
+				if len(c.msgs) > 0 {
+					more = true
+				}
+			}
+			if !more {
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+	}
+}
+
+// eachOnce fails unless the counts in got hold payloads "0" to n-1 once
+// each, among them.
+func eachOnce(t *testing.T, got []map[string]int, n int, what string) {
+	t.Helper()
+	all := map[string]int{}
+	for _, g := range got {
+		for p, c := range g {
+			all[p] += c
+		}
+	}
+	for i := range n {
+		if c := all[fmt.Sprint(i)]; c != 1 {
+			t.Errorf("%s: message %d received %d times, want once (%d distinct of %d)", what, i, c, len(all), n)
+			return
+		}
+	}
+	if len(all) != n {
+		t.Errorf("%s: %d distinct messages, want %d", what, len(all), n)
+	}
+}
+
+// TestSharedPrefersConnected: a shared group's turns go to its connected
+// member, not to a persistent member whose client is away (mochi gave
+// them to whichever member its map yielded first).
+func TestSharedPrefersConnected(t *testing.T) {
+	d := newDurable(t)
+	d.tenant("acme")
+	secret := d.device("acme", "d", tenants.ClientIDsAny)
+	away := mustV5(t, d.addr, user("acme", "d"), secret, "away", keepSession)
+	away.sub(t, "$share/g/jobs/#", 1)
+	away.Disconnect(&paho.Disconnect{})
+	on := mustV5(t, d.addr, user("acme", "d"), secret, "on")
+	on.sub(t, "$share/g/jobs/#", 1)
+	pub := mustV5(t, d.addr, user("acme", "d"), secret, "pub")
+	const n = 40
+	for i := range n {
+		pub.pub(t, "jobs/x", fmt.Sprint(i), 1, false)
+	}
+	eachOnce(t, collect(300*time.Millisecond, on), n, "the connected member")
+	back := mustV5(t, d.addr, user("acme", "d"), secret, "away", keepSession)
+	back.quiet(t, 300*time.Millisecond, "a turn the connected member had")
+}
+
+// TestSharedTurnsStored: with no member connected, a shared group's turns
+// wait in its persistent members' queues, in the session store: a
+// restart loses none of these acknowledged messages, and the members get
+// each once between them.
+func TestSharedTurnsStored(t *testing.T) {
+	d := newDurable(t)
+	d.tenant("acme")
+	secret := d.device("acme", "d", tenants.ClientIDsAny)
+	for _, id := range []string{"m1", "m2"} {
+		c := mustV5(t, d.addr, user("acme", "d"), secret, id, keepSession)
+		c.sub(t, "$share/g/jobs/#", 1)
+		c.Disconnect(&paho.Disconnect{})
+	}
+	pub := mustV5(t, d.addr, user("acme", "d"), secret, "pub")
+	const n = 40
+	for i := range n {
+		pub.pub(t, "jobs/x", fmt.Sprint(i), 1, false)
+	}
+	pub.barrier(t)
+	d.restart(t)
+	m1 := mustV5(t, d.addr, user("acme", "d"), secret, "m1", keepSession)
+	m2 := mustV5(t, d.addr, user("acme", "d"), secret, "m2", keepSession)
+	eachOnce(t, collect(500*time.Millisecond, m1, m2), n, "the members, after a restart")
+}
+
+// TestSharedTurnStoredWhileConnected: a turn given to a connected
+// persistent member is stored before the publisher's acknowledgement,
+// like any of its copies: its client not having acknowledged it when the
+// hub restarts, it is sent again when the client is back.
+func TestSharedTurnStoredWhileConnected(t *testing.T) {
+	d := newDurable(t)
+	d.tenant("acme")
+	secret := d.device("acme", "d", tenants.ClientIDsAny)
+	raw, err := net.DialTimeout("tcp", d.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	paused := &pausedConn{Conn: raw, resume: make(chan struct{})}
+	member, err := connectV5(t, paused, user("acme", "d"), secret, "m", keepSession)
+	if err != nil {
+		t.Fatal(err)
+	}
+	member.sub(t, "$share/g/jobs/#", 1)
+	paused.paused.Store(true) // it reads, and acknowledges, nothing more
+	pub := mustV5(t, d.addr, user("acme", "d"), secret, "pub")
+	const n = 10
+	for i := range n {
+		pub.pub(t, "jobs/x", fmt.Sprint(i), 1, false)
+	}
+	pub.barrier(t)
+	d.restart(t)
+	close(paused.resume)
+	back := mustV5(t, d.addr, user("acme", "d"), secret, "m", keepSession)
+	got := collect(500*time.Millisecond, back)
+	eachOnce(t, got, n, "the member, after a restart")
+}
+
+// TestSharedSkipsUnreadable: a member the ACL does not let read a topic
+// is not given its turns: another member gets them (mochi gave the turn
+// to either, and the ACL then refused it: the group lost the message).
+func TestSharedSkipsUnreadable(t *testing.T) {
+	d := newDurable(t)
+	d.tenant("acme")
+	d.rules("acme",
+		tenants.ACLRuleInput{Effect: tenants.Deny, Action: tenants.ActionSubscribe, Topic: "jobs/secret", Device: "blind"},
+		allow(tenants.ActionAll, "#"))
+	blind := mustV5(t, d.addr, user("acme", "blind"), d.device("acme", "blind"), "blind")
+	blind.sub(t, "$share/g/jobs/#", 1)
+	seer := mustV5(t, d.addr, user("acme", "seer"), d.device("acme", "seer"), "seer")
+	seer.sub(t, "$share/g/jobs/#", 1)
+	pub := mustV5(t, d.addr, user("acme", "pub"), d.device("acme", "pub"), "pub")
+	const n = 40
+	for i := range n {
+		pub.pub(t, "jobs/secret", fmt.Sprint(i), 1, false)
+	}
+	got := collect(300*time.Millisecond, blind, seer)
+	if len(got[0]) != 0 {
+		t.Errorf("the member that may not read the topic got %d messages", len(got[0]))
+	}
+	eachOnce(t, got, n, "the group")
+}
