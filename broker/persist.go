@@ -420,7 +420,9 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 			}
 		}
 	}
-	ticket, items := p.appendStartsFor(items)
+	ticket, kept := p.appendStartsFor(items)
+	forgetTurns(turns, items, kept)
+	items = kept
 	if len(items) == 0 {
 		// Every copy was for a session let go of meanwhile (see kicked):
 		// the fabric queues them. An outbox write is made alone.
@@ -800,9 +802,11 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 				p.recheck[cl.ID] = true
 				p.holding[cl.ID] = true
 			}
-		} else if persistent(cl) && (cl.Net.Conn == nil || cl.Closed()) && queuedTurn(cl, p.pubs[pubID].topic) {
+		} else if persistent(cl) && (cl.Net.Conn == nil || cl.Closed()) &&
+			(queuedTurn(cl, p.pubs[pubID].topic) || p.pubs[pubID].chosen(cl.ID)) {
 			// Not stored for this offline session (its queue was full):
-			// mochi must not keep it either.
+			// mochi must not keep it either. So for a shared group's turn
+			// chosen for it to be stored (see share.go).
 			p.mu.Unlock()
 			if cl.State.Inflight.Delete(out.PacketID) {
 				atomic.AddInt64(&p.server.Info.Inflight, -1)
@@ -823,9 +827,11 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 
 // queuedTurn reports whether a delivery of a publish on topic to a
 // persistent session is one its queue is for: the session subscribes to
-// the topic other than in a shared group. A shared group's turn is queued
-// nowhere (mochi's inflight messages are its only copy), and must be
-// delivered.
+// the topic other than in a shared group. A shared group's turn is stored
+// only when the store hook chose the session for it (pubCopies.chosen);
+// one it did not (a message from another node, where sessions live
+// anywhere) is queued nowhere, mochi's inflight messages its only copy,
+// and must be delivered.
 func queuedTurn(cl *mqtt.Client, topic string) bool {
 	for filter := range cl.State.Subscriptions.GetAll() {
 		if sharedFilter(filter) == filter && tenants.MatchTopic(filter, topic) {

@@ -45,20 +45,28 @@ func (h *shareHook) Provides(b byte) bool { return b == mqtt.OnSelectSubscribers
 
 // OnSelectSubscribers serves a remote message only to the shared groups it
 // was sent here for (another node serves the others), and chooses each
-// group's member: the one the store hook chose and stored a copy for, if
-// it still belongs to the group; else as chooseMember does.
+// group's member: the one the store hook chose, if it still belongs to the
+// group; else as chooser does. A group whose chosen member left it
+// after its copy was stored gets nothing more: the stored copy is its
+// turn, sent from the member's queue.
 func (h *shareHook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packet) *mqtt.Subscribers {
 	servedGroups(subs, pk)
-	var turns map[string]string
+	var chose pubCopies
 	if h.inst.persist != nil {
-		turns = h.inst.persist.turnsOf(pk)
+		chose = h.inst.persist.choicesOf(pk)
 	}
+	c := chooser{clients: h.inst.server.Clients, acl: h.inst, p: h.inst.persist}
 	selected := make(map[string]packets.Subscription, len(subs.Shared))
 	for group, members := range subs.Shared {
-		id, ok := turns[group]
+		id, chosen := chose.turns[group]
 		sub, member := members[id]
-		if !ok || !member {
-			if id, sub = chooseMember(h.inst.server.Clients, h.inst, members, pk.TopicName); id == "" {
+		if chosen && !member {
+			if _, stored := chose.seqs[id]; stored {
+				continue
+			}
+		}
+		if !chosen || !member {
+			if id, sub = c.choose(members, subs.Subscriptions, pk); id == "" {
 				continue
 			}
 		}
@@ -86,33 +94,56 @@ func servedGroups(subs *mqtt.Subscribers, pk packets.Packet) {
 	}
 }
 
-// chooseMember chooses the member of a shared group a message on topic
-// goes to: a connected one that may read the topic; else a persistent
-// session that may (it waits in its queue); else any. mochi's map
-// iteration starts at a random member, which spreads the turns. "" if
-// the group has no member here.
-func chooseMember(clients *mqtt.Clients, acl reader, members map[string]packets.Subscription, topic string) (string, packets.Subscription) {
-	var anyID, storedID string
-	var anySub, storedSub packets.Subscription
+// chooser chooses the member of a shared group a message goes to: a
+// connected one that may read the topic and take the message; else a
+// persistent session that may, whose queue has room (it waits there); else
+// a persistent session that may; else any (as mochi would). mochi's map
+// iteration starts at a random member, which spreads the turns. A member
+// that would not take the message (the publisher itself under No Local,
+// or subscribed at QoS 0 while away) is passed over.
+type chooser struct {
+	clients *mqtt.Clients
+	acl     reader
+	p       *persistence // nil without a session store
+}
+
+// choose returns the member chosen, "" if the group has none here; direct
+// are the message's subscribers outside groups (whose No Local a member's
+// delivery merges with).
+func (c chooser) choose(members, direct map[string]packets.Subscription, pk packets.Packet) (string, packets.Subscription) {
+	var anyID, storedID, roomID string
+	var anySub, storedSub, roomSub packets.Subscription
 	for id, sub := range members {
-		cl, ok := clients.Get(id)
+		cl, ok := c.clients.Get(id)
 		if !ok {
 			continue
+		}
+		if id == pk.Origin && (sub.NoLocal || direct[id].NoLocal) {
+			continue // [MQTT-3.8.3-3]
 		}
 		if anyID == "" {
 			anyID, anySub = id, sub
 		}
-		if !acl.mayRead(cl, topic) {
+		if !c.acl.mayRead(cl, pk.TopicName) {
 			continue
 		}
-		if cl.Net.Inline || (cl.Net.Conn != nil && !cl.Closed() && !cl.IsTakenOver()) {
+		if cl.Net.Conn != nil && !cl.Closed() && !cl.IsTakenOver() {
 			return id, sub
 		}
-		if storedID == "" && persistent(cl) {
+		if !persistent(cl) || (pk.FixedHeader.Qos > 0 && sub.Qos == 0) {
+			continue
+		}
+		if storedID == "" {
 			storedID, storedSub = id, sub
 		}
+		if roomID == "" && c.p != nil && c.p.hasRoom(id) {
+			roomID, roomSub = id, sub
+		}
 	}
-	if storedID != "" {
+	switch {
+	case roomID != "":
+		return roomID, roomSub
+	case storedID != "":
 		return storedID, storedSub
 	}
 	return anyID, anySub
@@ -123,43 +154,87 @@ type reader interface {
 	mayRead(cl *mqtt.Client, topic string) bool
 }
 
-// turnsOf returns the shared groups' members the store hook chose for a
-// publish (group → client id), if it did.
-func (p *persistence) turnsOf(pk packets.Packet) map[string]string {
+// choicesOf returns what the store hook noted of a publish: its stored
+// copies and the shared groups' members it chose.
+func (p *persistence) choicesOf(pk packets.Packet) pubCopies {
 	pubID, ok := pubIDOf(pk)
 	if !ok {
-		return nil
+		return pubCopies{}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.pubs[pubID].turns
+	return p.pubs[pubID]
+}
+
+// hasRoom reports whether a session's queue has room for one more.
+func (p *persistence) hasRoom(clientID string) bool {
+	p.mu.Lock()
+	n := len(p.outstanding[clientID])
+	p.mu.Unlock()
+	return n < p.maxQueued()
+}
+
+// chosen reports whether the store hook chose clientID for one of the
+// publish's shared groups (its turn was to be stored).
+func (c pubCopies) chosen(clientID string) bool {
+	for _, id := range c.turns {
+		if id == clientID {
+			return true
+		}
+	}
+	return false
 }
 
 // sharedTurns chooses each shared group's member for a publish being
-// stored (see chooseMember), and adds a copy to items for a persistent
-// session chosen that has none: its turn is stored like any copy. It
-// returns the choices (group → client id), for shareHook to deliver by.
+// stored (see chooser), and adds a copy to items for a persistent session
+// chosen, or raises the QoS of the copy it has to the one the merged
+// delivery has: its turn is stored like any copy. It returns the choices
+// (group → client id), for shareHook to deliver by.
 func (p *persistence) sharedTurns(subs *mqtt.Subscribers, pk packets.Packet, items []store.Item) (map[string]string, []store.Item) {
 	servedGroups(subs, pk)
 	if len(subs.Shared) == 0 {
 		return nil, items
 	}
+	at := make(map[string]int, len(items))
+	for i, it := range items {
+		at[it.ClientID] = i
+	}
+	c := chooser{clients: p.server.Clients, acl: p.host, p: p}
 	turns := make(map[string]string, len(subs.Shared))
 	for group, members := range subs.Shared {
-		id, sub := chooseMember(p.server.Clients, p.host, members, pk.TopicName)
+		id, sub := c.choose(members, subs.Subscriptions, pk)
 		if id == "" {
 			continue
 		}
 		turns[group] = id
 		target, ok := p.server.Clients.Get(id)
-		if !ok || target.Net.Inline || !persistent(target) || min(pk.FixedHeader.Qos, sub.Qos) == 0 ||
-			slices.ContainsFunc(items, func(it store.Item) bool { return it.ClientID == id }) ||
-			!p.host.mayRead(target, pk.TopicName) {
+		qos := min(pk.FixedHeader.Qos, sub.Qos)
+		if !ok || target.Net.Inline || !persistent(target) || qos == 0 || !p.host.mayRead(target, pk.TopicName) {
+			continue
+		}
+		if i, ok := at[id]; ok {
+			items[i].Message.QoS = max(items[i].Message.QoS, qos)
 			continue
 		}
 		m := toStore(pk)
-		m.QoS = min(pk.FixedHeader.Qos, sub.Qos)
+		m.QoS = qos
+		at[id] = len(items)
 		items = append(items, store.Item{ClientID: id, Message: m})
 	}
 	return turns, items
+}
+
+// forgetTurns forgets the turns of members whose copies were among items
+// but are not among kept (sessions let go of meanwhile, see
+// appendStartsFor): shareHook chooses again for their groups.
+func forgetTurns(turns map[string]string, items, kept []store.Item) {
+	if len(kept) == len(items) {
+		return
+	}
+	for group, id := range turns {
+		had := slices.ContainsFunc(items, func(it store.Item) bool { return it.ClientID == id })
+		if had && !slices.ContainsFunc(kept, func(it store.Item) bool { return it.ClientID == id }) {
+			delete(turns, group)
+		}
+	}
 }

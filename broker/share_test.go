@@ -82,6 +82,9 @@ func TestSharedPrefersConnected(t *testing.T) {
 	away := mustV5(t, d.addr, user("acme", "d"), secret, "away", keepSession)
 	away.sub(t, "$share/g/jobs/#", 1)
 	away.Disconnect(&paho.Disconnect{})
+	eventually(t, 5*time.Second, "the away member's connection ended", func() bool {
+		return len(d.hub.Connections("acme", "d")) == 0
+	})
 	on := mustV5(t, d.addr, user("acme", "d"), secret, "on")
 	on.sub(t, "$share/g/jobs/#", 1)
 	pub := mustV5(t, d.addr, user("acme", "d"), secret, "pub")
@@ -174,4 +177,96 @@ func TestSharedSkipsUnreadable(t *testing.T) {
 		t.Errorf("the member that may not read the topic got %d messages", len(got[0]))
 	}
 	eachOnce(t, got, n, "the group")
+}
+
+// queueOf sets the tenant acme's max_queued and queue policy.
+func queueOf(t *testing.T, d *durable, max int64, policy tenants.QueuePolicy) {
+	t.Helper()
+	if _, err := d.stack.store.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{Quotas: map[string]*int64{"max_queued": &max}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.stack.store.UpdateTenant(ctx, "acme", tenants.TenantUpdate{QueuePolicy: &policy}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSharedTurnsWithinMaxQueued: a persistent member's stored turns keep
+// to max_queued like its other copies: under drop_newest, of eight turns
+// while it is away it gets the first three when it is back, restart or
+// not (mochi's memory kept all eight, the store three).
+func TestSharedTurnsWithinMaxQueued(t *testing.T) {
+	d := newDurable(t)
+	d.tenant("acme")
+	queueOf(t, d, 3, tenants.DropNewest)
+	secret := d.device("acme", "d", tenants.ClientIDsAny)
+	m := mustV5(t, d.addr, user("acme", "d"), secret, "m", keepSession)
+	m.sub(t, "$share/g/jobs/#", 1)
+	m.Disconnect(&paho.Disconnect{})
+	pub := mustV5(t, d.addr, user("acme", "d"), secret, "pub")
+	for i := range 8 {
+		pub.pub(t, "jobs/x", fmt.Sprint(i), 1, false)
+	}
+	pub.barrier(t)
+	back := mustV5(t, d.addr, user("acme", "d"), secret, "m", keepSession)
+	eachOnce(t, collect(500*time.Millisecond, back), 3, "the member back")
+}
+
+// TestSharedTurnsWhereRoom: with every member away, a turn goes to one
+// whose queue has room: three members with room for two each take six
+// turns between them, and a restart loses none (a full queue took turns
+// another had room for, and dropped them).
+func TestSharedTurnsWhereRoom(t *testing.T) {
+	d := newDurable(t)
+	d.tenant("acme")
+	queueOf(t, d, 2, tenants.DropOldest)
+	secret := d.device("acme", "d", tenants.ClientIDsAny)
+	ids := []string{"m1", "m2", "m3"}
+	for _, id := range ids {
+		c := mustV5(t, d.addr, user("acme", "d"), secret, id, keepSession)
+		c.sub(t, "$share/g/jobs/#", 1)
+		c.Disconnect(&paho.Disconnect{})
+	}
+	pub := mustV5(t, d.addr, user("acme", "d"), secret, "pub")
+	for i := range 6 {
+		pub.pub(t, "jobs/x", fmt.Sprint(i), 1, false)
+	}
+	pub.barrier(t)
+	d.restart(t)
+	var members []*v5
+	for _, id := range ids {
+		members = append(members, mustV5(t, d.addr, user("acme", "d"), secret, id, keepSession))
+	}
+	eachOnce(t, collect(500*time.Millisecond, members...), 6, "the members, after a restart")
+}
+
+// TestSharedNoLocal: a member that publishes, and has No Local on a
+// subscription its delivery merges with, is not given the turn of its own
+// message (mochi would not deliver it, and a copy stored for it would wait
+// in its queue): the other member gets every one, and the publisher's
+// queue keeps nothing.
+func TestSharedNoLocal(t *testing.T) {
+	d := newDurable(t)
+	d.tenant("acme")
+	secret := d.device("acme", "d", tenants.ClientIDsAny)
+	x := mustV5(t, d.addr, user("acme", "d"), secret, "x", keepSession)
+	sctx, cancel := contextWithTimeout()
+	defer cancel()
+	if _, err := x.Subscribe(sctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{
+		{Topic: "jobs/#", QoS: 1, NoLocal: true}, {Topic: "$share/g/jobs/#", QoS: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	y := mustV5(t, d.addr, user("acme", "d"), secret, "y")
+	y.sub(t, "$share/g/jobs/#", 1)
+	const n = 20
+	for i := range n {
+		x.pub(t, "jobs/x", fmt.Sprint(i), 1, false)
+	}
+	got := collect(300*time.Millisecond, x, y)
+	if len(got[0]) != 0 {
+		t.Errorf("the publisher got %d of its own messages under No Local", len(got[0]))
+	}
+	eachOnce(t, got, n, "the group")
+	if q := d.hub.Queue("acme", "d"); q.Queued != 0 {
+		t.Errorf("%d messages queued for the device's sessions, want none", q.Queued)
+	}
 }
