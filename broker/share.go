@@ -62,11 +62,15 @@ func (h *shareHook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packe
 		sub, member := members[id]
 		if chosen && !member {
 			if _, stored := chose.seqs[id]; stored {
+				// Left out of subs: mochi chooses for groups left
+				// with none selected.
+				delete(subs.Shared, group)
 				continue
 			}
 		}
 		if !chosen || !member {
 			if id, sub = c.choose(members, subs.Subscriptions, pk); id == "" {
+				delete(subs.Shared, group)
 				continue
 			}
 		}
