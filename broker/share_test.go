@@ -270,4 +270,3 @@ func TestSharedNoLocal(t *testing.T) {
 		t.Errorf("%d messages queued for the device's sessions, want none", q.Queued)
 	}
 }
-
