@@ -1,7 +1,8 @@
 // Command testsummary reads `go test -json` on its standard input, prints what
 // a plain `go test` would (the ok/FAIL line of each package, and the whole
 // output of each failed test), and ends with what was skipped and why, and
-// which tests failed. `make test` (scripts/test.sh) pipes the tests into it.
+// which tests failed, then the slowest tests (what a suite's time goes to).
+// `make test` (scripts/test.sh) pipes the tests into it.
 package main
 
 import (
@@ -30,7 +31,18 @@ type event struct {
 	Output     string
 	// FailedBuild names the package that did not build, on a package's fail.
 	FailedBuild string
+	// Elapsed is a test's time in seconds, on its pass or fail.
+	Elapsed float64
 }
+
+// timed is a top-level test's time.
+type timed struct {
+	pkg, test string
+	elapsed   float64
+}
+
+// slowest is how many of the slowest tests the summary names.
+const slowest = 10
 
 // skip is a skipped test and the reason it gave.
 type skip struct{ pkg, test, reason string }
@@ -41,6 +53,7 @@ type summary struct {
 	failed  map[string]bool     // packages with a test whose output was printed
 	skips   []skip
 	fails   []string
+	times   []timed
 }
 
 func run(in io.Reader, out io.Writer) error {
@@ -86,6 +99,7 @@ func (s *summary) event(e event) {
 		}
 		s.pending[key] = append(s.pending[key], e.Output)
 	case "fail":
+		s.time(e)
 		if e.Test == "" {
 			if e.FailedBuild != "" {
 				s.fails = append(s.fails, e.Package+" (does not build)")
@@ -106,9 +120,17 @@ func (s *summary) event(e event) {
 		}
 		delete(s.pending, key)
 	case "pass":
+		s.time(e)
 		if e.Test != "" {
 			delete(s.pending, key)
 		}
+	}
+}
+
+// time notes a top-level test's time (its subtests' are within it).
+func (s *summary) time(e event) {
+	if e.Test != "" && !strings.Contains(e.Test, "/") {
+		s.times = append(s.times, timed{e.Package, e.Test, e.Elapsed})
 	}
 }
 
@@ -211,6 +233,13 @@ func (s *summary) report() {
 			fmt.Fprintln(s.out, "\nStart the test servers (Postgres, Redis, stripe-mock) with `make services` and run the")
 			fmt.Fprintln(s.out, "`export` lines it prints, or leave ROOST_TEST_*_URL unset and `make test` starts the installed")
 			fmt.Fprintln(s.out, "ones itself; ROOST_TEST_STRICT=1 turns these skips into failures.")
+		}
+	}
+	if len(s.times) > 0 {
+		sort.SliceStable(s.times, func(i, j int) bool { return s.times[i].elapsed > s.times[j].elapsed })
+		fmt.Fprintln(s.out, "\nSlowest tests:")
+		for _, t := range s.times[:min(slowest, len(s.times))] {
+			fmt.Fprintf(s.out, "  %7.1fs  %s %s\n", t.elapsed, t.pkg, t.test)
 		}
 	}
 	if len(s.fails) > 0 {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -9,7 +10,7 @@ import (
 // TestSummary feeds the `go test -json` of a small module (testdata: one
 // passing, one skipping for a server, one failing, one skipping subtest, a
 // package that panics and one that does not build) and checks what a person
-// reading `make test` sees.
+// reading `make test` sees: no passing test but in the list of the slowest.
 func TestSummary(t *testing.T) {
 	in, err := os.Open("testdata/demo.json")
 	if err != nil {
@@ -32,13 +33,16 @@ func TestSummary(t *testing.T) {
 		"    1  slow\n       TestSub/x\n",
 		"`make services`",
 		"Failed:\n  demo TestFail\n  demo/b TestPanic\n  demo/c (does not build)\n",
+		"Slowest tests:\n",
+		"s  demo TestOK\n",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("the summary lacks %q:\n%s", want, got)
 		}
 	}
+	before, _, _ := strings.Cut(got, "Slowest tests:")
 	for _, unwanted := range []string{"=== RUN", "--- PASS", "TestOK", "noise"} {
-		if strings.Contains(got, unwanted) {
+		if strings.Contains(before, unwanted) {
 			t.Errorf("the summary shows %q, which a plain go test does not:\n%s", unwanted, got)
 		}
 	}
@@ -59,5 +63,30 @@ func TestReason(t *testing.T) {
 				t.Errorf("reason = %q, want %q", got, tc.want)
 			}
 		})
+	}
+}
+
+// TestSlowest: the slowest top-level tests come last, slowest first, and
+// at most ten of them; subtests are within their tests.
+func TestSlowest(t *testing.T) {
+	var in strings.Builder
+	for i := range 12 {
+		fmt.Fprintf(&in, `{"Action":"pass","Package":"p","Test":"Test%02d","Elapsed":%d}`+"\n", i, i)
+	}
+	in.WriteString(`{"Action":"pass","Package":"p","Test":"Test00/sub","Elapsed":99}` + "\n")
+	var out strings.Builder
+	if err := run(strings.NewReader(in.String()), &out); err != nil {
+		t.Fatal(err)
+	}
+	_, list, ok := strings.Cut(out.String(), "Slowest tests:\n")
+	if !ok {
+		t.Fatalf("no list of the slowest tests:\n%s", out.String())
+	}
+	lines := strings.Split(strings.TrimSpace(list), "\n")
+	if len(lines) != 10 || !strings.HasSuffix(lines[0], "p Test11") || !strings.HasSuffix(lines[9], "p Test02") {
+		t.Errorf("slowest tests:\n%s\nwant Test11 down to Test02", list)
+	}
+	if strings.Contains(list, "/sub") {
+		t.Errorf("a subtest listed apart from its test:\n%s", list)
 	}
 }
