@@ -105,18 +105,31 @@ func servedGroups(subs *mqtt.Subscribers, pk packets.Packet) {
 // iteration starts at a random member, which spreads the turns. A member
 // that would not take the message (the publisher itself under No Local,
 // or subscribed at QoS 0 while away) is passed over.
+//
+// A message from another node, where sessions live anywhere, goes to a
+// connected member without a persistent session first: this node serves
+// the group for its clean members (the sending node queued a turn for a
+// persistent session itself, through the session's own route), and a
+// turn given to a persistent session here would be stored nowhere.
 type chooser struct {
 	clients *mqtt.Clients
 	acl     reader
 	p       *persistence // nil without a session store
 }
 
+// cleanFirst reports whether a message's turns go to clean members first
+// (see chooser).
+func (c chooser) cleanFirst(pk packets.Packet) bool {
+	return c.p != nil && c.p.anywhere && remote(pk)
+}
+
 // choose returns the member chosen, "" if the group has none here; direct
 // are the message's subscribers outside groups (whose No Local a member's
 // delivery merges with).
 func (c chooser) choose(members, direct map[string]packets.Subscription, pk packets.Packet) (string, packets.Subscription) {
-	var anyID, storedID, roomID string
-	var anySub, storedSub, roomSub packets.Subscription
+	var anyID, storedID, roomID, connectedID string
+	var anySub, storedSub, roomSub, connectedSub packets.Subscription
+	cleanFirst := c.cleanFirst(pk)
 	for id, sub := range members {
 		cl, ok := c.clients.Get(id)
 		if !ok {
@@ -132,7 +145,13 @@ func (c chooser) choose(members, direct map[string]packets.Subscription, pk pack
 			continue
 		}
 		if cl.Net.Conn != nil && !cl.Closed() && !cl.IsTakenOver() {
-			return id, sub
+			if !cleanFirst || !persistent(cl) {
+				return id, sub
+			}
+			if connectedID == "" {
+				connectedID, connectedSub = id, sub
+			}
+			continue
 		}
 		if !persistent(cl) || (pk.FixedHeader.Qos > 0 && sub.Qos == 0) {
 			continue
@@ -145,6 +164,8 @@ func (c chooser) choose(members, direct map[string]packets.Subscription, pk pack
 		}
 	}
 	switch {
+	case connectedID != "":
+		return connectedID, connectedSub
 	case roomID != "":
 		return roomID, roomSub
 	case storedID != "":
