@@ -27,9 +27,10 @@ import (
 // is the one the message is delivered by (shareHook).
 //
 // Where sessions live on any node, a message that came from another node
-// was queued there, for the sessions it knew; a shared turn taken here
-// for it is not queued (the sending node could not know which member
-// would take it).
+// was queued there, for the sessions it knew, a group's turn among them
+// when it fell to a persistent session's own route; a group it sent here
+// is this node's to serve, to a clean member first (see chooser). A turn
+// given here to a persistent session is stored nowhere.
 
 // shareHook chooses each shared group's member for a message mochi is
 // about to deliver. It comes last, after a spread tenant's routes, as the

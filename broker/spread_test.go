@@ -1339,3 +1339,24 @@ func seedSession(t *testing.T, s *spread, tenant, clientID string) {
 		return len(seeded) == 1
 	})
 }
+
+// TestSpreadSharedQoS0ToSession: a shared group with a persistent session
+// and a clean member, both on the node the publisher is not on, gets every
+// QoS 0 message once: a turn that falls to the session's own route is
+// queued nowhere (QoS 0), and goes to its node for the group (it was sent
+// there without the group, and no member got it).
+func TestSpreadSharedQoS0ToSession(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	kept := mustV5(t, s.b.addr, user("acme", "d"), secret, "kept", keepSession)
+	kept.sub(t, "$share/g/jobs/#", 0)
+	clean := mustV5(t, s.b.addr, user("acme", "d"), secret, "clean")
+	clean.sub(t, "$share/g/jobs/#", 0)
+	pub := mustV5(t, s.addr, user("acme", "d"), secret, "pub")
+	const n = 40
+	for i := range n {
+		pub.pub(t, "jobs/x", fmt.Sprint(i), 0, false)
+	}
+	eachOnce(t, collect(500*time.Millisecond, kept, clean), n, "the group")
+}

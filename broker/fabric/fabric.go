@@ -874,13 +874,28 @@ func (t *Tenant) targets(ctx context.Context, index *mqtt.TopicsIndex, m Message
 		slices.Sort(owners)
 		owner := owners[pickFor(nonce, group, len(owners))]
 		if cid, ok := strings.CutPrefix(owner, sessionMark); ok {
-			// The group's turn falls to a persistent session: it is
-			// queued for it alone (its node serves the group no other way).
-			session(cid, members[owner])
-			continue
+			sub := members[owner]
+			if min(m.QoS, sub.Qos) > 0 {
+				// The group's turn falls to a persistent session: it is
+				// queued for it alone (its node serves the group no
+				// other way).
+				session(cid, sub)
+				continue
+			}
+			// At QoS 0 nothing is queued: the turn goes to the node the
+			// session is connected to, for the group (whose members
+			// there take it); with the session away, to a node with a
+			// member, if any.
+			if h := holders[cid]; h != "" && h != t.owner {
+				owner = h
+			} else if owner = nodeOwner(owners, nonce, group); owner == "" {
+				continue
+			}
 		}
 		tg := add(owner)
-		tg.groups = append(tg.groups, group)
+		if !slices.Contains(tg.groups, group) {
+			tg.groups = append(tg.groups, group)
+		}
 	}
 	out := make([]target, 0, len(byOwner))
 	for _, tg := range byOwner {
@@ -1114,6 +1129,16 @@ func decode(b []byte) (Message, error) {
 		return Message{}, errEntry
 	}
 	return m, nil
+}
+
+// nodeOwner chooses among the nodes in a shared group's owners (not the
+// persistent sessions' own routes) as pickFor does; "" if there is none.
+func nodeOwner(owners []string, nonce uint64, group string) string {
+	nodes := slices.DeleteFunc(slices.Clone(owners), func(o string) bool { return strings.HasPrefix(o, sessionMark) })
+	if len(nodes) == 0 {
+		return ""
+	}
+	return nodes[pickFor(nonce, group, len(nodes))]
 }
 
 // pickFor chooses among a shared group's n owners for a send: the same
