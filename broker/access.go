@@ -115,6 +115,9 @@ func (h *accessHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool 
 	if ok && !write && dc.refusedFilter(topic) {
 		return false // over max_subscriptions: see overSubscriptions
 	}
+	if ok && !write && dc.resend.Load() != nil {
+		awaitListed(cl, dc) // a delivery to a resuming connection (see resend.go)
+	}
 	if h.inst.hookACL(cl, topic, write) {
 		return true
 	}

@@ -50,8 +50,8 @@ func (h *protocolHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) 
 	}
 }
 
-// OnQosPublish notes a delivery to a connection whose resend gate is
-// closed (see resend.go).
+// OnQosPublish notes a resend to a connection with a resend gate (see
+// resend.go).
 func (h *protocolHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
 	if pk.FixedHeader.Type == packets.Publish {
 		gatedDelivery(cl, &pk)
@@ -120,8 +120,8 @@ func (h *protocolHook) encode(cl *mqtt.Client, pk *packets.Packet) {
 	switch {
 	case pk.FixedHeader.Type == packets.Publish:
 		if dc, ok := cl.Net.Conn.(*deviceConn); ok {
-			if g := dc.resend.Load(); g != nil && !throughGate(cl, dc, g, pk) {
-				pk.Mods.MaxSize = unwritable
+			if g := dc.resend.Load(); g != nil {
+				throughGate(cl, g, pk)
 			}
 		}
 	case pk.FixedHeader.Type == packets.Pubrec && pk.ReasonCode == packets.ErrPacketIdentifierInUse.Code:

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"net"
 	"testing"
 	"time"
 
@@ -8,86 +9,93 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
-// TestResendGate: a new delivery's write waits until the resend is done;
-// one the resend wrote meanwhile (the same delivery: its packet id and its
-// payload) is not written again from the queue, while the others are. The
-// session's own held messages are not noted. The gate is gone once the
-// pending writes are through, or at the first write of a delivery handed
-// over after it opened.
-func TestResendGate(t *testing.T) {
-	srv := mqtt.New(nil)
-	cl := srv.NewClient(nil, "t", "c", false)
-	dc := &deviceConn{}
-	g := &resendGate{done: make(chan struct{})}
+// gated is a client on a connection with a resend gate.
+func gated(t *testing.T) (*mqtt.Client, *deviceConn, *resendGate) {
+	conn, peer := net.Pipe()
+	t.Cleanup(func() { conn.Close(); peer.Close() })
+	dc := &deviceConn{Conn: conn}
+	cl := mqtt.New(nil).NewClient(dc, "t", "c", false)
+	g := &resendGate{listed: make(chan struct{}), done: make(chan struct{})}
 	dc.resend.Store(g)
-	publish := func(id uint16, payload []byte, dup bool) *packets.Packet {
-		return &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Dup: dup}, PacketID: id, Payload: payload}
-	}
-	resent, other := []byte("resent"), []byte("other")
-	g.handedOver(publish(7, resent, false))
-	g.handedOver(publish(9, other, false))
-	g.handedOver(publish(10, []byte{}, false)) // an empty payload: not told apart, not noted
+	return cl, dc, g
+}
 
-	// A new delivery waits for the resend.
-	wrote := make(chan bool, 1)
-	go func() { wrote <- throughGate(cl, dc, g, publish(7, resent, false)) }()
+// returns runs fn and reports whether it returned within d.
+func returns(fn func(), d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { fn(); close(done) }()
 	select {
-	case <-wrote:
-		t.Fatal("a new delivery went out before the resend was done")
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
+	}
+}
+
+// TestResendGate: a new delivery waits in its ACL check until mochi's
+// resend has read the inflight messages (its first resend is handed
+// over), and its write waits until the resend is done; a resend's write
+// never waits; once done, the gate is gone.
+func TestResendGate(t *testing.T) {
+	cl, dc, g := gated(t)
+	publish := func(dup bool) *packets.Packet {
+		return &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Dup: dup}, PacketID: 7, Payload: []byte("x")}
+	}
+	listed := make(chan struct{})
+	go func() { awaitListed(cl, dc); close(listed) }()
+	written := make(chan struct{})
+	go func() { throughGate(cl, g, publish(false)); close(written) }()
+	select {
+	case <-listed:
+		t.Fatal("a new delivery went on before the resend read the inflight messages")
+	case <-written:
+		t.Fatal("a new delivery was written before the resend was done")
 	case <-time.After(2 * resendGateWait):
 	}
-	// The resend writes it, and a message the session held.
-	for _, pk := range []*packets.Packet{publish(7, resent, true), publish(8, []byte("held"), true)} {
-		if !throughGate(cl, dc, g, pk) {
-			t.Fatalf("resend of %d not written", pk.PacketID)
-		}
+	gatedDelivery(cl, publish(false)) // a new delivery's hand-over: not the resend's
+	select {
+	case <-listed:
+		t.Fatal("a new delivery's hand-over was taken for the resend's")
+	case <-time.After(2 * resendGateWait):
 	}
-	if _, noted := g.pending[8]; noted {
-		t.Error("a message the session held was noted as pending")
+	gatedDelivery(cl, publish(true)) // the resend's first
+	select {
+	case <-listed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a new delivery still waits after the resend read the inflight messages")
+	}
+	if !returns(func() { throughGate(cl, g, publish(true)) }, time.Second) {
+		t.Fatal("a resend's write waited")
+	}
+	select {
+	case <-written:
+		t.Fatal("a new delivery was written before the resend was done")
+	case <-time.After(2 * resendGateWait):
 	}
 	resendDone(dc)
-	if <-wrote {
-		t.Error("a delivery resent at the CONNACK was written again from the write queue")
-	}
-	if dc.resend.Load() != g {
-		t.Fatal("the gate went with a pending write still to come")
-	}
-	if !throughGate(cl, dc, g, publish(9, other, false)) {
-		t.Error("a pending delivery that was not resent was not written")
+	select {
+	case <-written:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a new delivery's write still waits after the resend was done")
 	}
 	if dc.resend.Load() != nil {
-		t.Error("the gate outlived its pending writes")
-	}
-
-	// A pending write that never comes (mochi held it back for the
-	// client's receive maximum): the gate goes at the first write of a
-	// delivery handed over since it opened.
-	g = &resendGate{done: make(chan struct{})}
-	dc.resend.Store(g)
-	g.handedOver(publish(3, other, false))
-	resendDone(dc)
-	if !throughGate(cl, dc, g, publish(4, resent, false)) {
-		t.Error("a delivery handed over after the gate opened was not written")
-	}
-	if dc.resend.Load() != nil {
-		t.Error("the gate outlived the resend's pending writes")
+		t.Error("the gate outlived the resend")
 	}
 }
 
 // TestResendGateClosed: a delivery waiting for a resend that never comes
-// (the connection ended first) stops waiting.
+// (the connection ended first) stops waiting; so does one in its ACL check
+// once resendListedLimit has passed.
 func TestResendGateClosed(t *testing.T) {
-	srv := mqtt.New(nil)
-	cl := srv.NewClient(nil, "t", "c", false)
-	dc := &deviceConn{}
-	g := &resendGate{done: make(chan struct{})}
-	dc.resend.Store(g)
+	cl, dc, g := gated(t)
+	if returns(func() { awaitListed(cl, dc) }, 2*resendGateWait) {
+		t.Fatal("a delivery went on before the resend read the inflight messages")
+	}
+	write := func() {
+		throughGate(cl, g, &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 1, Payload: []byte("x")})
+	}
 	done := make(chan struct{})
-	go func() {
-		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 1, Payload: []byte("x")}
-		throughGate(cl, dc, g, &pk)
-		close(done)
-	}()
+	go func() { write(); close(done) }()
 	cl.Stop(packets.ErrServerShuttingDown)
 	select {
 	case <-done:

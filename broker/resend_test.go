@@ -47,6 +47,11 @@ func TestResumedInOrder(t *testing.T) {
 // publisher's connection does).
 func resumedInOrder(t *testing.T, s *stack, secret, addr string, connect func(*paho.Connect), queued func(n int)) {
 	t.Helper()
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(s.logs.String())
+		}
+	})
 	const held = 400
 	lifted := int64(1_000_000)
 	for _, q := range []string{"publish_rate", "tenant_publish_rate"} {
@@ -76,7 +81,9 @@ func resumedInOrder(t *testing.T, s *stack, secret, addr string, connect func(*p
 		t.Fatal("the session was not resumed (CONNACK session present 0)")
 	}
 	for i := range 3 {
-		pub.pub(t, "q/x", fmt.Sprint("live ", i), 1, false)
+		if r := pub.pub(t, "q/x", fmt.Sprint("live ", i), 1, false); r.ReasonCode >= 0x80 {
+			t.Fatalf("publish live %d: PUBACK 0x%02X", i, r.ReasonCode)
+		}
 	}
 	time.Sleep(300 * time.Millisecond)
 	close(paused.resume)
