@@ -84,8 +84,7 @@ func TestResendGate(t *testing.T) {
 }
 
 // TestResendGateClosed: a delivery waiting for a resend that never comes
-// (the connection ended first) stops waiting; so does one in its ACL check
-// once resendListedLimit has passed.
+// (the connection ended first) stops waiting.
 func TestResendGateClosed(t *testing.T) {
 	cl, dc, g := gated(t)
 	if returns(func() { awaitListed(cl, dc) }, 2*resendGateWait) {
