@@ -200,6 +200,7 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 		inst.persist = newPersistence(h.cfg.Sessions, t.Slug, srv, inst, log)
 		inst.persist.retainedOnly = !home || inst.anywhere
 		inst.persist.anywhere = inst.anywhere
+		inst.persist.spread = inst.spread
 	}
 	inst.out = newOutbox(inst, h)
 	if err := addHooks(inst); err != nil {

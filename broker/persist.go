@@ -163,6 +163,8 @@ type persistence struct {
 	// read from the store when its client connects (adopt) and let go
 	// when it leaves (evict).
 	anywhere bool
+	// spread: the tenant is served by every node (see passesOn).
+	spread bool
 	// discard holds the clients whose connection discarded a stored
 	// session, until the new session starts (anywhere).
 	discard map[string]bool
@@ -365,7 +367,9 @@ func (p *persistence) beforeAck(cl *mqtt.Client, pk packets.Packet, ow *outboxWr
 // made in the same Append as the copies, and *ow set to nil once it is.
 func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outboxWrite) (packets.Packet, error) {
 	if remote(pk) && p.anywhere {
-		return pk, nil // queued where it arrived, and tagged by deliverRemote
+		// Queued where it was published, and tagged by deliverRemote (a
+		// shared group's turn for a session here: see arrivedTurns).
+		return pk, nil
 	}
 	if !pk.FixedHeader.Retain && (pk.FixedHeader.Qos == 0 || p.storedN.Load() == 0) {
 		return p.tagUnqueued(pk), nil

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"maps"
 	"slices"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -26,11 +27,17 @@ import (
 // acknowledgement (persistence.storeCopies), and the store hook's choice
 // is the one the message is delivered by (shareHook).
 //
-// Where sessions live on any node, a message that came from another node
-// was queued there, for the sessions it knew, a group's turn among them
-// when it fell to a persistent session's own route; a group it sent here
-// is this node's to serve, to a clean member first (see chooser). A turn
-// given here to a persistent session is stored nowhere.
+// A spread tenant's group has members on several nodes. A node serves a
+// group's turn for a message published there if a member there takes it
+// (is connected and may read the topic, or is a persistent session that
+// may read it); else the fabric sends the turn to another owner of the
+// group (a node with members, or a persistent session's own route, where
+// the turn is queued for the session). Where sessions live on any node,
+// a node that receives a group's turn and has no member to take it (the
+// members it had left, or may not read the topic) passes it on the same
+// way, once (fabric.Local.Turn), rather than lose it; and a turn it gives
+// a persistent session here is stored in the session's queue before the
+// message leaves its inbox (storeArrivedTurns).
 
 // shareHook chooses each shared group's member for a message mochi is
 // about to deliver. It comes last, after a spread tenant's routes, as the
@@ -56,7 +63,7 @@ func (h *shareHook) OnSelectSubscribers(subs *mqtt.Subscribers, pk packets.Packe
 	if h.inst.persist != nil {
 		chose = h.inst.persist.choicesOf(pk)
 	}
-	c := chooser{clients: h.inst.server.Clients, acl: h.inst, p: h.inst.persist}
+	c := h.inst.chooser(pk)
 	selected := make(map[string]packets.Subscription, len(subs.Shared))
 	for group, members := range subs.Shared {
 		id, chosen := chose.turns[group]
@@ -112,10 +119,36 @@ func servedGroups(subs *mqtt.Subscribers, pk packets.Packet) {
 // the group for its clean members (the sending node queued a turn for a
 // persistent session itself, through the session's own route), and a
 // turn given to a persistent session here would be stored nowhere.
+//
+// With passOn, a group no member here takes (none connected that may read
+// the topic, nor a persistent session that may) gets no member here: the
+// fabric serves it elsewhere. Without, it goes to any member, as mochi
+// would.
 type chooser struct {
 	clients *mqtt.Clients
 	acl     reader
 	p       *persistence // nil without a session store
+	passOn  bool
+}
+
+// chooser is the chooser for a message's shared groups here.
+func (inst *instance) chooser(pk packets.Packet) chooser {
+	return chooser{clients: inst.server.Clients, acl: inst, p: inst.persist, passOn: passesOn(inst.spread, inst.anywhere, pk)}
+}
+
+// passesOn reports whether a shared group's turn no member here takes is
+// left to the fabric: for a message published here, on a spread tenant;
+// for one from another node, where sessions live anywhere, unless that
+// node passed it on already.
+func passesOn(spread, anywhere bool, pk packets.Packet) bool {
+	groups, from := remoteGroups(pk)
+	switch {
+	case !spread:
+		return false
+	case !from:
+		return true
+	}
+	return anywhere && len(groups) > 0 && !passed(pk)
 }
 
 // cleanFirst reports whether a message's turns go to clean members first
@@ -124,9 +157,10 @@ func (c chooser) cleanFirst(pk packets.Packet) bool {
 	return c.p != nil && c.p.anywhere && remote(pk)
 }
 
-// choose returns the member chosen, "" if the group has none here; direct
-// are the message's subscribers outside groups (whose No Local a member's
-// delivery merges with).
+// choose returns the member chosen, "" if the group has none here (or
+// none that takes the message, with passOn); direct are the message's
+// subscribers outside groups (whose No Local a member's delivery merges
+// with).
 func (c chooser) choose(members, direct map[string]packets.Subscription, pk packets.Packet) (string, packets.Subscription) {
 	var anyID, storedID, roomID, connectedID string
 	var anySub, storedSub, roomSub, connectedSub packets.Subscription
@@ -171,8 +205,18 @@ func (c chooser) choose(members, direct map[string]packets.Subscription, pk pack
 		return roomID, roomSub
 	case storedID != "":
 		return storedID, storedSub
+	case c.passOn:
+		return "", packets.Subscription{}
 	}
 	return anyID, anySub
+}
+
+// takes reports whether a member here takes a shared group's turn of a
+// message (see chooser).
+func (c chooser) takes(group string, subs *mqtt.Subscribers, pk packets.Packet) bool {
+	c.passOn = true
+	id, _ := c.choose(subs.Shared[group], subs.Subscriptions, pk)
+	return id != ""
 }
 
 // reader is what may read a topic (the tenant's ACL).
@@ -225,7 +269,7 @@ func (p *persistence) sharedTurns(subs *mqtt.Subscribers, pk packets.Packet, ite
 	for i, it := range items {
 		at[it.ClientID] = i
 	}
-	c := chooser{clients: p.server.Clients, acl: p.host, p: p}
+	c := chooser{clients: p.server.Clients, acl: p.host, p: p, passOn: passesOn(p.spread, p.anywhere, pk)}
 	turns := make(map[string]string, len(subs.Shared))
 	for group, members := range subs.Shared {
 		id, sub := c.choose(members, subs.Subscriptions, pk)
@@ -248,6 +292,76 @@ func (p *persistence) sharedTurns(subs *mqtt.Subscribers, pk packets.Packet, ite
 		items = append(items, store.Item{ClientID: id, Message: m})
 	}
 	return turns, items
+}
+
+// arrivedTurns, where sessions live anywhere, chooses the members here of
+// the shared groups a message from another node was sent here for. It
+// stores a turn that falls to a persistent session here (none of the
+// group's clean members here could take it) in the session's queue,
+// before the message leaves this node's inbox: the sending node queued a
+// turn only where it fell to a persistent session's own route, and sent
+// this one here for the group. A session the sender queued a copy for
+// already (through a subscription of its own) takes its turn on that
+// copy. It returns the groups no member here takes, for the fabric to
+// pass on (unless the message was passed on to this node already).
+func (p *persistence) arrivedTurns(pk packets.Packet) (packets.Packet, []string, error) {
+	groups, _ := remoteGroups(pk)
+	if len(groups) == 0 || passed(pk) {
+		return pk, nil, nil
+	}
+	prior := p.choicesOf(pk) // the sender's copies, noted by arrived
+	turns, items := p.sharedTurns(p.server.Topics.Subscribers(pk.TopicName), pk, nil)
+	var pass []string
+	for _, g := range groups {
+		if _, ok := turns[g]; !ok {
+			pass = append(pass, g)
+		}
+	}
+	items = slices.DeleteFunc(items, func(it store.Item) bool {
+		_, queued := prior.seqs[it.ClientID]
+		return queued || prior.skip[it.ClientID]
+	})
+	if len(items) == 0 {
+		return pk, pass, nil
+	}
+	ctx, cancel := storeCtx()
+	defer cancel()
+	items = p.makeRoom(ctx, items)
+	ticket, kept := p.appendStartsFor(items)
+	forgetTurns(turns, items, kept)
+	items = kept
+	var seqs []uint64
+	if len(items) > 0 {
+		var err error
+		if seqs, err = p.st.Append(ctx, p.tenant, items, store.Receipt{}); err != nil {
+			p.appendEnds(ticket)
+			p.log.Error("queue shared groups' turns for persistent sessions", "topic", pk.TopicName, "sessions", len(items), "err", err)
+			return pk, nil, errNotStored
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	c := pubCopies{seqs: map[string]uint64{}}
+	pubID, tagged := pubIDOf(pk)
+	if tagged {
+		c = p.pubs[pubID]
+		c.seqs = maps.Clone(c.seqs)
+		if c.seqs == nil {
+			c.seqs = map[string]uint64{}
+		}
+	}
+	c.turns = turns
+	for i, it := range items {
+		c.seqs[it.ClientID] = seqs[i]
+		p.outstanding[it.ClientID] = insertSeq(p.outstanding[it.ClientID], seqs[i])
+	}
+	if tagged {
+		p.pubs[pubID] = c
+	} else {
+		pk = p.register(pk, c)
+	}
+	p.appendEndsLocked(ticket)
+	return pk, pass, nil
 }
 
 // forgetTurns forgets the turns of members whose copies were among items

@@ -34,6 +34,16 @@ import (
 // its value lists the shared groups this node serves it to.
 const remoteProperty = "\x00roost-remote"
 
+// passedProperty tags a message from another node that passed a shared
+// group's turn on to this one (fabric.Message.Passed).
+const passedProperty = "\x00roost-passed"
+
+// passed reports whether a message from another node is a shared group's
+// turn it passed on, to be served here however it can.
+func passed(pk packets.Packet) bool {
+	return slices.ContainsFunc(pk.Properties.User, func(u packets.UserProperty) bool { return u.Key == passedProperty })
+}
+
 // errNotForwarded refuses a publish the fabric could not take.
 var errNotForwarded = errors.New("message not forwarded to the tenant's other nodes")
 
@@ -362,6 +372,9 @@ func (inst *instance) deliverRemote(m fabric.Message) error {
 		PayloadFormat: mp.PayloadFormat, PayloadFormatFlag: mp.PayloadFormatFlag, MessageExpiryInterval: mp.MessageExpiryInterval,
 		User: append(mp.User, packets.UserProperty{Key: remoteProperty, Val: strings.Join(m.Groups, "\x00")}),
 	}
+	if m.Passed {
+		pk.Properties.User = append(pk.Properties.User, packets.UserProperty{Key: passedProperty})
+	}
 	if m.QoS > 0 {
 		pk.PacketID = 1 // mochi's validation wants one; the inline client is never acknowledged
 	}
@@ -607,16 +620,20 @@ func (h *routeHook) OnClientExpired(cl *mqtt.Client) {
 // routes. A QoS 1 or 2 publish the fabric did not take is refused, never
 // acknowledged; a QoS 0 one is delivered here only.
 func (h *routeHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if remote(pk) || h.inst.routes == nil {
+	if h.inst.routes == nil {
 		return pk, nil
+	}
+	if remote(pk) {
+		return h.arrived(cl, pk)
 	}
 	m := fabric.Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Props: encodeProps(pk.Properties)}
 	var local *mqtt.Subscribers
+	c := h.inst.chooser(pk)
 	servedHere := func(group string) bool {
 		if local == nil {
 			local = h.inst.server.Topics.Subscribers(pk.TopicName)
 		}
-		return len(local.Shared[group]) > 0
+		return c.takes(group, local, pk)
 	}
 	ctx, cancel := routeCtx()
 	defer cancel()
@@ -649,6 +666,39 @@ func (h *routeHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 		}
 	}
 	return h.inst.ackStillServing(cl, pk)
+}
+
+// arrived, for a message from another node where sessions live anywhere,
+// stores the turns of its shared groups that fall to persistent sessions
+// here, and passes on, through the fabric, those no member here takes
+// (see arrivedTurns): each to another owner of its group. A turn that can
+// be neither stored nor passed on leaves the message undelivered here, and
+// its inbox entry is read again (at the home) or dropped (see fabric.Node).
+func (h *routeHook) arrived(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+	r := h.inst.routes
+	if r.sess == nil || h.inst.persist == nil {
+		return pk, nil
+	}
+	pk, pass, err := h.inst.persist.arrivedTurns(pk)
+	if err != nil {
+		return h.inst.refusePublish(cl, pk, err)
+	}
+	if len(pass) == 0 {
+		return pk, nil
+	}
+	m := fabric.Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Props: encodeProps(pk.Properties)}
+	ctx, cancel := routeCtx()
+	defer cancel()
+	for _, group := range pass {
+		local := fabric.Local{Turn: group, Group: func(string) bool { return false }, Queue: func(ctx context.Context, copies []fabric.Copy) ([]uint64, error) {
+			return h.inst.persist.queueCopies(ctx, pk, copies)
+		}}
+		if _, err := r.sess.SendQueued(ctx, m, local); err != nil {
+			h.inst.log.Error("pass a shared group's turn on to another node", "topic", pk.TopicName, "group", group, "err", err)
+			return h.inst.refusePublish(cl, pk, errNotForwarded)
+		}
+	}
+	return pk, nil
 }
 
 // ackStillServing refuses to acknowledge a publish if this node's lease

@@ -1360,3 +1360,44 @@ func TestSpreadSharedQoS0ToSession(t *testing.T) {
 	}
 	eachOnce(t, collect(500*time.Millisecond, kept, clean), n, "the group")
 }
+
+// TestSpreadSharedTurnToATaker: a shared group's turn goes to a member
+// that takes it, on whichever node: with a persistent member away and a
+// clean member that may not read the topic, on the node the message is
+// published on or on the other, the persistent member gets every turn
+// once when it is back. (The node with the clean member kept the group's
+// turns, or was sent them for it, and lost them: the ACL refused them.)
+func TestSpreadSharedTurnToATaker(t *testing.T) {
+	for _, c := range []struct{ name, blindOn string }{
+		{"member that may not read where the turn arrives", "b"},
+		{"member that may not read where it is published", "a"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := newSpread(t)
+			s.tenant("acme")
+			s.rules("acme",
+				tenants.ACLRuleInput{Effect: tenants.Deny, Action: tenants.ActionSubscribe, Topic: "jobs/secret", Device: "blind"},
+				allow(tenants.ActionAll, "#"))
+			at := map[string]string{"a": s.addr, "b": s.b.addr}
+			blind := mustV5(t, at[c.blindOn], user("acme", "blind"), s.device("acme", "blind"), "blind")
+			blind.sub(t, "$share/g/jobs/#", 1)
+			secret := s.device("acme", "d", tenants.ClientIDsAny)
+			kept := mustV5(t, s.b.addr, user("acme", "d"), secret, "kept", keepSession)
+			kept.sub(t, "$share/g/jobs/#", 1)
+			kept.Disconnect(&paho.Disconnect{})
+			time.Sleep(200 * time.Millisecond)
+			pub := mustV5(t, s.addr, user("acme", "d"), secret, "pub")
+			const n = 40
+			for i := range n {
+				pub.pub(t, "jobs/secret", fmt.Sprint(i), 1, false)
+			}
+			pub.barrier(t)
+			back := mustV5(t, s.addr, user("acme", "d"), secret, "kept", keepSession)
+			got := collect(time.Second, back, blind)
+			if len(got[1]) != 0 {
+				t.Errorf("the member that may not read the topic got %d messages", len(got[1]))
+			}
+			eachOnce(t, got, n, "the persistent member, back")
+		})
+	}
+}

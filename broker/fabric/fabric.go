@@ -66,6 +66,11 @@ type Message struct {
 	// the receiving owner serves for this message: each group gets it
 	// once, on one node.
 	Groups []string
+	// Passed says the message is a shared group's turn another node
+	// passed on, having no member that could take it (see Local.Turn):
+	// the receiving owner serves it however it can, and passes it on no
+	// further.
+	Passed bool
 	// Seqs are, for each persistent session connected to the receiving
 	// node that the message is for, the number of its copy in the
 	// session's queue: the sender queued it before it was acknowledged.
@@ -697,13 +702,20 @@ func (t *Tenant) Send(ctx context.Context, m Message, servedHere func(group stri
 
 // Local is what a sender tells SendQueued about its own node.
 type Local struct {
-	// Group reports whether this node has a member of a shared group.
+	// Group reports whether a member of a shared group here takes the
+	// message (the group is then sent to no other owner). Without it, a
+	// group is served here if this node has a route for it.
 	Group func(group string) bool
 	// Connected reports whether this node's broker queued the message
 	// for a persistent session itself (its client is connected here).
 	Connected func(clientID string) bool
 	// Publisher is the publishing client's id (for No Local).
 	Publisher string
+	// Turn, if set, names the one shared group whose turn is sent,
+	// passed on by this node, which received the message for the group
+	// and has no member that could take it: it goes to another owner of
+	// the group, marked Passed, and nothing else of the message is sent.
+	Turn string
 	// Queue appends copies of the message to persistent sessions' queues
 	// and returns their numbers in order (0: not queued, the queue full).
 	Queue func(ctx context.Context, copies []Copy) ([]uint64, error)
@@ -768,7 +780,7 @@ func (t *Tenant) SendQueued(ctx context.Context, m Message, local Local) (int, e
 				limit = "0"
 			}
 			mm := m
-			mm.Groups = tg.groups
+			mm.Groups, mm.Passed = tg.groups, local.Turn != ""
 			for _, cid := range tg.sessions {
 				if seq, ok := queued[cid]; ok && seq != 0 {
 					if mm.Seqs == nil {
@@ -823,6 +835,9 @@ func (t *Tenant) targets(ctx context.Context, index *mqtt.TopicsIndex, m Message
 		}
 		return tg
 	}
+	if local.Turn != "" {
+		m.Retain = false
+	}
 	if m.Retain {
 		// Every present owner keeps the tenant's retained messages.
 		t.mu.RLock()
@@ -857,6 +872,9 @@ func (t *Tenant) targets(ctx context.Context, index *mqtt.TopicsIndex, m Message
 	}
 	subs := index.Subscribers(m.Topic)
 	for owner, sub := range subs.Subscriptions {
+		if local.Turn != "" {
+			break
+		}
 		if cid, ok := strings.CutPrefix(owner, sessionMark); ok {
 			session(cid, sub)
 		} else if owner != t.owner {
@@ -864,12 +882,23 @@ func (t *Tenant) targets(ctx context.Context, index *mqtt.TopicsIndex, m Message
 		}
 	}
 	for group, members := range subs.Shared {
-		if _, here := members[t.owner]; here || servedHere != nil && servedHere(group) {
+		if local.Turn != "" && group != local.Turn {
 			continue
 		}
+		if _, here := members[t.owner]; servedHere == nil && here || servedHere != nil && servedHere(group) {
+			continue
+		}
+		// No member here takes it: another owner of the group does,
+		// not this node, nor a session whose client is connected here.
 		owners := make([]string, 0, len(members))
 		for owner := range members {
+			if cid, ok := strings.CutPrefix(owner, sessionMark); owner == t.owner || ok && holders[cid] == t.owner {
+				continue
+			}
 			owners = append(owners, owner)
+		}
+		if len(owners) == 0 {
+			continue
 		}
 		slices.Sort(owners)
 		owner := owners[pickFor(nonce, group, len(owners))]
@@ -1012,7 +1041,7 @@ func sleep(ctx context.Context, d time.Duration) {
 }
 
 // An entry: a version byte, flags (QoS in the low two bits, 4 = retain,
-// 8 = sessions follow), the number of groups, then topic, payload,
+// 8 = sessions follow, 16 = passed), the number of groups, then topic, payload,
 // properties and each group, each with its length; then, with flag 8, the
 // number of session copies, each client id (with its length) and number,
 // the kicked client id (with its length) and the epoch.
@@ -1027,6 +1056,9 @@ func encode(m Message) string {
 	extra := len(m.Seqs) > 0 || m.Kick != ""
 	if extra {
 		flags |= 8
+	}
+	if m.Passed {
+		flags |= 16
 	}
 	b = append(b, encoding, flags)
 	b = binary.AppendUvarint(b, uint64(len(m.Groups)))
@@ -1064,7 +1096,7 @@ func decode(b []byte) (Message, error) {
 		return Message{}, errEntry
 	}
 	flags := b[1]
-	m := Message{QoS: flags & 3, Retain: flags&4 != 0}
+	m := Message{QoS: flags & 3, Retain: flags&4 != 0, Passed: flags&16 != 0}
 	b = b[2:]
 	n, k := binary.Uvarint(b)
 	if k <= 0 || n > 1<<16 {

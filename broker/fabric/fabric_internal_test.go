@@ -175,6 +175,13 @@ func TestEntryRoundTrip(t *testing.T) {
 		len(out.Seqs) != 2 || out.Seqs["c1"] != 7 || out.Seqs["c/2"] != 1<<40 || out.Kick != "" {
 		t.Fatalf("round trip: %+v, %v", out, err)
 	}
+	if out.Passed {
+		t.Error("a message not passed on decoded as passed")
+	}
+	turn, err := decode([]byte(encode(Message{Topic: "a", QoS: 1, Groups: []string{"$share/g/a"}, Passed: true})))
+	if err != nil || !turn.Passed || turn.QoS != 1 || len(turn.Groups) != 1 {
+		t.Fatalf("passed turn round trip: %+v, %v", turn, err)
+	}
 	kick, err := decode([]byte(encode(Message{Kick: "dev", Epoch: 9})))
 	if err != nil || kick.Kick != "dev" || kick.Epoch != 9 || kick.Topic != "" {
 		t.Fatalf("kick round trip: %+v, %v", kick, err)
