@@ -40,6 +40,9 @@ import (
 type resendGate struct {
 	listed chan struct{} // closed once the resend read what it resends
 	done   chan struct{} // closed once the resend is done
+	// listedLimit bounds a delivery's wait for listed
+	// (resendListedLimit).
+	listedLimit time.Duration
 
 	listedOnce, doneOnce sync.Once
 }
@@ -60,7 +63,7 @@ func (inst *instance) gateResend(cl *mqtt.Client, dc *deviceConn) {
 	if cl.Properties.Clean || (inst.persist != nil && inst.keepsSession(cl)) {
 		return
 	}
-	dc.resend.Store(&resendGate{listed: make(chan struct{}), done: make(chan struct{})})
+	dc.resend.Store(&resendGate{listed: make(chan struct{}), done: make(chan struct{}), listedLimit: resendListedLimit})
 }
 
 // keepsSession reports whether a connection keeps its session after it
@@ -103,7 +106,7 @@ func awaitListed(cl *mqtt.Client, dc *deviceConn) {
 	if g == nil {
 		return
 	}
-	g.wait(cl, g.listed, resendListedLimit)
+	g.wait(cl, g.listed, g.listedLimit)
 }
 
 // throughGate is the encoder's part (see protocolHook.encode) for a

@@ -15,7 +15,7 @@ func gated(t *testing.T) (*mqtt.Client, *deviceConn, *resendGate) {
 	t.Cleanup(func() { conn.Close(); peer.Close() })
 	dc := &deviceConn{Conn: conn}
 	cl := mqtt.New(nil).NewClient(dc, "t", "c", false)
-	g := &resendGate{listed: make(chan struct{}), done: make(chan struct{})}
+	g := &resendGate{listed: make(chan struct{}), done: make(chan struct{}), listedLimit: resendListedLimit}
 	dc.resend.Store(g)
 	return cl, dc, g
 }
@@ -101,4 +101,28 @@ func TestResendGateClosed(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("a delivery waited on after its connection closed")
 	}
+}
+
+// TestResendGateListedLimit: a delivery waiting for a resend that does not
+// read the inflight messages (its connection open, its CONNACK's write
+// stalled) goes on once the limit has passed; its write still waits for
+// the resend to be done.
+func TestResendGateListedLimit(t *testing.T) {
+	cl, dc, g := gated(t)
+	g.listedLimit = 300 * time.Millisecond
+	if returns(func() { awaitListed(cl, dc) }, g.listedLimit/2) {
+		t.Fatal("a delivery went on before the limit")
+	}
+	if !returns(func() { awaitListed(cl, dc) }, g.listedLimit+5*time.Second) {
+		t.Fatal("a delivery waited past its limit for the resend")
+	}
+	if cl.Closed() {
+		t.Fatal("the connection closed: the wait did not end on its limit")
+	}
+	if returns(func() {
+		throughGate(cl, g, &packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 1, Payload: []byte("x")})
+	}, 2*resendGateWait) {
+		t.Fatal("a new delivery's write went on before the resend was done")
+	}
+	resendDone(dc) // lets the write above go
 }
