@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"database/sql"
+	"errors"
+	"fmt"
+	"net/http"
 	"strings"
 	"sync"
 	"testing"
@@ -12,6 +15,7 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/roosthub/roost/auth"
+	"github.com/roosthub/roost/internal/problem"
 	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/mail"
 	"github.com/roosthub/roost/tenants"
@@ -168,5 +172,67 @@ func TestNoJobAfterClose(t *testing.T) {
 	svc.Close()
 	if n := len(box.messages()); n != 0 {
 		t.Errorf("%d mails sent by a job started after Close, want 0", n)
+	}
+}
+
+// TestLoginBudgetsAcrossProcesses: two control-plane processes on one
+// database share the login budgets: a guesser spreading wrong passwords
+// over both gets the account's ten free ones, not ten from each; and a
+// restarted process still knows the address the owner signed in from
+// before, so the owner's right password from there is let in while a
+// stranger has spent the account's budget (before, a restart made it a
+// new address, held to that budget: the stranger locked the owner out).
+func TestLoginBudgetsAcrossProcesses(t *testing.T) {
+	for name, url := range map[string]func(*testing.T) string{
+		"sqlite":   func(*testing.T) string { return "" },
+		"postgres": func(t *testing.T) string { return testenv.PostgresURL(t) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			clk := testenv.NewClock(time.Now())
+			first, store := newService(t, url(t), clk, nil)
+			process := func() *auth.Service {
+				svc, err := auth.New(auth.Config{Store: store, SigningKey: bytes.Repeat([]byte("s"), 32), AdminToken: operatorToken, Now: clk.Now})
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(svc.Close)
+				return svc
+			}
+			second := process()
+			if _, err := store.CreateAccount(ctx, tenants.Signup{Email: "ada@example.com", Password: "correct horse battery"}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := first.LogIn(ctx, "ada@example.com", "correct horse battery", "198.51.100.7"); err != nil {
+				t.Fatalf("the owner's sign-in: %v", err)
+			}
+			restarted := process() // the first process, started again
+			evaluated := 0
+			for i := range 40 {
+				svc := restarted
+				if i%2 == 1 {
+					svc = second
+				}
+				// From addresses of their own, so that only the account's
+				// budget binds them.
+				_, err := svc.LogIn(ctx, "ada@example.com", "wrong", fmt.Sprintf("203.0.113.%d", i))
+				switch {
+				case errors.Is(err, auth.ErrBadCredentials):
+					evaluated++
+				case problem.Of(err).Status == http.StatusTooManyRequests:
+				default:
+					t.Fatalf("wrong login %d: %v", i, err)
+				}
+			}
+			if evaluated != 10 {
+				t.Errorf("%d of 40 wrong logins spread over two processes were evaluated, want the account's 10", evaluated)
+			}
+			if _, err := restarted.LogIn(ctx, "ada@example.com", "correct horse battery", "198.51.100.7"); err != nil {
+				t.Errorf("the owner, from the address it signed in from, after a restart: %v", err)
+			}
+			if _, err := restarted.LogIn(ctx, "ada@example.com", "correct horse battery", "192.0.2.200"); problem.Of(err).Status != http.StatusTooManyRequests {
+				t.Errorf("a first sign-in from a new address while the account's budget is spent: %v, want 429", err)
+			}
+		})
 	}
 }

@@ -1,44 +1,225 @@
 package auth
 
 import (
+	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/roosthub/roost/internal/testenv"
+	"github.com/roosthub/roost/tenants"
 )
+
+// openTallies is a new, migrated store at databaseURL ("": SQLite in a
+// temporary directory), whose tallies limiters share.
+func openTallies(t *testing.T, databaseURL string) *tenants.Store {
+	t.Helper()
+	ctx := context.Background()
+	dir := ""
+	if databaseURL == "" {
+		dir = t.TempDir()
+	}
+	st, err := tenants.Open(ctx, databaseURL, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	if _, err := st.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// onEveryLimiter runs a limiter test on memory, and on tallies shared in
+// SQLite and in Postgres.
+func onEveryLimiter(t *testing.T, test func(t *testing.T, newLimiter func(now func() time.Time) *limiter)) {
+	t.Run("memory", func(t *testing.T) {
+		test(t, func(now func() time.Time) *limiter { return newLimiter(now, nil, nil) })
+	})
+	t.Run("sqlite", func(t *testing.T) {
+		st := openTallies(t, "")
+		test(t, func(now func() time.Time) *limiter { return newLimiter(now, st, nil) })
+	})
+	t.Run("postgres", func(t *testing.T) {
+		st := openTallies(t, testenv.PostgresURL(t))
+		test(t, func(now func() time.Time) *limiter { return newLimiter(now, st, nil) })
+	})
+}
 
 // TestReserveIsAllOrNothing: an attempt is counted against all its keys or
 // none, and parallel attempts get exactly the free ones.
 func TestReserveIsAllOrNothing(t *testing.T) {
-	clk := testenv.NewClock(time.Now())
-	l := newLimiter(clk.Now)
-	b := budget{name: "b", free: 3, perHour: 100}
-	tight := budget{name: "tight", free: 1, perHour: 100}
-	if _, wait := l.reserve(charge{b, "x"}, charge{tight, "y"}); wait != 0 {
-		t.Fatal("first attempt refused")
-	}
-	if _, wait := l.reserve(charge{b, "x"}, charge{tight, "y"}); wait == 0 {
-		t.Fatal("second attempt on tight passed")
-	}
-	// The refused attempt counted nothing against b: two free ones are left.
-	for i := range 2 {
-		if _, wait := l.reserve(charge{b, "x"}); wait != 0 {
-			t.Fatalf("free attempt %d on b refused: %v", i+2, wait)
+	onEveryLimiter(t, func(t *testing.T, newLimiter func(now func() time.Time) *limiter) {
+		clk := testenv.NewClock(time.Now())
+		l := newLimiter(clk.Now)
+		b := budget{name: "b", free: 3, perHour: 100}
+		tight := budget{name: "tight", free: 1, perHour: 100}
+		if _, wait := l.reserve(charge{b, "x"}, charge{tight, "y"}); wait != 0 {
+			t.Fatal("first attempt refused")
 		}
-	}
-	if _, wait := l.reserve(charge{b, "x"}); wait != time.Second {
-		t.Errorf("the attempt after the free ones: wait %v, want 1s", wait)
-	}
+		if _, wait := l.reserve(charge{b, "x"}, charge{tight, "y"}); wait == 0 {
+			t.Fatal("second attempt on tight passed")
+		}
+		// The refused attempt counted nothing against b: two free ones are left.
+		for i := range 2 {
+			if _, wait := l.reserve(charge{b, "x"}); wait != 0 {
+				t.Fatalf("free attempt %d on b refused: %v", i+2, wait)
+			}
+		}
+		if _, wait := l.reserve(charge{b, "x"}); wait != time.Second {
+			t.Errorf("the attempt after the free ones: wait %v, want 1s", wait)
+		}
 
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		passed := 0
+		for range 50 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, wait := l.reserve(charge{b, "parallel"}); wait == 0 {
+					mu.Lock()
+					passed++
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if passed != 3 {
+			t.Errorf("%d of 50 parallel attempts passed, want the 3 free ones", passed)
+		}
+	})
+}
+
+// TestRefund: a refunded attempt leaves nothing behind; forgiving ends a
+// streak; the hourly bound counts what was not refunded.
+func TestRefund(t *testing.T) {
+	onEveryLimiter(t, func(t *testing.T, newLimiter func(now func() time.Time) *limiter) {
+		clk := testenv.NewClock(time.Now())
+		l := newLimiter(clk.Now)
+		b := budget{name: "b", free: 2, perHour: 5}
+		for range 10 {
+			tk, wait := l.reserve(charge{b, "ok"})
+			if wait != 0 {
+				t.Fatal("an attempt that is always refunded was refused")
+			}
+			tk.refund()
+		}
+		l.reserve(charge{b, "k"})
+		l.reserve(charge{b, "k"})
+		if l.wait(charge{b, "k"}) == 0 {
+			t.Fatal("two failures did not start the wait")
+		}
+		clk.Advance(time.Second)
+		tk, _ := l.reserve(charge{b, "k"})
+		tk.refund(b) // a success forgives the streak
+		if w := l.wait(charge{b, "k"}); w != 0 {
+			t.Errorf("after a forgiven success: wait %v, want 0", w)
+		}
+		l.reserve(charge{b, "k"})
+		clk.Advance(3 * time.Second)
+		l.reserve(charge{b, "k"})
+		clk.Advance(3 * time.Second)
+		l.reserve(charge{b, "k"})
+		if w := l.wait(charge{b, "k"}); w < 50*time.Minute {
+			t.Errorf("after five failures in the hour: wait %v, want the rest of the hour", w)
+		}
+	})
+}
+
+// TestSteadyRateNeverEscalates: a budget without free attempts is an
+// hourly count only: attempts at a steady rate under it never wait, however
+// long they go on (a streak there would grow without end).
+func TestSteadyRateNeverEscalates(t *testing.T) {
+	onEveryLimiter(t, func(t *testing.T, newLimiter func(now func() time.Time) *limiter) {
+		clk := testenv.NewClock(time.Now())
+		l := newLimiter(clk.Now)
+		b := budget{name: "total", perHour: 10}
+		for i := range 100 {
+			if _, wait := l.reserve(charge{b, ""}); wait != 0 {
+				t.Fatalf("attempt %d at 9 an hour waited %v", i, wait)
+			}
+			clk.Advance(7 * time.Minute)
+		}
+	})
+}
+
+// TestTrustLapses: an address vouched for by a sign-in stays trusted for
+// 30 days.
+func TestTrustLapses(t *testing.T) {
+	onEveryLimiter(t, func(t *testing.T, newLimiter func(now func() time.Time) *limiter) {
+		clk := testenv.NewClock(time.Now())
+		l := newLimiter(clk.Now)
+		l.trust("k")
+		if !l.isTrusted("k") || l.isTrusted("other") {
+			t.Fatal("trust not recorded, or given to another key")
+		}
+		clk.Advance(31 * 24 * time.Hour)
+		if l.isTrusted("k") {
+			t.Error("trust outlived 30 days")
+		}
+	})
+}
+
+// TestTalliesShared: limiters sharing the database (two control-plane
+// processes) count against one budget, and a limiter started afresh (a
+// restart) keeps what was counted and who signed in; another key is
+// untouched.
+func TestTalliesShared(t *testing.T) {
+	for name, url := range map[string]func(*testing.T) string{
+		"sqlite":   func(*testing.T) string { return "" },
+		"postgres": func(t *testing.T) string { return testenv.PostgresURL(t) },
+	} {
+		t.Run(name, func(t *testing.T) {
+			st := openTallies(t, url(t))
+			clk := testenv.NewClock(time.Now())
+			a, b := newLimiter(clk.Now, st, nil), newLimiter(clk.Now, st, nil)
+			acct := budget{name: "acct", free: 4, perHour: 100}
+			for i := range 4 {
+				l := a
+				if i%2 == 1 {
+					l = b
+				}
+				if _, wait := l.reserve(charge{acct, "victim"}); wait != 0 {
+					t.Fatalf("free attempt %d refused: %v", i+1, wait)
+				}
+			}
+			for _, l := range []*limiter{a, b, newLimiter(clk.Now, st, nil)} {
+				if _, wait := l.reserve(charge{acct, "victim"}); wait != time.Second {
+					t.Errorf("after 4 free attempts over two processes: wait %v, want 1s", wait)
+				}
+			}
+			if _, wait := b.reserve(charge{acct, "other"}); wait != 0 {
+				t.Errorf("another key waits %v", wait)
+			}
+			a.trust("victim\x00198.51.100.7")
+			if !newLimiter(clk.Now, st, nil).isTrusted("victim\x00198.51.100.7") {
+				t.Error("a sign-in noted by one process is not known to another")
+			}
+			if b.isTrusted("victim\x00203.0.113.9") {
+				t.Error("a pair that never signed in is trusted")
+			}
+		})
+	}
+}
+
+// TestTalliesParallelProcesses: parallel attempts through two limiters
+// on one Postgres database, each with its own pool (two processes), get
+// exactly the free ones between them.
+func TestTalliesParallelProcesses(t *testing.T) {
+	url := testenv.PostgresURL(t)
+	clk := testenv.NewClock(time.Now())
+	ls := []*limiter{newLimiter(clk.Now, openTallies(t, url), nil), newLimiter(clk.Now, openTallies(t, url), nil)}
+	b := budget{name: "b", free: 5, perHour: 100}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	passed := 0
-	for range 50 {
+	for i := range 40 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, wait := l.reserve(charge{b, "parallel"}); wait == 0 {
+			if _, wait := ls[i%2].reserve(charge{b, "k"}); wait == 0 {
 				mu.Lock()
 				passed++
 				mu.Unlock()
@@ -46,71 +227,49 @@ func TestReserveIsAllOrNothing(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if passed != 3 {
-		t.Errorf("%d of 50 parallel attempts passed, want the 3 free ones", passed)
+	if passed != 5 {
+		t.Errorf("%d of 40 parallel attempts through two processes passed, want the 5 free ones", passed)
 	}
 }
 
-// TestRefund: a refunded attempt leaves nothing behind; forgiving ends a
-// streak; the hourly bound counts what was not refunded.
-func TestRefund(t *testing.T) {
-	clk := testenv.NewClock(time.Now())
-	l := newLimiter(clk.Now)
-	b := budget{name: "b", free: 2, perHour: 5}
-	for range 10 {
-		tk, wait := l.reserve(charge{b, "ok"})
-		if wait != 0 {
-			t.Fatal("an attempt that is always refunded was refused")
-		}
-		tk.refund()
-	}
-	l.reserve(charge{b, "k"})
-	l.reserve(charge{b, "k"})
-	if l.wait(charge{b, "k"}) == 0 {
-		t.Fatal("two failures did not start the wait")
-	}
-	clk.Advance(time.Second)
-	tk, _ := l.reserve(charge{b, "k"})
-	tk.refund(b) // a success forgives the streak
-	if w := l.wait(charge{b, "k"}); w != 0 {
-		t.Errorf("after a forgiven success: wait %v, want 0", w)
-	}
-	l.reserve(charge{b, "k"})
-	clk.Advance(3 * time.Second)
-	l.reserve(charge{b, "k"})
-	clk.Advance(3 * time.Second)
-	l.reserve(charge{b, "k"})
-	if w := l.wait(charge{b, "k"}); w < 50*time.Minute {
-		t.Errorf("after five failures in the hour: wait %v, want the rest of the hour", w)
-	}
+// failingTallies is a database that cannot be reached.
+type failingTallies struct{}
+
+var errUnreachable = errors.New("database unreachable")
+
+func (failingTallies) UpdateTallies(context.Context, []string, func(map[string]*tenants.Tally)) error {
+	return errUnreachable
+}
+func (failingTallies) Trust(context.Context, string, time.Time) error { return errUnreachable }
+func (failingTallies) TrustedAt(context.Context, string) (time.Time, bool, error) {
+	return time.Time{}, false, errUnreachable
+}
+func (failingTallies) PruneTallies(context.Context, time.Time, time.Duration) error {
+	return errUnreachable
 }
 
-// TestSteadyRateNeverEscalates: a budget without free attempts is an
-// hourly count only: attempts at a steady rate under it never wait, however
-// long they go on (a streak there would grow without end).
-func TestSteadyRateNeverEscalates(t *testing.T) {
+// TestTalliesUnreachable: while the database cannot be reached, attempts
+// are still counted, in memory, and refunds and sign-ins still work.
+func TestTalliesUnreachable(t *testing.T) {
 	clk := testenv.NewClock(time.Now())
-	l := newLimiter(clk.Now)
-	b := budget{name: "total", perHour: 10}
-	for i := range 100 {
-		if _, wait := l.reserve(charge{b, ""}); wait != 0 {
-			t.Fatalf("attempt %d at 9 an hour waited %v", i, wait)
-		}
-		clk.Advance(7 * time.Minute)
+	l := newLimiter(clk.Now, failingTallies{}, nil)
+	b := budget{name: "b", free: 2, perHour: 100}
+	tk, wait := l.reserve(charge{b, "ok"})
+	if wait != 0 {
+		t.Fatal("an attempt refused while the database is unreachable")
 	}
-}
-
-// TestTrustLapses: an address vouched for by a sign-in stays trusted for
-// 30 days.
-func TestTrustLapses(t *testing.T) {
-	clk := testenv.NewClock(time.Now())
-	l := newLimiter(clk.Now)
-	l.trust("k")
-	if !l.isTrusted("k") || l.isTrusted("other") {
-		t.Fatal("trust not recorded, or given to another key")
+	tk.refund(b)
+	for range 2 {
+		l.reserve(charge{b, "k"})
 	}
-	clk.Advance(31 * 24 * time.Hour)
-	if l.isTrusted("k") {
-		t.Error("trust outlived 30 days")
+	if _, wait := l.reserve(charge{b, "k"}); wait != time.Second {
+		t.Errorf("after two failures in memory: wait %v, want 1s", wait)
+	}
+	if _, wait := l.reserve(charge{b, "ok"}); wait != 0 {
+		t.Errorf("a refunded key waits %v", wait)
+	}
+	l.trust("pair")
+	if !l.isTrusted("pair") {
+		t.Error("a sign-in noted in memory is not trusted")
 	}
 }
