@@ -302,18 +302,20 @@ func (p *persistence) sharedTurns(subs *mqtt.Subscribers, pk packets.Packet, ite
 // turn only where it fell to a persistent session's own route, and sent
 // this one here for the group. A session the sender queued a copy for
 // already (through a subscription of its own) takes its turn on that
-// copy. It returns the groups no member here takes, for the fabric to
-// pass on (unless the message was passed on to this node already).
+// copy. A turn passed on to this node is stored the same way. It returns
+// the groups no member here takes, for the fabric to pass on (unless the
+// message was passed on to this node already: then any member here gets
+// it, as mochi would choose).
 func (p *persistence) arrivedTurns(pk packets.Packet) (packets.Packet, []string, error) {
 	groups, _ := remoteGroups(pk)
-	if len(groups) == 0 || passed(pk) {
+	if len(groups) == 0 {
 		return pk, nil, nil
 	}
 	prior := p.choicesOf(pk) // the sender's copies, noted by arrived
 	turns, items := p.sharedTurns(p.server.Topics.Subscribers(pk.TopicName), pk, nil)
 	var pass []string
 	for _, g := range groups {
-		if _, ok := turns[g]; !ok {
+		if _, ok := turns[g]; !ok && !passed(pk) {
 			pass = append(pass, g)
 		}
 	}

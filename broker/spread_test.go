@@ -58,7 +58,18 @@ func newSpread(t *testing.T, mod ...func(*broker.Config)) *spread {
 	b := make([]byte, 6)
 	rand.Read(b)
 	prefix := "roost-fabric-" + hex.EncodeToString(b)
-	return newSpreadOn(t, url, url, prefix, mod...)
+	s := newSpreadOn(t, url, url, prefix, mod...)
+	s.prefix = prefix
+	return s
+}
+
+// third runs a third node of the spread (its fabric on the spread's key
+// prefix, its sessions in the same store), and returns its address.
+func (s *spread) third(t *testing.T) string {
+	t.Helper()
+	_, addr := serveHub(t, broker.Config{Directory: s.store, Changes: s.store.Changes(), Sessions: s.open(),
+		Fabric: newFabric(t, testenv.RedisURL(t), s.prefix, "node-c"), Log: slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	return addr
 }
 
 // newSpreadOn runs the two nodes with their fabrics on Redis at urlA and
@@ -1239,8 +1250,7 @@ func TestSpreadTakeoverEndsOldFirst(t *testing.T) {
 	old.sub(t, "q/#", 1)
 	// The publisher is on a third node: what it sends for the session
 	// goes where the session's routes say.
-	_, addrC := serveHub(t, broker.Config{Directory: s.store, Changes: s.store.Changes(), Sessions: s.open(),
-		Fabric: newFabric(t, testenv.RedisURL(t), s.prefix, "node-c"), Log: slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	addrC := s.third(t)
 	pub := mustV5(t, addrC, user("acme", "d"), secret, "p")
 	pub.pub(t, "q/x", "before", 1, false)
 	old.expect(t, "q/x", "before")
@@ -1371,6 +1381,7 @@ func TestSpreadSharedTurnToATaker(t *testing.T) {
 	for _, c := range []struct{ name, blindOn string }{
 		{"member that may not read where the turn arrives", "b"},
 		{"member that may not read where it is published", "a"},
+		{"members that may not read on both nodes", "ab"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			s := newSpread(t)
@@ -1379,8 +1390,13 @@ func TestSpreadSharedTurnToATaker(t *testing.T) {
 				tenants.ACLRuleInput{Effect: tenants.Deny, Action: tenants.ActionSubscribe, Topic: "jobs/secret", Device: "blind"},
 				allow(tenants.ActionAll, "#"))
 			at := map[string]string{"a": s.addr, "b": s.b.addr}
-			blind := mustV5(t, at[c.blindOn], user("acme", "blind"), s.device("acme", "blind"), "blind")
-			blind.sub(t, "$share/g/jobs/#", 1)
+			blindSecret := s.device("acme", "blind", tenants.ClientIDsAny)
+			var blind []*v5
+			for _, node := range c.blindOn {
+				m := mustV5(t, at[string(node)], user("acme", "blind"), blindSecret, "blind-"+string(node))
+				m.sub(t, "$share/g/jobs/#", 1)
+				blind = append(blind, m)
+			}
 			secret := s.device("acme", "d", tenants.ClientIDsAny)
 			kept := mustV5(t, s.b.addr, user("acme", "d"), secret, "kept", keepSession)
 			kept.sub(t, "$share/g/jobs/#", 1)
@@ -1393,11 +1409,54 @@ func TestSpreadSharedTurnToATaker(t *testing.T) {
 			}
 			pub.barrier(t)
 			back := mustV5(t, s.addr, user("acme", "d"), secret, "kept", keepSession)
-			got := collect(time.Second, back, blind)
-			if len(got[1]) != 0 {
-				t.Errorf("the member that may not read the topic got %d messages", len(got[1]))
+			got := collect(time.Second, append([]*v5{back}, blind...)...)
+			for i := range blind {
+				if len(got[1+i]) != 0 {
+					t.Errorf("a member that may not read the topic got %d messages", len(got[1+i]))
+				}
 			}
 			eachOnce(t, got, n, "the persistent member, back")
 		})
 	}
+}
+
+// TestSpreadSharedPassedTurnStored: a turn passed on to a node (none of
+// the group's members on the node it was sent to could take it) and given
+// there to a connected persistent member is stored in the member's queue,
+// like any turn given to a persistent session: the member, which
+// acknowledged nothing, gets every turn once when it is back.
+func TestSpreadSharedPassedTurnStored(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	s.rules("acme",
+		tenants.ACLRuleInput{Effect: tenants.Deny, Action: tenants.ActionSubscribe, Topic: "jobs/secret", Device: "blind"},
+		allow(tenants.ActionAll, "#"))
+	addrC := s.third(t)
+	blindSecret := s.device("acme", "blind", tenants.ClientIDsAny)
+	for _, at := range []string{s.b.addr, addrC} {
+		m := mustV5(t, at, user("acme", "blind"), blindSecret, "blind-"+at)
+		m.sub(t, "$share/g/jobs/#", 1)
+	}
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	raw, err := net.DialTimeout("tcp", addrC, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	paused := &pausedConn{Conn: raw, resume: make(chan struct{})}
+	kept, err := connectV5(t, paused, user("acme", "d"), secret, "kept", keepSession)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept.sub(t, "$share/g/jobs/#", 1)
+	paused.paused.Store(true) // it reads, and acknowledges, nothing more
+	pub := mustV5(t, s.addr, user("acme", "d"), secret, "pub")
+	const n = 40
+	for i := range n {
+		pub.pub(t, "jobs/secret", fmt.Sprint(i), 1, false)
+	}
+	pub.barrier(t)
+	raw.Close()
+	close(paused.resume)
+	back := mustV5(t, addrC, user("acme", "d"), secret, "kept", keepSession)
+	eachOnce(t, collect(time.Second, back), n, "the persistent member, back")
 }

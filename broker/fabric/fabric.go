@@ -900,6 +900,18 @@ func (t *Tenant) targets(ctx context.Context, index *mqtt.TopicsIndex, m Message
 		if len(owners) == 0 {
 			continue
 		}
+		if local.Turn != "" {
+			// A turn passed on goes to a persistent session's queue if
+			// the group has one for it (a queue always takes it): another
+			// node may have no member to take it either, and would not
+			// pass it on again.
+			queued := slices.DeleteFunc(slices.Clone(owners), func(o string) bool {
+				return !strings.HasPrefix(o, sessionMark) || min(m.QoS, members[o].Qos) == 0
+			})
+			if len(queued) > 0 {
+				owners = queued
+			}
+		}
 		slices.Sort(owners)
 		owner := owners[pickFor(nonce, group, len(owners))]
 		if cid, ok := strings.CutPrefix(owner, sessionMark); ok {
