@@ -337,7 +337,7 @@ func (p *persistence) arrivedTurns(pk packets.Packet) (packets.Packet, []string,
 		var err error
 		if seqs, err = p.st.Append(ctx, p.tenant, items, store.Receipt{}); err != nil {
 			p.appendEnds(ticket)
-			p.log.Error("queue shared groups' turns for persistent sessions", "topic", pk.TopicName, "sessions", len(items), "err", err)
+			p.log.Error("queue shared groups' turns for persistent sessions; delivered unstored", "topic", pk.TopicName, "sessions", len(items), "err", err)
 			return pk, nil, errNotStored
 		}
 	}

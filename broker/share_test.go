@@ -72,6 +72,33 @@ func eachOnce(t *testing.T, got []map[string]int, n int, what string) {
 	}
 }
 
+// atLeastOnce fails the test if a message of the n is missing from got,
+// and logs how many came more than once: a client that acknowledged
+// nothing before its connection ended may be sent one again from both the
+// connection it took over and its queue (QoS 1 allows it).
+func atLeastOnce(t *testing.T, got []map[string]int, n int, what string) {
+	t.Helper()
+	all := map[string]int{}
+	for _, g := range got {
+		for p, c := range g {
+			all[p] += c
+		}
+	}
+	dups := 0
+	for i := range n {
+		c := all[fmt.Sprint(i)]
+		if c == 0 {
+			t.Errorf("%s: message %d never received (%d distinct of %d)", what, i, len(all), n)
+			return
+		}
+		dups += c - 1
+	}
+	if len(all) != n {
+		t.Errorf("%s: %d distinct messages, want %d", what, len(all), n)
+	}
+	t.Logf("%s: %d messages, %d duplicates", what, n, dups)
+}
+
 // TestSharedPrefersConnected: a shared group's turns go to its connected
 // member, not to a persistent member whose client is away (mochi gave
 // them to whichever member its map yielded first).

@@ -624,7 +624,7 @@ func (h *routeHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 		return pk, nil
 	}
 	if remote(pk) {
-		return h.arrived(cl, pk)
+		return h.arrived(pk), nil
 	}
 	m := fabric.Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Props: encodeProps(pk.Properties)}
 	var local *mqtt.Subscribers
@@ -672,19 +672,20 @@ func (h *routeHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 // stores the turns of its shared groups that fall to persistent sessions
 // here, and passes on, through the fabric, those no member here takes
 // (see arrivedTurns): each to another owner of its group. A turn that can
-// be neither stored nor passed on leaves the message undelivered here, and
-// its inbox entry is read again (at the home) or dropped (see fabric.Node).
-func (h *routeHook) arrived(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
+// be neither stored nor passed on is logged, and the message is delivered
+// here all the same (its other subscribers here are not made to miss it:
+// a node's inbox entry is not read again).
+func (h *routeHook) arrived(pk packets.Packet) packets.Packet {
 	r := h.inst.routes
 	if r.sess == nil || h.inst.persist == nil {
-		return pk, nil
+		return pk
 	}
 	pk, pass, err := h.inst.persist.arrivedTurns(pk)
 	if err != nil {
-		return h.inst.refusePublish(cl, pk, err)
+		return pk // logged by arrivedTurns
 	}
 	if len(pass) == 0 {
-		return pk, nil
+		return pk
 	}
 	m := fabric.Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Props: encodeProps(pk.Properties)}
 	ctx, cancel := routeCtx()
@@ -694,11 +695,10 @@ func (h *routeHook) arrived(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 			return h.inst.persist.queueCopies(ctx, pk, copies)
 		}}
 		if _, err := r.sess.SendQueued(ctx, m, local); err != nil {
-			h.inst.log.Error("pass a shared group's turn on to another node", "topic", pk.TopicName, "group", group, "err", err)
-			return h.inst.refusePublish(cl, pk, errNotForwarded)
+			h.inst.log.Error("pass a shared group's turn on to another node; the group misses the message", "topic", pk.TopicName, "group", group, "err", err)
 		}
 	}
-	return pk, nil
+	return pk
 }
 
 // ackStillServing refuses to acknowledge a publish if this node's lease

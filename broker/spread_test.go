@@ -1424,7 +1424,8 @@ func TestSpreadSharedTurnToATaker(t *testing.T) {
 // the group's members on the node it was sent to could take it) and given
 // there to a connected persistent member is stored in the member's queue,
 // like any turn given to a persistent session: the member, which
-// acknowledged nothing, gets every turn once when it is back.
+// acknowledged nothing, gets every turn when it is back (one in flight as
+// its connection ended may come twice: see atLeastOnce).
 func TestSpreadSharedPassedTurnStored(t *testing.T) {
 	s := newSpread(t)
 	s.tenant("acme")
@@ -1458,5 +1459,5 @@ func TestSpreadSharedPassedTurnStored(t *testing.T) {
 	raw.Close()
 	close(paused.resume)
 	back := mustV5(t, addrC, user("acme", "d"), secret, "kept", keepSession)
-	eachOnce(t, collect(time.Second, back), n, "the persistent member, back")
+	atLeastOnce(t, collect(time.Second, back), n, "the persistent member, back")
 }
