@@ -141,7 +141,7 @@ func New(cfg Config) (*Service, error) {
 		}
 		cfg.Sealer = sealer
 	}
-	lim := newLimiter(cfg.Now, cfg.Store, cfg.Log)
+	lim := newLimiter(cfg.Now, cfg.Store, tallyKey(cfg.SigningKey), cfg.Log)
 	s := &Service{
 		store:     cfg.Store,
 		tokens:    session.Tokens{Key: cfg.SigningKey, Now: cfg.Now},

@@ -2,8 +2,15 @@ package auth
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"hash/maphash"
 	"log/slog"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/roosthub/roost/internal/lru"
@@ -36,24 +43,31 @@ func (c charge) id() string { return c.b.name + "\x00" + c.key }
 const trustFor = 30 * 24 * time.Hour
 
 // sharedTallies is where a limiter's counts live when every process of the
-// control plane shares them: the database (tenants.Store).
+// control plane shares them: the database (tenants.Store). A key is named
+// there by an id (see limiter.id).
 type sharedTallies interface {
-	UpdateTallies(ctx context.Context, keys []string, fn func(map[string]*tenants.Tally)) error
-	Trust(ctx context.Context, key string, at time.Time) error
-	TrustedAt(ctx context.Context, key string) (time.Time, bool, error)
+	UpdateTallies(ctx context.Context, ids []string, fn func(map[string]*tenants.Tally)) error
+	Trust(ctx context.Context, id string, at time.Time) error
+	TrustedSince(ctx context.Context, since time.Time) (map[string]time.Time, error)
 	PruneTallies(ctx context.Context, now time.Time, trustFor time.Duration) error
 }
 
 // heldFor bounds how long a limiter answers, from what it last read, that
 // a shared key must wait, without asking the database again: a flood on a
-// key past its budget costs the database one read a key every heldFor, per
-// process. A refund elsewhere (a success forgives a streak) is seen here
-// that much late at most.
+// key past its budget costs the database one update a key every heldFor,
+// per process. A refund elsewhere (a success forgives a streak) is seen
+// here that much late at most.
 const heldFor = 5 * time.Second
 
-// untrustedFor is how long a limiter takes a pair that had not signed in
-// for one that still has not, without asking the database again.
-const untrustedFor = 5 * time.Second
+// trustEvery is how often a limiter reads the sign-ins other processes
+// noted since its last read: a pair that signed in through another process
+// is trusted here that much later at most.
+const trustEvery = 5 * time.Second
+
+// sharedWait bounds a shared update: the wait for another attempt on the
+// same key in this process, then the database's. Past it the attempt is
+// refused for a second (a 429 with Retry-After), not counted elsewhere.
+const sharedWait = 5 * time.Second
 
 // limiter is the one place every throttled attempt of the API and the
 // console is counted. It counts an attempt before the work it guards (a
@@ -64,17 +78,21 @@ const untrustedFor = 5 * time.Second
 //
 // With shared tallies (the service's), the counts and the sign-ins that
 // vouch for an address live in the database: every process counts against
-// the same budgets, one key's attempts wait for each other there, and a
-// restart forgets nothing. While the database cannot be reached, attempts
-// are counted in this process's memory, as a limiter without shared
-// tallies always counts them.
+// the same budgets, one key's attempts wait for each other (in this
+// process, then in the database), and a restart forgets nothing. An
+// attempt the database cannot count in time is refused for a second: the
+// work it guards needs the database anyway, and counting it anywhere else
+// would hand out a budget afresh.
 type limiter struct {
 	now    func() time.Time
 	shared sharedTallies // nil: in memory only
-	log    *slog.Logger
+	// idKey keys the ids of shared keys (an HMAC, so the database holds
+	// no email or address, nor anything a dictionary reverses).
+	idKey []byte
+	log   *slog.Logger
 
 	mu        sync.Mutex
-	keys      map[string]*tenants.Tally
+	keys      map[string]*tenants.Tally // in memory only
 	lastPrune time.Time
 	// held are shared keys known to wait: until when the answer may be
 	// given without the database (at most heldFor), and until when they
@@ -82,133 +100,199 @@ type limiter struct {
 	held map[string][2]time.Time
 	// trusted holds the (account, address) pairs that signed in lately,
 	// with when: their correct password is not held up by what strangers
-	// spent elsewhere. With shared tallies it holds those read or written
-	// here, and untrusted those found not to have signed in.
-	trusted   *lru.Cache[string, time.Time]
-	untrusted *lru.Cache[string, time.Time]
-	// failedAt is when the database last failed an update (logged at most
-	// once a minute).
+	// spent elsewhere. In memory only.
+	trusted *lru.Cache[string, time.Time]
+	// signedIn is, with shared tallies, the database's sign-ins of the
+	// last trustFor by id, read again every trustEvery (readAt) from the
+	// newest seen (seenTo).
+	signedIn       map[string]time.Time
+	readAt, seenTo time.Time
+	reading        bool
+	// failedAt is when the database last failed (logged at most once a
+	// minute).
 	failedAt time.Time
+	pruning  atomic.Bool
+	// lanes serialize the shared updates of one key in this process:
+	// a burst on a key waits here, and all but the first are answered
+	// from held.
+	lanes [64]chan struct{}
 }
 
-func newLimiter(now func() time.Time, shared sharedTallies, log *slog.Logger) *limiter {
+func newLimiter(now func() time.Time, shared sharedTallies, idKey []byte, log *slog.Logger) *limiter {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &limiter{now: now, shared: shared, log: log, keys: map[string]*tenants.Tally{}, held: map[string][2]time.Time{},
-		trusted: lru.New[string, time.Time](100_000), untrusted: lru.New[string, time.Time](100_000)}
+	l := &limiter{now: now, shared: shared, idKey: idKey, log: log, keys: map[string]*tenants.Tally{},
+		held: map[string][2]time.Time{}, trusted: lru.New[string, time.Time](100_000), signedIn: map[string]time.Time{}}
+	for i := range l.lanes {
+		l.lanes[i] = make(chan struct{}, 1)
+	}
+	return l
+}
+
+// id names a key in the shared tallies.
+func (l *limiter) id(key string) string {
+	m := hmac.New(sha256.New, l.idKey)
+	m.Write([]byte(key))
+	return hex.EncodeToString(m.Sum(nil))
+}
+
+// ids are the ids of charges' keys: their own keys in memory.
+func (l *limiter) ids(charges []charge) []string {
+	out := make([]string, len(charges))
+	for i, c := range charges {
+		out[i] = c.id()
+		if l.shared != nil {
+			out[i] = l.id(out[i])
+		}
+	}
+	return out
 }
 
 // ticket is an attempt counted by reserve.
 type ticket struct {
 	l       *limiter
 	charges []charge
+	ids     []string
 	at      time.Time
-	// shared: counted in the shared tallies (not in memory).
-	shared bool
 }
 
-// sharedCtx bounds one update of the shared tallies.
-func sharedCtx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), 5*time.Second)
-}
+// errBusy is a shared update that did not get its key's lane in time.
+var errBusy = errors.New("too many attempts on one key at once")
 
 // reserve counts one attempt against every charge, or, if any of them must
 // wait, against none, and returns the longest wait.
 func (l *limiter) reserve(charges ...charge) (*ticket, time.Duration) {
-	now := l.now()
-	if l.shared != nil {
-		if wait := l.heldWait(charges, now); wait > 0 {
-			return nil, wait
+	ids := l.ids(charges)
+	if l.shared == nil {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		now := l.now()
+		l.prune(now)
+		if waits := spend(l.tallies(ids), charges, ids, now); len(waits) > 0 {
+			return nil, longest(waits)
 		}
-		l.pruneShared(now)
-		var wait time.Duration
-		var waiting []string
-		ctx, cancel := sharedCtx()
-		err := l.shared.UpdateTallies(ctx, ids(charges), func(ts map[string]*tenants.Tally) {
-			wait, waiting = spend(ts, charges, now)
-		})
-		cancel()
-		if err == nil {
-			if wait > 0 {
-				l.hold(waiting, now, wait)
-				return nil, wait
-			}
-			return &ticket{l: l, charges: charges, at: now, shared: true}, 0
-		}
-		l.failed("count an attempt", err)
+		return &ticket{l: l, charges: charges, ids: ids, at: now}, 0
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.prune(now)
-	wait, _ := spend(l.tallies(charges), charges, now)
-	if wait > 0 {
+	if wait := l.heldWait(ids, l.now()); wait > 0 {
 		return nil, wait
 	}
-	return &ticket{l: l, charges: charges, at: now}, 0
+	ctx, cancel := context.WithTimeout(context.Background(), sharedWait)
+	defer cancel()
+	release, err := l.enter(ctx, ids)
+	if err != nil {
+		l.failed("count an attempt", err)
+		return nil, time.Second
+	}
+	defer release()
+	now := l.now()
+	if wait := l.heldWait(ids, now); wait > 0 {
+		return nil, wait // the attempt before this one found it
+	}
+	l.pruneShared(now)
+	var waits map[string]time.Duration
+	if err := l.shared.UpdateTallies(ctx, ids, func(ts map[string]*tenants.Tally) {
+		waits = spend(ts, charges, ids, now)
+	}); err != nil {
+		l.failed("count an attempt", err)
+		return nil, time.Second
+	}
+	if len(waits) > 0 {
+		l.hold(waits, now)
+		return nil, longest(waits)
+	}
+	return &ticket{l: l, charges: charges, ids: ids, at: now}, 0
 }
 
-// spend counts an attempt at now against every charge's tally in ts, or,
-// if any must wait, against none; it returns the longest wait and the
-// keys that wait.
-func spend(ts map[string]*tenants.Tally, charges []charge, now time.Time) (time.Duration, []string) {
-	var wait time.Duration
-	var waiting []string
-	for _, c := range charges {
-		if w := waitOf(ts[c.id()], c.b, now); w > 0 {
-			wait = max(wait, w)
-			waiting = append(waiting, c.id())
+// enter takes the lanes of ids (in one order), waiting until ctx is done at
+// most, and returns their release.
+func (l *limiter) enter(ctx context.Context, ids []string) (func(), error) {
+	var lanes []int
+	for _, id := range ids {
+		lanes = append(lanes, int(maphash.String(laneSeed, id)%uint64(len(l.lanes))))
+	}
+	slices.Sort(lanes)
+	lanes = slices.Compact(lanes)
+	release := func(n int) {
+		for _, i := range lanes[:n] {
+			<-l.lanes[i]
 		}
 	}
-	if wait > 0 {
-		return wait, waiting
+	for n, i := range lanes {
+		select {
+		case l.lanes[i] <- struct{}{}:
+		case <-ctx.Done():
+			release(n)
+			return nil, errBusy
+		}
 	}
-	for _, c := range charges {
-		t := ts[c.id()]
+	return func() { release(len(lanes)) }, nil
+}
+
+var laneSeed = maphash.MakeSeed()
+
+// spend counts an attempt at now against every charge's tally in ts (by
+// its id in ids), or, if any must wait, against none; it returns the
+// waits of the ids that wait.
+func spend(ts map[string]*tenants.Tally, charges []charge, ids []string, now time.Time) map[string]time.Duration {
+	var waits map[string]time.Duration
+	for i, c := range charges {
+		if w := waitOf(ts[ids[i]], c.b, now); w > 0 {
+			if waits == nil {
+				waits = map[string]time.Duration{}
+			}
+			waits[ids[i]] = max(waits[ids[i]], w)
+		}
+	}
+	if len(waits) > 0 {
+		return waits
+	}
+	for i := range charges {
+		t := ts[ids[i]]
 		t.Times = append(t.Times, now)
 		t.Streak++
 		t.Last = now
 	}
-	return 0, nil
+	return nil
 }
 
-// ids are the charges' keys.
-func ids(charges []charge) []string {
-	out := make([]string, len(charges))
-	for i, c := range charges {
-		out[i] = c.id()
+// longest is the longest of waits.
+func longest(waits map[string]time.Duration) time.Duration {
+	var w time.Duration
+	for _, d := range waits {
+		w = max(w, d)
 	}
-	return out
+	return w
 }
 
-// tallies are the in-memory tallies of charges, made where missing. Called
+// tallies are the in-memory tallies of ids, made where missing. Called
 // with l.mu held.
-func (l *limiter) tallies(charges []charge) map[string]*tenants.Tally {
-	ts := make(map[string]*tenants.Tally, len(charges))
-	for _, c := range charges {
-		t := l.keys[c.id()]
+func (l *limiter) tallies(ids []string) map[string]*tenants.Tally {
+	ts := make(map[string]*tenants.Tally, len(ids))
+	for _, id := range ids {
+		t := l.keys[id]
 		if t == nil {
 			t = &tenants.Tally{}
-			l.keys[c.id()] = t
+			l.keys[id] = t
 		}
-		ts[c.id()] = t
+		ts[id] = t
 	}
 	return ts
 }
 
-// heldWait is how long charges must wait by what this limiter last read of
-// the shared keys that wait, if it may still answer from it.
-func (l *limiter) heldWait(charges []charge, now time.Time) time.Duration {
+// heldWait is how long ids must wait by what this limiter last read of the
+// shared keys that wait, if it may still answer from it.
+func (l *limiter) heldWait(ids []string, now time.Time) time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var wait time.Duration
-	for _, c := range charges {
-		h, ok := l.held[c.id()]
+	for _, id := range ids {
+		h, ok := l.held[id]
 		if !ok {
 			continue
 		}
 		if !now.Before(h[0]) {
-			delete(l.held, c.id())
+			delete(l.held, id)
 			continue
 		}
 		wait = max(wait, h[1].Sub(now))
@@ -216,15 +300,15 @@ func (l *limiter) heldWait(charges []charge, now time.Time) time.Duration {
 	return wait
 }
 
-// hold notes that shared keys wait wait from now.
-func (l *limiter) hold(keys []string, now time.Time, wait time.Duration) {
+// hold notes that shared keys wait, each its own wait from now.
+func (l *limiter) hold(waits map[string]time.Duration, now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.held) >= 100_000 {
 		clear(l.held) // a flood over that many keys: read them again
 	}
-	for _, k := range keys {
-		l.held[k] = [2]time.Time{now.Add(min(wait, heldFor)), now.Add(wait)}
+	for id, w := range waits {
+		l.held[id] = [2]time.Time{now.Add(min(w, heldFor)), now.Add(w)}
 	}
 }
 
@@ -232,37 +316,38 @@ func (l *limiter) hold(keys []string, now time.Time, wait time.Duration) {
 func (l *limiter) failed(what string, err error) {
 	l.mu.Lock()
 	now := l.now()
-	quiet := now.Sub(l.failedAt) < time.Minute
+	quiet := !l.failedAt.IsZero() && now.Sub(l.failedAt) < time.Minute
 	if !quiet {
 		l.failedAt = now
 	}
 	l.mu.Unlock()
 	if !quiet {
-		l.log.Error("throttle: "+what+" in the database failed; counting in this process's memory meanwhile", "err", err)
+		l.log.Error("throttle: "+what+" in the database failed; attempts are refused for a second meanwhile", "err", err)
 	}
 }
 
 // wait returns how long the next attempt on c must wait.
 func (l *limiter) wait(c charge) time.Duration {
+	ids := l.ids([]charge{c})
 	now := l.now()
-	if l.shared != nil {
-		if wait := l.heldWait([]charge{c}, now); wait > 0 {
-			return wait
-		}
-		var wait time.Duration
-		ctx, cancel := sharedCtx()
-		err := l.shared.UpdateTallies(ctx, []string{c.id()}, func(ts map[string]*tenants.Tally) {
-			wait = waitOf(ts[c.id()], c.b, now)
-		})
-		cancel()
-		if err == nil {
-			return wait
-		}
-		l.failed("read a count", err)
+	if l.shared == nil {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return waitOf(l.keys[ids[0]], c.b, now)
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return waitOf(l.keys[c.id()], c.b, now)
+	if wait := l.heldWait(ids, now); wait > 0 {
+		return wait
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), sharedWait)
+	defer cancel()
+	var wait time.Duration
+	if err := l.shared.UpdateTallies(ctx, ids, func(ts map[string]*tenants.Tally) {
+		wait = waitOf(ts[ids[0]], c.b, now)
+	}); err != nil {
+		l.failed("read a count", err)
+		return time.Second
+	}
+	return wait
 }
 
 // waitOf is how long the next attempt on a key of budget b with tally t
@@ -294,33 +379,33 @@ func (t *ticket) refund(forgive ...budget) {
 		return
 	}
 	l := t.l
-	if t.shared {
-		ctx, cancel := sharedCtx()
-		err := l.shared.UpdateTallies(ctx, ids(t.charges), func(ts map[string]*tenants.Tally) {
-			unspend(ts, t.charges, t.at, forgive)
-		})
-		cancel()
-		if err != nil {
-			l.failed("refund an attempt", err)
+	if l.shared == nil {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		ts := make(map[string]*tenants.Tally, len(t.ids))
+		for _, id := range t.ids {
+			if ta := l.keys[id]; ta != nil {
+				ts[id] = ta
+			}
 		}
+		unspend(ts, t.charges, t.ids, t.at, forgive)
 		return
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	ts := make(map[string]*tenants.Tally, len(t.charges))
-	for _, c := range t.charges {
-		if ta := l.keys[c.id()]; ta != nil {
-			ts[c.id()] = ta
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), sharedWait)
+	defer cancel()
+	if err := l.shared.UpdateTallies(ctx, t.ids, func(ts map[string]*tenants.Tally) {
+		unspend(ts, t.charges, t.ids, t.at, forgive)
+	}); err != nil {
+		// The attempt stays counted, as a failure would be.
+		l.failed("refund an attempt", err)
 	}
-	unspend(ts, t.charges, t.at, forgive)
 }
 
-// unspend takes the attempt made at at off every charge's tally in ts, and
-// forgives the streaks of the budgets in forgive.
-func unspend(ts map[string]*tenants.Tally, charges []charge, at time.Time, forgive []budget) {
-	for _, c := range charges {
-		ta := ts[c.id()]
+// unspend takes the attempt made at at off every charge's tally in ts (by
+// its id in ids), and forgives the streaks of the budgets in forgive.
+func unspend(ts map[string]*tenants.Tally, charges []charge, ids []string, at time.Time, forgive []budget) {
+	for i, c := range charges {
+		ta := ts[ids[i]]
 		if ta == nil {
 			continue
 		}
@@ -342,48 +427,73 @@ func unspend(ts map[string]*tenants.Tally, charges []charge, at time.Time, forgi
 // trust notes that key (an account and an address) signed in now.
 func (l *limiter) trust(key string) {
 	now := l.now()
+	if l.shared == nil {
+		l.mu.Lock()
+		l.trusted.Add(key, now)
+		l.mu.Unlock()
+		return
+	}
+	id := l.id(key)
 	l.mu.Lock()
-	l.trusted.Add(key, now)
-	l.untrusted.Remove(key)
+	l.signedIn[id] = now
 	l.mu.Unlock()
-	if l.shared != nil {
-		ctx, cancel := sharedCtx()
-		defer cancel()
-		if err := l.shared.Trust(ctx, key, now); err != nil {
-			l.failed("note a sign-in", err)
-		}
+	ctx, cancel := context.WithTimeout(context.Background(), sharedWait)
+	defer cancel()
+	if err := l.shared.Trust(ctx, id, now); err != nil {
+		l.failed("note a sign-in", err)
 	}
 }
 
-// isTrusted reports whether key signed in within trustFor.
+// isTrusted reports whether key signed in within trustFor. With shared
+// tallies it answers from the sign-ins read from the database (see
+// readSignIns): no attempt costs the database a read of its own.
 func (l *limiter) isTrusted(key string) bool {
 	now := l.now()
-	l.mu.Lock()
-	at, ok := l.trusted.Get(key)
-	if ok && now.Sub(at) < trustFor {
-		l.mu.Unlock()
-		return true
+	if l.shared == nil {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		at, ok := l.trusted.Get(key)
+		return ok && now.Sub(at) < trustFor
 	}
-	checked, known := l.untrusted.Get(key)
-	l.mu.Unlock()
-	if l.shared == nil || known && now.Sub(checked) < untrustedFor {
-		return false
-	}
-	ctx, cancel := sharedCtx()
-	defer cancel()
-	at, ok, err := l.shared.TrustedAt(ctx, key)
-	if err != nil {
-		l.failed("read a sign-in", err)
-		return false
-	}
+	l.readSignIns(now)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if ok && now.Sub(at) < trustFor {
-		l.trusted.Add(key, at)
-		return true
+	at, ok := l.signedIn[l.id(key)]
+	return ok && now.Sub(at) < trustFor
+}
+
+// readSignIns reads the sign-ins noted since the last read, if that was
+// trustEvery ago or more (one caller reads; the others answer from what
+// was read before).
+func (l *limiter) readSignIns(now time.Time) {
+	l.mu.Lock()
+	if l.reading || !l.readAt.IsZero() && now.Sub(l.readAt) < trustEvery {
+		l.mu.Unlock()
+		return
 	}
-	l.untrusted.Add(key, now)
-	return false
+	l.reading = true
+	since := l.seenTo
+	if since.IsZero() {
+		since = now.Add(-trustFor)
+	}
+	l.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), sharedWait)
+	defer cancel()
+	got, err := l.shared.TrustedSince(ctx, since)
+	l.mu.Lock()
+	l.reading, l.readAt = false, now
+	for id, at := range got {
+		if at.After(l.signedIn[id]) {
+			l.signedIn[id] = at
+		}
+		if at.After(l.seenTo) {
+			l.seenTo = at
+		}
+	}
+	l.mu.Unlock()
+	if err != nil {
+		l.failed("read the sign-ins", err)
+	}
 }
 
 // trim drops attempts older than an hour; a quiet hour forgives the streak.
@@ -399,7 +509,7 @@ func trim(t *tenants.Tally, now time.Time) {
 }
 
 // prune forgets, once a minute, keys with nothing counted in the last
-// hour, so the map stays as small as the set of recent callers. Called
+// hour, so the maps stay as small as the set of recent callers. Called
 // with l.mu held.
 func (l *limiter) prune(now time.Time) {
 	if now.Sub(l.lastPrune) < time.Minute {
@@ -416,21 +526,37 @@ func (l *limiter) prune(now time.Time) {
 			delete(l.held, k)
 		}
 	}
+	for id, at := range l.signedIn {
+		if now.Sub(at) >= trustFor {
+			delete(l.signedIn, id)
+		}
+	}
 }
 
-// pruneShared deletes, once a minute, the shared tallies with nothing left
-// in them and the sign-ins past trustFor (and prunes memory).
+// pruneShared prunes memory and, in the background, the shared tallies
+// with nothing left in them and the sign-ins past trustFor, once a minute.
 func (l *limiter) pruneShared(now time.Time) {
 	l.mu.Lock()
 	due := now.Sub(l.lastPrune) >= time.Minute
 	l.prune(now)
 	l.mu.Unlock()
-	if !due {
+	if !due || !l.pruning.CompareAndSwap(false, true) {
 		return
 	}
-	ctx, cancel := sharedCtx()
-	defer cancel()
-	if err := l.shared.PruneTallies(ctx, now, trustFor); err != nil {
-		l.failed("delete old counts", err)
-	}
+	go func() {
+		defer l.pruning.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := l.shared.PruneTallies(ctx, now, trustFor); err != nil {
+			l.failed("delete old counts", err)
+		}
+	}()
+}
+
+// tallyKey is the key of the shared tallies' ids, derived from the signing
+// key every control-plane process has.
+func tallyKey(signingKey []byte) []byte {
+	m := hmac.New(sha256.New, signingKey)
+	m.Write([]byte("roost auth tallies"))
+	return m.Sum(nil)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -31,19 +32,22 @@ func openTallies(t *testing.T, databaseURL string) *tenants.Store {
 	return st
 }
 
+// testIDKey keys the ids of shared tallies in tests.
+var testIDKey = tallyKey([]byte("a signing key of at least 32 bytes."))
+
 // onEveryLimiter runs a limiter test on memory, and on tallies shared in
 // SQLite and in Postgres.
 func onEveryLimiter(t *testing.T, test func(t *testing.T, newLimiter func(now func() time.Time) *limiter)) {
 	t.Run("memory", func(t *testing.T) {
-		test(t, func(now func() time.Time) *limiter { return newLimiter(now, nil, nil) })
+		test(t, func(now func() time.Time) *limiter { return newLimiter(now, nil, nil, nil) })
 	})
 	t.Run("sqlite", func(t *testing.T) {
 		st := openTallies(t, "")
-		test(t, func(now func() time.Time) *limiter { return newLimiter(now, st, nil) })
+		test(t, func(now func() time.Time) *limiter { return newLimiter(now, st, testIDKey, nil) })
 	})
 	t.Run("postgres", func(t *testing.T) {
 		st := openTallies(t, testenv.PostgresURL(t))
-		test(t, func(now func() time.Time) *limiter { return newLimiter(now, st, nil) })
+		test(t, func(now func() time.Time) *limiter { return newLimiter(now, st, testIDKey, nil) })
 	})
 }
 
@@ -174,7 +178,7 @@ func TestTalliesShared(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			st := openTallies(t, url(t))
 			clk := testenv.NewClock(time.Now())
-			a, b := newLimiter(clk.Now, st, nil), newLimiter(clk.Now, st, nil)
+			a, b := newLimiter(clk.Now, st, testIDKey, nil), newLimiter(clk.Now, st, testIDKey, nil)
 			acct := budget{name: "acct", free: 4, perHour: 100}
 			for i := range 4 {
 				l := a
@@ -185,7 +189,7 @@ func TestTalliesShared(t *testing.T) {
 					t.Fatalf("free attempt %d refused: %v", i+1, wait)
 				}
 			}
-			for _, l := range []*limiter{a, b, newLimiter(clk.Now, st, nil)} {
+			for _, l := range []*limiter{a, b, newLimiter(clk.Now, st, testIDKey, nil)} {
 				if _, wait := l.reserve(charge{acct, "victim"}); wait != time.Second {
 					t.Errorf("after 4 free attempts over two processes: wait %v, want 1s", wait)
 				}
@@ -194,7 +198,7 @@ func TestTalliesShared(t *testing.T) {
 				t.Errorf("another key waits %v", wait)
 			}
 			a.trust("victim\x00198.51.100.7")
-			if !newLimiter(clk.Now, st, nil).isTrusted("victim\x00198.51.100.7") {
+			if !newLimiter(clk.Now, st, testIDKey, nil).isTrusted("victim\x00198.51.100.7") {
 				t.Error("a sign-in noted by one process is not known to another")
 			}
 			if b.isTrusted("victim\x00203.0.113.9") {
@@ -210,7 +214,7 @@ func TestTalliesShared(t *testing.T) {
 func TestTalliesParallelProcesses(t *testing.T) {
 	url := testenv.PostgresURL(t)
 	clk := testenv.NewClock(time.Now())
-	ls := []*limiter{newLimiter(clk.Now, openTallies(t, url), nil), newLimiter(clk.Now, openTallies(t, url), nil)}
+	ls := []*limiter{newLimiter(clk.Now, openTallies(t, url), testIDKey, nil), newLimiter(clk.Now, openTallies(t, url), testIDKey, nil)}
 	b := budget{name: "b", free: 5, perHour: 100}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
@@ -241,35 +245,103 @@ func (failingTallies) UpdateTallies(context.Context, []string, func(map[string]*
 	return errUnreachable
 }
 func (failingTallies) Trust(context.Context, string, time.Time) error { return errUnreachable }
-func (failingTallies) TrustedAt(context.Context, string) (time.Time, bool, error) {
-	return time.Time{}, false, errUnreachable
+func (failingTallies) TrustedSince(context.Context, time.Time) (map[string]time.Time, error) {
+	return nil, errUnreachable
 }
 func (failingTallies) PruneTallies(context.Context, time.Time, time.Duration) error {
 	return errUnreachable
 }
 
 // TestTalliesUnreachable: while the database cannot be reached, attempts
-// are still counted, in memory, and refunds and sign-ins still work.
+// are refused for a second: counted nowhere else, which would hand a
+// guesser each process's budget afresh (the work they guard needs the
+// database anyway).
 func TestTalliesUnreachable(t *testing.T) {
 	clk := testenv.NewClock(time.Now())
-	l := newLimiter(clk.Now, failingTallies{}, nil)
+	l := newLimiter(clk.Now, failingTallies{}, testIDKey, nil)
 	b := budget{name: "b", free: 2, perHour: 100}
-	tk, wait := l.reserve(charge{b, "ok"})
-	if wait != 0 {
-		t.Fatal("an attempt refused while the database is unreachable")
-	}
-	tk.refund(b)
-	for range 2 {
-		l.reserve(charge{b, "k"})
-	}
-	if _, wait := l.reserve(charge{b, "k"}); wait != time.Second {
-		t.Errorf("after two failures in memory: wait %v, want 1s", wait)
-	}
-	if _, wait := l.reserve(charge{b, "ok"}); wait != 0 {
-		t.Errorf("a refunded key waits %v", wait)
+	for range 5 {
+		if _, wait := l.reserve(charge{b, "k"}); wait != time.Second {
+			t.Fatalf("an attempt while the database is unreachable: wait %v, want 1s", wait)
+		}
 	}
 	l.trust("pair")
-	if !l.isTrusted("pair") {
-		t.Error("a sign-in noted in memory is not trusted")
+	if l.isTrusted("other") {
+		t.Error("a pair that never signed in is trusted")
+	}
+}
+
+// slowTallies is a database each update of which takes a while, and which
+// fails updates past eight at once (a pool, a lock queue run out).
+type slowTallies struct {
+	*tenants.Store
+	n, most atomic.Int32
+}
+
+func (s *slowTallies) UpdateTallies(ctx context.Context, ids []string, fn func(map[string]*tenants.Tally)) error {
+	defer s.n.Add(-1)
+	n := s.n.Add(1)
+	for m := s.most.Load(); n > m && !s.most.CompareAndSwap(m, n); m = s.most.Load() {
+	}
+	if n > 8 {
+		return context.DeadlineExceeded
+	}
+	time.Sleep(time.Millisecond)
+	return s.Store.UpdateTallies(ctx, ids, fn)
+}
+
+// TestTalliesBurstOnOneKey: 200 attempts at once on one key through one
+// process get exactly its free ones, and wait their turn in the process,
+// not in the database: none of them fails there (each that did would have
+// been counted elsewhere, or refused; see TestTalliesUnreachable).
+func TestTalliesBurstOnOneKey(t *testing.T) {
+	st := &slowTallies{Store: openTallies(t, "")}
+	l := newLimiter(testenv.NewClock(time.Now()).Now, st, testIDKey, nil)
+	b := budget{name: "b", free: 5, perHour: 100}
+	var wg sync.WaitGroup
+	var passed, oneSecond atomic.Int32
+	for range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			switch _, w := l.reserve(charge{b, "k"}); w {
+			case 0:
+				passed.Add(1)
+			case time.Second:
+				oneSecond.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if passed.Load() != 5 {
+		t.Errorf("%d of 200 attempts at once passed, want the 5 free ones", passed.Load())
+	}
+	if n := st.most.Load(); n != 1 {
+		t.Errorf("%d updates of one key ran at once in one process, want 1", n)
+	}
+	if _, w := l.reserve(charge{b, "k"}); w != time.Second {
+		t.Errorf("the attempt after the free ones: wait %v, want 1s", w)
+	}
+}
+
+// TestHeldWaitIsPerKey: a key held back by a refused attempt is held for
+// its own wait, not the longest of the attempt's keys (a stranger whose
+// address waits an hour could otherwise make the account wait an hour
+// too, 5 s at a time).
+func TestHeldWaitIsPerKey(t *testing.T) {
+	clk := testenv.NewClock(time.Now())
+	l := newLimiter(clk.Now, openTallies(t, ""), testIDKey, nil)
+	short, long := budget{name: "short", free: 1, perHour: 100}, budget{name: "long", perHour: 1}
+	l.reserve(charge{long, "stranger"})
+	l.reserve(charge{short, "victim"})
+	if _, w := l.reserve(charge{short, "victim"}, charge{long, "stranger"}); w < 50*time.Minute {
+		t.Fatalf("the stranger's attempt: wait %v, want the rest of the hour", w)
+	}
+	if _, w := l.reserve(charge{short, "victim"}); w != time.Second {
+		t.Errorf("the victim's key: wait %v, want its own 1s", w)
+	}
+	clk.Advance(2 * time.Second)
+	if _, w := l.reserve(charge{short, "victim"}); w != 0 {
+		t.Errorf("the victim's key waits %v after its own 1s", w)
 	}
 }

@@ -35,7 +35,7 @@ func NewOperator(token string, now func() time.Time, log *slog.Logger) *Operator
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Operator{token: token, lim: newLimiter(now, nil, log), log: log}
+	return &Operator{token: token, lim: newLimiter(now, nil, nil, log), log: log}
 }
 
 // errOperatorToken answers a wrong operator token.
