@@ -51,16 +51,23 @@ func collect(quiet time.Duration, clients ...*v5) []map[string]int {
 	}
 }
 
-// eachOnce fails unless the counts in got hold payloads "0" to n-1 once
-// each, among them.
-func eachOnce(t *testing.T, got []map[string]int, n int, what string) {
-	t.Helper()
+// received is how many times each payload arrived, over every client's
+// counts in got.
+func received(got []map[string]int) map[string]int {
 	all := map[string]int{}
 	for _, g := range got {
 		for p, c := range g {
 			all[p] += c
 		}
 	}
+	return all
+}
+
+// eachOnce fails unless the counts in got hold payloads "0" to n-1 once
+// each, among them.
+func eachOnce(t *testing.T, got []map[string]int, n int, what string) {
+	t.Helper()
+	all := received(got)
 	for i := range n {
 		if c := all[fmt.Sprint(i)]; c != 1 {
 			t.Errorf("%s: message %d received %d times, want once (%d distinct of %d)", what, i, c, len(all), n)
@@ -78,12 +85,7 @@ func eachOnce(t *testing.T, got []map[string]int, n int, what string) {
 // connection it took over and its queue (QoS 1 allows it).
 func atLeastOnce(t *testing.T, got []map[string]int, n int, what string) {
 	t.Helper()
-	all := map[string]int{}
-	for _, g := range got {
-		for p, c := range g {
-			all[p] += c
-		}
-	}
+	all := received(got)
 	dups := 0
 	for i := range n {
 		c := all[fmt.Sprint(i)]
