@@ -37,7 +37,7 @@ import (
 // members it had left, or may not read the topic) passes it on the same
 // way, once (fabric.Local.Turn), rather than lose it; and a turn it gives
 // a persistent session here is stored in the session's queue before the
-// message leaves its inbox (storeArrivedTurns).
+// message leaves its inbox (arrivedTurns).
 
 // shareHook chooses each shared group's member for a message mochi is
 // about to deliver. It comes last, after a spread tenant's routes, as the
@@ -117,8 +117,9 @@ func servedGroups(subs *mqtt.Subscribers, pk packets.Packet) {
 // A message from another node, where sessions live anywhere, goes to a
 // connected member without a persistent session first: this node serves
 // the group for its clean members (the sending node queued a turn for a
-// persistent session itself, through the session's own route), and a
-// turn given to a persistent session here would be stored nowhere.
+// persistent session itself, through the session's own route); a turn
+// given to a persistent session here is stored here (arrivedTurns), after
+// the sender's acknowledgement.
 //
 // With passOn, a group no member here takes (none connected that may read
 // the topic, nor a persistent session that may) gets no member here: the

@@ -15,7 +15,7 @@ func (readsAll) mayRead(*mqtt.Client, string) bool { return true }
 
 // TestChooserCleanFirst: where sessions live anywhere, a message from
 // another node goes to a connected clean member of a group before a
-// connected persistent one (whose turn would be stored nowhere here), and
+// connected persistent one (whose turn the sender did not queue), and
 // to the persistent one when it is the only one connected; a message
 // published here goes to either.
 func TestChooserCleanFirst(t *testing.T) {

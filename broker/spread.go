@@ -628,12 +628,11 @@ func (h *routeHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packe
 	}
 	m := fabric.Message{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Retain: pk.FixedHeader.Retain, Props: encodeProps(pk.Properties)}
 	var local *mqtt.Subscribers
-	c := h.inst.chooser(pk)
 	servedHere := func(group string) bool {
 		if local == nil {
 			local = h.inst.server.Topics.Subscribers(pk.TopicName)
 		}
-		return c.takes(group, local, pk)
+		return h.inst.chooser(pk).takes(group, local, pk)
 	}
 	ctx, cancel := routeCtx()
 	defer cancel()
