@@ -107,6 +107,10 @@ func (inst *instance) export(cl *mqtt.Client, pk packets.Packet) error {
 		device = dc.id.device
 	}
 	var in *dataout.Input // built for the first rule with a condition or projection
+	// The rules share one dataout.EvalTimeLimit for the message, from the
+	// first that evaluates it.
+	evalCtx, cancelEval := context.Background(), context.CancelFunc(func() {})
+	defer func() { cancelEval() }()
 	for _, r := range rules {
 		if !tenants.MatchTopic(r.Filter, pk.TopicName) {
 			continue
@@ -115,6 +119,21 @@ func (inst *instance) export(cl *mqtt.Client, pk packets.Packet) error {
 		if r.Shapes() {
 			if in == nil {
 				in = &dataout.Input{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Device: device, ClientID: cl.ID, Time: inst.env.now()}
+				// The tenant's share of the CPU for rules, as its
+				// outbox's (dataout.Budget): a QoS 1 or 2 publish that
+				// cannot wait for it is refused, to be sent again.
+				wctx, cancel := storeCtx()
+				err := inst.evalBudget.Wait(wctx)
+				cancel()
+				if err != nil {
+					if pk.FixedHeader.Qos > 0 {
+						return errRulesBusy
+					}
+					return nil
+				}
+				start := time.Now()
+				defer func() { inst.evalBudget.Spend(time.Since(start)) }()
+				evalCtx, cancelEval = dataout.EvalContext(context.Background())
 				if !cl.Net.Inline {
 					ctx, cancel := storeCtx()
 					if d, found, err := inst.dir.device(ctx, inst.tenant, device); err == nil && found {
@@ -126,7 +145,7 @@ func (inst *instance) export(cl *mqtt.Client, pk packets.Packet) error {
 			// A condition or projection that cannot be evaluated (a
 			// missing field, the cost limit) does not match, as for a
 			// destination's rule.
-			ok, payload, err := r.Apply(context.Background(), *in)
+			ok, payload, err := r.Apply(evalCtx, *in)
 			if err != nil {
 				inst.log.Debug("export rule condition or projection not evaluated", "rule", r.ID, "topic", pk.TopicName, "err", err)
 			}
@@ -287,6 +306,9 @@ func (h *Hub) exportEvent(inst *instance, e events.Event, payload []byte) {
 	}
 	x := eventExport{inst: inst}
 	var in *dataout.Input // built for the first rule with a condition or projection
+	// One dataout.EvalTimeLimit for the event's rules, as export's.
+	evalCtx, cancelEval := context.Background(), context.CancelFunc(func() {})
+	defer func() { cancelEval() }()
 	for _, r := range rules {
 		if !tenants.IsEventsFilter(r.Filter) || !tenants.MatchTopic(r.Filter, topic) {
 			continue
@@ -295,6 +317,7 @@ func (h *Hub) exportEvent(inst *instance, e events.Event, payload []byte) {
 		if r.Shapes() {
 			if in == nil {
 				in = &dataout.Input{Topic: topic, Payload: payload, Device: e.Device, ClientID: e.ClientID, Time: e.Time}
+				evalCtx, cancelEval = dataout.EvalContext(context.Background())
 				if e.Device != "" {
 					ctx, cancel := storeCtx()
 					if d, found, err := inst.dir.device(ctx, inst.tenant, e.Device); err == nil && found {
@@ -303,7 +326,7 @@ func (h *Hub) exportEvent(inst *instance, e events.Event, payload []byte) {
 					cancel()
 				}
 			}
-			ok, shaped, err := r.Apply(context.Background(), *in)
+			ok, shaped, err := r.Apply(evalCtx, *in)
 			if err != nil {
 				inst.log.Debug("export rule condition or projection not evaluated", "rule", r.ID, "topic", topic, "err", err)
 			}

@@ -77,3 +77,9 @@ func HoldsSession(h *Hub, tenant, clientID string) bool {
 	_, ok := inst.server.Clients.Get(clientID)
 	return ok
 }
+
+// SpendRuleCPU takes d from the running tenant's share of the node's CPU
+// for its rules (dataout.Budget), as rules that took so long would.
+func SpendRuleCPU(h *Hub, tenant string, d time.Duration) {
+	h.reg.running(tenant).evalBudget.Spend(d)
+}

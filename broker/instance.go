@@ -116,6 +116,9 @@ type instance struct {
 	deny        atomic.Pointer[tenants.DenyAction]
 	connectRate rate.Bucket
 	publishRate rate.Bucket
+	// evalBudget is the tenant's share of this node's CPU for evaluating
+	// its rules, the outbox's and the Kafka export's (dataout.Budget).
+	evalBudget dataout.Budget
 	// meter counts the tenant's usage; it outlives the instance.
 	meter *meter
 }

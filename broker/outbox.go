@@ -154,6 +154,8 @@ type outbox struct {
 	refusedForLease func()
 	// raise raises one of the tenant's events.
 	raise func(events.Event)
+	// budget is the tenant's share of the node's CPU for its rules.
+	budget *dataout.Budget
 	// deliver: this node runs the workers (the tenant's home); poll: other
 	// nodes append too (a spread tenant), so the workers look now and then.
 	deliver, poll bool
@@ -241,7 +243,11 @@ func (q *destQueue) recentAttempts() []dataplane.DeliveryAttempt {
 }
 
 func newOutbox(inst *instance, h *Hub) *outbox {
-	return h.outboxOf(inst.tenant, inst.log, inst.quotas, inst.home, inst.spread)
+	o := h.outboxOf(inst.tenant, inst.log, inst.quotas, inst.home, inst.spread)
+	if o != nil {
+		o.budget = &inst.evalBudget // shared with the Kafka export's rules
+	}
+	return o
 }
 
 // outboxOf is a tenant's outboxes on this node, whether its broker runs
@@ -275,6 +281,7 @@ func (h *Hub) outboxOf(tenant string, log *slog.Logger, quotas func() tenants.Qu
 		deliver:         deliver,
 		poll:            poll,
 		idPrefix:        hex.EncodeToString(b[:]),
+		budget:          new(dataout.Budget),
 		dests:           map[string]*destQueue{},
 		stop:            make(chan struct{}),
 	}
@@ -493,6 +500,7 @@ func (o *outbox) compiled() (*outboxRules, error) {
 		}
 	}
 	set, errs := dataout.CompileRules(dest)
+	set = set.WithBudget(o.budget)
 	for _, err := range errs {
 		o.log.Error("compile a rule", "err", err)
 	}
@@ -537,6 +545,11 @@ func (o *outbox) compiled() (*outboxRules, error) {
 // errOutboxFull refuses a publish whose outbox is full under the refuse
 // policy: quota exceeded (0x97).
 var errOutboxFull = packets.ErrQuotaExceeded
+
+// errRulesBusy refuses a QoS 1 or 2 publish whose tenant's rules have
+// used their share of the node's CPU (dataout.ErrBudget) for longer than
+// the publish could wait: 0x97, quota exceeded.
+var errRulesBusy = packets.ErrQuotaExceeded
 
 // outboxFull is errOutboxFull with the limit the outbox was full at (the
 // destination's own max_outbox, or the tenant's).
@@ -700,6 +713,11 @@ func (o *outbox) enqueue(ctx context.Context, rules *outboxRules, in dataout.Inp
 	var payloads [][]byte     // each queue's payload where a projection made one; nil while none did
 	for _, m := range rules.set.AppendMatches(ctx, matched[:0], in) {
 		if m.Err != nil {
+			if refusable && errors.Is(m.Err, dataout.ErrBudget) {
+				// Sent again, it is evaluated once the tenant's rules
+				// are within their share: not lost for want of CPU.
+				return nil, errRulesBusy
+			}
 			o.log.Debug("rule condition or projection not evaluated", "rule", m.Rule.ID, "topic", in.Topic, "err", m.Err)
 			continue
 		}

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"slices"
 	"testing"
 	"time"
 
@@ -1080,4 +1081,49 @@ func TestOutboxDestinationDeleted(t *testing.T) {
 	eventually(t, 5*time.Second, "its worker says so", func() bool {
 		return strings.Contains(s.logs.String(), "destination deleted: its outbox is closed")
 	})
+}
+
+// TestOutboxRulesOverBudget: a QoS 1 publish whose tenant's rules have
+// overspent their share of the node's CPU (more than the publish can wait
+// for) is refused with 0x97 and not stored, to be sent again; a QoS 0 one
+// is not sent by the rule that needed evaluating; a publish no
+// evaluating rule matches goes through; another tenant's rules are not
+// held back. Once the share has caught up, publishes go through again.
+func TestOutboxRulesOverBudget(t *testing.T) {
+	s := newOutboxStack(t, time.Hour)
+	rc := newWebhookReceiver(t)
+	for _, tenant := range []string{"acme", "beta"} {
+		s.tenant(tenant)
+		s.destination(tenant, "hook", rc, "sensors/#", `payload.temp > 0`)
+	}
+	acme := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
+	beta := mustV5(t, s.addr, "beta/pub", s.device("beta", "pub"), "pub")
+	if r := acme.pub(t, "sensors/temp", `{"temp":1}`, 1, false); r.ReasonCode != 0 {
+		t.Fatalf("within the share: PUBACK 0x%02x, want 0", r.ReasonCode)
+	}
+	broker.SpendRuleCPU(s.hub, "acme", time.Hour) // far more than a publish waits
+	if r := acme.pub(t, "sensors/temp", `{"temp":2}`, 1, false); r.ReasonCode != 0x97 {
+		t.Fatalf("over the share: PUBACK 0x%02x, want 0x97", r.ReasonCode)
+	}
+	acme.pub(t, "sensors/temp", `{"temp":3}`, 0, false)
+	if r := acme.pub(t, "lights/1", `on`, 1, false); r.ReasonCode != 0 {
+		t.Fatalf("a publish no rule evaluates: PUBACK 0x%02x, want 0", r.ReasonCode)
+	}
+	if r := beta.pub(t, "sensors/temp", `{"temp":4}`, 1, false); r.ReasonCode != 0 {
+		t.Fatalf("another tenant's publish: PUBACK 0x%02x, want 0", r.ReasonCode)
+	}
+	eventually(t, 10*time.Second, "the accepted messages are delivered", func() bool { return len(rc.messages()) == 2 })
+	broker.SpendRuleCPU(s.hub, "acme", -time.Hour-time.Second) // the share caught up
+	if r := acme.pub(t, "sensors/temp", `{"temp":5}`, 1, false); r.ReasonCode != 0 {
+		t.Fatalf("the share caught up: PUBACK 0x%02x, want 0", r.ReasonCode)
+	}
+	eventually(t, 10*time.Second, "it is delivered", func() bool { return len(rc.messages()) == 3 })
+	var got []string
+	for _, m := range rc.messages() {
+		got = append(got, string(m.Payload))
+	}
+	slices.Sort(got)
+	if want := `[{"temp":1} {"temp":4} {"temp":5}]`; fmt.Sprint(got) != want {
+		t.Errorf("delivered %v, want %s", got, want)
+	}
 }

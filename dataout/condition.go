@@ -5,13 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/google/cel-go/cel"
-	"github.com/google/cel-go/common/types"
-	"github.com/google/cel-go/common/types/ref"
 	"github.com/google/cel-go/ext"
 
 	"github.com/roosthub/roost/tenants"
@@ -23,6 +22,28 @@ import (
 // payload as text about 13,000. Past the limit, evaluation stops and the
 // message does not match.
 const ConditionCostLimit = 100_000
+
+// EvalTimeLimit bounds the time one message's rules take to evaluate,
+// all of them together (RuleSet.AppendMatches; Rule.Match and Rule.Apply
+// give one rule as long). cel-go's cost limit does not bound the time: its
+// tracker's own work grows with the square of a list's length
+// (payload.l.all(x, x == 0) over 16,000 numbers took 0.8 s within the
+// limit), and strings a comprehension builds with + are not charged
+// (payload.l.map(x, payload.s + payload.s) built 393 MB within it).
+// Evaluation checks the time every 100 iterations of a comprehension;
+// past the limit a rule fails with ErrTimeLimit and does not match. A
+// typical condition takes a few microseconds, a scan of a 128 KiB payload
+// as text well under a millisecond.
+const EvalTimeLimit = 10 * time.Millisecond
+
+// ErrTimeLimit: the message's rules took more than EvalTimeLimit.
+var ErrTimeLimit = fmt.Errorf("the rules took more than %v to evaluate for this message", EvalTimeLimit)
+
+// EvalContext is ctx with EvalTimeLimit from now, or ctx's own deadline
+// if sooner: the context to evaluate one message's rules in.
+func EvalContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, EvalTimeLimit)
+}
 
 // ConditionError is a condition that does not compile, with where in it
 // the first problem is (1-based line and column).
@@ -69,42 +90,10 @@ func env() (*cel.Env, error) {
 			ext.Strings(),
 			ext.Encoders(),
 			boundedReplace(),
+			boundedBuilders(),
 		)
 	})
 	return celEnv, envErr
-}
-
-// MaxStringResult bounds a string replace makes. ext.Strings' replace
-// builds its result before the cost limit sees it (its cost is the
-// result's size), so a replacement as long as the text it replaces in
-// (payload.s.replace("a", payload.s)) grows quadratically: 256 MB from
-// a 16 KiB string, 16 GiB from 128 KiB. Past this it fails instead,
-// before building anything.
-const MaxStringResult = 1 << 20
-
-// boundedReplace redefines ext.Strings' replace overloads (same ids and
-// signatures: cel-go lets a later binding replace an earlier one) to
-// count what they would make first.
-func boundedReplace() cel.EnvOption {
-	do := func(s, old, new string, n int) ref.Val {
-		count := strings.Count(s, old)
-		if n >= 0 && n < count {
-			count = n
-		}
-		if size := len(s) + count*(len(new)-len(old)); size > MaxStringResult {
-			return types.NewErr("replace would make a string of %d bytes, more than %d", size, MaxStringResult)
-		}
-		return types.String(strings.Replace(s, old, new, n))
-	}
-	return cel.Function("replace",
-		cel.MemberOverload("string_replace_string_string", []*cel.Type{cel.StringType, cel.StringType, cel.StringType}, cel.StringType,
-			cel.FunctionBinding(func(args ...ref.Val) ref.Val {
-				return do(string(args[0].(types.String)), string(args[1].(types.String)), string(args[2].(types.String)), -1)
-			})),
-		cel.MemberOverload("string_replace_string_string_int", []*cel.Type{cel.StringType, cel.StringType, cel.StringType, cel.IntType}, cel.StringType,
-			cel.FunctionBinding(func(args ...ref.Val) ref.Val {
-				return do(string(args[0].(types.String)), string(args[1].(types.String)), string(args[2].(types.String)), int(args[3].(types.Int)))
-			})))
 }
 
 // CompileCondition parses and type-checks src. Its result must be a
@@ -177,6 +166,15 @@ func (in Input) Vars() map[string]any {
 	}
 }
 
+// timeLimit is the error of an evaluation ctx ended: ErrTimeLimit when
+// its deadline passed.
+func timeLimit(ctx context.Context) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return ErrTimeLimit
+	}
+	return ctx.Err()
+}
+
 // ErrCostLimit: evaluating a condition took more than ConditionCostLimit.
 var ErrCostLimit = errors.New("the condition costs more than the limit to evaluate")
 
@@ -184,7 +182,10 @@ var ErrCostLimit = errors.New("the condition costs more than the limit to evalua
 // (a missing field, a wrong type, the cost limit) is no match, with the
 // error saying why.
 func (c *Condition) Eval(ctx context.Context, in Input) (bool, error) {
-	return c.evalVars(ctx, in.Vars())
+	vars := in.Vars()
+	ctx, cancel := EvalContext(ctx)
+	defer cancel()
+	return c.evalVars(ctx, vars)
 }
 
 func (c *Condition) evalVars(ctx context.Context, vars map[string]any) (bool, error) {
@@ -192,6 +193,9 @@ func (c *Condition) evalVars(ctx context.Context, vars map[string]any) (bool, er
 	if err != nil {
 		if strings.Contains(err.Error(), "cost limit exceeded") {
 			return false, ErrCostLimit
+		}
+		if ctx.Err() != nil {
+			return false, timeLimit(ctx)
 		}
 		return false, err
 	}
@@ -259,7 +263,10 @@ func (r *Rule) Match(ctx context.Context, in Input) (bool, error) {
 	if r.cond == nil {
 		return true, nil
 	}
-	return r.cond.Eval(ctx, in)
+	vars := in.Vars()
+	ctx, cancel := EvalContext(ctx)
+	defer cancel()
+	return r.cond.evalVars(ctx, vars)
 }
 
 // Apply is Match, then the rule's projection: what the rule sends for a
@@ -272,7 +279,10 @@ func (r *Rule) Apply(ctx context.Context, in Input) (bool, []byte, error) {
 	if !r.Shapes() {
 		return true, in.Payload, nil
 	}
-	return r.apply(ctx, in.Vars(), in.Payload, len(in.Payload))
+	vars := in.Vars()
+	ctx, cancel := EvalContext(ctx)
+	defer cancel()
+	return r.apply(ctx, vars, in.Payload, len(in.Payload))
 }
 
 // apply evaluates the condition, then the projection, over vars: the
@@ -305,7 +315,16 @@ func (e *ProjectionError) Unwrap() error { return e.Err }
 // RuleSet is a tenant's rules compiled once, to match each message
 // against all of them; it is safe for concurrent use.
 type RuleSet struct {
-	rules []*Rule
+	rules  []*Rule
+	budget *Budget
+}
+
+// WithBudget returns the set evaluating messages within budget (see
+// Budget): the tenant's on this node, kept across changes of its rules.
+func (s *RuleSet) WithBudget(b *Budget) *RuleSet {
+	c := *s
+	c.budget = b
+	return &c
 }
 
 // Match is a rule a message matched, or whose condition or projection
@@ -333,6 +352,23 @@ func CompileRules(rules []tenants.ExportRule) (*RuleSet, []error) {
 		set.rules = append(set.rules, c)
 	}
 	return set, errs
+}
+
+// appendFailed appends err as the outcome of every rule from first on
+// whose filter matches topic: those that need evaluating fail with it,
+// those that do not match as they are.
+func appendFailed(out []Match, rules []*Rule, first *Rule, topic string, err error) []Match {
+	i := slices.Index(rules, first)
+	for _, r := range rules[i:] {
+		switch {
+		case !tenants.MatchTopic(r.Filter, topic):
+		case r.Shapes():
+			out = append(out, Match{Rule: r, Err: err})
+		default:
+			out = append(out, Match{Rule: r})
+		}
+	}
+	return out
 }
 
 // MatchesTopic reports whether any rule's filter matches topic: when none
@@ -367,7 +403,17 @@ func (s *RuleSet) AppendMatches(ctx context.Context, out []Match, in Input) []Ma
 			continue
 		}
 		if vars == nil {
+			if s.budget != nil {
+				if err := s.budget.Wait(ctx); err != nil {
+					return appendFailed(out, s.rules, r, in.Topic, err)
+				}
+				start := time.Now()
+				defer func() { s.budget.Spend(time.Since(start)) }()
+			}
 			vars = in.Vars()
+			var cancel context.CancelFunc
+			ctx, cancel = EvalContext(ctx)
+			defer cancel()
 		}
 		ok, payload, err := r.apply(ctx, vars, nil, len(in.Payload))
 		switch {

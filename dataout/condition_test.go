@@ -90,7 +90,8 @@ func TestConditionCostLimit(t *testing.T) {
 	}
 	start := time.Now()
 	got, err := c.Eval(context.Background(), msg)
-	if got || !errors.Is(err, dataout.ErrCostLimit) {
+	// The time limit may come first (under -race, on a busy machine).
+	if got || !errors.Is(err, dataout.ErrCostLimit) && !errors.Is(err, dataout.ErrTimeLimit) {
 		t.Errorf("a million iterations: got %v, %v; want no match and ErrCostLimit", got, err)
 	}
 	// Generous for -race on a busy machine; unbounded would be minutes.

@@ -78,7 +78,10 @@ func (p *Projection) String() string { return p.src }
 
 // Eval returns the projection's value for in, as JSON.
 func (p *Projection) Eval(ctx context.Context, in Input) ([]byte, error) {
-	return p.evalVars(ctx, in.Vars(), len(in.Payload))
+	vars := in.Vars()
+	ctx, cancel := EvalContext(ctx)
+	defer cancel()
+	return p.evalVars(ctx, vars, len(in.Payload))
 }
 
 // evalVars evaluates the projection over vars, for a payload of size
@@ -89,12 +92,18 @@ func (p *Projection) evalVars(ctx context.Context, vars map[string]any, size int
 		if strings.Contains(err.Error(), "cost limit exceeded") {
 			return nil, errProjectionCost
 		}
+		if ctx.Err() != nil {
+			return nil, timeLimit(ctx)
+		}
 		return nil, err
 	}
 	w := jsonWriter{ctx: ctx, limit: ProjectedLimit(size)}
 	if err := w.value(out, 0); err != nil {
 		if errors.Is(err, errTooLarge) {
 			return nil, fmt.Errorf("the projection makes more than %d bytes of JSON (4 KiB and twice the payload's %d bytes, at most 256 KiB)", w.limit, size)
+		}
+		if ctx.Err() != nil {
+			return nil, timeLimit(ctx)
 		}
 		return nil, err
 	}

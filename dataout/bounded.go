@@ -1,0 +1,194 @@
+package dataout
+
+import (
+	"strings"
+
+	"github.com/google/cel-go/cel"
+	"github.com/google/cel-go/common/functions"
+	"github.com/google/cel-go/common/types"
+	"github.com/google/cel-go/common/types/ref"
+	"github.com/google/cel-go/common/types/traits"
+	"github.com/google/cel-go/ext"
+)
+
+// MaxStringResult bounds a string a condition or projection builds with
+// the functions that build one from many (ext.Strings' replace, format,
+// join and strings.quote). Those build their result before the cost
+// limit sees it (a call's cost is counted once it returns, from the
+// result's size, or, for format, from the format string's), so one call
+// could make a string of any size: payload.s.replace("a", payload.s)
+// grows quadratically (16 GiB from 128 KiB), and
+// "%s".format([payload.l.map(x, payload.s)]) with a 40 KB string and a
+// list of 5,000 numbers builds 1.5 GB in one call. Past this bound the
+// call fails instead, before building anything.
+const MaxStringResult = 1 << 20
+
+// boundedReplace redefines ext.Strings' replace overloads (same ids and
+// signatures: cel-go lets a later binding replace an earlier one) to
+// count what they would make first.
+func boundedReplace() cel.EnvOption {
+	do := func(s, old, new string, n int) ref.Val {
+		count := strings.Count(s, old)
+		if n >= 0 && n < count {
+			count = n
+		}
+		if size := len(s) + count*(len(new)-len(old)); size > MaxStringResult {
+			return types.NewErr("replace would make a string of %d bytes, more than %d", size, MaxStringResult)
+		}
+		return types.String(strings.Replace(s, old, new, n))
+	}
+	return cel.Function("replace",
+		cel.MemberOverload("string_replace_string_string", []*cel.Type{cel.StringType, cel.StringType, cel.StringType}, cel.StringType,
+			cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+				return do(string(args[0].(types.String)), string(args[1].(types.String)), string(args[2].(types.String)), -1)
+			})),
+		cel.MemberOverload("string_replace_string_string_int", []*cel.Type{cel.StringType, cel.StringType, cel.StringType, cel.IntType}, cel.StringType,
+			cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+				return do(string(args[0].(types.String)), string(args[1].(types.String)), string(args[2].(types.String)), int(args[3].(types.Int)))
+			})))
+}
+
+// boundedBuilders redefines ext.Strings' format, join and strings.quote
+// (same ids and signatures, as boundedReplace) to bound the size of what
+// they would make, from their arguments, before calling ext.Strings' own
+// implementation. The bound is an upper one: format's text of a value is
+// taken as at most textSize's.
+func boundedBuilders() cel.EnvOption {
+	own := stringsBindings()
+	tooLarge := func(fn string) ref.Val {
+		return types.NewErr("%s would make a string of more than %d bytes", fn, MaxStringResult)
+	}
+	return cel.Lib(builders{
+		cel.Function("format",
+			cel.MemberOverload("string_format", []*cel.Type{cel.StringType, cel.ListType(cel.DynType)}, cel.StringType,
+				cel.FunctionBinding(func(args ...ref.Val) ref.Val {
+					s, _ := args[0].(types.String)
+					if len(s)+textSize(args[1], MaxStringResult, 0) > MaxStringResult {
+						return tooLarge("format")
+					}
+					return own["string_format"].Function(args...)
+				}))),
+		cel.Function("join",
+			cel.MemberOverload("list_join", []*cel.Type{cel.ListType(cel.StringType)}, cel.StringType,
+				cel.UnaryBinding(func(list ref.Val) ref.Val {
+					if joinSize(list, 0) > MaxStringResult {
+						return tooLarge("join")
+					}
+					return own["list_join"].Unary(list)
+				})),
+			cel.MemberOverload("list_join_string", []*cel.Type{cel.ListType(cel.StringType), cel.StringType}, cel.StringType,
+				cel.BinaryBinding(func(list, sep ref.Val) ref.Val {
+					s, _ := sep.(types.String)
+					if joinSize(list, len(s)) > MaxStringResult {
+						return tooLarge("join")
+					}
+					return own["list_join_string"].Binary(list, sep)
+				}))),
+		cel.Function("strings.quote",
+			cel.Overload("strings_quote", []*cel.Type{cel.StringType}, cel.StringType,
+				cel.UnaryBinding(func(v ref.Val) ref.Val {
+					// At most \u{…} of six bytes a byte, and the quotes.
+					if s, _ := v.(types.String); 6*len(s)+2 > MaxStringResult {
+						return tooLarge("strings.quote")
+					}
+					return own["strings_quote"].Unary(v)
+				}))),
+	})
+}
+
+// builders is a cel.Library of the options given.
+type builders []cel.EnvOption
+
+func (b builders) CompileOptions() []cel.EnvOption     { return b }
+func (b builders) ProgramOptions() []cel.ProgramOption { return nil }
+
+// stringsBindings returns ext.Strings' implementations of the functions
+// boundedBuilders wraps, by overload id. It panics if cel-go no longer
+// has one of them: a version of cel-go that changed them must be looked
+// at before it is used.
+func stringsBindings() map[string]*functions.Overload {
+	e, err := cel.NewEnv(ext.Strings())
+	if err != nil {
+		panic("dataout: ext.Strings: " + err.Error())
+	}
+	out := map[string]*functions.Overload{}
+	for _, name := range []string{"format", "join", "strings.quote"} {
+		bs, err := e.Functions()[name].Bindings()
+		if err != nil {
+			panic("dataout: ext.Strings' " + name + ": " + err.Error())
+		}
+		for _, b := range bs {
+			out[b.Operator] = b
+		}
+	}
+	for id, has := range map[string]func(*functions.Overload) bool{
+		"string_format":    func(o *functions.Overload) bool { return o.Function != nil },
+		"list_join":        func(o *functions.Overload) bool { return o.Unary != nil },
+		"list_join_string": func(o *functions.Overload) bool { return o.Binary != nil },
+		"strings_quote":    func(o *functions.Overload) bool { return o.Unary != nil },
+	} {
+		if o := out[id]; o == nil || !has(o) {
+			panic("dataout: ext.Strings has no implementation of " + id)
+		}
+	}
+	return out
+}
+
+// joinSize is the size of list's strings joined with a separator of sep
+// bytes (each element that is not a string counted as one of textSize's
+// scalars), counted until past MaxStringResult.
+func joinSize(list ref.Val, sep int) int {
+	l, ok := list.(traits.Lister)
+	if !ok {
+		return 0
+	}
+	n := 0
+	for it := l.Iterator(); it.HasNext() == types.True && n <= MaxStringResult; {
+		n += sep + textSize(it.Next(), MaxStringResult-n, 0)
+	}
+	return n
+}
+
+// scalarText is the most text a number, a timestamp or any other value
+// but a string, bytes, a list or a map makes in format: a double with
+// format's largest precision (100 digits) and its 309 digits before the
+// point fits.
+const scalarText = 512
+
+// maxTextDepth is as deep as textSize looks into lists and maps; a value
+// nested deeper is counted as too large.
+const maxTextDepth = 64
+
+// textSize is at most how many bytes format's text of v takes (a string
+// twice over: %x writes two hex digits a byte; bytes four times over,
+// escaped), counted until it passes limit: then the count returned is
+// past limit, and what remains of v is not looked at.
+func textSize(v ref.Val, limit, depth int) int {
+	if depth > maxTextDepth {
+		return limit + 1
+	}
+	switch v := v.(type) {
+	case types.String:
+		return 2*len(v) + 2
+	case types.Bytes:
+		return 4*len(v) + 3
+	case traits.Mapper:
+		n := 2
+		for it := v.Iterator(); it.HasNext() == types.True && n <= limit; {
+			k := it.Next()
+			n += 4 + textSize(k, limit-n, depth+1)
+			if n <= limit {
+				e, _ := v.Find(k)
+				n += textSize(e, limit-n, depth+1)
+			}
+		}
+		return n
+	case traits.Lister:
+		n := 2
+		for it := v.Iterator(); it.HasNext() == types.True && n <= limit; {
+			n += 2 + textSize(it.Next(), limit-n, depth+1)
+		}
+		return n
+	}
+	return scalarText
+}

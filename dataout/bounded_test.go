@@ -1,0 +1,186 @@
+package dataout_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/roosthub/roost/dataout"
+	"github.com/roosthub/roost/tenants"
+)
+
+// amplifier is a payload from which a few operations make a lot: a 40 KB
+// string and a list of 5,000 numbers (55 KB in all).
+func amplifier(t *testing.T) dataout.Input {
+	t.Helper()
+	p, err := json.Marshal(map[string]any{"s": strings.Repeat("a", 40_000), "l": make([]int, 5_000)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dataout.Input{Topic: "x", Payload: p}
+}
+
+// allocated is what fn allocated, in bytes.
+func allocated(fn func()) uint64 {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	fn()
+	runtime.ReadMemStats(&after)
+	return after.TotalAlloc - before.TotalAlloc
+}
+
+// TestBuildersBounded: format, join and strings.quote fail before
+// building a string past MaxStringResult (ext.Strings' own build it
+// whole before the cost limit sees it: 1.5 GB for the format below), and
+// work as before within it.
+func TestBuildersBounded(t *testing.T) {
+	in := amplifier(t)
+	vars := []string{
+		// Each element is the 40 KB string: 200 MB as text.
+		`"%s".format([payload.l.map(x, payload.s)]) != ""`,
+		`payload.l.map(x, payload.s).join("") != ""`,
+		`payload.l.map(x, payload.s).join(",") != ""`,
+		// 40 KB of %x is 80 KB; 26 of them pass the bound.
+		`"%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x%x".format([payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s, payload.s]) != ""`,
+	}
+	for _, src := range vars {
+		c, err := dataout.CompileCondition(src)
+		if err != nil {
+			t.Fatal(src, err)
+		}
+		// Not the time limit first: the list is made once, the call is
+		// what must be refused.
+		var ok bool
+		grew := allocated(func() { ok, err = c.Eval(context.Background(), in) })
+		if ok || err == nil || !strings.Contains(err.Error(), "more than") && !errors.Is(err, dataout.ErrTimeLimit) {
+			t.Errorf("%s: %v, %v; want refused", src, ok, err)
+		}
+		if grew > 32<<20 {
+			t.Errorf("%s: refusing it allocated %d MB", src, grew>>20)
+		}
+	}
+	big := dataout.Input{Topic: "x", Payload: []byte(`{"s": "` + strings.Repeat("a", 200_000) + `"}`)}
+	c, err := dataout.CompileCondition(`strings.quote(payload.s) != ""`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := c.Eval(context.Background(), big); ok || err == nil || !strings.Contains(err.Error(), "more than") {
+		t.Errorf("quote of 200 KB: %v, %v; want refused", ok, err)
+	}
+	for _, src := range []string{
+		`"%s-%d-%.2f".format(["a", 7, 1.5]) == "a-7-1.50"`,
+		`"%s".format([[1, "b"]]) == "[1, b]"`,
+		`"%x".format(["ab"]) == "6162"`,
+		`["a", "b", "c"].join() == "abc"`,
+		`["a", "b", "c"].join("-") == "a-b-c"`,
+		`strings.quote("a\"b") == "\"a\\\"b\""`,
+		`payload.s.size() == 40000 && "%s".format([payload.s]).size() == 40000`,
+	} {
+		c, err := dataout.CompileCondition(src)
+		if err != nil {
+			t.Fatal(src, err)
+		}
+		if ok, err := c.Eval(context.Background(), in); !ok || err != nil {
+			t.Errorf("%s: %v, %v; want true", src, ok, err)
+		}
+	}
+}
+
+// TestEvalTimeLimit: what cel-go's cost limit lets through for too long
+// (its tracker's work grows with the square of a list's length; strings
+// made with + in a comprehension are not charged) stops at the time
+// limit, for a condition, a projection and a rule set, whose rules share
+// one limit per message.
+func TestEvalTimeLimit(t *testing.T) {
+	p, err := json.Marshal(map[string]any{"l": make([]int, 16_000)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := dataout.Input{Topic: "x", Payload: p}
+	for src, in := range map[string]dataout.Input{
+		`payload.l.all(x, x == 0)`:                           long,
+		`payload.l.exists(x, x == 1)`:                        long,
+		`payload.l.map(x, payload.s + payload.s).size() > 0`: amplifier(t),
+	} {
+		c, err := dataout.CompileCondition(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := c.Eval(context.Background(), in); ok || !errors.Is(err, dataout.ErrTimeLimit) {
+			t.Errorf("%s: %v, %v; want ErrTimeLimit", src, ok, err)
+		}
+	}
+	proj, err := dataout.CompileProjection(`{"n": payload.l.filter(x, x == 0).size()}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := proj.Eval(context.Background(), long); !errors.Is(err, dataout.ErrTimeLimit) {
+		t.Errorf("projection: %v; want ErrTimeLimit", err)
+	}
+	rules := []tenants.ExportRule{
+		{ID: "r1", Filter: "#", Condition: `payload.l.all(x, x == 0)`},
+		{ID: "r2", Filter: "#", Condition: `payload.l.all(x, x == 0)`},
+		{ID: "r3", Filter: "#"},
+	}
+	set, errs := dataout.CompileRules(rules)
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	ms := set.Match(context.Background(), long)
+	if len(ms) != 3 {
+		t.Fatalf("matches %+v; want 3", ms)
+	}
+	for _, m := range ms[:2] {
+		if !errors.Is(m.Err, dataout.ErrTimeLimit) {
+			t.Errorf("rule %s: %v; want ErrTimeLimit", m.Rule.ID, m.Err)
+		}
+	}
+	if ms[2].Err != nil {
+		t.Errorf("a rule without a condition: %v", ms[2].Err)
+	}
+}
+
+// TestBudget: a tenant's rules that overspend their share of the CPU
+// make the next message wait until the share catches up; one that
+// cannot wait so long fails with ErrBudget for the rules that evaluate,
+// and a rule that evaluates nothing still matches.
+func TestBudget(t *testing.T) {
+	clock := time.Unix(1_000_000, 0)
+	b := dataout.NewBudgetAt(func() time.Time { return clock })
+	b.Spend(3 * time.Second) // 1 s of burst, 2 s of debt: 8 s at a quarter
+	rules := []tenants.ExportRule{
+		{ID: "cond", Filter: "#", Condition: `payload.temp > 30`},
+		{ID: "plain", Filter: "#"},
+	}
+	set, errs := dataout.CompileRules(rules)
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	set = set.WithBudget(b)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	ms := set.Match(ctx, msg)
+	if len(ms) != 2 || !errors.Is(ms[0].Err, dataout.ErrBudget) || ms[1].Err != nil || ms[1].Rule.ID != "plain" {
+		t.Fatalf("over budget: %+v; want cond failing with ErrBudget and plain matching", ms)
+	}
+	clock = clock.Add(8 * time.Second)
+	ms = set.Match(ctx, msg)
+	if len(ms) != 2 || ms[0].Err != nil || ms[1].Err != nil {
+		t.Fatalf("the share caught up: %+v; want both matching", ms)
+	}
+	// A short debt is waited out, not refused.
+	clock = clock.Add(4 * time.Second) // the burst back
+	b.Spend(1*time.Second + 50*time.Millisecond)
+	start := time.Now()
+	ms = set.Match(ctx, msg)
+	if len(ms) != 2 || ms[0].Err != nil {
+		t.Fatalf("a debt of 0.2 s with 1 s to wait: %+v; want matched", ms)
+	}
+	if waited := time.Since(start); waited < 100*time.Millisecond {
+		t.Errorf("waited %v for a debt of 0.2 s", waited)
+	}
+}

@@ -1,0 +1,69 @@
+package dataout
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/roosthub/roost/internal/rate"
+)
+
+// A tenant's rules may take EvalShare of a node's CPU time, with up to
+// EvalBurst of it saved: EvalTimeLimit bounds one message, this bounds
+// a tenant's messages together. A tenant publishing 1,000 messages a
+// second (the free plan's tenant_publish_rate) to rules that each took
+// the whole EvalTimeLimit would otherwise keep ten cores busy; one whose
+// conditions take the usual few microseconds a message uses a hundredth
+// of its share.
+const (
+	EvalShare = 0.25 // seconds a second
+	EvalBurst = time.Second
+)
+
+// ErrBudget: the tenant's rules used their share of the CPU, and the
+// message could not wait for more (its context ended first).
+var ErrBudget = errors.New("the tenant's rules have used their share of the CPU: try again shortly")
+
+// Budget is one tenant's EvalShare on one node, for its RuleSets (see
+// RuleSet.WithBudget). The evaluation of a message whose tenant is over
+// its share waits until the share has caught up: a publisher whose rules
+// overspend is slowed down, never refused while it can wait, and its
+// messages are not dropped. The zero value is ready; it is safe for
+// concurrent use.
+type Budget struct {
+	b rate.Bucket
+	// now is the clock, time.Now if nil (tests set it).
+	now func() time.Time
+}
+
+func (b *Budget) clock() time.Time {
+	if b.now != nil {
+		return b.now()
+	}
+	return time.Now()
+}
+
+// Wait waits until the budget is out of debt, or ctx ends first: then it
+// returns ErrBudget.
+func (b *Budget) Wait(ctx context.Context) error {
+	d := b.b.Reserve(b.clock(), 0, EvalShare, EvalBurst.Seconds())
+	if d <= 0 {
+		return nil
+	}
+	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
+		return ErrBudget
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ErrBudget
+	}
+}
+
+// Spend takes d from the budget.
+func (b *Budget) Spend(d time.Duration) {
+	b.b.Reserve(b.clock(), d.Seconds(), EvalShare, EvalBurst.Seconds())
+}
