@@ -16,3 +16,10 @@ func (s *Store) UsageRecords(ctx context.Context) (int, error) {
 	err := s.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM usage_applied`).Scan(&n)
 	return n, err
 }
+
+// RealPasswordHashes makes the test's password hashes at the real cost
+// (TestMain makes them cheap), until it ends.
+func RealPasswordHashes(t interface{ Cleanup(func()) }) {
+	UseRealPasswordHashes()
+	t.Cleanup(UseCheapPasswordHashes)
+}

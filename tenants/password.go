@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"testing"
 	"time"
 
 	"golang.org/x/crypto/argon2"
@@ -35,12 +36,46 @@ const (
 	maxPasswordLen = 256
 )
 
+// argonCost is the memory (KiB) and passes new hashes are made with.
+type argonCost struct{ memory, time uint32 }
+
+// testCost, when set, is the cost new hashes are made with instead of
+// argonMemory and argonTime (UseCheapPasswordHashes).
+var testCost atomic.Pointer[argonCost]
+
+// UseCheapPasswordHashes makes new password hashes at Argon2id's least
+// cost (8 KiB, one pass) in this process, a test binary: under the race
+// detector a hash at the real cost takes about a third of a second, and the
+// api, web and tenants tests sign up and log in thousands of times. Hashes
+// record their parameters, so they are checked at the cost they were made
+// with. It panics outside a test binary. The tests of the cost itself set
+// it back (UseRealPasswordHashes).
+func UseCheapPasswordHashes() {
+	if !testing.Testing() {
+		panic("tenants: cheap password hashes outside a test")
+	}
+	testCost.Store(&argonCost{memory: 8, time: 1})
+	dummyPasswordHash.Store(ptr(hashPassword(newSecret(24))))
+}
+
+// UseRealPasswordHashes undoes UseCheapPasswordHashes.
+func UseRealPasswordHashes() {
+	testCost.Store(nil)
+	dummyPasswordHash.Store(ptr(hashPassword(newSecret(24))))
+}
+
+func ptr[T any](v T) *T { return &v }
+
 // hashPassword returns the PHC string form of password's Argon2id hash.
 func hashPassword(password string) string {
+	c := argonCost{memory: argonMemory, time: argonTime}
+	if tc := testCost.Load(); tc != nil {
+		c = *tc
+	}
 	salt := make([]byte, argonSaltLen)
 	rand.Read(salt)
-	key := argon2.IDKey([]byte(password), salt, argonTime, argonMemory, argonThreads, argonKeyLen)
-	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, argonMemory, argonTime, argonThreads,
+	key := argon2.IDKey([]byte(password), salt, c.time, c.memory, argonThreads, argonKeyLen)
+	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, c.memory, c.time, argonThreads,
 		base64.RawStdEncoding.EncodeToString(salt), base64.RawStdEncoding.EncodeToString(key))
 }
 
@@ -73,7 +108,9 @@ func checkPassword(password, encoded string) bool {
 
 // dummyPasswordHash is checked against when a login names an unknown email,
 // so that it takes as long as a wrong password for a known one.
-var dummyPasswordHash = hashPassword(newSecret(24))
+var dummyPasswordHash atomic.Pointer[string]
+
+func init() { dummyPasswordHash.Store(ptr(hashPassword(newSecret(24)))) }
 
 // hashSlots bounds the Argon2id hashes a process computes at once. Each
 // holds 19 MiB while it runs, so without a bound a burst of sign-ups or

@@ -73,14 +73,14 @@ func (s *Store) verify(ctx context.Context, a Account, password string) (Account
 func (s *Store) Authenticate(ctx context.Context, email, password string) (Account, error) {
 	if len(password) > maxPasswordLen {
 		// No account has such a password; refuse after the same work.
-		if _, err := s.check(ctx, password[:maxPasswordLen], dummyPasswordHash); err != nil {
+		if _, err := s.check(ctx, password[:maxPasswordLen], *dummyPasswordHash.Load()); err != nil {
 			return Account{}, err
 		}
 		return Account{}, ErrUnauthorized
 	}
 	a, err := s.accountBy(ctx, `email = $1`, normaliseEmailLoose(email))
 	if errors.Is(err, ErrNotFound) {
-		if _, err := s.check(ctx, password, dummyPasswordHash); err != nil {
+		if _, err := s.check(ctx, password, *dummyPasswordHash.Load()); err != nil {
 			return Account{}, err
 		}
 		return Account{}, ErrUnauthorized

@@ -44,6 +44,7 @@ func TestStorePostgres(t *testing.T) {
 // reveal which emails have accounts. A hash takes tens of milliseconds and a
 // lookup well under one, so a quarter of the time is a wide margin.
 func TestUnknownEmailCostsAPasswordHash(t *testing.T) {
+	tenants.RealPasswordHashes(t)
 	s := openMigrated(t, "", t.TempDir())
 	ctx := context.Background()
 	if _, err := s.CreateAccount(ctx, tenants.Signup{Email: "known@example.com", Password: "correct horse battery"}); err != nil {
@@ -68,6 +69,7 @@ func TestUnknownEmailCostsAPasswordHash(t *testing.T) {
 // once, the store computes at most its bound of Argon2id hashes at a time
 // (each holds 19 MiB); the rest wait their turn and all complete.
 func TestPasswordHashesBounded(t *testing.T) {
+	tenants.RealPasswordHashes(t)
 	s := openMigrated(t, "", t.TempDir())
 	s.SetPasswordHashes(2)
 	ctx := context.Background()

@@ -140,6 +140,7 @@ func TestValidNames(t *testing.T) {
 }
 
 func TestPasswordHash(t *testing.T) {
+	RealPasswordHashes(t)
 	h := hashPassword("correct horse battery")
 	if !checkPassword("correct horse battery", h) || checkPassword("correct horse batterY", h) {
 		t.Fatal("password hash does not tell right from wrong")
