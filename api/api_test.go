@@ -760,6 +760,25 @@ func TestDeviceQuota(t *testing.T) {
 	}
 }
 
+// TestAPIKeyLimit: a tenant's key past tenants.MaxAPIKeys is a 403
+// quota_exceeded naming api_keys and the limit, as other caps are.
+func TestAPIKeyLimit(t *testing.T) {
+	e := newEnv(t)
+	u := e.signup("owner")
+	e.mustTenant(u, "acme")
+	for i := range tenants.MaxAPIKeys - 1 {
+		if _, _, err := e.store.CreateAPIKey(context.Background(), "acme", tenants.APIKeyInput{Name: fmt.Sprintf("k%d", i)}, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.mustKey(u.token, "acme", tenants.RoleViewer)
+	r := e.do("POST", "/v1/tenants/acme/api-keys", u.token, map[string]string{"name": "one too many"})
+	wantProblem(t, r, 403, "quota_exceeded", "", "a key past the limit")
+	if m := r.json(); m["quota"] != "api_keys" || m["limit"] != float64(tenants.MaxAPIKeys) {
+		t.Errorf("quota problem: got %s, want quota api_keys, limit %d", r.body, tenants.MaxAPIKeys)
+	}
+}
+
 // TestConcurrentSlug: two accounts race for one slug over HTTP.
 func TestConcurrentSlug(t *testing.T) {
 	e := newEnv(t)

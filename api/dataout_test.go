@@ -336,6 +336,11 @@ func TestDestinationAddresses(t *testing.T) {
 	if m := r.json(); m["delivered"] != false || m["error"].(map[string]any)["kind"] != "refused_address" {
 		t.Errorf("send test to localhost: %s", r.body)
 	}
+	// Nor is the tenant told where the name led: that would map the hub's
+	// internal names.
+	if body := string(r.body); strings.Contains(body, "127.0.0.1") || strings.Contains(body, "::1") {
+		t.Errorf("send test to localhost names the address it resolved to: %s", r.body)
+	}
 	wantProblem(t, e.do("PATCH", base+"/"+id, owner.token, map[string]string{"url": "https://192.168.0.1/"}), 400, "invalid", "url", "patch to a private address")
 	if n, _ := rc.counts(); n != 0 {
 		t.Errorf("the receiver got %d requests, want none", n)

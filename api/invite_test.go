@@ -81,6 +81,11 @@ func TestInvites(t *testing.T) {
 	wantProblem(t, e.do("POST", "/v1/tenants/acme/invites", newcomer.token, map[string]string{"email": "boss@example.com", "role": "owner"}), 403, "forbidden", "", "an admin invites an owner")
 	bossID, bossTok := e.invite(owner.token, "acme", "boss@example.com", tenants.RoleOwner)
 	wantProblem(t, e.do("DELETE", "/v1/tenants/acme/invites/"+bossID, newcomer.token, nil), 403, "forbidden", "", "an admin revokes an owner's invite")
+	// Nor may an admin end it by inviting the same email as less.
+	wantProblem(t, e.do("POST", "/v1/tenants/acme/invites", newcomer.token, map[string]string{"email": "boss@example.com", "role": "viewer"}), 403, "forbidden", "", "an admin replaces an owner's invite")
+	if r := e.do("GET", "/v1/tenants/acme/invites", owner.token, nil); len(asSlice(r.json()["items"])) != 1 || asSlice(r.json()["items"])[0].(map[string]any)["id"] != bossID {
+		t.Errorf("pending after an admin tried to replace the owner's invite: %s, want %s only", r.body, bossID)
+	}
 	want(t, e.do("DELETE", "/v1/tenants/acme/invites/"+bossID, owner.token, nil), 204, "revoke")
 	wantProblem(t, e.do("DELETE", "/v1/tenants/acme/invites/"+bossID, owner.token, nil), 404, "not_found", "", "revoke twice")
 	boss := e.do("POST", "/v1/signup", "", map[string]string{"email": "boss@example.com", "password": "correct horse battery"})

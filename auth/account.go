@@ -21,7 +21,7 @@ import (
 // account from the address (loginCharges).
 var (
 	forgotEmail   = budget{name: "forgot-email", free: 3, perHour: 10}
-	forgotAddress = budget{name: "forgot-address", free: 20, perHour: 100}
+	forgotAddress = budget{name: "forgot-address", free: 20, perHour: 100, address: true}
 	verifyResend  = budget{name: "verify-resend", free: 2, perHour: 5}
 )
 

@@ -71,15 +71,16 @@ const (
 // per address, before waits start doubling from a second; at most 100 an
 // hour each. Sign-ups: 30 an hour per address (every attempt counts).
 // Members added: 30 an hour per actor, 60 per tenant. Operator-token
-// failures: ten in a row per address, at most 100 an hour.
+// failures: ten in a row per address, at most 100 an hour. An address is
+// an IPv4 address or an IPv6 /64 (network).
 var (
 	loginPair       = budget{name: "login-pair", free: 5, perHour: 100}
 	loginAccount    = budget{name: "login-account", free: 10, perHour: 100}
-	loginAddress    = budget{name: "login-address", free: 20, perHour: 100}
-	signupAddress   = budget{name: "signup-address", perHour: 30}
+	loginAddress    = budget{name: "login-address", free: 20, perHour: 100, address: true}
+	signupAddress   = budget{name: "signup-address", perHour: 30, address: true}
 	memberByActor   = budget{name: "member-actor", perHour: 30}
 	memberPerTenant = budget{name: "member-tenant", perHour: 60}
-	operatorAddress = budget{name: "operator-address", free: 10, perHour: 100}
+	operatorAddress = budget{name: "operator-address", free: 10, perHour: 100, address: true}
 )
 
 // ImpersonationTTL bounds an operator's impersonation session.

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"hash/maphash"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -20,11 +21,13 @@ import (
 // budget is what one key of one kind of attempt is allowed: free attempts
 // in a row before each further one must wait twice as long as the last
 // (from one second up to maxDelay; free 0: no such waits), and at most
-// perHour in any hour (0: no hourly bound).
+// perHour in any hour (0: no hourly bound). An address budget's keys are
+// client addresses, counted by network (see network).
 type budget struct {
 	name    string
 	free    int
 	perHour int
+	address bool
 }
 
 // maxDelay caps the doubling wait.
@@ -36,7 +39,36 @@ type charge struct {
 	key string
 }
 
-func (c charge) id() string { return c.b.name + "\x00" + c.key }
+func (c charge) id() string {
+	key := c.key
+	if c.b.address {
+		key = network(key)
+	}
+	return c.b.name + "\x00" + key
+}
+
+// network is the key under which an address budget counts addr: an IPv4
+// address as it is (an IPv4-mapped IPv6 one as IPv4), an IPv6 address by
+// the /64 it is in, as the MQTT ingress counts handshakes (broker's
+// sourceOf). A host, or a subscriber's network, is handed a whole /64 and
+// may send from any address in it: counted per address, it would have 2^64
+// budgets. What is not an IP address is its own key. Only the count is
+// keyed so; logs and sessions keep the address itself.
+func network(addr string) string {
+	ip, err := netip.ParseAddr(addr)
+	if err != nil {
+		return addr
+	}
+	ip = ip.Unmap()
+	if ip.Is4() {
+		return ip.String()
+	}
+	p, err := ip.WithZone("").Prefix(64)
+	if err != nil {
+		return addr
+	}
+	return p.String()
+}
 
 // trustFor is how long a success from an address vouches for that
 // address and account.

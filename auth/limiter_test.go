@@ -345,3 +345,30 @@ func TestHeldWaitIsPerKey(t *testing.T) {
 		t.Errorf("the victim's key waits %v after its own 1s", w)
 	}
 }
+
+// TestNetwork: an address budget's key is an IPv4 address, or the /64 of
+// an IPv6 one; an (account, address) pair that signed in is trusted from
+// anywhere in its /64, where an IPv6 host's privacy addresses move.
+func TestNetwork(t *testing.T) {
+	for _, tc := range []struct{ addr, want string }{
+		{"192.0.2.1", "192.0.2.1"},
+		{"::ffff:192.0.2.1", "192.0.2.1"},
+		{"2001:db8:1:2::1", "2001:db8:1:2::/64"},
+		{"2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"},
+		{"2001:db8:1:3::1", "2001:db8:1:3::/64"},
+		{"fe80::1%eth0", "fe80::/64"},
+		{"::1", "::/64"},
+		{"@", "@"}, // not an IP address (a Unix socket's peer): itself
+		{"", ""},
+	} {
+		if got := network(tc.addr); got != tc.want {
+			t.Errorf("network(%q) = %q, want %q", tc.addr, got, tc.want)
+		}
+	}
+	if a, b := pair("ada@example.com", "2001:db8:1:2::1"), pair("ada@example.com", "2001:db8:1:2:a:b:c:d"); a != b {
+		t.Errorf("two addresses of one /64: pairs %q and %q, want one", a, b)
+	}
+	if a, b := pair("ada@example.com", "2001:db8:1:2::1"), pair("ada@example.com", "2001:db8:1:3::1"); a == b {
+		t.Errorf("two /64s: one pair %q, want two", a)
+	}
+}

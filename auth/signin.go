@@ -28,8 +28,10 @@ type Issued struct {
 	MFAToken string `json:"-"`
 }
 
-// pair names an (account, address) pair.
-func pair(account, addr string) string { return account + "\x00" + addr }
+// pair names an (account, address) pair, the address by its network: an
+// IPv6 host whose address changes within its /64 (privacy addresses do,
+// daily) is still where the account signed in from.
+func pair(account, addr string) string { return account + "\x00" + network(addr) }
 
 // loginCharges are what one password check of account from addr is counted
 // against: its pair alone if the pair signed in lately, otherwise also the

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -17,6 +18,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/roosthub/roost/dataout"
+	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -252,6 +254,38 @@ func TestSendRefusesOwnNetwork(t *testing.T) {
 	}
 	if n := rc.got.Load(); n != 0 {
 		t.Errorf("the receiver got %d requests, want none", n)
+	}
+}
+
+// TestRefusalNamesNoAddress: what a tenant reads of a refused connection
+// (a send test's answer, a destination's last error) names no address, and
+// a name that does not resolve reads the same as one resolving to a
+// refused address; so neither maps the hub's internal names for a tenant.
+// The operator's log has the address.
+func TestRefusalNamesNoAddress(t *testing.T) {
+	var logs testenv.Buffer
+	g, _ := dataout.NewGuard("", true) // development: http allowed, addresses still checked
+	g.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	s, _ := dataout.NewSender(dataout.SenderConfig{Guard: g, Timeout: 2 * time.Second})
+	texts := map[string]string{}
+	for _, host := range []string{"localhost", "no-such-host.invalid"} {
+		a := s.Send(context.Background(), dataout.Webhook{URL: "http://" + host + ":9/hook", Secret: "s"}, sample)
+		if a.OK() || a.Kind != dataout.ErrorRefused || !errors.Is(a.Err, dataout.ErrRefusedAddress) {
+			t.Fatalf("%s: got kind %q, err %v; want refused_address", host, a.Kind, a.Err)
+		}
+		text := a.Err.Error()
+		for _, leak := range []string{"127.0.0.1", "::1", "lookup", "no such host", "dial"} {
+			if strings.Contains(text, leak) {
+				t.Errorf("%s: the tenant reads %q, which says %q", host, text, leak)
+			}
+		}
+		texts[host] = strings.ReplaceAll(text, host, "HOST")
+	}
+	if texts["localhost"] != texts["no-such-host.invalid"] {
+		t.Errorf("a name resolving to loopback reads %q, one that does not resolve %q; want them alike", texts["localhost"], texts["no-such-host.invalid"])
+	}
+	if !strings.Contains(logs.String(), "127.0.0.1") && !strings.Contains(logs.String(), "::1") {
+		t.Errorf("the operator's log does not name the refused address:\n%s", logs.String())
 	}
 }
 

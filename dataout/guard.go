@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"net/url"
@@ -83,6 +84,9 @@ type Guard struct {
 	// operatorKafka: the hub's own Kafka brokers, host:port with the host
 	// in lower case (DenyKafkaBrokers).
 	operatorKafka []string
+	// Log notes, for the operator, the address a dial was refused and why
+	// (what the tenant is told names neither); nil: not logged.
+	Log *slog.Logger
 }
 
 // NewGuard returns a guard allowing hosts: names or IP addresses,
@@ -161,10 +165,37 @@ func (g *Guard) DialContext(ctx context.Context, network, addr string) (net.Conn
 		return nil, err
 	}
 	d := &net.Dialer{}
-	if !g.allowedName(host) {
-		d.Control = g.control
+	if g.allowedName(host) {
+		return d.DialContext(ctx, network, addr)
 	}
-	return d.DialContext(ctx, network, addr)
+	d.Control = g.control
+	c, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, g.hideWhere(host, err)
+	}
+	return c, nil
+}
+
+// hideWhere turns a failed dial of host into what its tenant may read. A
+// refused address, and a name that does not resolve, both become "host
+// does not resolve to a public address", naming no address: the error
+// reaches the tenant (a send test's answer, the destination's last error),
+// and "10.1.2.3 is not a public address" beside "no such host" would let
+// any tenant map which of the hub's internal names exist and where they
+// point. The operator's log keeps the real error. Other failures (a
+// public address that does not answer) are returned as they are.
+func (g *Guard) hideWhere(host string, err error) error {
+	var dns *net.DNSError
+	if !errors.Is(err, ErrRefusedAddress) && !errors.As(err, &dns) {
+		return err
+	}
+	if g.Log != nil {
+		g.Log.Info("a destination's host is refused: it has no public address", "host", host, "err", err)
+	}
+	if errors.Is(err, ErrOperatorKafka) {
+		return fmt.Errorf("%w (%s)", ErrOperatorKafka, host)
+	}
+	return fmt.Errorf("%w: %s does not resolve to a public address", ErrRefusedAddress, host)
 }
 
 func (g *Guard) control(network, address string, _ syscall.RawConn) error {
@@ -293,7 +324,8 @@ func (g *Guard) CheckNotOperatorKafka(ctx context.Context, brokers []string) err
 		}
 		for ap := range theirs {
 			if own[ap] {
-				return fmt.Errorf("%w: %s resolves to %s", ErrOperatorKafka, b, ap)
+				// Not the address: it is the hub's, not the tenant's.
+				return fmt.Errorf("%w: %s", ErrOperatorKafka, b)
 			}
 		}
 	}
@@ -315,8 +347,12 @@ func (g *Guard) DialKafka(ctx context.Context, network, addr string) (net.Conn, 
 	own, err := g.operatorKafkaAddrs(ctx)
 	if err != nil {
 		// Fail closed: without knowing where the hub's brokers are, no
-		// tenant's broker can be told apart from them.
-		return nil, fmt.Errorf("resolve the hub's own Kafka brokers: %w", err)
+		// tenant's broker can be told apart from them. The tenant is not
+		// told the hub's broker names or its resolver's address.
+		if g.Log != nil {
+			g.Log.Warn("resolve the hub's own Kafka brokers to check a tenant's broker", "host", host, "err", err)
+		}
+		return nil, errors.New("the hub could not resolve its own Kafka brokers to check this one against; tried again later")
 	}
 	allowed := g.allowedName(host)
 	d := &net.Dialer{Control: func(network, address string, c syscall.RawConn) error {
@@ -328,5 +364,11 @@ func (g *Guard) DialKafka(ctx context.Context, network, addr string) (net.Conn, 
 		}
 		return g.control(network, address, c)
 	}}
-	return d.DialContext(ctx, network, addr)
+	conn, err := d.DialContext(ctx, network, addr)
+	// An allowed host's failures are the operator's to show; the address
+	// of the hub's own broker is not, even there.
+	if err != nil && (!allowed || errors.Is(err, ErrOperatorKafka)) {
+		return nil, g.hideWhere(host, err)
+	}
+	return conn, err
 }

@@ -34,8 +34,9 @@ func TestKafkaRefusesOperatorBrokers(t *testing.T) {
 		t.Errorf("CheckBrokers(the hub's own %v) = %v, want ErrOperatorKafka", own, err)
 	}
 	byName := []string{"localhost:" + port}
-	if err := g.CheckNotOperatorKafka(ctx, byName); !errors.Is(err, dataout.ErrOperatorKafka) {
-		t.Errorf("CheckNotOperatorKafka(%v, resolving to the hub's own) = %v, want ErrOperatorKafka", byName, err)
+	// The hub's broker's address is the hub's: no answer names it.
+	if err := g.CheckNotOperatorKafka(ctx, byName); !errors.Is(err, dataout.ErrOperatorKafka) || strings.Contains(err.Error(), "127.0.0.1") {
+		t.Errorf("CheckNotOperatorKafka(%v, resolving to the hub's own) = %v, want ErrOperatorKafka, naming no address", byName, err)
 	}
 	if err := g.CheckNotOperatorKafka(ctx, theirs); err != nil {
 		t.Errorf("CheckNotOperatorKafka(another cluster %v) = %v, want nil", theirs, err)
@@ -52,11 +53,11 @@ func TestKafkaRefusesOperatorBrokers(t *testing.T) {
 	// At connection time: the name saved may resolve elsewhere later (DNS
 	// rebinding), and a cluster may advertise any address.
 	a := s.Send(ctx, kafkaWebhook(byName, "", ""), batchOf(1))
-	if a.OK() || a.Kind != dataout.ErrorRefused || !errors.Is(a.Err, dataout.ErrOperatorKafka) {
-		t.Errorf("send to %v: ok %v, kind %q, err %v; want refused as the hub's own", byName, a.OK(), a.Kind, a.Err)
+	if a.OK() || a.Kind != dataout.ErrorRefused || !errors.Is(a.Err, dataout.ErrOperatorKafka) || strings.Contains(a.Err.Error(), "127.0.0.1") {
+		t.Errorf("send to %v: ok %v, kind %q, err %v; want refused as the hub's own, naming no address", byName, a.OK(), a.Kind, a.Err)
 	}
-	if _, err := g.DialKafka(ctx, "tcp", "localhost:"+port); !errors.Is(err, dataout.ErrOperatorKafka) {
-		t.Errorf("DialKafka(localhost:%s) = %v, want ErrOperatorKafka", port, err)
+	if _, err := g.DialKafka(ctx, "tcp", "localhost:"+port); !errors.Is(err, dataout.ErrOperatorKafka) || strings.Contains(err.Error(), "127.0.0.1") {
+		t.Errorf("DialKafka(localhost:%s) = %v, want ErrOperatorKafka, naming no address", port, err)
 	}
 	if a := s.Send(ctx, kafkaWebhook(theirs, "", ""), batchOf(3)); !a.OK() {
 		t.Errorf("send to another cluster: %s %v", a.Kind, a.Err)
@@ -103,5 +104,26 @@ func TestKafkaBoundsResponseSize(t *testing.T) {
 	a := s.Send(context.Background(), kafkaWebhook([]string{ln.Addr().String()}, "", ""), batchOf(1))
 	if a.OK() || a.Err == nil || !strings.Contains(a.Err.Error(), "invalid large response size 67108864 > limit 1048576") {
 		t.Errorf("send to a broker announcing 64 MiB: ok %v, kind %q, err %v; want refused as too large for the 1 MiB bound", a.OK(), a.Kind, a.Err)
+	}
+}
+
+// TestKafkaOwnBrokersUnresolved: when the hub cannot resolve its own
+// brokers, a tenant's connection is refused (no broker can be told apart
+// from them) and the tenant is not told their names or the resolver's
+// answer.
+func TestKafkaOwnBrokersUnresolved(t *testing.T) {
+	g, err := dataout.NewGuard("", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.DenyKafkaBrokers([]string{"hub-kafka.invalid:9092"})
+	_, err = g.DialKafka(context.Background(), "tcp", "kafka.example.com:9092")
+	if err == nil {
+		t.Fatal("DialKafka with the hub's own brokers unresolved: connected, want refused")
+	}
+	for _, leak := range []string{"hub-kafka", "lookup", "no such host"} {
+		if strings.Contains(err.Error(), leak) {
+			t.Errorf("DialKafka with the hub's own brokers unresolved = %q, which says %q", err, leak)
+		}
 	}
 }

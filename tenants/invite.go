@@ -39,9 +39,11 @@ func scanInvite(sc interface{ Scan(...any) error }) (Invite, error) {
 }
 
 // CreateInvite invites in.Email to tenant with in.Role, if by may give that
-// role (By.MayAdd), replacing the email's pending invite if it has one. The
-// link's token is given hashed (HashInviteToken). Someone who is a member
-// already is ErrConflict. It is audited.
+// role (By.MayAdd), replacing the email's pending invite if it has one and
+// by may give its role too (replacing revokes it: an admin may not end an
+// owner's invite this way, as RevokeInvite refuses). The link's token is
+// given hashed (HashInviteToken). Someone who is a member already is
+// ErrConflict. It is audited.
 func (s *Store) CreateInvite(ctx context.Context, tenant string, by By, in MemberInput, tokenHash string) (Invite, error) {
 	if err := in.Validate(); err != nil {
 		return Invite{}, err
@@ -62,6 +64,32 @@ func (s *Store) CreateInvite(ctx context.Context, tenant string, by By, in Membe
 		}
 		if n > 0 {
 			return fmt.Errorf("%s is already a member: %w", in.Email, ErrConflict)
+		}
+		// Read under the tenant's lock, so that no invite of a higher role
+		// slips in between this check and the revoke below.
+		var pending []Role
+		rows, err := tx.QueryContext(ctx,
+			`SELECT role FROM invites WHERE tenant = $1 AND email = $2 AND accepted_at IS NULL AND revoked_at IS NULL AND expires_at > $3`,
+			tenant, in.Email, now)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var r Role
+			if err := rows.Scan(&r); err != nil {
+				rows.Close()
+				return err
+			}
+			pending = append(pending, r)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, r := range pending {
+			if err := by.MayAdd(r); err != nil {
+				return err
+			}
 		}
 		if _, err := tx.ExecContext(ctx,
 			`UPDATE invites SET revoked_at = $3 WHERE tenant = $1 AND email = $2 AND accepted_at IS NULL AND revoked_at IS NULL`,

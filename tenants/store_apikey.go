@@ -7,10 +7,15 @@ import (
 	"time"
 )
 
+// MaxAPIKeys caps a tenant's API keys. Each one is a credential to audit and
+// revoke, and the list is read whole by the console; without a cap an admin
+// (or a leaked admin key) could mint keys without end.
+const MaxAPIKeys = 100
+
 // CreateAPIKey creates a key and returns it with its token, which is not
 // stored and cannot be read again. createdBy is the account on whose behalf
 // it is made (empty: the operator's, or unknown): the key ends when that
-// account leaves the tenant.
+// account leaves the tenant. Past MaxAPIKeys it is a *QuotaError (api_keys).
 func (s *Store) CreateAPIKey(ctx context.Context, tenant string, in APIKeyInput, createdBy string) (APIKey, string, error) {
 	if err := in.Validate(); err != nil {
 		return APIKey{}, "", err
@@ -25,6 +30,15 @@ func (s *Store) CreateAPIKey(ctx context.Context, tenant string, in APIKeyInput,
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
 		if err := s.lockTenant(ctx, tx, tenant); err != nil {
 			return err
+		}
+		// The count is read under the tenant's lock, so keys made at once
+		// cannot all see room for one more.
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM api_keys WHERE tenant = $1`, tenant).Scan(&n); err != nil {
+			return err
+		}
+		if n >= MaxAPIKeys {
+			return &QuotaError{Quota: "api_keys", Limit: MaxAPIKeys}
 		}
 		if _, err := tx.ExecContext(ctx,
 			`INSERT INTO api_keys (id, tenant, name, role, prefix, key_hash, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,

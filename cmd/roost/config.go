@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"github.com/roosthub/roost/mail"
+	"log/slog"
 	"net"
 	"net/url"
 	"regexp"
@@ -592,12 +593,14 @@ func (c *config) development() bool {
 	return c.DatabaseURL == "" && !strings.HasPrefix(c.PublicURL, "https://")
 }
 
-// webhookSender builds the sender destinations' requests go through.
-func (c *config) webhookSender() (*dataout.Sender, error) {
+// webhookSender builds the sender destinations' requests go through; log
+// gets the addresses the guard refused, which tenants are not told.
+func (c *config) webhookSender(log *slog.Logger) (*dataout.Sender, error) {
 	g, err := dataout.NewGuard(c.WebhookAllowHosts, c.development())
 	if err != nil {
 		return nil, fmt.Errorf("ROOST_WEBHOOK_ALLOW_HOSTS: %w", err)
 	}
+	g.Log = log
 	// No tenant's Kafka destination may reach the hub's own brokers.
 	g.DenyKafkaBrokers(c.kafkaBrokers())
 	return dataout.NewSender(dataout.SenderConfig{Guard: g, Timeout: c.WebhookTimeout, UserAgent: "Roost-Webhook/" + roost.Version})

@@ -437,7 +437,7 @@ func openDataPlane(ctx context.Context, role string, deps planeDeps, exporter br
 		// The drain must not fire every device's Will unless asked to.
 		WillsOnShutdown: c.ShutdownWills,
 	}
-	if cfg.Delivery, err = c.delivery(deps.adminToken, store); err != nil {
+	if cfg.Delivery, err = c.delivery(deps.adminToken, store, log); err != nil {
 		return nil, err
 	}
 	if d.member != nil {
@@ -662,8 +662,8 @@ func openFabric(ctx context.Context, c *config, node string, log *slog.Logger) (
 // delivery configures the outbox's delivery of rules with a destination:
 // the same sender as the API's send test, and the sealing key every node
 // derives from the operator token.
-func (c *config) delivery(adminToken string, rules *tenants.Store) (*broker.Delivery, error) {
-	sender, err := c.webhookSender()
+func (c *config) delivery(adminToken string, rules *tenants.Store, log *slog.Logger) (*broker.Delivery, error) {
+	sender, err := c.webhookSender(log)
 	if err != nil {
 		return nil, err
 	}

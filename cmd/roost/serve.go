@@ -202,7 +202,7 @@ func (d planeDeps) controlHandler(signingKey []byte, localAddr string, endpoints
 		resealSecrets(ctx, sealer, d.store, front, resealEvery, log)
 		return nil
 	})
-	hooks, err := c.webhookSender()
+	hooks, err := c.webhookSender(log)
 	if err != nil {
 		return nil, nil, err
 	}

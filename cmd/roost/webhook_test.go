@@ -24,7 +24,7 @@ func TestWebhookSettings(t *testing.T) {
 	if c.development() {
 		t.Error("published over https: development")
 	}
-	g, err := c.webhookSender()
+	g, err := c.webhookSender(nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -99,6 +99,32 @@ func testInvites(t *testing.T, s *tenants.Store, reopen func() *tenants.Store) {
 	if _, err := s.CreateInvite(ctx, "inv-a", admin, tenants.MemberInput{Email: newcomer.Email, Role: tenants.RoleViewer}, tenants.HashInviteToken("t4")); err != nil {
 		t.Fatal(err)
 	}
+
+	// Replacing an invite revokes it: an admin may not replace an owner's
+	// invite (not even with a lesser one), as it may not revoke it; the
+	// owner may.
+	if _, err := s.CreateInvite(ctx, "inv-a", ownerBy, tenants.MemberInput{Email: "heir@example.com", Role: tenants.RoleOwner}, tenants.HashInviteToken("t5")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateInvite(ctx, "inv-a", admin, tenants.MemberInput{Email: "heir@example.com", Role: tenants.RoleViewer}, tenants.HashInviteToken("t6")); !errors.Is(err, tenants.ErrForbidden) {
+		t.Errorf("an admin replaces an owner's invite: %v, want ErrForbidden", err)
+	}
+	if in, err := s.InviteByToken(ctx, tenants.HashInviteToken("t5")); err != nil || in.Role != tenants.RoleOwner {
+		t.Errorf("the owner's invite after an admin tried to replace it: %+v, %v; want it pending", in, err)
+	}
+	if _, err := s.InviteByToken(ctx, tenants.HashInviteToken("t6")); !errors.Is(err, tenants.ErrNotFound) {
+		t.Errorf("the admin's refused invite: %v, want ErrNotFound", err)
+	}
+	if _, err := s.CreateInvite(ctx, "inv-a", ownerBy, tenants.MemberInput{Email: "heir@example.com", Role: tenants.RoleAdmin}, tenants.HashInviteToken("t7")); err != nil {
+		t.Errorf("the owner replaces its owner invite: %v", err)
+	}
+	if _, err := s.InviteByToken(ctx, tenants.HashInviteToken("t5")); !errors.Is(err, tenants.ErrNotFound) {
+		t.Errorf("the replaced owner invite: %v, want ErrNotFound", err)
+	}
+	if _, err := s.CreateInvite(ctx, "inv-a", ownerBy, tenants.MemberInput{Email: "heir2@example.com", Role: tenants.RoleOwner}, tenants.HashInviteToken("t8")); err != nil {
+		t.Fatal(err)
+	}
+
 	now = now.Add(tenants.InviteTTL + time.Second)
 	if _, err := s.InviteByToken(ctx, tenants.HashInviteToken("t4")); !errors.Is(err, tenants.ErrNotFound) {
 		t.Errorf("an expired invite: %v, want ErrNotFound", err)
@@ -108,5 +134,10 @@ func testInvites(t *testing.T, s *tenants.Store, reopen func() *tenants.Store) {
 	}
 	if list, _ := s.Invites(ctx, "inv-a"); len(list) != 0 {
 		t.Errorf("an expired invite is listed: %+v", list)
+	}
+	// An expired owner's invite is no longer anyone's to keep: an admin
+	// may invite the email again.
+	if _, err := s.CreateInvite(ctx, "inv-a", admin, tenants.MemberInput{Email: "heir2@example.com", Role: tenants.RoleViewer}, tenants.HashInviteToken("t9")); err != nil {
+		t.Errorf("an admin invites the email of an expired owner's invite: %v", err)
 	}
 }

@@ -32,6 +32,7 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"DeviceQuota", testDeviceQuota},
 		{"ACLRules", testACLRules},
 		{"APIKeys", testAPIKeys},
+		{"APIKeyLimit", testAPIKeyLimit},
 		{"DeviceKeys", testDeviceKeys},
 		{"Certificates", testCertificates},
 		{"Audit", testAudit},
@@ -559,6 +560,62 @@ func testAPIKeys(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
 	_, err = s.AuthenticateAPIKey(ctx, token)
 	wantErr(t, "revoked key", err, tenants.ErrUnauthorized)
 	wantErr(t, "revoke twice", s.DeleteAPIKey(ctx, "acme", k.ID), tenants.ErrNotFound)
+}
+
+// testAPIKeyLimit: a tenant holds at most MaxAPIKeys keys. Keys asked for at
+// once when one place is left get one key between them (the count is read
+// under the tenant's lock), and revoking a key makes room again. Another
+// tenant's keys do not count.
+func testAPIKeyLimit(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	owner := mustAccount(t, s, "owner@example.com")
+	mustTenant(t, s, owner, "acme")
+	mustTenant(t, s, owner, "other")
+	if _, _, err := s.CreateAPIKey(ctx, "other", tenants.APIKeyInput{Name: "elsewhere"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	var last tenants.APIKey
+	for i := range tenants.MaxAPIKeys - 1 {
+		k, _, err := s.CreateAPIKey(ctx, "acme", tenants.APIKeyInput{Name: fmt.Sprintf("k%d", i)}, "")
+		if err != nil {
+			t.Fatalf("key %d of %d: %v", i+1, tenants.MaxAPIKeys, err)
+		}
+		last = k
+	}
+	const racers = 6
+	errs := make([]error, racers)
+	var wg sync.WaitGroup
+	for i := range racers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, errs[i] = s.CreateAPIKey(ctx, "acme", tenants.APIKeyInput{Name: fmt.Sprintf("racer%d", i)}, "")
+		}()
+	}
+	wg.Wait()
+	made := 0
+	for _, err := range errs {
+		var qe *tenants.QuotaError
+		switch {
+		case err == nil:
+			made++
+		case errors.As(err, &qe) && qe.Quota == "api_keys" && qe.Limit == tenants.MaxAPIKeys:
+		default:
+			t.Errorf("a key past the limit: got %v, want a QuotaError naming api_keys, limit %d", err, tenants.MaxAPIKeys)
+		}
+	}
+	if made != 1 {
+		t.Errorf("%d keys asked for at once with one place left: %d made, want 1", racers, made)
+	}
+	ks, _, err := s.APIKeys(ctx, "acme", tenants.Page{Limit: tenants.MaxPageSize})
+	if err != nil || len(ks) != tenants.MaxAPIKeys {
+		t.Fatalf("APIKeys: got %d keys (%v), want %d", len(ks), err, tenants.MaxAPIKeys)
+	}
+	if err := s.DeleteAPIKey(ctx, "acme", last.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.CreateAPIKey(ctx, "acme", tenants.APIKeyInput{Name: "after a revoke"}, ""); err != nil {
+		t.Errorf("a key after one was revoked: got %v, want it made", err)
+	}
 }
 
 func testAudit(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
