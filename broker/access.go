@@ -118,6 +118,15 @@ func (h *accessHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool 
 	if ok && !write && dc.resend.Load() != nil {
 		awaitListed(cl, dc) // a delivery to a resuming connection (see resend.go)
 	}
+	if ok && !write && h.inst.overQueued(cl, dc, topic) {
+		// shadowHook and commandHook, asked before, refused it for the
+		// same reason without counting it; it is counted once, here, if
+		// it would have been delivered.
+		if h.inst.hookACL(cl, topic, write) {
+			h.inst.refuseQueued(cl)
+		}
+		return false
+	}
 	if h.inst.hookACL(cl, topic, write) {
 		return true
 	}
@@ -138,7 +147,7 @@ func (h *accessHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	return pk, nil
 }
 
-// OnSubscribe notes the SUBSCRIBE's $-filters, so that their ACL checks are
+// OnSubscribe notes the SUBSCRIBE's filters, so that their ACL checks are
 // not taken for deliveries (isDelivery).
 func (h *accessHook) OnSubscribe(cl *mqtt.Client, pk packets.Packet) packets.Packet {
 	if dc, ok := cl.Net.Conn.(*deviceConn); ok {

@@ -163,7 +163,7 @@ func (h *commandHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool
 	if dc != nil && dc.refusedFilter(topic) {
 		return false // over max_subscriptions
 	}
-	return true
+	return !h.inst.overQueued(cl, dc, topic) // counted by accessHook
 }
 
 // OnPublish keeps replies from being retained: they answer one command.

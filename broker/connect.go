@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -23,13 +24,21 @@ var (
 	errMalformedFrame = errors.New("malformed packet length")
 )
 
+// connectChunk is the most readConnect allocates for a CONNECT's body
+// ahead of the bytes that fill it.
+const connectChunk = 16 << 10
+
 // readConnect reads the first packet from r, which must be a CONNECT of at
 // most maxSize bytes. The length is compared with maxSize before anything is
-// allocated for the body, so a header announcing 200 MB costs nothing. It
-// returns the packet's raw bytes (to replay to the broker) and the decoded
-// packet. A CONNECT that is framed well but does not decode returns the
-// packet with its protocol version and a packets.Code error, so the caller
-// can answer with a CONNACK.
+// allocated for the body, so a header announcing 200 MB costs nothing. Nor
+// is the length it announces allocated at once: the body is read into a
+// buffer that grows as it arrives (connectChunk at first, then doubling),
+// so that a connection announcing the largest CONNECT and sending nothing
+// more holds 16 KiB, not maxSize, before anyone knows whose device it is.
+// It returns the packet's raw bytes (to replay to the broker) and the
+// decoded packet. A CONNECT that is framed well but does not decode returns
+// the packet with its protocol version and a packets.Code error, so the
+// caller can answer with a CONNACK.
 func readConnect(r *bufio.Reader, maxSize int) ([]byte, packets.Packet, error) {
 	var pk packets.Packet
 	b0, err := r.ReadByte()
@@ -47,9 +56,8 @@ func readConnect(r *bufio.Reader, maxSize int) ([]byte, packets.Packet, error) {
 	if length > maxSize {
 		return nil, pk, errConnectTooBig
 	}
-	raw := make([]byte, n+length)
-	copy(raw, hdr[:n])
-	if _, err := io.ReadFull(r, raw[n:]); err != nil {
+	raw, err := readBody(r, hdr[:n], length)
+	if err != nil {
 		return nil, pk, err
 	}
 	pk.FixedHeader = packets.FixedHeader{Type: packets.Connect, Remaining: length}
@@ -74,6 +82,30 @@ func readConnect(r *bufio.Reader, maxSize int) ([]byte, packets.Packet, error) {
 		raw = b.Bytes()
 	}
 	return raw, pk, nil
+}
+
+// readBody reads a packet's body of length bytes from r, and returns it
+// after hdr, its fixed header. The buffer is allocated as the body
+// arrives: connectChunk (or the whole body, if smaller) to start with,
+// then twice what it holds each time it is full, never past the body; it
+// is at most about twice what was received, and the body is copied
+// O(log length) times.
+func readBody(r *bufio.Reader, hdr []byte, length int) ([]byte, error) {
+	size := len(hdr) + length
+	raw := make([]byte, len(hdr), min(size, len(hdr)+connectChunk))
+	copy(raw, hdr)
+	for len(raw) < size {
+		if len(raw) == cap(raw) {
+			raw = slices.Grow(raw, min(size, 2*len(raw))-len(raw))
+		}
+		end := min(cap(raw), size)
+		got, err := io.ReadFull(r, raw[len(raw):end])
+		raw = raw[:len(raw)+got]
+		if err != nil {
+			return nil, err
+		}
+	}
+	return raw, nil
 }
 
 // readLength reads a fixed header's remaining length (a variable byte

@@ -246,19 +246,19 @@ func (dc *deviceConn) subscribingTo(filter string) bool {
 	return dc.limits.subscribing[filter]
 }
 
-// noteSubscribing keeps the $-filters of a SUBSCRIBE being processed, for
-// isDelivery; OnSubscribed forgets them.
+// noteSubscribing keeps the filters of a SUBSCRIBE being processed, for
+// isDelivery; OnSubscribed forgets them. Each is kept, not only the
+// $-filters hookACL asks about: overQueued must not take a filter that is
+// a topic name for a delivery, and refuse the subscription.
 func (dc *deviceConn) noteSubscribing(pk packets.Packet) {
-	var dollar map[string]bool
-	for _, f := range pk.Filters {
-		if strings.HasPrefix(f.Filter, "$") {
-			if dollar == nil {
-				dollar = map[string]bool{}
-			}
-			dollar[f.Filter] = true
+	var filters map[string]bool
+	if len(pk.Filters) > 0 {
+		filters = make(map[string]bool, len(pk.Filters))
+		for _, f := range pk.Filters {
+			filters[f.Filter] = true
 		}
 	}
 	dc.limits.mu.Lock()
-	dc.limits.subscribing = dollar
+	dc.limits.subscribing = filters
 	dc.limits.mu.Unlock()
 }

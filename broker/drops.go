@@ -1,13 +1,16 @@
 package broker
 
 import (
+	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/events"
+	"github.com/roosthub/roost/tenants"
 )
 
 // A connected client that does not keep up loses messages in mochi, after
@@ -23,6 +26,12 @@ import (
 // mochi has a hook for the second (OnPublishDropped) but not the first: it
 // only logs "client store quota reached", once per message; mochiLogger
 // hands each such line here (upstream, a hook at that bound would do).
+//
+// With persistent sessions mochi's bound is lifted (newInstance): a
+// persistent session's queue is kept to max_queued by persistence, which
+// follows the quota as it changes. A clean session's in-flight messages are
+// kept to max_queued by overQueued, in the ACL check mochi asks before it
+// takes a delivery in (the only hook there is before it does).
 
 // dropEvery is how often a client's drops of one reason raise an event.
 const dropEvery = time.Minute
@@ -114,4 +123,41 @@ func (h *eventsHook) OnPublishDropped(cl *mqtt.Client, _ packets.Packet) {
 	if !cl.Net.Inline {
 		h.inst.dropped(cl.ID, dropPending)
 	}
+}
+
+// overQueued reports whether a delivery of topic to cl is to be refused for
+// max_queued: cl is a device's connection without a persistent session, on
+// a broker whose mochi does not bound in-flight messages itself
+// (boundsInflight), already holding max_queued QoS 1 and 2 messages it has
+// not acknowledged or not been sent yet (past its Receive Maximum), and the
+// delivery may be QoS 1 or 2: one of its subscriptions matching topic is.
+// Without it such a client made mochi keep up to 65,535 copies, each with
+// its payload. The ACL check does not know the publish's QoS, so a QoS 0
+// message for a QoS 1 or 2 subscription is refused too while the client is
+// full; QoS 0 is at most once.
+//
+// It counts nothing; accessHook.OnACLCheck, asked last of the hooks that
+// answer the check, counts the refusal (refuseQueued).
+func (inst *instance) overQueued(cl *mqtt.Client, dc *deviceConn, topic string) bool {
+	if !inst.boundsInflight || dc == nil || persistent(cl) {
+		return false
+	}
+	limit := int(clamp(inst.q.Load().MaxQueued, 1, math.MaxUint16))
+	if cl.State.Inflight.Len() < limit || !isDelivery(dc, topic) {
+		return false
+	}
+	for filter, sub := range cl.State.Subscriptions.GetAll() {
+		if sub.Qos > 0 && tenants.MatchTopic(sharedFilter(filter), topic) {
+			return true
+		}
+	}
+	return false
+}
+
+// refuseQueued counts a delivery overQueued refused as mochi counts one it
+// drops at its own bound: in roost_messages_dropped_total{reason=
+// "max_queued"} and the client's queue_dropped events.
+func (inst *instance) refuseQueued(cl *mqtt.Client) {
+	atomic.AddInt64(&inst.server.Info.InflightDropped, 1)
+	inst.dropped(cl.ID, dropInflight)
 }

@@ -83,3 +83,14 @@ func HoldsSession(h *Hub, tenant, clientID string) bool {
 func SpendRuleCPU(h *Hub, tenant string, d time.Duration) {
 	h.reg.running(tenant).evalBudget.Spend(d)
 }
+
+// InflightLen is the number of QoS 1 and 2 messages mochi holds for a
+// connected client: sent and not acknowledged, or waiting for its Receive
+// Maximum; -1 if the client is unknown.
+func InflightLen(h *Hub, tenant, clientID string) int {
+	cl, ok := h.reg.running(tenant).server.Clients.Get(clientID)
+	if !ok {
+		return -1
+	}
+	return cl.State.Inflight.Len()
+}

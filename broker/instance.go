@@ -42,6 +42,9 @@ type instance struct {
 	// drops folds what mochi drops for clients that do not keep up into
 	// queue_dropped events (see drops.go).
 	drops dropNotes
+	// boundsInflight: mochi's bound on in-flight messages is lifted, and
+	// overQueued keeps clean sessions to max_queued instead.
+	boundsInflight bool
 
 	// wills holds the Wills waiting out their delay; see will.go.
 	wills wills
@@ -148,7 +151,8 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 	caps.MaximumInflight = uint16(clamp(q.MaxQueued, 1, math.MaxUint16))
 	if h.cfg.Sessions != nil {
 		// persistence keeps queues to max_queued as it is now; mochi's
-		// limit only has to be above it.
+		// limit only has to be above it. Clean sessions are kept to it
+		// by overQueued (see drops.go).
 		caps.MaximumInflight = math.MaxUint16
 	}
 	// mochi allocates each client's queue of pending writes whole as it
@@ -189,6 +193,7 @@ func newInstance(h *Hub, t tenants.Tenant) (*instance, error) {
 	inst = &instance{tenant: t.Slug, server: srv, log: log, env: hubEnv{h, t.Slug}, dir: h.dir, exporter: h.cfg.Exporter, limitsOff: h.limitsOff,
 		lastActive: h.now(), exportErrs: map[string]int64{},
 		watchers: map[string]int{}}
+	inst.boundsInflight = caps.MaximumInflight == math.MaxUint16
 	inst.setQuotas(t)
 	inst.meter = h.meterOf(t.Slug)
 	inst.live.meter = inst.meter

@@ -2,13 +2,16 @@ package broker_test
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/paho"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/broker"
@@ -322,5 +325,90 @@ func TestPingreqWithBody(t *testing.T) {
 	got, _ := exchange(t, s.addr, 500*time.Millisecond, connectBytes(t, 4, "acme/d", secret, "d"), []byte{0xC0, 0x00})
 	if !bytes.HasSuffix(got, []byte{packets.Pingresp << 4, 0}) {
 		t.Fatalf("PINGREQ: got % x, want a PINGRESP", got)
+	}
+}
+
+// TestAnnouncedConnectNotHeld: connections whose CONNECT header announces
+// the largest CONNECT the ingress takes (512 KiB) and that send nothing
+// more hold little heap each while they wait: the body's buffer grows as
+// bytes come, where it was allocated whole (250 such sockets held 128 MiB).
+// They are closed at the CONNECT deadline like any silent socket.
+func TestAnnouncedConnectNotHeld(t *testing.T) {
+	s := newStack(t, func(c *broker.Config) {
+		c.ConnectTimeout, c.HandshakesPerAddress, c.HandshakeRatePerAddress = 2*time.Second, 2000, -1
+	})
+	stillAlive := guard(t, s)
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	goroutines := runtime.NumGoroutine()
+
+	const n = 250
+	conns := make([]net.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range n {
+		c, err := net.Dial("tcp", s.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		// CONNECT, remaining length 524,287, and one byte of its body.
+		if _, err := c.Write([]byte{0x10, 0xff, 0xff, 0x1f, 0x00}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 5*time.Second, "all sockets accepted", func() bool { return runtime.NumGoroutine() >= goroutines+n })
+	time.Sleep(300 * time.Millisecond) // for the ingress to read each header
+	runtime.GC()
+	var during runtime.MemStats
+	runtime.ReadMemStats(&during)
+	if per := (int64(during.HeapInuse) - int64(before.HeapInuse)) / n; per > 48<<10 {
+		t.Errorf("each socket that announced 512 KiB holds %d KiB of heap; want under 48 KiB", per>>10)
+	}
+	for _, c := range conns {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		var ne net.Error
+		if _, err := c.Read(make([]byte, 1)); err == nil || (asNetErr(err, &ne) && ne.Timeout()) {
+			t.Fatalf("a socket that announced a CONNECT and sent nothing more: %v, want it closed by the server", err)
+		}
+	}
+	stillAlive()
+}
+
+// TestLargeConnect: a CONNECT of some 300 KiB, within the tenant's
+// max_packet_size, is read whole across the growth of the ingress's
+// buffer: MQTT bounds each field to 64 KiB, so the bulk is user properties
+// (five of 60 KiB), and the Will's payload (60 KiB) comes after them. The
+// Will, sent when the connection drops, is the one the device set.
+func TestLargeConnect(t *testing.T) {
+	s := newStack(t)
+	s.tenant("acme")
+	liftRates(t, s, "acme")
+	s.setQuota("acme", "max_packet_size", 1<<20)
+	sub := mustV5(t, s.addr, user("acme", "sub"), s.device("acme", "sub"), "sub")
+	sub.sub(t, "wills/big", 1)
+	will := make([]byte, 60<<10)
+	for i := range will {
+		will[i] = byte(i * 7)
+	}
+	big := mustV5(t, s.addr, user("acme", "big"), s.device("acme", "big"), "big", func(c *paho.Connect) {
+		c.WillMessage = &paho.WillMessage{Topic: "wills/big", QoS: 1, Payload: will}
+		c.Properties = &paho.ConnectProperties{}
+		for i := range 5 {
+			c.Properties.User.Add(fmt.Sprintf("bulk%d", i), strings.Repeat(fmt.Sprint(i), 60<<10))
+		}
+	})
+	big.conn.Close() // without DISCONNECT: the Will goes
+	select {
+	case m := <-sub.msgs:
+		if m.Topic != "wills/big" || !bytes.Equal(m.Payload, will) {
+			t.Fatalf("got %s with %d bytes, want wills/big with the %d bytes of the Will", m.Topic, len(m.Payload), len(will))
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no Will within 5s")
 	}
 }

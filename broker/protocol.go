@@ -2,6 +2,7 @@ package broker
 
 import (
 	"errors"
+	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -33,9 +34,21 @@ func (h *protocolHook) Provides(b byte) bool {
 // refused.
 const reservedTopic = "$roost/reserved"
 
+// maxOutboundAliases bounds the topic aliases a client is given, whatever
+// Topic Alias Maximum its CONNECT asks for (as many as a connection may
+// give the hub: caps.TopicAliasMaximum). mochi keeps each alias's topic
+// for the life of the connection: up to 65,535 of them would be a client's
+// to ask for. Past the bound a delivery carries its topic, as MQTT allows.
+const maxOutboundAliases = 64
+
 // OnConnect gives a connection that resumes a session a resend gate, if
-// it needs one (see resend.go).
+// it needs one (see resend.go), and bounds the topic aliases it is given
+// (maxOutboundAliases). It runs before the client is known to the topic
+// index: no delivery has used mochi's own aliases yet.
 func (h *protocolHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	if cl.Properties.Props.TopicAliasMaximum > maxOutboundAliases {
+		cl.State.TopicAliases.Outbound = mqtt.NewOutboundTopicAliases(maxOutboundAliases)
+	}
 	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
 		h.inst.gateResend(cl, dc)
 	}
@@ -77,8 +90,19 @@ func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 	return pk, nil
 }
 
+// keptWhole is the largest PUBLISH whose topic readPublish leaves in the
+// packet's buffer. mochi decodes a topic as a view into the buffer it read
+// the packet into, payload and all, and what keeps a topic after the
+// message is gone keeps that whole buffer: this connection's inbound topic
+// alias (resolveAlias), and the outbound alias of every subscriber the
+// message reaches (mochi keys them by the routed packet's topic). So a
+// larger packet's topic is copied out; in a smaller one the copy would
+// cost about as much as it frees.
+const keptWhole = 256
+
 // readPublish resolves a PUBLISH's topic alias, and renames a reserved
-// topic, in place. It works on the hook's copy of the packet through a
+// topic, in place; the topic of a packet larger than keptWhole is copied
+// out of the packet's buffer first. It works on the hook's copy of the packet through a
 // pointer: copies of it by value (800 bytes each) made OnPacketRead's
 // frame 3.3 KiB, on the stack under mochi's handling of every packet a
 // device sends, where a goroutine stack that outgrows 16 KiB is copied
@@ -87,6 +111,9 @@ func (h *protocolHook) readPublish(cl *mqtt.Client, pk *packets.Packet) error {
 	dc, _ := cl.Net.Conn.(*deviceConn)
 	if dc != nil {
 		dc.startPublish()
+	}
+	if pk.FixedHeader.Remaining > keptWhole && pk.TopicName != "" {
+		pk.TopicName = strings.Clone(pk.TopicName)
 	}
 	err := h.inst.resolveAlias(cl, pk)
 	if err == nil && reserved(pk.TopicName) && !shadowRequest(pk.TopicName) && !commandReplyTopic(pk.TopicName) {

@@ -258,7 +258,7 @@ type connLimits struct {
 	refuse atomic.Pointer[map[string]bool]
 
 	mu sync.Mutex
-	// subscribing holds the $-filters of the SUBSCRIBE being processed,
+	// subscribing holds the filters of the SUBSCRIBE being processed,
 	// so that their ACL check is not taken for a delivery (isDelivery).
 	subscribing map[string]bool
 }

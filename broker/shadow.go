@@ -110,6 +110,9 @@ func (h *shadowHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool 
 	if dc != nil && dc.refusedFilter(topic) {
 		return false // over max_subscriptions
 	}
+	if h.inst.overQueued(cl, dc, topic) {
+		return false // counted by accessHook
+	}
 	return target == device || h.inst.allowed(device, tenants.ActionSubscribe, topic)
 }
 

@@ -1,0 +1,96 @@
+package broker_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/broker/store/memory"
+)
+
+// dialUnacking connects a clean MQTT 5 client with a Receive Maximum of 1
+// that acknowledges nothing it is sent; got receives what it is sent.
+func dialUnacking(t *testing.T, addr, username, password, clientID string) (c *paho.Client, got <-chan *paho.Publish) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs := make(chan *paho.Publish, 100)
+	c = paho.NewClient(paho.ClientConfig{
+		Conn:                       conn,
+		EnableManualAcknowledgment: true, // and never acknowledged
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			msgs <- pr.Packet
+			return true, nil
+		}},
+	})
+	cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Connect(cctx, &paho.Connect{ClientID: clientID, KeepAlive: 30, CleanStart: true,
+		Username: username, UsernameFlag: true, Password: []byte(password), PasswordFlag: true,
+		Properties: &paho.ConnectProperties{ReceiveMaximum: paho.Uint16(1)}}); err != nil {
+		t.Fatalf("connect %s: %v", username, err)
+	}
+	t.Cleanup(func() { c.Disconnect(&paho.Disconnect{}) })
+	return c, msgs
+}
+
+// TestCleanSessionInflightBounded: with a session store (where mochi's own
+// bound on in-flight messages is lifted for persistent sessions), a clean
+// session that acknowledges nothing and has a Receive Maximum of 1 is held
+// at most max_queued QoS 1 messages, the one sent and those waiting for
+// its acknowledgement; the rest are dropped and counted in
+// roost_messages_dropped_total{reason="max_queued"}. A subscriber that
+// acknowledges gets every message. Before the bound, mochi kept all 50
+// (up to 65,535, each with its payload).
+func TestCleanSessionInflightBounded(t *testing.T) {
+	d := newDurable(t, func() broker.SessionStore { return memory.New() })
+	d.tenant("acme")
+	liftRates(t, d.stack, "acme")
+	d.setQuota("acme", "max_queued", 10)
+	stuck, stuckGot := dialUnacking(t, d.addr, user("acme", "stuck"), d.device("acme", "stuck"), "stuck")
+	sctx, cancel := contextWithTimeout()
+	defer cancel()
+	if sa, err := stuck.Subscribe(sctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "q/t", QoS: 1}}}); err != nil || sa.Reasons[0] != 1 {
+		t.Fatalf("subscribe: %v %v", sa, err)
+	}
+	acking := mustV5(t, d.addr, user("acme", "acking"), d.device("acme", "acking"), "acking")
+	acking.sub(t, "q/t", 1)
+	pub := mustV5(t, d.addr, user("acme", "pub"), d.device("acme", "pub"), "pub")
+
+	// Each message is published once the one before reached the
+	// acknowledging subscriber, which so never has max_queued in flight.
+	const published, maxQueued = 50, 10
+	for i := range published {
+		if r := pub.pub(t, "q/t", fmt.Sprint(i), 1, false); r.ReasonCode >= 0x80 {
+			t.Fatalf("PUBACK %#x", r.ReasonCode)
+		}
+		acking.expect(t, "q/t", fmt.Sprint(i))
+	}
+	pub.barrier(t)
+	if n := broker.InflightLen(d.hub, "acme", "stuck"); n != maxQueued {
+		t.Errorf("messages held for the client that does not acknowledge: %d, want %d (max_queued)", n, maxQueued)
+	}
+	if got := scraped(t, d.hub, "roost_messages_dropped_total", "reason", "max_queued"); got != published-maxQueued {
+		t.Errorf("dropped for max_queued: %v, want %d", got, published-maxQueued)
+	}
+	select {
+	case m := <-stuckGot:
+		if string(m.Payload) != "0" {
+			t.Errorf("the client that does not acknowledge got %q first, want \"0\"", m.Payload)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the client that does not acknowledge got nothing")
+	}
+	select {
+	case m := <-stuckGot:
+		t.Errorf("the client that does not acknowledge got %q past its Receive Maximum of 1", m.Payload)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
