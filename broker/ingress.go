@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -394,6 +395,13 @@ func (in *ingress) admit(ctx context.Context, conn net.Conn, endpoint, source st
 			in.quotaHit(tenant, device, cid, quota, limit)
 		}
 		return nil, identity{}, err
+	}
+	if want := cmp.Or(id.clientID, cid); inst.newSessionOver(want) {
+		in.reg.releaseConn(inst)
+		limit := t.Quotas().MaxSessions
+		logger().Info("connect refused: the tenant keeps max_sessions sessions on this node", "client_id", want, "limit", limit)
+		in.quotaHit(tenant, device, want, "max_sessions", limit)
+		return nil, identity{}, quotaSessions
 	}
 	if pk.Connect.WillFlag {
 		if tenants.ValidateTopic(pk.Connect.WillTopic) != nil || !inst.mayPublish(device, pk.Connect.WillTopic) {

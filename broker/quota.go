@@ -21,6 +21,8 @@ import (
 // existing connections at their next packet.
 //
 //	max_connections      CONNACK 0x97 (3.1.1: 0x03)
+//	max_sessions         per node: a CONNECT that would make a session more than it keeps
+//	                     (connected, and persistent ones waiting): CONNACK 0x97 (3.1.1: 0x03)
 //	connect_rate         CONNACK 0x9F (3.1.1: 0x03), per tenant
 //	publish_rate         per connection; v5 DISCONNECT 0x96, 3.1.1 acknowledged and dropped
 //	tenant_publish_rate  the same, across the tenant's connections
@@ -44,6 +46,7 @@ const burstSeconds = 1
 var (
 	quotaConnections    = refusal{0x97, 0x03, "quota exceeded: max_connections"}
 	quotaDevices        = refusal{0x97, 0x03, "quota exceeded: max_devices"}
+	quotaSessions       = refusal{0x97, 0x03, "quota exceeded: max_sessions"}
 	connectRateExceeded = refusal{0x9F, 0x03, "connection rate exceeded"}
 )
 
@@ -198,6 +201,28 @@ func (inst *instance) connectAllowed(now time.Time) bool {
 }
 
 // quotaHit counts a limit hit and raises its event.
+// newSessionOver reports whether a connection for clientID would make the
+// tenant's broker keep more than max_sessions sessions: clientID is none of
+// those it keeps (connected, or waiting for their client), and it keeps
+// max_sessions already. A client id not given (the broker assigns one) is
+// a new session. Connections admitted at once may pass it by a few.
+func (inst *instance) newSessionOver(clientID string) bool {
+	limit := inst.quotas().MaxSessions
+	if limit <= 0 {
+		return false
+	}
+	if clientID != "" {
+		if _, ok := inst.server.Clients.Get(clientID); ok {
+			return false
+		}
+	}
+	kept := int64(inst.server.Clients.Len())
+	if inst.server.Options.InlineClient {
+		kept-- // the broker's own, for the hub's publishes
+	}
+	return kept >= limit
+}
+
 func (inst *instance) quotaHit(device, clientID, quota string, limit int64) {
 	inst.env.quotaHit(device, clientID, quota, limit)
 }

@@ -476,3 +476,43 @@ func TestQuotaRatePenaltyPushesBack(t *testing.T) {
 		t.Errorf("%d messages dropped for the rate: want some, and far fewer than the flood", throttled)
 	}
 }
+
+// TestQuotaMaxSessions: a device free to choose its client ids (a
+// gateway) keeps at most max_sessions sessions in its tenant's broker,
+// connected or waiting for their clients; past it a new client id is
+// refused with 0x97 (3.1.1: 0x03) and a quota event, while a kept
+// session's client still connects, another tenant is not held to it,
+// and a raised limit applies live.
+func TestQuotaMaxSessions(t *testing.T) {
+	s := newQuotaStack(t)
+	s.tenant("other")
+	s.setQuotas(t, map[string]int64{"max_sessions": 3})
+	gw := s.device("acme", "gw", tenants.ClientIDsAny)
+	persistent := func(c *paho.Connect) {
+		c.CleanStart = false
+		c.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(600)}
+	}
+	for i := range 3 {
+		c := mustV5(t, s.addr, "acme/gw", gw, fmt.Sprintf("s%d", i), persistent)
+		c.sub(t, fmt.Sprintf("inbox/%d", i), 1)
+		c.conn.Close() // its session waits for it
+	}
+	if code := refusedV5(t, s.addr, "acme/gw", gw, "s3", persistent); code != 0x97 {
+		t.Errorf("a fourth session (v5): CONNACK %#x, want 0x97", code)
+	}
+	if _, code, err := dialV3(t, s.addr, "acme/gw", gw, "s4", true); err == nil || code != 0x03 {
+		t.Errorf("a fourth session (3.1.1): code %#x, err %v; want 0x03", code, err)
+	}
+	s.expectQuotaEvent(t, "gw", "max_sessions", 3)
+	back := mustV5(t, s.addr, "acme/gw", gw, "s1", persistent)
+	if !back.connack.SessionPresent {
+		t.Error("a kept session's client: no session present")
+	}
+	back.conn.Close()
+	otherGW := s.device("other", "gw", tenants.ClientIDsAny)
+	for i := range 4 {
+		mustV5(t, s.addr, "other/gw", otherGW, fmt.Sprintf("s%d", i), persistent).conn.Close()
+	}
+	s.setQuotas(t, map[string]int64{"max_sessions": 4})
+	mustV5(t, s.addr, "acme/gw", gw, "s3", persistent)
+}

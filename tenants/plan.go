@@ -57,7 +57,7 @@ func DefaultPlans() Plans {
 			BandwidthIn: 512 * kib, BandwidthOut: 512 * kib, MaxPacketSize: 128 * kib,
 			MaxSubscriptions: 50, MaxRetained: 1000, MaxQueued: 1000,
 			MaxSessionExpiry: 7 * day, MaxKeepalive: 300, MessagesPerMonth: 1_000_000, MaxNodes: 1, MaxOutbox: 10_000,
-			EventRetention: 1 * day, MaxStreams: 2, MaxShadowBytes: 8 * kib, MaxPendingCommands: 100,
+			EventRetention: 1 * day, MaxStreams: 2, MaxShadowBytes: 8 * kib, MaxPendingCommands: 100, MaxSessions: 200,
 		}},
 		PlanPro: {Name: PlanPro, OverageCentsPerMillion: 500, Quotas: Quotas{
 			MaxDevices: 1000, MaxConnections: 1000, ConnectRate: 100,
@@ -65,7 +65,7 @@ func DefaultPlans() Plans {
 			BandwidthIn: 1024 * kib, BandwidthOut: 1024 * kib, MaxPacketSize: 256 * kib,
 			MaxSubscriptions: 100, MaxRetained: 10_000, MaxQueued: 10_000,
 			MaxSessionExpiry: 30 * day, MaxKeepalive: 600, MessagesPerMonth: 10_000_000, MaxNodes: 1, MaxOutbox: 100_000,
-			EventRetention: 7 * day, MaxStreams: 5, MaxShadowBytes: 64 * kib, MaxPendingCommands: 500,
+			EventRetention: 7 * day, MaxStreams: 5, MaxShadowBytes: 64 * kib, MaxPendingCommands: 500, MaxSessions: 2000,
 		}},
 		PlanBusiness: {Name: PlanBusiness, OverageCentsPerMillion: 300, Quotas: Quotas{
 			MaxDevices: 10_000, MaxConnections: 10_000, ConnectRate: 500,
@@ -73,7 +73,7 @@ func DefaultPlans() Plans {
 			BandwidthIn: 2048 * kib, BandwidthOut: 2048 * kib, MaxPacketSize: 1024 * kib,
 			MaxSubscriptions: 200, MaxRetained: 100_000, MaxQueued: 100_000,
 			MaxSessionExpiry: 90 * day, MaxKeepalive: 1200, MessagesPerMonth: 100_000_000, MaxNodes: 4, MaxOutbox: 1_000_000,
-			EventRetention: 30 * day, MaxStreams: 10, MaxShadowBytes: 64 * kib, MaxPendingCommands: 2000,
+			EventRetention: 30 * day, MaxStreams: 10, MaxShadowBytes: 64 * kib, MaxPendingCommands: 2000, MaxSessions: 20_000,
 		}},
 		PlanEnterprise: {Name: PlanEnterprise, OverageCentsPerMillion: 200, Quotas: Quotas{
 			MaxDevices: 1_000_000, MaxConnections: 1_000_000, ConnectRate: 5000,
@@ -81,7 +81,7 @@ func DefaultPlans() Plans {
 			BandwidthIn: 8192 * kib, BandwidthOut: 8192 * kib, MaxPacketSize: 8192 * kib,
 			MaxSubscriptions: 1000, MaxRetained: 1_000_000, MaxQueued: 1_000_000,
 			MaxSessionExpiry: 365 * day, MaxKeepalive: 3600, MessagesPerMonth: 1_000_000_000, MaxNodes: 32, MaxOutbox: 10_000_000,
-			EventRetention: 90 * day, MaxStreams: 20, MaxShadowBytes: 64 * kib, MaxPendingCommands: 10_000,
+			EventRetention: 90 * day, MaxStreams: 20, MaxShadowBytes: 64 * kib, MaxPendingCommands: 10_000, MaxSessions: 2_000_000,
 		}},
 	}
 }

@@ -44,6 +44,12 @@ type Quotas struct {
 	// waiting for their reply on one data-plane node, and, apart, those
 	// queued for a device that neither replied nor expired yet.
 	MaxPendingCommands int64 `json:"max_pending_commands"`
+	// MaxSessions bounds the sessions the tenant keeps at once on a
+	// data-plane node: connected clients and persistent sessions waiting
+	// for theirs. A client id of its own per connection (a gateway's
+	// devices) makes a session each, kept for up to max_session_expiry
+	// with its subscriptions and queue.
+	MaxSessions int64 `json:"max_sessions"`
 }
 
 // quotaFields maps each quota's name to its field. It is the one list of
@@ -69,6 +75,7 @@ var quotaFields = map[string]func(*Quotas) *int64{
 	"max_streams":          func(q *Quotas) *int64 { return &q.MaxStreams },
 	"max_shadow_bytes":     func(q *Quotas) *int64 { return &q.MaxShadowBytes },
 	"max_pending_commands": func(q *Quotas) *int64 { return &q.MaxPendingCommands },
+	"max_sessions":         func(q *Quotas) *int64 { return &q.MaxSessions },
 }
 
 func isQuotaName(name string) bool { _, ok := quotaFields[name]; return ok }

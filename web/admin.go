@@ -199,6 +199,7 @@ var quotaLabels = map[string]string{
 	"max_nodes":            "Data-plane nodes",
 	"max_outbox":           "Webhook outbox per destination",
 	"max_pending_commands": "Commands pending (waiting for a reply, or queued)",
+	"max_sessions":         "Sessions kept (connected, or waiting for their client)",
 }
 
 // quotaLabel is a quota's name for people; its key when it has none.
