@@ -937,9 +937,40 @@ func (o *outbox) run(q *destQueue) {
 	if linger == 0 {
 		linger = 5 * time.Millisecond
 	}
+	// retry is the batch at the head being retried, as the store keeps it
+	// (see retryState): read once the outbox is claimed, so that a batch
+	// tried before a restart keeps its first attempt and its messages.
+	rs := &retryStore{st: o.st, tenant: o.tenant, id: retryID(q.id), log: log}
+	var retry retryState
+	for n := 1; ; n++ {
+		var err error
+		if retry, err = rs.load(ctx); err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		log.Error("read the outbox's retry", "err", err)
+		if o.wait(q, o.cfg.Policy.Backoff(n), false) != nil {
+			return
+		}
+	}
+	// endRetry forgets the retry once its batch left the outbox. A record
+	// it could not delete names a batch no longer at the head: the next
+	// worker drops it (batchOf).
+	endRetry := func() bool {
+		err := rs.clear(ctx, &retry)
+		switch {
+		case errors.Is(err, store.ErrFenced):
+			log.Info("outbox claimed by another worker; this one stops")
+			fenced = true
+			return false
+		case err != nil && ctx.Err() == nil:
+			log.Error("delete the outbox's retry", "err", err)
+		}
+		return true
+	}
 	var (
-		first    time.Time // the first attempt at the batch at the head
-		attempts int
 		failures int // store failures in a row
 		// refreshed is when the outbox's length was last read from the
 		// store: at start, and for a spread tenant every few seconds
@@ -977,8 +1008,11 @@ func (o *outbox) run(q *destQueue) {
 			continue
 		}
 		failures = 0
+		msgs, retrying := retry.batchOf(msgs)
+		if !retrying && !retry.first.IsZero() && !endRetry() {
+			return
+		}
 		if len(msgs) == 0 {
-			first, attempts = time.Time{}, 0
 			if !o.poll {
 				// Empty: what was counted here may have drifted (an
 				// append counted between the read and now is counted
@@ -1002,38 +1036,54 @@ func (o *outbox) run(q *destQueue) {
 			}
 			continue
 		}
-		outcome, at := o.attempt(ctx, q, msgs, &first, &attempts)
+		outcome, at := o.attempt(ctx, q, msgs, &retry.first, &retry.attempts)
 		if ctx.Err() != nil {
 			return
 		}
-		seqs := make([]uint64, len(msgs))
-		for i, m := range msgs {
-			seqs[i] = m.Seq
-		}
+		seqs := seqsOf(msgs)
+		retry.from, retry.to = seqs[0], seqs[len(seqs)-1]
 		switch outcome {
 		case dataout.Delivered:
 			err = o.st.Ack(ctx, o.tenant, q.out, epoch, seqs)
 			if err == nil {
 				q.delivered.Add(int64(len(msgs)))
+				if !endRetry() {
+					return
+				}
 			}
-			first, attempts = time.Time{}, 0
 		case dataout.Dead:
 			err = o.bury(ctx, q, epoch, msgs, seqs)
 			if err == nil {
 				q.failed.Add(int64(len(msgs)))
 				log.Warn("batch past the retry horizon: moved to the dead letters", "messages", len(msgs))
-				first, attempts = time.Time{}, 0 // else still past its horizon: buried at its next attempt
+				if !endRetry() { // else still past its horizon: buried at its next attempt
+					return
+				}
 			}
 		case "gone":
 			err = o.st.Ack(ctx, o.tenant, q.out, epoch, seqs)
 			if err == nil {
 				q.dropped.Add(int64(len(msgs)))
 				log.Info("destination deleted: its outbox is dropped", "messages", len(msgs))
+				if !endRetry() {
+					return
+				}
 				// Dropped a batch at a time; the dead letters go once the
 				// outbox is empty (above).
 				o.wake(q)
 			}
 		default: // retry at at; meanwhile, drop_oldest keeps the outbox to its limit
+			// The batch is kept, with its first attempt, before the wait:
+			// a restart retries the same messages to the same horizon.
+			if err := rs.save(ctx, &retry); errors.Is(err, store.ErrFenced) {
+				log.Info("outbox claimed by another worker; this one stops")
+				fenced = true
+				return
+			} else if err != nil && ctx.Err() == nil {
+				// Retried all the same; a restart would start its
+				// horizon again.
+				log.Error("keep the outbox's retry", "err", err)
+			}
 			for d := at.Sub(o.now()); d > 0; d = at.Sub(o.now()) {
 				if o.wait(q, d, true) != nil {
 					return

@@ -233,7 +233,8 @@ func (h *Hub) startTenant(ctx context.Context, slug string) {
 	h.reg.release(inst)
 }
 
-// SweepOutboxes deletes the outboxes and dead letters of destinations
+// SweepOutboxes deletes the outboxes, dead letters and retry records (see
+// retryID) of destinations
 // deleted since (alone, or with their tenant), which would otherwise stay
 // in the session store for ever, and returns how many destinations' it
 // deleted. The directory remembers every destination that had an outbox
@@ -252,7 +253,7 @@ func (h *Hub) SweepOutboxes(ctx context.Context) (int, error) {
 			return n, err
 		}
 		for _, g := range gone {
-			for _, q := range []string{outboxID(g.Destination), deadID(g.Destination)} {
+			for _, q := range []string{outboxID(g.Destination), deadID(g.Destination), retryID(g.Destination)} {
 				epoch, err := st.Claim(ctx, g.Tenant, q)
 				if err != nil {
 					return n, err
