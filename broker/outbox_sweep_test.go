@@ -84,6 +84,14 @@ func outboxSweep(t *testing.T, st broker.SessionStore) {
 	if n, err := s.hub.SweepOutboxes(ctx); err != nil || n != 0 {
 		t.Fatalf("a sweep with nothing deleted: %d, %v", n, err)
 	}
+	retries := func(tn string) int {
+		info, err := st.QueueInfo(ctx, tn, "\x00retry:"+dest[tn])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.Len
+	}
+	eventually(t, 10*time.Second, "acme's worker keeps the retry of its failing batch", func() bool { return retries("acme") == 1 })
 
 	if err := s.store.DeleteTenant(ctx, "acme"); err != nil {
 		t.Fatal(err)
@@ -93,6 +101,9 @@ func outboxSweep(t *testing.T, st broker.SessionStore) {
 	}
 	if out, dead := lengths("acme"); out != 0 || dead != 0 {
 		t.Errorf("the deleted tenant's outbox %d, dead letters %d; want none", out, dead)
+	}
+	if n := retries("acme"); n != 0 {
+		t.Errorf("the deleted tenant's retry queue holds %d, want none", n)
 	}
 	if qs, _ := st.Read(ctx, "acme", "\x00out:"+dest["acme"], 0, 10); len(qs) != 0 {
 		t.Errorf("the deleted tenant's outbox still reads %d messages", len(qs))
