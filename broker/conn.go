@@ -91,6 +91,10 @@ type deviceConn struct {
 	// out; closeServed sends one with why if none did.
 	why  atomic.Uint32
 	told atomic.Bool
+	// byClient is the reason code (with 0x100 set) of the DISCONNECT the
+	// client sent, if it sent one: the disconnected event's reason (see
+	// disconnectReason). Set and read on the connection's reader.
+	byClient uint16
 
 	// resend holds back new deliveries while mochi resends what the
 	// session the connection resumed held (see resend.go); nil for most.

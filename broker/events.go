@@ -37,11 +37,33 @@ func (h *eventsHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	if _, ok := cl.Net.Conn.(*deviceConn); !ok {
 		return // a session being restored, not a connection ending
 	}
-	reason := ""
-	if err != nil {
-		reason = err.Error()
+	h.inst.emit(cl, events.Event{Type: events.Disconnected, Reason: disconnectReason(cl, err)})
+}
+
+// disconnectReason says why a device's connection ended, for its
+// disconnected event. mochi ends a connection whose client sent DISCONNECT
+// without an error (or, for MQTT 5 reason code 0x04, with the code as
+// one): that is "client disconnected", with the reason code when it is
+// not 0 (MQTT 5). Otherwise it is the error mochi ended the connection
+// with, or the cause it was stopped for.
+func disconnectReason(cl *mqtt.Client, err error) string {
+	dc, _ := cl.Net.Conn.(*deviceConn)
+	if dc != nil && dc.byClient != 0 && (err == nil || errors.Is(err, packets.CodeDisconnectWillMessage)) {
+		if code := byte(dc.byClient); code != 0 {
+			if c, ok := err.(packets.Code); ok {
+				return fmt.Sprintf("client disconnected (reason code 0x%02x, %s)", code, c.Reason)
+			}
+			return fmt.Sprintf("client disconnected (reason code 0x%02x)", code)
+		}
+		return "client disconnected"
 	}
-	h.inst.emit(cl, events.Event{Type: events.Disconnected, Reason: reason})
+	if err == nil {
+		err = cl.StopCause()
+	}
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }
 
 func (h *eventsHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {

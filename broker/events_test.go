@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -61,5 +62,61 @@ func TestLifecycleEvents(t *testing.T) {
 	}
 	if m := log.Recent("made-up"); len(m) != 0 {
 		t.Errorf("a made-up tenant has events: %+v", m)
+	}
+}
+
+// TestDisconnectedReason: a disconnected event always says why. A client
+// that sent DISCONNECT "client disconnected", with its MQTT 5 reason code
+// when that is not 0; a connection that just ends, what ended it.
+func TestDisconnectedReason(t *testing.T) {
+	log := events.NewMemory(100)
+	s := newStack(t, func(c *broker.Config) { c.Events = log })
+	s.tenant("acme")
+	v5With := func(code byte) func(t *testing.T, device, secret string) {
+		return func(t *testing.T, device, secret string) {
+			mustV5(t, s.addr, user("acme", device), secret, device).Disconnect(&paho.Disconnect{ReasonCode: code})
+		}
+	}
+	for _, tc := range []struct {
+		name, device string
+		leave        func(t *testing.T, device, secret string)
+		want         string // "": any but "client disconnected"
+	}{
+		{"MQTT 5, normal disconnection", "d1", v5With(0), "client disconnected"},
+		{"MQTT 5, with the Will", "d2", v5With(0x04), "client disconnected (reason code 0x04, disconnect with will message)"},
+		{"MQTT 5, an error", "d3", v5With(0x80), "client disconnected (reason code 0x80)"},
+		{"MQTT 3.1.1", "d4", func(t *testing.T, device, secret string) {
+			mustV3(t, s.addr, user("acme", device), secret, device, true).Disconnect(100)
+		}, "client disconnected"},
+		{"connection closed without DISCONNECT", "d5", func(t *testing.T, device, secret string) {
+			conn, err := net.DialTimeout("tcp", s.addr, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := connectV5(t, conn, user("acme", device), secret, device); err != nil {
+				t.Fatal(err)
+			}
+			conn.Close()
+		}, ""}, // EOF, or a reset: the socket's error
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.leave(t, tc.device, s.device("acme", tc.device))
+			var got events.Event
+			eventually(t, 5*time.Second, tc.device+"'s disconnected event", func() bool {
+				for _, e := range log.Recent("acme") {
+					if e.Type == events.Disconnected && e.Device == tc.device {
+						got = e
+						return true
+					}
+				}
+				return false
+			})
+			switch {
+			case tc.want == "" && (got.Reason == "" || strings.HasPrefix(got.Reason, "client disconnected")):
+				t.Errorf("%s's disconnected event: reason %q, want the connection's error", tc.device, got.Reason)
+			case tc.want != "" && got.Reason != tc.want:
+				t.Errorf("%s's disconnected event: reason %q, want %q", tc.device, got.Reason, tc.want)
+			}
+		})
 	}
 }

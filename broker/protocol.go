@@ -79,6 +79,10 @@ func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 	case packets.Publish:
 		err := h.readPublish(cl, &pk)
 		return pk, err
+	case packets.Disconnect:
+		if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+			dc.byClient = 0x100 | uint16(pk.ReasonCode)
+		}
 	case packets.Pingreq:
 		if pk.FixedHeader.Remaining != 0 {
 			// [MQTT-3.12.1] a PINGREQ has no variable header and no payload.
