@@ -26,6 +26,37 @@ func (e *env) importReq(token, query, contentType, accept, body string) response
 	return e.send(req)
 }
 
+// TestDeviceImportCSVErrorRows: in the CSV answer an error line names the
+// device its row gave, and the username of the device already registered
+// under that name; a created line has its username and secret.
+func TestDeviceImportCSVErrorRows(t *testing.T) {
+	e := newEnv(t)
+	u := e.signup("owner")
+	e.mustTenant(u, "acme")
+	want(t, e.importReq(u.token, "", "text/csv", "", "name\nsensor-1\n"), 200, "import sensor-1")
+
+	r := e.importReq(u.token, "?mode=rows", "text/csv", "text/csv", "name\nsensor-1\nBad Name\nsensor-2\nsensor-2\n")
+	want(t, r, 200, "per row, with errors")
+	recs, err := csv.NewReader(strings.NewReader(string(r.body))).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) != 5 {
+		t.Fatalf("CSV answer %q: want a header and 4 lines", r.body)
+	}
+	for i, want := range [][]string{
+		{"2", "sensor-1", "acme/sensor-1", "", "name: a device with this name exists"},
+		{"3", "Bad Name", "", "", "name: "},
+		{"4", "sensor-2", "acme/sensor-2", "secret", ""},
+		{"5", "sensor-2", "", "", "name: repeats the device of row 4"},
+	} {
+		got := recs[i+1]
+		if got[0] != want[0] || got[1] != want[1] || got[2] != want[2] || (got[3] != "") != (want[3] != "") || !strings.HasPrefix(got[4], want[4]) {
+			t.Errorf("CSV line %d: got %q, want %q (a secret or not, the error's start)", i+1, got, want)
+		}
+	}
+}
+
 // TestDeviceImport: 10,000 CSV rows, eleven of them bad: all-or-nothing
 // creates none and names the eleven rows; per row creates the rest, whose
 // secrets come back once (JSON, or a CSV download) and connect over MQTT,

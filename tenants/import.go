@@ -46,6 +46,12 @@ type ImportError struct {
 	Field   string `json:"field,omitempty"`
 	Code    string `json:"code"`
 	Message string `json:"message"`
+	// Name is the device name the row gave, if any, and Username the
+	// username of the device already registered under it (a conflict):
+	// the CSV answer's name and username columns, so that its error
+	// lines say which device they are about.
+	Name     string `json:"-"`
+	Username string `json:"-"`
 }
 
 // ImportedDevice is a device an import created, with its secret, which is
@@ -88,7 +94,7 @@ func (r ImportResult) WriteCSV(w io.Writer) error {
 		if e.Field != "" {
 			msg = e.Field + ": " + msg
 		}
-		cw.Write([]string{strconv.Itoa(e.Row), "", "", "", msg})
+		cw.Write([]string{strconv.Itoa(e.Row), e.Name, e.Username, "", msg})
 		errs = errs[1:]
 	}
 	cw.Flush()
@@ -135,7 +141,9 @@ func (s *Store) ImportDevices(ctx context.Context, tenant string, rows []ImportR
 			c, err = parseImportCredentials(r)
 		}
 		if err != nil {
-			res.Errors = append(res.Errors, rowError(r.Row, err))
+			e := rowError(r.Row, err)
+			e.Name = r.Input.Name
+			res.Errors = append(res.Errors, e)
 			continue
 		}
 		seen[r.Input.Name] = r.Row
@@ -166,7 +174,8 @@ func (s *Store) ImportDevices(ctx context.Context, tenant string, rows []ImportR
 		fresh := good[:0:0]
 		for _, r := range good {
 			if existing[r.Input.Name] {
-				errs = append(errs, ImportError{Row: r.Row, Field: "name", Code: "conflict", Message: "a device with this name exists"})
+				errs = append(errs, ImportError{Row: r.Row, Field: "name", Code: "conflict", Message: "a device with this name exists",
+					Name: r.Input.Name, Username: Username(tenant, r.Input.Name)})
 				continue
 			}
 			fresh = append(fresh, r)
@@ -183,7 +192,7 @@ func (s *Store) ImportDevices(ctx context.Context, tenant string, rows []ImportR
 			}
 		} else if int64(len(fresh)) > room {
 			for _, r := range fresh[room:] {
-				errs = append(errs, ImportError{Row: r.Row, Code: "quota_exceeded",
+				errs = append(errs, ImportError{Row: r.Row, Code: "quota_exceeded", Name: r.Input.Name,
 					Message: fmt.Sprintf("the tenant has its %d devices (max_devices)", limit)})
 			}
 			fresh = fresh[:room]
