@@ -200,6 +200,9 @@ var quotaLabels = map[string]string{
 	"max_outbox":           "Webhook outbox per destination",
 	"max_pending_commands": "Commands pending (waiting for a reply, or queued)",
 	"max_sessions":         "Sessions kept (connected, or waiting for their client)",
+	"event_retention":      "Event history kept (seconds)",
+	"max_streams":          "App streams open at once",
+	"max_shadow_bytes":     "Largest device shadow (bytes)",
 }
 
 // quotaLabel is a quota's name for people; its key when it has none.

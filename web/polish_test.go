@@ -163,19 +163,32 @@ func TestDeviceSecretShownOnce(t *testing.T) {
 	}
 }
 
-// TestQuotaNamesAndCounts: quotas read by name with their key beside, and
-// counts of one are singular.
+// TestQuotaNamesAndCounts: quotas read by name with their key beside,
+// durations in words and sizes in bytes' units, and counts of one are
+// singular.
 func TestQuotaNamesAndCounts(t *testing.T) {
 	s := newStack(t)
 	b := s.browser()
 	b.signup("owner")
 	b.tenant("acme")
 	b.device("acme", "d1", "")
+	if _, err := s.store.AddUsage(t.Context(), []tenants.UsageDelta{{Tenant: "acme", Hour: time.Now().UTC().Truncate(time.Hour),
+		Usage: tenants.Usage{MessagesIn: 1, BytesIn: 5}}}); err != nil {
+		t.Fatal(err)
+	}
 	a := b.get("/tenants/acme/usage")
 	for _, want := range []string{"Devices <code>max_devices</code>", "Longest session expiry (seconds) <code>max_session_expiry</code>",
-		"Commands pending (waiting for a reply, or queued) <code>max_pending_commands</code>", "limit 7 days", "limit 5 minutes"} {
+		"Commands pending (waiting for a reply, or queued) <code>max_pending_commands</code>", "limit 7 days", "limit 5 minutes",
+		"Event history kept (seconds) <code>event_retention</code>\nlimit 1 day</span>",
+		"App streams open at once <code>max_streams</code>", "Largest device shadow (bytes) <code>max_shadow_bytes</code>\nlimit 8.0 KiB per device</span>",
+		"1 message in (5 B)"} {
 		if !strings.Contains(a.body, want) {
 			t.Errorf("the usage page lacks %q", want)
+		}
+	}
+	for _, bad := range []string{"86,400", "1 messages", "<code>event_retention</code>\nlimit 86"} {
+		if strings.Contains(a.body, bad) {
+			t.Errorf("the usage page has %q", bad)
 		}
 	}
 	if a := b.get("/tenants/acme"); !strings.Contains(a.body, "<b>1</b> device</a>") {

@@ -96,6 +96,13 @@ func (q quotaUse) LimitText() string {
 		return formatBytes(v)
 	case "max_session_expiry":
 		return seconds(v)
+	case "event_retention":
+		if v <= 0 {
+			v = int64(tenants.DefaultEventRetention / time.Second) // what 0 keeps
+		}
+		return seconds(v)
+	case "max_shadow_bytes":
+		return formatBytes(v) + " per device"
 	case "max_keepalive":
 		if v == 0 {
 			return "no limit"
