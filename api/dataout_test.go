@@ -539,3 +539,26 @@ func TestRuleProjection(t *testing.T) {
 		t.Errorf("rules/test sent %d requests, want none", n)
 	}
 }
+
+// TestRuleTestsBudget: a tenant whose rule tests have used their share of
+// the API process's CPU (more than a test can wait for) gets 429 with
+// Retry-After; another tenant's tests are not held back, and once the
+// share has caught up the tenant's tests run again.
+func TestRuleTestsBudget(t *testing.T) {
+	e := newEnv(t)
+	owner := e.signup("owner")
+	e.mustTenant(owner, "acme")
+	e.mustTenant(owner, "beta")
+	body := map[string]any{"rule": map[string]string{"filter": "#", "topic": "t", "condition": "payload.temp > 30"},
+		"message": map[string]any{"topic": "x", "payload": `{"temp": 31}`}}
+	want(t, e.do("POST", "/v1/tenants/acme/rules/test", owner.token, body), 200, "within the share")
+	api.SpendRuleTests(e.api, "acme", time.Hour)
+	r := e.do("POST", "/v1/tenants/acme/rules/test", owner.token, body)
+	wantProblem(t, r, 429, "too_many_attempts", "", "over the share")
+	if r.header.Get("Retry-After") == "" {
+		t.Error("429 without Retry-After")
+	}
+	want(t, e.do("POST", "/v1/tenants/beta/rules/test", owner.token, body), 200, "another tenant")
+	api.SpendRuleTests(e.api, "acme", -time.Hour-time.Second)
+	want(t, e.do("POST", "/v1/tenants/acme/rules/test", owner.token, body), 200, "the share caught up")
+}

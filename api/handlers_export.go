@@ -185,7 +185,7 @@ func bad(field, msg string) error {
 
 // handleRuleTest runs a rule against a sample message without sending
 // anything. The device's metadata is the named device's, in this tenant.
-func handleRuleTest(es exportStore, now func() time.Time) handler {
+func handleRuleTest(es exportStore, now func() time.Time, budgets *ruleBudgets) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		tenant := chi.URLParam(r, "tenant")
 		var in ruleTest
@@ -277,7 +277,15 @@ func handleRuleTest(es exportStore, now func() time.Time) handler {
 		out := ruleTestResult{Destination: res.Destination, KafkaTopic: rule.KafkaTopic, Delivery: res.Delivery}
 		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
 		defer cancel()
+		// The tenant's tests share a budget of this process's CPU, as its
+		// messages' rules share one on a data-plane node.
+		budget := budgets.of(tenant)
+		if err := budget.Wait(ctx); err != nil {
+			return tenants.Throttled(time.Second, "the tenant's rule tests have used their share of the CPU: try again shortly")
+		}
+		start := time.Now()
 		ok, sent, err := compiled.Apply(ctx, input)
+		budget.Spend(time.Since(start))
 		var pe *dataout.ProjectionError
 		switch {
 		case errors.As(err, &pe):

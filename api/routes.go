@@ -126,7 +126,7 @@ func (s *Server) routes() chi.Router {
 				r.With(admin).Post("/rules", s.serve(handleExportCreate(st)))
 				r.With(admin).Delete("/rules/{id}", s.serve(handleExportDelete(st)))
 				// A dry run: it sends nothing, as acl/check changes nothing.
-				r.With(viewer).Post("/rules/test", s.serve(handleRuleTest(st, s.now)))
+				r.With(viewer).Post("/rules/test", s.serve(handleRuleTest(st, s.now, s.ruleTests)))
 
 				r.With(viewer).Get("/destinations", s.serve(handleDestinationList(st, s.operatorKafka)))
 				r.With(admin).Post("/destinations", s.serve(handleDestinationCreate(st, s.sealer, s.webhooks.Guard())))

@@ -90,6 +90,8 @@ type Server struct {
 	webhooks  *dataout.Sender
 	sealer    *dataout.Sealer
 	sendTests *sendLimiter
+	// ruleTests is each tenant's share of this process's CPU for rules/test.
+	ruleTests *ruleBudgets
 	// operatorKafka: list the built-in destination operator-kafka.
 	operatorKafka bool
 }
@@ -158,6 +160,7 @@ func New(cfg Config) (*Server, error) {
 		webhooks:  cfg.Webhooks,
 		sealer:    cfg.Sealer,
 		sendTests: newSendLimiter(cfg.Now),
+		ruleTests: &ruleBudgets{m: map[string]*dataout.Budget{}},
 	}
 	s.operatorKafka = cfg.OperatorKafka
 	s.router = s.routes()

@@ -184,3 +184,38 @@ func TestBudget(t *testing.T) {
 		t.Errorf("waited %v for a debt of 0.2 s", waited)
 	}
 }
+
+// TestMatchesPatternsLiteral: matches takes a string literal of at most
+// MaxPattern bytes as its pattern, checked when the rule is made and
+// pointing at the pattern: one from the message (20 KB of it over 20 KB
+// of text took 1.1 s in one call, which no limit could stop) or a longer
+// one is refused; a literal one matches as before.
+func TestMatchesPatternsLiteral(t *testing.T) {
+	long := `"` + strings.Repeat("(a|b)", dataout.MaxPattern/5+1) + `"`
+	for src, col := range map[string]int{
+		`payload.s.matches(payload.r)`:     26,
+		`matches(payload.s, payload.r)`:    27,
+		`topic.matches(metadata.re)`:       23,
+		`payload.s.matches(` + long + `)`:  19,
+		`[1].all(x, topic.matches(topic))`: 26,
+		`{"m": payload.s.matches(topic)}`:  25,
+	} {
+		var err error
+		if strings.HasPrefix(src, "{") {
+			_, err = dataout.CompileProjection(src)
+		} else {
+			_, err = dataout.CompileCondition(src)
+		}
+		var ce *dataout.ConditionError
+		if !errors.As(err, &ce) || ce.Line != 1 || ce.Column != col || !strings.Contains(ce.Msg, "matches") {
+			t.Errorf("%.60s: %v; want a problem at column %d about matches", src, err, col)
+		}
+	}
+	c, err := dataout.CompileCondition(`topic.matches("^sites/[a-z]+/temp$") && !topic.matches("x")`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := c.Eval(context.Background(), dataout.Input{Topic: "sites/lab/temp"}); !ok || err != nil {
+		t.Errorf("a literal pattern: %v, %v; want true", ok, err)
+	}
+}

@@ -63,6 +63,9 @@ func CompileProjection(src string) (*Projection, error) {
 	if iss.Err() != nil {
 		return nil, compileError(iss)
 	}
+	if err := checkPatterns(ast); err != nil {
+		return nil, err
+	}
 	if t := ast.OutputType(); t.Kind() == cel.MapKind && !t.Parameters()[0].IsExactType(cel.StringType) && !t.Parameters()[0].IsExactType(cel.DynType) {
 		return nil, &ConditionError{Line: 1, Column: 1, Msg: fmt.Sprintf("a projection's map needs string keys, not %s", t.Parameters()[0])}
 	}

@@ -83,7 +83,9 @@ func TestProjection(t *testing.T) {
 	runtime.ReadMemStats(&before)
 	got, err := many.Eval(context.Background(), wide)
 	runtime.ReadMemStats(&after)
-	if err == nil || !strings.Contains(err.Error(), "more than 124114") {
+	// Refused at the size limit, or, under -race on a busy machine, at
+	// the time limit first: either way, not built.
+	if err == nil || !strings.Contains(err.Error(), "more than 124114") && !errors.Is(err, dataout.ErrTimeLimit) {
 		t.Errorf("3,000 copies of a 60 kB payload: %d bytes, %v; want refused at the limit", len(got), err)
 	}
 	if grew := after.TotalAlloc - before.TotalAlloc; grew > 20<<20 {
