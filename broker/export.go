@@ -108,32 +108,28 @@ func (inst *instance) export(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	var in *dataout.Input // built for the first rule with a condition or projection
 	// The rules share one dataout.EvalTimeLimit for the message, from the
-	// first that evaluates it.
+	// first that evaluates it; only their evaluation is charged to the
+	// tenant's share of the CPU (dataout.Budget), as its outbox's rules.
 	evalCtx, cancelEval := context.Background(), context.CancelFunc(func() {})
 	defer func() { cancelEval() }()
+	var evaluated time.Duration
+	defer func() {
+		if evaluated > 0 {
+			inst.evalBudget.Spend(evaluated)
+		}
+	}()
+	overBudget := false
 	for _, r := range rules {
 		if !tenants.MatchTopic(r.Filter, pk.TopicName) {
 			continue
 		}
 		value, shaped := pk.Payload, false
 		if r.Shapes() {
+			if overBudget {
+				continue
+			}
 			if in == nil {
 				in = &dataout.Input{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Device: device, ClientID: cl.ID, Time: inst.env.now()}
-				// The tenant's share of the CPU for rules, as its
-				// outbox's (dataout.Budget): a QoS 1 or 2 publish that
-				// cannot wait for it is refused, to be sent again.
-				wctx, cancel := storeCtx()
-				err := inst.evalBudget.Wait(wctx)
-				cancel()
-				if err != nil {
-					if pk.FixedHeader.Qos > 0 {
-						return errRulesBusy
-					}
-					return nil
-				}
-				start := time.Now()
-				defer func() { inst.evalBudget.Spend(time.Since(start)) }()
-				evalCtx, cancelEval = dataout.EvalContext(context.Background())
 				if !cl.Net.Inline {
 					ctx, cancel := storeCtx()
 					if d, found, err := inst.dir.device(ctx, inst.tenant, device); err == nil && found {
@@ -141,11 +137,27 @@ func (inst *instance) export(cl *mqtt.Client, pk packets.Packet) error {
 					}
 					cancel()
 				}
+				// A QoS 1 or 2 publish that cannot wait for the share is
+				// refused (0x97: its publisher may send it again); a QoS
+				// 0 one is not exported by the rules that evaluate.
+				wctx, cancel := storeCtx()
+				err := inst.evalBudget.Wait(wctx)
+				cancel()
+				if err != nil {
+					if pk.FixedHeader.Qos > 0 {
+						return errRulesBusy
+					}
+					overBudget = true
+					continue
+				}
+				evalCtx, cancelEval = dataout.EvalContext(context.Background())
 			}
 			// A condition or projection that cannot be evaluated (a
 			// missing field, the cost limit) does not match, as for a
 			// destination's rule.
+			start := time.Now()
 			ok, payload, err := r.Apply(evalCtx, *in)
+			evaluated += time.Since(start)
 			if err != nil {
 				inst.log.Debug("export rule condition or projection not evaluated", "rule", r.ID, "topic", pk.TopicName, "err", err)
 			}
@@ -306,9 +318,18 @@ func (h *Hub) exportEvent(inst *instance, e events.Event, payload []byte) {
 	}
 	x := eventExport{inst: inst}
 	var in *dataout.Input // built for the first rule with a condition or projection
-	// One dataout.EvalTimeLimit for the event's rules, as export's.
+	// One dataout.EvalTimeLimit for the event's rules, as export's, and
+	// their evaluation charged to the tenant's share of the CPU. The hub's
+	// one event publisher never waits for a tenant's share: a tenant over
+	// it has its event not exported by the rules that evaluate.
 	evalCtx, cancelEval := context.Background(), context.CancelFunc(func() {})
 	defer func() { cancelEval() }()
+	var evaluated time.Duration
+	defer func() {
+		if evaluated > 0 {
+			inst.evalBudget.Spend(evaluated)
+		}
+	}()
 	for _, r := range rules {
 		if !tenants.IsEventsFilter(r.Filter) || !tenants.MatchTopic(r.Filter, topic) {
 			continue
@@ -316,8 +337,11 @@ func (h *Hub) exportEvent(inst *instance, e events.Event, payload []byte) {
 		value := payload
 		if r.Shapes() {
 			if in == nil {
+				if inst.evalBudget.Wait(dataout.NoWait(context.Background())) != nil {
+					inst.log.Debug("event not exported by rules that evaluate: the tenant's rules are over their share of the CPU", "topic", topic)
+					return
+				}
 				in = &dataout.Input{Topic: topic, Payload: payload, Device: e.Device, ClientID: e.ClientID, Time: e.Time}
-				evalCtx, cancelEval = dataout.EvalContext(context.Background())
 				if e.Device != "" {
 					ctx, cancel := storeCtx()
 					if d, found, err := inst.dir.device(ctx, inst.tenant, e.Device); err == nil && found {
@@ -325,8 +349,11 @@ func (h *Hub) exportEvent(inst *instance, e events.Event, payload []byte) {
 					}
 					cancel()
 				}
+				evalCtx, cancelEval = dataout.EvalContext(context.Background())
 			}
+			start := time.Now()
 			ok, shaped, err := r.Apply(evalCtx, *in)
+			evaluated += time.Since(start)
 			if err != nil {
 				inst.log.Debug("export rule condition or projection not evaluated", "rule", r.ID, "topic", topic, "err", err)
 			}

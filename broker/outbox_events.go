@@ -30,7 +30,10 @@ func (o *outbox) appendEvent(e events.Event, payload []byte) error {
 	defer cancel()
 	in := dataout.Input{Topic: topic, Payload: payload, Device: e.Device, ClientID: e.ClientID, Time: e.Time}
 	o.addMetadata(ctx, &in)
-	w, err := o.enqueue(ctx, rules, in, store.Message{Topic: topic, Payload: payload, Created: o.now()}, false)
+	// The hub's one event publisher must not wait for this tenant's share
+	// of the CPU for rules (every tenant's events would): over it, the
+	// rules that evaluate do not take the event.
+	w, err := o.enqueue(dataout.NoWait(ctx), rules, in, store.Message{Topic: topic, Payload: payload, Created: o.now()}, false)
 	if err != nil || w == nil {
 		return err
 	}

@@ -130,11 +130,19 @@ type chooser struct {
 	acl     reader
 	p       *persistence // nil without a session store
 	passOn  bool
+	// maxQueued, if not 0, is where a connected clean member is full: it
+	// holds so many QoS 1 and 2 messages unacknowledged, and the delivery
+	// would be refused (overQueued) while another member could take it.
+	maxQueued int64
 }
 
 // chooser is the chooser for a message's shared groups here.
 func (inst *instance) chooser(pk packets.Packet) chooser {
-	return chooser{clients: inst.server.Clients, acl: inst, p: inst.persist, passOn: passesOn(inst.spread, inst.anywhere, pk)}
+	c := chooser{clients: inst.server.Clients, acl: inst, p: inst.persist, passOn: passesOn(inst.spread, inst.anywhere, pk)}
+	if inst.boundsInflight {
+		c.maxQueued = inst.q.Load().MaxQueued
+	}
+	return c
 }
 
 // passesOn reports whether a shared group's turn no member here takes is
@@ -163,8 +171,8 @@ func (c chooser) cleanFirst(pk packets.Packet) bool {
 // subscribers outside groups (whose No Local a member's delivery merges
 // with).
 func (c chooser) choose(members, direct map[string]packets.Subscription, pk packets.Packet) (string, packets.Subscription) {
-	var anyID, storedID, roomID, connectedID string
-	var anySub, storedSub, roomSub, connectedSub packets.Subscription
+	var anyID, storedID, roomID, connectedID, fullID string
+	var anySub, storedSub, roomSub, connectedSub, fullSub packets.Subscription
 	cleanFirst := c.cleanFirst(pk)
 	for id, sub := range members {
 		cl, ok := c.clients.Get(id)
@@ -181,6 +189,12 @@ func (c chooser) choose(members, direct map[string]packets.Subscription, pk pack
 			continue
 		}
 		if cl.Net.Conn != nil && !cl.Closed() && !cl.IsTakenOver() {
+			if c.full(cl, sub, pk) {
+				if fullID == "" {
+					fullID, fullSub = id, sub
+				}
+				continue
+			}
 			if !cleanFirst || !persistent(cl) {
 				return id, sub
 			}
@@ -208,8 +222,22 @@ func (c chooser) choose(members, direct map[string]packets.Subscription, pk pack
 		return storedID, storedSub
 	case c.passOn:
 		return "", packets.Subscription{}
+	case fullID != "":
+		return fullID, fullSub // refused there, and counted
 	}
 	return anyID, anySub
+}
+
+// full reports whether a connected member would have the message refused
+// for holding max_queued unacknowledged (see overQueued).
+func (c chooser) full(cl *mqtt.Client, sub packets.Subscription, pk packets.Packet) bool {
+	if c.maxQueued <= 0 || pk.FixedHeader.Qos == 0 || sub.Qos == 0 || persistent(cl) {
+		return false
+	}
+	if _, device := cl.Net.Conn.(*deviceConn); !device {
+		return false
+	}
+	return int64(cl.State.Inflight.Len()) >= c.maxQueued
 }
 
 // takes reports whether a member here takes a shared group's turn of a
@@ -270,7 +298,7 @@ func (p *persistence) sharedTurns(subs *mqtt.Subscribers, pk packets.Packet, ite
 	for i, it := range items {
 		at[it.ClientID] = i
 	}
-	c := chooser{clients: p.server.Clients, acl: p.host, p: p, passOn: passesOn(p.spread, p.anywhere, pk)}
+	c := chooser{clients: p.server.Clients, acl: p.host, p: p, passOn: passesOn(p.spread, p.anywhere, pk), maxQueued: p.host.quotas().MaxQueued}
 	turns := make(map[string]string, len(subs.Shared))
 	for group, members := range subs.Shared {
 		id, sub := c.choose(members, subs.Subscriptions, pk)

@@ -193,12 +193,13 @@ func TestBudget(t *testing.T) {
 func TestMatchesPatternsLiteral(t *testing.T) {
 	long := `"` + strings.Repeat("(a|b)", dataout.MaxPattern/5+1) + `"`
 	for src, col := range map[string]int{
-		`payload.s.matches(payload.r)`:     26,
-		`matches(payload.s, payload.r)`:    27,
-		`topic.matches(metadata.re)`:       23,
-		`payload.s.matches(` + long + `)`:  19,
-		`[1].all(x, topic.matches(topic))`: 26,
-		`{"m": payload.s.matches(topic)}`:  25,
+		`payload.s.matches(payload.r)`:                                   26,
+		`matches(payload.s, payload.r)`:                                  27,
+		`topic.matches(metadata.re)`:                                     23,
+		`payload.s.matches(` + long + `)`:                                19,
+		`[1].all(x, topic.matches(topic))`:                               26,
+		`payload.s.matches("` + strings.Repeat("[ab]{1000}", 24) + `c")`: 19,
+		`{"m": payload.s.matches(topic)}`:                                25,
 	} {
 		var err error
 		if strings.HasPrefix(src, "{") {

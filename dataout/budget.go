@@ -43,12 +43,23 @@ func (b *Budget) clock() time.Time {
 	return time.Now()
 }
 
-// Wait waits until the budget is out of debt, or ctx ends first: then it
-// returns ErrBudget.
+// noWait marks a context whose evaluations do not wait for a Budget.
+type noWait struct{}
+
+// NoWait is ctx for a caller that must not wait for a tenant's Budget (the
+// hub's one event publisher, shared by every tenant): over its share, the
+// rules that evaluate fail at once with ErrBudget.
+func NoWait(ctx context.Context) context.Context { return context.WithValue(ctx, noWait{}, true) }
+
+// Wait waits until the budget is out of debt, or ctx ends first (or is
+// NoWait's): then it returns ErrBudget.
 func (b *Budget) Wait(ctx context.Context) error {
 	d := b.b.Reserve(b.clock(), 0, EvalShare, EvalBurst.Seconds())
 	if d <= 0 {
 		return nil
+	}
+	if ctx.Value(noWait{}) != nil {
+		return ErrBudget
 	}
 	if dl, ok := ctx.Deadline(); ok && time.Until(dl) < d {
 		return ErrBudget
