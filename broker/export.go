@@ -106,18 +106,11 @@ func (inst *instance) export(cl *mqtt.Client, pk packets.Packet) error {
 	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
 		device = dc.id.device
 	}
-	var in *dataout.Input // built for the first rule with a condition or projection
-	// The rules share one dataout.EvalTimeLimit for the message, from the
-	// first that evaluates it; only their evaluation is charged to the
-	// tenant's share of the CPU (dataout.Budget), as its outbox's rules.
-	evalCtx, cancelEval := context.Background(), context.CancelFunc(func() {})
-	defer func() { cancelEval() }()
-	var evaluated time.Duration
-	defer func() {
-		if evaluated > 0 {
-			inst.evalBudget.Spend(evaluated)
-		}
-	}()
+	// Made for the first rule with a condition or projection; only the
+	// rules' evaluation is charged to the tenant's share of the CPU
+	// (dataout.Budget), as its outbox's rules.
+	var ev *dataout.Evaluation
+	defer func() { inst.spendRules(ev) }()
 	overBudget := false
 	for _, r := range rules {
 		if !tenants.MatchTopic(r.Filter, pk.TopicName) {
@@ -128,15 +121,7 @@ func (inst *instance) export(cl *mqtt.Client, pk packets.Packet) error {
 			if overBudget {
 				continue
 			}
-			if in == nil {
-				in = &dataout.Input{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Device: device, ClientID: cl.ID, Time: inst.env.now()}
-				if !cl.Net.Inline {
-					ctx, cancel := storeCtx()
-					if d, found, err := inst.dir.device(ctx, inst.tenant, device); err == nil && found {
-						in.Metadata = d.Metadata
-					}
-					cancel()
-				}
+			if ev == nil {
 				// A QoS 1 or 2 publish that cannot wait for the share is
 				// refused (0x97: its publisher may send it again); a QoS
 				// 0 one is not exported by the rules that evaluate.
@@ -150,14 +135,16 @@ func (inst *instance) export(cl *mqtt.Client, pk packets.Packet) error {
 					overBudget = true
 					continue
 				}
-				evalCtx, cancelEval = dataout.EvalContext(context.Background())
+				in := dataout.Input{Topic: pk.TopicName, Payload: pk.Payload, QoS: pk.FixedHeader.Qos, Device: device, ClientID: cl.ID, Time: inst.env.now()}
+				if !cl.Net.Inline {
+					in.Metadata = inst.metadataOf(device)
+				}
+				ev = dataout.NewEvaluation(in)
 			}
 			// A condition or projection that cannot be evaluated (a
 			// missing field, the cost limit) does not match, as for a
 			// destination's rule.
-			start := time.Now()
-			ok, payload, err := r.Apply(evalCtx, *in)
-			evaluated += time.Since(start)
+			ok, payload, err := ev.Apply(r)
 			if err != nil {
 				inst.log.Debug("export rule condition or projection not evaluated", "rule", r.ID, "topic", pk.TopicName, "err", err)
 			}
@@ -190,6 +177,24 @@ func (inst *instance) export(cl *mqtt.Client, pk packets.Packet) error {
 		}
 	}
 	return nil
+}
+
+// metadataOf is a device's metadata, nil if it is not found.
+func (inst *instance) metadataOf(device string) map[string]string {
+	ctx, cancel := storeCtx()
+	defer cancel()
+	if d, found, err := inst.dir.device(ctx, inst.tenant, device); err == nil && found {
+		return d.Metadata
+	}
+	return nil
+}
+
+// spendRules charges an evaluation's rules (if any ran) to the tenant's
+// share of the CPU.
+func (inst *instance) spendRules(ev *dataout.Evaluation) {
+	if ev != nil {
+		inst.evalBudget.Spend(ev.Spent())
+	}
 }
 
 // exportRules is the tenant's Kafka export rules, compiled. Conditions
@@ -317,43 +322,34 @@ func (h *Hub) exportEvent(inst *instance, e events.Event, payload []byte) {
 		return
 	}
 	x := eventExport{inst: inst}
-	var in *dataout.Input // built for the first rule with a condition or projection
-	// One dataout.EvalTimeLimit for the event's rules, as export's, and
-	// their evaluation charged to the tenant's share of the CPU. The hub's
-	// one event publisher never waits for a tenant's share: a tenant over
-	// it has its event not exported by the rules that evaluate.
-	evalCtx, cancelEval := context.Background(), context.CancelFunc(func() {})
-	defer func() { cancelEval() }()
-	var evaluated time.Duration
-	defer func() {
-		if evaluated > 0 {
-			inst.evalBudget.Spend(evaluated)
-		}
-	}()
+	// As export's rules; but the hub's one event publisher never waits for
+	// a tenant's share of the CPU: over it, the event is not exported by
+	// the rules that evaluate (those that do not still export it).
+	var ev *dataout.Evaluation
+	defer func() { inst.spendRules(ev) }()
+	overBudget := false
 	for _, r := range rules {
 		if !tenants.IsEventsFilter(r.Filter) || !tenants.MatchTopic(r.Filter, topic) {
 			continue
 		}
 		value := payload
 		if r.Shapes() {
-			if in == nil {
+			if overBudget {
+				continue
+			}
+			if ev == nil {
 				if inst.evalBudget.Wait(dataout.NoWait(context.Background())) != nil {
 					inst.log.Debug("event not exported by rules that evaluate: the tenant's rules are over their share of the CPU", "topic", topic)
-					return
+					overBudget = true
+					continue
 				}
-				in = &dataout.Input{Topic: topic, Payload: payload, Device: e.Device, ClientID: e.ClientID, Time: e.Time}
+				in := dataout.Input{Topic: topic, Payload: payload, Device: e.Device, ClientID: e.ClientID, Time: e.Time}
 				if e.Device != "" {
-					ctx, cancel := storeCtx()
-					if d, found, err := inst.dir.device(ctx, inst.tenant, e.Device); err == nil && found {
-						in.Metadata = d.Metadata
-					}
-					cancel()
+					in.Metadata = inst.metadataOf(e.Device)
 				}
-				evalCtx, cancelEval = dataout.EvalContext(context.Background())
+				ev = dataout.NewEvaluation(in)
 			}
-			start := time.Now()
-			ok, shaped, err := r.Apply(evalCtx, *in)
-			evaluated += time.Since(start)
+			ok, shaped, err := ev.Apply(r)
 			if err != nil {
 				inst.log.Debug("export rule condition or projection not evaluated", "rule", r.ID, "topic", topic, "err", err)
 			}

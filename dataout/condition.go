@@ -311,6 +311,48 @@ func (r *Rule) apply(ctx context.Context, vars map[string]any, payload []byte, s
 	return true, b, nil
 }
 
+// Evaluation applies rules to one message one after another, as a caller
+// that walks its own list of rules does (the Kafka export): the message's
+// variables are made once, the rules share one EvalTimeLimit from the
+// first that evaluates, and the time they take is counted for the
+// tenant's Budget (Spent).
+type Evaluation struct {
+	in     Input
+	vars   map[string]any
+	ctx    context.Context
+	cancel context.CancelFunc
+	spent  time.Duration
+}
+
+// NewEvaluation is an Evaluation of in.
+func NewEvaluation(in Input) *Evaluation { return &Evaluation{in: in} }
+
+// Apply is r.Apply within the evaluation.
+func (e *Evaluation) Apply(r *Rule) (bool, []byte, error) {
+	if !tenants.MatchTopic(r.Filter, e.in.Topic) {
+		return false, nil, nil
+	}
+	if !r.Shapes() {
+		return true, e.in.Payload, nil
+	}
+	start := time.Now()
+	if e.vars == nil {
+		e.vars = e.in.Vars()
+		e.ctx, e.cancel = EvalContext(context.Background())
+	}
+	ok, payload, err := r.apply(e.ctx, e.vars, e.in.Payload, len(e.in.Payload))
+	e.spent += time.Since(start)
+	return ok, payload, err
+}
+
+// Spent ends the evaluation and returns the time its rules took.
+func (e *Evaluation) Spent() time.Duration {
+	if e.cancel != nil {
+		e.cancel()
+	}
+	return e.spent
+}
+
 // ProjectionError is a projection that could not be evaluated for a
 // message (then the rule does not send it).
 type ProjectionError struct{ Err error }
