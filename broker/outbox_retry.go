@@ -88,34 +88,53 @@ func (rs *retryStore) load(ctx context.Context) (retryState, error) {
 	return r, nil
 }
 
-// save writes r, then deletes the record it replaces: a stop in between
-// leaves both, and load keeps the newer.
+// save writes r, then deletes every other record: a stop in between
+// leaves both, and load keeps the newer. Appending is not fenced (see
+// store.ErrFenced), so a worker that another has superseded may still
+// add a record after the owner's load; the owner's deletions are, and
+// they remove such a record at its next save or clear, where deleting
+// only the record it replaces would leave it for a later load to take
+// as the newest.
 func (rs *retryStore) save(ctx context.Context, r *retryState) error {
 	seqs, err := rs.st.Append(ctx, rs.tenant, []store.Item{{ClientID: rs.id, Message: r.encode()}}, store.Receipt{})
 	if err != nil {
 		return err
 	}
-	old := r.seq
 	r.seq = seqs[0]
-	if old == 0 {
-		return nil
-	}
-	return rs.st.Ack(ctx, rs.tenant, rs.id, rs.epoch, []uint64{old})
+	return rs.prune(ctx, r.seq)
 }
 
-// clear deletes r's record, if it has one, and resets r: the batch left
-// the outbox (delivered, dead or dropped).
+// clear deletes r's record, if it has one, with any other, and resets r:
+// the batch left the outbox (delivered, dead or dropped). Without a record
+// (a batch delivered at its first attempt, the common case) it costs
+// nothing.
 func (rs *retryStore) clear(ctx context.Context, r *retryState) error {
 	seq := r.seq
 	*r = retryState{}
 	if seq == 0 {
 		return nil
 	}
-	if err := rs.st.Ack(ctx, rs.tenant, rs.id, rs.epoch, []uint64{seq}); err != nil {
+	if err := rs.prune(ctx, 0); err != nil {
 		r.seq = seq // deleted at the next clear
 		return err
 	}
 	return nil
+}
+
+// prune deletes the records of the retry queue but keep's, under the
+// worker's claim: ErrFenced once another worker has claimed the queue.
+func (rs *retryStore) prune(ctx context.Context, keep uint64) error {
+	qs, err := rs.st.Read(ctx, rs.tenant, rs.id, 0, 16)
+	if err != nil {
+		return err
+	}
+	stale := make([]uint64, 0, len(qs))
+	for _, q := range qs {
+		if q.Seq != keep {
+			stale = append(stale, q.Seq)
+		}
+	}
+	return rs.st.Ack(ctx, rs.tenant, rs.id, rs.epoch, stale)
 }
 
 // batchOf cuts what was read from the head of the outbox down to the
