@@ -517,3 +517,81 @@ func sendToB(t *testing.T, dialFor func(fb *Redis, inbox string, sends func([]by
 	}
 	return ta.(*Tenant), got
 }
+
+// TestDropSessionSparesClaimedSession: ending a session without a claim
+// (its expiry swept on one node, a takeover there) leaves it alone while
+// another live node's client holds its routes (it claimed the session
+// since); a claim, the session held by no one or by the dropping node,
+// or a holder whose membership lapsed, let it go.
+func TestDropSessionSparesClaimedSession(t *testing.T) {
+	fa, fb := testFabrics(t)
+	ctx := context.Background()
+	join := func(f *Redis) *Tenant {
+		j, err := f.Join(ctx, "acme", false, func(Message) error { return nil })
+		if err != nil {
+			t.Fatal(err)
+		}
+		return j.(*Tenant)
+	}
+	ta, tb := join(fa), join(fb)
+	const field = "@c1\x00t/#"
+	routed := func() bool {
+		t.Helper()
+		n, err := fa.rdb.HExists(ctx, ta.routes, field).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	hold := func(on *Tenant) {
+		t.Helper()
+		if err := on.AddSession(ctx, "c1", "t/#", 1, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := on.Attach(ctx, "c1", 5); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drop := func(epoch uint64) {
+		t.Helper()
+		if err := ta.DropSession(ctx, "c1", epoch); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	hold(tb)
+	drop(0)
+	if !routed() {
+		t.Fatal("a drop without a claim removed the routes of a session another live node's client holds")
+	}
+	drop(9)
+	if routed() {
+		t.Fatal("a drop under a claim made here left the session's routes")
+	}
+
+	hold(tb)
+	if err := tb.Detach(ctx, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	drop(0)
+	if routed() {
+		t.Fatal("a drop left the routes of a session held by no one")
+	}
+
+	hold(ta)
+	drop(0)
+	if routed() {
+		t.Fatal("a drop left the routes of a session held by the dropping node")
+	}
+
+	hold(tb)
+	fb.stop() // b stops renewing, as a dead node would
+	<-fb.stopped
+	deadline := time.Now().Add(5 * time.Second)
+	for drop(0); routed(); drop(0) {
+		if time.Now().After(deadline) {
+			t.Fatal("the routes held by a node whose membership lapsed were never dropped")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -111,13 +111,31 @@ func (t *Tenant) sessionRoute(ctx context.Context, clientID, filter, value strin
 // the last one in the at hash, or (ARGV[8] = "1") ends the session: its
 // routes go. Given a kick entry (ARGV[6]: a claim was made here), the
 // owner the session's client was last on, if another, gets it: it ends
-// its connection and drops a Will it holds back for the session.
+// its connection and drops a Will it holds back for the session. Without
+// one (an expiry, a takeover here), the session is not ended while a
+// route of it is held by another owner with a membership (KEYS[5]): a
+// client connected there claimed it since, and its routes are its own.
+// It returns 0 when it changed nothing.
 //
-// KEYS: routes, version, at, the session's filters. ARGV: client id, owner,
-// channel, tenant, inbox key prefix, kick entry, detaching owner, drop, cap.
+// KEYS: routes, version, at, the session's filters, members. ARGV: client
+// id, owner, channel, tenant, inbox key prefix, kick entry, detaching
+// owner, drop, cap.
 var attachScript = goredis.NewScript(`
 local old = redis.call('HGET', KEYS[3], ARGV[1])
 if ARGV[2] == '' and ARGV[8] ~= '1' and old ~= ARGV[7] then return 0 end
+if ARGV[8] == '1' and ARGV[6] == '' then
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local prefix = '@' .. ARGV[1] .. '\0'
+  for _, f in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+    local v = redis.call('HGET', KEYS[1], prefix .. f)
+    local holder = v and string.match(v, '|(.*)$') or ''
+    if holder ~= '' and holder ~= ARGV[7] then
+      local deadline = tonumber(redis.call('HGET', KEYS[5], holder))
+      if deadline and deadline >= now then return 0 end
+    end
+  end
+end
 if ARGV[8] == '1' then redis.call('HDEL', KEYS[3], ARGV[1]) elseif ARGV[2] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[2]) end
 local prefix = '@' .. ARGV[1] .. '\0'
 for _, f in ipairs(redis.call('SMEMBERS', KEYS[4])) do
@@ -228,12 +246,16 @@ func (t *Tenant) Detach(ctx context.Context, clientID string) error {
 // DropSession removes a session's routes: it ended (a clean start, its
 // expiry). With the epoch of a claim made here (a connection discarding
 // it), the node its client was last on is told to end that connection.
+// Without one (epoch 0: its expiry, or a connection here taking it over
+// that keeps none) it leaves a session whose routes another live node
+// holds: that node's client claimed it since, which the store's epoch
+// fences for the session's record but not for its routes here.
 func (t *Tenant) DropSession(ctx context.Context, clientID string, epoch uint64) error {
 	return t.attach(ctx, clientID, "", epoch, true)
 }
 
 func (t *Tenant) attach(ctx context.Context, clientID, owner string, epoch uint64, drop bool) error {
-	keys := []string{t.routes, t.version, t.f.key(t.name, "at"), t.f.key(t.name, "sr:"+clientID)}
+	keys := []string{t.routes, t.version, t.f.key(t.name, "at"), t.f.key(t.name, "sr:"+clientID), t.members}
 	d := "0"
 	if drop {
 		d = "1"
