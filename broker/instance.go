@@ -98,6 +98,8 @@ type instance struct {
 	// anywhere: its persistent sessions live on any node (anywhere.go).
 	anywhere bool
 	routes   *spreadRoutes
+	// anywhereN counts its sessions living anywhere, for max_sessions.
+	anywhereN anywhereSessions
 	// caughtUp, at a home whose fabric catches up when it joins, is
 	// closed once it did (see awaitCatchUp); nil: nothing to wait for.
 	caughtUp <-chan struct{}

@@ -205,7 +205,9 @@ func (inst *instance) connectAllowed(now time.Time) bool {
 // tenant's broker keep more than max_sessions sessions: clientID is none of
 // those it keeps (connected, or waiting for their client), and it keeps
 // max_sessions already. A client id not given (the broker assigns one) is
-// a new session. Connections admitted at once may pass it by a few.
+// a new session. Connections admitted at once may pass it by a few. Where
+// sessions live on any node the waiting ones are not kept here: the
+// tenant's across its nodes are bounded too (sessionsAnywhereOver).
 func (inst *instance) newSessionOver(clientID string) bool {
 	limit := inst.quotas().MaxSessions
 	if limit <= 0 {
@@ -220,7 +222,56 @@ func (inst *instance) newSessionOver(clientID string) bool {
 	if inst.server.Options.InlineClient {
 		kept-- // the broker's own, for the hub's publishes
 	}
-	return kept >= limit
+	if kept >= limit {
+		return true
+	}
+	if inst.anywhere && inst.routes != nil && inst.routes.sess != nil {
+		// Waiting sessions are in the store, not here: they are counted
+		// across the tenant's nodes, up to what those nodes would keep.
+		return inst.sessionsAnywhereOver(clientID, limit*max(1, inst.quotas().MaxNodes))
+	}
+	return false
+}
+
+// anywhereSessions is the count of a tenant's sessions living on any node,
+// as last read from the fabric, plus the new ones let in since.
+type anywhereSessions struct {
+	mu   sync.Mutex
+	n    int64
+	read time.Time
+}
+
+// sessionsAnywhereOver reports whether a connection for clientID would make
+// the tenant keep more than bound sessions where they live on any node:
+// clientID has none there, and the tenant has bound already. Below the
+// bound, a count read within the last second serves without a round trip;
+// at it, each connection asks whether its client id has a session.
+func (inst *instance) sessionsAnywhereOver(clientID string, bound int64) bool {
+	c, now := &inst.anywhereN, time.Now()
+	c.mu.Lock()
+	if !c.read.IsZero() && now.Sub(c.read) < time.Second && c.n < bound {
+		c.n++ // taken as new until the next read
+		c.mu.Unlock()
+		return false
+	}
+	c.mu.Unlock()
+	ctx, cancel := routeCtx()
+	defer cancel()
+	n, known, err := inst.routes.sess.CountSessions(ctx, clientID)
+	if err != nil {
+		// The connection's own fabric calls fail it while the fabric
+		// is away; the count is not what refuses it.
+		inst.log.Warn("count the tenant's sessions for max_sessions", "err", err)
+		return false
+	}
+	over := !known && n >= bound
+	c.mu.Lock()
+	c.n, c.read = n, now
+	if !known && !over {
+		c.n++
+	}
+	c.mu.Unlock()
+	return over
 }
 
 func (inst *instance) quotaHit(device, clientID, quota string, limit int64) {

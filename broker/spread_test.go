@@ -1461,3 +1461,37 @@ func TestSpreadSharedPassedTurnStored(t *testing.T) {
 	back := mustV5(t, addrC, user("acme", "d"), secret, "kept", keepSession)
 	atLeastOnce(t, collect(time.Second, back), n, "the persistent member, back")
 }
+
+// TestSpreadMaxSessions: where sessions live on any node, a node keeps
+// only its connected clients, so max_sessions counts the tenant's waiting
+// sessions across its nodes (up to max_sessions × max_nodes): a new
+// session past them is refused on a node that keeps none of them, and a
+// waiting session's client still connects there.
+func TestSpreadMaxSessions(t *testing.T) {
+	s := newSpread(t)
+	s.tenant("acme")
+	s.setQuota("acme", "max_sessions", 2)
+	s.setQuota("acme", "max_nodes", 1)
+	gw := s.device("acme", "gw", tenants.ClientIDsAny)
+	for i := range 2 {
+		c := mustV5(t, s.addr, user("acme", "gw"), gw, fmt.Sprintf("s%d", i), keepSession)
+		c.sub(t, fmt.Sprintf("inbox/%d", i), 1)
+		c.Disconnect(&paho.Disconnect{}) // its session waits for it, in the store
+	}
+	if code := refusedV5(t, s.b.addr, user("acme", "gw"), gw, "s2", keepSession); code != 0x97 {
+		t.Errorf("a third session on the other node: CONNACK %#x, want 0x97", code)
+	}
+	back := mustV5(t, s.b.addr, user("acme", "gw"), gw, "s1", keepSession)
+	if !back.connack.SessionPresent {
+		t.Error("a waiting session's client on the other node: no session present")
+	}
+	back.Disconnect(&paho.Disconnect{})
+	s.setQuota("acme", "max_sessions", 3)
+	eventually(t, 5*time.Second, "a third session once the bound is 3", func() bool {
+		c, err := dialV5(t, s.b.addr, user("acme", "gw"), gw, "s2", keepSession)
+		if err == nil {
+			c.Disconnect(&paho.Disconnect{})
+		}
+		return err == nil
+	})
+}

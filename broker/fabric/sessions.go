@@ -37,6 +37,7 @@ type SessionOwner interface {
 	AwaitRelease(ctx context.Context, clientID string, epoch uint64) bool
 	Detach(ctx context.Context, clientID string) error
 	SendQueued(ctx context.Context, m Message, local Local) (int, error)
+	CountSessions(ctx context.Context, clientID string) (n int64, known bool, err error)
 }
 
 var _ SessionOwner = (*Tenant)(nil)
@@ -271,6 +272,19 @@ func (t *Tenant) attach(ctx context.Context, clientID, owner string, epoch uint6
 	}
 	t.invalidate()
 	return nil
+}
+
+// CountSessions reports how many of the tenant's sessions live on any
+// node (attached to one, or waiting for their client: the at hash) and
+// whether clientID's is one of them, in one round trip.
+func (t *Tenant) CountSessions(ctx context.Context, clientID string) (n int64, known bool, err error) {
+	at := t.f.key(t.name, "at")
+	pipe := t.f.rdb.Pipeline()
+	count, exists := pipe.HLen(ctx, at), pipe.HExists(ctx, at, clientID)
+	if _, err := pipe.Exec(ctx); err != nil {
+		return 0, false, fmt.Errorf("fabric: count sessions: %w", err)
+	}
+	return count.Val(), exists.Val(), nil
 }
 
 // SessionFilter is one of a persistent session's subscriptions, as a route.
