@@ -91,10 +91,9 @@ func TestBuildersBounded(t *testing.T) {
 }
 
 // TestEvalTimeLimit: what cel-go's cost limit lets through for too long
-// (its tracker's work grows with the square of a list's length; strings
-// made with + in a comprehension are not charged) stops at the time
-// limit, for a condition, a projection and a rule set, whose rules share
-// one limit per message.
+// (its tracker's work grows with the square of a list's length) stops at
+// the time limit, for a condition, a projection and a rule set, whose
+// rules share one limit per message.
 func TestEvalTimeLimit(t *testing.T) {
 	p, err := json.Marshal(map[string]any{"l": make([]int, 16_000)})
 	if err != nil {
@@ -103,8 +102,7 @@ func TestEvalTimeLimit(t *testing.T) {
 	long := dataout.Input{Topic: "x", Payload: p}
 	for src, in := range map[string]dataout.Input{
 		`payload.l.all(x, x == 0)`:                           long,
-		`payload.l.exists(x, x == 1)`:                        long,
-		`payload.l.map(x, payload.s + payload.s).size() > 0`: amplifier(t),
+		`payload.l.exists(x, x == 1)`: long,
 	} {
 		c, err := dataout.CompileCondition(src)
 		if err != nil {
@@ -218,5 +216,73 @@ func TestMatchesPatternsLiteral(t *testing.T) {
 	}
 	if ok, err := c.Eval(context.Background(), dataout.Input{Topic: "sites/lab/temp"}); !ok || err != nil {
 		t.Errorf("a literal pattern: %v, %v; want true", ok, err)
+	}
+}
+
+// TestBuiltBounded: the strings a message's rules make with calls in a
+// comprehension (which cel-go's cost limit does not charge) fail the rule
+// once they pass MaxBuilt together, well before the time limit and with
+// little memory, whichever call makes them; the count is the message's,
+// shared by its rules; conditions that build little work as before.
+func TestBuiltBounded(t *testing.T) {
+	in := amplifier(t) // a 40 KB string, a list of 5,000 numbers
+	for _, src := range []string{
+		`payload.l.map(x, payload.s + payload.s).size() > 0`,
+		`payload.l.map(x, payload.s.lowerAscii()).size() > 0`,
+		`payload.l.map(x, bytes(payload.s)).size() > 0`,
+		`payload.l.filter(x, (payload.s + string(x)).size() > 0).size() > 0`,
+	} {
+		c, err := dataout.CompileCondition(src)
+		if err != nil {
+			t.Fatal(src, err)
+		}
+		var ok bool
+		grew := allocated(func() { ok, err = c.Eval(context.Background(), in) })
+		// Calls the cost limit charges by size may meet it first.
+		if ok || err == nil || !strings.Contains(err.Error(), "bytes of strings") && !errors.Is(err, dataout.ErrCostLimit) ||
+			strings.Contains(src, "payload.s + payload.s") && !strings.Contains(err.Error(), "bytes of strings") {
+			t.Errorf("%s: %v, %v; want refused past MaxBuilt", src, ok, err)
+		}
+		if grew > 3*dataout.MaxBuilt {
+			t.Errorf("%s: refusing it allocated %d MB", src, grew>>20)
+		}
+	}
+
+	p, err := json.Marshal(map[string]any{"s": strings.Repeat("a", 40_000), "l": make([]int, 64)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	five := dataout.Input{Topic: "x", Payload: p} // 64 × 80 KB: 5 MB a rule
+	const cond = `payload.l.map(x, payload.s + payload.s).size() == 64`
+	c, err := dataout.CompileCondition(cond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := c.Eval(context.Background(), five); !ok || err != nil {
+		t.Fatalf("one rule making 5 MB: %v, %v; want true", ok, err)
+	}
+	set, errs := dataout.CompileRules([]tenants.ExportRule{
+		{ID: "r1", Filter: "#", Condition: cond},
+		{ID: "r2", Filter: "#", Condition: cond},
+	})
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	ms := set.Match(context.Background(), five)
+	if len(ms) != 2 || ms[0].Err != nil || ms[1].Err == nil || !strings.Contains(ms[1].Err.Error(), "bytes of strings") {
+		t.Errorf("two rules making 5 MB each for one message: matches %+v; want r1, and r2 past the message's MaxBuilt", ms)
+	}
+	for _, src := range []string{
+		`(payload.s + "x").size() == 40001`,
+		`topic + "/" + device == "x/"`,
+		`string(qos) + "a" == "0a"`,
+	} {
+		c, err := dataout.CompileCondition(src)
+		if err != nil {
+			t.Fatal(src, err)
+		}
+		if ok, err := c.Eval(context.Background(), in); !ok || err != nil {
+			t.Errorf("%s: %v, %v; want true", src, ok, err)
+		}
 	}
 }

@@ -29,7 +29,8 @@ const ConditionCostLimit = 100_000
 // tracker's own work grows with the square of a list's length
 // (payload.l.all(x, x == 0) over 16,000 numbers took 0.8 s within the
 // limit), and strings a comprehension builds with + are not charged
-// (payload.l.map(x, payload.s + payload.s) built 393 MB within it).
+// (payload.l.map(x, payload.s + payload.s) built 393 MB within it; now
+// MaxBuilt bounds them).
 // Evaluation checks the time every 100 iterations of a comprehension;
 // past the limit a rule fails with ErrTimeLimit and does not match. A
 // typical condition takes a few microseconds, a scan of a 128 KiB payload
@@ -120,7 +121,8 @@ func CompileCondition(src string) (*Condition, error) {
 	if t := ast.OutputType(); !t.IsExactType(cel.BoolType) && !t.IsExactType(cel.DynType) {
 		return nil, &ConditionError{Line: 1, Column: 1, Msg: fmt.Sprintf("the condition must be true or false, not %s", t)}
 	}
-	prg, err := e.Program(ast, cel.CostLimit(ConditionCostLimit), cel.InterruptCheckFrequency(100), cel.EvalOptions(cel.OptOptimize))
+	prg, err := e.Program(ast, cel.CostLimit(ConditionCostLimit), cel.InterruptCheckFrequency(100), cel.EvalOptions(cel.OptOptimize),
+		cel.CustomDecoratorV2(boundBuilt))
 	if err != nil {
 		return nil, &ConditionError{Line: 1, Column: 1, Msg: err.Error()}
 	}
@@ -153,7 +155,8 @@ type Input struct {
 }
 
 // Vars returns the CEL variables for in: payload is the parsed JSON when
-// the payload is JSON (IsJSON), else its bytes.
+// the payload is JSON (IsJSON), else its bytes; and, under a name no
+// expression can spell, the count of the bytes its rules build (MaxBuilt).
 func (in Input) Vars() map[string]any {
 	var payload any = in.Payload
 	if IsJSON(in.Payload) {
@@ -169,6 +172,7 @@ func (in Input) Vars() map[string]any {
 	return map[string]any{
 		"payload": payload, "topic": in.Topic, "topic_levels": strings.Split(in.Topic, "/"),
 		"device": in.Device, "client_id": in.ClientID, "qos": int64(in.QoS), "time": in.Time.UTC(), "metadata": md,
+		builtVar: new(built),
 	}
 }
 

@@ -69,7 +69,8 @@ func CompileProjection(src string) (*Projection, error) {
 	if t := ast.OutputType(); t.Kind() == cel.MapKind && !t.Parameters()[0].IsExactType(cel.StringType) && !t.Parameters()[0].IsExactType(cel.DynType) {
 		return nil, &ConditionError{Line: 1, Column: 1, Msg: fmt.Sprintf("a projection's map needs string keys, not %s", t.Parameters()[0])}
 	}
-	prg, err := e.Program(ast, cel.CostLimit(ConditionCostLimit), cel.InterruptCheckFrequency(100), cel.EvalOptions(cel.OptOptimize))
+	prg, err := e.Program(ast, cel.CostLimit(ConditionCostLimit), cel.InterruptCheckFrequency(100), cel.EvalOptions(cel.OptOptimize),
+		cel.CustomDecoratorV2(boundBuilt))
 	if err != nil {
 		return nil, &ConditionError{Line: 1, Column: 1, Msg: err.Error()}
 	}
