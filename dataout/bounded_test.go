@@ -101,7 +101,7 @@ func TestEvalTimeLimit(t *testing.T) {
 	}
 	long := dataout.Input{Topic: "x", Payload: p}
 	for src, in := range map[string]dataout.Input{
-		`payload.l.all(x, x == 0)`:                           long,
+		`payload.l.all(x, x == 0)`:    long,
 		`payload.l.exists(x, x == 1)`: long,
 	} {
 		c, err := dataout.CompileCondition(src)
