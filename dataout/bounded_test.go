@@ -225,7 +225,11 @@ func TestMatchesPatternsLiteral(t *testing.T) {
 // little memory, whichever call makes them; the count is the message's,
 // shared by its rules; conditions that build little work as before.
 func TestBuiltBounded(t *testing.T) {
-	in := amplifier(t) // a 40 KB string, a list of 5,000 numbers
+	p, err := json.Marshal(map[string]any{"s": strings.Repeat("a", 120_000), "l": make([]int, 1_000)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := dataout.Input{Topic: "x", Payload: p} // 8 MiB in 35 concatenations
 	for _, src := range []string{
 		`payload.l.map(x, payload.s + payload.s).size() > 0`,
 		`payload.l.map(x, payload.s.lowerAscii()).size() > 0`,
@@ -248,7 +252,7 @@ func TestBuiltBounded(t *testing.T) {
 		}
 	}
 
-	p, err := json.Marshal(map[string]any{"s": strings.Repeat("a", 40_000), "l": make([]int, 64)})
+	p, err = json.Marshal(map[string]any{"s": strings.Repeat("a", 40_000), "l": make([]int, 64)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,7 +277,7 @@ func TestBuiltBounded(t *testing.T) {
 		t.Errorf("two rules making 5 MB each for one message: matches %+v; want r1, and r2 past the message's MaxBuilt", ms)
 	}
 	for _, src := range []string{
-		`(payload.s + "x").size() == 40001`,
+		`(payload.s + "x").size() == 120001`,
 		`topic + "/" + device == "x/"`,
 		`string(qos) + "a" == "0a"`,
 	} {
