@@ -119,7 +119,7 @@ func (c *Console) verify(w http.ResponseWriter, r *http.Request) {
 
 // currentSession is the id of the session the visitor's cookie carries.
 func (c *Console) currentSession(r *http.Request) string {
-	ck, err := r.Cookie(sessionCookie)
+	ck, err := c.cookie(r, sessionCookie)
 	if err != nil {
 		return ""
 	}

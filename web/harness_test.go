@@ -40,6 +40,9 @@ type stack struct {
 	logs     *testenv.Buffer
 	// mailDir is where the console's mails are written, one file each.
 	mailDir string
+	// transport is how browsers reach url: nil for plain http, the test
+	// server's for HTTPS (secureConsole).
+	transport http.RoundTripper
 }
 
 func newStack(t *testing.T) *stack { t.Helper(); return newStackWith(t, nil) }
@@ -118,6 +121,27 @@ func newStackWith(t *testing.T, configure func(*web.Config)) *stack {
 	return &stack{t: t, url: hs.URL, mqttAddr: ln.Addr().String(), store: store, hub: hub, console: c, logs: logs, mailDir: mailer.Dir()}
 }
 
+// secureConsole is a second console over s's store, served over HTTPS
+// with SecureCookies (as `roost serve` is with an https ROOST_PUBLIC_URL),
+// built now: a stack whose browsers talk to it.
+func (s *stack) secureConsole() *stack {
+	s.t.Helper()
+	front, err := auth.New(auth.Config{Store: s.store, SigningKey: bytes.Repeat([]byte("s"), 32), AdminToken: operatorToken})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(front.Close)
+	c, err := web.New(web.Config{Store: s.store, SigningKey: bytes.Repeat([]byte("s"), 32), AdminToken: operatorToken, Auth: front, SecureCookies: true})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	hs := httptest.NewTLSServer(c)
+	s.t.Cleanup(hs.Close)
+	sec := *s
+	sec.url, sec.console, sec.transport = hs.URL, c, hs.Client().Transport
+	return &sec
+}
+
 // browser is a cookie-keeping client that does not follow redirects.
 type browser struct {
 	s    *stack
@@ -127,7 +151,7 @@ type browser struct {
 
 func (s *stack) browser() *browser {
 	jar, _ := cookiejar.New(nil)
-	return &browser{s: s, http: &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+	return &browser{s: s, http: &http.Client{Jar: jar, Transport: s.transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 }
 
 type answer struct {
