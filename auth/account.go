@@ -128,18 +128,82 @@ func (s *Service) ResendVerification(ctx context.Context, account string) error 
 	return s.sendVerification(ctx, account)
 }
 
-// VerifyEmail spends a verify token; tried from addr, it counts as a
-// login guess of the address unless it works.
-func (s *Service) VerifyEmail(ctx context.Context, token, addr string) (tenants.Account, error) {
+// VerifyLink returns the account a verify link is for, if the link would
+// work, without spending it (the console's page asks what it needs by
+// it). Tried from addr, it counts as a login guess of the address unless
+// the link works.
+func (s *Service) VerifyLink(ctx context.Context, token, addr string) (tenants.Account, error) {
 	t, wait := s.lim.reserve(charge{loginAddress, addr})
 	if wait > 0 {
 		return tenants.Account{}, waitError(wait, "too many failed attempts")
 	}
-	a, err := s.store.VerifyEmail(ctx, token)
+	a, err := s.store.VerifyTokenAccount(ctx, token)
 	if !errors.Is(err, tenants.ErrUnauthorized) {
 		t.refund()
 	}
 	return a, err
+}
+
+// Verification is one use of a verify link.
+type Verification struct {
+	Token string
+	// Password is the account's password, which the link asks for
+	// unless the person is signed in as the link's account.
+	Password string
+	// Account and Session are who is signed in where the link was
+	// opened, if anyone: a session of the link's account needs no
+	// password, and stays.
+	Account, Session string
+}
+
+// ErrPasswordRequired answers a verify link used by someone not signed in
+// as its account, without the account's password.
+var ErrPasswordRequired = &tenants.FieldError{Field: "password", Message: "is required: sign in as this account, or give its password (if you do not know it, " +
+	"someone else may have signed up with your email: reset the password instead, POST /v1/password/forgot)"}
+
+// errWrongVerifyPassword answers a verify link used with a password that
+// is not its account's.
+var errWrongVerifyPassword = &tenants.FieldError{Field: "password", Message: "is not this account's password"}
+
+// VerifyEmail spends a verify link and marks its account's email
+// verified. A link proves the mailbox, not that whoever opens it should
+// own the account: anyone may sign up with someone else's email, and a
+// person who clicks "confirm" in a mail they did not expect would vouch
+// for an account whose password a stranger chose. So the link works only
+// for someone who also holds the account: signed in as it (v.Session of
+// v.Account), or giving its password, checked within the login budgets.
+// The email's first verification ends every session of the account but
+// the one that verified, and a two-factor setup not confirmed
+// (tenants.Store.VerifyEmail). A link tried from addr counts as a login
+// guess of the address unless it works. With ErrPasswordRequired or a
+// wrong password it returns the link's account too, for a page to name.
+func (s *Service) VerifyEmail(ctx context.Context, v Verification, addr string) (tenants.Account, error) {
+	a, err := s.VerifyLink(ctx, v.Token, addr)
+	if err != nil {
+		return tenants.Account{}, err
+	}
+	keep := ""
+	switch {
+	case v.Account == a.ID && v.Session != "":
+		keep = v.Session
+	case v.Password == "":
+		return a, ErrPasswordRequired
+	default:
+		_, _, err := s.checkPassword(a.Email, addr, func() (tenants.Account, bool, error) {
+			got, err := s.store.Authenticate(ctx, a.Email, v.Password)
+			if err == nil && got.ID != a.ID {
+				err = tenants.ErrUnauthorized // the email moved meanwhile
+			}
+			return got, false, err
+		})
+		if errors.Is(err, ErrBadCredentials) {
+			return a, errWrongVerifyPassword
+		}
+		if err != nil {
+			return tenants.Account{}, err
+		}
+	}
+	return s.store.VerifyEmail(ctx, v.Token, keep)
 }
 
 // ForgotPassword mails a reset link to the account with this email, if
@@ -173,7 +237,9 @@ func (s *Service) mailReset(ctx context.Context, email string) {
 }
 
 // ResetPassword spends a reset token and sets the new password: every
-// session of the account ends, and it is told by mail. A token tried from
+// session of the account ends, and it is told by mail; a reset that is the
+// email's first proof also ends the two-factor sign-in and API keys of the
+// unverified period (tenants.Store.ResetPassword). A token tried from
 // addr counts as a login guess of the address unless it works.
 func (s *Service) ResetPassword(ctx context.Context, token, password, addr string) (tenants.Account, error) {
 	if err := tenants.ValidatePassword(password); err != nil {
@@ -183,12 +249,16 @@ func (s *Service) ResetPassword(ctx context.Context, token, password, addr strin
 	if wait > 0 {
 		return tenants.Account{}, waitError(wait, "too many failed attempts")
 	}
-	a, err := s.store.ResetPassword(ctx, token, password)
+	a, cleared, err := s.store.ResetPassword(ctx, token, password)
 	if !errors.Is(err, tenants.ErrUnauthorized) {
 		t.refund()
 	}
 	if err != nil {
 		return tenants.Account{}, err
+	}
+	if cleared != (tenants.ResetCleared{}) {
+		s.log.Info("password reset proved the email first: the unverified period's two-factor and API keys ended",
+			"account", a.ID, "mfa", cleared.MFA, "api_keys", cleared.APIKeys)
 	}
 	s.passwordChanged(ctx, a, "reset")
 	return a, nil

@@ -29,7 +29,12 @@ import (
 const MFATokenTTL = 5 * time.Minute
 
 // mfaSubject prefixes the subject of a challenge token; its id is no
-// session's, so the token is never a session token.
+// session's, so the token is never a session token. The subject is
+// mfaSubject + account id + "." + the account's CredentialStamp when the
+// challenge was issued: a challenge earned with a password works only
+// while that password is the account's, so a reset or a change refuses
+// every challenge issued before it (someone who signed in with the old
+// password and holds the second factor cannot finish after the reset).
 const mfaSubject = "mfa:"
 
 // mfaAccount is the second-factor budget of one account: five wrong codes
@@ -165,12 +170,16 @@ func (s *Service) CompleteMFA(ctx context.Context, challenge, code, addr string)
 	case spent:
 		return Issued{}, errBadChallenge
 	}
-	a, err := s.store.Account(ctx, strings.TrimPrefix(c.Subject, mfaSubject))
+	id, stamp, _ := strings.Cut(strings.TrimPrefix(c.Subject, mfaSubject), ".")
+	a, err := s.store.Account(ctx, id)
 	if errors.Is(err, tenants.ErrNotFound) {
 		return Issued{}, errBadChallenge
 	}
 	if err != nil {
 		return Issued{}, err
+	}
+	if subtle.ConstantTimeCompare([]byte(stamp), []byte(a.CredentialStamp())) != 1 {
+		return Issued{}, errBadChallenge // the password changed since the challenge
 	}
 	if err := s.checkCode(ctx, a, code, addr); err != nil {
 		return Issued{}, err
@@ -244,7 +253,7 @@ func (s *Service) mfaChallenge(ctx context.Context, a tenants.Account) (string, 
 		return "", time.Time{}, err
 	}
 	exp := s.now().Add(MFATokenTTL)
-	tok, err := s.tokens.Issue(mfaSubject+a.ID, "mfa_"+tenants.NewToken(), exp)
+	tok, err := s.tokens.Issue(mfaSubject+a.ID+"."+a.CredentialStamp(), "mfa_"+tenants.NewToken(), exp)
 	return tok, exp.UTC().Truncate(time.Second), err
 }
 

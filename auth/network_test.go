@@ -34,7 +34,7 @@ func TestAddressBudgetsPerNetwork(t *testing.T) {
 			// budget a wrong password spends), without the password hash
 			// that would make this test take a minute under -race.
 			func(svc *auth.Service, _ *auth.Operator, i int, addr string) error {
-				_, err := svc.VerifyEmail(ctx, fmt.Sprintf("not-a-token-%d", i), addr)
+				_, err := svc.VerifyEmail(ctx, auth.Verification{Token: fmt.Sprintf("not-a-token-%d", i)}, addr)
 				return err
 			},
 			// A login waits alike, answered before its hash; each for an

@@ -1,7 +1,9 @@
 package tenants
 
 import (
+	"crypto/sha256"
 	"database/sql"
+	"encoding/base64"
 	"net/mail"
 	"strings"
 	"time"
@@ -71,6 +73,20 @@ func ValidatePassword(password string) error {
 		return invalid("password", "must be at most %d bytes", maxPasswordLen)
 	}
 	return nil
+}
+
+// CredentialStamp names the account's password as it is now, without
+// revealing anything of it: it changes whenever the password is set (each
+// hash has its own salt), by a reset or a change. What was granted on the
+// strength of a password (a two-factor challenge) carries the stamp, and
+// is refused once the password has changed. Empty for an account read
+// without its password (a session's).
+func (a Account) CredentialStamp() string {
+	if a.passwordHash == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(a.passwordHash))
+	return base64.RawURLEncoding.EncodeToString(sum[:12])
 }
 
 func (a *Account) setVerified(t sql.NullTime) {

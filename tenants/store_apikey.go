@@ -107,34 +107,35 @@ func (s *Store) DeleteAPIKey(ctx context.Context, tenant, id string) error {
 	})
 }
 
-// deleteKeysOf ends, in tx, the keys made on account's behalf in tenant.
-func (s *Store) deleteKeysOf(ctx context.Context, tx *sql.Tx, tenant, account string) error {
+// deleteKeysOf ends, in tx, the keys made on account's behalf in tenant,
+// and returns how many.
+func (s *Store) deleteKeysOf(ctx context.Context, tx *sql.Tx, tenant, account string) (int, error) {
 	rows, err := tx.QueryContext(ctx, `SELECT id FROM api_keys WHERE tenant = $1 AND created_by = $2`, tenant, account)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var ids []string
 	for rows.Next() {
 		var id string
 		if err := rows.Scan(&id); err != nil {
 			rows.Close()
-			return err
+			return 0, err
 		}
 		ids = append(ids, id)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return err
+		return 0, err
 	}
 	for _, id := range ids {
 		if _, err := tx.ExecContext(ctx, `DELETE FROM api_keys WHERE id = $1`, id); err != nil {
-			return err
+			return 0, err
 		}
 		if err := s.audit(ctx, tx, tenant, "api_key.delete", "api_key:"+id); err != nil {
-			return err
+			return 0, err
 		}
 	}
-	return nil
+	return len(ids), nil
 }
 
 // apiKeyTouchInterval bounds how often a key's last-used time is written:

@@ -459,7 +459,7 @@ func (s *Store) RemoveMember(ctx context.Context, tenant, account string, by By,
 			return err
 		}
 		if !keepKeys {
-			if err := s.deleteKeysOf(ctx, tx, tenant, account); err != nil {
+			if _, err := s.deleteKeysOf(ctx, tx, tenant, account); err != nil {
 				return err
 			}
 		}

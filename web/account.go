@@ -9,6 +9,7 @@ import (
 
 	"github.com/go-chi/chi/v5"
 
+	"github.com/roosthub/roost/auth"
 	"github.com/roosthub/roost/internal/problem"
 	"github.com/roosthub/roost/tenants"
 )
@@ -32,7 +33,11 @@ func init() {
 
 // forgotPage asks for the email to send a reset link to.
 func (c *Console) forgotPage(w http.ResponseWriter, r *http.Request) {
-	c.render(w, r, http.StatusOK, "forgot.html", page{Title: "Forgot password"})
+	email := r.URL.Query().Get("email") // the verify page's way out fills it in
+	if len(email) > 254 {
+		email = ""
+	}
+	c.render(w, r, http.StatusOK, "forgot.html", page{Title: "Forgot password", Form: map[string]string{"email": email}})
 }
 
 // forgot answers the same whether or not an account has the email.
@@ -92,41 +97,87 @@ func (c *Console) reset(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// verifyPage shows a button that verifies with the link's token (a POST,
-// so that a link scanner spends nothing).
-func (c *Console) verifyPage(w http.ResponseWriter, r *http.Request) {
-	c.render(w, r, http.StatusOK, "verify.html", page{Title: "Verify your email", Form: map[string]string{"token": r.URL.Query().Get("token")}})
+// verifyData is what the verify page shows: the account the link is
+// for, whether the visitor is signed in as it, and whether it is done.
+type verifyData struct {
+	Email    string
+	SignedIn bool
+	Done     bool
 }
 
-func (c *Console) verify(w http.ResponseWriter, r *http.Request) {
-	token := r.PostFormValue("token")
+// badVerifyLink is the verify page's answer to a link that does not work.
+const badVerifyLink = "This link is not valid, was used already, was replaced by a newer one or has expired. Sign in and send a new one from your account page."
+
+// verifyPage shows the form that verifies with the link's token: a button
+// for a visitor signed in as the link's account, else a password field
+// (and a way out for someone who does not know the password: a reset).
+// The token is spent only by the form's POST, so a mail scanner that
+// opens the link spends nothing.
+func (c *Console) verifyPage(w http.ResponseWriter, r *http.Request) {
+	token := r.URL.Query().Get("token")
 	p := page{Title: "Verify your email", Form: map[string]string{"token": token}}
-	a, err := c.auth.VerifyEmail(r.Context(), token, clientIP(r))
+	a, err := c.auth.VerifyLink(r.Context(), token, clientIP(r))
 	switch {
 	case err == nil:
-		p.Data = a.Email
+		se, _ := c.visitorSession(r)
+		p.Data = verifyData{Email: a.Email, SignedIn: se.AccountID == a.ID}
 		c.render(w, r, http.StatusOK, "verify.html", p)
 	case errors.Is(err, tenants.ErrThrottled):
 		p.Errors = map[string]string{"_": capital(err.Error()) + "."}
 		c.renderRetry(w, r, err, "verify.html", p)
 	case errors.Is(err, tenants.ErrUnauthorized):
-		p.Errors = map[string]string{"_": "This link is not valid, was used already, was replaced by a newer one or has expired. Sign in and send a new one from your account page."}
+		p.Errors = map[string]string{"_": badVerifyLink}
 		c.render(w, r, http.StatusBadRequest, "verify.html", p)
 	default:
 		c.fail(w, r, err)
 	}
 }
 
-// currentSession is the id of the session the visitor's cookie carries.
-func (c *Console) currentSession(r *http.Request) string {
-	ck, err := r.Cookie(sessionCookie)
+// verify spends the link for a visitor signed in as its account, or one
+// who gives its password (auth.Service.VerifyEmail).
+func (c *Console) verify(w http.ResponseWriter, r *http.Request) {
+	token := r.PostFormValue("token")
+	p := page{Title: "Verify your email", Form: map[string]string{"token": token}}
+	se, _ := c.visitorSession(r)
+	a, err := c.auth.VerifyEmail(r.Context(), auth.Verification{Token: token, Password: r.PostFormValue("password"),
+		Account: se.AccountID, Session: se.ID}, clientIP(r))
+	switch {
+	case err == nil:
+		p.Data = verifyData{Email: a.Email, SignedIn: se.AccountID == a.ID, Done: true}
+		c.render(w, r, http.StatusOK, "verify.html", p)
+	case errors.Is(err, tenants.ErrThrottled):
+		p.Errors = map[string]string{"_": capital(err.Error()) + "."}
+		c.renderRetry(w, r, err, "verify.html", p)
+	case errors.Is(err, tenants.ErrUnauthorized):
+		p.Errors = map[string]string{"_": badVerifyLink}
+		c.render(w, r, http.StatusBadRequest, "verify.html", p)
+	case errors.Is(err, auth.ErrPasswordRequired):
+		p.Data = verifyData{Email: a.Email}
+		p.Errors = map[string]string{"password": "Enter the password of this account."}
+		c.render(w, r, http.StatusBadRequest, "verify.html", p)
+	case errors.Is(err, tenants.ErrInvalid):
+		p.Data = verifyData{Email: a.Email}
+		p.Errors = formErrors(err)
+		c.render(w, r, http.StatusBadRequest, "verify.html", p)
+	default:
+		c.fail(w, r, err)
+	}
+}
+
+// visitorSession is the open account session the visitor's cookie
+// carries, if any.
+func (c *Console) visitorSession(r *http.Request) (tenants.Session, bool) {
+	ck, err := c.cookie(r, sessionCookie)
 	if err != nil {
-		return ""
+		return tenants.Session{}, false
 	}
 	se, err := c.auth.AccountSession(r.Context(), ck.Value)
-	if err != nil {
-		return ""
-	}
+	return se, err == nil
+}
+
+// currentSession is the id of the session the visitor's cookie carries.
+func (c *Console) currentSession(r *http.Request) string {
+	se, _ := c.visitorSession(r)
 	return se.ID
 }
 

@@ -180,37 +180,62 @@ func boolInt(b bool) int {
 	return 0
 }
 
-// quotaLabels are the quotas by the names people read, beside their keys.
-var quotaLabels = map[string]string{
+// quotaNames are the quotas by the names people read, beside their keys.
+var quotaNames = map[string]string{
 	"max_devices":          "Devices",
 	"max_connections":      "Connections at once",
 	"connect_rate":         "New connections per second",
 	"publish_rate":         "Publishes per second, per connection",
 	"tenant_publish_rate":  "Publishes per second, whole tenant",
-	"bandwidth_in":         "Bandwidth in, per connection (bytes/s)",
-	"bandwidth_out":        "Bandwidth out, per connection (bytes/s)",
-	"max_packet_size":      "Largest packet (bytes)",
+	"bandwidth_in":         "Bandwidth in, per connection",
+	"bandwidth_out":        "Bandwidth out, per connection",
+	"max_packet_size":      "Largest packet",
 	"max_subscriptions":    "Subscriptions per connection",
 	"max_retained":         "Retained messages",
 	"max_queued":           "Queued messages per session",
-	"max_session_expiry":   "Longest session expiry (seconds)",
-	"max_keepalive":        "Longest keep-alive (seconds)",
+	"max_session_expiry":   "Longest session expiry",
+	"max_keepalive":        "Longest keep-alive",
 	"messages_per_month":   "Messages per month",
 	"max_nodes":            "Data-plane nodes",
 	"max_outbox":           "Webhook outbox per destination",
 	"max_pending_commands": "Commands pending (waiting for a reply, or queued)",
 	"max_sessions":         "Sessions kept (connected, or waiting for their client)",
-	"event_retention":      "Event history kept (seconds)",
+	"event_retention":      "Event history kept",
 	"max_streams":          "App streams open at once",
-	"max_shadow_bytes":     "Largest device shadow (bytes)",
+	"max_shadow_bytes":     "Largest device shadow",
 }
 
-// quotaLabel is a quota's name for people; its key when it has none.
-func quotaLabel(key string) string {
-	if l, ok := quotaLabels[key]; ok {
-		return l
+// quotaUnits are the units of the quotas whose value is not a count. The
+// operator's page takes a bare number, so its label names the unit
+// (quotaLabel: "Event history kept (seconds)"); the usage page writes each
+// limit in words with its own unit (quotaUse.LimitText: "limit 1 day"),
+// so its label names none (quotaName), lest they disagree.
+var quotaUnits = map[string]string{
+	"bandwidth_in":       "bytes/s",
+	"bandwidth_out":      "bytes/s",
+	"max_packet_size":    "bytes",
+	"max_session_expiry": "seconds",
+	"max_keepalive":      "seconds",
+	"event_retention":    "seconds",
+	"max_shadow_bytes":   "bytes",
+}
+
+// quotaName is a quota's name for people, without a unit; its key when
+// it has none.
+func quotaName(key string) string {
+	if n, ok := quotaNames[key]; ok {
+		return n
 	}
 	return key
+}
+
+// quotaLabel is a quota's name for people with the unit its bare number
+// is in, for the operator's page that takes the number.
+func quotaLabel(key string) string {
+	if u, ok := quotaUnits[key]; ok {
+		return quotaName(key) + " (" + u + ")"
+	}
+	return quotaName(key)
 }
 
 // adminQuota is one quota on the operator's tenant page.

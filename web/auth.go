@@ -158,7 +158,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 // logout ends the session everywhere (its token no longer works as a
 // cookie or an API bearer token) and drops the cookie.
 func (c *Console) logout(w http.ResponseWriter, r *http.Request) {
-	if ck, err := r.Cookie(sessionCookie); err == nil {
+	if ck, err := c.cookie(r, sessionCookie); err == nil {
 		if err := c.auth.LogOut(r.Context(), ck.Value); err != nil {
 			c.fail(w, r, err)
 			return
@@ -195,7 +195,7 @@ func (c *Console) operatorLogin(w http.ResponseWriter, r *http.Request) {
 
 // operatorLogout ends the operator's session and drops its cookie.
 func (c *Console) operatorLogout(w http.ResponseWriter, r *http.Request) {
-	if ck, err := r.Cookie(operatorCookie); err == nil {
+	if ck, err := c.cookie(r, operatorCookie); err == nil {
 		if err := c.auth.LogOut(r.Context(), ck.Value); err != nil {
 			c.fail(w, r, err)
 			return

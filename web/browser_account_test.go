@@ -45,7 +45,8 @@ func (s *stack) waitMailLink(to, subject string, seen map[string]bool) string {
 }
 
 // TestBrowserAccountStory is a person's account in a real browser: sign up,
-// read the verification mail from the mail folder and verify; forget the
+// read the verification mail from the mail folder and verify (signed in,
+// one click; the other session from before ends); forget the
 // password, follow the reset mail and choose a new one; the sessions from
 // before the reset are gone (this browser's and another's); sign in again
 // and find each step in the account's activity and the tenant's audit
@@ -97,6 +98,15 @@ func TestBrowserAccountStory(t *testing.T) {
 		chromedp.WaitVisible(css(`#verified`)),
 	)
 	screenshot(t, ctx, "30-email-verified")
+	// The first verification ended the session from before it (the
+	// other browser's); that browser signs in again.
+	if a := owner.get("/account"); a.status != http.StatusSeeOther || !strings.HasPrefix(a.location, "/login") {
+		t.Errorf("the other session after the verification: %d %s, want a redirect to /login", a.status, a.location)
+	}
+	owner.get("/login")
+	if a := owner.post("/login", url.Values{"email": {email}, "password": {"correct horse battery"}}); a.status != http.StatusSeeOther {
+		t.Fatalf("the second session's login after the verification: %d", a.status)
+	}
 	run("the account page says verified",
 		chromedp.Navigate(s.url+"/account"),
 		chromedp.WaitVisible(css(`#email-state`)),

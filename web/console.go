@@ -65,7 +65,9 @@ type Config struct {
 	AdminToken string
 	// Endpoints are where devices connect; the first is the plain MQTT one.
 	Endpoints []Endpoint
-	// SecureCookies marks cookies Secure (the console is served over HTTPS).
+	// SecureCookies marks cookies Secure and names the session, operator
+	// and CSRF cookies with the __Host- prefix (the console is served over
+	// HTTPS: `roost serve` sets it when ROOST_PUBLIC_URL is https://).
 	SecureCookies bool
 	Now           func() time.Time
 	// Auth is the sign-in, session and throttle front the console shares
@@ -95,6 +97,10 @@ type Console struct {
 	pages  map[string]*template.Template
 	router chi.Router
 	out    *webhookTools
+	// started is when the console was built: only sessions begun before
+	// it are carried over from the cookie names without __Host-
+	// (legacyCookies).
+	started time.Time
 }
 
 // New builds the console.
@@ -136,7 +142,7 @@ func New(cfg Config) (*Console, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Console{cfg: cfg, store: cfg.Store, auth: cfg.Auth, pages: pages}
+	c := &Console{cfg: cfg, store: cfg.Store, auth: cfg.Auth, pages: pages, started: cfg.Now()}
 	if c.out, err = newWebhookTools(cfg); err != nil {
 		return nil, err
 	}
@@ -169,20 +175,95 @@ func secure(next http.Handler) http.Handler {
 	})
 }
 
-// Cookies.
+// Cookies, by their base names. Served over HTTPS (SecureCookies) each
+// is named with the __Host- prefix (cookieName): a browser then takes it
+// only with Secure, Path=/ and no Domain, from this host itself, so a
+// neighbouring host (a sibling subdomain, or plain http on the same name)
+// can neither set nor overwrite it — no planted CSRF nonce whose token the
+// planter knows, no session of the planter's slipped into a visitor's
+// browser. Over plain http (development: `make run` on localhost) a
+// browser refuses __Host- cookies, so they keep their base names.
 const (
 	sessionCookie  = "roost_session"
 	csrfCookie     = "roost_csrf"
 	operatorCookie = "roost_operator"
 )
 
-func (c *Console) setCookie(w http.ResponseWriter, name, value string, maxAge time.Duration, site http.SameSite) {
-	http.SetCookie(w, &http.Cookie{Name: name, Value: value, Path: "/", HttpOnly: true, Secure: c.cfg.SecureCookies,
+// hostPrefix names a cookie bound to this host alone (RFC 6265bis 4.1.3.2).
+const hostPrefix = "__Host-"
+
+// cookieName is the name a cookie of base name base has here.
+func (c *Console) cookieName(base string) string {
+	if c.cfg.SecureCookies {
+		return hostPrefix + base
+	}
+	return base
+}
+
+// cookie reads the visitor's cookie of base name base.
+func (c *Console) cookie(r *http.Request, base string) (*http.Cookie, error) {
+	return r.Cookie(c.cookieName(base))
+}
+
+// setCookie sets a cookie of base name base: HttpOnly, Path=/, no Domain,
+// Secure over HTTPS (which __Host- needs).
+func (c *Console) setCookie(w http.ResponseWriter, base, value string, maxAge time.Duration, site http.SameSite) {
+	http.SetCookie(w, &http.Cookie{Name: c.cookieName(base), Value: value, Path: "/", HttpOnly: true, Secure: c.cfg.SecureCookies,
 		SameSite: site, MaxAge: int(maxAge / time.Second)})
 }
 
-func (c *Console) clearCookie(w http.ResponseWriter, name string) {
-	http.SetCookie(w, &http.Cookie{Name: name, Value: "", Path: "/", HttpOnly: true, Secure: c.cfg.SecureCookies, MaxAge: -1})
+// clearCookie drops a cookie of base name base, and over HTTPS its name
+// from before the __Host- prefix too.
+func (c *Console) clearCookie(w http.ResponseWriter, base string) {
+	http.SetCookie(w, &http.Cookie{Name: c.cookieName(base), Value: "", Path: "/", HttpOnly: true, Secure: c.cfg.SecureCookies, MaxAge: -1})
+	if c.cfg.SecureCookies {
+		http.SetCookie(w, &http.Cookie{Name: base, Value: "", Path: "/", HttpOnly: true, Secure: true, MaxAge: -1})
+	}
+}
+
+// legacyCookies carries visitors signed in before the __Host- names over
+// to them, over HTTPS: a session or operator cookie under its old name,
+// with none under the new, is read once — if it carries an open session
+// of its kind that began before this console started (so before any
+// __Host- cookie was given out here) — and set again under the new name;
+// the request goes on as if it had come with that. Any other old-named
+// cookie is ignored: one planted by a neighbour after the upgrade names a
+// session that began after it. The old-named cookie is left to expire, so
+// that, during a rolling upgrade, processes still on the old version keep
+// reading it. The CSRF cookie is not carried over (its token's HMAC binds
+// no session, so a planted nonce is what __Host- stops): a form opened
+// before the upgrade asks once to be reloaded.
+func (c *Console) legacyCookies(next http.Handler) http.Handler {
+	if !c.cfg.SecureCookies {
+		return next
+	}
+	kinds := []struct {
+		base string
+		kind tenants.SessionKind
+		site http.SameSite
+	}{{sessionCookie, tenants.SessionAccount, http.SameSiteLaxMode}, {operatorCookie, tenants.SessionOperator, http.SameSiteStrictMode}}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cloned := false
+		for _, k := range kinds {
+			if _, err := r.Cookie(hostPrefix + k.base); err == nil {
+				continue
+			}
+			old, err := r.Cookie(k.base)
+			if err != nil {
+				continue
+			}
+			se, err := c.auth.Session(r.Context(), old.Value)
+			if err != nil || se.Kind != k.kind || !se.CreatedAt.Before(c.started) {
+				continue
+			}
+			if !cloned {
+				r, cloned = r.Clone(r.Context()), true
+			}
+			r.AddCookie(&http.Cookie{Name: hostPrefix + k.base, Value: old.Value})
+			c.setCookie(w, k.base, old.Value, se.ExpiresAt.Sub(c.cfg.Now()), k.site)
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // mac is the HMAC-SHA256 of the parts under the signing key.
@@ -205,11 +286,15 @@ const (
 
 // csrf gives every visitor a random cookie and every page the token bound
 // to it (its HMAC); a POST without the matching token is refused 403.
-// Signed double-submit: a cookie planted by a neighbour has no valid token.
+// Signed double-submit: no one can make a token for a nonce without the
+// signing key. The HMAC binds no session, so a neighbour who planted a
+// nonce of its own in a visitor's browser would know its token (the
+// console shows it the token for that nonce): over HTTPS the cookie's
+// __Host- name is what keeps neighbours from planting it.
 func (c *Console) csrf(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		nonce := ""
-		if ck, err := r.Cookie(csrfCookie); err == nil && len(ck.Value) >= 22 {
+		if ck, err := c.cookie(r, csrfCookie); err == nil && len(ck.Value) >= 22 {
 			nonce = ck.Value
 		}
 		if r.Method == http.MethodPost {
@@ -273,7 +358,7 @@ func (c *Console) log(r *http.Request) *slog.Logger { return c.cfg.Log.With("pat
 // account resolves the session cookie: an open account session (one that
 // was logged out, in the console or with POST /v1/logout, is no longer).
 func (c *Console) account(r *http.Request) (*tenants.Account, bool) {
-	ck, err := r.Cookie(sessionCookie)
+	ck, err := c.cookie(r, sessionCookie)
 	if err != nil {
 		return nil, false
 	}
@@ -381,7 +466,7 @@ func (c *Console) operatorOnly(next http.Handler) http.Handler {
 // session, so the operator token itself never sits in a browser and a
 // logout ends the session.
 func (c *Console) isOperator(r *http.Request) bool {
-	ck, err := r.Cookie(operatorCookie)
+	ck, err := c.cookie(r, operatorCookie)
 	if err != nil {
 		return false
 	}

@@ -40,6 +40,9 @@ type stack struct {
 	logs     *testenv.Buffer
 	// mailDir is where the console's mails are written, one file each.
 	mailDir string
+	// transport is how browsers reach url: nil for plain http, the test
+	// server's for HTTPS (secureConsole).
+	transport http.RoundTripper
 }
 
 func newStack(t *testing.T) *stack { t.Helper(); return newStackWith(t, nil) }
@@ -118,6 +121,27 @@ func newStackWith(t *testing.T, configure func(*web.Config)) *stack {
 	return &stack{t: t, url: hs.URL, mqttAddr: ln.Addr().String(), store: store, hub: hub, console: c, logs: logs, mailDir: mailer.Dir()}
 }
 
+// secureConsole is a second console over s's store, served over HTTPS
+// with SecureCookies (as `roost serve` is with an https ROOST_PUBLIC_URL),
+// built now: a stack whose browsers talk to it.
+func (s *stack) secureConsole() *stack {
+	s.t.Helper()
+	front, err := auth.New(auth.Config{Store: s.store, SigningKey: bytes.Repeat([]byte("s"), 32), AdminToken: operatorToken})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.t.Cleanup(front.Close)
+	c, err := web.New(web.Config{Store: s.store, SigningKey: bytes.Repeat([]byte("s"), 32), AdminToken: operatorToken, Auth: front, SecureCookies: true})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	hs := httptest.NewTLSServer(c)
+	s.t.Cleanup(hs.Close)
+	sec := *s
+	sec.url, sec.console, sec.transport = hs.URL, c, hs.Client().Transport
+	return &sec
+}
+
 // browser is a cookie-keeping client that does not follow redirects.
 type browser struct {
 	s    *stack
@@ -127,7 +151,7 @@ type browser struct {
 
 func (s *stack) browser() *browser {
 	jar, _ := cookiejar.New(nil)
-	return &browser{s: s, http: &http.Client{Jar: jar, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+	return &browser{s: s, http: &http.Client{Jar: jar, Transport: s.transport, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
 }
 
 type answer struct {
@@ -201,11 +225,24 @@ func (s *stack) verifyEmail(email string) {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	_, tok, err := s.store.IssueVerifyToken(ctx, a.ID)
+	s.verifyAccount(a.ID)
+}
+
+// verifyAccount verifies the account's email through the store as the
+// link opened in the browser that signed up would: the account's newest
+// session (that browser's) stays; any older one ends.
+func (s *stack) verifyAccount(account string) {
+	s.t.Helper()
+	ctx := context.Background()
+	_, tok, err := s.store.IssueVerifyToken(ctx, account)
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	if _, err := s.store.VerifyEmail(ctx, tok); err != nil {
+	keep := ""
+	if ses, err := s.store.AccountSessions(ctx, account, time.Now()); err == nil && len(ses) > 0 {
+		keep = ses[0].ID
+	}
+	if _, err := s.store.VerifyEmail(ctx, tok, keep); err != nil {
 		s.t.Fatal(err)
 	}
 }

@@ -165,7 +165,9 @@ func TestDeviceSecretShownOnce(t *testing.T) {
 
 // TestQuotaNamesAndCounts: quotas read by name with their key beside,
 // durations in words and sizes in bytes' units, and counts of one are
-// singular.
+// singular. A label names no unit (the limit beside it gives its own:
+// "Event history kept … limit 1 day"); the operator's page, which takes
+// the bare number, names the unit it is in.
 func TestQuotaNamesAndCounts(t *testing.T) {
 	s := newStack(t)
 	b := s.browser()
@@ -177,22 +179,35 @@ func TestQuotaNamesAndCounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := b.get("/tenants/acme/usage")
-	for _, want := range []string{"Devices <code>max_devices</code>", "Longest session expiry (seconds) <code>max_session_expiry</code>",
-		"Commands pending (waiting for a reply, or queued) <code>max_pending_commands</code>", "limit 7 days", "limit 5 minutes",
-		"Event history kept (seconds) <code>event_retention</code>\nlimit 1 day</span>",
-		"App streams open at once <code>max_streams</code>", "Largest device shadow (bytes) <code>max_shadow_bytes</code>\nlimit 8.0 KiB per device</span>",
+	for _, want := range []string{"Devices <code>max_devices</code>", "Longest session expiry <code>max_session_expiry</code>\nlimit 7 days</span>",
+		"Commands pending (waiting for a reply, or queued) <code>max_pending_commands</code>", "Longest keep-alive <code>max_keepalive</code>\nlimit 5 minutes</span>",
+		"Event history kept <code>event_retention</code>\nlimit 1 day</span>", "Largest packet <code>max_packet_size</code>\nlimit ",
+		"App streams open at once <code>max_streams</code>", "Largest device shadow <code>max_shadow_bytes</code>\nlimit 8.0 KiB per device</span>",
 		"1 message in (5 B)"} {
 		if !strings.Contains(a.body, want) {
 			t.Errorf("the usage page lacks %q", want)
 		}
 	}
-	for _, bad := range []string{"86,400", "1 messages", "<code>event_retention</code>\nlimit 86"} {
+	// A label names no unit its value does not use: the value gives its own.
+	for _, bad := range []string{"86,400", "1 messages", "<code>event_retention</code>\nlimit 86", "(seconds) <code>", "(bytes) <code>", "(bytes/s) <code>"} {
 		if strings.Contains(a.body, bad) {
 			t.Errorf("the usage page has %q", bad)
 		}
 	}
 	if a := b.get("/tenants/acme"); !strings.Contains(a.body, "<b>1</b> device</a>") {
 		t.Errorf("the overview does not say \"1 device\"")
+	}
+	// The operator types a bare number: its label names the unit.
+	op := s.browser()
+	op.get("/admin/login")
+	if a := op.post("/admin/login", url.Values{"token": {operatorToken}}); a.status != http.StatusSeeOther {
+		t.Fatalf("operator login: %d", a.status)
+	}
+	a = op.get("/admin/tenants/acme")
+	for _, want := range []string{`>Event history kept (seconds)</label>`, `>Largest device shadow (bytes)</label>`, `>Devices</label>`} {
+		if !strings.Contains(a.body, want) {
+			t.Errorf("the operator's tenant page lacks %q", want)
+		}
 	}
 }
 

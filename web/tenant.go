@@ -83,8 +83,9 @@ func seconds(v int64) string {
 	return plural(v, "second", "seconds")
 }
 
-// Label is the quota's name for people.
-func (q quotaUse) Label() string { return quotaLabel(q.Name) }
+// Label is the quota's name for people, without a unit: LimitText gives
+// the limit with its own.
+func (q quotaUse) Label() string { return quotaName(q.Name) }
 
 // LimitText is the limit in the quota's unit.
 func (q quotaUse) LimitText() string {

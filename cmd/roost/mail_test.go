@@ -34,7 +34,11 @@ func TestServeSMTP(t *testing.T) {
 	if g == nil {
 		t.Fatalf("the verification mail links no https://hub.example.com/verify page:\n%s", got.Text)
 	}
-	if status, r := post(t, h.url+"/v1/verify", "", map[string]string{"token": g[1]}); status != 200 || r["email_verified"] != true {
+	// Not signed in, the link needs the account's password too.
+	if status, r := post(t, h.url+"/v1/verify", "", map[string]string{"token": g[1]}); status != 400 || r["code"] != "password_required" {
+		t.Fatalf("verify with the mailed token alone: %d %v, want 400 password_required", status, r)
+	}
+	if status, r := post(t, h.url+"/v1/verify", "", map[string]string{"token": g[1], "password": "correct horse battery"}); status != 200 || r["email_verified"] != true {
 		t.Fatalf("verify with the mailed token: %d %v", status, r)
 	}
 	if status, _ := post(t, h.url+"/v1/password/forgot", "", map[string]string{"email": "smtp@example.com"}); status != 202 {

@@ -345,7 +345,7 @@ func TestServeBilling(t *testing.T) {
 	if status != 403 || m["code"] != "email_unverified" {
 		t.Fatalf("checkout before the email is verified: %d %v, want 403 email_unverified", status, m)
 	}
-	verifyByMail(t, h.url, filepath.Join(dataDir, "mail"), "b@example.com")
+	verifyByMail(t, h.url, filepath.Join(dataDir, "mail"), "b@example.com", token)
 	status, m = post(t, h.url+"/v1/tenants/acme/billing/checkout", token, map[string]string{"plan": "business"})
 	if u, _ := m["url"].(string); status != 200 || !strings.HasPrefix(u, "https://") {
 		t.Fatalf("checkout: %d %v", status, m)
@@ -360,8 +360,9 @@ func TestServeBilling(t *testing.T) {
 }
 
 // verifyByMail waits (up to 20 s) for the verification mail to email in
-// dir, checks that its link points at the console, and verifies with it.
-func verifyByMail(t *testing.T, url, dir, email string) {
+// dir, checks that its link points at the console, and verifies with it,
+// signed in with session (the account's, which stays signed in).
+func verifyByMail(t *testing.T, url, dir, email, session string) {
 	t.Helper()
 	re := regexp.MustCompile(`(http://[^\s]+)/verify\?token=([A-Za-z0-9_.-]+)`)
 	deadline := time.Now().Add(20 * time.Second)
@@ -369,7 +370,7 @@ func verifyByMail(t *testing.T, url, dir, email string) {
 		ms, _ := mail.ReadFolder(dir)
 		for _, m := range ms {
 			if g := re.FindStringSubmatch(m.Text); m.To == email && g != nil {
-				if status, r := post(t, url+"/v1/verify", "", map[string]string{"token": g[2]}); status != 200 || r["email_verified"] != true {
+				if status, r := post(t, url+"/v1/verify", session, map[string]string{"token": g[2]}); status != 200 || r["email_verified"] != true {
 					t.Fatalf("verify: %d %v", status, r)
 				}
 				return

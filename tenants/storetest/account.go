@@ -25,12 +25,12 @@ func testAccountTokens(t *testing.T, s *tenants.Store, _ func() *tenants.Store) 
 	_, bobTok, _ := s.IssueVerifyToken(ctx, bob.ID)
 	id, _, _ := strings.Cut(tok, ".")
 	for name, bad := range map[string]string{"empty": "", "no dot": "abc", "wrong secret": id + ".AAAA", "unknown": "tok_x.y", "huge": id + "." + strings.Repeat("a", 500)} {
-		_, err := s.VerifyEmail(ctx, bad)
+		_, err := s.VerifyEmail(ctx, bad, "")
 		wantErr(t, "VerifyEmail("+name+")", err, tenants.ErrUnauthorized)
 	}
-	_, err = s.ResetPassword(ctx, tok, "a new long password")
+	_, _, err = s.ResetPassword(ctx, tok, "a new long password")
 	wantErr(t, "a verify token used to reset", err, tenants.ErrUnauthorized)
-	got, err := s.VerifyEmail(ctx, tok)
+	got, err := s.VerifyEmail(ctx, tok, "")
 	if err != nil || got.ID != ada.ID || !got.EmailVerified || got.EmailVerifiedAt == nil {
 		t.Fatalf("VerifyEmail: got %+v, %v; want ada verified", got, err)
 	}
@@ -40,15 +40,15 @@ func testAccountTokens(t *testing.T, s *tenants.Store, _ func() *tenants.Store) 
 	if b, _ := s.Account(ctx, bob.ID); b.EmailVerified {
 		t.Error("bob is verified by ada's token")
 	}
-	_, err = s.VerifyEmail(ctx, tok)
+	_, err = s.VerifyEmail(ctx, tok, "")
 	wantErr(t, "a verify token used twice", err, tenants.ErrUnauthorized)
 	_, _, err = s.IssueVerifyToken(ctx, ada.ID)
 	wantErr(t, "a verify token for a verified email", err, tenants.ErrConflict)
 	// A newer verify token replaces the older.
 	_, bobTok2, _ := s.IssueVerifyToken(ctx, bob.ID)
-	_, err = s.VerifyEmail(ctx, bobTok)
+	_, err = s.VerifyEmail(ctx, bobTok, "")
 	wantErr(t, "a replaced verify token", err, tenants.ErrUnauthorized)
-	if _, err := s.VerifyEmail(ctx, bobTok2); err != nil {
+	if _, err := s.VerifyEmail(ctx, bobTok2, ""); err != nil {
 		t.Fatalf("bob's newer verify token: %v", err)
 	}
 
@@ -63,16 +63,16 @@ func testAccountTokens(t *testing.T, s *tenants.Store, _ func() *tenants.Store) 
 		t.Fatal(err)
 	}
 	_, r2, _ := s.IssueResetToken(ctx, "ada@example.com")
-	_, err = s.ResetPassword(ctx, r1, "a new long password")
+	_, _, err = s.ResetPassword(ctx, r1, "a new long password")
 	wantErr(t, "a reset token replaced by a newer one", err, tenants.ErrUnauthorized)
-	_, err = s.ResetPassword(ctx, r2, "short")
+	_, _, err = s.ResetPassword(ctx, r2, "short")
 	wantField(t, "a short new password", err, "password")
-	_, err = s.VerifyEmail(ctx, r2)
+	_, err = s.VerifyEmail(ctx, r2, "")
 	wantErr(t, "a reset token used to verify", err, tenants.ErrUnauthorized)
-	if _, err := s.ResetPassword(ctx, r2, "a new long password"); err != nil {
+	if _, _, err := s.ResetPassword(ctx, r2, "a new long password"); err != nil {
 		t.Fatalf("ResetPassword: %v", err)
 	}
-	_, err = s.ResetPassword(ctx, r2, "another long password")
+	_, _, err = s.ResetPassword(ctx, r2, "another long password")
 	wantErr(t, "a reset token used twice", err, tenants.ErrUnauthorized)
 	_, err = s.Session(ctx, a1.ID, now)
 	wantErr(t, "ada's session after her reset", err, tenants.ErrUnauthorized)
@@ -88,7 +88,7 @@ func testAccountTokens(t *testing.T, s *tenants.Store, _ func() *tenants.Store) 
 	// A reset token expires after 30 minutes.
 	_, r3, _ := s.IssueResetToken(ctx, "ada@example.com")
 	s.SetClock(func() time.Time { return time.Now().Add(tenants.ResetTokenTTL + time.Minute) })
-	_, err = s.ResetPassword(ctx, r3, "a third long password")
+	_, _, err = s.ResetPassword(ctx, r3, "a third long password")
 	wantErr(t, "an expired reset token", err, tenants.ErrUnauthorized)
 	s.SetClock(time.Now)
 
@@ -110,7 +110,7 @@ func testAccountTokens(t *testing.T, s *tenants.Store, _ func() *tenants.Store) 
 	}
 	_, err = s.Session(ctx, other.ID, now)
 	wantErr(t, "ada's other session after the change", err, tenants.ErrUnauthorized)
-	_, err = s.ResetPassword(ctx, r4, "a fifth long password")
+	_, _, err = s.ResetPassword(ctx, r4, "a fifth long password")
 	wantErr(t, "a reset token issued before a change", err, tenants.ErrUnauthorized)
 	if _, err := s.Session(ctx, b1.ID, now); err != nil {
 		t.Errorf("bob's session after ada's change: %v", err)

@@ -68,6 +68,7 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"Invites", testInvites},
 		{"SSOAccounts", testSSOAccounts},
 		{"AccountTokens", testAccountTokens},
+		{"FirstProofOfEmail", testFirstProofOfEmail},
 		{"AccountSessions", testAccountSessions},
 		{"AuditWhere", testAuditWhere},
 		// Issue 22: groups, metadata in policy, bulk import, provisioning.
@@ -107,7 +108,7 @@ func mustVerified(t *testing.T, s *tenants.Store, email string) tenants.Account 
 	if err != nil {
 		t.Fatalf("IssueVerifyToken(%s): %v", email, err)
 	}
-	if a, err = s.VerifyEmail(ctx, token); err != nil {
+	if a, err = s.VerifyEmail(ctx, token, ""); err != nil {
 		t.Fatalf("VerifyEmail(%s): %v", email, err)
 	}
 	return a
