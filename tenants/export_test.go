@@ -3,6 +3,7 @@ package tenants
 import (
 	"context"
 	"fmt"
+	"time"
 )
 
 func fmtSscanf(hash string, m, t, p *int) (int, error) {
@@ -23,3 +24,7 @@ func RealPasswordHashes(t interface{ Cleanup(func()) }) {
 	UseRealPasswordHashes()
 	t.Cleanup(UseCheapPasswordHashes)
 }
+
+// WaitForHashSlots lets the store's password hashes wait for a slot as
+// long as d, where a busy machine would otherwise see them refused.
+func (s *Store) WaitForHashSlots(d time.Duration) { s.hashes.maxWait = d }

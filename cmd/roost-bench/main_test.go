@@ -418,7 +418,8 @@ func TestSuiteSmoke(t *testing.T) {
 	// subscribers got at the receiver; the peers have none, and why.
 	// The interval one on a Roost of its own, in the pinned run.
 	for figure, ratio := range map[string]string{webhookFigure: "p2p_qos1_throughput_webhook_vs_none",
-		webhookFigure + "_whole": "p2p_qos1_throughput_webhook_vs_none_whole", webhookIntervalFigure: "p2p_qos1_throughput_webhook_interval_vs_none"} {
+		webhookFigure + "_whole": "p2p_qos1_throughput_webhook_vs_none_whole", webhookIntervalFigure: "p2p_qos1_throughput_webhook_interval_vs_none",
+		webhookPipelinedFigure: "p2p_qos1_pipelined_throughput_webhook_vs_none", webhookPipelinedFigure + "_whole": "p2p_qos1_pipelined_throughput_webhook_vs_none_whole"} {
 		if v := res.Ratios[ratio]; v == nil || *v <= 0 {
 			t.Errorf("ratio %s: %v, want a positive number", ratio, v)
 		}
@@ -447,8 +448,10 @@ func TestSuiteSmoke(t *testing.T) {
 		}
 	}
 	for _, target := range []string{"mochi", "mosquitto", "nats"} {
-		if why := res.Unsupported[target][webhookFigure]; why == "" {
-			t.Errorf("unsupported %v, want %s of %s with a reason", res.Unsupported, webhookFigure, target)
+		for _, figure := range []string{webhookFigure, webhookPipelinedFigure} {
+			if why := res.Unsupported[target][figure]; why == "" {
+				t.Errorf("unsupported %v, want %s of %s with a reason", res.Unsupported, figure, target)
+			}
 		}
 	}
 	if s := res.Spread["p2p_qos1_throughput"]["roost"]; s.Min <= 0 || s.Min > s.Median || s.Median > s.Max {

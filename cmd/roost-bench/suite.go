@@ -485,9 +485,13 @@ func ratios(figures map[string]map[string]float64) map[string]*float64 {
 	// The webhook figures against the same run without a rule (the sync
 	// policy changes nothing there: a clean subscriber's publish is not
 	// stored).
-	for _, w := range []struct{ figure, run string }{{webhookFigure, ""}, {webhookFigure, wholeSuffix}, {webhookIntervalFigure, ""}} {
+	for _, w := range []struct{ figure, none, run string }{
+		{webhookFigure, "p2p_qos1_throughput", ""}, {webhookFigure, "p2p_qos1_throughput", wholeSuffix},
+		{webhookIntervalFigure, "p2p_qos1_throughput", ""},
+		{webhookPipelinedFigure, "p2p_qos1_pipelined_throughput", ""}, {webhookPipelinedFigure, "p2p_qos1_pipelined_throughput", wholeSuffix},
+	} {
 		if with, ok := figures[w.figure+w.run]["roost"]; ok {
-			if none, ok := figures["p2p_qos1_throughput"+w.run]["roost"]; ok && none > 0 {
+			if none, ok := figures[w.none+w.run]["roost"]; ok && none > 0 {
 				out[w.figure+"_vs_none"+w.run] = new(with / none)
 			}
 		}
@@ -582,7 +586,8 @@ func figureNames(sz sizes) []string {
 	for _, qos := range sz.sustainedQoS {
 		names = append(names, fmt.Sprintf("p2p_qos%d_sustained", qos))
 	}
-	return append(names, "fanout_qos0_throughput", "fanin_qos1_throughput", "fanin_shared_qos1_throughput", "connect_rate", "p2p_qos1_pipelined_throughput")
+	return append(names, "fanout_qos0_throughput", "fanin_qos1_throughput", "fanin_shared_qos1_throughput", "connect_rate", "p2p_qos1_pipelined_throughput",
+		webhookPipelinedFigure)
 }
 
 // runSuite starts every target and runs every scenario on each with the
@@ -878,6 +883,11 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, x suiteE
 		steps = append(steps, step{"p2p_qos1_pipelined_throughput", func() (any, float64, error) {
 			r, err := bench.P2PPipelined(ctx, t, sz.p2pPairs, 16, p2pWindow, sz.p2pDuration)
 			return r, r.PerSecond, err
+		}}, step{webhookPipelinedFigure, func() (any, float64, error) {
+			r, err := webhookP2P(ctx, p, hook, func() (bench.P2PResult, error) {
+				return bench.P2PPipelined(ctx, t, sz.p2pPairs, 16, p2pWindow, sz.p2pDuration)
+			})
+			return r, r.PerSecond, err
 		}})
 		suffix := ""
 		if whole {
@@ -909,7 +919,7 @@ func runSuite(ctx context.Context, name, only, roostBin, outDir string, x suiteE
 				continue
 			}
 			why, ok := p.unsupported[s.figure]
-			if !ok && s.figure == webhookFigure && p.call == nil {
+			if !ok && isWebhookFigure(s.figure) && p.call == nil {
 				why, ok = webhookUnsupported, true
 			}
 			if ok {

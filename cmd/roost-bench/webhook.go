@@ -28,6 +28,18 @@ const webhookFigure = "p2p_qos1_throughput_webhook"
 // default makes before it, comes within 10 ms.
 const webhookIntervalFigure = "p2p_qos1_throughput_webhook_interval"
 
+// webhookPipelinedFigure is the webhook figure of
+// p2p_qos1_pipelined_throughput: each publisher keeps p2pWindow messages
+// in flight, as a gateway or a client library with an inflight window
+// does, so that a sync of the outbox is shared by the publishes that
+// came while the one before ran rather than by one message a publisher.
+const webhookPipelinedFigure = "p2p_qos1_pipelined_throughput_webhook"
+
+// isWebhookFigure reports whether figure is one of the webhook figures.
+func isWebhookFigure(figure string) bool {
+	return figure == webhookFigure || figure == webhookIntervalFigure || figure == webhookPipelinedFigure
+}
+
 // webhookUnsupported is why a peer has no webhook figure.
 const webhookUnsupported = "no rules that send a broker's messages to a webhook"
 
