@@ -775,7 +775,7 @@ func (inst *instance) expireAway(now time.Time) {
 			inst.log.Warn("delete an expired session", "client_id", s.ClientID, "err", err)
 			continue
 		}
-		if err := r.sess.DropSession(ctx, s.ClientID, 0); err != nil {
+		if err := r.sess.ExpireSession(ctx, s.ClientID); err != nil {
 			inst.log.Warn("drop an expired session's routes", "client_id", s.ClientID, "err", err)
 		}
 		inst.log.Info("session expired", "client_id", s.ClientID)

@@ -122,7 +122,9 @@ func (rs *retryStore) clear(ctx context.Context, r *retryState) error {
 }
 
 // prune deletes the records of the retry queue but keep's, under the
-// worker's claim: ErrFenced once another worker has claimed the queue.
+// worker's claim: ErrFenced once another worker has claimed the queue,
+// when there is a record to delete (the back-ends check the claim of a
+// deletion of nothing only in the memory store).
 func (rs *retryStore) prune(ctx context.Context, keep uint64) error {
 	qs, err := rs.st.Read(ctx, rs.tenant, rs.id, 0, 16)
 	if err != nil {

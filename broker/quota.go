@@ -228,7 +228,8 @@ func (inst *instance) newSessionOver(clientID string) bool {
 	if inst.anywhere && inst.routes != nil && inst.routes.sess != nil {
 		// Waiting sessions are in the store, not here: they are counted
 		// across the tenant's nodes, up to what those nodes would keep.
-		return inst.sessionsAnywhereOver(clientID, limit*max(1, inst.quotas().MaxNodes))
+		nodes := max(1, inst.quotas().MaxNodes)
+		return inst.sessionsAnywhereOver(clientID, min(limit, math.MaxInt64/nodes)*nodes)
 	}
 	return false
 }

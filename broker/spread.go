@@ -454,7 +454,9 @@ func (h *routeHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 					}
 				}
 			}
-			if err := r.sess.DropSession(ctx, cl.ID, 0); err != nil {
+			// Under the claim made at connect: the routes are this
+			// connection's to end, wherever its client was before.
+			if err := r.sess.DropSession(ctx, cl.ID, h.inst.persist.epoch(cl.ID)); err != nil {
 				h.inst.log.Warn("drop an ending session's routes", "client_id", cl.ID, "err", err)
 			}
 		}
@@ -513,7 +515,7 @@ func (inst *instance) routeEndingSession(ctx context.Context, clientID string, s
 			}
 		}
 	}
-	return r.sess.DropSession(ctx, clientID, 0)
+	return r.sess.DropSession(ctx, clientID, inst.persist.epoch(clientID)) // under the claim made at connect
 }
 
 func (h *routeHook) ID() string { return "roost-routes" }

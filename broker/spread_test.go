@@ -1495,3 +1495,74 @@ func TestSpreadMaxSessions(t *testing.T) {
 		return err == nil
 	})
 }
+
+// TestSpreadResumedOnceLeavesNothing: a connection with Clean Start 0 and
+// no session expiry takes over a session whose client is still connected
+// on the other node; once it ends, nothing of the session is left: no
+// routes (the drop is made under the claim of the connection resuming it,
+// though the other node still held them), and nothing queued for it.
+func TestSpreadResumedOnceLeavesNothing(t *testing.T) {
+	// Node a detaches the old connection's session late: the drop made on
+	// b for the resuming connection comes while a still holds the routes.
+	b := make([]byte, 6)
+	rand.Read(b)
+	prefix := "roost-fabric-" + hex.EncodeToString(b)
+	url := testenv.RedisURL(t)
+	s := newSpreadWith(t, slowDetach{Redis: newFabric(t, url, prefix, "node-a"), delay: 300 * time.Millisecond}, newFabric(t, url, prefix, "node-b"))
+	s.prefix = prefix
+	s.tenant("acme")
+	secret := s.device("acme", "d", tenants.ClientIDsAny)
+	old := mustV5(t, s.addr, user("acme", "d"), secret, "tk", keepSession)
+	old.sub(t, "tk/#", 1)
+	once := mustV5(t, s.b.addr, user("acme", "d"), secret, "tk", func(c *paho.Connect) { c.CleanStart = false })
+	if !once.connack.SessionPresent {
+		t.Fatal("the session was not resumed")
+	}
+	select {
+	case <-old.discs:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the old connection was not ended")
+	}
+	once.Disconnect(&paho.Disconnect{})
+	opts, err := goredis.ParseURL(testenv.RedisURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := goredis.NewClient(opts)
+	defer rdb.Close()
+	eventually(t, 5*time.Second, "the session and its routes gone with the connection", func() bool {
+		_, found, err := s.sessA.Session(context.Background(), "acme", "tk")
+		routed, rerr := rdb.HExists(context.Background(), s.prefix+":{acme}:routes", "@tk\x00tk/#").Result()
+		return err == nil && !found && rerr == nil && !routed
+	})
+	pub := mustV5(t, s.addr, user("acme", "d"), secret, "p")
+	pub.pub(t, "tk/x", "after", 1, false) // queued before its PUBACK, if at all
+	if info, err := s.sessA.QueueInfo(context.Background(), "acme", "tk"); err != nil || info.Len != 0 {
+		t.Errorf("queued for a session that ended with its connection: %+v, %v", info, err)
+	}
+}
+
+// slowDetach is a fabric whose Detach takes delay: a node whose ended
+// connection's disconnect hook runs late.
+type slowDetach struct {
+	*fabric.Redis
+	delay time.Duration
+}
+
+func (f slowDetach) Join(ctx context.Context, tenant string, home bool, deliver func(fabric.Message) error) (fabric.Owner, error) {
+	o, err := f.Redis.Join(ctx, tenant, home, deliver)
+	if err != nil {
+		return nil, err
+	}
+	return slowDetachOwner{o.(fabric.SessionOwner), f.delay}, nil
+}
+
+type slowDetachOwner struct {
+	fabric.SessionOwner
+	delay time.Duration
+}
+
+func (o slowDetachOwner) Detach(ctx context.Context, clientID string) error {
+	time.Sleep(o.delay)
+	return o.SessionOwner.Detach(ctx, clientID)
+}

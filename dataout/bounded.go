@@ -8,6 +8,8 @@ import (
 	"github.com/google/cel-go/cel"
 	celast "github.com/google/cel-go/common/ast"
 	"github.com/google/cel-go/common/functions"
+	"github.com/google/cel-go/common/operators"
+	"github.com/google/cel-go/common/overloads"
 	"github.com/google/cel-go/common/types"
 	"github.com/google/cel-go/common/types/ref"
 	"github.com/google/cel-go/common/types/traits"
@@ -28,14 +30,22 @@ import (
 const MaxStringResult = 1 << 20
 
 // MaxBuilt bounds the bytes of the strings and bytes that one message's
-// rules make with calls, all of them together: concatenations, builders,
-// conversions, case changes. MaxStringResult bounds one call, but a
-// comprehension makes one per element, and cel-go's cost limit does not
-// charge them: payload.l.map(x, payload.s + payload.s) over a 120 KB
-// string and a list of 1,000 numbers made 47 MB before the time limit
-// stopped it, and every connection of a tenant may evaluate a message at
-// once. Past it the call fails, and with it the rule, for that message.
+// rules make with string-building calls (+, format, join, replace, case
+// changes, conversions between string and bytes, base64, quote) inside a
+// comprehension's steps, all of them together. cel-go's cost limit does
+// not charge those a comprehension makes: payload.l.map(x, payload.s +
+// payload.s) over a 120 KB string and a list of 1,000 numbers made 47 MB
+// before the time limit stopped it, and every connection of a tenant may
+// evaluate a message at once. A call outside a comprehension runs once,
+// and the cost limit charges it by its size. Past the bound the call
+// fails, and every such call after it fails before building anything
+// (an error that || or && absorbs does not let it build on); the rule
+// does not match that message. The destination rules and the Kafka export
+// rules of a message each have a count of their own.
 const MaxBuilt = 8 << 20
+
+// maxBuilt is MaxBuilt; tests lower it.
+var maxBuilt = MaxBuilt
 
 // builtVar names, among a message's variables (Input.Vars), the count of
 // the bytes its rules built so far: a name no expression can spell.
@@ -45,45 +55,107 @@ const builtVar = "\x00built"
 // they are evaluated one at a time, by one goroutine.
 type built struct{ n int }
 
-// boundBuilt is a program decorator that charges every call's string or
-// bytes result to the message's count (builtVar), and fails the call once
-// the count passes MaxBuilt. A call evaluated without the count (outside
-// Vars) is charged nothing.
-func boundBuilt(i interpreter.InterpretableV2) (interpreter.InterpretableV2, error) {
-	if c, ok := i.(interpreter.InterpretableCall); ok {
-		return builtCall{c}, nil
+// builds reports whether a call makes a new string or bytes of a size
+// its arguments decide (rather than a small one, or a substring sharing
+// its argument's memory), and for a conversion the type it converts to.
+func builds(c interpreter.InterpretableCall) (ok bool, conv ref.Type) {
+	switch c.Function() {
+	case operators.Add, "format", "join", "replace", "lowerAscii", "upperAscii", "reverse", "strings.quote", "base64.encode", "base64.decode":
+		return true, nil
+	case overloads.TypeConvertString:
+		return len(c.Args()) == 1, types.StringType
+	case overloads.TypeConvertBytes:
+		return len(c.Args()) == 1, types.BytesType
 	}
-	return i, nil
+	return false, nil
 }
 
-type builtCall struct{ interpreter.InterpretableCall }
+// boundBuilt returns a program decorator that charges the string or
+// bytes result of every string-building call within a comprehension's
+// loop step of a (see MaxBuilt) to the message's count (builtVar). A
+// call evaluated without the count (outside Vars) is charged nothing.
+func boundBuilt(a *cel.Ast) interpreter.InterpretableDecoratorV2 {
+	inLoop := map[int64]bool{}
+	celast.PreOrderVisit(a.NativeRep().Expr(), celast.NewExprVisitor(func(e celast.Expr) {
+		if e.Kind() != celast.ComprehensionKind {
+			return
+		}
+		celast.PreOrderVisit(e.AsComprehension().LoopStep(), celast.NewExprVisitor(func(e celast.Expr) { inLoop[e.ID()] = true }))
+	}))
+	return func(i interpreter.InterpretableV2) (interpreter.InterpretableV2, error) {
+		c, ok := i.(interpreter.InterpretableCall)
+		if !ok || !inLoop[c.ID()] {
+			return i, nil
+		}
+		if ok, conv := builds(c); ok {
+			return builtCall{c, conv}, nil
+		}
+		return i, nil
+	}
+}
+
+// builtCall is a string-building call, charged. A conversion (conv not
+// nil) is made here as the standard library makes it (ref.Val's
+// ConvertToType, or its argument itself when of the type already), so
+// that a string passed through string() is not charged as if copied.
+type builtCall struct {
+	interpreter.InterpretableCall
+	conv ref.Type
+}
 
 func (c builtCall) Eval(act interpreter.Activation) ref.Val {
-	return charge(act, c.InterpretableCall.Eval(act))
+	b := countOf(act)
+	if b != nil && b.n > maxBuilt {
+		return errBuilt()
+	}
+	if c.conv == nil {
+		return charge(b, c.InterpretableCall.Eval(act))
+	}
+	return c.convert(b, c.Args()[0].Eval(act))
 }
 
 func (c builtCall) Exec(f *interpreter.ExecutionFrame) ref.Val {
-	return charge(f, c.InterpretableCall.Exec(f))
+	b := countOf(f)
+	if b != nil && b.n > maxBuilt {
+		return errBuilt()
+	}
+	if c.conv == nil {
+		return charge(b, c.InterpretableCall.Exec(f))
+	}
+	return c.convert(b, c.Args()[0].Exec(f))
 }
 
-func charge(act interpreter.Activation, v ref.Val) ref.Val {
-	var n int
+func (c builtCall) convert(b *built, arg ref.Val) ref.Val {
+	if arg.Type() == c.conv {
+		return arg
+	}
+	return charge(b, arg.ConvertToType(c.conv))
+}
+
+func countOf(act interpreter.Activation) *built {
+	v, _ := act.ResolveName(builtVar)
+	b, _ := v.(*built)
+	return b
+}
+
+func errBuilt() ref.Val {
+	return types.NewErr("the rules made more than %d bytes of strings in comprehensions for this message", maxBuilt)
+}
+
+func charge(b *built, v ref.Val) ref.Val {
+	if b == nil {
+		return v
+	}
 	switch v := v.(type) {
 	case types.String:
-		n = len(v)
+		b.n += len(v)
 	case types.Bytes:
-		n = len(v)
+		b.n += len(v)
 	default:
 		return v
 	}
-	if n == 0 {
-		return v
-	}
-	b, _ := act.ResolveName(builtVar)
-	if b, ok := b.(*built); ok {
-		if b.n += n; b.n > MaxBuilt {
-			return types.NewErr("the rules made more than %d bytes of strings for this message", MaxBuilt)
-		}
+	if b.n > maxBuilt {
+		return errBuilt()
 	}
 	return v
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"runtime"
 	"strings"
 	"testing"
@@ -220,62 +221,109 @@ func TestMatchesPatternsLiteral(t *testing.T) {
 }
 
 // TestBuiltBounded: the strings a message's rules make with calls in a
-// comprehension (which cel-go's cost limit does not charge) fail the rule
-// once they pass MaxBuilt together, well before the time limit and with
-// little memory, whichever call makes them; the count is the message's,
-// shared by its rules; conditions that build little work as before.
+// comprehension's steps (which cel-go's cost limit does not charge) fail
+// the rule once they pass MaxBuilt together, with little memory,
+// whichever call makes them; once past it, such calls fail before
+// building, though an || absorbs their error; the count is the message's,
+// shared by its rules. Calls outside comprehensions, and calls inside
+// them that build nothing, are not charged: ten rules converting a 2 MiB
+// text payload all match.
 func TestBuiltBounded(t *testing.T) {
-	p, err := json.Marshal(map[string]any{"s": strings.Repeat("a", 120_000), "l": make([]int, 1_000)})
+	const bound = 1 << 20
+	dataout.LowerMaxBuilt(t, bound)
+	dataout.RaiseEvalTimeLimit(t, 10*time.Second)
+	// The bound in 5 concatenations; a list of 50, for cel-go's cost
+	// tracker makes a comprehension's time grow with the square of its
+	// list's length (1,000 numbers take 20 ms, more under -race).
+	p, err := json.Marshal(map[string]any{"s": strings.Repeat("a", 120_000), "l": make([]int, 50)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := dataout.Input{Topic: "x", Payload: p} // 8 MiB in 35 concatenations
+	in := dataout.Input{Topic: "x", Payload: p}
 	for _, src := range []string{
 		`payload.l.map(x, payload.s + payload.s).size() > 0`,
-		`payload.l.map(x, payload.s.lowerAscii()).size() > 0`,
 		`payload.l.map(x, bytes(payload.s)).size() > 0`,
 		`payload.l.filter(x, (payload.s + string(x)).size() > 0).size() > 0`,
+		`payload.l.map(x, payload.s.lowerAscii()).size() > 0`,
 	} {
 		c, err := dataout.CompileCondition(src)
 		if err != nil {
 			t.Fatal(src, err)
 		}
-		var ok bool
-		grew := allocated(func() { ok, err = c.Eval(context.Background(), in) })
-		// Calls the cost limit charges by size may meet it first, and
-		// under -race a conversion may meet the time limit first.
-		if ok || err == nil || !strings.Contains(err.Error(), "bytes of strings") && !errors.Is(err, dataout.ErrCostLimit) && !errors.Is(err, dataout.ErrTimeLimit) ||
-			strings.Contains(src, "payload.s + payload.s") && !strings.Contains(err.Error(), "bytes of strings") {
+		ok, err := c.Eval(context.Background(), in)
+		// The cost limit charges some of these calls by size too, and
+		// may meet them first; the plain concatenation it does not.
+		if ok || err == nil || !strings.Contains(err.Error(), "bytes of strings") && !(errors.Is(err, dataout.ErrCostLimit) && !strings.Contains(src, "payload.s + payload.s")) {
 			t.Errorf("%s: %v, %v; want refused past MaxBuilt", src, ok, err)
-		}
-		if grew > 3*dataout.MaxBuilt {
-			t.Errorf("%s: refusing it allocated %d MB", src, grew>>20)
 		}
 	}
 
-	p, err = json.Marshal(map[string]any{"s": strings.Repeat("a", 40_000), "l": make([]int, 64)})
+	absorbed, err := dataout.CompileCondition(`payload.l.all(x, (payload.s + payload.s).size() == 0 || true)`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	five := dataout.Input{Topic: "x", Payload: p} // 64 × 80 KB: 5 MB a rule
-	const cond = `payload.l.map(x, payload.s + payload.s).size() == 64`
+	p, err = json.Marshal(map[string]any{"s": strings.Repeat("a", 120_000), "l": make([]int, 200)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Building on, it would make 200 × 240 KB: 48 MB.
+	grew := allocated(func() { absorbed.Eval(context.Background(), dataout.Input{Topic: "x", Payload: p}) })
+	if grew > 8*bound {
+		t.Errorf("an error absorbed by ||: the comprehension built on, %d KB allocated", grew>>10)
+	}
+
+	for _, src := range []string{
+		`payload.l.map(x, dyn(payload.s)).size() == 50`,
+		`payload.l.map(x, string(payload.s)).size() == 50`,
+		`(payload.s + payload.s + payload.s + payload.s + payload.s + payload.s + payload.s + payload.s + payload.s + payload.s).size() > 0`,
+	} {
+		c, err := dataout.CompileCondition(src)
+		if err != nil {
+			t.Fatal(src, err)
+		}
+		if ok, err := c.Eval(context.Background(), in); !ok || err != nil && !errors.Is(err, dataout.ErrCostLimit) {
+			t.Errorf("%s: %v, %v; want true (nothing built in a comprehension)", src, ok, err)
+		}
+	}
+
+	text := dataout.Input{Topic: "x", Payload: []byte(strings.Repeat("x", 2<<20))}
+	var textRules []tenants.ExportRule
+	for i := range 10 {
+		textRules = append(textRules, tenants.ExportRule{ID: fmt.Sprintf("r%d", i), Filter: "#", Condition: `string(payload).startsWith("x")`})
+	}
+	set, errs := dataout.CompileRules(textRules)
+	if len(errs) > 0 {
+		t.Fatal(errs)
+	}
+	for _, m := range set.Match(context.Background(), text) {
+		if m.Err != nil {
+			t.Errorf("rule %s over a 2 MiB text payload: %v, want a match", m.Rule.ID, m.Err)
+		}
+	}
+
+	p, err = json.Marshal(map[string]any{"s": strings.Repeat("a", 120_000), "l": make([]int, 3)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	most := dataout.Input{Topic: "x", Payload: p} // 3 × 240 KB: 720 KB a rule
+	const cond = `payload.l.map(x, payload.s + payload.s).size() == 3`
 	c, err := dataout.CompileCondition(cond)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ok, err := c.Eval(context.Background(), five); !ok || err != nil {
-		t.Fatalf("one rule making 5 MB: %v, %v; want true", ok, err)
+	if ok, err := c.Eval(context.Background(), most); !ok || err != nil {
+		t.Fatalf("one rule making 720 KB: %v, %v; want true", ok, err)
 	}
-	set, errs := dataout.CompileRules([]tenants.ExportRule{
+	set, errs = dataout.CompileRules([]tenants.ExportRule{
 		{ID: "r1", Filter: "#", Condition: cond},
 		{ID: "r2", Filter: "#", Condition: cond},
 	})
 	if len(errs) > 0 {
 		t.Fatal(errs)
 	}
-	ms := set.Match(context.Background(), five)
+	ms := set.Match(context.Background(), most)
 	if len(ms) != 2 || ms[0].Err != nil || ms[1].Err == nil || !strings.Contains(ms[1].Err.Error(), "bytes of strings") {
-		t.Errorf("two rules making 5 MB each for one message: matches %+v; want r1, and r2 past the message's MaxBuilt", ms)
+		t.Errorf("two rules making 720 KB each for one message: matches %+v; want r1, and r2 past the message's MaxBuilt", ms)
 	}
 	for _, src := range []string{
 		`(payload.s + "x").size() == 120001`,

@@ -70,7 +70,7 @@ func CompileProjection(src string) (*Projection, error) {
 		return nil, &ConditionError{Line: 1, Column: 1, Msg: fmt.Sprintf("a projection's map needs string keys, not %s", t.Parameters()[0])}
 	}
 	prg, err := e.Program(ast, cel.CostLimit(ConditionCostLimit), cel.InterruptCheckFrequency(100), cel.EvalOptions(cel.OptOptimize),
-		cel.CustomDecoratorV2(boundBuilt))
+		cel.CustomDecoratorV2(boundBuilt(ast)))
 	if err != nil {
 		return nil, &ConditionError{Line: 1, Column: 1, Msg: err.Error()}
 	}

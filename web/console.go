@@ -97,10 +97,6 @@ type Console struct {
 	pages  map[string]*template.Template
 	router chi.Router
 	out    *webhookTools
-	// started is when the console was built: only sessions begun before
-	// it are carried over from the cookie names without __Host-
-	// (legacyCookies).
-	started time.Time
 }
 
 // New builds the console.
@@ -142,7 +138,7 @@ func New(cfg Config) (*Console, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Console{cfg: cfg, store: cfg.Store, auth: cfg.Auth, pages: pages, started: cfg.Now()}
+	c := &Console{cfg: cfg, store: cfg.Store, auth: cfg.Auth, pages: pages}
 	if c.out, err = newWebhookTools(cfg); err != nil {
 		return nil, err
 	}
@@ -219,51 +215,6 @@ func (c *Console) clearCookie(w http.ResponseWriter, base string) {
 	if c.cfg.SecureCookies {
 		http.SetCookie(w, &http.Cookie{Name: base, Value: "", Path: "/", HttpOnly: true, Secure: true, MaxAge: -1})
 	}
-}
-
-// legacyCookies carries visitors signed in before the __Host- names over
-// to them, over HTTPS: a session or operator cookie under its old name,
-// with none under the new, is read once — if it carries an open session
-// of its kind that began before this console started (so before any
-// __Host- cookie was given out here) — and set again under the new name;
-// the request goes on as if it had come with that. Any other old-named
-// cookie is ignored: one planted by a neighbour after the upgrade names a
-// session that began after it. The old-named cookie is left to expire, so
-// that, during a rolling upgrade, processes still on the old version keep
-// reading it. The CSRF cookie is not carried over (its token's HMAC binds
-// no session, so a planted nonce is what __Host- stops): a form opened
-// before the upgrade asks once to be reloaded.
-func (c *Console) legacyCookies(next http.Handler) http.Handler {
-	if !c.cfg.SecureCookies {
-		return next
-	}
-	kinds := []struct {
-		base string
-		kind tenants.SessionKind
-		site http.SameSite
-	}{{sessionCookie, tenants.SessionAccount, http.SameSiteLaxMode}, {operatorCookie, tenants.SessionOperator, http.SameSiteStrictMode}}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		cloned := false
-		for _, k := range kinds {
-			if _, err := r.Cookie(hostPrefix + k.base); err == nil {
-				continue
-			}
-			old, err := r.Cookie(k.base)
-			if err != nil {
-				continue
-			}
-			se, err := c.auth.Session(r.Context(), old.Value)
-			if err != nil || se.Kind != k.kind || !se.CreatedAt.Before(c.started) {
-				continue
-			}
-			if !cloned {
-				r, cloned = r.Clone(r.Context()), true
-			}
-			r.AddCookie(&http.Cookie{Name: hostPrefix + k.base, Value: old.Value})
-			c.setCookie(w, k.base, old.Value, se.ExpiresAt.Sub(c.cfg.Now()), k.site)
-		}
-		next.ServeHTTP(w, r)
-	})
 }
 
 // mac is the HMAC-SHA256 of the parts under the signing key.

@@ -14,7 +14,7 @@ func (c *Console) routes() chi.Router {
 	r.Use(c.accessLog, secure, withOrigin)
 	r.Handle("/static/*", static())
 	r.Group(func(r chi.Router) {
-		r.Use(c.legacyCookies, c.csrf, c.validText)
+		r.Use(c.csrf, c.validText)
 		r.NotFound(c.notFound)
 		r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
 			c.errorPage(w, r, http.StatusMethodNotAllowed, "This page does not take a "+r.Method+".")

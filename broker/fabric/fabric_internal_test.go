@@ -519,10 +519,11 @@ func sendToB(t *testing.T, dialFor func(fb *Redis, inbox string, sends func([]by
 }
 
 // TestDropSessionSparesClaimedSession: ending a session without a claim
-// (its expiry swept on one node, a takeover there) leaves it alone while
-// another live node's client holds its routes (it claimed the session
-// since); a claim, the session held by no one or by the dropping node,
-// or a holder whose membership lapsed, let it go.
+// (its client leaving with no expiry) leaves it alone while another live
+// node's client holds its routes (it claimed the session since); a claim,
+// the session held by no one or by the dropping node, or a holder whose
+// membership lapsed, let it go. An expiry also spares a session the
+// expiring node holds.
 func TestDropSessionSparesClaimedSession(t *testing.T) {
 	fa, fb := testFabrics(t)
 	ctx := context.Background()
@@ -582,6 +583,27 @@ func TestDropSessionSparesClaimedSession(t *testing.T) {
 	drop(0)
 	if routed() {
 		t.Fatal("a drop left the routes of a session held by the dropping node")
+	}
+
+	// An expiry spares a session any live node holds, the expiring one
+	// included (its client came back after the record was deleted).
+	for _, on := range []*Tenant{ta, tb} {
+		hold(on)
+		if err := ta.ExpireSession(ctx, "c1"); err != nil {
+			t.Fatal(err)
+		}
+		if !routed() {
+			t.Fatalf("an expiry removed the routes of a session held by %s", on.owner)
+		}
+		if err := on.Detach(ctx, "c1"); err != nil {
+			t.Fatal(err)
+		}
+		if err := ta.ExpireSession(ctx, "c1"); err != nil {
+			t.Fatal(err)
+		}
+		if routed() {
+			t.Fatal("an expiry left the routes of a session held by no one")
+		}
 	}
 
 	hold(tb)

@@ -31,6 +31,7 @@ type SessionOwner interface {
 	AddSession(ctx context.Context, clientID, filter string, qos byte, noLocal bool) error
 	RemoveSession(ctx context.Context, clientID, filter string) error
 	DropSession(ctx context.Context, clientID string, epoch uint64) error
+	ExpireSession(ctx context.Context, clientID string) error
 	Attach(ctx context.Context, clientID string, epoch uint64) error
 	Kick(ctx context.Context, clientID string, epoch uint64) (bool, error)
 	Release(ctx context.Context, clientID string, epoch uint64) error
@@ -109,46 +110,49 @@ func (t *Tenant) sessionRoute(ctx context.Context, clientID, filter, value strin
 
 // attachScript sets the owner a session's client is connected to (ARGV[2];
 // empty: none, and only if it was ARGV[7]) in the session's routes, and
-// the last one in the at hash, or (ARGV[8] = "1") ends the session: its
-// routes go. Given a kick entry (ARGV[6]: a claim was made here), the
+// the last one in the at hash, or (ARGV[8] "1" or "2") ends the session:
+// its routes go. Given a kick entry (ARGV[6]: a claim was made here), the
 // owner the session's client was last on, if another, gets it: it ends
 // its connection and drops a Will it holds back for the session. Without
-// one (an expiry, a takeover here), the session is not ended while a
-// route of it is held by another owner with a membership (KEYS[5]): a
-// client connected there claimed it since, and its routes are its own.
-// It returns 0 when it changed nothing.
+// one, the session is not ended while a route of it is held by an owner
+// with a membership (KEYS[5]): with "1", another owner (this one's client
+// is the connection ending it); with "2", any (an expiry: a client
+// connected anywhere, this node included, claimed it since the record
+// was deleted, and its routes are its own). It returns 0 when it changed
+// nothing.
 //
 // KEYS: routes, version, at, the session's filters, members. ARGV: client
 // id, owner, channel, tenant, inbox key prefix, kick entry, detaching
 // owner, drop, cap.
 var attachScript = goredis.NewScript(`
+local drop = ARGV[8] ~= '0'
 local old = redis.call('HGET', KEYS[3], ARGV[1])
-if ARGV[2] == '' and ARGV[8] ~= '1' and old ~= ARGV[7] then return 0 end
-if ARGV[8] == '1' and ARGV[6] == '' then
+if ARGV[2] == '' and not drop and old ~= ARGV[7] then return 0 end
+if drop and ARGV[6] == '' then
   local t = redis.call('TIME')
   local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
   local prefix = '@' .. ARGV[1] .. '\0'
   for _, f in ipairs(redis.call('SMEMBERS', KEYS[4])) do
     local v = redis.call('HGET', KEYS[1], prefix .. f)
     local holder = v and string.match(v, '|(.*)$') or ''
-    if holder ~= '' and holder ~= ARGV[7] then
+    if holder ~= '' and (holder ~= ARGV[7] or ARGV[8] == '2') then
       local deadline = tonumber(redis.call('HGET', KEYS[5], holder))
       if deadline and deadline >= now then return 0 end
     end
   end
 end
-if ARGV[8] == '1' then redis.call('HDEL', KEYS[3], ARGV[1]) elseif ARGV[2] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[2]) end
+if drop then redis.call('HDEL', KEYS[3], ARGV[1]) elseif ARGV[2] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[2]) end
 local prefix = '@' .. ARGV[1] .. '\0'
 for _, f in ipairs(redis.call('SMEMBERS', KEYS[4])) do
   local field = prefix .. f
-  if ARGV[8] == '1' then
+  if drop then
     redis.call('HDEL', KEYS[1], field)
   else
     local v = redis.call('HGET', KEYS[1], field)
     if v then redis.call('HSET', KEYS[1], field, string.match(v, '^[^|]*') .. '|' .. ARGV[2]) end
   end
 end
-if ARGV[8] == '1' then redis.call('DEL', KEYS[4]) end
+if drop then redis.call('DEL', KEYS[4]) end
 redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', ARGV[3], ARGV[4])
 if ARGV[6] ~= '' and old and old ~= ARGV[7] then
@@ -158,11 +162,18 @@ end
 return 1
 `)
 
+// How attach changes a session (attachScript's ARGV[8]).
+const (
+	attachOnly = "0" // attach or detach
+	dropEnded  = "1" // end it, unless another live owner holds it
+	dropExpiry = "2" // end it, unless any live owner holds it
+)
+
 // Attach records that a persistent session's client is connected here,
 // under the claim epoch: messages for it come here from now on, and the
 // node it was connected to before is told to end that connection.
 func (t *Tenant) Attach(ctx context.Context, clientID string, epoch uint64) error {
-	return t.attach(ctx, clientID, t.owner, epoch, false)
+	return t.attach(ctx, clientID, t.owner, epoch, attachOnly)
 }
 
 // kickScript tells the owner a session's client was last connected to
@@ -241,26 +252,30 @@ func (t *Tenant) AwaitRelease(ctx context.Context, clientID string, epoch uint64
 // Detach records that the session's client left this node (if it was
 // here): its messages are queued, and sent nowhere, until it connects.
 func (t *Tenant) Detach(ctx context.Context, clientID string) error {
-	return t.attach(ctx, clientID, "", 0, false)
+	return t.attach(ctx, clientID, "", 0, attachOnly)
 }
 
-// DropSession removes a session's routes: it ended (a clean start, its
-// expiry). With the epoch of a claim made here (a connection discarding
-// it), the node its client was last on is told to end that connection.
-// Without one (epoch 0: its expiry, or a connection here taking it over
-// that keeps none) it leaves a session whose routes another live node
-// holds: that node's client claimed it since, which the store's epoch
-// fences for the session's record but not for its routes here.
+// DropSession removes a session's routes: it ended (a clean start, a
+// connection that resumed it without keeping it, its expiry as its client
+// leaves). With the epoch of a claim made here (a connection discarding
+// or resuming it), the node its client was last on is told to end that
+// connection. Without one (epoch 0: the connection ending it is this
+// node's) it leaves a session whose routes another live node holds: that
+// node's client claimed it since.
 func (t *Tenant) DropSession(ctx context.Context, clientID string, epoch uint64) error {
-	return t.attach(ctx, clientID, "", epoch, true)
+	return t.attach(ctx, clientID, "", epoch, dropEnded)
 }
 
-func (t *Tenant) attach(ctx context.Context, clientID, owner string, epoch uint64, drop bool) error {
+// ExpireSession removes the routes of a session whose record was deleted
+// as expired, unless a client connected to any live node, this one
+// included, holds them: it claimed the session after the deletion, and
+// the routes are its new session's.
+func (t *Tenant) ExpireSession(ctx context.Context, clientID string) error {
+	return t.attach(ctx, clientID, "", 0, dropExpiry)
+}
+
+func (t *Tenant) attach(ctx context.Context, clientID, owner string, epoch uint64, d string) error {
 	keys := []string{t.routes, t.version, t.f.key(t.name, "at"), t.f.key(t.name, "sr:"+clientID), t.members}
-	d := "0"
-	if drop {
-		d = "1"
-	}
 	kick := ""
 	if epoch > 0 {
 		kick = encode(Message{Kick: clientID, Epoch: epoch})
