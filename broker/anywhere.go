@@ -464,8 +464,8 @@ func (p *persistence) announceAlias(cl *mqtt.Client, pk *packets.Packet) {
 }
 
 // releaseWithheld frees a withheld delivery's packet id and forgets it.
-// mochi took one from the client's send quota for it, given back here
-// (the client will not acknowledge it). Called with p.mu held.
+// It takes no place of the client's Receive Maximum (see flowControl,
+// which never sees it written). Called with p.mu held.
 func (p *persistence) releaseWithheld(cl *mqtt.Client, pubID string) {
 	w := p.unsend[cl.ID][pubID]
 	if w == nil {
@@ -474,7 +474,6 @@ func (p *persistence) releaseWithheld(cl *mqtt.Client, pubID string) {
 	if cur, ok := cl.State.Inflight.Get(w.id); ok && !w.out {
 		if got, _ := pubIDOf(cur); got == pubID && cl.State.Inflight.Delete(w.id) {
 			atomic.AddInt64(&p.server.Info.Inflight, -1)
-			cl.State.Inflight.IncreaseSendQuota()
 		}
 	}
 	p.forgetWithheldCopy(cl.ID, pubID)

@@ -45,6 +45,44 @@ func TestConnackFirst(t *testing.T) {
 	}
 }
 
+// TestWithoutMarkers: a write leaves out the markers of packets not to be
+// written (see unwrite), wherever they are among whole packets, and
+// nothing else: not the same bytes inside a packet, nor bytes that do not
+// frame as packets.
+func TestWithoutMarkers(t *testing.T) {
+	mark := marker[:]
+	publish := []byte{packets.Publish << 4, 5, 0, 1, 't', 0xc0, 0x00} // a payload that reads like a marker
+	puback := []byte{packets.Puback << 4, 2, 0, 1}
+	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+	for _, tc := range []struct {
+		name    string
+		in      []byte
+		want    []byte
+		markers int64
+	}{
+		{"marker alone", mark, nil, 1},
+		{"markers alone", cat(mark, mark), nil, 2},
+		{"marker first", cat(mark, publish), publish, 1},
+		{"marker last", cat(publish, mark), publish, 1},
+		{"markers between", cat(publish, mark, puback, mark, publish), cat(publish, puback, publish), 2},
+		{"no marker", cat(publish, puback), cat(publish, puback), 0},
+		{"cut short after a marker", cat(mark, publish[:3]), publish[:3], 1},
+		{"cut short", cat(publish[:1]), publish[:1], 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &deviceConn{}
+			c.unwritten.Store(10)
+			got := c.withoutMarkers(bytes.Clone(tc.in))
+			if !bytes.Equal(got, tc.want) {
+				t.Errorf("got %x, want %x", got, tc.want)
+			}
+			if left := c.unwritten.Load(); 10-left != tc.markers {
+				t.Errorf("markers counted out: %d, want %d", 10-left, tc.markers)
+			}
+		})
+	}
+}
+
 // TestDeviceConnWritesConnackFirst: what mochi writes before the CONNACK
 // is held and reaches the client after it; a CONNACK written first goes
 // out at once, and what follows it is not held.

@@ -113,6 +113,9 @@ func (h *encodeHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.
 	if h.session != nil {
 		h.session.encode(cl, &pk)
 	}
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok && dc.flow != nil {
+		dc.flow.encode(cl, &pk)
+	}
 	h.quota.encode(cl, &pk)
 	if h.route != nil {
 		h.route.encode(cl, &pk)

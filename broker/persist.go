@@ -250,6 +250,9 @@ type pubCopies struct {
 	// skip are the sessions the publish must not reach: their copy
 	// went another way (see arrived).
 	skip map[string]bool
+	// full are the sessions whose full queue took no copy of the
+	// publish (see makeRoom): it must not reach them either.
+	full map[string]bool
 	at   time.Time
 	// topic is the publish's topic (a delivery's may be left out for its
 	// outbound topic alias).
@@ -405,11 +408,13 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 	if len(items) == 0 {
 		return p.tagUnqueued(pk), nil
 	}
-	items = p.makeRoom(ctx, items)
+	items, full := p.makeRoom(ctx, items)
 	if len(items) == 0 {
-		// Every copy was dropped: tagged all the same, so that mochi's own
-		// offline queue does not keep it either (see handedOver).
-		return p.tagTurns(pk, map[string]uint64{}, turns), nil
+		// Every copy was dropped: tagged all the same, so that mochi
+		// neither delivers it nor keeps it (see handedOver).
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.register(pk, pubCopies{seqs: map[string]uint64{}, turns: turns, full: full}), nil
 	}
 	var receipt store.Receipt
 	if pk.FixedHeader.Qos == 2 && !cl.Net.Inline && persistent(cl) {
@@ -462,7 +467,7 @@ func (p *persistence) storeCopies(cl *mqtt.Client, pk packets.Packet, ow **outbo
 	}
 	// Noted and tagged at once: a reconcile in between would find the
 	// copies outstanding and not being routed, and send them itself.
-	pk = p.register(pk, pubCopies{seqs: copies, turns: turns})
+	pk = p.register(pk, pubCopies{seqs: copies, turns: turns, full: full})
 	p.appendEndsLocked(ticket)
 	return pk, nil
 }
@@ -560,13 +565,18 @@ func (p *persistence) register(pk packets.Packet, c pubCopies) packets.Packet {
 
 // makeRoom keeps each queue within the tenant's max_queued. Under
 // drop_oldest a full queue drops its oldest message, in the store and in
-// mochi's inflight state; under drop_newest the new message is not queued
-// (mochi, whose inflight is as full, does not deliver it either). Either way
-// the drop is counted and raised as an event. It returns the items to append.
-func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.Item {
+// mochi's inflight state; under drop_newest the new message is not queued.
+// Either way the drop is counted and raised as an event. It returns the
+// items to append, and the sessions whose new message was not queued
+// (full): mochi, which does not bound a persistent session's inflight
+// messages (see newInstance), would still hand it to the client, and a
+// connected one would be sent a message counted as dropped, and hold it
+// beyond max_queued (TestConnectedDropNewestNotDelivered); handedOver
+// withholds it.
+func (p *persistence) makeRoom(ctx context.Context, items []store.Item) (kept []store.Item, full map[string]bool) {
 	limit := p.maxQueued()
 	policy := p.host.queuePolicy(ctx)
-	kept := items[:0:0]
+	kept = items[:0:0]
 	for _, it := range items {
 		p.mu.Lock()
 		out := p.outstanding[it.ClientID]
@@ -582,6 +592,10 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.
 		if policy == tenants.DropNewest || i < 0 {
 			p.dropped[it.ClientID]++
 			p.mu.Unlock()
+			if full == nil {
+				full = map[string]bool{}
+			}
+			full[it.ClientID] = true
 			p.host.raise(events.Event{Tenant: p.tenant, Type: events.QueueDropped, ClientID: it.ClientID,
 				Device: p.deviceOf(it.ClientID), Quota: "max_queued", Limit: int64(limit), Reason: string(policy)})
 			continue
@@ -614,7 +628,7 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) []store.
 		p.host.raise(events.Event{Tenant: p.tenant, Type: events.QueueDropped, ClientID: it.ClientID,
 			Device: p.deviceOf(it.ClientID), Quota: "max_queued", Limit: int64(limit), Reason: string(policy)})
 	}
-	return kept
+	return kept, full
 }
 
 // orderResend runs as a resumed session's CONNACK is encoded, just before
@@ -649,7 +663,6 @@ func (p *persistence) orderResend(cl *mqtt.Client) {
 			w.out = true
 			if cl.State.Inflight.Delete(pk.PacketID) {
 				atomic.AddInt64(&p.server.Info.Inflight, -1)
-				cl.State.Inflight.IncreaseSendQuota()
 			}
 			continue
 		}
@@ -742,7 +755,10 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 	p.mu.Lock()
 	seq, ok := p.inflight[cl.ID][out.PacketID]
 	if pubID, tagged := pubIDOf(out); tagged {
-		if p.pubs[pubID].skip[cl.ID] {
+		// A connected session's delivery that its full queue did not take
+		// is withheld: counted as dropped, it must not be sent. An offline
+		// one's is dropped below.
+		if c := p.pubs[pubID]; c.skip[cl.ID] || (c.full[cl.ID] && cl.Net.Conn != nil && !cl.Closed()) {
 			p.withhold(cl, pubID, out.PacketID, 0)
 			p.mu.Unlock()
 			return

@@ -145,23 +145,15 @@ func (h *sessionHook) encode(cl *mqtt.Client, pk *packets.Packet) {
 	switch {
 	case pk.FixedHeader.Type == packets.Publish:
 		if h.p.unsent(cl, pk) {
-			pk.Mods.MaxSize = unwritable
-		} else {
-			h.p.announceAlias(cl, pk)
+			unwrite(cl, pk)
+			return
 		}
+		h.p.announceAlias(cl, pk)
 		untag(pk)
 	case pk.FixedHeader.Type == packets.Connack && pk.SessionPresent:
 		h.p.orderResend(cl)
 	}
 }
-
-// unwritable is the maximum packet size that keeps a packet from being
-// written: mochi encodes it, finds it larger and writes nothing (its
-// WritePacket returns ErrPacketTooLarge, which its write loop only logs at
-// debug level). mochi v2.7.9 has no hook that can drop a delivery to one
-// subscriber; this is the workaround (the upstream fix: OnQosPublish, or a
-// hook before each delivery, able to refuse it).
-const unwritable = 1
 
 // OnPublish acknowledges, without delivering it again, a QoS 2 publish the
 // store holds a receipt for: the publisher resent it.

@@ -42,15 +42,17 @@ const reservedTopic = "$roost/reserved"
 const maxOutboundAliases = 64
 
 // OnConnect gives a connection that resumes a session a resend gate, if
-// it needs one (see resend.go), and bounds the topic aliases it is given
-// (maxOutboundAliases). It runs before the client is known to the topic
-// index: no delivery has used mochi's own aliases yet.
+// it needs one (see resend.go), bounds the topic aliases it is given
+// (maxOutboundAliases), and keeps its Receive Maximum (see flow.go). It
+// runs before the client is known to the topic index: no delivery has
+// used mochi's own aliases, or its send quota, yet.
 func (h *protocolHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	if cl.Properties.Props.TopicAliasMaximum > maxOutboundAliases {
 		cl.State.TopicAliases.Outbound = mqtt.NewOutboundTopicAliases(maxOutboundAliases)
 	}
 	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
 		h.inst.gateResend(cl, dc)
+		startFlow(cl, dc)
 	}
 	return nil
 }
@@ -72,13 +74,19 @@ func (h *protocolHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int
 }
 
 // OnPacketRead sees every packet a client sends, decoded, before mochi
-// validates or processes it. It resolves a PUBLISH's topic alias and
-// refuses a PINGREQ with a body.
+// validates or processes it. It resolves a PUBLISH's topic alias, refuses
+// a PINGREQ with a body, and hands the acknowledgements that free a place
+// of the client's Receive Maximum to its flow control (see flow.go).
 func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
 	switch pk.FixedHeader.Type {
 	case packets.Publish:
 		err := h.readPublish(cl, &pk)
 		return pk, err
+	case packets.Puback, packets.Pubcomp, packets.Pubrec:
+		if dc, ok := cl.Net.Conn.(*deviceConn); ok && dc.flow != nil &&
+			(pk.FixedHeader.Type != packets.Pubrec || pk.ReasonCode >= packets.ErrUnspecifiedError.Code) {
+			dc.flow.completed(cl, pk.PacketID)
+		}
 	case packets.Disconnect:
 		if dc, ok := cl.Net.Conn.(*deviceConn); ok {
 			dc.byClient = 0x100 | uint16(pk.ReasonCode)

@@ -157,7 +157,7 @@ func (h *quotaHook) OnPublished(cl *mqtt.Client, pk packets.Packet) {
 func (h *quotaHook) encode(cl *mqtt.Client, pk *packets.Packet) {
 	switch {
 	case pk.FixedHeader.Type == packets.Publish:
-		if _, ok := cl.Net.Conn.(*deviceConn); ok && !h.inst.limitsOff && pk.Mods.MaxSize != unwritable {
+		if _, ok := cl.Net.Conn.(*deviceConn); ok && !h.inst.limitsOff {
 			h.inst.meter.out(len(pk.Payload))
 		}
 	case pk.FixedHeader.Type == packets.Connack && pk.ProtocolVersion == 5 && pk.ReasonCode < 0x80:

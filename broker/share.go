@@ -357,7 +357,7 @@ func (p *persistence) arrivedTurns(pk packets.Packet) (packets.Packet, []string,
 	}
 	ctx, cancel := storeCtx()
 	defer cancel()
-	items = p.makeRoom(ctx, items)
+	items, full := p.makeRoom(ctx, items)
 	ticket, kept := p.appendStartsFor(items)
 	forgetTurns(turns, items, kept)
 	items = kept
@@ -382,6 +382,15 @@ func (p *persistence) arrivedTurns(pk packets.Packet) (packets.Packet, []string,
 		}
 	}
 	c.turns = turns
+	if len(full) > 0 {
+		// The turns a full queue did not take must not be delivered
+		// either (see makeRoom).
+		c.full = maps.Clone(c.full)
+		if c.full == nil {
+			c.full = map[string]bool{}
+		}
+		maps.Copy(c.full, full)
+	}
 	for i, it := range items {
 		c.seqs[it.ClientID] = seqs[i]
 		p.outstanding[it.ClientID] = insertSeq(p.outstanding[it.ClientID], seqs[i])

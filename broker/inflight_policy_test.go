@@ -1,0 +1,366 @@
+package broker_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	paho3 "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/roosthub/roost/broker"
+	"github.com/roosthub/roost/broker/store/memory"
+	"github.com/roosthub/roost/events"
+	"github.com/roosthub/roost/tenants"
+)
+
+// durableWithEvents is newDurable over a memory store, its events kept in
+// ev.
+func durableWithEvents(t *testing.T, ev events.Sink) *durable {
+	t.Helper()
+	st := memory.New()
+	s := newStack(t, func(c *broker.Config) { c.Sessions, c.Events = st, ev })
+	t.Cleanup(func() { st.Close() })
+	return &durable{stack: s, store: st}
+}
+
+// unackedPersistent connects a subscriber to q/t at QoS 1 that keeps its
+// session and acknowledges nothing it is sent, over MQTT 5 or 3.1.1; the
+// payloads it is sent arrive on the channel.
+func unackedPersistent(t *testing.T, d *durable, version int, clientID string) <-chan string {
+	t.Helper()
+	got := make(chan string, 1000)
+	secret := d.device("acme", clientID)
+	if version == 4 {
+		c := mustV3(t, d.addr, user("acme", clientID), secret, clientID, false, func(o *paho3.ClientOptions) {
+			o.SetAutoAckDisabled(true) // and never acknowledged
+			o.SetOrderMatters(true)    // handed over in the order received
+			o.SetDefaultPublishHandler(func(_ paho3.Client, m paho3.Message) { got <- string(m.Payload()) })
+		})
+		c.sub(t, "q/t", 1)
+		return got
+	}
+	conn, err := net.DialTimeout("tcp", d.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := paho.NewClient(paho.ClientConfig{
+		Conn:                       conn,
+		EnableManualAcknowledgment: true, // and never acknowledged
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			got <- string(pr.Packet.Payload)
+			return true, nil
+		}},
+	})
+	cctx, cancel := contextWithTimeout()
+	defer cancel()
+	if _, err := c.Connect(cctx, &paho.Connect{ClientID: clientID, KeepAlive: 30, CleanStart: false,
+		Username: user("acme", clientID), UsernameFlag: true, Password: []byte(secret), PasswordFlag: true,
+		Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600)}}); err != nil {
+		t.Fatalf("connect %s: %v", clientID, err)
+	}
+	t.Cleanup(func() { c.Disconnect(&paho.Disconnect{}) })
+	if sa, err := c.Subscribe(cctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "q/t", QoS: 1}}}); err != nil || sa.Reasons[0] != 1 {
+		t.Fatalf("subscribe: %v %v", sa, err)
+	}
+	return got
+}
+
+// TestConnectedDropNewestNotDelivered: under the drop_newest policy a
+// connected persistent session that acknowledges nothing is sent its
+// first max_queued messages and nothing more: a message counted as
+// dropped (in the queue's stats and a queue_dropped event) is not
+// delivered all the same, and the messages held for the client stay
+// within max_queued. Over MQTT 5 (clean start false, a session expiry)
+// and 3.1.1 (clean session false).
+func TestConnectedDropNewestNotDelivered(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		version int
+	}{{"v5", 5}, {"v3.1.1", 4}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ev := events.NewMemory(1000)
+			d := durableWithEvents(t, ev)
+			d.tenant("acme")
+			liftRates(t, d.stack, "acme")
+			const maxQueued, published = 3, 50
+			queueOf(t, d, maxQueued, tenants.DropNewest)
+			got := unackedPersistent(t, d, tc.version, "sub")
+			pub := mustV5(t, d.addr, user("acme", "pub"), d.device("acme", "pub"), "pub")
+			for i := range published {
+				if r := pub.pub(t, "q/t", fmt.Sprint(i), 1, false); r.ReasonCode >= 0x80 {
+					t.Fatalf("PUBACK %#x", r.ReasonCode)
+				}
+			}
+			pub.barrier(t)
+
+			var delivered []string
+			for quiet := time.After(500 * time.Millisecond); ; {
+				select {
+				case m := <-got:
+					delivered = append(delivered, m)
+					continue
+				case <-quiet:
+				}
+				break
+			}
+			if want := []string{"0", "1", "2"}; fmt.Sprint(delivered) != fmt.Sprint(want) {
+				t.Errorf("delivered %v, want %v (the first max_queued; the rest dropped)", delivered, want)
+			}
+			if n := broker.InflightLen(d.hub, "acme", "sub"); n > maxQueued {
+				t.Errorf("messages held for the client: %d, want at most %d (max_queued)", n, maxQueued)
+			}
+			if qs := d.hub.Queue("acme", "sub"); qs.Queued != maxQueued || qs.Dropped != published-maxQueued {
+				t.Errorf("queue stats %+v, want %d queued, %d dropped", qs, maxQueued, published-maxQueued)
+			}
+			var drops int
+			for _, e := range ev.Recent("acme") {
+				if e.Type == events.QueueDropped && e.ClientID == "sub" {
+					drops += int(max(e.Count, 1))
+				}
+			}
+			if drops != published-maxQueued {
+				t.Errorf("drops the queue_dropped events stand for: %d, want %d", drops, published-maxQueued)
+			}
+		})
+	}
+}
+
+// TestDropNewestBurstDelivers: under drop_newest, a connected persistent
+// session that acknowledges nothing gets the max_queued messages its
+// queue kept of a burst of 200 from eight publishers at once, and no
+// other: the deliveries withheld as dropped are not written, and do not
+// keep the ones kept from being written either.
+func TestDropNewestBurstDelivers(t *testing.T) {
+	d := durableWithEvents(t, nil)
+	d.tenant("acme")
+	liftRates(t, d.stack, "acme")
+	const maxQueued, published, publishers = 3, 200, 8
+	queueOf(t, d, maxQueued, tenants.DropNewest)
+	got := unackedPersistent(t, d, 5, "sub")
+	pub := mustV5(t, d.addr, user("acme", "pub"), d.device("acme", "pub"), "pub")
+	var wg sync.WaitGroup
+	errs := make(chan error, published)
+	for w := range publishers {
+		wg.Go(func() {
+			for i := w; i < published; i += publishers {
+				pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				if _, err := pub.Publish(pctx, &paho.Publish{Topic: "q/t", Payload: []byte(fmt.Sprint(i)), QoS: 1}); err != nil {
+					errs <- fmt.Errorf("publish %d: %w", i, err)
+				}
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	var delivered []string
+	for quiet := time.After(time.Second); ; {
+		select {
+		case m := <-got:
+			delivered = append(delivered, m)
+			continue
+		case <-quiet:
+		}
+		break
+	}
+	if len(delivered) != maxQueued {
+		t.Errorf("delivered %v, want %d messages (max_queued; the rest dropped)", delivered, maxQueued)
+	}
+	if n := broker.InflightLen(d.hub, "acme", "sub"); n > maxQueued {
+		t.Errorf("messages held for the client: %d, want at most %d (max_queued)", n, maxQueued)
+	}
+	if qs := d.hub.Queue("acme", "sub"); qs.Queued != maxQueued || qs.Dropped != published-maxQueued {
+		t.Errorf("queue stats %+v, want %d queued, %d dropped", qs, maxQueued, published-maxQueued)
+	}
+}
+
+// TestReceiveMaximumNoStall: a subscriber with a Receive Maximum of 2
+// that acknowledges everything gets all of 200 messages one publisher
+// sends at once (without waiting for its acknowledgements), in the order
+// they were published, at QoS 1 and 2, with a clean or a persistent
+// session: a message held back for the Receive Maximum is written once
+// the client completes another, and acknowledged like any other, its
+// acknowledgement making room for the next.
+func TestReceiveMaximumNoStall(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		qos        byte
+		persistent bool
+	}{
+		{"clean QoS 1", 1, false},
+		{"clean QoS 2", 2, false},
+		{"persistent QoS 1", 1, true},
+		{"persistent QoS 2", 2, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := durableWithEvents(t, nil)
+			d.tenant("acme")
+			liftRates(t, d.stack, "acme")
+			sub := mustV5(t, d.addr, user("acme", "sub"), d.device("acme", "sub"), "sub", func(c *paho.Connect) {
+				c.Properties = &paho.ConnectProperties{ReceiveMaximum: paho.Uint16(2)}
+				if tc.persistent {
+					c.CleanStart = false
+					c.Properties.SessionExpiryInterval = paho.Uint32(3600)
+				}
+			})
+			sub.sub(t, "q/t", tc.qos)
+			pub := mustV5(t, d.addr, user("acme", "pub"), d.device("acme", "pub"), "pub")
+			const published = 200
+			for i := range published {
+				pctx, cancel := contextWithTimeout()
+				_, err := pub.PublishWithOptions(pctx, &paho.Publish{Topic: "q/t", Payload: []byte(fmt.Sprint(i)), QoS: tc.qos},
+					paho.PublishOptions{Method: paho.PublishMethod_AsyncSend})
+				cancel()
+				if err != nil {
+					t.Fatalf("publish %d: %v", i, err)
+				}
+			}
+			pub.barrier(t)
+			var got []string
+			for deadline := time.After(10 * time.Second); len(got) < published; {
+				select {
+				case m := <-sub.msgs:
+					got = append(got, string(m.Payload))
+					continue
+				case <-deadline:
+				}
+				break
+			}
+			if len(got) < published {
+				t.Errorf("the subscriber got %d of %d messages, then nothing for 10s (held for it: %d)",
+					len(got), published, broker.InflightLen(d.hub, "acme", "sub"))
+			}
+			for i, p := range got {
+				if p != fmt.Sprint(i) {
+					t.Fatalf("message %d: got %q, want %q (in the order published)", i, p, fmt.Sprint(i))
+				}
+			}
+			sub.quiet(t, 200*time.Millisecond, "a message sent twice")
+		})
+	}
+}
+
+// TestReceiveMaximumResumed: a persistent session whose client, with a
+// Receive Maximum of 2, acknowledged none of 10 messages gets all 10
+// again, in order, when it comes back with a Receive Maximum of 2 and
+// acknowledges them: what the session holds is resent within the new
+// connection's Receive Maximum, the rest as the client acknowledges.
+func TestReceiveMaximumResumed(t *testing.T) {
+	d := durableWithEvents(t, nil)
+	d.tenant("acme")
+	liftRates(t, d.stack, "acme")
+	secret := d.device("acme", "sub")
+	conn, err := net.DialTimeout("tcp", d.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make(chan string, 100)
+	c := paho.NewClient(paho.ClientConfig{
+		Conn:                       conn,
+		EnableManualAcknowledgment: true, // and never acknowledged
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			first <- string(pr.Packet.Payload)
+			return true, nil
+		}},
+	})
+	cctx, cancel := contextWithTimeout()
+	defer cancel()
+	if _, err := c.Connect(cctx, &paho.Connect{ClientID: "sub", KeepAlive: 30, CleanStart: false,
+		Username: user("acme", "sub"), UsernameFlag: true, Password: []byte(secret), PasswordFlag: true,
+		Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600), ReceiveMaximum: paho.Uint16(2)}}); err != nil {
+		t.Fatal(err)
+	}
+	if sa, err := c.Subscribe(cctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "q/t", QoS: 1}}}); err != nil || sa.Reasons[0] != 1 {
+		t.Fatalf("subscribe: %v %v", sa, err)
+	}
+	pub := mustV5(t, d.addr, user("acme", "pub"), d.device("acme", "pub"), "pub")
+	const published = 10
+	for i := range published {
+		pub.pub(t, "q/t", fmt.Sprint(i), 1, false)
+	}
+	pub.barrier(t)
+	var before []string
+	for quiet := time.After(300 * time.Millisecond); ; {
+		select {
+		case m := <-first:
+			before = append(before, m)
+			continue
+		case <-quiet:
+		}
+		break
+	}
+	if fmt.Sprint(before) != "[0 1]" {
+		t.Errorf("before: got %v, want [0 1] (its Receive Maximum)", before)
+	}
+	c.Disconnect(&paho.Disconnect{})
+
+	back := mustV5(t, d.addr, user("acme", "sub"), secret, "sub", func(c *paho.Connect) {
+		c.CleanStart = false
+		c.Properties = &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600), ReceiveMaximum: paho.Uint16(2)}
+	})
+	for i := range published {
+		back.expect(t, "q/t", fmt.Sprint(i))
+	}
+	back.quiet(t, 300*time.Millisecond, "a message sent twice")
+}
+
+// TestReceiveMaximumHeldAliasAnnounced: a QoS 0 message written while the
+// QoS 1 message that announced its topic alias is held back for the
+// Receive Maximum carries its topic with the alias, so that the client
+// can resolve it.
+func TestReceiveMaximumHeldAliasAnnounced(t *testing.T) {
+	s := newStack(t)
+	s.tenant("acme")
+	liftRates(t, s, "acme")
+	conn, err := net.DialTimeout("tcp", s.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *paho.Publish, 10)
+	c := paho.NewClient(paho.ClientConfig{
+		Conn:                       conn,
+		EnableManualAcknowledgment: true, // and never acknowledged
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			got <- pr.Packet
+			return true, nil
+		}},
+	})
+	cctx, cancel := contextWithTimeout()
+	defer cancel()
+	if _, err := c.Connect(cctx, &paho.Connect{ClientID: "sub", KeepAlive: 30, CleanStart: true,
+		Username: user("acme", "sub"), UsernameFlag: true, Password: []byte(s.device("acme", "sub")), PasswordFlag: true,
+		Properties: &paho.ConnectProperties{ReceiveMaximum: paho.Uint16(1), TopicAliasMaximum: paho.Uint16(10)}}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Disconnect(&paho.Disconnect{}) })
+	if sa, err := c.Subscribe(cctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "a/#", QoS: 1}}}); err != nil || sa.Reasons[0] != 1 {
+		t.Fatalf("subscribe: %v %v", sa, err)
+	}
+	pub := mustV5(t, s.addr, user("acme", "pub"), s.device("acme", "pub"), "pub")
+	pub.pub(t, "a/x", "sent", 1, false)
+	pub.pub(t, "a/y", "held", 1, false) // announces a/y's alias, held back
+	pub.pub(t, "a/y", "qos 0", 0, false)
+	pub.barrier(t)
+	for _, want := range []struct{ topic, payload string }{{"a/x", "sent"}, {"a/y", "qos 0"}} {
+		select {
+		case m := <-got:
+			if m.Topic != want.topic || string(m.Payload) != want.payload {
+				t.Fatalf("got %q on %q, want %q on %q", m.Payload, m.Topic, want.payload, want.topic)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no %q within 5s", want.payload)
+		}
+	}
+	select {
+	case m := <-got:
+		t.Errorf("got %q on %q past the Receive Maximum of 1", m.Payload, m.Topic)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
