@@ -64,14 +64,19 @@ func TestCleanSessionInflightBounded(t *testing.T) {
 	acking.sub(t, "q/t", 1)
 	pub := mustV5(t, d.addr, user("acme", "pub"), d.device("acme", "pub"), "pub")
 
-	// Each message is published once the one before reached the
-	// acknowledging subscriber, which so never has max_queued in flight.
+	// Each message is published once the acknowledging subscriber got the
+	// one before and the hub has its PUBACK, so that it never has
+	// max_queued in flight (its PUBACKs lagging a fast publisher made it
+	// reach the bound and miss one).
 	const published, maxQueued = 50, 10
 	for i := range published {
 		if r := pub.pub(t, "q/t", fmt.Sprint(i), 1, false); r.ReasonCode >= 0x80 {
 			t.Fatalf("PUBACK %#x", r.ReasonCode)
 		}
 		acking.expect(t, "q/t", fmt.Sprint(i))
+		eventually(t, 5*time.Second, "the acknowledging subscriber's PUBACK", func() bool {
+			return broker.InflightLen(d.hub, "acme", "acking") == 0
+		})
 	}
 	pub.barrier(t)
 	if n := broker.InflightLen(d.hub, "acme", "stuck"); n != maxQueued {
