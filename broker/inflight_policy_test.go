@@ -97,16 +97,7 @@ func TestConnectedDropNewestNotDelivered(t *testing.T) {
 			}
 			pub.barrier(t)
 
-			var delivered []string
-			for quiet := time.After(500 * time.Millisecond); ; {
-				select {
-				case m := <-got:
-					delivered = append(delivered, m)
-					continue
-				case <-quiet:
-				}
-				break
-			}
+			delivered := drainUntilQuiet(got, 500*time.Millisecond)
 			if want := []string{"0", "1", "2"}; fmt.Sprint(delivered) != fmt.Sprint(want) {
 				t.Errorf("delivered %v, want %v (the first max_queued; the rest dropped)", delivered, want)
 			}
@@ -160,16 +151,7 @@ func TestDropNewestBurstDelivers(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	var delivered []string
-	for quiet := time.After(time.Second); ; {
-		select {
-		case m := <-got:
-			delivered = append(delivered, m)
-			continue
-		case <-quiet:
-		}
-		break
-	}
+	delivered := drainUntilQuiet(got, time.Second)
 	if len(delivered) != maxQueued {
 		t.Errorf("delivered %v, want %d messages (max_queued; the rest dropped)", delivered, maxQueued)
 	}
@@ -286,16 +268,7 @@ func TestReceiveMaximumResumed(t *testing.T) {
 		pub.pub(t, "q/t", fmt.Sprint(i), 1, false)
 	}
 	pub.barrier(t)
-	var before []string
-	for quiet := time.After(300 * time.Millisecond); ; {
-		select {
-		case m := <-first:
-			before = append(before, m)
-			continue
-		case <-quiet:
-		}
-		break
-	}
+	before := drainUntilQuiet(first, 300*time.Millisecond)
 	if fmt.Sprint(before) != "[0 1]" {
 		t.Errorf("before: got %v, want [0 1] (its Receive Maximum)", before)
 	}
@@ -362,5 +335,18 @@ func TestReceiveMaximumHeldAliasAnnounced(t *testing.T) {
 	case m := <-got:
 		t.Errorf("got %q on %q past the Receive Maximum of 1", m.Payload, m.Topic)
 	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+// drainUntilQuiet returns what arrives on ch until nothing has for d.
+func drainUntilQuiet(ch <-chan string, d time.Duration) []string {
+	var got []string
+	for {
+		select {
+		case m := <-ch:
+			got = append(got, m)
+		case <-time.After(d):
+			return got
+		}
 	}
 }
