@@ -122,6 +122,15 @@ func (c *Console) verifyPage(w http.ResponseWriter, r *http.Request) {
 		se, _ := c.visitorSession(r)
 		p.Data = verifyData{Email: a.Email, SignedIn: se.AccountID == a.ID}
 		c.render(w, r, http.StatusOK, "verify.html", p)
+	default:
+		c.verifyFailed(w, r, err, p)
+	}
+}
+
+// verifyFailed answers a verify link that does not work (too many tries
+// from the address, or a bad link), or fails the request.
+func (c *Console) verifyFailed(w http.ResponseWriter, r *http.Request, err error, p page) {
+	switch {
 	case errors.Is(err, tenants.ErrThrottled):
 		p.Errors = map[string]string{"_": capital(err.Error()) + "."}
 		c.renderRetry(w, r, err, "verify.html", p)
@@ -145,12 +154,6 @@ func (c *Console) verify(w http.ResponseWriter, r *http.Request) {
 	case err == nil:
 		p.Data = verifyData{Email: a.Email, SignedIn: se.AccountID == a.ID, Done: true}
 		c.render(w, r, http.StatusOK, "verify.html", p)
-	case errors.Is(err, tenants.ErrThrottled):
-		p.Errors = map[string]string{"_": capital(err.Error()) + "."}
-		c.renderRetry(w, r, err, "verify.html", p)
-	case errors.Is(err, tenants.ErrUnauthorized):
-		p.Errors = map[string]string{"_": badVerifyLink}
-		c.render(w, r, http.StatusBadRequest, "verify.html", p)
 	case errors.Is(err, auth.ErrPasswordRequired):
 		p.Data = verifyData{Email: a.Email}
 		p.Errors = map[string]string{"password": "Enter the password of this account."}
@@ -160,7 +163,7 @@ func (c *Console) verify(w http.ResponseWriter, r *http.Request) {
 		p.Errors = formErrors(err)
 		c.render(w, r, http.StatusBadRequest, "verify.html", p)
 	default:
-		c.fail(w, r, err)
+		c.verifyFailed(w, r, err, p)
 	}
 }
 
