@@ -41,6 +41,12 @@ func TestBatchUnsentGoesOutInTheLinger(t *testing.T) {
 	dc := newDeviceConn(server, bufio.NewReader(server), nil, identity{version: 4}, nil, time.Second)
 	dc.acked.Store(true)
 	dc.batch.burst.Store(true) // the reader is in a burst
+	// A batch already begun, dated ahead so that no pause of the test
+	// (a loaded machine, the race detector) makes it batchHold old and
+	// sends it at once.
+	dc.batch.out = batchBuffers.Get().(*[]byte)
+	dc.batch.since = time.Now().Add(time.Hour)
+	dc.batch.held.Store(true)
 	puback := []byte{0x40, 2, 0, 1}
 	if n, err := dc.Write(puback); n != len(puback) || err != nil {
 		t.Fatalf("Write = %d, %v; want %d, nil", n, err, len(puback))
