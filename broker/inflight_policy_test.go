@@ -350,3 +350,107 @@ func drainUntilQuiet(ch <-chan string, d time.Duration) []string {
 		}
 	}
 }
+
+// TestReceiveMaximumResumedUnacked: a session resumed with messages
+// waiting is sent no more of them at once than the Receive Maximum of the
+// connection resuming it, the messages it was sent before and never
+// acknowledged (resent) included [MQTT-4.9.0-2]; each one it acknowledges
+// lets the next through, in order.
+func TestReceiveMaximumResumedUnacked(t *testing.T) {
+	d := durableWithEvents(t, nil)
+	d.tenant("acme")
+	liftRates(t, d.stack, "acme")
+	secret := d.device("acme", "sub")
+	connect := func(rm uint16) (*paho.Client, <-chan *paho.Publish) {
+		conn, err := net.DialTimeout("tcp", d.addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan *paho.Publish, 100)
+		c := paho.NewClient(paho.ClientConfig{
+			Conn:                       conn,
+			EnableManualAcknowledgment: true,
+			OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+				got <- pr.Packet
+				return true, nil
+			}},
+		})
+		cctx, cancel := contextWithTimeout()
+		defer cancel()
+		if _, err := c.Connect(cctx, &paho.Connect{ClientID: "sub", KeepAlive: 30, CleanStart: false,
+			Username: user("acme", "sub"), UsernameFlag: true, Password: []byte(secret), PasswordFlag: true,
+			Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600), ReceiveMaximum: paho.Uint16(rm)}}); err != nil {
+			t.Fatal(err)
+		}
+		return c, got
+	}
+	c, got := connect(3)
+	cctx, cancel := contextWithTimeout()
+	defer cancel()
+	if sa, err := c.Subscribe(cctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "q/t", QoS: 1}}}); err != nil || sa.Reasons[0] != 1 {
+		t.Fatalf("subscribe: %v %v", sa, err)
+	}
+	pub := mustV5(t, d.addr, user("acme", "pub"), d.device("acme", "pub"), "pub")
+	const published = 20
+	for i := range published {
+		pub.pub(t, "q/t", fmt.Sprint(i), 1, false)
+	}
+	pub.barrier(t)
+	var first []string
+	for _, p := range drainPublishes(got, 300*time.Millisecond) {
+		first = append(first, string(p.Payload))
+	}
+	if fmt.Sprint(first) != "[0 1 2]" {
+		t.Fatalf("first connection: got %v, want [0 1 2] (its Receive Maximum)", first)
+	}
+	c.Disconnect(&paho.Disconnect{})
+
+	// Back with a Receive Maximum of 2: the three sent and not
+	// acknowledged are resent, but two at a time.
+	c, got = connect(2)
+	defer c.Disconnect(&paho.Disconnect{})
+	var all []string
+	for len(all) < published {
+		batch := drainPublishes(got, 300*time.Millisecond)
+		if len(batch) == 0 {
+			t.Fatalf("stalled after %v", all)
+		}
+		if len(batch) > 2 {
+			t.Fatalf("after %v: %d messages unacknowledged at once (%v), over the Receive Maximum of 2", all, len(batch), payloads(batch))
+		}
+		for _, p := range batch {
+			all = append(all, string(p.Payload))
+			if err := c.Ack(p); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	want := make([]string, published)
+	for i := range want {
+		want[i] = fmt.Sprint(i)
+	}
+	if fmt.Sprint(all) != fmt.Sprint(want) {
+		t.Errorf("got %v, want %v", all, want)
+	}
+}
+
+// drainPublishes collects PUBLISH packets from ch until none came for d.
+func drainPublishes(ch <-chan *paho.Publish, d time.Duration) []*paho.Publish {
+	var got []*paho.Publish
+	for {
+		select {
+		case p := <-ch:
+			got = append(got, p)
+		case <-time.After(d):
+			return got
+		}
+	}
+}
+
+func payloads(ps []*paho.Publish) []string {
+	var s []string
+	for _, p := range ps {
+		s = append(s, string(p.Payload))
+	}
+	return s
+}
