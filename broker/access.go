@@ -2,6 +2,7 @@ package broker
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -127,6 +128,9 @@ func (h *accessHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool 
 		}
 		return false
 	}
+	if ok && write && topic == tooDeepTopic && dc.limits.deny.deep {
+		return true // refused by OnPublish, with its own code
+	}
 	if h.inst.hookACL(cl, topic, write) {
 		return true
 	}
@@ -140,9 +144,23 @@ func (h *accessHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool 
 // (deny_action ignore, 3.1.1): mochi acknowledges it, and routes, retains,
 // stores and meters nothing. It comes before every other hook's OnPublish,
 // which it ends.
+//
+// It refuses a publish to a topic of more than tenants.MaxTopicLevels
+// levels (see tooDeepTopic) with 0x90 Topic Name invalid, counted and
+// raised as a denial.
 func (h *accessHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Packet, error) {
-	if dc, ok := cl.Net.Conn.(*deviceConn); ok && dc.dropDenied() {
+	dc, ok := cl.Net.Conn.(*deviceConn)
+	if !ok {
+		return pk, nil
+	}
+	if dc.dropDenied() {
 		return pk, packets.CodeSuccessIgnore
+	}
+	if dc.limits.deny.deep && pk.TopicName == tooDeepTopic {
+		dc.limits.deny.deep = false
+		h.inst.env.publishDenied(dc.id.device, cl.ID, dc.RemoteAddr().String(), dc.limits.deny.topic,
+			fmt.Sprintf("topic over %d levels", tenants.MaxTopicLevels))
+		return h.inst.refusePublish(cl, pk, packets.ErrTopicNameInvalid)
 	}
 	return pk, nil
 }

@@ -70,6 +70,11 @@ type denyState struct {
 	// mochi acknowledges it (deny_action ignore, 3.1.1), and taken by
 	// accessHook.OnPublish, which has mochi drop it.
 	drop bool
+	// deep is set by the protocol hook for a topic over
+	// tenants.MaxTopicLevels levels, renamed tooDeepTopic (topic keeps
+	// its start): the ACL check lets it on, and accessHook.OnPublish
+	// refuses it with 0x90.
+	deep bool
 }
 
 // startPublish resets the connection's deny state for a new PUBLISH.
@@ -181,9 +186,7 @@ func (h *Hub) publishDenied(tenant, device, clientID, remote, topic, reason stri
 	}
 	d.devices[device] = now
 	d.mu.Unlock()
-	if len(topic) > maxDeniedTopic {
-		topic = strings.ToValidUTF8(topic[:maxDeniedTopic], "")
-	}
+	topic = cutTopic(topic)
 	h.log.Info("publish denied", "tenant", tenant, "device", device, "client_id", clientID, "topic", topic, "reason", reason, "count", count)
 	h.emit(events.Event{Tenant: tenant, Type: events.PublishDenied, Device: device, ClientID: clientID, Remote: remote,
 		MessageTopic: topic, Reason: reason, Count: count})

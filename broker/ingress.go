@@ -406,7 +406,7 @@ func (in *ingress) admit(ctx context.Context, conn net.Conn, endpoint, source st
 	if pk.Connect.WillFlag {
 		if tenants.ValidateTopic(pk.Connect.WillTopic) != nil || !inst.mayPublish(device, pk.Connect.WillTopic) {
 			in.reg.releaseConn(inst)
-			logger().Info("connect refused: will topic not allowed", "topic", pk.Connect.WillTopic)
+			logger().Info("connect refused: will topic not allowed", "topic", cutTopic(pk.Connect.WillTopic))
 			return refuse(willNotAllowed)
 		}
 	}

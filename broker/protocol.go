@@ -2,10 +2,13 @@ package broker
 
 import (
 	"errors"
+	"slices"
 	"strings"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/tenants"
 )
 
 // protocolHook is where a tenant's broker keeps to MQTT where mochi v2.7.9
@@ -33,6 +36,18 @@ func (h *protocolHook) Provides(b byte) bool {
 // reservedTopic stands for any reserved topic a device publishes to:
 // refused.
 const reservedTopic = "$roost/reserved"
+
+// A topic or filter of more than tenants.MaxTopicLevels levels from a
+// device is renamed as soon as it is read, before mochi walks its topic
+// tree with it (a cost in the square of its levels, see MaxTopicLevels):
+// a PUBLISH's topic becomes tooDeepTopic, refused with 0x90 Topic Name
+// invalid (accessHook.OnPublish); a SUBSCRIBE's filter becomes
+// tooDeepFilter, which mochi finds invalid (SUBACK 0x8F, 3.1.1 0x80), and
+// an UNSUBSCRIBE's too, which no subscription has (UNSUBACK 0x11).
+const (
+	tooDeepTopic  = "$roost/too-deep"
+	tooDeepFilter = "#/too-deep"
+)
 
 // maxOutboundAliases bounds the topic aliases a client is given, whatever
 // Topic Alias Maximum its CONNECT asks for (as many as a connection may
@@ -82,6 +97,8 @@ func (h *protocolHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 	case packets.Publish:
 		err := h.readPublish(cl, &pk)
 		return pk, err
+	case packets.Subscribe, packets.Unsubscribe:
+		h.shallowFilters(cl, &pk)
 	case packets.Puback, packets.Pubcomp, packets.Pubrec:
 		if dc, ok := cl.Net.Conn.(*deviceConn); ok && dc.flow != nil &&
 			(pk.FixedHeader.Type != packets.Pubrec || pk.ReasonCode >= packets.ErrUnspecifiedError.Code) {
@@ -128,6 +145,18 @@ func (h *protocolHook) readPublish(cl *mqtt.Client, pk *packets.Packet) error {
 		pk.TopicName = strings.Clone(pk.TopicName)
 	}
 	err := h.inst.resolveAlias(cl, pk)
+	if err == nil && tenants.TopicLevels(pk.TopicName) > tenants.MaxTopicLevels {
+		if dc != nil {
+			dc.limits.deny.deep = true
+			dc.limits.deny.topic = cutTopic(pk.TopicName)
+		}
+		// Its alias, if any, keeps the topic it stands for (a later
+		// PUBLISH under it is refused the same way): mochi, which sets
+		// inbound aliases again after the ACL check, is not given it.
+		pk.TopicName = tooDeepTopic
+		pk.Properties.TopicAlias, pk.Properties.TopicAliasFlag = 0, false
+		return nil
+	}
 	if err == nil && reserved(pk.TopicName) && !shadowRequest(pk.TopicName) && !commandReplyTopic(pk.TopicName) {
 		// A shadow request and a command's reply are the ACL check's
 		// (shadow.go, command.go).
@@ -142,6 +171,36 @@ func (h *protocolHook) readPublish(cl *mqtt.Client, pk *packets.Packet) error {
 		pk.TopicName = reservedTopic
 	}
 	return err
+}
+
+// shallowFilters renames the filters of a SUBSCRIBE or UNSUBSCRIBE that
+// have more than tenants.MaxTopicLevels levels to tooDeepFilter; the
+// first such packet of a connection is logged.
+func (h *protocolHook) shallowFilters(cl *mqtt.Client, pk *packets.Packet) {
+	renamed := false
+	for i, f := range pk.Filters {
+		if tenants.TopicLevels(f.Filter) <= tenants.MaxTopicLevels {
+			continue
+		}
+		if !renamed {
+			pk.Filters = slices.Clone(pk.Filters)
+			renamed = true
+		}
+		pk.Filters[i].Filter = tooDeepFilter
+		if dc, ok := cl.Net.Conn.(*deviceConn); ok && !dc.limits.loggedDeep {
+			dc.limits.loggedDeep = true
+			h.inst.log.Info("filter refused: too many levels", "client_id", cl.ID, "levels", tenants.TopicLevels(f.Filter),
+				"limit", tenants.MaxTopicLevels, "filter", cutTopic(f.Filter))
+		}
+	}
+}
+
+// cutTopic is topic cut to maxDeniedTopic bytes, for a log or an event.
+func cutTopic(topic string) string {
+	if len(topic) > maxDeniedTopic {
+		return strings.ToValidUTF8(topic[:maxDeniedTopic], "")
+	}
+	return topic
 }
 
 // encode (see encodeHook): mochi answers a resent QoS 2 PUBLISH it already holds

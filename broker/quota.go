@@ -327,6 +327,9 @@ type connLimits struct {
 	// deny is the reader's state about the PUBLISH being processed, for
 	// the tenant's deny_action (see deny.go).
 	deny denyState
+	// loggedDeep is set once a filter of this connection's was refused
+	// for its levels and logged (see shallowFilters).
+	loggedDeep bool
 
 	// refuse holds the filters of the SUBSCRIBE being processed that are
 	// over max_subscriptions; read by the ACL check of that SUBSCRIBE. The

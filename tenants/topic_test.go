@@ -1,6 +1,7 @@
 package tenants
 
 import (
+	"strings"
 	"testing"
 )
 
@@ -60,6 +61,15 @@ func TestValidateFilter(t *testing.T) {
 	}
 	if err := ValidateTopic("a/+"); err == nil {
 		t.Error("ValidateTopic accepts a wildcard")
+	}
+	deepest := strings.Repeat("a/", MaxTopicLevels-1) + "a"
+	for _, v := range []func(string) error{ValidateFilter, ValidateTopic} {
+		if err := v(deepest); err != nil {
+			t.Errorf("%d levels: %v, want nil", MaxTopicLevels, err)
+		}
+		if err := v(deepest + "/a"); err == nil || !strings.Contains(err.Error(), "levels") {
+			t.Errorf("%d levels: %v, want an error naming the levels", MaxTopicLevels+1, err)
+		}
 	}
 }
 
