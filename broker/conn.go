@@ -110,6 +110,9 @@ type deviceConn struct {
 	// flow keeps the client's Receive Maximum, if it has one to keep
 	// (see flow.go); set as the client connects.
 	flow *flowControl
+	// retained paces the retained messages a SUBSCRIBE queues (see
+	// retainpace.go).
+	retained retainedPace
 }
 
 var errMalformedSubscribe = packets.Code{Code: packets.ErrMalformedPacket.Code, Reason: "malformed packet: subscribe"}

@@ -24,7 +24,7 @@ type protocolHook struct {
 func (h *protocolHook) ID() string { return "roost-protocol" }
 
 var protocolHookEvents = provides(mqtt.OnConnect, mqtt.OnSessionEstablished, mqtt.OnPacketRead, mqtt.OnDisconnect,
-	mqtt.OnClientExpired)
+	mqtt.OnClientExpired, mqtt.OnSubscribed, mqtt.OnRetainPublished)
 
 // Provides: OnQosPublish only without persistent sessions, whose hook
 // notes deliveries to a gated connection otherwise (mochi copies the
@@ -218,6 +218,7 @@ func (h *protocolHook) encode(cl *mqtt.Client, pk *packets.Packet) {
 	switch {
 	case pk.FixedHeader.Type == packets.Publish:
 		if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+			dc.retained.wrote()
 			if g := dc.resend.Load(); g != nil {
 				throughGate(cl, g, pk)
 			}

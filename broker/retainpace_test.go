@@ -1,0 +1,103 @@
+package broker_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+	paho3 "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/roosthub/roost/dataplane"
+	"github.com/roosthub/roost/tenants"
+)
+
+// TestRetainedAllDelivered: a subscription matching far more retained
+// messages than a client's queue of pending writes holds (1,024) gets
+// every one of them, at QoS 0 and 1, over MQTT 5 and 3.1.1, and the
+// connection goes on working after. mochi queued them all at once and
+// dropped those that found the queue full (3,378 of 10,000 at QoS 0).
+func TestRetainedAllDelivered(t *testing.T) {
+	s := newStack(t)
+	s.tenant("acme")
+	liftRates(t, s, "acme")
+	many := int64(100_000)
+	if _, err := s.store.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{
+		Quotas: map[string]*int64{"max_retained": &many, "max_queued": &many}}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 10_000
+	for i := range n {
+		if err := s.hub.Publish(ctx, "acme", dataplane.Message{Topic: fmt.Sprintf("r/%d", i), Payload: []byte("retained"), Retain: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, qos := range []byte{0, 1} {
+		t.Run(fmt.Sprintf("MQTT 5 QoS %d", qos), func(t *testing.T) {
+			id := fmt.Sprintf("v5-%d", qos)
+			conn, err := net.DialTimeout("tcp", s.addr, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var mu sync.Mutex
+			got := map[string]bool{}
+			c := paho.NewClient(paho.ClientConfig{Conn: conn, OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+				mu.Lock()
+				got[pr.Packet.Topic] = true
+				mu.Unlock()
+				return true, nil
+			}}})
+			cctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			if _, err := c.Connect(cctx, &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: true,
+				Username: user("acme", id), UsernameFlag: true, Password: []byte(s.device("acme", id)), PasswordFlag: true}); err != nil {
+				t.Fatal(err)
+			}
+			defer c.Disconnect(&paho.Disconnect{})
+			if _, err := c.Subscribe(cctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "r/#", QoS: qos}}}); err != nil {
+				t.Fatal(err)
+			}
+			count := func() int {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(got)
+			}
+			for deadline := time.Now().Add(30 * time.Second); count() < n && time.Now().Before(deadline); {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if got := count(); got != n {
+				t.Fatalf("got %d of the %d retained messages", got, n)
+			}
+			// The connection works on.
+			if _, err := c.Publish(cctx, &paho.Publish{Topic: "r/after", QoS: 1, Payload: []byte("after")}); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	t.Run("3.1.1 QoS 1", func(t *testing.T) {
+		var mu sync.Mutex
+		got := map[string]bool{}
+		c := mustV3(t, s.addr, user("acme", "v3"), s.device("acme", "v3"), "v3", true, func(o *paho3.ClientOptions) {
+			o.SetDefaultPublishHandler(func(_ paho3.Client, m paho3.Message) {
+				mu.Lock()
+				got[m.Topic()] = true
+				mu.Unlock()
+			})
+		})
+		c.sub(t, "r/#", 1)
+		count := func() int {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(got)
+		}
+		for deadline := time.Now().Add(30 * time.Second); count() < n && time.Now().Before(deadline); {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if got := count(); got != n {
+			t.Fatalf("got %d of the %d retained messages", got, n)
+		}
+	})
+}
