@@ -143,7 +143,7 @@ func (inst *instance) overQueued(cl *mqtt.Client, dc *deviceConn, topic string) 
 		return false
 	}
 	limit := int(clamp(inst.q.Load().MaxQueued, 1, math.MaxUint16))
-	if cl.State.Inflight.Len() < limit || !isDelivery(dc, topic) {
+	if !holdsAtLeast(cl, limit) || !isDelivery(dc, topic) {
 		return false
 	}
 	for filter, sub := range cl.State.Subscriptions.GetAll() {
@@ -152,6 +152,22 @@ func (inst *instance) overQueued(cl *mqtt.Client, dc *deviceConn, topic string) 
 		}
 	}
 	return false
+}
+
+// holdsAtLeast reports whether mochi holds n or more messages for a
+// client, its reservations (see reservation) left out: they keep a packet
+// id, not a message. They are counted one by one only from n entries on.
+func holdsAtLeast(cl *mqtt.Client, n int) bool {
+	if cl.State.Inflight.Len() < n {
+		return false
+	}
+	held := 0
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		if !isReservation(pk) {
+			held++
+		}
+	}
+	return held >= n
 }
 
 // refuseQueued counts a delivery overQueued refused as mochi counts one it

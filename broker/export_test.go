@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"math"
 	"time"
 
 	"github.com/roosthub/roost/tenants"
@@ -86,11 +87,38 @@ func SpendRuleCPU(h *Hub, tenant string, d time.Duration) {
 
 // InflightLen is the number of QoS 1 and 2 messages mochi holds for a
 // connected client: sent and not acknowledged, or waiting for its Receive
-// Maximum; -1 if the client is unknown.
+// Maximum; -1 if the client is unknown. Reservations (packet ids the client
+// may hold messages dropped since under) are not messages.
 func InflightLen(h *Hub, tenant, clientID string) int {
 	cl, ok := h.reg.running(tenant).server.Clients.Get(clientID)
 	if !ok {
 		return -1
 	}
-	return cl.State.Inflight.Len()
+	n := 0
+	for _, pk := range cl.State.Inflight.GetAll(false) {
+		if !isReservation(pk) {
+			n++
+		}
+	}
+	return n
+}
+
+// AdvancePacketIDs gives a client's packet ids away, unused, until the
+// next one mochi gives it is next (if next is free then): its packet id
+// counter comes round as 65,535 deliveries would bring it round. It asks
+// mochi for them as a delivery does (Client.NextPacketID).
+func AdvancePacketIDs(h *Hub, tenant, clientID string, next uint16) {
+	cl, ok := h.reg.running(tenant).server.Clients.Get(clientID)
+	if !ok {
+		return
+	}
+	before := uint32(next) - 1
+	if before == 0 {
+		before = math.MaxUint16
+	}
+	for range math.MaxUint16 {
+		if id, err := cl.NextPacketID(); err != nil || id == before {
+			return
+		}
+	}
 }

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"math"
+	"slices"
 	"sync"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -127,7 +128,9 @@ func (f *flowControl) encode(cl *mqtt.Client, pk *packets.Packet) {
 	case counted:
 		// Its packet id is counted already: written again under it (mochi
 		// gave the id again after the message was dropped from the
-		// inflight messages unacknowledged), it takes no second place.
+		// inflight messages unacknowledged, in the moment before a
+		// reservation could keep it: see persistence.expired), it takes
+		// no second place.
 	case f.releasing || len(f.waiting) > 0 || len(f.sent) >= f.max:
 		if !f.held[pk.PacketID] {
 			f.held[pk.PacketID] = true
@@ -160,6 +163,20 @@ func (f *flowControl) announce(pk *packets.Packet) {
 		pk.TopicName = topic
 	}
 	delete(f.unannounced, pk.Properties.TopicAlias)
+}
+
+// dropHeld forgets a PUBLISH held back, never written, as its message is
+// dropped: release will not write it. It reports whether it was held (not
+// written, nor being written by release).
+func (f *flowControl) dropHeld(packetID uint16) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.held[packetID] {
+		return false
+	}
+	delete(f.held, packetID)
+	f.waiting = slices.DeleteFunc(f.waiting, func(h heldPublish) bool { return h.id == packetID })
+	return true
 }
 
 // completed notes the client's PUBACK or PUBCOMP (or PUBREC refusing the

@@ -10,6 +10,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 	paho3 "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/broker/store/memory"
@@ -160,6 +161,177 @@ func TestDropNewestBurstDelivers(t *testing.T) {
 	}
 	if qs := d.hub.Queue("acme", "sub"); qs.Queued != maxQueued || qs.Dropped != published-maxQueued {
 		t.Errorf("queue stats %+v, want %d queued, %d dropped", qs, maxQueued, published-maxQueued)
+	}
+}
+
+// TestDropOldestKeepsPacketID: a message a connected persistent session
+// was sent and has not acknowledged keeps its packet id when its full
+// queue drops it (drop_oldest, max_queued 1): the next message is not
+// given that id, though mochi's packet id counter has come round to it
+// [MQTT-2.2.1-3]. The client's late acknowledgement of the dropped message
+// (a PUBACK; at QoS 2 a PUBREC, answered with a PUBREL, then a PUBCOMP)
+// completes it, not the new one, which stays queued and is resent when
+// the session resumes; the dropped one is not. With a Receive Maximum of
+// 1, the dropped message keeps its place until the client completes it
+// (the client counts it): the new one is written then.
+func TestDropOldestKeepsPacketID(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		qos        byte
+		receiveMax uint16 // 0: none given
+	}{
+		{"QoS 1", 1, 0},
+		{"QoS 2", 2, 0},
+		{"QoS 1 Receive Maximum 1", 1, 1},
+		{"QoS 2 Receive Maximum 1", 2, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := durableWithEvents(t, nil)
+			d.tenant("acme")
+			liftRates(t, d.stack, "acme")
+			queueOf(t, d, 1, tenants.DropOldest)
+			secret := d.device("acme", "sub")
+			sub, _ := dialRaw(t, d.addr, user("acme", "sub"), secret, "sub", func(c *packets.Packet) {
+				c.Properties.ReceiveMaximum = tc.receiveMax
+			})
+			sub.subscribe("q/t", tc.qos)
+			pub := mustV5(t, d.addr, user("acme", "pub"), d.device("acme", "pub"), "pub")
+			pub.pub(t, "q/t", "old", tc.qos, false)
+			old := sub.next(packets.Publish)
+			// Not acknowledged. mochi's counter comes round to its id, as
+			// 65,535 deliveries would bring it.
+			broker.AdvancePacketIDs(d.hub, "acme", "sub", old.PacketID)
+			pub.pub(t, "q/t", "new", tc.qos, false) // the full queue drops "old"
+			pub.barrier(t)
+			var nw packets.Packet
+			if tc.receiveMax == 0 {
+				nw = sub.next(packets.Publish)
+			} else {
+				sub.none(300*time.Millisecond, "past the Receive Maximum, the dropped message not completed")
+			}
+
+			// The client completes "old", late.
+			if tc.qos == 1 {
+				sub.ack(packets.Puback, old.PacketID)
+			} else {
+				sub.ack(packets.Pubrec, old.PacketID)
+				if rel := sub.next(packets.Pubrel); rel.PacketID != old.PacketID || rel.ReasonCode != 0 {
+					t.Fatalf("PUBREL for %d with reason %#x, want for %d with success", rel.PacketID, rel.ReasonCode, old.PacketID)
+				}
+				sub.ack(packets.Pubcomp, old.PacketID)
+			}
+			if tc.receiveMax > 0 {
+				nw = sub.next(packets.Publish) // in the place "old" left
+			}
+			if string(nw.Payload) != "new" {
+				t.Fatalf("got %q, want %q", nw.Payload, "new")
+			}
+			if nw.PacketID == old.PacketID {
+				t.Errorf("%q sent with packet id %d, under which the client held %q unacknowledged", nw.Payload, nw.PacketID, old.Payload)
+			}
+			// mochi answers one connection's packets in order: the PINGRESP
+			// comes once the acknowledgements were processed.
+			if _, err := sub.c.Write([]byte{packets.Pingreq << 4, 0}); err != nil {
+				t.Fatal(err)
+			}
+			sub.next(packets.Pingresp)
+			sub.c.Close()
+
+			back, connack := dialRaw(t, d.addr, user("acme", "sub"), secret, "sub")
+			if !connack.SessionPresent {
+				t.Fatal("the session did not resume")
+			}
+			select {
+			case pk, ok := <-back.in:
+				switch {
+				case !ok:
+					t.Fatal("connection closed")
+				case pk.FixedHeader.Type != packets.Publish || string(pk.Payload) != "new" || pk.PacketID != nw.PacketID:
+					t.Fatalf("got packet type %d (id %d, payload %q), want %q resent with id %d", pk.FixedHeader.Type, pk.PacketID, pk.Payload, "new", nw.PacketID)
+				}
+			case <-time.After(2 * time.Second):
+				t.Fatalf("%q, never acknowledged, not resent to the resumed session (the queue holds %d)", "new", d.hub.Queue("acme", "sub").Queued)
+			}
+			back.none(300*time.Millisecond, "past the one message the session holds")
+		})
+	}
+}
+
+// TestExpiredKeepsPacketID: a message a connected persistent session was
+// sent and has not acknowledged keeps its packet id when mochi drops it as
+// its message expiry passes: the next message is not given that id, though
+// mochi's packet id counter has come round to it [MQTT-2.2.1-3], and the
+// client's late PUBACK of the expired message leaves the new one queued.
+func TestExpiredKeepsPacketID(t *testing.T) {
+	d := durableWithEvents(t, nil)
+	d.tenant("acme")
+	liftRates(t, d.stack, "acme")
+	sub, _ := dialRaw(t, d.addr, user("acme", "sub"), d.device("acme", "sub"), "sub")
+	sub.subscribe("q/t", 1)
+	pub := mustV5(t, d.addr, user("acme", "pub"), d.device("acme", "pub"), "pub")
+	pctx, cancel := contextWithTimeout()
+	defer cancel()
+	if _, err := pub.Publish(pctx, &paho.Publish{Topic: "q/t", QoS: 1, Payload: []byte("old"),
+		Properties: &paho.PublishProperties{MessageExpiry: paho.Uint32(1)}}); err != nil {
+		t.Fatal(err)
+	}
+	old := sub.next(packets.Publish)
+	// Not acknowledged: it expires, and leaves the queue.
+	eventually(t, 10*time.Second, "the expired message leaving the queue", func() bool {
+		return d.hub.Queue("acme", "sub").Queued == 0
+	})
+	broker.AdvancePacketIDs(d.hub, "acme", "sub", old.PacketID)
+	pub.pub(t, "q/t", "new", 1, false)
+	nw := sub.next(packets.Publish)
+	if string(nw.Payload) != "new" {
+		t.Fatalf("got %q, want %q", nw.Payload, "new")
+	}
+	if nw.PacketID == old.PacketID {
+		t.Errorf("%q sent with packet id %d, under which the client holds %q unacknowledged", nw.Payload, nw.PacketID, old.Payload)
+	}
+	sub.ack(packets.Puback, old.PacketID)
+	if _, err := sub.c.Write([]byte{packets.Pingreq << 4, 0}); err != nil {
+		t.Fatal(err)
+	}
+	sub.next(packets.Pingresp)
+	if q := d.hub.Queue("acme", "sub").Queued; q != 1 {
+		t.Errorf("queued after the late PUBACK of the expired message: %d, want 1 (%q, not acknowledged)", q, "new")
+	}
+}
+
+// TestPurgeKeepsPacketID: a message a connected persistent session was
+// sent and has not acknowledged keeps its packet id when its queue is
+// purged: the next message is not given that id, though mochi's packet id
+// counter has come round to it [MQTT-2.2.1-3], and the client's late
+// PUBACK of the purged message leaves the new one queued.
+func TestPurgeKeepsPacketID(t *testing.T) {
+	d := durableWithEvents(t, nil)
+	d.tenant("acme")
+	liftRates(t, d.stack, "acme")
+	sub, _ := dialRaw(t, d.addr, user("acme", "sub"), d.device("acme", "sub"), "sub")
+	sub.subscribe("q/t", 1)
+	pub := mustV5(t, d.addr, user("acme", "pub"), d.device("acme", "pub"), "pub")
+	pub.pub(t, "q/t", "old", 1, false)
+	old := sub.next(packets.Publish)
+	if n, err := d.hub.PurgeQueue(ctx, "acme", "sub"); err != nil || n != 1 {
+		t.Fatalf("purge: %d dropped, %v; want 1", n, err)
+	}
+	broker.AdvancePacketIDs(d.hub, "acme", "sub", old.PacketID)
+	pub.pub(t, "q/t", "new", 1, false)
+	nw := sub.next(packets.Publish)
+	if string(nw.Payload) != "new" {
+		t.Fatalf("got %q, want %q", nw.Payload, "new")
+	}
+	if nw.PacketID == old.PacketID {
+		t.Errorf("%q sent with packet id %d, under which the client holds %q unacknowledged", nw.Payload, nw.PacketID, old.Payload)
+	}
+	sub.ack(packets.Puback, old.PacketID)
+	if _, err := sub.c.Write([]byte{packets.Pingreq << 4, 0}); err != nil {
+		t.Fatal(err)
+	}
+	sub.next(packets.Pingresp)
+	if q := d.hub.Queue("acme", "sub").Queued; q != 1 {
+		t.Errorf("queued after the late PUBACK of the purged message: %d, want 1 (%q, not acknowledged)", q, "new")
 	}
 }
 

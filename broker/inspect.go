@@ -154,16 +154,25 @@ func (p *persistence) purge(ctx context.Context, clientID string) int {
 			delete(p.inflight[clientID], id)
 		}
 	}
-	p.mu.Unlock()
 	if cl, ok := p.server.Clients.Get(clientID); ok {
 		// Every PUBLISH mochi holds for the client is one of its queued
-		// messages; a PUBREL it holds is for one the client has.
+		// messages; a PUBREL it holds is for one the client has. One the
+		// client may hold keeps its packet id (see dropDelivery), but
+		// for a delivery withheld, never written.
 		for _, pk := range cl.State.Inflight.GetAll(false) {
-			if pk.FixedHeader.Type == packets.Publish && cl.State.Inflight.Delete(pk.PacketID) {
-				atomic.AddInt64(&p.server.Info.Inflight, -1)
+			if pk.FixedHeader.Type != packets.Publish {
+				continue
 			}
+			if pubID, ok := pubIDOf(pk); ok && p.unsend[clientID][pubID] != nil {
+				if cl.State.Inflight.Delete(pk.PacketID) {
+					atomic.AddInt64(&p.server.Info.Inflight, -1)
+				}
+				continue
+			}
+			p.dropDelivery(cl, pk.PacketID)
 		}
 	}
+	p.mu.Unlock()
 	e := p.epoch(clientID)
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

@@ -565,7 +565,8 @@ func (p *persistence) register(pk packets.Packet, c pubCopies) packets.Packet {
 
 // makeRoom keeps each queue within the tenant's max_queued. Under
 // drop_oldest a full queue drops its oldest message, in the store and in
-// mochi's inflight state; under drop_newest the new message is not queued.
+// mochi's inflight state (its packet id kept while the client may hold
+// it: see dropDelivery); under drop_newest the new message is not queued.
 // Either way the drop is counted and raised as an event. It returns the
 // items to append, and the sessions whose new message was not queued
 // (full): mochi, which does not bound a persistent session's inflight
@@ -614,10 +615,10 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) (kept []
 				break
 			}
 		}
-		p.mu.Unlock()
 		if cl, ok := p.server.Clients.Get(it.ClientID); ok && packetID != 0 {
-			cl.State.Inflight.Delete(packetID)
+			p.dropDelivery(cl, packetID)
 		}
+		p.mu.Unlock()
 		e := p.epoch(it.ClientID)
 		err := p.st.Ack(ctx, p.tenant, it.ClientID, e, []uint64{oldest})
 		p.deleted(it.ClientID, oldest)
@@ -629,6 +630,96 @@ func (p *persistence) makeRoom(ctx context.Context, items []store.Item) (kept []
 			Device: p.deviceOf(it.ClientID), Quota: "max_queued", Limit: int64(limit), Reason: string(policy)})
 	}
 	return kept, full
+}
+
+// reservedProperty marks a reservation (see reservation).
+const reservedProperty = "\x00roost-reserved"
+
+// dropDelivery takes a dropped message (a full queue's oldest, or one
+// purged) out of a client's inflight messages, where it waits under
+// packetID to be acknowledged. The client may hold it under that id
+// already: then a reservation takes its place (see reservation), and its
+// payload is let go. Called with p.mu held, and with the id mapped to no
+// copy any more: the client's acknowledgement of it, which the session
+// hook reads (under p.mu) before mochi processes it, then completes
+// nothing queued, and mochi's processing of it ends the reservation.
+func (p *persistence) dropDelivery(cl *mqtt.Client, packetID uint16) {
+	if pk, ok := cl.State.Inflight.Get(packetID); !ok || pk.FixedHeader.Type != packets.Publish {
+		return // acknowledged meanwhile, or it only waits for its PUBCOMP
+	}
+	if mayHold(cl, packetID) {
+		cl.State.Inflight.Set(reservation(packetID)) // in its place: counted as it was
+		return
+	}
+	if cl.State.Inflight.Delete(packetID) {
+		atomic.AddInt64(&p.server.Info.Inflight, -1)
+	}
+}
+
+// expired keeps the packet id of a message mochi dropped from a client's
+// inflight messages as its message expiry passed (mochi's
+// ClearExpiredInflights, which drops one it wrote too) while the client
+// may hold it, as dropDelivery does; it is dropped from the session's
+// queue as if acknowledged. mochi has freed the id already: a delivery
+// that took it in the moment between, the id is left to it. So is the id
+// of a delivery withheld (see withhold), which is not written. Called as
+// mochi drops it (OnQosDropped).
+func (p *persistence) expired(cl *mqtt.Client, pk packets.Packet) {
+	p.acknowledged(cl, pk.PacketID)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pubID, ok := pubIDOf(pk); ok && p.unsend[cl.ID][pubID] != nil {
+		return
+	}
+	if !mayHold(cl, pk.PacketID) {
+		return
+	}
+	if _, taken := cl.State.Inflight.Get(pk.PacketID); !taken && cl.State.Inflight.Set(reservation(pk.PacketID)) {
+		atomic.AddInt64(&p.server.Info.Inflight, 1)
+	}
+}
+
+// mayHold reports whether a client may hold a message it was handed under
+// packetID, unacknowledged: the connection it was handed to is the
+// client's, and may have written it; unless its Receive Maximum holds it
+// back, never written (it is forgotten there then: see
+// flowControl.dropHeld). A connection that ended takes what its client
+// held with it: the session that resumes is not resent a dropped message,
+// and its new deliveries take new ids anyway.
+func mayHold(cl *mqtt.Client, packetID uint16) bool {
+	if cl.Net.Conn == nil || cl.Closed() || cl.IsTakenOver() {
+		return false
+	}
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok && dc.flow != nil && dc.flow.dropHeld(packetID) {
+		return false
+	}
+	return true
+}
+
+// reservation keeps a packet id taken among a client's inflight messages
+// after the message it carried was dropped, while the client may hold that
+// message unacknowledged: mochi gives a new delivery the next id not among
+// them (Client.NextPacketID), and one given the id the client holds would
+// be taken for the old message, its PUBLISH discarded as a duplicate at
+// QoS 2 [MQTT-2.2.1-3], the client's acknowledgement of the old one taken
+// for it (deleting it from the queue unsent). It carries no message, maps
+// to no copy (an acknowledgement of it completes nothing queued) and is
+// not queued (max_queued does not count it). mochi processes the client's
+// acknowledgement of it as of any message: a PUBACK or PUBCOMP deletes it,
+// a PUBREC is answered with a PUBREL (kept until the PUBCOMP). It is a
+// PUBACK, so that it is never written: flowControl.release passes over
+// anything but a PUBLISH, and orderResend deletes a PUBACK from a resumed
+// session's inflight messages before mochi resends them, the connection
+// whose client may have held it gone. Created now, it lasts mochi's
+// maximum message expiry, as a message would.
+func reservation(packetID uint16) packets.Packet {
+	return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: packetID, Created: time.Now().Unix(),
+		Properties: packets.Properties{User: []packets.UserProperty{{Key: reservedProperty}}}}
+}
+
+// isReservation reports whether an inflight message is a reservation.
+func isReservation(pk packets.Packet) bool {
+	return pk.FixedHeader.Type == packets.Puback && len(pk.Properties.User) == 1 && pk.Properties.User[0].Key == reservedProperty
 }
 
 // orderResend runs as a resumed session's CONNACK is encoded, just before
@@ -647,7 +738,9 @@ func (p *persistence) orderResend(cl *mqtt.Client) {
 	// A PUBACK is stale: mochi holds one among the inflight messages only
 	// while it writes it to the connection taken over, and resent, it
 	// would acknowledge the packet id the client may be giving a new
-	// publish (TestBatchLonePublishAcked got one in CI).
+	// publish (TestBatchLonePublishAcked got one in CI). So is a
+	// reservation: the connection whose client may have held the dropped
+	// message under its id is gone.
 	for _, pk := range cl.State.Inflight.GetAll(false) {
 		if pk.FixedHeader.Type == packets.Puback {
 			if cl.State.Inflight.Delete(pk.PacketID) {

@@ -178,11 +178,12 @@ func (h *sessionHook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int6
 
 // OnQosDropped: mochi drops a waiting message that expired (its message
 // expiry interval passed); it leaves the session's queue as if
-// acknowledged. The messages mochi clears from a client object a new
+// acknowledged, and its packet id stays taken while the client may hold it
+// (see expired). The messages mochi clears from a client object a new
 // connection took over are not dropped: they went with the connection.
 func (h *sessionHook) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
 	if pk.FixedHeader.Type == packets.Publish && !cl.IsTakenOver() {
-		h.p.acknowledged(cl, pk.PacketID)
+		h.p.expired(cl, pk)
 	}
 }
 

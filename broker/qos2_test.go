@@ -22,12 +22,13 @@ type raw struct {
 }
 
 // dialRaw connects with a session that outlives the connection and returns
-// the client and its CONNACK, which must be the first packet.
-func dialRaw(t *testing.T, addr, username, password, clientID string) (*raw, packets.Packet) {
+// the client and its CONNACK, which must be the first packet. cp may
+// adjust the CONNECT.
+func dialRaw(t *testing.T, addr, username, password, clientID string, cp ...func(*packets.Packet)) (*raw, packets.Packet) {
 	t.Helper()
 	return dialRawStrict(t, addr, username, password, clientID, func(typ byte) {
 		t.Fatalf("packet type %d before the CONNACK", typ)
-	})
+	}, cp...)
 }
 
 func (r *raw) read() {

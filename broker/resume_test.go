@@ -70,8 +70,9 @@ func (s *strictSub) connect(stop <-chan struct{}) (done <-chan struct{}) {
 }
 
 // dialRawStrict is dialRaw for a persistent session whose CONNACK must come
-// first: early is told the type of any packet before it.
-func dialRawStrict(t *testing.T, addr, username, password, clientID string, early func(byte)) (*raw, packets.Packet) {
+// first: early is told the type of any packet before it. cp may adjust
+// the CONNECT.
+func dialRawStrict(t *testing.T, addr, username, password, clientID string, early func(byte), cp ...func(*packets.Packet)) (*raw, packets.Packet) {
 	t.Helper()
 	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
@@ -80,14 +81,18 @@ func dialRawStrict(t *testing.T, addr, username, password, clientID string, earl
 	r := &raw{t: t, c: c, in: make(chan packets.Packet, 4096)}
 	t.Cleanup(func() { c.Close() })
 	go r.read()
-	r.send(packets.Packet{
+	connect := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
 		Connect: packets.ConnectParams{
 			ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: clientID,
 			UsernameFlag: true, Username: []byte(username), PasswordFlag: true, Password: []byte(password),
 		},
 		Properties: packets.Properties{SessionExpiryInterval: 3600, SessionExpiryIntervalFlag: true},
-	})
+	}
+	for _, f := range cp {
+		f(&connect)
+	}
+	r.send(connect)
 	for {
 		select {
 		case pk, ok := <-r.in:

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"maps"
+	"math"
 	"slices"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -237,7 +238,7 @@ func (c chooser) full(cl *mqtt.Client, sub packets.Subscription, pk packets.Pack
 	if _, device := cl.Net.Conn.(*deviceConn); !device {
 		return false
 	}
-	return int64(cl.State.Inflight.Len()) >= c.maxQueued
+	return holdsAtLeast(cl, int(min(c.maxQueued, math.MaxUint16)))
 }
 
 // takes reports whether a member here takes a shared group's turn of a
