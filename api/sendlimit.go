@@ -9,9 +9,10 @@ import (
 	"github.com/roosthub/roost/tenants"
 )
 
-// ruleBudgets is each tenant's dataout.Budget for rules/test in this
-// process: a viewer key asking for tests as fast as it can gets a quarter
-// of a core for its tenant, not the process's.
+// ruleBudgets is each tenant's dataout.Budget for the rules its requests
+// compile (rules/test, POST …/rules) and test in this process: a viewer
+// key asking for tests as fast as it can, or an admin's key making rules,
+// gets a quarter of a core for its tenant, not the process's.
 type ruleBudgets struct {
 	mu sync.Mutex
 	m  map[string]*dataout.Budget
