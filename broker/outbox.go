@@ -163,6 +163,9 @@ type outbox struct {
 	rules atomic.Pointer[outboxRules]
 	// rulesMu orders forget after a load in progress (see listCache).
 	rulesMu sync.Mutex
+	// compiler compiles the rules again after a change, only those whose
+	// condition or projection is new.
+	compiler dataout.Compiler
 	// hooks caches each destination opened for sending, until a change of
 	// the tenant's rules or destinations (gen counts them) or a failed
 	// attempt.
@@ -499,7 +502,7 @@ func (o *outbox) compiled() (*outboxRules, error) {
 			dest = append(dest, r)
 		}
 	}
-	set, errs := dataout.CompileRules(dest)
+	set, errs := o.compiler.CompileRules(dest)
 	set = set.WithBudget(o.budget)
 	for _, err := range errs {
 		o.log.Error("compile a rule", "err", err)
