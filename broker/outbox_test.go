@@ -1169,3 +1169,48 @@ func TestOutboxRulesCompiledOnceEach(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "both messages are delivered (once each: the rules share a destination)", func() bool { return len(rc.messages()) == 2 })
 }
+
+// TestOutboxBatchBytes: a webhook request carries at most
+// broker.WebhookBatchBytes of payload (a larger message goes alone), not
+// up to the batch's count of messages whatever their size: 100 messages
+// of a plan's largest (1 MiB) would make one body of 133 MB, which each
+// of a tenant's 50 destinations' workers would build at once on its node
+// (one message can match a rule of each), and which most receivers
+// refuse.
+func TestOutboxBatchBytes(t *testing.T) {
+	s := newOutboxStack(t, time.Hour)
+	s.tenant("acme")
+	s.setQuota("acme", "max_packet_size", 1<<20)
+	s.setQuota("acme", "bandwidth_in", 64<<20)
+	rc := newWebhookReceiver(t)
+	rc.answer(http.StatusServiceUnavailable) // the messages wait in the outbox
+	hook := s.destination("acme", "hook", rc, "sensors/#", "")
+	pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
+	const n, size = 8, 300 << 10 // 8 fit in one batch of 10 messages, 2.4 MB
+	for i := range n {
+		payload := fmt.Sprintf(`"%d%s"`, i, strings.Repeat("x", size))
+		if r := pub.pub(t, "sensors/big", payload, 1, false); r.ReasonCode != 0 {
+			t.Fatalf("publish %d: PUBACK 0x%02x, want 0", i, r.ReasonCode)
+		}
+	}
+	eventually(t, 10*time.Second, "the messages wait in the outbox", func() bool {
+		st, err := s.hub.DeliveryStatus(ctx, "acme", hook)
+		return err == nil && st.Backlog == n
+	})
+	rc.answer(http.StatusNoContent)
+	eventually(t, 20*time.Second, "every message is delivered", func() bool { return len(rc.messages()) == n })
+	for i, m := range rc.messages() {
+		if !strings.HasPrefix(string(m.Payload), fmt.Sprintf(`"%d`, i)) {
+			t.Fatalf("message %d: %.10s…, want message %d (in order)", i, m.Payload, i)
+		}
+	}
+	for _, b := range rc.taken() {
+		bytes := 0
+		for _, m := range b.Messages {
+			bytes += len(m.Payload)
+		}
+		if len(b.Messages) > 1 && bytes > broker.WebhookBatchBytes {
+			t.Errorf("a request carried %d messages, %d bytes of payload; want at most %d bytes (or one message)", len(b.Messages), bytes, broker.WebhookBatchBytes)
+		}
+	}
+}
