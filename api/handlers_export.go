@@ -111,7 +111,7 @@ func ruleProblem(prefix string, err error) error {
 	return err
 }
 
-func handleExportCreate(es exportStore, budgets *ruleBudgets) handler {
+func handleExportCreate(es exportStore, budgets *dataout.Budgets) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		var in tenants.ExportRuleInput
 		if err := decode(r, &in); err != nil {
@@ -122,7 +122,7 @@ func handleExportCreate(es exportStore, budgets *ruleBudgets) handler {
 		}
 		tenant := chi.URLParam(r, "tenant")
 		// Compiled within the tenant's share, as a rule test is.
-		budget := budgets.of(tenant)
+		budget := budgets.Of(tenant)
 		if err := waitRules(r.Context(), budget); err != nil {
 			return err
 		}
@@ -193,7 +193,7 @@ func bad(field, msg string) error {
 
 // handleRuleTest runs a rule against a sample message without sending
 // anything. The device's metadata is the named device's, in this tenant.
-func handleRuleTest(es exportStore, now func() time.Time, budgets *ruleBudgets) handler {
+func handleRuleTest(es exportStore, now func() time.Time, budgets *dataout.Budgets) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		tenant := chi.URLParam(r, "tenant")
 		var in ruleTest
@@ -240,7 +240,7 @@ func handleRuleTest(es exportStore, now func() time.Time, budgets *ruleBudgets) 
 		// messages' rules share one on a data-plane node. Compiling counts
 		// as well as evaluating: a condition of nested literals takes a
 		// tenth of a second to compile and microseconds to evaluate.
-		budget := budgets.of(tenant)
+		budget := budgets.Of(tenant)
 		if err := waitRules(r.Context(), budget); err != nil {
 			return err
 		}
