@@ -562,3 +562,53 @@ func TestRuleTestsBudget(t *testing.T) {
 	api.SpendRuleTests(e.api, "acme", -time.Hour-time.Second)
 	want(t, e.do("POST", "/v1/tenants/acme/rules/test", owner.token, body), 200, "the share caught up")
 }
+
+// TestRulesBudgetCountsCompiling: compiling a rule is part of what its
+// tenant's share of the API process's CPU pays for. A condition and a
+// projection of nested list literals take a tenth of a second or more to
+// compile and microseconds to evaluate: a viewer key sending them to
+// rules/test in a loop (or on as many connections as it likes), or an
+// admin's key to POST …/rules (refused after compiling, here for an
+// unknown destination, or past the 100 rules), is held to the share, 429
+// once it is spent, as one evaluating costly rules is.
+func TestRulesBudgetCountsCompiling(t *testing.T) {
+	nested := strings.Repeat("[", 43) + strings.Repeat("]", 43)
+	rule := func(to, name string) map[string]string {
+		return map[string]string{"filter": "#", to: name,
+			"condition":  strings.Repeat(nested+" == [] || ", 42) + "true",
+			"projection": "[" + strings.Repeat(nested+", ", 42) + "[]]"}
+	}
+	for _, c := range []struct {
+		name, path string
+		role       tenants.Role
+		body       any
+		status     int
+	}{
+		{"rules/test", "/v1/tenants/acme/rules/test", tenants.RoleViewer, map[string]any{"rule": rule("topic", "t"), "message": map[string]any{"topic": "x"}}, 200},
+		{"POST rules", "/v1/tenants/acme/rules", tenants.RoleAdmin, rule("destination", "nowhere"), 400},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t)
+			owner := e.signup("owner")
+			e.mustTenant(owner, "acme")
+			_, key := e.mustKey(owner.token, "acme", c.role)
+			// The share is dataout.EvalShare of a second a second, with
+			// dataout.EvalBurst saved: about 1.7 s of compiling in a row
+			// spends it, after a few requests here (a single one under
+			// -race on a busy machine), and the next is refused.
+			start := time.Now()
+			for n := 1; ; n++ {
+				r := e.do("POST", c.path, key, c.body)
+				if r.status == http.StatusTooManyRequests {
+					wantProblem(t, r, 429, "too_many_attempts", "", c.name+" past the share")
+					break
+				}
+				want(t, r, c.status, c.name+" within the share")
+				if d := time.Since(start); n >= 40 || n >= 2 && d > 15*time.Second {
+					t.Fatalf("%d requests took %v compiling, none refused; want 429 past the tenant's share (%v a second, %v saved)",
+						n, d.Round(time.Millisecond), dataout.EvalShare, dataout.EvalBurst)
+				}
+			}
+		})
+	}
+}

@@ -111,7 +111,7 @@ func ruleProblem(prefix string, err error) error {
 	return err
 }
 
-func handleExportCreate(es exportStore) handler {
+func handleExportCreate(es exportStore, budgets *dataout.Budgets) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		var in tenants.ExportRuleInput
 		if err := decode(r, &in); err != nil {
@@ -120,10 +120,18 @@ func handleExportCreate(es exportStore) handler {
 		if err := in.Validate(); err != nil {
 			return err
 		}
-		if _, err := dataout.CompileRule(tenants.ExportRule{Filter: in.Filter, Condition: in.Condition, Projection: in.Projection}); err != nil {
+		tenant := chi.URLParam(r, "tenant")
+		// Compiled within the tenant's share, as a rule test is.
+		budget := budgets.Of(tenant)
+		if err := waitRules(r.Context(), budget); err != nil {
+			return err
+		}
+		start := time.Now()
+		_, err := dataout.CompileRule(tenants.ExportRule{Filter: in.Filter, Condition: in.Condition, Projection: in.Projection})
+		budget.Spend(time.Since(start))
+		if err != nil {
 			return ruleProblem("", err)
 		}
-		tenant := chi.URLParam(r, "tenant")
 		rule, err := es.CreateExportRule(r.Context(), tenant, in)
 		if err != nil {
 			return err
@@ -185,7 +193,7 @@ func bad(field, msg string) error {
 
 // handleRuleTest runs a rule against a sample message without sending
 // anything. The device's metadata is the named device's, in this tenant.
-func handleRuleTest(es exportStore, now func() time.Time, budgets *ruleBudgets) handler {
+func handleRuleTest(es exportStore, now func() time.Time, budgets *dataout.Budgets) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		tenant := chi.URLParam(r, "tenant")
 		var in ruleTest
@@ -228,7 +236,17 @@ func handleRuleTest(es exportStore, now func() time.Time, budgets *ruleBudgets) 
 				rule.Destination = d.ID
 			}
 		}
+		// The tenant's tests share a budget of this process's CPU, as its
+		// messages' rules share one on a data-plane node. Compiling counts
+		// as well as evaluating: a condition of nested literals takes a
+		// tenth of a second to compile and microseconds to evaluate.
+		budget := budgets.Of(tenant)
+		if err := waitRules(r.Context(), budget); err != nil {
+			return err
+		}
+		start := time.Now()
 		compiled, err := dataout.CompileRule(rule)
+		budget.Spend(time.Since(start))
 		if err != nil {
 			return ruleProblem("rule.", err)
 		}
@@ -275,16 +293,11 @@ func handleRuleTest(es exportStore, now func() time.Time, budgets *ruleBudgets) 
 		}
 		res := newExportRule(rule, 0, types)
 		out := ruleTestResult{Destination: res.Destination, KafkaTopic: rule.KafkaTopic, Delivery: res.Delivery}
-		ctx, cancel := context.WithTimeout(r.Context(), time.Second)
-		defer cancel()
-		// The tenant's tests share a budget of this process's CPU, as its
-		// messages' rules share one on a data-plane node.
-		budget := budgets.of(tenant)
-		if err := budget.Wait(ctx); err != nil {
-			return tenants.Throttled(time.Second, "the tenant's rule tests have used their share of the CPU: try again shortly")
+		if err := waitRules(r.Context(), budget); err != nil {
+			return err
 		}
-		start := time.Now()
-		ok, sent, err := compiled.Apply(ctx, input)
+		start = time.Now()
+		ok, sent, err := compiled.Apply(r.Context(), input)
 		budget.Spend(time.Since(start))
 		var pe *dataout.ProjectionError
 		switch {
@@ -309,4 +322,16 @@ func handleRuleTest(es exportStore, now func() time.Time, budgets *ruleBudgets) 
 		writeJSON(w, http.StatusOK, out)
 		return nil
 	}
+}
+
+// waitRules waits, a second at most, until the rules the tenant's
+// requests compile and test are within their share of the CPU (budget),
+// or answers 429.
+func waitRules(ctx context.Context, budget *dataout.Budget) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := budget.Wait(ctx); err != nil {
+		return tenants.Throttled(time.Second, "the tenant's rule tests and new rules have used their share of the CPU: try again shortly")
+	}
+	return nil
 }

@@ -123,7 +123,7 @@ func (s *Server) routes() chi.Router {
 				r.With(viewer).Delete("/members/{account}", s.serve(handleMemberRemove(s.auth)))
 
 				r.With(viewer).Get("/rules", s.serve(handleExportList(st, s.dataPlane)))
-				r.With(admin).Post("/rules", s.serve(handleExportCreate(st)))
+				r.With(admin).Post("/rules", s.serve(handleExportCreate(st, s.ruleTests)))
 				r.With(admin).Delete("/rules/{id}", s.serve(handleExportDelete(st)))
 				// A dry run: it sends nothing, as acl/check changes nothing.
 				r.With(viewer).Post("/rules/test", s.serve(handleRuleTest(st, s.now, s.ruleTests)))

@@ -5,29 +5,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/roosthub/roost/dataout"
 	"github.com/roosthub/roost/tenants"
 )
-
-// ruleBudgets is each tenant's dataout.Budget for rules/test in this
-// process: a viewer key asking for tests as fast as it can gets a quarter
-// of a core for its tenant, not the process's.
-type ruleBudgets struct {
-	mu sync.Mutex
-	m  map[string]*dataout.Budget
-}
-
-func (b *ruleBudgets) of(tenant string) *dataout.Budget {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if len(b.m) >= 10_000 {
-		clear(b.m) // forgets what was spent: forgives, never refuses more
-	}
-	if b.m[tenant] == nil {
-		b.m[tenant] = new(dataout.Budget)
-	}
-	return b.m[tenant]
-}
 
 // sendTestsPerMinute bounds a tenant's send tests: each makes the hub send
 // a request to a URL of the tenant's choosing, and the hub is not to be a

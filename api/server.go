@@ -90,8 +90,9 @@ type Server struct {
 	webhooks  *dataout.Sender
 	sealer    *dataout.Sealer
 	sendTests *sendLimiter
-	// ruleTests is each tenant's share of this process's CPU for rules/test.
-	ruleTests *ruleBudgets
+	// ruleTests is each tenant's share of this process's CPU for the
+	// rules it compiles and tests (rules/test, POST …/rules).
+	ruleTests *dataout.Budgets
 	// operatorKafka: list the built-in destination operator-kafka.
 	operatorKafka bool
 }
@@ -160,7 +161,7 @@ func New(cfg Config) (*Server, error) {
 		webhooks:  cfg.Webhooks,
 		sealer:    cfg.Sealer,
 		sendTests: newSendLimiter(cfg.Now),
-		ruleTests: &ruleBudgets{m: map[string]*dataout.Budget{}},
+		ruleTests: new(dataout.Budgets),
 	}
 	s.operatorKafka = cfg.OperatorKafka
 	s.router = s.routes()

@@ -199,7 +199,7 @@ func (inst *instance) spendRules(ev *dataout.Evaluation) {
 
 // exportRules is the tenant's Kafka export rules, compiled. Conditions
 // and projections are compiled once per change of the rules, as the
-// outbox's are; one that no longer compiles (checked when it was made)
+// outbox's are, and only those that changed; one that no longer compiles (checked when it was made)
 // leaves its rule out.
 func (inst *instance) exportRules() ([]*dataout.Rule, error) {
 	rules, err := inst.exports.get(func() ([]*dataout.Rule, error) {
@@ -209,14 +209,9 @@ func (inst *instance) exportRules() ([]*dataout.Rule, error) {
 		if err != nil {
 			return nil, err
 		}
-		out := make([]*dataout.Rule, 0, len(list))
-		for _, r := range list {
-			c, err := dataout.CompileRule(r)
-			if err != nil {
-				inst.log.Error("compile an export rule", "rule", r.ID, "err", err)
-				continue
-			}
-			out = append(out, c)
+		out, errs := inst.exportCompiler.Compile(list)
+		for _, err := range errs {
+			inst.log.Error("compile an export rule", "err", err)
 		}
 		return out, nil
 	})

@@ -70,3 +70,41 @@ func TestExportProjection(t *testing.T) {
 		}
 	}
 }
+
+// TestExportRulesCompiledOnceEach: as the outbox's (see
+// TestOutboxRulesCompiledOnceEach), an operator-Kafka rule whose
+// condition is as it was is not compiled again when another rule is
+// added: a publish after the change does not wait for it.
+func TestExportRulesCompiledOnceEach(t *testing.T) {
+	exp := &fakeExporter{}
+	s := newStack(t, func(c *broker.Config) { c.Exporter = exp })
+	s.tenant("acme")
+	nested := strings.Repeat("[", 43) + strings.Repeat("]", 43)
+	slow := strings.Repeat(nested+" == [] || ", 42) + "payload.temp > 0"
+	for _, cond := range []string{slow, slow + " || false"} {
+		if _, err := s.store.CreateExportRule(ctx, "acme", tenants.ExportRuleInput{Filter: "sensors/#", Topic: "hot", Condition: cond}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.rules("acme", allow(tenants.ActionAll, "#"))
+	pub := mustV5(t, s.addr, user("acme", "pub"), s.device("acme", "pub"), "pub")
+	publish := func(payload string) time.Duration {
+		t.Helper()
+		start := time.Now()
+		if r := pub.pub(t, "sensors/a", payload, 1, false); r.ReasonCode != 0 {
+			t.Fatalf("publish %s: PUBACK 0x%02x, want 0", payload, r.ReasonCode)
+		}
+		return time.Since(start)
+	}
+	first := publish(`{"temp":1}`) // compiles both rules
+	if _, err := s.store.CreateExportRule(ctx, "acme", tenants.ExportRuleInput{Filter: "other/#", Topic: "other"}); err != nil {
+		t.Fatal(err)
+	}
+	if second := publish(`{"temp":2}`); second > first/4 {
+		t.Errorf("the publish after a rule was added took %v, the first (compiling the rules) %v: want the rules not compiled again",
+			second.Round(time.Millisecond), first.Round(time.Millisecond))
+	}
+	if n := len(exp.taken()); n != 4 {
+		t.Errorf("%d records exported, want 4 (both messages by both rules)", n)
+	}
+}

@@ -75,6 +75,9 @@ type instance struct {
 	// rulesGen is bumped each time rules is forgotten (see aclGen).
 	rulesGen atomic.Uint64
 	exports  listCache[*dataout.Rule]
+	// exportCompiler compiles exports again after a change, only those
+	// whose condition or projection is new.
+	exportCompiler dataout.Compiler
 	// exportErrs counts, per export rule, messages Kafka refused.
 	errMu      sync.Mutex
 	exportErrs map[string]int64

@@ -79,6 +79,28 @@ type Delivery struct {
 // most, unless configured.
 const DefaultWebhookBatch = 100
 
+// WebhookBatchBytes bounds the payloads one request (or produce to a
+// tenant's Kafka) carries, whatever the count: a message larger than it
+// goes alone. Counted in messages only, a batch of a plan's largest (1
+// MiB) would be a body of 133 MB, built by each of a tenant's
+// destinations' workers at once (one message may match a rule of each of
+// its 50), and refused by most receivers.
+const WebhookBatchBytes = 1 << 20
+
+// withinBytes is the first of msgs whose payloads add up to at most max
+// bytes, one at least. The others are cleared: the batch being sent does
+// not keep their payloads.
+func withinBytes(msgs []store.Queued, max int) []store.Queued {
+	n, total := 0, 0
+	for ; n < len(msgs); n++ {
+		if total += len(msgs[n].Payload); n > 0 && total > max {
+			break
+		}
+	}
+	clear(msgs[n:])
+	return msgs[:n]
+}
+
 // The outbox of a tenant's destination is a queue in the session store
 // under a client id no MQTT client can have (MQTT strings never hold
 // U+0000, see seqProperty): outboxID for the messages waiting to be
@@ -163,6 +185,9 @@ type outbox struct {
 	rules atomic.Pointer[outboxRules]
 	// rulesMu orders forget after a load in progress (see listCache).
 	rulesMu sync.Mutex
+	// compiler compiles the rules again after a change, only those whose
+	// condition or projection is new.
+	compiler dataout.Compiler
 	// hooks caches each destination opened for sending, until a change of
 	// the tenant's rules or destinations (gen counts them) or a failed
 	// attempt.
@@ -499,7 +524,7 @@ func (o *outbox) compiled() (*outboxRules, error) {
 			dest = append(dest, r)
 		}
 	}
-	set, errs := dataout.CompileRules(dest)
+	set, errs := o.compiler.CompileRules(dest)
 	set = set.WithBudget(o.budget)
 	for _, err := range errs {
 		o.log.Error("compile a rule", "err", err)
@@ -1009,6 +1034,9 @@ func (o *outbox) run(q *destQueue) {
 		}
 		failures = 0
 		msgs, retrying := retry.batchOf(msgs)
+		if !retrying {
+			msgs = withinBytes(msgs, WebhookBatchBytes) // a batch retried was cut so when first sent
+		}
 		if !retrying && !retry.first.IsZero() && !endRetry() {
 			return
 		}

@@ -1130,3 +1130,87 @@ func TestOutboxRulesOverBudget(t *testing.T) {
 		t.Errorf("delivered %v, want %s", got, want)
 	}
 }
+
+// TestOutboxRulesCompiledOnceEach: a change that leaves a rule's
+// condition and projection as they were (here a destination renamed) does
+// not compile them again. Some conditions of 4 KiB (nested list literals)
+// take a few tenths of a second to compile and microseconds to evaluate:
+// an admin renaming a destination in a loop would otherwise have every
+// node holding the tenant compile all its rules again at each change, in
+// the path of its next publish and outside its share of the CPU (100
+// such rules: half a minute of a core).
+func TestOutboxRulesCompiledOnceEach(t *testing.T) {
+	s := newOutboxStack(t, time.Hour)
+	s.tenant("acme")
+	rc := newWebhookReceiver(t)
+	nested := strings.Repeat("[", 43) + strings.Repeat("]", 43)
+	slow := strings.Repeat(nested+" == [] || ", 42) + "payload.temp > 0"
+	hook := s.destination("acme", "hook", rc, "sensors/#", slow)
+	if _, err := s.store.CreateExportRule(ctx, "acme", tenants.ExportRuleInput{Filter: "sensors/#", Destination: "hook", Condition: slow + " || false"}); err != nil {
+		t.Fatal(err)
+	}
+	pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
+	publish := func(payload string) time.Duration {
+		t.Helper()
+		start := time.Now()
+		if r := pub.pub(t, "sensors/temp", payload, 1, false); r.ReasonCode != 0 {
+			t.Fatalf("publish %s: PUBACK 0x%02x, want 0", payload, r.ReasonCode)
+		}
+		return time.Since(start)
+	}
+	first := publish(`{"temp":1}`) // compiles both rules
+	renamed := "renamed"
+	if _, err := s.store.UpdateDestination(ctx, "acme", hook, tenants.DestinationUpdate{Name: &renamed}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if second := publish(`{"temp":2}`); second > first/4 {
+		t.Errorf("the publish after the destination was renamed took %v, the first (compiling the rules) %v: want the rules not compiled again",
+			second.Round(time.Millisecond), first.Round(time.Millisecond))
+	}
+	eventually(t, 10*time.Second, "both messages are delivered (once each: the rules share a destination)", func() bool { return len(rc.messages()) == 2 })
+}
+
+// TestOutboxBatchBytes: a webhook request carries at most
+// broker.WebhookBatchBytes of payload (a larger message goes alone), not
+// up to the batch's count of messages whatever their size: 100 messages
+// of a plan's largest (1 MiB) would make one body of 133 MB, which each
+// of a tenant's 50 destinations' workers would build at once on its node
+// (one message can match a rule of each), and which most receivers
+// refuse.
+func TestOutboxBatchBytes(t *testing.T) {
+	s := newOutboxStack(t, time.Hour)
+	s.tenant("acme")
+	s.setQuota("acme", "max_packet_size", 1<<20)
+	s.setQuota("acme", "bandwidth_in", 64<<20)
+	rc := newWebhookReceiver(t)
+	rc.answer(http.StatusServiceUnavailable) // the messages wait in the outbox
+	hook := s.destination("acme", "hook", rc, "sensors/#", "")
+	pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
+	const n, size = 8, 300 << 10 // 8 fit in one batch of 10 messages, 2.4 MB
+	for i := range n {
+		payload := fmt.Sprintf(`"%d%s"`, i, strings.Repeat("x", size))
+		if r := pub.pub(t, "sensors/big", payload, 1, false); r.ReasonCode != 0 {
+			t.Fatalf("publish %d: PUBACK 0x%02x, want 0", i, r.ReasonCode)
+		}
+	}
+	eventually(t, 10*time.Second, "the messages wait in the outbox", func() bool {
+		st, err := s.hub.DeliveryStatus(ctx, "acme", hook)
+		return err == nil && st.Backlog == n
+	})
+	rc.answer(http.StatusNoContent)
+	eventually(t, 20*time.Second, "every message is delivered", func() bool { return len(rc.messages()) == n })
+	for i, m := range rc.messages() {
+		if !strings.HasPrefix(string(m.Payload), fmt.Sprintf(`"%d`, i)) {
+			t.Fatalf("message %d: %.10s…, want message %d (in order)", i, m.Payload, i)
+		}
+	}
+	for _, b := range rc.taken() {
+		bytes := 0
+		for _, m := range b.Messages {
+			bytes += len(m.Payload)
+		}
+		if len(b.Messages) > 1 && bytes > broker.WebhookBatchBytes {
+			t.Errorf("a request carried %d messages, %d bytes of payload; want at most %d bytes (or one message)", len(b.Messages), bytes, broker.WebhookBatchBytes)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package dataout
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/roosthub/roost/internal/rate"
@@ -77,4 +78,27 @@ func (b *Budget) Wait(ctx context.Context) error {
 // Spend takes d from the budget.
 func (b *Budget) Spend(d time.Duration) {
 	b.b.Reserve(b.clock(), d.Seconds(), EvalShare, EvalBurst.Seconds())
+}
+
+// Budgets is each tenant's Budget in one process, for the rules its
+// requests compile and test there (the API's rules/test and new rules,
+// the console's forms): a viewer key asking for tests as fast as it can,
+// or an admin making rules, gets a quarter of a core for its tenant, not
+// the process's. The zero value is ready; it is safe for concurrent use.
+type Budgets struct {
+	mu sync.Mutex
+	m  map[string]*Budget
+}
+
+// Of returns the tenant's budget.
+func (b *Budgets) Of(tenant string) *Budget {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.m == nil || len(b.m) >= 10_000 {
+		b.m = map[string]*Budget{} // forgets what was spent: forgives, never refuses more
+	}
+	if b.m[tenant] == nil {
+		b.m[tenant] = new(Budget)
+	}
+	return b.m[tenant]
 }

@@ -231,3 +231,34 @@ func TestReplaceBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestCompilerReuses: a Compiler compiles a rule again only when its
+// condition or projection changed; a rule reused takes the rest (its id,
+// filter, destination) from the new list.
+func TestCompilerReuses(t *testing.T) {
+	var c dataout.Compiler
+	const cond, proj = `payload.temp > 30`, `{"t": payload.temp}`
+	hot := dataout.Input{Topic: "b/1", Payload: []byte(`{"temp": 31}`)}
+	first, errs := c.Compile([]tenants.ExportRule{{ID: "exp_1", Filter: "a/#", Condition: cond, Projection: proj, Destination: "dst_a"}})
+	if len(errs) != 0 || len(first) != 1 {
+		t.Fatalf("Compile: %d rules, errors %v", len(first), errs)
+	}
+	set, errs := c.CompileRules([]tenants.ExportRule{
+		{ID: "exp_2", Filter: "b/#", Condition: cond, Projection: proj, Destination: "dst_b"},
+		{ID: "exp_3", Filter: "b/#", Condition: cond + " && qos == 0", Destination: "dst_c"},
+		{ID: "exp_4", Filter: "b/#", Condition: "payload.temp >"},
+	})
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "exp_4") {
+		t.Errorf("errors %v, want one naming exp_4", errs)
+	}
+	var got []string
+	for _, m := range set.Match(context.Background(), hot) {
+		got = append(got, fmt.Sprintf("%s %s %s %v", m.Rule.ID, m.Rule.Destination, m.Payload, m.Err))
+	}
+	if want := []string{`exp_2 dst_b {"t":31} <nil>`, "exp_3 dst_c  <nil>"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("matches %q, want %q", got, want)
+	}
+	if set.MatchesTopic("a/1") {
+		t.Error("the reused rule still matches its old filter a/#")
+	}
+}

@@ -98,6 +98,9 @@ func TestRefused(t *testing.T) {
 		{"fc00::1", true}, {"fd12::1", true}, {"0.0.0.0", true}, {"::", true}, {"224.0.0.1", true},
 		{"ff02::1", true}, {"100.64.0.1", true}, {"255.255.255.255", true},
 		{"::ffff:127.0.0.1", true}, {"fe80::1%eth0", true}, {"::1%lo", true}, {"::ffff:169.254.169.254", true}, {"64:ff9b::a00:1", true}, {"2002:7f00:1::", true},
+		// Cloud metadata services: AWS's over IPv6; Azure's platform
+		// address (the wireserver), outside every private range.
+		{"fd00:ec2::254", true}, {"168.63.129.16", true}, {"::ffff:168.63.129.16", true}, {"64:ff9b::a83f:8110", true},
 		{"8.8.8.8", false}, {"1.1.1.1", false}, {"172.32.0.1", false}, {"2606:4700::1111", false}, {"64:ff9b::808:808", false},
 	} {
 		if got := dataout.Refused(netip.MustParseAddr(tc.addr)); got != tc.refused {
@@ -123,6 +126,7 @@ func TestCheckURL(t *testing.T) {
 		{"loopback in development", dev, "http://127.0.0.1/x", false},
 		{"IPv6 loopback", strict, "https://[::1]/x", false},
 		{"metadata", strict, "https://169.254.169.254/latest/meta-data/", false},
+		{"Azure's wireserver", strict, "https://168.63.129.16/machine?comp=health", false},
 		{"private", strict, "https://10.0.0.5/x", false},
 		{"mapped loopback", strict, "https://[::ffff:127.0.0.1]/x", false},
 		{"zoned link-local", strict, "https://[fe80::1%25eth0]/x", false},

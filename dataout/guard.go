@@ -20,7 +20,8 @@ var ErrRefusedAddress = errors.New("refused address")
 
 // blocked are the ranges no webhook may reach unless allowed: loopback,
 // private, link-local (169.254.169.254, the metadata service, included),
-// unspecified, multicast, CGNAT, and the reserved ranges next to them.
+// unspecified, multicast, CGNAT, the reserved ranges next to them, and
+// Azure's platform address.
 var blocked = func() []netip.Prefix {
 	var out []netip.Prefix
 	for _, s := range []string{
@@ -33,6 +34,10 @@ var blocked = func() []netip.Prefix {
 		"192.0.0.0/24",   // IETF protocol assignments
 		"192.168.0.0/16", // private
 		"198.18.0.0/15",  // benchmarking
+		// Azure's platform address (the wireserver: the VM agent's
+		// goal state and health reports), public but answering the VMs
+		// of Azure only, as a metadata service does.
+		"168.63.129.16/32",
 		"224.0.0.0/4",    // multicast
 		"240.0.0.0/4",    // reserved, broadcast
 		"::/96",          // unspecified, loopback, IPv4-compatible

@@ -97,6 +97,9 @@ type Console struct {
 	pages  map[string]*template.Template
 	router chi.Router
 	out    *webhookTools
+	// rules is each tenant's share of this process's CPU for compiling
+	// the rules its admins make here (see compileRule).
+	rules dataout.Budgets
 }
 
 // New builds the console.

@@ -401,6 +401,52 @@ func TestCAsAndAuditPages(t *testing.T) {
 	}
 }
 
+// TestRuleFormsBudget: the console's forms that make rules compile them
+// within the tenant's share of the process's CPU, as the API does: a
+// condition and a projection of nested list literals take a tenth of a
+// second or more to compile, and an admin posting them in a loop gets 429
+// with Retry-After once the share is spent (before, it compiled on as
+// many cores as it had connections).
+func TestRuleFormsBudget(t *testing.T) {
+	nested := strings.Repeat("[", 43) + strings.Repeat("]", 43)
+	cond := strings.Repeat(nested+" == [] || ", 42) + "true"
+	proj := "[" + strings.Repeat(nested+", ", 42) + "[]]"
+	for _, c := range []struct {
+		name, path string
+		form       url.Values
+		status     int
+	}{
+		{"export rules", "/tenants/acme/export-rules", url.Values{"filter": {"#"}, "topic": {"t"}, "condition": {cond}, "projection": {proj}}, http.StatusSeeOther},
+		{"webhook rules", "/tenants/acme/webhooks/rules", url.Values{"filter": {"#"}, "destination": {"dst_nowhere"}, "condition": {cond}, "projection": {proj}}, http.StatusBadRequest},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			s := newStack(t)
+			b := s.browser()
+			b.signup("owner")
+			b.tenant("acme")
+			b.get(c.path)
+			// The share is a quarter of a second a second, with a
+			// second saved: about 1.7 s of compiling in a row spends it.
+			start := time.Now()
+			for n := 1; ; n++ {
+				a := b.post(c.path, c.form)
+				if a.status == http.StatusTooManyRequests {
+					if a.header.Get("Retry-After") == "" {
+						t.Error("429 without Retry-After")
+					}
+					break
+				}
+				if a.status != c.status {
+					t.Fatalf("post %d: %d, want %d within the share", n, a.status, c.status)
+				}
+				if d := time.Since(start); n >= 40 || n >= 2 && d > 15*time.Second {
+					t.Fatalf("%d posts took %v compiling, none refused; want 429 past the tenant's share", n, d.Round(time.Millisecond))
+				}
+			}
+		})
+	}
+}
+
 // TestExportRulesPage: an admin adds an export rule to Kafka on its page
 // and removes it; a bad filter or condition comes back next to its field.
 func TestExportRulesPage(t *testing.T) {

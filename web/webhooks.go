@@ -466,7 +466,7 @@ func (c *Console) webhookRuleCreate(w http.ResponseWriter, r *http.Request) {
 	again := func(status int, errs map[string]string) {
 		c.renderWebhooks(w, r, status, page{Form: form, Errors: errs}, webhooksData{})
 	}
-	if _, err := dataout.CompileRule(tenants.ExportRule{Filter: in.Filter, Condition: in.Condition, Projection: in.Projection}); err != nil {
+	if err := c.compileRule(r.Context(), slug, tenants.ExportRule{Filter: in.Filter, Condition: in.Condition, Projection: in.Projection}); err != nil {
 		var re *dataout.RuleError
 		if errors.As(err, &re) {
 			again(http.StatusBadRequest, map[string]string{re.Field: re.Err.Error()})
