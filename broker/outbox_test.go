@@ -757,10 +757,13 @@ func TestOutboxSurvivesRestart(t *testing.T) {
 		return len(ms) > 0 && string(ms[len(ms)-1].Payload) == "10"
 	})
 	// The receiver has the message before the hub acknowledges it in the
-	// store and counts it: the backlog reaches 0 a moment later.
+	// store and counts it: the backlog reaches 0 a moment later. The
+	// first ten may have gone from either hub: the first one's worker
+	// retries until it is closed, and once the receiver answered 200 it
+	// may have been first.
 	eventually(t, 10*time.Second, "the second hub's backlog is 0", func() bool {
 		st, err := hub2.DeliveryStatus(ctx, "acme", hook)
-		return err == nil && st.Backlog == 0 && st.Delivered == 11
+		return err == nil && st.Backlog == 0 && st.Delivered >= 1 && st.Delivered <= 11
 	})
 }
 
