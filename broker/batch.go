@@ -203,6 +203,11 @@ func (c *deviceConn) send(p []byte) (int, error) {
 	if err != nil {
 		b.err = err
 		b.failed.Store(true)
+		// The stream is lost (a write that timed out may have sent part
+		// of a packet): the connection ends now, its reader woken, not
+		// at its keep-alive, which may be minutes away while nothing can
+		// be sent (TestWriteTimeoutKeptByKeepalive).
+		c.Close()
 		return n, err
 	}
 	if c.why.Load() != 0 && !c.told.Load() && hasDisconnect(p) {

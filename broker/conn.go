@@ -490,11 +490,20 @@ func (c *deviceConn) Close() error {
 // SetDeadline, SetReadDeadline and SetWriteDeadline do nothing once the
 // connection is closing: mochi moves the deadline on before each packet it
 // reads, which would undo the one Close set to wake the reader.
+//
+// SetDeadline is that deadline of mochi's, 1.5 × the keep-alive from each
+// packet it reads, and sets the read deadline only. As net.Conn's, it also
+// moved the write deadline, past the one send keeps for the write timeout
+// (which send does not set again within a quarter of the timeout): a
+// write blocked on a client that reads nothing waited up to 1.5 × its
+// keep-alive (45 s) instead of 5 s, holding whatever waited for that
+// client's writes, a connection taking its client id over among them
+// (TestRetainedPaceStalledClient).
 func (c *deviceConn) SetDeadline(t time.Time) error {
 	if c.closing.Load() {
 		return nil
 	}
-	return c.Conn.SetDeadline(t)
+	return c.Conn.SetReadDeadline(t)
 }
 
 func (c *deviceConn) SetReadDeadline(t time.Time) error {

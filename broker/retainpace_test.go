@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 	paho3 "github.com/eclipse/paho.mqtt.golang"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/roosthub/roost/dataplane"
 	"github.com/roosthub/roost/tenants"
@@ -100,4 +102,88 @@ func TestRetainedAllDelivered(t *testing.T) {
 			t.Fatalf("got %d of the %d retained messages", got, n)
 		}
 	})
+}
+
+// TestRetainedPaceStalledClient: a client that subscribes to many large
+// retained messages and reads none of them holds its reader waiting in
+// the pacing; a connection taking its client id over still gets in, and
+// is sent them; another device is not held up meanwhile.
+func TestRetainedPaceStalledClient(t *testing.T) {
+	s := newStack(t)
+	s.tenant("acme")
+	liftRates(t, s, "acme")
+	many := int64(100_000)
+	if _, err := s.store.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{
+		Quotas: map[string]*int64{"max_retained": &many, "max_queued": &many}}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 3000
+	payload := make([]byte, 2048) // 6 MB in all: more than loopback's socket buffers hold
+	for i := range n {
+		if err := s.hub.Publish(ctx, "acme", dataplane.Message{Topic: fmt.Sprintf("big/%d", i), Payload: payload, Retain: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	secret := s.device("acme", "stall")
+	conn, err := net.DialTimeout("tcp", s.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var out bytes.Buffer
+	connect := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 30, ClientIdentifier: "stall", Clean: true,
+			UsernameFlag: true, Username: []byte(user("acme", "stall")), PasswordFlag: true, Password: []byte(secret)}}
+	if err := connect.ConnectEncode(&out); err != nil {
+		t.Fatal(err)
+	}
+	subscribe := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 5, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "big/#", Qos: 0}}}
+	if err := subscribe.SubscribeEncode(&out); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Write(out.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	// It reads nothing. Another device goes on meanwhile.
+	time.Sleep(time.Second)
+	other := mustV5(t, s.addr, user("acme", "other"), s.device("acme", "other"), "other")
+	other.sub(t, "o/t", 1)
+	other.pub(t, "o/t", "meanwhile", 1, false)
+	other.expect(t, "o/t", "meanwhile")
+	// A connection taking the client id over gets in and is sent them.
+	var mu sync.Mutex
+	got := map[string]bool{}
+	// The takeover waits for the stalled connection's write timeout (5 s)
+	// to close it, pacing or not.
+	var c2 *v5
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		c, err := dialV5(t, s.addr, user("acme", "stall"), secret, "stall")
+		if err == nil {
+			c2 = c
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("taking the client id over: %v", err)
+		}
+	}
+	go func() {
+		for m := range c2.msgs {
+			mu.Lock()
+			got[m.Topic] = true
+			mu.Unlock()
+		}
+	}()
+	c2.sub(t, "big/#", 0)
+	count := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got)
+	}
+	for deadline := time.Now().Add(30 * time.Second); count() < n && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := count(); got != n {
+		t.Fatalf("the connection that took over got %d of the %d retained messages", got, n)
+	}
 }

@@ -2,13 +2,16 @@ package broker_test
 
 import (
 	"bytes"
+	"context"
 	"io"
 	"net"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/paho"
 	"github.com/mochi-mqtt/server/v2/packets"
+
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/events"
 )
@@ -138,4 +141,53 @@ func TestNonReadingSubscriberDropsCounted(t *testing.T) {
 	if e := drops[0]; e.ClientID != "stalled" || e.Quota != "pending_writes" || e.Limit != 1024 || e.Count != 1 {
 		t.Errorf("queue_dropped %+v, want client stalled, quota pending_writes, limit 1024, count 1", e)
 	}
+}
+
+// TestWriteTimeoutKeptByKeepalive: a subscriber that stops reading is
+// closed once a write to it has waited the write timeout, however long
+// its keep-alive. mochi sets a deadline of 1.5 × the keep-alive before each
+// packet it reads, and as net.Conn's SetDeadline that moved the write
+// deadline too: a write blocked just after waited 90 s here, not 1.
+func TestWriteTimeoutKeptByKeepalive(t *testing.T) {
+	ev := events.NewMemory(1000)
+	s := newStack(t, func(c *broker.Config) { c.Events, c.WriteTimeout = ev, time.Second })
+	s.tenant("acme")
+	liftRates(t, s, "acme")
+	stalled, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	stalled.(*net.TCPConn).SetReadBuffer(4096)
+	connect := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 60, ClientIdentifier: "stalled", Clean: true,
+			UsernameFlag: true, Username: []byte("acme/stalled"), PasswordFlag: true, Password: []byte(s.device("acme", "stalled"))}}
+	sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 4, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "s/t", Qos: 0}}}
+	var b bytes.Buffer
+	if err := connect.ConnectEncode(&b); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.SubscribeEncode(&b); err != nil {
+		t.Fatal(err)
+	}
+	pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
+	if _, err := stalled.Write(b.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	// From here the subscriber reads nothing; messages come at once.
+	payload := strings.Repeat("x", 8<<10)
+	go func() {
+		for range 2000 {
+			pub.Publish(context.Background(), &paho.Publish{Topic: "s/t", Payload: []byte(payload)})
+		}
+	}()
+	eventually(t, 15*time.Second, "the stalled subscriber closed", func() bool {
+		for _, e := range ev.Recent("acme") {
+			if e.Type == events.Disconnected && e.ClientID == "stalled" {
+				return true
+			}
+		}
+		return false
+	})
 }
