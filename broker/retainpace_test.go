@@ -101,3 +101,41 @@ func TestRetainedAllDelivered(t *testing.T) {
 		}
 	})
 }
+
+// TestRetainedNoLocalOwn: a client subscribing with No Local to a filter
+// that matches more than the pace's high mark (512) of retained messages
+// it published itself is sent none of them [MQTT-3.8.3-3], and its
+// connection goes on at once. mochi reports each as published
+// (OnRetainPublished) although it queued nothing, and the reader waited
+// for writes that never came.
+func TestRetainedNoLocalOwn(t *testing.T) {
+	s := newStack(t)
+	s.tenant("acme")
+	liftRates(t, s, "acme")
+	many := int64(100_000)
+	if _, err := s.store.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{
+		Quotas: map[string]*int64{"max_retained": &many, "max_queued": &many}}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 600
+	c := mustV5(t, s.addr, user("acme", "self"), s.device("acme", "self"), "self")
+	for i := range n {
+		c.pub(t, fmt.Sprintf("r/%d", i), "own", 1, true)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Subscribe(sctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "r/#", QoS: 1, NoLocal: true}}}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Publish(pctx, &paho.Publish{Topic: "other", QoS: 1, Payload: []byte("after")}); err != nil {
+		t.Fatalf("publish after the SUBSCRIBE: %v after %v, want a PUBACK at once", err, time.Since(start).Round(time.Millisecond))
+	}
+	select {
+	case m := <-c.msgs:
+		t.Fatalf("got %s, want none of the client's own retained messages", m.Topic)
+	default:
+	}
+}
