@@ -15,12 +15,10 @@ import (
 	"github.com/roosthub/roost/tenants"
 )
 
-// TestRetainedAllDelivered: a subscription matching far more retained
-// messages than a client's queue of pending writes holds (1,024) gets
-// every one of them, at QoS 0 and 1, over MQTT 5 and 3.1.1, and the
-// connection goes on working after. mochi queued them all at once and
-// dropped those that found the queue full (3,378 of 10,000 at QoS 0).
-func TestRetainedAllDelivered(t *testing.T) {
+// retainedStack is a stack with tenant acme, its rates lifted and room
+// for many retained and queued messages.
+func retainedStack(t *testing.T) *stack {
+	t.Helper()
 	s := newStack(t)
 	s.tenant("acme")
 	liftRates(t, s, "acme")
@@ -29,6 +27,16 @@ func TestRetainedAllDelivered(t *testing.T) {
 		Quotas: map[string]*int64{"max_retained": &many, "max_queued": &many}}); err != nil {
 		t.Fatal(err)
 	}
+	return s
+}
+
+// TestRetainedAllDelivered: a subscription matching far more retained
+// messages than a client's queue of pending writes holds (1,024) gets
+// every one of them, at QoS 0 and 1, over MQTT 5 and 3.1.1, and the
+// connection goes on working after. mochi queued them all at once and
+// dropped those that found the queue full (3,378 of 10,000 at QoS 0).
+func TestRetainedAllDelivered(t *testing.T) {
+	s := retainedStack(t)
 	const n = 10_000
 	for i := range n {
 		if err := s.hub.Publish(ctx, "acme", dataplane.Message{Topic: fmt.Sprintf("r/%d", i), Payload: []byte("retained"), Retain: true}); err != nil {
@@ -109,14 +117,7 @@ func TestRetainedAllDelivered(t *testing.T) {
 // (OnRetainPublished) although it queued nothing, and the reader waited
 // for writes that never came.
 func TestRetainedNoLocalOwn(t *testing.T) {
-	s := newStack(t)
-	s.tenant("acme")
-	liftRates(t, s, "acme")
-	many := int64(100_000)
-	if _, err := s.store.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{
-		Quotas: map[string]*int64{"max_retained": &many, "max_queued": &many}}); err != nil {
-		t.Fatal(err)
-	}
+	s := retainedStack(t)
 	const n = 600
 	c := mustV5(t, s.addr, user("acme", "self"), s.device("acme", "self"), "self")
 	for i := range n {
