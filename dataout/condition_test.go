@@ -264,7 +264,8 @@ func TestCompilerReuses(t *testing.T) {
 }
 
 // TestCompilerCompilesTextsOnce: rules of one list with the same condition
-// and projection are compiled once, also the first time: a tenant's 100
+// and projection are compiled once, also the first time, and not again in
+// the next list: a tenant's 100
 // rules of one slow condition (one per destination) cost one compiling,
 // not 100, when its rules are first compiled on a node.
 func TestCompilerCompilesTextsOnce(t *testing.T) {
@@ -282,5 +283,11 @@ func TestCompilerCompilesTextsOnce(t *testing.T) {
 	}
 	if rules[1].ID != "exp_2" || rules[1].Filter != "b/#" || rules[1].Destination != "dst_b" {
 		t.Errorf("second rule %s %s %s, want exp_2 b/# dst_b", rules[1].ID, rules[1].Filter, rules[1].Destination)
+	}
+	// And again after a change elsewhere (TestCompilerReuses checks what
+	// such a rule does, this that it was not compiled again).
+	again, _ := c.Compile([]tenants.ExportRule{{ID: "exp_3", Filter: "c/#", Condition: cond, Projection: proj, Destination: "dst_c"}})
+	if len(again) != 1 || !dataout.SameCompiled(rules[0], again[0]) {
+		t.Error("the same condition and projection compiled again after a change of other fields")
 	}
 }
