@@ -113,6 +113,10 @@ type deviceConn struct {
 	// retained paces the retained messages a SUBSCRIBE queues (see
 	// retainpace.go).
 	retained retainedPace
+	// reserved holds the packet ids reserved among the client's inflight
+	// messages while this connection was its (see noteReservation).
+	reservedMu sync.Mutex
+	reserved   map[uint16]struct{}
 }
 
 var errMalformedSubscribe = packets.Code{Code: packets.ErrMalformedPacket.Code, Reason: "malformed packet: subscribe"}

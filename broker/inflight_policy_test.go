@@ -280,6 +280,16 @@ func TestExpiredKeepsPacketID(t *testing.T) {
 	eventually(t, 10*time.Second, "the expired message leaving the queue", func() bool {
 		return d.hub.Queue("acme", "sub").Queued == 0
 	})
+	expectNewPacketID(t, d, sub, pub, old, "expired")
+}
+
+// expectNewPacketID checks that a QoS 1 message to sub, sent once mochi's
+// packet id counter has come round to the id of old (a message dropped
+// from the queue, why, while the client still holds it), gets another
+// id, and that the client's late PUBACK of old leaves the new message
+// queued.
+func expectNewPacketID(t *testing.T, d *durable, sub *raw, pub *v5, old packets.Packet, why string) {
+	t.Helper()
 	broker.AdvancePacketIDs(d.hub, "acme", "sub", old.PacketID)
 	pub.pub(t, "q/t", "new", 1, false)
 	nw := sub.next(packets.Publish)
@@ -295,7 +305,7 @@ func TestExpiredKeepsPacketID(t *testing.T) {
 	}
 	sub.next(packets.Pingresp)
 	if q := d.hub.Queue("acme", "sub").Queued; q != 1 {
-		t.Errorf("queued after the late PUBACK of the expired message: %d, want 1 (%q, not acknowledged)", q, "new")
+		t.Errorf("queued after the late PUBACK of the %s message: %d, want 1 (%q, not acknowledged)", why, q, "new")
 	}
 }
 
@@ -316,23 +326,7 @@ func TestPurgeKeepsPacketID(t *testing.T) {
 	if n, err := d.hub.PurgeQueue(ctx, "acme", "sub"); err != nil || n != 1 {
 		t.Fatalf("purge: %d dropped, %v; want 1", n, err)
 	}
-	broker.AdvancePacketIDs(d.hub, "acme", "sub", old.PacketID)
-	pub.pub(t, "q/t", "new", 1, false)
-	nw := sub.next(packets.Publish)
-	if string(nw.Payload) != "new" {
-		t.Fatalf("got %q, want %q", nw.Payload, "new")
-	}
-	if nw.PacketID == old.PacketID {
-		t.Errorf("%q sent with packet id %d, under which the client holds %q unacknowledged", nw.Payload, nw.PacketID, old.Payload)
-	}
-	sub.ack(packets.Puback, old.PacketID)
-	if _, err := sub.c.Write([]byte{packets.Pingreq << 4, 0}); err != nil {
-		t.Fatal(err)
-	}
-	sub.next(packets.Pingresp)
-	if q := d.hub.Queue("acme", "sub").Queued; q != 1 {
-		t.Errorf("queued after the late PUBACK of the purged message: %d, want 1 (%q, not acknowledged)", q, "new")
-	}
+	expectNewPacketID(t, d, sub, pub, old, "purged")
 }
 
 // TestReceiveMaximumNoStall: a subscriber with a Receive Maximum of 2

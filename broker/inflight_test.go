@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 
 	"github.com/roosthub/roost/broker"
 	"github.com/roosthub/roost/broker/store/memory"
+	"github.com/roosthub/roost/dataplane"
 )
 
 // dialUnacking connects a clean MQTT 5 client with a Receive Maximum of 1
@@ -148,5 +150,85 @@ func TestSharedGroupPassesFullMember(t *testing.T) {
 		case <-deadline:
 			t.Fatalf("the acknowledging member got %d of %d (the full member holds %d, %d dropped)", got, published-held-dropped, held, dropped)
 		}
+	}
+}
+
+// TestFullCleanSessionDeliveryCheap: a delivery refused to a clean session
+// that holds max_queued messages (it acknowledges nothing) costs little,
+// whatever max_queued is: each one was preceded by a copy of every message
+// the client held (mochi's Inflight.GetAll), to leave packet id
+// reservations out of the count, though a client at its bound is the
+// case the bound is for, and its publisher's rate, times the subscribers
+// at their bound, set how often.
+func TestFullCleanSessionDeliveryCheap(t *testing.T) {
+	d := newDurable(t, func() broker.SessionStore { return memory.New() })
+	d.tenant("acme")
+	liftRates(t, d.stack, "acme")
+	const maxQueued, over = 2000, 200
+	d.setQuota("acme", "max_queued", maxQueued)
+	stuck, _ := dialUnacking(t, d.addr, user("acme", "stuck"), d.device("acme", "stuck"), "stuck")
+	sctx, cancel := contextWithTimeout()
+	defer cancel()
+	if sa, err := stuck.Subscribe(sctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "q/t", QoS: 1}}}); err != nil || sa.Reasons[0] != 1 {
+		t.Fatalf("subscribe: %v %v", sa, err)
+	}
+	publish := func(n int) {
+		for range n {
+			if err := d.hub.Publish(ctx, "acme", dataplane.Message{Topic: "q/t", Payload: []byte("m"), QoS: 1}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	publish(maxQueued)
+	eventually(t, 10*time.Second, "the client holding max_queued messages", func() bool {
+		return broker.InflightLen(d.hub, "acme", "stuck") == maxQueued
+	})
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	publish(over)
+	runtime.ReadMemStats(&after)
+	if n := broker.InflightLen(d.hub, "acme", "stuck"); n != maxQueued {
+		t.Fatalf("held %d, want %d (max_queued)", n, maxQueued)
+	}
+	// A few KiB each; the copies were about 1 MB each.
+	if per := (after.TotalAlloc - before.TotalAlloc) / over; per > 64<<10 {
+		t.Errorf("%d bytes allocated per delivery refused for max_queued (%d held), want under 64 KiB", per, maxQueued)
+	}
+}
+
+// TestFullCleanSessionReservationNotCounted: a packet id kept for an
+// expired message the client may hold (a reservation) does not count
+// against max_queued: with max_queued 2, a clean session that holds one
+// expired message's id and one message gets the next.
+func TestFullCleanSessionReservationNotCounted(t *testing.T) {
+	d := newDurable(t, func() broker.SessionStore { return memory.New() })
+	d.tenant("acme")
+	liftRates(t, d.stack, "acme")
+	d.setQuota("acme", "max_queued", 2)
+	stuck, got := dialUnacking(t, d.addr, user("acme", "stuck"), d.device("acme", "stuck"), "stuck")
+	sctx, cancel := contextWithTimeout()
+	defer cancel()
+	if sa, err := stuck.Subscribe(sctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "q/t", QoS: 1}}}); err != nil || sa.Reasons[0] != 1 {
+		t.Fatalf("subscribe: %v %v", sa, err)
+	}
+	pub := mustV5(t, d.addr, user("acme", "pub"), d.device("acme", "pub"), "pub")
+	pctx, cancel := contextWithTimeout()
+	defer cancel()
+	if _, err := pub.Publish(pctx, &paho.Publish{Topic: "q/t", QoS: 1, Payload: []byte("old"),
+		Properties: &paho.PublishProperties{MessageExpiry: paho.Uint32(1)}}); err != nil {
+		t.Fatal(err)
+	}
+	if m := <-got; string(m.Payload) != "old" {
+		t.Fatalf("got %q, want %q", m.Payload, "old")
+	}
+	eventually(t, 10*time.Second, "the unacknowledged message expiring", func() bool {
+		return broker.InflightLen(d.hub, "acme", "stuck") == 0
+	})
+	pub.pub(t, "q/t", "b", 1, false)
+	pub.pub(t, "q/t", "c", 1, false)
+	pub.barrier(t)
+	if n := broker.InflightLen(d.hub, "acme", "stuck"); n != 2 {
+		t.Errorf("held %d messages, want 2 (b and c; the expired one's packet id is no message)", n)
 	}
 }

@@ -649,6 +649,7 @@ func (p *persistence) dropDelivery(cl *mqtt.Client, packetID uint16) {
 	}
 	if mayHold(cl, packetID) {
 		cl.State.Inflight.Set(reservation(packetID)) // in its place: counted as it was
+		noteReservation(cl, packetID)
 		return
 	}
 	if cl.State.Inflight.Delete(packetID) {
@@ -676,6 +677,7 @@ func (p *persistence) expired(cl *mqtt.Client, pk packets.Packet) {
 	}
 	if _, taken := cl.State.Inflight.Get(pk.PacketID); !taken && cl.State.Inflight.Set(reservation(pk.PacketID)) {
 		atomic.AddInt64(&p.server.Info.Inflight, 1)
+		noteReservation(cl, pk.PacketID)
 	}
 }
 
@@ -715,6 +717,36 @@ func mayHold(cl *mqtt.Client, packetID uint16) bool {
 func reservation(packetID uint16) packets.Packet {
 	return packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: packetID, Created: time.Now().Unix(),
 		Properties: packets.Properties{User: []packets.UserProperty{{Key: reservedProperty}}}}
+}
+
+// noteReservation notes a reservation made for the client's connection,
+// for holdsAtLeast to leave out without going through every message the
+// client is held (see reservations).
+func noteReservation(cl *mqtt.Client, packetID uint16) {
+	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
+		dc.reservedMu.Lock()
+		if dc.reserved == nil {
+			dc.reserved = map[uint16]struct{}{}
+		}
+		dc.reserved[packetID] = struct{}{}
+		dc.reservedMu.Unlock()
+	}
+}
+
+// reservations is the number of reservations among the client's inflight
+// messages made while the connection was its (mayHold: none is made for
+// another, and a resumed session's are deleted, see orderResend). A noted
+// id whose reservation ended (acknowledged, answered with a PUBREL,
+// expired) is forgotten here.
+func (dc *deviceConn) reservations(cl *mqtt.Client) int {
+	dc.reservedMu.Lock()
+	defer dc.reservedMu.Unlock()
+	for id := range dc.reserved {
+		if pk, ok := cl.State.Inflight.Get(id); !ok || !isReservation(pk) {
+			delete(dc.reserved, id)
+		}
+	}
+	return len(dc.reserved)
 }
 
 // isReservation reports whether an inflight message is a reservation.

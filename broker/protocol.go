@@ -174,12 +174,13 @@ func (h *protocolHook) readPublish(cl *mqtt.Client, pk *packets.Packet) error {
 }
 
 // shallowFilters renames the filters of a SUBSCRIBE or UNSUBSCRIBE that
-// have more than tenants.MaxTopicLevels levels to tooDeepFilter; the
+// have more than tenants.MaxTopicLevels levels (tenants.FilterLevels) to
+// tooDeepFilter; the
 // first such packet of a connection is logged.
 func (h *protocolHook) shallowFilters(cl *mqtt.Client, pk *packets.Packet) {
 	renamed := false
 	for i, f := range pk.Filters {
-		if tenants.TopicLevels(f.Filter) <= tenants.MaxTopicLevels {
+		if tenants.FilterLevels(f.Filter) <= tenants.MaxTopicLevels {
 			continue
 		}
 		if !renamed {
@@ -189,7 +190,7 @@ func (h *protocolHook) shallowFilters(cl *mqtt.Client, pk *packets.Packet) {
 		pk.Filters[i].Filter = tooDeepFilter
 		if dc, ok := cl.Net.Conn.(*deviceConn); ok && !dc.limits.loggedDeep {
 			dc.limits.loggedDeep = true
-			h.inst.log.Info("filter refused: too many levels", "client_id", cl.ID, "levels", tenants.TopicLevels(f.Filter),
+			h.inst.log.Info("filter refused: too many levels", "client_id", cl.ID, "levels", tenants.FilterLevels(f.Filter),
 				"limit", tenants.MaxTopicLevels, "filter", cutTopic(f.Filter))
 		}
 	}

@@ -1,11 +1,14 @@
 package broker
 
 import (
+	"slices"
 	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/roosthub/roost/tenants"
 )
 
 // The retained messages a SUBSCRIBE matches are queued for the client
@@ -29,7 +32,8 @@ const (
 	// retainedStall is how long the reader waits without a single write
 	// before it stops pacing this SUBSCRIBE's messages (mochi then drops
 	// what finds the queue full): a client that does not read is closed
-	// by the write timeout before.
+	// by the write timeout before. It is the reader's longest wait per
+	// SUBSCRIBE, not per message.
 	retainedStall = 10 * time.Second
 )
 
@@ -40,13 +44,19 @@ const (
 type retainedPace struct {
 	sent    int64
 	base    int64
+	stalled bool // the SUBSCRIBE's pacing ended (retainedStall)
+	// noLocal holds the SUBSCRIBE's filters granted with No Local: mochi
+	// reports a retained message the client published itself as
+	// published to it under such a filter without queueing it
+	// [MQTT-3.8.3-3], and it is not counted.
+	noLocal []string
 	written atomic.Int64
 	waiting atomic.Bool
 	wake    chan struct{}
 }
 
 // start begins a SUBSCRIBE's count.
-func (p *retainedPace) start() { p.sent, p.base = 0, p.written.Load() }
+func (p *retainedPace) start() { p.sent, p.base, p.stalled = 0, p.written.Load(), false }
 
 // queued is how many of the SUBSCRIBE's retained messages may still be in
 // the client's queue.
@@ -66,12 +76,21 @@ func (p *retainedPace) wrote() {
 
 // paceRetained counts a retained message mochi queued for the client, and
 // waits, if the queue holds too many of them, until it holds few.
-func (dc *deviceConn) paceRetained() {
+func (dc *deviceConn) paceRetained(cl *mqtt.Client, pk packets.Packet) {
 	p := &dc.retained
-	p.sent++
-	if p.queued() < retainedHigh {
+	if pk.Origin == cl.ID && slices.ContainsFunc(p.noLocal, func(f string) bool { return tenants.MatchTopic(f, pk.TopicName) }) {
+		// Not queued (or queued under another filter of the SUBSCRIBE
+		// too, then left uncounted: the pace errs towards not waiting).
 		return
 	}
+	p.sent++
+	if p.stalled || p.queued() < retainedHigh {
+		return
+	}
+	// The reader is about to block: what is batched (the SUBACK, the
+	// reader's own answer) goes first, as before any wait of the reader's
+	// (see batch.go).
+	dc.flushBatch()
 	if p.wake == nil {
 		p.wake = make(chan struct{}, 1)
 	}
@@ -89,6 +108,7 @@ func (dc *deviceConn) paceRetained() {
 		if w := p.written.Load(); w != last {
 			last, since = w, time.Now()
 		} else if time.Since(since) > retainedStall {
+			p.stalled = true
 			return
 		}
 	}
@@ -99,12 +119,18 @@ func (dc *deviceConn) paceRetained() {
 func (h *protocolHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
 	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
 		dc.retained.start()
+		dc.retained.noLocal = dc.retained.noLocal[:0]
+		for i, f := range pk.Filters {
+			if f.NoLocal && i < len(reasonCodes) && reasonCodes[i] < packets.ErrUnspecifiedError.Code {
+				dc.retained.noLocal = append(dc.retained.noLocal, f.Filter)
+			}
+		}
 	}
 }
 
 // OnRetainPublished paces the retained messages of a SUBSCRIBE.
 func (h *protocolHook) OnRetainPublished(cl *mqtt.Client, pk packets.Packet) {
 	if dc, ok := cl.Net.Conn.(*deviceConn); ok {
-		dc.paceRetained()
+		dc.paceRetained(cl, pk)
 	}
 }

@@ -17,12 +17,10 @@ import (
 	"github.com/roosthub/roost/tenants"
 )
 
-// TestRetainedAllDelivered: a subscription matching far more retained
-// messages than a client's queue of pending writes holds (1,024) gets
-// every one of them, at QoS 0 and 1, over MQTT 5 and 3.1.1, and the
-// connection goes on working after. mochi queued them all at once and
-// dropped those that found the queue full (3,378 of 10,000 at QoS 0).
-func TestRetainedAllDelivered(t *testing.T) {
+// retainedStack is a stack with tenant acme, its rates lifted and room
+// for many retained and queued messages.
+func retainedStack(t *testing.T) *stack {
+	t.Helper()
 	s := newStack(t)
 	s.tenant("acme")
 	liftRates(t, s, "acme")
@@ -31,6 +29,16 @@ func TestRetainedAllDelivered(t *testing.T) {
 		Quotas: map[string]*int64{"max_retained": &many, "max_queued": &many}}); err != nil {
 		t.Fatal(err)
 	}
+	return s
+}
+
+// TestRetainedAllDelivered: a subscription matching far more retained
+// messages than a client's queue of pending writes holds (1,024) gets
+// every one of them, at QoS 0 and 1, over MQTT 5 and 3.1.1, and the
+// connection goes on working after. mochi queued them all at once and
+// dropped those that found the queue full (3,378 of 10,000 at QoS 0).
+func TestRetainedAllDelivered(t *testing.T) {
+	s := retainedStack(t)
 	const n = 10_000
 	for i := range n {
 		if err := s.hub.Publish(ctx, "acme", dataplane.Message{Topic: fmt.Sprintf("r/%d", i), Payload: []byte("retained"), Retain: true}); err != nil {
@@ -109,14 +117,7 @@ func TestRetainedAllDelivered(t *testing.T) {
 // the pacing; a connection taking its client id over still gets in, and
 // is sent them; another device is not held up meanwhile.
 func TestRetainedPaceStalledClient(t *testing.T) {
-	s := newStack(t)
-	s.tenant("acme")
-	liftRates(t, s, "acme")
-	many := int64(100_000)
-	if _, err := s.store.AdminUpdateTenant(ctx, "acme", tenants.AdminTenantUpdate{
-		Quotas: map[string]*int64{"max_retained": &many, "max_queued": &many}}); err != nil {
-		t.Fatal(err)
-	}
+	s := retainedStack(t)
 	const n = 3000
 	payload := make([]byte, 2048) // 6 MB in all: more than loopback's socket buffers hold
 	for i := range n {
@@ -185,5 +186,36 @@ func TestRetainedPaceStalledClient(t *testing.T) {
 	}
 	if got := count(); got != n {
 		t.Fatalf("the connection that took over got %d of the %d retained messages", got, n)
+	}
+}
+
+// TestRetainedNoLocalOwn: a client subscribing with No Local to a filter
+// that matches more than the pace's high mark (512) of retained messages
+// it published itself is sent none of them [MQTT-3.8.3-3], and its
+// connection goes on at once. mochi reports each as published
+// (OnRetainPublished) although it queued nothing, and the reader waited
+// for writes that never came.
+func TestRetainedNoLocalOwn(t *testing.T) {
+	s := retainedStack(t)
+	const n = 600
+	c := mustV5(t, s.addr, user("acme", "self"), s.device("acme", "self"), "self")
+	for i := range n {
+		c.pub(t, fmt.Sprintf("r/%d", i), "own", 1, true)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Subscribe(sctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "r/#", QoS: 1, NoLocal: true}}}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	pctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Publish(pctx, &paho.Publish{Topic: "other", QoS: 1, Payload: []byte("after")}); err != nil {
+		t.Fatalf("publish after the SUBSCRIBE: %v after %v, want a PUBACK at once", err, time.Since(start).Round(time.Millisecond))
+	}
+	select {
+	case m := <-c.msgs:
+		t.Fatalf("got %s, want none of the client's own retained messages", m.Topic)
+	default:
 	}
 }

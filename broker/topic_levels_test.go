@@ -131,3 +131,26 @@ func TestTopicLevelsBounded(t *testing.T) {
 		t.Errorf("retained after the refusals: %v %v, want none", msgs, err)
 	}
 }
+
+// TestTopicLevelsSharedFilter: a shared subscription's $share/{group}/
+// prefix is not among its filter's levels (mochi's topic tree leaves it
+// out too): $share/g/ and a filter of tenants.MaxTopicLevels levels is
+// granted and gets what is published to such a topic; one of a level more
+// is refused. Counted in, the prefix refused shared filters of 127 and
+// 128 levels, which an unshared subscription may have.
+func TestTopicLevelsSharedFilter(t *testing.T) {
+	s := newStack(t)
+	s.tenant("acme")
+	liftRates(t, s, "acme")
+	deepest := levels("t", tenants.MaxTopicLevels, 1)
+	sub := mustV5(t, s.addr, user("acme", "sub"), s.device("acme", "sub"), "sub")
+	if got := sub.sub(t, "$share/g/"+deepest, 1); got != 1 {
+		t.Fatalf("SUBSCRIBE $share/g/ and %d levels: SUBACK %#x, want 1", tenants.MaxTopicLevels, got)
+	}
+	if got := sub.sub(t, "$share/g/"+deepest+"/x", 1); got != 0x8F {
+		t.Errorf("SUBSCRIBE $share/g/ and %d levels: SUBACK %#x, want 0x8F", tenants.MaxTopicLevels+1, got)
+	}
+	pub := mustV5(t, s.addr, user("acme", "pub"), s.device("acme", "pub"), "pub")
+	pub.pub(t, deepest, "shared", 1, false)
+	sub.expect(t, deepest, "shared")
+}

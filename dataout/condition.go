@@ -424,7 +424,11 @@ func (c *Compiler) Compile(rules []tenants.ExportRule) ([]*Rule, []error) {
 	var errs []error
 	for _, r := range rules {
 		k := ruleTexts{r.Condition, r.Projection}
-		if done := c.last[k]; done != nil {
+		done := next[k] // another rule of this list
+		if done == nil {
+			done = c.last[k]
+		}
+		if done != nil {
 			out = append(out, &Rule{ExportRule: r, cond: done.cond, proj: done.proj})
 			next[k] = done
 			continue

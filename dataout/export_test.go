@@ -21,3 +21,7 @@ func RaiseEvalTimeLimit(t interface{ Cleanup(func()) }, d time.Duration) {
 	evalTimeLimit = d
 	t.Cleanup(func() { evalTimeLimit = EvalTimeLimit })
 }
+
+// SameCompiled reports whether two rules share their compiled condition
+// and projection.
+func SameCompiled(a, b *Rule) bool { return a.cond == b.cond && a.proj == b.proj }

@@ -186,3 +186,16 @@ func TestIDsIncrease(t *testing.T) {
 		prev = id
 	}
 }
+
+func TestFilterLevels(t *testing.T) {
+	for _, tc := range []struct {
+		filter string
+		want   int
+	}{
+		{"a", 1}, {"a/b/#", 3}, {"$share/g/a/b", 2}, {"$SHARE/g/a", 1}, {"$share/g", 2}, {"$shared/g/a", 3}, {"$share/g//", 2},
+	} {
+		if got := FilterLevels(tc.filter); got != tc.want {
+			t.Errorf("FilterLevels(%q) = %d, want %d", tc.filter, got, tc.want)
+		}
+	}
+}
