@@ -405,26 +405,9 @@ func TestReceiveMaximumResumed(t *testing.T) {
 	d.tenant("acme")
 	liftRates(t, d.stack, "acme")
 	secret := d.device("acme", "sub")
-	conn, err := net.DialTimeout("tcp", d.addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	first := make(chan string, 100)
-	c := paho.NewClient(paho.ClientConfig{
-		Conn:                       conn,
-		EnableManualAcknowledgment: true, // and never acknowledged
-		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
-			first <- string(pr.Packet.Payload)
-			return true, nil
-		}},
-	})
+	c, first := manualAckV5(t, d.addr, user("acme", "sub"), secret, "sub", 2) // and never acknowledged
 	cctx, cancel := contextWithTimeout()
 	defer cancel()
-	if _, err := c.Connect(cctx, &paho.Connect{ClientID: "sub", KeepAlive: 30, CleanStart: false,
-		Username: user("acme", "sub"), UsernameFlag: true, Password: []byte(secret), PasswordFlag: true,
-		Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600), ReceiveMaximum: paho.Uint16(2)}}); err != nil {
-		t.Fatal(err)
-	}
 	if sa, err := c.Subscribe(cctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "q/t", QoS: 1}}}); err != nil || sa.Reasons[0] != 1 {
 		t.Fatalf("subscribe: %v %v", sa, err)
 	}
@@ -434,7 +417,7 @@ func TestReceiveMaximumResumed(t *testing.T) {
 		pub.pub(t, "q/t", fmt.Sprint(i), 1, false)
 	}
 	pub.barrier(t)
-	before := drainUntilQuiet(first, 300*time.Millisecond)
+	before := payloads(drainPublishes(first, 300*time.Millisecond))
 	if fmt.Sprint(before) != "[0 1]" {
 		t.Errorf("before: got %v, want [0 1] (its Receive Maximum)", before)
 	}
@@ -528,27 +511,7 @@ func TestReceiveMaximumResumedUnacked(t *testing.T) {
 	liftRates(t, d.stack, "acme")
 	secret := d.device("acme", "sub")
 	connect := func(rm uint16) (*paho.Client, <-chan *paho.Publish) {
-		conn, err := net.DialTimeout("tcp", d.addr, 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		got := make(chan *paho.Publish, 100)
-		c := paho.NewClient(paho.ClientConfig{
-			Conn:                       conn,
-			EnableManualAcknowledgment: true,
-			OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
-				got <- pr.Packet
-				return true, nil
-			}},
-		})
-		cctx, cancel := contextWithTimeout()
-		defer cancel()
-		if _, err := c.Connect(cctx, &paho.Connect{ClientID: "sub", KeepAlive: 30, CleanStart: false,
-			Username: user("acme", "sub"), UsernameFlag: true, Password: []byte(secret), PasswordFlag: true,
-			Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600), ReceiveMaximum: paho.Uint16(rm)}}); err != nil {
-			t.Fatal(err)
-		}
-		return c, got
+		return manualAckV5(t, d.addr, user("acme", "sub"), secret, "sub", rm)
 	}
 	c, got := connect(3)
 	cctx, cancel := contextWithTimeout()
@@ -619,4 +582,32 @@ func payloads(ps []*paho.Publish) []string {
 		s = append(s, string(p.Payload))
 	}
 	return s
+}
+
+// manualAckV5 connects an MQTT 5 client that keeps its session (an hour),
+// gives Receive Maximum rm and acknowledges only what the test acknowledges
+// (Ack); what it is sent arrives on the channel.
+func manualAckV5(t *testing.T, addr, username, password, clientID string, rm uint16) (*paho.Client, <-chan *paho.Publish) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *paho.Publish, 100)
+	c := paho.NewClient(paho.ClientConfig{
+		Conn:                       conn,
+		EnableManualAcknowledgment: true,
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			got <- pr.Packet
+			return true, nil
+		}},
+	})
+	cctx, cancel := contextWithTimeout()
+	defer cancel()
+	if _, err := c.Connect(cctx, &paho.Connect{ClientID: clientID, KeepAlive: 30, CleanStart: false,
+		Username: username, UsernameFlag: true, Password: []byte(password), PasswordFlag: true,
+		Properties: &paho.ConnectProperties{SessionExpiryInterval: paho.Uint32(3600), ReceiveMaximum: paho.Uint16(rm)}}); err != nil {
+		t.Fatal(err)
+	}
+	return c, got
 }

@@ -52,12 +52,9 @@ func TestRetainedAllDelivered(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var mu sync.Mutex
-			got := map[string]bool{}
+			var got topicSet
 			c := paho.NewClient(paho.ClientConfig{Conn: conn, OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
-				mu.Lock()
-				got[pr.Packet.Topic] = true
-				mu.Unlock()
+				got.add(pr.Packet.Topic)
 				return true, nil
 			}}})
 			cctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -70,17 +67,7 @@ func TestRetainedAllDelivered(t *testing.T) {
 			if _, err := c.Subscribe(cctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "r/#", QoS: qos}}}); err != nil {
 				t.Fatal(err)
 			}
-			count := func() int {
-				mu.Lock()
-				defer mu.Unlock()
-				return len(got)
-			}
-			for deadline := time.Now().Add(30 * time.Second); count() < n && time.Now().Before(deadline); {
-				time.Sleep(20 * time.Millisecond)
-			}
-			if got := count(); got != n {
-				t.Fatalf("got %d of the %d retained messages", got, n)
-			}
+			got.expect(t, n, "the subscriber")
 			// The connection works on.
 			if _, err := c.Publish(cctx, &paho.Publish{Topic: "r/after", QoS: 1, Payload: []byte("after")}); err != nil {
 				t.Fatal(err)
@@ -88,27 +75,12 @@ func TestRetainedAllDelivered(t *testing.T) {
 		})
 	}
 	t.Run("3.1.1 QoS 1", func(t *testing.T) {
-		var mu sync.Mutex
-		got := map[string]bool{}
+		var got topicSet
 		c := mustV3(t, s.addr, user("acme", "v3"), s.device("acme", "v3"), "v3", true, func(o *paho3.ClientOptions) {
-			o.SetDefaultPublishHandler(func(_ paho3.Client, m paho3.Message) {
-				mu.Lock()
-				got[m.Topic()] = true
-				mu.Unlock()
-			})
+			o.SetDefaultPublishHandler(func(_ paho3.Client, m paho3.Message) { got.add(m.Topic()) })
 		})
 		c.sub(t, "r/#", 1)
-		count := func() int {
-			mu.Lock()
-			defer mu.Unlock()
-			return len(got)
-		}
-		for deadline := time.Now().Add(30 * time.Second); count() < n && time.Now().Before(deadline); {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if got := count(); got != n {
-			t.Fatalf("got %d of the %d retained messages", got, n)
-		}
+		got.expect(t, n, "the subscriber")
 	})
 }
 
@@ -153,8 +125,7 @@ func TestRetainedPaceStalledClient(t *testing.T) {
 	other.pub(t, "o/t", "meanwhile", 1, false)
 	other.expect(t, "o/t", "meanwhile")
 	// A connection taking the client id over gets in and is sent them.
-	var mu sync.Mutex
-	got := map[string]bool{}
+	var got topicSet
 	// The takeover waits for the stalled connection's write timeout (5 s)
 	// to close it, pacing or not.
 	var c2 *v5
@@ -170,23 +141,11 @@ func TestRetainedPaceStalledClient(t *testing.T) {
 	}
 	go func() {
 		for m := range c2.msgs {
-			mu.Lock()
-			got[m.Topic] = true
-			mu.Unlock()
+			got.add(m.Topic)
 		}
 	}()
 	c2.sub(t, "big/#", 0)
-	count := func() int {
-		mu.Lock()
-		defer mu.Unlock()
-		return len(got)
-	}
-	for deadline := time.Now().Add(30 * time.Second); count() < n && time.Now().Before(deadline); {
-		time.Sleep(20 * time.Millisecond)
-	}
-	if got := count(); got != n {
-		t.Fatalf("the connection that took over got %d of the %d retained messages", got, n)
-	}
+	got.expect(t, n, "the connection that took over")
 }
 
 // TestRetainedNoLocalOwn: a client subscribing with No Local to a filter
@@ -217,5 +176,37 @@ func TestRetainedNoLocalOwn(t *testing.T) {
 	case m := <-c.msgs:
 		t.Fatalf("got %s, want none of the client's own retained messages", m.Topic)
 	default:
+	}
+}
+
+// topicSet collects the distinct topics a client is sent.
+type topicSet struct {
+	mu  sync.Mutex
+	got map[string]bool
+}
+
+func (ts *topicSet) add(topic string) {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	if ts.got == nil {
+		ts.got = map[string]bool{}
+	}
+	ts.got[topic] = true
+}
+
+func (ts *topicSet) len() int {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	return len(ts.got)
+}
+
+// expect waits up to 30 s for n topics, and fails the test without them.
+func (ts *topicSet) expect(t *testing.T, n int, who string) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ts.len() < n && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := ts.len(); got != n {
+		t.Fatalf("%s got %d of the %d retained messages", who, got, n)
 	}
 }

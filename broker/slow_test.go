@@ -95,21 +95,7 @@ func TestNonReadingSubscriberDropsCounted(t *testing.T) {
 	s := newStack(t, func(c *broker.Config) { c.Events = ev })
 	s.tenant("acme")
 	liftRates(t, s, "acme")
-	stalled, err := net.Dial("tcp", s.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stalled.Close()
-	stalled.(*net.TCPConn).SetReadBuffer(4096)
-	sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 4, PacketID: 1,
-		Filters: packets.Subscriptions{{Filter: "s/t", Qos: 0}}}
-	var b bytes.Buffer
-	if err := sub.SubscribeEncode(&b); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := stalled.Write(append(connectBytes(t, 4, "acme/stalled", s.device("acme", "stalled"), "stalled"), b.Bytes()...)); err != nil {
-		t.Fatal(err)
-	}
+	stalled := stalledSubscriber(t, s, 30)
 	stalled.SetReadDeadline(time.Now().Add(5 * time.Second))
 	acks := make([]byte, 4+5) // CONNACK, SUBACK
 	if _, err := io.ReadFull(stalled, acks); err != nil || acks[3] != 0 || acks[4]>>4 != packets.Suback {
@@ -153,28 +139,8 @@ func TestWriteTimeoutKeptByKeepalive(t *testing.T) {
 	s := newStack(t, func(c *broker.Config) { c.Events, c.WriteTimeout = ev, time.Second })
 	s.tenant("acme")
 	liftRates(t, s, "acme")
-	stalled, err := net.Dial("tcp", s.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stalled.Close()
-	stalled.(*net.TCPConn).SetReadBuffer(4096)
-	connect := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: 60, ClientIdentifier: "stalled", Clean: true,
-			UsernameFlag: true, Username: []byte("acme/stalled"), PasswordFlag: true, Password: []byte(s.device("acme", "stalled"))}}
-	sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 4, PacketID: 1,
-		Filters: packets.Subscriptions{{Filter: "s/t", Qos: 0}}}
-	var b bytes.Buffer
-	if err := connect.ConnectEncode(&b); err != nil {
-		t.Fatal(err)
-	}
-	if err := sub.SubscribeEncode(&b); err != nil {
-		t.Fatal(err)
-	}
 	pub := mustV5(t, s.addr, "acme/pub", s.device("acme", "pub"), "pub")
-	if _, err := stalled.Write(b.Bytes()); err != nil {
-		t.Fatal(err)
-	}
+	stalledSubscriber(t, s, 60)
 	// From here the subscriber reads nothing; messages come at once.
 	payload := strings.Repeat("x", 8<<10)
 	go func() {
@@ -190,4 +156,33 @@ func TestWriteTimeoutKeptByKeepalive(t *testing.T) {
 		}
 		return false
 	})
+}
+
+// stalledSubscriber connects a 3.1.1 client "stalled" to acme with
+// keepalive seconds, subscribed to s/t at QoS 0, with a small receive
+// buffer; it reads nothing unless the test does.
+func stalledSubscriber(t *testing.T, s *stack, keepalive uint16) net.Conn {
+	t.Helper()
+	stalled, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stalled.Close() })
+	stalled.(*net.TCPConn).SetReadBuffer(4096)
+	connect := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 4,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Keepalive: keepalive, ClientIdentifier: "stalled", Clean: true,
+			UsernameFlag: true, Username: []byte("acme/stalled"), PasswordFlag: true, Password: []byte(s.device("acme", "stalled"))}}
+	sub := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: 4, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "s/t", Qos: 0}}}
+	var b bytes.Buffer
+	if err := connect.ConnectEncode(&b); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.SubscribeEncode(&b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stalled.Write(b.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	return stalled
 }
