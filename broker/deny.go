@@ -212,7 +212,7 @@ func (h *Hub) PublishDenials(tenant string) int64 {
 // names the topic's first level.
 func wildcardDollar(cl *mqtt.Client, topic string) bool {
 	for _, sub := range cl.State.Subscriptions.GetAll() {
-		f := sharedFilter(sub.Filter)
+		f := tenants.SharedFilter(sub.Filter)
 		if !strings.HasPrefix(f, "+") && !strings.HasPrefix(f, "#") && tenants.MatchTopic(f, topic) {
 			return false
 		}
@@ -220,22 +220,12 @@ func wildcardDollar(cl *mqtt.Client, topic string) bool {
 	return true
 }
 
-// sharedFilter returns the filter of a shared subscription, or f itself.
-func sharedFilter(f string) string {
-	if len(f) > 7 && strings.EqualFold(f[:7], "$share/") {
-		if _, filter, ok := strings.Cut(f[7:], "/"); ok {
-			return filter
-		}
-	}
-	return f
-}
-
 // isDelivery reports whether an ACL read check of topic is of a message
 // being delivered to cl rather than of a filter it subscribes to: a topic
 // name (no wildcard) that is not a shared filter and is not among the
 // filters of the SUBSCRIBE being processed.
 func isDelivery(dc *deviceConn, topic string) bool {
-	if strings.ContainsAny(topic, "+#") || sharedFilter(topic) != topic {
+	if strings.ContainsAny(topic, "+#") || tenants.SharedFilter(topic) != topic {
 		return false
 	}
 	return dc == nil || !dc.subscribingTo(topic)

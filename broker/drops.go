@@ -147,7 +147,7 @@ func (inst *instance) overQueued(cl *mqtt.Client, dc *deviceConn, topic string) 
 		return false
 	}
 	for filter, sub := range cl.State.Subscriptions.GetAll() {
-		if sub.Qos > 0 && tenants.MatchTopic(sharedFilter(filter), topic) {
+		if sub.Qos > 0 && tenants.MatchTopic(tenants.SharedFilter(filter), topic) {
 			return true
 		}
 	}

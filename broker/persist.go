@@ -979,7 +979,7 @@ func (p *persistence) handedOver(cl *mqtt.Client, out packets.Packet) {
 // and must be delivered.
 func queuedTurn(cl *mqtt.Client, topic string) bool {
 	for filter := range cl.State.Subscriptions.GetAll() {
-		if sharedFilter(filter) == filter && tenants.MatchTopic(filter, topic) {
+		if tenants.SharedFilter(filter) == filter && tenants.MatchTopic(filter, topic) {
 			return true
 		}
 	}

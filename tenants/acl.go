@@ -180,7 +180,7 @@ func expand(level string, sub ACLSubject, group string) (string, bool) {
 // <filter>.
 func CheckACL(rules []ACLRule, sub ACLSubject, action Action, topic string) (bool, *ACLRule) {
 	if action == ActionSubscribe {
-		topic = shareFilter(topic)
+		topic = SharedFilter(topic)
 	}
 	for i := range rules {
 		if rules[i].Matches(sub, action, topic) {
@@ -190,10 +190,13 @@ func CheckACL(rules []ACLRule, sub ACLSubject, action Action, topic string) (boo
 	return false, nil
 }
 
-// shareFilter returns the filter inside a shared subscription, or f itself.
-func shareFilter(f string) string {
-	if rest, ok := strings.CutPrefix(f, "$share/"); ok {
-		if _, filter, ok := strings.Cut(rest, "/"); ok {
+// SharedFilter returns the filter inside a shared subscription
+// ("$share/<group>/<filter>"), or f itself. The prefix is matched in any
+// case, as mochi matches it: "$SHARE/g/x" is a shared subscription to x
+// there, and checked as one here.
+func SharedFilter(f string) string {
+	if len(f) > 7 && strings.EqualFold(f[:7], "$share/") {
+		if _, filter, ok := strings.Cut(f[7:], "/"); ok {
 			return filter
 		}
 	}
@@ -283,7 +286,7 @@ func (c *ACLCheck) Validate() error {
 			return invalid("topic", "%v", err)
 		}
 	case ActionSubscribe:
-		if err := ValidateFilter(shareFilter(c.Topic)); err != nil {
+		if err := ValidateFilter(SharedFilter(c.Topic)); err != nil {
 			return invalid("topic", "%v", err)
 		}
 	default:

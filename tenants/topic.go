@@ -24,14 +24,7 @@ func TopicLevels(s string) int { return strings.Count(s, "/") + 1 }
 // FilterLevels is the number of levels of a subscription's filter, a
 // shared subscription's $share/{group}/ prefix left out: mochi's topic
 // tree leaves it out too (matching "$share" in any case, as it does).
-func FilterLevels(f string) int {
-	if first, rest, ok := strings.Cut(f, "/"); ok && strings.EqualFold(first, "$share") {
-		if _, filter, ok := strings.Cut(rest, "/"); ok {
-			return TopicLevels(filter)
-		}
-	}
-	return TopicLevels(f)
-}
+func FilterLevels(f string) int { return TopicLevels(SharedFilter(f)) }
 
 // ValidateFilter reports why f is not a valid MQTT topic filter, or nil.
 // '+' must fill a whole level and '#' must be the whole last level.

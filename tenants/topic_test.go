@@ -103,6 +103,8 @@ func TestCheckACL(t *testing.T) {
 		{"d1", ActionPublish, "telemetry/temp/x", false, ""},
 		{"d1", ActionSubscribe, "$share/g/devices/d1/in/#", true, "own-in"},
 		{"d1", ActionSubscribe, "$share/g/devices/d2/in/#", false, ""},
+		{"d1", ActionSubscribe, "$SHARE/g/devices/d1/in/#", true, "own-in"}, // mochi's shared subscription too
+		{"d1", ActionSubscribe, "$Share/g/secret/#", false, "deny-secret"},
 		{"d1", ActionSubscribe, "$SYS/#", false, ""},
 	}
 	for _, tc := range tests {
