@@ -55,8 +55,11 @@ type retainedPace struct {
 	wake    chan struct{}
 }
 
-// start begins a SUBSCRIBE's count.
-func (p *retainedPace) start() { p.sent, p.base, p.stalled = 0, p.written.Load(), false }
+// start begins a SUBSCRIBE's count, with what an earlier SUBSCRIBE's may
+// still have in the queue (SUBSCRIBEs that come back to back).
+func (p *retainedPace) start() {
+	p.sent, p.base, p.stalled = max(p.queued(), 0), p.written.Load(), false
+}
 
 // queued is how many of the SUBSCRIBE's retained messages may still be in
 // the client's queue.
