@@ -510,10 +510,7 @@ func TestReceiveMaximumResumedUnacked(t *testing.T) {
 	d.tenant("acme")
 	liftRates(t, d.stack, "acme")
 	secret := d.device("acme", "sub")
-	connect := func(rm uint16) (*paho.Client, <-chan *paho.Publish) {
-		return manualAckV5(t, d.addr, user("acme", "sub"), secret, "sub", rm)
-	}
-	c, got := connect(3)
+	c, got := manualAckV5(t, d.addr, user("acme", "sub"), secret, "sub", 3)
 	cctx, cancel := contextWithTimeout()
 	defer cancel()
 	if sa, err := c.Subscribe(cctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "q/t", QoS: 1}}}); err != nil || sa.Reasons[0] != 1 {
@@ -525,10 +522,7 @@ func TestReceiveMaximumResumedUnacked(t *testing.T) {
 		pub.pub(t, "q/t", fmt.Sprint(i), 1, false)
 	}
 	pub.barrier(t)
-	var first []string
-	for _, p := range drainPublishes(got, 300*time.Millisecond) {
-		first = append(first, string(p.Payload))
-	}
+	first := payloads(drainPublishes(got, 300*time.Millisecond))
 	if fmt.Sprint(first) != "[0 1 2]" {
 		t.Fatalf("first connection: got %v, want [0 1 2] (its Receive Maximum)", first)
 	}
@@ -536,7 +530,7 @@ func TestReceiveMaximumResumedUnacked(t *testing.T) {
 
 	// Back with a Receive Maximum of 2: the three sent and not
 	// acknowledged are resent, but two at a time.
-	c, got = connect(2)
+	c, got = manualAckV5(t, d.addr, user("acme", "sub"), secret, "sub", 2)
 	defer c.Disconnect(&paho.Disconnect{})
 	var all []string
 	for len(all) < published {
