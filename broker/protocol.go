@@ -175,8 +175,7 @@ func (h *protocolHook) readPublish(cl *mqtt.Client, pk *packets.Packet) error {
 
 // shallowFilters renames the filters of a SUBSCRIBE or UNSUBSCRIBE that
 // have more than tenants.MaxTopicLevels levels (tenants.FilterLevels) to
-// tooDeepFilter; the
-// first such packet of a connection is logged.
+// tooDeepFilter; the first such filter of a connection is logged.
 func (h *protocolHook) shallowFilters(cl *mqtt.Client, pk *packets.Packet) {
 	renamed := false
 	for i, f := range pk.Filters {
