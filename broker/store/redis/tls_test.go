@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -160,27 +161,50 @@ func startTLSRedis(t *testing.T, args ...string) string {
 	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
 	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
 	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	_, port, _ := net.SplitHostPort(addr)
-	cmd := exec.Command("redis-server", append([]string{"--port", "0", "--tls-port", port, "--bind", "127.0.0.1", "--dir", dir,
-		"--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-auth-clients", "no", "--save", "", "--appendonly", "no"}, args...)...)
-	out := &testenv.Buffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
-			c.Close()
-			return addr
+	// The port is picked free and then handed to redis-server, so another
+	// socket (an outgoing connection's ephemeral port) may take it in
+	// between: the server then exits at once, and is started again on
+	// another.
+	var out *testenv.Buffer
+	for range 5 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		_, port, _ := net.SplitHostPort(addr)
+		cmd := exec.Command("redis-server", append([]string{"--port", "0", "--tls-port", port, "--bind", "127.0.0.1", "--dir", dir,
+			"--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-auth-clients", "no", "--save", "", "--appendonly", "no"}, args...)...)
+		out = &testenv.Buffer{}
+		cmd.Stdout, cmd.Stderr = out, out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		t.Cleanup(func() { cmd.Process.Kill(); <-exited })
+	wait:
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			select {
+			case <-exited:
+				if strings.Contains(out.String(), "Address already in use") {
+					break wait // the port was taken: another
+				}
+				t.Fatalf("redis-server with TLS exited:\n%s", out.String())
+			default:
+			}
+			if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
+				c.Close()
+				return addr
+			}
+		}
+		select {
+		case <-exited:
+		default:
+			t.Fatalf("redis-server with TLS did not start in 10s:\n%s", out.String())
 		}
 	}
-	t.Fatalf("redis-server with TLS did not start:\n%s", out.String())
+	t.Fatalf("redis-server with TLS found its port taken five times:\n%s", out.String())
 	return ""
 }
