@@ -57,12 +57,12 @@ func handleDeadLetterList(ds destinationStore, dl dataplane.Deliveries) handler 
 				return &httpError{status: http.StatusBadRequest, code: "invalid", field: "cursor", msg: "cursor is not one this API returned"}
 			}
 		}
-		items, err := dl.DeadLetters(r.Context(), tenant, id, after, limit)
+		items, more, err := dl.DeadLetters(r.Context(), tenant, id, after, limit)
 		if err != nil {
 			return err
 		}
 		next := ""
-		if len(items) == limit {
+		if len(items) == limit || more {
 			next = strconv.FormatUint(items[len(items)-1].Seq, 10)
 		}
 		writeJSON(w, http.StatusOK, newList(items, next))

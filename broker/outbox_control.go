@@ -66,23 +66,47 @@ func timePtr(t time.Time) *time.Time {
 	return &t
 }
 
-// DeadLetters lists a destination's dead letters after seq after.
-func (h *Hub) DeadLetters(ctx context.Context, tenant, destination string, after uint64, limit int) ([]dataplane.DeadLetter, error) {
+// DeadLetters lists a destination's dead letters after seq after, at most
+// limit and DeadLetterPageBytes of payloads; more reports a page cut
+// short by its bytes.
+func (h *Hub) DeadLetters(ctx context.Context, tenant, destination string, after uint64, limit int) ([]dataplane.DeadLetter, bool, error) {
 	st, err := h.outboxStore()
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	qs, err := st.Read(ctx, tenant, deadID(destination), after, limit)
-	if err != nil {
-		return nil, err
+	// Read a few at a time, and no further than a page's bytes: a page of
+	// 200 of a plan's largest messages would be 200 MiB in memory, and in
+	// the answer, for each request a viewer makes.
+	var out []dataplane.DeadLetter
+	total := 0
+	for len(out) < limit {
+		want := min(limit-len(out), deadReadAhead)
+		qs, err := st.Read(ctx, tenant, deadID(destination), after, want)
+		if err != nil {
+			return nil, false, err
+		}
+		for _, q := range qs {
+			if total += len(q.Payload); len(out) > 0 && total > DeadLetterPageBytes {
+				return out, true, nil
+			}
+			m := webhookMessage(q)
+			out = append(out, dataplane.DeadLetter{Seq: q.Seq, ID: m.ID, Topic: m.Topic, Payload: m.Payload, QoS: m.QoS, Device: m.Device, ClientID: m.ClientID, Time: m.Time.UTC()})
+			after = q.Seq
+		}
+		if len(qs) < want {
+			break // the last of them
+		}
 	}
-	out := make([]dataplane.DeadLetter, len(qs))
-	for i, q := range qs {
-		m := webhookMessage(q)
-		out[i] = dataplane.DeadLetter{Seq: q.Seq, ID: m.ID, Topic: m.Topic, Payload: m.Payload, QoS: m.QoS, Device: m.Device, ClientID: m.ClientID, Time: m.Time.UTC()}
-	}
-	return out, nil
+	return out, false, nil
 }
+
+// DeadLetterPageBytes bounds the payloads of one page of dead letters,
+// whatever its limit: a message larger than it is a page alone. The page
+// cut short says so (DeadLetters' more), and the next one starts after it.
+const DeadLetterPageBytes = WebhookBatchBytes
+
+// deadReadAhead is how many dead letters DeadLetters reads at a time.
+const deadReadAhead = 16
 
 // deadPage is how many dead letters a replay or purge moves per write.
 const deadPage = 500

@@ -98,7 +98,7 @@ func outboxRetrySurvivesRestart(t *testing.T, open func() broker.SessionStore) {
 		st, err := hub2.DeliveryStatus(ctx, "acme", hook)
 		return err == nil && st.DeadLetters == 1 && st.Backlog == 1
 	})
-	dead, err := hub2.DeadLetters(ctx, "acme", hook, 0, 10)
+	dead, _, err := hub2.DeadLetters(ctx, "acme", hook, 0, 10)
 	if err != nil || len(dead) != 1 || string(dead[0].Payload) != "0" {
 		t.Fatalf("dead letters %+v, %v; want the first message alone", dead, err)
 	}

@@ -280,17 +280,17 @@ func TestOutboxRetriesThenDeadLetters(t *testing.T) {
 	if len(st.Recent) == 0 || st.Recent[0].Outcome != "dead" || !retried {
 		t.Errorf("recent attempts %+v: want the newest dead, some retried", st.Recent)
 	}
-	dead, err := s.hub.DeadLetters(ctx, "acme", hook, 0, 10)
+	dead, _, err := s.hub.DeadLetters(ctx, "acme", hook, 0, 10)
 	if err != nil || len(dead) != 10 {
 		t.Fatalf("dead letters: %d, %v; want the first 10", len(dead), err)
 	}
 	if string(dead[0].Payload) != "0" || dead[0].Device != "pub" || dead[0].Topic != "sensors/temp" {
 		t.Errorf("first dead letter %+v, want payload 0 from pub", dead[0])
 	}
-	if more, _ := s.hub.DeadLetters(ctx, "acme", hook, dead[9].Seq, 100); len(more) != n-10 {
+	if more, _, _ := s.hub.DeadLetters(ctx, "acme", hook, dead[9].Seq, 100); len(more) != n-10 {
 		t.Errorf("dead letters after the first page: %d, want %d", len(more), n-10)
 	}
-	if other, _ := s.hub.DeadLetters(ctx, "other", hook, 0, 100); len(other) != 0 {
+	if other, _, _ := s.hub.DeadLetters(ctx, "other", hook, 0, 100); len(other) != 0 {
 		t.Errorf("another tenant sees %d of acme's dead letters", len(other))
 	}
 

@@ -215,9 +215,12 @@ func ServeWith(hub Hub, recent EventLog, op *auth.Operator, log *slog.Logger) ht
 		}
 		after, _ := strconv.ParseUint(r.URL.Query().Get("after"), 10, 64)
 		limit, _ := strconv.Atoi(r.URL.Query().Get("limit"))
-		items, err := dl.DeadLetters(r.Context(), r.PathValue("tenant"), r.PathValue("id"), after, min(max(limit, 1), 1000))
+		items, more, err := dl.DeadLetters(r.Context(), r.PathValue("tenant"), r.PathValue("id"), after, min(max(limit, 1), 1000))
 		if items == nil {
 			items = []dataplane.DeadLetter{}
+		}
+		if more {
+			w.Header().Set(deadLettersMoreHeader, "true")
 		}
 		answer(w, items, err)
 	})

@@ -192,11 +192,12 @@ func (h *deliveriesHub) DeliveryStatus(_ context.Context, tenant, destination st
 	return dataplane.DeliveryStatus{Backlog: 3, Delivered: 7, LastErrorText: "status 500"}, h.check("status", tenant, destination)
 }
 
-func (h *deliveriesHub) DeadLetters(_ context.Context, tenant, destination string, after uint64, limit int) ([]dataplane.DeadLetter, error) {
+func (h *deliveriesHub) DeadLetters(_ context.Context, tenant, destination string, after uint64, limit int) ([]dataplane.DeadLetter, bool, error) {
 	if err := h.check(fmt.Sprintf("list after %d limit %d", after, limit), tenant, destination); err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return []dataplane.DeadLetter{{Seq: after + 1, ID: "m1", Topic: "s/1", Payload: []byte{0, 1}, QoS: 1, Device: "d"}}, nil
+	// One of ten: a page cut short by its bytes.
+	return []dataplane.DeadLetter{{Seq: after + 1, ID: "m1", Topic: "s/1", Payload: []byte{0, 1}, QoS: 1, Device: "d"}}, true, nil
 }
 
 func (h *deliveriesHub) ReplayDeadLetters(_ context.Context, tenant, destination string) (int, error) {
@@ -209,7 +210,7 @@ func (h *deliveriesHub) PurgeDeadLetters(_ context.Context, tenant, destination 
 
 // TestRemoteDeliveries: a control plane running apart asks the tenant's
 // home node about its destinations' delivery: status, dead letters (paged,
-// payload bytes intact), replay and purge; a node's error keeps its kind.
+// payload bytes intact, a page cut short said so), replay and purge; a node's error keeps its kind.
 func TestRemoteDeliveries(t *testing.T) {
 	hub := &deliveriesHub{}
 	remote := remoteTo(t, cluster.Serve(hub, nil, token, nil))
@@ -218,9 +219,9 @@ func TestRemoteDeliveries(t *testing.T) {
 	if err != nil || st.Backlog != 3 || st.Delivered != 7 || st.LastErrorText != "status 500" {
 		t.Errorf("status: %+v, %v", st, err)
 	}
-	dead, err := remote.DeadLetters(ctx, "acme", "dst_1", 41, 10)
-	if err != nil || len(dead) != 1 || dead[0].Seq != 42 || !reflect.DeepEqual(dead[0].Payload, []byte{0, 1}) {
-		t.Errorf("dead letters: %+v, %v", dead, err)
+	dead, more, err := remote.DeadLetters(ctx, "acme", "dst_1", 41, 10)
+	if err != nil || len(dead) != 1 || dead[0].Seq != 42 || !reflect.DeepEqual(dead[0].Payload, []byte{0, 1}) || !more {
+		t.Errorf("dead letters: %+v, more %v, %v; want one, cut short", dead, more, err)
 	}
 	if n, err := remote.ReplayDeadLetters(ctx, "acme", "dst_1"); n != 2 || err != nil {
 		t.Errorf("replay: %d, %v; want 2", n, err)

@@ -282,24 +282,30 @@ func destinationPath(tenant, id string) string {
 // atHome asks the tenant's home node, which holds its outboxes, and
 // decodes its answer into out.
 func (r *Remote) atHome(ctx context.Context, method, tenant, path string, out any) error {
+	_, err := r.atHomeHeader(ctx, method, tenant, path, out)
+	return err
+}
+
+// atHomeHeader is atHome, returning the answer's header too.
+func (r *Remote) atHomeHeader(ctx context.Context, method, tenant, path string, out any) (http.Header, error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
 	n, err := r.home(ctx, tenant)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	resp, err := r.request(ctx, method, n, path, nil)
 	if err != nil {
-		return fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
+		return nil, fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return readFailure(resp, n.ID)
+		return nil, readFailure(resp, n.ID)
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
+		return nil, fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
 	}
-	return nil
+	return resp.Header, nil
 }
 
 // DeliveryStatus asks the tenant's home node.
@@ -310,12 +316,21 @@ func (r *Remote) DeliveryStatus(ctx context.Context, tenant, destination string)
 }
 
 // DeadLetters asks the tenant's home node.
-func (r *Remote) DeadLetters(ctx context.Context, tenant, destination string, after uint64, limit int) ([]dataplane.DeadLetter, error) {
+func (r *Remote) DeadLetters(ctx context.Context, tenant, destination string, after uint64, limit int) ([]dataplane.DeadLetter, bool, error) {
 	var out []dataplane.DeadLetter
 	q := url.Values{"after": {strconv.FormatUint(after, 10)}, "limit": {strconv.Itoa(limit)}}
-	err := r.atHome(ctx, http.MethodGet, tenant, destinationPath(tenant, destination)+"/dead-letters?"+q.Encode(), &out)
-	return out, err
+	hdr, err := r.atHomeHeader(ctx, http.MethodGet, tenant, destinationPath(tenant, destination)+"/dead-letters?"+q.Encode(), &out)
+	if err != nil {
+		return nil, false, err
+	}
+	// In a header, so that the body is the list a node of the release
+	// before answered.
+	return out, hdr.Get(deadLettersMoreHeader) == "true", nil
 }
+
+// deadLettersMoreHeader says a page of dead letters was cut short by its
+// bytes (dataplane.Deliveries.DeadLetters' more).
+const deadLettersMoreHeader = "Roost-More"
 
 // ReplayDeadLetters asks the tenant's home node.
 func (r *Remote) ReplayDeadLetters(ctx context.Context, tenant, destination string) (int, error) {

@@ -98,8 +98,10 @@ type Deliveries interface {
 	// DeliveryStatus reports a destination's outbox and dead letters.
 	DeliveryStatus(ctx context.Context, tenant, destination string) (DeliveryStatus, error)
 	// DeadLetters lists a destination's dead letters after a sequence
-	// number, oldest first.
-	DeadLetters(ctx context.Context, tenant, destination string, after uint64, limit int) ([]DeadLetter, error)
+	// number, oldest first: at most limit, and fewer where their payloads
+	// would make the page too large to answer, which more reports (more
+	// may follow though fewer than limit came).
+	DeadLetters(ctx context.Context, tenant, destination string, after uint64, limit int) (letters []DeadLetter, more bool, err error)
 	// ReplayDeadLetters moves every dead letter back to the outbox, to be
 	// delivered again, and returns how many it moved.
 	ReplayDeadLetters(ctx context.Context, tenant, destination string) (int, error)

@@ -225,14 +225,14 @@ func (c *Console) renderWebhooks(w http.ResponseWriter, r *http.Request, status 
 	}
 	if id := r.URL.Query().Get("dead"); id != "" && data.Dead == nil && dl != nil {
 		if name, ok := names[id]; ok {
-			letters, err := dl.DeadLetters(ctx, slug, id, 0, deadLettersShown+1)
+			letters, more, err := dl.DeadLetters(ctx, slug, id, 0, deadLettersShown+1)
 			switch {
 			case errors.Is(err, tenants.ErrUnavailable):
 			case err != nil:
 				c.internal(w, r, err)
 				return
 			default:
-				data.Dead = &deadLetters{Name: name, ID: id, More: len(letters) > deadLettersShown}
+				data.Dead = &deadLetters{Name: name, ID: id, More: more || len(letters) > deadLettersShown}
 				for _, l := range letters[:min(len(letters), deadLettersShown)] {
 					data.Dead.Letters = append(data.Dead.Letters, deadLetterRow{DeadLetter: l, Preview: preview(l.Payload)})
 				}
