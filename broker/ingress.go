@@ -366,6 +366,9 @@ func (in *ingress) admit(ctx context.Context, conn net.Conn, endpoint, source st
 	id := identity{tenant: tenant, device: device, secret: d.SecretHash, version: pk.ProtocolVersion, key: cred.key, expires: cred.expires, leaf: cred.leaf, ca: cred.ca}
 	cid := pk.Connect.ClientIdentifier
 	switch {
+	case len(cid) > tenants.MaxClientIDBytes:
+		logger().Info("connect refused: client id too long", "bytes", len(cid), "limit", tenants.MaxClientIDBytes)
+		return refuse(clientIDRefused)
 	case cid == "" && pk.ProtocolVersion < 5 && !pk.Connect.Clean:
 		// 3.1.1 §3.1.3-8: a persistent session needs an id of its own.
 		logger().Info("connect refused: empty client id with a persistent session")

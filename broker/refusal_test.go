@@ -78,7 +78,8 @@ func truncate(s string) string {
 }
 
 // TestClientIDBinding: an exact device gets its name as client id; a
-// gateway may pick its own, which lives only inside its tenant.
+// gateway may pick its own, of at most MaxClientIDBytes, which lives only
+// inside its tenant.
 func TestClientIDBinding(t *testing.T) {
 	s := newStack(t)
 	s.tenant("acme")
@@ -105,6 +106,17 @@ func TestClientIDBinding(t *testing.T) {
 	if g3.connack.Properties == nil || g3.connack.Properties.AssignedClientID == "" {
 		t.Error("a gateway with an empty id was not assigned one")
 	}
-	eventually(t, 2*time.Second, "three gateway connections", func() bool { return len(s.hub.Connections("acme", "gateway")) == 3 })
-	_, _ = g1, g2
+	// An id of its own is at most MaxClientIDBytes.
+	long := strings.Repeat("é", tenants.MaxClientIDBytes/2)
+	g4 := mustV5(t, s.addr, "acme/gateway", gwSecret, long)
+	eventually(t, 2*time.Second, "four gateway connections", func() bool { return len(s.hub.Connections("acme", "gateway")) == 4 })
+	for _, tooLong := range []string{long + "x", strings.Repeat("x", 65535)} {
+		if got := refusedV5(t, s.addr, "acme/gateway", gwSecret, tooLong); got != 0x85 {
+			t.Errorf("MQTT 5, a client id of %d bytes: got 0x%02x, want 0x85", len(tooLong), got)
+		}
+		if _, got, err := dialV3(t, s.addr, "acme/gateway", gwSecret, tooLong, true); err == nil || got != 0x02 {
+			t.Errorf("MQTT 3.1.1, a client id of %d bytes: got 0x%02x (%v), want 0x02", len(tooLong), got, err)
+		}
+	}
+	_, _, _ = g1, g2, g4
 }

@@ -36,6 +36,11 @@ const (
 	ClientIDsAny   ClientIDPolicy = "any"
 )
 
+// MaxClientIDBytes bounds a client id a gateway (ClientIDsAny) picks, in
+// bytes: MQTT allows 65,535, and each connection, session, event and log
+// line carries its id. A device's own ids are its name, shorter still.
+const MaxClientIDBytes = 256
+
 // Valid reports whether p is a known policy.
 func (p ClientIDPolicy) Valid() bool { return p == ClientIDsExact || p == ClientIDsAny }
 
