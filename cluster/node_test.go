@@ -210,7 +210,8 @@ func (h *deliveriesHub) PurgeDeadLetters(_ context.Context, tenant, destination 
 
 // TestRemoteDeliveries: a control plane running apart asks the tenant's
 // home node about its destinations' delivery: status, dead letters (paged,
-// payload bytes intact, a page cut short said so), replay and purge; a node's error keeps its kind.
+// payload bytes intact, a page cut short said so), replay and purge; a
+// node's error keeps its kind.
 func TestRemoteDeliveries(t *testing.T) {
 	hub := &deliveriesHub{}
 	remote := remoteTo(t, cluster.Serve(hub, nil, token, nil))
