@@ -104,6 +104,63 @@ func TestDeadLetters(t *testing.T) {
 	}
 }
 
+// TestDeadLetterPagesBounded: a page of dead letters carries at most 1
+// MiB of payloads whatever its limit, and one cut short has a next_cursor,
+// from which the rest follow, each once.
+func TestDeadLetterPagesBounded(t *testing.T) {
+	e := newEnvWith(t, allowLoopback(t))
+	owner := e.signup("owner")
+	e.mustTenant(owner, "acme")
+	rc := newHookReceiver(t)
+	base := "/v1/tenants/acme/destinations"
+	r := e.do("POST", base, owner.token, map[string]any{"name": "ingest", "type": "webhook", "url": rc.URL + "/roost"})
+	want(t, r, 201, "create destination")
+	id := r.str("id")
+	rc.set(r.str("secret"), http.StatusInternalServerError)
+	want(t, e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "sensors/#", "destination": "ingest"}), 201, "rule")
+
+	// Ten of 120 KiB (the free plan's packets are up to 128 KiB): eight
+	// fit in a page of 1 MiB.
+	const n, size = 10, 120 << 10
+	for i := range n {
+		payload := strings.Repeat(fmt.Sprint(i), size)
+		want(t, e.do("POST", "/v1/tenants/acme/messages", owner.token, map[string]any{"topic": "sensors/temp", "payload": payload, "qos": 1}), 202, "publish")
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		st, _ := e.do("GET", base+"/"+id, owner.token, nil).json()["status"].(map[string]any)
+		if st != nil && st["dead_letters"] == float64(n) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %d dead letters within 15s: %v", n, st)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var got []string
+	var pages []int
+	cursor := ""
+	for range n {
+		page := e.do("GET", base+"/"+id+"/dead-letters?limit=50&cursor="+cursor, owner.token, nil)
+		want(t, page, 200, "a page of dead letters")
+		items := asSlice(page.json()["items"])
+		pages = append(pages, len(items))
+		for _, it := range items {
+			p, _ := base64.StdEncoding.DecodeString(it.(map[string]any)["payload_base64"].(string))
+			got = append(got, string(p[:1]))
+		}
+		if cursor = page.str("next_cursor"); cursor == "" {
+			break
+		}
+	}
+	if fmt.Sprint(pages) != "[8 2]" {
+		t.Errorf("pages of %v dead letters, want [8 2]: eight of 120 KiB in 1 MiB", pages)
+	}
+	if strings.Join(got, "") != "0123456789" {
+		t.Errorf("dead letters over the pages: %v, want each of the ten once, in order", got)
+	}
+}
+
 // TestOutboxPolicy: the tenant's outbox_policy is drop_oldest until an
 // admin sets refuse; another value is a 400 naming the field; a viewer
 // cannot change it; max_outbox is among the quotas.
