@@ -295,6 +295,38 @@ func metricValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	return 0
 }
 
+// TestFleetForwardedPastConnectTimeout: a device forwarded to its
+// tenant's home gets what the home sends it after the CONNECT timeout as
+// before it: the handshake's deadline does not stay on its connection.
+// (The write deadline stayed: the first message, or PINGRESP, the home
+// sent it later than ROOST_CONNECT_TIMEOUT after it connected ended its
+// connection, for every device of a fleet not connected to its tenant's
+// home.)
+func TestFleetForwardedPastConnectTimeout(t *testing.T) {
+	s := newStack(t)
+	s.tenant("acme")
+	d1, d2 := s.device("acme", "d1"), s.device("acme", "d2")
+	short := func(c *broker.Config) { c.ConnectTimeout = time.Second }
+	a, b := newFleetNode(t, s, "a", short), newFleetNode(t, s, "b", short)
+	first, _ := cluster.Pick("acme", []tenants.Node{{ID: a.id, ForwardAddr: a.fwd}, {ID: b.id, ForwardAddr: b.fwd}})
+	home, other := a, b
+	if first.ID == b.id {
+		home, other = b, a
+	}
+	c1 := mustV5(t, home.addr, user("acme", "d1"), d1, "d1")
+	c1.sub(t, "up/#", 1)
+	c2 := mustV5(t, other.addr, user("acme", "d2"), d2, "d2")
+	c2.sub(t, "down/#", 1)
+	time.Sleep(2500 * time.Millisecond) // past the CONNECT timeout, twice
+	c1.pub(t, "down/1", "late", 1, false)
+	c2.expect(t, "down/1", "late")
+	c2.pub(t, "up/1", "still here", 1, false)
+	c1.expect(t, "up/1", "still here")
+	if n := other.hub.Forwards(); n != 1 {
+		t.Errorf("%s forwards %d connections, want 1", other.id, n)
+	}
+}
+
 // mqttConnect is a v5 CONNECT with a username and password.
 func mqttConnect(username, password string) []byte {
 	var body bytes.Buffer

@@ -85,6 +85,7 @@ type forwarder struct {
 	// whether it runs here as one of the tenant's several nodes.
 	running, runningWide func(tenant string) bool
 	connectTimeout       time.Duration
+	writeTimeout         time.Duration // each write to a device (Config.WriteTimeout)
 	dir                  *directoryCache
 	log                  *slog.Logger
 	// done is closed as the hub closes: no more waiting for a move.
@@ -100,7 +101,8 @@ type forwarder struct {
 }
 
 func newForwarder(cfg Config, dir *directoryCache, done <-chan struct{}) *forwarder {
-	return &forwarder{cluster: cfg.Cluster, spreadAll: cfg.Fabric != nil && cfg.SpreadAll, dir: dir, connectTimeout: cfg.ConnectTimeout, log: cfg.Log, done: done, forwards: map[net.Conn]struct{}{}}
+	return &forwarder{cluster: cfg.Cluster, spreadAll: cfg.Fabric != nil && cfg.SpreadAll, dir: dir, connectTimeout: cfg.ConnectTimeout, writeTimeout: cfg.WriteTimeout,
+		log: cfg.Log, done: done, forwards: map[net.Conn]struct{}{}}
 }
 
 // route sends a connection whose tenant lives on another node there, and
@@ -226,9 +228,13 @@ func (f *forwarder) dialHome(conn net.Conn, raw []byte, addr string) (net.Conn, 
 
 // splice passes bytes both ways between a device and its home node until
 // either side ends: what the device sends from what is buffered on, what
-// the home sends as it comes (the home bounds its own writes).
+// the home sends as it comes. The handshake's deadline is lifted, for
+// writes as for reads (the home times a silent device out); each write to
+// the device gets writeTimeout, as each of the home's own writes does, so
+// that a device that stops reading is dropped here too once its home gave
+// up on it, rather than holding the splice's goroutines and sockets.
 func (f *forwarder) splice(conn net.Conn, r *bufio.Reader, up net.Conn, endHandshake func()) {
-	conn.SetReadDeadline(time.Time{})
+	conn.SetDeadline(time.Time{})
 	if !f.addForward(conn) {
 		up.Close()
 		conn.Close()
@@ -240,12 +246,12 @@ func (f *forwarder) splice(conn net.Conn, r *bufio.Reader, up net.Conn, endHands
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		io.Copy(conn, up)
-		// The home ended the connection, maybe right after a DISCONNECT
-		// the device has not read yet while it goes on writing: its write
-		// side is ended, and what it still sends is read for a moment
-		// (below), rather than answered with a reset that could destroy
-		// the DISCONNECT (see linger.go).
+		io.Copy(deadlineWriter{conn, f.writeTimeout}, up)
+		// The home ended the connection (or the device stopped reading),
+		// maybe right after a DISCONNECT the device has not read yet
+		// while it goes on writing: its write side is ended, and what it
+		// still sends is read for a moment (below), rather than answered
+		// with a reset that could destroy the DISCONNECT (see linger.go).
 		homeEnded.Store(true)
 		closeWrite(conn)
 		conn.SetReadDeadline(time.Now().Add(lingerTime))
@@ -257,6 +263,17 @@ func (f *forwarder) splice(conn net.Conn, r *bufio.Reader, up net.Conn, endHands
 	}
 	conn.Close()
 	<-done
+}
+
+// deadlineWriter writes to a connection, each write within timeout.
+type deadlineWriter struct {
+	conn    net.Conn
+	timeout time.Duration
+}
+
+func (w deadlineWriter) Write(p []byte) (int, error) {
+	w.conn.SetWriteDeadline(time.Now().Add(w.timeout))
+	return w.conn.Write(p)
 }
 
 // addForward tracks a forwarded connection, so that Close can end it;

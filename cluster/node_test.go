@@ -238,3 +238,53 @@ func TestRemoteDeliveries(t *testing.T) {
 		t.Errorf("the node was asked %q, want %q", hub.asked, want)
 	}
 }
+
+// TestRemoteWatchSilentNode: a home node that takes the connection of a
+// watch and never answers (paused, overloaded, or not a node at all)
+// fails the watch as unavailable within a call's time, rather than
+// holding the caller (an app's stream, its slot, a console's live view)
+// for as long as it waits; a node that answers at once streams for as
+// long as the watch lasts, its messages coming after the call's time too.
+func TestRemoteWatchSilentNode(t *testing.T) {
+	release := make(chan struct{})
+	remote := remoteTo(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("filter") == "silent" {
+			select {
+			case <-r.Context().Done():
+			case <-release:
+			}
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(http.StatusOK)
+		w.(http.Flusher).Flush()
+		select {
+		case <-time.After(4 * time.Second):
+			fmt.Fprintln(w, `{"Topic":"late","Payload":"eA=="}`)
+			w.(http.Flusher).Flush()
+		case <-r.Context().Done():
+			return
+		}
+		<-r.Context().Done()
+	}))
+	t.Cleanup(func() { close(release) })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	err := remote.Watch(ctx, "acme", "alice", "silent", func(dataplane.Message) {})
+	if took := time.Since(start); !errors.Is(err, tenants.ErrUnavailable) || took > 10*time.Second {
+		t.Errorf("a watch on a node that never answers: %v after %s, want ErrUnavailable within 10s", err, took.Round(time.Millisecond))
+	}
+	got := make(chan dataplane.Message, 1)
+	if err := remote.Watch(ctx, "acme", "alice", "#", func(m dataplane.Message) { got <- m }); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-got:
+		if m.Topic != "late" || string(m.Payload) != "x" {
+			t.Errorf("watched %+v, want late: x", m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Error("a message 4s into a watch did not come")
+	}
+}

@@ -243,7 +243,10 @@ func (r *Remote) PublishEvent(ctx context.Context, e events.Event) error {
 }
 
 // Watch streams the tenant's messages from its home node until ctx ends;
-// the home bounds the views of the tenant and of the watcher.
+// the home bounds the views of the tenant and of the watcher. The stream
+// lasts as long as ctx, but the home must answer within callTimeout: one
+// that takes the connection and says nothing (paused, overloaded) fails
+// the watch, rather than holding the caller for as long as it waits.
 func (r *Remote) Watch(ctx context.Context, tenant, watcher, filter string, fn func(dataplane.Message)) error {
 	hctx, cancel := context.WithTimeout(ctx, callTimeout)
 	n, err := r.home(hctx, tenant)
@@ -251,15 +254,26 @@ func (r *Remote) Watch(ctx context.Context, tenant, watcher, filter string, fn f
 	if err != nil {
 		return err
 	}
-	resp, err := r.request(ctx, http.MethodGet, n, tenantPath(tenant)+"/watch?"+url.Values{"filter": {filter}, "watcher": {watcher}}.Encode(), nil)
+	sctx, stop := context.WithCancel(ctx)
+	late := time.AfterFunc(callTimeout, stop)
+	resp, err := r.request(sctx, http.MethodGet, n, tenantPath(tenant)+"/watch?"+url.Values{"filter": {filter}, "watcher": {watcher}}.Encode(), nil)
+	if !late.Stop() {
+		if err == nil {
+			resp.Body.Close() // answered as the time ran out: its stream is cancelled
+		}
+		err = fmt.Errorf("no answer within %s", callTimeout)
+	}
 	if err != nil {
+		stop()
 		return fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
 	}
 	if resp.StatusCode != http.StatusOK {
+		defer stop()
 		defer resp.Body.Close()
 		return readFailure(resp, n.ID)
 	}
 	go func() {
+		defer stop()
 		defer resp.Body.Close()
 		sc := bufio.NewScanner(resp.Body)
 		sc.Buffer(make([]byte, 64<<10), 32<<20)

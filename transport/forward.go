@@ -119,8 +119,8 @@ func readForwardHeader(r *bufio.Reader, key []byte, now time.Time) (Forwarded, e
 	if n < macTLVLen {
 		return f, ErrForwardHeader
 	}
-	body := make([]byte, n)
-	if _, err := io.ReadFull(r, body); err != nil {
+	body, err := readAnnounced(r, n)
+	if err != nil {
 		return f, fmt.Errorf("%w: %v", ErrForwardHeader, err)
 	}
 	signed, sig := body[:n-macTLVLen], body[n-macTLVLen:]
@@ -201,6 +201,19 @@ func readForwardHeader(r *bufio.Reader, key []byte, now time.Time) (Forwarded, e
 		return f, ErrForwardHeader
 	}
 	return f, nil
+}
+
+// readAnnounced reads the n bytes a header announced into a buffer that
+// grows as they arrive (to about twice what was received at most), not
+// one of n allocated ahead of them: before its signature is checked the
+// header is a stranger's, and a connection announcing 64 KiB and sending
+// nothing more holds what it sent until its deadline, not 64 KiB.
+func readAnnounced(r io.Reader, n int) ([]byte, error) {
+	b, err := io.ReadAll(io.LimitReader(r, int64(n)))
+	if err == nil && len(b) < n {
+		err = io.ErrUnexpectedEOF
+	}
+	return b, err
 }
 
 // ForwardListener accepts the device connections other data-plane nodes

@@ -9,9 +9,12 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
+	"fmt"
 	"io"
 	"math/big"
 	"net"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 )
@@ -166,5 +169,109 @@ func TestForwardListener(t *testing.T) {
 	plain, _ := net.Pipe()
 	if ForwardOrigin(plain) != "" {
 		t.Error("a plain connection has an origin")
+	}
+}
+
+// TestAnnouncedForwardHeaderNotHeld: a stranger on the forwarding port who
+// sends the 16 bytes of a header announcing 65,535 more, and nothing
+// else, makes each connection hold what it sent, not what it announced,
+// until the header's deadline closes it. (Each held 64 KiB before: 4,096
+// times what it cost the stranger, over every slot the port's waiting
+// pool has.) A whole header larger than the first allocation still
+// verifies.
+func TestAnnouncedForwardHeaderNotHeld(t *testing.T) {
+	key := []byte("the nodes' key")
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := ForwardListener(raw, key, 3*time.Second)
+	defer ln.Close()
+
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const n = 200
+	announce := append(append([]byte{}, proxyV2Sig...), 0x21, 0x11, 0xff, 0xff)
+	reading := make(chan net.Conn, n)
+	failed := make(chan error, n)
+	for range n {
+		c, err := net.Dial("tcp", raw.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write(announce); err != nil {
+			t.Fatal(err)
+		}
+		s, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		go func() {
+			reading <- s
+			_, err := s.Read(make([]byte, 1))
+			failed <- err
+		}()
+	}
+	for range n {
+		<-reading
+	}
+	time.Sleep(300 * time.Millisecond) // for each to read its 16 bytes and wait for the rest
+	runtime.GC()
+	var during runtime.MemStats
+	runtime.ReadMemStats(&during)
+	if per := (int64(during.HeapInuse) - int64(before.HeapInuse)) / n; per > 16<<10 {
+		t.Errorf("each connection that announced a 64 KiB header holds %d KiB of heap; want under 16 KiB", per>>10)
+	}
+	for range n {
+		select {
+		case err := <-failed:
+			if !errors.Is(err, ErrForwardHeader) {
+				t.Fatalf("a header announced and never sent: read %v, want ErrForwardHeader", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("a header announced and never sent is still waited for past its deadline")
+		}
+	}
+
+	// A header of some 40 KiB (a long chain) arrives in pieces and verifies.
+	var chain []*x509.Certificate
+	for i := range 60 {
+		chain = append(chain, testCert(t, fmt.Sprintf("link %d %s", i, strings.Repeat("x", 200))))
+	}
+	var head bytes.Buffer
+	if err := WriteForwardHeader(&head, Forwarded{Origin: "n1", TLS: true, PeerCertificates: chain}, key, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if head.Len() < 16<<10 {
+		t.Fatalf("the long header has %d bytes; want more than 16 KiB", head.Len())
+	}
+	go func() {
+		c, err := net.Dial("tcp", raw.Addr().String())
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		for b := head.Bytes(); len(b) > 0; b = b[min(len(b), 1000):] {
+			c.Write(b[:min(len(b), 1000)])
+			time.Sleep(time.Millisecond)
+		}
+		c.Write([]byte("hello"))
+		io.Copy(io.Discard, c)
+	}()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(s, buf); err != nil || string(buf) != "hello" {
+		t.Fatalf("after a long header: read %q, %v", buf, err)
+	}
+	if got := PeerCertificates(s); len(got) != len(chain) {
+		t.Errorf("got %d certificates, want %d", len(got), len(chain))
 	}
 }
