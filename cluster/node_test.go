@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"reflect"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -286,5 +287,58 @@ func TestRemoteWatchSilentNode(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Error("a message 4s into a watch did not come")
+	}
+}
+
+// TestRemoteWatchReopened: a watch whose stream ends (the home restarted:
+// its stream ended, then it refused for a while) or goes silent past
+// watchIdle is opened again, and the messages after that come; once the
+// caller's context ends, it is not.
+func TestRemoteWatchReopened(t *testing.T) {
+	var requests atomic.Int32
+	remote := remoteTo(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := requests.Add(1)
+		if n == 2 || n == 3 {
+			http.Error(w, `{"kind": "unavailable", "message": "restarting"}`, http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(http.StatusOK)
+		switch n {
+		case 1:
+			fmt.Fprintln(w, `{"Topic":"one","Payload":"eA=="}`)
+			return // the stream ends
+		case 4:
+			fmt.Fprintln(w, `{"Topic":"two","Payload":"eA=="}`)
+			w.(http.Flusher).Flush()
+			// then silent, past watchIdle
+		default:
+			fmt.Fprintln(w, `{"Topic":"three","Payload":"eA=="}`)
+			w.(http.Flusher).Flush()
+		}
+		<-r.Context().Done()
+	}))
+	cluster.SetWatchTimes(remote, 500*time.Millisecond, 20*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	got := make(chan string, 10)
+	if err := remote.Watch(ctx, "acme", "alice", "#", func(m dataplane.Message) { got <- m.Topic }); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"one", "two", "three"} {
+		select {
+		case topic := <-got:
+			if topic != want {
+				t.Fatalf("watched %q, want %q", topic, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%q did not come within 10s (%d requests)", want, requests.Load())
+		}
+	}
+	cancel()
+	time.Sleep(100 * time.Millisecond)
+	before := requests.Load()
+	time.Sleep(1500 * time.Millisecond) // three times watchIdle
+	if after := requests.Load(); after != before {
+		t.Errorf("%d more requests after the watch's context ended", after-before)
 	}
 }

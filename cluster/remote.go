@@ -37,12 +37,15 @@ type Remote struct {
 	client *http.Client
 	log    *slog.Logger
 	now    func() time.Time
+	// watchIdle, watchRetry and watchRetryMax time a watch's stream (see
+	// Watch): the package's values, the tests' own.
+	watchIdle, watchRetry, watchRetryMax time.Duration
 }
 
 // NewRemote returns a Remote that finds nodes in store and calls them with
 // the operator token.
 func NewRemote(store *tenants.Store, token string, log *slog.Logger) *Remote {
-	return &Remote{store: store, token: token, log: log, now: time.Now,
+	return &Remote{store: store, token: token, log: log, now: time.Now, watchIdle: watchIdle, watchRetry: watchRetry, watchRetryMax: watchRetryMax,
 		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8, IdleConnTimeout: time.Minute}}}
 }
 
@@ -247,12 +250,69 @@ func (r *Remote) PublishEvent(ctx context.Context, e events.Event) error {
 // lasts as long as ctx, but the home must answer within callTimeout: one
 // that takes the connection and says nothing (paused, overloaded) fails
 // the watch, rather than holding the caller for as long as it waits.
+//
+// A stream that ends while ctx lasts (the home restarted, or handed the
+// tenant to another node, or went silent past watchIdle: a live home
+// writes every 15 s) is opened again, at the tenant's home then, after a
+// pause that grows from watchRetry to watchRetryMax while it fails. What
+// was published in between is not seen: a watch is a live view, at most
+// once. Before, the watch went quiet for good, and the caller (an app's
+// stream, the console's live view) never knew.
 func (r *Remote) Watch(ctx context.Context, tenant, watcher, filter string, fn func(dataplane.Message)) error {
+	body, stop, err := r.openWatch(ctx, tenant, watcher, filter)
+	if err != nil {
+		return err
+	}
+	go func() {
+		failing := false
+		for {
+			readWatch(body, r.watchIdle, fn)
+			body.Close()
+			stop()
+			for attempt := 1; ; attempt++ {
+				wait := min(r.watchRetry<<min(attempt-1, 10), r.watchRetryMax)
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+				if body, stop, err = r.openWatch(ctx, tenant, watcher, filter); err == nil {
+					break
+				}
+				if ctx.Err() != nil {
+					return
+				}
+				if !failing {
+					r.log.Warn("watch of a tenant's messages lost; opening it again", "tenant", tenant, "err", err)
+				}
+				failing = true
+			}
+			if failing {
+				r.log.Info("watch of a tenant's messages open again", "tenant", tenant)
+				failing = false
+			}
+		}
+	}()
+	return nil
+}
+
+// watchIdle is how long a watch's stream may say nothing (its home writes
+// every 15 s) before it is taken for dead; watchRetry and watchRetryMax
+// bound the pause before it is opened again.
+const (
+	watchIdle     = 45 * time.Second
+	watchRetry    = 200 * time.Millisecond
+	watchRetryMax = 5 * time.Second
+)
+
+// openWatch opens a watch's stream at the tenant's home: its body, and
+// what ends the request.
+func (r *Remote) openWatch(ctx context.Context, tenant, watcher, filter string) (io.ReadCloser, context.CancelFunc, error) {
 	hctx, cancel := context.WithTimeout(ctx, callTimeout)
 	n, err := r.home(hctx, tenant)
 	cancel()
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	sctx, stop := context.WithCancel(ctx)
 	late := time.AfterFunc(callTimeout, stop)
@@ -265,26 +325,30 @@ func (r *Remote) Watch(ctx context.Context, tenant, watcher, filter string, fn f
 	}
 	if err != nil {
 		stop()
-		return fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
+		return nil, nil, fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer stop()
 		defer resp.Body.Close()
-		return readFailure(resp, n.ID)
+		return nil, nil, readFailure(resp, n.ID)
 	}
-	go func() {
-		defer stop()
-		defer resp.Body.Close()
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 64<<10), 32<<20)
-		for sc.Scan() {
-			var m dataplane.Message
-			if json.Unmarshal(sc.Bytes(), &m) == nil && m.Topic != "" {
-				fn(m)
-			}
+	return resp.Body, stop, nil
+}
+
+// readWatch hands fn each message of a watch's stream until it ends, or
+// says nothing for idle.
+func readWatch(body io.ReadCloser, idleFor time.Duration, fn func(dataplane.Message)) {
+	idle := time.AfterFunc(idleFor, func() { body.Close() })
+	defer idle.Stop()
+	sc := bufio.NewScanner(body)
+	sc.Buffer(make([]byte, 64<<10), 32<<20)
+	for sc.Scan() {
+		idle.Reset(idleFor)
+		var m dataplane.Message
+		if json.Unmarshal(sc.Bytes(), &m) == nil && m.Topic != "" {
+			fn(m)
 		}
-	}()
-	return nil
+	}
 }
 
 var _ dataplane.Deliveries = (*Remote)(nil)

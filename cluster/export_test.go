@@ -1,0 +1,9 @@
+package cluster
+
+import "time"
+
+// SetWatchTimes sets how long r's watches' streams may be silent and how
+// long they wait before they are opened again; before any Watch.
+func SetWatchTimes(r *Remote, idle, retry time.Duration) {
+	r.watchIdle, r.watchRetry, r.watchRetryMax = idle, retry, 4*retry
+}
