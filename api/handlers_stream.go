@@ -121,8 +121,9 @@ type streamMessage struct {
 // events=1, its events, as server-sent events, until the reader goes, the
 // caller loses access, the reader falls behind or the server drains.
 // Messages come from a watch inside the tenant's broker, as a subscriber
-// of the tenant with its own filter would get them (at most once, no
-// history); events come from the store, in order, each with its id, so
+// of the tenant with its own filter would get them (the retained ones
+// that fit the buffer, then the live ones at most once); events come from
+// the store, in order, each with its id, so
 // that a stream resumed with Last-Event-ID misses none still kept.
 func (s *Server) handleStream(st streamStore) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
@@ -172,6 +173,13 @@ func (s *Server) handleStream(st streamStore) handler {
 		overflow := make(chan struct{})
 		var overflowOnce sync.Once
 		var buffered atomic.Int64 // payload bytes in msgs
+		// watching is set once Watch has returned. Before, the watch
+		// hands over the retained messages matching the filter, at once
+		// and before anything can be read: those past the buffer are
+		// passed over rather than taken for a reader falling behind (a
+		// device could otherwise keep every stream of its tenant shut
+		// by publishing retained messages).
+		var watching atomic.Bool
 		if filter != "" {
 			if s.dataPlane == nil {
 				return fmt.Errorf("this process does not run the MQTT data plane: %w", tenants.ErrUnavailable)
@@ -182,16 +190,21 @@ func (s *Server) handleStream(st streamStore) handler {
 					sm.Payload, sm.Encoding = base64.StdEncoding.EncodeToString(m.Payload), "base64"
 				}
 				// Called from the broker's delivery: never wait here.
-				if n := buffered.Add(int64(len(sm.Payload))); n > streamBufferBytes {
-					overflowOnce.Do(func() { close(overflow) })
+				n := int64(len(sm.Payload))
+				if buffered.Add(n) <= streamBufferBytes {
+					select {
+					case msgs <- sm:
+						return
+					default:
+					}
+				}
+				if !watching.Load() {
+					buffered.Add(-n)
 					return
 				}
-				select {
-				case msgs <- sm:
-				default:
-					overflowOnce.Do(func() { close(overflow) })
-				}
+				overflowOnce.Do(func() { close(overflow) })
 			})
+			watching.Store(true)
 			if errors.Is(err, tenants.ErrQuotaExceeded) { // live_views: the broker's bound on watches
 				s.tooManyStreams(w, r, err)
 				return nil

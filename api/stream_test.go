@@ -484,3 +484,65 @@ func grepLogs(logs, word string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestStreamManyRetained: a stream opened on a filter matching more
+// retained messages than its buffer holds (1,100 here, a pro tenant
+// allows 10,000) starts with as many of them as the buffer holds and
+// stays open for the live ones: the retained messages the watch hands
+// over as it starts, before anything can be written, are not a reader
+// falling behind. (Before, every such stream ended right after its
+// ready event: a device could shut the tenant's apps out of their
+// stream by publishing retained messages.)
+func TestStreamManyRetained(t *testing.T) {
+	e := newStreamEnv(t)
+	u := e.signup("owner")
+	e.mustTenant(u, "acme")
+	want(t, e.do("PATCH", "/v1/admin/tenants/acme", adminToken, map[string]any{"plan": "pro",
+		"quotas": map[string]any{"publish_rate": 100_000, "tenant_publish_rate": 100_000}}), 200, "acme on pro")
+	secret := e.mustDevice(u.token, "acme", "d1")
+	dev, err := e.dialMQTT(t, "acme/d1", secret, "d1", paho.ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Disconnect(&paho.Disconnect{})
+	const retained = 1100
+	for i := range retained {
+		if _, err := dev.Publish(context.Background(), &paho.Publish{Topic: fmt.Sprintf("state/%d", i), QoS: 1, Retain: true, Payload: []byte("r")}); err != nil {
+			t.Fatalf("retained publish %d: %v", i, err)
+		}
+	}
+	_, key := e.mustKey(u.token, "acme", tenants.RoleViewer)
+	s := e.openStream("/v1/tenants/acme/stream?filter=%23", key, "")
+	if s.status != 200 {
+		t.Fatalf("stream: %d %s", s.status, s.body)
+	}
+	s.next("ready")
+	got := 0
+	for got < 1024 {
+		var m struct {
+			Topic  string
+			Retain bool
+		}
+		json.Unmarshal([]byte(s.next("message").data), &m)
+		if !strings.HasPrefix(m.Topic, "state/") || !m.Retain {
+			t.Fatalf("message %d: %+v, want a retained state/…", got, m)
+		}
+		got++
+	}
+	if _, err := dev.Publish(context.Background(), &paho.Publish{Topic: "live/1", QoS: 1, Payload: []byte("live")}); err != nil {
+		t.Fatal(err)
+	}
+	var m struct{ Topic string }
+	json.Unmarshal([]byte(s.next("message").data), &m)
+	if m.Topic != "live/1" {
+		t.Errorf("after the first %d retained messages: %q, want the live one", got, m.Topic)
+	}
+	select {
+	case <-s.ended:
+		t.Fatal("the stream ended")
+	default:
+	}
+	if logs := grepLogs(e.logs.String(), "reader too slow"); logs != "" {
+		t.Errorf("the stream was taken for a slow reader:\n%s", logs)
+	}
+}
