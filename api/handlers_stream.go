@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -86,25 +87,51 @@ func streamsEach(limit int64) int64 {
 }
 
 // acquire counts a stream of the tenant's principal in, or refuses it over
-// the tenant's limit or the principal's share of it. renew keeps it
-// counted; release ends it.
-func (s *streams) acquire(ctx context.Context, tenant, principal string, limit int64) (renew func(context.Context) error, release func(), err error) {
+// the tenant's limit or the principal's share of it. Until release, a
+// goroutine renews the lease every third of it, apart from the stream's
+// writes (each of which may wait streamWriteTimeout for a slow reader, and
+// a stream sending a backlog makes many): the stream stays counted however
+// long it runs. lost is closed if the lease expired nonetheless (the
+// directory was out of reach for a whole lease), others possibly counted
+// in its place: the stream is to end.
+func (s *streams) acquire(ctx context.Context, tenant, principal string, limit int64, log *slog.Logger) (lost <-chan struct{}, release func(), err error) {
 	l, err := s.store.AcquireStream(ctx, tenant, principal, limit, streamsEach(limit), s.lease)
 	if err != nil {
 		return nil, nil, err
 	}
-	renew = func(ctx context.Context) error {
-		ctx, cancel := context.WithTimeout(ctx, s.lease/3)
-		defer cancel()
-		return s.store.RenewStream(ctx, l, s.lease)
-	}
+	lostc := make(chan struct{})
+	renewing, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tk := time.NewTicker(s.lease / 3)
+		defer tk.Stop()
+		for {
+			select {
+			case <-renewing.Done():
+				return
+			case <-tk.C:
+			}
+			ctx, cancel := context.WithTimeout(renewing, s.lease/3)
+			err := s.store.RenewStream(ctx, l, s.lease)
+			cancel()
+			switch {
+			case errors.Is(err, tenants.ErrStreamLost):
+				close(lostc)
+				return
+			case err != nil && renewing.Err() == nil:
+				log.Warn("stream: renew its lease", "err", err) // tried again at the next tick
+			}
+		}
+	})
 	release = func() {
+		stop()
+		wg.Wait()
 		// The request's context has ended: the release has its own.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		s.store.ReleaseStream(ctx, l) // failing, the lease expires
 	}
-	return renew, release, nil
+	return lostc, release, nil
 }
 
 // streamMessage is a message as a stream sends it.
@@ -121,8 +148,9 @@ type streamMessage struct {
 // events=1, its events, as server-sent events, until the reader goes, the
 // caller loses access, the reader falls behind or the server drains.
 // Messages come from a watch inside the tenant's broker, as a subscriber
-// of the tenant with its own filter would get them (at most once, no
-// history); events come from the store, in order, each with its id, so
+// of the tenant with its own filter would get them (the retained ones
+// that fit the buffer, then the live ones at most once); events come from
+// the store, in order, each with its id, so
 // that a stream resumed with Last-Event-ID misses none still kept.
 func (s *Server) handleStream(st streamStore) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
@@ -156,7 +184,8 @@ func (s *Server) handleStream(st streamStore) handler {
 		if err != nil {
 			return err
 		}
-		renew, release, err := s.streams.acquire(r.Context(), slug, streamWatcher(principalFrom(r.Context())), t.Quotas().MaxStreams)
+		log := s.log.With("tenant", slug)
+		lost, release, err := s.streams.acquire(r.Context(), slug, streamWatcher(principalFrom(r.Context())), t.Quotas().MaxStreams, log)
 		if errors.Is(err, tenants.ErrQuotaExceeded) {
 			s.tooManyStreams(w, r, err)
 			return nil
@@ -172,6 +201,13 @@ func (s *Server) handleStream(st streamStore) handler {
 		overflow := make(chan struct{})
 		var overflowOnce sync.Once
 		var buffered atomic.Int64 // payload bytes in msgs
+		// watching is set once Watch has returned. Before, the watch
+		// hands over the retained messages matching the filter, at once
+		// and before anything can be read: those past the buffer are
+		// passed over rather than taken for a reader falling behind (a
+		// device could otherwise keep every stream of its tenant shut
+		// by publishing retained messages).
+		var watching atomic.Bool
 		if filter != "" {
 			if s.dataPlane == nil {
 				return fmt.Errorf("this process does not run the MQTT data plane: %w", tenants.ErrUnavailable)
@@ -182,16 +218,21 @@ func (s *Server) handleStream(st streamStore) handler {
 					sm.Payload, sm.Encoding = base64.StdEncoding.EncodeToString(m.Payload), "base64"
 				}
 				// Called from the broker's delivery: never wait here.
-				if n := buffered.Add(int64(len(sm.Payload))); n > streamBufferBytes {
-					overflowOnce.Do(func() { close(overflow) })
+				n := int64(len(sm.Payload))
+				if buffered.Add(n) <= streamBufferBytes {
+					select {
+					case msgs <- sm:
+						return
+					default:
+					}
+				}
+				if !watching.Load() {
+					buffered.Add(-n)
 					return
 				}
-				select {
-				case msgs <- sm:
-				default:
-					overflowOnce.Do(func() { close(overflow) })
-				}
+				overflowOnce.Do(func() { close(overflow) })
 			})
+			watching.Store(true)
 			if errors.Is(err, tenants.ErrQuotaExceeded) { // live_views: the broker's bound on watches
 				s.tooManyStreams(w, r, err)
 				return nil
@@ -260,7 +301,20 @@ func (s *Server) handleStream(st streamStore) handler {
 		if !write([]byte("retry: 2000\n\n")) || !send("", "ready", map[string]any{"filter": filter, "events": withEvents}) {
 			return nil
 		}
-		log := s.log.With("tenant", slug)
+		heartbeat := time.NewTicker(s.streams.heartbeat)
+		defer heartbeat.Stop()
+		// Counted out (see acquire): the client connects again, resuming
+		// with Last-Event-ID, within max_streams.
+		endLost := func() { send("", "end", map[string]string{"reason": "stream lease lost"}) }
+		beat := func() bool {
+			// Revoked keys, ended sessions and removed members lose
+			// their open streams too.
+			if !s.mayStillRead(r, slug) {
+				send("", "end", map[string]string{"reason": "access ended"})
+				return false
+			}
+			return write([]byte(": ping\n\n"))
+		}
 		sendEvents := func() bool {
 			for {
 				es, err := st.EventsAfter(ctx, slug, after, eq, tenants.MaxPageSize)
@@ -275,6 +329,19 @@ func (s *Server) handleStream(st streamStore) handler {
 						return false
 					}
 					after = e.ID
+					// A backlog (a stream resumed far back, read slowly)
+					// may take long: its access is checked, and its
+					// lease heeded, while it is sent.
+					select {
+					case <-lost:
+						endLost()
+						return false
+					case <-heartbeat.C:
+						if !beat() {
+							return false
+						}
+					default:
+					}
 				}
 				if len(es) < tenants.MaxPageSize {
 					return true
@@ -290,10 +357,6 @@ func (s *Server) handleStream(st streamStore) handler {
 			defer tk.Stop()
 			poll = tk.C
 		}
-		heartbeat := time.NewTicker(s.streams.heartbeat)
-		defer heartbeat.Stop()
-		lease := time.NewTicker(s.streams.lease / 3)
-		defer lease.Stop()
 		for {
 			select {
 			case <-ctx.Done():
@@ -309,25 +372,11 @@ func (s *Server) handleStream(st streamStore) handler {
 				if !sendEvents() {
 					return nil
 				}
-			case <-lease.C:
-				switch err := renew(ctx); {
-				case errors.Is(err, tenants.ErrStreamLost):
-					// Counted out meanwhile (the lease was not renewed
-					// in time): the client connects again, resuming
-					// with Last-Event-ID, within max_streams.
-					send("", "end", map[string]string{"reason": "stream lease lost"})
-					return nil
-				case err != nil && ctx.Err() == nil:
-					log.Warn("stream: renew its lease", "err", err) // tried again at the next tick
-				}
+			case <-lost:
+				endLost()
+				return nil
 			case <-heartbeat.C:
-				// Revoked keys, ended sessions and removed members lose
-				// their open streams too.
-				if !s.mayStillRead(r, slug) {
-					send("", "end", map[string]string{"reason": "access ended"})
-					return nil
-				}
-				if !write([]byte(": ping\n\n")) {
+				if !beat() {
 					return nil
 				}
 			}

@@ -9,12 +9,14 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/roosthub/roost/api"
+	"github.com/roosthub/roost/events"
 	"github.com/roosthub/roost/tenants"
 )
 
@@ -483,4 +485,161 @@ func grepLogs(logs, word string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// TestStreamManyRetained: a stream opened on a filter matching more
+// retained messages than its buffer holds (1,100 here, a pro tenant
+// allows 10,000) starts with as many of them as the buffer holds and
+// stays open for the live ones: the retained messages the watch hands
+// over as it starts, before anything can be written, are not a reader
+// falling behind. (Before, every such stream ended right after its
+// ready event: a device could shut the tenant's apps out of their
+// stream by publishing retained messages.)
+func TestStreamManyRetained(t *testing.T) {
+	e := newStreamEnv(t)
+	u := e.signup("owner")
+	e.mustTenant(u, "acme")
+	want(t, e.do("PATCH", "/v1/admin/tenants/acme", adminToken, map[string]any{"plan": "pro",
+		"quotas": map[string]any{"publish_rate": 100_000, "tenant_publish_rate": 100_000}}), 200, "acme on pro")
+	secret := e.mustDevice(u.token, "acme", "d1")
+	dev, err := e.dialMQTT(t, "acme/d1", secret, "d1", paho.ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Disconnect(&paho.Disconnect{})
+	const retained = 1100
+	for i := range retained {
+		if _, err := dev.Publish(context.Background(), &paho.Publish{Topic: fmt.Sprintf("state/%d", i), QoS: 1, Retain: true, Payload: []byte("r")}); err != nil {
+			t.Fatalf("retained publish %d: %v", i, err)
+		}
+	}
+	_, key := e.mustKey(u.token, "acme", tenants.RoleViewer)
+	s := e.openStream("/v1/tenants/acme/stream?filter=%23", key, "")
+	if s.status != 200 {
+		t.Fatalf("stream: %d %s", s.status, s.body)
+	}
+	s.next("ready")
+	got := 0
+	for got < 1024 {
+		var m struct {
+			Topic  string
+			Retain bool
+		}
+		json.Unmarshal([]byte(s.next("message").data), &m)
+		if !strings.HasPrefix(m.Topic, "state/") || !m.Retain {
+			t.Fatalf("message %d: %+v, want a retained state/…", got, m)
+		}
+		got++
+	}
+	if _, err := dev.Publish(context.Background(), &paho.Publish{Topic: "live/1", QoS: 1, Payload: []byte("live")}); err != nil {
+		t.Fatal(err)
+	}
+	var m struct{ Topic string }
+	json.Unmarshal([]byte(s.next("message").data), &m)
+	if m.Topic != "live/1" {
+		t.Errorf("after the first %d retained messages: %q, want the live one", got, m.Topic)
+	}
+	select {
+	case <-s.ended:
+		t.Fatal("the stream ended")
+	default:
+	}
+	if logs := grepLogs(e.logs.String(), "reader too slow"); logs != "" {
+		t.Errorf("the stream was taken for a slow reader:\n%s", logs)
+	}
+}
+
+// TestStreamBacklogStaysCounted: a stream resumed far back (Last-Event-ID
+// 0, 8,000 stored events of 4 KB) read slowly keeps its place in
+// max_streams and has its access checked while it sends the backlog: the
+// key's second stream is refused (free plan: one a key) however long the
+// backlog takes, and deleting the key ends the stream before the backlog
+// is through. (Before, the backlog was sent in one go: the lease lapsed
+// after 30 s, so a key could hold any number of streams by resuming each
+// far back and reading slowly, and a deleted key read on to the end.)
+func TestStreamBacklogStaysCounted(t *testing.T) {
+	e := newEnvWith(t, func(cfg *api.Config) {
+		cfg.StreamPoll, cfg.StreamHeartbeat, cfg.StreamLease = 20*time.Millisecond, 100*time.Millisecond, 300*time.Millisecond
+	})
+	u := e.signup("owner")
+	e.mustTenant(u, "acme")
+	const backlog = 8000
+	reason := strings.Repeat("r", 4<<10)
+	for i := 0; i < backlog; i += 100 {
+		batch := make([]events.Event, 100)
+		for j := range batch {
+			batch[j] = events.Event{Time: time.Now(), Tenant: "acme", Type: events.AuthFailed, Device: "d1", Reason: reason}
+		}
+		if err := e.store.AddEvents(context.Background(), batch); err != nil {
+			t.Fatal(err)
+		}
+	}
+	keyID, key := e.mustKey(u.token, "acme", tenants.RoleViewer)
+
+	// The slow reader: a raw connection read 4 KB at a time, every 20 ms
+	// until told otherwise. (A small socket buffer would stall the
+	// connection in the kernel: a window smaller than a segment.)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(e.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "GET /v1/tenants/acme/stream?events=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nLast-Event-ID: 0\r\n\r\n", key)
+	slow := &pacedReader{r: conn}
+	slow.pace.Store(int64(20 * time.Millisecond))
+	var sent atomic.Int64
+	var ready, ended atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err := http.ReadResponse(bufio.NewReaderSize(slow, 4096), nil)
+		if err != nil {
+			t.Errorf("the slow stream: %v", err)
+			return
+		}
+		defer resp.Body.Close()
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			switch sc.Text() {
+			case "event: ready":
+				ready.Store(true)
+			case "event: event":
+				sent.Add(1)
+			case "event: end":
+				ended.Store(true)
+			}
+		}
+	}()
+	time.Sleep(2 * time.Second) // six leases and more
+	if !ready.Load() || sent.Load() == backlog {
+		t.Fatalf("the slow stream: ready %v, %d events sent, want it ready and in its backlog", ready.Load(), sent.Load())
+	}
+	if second := e.openStream("/v1/tenants/acme/stream?events=1", key, ""); second.status != 429 || !strings.Contains(second.body, `"max_streams_each"`) {
+		second.close()
+		t.Errorf("the key's second stream while its first sends a backlog: %d %s, want 429 naming max_streams_each", second.status, second.body)
+	}
+
+	want(t, e.do("DELETE", "/v1/tenants/acme/api-keys/"+keyID, u.token, nil), 204, "delete the key")
+	time.Sleep(500 * time.Millisecond)
+	slow.pace.Store(0) // the rest at full speed, to the end
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the deleted key's stream did not end: %d events sent", sent.Load())
+	}
+	if !ended.Load() || sent.Load() >= backlog {
+		t.Errorf("the deleted key's stream sent %d of the %d events of its backlog (end: %v), want it ended before the last", sent.Load(), backlog, ended.Load())
+	}
+}
+
+// pacedReader waits pace (nanoseconds) before each read.
+type pacedReader struct {
+	r    io.Reader
+	pace atomic.Int64
+}
+
+func (p *pacedReader) Read(b []byte) (int, error) {
+	time.Sleep(time.Duration(p.pace.Load()))
+	return p.r.Read(b)
 }
