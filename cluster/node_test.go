@@ -342,3 +342,44 @@ func TestRemoteWatchReopened(t *testing.T) {
 		t.Errorf("%d more requests after the watch's context ended", after-before)
 	}
 }
+
+// TestRemoteUnansweredHidesAddress: a call to a node that does not answer
+// is unavailable, and what the API would tell its caller names the node
+// but not its internal address.
+func TestRemoteUnansweredHidesAddress(t *testing.T) {
+	node := httptest.NewServer(http.NotFoundHandler())
+	url := node.URL
+	node.Close() // announced, and gone
+	ctx := tenants.WithActor(context.Background(), "test")
+	store, err := tenants.Open(ctx, "", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	if _, err := store.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := store.AnnounceNode(ctx, tenants.Node{ID: "n1", URL: url, ForwardAddr: "127.0.0.1:1"}); err != nil {
+		t.Fatal(err)
+	}
+	remote := cluster.NewRemote(store, token, slog.New(slog.DiscardHandler))
+	for name, call := range map[string]func() error{
+		"publish": func() error { return remote.Publish(ctx, "acme", dataplane.Message{Topic: "t"}) },
+		"status":  func() error { _, err := remote.DeliveryStatus(ctx, "acme", "dst_1"); return err },
+		"watch": func() error {
+			return remote.Watch(ctx, "acme", "alice", "#", func(dataplane.Message) {})
+		},
+	} {
+		err := call()
+		p := problem.Of(err)
+		if !errors.Is(err, tenants.ErrUnavailable) || p.Status != http.StatusServiceUnavailable {
+			t.Errorf("%s: %v (%d), want unavailable", name, err, p.Status)
+		}
+		if host := strings.TrimPrefix(url, "http://"); strings.Contains(p.Detail, host) || strings.Contains(p.Detail, "127.0.0.1") {
+			t.Errorf("%s: the detail shows the node's address: %q", name, p.Detail)
+		}
+		if !strings.Contains(p.Detail, "n1") {
+			t.Errorf("%s: the detail %q does not name the node", name, p.Detail)
+		}
+	}
+}

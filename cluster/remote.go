@@ -60,6 +60,25 @@ func (r *Remote) nodes(ctx context.Context) []tenants.Node {
 	return ns
 }
 
+// failed is a call to node n that failed on its way (no answer, or one
+// cut short): an error of kind ErrUnavailable naming the node, whose
+// message leaves out err, which carries the node's internal address and
+// path (the API shows the message to its caller). err is logged here, and
+// still found by errors.Is and errors.As.
+func (r *Remote) failed(n tenants.Node, err error) error {
+	r.log.Warn("data-plane node call failed", "node", n.ID, "url", n.URL, "err", err)
+	return &nodeError{node: n.ID, url: n.URL, err: err}
+}
+
+// nodeError is a failed call to a node (see failed).
+type nodeError struct {
+	node, url string
+	err       error
+}
+
+func (e *nodeError) Error() string   { return "data-plane node " + e.node + " did not answer" }
+func (e *nodeError) Unwrap() []error { return []error{e.err, tenants.ErrUnavailable} }
+
 func (r *Remote) request(ctx context.Context, method string, n tenants.Node, path string, body any) (*http.Response, error) {
 	var rd io.Reader
 	if body != nil {
@@ -215,7 +234,7 @@ func (r *Remote) Publish(ctx context.Context, tenant string, m dataplane.Message
 	}
 	resp, err := r.request(ctx, http.MethodPost, n, tenantPath(tenant)+"/messages", m)
 	if err != nil {
-		return fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
+		return r.failed(n, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusNoContent {
@@ -236,7 +255,7 @@ func (r *Remote) PublishEvent(ctx context.Context, e events.Event) error {
 	}
 	resp, err := r.request(ctx, http.MethodPost, n, tenantPath(e.Tenant)+"/events", e)
 	if err != nil {
-		return fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
+		return r.failed(n, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusNoContent {
@@ -259,7 +278,7 @@ func (r *Remote) PublishEvent(ctx context.Context, e events.Event) error {
 // once. Before, the watch went quiet for good, and the caller (an app's
 // stream, the console's live view) never knew.
 func (r *Remote) Watch(ctx context.Context, tenant, watcher, filter string, fn func(dataplane.Message)) error {
-	body, stop, err := r.openWatch(ctx, tenant, watcher, filter)
+	body, stop, err := r.openWatch(ctx, tenant, watcher, filter, false)
 	if err != nil {
 		return err
 	}
@@ -276,14 +295,18 @@ func (r *Remote) Watch(ctx context.Context, tenant, watcher, filter string, fn f
 					return
 				case <-time.After(wait):
 				}
-				if body, stop, err = r.openWatch(ctx, tenant, watcher, filter); err == nil {
+				if body, stop, err = r.openWatch(ctx, tenant, watcher, filter, true); err == nil {
 					break
 				}
 				if ctx.Err() != nil {
 					return
 				}
 				if !failing {
-					r.log.Warn("watch of a tenant's messages lost; opening it again", "tenant", tenant, "err", err)
+					log := r.log.With("tenant", tenant, "err", err)
+					if ne := (*nodeError)(nil); errors.As(err, &ne) {
+						log = log.With("url", ne.url, "cause", ne.err)
+					}
+					log.Warn("watch of a tenant's messages lost; opening it again")
 				}
 				failing = true
 			}
@@ -307,7 +330,10 @@ const (
 
 // openWatch opens a watch's stream at the tenant's home: its body, and
 // what ends the request.
-func (r *Remote) openWatch(ctx context.Context, tenant, watcher, filter string) (io.ReadCloser, context.CancelFunc, error) {
+//
+// Quiet, a failure on the way is not logged: a watch being opened again
+// logs the first of an outage (see Watch), not one every few seconds.
+func (r *Remote) openWatch(ctx context.Context, tenant, watcher, filter string, quiet bool) (io.ReadCloser, context.CancelFunc, error) {
 	hctx, cancel := context.WithTimeout(ctx, callTimeout)
 	n, err := r.home(hctx, tenant)
 	cancel()
@@ -325,7 +351,10 @@ func (r *Remote) openWatch(ctx context.Context, tenant, watcher, filter string) 
 	}
 	if err != nil {
 		stop()
-		return nil, nil, fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
+		if quiet {
+			return nil, nil, &nodeError{node: n.ID, url: n.URL, err: err}
+		}
+		return nil, nil, r.failed(n, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer stop()
@@ -374,14 +403,14 @@ func (r *Remote) atHomeHeader(ctx context.Context, method, tenant, path string, 
 	}
 	resp, err := r.request(ctx, method, n, path, nil)
 	if err != nil {
-		return nil, fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
+		return nil, r.failed(n, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		return nil, readFailure(resp, n.ID)
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return nil, fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
+		return nil, r.failed(n, err)
 	}
 	return resp.Header, nil
 }
@@ -483,7 +512,7 @@ func (r *Remote) Command(ctx context.Context, tenant, device string, c dataplane
 	defer cancel()
 	resp, err := r.request(ctx, http.MethodPost, n, devicePath(tenant, device)+"/commands", c)
 	if err != nil {
-		return dataplane.CommandResult{}, fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
+		return dataplane.CommandResult{}, r.failed(n, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -491,7 +520,7 @@ func (r *Remote) Command(ctx context.Context, tenant, device string, c dataplane
 	}
 	var res dataplane.CommandResult
 	if err := json.NewDecoder(resp.Body).Decode(&res); err != nil {
-		return dataplane.CommandResult{}, fmt.Errorf("data-plane node %s: %w: %w", n.ID, err, tenants.ErrUnavailable)
+		return dataplane.CommandResult{}, r.failed(n, err)
 	}
 	return res, nil
 }
