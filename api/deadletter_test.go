@@ -22,13 +22,8 @@ func TestDeadLetters(t *testing.T) {
 	e.mustTenant(owner, "acme")
 	e.mustTenant(owner, "other")
 	_, viewerKey := e.mustKey(owner.token, "acme", tenants.RoleViewer)
-	rc := newHookReceiver(t)
 	base := "/v1/tenants/acme/destinations"
-	r := e.do("POST", base, owner.token, map[string]any{"name": "ingest", "type": "webhook", "url": rc.URL + "/roost"})
-	want(t, r, 201, "create destination")
-	id := r.str("id")
-	rc.set(r.str("secret"), http.StatusInternalServerError)
-	want(t, e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "sensors/#", "destination": "ingest"}), 201, "rule")
+	id, rc := failingWebhook(t, e, owner.token)
 
 	const n = 3
 	for i := range n {
@@ -81,7 +76,7 @@ func TestDeadLetters(t *testing.T) {
 	wantProblem(t, e.do("DELETE", base+"/"+id+"/dead-letters", viewerKey, nil), 403, "forbidden", "", "a viewer purges")
 
 	rc.set(rc.secret, http.StatusNoContent)
-	r = e.do("POST", base+"/"+id+"/dead-letters/replay", owner.token, nil)
+	r := e.do("POST", base+"/"+id+"/dead-letters/replay", owner.token, nil)
 	want(t, r, 200, "replay")
 	if r.json()["replayed"] != float64(n) {
 		t.Errorf("replay: %s, want %d replayed", r.body, n)
@@ -111,13 +106,8 @@ func TestDeadLetterPagesBounded(t *testing.T) {
 	e := newEnvWith(t, allowLoopback(t))
 	owner := e.signup("owner")
 	e.mustTenant(owner, "acme")
-	rc := newHookReceiver(t)
 	base := "/v1/tenants/acme/destinations"
-	r := e.do("POST", base, owner.token, map[string]any{"name": "ingest", "type": "webhook", "url": rc.URL + "/roost"})
-	want(t, r, 201, "create destination")
-	id := r.str("id")
-	rc.set(r.str("secret"), http.StatusInternalServerError)
-	want(t, e.do("POST", "/v1/tenants/acme/rules", owner.token, map[string]string{"filter": "sensors/#", "destination": "ingest"}), 201, "rule")
+	id, _ := failingWebhook(t, e, owner.token)
 
 	// Ten of 120 KiB (the free plan's packets are up to 128 KiB): eight
 	// fit in a page of 1 MiB.
@@ -184,4 +174,16 @@ func TestOutboxPolicy(t *testing.T) {
 	if !strings.Contains(string(q.body), `"max_outbox":10000`) {
 		t.Errorf("quotas lack max_outbox 10000 (free plan): %s", q.body)
 	}
+}
+
+// failingWebhook makes acme a webhook destination whose receiver answers
+// 500, and a rule sending sensors/# there: its id, and the receiver.
+func failingWebhook(t *testing.T, e *env, token string) (string, *hookReceiver) {
+	t.Helper()
+	rc := newHookReceiver(t)
+	r := e.do("POST", "/v1/tenants/acme/destinations", token, map[string]any{"name": "ingest", "type": "webhook", "url": rc.URL + "/roost"})
+	want(t, r, 201, "create destination")
+	rc.set(r.str("secret"), http.StatusInternalServerError)
+	want(t, e.do("POST", "/v1/tenants/acme/rules", token, map[string]string{"filter": "sensors/#", "destination": "ingest"}), 201, "rule")
+	return r.str("id"), rc
 }

@@ -74,6 +74,15 @@ func (failingHub) CloseForwarded(string) int { return 0 }
 // remoteTo returns a Remote whose only node is served by h.
 func remoteTo(t *testing.T, h http.Handler) *cluster.Remote {
 	t.Helper()
+	node := httptest.NewServer(h)
+	t.Cleanup(node.Close)
+	return remoteAt(t, node.URL)
+}
+
+// remoteAt is a Remote whose directory announces one node, n1, at url.
+// remoteAt is a Remote whose directory announces one node, n1, at url.
+func remoteAt(t *testing.T, url string) *cluster.Remote {
+	t.Helper()
 	ctx := tenants.WithActor(context.Background(), "test")
 	store, err := tenants.Open(ctx, "", t.TempDir())
 	if err != nil {
@@ -83,9 +92,7 @@ func remoteTo(t *testing.T, h http.Handler) *cluster.Remote {
 	if _, err := store.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
-	node := httptest.NewServer(h)
-	t.Cleanup(node.Close)
-	if err := store.AnnounceNode(ctx, tenants.Node{ID: "n1", URL: node.URL, ForwardAddr: "127.0.0.1:1"}); err != nil {
+	if err := store.AnnounceNode(ctx, tenants.Node{ID: "n1", URL: url, ForwardAddr: "127.0.0.1:1"}); err != nil {
 		t.Fatal(err)
 	}
 	return cluster.NewRemote(store, token, slog.New(slog.DiscardHandler))
@@ -350,19 +357,8 @@ func TestRemoteUnansweredHidesAddress(t *testing.T) {
 	node := httptest.NewServer(http.NotFoundHandler())
 	url := node.URL
 	node.Close() // announced, and gone
-	ctx := tenants.WithActor(context.Background(), "test")
-	store, err := tenants.Open(ctx, "", t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	if _, err := store.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if err := store.AnnounceNode(ctx, tenants.Node{ID: "n1", URL: url, ForwardAddr: "127.0.0.1:1"}); err != nil {
-		t.Fatal(err)
-	}
-	remote := cluster.NewRemote(store, token, slog.New(slog.DiscardHandler))
+	remote := remoteAt(t, url)
+	ctx := context.Background()
 	for name, call := range map[string]func() error{
 		"publish": func() error { return remote.Publish(ctx, "acme", dataplane.Message{Topic: "t"}) },
 		"status":  func() error { _, err := remote.DeliveryStatus(ctx, "acme", "dst_1"); return err },
