@@ -80,7 +80,6 @@ func remoteTo(t *testing.T, h http.Handler) *cluster.Remote {
 }
 
 // remoteAt is a Remote whose directory announces one node, n1, at url.
-// remoteAt is a Remote whose directory announces one node, n1, at url.
 func remoteAt(t *testing.T, url string) *cluster.Remote {
 	t.Helper()
 	ctx := tenants.WithActor(context.Background(), "test")
