@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/roosthub/roost/internal/health"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
@@ -117,6 +118,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Ready == nil {
 		cfg.Ready = cfg.Store.Ping
 	}
+	// Anyone may ask /readyz: one check a second serves them all.
+	cfg.Ready = health.Cache(cfg.Ready, time.Second, 2*time.Second).Check
 	if cfg.Billing == nil {
 		b, err := billing.New(billing.Config{Store: cfg.Store, Log: cfg.Log, Now: cfg.Now})
 		if err != nil {
