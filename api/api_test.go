@@ -4,16 +4,19 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/go-chi/chi/v5"
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/roosthub/roost/api"
 	"github.com/roosthub/roost/internal/testenv"
 	"github.com/roosthub/roost/tenants"
 )
@@ -961,4 +964,32 @@ func TestSignupLimit(t *testing.T) {
 		r := e.do("POST", "/v1/signup", "", map[string]string{"email": fmt.Sprintf("s%d@example.com", i), "password": "correct horse battery"})
 		want(t, r, 201, fmt.Sprintf("signup %d an hour later", i))
 	}
+}
+
+// TestReadyShared: /readyz, which anyone may ask, asks the store once for
+// a flood of probes, and its answer is still the store's (503 when the
+// store fails, once the answer before is a second old).
+func TestReadyShared(t *testing.T) {
+	var checks atomic.Int32
+	var down atomic.Bool
+	e := newEnvWith(t, func(c *api.Config) {
+		c.Ready = func(context.Context) error {
+			checks.Add(1)
+			if down.Load() {
+				return errors.New("the store does not answer")
+			}
+			return nil
+		}
+	})
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() { want(t, e.do("GET", "/readyz", "", nil), 200, "readyz") })
+	}
+	wg.Wait()
+	if n := checks.Load(); n != 1 {
+		t.Errorf("50 probes at once asked the store %d times, want once", n)
+	}
+	down.Store(true)
+	time.Sleep(1100 * time.Millisecond)
+	wantProblem(t, e.do("GET", "/readyz", "", nil), 503, "not_ready", "", "the store down")
 }
