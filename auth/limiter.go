@@ -201,7 +201,7 @@ func (l *limiter) reserve(charges ...charge) (*ticket, time.Duration) {
 		defer l.mu.Unlock()
 		now := l.now()
 		l.prune(now)
-		if waits := spend(l.tallies(ids), charges, ids, now); len(waits) > 0 {
+		if waits := spend(l.tallies(ids, now), charges, ids, now); len(waits) > 0 {
 			return nil, longest(waits)
 		}
 		return &ticket{l: l, charges: charges, ids: ids, at: now}, 0
@@ -299,11 +299,14 @@ func longest(waits map[string]time.Duration) time.Duration {
 
 // tallies are the in-memory tallies of ids, made where missing. Called
 // with l.mu held.
-func (l *limiter) tallies(ids []string) map[string]*tenants.Tally {
+func (l *limiter) tallies(ids []string, now time.Time) map[string]*tenants.Tally {
 	ts := make(map[string]*tenants.Tally, len(ids))
 	for _, id := range ids {
 		t := l.keys[id]
 		if t == nil {
+			if len(l.keys) >= maxKeys {
+				l.shed(now)
+			}
 			t = &tenants.Tally{}
 			l.keys[id] = t
 		}
@@ -543,6 +546,26 @@ func trim(t *tenants.Tally, now time.Time) {
 // prune forgets, once a minute, keys with nothing counted in the last
 // hour, so the maps stay as small as the set of recent callers. Called
 // with l.mu held.
+// maxKeys bounds the keys counted in memory (a data-plane node's operator
+// check): a key is kept for the hour of its budget, and one attacker with
+// many addresses (IPv6 /64s come by the million) made as many.
+const maxKeys = 100_000
+
+// shed makes room among the keys counted in memory: it prunes, and if
+// that is not enough drops keys at random (the map's order) down to nine
+// tenths of maxKeys. A key dropped starts its count again: what the
+// operator token's throttle keeps cheap, the token's 192 bits keep safe.
+func (l *limiter) shed(now time.Time) {
+	l.lastPrune = time.Time{}
+	l.prune(now)
+	for k := range l.keys {
+		if len(l.keys) < maxKeys*9/10 {
+			break
+		}
+		delete(l.keys, k)
+	}
+}
+
 func (l *limiter) prune(now time.Time) {
 	if now.Sub(l.lastPrune) < time.Minute {
 		return

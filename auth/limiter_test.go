@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -370,5 +371,19 @@ func TestNetwork(t *testing.T) {
 	}
 	if a, b := pair("ada@example.com", "2001:db8:1:2::1"), pair("ada@example.com", "2001:db8:1:3::1"); a == b {
 		t.Errorf("two /64s: one pair %q, want two", a)
+	}
+}
+
+// TestOperatorKeysBounded: failed operator tokens from more addresses
+// than maxKeys (one attacker's IPv6 /64s) keep at most maxKeys counted in
+// memory.
+func TestOperatorKeysBounded(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	o := NewOperator("rop_the-token", func() time.Time { return now }, nil)
+	for i := range maxKeys + maxKeys/2 {
+		o.Fail(fmt.Sprintf("2001:db8:%x:%x::1", i>>16, i&0xffff))
+		if n := len(o.lim.keys); n > maxKeys {
+			t.Fatalf("%d keys counted after %d addresses, over %d", n, i+1, maxKeys)
+		}
 	}
 }
