@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/roosthub/roost/auth"
@@ -115,6 +116,14 @@ type EventLog interface {
 func Serve(hub Hub, recent EventLog, token string, log *slog.Logger) http.Handler {
 	return ServeWith(hub, recent, auth.NewOperator(token, nil, log), log)
 }
+
+// watchBuffer and watchBufferBytes bound what a node's watch holds for
+// a control plane that reads slower than the tenant publishes: past
+// either, messages are dropped (a watch is a live view, at most once).
+const (
+	watchBuffer      = 256
+	watchBufferBytes = 8 << 20
+)
 
 // ServeWith returns a node's internal API, for callers with the operator
 // token; op checks it, so a process shares one count of wrong tokens per
@@ -290,13 +299,23 @@ func ServeWith(hub Hub, recent EventLog, op *auth.Operator, log *slog.Logger) ht
 		writeJSON(w, http.StatusOK, map[string]int{"closed": n})
 	})
 	mux.HandleFunc("GET "+Prefix+"/tenants/{tenant}/watch", func(w http.ResponseWriter, r *http.Request) {
-		msgs := make(chan dataplane.Message, 256)
+		msgs := make(chan dataplane.Message, watchBuffer)
+		var buffered atomic.Int64 // payload bytes in msgs
 		ctx, cancel := context.WithCancel(r.Context())
 		defer cancel()
 		if err := hub.Watch(ctx, r.PathValue("tenant"), r.URL.Query().Get("watcher"), r.URL.Query().Get("filter"), func(m dataplane.Message) {
+			// A slow control plane loses messages, not the publisher's
+			// time, nor the node's memory: counted in messages only, the
+			// buffer held 256 of a plan's largest (8 MiB) for each watch.
+			n := int64(len(m.Payload))
+			if buffered.Add(n) > watchBufferBytes && n > 0 {
+				buffered.Add(-n)
+				return
+			}
 			select {
 			case msgs <- m:
-			default: // a slow control plane loses messages, not the publisher's time
+			default:
+				buffered.Add(-n)
 			}
 		}); err != nil {
 			status, f := toFailure(err)
@@ -317,6 +336,7 @@ func ServeWith(hub Hub, recent EventLog, op *auth.Operator, log *slog.Logger) ht
 			case <-ctx.Done():
 				return
 			case m := <-msgs:
+				buffered.Add(-int64(len(m.Payload)))
 				v = m
 			case <-ping.C:
 				v = dataplane.Message{} // keeps the stream (and its proxies) awake

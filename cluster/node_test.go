@@ -1,6 +1,7 @@
 package cluster_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -376,5 +377,49 @@ func TestRemoteUnansweredHidesAddress(t *testing.T) {
 		if !strings.Contains(p.Detail, "n1") {
 			t.Errorf("%s: the detail %q does not name the node", name, p.Detail)
 		}
+	}
+}
+
+// floodHub is a node's hub whose watch hands over its messages before it
+// returns, as a tenant's broker hands a new watch the retained messages.
+type floodHub struct {
+	failingHub
+	msgs []dataplane.Message
+}
+
+func (h floodHub) Watch(_ context.Context, _, _, _ string, fn func(dataplane.Message)) error {
+	for _, m := range h.msgs {
+		fn(m)
+	}
+	return nil
+}
+
+// TestNodeWatchBufferBytes: a node's watch holds at most 8 MiB of payload
+// for a control plane not reading yet, whatever the messages' count; the
+// messages past it are dropped, and the small ones after them still fit.
+func TestNodeWatchBufferBytes(t *testing.T) {
+	hub := floodHub{}
+	for i := range 20 {
+		hub.msgs = append(hub.msgs, dataplane.Message{Topic: fmt.Sprintf("big/%d", i), Payload: bytes.Repeat([]byte{'x'}, 1_000_000)})
+	}
+	hub.msgs = append(hub.msgs, dataplane.Message{Topic: "small", Payload: []byte("x")})
+	remote := remoteTo(t, cluster.Serve(hub, nil, token, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan string, 100)
+	if err := remote.Watch(ctx, "acme", "alice", "#", func(m dataplane.Message) { got <- m.Topic }); err != nil {
+		t.Fatal(err)
+	}
+	var topics []string
+	for done := false; !done; {
+		select {
+		case topic := <-got:
+			topics = append(topics, topic)
+		case <-time.After(time.Second):
+			done = true
+		}
+	}
+	if len(topics) != 9 || topics[0] != "big/0" || topics[7] != "big/7" || topics[8] != "small" {
+		t.Errorf("watched %v, want big/0 to big/7 (8 MB of 8 MiB) and small", topics)
 	}
 }
