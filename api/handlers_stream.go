@@ -31,8 +31,9 @@ type streamStore interface {
 }
 
 // streamBuffer is how many messages, and streamBufferBytes how many bytes
-// of payload, may wait for a stream's reader; a reader that lets more pile
-// up is too slow and its stream ends.
+// of topic and payload, may wait for a stream's reader; a reader that lets
+// more pile up is too slow and its stream ends. (Payloads alone, 1,024
+// topics of 64 KiB made 64 MiB.)
 const (
 	streamBuffer      = 1024
 	streamBufferBytes = 8 << 20
@@ -144,6 +145,10 @@ type streamMessage struct {
 	Retain   bool      `json:"retain"`
 }
 
+// size is what a message waiting for its stream's reader counts against
+// streamBufferBytes.
+func (m streamMessage) size() int64 { return int64(len(m.Topic) + len(m.Payload)) }
+
 // handleStream streams the tenant's messages matching filter and, with
 // events=1, its events, as server-sent events, until the reader goes, the
 // caller loses access, the reader falls behind or the server drains.
@@ -200,7 +205,7 @@ func (s *Server) handleStream(st streamStore) handler {
 		msgs := make(chan streamMessage, streamBuffer)
 		overflow := make(chan struct{})
 		var overflowOnce sync.Once
-		var buffered atomic.Int64 // payload bytes in msgs
+		var buffered atomic.Int64 // bytes of topic and payload in msgs
 		// watching is set once Watch has returned. Before, the watch
 		// hands over the retained messages matching the filter, at once
 		// and before anything can be read: those past the buffer are
@@ -218,7 +223,7 @@ func (s *Server) handleStream(st streamStore) handler {
 					sm.Payload, sm.Encoding = base64.StdEncoding.EncodeToString(m.Payload), "base64"
 				}
 				// Called from the broker's delivery: never wait here.
-				n := int64(len(sm.Payload))
+				n := sm.size()
 				if buffered.Add(n) <= streamBufferBytes {
 					select {
 					case msgs <- sm:
@@ -364,7 +369,7 @@ func (s *Server) handleStream(st streamStore) handler {
 			case <-overflow:
 				return nil
 			case m := <-msgs:
-				buffered.Add(-int64(len(m.Payload)))
+				buffered.Add(-m.size())
 				if !send("", "message", m) {
 					return nil
 				}

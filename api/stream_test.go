@@ -643,3 +643,50 @@ func (p *pacedReader) Read(b []byte) (int, error) {
 	time.Sleep(time.Duration(p.pace.Load()))
 	return p.r.Read(b)
 }
+
+// TestStreamBufferCountsTopics: what waits for a stream's reader is
+// counted in topics and payloads: 200 retained messages of 60 KiB topics
+// and 1-byte payloads (12 MB) are more than the 8 MiB a stream holds, and
+// those past it are passed over at open, where counted in payloads alone
+// all 200 were held.
+func TestStreamBufferCountsTopics(t *testing.T) {
+	e := newStreamEnv(t)
+	u := e.signup("owner")
+	e.mustTenant(u, "acme")
+	want(t, e.do("PATCH", "/v1/admin/tenants/acme", adminToken, map[string]any{
+		"quotas": map[string]any{"publish_rate": 100_000, "tenant_publish_rate": 100_000, "bandwidth_in": 1 << 30}}), 200, "rates lifted")
+	secret := e.mustDevice(u.token, "acme", "d1")
+	dev, err := e.dialMQTT(t, "acme/d1", secret, "d1", paho.ClientConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Disconnect(&paho.Disconnect{})
+	long := strings.Repeat("t", 60<<10)
+	const retained = 200
+	for i := range retained {
+		if _, err := dev.Publish(context.Background(), &paho.Publish{Topic: fmt.Sprintf("s/%d/%s", i, long), QoS: 1, Retain: true, Payload: []byte("r")}); err != nil {
+			t.Fatalf("retained publish %d: %v", i, err)
+		}
+	}
+	_, key := e.mustKey(u.token, "acme", tenants.RoleViewer)
+	s := e.openStream("/v1/tenants/acme/stream?filter=s/%23", key, "")
+	if s.status != 200 {
+		t.Fatalf("stream: %d %s", s.status, s.body)
+	}
+	s.next("ready")
+	if _, err := dev.Publish(context.Background(), &paho.Publish{Topic: "s/live", QoS: 1, Payload: []byte("live")}); err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	for {
+		var m struct{ Topic string }
+		json.Unmarshal([]byte(s.next("message").data), &m)
+		if m.Topic == "s/live" {
+			break
+		}
+		got++
+	}
+	if max := (8 << 20) / (60<<10 + 1); got > max || got == 0 {
+		t.Errorf("%d retained messages of 60 KiB topics held at open, want at most %d (8 MiB)", got, max)
+	}
+}
