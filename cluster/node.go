@@ -117,9 +117,10 @@ func Serve(hub Hub, recent EventLog, token string, log *slog.Logger) http.Handle
 	return ServeWith(hub, recent, auth.NewOperator(token, nil, log), log)
 }
 
-// watchBuffer and watchBufferBytes bound what a node's watch holds for
-// a control plane that reads slower than the tenant publishes: past
-// either, messages are dropped (a watch is a live view, at most once).
+// watchBuffer and watchBufferBytes (of topics and payloads) bound what a
+// node's watch holds for a control plane that reads slower than the
+// tenant publishes: past either, messages are dropped (a watch is a live
+// view, at most once).
 const (
 	watchBuffer      = 256
 	watchBufferBytes = 8 << 20
@@ -300,15 +301,15 @@ func ServeWith(hub Hub, recent EventLog, op *auth.Operator, log *slog.Logger) ht
 	})
 	mux.HandleFunc("GET "+Prefix+"/tenants/{tenant}/watch", func(w http.ResponseWriter, r *http.Request) {
 		msgs := make(chan dataplane.Message, watchBuffer)
-		var buffered atomic.Int64 // payload bytes in msgs
+		var buffered atomic.Int64 // bytes of topic and payload in msgs
 		ctx, cancel := context.WithCancel(r.Context())
 		defer cancel()
 		if err := hub.Watch(ctx, r.PathValue("tenant"), r.URL.Query().Get("watcher"), r.URL.Query().Get("filter"), func(m dataplane.Message) {
 			// A slow control plane loses messages, not the publisher's
 			// time, nor the node's memory: counted in messages only, the
 			// buffer held 256 of a plan's largest (8 MiB) for each watch.
-			n := int64(len(m.Payload))
-			if buffered.Add(n) > watchBufferBytes && n > 0 {
+			n := int64(len(m.Topic) + len(m.Payload))
+			if buffered.Add(n) > watchBufferBytes {
 				buffered.Add(-n)
 				return
 			}
@@ -336,7 +337,7 @@ func ServeWith(hub Hub, recent EventLog, op *auth.Operator, log *slog.Logger) ht
 			case <-ctx.Done():
 				return
 			case m := <-msgs:
-				buffered.Add(-int64(len(m.Payload)))
+				buffered.Add(-int64(len(m.Topic) + len(m.Payload)))
 				v = m
 			case <-ping.C:
 				v = dataplane.Message{} // keeps the stream (and its proxies) awake
