@@ -226,7 +226,8 @@ func TestSendSignedBatch(t *testing.T) {
 	if len(body.Messages) != 2 || body.Tenant != "acme" {
 		t.Fatalf("body: %s", rc.last.Load())
 	}
-	if m := body.Messages[0]; m.PayloadEncoding != "json" || string(m.Payload) != `{"temp":21.5}` || m.QoS != 1 || m.Device != "sensor-1" {
+	// A JSON payload is embedded as the device sent it, its spaces kept.
+	if m := body.Messages[0]; m.PayloadEncoding != "json" || string(m.Payload) != `{"temp": 21.5}` || m.QoS != 1 || m.Device != "sensor-1" {
 		t.Errorf("JSON message: %+v (payload %s)", m, m.Payload)
 	}
 	want := `"` + base64.StdEncoding.EncodeToString([]byte{0xff, 0x00, 'x'}) + `"`
