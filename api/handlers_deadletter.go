@@ -62,7 +62,7 @@ func handleDeadLetterList(ds destinationStore, dl dataplane.Deliveries) handler 
 			return err
 		}
 		next := ""
-		if len(items) == limit || more {
+		if len(items) > 0 && (len(items) == limit || more) {
 			next = strconv.FormatUint(items[len(items)-1].Seq, 10)
 		}
 		writeJSON(w, http.StatusOK, newList(items, next))

@@ -122,7 +122,7 @@ func Serve(hub Hub, recent EventLog, token string, log *slog.Logger) http.Handle
 // tenant publishes: past either, messages are dropped (a watch is a live
 // view, at most once).
 const (
-	watchBuffer      = 256
+	watchBuffer      = 1024 // as many as an app's stream holds (api.streamBuffer)
 	watchBufferBytes = 8 << 20
 )
 

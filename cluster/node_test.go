@@ -423,3 +423,27 @@ func TestNodeWatchBufferBytes(t *testing.T) {
 		t.Errorf("watched %v, want big/0 to big/7 (8 MB of 8 MiB) and small", topics)
 	}
 }
+
+// TestRemoteWatchQuickEndsBackOff: a home that takes each watch and ends
+// it at once is asked again at growing pauses (here 20 ms growing to
+// 80 ms), not every 20 ms.
+func TestRemoteWatchQuickEndsBackOff(t *testing.T) {
+	var requests atomic.Int32
+	remote := remoteTo(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(http.StatusOK) // and ends
+	}))
+	cluster.SetWatchTimes(remote, time.Minute, 20*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	if err := remote.Watch(ctx, "acme", "alice", "#", func(dataplane.Message) {}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	// 20 + 40 + 80 ms, then every 80 ms: about 13 in a second; every
+	// 20 ms would be about 45.
+	if n := requests.Load(); n > 20 || n < 3 {
+		t.Errorf("%d watches opened in a second, want about 13", n)
+	}
+}

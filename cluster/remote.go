@@ -284,11 +284,17 @@ func (r *Remote) Watch(ctx context.Context, tenant, watcher, filter string, fn f
 	}
 	go func() {
 		failing := false
+		attempt := 0 // the pause grows from one reopening to the next while streams end at once
 		for {
+			opened := time.Now()
 			readWatch(body, r.watchIdle, fn)
 			body.Close()
 			stop()
-			for attempt := 1; ; attempt++ {
+			if time.Since(opened) >= r.watchRetryMax {
+				attempt = 0 // it lasted: the home was well
+			}
+			for {
+				attempt++
 				wait := min(r.watchRetry<<min(attempt-1, 10), r.watchRetryMax)
 				select {
 				case <-ctx.Done():

@@ -196,7 +196,11 @@ func startTLSRedis(t *testing.T, args ...string) string {
 			}
 			if c, err := net.DialTimeout("tcp", addr, 100*time.Millisecond); err == nil {
 				c.Close()
-				return addr
+				select {
+				case <-exited: // what answered was another's listener
+				default:
+					return addr
+				}
 			}
 		}
 		select {
