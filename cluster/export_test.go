@@ -7,3 +7,7 @@ import "time"
 func SetWatchTimes(r *Remote, idle, retry time.Duration) {
 	r.watchIdle, r.watchRetry, r.watchRetryMax = idle, retry, 4*retry
 }
+
+// SetWatchRehome sets how often r's watches look up their tenant's home;
+// before any Watch.
+func SetWatchRehome(r *Remote, every time.Duration) { r.watchRehome = every }

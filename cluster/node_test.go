@@ -447,3 +447,62 @@ func TestRemoteWatchQuickEndsBackOff(t *testing.T) {
 		t.Errorf("%d watches opened in a second, want about 13", n)
 	}
 }
+
+// TestRemoteWatchFollowsHome: a watch whose tenant is handed to another
+// node leaves the old one (which keeps the stream open and pinging, and
+// sees none of the tenant's messages any more) and is opened again at the
+// new home, whose messages come.
+func TestRemoteWatchFollowsHome(t *testing.T) {
+	ctx := tenants.WithActor(context.Background(), "test")
+	store, err := tenants.Open(ctx, "", t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	if _, err := store.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	node := func(id string) {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			w.WriteHeader(http.StatusOK)
+			fmt.Fprintf(w, "{\"Topic\":\"from/%s\",\"Payload\":\"eA==\"}\n", id)
+			w.(http.Flusher).Flush()
+			<-r.Context().Done() // open, as a node that handed the tenant on
+		}))
+		t.Cleanup(srv.Close)
+		if err := store.AnnounceNode(ctx, tenants.Node{ID: id, URL: srv.URL, ForwardAddr: "127.0.0.1:1"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	node("n1")
+	node("n2")
+	if home, err := store.ClaimTenant(ctx, "acme", "n1", time.Now().Add(-time.Minute)); err != nil || home != "n1" {
+		t.Fatalf("claim: %q, %v", home, err)
+	}
+	remote := cluster.NewRemote(store, token, slog.New(slog.DiscardHandler))
+	cluster.SetWatchRehome(remote, 100*time.Millisecond)
+	wctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan string, 10)
+	if err := remote.Watch(wctx, "acme", "alice", "#", func(m dataplane.Message) { got <- m.Topic }); err != nil {
+		t.Fatal(err)
+	}
+	next := func() string {
+		select {
+		case topic := <-got:
+			return topic
+		case <-time.After(5 * time.Second):
+			return "nothing within 5s"
+		}
+	}
+	if topic := next(); topic != "from/n1" {
+		t.Fatalf("first: %s, want from/n1", topic)
+	}
+	if home, err := store.TakeTenant(ctx, "acme", "n1", "n2"); err != nil || home != "n2" {
+		t.Fatalf("take: %q, %v", home, err)
+	}
+	if topic := next(); topic != "from/n2" {
+		t.Errorf("after the tenant moved: %s, want from/n2", topic)
+	}
+}

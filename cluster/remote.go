@@ -37,15 +37,15 @@ type Remote struct {
 	client *http.Client
 	log    *slog.Logger
 	now    func() time.Time
-	// watchIdle, watchRetry and watchRetryMax time a watch's stream (see
-	// Watch): the package's values, the tests' own.
-	watchIdle, watchRetry, watchRetryMax time.Duration
+	// watchIdle, watchRetry, watchRetryMax and watchRehome time a watch's
+	// stream (see Watch): the package's values, the tests' own.
+	watchIdle, watchRetry, watchRetryMax, watchRehome time.Duration
 }
 
 // NewRemote returns a Remote that finds nodes in store and calls them with
 // the operator token.
 func NewRemote(store *tenants.Store, token string, log *slog.Logger) *Remote {
-	return &Remote{store: store, token: token, log: log, now: time.Now, watchIdle: watchIdle, watchRetry: watchRetry, watchRetryMax: watchRetryMax,
+	return &Remote{store: store, token: token, log: log, now: time.Now, watchIdle: watchIdle, watchRetry: watchRetry, watchRetryMax: watchRetryMax, watchRehome: watchRehome,
 		client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 8, IdleConnTimeout: time.Minute}}}
 }
 
@@ -270,15 +270,17 @@ func (r *Remote) PublishEvent(ctx context.Context, e events.Event) error {
 // that takes the connection and says nothing (paused, overloaded) fails
 // the watch, rather than holding the caller for as long as it waits.
 //
-// A stream that ends while ctx lasts (the home restarted, or handed the
-// tenant to another node, or went silent past watchIdle: a live home
-// writes every 15 s) is opened again, at the tenant's home then, after a
+// A stream that ends while ctx lasts (the home restarted, or went silent
+// past watchIdle: a live home writes every 15 s), or whose node is no
+// longer the tenant's home (looked up every watchRehome: a node that
+// handed the tenant on keeps its watches, and sees none of the tenant's
+// messages any more), is opened again, at the tenant's home then, after a
 // pause that grows from watchRetry to watchRetryMax while it fails. What
 // was published in between is not seen: a watch is a live view, at most
 // once. Before, the watch went quiet for good, and the caller (an app's
 // stream, the console's live view) never knew.
 func (r *Remote) Watch(ctx context.Context, tenant, watcher, filter string, fn func(dataplane.Message)) error {
-	body, stop, err := r.openWatch(ctx, tenant, watcher, filter, false)
+	body, n, stop, err := r.openWatch(ctx, tenant, watcher, filter, false)
 	if err != nil {
 		return err
 	}
@@ -287,7 +289,9 @@ func (r *Remote) Watch(ctx context.Context, tenant, watcher, filter string, fn f
 		attempt := 0 // the pause grows from one reopening to the next while streams end at once
 		for {
 			opened := time.Now()
+			moved := r.closeIfMoved(ctx, tenant, n, body)
 			readWatch(body, r.watchIdle, fn)
+			moved()
 			body.Close()
 			stop()
 			if time.Since(opened) >= r.watchRetryMax {
@@ -301,7 +305,7 @@ func (r *Remote) Watch(ctx context.Context, tenant, watcher, filter string, fn f
 					return
 				case <-time.After(wait):
 				}
-				if body, stop, err = r.openWatch(ctx, tenant, watcher, filter, true); err == nil {
+				if body, n, stop, err = r.openWatch(ctx, tenant, watcher, filter, true); err == nil {
 					break
 				}
 				if ctx.Err() != nil {
@@ -332,19 +336,51 @@ const (
 	watchIdle     = 45 * time.Second
 	watchRetry    = 200 * time.Millisecond
 	watchRetryMax = 5 * time.Second
+	watchRehome   = 30 * time.Second
 )
 
-// openWatch opens a watch's stream at the tenant's home: its body, and
-// what ends the request.
+// closeIfMoved closes a watch's stream from node n once the tenant's home
+// is another node (looked up every watchRehome), until the returned func
+// is called.
+func (r *Remote) closeIfMoved(ctx context.Context, tenant string, n tenants.Node, body io.Closer) (done func()) {
+	stop := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		tk := time.NewTicker(r.watchRehome)
+		defer tk.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-ctx.Done():
+				return
+			case <-tk.C:
+			}
+			hctx, cancel := context.WithTimeout(ctx, callTimeout)
+			home, err := r.home(hctx, tenant)
+			cancel()
+			if err == nil && home.ID != n.ID {
+				r.log.Info("watch of a tenant's messages follows it to its new home", "tenant", tenant, "from", n.ID, "to", home.ID)
+				body.Close()
+				return
+			}
+		}
+	}()
+	return func() { close(stop); <-finished }
+}
+
+// openWatch opens a watch's stream at the tenant's home: its body, the
+// node, and what ends the request.
 //
 // Quiet, a failure on the way is not logged: a watch being opened again
 // logs the first of an outage (see Watch), not one every few seconds.
-func (r *Remote) openWatch(ctx context.Context, tenant, watcher, filter string, quiet bool) (io.ReadCloser, context.CancelFunc, error) {
+func (r *Remote) openWatch(ctx context.Context, tenant, watcher, filter string, quiet bool) (io.ReadCloser, tenants.Node, context.CancelFunc, error) {
 	hctx, cancel := context.WithTimeout(ctx, callTimeout)
 	n, err := r.home(hctx, tenant)
 	cancel()
 	if err != nil {
-		return nil, nil, err
+		return nil, n, nil, err
 	}
 	sctx, stop := context.WithCancel(ctx)
 	late := time.AfterFunc(callTimeout, stop)
@@ -358,16 +394,16 @@ func (r *Remote) openWatch(ctx context.Context, tenant, watcher, filter string, 
 	if err != nil {
 		stop()
 		if quiet {
-			return nil, nil, &nodeError{node: n.ID, url: n.URL, err: err}
+			return nil, n, nil, &nodeError{node: n.ID, url: n.URL, err: err}
 		}
-		return nil, nil, r.failed(n, err)
+		return nil, n, nil, r.failed(n, err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		defer stop()
 		defer resp.Body.Close()
-		return nil, nil, readFailure(resp, n.ID)
+		return nil, n, nil, readFailure(resp, n.ID)
 	}
-	return resp.Body, stop, nil
+	return resp.Body, n, stop, nil
 }
 
 // readWatch hands fn each message of a watch's stream until it ends, or
