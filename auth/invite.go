@@ -14,11 +14,20 @@ import (
 // for tenants.InviteTTL: a new person signs up from it, someone with an
 // account logs in; either accepts it with the account of the invited email,
 // verified. Invites are counted with member adds (per actor, per tenant),
-// before anything is stored or mailed.
+// and per invited email (inviteEmail), before anything is stored or mailed.
+
+// inviteEmail bounds the invites one email is sent, from every tenant
+// together, as forgotEmail bounds its reset mails: three in a row before
+// waits start doubling, ten an hour. The per-actor and per-tenant counts
+// bound what one inviter sends, not what one mailbox gets: each tenant's
+// admins could otherwise mail one address over and over (inviting it
+// again replaces the invite and mails it afresh).
+var inviteEmail = budget{name: "invite-email", free: 3, perHour: 10}
 
 // Invite invites in.Email to tenant (named tenantName in the mail) with
 // in.Role, if by may give that role, and mails the link. who names the
-// actor for the throttle. A pending invite of the same email is replaced.
+// actor for the throttle; the invited email has its own. A pending invite
+// of the same email is replaced.
 func (s *Service) Invite(ctx context.Context, tenant, tenantName, who string, by tenants.By, in tenants.MemberInput) (tenants.Invite, error) {
 	if err := in.Validate(); err != nil {
 		return tenants.Invite{}, err
@@ -26,8 +35,8 @@ func (s *Service) Invite(ctx context.Context, tenant, tenantName, who string, by
 	if err := by.MayAdd(in.Role); err != nil {
 		return tenants.Invite{}, err
 	}
-	if _, wait := s.lim.reserve(charge{memberByActor, who}, charge{memberPerTenant, tenant}); wait > 0 {
-		return tenants.Invite{}, waitError(wait, "too many invites and members added")
+	if _, wait := s.lim.reserve(charge{memberByActor, who}, charge{memberPerTenant, tenant}, charge{inviteEmail, in.Email}); wait > 0 {
+		return tenants.Invite{}, waitError(wait, "too many invites and members added, or invites sent to this email")
 	}
 	token := "rinv_" + tenants.NewToken()
 	inv, err := s.store.CreateInvite(ctx, tenant, by, in, tenants.HashInviteToken(token))

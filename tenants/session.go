@@ -65,8 +65,21 @@ func WithOrigin(ctx context.Context, address, userAgent string) context.Context 
 // sessions that expired more than a day ago.
 const sessionPruneEvery = time.Hour
 
+// MaxAccountSessions bounds one account's open sessions: a sign-in past it
+// ends the account's oldest. A right password is never throttled, so
+// without a bound a script that logs in for every call, or anyone holding
+// the password, would add sessions without end, and the person's list
+// (AccountSessions, which shows at most maxListedSessions) would no longer
+// show them all.
+const MaxAccountSessions = 100
+
+// maxListedSessions bounds AccountSessions; above MaxAccountSessions, for
+// the sign-ins that race past the bound at once.
+const maxListedSessions = 500
+
 // CreateSession records a new session of kind, for account (account
-// sessions) or tenant (impersonation), ending at expires.
+// sessions) or tenant (impersonation), ending at expires. An account past
+// MaxAccountSessions open sessions has its oldest ended.
 func (s *Store) CreateSession(ctx context.Context, kind SessionKind, account, tenant string, expires time.Time) (Session, error) {
 	now := s.timestamp()
 	o, _ := ctx.Value(originKey{}).(origin)
@@ -80,6 +93,14 @@ func (s *Store) CreateSession(ctx context.Context, kind SessionKind, account, te
 		`INSERT INTO sessions (id, kind, account_id, tenant, created_at, expires_at, address, user_agent, last_seen_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
 		se.ID, se.Kind, acc, se.Tenant, se.CreatedAt, se.ExpiresAt, se.Address, se.UserAgent, now); err != nil {
 		return Session{}, fmt.Errorf("record session: %w", err)
+	}
+	if kind == SessionAccount {
+		if _, err := s.db.ExecContext(ctx,
+			`UPDATE sessions SET ended_at = $3 WHERE account_id = $1 AND ended_at IS NULL AND expires_at > $3 AND id NOT IN (
+			   SELECT id FROM sessions WHERE account_id = $1 AND ended_at IS NULL AND expires_at > $3
+			   ORDER BY created_at DESC, id DESC LIMIT $2)`, account, MaxAccountSessions, now); err != nil {
+			return Session{}, fmt.Errorf("end the oldest sessions: %w", err)
+		}
 	}
 	if last := s.sessionsPruned.Load(); now.Unix()-last >= int64(sessionPruneEvery/time.Second) && s.sessionsPruned.CompareAndSwap(last, now.Unix()) {
 		if _, err := s.db.ExecContext(ctx, `DELETE FROM sessions WHERE expires_at < $1`, now.Add(-24*time.Hour)); err != nil {
@@ -141,7 +162,7 @@ func (s *Store) AccountSessions(ctx context.Context, account string, now time.Ti
 	rows, err := s.db.QueryContext(ctx,
 		`SELECT id, created_at, expires_at, address, user_agent, last_seen_at FROM sessions
 		 WHERE account_id = $1 AND kind = $2 AND ended_at IS NULL AND expires_at > $3
-		 ORDER BY created_at DESC, id DESC LIMIT 500`, account, SessionAccount, now.UTC())
+		 ORDER BY created_at DESC, id DESC LIMIT $4`, account, SessionAccount, now.UTC(), maxListedSessions)
 	if err != nil {
 		return nil, err
 	}

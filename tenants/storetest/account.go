@@ -1,6 +1,7 @@
 package storetest
 
 import (
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -191,6 +192,41 @@ func testAccountSessions(t *testing.T, s *tenants.Store, _ func() *tenants.Store
 		if _, err := s.Session(ctx, id, now); err != nil {
 			t.Errorf("%s session after ada ended hers: %v", name, err)
 		}
+	}
+}
+
+// testAccountSessionsBounded: an account keeps at most
+// tenants.MaxAccountSessions open sessions; a sign-in past them ends the
+// oldest, and no one else's.
+func testAccountSessionsBounded(t *testing.T, s *tenants.Store, _ func() *tenants.Store) {
+	ada, bob := mustAccount(t, s, "ada@example.com"), mustAccount(t, s, "bob@example.com")
+	now := time.Now()
+	b1, _ := s.CreateSession(ctx, tenants.SessionAccount, bob.ID, "", now.Add(time.Hour))
+	var ses []tenants.Session
+	for range tenants.MaxAccountSessions + 3 {
+		se, err := s.CreateSession(ctx, tenants.SessionAccount, ada.ID, "", now.Add(time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ses = append(ses, se)
+	}
+	listed, err := s.AccountSessions(ctx, ada.ID, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(listed) != tenants.MaxAccountSessions {
+		t.Errorf("ada's open sessions after %d sign-ins = %d, want %d", len(ses), len(listed), tenants.MaxAccountSessions)
+	}
+	for i, se := range ses {
+		_, err := s.Session(ctx, se.ID, now)
+		if i < 3 {
+			wantErr(t, fmt.Sprintf("ada's session %d of %d (among the oldest)", i+1, len(ses)), err, tenants.ErrUnauthorized)
+		} else if err != nil {
+			t.Errorf("ada's session %d of %d: %v, want open", i+1, len(ses), err)
+		}
+	}
+	if _, err := s.Session(ctx, b1.ID, now); err != nil {
+		t.Errorf("bob's session after ada's sign-ins: %v, want open", err)
 	}
 }
 

@@ -70,6 +70,7 @@ func Run(t *testing.T, open func(t *testing.T) (store *tenants.Store, reopen fun
 		{"AccountTokens", testAccountTokens},
 		{"FirstProofOfEmail", testFirstProofOfEmail},
 		{"AccountSessions", testAccountSessions},
+		{"AccountSessionsBounded", testAccountSessionsBounded},
 		{"AuditWhere", testAuditWhere},
 		// Issue 22: groups, metadata in policy, bulk import, provisioning.
 		{"DeviceGroups", testDeviceGroups},
