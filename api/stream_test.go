@@ -507,18 +507,7 @@ func TestStreamManyRetained(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dev.Disconnect(&paho.Disconnect{})
-	const retained = 1100
-	for i := range retained {
-		if _, err := dev.Publish(context.Background(), &paho.Publish{Topic: fmt.Sprintf("state/%d", i), QoS: 1, Retain: true, Payload: []byte("r")}); err != nil {
-			t.Fatalf("retained publish %d: %v", i, err)
-		}
-	}
-	_, key := e.mustKey(u.token, "acme", tenants.RoleViewer)
-	s := e.openStream("/v1/tenants/acme/stream?filter=%23", key, "")
-	if s.status != 200 {
-		t.Fatalf("stream: %d %s", s.status, s.body)
-	}
-	s.next("ready")
+	s := retainedThenStream(t, e, u.token, dev, 1100, func(i int) string { return fmt.Sprintf("state/%d", i) }, "%23")
 	got := 0
 	for got < 1024 {
 		var m struct {
@@ -662,18 +651,7 @@ func TestStreamBufferCountsTopics(t *testing.T) {
 	}
 	defer dev.Disconnect(&paho.Disconnect{})
 	long := strings.Repeat("t", 60<<10)
-	const retained = 200
-	for i := range retained {
-		if _, err := dev.Publish(context.Background(), &paho.Publish{Topic: fmt.Sprintf("s/%d/%s", i, long), QoS: 1, Retain: true, Payload: []byte("r")}); err != nil {
-			t.Fatalf("retained publish %d: %v", i, err)
-		}
-	}
-	_, key := e.mustKey(u.token, "acme", tenants.RoleViewer)
-	s := e.openStream("/v1/tenants/acme/stream?filter=s/%23", key, "")
-	if s.status != 200 {
-		t.Fatalf("stream: %d %s", s.status, s.body)
-	}
-	s.next("ready")
+	s := retainedThenStream(t, e, u.token, dev, 200, func(i int) string { return fmt.Sprintf("s/%d/%s", i, long) }, "s/%23")
 	if _, err := dev.Publish(context.Background(), &paho.Publish{Topic: "s/live", QoS: 1, Payload: []byte("live")}); err != nil {
 		t.Fatal(err)
 	}
@@ -689,4 +667,23 @@ func TestStreamBufferCountsTopics(t *testing.T) {
 	if max := (8 << 20) / (60<<10 + 1); got > max || got == 0 {
 		t.Errorf("%d retained messages of 60 KiB topics held at open, want at most %d (8 MiB)", got, max)
 	}
+}
+
+// retainedThenStream publishes n retained messages from dev to acme, on
+// topic(i), then opens a viewer key's stream of acme with filter (escaped
+// for a URL) and reads its ready.
+func retainedThenStream(t *testing.T, e *env, token string, dev *paho.Client, n int, topic func(int) string, filter string) *stream {
+	t.Helper()
+	for i := range n {
+		if _, err := dev.Publish(context.Background(), &paho.Publish{Topic: topic(i), QoS: 1, Retain: true, Payload: []byte("r")}); err != nil {
+			t.Fatalf("retained publish %d: %v", i, err)
+		}
+	}
+	_, key := e.mustKey(token, "acme", tenants.RoleViewer)
+	s := e.openStream("/v1/tenants/acme/stream?filter="+filter, key, "")
+	if s.status != 200 {
+		t.Fatalf("stream: %d %s", s.status, s.body)
+	}
+	s.next("ready")
+	return s
 }

@@ -80,8 +80,8 @@ func remoteTo(t *testing.T, h http.Handler) *cluster.Remote {
 	return remoteAt(t, node.URL)
 }
 
-// remoteAt is a Remote whose directory announces one node, n1, at url.
-func remoteAt(t *testing.T, url string) *cluster.Remote {
+// directory is a new, migrated directory (SQLite) for the test.
+func directory(t *testing.T) *tenants.Store {
 	t.Helper()
 	ctx := tenants.WithActor(context.Background(), "test")
 	store, err := tenants.Open(ctx, "", t.TempDir())
@@ -92,6 +92,14 @@ func remoteAt(t *testing.T, url string) *cluster.Remote {
 	if _, err := store.Migrate(ctx); err != nil {
 		t.Fatal(err)
 	}
+	return store
+}
+
+// remoteAt is a Remote whose directory announces one node, n1, at url.
+func remoteAt(t *testing.T, url string) *cluster.Remote {
+	t.Helper()
+	ctx := tenants.WithActor(context.Background(), "test")
+	store := directory(t)
 	if err := store.AnnounceNode(ctx, tenants.Node{ID: "n1", URL: url, ForwardAddr: "127.0.0.1:1"}); err != nil {
 		t.Fatal(err)
 	}
@@ -454,14 +462,7 @@ func TestRemoteWatchQuickEndsBackOff(t *testing.T) {
 // new home, whose messages come.
 func TestRemoteWatchFollowsHome(t *testing.T) {
 	ctx := tenants.WithActor(context.Background(), "test")
-	store, err := tenants.Open(ctx, "", t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close() })
-	if _, err := store.Migrate(ctx); err != nil {
-		t.Fatal(err)
-	}
+	store := directory(t)
 	node := func(id string) {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/x-ndjson")
