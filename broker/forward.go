@@ -246,7 +246,7 @@ func (f *forwarder) splice(conn net.Conn, r *bufio.Reader, up net.Conn, endHands
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		io.Copy(deadlineWriter{conn, f.writeTimeout}, up)
+		io.Copy(&deadlineWriter{conn: conn, timeout: f.writeTimeout}, up)
 		// The home ended the connection (or the device stopped reading),
 		// maybe right after a DISCONNECT the device has not read yet
 		// while it goes on writing: its write side is ended, and what it
@@ -265,14 +265,21 @@ func (f *forwarder) splice(conn net.Conn, r *bufio.Reader, up net.Conn, endHands
 	<-done
 }
 
-// deadlineWriter writes to a connection, each write within timeout.
+// deadlineWriter writes to a connection, each write within timeout. As
+// deviceConn.send does, it moves the deadline on only once a quarter of
+// the timeout has passed: a busy splice does not reset its timer for
+// every write, and each write still has three quarters of the timeout.
 type deadlineWriter struct {
-	conn    net.Conn
-	timeout time.Duration
+	conn     net.Conn
+	timeout  time.Duration
+	deadline time.Time // the deadline last set
 }
 
-func (w deadlineWriter) Write(p []byte) (int, error) {
-	w.conn.SetWriteDeadline(time.Now().Add(w.timeout))
+func (w *deadlineWriter) Write(p []byte) (int, error) {
+	if d := time.Now().Add(w.timeout); d.Sub(w.deadline) > w.timeout/4 {
+		w.deadline = d
+		w.conn.SetWriteDeadline(d)
+	}
 	return w.conn.Write(p)
 }
 

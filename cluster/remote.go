@@ -285,7 +285,6 @@ func (r *Remote) Watch(ctx context.Context, tenant, watcher, filter string, fn f
 		return err
 	}
 	go func() {
-		failing := false
 		attempt := 0 // the pause grows from one reopening to the next while streams end at once
 		for {
 			opened := time.Now()
@@ -297,36 +296,43 @@ func (r *Remote) Watch(ctx context.Context, tenant, watcher, filter string, fn f
 			if time.Since(opened) >= r.watchRetryMax {
 				attempt = 0 // it lasted: the home was well
 			}
-			for {
-				attempt++
-				wait := min(r.watchRetry<<min(attempt-1, 10), r.watchRetryMax)
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(wait):
-				}
-				if body, n, stop, err = r.openWatch(ctx, tenant, watcher, filter, true); err == nil {
-					break
-				}
-				if ctx.Err() != nil {
-					return
-				}
-				if !failing {
-					log := r.log.With("tenant", tenant, "err", err)
-					if ne := (*nodeError)(nil); errors.As(err, &ne) {
-						log = log.With("url", ne.url, "cause", ne.err)
-					}
-					log.Warn("watch of a tenant's messages lost; opening it again")
-				}
-				failing = true
-			}
-			if failing {
-				r.log.Info("watch of a tenant's messages open again", "tenant", tenant)
-				failing = false
+			var ok bool
+			if body, n, stop, ok = r.reopenWatch(ctx, tenant, watcher, filter, &attempt); !ok {
+				return
 			}
 		}
 	}()
 	return nil
+}
+
+// reopenWatch opens a watch's stream again, after a pause that grows with
+// *attempt, until it opens or ctx ends (ok false). The first failure of
+// an outage is logged, and the end of one.
+func (r *Remote) reopenWatch(ctx context.Context, tenant, watcher, filter string, attempt *int) (body io.ReadCloser, n tenants.Node, stop context.CancelFunc, ok bool) {
+	for failing := false; ; failing = true {
+		*attempt++
+		select {
+		case <-ctx.Done():
+			return nil, n, nil, false
+		case <-time.After(min(r.watchRetry<<min(*attempt-1, 10), r.watchRetryMax)):
+		}
+		body, n, stop, err := r.openWatch(ctx, tenant, watcher, filter, true)
+		switch {
+		case err == nil:
+			if failing {
+				r.log.Info("watch of a tenant's messages open again", "tenant", tenant)
+			}
+			return body, n, stop, true
+		case ctx.Err() != nil:
+			return nil, n, nil, false
+		case !failing:
+			log := r.log.With("tenant", tenant, "err", err)
+			if ne := (*nodeError)(nil); errors.As(err, &ne) {
+				log = log.With("url", ne.url, "cause", ne.err)
+			}
+			log.Warn("watch of a tenant's messages lost; opening it again")
+		}
+	}
 }
 
 // watchIdle is how long a watch's stream may say nothing (its home writes
